@@ -1,1 +1,45 @@
-export {};
+/**
+ * @tandem/protocol: the wire contract. Generated ts-proto code (proto/ → generated/,
+ * committed, DO NOT EDIT) plus the hand-written helpers every service shares.
+ */
+export {
+  DataType,
+  Tensor,
+} from './generated/tandem/tensor/v1/tensor';
+export {
+  ExecutorServiceClient,
+  ExecutorServiceService,
+  GetStatusRequest,
+  GetStatusResponse,
+  OpenSession,
+  SessionOpened,
+  SessionRequest,
+  SessionResponse,
+  Step,
+  StepResult,
+} from './generated/tandem/executor/v1/executor';
+export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
+export {
+  ClassPlacement,
+  ClientPlan,
+  ListPlansRequest,
+  ListPlansResponse,
+  PlannerServiceClient,
+  PlannerServiceService,
+  WatchPlansRequest,
+  WatchPlansResponse,
+} from './generated/tandem/planner/v1/planner';
+export type { PlannerServiceServer } from './generated/tandem/planner/v1/planner';
+export { ClientProfile, LinkDirection, ServerLoad, StageTiming } from './generated/tandem/telemetry/v1/telemetry';
+export {
+  HealthCheckRequest,
+  HealthCheckResponse,
+  HealthCheckResponse_ServingStatus as ServingStatus,
+  HealthClient,
+  HealthService,
+} from './generated/grpc/health/v1/health';
+export { fromWireTensor, TensorFormatError, toWireTensor } from './tensor';
+export type { HostTensor } from './tensor';
+export { ID_PATTERN, Subjects } from './subjects';
+export { HealthReporter } from './health';
+export { channelOptions } from './channel-options';

@@ -1,1 +1,5 @@
-export {};
+/** @tandem/testkit: helpers for tests, benchmarks and tools. Production code never imports it. */
+export { natsServerBinary, startNatsServer } from './nats-server';
+export type { NatsServerHandle } from './nats-server';
+export { freePort } from './ports';
+export { eventually, withTimeout } from './wait';

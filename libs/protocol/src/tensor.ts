@@ -1,0 +1,56 @@
+import { DataType, type Tensor } from './generated/tandem/tensor/v1/tensor';
+
+/** A tensor in host memory, as the model runner uses it. */
+export type HostTensor =
+  | { readonly dtype: 'float32'; readonly shape: readonly number[]; readonly data: Float32Array }
+  | { readonly dtype: 'int64'; readonly shape: readonly number[]; readonly data: BigInt64Array };
+
+/** A wire tensor that breaks a rule; `field` is the path of the offending field. */
+export class TensorFormatError extends Error {
+  override name = 'TensorFormatError';
+  constructor(readonly field: string, readonly rule: string, readonly given: string) {
+    super(`${field} ${rule}, given ${given}`);
+  }
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function elementCount(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * Encodes a host tensor for the wire. The bytes are copied only when the host is not
+ * little-endian (never on x86/ARM Linux): the Buffer is a view of the typed array.
+ */
+export function toWireTensor(t: HostTensor): Tensor {
+  if (!LITTLE_ENDIAN) throw new Error('big-endian hosts are not supported');
+  const data = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  return { dtype: t.dtype === 'float32' ? DataType.DATA_TYPE_FLOAT32 : DataType.DATA_TYPE_INT64, shape: [...t.shape], data };
+}
+
+/**
+ * Decodes and validates a wire tensor: dtype known, every dimension a non-negative
+ * integer, byte length equal to elements × element size, at most `maxElements` elements.
+ * The result owns aligned memory (wire buffers may sit at any offset).
+ * @param field path used in error messages, e.g. `step.input`.
+ * @throws TensorFormatError naming the field, the rule and the value given.
+ */
+export function fromWireTensor(t: Tensor | undefined, field: string, maxElements = 1 << 28): HostTensor {
+  if (!t) throw new TensorFormatError(field, 'is required', 'nothing');
+  const size = t.dtype === DataType.DATA_TYPE_FLOAT32 ? 4 : t.dtype === DataType.DATA_TYPE_INT64 ? 8 : 0;
+  if (size === 0) throw new TensorFormatError(`${field}.dtype`, 'must be DATA_TYPE_FLOAT32 or DATA_TYPE_INT64', String(t.dtype));
+  t.shape.forEach((d, i) => {
+    if (!Number.isSafeInteger(d) || d < 0) throw new TensorFormatError(`${field}.shape[${i}]`, 'must be an integer >= 0', String(d));
+  });
+  const n = elementCount(t.shape);
+  if (n > maxElements) throw new TensorFormatError(`${field}.shape`, `must have at most ${maxElements} elements`, `[${t.shape.join(',')}]`);
+  if (t.data.byteLength !== n * size) {
+    throw new TensorFormatError(`${field}.data`, `must hold ${n * size} bytes for shape [${t.shape.join(',')}] of ${size}-byte elements`, `${t.data.byteLength} bytes`);
+  }
+  const copy = new ArrayBuffer(n * size);
+  new Uint8Array(copy).set(t.data);
+  return size === 4
+    ? { dtype: 'float32', shape: [...t.shape], data: new Float32Array(copy) }
+    : { dtype: 'int64', shape: [...t.shape], data: new BigInt64Array(copy) };
+}

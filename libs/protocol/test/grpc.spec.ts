@@ -1,0 +1,139 @@
+import * as grpc from '@grpc/grpc-js';
+import {
+  channelOptions,
+  ExecutorServiceClient,
+  ExecutorServiceService,
+  fromWireTensor,
+  HealthClient,
+  HealthReporter,
+  ServingStatus,
+  toWireTensor,
+  type ExecutorServiceServer,
+  type SessionRequest,
+  type SessionResponse,
+} from '../src';
+
+const MAX_BYTES = 64 * 1024 * 1024;
+
+/** An executor that echoes every step's input tensor back: exercises the wire, not the model. */
+function echoServer(): ExecutorServiceServer {
+  return {
+    session(call) {
+      call.on('data', (req: SessionRequest) => {
+        if (req.kind?.$case === 'open') {
+          call.write({ kind: { $case: 'opened', value: { sessionId: 's1', modelId: 'echo', stageCount: 6, maxContextTokens: 1024 } } });
+        } else if (req.kind?.$case === 'step') {
+          const step = req.kind.value;
+          call.write({ kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: step.input! }, computeMs: 0, queueMs: 0 } } });
+        }
+      });
+      call.on('end', () => call.end());
+    },
+    getStatus(_call, cb) {
+      cb(null, { activeSessions: 3, queueDepth: 1, sessionsOpened: 7, stepsCompleted: 11, maxSessions: 64, modelId: 'echo', draining: false, batchedSteps: 0 });
+    },
+  };
+}
+
+describe('wire contract over a real gRPC server', () => {
+  let server: grpc.Server;
+  let client: ExecutorServiceClient;
+  let port: number;
+  const health = new HealthReporter(ServingStatus.SERVING);
+
+  beforeAll(async () => {
+    server = new grpc.Server(channelOptions(MAX_BYTES));
+    server.addService(ExecutorServiceService, echoServer());
+    health.addTo(server);
+    port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(MAX_BYTES));
+  });
+
+  afterAll(async () => {
+    client.close();
+    health.closeWatchers();
+    await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+  });
+
+  it('returns float32 tensors through a bidi stream byte for byte, in order', async () => {
+    const sizes = [0, 1, 7, 768, 128 * 768, 2_000_000]; // the last one is 8 MB, past grpc-js's 4 MiB default
+    const sent = sizes.map((n, i) => {
+      const data = new Float32Array(n);
+      for (let j = 0; j < n; j++) data[j] = Math.sin(i * 1000 + j) * 1e3 + (j % 3 === 0 ? Number.MIN_VALUE : 0);
+      if (n > 2) { data[0] = NaN; data[1] = -0; data[2] = Infinity; }
+      return { dtype: 'float32' as const, shape: [1, n], data };
+    });
+    const call = client.session({ deadline: Date.now() + 20_000 });
+    const got: SessionResponse[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      call.on('data', (m: SessionResponse) => got.push(m));
+      call.on('error', reject);
+      call.on('end', resolve);
+    });
+    call.write({ kind: { $case: 'open', value: { clientId: 'c1', planEpoch: 0, modelId: '' } } });
+    sent.forEach((t, i) => call.write({ kind: { $case: 'step', value: { seq: i + 1, stageBegin: 1, stageEnd: 2, input: toWireTensor(t), sample: false } } }));
+    call.end();
+    await done;
+    expect(got[0].kind?.$case).toBe('opened');
+    const results = got.slice(1);
+    expect(results).toHaveLength(sizes.length);
+    results.forEach((m, i) => {
+      if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error(`message ${i} is not a tensor result`);
+      expect(m.kind.value.seq).toBe(i + 1);
+      const back = fromWireTensor(m.kind.value.output.value, 'result');
+      expect(back.shape).toEqual([1, sizes[i]]);
+      expect(Buffer.from(back.data.buffer).equals(Buffer.from(sent[i].data.buffer))).toBe(true);
+    });
+  });
+
+  it('carries int64 token ids exactly, including values past 2^53', async () => {
+    const ids = new BigInt64Array([0n, 50256n, -1n, 9007199254740993n]);
+    const call = client.session();
+    const reply = new Promise<SessionResponse>((resolve, reject) => {
+      call.on('data', (m: SessionResponse) => { if (m.kind?.$case === 'result') resolve(m); });
+      call.on('error', reject);
+    });
+    call.write({ kind: { $case: 'open', value: { clientId: 'c2', planEpoch: 0, modelId: '' } } });
+    call.write({ kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 4], data: ids }), sample: false } } });
+    const m = await reply;
+    call.end();
+    if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error('not a tensor');
+    const back = fromWireTensor(m.kind.value.output.value, 'r');
+    expect(back.dtype).toBe('int64');
+    expect([...(back.data as BigInt64Array)]).toEqual([...ids]);
+  });
+
+  it('answers unary status and the standard health check', async () => {
+    const status = await new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    expect(status).toMatchObject({ activeSessions: 3, sessionsOpened: 7, modelId: 'echo' });
+    const hc = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    try {
+      const r = await new Promise<{ status: ServingStatus }>((resolve, reject) => hc.check({ service: '' }, (e, x) => (e ? reject(e) : resolve(x))));
+      expect(r.status).toBe(ServingStatus.SERVING);
+      const missing = await new Promise<grpc.ServiceError>((resolve) => hc.check({ service: 'nope' }, (e) => resolve(e!)));
+      expect(missing.code).toBe(grpc.status.NOT_FOUND);
+    } finally {
+      hc.close();
+    }
+  });
+});
+
+describe('fromWireTensor validation', () => {
+  it.each([
+    [{ dtype: 0, shape: [1], data: Buffer.alloc(4) }, 'x.dtype must be DATA_TYPE_FLOAT32 or DATA_TYPE_INT64, given 0'],
+    [{ dtype: 1, shape: [1, -2], data: Buffer.alloc(4) }, 'x.shape[1] must be an integer >= 0, given -2'],
+    [{ dtype: 1, shape: [2, 3], data: Buffer.alloc(20) }, 'x.data must hold 24 bytes for shape [2,3] of 4-byte elements, given 20 bytes'],
+    [{ dtype: 2, shape: [1, 2], data: Buffer.alloc(8) }, 'x.data must hold 16 bytes for shape [1,2] of 8-byte elements, given 8 bytes'],
+  ])('refuses %o', (t, message) => {
+    expect(() => fromWireTensor(t, 'x')).toThrow(message);
+  });
+
+  it('copies unaligned wire bytes into aligned memory', () => {
+    const raw = Buffer.alloc(13);
+    const view = raw.subarray(1); // offset 1: not 4-aligned
+    new DataView(view.buffer, view.byteOffset).setFloat32(0, 1.5, true);
+    const t = fromWireTensor({ dtype: 1, shape: [3], data: view }, 'x');
+    expect(t.data[0]).toBe(1.5);
+  });
+});

@@ -1,0 +1,63 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { freePort } from './ports';
+
+/** A nats-server process started for a test. */
+export interface NatsServerHandle {
+  /** `nats://127.0.0.1:PORT`. */
+  readonly url: string;
+  readonly port: number;
+  /** Stops the process (SIGTERM, then SIGKILL after 2 s). Idempotent. */
+  stop(): Promise<void>;
+  /** Stops it and starts a new one on the same port, as after a crash and restart. */
+  restart(): Promise<void>;
+}
+
+/** Path of the nats-server binary: $NATS_SERVER_BIN, /usr/sbin/nats-server, or from PATH. */
+export function natsServerBinary(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.NATS_SERVER_BIN) return env.NATS_SERVER_BIN;
+  for (const p of ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server']) if (existsSync(p)) return p;
+  return 'nats-server';
+}
+
+async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > until) throw new Error(`nats-server did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Starts a real nats-server on a free loopback port and waits until it accepts
+ * connections. The caller must `stop()` it.
+ */
+export async function startNatsServer(opts: { port?: number; timeoutMs?: number } = {}): Promise<NatsServerHandle> {
+  const port = opts.port ?? (await freePort());
+  const bin = natsServerBinary();
+  let child: ChildProcess | undefined;
+  const launch = async (): Promise<void> => {
+    const c = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+    child = c;
+    const failed = new Promise<never>((_, reject) => c.once('error', (e) => reject(new Error(`cannot start ${bin}: ${e.message}`))));
+    await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000), failed]);
+  };
+  const stop = async (): Promise<void> => {
+    const c = child;
+    child = undefined;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
+    c.kill('SIGTERM');
+    const t = setTimeout(() => c.kill('SIGKILL'), 2000);
+    await exited;
+    clearTimeout(t);
+  };
+  await launch();
+  return { url: `nats://127.0.0.1:${port}`, port, stop, restart: async () => { await stop(); await launch(); } };
+}
