@@ -1,1 +1,15 @@
-export {};
+/**
+ * @tandem/dp: the split-placement problem (which stages of a request run on the client and
+ * which on the server) and its solvers. Pure and synchronous: no I/O, clock, logging or
+ * global state; every function returns plain data.
+ */
+export { ALGORITHMS } from './types';
+export type { Algorithm, Link, Location, Placement, PlacementCost, PlacementInstance, PlacementResult, Stage } from './types';
+export { InstanceValidationError, validateInstance } from './validate';
+export { RELATIVE_TOLERANCE, approxEqual, approxLessOrEqual, evaluatePlacement, meetsSla, transferMs } from './evaluate';
+export { isAlgorithm, solve } from './solve';
+export { minLatencyPlacement, solveDp } from './exact-dp';
+export { MAX_GRID_CELLS, solveDpGrid } from './grid-dp';
+export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
+export { instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
+export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';

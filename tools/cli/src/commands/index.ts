@@ -1,4 +1,5 @@
 import type { Command } from '../command';
+import { planCommand } from './plan';
 
 /** Every `tandem` sub-command. Each lives in its own file under commands/. */
-export const commands: readonly Command[] = [];
+export const commands: readonly Command[] = [planCommand];
