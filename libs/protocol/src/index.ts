@@ -30,6 +30,18 @@ export {
   WatchPlansResponse,
 } from './generated/tandem/planner/v1/planner';
 export type { PlannerServiceServer } from './generated/tandem/planner/v1/planner';
+export {
+  AgentServiceClient,
+  AgentServiceService,
+  GeneratedToken,
+  GenerateRequest,
+  GenerateResponse,
+  GenerationSummary,
+  GetStatusRequest as AgentStatusRequest,
+  GetStatusResponse as AgentStatusResponse,
+  TokenIds,
+} from './generated/tandem/agent/v1/agent';
+export type { AgentServiceServer } from './generated/tandem/agent/v1/agent';
 export { ClientProfile, LinkDirection, ServerLoad, StageTiming } from './generated/tandem/telemetry/v1/telemetry';
 export {
   HealthCheckRequest,

@@ -1,0 +1,111 @@
+/** One environment variable of a service: its parser, default and documentation. */
+export interface EnvVar<T> {
+  readonly doc: string;
+  /** Default when unset or empty; undefined makes the variable required. */
+  readonly default?: T;
+  parse(raw: string): T;
+  /** Printable default for documentation. */
+  readonly shown?: string;
+}
+
+/** Every problem found in a service's environment, all listed at once. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+/** Thrown by a parser; the loader prefixes the variable name. */
+class ParseError extends Error {}
+
+export const env = {
+  string(doc: string, def?: string): EnvVar<string> {
+    return { doc, default: def, parse: (raw) => raw, shown: def === undefined ? '(required)' : JSON.stringify(def) };
+  },
+  int(doc: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): EnvVar<number> {
+    return {
+      doc, default: def, shown: def === undefined ? '(required)' : String(def),
+      parse: (raw) => {
+        const n = Number(raw);
+        if (!/^-?\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) throw new ParseError(`must be an integer in ${min}..${max}`);
+        return n;
+      },
+    };
+  },
+  number(doc: string, def: number | undefined, min: number, max = Number.POSITIVE_INFINITY): EnvVar<number> {
+    return {
+      doc, default: def, shown: def === undefined ? '(required)' : String(def),
+      parse: (raw) => {
+        const n = Number(raw);
+        if (raw.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ParseError(`must be a number in ${min}..${max}`);
+        return n;
+      },
+    };
+  },
+  bool(doc: string, def: boolean): EnvVar<boolean> {
+    return {
+      doc, default: def, shown: String(def),
+      parse: (raw) => {
+        const v = raw.trim().toLowerCase();
+        if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+        if (['0', 'false', 'no', 'off'].includes(v)) return false;
+        throw new ParseError('must be true or false');
+      },
+    };
+  },
+  oneOf<const T extends string>(doc: string, def: T, values: readonly T[]): EnvVar<T> {
+    return {
+      doc, default: def, shown: JSON.stringify(def),
+      parse: (raw) => {
+        if (!(values as readonly string[]).includes(raw)) throw new ParseError(`must be one of ${values.join(', ')}`);
+        return raw as T;
+      },
+    };
+  },
+  /** A JSON value checked by `check`, which throws an Error describing the rule broken. */
+  json<T>(doc: string, def: T, check: (v: unknown) => T): EnvVar<T> {
+    return {
+      doc, default: def, shown: JSON.stringify(def),
+      parse: (raw) => {
+        let v: unknown;
+        try { v = JSON.parse(raw); } catch { throw new ParseError('must be valid JSON'); }
+        try { return check(v); } catch (err) { throw new ParseError((err as Error).message); }
+      },
+    };
+  },
+};
+
+export type EnvSchema = Record<string, EnvVar<unknown>>;
+export type EnvValues<S extends EnvSchema> = { readonly [K in keyof S]: S[K] extends EnvVar<infer T> ? T : never };
+
+/**
+ * Reads every variable of `schema` from `source` (pure: pass process.env from main).
+ * @throws ConfigError listing every variable that is missing or breaks its rule, with the value given.
+ */
+export function loadEnv<S extends EnvSchema>(schema: S, source: Readonly<Record<string, string | undefined>>): EnvValues<S> {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [name, v] of Object.entries(schema)) {
+    const raw = source[name];
+    if (raw === undefined || raw === '') {
+      if (v.default === undefined) problems.push(`${name} is required (${v.doc})`);
+      else out[name] = v.default;
+      continue;
+    }
+    try {
+      out[name] = v.parse(raw);
+    } catch (err) {
+      if (!(err instanceof ParseError)) throw err;
+      problems.push(`${name} ${err.message}, given '${raw}'`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return Object.freeze(out) as EnvValues<S>;
+}
+
+/** A markdown table of a schema's variables, for the README. */
+export function envTable(schema: EnvSchema): string {
+  const rows = Object.entries(schema).map(([name, v]) => `| \`${name}\` | ${v.shown ?? ''} | ${v.doc} |`);
+  return ['| variable | default | meaning |', '|---|---|---|', ...rows].join('\n');
+}

@@ -1,0 +1,8 @@
+/** @tandem/service-kit: what every Tandem service shares: env config, logging, shutdown, NATS. */
+export { ConfigError, env, envTable, loadEnv } from './env';
+export type { EnvSchema, EnvValues, EnvVar } from './env';
+export { createLogger } from './logger';
+export type { Logger } from './logger';
+export { onShutdownSignal } from './shutdown';
+export { connectNats, publishQuietly } from './nats';
+export type { NatsConnection } from './nats';
