@@ -1,0 +1,86 @@
+/**
+ * Seeded random instances for the unit tests (not exported from the package).
+ * Shaped like transformers: embed (token ids in), attn and mlp stages per block with the
+ * hidden-state boundary, head (one token id or logits out), with per-stage noise so stages
+ * are heterogeneous, as measured profiles are.
+ */
+import { instanceFromShape, linkFromMbps, type TransformerShape } from './cost-model';
+import type { PlacementInstance, Stage } from './types';
+
+/** mulberry32: a small deterministic PRNG giving floats in [0, 1). */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function pick<T>(rnd: () => number, xs: readonly T[]): T {
+  return xs[Math.floor(rnd() * xs.length)];
+}
+
+/** A GPT-2-like shape with `layers` blocks. */
+export function gptLikeShape(layers: number, dModel: number): TransformerShape {
+  return {
+    name: `gpt-${layers}x${dModel}`, dModel, dFF: 4 * dModel, encoderLayers: 0, decoderLayers: layers,
+    crossAttention: false, inputBytesPerToken: 8, embedFlopsPerToken: 0, headKind: 'lm', headOutputs: 50257, activationBytes: 4,
+  };
+}
+
+/**
+ * A transformer-shaped instance with `stageCount` = 2·layers + 2 stages (even, >= 2 → at
+ * least 0 blocks), random sequence length, device speeds, links and per-stage noise, and an
+ * SLA drawn between a bit below the fastest placement and well above all-server.
+ */
+export function randomTransformerInstance(rnd: () => number, layers: number): PlacementInstance {
+  const dModel = pick(rnd, [64, 256, 768, 1024]);
+  const tokens = pick(rnd, [1, 16, 128, 512, 1024]);
+  const base = instanceFromShape({
+    model: gptLikeShape(layers, dModel),
+    request: rnd() < 0.25 ? { kind: 'generation', promptTokens: tokens, decodeSteps: pick(rnd, [1, 8, 32]) } : { kind: 'prefill', tokens, output: rnd() < 0.2 ? 'logits' : 'token' },
+    client: { flopsPerSecond: pick(rnd, [0.2e12, 0.5e12, 1e12, 5e12]), efficiency: 0.5, overheadMsPerStage: rnd() * 0.2 },
+    server: { flopsPerSecond: pick(rnd, [20e12, 50e12, 100e12]), efficiency: 0.5, overheadMsPerStage: rnd() * 0.05 },
+    uplink: linkFromMbps(rnd() * 30, pick(rnd, [5, 20, 100, 1000])),
+    downlink: linkFromMbps(rnd() * 30, pick(rnd, [20, 100, 500, 1000])),
+    slaMs: 1,
+  });
+  // Measured-like noise: each stage's times vary by up to ±40 %, work follows server time.
+  const stages: Stage[] = base.stages.map((s) => {
+    const serverMs = s.serverMs * (0.6 + 0.8 * rnd());
+    return { ...s, clientMs: s.clientMs * (0.6 + 0.8 * rnd()), serverMs, serverWork: rnd() < 0.1 ? 0 : serverMs };
+  });
+  const draft: PlacementInstance = { ...base, stages };
+  return { ...draft, slaMs: randomSla(rnd, draft), resolutionMs: 1 };
+}
+
+/** Fully random small instances, zeros included, to reach corner cases. */
+export function randomRawInstance(rnd: () => number, stageCount: number): PlacementInstance {
+  const num = (scale: number): number => (rnd() < 0.1 ? 0 : rnd() * scale);
+  const stages: Stage[] = Array.from({ length: stageCount }, (_, i) => ({
+    name: `s${i}`, clientMs: num(20), serverMs: num(5), serverWork: Math.round(num(10)), inBytes: Math.round(num(5000)),
+  }));
+  const draft: PlacementInstance = {
+    stages, outBytes: Math.round(num(3000)),
+    uplink: { latencyMs: num(5), bytesPerMs: 50 + rnd() * 1000 },
+    downlink: { latencyMs: num(5), bytesPerMs: 50 + rnd() * 4000 },
+    slaMs: 1,
+  };
+  return { ...draft, slaMs: randomSla(rnd, draft), resolutionMs: 0.25 };
+}
+
+function randomSla(rnd: () => number, draft: PlacementInstance): number {
+  const clientAll = draft.stages.reduce((a, s) => a + s.clientMs, 0);
+  const serverAll = draft.uplink.latencyMs + draft.stages[0].inBytes / draft.uplink.bytesPerMs
+    + draft.stages.reduce((a, s) => a + s.serverMs, 0) + draft.downlink.latencyMs + draft.outBytes / draft.downlink.bytesPerMs;
+  const lo = Math.min(clientAll, serverAll);
+  const hi = Math.max(clientAll, serverAll);
+  // Mostly between the two pure placements, sometimes below both (often infeasible) or above.
+  const u = rnd();
+  if (u < 0.1) return lo * (0.3 + 0.6 * rnd());
+  if (u < 0.2) return hi * (1 + rnd());
+  return lo + (hi - lo) * rnd() || 1;
+}
