@@ -1,1 +1,23 @@
-export {};
+/**
+ * @tandem/model: the GPT-2-family model format (a manifest plus one ONNX file per stage), its
+ * creation (synthetic presets, Hugging Face import), the stage runner shared by client and server,
+ * and a one-process split pipeline for forward passes and greedy generation.
+ */
+export { PRESETS, presetConfig, validateConfig } from './config';
+export type { ModelConfig, PresetName } from './config';
+export { MODEL_FORMAT, modelIdOf, readManifest, validateManifest, stageCount, stageSlot } from './manifest';
+export type { Manifest, ModelSource, StageInfo, StageKind, StageSlot } from './manifest';
+export { createModel } from './create';
+export type { CreateModelOptions } from './create';
+export { importHfModel, readHfConfig } from './import-hf';
+export type { ImportHfOptions } from './import-hf';
+export type { ProgressFn } from './model-writer';
+export { StageRunner } from './runner';
+export type { HostTensor, KvCache, StageRunnerOptions } from './runner';
+export { parsePlacement, formatPlacement } from './placement';
+export type { Placement, Side } from './placement';
+export { SplitPipeline, argmaxRow } from './pipeline';
+export type { GenerateOptions, SplitPipelineOptions, SplitSession, StageObserver } from './pipeline';
+export { encode, decode, EOT_ID, GPT2_VOCAB_SIZE } from './tokenizer';
+export { ModelFormatError, StageInputError, ImportError, ModelOptionError, isModelInputError } from './errors';
+export type { InputProblem, StageInputProblemKind } from './errors';

@@ -1,0 +1,28 @@
+import { ModelOptionError } from './errors';
+
+/** Where a stage runs. */
+export type Side = 'client' | 'server';
+
+/** One side per stage, in stage order. */
+export type Placement = readonly Side[];
+
+/**
+ * Parses a placement string of `C` (client) / `S` (server), one character per stage.
+ * @throws ModelOptionError (field `placement`) when the length is not `stageCount` or a character is
+ *   neither `C` nor `S`.
+ */
+export function parsePlacement(str: string, stageCount: number): Placement {
+  if (typeof str !== 'string' || str.length !== stageCount) {
+    throw new ModelOptionError('placement', `have one C/S character per stage (${stageCount} characters)`, str);
+  }
+  const bad = str.search(/[^CS]/);
+  if (bad >= 0) {
+    throw new ModelOptionError('placement', `contain only 'C' (client) and 'S' (server); character ${bad} is '${str[bad]}'`, str);
+  }
+  return Object.freeze([...str].map((ch): Side => (ch === 'C' ? 'client' : 'server')));
+}
+
+/** The `C`/`S` string of a placement. */
+export function formatPlacement(p: Placement): string {
+  return p.map((s) => (s === 'client' ? 'C' : 'S')).join('');
+}

@@ -1,0 +1,293 @@
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { StageInputError } from './errors';
+import { type Manifest, type StageInfo, readManifest } from './manifest';
+import { IO } from './stage-graphs';
+
+/** A tensor in host memory, row-major. Float32 for hidden states and logits, int64 for token ids. */
+export type HostTensor =
+  | { readonly dtype: 'float32'; readonly shape: number[]; readonly data: Float32Array }
+  | { readonly dtype: 'int64'; readonly shape: number[]; readonly data: BigInt64Array };
+
+/**
+ * Per-generation state of one runner: the next position of `embed` and the past keys/values of each
+ * attention stage this runner owns. A cache only knows the stages its runner ran, so in a split each
+ * side holds the state of its own stages. Not safe for concurrent use on the same stage (refused).
+ */
+export interface KvCache {
+  /** Tokens embedded so far through this cache, i.e. the position id the next token gets. */
+  readonly embeddedTokens: number;
+  /** Tokens cached by attention stage `stage` (its past length); 0 before it first runs. */
+  pastLength(stage: number): number;
+  /** Bytes of keys and values held. */
+  readonly kvBytes: number;
+  /** Drops all keys/values and resets the position, to start a new sequence. */
+  clear(): void;
+}
+
+/** Options of {@link StageRunner.load}. */
+export interface StageRunnerOptions {
+  /** Stage indices to load (default: all). Only these can be run. */
+  readonly stages?: readonly number[];
+  /** Intra-op threads per session (default: onnxruntime's, one per physical core). */
+  readonly intraOpNumThreads?: number;
+  /**
+   * Let idle intra-op threads spin for new work (onnxruntime's default, true). Many small sessions
+   * run back to back can be faster with false, as a finished session's threads then stop competing
+   * with the next one's for the cores.
+   */
+  readonly allowSpinning?: boolean;
+  /** Called after each session is created: sessions loaded, sessions to load, stage name. */
+  readonly onProgress?: (loaded: number, total: number, stageName: string) => void;
+}
+
+class RunnerCache implements KvCache {
+  embeddedTokens = 0;
+  readonly kv = new Map<number, { key: ort.Tensor; value: ort.Tensor }>();
+  readonly inFlight = new Set<number>();
+
+  constructor(readonly owner: StageRunner) {}
+
+  pastLength(stage: number): number {
+    return this.kv.get(stage)?.key.dims[2] ?? 0;
+  }
+
+  get kvBytes(): number {
+    let n = 0;
+    for (const { key, value } of this.kv.values()) n += 4 * (key.size + value.size);
+    return n;
+  }
+
+  clear(): void {
+    for (const { key, value } of this.kv.values()) { key.dispose(); value.dispose(); }
+    this.kv.clear();
+    this.embeddedTokens = 0;
+  }
+}
+
+const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+
+function toHost(t: ort.Tensor): HostTensor & { dtype: 'float32' } {
+  return { dtype: 'float32', shape: [...t.dims], data: t.data as Float32Array };
+}
+
+/**
+ * Runs a chosen subset of a model's stages with onnxruntime-node, one session per stage. Client
+ * and server use the same class; only which stages they load differs. All inputs are validated
+ * before anything runs, so a refused call leaves the cache unchanged.
+ */
+export class StageRunner {
+  private closed = false;
+
+  private constructor(
+    /** The model's validated manifest. */
+    readonly manifest: Manifest,
+    /** Indices of the stages this runner loaded and may run. */
+    readonly stages: ReadonlySet<number>,
+    private readonly sessions: ReadonlyMap<number, ort.InferenceSession>,
+  ) {}
+
+  /**
+   * Reads the manifest of `dir` and creates a session for each requested stage.
+   * @throws ModelFormatError when the manifest is invalid or a stage index is out of range.
+   */
+  static async load(dir: string, opts: StageRunnerOptions = {}): Promise<StageRunner> {
+    const manifest = await readManifest(dir);
+    const n = manifest.stages.length;
+    const wanted = opts.stages ?? manifest.stages.map((s) => s.index);
+    for (const [i, s] of wanted.entries()) {
+      if (!Number.isInteger(s) || s < 0 || s >= n) throw new StageInputError(`stages[${i}]`, `be a stage index in 0..${n - 1}`, s);
+    }
+    const stages = [...new Set(wanted)].sort((a, b) => a - b);
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+      ...(opts.intraOpNumThreads ? { intraOpNumThreads: opts.intraOpNumThreads } : {}),
+      ...(opts.allowSpinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
+    };
+    const sessions = new Map<number, ort.InferenceSession>();
+    try {
+      for (const [k, s] of stages.entries()) {
+        const info = manifest.stages[s];
+        // Created from the file path so onnxruntime resolves the external data beside it.
+        sessions.set(s, await ort.InferenceSession.create(path.join(dir, info.file), sessionOptions));
+        opts.onProgress?.(k + 1, stages.length, info.name);
+      }
+    } catch (err) {
+      await Promise.all([...sessions.values()].map((x) => x.release()));
+      throw err;
+    }
+    return new StageRunner(manifest, new Set(stages), sessions);
+  }
+
+  /** A fresh cache for one generation (sequence). */
+  newCache(): KvCache {
+    return new RunnerCache(this);
+  }
+
+  /**
+   * Runs one stage on one sequence. `embed` takes token ids int64 [1,T] (positions come from the
+   * cache); other stages take the hidden state float32 [1,T,nEmbd]. Returns the hidden state
+   * [1,T,nEmbd], or the logits [1,T,vocabSize] for `head`. Advances the cache for `embed` and
+   * attention stages.
+   * @throws StageInputError (nothing ran, cache unchanged) when the stage is not loaded here, the
+   *   cache is not from this runner or in use, the dtype/shape is wrong, an id is outside the
+   *   vocabulary or the context would exceed nPositions.
+   */
+  async run(stage: number, input: HostTensor, cache: KvCache): Promise<HostTensor> {
+    const [out] = await this.runBatch(stage, [input], [cache]);
+    return out;
+  }
+
+  /**
+   * Runs one stage for several sequences. Position-wise stages (`embed`, mlp, `head`) concatenate
+   * the inputs along T and make one session call, which is cheaper than one call each; attention
+   * stages run the sequences one after another (each has its own past length, and padding to a
+   * common length would cost more than it saves at these sizes). Results equal separate
+   * {@link run} calls up to float rounding (~1e-7). All inputs are validated before any runs.
+   * @throws StageInputError as {@link run}, with fields prefixed `inputs[i]`/`caches[i]`.
+   */
+  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly KvCache[]): Promise<HostTensor[]> {
+    const info = this.checkStage(stage);
+    if (inputs.length === 0) throw new StageInputError('inputs', 'be a non-empty array', inputs);
+    if (caches.length !== inputs.length) throw new StageInputError('caches', `have one cache per input (${inputs.length})`, `${caches.length} caches`);
+    const single = inputs.length === 1;
+    const at = (i: number, f: string): string => (single ? f : f.replace(/^(input|cache)/, (m) => `${m}s[${i}]`));
+    const own = caches.map((c, i) => this.checkCache(c, at(i, 'cache')));
+    const lengths = inputs.map((x, i) => this.checkInput(info, x, own[i], (f) => at(i, f)));
+    if (info.kind === 'embed' || info.kind === 'attn') {
+      if (new Set(own).size !== own.length) throw new StageInputError('caches', `be distinct for stage ${info.name}, which advances them`, 'a repeated cache');
+    }
+    for (const c of own) if (c.inFlight.has(stage)) throw new StageInputError('cache', `not be in use by another call on stage ${info.name}`, 'a cache in use', 'precondition');
+    for (const c of own) c.inFlight.add(stage);
+    try {
+      const session = this.sessions.get(stage) as ort.InferenceSession;
+      switch (info.kind) {
+        case 'embed': return await this.runEmbed(session, inputs, own, lengths);
+        case 'attn': {
+          const outs: HostTensor[] = [];
+          for (const [i, x] of inputs.entries()) outs.push(await this.runAttn(session, stage, x, own[i]));
+          return outs;
+        }
+        default: return await this.runPositionwise(session, info, inputs, lengths);
+      }
+    } finally {
+      for (const c of own) c.inFlight.delete(stage);
+    }
+  }
+
+  /** Releases every session. The runner cannot be used afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.sessions.values()].map((s) => s.release()));
+  }
+
+  private checkStage(stage: number): StageInfo {
+    const n = this.manifest.stages.length;
+    if (!Number.isInteger(stage) || stage < 0 || stage >= n) throw new StageInputError('stage', `be a stage index in 0..${n - 1}`, stage);
+    if (this.closed) throw new StageInputError('stage', 'be run on an open runner (this one is closed)', stage, 'precondition');
+    if (!this.stages.has(stage)) {
+      throw new StageInputError('stage', `be one of the stages loaded by this runner (${[...this.stages].join(',') || 'none'})`, stage, 'precondition');
+    }
+    return this.manifest.stages[stage];
+  }
+
+  private checkCache(c: KvCache, field: string): RunnerCache {
+    if (!(c instanceof RunnerCache) || c.owner !== this) throw new StageInputError(field, "come from this runner's newCache()", typeof c);
+    return c;
+  }
+
+  /** Validates one input; returns its token count T. */
+  private checkInput(info: StageInfo, x: HostTensor, cache: RunnerCache, at: (f: string) => string): number {
+    const { vocabSize: V, nEmbd: D, nPositions } = this.manifest.config;
+    if (typeof x !== 'object' || x === null) throw new StageInputError(at('input'), 'be a tensor {dtype, shape, data}', x);
+    const shape: unknown = x.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) throw new StageInputError(at('input.shape'), 'be an array of non-negative integers', shape);
+    if (info.kind === 'embed') {
+      if (x.dtype !== 'int64') throw new StageInputError(at('input.dtype'), `be 'int64' for stage ${info.name}`, x.dtype);
+      if (shape.length !== 2 || shape[0] !== 1 || shape[1] < 1) throw new StageInputError(at('input.shape'), `be [1, T] with T >= 1 for stage ${info.name}`, shape);
+    } else {
+      if (x.dtype !== 'float32') throw new StageInputError(at('input.dtype'), `be 'float32' for stage ${info.name}`, x.dtype);
+      if (shape.length !== 3 || shape[0] !== 1 || shape[1] < 1 || shape[2] !== D) throw new StageInputError(at('input.shape'), `be [1, T, ${D}] with T >= 1 for stage ${info.name}`, shape);
+    }
+    const T = shape[1] as number;
+    const ArrayType = x.dtype === 'int64' ? BigInt64Array : Float32Array;
+    if (!(x.data instanceof ArrayType) || x.data.length !== product(shape)) {
+      throw new StageInputError(at('input.data'), `be a ${ArrayType.name} of ${product(shape)} values (the shape's product)`, x.data instanceof ArrayType ? `${x.data.length} values` : typeof x.data);
+    }
+    if (info.kind === 'embed') {
+      const ids = x.data as BigInt64Array;
+      for (let i = 0; i < ids.length; i++) {
+        if (ids[i] < 0n || ids[i] >= BigInt(V)) throw new StageInputError(at(`input.data[${i}]`), `be a token id in 0..${V - 1}`, ids[i]);
+      }
+    }
+    const before = info.kind === 'embed' ? cache.embeddedTokens : info.kind === 'attn' ? cache.pastLength(info.index) : 0;
+    if (before + T > nPositions) {
+      throw new StageInputError(at('input.shape[1]'), `keep the context within nPositions = ${nPositions} (${before} tokens already in the cache of stage ${info.name})`, T, before > 0 ? 'precondition' : 'invalid');
+    }
+    return T;
+  }
+
+  private async runEmbed(session: ort.InferenceSession, inputs: readonly HostTensor[], caches: readonly RunnerCache[], lengths: readonly number[]): Promise<HostTensor[]> {
+    const total = lengths.reduce((a, b) => a + b, 0);
+    const ids = inputs.length === 1 ? (inputs[0].data as BigInt64Array) : new BigInt64Array(total);
+    const pos = new BigInt64Array(total);
+    let o = 0;
+    for (const [i, x] of inputs.entries()) {
+      if (inputs.length > 1) ids.set(x.data as BigInt64Array, o);
+      for (let t = 0; t < lengths[i]; t++) pos[o + t] = BigInt(caches[i].embeddedTokens + t);
+      o += lengths[i];
+    }
+    const r = await session.run({
+      [IO.inputIds]: new ort.Tensor('int64', ids, [1, total]),
+      [IO.positionIds]: new ort.Tensor('int64', pos, [1, total]),
+    });
+    for (const [i, c] of caches.entries()) c.embeddedTokens += lengths[i];
+    return this.split(r[IO.hidden], lengths);
+  }
+
+  private async runAttn(session: ort.InferenceSession, stage: number, x: HostTensor, cache: RunnerCache): Promise<HostTensor> {
+    const { nHead: H, nEmbd: D } = this.manifest.config;
+    let past = cache.kv.get(stage);
+    if (!past) {
+      const empty = new ort.Tensor('float32', new Float32Array(0), [1, H, 0, D / H]);
+      past = { key: empty, value: empty };
+    }
+    const r = await session.run({
+      [IO.hidden]: new ort.Tensor('float32', x.data as Float32Array, x.shape),
+      [IO.pastKey]: past.key,
+      [IO.pastValue]: past.value,
+    });
+    // The present tensors are fed back as the next step's past as they are: no copy.
+    cache.kv.set(stage, { key: r[IO.presentKey], value: r[IO.presentValue] });
+    return toHost(r[IO.hiddenOut]);
+  }
+
+  private async runPositionwise(session: ort.InferenceSession, info: StageInfo, inputs: readonly HostTensor[], lengths: readonly number[]): Promise<HostTensor[]> {
+    const D = this.manifest.config.nEmbd;
+    const total = lengths.reduce((a, b) => a + b, 0);
+    let data: Float32Array;
+    if (inputs.length === 1) data = inputs[0].data as Float32Array;
+    else {
+      data = new Float32Array(total * D);
+      let o = 0;
+      for (const x of inputs) { data.set(x.data as Float32Array, o); o += x.data.length; }
+    }
+    const r = await session.run({ [IO.hidden]: new ort.Tensor('float32', data, [1, total, D]) });
+    return this.split(r[info.kind === 'head' ? IO.logits : IO.hiddenOut], lengths);
+  }
+
+  /** Splits a [1, ΣT, W] output back into one [1, T_i, W] tensor per sequence (copies when more than one). */
+  private split(out: ort.Tensor, lengths: readonly number[]): HostTensor[] {
+    if (lengths.length === 1) return [toHost(out)];
+    const W = out.dims[2];
+    const all = out.data as Float32Array;
+    let o = 0;
+    return lengths.map((T) => {
+      const data = all.slice(o * W, (o + T) * W);
+      o += T;
+      return { dtype: 'float32', shape: [1, T, W], data };
+    });
+  }
+}

@@ -1,0 +1,110 @@
+import { type Manifest, decode, encode } from '@tandem/model';
+import { type ParsedArgs, intFlag, parseArgs, required } from '../args';
+import type { Command } from '../command';
+import { UsageError } from '../errors';
+import { type CliIo, printJson } from '../io';
+import { idsFlag, loadPipeline, placementFlag, readModelFlag, toUsageError } from './forward';
+
+/**
+ * Where the tokens come from. Today only the in-process split pipeline (`--model` + `--placement`);
+ * another backend (e.g. a client agent reached with `--agent ADDR`) plugs in by implementing this
+ * and being chosen in {@link openBackend}.
+ */
+interface GenerateBackend {
+  /** Greedy decoding; calls `onToken` with each id as it is chosen; resolves with all generated ids. */
+  generate(prompt: readonly number[], maxNewTokens: number, onToken: (id: number) => void): Promise<number[]>;
+  close(): Promise<void>;
+}
+
+/** Flags and switches `tandem generate` accepts; a new backend adds its own here. */
+const FLAGS = ['model', 'prompt', 'ids', 'max-new-tokens', 'placement'];
+const SWITCHES = ['json'];
+
+async function localBackend(args: ParsedArgs, dir: string, manifest: Manifest): Promise<GenerateBackend> {
+  const placement = placementFlag(required(args, 'placement'), manifest);
+  const pipeline = await loadPipeline(dir, placement);
+  return {
+    generate: (prompt, maxNewTokens, onToken) => pipeline.generate(prompt, { maxNewTokens, onToken }),
+    close: () => pipeline.close(),
+  };
+}
+
+function openBackend(args: ParsedArgs, dir: string, manifest: Manifest): Promise<GenerateBackend> {
+  return localBackend(args, dir, manifest);
+}
+
+/** The prompt ids from exactly one of `--prompt TEXT` (GPT-2 BPE) or `--ids LIST`. */
+function promptIds(args: ParsedArgs, manifest: Manifest): number[] {
+  const text = args.flags.get('prompt');
+  const list = args.flags.get('ids');
+  if (text !== undefined && list !== undefined) throw new UsageError('--prompt and --ids are exclusive: give one of them, given both');
+  if (list !== undefined) return idsFlag('--ids', list, manifest);
+  if (text === undefined) throw new UsageError('--prompt TEXT or --ids LIST is required');
+  const ids = encode(text);
+  if (ids.length === 0) throw new UsageError(`--prompt must encode to at least one token, given '${text}'`);
+  const V = manifest.config.vocabSize;
+  const bad = ids.find((id) => id >= V);
+  if (bad !== undefined) throw new UsageError(`--prompt must encode to token ids in 0..${V - 1} (the model's vocabulary), given '${text}' (encodes to id ${bad})`);
+  if (ids.length > manifest.config.nPositions) throw new UsageError(`--prompt must encode to at most nPositions = ${manifest.config.nPositions} tokens, given ${ids.length}`);
+  return ids;
+}
+
+/** Writes the decoded text as it grows, holding back a trailing partial UTF-8 character. */
+function textStreamer(io: CliIo): { push(ids: readonly number[]): void; end(ids: readonly number[]): void } {
+  let written = '';
+  const flush = (ids: readonly number[], final: boolean): void => {
+    const text = decode(ids);
+    if (!final && text.endsWith('\uFFFD')) return;
+    if (text.startsWith(written)) io.stdout.write(text.slice(written.length));
+    written = text;
+  };
+  return { push: (ids) => flush(ids, false), end: (ids) => { flush(ids, true); io.stdout.write('\n'); } };
+}
+
+const USAGE = `usage: tandem generate --model DIR (--prompt TEXT | --ids LIST) --max-new-tokens N --placement PLACEMENT [--json]
+
+Greedy decoding with the KV cache (a prefill over the prompt, then one step per token), executed
+with the split placement: C stages in a client-side runner, S stages in a server-side runner.
+
+  --model DIR            model directory (manifest.json + stages/)
+  --prompt TEXT          prompt text, GPT-2 BPE encoded
+  --ids LIST             or the prompt as comma-separated token ids
+  --max-new-tokens N     tokens to generate (prompt + N - 1 must fit in nPositions)
+  --placement P          one C/S character per stage (2*nLayer+2 characters)
+  --json                 print {"ids": [...generated ids...], "text": "..."}; otherwise the text is
+                         streamed to stdout as it is generated`;
+
+/** `tandem generate`: greedy split generation. */
+export const generateCommand: Command = {
+  path: ['generate'],
+  summary: 'generate tokens greedily with a split placement and the KV cache',
+  usage: USAGE,
+  async run(argv: readonly string[], io: CliIo): Promise<number> {
+    const args = parseArgs(argv, { flags: FLAGS, switches: SWITCHES });
+    const dir = required(args, 'model');
+    const manifest = await readModelFlag(dir);
+    const prompt = promptIds(args, manifest);
+    const { nPositions } = manifest.config;
+    const maxNew = intFlag(args, 'max-new-tokens', { min: 0, max: nPositions });
+    if (maxNew > 0 && prompt.length + maxNew - 1 > nPositions) {
+      throw new UsageError(`--max-new-tokens must keep prompt (${prompt.length} tokens) + N - 1 within nPositions = ${nPositions}, given ${maxNew}`);
+    }
+    const json = args.switches.has('json');
+    const backend = await openBackend(args, dir, manifest);
+    try {
+      const streamer = json ? undefined : textStreamer(io);
+      const so: number[] = [];
+      let ids: number[];
+      try {
+        ids = await backend.generate(prompt, maxNew, (id) => { so.push(id); streamer?.push(so); });
+      } catch (err) {
+        throw toUsageError(err);
+      }
+      if (json) printJson(io, { ids, text: decode(ids) });
+      else streamer?.end(ids);
+      return 0;
+    } finally {
+      await backend.close();
+    }
+  },
+};
