@@ -1,9 +1,10 @@
 import type { Command } from '../command';
 import { planCommand } from './plan';
+import { simulateCommand } from './simulate';
 import { forwardCommand } from './forward';
 import { generateCommand } from './generate';
 import { modelCreateCommand } from './model-create';
 import { modelImportCommand } from './model-import';
 
 /** Every `tandem` sub-command. Each lives in its own file under commands/. */
-export const commands: readonly Command[] = [planCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand];
+export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand];
