@@ -67,7 +67,7 @@ for (const p of projects) {
         problems.push(`${rel}: a ${p.tag} project may not import '${spec}'`);
       }
     }
-    if (p.tag !== 'type:tool' && !isTest && /process\.env\b/.test(src) && !/[\\/]config\.ts$/.test(rel) && !rel.startsWith('libs/testkit')) {
+    if (p.tag !== 'type:tool' && !isTest && /process\.env\b/.test(src) && !/[\\/](config|main)\.ts$/.test(rel) && !rel.startsWith('libs/testkit')) {
       problems.push(`${rel}: reads process.env outside config.ts`);
     }
   }

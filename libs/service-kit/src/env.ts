@@ -23,6 +23,16 @@ export const env = {
   string(doc: string, def?: string): EnvVar<string> {
     return { doc, default: def, parse: (raw) => raw, shown: def === undefined ? '(required)' : JSON.stringify(def) };
   },
+  /** A string that must match `pattern`; `rule` says how, for the error message. */
+  pattern(doc: string, def: string | undefined, pattern: RegExp, rule: string): EnvVar<string> {
+    return {
+      doc, default: def, shown: def === undefined ? '(required)' : JSON.stringify(def),
+      parse: (raw) => {
+        if (!pattern.test(raw)) throw new ParseError(`must be ${rule}`);
+        return raw;
+      },
+    };
+  },
   int(doc: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): EnvVar<number> {
     return {
       doc, default: def, shown: def === undefined ? '(required)' : String(def),
@@ -80,7 +90,7 @@ export type EnvSchema = Record<string, EnvVar<unknown>>;
 export type EnvValues<S extends EnvSchema> = { readonly [K in keyof S]: S[K] extends EnvVar<infer T> ? T : never };
 
 /**
- * Reads every variable of `schema` from `source` (pure: pass process.env from main).
+ * Reads every variable of `schema` from `source` (pure: main passes the process environment).
  * @throws ConfigError listing every variable that is missing or breaks its rule, with the value given.
  */
 export function loadEnv<S extends EnvSchema>(schema: S, source: Readonly<Record<string, string | undefined>>): EnvValues<S> {

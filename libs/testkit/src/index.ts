@@ -3,3 +3,5 @@ export { natsServerBinary, startNatsServer } from './nats-server';
 export type { NatsServerHandle } from './nats-server';
 export { freePort } from './ports';
 export { eventually, withTimeout } from './wait';
+export { makeTempModel } from './models';
+export type { TempModel } from './models';

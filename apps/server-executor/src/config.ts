@@ -1,0 +1,26 @@
+import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+
+/** Every environment variable the server-executor reads, with its default. */
+export const executorEnv = {
+  MODEL_DIR: env.string('Model directory (tandem-model/1) whose stages this executor serves'),
+  EXECUTOR_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50051'),
+  EXECUTOR_ID: env.string('Id in telemetry and logs', 'executor'),
+  EXECUTOR_MAX_SESSIONS: env.int('Concurrent split sessions; one more is refused with RESOURCE_EXHAUSTED', 64, 1, 100_000),
+  EXECUTOR_MAX_CONTEXT_TOKENS: env.int("Tokens (prompt + generated) one session may hold; 0 means the model's nPositions", 0, 0, 1_000_000),
+  EXECUTOR_MAX_MESSAGE_BYTES: env.int('Largest gRPC message accepted or sent, bytes', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
+  EXECUTOR_BATCHING: env.bool('Run steps of several sessions waiting at the same position-wise stage as one batch', true),
+  EXECUTOR_MAX_BATCH: env.int('Most sessions in one batch', 16, 1, 1024),
+  EXECUTOR_IDLE_TIMEOUT_MS: env.int('A session with no message for this long is ended with DEADLINE_EXCEEDED and freed', 60_000, 100, 86_400_000),
+  EXECUTOR_THREADS: env.int('onnxruntime intra-op threads (0 lets onnxruntime choose)', 0, 0, 256),
+  EXECUTOR_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long open sessions may finish before they are cancelled', 10_000, 0, 3_600_000),
+  NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),
+  TELEMETRY_INTERVAL_MS: env.int('How often the load report is published', 1000, 50, 3_600_000),
+  LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+};
+
+export type ExecutorConfig = EnvValues<typeof executorEnv>;
+
+/** Reads the executor's configuration. @throws ConfigError listing every problem. */
+export function loadConfig(source: Readonly<Record<string, string | undefined>>): ExecutorConfig {
+  return loadEnv(executorEnv, source);
+}

@@ -1,0 +1,55 @@
+import type { HostTensor } from '@tandem/protocol';
+import { modelIdOf, StageRunner, type KvCache } from '@tandem/model';
+
+/** What a stage computes; position-wise stages can batch sessions by concatenating tokens. */
+export type StageKind = 'embed' | 'attn' | 'mlp' | 'head';
+
+/** The executor's view of a model engine (constructor-injected so logic tests can use a fake). */
+export interface StageEngine {
+  readonly modelId: string;
+  readonly stageCount: number;
+  readonly nEmbd: number;
+  readonly vocabSize: number;
+  readonly nPositions: number;
+  stageKind(stage: number): StageKind;
+  newCache(): unknown;
+  /** Frees a cache's memory now (it is never used again). */
+  releaseCache(cache: unknown): void;
+  /** Runs one stage for several sessions; result i belongs to inputs[i]/caches[i]. */
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]>;
+  warmup(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** StageEngine on onnxruntime-node through the shared StageRunner, holding every stage. */
+export class OnnxStageEngine implements StageEngine {
+  private constructor(private readonly runner: StageRunner, readonly modelId: string) {}
+
+  static async load(modelDir: string, opts: { intraOpNumThreads?: number } = {}): Promise<OnnxStageEngine> {
+    const runner = await StageRunner.load(modelDir, { intraOpNumThreads: opts.intraOpNumThreads || undefined });
+    return new OnnxStageEngine(runner, modelIdOf(modelDir));
+  }
+
+  get stageCount(): number { return this.runner.manifest.stages.length; }
+  get nEmbd(): number { return this.runner.manifest.config.nEmbd; }
+  get vocabSize(): number { return this.runner.manifest.config.vocabSize; }
+  get nPositions(): number { return this.runner.manifest.config.nPositions; }
+  stageKind(stage: number): StageKind { return this.runner.manifest.stages[stage].kind; }
+  newCache(): KvCache { return this.runner.newCache(); }
+  releaseCache(cache: unknown): void { (cache as KvCache).clear(); }
+
+  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
+    return this.runner.runBatch(stage, inputs as never, caches as KvCache[]) as Promise<HostTensor[]>;
+  }
+
+  /** Runs a 4-token prompt and one decode step through every stage, so first requests pay no lazy initialisation. */
+  async warmup(): Promise<void> {
+    const cache = this.runner.newCache();
+    for (const t of [4, 1]) {
+      let x: HostTensor = { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) };
+      for (let s = 0; s < this.stageCount; s++) x = (await this.runner.run(s, x as never, cache)) as HostTensor;
+    }
+  }
+
+  async close(): Promise<void> { await this.runner.close(); }
+}

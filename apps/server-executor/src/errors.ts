@@ -1,0 +1,39 @@
+import { status, type StatusObject, Metadata } from '@grpc/grpc-js';
+import { TensorFormatError } from '@tandem/protocol';
+import { StageInputError } from '@tandem/model';
+
+/** A request broke a rule of the protocol: INVALID_ARGUMENT. */
+export class ValidationError extends Error {
+  override name = 'ValidationError';
+}
+/** A well-formed request that does not fit the session's state: FAILED_PRECONDITION. */
+export class PreconditionError extends Error {
+  override name = 'PreconditionError';
+}
+/** A configured limit was reached: RESOURCE_EXHAUSTED. */
+export class CapacityError extends Error {
+  override name = 'CapacityError';
+}
+/** Not ready or draining: UNAVAILABLE. */
+export class NotReadyError extends Error {
+  override name = 'NotReadyError';
+}
+/** The session ended (cancelled, idle, shut down) before the work ran. */
+export class SessionClosedError extends Error {
+  override name = 'SessionClosedError';
+  constructor(message: string, readonly code: status = status.CANCELLED) {
+    super(message);
+  }
+}
+
+/** The one place that decides gRPC status codes for the executor's errors. Unknown errors become INTERNAL. */
+export function toGrpcStatus(err: unknown): Partial<StatusObject> & { code: status; details: string } {
+  const m = (code: status, details: string) => ({ code, details, metadata: new Metadata() });
+  if (err instanceof ValidationError || err instanceof TensorFormatError) return m(status.INVALID_ARGUMENT, err.message);
+  if (err instanceof StageInputError) return m(err.kind === 'precondition' ? status.FAILED_PRECONDITION : status.INVALID_ARGUMENT, err.message);
+  if (err instanceof PreconditionError) return m(status.FAILED_PRECONDITION, err.message);
+  if (err instanceof CapacityError) return m(status.RESOURCE_EXHAUSTED, err.message);
+  if (err instanceof NotReadyError) return m(status.UNAVAILABLE, err.message);
+  if (err instanceof SessionClosedError) return m(err.code, err.message);
+  return m(status.INTERNAL, 'internal error in the executor (logged)');
+}

@@ -1,0 +1,181 @@
+import * as grpc from '@grpc/grpc-js';
+import {
+  channelOptions,
+  ExecutorServiceService,
+  HealthReporter,
+  ServerLoad,
+  ServingStatus,
+  Subjects,
+  type ExecutorServiceServer,
+  type GetStatusResponse,
+  type SessionRequest,
+  type SessionResponse,
+} from '@tandem/protocol';
+import { connectNats, publishQuietly, type Logger, type NatsConnection } from '@tandem/service-kit';
+import type { StageEngine } from './engine';
+import { CapacityError, NotReadyError } from './errors';
+import { StageScheduler } from './scheduler';
+import { SplitSession } from './split-session';
+
+export interface ExecutorServerOptions {
+  readonly engine: StageEngine;
+  readonly log: Logger;
+  /** host:port; port 0 picks a free one. */
+  readonly address: string;
+  readonly serverId: string;
+  readonly maxSessions: number;
+  /** 0 means the model's nPositions. */
+  readonly maxContextTokens: number;
+  readonly maxMessageBytes: number;
+  readonly batching: boolean;
+  readonly maxBatch: number;
+  readonly idleTimeoutMs: number;
+  /** NATS URL for telemetry, or undefined for none. */
+  readonly natsUrl?: string;
+  readonly telemetryIntervalMs: number;
+}
+
+/**
+ * The server-executor: serves split sessions over gRPC on one engine, reports health
+ * (SERVING only after the engine warmed up; NOT_SERVING while draining) and publishes
+ * its load over NATS.
+ */
+export class ExecutorServer {
+  private readonly server: grpc.Server;
+  private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
+  private readonly scheduler: StageScheduler;
+  private readonly sessions = new Set<SplitSession>();
+  private sessionsOpened = 0;
+  private draining = false;
+  private nc: NatsConnection | undefined;
+  private telemetryTimer: NodeJS.Timeout | undefined;
+  private lastBusyMs = 0;
+  private lastTickMs = performance.now();
+  private queueWaitSumMs = 0;
+  private queueWaitCount = 0;
+  private stepsCompleted = 0;
+  private port = 0;
+  private readonly log: Logger;
+  private readonly maxContext: number;
+  private resolveClosed!: (e: Error | undefined) => void;
+  /** Resolves when the server has stopped, with the error that stopped it if any. */
+  readonly closed = new Promise<Error | undefined>((r) => { this.resolveClosed = r; });
+
+  constructor(private readonly opts: ExecutorServerOptions) {
+    this.log = opts.log.child({ component: 'executor' });
+    this.scheduler = new StageScheduler(opts.engine, {
+      batching: opts.batching,
+      maxBatch: opts.maxBatch,
+      onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; },
+    });
+    this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
+    this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
+  }
+
+  /** Warms the engine up, binds, marks SERVING and starts telemetry. Resolves with the bound port. */
+  async start(): Promise<{ port: number }> {
+    this.server.addService(ExecutorServiceService, this.handlers());
+    this.health.addTo(this.server);
+    this.port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(this.opts.address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const t0 = performance.now();
+    await this.opts.engine.warmup();
+    this.log.info({ port: this.port, modelId: this.opts.engine.modelId, warmupMs: Math.round(performance.now() - t0) }, 'executor ready');
+    this.health.set('', ServingStatus.SERVING);
+    this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
+    if (this.opts.natsUrl) {
+      // Connecting must not hold up serving: NATS may come later.
+      void connectNats(this.opts.natsUrl, `executor-${this.opts.serverId}`, this.log).then((nc) => {
+        if (this.draining) { void nc.close(); return; }
+        this.nc = nc;
+      }, (err: unknown) => this.log.warn({ err }, 'NATS connection failed; telemetry off'));
+      this.telemetryTimer = setInterval(() => this.publishLoad(), this.opts.telemetryIntervalMs);
+      this.telemetryTimer.unref();
+    }
+    return { port: this.port };
+  }
+
+  /** Current counters, as GetStatus returns them. */
+  status(): GetStatusResponse {
+    return {
+      activeSessions: this.sessions.size,
+      queueDepth: this.scheduler.depth,
+      sessionsOpened: this.sessionsOpened,
+      stepsCompleted: this.stepsCompleted,
+      maxSessions: this.opts.maxSessions,
+      modelId: this.opts.engine.modelId,
+      draining: this.draining,
+      batchedSteps: this.scheduler.batchedStepCount,
+    };
+  }
+
+  /** The load report published over NATS (also used by tests). */
+  loadReport(): ServerLoad {
+    const now = performance.now();
+    const busy = this.scheduler.busyTimeMs;
+    const util = Math.min(1, Math.max(0, (busy - this.lastBusyMs) / Math.max(1, now - this.lastTickMs)));
+    this.lastBusyMs = busy;
+    this.lastTickMs = now;
+    const meanQueueMs = this.queueWaitCount ? this.queueWaitSumMs / this.queueWaitCount : 0;
+    this.queueWaitSumMs = 0;
+    this.queueWaitCount = 0;
+    return {
+      serverId: this.opts.serverId,
+      modelId: this.opts.engine.modelId,
+      stages: this.scheduler.stats.snapshot().map((s) => ({ stage: s.stage, prefillMsPerToken: s.prefillMsPerToken, decodeMs: s.decodeMs, samples: s.samples })),
+      queueDepth: this.scheduler.depth,
+      activeSessions: this.sessions.size,
+      utilisation: util,
+      unixMs: Date.now(),
+      meanQueueMs,
+    };
+  }
+
+  private publishLoad(): void {
+    publishQuietly(this.nc, Subjects.serverLoad(this.opts.serverId), ServerLoad.encode(this.loadReport()).finish());
+  }
+
+  private handlers(): ExecutorServiceServer {
+    return {
+      session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
+        const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
+          this.log, (sess) => this.admit(sess));
+        void s.closed.then(() => this.sessions.delete(s));
+      },
+      getStatus: (_call, cb) => { cb(null, this.status()); },
+    };
+  }
+
+  private admit(s: SplitSession): void {
+    if (this.draining) throw new NotReadyError('the executor is draining and accepts no new sessions');
+    if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`);
+    this.sessions.add(s);
+    this.sessionsOpened++;
+  }
+
+  /**
+   * Drains: NOT_SERVING at once, no new sessions, open sessions get `graceMs` to finish,
+   * then are ended with UNAVAILABLE; the gRPC server and NATS are closed. Idempotent.
+   */
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.draining) { await this.closed; return; }
+    this.draining = true;
+    this.health.set('', ServingStatus.NOT_SERVING);
+    this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
+    this.log.info({ sessions: this.sessions.size }, 'draining');
+    const graceMs = opts.graceMs ?? 10_000;
+    const until = Date.now() + graceMs;
+    while (this.sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    for (const s of this.sessions) s.close('the executor is shutting down', grpc.status.UNAVAILABLE, true);
+    clearInterval(this.telemetryTimer);
+    this.health.closeWatchers();
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => { this.server.forceShutdown(); resolve(); }, 2000);
+      this.server.tryShutdown(() => { clearTimeout(force); resolve(); });
+    });
+    if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
+    await this.opts.engine.close();
+    this.log.info('executor stopped');
+    this.resolveClosed(undefined);
+  }
+}

@@ -1,0 +1,36 @@
+import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { loadConfig } from './config';
+import { OnnxStageEngine } from './engine';
+import { ExecutorServer } from './executor-server';
+
+/** Composition root of the server-executor: config → logger → engine → server → signals. */
+export async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const log = createLogger({ name: 'server-executor', level: config.LOG_LEVEL });
+  const engine = await OnnxStageEngine.load(config.MODEL_DIR, { intraOpNumThreads: config.EXECUTOR_THREADS });
+  const server = new ExecutorServer({
+    engine,
+    log,
+    address: config.EXECUTOR_ADDR,
+    serverId: config.EXECUTOR_ID,
+    maxSessions: config.EXECUTOR_MAX_SESSIONS,
+    maxContextTokens: config.EXECUTOR_MAX_CONTEXT_TOKENS,
+    maxMessageBytes: config.EXECUTOR_MAX_MESSAGE_BYTES,
+    batching: config.EXECUTOR_BATCHING,
+    maxBatch: config.EXECUTOR_MAX_BATCH,
+    idleTimeoutMs: config.EXECUTOR_IDLE_TIMEOUT_MS,
+    natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
+    telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
+  });
+  const { port } = await server.start();
+  // One line on stdout that launchers (the demo, tests) read to learn the port.
+  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'server-executor', port })}\n`);
+  onShutdownSignal(() => server.stop({ graceMs: config.EXECUTOR_SHUTDOWN_GRACE_MS }));
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`server-executor: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(err instanceof Error && err.name === 'ConfigError' ? 2 : 1);
+  });
+}

@@ -1,0 +1,98 @@
+import type { HostTensor } from '@tandem/protocol';
+import type { StageEngine, StageKind } from './engine';
+import { SessionClosedError } from './errors';
+import { StageScheduler } from './scheduler';
+
+/** A fake engine: stage s adds s+1 to every element; records each call. Kinds: embed, attn, mlp, attn, mlp, head. */
+class FakeEngine implements StageEngine {
+  readonly modelId = 'fake';
+  readonly stageCount = 6;
+  readonly nEmbd = 2;
+  readonly vocabSize = 4;
+  readonly nPositions = 64;
+  readonly calls: { stage: number; batch: number }[] = [];
+  failOn?: (stage: number, t: HostTensor) => boolean;
+  gate?: Promise<void>;
+  stageKind(s: number): StageKind { return (['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const)[s]; }
+  newCache(): unknown { return {}; }
+  releaseCache(): void {}
+  async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
+    this.calls.push({ stage, batch: inputs.length });
+    if (this.gate) await this.gate;
+    return inputs.map((t) => {
+      if (this.failOn?.(stage, t)) throw new Error(`bad input at stage ${stage}`);
+      return { dtype: 'float32', shape: [...t.shape], data: Float32Array.from(t.data as Float32Array, (v) => v + stage + 1) };
+    });
+  }
+  async warmup(): Promise<void> {}
+  async close(): Promise<void> {}
+}
+
+const tensor = (v: number, t = 1): HostTensor => ({ dtype: 'float32', shape: [1, t, 2], data: new Float32Array(2 * t).fill(v) });
+
+describe('StageScheduler', () => {
+  it('runs each step through its stage range in order, exactly once', async () => {
+    const engine = new FakeEngine();
+    const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+    const out = await sched.submit('a', 1, 5, tensor(0), {});
+    expect([...(out.tensor.data as Float32Array)]).toEqual([2 + 3 + 4 + 5, 14]);
+    expect(engine.calls.map((c) => c.stage)).toEqual([1, 2, 3, 4]);
+  });
+
+  it('batches sessions at the same position-wise stage and keeps them depth-synchronised', async () => {
+    const engine = new FakeEngine();
+    const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+    const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), {})));
+    // embed batched, attn one by one, mlp batched, attn one by one, mlp batched, head batched
+    expect(engine.calls).toEqual([
+      { stage: 0, batch: 3 }, { stage: 1, batch: 1 }, { stage: 1, batch: 1 }, { stage: 1, batch: 1 },
+      { stage: 2, batch: 3 }, { stage: 3, batch: 1 }, { stage: 3, batch: 1 }, { stage: 3, batch: 1 },
+      { stage: 4, batch: 3 }, { stage: 5, batch: 3 },
+    ]);
+    expect(outs.map((o) => (o.tensor.data as Float32Array)[0])).toEqual([21, 31, 41]);
+    expect(sched.batchedStepCount).toBe(12);
+  });
+
+  it('runs one session at a time when batching is off', async () => {
+    const engine = new FakeEngine();
+    const sched = new StageScheduler(engine, { batching: false, maxBatch: 8 });
+    await Promise.all([0, 1].map((v) => sched.submit(`s${v}`, 4, 6, tensor(v), {})));
+    expect(engine.calls.every((c) => c.batch === 1)).toBe(true);
+    expect(engine.calls).toHaveLength(4);
+  });
+
+  it('fails only the bad input of a batch; the others complete', async () => {
+    const engine = new FakeEngine();
+    engine.failOn = (stage, t) => stage === 2 && (t.data as Float32Array)[0] === 666 + 2;
+    const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+    const [good, bad] = await Promise.allSettled([sched.submit('g', 1, 3, tensor(1), {}), sched.submit('b', 1, 3, tensor(666), {})]);
+    expect(good.status).toBe('fulfilled');
+    expect(bad.status).toBe('rejected');
+    expect(sched.depth).toBe(0);
+  });
+
+  it('cancels waiting steps at once and a running one when its call returns', async () => {
+    const engine = new FakeEngine();
+    let open!: () => void;
+    engine.gate = new Promise<void>((r) => { open = r; });
+    const sched = new StageScheduler(engine, { batching: false, maxBatch: 8 });
+    const running = sched.submit('x', 1, 6, tensor(0), {});
+    const waiting = sched.submit('y', 1, 6, tensor(0), {});
+    await new Promise((r) => setImmediate(r));
+    expect(engine.calls).toHaveLength(1); // x is inside the engine call
+    const reason = new SessionClosedError('cancelled by the client');
+    const yGone = sched.cancelSession('y', reason);
+    await expect(waiting).rejects.toBe(reason);
+    await yGone;
+    const xGone = sched.cancelSession('x', reason);
+    let xIdle = false;
+    void xGone.then(() => { xIdle = true; });
+    await Promise.resolve();
+    expect(xIdle).toBe(false); // x is inside the engine call: its cache must not be freed yet
+    open();
+    await expect(running).rejects.toBe(reason);
+    await xGone;
+    expect(engine.calls).toHaveLength(1); // x never ran a second stage
+    expect(sched.depth).toBe(0);
+  });
+});

@@ -1,0 +1,179 @@
+import type { HostTensor } from '@tandem/protocol';
+import type { StageEngine } from './engine';
+import { SessionClosedError } from './errors';
+import { StageStats } from './stage-stats';
+
+/** One step of one session: stages [stage, end) still to run on `tensor`. */
+interface Job {
+  readonly sessionId: string;
+  stage: number;
+  readonly end: number;
+  tensor: HostTensor;
+  readonly cache: unknown;
+  readonly tokens: number;
+  readonly enqueuedAtMs: number;
+  startedAtMs: number | undefined;
+  computeMs: number;
+  batchedStages: number;
+  readonly resolve: (r: StepOutcome) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** What a step produced and what it cost. */
+export interface StepOutcome {
+  readonly tensor: HostTensor;
+  /** Server compute attributed to this step (its share of each batch it ran in), ms. */
+  readonly computeMs: number;
+  /** Time from submission until its first stage started, ms. */
+  readonly queueMs: number;
+  /** Stages of this step that ran batched with another session. */
+  readonly batchedStages: number;
+}
+
+export interface SchedulerOptions {
+  readonly batching: boolean;
+  readonly maxBatch: number;
+  /** Called after each step completes (for counters). */
+  readonly onStepDone?: (o: StepOutcome) => void;
+  /** Monotonic clock in ms (injected for tests). */
+  readonly now?: () => number;
+}
+
+/**
+ * Runs the server's stages of every session on one engine, one stage call at a time (the
+ * engine uses all its threads for one call). Depth-synchronised batching: it serves the
+ * shallowest waiting stage and, when that stage is position-wise (embed, mlp, head), runs
+ * it for every waiting step at the same stage in one engine call; attention stages run
+ * per session (their KV caches differ in length). A step moves through its stage range
+ * one stage per turn, so steps of other sessions interleave and meet at the same depth.
+ * Invariant: each step's stages run in order and exactly once.
+ */
+export class StageScheduler {
+  private readonly queue: Job[] = [];
+  private running = false;
+  /** Jobs inside the engine call now. */
+  private readonly inCall = new Set<Job>();
+  /** Callbacks to run once the current engine call returns. */
+  private afterCall: (() => void)[] = [];
+  /** Sessions cancelled while one of their steps was inside the engine call. */
+  private readonly cancelled = new Map<string, SessionClosedError>();
+  private busyMs = 0;
+  private batchedSteps = 0;
+  private readonly now: () => number;
+  readonly stats: StageStats;
+
+  constructor(private readonly engine: StageEngine, private readonly opts: SchedulerOptions) {
+    this.now = opts.now ?? (() => performance.now());
+    this.stats = new StageStats(engine.stageCount);
+  }
+
+  /** Steps waiting or running. */
+  get depth(): number { return this.queue.length; }
+  /** Total engine busy time since start, ms. */
+  get busyTimeMs(): number { return this.busyMs; }
+  /** Steps that shared a stage call with another session. */
+  get batchedStepCount(): number { return this.batchedSteps; }
+
+  /** Queues stages [begin, end) of one session's step on `tensor`. */
+  submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown): Promise<StepOutcome> {
+    const tokens = tensor.shape[1] ?? 1;
+    return new Promise<StepOutcome>((resolve, reject) => {
+      this.queue.push({ sessionId, stage: begin, end, tensor, cache, tokens, enqueuedAtMs: this.now(), startedAtMs: undefined, computeMs: 0, batchedStages: 0, resolve, reject });
+      // Start on the next turn of the event loop, so steps that arrived in the same I/O
+      // phase (from several streams) can share the first stage call.
+      if (!this.running) { this.running = true; setImmediate(() => void this.pump()); }
+    });
+  }
+
+  /**
+   * Fails every step of a session (it was cancelled or ended): waiting steps at once, a step
+   * inside the current engine call when that call returns. Resolves once no stage call of
+   * that session is running, so its cache can then be freed safely.
+   */
+  cancelSession(sessionId: string, reason: SessionClosedError): Promise<void> {
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      const j = this.queue[i];
+      if (j.sessionId === sessionId && !this.inCall.has(j)) {
+        this.queue.splice(i, 1);
+        j.reject(reason);
+      }
+    }
+    if (![...this.inCall].some((j) => j.sessionId === sessionId)) return Promise.resolve();
+    this.cancelled.set(sessionId, reason);
+    return new Promise<void>((resolve) => this.afterCall.push(resolve));
+  }
+
+  /**
+   * The next engine call: the oldest step among those at the shallowest stage, batched with
+   * every other step at that stage when the stage is position-wise. Serving the shallowest
+   * stage first lets steps that arrived together stay at the same depth (after each
+   * attention stage, which runs per session, they meet again at the next MLP).
+   */
+  private pickBatch(): Job[] {
+    let head = this.queue[0];
+    for (const j of this.queue) if (j.stage < head.stage) head = j;
+    const kind = this.engine.stageKind(head.stage);
+    if (!this.opts.batching || kind === 'attn') return [head];
+    const batch: Job[] = [];
+    for (const j of this.queue) {
+      if (j.stage === head.stage) batch.push(j);
+      if (batch.length >= this.opts.maxBatch) break;
+    }
+    return batch;
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.pickBatch();
+        const stage = batch[0].stage;
+        const t0 = this.now();
+        for (const j of batch) { j.startedAtMs ??= t0; this.inCall.add(j); }
+        let outputs: (HostTensor | Error)[];
+        try {
+          outputs = await this.engine.runBatch(stage, batch.map((j) => j.tensor), batch.map((j) => j.cache));
+        } catch (err) {
+          // One bad input must not fail the others: rerun them one by one.
+          outputs = batch.length === 1 ? [err as Error] : [];
+          if (batch.length > 1) {
+            for (const j of batch) {
+              try { outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]); } catch (e) { outputs.push(e as Error); }
+            }
+          }
+        }
+        const elapsed = this.now() - t0;
+        this.inCall.clear();
+        this.busyMs += elapsed;
+        const totalTokens = batch.reduce((a, j) => a + j.tokens, 0);
+        batch.forEach((j, i) => {
+          const share = elapsed * (j.tokens / totalTokens);
+          j.computeMs += share;
+          if (batch.length > 1) { this.batchedSteps++; j.batchedStages++; }
+          const idx = this.queue.indexOf(j);
+          const cancelledBy = this.cancelled.get(j.sessionId);
+          const out = cancelledBy ?? outputs[i];
+          if (out instanceof Error) {
+            if (idx >= 0) this.queue.splice(idx, 1);
+            j.reject(out);
+            return;
+          }
+          this.stats.record(stage, j.tokens, share);
+          j.tensor = out;
+          j.stage++;
+          if (j.stage >= j.end) {
+            if (idx >= 0) this.queue.splice(idx, 1);
+            const outcome = { tensor: out, computeMs: j.computeMs, queueMs: (j.startedAtMs ?? t0) - j.enqueuedAtMs, batchedStages: j.batchedStages };
+            this.opts.onStepDone?.(outcome);
+            j.resolve(outcome);
+          }
+        });
+        this.cancelled.clear();
+        const waiting = this.afterCall;
+        this.afterCall = [];
+        for (const w of waiting) w();
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+}

@@ -1,0 +1,40 @@
+/** Measured cost of one stage on this server. */
+export interface StageCost {
+  readonly stage: number;
+  /** Prefill compute per prompt token, ms (EWMA over steps with more than one token). */
+  readonly prefillMsPerToken: number;
+  /** One decode step (one token), ms (EWMA). */
+  readonly decodeMs: number;
+  readonly samples: number;
+}
+
+/**
+ * Exponentially weighted per-stage costs, split into prefill (per token) and decode
+ * (per one-token step), as the planner's cost model wants them. Figures are 0 until
+ * measured.
+ */
+export class StageStats {
+  private readonly prefill: Float64Array;
+  private readonly decode: Float64Array;
+  private readonly count: Uint32Array;
+
+  constructor(readonly stageCount: number, private readonly alpha = 0.2) {
+    this.prefill = new Float64Array(stageCount);
+    this.decode = new Float64Array(stageCount);
+    this.count = new Uint32Array(stageCount);
+  }
+
+  /** Records that `tokens` tokens at `stage` cost `ms` of compute. */
+  record(stage: number, tokens: number, ms: number): void {
+    if (tokens <= 1) this.decode[stage] = this.decode[stage] === 0 ? ms : this.decode[stage] + this.alpha * (ms - this.decode[stage]);
+    else {
+      const per = ms / tokens;
+      this.prefill[stage] = this.prefill[stage] === 0 ? per : this.prefill[stage] + this.alpha * (per - this.prefill[stage]);
+    }
+    this.count[stage]++;
+  }
+
+  snapshot(): StageCost[] {
+    return Array.from({ length: this.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: this.prefill[stage], decodeMs: this.decode[stage], samples: this.count[stage] }));
+  }
+}
