@@ -1,1 +1,7 @@
-export {};
+/** The client-agent's parts, for the launcher, tests and tools. */
+export { agentEnv, loadConfig, parseStageList } from './config';
+export type { AgentConfig } from './config';
+export { ClientAgent } from './client-agent';
+export type { ClientAgentOptions } from './client-agent';
+export { LinkEmulator, LinkEstimator } from './link';
+export { segmentsOf } from './generation';

@@ -1,0 +1,255 @@
+import * as grpc from '@grpc/grpc-js';
+import {
+  AgentServiceService,
+  channelOptions,
+  ClientProfile,
+  ExecutorServiceClient,
+  HealthReporter,
+  ServingStatus,
+  Subjects,
+  type AgentServiceServer,
+  type AgentStatusResponse,
+  type GenerateRequest,
+  type GenerateResponse,
+} from '@tandem/protocol';
+import { decode, encode, readManifest } from '@tandem/model';
+import { connectNats, publishQuietly, type Logger, type NatsConnection } from '@tandem/service-kit';
+import { generate, type GenerationStats } from './generation';
+import { LinkEmulator, LinkEstimator } from './link';
+import { LocalStages } from './local-stages';
+import { PlanFollower } from './plan-follower';
+import { RemoteSession } from './remote-session';
+
+export interface ClientAgentOptions {
+  readonly modelDir: string;
+  readonly modelId: string;
+  readonly clientId: string;
+  readonly clientClass: string;
+  readonly address: string;
+  readonly stages: readonly number[];
+  readonly threads: number;
+  readonly slowdown: number;
+  readonly link: LinkEmulator;
+  readonly executorAddr: string;
+  readonly plannerAddr?: string;
+  readonly natsUrl?: string;
+  readonly telemetryIntervalMs: number;
+  readonly deadlineMs: number;
+  readonly maxMessageBytes: number;
+  readonly log: Logger;
+}
+
+/** A Generate request after validation. */
+interface ValidRequest {
+  readonly ids: number[];
+  readonly maxNewTokens: number;
+  readonly placement?: string;
+}
+
+class RequestError extends Error {
+  override name = 'RequestError';
+}
+
+/**
+ * The client-agent: runs this device's stages, follows the planner's plans, publishes its
+ * profile (per-stage times, link) over NATS and serves the local Generate API.
+ */
+export class ClientAgent {
+  private readonly server: grpc.Server;
+  private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
+  private readonly estimator = new LinkEstimator();
+  private readonly executor: ExecutorServiceClient;
+  private local!: LocalStages;
+  private follower!: PlanFollower;
+  private nc: NatsConnection | undefined;
+  private timers: NodeJS.Timeout[] = [];
+  private readonly running = new Set<AbortController>();
+  private stageCount = 0;
+  private nEmbd = 0;
+  private vocabSize = 0;
+  private nPositions = 0;
+  private generations = 0;
+  private failures = 0;
+  private stopping = false;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: ClientAgentOptions) {
+    this.log = opts.log.child({ component: 'agent', clientId: opts.clientId });
+    this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
+    this.executor = new ExecutorServiceClient(opts.executorAddr, grpc.credentials.createInsecure(), channelOptions(opts.maxMessageBytes));
+  }
+
+  /** Loads and profiles the local stages, connects to the planner and NATS, binds the API. Resolves with the port. */
+  async start(): Promise<{ port: number }> {
+    const manifest = await readManifest(this.opts.modelDir);
+    this.stageCount = manifest.stages.length;
+    ({ nEmbd: this.nEmbd, vocabSize: this.vocabSize, nPositions: this.nPositions } = manifest.config);
+    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads });
+    await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
+    this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
+    this.follower.onPlan(() => this.publishProfile());
+    this.follower.start();
+    this.server.addService(AgentServiceService, this.handlers());
+    this.health.addTo(this.server);
+    const port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(this.opts.address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    await this.pingExecutor();
+    const ping = setInterval(() => void this.pingExecutor(), 2000);
+    ping.unref();
+    this.timers.push(ping);
+    if (this.opts.natsUrl) {
+      void connectNats(this.opts.natsUrl, `agent-${this.opts.clientId}`, this.log).then((nc) => {
+        if (this.stopping) { void nc.close(); return; }
+        this.nc = nc;
+        this.publishProfile();
+      }, (err: unknown) => this.log.warn({ err }, 'NATS connection failed; telemetry off'));
+      const t = setInterval(() => this.publishProfile(), this.opts.telemetryIntervalMs);
+      t.unref();
+      this.timers.push(t);
+    }
+    this.health.set('', ServingStatus.SERVING);
+    this.log.info({ port, stages: this.opts.stages.length, slowdown: this.opts.slowdown }, 'agent ready');
+    return { port };
+  }
+
+  /** Half the round trip of a small call to the executor feeds the latency estimate. */
+  private async pingExecutor(): Promise<void> {
+    const t0 = performance.now();
+    await new Promise<void>((resolve) => this.executor.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {
+      if (!err) this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
+      resolve();
+    }));
+  }
+
+  /** The profile published over NATS: local stage costs and the link as measured. */
+  profile(): ClientProfile {
+    const link = this.estimator.estimate();
+    return {
+      clientId: this.opts.clientId,
+      clientClass: this.opts.clientClass,
+      modelId: this.opts.modelId,
+      stages: this.local.costs(),
+      uplink: link.up,
+      downlink: link.down,
+      unixMs: Date.now(),
+      planEpoch: this.follower.current()?.epoch ?? 0,
+    };
+  }
+
+  private publishProfile(): void {
+    publishQuietly(this.nc, Subjects.clientProfile(this.opts.clientId), ClientProfile.encode(this.profile()).finish());
+  }
+
+  status(): AgentStatusResponse {
+    const plan = this.follower.current();
+    return {
+      clientId: this.opts.clientId,
+      clientClass: this.opts.clientClass,
+      planEpoch: plan?.epoch ?? 0,
+      placements: plan?.classes.map((c) => `${c.name}=${c.placement}`) ?? [],
+      generations: this.generations,
+      failures: this.failures,
+      plannerConnected: this.follower.connected,
+    };
+  }
+
+  private validate(req: GenerateRequest): ValidRequest {
+    let ids: number[];
+    if (req.input?.$case === 'prompt') {
+      if (req.input.value.length === 0) throw new RequestError('prompt must be non-empty text, given an empty string');
+      ids = encode(req.input.value);
+    } else if (req.input?.$case === 'ids') {
+      ids = req.input.value.ids;
+      if (ids.length === 0) throw new RequestError('ids must hold at least one token id, given none');
+      const bad = ids.findIndex((v) => v >= this.vocabSize);
+      if (bad >= 0) throw new RequestError(`ids[${bad}] must be in 0..${this.vocabSize - 1}, given ${ids[bad]}`);
+    } else {
+      throw new RequestError('input must be a prompt or ids, given neither');
+    }
+    // The last generated token is never fed back, so prompt + maxNewTokens - 1 must fit the context.
+    const room = this.nPositions - ids.length + 1;
+    if (room < 1) throw new RequestError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
+    if (req.maxNewTokens < 1 || req.maxNewTokens > room) throw new RequestError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
+    let placement: string | undefined;
+    if (req.placement) {
+      placement = req.placement;
+      if (placement.length !== this.stageCount || !/^[CS]+$/.test(placement)) {
+        throw new RequestError(`placement must be ${this.stageCount} letters C or S, given '${placement}'`);
+      }
+      const bad = [...placement].findIndex((c, s) => c === 'C' && !this.local.has(s));
+      if (bad >= 0) throw new RequestError(`placement puts stage ${bad} on this client, which does not hold it`);
+    }
+    return { ids, maxNewTokens: req.maxNewTokens, placement };
+  }
+
+  /**
+   * Runs one generation; `onToken` sees each token. Used by the gRPC handler and by tools
+   * that embed an agent.
+   */
+  async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number }> {
+    const v = this.validate(req);
+    const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
+    const stats = await generate({
+      local: this.local,
+      openRemote: () => RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadlineMs: this.opts.deadlineMs }),
+      emulator: this.opts.link,
+      estimator: this.estimator,
+      vocabSize: this.vocabSize,
+      signal,
+    }, chosen.placement, v.ids, v.maxNewTokens, onToken);
+    return { stats, ...chosen, promptTokens: v.ids.length };
+  }
+
+  private handlers(): AgentServiceServer {
+    return {
+      generate: (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
+        if (this.stopping) { call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the agent is shutting down' }); return; }
+        const ac = new AbortController();
+        this.running.add(ac);
+        call.on('cancelled', () => ac.abort(new Error('cancelled by the caller')));
+        this.generate(call.request, (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }), ac.signal).then((r) => {
+          this.generations++;
+          call.write({ kind: { $case: 'summary', value: {
+            ids: r.stats.ids, text: decode(r.stats.ids), placement: r.placement, planEpoch: r.epoch, requestClass: r.requestClass, slaMs: r.slaMs,
+            ttftMs: r.stats.ttftMs, totalMs: r.stats.totalMs, serverComputeMs: r.stats.serverComputeMs, clientComputeMs: r.stats.clientComputeMs, promptTokens: r.promptTokens,
+          } } });
+          call.end();
+        }, (err: unknown) => {
+          if (!(err instanceof RequestError)) this.failures++;
+          if (call.cancelled) return; // the caller is gone; nobody to tell
+          call.emit('error', ac.signal.aborted ? { code: grpc.status.UNAVAILABLE, details: 'the agent is shutting down' } : this.toStatus(err));
+        }).finally(() => this.running.delete(ac));
+      },
+      getStatus: (_call, cb) => { cb(null, this.status()); },
+    };
+  }
+
+  private toStatus(err: unknown): { code: grpc.status; details: string } {
+    if (err instanceof RequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+    const e = err as Partial<grpc.ServiceError>;
+    const passThrough = [grpc.status.UNAVAILABLE, grpc.status.RESOURCE_EXHAUSTED, grpc.status.DEADLINE_EXCEEDED, grpc.status.FAILED_PRECONDITION];
+    if (typeof e.code === 'number' && passThrough.includes(e.code)) return { code: e.code, details: `executor: ${e.details ?? e.message}` };
+    this.log.error({ err }, 'generation failed');
+    return { code: grpc.status.INTERNAL, details: `generation failed: ${e.details ?? e.message ?? String(err)}` };
+  }
+
+  /** Stops accepting work, lets running generations finish for `graceMs`, then cancels them and closes everything. */
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.health.set('', ServingStatus.NOT_SERVING);
+    const until = Date.now() + (opts.graceMs ?? 10_000);
+    while (this.running.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    for (const ac of this.running) ac.abort(new Error('the agent is shutting down'));
+    for (const t of this.timers) clearInterval(t);
+    this.follower?.stop();
+    this.health.closeWatchers();
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => { this.server.forceShutdown(); resolve(); }, 2000);
+      this.server.tryShutdown(() => { clearTimeout(force); resolve(); });
+    });
+    this.executor.close();
+    if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
+    await this.local?.close();
+  }
+}

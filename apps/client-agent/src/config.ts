@@ -1,0 +1,44 @@
+import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+
+/** Every environment variable the client-agent reads, with its default. */
+export const agentEnv = {
+  MODEL_DIR: env.string('Model directory (the same model the executor serves)'),
+  AGENT_ID: env.pattern("This device's id (telemetry subject and plan key)", 'agent-1', /^[A-Za-z0-9_-]{1,64}$/, '1..64 letters, digits, - or _'),
+  AGENT_CLASS: env.string('Device class; selects the SLAs in the planner configuration', 'default'),
+  AGENT_ADDR: env.string('Local gRPC address of the Generate API (port 0 picks a free port)', '127.0.0.1:50061'),
+  AGENT_STAGES: env.pattern("Stages this device may run: 'all' or a list like 0-3,7", 'all', /^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, "'all' or a list like 0-3,7"),
+  AGENT_THREADS: env.int('onnxruntime intra-op threads for the local stages (0 lets onnxruntime choose)', 1, 0, 256),
+  AGENT_SLOWDOWN: env.number('EMULATION: each local stage is padded to this many times its measured time, to act as a slower device on one machine; 1 = real speed', 1, 1, 1000),
+  AGENT_LINK_LATENCY_MS: env.number('EMULATION: one-way latency added to every transfer to or from the server, ms', 0, 0, 10_000),
+  AGENT_LINK_UP_BYTES_PER_MS: env.number('EMULATION: uplink throughput, bytes/ms (0 = not limited)', 0, 0),
+  AGENT_LINK_DOWN_BYTES_PER_MS: env.number('EMULATION: downlink throughput, bytes/ms (0 = not limited)', 0, 0),
+  EXECUTOR_ADDR: env.string('The server-executor, host:port', '127.0.0.1:50051'),
+  PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
+  NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),
+  TELEMETRY_INTERVAL_MS: env.int('How often the device profile is published', 1000, 50, 3_600_000),
+  AGENT_DEADLINE_MS: env.int('Deadline of one generation against the executor', 120_000, 100, 86_400_000),
+  AGENT_MAX_MESSAGE_BYTES: env.int('Largest gRPC message sent or accepted, bytes', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
+  AGENT_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long running generations may finish', 10_000, 0, 3_600_000),
+  LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+};
+
+export type AgentConfig = EnvValues<typeof agentEnv>;
+
+/** Reads the agent's configuration. @throws ConfigError listing every problem. */
+export function loadConfig(source: Readonly<Record<string, string | undefined>>): AgentConfig {
+  return loadEnv(agentEnv, source);
+}
+
+/** Expands 'all' or '0-3,7' into stage indices below `stageCount`. */
+export function parseStageList(spec: string, stageCount: number): number[] {
+  if (spec === 'all') return Array.from({ length: stageCount }, (_, i) => i);
+  const out = new Set<number>();
+  for (const part of spec.split(',')) {
+    const [a, b] = part.split('-').map(Number);
+    for (let i = a; i <= (b ?? a); i++) {
+      if (i >= stageCount) throw new Error(`AGENT_STAGES must name stages in 0..${stageCount - 1}, given ${i}`);
+      out.add(i);
+    }
+  }
+  return [...out].sort((x, y) => x - y);
+}

@@ -1,0 +1,43 @@
+import { modelIdOf, readManifest } from '@tandem/model';
+import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { ClientAgent } from './client-agent';
+import { loadConfig, parseStageList } from './config';
+import { LinkEmulator } from './link';
+
+/** Composition root of the client-agent. */
+export async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const log = createLogger({ name: 'client-agent', level: config.LOG_LEVEL });
+  const manifest = await readManifest(config.MODEL_DIR);
+  const agent = new ClientAgent({
+    modelDir: config.MODEL_DIR,
+    modelId: modelIdOf(config.MODEL_DIR),
+    clientId: config.AGENT_ID,
+    clientClass: config.AGENT_CLASS,
+    address: config.AGENT_ADDR,
+    stages: parseStageList(config.AGENT_STAGES, manifest.stages.length),
+    threads: config.AGENT_THREADS,
+    slowdown: config.AGENT_SLOWDOWN,
+    link: new LinkEmulator(
+      { latencyMs: config.AGENT_LINK_LATENCY_MS, bytesPerMs: config.AGENT_LINK_UP_BYTES_PER_MS },
+      { latencyMs: config.AGENT_LINK_LATENCY_MS, bytesPerMs: config.AGENT_LINK_DOWN_BYTES_PER_MS },
+    ),
+    executorAddr: config.EXECUTOR_ADDR,
+    plannerAddr: config.PLANNER_ADDR === 'off' ? undefined : config.PLANNER_ADDR,
+    natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
+    telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
+    deadlineMs: config.AGENT_DEADLINE_MS,
+    maxMessageBytes: config.AGENT_MAX_MESSAGE_BYTES,
+    log,
+  });
+  const { port } = await agent.start();
+  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'client-agent', id: config.AGENT_ID, port })}\n`);
+  onShutdownSignal(() => agent.stop({ graceMs: config.AGENT_SHUTDOWN_GRACE_MS }));
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`client-agent: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(err instanceof Error && (err.name === 'ConfigError' || err.name === 'ModelFormatError') ? 2 : 1);
+  });
+}

@@ -1,0 +1,102 @@
+import * as grpc from '@grpc/grpc-js';
+import { PlannerServiceClient, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
+import type { Logger } from '@tandem/service-kit';
+
+/** The placement a generation will use, frozen at its start. */
+export interface ChosenPlacement {
+  readonly placement: string;
+  readonly epoch: number;
+  readonly requestClass: string;
+  readonly slaMs: number;
+}
+
+/**
+ * Follows this client's plan stream from the planner. Starts all-server (epoch 0) until a
+ * plan arrives; keeps the last good plan while the planner is away and reconnects with
+ * backoff (250 ms doubling to 5 s). A plan that does not fit this device (wrong length,
+ * other letters, a 'C' on a stage it cannot run) is refused and logged; the previous one stays.
+ */
+export class PlanFollower {
+  private plan: ClientPlan | undefined;
+  private client: PlannerServiceClient | undefined;
+  private call: grpc.ClientReadableStream<WatchPlansResponse> | undefined;
+  private stopped = false;
+  private backoffMs = 250;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private listeners: ((p: ClientPlan) => void)[] = [];
+  connected = false;
+
+  constructor(
+    private readonly opts: { plannerAddr: string | undefined; clientId: string; stageCount: number; canRun: (stage: number) => boolean },
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    if (!this.opts.plannerAddr) return;
+    this.client = new PlannerServiceClient(this.opts.plannerAddr, grpc.credentials.createInsecure());
+    this.watch();
+  }
+
+  /** The current plan, if any. */
+  current(): ClientPlan | undefined { return this.plan; }
+
+  /** Calls `fn` with every plan accepted from now on. */
+  onPlan(fn: (p: ClientPlan) => void): void { this.listeners.push(fn); }
+
+  /** The placement for a prompt of `promptTokens` tokens: the first class that covers it, else the last class. */
+  choose(promptTokens: number): ChosenPlacement {
+    const plan = this.plan;
+    if (!plan || plan.classes.length === 0) return { placement: 'S'.repeat(this.opts.stageCount), epoch: 0, requestClass: 'default', slaMs: 0 };
+    const cls: ClassPlacement = plan.classes.find((c) => promptTokens <= c.maxPromptTokens) ?? plan.classes[plan.classes.length - 1];
+    return { placement: cls.placement, epoch: plan.epoch, requestClass: cls.name, slaMs: cls.slaMs };
+  }
+
+  /** Why a plan cannot be followed by this device, or undefined when it can. */
+  problem(plan: ClientPlan): string | undefined {
+    for (const [i, c] of plan.classes.entries()) {
+      if (c.placement.length !== this.opts.stageCount || !/^[CS]+$/.test(c.placement)) {
+        return `classes[${i}].placement must be ${this.opts.stageCount} letters C or S, given '${c.placement}'`;
+      }
+      const bad = [...c.placement].findIndex((ch, s) => ch === 'C' && !this.opts.canRun(s));
+      if (bad >= 0) return `classes[${i}].placement puts stage ${bad} on this client, which does not hold it`;
+    }
+    return undefined;
+  }
+
+  private watch(): void {
+    if (this.stopped || !this.client) return;
+    const call = this.client.watchPlans({ clientId: this.opts.clientId });
+    this.call = call;
+    call.on('data', (m: WatchPlansResponse) => {
+      this.connected = true;
+      this.backoffMs = 250;
+      const plan = m.plan;
+      if (!plan) return;
+      if (this.plan && plan.epoch <= this.plan.epoch) return;
+      const problem = this.problem(plan);
+      if (problem) { this.log.warn({ epoch: plan.epoch, problem }, 'refused a plan'); return; }
+      this.plan = plan;
+      this.log.info({ epoch: plan.epoch, classes: plan.classes.map((c) => `${c.name}=${c.placement}`) }, 'new plan');
+      for (const l of this.listeners) l(plan);
+    });
+    const again = (why: string): void => {
+      if (this.call !== call) return;
+      this.connected = false;
+      this.call = undefined;
+      if (this.stopped) return;
+      this.log.debug({ why, retryInMs: this.backoffMs }, 'plan stream lost; keeping the last plan');
+      this.retryTimer = setTimeout(() => this.watch(), this.backoffMs);
+      this.retryTimer.unref();
+      this.backoffMs = Math.min(5000, this.backoffMs * 2);
+    };
+    call.on('error', (e: grpc.ServiceError) => again(e.details || e.message));
+    call.on('end', () => again('stream ended'));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.call?.cancel();
+    this.client?.close();
+  }
+}

@@ -1,0 +1,75 @@
+import { ALGORITHMS, type Algorithm } from '@tandem/dp';
+import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+
+/** A request class: prompts up to `maxPromptTokens`, priced for `expectedNewTokens` output tokens, with an SLA. */
+export interface RequestClass {
+  readonly name: string;
+  readonly maxPromptTokens: number;
+  readonly expectedNewTokens: number;
+  /** SLA on the generation's end-to-end latency, ms. */
+  readonly slaMs: number;
+}
+
+export const DEFAULT_CLASSES: readonly RequestClass[] = [
+  { name: 'short', maxPromptTokens: 32, expectedNewTokens: 16, slaMs: 1500 },
+  { name: 'medium', maxPromptTokens: 128, expectedNewTokens: 32, slaMs: 4000 },
+  { name: 'long', maxPromptTokens: 1024, expectedNewTokens: 64, slaMs: 15000 },
+];
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Validates PLANNER_REQUEST_CLASSES; sorts classes by maxPromptTokens. */
+export function checkClasses(v: unknown): RequestClass[] {
+  if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs}');
+  const out = v.map((c: unknown, i) => {
+    if (!isObject(c)) throw new Error(`[${i}] must be an object`);
+    if (typeof c.name !== 'string' || !/^[A-Za-z0-9_<=.-]{1,64}$/.test(c.name)) throw new Error(`[${i}].name must be 1..64 letters, digits or _<=.-, given ${JSON.stringify(c.name)}`);
+    for (const k of ['maxPromptTokens', 'expectedNewTokens'] as const) {
+      if (!Number.isInteger(c[k]) || (c[k] as number) < (k === 'maxPromptTokens' ? 1 : 0)) throw new Error(`[${i}].${k} must be an integer >= ${k === 'maxPromptTokens' ? 1 : 0}, given ${JSON.stringify(c[k])}`);
+    }
+    if (typeof c.slaMs !== 'number' || !(c.slaMs > 0) || !Number.isFinite(c.slaMs)) throw new Error(`[${i}].slaMs must be a number > 0, given ${JSON.stringify(c.slaMs)}`);
+    return { name: c.name, maxPromptTokens: c.maxPromptTokens as number, expectedNewTokens: c.expectedNewTokens as number, slaMs: c.slaMs };
+  });
+  if (new Set(out.map((c) => c.name)).size !== out.length) throw new Error('class names must be unique');
+  return out.sort((a, b) => a.maxPromptTokens - b.maxPromptTokens);
+}
+
+/** Validates PLANNER_SLA_OVERRIDES: {clientClass: {requestClass: slaMs}}. */
+export function checkOverrides(v: unknown): Record<string, Record<string, number>> {
+  if (!isObject(v)) throw new Error('must be a JSON object {clientClass: {requestClass: slaMs}}');
+  for (const [cc, m] of Object.entries(v)) {
+    if (!isObject(m)) throw new Error(`.${cc} must be an object {requestClass: slaMs}`);
+    for (const [rc, sla] of Object.entries(m)) {
+      if (typeof sla !== 'number' || !(sla > 0) || !Number.isFinite(sla)) throw new Error(`.${cc}.${rc} must be a number > 0, given ${JSON.stringify(sla)}`);
+    }
+  }
+  return v as Record<string, Record<string, number>>;
+}
+
+/** Every environment variable the planner reads, with its default. */
+export const plannerEnv = {
+  MODEL_DIR: env.string('Model directory: the planner reads its manifest for stage names and boundary sizes'),
+  PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
+  NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
+  PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),
+  PLANNER_REQUEST_CLASSES: env.json('Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs})', DEFAULT_CLASSES as RequestClass[], checkClasses),
+  PLANNER_SLA_OVERRIDES: env.json('SLAs per client class (JSON {clientClass: {requestClass: slaMs}}) replacing the class defaults', {} as Record<string, Record<string, number>>, checkOverrides),
+  PLANNER_HYSTERESIS: env.number('A feasible plan is replaced only when the new one saves more than this fraction of its server work', 0.05, 0, 1),
+  PLANNER_SLA_MARGIN: env.number('Plan against this fraction of each SLA, leaving headroom for noise (1 = the full SLA)', 0.9, 0.1, 1),
+  PLANNER_RESOLUTION_MS: env.number('Time step of dp-grid, ms', 0.5, 0.001),
+  PLANNER_MAX_UTILISATION: env.number('Cap on the server utilisation used to inflate its stage times by 1/(1-u)', 0.9, 0, 0.99),
+  PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 always minimises work', 0.2, 0, 1),
+  PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),
+  PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
+  PLANNER_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long to wait before closing plan streams', 2000, 0, 3_600_000),
+  LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+};
+
+export type PlannerConfig = EnvValues<typeof plannerEnv>;
+
+/** Reads the planner's configuration. @throws ConfigError listing every problem. */
+export function loadConfig(source: Readonly<Record<string, string | undefined>>): PlannerConfig {
+  return loadEnv(plannerEnv, source);
+}

@@ -1,0 +1,34 @@
+import { readManifest } from '@tandem/model';
+import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { loadConfig } from './config';
+import { PlanMaker } from './plan-maker';
+import { PlannerServer } from './planner-server';
+
+/** Composition root of the planner. */
+export async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const log = createLogger({ name: 'planner', level: config.LOG_LEVEL });
+  const manifest = await readManifest(config.MODEL_DIR);
+  const maker = new PlanMaker({
+    stages: manifest.stages.map((s) => ({ name: s.name, inBytesPerToken: s.inBytesPerToken })),
+    classes: config.PLANNER_REQUEST_CLASSES,
+    slaOverrides: config.PLANNER_SLA_OVERRIDES,
+    algorithm: config.PLANNER_ALGORITHM,
+    hysteresis: config.PLANNER_HYSTERESIS,
+    slaMargin: config.PLANNER_SLA_MARGIN,
+    resolutionMs: config.PLANNER_RESOLUTION_MS,
+    maxUtilisation: config.PLANNER_MAX_UTILISATION,
+  });
+  const server = new PlannerServer({ maker, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
+    idleUtilisation: config.PLANNER_IDLE_UTILISATION });
+  const { port } = await server.start();
+  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);
+  onShutdownSignal(() => server.stop({ graceMs: config.PLANNER_SHUTDOWN_GRACE_MS }));
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`planner: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(err instanceof Error && (err.name === 'ConfigError' || err.name === 'ModelFormatError') ? 2 : 1);
+  });
+}

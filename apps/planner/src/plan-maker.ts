@@ -1,0 +1,132 @@
+import { evaluatePlacement, instanceFromMeasured, meetsSla, minLatencyPlacement, solve, type Algorithm, type Location, type Placement, type PlacementInstance } from '@tandem/dp';
+import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
+import type { RequestClass } from './config';
+
+/**
+ * What the planner optimises. `work`: the least server work that meets the SLA (the
+ * throughput objective, used when the server is busy). `latency`: the fastest placement
+ * (used while the server is idle: its capacity is free, so requests get the best latency).
+ */
+export type Objective = 'work' | 'latency';
+
+/** A stage as the manifest describes it. */
+export interface ModelStage {
+  readonly name: string;
+  readonly inBytesPerToken: number;
+}
+
+export interface PlanMakerOptions {
+  readonly stages: readonly ModelStage[];
+  readonly classes: readonly RequestClass[];
+  readonly slaOverrides: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  readonly algorithm: Algorithm;
+  readonly hysteresis: number;
+  readonly slaMargin: number;
+  readonly resolutionMs: number;
+  readonly maxUtilisation: number;
+}
+
+/** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
+export const UNRUNNABLE_MS = 1e12;
+/** Bytes of a sampled token id coming back from the head. */
+const TOKEN_BYTES = 8;
+
+const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
+
+/**
+ * Turns telemetry into placements: for each request class, an instance priced for the
+ * whole generation (prefill of maxPromptTokens, expectedNewTokens decode steps) from the
+ * client's measured stage times and the server's, solved with the configured algorithm.
+ * Under load the server's stage times (for latency, not for work) are inflated by
+ * 1 / (1 - utilisation), the mean time in an M/M/1 queue: the busier the server, the more
+ * the same SLA pushes onto the client. Pure: same inputs, same plans.
+ */
+export class PlanMaker {
+  constructor(readonly opts: PlanMakerOptions) {}
+
+  slaFor(clientClass: string, cls: RequestClass): number {
+    return this.opts.slaOverrides[clientClass]?.[cls.name] ?? cls.slaMs;
+  }
+
+  /** The instance for one client and class, or undefined when the server has not reported yet. */
+  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass): PlacementInstance | undefined {
+    if (!server || server.stages.length !== this.opts.stages.length) return undefined;
+    const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
+    const u = Math.min(Math.max(server.utilisation, 0), this.opts.maxUtilisation);
+    const inflate = 1 / (1 - u);
+    const n = cls.maxPromptTokens;
+    const m = Math.max(0, cls.expectedNewTokens - 1);
+    const base = {
+      outBytesPerPass: TOKEN_BYTES,
+      uplink: { latencyMs: client.uplink?.latencyMs ?? 0, bytesPerMs: client.uplink?.bytesPerMs || 1e6 },
+      downlink: { latencyMs: client.downlink?.latencyMs ?? 0, bytesPerMs: client.downlink?.bytesPerMs || 1e6 },
+      slaMs: this.slaFor(client.clientClass, cls) * this.opts.slaMargin,
+      promptTokens: n,
+      decodeSteps: m,
+      resolutionMs: this.opts.resolutionMs,
+    };
+    const stagesWith = (serverScale: number) => this.opts.stages.map((st, i) => {
+      const c = clientStages.get(i);
+      const s = server.stages[i];
+      return {
+        name: st.name,
+        inBytesPerToken: st.inBytesPerToken,
+        clientPrefillMs: c ? c.prefillMsPerToken * n : UNRUNNABLE_MS,
+        clientDecodeMs: c ? c.decodeMs : 0,
+        serverPrefillMs: s.prefillMsPerToken * n * serverScale,
+        serverDecodeMs: s.decodeMs * serverScale,
+      };
+    });
+    const timed = instanceFromMeasured({ ...base, stages: stagesWith(inflate) });
+    const work = instanceFromMeasured({ ...base, stages: stagesWith(1) });
+    // Latency from the loaded times, server work from the unloaded ones.
+    return { ...timed, stages: timed.stages.map((s, i) => ({ ...s, serverWork: work.stages[i].serverWork })) };
+  }
+
+  /**
+   * The placements for one client. `previous` (the client's current plan) is kept per class
+   * while it stays feasible and the new optimum saves no more than `hysteresis` of its work,
+   * so plans do not flap on measurement noise. Returns undefined until the server has reported.
+   */
+  plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work'): ClassPlacement[] | undefined {
+    const out: ClassPlacement[] = [];
+    for (const cls of this.opts.classes) {
+      const inst = this.instance(client, server, cls);
+      if (!inst) return undefined;
+      let best = objective === 'work' ? solve(inst, this.opts.algorithm) : this.fastest(inst);
+      let placement = toLetters(best.placement);
+      const prev = previous?.find((p) => p.name === cls.name);
+      if (prev && prev.placement.length === inst.stages.length && prev.placement !== placement) {
+        const kept = evaluatePlacement(inst, fromLetters(prev.placement));
+        const keptFeasible = meetsSla(inst, kept.latencyMs);
+        const saves = objective === 'work'
+          ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
+          : kept.latencyMs - best.latencyMs > this.opts.hysteresis * kept.latencyMs;
+        const fixes = !keptFeasible && best.feasible;
+        const faster = !keptFeasible && !best.feasible && best.latencyMs < kept.latencyMs * (1 - this.opts.hysteresis);
+        if (!saves && !fixes && !faster && (keptFeasible || !best.feasible)) {
+          placement = prev.placement;
+          best = { ...best, placement: fromLetters(prev.placement), latencyMs: kept.latencyMs, serverWork: kept.serverWork, feasible: keptFeasible };
+        }
+      }
+      out.push({
+        name: cls.name,
+        maxPromptTokens: cls.maxPromptTokens,
+        expectedNewTokens: cls.expectedNewTokens,
+        placement,
+        slaMs: this.slaFor(client.clientClass, cls),
+        predictedLatencyMs: best.latencyMs,
+        predictedServerWork: best.serverWork,
+        feasible: best.feasible,
+      });
+    }
+    return out;
+  }
+
+  private fastest(inst: PlacementInstance): ReturnType<typeof solve> {
+    const placement = minLatencyPlacement(inst);
+    const cost = evaluatePlacement(inst, placement);
+    return { algorithm: this.opts.algorithm, placement, ...cost, feasible: meetsSla(inst, cost.latencyMs) };
+  }
+}
