@@ -6,6 +6,7 @@ module.exports = {
   transform: { '^.+\\.ts$': ['@swc/jest', { jsc: { parser: { syntax: 'typescript' }, target: 'es2022' }, module: { type: 'commonjs' } }] },
   moduleNameMapper: {
     '^@tandem/(protocol|dp|model|testkit|service-kit)$': path.join(__dirname, 'libs/$1/src/index.ts'),
+    '^@tandem/(server-executor|planner|client-agent)$': path.join(__dirname, 'apps/$1/src/index.ts'),
   },
   testMatch: ['**/?(*.)+(spec|test).ts'],
   testPathIgnorePatterns: ['/node_modules/'],

@@ -6,14 +6,14 @@ import { join, relative, sep } from 'node:path';
 
 const root = process.cwd();
 const projects = [];
-for (const group of ['libs', 'apps', 'tools']) {
-  for (const name of readdirSync(join(root, group))) {
-    const pj = join(root, group, name, 'package.json');
-    if (!existsSync(pj)) continue;
-    const pkg = JSON.parse(readFileSync(pj, 'utf8'));
-    const tag = (pkg.nx?.tags ?? []).find((t) => t.startsWith('type:'));
-    projects.push({ dir: join(group, name), name: pkg.name, tag });
-  }
+const dirs = ['e2e'];
+for (const group of ['libs', 'apps', 'tools']) for (const name of readdirSync(join(root, group))) dirs.push(join(group, name));
+for (const dir of dirs) {
+  const pj = join(root, dir, 'package.json');
+  if (!existsSync(pj)) continue;
+  const pkg = JSON.parse(readFileSync(pj, 'utf8'));
+  const tag = (pkg.nx?.tags ?? []).find((t) => t.startsWith('type:'));
+  projects.push({ dir, name: pkg.name, tag });
 }
 const byName = new Map(projects.map((p) => [p.name, p]));
 
@@ -26,6 +26,7 @@ const RULES = {
   'type:testkit': { allowed: ['type:protocol', 'type:platform'], banned: [] },
   'type:app': { allowed: ['type:protocol', 'type:algo', 'type:platform'], banned: [] },
   'type:tool': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app'], banned: [] },
+  'type:e2e': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app'], banned: [] },
 };
 
 function* tsFiles(dir) {
@@ -67,7 +68,7 @@ for (const p of projects) {
         problems.push(`${rel}: a ${p.tag} project may not import '${spec}'`);
       }
     }
-    if (p.tag !== 'type:tool' && !isTest && /process\.env\b/.test(src) && !/[\\/](config|main)\.ts$/.test(rel) && !rel.startsWith('libs/testkit')) {
+    if (p.tag !== 'type:tool' && p.tag !== 'type:e2e' && !isTest && /process\.env\b/.test(src) && !/[\\/](config|main)\.ts$/.test(rel) && !rel.startsWith('libs/testkit')) {
       problems.push(`${rel}: reads process.env outside config.ts`);
     }
   }

@@ -1,0 +1,215 @@
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { SplitPipeline } from '@tandem/model';
+import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
+import { PlanMaker, PlannerServer } from '@tandem/planner';
+import {
+  AgentServiceClient,
+  ClientProfile,
+  ExecutorServiceClient,
+  PlannerServiceClient,
+  Subjects,
+  type ClientPlan,
+  type GenerateRequest,
+  type GenerateResponse,
+  type GenerationSummary,
+  type AgentStatusResponse,
+  type WatchPlansResponse,
+} from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const PROMPT = [15496, 11, 995, 318];
+
+/** Runs one generation through an agent's gRPC API; resolves with the streamed ids and the summary. */
+function generateVia(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<{ ids: number[]; summary: GenerationSummary }> {
+  return new Promise((resolve, reject) => {
+    const ids: number[] = [];
+    let summary: GenerationSummary | undefined;
+    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req }, { deadline: Date.now() + 30_000 });
+    call.on('data', (m: GenerateResponse) => {
+      if (m.kind?.$case === 'token') ids.push(m.kind.value.id);
+      else if (m.kind?.$case === 'summary') summary = m.kind.value;
+    });
+    call.on('error', reject);
+    call.on('end', () => (summary ? resolve({ ids, summary }) : reject(new Error('no summary'))));
+  });
+}
+
+describe('the three services end to end', () => {
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let executor: ExecutorServer;
+  let executorAddr: string;
+  let planner: PlannerServer;
+  let plannerAddr: string;
+  let agent: ClientAgent;
+  let agentClient: AgentServiceClient;
+  let execClient: ExecutorServiceClient;
+  let nc: NatsConnection;
+  let stageCount: number;
+
+  const execStatus = (): Promise<{ activeSessions: number }> => new Promise((resolve, reject) => execClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  const agentStatus = (): Promise<AgentStatusResponse> => new Promise((resolve, reject) => agentClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+
+  async function startPlanner(address = '127.0.0.1:0'): Promise<void> {
+    const maker = new PlanMaker({
+      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
+      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
+      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    });
+    planner = new PlannerServer({ maker, log, address, natsUrl: nats.url, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
+  }
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    nats = await startNatsServer();
+    nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+    executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    execClient = new ExecutorServiceClient(executorAddr, grpc.credentials.createInsecure());
+    await startPlanner();
+    agent = new ClientAgent({
+      modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-1', clientClass: 'default', address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+    });
+    agentClient = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+  });
+
+  afterAll(async () => {
+    agentClient?.close();
+    execClient?.close();
+    await agent?.stop({ graceMs: 100 });
+    await planner?.stop();
+    await executor?.stop({ graceMs: 100 });
+    await nc?.close();
+    await nats?.stop();
+    model?.remove();
+  });
+
+  it('gives the same tokens through agent and executor as the one-process split for the same placement', async () => {
+    for (const placement of ['CCSSSC', 'SSSSSS', 'SCSCSC']) {
+      const pipe = await SplitPipeline.load(model.dir, placement);
+      const expected = await pipe.generate(PROMPT, { maxNewTokens: 6 });
+      await pipe.close();
+      const { ids, summary } = await generateVia(agentClient, { placement });
+      expect(ids).toEqual(expected);
+      expect(summary.ids).toEqual(expected);
+      expect(summary.placement).toBe(placement);
+    }
+  });
+
+  it('the agent gets a plan from its own telemetry and generates with it', async () => {
+    const st = await eventually(async () => { const s = await agentStatus(); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a plan for dev-1' });
+    const { summary } = await generateVia(agentClient, {});
+    expect(summary.planEpoch).toBe(st.planEpoch);
+    expect(summary.requestClass).toBe('short');
+    expect(summary.placement).toHaveLength(stageCount);
+  });
+
+  it('pushes a new plan within 2 s of a client profile injected over NATS', async () => {
+    const plans: ClientPlan[] = [];
+    const pc = new PlannerServiceClient(plannerAddr, grpc.credentials.createInsecure());
+    const call = pc.watchPlans({ clientId: 'injected' });
+    call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
+    call.on('error', () => undefined);
+    try {
+      const profile = (msPerStage: number): ClientProfile => ({
+        clientId: 'injected', clientClass: 'default', modelId: '', unixMs: Date.now(), planEpoch: 0,
+        stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 5 })),
+        uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
+      });
+      let t0 = Date.now();
+      nc.publish(Subjects.clientProfile('injected'), ClientProfile.encode(profile(1)).finish());
+      await eventually(() => plans.length >= 1, { timeoutMs: 2000, what: 'first plan' });
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(plans[0].classes[0].placement).toBe('C'.repeat(stageCount)); // a fast client takes everything
+      // the same client becomes far too slow for its SLA: the plan moves work back to the server
+      t0 = Date.now();
+      nc.publish(Subjects.clientProfile('injected'), ClientProfile.encode(profile(5000)).finish());
+      await eventually(() => plans.length >= 2, { timeoutMs: 2000, what: 'second plan' });
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(plans[1].epoch).toBeGreaterThan(plans[0].epoch);
+      expect(plans[1].classes[0].placement).toBe('S'.repeat(stageCount));
+    } finally {
+      call.cancel();
+      pc.close();
+    }
+  });
+
+  it('drops a malformed NATS message without disturbing the planner', async () => {
+    const before = planner.counters.badMessages;
+    nc.publish(Subjects.clientProfile('junk'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
+    nc.publish(Subjects.clientProfile('junk'), ClientProfile.encode({ clientId: 'other', clientClass: '', modelId: '', stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish());
+    await eventually(() => planner.counters.badMessages >= before + 2, { timeoutMs: 2000, what: 'bad messages counted' });
+    const { ids } = await generateVia(agentClient, {});
+    expect(ids).toHaveLength(6);
+  });
+
+  it('frees the server session within 1 s when the caller cancels mid-generation', async () => {
+    const call = agentClient.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 400, placement: 'S'.repeat(stageCount) });
+    call.on('error', () => undefined);
+    await new Promise<void>((resolve) => call.once('data', () => resolve()));
+    expect((await execStatus()).activeSessions).toBe(1);
+    call.cancel();
+    const t0 = Date.now();
+    await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 1000, what: 'server session freed' });
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it('refuses a bad Generate request with INVALID_ARGUMENT naming the field', async () => {
+    const err = await generateVia(agentClient, { placement: 'CCX' }).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(err?.details).toBe(`placement must be ${stageCount} letters C or S, given 'CCX'`);
+    const err2 = await generateVia(agentClient, { input: { $case: 'ids', value: { ids: [1, 99999] } } }).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err2?.details).toBe('ids[1] must be in 0..50256, given 99999');
+  });
+
+  it('resumes telemetry and plans after nats-server restarts, with no service restarted', async () => {
+    await nats.restart();
+    const profilesBefore = planner.counters.profiles;
+    // the agent's own telemetry reaches the planner again
+    await eventually(() => planner.counters.profiles > profilesBefore + 1, { timeoutMs: 10_000, what: 'profiles after the restart' });
+    // and an injected profile yields a plan pushed on a stream
+    const pc = new PlannerServiceClient(plannerAddr, grpc.credentials.createInsecure());
+    const plans: ClientPlan[] = [];
+    const call = pc.watchPlans({ clientId: 'after-restart' });
+    call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
+    call.on('error', () => undefined);
+    try {
+      await eventually(() => {
+        nc.publish(Subjects.clientProfile('after-restart'), ClientProfile.encode({
+          clientId: 'after-restart', clientClass: 'default', modelId: '', unixMs: Date.now(), planEpoch: 0,
+          stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
+          uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
+        }).finish());
+        return plans.length > 0;
+      }, { timeoutMs: 10_000, intervalMs: 200, what: 'a plan after the restart' });
+    } finally {
+      call.cancel();
+      pc.close();
+    }
+  });
+
+  it('keeps generating on the last plan while the planner is down, and follows it again when it is back', async () => {
+    const before = await agentStatus();
+    expect(before.planEpoch).toBeGreaterThan(0);
+    const address = plannerAddr;
+    await planner.stop();
+    await eventually(async () => !(await agentStatus()).plannerConnected, { timeoutMs: 5000, what: 'agent sees the planner gone' });
+    const { ids, summary } = await generateVia(agentClient, {});
+    expect(ids).toHaveLength(6);
+    expect(summary.planEpoch).toBe(before.planEpoch);
+    // a planner on the same address: the agent reconnects and gets a plan with a newer epoch
+    await startPlanner(address);
+    await eventually(async () => (await agentStatus()).planEpoch > before.planEpoch, { timeoutMs: 10_000, what: 'a newer plan from the new planner' });
+  });
+});
