@@ -60,7 +60,7 @@ export const plannerEnv = {
   PLANNER_SLA_MARGIN: env.number('Plan against this fraction of each SLA, leaving headroom for noise (1 = the full SLA)', 0.9, 0.1, 1),
   PLANNER_RESOLUTION_MS: env.number('Time step of dp-grid, ms', 0.5, 0.001),
   PLANNER_MAX_UTILISATION: env.number('Cap on the server utilisation used to inflate its stage times by 1/(1-u)', 0.9, 0, 0.99),
-  PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 always minimises work', 0.2, 0, 1),
+  PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 (the default) always minimises work, the throughput objective', 0, 0, 1),
   PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
   PLANNER_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long to wait before closing plan streams', 2000, 0, 3_600_000),
