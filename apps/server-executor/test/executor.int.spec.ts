@@ -213,6 +213,8 @@ describe('server-executor lifecycle and telemetry', () => {
       const load = await withTimeout((async () => { for await (const m of sub) return ServerLoad.decode(m.data); })(), 5000, 'a load report');
       expect(load?.serverId).toBe('exec-nats');
       expect(load?.stages).toHaveLength(engine.stageCount);
+      // measured at start-up, so the planner can price the server before any traffic
+      expect(load?.stages.every((s) => s.decodeMs > 0 && s.prefillMsPerToken > 0 && s.samples > 0)).toBe(true);
       const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
       const held = new TestSession(client.session());
       held.open();
