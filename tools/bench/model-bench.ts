@@ -1,0 +1,201 @@
+/**
+ * Model benchmark: creates the `small` and `gpt2` presets (cached under the temp directory), then
+ * measures with the same code the services use (StageRunner through SplitPipeline):
+ * load time, 128-token prefill (all logits, and last-token-only as generate does), decode ms/token
+ * with the KV cache, mean time per stage kind, the overhead of a split placement with two
+ * internal boundaries (server / client / server, two runners in one process) against all-server
+ * (repetitions interleaved, medians), and runBatch of 8 decode sessions against 8 separate runs
+ * at an mlp stage and at the head.
+ *
+ *   npx tsx tools/bench/model-bench.ts [--presets small,gpt2] [--reps 5] [--threads 2]
+ *        [--decode 64] [--spin] [--json-out FILE] [--models-dir DIR]
+ *
+ * Prints a table on stdout and writes the figures as JSON (default <tmp>/tandem-bench/model-bench.json).
+ * Set MALLOC_TOP_PAD_=268435456 in the environment to keep glibc from returning freed memory to
+ * the OS between decode steps (the run records whether it was set).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { type HostTensor, type KvCache, type StageKind, SplitPipeline, StageRunner, createModel, readManifest } from '@tandem/model';
+
+interface Opts { presets: string[]; reps: number; threads: number; decode: number; spin: boolean; jsonOut: string; modelsDir: string }
+
+function parseOpts(argv: string[]): Opts {
+  const get = (k: string): string | undefined => { const i = argv.indexOf(`--${k}`); return i >= 0 ? argv[i + 1] : undefined; };
+  const base = path.join(os.tmpdir(), 'tandem-bench');
+  return {
+    presets: (get('presets') ?? 'small,gpt2').split(','),
+    reps: Number(get('reps') ?? 5),
+    threads: Number(get('threads') ?? 2),
+    decode: Number(get('decode') ?? 64),
+    spin: argv.includes('--spin'),
+    jsonOut: get('json-out') ?? path.join(base, 'model-bench.json'),
+    modelsDir: get('models-dir') ?? path.join(base, 'models'),
+  };
+}
+
+const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+const now = (): number => performance.now();
+const log = (s: string): void => { process.stderr.write(`${s}\n`); };
+
+/** Monolithic single-graph figures on this kind of machine (2 threads, weights inside the .onnx). */
+const MONOLITHIC: Record<string, { prefillMs: number; decodeMs: number }> = { gpt2: { prefillMs: 152, decodeMs: 22.6 }, small: { prefillMs: 19.3, decodeMs: 3.6 } };
+
+async function ensureModel(preset: string, dir: string): Promise<number | undefined> {
+  try {
+    const m = await readManifest(dir);
+    if (m.source?.kind === 'synthetic' && m.source.preset === preset && m.source.seed === 1) return undefined;
+  } catch {
+    // Not there yet (or broken): create it below.
+  }
+  const t0 = now();
+  let last = -1;
+  await createModel({ preset, seed: 1, out: dir, onProgress: (done, total) => {
+    const pct = Math.floor((100 * done) / total);
+    if (pct >= last + 10 || done === total) { last = pct; log(`  create ${preset}: ${pct}%`); }
+  } });
+  return now() - t0;
+}
+
+interface PlacementRun { prefillFullMs: number[]; prefillLastMs: number[]; decodeMsPerToken: number[] }
+
+async function measurePlacement(p: SplitPipeline, prompt: number[], decodeTokens: number, stageMs: Map<string, number[]>): Promise<{ full: number; last: number; decode: number }> {
+  let t = now();
+  await p.forward(prompt);
+  const full = now() - t;
+  const session = p.newSession();
+  const kindOf = (i: number): StageKind => p.manifest.stages[i].kind;
+  const rec = (phase: string) => (i: number, _side: string, ms: number): void => {
+    const k = `${phase}:${kindOf(i)}`;
+    (stageMs.get(k) ?? stageMs.set(k, []).get(k) as number[]).push(ms);
+  };
+  t = now();
+  let logits = await p.step(session, prompt, { lastOnly: true, onStage: rec('prefill') });
+  const last = now() - t;
+  const V = p.manifest.config.vocabSize;
+  t = now();
+  for (let k = 0; k < decodeTokens; k++) {
+    let best = 0;
+    for (let j = 1; j < V; j++) if (logits.data[j] > logits.data[best]) best = j;
+    logits = await p.step(session, [best], { lastOnly: true, onStage: rec('decode') });
+  }
+  const decode = (now() - t) / decodeTokens;
+  session.client?.clear();
+  session.server?.clear();
+  return { full, last, decode };
+}
+
+async function benchBatch(runner: StageRunner, stage: number, reps: number): Promise<{ sequentialMs: number; batchMs: number }> {
+  const D = runner.manifest.config.nEmbd;
+  const B = 8;
+  const caches: KvCache[] = Array.from({ length: B }, () => runner.newCache());
+  const inputs: HostTensor[] = Array.from({ length: B }, (_, k) => ({ dtype: 'float32', shape: [1, 1, D], data: Float32Array.from({ length: D }, (_, i) => Math.sin(k * 31 + i)) }));
+  const seq: number[] = [];
+  const bat: number[] = [];
+  for (let r = 0; r < reps + 2; r++) {
+    let t = now();
+    for (let k = 0; k < B; k++) await runner.run(stage, inputs[k], caches[k]);
+    const s = now() - t;
+    t = now();
+    await runner.runBatch(stage, inputs, caches);
+    const b = now() - t;
+    if (r >= 2) { seq.push(s); bat.push(b); } // first two rounds warm up
+  }
+  return { sequentialMs: median(seq), batchMs: median(bat) };
+}
+
+async function benchPreset(preset: string, o: Opts): Promise<Record<string, unknown>> {
+  const dir = path.join(o.modelsDir, `${preset}-seed1`);
+  log(`[${preset}] model in ${dir}`);
+  const createMs = await ensureModel(preset, dir);
+  const manifest = await readManifest(dir);
+  const n = manifest.stages.length;
+  const third = Math.floor(n / 3);
+  const split = 'S'.repeat(third) + 'C'.repeat(third) + 'S'.repeat(n - 2 * third);
+  const allServer = 'S'.repeat(n);
+  const runnerOpts = { intraOpNumThreads: o.threads, allowSpinning: o.spin };
+
+  const loadMs: number[] = [];
+  const pipelines: Record<string, SplitPipeline> = {};
+  for (const pl of [allServer, split]) {
+    const t = now();
+    pipelines[pl] = await SplitPipeline.load(dir, pl, runnerOpts);
+    loadMs.push(now() - t);
+  }
+  log(`[${preset}] loaded: all-server ${loadMs[0].toFixed(0)} ms, split ${loadMs[1].toFixed(0)} ms`);
+  // Prompt: 128 distinct ids (a fixed pattern, no tokenizer needed).
+  const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919 + 13) % manifest.config.vocabSize);
+  // Warm-up: one short run each, so first-call allocations are not timed.
+  for (const p of Object.values(pipelines)) await measurePlacement(p, prompt.slice(0, 8), 2, new Map());
+
+  const runs: Record<string, PlacementRun> = { [allServer]: { prefillFullMs: [], prefillLastMs: [], decodeMsPerToken: [] }, [split]: { prefillFullMs: [], prefillLastMs: [], decodeMsPerToken: [] } };
+  const stageMs = new Map<string, number[]>();
+  for (let r = 0; r < o.reps; r++) {
+    // Interleave the placements so drift (thermal, other load) hits both alike.
+    const order = r % 2 ? [split, allServer] : [allServer, split];
+    for (const pl of order) {
+      const m = await measurePlacement(pipelines[pl], prompt, o.decode, pl === allServer ? stageMs : new Map());
+      runs[pl].prefillFullMs.push(m.full);
+      runs[pl].prefillLastMs.push(m.last);
+      runs[pl].decodeMsPerToken.push(m.decode);
+    }
+    log(`[${preset}] rep ${r + 1}/${o.reps}: all-server decode ${runs[allServer].decodeMsPerToken[r].toFixed(2)} ms/token, split ${runs[split].decodeMsPerToken[r].toFixed(2)}`);
+  }
+  const med = (pl: string): Record<string, number> => ({
+    prefillFullMs: median(runs[pl].prefillFullMs), prefillLastMs: median(runs[pl].prefillLastMs), decodeMsPerToken: median(runs[pl].decodeMsPerToken),
+  });
+  const a = med(allServer);
+  const s = med(split);
+  const perStage: Record<string, number> = {};
+  for (const [k, v] of [...stageMs].sort()) perStage[k] = mean(v);
+
+  const server = pipelines[allServer].runner('server') as StageRunner;
+  const mlp = await benchBatch(server, 2, Math.max(10, o.reps * 4));
+  const head = await benchBatch(server, n - 1, Math.max(10, o.reps * 4));
+  for (const p of Object.values(pipelines)) await p.close();
+
+  const mono = MONOLITHIC[preset];
+  return {
+    preset, stages: n, createMs, loadMsAllServer: loadMs[0], loadMsSplit: loadMs[1],
+    allServer: { placement: allServer, ...a }, split: { placement: split, ...s },
+    splitOverhead: { prefillLast: s.prefillLastMs / a.prefillLastMs, prefillFull: s.prefillFullMs / a.prefillFullMs, decode: s.decodeMsPerToken / a.decodeMsPerToken },
+    perStageMeanMs: perStage,
+    runBatch8: { mlp: { ...mlp, ratio: mlp.batchMs / mlp.sequentialMs }, head: { ...head, ratio: head.batchMs / head.sequentialMs } },
+    ...(mono ? { vsMonolithic: { monolithic: mono, prefillLast: a.prefillLastMs / mono.prefillMs, prefillFull: a.prefillFullMs / mono.prefillMs, decode: a.decodeMsPerToken / mono.decodeMs } } : {}),
+  };
+}
+
+function table(results: Record<string, unknown>[]): string {
+  const f = (x: unknown, d = 2): string => (typeof x === 'number' ? x.toFixed(d) : '-');
+  const lines: string[] = [];
+  for (const r of results as any[]) {
+    lines.push(`\n== ${r.preset} (${r.stages} stages) ==`);
+    lines.push(`create ${r.createMs === undefined ? '(cached)' : `${f(r.createMs / 1000, 1)} s`}   load all-server ${f(r.loadMsAllServer, 0)} ms   load split ${f(r.loadMsSplit, 0)} ms`);
+    lines.push(`${'placement'.padEnd(30)} ${'prefill128 last'.padStart(16)} ${'prefill128 all'.padStart(15)} ${'decode ms/tok'.padStart(14)}`);
+    for (const k of ['allServer', 'split']) {
+      const x = r[k];
+      lines.push(`${`${k} ${x.placement}`.padEnd(30)} ${f(x.prefillLastMs, 1).padStart(16)} ${f(x.prefillFullMs, 1).padStart(15)} ${f(x.decodeMsPerToken).padStart(14)}`);
+    }
+    lines.push(`split / all-server: prefill ${f(r.splitOverhead.prefillLast, 3)}x (all logits ${f(r.splitOverhead.prefillFull, 3)}x), decode ${f(r.splitOverhead.decode, 3)}x`);
+    if (r.vsMonolithic) lines.push(`all-server / monolithic (${r.vsMonolithic.monolithic.prefillMs} ms, ${r.vsMonolithic.monolithic.decodeMs} ms/tok): prefill ${f(r.vsMonolithic.prefillLast, 3)}x (all logits ${f(r.vsMonolithic.prefillFull, 3)}x), decode ${f(r.vsMonolithic.decode, 3)}x`);
+    lines.push(`mean ms per stage: ${Object.entries(r.perStageMeanMs).map(([k, v]) => `${k} ${f(v, 3)}`).join(', ')}`);
+    lines.push(`runBatch 8 decode sessions vs 8 runs: mlp ${f(r.runBatch8.mlp.batchMs, 3)} vs ${f(r.runBatch8.mlp.sequentialMs, 3)} ms (${f(r.runBatch8.mlp.ratio, 3)}x), head ${f(r.runBatch8.head.batchMs, 3)} vs ${f(r.runBatch8.head.sequentialMs, 3)} ms (${f(r.runBatch8.head.ratio, 3)}x)`);
+  }
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  const o = parseOpts(process.argv.slice(2));
+  mkdirSync(o.modelsDir, { recursive: true });
+  const results: Record<string, unknown>[] = [];
+  for (const preset of o.presets) results.push(await benchPreset(preset, o));
+  const env = { node: process.version, cpus: os.cpus().length, threads: o.threads, allowSpinning: o.spin, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null, reps: o.reps, decodeTokens: o.decode, promptTokens: 128 };
+  process.stdout.write(`${table(results)}\n\nenv: ${JSON.stringify(env)}\n`);
+  mkdirSync(path.dirname(o.jsonOut), { recursive: true });
+  writeFileSync(o.jsonOut, `${JSON.stringify({ env, results }, null, 2)}\n`);
+  log(`wrote ${o.jsonOut}`);
+}
+
+main().catch((err) => { process.stderr.write(`${(err as Error).stack ?? String(err)}\n`); process.exitCode = 1; });
