@@ -1,5 +1,5 @@
 // Prints the environment-variable tables of the three services (markdown), as the README shows them.
-// `npx tsx tools/scripts/env-docs.ts` regenerates them; a test checks the README matches.
+// `npx tsx tools/scripts/update-readme-env.ts` writes them into the README; a test checks it is current.
 import { envTable } from '@tandem/service-kit';
 import { agentEnv } from '@tandem/client-agent';
 import { plannerEnv } from '@tandem/planner';
@@ -16,4 +16,3 @@ export function envDocs(): string {
   return ENV_SECTIONS.map((s) => `#### ${s.title}\n\n${envTable(s.schema)}\n`).join('\n');
 }
 
-if (require.main === module) process.stdout.write(envDocs());
