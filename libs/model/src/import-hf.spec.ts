@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { type Dtype, type FixtureOptions, SMALL_HF_CONFIG, maxAbsDiff, randomWeights, referenceLogits, writeHfFixture, writeSafetensors } from '../test/hf-fixture';
+import { type Dtype, type FixtureOptions, SMALL_HF_CONFIG, maxAbsDiff, randomWeights, referenceLogits, writeHfFixture, writeSafetensors } from '@tandem/testkit';
 import { ImportError } from './errors';
 import { importHfModel } from './import-hf';
 import { SplitPipeline } from './pipeline';

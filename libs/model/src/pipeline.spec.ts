@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { maxAbsDiff } from '../test/hf-fixture';
+import { maxAbsDiff } from '@tandem/testkit';
 import { createModel } from './create';
 import { StageInputError } from './errors';
 import { type HostTensor, StageRunner } from './index';

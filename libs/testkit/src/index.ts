@@ -5,3 +5,5 @@ export { freePort } from './ports';
 export { eventually, withTimeout } from './wait';
 export { makeTempModel } from './models';
 export type { TempModel } from './models';
+export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG, writeHfFixture, writeSafetensors } from './hf-fixture';
+export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
-import { SMALL_HF_CONFIG, maxAbsDiff, randomWeights, referenceLogits, writeHfFixture } from '../../../libs/model/test/hf-fixture';
+import { SMALL_HF_CONFIG, maxAbsDiff, randomWeights, referenceLogits, writeHfFixture } from '@tandem/testkit';
 import { runCli } from '../src/main';
 
 const REPO = path.resolve(__dirname, '../../..');
