@@ -1,3 +1,5 @@
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { SplitPipeline } from '@tandem/model';
@@ -21,6 +23,16 @@ import { eventually, makeTempModel, startNatsServer, withTimeout, type NatsServe
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 
 const log = createLogger({ name: 'test', level: 'silent' });
+
+/** Runs a command to completion (bounded), capturing its output. */
+function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { timeout: 60_000 }, (err, stdout, stderr) => {
+      if (err && typeof err.code !== 'number') { reject(err); return; }
+      resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
+    });
+  });
+}
 const PROMPT = [15496, 11, 995, 318];
 
 /** Runs one generation through an agent's gRPC API; resolves with the streamed ids and the summary. */
@@ -47,6 +59,7 @@ describe('the three services end to end', () => {
   let plannerAddr: string;
   let agent: ClientAgent;
   let agentClient: AgentServiceClient;
+  let agentPort: number;
   let execClient: ExecutorServiceClient;
   let nc: NatsConnection;
   let stageCount: number;
@@ -81,7 +94,8 @@ describe('the three services end to end', () => {
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
       executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
     });
-    agentClient = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+    agentPort = (await agent.start()).port;
+    agentClient = new AgentServiceClient(`127.0.0.1:${agentPort}`, grpc.credentials.createInsecure());
   });
 
   afterAll(async () => {
@@ -163,6 +177,23 @@ describe('the three services end to end', () => {
     const t0 = Date.now();
     await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 1000, what: 'server session freed' });
     expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it('`tandem generate --agent` runs through the agent with the same tokens as in one process', async () => {
+    const pipe = await SplitPipeline.load(model.dir, 'CSCSCS');
+    const expected = await pipe.generate(PROMPT, { maxNewTokens: 5 });
+    await pipe.close();
+    const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
+    const agentAddr = `127.0.0.1:${agentPort}`;
+    const ok = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', PROMPT.join(','), '--max-new-tokens', '5', '--placement', 'CSCSCS', '--json']);
+    expect(ok.code).toBe(0);
+    const out = JSON.parse(ok.stdout);
+    expect(out.ids).toEqual(expected);
+    expect(out.placement).toBe('CSCSCS');
+    expect(out.totalMs).toBeGreaterThan(0);
+    const bad = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', '1,2', '--max-new-tokens', '5', '--placement', 'CS']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain(`placement must be ${stageCount} letters C or S, given 'CS'`);
   });
 
   it('refuses a bad Generate request with INVALID_ARGUMENT naming the field', async () => {

@@ -1,4 +1,6 @@
+import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { type Manifest, decode, encode } from '@tandem/model';
+import { AgentServiceClient, type GenerateResponse, type GenerationSummary } from '@tandem/protocol';
 import { type ParsedArgs, intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
 import { UsageError } from '../errors';
@@ -17,7 +19,7 @@ interface GenerateBackend {
 }
 
 /** Flags and switches `tandem generate` accepts; a new backend adds its own here. */
-const FLAGS = ['model', 'prompt', 'ids', 'max-new-tokens', 'placement'];
+const FLAGS = ['model', 'agent', 'prompt', 'ids', 'max-new-tokens', 'placement', 'deadline-ms'];
 const SWITCHES = ['json'];
 
 async function localBackend(args: ParsedArgs, dir: string, manifest: Manifest): Promise<GenerateBackend> {
@@ -31,6 +33,66 @@ async function localBackend(args: ParsedArgs, dir: string, manifest: Manifest): 
 
 function openBackend(args: ParsedArgs, dir: string, manifest: Manifest): Promise<GenerateBackend> {
   return localBackend(args, dir, manifest);
+}
+
+/** What `--agent` prints with --json beyond ids and text: how the agent ran the generation. */
+type AgentSummary = Omit<GenerationSummary, 'ids' | 'text'>;
+
+/**
+ * `--agent ADDR`: the generation runs on a client-agent, split with the server as the
+ * agent's plan (or `--placement`) says. The agent validates the request; its
+ * INVALID_ARGUMENT answers are bad input (exit 2), anything else a failure (exit 1).
+ */
+async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
+  const addr = required(args, 'agent');
+  if (args.flags.has('model')) throw new UsageError('--model and --agent are exclusive: the agent holds the model, given both');
+  const text = args.flags.get('prompt');
+  const list = args.flags.get('ids');
+  if (text !== undefined && list !== undefined) throw new UsageError('--prompt and --ids are exclusive: give one of them, given both');
+  if (text === undefined && list === undefined) throw new UsageError('--prompt TEXT or --ids LIST is required');
+  let ids: number[] | undefined;
+  if (list !== undefined) {
+    ids = (list.split(',') as string[]).map((v, i) => {
+      const n = Number(v.trim());
+      if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw new UsageError(`--ids[${i}] must be a non-negative integer, given '${v}'`);
+      return n;
+    });
+  }
+  const maxNew = intFlag(args, 'max-new-tokens', { min: 1 });
+  const deadlineMs = intFlag(args, 'deadline-ms', { min: 1, default: 300_000 });
+  const json = args.switches.has('json');
+  const client = new AgentServiceClient(addr, credentials.createInsecure());
+  const streamer = json ? undefined : textStreamer(io);
+  const so: number[] = [];
+  try {
+    const summary = await new Promise<GenerationSummary>((resolve, reject) => {
+      let last: GenerationSummary | undefined;
+      const call = client.generate({
+        input: ids ? { $case: 'ids', value: { ids } } : { $case: 'prompt', value: text! },
+        maxNewTokens: maxNew,
+        placement: args.flags.get('placement') ?? '',
+      }, { deadline: Date.now() + deadlineMs });
+      call.on('data', (m: GenerateResponse) => {
+        if (m.kind?.$case === 'token') { so.push(m.kind.value.id); streamer?.push(so); }
+        else if (m.kind?.$case === 'summary') last = m.kind.value;
+      });
+      call.on('error', reject);
+      call.on('end', () => (last ? resolve(last) : reject(new Error(`the agent at ${addr} ended the stream without a summary`))));
+    });
+    if (json) {
+      const { ids: out, text: outText, ...rest } = summary;
+      const extra: AgentSummary = rest;
+      printJson(io, { ids: out, text: outText, ...extra });
+    } else streamer?.end(summary.ids);
+    return 0;
+  } catch (err) {
+    const e = err as Partial<ServiceError>;
+    if (e.code === status.INVALID_ARGUMENT) throw new UsageError(`the agent refused the request: ${e.details}`);
+    if (e.code === status.UNAVAILABLE) throw new Error(`cannot reach the agent at ${addr} (or it cannot reach the server): ${e.details}`);
+    throw new Error(`generation through the agent at ${addr} failed: ${e.details ?? e.message ?? String(err)}`);
+  } finally {
+    client.close();
+  }
 }
 
 /** The prompt ids from exactly one of `--prompt TEXT` (GPT-2 BPE) or `--ids LIST`. */
@@ -62,6 +124,7 @@ function textStreamer(io: CliIo): { push(ids: readonly number[]): void; end(ids:
 }
 
 const USAGE = `usage: tandem generate --model DIR (--prompt TEXT | --ids LIST) --max-new-tokens N --placement PLACEMENT [--json]
+       tandem generate --agent ADDR (--prompt TEXT | --ids LIST) --max-new-tokens N [--placement P] [--deadline-ms MS] [--json]
 
 Greedy decoding with the KV cache (a prefill over the prompt, then one step per token), executed
 with the split placement: C stages in a client-side runner, S stages in a server-side runner.
@@ -71,6 +134,10 @@ with the split placement: C stages in a client-side runner, S stages in a server
   --ids LIST             or the prompt as comma-separated token ids
   --max-new-tokens N     tokens to generate (prompt + N - 1 must fit in nPositions)
   --placement P          one C/S character per stage (2*nLayer+2 characters)
+  --agent ADDR           run on a client-agent (host:port) instead, following its plan; --placement
+                         then overrides the plan, and --json adds how it ran (placement, planEpoch,
+                         ttftMs, totalMs, slaMs, serverComputeMs, ...)
+  --deadline-ms MS       with --agent: deadline of the whole generation (default 300000)
   --json                 print {"ids": [...generated ids...], "text": "..."}; otherwise the text is
                          streamed to stdout as it is generated`;
 
@@ -81,6 +148,8 @@ export const generateCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, { flags: FLAGS, switches: SWITCHES });
+    if (args.flags.has('agent')) return generateViaAgent(args, io);
+    if (args.flags.has('deadline-ms')) throw new UsageError('--deadline-ms applies to --agent only');
     const dir = required(args, 'model');
     const manifest = await readModelFlag(dir);
     const prompt = promptIds(args, manifest);
