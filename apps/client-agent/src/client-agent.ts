@@ -13,7 +13,7 @@ import {
   type GenerateResponse,
 } from '@tandem/protocol';
 import { decode, encode, readManifest } from '@tandem/model';
-import { connectNats, publishQuietly, type Logger, type NatsConnection } from '@tandem/service-kit';
+import { bindInsecure, connectNats, publishQuietly, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
@@ -91,8 +91,7 @@ export class ClientAgent {
     this.follower.start();
     this.server.addService(AgentServiceService, this.handlers());
     this.health.addTo(this.server);
-    const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.opts.address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const port = await bindInsecure(this.server, this.opts.address);
     await this.pingExecutor();
     const ping = setInterval(() => void this.pingExecutor(), 2000);
     ping.unref();
@@ -244,10 +243,7 @@ export class ClientAgent {
     for (const t of this.timers) clearInterval(t);
     this.follower?.stop();
     this.health.closeWatchers();
-    await new Promise<void>((resolve) => {
-      const force = setTimeout(() => { this.server.forceShutdown(); resolve(); }, 2000);
-      this.server.tryShutdown(() => { clearTimeout(force); resolve(); });
-    });
+    await shutdownServer(this.server);
     this.executor.close();
     if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
     await this.local?.close();

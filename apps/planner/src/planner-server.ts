@@ -12,7 +12,7 @@ import {
   type WatchPlansRequest,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { connectNats, type Logger, type NatsConnection } from '@tandem/service-kit';
+import { bindInsecure, connectNats, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
 import type { Objective, PlanMaker } from './plan-maker';
 
 export interface PlannerServerOptions {
@@ -70,8 +70,7 @@ export class PlannerServer {
   async start(): Promise<{ port: number }> {
     this.server.addService(PlannerServiceService, this.handlers());
     this.health.addTo(this.server);
-    const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.opts.address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const port = await bindInsecure(this.server, this.opts.address);
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log);
     this.subscribe(this.nc);
     await this.nc.flush();
@@ -208,10 +207,7 @@ export class PlannerServer {
     for (const set of this.watchers.values()) for (const w of set) w.end();
     this.watchers.clear();
     this.health.closeWatchers();
-    await new Promise<void>((resolve) => {
-      const force = setTimeout(() => { this.server.forceShutdown(); resolve(); }, 2000);
-      this.server.tryShutdown(() => { clearTimeout(force); resolve(); });
-    });
+    await shutdownServer(this.server);
     if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
   }
 }

@@ -11,7 +11,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { connectNats, publishQuietly, type Logger, type NatsConnection } from '@tandem/service-kit';
+import { bindInsecure, connectNats, publishQuietly, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
 import { StageScheduler } from './scheduler';
@@ -76,8 +76,7 @@ export class ExecutorServer {
   async start(): Promise<{ port: number }> {
     this.server.addService(ExecutorServiceService, this.handlers());
     this.health.addTo(this.server);
-    this.port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(this.opts.address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    this.port = await bindInsecure(this.server, this.opts.address);
     const t0 = performance.now();
     await this.opts.engine.warmup();
     await this.profile();
@@ -194,10 +193,7 @@ export class ExecutorServer {
     for (const s of this.sessions) s.close('the executor is shutting down', grpc.status.UNAVAILABLE, true);
     clearInterval(this.telemetryTimer);
     this.health.closeWatchers();
-    await new Promise<void>((resolve) => {
-      const force = setTimeout(() => { this.server.forceShutdown(); resolve(); }, 2000);
-      this.server.tryShutdown(() => { clearTimeout(force); resolve(); });
-    });
+    await shutdownServer(this.server);
     if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
     await this.opts.engine.close();
     this.log.info('executor stopped');

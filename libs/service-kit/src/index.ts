@@ -6,3 +6,4 @@ export type { Logger } from './logger';
 export { onShutdownSignal } from './shutdown';
 export { connectNats, publishQuietly } from './nats';
 export type { NatsConnection } from './nats';
+export { bindInsecure, shutdownServer } from './grpc-server';
