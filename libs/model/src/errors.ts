@@ -29,21 +29,25 @@ function problemMessage(p: { field: string; rule: string; given: unknown }): str
   return `${p.field} must ${p.rule}, given ${renderGiven(p.given)}`;
 }
 
-/**
- * A model directory (manifest.json or its files) is malformed or missing. The message reads
- * `<field> must <rule>, given <value>`.
- */
-export class ModelFormatError extends Error implements InputProblem {
-  override name = 'ModelFormatError';
+/** Base of the library's bad-input errors: the message reads `<field> must <rule>, given <value>`. */
+abstract class InputError extends Error implements InputProblem {
   readonly field: string;
   readonly rule: string;
   readonly given: string;
-  constructor(field: string, rule: string, given: unknown, options?: { cause?: unknown }) {
-    super(problemMessage({ field, rule, given }), options);
+  constructor(field: string, rule: string, given: unknown, options?: { cause?: unknown; message?: string }) {
+    super(options?.message ?? problemMessage({ field, rule, given }), options);
     this.field = field;
     this.rule = rule;
     this.given = renderGiven(given);
   }
+}
+
+/**
+ * A model directory (manifest.json or its files) is malformed or missing. The message reads
+ * `<field> must <rule>, given <value>`.
+ */
+export class ModelFormatError extends InputError {
+  override name = 'ModelFormatError';
 }
 
 /**
@@ -57,17 +61,11 @@ export type StageInputProblemKind = 'invalid' | 'precondition';
  * A tensor handed to {@link StageRunner.run} / `runBatch` was refused before anything ran; the
  * cache is unchanged. The message reads `<field> must <rule>, given <value>`.
  */
-export class StageInputError extends Error implements InputProblem {
+export class StageInputError extends InputError {
   override name = 'StageInputError';
-  readonly field: string;
-  readonly rule: string;
-  readonly given: string;
   readonly kind: StageInputProblemKind;
   constructor(field: string, rule: string, given: unknown, kind: StageInputProblemKind = 'invalid', options?: { cause?: unknown }) {
-    super(problemMessage({ field, rule, given }), options);
-    this.field = field;
-    this.rule = rule;
-    this.given = renderGiven(given);
+    super(field, rule, given, options);
     this.kind = kind;
   }
 }
@@ -77,31 +75,13 @@ export class StageInputError extends Error implements InputProblem {
  * tensor is missing, mis-shaped or of an unsupported dtype. For a tensor, `field` is its name
  * (as found, with its prefix if any), `expected` the expected shape and `found` the shape found.
  */
-export class ImportError extends Error implements InputProblem {
+export class ImportError extends InputError {
   override name = 'ImportError';
-  readonly field: string;
-  readonly rule: string;
-  readonly given: string;
-  constructor(field: string, rule: string, given: unknown, options?: { cause?: unknown; message?: string }) {
-    super(options?.message ?? problemMessage({ field, rule, given }), options);
-    this.field = field;
-    this.rule = rule;
-    this.given = renderGiven(given);
-  }
 }
 
 /** A placement string or a preset/option given to the library is invalid. */
-export class ModelOptionError extends Error implements InputProblem {
+export class ModelOptionError extends InputError {
   override name = 'ModelOptionError';
-  readonly field: string;
-  readonly rule: string;
-  readonly given: string;
-  constructor(field: string, rule: string, given: unknown, options?: { cause?: unknown }) {
-    super(problemMessage({ field, rule, given }), options);
-    this.field = field;
-    this.rule = rule;
-    this.given = renderGiven(given);
-  }
 }
 
 /** True when `err` is one of this library's bad-input errors (the CLI maps them to exit code 2). */
