@@ -1,0 +1,90 @@
+/**
+ * Executor batching benchmark: N concurrent all-server generations (prefill of P tokens, then D
+ * decode steps each) through a real ExecutorServer on 127.0.0.1, with depth-synchronised
+ * batching on and off, repetitions interleaved in the same run. Prints decode throughput
+ * (tokens/s across sessions), p50 step latency and the ratio batching / no batching.
+ *
+ *   npx tsx tools/bench/executor-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 3] [--threads 2]
+ */
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { createModel, readManifest } from '@tandem/model';
+import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+
+const arg = (k: string, d: string): string => { const i = process.argv.indexOf(`--${k}`); return i >= 0 ? process.argv[i + 1] : d; };
+const preset = arg('preset', 'small');
+const sessions = Number(arg('sessions', '8'));
+const promptLen = Number(arg('prompt', '32'));
+const decode = Number(arg('decode', '32'));
+const reps = Number(arg('reps', '3'));
+const threads = Number(arg('threads', '2'));
+const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+
+async function ensureModel(dir: string): Promise<void> {
+  try { await readManifest(dir); } catch {
+    process.stderr.write(`creating the ${preset} model in ${dir}\n`);
+    await createModel({ preset, seed: 1, out: dir });
+  }
+}
+
+/** One generation: prefill then `decode` steps; resolves with per-step latencies (ms). */
+function generation(client: ExecutorServiceClient, stageCount: number): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 300_000 });
+    const lat: number[] = [];
+    let seq = 0;
+    let t0 = 0;
+    const send = (ids: number[]): void => {
+      t0 = performance.now();
+      seq++;
+      call.write({ kind: { $case: 'step', value: { seq, stageBegin: 0, stageEnd: stageCount, input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), sample: true } } });
+    };
+    call.on('data', (m: SessionResponse) => {
+      if (m.kind?.$case === 'opened') { send(Array.from({ length: promptLen }, (_, i) => 100 + i)); return; }
+      if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') { reject(new Error('unexpected answer')); return; }
+      if (seq > 1) lat.push(performance.now() - t0);
+      if (seq > decode) { call.end(); return; }
+      send([m.kind.value.output.value]);
+    });
+    call.on('error', reject);
+    call.on('end', () => resolve(lat));
+    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: 0, modelId: '' } } });
+  });
+}
+
+async function main(): Promise<void> {
+  const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
+  await ensureModel(dir);
+  const log = createLogger({ name: 'bench', level: 'silent' });
+  const results: Record<string, { tokPerS: number[]; p50: number[] }> = { batched: { tokPerS: [], p50: [] }, unbatched: { tokPerS: [], p50: [] } };
+  for (let r = 0; r < reps; r++) {
+    for (const batching of [true, false]) {
+      const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
+      const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'bench', maxSessions: 256, maxContextTokens: 0, maxMessageBytes: 64 << 20,
+        batching, maxBatch: 64, idleTimeoutMs: 300_000, telemetryIntervalMs: 1000 });
+      const { port } = await server.start();
+      const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(64 << 20));
+      const t0 = performance.now();
+      const lats = await Promise.all(Array.from({ length: sessions }, () => generation(client, engine.stageCount)));
+      const s = (performance.now() - t0) / 1000;
+      const key = batching ? 'batched' : 'unbatched';
+      results[key].tokPerS.push((sessions * (decode + 1)) / s);
+      results[key].p50.push(median(lats.flat()));
+      process.stderr.write(`rep ${r + 1}/${reps} ${key}: ${(sessions * (decode + 1) / s).toFixed(1)} tokens/s\n`);
+      client.close();
+      await server.stop({ graceMs: 0 });
+    }
+  }
+  const b = median(results.batched.tokPerS);
+  const u = median(results.unbatched.tokPerS);
+  process.stdout.write(`\nexecutor batching, preset ${preset}, ${sessions} concurrent sessions, prompt ${promptLen}, ${decode} decode steps, ${threads} threads, median of ${reps}\n`);
+  process.stdout.write('| mode | tokens/s (all sessions) | p50 decode step ms |\n|---|---:|---:|\n');
+  process.stdout.write(`| batching on | ${b.toFixed(1)} | ${median(results.batched.p50).toFixed(2)} |\n`);
+  process.stdout.write(`| batching off | ${u.toFixed(1)} | ${median(results.unbatched.p50).toFixed(2)} |\n`);
+  process.stdout.write(`| ratio on/off | ${(b / u).toFixed(2)}x | ${(median(results.batched.p50) / median(results.unbatched.p50)).toFixed(2)}x |\n`);
+}
+
+main().catch((err: unknown) => { process.stderr.write(`${String(err)}\n`); process.exit(1); });
