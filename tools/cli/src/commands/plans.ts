@@ -1,0 +1,58 @@
+import * as grpc from '@grpc/grpc-js';
+import { ListPlansResponse, PlannerServiceClient } from '@tandem/protocol';
+import { parseArgs, required } from '../args';
+import type { Command } from '../command';
+import { listPlans } from '../demo/grpc-calls';
+import { formatPlans } from '../demo/plans-view';
+import { UsageError } from '../errors';
+import { printJson, type CliIo } from '../io';
+
+/** Deadline of the ListPlans call. */
+export const PLANS_DEADLINE_MS = 5000;
+
+const USAGE = `usage: tandem plans --planner ADDR [--json]
+
+Shows the planner's current plan of every client it knows (its ListPlans API): per request
+class, the placement (one letter per stage: C on the client, S on the server), the SLA, the
+predicted end-to-end latency and server work, and whether the SLA is predicted to be met.
+
+  --planner ADDR   the planner's gRPC address, host:port
+  --json           print the ListPlansResponse as protobuf JSON (fields at their default
+                   value, such as feasible=false or a zero server work, are omitted)
+
+Exit codes: 0 listed (also when there are no plans yet), 2 bad usage, 1 the planner could not
+be reached or failed.`;
+
+/** `host:port` with a port in 1..65535. @throws UsageError naming the flag. */
+export function addressFlag(flag: string, value: string): string {
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : 0;
+  if (!m || port < 1 || port > 65535) throw new UsageError(`--${flag} must be host:port with a port in 1..65535, given '${value}'`);
+  return value;
+}
+
+/** `tandem plans`: the planner's current plans. */
+export const plansCommand: Command = {
+  path: ['plans'],
+  summary: "list a running planner's current plans (placement per client and request class)",
+  usage: USAGE,
+  async run(argv: readonly string[], io: CliIo): Promise<number> {
+    const args = parseArgs(argv, { flags: ['planner'], switches: ['json'] });
+    const addr = addressFlag('planner', required(args, 'planner'));
+    const client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    let r: ListPlansResponse;
+    try {
+      r = await listPlans(client, PLANS_DEADLINE_MS);
+    } catch (err) {
+      const e = err as grpc.ServiceError;
+      const why = e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED
+        ? 'is it running?' : `${grpc.status[e.code] ?? 'error'}`;
+      throw new Error(`cannot list plans from the planner at ${addr} (${why}): ${e.details || e.message}`);
+    } finally {
+      client.close();
+    }
+    if (args.switches.has('json')) printJson(io, ListPlansResponse.toJSON(r));
+    else io.stdout.write(`${formatPlans(r)}\n`);
+    return 0;
+  },
+};

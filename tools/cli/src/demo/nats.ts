@@ -1,0 +1,97 @@
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import * as path from 'node:path';
+import { freePort, natsServerBinary } from '@tandem/testkit';
+import { UsageError } from '../errors';
+
+export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+
+/** The NATS server the demo uses. `stop` stops it when the demo started it, and does nothing otherwise. */
+export interface DemoNats {
+  readonly url: string;
+  readonly startedHere: boolean;
+  stop(): Promise<void>;
+}
+
+/** host and port of a `nats://host:port` URL (port 4222 when omitted). @throws UsageError naming NATS_URL. */
+export function parseNatsUrl(url: string): { host: string; port: number } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new UsageError(`NATS_URL must be a URL like nats://host:port, given '${url}'`);
+  }
+  if (u.protocol !== 'nats:' || !u.hostname) throw new UsageError(`NATS_URL must be a URL like nats://host:port, given '${url}'`);
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port ? Number(u.port) : 4222 };
+}
+
+/** Whether a TCP connection to host:port succeeds within `timeoutMs`. */
+export function canConnect(host: string, port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createConnection({ host, port });
+    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok); };
+    const t = setTimeout(() => done(false), timeoutMs);
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+/** The nats-server binary to run, or undefined when there is none. */
+export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const bin = natsServerBinary(env);
+  if (bin.includes('/')) return existsSync(bin) ? bin : undefined;
+  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
+    if (dir && existsSync(path.join(dir, bin))) return path.join(dir, bin);
+  }
+  return undefined;
+}
+
+/**
+ * NATS at `url` when something accepts TCP there within `probeMs`; otherwise a nats-server
+ * started on a free loopback port. @throws UsageError when neither is possible.
+ */
+export async function ensureNats(url: string, opts: { probeMs?: number; log?: (line: string) => void } = {}): Promise<DemoNats> {
+  const { host, port } = parseNatsUrl(url);
+  if (await canConnect(host, port, opts.probeMs ?? 500)) {
+    opts.log?.(`using NATS at ${url}`);
+    return { url, startedHere: false, stop: async () => {} };
+  }
+  const bin = findNatsServer();
+  if (!bin) {
+    throw new UsageError(`no NATS at NATS_URL=${url} and no nats-server binary (looked at $NATS_SERVER_BIN, /usr/sbin, /usr/bin, /usr/local/bin and PATH): `
+      + 'install one (apt-get install nats-server) or set NATS_URL to a running server');
+  }
+  const h = await startOwnNats(bin);
+  opts.log?.(`no NATS at ${url}; started ${bin} at ${h.url}`);
+  return h;
+}
+
+/** Runs `bin` on a free loopback port; it is killed if this process exits without stopping it. */
+async function startOwnNats(bin: string): Promise<DemoNats> {
+  const port = await freePort();
+  const child = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  const running = (): boolean => child.exitCode === null && child.signalCode === null;
+  const killNow = (): void => { if (running()) child.kill('SIGKILL'); };
+  process.on('exit', killNow);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async (): Promise<void> => {
+    process.off('exit', killNow);
+    if (!running()) return;
+    child.kill('SIGTERM');
+    const t = setTimeout(killNow, 2000);
+    await exited;
+    clearTimeout(t);
+  };
+  let spawnError: Error | undefined;
+  child.once('error', (e) => { spawnError = e; });
+  const until = Date.now() + 5000;
+  while (!(await canConnect('127.0.0.1', port, 200))) {
+    if (spawnError || !running() || Date.now() > until) {
+      await stop();
+      throw new Error(`${bin} did not listen on 127.0.0.1:${port} within 5 s${spawnError ? ` (${spawnError.message})` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { url: `nats://127.0.0.1:${port}`, startedHere: true, stop };
+}

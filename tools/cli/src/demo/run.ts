@@ -1,0 +1,240 @@
+import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import type { Manifest } from '@tandem/model';
+import { AgentServiceClient, ListPlansResponse, PlannerServiceClient } from '@tandem/protocol';
+import { DEMO_DEVICES, type DemoDevice } from './devices';
+import { agentStatus, generateVia, listPlans, type GenerationResult } from './grpc-calls';
+import type { DemoNats } from './nats';
+import { ServiceSet, tailOf, type ServiceProcess } from './services';
+import { agentSpec, executorSpec, plannerSpec } from './stack';
+
+/** The demo was stopped by a signal. */
+export class DemoInterrupted extends Error {
+  override name = 'DemoInterrupted';
+  constructor(readonly signal: string) {
+    super(`interrupted by ${signal}`);
+  }
+}
+
+export interface DemoOptions {
+  readonly modelDir: string;
+  readonly manifest: Manifest;
+  /** The preset the model was made from, or undefined for a --model directory. */
+  readonly preset: string | undefined;
+  readonly nats: DemoNats;
+  readonly prompt: string;
+  readonly tokens: number;
+  readonly runsPerAgent: number;
+  readonly keepLogs: boolean;
+  /** Bound on the wait for every agent's first plan. */
+  readonly planWaitMs: number;
+  /** Aborted on SIGINT/SIGTERM: the demo stops its services and rejects with DemoInterrupted. */
+  readonly signal: AbortSignal;
+  /** performance.now() when the command started; the report's elapsedMs counts from it. */
+  readonly startedAt: number;
+  /** Progress lines (stderr). */
+  readonly progress: (line: string) => void;
+}
+
+/** One generation as the demo reports it. */
+export interface DemoRun {
+  readonly run: number;
+  readonly planEpoch: number;
+  readonly placement: string;
+  readonly requestClass: string;
+  readonly promptTokens: number;
+  readonly ids: number[];
+  readonly text: string;
+  readonly ttftMs: number;
+  readonly totalMs: number;
+  /** 0 when the generation had no SLA (no plan yet). */
+  readonly slaMs: number;
+  /** Whether totalMs <= slaMs; null without an SLA. */
+  readonly slaMet: boolean | null;
+  readonly serverComputeMs: number;
+  readonly clientComputeMs: number;
+}
+
+export interface DemoAgentReport {
+  readonly device: string;
+  readonly clientClass: string;
+  readonly description: string;
+  readonly slowdown: number;
+  readonly linkLatencyMs: number;
+  readonly upBytesPerMs: number;
+  readonly downBytesPerMs: number;
+  readonly runs: DemoRun[];
+}
+
+export interface DemoServiceReport {
+  readonly name: string;
+  readonly app: string;
+  readonly pid: number;
+  readonly port: number;
+}
+
+export interface DemoReport {
+  readonly model: { readonly preset: string | null; readonly dir: string; readonly stages: number; readonly stageNames: string[] };
+  readonly nats: { readonly url: string; readonly startedHere: boolean };
+  readonly prompt: string;
+  readonly tokens: number;
+  readonly services: DemoServiceReport[];
+  readonly agents: DemoAgentReport[];
+  /** The planner's ListPlans answer at the end, as protobuf JSON. */
+  readonly plans: unknown;
+  /** Whether every generation produced the same ids (greedy decoding does not depend on the placement). */
+  readonly identicalOutputs: boolean;
+  /** Services that ignored SIGTERM for 5 s and were killed. */
+  readonly killed: string[];
+  /** Where the service logs are, or null when they were removed. */
+  readonly logDir: string | null;
+  /** From the command's start (model, NATS, services, generations, shutdown). */
+  readonly elapsedMs: number;
+}
+
+/**
+ * Rejects when the demo is interrupted or a service dies, so no wait outlives either.
+ * `race` wraps every await of the run.
+ */
+class Guard {
+  private fail!: (err: Error) => void;
+  private readonly failed: Promise<never>;
+  private stopping = false;
+
+  constructor(signal: AbortSignal) {
+    this.failed = new Promise<never>((_, reject) => { this.fail = reject; });
+    this.failed.catch(() => undefined);
+    const onAbort = (): void => this.fail(new DemoInterrupted(String(signal.reason ?? 'a signal')));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  }
+
+  watch(p: ServiceProcess): void {
+    void p.listening.then(() => p.exited).then(() => {
+      if (this.stopping) return;
+      const { exitCode, signalCode } = p.child;
+      const tail = tailOf(p.logFile);
+      this.fail(new Error(`${p.spec.name} exited unexpectedly (${signalCode ?? `code ${exitCode}`}); log ${p.logFile}${tail ? `:\n${tail}` : ''}`));
+    }, () => undefined);
+  }
+
+  race<T>(p: Promise<T>): Promise<T> {
+    return Promise.race([p, this.failed]);
+  }
+
+  stop(): void { this.stopping = true; }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Polls every agent's GetStatus until each follows a plan (epoch > 0), with a progress line per change. */
+async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceClient }[], opts: DemoOptions, guard: Guard): Promise<void> {
+  const until = Date.now() + opts.planWaitMs;
+  let last = '';
+  for (;;) {
+    const statuses = await guard.race(Promise.all(agents.map((a) => agentStatus(a.client, 2000).catch(() => undefined))));
+    const have = agents.filter((_, i) => (statuses[i]?.planEpoch ?? 0) > 0).map((a) => a.device.id);
+    const line = `waiting for plans: ${have.length}/${agents.length} agents have one${have.length ? ` (${have.join(', ')})` : ''}`;
+    if (line !== last) { opts.progress(line); last = line; }
+    if (have.length === agents.length) return;
+    if (Date.now() > until) {
+      const missing = agents.filter((a) => !have.includes(a.device.id)).map((a) => a.device.id);
+      throw new Error(`no plan reached ${missing.join(', ')} within ${opts.planWaitMs} ms: see the planner's and agents' logs`);
+    }
+    await guard.race(sleep(200));
+  }
+}
+
+function toRun(run: number, g: GenerationResult): DemoRun {
+  const s = g.summary;
+  return {
+    run,
+    planEpoch: s.planEpoch,
+    placement: s.placement,
+    requestClass: s.requestClass,
+    promptTokens: s.promptTokens,
+    ids: s.ids,
+    text: s.text,
+    ttftMs: s.ttftMs,
+    totalMs: s.totalMs,
+    slaMs: s.slaMs,
+    slaMet: s.slaMs > 0 ? s.totalMs <= s.slaMs : null,
+    serverComputeMs: s.serverComputeMs,
+    clientComputeMs: s.clientComputeMs,
+  };
+}
+
+/**
+ * Runs the demo: starts the server-executor and the planner, then one client-agent per
+ * emulated device, waits for their plans, runs `runsPerAgent` generations per agent
+ * through its Generate API, and stops every service. Services are always stopped, on
+ * success, error or interruption.
+ */
+export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
+  const logDir = mkdtempSync(path.join(tmpdir(), 'tandem-demo-'));
+  opts.progress(`service logs: ${logDir}${opts.keepLogs ? '' : ' (removed at the end unless something fails; --keep-logs keeps them)'}`);
+  const set = new ServiceSet(logDir);
+  const guard = new Guard(opts.signal);
+  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url };
+  const clients: { close(): void }[] = [];
+  let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'> | undefined;
+  let killed: string[] = [];
+  try {
+    opts.progress('starting the server-executor and the planner');
+    const executor = set.start(executorSpec(stack));
+    const planner = set.start(plannerSpec(stack));
+    for (const p of [executor, planner]) guard.watch(p);
+    await guard.race(Promise.all([executor.listening, planner.listening]));
+    opts.progress(`server-executor at ${executor.address}, planner at ${planner.address}; starting ${DEMO_DEVICES.length} client-agents (each profiles its stages)`);
+    const agentProcs = DEMO_DEVICES.map((d) => set.start(agentSpec(stack, d, executor.address, planner.address)));
+    agentProcs.forEach((p) => guard.watch(p));
+    await guard.race(Promise.all(agentProcs.map((p) => p.listening)));
+    opts.progress(`agents listening: ${DEMO_DEVICES.map((d, i) => `${d.id} at ${agentProcs[i].address}`).join(', ')}`);
+
+    const agents = DEMO_DEVICES.map((device, i) => {
+      const client = new AgentServiceClient(agentProcs[i].address, grpc.credentials.createInsecure());
+      clients.push(client);
+      return { device, client, runs: [] as DemoRun[] };
+    });
+    const plannerClient = new PlannerServiceClient(planner.address, grpc.credentials.createInsecure());
+    clients.push(plannerClient);
+
+    await waitForPlans(agents, opts, guard);
+
+    // Round-robin, so telemetry from one run can reach the planner before the agent's next.
+    for (let run = 1; run <= opts.runsPerAgent; run++) {
+      for (const a of agents) {
+        const g = await guard.race(generateVia(a.client, { input: { $case: 'prompt', value: opts.prompt }, maxNewTokens: opts.tokens, placement: '' }, 120_000, opts.signal));
+        const r = toRun(run, g);
+        a.runs.push(r);
+        opts.progress(`${a.device.id} run ${run}: ${r.placement} (epoch ${r.planEpoch}), ${Math.round(r.totalMs)} ms${r.slaMs ? ` vs SLA ${r.slaMs} ms` : ''}`);
+      }
+    }
+    const plans = ListPlansResponse.toJSON(await guard.race(listPlans(plannerClient, 5000)));
+    const allIds = agents.flatMap((a) => a.runs.map((r) => r.ids.join(',')));
+    collected = {
+      model: { preset: opts.preset ?? null, dir: opts.modelDir, stages: opts.manifest.stages.length, stageNames: opts.manifest.stages.map((s) => s.name) },
+      nats: { url: opts.nats.url, startedHere: opts.nats.startedHere },
+      prompt: opts.prompt,
+      tokens: opts.tokens,
+      services: set.all.map((p) => ({ name: p.spec.name, app: p.spec.app, pid: p.child.pid ?? 0, port: p.port })),
+      agents: agents.map((a) => ({
+        device: a.device.id, clientClass: a.device.clientClass, description: a.device.description, slowdown: a.device.slowdown,
+        linkLatencyMs: a.device.linkLatencyMs, upBytesPerMs: a.device.upBytesPerMs, downBytesPerMs: a.device.downBytesPerMs, runs: a.runs,
+      })),
+      plans,
+      identicalOutputs: new Set(allIds).size === 1,
+    };
+  } finally {
+    guard.stop();
+    for (const c of clients) c.close();
+    if (set.all.length) opts.progress(`stopping ${set.all.length} services (SIGTERM; SIGKILL after 5 s)`);
+    killed = await set.stopAll();
+    if (killed.length) opts.progress(`killed after 5 s: ${killed.join(', ')}`);
+    if (collected && !opts.keepLogs) rmSync(logDir, { recursive: true, force: true });
+    else opts.progress(`service logs kept in ${logDir}`);
+  }
+  return { ...collected!, killed, logDir: opts.keepLogs ? logDir : null, elapsedMs: performance.now() - opts.startedAt };
+}

@@ -1,0 +1,77 @@
+import { agentEnv } from '@tandem/client-agent';
+import { plannerEnv } from '@tandem/planner';
+import { executorEnv } from '@tandem/server-executor';
+import { loadEnv, type EnvSchema } from '@tandem/service-kit';
+import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
+import type { ServiceSpec } from './services';
+
+/** How often agents and the executor publish telemetry in the demo, so plans arrive fast. */
+export const DEMO_TELEMETRY_INTERVAL_MS = 300;
+
+/** Every variable any Tandem service reads: inherited values of these are dropped so the demo is the same everywhere. */
+const SERVICE_VARS = new Set([...Object.keys(agentEnv), ...Object.keys(plannerEnv), ...Object.keys(executorEnv)]);
+
+/**
+ * The environment of one child: the inherited environment without any service variable,
+ * plus `vars`, checked against the app's schema first so a mistake here fails with the
+ * app's own message instead of a child that exits.
+ */
+function childEnv(schema: EnvSchema, vars: Record<string, string>): Record<string, string> {
+  for (const k of Object.keys(vars)) if (!(k in schema)) throw new Error(`internal: ${k} is not a variable of this service`);
+  loadEnv(schema, vars);
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !SERVICE_VARS.has(k)) out[k] = v;
+  return { ...out, ...vars };
+}
+
+export interface StackOptions {
+  readonly modelDir: string;
+  readonly natsUrl: string;
+}
+
+function common(o: StackOptions): Record<string, string> {
+  return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, LOG_LEVEL: 'warn' };
+}
+
+export function executorSpec(o: StackOptions): ServiceSpec {
+  return {
+    name: 'server-executor',
+    app: 'server-executor',
+    env: childEnv(executorEnv, {
+      ...common(o), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: 'demo-server', EXECUTOR_THREADS: '1',
+      TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
+    }),
+  };
+}
+
+export function plannerSpec(o: StackOptions): ServiceSpec {
+  return {
+    name: 'planner',
+    app: 'planner',
+    env: childEnv(plannerEnv, {
+      ...common(o), PLANNER_ADDR: '127.0.0.1:0',
+      PLANNER_REQUEST_CLASSES: JSON.stringify(DEMO_REQUEST_CLASSES),
+      PLANNER_SLA_OVERRIDES: JSON.stringify(DEMO_SLA_OVERRIDES),
+      // Always minimise server work under each device's SLA (what the planner does under load);
+      // on an idle server it would pick the fastest placement, which hides the SLA trade-off.
+      PLANNER_IDLE_UTILISATION: '0',
+      PLANNER_SHUTDOWN_GRACE_MS: '0',
+    }),
+  };
+}
+
+export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, plannerAddr: string): ServiceSpec {
+  return {
+    name: `agent-${d.id}`,
+    app: 'client-agent',
+    env: childEnv(agentEnv, {
+      ...common(o), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+      AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
+      AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
+      EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr,
+      TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), AGENT_SHUTDOWN_GRACE_MS: '2000',
+    }),
+  };
+}
+
+export { DEMO_DEVICES };
