@@ -5,6 +5,8 @@ import { forwardCommand } from './forward';
 import { generateCommand } from './generate';
 import { modelCreateCommand } from './model-create';
 import { modelImportCommand } from './model-import';
+import { plansCommand } from './plans';
+import { demoCommand } from './demo';
 
 /** Every `tandem` sub-command. Each lives in its own file under commands/. */
-export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand];
+export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand, plansCommand, demoCommand];
