@@ -7,6 +7,7 @@ import { modelCreateCommand } from './model-create';
 import { modelImportCommand } from './model-import';
 import { plansCommand } from './plans';
 import { demoCommand } from './demo';
+import { loadtestCommand } from './loadtest';
 
 /** Every `tandem` sub-command. Each lives in its own file under commands/. */
-export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand, plansCommand, demoCommand];
+export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand, plansCommand, demoCommand, loadtestCommand];

@@ -1,0 +1,71 @@
+import * as grpc from '@grpc/grpc-js';
+import {
+  AgentServiceClient,
+  channelOptions,
+  PlannerServiceClient,
+  type AgentStatusResponse,
+  type ClientPlan,
+  type GenerateResponse,
+} from '@tandem/protocol';
+import type { TraceRequest } from './arrivals';
+import type { RequestRecord } from './metrics';
+
+const MAX_MESSAGE = 64 * 1024 * 1024;
+
+export function agentClient(addr: string): AgentServiceClient {
+  return new AgentServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(MAX_MESSAGE));
+}
+
+export function plannerClient(addr: string): PlannerServiceClient {
+  return new PlannerServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(MAX_MESSAGE));
+}
+
+export function agentStatus(c: AgentServiceClient, timeoutMs = 2000): Promise<AgentStatusResponse> {
+  return new Promise((res, rej) => c.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (e, r) => (e ? rej(e) : res(r))));
+}
+
+export function listPlans(c: PlannerServiceClient, timeoutMs = 2000): Promise<ClientPlan[]> {
+  return new Promise((res, rej) => c.listPlans({}, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (e, r) => (e ? rej(e) : res(r.plans))));
+}
+
+const statusName = (code: number): string => (grpc.status as unknown as Record<number, string>)[code] ?? `CODE_${code}`;
+
+/**
+ * Sends one Generate and records its token times. Never rejects: a failure (including the
+ * `timeoutMs` deadline, which gives DEADLINE_EXCEEDED) becomes the record's status.
+ * `t0` is the trace's start (performance.now()).
+ */
+export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: number, timeoutMs: number): Promise<RequestRecord> {
+  const sent = performance.now();
+  const base = {
+    index: req.index, device: req.device, requestClass: req.requestClass, promptTokens: req.promptIds.length,
+    maxNewTokens: req.maxNewTokens, slaMs: req.slaMs, sentMs: sent - t0, lagMs: Math.max(0, sent - t0 - req.atMs),
+  };
+  const tokenMs: number[] = [];
+  return new Promise<RequestRecord>((resolve) => {
+    let settled = false;
+    let summary: Extract<GenerateResponse['kind'], { $case: 'summary' }>['value'] | undefined;
+    const finish = (status: string, error?: string): void => {
+      if (settled) return;
+      settled = true;
+      const endMs = performance.now() - sent;
+      resolve({
+        ...base, status, ...(error ? { error } : {}), tokenMs, endMs,
+        ...(summary ? { serverComputeMs: summary.serverComputeMs, clientComputeMs: summary.clientComputeMs, placement: summary.placement, planEpoch: Number(summary.planEpoch), plannedClass: summary.requestClass } : {}),
+      });
+    };
+    let call: grpc.ClientReadableStream<GenerateResponse>;
+    try {
+      call = c.generate({ input: { $case: 'ids', value: { ids: [...req.promptIds] } }, maxNewTokens: req.maxNewTokens, placement: '' }, { deadline: Date.now() + timeoutMs });
+    } catch (err) {
+      finish('INTERNAL', (err as Error).message);
+      return;
+    }
+    call.on('data', (m: GenerateResponse) => {
+      if (m.kind?.$case === 'token') tokenMs.push(performance.now() - sent);
+      else if (m.kind?.$case === 'summary') summary = m.kind.value;
+    });
+    call.on('error', (e: grpc.ServiceError) => finish(statusName(e.code ?? grpc.status.UNKNOWN), e.details || e.message));
+    call.on('end', () => (summary ? finish('OK') : finish('NO_SUMMARY', 'the stream ended without a summary')));
+  });
+}

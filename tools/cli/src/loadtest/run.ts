@@ -1,0 +1,245 @@
+import { mkdirSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { createModel, readManifest } from '@tandem/model';
+import type { AgentServiceClient, PlannerServiceClient } from '@tandem/protocol';
+import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { buildTrace, type TraceRequest } from './arrivals';
+import { agentClient, agentStatus, listPlans, plannerClient, sendGenerate } from './client';
+import { summarize, type RequestRecord, type RunStats } from './metrics';
+import { affinityOf, hasTaskset, launchService, pinProcess, type ServiceProcess } from './processes';
+import type { Policy, Scenario } from './scenario';
+
+/** CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on the other. */
+export const SERVER_CPU = '0';
+export const CLIENT_CPU = '1';
+
+export interface LoadtestOptions {
+  readonly scenario: Scenario;
+  readonly policies: readonly Policy[];
+  readonly rates: readonly number[];
+  readonly durationS: number;
+  readonly warmupS: number;
+  readonly seed: number;
+  readonly modelDir: string;
+  /** Service logs go here. */
+  readonly logDir: string;
+  /** An existing NATS server; by default one is started (nats-server must be installed). */
+  readonly natsUrl?: string;
+  /** Pin with taskset (when it exists). */
+  readonly pin: boolean;
+  /** Keep every request record in the results. */
+  readonly keepRecords?: boolean;
+  /** Called as requests finish: done and total over the whole run, and what runs now. */
+  readonly onProgress?: (done: number, total: number, what: string) => void;
+  /** One line of news (stderr). */
+  readonly note?: (line: string) => void;
+}
+
+/** One policy at one arrival rate. */
+export interface RateResult {
+  readonly policy: Policy;
+  readonly rate: number;
+  readonly stats: RunStats;
+  /** Executor process CPU (user + system) over the run, s. */
+  readonly serverCpuS: number;
+  /** serverCpuS per completed request, s (null when nothing completed). */
+  readonly serverCpuPerRequestS: number | null;
+  /** Executor CPU time over the run's wall time: its utilisation of its core. */
+  readonly serverCpuUtilisation: number;
+  /** Sum of the server compute the agents reported, s (cross-check of serverCpuS). */
+  readonly reportedServerComputeS: number;
+  /** Client-side CPU (agents) over the run, s. */
+  readonly agentsCpuS: number;
+  /** The plans at the end of the run: agent → request class → placement. */
+  readonly plans: Readonly<Record<string, Readonly<Record<string, string>>>>;
+  readonly records?: readonly RequestRecord[];
+}
+
+export interface LoadtestRun {
+  readonly results: readonly RateResult[];
+  readonly pinned: boolean;
+  readonly warnings: readonly string[];
+  readonly stageCount: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, Math.max(0, ms)));
+
+/** Where presets are cached: $TANDEM_CACHE_DIR or ~/.cache/tandem, then models/<preset>-seed1. */
+export function defaultModelDir(preset: string): string {
+  const root = process.env.TANDEM_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'tandem');
+  return join(root, 'models', `${preset}-seed1`);
+}
+
+/** Creates the preset in `dir` unless a model is already there. */
+export async function ensureModel(preset: string, dir: string, note?: (s: string) => void): Promise<void> {
+  try {
+    const m = await readManifest(dir);
+    if (m.source?.kind !== 'synthetic' || m.source.preset === preset) return;
+    throw new Error(`${dir} holds another model (${JSON.stringify(m.source)}); give --model-dir`);
+  } catch (err) {
+    if ((err as Error).message.includes('holds another model')) throw err;
+  }
+  note?.(`creating the ${preset} model in ${dir}`);
+  mkdirSync(dir, { recursive: true });
+  await createModel({ preset, seed: 1, out: dir });
+}
+
+/** Agent id of a device class. */
+export const agentId = (device: string): string => `lt-${device}`;
+
+/**
+ * Runs the load test: starts NATS (unless given), the executor pinned to CPU 0 and one
+ * client-agent per device class pinned to CPU 1 (the harness moves itself there too),
+ * then for each policy restarts the planner with that algorithm, waits until every agent
+ * follows a plan of that algorithm, warms up, and replays the same arrival trace at each
+ * rate, reading the executor's CPU time from /proc before and after each rate.
+ */
+export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
+  const s = o.scenario;
+  const warnings: string[] = [];
+  const warn = (w: string): void => { warnings.push(w); o.note?.(`warning: ${w}`); };
+  const pin = o.pin && hasTaskset();
+  if (o.pin && !pin) warn('taskset is not available: the services are not pinned, so the server does not have a core of its own');
+  const ownAffinity = pin ? affinityOf(process.pid) : undefined;
+  if (pin && !pinProcess(process.pid, CLIENT_CPU)) warn(`could not pin the harness to CPU ${CLIENT_CPU}`);
+  const cpus = (c: string): string | undefined => (pin ? c : undefined);
+
+  const manifest = await readManifest(o.modelDir);
+  const stageCount = manifest.stages.length;
+  let nats: NatsServerHandle | undefined;
+  let executor: ServiceProcess | undefined;
+  let planner: ServiceProcess | undefined;
+  const agents = new Map<string, { proc: ServiceProcess; client: AgentServiceClient }>();
+  let pc: PlannerServiceClient | undefined;
+  const results: RateResult[] = [];
+  mkdirSync(o.logDir, { recursive: true });
+  try {
+    let natsUrl = o.natsUrl;
+    if (!natsUrl) {
+      nats = await startNatsServer();
+      natsUrl = nats.url;
+    }
+    const plannerPort = await freePort();
+    const plannerAddr = `127.0.0.1:${plannerPort}`;
+    const common = { MODEL_DIR: o.modelDir, NATS_URL: natsUrl, LOG_LEVEL: 'warn', TELEMETRY_INTERVAL_MS: '500' };
+    o.note?.('starting the server-executor');
+    executor = await launchService({
+      name: 'server-executor', app: 'server-executor', cpus: cpus(SERVER_CPU), logFile: join(o.logDir, 'server-executor.log'),
+      env: { ...common, EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
+    });
+    const startPlanner = async (policy: Policy): Promise<ServiceProcess> => launchService({
+      name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
+      env: {
+        ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy,
+        PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
+        PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
+      },
+    });
+    o.note?.(`starting ${s.deviceClasses.length} client-agents`);
+    planner = await startPlanner(o.policies[0]);
+    await Promise.all(s.deviceClasses.map(async (d) => {
+      const proc = await launchService({
+        name: `agent-${d.name}`, app: 'client-agent', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `agent-${d.name}.log`),
+        env: {
+          ...common, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+          AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
+          AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
+          EXECUTOR_ADDR: executor!.addr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000),
+        },
+      });
+      agents.set(d.name, { proc, client: agentClient(proc.addr) });
+    }));
+    pc = plannerClient(plannerAddr);
+
+    const traces = new Map(o.rates.map((r) => [r, buildTrace(s, r, o.durationS, o.seed)]));
+    const total = o.policies.length * [...traces.values()].reduce((a, t) => a + t.length, 0);
+    let done = 0;
+
+    for (const [pi, policy] of o.policies.entries()) {
+      if (pi > 0) {
+        await planner.stop();
+        planner = await startPlanner(policy);
+      }
+      await waitForPlans(policy, pc, agents, 60_000);
+      o.note?.(`${policy}: every agent follows a ${policy} plan`);
+      if (o.warmupS > 0) {
+        const warm = buildTrace(s, o.rates[0], o.warmupS, o.seed + 7919);
+        await replay(warm, agents, s.requestTimeoutMs);
+      }
+      for (const rate of o.rates) {
+        const trace = traces.get(rate)!;
+        const what = `${policy} @ ${rate} req/s`;
+        o.onProgress?.(done, total, what);
+        const agentCpu0 = [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0);
+        const cpu0 = executor.cpuSeconds();
+        const wall0 = performance.now();
+        const records = await replay(trace, agents, s.requestTimeoutMs, () => { done++; o.onProgress?.(done, total, what); });
+        const wallS = (performance.now() - wall0) / 1000;
+        const serverCpuS = executor.cpuSeconds() - cpu0;
+        const agentsCpuS = [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0) - agentCpu0;
+        const stats = summarize(records, o.durationS);
+        const plans: Record<string, Record<string, string>> = {};
+        for (const p of await listPlans(pc).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
+        results.push({
+          policy, rate, stats, serverCpuS,
+          serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
+          serverCpuUtilisation: serverCpuS / wallS,
+          reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
+          agentsCpuS, plans,
+          ...(o.keepRecords ? { records } : {}),
+        });
+        // Let the executor's load report fall back before the next rate.
+        await sleep(1000);
+      }
+    }
+    o.onProgress?.(total, total, 'done');
+    return { results, pinned: pin, warnings, stageCount };
+  } finally {
+    pc?.close();
+    for (const a of agents.values()) a.client.close();
+    await Promise.all([...agents.values()].map((a) => a.proc.stop(500)));
+    await planner?.stop(500);
+    await executor?.stop(500);
+    await nats?.stop();
+    if (ownAffinity) pinProcess(process.pid, ownAffinity);
+  }
+}
+
+/** Waits until the planner has a plan of `policy` for every agent and every agent follows it. */
+async function waitForPlans(policy: Policy, pc: PlannerServiceClient, agents: ReadonlyMap<string, { proc: ServiceProcess; client: AgentServiceClient }>, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const plans = await listPlans(pc);
+      const missing: string[] = [];
+      for (const [device, a] of agents) {
+        const plan = plans.find((p) => p.clientId === agentId(device));
+        if (!plan || plan.algorithm !== policy) { missing.push(`${device}: no ${policy} plan yet`); continue; }
+        const st = await agentStatus(a.client);
+        if (st.planEpoch < plan.epoch) missing.push(`${device}: follows epoch ${st.planEpoch}, plan is ${plan.epoch}`);
+      }
+      if (missing.length === 0) return;
+      last = missing.join('; ');
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > until) throw new Error(`the agents did not get ${policy} plans within ${timeoutMs} ms (${last})`);
+    await sleep(100);
+  }
+}
+
+/** Sends every request of `trace` at its time (open loop) to its device class's agent; resolves with every record. */
+async function replay(trace: readonly TraceRequest[], agents: ReadonlyMap<string, { client: AgentServiceClient }>, timeoutMs: number, onDone?: () => void): Promise<RequestRecord[]> {
+  const t0 = performance.now();
+  const pending: Promise<RequestRecord>[] = [];
+  for (const req of trace) {
+    const wait = t0 + req.atMs - performance.now();
+    if (wait > 1) await sleep(wait);
+    const p = sendGenerate(agents.get(req.device)!.client, req, t0, timeoutMs);
+    if (onDone) void p.then(onDone);
+    pending.push(p);
+  }
+  return Promise.all(pending);
+}
