@@ -54,34 +54,36 @@ export const demoCommand: Command = {
     if (modelFlag === '') throw new UsageError("--model must name a model directory, given ''");
     const tokens = intFlag(args, 'tokens', { min: 1, max: 512, default: 16 });
     const json = args.switches.has('json');
+    const given = modelFlag !== undefined ? { dir: path.resolve(modelFlag), manifest: await existingModel(path.resolve(modelFlag)) } : undefined;
     const progress = (line: string): void => { io.stderr.write(`demo ${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s: ${line}\n`); };
 
     // SIGINT/SIGTERM stop the services before the demo exits.
     const ac = new AbortController();
     const onSignal = (sig: NodeJS.Signals): void => {
-      if (ac.signal.aborted) return;
-      progress(`${sig}: stopping the services`);
+      // A second signal exits at once; the 'exit' hooks still kill every child.
+      if (ac.signal.aborted) process.exit(sig === 'SIGTERM' ? 143 : 130);
+      progress(`${sig}: stopping the services (again to exit at once)`);
       ac.abort(sig);
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     try {
-      let modelDir: string;
-      let manifest;
-      if (modelFlag !== undefined) {
-        modelDir = path.resolve(modelFlag);
-        manifest = await existingModel(modelDir);
-        progress(`model ${modelDir} (${manifest.stages.length} stages)`);
-      } else {
-        modelDir = defaultModelDir(preset);
-        const bar = progressReporter(io, `demo: creating model ${preset}`);
-        const m = await cachedModel(preset, modelDir, (done, total) => bar(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`));
-        manifest = m.manifest;
-        progress(`${m.created ? 'created' : 'using cached'} model ${preset} (seed ${DEMO_SEED}, ${manifest.stages.length} stages) in ${modelDir}`);
-      }
-      ac.signal.throwIfAborted();
+      // NATS first: when there is none and no nats-server either, say so before any model work.
       const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress });
       try {
+        let modelDir: string;
+        let manifest;
+        if (given) {
+          ({ dir: modelDir, manifest } = given);
+          progress(`model ${modelDir} (${manifest.stages.length} stages)`);
+        } else {
+          modelDir = defaultModelDir(preset);
+          const bar = progressReporter(io, `demo: creating model ${preset}`);
+          const m = await cachedModel(preset, modelDir, (done, total) => bar(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`));
+          manifest = m.manifest;
+          progress(`${m.created ? 'created' : 'using cached'} model ${preset} (seed ${DEMO_SEED}, ${manifest.stages.length} stages) in ${modelDir}`);
+        }
+        ac.signal.throwIfAborted();
         const report = await runDemo({
           modelDir, manifest, preset: modelFlag === undefined ? preset : undefined, nats, prompt: DEMO_PROMPT, tokens,
           runsPerAgent: DEMO_RUNS_PER_AGENT, keepLogs: args.switches.has('keep-logs'), planWaitMs: DEMO_PLAN_WAIT_MS,
@@ -91,7 +93,7 @@ export const demoCommand: Command = {
         else io.stdout.write(formatDemoReport(report));
         return 0;
       } finally {
-        if (nats.startedHere) progress('stopping the nats-server it started');
+        if (nats.startedHere) progress('stopping the nats-server the demo started');
         await nats.stop();
       }
     } catch (err) {

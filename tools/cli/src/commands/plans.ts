@@ -17,8 +17,9 @@ class, the placement (one letter per stage: C on the client, S on the server), t
 predicted end-to-end latency and server work, and whether the SLA is predicted to be met.
 
   --planner ADDR   the planner's gRPC address, host:port
-  --json           print the ListPlansResponse as protobuf JSON (fields at their default
-                   value, such as feasible=false or a zero server work, are omitted)
+  --json           print the ListPlansResponse as canonical protobuf JSON: fields at their
+                   default value are omitted (feasible=false, a zero server work, and
+                   'plans' itself when there are none: {})
 
 Exit codes: 0 listed (also when there are no plans yet), 2 bad usage, 1 the planner could not
 be reached or failed.`;
@@ -45,9 +46,10 @@ export const plansCommand: Command = {
       r = await listPlans(client, PLANS_DEADLINE_MS);
     } catch (err) {
       const e = err as grpc.ServiceError;
-      const why = e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED
-        ? 'is it running?' : `${grpc.status[e.code] ?? 'error'}`;
-      throw new Error(`cannot list plans from the planner at ${addr} (${why}): ${e.details || e.message}`);
+      const detail = (e.details || e.message).replace(/\s*Resolution note:.*$/s, '').replace(/^No connection established\. Last error: (Error: )?/, '');
+      if (e.code === grpc.status.UNAVAILABLE) throw new Error(`cannot reach the planner at ${addr} (is it running?): ${detail}`);
+      if (e.code === grpc.status.DEADLINE_EXCEEDED) throw new Error(`the planner at ${addr} did not answer within ${PLANS_DEADLINE_MS} ms: ${detail}`);
+      throw new Error(`the planner at ${addr} failed ListPlans: ${grpc.status[e.code] ?? e.code}: ${detail}`);
     } finally {
       client.close();
     }

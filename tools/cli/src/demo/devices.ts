@@ -35,5 +35,5 @@ export const DEMO_REQUEST_CLASSES = [
 export const DEMO_SLA_OVERRIDES: Record<string, Record<string, number>> = {
   laptop: { chat: 1000 },
   phone: { chat: 900 },
-  kiosk: { chat: 1200 },
+  kiosk: { chat: 1300 },
 };

@@ -181,6 +181,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const clients: { close(): void }[] = [];
   let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'> | undefined;
   let killed: string[] = [];
+  let failed = false;
   try {
     opts.progress('starting the server-executor and the planner');
     const executor = set.start(executorSpec(stack));
@@ -227,13 +228,16 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       plans,
       identicalOutputs: new Set(allIds).size === 1,
     };
+  } catch (err) {
+    failed = !(err instanceof DemoInterrupted);
+    throw err;
   } finally {
     guard.stop();
     for (const c of clients) c.close();
     if (set.all.length) opts.progress(`stopping ${set.all.length} services (SIGTERM; SIGKILL after 5 s)`);
     killed = await set.stopAll();
     if (killed.length) opts.progress(`killed after 5 s: ${killed.join(', ')}`);
-    if (collected && !opts.keepLogs) rmSync(logDir, { recursive: true, force: true });
+    if (!failed && !opts.keepLogs) rmSync(logDir, { recursive: true, force: true });
     else opts.progress(`service logs kept in ${logDir}`);
   }
   return { ...collected!, killed, logDir: opts.keepLogs ? logDir : null, elapsedMs: performance.now() - opts.startedAt };
