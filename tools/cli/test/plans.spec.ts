@@ -1,0 +1,144 @@
+import { Writable } from 'node:stream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { PlanMaker, PlannerServer } from '@tandem/planner';
+import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { runCli } from '../src/main';
+
+function capture(): { stream: Writable; text: () => string } {
+  const chunks: Buffer[] = [];
+  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(Buffer.from(chunk)); cb(); } });
+  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
+}
+
+async function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = capture();
+  const err = capture();
+  const code = await runCli(argv, { stdout: out.stream, stderr: err.stream });
+  return { code, stdout: out.text(), stderr: err.text() };
+}
+
+// A hand-checkable planner: three stages, one class of 10-token prompts and no decode step.
+// The device runs embed and the block in 10 ms each but its head takes 1000 ms; the server
+// runs every stage in 1 ms (1 ms of work). Against 90 ms (SLA 100 ms x margin 0.9) all on the
+// device misses, so the least server work that meets it is the head alone on the server: CCS.
+const stages = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block.0', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
+const profile: ClientProfile = {
+  clientId: 'dev-1',
+  clientClass: 'handheld',
+  modelId: 'm',
+  stages: [
+    { stage: 0, prefillMsPerToken: 1, decodeMs: 1, samples: 3 },
+    { stage: 1, prefillMsPerToken: 1, decodeMs: 1, samples: 3 },
+    { stage: 2, prefillMsPerToken: 100, decodeMs: 100, samples: 3 },
+  ],
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
+  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+  unixMs: Date.now(),
+  planEpoch: 0,
+};
+const load: ServerLoad = {
+  serverId: 'srv',
+  modelId: 'm',
+  stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
+  queueDepth: 0,
+  activeSessions: 0,
+  utilisation: 0,
+  unixMs: Date.now(),
+  meanQueueMs: 0,
+};
+
+describe('tandem plans against a real planner', () => {
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+  let server: PlannerServer;
+  let addr: string;
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    const maker = new PlanMaker({
+      stages,
+      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 1000 }],
+      slaOverrides: { handheld: { short: 100 } },
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
+    });
+    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    const { port } = await server.start();
+    addr = `127.0.0.1:${port}`;
+    nc = await connect({ servers: nats.url });
+  });
+
+  afterAll(async () => {
+    await nc?.close();
+    await server?.stop({ graceMs: 0 });
+    await nats?.stop();
+  });
+
+  it('lists no plans before any telemetry, in both formats', async () => {
+    const json = await run(['plans', '--planner', addr, '--json']);
+    expect(json).toMatchObject({ code: 0, stderr: '' });
+    // Canonical protobuf JSON leaves out fields at their default value: an empty list too.
+    expect(JSON.parse(json.stdout)).toEqual({});
+    const text = await run(['plans', '--planner', addr]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^no plans yet/);
+  });
+
+  it('lists the plan the planner made from a profile and a load sent over NATS', async () => {
+    nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
+    nc.publish(Subjects.clientProfile(profile.clientId), ClientProfile.encode(profile).finish());
+    await nc.flush();
+    await eventually(() => server.plans().length === 1, { what: 'a plan for dev-1', timeoutMs: 5000 });
+
+    const r = await run(['plans', '--planner', addr, '--json']);
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    const body = JSON.parse(r.stdout);
+    expect(body.plans).toHaveLength(1);
+    const plan = body.plans[0];
+    expect(plan).toMatchObject({ clientId: 'dev-1', algorithm: 'dp' });
+    expect(plan.epoch).toBeGreaterThan(0);
+    expect(plan.classes).toHaveLength(1);
+    const c = plan.classes[0];
+    expect(c).toMatchObject({ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, placement: 'CCS', slaMs: 100, feasible: true });
+    expect(c.predictedServerWork).toBeCloseTo(1, 6);
+    // 20 ms on the device plus 1 ms on the server, and transfers of a few hundred bytes at 1e6 bytes/ms.
+    expect(c.predictedLatencyMs).toBeGreaterThanOrEqual(21);
+    expect(c.predictedLatencyMs).toBeLessThan(22);
+
+    const text = await run(['plans', '--planner', addr]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toContain(`client dev-1  epoch ${plan.epoch}  algorithm dp`);
+    expect(text.stdout).toMatch(/^ {2}short +CCS +100 +21(\.\d)? +1\.0 +yes$/m);
+  });
+
+  it('exits 1 with one line naming the address when no planner listens there', async () => {
+    const port = await freePort();
+    const r = await run(['plans', '--planner', `127.0.0.1:${port}`]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain(`the planner at 127.0.0.1:${port}`);
+  });
+
+  it.each([
+    [['plans'], '--planner is required'],
+    [['plans', '--planner', 'localhost'], "--planner must be host:port with a port in 1..65535, given 'localhost'"],
+    [['plans', '--planner', '127.0.0.1:70000'], "--planner must be host:port with a port in 1..65535, given '127.0.0.1:70000'"],
+    [['plans', '--planner', '127.0.0.1:1', '--verbose'], 'unknown option --verbose'],
+    [['plans', '--planner', '127.0.0.1:1', '--json=yes'], "--json takes no value, given 'yes'"],
+  ])('exits 2 on bad usage: %j', async (argv, message) => {
+    const r = await run(argv);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(message);
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+  });
+});
