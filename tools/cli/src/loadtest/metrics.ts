@@ -93,6 +93,8 @@ export interface RunStats {
   readonly maxSendLagMs: number;
   /** Placements used, per request class: placement → count of completed requests. */
   readonly placements: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  /** Per 'device/requestClass': requests, SLA met, SLA, E2E p50 and mean server compute (ms). */
+  readonly byClass: Readonly<Record<string, { readonly requests: number; readonly metSla: number; readonly slaMs: number; readonly e2eP50Ms: number | null; readonly serverComputeMs: number | null }>>;
 }
 
 /** Statistics of one run of a trace. `traceDurationS` is the nominal length of the trace. */
@@ -113,6 +115,15 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     row[r.placement] = (row[r.placement] ?? 0) + 1;
   }
   const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+  const groups = new Map<string, RequestRecord[]>();
+  for (const r of records) {
+    const k = `${r.device}/${r.requestClass}`;
+    groups.set(k, [...(groups.get(k) ?? []), r]);
+  }
+  const byClass = Object.fromEntries([...groups.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([k, rs]) => {
+    const ok = rs.filter(completed);
+    return [k, { requests: rs.length, metSla: rs.filter(metSla).length, slaMs: rs[0].slaMs, e2eP50Ms: dist(ok.map((r) => r.endMs)).p50, serverComputeMs: mean(ok.map((r) => r.serverComputeMs ?? 0)) }];
+  }));
   return {
     requests: records.length,
     completed: done.length,
@@ -132,5 +143,6 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     meanClientComputeMs: mean(done.map((r) => r.clientComputeMs ?? 0)),
     maxSendLagMs: records.reduce((m, r) => Math.max(m, r.lagMs), 0),
     placements,
+    byClass,
   };
 }

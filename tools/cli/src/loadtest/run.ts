@@ -131,7 +131,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     const startPlanner = async (policy: Policy): Promise<ServiceProcess> => launchService({
       name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
       env: {
-        ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy,
+        ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy, PLANNER_SHUTDOWN_GRACE_MS: '0',
         PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
         PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
       },
@@ -190,7 +190,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           ...(o.keepRecords ? { records } : {}),
         });
         // Let the executor's load report fall back before the next rate.
-        await sleep(1000);
+        if (rate !== o.rates[o.rates.length - 1]) await sleep(1000);
       }
     }
     o.onProgress?.(total, total, 'done');
