@@ -63,6 +63,7 @@ describe('the three services end to end', () => {
   let execClient: ExecutorServiceClient;
   let nc: NatsConnection;
   let stageCount: number;
+  let modelId: string;
 
   const execStatus = (): Promise<{ activeSessions: number }> => new Promise((resolve, reject) => execClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
   const agentStatus = (): Promise<AgentStatusResponse> => new Promise((resolve, reject) => agentClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
@@ -73,7 +74,7 @@ describe('the three services end to end', () => {
       classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
       slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
     });
-    planner = new PlannerServer({ maker, log, address, natsUrl: nats.url, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    planner = new PlannerServer({ maker, log, address, natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
     plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
   }
 
@@ -83,6 +84,7 @@ describe('the three services end to end', () => {
     nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
+    modelId = engine.modelId;
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
       batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
     executorAddr = `127.0.0.1:${(await executor.start()).port}`;
@@ -163,7 +165,10 @@ describe('the three services end to end', () => {
     const before = planner.counters.badMessages;
     nc.publish(Subjects.clientProfile('junk'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
     nc.publish(Subjects.clientProfile('junk'), ClientProfile.encode({ clientId: 'other', clientClass: '', modelId: '', stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish());
-    await eventually(() => planner.counters.badMessages >= before + 2, { timeoutMs: 2000, what: 'bad messages counted' });
+    // a device holding another model must not be planned with this model's costs
+    nc.publish(Subjects.clientProfile('stranger'), ClientProfile.encode({ clientId: 'stranger', clientClass: '', modelId: 'ffffffffffffffff', stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish());
+    await eventually(() => planner.counters.badMessages >= before + 3, { timeoutMs: 2000, what: 'bad messages counted' });
+    expect(planner.plans().some((p) => p.clientId === 'stranger')).toBe(false);
     const { ids } = await generateVia(agentClient, {});
     expect(ids).toHaveLength(6);
   });

@@ -20,6 +20,8 @@ export class LocalStages {
   private readonly prefill = new Map<number, number>();
   private readonly decode = new Map<number, number>();
   private readonly samples = new Map<number, number>();
+  /** Emulated padding owed but not slept yet, ms (timers cannot sleep a fraction of a ms). */
+  private paddingDebtMs = 0;
 
   private constructor(readonly runner: StageRunner, readonly slowdown: number, private readonly alpha = 0.2) {}
 
@@ -37,10 +39,23 @@ export class LocalStages {
     const t0 = performance.now();
     const output = (await this.runner.run(stage, input as never, cache)) as HostTensor;
     const real = performance.now() - t0;
-    await sleep((this.slowdown - 1) * real);
+    await this.pad((this.slowdown - 1) * real);
     const ms = real * this.slowdown;
     this.record(stage, input.shape[1] ?? 1, ms);
     return { output, ms };
+  }
+
+  /**
+   * Sleeps the emulated padding. Short paddings are owed and paid together once they reach
+   * 4 ms, and what a sleep overshoots is credited, so a generation takes slowdown × its real
+   * compute time within a few ms (a 1 ms-per-stage timer floor would otherwise inflate fast stages).
+   */
+  private async pad(ms: number): Promise<void> {
+    this.paddingDebtMs += ms;
+    if (this.paddingDebtMs < 4) return;
+    const t0 = performance.now();
+    await sleep(this.paddingDebtMs);
+    this.paddingDebtMs -= performance.now() - t0;
   }
 
   private record(stage: number, tokens: number, ms: number): void {

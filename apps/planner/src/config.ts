@@ -63,7 +63,6 @@ export const plannerEnv = {
   PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 (the default) always minimises work, the throughput objective', 0, 0, 1),
   PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
-  PLANNER_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long to wait before closing plan streams', 2000, 0, 3_600_000),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 

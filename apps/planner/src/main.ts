@@ -1,4 +1,4 @@
-import { readManifest } from '@tandem/model';
+import { modelIdOf, readManifest } from '@tandem/model';
 import { createLogger, onShutdownSignal } from '@tandem/service-kit';
 import { loadConfig } from './config';
 import { PlanMaker } from './plan-maker';
@@ -19,11 +19,11 @@ export async function main(): Promise<void> {
     resolutionMs: config.PLANNER_RESOLUTION_MS,
     maxUtilisation: config.PLANNER_MAX_UTILISATION,
   });
-  const server = new PlannerServer({ maker, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
+  const server = new PlannerServer({ maker, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
     idleUtilisation: config.PLANNER_IDLE_UTILISATION });
   const { port } = await server.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);
-  onShutdownSignal(() => server.stop({ graceMs: config.PLANNER_SHUTDOWN_GRACE_MS }));
+  onShutdownSignal(() => server.stop());
 }
 
 if (require.main === module) {

@@ -20,6 +20,8 @@ export interface PlannerServerOptions {
   readonly log: Logger;
   readonly address: string;
   readonly natsUrl: string;
+  /** Id of the model planned for (see modelIdOf); telemetry about another model is refused. Empty accepts any. */
+  readonly modelId: string;
   readonly clientTtlMs: number;
   readonly debounceMs: number;
   /**
@@ -98,6 +100,7 @@ export class PlannerServer {
   onProfile(p: ClientProfile, subject?: string): void {
     if (!ID_PATTERN.test(p.clientId)) throw new Error(`clientId must match ${ID_PATTERN}, given '${p.clientId}'`);
     if (subject && subject !== Subjects.clientProfile(p.clientId)) throw new Error(`clientId must match the subject ${subject}, given '${p.clientId}'`);
+    this.checkModel(p.modelId);
     const n = this.opts.maker.opts.stages.length;
     for (const [i, s] of p.stages.entries()) {
       if (s.stage >= n) throw new Error(`stages[${i}].stage must be in 0..${n - 1}, given ${s.stage}`);
@@ -119,6 +122,7 @@ export class PlannerServer {
 
   /** Takes one server load report. @throws Error naming the field when it is malformed. */
   onLoad(l: ServerLoad): void {
+    this.checkModel(l.modelId);
     const n = this.opts.maker.opts.stages.length;
     if (l.stages.length !== n) throw new Error(`stages must list all ${n} stages, given ${l.stages.length}`);
     for (const [i, s] of l.stages.entries()) {
@@ -137,6 +141,12 @@ export class PlannerServer {
     if (before !== this.objective) this.log.info({ utilisation: l.utilisation, objective: this.objective }, 'objective changed');
     this.allDirty = true;
     this.scheduleReplan();
+  }
+
+  private checkModel(modelId: string): void {
+    if (modelId && this.opts.modelId && modelId !== this.opts.modelId) {
+      throw new Error(`modelId must be '${this.opts.modelId}' (the model this planner plans for), given '${modelId}'`);
+    }
   }
 
   private scheduleReplan(): void {
@@ -199,7 +209,8 @@ export class PlannerServer {
     };
   }
 
-  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+  /** Ends every plan stream (agents keep their last plan), closes the server and NATS. */
+  async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     clearTimeout(this.replanTimer);

@@ -71,7 +71,7 @@ describe('tandem plans against a real planner', () => {
       resolutionMs: 0.5,
       maxUtilisation: 0.9,
     });
-    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, modelId: '', clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
     const { port } = await server.start();
     addr = `127.0.0.1:${port}`;
     nc = await connect({ servers: nats.url });
@@ -79,7 +79,7 @@ describe('tandem plans against a real planner', () => {
 
   afterAll(async () => {
     await nc?.close();
-    await server?.stop({ graceMs: 0 });
+    await server?.stop();
     await nats?.stop();
   });
 

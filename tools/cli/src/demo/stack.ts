@@ -55,7 +55,6 @@ export function plannerSpec(o: StackOptions): ServiceSpec {
       // Always minimise server work under each device's SLA (what the planner does under load);
       // on an idle server it would pick the fastest placement, which hides the SLA trade-off.
       PLANNER_IDLE_UTILISATION: '0',
-      PLANNER_SHUTDOWN_GRACE_MS: '0',
     }),
   };
 }
