@@ -142,6 +142,19 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     for (const r of failedRows) md.push(`- ${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures).map(([k, v]) => `${v} × ${k}`).join(', ')}`);
     md.push('');
   }
+  md.push('## SLA attainment by device and request class (all rates)', '');
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r.stats.byClass)))].sort();
+  md.push(`| policy | ${keys.join(' | ')} |`);
+  md.push(`|---|${keys.map(() => '---:').join('|')}|`);
+  for (const p of ctx.policies) {
+    const mine = rows.filter((r) => r.policy === p);
+    md.push(`| ${p} | ${keys.map((k) => {
+      const n = mine.reduce((a, r) => a + (r.stats.byClass[k]?.requests ?? 0), 0);
+      const ok = mine.reduce((a, r) => a + (r.stats.byClass[k]?.metSla ?? 0), 0);
+      return n ? `${pct(ok / n)} (${n})` : '–';
+    }).join(' | ')} |`);
+  }
+  md.push('');
   md.push('## Placements used (at the highest rate)', '');
   md.push('One letter per stage (C client, S server); counts of completed requests.', '');
   for (const p of ctx.policies) {
