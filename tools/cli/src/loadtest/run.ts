@@ -89,9 +89,9 @@ export async function ensureModel(preset: string, dir: string, note?: (s: string
 export const agentId = (device: string): string => `lt-${device}`;
 
 /**
- * Runs the load test: starts NATS (unless given), the executor pinned to CPU 0 and one
- * client-agent per device class pinned to CPU 1 (the harness moves itself there too),
- * then for each policy restarts the planner with that algorithm, waits until every agent
+ * Runs the load test: starts NATS (unless given); then for each policy a fresh stack: the
+ * executor pinned to CPU 0, the planner with that algorithm and one client-agent per device
+ * class pinned to CPU 1 (the harness moves itself there too); waits until every agent
  * follows a plan of that algorithm, warms up, and replays the same arrival trace at each
  * rate, reading the executor's CPU time from /proc before and after each rate.
  */
@@ -112,6 +112,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
   let planner: ServiceProcess | undefined;
   const agents = new Map<string, { proc: ServiceProcess; client: AgentServiceClient }>();
   let pc: PlannerServiceClient | undefined;
+  let stopStack = async (): Promise<void> => {};
   const results: RateResult[] = [];
   mkdirSync(o.logDir, { recursive: true });
   try {
@@ -120,48 +121,59 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       nats = await startNatsServer();
       natsUrl = nats.url;
     }
-    const plannerPort = await freePort();
-    const plannerAddr = `127.0.0.1:${plannerPort}`;
     const common = { MODEL_DIR: o.modelDir, NATS_URL: natsUrl, LOG_LEVEL: 'warn', TELEMETRY_INTERVAL_MS: '500' };
-    o.note?.('starting the server-executor');
-    executor = await launchService({
-      name: 'server-executor', app: 'server-executor', cpus: cpus(SERVER_CPU), logFile: join(o.logDir, 'server-executor.log'),
-      env: { ...common, EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
-    });
-    const startPlanner = async (policy: Policy): Promise<ServiceProcess> => launchService({
-      name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
-      env: {
-        ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy, PLANNER_SHUTDOWN_GRACE_MS: '0',
-        PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
-        PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
-      },
-    });
-    o.note?.(`starting ${s.deviceClasses.length} client-agents`);
-    planner = await startPlanner(o.policies[0]);
-    await Promise.all(s.deviceClasses.map(async (d) => {
-      const proc = await launchService({
-        name: `agent-${d.name}`, app: 'client-agent', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `agent-${d.name}.log`),
+    // A fresh stack per policy: no policy inherits another's executor statistics, agent
+    // profiles (measured under the previous policy's load) or plans.
+    const startStack = async (policy: Policy): Promise<void> => {
+      const plannerAddr = `127.0.0.1:${await freePort()}`;
+      executor = await launchService({
+        name: 'server-executor', app: 'server-executor', cpus: cpus(SERVER_CPU), logFile: join(o.logDir, `server-executor-${policy}.log`),
+        env: { ...common, EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
+      });
+      planner = await launchService({
+        name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
         env: {
-          ...common, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
-          AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
-          AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
-          EXECUTOR_ADDR: executor!.addr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000),
+          ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy, PLANNER_SHUTDOWN_GRACE_MS: '0',
+          PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
+          PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
         },
       });
-      agents.set(d.name, { proc, client: agentClient(proc.addr) });
-    }));
-    pc = plannerClient(plannerAddr);
+      await Promise.all(s.deviceClasses.map(async (d) => {
+        const proc = await launchService({
+          name: `agent-${d.name}`, app: 'client-agent', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `agent-${d.name}-${policy}.log`),
+          env: {
+            ...common, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+            AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
+            AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
+            EXECUTOR_ADDR: executor!.addr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000), AGENT_SHUTDOWN_GRACE_MS: '0',
+          },
+        });
+        agents.set(d.name, { proc, client: agentClient(proc.addr) });
+      }));
+      pc = plannerClient(plannerAddr);
+    };
+    stopStack = async (): Promise<void> => {
+      pc?.close();
+      pc = undefined;
+      for (const a of agents.values()) a.client.close();
+      await Promise.all([...agents.values()].map((a) => a.proc.stop(500)));
+      agents.clear();
+      await planner?.stop(500);
+      await executor?.stop(500);
+      planner = undefined;
+      executor = undefined;
+    };
 
     const traces = new Map(o.rates.map((r) => [r, buildTrace(s, r, o.durationS, o.seed)]));
     const total = o.policies.length * [...traces.values()].reduce((a, t) => a + t.length, 0);
     let done = 0;
 
-    for (const [pi, policy] of o.policies.entries()) {
-      if (pi > 0) {
-        await planner.stop();
-        planner = await startPlanner(policy);
-      }
-      await waitForPlans(policy, pc, agents, 60_000);
+    for (const policy of o.policies) {
+      o.note?.(`${policy}: starting the executor, the planner and ${s.deviceClasses.length} client-agents`);
+      await startStack(policy);
+      const exec = executor!;
+      const plans0 = pc!;
+      await waitForPlans(policy, plans0, agents, 60_000);
       o.note?.(`${policy}: every agent follows a ${policy} plan`);
       if (o.warmupS > 0) {
         const warm = buildTrace(s, o.rates[0], o.warmupS, o.seed + 7919);
@@ -172,15 +184,15 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         const what = `${policy} @ ${rate} req/s`;
         o.onProgress?.(done, total, what);
         const agentCpu0 = [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0);
-        const cpu0 = executor.cpuSeconds();
+        const cpu0 = exec.cpuSeconds();
         const wall0 = performance.now();
         const records = await replay(trace, agents, s.requestTimeoutMs, () => { done++; o.onProgress?.(done, total, what); });
         const wallS = (performance.now() - wall0) / 1000;
-        const serverCpuS = executor.cpuSeconds() - cpu0;
+        const serverCpuS = exec.cpuSeconds() - cpu0;
         const agentsCpuS = [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0) - agentCpu0;
         const stats = summarize(records, o.durationS);
         const plans: Record<string, Record<string, string>> = {};
-        for (const p of await listPlans(pc).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
+        for (const p of await listPlans(plans0).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
         results.push({
           policy, rate, stats, serverCpuS,
           serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
@@ -192,15 +204,12 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         // Let the executor's load report fall back before the next rate.
         if (rate !== o.rates[o.rates.length - 1]) await sleep(1000);
       }
+      await stopStack();
     }
     o.onProgress?.(total, total, 'done');
     return { results, pinned: pin, warnings, stageCount };
   } finally {
-    pc?.close();
-    for (const a of agents.values()) a.client.close();
-    await Promise.all([...agents.values()].map((a) => a.proc.stop(500)));
-    await planner?.stop(500);
-    await executor?.stop(500);
+    await stopStack();
     await nats?.stop();
     if (ownAffinity) pinProcess(process.pid, ownAffinity);
   }
