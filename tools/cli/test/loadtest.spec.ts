@@ -32,12 +32,12 @@ function scenario(patch: Record<string, unknown> = {}): Record<string, unknown> 
     seed: 5,
     preset: 'tiny',
     deviceClasses: [
-      { name: 'fast', weight: 1, slowdown: 1000, link: { latencyMs: 0 } },
-      { name: 'slow', weight: 1, slowdown: 1000, link: { latencyMs: 1, upBytesPerMs: 100_000, downBytesPerMs: 100_000 } },
+      { name: 'fast', weight: 1, slowdown: 50, link: { latencyMs: 0 } },
+      { name: 'slow', weight: 1, slowdown: 50, link: { latencyMs: 1, upBytesPerMs: 100_000, downBytesPerMs: 100_000 } },
     ],
     requestClasses: [
-      { name: 'short', weight: 1, promptTokens: { min: 4, max: 8 }, outputTokens: { min: 3, max: 3 }, slaMs: 3000 },
-      { name: 'long', weight: 1, promptTokens: { min: 9, max: 16 }, outputTokens: { min: 2, max: 4 }, slaMs: 4000 },
+      { name: 'short', weight: 1, promptTokens: { min: 4, max: 8 }, outputTokens: { min: 3, max: 3 }, slaMs: 150 },
+      { name: 'long', weight: 1, promptTokens: { min: 9, max: 16 }, outputTokens: { min: 2, max: 4 }, slaMs: 200 },
     ],
     arrival: { process: 'poisson' },
     rates: [3],

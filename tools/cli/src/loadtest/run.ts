@@ -125,31 +125,37 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     // A fresh stack per policy: no policy inherits another's executor statistics, agent
     // profiles (measured under the previous policy's load) or plans.
     const startStack = async (policy: Policy): Promise<void> => {
+      // Ports picked up front so that all the services start at once.
       const plannerAddr = `127.0.0.1:${await freePort()}`;
-      executor = await launchService({
+      const executorAddr = `127.0.0.1:${await freePort()}`;
+      const exec = launchService({
         name: 'server-executor', app: 'server-executor', cpus: cpus(SERVER_CPU), logFile: join(o.logDir, `server-executor-${policy}.log`),
-        env: { ...common, EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
-      });
-      planner = await launchService({
+        env: { ...common, EXECUTOR_ADDR: executorAddr, EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
+      }).then((p) => { executor = p; });
+      const plan = launchService({
         name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
         env: {
           ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy, PLANNER_SHUTDOWN_GRACE_MS: '0',
           PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
           PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
         },
-      });
-      await Promise.all(s.deviceClasses.map(async (d) => {
+      }).then((p) => { planner = p; });
+      const ags = s.deviceClasses.map(async (d) => {
         const proc = await launchService({
           name: `agent-${d.name}`, app: 'client-agent', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `agent-${d.name}-${policy}.log`),
           env: {
             ...common, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
             AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
             AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
-            EXECUTOR_ADDR: executor!.addr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000), AGENT_SHUTDOWN_GRACE_MS: '0',
+            EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000), AGENT_SHUTDOWN_GRACE_MS: '0',
           },
         });
         agents.set(d.name, { proc, client: agentClient(proc.addr) });
-      }));
+      });
+      // Wait for every launch (so a failure leaves nothing unaccounted for), then report the first failure.
+      const settled = await Promise.allSettled([exec, plan, ...ags]);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
       pc = plannerClient(plannerAddr);
     };
     stopStack = async (): Promise<void> => {
