@@ -135,7 +135,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       const plan = launchService({
         name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
         env: {
-          ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy, PLANNER_SHUTDOWN_GRACE_MS: '0',
+          ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy,
           PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
           PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
         },
