@@ -11,17 +11,33 @@ export interface LocalStageCost {
 
 const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
 
+/** A stage's uncontended cost on this host, measured at start-up. */
+interface Baseline {
+  readonly prefillMsPerToken: number;
+  readonly decodeMs: number;
+}
+
+/** A stage not run for this long reports its start-up cost again (its last figures may be from a busy moment). */
+const STALE_MS = 10_000;
+
 /**
  * The stages this device runs, on the shared StageRunner, with their measured costs
- * (EWMA; prefill per token and one decode step). With `slowdown` > 1 each stage is padded
- * to slowdown × its measured time: EMULATION of a slower device, for one-machine tests.
+ * (EWMA; prefill per token and one decode step).
+ *
+ * EMULATION (one-machine tests and benchmarks): with `slowdown` > 1 each stage is padded to
+ * slowdown × its *uncontended* cost on this host, measured by `profile()` at start-up, so an
+ * emulated device behaves like a dedicated slower device whatever else shares the host's
+ * CPU (padding the contended wall time instead would multiply every wait for the CPU).
+ * Before the profile exists, a stage is padded to slowdown × its wall time.
  */
 export class LocalStages {
   private readonly prefill = new Map<number, number>();
   private readonly decode = new Map<number, number>();
   private readonly samples = new Map<number, number>();
-  /** Emulated padding owed but not slept yet, ms (timers cannot sleep a fraction of a ms). */
-  private paddingDebtMs = 0;
+  private readonly lastRunMs = new Map<number, number>();
+  private baseline: Map<number, Baseline> | undefined;
+  /** Emulated padding owed per generation but not slept yet, ms (timers cannot sleep a fraction of a ms). */
+  private readonly paddingDebtMs = new WeakMap<KvCache, number>();
 
   private constructor(readonly runner: StageRunner, readonly slowdown: number, private readonly alpha = 0.2) {}
 
@@ -39,9 +55,16 @@ export class LocalStages {
     const t0 = performance.now();
     const output = (await this.runner.run(stage, input as never, cache)) as HostTensor;
     const real = performance.now() - t0;
-    await this.pad((this.slowdown - 1) * real);
-    const ms = real * this.slowdown;
-    this.record(stage, input.shape[1] ?? 1, ms);
+    const tokens = input.shape[1] ?? 1;
+    let ms = real;
+    if (this.slowdown > 1) {
+      const base = this.baseline?.get(stage);
+      const uncontended = base ? (tokens > 1 ? base.prefillMsPerToken * tokens : base.decodeMs) : real;
+      ms = Math.max(real, this.slowdown * uncontended);
+      await this.pad(cache, ms - real);
+    }
+    this.record(stage, tokens, ms);
+    this.lastRunMs.set(stage, performance.now());
     return { output, ms };
   }
 
@@ -50,12 +73,12 @@ export class LocalStages {
    * 4 ms, and what a sleep overshoots is credited, so a generation takes slowdown × its real
    * compute time within a few ms (a 1 ms-per-stage timer floor would otherwise inflate fast stages).
    */
-  private async pad(ms: number): Promise<void> {
-    this.paddingDebtMs += ms;
-    if (this.paddingDebtMs < 4) return;
+  private async pad(cache: KvCache, ms: number): Promise<void> {
+    const debt = (this.paddingDebtMs.get(cache) ?? 0) + ms;
+    if (debt < 4) { this.paddingDebtMs.set(cache, debt); return; }
     const t0 = performance.now();
-    await sleep(this.paddingDebtMs);
-    this.paddingDebtMs -= performance.now() - t0;
+    await sleep(debt);
+    this.paddingDebtMs.set(cache, debt - (performance.now() - t0));
   }
 
   private record(stage: number, tokens: number, ms: number): void {
@@ -73,6 +96,7 @@ export class LocalStages {
    * steps, repeated `rounds` times (the first round also pays onnxruntime's lazy start).
    */
   async profile(opts: { promptTokens: number; decodeSteps: number; rounds: number; nEmbd: number }): Promise<void> {
+    const base = new Map<number, { prefillMsPerToken: number; decodeMs: number }>();
     for (let r = 0; r < opts.rounds; r++) {
       const cache = this.newCache();
       for (const [t, steps] of [[opts.promptTokens, 1], [1, opts.decodeSteps]] as const) {
@@ -81,18 +105,43 @@ export class LocalStages {
             const input: HostTensor = s === 0
               ? { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) }
               : { dtype: 'float32', shape: [1, t, opts.nEmbd], data: new Float32Array(t * opts.nEmbd).fill(0.01) };
-            await this.run(s, input, cache);
+            const t0 = performance.now();
+            await this.runner.run(s, input as never, cache);
+            const real = performance.now() - t0;
+            // The last round's figures are kept: the first pays onnxruntime's lazy start-up.
+            const b = base.get(s) ?? { prefillMsPerToken: 0, decodeMs: 0 };
+            if (t > 1) b.prefillMsPerToken = real / t;
+            else b.decodeMs = k === 0 ? real : (b.decodeMs * k + real) / (k + 1);
+            base.set(s, b);
           }
         }
       }
       cache.clear();
     }
+    this.baseline = base;
+    for (const [s, b] of base) {
+      this.prefill.set(s, b.prefillMsPerToken * this.slowdown);
+      this.decode.set(s, b.decodeMs * this.slowdown);
+      this.samples.set(s, opts.rounds);
+    }
   }
 
+  /**
+   * Costs as published: the EWMA of recent runs, or the start-up profile for a stage that has
+   * not run for 10 s (figures from a busy moment must not keep the planner from using it).
+   */
   costs(): LocalStageCost[] {
-    return [...this.stages].sort((a, b) => a - b).map((stage) => ({
-      stage, prefillMsPerToken: this.prefill.get(stage) ?? 0, decodeMs: this.decode.get(stage) ?? 0, samples: this.samples.get(stage) ?? 0,
-    }));
+    const now = performance.now();
+    return [...this.stages].sort((a, b) => a - b).map((stage) => {
+      const base = this.baseline?.get(stage);
+      const stale = base !== undefined && now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS;
+      return {
+        stage,
+        prefillMsPerToken: stale ? base.prefillMsPerToken * this.slowdown : this.prefill.get(stage) ?? 0,
+        decodeMs: stale ? base.decodeMs * this.slowdown : this.decode.get(stage) ?? 0,
+        samples: this.samples.get(stage) ?? 0,
+      };
+    });
   }
 
   close(): Promise<void> { return this.runner.close(); }

@@ -67,6 +67,19 @@ describe('PlanMaker', () => {
     expect(loaded).toBeLessThan(idle);
   });
 
+  it('when the loaded server makes every placement miss, relieves it with the no-load plan rather than sending it everything', () => {
+    // client stage 330 ms, server 66 ms idle; at 70 % utilisation the server takes 220 ms per stage
+    const maker = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 1000 }] }));
+    const [idle] = maker.plan(client(30), server(6, 0), undefined)!;
+    expect(idle.feasible).toBe(true);
+    expect(idle.placement).toContain('C');
+    const [loaded] = maker.plan(client(30), server(6, 0.7), undefined)!;
+    expect(loaded.feasible).toBe(false);
+    expect(loaded.placement).toBe(idle.placement); // not the all-server fastest placement
+    expect(loaded.predictedServerWork).toBeLessThan(6 * 66);
+    expect(loaded.predictedLatencyMs).toBeGreaterThan(1000); // reported at the loaded prices
+  });
+
   it('does not flap: keeps the current placement unless the new one saves more than the hysteresis', () => {
     const cls = { ...CLASS, slaMs: 110 };
     const maker = new PlanMaker(options({ classes: [cls], hysteresis: 0 }));

@@ -49,11 +49,14 @@ export class PlanMaker {
     return this.opts.slaOverrides[clientClass]?.[cls.name] ?? cls.slaMs;
   }
 
-  /** The instance for one client and class, or undefined when the server has not reported yet. */
-  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass): PlacementInstance | undefined {
+  /**
+   * The instance for one client and class, or undefined when the server has not reported yet.
+   * `utilisation` overrides the server's reported one (the load the latency is priced at).
+   */
+  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): PlacementInstance | undefined {
     if (!server || server.stages.length !== this.opts.stages.length) return undefined;
     const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
-    const u = Math.min(Math.max(server.utilisation, 0), this.opts.maxUtilisation);
+    const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
     const inflate = 1 / (1 - u);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
@@ -92,9 +95,10 @@ export class PlanMaker {
   plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work'): ClassPlacement[] | undefined {
     const out: ClassPlacement[] = [];
     for (const cls of this.opts.classes) {
-      const inst = this.instance(client, server, cls);
-      if (!inst) return undefined;
-      let best = objective === 'work' ? solve(inst, this.opts.algorithm) : this.fastest(inst);
+      const solved = this.solveUnderLoad(client, server, cls, objective);
+      if (!solved) return undefined;
+      const { inst } = solved;
+      let { best } = solved;
       let placement = toLetters(best.placement);
       const prev = previous?.find((p) => p.name === cls.name);
       if (prev && prev.placement.length === inst.stages.length && prev.placement !== placement) {
@@ -122,6 +126,25 @@ export class PlanMaker {
       });
     }
     return out;
+  }
+
+  /**
+   * Solves at the server's reported load. When nothing meets the SLA there, the fallback is
+   * the solver's fastest placement at that load, unless the best plan at no load (the most
+   * work the SLA could ever leave on the client) costs the server less: an overloaded server
+   * is relieved, not given everything because the slow clients cannot meet the SLA alone.
+   * Either way the plan is reported at the loaded prices, infeasible.
+   */
+  private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective):
+    { inst: PlacementInstance; best: ReturnType<typeof solve> } | undefined {
+    const inst = this.instance(client, server, cls);
+    if (!inst) return undefined;
+    const best = objective === 'work' ? solve(inst, this.opts.algorithm) : this.fastest(inst);
+    if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
+    const idle = solve(this.instance(client, server, cls, 0)!, this.opts.algorithm);
+    if (!idle.feasible || idle.serverWork >= best.serverWork) return { inst, best };
+    const cost = evaluatePlacement(inst, idle.placement);
+    return { inst, best: { ...idle, ...cost, feasible: false } };
   }
 
   private fastest(inst: PlacementInstance): ReturnType<typeof solve> {
