@@ -26,22 +26,26 @@ export interface LinkEstimate {
 }
 
 /**
- * Estimates the link to the server from what the agent sees: one-way latency from the
- * round trip of small calls (half the smallest recent RTT), and throughput per direction
- * from session steps (round trip minus server time and latency, split by bytes moved).
- * Steps answered with a token move almost nothing down, so they measure the uplink;
- * steps answered with a hidden state then give the downlink.
+ * Estimates the link to the server from what the agent sees, robustly to a busy host:
+ * one-way latency is half the smallest recent round trip of small calls, and throughput
+ * per direction the largest recent one seen in session steps (round trip minus server time
+ * and latency, split by bytes moved). Contention on the device only ever makes a transfer
+ * look slower, so, as BBR does, the extremes over a window measure the link and the mean
+ * would measure the host. Steps answered with a token move almost nothing down, so they
+ * measure the uplink; steps answered with a hidden state then give the downlink.
  */
 export class LinkEstimator {
-  private rtts: number[] = [];
-  private upBpm = 0;
-  private downBpm = 0;
-  constructor(private readonly fallbackBytesPerMs = 1e6, private readonly alpha = 0.3) {}
+  private readonly rtts: number[] = [];
+  private readonly up: number[] = [];
+  private readonly down: number[] = [];
+  constructor(private readonly fallbackBytesPerMs = 1e6, private readonly window = 32) {}
 
-  recordRtt(ms: number): void {
-    this.rtts.push(ms);
-    if (this.rtts.length > 20) this.rtts.shift();
+  private push(xs: number[], v: number): void {
+    xs.push(v);
+    if (xs.length > this.window) xs.shift();
   }
+
+  recordRtt(ms: number): void { this.push(this.rtts, ms); }
 
   get latencyMs(): number { return this.rtts.length ? Math.min(...this.rtts) / 2 : 0; }
 
@@ -49,19 +53,17 @@ export class LinkEstimator {
   recordTransfer(upBytes: number, downBytes: number, netMs: number): void {
     const transferMs = netMs - 2 * this.latencyMs;
     if (transferMs <= 0.05 || upBytes + downBytes < 16 * 1024) return; // too small to say anything
-    const ewma = (old: number, v: number): number => (old === 0 ? v : old + this.alpha * (v - old));
-    if (downBytes * 50 < upBytes) this.upBpm = ewma(this.upBpm, upBytes / transferMs);
-    else if (this.upBpm > 0) {
-      const downMs = transferMs - upBytes / this.upBpm;
-      if (downMs > 0.05) this.downBpm = ewma(this.downBpm, downBytes / downMs);
+    if (downBytes * 50 < upBytes) this.push(this.up, upBytes / transferMs);
+    else if (this.up.length > 0) {
+      const downMs = transferMs - upBytes / Math.max(...this.up);
+      if (downMs > 0.05) this.push(this.down, downBytes / downMs);
     }
   }
 
   estimate(): LinkEstimate {
     const lat = this.latencyMs;
-    return {
-      up: { latencyMs: lat, bytesPerMs: this.upBpm || this.fallbackBytesPerMs },
-      down: { latencyMs: lat, bytesPerMs: this.downBpm || this.upBpm || this.fallbackBytesPerMs },
-    };
+    const up = this.up.length ? Math.max(...this.up) : this.fallbackBytesPerMs;
+    const down = this.down.length ? Math.max(...this.down) : up;
+    return { up: { latencyMs: lat, bytesPerMs: up }, down: { latencyMs: lat, bytesPerMs: down } };
   }
 }

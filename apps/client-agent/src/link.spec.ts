@@ -1,0 +1,29 @@
+import { LinkEstimator } from './link';
+
+describe('LinkEstimator', () => {
+  it('takes latency from the smallest round trip and throughput from the fastest transfer', () => {
+    const e = new LinkEstimator();
+    for (const rtt of [30, 21, 45]) e.recordRtt(rtt);
+    expect(e.latencyMs).toBe(10.5);
+    // 100 kB up in 40 ms of transfer (+21 ms of latency both ways), then a slow sample from a busy host
+    e.recordTransfer(100_000, 8, 61);
+    e.recordTransfer(100_000, 8, 221);
+    expect(e.estimate().up.bytesPerMs).toBeCloseTo(2500, 6);
+    // 100 kB up and 200 kB down in 81 ms: 21 latency + 40 up (at 2500 B/ms) + 20 down
+    e.recordTransfer(100_000, 200_000, 81);
+    expect(e.estimate().down.bytesPerMs).toBeCloseTo(200_000 / 20, 6);
+  });
+
+  it('ignores transfers too small to measure and falls back until it has a sample', () => {
+    const e = new LinkEstimator(1e6);
+    e.recordTransfer(1000, 8, 50);
+    expect(e.estimate().up.bytesPerMs).toBe(1e6);
+  });
+
+  it('forgets samples older than its window', () => {
+    const e = new LinkEstimator(1e6, 4);
+    e.recordTransfer(100_000, 8, 10); // 10,000 B/ms
+    for (let i = 0; i < 4; i++) e.recordTransfer(100_000, 8, 100); // 1,000 B/ms
+    expect(e.estimate().up.bytesPerMs).toBeCloseTo(1000, 6);
+  });
+});
