@@ -99,6 +99,11 @@ export function renderChart(spec: ChartSpec): string {
   if (all.length === 0) { yLo = 0; yHi = 1; }
   if (yHi === yLo) { yHi = yLo + 1; }
   const yTicks = niceTicks(yLo, yHi);
+  // Without a fixed top, end the axis on a tick above the data, so the tallest bar or point
+  // sits under a labelled line instead of touching the frame.
+  if (spec.yMax === undefined && yTicks.length >= 2 && yTicks[yTicks.length - 1] < yHi) {
+    yTicks.push(Number((yTicks[yTicks.length - 1] + yTicks[1] - yTicks[0]).toPrecision(12)));
+  }
   if (spec.yMin === undefined && yTicks.length) yLo = Math.min(yLo, yTicks[0]);
   if (spec.yMax === undefined && yTicks.length) yHi = Math.max(yHi, yTicks[yTicks.length - 1]);
   const sy = (y: number): number => margin.top + plotH - ((y - yLo) / (yHi - yLo)) * plotH;
