@@ -18,6 +18,7 @@ export async function main(): Promise<void> {
     slaMargin: config.PLANNER_SLA_MARGIN,
     resolutionMs: config.PLANNER_RESOLUTION_MS,
     maxUtilisation: config.PLANNER_MAX_UTILISATION,
+    serverEntryMs: config.PLANNER_SERVER_ENTRY_MS,
   });
   const server = new PlannerServer({ maker, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
     idleUtilisation: config.PLANNER_IDLE_UTILISATION });

@@ -110,6 +110,16 @@ describe('PlanMaker', () => {
     expect(p.feasible).toBe(true);
   });
 
+  it('charges the server a hand-over cost per entry and pass, so a second visit to the server must pay for itself', () => {
+    const cls = { ...CLASS, slaMs: 150 };
+    const [plain] = new PlanMaker(options({ classes: [cls] })).plan(client(10), server(1), undefined)!;
+    const [priced] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.5 })).plan(client(10), server(1), undefined)!;
+    expect(plain.placement).toBe('SSSSSS');
+    expect(priced.placement).toBe('SSSSSS');
+    // 16-token prompt + 7 decode steps = 8 passes, one entry each
+    expect(priced.predictedServerWork).toBeCloseTo(plain.predictedServerWork + 8 * 0.5, 9);
+  });
+
   it('never puts a stage the client did not measure on the client', () => {
     const c = client(0.1);
     const partial = { ...c, stages: c.stages.filter((s) => s.stage !== 3) };

@@ -24,6 +24,8 @@ export interface PlanMakerOptions {
   readonly slaMargin: number;
   readonly resolutionMs: number;
   readonly maxUtilisation: number;
+  /** Server work of one hand-over to the server (per step), ms: gRPC, protobuf, scheduling. */
+  readonly serverEntryMs?: number;
 }
 
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
@@ -68,6 +70,7 @@ export class PlanMaker {
       promptTokens: n,
       decodeSteps: m,
       resolutionMs: this.opts.resolutionMs,
+      serverEntryWorkPerPass: this.opts.serverEntryMs ?? 0,
     };
     const stagesWith = (serverScale: number) => this.opts.stages.map((st, i) => {
       const c = clientStages.get(i);

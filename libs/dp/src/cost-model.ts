@@ -275,14 +275,16 @@ export interface MeasuredProfile {
   /** Decode steps m of the request class (0: a single forward pass). */
   readonly decodeSteps: number;
   readonly resolutionMs?: number;
+  /** Server work of one hand-over (receiving, scheduling, answering one step), charged per entry to the server per pass. Default 0. */
+  readonly serverEntryWorkPerPass?: number;
 }
 
 /**
  * Builds a placement instance for a whole generation from measured per-stage times:
  * clientMs = clientPrefillMs + m·clientDecodeMs, serverMs likewise, serverWork = serverMs;
  * inBytes = (n + m)·inBytesPerToken; outBytes = (m + 1)·outBytesPerPass; each link's latency
- * is multiplied by m + 1 passes (every crossing pays it again), its bandwidth unchanged.
- * With m = 0 this is the single-pass problem.
+ * is multiplied by m + 1 passes (every crossing pays it again), its bandwidth unchanged;
+ * `serverEntryWork` = (m + 1)·serverEntryWorkPerPass. With m = 0 this is the single-pass problem.
  * @throws RangeError on an empty stage list, a negative or non-finite time, or n < 1 / m < 0.
  * Complexity: O(S).
  */
@@ -307,12 +309,15 @@ export function instanceFromMeasured(profile: MeasuredProfile): PlacementInstanc
       inBytes: (n + m) * s.inBytesPerToken,
     };
   });
+  const entry = profile.serverEntryWorkPerPass ?? 0;
+  if (!(Number.isFinite(entry) && entry >= 0)) throw new RangeError(`serverEntryWorkPerPass must be a finite number >= 0, given ${entry}`);
   return withOptionalResolution({
     stages,
     outBytes: passes * profile.outBytesPerPass,
     uplink: scaledLink(profile.uplink, passes),
     downlink: scaledLink(profile.downlink, passes),
     slaMs: profile.slaMs,
+    ...(entry > 0 ? { serverEntryWork: passes * entry } : {}),
   }, profile.resolutionMs);
 }
 

@@ -13,6 +13,13 @@ const inst: PlacementInstance = {
 };
 
 describe('evaluatePlacement', () => {
+  it('charges serverEntryWork once per entry to the server', () => {
+    const withEntry = { ...inst, stages: [...inst.stages, { name: 'c', clientMs: 1, serverMs: 1, serverWork: 7, inBytes: 10 }], serverEntryWork: 100 };
+    expect(evaluatePlacement(withEntry, ['server', 'server', 'server']).serverWork).toBe(3 + 5 + 7 + 100);
+    expect(evaluatePlacement(withEntry, ['server', 'client', 'server']).serverWork).toBe(3 + 7 + 200);
+    expect(evaluatePlacement(withEntry, ['client', 'client', 'client']).serverWork).toBe(0);
+  });
+
   it.each([
     // all-client: 10 + 20, no transfers.
     [['client', 'client'], 30, 0, 0],

@@ -36,11 +36,15 @@ export function evaluatePlacement(instance: PlacementInstance, placement: Placem
   let serverWork = 0;
   let switches = 0;
   let prev: Location = 'client';
+  const entryWork = instance.serverEntryWork ?? 0;
   for (let i = 0; i < stages.length; i++) {
     const here = placement[i];
     const s = stages[i];
     if (here !== prev) {
-      if (here === 'server') latencyMs += transferMs(instance.uplink, s.inBytes);
+      if (here === 'server') {
+        latencyMs += transferMs(instance.uplink, s.inBytes);
+        serverWork += entryWork;
+      }
       else if (here === 'client') latencyMs += transferMs(instance.downlink, s.inBytes);
       else throw new RangeError(`placement[${i}] must be 'client' or 'server', given ${JSON.stringify(here)}`);
       switches++;

@@ -41,7 +41,7 @@ class LabelStore {
 
 /**
  * Merges two Pareto fronts (each sorted by latency ascending, work strictly descending),
- * shifted by `addA` / `addB` latency and `addWork` work, into `store` as the front of a new
+ * shifted by `addA` / `addB` latency and `workA` / `workB` work, into `store` as the front of a new
  * (stage, location). Labels whose latency plus `lowerBound` exceeds `limit` are dropped;
  * since both inputs are sorted by latency, each input stops at its first such label.
  * Order of additions matches evaluatePlacement: (latency + transfer) + compute.
@@ -50,7 +50,7 @@ function mergeFronts(
   store: LabelStore,
   a0: number, a1: number, transferA: number, computeA: number,
   b0: number, b1: number, transferB: number, computeB: number,
-  addWork: number, server: number, lowerBound: number, limit: number,
+  workA: number, workB: number, server: number, lowerBound: number, limit: number,
 ): void {
   const { lat, work } = store;
   let i = a0;
@@ -64,8 +64,8 @@ function mergeFronts(
     let l: number;
     let w: number;
     let from: number;
-    const wA = latA !== Infinity ? work[i] + addWork : Infinity;
-    const wB = latB !== Infinity ? work[j] + addWork : Infinity;
+    const wA = latA !== Infinity ? work[i] + workA : Infinity;
+    const wB = latB !== Infinity ? work[j] + workB : Infinity;
     if (latA < latB || (latA === latB && wA <= wB)) {
       l = latA; w = wA; from = i++;
       latA = i < a1 ? lat[i] + transferA + computeA : Infinity;
@@ -118,6 +118,7 @@ function labelDp(instance: PlacementInstance, minLatencyOnly: boolean): Location
   const bound = feasible ? slaMs : minLatency;
   const limit = bound + PRUNE_SLACK * Math.abs(bound);
   const store = new LabelStore(Math.max(64, 16 * n));
+  const entryWork = instance.serverEntryWork ?? 0;
   // Front ranges of the previous stage; the virtual stage -1 is one client label (index 0).
   store.push(0, 0, -1, 0);
   let c0 = 0, c1 = 1, s0 = 1, s1 = 1;
@@ -127,10 +128,11 @@ function labelDp(instance: PlacementInstance, minLatencyOnly: boolean): Location
     const down = transferMs(downlink, st.inBytes);
     const nc0 = store.size;
     // Stage i on the client: from a client label (no transfer) or a server label (download).
-    mergeFronts(store, c0, c1, 0, st.clientMs, s0, s1, down, st.clientMs, 0, 0, lbClient[i + 1], limit);
+    mergeFronts(store, c0, c1, 0, st.clientMs, s0, s1, down, st.clientMs, 0, 0, 0, lbClient[i + 1], limit);
     const nc1 = store.size;
-    // Stage i on the server: from a server label (no transfer) or a client label (upload).
-    mergeFronts(store, s0, s1, 0, st.serverMs, c0, c1, up, st.serverMs, st.serverWork, 1, lbServer[i + 1], limit);
+    // Stage i on the server: from a server label (no transfer) or a client label (upload,
+    // which also pays the entry work).
+    mergeFronts(store, s0, s1, 0, st.serverMs, c0, c1, up, st.serverMs, st.serverWork, st.serverWork + entryWork, 1, lbServer[i + 1], limit);
     const ns1 = store.size;
     c0 = nc0; c1 = nc1; s0 = nc1; s1 = ns1;
   }

@@ -48,6 +48,7 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
     const minRes = (slaMs * n * 2) / MAX_GRID_CELLS;
     throw new InstanceValidationError('resolutionMs', `must keep dp-grid's table within ${MAX_GRID_CELLS} cells (2 × stages × slaMs/resolutionMs), so be >= ${minRes}`, resolutionMs);
   }
+  const entryWork = instance.serverEntryWork ?? 0;
   // Back pointers: for stage k and location (0 client, 1 server), which location stage k-1 had.
   const from = new Uint8Array(n * 2 * width).fill(NO_PARENT);
   let vc = new Float64Array(width).fill(Infinity);
@@ -60,7 +61,7 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
     const tc = steps(s.clientMs, resolutionMs);
     const ts = steps(transferMs(uplink, s.inBytes), resolutionMs) + steps(s.serverMs, resolutionMs);
     if (tc <= budget) { vc[tc] = 0; from[tc] = 0; }
-    if (ts <= budget) { vs[ts] = s.serverWork; from[width + ts] = 0; }
+    if (ts <= budget) { vs[ts] = s.serverWork + entryWork; from[width + ts] = 0; }
   }
   for (let k = 1; k < n; k++) {
     const s = stages[k];
@@ -82,7 +83,7 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
       best = Infinity;
       par = NO_PARENT;
       if (j >= ts && vs[j - ts] < best) { best = vs[j - ts]; par = 1; }
-      if (j >= ts + up && vc[j - ts - up] < best) { best = vc[j - ts - up]; par = 0; }
+      if (j >= ts + up && vc[j - ts - up] + entryWork < best) { best = vc[j - ts - up] + entryWork; par = 0; }
       if (par !== NO_PARENT) { ns[j] = best + s.serverWork; from[base + width + j] = par; }
     }
     [vc, nc] = [nc, vc];

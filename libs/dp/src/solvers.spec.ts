@@ -67,6 +67,26 @@ describe('dp (exact)', () => {
     expect(multiSwitch).toBeGreaterThan(0);
   });
 
+  it('equals a brute force with a server entry work charged per entry to the server', () => {
+    const rnd = seededRandom(21);
+    let fewerEntries = 0;
+    for (const base of cases(23, 80, 12)) {
+      const work = base.stages.reduce((a, st) => a + st.serverWork, 0);
+      const inst = { ...base, serverEntryWork: work * (0.05 + rnd() * 0.5) };
+      const want = bruteForce(inst);
+      const got = solveDp(inst);
+      expect(got.feasible).toBe(want.feasible);
+      expect(close(got.serverWork, want.serverWork)).toBe(true);
+      expect(close(got.latencyMs, want.latencyMs)).toBe(true);
+      const grid = solveDpGrid({ ...inst, resolutionMs: inst.slaMs / 400 });
+      if (grid.feasible) expect(grid.serverWork).toBeGreaterThanOrEqual(got.serverWork * (1 - 1e-9));
+      if (grid.feasible) expect(grid.latencyMs).toBeLessThanOrEqual(inst.slaMs * (1 + 1e-9));
+      if (solveDp(base).switches > got.switches) fewerEntries++;
+    }
+    // the entry work must change some answers towards fewer visits to the server
+    expect(fewerEntries).toBeGreaterThan(0);
+  });
+
   it('returns the minimum-latency placement with feasible: false when no placement meets the SLA', () => {
     const inst = randomTransformerInstance(seededRandom(99), 4);
     const fastest = bruteForce({ ...inst, slaMs: Number.MAX_VALUE });

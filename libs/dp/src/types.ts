@@ -46,6 +46,14 @@ export interface PlacementInstance {
   readonly downlink: Link;
   /** Latency bound of the request, in milliseconds. */
   readonly slaMs: number;
+  /**
+   * Extension (optional, default 0): server work charged each time the request enters the
+   * server, i.e. for the upload of stage 0's input when stage 0 runs there and for every
+   * client→server boundary. It prices the fixed cost of receiving, scheduling and answering
+   * one hand-over, so that a placement that visits the server twice costs more than one that
+   * visits it once for the same stages.
+   */
+  readonly serverEntryWork?: number;
   /** Time step of the `dp-grid` solver, in milliseconds; only `dp-grid` needs it. */
   readonly resolutionMs?: number;
 }
@@ -60,7 +68,7 @@ export type Algorithm = (typeof ALGORITHMS)[number];
 export interface PlacementCost {
   /** Σ compute time where each stage runs + Σ transfers (including the final download), in ms. */
   readonly latencyMs: number;
-  /** Σ `serverWork` of the stages placed on the server. */
+  /** Σ `serverWork` of the stages placed on the server, plus `serverEntryWork` per entry to the server. */
   readonly serverWork: number;
   /**
    * Number of transfers: every boundary crossed, counting the upload of stage 0's input

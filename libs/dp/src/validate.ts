@@ -101,6 +101,7 @@ export function validateInstance(value: unknown, pathPrefix = ''): PlacementInst
   const slaMs = number(value, 'slaMs', pathPrefix, true);
   const instance: { -readonly [K in keyof PlacementInstance]: PlacementInstance[K] } = { stages, outBytes, uplink, downlink, slaMs };
   if (field(value, 'resolutionMs') !== MISSING) instance.resolutionMs = number(value, 'resolutionMs', pathPrefix, true);
+  if (field(value, 'serverEntryWork') !== MISSING) instance.serverEntryWork = number(value, 'serverEntryWork', pathPrefix, false);
   return instance;
 }
 
