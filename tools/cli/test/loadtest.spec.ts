@@ -1,26 +1,13 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import { runCli } from '../src/main';
 import { arrivalTimes, buildTrace, Rng } from '../src/loadtest/arrivals';
 import { summarize, type RequestRecord } from '../src/loadtest/metrics';
 import { compare, summarizePolicy } from '../src/loadtest/report';
 import { loadScenario, validateScenario, type Scenario } from '../src/loadtest/scenario';
+import { run } from './run-cli';
 
-function capture(): { stream: Writable; text: () => string } {
-  const chunks: Buffer[] = [];
-  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(Buffer.from(chunk)); cb(); } });
-  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
-
-async function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = capture();
-  const err = capture();
-  const code = await runCli(argv, { stdout: out.stream, stderr: err.stream });
-  return { code, stdout: out.text(), stderr: err.text() };
-}
 
 let dir: string;
 beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-loadtest-test-')); });

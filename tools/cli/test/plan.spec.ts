@@ -2,22 +2,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Writable } from 'node:stream';
 import { evaluatePlacement, type PlacementInstance } from '@tandem/dp';
-import { runCli } from '../src/main';
+import { run } from './run-cli';
 
-function capture(): { stream: Writable; text: () => string } {
-  const chunks: Buffer[] = [];
-  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(Buffer.from(chunk)); cb(); } });
-  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
-
-async function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = capture();
-  const err = capture();
-  const code = await runCli(argv, { stdout: out.stream, stderr: err.stream });
-  return { code, stdout: out.text(), stderr: err.text() };
-}
 
 // Hand-checkable instance: the middle stage is cheap to keep on the client, the ends are
 // expensive on the client, and moving the small middle boundaries is cheap, so the optimum

@@ -1,23 +1,10 @@
-import { Writable } from 'node:stream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
 import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { runCli } from '../src/main';
+import { run } from './run-cli';
 
-function capture(): { stream: Writable; text: () => string } {
-  const chunks: Buffer[] = [];
-  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(Buffer.from(chunk)); cb(); } });
-  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
-
-async function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = capture();
-  const err = capture();
-  const code = await runCli(argv, { stdout: out.stream, stderr: err.stream });
-  return { code, stdout: out.text(), stderr: err.text() };
-}
 
 // A hand-checkable planner: three stages, one class of 10-token prompts and no decode step.
 // The device runs embed and the block in 10 ms each but its head takes 1000 ms; the server

@@ -1,23 +1,10 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { runCli } from '../src/main';
 import { niceTicks, renderChart } from '../src/plot/svg';
 import { QUICK_RANGES, placementShape, runSweep, summarize } from '../src/simulate/sweep';
+import { run } from './run-cli';
 
-function capture(): { stream: Writable; text: () => string } {
-  const chunks: Buffer[] = [];
-  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(Buffer.from(chunk)); cb(); } });
-  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
-
-async function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = capture();
-  const err = capture();
-  const code = await runCli(argv, { stdout: out.stream, stderr: err.stream });
-  return { code, stdout: out.text(), stderr: err.text() };
-}
 
 let dir: string;
 beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-simulate-test-')); });
