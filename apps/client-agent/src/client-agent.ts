@@ -13,7 +13,7 @@ import {
   type GenerateResponse,
 } from '@tandem/protocol';
 import { decode, encode, readManifest } from '@tandem/model';
-import { bindInsecure, connectNats, publishQuietly, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
+import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
@@ -61,8 +61,8 @@ export class ClientAgent {
   private readonly executor: ExecutorServiceClient;
   private local!: LocalStages;
   private follower!: PlanFollower;
-  private nc: NatsConnection | undefined;
-  private timers: NodeJS.Timeout[] = [];
+  private telemetry: TelemetryPublisher | undefined;
+  private pingTimer: NodeJS.Timeout | undefined;
   private readonly running = new Set<AbortController>();
   private stageCount = 0;
   private nEmbd = 0;
@@ -87,24 +87,20 @@ export class ClientAgent {
     this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads });
     await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
     this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
-    this.follower.onPlan(() => this.publishProfile());
+    this.follower.onPlan(() => this.telemetry?.publishNow());
     this.follower.start();
     this.server.addService(AgentServiceService, this.handlers());
     this.health.addTo(this.server);
     const port = await bindInsecure(this.server, this.opts.address);
     await this.pingExecutor();
-    const ping = setInterval(() => void this.pingExecutor(), 2000);
-    ping.unref();
-    this.timers.push(ping);
+    this.pingTimer = setInterval(() => void this.pingExecutor(), 2000);
+    this.pingTimer.unref();
     if (this.opts.natsUrl) {
-      void connectNats(this.opts.natsUrl, `agent-${this.opts.clientId}`, this.log).then((nc) => {
-        if (this.stopping) { void nc.close(); return; }
-        this.nc = nc;
-        this.publishProfile();
-      }, (err: unknown) => this.log.warn({ err }, 'NATS connection failed; telemetry off'));
-      const t = setInterval(() => this.publishProfile(), this.opts.telemetryIntervalMs);
-      t.unref();
-      this.timers.push(t);
+      this.telemetry = new TelemetryPublisher({
+        natsUrl: this.opts.natsUrl, name: `agent-${this.opts.clientId}`, subject: Subjects.clientProfile(this.opts.clientId),
+        intervalMs: this.opts.telemetryIntervalMs, payload: () => ClientProfile.encode(this.profile()).finish(), log: this.log,
+      });
+      this.telemetry.start();
     }
     this.health.set('', ServingStatus.SERVING);
     this.log.info({ port, stages: this.opts.stages.length, slowdown: this.opts.slowdown }, 'agent ready');
@@ -133,10 +129,6 @@ export class ClientAgent {
       unixMs: Date.now(),
       planEpoch: this.follower.current()?.epoch ?? 0,
     };
-  }
-
-  private publishProfile(): void {
-    publishQuietly(this.nc, Subjects.clientProfile(this.opts.clientId), ClientProfile.encode(this.profile()).finish());
   }
 
   status(): AgentStatusResponse {
@@ -240,12 +232,12 @@ export class ClientAgent {
     const until = Date.now() + (opts.graceMs ?? 10_000);
     while (this.running.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     for (const ac of this.running) ac.abort(new Error('the agent is shutting down'));
-    for (const t of this.timers) clearInterval(t);
+    clearInterval(this.pingTimer);
     this.follower?.stop();
     this.health.closeWatchers();
     await shutdownServer(this.server);
     this.executor.close();
-    if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
+    await this.telemetry?.stop();
     await this.local?.close();
   }
 }

@@ -1,4 +1,4 @@
-import { argmaxRow } from '@tandem/model';
+import { greedyToken } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import type { LinkEmulator, LinkEstimator } from './link';
 import type { LocalStages } from './local-stages';
@@ -21,12 +21,6 @@ export function segmentsOf(placement: string): Segment[] {
     else out.push({ side, begin: i, end: i + 1 });
   }
   return out;
-}
-
-/** The greedy token: argmax of the last row of logits [1, T, V]. */
-export function lastRowArgmax(logits: HostTensor, vocab: number): number {
-  const data = logits.data as Float32Array;
-  return argmaxRow(data, vocab, data.length / vocab - 1);
 }
 
 export interface GenerationDeps {
@@ -94,7 +88,7 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
           x = r.output;
         }
       }
-      const next: number = typeof x === 'number' ? x : lastRowArgmax(x, deps.vocabSize);
+      const next: number = typeof x === 'number' ? x : greedyToken(x as { data: Float32Array }, deps.vocabSize);
       if (ids.length === 0) ttftMs = performance.now() - t0;
       onToken(next, ids.length);
       ids.push(next);

@@ -11,7 +11,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { bindInsecure, connectNats, publishQuietly, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
+import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
 import { StageScheduler } from './scheduler';
@@ -47,8 +47,7 @@ export class ExecutorServer {
   private readonly sessions = new Set<SplitSession>();
   private sessionsOpened = 0;
   private draining = false;
-  private nc: NatsConnection | undefined;
-  private telemetryTimer: NodeJS.Timeout | undefined;
+  private telemetry: TelemetryPublisher | undefined;
   private lastBusyMs = 0;
   private lastTickMs = performance.now();
   private queueWaitSumMs = 0;
@@ -84,13 +83,11 @@ export class ExecutorServer {
     this.health.set('', ServingStatus.SERVING);
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
     if (this.opts.natsUrl) {
-      // Connecting must not hold up serving: NATS may come later.
-      void connectNats(this.opts.natsUrl, `executor-${this.opts.serverId}`, this.log).then((nc) => {
-        if (this.draining) { void nc.close(); return; }
-        this.nc = nc;
-      }, (err: unknown) => this.log.warn({ err }, 'NATS connection failed; telemetry off'));
-      this.telemetryTimer = setInterval(() => this.publishLoad(), this.opts.telemetryIntervalMs);
-      this.telemetryTimer.unref();
+      this.telemetry = new TelemetryPublisher({
+        natsUrl: this.opts.natsUrl, name: `executor-${this.opts.serverId}`, subject: Subjects.serverLoad(this.opts.serverId),
+        intervalMs: this.opts.telemetryIntervalMs, payload: () => ServerLoad.encode(this.loadReport()).finish(), log: this.log,
+      });
+      this.telemetry.start();
     }
     return { port: this.port };
   }
@@ -155,10 +152,6 @@ export class ExecutorServer {
     };
   }
 
-  private publishLoad(): void {
-    publishQuietly(this.nc, Subjects.serverLoad(this.opts.serverId), ServerLoad.encode(this.loadReport()).finish());
-  }
-
   private handlers(): ExecutorServiceServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
@@ -191,10 +184,9 @@ export class ExecutorServer {
     const until = Date.now() + graceMs;
     while (this.sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     for (const s of this.sessions) s.close('the executor is shutting down', grpc.status.UNAVAILABLE, true);
-    clearInterval(this.telemetryTimer);
     this.health.closeWatchers();
     await shutdownServer(this.server);
-    if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
+    await this.telemetry?.stop();
     await this.opts.engine.close();
     this.log.info('executor stopped');
     this.resolveClosed(undefined);

@@ -2,17 +2,11 @@ import { randomUUID } from 'node:crypto';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { fromWireTensor, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
-import { argmaxRow } from '@tandem/model';
+import { greedyToken } from '@tandem/model';
 import type { Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
 import type { StageScheduler } from './scheduler';
-
-/** The greedy token: argmax of the last row of logits [1, T, V]. */
-function lastRowArgmax(logits: HostTensor, vocab: number): number {
-  const data = logits.data as Float32Array;
-  return argmaxRow(data, vocab, data.length / vocab - 1);
-}
 
 export interface SessionLimits {
   readonly maxContextTokens: number;
@@ -96,7 +90,7 @@ export class SplitSession {
           const t = step.input.shape[1];
           for (let s = step.begin; s < step.end; s++) this.tokensAt[s] += t;
           const result: SessionResponse = step.sample
-            ? { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'token', value: lastRowArgmax(out.tensor, this.engine.vocabSize) }, computeMs: out.computeMs, queueMs: out.queueMs } } }
+            ? { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) }, computeMs: out.computeMs, queueMs: out.queueMs } } }
             : { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: toWireTensor(out.tensor) }, computeMs: out.computeMs, queueMs: out.queueMs } } };
           this.call.write(result);
           return;

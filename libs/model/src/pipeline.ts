@@ -39,6 +39,11 @@ export function argmaxRow(data: Float32Array, width: number, row: number): numbe
   return best;
 }
 
+/** The greedy next token: the argmax of the last position of logits [1, T, V]. */
+export function greedyToken(logits: { readonly data: Float32Array }, vocabSize: number): number {
+  return argmaxRow(logits.data, vocabSize, logits.data.length / vocabSize - 1);
+}
+
 /**
  * A one-process split: a client-side {@link StageRunner} and a server-side one (separate sessions
  * and caches) executing a placement stage by stage. At every change of side the hidden state is
@@ -147,7 +152,7 @@ export class SplitPipeline {
       let next = prompt;
       while (out.length < opts.maxNewTokens) {
         const logits = await this.step(session, next, { lastOnly: true, onStage: opts.onStage });
-        const id = argmaxRow(logits.data, vocabSize, logits.shape[1] - 1);
+        const id = greedyToken(logits, vocabSize);
         out.push(id);
         opts.onToken?.(id, out.length - 1);
         if (stop.has(id)) break;

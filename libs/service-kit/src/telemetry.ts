@@ -1,0 +1,50 @@
+import type { Logger } from 'pino';
+import { connectNats, publishQuietly, type NatsConnection } from './nats';
+
+export interface TelemetryPublisherOptions {
+  readonly natsUrl: string;
+  /** Connection name, for NATS monitoring. */
+  readonly name: string;
+  readonly subject: string;
+  readonly intervalMs: number;
+  /** The encoded message to publish, built fresh each time. */
+  readonly payload: () => Uint8Array;
+  readonly log: Logger;
+}
+
+/**
+ * Publishes a service's telemetry over NATS every `intervalMs`, and once as soon as it is
+ * connected. Connecting happens in the background and never holds up serving (NATS may come
+ * later or go away; publishing is best-effort, the next interval sends fresh figures).
+ */
+export class TelemetryPublisher {
+  private nc: NatsConnection | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(private readonly opts: TelemetryPublisherOptions) {}
+
+  start(): void {
+    void connectNats(this.opts.natsUrl, this.opts.name, this.opts.log).then((nc) => {
+      if (this.stopped) { void nc.close(); return; }
+      this.nc = nc;
+      this.publishNow();
+    }, (err: unknown) => this.opts.log.warn({ err }, 'NATS connection failed; telemetry off'));
+    this.timer = setInterval(() => this.publishNow(), this.opts.intervalMs);
+    this.timer.unref();
+  }
+
+  /** Publishes one message now (when connected). */
+  publishNow(): void {
+    if (this.nc) publishQuietly(this.nc, this.opts.subject, this.opts.payload());
+  }
+
+  /** Stops publishing and closes the connection. Idempotent. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    const nc = this.nc;
+    this.nc = undefined;
+    if (nc) await nc.close().catch((err: unknown) => this.opts.log.warn({ err }, 'closing NATS failed'));
+  }
+}
