@@ -64,6 +64,8 @@ export const plannerEnv = {
   PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 (the default) always minimises work, the throughput objective', 0, 0, 1),
   PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
+  PLANNER_REPLAN_THRESHOLD: env.number('Telemetry re-plans a client only when a priced figure (stage time, link, load-inflated server time) moved by more than this fraction since its last plan', 0.02, 0, 1),
+  PLANNER_SLICE_MS: env.int('A re-plan yields to the event loop after this many ms, so health and plan streams stay responsive', 10, 1, 1000),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 

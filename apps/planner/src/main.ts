@@ -21,7 +21,7 @@ export async function main(): Promise<void> {
     serverEntryMs: config.PLANNER_SERVER_ENTRY_MS,
   });
   const server = new PlannerServer({ maker, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
-    idleUtilisation: config.PLANNER_IDLE_UTILISATION });
+    idleUtilisation: config.PLANNER_IDLE_UTILISATION, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS });
   const { port } = await server.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);
   onShutdownSignal(() => server.stop());

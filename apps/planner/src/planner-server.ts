@@ -25,6 +25,15 @@ export interface PlannerServerOptions {
   readonly clientTtlMs: number;
   readonly debounceMs: number;
   /**
+   * Telemetry changes a plan's inputs materially when some priced figure (a stage time, a
+   * link's latency or throughput, the server's load-inflated stage time) moved by more than
+   * this fraction since the client was last planned; smaller changes re-plan nothing.
+   * Default 0.02.
+   */
+  readonly replanThreshold?: number;
+  /** Longest a re-plan runs before yielding to the event loop, ms. Default 10. */
+  readonly sliceMs?: number;
+  /**
    * Below this server utilisation the planner optimises latency (the server has capacity to
    * spare); at or above it, server work under the SLA. It returns to latency only below half
    * this value, so the objective does not flap. 0 always optimises work.
@@ -35,9 +44,54 @@ export interface PlannerServerOptions {
 }
 
 interface ClientState {
+  /** The latest profile received. */
   profile: ClientProfile;
+  /** The profile the current plan was made from (undefined until the first plan). */
+  plannedWith: ClientProfile | undefined;
   lastSeenMs: number;
   plan: ClientPlan | undefined;
+}
+
+/** |a - b| relative to the larger of the two; figures below `floor` count as `floor` (noise on ~0 ms stages is not a change). */
+function relChange(a: number, b: number, floor = 1e-3): number {
+  return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), floor);
+}
+
+/** Whether a new profile moves any figure the planner prices by more than `threshold` (relative) since `old`. O(stages). */
+export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: number): boolean {
+  if (old.clientClass !== p.clientClass || old.stages.length !== p.stages.length) return true;
+  for (let i = 0; i < p.stages.length; i++) {
+    const a = old.stages[i];
+    const b = p.stages[i];
+    if (a.stage !== b.stage || (a.samples > 0) !== (b.samples > 0)) return true;
+    if (relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold) return true;
+  }
+  for (const k of ['uplink', 'downlink'] as const) {
+    const a = old[k];
+    const b = p[k];
+    if (!a || !b) { if (a !== b) return true; continue; }
+    if (relChange(a.latencyMs, b.latencyMs, 0.05) > threshold || relChange(a.bytesPerMs, b.bytesPerMs) > threshold) return true;
+  }
+  return false;
+}
+
+/**
+ * Whether a new load report moves the server's priced stage times (each stage time × the
+ * queueing inflation 1 / (1 - u), u capped at `maxUtilisation`) by more than `threshold`
+ * since `old`. O(stages).
+ */
+export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, maxUtilisation: number): boolean {
+  if (old.stages.length !== l.stages.length) return true;
+  const inflate = (u: number): number => 1 / (1 - Math.min(Math.max(u, 0), maxUtilisation));
+  const fa = inflate(old.utilisation);
+  const fb = inflate(l.utilisation);
+  if (relChange(fa, fb) > threshold) return true;
+  for (let i = 0; i < l.stages.length; i++) {
+    const a = old.stages[i];
+    const b = l.stages[i];
+    if (relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold) return true;
+  }
+  return false;
 }
 
 /**
@@ -52,21 +106,30 @@ export class PlannerServer {
   private readonly clients = new Map<string, ClientState>();
   private readonly watchers = new Map<string, Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>>();
   private serverLoad: ServerLoad | undefined;
+  /** The load report every plan in force was made from (undefined until one arrived). */
+  private plannedLoad: ServerLoad | undefined;
   private objective: Objective = 'work';
   private nc: NatsConnection | undefined;
   private lastEpoch = 0;
   private replanTimer: NodeJS.Timeout | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  /** Clients whose plans must be re-solved, in arrival order; drained in slices. */
   private readonly dirty = new Set<string>();
-  private allDirty = false;
+  private slicing = false;
+  private passStartedMs = 0;
   private stopped = false;
   private readonly now: () => number;
   private readonly log: Logger;
   /** Counters, for status and tests. */
-  readonly counters = { profiles: 0, loads: 0, badMessages: 0, plansPushed: 0, replans: 0 };
+  readonly counters = { profiles: 0, loads: 0, badMessages: 0, plansPushed: 0, replans: 0, slices: 0, passes: 0, lastPassMs: 0 };
+  private readonly threshold: number;
+  private readonly sliceMs: number;
 
   constructor(private readonly opts: PlannerServerOptions) {
     this.now = opts.now ?? Date.now;
     this.log = opts.log.child({ component: 'planner' });
+    this.threshold = opts.replanThreshold ?? 0.02;
+    this.sliceMs = opts.sliceMs ?? 10;
   }
 
   async start(): Promise<{ port: number }> {
@@ -76,6 +139,8 @@ export class PlannerServer {
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log);
     this.subscribe(this.nc);
     await this.nc.flush();
+    this.sweepTimer = setInterval(() => this.forgetSilentClients(), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
+    this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
     this.log.info({ port, algorithm: this.opts.maker.opts.algorithm }, 'planner ready');
     return { port };
@@ -115,9 +180,10 @@ export class PlannerServer {
     }
     this.counters.profiles++;
     const st = this.clients.get(p.clientId);
-    if (st) { st.profile = p; st.lastSeenMs = this.now(); } else this.clients.set(p.clientId, { profile: p, lastSeenMs: this.now(), plan: undefined });
-    this.dirty.add(p.clientId);
-    this.scheduleReplan();
+    if (st) { st.profile = p; st.lastSeenMs = this.now(); } else this.clients.set(p.clientId, { profile: p, plannedWith: undefined, lastSeenMs: this.now(), plan: undefined });
+    // A profile that moves nothing the plan is priced from only refreshes the client's TTL.
+    if (st?.plannedWith && st.plan && !profileChanged(st.plannedWith, p, this.threshold)) return;
+    this.markDirty(p.clientId);
   }
 
   /** Takes one server load report. @throws Error naming the field when it is malformed. */
@@ -139,7 +205,18 @@ export class PlannerServer {
     if (l.utilisation >= idle) this.objective = 'work';
     else if (l.utilisation < idle / 2) this.objective = 'latency';
     if (before !== this.objective) this.log.info({ utilisation: l.utilisation, objective: this.objective }, 'objective changed');
-    this.allDirty = true;
+    // Every plan depends on the server's prices: re-plan all clients, but only when those
+    // prices moved materially since the plans in force were made (or the objective changed).
+    if (before === this.objective && this.plannedLoad && !loadChanged(this.plannedLoad, l, this.threshold, this.opts.maker.opts.maxUtilisation)) return;
+    this.plannedLoad = l;
+    for (const id of this.clients.keys()) this.dirty.add(id);
+    this.scheduleReplan();
+  }
+
+  /** Queues one client for re-planning (e.g. its calibration changed). */
+  markDirty(clientId: string): void {
+    if (!this.clients.has(clientId)) return;
+    this.dirty.add(clientId);
     this.scheduleReplan();
   }
 
@@ -150,33 +227,65 @@ export class PlannerServer {
   }
 
   private scheduleReplan(): void {
-    if (this.replanTimer || this.stopped) return;
-    this.replanTimer = setTimeout(() => { this.replanTimer = undefined; this.replan(); }, this.opts.debounceMs);
+    if (this.replanTimer || this.slicing || this.stopped) return;
+    this.replanTimer = setTimeout(() => { this.replanTimer = undefined; this.runSlices(); }, this.opts.debounceMs);
   }
 
-  /** Re-solves the plans of every client whose inputs changed; pushes the ones that changed. */
+  /**
+   * Drains the dirty set in slices of at most `sliceMs`, yielding to the event loop between
+   * them (setImmediate), so health checks, plan streams and telemetry are served during a
+   * re-plan of many clients. A client marked dirty again while a pass runs is re-solved once
+   * more, after the others (the set keeps arrival order).
+   */
+  private runSlices(): void {
+    if (this.stopped) return;
+    if (!this.slicing) { this.slicing = true; this.passStartedMs = performance.now(); }
+    this.counters.slices++;
+    const until = performance.now() + this.sliceMs;
+    do {
+      const next = this.dirty.values().next();
+      if (next.done) break;
+      this.dirty.delete(next.value);
+      this.replanClient(next.value);
+    } while (performance.now() < until);
+    if (this.dirty.size > 0) { setImmediate(() => this.runSlices()); return; }
+    this.slicing = false;
+    this.counters.passes++;
+    this.counters.lastPassMs = performance.now() - this.passStartedMs;
+  }
+
+  /** Re-solves every queued client at once, without yielding (tests and tools). */
   replan(): void {
-    const ids = this.allDirty ? [...this.clients.keys()] : [...this.dirty];
-    this.allDirty = false;
-    this.dirty.clear();
+    for (const id of [...this.dirty]) { this.dirty.delete(id); this.replanClient(id); }
+  }
+
+  /** Re-solves one client's plan; pushes it to the client's streams when a placement changed. */
+  private replanClient(id: string): void {
+    const st = this.clients.get(id);
+    if (!st) return;
     const now = this.now();
-    for (const id of ids) {
-      const st = this.clients.get(id);
-      if (!st) continue;
-      if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.clients.delete(id); continue; }
-      this.counters.replans++;
-      const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective);
-      if (!classes) continue;
-      const changed = !st.plan || classes.some((c, i) => c.placement !== st.plan!.classes[i]?.placement);
-      if (!changed) {
-        // Same placements: refresh the predictions silently (shown by ListPlans), no push.
-        st.plan = { ...st.plan!, classes };
-        continue;
-      }
-      this.lastEpoch = Math.max(this.lastEpoch + 1, now);
-      st.plan = { clientId: id, epoch: this.lastEpoch, classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
-      this.log.info({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
-      for (const w of this.watchers.get(id) ?? []) { w.write({ plan: st.plan }); this.counters.plansPushed++; }
+    if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.clients.delete(id); return; }
+    this.counters.replans++;
+    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective);
+    if (!classes) return;
+    st.plannedWith = st.profile;
+    const changed = !st.plan || classes.some((c, i) => c.placement !== st.plan!.classes[i]?.placement);
+    if (!changed) {
+      // Same placements: refresh the predictions silently (shown by ListPlans), no push.
+      st.plan = { ...st.plan!, classes };
+      return;
+    }
+    this.lastEpoch = Math.max(this.lastEpoch + 1, now);
+    st.plan = { clientId: id, epoch: this.lastEpoch, classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
+    this.log.info({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
+    for (const w of this.watchers.get(id) ?? []) { w.write({ plan: st.plan }); this.counters.plansPushed++; }
+  }
+
+  /** Forgets clients not heard from for the TTL (their plan streams stay open). */
+  private forgetSilentClients(): void {
+    const now = this.now();
+    for (const [id, st] of this.clients) {
+      if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.clients.delete(id); this.dirty.delete(id); }
     }
   }
 
@@ -214,6 +323,7 @@ export class PlannerServer {
     if (this.stopped) return;
     this.stopped = true;
     clearTimeout(this.replanTimer);
+    clearInterval(this.sweepTimer);
     this.health.set('', ServingStatus.NOT_SERVING);
     for (const set of this.watchers.values()) for (const w of set) w.end();
     this.watchers.clear();

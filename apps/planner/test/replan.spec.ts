@@ -1,0 +1,96 @@
+import type { ClientProfile, ServerLoad } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually } from '@tandem/testkit';
+import { PlanMaker } from '../src/plan-maker';
+import { loadChanged, PlannerServer, profileChanged } from '../src/planner-server';
+
+const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 256 }));
+const CLASSES = [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 400 }, { name: 'long', maxPromptTokens: 128, expectedNewTokens: 16, slaMs: 1500 }];
+
+function profile(id: string, msPerStage: number, latencyMs = 2): ClientProfile {
+  return {
+    clientId: id, clientClass: 'default', modelId: '', unixMs: 0, planEpoch: 0,
+    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
+    uplink: { latencyMs, bytesPerMs: 10_000 }, downlink: { latencyMs, bytesPerMs: 10_000 },
+  };
+}
+
+function load(msPerStage: number, utilisation: number): ServerLoad {
+  return {
+    serverId: 's', modelId: '', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0,
+    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
+  };
+}
+
+function planner(sliceMs = 10): PlannerServer {
+  const maker = new PlanMaker({ stages: STAGES, classes: CLASSES, slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 1, resolutionMs: 0.5, maxUtilisation: 0.9 });
+  return new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: '',
+    clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0, sliceMs });
+}
+
+describe('what counts as a material change', () => {
+  it('ignores noise below the threshold in a profile and sees a real change', () => {
+    const base = profile('a', 10);
+    const noisy = { ...base, stages: base.stages.map((s) => ({ ...s, decodeMs: s.decodeMs * 1.01 })) };
+    expect(profileChanged(base, noisy, 0.02)).toBe(false);
+    const slower = { ...base, stages: base.stages.map((s, i) => (i === 3 ? { ...s, decodeMs: s.decodeMs * 1.05 } : s)) };
+    expect(profileChanged(base, slower, 0.02)).toBe(true);
+    expect(profileChanged(base, profile('a', 10, 3), 0.02)).toBe(true);
+    expect(profileChanged(base, { ...base, stages: base.stages.slice(1) }, 0.02)).toBe(true);
+    expect(profileChanged(base, { ...base, clientClass: 'phone' }, 0.02)).toBe(true);
+  });
+
+  it('prices load by its queueing inflation: a small utilisation move is noise, a large one is not', () => {
+    expect(loadChanged(load(1, 0.1), load(1, 0.11), 0.02, 0.9)).toBe(false);
+    expect(loadChanged(load(1, 0.1), load(1, 0.3), 0.02, 0.9)).toBe(true);
+    expect(loadChanged(load(1, 0.1), load(1.05, 0.1), 0.02, 0.9)).toBe(true);
+    // beyond the cap every utilisation prices the same
+    expect(loadChanged(load(1, 0.95), load(1, 0.99), 0.02, 0.9)).toBe(false);
+  });
+});
+
+describe('PlannerServer re-planning', () => {
+  let p: PlannerServer;
+  afterEach(async () => { await p.stop(); });
+
+  it('re-plans everyone on a material load change and no one on an unchanged or noisy report', async () => {
+    p = planner();
+    for (let i = 0; i < 300; i++) p.onProfile(profile(`c${i}`, 5 + (i % 7)));
+    p.onLoad(load(1, 0.1));
+    await eventually(() => p.counters.passes >= 1 && p.plans().length === 300, { timeoutMs: 5000, what: 'first pass' });
+    const after = p.counters.replans;
+    expect(after).toBeGreaterThanOrEqual(300);
+    p.onLoad(load(1, 0.1));
+    p.onLoad({ ...load(1, 0.105), stages: load(1, 0.105).stages.map((s) => ({ ...s, decodeMs: s.decodeMs * 1.005 })) });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(p.counters.replans).toBe(after);
+    p.onLoad(load(1, 0.6));
+    await eventually(() => p.counters.replans >= after + 300, { timeoutMs: 5000, what: 'second pass' });
+  });
+
+  it('re-plans a client whose profile changed materially, and only that client', async () => {
+    p = planner();
+    for (let i = 0; i < 50; i++) p.onProfile(profile(`c${i}`, 8));
+    p.onLoad(load(1, 0.1));
+    await eventually(() => p.plans().length === 50, { timeoutMs: 5000, what: 'plans' });
+    const before = p.counters.replans;
+    p.onProfile(profile('c7', 8 * 1.005));
+    await new Promise((r) => setTimeout(r, 30));
+    expect(p.counters.replans).toBe(before);
+    p.onProfile(profile('c7', 16));
+    await eventually(() => p.counters.replans === before + 1, { timeoutMs: 2000, what: 'one re-plan' });
+  });
+
+  it('yields to the event loop during a large pass', async () => {
+    p = planner(1);
+    for (let i = 0; i < 3000; i++) p.onProfile(profile(`c${i}`, 5 + (i % 11)));
+    let passesWhenTimerRan = -1;
+    p.onLoad(load(1, 0.2));
+    // A timer due right after the pass starts: it runs mid-pass only if the pass yields.
+    setTimeout(() => { passesWhenTimerRan = p.counters.passes; }, 2);
+    await eventually(() => p.counters.passes >= 1, { timeoutMs: 20_000, what: 'the pass' });
+    expect(p.counters.slices).toBeGreaterThan(1);
+    expect(passesWhenTimerRan).toBe(0);
+    expect(p.plans()).toHaveLength(3000);
+  });
+});

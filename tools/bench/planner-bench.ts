@@ -1,0 +1,198 @@
+/**
+ * Planner scale benchmark (a script, not a test): one real planner (in this process, on a
+ * real nats-server started here) planning N clients, with the telemetry published by a
+ * separate process so that this process's CPU is the planner's (plus a health prober).
+ *
+ *   npx tsx tools/bench/planner-bench.ts [--clients 10000] [--steady-s 20] [--passes 3]
+ *
+ * Prints, for the re-planning rule (re-plan what changed materially, in slices) and in the
+ * same run for the old rule (every load report re-plans every client, threshold 0):
+ * - full re-plan: time of one pass over every client after a material load change;
+ * - steady state: planner CPU (fraction of one core) with one load report a second that
+ *   moves nothing materially (±0.5 % noise), and with, in addition, every client
+ *   re-publishing its profile every 10 s (N/10 profiles a second);
+ * - grpc.health.v1 Check latency p50 / p99 / max, probed back to back every 5 ms.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import * as grpc from '@grpc/grpc-js';
+import { connect } from '@nats-io/transport-node';
+import { DEFAULT_CLASSES, PlanMaker, PlannerServer } from '@tandem/planner';
+import { ClientProfile, HealthClient, ServerLoad, Subjects } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { startNatsServer } from '@tandem/testkit';
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/** The `small` preset's 14 stages (d = 256). */
+const STAGES = ['embed', ...Array.from({ length: 6 }, (_, b) => [`block.${b}.attn`, `block.${b}.mlp`]).flat(), 'head']
+  .map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 1024 }));
+const SERVER_MS = STAGES.map((s) => (s.name === 'head' ? 1.2 : s.name === 'embed' ? 0.05 : 0.25));
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
+  const r = rng(i + 1);
+  const slowdown = 2 + r() * 22;
+  const latencyMs = 1 + r() * 40;
+  const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
+  return {
+    clientId: `c${i}`, clientClass: ['laptop', 'phone', 'iot'][i % 3], modelId: '', unixMs: Date.now(), planEpoch: 0,
+    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: (SERVER_MS[stage] * slowdown * jitter()) / 8, decodeMs: SERVER_MS[stage] * slowdown * jitter(), samples: 5 })),
+    uplink: { latencyMs, bytesPerMs: 1000 + r() * 10_000 }, downlink: { latencyMs, bytesPerMs: 5000 + r() * 50_000 },
+  };
+}
+
+function loadOf(utilisation: number, noise: number, rnd: () => number): ServerLoad {
+  const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
+  return {
+    serverId: 'bench', modelId: '', queueDepth: 0, activeSessions: 0, utilisation: utilisation * jitter(), unixMs: Date.now(), meanQueueMs: 0,
+    stages: SERVER_MS.map((ms, stage) => ({ stage, prefillMsPerToken: (ms * jitter()) / 8, decodeMs: ms * jitter(), samples: 5 })),
+  };
+}
+
+/** Publisher process: reads one JSON command per line, answers `done` when it finished. */
+async function publisher(url: string): Promise<void> {
+  const nc = await connect({ servers: url });
+  const rnd = rng(99);
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    const cmd = JSON.parse(line) as { op: 'profiles' | 'load' | 'steady'; clients: number; utilisation?: number; seconds?: number; profilePeriodS?: number };
+    if (cmd.op === 'profiles') {
+      for (let i = 0; i < cmd.clients; i++) nc.publish(Subjects.clientProfile(`c${i}`), ClientProfile.encode(profileOf(i, 0, rnd)).finish());
+    } else if (cmd.op === 'load') {
+      nc.publish(Subjects.serverLoad('bench'), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, 0, rnd)).finish());
+    } else {
+      // One load report a second with ±0.5 % noise; profiles (±0.5 %) spread evenly over each period.
+      const until = Date.now() + (cmd.seconds ?? 10) * 1000;
+      let next = 0;
+      const perTick = cmd.profilePeriodS ? cmd.clients / (cmd.profilePeriodS * 10) : 0;
+      let debt = 0;
+      for (let tick = 0; Date.now() < until; tick++) {
+        if (tick % 10 === 0) nc.publish(Subjects.serverLoad('bench'), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, 0.005, rnd)).finish());
+        debt += perTick;
+        for (; debt >= 1; debt--) { nc.publish(Subjects.clientProfile(`c${next}`), ClientProfile.encode(profileOf(next, 0.005, rnd)).finish()); next = (next + 1) % cmd.clients; }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    await nc.flush();
+    process.stdout.write('done\n');
+  }
+  await nc.close();
+}
+
+const quantile = (xs: number[], q: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))] : NaN;
+};
+
+/** Probes grpc health back to back (5 ms apart) until stopped; returns the latencies. */
+function prober(addr: string): { stop: () => number[] } {
+  const client = new HealthClient(addr, grpc.credentials.createInsecure());
+  const lat: number[] = [];
+  let running = true;
+  const loop = async (): Promise<void> => {
+    while (running) {
+      const t0 = performance.now();
+      await new Promise<void>((r) => client.check({ service: '' }, { deadline: Date.now() + 5000 }, () => r()));
+      lat.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  void loop();
+  return { stop: () => { running = false; client.close(); return lat; } };
+}
+
+async function runRule(natsUrl: string, clients: number, threshold: number, steadyS: number, passes: number): Promise<Record<string, number>> {
+  const maker = new PlanMaker({ stages: STAGES, classes: DEFAULT_CLASSES, slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9, serverEntryMs: 0.6 });
+  const planner = new PlannerServer({ maker, log: createLogger({ name: 'bench', level: 'warn' }), address: '127.0.0.1:0', natsUrl, modelId: '', clientTtlMs: 600_000, debounceMs: 50, idleUtilisation: 0, replanThreshold: threshold });
+  const { port } = await planner.start();
+  const child: ChildProcess = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--publish', natsUrl], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const acks = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const send = async (cmd: object): Promise<void> => { child.stdin!.write(`${JSON.stringify(cmd)}\n`); await acks.next(); };
+  const waitPass = async (after: number): Promise<void> => {
+    const t0 = Date.now();
+    while (planner.counters.passes <= after) {
+      if (Date.now() - t0 > 120_000) throw new Error('no re-plan pass within 120 s');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  try {
+    await send({ op: 'profiles', clients });
+    while (planner.counters.profiles < clients) await new Promise((r) => setTimeout(r, 10));
+    let p = planner.counters.passes;
+    await send({ op: 'load', clients, utilisation: 0.2 });
+    await waitPass(p);
+    while (planner.plans().length < clients) await new Promise((r) => setTimeout(r, 10));
+    const probe = prober(`127.0.0.1:${port}`);
+    const passMs: number[] = [];
+    for (let k = 0; k < passes; k++) {
+      p = planner.counters.passes;
+      await send({ op: 'load', clients, utilisation: k % 2 === 0 ? 0.6 : 0.2 });
+      await waitPass(p);
+      passMs.push(planner.counters.lastPassMs);
+    }
+    const healthDuringPasses = probe.stop();
+    // CPU is measured without the prober (its calls would count as the planner's); health
+    // latency in a second window of the same traffic.
+    const steady = async (profilePeriodS: number): Promise<{ cpu: number; health: number[] }> => {
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      await send({ op: 'steady', clients, utilisation: 0.2, seconds: steadyS, profilePeriodS });
+      const c = process.cpuUsage(c0);
+      const wall = performance.now() - t0;
+      const h = prober(`127.0.0.1:${port}`);
+      await send({ op: 'steady', clients, utilisation: 0.2, seconds: Math.min(steadyS, 5), profilePeriodS });
+      return { cpu: (c.user + c.system) / 1000 / wall, health: h.stop() };
+    };
+    const loadsOnly = await steady(0);
+    const withProfiles = await steady(10);
+    return {
+      passMsMedian: quantile(passMs, 0.5), passMsMax: Math.max(...passMs),
+      healthP50: quantile(healthDuringPasses, 0.5), healthP99: quantile(healthDuringPasses, 0.99), healthMax: Math.max(...healthDuringPasses),
+      steadyCpu: loadsOnly.cpu, steadyHealthP99: quantile(loadsOnly.health, 0.99),
+      steadyProfilesCpu: withProfiles.cpu, steadyProfilesHealthP99: quantile(withProfiles.health, 0.99),
+    };
+  } finally {
+    child.kill();
+    await planner.stop();
+  }
+}
+
+async function main(): Promise<void> {
+  const pub = process.argv.indexOf('--publish');
+  if (pub >= 0) { await publisher(process.argv[pub + 1]); return; }
+  const clients = arg('clients', 10_000);
+  const steadyS = arg('steady-s', 20);
+  const passes = arg('passes', 3);
+  const nats = await startNatsServer();
+  try {
+    process.stderr.write(`planner bench: ${clients} clients × ${DEFAULT_CLASSES.length} classes, ${STAGES.length} stages; steady ${steadyS} s\n`);
+    const rows: [string, Record<string, number>][] = [];
+    for (const [name, threshold] of [['material changes, sliced (0.02)', 0.02], ['every report re-plans all (threshold 0, sliced)', 0]] as const) {
+      process.stderr.write(`  running: ${name} …\n`);
+      rows.push([name, await runRule(nats.url, clients, threshold, steadyS, passes)]);
+    }
+    const f = (v: number, d = 1): string => v.toFixed(d);
+    console.log('| rule | full re-plan ms (median / max) | health p50 / p99 / max during passes, ms | steady CPU (cores), 1 load/s | health p99 | steady CPU + profiles every 10 s | health p99 |');
+    console.log('|---|---:|---:|---:|---:|---:|---:|');
+    for (const [name, r] of rows) {
+      console.log(`| ${name} | ${f(r.passMsMedian, 0)} / ${f(r.passMsMax, 0)} | ${f(r.healthP50)} / ${f(r.healthP99)} / ${f(r.healthMax)} | ${f(r.steadyCpu, 3)} | ${f(r.steadyHealthP99)} | ${f(r.steadyProfilesCpu, 3)} | ${f(r.steadyProfilesHealthP99)} |`);
+    }
+  } finally {
+    await nats.stop();
+  }
+}
+
+main().catch((err: unknown) => { console.error(err); process.exit(1); });
