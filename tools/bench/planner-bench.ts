@@ -105,7 +105,7 @@ function prober(addr: string): { stop: () => number[] } {
   const loop = async (): Promise<void> => {
     while (running) {
       const t0 = performance.now();
-      await new Promise<void>((r) => client.check({ service: '' }, { deadline: Date.now() + 5000 }, () => r()));
+      await new Promise<void>((r) => client.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, () => r()));
       lat.push(performance.now() - t0);
       await new Promise((r) => setTimeout(r, 5));
     }
