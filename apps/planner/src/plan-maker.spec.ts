@@ -20,7 +20,7 @@ function client(msPerStage: number, over: Partial<ClientProfile> = {}): ClientPr
 
 function server(msPerStage: number, utilisation = 0): ServerLoad {
   return {
-    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0,
+    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }

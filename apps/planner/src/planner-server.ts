@@ -198,6 +198,12 @@ export class PlannerServer {
       }
     }
     if (!Number.isFinite(l.utilisation) || l.utilisation < 0 || l.utilisation > 1) throw new Error(`utilisation must be in 0..1, given ${l.utilisation}`);
+    if (l.overhead) {
+      for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {
+        const v = l.overhead[k];
+        if (!Number.isFinite(v) || v < 0 || v > 1000) throw new Error(`overhead.${k} must be a number in 0..1000, given ${v}`);
+      }
+    }
     this.counters.loads++;
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;

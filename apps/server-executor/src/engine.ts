@@ -11,6 +11,8 @@ export interface StageEngine {
   readonly nEmbd: number;
   readonly vocabSize: number;
   readonly nPositions: number;
+  /** Whether stage compute runs on the calling (event-loop) thread, so its CPU time is the main thread's. */
+  readonly computesOnEventLoop?: boolean;
   stageKind(stage: number): StageKind;
   newCache(): unknown;
   /** Frees a cache's memory now (it is never used again). */

@@ -14,8 +14,9 @@ import {
 import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
+import { mainThreadCpuMs, OverheadModel } from './overhead';
 import { StageScheduler } from './scheduler';
-import { SplitSession } from './split-session';
+import { SplitSession, type TrafficCounters } from './split-session';
 
 export interface ExecutorServerOptions {
   readonly engine: StageEngine;
@@ -53,6 +54,9 @@ export class ExecutorServer {
   private queueWaitSumMs = 0;
   private queueWaitCount = 0;
   private stepsCompleted = 0;
+  private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
+  private readonly overhead = new OverheadModel();
+  private lastCpuMs: number | undefined;
   private port = 0;
   private readonly log: Logger;
   private readonly maxContext: number;
@@ -114,6 +118,7 @@ export class ExecutorServer {
     this.queueWaitCount = 0;
     this.lastBusyMs = this.scheduler.busyTimeMs;
     this.lastTickMs = performance.now();
+    this.lastCpuMs = mainThreadCpuMs();
   }
 
   /** Current counters, as GetStatus returns them. */
@@ -134,9 +139,12 @@ export class ExecutorServer {
   loadReport(): ServerLoad {
     const now = performance.now();
     const busy = this.scheduler.busyTimeMs;
-    const util = Math.min(1, Math.max(0, (busy - this.lastBusyMs) / Math.max(1, now - this.lastTickMs)));
+    const wallMs = Math.max(1, now - this.lastTickMs);
+    const busyMs = busy - this.lastBusyMs;
+    const util = Math.min(1, Math.max(0, busyMs / wallMs));
     this.lastBusyMs = busy;
     this.lastTickMs = now;
+    this.recordOverhead(wallMs, busyMs);
     const meanQueueMs = this.queueWaitCount ? this.queueWaitSumMs / this.queueWaitCount : 0;
     this.queueWaitSumMs = 0;
     this.queueWaitCount = 0;
@@ -149,14 +157,30 @@ export class ExecutorServer {
       utilisation: util,
       unixMs: Date.now(),
       meanQueueMs,
+      overhead: this.overhead.fit(),
     };
+  }
+
+  /**
+   * Feeds one interval to the overhead model: the main thread's CPU besides stage compute
+   * (compute is subtracted when the engine runs it on the event loop) against the session
+   * traffic of the interval. Counters restart for the next interval.
+   */
+  private recordOverhead(wallMs: number, busyMs: number): void {
+    const cpu = mainThreadCpuMs();
+    if (cpu !== undefined && this.lastCpuMs !== undefined) {
+      const computeOnMain = this.opts.engine.computesOnEventLoop === false ? 0 : busyMs;
+      this.overhead.record({ cpuMs: Math.max(0, cpu - this.lastCpuMs - computeOnMain), wallMs, ...this.traffic });
+    }
+    this.lastCpuMs = cpu;
+    Object.assign(this.traffic, { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 });
   }
 
   private handlers(): ExecutorServiceServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
         const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
-          this.log, (sess) => this.admit(sess));
+          this.log, (sess) => this.admit(sess), this.traffic);
         void s.closed.then(() => this.sessions.delete(s));
       },
       getStatus: (_call, cb) => { cb(null, this.status()); },

@@ -8,6 +8,14 @@ import type { StageEngine } from './engine';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
 import type { StageScheduler } from './scheduler';
 
+/** Session traffic, summed over every session of the executor (for the overhead model). */
+export interface TrafficCounters {
+  messagesIn: number;
+  bytesIn: number;
+  messagesOut: number;
+  bytesOut: number;
+}
+
 export interface SessionLimits {
   readonly maxContextTokens: number;
   readonly idleTimeoutMs: number;
@@ -47,6 +55,7 @@ export class SplitSession {
     private readonly limits: SessionLimits,
     private readonly log: Logger,
     private readonly admit: (s: SplitSession) => void,
+    private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
   ) {
     this.tokensAt = new Uint32Array(engine.stageCount);
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
@@ -84,6 +93,8 @@ export class SplitSession {
         }
         case 'step': {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given step');
+          this.traffic.messagesIn++;
+          this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           const step = this.validate(m.kind.value);
           const out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.cache);
           if (!this.isOpen) return; // closed while the step ran
@@ -92,6 +103,8 @@ export class SplitSession {
           const result: SessionResponse = step.sample
             ? { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) }, computeMs: out.computeMs, queueMs: out.queueMs } } }
             : { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: toWireTensor(out.tensor) }, computeMs: out.computeMs, queueMs: out.queueMs } } };
+          this.traffic.messagesOut++;
+          this.traffic.bytesOut += result.kind?.$case === 'result' && result.kind.value.output?.$case === 'tensor' ? result.kind.value.output.value.data.byteLength : 8;
           this.call.write(result);
           return;
         }

@@ -197,6 +197,25 @@ describe('server-executor against a real model', () => {
     }
     expect((await status()).batchedSteps).toBeGreaterThan(before);
   });
+
+  it('fits its own CPU per message and per byte from the traffic it served', async () => {
+    server.loadReport(); // starts a fresh interval
+    for (let k = 0; k < 4; k++) {
+      const s = session();
+      s.open();
+      await s.next(1);
+      s.step(1, 0, stageCount, ids(1, 2, 3, 4 + k), true);
+      for (let seq = 2; seq <= 8; seq++) s.step(seq, 0, stageCount, ids(5 + seq), true);
+      await s.next(9);
+      s.call.end();
+    }
+    const load = server.loadReport();
+    expect(load.overhead).toBeDefined();
+    expect(load.overhead!.samples).toBeGreaterThanOrEqual(1);
+    for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {
+      expect(Number.isFinite(load.overhead![k]) && load.overhead![k] >= 0).toBe(true);
+    }
+  });
 });
 
 describe('server-executor lifecycle and telemetry', () => {

@@ -42,7 +42,7 @@ export {
   TokenIds,
 } from './generated/tandem/agent/v1/agent';
 export type { AgentServiceServer } from './generated/tandem/agent/v1/agent';
-export { ClientProfile, LinkDirection, ServerLoad, StageTiming } from './generated/tandem/telemetry/v1/telemetry';
+export { ClientProfile, LinkDirection, ServerLoad, StageTiming, StepOverhead } from './generated/tandem/telemetry/v1/telemetry';
 export {
   HealthCheckRequest,
   HealthCheckResponse,

@@ -32,6 +32,7 @@ const profile: ClientProfile = {
 const load: ServerLoad = {
   serverId: 'srv',
   modelId: 'm',
+  overhead: undefined,
   stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
   queueDepth: 0,
   activeSessions: 0,

@@ -73,6 +73,32 @@ export interface ServerLoad {
   unixMs: number;
   /** Mean time a step waited for the engine over the last interval, milliseconds. */
   meanQueueMs: number;
+  /**
+   * What serving costs the server besides stage compute, fitted from its own CPU and traffic
+   * (absent from executors that do not measure it).
+   */
+  overhead: StepOverhead | undefined;
+}
+
+/**
+ * The executor's CPU besides stage compute, as a linear model of its session traffic, fitted
+ * over its recent telemetry intervals (least squares, pulled toward a prior while traffic is
+ * scarce, every coefficient >= 0). A hand-over of one step to the server costs about
+ * ms_per_message_in + ms_per_message_out + (KiB in) * ms_per_kib_in + (KiB out) * ms_per_kib_out.
+ */
+export interface StepOverhead {
+  /** CPU per session message received (a step or a generate), milliseconds. */
+  msPerMessageIn: number;
+  /** CPU per session message sent (a step result or a streamed token), milliseconds. */
+  msPerMessageOut: number;
+  /** CPU per KiB of tensor data received, milliseconds. */
+  msPerKibIn: number;
+  /** CPU per KiB of tensor data sent, milliseconds. */
+  msPerKibOut: number;
+  /** CPU spent regardless of traffic (timers, telemetry, garbage collection), milliseconds per second. */
+  idleMsPerS: number;
+  /** Telemetry intervals with traffic behind the fit (0: the prior alone). */
+  samples: number;
 }
 
 function createBaseStageTiming(): StageTiming {
@@ -517,6 +543,7 @@ function createBaseServerLoad(): ServerLoad {
     utilisation: 0,
     unixMs: 0,
     meanQueueMs: 0,
+    overhead: undefined,
   };
 }
 
@@ -545,6 +572,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     }
     if (message.meanQueueMs !== 0) {
       writer.uint32(65).double(message.meanQueueMs);
+    }
+    if (message.overhead !== undefined) {
+      StepOverhead.encode(message.overhead, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -626,6 +656,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             message.meanQueueMs = reader.double();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.overhead = StepOverhead.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -672,6 +710,7 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         : isSet(object.mean_queue_ms)
         ? globalThis.Number(object.mean_queue_ms)
         : 0,
+      overhead: isSet(object.overhead) ? StepOverhead.fromJSON(object.overhead) : undefined,
     };
   },
 
@@ -701,6 +740,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.meanQueueMs !== 0) {
       obj.meanQueueMs = floatToJson(message.meanQueueMs);
     }
+    if (message.overhead !== undefined) {
+      obj.overhead = StepOverhead.toJSON(message.overhead);
+    }
     return obj;
   },
 
@@ -717,6 +759,178 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.utilisation = object.utilisation ?? 0;
     message.unixMs = object.unixMs ?? 0;
     message.meanQueueMs = object.meanQueueMs ?? 0;
+    message.overhead = (object.overhead !== undefined && object.overhead !== null)
+      ? StepOverhead.fromPartial(object.overhead)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStepOverhead(): StepOverhead {
+  return { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 0, msPerKibOut: 0, idleMsPerS: 0, samples: 0 };
+}
+
+export const StepOverhead: MessageFns<StepOverhead> = {
+  encode(message: StepOverhead, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.msPerMessageIn !== 0) {
+      writer.uint32(9).double(message.msPerMessageIn);
+    }
+    if (message.msPerMessageOut !== 0) {
+      writer.uint32(17).double(message.msPerMessageOut);
+    }
+    if (message.msPerKibIn !== 0) {
+      writer.uint32(25).double(message.msPerKibIn);
+    }
+    if (message.msPerKibOut !== 0) {
+      writer.uint32(33).double(message.msPerKibOut);
+    }
+    if (message.idleMsPerS !== 0) {
+      writer.uint32(41).double(message.idleMsPerS);
+    }
+    if (message.samples !== 0) {
+      writer.uint32(48).uint32(message.samples);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StepOverhead {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStepOverhead();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.msPerMessageIn = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.msPerMessageOut = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.msPerKibIn = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.msPerKibOut = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.idleMsPerS = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.samples = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StepOverhead {
+    return {
+      msPerMessageIn: isSet(object.msPerMessageIn)
+        ? globalThis.Number(object.msPerMessageIn)
+        : isSet(object.ms_per_message_in)
+        ? globalThis.Number(object.ms_per_message_in)
+        : 0,
+      msPerMessageOut: isSet(object.msPerMessageOut)
+        ? globalThis.Number(object.msPerMessageOut)
+        : isSet(object.ms_per_message_out)
+        ? globalThis.Number(object.ms_per_message_out)
+        : 0,
+      msPerKibIn: isSet(object.msPerKibIn)
+        ? globalThis.Number(object.msPerKibIn)
+        : isSet(object.ms_per_kib_in)
+        ? globalThis.Number(object.ms_per_kib_in)
+        : 0,
+      msPerKibOut: isSet(object.msPerKibOut)
+        ? globalThis.Number(object.msPerKibOut)
+        : isSet(object.ms_per_kib_out)
+        ? globalThis.Number(object.ms_per_kib_out)
+        : 0,
+      idleMsPerS: isSet(object.idleMsPerS)
+        ? globalThis.Number(object.idleMsPerS)
+        : isSet(object.idle_ms_per_s)
+        ? globalThis.Number(object.idle_ms_per_s)
+        : 0,
+      samples: isSet(object.samples) ? globalThis.Number(object.samples) : 0,
+    };
+  },
+
+  toJSON(message: StepOverhead): unknown {
+    const obj: any = {};
+    if (message.msPerMessageIn !== 0) {
+      obj.msPerMessageIn = floatToJson(message.msPerMessageIn);
+    }
+    if (message.msPerMessageOut !== 0) {
+      obj.msPerMessageOut = floatToJson(message.msPerMessageOut);
+    }
+    if (message.msPerKibIn !== 0) {
+      obj.msPerKibIn = floatToJson(message.msPerKibIn);
+    }
+    if (message.msPerKibOut !== 0) {
+      obj.msPerKibOut = floatToJson(message.msPerKibOut);
+    }
+    if (message.idleMsPerS !== 0) {
+      obj.idleMsPerS = floatToJson(message.idleMsPerS);
+    }
+    if (message.samples !== 0) {
+      obj.samples = Math.round(message.samples);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StepOverhead>, I>>(base?: I): StepOverhead {
+    return StepOverhead.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StepOverhead>, I>>(object: I): StepOverhead {
+    const message = createBaseStepOverhead();
+    message.msPerMessageIn = object.msPerMessageIn ?? 0;
+    message.msPerMessageOut = object.msPerMessageOut ?? 0;
+    message.msPerKibIn = object.msPerKibIn ?? 0;
+    message.msPerKibOut = object.msPerKibOut ?? 0;
+    message.idleMsPerS = object.idleMsPerS ?? 0;
+    message.samples = object.samples ?? 0;
     return message;
   },
 };
