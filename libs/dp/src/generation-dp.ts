@@ -227,8 +227,8 @@ function fillCell(
 }
 
 /**
- * Runs the forward label DP once under `lim` and returns the best placement by `pick`'s rule
- * among the surviving complete labels, or undefined when none survives.
+ * Runs the forward label DP once under `lim` and returns the best placement among the
+ * surviving complete labels by the rule below, or undefined when none survives.
  * `feasibleOnly`: the least work among labels meeting every stated SLO, then the lower E2E.
  * Otherwise: the least largest ratio latency / SLO, then the least work, then the lower E2E.
  */
@@ -322,7 +322,8 @@ const ALL = (S: number, side: Location): Location[] => new Array<Location>(S).fi
  *
  * Invariants: the result equals a brute force over all 2^S placements (tested); reported
  * figures are exactly evaluateGeneration's.
- * Complexity: O(S · F log F) time and O(S · F) memory, F the largest front; F is small in
+ * Complexity: O(S · F log F) time (a staircase search per candidate label) and O(S · F)
+ * memory, F the largest front; F is small in
  * practice because TTFT, TPOT and work grow together along a model, O(2^S) only in
  * adversarial cases.
  */
