@@ -8,11 +8,16 @@
  * Instances vary the prompt length, client and server speeds, links and SLA, with ±20 %
  * per-stage noise as measured profiles have; the SLA sits between the all-server latency
  * and the all-client latency, where the choice is non-trivial.
+ *
+ * A second part times `dp` on generation instances (docs/placement.md, "Generations with
+ * TTFT/TPOT SLOs"): GPT-2 small (26 stages) and a 48-block model (98 stages), per stated SLO
+ * set, and checks it against a brute force over all 2^S placements on a 14-stage model
+ * (`--gen-batch`, default 2000 instances per row; `--brute` instances, default 100).
  */
 import { performance } from 'node:perf_hooks';
 import {
-  evaluatePlacement, instanceFromShape, linkFromMbps, solveDp, solveDpGrid,
-  type PlacementInstance, type PlacementResult, type TransformerShape,
+  approxEqual, evaluateGeneration, evaluatePlacement, instanceFromShape, linkFromMbps, requestCosts, sloCheck, sloRatio, solveDp, solveDpGrid,
+  solveGenerationDp, type GenerationInstance, type Location, type PlacementInstance, type PlacementResult, type Slo, type TransformerShape,
 } from '@tandem/dp';
 
 const GPT2_MEDIUM: TransformerShape = {
@@ -72,6 +77,114 @@ function timeBatch(instances: readonly PlacementInstance[], solver: (i: Placemen
   return { usPerInstance: (ms * 1000) / instances.length, sink };
 }
 
+const gptShape = (layers: number, dModel: number): TransformerShape => ({
+  name: `gpt-${layers}x${dModel}`, dModel, dFF: 4 * dModel, encoderLayers: 0, decoderLayers: layers, crossAttention: false,
+  inputBytesPerToken: 8, embedFlopsPerToken: 0, headKind: 'lm', headOutputs: 50257, activationBytes: 4,
+});
+
+type SloSet = readonly (keyof Slo)[];
+
+/**
+ * Seeded generation instances of `shape`: per-pass prefill and decode times from the FLOPs
+ * of requestCosts (decode per pass = the generation's decode FLOPs / m), ±20 % per-stage
+ * noise, an entry cost, server-side decoding on; each stated SLO drawn from a bit below the
+ * better of all-client and all-server (so some instances are infeasible) to well inside the range.
+ */
+function makeGenerations(shape: TransformerShape, count: number, slos: SloSet, seed: number): GenerationInstance[] {
+  const rnd = rng(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
+  const out: GenerationInstance[] = [];
+  while (out.length < count) {
+    const n = pick([32, 128, 512]);
+    const m = pick([15, 31, 63]);
+    const costs = requestCosts(shape, { kind: 'generation', promptTokens: n, decodeSteps: m });
+    const client = pick([0.5, 1, 2, 5]) * 1e9 * 0.5; // FLOP per ms at 50 % of peak
+    const server = pick([20, 50, 100]) * 1e9 * 0.5;
+    const stages = costs.stages.map((c) => {
+      const noise = (): number => 0.8 + 0.4 * rnd();
+      return {
+        name: c.name,
+        clientPrefillMs: (c.prefillFlops / client + 0.05) * noise(),
+        clientDecodeMs: (c.decodeFlops / m / client + 0.05) * noise(),
+        serverPrefillMs: (c.prefillFlops / server + 0.02) * noise(),
+        serverDecodeMs: (c.decodeFlops / m / server + 0.02) * noise(),
+        inBytesPerToken: c.inBytes / (n + m),
+      };
+    });
+    const draft: GenerationInstance = {
+      stages, promptTokens: n, decodeSteps: m, outBytesPerPass: 8,
+      uplink: linkFromMbps(1 + 30 * rnd(), pick([20, 100, 1000])),
+      downlink: linkFromMbps(1 + 30 * rnd(), pick([100, 500, 1000])),
+      slo: { e2eMs: 1 }, serverEntryWork: 0.3 * rnd(),
+    };
+    const ends = (['client', 'server'] as const).map((side) => evaluateGeneration(draft, stages.map(() => side)));
+    const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+    for (const k of slos) {
+      const lo = Math.min(ends[0][k], ends[1][k]);
+      const hi = Math.max(ends[0][k], ends[1][k]);
+      slo[k] = Math.max(lo + (hi - lo) * (1.05 * rnd() - 0.05), 0.5 * lo);
+    }
+    out.push({ ...draft, slo });
+  }
+  return out;
+}
+
+/** The optimum by enumeration (the definition), for the agreement check. */
+function bruteForceGeneration(inst: GenerationInstance): { feasible: boolean; work: number; ratio: number } {
+  const S = inst.stages.length;
+  let best = { feasible: false, work: Infinity, ratio: Infinity };
+  const p = new Array<Location>(S);
+  for (let mask = 0; mask < 1 << S; mask++) {
+    for (let i = 0; i < S; i++) p[i] = mask & (1 << i) ? 'server' : 'client';
+    const c = evaluateGeneration(inst, p);
+    const feasible = sloCheck(inst.slo, c).feasible;
+    const ratio = sloRatio(inst.slo, c);
+    if (feasible ? !best.feasible || c.serverWork < best.work : !best.feasible && ratio < best.ratio) best = { feasible, work: c.serverWork, ratio };
+  }
+  return best;
+}
+
+function generationPart(): void {
+  const batch = arg('gen-batch', 2000);
+  const brute = arg('brute', 100);
+  const sets: readonly SloSet[] = [['e2eMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];
+  process.stdout.write(`\ngeneration instances (dp with TTFT/TPOT/E2E SLOs, server-side decoding on), ${batch} per row\n`);
+  process.stdout.write('| model | stages | SLOs stated | dp µs per instance (best of 3) | feasible | streamed all-server chosen |\n|---|---:|---|---:|---:|---:|\n');
+  for (const [label, shape] of [['gpt2 small', gptShape(12, 768)], ['48 blocks × 1600', gptShape(48, 1600)]] as const) {
+    for (const [k, set] of sets.entries()) {
+      const instances = makeGenerations(shape, batch, set, 1000 + k);
+      for (const inst of instances.slice(0, 100)) solveGenerationDp(inst);
+      const runs: number[] = [];
+      let feasible = 0;
+      let streamed = 0;
+      for (let r = 0; r < 3; r++) {
+        const t0 = performance.now();
+        for (const inst of instances) {
+          const a = solveGenerationDp(inst);
+          if (r === 0) { feasible += a.feasible ? 1 : 0; streamed += a.serverDecoding ? 1 : 0; }
+        }
+        runs.push(((performance.now() - t0) * 1000) / instances.length);
+      }
+      process.stdout.write(`| ${label} | ${instances[0].stages.length} | ${set.join(' + ')} | ${Math.min(...runs).toFixed(1)} | ${feasible} | ${streamed} |\n`);
+    }
+  }
+  // Agreement and speed against the brute force, where 2^S is affordable.
+  const small = makeGenerations(gptShape(6, 512), brute, ['e2eMs', 'ttftMs', 'tpotMs'], 77);
+  let agree = 0;
+  let dpMs = 0;
+  let bruteMs = 0;
+  for (const inst of small) {
+    let t0 = performance.now();
+    const a = solveGenerationDp(inst);
+    dpMs += performance.now() - t0;
+    t0 = performance.now();
+    const b = bruteForceGeneration(inst);
+    bruteMs += performance.now() - t0;
+    if (a.feasible === b.feasible && (a.feasible ? approxEqual(a.serverWork, b.work) : approxEqual(sloRatio(inst.slo, a), b.ratio))) agree++;
+  }
+  process.stdout.write(`14-stage generations, all three SLOs: dp ${(1000 * dpMs / small.length).toFixed(1)} µs vs brute force ${(1000 * bruteMs / small.length).toFixed(0)} µs per instance; dp = brute force on ${agree} of ${small.length}\n`);
+}
+
 function main(): void {
   const batch = arg('batch', 10_000);
   const rounds = arg('rounds', 3);
@@ -107,6 +220,7 @@ function main(): void {
     process.stdout.write(`| ${row.solver} | ${best.toFixed(1)} | ${median.toFixed(1)} | ${Math.round(1e6 / median)} |\n`);
   }
   process.stdout.write(`dp-grid did more work than dp on ${gridWorse} of 2000 instances (mean excess there ${(100 * gridExtra / Math.max(gridWorse, 1)).toFixed(2)} %)\n`);
+  generationPart();
 }
 
 main();

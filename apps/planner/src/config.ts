@@ -1,14 +1,38 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { ConfigError, env, loadEnv, type EnvValues } from '@tandem/service-kit';
 
-/** A request class: prompts up to `maxPromptTokens`, priced for `expectedNewTokens` output tokens, with an SLA. */
+/**
+ * A request class: prompts up to `maxPromptTokens`, priced for `expectedNewTokens` output
+ * tokens, with latency objectives. Invariant (checkClasses): at least one of `slaMs`,
+ * `ttftMs`, `tpotMs` is stated, each finite and > 0; a plan must meet every one stated.
+ */
 export interface RequestClass {
   readonly name: string;
   readonly maxPromptTokens: number;
   readonly expectedNewTokens: number;
-  /** SLA on the generation's end-to-end latency, ms. */
-  readonly slaMs: number;
+  /** SLO on the generation's end-to-end latency, ms. */
+  readonly slaMs?: number;
+  /** SLO on the time to first token (the prompt's prefill pass until its token is on the client), ms. */
+  readonly ttftMs?: number;
+  /** SLO on the time per output token after the first (one decode pass), ms. */
+  readonly tpotMs?: number;
 }
+
+/** The latency objectives of a class, or an override of some of them, ms. */
+export interface SloOverride {
+  readonly slaMs?: number;
+  readonly ttftMs?: number;
+  readonly tpotMs?: number;
+}
+
+/** The objectives a class may state, in the order messages name them. */
+export const CLASS_SLO_KEYS = ['slaMs', 'ttftMs', 'tpotMs'] as const;
+
+/**
+ * SLOs per client class and request class. A number is an end-to-end `slaMs` (the original
+ * form); an object replaces the objectives it states and keeps the class's others.
+ */
+export type SlaOverrides = Readonly<Record<string, Readonly<Record<string, number | SloOverride>>>>;
 
 export const DEFAULT_CLASSES: readonly RequestClass[] = [
   { name: 'short', maxPromptTokens: 32, expectedNewTokens: 16, slaMs: 1500 },
@@ -20,32 +44,60 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+function shown(v: unknown): string {
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** Reads the stated objectives of `o` (each, when present, a finite number > 0). @throws Error naming `${path}.${key}`. */
+function readSlos(o: Record<string, unknown>, path: string): SloOverride {
+  const out: { -readonly [K in keyof SloOverride]: SloOverride[K] } = {};
+  for (const k of CLASS_SLO_KEYS) {
+    if (!Object.prototype.hasOwnProperty.call(o, k)) continue;
+    const v = o[k];
+    if (typeof v !== 'number' || !Number.isFinite(v) || !(v > 0)) throw new Error(`${path}.${k} must be a number > 0, given ${shown(v)}`);
+    out[k] = v;
+  }
+  return out;
+}
+
 /** Validates PLANNER_REQUEST_CLASSES; sorts classes by maxPromptTokens. */
 export function checkClasses(v: unknown): RequestClass[] {
-  if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs}');
-  const out = v.map((c: unknown, i) => {
+  if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}');
+  const out = v.map((c: unknown, i): RequestClass => {
     if (!isObject(c)) throw new Error(`[${i}] must be an object`);
-    if (typeof c.name !== 'string' || !/^[A-Za-z0-9_<=.-]{1,64}$/.test(c.name)) throw new Error(`[${i}].name must be 1..64 letters, digits or _<=.-, given ${JSON.stringify(c.name)}`);
+    if (typeof c.name !== 'string' || !/^[A-Za-z0-9_<=.-]{1,64}$/.test(c.name)) throw new Error(`[${i}].name must be 1..64 letters, digits or _<=.-, given ${shown(c.name)}`);
     for (const k of ['maxPromptTokens', 'expectedNewTokens'] as const) {
-      if (!Number.isInteger(c[k]) || (c[k] as number) < (k === 'maxPromptTokens' ? 1 : 0)) throw new Error(`[${i}].${k} must be an integer >= ${k === 'maxPromptTokens' ? 1 : 0}, given ${JSON.stringify(c[k])}`);
+      if (!Number.isInteger(c[k]) || (c[k] as number) < (k === 'maxPromptTokens' ? 1 : 0)) throw new Error(`[${i}].${k} must be an integer >= ${k === 'maxPromptTokens' ? 1 : 0}, given ${shown(c[k])}`);
     }
-    if (typeof c.slaMs !== 'number' || !(c.slaMs > 0) || !Number.isFinite(c.slaMs)) throw new Error(`[${i}].slaMs must be a number > 0, given ${JSON.stringify(c.slaMs)}`);
-    return { name: c.name, maxPromptTokens: c.maxPromptTokens as number, expectedNewTokens: c.expectedNewTokens as number, slaMs: c.slaMs };
+    const slos = readSlos(c, `[${i}]`);
+    if (Object.keys(slos).length === 0) throw new Error(`[${i}] must state at least one of slaMs, ttftMs, tpotMs, given ${shown(c)}`);
+    return { name: c.name, maxPromptTokens: c.maxPromptTokens as number, expectedNewTokens: c.expectedNewTokens as number, ...slos };
   });
   if (new Set(out.map((c) => c.name)).size !== out.length) throw new Error('class names must be unique');
   return out.sort((a, b) => a.maxPromptTokens - b.maxPromptTokens);
 }
 
-/** Validates PLANNER_SLA_OVERRIDES: {clientClass: {requestClass: slaMs}}. */
-export function checkOverrides(v: unknown): Record<string, Record<string, number>> {
-  if (!isObject(v)) throw new Error('must be a JSON object {clientClass: {requestClass: slaMs}}');
+/** Validates PLANNER_SLA_OVERRIDES: {clientClass: {requestClass: slaMs | {slaMs?, ttftMs?, tpotMs?}}}. */
+export function checkOverrides(v: unknown): Record<string, Record<string, number | SloOverride>> {
+  if (!isObject(v)) throw new Error('must be a JSON object {clientClass: {requestClass: slaMs or {slaMs?, ttftMs?, tpotMs?}}}');
+  const out: Record<string, Record<string, number | SloOverride>> = {};
   for (const [cc, m] of Object.entries(v)) {
-    if (!isObject(m)) throw new Error(`.${cc} must be an object {requestClass: slaMs}`);
+    if (!isObject(m)) throw new Error(`.${cc} must be an object {requestClass: slaMs or {slaMs?, ttftMs?, tpotMs?}}, given ${shown(m)}`);
+    out[cc] = {};
     for (const [rc, sla] of Object.entries(m)) {
-      if (typeof sla !== 'number' || !(sla > 0) || !Number.isFinite(sla)) throw new Error(`.${cc}.${rc} must be a number > 0, given ${JSON.stringify(sla)}`);
+      if (isObject(sla)) {
+        const slos = readSlos(sla, `.${cc}.${rc}`);
+        if (Object.keys(slos).length === 0) throw new Error(`.${cc}.${rc} must state at least one of slaMs, ttftMs, tpotMs, given ${shown(sla)}`);
+        out[cc][rc] = slos;
+      } else if (typeof sla !== 'number' || !(sla > 0) || !Number.isFinite(sla)) {
+        throw new Error(`.${cc}.${rc} must be a number > 0 (slaMs) or an object {slaMs?, ttftMs?, tpotMs?}, given ${shown(sla)}`);
+      } else {
+        out[cc][rc] = sla;
+      }
     }
   }
-  return v as Record<string, Record<string, number>>;
+  return out;
 }
 
 /** Every environment variable the planner reads, with its default. */
@@ -54,10 +106,10 @@ export const plannerEnv = {
   PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
   PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),
-  PLANNER_REQUEST_CLASSES: env.json('Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs})', DEFAULT_CLASSES as RequestClass[], checkClasses),
-  PLANNER_SLA_OVERRIDES: env.json('SLAs per client class (JSON {clientClass: {requestClass: slaMs}}) replacing the class defaults', {} as Record<string, Record<string, number>>, checkOverrides),
+  PLANNER_REQUEST_CLASSES: env.json('Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}): each states at least one SLO, ms (end to end, time to first token, time per output token) and a plan must meet every one stated', DEFAULT_CLASSES as RequestClass[], checkClasses),
+  PLANNER_SLA_OVERRIDES: env.json('SLOs per client class (JSON {clientClass: {requestClass: slaMs or {slaMs?, ttftMs?, tpotMs?}}}); each stated objective replaces the class default, the others stay', {} as Record<string, Record<string, number | SloOverride>>, checkOverrides),
   PLANNER_HYSTERESIS: env.number('A feasible plan is replaced only when the new one saves more than this fraction of its server work', 0.05, 0, 1),
-  PLANNER_SLA_MARGIN: env.number('Plan against this fraction of each SLA, leaving headroom for noise (1 = the full SLA)', 0.9, 0.1, 1),
+  PLANNER_SLA_MARGIN: env.number('Plan against this fraction of each SLO (E2E, TTFT and TPOT alike), leaving headroom for noise (1 = the full SLO)', 0.9, 0.1, 1),
   PLANNER_RESOLUTION_MS: env.number('Time step of dp-grid, ms', 0.5, 0.001),
   PLANNER_SERVER_ENTRY_MS: env.number("Server work of one hand-over to the server (one step: gRPC, protobuf, scheduling), ms; it makes a placement that visits the server twice per token cost more than one visit. `tandem loadtest` measures it as executor CPU minus stage compute per step (about 0.6 ms here)", 0.6, 0),
   PLANNER_MAX_UTILISATION: env.number('Cap on the server utilisation used to inflate its stage times by 1/(1-u)', 0.9, 0, 0.99),
@@ -71,7 +123,23 @@ export const plannerEnv = {
 
 export type PlannerConfig = EnvValues<typeof plannerEnv>;
 
-/** Reads the planner's configuration. @throws ConfigError listing every problem. */
+/**
+ * Reads the planner's configuration.
+ * @throws ConfigError listing every problem, including `dp-grid` (which bounds one latency)
+ *   with a class or override stating `ttftMs` or `tpotMs`.
+ */
 export function loadConfig(source: Readonly<Record<string, string | undefined>>): PlannerConfig {
-  return loadEnv(plannerEnv, source);
+  const config = loadEnv(plannerEnv, source);
+  if (config.PLANNER_ALGORITHM === 'dp-grid') {
+    const problems: string[] = [];
+    const states = (o: RequestClass | SloOverride | number): boolean => typeof o === 'object' && (o.ttftMs !== undefined || o.tpotMs !== undefined);
+    config.PLANNER_REQUEST_CLASSES.forEach((c) => {
+      if (states(c)) problems.push(`PLANNER_REQUEST_CLASSES class ${JSON.stringify(c.name)} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`);
+    });
+    for (const [cc, m] of Object.entries(config.PLANNER_SLA_OVERRIDES)) {
+      for (const [rc, o] of Object.entries(m)) if (states(o)) problems.push(`PLANNER_SLA_OVERRIDES.${cc}.${rc} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`);
+    }
+    if (problems.length) throw new ConfigError(problems);
+  }
+  return config;
 }

@@ -1,5 +1,5 @@
-import type { ClientProfile, ServerLoad } from '@tandem/protocol';
-import { evaluatePlacement } from '@tandem/dp';
+import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
+import { evaluateGeneration, sloCheck, type Location } from '@tandem/dp';
 import { PlanMaker, type PlanMakerOptions } from './plan-maker';
 
 const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 256 }));
@@ -89,8 +89,8 @@ describe('PlanMaker', () => {
     let runnerUp: { placement: string; work: number } | undefined;
     for (let mask = 0; mask < 64; mask++) {
       const placement = Array.from({ length: 6 }, (_, i) => ((mask >> i) & 1 ? 'C' : 'S')).join('');
-      const cost = evaluatePlacement(inst, [...placement].map((c) => (c === 'C' ? 'client' : 'server')));
-      if (cost.latencyMs > inst.slaMs || cost.serverWork <= opt.predictedServerWork + 1e-9) continue;
+      const cost = evaluateGeneration(inst, [...placement].map((c): Location => (c === 'C' ? 'client' : 'server')));
+      if (!sloCheck(inst.slo, cost).feasible || cost.serverWork <= opt.predictedServerWork + 1e-9) continue;
       if (!runnerUp || cost.serverWork < runnerUp.work) runnerUp = { placement, work: cost.serverWork };
     }
     expect(opt.predictedServerWork).toBeGreaterThan(0);
@@ -104,7 +104,7 @@ describe('PlanMaker', () => {
 
   it('replaces a placement that no longer meets the SLA even within the hysteresis', () => {
     const maker = new PlanMaker(options({ hysteresis: 0.99, classes: [{ ...CLASS, slaMs: 200 }] }));
-    const prev = [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, placement: 'CCCCCC', slaMs: 200, predictedLatencyMs: 0, predictedServerWork: 0, feasible: true }];
+    const prev = [previousPlan('CCCCCC', { slaMs: 200 })];
     const [p] = maker.plan(client(10), server(1), prev)!;
     expect(p.placement).not.toBe('CCCCCC');
     expect(p.feasible).toBe(true);
@@ -112,12 +112,20 @@ describe('PlanMaker', () => {
 
   it('charges the server a hand-over cost per entry and pass, so a second visit to the server must pay for itself', () => {
     const cls = { ...CLASS, slaMs: 150 };
-    const [plain] = new PlanMaker(options({ classes: [cls] })).plan(client(10), server(1), undefined)!;
-    const [priced] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.5 })).plan(client(10), server(1), undefined)!;
+    const plainMaker = new PlanMaker(options({ classes: [cls] }));
+    const pricedMaker = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.5 }));
+    const [plain] = plainMaker.plan(client(10), server(1), undefined)!;
+    const [priced] = pricedMaker.plan(client(10), server(1), undefined)!;
     expect(plain.placement).toBe('SSSSSS');
     expect(priced.placement).toBe('SSSSSS');
-    // 16-token prompt + 7 decode steps = 8 passes, one entry each
-    expect(priced.predictedServerWork).toBeCloseTo(plain.predictedServerWork + 8 * 0.5, 9);
+    // All-server decodes on the server: one entry for the whole generation (before server-side
+    // decoding was priced this was one entry per pass, 8 × 0.5).
+    expect(priced.predictedServerWork).toBeCloseTo(plain.predictedServerWork + 0.5, 9);
+    // A split enters once per pass (16-token prompt + 7 decode passes = 8), twice per pass when it visits twice.
+    const work = (maker: PlanMaker, p: string): number =>
+      evaluateGeneration(maker.instance(client(10), server(1), cls)!, [...p].map((c): Location => (c === 'C' ? 'client' : 'server'))).serverWork;
+    expect(work(pricedMaker, 'CSSSSS')).toBeCloseTo(work(plainMaker, 'CSSSSS') + 8 * 0.5, 9);
+    expect(work(pricedMaker, 'SCSSSS')).toBeCloseTo(work(plainMaker, 'SCSSSS') + 2 * 8 * 0.5, 9);
   });
 
   it('never puts a stage the client did not measure on the client', () => {
@@ -131,5 +139,105 @@ describe('PlanMaker', () => {
     const maker = new PlanMaker(options({ slaOverrides: { phone: { short: 123 } } }));
     expect(maker.plan(client(1, { clientClass: 'phone' }), server(1), undefined)![0].slaMs).toBe(123);
     expect(maker.plan(client(1), server(1), undefined)![0].slaMs).toBe(1000);
+  });
+
+  it('overrides per objective: a number replaces slaMs, an object the objectives it states', () => {
+    const cls = { ...CLASS, ttftMs: 300, tpotMs: 50 };
+    const maker = new PlanMaker(options({ classes: [cls], slaMargin: 0.5, slaOverrides: { phone: { short: 123 }, laptop: { short: { tpotMs: 20 } } } }));
+    expect(maker.slosFor('phone', cls)).toEqual({ slaMs: 123, ttftMs: 300, tpotMs: 50 });
+    expect(maker.slosFor('laptop', cls)).toEqual({ slaMs: 1000, ttftMs: 300, tpotMs: 20 });
+    expect(maker.slosFor('default', { ...CLASS, slaMs: undefined, ttftMs: 10 })).toEqual({ ttftMs: 10 });
+    // The margin applies to each SLO.
+    expect(maker.instance(client(1, { clientClass: 'laptop' }), server(1), cls)!.slo).toEqual({ e2eMs: 500, ttftMs: 150, tpotMs: 10 });
+    const [p] = maker.plan(client(1, { clientClass: 'laptop' }), server(1), undefined)!;
+    expect([p.slaMs, p.ttftMs, p.tpotMs]).toEqual([1000, 300, 20]);
+  });
+});
+
+/** A previous plan for the class `short` (as the planner would have sent it). */
+function previousPlan(placement: string, slos: { slaMs?: number; ttftMs?: number; tpotMs?: number }): ClassPlacement {
+  return {
+    name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, placement, slaMs: slos.slaMs ?? 0, ttftMs: slos.ttftMs ?? 0, tpotMs: slos.tpotMs ?? 0,
+    predictedLatencyMs: 0, predictedServerWork: 0, predictedTtftMs: 0, predictedTpotMs: 0, feasible: true,
+  };
+}
+
+describe('PlanMaker with TTFT and TPOT SLOs', () => {
+  // Client stages: 8 ms prefill (16 tokens), 2 ms per decode pass; server: 4 ms and 1 ms. Links 0.2 ms.
+  const fastLinks = { uplink: { latencyMs: 0.2, bytesPerMs: 10_000 }, downlink: { latencyMs: 0.2, bytesPerMs: 10_000 } };
+  const e2eOnly = { ...CLASS, slaMs: 1000 };
+  const withTpot = { ...CLASS, slaMs: 1000, ttftMs: 100, tpotMs: 8 };
+
+  it('gives a class with TTFT and TPOT SLOs a plan meeting both, where the E2E-only plan violates TPOT', () => {
+    const [plain] = new PlanMaker(options({ classes: [e2eOnly] })).plan(client(2, fastLinks), server(1), undefined)!;
+    expect(plain.placement).toBe('CCCCCC');
+    expect(plain.predictedTpotMs).toBeCloseTo(12, 9); // 6 stages × 2 ms: over the 8 ms TPOT
+    const maker = new PlanMaker(options({ classes: [withTpot] }));
+    const [p] = maker.plan(client(2, fastLinks), server(1), undefined)!;
+    expect(p.feasible).toBe(true);
+    expect(p.placement).not.toBe(plain.placement);
+    expect(p.predictedTpotMs).toBeLessThanOrEqual(8);
+    expect(p.predictedTtftMs).toBeLessThanOrEqual(100);
+    expect(p.predictedLatencyMs).toBeCloseTo(p.predictedTtftMs + 7 * p.predictedTpotMs, 9);
+    expect([p.slaMs, p.ttftMs, p.tpotMs]).toEqual([1000, 100, 8]);
+    // Five server stages are needed (each takes 1 ms off a 12 ms decode pass, the crossings add 0.4 ms);
+    // a split does less work than all-server, so dp keeps one stage on the client.
+    expect([...p.placement].filter((c) => c === 'S')).toHaveLength(5);
+    // The figures are those of the instance the planner priced.
+    const e = evaluateGeneration(maker.instance(client(2, fastLinks), server(1), withTpot)!, [...p.placement].map((c): Location => (c === 'C' ? 'client' : 'server')));
+    expect([p.predictedTtftMs, p.predictedTpotMs, p.predictedServerWork]).toEqual([e.ttftMs, e.tpotMs, e.serverWork]);
+  });
+
+  it('prices all-server streamed (prompt up once, no per-step crossings) and picks it when no split meets the SLOs', () => {
+    // 20 ms links: every split's decode pass pays at least 40 ms of links.
+    const slow = { uplink: { latencyMs: 20, bytesPerMs: 10_000 }, downlink: { latencyMs: 20, bytesPerMs: 10_000 } };
+    const cls = { ...CLASS, ttftMs: 200, tpotMs: 10 };
+    const [p] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.5 })).plan(client(2, slow), server(1), undefined)!;
+    expect(p.placement).toBe('SSSSSS');
+    expect(p.feasible).toBe(true);
+    expect(p.predictedTpotMs).toBeCloseTo(6, 9); // Σ server decode, no crossing
+    // up(16 × 8 B) + 6 × 4 ms + down(8 B)
+    expect(p.predictedTtftMs).toBeCloseTo(20 + 128 / 10_000 + 24 + 20 + 8 / 10_000, 9);
+    // work: 6 × (4 + 7 × 1) + one entry
+    expect(p.predictedServerWork).toBeCloseTo(66 + 0.5, 9);
+    // Priced stepped (an executor without server-side decoding) nothing meets TPOT.
+    const [stepped] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.5, serverDecoding: false })).plan(client(2, slow), server(1), undefined)!;
+    expect(stepped.feasible).toBe(false);
+    expect(stepped.predictedTpotMs).toBeGreaterThan(10);
+  });
+
+  it('keeps all-server when a split meets the SLOs but its hand-overs cost more than the stage it moves', () => {
+    // The client can run only the embedding, which costs the server 0.16 + 7 × 0.1 = 0.86 ms of
+    // work; a split enters the server once per pass (8 × 0.6 ms), all-server once (0.6 ms).
+    const c = client(1);
+    const onlyEmbed = { ...c, stages: c.stages.filter((st) => st.stage === 0) };
+    const s = server(1);
+    const cheapEmbed = { ...s, stages: s.stages.map((st) => (st.stage === 0 ? { ...st, prefillMsPerToken: 0.01, decodeMs: 0.1 } : st)) };
+    const cls = { ...CLASS, slaMs: 1000, ttftMs: 500, tpotMs: 100 };
+    const [p] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.6 })).plan(onlyEmbed, cheapEmbed, undefined)!;
+    expect(p.placement).toBe('SSSSSS');
+    expect(p.feasible).toBe(true);
+    // CSSSSS meets the SLOs too, at more work.
+    const maker = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.6 }));
+    const split = evaluateGeneration(maker.instance(onlyEmbed, cheapEmbed, cls)!, [...'CSSSSS'].map((x): Location => (x === 'C' ? 'client' : 'server')));
+    expect(sloCheck(maker.instance(onlyEmbed, cheapEmbed, cls)!.slo, split).feasible).toBe(true);
+    expect(split.serverWork).toBeGreaterThan(p.predictedServerWork);
+    // Priced stepped, as before server-side decoding, all-server paid an entry per pass and the split won.
+    const [stepped] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.6, serverDecoding: false })).plan(onlyEmbed, cheapEmbed, undefined)!;
+    expect(stepped.placement).toBe('CSSSSS');
+  });
+
+  it('hysteresis: keeps a previous plan meeting every SLO within the margin, replaces one that misses TPOT', () => {
+    const maker = new PlanMaker(options({ classes: [withTpot], hysteresis: 0.99 }));
+    const [best] = maker.plan(client(2, fastLinks), server(1), undefined)!;
+    // all-server meets both SLOs and does more work, but within a 99 % hysteresis: kept.
+    const [kept] = maker.plan(client(2, fastLinks), server(1), [previousPlan('SSSSSS', withTpot)])!;
+    expect(kept.placement).toBe('SSSSSS');
+    expect(kept.feasible).toBe(true);
+    expect(kept.predictedServerWork).toBeGreaterThan(best.predictedServerWork);
+    // all-client misses TPOT: replaced whatever the hysteresis.
+    const [moved] = maker.plan(client(2, fastLinks), server(1), [previousPlan('CCCCCC', withTpot)])!;
+    expect(moved.placement).toBe(best.placement);
+    expect(moved.feasible).toBe(true);
   });
 });

@@ -1,11 +1,15 @@
-import { evaluatePlacement, instanceFromMeasured, meetsSla, minLatencyPlacement, solve, type Algorithm, type Location, type Placement, type PlacementInstance } from '@tandem/dp';
+import {
+  fastestGenerationPlacement, generationResultOf, solveGeneration, sloRatio,
+  type Algorithm, type GenerationInstance, type GenerationResult, type GenerationStage, type Location, type Placement, type Slo,
+} from '@tandem/dp';
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
-import type { RequestClass } from './config';
+import type { RequestClass, SlaOverrides, SloOverride } from './config';
 
 /**
- * What the planner optimises. `work`: the least server work that meets the SLA (the
- * throughput objective, used when the server is busy). `latency`: the fastest placement
- * (used while the server is idle: its capacity is free, so requests get the best latency).
+ * What the planner optimises. `work`: the least server work that meets every SLO (the
+ * throughput objective, used when the server is busy). `latency`: the fastest placement in
+ * the SLOs' own terms, the least largest ratio latency / SLO (used while the server is idle:
+ * its capacity is free, so requests get the best latency).
  */
 export type Objective = 'work' | 'latency';
 
@@ -18,7 +22,8 @@ export interface ModelStage {
 export interface PlanMakerOptions {
   readonly stages: readonly ModelStage[];
   readonly classes: readonly RequestClass[];
-  readonly slaOverrides: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  /** Per client class and request class: a number is an E2E `slaMs`; an object replaces the objectives it states. */
+  readonly slaOverrides: SlaOverrides;
   readonly algorithm: Algorithm;
   readonly hysteresis: number;
   readonly slaMargin: number;
@@ -26,6 +31,12 @@ export interface PlanMakerOptions {
   readonly maxUtilisation: number;
   /** Server work of one hand-over to the server (per step), ms: gRPC, protobuf, scheduling. */
   readonly serverEntryMs?: number;
+  /**
+   * Whether the executor decodes all-server generations itself and streams the tokens
+   * (default true): the all-server plan is then priced with one upload of the prompt and no
+   * per-token crossing. False prices it stepped, like any split.
+   */
+  readonly serverDecoding?: boolean;
 }
 
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
@@ -37,63 +48,92 @@ const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' :
 const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
 
 /**
- * Turns telemetry into placements: for each request class, an instance priced for the
- * whole generation (prefill of maxPromptTokens, expectedNewTokens decode steps) from the
- * client's measured stage times and the server's, solved with the configured algorithm.
- * Under load the server's stage times (for latency, not for work) are inflated by
- * 1 / (1 - utilisation), the mean time in an M/M/1 queue: the busier the server, the more
- * the same SLA pushes onto the client. Pure: same inputs, same plans.
+ * Turns telemetry into placements: for each request class, a generation instance (libs/dp,
+ * docs/placement.md) priced pass by pass (prefill of maxPromptTokens, expectedNewTokens − 1
+ * decode passes) from the client's measured stage times and the server's, with the class's
+ * TTFT / TPOT / E2E SLOs, solved with the configured algorithm. The all-server plan is priced
+ * as the executor runs it (prompt up once, tokens streamed down), so every split is compared
+ * against it. Under load the server's stage times (for latency, not for work) are inflated
+ * by 1 / (1 − utilisation), the mean time in an M/M/1 queue: the busier the server, the more
+ * the same SLOs push onto the client. Pure: same inputs, same plans.
  */
 export class PlanMaker {
   constructor(readonly opts: PlanMakerOptions) {}
 
+  /**
+   * The SLOs of `cls` for a client class, before the margin: the class's objectives with
+   * the override's replacing those it states (a number overrides `slaMs`). ms.
+   */
+  slosFor(clientClass: string, cls: RequestClass): { slaMs?: number; ttftMs?: number; tpotMs?: number } {
+    const o = this.opts.slaOverrides[clientClass]?.[cls.name];
+    const over: SloOverride = typeof o === 'number' ? { slaMs: o } : (o ?? {});
+    const out: { slaMs?: number; ttftMs?: number; tpotMs?: number } = {};
+    for (const k of ['slaMs', 'ttftMs', 'tpotMs'] as const) {
+      const v = over[k] ?? cls[k];
+      if (v !== undefined) out[k] = v;
+    }
+    return out;
+  }
+
+  /** The end-to-end SLO of `cls` for a client class, ms; 0 when none is stated. */
   slaFor(clientClass: string, cls: RequestClass): number {
-    return this.opts.slaOverrides[clientClass]?.[cls.name] ?? cls.slaMs;
+    return this.slosFor(clientClass, cls).slaMs ?? 0;
   }
 
   /**
-   * The instance for one client and class, or undefined when the server has not reported yet.
-   * `utilisation` overrides the server's reported one (the load the latency is priced at).
+   * The generation instance for one client and class, or undefined when the server has not
+   * reported yet. `utilisation` overrides the server's reported one (the load the latency is
+   * priced at). Each stated SLO is scaled by `slaMargin`.
    */
-  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): PlacementInstance | undefined {
+  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): GenerationInstance | undefined {
     if (!server || server.stages.length !== this.opts.stages.length) return undefined;
     const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
     const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
     const inflate = 1 / (1 - u);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
-    const base = {
-      outBytesPerPass: TOKEN_BYTES,
-      uplink: { latencyMs: client.uplink?.latencyMs ?? 0, bytesPerMs: client.uplink?.bytesPerMs || 1e6 },
-      downlink: { latencyMs: client.downlink?.latencyMs ?? 0, bytesPerMs: client.downlink?.bytesPerMs || 1e6 },
-      slaMs: this.slaFor(client.clientClass, cls) * this.opts.slaMargin,
-      promptTokens: n,
-      decodeSteps: m,
-      resolutionMs: this.opts.resolutionMs,
-      serverEntryWorkPerPass: this.opts.serverEntryMs ?? 0,
-    };
-    const stagesWith = (serverScale: number) => this.opts.stages.map((st, i) => {
+    const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
       const c = clientStages.get(i);
       const s = server.stages[i];
+      const serverPrefill = s.prefillMsPerToken * n;
       return {
         name: st.name,
         inBytesPerToken: st.inBytesPerToken,
         clientPrefillMs: c ? c.prefillMsPerToken * n : UNRUNNABLE_MS,
         clientDecodeMs: c ? c.decodeMs : 0,
-        serverPrefillMs: s.prefillMsPerToken * n * serverScale,
-        serverDecodeMs: s.decodeMs * serverScale,
+        // Latency from the loaded times, server work from the unloaded ones.
+        serverPrefillMs: serverPrefill * inflate,
+        serverDecodeMs: s.decodeMs * inflate,
+        serverPrefillWork: serverPrefill,
+        serverDecodeWork: s.decodeMs,
       };
     });
-    const timed = instanceFromMeasured({ ...base, stages: stagesWith(inflate) });
-    const work = instanceFromMeasured({ ...base, stages: stagesWith(1) });
-    // Latency from the loaded times, server work from the unloaded ones.
-    return { ...timed, stages: timed.stages.map((s, i) => ({ ...s, serverWork: work.stages[i].serverWork })) };
+    const slos = this.slosFor(client.clientClass, cls);
+    const margin = this.opts.slaMargin;
+    const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+    if (slos.slaMs !== undefined) slo.e2eMs = slos.slaMs * margin;
+    if (slos.ttftMs !== undefined) slo.ttftMs = slos.ttftMs * margin;
+    if (slos.tpotMs !== undefined) slo.tpotMs = slos.tpotMs * margin;
+    const entry = this.opts.serverEntryMs ?? 0;
+    return {
+      stages,
+      promptTokens: n,
+      decodeSteps: m,
+      outBytesPerPass: TOKEN_BYTES,
+      uplink: { latencyMs: client.uplink?.latencyMs ?? 0, bytesPerMs: client.uplink?.bytesPerMs || 1e6 },
+      downlink: { latencyMs: client.downlink?.latencyMs ?? 0, bytesPerMs: client.downlink?.bytesPerMs || 1e6 },
+      slo,
+      serverDecoding: this.opts.serverDecoding ?? true,
+      resolutionMs: this.opts.resolutionMs,
+      ...(entry > 0 ? { serverEntryWork: entry } : {}),
+    };
   }
 
   /**
    * The placements for one client. `previous` (the client's current plan) is kept per class
    * while it stays feasible and the new optimum saves no more than `hysteresis` of its work,
-   * so plans do not flap on measurement noise. Returns undefined until the server has reported.
+   * so plans do not flap on measurement noise. A plan is feasible when it meets every SLO
+   * the class states. Returns undefined until the server has reported.
    */
   plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work'): ClassPlacement[] | undefined {
     const out: ClassPlacement[] = [];
@@ -102,57 +142,51 @@ export class PlanMaker {
       if (!solved) return undefined;
       const { inst } = solved;
       let { best } = solved;
-      let placement = toLetters(best.placement);
+      const placement = toLetters(best.placement);
       const prev = previous?.find((p) => p.name === cls.name);
       if (prev && prev.placement.length === inst.stages.length && prev.placement !== placement) {
-        const kept = evaluatePlacement(inst, fromLetters(prev.placement));
-        const keptFeasible = meetsSla(inst, kept.latencyMs);
+        const kept = generationResultOf(inst, best.algorithm, fromLetters(prev.placement));
         const saves = objective === 'work'
           ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
-          : kept.latencyMs - best.latencyMs > this.opts.hysteresis * kept.latencyMs;
-        const fixes = !keptFeasible && best.feasible;
-        const faster = !keptFeasible && !best.feasible && best.latencyMs < kept.latencyMs * (1 - this.opts.hysteresis);
-        if (!saves && !fixes && !faster && (keptFeasible || !best.feasible)) {
-          placement = prev.placement;
-          best = { ...best, placement: fromLetters(prev.placement), latencyMs: kept.latencyMs, serverWork: kept.serverWork, feasible: keptFeasible };
-        }
+          : sloRatio(inst.slo, kept) - sloRatio(inst.slo, best) > this.opts.hysteresis * sloRatio(inst.slo, kept);
+        const fixes = !kept.feasible && best.feasible;
+        const faster = !kept.feasible && !best.feasible && sloRatio(inst.slo, best) < sloRatio(inst.slo, kept) * (1 - this.opts.hysteresis);
+        if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
       }
+      const slos = this.slosFor(client.clientClass, cls);
       out.push({
         name: cls.name,
         maxPromptTokens: cls.maxPromptTokens,
         expectedNewTokens: cls.expectedNewTokens,
-        placement,
-        slaMs: this.slaFor(client.clientClass, cls),
-        predictedLatencyMs: best.latencyMs,
+        placement: toLetters(best.placement),
+        slaMs: slos.slaMs ?? 0,
+        predictedLatencyMs: best.e2eMs,
         predictedServerWork: best.serverWork,
         feasible: best.feasible,
+        ttftMs: slos.ttftMs ?? 0,
+        tpotMs: slos.tpotMs ?? 0,
+        predictedTtftMs: best.ttftMs,
+        predictedTpotMs: best.tpotMs,
       });
     }
     return out;
   }
 
   /**
-   * Solves at the server's reported load. When nothing meets the SLA there, the fallback is
+   * Solves at the server's reported load. When nothing meets the SLOs there, the fallback is
    * the solver's fastest placement at that load, unless the best plan at no load (the most
-   * work the SLA could ever leave on the client) costs the server less: an overloaded server
-   * is relieved, not given everything because the slow clients cannot meet the SLA alone.
+   * work the SLOs could ever leave on the client) costs the server less: an overloaded server
+   * is relieved, not given everything because the slow clients cannot meet the SLOs alone.
    * Either way the plan is reported at the loaded prices, infeasible.
    */
   private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective):
-    { inst: PlacementInstance; best: ReturnType<typeof solve> } | undefined {
+    { inst: GenerationInstance; best: GenerationResult } | undefined {
     const inst = this.instance(client, server, cls);
     if (!inst) return undefined;
-    const best = objective === 'work' ? solve(inst, this.opts.algorithm) : this.fastest(inst);
+    const best = objective === 'work' ? solveGeneration(inst, this.opts.algorithm) : { ...fastestGenerationPlacement(inst), algorithm: this.opts.algorithm };
     if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
-    const idle = solve(this.instance(client, server, cls, 0)!, this.opts.algorithm);
+    const idle = solveGeneration(this.instance(client, server, cls, 0)!, this.opts.algorithm);
     if (!idle.feasible || idle.serverWork >= best.serverWork) return { inst, best };
-    const cost = evaluatePlacement(inst, idle.placement);
-    return { inst, best: { ...idle, ...cost, feasible: false } };
-  }
-
-  private fastest(inst: PlacementInstance): ReturnType<typeof solve> {
-    const placement = minLatencyPlacement(inst);
-    const cost = evaluatePlacement(inst, placement);
-    return { algorithm: this.opts.algorithm, placement, ...cost, feasible: meetsSla(inst, cost.latencyMs) };
+    return { inst, best: { ...generationResultOf(inst, idle.algorithm, idle.placement), feasible: false } };
   }
 }

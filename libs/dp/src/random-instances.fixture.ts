@@ -5,6 +5,7 @@
  * are heterogeneous, as measured profiles are.
  */
 import { instanceFromShape, linkFromMbps, type TransformerShape } from './cost-model';
+import { evaluateGeneration, type GenerationCost, type GenerationInstance, type GenerationStage, type Slo } from './generation';
 import type { PlacementInstance, Stage } from './types';
 
 /** mulberry32: a small deterministic PRNG giving floats in [0, 1). */
@@ -83,4 +84,63 @@ function randomSla(rnd: () => number, draft: PlacementInstance): number {
   if (u < 0.1) return lo * (0.3 + 0.6 * rnd());
   if (u < 0.2) return hi * (1 + rnd());
   return lo + (hi - lo) * rnd() || 1;
+}
+
+/** Options of {@link randomGenerationInstance}. */
+export interface RandomGenerationOptions {
+  /** Which SLOs to state (a subset of e2eMs, ttftMs, tpotMs; non-empty). */
+  readonly slos: readonly ('e2eMs' | 'ttftMs' | 'tpotMs')[];
+  readonly serverDecoding: boolean;
+  /** Server work per entry per pass (0: none). */
+  readonly entryWork: number;
+  /** Scale of the SLOs between the fastest and slowest pure placement; below 0 tends to infeasible. */
+  readonly tightness: number;
+}
+
+/**
+ * A random generation instance with `stageCount` stages: prefill and decode times per side
+ * (zeros included, decode loosely tied to prefill as in real models, sometimes not), random
+ * prompt length, decode passes, links, explicit server work on some stages, and the stated
+ * SLOs drawn around the all-client and all-server figures by `tightness`.
+ */
+export function randomGenerationInstance(rnd: () => number, stageCount: number, opts: RandomGenerationOptions): GenerationInstance {
+  const num = (scale: number): number => (rnd() < 0.08 ? 0 : rnd() * scale);
+  const stages: GenerationStage[] = Array.from({ length: stageCount }, (_, i) => {
+    const clientPrefillMs = num(40);
+    const serverPrefillMs = num(8);
+    const coupled = rnd() < 0.6;
+    const stage: { -readonly [K in keyof GenerationStage]: GenerationStage[K] } = {
+      name: `s${i}`,
+      clientPrefillMs,
+      serverPrefillMs,
+      clientDecodeMs: coupled ? clientPrefillMs * (0.05 + 0.2 * rnd()) : num(8),
+      serverDecodeMs: coupled ? serverPrefillMs * (0.05 + 0.2 * rnd()) : num(2),
+      inBytesPerToken: pick(rnd, [8, 256, 3072, Math.round(num(4000))]),
+    };
+    if (rnd() < 0.2) stage.serverPrefillWork = num(8);
+    if (rnd() < 0.2) stage.serverDecodeWork = num(2);
+    return stage;
+  });
+  const draft: GenerationInstance = {
+    stages,
+    promptTokens: pick(rnd, [1, 4, 16, 128]),
+    decodeSteps: pick(rnd, [0, 1, 3, 8, 31]),
+    outBytesPerPass: pick(rnd, [0, 8, 8, 200]),
+    uplink: { latencyMs: num(20), bytesPerMs: pick(rnd, [100, 1000, 10_000, 100_000]) },
+    downlink: { latencyMs: num(20), bytesPerMs: pick(rnd, [500, 5000, 50_000]) },
+    slo: { e2eMs: 1 },
+    serverDecoding: opts.serverDecoding,
+    ...(opts.entryWork > 0 ? { serverEntryWork: opts.entryWork } : {}),
+  };
+  const all = (side: 'client' | 'server'): GenerationCost => evaluateGeneration({ ...draft, serverDecoding: false }, stages.map(() => side));
+  const c = all('client');
+  const s = all('server');
+  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+  for (const k of opts.slos) {
+    const lo = Math.min(c[k], s[k]);
+    const hi = Math.max(c[k], s[k]);
+    const v = lo + (hi - lo) * (opts.tightness + 0.3 * (rnd() - 0.5));
+    slo[k] = v > 0 ? v : Math.max(lo * 0.5, 0.01);
+  }
+  return { ...draft, slo };
 }

@@ -22,7 +22,8 @@ export class InstanceValidationError extends Error {
   }
 }
 
-const MISSING = Symbol('missing');
+/** Marks an absent field in error messages (`nothing (missing)`). Internal to libs/dp. */
+export const MISSING = Symbol('missing');
 
 function describe(value: unknown): string {
   if (value === MISSING) return 'nothing (missing)';
@@ -39,25 +40,29 @@ function describe(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
+/** A plain object (not null, not an array). Internal to libs/dp. */
+export function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function field(obj: Record<string, unknown>, key: string): unknown {
+/** `obj[key]`, or {@link MISSING} when the key is absent. Internal to libs/dp. */
+export function field(obj: Record<string, unknown>, key: string): unknown {
   return Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : MISSING;
 }
 
 const NON_NEGATIVE = 'must be a finite number >= 0';
 const POSITIVE = 'must be a finite number > 0';
 
-function number(obj: Record<string, unknown>, key: string, path: string, positive: boolean): number {
+/** A finite number >= 0 (or > 0 when `positive`) at `path + key`. @throws InstanceValidationError. Internal to libs/dp. */
+export function number(obj: Record<string, unknown>, key: string, path: string, positive: boolean): number {
   const v = field(obj, key);
   const ok = typeof v === 'number' && Number.isFinite(v) && (positive ? v > 0 : v >= 0);
   if (!ok) throw new InstanceValidationError(`${path}${key}`, positive ? POSITIVE : NON_NEGATIVE, v);
   return v as number;
 }
 
-function link(obj: Record<string, unknown>, key: string, path: string): Link {
+/** A {@link Link} at `path + key`. @throws InstanceValidationError. Internal to libs/dp. */
+export function link(obj: Record<string, unknown>, key: string, path: string): Link {
   const v = field(obj, key);
   const where = `${path}${key}`;
   if (!isRecord(v)) throw new InstanceValidationError(where, 'must be an object {latencyMs, bytesPerMs}', v);

@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { evaluatePlacement, type PlacementInstance } from '@tandem/dp';
+import { evaluateGeneration, evaluatePlacement, solve, solveGeneration, type GenerationInstance, type PlacementInstance } from '@tandem/dp';
 import { run } from './run-cli';
 
 
@@ -109,6 +109,102 @@ describe('tandem plan', () => {
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--instance must hold JSON/);
     expect((await run(['plan'])).stderr).toMatch(/--instance is required/);
+  });
+});
+
+// A generation instance (docs/placement.md): the slow client makes every split miss a tight TPOT.
+const generation: GenerationInstance & { generation: true } = {
+  generation: true,
+  stages: [
+    { name: 'embed', clientPrefillMs: 2, serverPrefillMs: 0.5, clientDecodeMs: 0.2, serverDecodeMs: 0.05, inBytesPerToken: 8 },
+    { name: 'block.0.attn', clientPrefillMs: 30, serverPrefillMs: 3, clientDecodeMs: 6, serverDecodeMs: 0.5, inBytesPerToken: 1024 },
+    { name: 'head', clientPrefillMs: 9, serverPrefillMs: 1, clientDecodeMs: 3, serverDecodeMs: 0.4, inBytesPerToken: 1024 },
+  ],
+  promptTokens: 16,
+  decodeSteps: 7,
+  outBytesPerPass: 8,
+  uplink: { latencyMs: 5, bytesPerMs: 2000 },
+  downlink: { latencyMs: 5, bytesPerMs: 10_000 },
+  slo: { ttftMs: 60, tpotMs: 5 },
+};
+
+/** The JSON code block following `<!-- marker -->` in docs/placement.md. */
+function docBlock(marker: string): unknown {
+  const doc = readFileSync(resolve(__dirname, '../../../docs/placement.md'), 'utf8');
+  const at = doc.indexOf(`<!-- ${marker} -->`);
+  expect(at).toBeGreaterThanOrEqual(0);
+  const m = /```json\n([\s\S]*?)```/.exec(doc.slice(at));
+  return JSON.parse(m![1]);
+}
+
+describe('tandem plan on generation instances', () => {
+  it('answers TTFT, TPOT, E2E and the met flag of each stated SLO', async () => {
+    const r = await run(['plan', '--instance', writeInstance('gen.json', generation), '--json']);
+    expect(r.code).toBe(0);
+    const a = JSON.parse(r.stdout);
+    expect(Object.keys(a)).toEqual(['algorithm', 'feasible', 'placement', 'serverWork', 'latencyMs', 'switches', 'ttftMs', 'tpotMs', 'e2eMs', 'met', 'serverDecoding']);
+    const e = evaluateGeneration(generation, a.placement);
+    expect([a.ttftMs, a.tpotMs, a.e2eMs, a.latencyMs, a.serverWork, a.switches]).toEqual([e.ttftMs, e.tpotMs, e.e2eMs, e.e2eMs, e.serverWork, e.switches]);
+    expect(a.met).toEqual({ ttftMs: e.ttftMs <= 60, tpotMs: e.tpotMs <= 5 });
+    expect(a.feasible).toBe(true);
+    // Each decode pass of a split crosses the 5 ms links twice or more: only the streamed all-server plan meets TPOT 5 ms.
+    expect(a.placement).toEqual(['server', 'server', 'server']);
+    expect(a.serverDecoding).toBe(true);
+  });
+
+  it('detects a generation by the marker or by a slo without slaMs, in an array mixed with contract instances', async () => {
+    const { generation: _, ...unmarked } = generation;
+    const r = await run(['plan', '--instance', writeInstance('mixed.json', [multiSwitch, generation, { ...unmarked, serverDecoding: false }]), '--algorithm', 'greedy', '--json']);
+    expect(r.code).toBe(0);
+    const [c, g, u] = JSON.parse(r.stdout);
+    expect(c).toEqual(solve(multiSwitch, 'greedy'));
+    expect(Object.keys(c)).toEqual(['algorithm', 'feasible', 'placement', 'serverWork', 'latencyMs', 'switches']);
+    expect(g).toEqual(solveGeneration(generation, 'greedy'));
+    expect(u).toEqual(solveGeneration({ ...unmarked, serverDecoding: false }, 'greedy'));
+    expect(u.serverDecoding).toBe(false);
+  });
+
+  it('prints the SLOs met and missed without --json', async () => {
+    const r = await run(['plan', '--instance', writeInstance('gen-human.json', { ...generation, slo: { ttftMs: 60, tpotMs: 0.5 } })]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/MISSES an SLO/);
+    expect(r.stdout).toMatch(/TPOT\s+[\d.]+ ms \(SLO 0.5 ms: MISSED\)/);
+    expect(r.stdout).toMatch(/E2E\s+[\d.]+ ms \(no SLO\)/);
+  });
+
+  it('answers the worked example of docs/placement.md as the document says', async () => {
+    const base = docBlock('worked-example:instance') as GenerationInstance;
+    const variants = [base, { ...base, slo: { ttftMs: 40, tpotMs: 20 } }, { ...base, slo: { ttftMs: 40, tpotMs: 20 }, serverDecoding: false }];
+    const r = await run(['plan', '--instance', writeInstance('worked.json', variants), '--json']);
+    expect(r.code).toBe(0);
+    const got = (JSON.parse(r.stdout) as { placement: string[]; feasible: boolean; serverWork: number; ttftMs: number; tpotMs: number; e2eMs: number; serverDecoding: boolean }[])
+      .map((a) => ({ placement: a.placement.map((p) => (p === 'client' ? 'C' : 'S')).join(''), feasible: a.feasible, serverWork: a.serverWork, ttftMs: a.ttftMs, tpotMs: a.tpotMs, e2eMs: a.e2eMs, serverDecoding: a.serverDecoding }));
+    expect(got).toEqual(docBlock('worked-example:answers'));
+  });
+
+  it.each<[string, unknown, string]>([
+    ['a negative decode time', { ...generation, stages: generation.stages.map((s, i) => (i === 1 ? { ...s, clientDecodeMs: -1 } : s)) }, 'tandem plan: stages[1].clientDecodeMs must be a finite number >= 0, given -1'],
+    ['an empty slo', { ...generation, slo: {} }, 'tandem plan: slo must state at least one of e2eMs, ttftMs, tpotMs, given {}'],
+    ['a fractional decodeSteps in an array', [multiSwitch, { ...generation, decodeSteps: 2.5 }], 'tandem plan: [1].decodeSteps must be an integer >= 0, given 2.5'],
+    ['a bad SLO value', [{ ...generation, slo: { ttftMs: -5 } }], 'tandem plan: [0].slo.ttftMs must be a finite number > 0, given -5'],
+  ])('exits 2 on %s naming the field with its index', async (name, value, line) => {
+    const r = await run(['plan', '--instance', writeInstance(`gen-bad-${name.replace(/ /g, '-')}.json`, value), '--json']);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(`${line}\n`);
+  });
+
+  it('accepts dp-grid on an E2E-only generation and refuses it, naming slo, when TTFT or TPOT is stated', async () => {
+    const e2e = { ...generation, slo: { e2eMs: 400 }, resolutionMs: 0.5 };
+    const ok = await run(['plan', '--instance', writeInstance('gen-grid.json', e2e), '--algorithm', 'dp-grid', '--json']);
+    expect(ok.code).toBe(0);
+    const a = JSON.parse(ok.stdout);
+    expect(a.algorithm).toBe('dp-grid');
+    expect(a.feasible).toBe(true);
+    expect(a.serverWork).toBeGreaterThanOrEqual(solveGeneration(e2e, 'dp').serverWork * (1 - 1e-9));
+    const bad = await run(['plan', '--instance', writeInstance('gen-grid-bad.json', [e2e, { ...generation, resolutionMs: 0.5 }]), '--algorithm', 'dp-grid']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^tandem plan: \[1\]\.slo must state e2eMs alone for dp-grid, which bounds one latency \(use dp for TTFT\/TPOT SLOs\), given \{"ttftMs":60,"tpotMs":5\}\n$/);
   });
 });
 

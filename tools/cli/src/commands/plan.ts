@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import {
-  ALGORITHMS, InstanceValidationError, isAlgorithm, solve, validateInstance,
-  type Algorithm, type PlacementInstance, type PlacementResult,
+  ALGORITHMS, InstanceValidationError, SLO_KEYS, isAlgorithm, isGenerationInstance, solve, solveGeneration, validateGenerationInstance, validateInstance,
+  type Algorithm, type GenerationInstance, type GenerationResult, type PlacementInstance, type PlacementResult,
 } from '@tandem/dp';
 import { parseArgs, required } from '../args';
 import type { Command } from '../command';
@@ -15,10 +15,17 @@ for one instance (a JSON object) or many (a JSON array, answered in the same ord
 
   --instance FILE    the instance(s): {stages:[{name, clientMs, serverMs, serverWork, inBytes}],
                      outBytes, uplink:{latencyMs, bytesPerMs}, downlink:{...}, slaMs, resolutionMs?}
+                     or a generation instance (docs/placement.md), marked "generation": true
+                     (or with a slo and no slaMs): {stages:[{name, clientPrefillMs,
+                     serverPrefillMs, clientDecodeMs, serverDecodeMs, inBytesPerToken}],
+                     promptTokens, decodeSteps, outBytesPerPass, uplink, downlink,
+                     slo:{e2eMs?, ttftMs?, tpotMs?}, serverEntryWork?, serverDecoding?}
+                     An array may mix both kinds.
   --algorithm NAME   ${ALGORITHMS.join(' | ')} (default dp, the exact optimum;
-                     dp-grid needs resolutionMs)
+                     dp-grid needs resolutionMs, and on a generation an E2E-only slo)
   --json             print the answer(s) as JSON: {algorithm, feasible, placement, serverWork,
-                     latencyMs, switches}
+                     latencyMs, switches}; a generation's answer adds ttftMs, tpotMs, e2eMs
+                     (= latencyMs), met (per stated SLO) and serverDecoding
 
 Exit codes: 0 solved (even when no placement meets the SLA: feasible is false), 2 bad
 usage or bad input (the line names the field, the rule and the value), 1 anything else.`;
@@ -37,10 +44,18 @@ function readInstances(file: string): unknown {
   }
 }
 
-function solveOne(value: unknown, algorithm: Algorithm, prefix: string): { instance: PlacementInstance; result: PlacementResult } {
+type Solved =
+  | { readonly kind: 'contract'; readonly instance: PlacementInstance; readonly result: PlacementResult }
+  | { readonly kind: 'generation'; readonly instance: GenerationInstance; readonly result: GenerationResult };
+
+function solveOne(value: unknown, algorithm: Algorithm, prefix: string): Solved {
   try {
+    if (isGenerationInstance(value)) {
+      const instance = validateGenerationInstance(value, prefix);
+      return { kind: 'generation', instance, result: solveGeneration(instance, algorithm) };
+    }
     const instance = validateInstance(value, prefix);
-    return { instance, result: solve(instance, algorithm) };
+    return { kind: 'contract', instance, result: solve(instance, algorithm) };
   } catch (err) {
     if (err instanceof InstanceValidationError) {
       // Errors raised while solving (dp-grid's resolutionMs) name the field without the array index.
@@ -53,6 +68,28 @@ function solveOne(value: unknown, algorithm: Algorithm, prefix: string): { insta
 
 function fmt(x: number): string {
   return Number.isInteger(x) ? String(x) : x.toPrecision(6).replace(/\.?0+$/, '');
+}
+
+const SLO_LABEL = { ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' } as const;
+
+function generationReport(instance: GenerationInstance, r: GenerationResult, title: string): string {
+  const lines = [`${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (all-server, decoded on the server, tokens streamed)' : ''}`];
+  for (const k of SLO_KEYS) {
+    const bound = instance.slo[k];
+    const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
+    lines.push(`  ${SLO_LABEL[k].padEnd(11)} ${fmt(r[k])} ms ${verdict}`);
+  }
+  lines.push(
+    `  server work ${fmt(r.serverWork)}`,
+    `  switches    ${r.switches} per pass`,
+    `  placement   ${r.placement.map((p) => (p === 'client' ? 'C' : 'S')).join('')}`,
+  );
+  const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
+  lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  where   clientPrefillMs  serverPrefillMs  clientDecodeMs  serverDecodeMs`);
+  instance.stages.forEach((s, i) => {
+    lines.push(`  ${String(i).padStart(3)}  ${s.name.padEnd(width)}  ${r.placement[i].padEnd(6)}  ${fmt(s.clientPrefillMs).padStart(15)}  ${fmt(s.serverPrefillMs).padStart(15)}  ${fmt(s.clientDecodeMs).padStart(14)}  ${fmt(s.serverDecodeMs).padStart(14)}`);
+  });
+  return lines.join('\n');
 }
 
 function humanReport(instance: PlacementInstance, r: PlacementResult, title: string): string {
@@ -71,7 +108,7 @@ function humanReport(instance: PlacementInstance, r: PlacementResult, title: str
   return lines.join('\n');
 }
 
-/** `tandem plan`: CONTRACT §2/§3, solved by @tandem/dp. */
+/** `tandem plan`: CONTRACT §2/§3, solved by @tandem/dp, plus generation instances (docs/placement.md). */
 export const planCommand: Command = {
   path: ['plan'],
   summary: 'choose which stages run on the client and which on the server (split placement)',
@@ -87,7 +124,10 @@ export const planCommand: Command = {
     if (args.switches.has('json')) {
       printJson(io, many ? solved.map((s) => s.result) : solved[0].result);
     } else {
-      const text = solved.map((s, i) => humanReport(s.instance, s.result, many ? `[${i}] ` : '')).join('\n\n');
+      const text = solved.map((s, i) => {
+        const title = many ? `[${i}] ` : '';
+        return s.kind === 'generation' ? generationReport(s.instance, s.result, title) : humanReport(s.instance, s.result, title);
+      }).join('\n\n');
       io.stdout.write(`${text}\n`);
     }
     return 0;

@@ -74,14 +74,31 @@ export interface ClassPlacement {
   expectedNewTokens: number;
   /** One letter per stage: 'C' runs on the client, 'S' on the server. */
   placement: string;
-  /** The SLA on the generation's end-to-end latency, milliseconds. */
+  /** The SLO on the generation's end-to-end latency (E2E), milliseconds; 0 = none stated. */
   slaMs: number;
-  /** Predicted end-to-end latency of the placement, milliseconds. */
+  /** Predicted end-to-end latency of the placement: TTFT + (expected_new_tokens - 1) x TPOT, milliseconds. */
   predictedLatencyMs: number;
   /** Predicted server work of the placement (server milliseconds). */
   predictedServerWork: number;
-  /** Whether the placement is predicted to meet the SLA. */
+  /** Whether the placement is predicted to meet every stated SLO (sla_ms, ttft_ms, tpot_ms). */
   feasible: boolean;
+  /**
+   * The SLO on the time to first token (the prompt's prefill pass until its token is on the
+   * client), milliseconds; 0 = none stated.
+   */
+  ttftMs: number;
+  /**
+   * The SLO on the time per output token after the first (one decode pass), milliseconds;
+   * 0 = none stated.
+   */
+  tpotMs: number;
+  /** Predicted time to first token of the placement, milliseconds. */
+  predictedTtftMs: number;
+  /**
+   * Predicted time per output token of the placement, milliseconds (0 when the class expects
+   * one token). An all-server placement is priced as server-side decoding: no per-token crossing.
+   */
+  predictedTpotMs: number;
 }
 
 function createBaseWatchPlansRequest(): WatchPlansRequest {
@@ -500,6 +517,10 @@ function createBaseClassPlacement(): ClassPlacement {
     predictedLatencyMs: 0,
     predictedServerWork: 0,
     feasible: false,
+    ttftMs: 0,
+    tpotMs: 0,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
   };
 }
 
@@ -528,6 +549,18 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     }
     if (message.feasible !== false) {
       writer.uint32(64).bool(message.feasible);
+    }
+    if (message.ttftMs !== 0) {
+      writer.uint32(73).double(message.ttftMs);
+    }
+    if (message.tpotMs !== 0) {
+      writer.uint32(81).double(message.tpotMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      writer.uint32(89).double(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      writer.uint32(97).double(message.predictedTpotMs);
     }
     return writer;
   },
@@ -609,6 +642,38 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
             message.feasible = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.ttftMs = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.tpotMs = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.predictedTtftMs = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.predictedTpotMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -651,6 +716,26 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
         ? globalThis.Number(object.predicted_server_work)
         : 0,
       feasible: isSet(object.feasible) ? globalThis.Boolean(object.feasible) : false,
+      ttftMs: isSet(object.ttftMs)
+        ? globalThis.Number(object.ttftMs)
+        : isSet(object.ttft_ms)
+        ? globalThis.Number(object.ttft_ms)
+        : 0,
+      tpotMs: isSet(object.tpotMs)
+        ? globalThis.Number(object.tpotMs)
+        : isSet(object.tpot_ms)
+        ? globalThis.Number(object.tpot_ms)
+        : 0,
+      predictedTtftMs: isSet(object.predictedTtftMs)
+        ? globalThis.Number(object.predictedTtftMs)
+        : isSet(object.predicted_ttft_ms)
+        ? globalThis.Number(object.predicted_ttft_ms)
+        : 0,
+      predictedTpotMs: isSet(object.predictedTpotMs)
+        ? globalThis.Number(object.predictedTpotMs)
+        : isSet(object.predicted_tpot_ms)
+        ? globalThis.Number(object.predicted_tpot_ms)
+        : 0,
     };
   },
 
@@ -680,6 +765,18 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     if (message.feasible !== false) {
       obj.feasible = message.feasible;
     }
+    if (message.ttftMs !== 0) {
+      obj.ttftMs = floatToJson(message.ttftMs);
+    }
+    if (message.tpotMs !== 0) {
+      obj.tpotMs = floatToJson(message.tpotMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      obj.predictedTtftMs = floatToJson(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
+    }
     return obj;
   },
 
@@ -696,6 +793,10 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     message.predictedLatencyMs = object.predictedLatencyMs ?? 0;
     message.predictedServerWork = object.predictedServerWork ?? 0;
     message.feasible = object.feasible ?? false;
+    message.ttftMs = object.ttftMs ?? 0;
+    message.tpotMs = object.tpotMs ?? 0;
+    message.predictedTtftMs = object.predictedTtftMs ?? 0;
+    message.predictedTpotMs = object.predictedTpotMs ?? 0;
     return message;
   },
 };

@@ -1,0 +1,377 @@
+import { approxEqual, approxLessOrEqual, transferMs } from './evaluate';
+import { betterGeneration, generationResultOf, sloRatio, type GenerationInstance, type GenerationResult } from './generation';
+import type { Location } from './types';
+
+/** Slack on the pruning bounds, wider than the equality tolerance so pruning never drops a label the final check would accept. */
+const PRUNE_SLACK = 4e-9;
+
+/**
+ * Per-stage costs of one pass, both sides, both passes, with the lower bounds of completing
+ * the chain from each stage. Arrays are indexed by stage; bounds by stage 0..S, "given the
+ * previous stage ran on the client / server".
+ */
+interface Prepared {
+  readonly S: number;
+  /** Decode passes m. */
+  readonly m: number;
+  readonly cP: Float64Array; readonly cD: Float64Array;
+  readonly sP: Float64Array; readonly sD: Float64Array;
+  /** Server work of the stage for the whole generation. */
+  readonly sW: Float64Array;
+  /** Crossing into stage i: prefill pass (n tokens) and decode pass (1 token), up and down. */
+  readonly upP: Float64Array; readonly upD: Float64Array;
+  readonly downP: Float64Array; readonly downD: Float64Array;
+  /** Entry work for the whole generation (one entry per pass). */
+  readonly entry: number;
+  /** Final download of the head's output, per pass. */
+  readonly finalDown: number;
+  /** Lower bounds on the rest of the prefill pass (P), a decode pass (D) and P + m·D (E). */
+  readonly lbPc: Float64Array; readonly lbPs: Float64Array;
+  readonly lbDc: Float64Array; readonly lbDs: Float64Array;
+  readonly lbEc: Float64Array; readonly lbEs: Float64Array;
+}
+
+function prepare(inst: GenerationInstance): Prepared {
+  const { stages, uplink, downlink } = inst;
+  const S = stages.length;
+  const n = inst.promptTokens;
+  const m = inst.decodeSteps;
+  // With no decode pass TPOT is 0: decode costs take no part.
+  const dm = m > 0 ? 1 : 0;
+  const arr = (): Float64Array => new Float64Array(S);
+  const cP = arr(), cD = arr(), sP = arr(), sD = arr(), sW = arr(), upP = arr(), upD = arr(), downP = arr(), downD = arr();
+  for (let i = 0; i < S; i++) {
+    const s = stages[i];
+    cP[i] = s.clientPrefillMs; sP[i] = s.serverPrefillMs;
+    cD[i] = dm * s.clientDecodeMs; sD[i] = dm * s.serverDecodeMs;
+    sW[i] = (s.serverPrefillWork ?? s.serverPrefillMs) + m * (s.serverDecodeWork ?? s.serverDecodeMs);
+    upP[i] = transferMs(uplink, n * s.inBytesPerToken); upD[i] = dm * transferMs(uplink, s.inBytesPerToken);
+    downP[i] = transferMs(downlink, n * s.inBytesPerToken); downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
+  }
+  const finalDown = transferMs(downlink, inst.outBytesPerPass);
+  const bounds = (c: Float64Array, sv: Float64Array, up: Float64Array, down: Float64Array, fin: number): [Float64Array, Float64Array] => {
+    const lc = new Float64Array(S + 1);
+    const ls = new Float64Array(S + 1);
+    lc[S] = 0;
+    ls[S] = fin;
+    for (let i = S - 1; i >= 0; i--) {
+      const onClient = c[i] + lc[i + 1];
+      const onServer = sv[i] + ls[i + 1];
+      lc[i] = Math.min(onClient, up[i] + onServer);
+      ls[i] = Math.min(down[i] + onClient, onServer);
+    }
+    return [lc, ls];
+  };
+  const [lbPc, lbPs] = bounds(cP, sP, upP, downP, finalDown);
+  const [lbDc, lbDs] = bounds(cD, sD, upD, downD, dm * finalDown);
+  const comb = (a: Float64Array, b: Float64Array): Float64Array => a.map((x, i) => x + m * b[i]);
+  const [lbEc, lbEs] = bounds(comb(cP, cD), comb(sP, sD), comb(upP, upD), comb(downP, downD), finalDown + m * dm * finalDown);
+  return {
+    S, m, cP, cD, sP, sD, sW, upP, upD, downP, downD,
+    entry: (inst.serverEntryWork ?? 0) * (m + 1), finalDown,
+    lbPc, lbPs, lbDc, lbDs, lbEc, lbEs,
+  };
+}
+
+/** Growable struct-of-arrays store of (TTFT, TPOT, work, parent, side) labels. */
+class LabelStore {
+  ttft: Float64Array;
+  tpot: Float64Array;
+  work: Float64Array;
+  parent: Int32Array;
+  server: Uint8Array;
+  size = 0;
+  constructor(capacity: number) {
+    this.ttft = new Float64Array(capacity);
+    this.tpot = new Float64Array(capacity);
+    this.work = new Float64Array(capacity);
+    this.parent = new Int32Array(capacity);
+    this.server = new Uint8Array(capacity);
+  }
+  push(ttft: number, tpot: number, work: number, parent: number, server: number): void {
+    if (this.size === this.ttft.length) this.grow();
+    const k = this.size++;
+    this.ttft[k] = ttft;
+    this.tpot[k] = tpot;
+    this.work[k] = work;
+    this.parent[k] = parent;
+    this.server[k] = server;
+  }
+  private grow(): void {
+    const cap = this.ttft.length * 2;
+    const f = (a: Float64Array): Float64Array => { const b = new Float64Array(cap); b.set(a); return b; };
+    this.ttft = f(this.ttft);
+    this.tpot = f(this.tpot);
+    this.work = f(this.work);
+    const parent = new Int32Array(cap); parent.set(this.parent); this.parent = parent;
+    const server = new Uint8Array(cap); server.set(this.server); this.server = server;
+  }
+}
+
+/** Limits a pass prunes against (Infinity: not constrained), and whether labels compare on E2E only. */
+interface Limits {
+  readonly ttft: number;
+  readonly tpot: number;
+  readonly e2e: number;
+  /** Labels doing more work than this cannot win (a known feasible plan does less). */
+  readonly work: number;
+  /**
+   * Only E2E matters (neither TTFT nor TPOT stated): labels are compared on (E2E, work);
+   * otherwise on (TTFT, TPOT, work).
+   */
+  readonly e2eOnly: boolean;
+}
+
+/**
+ * One source of candidate labels for a cell: the predecessor front `[k, to)` shifted by a
+ * transfer (`trP`, `trD`) and a compute time (`addP`, `addD`) on each pass and by `addW`
+ * work. Fronts are stored in (work, key x, key y) order; a constant shift keeps that order
+ * (rounding is monotone), so two sources merge in linear time.
+ */
+class Source {
+  k = 0;
+  to = 0;
+  trP = 0; trD = 0; addP = 0; addD = 0; addW = 0;
+  // The current candidate (valid while k < to).
+  t = 0; d = 0; w = 0; x = 0; y = 0;
+  set(from: number, to: number, trP: number, trD: number, addP: number, addD: number, addW: number): this {
+    this.k = from; this.to = to; this.trP = trP; this.trD = trD; this.addP = addP; this.addD = addD; this.addW = addW;
+    return this;
+  }
+  /** Moves to the first label from `k` on that the bounds do not rule out. */
+  advance(store: LabelStore, m: number, lim: Limits, lbP: number, lbD: number, lbE: number): void {
+    const { ttft, tpot, work } = store;
+    for (; this.k < this.to; this.k++) {
+      const k = this.k;
+      const t = (ttft[k] + this.trP) + this.addP;
+      const d = (tpot[k] + this.trD) + this.addD;
+      const w = work[k] + this.addW;
+      const e = t + m * d;
+      if (t + lbP > lim.ttft || d + lbD > lim.tpot || e + lbE > lim.e2e || w > lim.work) continue;
+      this.t = t; this.d = d; this.w = w;
+      if (lim.e2eOnly) { this.x = e; this.y = 0; } else { this.x = t; this.y = d; }
+      return;
+    }
+  }
+}
+
+/** The kept labels' (x, y) staircase of one cell: x strictly ascending, y strictly descending. */
+class Staircase {
+  x = new Float64Array(64);
+  y = new Float64Array(64);
+  size = 0;
+  /**
+   * Adds (x, y) unless a point with x' <= x and y' <= y is there; drops the points it
+   * dominates. Returns whether it was added. O(log F) search plus the shift.
+   */
+  offer(x: number, y: number): boolean {
+    const xs = this.x;
+    const ys = this.y;
+    let lo = 0;
+    let hi = this.size;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (xs[mid] <= x) lo = mid + 1; else hi = mid;
+    }
+    const j = lo - 1; // largest index with xs[j] <= x
+    if (j >= 0 && ys[j] <= y) return false;
+    // Points with x' >= x and y' >= y form a run starting at j (if x' = x) or j + 1.
+    const start = j >= 0 && xs[j] === x ? j : j + 1;
+    let end = start;
+    while (end < this.size && ys[end] >= y) end++;
+    const removed = end - start;
+    if (removed !== 1) {
+      if (this.size - removed + 1 > xs.length) this.grow();
+      this.x.copyWithin(start + 1, end, this.size);
+      this.y.copyWithin(start + 1, end, this.size);
+      this.size += 1 - removed;
+    }
+    this.x[start] = x;
+    this.y[start] = y;
+    return true;
+  }
+  private grow(): void {
+    const x = new Float64Array(this.x.length * 2); x.set(this.x); this.x = x;
+    const y = new Float64Array(this.y.length * 2); y.set(this.y); this.y = y;
+  }
+}
+
+/**
+ * Builds the front of one cell (stage i on one side) from its two sources, keeping labels
+ * that no other label of the cell dominates in (key x, key y, work) and that the completion
+ * bounds do not rule out. Candidates arrive in (work, x, y) order, so a candidate is
+ * dominated iff some kept label has x <= its x and y <= its y, which the staircase answers.
+ */
+function fillCell(
+  store: LabelStore, a: Source, b: Source, server: number, m: number, lim: Limits,
+  lbP: number, lbD: number, lbE: number, stair: Staircase,
+): void {
+  stair.size = 0;
+  a.advance(store, m, lim, lbP, lbD, lbE);
+  b.advance(store, m, lim, lbP, lbD, lbE);
+  for (;;) {
+    const aOk = a.k < a.to;
+    const bOk = b.k < b.to;
+    let src: Source;
+    if (aOk && bOk) {
+      if (a.w !== b.w) src = a.w < b.w ? a : b;
+      else if (a.x !== b.x) src = a.x < b.x ? a : b;
+      else src = a.y <= b.y ? a : b;
+    } else if (aOk) src = a;
+    else if (bOk) src = b;
+    else return;
+    if (stair.offer(src.x, src.y)) store.push(src.t, src.d, src.w, src.k, server);
+    src.k++;
+    src.advance(store, m, lim, lbP, lbD, lbE);
+  }
+}
+
+/**
+ * Runs the forward label DP once under `lim` and returns the best placement among the
+ * surviving complete labels by the rule below, or undefined when none survives.
+ * `feasibleOnly`: the least work among labels meeting every stated SLO, then the lower E2E.
+ * Otherwise: the least largest ratio latency / SLO, then the least work, then the lower E2E.
+ */
+function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleOnly: boolean): Location[] | undefined {
+  const { S, m } = p;
+  const store = new LabelStore(Math.max(64, 16 * S));
+  store.push(0, 0, 0, -1, 0);
+  let c0 = 0, c1 = 1, s0 = 1, s1 = 1;
+  const stair = new Staircase();
+  const a = new Source();
+  const b = new Source();
+  for (let i = 0; i < S; i++) {
+    const nc0 = store.size;
+    // Stage i on the client: from a client label, or from a server label (download).
+    fillCell(store,
+      a.set(c0, c1, 0, 0, p.cP[i], p.cD[i], 0),
+      b.set(s0, s1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
+      0, m, lim, p.lbPc[i + 1], p.lbDc[i + 1], p.lbEc[i + 1], stair);
+    const nc1 = store.size;
+    // Stage i on the server: from a server label, or from a client label (upload and one entry per pass).
+    fillCell(store,
+      a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]),
+      b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry),
+      1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
+    c0 = nc0; c1 = nc1; s0 = nc1; s1 = store.size;
+  }
+  const { ttft, tpot, work } = store;
+  const slo = inst.slo;
+  const dm = m > 0 ? 1 : 0;
+  let chosen = -1;
+  let bestRatio = Infinity;
+  let bestWork = Infinity;
+  let bestE2e = Infinity;
+  for (let k = c0; k < s1; k++) {
+    const fin = k >= s0 ? p.finalDown : 0;
+    const t = ttft[k] + fin;
+    const d = tpot[k] + dm * fin;
+    const e = t + m * d;
+    const cost = { ttftMs: t, tpotMs: d, e2eMs: e };
+    let ratio = 0;
+    if (feasibleOnly) {
+      if ((slo.ttftMs !== undefined && !approxLessOrEqual(t, slo.ttftMs))
+        || (slo.tpotMs !== undefined && !approxLessOrEqual(d, slo.tpotMs))
+        || (slo.e2eMs !== undefined && !approxLessOrEqual(e, slo.e2eMs))) continue;
+    } else {
+      ratio = sloRatio(slo, cost);
+    }
+    const w = work[k];
+    let better: boolean;
+    if (chosen < 0) better = true;
+    else if (!feasibleOnly && !approxEqual(ratio, bestRatio)) better = ratio < bestRatio;
+    else if (!approxEqual(w, bestWork)) better = w < bestWork;
+    else better = e < bestE2e;
+    if (better) {
+      chosen = k;
+      bestRatio = ratio;
+      bestWork = w;
+      bestE2e = e;
+    }
+  }
+  if (chosen < 0) return undefined;
+  const placement = new Array<Location>(S);
+  for (let i = S - 1, k = chosen; i >= 0; i--) {
+    placement[i] = store.server[k] === 1 ? 'server' : 'client';
+    k = store.parent[k];
+  }
+  return placement;
+}
+
+const ALL = (S: number, side: Location): Location[] => new Array<Location>(S).fill(side);
+
+/**
+ * `dp` for a generation: the exact optimum. Least server work among placements meeting
+ * every stated SLO (each within 1e-9 relative), then the lower E2E; when no placement meets
+ * them all, the placement minimising the largest ratio latency / SLO over the stated SLOs
+ * (then the least work, then the lower E2E), with `feasible: false`. Placements may switch
+ * sides any number of times.
+ *
+ * Method: a forward DP over (stage, side). Each cell holds the Pareto front of labels
+ * (TTFT so far, TPOT so far, server work so far) of partial placements ending there (when
+ * only E2E is stated, (E2E so far, work)): the remaining passes' costs depend only on the
+ * cell, and every final figure (TTFT, TPOT, E2E = TTFT + m·TPOT, the ratio) is monotone in
+ * the label's, so a dominated label never leads to a better answer. A label is also dropped
+ * when its TTFT, TPOT or E2E plus the least possible rest of that figure (precomputed
+ * backwards) exceeds the stated bound. Fronts are built by merging the two predecessor fronts
+ * in (work, latency) order against a staircase of the kept labels.
+ * The all-server plan with server-side decoding is not a path of this DP (its decode passes
+ * cross nothing); it is a separate candidate compared exactly ({@link betterGeneration}).
+ * A first pass prunes against the SLOs; when nothing meets them, a second pass minimises the
+ * ratio, pruning against the best ratio of all-client and all-server.
+ *
+ * Invariants: the result equals a brute force over all 2^S placements (tested); reported
+ * figures are exactly evaluateGeneration's.
+ * Complexity: O(S · F log F) time (a staircase search per candidate label) and O(S · F)
+ * memory, F the largest front; F is small in
+ * practice because TTFT, TPOT and work grow together along a model, O(2^S) only in
+ * adversarial cases.
+ */
+export function solveGenerationDp(instance: GenerationInstance): GenerationResult {
+  const p = prepare(instance);
+  const { slo } = instance;
+  const serverDecoding = instance.serverDecoding ?? true;
+  const streamed = serverDecoding ? generationResultOf(instance, 'dp', ALL(p.S, 'server')) : undefined;
+  const e2eOnly = slo.ttftMs === undefined && slo.tpotMs === undefined;
+  const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
+  const feasibleLimits: Limits = {
+    ttft: widen(slo.ttftMs), tpot: widen(slo.tpotMs), e2e: widen(slo.e2eMs),
+    work: streamed?.feasible ? widen(streamed.serverWork) : Infinity,
+    e2eOnly,
+  };
+  let placement = labelPass(p, instance, feasibleLimits, true);
+  if (!placement && !streamed?.feasible) {
+    // Nothing meets every SLO: minimise the largest ratio. Any real placement bounds it.
+    const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), generationResultOf(instance, 'dp', ALL(p.S, 'server'))];
+    const r = Math.min(...ends.map((e) => sloRatio(slo, e)));
+    const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));
+    placement = labelPass(p, instance, { ttft: at(slo.ttftMs), tpot: at(slo.tpotMs), e2e: at(slo.e2eMs), work: Infinity, e2eOnly }, false);
+  }
+  let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
+  if (streamed && (!best || betterGeneration(slo, streamed, best))) best = streamed;
+  // Some placement always survives the second pass (the one attaining the ratio bound), or
+  // the streamed all-server plan is the bound itself.
+  return best!;
+}
+
+/**
+ * The placement with the least largest ratio latency / SLO (least work among ties), whatever
+ * the SLOs allow: the fastest plan in the SLOs' own terms. With only `e2eMs` stated it is a
+ * minimum-E2E placement. Complexity: as {@link solveGenerationDp}.
+ */
+export function fastestGenerationPlacement(instance: GenerationInstance): GenerationResult {
+  const p = prepare(instance);
+  const { slo } = instance;
+  const serverDecoding = instance.serverDecoding ?? true;
+  const allServer = generationResultOf(instance, 'dp', ALL(p.S, 'server'));
+  const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), allServer];
+  const r = Math.min(...ends.map((e) => sloRatio(slo, e)));
+  const at = (v: number | undefined): number => (v === undefined ? Infinity : r * v * (1 + PRUNE_SLACK));
+  const e2eOnly = slo.ttftMs === undefined && slo.tpotMs === undefined;
+  const placement = labelPass(p, instance, { ttft: at(slo.ttftMs), tpot: at(slo.tpotMs), e2e: at(slo.e2eMs), work: Infinity, e2eOnly }, false);
+  const asInfeasible = (x: GenerationResult): GenerationResult => ({ ...x, feasible: false });
+  let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
+  // Compare on the ratio whatever feasibility says.
+  if (serverDecoding && (!best || betterGeneration(slo, asInfeasible(allServer), asInfeasible(best)))) best = allServer;
+  return best!;
+}

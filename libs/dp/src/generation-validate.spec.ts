@@ -1,0 +1,62 @@
+import { InstanceValidationError, isGenerationInstance, validateGenerationInstance } from './index';
+
+const good = () => ({
+  generation: true,
+  stages: [
+    { name: 'embed', clientPrefillMs: 2, serverPrefillMs: 0.5, clientDecodeMs: 0.2, serverDecodeMs: 0.05, inBytesPerToken: 8 },
+    { name: 'head', clientPrefillMs: 9, serverPrefillMs: 1, clientDecodeMs: 3, serverDecodeMs: 0.4, inBytesPerToken: 3072, serverDecodeWork: 0.5 },
+  ],
+  promptTokens: 32,
+  decodeSteps: 15,
+  outBytesPerPass: 8,
+  uplink: { latencyMs: 10, bytesPerMs: 2500 },
+  downlink: { latencyMs: 10, bytesPerMs: 12500 },
+  slo: { ttftMs: 200, tpotMs: 40 },
+});
+
+function errorOf(value: unknown, prefix?: string): string {
+  try {
+    validateGenerationInstance(value, prefix);
+  } catch (err) {
+    if (err instanceof InstanceValidationError) return err.message;
+    throw err;
+  }
+  throw new Error('expected a validation error');
+}
+
+describe('validateGenerationInstance', () => {
+  it('returns a clean copy holding only the known fields', () => {
+    const got = validateGenerationInstance({ ...good(), note: 'ignored', serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5 });
+    expect(got).toEqual({ ...good(), serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5 });
+  });
+
+  it.each<[string, (g: ReturnType<typeof good>) => unknown, string]>([
+    ['a negative decode time', (g) => ({ ...g, stages: [g.stages[0], { ...g.stages[1], clientDecodeMs: -1 }] }), 'stages[1].clientDecodeMs must be a finite number >= 0, given -1'],
+    ['a bad optional work', (g) => ({ ...g, stages: [{ ...g.stages[0], serverPrefillWork: 'x' }, g.stages[1]] }), 'stages[0].serverPrefillWork must be a finite number >= 0, given "x"'],
+    ['a fractional prompt', (g) => ({ ...g, promptTokens: 1.5 }), 'promptTokens must be an integer >= 1, given 1.5'],
+    ['negative decode steps', (g) => ({ ...g, decodeSteps: -1 }), 'decodeSteps must be an integer >= 0, given -1'],
+    ['no SLO stated', (g) => ({ ...g, slo: {} }), 'slo must state at least one of e2eMs, ttftMs, tpotMs, given {}'],
+    ['a zero SLO', (g) => ({ ...g, slo: { tpotMs: 0 } }), 'slo.tpotMs must be a finite number > 0, given 0'],
+    ['a missing slo', (g) => { const { slo: _, ...rest } = g; return { ...rest, generation: true }; }, 'slo must be an object {e2eMs?, ttftMs?, tpotMs?}, given nothing (missing)'],
+    ['a bad marker', (g) => ({ ...g, generation: 'yes' }), 'generation must be true in a generation instance (or absent), given "yes"'],
+    ['a non-boolean serverDecoding', (g) => ({ ...g, serverDecoding: 1 }), 'serverDecoding must be a boolean, given 1'],
+    ['a zero bandwidth', (g) => ({ ...g, uplink: { latencyMs: 1, bytesPerMs: 0 } }), 'uplink.bytesPerMs must be a finite number > 0, given 0'],
+  ])('rejects %s naming the field, the rule and the value', (_, make, message) => {
+    expect(errorOf(make(good()))).toBe(message);
+  });
+
+  it('prefixes the array index', () => {
+    expect(errorOf({ ...good(), outBytesPerPass: -8 }, '[3].')).toBe('[3].outBytesPerPass must be a finite number >= 0, given -8');
+  });
+});
+
+describe('isGenerationInstance', () => {
+  it('reads the marker, or a slo without slaMs; a contract instance stays one', () => {
+    expect(isGenerationInstance(good())).toBe(true);
+    const { generation: _, ...unmarked } = good();
+    expect(isGenerationInstance(unmarked)).toBe(true);
+    expect(isGenerationInstance({ stages: [], slaMs: 100, slo: { ttftMs: 1 } })).toBe(false);
+    expect(isGenerationInstance({ stages: [], slaMs: 100 })).toBe(false);
+    expect(isGenerationInstance([good()])).toBe(false);
+  });
+});

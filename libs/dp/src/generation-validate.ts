@@ -1,0 +1,88 @@
+import { SLO_KEYS, type GenerationInstance, type GenerationStage, type Slo } from './generation';
+import { InstanceValidationError, MISSING, field, isRecord, link, number } from './validate';
+
+/**
+ * Whether an untrusted value (parsed JSON) is meant as a generation instance rather than a
+ * contract instance: it is an object with `"generation": true`, or with a `slo` field and no
+ * `slaMs`. Every contract instance (which must state `slaMs`) without the marker is therefore
+ * still read as one. O(1).
+ */
+export function isGenerationInstance(value: unknown): boolean {
+  if (!isRecord(value)) return false;
+  if (value.generation === true) return true;
+  return field(value, 'slo') !== MISSING && field(value, 'slaMs') === MISSING;
+}
+
+function integer(obj: Record<string, unknown>, key: string, path: string, min: number): number {
+  const v = field(obj, key);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new InstanceValidationError(`${path}${key}`, `must be an integer >= ${min}`, v);
+  return v;
+}
+
+function optionalNumber(obj: Record<string, unknown>, key: string, path: string, positive: boolean): number | undefined {
+  return field(obj, key) === MISSING ? undefined : number(obj, key, path, positive);
+}
+
+/**
+ * Checks an untrusted value against the rules of a {@link GenerationInstance} and returns a
+ * clean copy holding only the known fields (unknown fields are ignored). Fields are checked
+ * in document order and the first broken rule is reported, naming the field with its index
+ * (`stages[3].clientDecodeMs must be a finite number >= 0, given -1`).
+ * @param pathPrefix prepended to field names, e.g. `[2].` for the third instance of an array.
+ * @throws InstanceValidationError naming the field, the rule and the value given.
+ * Complexity: O(S).
+ */
+export function validateGenerationInstance(value: unknown, pathPrefix = ''): GenerationInstance {
+  const root = pathPrefix.endsWith('.') ? pathPrefix.slice(0, -1) : pathPrefix;
+  if (!isRecord(value)) throw new InstanceValidationError(root || 'instance', 'must be an object', value);
+  const marker = field(value, 'generation');
+  if (marker !== MISSING && marker !== true) throw new InstanceValidationError(`${pathPrefix}generation`, 'must be true in a generation instance (or absent)', marker);
+  const rawStages = field(value, 'stages');
+  if (!Array.isArray(rawStages) || rawStages.length === 0) {
+    throw new InstanceValidationError(`${pathPrefix}stages`, 'must be a non-empty array', rawStages);
+  }
+  const stages: GenerationStage[] = rawStages.map((raw: unknown, i: number) => {
+    const path = `${pathPrefix}stages[${i}]`;
+    if (!isRecord(raw)) throw new InstanceValidationError(path, 'must be an object', raw);
+    const name = field(raw, 'name');
+    if (typeof name !== 'string') throw new InstanceValidationError(`${path}.name`, 'must be a string', name);
+    const stage: { -readonly [K in keyof GenerationStage]: GenerationStage[K] } = {
+      name,
+      clientPrefillMs: number(raw, 'clientPrefillMs', `${path}.`, false),
+      serverPrefillMs: number(raw, 'serverPrefillMs', `${path}.`, false),
+      clientDecodeMs: number(raw, 'clientDecodeMs', `${path}.`, false),
+      serverDecodeMs: number(raw, 'serverDecodeMs', `${path}.`, false),
+      inBytesPerToken: number(raw, 'inBytesPerToken', `${path}.`, false),
+    };
+    const pw = optionalNumber(raw, 'serverPrefillWork', `${path}.`, false);
+    if (pw !== undefined) stage.serverPrefillWork = pw;
+    const dw = optionalNumber(raw, 'serverDecodeWork', `${path}.`, false);
+    if (dw !== undefined) stage.serverDecodeWork = dw;
+    return stage;
+  });
+  const promptTokens = integer(value, 'promptTokens', pathPrefix, 1);
+  const decodeSteps = integer(value, 'decodeSteps', pathPrefix, 0);
+  const outBytesPerPass = number(value, 'outBytesPerPass', pathPrefix, false);
+  const uplink = link(value, 'uplink', pathPrefix);
+  const downlink = link(value, 'downlink', pathPrefix);
+  const rawSlo = field(value, 'slo');
+  if (!isRecord(rawSlo)) throw new InstanceValidationError(`${pathPrefix}slo`, 'must be an object {e2eMs?, ttftMs?, tpotMs?}', rawSlo);
+  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+  for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) {
+    const v = optionalNumber(rawSlo, k, `${pathPrefix}slo.`, true);
+    if (v !== undefined) slo[k] = v;
+  }
+  if (!SLO_KEYS.some((k) => slo[k] !== undefined)) throw new InstanceValidationError(`${pathPrefix}slo`, 'must state at least one of e2eMs, ttftMs, tpotMs', rawSlo);
+  const out: { -readonly [K in keyof GenerationInstance]: GenerationInstance[K] } = { stages, promptTokens, decodeSteps, outBytesPerPass, uplink, downlink, slo };
+  if (marker === true) out.generation = true;
+  const entry = optionalNumber(value, 'serverEntryWork', pathPrefix, false);
+  if (entry !== undefined) out.serverEntryWork = entry;
+  const decoding = field(value, 'serverDecoding');
+  if (decoding !== MISSING) {
+    if (typeof decoding !== 'boolean') throw new InstanceValidationError(`${pathPrefix}serverDecoding`, 'must be a boolean', decoding);
+    out.serverDecoding = decoding;
+  }
+  const res = optionalNumber(value, 'resolutionMs', pathPrefix, true);
+  if (res !== undefined) out.resolutionMs = res;
+  return out;
+}
