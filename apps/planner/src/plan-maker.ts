@@ -41,6 +41,8 @@ export interface PlanMakerOptions {
 
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
 export const UNRUNNABLE_MS = 1e12;
+/** Busy telemetry intervals behind the executor's overhead fit before the planner prices with it. */
+export const MIN_OVERHEAD_SAMPLES = 5;
 /** Bytes of a sampled token id coming back from the head. */
 const TOKEN_BYTES = 8;
 
@@ -114,7 +116,7 @@ export class PlanMaker {
     if (slos.slaMs !== undefined) slo.e2eMs = slos.slaMs * margin;
     if (slos.ttftMs !== undefined) slo.ttftMs = slos.ttftMs * margin;
     if (slos.tpotMs !== undefined) slo.tpotMs = slos.tpotMs * margin;
-    const entry = this.opts.serverEntryMs ?? 0;
+    const entry = this.entryWork(server, n, m);
     return {
       stages,
       promptTokens: n,
@@ -128,6 +130,21 @@ export class PlanMaker {
       ...(entry > 0 ? { serverEntryWork: entry } : {}),
     };
   }
+  /**
+   * Server work of one hand-over to the server per pass, ms: the executor's fitted overhead
+   * (ServerLoad.overhead: per message each way and per KiB each way) once it rests on at
+   * least {@link MIN_OVERHEAD_SAMPLES} busy intervals, otherwise `serverEntryMs`. The bytes
+   * are the hidden state crossing in and out, averaged over the generation's passes
+   * ((n + m) tokens over m + 1 passes), so the generation's total is exact.
+   */
+  entryWork(server: ServerLoad, n: number, m: number): number {
+    const o = server.overhead;
+    if (!o || o.samples < MIN_OVERHEAD_SAMPLES) return this.opts.serverEntryMs ?? 0;
+    const hiddenKib = Math.max(...this.opts.stages.map((s) => s.inBytesPerToken)) / 1024;
+    const tokensPerPass = (n + m) / (m + 1);
+    return o.msPerMessageIn + o.msPerMessageOut + tokensPerPass * hiddenKib * (o.msPerKibIn + o.msPerKibOut);
+  }
+
 
   /**
    * The placements for one client. `previous` (the client's current plan) is kept per class
