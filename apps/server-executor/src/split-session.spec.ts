@@ -19,11 +19,14 @@ class CountingEngine implements StageEngine {
   readonly vocabSize = VOCAB;
   readonly nPositions = 64;
   calls = 0;
+  /** When set, engine calls wait for it (a slow step). */
+  gate?: Promise<void>;
   stageKind(s: number): StageKind { return (['embed', 'attn', 'head'] as const)[s]; }
   newCache(): unknown { return {}; }
   releaseCache(): void {}
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls++;
+    if (this.gate) await this.gate;
     return inputs.map((t): HostTensor => {
       const T = t.shape[1];
       if (stage === 0) return { dtype: 'float32', shape: [1, T, 1], data: Float32Array.from(t.data as BigInt64Array, Number) };
@@ -54,12 +57,11 @@ const settle = async (): Promise<void> => { for (let i = 0; i < 20; i++) await n
 describe('SplitSession server-side decoding', () => {
   const log = createLogger({ name: 'test', level: 'silent' });
 
-  function start(): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
-    const engine = new CountingEngine();
+  function start(idleTimeoutMs = 60_000, engine = new CountingEngine()): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
     const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
     const call = new SlowReaderCall();
     const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
-      { maxContextTokens: 64, idleTimeoutMs: 60_000 }, log, () => {});
+      { maxContextTokens: 64, idleTimeoutMs }, log, () => {});
     call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
     call.emit('data', { kind: { $case: 'generate', value: { seq: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(0n) }), maxNewTokens: 4 } } });
     return { call, engine, session };
@@ -95,5 +97,33 @@ describe('SplitSession server-side decoding', () => {
     expect(call.tokens()).toHaveLength(1);
     expect(engine.calls).toBe(3);
     expect(session.isOpen).toBe(false);
+  });
+
+  describe('with a clock', () => {
+    beforeEach(() => { jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] }); });
+    afterEach(() => { jest.useRealTimers(); });
+
+    it('idles out a session whose client stopped reading, never one the server is decoding', async () => {
+      const engine = new CountingEngine();
+      let release!: () => void;
+      engine.gate = new Promise<void>((r) => { release = r; });
+      const { call, session } = start(1000, engine);
+      const errors: { code: number; details: string }[] = [];
+      call.on('error', (e: { code: number; details: string }) => errors.push(e));
+      await settle();
+      // a step far longer than the idle timeout: the server is decoding, so the session stays
+      jest.advanceTimersByTime(5000);
+      expect(session.isOpen).toBe(true);
+      release();
+      await settle();
+      // the first token is written, the client does not read: from now on the client is idle
+      expect(call.tokens()).toHaveLength(1);
+      jest.advanceTimersByTime(999);
+      expect(session.isOpen).toBe(true);
+      jest.advanceTimersByTime(1);
+      await session.closed;
+      expect(errors).toEqual([{ code: 4, details: 'session idle for 1000 ms' }]);
+      expect(call.tokens()).toHaveLength(1);
+    });
   });
 });

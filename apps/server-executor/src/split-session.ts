@@ -152,8 +152,9 @@ export class SplitSession {
    * previous token as input, each a scheduler step over every stage (so it batches with
    * other sessions' steps, joining and leaving at step boundaries) running the head on the
    * last position only. Each token is written as soon as it is made; when the client reads
-   * slower than tokens come, the loop waits for the stream to drain. It stops at once when
-   * the session closes (cancel, deadline, shutdown): the pending step is cancelled with it.
+   * slower than tokens come, the loop waits for the stream to drain (and only then may the
+   * session idle out: while the server decodes, the idle timeout is off). It stops at once
+   * when the session closes (cancel, deadline, shutdown): the pending step is cancelled with it.
    */
   private async decode(g: ValidGenerate): Promise<void> {
     const n = this.engine.stageCount;
@@ -171,7 +172,14 @@ export class SplitSession {
         const last = index === g.maxNewTokens - 1;
         const flowing = this.call.write({ kind: { $case: 'token', value: { seq: g.seq, index, token, computeMs: out.computeMs, queueMs: out.queueMs, last } } });
         if (last) break;
-        if (!flowing) await this.drained();
+        if (!flowing) {
+          // The client stopped reading: now it is the one idle, so the idle timeout runs.
+          this.decoding = false;
+          this.touch();
+          await this.drained();
+          this.decoding = true;
+          clearTimeout(this.idleTimer);
+        }
         if (!this.isOpen) return;
         input = { dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(BigInt(token)) };
       }

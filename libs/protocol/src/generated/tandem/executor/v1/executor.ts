@@ -94,8 +94,10 @@ export interface Step {
  * - `max_new_tokens` >= 1; otherwise INVALID_ARGUMENT.
  * - T + max_new_tokens - 1 <= the session's max_context_tokens (the last token is never fed
  *   back); otherwise FAILED_PRECONDITION naming the numbers.
- * While the server decodes, the idle timeout does not run; the call's deadline, the client's
- * cancel and the executor's shutdown stop the loop at once and free the session.
+ * While the server decodes, the idle timeout does not run (it does while the server waits for
+ * a client that stopped reading: tokens are not buffered without bound, the loop pauses until
+ * the stream drains). The call's deadline, the client's cancel, the idle timeout and the
+ * executor's shutdown stop the loop at once and free the session.
  */
 export interface ServerGenerate {
   /** Caller-chosen sequence number, echoed in every `GeneratedToken` of this generation. */
