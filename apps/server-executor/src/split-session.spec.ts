@@ -103,6 +103,29 @@ describe('SplitSession server-side decoding', () => {
     beforeEach(() => { jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] }); });
     afterEach(() => { jest.useRealTimers(); });
 
+    it('does not idle out a split session while its step waits or runs', async () => {
+      const engine = new CountingEngine();
+      let release!: () => void;
+      engine.gate = new Promise<void>((r) => { release = r; });
+      const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+      const call = new SlowReaderCall();
+      const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
+        { maxContextTokens: 64, idleTimeoutMs: 1000 }, log, () => {});
+      call.on('error', () => {});
+      call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
+      call.emit('data', { kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) }), sample: true } } });
+      await settle();
+      jest.advanceTimersByTime(5000);
+      expect(session.isOpen).toBe(true);
+      release();
+      await settle();
+      const answer = call.written[call.written.length - 1];
+      expect(answer.kind?.$case === 'result' && answer.kind.value.output).toEqual({ $case: 'token', value: 3 });
+      // answered: the client's turn, and the idle timeout runs again
+      jest.advanceTimersByTime(1000);
+      await session.closed;
+    });
+
     it('idles out a session whose client stopped reading, never one the server is decoding', async () => {
       const engine = new CountingEngine();
       let release!: () => void;

@@ -6,7 +6,7 @@ import { greedyToken } from '@tandem/model';
 import type { Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
-import type { StageScheduler } from './scheduler';
+import type { StageScheduler, StepOutcome } from './scheduler';
 
 export interface SessionLimits {
   readonly maxContextTokens: number;
@@ -49,8 +49,11 @@ export class SplitSession {
   private stepsRun = 0;
   /** The server-side decode loop, while or after it runs. */
   private generation: Promise<void> | undefined;
-  /** True while the server itself decodes: no client message is due, so the idle timeout is off. */
-  private decoding = false;
+  /**
+   * True while the server works for the client (a step in flight, or the server-side decode
+   * loop): no client message is due, so the idle timeout is off.
+   */
+  private serverBusy = false;
   /** Aborted when the session closes (wakes a loop waiting for the client to read). */
   private readonly ended = new AbortController();
   /** Tokens each stage of this session has consumed. */
@@ -82,7 +85,7 @@ export class SplitSession {
 
   private touch(): void {
     clearTimeout(this.idleTimer);
-    if (this.state === 'closed' || this.decoding) return;
+    if (this.state === 'closed' || this.serverBusy) return;
     this.idleTimer = setTimeout(() => this.close(`session idle for ${this.limits.idleTimeoutMs} ms`, status.DEADLINE_EXCEEDED, true), this.limits.idleTimeoutMs);
     this.idleTimer.unref();
   }
@@ -109,7 +112,16 @@ export class SplitSession {
           if (this.mode === 'generate') throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
           const step = this.validate(m.kind.value);
           this.mode = 'split';
-          const out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.cache, { lastRowOnly: step.sample });
+          // While the server owes the answer, the client is not idle (a long queue must not idle it out).
+          this.serverBusy = true;
+          clearTimeout(this.idleTimer);
+          let out: StepOutcome;
+          try {
+            out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.cache, { lastRowOnly: step.sample });
+          } finally {
+            this.serverBusy = false;
+            this.touch();
+          }
           if (!this.isOpen) return; // closed while the step ran
           this.stepsRun++;
           const t = step.input.shape[1];
@@ -158,7 +170,7 @@ export class SplitSession {
    */
   private async decode(g: ValidGenerate): Promise<void> {
     const n = this.engine.stageCount;
-    this.decoding = true;
+    this.serverBusy = true;
     clearTimeout(this.idleTimer);
     this.log.debug({ sessionId: this.id, promptTokens: g.input.shape[1], maxNewTokens: g.maxNewTokens }, 'server-side generation started');
     try {
@@ -174,10 +186,10 @@ export class SplitSession {
         if (last) break;
         if (!flowing) {
           // The client stopped reading: now it is the one idle, so the idle timeout runs.
-          this.decoding = false;
+          this.serverBusy = false;
           this.touch();
           await this.drained();
-          this.decoding = true;
+          this.serverBusy = true;
           clearTimeout(this.idleTimer);
         }
         if (!this.isOpen) return;
@@ -187,7 +199,7 @@ export class SplitSession {
     } catch (err) {
       this.fail(err);
     } finally {
-      this.decoding = false;
+      this.serverBusy = false;
       this.touch(); // now the client's half-close is due
     }
   }

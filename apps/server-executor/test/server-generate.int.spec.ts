@@ -113,20 +113,24 @@ describe('server-side generation (generate) on a real executor', () => {
   });
 
   it('batches concurrent server-side generations with each other and with per-step sessions, tokens unchanged', async () => {
-    const before = await a.status();
-    const gens = PROMPTS.flatMap((p) => [serverGenerate(a, p, NEW_TOKENS), serverGenerate(a, p, NEW_TOKENS)]);
-    const steps = PROMPTS.map((p) => perStepGenerate(a, p, NEW_TOKENS));
-    const got = await Promise.all(gens);
-    const gotSteps = await Promise.all(steps);
-    PROMPTS.forEach((p, i) => {
-      expect(got[2 * i]).toEqual(expected.get(p));
-      expect(got[2 * i + 1]).toEqual(expected.get(p));
-      expect(gotSteps[i]).toEqual(expected.get(p));
-    });
-    const after = await a.status();
-    expect(after.batchedSteps).toBeGreaterThan(before.batchedSteps);
-    // exactly one scheduler step per token: 8 generations and 4 per-step sessions of NEW_TOKENS each
-    expect(after.stepsCompleted - before.stepsCompleted).toBe(12 * NEW_TOKENS);
+    for (const e of [a, b]) {
+      const before = await e.status();
+      const gens = PROMPTS.flatMap((p) => [serverGenerate(e, p, NEW_TOKENS), serverGenerate(e, p, NEW_TOKENS)]);
+      const steps = PROMPTS.map((p) => perStepGenerate(e, p, NEW_TOKENS));
+      const got = await Promise.all(gens);
+      const gotSteps = await Promise.all(steps);
+      PROMPTS.forEach((p, i) => {
+        expect(got[2 * i]).toEqual(expected.get(p));
+        expect(got[2 * i + 1]).toEqual(expected.get(p));
+        expect(gotSteps[i]).toEqual(expected.get(p));
+      });
+      const after = await e.status();
+      // a batches (a's counter rose), b never does (batching off)
+      if (e === a) expect(after.batchedSteps).toBeGreaterThan(before.batchedSteps);
+      else expect(after.batchedSteps).toBe(before.batchedSteps);
+      // exactly one scheduler step per token: 8 generations and 4 per-step sessions of NEW_TOKENS each
+      expect(after.stepsCompleted - before.stepsCompleted).toBe(12 * NEW_TOKENS);
+    }
   });
 
   it('produces exactly max_new_tokens tokens, the last flagged, then ends OK on half-close', async () => {

@@ -1542,6 +1542,8 @@ export const ExecutorServiceService = {
    * FAILED_PRECONDITION (a message that does not fit the session's state),
    * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * The idle timeout counts only time in which the server owes the client nothing (no step in
+   * flight, no server-side decoding under way).
    */
   session: {
     path: "/tandem.executor.v1.ExecutorService/Session" as const,
@@ -1576,6 +1578,8 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    * FAILED_PRECONDITION (a message that does not fit the session's state),
    * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * The idle timeout counts only time in which the server owes the client nothing (no step in
+   * flight, no server-side decoding under way).
    */
   session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
   /** A snapshot of the executor's state: sessions, queue, limits, model. */
@@ -1594,6 +1598,8 @@ export interface ExecutorServiceClient extends Client {
    * FAILED_PRECONDITION (a message that does not fit the session's state),
    * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * The idle timeout counts only time in which the server owes the client nothing (no step in
+   * flight, no server-side decoding under way).
    */
   session(): ClientDuplexStream<SessionRequest, SessionResponse>;
   session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
