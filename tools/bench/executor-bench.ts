@@ -9,26 +9,17 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { createModel, readManifest } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { arg, ensureModel, median } from './bench-kit';
 
-const arg = (k: string, d: string): string => { const i = process.argv.indexOf(`--${k}`); return i >= 0 ? process.argv[i + 1] : d; };
 const preset = arg('preset', 'small');
 const sessions = Number(arg('sessions', '8'));
 const promptLen = Number(arg('prompt', '32'));
 const decode = Number(arg('decode', '32'));
 const reps = Number(arg('reps', '3'));
 const threads = Number(arg('threads', '2'));
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
-
-async function ensureModel(dir: string): Promise<void> {
-  try { await readManifest(dir); } catch {
-    process.stderr.write(`creating the ${preset} model in ${dir}\n`);
-    await createModel({ preset, seed: 1, out: dir });
-  }
-}
 
 /** One generation: prefill then `decode` steps; resolves with per-step latencies (ms). */
 function generation(client: ExecutorServiceClient, stageCount: number): Promise<number[]> {
@@ -57,7 +48,7 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
 
 async function main(): Promise<void> {
   const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
-  await ensureModel(dir);
+  await ensureModel(dir, preset);
   const log = createLogger({ name: 'bench', level: 'silent' });
   const results: Record<string, { tokPerS: number[]; p50: number[] }> = { batched: { tokPerS: [], p50: [] }, unbatched: { tokPerS: [], p50: [] } };
   for (let r = 0; r < reps; r++) {

@@ -12,24 +12,54 @@ export interface RemoteStepResult {
   readonly downBytes: number;
 }
 
+/** Bytes a token is counted as on the downlink (emulation and link estimates). */
+export const TOKEN_DOWN_BYTES = 8;
+
+/** One token of a server-side generation, as it arrives. */
+export interface RemoteToken {
+  /** 0 for the prefill's token, then 1, 2, ... */
+  readonly index: number;
+  readonly token: number;
+  /** Server compute of the step that made it, ms. */
+  readonly computeMs: number;
+  /** Time that step waited for the engine, ms. */
+  readonly queueMs: number;
+  readonly last: boolean;
+}
+
+/** The server-side generation in progress, if any. */
+interface Stream {
+  readonly seq: number;
+  next: number;
+  readonly onToken: (t: RemoteToken) => void;
+  readonly resolve: () => void;
+  readonly reject: (e: Error) => void;
+}
+
 interface Pending {
   readonly resolve: (m: SessionResponse) => void;
   readonly reject: (e: Error) => void;
 }
 
 /**
- * One split session on the executor, seen from the client: open, then steps answered in
- * order. Any error fails every pending step with the executor's status. `end()` closes
- * the stream cleanly; `cancel()` aborts it (the executor frees the session at once).
+ * One session on the executor, seen from the client: open, then either steps answered in
+ * order (a split generation) or one `generate` whose tokens stream back (every stage on the
+ * server). Any error fails every pending step, or the generation, with the executor's
+ * status. `end()` closes the stream cleanly; `cancel()` aborts it (the executor frees the
+ * session at once).
  */
 export class RemoteSession {
   private readonly pending: Pending[] = [];
   private failure: Error | undefined;
   private seq = 0;
+  private stream: Stream | undefined;
   opened: SessionOpened | undefined;
 
   private constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>) {
-    call.on('data', (m: SessionResponse) => this.pending.shift()?.resolve(m));
+    call.on('data', (m: SessionResponse) => {
+      if (m.kind?.$case === 'token') this.onToken(m.kind.value);
+      else this.pending.shift()?.resolve(m);
+    });
     call.on('error', (e: ServiceError) => this.fail(e));
     call.on('end', () => this.fail(new Error('the executor ended the session')));
   }
@@ -37,6 +67,30 @@ export class RemoteSession {
   private fail(e: Error): void {
     this.failure ??= e;
     for (const p of this.pending.splice(0)) p.reject(this.failure);
+    const s = this.stream;
+    this.stream = undefined;
+    s?.reject(this.failure);
+  }
+
+  private onToken(t: RemoteToken & { seq: number }): void {
+    const s = this.stream;
+    if (!s || t.seq !== s.seq || t.index !== s.next) {
+      this.fail(new Error(`executor sent token ${t.index} of generate ${t.seq}, expected ${s ? `token ${s.next} of generate ${s.seq}` : 'no token'}`));
+      this.call.cancel();
+      return;
+    }
+    s.next++;
+    try {
+      s.onToken({ index: t.index, token: t.token, computeMs: t.computeMs, queueMs: t.queueMs, last: t.last });
+    } catch (err) {
+      this.fail(err as Error);
+      this.call.cancel();
+      return;
+    }
+    if (t.last) {
+      this.stream = undefined;
+      s.resolve();
+    }
   }
 
   private send(req: SessionRequest): Promise<SessionResponse> {
@@ -64,9 +118,24 @@ export class RemoteSession {
     const roundTripMs = performance.now() - t0;
     if (m.kind?.$case !== 'result' || m.kind.value.seq !== seq) throw new Error(`executor answered step ${seq} with ${m.kind?.$case ?? 'nothing'}`);
     const r = m.kind.value;
-    if (r.output?.$case === 'token') return { output: r.output.value, computeMs: r.computeMs, queueMs: r.queueMs, roundTripMs, downBytes: 8 };
+    if (r.output?.$case === 'token') return { output: r.output.value, computeMs: r.computeMs, queueMs: r.queueMs, roundTripMs, downBytes: TOKEN_DOWN_BYTES };
     if (r.output?.$case !== 'tensor') throw new Error(`executor answered step ${seq} with no output`);
     return { output: fromWireTensor(r.output.value, 'result.tensor'), computeMs: r.computeMs, queueMs: r.queueMs, roundTripMs, downBytes: r.output.value.data.byteLength };
+  }
+
+  /**
+   * Runs the whole generation on the server: one upload of the prompt (int64 ids [1, T]),
+   * then `onToken` for each token, in order, as it arrives. Resolves after the last one;
+   * rejects with the executor's status (or CANCELLED after `cancel()`).
+   */
+  generate(prompt: HostTensor, maxNewTokens: number, onToken: (t: RemoteToken) => void): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.stream) return Promise.reject(new Error('a generation is already running on this session'));
+    const seq = ++this.seq;
+    return new Promise<void>((resolve, reject) => {
+      this.stream = { seq, next: 0, onToken, resolve, reject };
+      this.call.write({ kind: { $case: 'generate', value: { seq, input: toWireTensor(prompt), maxNewTokens } } });
+    });
   }
 
   /** Half-closes the stream: the executor ends the session and frees its cache. */

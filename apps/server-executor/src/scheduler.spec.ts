@@ -11,6 +11,8 @@ class FakeEngine implements StageEngine {
   readonly vocabSize = 4;
   readonly nPositions = 64;
   readonly calls: { stage: number; batch: number }[] = [];
+  /** The shape of every input of every call, by stage. */
+  readonly shapes: { stage: number; shape: readonly number[] }[] = [];
   failOn?: (stage: number, t: HostTensor) => boolean;
   gate?: Promise<void>;
   stageKind(s: number): StageKind { return (['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const)[s]; }
@@ -18,6 +20,7 @@ class FakeEngine implements StageEngine {
   releaseCache(): void {}
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls.push({ stage, batch: inputs.length });
+    for (const t of inputs) this.shapes.push({ stage, shape: [...t.shape] });
     if (this.gate) await this.gate;
     return inputs.map((t) => {
       if (this.failOn?.(stage, t)) throw new Error(`bad input at stage ${stage}`);
@@ -59,6 +62,23 @@ describe('StageScheduler', () => {
     await Promise.all([0, 1].map((v) => sched.submit(`s${v}`, 4, 6, tensor(v), {})));
     expect(engine.calls.every((c) => c.batch === 1)).toBe(true);
     expect(engine.calls).toHaveLength(4);
+  });
+
+  it('runs the head on the last position only when asked, and on every position otherwise', async () => {
+    const engine = new FakeEngine();
+    const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+    const rows: HostTensor = { dtype: 'float32', shape: [1, 3, 2], data: Float32Array.of(0, 0, 10, 10, 20, 20) };
+    const [cut, full] = await Promise.all([sched.submit('cut', 1, 6, rows, {}, { lastRowOnly: true }), sched.submit('full', 1, 6, rows, {})]);
+    // stages 1..5 add 2+3+4+5+6 = 20 to every element; only the last row (20) is kept with lastRowOnly
+    expect(cut.tensor.shape).toEqual([1, 1, 2]);
+    expect([...(cut.tensor.data as Float32Array)]).toEqual([40, 40]);
+    expect([...(full.tensor.data as Float32Array)]).toEqual([20, 20, 30, 30, 40, 40]);
+    expect(engine.shapes.filter((x) => x.stage === 5).map((x) => x.shape)).toEqual([[1, 1, 2], [1, 3, 2]]);
+    expect(engine.shapes.filter((x) => x.stage === 4).map((x) => x.shape)).toEqual([[1, 3, 2], [1, 3, 2]]);
+    // a step that starts at the head is cut too
+    const headOnly = await sched.submit('h', 5, 6, rows, {}, { lastRowOnly: true });
+    expect(headOnly.tensor.shape).toEqual([1, 1, 2]);
+    expect([...(headOnly.tensor.data as Float32Array)]).toEqual([26, 26]);
   });
 
   it('fails only the bad input of a batch; the others complete', async () => {

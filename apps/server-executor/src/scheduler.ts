@@ -1,3 +1,4 @@
+import { lastPosition } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import type { StageEngine } from './engine';
 import { SessionClosedError } from './errors';
@@ -10,7 +11,10 @@ interface Job {
   readonly end: number;
   tensor: HostTensor;
   readonly cache: unknown;
-  readonly tokens: number;
+  /** Positions in `tensor` (T of [1, T, ...]); 1 once cut to the last position for the head. */
+  tokens: number;
+  /** Run the head on the last position only (the step needs only the next token). */
+  readonly lastRowOnly: boolean;
   readonly enqueuedAtMs: number;
   startedAtMs: number | undefined;
   computeMs: number;
@@ -28,6 +32,16 @@ export interface StepOutcome {
   readonly queueMs: number;
   /** Stages of this step that ran batched with another session. */
   readonly batchedStages: number;
+}
+
+/** How one step is to run. */
+export interface SubmitOptions {
+  /**
+   * Only the last position's head output is wanted (a sampled step): the hidden state is cut
+   * to its last position before the head stage. The head is position-wise, so that row is
+   * bit-identical to the last row of the full head, at 1/T of the cost.
+   */
+  readonly lastRowOnly?: boolean;
 }
 
 export interface SchedulerOptions {
@@ -75,14 +89,21 @@ export class StageScheduler {
   get batchedStepCount(): number { return this.batchedSteps; }
 
   /** Queues stages [begin, end) of one session's step on `tensor`. */
-  submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown): Promise<StepOutcome> {
-    const tokens = tensor.shape[1] ?? 1;
+  submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown, opts: SubmitOptions = {}): Promise<StepOutcome> {
     return new Promise<StepOutcome>((resolve, reject) => {
-      this.queue.push({ sessionId, stage: begin, end, tensor, cache, tokens, enqueuedAtMs: this.now(), startedAtMs: undefined, computeMs: 0, batchedStages: 0, resolve, reject });
+      const job: Job = { sessionId, stage: begin, end, tensor, cache, tokens: 0, lastRowOnly: opts.lastRowOnly ?? false, enqueuedAtMs: this.now(), startedAtMs: undefined, computeMs: 0, batchedStages: 0, resolve, reject };
+      this.setInput(job, tensor);
+      this.queue.push(job);
       // Start on the next turn of the event loop, so steps that arrived in the same I/O
       // phase (from several streams) can share the first stage call.
       if (!this.running) { this.running = true; setImmediate(() => void this.pump()); }
     });
+  }
+
+  /** Makes `t` the input of the job's current stage, cut to its last position before the head when asked. */
+  private setInput(j: Job, t: HostTensor): void {
+    j.tensor = j.lastRowOnly && t.dtype === 'float32' && this.engine.stageKind(j.stage) === 'head' ? lastPosition(t) : t;
+    j.tokens = j.tensor.shape[1] ?? 1;
   }
 
   /**
@@ -158,8 +179,8 @@ export class StageScheduler {
             return;
           }
           this.stats.record(stage, j.tokens, share);
-          j.tensor = out;
           j.stage++;
+          if (j.stage < j.end) this.setInput(j, out);
           if (j.stage >= j.end) {
             if (idx >= 0) this.queue.splice(idx, 1);
             const outcome = { tensor: out, computeMs: j.computeMs, queueMs: (j.startedAtMs ?? t0) - j.enqueuedAtMs, batchedStages: j.batchedStages };

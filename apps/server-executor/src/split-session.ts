@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { fromWireTensor, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
+import { fromWireTensor, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
 import type { Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
-import type { StageScheduler } from './scheduler';
+import type { StageScheduler, StepOutcome } from './scheduler';
 
 /** Session traffic, summed over every session of the executor (for the overhead model). */
 export interface TrafficCounters {
@@ -30,16 +30,40 @@ interface ValidStep {
   readonly sample: boolean;
 }
 
+/** A server-side generation after validation. */
+interface ValidGenerate {
+  readonly seq: number;
+  /** The prompt, int64 ids [1, T]. */
+  readonly input: HostTensor;
+  readonly maxNewTokens: number;
+}
+
 /**
- * One split session: a bidi stream with its own KV cache. Messages are handled strictly
- * in order; the cache is released (and queued work cancelled) when the stream ends,
- * errors, is cancelled, idles out or the server stops. `closed` resolves once, then.
+ * One session: a bidi stream with its own KV cache. After `open` it is either split (the
+ * client sends steps, each answered in order) or server-decoded (one `generate`: the session
+ * runs the decode loop itself, one scheduler step per token, and streams the tokens).
+ * Messages are handled strictly in order; the cache is released (and queued work
+ * cancelled) when the stream ends, errors, is cancelled, idles out or the server stops.
+ * `closed` resolves once, then.
  */
 export class SplitSession {
   readonly id = randomUUID();
   private cache: unknown;
   private state: 'awaiting-open' | 'open' | 'closed' = 'awaiting-open';
   private lastSeq = -1;
+  /** What the session does after open: nothing yet, client steps, or one server-side generation. */
+  private mode: 'unset' | 'split' | 'generate' = 'unset';
+  /** Steps answered so far (for the message refusing a late generate). */
+  private stepsRun = 0;
+  /** The server-side decode loop, while or after it runs. */
+  private generation: Promise<void> | undefined;
+  /**
+   * True while the server works for the client (a step in flight, or the server-side decode
+   * loop): no client message is due, so the idle timeout is off.
+   */
+  private serverBusy = false;
+  /** Aborted when the session closes (wakes a loop waiting for the client to read). */
+  private readonly ended = new AbortController();
   /** Tokens each stage of this session has consumed. */
   private readonly tokensAt: Uint32Array;
   private chain: Promise<void> = Promise.resolve();
@@ -59,7 +83,8 @@ export class SplitSession {
   ) {
     this.tokensAt = new Uint32Array(engine.stageCount);
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
-    call.on('end', () => { this.chain = this.chain.then(() => this.finish('client ended the stream')); });
+    // A half-close during a server-side generation ends the session once the generation is done.
+    call.on('end', () => { this.chain = this.chain.then(async () => { await this.generation; await this.finish('client ended the stream'); }); });
     call.on('cancelled', () => this.close('cancelled by the client', status.CANCELLED, false));
     call.on('error', (err) => this.close(`stream error: ${err.message}`, status.CANCELLED, false));
     this.touch();
@@ -69,7 +94,7 @@ export class SplitSession {
 
   private touch(): void {
     clearTimeout(this.idleTimer);
-    if (this.state === 'closed') return;
+    if (this.state === 'closed' || this.serverBusy) return;
     this.idleTimer = setTimeout(() => this.close(`session idle for ${this.limits.idleTimeoutMs} ms`, status.DEADLINE_EXCEEDED, true), this.limits.idleTimeoutMs);
     this.idleTimer.unref();
   }
@@ -95,9 +120,21 @@ export class SplitSession {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given step');
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
+          if (this.mode === 'generate') throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
           const step = this.validate(m.kind.value);
-          const out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.cache);
+          this.mode = 'split';
+          // While the server owes the answer, the client is not idle (a long queue must not idle it out).
+          this.serverBusy = true;
+          clearTimeout(this.idleTimer);
+          let out: StepOutcome;
+          try {
+            out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.cache, { lastRowOnly: step.sample });
+          } finally {
+            this.serverBusy = false;
+            this.touch();
+          }
           if (!this.isOpen) return; // closed while the step ran
+          this.stepsRun++;
           const t = step.input.shape[1];
           for (let s = step.begin; s < step.end; s++) this.tokensAt[s] += t;
           const result: SessionResponse = step.sample
@@ -108,16 +145,94 @@ export class SplitSession {
           this.call.write(result);
           return;
         }
+        case 'generate': {
+          if (this.state !== 'open') throw new PreconditionError('the first message must be open, given generate');
+          if (this.mode === 'generate') throw new PreconditionError('generate may be sent once per session, given a second generate');
+          if (this.mode === 'split') throw new PreconditionError(`generate must be the first message after open (no step may precede it), given after ${this.stepsRun} step(s)`);
+          this.traffic.messagesIn++;
+          this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
+          const g = this.validateGenerate(m.kind.value);
+          this.mode = 'generate';
+          // Not awaited: later messages are answered (refused) at once; a half-close waits for it.
+          this.generation = this.decode(g);
+          return;
+        }
         default:
-          throw new ValidationError('message.kind must be open or step, given nothing');
+          throw new ValidationError('message.kind must be open, step or generate, given nothing');
       }
     } catch (err) {
-      if (err instanceof SessionClosedError && !this.isOpen) return;
-      const st = toGrpcStatus(err);
-      if (st.code === status.INTERNAL) this.log.error({ err, sessionId: this.id }, 'step failed');
-      else this.log.debug({ sessionId: this.id, code: st.code, details: st.details }, 'refused a message');
-      this.close(st.details, st.code, true);
+      this.fail(err);
     }
+  }
+
+  /** Ends the session with the status an error maps to (nothing when the session already closed). */
+  private fail(err: unknown): void {
+    if (err instanceof SessionClosedError && !this.isOpen) return;
+    const st = toGrpcStatus(err);
+    if (st.code === status.INTERNAL) this.log.error({ err, sessionId: this.id }, 'step failed');
+    else this.log.debug({ sessionId: this.id, code: st.code, details: st.details }, 'refused a message');
+    this.close(st.details, st.code, true);
+  }
+
+  /**
+   * The server-side decode loop: the prompt's prefill, then one step per token with the
+   * previous token as input, each a scheduler step over every stage (so it batches with
+   * other sessions' steps, joining and leaving at step boundaries) running the head on the
+   * last position only. Each token is written as soon as it is made; when the client reads
+   * slower than tokens come, the loop waits for the stream to drain (and only then may the
+   * session idle out: while the server decodes, the idle timeout is off). It stops at once
+   * when the session closes (cancel, deadline, shutdown): the pending step is cancelled with it.
+   */
+  private async decode(g: ValidGenerate): Promise<void> {
+    const n = this.engine.stageCount;
+    this.serverBusy = true;
+    clearTimeout(this.idleTimer);
+    this.log.debug({ sessionId: this.id, promptTokens: g.input.shape[1], maxNewTokens: g.maxNewTokens }, 'server-side generation started');
+    try {
+      let input = g.input;
+      for (let index = 0; index < g.maxNewTokens; index++) {
+        const out = await this.scheduler.submit(this.id, 0, n, input, this.cache, { lastRowOnly: true });
+        if (!this.isOpen) return;
+        const t = input.shape[1];
+        for (let s = 0; s < n; s++) this.tokensAt[s] += t;
+        const token = greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize);
+        const last = index === g.maxNewTokens - 1;
+        this.traffic.messagesOut++;
+        this.traffic.bytesOut += 8;
+        const flowing = this.call.write({ kind: { $case: 'token', value: { seq: g.seq, index, token, computeMs: out.computeMs, queueMs: out.queueMs, last } } });
+        if (last) break;
+        if (!flowing) {
+          // The client stopped reading: now it is the one idle, so the idle timeout runs.
+          this.serverBusy = false;
+          this.touch();
+          await this.drained();
+          this.serverBusy = true;
+          clearTimeout(this.idleTimer);
+        }
+        if (!this.isOpen) return;
+        input = { dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(BigInt(token)) };
+      }
+      this.log.debug({ sessionId: this.id, tokens: g.maxNewTokens }, 'server-side generation done');
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.serverBusy = false;
+      this.touch(); // now the client's half-close is due
+    }
+  }
+
+  /** Resolves when the stream can take more writes, or the session closed (a cancelled call never drains). */
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.call.off('drain', done);
+        this.ended.signal.removeEventListener('abort', done);
+        resolve();
+      };
+      this.call.once('drain', done);
+      this.ended.signal.addEventListener('abort', done, { once: true });
+      if (this.ended.signal.aborted) done();
+    });
   }
 
   private validate(step: Step): ValidStep {
@@ -133,11 +248,7 @@ export class SplitSession {
     const shape = input.shape;
     const okShape = wantIds ? shape.length === 2 && shape[0] === 1 && shape[1] >= 1 : shape.length === 3 && shape[0] === 1 && shape[1] >= 1 && shape[2] === this.engine.nEmbd;
     if (!okShape) throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given [${shape.join(', ')}]`);
-    if (wantIds) {
-      for (const id of input.data as BigInt64Array) {
-        if (id < 0n || id >= BigInt(this.engine.vocabSize)) throw new ValidationError(`step.input token ids must be in 0..${this.engine.vocabSize - 1}, given ${id}`);
-      }
-    }
+    if (wantIds) this.checkIds(input.data as BigInt64Array, 'step.input');
     const t = shape[1];
     for (let s = step.stageBegin; s < step.stageEnd; s++) {
       if (this.tokensAt[s] + t > this.limits.maxContextTokens) {
@@ -146,6 +257,32 @@ export class SplitSession {
     }
     this.lastSeq = step.seq;
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
+  }
+
+  /** @throws ValidationError naming `field` when an id is outside the vocabulary. */
+  private checkIds(ids: BigInt64Array, field: string): void {
+    const vocab = BigInt(this.engine.vocabSize);
+    for (const id of ids) {
+      if (id < 0n || id >= vocab) throw new ValidationError(`${field} token ids must be in 0..${this.engine.vocabSize - 1}, given ${id}`);
+    }
+  }
+
+  /** Checks a generate against the rules of the protocol and the session's context limit. */
+  private validateGenerate(g: ServerGenerate): ValidGenerate {
+    const input = fromWireTensor(g.input, 'generate.input');
+    if (input.dtype !== 'int64') throw new ValidationError('generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32');
+    const shape = input.shape;
+    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1)) throw new ValidationError(`generate.input.shape must be [1, T>=1], given [${shape.join(', ')}]`);
+    this.checkIds(input.data, 'generate.input');
+    if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.maxNewTokens must be >= 1, given ${g.maxNewTokens}`);
+    const t = shape[1];
+    // The last token is never fed back, so the cache ends up holding T + maxNewTokens - 1 tokens.
+    const holds = t + g.maxNewTokens - 1;
+    if (holds > this.limits.maxContextTokens) {
+      throw new PreconditionError(`generate would make the session hold ${holds} tokens (prompt ${t} + maxNewTokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`);
+    }
+    this.lastSeq = g.seq;
+    return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };
   }
 
   private async finish(reason: string): Promise<void> {
@@ -167,6 +304,7 @@ export class SplitSession {
   private release(reason: string, code: status): void {
     this.state = 'closed';
     clearTimeout(this.idleTimer);
+    this.ended.abort();
     const cache = this.cache;
     this.cache = undefined;
     void this.scheduler.cancelSession(this.id, new SessionClosedError(reason, code)).then(() => {

@@ -1,52 +1,22 @@
 import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
-import { SplitPipeline } from '@tandem/model';
+import { greedyToken, SplitPipeline } from '@tandem/model';
 import {
   channelOptions,
   ExecutorServiceClient,
+  fromWireTensor,
   HealthClient,
   ServerLoad,
   ServingStatus,
   Subjects,
-  toWireTensor,
   type GetStatusResponse,
-  type HostTensor,
-  type SessionRequest,
-  type SessionResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine } from '../src';
+import { ids, TestSession } from './session-client';
 
 const log = createLogger({ name: 'test', level: 'silent' });
-const ids = (...v: number[]): HostTensor => ({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) });
-
-/** A session stream driven step by step, collecting answers and the final status. */
-class TestSession {
-  readonly answers: SessionResponse[] = [];
-  readonly ended: Promise<grpc.StatusObject | grpc.ServiceError>;
-  private waiters: (() => void)[] = [];
-  private done = false;
-  constructor(readonly call: grpc.ClientDuplexStream<SessionRequest, SessionResponse>) {
-    call.on('data', (m: SessionResponse) => { this.answers.push(m); this.waiters.splice(0).forEach((w) => w()); });
-    this.ended = new Promise((resolve) => {
-      call.on('error', (e: grpc.ServiceError) => { this.done = true; resolve(e); this.waiters.splice(0).forEach((w) => w()); });
-      call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) resolve(s); });
-    });
-  }
-  async next(n: number): Promise<SessionResponse> {
-    const arrived = async (): Promise<void> => {
-      while (this.answers.length < n && !this.done) await new Promise<void>((resolve) => this.waiters.push(resolve));
-    };
-    await withTimeout(arrived(), 10_000, `answer ${n}`);
-    if (this.answers.length < n) throw new Error('stream ended early');
-    return this.answers[n - 1];
-  }
-  open(modelId = ''): void { this.call.write({ kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId } } }); }
-  step(seq: number, begin: number, end: number, input: HostTensor, sample = false): void {
-    this.call.write({ kind: { $case: 'step', value: { seq, stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
-  }
-}
 
 describe('server-executor against a real model', () => {
   let model: TempModel;
@@ -107,6 +77,41 @@ describe('server-executor against a real model', () => {
       input = ids(m.kind.value.output.value);
     }
     expect(got).toEqual(expected);
+  });
+
+  it('samples the same token from the head run on the last position as from the full logits', async () => {
+    for (const prompt of [[15496, 11, 995], [464, 2068, 7586, 21831, 18045, 625, 262]]) {
+      const full = session();
+      full.open();
+      await full.next(1);
+      full.step(1, 0, stageCount - 1, ids(...prompt));
+      const hidden = await full.next(2);
+      if (hidden.kind?.$case !== 'result' || hidden.kind.value.output?.$case !== 'tensor') throw new Error('expected a hidden state');
+      const h = fromWireTensor(hidden.kind.value.output.value, 'h');
+      expect(h.shape).toEqual([1, prompt.length, 64]);
+      full.step(2, stageCount - 1, stageCount, h);
+      const logits = await full.next(3);
+      if (logits.kind?.$case !== 'result' || logits.kind.value.output?.$case !== 'tensor') throw new Error('expected logits');
+      const l = fromWireTensor(logits.kind.value.output.value, 'l');
+      expect(l.shape).toEqual([1, prompt.length, 50257]);
+      const want = greedyToken(l as { data: Float32Array }, 50257);
+      // the head alone, sampled: it runs on the last position of the hidden state
+      const headOnly = session();
+      headOnly.open();
+      await headOnly.next(1);
+      headOnly.step(1, stageCount - 1, stageCount, h, true);
+      const a = await headOnly.next(2);
+      expect(a.kind?.$case === 'result' && a.kind.value.output).toEqual({ $case: 'token', value: want });
+      // every stage, sampled
+      const all = session();
+      all.open();
+      await all.next(1);
+      all.step(1, 0, stageCount, ids(...prompt), true);
+      const b = await all.next(2);
+      expect(b.kind?.$case === 'result' && b.kind.value.output).toEqual({ $case: 'token', value: want });
+      for (const s of [full, headOnly, all]) s.call.end();
+      await Promise.all([full, headOnly, all].map((s) => s.ended));
+    }
   });
 
   it('refuses a malformed tensor with INVALID_ARGUMENT while another session keeps working', async () => {

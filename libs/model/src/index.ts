@@ -16,7 +16,7 @@ export { StageRunner } from './runner';
 export type { HostTensor, KvCache, StageRunnerOptions } from './runner';
 export { parsePlacement, formatPlacement } from './placement';
 export type { Placement, Side } from './placement';
-export { SplitPipeline, argmaxRow, greedyToken } from './pipeline';
+export { SplitPipeline, argmaxRow, greedyToken, lastPosition } from './pipeline';
 export type { GenerateOptions, SplitPipelineOptions, SplitSession, StageObserver } from './pipeline';
 export { encode, decode, EOT_ID, GPT2_VOCAB_SIZE } from './tokenizer';
 export { ModelFormatError, StageInputError, ImportError, ModelOptionError, isModelInputError } from './errors';

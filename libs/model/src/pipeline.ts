@@ -45,6 +45,17 @@ export function greedyToken(logits: { readonly data: Float32Array }, vocabSize: 
 }
 
 /**
+ * The last position of a hidden state [1, T, D] as [1, 1, D] (a copy of D floats). Stages that
+ * are position-wise (the head) give on it exactly the last row they would give on the whole
+ * state, so a caller that needs only the next token runs the head on this alone.
+ */
+export function lastPosition<X extends { readonly dtype: 'float32'; readonly shape: readonly number[]; readonly data: Float32Array }>(x: X): X {
+  const [, T, D] = x.shape;
+  if (T <= 1) return x;
+  return { ...x, shape: [1, 1, D], data: x.data.slice((T - 1) * D, T * D) } as X;
+}
+
+/**
  * A one-process split: a client-side {@link StageRunner} and a server-side one (separate sessions
  * and caches) executing a placement stage by stage. At every change of side the hidden state is
  * copied, as if sent over the wire, so neither side ever sees the other's memory.
@@ -98,16 +109,12 @@ export class SplitPipeline {
   async step(session: SplitSession, ids: readonly number[], opts: { lastOnly?: boolean; onStage?: StageObserver } = {}): Promise<HostTensor & { dtype: 'float32' }> {
     let x: HostTensor = { dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, (v) => BigInt(v)) };
     let where: Side = 'client'; // the request starts on the client
-    const D = this.manifest.config.nEmbd;
     for (const [i, side] of this.placement.entries()) {
       if (side !== where) {
         x = handOver(x);
         where = side;
       }
-      if (opts.lastOnly && this.manifest.stages[i].kind === 'head' && x.shape[1] > 1) {
-        const T = x.shape[1];
-        x = { dtype: 'float32', shape: [1, 1, D], data: (x.data as Float32Array).slice((T - 1) * D, T * D) };
-      }
+      if (opts.lastOnly && this.manifest.stages[i].kind === 'head' && x.dtype === 'float32') x = lastPosition(x);
       const runner = this.runners[side] as StageRunner;
       const t0 = opts.onStage ? performance.now() : 0;
       x = await runner.run(i, x, session[side] as KvCache);

@@ -9,9 +9,12 @@ export {
 export {
   ExecutorServiceClient,
   ExecutorServiceService,
+  // The agent API has a GeneratedToken of its own (tandem.agent.v1).
+  GeneratedToken as ExecutorGeneratedToken,
   GetStatusRequest,
   GetStatusResponse,
   OpenSession,
+  ServerGenerate,
   SessionOpened,
   SessionRequest,
   SessionResponse,

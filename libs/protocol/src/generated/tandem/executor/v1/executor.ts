@@ -36,6 +36,9 @@ export interface SessionRequest {
     | //
     /** Runs a contiguous range of stages on the session's KV cache. */
     { $case: "step"; value: Step }
+    | //
+    /** Runs the whole generation on the server (server-side decoding). */
+    { $case: "generate"; value: ServerGenerate }
     | undefined;
 }
 
@@ -70,8 +73,41 @@ export interface Step {
   /**
    * When the range ends with the head: true returns the greedy token of the last position
    * instead of the logits (what a generation needs); false returns the logits [1, T, vocab].
+   * With true the head runs on the last position only (it is position-wise, so the token is
+   * the same as from the full logits).
    */
   sample: boolean;
+}
+
+/**
+ * Server-side decoding: runs every stage on the server, the prompt's prefill and then one
+ * decode step per further token, feeding each greedy token back itself, until
+ * `max_new_tokens` tokens were produced. Each token is sent as a `GeneratedToken` as soon as
+ * it is made; there is no round trip per token. The decode steps are scheduled like split
+ * sessions' steps, so they batch with other sessions' steps at step boundaries.
+ * Rules (checked before any work runs):
+ * - Allowed only as the first message after `open`, on a session where no step ran, and
+ *   only once; otherwise FAILED_PRECONDITION naming the rule. No `step` may follow it
+ *   (FAILED_PRECONDITION).
+ * - `input` as a step's embed input: dtype DATA_TYPE_INT64, shape [1, T] with T >= 1, every
+ *   id in 0..vocab-1; otherwise INVALID_ARGUMENT naming `generate.input...`.
+ * - `max_new_tokens` >= 1; otherwise INVALID_ARGUMENT.
+ * - T + max_new_tokens - 1 <= the session's max_context_tokens (the last token is never fed
+ *   back); otherwise FAILED_PRECONDITION naming the numbers.
+ * While the server decodes, the idle timeout does not run (it does while the server waits for
+ * a client that stopped reading: tokens are not buffered without bound, the loop pauses until
+ * the stream drains). The call's deadline, the client's cancel, the idle timeout and the
+ * executor's shutdown stop the loop at once and free the session.
+ */
+export interface ServerGenerate {
+  /** Caller-chosen sequence number, echoed in every `GeneratedToken` of this generation. */
+  seq: number;
+  /** The prompt: int64 token ids [1, T]. */
+  input:
+    | Tensor
+    | undefined;
+  /** Number of tokens to produce (>= 1); exactly this many `GeneratedToken`s are sent. */
+  maxNewTokens: number;
 }
 
 /** A message from the server on a session stream. */
@@ -84,7 +120,29 @@ export interface SessionResponse {
     | //
     /** Answer to one `step`. */
     { $case: "result"; value: StepResult }
+    | //
+    /** One token of a server-side generation (`generate`), in order. */
+    { $case: "token"; value: GeneratedToken }
     | undefined;
+}
+
+/** One token made by a server-side generation. */
+export interface GeneratedToken {
+  /** The `seq` of the `generate` this token belongs to. */
+  seq: number;
+  /**
+   * Position of the token in the generation: 0 for the one the prompt's prefill produced,
+   * then 1, 2, ... up to max_new_tokens - 1.
+   */
+  index: number;
+  /** The greedy token id. */
+  token: number;
+  /** Server time spent computing the step that made this token, milliseconds (excludes queueing). */
+  computeMs: number;
+  /** Time that step waited for the engine before running, milliseconds. */
+  queueMs: number;
+  /** True on the last token (index max_new_tokens - 1); nothing follows it on the stream. */
+  last: boolean;
 }
 
 /** The session is open and its KV cache allocated. */
@@ -155,6 +213,9 @@ export const SessionRequest: MessageFns<SessionRequest> = {
       case "step":
         Step.encode(message.kind.value, writer.uint32(18).fork()).join();
         break;
+      case "generate":
+        ServerGenerate.encode(message.kind.value, writer.uint32(26).fork()).join();
+        break;
     }
     return writer;
   },
@@ -188,6 +249,14 @@ export const SessionRequest: MessageFns<SessionRequest> = {
             message.kind = { $case: "step", value: Step.decode(reader, reader.uint32()) };
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kind = { $case: "generate", value: ServerGenerate.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -206,6 +275,8 @@ export const SessionRequest: MessageFns<SessionRequest> = {
         ? { $case: "open", value: OpenSession.fromJSON(object.open) }
         : isSet(object.step)
         ? { $case: "step", value: Step.fromJSON(object.step) }
+        : isSet(object.generate)
+        ? { $case: "generate", value: ServerGenerate.fromJSON(object.generate) }
         : undefined,
     };
   },
@@ -216,6 +287,8 @@ export const SessionRequest: MessageFns<SessionRequest> = {
       obj.open = OpenSession.toJSON(message.kind.value);
     } else if (message.kind?.$case === "step") {
       obj.step = Step.toJSON(message.kind.value);
+    } else if (message.kind?.$case === "generate") {
+      obj.generate = ServerGenerate.toJSON(message.kind.value);
     }
     return obj;
   },
@@ -235,6 +308,12 @@ export const SessionRequest: MessageFns<SessionRequest> = {
       case "step": {
         if (object.kind?.value !== undefined && object.kind?.value !== null) {
           message.kind = { $case: "step", value: Step.fromPartial(object.kind.value) };
+        }
+        break;
+      }
+      case "generate": {
+        if (object.kind?.value !== undefined && object.kind?.value !== null) {
+          message.kind = { $case: "generate", value: ServerGenerate.fromPartial(object.kind.value) };
         }
         break;
       }
@@ -499,6 +578,113 @@ export const Step: MessageFns<Step> = {
   },
 };
 
+function createBaseServerGenerate(): ServerGenerate {
+  return { seq: 0, input: undefined, maxNewTokens: 0 };
+}
+
+export const ServerGenerate: MessageFns<ServerGenerate> = {
+  encode(message: ServerGenerate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== 0) {
+      writer.uint32(8).uint64(message.seq);
+    }
+    if (message.input !== undefined) {
+      Tensor.encode(message.input, writer.uint32(18).fork()).join();
+    }
+    if (message.maxNewTokens !== 0) {
+      writer.uint32(24).uint32(message.maxNewTokens);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ServerGenerate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseServerGenerate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.input = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maxNewTokens = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ServerGenerate {
+    return {
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      input: isSet(object.input) ? Tensor.fromJSON(object.input) : undefined,
+      maxNewTokens: isSet(object.maxNewTokens)
+        ? globalThis.Number(object.maxNewTokens)
+        : isSet(object.max_new_tokens)
+        ? globalThis.Number(object.max_new_tokens)
+        : 0,
+    };
+  },
+
+  toJSON(message: ServerGenerate): unknown {
+    const obj: any = {};
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.input !== undefined) {
+      obj.input = Tensor.toJSON(message.input);
+    }
+    if (message.maxNewTokens !== 0) {
+      obj.maxNewTokens = Math.round(message.maxNewTokens);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ServerGenerate>, I>>(base?: I): ServerGenerate {
+    return ServerGenerate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ServerGenerate>, I>>(object: I): ServerGenerate {
+    const message = createBaseServerGenerate();
+    message.seq = object.seq ?? 0;
+    message.input = (object.input !== undefined && object.input !== null)
+      ? Tensor.fromPartial(object.input)
+      : undefined;
+    message.maxNewTokens = object.maxNewTokens ?? 0;
+    return message;
+  },
+};
+
 function createBaseSessionResponse(): SessionResponse {
   return { kind: undefined };
 }
@@ -511,6 +697,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         break;
       case "result":
         StepResult.encode(message.kind.value, writer.uint32(18).fork()).join();
+        break;
+      case "token":
+        GeneratedToken.encode(message.kind.value, writer.uint32(26).fork()).join();
         break;
     }
     return writer;
@@ -545,6 +734,14 @@ export const SessionResponse: MessageFns<SessionResponse> = {
             message.kind = { $case: "result", value: StepResult.decode(reader, reader.uint32()) };
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kind = { $case: "token", value: GeneratedToken.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -563,6 +760,8 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         ? { $case: "opened", value: SessionOpened.fromJSON(object.opened) }
         : isSet(object.result)
         ? { $case: "result", value: StepResult.fromJSON(object.result) }
+        : isSet(object.token)
+        ? { $case: "token", value: GeneratedToken.fromJSON(object.token) }
         : undefined,
     };
   },
@@ -573,6 +772,8 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       obj.opened = SessionOpened.toJSON(message.kind.value);
     } else if (message.kind?.$case === "result") {
       obj.result = StepResult.toJSON(message.kind.value);
+    } else if (message.kind?.$case === "token") {
+      obj.token = GeneratedToken.toJSON(message.kind.value);
     }
     return obj;
   },
@@ -595,7 +796,170 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         }
         break;
       }
+      case "token": {
+        if (object.kind?.value !== undefined && object.kind?.value !== null) {
+          message.kind = { $case: "token", value: GeneratedToken.fromPartial(object.kind.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseGeneratedToken(): GeneratedToken {
+  return { seq: 0, index: 0, token: 0, computeMs: 0, queueMs: 0, last: false };
+}
+
+export const GeneratedToken: MessageFns<GeneratedToken> = {
+  encode(message: GeneratedToken, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== 0) {
+      writer.uint32(8).uint64(message.seq);
+    }
+    if (message.index !== 0) {
+      writer.uint32(16).uint32(message.index);
+    }
+    if (message.token !== 0) {
+      writer.uint32(24).uint32(message.token);
+    }
+    if (message.computeMs !== 0) {
+      writer.uint32(33).double(message.computeMs);
+    }
+    if (message.queueMs !== 0) {
+      writer.uint32(41).double(message.queueMs);
+    }
+    if (message.last !== false) {
+      writer.uint32(48).bool(message.last);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GeneratedToken {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGeneratedToken();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.token = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.computeMs = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.queueMs = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.last = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GeneratedToken {
+    return {
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      token: isSet(object.token) ? globalThis.Number(object.token) : 0,
+      computeMs: isSet(object.computeMs)
+        ? globalThis.Number(object.computeMs)
+        : isSet(object.compute_ms)
+        ? globalThis.Number(object.compute_ms)
+        : 0,
+      queueMs: isSet(object.queueMs)
+        ? globalThis.Number(object.queueMs)
+        : isSet(object.queue_ms)
+        ? globalThis.Number(object.queue_ms)
+        : 0,
+      last: isSet(object.last) ? globalThis.Boolean(object.last) : false,
+    };
+  },
+
+  toJSON(message: GeneratedToken): unknown {
+    const obj: any = {};
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.token !== 0) {
+      obj.token = Math.round(message.token);
+    }
+    if (message.computeMs !== 0) {
+      obj.computeMs = floatToJson(message.computeMs);
+    }
+    if (message.queueMs !== 0) {
+      obj.queueMs = floatToJson(message.queueMs);
+    }
+    if (message.last !== false) {
+      obj.last = message.last;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GeneratedToken>, I>>(base?: I): GeneratedToken {
+    return GeneratedToken.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GeneratedToken>, I>>(object: I): GeneratedToken {
+    const message = createBaseGeneratedToken();
+    message.seq = object.seq ?? 0;
+    message.index = object.index ?? 0;
+    message.token = object.token ?? 0;
+    message.computeMs = object.computeMs ?? 0;
+    message.queueMs = object.queueMs ?? 0;
+    message.last = object.last ?? false;
     return message;
   },
 };
@@ -1162,17 +1526,24 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
 
 /**
  * Executes the server's share of split generations. One bidirectional stream is one
- * generation (a "split session") with its own KV cache on the server; the cache is freed
- * when the stream ends, errors, is cancelled or passes its deadline.
+ * generation (a "session") with its own KV cache on the server; the cache is freed when the
+ * stream ends, errors, is cancelled or passes its deadline.
  */
 export type ExecutorServiceService = typeof ExecutorServiceService;
 export const ExecutorServiceService = {
   /**
-   * Opens a split session. The first message must be `open`; every later one a `step`.
-   * Each step is answered, in order, by exactly one `StepResult` with the same `seq`.
+   * Opens a session. The first message must be `open`. After it, a session is either:
+   * - split (the client runs some stages): every later message is a `step`, each answered,
+   *   in order, by exactly one `StepResult` with the same `seq`; or
+   * - server-decoded (every stage on the server): the only later message is one `generate`,
+   *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
+   *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready).
+   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * The idle timeout counts only time in which the server owes the client nothing (no step in
+   * flight, no server-side decoding under way).
    */
   session: {
     path: "/tandem.executor.v1.ExecutorService/Session" as const,
@@ -1197,11 +1568,18 @@ export const ExecutorServiceService = {
 
 export interface ExecutorServiceServer extends UntypedServiceImplementation {
   /**
-   * Opens a split session. The first message must be `open`; every later one a `step`.
-   * Each step is answered, in order, by exactly one `StepResult` with the same `seq`.
+   * Opens a session. The first message must be `open`. After it, a session is either:
+   * - split (the client runs some stages): every later message is a `step`, each answered,
+   *   in order, by exactly one `StepResult` with the same `seq`; or
+   * - server-decoded (every stage on the server): the only later message is one `generate`,
+   *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
+   *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready).
+   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * The idle timeout counts only time in which the server owes the client nothing (no step in
+   * flight, no server-side decoding under way).
    */
   session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
   /** A snapshot of the executor's state: sessions, queue, limits, model. */
@@ -1210,11 +1588,18 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
 
 export interface ExecutorServiceClient extends Client {
   /**
-   * Opens a split session. The first message must be `open`; every later one a `step`.
-   * Each step is answered, in order, by exactly one `StepResult` with the same `seq`.
+   * Opens a session. The first message must be `open`. After it, a session is either:
+   * - split (the client runs some stages): every later message is a `step`, each answered,
+   *   in order, by exactly one `StepResult` with the same `seq`; or
+   * - server-decoded (every stage on the server): the only later message is one `generate`,
+   *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
+   *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready).
+   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * The idle timeout counts only time in which the server owes the client nothing (no step in
+   * flight, no server-side decoding under way).
    */
   session(): ClientDuplexStream<SessionRequest, SessionResponse>;
   session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;

@@ -1,0 +1,152 @@
+import { EventEmitter } from 'node:events';
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import type { StageEngine, StageKind } from './engine';
+import { StageScheduler } from './scheduler';
+import { SplitSession } from './split-session';
+
+const VOCAB = 4;
+
+/**
+ * A fake three-stage engine (embed, attn, head): the hidden state carries each token id, and
+ * the head's logits pick (last id + 1) mod 4, so a generation from [0] yields 1, 2, 3, 0, ...
+ */
+class CountingEngine implements StageEngine {
+  readonly modelId = 'fake';
+  readonly stageCount = 3;
+  readonly nEmbd = 1;
+  readonly vocabSize = VOCAB;
+  readonly nPositions = 64;
+  calls = 0;
+  /** When set, engine calls wait for it (a slow step). */
+  gate?: Promise<void>;
+  stageKind(s: number): StageKind { return (['embed', 'attn', 'head'] as const)[s]; }
+  newCache(): unknown { return {}; }
+  releaseCache(): void {}
+  async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
+    this.calls++;
+    if (this.gate) await this.gate;
+    return inputs.map((t): HostTensor => {
+      const T = t.shape[1];
+      if (stage === 0) return { dtype: 'float32', shape: [1, T, 1], data: Float32Array.from(t.data as BigInt64Array, Number) };
+      if (stage === 1) return t;
+      const logits = new Float32Array(T * VOCAB);
+      for (let r = 0; r < T; r++) logits[r * VOCAB + ((t.data as Float32Array)[r] + 1) % VOCAB] = 1;
+      return { dtype: 'float32', shape: [1, T, VOCAB], data: logits };
+    });
+  }
+  async warmup(): Promise<void> {}
+  async close(): Promise<void> {}
+}
+
+/** A server stream whose writes report a full buffer until the test emits 'drain'. */
+class SlowReaderCall extends EventEmitter {
+  readonly written: SessionResponse[] = [];
+  write(m: SessionResponse): boolean {
+    this.written.push(m);
+    return false;
+  }
+  end(): void { this.emit('ended-ok'); }
+  tokens(): number[] { return this.written.flatMap((m) => (m.kind?.$case === 'token' ? [m.kind.value.token] : [])); }
+}
+
+/** Lets queued immediates and promise continuations run (the scheduler starts on setImmediate). */
+const settle = async (): Promise<void> => { for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r)); };
+
+describe('SplitSession server-side decoding', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+
+  function start(idleTimeoutMs = 60_000, engine = new CountingEngine()): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
+    const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+    const call = new SlowReaderCall();
+    const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
+      { maxContextTokens: 64, idleTimeoutMs }, log, () => {});
+    call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
+    call.emit('data', { kind: { $case: 'generate', value: { seq: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(0n) }), maxNewTokens: 4 } } });
+    return { call, engine, session };
+  }
+
+  it('waits for the stream to drain before making the next token when the client reads slowly', async () => {
+    const { call, engine, session } = start();
+    await settle();
+    expect(call.tokens()).toEqual([1]);
+    expect(engine.calls).toBe(3); // one step, not more, while the write buffer is full
+    for (let k = 2; k <= 4; k++) {
+      call.emit('drain');
+      await settle();
+      expect(call.tokens()).toHaveLength(k);
+    }
+    expect(call.tokens()).toEqual([1, 2, 3, 0]);
+    const last = call.written[call.written.length - 1];
+    expect(last.kind?.$case === 'token' && last.kind.value).toMatchObject({ seq: 3, index: 3, last: true });
+    expect(engine.calls).toBe(12);
+    call.emit('end'); // the client half-closes: the session ends OK
+    await session.closed;
+    expect(session.isOpen).toBe(false);
+  });
+
+  it('stops at once when cancelled while waiting for the client to read', async () => {
+    const { call, engine, session } = start();
+    await settle();
+    expect(call.tokens()).toHaveLength(1);
+    call.emit('cancelled');
+    await session.closed;
+    call.emit('drain');
+    await settle();
+    expect(call.tokens()).toHaveLength(1);
+    expect(engine.calls).toBe(3);
+    expect(session.isOpen).toBe(false);
+  });
+
+  describe('with a clock', () => {
+    beforeEach(() => { jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] }); });
+    afterEach(() => { jest.useRealTimers(); });
+
+    it('does not idle out a split session while its step waits or runs', async () => {
+      const engine = new CountingEngine();
+      let release!: () => void;
+      engine.gate = new Promise<void>((r) => { release = r; });
+      const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+      const call = new SlowReaderCall();
+      const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
+        { maxContextTokens: 64, idleTimeoutMs: 1000 }, log, () => {});
+      call.on('error', () => {});
+      call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
+      call.emit('data', { kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) }), sample: true } } });
+      await settle();
+      jest.advanceTimersByTime(5000);
+      expect(session.isOpen).toBe(true);
+      release();
+      await settle();
+      const answer = call.written[call.written.length - 1];
+      expect(answer.kind?.$case === 'result' && answer.kind.value.output).toEqual({ $case: 'token', value: 3 });
+      // answered: the client's turn, and the idle timeout runs again
+      jest.advanceTimersByTime(1000);
+      await session.closed;
+    });
+
+    it('idles out a session whose client stopped reading, never one the server is decoding', async () => {
+      const engine = new CountingEngine();
+      let release!: () => void;
+      engine.gate = new Promise<void>((r) => { release = r; });
+      const { call, session } = start(1000, engine);
+      const errors: { code: number; details: string }[] = [];
+      call.on('error', (e: { code: number; details: string }) => errors.push(e));
+      await settle();
+      // a step far longer than the idle timeout: the server is decoding, so the session stays
+      jest.advanceTimersByTime(5000);
+      expect(session.isOpen).toBe(true);
+      release();
+      await settle();
+      // the first token is written, the client does not read: from now on the client is idle
+      expect(call.tokens()).toHaveLength(1);
+      jest.advanceTimersByTime(999);
+      expect(session.isOpen).toBe(true);
+      jest.advanceTimersByTime(1);
+      await session.closed;
+      expect(errors).toEqual([{ code: 4, details: 'session idle for 1000 ms' }]);
+      expect(call.tokens()).toHaveLength(1);
+    });
+  });
+});

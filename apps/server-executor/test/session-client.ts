@@ -1,0 +1,42 @@
+import * as grpc from '@grpc/grpc-js';
+import { toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { withTimeout } from '@tandem/testkit';
+
+/** Int64 token ids [1, T]. */
+export const ids = (...v: number[]): HostTensor => ({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) });
+
+/** A session stream driven message by message, collecting answers and the final status. */
+export class TestSession {
+  readonly answers: SessionResponse[] = [];
+  /** The final status: an OK status object, or the error the stream ended with. */
+  readonly ended: Promise<grpc.StatusObject | grpc.ServiceError>;
+  private waiters: (() => void)[] = [];
+  private done = false;
+  constructor(readonly call: grpc.ClientDuplexStream<SessionRequest, SessionResponse>) {
+    call.on('data', (m: SessionResponse) => { this.answers.push(m); this.waiters.splice(0).forEach((w) => w()); });
+    this.ended = new Promise((resolve) => {
+      call.on('error', (e: grpc.ServiceError) => { this.done = true; resolve(e); this.waiters.splice(0).forEach((w) => w()); });
+      call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) { this.done = true; resolve(s); this.waiters.splice(0).forEach((w) => w()); } });
+    });
+  }
+  /** The n-th answer (1-based), waiting up to `timeoutMs` for it. */
+  async next(n: number, timeoutMs = 10_000): Promise<SessionResponse> {
+    const arrived = async (): Promise<void> => {
+      while (this.answers.length < n && !this.done) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    };
+    await withTimeout(arrived(), timeoutMs, `answer ${n}`);
+    if (this.answers.length < n) throw new Error('stream ended early');
+    return this.answers[n - 1];
+  }
+  open(modelId = ''): void { this.call.write({ kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId } } }); }
+  step(seq: number, begin: number, end: number, input: HostTensor, sample = false): void {
+    this.call.write({ kind: { $case: 'step', value: { seq, stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
+  }
+  generate(seq: number, input: HostTensor, maxNewTokens: number): void {
+    this.call.write({ kind: { $case: 'generate', value: { seq, input: toWireTensor(input), maxNewTokens } } });
+  }
+  /** The tokens of a server-side generation received so far, in arrival order. */
+  tokens(): { seq: number; index: number; token: number; computeMs: number; queueMs: number; last: boolean }[] {
+    return this.answers.flatMap((m) => (m.kind?.$case === 'token' ? [m.kind.value] : []));
+  }
+}
