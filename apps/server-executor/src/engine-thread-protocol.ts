@@ -20,7 +20,9 @@ export type ToThread =
   | { readonly op: 'release-cache'; readonly cache: number }
   | { readonly op: 'run'; readonly id: number; readonly stage: number; readonly inputs: readonly HostTensor[]; readonly caches: readonly number[] }
   | { readonly op: 'warmup'; readonly id: number }
-  | { readonly op: 'close'; readonly id: number };
+  | { readonly op: 'close'; readonly id: number }
+  /** Fault injection for tests: exit with code 1 at once, as a crash would. */
+  | { readonly op: 'crash' };
 
 /** An error as it crosses the thread boundary. */
 export interface ErrorData {

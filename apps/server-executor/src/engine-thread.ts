@@ -34,6 +34,9 @@ async function serve(): Promise<void> {
 
   const handle = async (m: ToThread): Promise<void> => {
     switch (m.op) {
+      case 'crash':
+        process.exit(1);
+        return;
       case 'new-cache':
         caches.set(m.cache, engine.newCache());
         return;

@@ -121,7 +121,10 @@ export class WorkerStageEngine implements StageEngine {
     return this.call({ op: 'warmup', id: this.nextId++ }).then(() => undefined);
   }
 
-  /** Releases every cache and session and ends the thread (terminated if it does not end within 5 s). */
+  /**
+   * Releases every cache and session and ends the thread, after the calls already posted
+   * (never `Worker.terminate()` during a call: onnxruntime-node then aborts the whole process).
+   */
   async close(): Promise<void> {
     if (this.failure) return;
     this.closing = true;
@@ -129,16 +132,18 @@ export class WorkerStageEngine implements StageEngine {
     try {
       await this.call({ op: 'close', id: this.nextId++ });
     } catch {
-      // A close that failed in the thread still ends the thread below; nothing is left to free.
+      // A close that failed in the thread still ends it (the thread closes its port either way).
     }
-    const timer = setTimeout(() => void this.worker.terminate(), 5000);
     await exited;
-    clearTimeout(timer);
   }
 
-  /** Stops the inference thread at once, as a crash would: pending and later calls reject with EngineUnavailableError. */
-  async terminate(): Promise<void> {
-    await this.worker.terminate();
+  /**
+   * Fault injection for tests: the thread exits with code 1 once the calls already posted to
+   * it are done, as a crash would (never inside an onnxruntime call, which would abort the
+   * process). Calls posted later stay pending until the exit fails them.
+   */
+  simulateCrash(): void {
+    this.post({ op: 'crash' });
   }
 
   private call(m: ToThread & { id: number }): Promise<HostTensor[]> {
