@@ -11,6 +11,10 @@
  * 2. Decode overhead of the worker hop: one all-server generation (128-token prompt, then D
  *    greedy tokens, a step per token over the stream) on each preset; reports decode ms/token.
  *
+ * 3. The hop itself: one-token decode steps straight on each engine (no gRPC, no scheduler) on
+ *    the `tiny` preset, whose stages take microseconds; best of 5 blocks of 50 tokens per
+ *    repetition (the minimum resists a loaded machine), as µs per stage call.
+ *
  * Figures are medians over the repetitions with [min–max].
  *
  *   npx tsx tools/bench/engine-bench.ts [--prefill-preset gpt2] [--sessions 16] [--prompt 512]
@@ -21,7 +25,7 @@ import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { createModel, readManifest } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, HealthClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { channelOptions, ExecutorServiceClient, HealthClient, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '@tandem/server-executor';
 
@@ -140,12 +144,38 @@ async function decodeMsPerToken(mode: Mode, dir: string): Promise<number> {
   }
 }
 
+/** Best mean ms per one-token step through every stage, over 5 blocks of 50 steps, straight on the engine. */
+async function engineStepMs(mode: Mode, dir: string): Promise<{ ms: number; stages: number }> {
+  const load = { intraOpNumThreads: 1 };
+  const engine: StageEngine = mode === 'worker' ? await WorkerStageEngine.load(dir, load) : await OnnxStageEngine.load(dir, load);
+  try {
+    await engine.warmup();
+    let best = Number.POSITIVE_INFINITY;
+    for (let block = 0; block < 5; block++) {
+      const cache = engine.newCache();
+      const t0 = performance.now();
+      for (let k = 0; k < 50; k++) {
+        let x: HostTensor = { dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(BigInt(k + 1)) };
+        for (let s = 0; s < engine.stageCount; s++) x = (await engine.runBatch(s, [x], [cache]))[0];
+      }
+      best = Math.min(best, (performance.now() - t0) / 50);
+      engine.releaseCache(cache);
+    }
+    return { ms: best, stages: engine.stageCount };
+  } finally {
+    await engine.close();
+  }
+}
+
 async function main(): Promise<void> {
   say(`engine bench: ${os.cpus().length} cpus, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}, MALLOC_TOP_PAD_=${process.env.MALLOC_TOP_PAD_ ?? 'unset'}`);
   const resp: Record<Mode, Responsiveness[]> = { worker: [], inline: [] };
   const dec: Record<string, Record<Mode, number[]>> = {};
   const prefillDir = opts.sessions > 0 ? await modelDir(opts.prefillPreset) : '';
   const decodeDirs = await Promise.all(opts.decodePresets.map(modelDir));
+  const tinyDir = await modelDir('tiny');
+  const hop: Record<Mode, number[]> = { worker: [], inline: [] };
+  let tinyStages = 0;
   for (let r = 0; r < opts.reps; r++) {
     for (const mode of r % 2 ? [...MODES].reverse() : MODES) {
       if (opts.sessions > 0) {
@@ -153,6 +183,9 @@ async function main(): Promise<void> {
         resp[mode].push(x);
         say(`rep ${r + 1} ${mode}: ${opts.sessions}×${opts.prompt} prefills in ${x.wallMs.toFixed(0)} ms; health p99 ${x.p99.toFixed(1)} ms, max ${x.max.toFixed(1)} ms over ${x.probes} probes; loop delay max ${x.loopMaxMs.toFixed(1)} ms`);
       }
+      const step = await engineStepMs(mode, tinyDir);
+      hop[mode].push(step.ms);
+      tinyStages = step.stages;
       for (const [k, preset] of opts.decodePresets.entries()) {
         const ms = await decodeMsPerToken(mode, decodeDirs[k]);
         ((dec[preset] ??= { worker: [], inline: [] })[mode]).push(ms);
@@ -179,6 +212,10 @@ async function main(): Promise<void> {
       out(`| ${preset} | ${spread(d.worker, 2)} | ${spread(d.inline, 2)} | ${spread(ratios, 3)} |`);
     }
   }
+  const perCallUs = hop.worker.map((w, i) => ((w - hop.inline[i]) / tinyStages) * 1000);
+  out(`\none-token steps straight on the engine, tiny preset (${tinyStages} stage calls per token), best of 5 blocks of 50\n`);
+  out('| worker ms/token | inline ms/token | hop cost per stage call, µs |\n|---:|---:|---:|');
+  out(`| ${spread(hop.worker, 3)} | ${spread(hop.inline, 3)} | ${spread(perCallUs, 0)} |`);
 }
 
 main().catch((err: unknown) => { process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`); process.exit(1); });
