@@ -126,7 +126,7 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
   it('answers health and status within milliseconds while long prefill batches run', async () => {
     const engine = new TimedEngine(await WorkerStageEngine.load(small.dir, { intraOpNumThreads: 1 }));
     const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-worker', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 64 << 20,
-      batching: true, maxBatch: 16, maxBatchTokens: 8192, idleTimeoutMs: 60_000, telemetryIntervalMs: 1000 });
+      batching: true, maxBatch: 16, maxBatchTokens: 10_000, idleTimeoutMs: 60_000, telemetryIntervalMs: 1000 });
     const { port } = await server.start();
     engine.longestCallMs = 0; // warm-up and profiling are not the batches under test
     const addr = `127.0.0.1:${port}`;
@@ -137,10 +137,11 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r))));
       await check(); // connections up before timing
       await status();
-      // Six 1000-token prefills of the first block (embed, attention, MLP) arrive together: their MLP stages run as one 6000-token batch.
+      // Ten 1000-token prefills of the first block (embed, attention, MLP) arrive together: their
+      // MLP stages run as one 10,000-token batch (about 10 GFLOP, so > 150 ms on one thread).
       const t0 = performance.now();
       let finished = false;
-      const work = Promise.all(Array.from({ length: 6 }, (_, i) => oneStep(client, ids(prompt(1000, i + 1)), 3))).finally(() => { finished = true; });
+      const work = Promise.all(Array.from({ length: 10 }, (_, i) => oneStep(client, ids(prompt(1000, i + 1)), 3))).finally(() => { finished = true; });
       const latencies: number[] = [];
       const answers: string[] = [];
       while (!finished) {
@@ -148,7 +149,7 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
         if (latencies.length % 2 === 0) answers.push(ServingStatus[await check()]);
         else answers.push(`queue ${(await status()).queueDepth}`);
         latencies.push(performance.now() - p0);
-        await new Promise((r) => setTimeout(r, 2));
+        await new Promise((r) => setTimeout(r, 5));
       }
       const results = await withTimeout(work, 60_000, 'the prefills');
       const workMs = performance.now() - t0;
@@ -161,9 +162,10 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       const p99 = percentile(latencies, 99);
       const max = Math.max(...latencies);
       process.stderr.write(`probes ${latencies.length}, p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${max.toFixed(1)} ms; longest engine call ${engine.longestCallMs.toFixed(0)} ms, all prefills ${workMs.toFixed(0)} ms\n`);
-      // On this shared 2-core machine the event loop competes with onnxruntime's thread and other
-      // jobs, hence 75 ms rather than a few ms; the in-thread engine gives about the longest call.
-      expect(p99).toBeLessThan(75);
+      // The in-thread engine answers a probe only between engine calls, so its p99 and max come
+      // close to the longest call (> 150 ms). With the worker they stay far below it; the bounds
+      // leave room for a 2-core machine shared with other jobs (p99 was 33-64 ms there, p50 1 ms).
+      expect(p99).toBeLessThan(Math.min(100, engine.longestCallMs / 3));
       expect(max).toBeLessThan(engine.longestCallMs / 2);
     } finally {
       health.close();
