@@ -4,14 +4,14 @@
  * batching on and off, repetitions interleaved in the same run. Prints decode throughput
  * (tokens/s across sessions), p50 step latency and the ratio batching / no batching.
  *
- *   npx tsx tools/bench/executor-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 3] [--threads 2]
+ *   npx tsx tools/bench/executor-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 3] [--threads 2] [--engine worker|inline]
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '@tandem/server-executor';
 import { arg, ensureModel, median } from './bench-kit';
 
 const preset = arg('preset', 'small');
@@ -20,6 +20,8 @@ const promptLen = Number(arg('prompt', '32'));
 const decode = Number(arg('decode', '32'));
 const reps = Number(arg('reps', '3'));
 const threads = Number(arg('threads', '2'));
+/** Where onnxruntime runs, as EXECUTOR_ENGINE: the executor's default is the worker thread. */
+const engineKind = arg('engine', 'worker');
 
 /** One generation: prefill then `decode` steps; resolves with per-step latencies (ms). */
 function generation(client: ExecutorServiceClient, stageCount: number): Promise<number[]> {
@@ -47,13 +49,14 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
 }
 
 async function main(): Promise<void> {
+  if (engineKind !== 'worker' && engineKind !== 'inline') throw new Error(`--engine must be worker or inline, given '${engineKind.slice(0, 40)}'`);
   const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
   await ensureModel(dir, preset);
   const log = createLogger({ name: 'bench', level: 'silent' });
   const results: Record<string, { tokPerS: number[]; p50: number[] }> = { batched: { tokPerS: [], p50: [] }, unbatched: { tokPerS: [], p50: [] } };
   for (let r = 0; r < reps; r++) {
     for (const batching of [true, false]) {
-      const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
+      const engine = engineKind === 'inline' ? await OnnxStageEngine.load(dir, { intraOpNumThreads: threads }) : await WorkerStageEngine.load(dir, { intraOpNumThreads: threads });
       const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'bench', maxSessions: 256, maxContextTokens: 0, maxMessageBytes: 64 << 20,
         batching, maxBatch: 64, idleTimeoutMs: 300_000, telemetryIntervalMs: 1000 });
       const { port } = await server.start();
@@ -71,7 +74,7 @@ async function main(): Promise<void> {
   }
   const b = median(results.batched.tokPerS);
   const u = median(results.unbatched.tokPerS);
-  process.stdout.write(`\nexecutor batching, preset ${preset}, ${sessions} concurrent sessions, prompt ${promptLen}, ${decode} decode steps, ${threads} threads, median of ${reps}\n`);
+  process.stdout.write(`\nexecutor batching, preset ${preset}, ${sessions} concurrent sessions, prompt ${promptLen}, ${decode} decode steps, ${threads} threads, ${engineKind} engine, median of ${reps}\n`);
   process.stdout.write('| mode | tokens/s (all sessions) | p50 decode step ms |\n|---|---:|---:|\n');
   process.stdout.write(`| batching on | ${b.toFixed(1)} | ${median(results.batched.p50).toFixed(2)} |\n`);
   process.stdout.write(`| batching off | ${u.toFixed(1)} | ${median(results.unbatched.p50).toFixed(2)} |\n`);

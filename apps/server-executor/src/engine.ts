@@ -17,13 +17,29 @@ export interface StageEngine {
   newCache(): unknown;
   /** Frees a cache's memory now (it is never used again). */
   releaseCache(cache: unknown): void;
-  /** Runs one stage for several sessions; result i belongs to inputs[i]/caches[i]. */
+  /**
+   * Runs one stage for several sessions; result i belongs to inputs[i]/caches[i]. An engine
+   * may take ownership of the inputs' memory (the worker engine transfers it to its thread):
+   * callers must not read an input's data after the call resolved. When the call rejects,
+   * the inputs are intact, so the caller may retry them.
+   */
   runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]>;
   warmup(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Resolves, with the cause, once the engine can no longer run anything (e.g. its worker
+   * thread died); every later call then rejects with EngineUnavailableError. Absent for an
+   * engine that cannot fail this way.
+   */
+  readonly failed?: Promise<Error>;
 }
 
-/** StageEngine on onnxruntime-node through the shared StageRunner, holding every stage. */
+/**
+ * StageEngine on onnxruntime-node through the shared StageRunner, holding every stage, run on
+ * the calling thread: onnxruntime's `run` holds that thread for the whole call, so on the
+ * executor's event loop a long batch stalls every stream, health check and keepalive
+ * (EXECUTOR_ENGINE=inline). `WorkerStageEngine` runs this same engine off the loop.
+ */
 export class OnnxStageEngine implements StageEngine {
   private constructor(private readonly runner: StageRunner, readonly modelId: string) {}
 

@@ -18,6 +18,10 @@ export class CapacityError extends Error {
 export class NotReadyError extends Error {
   override name = 'NotReadyError';
 }
+/** The inference engine can no longer run stages (its worker thread died): UNAVAILABLE. */
+export class EngineUnavailableError extends NotReadyError {
+  override name = 'EngineUnavailableError';
+}
 /** The session ended (cancelled, idle, shut down) before the work ran. */
 export class SessionClosedError extends Error {
   override name = 'SessionClosedError';

@@ -12,6 +12,7 @@ import {
   type SessionResponse,
 } from '@tandem/protocol';
 import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
+import { DEFAULT_MAX_BATCH_TOKENS } from './config';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
 import { mainThreadCpuMs, OverheadModel } from './overhead';
@@ -30,6 +31,8 @@ export interface ExecutorServerOptions {
   readonly maxMessageBytes: number;
   readonly batching: boolean;
   readonly maxBatch: number;
+  /** Most tokens in one batch beyond its first step (default DEFAULT_MAX_BATCH_TOKENS). */
+  readonly maxBatchTokens?: number;
   readonly idleTimeoutMs: number;
   /** NATS URL for telemetry, or undefined for none. */
   readonly natsUrl?: string;
@@ -48,6 +51,8 @@ export class ExecutorServer {
   private readonly sessions = new Set<SplitSession>();
   private sessionsOpened = 0;
   private draining = false;
+  /** Why the engine can no longer run stages, once it failed. */
+  private engineFailure: Error | undefined;
   private telemetry: TelemetryPublisher | undefined;
   private lastBusyMs = 0;
   private lastTickMs = performance.now();
@@ -69,10 +74,21 @@ export class ExecutorServer {
     this.scheduler = new StageScheduler(opts.engine, {
       batching: opts.batching,
       maxBatch: opts.maxBatch,
+      maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
       onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; },
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
+    void opts.engine.failed?.then((err) => this.onEngineFailed(err));
+  }
+
+  /** The engine died: log it for an operator, report NOT_SERVING and refuse new sessions; health and status keep answering. */
+  private onEngineFailed(err: Error): void {
+    if (this.engineFailure || this.draining) return;
+    this.engineFailure = err;
+    this.log.error({ err }, 'the inference engine failed; reporting NOT_SERVING');
+    this.health.set('', ServingStatus.NOT_SERVING);
+    this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
   }
 
   /** Warms the engine up, binds, marks SERVING and starts telemetry. Resolves with the bound port. */
@@ -189,6 +205,7 @@ export class ExecutorServer {
 
   private admit(s: SplitSession): void {
     if (this.draining) throw new NotReadyError('the executor is draining and accepts no new sessions');
+    if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${this.engineFailure.message}`);
     if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`);
     this.sessions.add(s);
     this.sessionsOpened++;

@@ -1,7 +1,9 @@
 /** The server-executor's parts, for the launcher, tests and tools. */
-export { executorEnv, loadConfig } from './config';
+export { DEFAULT_MAX_BATCH_TOKENS, executorEnv, loadConfig } from './config';
 export type { ExecutorConfig } from './config';
 export { OnnxStageEngine } from './engine';
+export { WorkerStageEngine } from './worker-engine';
+export { EngineUnavailableError } from './errors';
 export type { StageEngine, StageKind } from './engine';
 export { ExecutorServer } from './executor-server';
 export type { ExecutorServerOptions } from './executor-server';

@@ -2,12 +2,14 @@ import { createLogger, onShutdownSignal } from '@tandem/service-kit';
 import { loadConfig } from './config';
 import { OnnxStageEngine } from './engine';
 import { ExecutorServer } from './executor-server';
+import { WorkerStageEngine } from './worker-engine';
 
 /** Composition root of the server-executor: config → logger → engine → server → signals. */
 export async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const log = createLogger({ name: 'server-executor', level: config.LOG_LEVEL });
-  const engine = await OnnxStageEngine.load(config.MODEL_DIR, { intraOpNumThreads: config.EXECUTOR_THREADS });
+  const engineOpts = { intraOpNumThreads: config.EXECUTOR_THREADS };
+  const engine = config.EXECUTOR_ENGINE === 'worker' ? await WorkerStageEngine.load(config.MODEL_DIR, engineOpts) : await OnnxStageEngine.load(config.MODEL_DIR, engineOpts);
   const server = new ExecutorServer({
     engine,
     log,
@@ -18,6 +20,7 @@ export async function main(): Promise<void> {
     maxMessageBytes: config.EXECUTOR_MAX_MESSAGE_BYTES,
     batching: config.EXECUTOR_BATCHING,
     maxBatch: config.EXECUTOR_MAX_BATCH,
+    maxBatchTokens: config.EXECUTOR_MAX_BATCH_TOKENS,
     idleTimeoutMs: config.EXECUTOR_IDLE_TIMEOUT_MS,
     natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,

@@ -13,6 +13,8 @@ class FakeEngine implements StageEngine {
   readonly calls: { stage: number; batch: number }[] = [];
   /** The shape of every input of every call, by stage. */
   readonly shapes: { stage: number; shape: readonly number[] }[] = [];
+  /** Token counts of each call's inputs, in batch order. */
+  readonly tokens: number[][] = [];
   failOn?: (stage: number, t: HostTensor) => boolean;
   gate?: Promise<void>;
   stageKind(s: number): StageKind { return (['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const)[s]; }
@@ -21,6 +23,7 @@ class FakeEngine implements StageEngine {
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls.push({ stage, batch: inputs.length });
     for (const t of inputs) this.shapes.push({ stage, shape: [...t.shape] });
+    this.tokens.push(inputs.map((t) => t.shape[1]));
     if (this.gate) await this.gate;
     return inputs.map((t) => {
       if (this.failOn?.(stage, t)) throw new Error(`bad input at stage ${stage}`);
@@ -114,5 +117,48 @@ describe('StageScheduler', () => {
     await xGone;
     expect(engine.calls).toHaveLength(1); // x never ran a second stage
     expect(sched.depth).toBe(0);
+  });
+
+  describe('token budget (maxBatchTokens)', () => {
+    /** Submits steps of the given token counts at the same instant, each running the mlp stage 2 only. */
+    const runAtMlp = async (lengths: number[], opts: { maxBatch?: number; maxBatchTokens?: number }) => {
+      const engine = new FakeEngine();
+      const sched = new StageScheduler(engine, { batching: true, maxBatch: opts.maxBatch ?? 16, maxBatchTokens: opts.maxBatchTokens });
+      const outs = await Promise.all(lengths.map((t, i) => sched.submit(`s${i}`, 2, 3, tensor(i, t), {})));
+      return { engine, outs };
+    };
+
+    it('takes waiting steps while their total tokens stay within the budget', async () => {
+      const { engine } = await runAtMlp([3, 3, 3, 3, 3], { maxBatchTokens: 7 });
+      expect(engine.tokens).toEqual([[3, 3], [3, 3], [3]]);
+    });
+
+    it('always runs at least one step, alone when it is longer than the budget', async () => {
+      const { engine, outs } = await runAtMlp([10, 1, 1], { maxBatchTokens: 4 });
+      expect(engine.tokens).toEqual([[10], [1, 1]]);
+      expect(outs.map((o) => o.tensor.shape[1])).toEqual([10, 1, 1]);
+    });
+
+    it('lets a shorter step behind a long one join, and the long one heads the next call', async () => {
+      const { engine } = await runAtMlp([2, 5, 2, 1], { maxBatchTokens: 5 });
+      expect(engine.tokens).toEqual([[2, 2, 1], [5]]);
+    });
+
+    it('keeps maxBatch as the cap on sessions within the token budget', async () => {
+      const { engine } = await runAtMlp([1, 1, 1, 1, 1], { maxBatch: 2, maxBatchTokens: 100 });
+      expect(engine.tokens).toEqual([[1, 1], [1, 1], [1]]);
+    });
+
+    it('has no token limit when none is set', async () => {
+      const { engine } = await runAtMlp([600, 600, 600], {});
+      expect(engine.tokens).toEqual([[600, 600, 600]]);
+    });
+
+    it('does not batch attention stages, whatever the budget', async () => {
+      const engine = new FakeEngine();
+      const sched = new StageScheduler(engine, { batching: true, maxBatch: 16, maxBatchTokens: 1000 });
+      await Promise.all([1, 2].map((t, i) => sched.submit(`a${i}`, 1, 2, tensor(i, t), {})));
+      expect(engine.tokens).toEqual([[1], [2]]);
+    });
   });
 });

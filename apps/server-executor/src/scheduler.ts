@@ -47,6 +47,11 @@ export interface SubmitOptions {
 export interface SchedulerOptions {
   readonly batching: boolean;
   readonly maxBatch: number;
+  /**
+   * Most tokens in one batch of a position-wise stage (default: no limit). A batch always takes
+   * its first step, whatever its length, then others while the total stays within this.
+   */
+  readonly maxBatchTokens?: number;
   /** Called after each step completes (for counters). */
   readonly onStepDone?: (o: StepOutcome) => void;
   /** Monotonic clock in ms (injected for tests). */
@@ -126,19 +131,27 @@ export class StageScheduler {
 
   /**
    * The next engine call: the oldest step among those at the shallowest stage, batched with
-   * every other step at that stage when the stage is position-wise. Serving the shallowest
-   * stage first lets steps that arrived together stay at the same depth (after each
-   * attention stage, which runs per session, they meet again at the next MLP).
+   * other steps at that stage when the stage is position-wise. Serving the shallowest stage
+   * first lets steps that arrived together stay at the same depth (after each attention
+   * stage, which runs per session, they meet again at the next MLP). A batch holds at most
+   * `maxBatch` steps and, beyond its first step, at most `maxBatchTokens` tokens: steps
+   * that do not fit wait for a later call (the oldest step at a stage heads the next batch
+   * there, so a long step is not passed over twice) while shorter ones behind it may join.
+   * O(queue length).
    */
   private pickBatch(): Job[] {
     let head = this.queue[0];
     for (const j of this.queue) if (j.stage < head.stage) head = j;
     const kind = this.engine.stageKind(head.stage);
     if (!this.opts.batching || kind === 'attn') return [head];
-    const batch: Job[] = [];
+    const maxTokens = this.opts.maxBatchTokens ?? Number.POSITIVE_INFINITY;
+    const batch: Job[] = [head];
+    let tokens = head.tokens;
     for (const j of this.queue) {
-      if (j.stage === head.stage) batch.push(j);
       if (batch.length >= this.opts.maxBatch) break;
+      if (j === head || j.stage !== head.stage || tokens + j.tokens > maxTokens) continue;
+      batch.push(j);
+      tokens += j.tokens;
     }
     return batch;
   }

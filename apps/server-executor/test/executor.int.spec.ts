@@ -13,12 +13,17 @@ import {
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine } from '../src';
+import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
 import { ids, TestSession } from './session-client';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 
-describe('server-executor against a real model', () => {
+const engines = {
+  worker: (dir: string) => WorkerStageEngine.load(dir, { intraOpNumThreads: 1 }),
+  inline: (dir: string) => OnnxStageEngine.load(dir, { intraOpNumThreads: 1 }),
+};
+
+describe.each(['worker', 'inline'] as const)('server-executor against a real model (%s engine)', (engineKind) => {
   let model: TempModel;
   let server: ExecutorServer;
   let client: ExecutorServiceClient;
@@ -35,7 +40,7 @@ describe('server-executor against a real model', () => {
 
   beforeAll(async () => {
     model = await makeTempModel();
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    const engine = await engines[engineKind](model.dir);
     stageCount = engine.stageCount;
     server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-test', maxSessions: 4, maxContextTokens: 40, maxMessageBytes: 8 << 20,
       batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 100 });
@@ -228,7 +233,7 @@ describe('server-executor lifecycle and telemetry', () => {
     const model = await makeTempModel();
     const nats = await startNatsServer();
     const nc = await connect({ servers: nats.url });
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    const engine = await engines.worker(model.dir);
     const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-nats', maxSessions: 4, maxContextTokens: 0, maxMessageBytes: 8 << 20,
       batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 50 });
     try {

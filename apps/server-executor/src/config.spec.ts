@@ -1,0 +1,26 @@
+import { ConfigError } from '@tandem/service-kit';
+import { DEFAULT_MAX_BATCH_TOKENS, loadConfig } from './config';
+
+describe('executor configuration', () => {
+  it('runs onnxruntime in a worker thread with a 4096-token batch budget by default', () => {
+    const c = loadConfig({ MODEL_DIR: '/m' });
+    expect(c.EXECUTOR_ENGINE).toBe('worker');
+    expect(c.EXECUTOR_MAX_BATCH_TOKENS).toBe(DEFAULT_MAX_BATCH_TOKENS);
+    expect(DEFAULT_MAX_BATCH_TOKENS).toBe(4096);
+  });
+
+  it('accepts the inline engine and a token budget', () => {
+    const c = loadConfig({ MODEL_DIR: '/m', EXECUTOR_ENGINE: 'inline', EXECUTOR_MAX_BATCH_TOKENS: '512' });
+    expect(c.EXECUTOR_ENGINE).toBe('inline');
+    expect(c.EXECUTOR_MAX_BATCH_TOKENS).toBe(512);
+  });
+
+  it('names the variable, the rule and the value of every bad setting at once', () => {
+    let err: unknown;
+    try { loadConfig({ MODEL_DIR: '/m', EXECUTOR_ENGINE: 'gpu', EXECUTOR_MAX_BATCH_TOKENS: '0' }); } catch (e) { err = e; }
+    expect(err).toBeInstanceOf(ConfigError);
+    const problems = (err as ConfigError).problems.join('\n');
+    expect(problems).toMatch(/EXECUTOR_ENGINE.*must be one of worker, inline.*gpu/);
+    expect(problems).toMatch(/EXECUTOR_MAX_BATCH_TOKENS.*must be an integer in 1\.\.1048576.*0/);
+  });
+});

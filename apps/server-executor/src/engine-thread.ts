@@ -1,0 +1,90 @@
+/**
+ * The inference thread of {@link WorkerStageEngine}: owns an {@link OnnxStageEngine} and every
+ * KV cache, and answers the requests of worker-engine.ts one at a time, in arrival order.
+ * Loaded through engine-thread.js (which registers the TypeScript loader first); it is not
+ * imported by anything else.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { StageInputError } from '@tandem/model';
+import type { HostTensor } from '@tandem/protocol';
+import { OnnxStageEngine } from './engine';
+import { describeError, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
+
+async function serve(): Promise<void> {
+  const port = parentPort;
+  if (!port) throw new Error('engine-thread must run as a worker thread');
+  const init = workerData as EngineThreadData;
+  let engine: OnnxStageEngine;
+  try {
+    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads });
+  } catch (err) {
+    port.postMessage({ type: 'load-failed', error: describeError(err) } satisfies FromThread);
+    return;
+  }
+  const caches = new Map<number, unknown>();
+  const post = (m: FromThread, transfer: ArrayBuffer[] = []): void => {
+    try {
+      port.postMessage(m, transfer);
+    } catch (err) {
+      // A buffer onnxruntime does not let go of cannot be transferred: send a copy instead.
+      if (!(err instanceof Error && err.name === 'DataCloneError') || transfer.length === 0) throw err;
+      port.postMessage(m);
+    }
+  };
+
+  const handle = async (m: ToThread): Promise<void> => {
+    switch (m.op) {
+      case 'crash':
+        process.exit(1);
+        return;
+      case 'new-cache':
+        caches.set(m.cache, engine.newCache());
+        return;
+      case 'release-cache': {
+        const c = caches.get(m.cache);
+        caches.delete(m.cache);
+        if (c !== undefined) engine.releaseCache(c);
+        return;
+      }
+      case 'run': {
+        let outputs: HostTensor[];
+        try {
+          const cs = m.caches.map((id, i) => {
+            const c = caches.get(id);
+            if (c === undefined) throw new StageInputError(`caches[${i}]`, 'be a live cache of this engine (made by newCache, not released)', `cache ${id}`, 'precondition');
+            return c;
+          });
+          outputs = await engine.runBatch(m.stage, m.inputs, cs);
+        } catch (err) {
+          // The inputs go back with the error, so the caller can retry them one by one.
+          post({ type: 'failed', id: m.id, error: describeError(err), inputs: m.inputs }, transferListOf(m.inputs));
+          return;
+        }
+        post({ type: 'done', id: m.id, outputs }, transferListOf(outputs));
+        return;
+      }
+      case 'warmup':
+      case 'close':
+        try {
+          if (m.op === 'warmup') await engine.warmup();
+          else {
+            for (const c of caches.values()) engine.releaseCache(c);
+            caches.clear();
+            await engine.close();
+          }
+          post({ type: 'done', id: m.id, outputs: [] });
+        } catch (err) {
+          post({ type: 'failed', id: m.id, error: describeError(err), inputs: [] });
+        }
+        if (m.op === 'close') port.close();
+        return;
+    }
+  };
+
+  // One request at a time, in order: a release queued behind a run never frees a cache in use.
+  let chain = Promise.resolve();
+  port.on('message', (m: ToThread) => { chain = chain.then(() => handle(m)); });
+  post({ type: 'ready' });
+}
+
+void serve();

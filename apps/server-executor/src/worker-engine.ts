@@ -1,0 +1,192 @@
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { modelIdOf, readManifest, type Manifest } from '@tandem/model';
+import type { HostTensor } from '@tandem/protocol';
+import type { StageEngine, StageKind } from './engine';
+import { rebuildError, ownedTensors, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
+import { EngineUnavailableError } from './errors';
+
+/** A cache as the event-loop thread holds it: a handle to the KV cache kept in the inference thread. */
+class CacheHandle {
+  released = false;
+  constructor(readonly id: number, readonly owner: WorkerStageEngine) {}
+}
+
+interface Pending {
+  readonly inputs: readonly HostTensor[];
+  readonly resolve: (outputs: HostTensor[]) => void;
+  readonly reject: (err: Error) => void;
+}
+
+/** The inference thread's entry: a .js file, so it loads under node, tsx and jest alike (it registers tsx itself). */
+const THREAD_ENTRY = path.join(__dirname, 'engine-thread.js');
+
+/**
+ * StageEngine whose onnxruntime sessions and KV caches live in a worker thread, so that the
+ * event loop (gRPC streams, health, status, keepalives, telemetry) keeps running while a
+ * batch computes: onnxruntime-node's `run` holds the thread it is called on. The event-loop
+ * thread holds cache handles; each call posts its inputs with their ArrayBuffers transferred
+ * (no copy; the caller's arrays are then detached, and are handed back if the call fails) and
+ * receives the outputs the same way. Calls are answered in order, one at a time.
+ *
+ * If the thread dies (an uncaught error, a crash, `terminate()`), every pending and later call
+ * rejects with EngineUnavailableError (gRPC UNAVAILABLE) naming the cause, and `failed`
+ * resolves with it; the engine never hangs a caller.
+ */
+export class WorkerStageEngine implements StageEngine {
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private nextCache = 1;
+  private failure: EngineUnavailableError | undefined;
+  private closing = false;
+  private resolveFailed!: (e: Error) => void;
+  readonly failed = new Promise<Error>((r) => { this.resolveFailed = r; });
+
+  private constructor(private readonly worker: Worker, private readonly manifest: Manifest, readonly modelId: string) {
+    worker.on('message', (m: FromThread) => this.onMessage(m));
+    worker.on('error', (err) => this.fail(`failed: ${err.message}`, err));
+    worker.on('messageerror', (err) => this.fail(`sent a message that could not be read: ${err.message}`, err));
+    worker.on('exit', (code) => this.fail(this.closing ? 'was closed' : `exited with code ${code}`, undefined, !this.closing));
+  }
+
+  /**
+   * Reads the manifest, starts the inference thread and waits until it loaded every stage.
+   * @throws ModelFormatError for a bad model directory; the thread's load error otherwise.
+   */
+  static async load(modelDir: string, opts: { intraOpNumThreads?: number } = {}): Promise<WorkerStageEngine> {
+    const manifest = await readManifest(modelDir);
+    const data: EngineThreadData = { modelDir, intraOpNumThreads: opts.intraOpNumThreads || undefined };
+    // execArgv [] : the thread needs none of the parent's flags (it registers tsx itself).
+    const worker = new Worker(THREAD_ENTRY, { workerData: data, execArgv: [], name: 'tandem-engine' });
+    await new Promise<void>((resolve, reject) => {
+      const onMessage = (m: FromThread): void => {
+        cleanup();
+        if (m.type === 'ready') resolve();
+        else {
+          void worker.terminate();
+          reject(m.type === 'load-failed' ? rebuildError(m.error) : new Error(`the inference thread sent ${m.type} before ready`));
+        }
+      };
+      const onError = (err: Error): void => { cleanup(); reject(new Error(`the inference thread failed while loading the model: ${err.message}`, { cause: err })); };
+      const onExit = (code: number): void => { cleanup(); reject(new Error(`the inference thread exited with code ${code} while loading the model`)); };
+      const cleanup = (): void => { worker.off('message', onMessage); worker.off('error', onError); worker.off('exit', onExit); };
+      worker.on('message', onMessage);
+      worker.on('error', onError);
+      worker.on('exit', onExit);
+    });
+    return new WorkerStageEngine(worker, manifest, modelIdOf(modelDir));
+  }
+
+  get stageCount(): number { return this.manifest.stages.length; }
+  get nEmbd(): number { return this.manifest.config.nEmbd; }
+  get vocabSize(): number { return this.manifest.config.vocabSize; }
+  get nPositions(): number { return this.manifest.config.nPositions; }
+  /** Stage compute runs on the worker thread, so the event loop's CPU is serving overhead only. */
+  readonly computesOnEventLoop = false;
+  stageKind(stage: number): StageKind { return this.manifest.stages[stage].kind; }
+
+  newCache(): unknown {
+    const h = new CacheHandle(this.nextCache++, this);
+    this.post({ op: 'new-cache', cache: h.id });
+    return h;
+  }
+
+  releaseCache(cache: unknown): void {
+    const h = this.handle(cache, 'cache');
+    if (h.released) return;
+    h.released = true;
+    this.post({ op: 'release-cache', cache: h.id });
+  }
+
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    let ids: number[];
+    try {
+      ids = caches.map((c, i) => {
+        const h = this.handle(c, `caches[${i}]`);
+        if (h.released) throw new Error(`caches[${i}] must not be released, given a released cache`);
+        return h.id;
+      });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const id = this.nextId++;
+    const sent = ownedTensors(inputs);
+    return new Promise<HostTensor[]>((resolve, reject) => {
+      this.pending.set(id, { inputs, resolve, reject });
+      this.post({ op: 'run', id, stage, inputs: sent, caches: ids }, transferListOf(sent));
+    });
+  }
+
+  /** Runs a 4-token prompt and one decode step through every stage, in the inference thread. */
+  warmup(): Promise<void> {
+    return this.call({ op: 'warmup', id: this.nextId++ }).then(() => undefined);
+  }
+
+  /**
+   * Releases every cache and session and ends the thread, after the calls already posted
+   * (never `Worker.terminate()` during a call: onnxruntime-node then aborts the whole process).
+   */
+  async close(): Promise<void> {
+    if (this.failure) return;
+    this.closing = true;
+    const exited = new Promise<void>((r) => this.worker.once('exit', () => r()));
+    try {
+      await this.call({ op: 'close', id: this.nextId++ });
+    } catch {
+      // A close that failed in the thread still ends it (the thread closes its port either way).
+    }
+    await exited;
+  }
+
+  /**
+   * Fault injection for tests: the thread exits with code 1 once the calls already posted to
+   * it are done, as a crash would (never inside an onnxruntime call, which would abort the
+   * process). Calls posted later stay pending until the exit fails them.
+   */
+  simulateCrash(): void {
+    this.post({ op: 'crash' });
+  }
+
+  private call(m: ToThread & { id: number }): Promise<HostTensor[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<HostTensor[]>((resolve, reject) => {
+      this.pending.set(m.id, { inputs: [], resolve, reject });
+      this.post(m);
+    });
+  }
+
+  private post(m: ToThread, transfer: ArrayBuffer[] = []): void {
+    if (this.failure) return;
+    this.worker.postMessage(m, transfer);
+  }
+
+  private handle(cache: unknown, field: string): CacheHandle {
+    if (!(cache instanceof CacheHandle) || cache.owner !== this) throw new Error(`${field} must come from this engine's newCache(), given ${typeof cache}`);
+    return cache;
+  }
+
+  private onMessage(m: FromThread): void {
+    if (m.type !== 'done' && m.type !== 'failed') return;
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    this.pending.delete(m.id);
+    if (m.type === 'done') { p.resolve(m.outputs as HostTensor[]); return; }
+    // Put the returned memory back into the caller's tensors, which were detached by the transfer.
+    m.inputs.forEach((t, i) => {
+      const own = p.inputs[i] as { data: HostTensor['data'] } | undefined;
+      if (own && own.data.byteLength === 0 && t.data.byteLength > 0) own.data = t.data;
+    });
+    p.reject(rebuildError(m.error));
+  }
+
+  /** The thread is gone: reject everything pending and refuse everything later. Idempotent. */
+  private fail(reason: string, cause?: Error, report = true): void {
+    if (this.failure) return;
+    this.failure = new EngineUnavailableError(`the executor's inference thread ${reason}; no stage can run until the executor restarts`, { cause });
+    for (const p of this.pending.values()) p.reject(this.failure);
+    this.pending.clear();
+    // A thread that ended because close() asked it to is not a failure to report.
+    if (report) this.resolveFailed(this.failure);
+  }
+}
