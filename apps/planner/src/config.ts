@@ -1,5 +1,6 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { ConfigError, env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { DEFAULT_CALIBRATION as C } from './calibration';
 
 /** A request class: prompts up to `maxPromptTokens`, priced for `expectedNewTokens` output tokens, with an SLA. */
 export interface RequestClass {
@@ -64,6 +65,16 @@ export const plannerEnv = {
   PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 (the default) always minimises work, the throughput objective', 0, 0, 1),
   PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
+  PLANNER_LEARN: env.bool("Learn from the agents' GenerationOutcome telemetry: scale predictions by the observed error and tighten plans that miss PLANNER_SLO_TARGET (docs/planner.md); false only observes (`tandem plans` still shows the figures)", C.learn),
+  PLANNER_SLO_TARGET: env.number("SLO attainment each client's plan must reach per request class; below it (with PLANNER_OUTCOME_MIN outcomes) the class is planned against a tighter SLA until the plan changes", C.target, 0.01, 1),
+  PLANNER_SLO_RELAX_MARGIN: env.number('A tightened class relaxes one step only while its attainment is at least PLANNER_SLO_TARGET plus this', C.relaxMargin, 0, 0.5),
+  PLANNER_OUTCOME_HALF_LIFE: env.number('Half-life, in outcomes, of the decayed prediction error and attainment', C.halfLife, 1, 100_000),
+  PLANNER_OUTCOME_MIN: env.int("Outcomes needed before a class's prediction is corrected or its plan judged (fewer: the model's prediction stands)", C.minOutcomes, 1, 100_000),
+  PLANNER_SAFETY_STEP: env.number('Each tighten step multiplies the safety factor on the SLA by this; a relax step divides by it', C.step, 0.1, 0.99),
+  PLANNER_SAFETY_FLOOR: env.number('Lowest safety factor; the next tighten step places the class all-server', C.floor, 0.01, 1),
+  PLANNER_SAFETY_DWELL_MS: env.int('A placement stays in force at least this long before it may be tightened, ms', C.dwellMs, 0, 86_400_000),
+  PLANNER_SAFETY_RELAX_MS: env.int('Time since the last change before a relax step, ms (doubled after each relax that had to be undone, up to 16x)', C.relaxDwellMs, 0, 86_400_000),
+  PLANNER_CALIBRATION_CHANGE: env.number('A client is re-planned when a correction factor moved by more than this fraction since it was planned', C.materialChange, 0, 10),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 
@@ -71,5 +82,9 @@ export type PlannerConfig = EnvValues<typeof plannerEnv>;
 
 /** Reads the planner's configuration. @throws ConfigError listing every problem. */
 export function loadConfig(source: Readonly<Record<string, string | undefined>>): PlannerConfig {
-  return loadEnv(plannerEnv, source);
+  const c = loadEnv(plannerEnv, source);
+  if (c.PLANNER_SLO_TARGET + c.PLANNER_SLO_RELAX_MARGIN > 1 + 1e-9) {
+    throw new ConfigError([`PLANNER_SLO_TARGET + PLANNER_SLO_RELAX_MARGIN must be at most 1 (else a tightened class never relaxes), given ${c.PLANNER_SLO_TARGET} + ${c.PLANNER_SLO_RELAX_MARGIN}`]);
+  }
+  return c;
 }

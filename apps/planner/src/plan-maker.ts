@@ -9,6 +9,17 @@ import type { RequestClass } from './config';
  */
 export type Objective = 'work' | 'latency';
 
+/**
+ * What the planner learned from outcomes about one client's request class (calibration.ts):
+ * how to plan it differently from what the model alone says.
+ */
+export interface ClassAdjustment {
+  /** Multiplies the SLA the class is planned against: safety factor / correction factor (1 = as configured). */
+  readonly slaScale: number;
+  /** Places every stage on the server whatever the solver finds (the safety controller's floor). */
+  readonly allServer: boolean;
+}
+
 /** A stage as the manifest describes it. */
 export interface ModelStage {
   readonly name: string;
@@ -32,6 +43,18 @@ export interface PlanMakerOptions {
 export const UNRUNNABLE_MS = 1e12;
 /** Bytes of a sampled token id coming back from the head. */
 const TOKEN_BYTES = 8;
+
+/** `inst` planned against its SLA scaled by the learned adjustment (calibration.ts). */
+function adjusted(inst: PlacementInstance | undefined, adj: ClassAdjustment | undefined): PlacementInstance | undefined {
+  return inst && adj && adj.slaScale !== 1 ? { ...inst, slaMs: inst.slaMs * adj.slaScale } : inst;
+}
+
+/** Every stage on the server, priced on `inst`: the safety controller's floor. */
+function allServer(inst: PlacementInstance, best: ReturnType<typeof solve>): { placement: string; best: ReturnType<typeof solve> } {
+  const placement = inst.stages.map((): Location => 'server');
+  const cost = evaluatePlacement(inst, placement);
+  return { placement: toLetters(placement), best: { ...best, placement, ...cost, feasible: meetsSla(inst, cost.latencyMs) } };
+}
 
 const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
 const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
@@ -93,12 +116,15 @@ export class PlanMaker {
   /**
    * The placements for one client. `previous` (the client's current plan) is kept per class
    * while it stays feasible and the new optimum saves no more than `hysteresis` of its work,
-   * so plans do not flap on measurement noise. Returns undefined until the server has reported.
+   * so plans do not flap on measurement noise. `adjust` gives the learned corrections per class
+   * (the reported SLA and predictions stay the model's). Returns undefined until the server has reported.
    */
-  plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work'): ClassPlacement[] | undefined {
+  plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work',
+    adjust?: (requestClass: string) => ClassAdjustment | undefined): ClassPlacement[] | undefined {
     const out: ClassPlacement[] = [];
     for (const cls of this.opts.classes) {
-      const solved = this.solveUnderLoad(client, server, cls, objective);
+      const adj = adjust?.(cls.name);
+      const solved = this.solveUnderLoad(client, server, cls, objective, adj);
       if (!solved) return undefined;
       const { inst } = solved;
       let { best } = solved;
@@ -117,6 +143,7 @@ export class PlanMaker {
           best = { ...best, placement: fromLetters(prev.placement), latencyMs: kept.latencyMs, serverWork: kept.serverWork, feasible: keptFeasible };
         }
       }
+      if (adj?.allServer) ({ placement, best } = allServer(inst, best));
       out.push({
         name: cls.name,
         maxPromptTokens: cls.maxPromptTokens,
@@ -138,13 +165,13 @@ export class PlanMaker {
    * is relieved, not given everything because the slow clients cannot meet the SLA alone.
    * Either way the plan is reported at the loaded prices, infeasible.
    */
-  private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective):
+  private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective, adj?: ClassAdjustment):
     { inst: PlacementInstance; best: ReturnType<typeof solve> } | undefined {
-    const inst = this.instance(client, server, cls);
+    const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
     const best = objective === 'work' ? solve(inst, this.opts.algorithm) : this.fastest(inst);
     if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
-    const idle = solve(this.instance(client, server, cls, 0)!, this.opts.algorithm);
+    const idle = solve(adjusted(this.instance(client, server, cls, 0), adj)!, this.opts.algorithm);
     if (!idle.feasible || idle.serverWork >= best.serverWork) return { inst, best };
     const cost = evaluatePlacement(inst, idle.placement);
     return { inst, best: { ...idle, ...cost, feasible: false } };
