@@ -152,7 +152,10 @@ export interface GenerationOutcome {
   promptTokens: number;
   /** Tokens generated (for a failed generation, those produced before it failed). */
   newTokens: number;
-  /** End-to-end latency the plan predicted for the class (ClassPlacement.predicted_latency_ms), ms. */
+  /**
+   * End-to-end latency the plan predicted for the class (ClassPlacement.predicted_latency_ms of
+   * the plan as the agent received it: the model's uncorrected prediction), ms.
+   */
   predictedE2eMs: number;
   /** Time to first token the plan predicted, ms; 0 when the plan states none. */
   predictedTtftMs: number;
