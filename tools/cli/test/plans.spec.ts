@@ -1,6 +1,6 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
-import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
+import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { run } from './run-cli';
@@ -105,6 +105,43 @@ describe('tandem plans against a real planner', () => {
     expect(text.code).toBe(0);
     expect(text.stdout).toContain(`client dev-1  epoch ${plan.epoch}  algorithm dp`);
     expect(text.stdout).toMatch(/^ {2}short +CCS +100 +21(\.\d)? +1\.0 +yes$/m);
+  });
+
+  it('shows what the planner observed of the outcomes an agent published, predicted against observed', async () => {
+    const plan = server.plans().find((p) => p.clientId === 'dev-1')!;
+    const c = plan.classes[0];
+    const outcome = (ok: boolean, e2eMs: number): GenerationOutcome => ({
+      clientId: 'dev-1', clientClass: 'handheld', modelId: 'm', requestClass: 'short', placement: c.placement, planEpoch: plan.epoch,
+      promptTokens: 10, newTokens: ok ? 1 : 0, predictedE2eMs: c.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: 0,
+      ttftMs: ok ? e2eMs : 0, tpotMs: 0, e2eMs, serverComputeMs: 1, serverQueueMs: 0, slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0,
+      slaMet: ok && e2eMs <= c.slaMs, ttftMet: true, tpotMet: true, status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED, unixMs: Date.now(),
+    });
+    // five generations that met the SLA in 30 ms each (the plan predicted about 21), then one that failed
+    for (let i = 0; i < 5; i++) nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(true, 30)).finish());
+    nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(false, 4)).finish());
+    await nc.flush();
+    await eventually(() => server.counters.outcomes === 6, { what: 'six outcomes taken', timeoutMs: 5000 });
+
+    const r = await run(['plans', '--planner', addr, '--json']);
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    const body = JSON.parse(r.stdout);
+    expect(body.observations).toHaveLength(1);
+    expect(body.observations[0].clientId).toBe('dev-1');
+    const o = body.observations[0].classes[0];
+    expect(o).toMatchObject({ name: 'short', outcomes: 6, failures: 1, planOutcomes: 6, window: 5, attainmentTarget: 0.9, observedE2eMedianMs: 30, observedE2eMeanMs: 30, safetyFactor: 1 });
+    expect(o.predictedE2eMedianMs).toBeCloseTo(c.predictedLatencyMs, 9);
+    expect(o.e2eCorrection).toBeCloseTo(30 / c.predictedLatencyMs, 9);
+    // attainment decays with a half-life of 20 outcomes: five met, weighed d^5..d^1, and the last one missed, weighed 1
+    const d = 2 ** (-1 / 20);
+    const met = [1, 2, 3, 4, 5].reduce((a, k) => a + d ** k, 0);
+    expect(o.attainment).toBeCloseTo(met / (met + 1), 9);
+
+    const text = await run(['plans', '--planner', addr]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toContain('  observed (attainment of the plan in force, target 90 %; latency over the last 5 successful generations)');
+    expect(text.stdout).toMatch(/^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +correction +safety$/m);
+    const correction = (30 / c.predictedLatencyMs).toFixed(2);
+    expect(text.stdout).toMatch(new RegExp(`^ {2}short +6 +1 +82 % of 6 +21 / 30 +21 / 30 +${correction.replace('.', '\\.')} +1\\.00$`, 'm'));
   });
 
   it('exits 1 with one line naming the address when no planner listens there', async () => {
