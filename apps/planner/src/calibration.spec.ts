@@ -51,7 +51,7 @@ class Harness {
       clientId: 'dev', requestClass: 'short', placement: opts.placement ?? p.placement, planEpoch: opts.epoch ?? this.epoch, ok: true, good,
       predicted: { e2e: p.predictedLatencyMs, ttft: 0, tpot: 0 }, measured: { e2e, ttft: e2e, tpot: 0 }, unixMs: this.now,
     };
-    const replan = this.cal.record(o, this.now);
+    const { replan } = this.cal.record(o, this.now);
     if (replan) this.replan();
     return replan;
   }
@@ -122,7 +122,11 @@ describe('Calibrator: safety against missed SLOs', () => {
     for (let i = 0; i < 4; i++) expect(h.outcome(false, { stepMs: 500 })).toBe(false);
     expect(h.placement).toBe('CCS');
     // the fifth, 2.5 s after the plan took effect (dwell 1 s): s = 0.8 leaves CCS (72 ms budget), 0.64 moves to CSS
-    expect(h.outcome(false, { stepMs: 500 })).toBe(true);
+    expect(h.cal.record({ clientId: 'dev', requestClass: 'short', placement: 'CCS', planEpoch: h.epoch, ok: false, good: false,
+      predicted: { e2e: 61, ttft: 0, tpot: 0 }, measured: { e2e: 0, ttft: 0, tpot: 0 }, unixMs: 0 }, (h.now += 500))).toEqual({
+      replan: true, safety: { change: 'tighten', factor: 0.8, allServer: false, attainment: 0, outcomes: 5 },
+    });
+    h.replan();
     expect(h.placement).toBe('CSS');
     expect(h.observed.safetyFactor).toBeCloseTo(0.64, 9);
     expect(h.observed.planOutcomes).toBe(0); // a new plan in force: attainment starts again

@@ -45,6 +45,14 @@ const MAX_BACKOFF = 16;
 /** Figures kept per outcome in the window: predicted and measured e2e, ttft, tpot. */
 const FIGURES = 6;
 
+/** What taking one outcome decided. */
+export interface RecordResult {
+  /** The client must be re-planned (a correction factor moved materially, or the safety factor changed). */
+  readonly replan: boolean;
+  /** The safety factor changed: the state after the change, for the planner's log. */
+  readonly safety?: { readonly change: 'tighten' | 'relax'; readonly factor: number; readonly allServer: boolean; readonly attainment: number; readonly outcomes: number };
+}
+
 /** An exponentially decayed mean, weights halving every `halfLife` samples. */
 class Decayed {
   private weight = 0;
@@ -165,11 +173,11 @@ export class Calibrator {
   }
 
   /**
-   * Takes one validated outcome at time `nowMs`. Returns true when the client should be
+   * Takes one validated outcome at time `nowMs`. Says whether the client should be
    * re-planned: its correction factor moved materially from the one it was planned with, or
-   * its safety factor changed. O(1).
+   * its safety factor changed (then also how). O(1).
    */
-  record(o: ValidOutcome, nowMs: number): boolean {
+  record(o: ValidOutcome, nowMs: number): RecordResult {
     const st = this.state(o.clientId, o.requestClass);
     st.outcomes++;
     if (!o.ok) st.failures++;
@@ -185,22 +193,24 @@ export class Calibrator {
     if (st.placement !== undefined && o.placement === st.placement && o.planEpoch >= st.sinceEpoch) {
       st.attainment.add(o.good ? 1 : 0, this.decay);
     }
-    const moved = Math.abs(Math.log(this.correction(st, 'e2e') / st.appliedE2e)) > Math.log1p(this.opts.materialChange);
-    return (this.opts.learn && moved) || this.judge(st, nowMs);
+    const moved = this.opts.learn && Math.abs(Math.log(this.correction(st, 'e2e') / st.appliedE2e)) > Math.log1p(this.opts.materialChange);
+    const change = this.judge(st, nowMs);
+    if (!change) return { replan: moved };
+    return { replan: true, safety: { change, factor: st.safety, allServer: st.allServer, attainment: st.attainment.mean, outcomes: st.attainment.count } };
   }
 
-  /** Tightens or relaxes the safety factor by the rule in the class comment. Returns whether it changed. */
-  private judge(st: ClassState, nowMs: number): boolean {
+  /** Tightens or relaxes the safety factor by the rule in the class comment. Returns the change made, if any. */
+  private judge(st: ClassState, nowMs: number): 'tighten' | 'relax' | undefined {
     const o = this.opts;
-    if (!o.learn || st.placement === undefined || st.searching || st.attainment.count < o.minOutcomes) return false;
+    if (!o.learn || st.placement === undefined || st.searching || st.attainment.count < o.minOutcomes) return undefined;
     const a = st.attainment.mean;
     if (a < o.target) {
-      if (nowMs - st.sinceMs < o.dwellMs || !/C/.test(st.placement)) return false;
-      if (!this.stepDown(st, nowMs)) return false;
+      if (nowMs - st.sinceMs < o.dwellMs || !/C/.test(st.placement)) return undefined;
+      if (!this.stepDown(st, nowMs)) return undefined;
       if (st.lastDirection === 'relax') st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
       st.lastDirection = 'tighten';
       st.searching = true;
-      return true;
+      return 'tighten';
     }
     if (a >= o.target + o.relaxMargin && (st.safety < 1 || st.allServer) && nowMs - st.lastChangeMs >= o.relaxDwellMs * st.backoff) {
       if (st.allServer) st.allServer = false;
@@ -208,9 +218,9 @@ export class Calibrator {
       if (st.lastDirection === 'relax') st.backoff = Math.max(1, st.backoff / 2);
       st.lastDirection = 'relax';
       st.lastChangeMs = st.safetyChangedMs = nowMs;
-      return true;
+      return 'relax';
     }
-    return false;
+    return undefined;
   }
 
   /** One tighten step: s·step, or all-server once that would go below the floor. False when already all-server. */

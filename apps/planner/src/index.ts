@@ -4,7 +4,7 @@ export type { PlannerConfig, RequestClass } from './config';
 export { PlanMaker, UNRUNNABLE_MS } from './plan-maker';
 export type { ClassAdjustment, ModelStage, Objective, PlanMakerOptions } from './plan-maker';
 export { Calibrator, DEFAULT_CALIBRATION, OBSERVATION_WINDOW } from './calibration';
-export type { CalibrationOptions } from './calibration';
+export type { CalibrationOptions, RecordResult } from './calibration';
 export { MAX_OUTCOME_MS, validateOutcome } from './outcomes';
 export type { ValidOutcome } from './outcomes';
 export { PlannerServer } from './planner-server';

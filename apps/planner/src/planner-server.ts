@@ -120,7 +120,12 @@ export class PlannerServer {
     this.checkModel(o.modelId);
     if (!this.clients.has(v.clientId)) { this.counters.strayOutcomes++; return; }
     this.counters.outcomes++;
-    if (this.calibrator.record(v, this.now())) {
+    const r = this.calibrator.record(v, this.now());
+    if (r.safety) {
+      this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety },
+        r.safety.change === 'tighten' ? 'plan misses its SLO attainment target; planning the class tighter' : 'SLO attainment recovered; relaxing the class one step');
+    }
+    if (r.replan) {
       this.dirty.add(v.clientId);
       this.scheduleReplan();
     }
