@@ -64,13 +64,14 @@ describe('Calibrator: correction factors', () => {
   it('keeps the model prediction (factor 1) below the minimum number of outcomes, then applies the observed ratio', () => {
     const h = new Harness(new Calibrator(OPTS));
     expect(h.placement).toBe('CCS');
-    for (let i = 0; i < OPTS.minOutcomes - 1; i++) expect(h.outcome(true, { ratio: 1.6 })).toBe(false);
-    expect(h.observed.e2eCorrection).toBe(1);
+    for (let i = 0; i < OPTS.minOutcomes - 1; i++) expect(h.outcome(true, { ratio: 1.6, stepMs: 250 })).toBe(false);
+    expect(h.observed).toMatchObject({ e2eCorrection: 1, e2eRatio: 1 });
     expect(h.cal.adjustments('dev')!('short')).toEqual({ slaScale: 1, allServer: false });
     expect(h.placement).toBe('CCS');
-    // the fifth outcome: the factor moves from 1 to 1.6, a material change, and the client is re-planned
-    expect(h.outcome(true, { ratio: 1.6 })).toBe(true);
+    // the fifth outcome, after the dwell: the factor moves from 1 to 1.6, a material change, and the client is re-planned
+    expect(h.outcome(true, { ratio: 1.6, stepMs: 250 })).toBe(true);
     expect(h.observed.e2eCorrection).toBeCloseTo(1.6, 9);
+    expect(h.observed.e2eRatio).toBeCloseTo(1.6, 9);
     // planned against 90 / 1.6 = 56 ms: CCS (61 ms) no longer fits, CSS does
     expect(h.placement).toBe('CSS');
     expect(h.observed.safetyFactor).toBe(1);
@@ -88,17 +89,19 @@ describe('Calibrator: correction factors', () => {
 
   it('re-plans only when the factor moved more than the material change since the client was planned', () => {
     const h = new Harness(new Calibrator({ ...OPTS, materialChange: 0.1 }));
-    for (let i = 0; i < OPTS.minOutcomes; i++) h.outcome(true, { ratio: 1.05 });
-    expect(h.observed.e2eCorrection).toBeCloseTo(1.05, 9);
-    // 1 -> 1.05 is within 10 %: no re-plan was asked for, so the plan still has factor 1 applied
+    for (let i = 0; i < OPTS.minOutcomes; i++) h.outcome(true, { ratio: 1.05, stepMs: 300 });
+    expect(h.observed.e2eRatio).toBeCloseTo(1.05, 9);
+    // 1 -> 1.05 is within 10 %: no re-plan, the plan keeps factor 1
     for (let i = 0; i < 3; i++) expect(h.outcome(true, { ratio: 1.05 })).toBe(false);
+    expect(h.observed.e2eCorrection).toBe(1);
     expect(h.outcome(true, { ratio: 3 })).toBe(true);
+    expect(h.observed.e2eCorrection).toBeCloseTo(h.observed.e2eRatio, 12);
   });
 
   it('bounds one wild ratio, so a single absurd figure cannot swing the factor beyond 100x', () => {
     const h = new Harness(new Calibrator({ ...OPTS, minOutcomes: 1, halfLife: 1e-3 }));
     h.outcome(true, { ratio: 1e6 });
-    expect(h.observed.e2eCorrection).toBeCloseTo(100, 6);
+    expect(h.observed.e2eRatio).toBeCloseTo(100, 6);
   });
 
   it('refuses options out of range, naming the option', () => {
@@ -112,6 +115,31 @@ describe('Calibrator: correction factors', () => {
     expect(h.placement).toBe('CCS');
     expect(h.cal.adjustments('dev')).toBeUndefined();
     expect(h.observed).toMatchObject({ outcomes: 30, planOutcomes: 30, attainment: 0, safetyFactor: 1 });
+  });
+});
+
+describe('Calibrator: a correction that depends on the placement', () => {
+  it('does not swing the plan back and forth when only client-heavy placements are slower than predicted', () => {
+    // the device is slower than it reports: CCS takes 1.6x its prediction, CSS exactly its
+    // prediction. Every generation meets its SLA, so only the correction factor acts. A factor
+    // that followed the placement in force would move CCS -> CSS, decay to 1 on CSS' outcomes,
+    // move back to CCS, and so on every few outcomes.
+    const h = new Harness(new Calibrator(OPTS));
+    const changes: number[] = [];
+    let last = h.placement;
+    const start = h.now;
+    for (let i = 0; i < 2400; i++) { // 120 s, an outcome every 50 ms
+      h.outcome(true, { ratio: h.placement === 'CCS' ? 1.6 : 1, stepMs: 50 });
+      if (h.placement !== last) { changes.push(h.now - start); last = h.placement; }
+    }
+    expect(h.history.slice(0, 2)).toEqual(['CCS', 'CSS']);
+    for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
+    // CCS is retried (the factor lowered, like a relax) ever more rarely: each stay on CSS lasts
+    // about twice the one before (3, 6, 12, 24, 48 s), so the last minute holds at most 3 changes
+    const staysOnCss = changes.slice(0, -1).filter((_, i) => h.history[i + 1] === 'CSS').map((t) => changes[changes.indexOf(t) + 1] - t);
+    expect(staysOnCss.length).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < staysOnCss.length; i++) expect(staysOnCss[i]).toBeGreaterThanOrEqual(staysOnCss[i - 1] * 1.8);
+    expect(changes.filter((t) => t > 60_000).length).toBeLessThanOrEqual(3);
   });
 });
 

@@ -95,7 +95,7 @@ class ClassState {
   safetyChangedMs = 0;
   lastDirection: 'tighten' | 'relax' | undefined;
   backoff = 1;
-  /** e2e correction factor the client was last planned with. */
+  /** The e2e correction factor in force (planned with); moves toward the estimate by the rule of `judgeFactor`. */
   appliedE2e = 1;
   /** Ring of the last OBSERVATION_WINDOW successful outcomes' figures, allocated on the first one. */
   ring: Float64Array | undefined;
@@ -116,11 +116,14 @@ function median(xs: number[]): number {
  * in force meets its SLOs, and the two corrections it derives (docs/planner.md):
  *
  * - **Correction factor** per latency term (e2e; ttft and tpot when plans predict them): the
- *   decayed geometric mean of measured / predicted, half-life `halfLife` outcomes. With fewer
- *   than `minOutcomes` outcomes carrying a prediction it is 1: the model's prediction stands.
- *   The planner plans against SLA / factor, which is the same as scaling its predicted latencies
- *   by the factor; the plans it publishes keep the model's own (uncorrected) predictions, so the
- *   ratio keeps measuring the model and does not chase its own correction.
+ *   estimate is the decayed geometric mean of measured / predicted, half-life `halfLife`
+ *   outcomes; with fewer than `minOutcomes` outcomes carrying a prediction it is 1: the model's
+ *   prediction stands. The planner plans against SLA / factor in force, which is the same as
+ *   scaling its predicted latencies by it; the plans it publishes keep the model's own
+ *   (uncorrected) predictions, so the ratio keeps measuring the model and does not chase its
+ *   own correction. The factor in force follows the estimate under the gates of the safety
+ *   factor (`judgeFactor`): up like a tighten, down like a relax. Only e2e is applied so far:
+ *   the planner's classes state no TTFT/TPOT SLO yet.
  * - **Safety factor** s in [floor, 1] on the class's SLA, and at the floor all-server. The rule:
  *   - *tighten* when the plan in force (this placement, since it took effect) has at least
  *     `minOutcomes` outcomes, its decayed attainment is below `target`, it has been in force
@@ -166,7 +169,7 @@ export class Calibrator {
     return st;
   }
 
-  /** The correction factor in force for one term: 1 until there are `minOutcomes` ratios. */
+  /** The estimated correction factor of one term: 1 until there are `minOutcomes` ratios. */
   private correction(st: ClassState, term: Term): number {
     const d = st.logRatio[term];
     return d.count >= this.opts.minOutcomes ? Math.exp(d.mean) : 1;
@@ -193,10 +196,39 @@ export class Calibrator {
     if (st.placement !== undefined && o.placement === st.placement && o.planEpoch >= st.sinceEpoch) {
       st.attainment.add(o.good ? 1 : 0, this.decay);
     }
-    const moved = this.opts.learn && Math.abs(Math.log(this.correction(st, 'e2e') / st.appliedE2e)) > Math.log1p(this.opts.materialChange);
     const change = this.judge(st, nowMs);
+    const moved = this.judgeFactor(st, nowMs);
     if (!change) return { replan: moved };
     return { replan: true, safety: { change, factor: st.safety, allServer: st.allServer, attainment: st.attainment.mean, outcomes: st.attainment.count } };
+  }
+
+  /**
+   * Moves the e2e correction factor in force to the estimate when they differ by more than
+   * `materialChange`, under the same gates as the safety factor, because the estimate mixes
+   * outcomes of every placement (a device slower than it reports makes client-heavy placements
+   * err more than all-server ones, and a factor that followed the placement in force would
+   * swing the plan back and forth): a raise (plan tighter) once the placement in force has been
+   * in force for `dwellMs`; a lowering (plan looser) like a relax: attainment of the plan in
+   * force at least target + margin over `minOutcomes`, and `relaxDwellMs` × backoff since the
+   * last change. A raise after a lowering doubles the backoff. Returns whether it moved.
+   */
+  private judgeFactor(st: ClassState, nowMs: number): boolean {
+    const o = this.opts;
+    if (!o.learn || st.placement === undefined) return false;
+    const c = this.correction(st, 'e2e');
+    if (Math.abs(Math.log(c / st.appliedE2e)) <= Math.log1p(o.materialChange)) return false;
+    if (c > st.appliedE2e) {
+      if (nowMs - st.sinceMs < o.dwellMs) return false;
+      if (st.lastDirection === 'relax') st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
+      st.lastDirection = 'tighten';
+    } else {
+      if (st.attainment.count < o.minOutcomes || st.attainment.mean < o.target + o.relaxMargin || nowMs - st.lastChangeMs < o.relaxDwellMs * st.backoff) return false;
+      if (st.lastDirection === 'relax') st.backoff = Math.max(1, st.backoff / 2);
+      st.lastDirection = 'relax';
+    }
+    st.appliedE2e = c;
+    st.lastChangeMs = nowMs;
+    return true;
   }
 
   /** Tightens or relaxes the safety factor by the rule in the class comment. Returns the change made, if any. */
@@ -239,18 +271,13 @@ export class Calibrator {
     st.ringSize = Math.min(OBSERVATION_WINDOW, st.ringSize + 1);
   }
 
-  /**
-   * The corrections to plan one client with, per request class (undefined when learning is
-   * off or nothing is corrected). Records the e2e factors handed out, against which
-   * `record` measures a material change.
-   */
+  /** The corrections to plan one client with, per request class (undefined when learning is off or nothing is known). */
   adjustments(clientId: string): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
     const m = this.clients.get(clientId);
     if (!this.opts.learn || !m) return undefined;
     return (requestClass) => {
       const st = m.get(requestClass);
       if (!st) return undefined;
-      st.appliedE2e = this.correction(st, 'e2e');
       return { slaScale: st.safety / st.appliedE2e, allServer: st.allServer };
     };
   }
@@ -308,7 +335,8 @@ export class Calibrator {
         observedTtftMedianMs: med(3),
         predictedTpotMedianMs: med(4),
         observedTpotMedianMs: med(5),
-        e2eCorrection: this.correction(st, 'e2e'),
+        e2eCorrection: st.appliedE2e,
+        e2eRatio: this.correction(st, 'e2e'),
         ttftCorrection: this.correction(st, 'ttft'),
         tpotCorrection: this.correction(st, 'tpot'),
         safetyFactor: st.safety,

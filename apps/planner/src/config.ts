@@ -74,7 +74,7 @@ export const plannerEnv = {
   PLANNER_SAFETY_FLOOR: env.number('Lowest safety factor; the next tighten step places the class all-server', C.floor, 0.01, 1),
   PLANNER_SAFETY_DWELL_MS: env.int('A placement stays in force at least this long before it may be tightened, ms', C.dwellMs, 0, 86_400_000),
   PLANNER_SAFETY_RELAX_MS: env.int('Time since the last change before a relax step, ms (doubled after each relax that had to be undone, up to 16x)', C.relaxDwellMs, 0, 86_400_000),
-  PLANNER_CALIBRATION_CHANGE: env.number('A client is re-planned when a correction factor moved by more than this fraction since it was planned', C.materialChange, 0, 10),
+  PLANNER_CALIBRATION_CHANGE: env.number('The correction factor in force follows the observed prediction error (and the client is re-planned) when they differ by more than this fraction, up after PLANNER_SAFETY_DWELL_MS, down like a relax step', C.materialChange, 0, 10),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 

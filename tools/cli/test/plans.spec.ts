@@ -130,7 +130,9 @@ describe('tandem plans against a real planner', () => {
     const o = body.observations[0].classes[0];
     expect(o).toMatchObject({ name: 'short', outcomes: 6, failures: 1, planOutcomes: 6, window: 5, attainmentTarget: 0.9, observedE2eMedianMs: 30, observedE2eMeanMs: 30, safetyFactor: 1 });
     expect(o.predictedE2eMedianMs).toBeCloseTo(c.predictedLatencyMs, 9);
-    expect(o.e2eCorrection).toBeCloseTo(30 / c.predictedLatencyMs, 9);
+    expect(o.e2eRatio).toBeCloseTo(30 / c.predictedLatencyMs, 9);
+    // the plan has not been in force for the dwell (10 s by default): the factor in force is still 1
+    expect(o.e2eCorrection).toBe(1);
     // attainment decays with a half-life of 20 outcomes: five met, weighed d^5..d^1, and the last one missed, weighed 1
     const d = 2 ** (-1 / 20);
     const met = [1, 2, 3, 4, 5].reduce((a, k) => a + d ** k, 0);
@@ -139,9 +141,9 @@ describe('tandem plans against a real planner', () => {
     const text = await run(['plans', '--planner', addr]);
     expect(text.code).toBe(0);
     expect(text.stdout).toContain('  observed (attainment of the plan in force, target 90 %; latency over the last 5 successful generations)');
-    expect(text.stdout).toMatch(/^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +correction +safety$/m);
-    const correction = (30 / c.predictedLatencyMs).toFixed(2);
-    expect(text.stdout).toMatch(new RegExp(`^ {2}short +6 +1 +82 % of 6 +21 / 30 +21 / 30 +${correction.replace('.', '\\.')} +1\\.00$`, 'm'));
+    expect(text.stdout).toMatch(/^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +obs\/pred +correction +safety$/m);
+    const ratio = (30 / c.predictedLatencyMs).toFixed(2);
+    expect(text.stdout).toMatch(new RegExp(`^ {2}short +6 +1 +82 % of 6 +21 / 30 +21 / 30 +${ratio.replace('.', '\\.')} +1\\.00 +1\\.00$`, 'm'));
   });
 
   it('exits 1 with one line naming the address when no planner listens there', async () => {

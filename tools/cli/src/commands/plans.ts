@@ -18,8 +18,9 @@ predicted end-to-end latency and server work, and whether the SLA is predicted t
 Once a client's agent has reported outcomes, a second table shows what the planner observed
 per class: outcomes and failures, the SLO attainment of the plan in force (against the
 target), predicted against observed end-to-end latency (median and mean of the recent
-generations), the correction factor on its predictions and the safety factor on the SLA
-('all-server' at its floor) it plans with (docs/planner.md).
+generations), the observed error of its predictions (obs/pred, decayed), and the correction
+factor and the safety factor on the SLA ('all-server' at its floor) it plans with
+(docs/planner.md).
 
   --planner ADDR   the planner's gRPC address, host:port
   --json           print the ListPlansResponse as canonical protobuf JSON ('plans', and

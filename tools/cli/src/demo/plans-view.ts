@@ -17,8 +17,8 @@ export function planTable(p: ClientPlan): string {
 /**
  * What the planner observed of one client's generations, per class: outcome counts, the
  * attainment of the plan in force, predicted against observed end-to-end latency (median and
- * mean of the recent window), and the correction and safety factors it plans with. Empty when
- * no class has an outcome yet.
+ * mean of the recent window), the estimated error (obs/pred, decayed), and the correction and
+ * safety factors it plans with. Empty when no class has an outcome yet.
  */
 export function observationsTable(o: ClientObservations | undefined): string {
   const seen = (o?.classes ?? []).filter((c) => c.outcomes > 0);
@@ -28,12 +28,13 @@ export function observationsTable(o: ClientObservations | undefined): string {
   const rows = seen.map((c) => [
     c.name, String(c.outcomes), String(c.failures), attainment(c),
     pair(c.predictedE2eMedianMs, c.observedE2eMedianMs, c.window), pair(c.predictedE2eMeanMs, c.observedE2eMeanMs, c.window),
-    c.e2eCorrection.toFixed(2), c.allServer ? 'all-server' : c.safetyFactor.toFixed(2),
+    c.e2eRatio.toFixed(2), c.e2eCorrection.toFixed(2), c.allServer ? 'all-server' : c.safetyFactor.toFixed(2),
   ]);
   const target = seen[0].attainmentTarget;
   const window = Math.max(...seen.map((c) => c.window));
   const head = `  observed (attainment of the plan in force, target ${pct(target)}; latency over the last ${window} successful generations)`;
-  const table = formatTable(['class', 'outcomes', 'failed', 'attainment', 'e2e p50 pred/obs ms', 'e2e mean pred/obs ms', 'correction', 'safety'], rows, { indent: '  ', rightAlign: [1, 2, 3, 4, 5, 6, 7] });
+  const table = formatTable(['class', 'outcomes', 'failed', 'attainment', 'e2e p50 pred/obs ms', 'e2e mean pred/obs ms', 'obs/pred', 'correction', 'safety'], rows,
+    { indent: '  ', rightAlign: [1, 2, 3, 4, 5, 6, 7, 8] });
   return `${head}\n${table}`;
 }
 

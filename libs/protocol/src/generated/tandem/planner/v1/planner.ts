@@ -104,14 +104,18 @@ export interface ClassObservations {
   /** Median measured time per output token over the window, ms. */
   observedTpotMedianMs: number;
   /**
-   * Correction factor on predicted end-to-end latency that the planner applies: the
-   * exponentially decayed geometric mean of measured / predicted. 1 while there are fewer
-   * outcomes with a prediction than the minimum (the model's prediction stands).
+   * Correction factor on predicted end-to-end latency that the planner applies now (it plans
+   * against SLA / factor). It follows e2e_ratio when that moves materially, up once the plan in
+   * force has dwelt, down only while attainment is above target (docs/planner.md).
    */
   e2eCorrection: number;
-  /** The same for time to first token (1 while plans predict none). */
+  /**
+   * Estimated error of the time-to-first-token prediction: the exponentially decayed geometric
+   * mean of measured / predicted TTFT; 1 while there are fewer outcomes with a TTFT prediction
+   * than the minimum. Shown, not applied: the planner's classes state no TTFT SLO yet.
+   */
   ttftCorrection: number;
-  /** The same for time per output token (1 while plans predict none). */
+  /** The same for time per output token (shown, not applied: no TPOT SLO yet). */
   tpotCorrection: number;
   /**
    * Safety factor on the class's SLA, in (0, 1]: 1 plans against the SLA as configured; lower
@@ -122,6 +126,12 @@ export interface ClassObservations {
   allServer: boolean;
   /** When the safety factor (or all_server) last changed, Unix milliseconds; 0 = never. */
   safetyChangedUnixMs: number;
+  /**
+   * Estimated error of the end-to-end prediction: the exponentially decayed geometric mean of
+   * measured / predicted over outcomes of every placement, half-life PLANNER_OUTCOME_HALF_LIFE
+   * outcomes; 1 while there are fewer outcomes with a prediction than the minimum.
+   */
+  e2eRatio: number;
 }
 
 /**
@@ -556,6 +566,7 @@ function createBaseClassObservations(): ClassObservations {
     safetyFactor: 0,
     allServer: false,
     safetyChangedUnixMs: 0,
+    e2eRatio: 0,
   };
 }
 
@@ -623,6 +634,9 @@ export const ClassObservations: MessageFns<ClassObservations> = {
     }
     if (message.safetyChangedUnixMs !== 0) {
       writer.uint32(168).int64(message.safetyChangedUnixMs);
+    }
+    if (message.e2eRatio !== 0) {
+      writer.uint32(177).double(message.e2eRatio);
     }
     return writer;
   },
@@ -808,6 +822,14 @@ export const ClassObservations: MessageFns<ClassObservations> = {
             message.safetyChangedUnixMs = longToNumber(reader.int64());
             continue;
           }
+          case 22: {
+            if (tag !== 177) {
+              break;
+            }
+
+            message.e2eRatio = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -907,6 +929,11 @@ export const ClassObservations: MessageFns<ClassObservations> = {
         : isSet(object.safety_changed_unix_ms)
         ? globalThis.Number(object.safety_changed_unix_ms)
         : 0,
+      e2eRatio: isSet(object.e2eRatio)
+        ? globalThis.Number(object.e2eRatio)
+        : isSet(object.e2e_ratio)
+        ? globalThis.Number(object.e2e_ratio)
+        : 0,
     };
   },
 
@@ -975,6 +1002,9 @@ export const ClassObservations: MessageFns<ClassObservations> = {
     if (message.safetyChangedUnixMs !== 0) {
       obj.safetyChangedUnixMs = Math.round(message.safetyChangedUnixMs);
     }
+    if (message.e2eRatio !== 0) {
+      obj.e2eRatio = floatToJson(message.e2eRatio);
+    }
     return obj;
   },
 
@@ -1004,6 +1034,7 @@ export const ClassObservations: MessageFns<ClassObservations> = {
     message.safetyFactor = object.safetyFactor ?? 0;
     message.allServer = object.allServer ?? false;
     message.safetyChangedUnixMs = object.safetyChangedUnixMs ?? 0;
+    message.e2eRatio = object.e2eRatio ?? 0;
     return message;
   },
 };
