@@ -136,8 +136,9 @@ function median(xs: number[]): number {
  *     the backoff (≤ 16); a relax that holds until the next relax halves it.
  *   - no flapping: attainment restarts with every placement change, a placement is never
  *     tightened before `dwellMs` and `minOutcomes` outcomes of its own, and between the
- *     tighten threshold (target) and the relax one (target + margin) nothing moves. So a
- *     class changes placement at most once per `dwellMs`, a stream whose attainment stays
+ *     tighten threshold (target) and the relax one (target + margin) nothing moves. So
+ *     outcomes change a class's placement at most once per min(`dwellMs`, `relaxDwellMs`), a
+ *     stream whose attainment stays
  *     below target only tightens (toward all-server, never back), and a plan that misses
  *     after each relax is retried ever more rarely.
  *
