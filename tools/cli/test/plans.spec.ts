@@ -1,6 +1,7 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
-import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
+import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClassObservations } from '@tandem/protocol';
+import { observationsTable } from '../src/demo/plans-view';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { run } from './run-cli';
@@ -166,5 +167,28 @@ describe('tandem plans against a real planner', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain(message);
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+  });
+});
+
+describe('the observations table of tandem plans', () => {
+  const base: ClassObservations = {
+    name: 'chat', outcomes: 0, failures: 0, planOutcomes: 0, attainment: 0, attainmentTarget: 0.9, window: 0,
+    predictedE2eMedianMs: 0, observedE2eMedianMs: 0, predictedE2eMeanMs: 0, observedE2eMeanMs: 0, predictedTtftMedianMs: 0, observedTtftMedianMs: 0,
+    predictedTpotMedianMs: 0, observedTpotMedianMs: 0, e2eCorrection: 1, ttftCorrection: 1, tpotCorrection: 1, safetyFactor: 1, allServer: false,
+    safetyChangedUnixMs: 0, e2eRatio: 1,
+  };
+
+  it('is left out while no class has an outcome', () => {
+    expect(observationsTable(undefined)).toBe('');
+    expect(observationsTable({ clientId: 'a', classes: [base] })).toBe('');
+  });
+
+  it('shows a class at the all-server floor, and dashes where there is nothing to show yet', () => {
+    const text = observationsTable({ clientId: 'a', classes: [
+      { ...base, outcomes: 12, failures: 12, planOutcomes: 3, attainment: 0, safetyFactor: 0.26, allServer: true },
+      { ...base, name: 'doc', outcomes: 0 },
+    ] });
+    expect(text.split('\n')).toHaveLength(4); // heading, header, rule, one class (doc has no outcome)
+    expect(text).toMatch(/^ {2}chat +12 +12 +0 % of 3 +- +- +1\.00 +1\.00 +all-server$/m);
   });
 });
