@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
-import { PlanMaker, PlannerServer } from '@tandem/planner';
+import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '@tandem/planner';
 import {
   AgentServiceClient,
   GenerationOutcome,
@@ -150,5 +150,73 @@ describe('agents report generation outcomes to the planner', () => {
     expect(body.observations.map((o: { clientId: string }) => o.clientId)).toEqual(['dev-down', 'dev-ok']);
     expect(body.observations[0].classes[0]).toMatchObject({ name: 'short', outcomes: 1, failures: 1, planOutcomes: 1, e2eCorrection: 1, safetyFactor: 1 });
     expect(body.observations[1].classes[0]).toMatchObject({ name: 'short', outcomes: 1, planOutcomes: 1, attainment: 1, window: 1 });
+  });
+});
+
+describe('the planner closes the loop on a real agent whose generations miss', () => {
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let executor: ExecutorServer;
+  let planner: PlannerServer;
+  let agent: ClientAgent;
+  let client: AgentServiceClient;
+  let stageCount: number;
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    nats = await startNatsServer();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
+    // predicts (all on the device: no transfers), and every real generation misses.
+    const maker = new PlanMaker({
+      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
+      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 1 }],
+      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    });
+    const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
+    planner = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
+    agent = new ClientAgent({
+      modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', clientClass: 'default', address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
+    });
+    client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await agent?.stop({ graceMs: 100 });
+    await planner?.stop();
+    await executor?.stop({ graceMs: 100 });
+    await nats?.stop();
+    model?.remove();
+  });
+
+  it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {
+    const status = (): Promise<AgentStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const first = await eventually(async () => { const s = await status(); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a first plan' });
+    const allServer = `short=${'S'.repeat(stageCount)}`;
+    expect(first.placements).not.toEqual([allServer]);
+    const summaries: GenerationSummary[] = [];
+    // generate, as an application would, until the agent runs on a new plan
+    await eventually(async () => {
+      summaries.push(await generateVia(client, {}));
+      return (await status()).placements[0] === allServer;
+    }, { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' });
+    expect(summaries.length).toBeGreaterThanOrEqual(DEFAULT_CALIBRATION.minOutcomes);
+    expect(summaries.every((s) => s.totalMs > s.slaMs)).toBe(true);
+    const seen = planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];
+    expect(seen.allServer).toBe(true);
+    expect(seen.safetyFactor).toBeLessThan(1);
+    // the next generation follows the new plan
+    const after = await generateVia(client, {});
+    expect(after.placement).toBe('S'.repeat(stageCount));
+    expect(after.planEpoch).toBeGreaterThan(first.planEpoch);
   });
 });
