@@ -4,6 +4,7 @@ import {
   channelOptions,
   ClientProfile,
   ExecutorServiceClient,
+  GenerationOutcome,
   HealthReporter,
   ServingStatus,
   Subjects,
@@ -17,6 +18,7 @@ import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
+import { buildOutcome } from './outcome';
 import { PlanFollower } from './plan-follower';
 import { RemoteSession } from './remote-session';
 
@@ -48,6 +50,17 @@ interface ValidRequest {
 
 class RequestError extends Error {
   override name = 'RequestError';
+}
+
+/** Adds the executor queueing of every step of `session` to `into.ms` (GenerationStats reports compute only). */
+function countQueueing(session: RemoteSession, into: { ms: number }): RemoteSession {
+  const step = session.step.bind(session);
+  session.step = async (...args) => {
+    const r = await step(...args);
+    into.ms += r.queueMs;
+    return r;
+  };
+  return session;
 }
 
 /**
@@ -175,19 +188,46 @@ export class ClientAgent {
 
   /**
    * Runs one generation; `onToken` sees each token. Used by the gRPC handler and by tools
-   * that embed an agent.
+   * that embed an agent. A generation that followed a plan is reported to the planner as a
+   * GenerationOutcome, also when it fails (not when `signal` aborted it: see the proto).
    */
   async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number }> {
     const v = this.validate(req);
     const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
-    const stats = await generate({
-      local: this.local,
-      openRemote: () => RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadlineMs: this.opts.deadlineMs }),
-      emulator: this.opts.link,
-      estimator: this.estimator,
-      vocabSize: this.vocabSize,
-      signal,
-    }, chosen.placement, v.ids, v.maxNewTokens, onToken);
+    // The class of the plan followed, taken now (a new plan may come while this runs).
+    const plan = this.follower.current();
+    const planned = chosen.epoch > 0 && plan?.epoch === chosen.epoch ? plan.classes.find((c) => c.name === chosen.requestClass) : undefined;
+    const queue = { ms: 0 };
+    const t0 = performance.now();
+    let produced = 0;
+    let ttftMs = 0;
+    const report = (ok: boolean, stats?: GenerationStats): void => {
+      if (!planned) return;
+      const e2eMs = stats?.totalMs ?? performance.now() - t0;
+      const { clientId, clientClass, modelId } = this.opts;
+      const outcome = buildOutcome({ clientId, clientClass, modelId }, planned, chosen.epoch, chosen.placement, {
+        ok, promptTokens: v.ids.length, newTokens: produced, ttftMs: stats?.ttftMs ?? ttftMs, e2eMs, serverComputeMs: stats?.serverComputeMs ?? 0, serverQueueMs: queue.ms,
+      }, Date.now());
+      this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
+    };
+    let stats: GenerationStats;
+    try {
+      stats = await generate({
+        local: this.local,
+        openRemote: async () => countQueueing(await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadlineMs: this.opts.deadlineMs }), queue),
+        emulator: this.opts.link,
+        estimator: this.estimator,
+        vocabSize: this.vocabSize,
+        signal,
+      }, chosen.placement, v.ids, v.maxNewTokens, (id, index) => {
+        if (produced++ === 0) ttftMs = performance.now() - t0;
+        onToken(id, index);
+      });
+    } catch (err) {
+      if (!signal.aborted) report(false);
+      throw err;
+    }
+    report(true, stats);
     return { stats, ...chosen, promptTokens: v.ids.length };
   }
 

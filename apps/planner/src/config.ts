@@ -1,5 +1,6 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
 import { ConfigError, env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { DEFAULT_CALIBRATION as C } from './calibration';
 
 /**
  * A request class: prompts up to `maxPromptTokens`, priced for `expectedNewTokens` output
@@ -118,6 +119,16 @@ export const plannerEnv = {
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
   PLANNER_REPLAN_THRESHOLD: env.number('Telemetry re-plans a client only when a priced figure (stage time, link, load-inflated server time) moved by more than this fraction since its last plan', 0.02, 0, 1),
   PLANNER_SLICE_MS: env.int('A re-plan yields to the event loop after this many ms, so health and plan streams stay responsive', 10, 1, 1000),
+  PLANNER_LEARN: env.bool("Learn from the agents' GenerationOutcome telemetry: scale predictions by the observed error and tighten plans that miss PLANNER_SLO_TARGET (docs/planner.md); false only observes (`tandem plans` still shows the figures)", C.learn),
+  PLANNER_SLO_TARGET: env.number("SLO attainment each client's plan must reach per request class; below it (with PLANNER_OUTCOME_MIN outcomes) the class is planned against a tighter SLA until the plan changes", C.target, 0.01, 1),
+  PLANNER_SLO_RELAX_MARGIN: env.number('A tightened class relaxes one step only while its attainment is at least PLANNER_SLO_TARGET plus this', C.relaxMargin, 0, 0.5),
+  PLANNER_OUTCOME_HALF_LIFE: env.number('Half-life, in outcomes, of the decayed prediction error and attainment', C.halfLife, 1, 100_000),
+  PLANNER_OUTCOME_MIN: env.int("Outcomes needed before a class's prediction is corrected or its plan judged (fewer: the model's prediction stands)", C.minOutcomes, 1, 100_000),
+  PLANNER_SAFETY_STEP: env.number('Each tighten step multiplies the safety factor on the SLA by this; a relax step divides by it', C.step, 0.1, 0.99),
+  PLANNER_SAFETY_FLOOR: env.number('Lowest safety factor; the next tighten step places the class all-server', C.floor, 0.01, 1),
+  PLANNER_SAFETY_DWELL_MS: env.int('A placement stays in force at least this long before it may be tightened, ms', C.dwellMs, 0, 86_400_000),
+  PLANNER_SAFETY_RELAX_MS: env.int('Time since the last change before a relax step, ms (doubled after each relax that had to be undone, up to 16x)', C.relaxDwellMs, 0, 86_400_000),
+  PLANNER_CALIBRATION_CHANGE: env.number('The correction factor in force follows the observed prediction error (and the client is re-planned) when they differ by more than this fraction, up after PLANNER_SAFETY_DWELL_MS, down like a relax step', C.materialChange, 0, 10),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 
@@ -130,8 +141,8 @@ export type PlannerConfig = EnvValues<typeof plannerEnv>;
  */
 export function loadConfig(source: Readonly<Record<string, string | undefined>>): PlannerConfig {
   const config = loadEnv(plannerEnv, source);
+  const problems: string[] = [];
   if (config.PLANNER_ALGORITHM === 'dp-grid') {
-    const problems: string[] = [];
     const states = (o: RequestClass | SloOverride | number): boolean => typeof o === 'object' && (o.ttftMs !== undefined || o.tpotMs !== undefined);
     config.PLANNER_REQUEST_CLASSES.forEach((c) => {
       if (states(c)) problems.push(`PLANNER_REQUEST_CLASSES class ${JSON.stringify(c.name)} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`);
@@ -139,7 +150,10 @@ export function loadConfig(source: Readonly<Record<string, string | undefined>>)
     for (const [cc, m] of Object.entries(config.PLANNER_SLA_OVERRIDES)) {
       for (const [rc, o] of Object.entries(m)) if (states(o)) problems.push(`PLANNER_SLA_OVERRIDES.${cc}.${rc} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`);
     }
-    if (problems.length) throw new ConfigError(problems);
   }
+  if (config.PLANNER_SLO_TARGET + config.PLANNER_SLO_RELAX_MARGIN > 1 + 1e-9) {
+    problems.push(`PLANNER_SLO_TARGET + PLANNER_SLO_RELAX_MARGIN must be at most 1 (else a tightened class never relaxes), given ${config.PLANNER_SLO_TARGET} + ${config.PLANNER_SLO_RELAX_MARGIN}`);
+  }
+  if (problems.length) throw new ConfigError(problems);
   return config;
 }

@@ -2,6 +2,10 @@
 export { checkClasses, DEFAULT_CLASSES, loadConfig, plannerEnv } from './config';
 export type { PlannerConfig, RequestClass } from './config';
 export { PlanMaker, UNRUNNABLE_MS } from './plan-maker';
-export type { ModelStage, Objective, PlanMakerOptions } from './plan-maker';
+export type { ClassAdjustment, ModelStage, Objective, PlanMakerOptions } from './plan-maker';
+export { Calibrator, DEFAULT_CALIBRATION, OBSERVATION_WINDOW } from './calibration';
+export type { CalibrationOptions, RecordResult } from './calibration';
+export { MAX_OUTCOME_MS, validateOutcome } from './outcomes';
+export type { ValidOutcome } from './outcomes';
 export { PlannerServer } from './planner-server';
 export type { PlannerServerOptions } from './planner-server';

@@ -1,5 +1,6 @@
 import { modelIdOf, readManifest } from '@tandem/model';
 import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { Calibrator } from './calibration';
 import { loadConfig } from './config';
 import { PlanMaker } from './plan-maker';
 import { PlannerServer } from './planner-server';
@@ -20,7 +21,19 @@ export async function main(): Promise<void> {
     maxUtilisation: config.PLANNER_MAX_UTILISATION,
     serverEntryMs: config.PLANNER_SERVER_ENTRY_MS,
   });
-  const server = new PlannerServer({ maker, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
+  const calibrator = new Calibrator({
+    learn: config.PLANNER_LEARN,
+    target: config.PLANNER_SLO_TARGET,
+    relaxMargin: config.PLANNER_SLO_RELAX_MARGIN,
+    halfLife: config.PLANNER_OUTCOME_HALF_LIFE,
+    minOutcomes: config.PLANNER_OUTCOME_MIN,
+    step: config.PLANNER_SAFETY_STEP,
+    floor: config.PLANNER_SAFETY_FLOOR,
+    dwellMs: config.PLANNER_SAFETY_DWELL_MS,
+    relaxDwellMs: config.PLANNER_SAFETY_RELAX_MS,
+    materialChange: config.PLANNER_CALIBRATION_CHANGE,
+  });
+  const server = new PlannerServer({ maker, calibrator, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
     idleUtilisation: config.PLANNER_IDLE_UTILISATION, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS });
   const { port } = await server.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);

@@ -13,6 +13,17 @@ import type { RequestClass, SlaOverrides, SloOverride } from './config';
  */
 export type Objective = 'work' | 'latency';
 
+/**
+ * What the planner learned from outcomes about one client's request class (calibration.ts):
+ * how to plan it differently from what the model alone says.
+ */
+export interface ClassAdjustment {
+  /** Multiplies the SLA the class is planned against: safety factor / correction factor (1 = as configured). */
+  readonly slaScale: number;
+  /** Places every stage on the server whatever the solver finds (the safety controller's floor). */
+  readonly allServer: boolean;
+}
+
 /** A stage as the manifest describes it. */
 export interface ModelStage {
   readonly name: string;
@@ -45,6 +56,20 @@ export const UNRUNNABLE_MS = 1e12;
 export const MIN_OVERHEAD_SAMPLES = 5;
 /** Bytes of a sampled token id coming back from the head. */
 const TOKEN_BYTES = 8;
+
+/** `inst` planned against every stated SLO scaled by the learned adjustment (calibration.ts). */
+function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | undefined): GenerationInstance | undefined {
+  if (!inst || !adj || adj.slaScale === 1) return inst;
+  const scale = (v: number | undefined): number | undefined => (v === undefined ? undefined : v * adj.slaScale);
+  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+  for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = scale(inst.slo[k]);
+  return { ...inst, slo };
+}
+
+/** Every stage on the server, priced on `inst`: the safety controller's floor. */
+function allServer(inst: GenerationInstance, best: GenerationResult): GenerationResult {
+  return generationResultOf(inst, best.algorithm, inst.stages.map((): Location => 'server'));
+}
 
 const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
 const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
@@ -150,12 +175,15 @@ export class PlanMaker {
    * The placements for one client. `previous` (the client's current plan) is kept per class
    * while it stays feasible and the new optimum saves no more than `hysteresis` of its work,
    * so plans do not flap on measurement noise. A plan is feasible when it meets every SLO
-   * the class states. Returns undefined until the server has reported.
+   * the class states (scaled by `adjust`, the learned corrections per class; the reported
+   * SLOs and predictions stay the model's). Returns undefined until the server has reported.
    */
-  plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work'): ClassPlacement[] | undefined {
+  plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work',
+    adjust?: (requestClass: string) => ClassAdjustment | undefined): ClassPlacement[] | undefined {
     const out: ClassPlacement[] = [];
     for (const cls of this.opts.classes) {
-      const solved = this.solveUnderLoad(client, server, cls, objective);
+      const adj = adjust?.(cls.name);
+      const solved = this.solveUnderLoad(client, server, cls, objective, adj);
       if (!solved) return undefined;
       const { inst } = solved;
       let { best } = solved;
@@ -170,6 +198,7 @@ export class PlanMaker {
         const faster = !kept.feasible && !best.feasible && sloRatio(inst.slo, best) < sloRatio(inst.slo, kept) * (1 - this.opts.hysteresis);
         if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
       }
+      if (adj?.allServer) best = allServer(inst, best);
       const slos = this.slosFor(client.clientClass, cls);
       out.push({
         name: cls.name,
@@ -196,13 +225,13 @@ export class PlanMaker {
    * is relieved, not given everything because the slow clients cannot meet the SLOs alone.
    * Either way the plan is reported at the loaded prices, infeasible.
    */
-  private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective):
+  private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective, adj?: ClassAdjustment):
     { inst: GenerationInstance; best: GenerationResult } | undefined {
-    const inst = this.instance(client, server, cls);
+    const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
     const best = objective === 'work' ? solveGeneration(inst, this.opts.algorithm) : { ...fastestGenerationPlacement(inst), algorithm: this.opts.algorithm };
     if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
-    const idle = solveGeneration(this.instance(client, server, cls, 0)!, this.opts.algorithm);
+    const idle = solveGeneration(adjusted(this.instance(client, server, cls, 0), adj)!, this.opts.algorithm);
     if (!idle.feasible || idle.serverWork >= best.serverWork) return { inst, best };
     return { inst, best: { ...generationResultOf(inst, idle.algorithm, idle.placement), feasible: false } };
   }

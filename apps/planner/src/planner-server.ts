@@ -1,22 +1,28 @@
 import * as grpc from '@grpc/grpc-js';
 import {
   ClientProfile,
+  GenerationOutcome,
   HealthReporter,
   ID_PATTERN,
   PlannerServiceService,
   ServerLoad,
   ServingStatus,
   Subjects,
+  type ClientObservations,
   type ClientPlan,
   type PlannerServiceServer,
   type WatchPlansRequest,
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { bindInsecure, connectNats, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
+import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
+import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
 
 export interface PlannerServerOptions {
   readonly maker: PlanMaker;
+  /** Learns from the agents' outcomes (default: a Calibrator with DEFAULT_CALIBRATION). */
+  readonly calibrator?: Calibrator;
   readonly log: Logger;
   readonly address: string;
   readonly natsUrl: string;
@@ -120,8 +126,14 @@ export class PlannerServer {
   private stopped = false;
   private readonly now: () => number;
   private readonly log: Logger;
-  /** Counters, for status and tests. */
-  readonly counters = { profiles: 0, loads: 0, badMessages: 0, plansPushed: 0, replans: 0, slices: 0, passes: 0, lastPassMs: 0 };
+  private readonly calibrator: Calibrator;
+  private readonly classNames: ReadonlySet<string>;
+  /**
+   * Counters, for status and tests. `outcomes`: outcomes taken; `strayOutcomes`: well-formed
+   * outcomes of a client the planner does not know (not yet, or forgotten), ignored;
+   * `slices` / `passes` / `lastPassMs`: the sliced re-planning (see runSlices).
+   */
+  readonly counters = { profiles: 0, loads: 0, outcomes: 0, strayOutcomes: 0, badMessages: 0, plansPushed: 0, replans: 0, slices: 0, passes: 0, lastPassMs: 0 };
   private readonly threshold: number;
   private readonly sliceMs: number;
 
@@ -130,6 +142,8 @@ export class PlannerServer {
     this.log = opts.log.child({ component: 'planner' });
     this.threshold = opts.replanThreshold ?? 0.02;
     this.sliceMs = opts.sliceMs ?? 10;
+    this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
+    this.classNames = new Set(opts.maker.opts.classes.map((c) => c.name));
   }
 
   async start(): Promise<{ port: number }> {
@@ -159,6 +173,28 @@ export class PlannerServer {
     };
     void consume(Subjects.allClientProfiles, (data, subject) => this.onProfile(ClientProfile.decode(data), subject));
     void consume(Subjects.allServerLoads, (data) => this.onLoad(ServerLoad.decode(data)));
+    void consume(Subjects.allOutcomes, (data, subject) => this.onOutcome(GenerationOutcome.decode(data), subject));
+  }
+
+  /**
+   * Takes one generation outcome (from NATS or a test) into the client's calibration, and
+   * re-plans the client when its corrections changed.
+   * @throws Error naming the field when it is malformed.
+   */
+  onOutcome(o: GenerationOutcome, subject?: string): void {
+    const v = validateOutcome(o, { stageCount: this.opts.maker.opts.stages.length, classes: this.classNames, subject });
+    this.checkModel(o.modelId);
+    if (!this.clients.has(v.clientId)) { this.counters.strayOutcomes++; return; }
+    this.counters.outcomes++;
+    const r = this.calibrator.record(v, this.now());
+    if (r.safety) {
+      this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety },
+        r.safety.change === 'tighten' ? 'plan misses its SLO attainment target; planning the class tighter' : 'SLO attainment recovered; relaxing the class one step');
+    }
+    if (r.replan) {
+      this.dirty.add(v.clientId);
+      this.scheduleReplan();
+    }
   }
 
   /** Takes one client profile (from NATS or a test). @throws Error naming the field when it is malformed. */
@@ -270,28 +306,45 @@ export class PlannerServer {
     const st = this.clients.get(id);
     if (!st) return;
     const now = this.now();
-    if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.clients.delete(id); return; }
+    if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.forget(id); return; }
     this.counters.replans++;
-    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective);
+    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id));
     if (!classes) return;
     st.plannedWith = st.profile;
     const changed = !st.plan || classes.some((c, i) => c.placement !== st.plan!.classes[i]?.placement);
     if (!changed) {
       // Same placements: refresh the predictions silently (shown by ListPlans), no push.
       st.plan = { ...st.plan!, classes };
+      this.afterPlan(id, st.plan, now);
       return;
     }
     this.lastEpoch = Math.max(this.lastEpoch + 1, now);
     st.plan = { clientId: id, epoch: this.lastEpoch, classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
     this.log.info({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) { w.write({ plan: st.plan }); this.counters.plansPushed++; }
+    this.afterPlan(id, st.plan, now);
   }
 
-  /** Forgets clients not heard from for the TTL (their plan streams stay open). */
+  /** Tells the calibrator what was planned; a tighten step that left the placement as it was is followed by another. */
+  private afterPlan(id: string, plan: ClientPlan, now: number): void {
+    if (this.calibrator.planned(id, plan.classes, plan.epoch, now)) {
+      this.dirty.add(id);
+      this.scheduleReplan();
+    }
+  }
+
+  /** Drops a client the planner has not heard from for the TTL, with its calibration (its plan streams stay open). */
+  private forget(id: string): void {
+    this.clients.delete(id);
+    this.dirty.delete(id);
+    this.calibrator.forget(id);
+  }
+
+  /** Forgets clients not heard from for the TTL. */
   private forgetSilentClients(): void {
     const now = this.now();
     for (const [id, st] of this.clients) {
-      if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.clients.delete(id); this.dirty.delete(id); }
+      if (now - st.lastSeenMs > this.opts.clientTtlMs) this.forget(id);
     }
   }
 
@@ -301,6 +354,11 @@ export class PlannerServer {
   /** Current plans, ordered by client id. */
   plans(): ClientPlan[] {
     return [...this.clients.values()].filter((c) => c.plan).map((c) => c.plan!).sort((a, b) => a.clientId.localeCompare(b.clientId));
+  }
+
+  /** What was observed of each client with a plan, in the order of `plans()`. */
+  observations(plans: readonly ClientPlan[] = this.plans()): ClientObservations[] {
+    return plans.map((p) => ({ clientId: p.clientId, classes: this.calibrator.observations(p.clientId, p.classes.map((c) => c.name)) }));
   }
 
   private handlers(): PlannerServiceServer {
@@ -320,7 +378,10 @@ export class PlannerServer {
         const plan = this.clients.get(id)?.plan;
         if (plan) { call.write({ plan }); this.counters.plansPushed++; }
       },
-      listPlans: (_call, cb) => { cb(null, { plans: this.plans() }); },
+      listPlans: (_call, cb) => {
+        const plans = this.plans();
+        cb(null, { plans, observations: this.observations(plans) });
+      },
     };
   }
 

@@ -23,7 +23,9 @@ export {
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
 export {
+  ClassObservations,
   ClassPlacement,
+  ClientObservations,
   ClientPlan,
   ListPlansRequest,
   ListPlansResponse,
@@ -45,7 +47,7 @@ export {
   TokenIds,
 } from './generated/tandem/agent/v1/agent';
 export type { AgentServiceServer } from './generated/tandem/agent/v1/agent';
-export { ClientProfile, LinkDirection, ServerLoad, StageTiming, StepOverhead } from './generated/tandem/telemetry/v1/telemetry';
+export { ClientProfile, GenerationOutcome, LinkDirection, OutcomeStatus, ServerLoad, StageTiming, StepOverhead } from './generated/tandem/telemetry/v1/telemetry';
 export {
   HealthCheckRequest,
   HealthCheckResponse,

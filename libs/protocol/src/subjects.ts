@@ -13,6 +13,10 @@ export const Subjects = {
   serverLoad: (serverId: string): string => `tandem.telemetry.v1.server.${subjectToken(serverId)}`,
   /** Wildcard for every executor's load. */
   allServerLoads: 'tandem.telemetry.v1.server.*',
+  /** A client-agent's GenerationOutcome messages (one per finished generation), one subject per client. */
+  outcome: (clientId: string): string => `tandem.telemetry.v1.outcome.${subjectToken(clientId)}`,
+  /** Wildcard for every client's outcomes. */
+  allOutcomes: 'tandem.telemetry.v1.outcome.*',
 } as const;
 
 /** Ids allowed as one NATS subject token: letters, digits, `-` and `_`, 1..64 chars. */

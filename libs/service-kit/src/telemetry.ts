@@ -39,6 +39,15 @@ export class TelemetryPublisher {
     if (this.nc) publishQuietly(this.nc, this.opts.subject, this.opts.payload());
   }
 
+  /**
+   * Publishes one event message (not the periodic payload) on `subject` over the same
+   * connection, best-effort like the rest: false when not connected (yet, or any more) or
+   * when NATS refused it; the event is then lost, never queued.
+   */
+  publish(subject: string, payload: Uint8Array): boolean {
+    return publishQuietly(this.nc, subject, payload);
+  }
+
   /** Stops publishing and closes the connection. Idempotent. */
   async stop(): Promise<void> {
     this.stopped = true;

@@ -1,6 +1,7 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
-import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
+import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClassObservations } from '@tandem/protocol';
+import { observationsTable } from '../src/demo/plans-view';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { run } from './run-cli';
@@ -108,6 +109,45 @@ describe('tandem plans against a real planner', () => {
     expect(text.stdout).toMatch(/^ {2}short +CCS +100 +21(\.\d)? +1\.0 +yes$/m);
   });
 
+  it('shows what the planner observed of the outcomes an agent published, predicted against observed', async () => {
+    const plan = server.plans().find((p) => p.clientId === 'dev-1')!;
+    const c = plan.classes[0];
+    const outcome = (ok: boolean, e2eMs: number): GenerationOutcome => ({
+      clientId: 'dev-1', clientClass: 'handheld', modelId: 'm', requestClass: 'short', placement: c.placement, planEpoch: plan.epoch,
+      promptTokens: 10, newTokens: ok ? 1 : 0, predictedE2eMs: c.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: 0,
+      ttftMs: ok ? e2eMs : 0, tpotMs: 0, e2eMs, serverComputeMs: 1, serverQueueMs: 0, slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0,
+      slaMet: ok && e2eMs <= c.slaMs, ttftMet: true, tpotMet: true, status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED, unixMs: Date.now(),
+    });
+    // five generations that met the SLA in 30 ms each (the plan predicted about 21), then one that failed
+    for (let i = 0; i < 5; i++) nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(true, 30)).finish());
+    nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(false, 4)).finish());
+    await nc.flush();
+    await eventually(() => server.counters.outcomes === 6, { what: 'six outcomes taken', timeoutMs: 5000 });
+
+    const r = await run(['plans', '--planner', addr, '--json']);
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    const body = JSON.parse(r.stdout);
+    expect(body.observations).toHaveLength(1);
+    expect(body.observations[0].clientId).toBe('dev-1');
+    const o = body.observations[0].classes[0];
+    expect(o).toMatchObject({ name: 'short', outcomes: 6, failures: 1, planOutcomes: 6, window: 5, attainmentTarget: 0.9, observedE2eMedianMs: 30, observedE2eMeanMs: 30, safetyFactor: 1 });
+    expect(o.predictedE2eMedianMs).toBeCloseTo(c.predictedLatencyMs, 9);
+    expect(o.e2eRatio).toBeCloseTo(30 / c.predictedLatencyMs, 9);
+    // the plan has not been in force for the dwell (10 s by default): the factor in force is still 1
+    expect(o.e2eCorrection).toBe(1);
+    // attainment decays with a half-life of 20 outcomes: five met, weighed d^5..d^1, and the last one missed, weighed 1
+    const d = 2 ** (-1 / 20);
+    const met = [1, 2, 3, 4, 5].reduce((a, k) => a + d ** k, 0);
+    expect(o.attainment).toBeCloseTo(met / (met + 1), 9);
+
+    const text = await run(['plans', '--planner', addr]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toContain('  observed (attainment of the plan in force, target 90 %; latency over the last 5 successful generations)');
+    expect(text.stdout).toMatch(/^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +obs\/pred +correction +safety$/m);
+    const ratio = (30 / c.predictedLatencyMs).toFixed(2);
+    expect(text.stdout).toMatch(new RegExp(`^ {2}short +6 +1 +82 % of 6 +21 / 30 +21 / 30 +${ratio.replace('.', '\\.')} +1\\.00 +1\\.00$`, 'm'));
+  });
+
   it('exits 1 with one line naming the address when no planner listens there', async () => {
     const port = await freePort();
     const r = await run(['plans', '--planner', `127.0.0.1:${port}`]);
@@ -128,5 +168,28 @@ describe('tandem plans against a real planner', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain(message);
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+  });
+});
+
+describe('the observations table of tandem plans', () => {
+  const base: ClassObservations = {
+    name: 'chat', outcomes: 0, failures: 0, planOutcomes: 0, attainment: 0, attainmentTarget: 0.9, window: 0,
+    predictedE2eMedianMs: 0, observedE2eMedianMs: 0, predictedE2eMeanMs: 0, observedE2eMeanMs: 0, predictedTtftMedianMs: 0, observedTtftMedianMs: 0,
+    predictedTpotMedianMs: 0, observedTpotMedianMs: 0, e2eCorrection: 1, ttftCorrection: 1, tpotCorrection: 1, safetyFactor: 1, allServer: false,
+    safetyChangedUnixMs: 0, e2eRatio: 1,
+  };
+
+  it('is left out while no class has an outcome', () => {
+    expect(observationsTable(undefined)).toBe('');
+    expect(observationsTable({ clientId: 'a', classes: [base] })).toBe('');
+  });
+
+  it('shows a class at the all-server floor, and dashes where there is nothing to show yet', () => {
+    const text = observationsTable({ clientId: 'a', classes: [
+      { ...base, outcomes: 12, failures: 12, planOutcomes: 3, attainment: 0, safetyFactor: 0.26, allServer: true },
+      { ...base, name: 'doc', outcomes: 0 },
+    ] });
+    expect(text.split('\n')).toHaveLength(4); // heading, header, rule, one class (doc has no outcome)
+    expect(text).toMatch(/^ {2}chat +12 +12 +0 % of 3 +- +- +1\.00 +1\.00 +all-server$/m);
   });
 });

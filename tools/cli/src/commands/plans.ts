@@ -15,11 +15,18 @@ const USAGE = `usage: tandem plans --planner ADDR [--json]
 Shows the planner's current plan of every client it knows (its ListPlans API): per request
 class, the placement (one letter per stage: C on the client, S on the server), the SLA, the
 predicted end-to-end latency and server work, and whether the SLA is predicted to be met.
+Once a client's agent has reported outcomes, a second table shows what the planner observed
+per class: outcomes and failures, the SLO attainment of the plan in force (against the
+target), predicted against observed end-to-end latency (median and mean of the recent
+generations), the observed error of its predictions (obs/pred, decayed), and the correction
+factor and the safety factor on the SLA ('all-server' at its floor) it plans with
+(docs/planner.md).
 
   --planner ADDR   the planner's gRPC address, host:port
-  --json           print the ListPlansResponse as canonical protobuf JSON: fields at their
-                   default value are omitted (feasible=false, a zero server work, and
-                   'plans' itself when there are none: {})
+  --json           print the ListPlansResponse as canonical protobuf JSON ('plans', and
+                   'observations' per client in the same order): fields at their default
+                   value are omitted (feasible=false, a zero count, and 'plans' itself when
+                   there are none: {})
 
 Exit codes: 0 listed (also when there are no plans yet), 2 bad usage, 1 the planner could not
 be reached or failed.`;
@@ -35,7 +42,7 @@ export function addressFlag(flag: string, value: string): string {
 /** `tandem plans`: the planner's current plans. */
 export const plansCommand: Command = {
   path: ['plans'],
-  summary: "list a running planner's current plans (placement per client and request class)",
+  summary: "list a running planner's current plans (placement per client and request class) and what it observed",
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, { flags: ['planner'], switches: ['json'] });

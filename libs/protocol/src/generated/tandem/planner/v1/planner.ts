@@ -45,6 +45,93 @@ export interface ListPlansRequest {
 export interface ListPlansResponse {
   /** One per client with a plan, ordered by client id. */
   plans: ClientPlan[];
+  /**
+   * One per client with a plan, in the same order as `plans`: what the planner observed of
+   * the client's generations (from GenerationOutcome telemetry) and how it corrects itself.
+   * A client with no outcome yet is listed with zero counts.
+   */
+  observations: ClientObservations[];
+}
+
+/** What the planner observed of one client's generations. */
+export interface ClientObservations {
+  /** The client. */
+  clientId: string;
+  /** One per request class of the client's plan, in the plan's order. */
+  classes: ClassObservations[];
+}
+
+/**
+ * Predicted against measured latency and the SLO attainment of one client's request class,
+ * from the GenerationOutcome messages its agent published, and the two corrections the
+ * planner derives from them (docs/planner.md): the correction factor (measured / predicted
+ * latency) by which it scales its predictions, and the safety factor by which it tightens the
+ * class's SLA while the plan in force misses its attainment target. Medians and means are over
+ * the class's last `window` successful outcomes (all plans); attainment is of the plan in force.
+ */
+export interface ClassObservations {
+  /** Name of the request class. */
+  name: string;
+  /** Outcomes taken for this class (since the planner started or last forgot the client). */
+  outcomes: number;
+  /** Of those, failed generations. */
+  failures: number;
+  /** Outcomes of the plan in force: this class's current placement, since it took effect. */
+  planOutcomes: number;
+  /**
+   * SLO attainment of the plan in force, 0..1: the exponentially decayed fraction of its
+   * outcomes that met every stated SLO (a failed generation met none). 0 when plan_outcomes is 0.
+   */
+  attainment: number;
+  /** The attainment the planner aims at (PLANNER_SLO_TARGET), 0..1. */
+  attainmentTarget: number;
+  /** How many recent successful outcomes the medians and means below cover (at most the window size). */
+  window: number;
+  /** Median predicted end-to-end latency over the window, ms (the plan's uncorrected prediction). */
+  predictedE2eMedianMs: number;
+  /** Median measured end-to-end latency over the window, ms. */
+  observedE2eMedianMs: number;
+  /** Mean predicted end-to-end latency over the window, ms. */
+  predictedE2eMeanMs: number;
+  /** Mean measured end-to-end latency over the window, ms. */
+  observedE2eMeanMs: number;
+  /** Median predicted time to first token over the window, ms (0 when plans state none). */
+  predictedTtftMedianMs: number;
+  /** Median measured time to first token over the window, ms. */
+  observedTtftMedianMs: number;
+  /** Median predicted time per output token over the window, ms (0 when plans state none). */
+  predictedTpotMedianMs: number;
+  /** Median measured time per output token over the window, ms. */
+  observedTpotMedianMs: number;
+  /**
+   * Correction factor on predicted end-to-end latency that the planner applies now (it plans
+   * against SLA / factor). It follows e2e_ratio when that moves materially, up once the plan in
+   * force has dwelt, down only while attainment is above target (docs/planner.md).
+   */
+  e2eCorrection: number;
+  /**
+   * Estimated error of the time-to-first-token prediction: the exponentially decayed geometric
+   * mean of measured / predicted TTFT; 1 while there are fewer outcomes with a TTFT prediction
+   * than the minimum. Shown, not applied: the planner's classes state no TTFT SLO yet.
+   */
+  ttftCorrection: number;
+  /** The same for time per output token (shown, not applied: no TPOT SLO yet). */
+  tpotCorrection: number;
+  /**
+   * Safety factor on the class's SLA, in (0, 1]: 1 plans against the SLA as configured; lower
+   * plans tighter, after the plan in force missed its attainment target.
+   */
+  safetyFactor: number;
+  /** Whether the safety controller reached its floor and placed every stage on the server. */
+  allServer: boolean;
+  /** When the safety factor (or all_server) last changed, Unix milliseconds; 0 = never. */
+  safetyChangedUnixMs: number;
+  /**
+   * Estimated error of the end-to-end prediction: the exponentially decayed geometric mean of
+   * measured / predicted over outcomes of every placement, half-life PLANNER_OUTCOME_HALF_LIFE
+   * outcomes; 1 while there are fewer outcomes with a prediction than the minimum.
+   */
+  e2eRatio: number;
 }
 
 /**
@@ -296,13 +383,16 @@ export const ListPlansRequest: MessageFns<ListPlansRequest> = {
 };
 
 function createBaseListPlansResponse(): ListPlansResponse {
-  return { plans: [] };
+  return { plans: [], observations: [] };
 }
 
 export const ListPlansResponse: MessageFns<ListPlansResponse> = {
   encode(message: ListPlansResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.plans) {
       ClientPlan.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.observations) {
+      ClientObservations.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -328,6 +418,14 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
             message.plans.push(ClientPlan.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.observations.push(ClientObservations.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -343,6 +441,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
   fromJSON(object: any): ListPlansResponse {
     return {
       plans: globalThis.Array.isArray(object?.plans) ? object.plans.map((e: any) => ClientPlan.fromJSON(e)) : [],
+      observations: globalThis.Array.isArray(object?.observations)
+        ? object.observations.map((e: any) => ClientObservations.fromJSON(e))
+        : [],
     };
   },
 
@@ -350,6 +451,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     const obj: any = {};
     if (message.plans?.length) {
       obj.plans = message.plans.map((e) => ClientPlan.toJSON(e));
+    }
+    if (message.observations?.length) {
+      obj.observations = message.observations.map((e) => ClientObservations.toJSON(e));
     }
     return obj;
   },
@@ -360,6 +464,594 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListPlansResponse>, I>>(object: I): ListPlansResponse {
     const message = createBaseListPlansResponse();
     message.plans = object.plans?.map((e) => ClientPlan.fromPartial(e)) || [];
+    message.observations = object.observations?.map((e) => ClientObservations.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseClientObservations(): ClientObservations {
+  return { clientId: "", classes: [] };
+}
+
+export const ClientObservations: MessageFns<ClientObservations> = {
+  encode(message: ClientObservations, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clientId !== "") {
+      writer.uint32(10).string(message.clientId);
+    }
+    for (const v of message.classes) {
+      ClassObservations.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClientObservations {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClientObservations();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.clientId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.classes.push(ClassObservations.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClientObservations {
+    return {
+      clientId: isSet(object.clientId)
+        ? globalThis.String(object.clientId)
+        : isSet(object.client_id)
+        ? globalThis.String(object.client_id)
+        : "",
+      classes: globalThis.Array.isArray(object?.classes)
+        ? object.classes.map((e: any) => ClassObservations.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ClientObservations): unknown {
+    const obj: any = {};
+    if (message.clientId !== "") {
+      obj.clientId = message.clientId;
+    }
+    if (message.classes?.length) {
+      obj.classes = message.classes.map((e) => ClassObservations.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClientObservations>, I>>(base?: I): ClientObservations {
+    return ClientObservations.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClientObservations>, I>>(object: I): ClientObservations {
+    const message = createBaseClientObservations();
+    message.clientId = object.clientId ?? "";
+    message.classes = object.classes?.map((e) => ClassObservations.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseClassObservations(): ClassObservations {
+  return {
+    name: "",
+    outcomes: 0,
+    failures: 0,
+    planOutcomes: 0,
+    attainment: 0,
+    attainmentTarget: 0,
+    window: 0,
+    predictedE2eMedianMs: 0,
+    observedE2eMedianMs: 0,
+    predictedE2eMeanMs: 0,
+    observedE2eMeanMs: 0,
+    predictedTtftMedianMs: 0,
+    observedTtftMedianMs: 0,
+    predictedTpotMedianMs: 0,
+    observedTpotMedianMs: 0,
+    e2eCorrection: 0,
+    ttftCorrection: 0,
+    tpotCorrection: 0,
+    safetyFactor: 0,
+    allServer: false,
+    safetyChangedUnixMs: 0,
+    e2eRatio: 0,
+  };
+}
+
+export const ClassObservations: MessageFns<ClassObservations> = {
+  encode(message: ClassObservations, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.outcomes !== 0) {
+      writer.uint32(16).uint64(message.outcomes);
+    }
+    if (message.failures !== 0) {
+      writer.uint32(24).uint64(message.failures);
+    }
+    if (message.planOutcomes !== 0) {
+      writer.uint32(32).uint64(message.planOutcomes);
+    }
+    if (message.attainment !== 0) {
+      writer.uint32(41).double(message.attainment);
+    }
+    if (message.attainmentTarget !== 0) {
+      writer.uint32(49).double(message.attainmentTarget);
+    }
+    if (message.window !== 0) {
+      writer.uint32(56).uint32(message.window);
+    }
+    if (message.predictedE2eMedianMs !== 0) {
+      writer.uint32(65).double(message.predictedE2eMedianMs);
+    }
+    if (message.observedE2eMedianMs !== 0) {
+      writer.uint32(73).double(message.observedE2eMedianMs);
+    }
+    if (message.predictedE2eMeanMs !== 0) {
+      writer.uint32(81).double(message.predictedE2eMeanMs);
+    }
+    if (message.observedE2eMeanMs !== 0) {
+      writer.uint32(89).double(message.observedE2eMeanMs);
+    }
+    if (message.predictedTtftMedianMs !== 0) {
+      writer.uint32(97).double(message.predictedTtftMedianMs);
+    }
+    if (message.observedTtftMedianMs !== 0) {
+      writer.uint32(105).double(message.observedTtftMedianMs);
+    }
+    if (message.predictedTpotMedianMs !== 0) {
+      writer.uint32(113).double(message.predictedTpotMedianMs);
+    }
+    if (message.observedTpotMedianMs !== 0) {
+      writer.uint32(121).double(message.observedTpotMedianMs);
+    }
+    if (message.e2eCorrection !== 0) {
+      writer.uint32(129).double(message.e2eCorrection);
+    }
+    if (message.ttftCorrection !== 0) {
+      writer.uint32(137).double(message.ttftCorrection);
+    }
+    if (message.tpotCorrection !== 0) {
+      writer.uint32(145).double(message.tpotCorrection);
+    }
+    if (message.safetyFactor !== 0) {
+      writer.uint32(153).double(message.safetyFactor);
+    }
+    if (message.allServer !== false) {
+      writer.uint32(160).bool(message.allServer);
+    }
+    if (message.safetyChangedUnixMs !== 0) {
+      writer.uint32(168).int64(message.safetyChangedUnixMs);
+    }
+    if (message.e2eRatio !== 0) {
+      writer.uint32(177).double(message.e2eRatio);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClassObservations {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClassObservations();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.outcomes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.failures = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.planOutcomes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.attainment = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.attainmentTarget = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.window = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.predictedE2eMedianMs = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.observedE2eMedianMs = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.predictedE2eMeanMs = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.observedE2eMeanMs = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.predictedTtftMedianMs = reader.double();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.observedTtftMedianMs = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 113) {
+              break;
+            }
+
+            message.predictedTpotMedianMs = reader.double();
+            continue;
+          }
+          case 15: {
+            if (tag !== 121) {
+              break;
+            }
+
+            message.observedTpotMedianMs = reader.double();
+            continue;
+          }
+          case 16: {
+            if (tag !== 129) {
+              break;
+            }
+
+            message.e2eCorrection = reader.double();
+            continue;
+          }
+          case 17: {
+            if (tag !== 137) {
+              break;
+            }
+
+            message.ttftCorrection = reader.double();
+            continue;
+          }
+          case 18: {
+            if (tag !== 145) {
+              break;
+            }
+
+            message.tpotCorrection = reader.double();
+            continue;
+          }
+          case 19: {
+            if (tag !== 153) {
+              break;
+            }
+
+            message.safetyFactor = reader.double();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.allServer = reader.bool();
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.safetyChangedUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 22: {
+            if (tag !== 177) {
+              break;
+            }
+
+            message.e2eRatio = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClassObservations {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      outcomes: isSet(object.outcomes) ? globalThis.Number(object.outcomes) : 0,
+      failures: isSet(object.failures) ? globalThis.Number(object.failures) : 0,
+      planOutcomes: isSet(object.planOutcomes)
+        ? globalThis.Number(object.planOutcomes)
+        : isSet(object.plan_outcomes)
+        ? globalThis.Number(object.plan_outcomes)
+        : 0,
+      attainment: isSet(object.attainment) ? globalThis.Number(object.attainment) : 0,
+      attainmentTarget: isSet(object.attainmentTarget)
+        ? globalThis.Number(object.attainmentTarget)
+        : isSet(object.attainment_target)
+        ? globalThis.Number(object.attainment_target)
+        : 0,
+      window: isSet(object.window) ? globalThis.Number(object.window) : 0,
+      predictedE2eMedianMs: isSet(object.predictedE2eMedianMs)
+        ? globalThis.Number(object.predictedE2eMedianMs)
+        : isSet(object.predicted_e2e_median_ms)
+        ? globalThis.Number(object.predicted_e2e_median_ms)
+        : 0,
+      observedE2eMedianMs: isSet(object.observedE2eMedianMs)
+        ? globalThis.Number(object.observedE2eMedianMs)
+        : isSet(object.observed_e2e_median_ms)
+        ? globalThis.Number(object.observed_e2e_median_ms)
+        : 0,
+      predictedE2eMeanMs: isSet(object.predictedE2eMeanMs)
+        ? globalThis.Number(object.predictedE2eMeanMs)
+        : isSet(object.predicted_e2e_mean_ms)
+        ? globalThis.Number(object.predicted_e2e_mean_ms)
+        : 0,
+      observedE2eMeanMs: isSet(object.observedE2eMeanMs)
+        ? globalThis.Number(object.observedE2eMeanMs)
+        : isSet(object.observed_e2e_mean_ms)
+        ? globalThis.Number(object.observed_e2e_mean_ms)
+        : 0,
+      predictedTtftMedianMs: isSet(object.predictedTtftMedianMs)
+        ? globalThis.Number(object.predictedTtftMedianMs)
+        : isSet(object.predicted_ttft_median_ms)
+        ? globalThis.Number(object.predicted_ttft_median_ms)
+        : 0,
+      observedTtftMedianMs: isSet(object.observedTtftMedianMs)
+        ? globalThis.Number(object.observedTtftMedianMs)
+        : isSet(object.observed_ttft_median_ms)
+        ? globalThis.Number(object.observed_ttft_median_ms)
+        : 0,
+      predictedTpotMedianMs: isSet(object.predictedTpotMedianMs)
+        ? globalThis.Number(object.predictedTpotMedianMs)
+        : isSet(object.predicted_tpot_median_ms)
+        ? globalThis.Number(object.predicted_tpot_median_ms)
+        : 0,
+      observedTpotMedianMs: isSet(object.observedTpotMedianMs)
+        ? globalThis.Number(object.observedTpotMedianMs)
+        : isSet(object.observed_tpot_median_ms)
+        ? globalThis.Number(object.observed_tpot_median_ms)
+        : 0,
+      e2eCorrection: isSet(object.e2eCorrection)
+        ? globalThis.Number(object.e2eCorrection)
+        : isSet(object.e2e_correction)
+        ? globalThis.Number(object.e2e_correction)
+        : 0,
+      ttftCorrection: isSet(object.ttftCorrection)
+        ? globalThis.Number(object.ttftCorrection)
+        : isSet(object.ttft_correction)
+        ? globalThis.Number(object.ttft_correction)
+        : 0,
+      tpotCorrection: isSet(object.tpotCorrection)
+        ? globalThis.Number(object.tpotCorrection)
+        : isSet(object.tpot_correction)
+        ? globalThis.Number(object.tpot_correction)
+        : 0,
+      safetyFactor: isSet(object.safetyFactor)
+        ? globalThis.Number(object.safetyFactor)
+        : isSet(object.safety_factor)
+        ? globalThis.Number(object.safety_factor)
+        : 0,
+      allServer: isSet(object.allServer)
+        ? globalThis.Boolean(object.allServer)
+        : isSet(object.all_server)
+        ? globalThis.Boolean(object.all_server)
+        : false,
+      safetyChangedUnixMs: isSet(object.safetyChangedUnixMs)
+        ? globalThis.Number(object.safetyChangedUnixMs)
+        : isSet(object.safety_changed_unix_ms)
+        ? globalThis.Number(object.safety_changed_unix_ms)
+        : 0,
+      e2eRatio: isSet(object.e2eRatio)
+        ? globalThis.Number(object.e2eRatio)
+        : isSet(object.e2e_ratio)
+        ? globalThis.Number(object.e2e_ratio)
+        : 0,
+    };
+  },
+
+  toJSON(message: ClassObservations): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.outcomes !== 0) {
+      obj.outcomes = Math.round(message.outcomes);
+    }
+    if (message.failures !== 0) {
+      obj.failures = Math.round(message.failures);
+    }
+    if (message.planOutcomes !== 0) {
+      obj.planOutcomes = Math.round(message.planOutcomes);
+    }
+    if (message.attainment !== 0) {
+      obj.attainment = floatToJson(message.attainment);
+    }
+    if (message.attainmentTarget !== 0) {
+      obj.attainmentTarget = floatToJson(message.attainmentTarget);
+    }
+    if (message.window !== 0) {
+      obj.window = Math.round(message.window);
+    }
+    if (message.predictedE2eMedianMs !== 0) {
+      obj.predictedE2eMedianMs = floatToJson(message.predictedE2eMedianMs);
+    }
+    if (message.observedE2eMedianMs !== 0) {
+      obj.observedE2eMedianMs = floatToJson(message.observedE2eMedianMs);
+    }
+    if (message.predictedE2eMeanMs !== 0) {
+      obj.predictedE2eMeanMs = floatToJson(message.predictedE2eMeanMs);
+    }
+    if (message.observedE2eMeanMs !== 0) {
+      obj.observedE2eMeanMs = floatToJson(message.observedE2eMeanMs);
+    }
+    if (message.predictedTtftMedianMs !== 0) {
+      obj.predictedTtftMedianMs = floatToJson(message.predictedTtftMedianMs);
+    }
+    if (message.observedTtftMedianMs !== 0) {
+      obj.observedTtftMedianMs = floatToJson(message.observedTtftMedianMs);
+    }
+    if (message.predictedTpotMedianMs !== 0) {
+      obj.predictedTpotMedianMs = floatToJson(message.predictedTpotMedianMs);
+    }
+    if (message.observedTpotMedianMs !== 0) {
+      obj.observedTpotMedianMs = floatToJson(message.observedTpotMedianMs);
+    }
+    if (message.e2eCorrection !== 0) {
+      obj.e2eCorrection = floatToJson(message.e2eCorrection);
+    }
+    if (message.ttftCorrection !== 0) {
+      obj.ttftCorrection = floatToJson(message.ttftCorrection);
+    }
+    if (message.tpotCorrection !== 0) {
+      obj.tpotCorrection = floatToJson(message.tpotCorrection);
+    }
+    if (message.safetyFactor !== 0) {
+      obj.safetyFactor = floatToJson(message.safetyFactor);
+    }
+    if (message.allServer !== false) {
+      obj.allServer = message.allServer;
+    }
+    if (message.safetyChangedUnixMs !== 0) {
+      obj.safetyChangedUnixMs = Math.round(message.safetyChangedUnixMs);
+    }
+    if (message.e2eRatio !== 0) {
+      obj.e2eRatio = floatToJson(message.e2eRatio);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClassObservations>, I>>(base?: I): ClassObservations {
+    return ClassObservations.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClassObservations>, I>>(object: I): ClassObservations {
+    const message = createBaseClassObservations();
+    message.name = object.name ?? "";
+    message.outcomes = object.outcomes ?? 0;
+    message.failures = object.failures ?? 0;
+    message.planOutcomes = object.planOutcomes ?? 0;
+    message.attainment = object.attainment ?? 0;
+    message.attainmentTarget = object.attainmentTarget ?? 0;
+    message.window = object.window ?? 0;
+    message.predictedE2eMedianMs = object.predictedE2eMedianMs ?? 0;
+    message.observedE2eMedianMs = object.observedE2eMedianMs ?? 0;
+    message.predictedE2eMeanMs = object.predictedE2eMeanMs ?? 0;
+    message.observedE2eMeanMs = object.observedE2eMeanMs ?? 0;
+    message.predictedTtftMedianMs = object.predictedTtftMedianMs ?? 0;
+    message.observedTtftMedianMs = object.observedTtftMedianMs ?? 0;
+    message.predictedTpotMedianMs = object.predictedTpotMedianMs ?? 0;
+    message.observedTpotMedianMs = object.observedTpotMedianMs ?? 0;
+    message.e2eCorrection = object.e2eCorrection ?? 0;
+    message.ttftCorrection = object.ttftCorrection ?? 0;
+    message.tpotCorrection = object.tpotCorrection ?? 0;
+    message.safetyFactor = object.safetyFactor ?? 0;
+    message.allServer = object.allServer ?? false;
+    message.safetyChangedUnixMs = object.safetyChangedUnixMs ?? 0;
+    message.e2eRatio = object.e2eRatio ?? 0;
     return message;
   },
 };
@@ -817,7 +1509,10 @@ export const PlannerServiceService = {
     responseSerialize: (value: WatchPlansResponse): Buffer => Buffer.from(WatchPlansResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchPlansResponse => WatchPlansResponse.decode(value),
   },
-  /** The current plan of every known client. */
+  /**
+   * The current plan of every known client, with what the planner observed of each
+   * client's generations (predicted against measured latency, SLO attainment).
+   */
   listPlans: {
     path: "/tandem.planner.v1.PlannerService/ListPlans" as const,
     requestStream: false as const,
@@ -835,7 +1530,10 @@ export interface PlannerServiceServer extends UntypedServiceImplementation {
    * every change. A stream stays open until the client cancels or the planner stops.
    */
   watchPlans: handleServerStreamingCall<WatchPlansRequest, WatchPlansResponse>;
-  /** The current plan of every known client. */
+  /**
+   * The current plan of every known client, with what the planner observed of each
+   * client's generations (predicted against measured latency, SLO attainment).
+   */
   listPlans: handleUnaryCall<ListPlansRequest, ListPlansResponse>;
 }
 
@@ -850,7 +1548,10 @@ export interface PlannerServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchPlansResponse>;
-  /** The current plan of every known client. */
+  /**
+   * The current plan of every known client, with what the planner observed of each
+   * client's generations (predicted against measured latency, SLO attainment).
+   */
   listPlans(
     request: ListPlansRequest,
     callback: (error: ServiceError | null, response: ListPlansResponse) => void,

@@ -11,6 +11,52 @@ export const protobufPackage = "tandem.telemetry.v1";
 
 export const protobufFileName = "tandem/telemetry/v1/telemetry.proto";
 
+/** How a reported generation ended. */
+export enum OutcomeStatus {
+  /** OUTCOME_STATUS_UNSPECIFIED - Not set: always refused. */
+  OUTCOME_STATUS_UNSPECIFIED = 0,
+  /** OUTCOME_STATUS_OK - Every requested token was produced. */
+  OUTCOME_STATUS_OK = 1,
+  /**
+   * OUTCOME_STATUS_FAILED - The generation ended with an error (executor unavailable, deadline, session refused...).
+   * It counts as a miss of every SLO stated for it; its measured figures cover what ran.
+   */
+  OUTCOME_STATUS_FAILED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function outcomeStatusFromJSON(object: any): OutcomeStatus {
+  switch (object) {
+    case 0:
+    case "OUTCOME_STATUS_UNSPECIFIED":
+      return OutcomeStatus.OUTCOME_STATUS_UNSPECIFIED;
+    case 1:
+    case "OUTCOME_STATUS_OK":
+      return OutcomeStatus.OUTCOME_STATUS_OK;
+    case 2:
+    case "OUTCOME_STATUS_FAILED":
+      return OutcomeStatus.OUTCOME_STATUS_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return OutcomeStatus.UNRECOGNIZED;
+  }
+}
+
+export function outcomeStatusToJSON(object: OutcomeStatus): string {
+  switch (object) {
+    case OutcomeStatus.OUTCOME_STATUS_UNSPECIFIED:
+      return "OUTCOME_STATUS_UNSPECIFIED";
+    case OutcomeStatus.OUTCOME_STATUS_OK:
+      return "OUTCOME_STATUS_OK";
+    case OutcomeStatus.OUTCOME_STATUS_FAILED:
+      return "OUTCOME_STATUS_FAILED";
+    case OutcomeStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Measured cost of one stage on one device. */
 export interface StageTiming {
   /** Stage index (0 = embed, ..., 2 * nLayer + 1 = head). */
@@ -99,6 +145,77 @@ export interface StepOverhead {
   idleMsPerS: number;
   /** Telemetry intervals with traffic behind the fit (0: the prior alone). */
   samples: number;
+}
+
+/**
+ * What one finished generation cost against what its plan predicted, published by the
+ * client-agent that ran it on `Subjects.outcome(client_id)` (tandem.telemetry.v1.outcome.<id>).
+ * An agent publishes one per generation that followed a plan of the planner (plan_epoch > 0),
+ * successful or failed. It publishes none for a generation that ran a placement given in the
+ * request (an override: no prediction, no SLO), one that ran before the first plan arrived
+ * (the all-server start-up placement), one refused as bad input, or one cancelled by its
+ * caller or by the agent's shutdown (a cancellation says nothing about the plan).
+ * The planner learns from these: the ratio of measured to predicted latency per client and
+ * request class, and the SLO attainment of the plan in force (docs/planner.md).
+ * Invariants: every duration is finite, >= 0 and at most one day; a *_met field is true when
+ * its SLO is 0 (none stated) and, for status OK, exactly when the measured figure is within it;
+ * for status FAILED every stated SLO is missed.
+ */
+export interface GenerationOutcome {
+  /** The agent's id; equals the last token of the subject. */
+  clientId: string;
+  /** The agent's device class. */
+  clientClass: string;
+  /** Id of the model the agent holds. */
+  modelId: string;
+  /** Name of the request class the plan chose (ClassPlacement.name). */
+  requestClass: string;
+  /** The placement the generation ran ('C'/'S' per stage). */
+  placement: string;
+  /** Epoch of the plan the placement came from (> 0). */
+  planEpoch: number;
+  /** Prompt length, tokens. */
+  promptTokens: number;
+  /** Tokens generated (for a failed generation, those produced before it failed). */
+  newTokens: number;
+  /**
+   * End-to-end latency the plan predicted for the class (ClassPlacement.predicted_latency_ms of
+   * the plan as the agent received it: the model's uncorrected prediction), ms.
+   */
+  predictedE2eMs: number;
+  /** Time to first token the plan predicted, ms; 0 when the plan states none. */
+  predictedTtftMs: number;
+  /** Time per output token the plan predicted, ms; 0 when the plan states none. */
+  predictedTpotMs: number;
+  /** Measured time to first token, ms (0 when no token came). */
+  ttftMs: number;
+  /**
+   * Measured time per output token after the first: (e2e - ttft) / (new_tokens - 1), ms;
+   * 0 when fewer than two tokens came.
+   */
+  tpotMs: number;
+  /** Measured end-to-end latency, ms (for a failed generation, until it failed). */
+  e2eMs: number;
+  /** Server compute the executor reported for this generation, ms. */
+  serverComputeMs: number;
+  /** Time this generation's steps waited in the executor's queue, ms. */
+  serverQueueMs: number;
+  /** The end-to-end SLA in force (ClassPlacement.sla_ms), ms; 0 = none. */
+  slaMs: number;
+  /** The TTFT SLO in force, ms; 0 = none. */
+  ttftSloMs: number;
+  /** The TPOT SLO in force, ms; 0 = none. */
+  tpotSloMs: number;
+  /** Whether the end-to-end SLA was met (true when sla_ms is 0). */
+  slaMet: boolean;
+  /** Whether the TTFT SLO was met (true when ttft_slo_ms is 0). */
+  ttftMet: boolean;
+  /** Whether the TPOT SLO was met (true when tpot_slo_ms is 0). */
+  tpotMet: boolean;
+  /** How the generation ended. */
+  status: OutcomeStatus;
+  /** When the generation finished, Unix milliseconds. */
+  unixMs: number;
 }
 
 function createBaseStageTiming(): StageTiming {
@@ -931,6 +1048,556 @@ export const StepOverhead: MessageFns<StepOverhead> = {
     message.msPerKibOut = object.msPerKibOut ?? 0;
     message.idleMsPerS = object.idleMsPerS ?? 0;
     message.samples = object.samples ?? 0;
+    return message;
+  },
+};
+
+function createBaseGenerationOutcome(): GenerationOutcome {
+  return {
+    clientId: "",
+    clientClass: "",
+    modelId: "",
+    requestClass: "",
+    placement: "",
+    planEpoch: 0,
+    promptTokens: 0,
+    newTokens: 0,
+    predictedE2eMs: 0,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    ttftMs: 0,
+    tpotMs: 0,
+    e2eMs: 0,
+    serverComputeMs: 0,
+    serverQueueMs: 0,
+    slaMs: 0,
+    ttftSloMs: 0,
+    tpotSloMs: 0,
+    slaMet: false,
+    ttftMet: false,
+    tpotMet: false,
+    status: 0,
+    unixMs: 0,
+  };
+}
+
+export const GenerationOutcome: MessageFns<GenerationOutcome> = {
+  encode(message: GenerationOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clientId !== "") {
+      writer.uint32(10).string(message.clientId);
+    }
+    if (message.clientClass !== "") {
+      writer.uint32(18).string(message.clientClass);
+    }
+    if (message.modelId !== "") {
+      writer.uint32(26).string(message.modelId);
+    }
+    if (message.requestClass !== "") {
+      writer.uint32(34).string(message.requestClass);
+    }
+    if (message.placement !== "") {
+      writer.uint32(42).string(message.placement);
+    }
+    if (message.planEpoch !== 0) {
+      writer.uint32(48).uint64(message.planEpoch);
+    }
+    if (message.promptTokens !== 0) {
+      writer.uint32(56).uint32(message.promptTokens);
+    }
+    if (message.newTokens !== 0) {
+      writer.uint32(64).uint32(message.newTokens);
+    }
+    if (message.predictedE2eMs !== 0) {
+      writer.uint32(73).double(message.predictedE2eMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      writer.uint32(81).double(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      writer.uint32(89).double(message.predictedTpotMs);
+    }
+    if (message.ttftMs !== 0) {
+      writer.uint32(97).double(message.ttftMs);
+    }
+    if (message.tpotMs !== 0) {
+      writer.uint32(105).double(message.tpotMs);
+    }
+    if (message.e2eMs !== 0) {
+      writer.uint32(113).double(message.e2eMs);
+    }
+    if (message.serverComputeMs !== 0) {
+      writer.uint32(121).double(message.serverComputeMs);
+    }
+    if (message.serverQueueMs !== 0) {
+      writer.uint32(129).double(message.serverQueueMs);
+    }
+    if (message.slaMs !== 0) {
+      writer.uint32(137).double(message.slaMs);
+    }
+    if (message.ttftSloMs !== 0) {
+      writer.uint32(145).double(message.ttftSloMs);
+    }
+    if (message.tpotSloMs !== 0) {
+      writer.uint32(153).double(message.tpotSloMs);
+    }
+    if (message.slaMet !== false) {
+      writer.uint32(160).bool(message.slaMet);
+    }
+    if (message.ttftMet !== false) {
+      writer.uint32(168).bool(message.ttftMet);
+    }
+    if (message.tpotMet !== false) {
+      writer.uint32(176).bool(message.tpotMet);
+    }
+    if (message.status !== 0) {
+      writer.uint32(184).int32(message.status);
+    }
+    if (message.unixMs !== 0) {
+      writer.uint32(192).int64(message.unixMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerationOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerationOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.clientId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientClass = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.modelId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.requestClass = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.placement = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.planEpoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.promptTokens = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.newTokens = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.predictedE2eMs = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.predictedTtftMs = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.predictedTpotMs = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.ttftMs = reader.double();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.tpotMs = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 113) {
+              break;
+            }
+
+            message.e2eMs = reader.double();
+            continue;
+          }
+          case 15: {
+            if (tag !== 121) {
+              break;
+            }
+
+            message.serverComputeMs = reader.double();
+            continue;
+          }
+          case 16: {
+            if (tag !== 129) {
+              break;
+            }
+
+            message.serverQueueMs = reader.double();
+            continue;
+          }
+          case 17: {
+            if (tag !== 137) {
+              break;
+            }
+
+            message.slaMs = reader.double();
+            continue;
+          }
+          case 18: {
+            if (tag !== 145) {
+              break;
+            }
+
+            message.ttftSloMs = reader.double();
+            continue;
+          }
+          case 19: {
+            if (tag !== 153) {
+              break;
+            }
+
+            message.tpotSloMs = reader.double();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.slaMet = reader.bool();
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.ttftMet = reader.bool();
+            continue;
+          }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.tpotMet = reader.bool();
+            continue;
+          }
+          case 23: {
+            if (tag !== 184) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 24: {
+            if (tag !== 192) {
+              break;
+            }
+
+            message.unixMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerationOutcome {
+    return {
+      clientId: isSet(object.clientId)
+        ? globalThis.String(object.clientId)
+        : isSet(object.client_id)
+        ? globalThis.String(object.client_id)
+        : "",
+      clientClass: isSet(object.clientClass)
+        ? globalThis.String(object.clientClass)
+        : isSet(object.client_class)
+        ? globalThis.String(object.client_class)
+        : "",
+      modelId: isSet(object.modelId)
+        ? globalThis.String(object.modelId)
+        : isSet(object.model_id)
+        ? globalThis.String(object.model_id)
+        : "",
+      requestClass: isSet(object.requestClass)
+        ? globalThis.String(object.requestClass)
+        : isSet(object.request_class)
+        ? globalThis.String(object.request_class)
+        : "",
+      placement: isSet(object.placement) ? globalThis.String(object.placement) : "",
+      planEpoch: isSet(object.planEpoch)
+        ? globalThis.Number(object.planEpoch)
+        : isSet(object.plan_epoch)
+        ? globalThis.Number(object.plan_epoch)
+        : 0,
+      promptTokens: isSet(object.promptTokens)
+        ? globalThis.Number(object.promptTokens)
+        : isSet(object.prompt_tokens)
+        ? globalThis.Number(object.prompt_tokens)
+        : 0,
+      newTokens: isSet(object.newTokens)
+        ? globalThis.Number(object.newTokens)
+        : isSet(object.new_tokens)
+        ? globalThis.Number(object.new_tokens)
+        : 0,
+      predictedE2eMs: isSet(object.predictedE2eMs)
+        ? globalThis.Number(object.predictedE2eMs)
+        : isSet(object.predicted_e2e_ms)
+        ? globalThis.Number(object.predicted_e2e_ms)
+        : 0,
+      predictedTtftMs: isSet(object.predictedTtftMs)
+        ? globalThis.Number(object.predictedTtftMs)
+        : isSet(object.predicted_ttft_ms)
+        ? globalThis.Number(object.predicted_ttft_ms)
+        : 0,
+      predictedTpotMs: isSet(object.predictedTpotMs)
+        ? globalThis.Number(object.predictedTpotMs)
+        : isSet(object.predicted_tpot_ms)
+        ? globalThis.Number(object.predicted_tpot_ms)
+        : 0,
+      ttftMs: isSet(object.ttftMs)
+        ? globalThis.Number(object.ttftMs)
+        : isSet(object.ttft_ms)
+        ? globalThis.Number(object.ttft_ms)
+        : 0,
+      tpotMs: isSet(object.tpotMs)
+        ? globalThis.Number(object.tpotMs)
+        : isSet(object.tpot_ms)
+        ? globalThis.Number(object.tpot_ms)
+        : 0,
+      e2eMs: isSet(object.e2eMs)
+        ? globalThis.Number(object.e2eMs)
+        : isSet(object.e2e_ms)
+        ? globalThis.Number(object.e2e_ms)
+        : 0,
+      serverComputeMs: isSet(object.serverComputeMs)
+        ? globalThis.Number(object.serverComputeMs)
+        : isSet(object.server_compute_ms)
+        ? globalThis.Number(object.server_compute_ms)
+        : 0,
+      serverQueueMs: isSet(object.serverQueueMs)
+        ? globalThis.Number(object.serverQueueMs)
+        : isSet(object.server_queue_ms)
+        ? globalThis.Number(object.server_queue_ms)
+        : 0,
+      slaMs: isSet(object.slaMs)
+        ? globalThis.Number(object.slaMs)
+        : isSet(object.sla_ms)
+        ? globalThis.Number(object.sla_ms)
+        : 0,
+      ttftSloMs: isSet(object.ttftSloMs)
+        ? globalThis.Number(object.ttftSloMs)
+        : isSet(object.ttft_slo_ms)
+        ? globalThis.Number(object.ttft_slo_ms)
+        : 0,
+      tpotSloMs: isSet(object.tpotSloMs)
+        ? globalThis.Number(object.tpotSloMs)
+        : isSet(object.tpot_slo_ms)
+        ? globalThis.Number(object.tpot_slo_ms)
+        : 0,
+      slaMet: isSet(object.slaMet)
+        ? globalThis.Boolean(object.slaMet)
+        : isSet(object.sla_met)
+        ? globalThis.Boolean(object.sla_met)
+        : false,
+      ttftMet: isSet(object.ttftMet)
+        ? globalThis.Boolean(object.ttftMet)
+        : isSet(object.ttft_met)
+        ? globalThis.Boolean(object.ttft_met)
+        : false,
+      tpotMet: isSet(object.tpotMet)
+        ? globalThis.Boolean(object.tpotMet)
+        : isSet(object.tpot_met)
+        ? globalThis.Boolean(object.tpot_met)
+        : false,
+      status: isSet(object.status) ? outcomeStatusFromJSON(object.status) : 0,
+      unixMs: isSet(object.unixMs)
+        ? globalThis.Number(object.unixMs)
+        : isSet(object.unix_ms)
+        ? globalThis.Number(object.unix_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: GenerationOutcome): unknown {
+    const obj: any = {};
+    if (message.clientId !== "") {
+      obj.clientId = message.clientId;
+    }
+    if (message.clientClass !== "") {
+      obj.clientClass = message.clientClass;
+    }
+    if (message.modelId !== "") {
+      obj.modelId = message.modelId;
+    }
+    if (message.requestClass !== "") {
+      obj.requestClass = message.requestClass;
+    }
+    if (message.placement !== "") {
+      obj.placement = message.placement;
+    }
+    if (message.planEpoch !== 0) {
+      obj.planEpoch = Math.round(message.planEpoch);
+    }
+    if (message.promptTokens !== 0) {
+      obj.promptTokens = Math.round(message.promptTokens);
+    }
+    if (message.newTokens !== 0) {
+      obj.newTokens = Math.round(message.newTokens);
+    }
+    if (message.predictedE2eMs !== 0) {
+      obj.predictedE2eMs = floatToJson(message.predictedE2eMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      obj.predictedTtftMs = floatToJson(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
+    }
+    if (message.ttftMs !== 0) {
+      obj.ttftMs = floatToJson(message.ttftMs);
+    }
+    if (message.tpotMs !== 0) {
+      obj.tpotMs = floatToJson(message.tpotMs);
+    }
+    if (message.e2eMs !== 0) {
+      obj.e2eMs = floatToJson(message.e2eMs);
+    }
+    if (message.serverComputeMs !== 0) {
+      obj.serverComputeMs = floatToJson(message.serverComputeMs);
+    }
+    if (message.serverQueueMs !== 0) {
+      obj.serverQueueMs = floatToJson(message.serverQueueMs);
+    }
+    if (message.slaMs !== 0) {
+      obj.slaMs = floatToJson(message.slaMs);
+    }
+    if (message.ttftSloMs !== 0) {
+      obj.ttftSloMs = floatToJson(message.ttftSloMs);
+    }
+    if (message.tpotSloMs !== 0) {
+      obj.tpotSloMs = floatToJson(message.tpotSloMs);
+    }
+    if (message.slaMet !== false) {
+      obj.slaMet = message.slaMet;
+    }
+    if (message.ttftMet !== false) {
+      obj.ttftMet = message.ttftMet;
+    }
+    if (message.tpotMet !== false) {
+      obj.tpotMet = message.tpotMet;
+    }
+    if (message.status !== 0) {
+      obj.status = outcomeStatusToJSON(message.status);
+    }
+    if (message.unixMs !== 0) {
+      obj.unixMs = Math.round(message.unixMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerationOutcome>, I>>(base?: I): GenerationOutcome {
+    return GenerationOutcome.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerationOutcome>, I>>(object: I): GenerationOutcome {
+    const message = createBaseGenerationOutcome();
+    message.clientId = object.clientId ?? "";
+    message.clientClass = object.clientClass ?? "";
+    message.modelId = object.modelId ?? "";
+    message.requestClass = object.requestClass ?? "";
+    message.placement = object.placement ?? "";
+    message.planEpoch = object.planEpoch ?? 0;
+    message.promptTokens = object.promptTokens ?? 0;
+    message.newTokens = object.newTokens ?? 0;
+    message.predictedE2eMs = object.predictedE2eMs ?? 0;
+    message.predictedTtftMs = object.predictedTtftMs ?? 0;
+    message.predictedTpotMs = object.predictedTpotMs ?? 0;
+    message.ttftMs = object.ttftMs ?? 0;
+    message.tpotMs = object.tpotMs ?? 0;
+    message.e2eMs = object.e2eMs ?? 0;
+    message.serverComputeMs = object.serverComputeMs ?? 0;
+    message.serverQueueMs = object.serverQueueMs ?? 0;
+    message.slaMs = object.slaMs ?? 0;
+    message.ttftSloMs = object.ttftSloMs ?? 0;
+    message.tpotSloMs = object.tpotSloMs ?? 0;
+    message.slaMet = object.slaMet ?? false;
+    message.ttftMet = object.ttftMet ?? false;
+    message.tpotMet = object.tpotMet ?? false;
+    message.status = object.status ?? 0;
+    message.unixMs = object.unixMs ?? 0;
     return message;
   },
 };

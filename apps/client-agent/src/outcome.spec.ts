@@ -1,0 +1,35 @@
+import { OutcomeStatus, type ClassPlacement } from '@tandem/protocol';
+import { buildOutcome, type MeasuredGeneration } from './outcome';
+
+const WHO = { clientId: 'dev-1', clientClass: 'phone', modelId: 'm' };
+const CLS: ClassPlacement = { name: 'short', maxPromptTokens: 32, expectedNewTokens: 8, placement: 'CSS', slaMs: 100, predictedLatencyMs: 80, predictedServerWork: 3, feasible: true, ttftMs: 0, tpotMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 };
+const RUN: MeasuredGeneration = { ok: true, promptTokens: 5, newTokens: 6, ttftMs: 30, e2eMs: 80, serverComputeMs: 4, serverQueueMs: 1.5 };
+
+describe('buildOutcome', () => {
+  it('reports the plan, the prediction, the measured figures and TPOT over the tokens after the first', () => {
+    const o = buildOutcome(WHO, CLS, 42, 'CSS', RUN, 1234);
+    expect(o).toMatchObject({
+      clientId: 'dev-1', clientClass: 'phone', modelId: 'm', requestClass: 'short', placement: 'CSS', planEpoch: 42,
+      promptTokens: 5, newTokens: 6, predictedE2eMs: 80, predictedTtftMs: 0, predictedTpotMs: 0,
+      ttftMs: 30, e2eMs: 80, serverComputeMs: 4, serverQueueMs: 1.5, slaMs: 100, ttftSloMs: 0, tpotSloMs: 0,
+      slaMet: true, ttftMet: true, tpotMet: true, status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: 1234,
+    });
+    expect(o.tpotMs).toBeCloseTo((80 - 30) / 5, 12);
+  });
+
+  it('says the SLA was missed when the generation took longer, and reports a single token with no TPOT', () => {
+    expect(buildOutcome(WHO, CLS, 1, 'CSS', { ...RUN, e2eMs: 100.5 }, 0).slaMet).toBe(false);
+    expect(buildOutcome(WHO, CLS, 1, 'CSS', { ...RUN, newTokens: 1, e2eMs: 30 }, 0).tpotMs).toBe(0);
+  });
+
+  it('reports a failed generation as missing every stated SLO, but not one that is not stated', () => {
+    const o = buildOutcome(WHO, CLS, 1, 'CSS', { ...RUN, ok: false, newTokens: 0, ttftMs: 0, e2eMs: 5 }, 0);
+    expect(o).toMatchObject({ status: OutcomeStatus.OUTCOME_STATUS_FAILED, slaMet: false, ttftMet: true, tpotMet: true, newTokens: 0 });
+  });
+
+  it('takes TTFT/TPOT predictions and SLOs from the plan when it carries them', () => {
+    const withTerms = { ...CLS, predictedTtftMs: 25, predictedTpotMs: 9, ttftMs: 20, tpotMs: 12 } as ClassPlacement;
+    const o = buildOutcome(WHO, withTerms, 1, 'CSS', RUN, 0);
+    expect(o).toMatchObject({ predictedTtftMs: 25, predictedTpotMs: 9, ttftSloMs: 20, tpotSloMs: 12, ttftMet: false, tpotMet: true });
+  });
+});

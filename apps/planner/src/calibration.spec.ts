@@ -1,0 +1,276 @@
+import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
+import { Calibrator, DEFAULT_CALIBRATION, type CalibrationOptions } from './calibration';
+import type { ValidOutcome } from './outcomes';
+import { PlanMaker } from './plan-maker';
+
+// A hand-checkable client: three stages, one class of 10-token prompts and one new token (no
+// decode step). The device runs embed in 10 ms, the block in 50 ms and the head in 1000 ms;
+// the server runs each in 1 ms. Against 90 ms (SLA 100 x margin 0.9): CCS (about 61 ms, 1 ms of
+// server work) is the plan; an SLA tightened below about 61 ms gives CSS (about 12 ms, 2 ms),
+// and the floor all-server SSS (about 3 ms, 3 ms). Safer = more server = lower predicted latency.
+const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const CLASS = { name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 };
+const PROFILE: ClientProfile = {
+  clientId: 'dev', clientClass: 'default', modelId: 'm', unixMs: 0, planEpoch: 0,
+  stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+};
+const LOAD: ServerLoad = {
+  serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: 0, meanQueueMs: 0, overhead: undefined,
+  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
+};
+const maker = new PlanMaker({ stages: STAGES, classes: [CLASS], slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9 });
+
+const OPTS: CalibrationOptions = { ...DEFAULT_CALIBRATION, dwellMs: 1000, relaxDwellMs: 3000 };
+
+/** The planner's loop around one client, as PlannerServer runs it, with an injected clock. */
+class Harness {
+  now = 1_000_000;
+  epoch = 0;
+  plan: ClassPlacement[] = [];
+  /** Every placement the client was given, in order (a new entry per plan change). */
+  readonly history: string[] = [];
+  constructor(readonly cal: Calibrator) { this.replan(); }
+
+  replan(): void {
+    for (let i = 0; i < 100; i++) {
+      const classes = maker.plan(PROFILE, LOAD, this.plan.length ? this.plan : undefined, 'work', this.cal.adjustments('dev'))!;
+      if (classes[0].placement !== this.plan[0]?.placement) { this.epoch++; this.history.push(classes[0].placement); }
+      this.plan = classes;
+      if (!this.cal.planned('dev', classes, this.epoch, this.now)) return;
+    }
+    throw new Error('the tighten search did not end');
+  }
+
+  /** One outcome of the plan in force, `good` or a miss, measured at `ratio` x its prediction; advances the clock by `stepMs`. */
+  outcome(good: boolean, opts: { ratio?: number; stepMs?: number; placement?: string; epoch?: number } = {}): boolean {
+    this.now += opts.stepMs ?? 100;
+    const p = this.plan[0];
+    const e2e = p.predictedLatencyMs * (opts.ratio ?? 1);
+    const o: ValidOutcome = {
+      clientId: 'dev', requestClass: 'short', placement: opts.placement ?? p.placement, planEpoch: opts.epoch ?? this.epoch, ok: true, good,
+      predicted: { e2e: p.predictedLatencyMs, ttft: 0, tpot: 0 }, measured: { e2e, ttft: e2e, tpot: 0 }, unixMs: this.now,
+    };
+    const { replan } = this.cal.record(o, this.now);
+    if (replan) this.replan();
+    return replan;
+  }
+
+  get placement(): string { return this.plan[0].placement; }
+  get observed() { return this.cal.observations('dev', ['short'])[0]; }
+}
+
+describe('Calibrator: correction factors', () => {
+  it('keeps the model prediction (factor 1) below the minimum number of outcomes, then applies the observed ratio', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    expect(h.placement).toBe('CCS');
+    for (let i = 0; i < OPTS.minOutcomes - 1; i++) expect(h.outcome(true, { ratio: 1.6, stepMs: 250 })).toBe(false);
+    expect(h.observed).toMatchObject({ e2eCorrection: 1, e2eRatio: 1 });
+    expect(h.cal.adjustments('dev')!('short')).toEqual({ slaScale: 1, allServer: false });
+    expect(h.placement).toBe('CCS');
+    // the fifth outcome, after the dwell: the factor moves from 1 to 1.6, a material change, and the client is re-planned
+    expect(h.outcome(true, { ratio: 1.6, stepMs: 250 })).toBe(true);
+    expect(h.observed.e2eCorrection).toBeCloseTo(1.6, 9);
+    expect(h.observed.e2eRatio).toBeCloseTo(1.6, 9);
+    // planned against 90 / 1.6 = 56 ms: CCS (61 ms) no longer fits, CSS does
+    expect(h.placement).toBe('CSS');
+    expect(h.observed.safetyFactor).toBe(1);
+  });
+
+  it('decays old evidence with the configured half-life (in outcomes), as a geometric mean', () => {
+    const cal = new Calibrator({ ...OPTS, halfLife: 20 });
+    const h = new Harness(cal);
+    for (let i = 0; i < 20; i++) h.outcome(true, { ratio: 2 });
+    expect(h.observed.e2eCorrection).toBeCloseTo(2, 9);
+    for (let i = 0; i < 20; i++) h.outcome(true, { ratio: 1 });
+    // the first 20 now weigh half of what the last 20 do: ln 2 x (1/2) / (1 + 1/2)
+    expect(h.observed.e2eCorrection).toBeCloseTo(2 ** (1 / 3), 9);
+  });
+
+  it('re-plans only when the factor moved more than the material change since the client was planned', () => {
+    const h = new Harness(new Calibrator({ ...OPTS, materialChange: 0.1 }));
+    for (let i = 0; i < OPTS.minOutcomes; i++) h.outcome(true, { ratio: 1.05, stepMs: 300 });
+    expect(h.observed.e2eRatio).toBeCloseTo(1.05, 9);
+    // 1 -> 1.05 is within 10 %: no re-plan, the plan keeps factor 1
+    for (let i = 0; i < 3; i++) expect(h.outcome(true, { ratio: 1.05 })).toBe(false);
+    expect(h.observed.e2eCorrection).toBe(1);
+    expect(h.outcome(true, { ratio: 3 })).toBe(true);
+    expect(h.observed.e2eCorrection).toBeCloseTo(h.observed.e2eRatio, 12);
+  });
+
+  it('bounds one wild ratio, so a single absurd figure cannot swing the factor beyond 100x', () => {
+    const h = new Harness(new Calibrator({ ...OPTS, minOutcomes: 1, halfLife: 1e-3 }));
+    h.outcome(true, { ratio: 1e6 });
+    expect(h.observed.e2eRatio).toBeCloseTo(100, 6);
+  });
+
+  it('refuses options out of range, naming the option', () => {
+    expect(() => new Calibrator({ ...OPTS, step: 1 })).toThrow('calibration option step must be a number in 0.000001..0.999999999, given 1');
+    expect(() => new Calibrator({ ...OPTS, target: Number.NaN })).toThrow('calibration option target must be a number in 0..1, given NaN');
+  });
+
+  it('only observes when learning is off: figures are kept, plans are not touched', () => {
+    const h = new Harness(new Calibrator({ ...OPTS, learn: false }));
+    for (let i = 0; i < 30; i++) expect(h.outcome(false, { stepMs: 2000 })).toBe(false);
+    expect(h.placement).toBe('CCS');
+    expect(h.cal.adjustments('dev')).toBeUndefined();
+    expect(h.observed).toMatchObject({ outcomes: 30, planOutcomes: 30, attainment: 0, safetyFactor: 1 });
+  });
+});
+
+describe('Calibrator: a correction that depends on the placement', () => {
+  it('does not swing the plan back and forth when only client-heavy placements are slower than predicted', () => {
+    // the device is slower than it reports: CCS takes 1.6x its prediction, CSS exactly its
+    // prediction. Every generation meets its SLA, so only the correction factor acts. A factor
+    // that followed the placement in force would move CCS -> CSS, decay to 1 on CSS' outcomes,
+    // move back to CCS, and so on every few outcomes.
+    const h = new Harness(new Calibrator(OPTS));
+    const changes: number[] = [];
+    let last = h.placement;
+    const start = h.now;
+    for (let i = 0; i < 2400; i++) { // 120 s, an outcome every 50 ms
+      h.outcome(true, { ratio: h.placement === 'CCS' ? 1.6 : 1, stepMs: 50 });
+      if (h.placement !== last) { changes.push(h.now - start); last = h.placement; }
+    }
+    expect(h.history.slice(0, 2)).toEqual(['CCS', 'CSS']);
+    for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
+    // CCS is retried (the factor lowered, like a relax) ever more rarely: each stay on CSS lasts
+    // about twice the one before (3, 6, 12, 24, 48 s), so the last minute holds at most 3 changes
+    const staysOnCss = changes.slice(0, -1).filter((_, i) => h.history[i + 1] === 'CSS').map((t) => changes[changes.indexOf(t) + 1] - t);
+    expect(staysOnCss.length).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < staysOnCss.length; i++) expect(staysOnCss[i]).toBeGreaterThanOrEqual(staysOnCss[i - 1] * 1.8);
+    expect(changes.filter((t) => t > 60_000).length).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('Calibrator: safety against missed SLOs', () => {
+  it('tightens a plan whose attainment is below target, step by step until the placement changes, then to all-server', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    // 4 misses: too few to judge
+    for (let i = 0; i < 4; i++) expect(h.outcome(false, { stepMs: 500 })).toBe(false);
+    expect(h.placement).toBe('CCS');
+    // the fifth, 2.5 s after the plan took effect (dwell 1 s): s = 0.8 leaves CCS (72 ms budget), 0.64 moves to CSS
+    expect(h.cal.record({ clientId: 'dev', requestClass: 'short', placement: 'CCS', planEpoch: h.epoch, ok: false, good: false,
+      predicted: { e2e: 61, ttft: 0, tpot: 0 }, measured: { e2e: 0, ttft: 0, tpot: 0 }, unixMs: 0 }, (h.now += 500))).toEqual({
+      replan: true, safety: { change: 'tighten', factor: 0.8, allServer: false, attainment: 0, outcomes: 5 },
+    });
+    h.replan();
+    expect(h.placement).toBe('CSS');
+    expect(h.observed.safetyFactor).toBeCloseTo(0.64, 9);
+    expect(h.observed.planOutcomes).toBe(0); // a new plan in force: attainment starts again
+    // the new plan must prove itself: misses right after it took effect do not tighten it
+    for (let i = 0; i < 5; i++) h.outcome(false, { stepMs: 100 });
+    expect(h.placement).toBe('CSS');
+    // after the dwell, the next miss tightens down to the floor (0.8^6 = 0.26) and then all-server
+    h.outcome(false, { stepMs: 1000 });
+    expect(h.placement).toBe('SSS');
+    expect(h.observed.allServer).toBe(true);
+    expect(h.observed.safetyFactor).toBeCloseTo(0.8 ** 6, 9);
+    // nothing is safer than all-server: more misses change nothing
+    for (let i = 0; i < 20; i++) expect(h.outcome(false, { stepMs: 1000 })).toBe(false);
+    expect(h.history).toEqual(['CCS', 'CSS', 'SSS']);
+  });
+
+  it('counts toward attainment only outcomes of the plan in force', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    h.outcome(false, { placement: 'SSS' });
+    h.outcome(false, { epoch: 0 });
+    expect(h.observed).toMatchObject({ outcomes: 2, planOutcomes: 0 });
+    h.outcome(false);
+    expect(h.observed).toMatchObject({ outcomes: 3, planOutcomes: 1, attainment: 0 });
+  });
+
+  it('relaxes one step per relax dwell once attainment recovers above target + margin, back to the original plan', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    for (let i = 0; i < 5; i++) h.outcome(false, { stepMs: 500 });
+    expect(h.placement).toBe('CSS');
+    const tightenedAt = h.now;
+    // good outcomes: attainment of CSS is 100 %, but nothing relaxes before 3 s since the change
+    for (let i = 0; i < 25; i++) h.outcome(true, { stepMs: 100 });
+    expect(h.observed.safetyFactor).toBeCloseTo(0.64, 9);
+    expect(h.outcome(true, { stepMs: 600 })).toBe(true);
+    expect(h.now - tightenedAt).toBeGreaterThanOrEqual(3000);
+    // 0.64 / 0.8 = 0.8: a 72 ms budget, in which CCS fits again and saves the server 1 ms
+    expect(h.placement).toBe('CCS');
+    expect(h.observed.safetyFactor).toBeCloseTo(0.8, 9);
+    // the new plan needs its own outcomes and another dwell before the last step to 1
+    for (let i = 0; i < 5; i++) h.outcome(true, { stepMs: 100 });
+    expect(h.observed.safetyFactor).toBeCloseTo(0.8, 9);
+    for (let i = 0; i < 30; i++) h.outcome(true, { stepMs: 100 });
+    expect(h.observed.safetyFactor).toBe(1);
+    expect(h.history).toEqual(['CCS', 'CSS', 'CCS']);
+  });
+
+  it('does not flap on an alternating stream: met, missed, met, ... only ever tightens, one change per dwell at most', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    const changes: number[] = [];
+    let last = h.placement;
+    for (let i = 0; i < 400; i++) {
+      h.outcome(i % 2 === 0, { stepMs: 50 });
+      if (h.placement !== last) { changes.push(h.now); last = h.placement; }
+    }
+    // attainment 50 % < 90 %: CCS -> CSS -> SSS, and never back
+    expect(h.history).toEqual(['CCS', 'CSS', 'SSS']);
+    expect(changes).toHaveLength(2);
+    expect(changes[1] - changes[0]).toBeGreaterThanOrEqual(OPTS.dwellMs);
+  });
+
+  it('does not flap on bursts of misses and hits: relaxes that are undone wait ever longer', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    const changes: number[] = [];
+    let last = h.placement;
+    const start = h.now;
+    // 120 s of: 2 s of misses, then 6 s of hits, repeated 15 times (one outcome every 50 ms)
+    for (let i = 0; i < 2400; i++) {
+      h.outcome(i % 160 >= 40, { stepMs: 50 });
+      if (h.placement !== last) { changes.push(h.now - start); last = h.placement; }
+    }
+    // never more than one change per dwell, and fewer changes than bursts
+    for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
+    expect(changes.length).toBeLessThan(15);
+    // each relax (a placement with fewer server stages) comes after a longer wait than the one before
+    const servers = (p: string): number => p.split('S').length - 1;
+    const relaxWaits = changes.map((t, i) => ({ t, wait: t - (changes[i - 1] ?? 0), relax: servers(h.history[i + 1]) < servers(h.history[i]) })).filter((c) => c.relax).map((c) => c.wait);
+    expect(relaxWaits.length).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < relaxWaits.length; i++) expect(relaxWaits[i]).toBeGreaterThan(relaxWaits[i - 1] * 1.5);
+  });
+
+  it('doubles the relax dwell after a relax that had to be undone', () => {
+    const h = new Harness(new Calibrator({ ...OPTS, relaxDwellMs: 2000 }));
+    /** Sends outcomes every 100 ms until the placement becomes `to`; returns how long that took. */
+    const until = (good: boolean, to: string): number => {
+      const t0 = h.now;
+      for (let i = 0; i < 200 && h.placement !== to; i++) h.outcome(good, { stepMs: 100 });
+      expect(h.placement).toBe(to);
+      return h.now - t0;
+    };
+    until(false, 'CSS');
+    const first = until(true, 'CCS'); // relaxed after the 2 s relax dwell
+    expect(first).toBeGreaterThanOrEqual(2000);
+    expect(first).toBeLessThan(2500);
+    until(false, 'CSS'); // the relax is undone: the backoff doubles
+    const second = until(true, 'CCS');
+    expect(second).toBeGreaterThanOrEqual(4000);
+    expect(second).toBeLessThan(4500);
+    expect(h.history).toEqual(['CCS', 'CSS', 'CCS', 'CSS', 'CCS']);
+  });
+});
+
+describe('PlanMaker adjustments (the hook the calibrator drives)', () => {
+  it('plans against the scaled SLA but reports the configured SLA and the model prediction', () => {
+    const [plain] = maker.plan(PROFILE, LOAD, undefined)!;
+    const [tight] = maker.plan(PROFILE, LOAD, undefined, 'work', () => ({ slaScale: 0.5, allServer: false }))!;
+    expect(plain.placement).toBe('CCS');
+    expect(tight.placement).toBe('CSS');
+    expect(tight.slaMs).toBe(100);
+    expect(tight.predictedLatencyMs).toBeLessThan(plain.predictedLatencyMs);
+    expect(tight.predictedServerWork).toBeGreaterThan(plain.predictedServerWork);
+  });
+
+  it('places every stage on the server at the floor, whatever the solver prefers', () => {
+    const [p] = maker.plan(PROFILE, LOAD, undefined, 'work', () => ({ slaScale: 1, allServer: true }))!;
+    expect(p.placement).toBe('SSS');
+    expect(p.feasible).toBe(true);
+    expect(p.predictedServerWork).toBeCloseTo(3, 9);
+  });
+});

@@ -1,0 +1,190 @@
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  ClientProfile,
+  GenerationOutcome,
+  HealthClient,
+  OutcomeStatus,
+  PlannerServiceClient,
+  ServerLoad,
+  ServingStatus,
+  Subjects,
+  type ClientPlan,
+  type ListPlansResponse,
+  type WatchPlansResponse,
+} from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '../src';
+
+// The hand-checkable client of calibration.spec.ts: three stages, 10-token prompts, one new
+// token. Device: embed 10 ms, block 50 ms, head 1000 ms; server 1 ms each. SLA 100 ms, planned
+// against 90: CCS (about 61 ms) is the plan; a tighter SLA gives CSS (about 12 ms), the floor SSS.
+const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const log = createLogger({ name: 'test', level: 'silent' });
+
+const profile = (clientId: string): ClientProfile => ({
+  clientId, clientClass: 'default', modelId: 'm', unixMs: Date.now(), planEpoch: 0,
+  stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+});
+const LOAD: ServerLoad = {
+  serverId: 'srv', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined,
+  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
+};
+
+/** The outcome an agent following `plan` would publish: met at `ratio` x the prediction, or failed. */
+function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): GenerationOutcome {
+  const c = plan.classes[0];
+  const e2eMs = c.predictedLatencyMs * (how.ratio ?? 1);
+  const met = how.ok && e2eMs <= c.slaMs;
+  return {
+    clientId: plan.clientId, clientClass: 'default', modelId: 'm', requestClass: c.name, placement: c.placement, planEpoch: plan.epoch,
+    promptTokens: 10, newTokens: how.ok ? 1 : 0, predictedE2eMs: c.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: 0,
+    ttftMs: how.ok ? e2eMs : 0, tpotMs: 0, e2eMs, serverComputeMs: 1, serverQueueMs: 0,
+    slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0, slaMet: met, ttftMet: true, tpotMet: true,
+    status: how.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED, unixMs: Date.now(),
+  };
+}
+
+describe('the planner learns from outcomes published over NATS', () => {
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+  let server: PlannerServer;
+  let client: PlannerServiceClient;
+  let addr: string;
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    const maker = new PlanMaker({
+      stages: STAGES, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
+      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    });
+    const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 300, relaxDwellMs: 300 });
+    server = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: 'm', clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    addr = `127.0.0.1:${(await server.start()).port}`;
+    client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    nc = await connect({ servers: nats.url });
+    nc.publish(Subjects.serverLoad(LOAD.serverId), ServerLoad.encode(LOAD).finish());
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await nc?.close();
+    await server?.stop();
+    await nats?.stop();
+  });
+
+  /** Follows a client's plan stream; `plans` holds every plan pushed, in order. */
+  async function watch(clientId: string): Promise<{ plans: ClientPlan[]; current: () => ClientPlan; close: () => void }> {
+    const plans: ClientPlan[] = [];
+    const call = client.watchPlans({ clientId });
+    call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
+    call.on('error', () => undefined);
+    nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
+    await eventually(() => plans.length > 0, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
+    return { plans, current: () => plans[plans.length - 1], close: () => call.cancel() };
+  }
+
+  /** Publishes an outcome of the current plan every 10 ms, as an agent serving requests would, until `done`. */
+  async function pump(w: { current: () => ClientPlan }, how: { ok: boolean; ratio?: number }, done: () => boolean, timeoutMs: number, what: string): Promise<number> {
+    const t0 = Date.now();
+    await eventually(() => {
+      if (done()) return true;
+      nc.publish(Subjects.outcome(w.current().clientId), GenerationOutcome.encode(outcomeOf(w.current(), how)).finish());
+      return false;
+    }, { timeoutMs, intervalMs: 10, what });
+    return Date.now() - t0;
+  }
+
+  const listPlans = (): Promise<ListPlansResponse> =>
+    new Promise((resolve, reject) => client.listPlans({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+
+  it('moves a client whose outcomes miss their SLA to a safer plan within seconds, and back when they recover', async () => {
+    const w = await watch('dev-miss');
+    try {
+      const first = w.current().classes[0];
+      expect(first.placement).toBe('CCS');
+      // failed generations: every one a miss of the SLA
+      const toSafer = await pump(w, { ok: false }, () => w.current().classes[0].placement !== 'CCS', 5000, 'a safer plan');
+      expect(toSafer).toBeLessThan(3000);
+      const safer = w.current().classes[0];
+      expect(safer.placement).toBe('CSS');
+      expect(safer.predictedLatencyMs).toBeLessThan(first.predictedLatencyMs);
+      expect(safer.predictedServerWork).toBeGreaterThan(first.predictedServerWork);
+      expect(w.current().epoch).toBeGreaterThan(w.plans[0].epoch);
+      // misses go on: the next step is the floor, all-server
+      await pump(w, { ok: false }, () => w.current().classes[0].placement === 'SSS', 5000, 'the all-server floor');
+      let seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
+      expect(seen).toMatchObject({ name: 'short', allServer: true, attainmentTarget: 0.9 });
+      expect(seen.failures).toBeGreaterThanOrEqual(10);
+      expect(seen.safetyFactor).toBeLessThan(0.5);
+      // the outcomes recover: relax step by step, back to the plan of the start
+      const back = await pump(w, { ok: true }, () => w.current().classes[0].placement === 'CCS', 10_000, 'the original plan back');
+      expect(back).toBeLessThan(8000);
+      const order = w.plans.map((p) => p.classes[0].placement).filter((p, i, all) => p !== all[i - 1]);
+      expect(order).toEqual(['CCS', 'CSS', 'SSS', 'CSS', 'CCS']);
+      seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
+      expect(seen.allServer).toBe(false);
+      expect(seen.safetyFactor).toBeGreaterThanOrEqual(0.8 - 1e-9);
+      expect(server.currentObjective).toBe('work');
+    } finally {
+      w.close();
+    }
+  });
+
+  it('calibrates its predictions from outcomes slower than predicted, and shows predicted against observed', async () => {
+    const w = await watch('dev-slow');
+    try {
+      expect(w.current().classes[0].placement).toBe('CCS');
+      // every generation meets its SLA but takes 1.6x the prediction: 61 ms x 1.6 = 98 ms of a 100 ms SLA
+      await pump(w, { ok: true, ratio: 1.6 }, () => w.current().classes[0].placement !== 'CCS', 5000, 'a calibrated plan');
+      // planned against 90 / 1.6 = 56 ms, in which CCS no longer fits
+      expect(w.current().classes[0].placement).toBe('CSS');
+      const seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-slow')!.classes[0];
+      expect(seen.e2eCorrection).toBeCloseTo(1.6, 6);
+      expect(seen.safetyFactor).toBe(1);
+      expect(seen.failures).toBe(0);
+      expect(seen.window).toBeGreaterThanOrEqual(5);
+      expect(seen.observedE2eMedianMs / seen.predictedE2eMedianMs).toBeCloseTo(1.6, 6);
+      expect(seen.observedE2eMeanMs).toBeGreaterThan(seen.predictedE2eMeanMs);
+    } finally {
+      w.close();
+    }
+  });
+
+  it('drops malformed outcomes with a count and stays healthy', async () => {
+    const w = await watch('dev-junk');
+    try {
+      const plan = w.current();
+      const good = outcomeOf(plan, { ok: true });
+      const before = { ...server.counters };
+      const bad: [string, Uint8Array][] = [
+        [Subjects.outcome('dev-junk'), new Uint8Array([0xff, 0xff, 0xff, 0x07])],
+        [Subjects.outcome('someone-else'), GenerationOutcome.encode(good).finish()],
+        [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, e2eMs: Number.NaN }).finish()],
+        [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, predictedE2eMs: 1e300 }).finish()],
+        [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, placement: 'CSSSSSSSS' }).finish()],
+        [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, requestClass: 'nope' }).finish()],
+        [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, modelId: 'another-model' }).finish()],
+        [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, status: OutcomeStatus.OUTCOME_STATUS_UNSPECIFIED }).finish()],
+      ];
+      for (const [subject, data] of bad) nc.publish(subject, data);
+      // well-formed, but of a client the planner has never heard of: ignored, not an error
+      nc.publish(Subjects.outcome('stranger'), GenerationOutcome.encode({ ...good, clientId: 'stranger' }).finish());
+      nc.publish(Subjects.outcome('dev-junk'), GenerationOutcome.encode(good).finish());
+      await eventually(() => server.counters.outcomes === before.outcomes + 1 && server.counters.badMessages === before.badMessages + bad.length,
+        { what: 'the bad outcomes counted', timeoutMs: 5000 });
+      expect(server.counters.strayOutcomes).toBe(before.strayOutcomes + 1);
+      const hc = new HealthClient(addr, grpc.credentials.createInsecure());
+      const health = await new Promise<{ status: ServingStatus }>((resolve, reject) => hc.check({ service: '' }, (e, x) => (e ? reject(e) : resolve(x))));
+      hc.close();
+      expect(health.status).toBe(ServingStatus.SERVING);
+      const seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-junk')!.classes[0];
+      expect(seen.outcomes).toBe(1);
+      expect(w.current().epoch).toBe(plan.epoch);
+    } finally {
+      w.close();
+    }
+  });
+});

@@ -1,0 +1,222 @@
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '@tandem/planner';
+import {
+  AgentServiceClient,
+  GenerationOutcome,
+  OutcomeStatus,
+  Subjects,
+  type AgentStatusResponse,
+  type GenerateRequest,
+  type GenerateResponse,
+  type GenerationSummary,
+} from '@tandem/protocol';
+import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, freePort, makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const PROMPT = [15496, 11, 995, 318];
+
+/** Runs one generation through an agent's gRPC API; resolves with the summary. */
+function generateVia(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<GenerationSummary> {
+  return new Promise((resolve, reject) => {
+    let summary: GenerationSummary | undefined;
+    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req }, { deadline: Date.now() + 30_000 });
+    call.on('data', (m: GenerateResponse) => { if (m.kind?.$case === 'summary') summary = m.kind.value; });
+    call.on('error', reject);
+    call.on('end', () => (summary ? resolve(summary) : reject(new Error('no summary'))));
+  });
+}
+
+describe('agents report generation outcomes to the planner', () => {
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+  let sub: Subscription;
+  let executor: ExecutorServer;
+  let planner: PlannerServer;
+  let plannerAddr: string;
+  const agents: ClientAgent[] = [];
+  const clients: AgentServiceClient[] = [];
+  let stageCount: number;
+  let modelId: string;
+  /** Every outcome seen on the wire, decoded, with its subject. */
+  const outcomes: { subject: string; o: GenerationOutcome }[] = [];
+
+  async function startAgent(clientId: string, stages: number[], executorAddr: string): Promise<AgentServiceClient> {
+    const agent = new ClientAgent({
+      modelDir: model.dir, modelId, clientId, clientClass: 'default', address: '127.0.0.1:0', stages, threads: 1, slowdown: 1,
+      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
+    });
+    agents.push(agent);
+    const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+    clients.push(c);
+    return c;
+  }
+
+  const status = (c: AgentServiceClient): Promise<AgentStatusResponse> => new Promise((resolve, reject) => c.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    nats = await startNatsServer();
+    nc = await connect({ servers: nats.url });
+    sub = nc.subscribe(Subjects.allOutcomes);
+    void (async () => { for await (const m of sub) outcomes.push({ subject: m.subject, o: GenerationOutcome.decode(m.data) }); })();
+    await nc.flush();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    modelId = engine.modelId;
+    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    const maker = new PlanMaker({
+      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
+      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
+      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    });
+    planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
+    await startAgent('dev-ok', Array.from({ length: stageCount }, (_, i) => i), executorAddr);
+    // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
+    await startAgent('dev-down', [0], `127.0.0.1:${await freePort()}`);
+    for (const c of clients) await eventually(async () => (await status(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    for (const a of agents) await a.stop({ graceMs: 100 });
+    await planner?.stop();
+    await executor?.stop({ graceMs: 100 });
+    sub?.unsubscribe();
+    await nc?.close();
+    await nats?.stop();
+    model?.remove();
+  });
+
+  it('publishes one outcome per planned generation, with the plan, the prediction and what was measured', async () => {
+    const [ok] = clients;
+    const before = outcomes.length;
+    // an override first: no prediction and no SLO, so nothing is reported for it
+    await generateVia(ok, { placement: 'S'.repeat(stageCount) });
+    const summary = await generateVia(ok, {});
+    const seen = await eventually(() => outcomes.length > before && outcomes.slice(before), { timeoutMs: 5000, what: 'an outcome on NATS' });
+    expect(seen).toHaveLength(1);
+    const { subject, o } = seen[0];
+    expect(subject).toBe(Subjects.outcome('dev-ok'));
+    expect(o).toMatchObject({
+      clientId: 'dev-ok', clientClass: 'default', modelId, requestClass: 'short', placement: summary.placement,
+      planEpoch: summary.planEpoch, promptTokens: PROMPT.length, newTokens: 6, slaMs: 10_000, ttftSloMs: 0, tpotSloMs: 0,
+      slaMet: true, ttftMet: true, tpotMet: true, status: OutcomeStatus.OUTCOME_STATUS_OK,
+    });
+    const plan = planner.plans().find((p) => p.clientId === 'dev-ok')!;
+    expect(plan.epoch).toBe(o.planEpoch);
+    // the prediction of the plan as the agent received it (the planner refreshes its own copy's predictions with every load report)
+    expect(o.predictedE2eMs).toBeGreaterThan(0);
+    expect(o.e2eMs).toBeCloseTo(summary.totalMs, 6);
+    expect(o.ttftMs).toBeCloseTo(summary.ttftMs, 6);
+    expect(o.tpotMs).toBeCloseTo((summary.totalMs - summary.ttftMs) / 5, 6);
+    expect(o.serverComputeMs).toBeCloseTo(summary.serverComputeMs, 6);
+    if (!summary.placement.includes('S')) expect(o.serverQueueMs).toBe(0);
+    expect(o.serverQueueMs).toBeGreaterThanOrEqual(0);
+    expect(Math.abs(o.unixMs - Date.now())).toBeLessThan(10_000);
+    // the planner took it: ListPlans' observations show it
+    await eventually(() => planner.observations().find((x) => x.clientId === 'dev-ok')?.classes[0].outcomes === 1, { timeoutMs: 5000, what: 'the planner counting it' });
+    const obs = planner.observations().find((x) => x.clientId === 'dev-ok')!.classes[0];
+    expect(obs).toMatchObject({ name: 'short', failures: 0, planOutcomes: 1, attainment: 1, window: 1 });
+    expect(obs.observedE2eMedianMs).toBeCloseTo(o.e2eMs, 6);
+    expect(obs.predictedE2eMedianMs).toBeCloseTo(o.predictedE2eMs, 6);
+  });
+
+  it('reports a failed generation as a miss, and `tandem plans` shows both clients\' observations', async () => {
+    const down = clients[1];
+    const before = outcomes.length;
+    const err = await generateVia(down, {}).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).toBe(grpc.status.UNAVAILABLE);
+    const seen = await eventually(() => outcomes.slice(before).find((x) => x.o.clientId === 'dev-down'), { timeoutMs: 5000, what: 'the failed outcome' });
+    expect(seen.o).toMatchObject({ status: OutcomeStatus.OUTCOME_STATUS_FAILED, newTokens: 0, ttftMs: 0, slaMs: 10_000, slaMet: false, requestClass: 'short' });
+    expect(seen.o.placement).toMatch(/^CS+$/);
+    await eventually(() => planner.observations().find((x) => x.clientId === 'dev-down')?.classes[0].failures === 1, { timeoutMs: 5000, what: 'the planner counting the failure' });
+
+    const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
+    const r = await new Promise<{ code: number; stdout: string }>((resolve, reject) => execFile(process.execPath, [cli, 'plans', '--planner', plannerAddr, '--json'], { timeout: 60_000 },
+      (e, stdout) => (e && typeof e.code !== 'number' ? reject(e) : resolve({ code: e ? (e.code as number) : 0, stdout }))));
+    expect(r.code).toBe(0);
+    const body = JSON.parse(r.stdout);
+    expect(body.observations.map((o: { clientId: string }) => o.clientId)).toEqual(['dev-down', 'dev-ok']);
+    expect(body.observations[0].classes[0]).toMatchObject({ name: 'short', outcomes: 1, failures: 1, planOutcomes: 1, e2eCorrection: 1, safetyFactor: 1 });
+    expect(body.observations[1].classes[0]).toMatchObject({ name: 'short', outcomes: 1, planOutcomes: 1, attainment: 1, window: 1 });
+  });
+});
+
+describe('the planner closes the loop on a real agent whose generations miss', () => {
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let executor: ExecutorServer;
+  let planner: PlannerServer;
+  let agent: ClientAgent;
+  let client: AgentServiceClient;
+  let stageCount: number;
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    nats = await startNatsServer();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
+    // predicts (all on the device: no transfers), and every real generation misses.
+    const maker = new PlanMaker({
+      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
+      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 1 }],
+      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    });
+    const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
+    planner = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
+    agent = new ClientAgent({
+      modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', clientClass: 'default', address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
+    });
+    client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await agent?.stop({ graceMs: 100 });
+    await planner?.stop();
+    await executor?.stop({ graceMs: 100 });
+    await nats?.stop();
+    model?.remove();
+  });
+
+  it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {
+    const status = (): Promise<AgentStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const first = await eventually(async () => { const s = await status(); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a first plan' });
+    const allServer = `short=${'S'.repeat(stageCount)}`;
+    expect(first.placements).not.toEqual([allServer]);
+    const summaries: GenerationSummary[] = [];
+    // generate, as an application would, until the agent runs on a new plan
+    await eventually(async () => {
+      summaries.push(await generateVia(client, {}));
+      return (await status()).placements[0] === allServer;
+    }, { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' });
+    expect(summaries.length).toBeGreaterThanOrEqual(DEFAULT_CALIBRATION.minOutcomes);
+    expect(summaries.every((s) => s.totalMs > s.slaMs)).toBe(true);
+    const seen = planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];
+    expect(seen.allServer).toBe(true);
+    expect(seen.safetyFactor).toBeLessThan(1);
+    // the next generation follows the new plan
+    const after = await generateVia(client, {});
+    expect(after.placement).toBe('S'.repeat(stageCount));
+    expect(after.planEpoch).toBeGreaterThan(first.planEpoch);
+  });
+});
