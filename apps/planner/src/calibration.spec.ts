@@ -17,7 +17,8 @@ const PROFILE: ClientProfile = {
 };
 const LOAD: ServerLoad = {
   serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: 0, meanQueueMs: 0, overhead: undefined,
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
+  // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
+  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 3 })),
 };
 const maker = new PlanMaker({ stages: STAGES, classes: [CLASS], slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9 });
 

@@ -196,10 +196,10 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     expect(p.placement).toBe('SSSSSS');
     expect(p.feasible).toBe(true);
     expect(p.predictedTpotMs).toBeCloseTo(6, 9); // Σ server decode, no crossing
-    // up(16 × 8 B) + 6 × 4 ms + down(8 B)
-    expect(p.predictedTtftMs).toBeCloseTo(20 + 128 / 10_000 + 24 + 20 + 8 / 10_000, 9);
-    // work: 6 × (4 + 7 × 1) + one entry
-    expect(p.predictedServerWork).toBeCloseTo(66 + 0.5, 9);
+    // up(16 × 8 B) + 5 × 4 ms + the head's one sampled row (1 ms) + down(8 B)
+    expect(p.predictedTtftMs).toBeCloseTo(20 + 128 / 10_000 + 21 + 20 + 8 / 10_000, 9);
+    // work: 5 × 4 + 1 (prefill) + 6 × 7 × 1 (decode) + one entry
+    expect(p.predictedServerWork).toBeCloseTo(63 + 0.5, 9);
     // Priced stepped (an executor without server-side decoding) nothing meets TPOT.
     const [stepped] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.5, serverDecoding: false })).plan(client(2, slow), server(1), undefined)!;
     expect(stepped.feasible).toBe(false);

@@ -119,14 +119,18 @@ export class PlanMaker {
     const inflate = 1 / (1 - u);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
+    const last = this.opts.stages.length - 1;
     const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
       const c = clientStages.get(i);
       const s = server.stages[i];
-      const serverPrefill = s.prefillMsPerToken * n;
+      // A generation samples: the head's prefill runs on the prompt's last position only, one
+      // row like a decode step (executor and agent both cut the hidden state before the head).
+      const oneRow = i === last;
+      const serverPrefill = oneRow ? s.decodeMs : s.prefillMsPerToken * n;
       return {
         name: st.name,
         inBytesPerToken: st.inBytesPerToken,
-        clientPrefillMs: c ? c.prefillMsPerToken * n : UNRUNNABLE_MS,
+        clientPrefillMs: c ? (oneRow ? c.decodeMs : c.prefillMsPerToken * n) : UNRUNNABLE_MS,
         clientDecodeMs: c ? c.decodeMs : 0,
         // Latency from the loaded times, server work from the unloaded ones.
         serverPrefillMs: serverPrefill * inflate,

@@ -34,7 +34,8 @@ const load: ServerLoad = {
   serverId: 'srv',
   modelId: 'm',
   overhead: undefined,
-  stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
+  // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
+  stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 5 })),
   queueDepth: 0,
   activeSessions: 0,
   utilisation: 0,
