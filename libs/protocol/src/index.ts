@@ -7,8 +7,6 @@ export {
   Tensor,
 } from './generated/tandem/tensor/v1/tensor';
 export {
-  ExecutorServiceClient,
-  ExecutorServiceService,
   GetStatusRequest,
   GetStatusResponse,
   OpenSession,
@@ -19,6 +17,8 @@ export {
   StepResult,
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
+// The executor service with a tensor serializer that copies each tensor once (wire-codec.ts).
+export { ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, gatherSerialize } from './wire-codec';
 export {
   ClassPlacement,
   ClientPlan,
