@@ -7,9 +7,12 @@
  * - `project`: the executor's `Session` stream as the services run it: `toWireTensor` →
  *   `SessionRequest` through `ExecutorServiceService`'s serializer → server `fromWireTensor` →
  *   `toWireTensor` → `SessionResponse` → client `fromWireTensor`.
- * - `generated` (the path before this benchmark's fixes, for comparison): the same messages
- *   through ts-proto's own serializers (`Buffer.from(X.encode(v).finish())`) and a
- *   `fromWireTensor` that copies.
+ * - `generated` (the path before the wire-codec changes, for comparison): the same messages
+ *   through ts-proto's own serializers (`Buffer.from(X.encode(v).finish())`) and deserializers
+ *   and a `fromWireTensor` that copies.
+ *
+ * Besides MB/s, each variant's process CPU time per MB is measured; on a shared machine the CPU
+ * ratio is the steadier figure (the throughput a CPU-bound run would reach).
  *
  * Repetitions rotate the order of the variants; throughput counts payload bytes both ways.
  *
@@ -47,13 +50,15 @@ const RAW_SERVICE = {
   echo: { path: '/bench.Raw/Echo', requestStream: true, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
 } satisfies grpc.ServiceDefinition;
 
-/** ts-proto's own serializers, as the generated service definition has them. */
+/** ts-proto's own (de)serializers, as the generated service definition has them. */
 const GENERATED_SERVICE: typeof ExecutorServiceService = {
   ...ExecutorServiceService,
   session: {
     ...ExecutorServiceService.session,
     requestSerialize: (v: SessionRequest): Buffer => Buffer.from(SessionRequest.encode(v).finish()),
+    requestDeserialize: (b: Buffer): SessionRequest => SessionRequest.decode(b),
     responseSerialize: (v: SessionResponse): Buffer => Buffer.from(SessionResponse.encode(v).finish()),
+    responseDeserialize: (b: Buffer): SessionResponse => SessionResponse.decode(b),
   },
 };
 
@@ -80,8 +85,11 @@ function echoServer(fromWire: typeof fromWireTensor): ExecutorServiceServer {
 
 interface Clients { raw: grpc.Client; project: grpc.Client; generated: grpc.Client }
 
-/** `count` ping-pongs of `bytes` each way; returns MB/s of payload (both directions). */
-async function run(variant: Variant, clients: Clients, bytes: number, count: number): Promise<number> {
+/** CPU time of this process (all threads, user + system), ms. */
+const cpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+
+/** `count` ping-pongs of `bytes` each way: MB/s of payload (both directions) and process CPU ms per MB. */
+async function run(variant: Variant, clients: Clients, bytes: number, count: number): Promise<{ mbps: number; cpuMsPerMB: number }> {
   const host: HostTensor = { dtype: 'float32', shape: [1, bytes / 4], data: Float32Array.from({ length: bytes / 4 }, (_, i) => Math.sin(i)) };
   const rawPayload = Buffer.from(host.data.buffer);
   const fromWire = variant === 'project' ? fromWireTensor : copyingFromWire;
@@ -92,6 +100,7 @@ async function run(variant: Variant, clients: Clients, bytes: number, count: num
       ? clients.raw.makeBidiStreamRequest(RAW_SERVICE.echo.path, identity, identity)
       : clients[variant].makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize)) as unknown as grpc.ClientDuplexStream<unknown, unknown>;
     let done = 0;
+    const c0 = cpuMs();
     const t0 = performance.now();
     const send = (): void => {
       if (variant === 'raw') call.write(rawPayload);
@@ -106,7 +115,11 @@ async function run(variant: Variant, clients: Clients, bytes: number, count: num
         const back = fromWire(r.value.output.value, 'result.tensor');
         if (back.data.length !== host.data.length) reject(new Error('short echo'));
       }
-      if (++done === count) { call.end(); resolve((2 * bytes * count) / ((performance.now() - t0) / 1000) / 1e6); } else send();
+      if (++done === count) {
+        call.end();
+        const mb = (2 * bytes * count) / 1e6;
+        resolve({ mbps: mb / ((performance.now() - t0) / 1000), cpuMsPerMB: (cpuMs() - c0) / mb });
+      } else send();
     });
     call.on('error', reject);
     send();
@@ -135,26 +148,35 @@ async function main(): Promise<void> {
     const count = Math.max(4, Math.round((mbPerRep * 1e6) / (2 * bytes)));
     for (const v of VARIANTS) await run(v, clients, bytes, Math.max(2, count >> 3)); // warm-up
     const mbps: Record<Variant, number[]> = { raw: [], project: [], generated: [] };
+    const cpu: Record<Variant, number[]> = { raw: [], project: [], generated: [] };
     for (let r = 0; r < reps; r++) {
       const order = VARIANTS.map((_, i) => VARIANTS[(i + r) % VARIANTS.length]);
-      for (const v of order) mbps[v].push(await run(v, clients, bytes, count));
-      process.stderr.write(`${bytes} B rep ${r + 1}/${reps}: ${VARIANTS.map((v) => `${v} ${mbps[v][r].toFixed(0)}`).join(', ')} MB/s\n`);
+      for (const v of order) { const x = await run(v, clients, bytes, count); mbps[v].push(x.mbps); cpu[v].push(x.cpuMsPerMB); }
+      process.stderr.write(`${bytes} B rep ${r + 1}/${reps}: ${VARIANTS.map((v) => `${v} ${mbps[v][r].toFixed(0)} MB/s ${cpu[v][r].toFixed(2)} CPU ms/MB`).join(', ')}\n`);
     }
+    const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
+    // Per repetition: throughput ratio, and CPU-time ratio (raw CPU per MB / variant CPU per MB:
+    // the throughput ratio a CPU-bound run would show, steadier on a shared machine).
     const ratios = (v: Variant): number[] => mbps[v].map((x, i) => x / mbps.raw[i]);
+    const cpuRatios = (v: Variant): number[] => cpu[v].map((x, i) => cpu.raw[i] / x);
     results.push({
       bytes, messagesPerRep: count,
-      ...Object.fromEntries(VARIANTS.map((v) => [v, { medianMBps: median(mbps[v]), minMBps: Math.min(...mbps[v]), maxMBps: Math.max(...mbps[v]) }])),
-      projectVsRaw: { median: median(ratios('project')), min: Math.min(...ratios('project')), max: Math.max(...ratios('project')) },
-      generatedVsRaw: { median: median(ratios('generated')), min: Math.min(...ratios('generated')), max: Math.max(...ratios('generated')) },
+      ...Object.fromEntries(VARIANTS.map((v) => [v, { MBps: stats(mbps[v]), cpuMsPerMB: stats(cpu[v]) }])),
+      projectVsRaw: { throughput: stats(ratios('project')), cpu: stats(cpuRatios('project')) },
+      generatedVsRaw: { throughput: stats(ratios('generated')), cpu: stats(cpuRatios('generated')) },
     });
   }
   for (const c of Object.values(clients)) c.close();
   await Promise.all([server, genServer].map((s) => new Promise<void>((res) => s.tryShutdown(() => res()))));
   const f = (x: number, d = 0): string => x.toFixed(d);
-  const lines = ['payload     raw MB/s            project MB/s        generated MB/s      project/raw (min-max)   generated/raw (min-max)'];
+  const st = (x: { median: number; min: number; max: number }, d = 0): string => `${f(x.median, d)} (${f(x.min, d)}-${f(x.max, d)})`;
+  const lines = ['median (min-max) over repetitions; ratios are per repetition, variant / raw (CPU: raw CPU per MB / variant CPU per MB)'];
+  lines.push(`${'payload'.padEnd(10)}${'variant'.padEnd(11)}${'MB/s'.padEnd(18)}${'CPU ms/MB'.padEnd(20)}${'throughput / raw'.padEnd(22)}CPU-equivalent / raw`);
   for (const r of results as any[]) {
-    const cell = (v: Variant): string => `${f(r[v].medianMBps)} (${f(r[v].minMBps)}-${f(r[v].maxMBps)})`.padEnd(20);
-    lines.push(`${`${f(r.bytes / 1024)} KiB`.padEnd(12)}${cell('raw')}${cell('project')}${cell('generated')}${`${f(r.projectVsRaw.median, 3)} (${f(r.projectVsRaw.min, 2)}-${f(r.projectVsRaw.max, 2)})`.padEnd(24)}${f(r.generatedVsRaw.median, 3)} (${f(r.generatedVsRaw.min, 2)}-${f(r.generatedVsRaw.max, 2)})`);
+    for (const v of VARIANTS) {
+      const rel = v === 'raw' ? undefined : r[`${v}VsRaw`];
+      lines.push(`${`${f(r.bytes / 1024)} KiB`.padEnd(10)}${v.padEnd(11)}${st(r[v].MBps).padEnd(18)}${st(r[v].cpuMsPerMB, 2).padEnd(20)}${(rel ? st(rel.throughput, 3) : '1').padEnd(22)}${rel ? st(rel.cpu, 3) : '1'}`);
+    }
   }
   const env = { node: process.version, cpus: os.cpus().length, loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), reps, mbPerRep, pattern: 'ping-pong, one bidi stream per variant, client and server in one process' };
   process.stdout.write(`${lines.join('\n')}\n\nenv: ${JSON.stringify(env)}\n`);

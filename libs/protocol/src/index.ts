@@ -17,8 +17,8 @@ export {
   StepResult,
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
-// The executor service with a tensor serializer that copies each tensor once (wire-codec.ts).
-export { ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, gatherSerialize } from './wire-codec';
+// The executor service with tensor (de)serializers that copy each tensor once in all (wire-codec.ts).
+export { ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, GRPC_BODY_OFFSET, PADDING_FIELD, gatherSerialize, viewDeserialize } from './wire-codec';
 export {
   ClassPlacement,
   ClientPlan,

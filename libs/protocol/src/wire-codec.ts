@@ -1,4 +1,4 @@
-import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 import { makeGenericClientConstructor } from '@grpc/grpc-js';
 import {
   ExecutorServiceClient as GeneratedExecutorServiceClient,
@@ -7,8 +7,19 @@ import {
   SessionResponse,
 } from './generated/tandem/executor/v1/executor';
 
-/** `bytes` values at least this long are referenced by {@link GatherWriter} until `finish()`, not copied. */
+/** `bytes` values at least this long are referenced by {@link GatherWriter} until `finish()`, not copied, and decoded as views by {@link viewDeserialize}. */
 export const GATHER_MIN_BYTES = 1024;
+
+/** The reserved field of SessionRequest/SessionResponse that carries alignment padding (executor.proto). */
+export const PADDING_FIELD = 2047;
+
+/**
+ * Where grpc-js puts a received message body: a large message (one spanning several HTTP/2 DATA
+ * chunks) is concatenated with its 5-byte frame header into a fresh buffer, so the body starts
+ * 5 bytes into its own ArrayBuffer. Aligning for this is only an optimisation: a decoder that
+ * finds a tensor misaligned copies it.
+ */
+export const GRPC_BODY_OFFSET = 5;
 
 /**
  * A protobuf writer for messages carrying large `bytes` fields (tensors). The stock
@@ -33,6 +44,8 @@ export class GatherWriter extends BinaryWriter {
   private parts: Uint8Array[] = [];
   private size = 0;
   private readonly forks: { parts: Uint8Array[]; size: number }[] = [];
+  /** The large values kept by reference (to find the first one in {@link finishAligned}). */
+  private large = new Set<Uint8Array>();
 
   /** Moves what the stock writer holds into the current part list. */
   private flushInline(): void {
@@ -48,6 +61,7 @@ export class GatherWriter extends BinaryWriter {
     super.uint32(value.byteLength);
     this.flushInline();
     this.parts.push(value);
+    this.large.add(value);
     this.size += value.byteLength;
     return this;
   }
@@ -77,39 +91,141 @@ export class GatherWriter extends BinaryWriter {
 
   /** Every byte written, in one new Buffer (the only copy of large payloads); resets the writer. */
   override finish(): Buffer<ArrayBuffer> {
+    return this.assemble(undefined);
+  }
+
+  /**
+   * Like {@link finish} for a top-level message, with a length-delimited field `field` (unknown
+   * to, or reserved in, the message) written first, sized so that the first large `bytes` value
+   * starts at a multiple of `align` once the message sits `bodyOffset` bytes into its buffer.
+   * Decoders skip the field; the decoded message equals the one {@link finish} would give.
+   * Without a large value this is {@link finish}.
+   */
+  finishAligned(field: number, align = 8, bodyOffset = GRPC_BODY_OFFSET): Buffer<ArrayBuffer> {
+    this.flushInline();
+    let offset = 0;
+    let found = false;
+    for (const p of this.parts) {
+      if (this.large.has(p)) { found = true; break; }
+      offset += p.length;
+    }
+    if (!found) return this.assemble(undefined);
+    const tag = new BinaryWriter().uint32(((field << 3) | 2) >>> 0).finish();
+    // Padding = tag + 1-byte length k + k bytes, with k < align (< 128, so one length byte).
+    const k = (((align - ((bodyOffset + tag.length + 1 + offset) % align)) % align) + align) % align;
+    const pad = new Uint8Array(tag.length + 1 + k);
+    pad.set(tag, 0);
+    pad[tag.length] = k;
+    return this.assemble(pad);
+  }
+
+  private assemble(prefix: Uint8Array | undefined): Buffer<ArrayBuffer> {
     this.flushInline();
     if (this.forks.length > 0) throw new Error('invalid state, fork() without join()');
-    const out = Buffer.allocUnsafe(this.size);
+    const out = Buffer.allocUnsafe(this.size + (prefix?.length ?? 0));
     let o = 0;
+    if (prefix) { out.set(prefix, 0); o = prefix.length; }
     for (const p of this.parts) {
       out.set(p, o);
       o += p.length;
     }
     this.parts = [];
+    this.large = new Set();
     this.size = 0;
     return out;
   }
 }
 
-/** A grpc-js serializer for a ts-proto message type that copies large `bytes` fields once ({@link GatherWriter}). */
-export function gatherSerialize<T>(fns: { encode(message: T, writer?: BinaryWriter): BinaryWriter }): (value: T) => Buffer {
-  return (value: T): Buffer => (fns.encode(value, new GatherWriter()) as GatherWriter).finish();
+// A placeholder stands for a large bytes value while the generated decoder runs (it copies
+// whatever reader.bytes() returns into a new Buffer); a random marker per process plus an index.
+const MARKER = Buffer.from(Array.from({ length: 12 }, () => Math.floor(Math.random() * 256)));
+const PLACEHOLDER_BYTES = MARKER.length + 4;
+
+/** A reader whose `bytes()` returns a small placeholder for large values and remembers a view of each. */
+class ViewReader extends BinaryReader {
+  readonly views: Uint8Array[] = [];
+
+  override bytes(): Uint8Array {
+    const b = super.bytes();
+    if (b.byteLength < GATHER_MIN_BYTES) return b;
+    const p = Buffer.allocUnsafe(PLACEHOLDER_BYTES);
+    MARKER.copy(p, 0);
+    p.writeUInt32LE(this.views.push(b) - 1, MARKER.length);
+    return p;
+  }
+}
+
+/** Index of the view a placeholder stands for, or -1 when `v` is not a placeholder. */
+function placeholderIndex(v: unknown): number {
+  if (!Buffer.isBuffer(v) || v.length !== PLACEHOLDER_BYTES || MARKER.compare(v, 0, MARKER.length) !== 0) return -1;
+  return v.readUInt32LE(MARKER.length);
+}
+
+/** Replaces every placeholder in a decoded message (plain objects and arrays) by a Buffer view; returns how many. */
+function substitute(node: unknown, views: readonly Uint8Array[], depth: number): number {
+  if (depth > 100 || typeof node !== 'object' || node === null || ArrayBuffer.isView(node)) return 0;
+  let n = 0;
+  const entries: [string | number, unknown][] = Array.isArray(node) ? node.map((v, i) => [i, v]) : Object.entries(node);
+  for (const [k, v] of entries) {
+    const i = placeholderIndex(v);
+    if (i >= 0 && i < views.length) {
+      const view = views[i];
+      (node as Record<string | number, unknown>)[k] = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
+      n++;
+    } else {
+      n += substitute(v, views, depth + 1);
+    }
+  }
+  return n;
+}
+
+/**
+ * A grpc-js deserializer for a ts-proto message type that decodes large `bytes` fields
+ * ({@link GATHER_MIN_BYTES} or more) as views of the received buffer instead of copies. It runs
+ * the generated decoder (so fields added to the proto later decode as before) with a reader that
+ * hands out small placeholders for large values, then puts views where the placeholders landed;
+ * if any placeholder is not found again, it decodes the message the ordinary way.
+ * Ownership: the views share memory with the received message buffer, which grpc-js allocates
+ * per message and never reuses; the decoded message owns it.
+ */
+export function viewDeserialize<T>(fns: { decode(input: BinaryReader | Uint8Array, length?: number): T }): (buf: Buffer) => T {
+  return (buf: Buffer): T => {
+    const reader = new ViewReader(buf);
+    const message = fns.decode(reader);
+    if (reader.views.length === 0) return message;
+    if (substitute(message, reader.views, 0) === reader.views.length) return message;
+    return fns.decode(buf);
+  };
+}
+
+/**
+ * A grpc-js serializer for a ts-proto message type that copies large `bytes` fields once
+ * ({@link GatherWriter}). With `paddingField` (a field number reserved in the message), the first
+ * large value is aligned to 8 bytes in grpc-js's receive buffer ({@link GatherWriter.finishAligned}).
+ */
+export function gatherSerialize<T>(fns: { encode(message: T, writer?: BinaryWriter): BinaryWriter }, paddingField?: number): (value: T) => Buffer {
+  return (value: T): Buffer => {
+    const w = fns.encode(value, new GatherWriter()) as GatherWriter;
+    return paddingField === undefined ? w.finish() : w.finishAligned(paddingField);
+  };
 }
 
 /**
  * The executor service definition used by every Tandem server and client: the generated one
  * with the tensor-carrying `Session` stream serialized by {@link gatherSerialize} (one copy of
- * each tensor instead of five). Byte-identical on the wire; other methods (and any added later)
- * keep the generated serializers. Deserialization is the generated one: it copies a tensor's
- * bytes once into a fresh aligned Buffer, which `fromWireTensor` then views without copying.
+ * each tensor instead of five, the tensor aligned by the reserved padding field) and
+ * deserialized by {@link viewDeserialize} (no copy), so `fromWireTensor` can use the received
+ * bytes in place. Other methods (and any added later) keep the generated (de)serializers.
  */
 export type ExecutorServiceService = typeof GeneratedExecutorServiceService;
 export const ExecutorServiceService: ExecutorServiceService = {
   ...GeneratedExecutorServiceService,
   session: {
     ...GeneratedExecutorServiceService.session,
-    requestSerialize: gatherSerialize(SessionRequest),
-    responseSerialize: gatherSerialize(SessionResponse),
+    requestSerialize: gatherSerialize(SessionRequest, PADDING_FIELD),
+    requestDeserialize: viewDeserialize(SessionRequest),
+    responseSerialize: gatherSerialize(SessionResponse, PADDING_FIELD),
+    responseDeserialize: viewDeserialize(SessionResponse),
   },
 };
 

@@ -1,14 +1,24 @@
-import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 import {
   ExecutorServiceService,
   fromWireTensor,
   GATHER_MIN_BYTES,
   GatherWriter,
+  GRPC_BODY_OFFSET,
   SessionRequest,
   SessionResponse,
   toWireTensor,
   type HostTensor,
+  viewDeserialize,
 } from '../src';
+
+/** A message as grpc-js's receiver holds it: 5-byte frame header and body in one fresh buffer. */
+function grpcFrame(body: Buffer): Buffer {
+  const frame = Buffer.alloc(body.length + GRPC_BODY_OFFSET);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, GRPC_BODY_OFFSET);
+  return frame;
+}
 
 const floats = (n: number, seed = 1): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 1000 + i) * 100);
 
@@ -65,16 +75,63 @@ describe('GatherWriter', () => {
 });
 
 describe('fromWireTensor memory', () => {
-  it('views aligned bytes without copying (the decoder gives each tensor its own Buffer)', () => {
-    const n = 70_000;
-    const wire = ExecutorServiceService.session.responseSerialize(resultResponse({ dtype: 'float32', shape: [1, n], data: floats(n) }));
-    const m = ExecutorServiceService.session.responseDeserialize(wire);
-    if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error('not a tensor');
-    const wireTensor = m.kind.value.output.value;
-    const host = fromWireTensor(wireTensor, 'r');
-    expect(host.data.buffer).toBe(wireTensor.data.buffer);
-    expect(host.data.byteOffset).toBe(wireTensor.data.byteOffset);
-    expect([...host.data.subarray(0, 5)]).toEqual([...floats(n).subarray(0, 5)]);
+  it('uses a received tensor in place: the serializer aligns it, the deserializer and fromWireTensor view it', () => {
+    for (const n of [256, 4096, 65_536, 786_432]) {
+      for (const seq of [1, 300, 2 ** 40]) {
+        const sent = floats(n, seq);
+        const wire = ExecutorServiceService.session.responseSerialize(resultResponse({ dtype: 'float32', shape: [1, n], data: sent }, seq));
+        const frame = grpcFrame(wire);
+        const m = ExecutorServiceService.session.responseDeserialize(frame.subarray(GRPC_BODY_OFFSET));
+        if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error('not a tensor');
+        expect(m.kind.value.seq).toBe(seq);
+        const wireTensor = m.kind.value.output.value;
+        const host = fromWireTensor(wireTensor, 'r');
+        expect({ n, seq, inPlace: wireTensor.data.buffer === frame.buffer && host.data.buffer === frame.buffer, aligned: host.data.byteOffset % 8 }).toEqual({ n, seq, inPlace: true, aligned: 0 });
+        expect(Buffer.from(host.data.buffer, host.data.byteOffset, host.data.byteLength).equals(Buffer.from(sent.buffer))).toBe(true);
+      }
+    }
+  });
+
+  it('decodes what the generated decoder decodes, padding and all (requests and responses, every kind)', () => {
+    const t = (n: number): HostTensor => ({ dtype: 'float32', shape: [1, n], data: floats(n) });
+    const ids: HostTensor = { dtype: 'int64', shape: [1, 3], data: BigInt64Array.of(1n, 2n, 9007199254740993n) };
+    const requests: SessionRequest[] = [
+      { kind: { $case: 'open', value: { clientId: 'c', planEpoch: 3, modelId: 'm' } } },
+      stepRequest(t(3)), stepRequest(ids), stepRequest(t(300)), stepRequest(t(70_000)),
+    ];
+    const responses: SessionResponse[] = [
+      { kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm', stageCount: 6, maxContextTokens: 64 } } },
+      { kind: { $case: 'result', value: { seq: 2, output: { $case: 'token', value: 50256 }, computeMs: 2, queueMs: 0 } } },
+      resultResponse(t(5)), resultResponse(t(70_000)),
+    ];
+    const norm = (m: unknown): string => JSON.stringify(m, (_k, v) => (Buffer.isBuffer(v) ? v.toString('hex') : v));
+    for (const m of requests) {
+      const body = grpcFrame(ExecutorServiceService.session.requestSerialize(m)).subarray(GRPC_BODY_OFFSET);
+      expect(norm(ExecutorServiceService.session.requestDeserialize(body))).toBe(norm(SessionRequest.decode(body)));
+      expect(norm(SessionRequest.decode(body))).toBe(norm(SessionRequest.decode(SessionRequest.encode(m).finish())));
+    }
+    for (const m of responses) {
+      const body = grpcFrame(ExecutorServiceService.session.responseSerialize(m)).subarray(GRPC_BODY_OFFSET);
+      expect(norm(ExecutorServiceService.session.responseDeserialize(body))).toBe(norm(SessionResponse.decode(body)));
+      expect(norm(SessionResponse.decode(body))).toBe(norm(SessionResponse.decode(SessionResponse.encode(m).finish())));
+    }
+  });
+
+  it('falls back to the generated decoder when a placeholder cannot be put back', () => {
+    // A decoder that drops what it decoded loses the placeholder: the result must still be right.
+    let calls = 0;
+    const dropping = viewDeserialize({
+      decode(input: BinaryReader | Uint8Array): SessionRequest {
+        calls++;
+        const m = SessionRequest.decode(input);
+        return calls === 1 ? { kind: undefined } : m;
+      },
+    });
+    const wire = ExecutorServiceService.session.requestSerialize(stepRequest({ dtype: 'float32', shape: [1, 4096], data: floats(4096) }));
+    const m = dropping(grpcFrame(wire).subarray(GRPC_BODY_OFFSET));
+    expect(calls).toBe(2);
+    if (m.kind?.$case !== 'step') throw new Error('not a step');
+    expect(fromWireTensor(m.kind.value.input, 'x').data[10]).toBe(floats(4096)[10]);
   });
 
   it.each([1, 2, 3])('copies float32 bytes at offset %i into aligned memory with the same values', (off) => {
