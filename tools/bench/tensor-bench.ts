@@ -16,7 +16,8 @@
  *
  * Repetitions rotate the order of the variants; throughput counts payload bytes both ways.
  *
- *   npx tsx tools/bench/tensor-bench.ts [--sizes 262144,3145728] [--reps 5] [--mb 64] [--json-out FILE]
+ *   npx tsx tools/bench/tensor-bench.ts [--sizes 262144,3145728] [--reps 5] [--mb 64]
+ *        [--variants raw,project,generated] [--json-out FILE]
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
@@ -44,7 +45,8 @@ const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - 
 const identity = (b: Buffer): Buffer => b;
 
 type Variant = 'raw' | 'project' | 'generated';
-const VARIANTS: Variant[] = ['raw', 'project', 'generated'];
+const VARIANTS = arg('variants', 'raw,project,generated').split(',') as Variant[];
+for (const v of VARIANTS) if (!['raw', 'project', 'generated'].includes(v)) throw new Error(`--variants: each must be raw, project or generated, given ${v}`);
 
 const RAW_SERVICE = {
   echo: { path: '/bench.Raw/Echo', requestStream: true, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
@@ -162,8 +164,8 @@ async function main(): Promise<void> {
     results.push({
       bytes, messagesPerRep: count,
       ...Object.fromEntries(VARIANTS.map((v) => [v, { MBps: stats(mbps[v]), cpuMsPerMB: stats(cpu[v]) }])),
-      projectVsRaw: { throughput: stats(ratios('project')), cpu: stats(cpuRatios('project')) },
-      generatedVsRaw: { throughput: stats(ratios('generated')), cpu: stats(cpuRatios('generated')) },
+      ...Object.fromEntries((['project', 'generated'] as const).filter((v) => VARIANTS.includes(v) && VARIANTS.includes('raw'))
+        .map((v) => [`${v}VsRaw`, { throughput: stats(ratios(v)), cpu: stats(cpuRatios(v)) }])),
     });
   }
   for (const c of Object.values(clients)) c.close();
@@ -174,7 +176,7 @@ async function main(): Promise<void> {
   lines.push(`${'payload'.padEnd(10)}${'variant'.padEnd(11)}${'MB/s'.padEnd(18)}${'CPU ms/MB'.padEnd(20)}${'throughput / raw'.padEnd(22)}CPU-equivalent / raw`);
   for (const r of results as any[]) {
     for (const v of VARIANTS) {
-      const rel = v === 'raw' ? undefined : r[`${v}VsRaw`];
+      const rel = r[`${v}VsRaw`];
       lines.push(`${`${f(r.bytes / 1024)} KiB`.padEnd(10)}${v.padEnd(11)}${st(r[v].MBps).padEnd(18)}${st(r[v].cpuMsPerMB, 2).padEnd(20)}${(rel ? st(rel.throughput, 3) : '1').padEnd(22)}${rel ? st(rel.cpu, 3) : '1'}`);
     }
   }

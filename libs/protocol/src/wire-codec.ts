@@ -89,6 +89,15 @@ export class GatherWriter extends BinaryWriter {
     return this;
   }
 
+  /**
+   * @param into where {@link finish}/{@link finishAligned} put their output: a new Buffer each
+   *   time (default), or a view of `into` when it is large enough (the caller then owns the reuse
+   *   rule: the output is overwritten by the next finish into the same buffer).
+   */
+  constructor(private readonly into?: Buffer<ArrayBuffer>) {
+    super();
+  }
+
   /** Every byte written, in one new Buffer (the only copy of large payloads); resets the writer. */
   override finish(): Buffer<ArrayBuffer> {
     return this.assemble(undefined);
@@ -122,7 +131,8 @@ export class GatherWriter extends BinaryWriter {
   private assemble(prefix: Uint8Array | undefined): Buffer<ArrayBuffer> {
     this.flushInline();
     if (this.forks.length > 0) throw new Error('invalid state, fork() without join()');
-    const out = Buffer.allocUnsafe(this.size + (prefix?.length ?? 0));
+    const need = this.size + (prefix?.length ?? 0);
+    const out = this.into && this.into.length >= need ? this.into.subarray(0, need) : Buffer.allocUnsafe(need);
     let o = 0;
     if (prefix) { out.set(prefix, 0); o = prefix.length; }
     for (const p of this.parts) {
@@ -198,22 +208,48 @@ export function viewDeserialize<T>(fns: { decode(input: BinaryReader | Uint8Arra
   };
 }
 
+/** Options of {@link gatherSerialize}. */
+export interface GatherSerializeOptions {
+  /** A field number reserved in the message: align the first large value to 8 bytes in grpc-js's receive buffer ({@link GatherWriter.finishAligned}). */
+  readonly paddingField?: number;
+  /**
+   * Write into one buffer kept by the serializer (up to this many bytes; larger messages get a
+   * new Buffer) instead of a new Buffer per message, saving the allocation and page faults of a
+   * fresh buffer per tensor. Only for a serializer whose caller copies the result before calling
+   * it again: grpc-js's server does (it frames every response into a new buffer in the same
+   * synchronous call, server-interceptors `serializeMessage`); its client does NOT (a request
+   * may wait, serialized, for the connection), so never use this for requests.
+   */
+  readonly reuseOutputUpTo?: number;
+}
+
 /**
  * A grpc-js serializer for a ts-proto message type that copies large `bytes` fields once
- * ({@link GatherWriter}). With `paddingField` (a field number reserved in the message), the first
- * large value is aligned to 8 bytes in grpc-js's receive buffer ({@link GatherWriter.finishAligned}).
+ * ({@link GatherWriter}), optionally aligned and into a reused buffer ({@link GatherSerializeOptions}).
  */
-export function gatherSerialize<T>(fns: { encode(message: T, writer?: BinaryWriter): BinaryWriter }, paddingField?: number): (value: T) => Buffer {
+export function gatherSerialize<T>(fns: { encode(message: T, writer?: BinaryWriter): BinaryWriter }, opts: GatherSerializeOptions = {}): (value: T) => Buffer {
+  let scratch = Buffer.allocUnsafe(0);
+  const limit = opts.reuseOutputUpTo ?? 0;
   return (value: T): Buffer => {
-    const w = fns.encode(value, new GatherWriter()) as GatherWriter;
-    return paddingField === undefined ? w.finish() : w.finishAligned(paddingField);
+    const w = fns.encode(value, new GatherWriter(limit > 0 ? scratch : undefined)) as GatherWriter;
+    const out = opts.paddingField === undefined ? w.finish() : w.finishAligned(opts.paddingField);
+    if (limit > 0 && out.buffer !== scratch.buffer && out.length <= limit) {
+      // Did not fit: keep a larger buffer for the next messages (tensors of a session keep
+      // their size, so this settles after the first few).
+      scratch = Buffer.allocUnsafe(Math.min(limit, out.length * 2));
+    }
+    return out;
   };
 }
+
+/** Largest response the executor service's serializer writes into its reused buffer (bigger ones get their own). */
+export const REUSED_RESPONSE_BYTES = 16 << 20;
 
 /**
  * The executor service definition used by every Tandem server and client: the generated one
  * with the tensor-carrying `Session` stream serialized by {@link gatherSerialize} (one copy of
- * each tensor instead of five, the tensor aligned by the reserved padding field) and
+ * each tensor instead of five, the tensor aligned by the reserved padding field; responses
+ * into a reused buffer, valid until the next response is serialized) and
  * deserialized by {@link viewDeserialize} (no copy), so `fromWireTensor` can use the received
  * bytes in place. Other methods (and any added later) keep the generated (de)serializers.
  */
@@ -222,9 +258,10 @@ export const ExecutorServiceService: ExecutorServiceService = {
   ...GeneratedExecutorServiceService,
   session: {
     ...GeneratedExecutorServiceService.session,
-    requestSerialize: gatherSerialize(SessionRequest, PADDING_FIELD),
+    requestSerialize: gatherSerialize(SessionRequest, { paddingField: PADDING_FIELD }),
     requestDeserialize: viewDeserialize(SessionRequest),
-    responseSerialize: gatherSerialize(SessionResponse, PADDING_FIELD),
+    // Responses are serialized by grpc-js's server only, which copies each at once.
+    responseSerialize: gatherSerialize(SessionResponse, { paddingField: PADDING_FIELD, reuseOutputUpTo: REUSED_RESPONSE_BYTES }),
     responseDeserialize: viewDeserialize(SessionResponse),
   },
 };

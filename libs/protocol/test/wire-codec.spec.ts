@@ -74,6 +74,22 @@ describe('GatherWriter', () => {
   });
 });
 
+describe('executor service serializers', () => {
+  it('write responses into one reused buffer (grpc-js copies each at once) and requests into fresh ones', () => {
+    const a = resultResponse({ dtype: 'float32', shape: [1, 5000], data: floats(5000, 1) });
+    const b = resultResponse({ dtype: 'float32', shape: [1, 5000], data: floats(5000, 2) });
+    ExecutorServiceService.session.responseSerialize(a); // sizes the reused buffer
+    const first = ExecutorServiceService.session.responseSerialize(a);
+    const firstBytes = Buffer.from(first);
+    const second = ExecutorServiceService.session.responseSerialize(b);
+    expect(second.buffer).toBe(first.buffer);
+    expect(first.equals(firstBytes)).toBe(false); // overwritten: the documented reuse rule
+    const r1 = ExecutorServiceService.session.requestSerialize(stepRequest({ dtype: 'float32', shape: [1, 5000], data: floats(5000, 1) }));
+    const r2 = ExecutorServiceService.session.requestSerialize(stepRequest({ dtype: 'float32', shape: [1, 5000], data: floats(5000, 2) }));
+    expect(r1.buffer === r2.buffer).toBe(false);
+  });
+});
+
 describe('fromWireTensor memory', () => {
   it('uses a received tensor in place: the serializer aligns it, the deserializer and fromWireTensor view it', () => {
     for (const n of [256, 4096, 65_536, 786_432]) {
