@@ -35,9 +35,8 @@ const DT = onnx.TensorProto.DataType;
  * Inputs: those of stage `begin` (`input_ids` + `position_ids`, or `hidden`), then per attention
  * stage its past K/V, then `head_start` when the range ends with the head. Outputs: the last
  * stage's (`hidden`, `hidden_out` or `logits`), then per attention stage its present K/V.
- * @throws ModelOptionError when the range is empty or outside the model; ModelFormatError
- *   cannot occur for a manifest read by readManifest, but a stage file that is not ONNX throws
- *   onnx-proto's decode error.
+ * @throws ModelOptionError when the range is empty or outside the model; a stage file that is
+ *   not a valid ONNX model fails with onnx-proto's decode error.
  */
 export async function buildFusedGraph(dir: string, manifest: Manifest, begin: number, end: number): Promise<Uint8Array> {
   const n = manifest.stages.length;
