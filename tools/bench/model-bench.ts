@@ -7,8 +7,16 @@
  * (repetitions interleaved, medians), and runBatch of 8 decode sessions against 8 separate runs
  * at an mlp stage and at the head.
  *
+ * Against a monolithic graph, in the same run: the benchmark builds ONE ONNX graph of the whole
+ * model from its stage graphs (buildFusedGraph: same nodes, same external weights, past/present
+ * K/V per block), runs it with a plain onnxruntime-node InferenceSession, and interleaves it with
+ * the staged path (StageRunner, one session per stage, all stages in one process, last-row head)
+ * and with runRange over a fused whole-model session (what a server running every stage of a
+ * step uses), for each of --mono-threads. It checks that the three give the same tokens (and the
+ * same first decode logits) and prints decode ms/token and prefill with the ratios to monolithic.
+ *
  *   npx tsx tools/bench/model-bench.ts [--presets small,gpt2] [--reps 5] [--threads 2]
- *        [--decode 64] [--spin] [--json-out FILE] [--models-dir DIR]
+ *        [--mono-threads 2,1] [--mono-only] [--decode 64] [--spin] [--json-out FILE] [--models-dir DIR]
  *
  * Prints a table on stdout and writes the figures as JSON (default <tmp>/tandem-bench/model-bench.json).
  * Set MALLOC_TOP_PAD_=268435456 in the environment to keep glibc from returning freed memory to
@@ -17,9 +25,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type HostTensor, type KvCache, type StageKind, SplitPipeline, StageRunner, createModel, readManifest } from '@tandem/model';
+import * as ort from 'onnxruntime-node';
+import { FUSED_IO, type HostTensor, type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner, buildFusedGraph, createModel, fusedSessionConfig, readManifest } from '@tandem/model';
 
-interface Opts { presets: string[]; reps: number; threads: number; decode: number; spin: boolean; jsonOut: string; modelsDir: string }
+interface Opts { presets: string[]; reps: number; threads: number; monoThreads: number[]; monoOnly: boolean; decode: number; spin: boolean; jsonOut: string; modelsDir: string }
 
 function parseOpts(argv: string[]): Opts {
   const get = (k: string): string | undefined => { const i = argv.indexOf(`--${k}`); return i >= 0 ? argv[i + 1] : undefined; };
@@ -28,8 +37,10 @@ function parseOpts(argv: string[]): Opts {
     presets: (get('presets') ?? 'small,gpt2').split(','),
     reps: Number(get('reps') ?? 5),
     threads: Number(get('threads') ?? 2),
+    monoThreads: (get('mono-threads') ?? '2,1').split(',').filter((x) => x !== '').map(Number),
     decode: Number(get('decode') ?? 64),
     spin: argv.includes('--spin'),
+    monoOnly: argv.includes('--mono-only'),
     jsonOut: get('json-out') ?? path.join(base, 'model-bench.json'),
     modelsDir: get('models-dir') ?? path.join(base, 'models'),
   };
@@ -40,8 +51,152 @@ const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(
 const now = (): number => performance.now();
 const log = (s: string): void => { process.stderr.write(`${s}\n`); };
 
-/** Monolithic single-graph figures on this kind of machine (2 threads, weights inside the .onnx). */
-const MONOLITHIC: Record<string, { prefillMs: number; decodeMs: number }> = { gpt2: { prefillMs: 152, decodeMs: 22.6 }, small: { prefillMs: 19.3, decodeMs: 3.6 } };
+const argmaxLast = (logits: Float32Array, V: number): number => {
+  const base = logits.length - V;
+  let best = 0;
+  for (let j = 1; j < V; j++) if (logits[base + j] > logits[base + best]) best = j;
+  return best;
+};
+
+/** One generation's figures: prefill (last-row logits) ms, decode ms/token, the tokens, the first decode step's logits. */
+interface GenRun { prefillMs: number; decodeMs: number; decodeCpuMs: number; tokens: number[]; firstDecodeLogits: Float32Array }
+
+/** CPU time of this process (all threads, user + system), ms. */
+const cpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+
+/**
+ * The whole model as ONE onnxruntime-node session (the reference a server would otherwise run):
+ * the stage graphs composed into one graph, driven here with nothing but session.run, feeding
+ * each step's present K/V back as the next step's past.
+ */
+class Monolithic {
+  private constructor(private readonly session: ort.InferenceSession, private readonly manifest: Manifest) {}
+
+  static async load(dir: string, manifest: Manifest, threads: number, spin: boolean): Promise<Monolithic> {
+    const bytes = await buildFusedGraph(dir, manifest, 0, manifest.stages.length);
+    const session = await ort.InferenceSession.create(bytes, {
+      graphOptimizationLevel: 'all', executionMode: 'sequential', intraOpNumThreads: threads,
+      extra: { session: { ...fusedSessionConfig(dir), intra_op: { allow_spinning: spin ? '1' : '0' } } },
+    });
+    return new Monolithic(session, manifest);
+  }
+
+  async generate(prompt: readonly number[], newTokens: number): Promise<GenRun> {
+    const { nHead: H, nEmbd: D, vocabSize: V } = this.manifest.config;
+    const attn = this.manifest.stages.filter((s) => s.kind === 'attn').map((s) => s.index);
+    const empty = new ort.Tensor('float32', new Float32Array(0), [1, H, 0, D / H]);
+    const past = new Map<number, [ort.Tensor, ort.Tensor]>(attn.map((i) => [i, [empty, empty]]));
+    let pos = 0;
+    const step = async (ids: readonly number[]): Promise<Float32Array> => {
+      const T = ids.length;
+      const feeds: Record<string, ort.Tensor> = {
+        input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, T]),
+        position_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (_, t) => BigInt(pos + t)), [1, T]),
+        [FUSED_IO.headStart]: new ort.Tensor('int64', BigInt64Array.of(BigInt(T - 1)), [1]),
+      };
+      for (const [i, [k, v]] of past) { feeds[FUSED_IO.pastKey(i)] = k; feeds[FUSED_IO.pastValue(i)] = v; }
+      const r = await this.session.run(feeds);
+      for (const i of attn) past.set(i, [r[FUSED_IO.presentKey(i)], r[FUSED_IO.presentValue(i)]]);
+      pos += T;
+      return r.logits.data as Float32Array;
+    };
+    let t = now();
+    let logits = await step(prompt);
+    const prefillMs = now() - t;
+    const tokens: number[] = [];
+    let firstDecodeLogits: Float32Array = new Float32Array(0);
+    const c0 = cpuMs();
+    t = now();
+    for (let k = 0; k < newTokens; k++) {
+      const tok = argmaxLast(logits, V);
+      tokens.push(tok);
+      logits = await step([tok]);
+      if (k === 0) firstDecodeLogits = logits;
+    }
+    const decodeMs = (now() - t) / newTokens;
+    return { prefillMs, decodeMs, decodeCpuMs: (cpuMs() - c0) / newTokens, tokens, firstDecodeLogits };
+  }
+
+  async close(): Promise<void> { await this.session.release(); }
+}
+
+/** The same generation through a StageRunner: runRange over every stage (fused when the runner has that range). */
+async function runnerGenerate(runner: StageRunner, prompt: readonly number[], newTokens: number): Promise<GenRun> {
+  const n = runner.manifest.stages.length;
+  const V = runner.manifest.config.vocabSize;
+  const cache = runner.newCache();
+  const ids = (xs: readonly number[]): HostTensor => ({ dtype: 'int64', shape: [1, xs.length], data: BigInt64Array.from(xs, BigInt) });
+  let t = now();
+  let logits = (await runner.runRange(0, n, ids(prompt), cache, { lastOnly: true })).data as Float32Array;
+  const prefillMs = now() - t;
+  const tokens: number[] = [];
+  let firstDecodeLogits: Float32Array = new Float32Array(0);
+  const c0 = cpuMs();
+  t = now();
+  for (let k = 0; k < newTokens; k++) {
+    const tok = argmaxLast(logits, V);
+    tokens.push(tok);
+    logits = (await runner.runRange(0, n, ids([tok]), cache, { lastOnly: true })).data as Float32Array;
+    if (k === 0) firstDecodeLogits = logits;
+  }
+  const decodeMs = (now() - t) / newTokens;
+  const decodeCpuMs = (cpuMs() - c0) / newTokens;
+  cache.clear();
+  return { prefillMs, decodeMs, decodeCpuMs, tokens, firstDecodeLogits };
+}
+
+type MonoVariant = 'monolithic' | 'staged' | 'fused';
+
+/**
+ * Monolithic graph vs staged runner vs fused runRange, interleaved, at `threads` intra-op threads.
+ * Ratios are per repetition (variant / monolithic of the same repetition), then medians.
+ */
+async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[], threads: number, o: Opts): Promise<Record<string, unknown>> {
+  const n = manifest.stages.length;
+  const mono = await Monolithic.load(dir, manifest, threads, o.spin);
+  const staged = await StageRunner.load(dir, { intraOpNumThreads: threads, allowSpinning: o.spin });
+  const fused = await StageRunner.load(dir, { intraOpNumThreads: threads, allowSpinning: o.spin, fusedRanges: [[0, n]] });
+  try {
+    const gen: Record<MonoVariant, () => Promise<GenRun>> = {
+      monolithic: () => mono.generate(prompt, o.decode),
+      staged: () => runnerGenerate(staged, prompt, o.decode),
+      fused: () => runnerGenerate(fused, prompt, o.decode),
+    };
+    const variants = Object.keys(gen) as MonoVariant[];
+    // Warm-up and the equality check: same tokens, same first decode logits.
+    const first = {} as Record<MonoVariant, GenRun>;
+    for (const v of variants) first[v] = await gen[v]();
+    let maxAbsDiff = 0;
+    let identical = true;
+    for (const v of ['staged', 'fused'] as const) {
+      if (first[v].tokens.join() !== first.monolithic.tokens.join()) throw new Error(`${v} generated other tokens than the monolithic graph`);
+      const a = first[v].firstDecodeLogits;
+      const b = first.monolithic.firstDecodeLogits;
+      for (let j = 0; j < a.length; j++) { const d = Math.abs(a[j] - b[j]); if (d > maxAbsDiff) maxAbsDiff = d; if (a[j] !== b[j] && !(Number.isNaN(a[j]) && Number.isNaN(b[j]))) identical = false; }
+    }
+    const runs: Record<MonoVariant, GenRun[]> = { monolithic: [], staged: [], fused: [] };
+    for (let r = 0; r < o.reps; r++) {
+      const order = variants.map((_, i) => variants[(i + r) % variants.length]);
+      for (const v of order) runs[v].push(await gen[v]());
+      log(`[${manifest.source?.kind === 'synthetic' ? manifest.source.preset : 'model'} ${threads}t] rep ${r + 1}/${o.reps}: decode ms/token ${variants.map((v) => `${v} ${runs[v][r].decodeMs.toFixed(2)}`).join(', ')}`);
+    }
+    const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
+    const out: Record<string, unknown> = { threads, tokensIdentical: true, firstDecodeLogitsIdentical: identical, firstDecodeLogitsMaxAbsDiff: maxAbsDiff };
+    for (const v of variants) {
+      out[v] = { decodeMsPerToken: stats(runs[v].map((x) => x.decodeMs)), decodeCpuMsPerToken: stats(runs[v].map((x) => x.decodeCpuMs)), prefillMs: stats(runs[v].map((x) => x.prefillMs)) };
+      if (v !== 'monolithic') {
+        out[`${v}VsMonolithic`] = {
+          decode: stats(runs[v].map((x, i) => x.decodeMs / runs.monolithic[i].decodeMs)),
+          decodeCpu: stats(runs[v].map((x, i) => x.decodeCpuMs / runs.monolithic[i].decodeCpuMs)),
+          prefill: stats(runs[v].map((x, i) => x.prefillMs / runs.monolithic[i].prefillMs)),
+        };
+      }
+    }
+    return out;
+  } finally {
+    await Promise.all([mono.close(), staged.close(), fused.close()]);
+  }
+}
 
 async function ensureModel(preset: string, dir: string): Promise<number | undefined> {
   try {
@@ -112,6 +267,12 @@ async function benchPreset(preset: string, o: Opts): Promise<Record<string, unkn
   const createMs = await ensureModel(preset, dir);
   const manifest = await readManifest(dir);
   const n = manifest.stages.length;
+  if (o.monoOnly) {
+    const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919 + 13) % manifest.config.vocabSize);
+    const vsMonolithic: Record<string, unknown>[] = [];
+    for (const t of o.monoThreads) vsMonolithic.push(await benchMonolithic(dir, manifest, prompt, t, o));
+    return { preset, stages: n, createMs, vsMonolithic };
+  }
   const third = Math.floor(n / 3);
   const split = 'S'.repeat(third) + 'C'.repeat(third) + 'S'.repeat(n - 2 * third);
   const allServer = 'S'.repeat(n);
@@ -156,14 +317,15 @@ async function benchPreset(preset: string, o: Opts): Promise<Record<string, unkn
   const head = await benchBatch(server, n - 1, Math.max(10, o.reps * 4));
   for (const p of Object.values(pipelines)) await p.close();
 
-  const mono = MONOLITHIC[preset];
+  const vsMonolithic: Record<string, unknown>[] = [];
+  for (const t of o.monoThreads) vsMonolithic.push(await benchMonolithic(dir, manifest, prompt, t, o));
   return {
     preset, stages: n, createMs, loadMsAllServer: loadMs[0], loadMsSplit: loadMs[1],
     allServer: { placement: allServer, ...a }, split: { placement: split, ...s },
     splitOverhead: { prefillLast: s.prefillLastMs / a.prefillLastMs, prefillFull: s.prefillFullMs / a.prefillFullMs, decode: s.decodeMsPerToken / a.decodeMsPerToken },
     perStageMeanMs: perStage,
     runBatch8: { mlp: { ...mlp, ratio: mlp.batchMs / mlp.sequentialMs }, head: { ...head, ratio: head.batchMs / head.sequentialMs } },
-    ...(mono ? { vsMonolithic: { monolithic: mono, prefillLast: a.prefillLastMs / mono.prefillMs, prefillFull: a.prefillFullMs / mono.prefillMs, decode: a.decodeMsPerToken / mono.decodeMs } } : {}),
+    vsMonolithic,
   };
 }
 
@@ -172,14 +334,26 @@ function table(results: Record<string, unknown>[]): string {
   const lines: string[] = [];
   for (const r of results as any[]) {
     lines.push(`\n== ${r.preset} (${r.stages} stages) ==`);
-    lines.push(`create ${r.createMs === undefined ? '(cached)' : `${f(r.createMs / 1000, 1)} s`}   load all-server ${f(r.loadMsAllServer, 0)} ms   load split ${f(r.loadMsSplit, 0)} ms`);
-    lines.push(`${'placement'.padEnd(30)} ${'prefill128 last'.padStart(16)} ${'prefill128 all'.padStart(15)} ${'decode ms/tok'.padStart(14)}`);
-    for (const k of ['allServer', 'split']) {
-      const x = r[k];
-      lines.push(`${`${k} ${x.placement}`.padEnd(30)} ${f(x.prefillLastMs, 1).padStart(16)} ${f(x.prefillFullMs, 1).padStart(15)} ${f(x.decodeMsPerToken).padStart(14)}`);
+    if (r.allServer) {
+      lines.push(`create ${r.createMs === undefined ? '(cached)' : `${f(r.createMs / 1000, 1)} s`}   load all-server ${f(r.loadMsAllServer, 0)} ms   load split ${f(r.loadMsSplit, 0)} ms`);
+      lines.push(`${'placement'.padEnd(30)} ${'prefill128 last'.padStart(16)} ${'prefill128 all'.padStart(15)} ${'decode ms/tok'.padStart(14)}`);
+      for (const k of ['allServer', 'split']) {
+        const x = r[k];
+        lines.push(`${`${k} ${x.placement}`.padEnd(30)} ${f(x.prefillLastMs, 1).padStart(16)} ${f(x.prefillFullMs, 1).padStart(15)} ${f(x.decodeMsPerToken).padStart(14)}`);
+      }
+      lines.push(`split / all-server: prefill ${f(r.splitOverhead.prefillLast, 3)}x (all logits ${f(r.splitOverhead.prefillFull, 3)}x), decode ${f(r.splitOverhead.decode, 3)}x`);
     }
-    lines.push(`split / all-server: prefill ${f(r.splitOverhead.prefillLast, 3)}x (all logits ${f(r.splitOverhead.prefillFull, 3)}x), decode ${f(r.splitOverhead.decode, 3)}x`);
-    if (r.vsMonolithic) lines.push(`all-server / monolithic (${r.vsMonolithic.monolithic.prefillMs} ms, ${r.vsMonolithic.monolithic.decodeMs} ms/tok): prefill ${f(r.vsMonolithic.prefillLast, 3)}x (all logits ${f(r.vsMonolithic.prefillFull, 3)}x), decode ${f(r.vsMonolithic.decode, 3)}x`);
+    for (const m of r.vsMonolithic) {
+      const st = (x: { median: number; min: number; max: number }, d = 2): string => `${f(x.median, d)} (${f(x.min, d)}-${f(x.max, d)})`;
+      lines.push(`vs one monolithic graph, ${m.threads} thread(s); tokens identical, first decode logits ${m.firstDecodeLogitsIdentical ? 'bit-identical' : `max |diff| ${m.firstDecodeLogitsMaxAbsDiff.toExponential(2)}`}; median (min-max):`);
+      lines.push(`  ${'path'.padEnd(34)} ${'decode ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'decode CPU ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'prefill128 ms'.padEnd(22)} / monolithic`);
+      for (const [k, label] of [['monolithic', 'monolithic graph (one session)'], ['staged', 'StageRunner, one session per stage'], ['fused', 'StageRunner.runRange, fused range']] as const) {
+        const x = m[k];
+        const rel = m[`${k}VsMonolithic`];
+        lines.push(`  ${label.padEnd(34)} ${st(x.decodeMsPerToken).padEnd(20)} ${(rel ? st(rel.decode, 3) : '1').padEnd(20)} ${st(x.decodeCpuMsPerToken).padEnd(20)} ${(rel ? st(rel.decodeCpu, 3) : '1').padEnd(20)} ${st(x.prefillMs, 1).padEnd(22)} ${rel ? st(rel.prefill, 3) : '1'}`);
+      }
+    }
+    if (!r.allServer) continue;
     lines.push(`mean ms per stage: ${Object.entries(r.perStageMeanMs).map(([k, v]) => `${k} ${f(v, 3)}`).join(', ')}`);
     lines.push(`runBatch 8 decode sessions vs 8 runs: mlp ${f(r.runBatch8.mlp.batchMs, 3)} vs ${f(r.runBatch8.mlp.sequentialMs, 3)} ms (${f(r.runBatch8.mlp.ratio, 3)}x), head ${f(r.runBatch8.head.batchMs, 3)} vs ${f(r.runBatch8.head.sequentialMs, 3)} ms (${f(r.runBatch8.head.ratio, 3)}x)`);
   }
@@ -191,7 +365,7 @@ async function main(): Promise<void> {
   mkdirSync(o.modelsDir, { recursive: true });
   const results: Record<string, unknown>[] = [];
   for (const preset of o.presets) results.push(await benchPreset(preset, o));
-  const env = { node: process.version, cpus: os.cpus().length, threads: o.threads, allowSpinning: o.spin, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null, reps: o.reps, decodeTokens: o.decode, promptTokens: 128 };
+  const env = { node: process.version, cpus: os.cpus().length, loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), threads: o.threads, monoThreads: o.monoThreads, allowSpinning: o.spin, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null, reps: o.reps, decodeTokens: o.decode, promptTokens: 128 };
   process.stdout.write(`${table(results)}\n\nenv: ${JSON.stringify(env)}\n`);
   mkdirSync(path.dirname(o.jsonOut), { recursive: true });
   writeFileSync(o.jsonOut, `${JSON.stringify({ env, results }, null, 2)}\n`);

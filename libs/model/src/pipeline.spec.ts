@@ -132,6 +132,20 @@ describe('StageRunner', () => {
     }
   });
 
+  it('runs inputs that are views at an offset into a larger buffer (as tensors decoded in place from the wire)', async () => {
+    for (const [stage, x] of [[0, ids(PROMPT)], [1, hidden(4, 2)], [2, hidden(4, 3)]] as const) {
+      const width = x.data.length;
+      const backing = x.dtype === 'int64' ? new BigInt64Array(width + 3) : new Float32Array(width + 5);
+      const at = backing.length - width;
+      (backing as Float32Array).set(x.data as Float32Array, at);
+      const view = { ...x, data: backing.subarray(at) } as HostTensor;
+      const a = await runner.run(stage, x, runner.newCache());
+      const b = await runner.run(stage, view, runner.newCache());
+      expect(view.data.byteOffset).toBeGreaterThan(0);
+      expect(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength).equals(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength))).toBe(true);
+    }
+  });
+
   it('names the field, the rule and the value of a refused input, leaving the cache unchanged', async () => {
     const cache = runner.newCache();
     await runner.run(0, ids([1, 2]), cache);

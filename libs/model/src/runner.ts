@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { StageInputError } from './errors';
+import { ModelOptionError, StageInputError } from './errors';
+import { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 import { type Manifest, type StageInfo, readManifest } from './manifest';
 import { IO } from './stage-graphs';
 
@@ -40,6 +41,20 @@ export interface StageRunnerOptions {
   readonly allowSpinning?: boolean;
   /** Called after each session is created: sessions loaded, sessions to load, stage name. */
   readonly onProgress?: (loaded: number, total: number, stageName: string) => void;
+  /**
+   * Contiguous stage ranges `[begin, end)` (end exclusive, every stage loaded here) for which one
+   * fused session is built at load time from the stage graphs ({@link buildFusedGraph}), used by
+   * {@link StageRunner.runRange} for exactly that range. A server that runs whole generations
+   * passes `[[0, stageCount]]`. Each fused session holds its own copy of its weights (on top of
+   * the per-stage sessions'), so this costs that range's `paramBytes` again in memory.
+   */
+  readonly fusedRanges?: readonly (readonly [number, number])[];
+}
+
+/** Options of {@link StageRunner.runRange}. */
+export interface RunRangeOptions {
+  /** When the range ends with the head: compute the logits of the last position only ([1,1,V]). */
+  readonly lastOnly?: boolean;
 }
 
 class RunnerCache implements KvCache {
@@ -86,6 +101,8 @@ export class StageRunner {
     /** Indices of the stages this runner loaded and may run. */
     readonly stages: ReadonlySet<number>,
     private readonly sessions: ReadonlyMap<number, ort.InferenceSession>,
+    /** Fused sessions keyed by `${begin}-${end}`. */
+    private readonly fused: ReadonlyMap<string, ort.InferenceSession> = new Map(),
   ) {}
 
   /**
@@ -106,7 +123,16 @@ export class StageRunner {
       ...(opts.intraOpNumThreads ? { intraOpNumThreads: opts.intraOpNumThreads } : {}),
       extra: { session: { intra_op: { allow_spinning: opts.allowSpinning === true ? '1' : '0' } } },
     };
+    const ranges = opts.fusedRanges ?? [];
+    for (const [i, r] of ranges.entries()) {
+      const ok = Array.isArray(r) && r.length === 2 && Number.isInteger(r[0]) && Number.isInteger(r[1]) && r[0] >= 0 && r[0] < r[1] && r[1] <= n;
+      if (!ok) throw new ModelOptionError(`fusedRanges[${i}]`, `be [begin, end] with 0 <= begin < end <= ${n}`, r);
+      for (let s = r[0]; s < r[1]; s++) {
+        if (!stages.includes(s)) throw new ModelOptionError(`fusedRanges[${i}]`, `cover only loaded stages (stage ${s} is not)`, r);
+      }
+    }
     const sessions = new Map<number, ort.InferenceSession>();
+    const fused = new Map<string, ort.InferenceSession>();
     try {
       for (const [k, s] of stages.entries()) {
         const info = manifest.stages[s];
@@ -114,11 +140,23 @@ export class StageRunner {
         sessions.set(s, await ort.InferenceSession.create(path.join(dir, info.file), sessionOptions));
         opts.onProgress?.(k + 1, stages.length, info.name);
       }
+      for (const [begin, end] of ranges) {
+        const key = `${begin}-${end}`;
+        if (fused.has(key)) continue;
+        const extra = { session: { ...fusedSessionConfig(dir), intra_op: { allow_spinning: opts.allowSpinning === true ? '1' : '0' } } };
+        fused.set(key, await ort.InferenceSession.create(await buildFusedGraph(dir, manifest, begin, end), { ...sessionOptions, extra }));
+        opts.onProgress?.(stages.length, stages.length, `fused ${key}`);
+      }
     } catch (err) {
-      await Promise.all([...sessions.values()].map((x) => x.release()));
+      await Promise.all([...sessions.values(), ...fused.values()].map((x) => x.release()));
       throw err;
     }
-    return new StageRunner(manifest, new Set(stages), sessions);
+    return new StageRunner(manifest, new Set(stages), sessions, fused);
+  }
+
+  /** Whether {@link runRange} over `[begin, end)` uses one fused session (built at load). */
+  hasFusedRange(begin: number, end: number): boolean {
+    return this.fused.has(`${begin}-${end}`);
   }
 
   /** A fresh cache for one generation (sequence). */
@@ -177,11 +215,94 @@ export class StageRunner {
     }
   }
 
+  /**
+   * Runs stages `begin..end-1` on one sequence, feeding each stage's output to the next, and
+   * returns the last one's output (`[1,T,nEmbd]`, or logits `[1,T,V]` / `[1,1,V]` with
+   * `lastOnly` when the range ends with the head). With a fused session for exactly this range
+   * ({@link StageRunnerOptions.fusedRanges}) it is one session call; otherwise one call per stage
+   * (with `lastOnly`, the head then runs on the last position only). Both give the same values,
+   * bit for bit (the fused graph is the stage graphs' nodes, unchanged), and keep the cache in
+   * the same form, so a sequence may mix fused ranges, other ranges and single stages freely.
+   * Everything is validated before anything runs; a refusal leaves the cache unchanged.
+   * @throws StageInputError as {@link run} (fields `begin`/`end` for a bad range, `input` for the
+   *   input of stage `begin`, `input.shape[1]` when any stage of the range would exceed nPositions).
+   */
+  async runRange(begin: number, end: number, input: HostTensor, cache: KvCache, opts: RunRangeOptions = {}): Promise<HostTensor> {
+    const n = this.manifest.stages.length;
+    this.checkStage(begin);
+    if (!Number.isInteger(end) || end <= begin || end > n) throw new StageInputError('end', `be a stage index in ${begin + 1}..${n} (exclusive end after begin ${begin})`, end);
+    for (let s = begin; s < end; s++) this.checkStage(s);
+    const own = this.checkCache(cache, 'cache');
+    const T = this.checkInput(this.manifest.stages[begin], input, own, (f) => f);
+    for (let s = begin + 1; s < end; s++) {
+      const info = this.manifest.stages[s];
+      if (info.kind === 'attn') this.checkContext(info, own, T, (f) => f);
+    }
+    for (let s = begin; s < end; s++) {
+      if (own.inFlight.has(s)) throw new StageInputError('cache', `not be in use by another call on stage ${this.manifest.stages[s].name}`, 'a cache in use', 'precondition');
+    }
+    const session = this.fused.get(`${begin}-${end}`);
+    if (session) {
+      for (let s = begin; s < end; s++) own.inFlight.add(s);
+      try {
+        return await this.runFused(session, begin, end, input, own, T, opts.lastOnly === true);
+      } finally {
+        for (let s = begin; s < end; s++) own.inFlight.delete(s);
+      }
+    }
+    const D = this.manifest.config.nEmbd;
+    let x = input;
+    for (let s = begin; s < end; s++) {
+      if (opts.lastOnly && this.manifest.stages[s].kind === 'head' && x.shape[1] > 1) {
+        const rows = x.shape[1];
+        x = { dtype: 'float32', shape: [1, 1, D], data: (x.data as Float32Array).slice((rows - 1) * D, rows * D) };
+      }
+      x = await this.run(s, x, own);
+    }
+    return x;
+  }
+
   /** Releases every session. The runner cannot be used afterwards. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([...this.sessions.values()].map((s) => s.release()));
+    await Promise.all([...this.sessions.values(), ...this.fused.values()].map((s) => s.release()));
+  }
+
+  private async runFused(session: ort.InferenceSession, begin: number, end: number, x: HostTensor, cache: RunnerCache, T: number, lastOnly: boolean): Promise<HostTensor> {
+    const { nHead: H, nEmbd: D } = this.manifest.config;
+    const feeds: Record<string, ort.Tensor> = {};
+    const first = this.manifest.stages[begin];
+    if (first.kind === 'embed') {
+      const pos = new BigInt64Array(T);
+      for (let t = 0; t < T; t++) pos[t] = BigInt(cache.embeddedTokens + t);
+      feeds[IO.inputIds] = new ort.Tensor('int64', x.data as BigInt64Array, [1, T]);
+      feeds[IO.positionIds] = new ort.Tensor('int64', pos, [1, T]);
+    } else {
+      feeds[IO.hidden] = new ort.Tensor('float32', x.data as Float32Array, [1, T, D]);
+    }
+    let empty: ort.Tensor | undefined;
+    for (let s = begin; s < end; s++) {
+      if (this.manifest.stages[s].kind !== 'attn') continue;
+      let past = cache.kv.get(s);
+      if (!past) {
+        empty ??= new ort.Tensor('float32', new Float32Array(0), [1, H, 0, D / H]);
+        past = { key: empty, value: empty };
+      }
+      feeds[FUSED_IO.pastKey(s)] = past.key;
+      feeds[FUSED_IO.pastValue(s)] = past.value;
+    }
+    const last = this.manifest.stages[end - 1];
+    if (last.kind === 'head') feeds[FUSED_IO.headStart] = new ort.Tensor('int64', BigInt64Array.of(BigInt(lastOnly ? T - 1 : 0)), [1]);
+    const r = await session.run(feeds);
+    if (first.kind === 'embed') cache.embeddedTokens += T;
+    for (let s = begin; s < end; s++) {
+      if (this.manifest.stages[s].kind !== 'attn') continue;
+      // Presents become the next step's pasts as they are (no copy), as in per-stage runs.
+      cache.kv.set(s, { key: r[FUSED_IO.presentKey(s)], value: r[FUSED_IO.presentValue(s)] });
+    }
+    const out = last.kind === 'head' ? IO.logits : last.kind === 'embed' ? IO.hidden : IO.hiddenOut;
+    return toHost(r[out]);
   }
 
   private checkStage(stage: number): StageInfo {
@@ -201,7 +322,7 @@ export class StageRunner {
 
   /** Validates one input; returns its token count T. */
   private checkInput(info: StageInfo, x: HostTensor, cache: RunnerCache, at: (f: string) => string): number {
-    const { vocabSize: V, nEmbd: D, nPositions } = this.manifest.config;
+    const { vocabSize: V, nEmbd: D } = this.manifest.config;
     if (typeof x !== 'object' || x === null) throw new StageInputError(at('input'), 'be a tensor {dtype, shape, data}', x);
     const shape: unknown = x.shape;
     if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) throw new StageInputError(at('input.shape'), 'be an array of non-negative integers', shape);
@@ -223,11 +344,17 @@ export class StageRunner {
         if (ids[i] < 0n || ids[i] >= BigInt(V)) throw new StageInputError(at(`input.data[${i}]`), `be a token id in 0..${V - 1}`, ids[i]);
       }
     }
+    this.checkContext(info, cache, T, at);
+    return T;
+  }
+
+  /** Refuses T more tokens when stage `info` (embed or attn) would then hold more than nPositions. */
+  private checkContext(info: StageInfo, cache: RunnerCache, T: number, at: (f: string) => string): void {
+    const { nPositions } = this.manifest.config;
     const before = info.kind === 'embed' ? cache.embeddedTokens : info.kind === 'attn' ? cache.pastLength(info.index) : 0;
     if (before + T > nPositions) {
       throw new StageInputError(at('input.shape[1]'), `keep the context within nPositions = ${nPositions} (${before} tokens already in the cache of stage ${info.name})`, T, before > 0 ? 'precondition' : 'invalid');
     }
-    return T;
   }
 
   private async runEmbed(session: ort.InferenceSession, inputs: readonly HostTensor[], caches: readonly RunnerCache[], lengths: readonly number[]): Promise<HostTensor[]> {

@@ -7,8 +7,6 @@ export {
   Tensor,
 } from './generated/tandem/tensor/v1/tensor';
 export {
-  ExecutorServiceClient,
-  ExecutorServiceService,
   // The agent API has a GeneratedToken of its own (tandem.agent.v1).
   GeneratedToken as ExecutorGeneratedToken,
   GetStatusRequest,
@@ -22,6 +20,8 @@ export {
   StepResult,
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
+// The executor service with tensor (de)serializers that copy each tensor once in all (wire-codec.ts).
+export { ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, GRPC_BODY_OFFSET, PADDING_FIELD, gatherSerialize, viewDeserialize } from './wire-codec';
 export {
   ClassObservations,
   ClassPlacement,

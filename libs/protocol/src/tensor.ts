@@ -20,8 +20,12 @@ function elementCount(shape: readonly number[]): number {
 }
 
 /**
- * Encodes a host tensor for the wire. The bytes are copied only when the host is not
- * little-endian (never on x86/ARM Linux): the Buffer is a view of the typed array.
+ * Encodes a host tensor for the wire without copying: the Buffer is a view of the typed array
+ * (little-endian hosts only; never a copy on x86/ARM Linux). Ownership: the wire tensor shares
+ * the host tensor's memory until the message is serialized, so the caller must not change the
+ * host tensor's data before the message carrying it has been written (grpc-js serializes on
+ * `write()`, or later when it queues the message while the call starts). The serializers of
+ * this package copy the bytes then; after that the host tensor is free again.
  */
 export function toWireTensor(t: HostTensor): Tensor {
   if (!LITTLE_ENDIAN) throw new Error('big-endian hosts are not supported');
@@ -32,7 +36,14 @@ export function toWireTensor(t: HostTensor): Tensor {
 /**
  * Decodes and validates a wire tensor: dtype known, every dimension a non-negative
  * integer, byte length equal to elements × element size, at most `maxElements` elements.
- * The result owns aligned memory (wire buffers may sit at any offset).
+ *
+ * No copy when the bytes are aligned for the element type (4 bytes for float32, 8 for int64):
+ * the result is then a view of `t.data`. The generated decoder gives every `bytes` field its
+ * own freshly allocated Buffer (own ArrayBuffer, or an 8-byte-aligned slice of Node's pool), so
+ * decoded wire tensors are always aligned and never copied here. Misaligned bytes (a tensor
+ * built over an arbitrary slice) are copied into aligned memory.
+ * Ownership: the result may share memory with `t.data`; the decoded message owns that memory
+ * and nothing else writes to it, so the result is the caller's (changing it changes `t.data`).
  * @param field path used in error messages, e.g. `step.input`.
  * @throws TensorFormatError naming the field, the rule and the value given.
  */
@@ -48,9 +59,15 @@ export function fromWireTensor(t: Tensor | undefined, field: string, maxElements
   if (t.data.byteLength !== n * size) {
     throw new TensorFormatError(`${field}.data`, `must hold ${n * size} bytes for shape [${t.shape.join(',')}] of ${size}-byte elements`, `${t.data.byteLength} bytes`);
   }
-  const copy = new ArrayBuffer(n * size);
-  new Uint8Array(copy).set(t.data);
+  let buffer: ArrayBufferLike = t.data.buffer;
+  let offset = t.data.byteOffset;
+  if (offset % size !== 0) {
+    const copy = new ArrayBuffer(n * size);
+    new Uint8Array(copy).set(t.data);
+    buffer = copy;
+    offset = 0;
+  }
   return size === 4
-    ? { dtype: 'float32', shape: [...t.shape], data: new Float32Array(copy) }
-    : { dtype: 'int64', shape: [...t.shape], data: new BigInt64Array(copy) };
+    ? { dtype: 'float32', shape: [...t.shape], data: new Float32Array(buffer, offset, n) }
+    : { dtype: 'int64', shape: [...t.shape], data: new BigInt64Array(buffer, offset, n) };
 }
