@@ -19,6 +19,7 @@ import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { PlanFollower } from './plan-follower';
 import { RemoteSession } from './remote-session';
+import { ReplayMissError, type ReplayRecording } from './replay';
 
 export interface ClientAgentOptions {
   readonly modelDir: string;
@@ -29,6 +30,8 @@ export interface ClientAgentOptions {
   readonly stages: readonly number[];
   readonly threads: number;
   readonly slowdown: number;
+  /** EMULATION: replay local stages from this recording instead of computing them. */
+  readonly replay?: ReplayRecording;
   readonly link: LinkEmulator;
   readonly executorAddr: string;
   readonly plannerAddr?: string;
@@ -84,7 +87,7 @@ export class ClientAgent {
     const manifest = await readManifest(this.opts.modelDir);
     this.stageCount = manifest.stages.length;
     ({ nEmbd: this.nEmbd, vocabSize: this.vocabSize, nPositions: this.nPositions } = manifest.config);
-    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads });
+    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads, replay: this.opts.replay });
     await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
     this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
     this.follower.onPlan(() => this.telemetry?.publishNow());
@@ -180,14 +183,19 @@ export class ClientAgent {
   async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number }> {
     const v = this.validate(req);
     const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
-    const stats = await generate({
+    // Replay (emulation): the generation's cache is tied to a cursor that follows its tokens.
+    const cursor = this.local.armReplay(v.ids);
+    const tokenSink = cursor ? (id: number, index: number): void => { cursor.advance(id); onToken(id, index); } : onToken;
+    const running = generate({
       local: this.local,
       openRemote: () => RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadlineMs: this.opts.deadlineMs }),
       emulator: this.opts.link,
       estimator: this.estimator,
       vocabSize: this.vocabSize,
       signal,
-    }, chosen.placement, v.ids, v.maxNewTokens, onToken);
+    }, chosen.placement, v.ids, v.maxNewTokens, tokenSink);
+    this.local.disarm(); // generate() created its cache synchronously, before its first await
+    const stats = await running;
     return { stats, ...chosen, promptTokens: v.ids.length };
   }
 
@@ -217,6 +225,7 @@ export class ClientAgent {
 
   private toStatus(err: unknown): { code: grpc.status; details: string } {
     if (err instanceof RequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+    if (err instanceof ReplayMissError) return { code: grpc.status.FAILED_PRECONDITION, details: `EMULATION: ${err.message}` };
     const e = err as Partial<grpc.ServiceError>;
     const passThrough = [grpc.status.UNAVAILABLE, grpc.status.RESOURCE_EXHAUSTED, grpc.status.DEADLINE_EXCEEDED, grpc.status.FAILED_PRECONDITION];
     if (typeof e.code === 'number' && passThrough.includes(e.code)) return { code: e.code, details: `executor: ${e.details ?? e.message}` };
