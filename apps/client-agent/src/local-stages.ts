@@ -18,17 +18,6 @@ interface Baseline {
   readonly decodeMs: number;
 }
 
-/** Timing of replayed stages, for the emulation's own check (intended vs actual end of each stage's sleep). */
-export interface ReplayTiming {
-  /** Replayed stage runs so far. */
-  readonly runs: number;
-  /** Look-ups that missed the recording (each failed its generation). */
-  readonly misses: number;
-  /** Actual end − intended end of the replayed stages, ms: p50 and p99 over the last 4096 runs. */
-  readonly lateP50Ms: number;
-  readonly lateP99Ms: number;
-}
-
 /** A stage not run for this long reports its start-up cost again (its last figures may be from a busy moment). */
 const STALE_MS = 10_000;
 
@@ -59,13 +48,10 @@ export class LocalStages {
   /** Emulated padding owed per generation but not slept yet, ms (timers cannot sleep a fraction of a ms). */
   private readonly paddingDebtMs = new WeakMap<KvCache, number>();
 
-  /** Replay: the cursor of each generation's cache, the cursor armed for the next cache, and timing. */
+  /** Replay: the cursor of each generation's cache, the cursor armed for the next cache, and each cache's last stage times. */
   private readonly cursors = new WeakMap<KvCache, ReplayCursor>();
   private armed: ReplayCursor | undefined;
   private readonly chain = new WeakMap<KvCache, { intendedEnd: number; actualEnd: number }>();
-  private readonly late: number[] = [];
-  private replayRuns = 0;
-  private replayMisses = 0;
 
   private constructor(readonly runner: StageRunner, readonly slowdown: number, readonly replay: ReplayRecording | undefined, private readonly alpha = 0.2) {}
 
@@ -100,13 +86,6 @@ export class LocalStages {
   /** Drops an armed cursor no cache took (the generation failed before creating one). */
   disarm(): void { this.armed = undefined; }
 
-  /** Replay statistics (zeros without a recording). */
-  replayTiming(): ReplayTiming {
-    const s = [...this.late].sort((a, b) => a - b);
-    const q = (p: number): number => (s.length ? s[Math.min(s.length - 1, Math.floor(p * (s.length - 1)))] : 0);
-    return { runs: this.replayRuns, misses: this.replayMisses, lateP50Ms: q(0.5), lateP99Ms: q(0.99) };
-  }
-
   /** Runs one stage; resolves with its output and the time it took (including emulated padding). */
   async run(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor; ms: number }> {
     if (this.replay) return this.replayRun(stage, input, cache);
@@ -132,30 +111,23 @@ export class LocalStages {
     if (!this.has(stage)) throw new ReplayMissError(`stage ${stage} is not one this device may run`);
     const tokens = input.shape[1] ?? 1;
     const cursor = this.cursors.get(cache);
-    let output: HostTensor;
-    try {
-      if (!cursor) throw new ReplayMissError('replay miss: the generation has no recording cursor (armReplay was not called)');
-      output = cursor.output(stage, tokens);
-    } catch (err) {
-      this.replayMisses++;
-      throw err;
-    }
+    if (!cursor) throw new ReplayMissError('replay miss: the generation has no recording cursor (armReplay was not called)');
+    const output = cursor.output(stage, tokens);
     const base = this.baseline!.get(stage)!;
     const cost = this.slowdown * (tokens > 1 ? base.prefillMsPerToken * tokens : base.decodeMs);
     // Back to back with the previous local stage of this generation: start at its intended end.
     const prev = this.chain.get(cache);
-    const start = prev && t0 - prev.actualEnd < 1 ? prev.intendedEnd : t0;
+    const chained = prev !== undefined && t0 - prev.actualEnd < 1;
+    const start = chained ? prev.intendedEnd : t0;
     const intendedEnd = start + cost;
     const wait = intendedEnd - performance.now();
     if (wait >= 1) await sleep(wait);
     const end = performance.now();
     this.chain.set(cache, { intendedEnd, actualEnd: end });
-    this.replayRuns++;
-    this.late.push(end - intendedEnd);
-    if (this.late.length > 4096) this.late.shift();
     this.record(stage, tokens, cost);
     this.lastRunMs.set(stage, end);
-    return { output, ms: end - t0 };
+    // The time since the previous stage's end when chained: a chain of stages then sums to its wall time.
+    return { output, ms: end - (chained ? prev.actualEnd : t0) };
   }
 
   /**
