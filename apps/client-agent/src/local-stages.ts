@@ -32,7 +32,7 @@ const STALE_MS = 10_000;
  * Before the profile exists, a stage is padded to slowdown × its wall time.
  *
  * EMULATION with a recording (`replay`, AGENT_REPLAY_FILE): no stage is computed. Each run
- * returns the recorded output for the generation's token history (see replay.ts; a history
+ * returns the recorded output for the generation's token history (the head: its token; see replay.ts; a history
  * not in the recording throws ReplayMissError) and sleeps the modelled cost, the recorded
  * uncontended cost × `slowdown`, which is also exactly the profile published. Consecutive
  * local stages are timed back to back from the previous stage's intended end, so timer
@@ -51,7 +51,7 @@ export class LocalStages {
   /** Replay: the cursor of each generation's cache, the cursor armed for the next cache, and each cache's last stage times. */
   private readonly cursors = new WeakMap<KvCache, ReplayCursor>();
   private armed: ReplayCursor | undefined;
-  private readonly chain = new WeakMap<KvCache, { intendedEnd: number; actualEnd: number }>();
+  private readonly chain = new WeakMap<KvCache, { stage: number; intendedEnd: number; actualEnd: number }>();
 
   private constructor(readonly runner: StageRunner, readonly slowdown: number, readonly replay: ReplayRecording | undefined, private readonly alpha = 0.2) {}
 
@@ -86,8 +86,11 @@ export class LocalStages {
   /** Drops an armed cursor no cache took (the generation failed before creating one). */
   disarm(): void { this.armed = undefined; }
 
-  /** Runs one stage; resolves with its output and the time it took (including emulated padding). */
-  async run(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor; ms: number }> {
+  /**
+   * Runs one stage; resolves with its output and the time it took (including emulated
+   * padding). The output is a tensor, except a replayed head's: its greedy token.
+   */
+  async run(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor | number; ms: number }> {
     if (this.replay) return this.replayRun(stage, input, cache);
     const t0 = performance.now();
     const output = (await this.runner.run(stage, input as never, cache)) as HostTensor;
@@ -106,7 +109,7 @@ export class LocalStages {
   }
 
   /** Replays one stage: the recorded output, after sleeping its modelled cost. */
-  private async replayRun(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor; ms: number }> {
+  private async replayRun(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor | number; ms: number }> {
     const t0 = performance.now();
     if (!this.has(stage)) throw new ReplayMissError(`stage ${stage} is not one this device may run`);
     const tokens = input.shape[1] ?? 1;
@@ -115,17 +118,18 @@ export class LocalStages {
     const output = cursor.output(stage, tokens);
     const base = this.baseline!.get(stage)!;
     const cost = this.slowdown * (tokens > 1 ? base.prefillMsPerToken * tokens : base.decodeMs);
-    // Back to back with the previous local stage of this generation: start at its intended end.
+    // Back to back with the previous local stage of this generation (the next stage in order,
+    // or the first after the head, whose token the device made itself): nothing ran elsewhere
+    // in between, so the stage starts at the previous one's intended end and a timer's
+    // overshoot is not carried on. After a server hop a new chain starts.
     const prev = this.chain.get(cache);
-    const chained = prev !== undefined && t0 - prev.actualEnd < 1;
+    const chained = prev !== undefined && (stage === prev.stage + 1 || (stage === 0 && prev.stage === this.runner.manifest.stages.length - 1));
     const start = chained ? prev.intendedEnd : t0;
     const intendedEnd = start + cost;
     const wait = intendedEnd - performance.now();
     if (wait >= 1) await sleep(wait);
     const end = performance.now();
-    this.chain.set(cache, { intendedEnd, actualEnd: end });
-    this.record(stage, tokens, cost);
-    this.lastRunMs.set(stage, end);
+    this.chain.set(cache, { stage, intendedEnd, actualEnd: end });
     // The time since the previous stage's end when chained: a chain of stages then sums to its wall time.
     return { output, ms: end - (chained ? prev.actualEnd : t0) };
   }

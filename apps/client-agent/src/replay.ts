@@ -11,7 +11,9 @@ import { greedyToken, readManifest, StageRunner, type HostTensor } from '@tandem
  * tokens, and for every step of it (step 0 = the prefill of the prompt, step k = the decode of
  * generated token k-1) the output of every stage but the head (hidden states [1, T, nEmbd],
  * float32 exactly as onnxruntime gave them). The head's output is kept as the token it
- * yields: on a device the logits are only ever reduced to the greedy token. A step's outputs
+ * yields, and replayed as that token (as a server step with `sample` answers): on a device
+ * the logits are only ever reduced to the greedy token, and a vocabulary-wide row per token
+ * would cost the emulation more than the rest of a token. A step's outputs
  * are a function of the whole token history (prompt + tokens so far), which the prompt and
  * the step index determine as long as the tokens follow the recording; a generation whose
  * tokens leave the recording (or whose prompt is not in the pool) has a history the recording
@@ -70,7 +72,6 @@ const keyOf = (ids: readonly number[]): string => ids.join(',');
 /** A loaded recording: the header and one float32 view on the data (no per-entry copies). */
 export class ReplayRecording {
   private readonly byPrompt = new Map<string, ReplayPrompt>();
-
   private constructor(readonly header: ReplayHeader, private readonly data: Float32Array, readonly bytes: number) {
     for (const p of header.prompts) this.byPrompt.set(keyOf(p.ids), p);
   }
@@ -101,6 +102,15 @@ export class ReplayRecording {
     for (const k of ['modelId', 'stageCount', 'nEmbd', 'vocabSize'] as const) {
       if (header[k] !== model[k]) bad(`recorded from this model (${k} ${JSON.stringify(model[k])}), given ${JSON.stringify(header[k])}`);
     }
+    const isCount = (v: unknown): boolean => Number.isInteger(v) && (v as number) >= 0;
+    const isIds = (v: unknown): boolean => Array.isArray(v) && v.every((x) => isCount(x) && (x as number) < model.vocabSize);
+    if (!Array.isArray(header.costs) || header.costs.length !== model.stageCount || !header.costs.every((c, i) => c?.stage === i && [c.prefillMsPerToken, c.decodeMs].every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0))) {
+      bad(`a recording with one cost {stage, prefillMsPerToken >= 0, decodeMs >= 0} per stage in order (${model.stageCount})`);
+    }
+    if (!Array.isArray(header.prompts)) bad('a recording with a prompts array');
+    header.prompts.forEach((p, i) => {
+      if (!isIds(p?.ids) || p.ids.length === 0 || !isIds(p.tokens) || !isCount(p.offset)) bad(`a recording whose prompts[${i}] has non-empty ids, tokens (ids in the vocabulary) and an offset >= 0`);
+    });
     const floats = (headerStart - 8) / 4;
     // A view on the file's bytes when they are 4-byte aligned (large reads are); else one copy.
     const aligned = (buf.byteOffset + 8) % 4 === 0;
@@ -128,15 +138,13 @@ export class ReplayRecording {
     return new ReplayCursor(this, promptIds.length, this.prompt(promptIds));
   }
 
-  /** The recorded output of `stage` at `step` of `p` (a view, not a copy). */
-  output(p: ReplayPrompt, step: number, stage: number): HostTensor {
-    const { stageCount, nEmbd, vocabSize } = this.header;
-    if (stage === stageCount - 1) {
-      // The head: logits reduced to the recorded greedy token (a one-hot row over the vocabulary).
-      const row = new Float32Array(vocabSize);
-      row[p.tokens[step]] = 1;
-      return { dtype: 'float32', shape: [1, 1, vocabSize], data: row };
-    }
+  /**
+   * The recorded output of `stage` at `step` of `p`: a hidden state (a view on the recording,
+   * not a copy: read it, never write it), or for the head its greedy token.
+   */
+  output(p: ReplayPrompt, step: number, stage: number): HostTensor | number {
+    const { stageCount, nEmbd } = this.header;
+    if (stage === stageCount - 1) return p.tokens[step];
     const T = step === 0 ? p.ids.length : 1;
     const base = p.offset + (step === 0 ? 0 : (stageCount - 1) * nEmbd * (p.ids.length + step - 1));
     const at = base + stage * T * nEmbd;
@@ -167,7 +175,7 @@ export class ReplayCursor {
    * The recorded output of `stage` for the current history, checked against the step's length.
    * @throws ReplayMissError when the history is not in the recording.
    */
-  output(stage: number, tokens: number): HostTensor {
+  output(stage: number, tokens: number): HostTensor | number {
     const e = this.entry;
     if (!e) throw new ReplayMissError(`replay miss: a prompt of ${this.promptLength} tokens is not in the recorded pool`);
     if (this.diverged !== undefined) throw new ReplayMissError(`replay miss: the generation left the recording (${this.diverged})`);
