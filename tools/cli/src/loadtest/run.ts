@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
 import { createModel, modelIdOf, readManifest } from '@tandem/model';
 import type { AgentServiceClient, PlannerServiceClient } from '@tandem/protocol';
@@ -45,7 +45,7 @@ export interface LoadtestOptions {
 /**
  * The device side of one rate: what the emulation cost and how faithfully it kept the
  * modelled timing. Timing error per completed request with local stages: the client compute
- * the agent measured (sum of its stages' wall times, sleeps included) minus the modelled one
+ * the agent measured (the wall time of its chains of local stages, sleeps included) minus the modelled one
  * (recorded uncontended cost × slow-down, over the stages the placement ran locally).
  */
 export interface DeviceSide {
@@ -157,6 +157,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
   let recording: RecordingInfo | null = null;
   if (s.emulation === 'replay') {
     const file = o.replayFile ?? join(o.logDir, 'replay.bin');
+    mkdirSync(dirname(file), { recursive: true });
     const prompts = [...pools.values()].flat();
     o.note?.(`recording ${prompts.length} pool prompts with a one-process run of the model (device stages are replayed from it)`);
     const t0 = performance.now();
