@@ -146,10 +146,13 @@ export function ratios(rows: readonly RateResult[], rates: readonly number[], sl
   return out;
 }
 
+/** A ratio with two decimals, or two significant digits below 0.1 (so 0.0027 does not read 0.00). */
+const r2 = (v: number): string => (v !== 0 && Math.abs(v) < 0.1 ? v.toPrecision(2) : v.toFixed(2));
+
 const spreadCell = (x: Spread | null): string => {
   if (!x) return '–';
-  if (x.n === 1) return `${x.median.toFixed(2)} (one repeat)`;
-  return `${x.median.toFixed(2)} [${x.min.toFixed(2)}–${x.max.toFixed(2)}], ${x.mean.toFixed(2)} ± ${x.sd.toFixed(2)}${x.withinNoise ? ' — within noise' : ''}`;
+  if (x.n === 1) return `${r2(x.median)} (one repeat)`;
+  return `${r2(x.median)} [${r2(x.min)}–${r2(x.max)}], ${r2(x.mean)} ± ${r2(x.sd)}${x.withinNoise ? ' — within noise' : ''}`;
 };
 
 const fx = (v: number | null | undefined, d = 1): string => (v == null || !Number.isFinite(v) ? '–' : v.toFixed(d));
@@ -212,7 +215,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   if (rat.length) {
     md.push('## dp against the baselines, with spread', '');
     md.push(multi
-      ? `Ratios dp / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference.`
+      ? `Ratios dp / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
       : 'Ratios dp / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.', '');
     md.push('| against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
     md.push('|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
@@ -222,7 +225,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     }
     md.push('');
   }
-  md.push('## Against the paper', '');
+  md.push(`## Against the paper${multi ? ' (first repeat)' : ''}`, '');
   md.push(`| claim | paper | measured | met |`);
   md.push('|---|---:|---:|---|');
   md.push(`| server work cut, dp vs server-only | ≈ 33 % | ${pct(cmp.dpCpuReductionVsServerOnly)} | ${cmp.targets.cpuCutAtLeastOneThird === null ? '–' : cmp.targets.cpuCutAtLeastOneThird ? 'yes' : 'no'} |`);
@@ -253,7 +256,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   const failedRows = rows.filter((r) => r.stats.failed > 0);
   if (failedRows.length) {
     md.push('## Failed requests', '');
-    for (const r of failedRows) md.push(`- ${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures).map(([k, v]) => `${v} × ${k}`).join(', ')}`);
+    for (const r of failedRows) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures).map(([k, v]) => `${v} × ${k}`).join(', ')}`);
     md.push('');
   }
   md.push('## SLO attainment (all rates and repeats)', '');
