@@ -126,8 +126,10 @@ export class LocalStages {
     const chained = prev !== undefined && (stage === prev.stage + 1 || (stage === 0 && prev.stage === this.runner.manifest.stages.length - 1));
     const start = chained ? prev.intendedEnd : t0;
     const intendedEnd = start + cost;
-    const wait = intendedEnd - performance.now();
-    if (wait >= 1) await sleep(wait);
+    // Timers have ms resolution and count from the event loop's cached clock, so they can
+    // fire a little early: sleep whole ms, rounded up, again while still early, and skip a
+    // wait under 0.5 ms (a chain carries it on to its next stage).
+    for (let wait = intendedEnd - performance.now(); wait >= 0.5; wait = intendedEnd - performance.now()) await sleep(Math.ceil(wait));
     const end = performance.now();
     this.chain.set(cache, { stage, intendedEnd, actualEnd: end });
     // The time since the previous stage's end when chained: a chain of stages then sums to its wall time.
