@@ -1,6 +1,6 @@
 import { renderChart } from '../plot/svg';
 import type { Attainment } from './metrics';
-import { DEVICE_LIMITS, type RateResult, type RecordingInfo } from './run';
+import { DEVICE_LIMITS, SERVER_CONTENDED, type RateResult, type RecordingInfo } from './run';
 import { SLO_KEYS, type Policy, type Scenario } from './scenario';
 
 /** What one policy achieved over the whole sweep. */
@@ -243,6 +243,13 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     md.push(`| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${st.requests} | ${st.completed} | ${st.failed} | ${fx(st.requestThroughput, 2)} | ${fx(st.outputTokenThroughput, 0)} | ${fx(st.goodput, 2)} | ${pct(st.slaAttainment)} | ${fx(r.serverCpuPerRequestS, 4)} | ${pct(r.serverCpuUtilisation)} | ${d3(st.ttftMs)} | ${d3(st.tpotMs)} | ${d3(st.itlMs)} | ${d3(st.e2eMs)} |`);
   }
   md.push('');
+  const contended = rows.filter((r) => r.serverRunQueueShare !== null && r.serverRunQueueShare > SERVER_CONTENDED);
+  if (contended.length) {
+    md.push('## Server core contended', '');
+    md.push(`The executor's threads waited for a CPU (schedstat) for more than ${(SERVER_CONTENDED * 100).toFixed(0)} % of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`, '');
+    for (const r of contended) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${pct(r.serverRunQueueShare)} of the run, ran ${pct(r.serverCpuUtilisation)}`);
+    md.push('');
+  }
   md.push('## Device side', '');
   md.push(`Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
     `A rate is flagged when the device side, not the server, may have limited it: timing error p99 above ${DEVICE_LIMITS.timingErrorP99Ms} ms and ${(DEVICE_LIMITS.timingErrorP99Rel * 100).toFixed(0)} %, the client core above ${(DEVICE_LIMITS.clientCoreUtilisation * 100).toFixed(0)} %, or replay misses.`, '');

@@ -64,6 +64,9 @@ export interface DeviceSide {
   readonly limitedBy: readonly string[];
 }
 
+/** Share of the run the executor may wait for a CPU before the report calls its core contended. */
+export const SERVER_CONTENDED = 0.1;
+
 /** Thresholds of {@link DeviceSide.limitedBy}. */
 export const DEVICE_LIMITS = { timingErrorP99Ms: 5, timingErrorP99Rel: 0.1, clientCoreUtilisation: 0.85 } as const;
 
@@ -81,6 +84,12 @@ export interface RateResult {
   readonly serverCpuPerRequestS: number | null;
   /** Executor CPU time over the run's wall time: its utilisation of its core. */
   readonly serverCpuUtilisation: number;
+  /**
+   * Time the executor's threads waited for a CPU over the run's wall time (schedstat; null
+   * when unreadable). Above {@link SERVER_CONTENDED} its core was shared with other work on
+   * the machine, and the server-side figures are the machine's, not the policy's.
+   */
+  readonly serverRunQueueShare: number | null;
   /** Sum of the server compute the agents reported, s (cross-check of serverCpuS). */
   readonly reportedServerComputeS: number;
   /** Client-side CPU (agents) over the run, s. */
@@ -259,10 +268,12 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const agentCpu0 = agentCpu();
           const clientCpu0 = agentCpu0 + (planner?.cpuSeconds() ?? 0) + ownCpu();
           const cpu0 = exec.cpuSeconds();
+          const wait0 = exec.runQueueWaitSeconds();
           const wall0 = performance.now();
           const records = await replay(trace, agents, s.requestTimeoutMs, () => { done++; o.onProgress?.(done, total, what); });
           const wallS = (performance.now() - wall0) / 1000;
           const serverCpuS = exec.cpuSeconds() - cpu0;
+          const serverWaitS = exec.runQueueWaitSeconds() - wait0;
           const agentsCpuS = agentCpu() - agentCpu0;
           const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
           const stats = summarize(records, o.durationS);
@@ -272,6 +283,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             repeat, seed, policy, rate, stats, serverCpuS,
             serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
             serverCpuUtilisation: serverCpuS / wallS,
+            serverRunQueueShare: Number.isFinite(serverWaitS) ? serverWaitS / wallS : null,
             reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
             agentsCpuS, plans,
             deviceSide: deviceSide(records, recording?.costs ?? null, slowdownOf, agentsCpuS, clientCpuS, wallS),
