@@ -149,9 +149,9 @@ export function ratios(rows: readonly RateResult[], rates: readonly number[], sl
 /** A ratio with two decimals, or two significant digits below 0.1 (so 0.0027 does not read 0.00). */
 const r2 = (v: number): string => (v !== 0 && Math.abs(v) < 0.1 ? v.toPrecision(2) : v.toFixed(2));
 
-const spreadCell = (x: Spread | null): string => {
+const spreadCell = (x: Spread | null, repeats: number): string => {
   if (!x) return '–';
-  if (x.n === 1) return `${r2(x.median)} (one repeat)`;
+  if (x.n === 1) return `${r2(x.median)} (one repeat${repeats > 1 ? ` of ${repeats}; – in the others` : ''})`;
   return `${r2(x.median)} [${r2(x.min)}–${r2(x.max)}], ${r2(x.mean)} ± ${r2(x.sd)}${x.withinNoise ? ' — within noise' : ''}`;
 };
 
@@ -220,8 +220,8 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     md.push('| against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
     md.push('|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
     for (const r of rat) {
-      md.push(`| ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput)} | ${r.byRate.map((b) => spreadCell(b.goodput)).join(' | ')} |`);
-      md.push(`| ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest)).join(' | ')} |`);
+      md.push(`| ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`);
+      md.push(`| ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`);
     }
     md.push('');
   }
@@ -246,8 +246,8 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   const contended = rows.filter((r) => r.serverRunQueueShare !== null && r.serverRunQueueShare > SERVER_CONTENDED);
   if (contended.length) {
     md.push('## Server core contended', '');
-    md.push(`The executor's threads waited for a CPU (schedstat) for more than ${(SERVER_CONTENDED * 100).toFixed(0)} % of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`, '');
-    for (const r of contended) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${pct(r.serverRunQueueShare)} of the run, ran ${pct(r.serverCpuUtilisation)}`);
+    md.push(`The executor's threads waited for a CPU (schedstat run-queue time, summed over its threads) for more than ${SERVER_CONTENDED} s per s of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`, '');
+    for (const r of contended) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${fx(r.serverRunQueueShare, 2)} s per s, ran ${pct(r.serverCpuUtilisation)} of its core`);
     md.push('');
   }
   md.push('## Device side', '');

@@ -64,7 +64,7 @@ export interface DeviceSide {
   readonly limitedBy: readonly string[];
 }
 
-/** Share of the run the executor may wait for a CPU before the report calls its core contended. */
+/** Run-queue seconds per second the executor's threads may wait before the report calls its core contended. */
 export const SERVER_CONTENDED = 0.1;
 
 /** Thresholds of {@link DeviceSide.limitedBy}. */
@@ -85,7 +85,8 @@ export interface RateResult {
   /** Executor CPU time over the run's wall time: its utilisation of its core. */
   readonly serverCpuUtilisation: number;
   /**
-   * Time the executor's threads waited for a CPU over the run's wall time (schedstat; null
+   * Time the executor's threads waited for a CPU (summed over threads, so it can exceed 1)
+   * over the run's wall time (schedstat; null
    * when unreadable). Above {@link SERVER_CONTENDED} its core was shared with other work on
    * the machine, and the server-side figures are the machine's, not the policy's.
    */
