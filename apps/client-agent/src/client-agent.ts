@@ -21,6 +21,7 @@ import { LocalStages } from './local-stages';
 import { buildOutcome } from './outcome';
 import { PlanFollower } from './plan-follower';
 import { RemoteSession } from './remote-session';
+import { ReplayMissError, type ReplayRecording } from './replay';
 
 export interface ClientAgentOptions {
   readonly modelDir: string;
@@ -31,6 +32,8 @@ export interface ClientAgentOptions {
   readonly stages: readonly number[];
   readonly threads: number;
   readonly slowdown: number;
+  /** EMULATION: replay local stages from this recording instead of computing them. */
+  readonly replay?: ReplayRecording;
   readonly link: LinkEmulator;
   readonly executorAddr: string;
   readonly plannerAddr?: string;
@@ -97,7 +100,7 @@ export class ClientAgent {
     const manifest = await readManifest(this.opts.modelDir);
     this.stageCount = manifest.stages.length;
     ({ nEmbd: this.nEmbd, vocabSize: this.vocabSize, nPositions: this.nPositions } = manifest.config);
-    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads });
+    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads, replay: this.opts.replay });
     await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
     this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
     this.follower.onPlan(() => this.telemetry?.publishNow());
@@ -210,9 +213,11 @@ export class ClientAgent {
       }, Date.now());
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
+    // Replay (emulation): the generation's cache is tied to a cursor that follows its tokens.
+    const cursor = this.local.armReplay(v.ids);
     let stats: GenerationStats;
     try {
-      stats = await generate({
+      const running = generate({
         local: this.local,
         openRemote: async () => countQueueing(await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadlineMs: this.opts.deadlineMs }), queue),
         emulator: this.opts.link,
@@ -221,8 +226,11 @@ export class ClientAgent {
         signal,
       }, chosen.placement, v.ids, v.maxNewTokens, (id, index) => {
         if (produced++ === 0) ttftMs = performance.now() - t0;
+        cursor?.advance(id);
         onToken(id, index);
       });
+      this.local.disarm(); // generate() created its cache synchronously, before its first await
+      stats = await running;
     } catch (err) {
       if (!signal.aborted) report(false);
       throw err;
@@ -257,6 +265,7 @@ export class ClientAgent {
 
   private toStatus(err: unknown): { code: grpc.status; details: string } {
     if (err instanceof RequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+    if (err instanceof ReplayMissError) return { code: grpc.status.FAILED_PRECONDITION, details: `EMULATION: ${err.message}` };
     const e = err as Partial<grpc.ServiceError>;
     const passThrough = [grpc.status.UNAVAILABLE, grpc.status.RESOURCE_EXHAUSTED, grpc.status.DEADLINE_EXCEEDED, grpc.status.FAILED_PRECONDITION];
     if (typeof e.code === 'number' && passThrough.includes(e.code)) return { code: e.code, details: `executor: ${e.details ?? e.message}` };

@@ -12,6 +12,7 @@ export const agentEnv = {
   AGENT_LINK_LATENCY_MS: env.number('EMULATION: one-way latency added to every transfer to or from the server, ms', 0, 0, 10_000),
   AGENT_LINK_UP_BYTES_PER_MS: env.number('EMULATION: uplink throughput, bytes/ms (0 = not limited)', 0, 0),
   AGENT_LINK_DOWN_BYTES_PER_MS: env.number('EMULATION: downlink throughput, bytes/ms (0 = not limited)', 0, 0),
+  AGENT_REPLAY_FILE: env.string("EMULATION: a recording of device-stage outputs (written by `tandem loadtest`); local stages are then not computed but replayed from it, each sleeping its recorded uncontended cost × AGENT_SLOWDOWN, so many emulated devices can share a core; a history not in the recording fails its generation. Empty = compute the stages (a real device)", ''),
   EXECUTOR_ADDR: env.string('The server-executor, host:port', '127.0.0.1:50051'),
   PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
   NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),

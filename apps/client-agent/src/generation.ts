@@ -77,9 +77,11 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
         if (typeof x === 'number') throw new Error('a token came back before the last stage');
         if (seg.side === 'C') {
           for (let s = seg.begin; s < seg.end; s++) {
+            // Only the head answers with a token (a replayed one), and it is the last stage.
+            if (typeof x === 'number') throw new Error('a token came back before the last stage');
             // Only the next token is needed: the (position-wise) head runs on the last position alone.
             if (s === last - 1 && x.dtype === 'float32') x = lastPosition(x);
-            const r = await deps.local.run(s, x as HostTensor, cache);
+            const r = await deps.local.run(s, x, cache);
             clientComputeMs += r.ms;
             x = r.output;
           }

@@ -5,3 +5,5 @@ export { ClientAgent } from './client-agent';
 export type { ClientAgentOptions } from './client-agent';
 export { LinkEmulator, LinkEstimator } from './link';
 export { segmentsOf } from './generation';
+export { ReplayRecording, ReplayMissError, ReplayFormatError, recordReplay } from './replay';
+export type { ReplayHeader, ReplayPrompt, ReplayStageCost, RecordOptions } from './replay';

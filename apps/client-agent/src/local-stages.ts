@@ -1,5 +1,6 @@
 import type { HostTensor } from '@tandem/protocol';
 import { StageRunner, type KvCache } from '@tandem/model';
+import { ReplayMissError, type ReplayCursor, type ReplayRecording } from './replay';
 
 /** Measured cost of one local stage. */
 export interface LocalStageCost {
@@ -29,6 +30,14 @@ const STALE_MS = 10_000;
  * emulated device behaves like a dedicated slower device whatever else shares the host's
  * CPU (padding the contended wall time instead would multiply every wait for the CPU).
  * Before the profile exists, a stage is padded to slowdown × its wall time.
+ *
+ * EMULATION with a recording (`replay`, AGENT_REPLAY_FILE): no stage is computed. Each run
+ * returns the recorded output for the generation's token history (the head: its token; see replay.ts; a history
+ * not in the recording throws ReplayMissError) and sleeps the modelled cost, the recorded
+ * uncontended cost × `slowdown`, which is also exactly the profile published. Consecutive
+ * local stages are timed back to back from the previous stage's intended end, so timer
+ * overshoot does not accumulate. A generation is tied to its recording cursor by
+ * {@link armReplay} just before it creates its cache.
  */
 export class LocalStages {
   private readonly prefill = new Map<number, number>();
@@ -39,19 +48,50 @@ export class LocalStages {
   /** Emulated padding owed per generation but not slept yet, ms (timers cannot sleep a fraction of a ms). */
   private readonly paddingDebtMs = new WeakMap<KvCache, number>();
 
-  private constructor(readonly runner: StageRunner, readonly slowdown: number, private readonly alpha = 0.2) {}
+  /** Replay: the cursor of each generation's cache, the cursor armed for the next cache, and each cache's last stage times. */
+  private readonly cursors = new WeakMap<KvCache, ReplayCursor>();
+  private armed: ReplayCursor | undefined;
+  private readonly chain = new WeakMap<KvCache, { stage: number; intendedEnd: number; actualEnd: number }>();
 
-  static async load(modelDir: string, stages: readonly number[], opts: { slowdown: number; intraOpNumThreads?: number }): Promise<LocalStages> {
+  private constructor(readonly runner: StageRunner, readonly slowdown: number, readonly replay: ReplayRecording | undefined, private readonly alpha = 0.2) {}
+
+  static async load(modelDir: string, stages: readonly number[], opts: { slowdown: number; intraOpNumThreads?: number; replay?: ReplayRecording }): Promise<LocalStages> {
     const runner = await StageRunner.load(modelDir, { stages, intraOpNumThreads: opts.intraOpNumThreads || undefined });
-    return new LocalStages(runner, opts.slowdown);
+    return new LocalStages(runner, opts.slowdown, opts.replay);
   }
 
   get stages(): ReadonlySet<number> { return this.runner.stages; }
   has(stage: number): boolean { return this.runner.stages.has(stage); }
-  newCache(): KvCache { return this.runner.newCache(); }
 
-  /** Runs one stage; resolves with its output and the time it took (including emulated padding). */
-  async run(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor; ms: number }> {
+  /** A cache for one generation; with replay it carries the cursor armed by {@link armReplay}. */
+  newCache(): KvCache {
+    const cache = this.runner.newCache();
+    if (this.armed) {
+      this.cursors.set(cache, this.armed);
+      this.armed = undefined;
+    }
+    return cache;
+  }
+
+  /**
+   * Replay only: ties the next cache created (the next generation's) to a cursor over
+   * `promptIds`, and returns the cursor (the caller advances it with each token). Must be
+   * followed synchronously by the generation's newCache(); undefined without a recording.
+   */
+  armReplay(promptIds: readonly number[]): ReplayCursor | undefined {
+    this.armed = this.replay?.cursor(promptIds);
+    return this.armed;
+  }
+
+  /** Drops an armed cursor no cache took (the generation failed before creating one). */
+  disarm(): void { this.armed = undefined; }
+
+  /**
+   * Runs one stage; resolves with its output and the time it took (including emulated
+   * padding). The output is a tensor, except a replayed head's: its greedy token.
+   */
+  async run(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor | number; ms: number }> {
+    if (this.replay) return this.replayRun(stage, input, cache);
     const t0 = performance.now();
     const output = (await this.runner.run(stage, input as never, cache)) as HostTensor;
     const real = performance.now() - t0;
@@ -66,6 +106,34 @@ export class LocalStages {
     this.record(stage, tokens, ms);
     this.lastRunMs.set(stage, performance.now());
     return { output, ms };
+  }
+
+  /** Replays one stage: the recorded output, after sleeping its modelled cost. */
+  private async replayRun(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor | number; ms: number }> {
+    const t0 = performance.now();
+    if (!this.has(stage)) throw new ReplayMissError(`stage ${stage} is not one this device may run`);
+    const tokens = input.shape[1] ?? 1;
+    const cursor = this.cursors.get(cache);
+    if (!cursor) throw new ReplayMissError('replay miss: the generation has no recording cursor (armReplay was not called)');
+    const output = cursor.output(stage, tokens);
+    const base = this.baseline!.get(stage)!;
+    const cost = this.slowdown * (tokens > 1 ? base.prefillMsPerToken * tokens : base.decodeMs);
+    // Back to back with the previous local stage of this generation (the next stage in order,
+    // or the first after the head, whose token the device made itself): nothing ran elsewhere
+    // in between, so the stage starts at the previous one's intended end and a timer's
+    // overshoot is not carried on. After a server hop a new chain starts.
+    const prev = this.chain.get(cache);
+    const chained = prev !== undefined && (stage === prev.stage + 1 || (stage === 0 && prev.stage === this.runner.manifest.stages.length - 1));
+    const start = chained ? prev.intendedEnd : t0;
+    const intendedEnd = start + cost;
+    // Timers have ms resolution and count from the event loop's cached clock, so they can
+    // fire a little early: sleep whole ms, rounded up, again while still early, and skip a
+    // wait under 0.5 ms (a chain carries it on to its next stage).
+    for (let wait = intendedEnd - performance.now(); wait >= 0.5; wait = intendedEnd - performance.now()) await sleep(Math.ceil(wait));
+    const end = performance.now();
+    this.chain.set(cache, { stage, intendedEnd, actualEnd: end });
+    // The time since the previous stage's end when chained: a chain of stages then sums to its wall time.
+    return { output, ms: end - (chained ? prev.actualEnd : t0) };
   }
 
   /**
@@ -96,6 +164,11 @@ export class LocalStages {
    * steps, repeated `rounds` times (the first round also pays onnxruntime's lazy start).
    */
   async profile(opts: { promptTokens: number; decodeSteps: number; rounds: number; nEmbd: number }): Promise<void> {
+    if (this.replay) {
+      // The recording's uncontended costs are the model the replay is timed to.
+      this.setBaseline(new Map(this.replay.header.costs.filter((c) => this.has(c.stage)).map((c) => [c.stage, { prefillMsPerToken: c.prefillMsPerToken, decodeMs: c.decodeMs }])), 1);
+      return;
+    }
     const base = new Map<number, { prefillMsPerToken: number; decodeMs: number }>();
     for (let r = 0; r < opts.rounds; r++) {
       const cache = this.newCache();
@@ -118,11 +191,15 @@ export class LocalStages {
       }
       cache.clear();
     }
+    this.setBaseline(base, opts.rounds);
+  }
+
+  private setBaseline(base: Map<number, Baseline>, samples: number): void {
     this.baseline = base;
     for (const [s, b] of base) {
       this.prefill.set(s, b.prefillMsPerToken * this.slowdown);
       this.decode.set(s, b.decodeMs * this.slowdown);
-      this.samples.set(s, opts.rounds);
+      this.samples.set(s, samples);
     }
   }
 
@@ -134,7 +211,8 @@ export class LocalStages {
     const now = performance.now();
     return [...this.stages].sort((a, b) => a - b).map((stage) => {
       const base = this.baseline?.get(stage);
-      const stale = base !== undefined && now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS;
+      // With replay the modelled cost is exactly what the device does: always publish it.
+      const stale = base !== undefined && (this.replay !== undefined || now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS);
       return {
         stage,
         prefillMsPerToken: stale ? base.prefillMsPerToken * this.slowdown : this.prefill.get(stage) ?? 0,

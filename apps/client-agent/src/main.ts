@@ -3,21 +3,28 @@ import { createLogger, onShutdownSignal } from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
 import { loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
+import { ReplayRecording } from './replay';
 
 /** Composition root of the client-agent. */
 export async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const log = createLogger({ name: 'client-agent', level: config.LOG_LEVEL });
   const manifest = await readManifest(config.MODEL_DIR);
+  const modelId = modelIdOf(config.MODEL_DIR);
+  const replay = config.AGENT_REPLAY_FILE === '' ? undefined : ReplayRecording.load(config.AGENT_REPLAY_FILE, {
+    modelId, stageCount: manifest.stages.length, nEmbd: manifest.config.nEmbd, vocabSize: manifest.config.vocabSize,
+  });
+  if (replay) log.info({ file: config.AGENT_REPLAY_FILE, bytes: replay.bytes, prompts: replay.header.prompts.length }, 'EMULATION: replaying device stages from a recording');
   const agent = new ClientAgent({
     modelDir: config.MODEL_DIR,
-    modelId: modelIdOf(config.MODEL_DIR),
+    modelId,
     clientId: config.AGENT_ID,
     clientClass: config.AGENT_CLASS,
     address: config.AGENT_ADDR,
     stages: parseStageList(config.AGENT_STAGES, manifest.stages.length),
     threads: config.AGENT_THREADS,
     slowdown: config.AGENT_SLOWDOWN,
+    replay,
     link: new LinkEmulator(
       { latencyMs: config.AGENT_LINK_LATENCY_MS, bytesPerMs: config.AGENT_LINK_UP_BYTES_PER_MS },
       { latencyMs: config.AGENT_LINK_LATENCY_MS, bytesPerMs: config.AGENT_LINK_DOWN_BYTES_PER_MS },
@@ -38,6 +45,6 @@ export async function main(): Promise<void> {
 if (require.main === module) {
   main().catch((err: unknown) => {
     process.stderr.write(`client-agent: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(err instanceof Error && (err.name === 'ConfigError' || err.name === 'ModelFormatError') ? 2 : 1);
+    process.exit(err instanceof Error && (err.name === 'ConfigError' || err.name === 'ModelFormatError' || err.name === 'ReplayFormatError') ? 2 : 1);
   });
 }

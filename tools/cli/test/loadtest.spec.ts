@@ -1,11 +1,19 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { ClientAgent, LinkEmulator, recordReplay, ReplayRecording } from '@tandem/client-agent';
+import { modelIdOf, readManifest, SplitPipeline } from '@tandem/model';
+import { AgentServiceClient, type GenerateResponse, type GenerationSummary } from '@tandem/protocol';
+import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { createLogger } from '@tandem/service-kit';
 import { makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import { arrivalTimes, buildTrace, Rng } from '../src/loadtest/arrivals';
-import { summarize, type RequestRecord } from '../src/loadtest/metrics';
-import { compare, summarizePolicy } from '../src/loadtest/report';
-import { loadScenario, validateScenario, type Scenario } from '../src/loadtest/scenario';
+import { arrivalTimes, buildTrace, promptPools, Rng } from '../src/loadtest/arrivals';
+import { sloMet, summarize, type RequestRecord } from '../src/loadtest/metrics';
+import { compare, ratios, spreadOf, summarizePolicy } from '../src/loadtest/report';
+import { runQueueWaitSeconds } from '../src/loadtest/processes';
+import { deviceSide } from '../src/loadtest/run';
+import { BUNDLED_SCENARIOS, loadScenario, plannerSloEnv, scenarioPathOf, validateScenario, type Scenario } from '../src/loadtest/scenario';
 import { run } from './run-cli';
 
 
@@ -23,8 +31,8 @@ function scenario(patch: Record<string, unknown> = {}): Record<string, unknown> 
       { name: 'slow', weight: 1, slowdown: 50, link: { latencyMs: 1, upBytesPerMs: 100_000, downBytesPerMs: 100_000 } },
     ],
     requestClasses: [
-      { name: 'short', weight: 1, promptTokens: { min: 4, max: 8 }, outputTokens: { min: 3, max: 3 }, slaMs: 150 },
-      { name: 'long', weight: 1, promptTokens: { min: 9, max: 16 }, outputTokens: { min: 2, max: 4 }, slaMs: 200 },
+      { name: 'short', weight: 1, promptTokens: { min: 4, max: 8 }, outputTokens: { min: 3, max: 3 }, promptPool: 3, slaMs: 150, ttftMs: 100, tpotMs: 40 },
+      { name: 'long', weight: 1, promptTokens: { min: 9, max: 16 }, outputTokens: { min: 2, max: 4 }, promptPool: 3, slaMs: 200 },
     ],
     arrival: { process: 'poisson' },
     rates: [3],
@@ -55,8 +63,19 @@ describe('arrivals', () => {
       const cls = s.requestClasses.find((c) => c.name === r.requestClass)!;
       expect(r.promptIds.length).toBeGreaterThanOrEqual(cls.promptTokens.min);
       expect(r.promptIds.length).toBeLessThanOrEqual(cls.promptTokens.max);
-      expect(r.slaMs).toBe(cls.slaMs);
+      expect(r.slo.slaMs).toBe(cls.slaMs);
+      expect(r.slo.ttftMs).toBe(cls.ttftMs);
     }
+  });
+
+  it('draws prompts from a pool per class that depends on the scenario seed only', () => {
+    const pools = promptPools(s);
+    expect(pools.get('short')).toHaveLength(3);
+    const inPool = (r: { requestClass: string; promptIds: readonly number[] }): boolean => pools.get(r.requestClass)!.some((p) => p.ids === r.promptIds || p.ids.join() === r.promptIds.join());
+    for (const seed of [7, 8]) expect(buildTrace(s, 5, 20, seed).every(inPool)).toBe(true);
+    expect(promptPools(s)).toEqual(pools);
+    expect(promptPools(validateScenario(scenario({ seed: 6 })))).not.toEqual(pools);
+    expect(pools.get('long')!.every((p) => p.maxNewTokens === 4)).toBe(true);
   });
 
   it('Poisson arrivals have the asked mean rate and exponential gaps (cv 1)', () => {
@@ -79,14 +98,14 @@ describe('arrivals', () => {
 
 describe('metrics', () => {
   const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0, device: 'd', requestClass: 'c', promptTokens: 4, maxNewTokens: 3, slaMs: 300, sentMs: 0, lagMs: 0,
+    index: 0, device: 'd', requestClass: 'c', promptTokens: 4, maxNewTokens: 3, slo: { slaMs: 300 }, sentMs: 0, lagMs: 0,
     status: 'OK', tokenMs: [], endMs: 0, ...p,
   });
 
   it('computes TTFT, TPOT, ITL, E2E, goodput and SLA attainment as benchmark_serving does, counting failures', () => {
     const records = [
-      rec({ index: 0, sentMs: 0, tokenMs: [100, 150, 210], endMs: 210, slaMs: 300, serverComputeMs: 20, placement: 'SS' }),
-      rec({ index: 1, sentMs: 500, tokenMs: [200, 300], endMs: 300, slaMs: 250, serverComputeMs: 10, placement: 'CS' }),
+      rec({ index: 0, sentMs: 0, tokenMs: [100, 150, 210], endMs: 210, slo: { slaMs: 300 }, serverComputeMs: 20, placement: 'SS' }),
+      rec({ index: 1, sentMs: 500, tokenMs: [200, 300], endMs: 300, slo: { slaMs: 250 }, serverComputeMs: 10, placement: 'CS' }),
       rec({ index: 2, sentMs: 900, status: 'DEADLINE_EXCEEDED', error: 'deadline', tokenMs: [50], endMs: 1500 }),
       rec({ index: 3, sentMs: 950, status: 'UNAVAILABLE', tokenMs: [], endMs: 5 }),
     ];
@@ -115,6 +134,44 @@ describe('metrics', () => {
     expect(st.byClass['d/c']).toMatchObject({ requests: 4, metSla: 1 });
   });
 
+  it('counts a request as good only when it meets every stated SLO: TTFT, TPOT (one-token requests have none) and E2E', () => {
+    const slo = { ttftMs: 100, tpotMs: 50 };
+    const records = [
+      // TTFT 100 (= bound), TPOT (300 - 100) / 4 = 50 (= bound): good.
+      rec({ index: 0, device: 'a', requestClass: 'x', slo, tokenMs: [100, 150, 200, 250, 300], endMs: 300 }),
+      // TTFT 101: misses TTFT only.
+      rec({ index: 1, device: 'a', requestClass: 'x', slo, tokenMs: [101, 120], endMs: 120 }),
+      // TPOT (400 - 50) / 2 = 175: misses TPOT only.
+      rec({ index: 2, device: 'b', requestClass: 'x', slo, tokenMs: [50, 60, 400], endMs: 400 }),
+      // One token: TTFT met, no TPOT to miss: good.
+      rec({ index: 3, device: 'b', requestClass: 'x', slo, tokenMs: [80], endMs: 80 }),
+      // All three stated; TPOT (260 - 90) / 2 = 85 ≤ 90, but E2E 260 > 250 misses E2E only.
+      rec({ index: 4, device: 'b', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 90, slaMs: 250 }, tokenMs: [90, 170, 260], endMs: 260 }),
+      // Failed: misses every stated SLO even with a fast first token.
+      rec({ index: 5, device: 'a', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 80, slaMs: 250 }, status: 'UNAVAILABLE', tokenMs: [10], endMs: 20 }),
+    ];
+    expect(records.map((r) => sloMet(r))).toEqual([
+      { ttftMs: true, tpotMs: true }, { ttftMs: false, tpotMs: true }, { ttftMs: true, tpotMs: false }, { ttftMs: true, tpotMs: true },
+      { ttftMs: true, tpotMs: true, slaMs: false }, { ttftMs: false, tpotMs: false, slaMs: false },
+    ]);
+    const st = summarize(records, 1);
+    expect(st.metSla).toBe(2);
+    expect(st.goodput).toBeCloseTo(2 / 1, 9);
+    expect(st.slaAttainment).toBeCloseTo(2 / 6, 9);
+    expect(st.byRequestClass.x).toEqual({ requests: 4, good: 2, ttft: { met: 3, stated: 4 }, tpot: { met: 3, stated: 4 }, e2e: null });
+    expect(st.byRequestClass.y).toEqual({ requests: 2, good: 0, ttft: { met: 1, stated: 2 }, tpot: { met: 1, stated: 2 }, e2e: { met: 0, stated: 2 } });
+    expect(st.byDevice.a).toEqual({ requests: 3, good: 1, ttft: { met: 1, stated: 3 }, tpot: { met: 2, stated: 3 }, e2e: { met: 0, stated: 1 } });
+    expect(st.byClass['b/x']).toMatchObject({ requests: 2, good: 1, slo });
+  });
+
+  it('reports the spread of ratios over repeats and says when the range straddles 1', () => {
+    expect(spreadOf([1.2, 1.4, 1.3])).toMatchObject({ n: 3, min: 1.2, median: 1.3, max: 1.4, withinNoise: false });
+    expect(spreadOf([1.2, 1.4, 1.3])!.sd).toBeCloseTo(0.1, 9);
+    expect(spreadOf([0.9, 1.1, null])).toMatchObject({ n: 2, median: 1, withinNoise: true });
+    expect(spreadOf([0.8])).toMatchObject({ n: 1, sd: 0, withinNoise: null });
+    expect(spreadOf([null])).toBeNull();
+  });
+
   it('an empty or all-failed run gives zero goodput and null percentiles, not NaN', () => {
     const st = summarize([rec({ status: 'RESOURCE_EXHAUSTED', endMs: 3 })], 1);
     expect(st.goodput).toBe(0);
@@ -125,7 +182,8 @@ describe('metrics', () => {
 
   it('compares policies: CPU cut against server-only and goodput gain over greedy', () => {
     const row = (policy: 'server-only' | 'greedy' | 'dp', rate: number, cpu: number, goodput: number, att: number) => ({
-      policy, rate, serverCpuS: cpu, serverCpuPerRequestS: cpu / 10, serverCpuUtilisation: 0.5, reportedServerComputeS: cpu / 2, agentsCpuS: 0, plans: {},
+      repeat: 0, seed: 1, policy, rate, serverCpuS: cpu, serverCpuPerRequestS: cpu / 10, serverCpuUtilisation: 0.5, serverRunQueueShare: 0, reportedServerComputeS: cpu / 2, agentsCpuS: 0, plans: {},
+      deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
       stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
     });
     const rows = [row('server-only', 1, 3, 1, 1), row('server-only', 2, 3, 1.5, 0.8), row('greedy', 1, 2.4, 1, 1), row('greedy', 2, 2.4, 1.6, 0.85), row('dp', 1, 1.8, 1, 1), row('dp', 2, 1.8, 2, 0.95)];
@@ -135,6 +193,29 @@ describe('metrics', () => {
     expect(c.dpCpuReductionVsServerOnly).toBeCloseTo(0.4, 9);
     expect(c.dpGoodputGainVsGreedy).toBeCloseTo(0.25, 9);
     expect(c.targets).toEqual({ cpuCutAtLeastOneThird: true, goodputGainAtLeast19Percent: true });
+    const r = ratios(rows, [1, 2], 0.9);
+    expect(r.map((x) => x.against)).toEqual(['server-only', 'greedy']);
+    expect(r[0].cpuPerRequest).toMatchObject({ n: 1, median: 0.6 });
+    expect(r[1].byRate[1].goodput!.median).toBeCloseTo(2 / 1.6, 9);
+  });
+
+  it('reads how long a process waited for a CPU from schedstat, growing as it runs', () => {
+    const a = runQueueWaitSeconds(process.pid);
+    expect(Number.isFinite(a) && a >= 0).toBe(true);
+    expect(runQueueWaitSeconds(process.pid)).toBeGreaterThanOrEqual(a);
+    expect(runQueueWaitSeconds(2 ** 22 + 12345)).toBeNaN();
+  });
+
+  it('flags a rate where the emulated devices ran late or the client core was busy', () => {
+    const costs = [{ stage: 0, prefillMsPerToken: 1, decodeMs: 2 }, { stage: 1, prefillMsPerToken: 10, decodeMs: 10 }];
+    // Modelled client time of 'CS' on a 2x device: 2 × (1 × 4 prompt tokens + 2 × 2 decode steps) = 16 ms.
+    const mk = (clientComputeMs: number): RequestRecord => rec({ placement: 'CS', promptTokens: 4, tokenMs: [1, 2, 3], endMs: 3, clientComputeMs });
+    const ok = deviceSide([mk(16.5), mk(16)], costs, new Map([['d', 2]]), 0.5, 0.6, 1);
+    expect(ok.timingErrorMs).toMatchObject({ n: 2, p50: 0.25 });
+    expect(ok.limitedBy).toEqual([]);
+    const late = deviceSide([mk(40), mk(40)], costs, new Map([['d', 2]]), 0.5, 0.95, 1);
+    expect(late.timingErrorRel!.p99).toBeCloseTo(1.5, 9);
+    expect(late.limitedBy.join(' ')).toMatch(/ran late: p99 timing error 24\.0 ms .* client core was 95 %/);
   });
 });
 
@@ -146,6 +227,30 @@ describe('scenario files', () => {
     expect(s.quick.rates.length).toBeGreaterThan(0);
   });
 
+  it('bundles default, mobile, edge (TTFT/TPOT SLOs on every class) and gpt2, found by name', () => {
+    for (const name of ['default', 'mobile', 'edge', 'gpt2']) {
+      expect(scenarioPathOf(name)).toBe((BUNDLED_SCENARIOS as Record<string, string>)[name]);
+      const s = loadScenario(scenarioPathOf(name));
+      expect(s.emulation).toBe('replay');
+      if (name !== 'gpt2') for (const rc of s.requestClasses) expect([rc.ttftMs, rc.tpotMs].every((x) => x! > 0)).toBe(true);
+    }
+    const edge = loadScenario(scenarioPathOf('edge'));
+    expect(edge.deviceClasses.every((d) => d.slowdown >= 2 && d.slowdown <= 4 && 2 * d.link.latencyMs >= 1 && 2 * d.link.latencyMs <= 3)).toBe(true);
+    const mobile = loadScenario(scenarioPathOf('mobile'));
+    expect(mobile.deviceClasses.every((d) => 2 * d.link.latencyMs >= 30 && 2 * d.link.latencyMs <= 60)).toBe(true);
+    expect(scenarioPathOf('./mine.json')).toBe('./mine.json');
+  });
+
+  it('gives the planner only the SLOs stated, and an override as a number when it states only slaMs', () => {
+    const s = validateScenario(scenario({ slaOverrides: { fast: { short: 90, long: { ttftMs: 50, tpotMs: 20 } } } }));
+    const env = plannerSloEnv(s);
+    expect(JSON.parse(env.PLANNER_REQUEST_CLASSES)).toEqual([
+      { name: 'short', maxPromptTokens: 8, expectedNewTokens: 3, ttftMs: 100, tpotMs: 40, slaMs: 150 },
+      { name: 'long', maxPromptTokens: 16, expectedNewTokens: 3, slaMs: 200 },
+    ]);
+    expect(JSON.parse(env.PLANNER_SLA_OVERRIDES)).toEqual({ fast: { short: 90, long: { ttftMs: 50, tpotMs: 20 } } });
+  });
+
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ['missing rates', { rates: undefined }, /scenario rates must be a non-empty array/],
     ['a slowdown below 1', { deviceClasses: [{ name: 'x', slowdown: 0.5 }] }, /scenario deviceClasses\[0\]\.slowdown must be a number >= 1 .*given 0\.5/],
@@ -155,6 +260,13 @@ describe('scenario files', () => {
     ['an unknown field', { rate: 3 }, /scenario rate must be one of the known fields/],
     ['an SLA override for an unknown class', { slaOverrides: { fast: { huge: 10 } } }, /scenario slaOverrides\.fast\.huge must name a request class/],
     ['a negative SLA', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: -1 }] }, /scenario requestClasses\[0\]\.slaMs must be a number > 0/],
+    ['a class with no SLO', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 } }] }, /scenario requestClasses\[0\] must state at least one SLO: ttftMs, tpotMs or slaMs/],
+    ['a zero TPOT', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, tpotMs: 0 }] }, /scenario requestClasses\[0\]\.tpotMs must be a number > 0 .*given 0/],
+    ['a misspelt SLO', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, ttft: 5 }] }, /scenario requestClasses\[0\]\.ttft must be one of the known fields/],
+    ['an override with a bad TTFT', { slaOverrides: { fast: { short: { ttftMs: 'soon' } } } }, /scenario slaOverrides\.fast\.short\.ttftMs must be a number > 0 .*given "soon"/],
+    ['an override with an unknown key', { slaOverrides: { fast: { short: { p99Ms: 5 } } } }, /scenario slaOverrides\.fast\.short\.p99Ms must be one of ttftMs, tpotMs, slaMs/],
+    ['a zero prompt pool', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: 5, promptPool: 0 }] }, /scenario requestClasses\[0\]\.promptPool must be an integer >= 1/],
+    ['an unknown emulation', { emulation: 'magic' }, /scenario emulation must be 'replay' or 'compute', given "magic"/],
   ];
   it.each(cases)('exits 2 naming the field for %s', async (_what, patch, message) => {
     const f = join(dir, `bad-${Math.random().toString(36).slice(2)}.json`);
@@ -168,13 +280,16 @@ describe('scenario files', () => {
   it('exits 2 for an unreadable or non-JSON file and for bad flags', async () => {
     const notJson = join(dir, 'not.json');
     writeFileSync(notJson, '{ nope');
-    expect((await run(['loadtest', '--scenario', join(dir, 'missing.json')])).stderr).toMatch(/--scenario must name a readable file/);
+    expect((await run(['loadtest', '--scenario', join(dir, 'missing.json')])).stderr).toMatch(/--scenario must be default, mobile, edge, gpt2 or a readable file, given '.*missing\.json' \(ENOENT\)/);
     expect((await run(['loadtest', '--scenario', notJson])).code).toBe(2);
     const p = await run(['loadtest', '--policies', 'dp,magic']);
     expect(p.code).toBe(2);
     expect(p.stderr).toMatch(/--policies must list distinct names from server-only, greedy, prefix, dp, given 'dp,magic'/);
     expect((await run(['loadtest', '--rates', '2,-1'])).stderr).toMatch(/--rates must be a comma-separated list/);
     expect((await run(['loadtest', '--duration-s', '0'])).code).toBe(2);
+    expect((await run(['loadtest', '--scenario', 'nowhere'])).stderr).toMatch(/--scenario must be default, mobile, edge, gpt2 or a readable file, given 'nowhere'/);
+    expect((await run(['loadtest', '--repeats', '0'])).stderr).toMatch(/--repeats/);
+    expect((await run(['loadtest', '--emulation', 'fake'])).stderr).toMatch(/--emulation must be replay or compute, given 'fake'/);
   });
 });
 
@@ -190,24 +305,168 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     model?.remove();
   });
 
-  it('runs every policy on the same trace and reports completed requests and server CPU for each', async () => {
+  it('runs each policy on the same trace per repeat, with replayed devices, and reports ratios with their spread', async () => {
     const f = join(dir, 'smoke.json');
     writeFileSync(f, JSON.stringify(scenario()));
     const out = join(dir, 'smoke-out');
-    const r = await run(['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--json']);
+    const r = await run(['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--json', '--repeats', '2', '--policies', 'server-only,greedy,dp']);
     if (r.code !== 0) throw new Error(r.stderr);
     const json = JSON.parse(r.stdout);
     expect(json).toEqual(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')));
-    expect(readFileSync(join(out, 'results.md'), 'utf8')).toContain('| policy |');
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    expect(md).toContain('| repeat | policy |');
+    expect(md).toContain('## dp against the baselines, with spread');
+    expect(md).toContain('## Device side');
     expect(readFileSync(join(out, 'goodput.svg'), 'utf8')).toMatch(/^<svg/);
-    expect(json.runs.map((x: { policy: string }) => x.policy)).toEqual(['server-only', 'greedy', 'prefix', 'dp']);
-    const sent = json.runs.map((x: { stats: { requests: number } }) => x.stats.requests);
-    expect(new Set(sent).size).toBe(1);
-    for (const run of json.runs) {
-      expect(run.stats.completed).toBeGreaterThan(0);
-      expect(run.stats.completed + run.stats.failed).toBe(run.stats.requests);
-      expect(run.serverCpuS).toBeGreaterThan(0);
+    // The recording: every pool prompt (3 per class), its size reported.
+    expect(json.recording).toMatchObject({ prompts: 6 });
+    expect(json.recording.bytes).toBeGreaterThan(1000);
+    expect(r.stderr).toMatch(/recording 6 pool prompts/);
+    expect(json.runs.map((x: { repeat: number; policy: string }) => `${x.repeat}:${x.policy}`)).toEqual(['0:server-only', '0:greedy', '0:dp', '1:server-only', '1:greedy', '1:dp']);
+    // Same trace for every policy within a repeat, another seed per repeat.
+    const sent = (k: number): number[] => json.runs.filter((x: { repeat: number }) => x.repeat === k).map((x: { stats: { requests: number } }) => x.stats.requests);
+    expect(new Set(sent(0)).size).toBe(1);
+    expect(new Set(sent(1)).size).toBe(1);
+    expect(json.runs.map((x: { seed: number }) => x.seed)).toEqual([5, 5, 5, 6, 6, 6]);
+    for (const x of json.runs) {
+      expect(x.stats.completed).toBeGreaterThan(0);
+      expect(x.stats.completed + x.stats.failed).toBe(x.stats.requests);
+      expect(x.serverCpuS).toBeGreaterThan(0);
+      expect(x.deviceSide.replayMisses).toBe(0);
+      expect(x.serverRunQueueShare === null || x.serverRunQueueShare >= 0).toBe(true);
+      expect(x.deviceSide.agentsCpuS).toBeGreaterThanOrEqual(0);
+      expect(Object.keys(x.stats.byDevice).sort()).toEqual(['fast', 'slow']);
+    }
+    // Each ratio has one value per repeat.
+    expect(json.ratios.map((x: { against: string }) => x.against)).toEqual(['server-only', 'greedy']);
+    for (const x of json.ratios) {
+      expect(x.cpuPerRequest.n).toBe(2);
+      expect(x.cpuPerRequest.min).toBeLessThanOrEqual(x.cpuPerRequest.max);
+      expect(typeof x.cpuPerRequest.withinNoise).toBe('boolean');
     }
     expect(r.stderr).toMatch(/loadtest: .*100%/);
-  }, 85_000);
+  }, 120_000);
+});
+
+describe('replayed device stages (EMULATION)', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+  let model: TempModel;
+  let executor: ExecutorServer;
+  let executorAddr: string;
+  let file: string;
+  let rec: ReplayRecording;
+  const prompts = [[15496, 11, 995, 318], [464, 2068, 7586, 21831, 18045, 625, 262], [40]];
+  const agents: ClientAgent[] = [];
+  const clients: AgentServiceClient[] = [];
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+    executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    file = join(dir, 'replay.bin');
+    const m = await readManifest(model.dir);
+    const progress: number[] = [];
+    await recordReplay({ modelDir: model.dir, modelId: modelIdOf(model.dir), prompts: prompts.map((ids) => ({ ids, maxNewTokens: 6 })), out: file, onProgress: (d) => progress.push(d) });
+    expect(progress).toEqual([1, 2, 3]);
+    rec = ReplayRecording.load(file, { modelId: modelIdOf(model.dir), stageCount: m.stages.length, nEmbd: m.config.nEmbd, vocabSize: m.config.vocabSize });
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    for (const a of agents) await a.stop({ graceMs: 100 });
+    await executor?.stop({ graceMs: 100 });
+    model?.remove();
+  });
+
+  async function startAgent(slowdown: number): Promise<AgentServiceClient> {
+    const stageCount = rec.header.stageCount;
+    const agent = new ClientAgent({
+      modelDir: model.dir, modelId: modelIdOf(model.dir), clientId: `replay-${slowdown}`, clientClass: 'default', address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown, replay: rec,
+      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+    });
+    agents.push(agent);
+    const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+    clients.push(c);
+    return c;
+  }
+
+  function generateVia(c: AgentServiceClient, ids: number[], placement: string, maxNewTokens = 6): Promise<{ ids: number[]; summary: GenerationSummary }> {
+    return new Promise((resolve, reject) => {
+      const out: number[] = [];
+      let summary: GenerationSummary | undefined;
+      const call = c.generate({ input: { $case: 'ids', value: { ids } }, maxNewTokens, placement }, { deadline: Date.now() + 30_000 });
+      call.on('data', (m: GenerateResponse) => {
+        if (m.kind?.$case === 'token') out.push(m.kind.value.id);
+        else if (m.kind?.$case === 'summary') summary = m.kind.value;
+      });
+      call.on('error', reject);
+      call.on('end', () => (summary ? resolve({ ids: out, summary }) : reject(new Error('no summary'))));
+    });
+  }
+
+  it('refuses a recording that is not one, or is of another model, naming the variable and the rule', async () => {
+    const m = await readManifest(model.dir);
+    const shape = { modelId: modelIdOf(model.dir), stageCount: m.stages.length, nEmbd: m.config.nEmbd, vocabSize: m.config.vocabSize };
+    const junk = join(dir, 'junk.bin');
+    writeFileSync(junk, 'not a recording at all, just text');
+    expect(() => ReplayRecording.load(junk, shape)).toThrow(/AGENT_REPLAY_FILE .*junk\.bin must be a tandem replay recording/);
+    expect(() => ReplayRecording.load(join(dir, 'absent.bin'), shape)).toThrow(/AGENT_REPLAY_FILE must name a readable recording, given '.*absent\.bin' \(ENOENT\)/);
+    expect(() => ReplayRecording.load(file, { ...shape, nEmbd: shape.nEmbd * 2 })).toThrow(/must be recorded from this model \(nEmbd 128\), given 64/);
+    // A truncated file: its header no longer parses or fits.
+    writeFileSync(junk, readFileSync(file).subarray(0, 4096));
+    expect(() => ReplayRecording.load(junk, shape)).toThrow(/AGENT_REPLAY_FILE/);
+  });
+
+  it('gives the tokens of a one-process run for every placement, with the server computing its stages for real', async () => {
+    const c = await startAgent(1);
+    const expected: number[][] = [];
+    const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
+    for (const ids of prompts) expected.push(await pipe.generate(ids, { maxNewTokens: 6 }));
+    await pipe.close();
+    // The recording holds the one-process tokens.
+    expect(prompts.map((ids) => rec.prompt(ids)!.tokens)).toEqual(expected);
+    for (const placement of ['CCCCCC', 'CCSSSC', 'SCSCSC', 'SSSSSC', 'CSSSSS', 'SSSSSS']) {
+      const got = await Promise.all(prompts.map((ids) => generateVia(c, ids, placement)));
+      expect(got.map((g) => g.ids)).toEqual(expected);
+      // Shorter generations replay a prefix of the recording.
+      expect((await generateVia(c, prompts[1], placement, 3)).ids).toEqual(expected[1].slice(0, 3));
+    }
+  }, 60_000);
+
+  it('fails a generation whose history is not in the recording, naming the miss, and serves all-server ones', async () => {
+    const c = await startAgent(1);
+    const unknown = [15496, 11, 995];
+    await expect(generateVia(c, unknown, 'CCSSSC')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/replay miss: a prompt of 3 tokens is not in the recorded pool/) });
+    await expect(generateVia(c, prompts[0], 'CCSSSC', 7)).rejects.toMatchObject({ details: expect.stringMatching(/replay miss: step 6 is beyond the 6 recorded tokens/) });
+    const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
+    const want = await pipe.generate(unknown, { maxNewTokens: 4 });
+    await pipe.close();
+    expect((await generateVia(c, unknown, 'SSSSSS', 4)).ids).toEqual(want);
+  }, 30_000);
+
+  it('times a replayed stage to its recorded cost × the slow-down and publishes exactly that cost', async () => {
+    // Slow enough that the modelled time dominates the scheduler's noise on a busy host.
+    const slowdown = 500;
+    const c = await startAgent(slowdown);
+    const agent = agents[agents.length - 1];
+    const costs = rec.header.costs;
+    const published = agent.profile().stages;
+    for (const st of published) {
+      expect(st.prefillMsPerToken).toBeCloseTo(costs[st.stage].prefillMsPerToken * slowdown, 9);
+      expect(st.decodeMs).toBeCloseTo(costs[st.stage].decodeMs * slowdown, 9);
+    }
+    const placement = 'CCCSSS';
+    const { ids, summary } = await generateVia(c, prompts[1], placement);
+    expect(ids).toEqual(rec.prompt(prompts[1])!.tokens);
+    let modelled = 0;
+    for (let st = 0; st < 3; st++) modelled += slowdown * (costs[st].prefillMsPerToken * prompts[1].length + costs[st].decodeMs * 5);
+    // Each step's chain of local stages (6 of them: a server hop ends each) is early by less
+    // than the 0.5 ms a timer is not asked to sleep; late by timer overshoot only.
+    expect(summary.clientComputeMs).toBeGreaterThan(modelled - 6 * 0.5);
+    expect(summary.clientComputeMs).toBeLessThan(modelled * 1.5);
+  }, 30_000);
 });

@@ -6,26 +6,32 @@ import { UsageError } from '../errors';
 import { printJson, progressReporter, type CliIo } from '../io';
 import { buildReport } from '../loadtest/report';
 import { defaultModelDir, ensureModel, runLoadtest } from '../loadtest/run';
-import { DEFAULT_SCENARIO_PATH, loadScenario, POLICIES, type Policy } from '../loadtest/scenario';
+import { BUNDLED_SCENARIOS, loadScenario, POLICIES, scenarioPathOf, type Emulation, type Policy } from '../loadtest/scenario';
 
-const USAGE = `usage: tandem loadtest [--scenario FILE] [--quick] [--policies LIST] [--rates LIST]
-                       [--duration-s N] [--seed N] [--out DIR] [--json] [--preset NAME]
-                       [--model-dir DIR] [--nats URL] [--no-pin]
+const USAGE = `usage: tandem loadtest [--scenario NAME|FILE] [--quick] [--policies LIST] [--rates LIST]
+                       [--duration-s N] [--seed N] [--repeats N] [--emulation replay|compute]
+                       [--out DIR] [--json] [--preset NAME] [--model-dir DIR] [--nats URL] [--no-pin]
 
 An open-loop load generator against the real services on this machine. It starts a
 nats-server, the server-executor pinned to CPU 0 (one thread: the server's capacity is the
 bottleneck, as in a deployment) and one client-agent per device class of the scenario pinned
 to CPU 1 (with its emulated slow-down and link), then, for each policy (the planner's
 algorithm, switched between runs), replays the same seeded arrival trace at each rate and
-measures server CPU-seconds per request (from /proc), throughput, SLA attainment, goodput and
-TTFT / TPOT / ITL / end-to-end latency percentiles.
+measures server CPU-seconds per request (from /proc), throughput, attainment of the TTFT /
+TPOT / end-to-end SLOs, goodput and latency percentiles. Emulated devices replay their stage
+outputs from a recording made first (one-process run of the model over each class's prompt
+pool), sleeping each stage's modelled cost, so many devices can share the client core.
 
-  --scenario FILE   scenario JSON (default: the documented mix, ${DEFAULT_SCENARIO_PATH.replace(/.*tools\//, 'tools/')})
+  --scenario S      ${Object.keys(BUNDLED_SCENARIOS).join(', ')} (bundled, docs/loadtest.md) or a scenario JSON file
+                    (default: default)
   --quick           the scenario's short sweep (a few rates, seconds each; < 3 min)
   --policies LIST   comma-separated subset of ${POLICIES.join(', ')} (default: all)
   --rates LIST      arrival rates, requests/s, e.g. 2,4,8 (default: the scenario's)
   --duration-s N    seconds of arrivals per rate (default: the scenario's)
   --seed N          seed of the arrival traces (default: the scenario's)
+  --repeats N       run the whole sweep N times (fresh services, seeds seed, seed+1, ...) and
+                    report each ratio between policies with its spread (default 1)
+  --emulation E     replay (default: the scenario's) or compute (devices run their stages)
   --out DIR         where to write results.json, results.md, goodput.svg and logs/
                     (default ./loadtest-out)
   --json            print results.json to stdout instead of the markdown
@@ -51,8 +57,8 @@ export const loadtestCommand: Command = {
   summary: 'open-loop load test of the real services: server CPU, goodput and latency per placement policy',
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
-    const args = parseArgs(argv, { flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats'], switches: ['quick', 'json', 'no-pin'] });
-    const scenarioPath = args.flags.get('scenario') ?? DEFAULT_SCENARIO_PATH;
+    const args = parseArgs(argv, { flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation'], switches: ['quick', 'json', 'no-pin'] });
+    const scenarioPath = scenarioPathOf(args.flags.get('scenario') ?? 'default');
     const loaded = loadScenario(scenarioPath);
     const quick = args.switches.has('quick');
     let policies: Policy[] = [...POLICIES];
@@ -72,18 +78,23 @@ export const loadtestCommand: Command = {
     const seed = intFlag(args, 'seed', { min: 0, max: 2 ** 32 - 1, default: loaded.seed });
     const preset = args.flags.get('preset') ?? loaded.preset;
     if (!/^[a-z0-9-]+$/.test(preset)) throw new UsageError(`--preset must be a preset name such as small or tiny, given '${preset}'`);
-    const scenario = { ...loaded, preset };
+    const repeats = intFlag(args, 'repeats', { min: 1, max: 100, default: 1 });
+    const em = args.flags.get('emulation') ?? loaded.emulation;
+    if (em !== 'replay' && em !== 'compute') throw new UsageError(`--emulation must be replay or compute, given '${em}'`);
+    const scenario = { ...loaded, preset, emulation: em as Emulation };
     const outDir = resolve(args.flags.get('out') ?? 'loadtest-out');
     const modelDir = resolve(args.flags.get('model-dir') ?? defaultModelDir(preset));
     const note = (line: string): void => { io.stderr.write(`loadtest: ${line}\n`); };
     const started = performance.now();
     await ensureModel(preset, modelDir, note);
+    mkdirSync(outDir, { recursive: true });
     const perPolicy = rates.length * durationS;
-    note(`${policies.length} policies × ${rates.length} rates (${rates.join(', ')} req/s) × ${durationS} s; about ${Math.ceil((policies.length * (perPolicy + 8)) / 60)} min; writing to ${outDir}`);
+    note(`${repeats > 1 ? `${repeats} repeats × ` : ''}${policies.length} policies × ${rates.length} rates (${rates.join(', ')} req/s) × ${durationS} s; about ${Math.ceil((repeats * policies.length * (perPolicy + 8)) / 60)} min; writing to ${outDir}`);
     const progress = progressReporter(io, 'loadtest');
     let lastPct = -1;
     const run = await runLoadtest({
-      scenario, policies, rates, durationS, warmupS: quick ? loaded.quick.warmupS : loaded.warmupS, seed, modelDir,
+      scenario, policies, rates, durationS, warmupS: quick ? loaded.quick.warmupS : loaded.warmupS, seed, repeats, modelDir,
+      replayFile: join(outDir, 'replay.bin'),
       logDir: join(outDir, 'logs'), natsUrl: args.flags.get('nats'), pin: !args.switches.has('no-pin'), note,
       onProgress: (done, total, what) => {
         const p = Math.floor((100 * done) / Math.max(1, total));
@@ -91,10 +102,9 @@ export const loadtestCommand: Command = {
       },
     });
     const report = buildReport(run.results, {
-      scenario, scenarioPath, policies, rates, durationS, seed, quick, pinned: run.pinned, warnings: run.warnings,
+      scenario, scenarioPath, policies, rates, durationS, seed, repeats, quick, pinned: run.pinned, warnings: run.warnings, recording: run.recording,
       elapsedS: (performance.now() - started) / 1000, modelDir, stageCount: run.stageCount,
     });
-    mkdirSync(outDir, { recursive: true });
     writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(report.json, null, 2)}\n`);
     writeFileSync(join(outDir, 'results.md'), report.markdown);
     writeFileSync(join(outDir, 'goodput.svg'), report.svg);

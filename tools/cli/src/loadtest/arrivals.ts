@@ -1,5 +1,5 @@
-import type { ArrivalSpec, Scenario } from './scenario';
-import { slaOf } from './scenario';
+import type { ArrivalSpec, Scenario, Slo } from './scenario';
+import { requestSlo } from './scenario';
 
 /** A small seeded generator (mulberry32): uniform floats in [0, 1). Same seed, same stream. */
 export class Rng {
@@ -73,7 +73,15 @@ export interface TraceRequest {
   readonly requestClass: string;
   readonly promptIds: readonly number[];
   readonly maxNewTokens: number;
-  readonly slaMs: number;
+  /** The SLOs it is judged by (its class's, with its device class's overrides). */
+  readonly slo: Slo;
+}
+
+/** One prompt of a class's pool and the most tokens any request of the class asks for. */
+export interface PoolPrompt {
+  readonly requestClass: string;
+  readonly ids: readonly number[];
+  readonly maxNewTokens: number;
 }
 
 /** Token ids drawn for prompts: ordinary GPT-2 tokens, away from the special end-of-text id. */
@@ -81,13 +89,26 @@ const ID_LO = 256;
 const ID_HI = 50_000;
 
 /**
- * The arrival trace of one rate: times from the scenario's arrival process, each request's
- * device class and request class drawn by weight, its prompt (random ids) and output length
- * drawn uniformly from the class's ranges. Deterministic in (scenario, rate, seed): every
- * policy gets the same trace. Times and attributes come from separate streams, so every
- * rate sees the same sequence of request kinds.
+ * The prompt pools of a scenario, per request class: `promptPool` prompts of random ids with
+ * lengths uniform in the class's range. Deterministic in the scenario's seed alone (not the
+ * arrival seed), so every repeat and rate draws from the same pools, which one recording covers.
  */
-export function buildTrace(s: Scenario, rate: number, durationS: number, seed: number = s.seed): TraceRequest[] {
+export function promptPools(s: Scenario): Map<string, PoolPrompt[]> {
+  const rng = new Rng((s.seed ^ 0x9e3779b9) >>> 0);
+  return new Map(s.requestClasses.map((rc) => [rc.name, Array.from({ length: rc.promptPool }, () => {
+    const n = rng.int(rc.promptTokens.min, rc.promptTokens.max);
+    return { requestClass: rc.name, ids: Array.from({ length: n }, () => rng.int(ID_LO, ID_HI - 1)), maxNewTokens: rc.outputTokens.max };
+  })]));
+}
+
+/**
+ * The arrival trace of one rate: times from the scenario's arrival process, each request's
+ * device class and request class drawn by weight, its prompt drawn from the class's pool and
+ * its output length uniformly from the class's range. Deterministic in (scenario, rate,
+ * seed): every policy gets the same trace. Times and attributes come from separate streams,
+ * so every rate sees the same sequence of request kinds.
+ */
+export function buildTrace(s: Scenario, rate: number, durationS: number, seed: number = s.seed, pools: Map<string, PoolPrompt[]> = promptPools(s)): TraceRequest[] {
   const times = arrivalTimes(s.arrival, rate, durationS * 1000, new Rng(seed ^ 0x5bd1e995));
   const attrs = new Rng(seed);
   const dw = s.deviceClasses.map((d) => d.weight);
@@ -95,9 +116,9 @@ export function buildTrace(s: Scenario, rate: number, durationS: number, seed: n
   return times.map((atMs, index) => {
     const device = s.deviceClasses[attrs.pick(dw)].name;
     const rc = s.requestClasses[attrs.pick(rw)];
-    const n = attrs.int(rc.promptTokens.min, rc.promptTokens.max);
-    const promptIds = Array.from({ length: n }, () => attrs.int(ID_LO, ID_HI - 1));
+    const pool = pools.get(rc.name)!;
+    const promptIds = pool[attrs.int(0, pool.length - 1)].ids;
     const maxNewTokens = attrs.int(rc.outputTokens.min, rc.outputTokens.max);
-    return { index, atMs, device, requestClass: rc.name, promptIds, maxNewTokens, slaMs: slaOf(s, device, rc.name) };
+    return { index, atMs, device, requestClass: rc.name, promptIds, maxNewTokens, slo: requestSlo(s, device, rc.name) };
   });
 }

@@ -39,7 +39,7 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
   const sent = performance.now();
   const base = {
     index: req.index, device: req.device, requestClass: req.requestClass, promptTokens: req.promptIds.length,
-    maxNewTokens: req.maxNewTokens, slaMs: req.slaMs, sentMs: sent - t0, lagMs: Math.max(0, sent - t0 - req.atMs),
+    maxNewTokens: req.maxNewTokens, slo: req.slo, sentMs: sent - t0, lagMs: Math.max(0, sent - t0 - req.atMs),
   };
   const tokenMs: number[] = [];
   return new Promise<RequestRecord>((resolve) => {

@@ -6,7 +6,12 @@
  * interpolate linearly (numpy's default). Latency percentiles are over completed requests;
  * failed or timed-out requests are counted in `requests`, `failed`, `failures` and in SLA
  * attainment (as misses), never dropped.
+ *
+ * Goodput (vLLM's and DistServe's): a request is good when it completed and meets every SLO
+ * its class states: TTFT ≤ ttftMs, TPOT ≤ tpotMs (a one-token request has no TPOT and meets
+ * it), E2E ≤ slaMs. Attainment of each SLO is over the requests that state it, all sent.
  */
+import type { Slo } from './scenario';
 
 /** What happened to one request. */
 export interface RequestRecord {
@@ -15,7 +20,8 @@ export interface RequestRecord {
   readonly requestClass: string;
   readonly promptTokens: number;
   readonly maxNewTokens: number;
-  readonly slaMs: number;
+  /** The SLOs it is judged by. */
+  readonly slo: Slo;
   /** When it was sent, ms from the start of the trace. */
   readonly sentMs: number;
   /** How late the harness sent it against the trace, ms. */
@@ -36,8 +42,49 @@ export interface RequestRecord {
 }
 
 export const completed = (r: RequestRecord): boolean => r.status === 'OK';
-/** Completed and within its SLA on end-to-end latency. */
-export const metSla = (r: RequestRecord): boolean => completed(r) && r.endMs <= r.slaMs;
+
+/** TTFT of a completed request, ms (null without a token). */
+export const ttftOf = (r: RequestRecord): number | null => (r.tokenMs.length > 0 ? r.tokenMs[0] : null);
+/** TPOT of a completed request, ms (null with fewer than two tokens). */
+export const tpotOf = (r: RequestRecord): number | null => (r.tokenMs.length > 1 ? (r.endMs - r.tokenMs[0]) / (r.tokenMs.length - 1) : null);
+
+/** Whether a request met each stated SLO (undefined: not stated). Failed requests meet none. */
+export function sloMet(r: RequestRecord): { ttftMs?: boolean; tpotMs?: boolean; slaMs?: boolean } {
+  const ok = completed(r);
+  const out: { ttftMs?: boolean; tpotMs?: boolean; slaMs?: boolean } = {};
+  if (r.slo.ttftMs !== undefined) { const t = ttftOf(r); out.ttftMs = ok && t !== null && t <= r.slo.ttftMs; }
+  if (r.slo.tpotMs !== undefined) { const t = tpotOf(r); out.tpotMs = ok && (t === null || t <= r.slo.tpotMs); }
+  if (r.slo.slaMs !== undefined) out.slaMs = ok && r.endMs <= r.slo.slaMs;
+  return out;
+}
+
+/** Good: completed and within every stated SLO (counts in goodput). */
+export const metSla = (r: RequestRecord): boolean => completed(r) && Object.values(sloMet(r)).every((m) => m);
+
+/** Attainment of a group of requests: good ones, and per SLO met / stated (null: no request states it). */
+export interface Attainment {
+  readonly requests: number;
+  readonly good: number;
+  readonly ttft: { readonly met: number; readonly stated: number } | null;
+  readonly tpot: { readonly met: number; readonly stated: number } | null;
+  readonly e2e: { readonly met: number; readonly stated: number } | null;
+}
+
+export function attainment(records: readonly RequestRecord[]): Attainment {
+  const acc = { ttftMs: { met: 0, stated: 0 }, tpotMs: { met: 0, stated: 0 }, slaMs: { met: 0, stated: 0 } };
+  let good = 0;
+  for (const r of records) {
+    const m = sloMet(r);
+    for (const k of ['ttftMs', 'tpotMs', 'slaMs'] as const) {
+      if (m[k] === undefined) continue;
+      acc[k].stated++;
+      if (m[k]) acc[k].met++;
+    }
+    if (metSla(r)) good++;
+  }
+  const or = (x: { met: number; stated: number }): { met: number; stated: number } | null => (x.stated ? x : null);
+  return { requests: records.length, good, ttft: or(acc.ttftMs), tpot: or(acc.tpotMs), e2e: or(acc.slaMs) };
+}
 
 /** mean and percentiles of a sample; null when empty. */
 export interface Dist {
@@ -77,9 +124,9 @@ export interface RunStats {
   readonly requestThroughput: number;
   /** Generated tokens of completed requests per second. */
   readonly outputTokenThroughput: number;
-  /** Requests that completed within their SLA, as a fraction of all requests sent. */
+  /** Good requests (completed within every stated SLO), as a fraction of all requests sent. */
   readonly slaAttainment: number;
-  /** Requests per second that completed within their SLA. */
+  /** Good requests per second. */
   readonly goodput: number;
   readonly ttftMs: Dist;
   readonly tpotMs: Dist;
@@ -93,8 +140,11 @@ export interface RunStats {
   readonly maxSendLagMs: number;
   /** Placements used, per request class: placement → count of completed requests. */
   readonly placements: Readonly<Record<string, Readonly<Record<string, number>>>>;
-  /** Per 'device/requestClass': requests, SLA met, SLA, E2E p50 and mean server compute (ms). */
-  readonly byClass: Readonly<Record<string, { readonly requests: number; readonly metSla: number; readonly slaMs: number; readonly e2eP50Ms: number | null; readonly serverComputeMs: number | null }>>;
+  /** Per 'device/requestClass': requests, good ones, the SLOs, attainment of each, E2E p50 and mean server compute (ms). */
+  readonly byClass: Readonly<Record<string, Attainment & { readonly metSla: number; readonly slo: Slo; readonly e2eP50Ms: number | null; readonly serverComputeMs: number | null }>>;
+  /** Attainment per device class and per request class. */
+  readonly byDevice: Readonly<Record<string, Attainment>>;
+  readonly byRequestClass: Readonly<Record<string, Attainment>>;
 }
 
 /** Statistics of one run of a trace. `traceDurationS` is the nominal length of the trace. */
@@ -115,15 +165,22 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     row[r.placement] = (row[r.placement] ?? 0) + 1;
   }
   const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
-  const groups = new Map<string, RequestRecord[]>();
-  for (const r of records) {
-    const k = `${r.device}/${r.requestClass}`;
-    groups.set(k, [...(groups.get(k) ?? []), r]);
-  }
-  const byClass = Object.fromEntries([...groups.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([k, rs]) => {
+  const groupBy = (key: (r: RequestRecord) => string): [string, RequestRecord[]][] => {
+    const groups = new Map<string, RequestRecord[]>();
+    for (const r of records) {
+      const k = key(r);
+      const g = groups.get(k);
+      if (g) g.push(r); else groups.set(k, [r]);
+    }
+    return [...groups.entries()].sort(([a], [b]) => a.localeCompare(b));
+  };
+  const byClass = Object.fromEntries(groupBy((r) => `${r.device}/${r.requestClass}`).map(([k, rs]) => {
     const ok = rs.filter(completed);
-    return [k, { requests: rs.length, metSla: rs.filter(metSla).length, slaMs: rs[0].slaMs, e2eP50Ms: dist(ok.map((r) => r.endMs)).p50, serverComputeMs: mean(ok.map((r) => r.serverComputeMs ?? 0)) }];
+    const a = attainment(rs);
+    return [k, { ...a, metSla: a.good, slo: rs[0].slo, e2eP50Ms: dist(ok.map((r) => r.endMs)).p50, serverComputeMs: mean(ok.map((r) => r.serverComputeMs ?? 0)) }];
   }));
+  const byDevice = Object.fromEntries(groupBy((r) => r.device).map(([k, rs]) => [k, attainment(rs)]));
+  const byRequestClass = Object.fromEntries(groupBy((r) => r.requestClass).map(([k, rs]) => [k, attainment(rs)]));
   return {
     requests: records.length,
     completed: done.length,
@@ -135,8 +192,8 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     outputTokenThroughput: outTokens / durationS,
     slaAttainment: records.length ? good / records.length : 0,
     goodput: good / durationS,
-    ttftMs: dist(done.filter((r) => r.tokenMs.length > 0).map((r) => r.tokenMs[0])),
-    tpotMs: dist(done.filter((r) => r.tokenMs.length > 1).map((r) => (r.endMs - r.tokenMs[0]) / (r.tokenMs.length - 1))),
+    ttftMs: dist(done.map(ttftOf).filter((x): x is number => x !== null)),
+    tpotMs: dist(done.map(tpotOf).filter((x): x is number => x !== null)),
     itlMs: dist(itl),
     e2eMs: dist(done.map((r) => r.endMs)),
     meanServerComputeMs: mean(done.map((r) => r.serverComputeMs ?? 0)),
@@ -144,5 +201,7 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     maxSendLagMs: records.reduce((m, r) => Math.max(m, r.lagMs), 0),
     placements,
     byClass,
+    byDevice,
+    byRequestClass,
   };
 }

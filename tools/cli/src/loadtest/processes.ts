@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, readdirSync, readFileSync, type WriteStream } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 /**
@@ -42,6 +42,27 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * Time the threads of a process spent runnable but waiting for a CPU so far, s
+ * (/proc/<pid>/task/<tid>/schedstat, second field, summed over threads); NaN when it cannot
+ * be read (no schedstat). Grows when the process's core is shared with other work.
+ */
+export function runQueueWaitSeconds(pid: number): number {
+  try {
+    let ns = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+      } catch {
+        // The thread ended between the listing and the read: its time is gone with it.
+      }
+    }
+    return ns / 1e9;
+  } catch {
+    return NaN;
+  }
+}
+
 /** The CPU affinity list of a process (e.g. "0,1" or "0-1"), or undefined without taskset. */
 export function affinityOf(pid: number): string | undefined {
   const r = spawnSync('taskset', ['-cp', String(pid)], { encoding: 'utf8' });
@@ -62,6 +83,8 @@ export interface ServiceProcess {
   readonly addr: string;
   /** CPU seconds the process used so far. */
   cpuSeconds(): number;
+  /** Seconds its threads waited for a CPU so far (see {@link runQueueWaitSeconds}). */
+  runQueueWaitSeconds(): number;
   /** The last lines it wrote (stdout and stderr), for error messages. */
   tail(): string;
   /** SIGTERM, then SIGKILL after `graceMs` + 3 s. Idempotent. */
@@ -143,5 +166,5 @@ export async function launchService(opts: LaunchOptions): Promise<ServiceProcess
     await exited;
     clearTimeout(t);
   };
-  return { name: opts.name, pid: child.pid!, port, addr: `127.0.0.1:${port}`, cpuSeconds: () => cpuSeconds(child.pid!), tail, stop, exited };
+  return { name: opts.name, pid: child.pid!, port, addr: `127.0.0.1:${port}`, cpuSeconds: () => cpuSeconds(child.pid!), runQueueWaitSeconds: () => runQueueWaitSeconds(child.pid!), tail, stop, exited };
 }

@@ -1,6 +1,7 @@
 import { renderChart } from '../plot/svg';
-import type { RateResult } from './run';
-import type { Policy, Scenario } from './scenario';
+import type { Attainment } from './metrics';
+import { DEVICE_LIMITS, SERVER_CONTENDED, type RateResult, type RecordingInfo } from './run';
+import { SLO_KEYS, type Policy, type Scenario } from './scenario';
 
 /** What one policy achieved over the whole sweep. */
 export interface PolicySummary {
@@ -81,6 +82,79 @@ export function compare(sums: readonly PolicySummary[]): Comparison {
   };
 }
 
+/** The spread of one figure over repeats. */
+export interface Spread {
+  readonly n: number;
+  readonly values: readonly number[];
+  readonly min: number;
+  readonly median: number;
+  readonly max: number;
+  readonly mean: number;
+  /** Sample standard deviation (0 for one value). */
+  readonly sd: number;
+  /** With two or more values: whether the range straddles 1, i.e. the ratio is not distinguishable from no difference. */
+  readonly withinNoise: boolean | null;
+}
+
+/** Spread of ratios (null values, e.g. a zero denominator, are left out); null when none is left. */
+export function spreadOf(values: readonly (number | null)[]): Spread | null {
+  const v = values.filter((x): x is number => x !== null && Number.isFinite(x));
+  if (v.length === 0) return null;
+  const s = [...v].sort((a, b) => a - b);
+  const mean = v.reduce((a, b) => a + b, 0) / v.length;
+  const sd = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0;
+  const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  return { n: v.length, values: v, min: s[0], median, max: s[s.length - 1], mean, sd, withinNoise: v.length > 1 ? s[0] <= 1 && s[s.length - 1] >= 1 : null };
+}
+
+/** dp against one baseline policy: each ratio per repeat, with its spread. */
+export interface RatioSet {
+  readonly against: Policy;
+  /** Peak goodput of dp over the baseline's. */
+  readonly peakGoodput: Spread | null;
+  /** Server CPU per request over the whole sweep, dp over the baseline. */
+  readonly cpuPerRequest: Spread | null;
+  /** Per rate: goodput and server CPU per request, dp over the baseline. */
+  readonly byRate: readonly { readonly rate: number; readonly goodput: Spread | null; readonly cpuPerRequest: Spread | null }[];
+}
+
+/** dp's ratios against server-only and greedy, per repeat (rows of one repeat compared with each other). */
+export function ratios(rows: readonly RateResult[], rates: readonly number[], slaTarget: number): RatioSet[] {
+  const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
+  const out: RatioSet[] = [];
+  for (const against of ['server-only', 'greedy'] as const) {
+    if (!rows.some((r) => r.policy === against) || !rows.some((r) => r.policy === 'dp')) continue;
+    const per = (f: (mine: readonly RateResult[]) => number | null): number[] => repeats.map((k) => {
+      const mine = rows.filter((r) => r.repeat === k);
+      return f(mine);
+    }).filter((x): x is number => x !== null);
+    const sums = (mine: readonly RateResult[], p: Policy): PolicySummary => summarizePolicy(p, mine, slaTarget);
+    out.push({
+      against,
+      peakGoodput: spreadOf(per((m) => ratio(sums(m, 'dp').peakGoodput, sums(m, against).peakGoodput))),
+      cpuPerRequest: spreadOf(per((m) => ratio(sums(m, 'dp').serverCpuPerRequestS, sums(m, against).serverCpuPerRequestS))),
+      byRate: rates.map((rate) => {
+        const at = (m: readonly RateResult[], p: Policy): RateResult | undefined => m.find((r) => r.policy === p && r.rate === rate);
+        return {
+          rate,
+          goodput: spreadOf(per((m) => ratio(at(m, 'dp')?.stats.goodput, at(m, against)?.stats.goodput))),
+          cpuPerRequest: spreadOf(per((m) => ratio(at(m, 'dp')?.serverCpuPerRequestS, at(m, against)?.serverCpuPerRequestS))),
+        };
+      }),
+    });
+  }
+  return out;
+}
+
+/** A ratio with two decimals, or two significant digits below 0.1 (so 0.0027 does not read 0.00). */
+const r2 = (v: number): string => (v !== 0 && Math.abs(v) < 0.1 ? v.toPrecision(2) : v.toFixed(2));
+
+const spreadCell = (x: Spread | null, repeats: number): string => {
+  if (!x) return '–';
+  if (x.n === 1) return `${r2(x.median)} (one repeat${repeats > 1 ? ` of ${repeats}; – in the others` : ''})`;
+  return `${r2(x.median)} [${r2(x.min)}–${r2(x.max)}], ${r2(x.mean)} ± ${r2(x.sd)}${x.withinNoise ? ' — within noise' : ''}`;
+};
+
 const fx = (v: number | null | undefined, d = 1): string => (v == null || !Number.isFinite(v) ? '–' : v.toFixed(d));
 const pct = (v: number | null | undefined): string => (v == null || !Number.isFinite(v) ? '–' : `${(v * 100).toFixed(1)} %`);
 const msCell = (v: number | null | undefined): string => (v == null ? '–' : Math.abs(v) >= 10 ? v.toFixed(0) : v.toFixed(1));
@@ -92,6 +166,8 @@ export interface ReportContext {
   readonly rates: readonly number[];
   readonly durationS: number;
   readonly seed: number;
+  readonly repeats: number;
+  readonly recording: RecordingInfo | null;
   readonly quick: boolean;
   readonly pinned: boolean;
   readonly warnings: readonly string[];
@@ -103,22 +179,53 @@ export interface ReportContext {
 /** results.json, results.md and goodput.svg of a load test. */
 export function buildReport(rows: readonly RateResult[], ctx: ReportContext): LoadtestReport {
   const s = ctx.scenario;
-  const sums = ctx.policies.map((p) => summarizePolicy(p, rows, s.slaTarget));
+  const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
+  const multi = repeats.length > 1;
+  // Summaries per repeat (each repeat is a whole sweep); the comparison uses the first.
+  const sumsByRepeat = repeats.map((k) => ({ repeat: k, sums: ctx.policies.map((p) => summarizePolicy(p, rows.filter((r) => r.repeat === k), s.slaTarget)) }));
+  const sums = sumsByRepeat[0]?.sums ?? ctx.policies.map((p) => summarizePolicy(p, [], s.slaTarget));
   const cmp = compare(sums);
+  const rat = ratios(rows, ctx.rates, s.slaTarget);
   const md: string[] = [];
   md.push('# tandem loadtest', '');
   md.push(`Scenario: ${ctx.scenarioPath}${s.description ? ` — ${s.description}` : ''}. Model preset \`${s.preset}\` (${ctx.stageCount} stages), ` +
     `${s.arrival.process === 'gamma' ? `gamma arrivals (cv ${s.arrival.cv})` : 'Poisson arrivals'}, ${ctx.durationS} s per rate, seed ${ctx.seed}${ctx.quick ? ', --quick' : ''}. ` +
-    `Executor ${ctx.pinned ? 'pinned to CPU 0 (1 thread), agents, planner and harness to CPU 1' : 'NOT pinned'}. Run took ${ctx.elapsedS.toFixed(0)} s.`, '');
+    `Executor ${ctx.pinned ? 'pinned to CPU 0 (1 thread), agents, planner and harness to CPU 1' : 'NOT pinned'}. ` +
+    `${multi ? `${repeats.length} repeats (arrival seeds ${ctx.seed}…${ctx.seed + repeats.length - 1}, fresh services each). ` : ''}Run took ${ctx.elapsedS.toFixed(0)} s.`, '');
   for (const w of ctx.warnings) md.push(`> warning: ${w}`, '');
+  md.push('## What is modelled', '');
+  md.push('The server side is real: the executor runs every server stage on its own core, and the values it receives are real stage outputs. ' +
+    'Links are emulated by the agents (one-way latency plus bytes / throughput per transfer). ' +
+    (ctx.recording
+      ? `Devices are emulated by replay: their stage outputs come from a recording of a one-process run of the model over each request class's prompt pool ` +
+        `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, recorded in ${ctx.recording.recordS.toFixed(1)} s), keyed by the whole token history; ` +
+        'each replayed stage sleeps its recorded uncontended cost × the device class\'s slow-down, which is also the profile the agent publishes to the planner ' +
+        `(a whole token on the device: ${fx(ctx.recording.costs.reduce((a, c) => a + c.decodeMs, 0), 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * ctx.recording!.costs.reduce((a, c) => a + c.decodeMs, 0), 1)} ms`).join(', ')}). ` +
+        'The device side below shows what that cost the client core and how far the emulated times strayed from the modelled ones.'
+      : 'Devices compute their stages for real on the shared client core, padded to slow-down × their uncontended cost: their timing depends on each other under load.'), '');
   md.push('## Per policy', '');
-  md.push(`| policy | server CPU-s / request | reported server compute-s / request | peak goodput (req/s) @ rate | max rate with ≥ ${(s.slaTarget * 100).toFixed(0)} % SLA | SLA attainment (all rates) | requests | failed |`);
-  md.push('|---|---:|---:|---:|---:|---:|---:|---:|');
-  for (const p of sums) {
-    md.push(`| ${p.policy} | ${fx(p.serverCpuPerRequestS, 4)} | ${fx(p.reportedServerComputePerRequestS, 4)} | ${fx(p.peakGoodput, 2)} @ ${p.peakGoodputRate ?? '–'} | ${p.maxRateMeetingSla ?? 'none'} | ${pct(p.slaAttainment)} | ${p.requests} | ${p.failed}${p.failed ? ` (${Object.entries(p.failures).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''} |`);
+  md.push(`| ${multi ? 'repeat | ' : ''}policy | server CPU-s / request | reported server compute-s / request | peak goodput (req/s) @ rate | max rate with ≥ ${(s.slaTarget * 100).toFixed(0)} % good | good (all stated SLOs, all rates) | requests | failed |`);
+  md.push(`|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---:|`);
+  for (const { repeat, sums: rs } of sumsByRepeat) {
+    for (const p of rs) {
+      md.push(`| ${multi ? `${repeat + 1} | ` : ''}${p.policy} | ${fx(p.serverCpuPerRequestS, 4)} | ${fx(p.reportedServerComputePerRequestS, 4)} | ${fx(p.peakGoodput, 2)} @ ${p.peakGoodputRate ?? '–'} | ${p.maxRateMeetingSla ?? 'none'} | ${pct(p.slaAttainment)} | ${p.requests} | ${p.failed}${p.failed ? ` (${Object.entries(p.failures).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''} |`);
+    }
   }
   md.push('');
-  md.push('## Against the paper', '');
+  if (rat.length) {
+    md.push('## dp against the baselines, with spread', '');
+    md.push(multi
+      ? `Ratios dp / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
+      : 'Ratios dp / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.', '');
+    md.push('| against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
+    md.push('|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
+    for (const r of rat) {
+      md.push(`| ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`);
+      md.push(`| ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`);
+    }
+    md.push('');
+  }
+  md.push(`## Against the paper${multi ? ' (first repeat)' : ''}`, '');
   md.push(`| claim | paper | measured | met |`);
   md.push('|---|---:|---:|---|');
   md.push(`| server work cut, dp vs server-only | ≈ 33 % | ${pct(cmp.dpCpuReductionVsServerOnly)} | ${cmp.targets.cpuCutAtLeastOneThird === null ? '–' : cmp.targets.cpuCutAtLeastOneThird ? 'yes' : 'no'} |`);
@@ -128,37 +235,68 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   md.push('');
   md.push('## Per policy and rate', '');
   md.push('Latencies in ms over completed requests (vLLM benchmark_serving definitions); failed and timed-out requests count as SLA misses.', '');
-  md.push('| policy | rate | sent | done | failed | req/s | tok/s | goodput | SLA | server CPU-s/req | server CPU util | TTFT p50/p90/p99 | TPOT p50/p90/p99 | ITL p50/p90/p99 | E2E p50/p90/p99 |');
-  md.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  md.push(`| ${multi ? 'repeat | ' : ''}policy | rate | sent | done | failed | req/s | tok/s | goodput | good | server CPU-s/req | server CPU util | TTFT p50/p90/p99 | TPOT p50/p90/p99 | ITL p50/p90/p99 | E2E p50/p90/p99 |`);
+  md.push(`|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|`);
   const d3 = (d: { p50: number | null; p90: number | null; p99: number | null }): string => `${msCell(d.p50)} / ${msCell(d.p90)} / ${msCell(d.p99)}`;
   for (const r of rows) {
     const st = r.stats;
-    md.push(`| ${r.policy} | ${r.rate} | ${st.requests} | ${st.completed} | ${st.failed} | ${fx(st.requestThroughput, 2)} | ${fx(st.outputTokenThroughput, 0)} | ${fx(st.goodput, 2)} | ${pct(st.slaAttainment)} | ${fx(r.serverCpuPerRequestS, 4)} | ${pct(r.serverCpuUtilisation)} | ${d3(st.ttftMs)} | ${d3(st.tpotMs)} | ${d3(st.itlMs)} | ${d3(st.e2eMs)} |`);
+    md.push(`| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${st.requests} | ${st.completed} | ${st.failed} | ${fx(st.requestThroughput, 2)} | ${fx(st.outputTokenThroughput, 0)} | ${fx(st.goodput, 2)} | ${pct(st.slaAttainment)} | ${fx(r.serverCpuPerRequestS, 4)} | ${pct(r.serverCpuUtilisation)} | ${d3(st.ttftMs)} | ${d3(st.tpotMs)} | ${d3(st.itlMs)} | ${d3(st.e2eMs)} |`);
+  }
+  md.push('');
+  const contended = rows.filter((r) => r.serverRunQueueShare !== null && r.serverRunQueueShare > SERVER_CONTENDED);
+  if (contended.length) {
+    md.push('## Server core contended', '');
+    md.push(`The executor's threads waited for a CPU (schedstat run-queue time, summed over its threads) for more than ${SERVER_CONTENDED} s per s of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`, '');
+    for (const r of contended) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${fx(r.serverRunQueueShare, 2)} s per s, ran ${pct(r.serverCpuUtilisation)} of its core`);
+    md.push('');
+  }
+  md.push('## Device side', '');
+  md.push(`Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
+    `A rate is flagged when the device side, not the server, may have limited it: timing error p99 above ${DEVICE_LIMITS.timingErrorP99Ms} ms and ${(DEVICE_LIMITS.timingErrorP99Rel * 100).toFixed(0)} %, the client core above ${(DEVICE_LIMITS.clientCoreUtilisation * 100).toFixed(0)} %, or replay misses.`, '');
+  md.push(`| ${multi ? 'repeat | ' : ''}policy | rate | agents CPU | client core | timing error p50 / p99 (ms) | relative p50 / p99 | replay misses | device-limited |`);
+  md.push(`|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---|`);
+  for (const r of rows) {
+    const d = r.deviceSide;
+    md.push(`| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${pct(d.agentsCpuUtilisation)} | ${pct(d.clientCoreUtilisation)} | ${d.timingErrorMs ? `${fx(d.timingErrorMs.p50, 1)} / ${fx(d.timingErrorMs.p99, 1)}` : '–'} | ${d.timingErrorRel ? `${pct(d.timingErrorRel.p50)} / ${pct(d.timingErrorRel.p99)}` : '–'} | ${d.replayMisses} | ${d.limitedBy.length ? `**yes**: ${d.limitedBy.join('; ')}` : 'no'} |`);
   }
   md.push('');
   const failedRows = rows.filter((r) => r.stats.failed > 0);
   if (failedRows.length) {
     md.push('## Failed requests', '');
-    for (const r of failedRows) md.push(`- ${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures).map(([k, v]) => `${v} × ${k}`).join(', ')}`);
+    for (const r of failedRows) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures).map(([k, v]) => `${v} × ${k}`).join(', ')}`);
     md.push('');
   }
-  md.push('## SLA attainment by device and request class (all rates)', '');
-  const keys = [...new Set(rows.flatMap((r) => Object.keys(r.stats.byClass)))].sort();
-  md.push(`| policy | ${keys.join(' | ')} |`);
-  md.push(`|---|${keys.map(() => '---:').join('|')}|`);
-  for (const p of ctx.policies) {
-    const mine = rows.filter((r) => r.policy === p);
-    md.push(`| ${p} | ${keys.map((k) => {
-      const n = mine.reduce((a, r) => a + (r.stats.byClass[k]?.requests ?? 0), 0);
-      const ok = mine.reduce((a, r) => a + (r.stats.byClass[k]?.metSla ?? 0), 0);
-      return n ? `${pct(ok / n)} (${n})` : '–';
-    }).join(' | ')} |`);
+  md.push('## SLO attainment (all rates and repeats)', '');
+  const stated = SLO_KEYS.filter((k) => s.requestClasses.some((c) => c[k] !== undefined) || Object.values(s.slaOverrides).some((row) => Object.values(row).some((o) => o[k] !== undefined)));
+  md.push(`Good = completed within every stated SLO (${stated.map((k) => ({ ttftMs: 'TTFT', tpotMs: 'TPOT', slaMs: 'E2E' })[k]).join(', ')}); each SLO's attainment over the requests that state it. SLOs per device/class, ms: ` +
+    [...new Set(rows.flatMap((r) => Object.entries(r.stats.byClass).map(([k, v]) => `${k} ${SLO_KEYS.filter((x) => v.slo[x] !== undefined).map((x) => `${({ ttftMs: 'TTFT', tpotMs: 'TPOT', slaMs: 'E2E' })[x]} ${v.slo[x]}`).join(' / ')}`)))].sort().join('; ') + '.', '');
+  const merge = (xs: readonly Attainment[]): Attainment => {
+    const add = (a: { met: number; stated: number } | null, b: { met: number; stated: number } | null): { met: number; stated: number } | null => (a || b ? { met: (a?.met ?? 0) + (b?.met ?? 0), stated: (a?.stated ?? 0) + (b?.stated ?? 0) } : null);
+    return xs.reduce<Attainment>((a, b) => ({ requests: a.requests + b.requests, good: a.good + b.good, ttft: add(a.ttft, b.ttft), tpot: add(a.tpot, b.tpot), e2e: add(a.e2e, b.e2e) }), { requests: 0, good: 0, ttft: null, tpot: null, e2e: null });
+  };
+  const cell = (a: Attainment): string => {
+    const one = (x: { met: number; stated: number } | null): string => (x ? pct(x.met / x.stated) : '–');
+    return a.requests ? `${pct(a.good / a.requests)} (${one(a.ttft)} / ${one(a.tpot)} / ${one(a.e2e)}; n ${a.requests})` : '–';
+  };
+  for (const [title, pick] of [
+    ['device class', (r: RateResult) => r.stats.byDevice],
+    ['request class', (r: RateResult) => r.stats.byRequestClass],
+    ['device / request class', (r: RateResult) => r.stats.byClass],
+  ] as const) {
+    const keys = [...new Set(rows.flatMap((r) => Object.keys(pick(r))))].sort();
+    md.push(`By ${title}: good (TTFT / TPOT / E2E attainment; requests).`, '');
+    md.push(`| policy | ${keys.join(' | ')} |`);
+    md.push(`|---|${keys.map(() => '---:').join('|')}|`);
+    for (const p of ctx.policies) {
+      const mine = rows.filter((r) => r.policy === p);
+      md.push(`| ${p} | ${keys.map((k) => cell(merge(mine.map((r) => (pick(r) as Readonly<Record<string, Attainment>>)[k]).filter((x): x is Attainment => x !== undefined)))).join(' | ')} |`);
+    }
+    md.push('');
   }
-  md.push('');
   md.push('## Placements used (at the highest rate)', '');
   md.push('One letter per stage (C client, S server); counts of completed requests.', '');
   for (const p of ctx.policies) {
-    const top = rows.filter((r) => r.policy === p).sort((a, b) => b.rate - a.rate)[0];
+    const top = rows.filter((r) => r.policy === p && r.repeat === repeats[0]).sort((a, b) => b.rate - a.rate)[0];
     if (!top) continue;
     const parts = Object.entries(top.stats.placements).map(([cls, m]) => `${cls}: ${Object.entries(m).sort((a, b) => b[1] - a[1]).map(([pl, n]) => `\`${pl}\`×${n}`).join(' ')}`);
     md.push(`- **${p}** — ${parts.join('; ') || 'none'}`);
@@ -170,7 +308,11 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     xLabel: 'arrival rate (requests/s)',
     yLabel: 'goodput (requests/s meeting SLA)',
     series: [
-      ...ctx.policies.map((p) => ({ name: p, points: rows.filter((r) => r.policy === p).map((r) => ({ x: r.rate, y: r.stats.goodput })) })),
+      // The mean over repeats at each rate.
+      ...ctx.policies.map((p) => ({ name: p, points: ctx.rates.map((rate) => {
+        const g = rows.filter((r) => r.policy === p && r.rate === rate).map((r) => r.stats.goodput);
+        return { x: rate, y: g.length ? g.reduce((a, b) => a + b, 0) / g.length : 0 };
+      }) })),
       { name: 'offered', color: '#bbbbbb', points: ctx.rates.map((r) => ({ x: r, y: r })) },
     ],
     yMin: 0,
@@ -178,11 +320,15 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   const json = {
     scenario: s,
     scenarioPath: ctx.scenarioPath,
-    settings: { policies: ctx.policies, rates: ctx.rates, durationS: ctx.durationS, seed: ctx.seed, quick: ctx.quick, pinned: ctx.pinned, modelDir: ctx.modelDir, stageCount: ctx.stageCount },
+    settings: { policies: ctx.policies, rates: ctx.rates, durationS: ctx.durationS, seed: ctx.seed, repeats: ctx.repeats, quick: ctx.quick, pinned: ctx.pinned, modelDir: ctx.modelDir, stageCount: ctx.stageCount },
     elapsedS: ctx.elapsedS,
     warnings: ctx.warnings,
+    recording: ctx.recording,
+    deviceLimits: DEVICE_LIMITS,
     policies: sums,
+    policiesByRepeat: sumsByRepeat,
     comparison: cmp,
+    ratios: rat,
     runs: rows,
   };
   return { json, markdown: `${md.join('\n')}\n`, svg };

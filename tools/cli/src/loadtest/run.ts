@@ -1,14 +1,15 @@
 import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
-import { createModel, readManifest } from '@tandem/model';
+import { dirname, join } from 'node:path';
+import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
+import { createModel, modelIdOf, readManifest } from '@tandem/model';
 import type { AgentServiceClient, PlannerServiceClient } from '@tandem/protocol';
 import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { buildTrace, type TraceRequest } from './arrivals';
+import { buildTrace, promptPools, type TraceRequest } from './arrivals';
 import { agentClient, agentStatus, listPlans, plannerClient, sendGenerate } from './client';
-import { summarize, type RequestRecord, type RunStats } from './metrics';
+import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
 import { affinityOf, hasTaskset, launchService, pinProcess, type ServiceProcess } from './processes';
-import type { Policy, Scenario } from './scenario';
+import { plannerSloEnv, type Policy, type Scenario } from './scenario';
 
 /** CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on the other. */
 export const SERVER_CPU = '0';
@@ -20,8 +21,13 @@ export interface LoadtestOptions {
   readonly rates: readonly number[];
   readonly durationS: number;
   readonly warmupS: number;
+  /** Seed of the first repeat's arrival traces; repeat r uses seed + r. */
   readonly seed: number;
+  /** Runs of the whole sweep, each with fresh services and its own arrival seed (default 1). */
+  readonly repeats?: number;
   readonly modelDir: string;
+  /** Where the replay recording is written (scenario emulation 'replay'). */
+  readonly replayFile?: string;
   /** Service logs go here. */
   readonly logDir: string;
   /** An existing NATS server; by default one is started (nats-server must be installed). */
@@ -36,8 +42,39 @@ export interface LoadtestOptions {
   readonly note?: (line: string) => void;
 }
 
+/**
+ * The device side of one rate: what the emulation cost and how faithfully it kept the
+ * modelled timing. Timing error per completed request with local stages: the client compute
+ * the agent measured (the wall time of its chains of local stages, sleeps included) minus the modelled one
+ * (recorded uncontended cost × slow-down, over the stages the placement ran locally).
+ */
+export interface DeviceSide {
+  /** CPU the agents' processes used over the rate (from /proc), s, and as a share of one core. */
+  readonly agentsCpuS: number;
+  readonly agentsCpuUtilisation: number;
+  /** CPU of everything on the client core (agents, planner, the harness itself) as a share of one core. */
+  readonly clientCoreUtilisation: number;
+  /** Actual − modelled client compute per request, ms (null without replay or local stages). */
+  readonly timingErrorMs: Dist | null;
+  /** The same relative to the modelled time. */
+  readonly timingErrorRel: Dist | null;
+  /** Generations that failed on a replay miss (a history not in the recording). */
+  readonly replayMisses: number;
+  /** Reasons the device side, not the server, may have limited this rate (empty: it did not). */
+  readonly limitedBy: readonly string[];
+}
+
+/** Run-queue seconds per second the executor's threads may wait before the report calls its core contended. */
+export const SERVER_CONTENDED = 0.1;
+
+/** Thresholds of {@link DeviceSide.limitedBy}. */
+export const DEVICE_LIMITS = { timingErrorP99Ms: 5, timingErrorP99Rel: 0.1, clientCoreUtilisation: 0.85 } as const;
+
 /** One policy at one arrival rate. */
 export interface RateResult {
+  /** Repeat of the sweep (0-based) and its arrival seed. */
+  readonly repeat: number;
+  readonly seed: number;
   readonly policy: Policy;
   readonly rate: number;
   readonly stats: RunStats;
@@ -47,17 +84,35 @@ export interface RateResult {
   readonly serverCpuPerRequestS: number | null;
   /** Executor CPU time over the run's wall time: its utilisation of its core. */
   readonly serverCpuUtilisation: number;
+  /**
+   * Time the executor's threads waited for a CPU (summed over threads, so it can exceed 1)
+   * over the run's wall time (schedstat; null
+   * when unreadable). Above {@link SERVER_CONTENDED} its core was shared with other work on
+   * the machine, and the server-side figures are the machine's, not the policy's.
+   */
+  readonly serverRunQueueShare: number | null;
   /** Sum of the server compute the agents reported, s (cross-check of serverCpuS). */
   readonly reportedServerComputeS: number;
   /** Client-side CPU (agents) over the run, s. */
   readonly agentsCpuS: number;
+  readonly deviceSide: DeviceSide;
   /** The plans at the end of the run: agent → request class → placement. */
   readonly plans: Readonly<Record<string, Readonly<Record<string, string>>>>;
   readonly records?: readonly RequestRecord[];
 }
 
+/** The replay recording a run used. */
+export interface RecordingInfo {
+  readonly file: string;
+  readonly bytes: number;
+  readonly prompts: number;
+  readonly recordS: number;
+  readonly costs: readonly ReplayStageCost[];
+}
+
 export interface LoadtestRun {
   readonly results: readonly RateResult[];
+  readonly recording: RecordingInfo | null;
   readonly pinned: boolean;
   readonly warnings: readonly string[];
   readonly stageCount: number;
@@ -107,6 +162,23 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
 
   const manifest = await readManifest(o.modelDir);
   const stageCount = manifest.stages.length;
+  const repeats = o.repeats ?? 1;
+  const pools = promptPools(s);
+  let recording: RecordingInfo | null = null;
+  if (s.emulation === 'replay') {
+    const file = o.replayFile ?? join(o.logDir, 'replay.bin');
+    mkdirSync(dirname(file), { recursive: true });
+    const prompts = [...pools.values()].flat();
+    o.note?.(`recording ${prompts.length} pool prompts with a one-process run of the model (device stages are replayed from it)`);
+    const t0 = performance.now();
+    const { header, bytes } = await recordReplay({
+      modelDir: o.modelDir, modelId: modelIdOf(o.modelDir), prompts, out: file,
+      onProgress: (done, n) => o.onProgress?.(done, n, `recording prompt ${done}/${n}`),
+    });
+    recording = { file, bytes, prompts: header.prompts.length, recordS: (performance.now() - t0) / 1000, costs: header.costs };
+    o.note?.(`recorded ${header.prompts.length} prompts in ${recording.recordS.toFixed(1)} s: ${(bytes / 1e6).toFixed(1)} MB in ${file}`);
+  }
+  const slowdownOf = new Map(s.deviceClasses.map((d) => [d.name, d.slowdown]));
   let nats: NatsServerHandle | undefined;
   let executor: ServiceProcess | undefined;
   let planner: ServiceProcess | undefined;
@@ -136,8 +208,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
         env: {
           ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy,
-          PLANNER_REQUEST_CLASSES: JSON.stringify(s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), slaMs: r.slaMs }))),
-          PLANNER_SLA_OVERRIDES: JSON.stringify(s.slaOverrides),
+          ...plannerSloEnv(s),
         },
       }).then((p) => { planner = p; });
       const ags = s.deviceClasses.map(async (d) => {
@@ -148,6 +219,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
             AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
             EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000), AGENT_SHUTDOWN_GRACE_MS: '0',
+            AGENT_REPLAY_FILE: recording?.file ?? '',
           },
         });
         agents.set(d.name, { proc, client: agentClient(proc.addr) });
@@ -170,55 +242,102 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       executor = undefined;
     };
 
-    const traces = new Map(o.rates.map((r) => [r, buildTrace(s, r, o.durationS, o.seed)]));
-    const total = o.policies.length * [...traces.values()].reduce((a, t) => a + t.length, 0);
+    const seeds = Array.from({ length: repeats }, (_, r) => o.seed + r);
+    const traces = new Map(seeds.map((seed) => [seed, new Map(o.rates.map((r) => [r, buildTrace(s, r, o.durationS, seed, pools)]))]));
+    const total = o.policies.length * [...traces.values()].reduce((a, m) => a + [...m.values()].reduce((b, t) => b + t.length, 0), 0);
     let done = 0;
 
-    for (const policy of o.policies) {
-      o.note?.(`${policy}: starting the executor, the planner and ${s.deviceClasses.length} client-agents`);
-      await startStack(policy);
-      const exec = executor!;
-      const plans0 = pc!;
-      await waitForPlans(policy, plans0, agents, 60_000);
-      o.note?.(`${policy}: every agent follows a ${policy} plan`);
-      if (o.warmupS > 0) {
-        const warm = buildTrace(s, o.rates[0], o.warmupS, o.seed + 7919);
-        await replay(warm, agents, s.requestTimeoutMs);
+    for (const [repeat, seed] of seeds.entries()) {
+      for (const policy of o.policies) {
+        const tag = repeats > 1 ? `repeat ${repeat + 1}/${repeats} ${policy}` : policy;
+        o.note?.(`${tag}: starting the executor, the planner and ${s.deviceClasses.length} client-agents`);
+        await startStack(policy);
+        const exec = executor!;
+        const plans0 = pc!;
+        await waitForPlans(policy, plans0, agents, 60_000);
+        o.note?.(`${tag}: every agent follows a ${policy} plan`);
+        if (o.warmupS > 0) {
+          const warm = buildTrace(s, o.rates[0], o.warmupS, seed + 7919, pools);
+          await replay(warm, agents, s.requestTimeoutMs);
+        }
+        for (const rate of o.rates) {
+          const trace = traces.get(seed)!.get(rate)!;
+          const what = `${tag} @ ${rate} req/s`;
+          o.onProgress?.(done, total, what);
+          const agentCpu = (): number => [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0);
+          const ownCpu = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+          const agentCpu0 = agentCpu();
+          const clientCpu0 = agentCpu0 + (planner?.cpuSeconds() ?? 0) + ownCpu();
+          const cpu0 = exec.cpuSeconds();
+          const wait0 = exec.runQueueWaitSeconds();
+          const wall0 = performance.now();
+          const records = await replay(trace, agents, s.requestTimeoutMs, () => { done++; o.onProgress?.(done, total, what); });
+          const wallS = (performance.now() - wall0) / 1000;
+          const serverCpuS = exec.cpuSeconds() - cpu0;
+          const serverWaitS = exec.runQueueWaitSeconds() - wait0;
+          const agentsCpuS = agentCpu() - agentCpu0;
+          const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
+          const stats = summarize(records, o.durationS);
+          const plans: Record<string, Record<string, string>> = {};
+          for (const p of await listPlans(plans0).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
+          results.push({
+            repeat, seed, policy, rate, stats, serverCpuS,
+            serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
+            serverCpuUtilisation: serverCpuS / wallS,
+            serverRunQueueShare: Number.isFinite(serverWaitS) ? serverWaitS / wallS : null,
+            reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
+            agentsCpuS, plans,
+            deviceSide: deviceSide(records, recording?.costs ?? null, slowdownOf, agentsCpuS, clientCpuS, wallS),
+            ...(o.keepRecords ? { records } : {}),
+          });
+          // Let the executor's load report fall back before the next rate.
+          if (rate !== o.rates[o.rates.length - 1]) await sleep(1000);
+        }
+        await stopStack();
       }
-      for (const rate of o.rates) {
-        const trace = traces.get(rate)!;
-        const what = `${policy} @ ${rate} req/s`;
-        o.onProgress?.(done, total, what);
-        const agentCpu0 = [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0);
-        const cpu0 = exec.cpuSeconds();
-        const wall0 = performance.now();
-        const records = await replay(trace, agents, s.requestTimeoutMs, () => { done++; o.onProgress?.(done, total, what); });
-        const wallS = (performance.now() - wall0) / 1000;
-        const serverCpuS = exec.cpuSeconds() - cpu0;
-        const agentsCpuS = [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0) - agentCpu0;
-        const stats = summarize(records, o.durationS);
-        const plans: Record<string, Record<string, string>> = {};
-        for (const p of await listPlans(plans0).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
-        results.push({
-          policy, rate, stats, serverCpuS,
-          serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
-          serverCpuUtilisation: serverCpuS / wallS,
-          reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
-          agentsCpuS, plans,
-          ...(o.keepRecords ? { records } : {}),
-        });
-        // Let the executor's load report fall back before the next rate.
-        if (rate !== o.rates[o.rates.length - 1]) await sleep(1000);
-      }
-      await stopStack();
     }
     o.onProgress?.(total, total, 'done');
-    return { results, pinned: pin, warnings, stageCount };
+    return { results, recording, pinned: pin, warnings, stageCount };
   } finally {
     await stopStack();
     await nats?.stop();
     if (ownAffinity) pinProcess(process.pid, ownAffinity);
   }
+}
+
+/**
+ * The device side of one rate (see {@link DeviceSide}); `costs` null without replay. The
+ * modelled client compute of a request is, over the stages its placement ran locally,
+ * slow-down × (prefill ms per token × prompt tokens + decode ms × (tokens − 1)).
+ */
+export function deviceSide(records: readonly RequestRecord[], costs: readonly ReplayStageCost[] | null, slowdownOf: ReadonlyMap<string, number>, agentsCpuS: number, clientCpuS: number, wallS: number): DeviceSide {
+  const abs: number[] = [];
+  const rel: number[] = [];
+  if (costs) {
+    for (const r of records) {
+      if (!completed(r) || r.placement === undefined || !r.placement.includes('C') || r.clientComputeMs === undefined) continue;
+      const slow = slowdownOf.get(r.device) ?? 1;
+      let model = 0;
+      for (let st = 0; st < r.placement.length; st++) {
+        if (r.placement[st] !== 'C') continue;
+        model += slow * (costs[st].prefillMsPerToken * r.promptTokens + costs[st].decodeMs * Math.max(0, r.tokenMs.length - 1));
+      }
+      abs.push(r.clientComputeMs - model);
+      if (model > 0) rel.push((r.clientComputeMs - model) / model);
+    }
+  }
+  const replayMisses = records.filter((r) => !completed(r) && /replay miss/.test(r.error ?? '')).length;
+  const timingErrorMs = abs.length ? dist(abs) : null;
+  const timingErrorRel = rel.length ? dist(rel) : null;
+  const clientCoreUtilisation = clientCpuS / Math.max(wallS, 1e-9);
+  const limitedBy: string[] = [];
+  const L = DEVICE_LIMITS;
+  if (timingErrorMs && timingErrorRel && (timingErrorMs.p99 ?? 0) > L.timingErrorP99Ms && (timingErrorRel.p99 ?? 0) > L.timingErrorP99Rel) {
+    limitedBy.push(`emulated devices ran late: p99 timing error ${timingErrorMs.p99!.toFixed(1)} ms (${(timingErrorRel.p99! * 100).toFixed(0)} % of the modelled time)`);
+  }
+  if (clientCoreUtilisation > L.clientCoreUtilisation) limitedBy.push(`the client core was ${(clientCoreUtilisation * 100).toFixed(0)} % busy (agents, planner, harness)`);
+  if (replayMisses > 0) limitedBy.push(`${replayMisses} replay misses`);
+  return { agentsCpuS, agentsCpuUtilisation: agentsCpuS / Math.max(wallS, 1e-9), clientCoreUtilisation, timingErrorMs, timingErrorRel, replayMisses, limitedBy };
 }
 
 /** Waits until the planner has a plan of `policy` for every agent and every agent follows it. */

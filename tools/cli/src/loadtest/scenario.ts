@@ -32,17 +32,40 @@ export interface IntRange {
   readonly max: number;
 }
 
+/**
+ * Latency objectives of a request; at least one is stated. A request is good (counts in
+ * goodput) when it completed and meets every stated one (vLLM's and DistServe's goodput).
+ */
+export interface Slo {
+  /** End-to-end latency, ms. */
+  readonly slaMs?: number;
+  /** Time to first token, ms. */
+  readonly ttftMs?: number;
+  /** Time per output token after the first, (E2E − TTFT) / (tokens − 1), ms. */
+  readonly tpotMs?: number;
+}
+
+/** The SLO keys, in report order. */
+export const SLO_KEYS = ['ttftMs', 'tpotMs', 'slaMs'] as const;
+export type SloKey = (typeof SLO_KEYS)[number];
+
 /** A kind of request. Prompt ranges of the classes must not overlap: the planner picks a class by prompt length. */
-export interface RequestClass {
+export interface RequestClass extends Slo {
   readonly name: string;
   readonly weight: number;
   /** Prompt length, tokens, uniform in [min, max]. */
   readonly promptTokens: IntRange;
   /** Generated tokens, uniform in [min, max]. */
   readonly outputTokens: IntRange;
-  /** SLA on end-to-end latency, ms (can be overridden per device class). */
-  readonly slaMs: number;
+  /** Distinct prompts of the class: requests draw theirs from this pool (recorded for replay). */
+  readonly promptPool: number;
 }
+
+/**
+ * How emulated devices run their stages: `replay` (default) from a recording made before the
+ * measured runs (see docs/loadtest.md), `compute` by running them (every device sharing one core).
+ */
+export type Emulation = 'replay' | 'compute';
 
 export type ArrivalSpec =
   | { readonly process: 'poisson' }
@@ -63,8 +86,9 @@ export interface Scenario {
   readonly preset: string;
   readonly deviceClasses: readonly DeviceClass[];
   readonly requestClasses: readonly RequestClass[];
-  /** SLA per device class and request class, replacing the request class's slaMs. */
-  readonly slaOverrides: Readonly<Record<string, Readonly<Record<string, number>>>>;
+  /** SLOs per device class and request class; each stated key replaces the request class's. */
+  readonly slaOverrides: Readonly<Record<string, Readonly<Record<string, Slo>>>>;
+  readonly emulation: Emulation;
   readonly arrival: ArrivalSpec;
   /** Arrival rates to sweep, requests/s, ascending. */
   readonly rates: readonly number[];
@@ -133,7 +157,17 @@ function rates(v: unknown, field: string): number[] {
   return sorted;
 }
 
-const KNOWN = new Set(['$comment', 'description', 'seed', 'preset', 'deviceClasses', 'requestClasses', 'slaOverrides', 'arrival', 'rates', 'durationS', 'warmupS', 'requestTimeoutMs', 'slaTarget', 'quick']);
+const SLO_MAX_MS = 3_600_000;
+
+/** The SLO keys of `o` (each > 0); `need` requires at least one. */
+function sloOf(o: Obj, field: string, need: boolean): Slo {
+  const out: { -readonly [K in SloKey]?: number } = {};
+  for (const k of SLO_KEYS) if (o[k] !== undefined) out[k] = num(o, k, field, { gt: 0, max: SLO_MAX_MS });
+  if (need && Object.keys(out).length === 0) fail(field, 'state at least one SLO: ttftMs, tpotMs or slaMs (ms)', 'none of them');
+  return out;
+}
+
+const KNOWN = new Set(['$comment', 'description', 'seed', 'preset', 'deviceClasses', 'requestClasses', 'slaOverrides', 'emulation', 'arrival', 'rates', 'durationS', 'warmupS', 'requestTimeoutMs', 'slaTarget', 'quick']);
 
 /**
  * Checks a parsed scenario file and fills the defaults.
@@ -169,12 +203,15 @@ export function validateScenario(raw: unknown): Scenario {
   const requestClasses = o.requestClasses.map((r: unknown, i: number): RequestClass => {
     const f = `requestClasses[${i}]`;
     const rc = obj(r, f);
+    const known = ['name', 'weight', 'promptTokens', 'outputTokens', 'promptPool', ...SLO_KEYS];
+    for (const k of Object.keys(rc)) if (!known.includes(k)) fail(`${f}.${k}`, `be one of the known fields (${known.join(', ')})`, 'an unknown field');
     return {
       name: name(rc, f),
       weight: num(rc, 'weight', f, { gt: 0, def: 1 }),
       promptTokens: range(rc, 'promptTokens', f, 1, 100_000),
       outputTokens: range(rc, 'outputTokens', f, 1, 100_000),
-      slaMs: num(rc, 'slaMs', f, { gt: 0, max: 3_600_000 }),
+      promptPool: num(rc, 'promptPool', f, { int: true, min: 1, max: 4096, def: 16 }),
+      ...sloOf(rc, f, true),
     };
   });
   if (new Set(requestClasses.map((r) => r.name)).size !== requestClasses.length) fail('requestClasses', 'have unique names', requestClasses.map((r) => r.name));
@@ -185,14 +222,20 @@ export function validateScenario(raw: unknown): Scenario {
     }
   }
 
-  const slaOverrides: Record<string, Record<string, number>> = {};
+  const slaOverrides: Record<string, Record<string, Slo>> = {};
   for (const [dcName, m] of Object.entries(obj(o.slaOverrides ?? {}, 'slaOverrides'))) {
     if (!deviceClasses.some((d) => d.name === dcName)) fail(`slaOverrides.${dcName}`, `name a device class (${deviceClasses.map((d) => d.name).join(', ')})`, dcName);
     const row = obj(m, `slaOverrides.${dcName}`);
     slaOverrides[dcName] = {};
     for (const rcName of Object.keys(row)) {
       if (!requestClasses.some((r) => r.name === rcName)) fail(`slaOverrides.${dcName}.${rcName}`, `name a request class (${requestClasses.map((r) => r.name).join(', ')})`, rcName);
-      slaOverrides[dcName][rcName] = num(row, rcName, `slaOverrides.${dcName}`, { gt: 0, max: 3_600_000 });
+      const f = `slaOverrides.${dcName}.${rcName}`;
+      const v = row[rcName];
+      if (typeof v === 'number') slaOverrides[dcName][rcName] = { slaMs: num(row, rcName, `slaOverrides.${dcName}`, { gt: 0, max: SLO_MAX_MS }) };
+      else if (isObj(v)) {
+        for (const k of Object.keys(v)) if (!(SLO_KEYS as readonly string[]).includes(k)) fail(`${f}.${k}`, `be one of ${SLO_KEYS.join(', ')}`, 'an unknown field');
+        slaOverrides[dcName][rcName] = sloOf(v, f, true);
+      } else fail(f, 'be an SLA in ms or an object {ttftMs?, tpotMs?, slaMs?}', v);
     }
   }
 
@@ -202,6 +245,8 @@ export function validateScenario(raw: unknown): Scenario {
   else if (a.process === 'gamma') arrival = { process: 'gamma', cv: num(a, 'cv', 'arrival', { gt: 0, max: 20 }) };
   else fail('arrival.process', "be 'poisson' or 'gamma'", a.process);
 
+  const emulation = o.emulation ?? 'replay';
+  if (emulation !== 'replay' && emulation !== 'compute') fail('emulation', "be 'replay' or 'compute'", emulation);
   const q = obj(o.quick ?? {}, 'quick');
   const durationS = num(o, 'durationS', '', { gt: 0, max: 86_400, def: 30 });
   const warmupS = num(o, 'warmupS', '', { min: 0, max: 3600, def: 3 });
@@ -213,6 +258,7 @@ export function validateScenario(raw: unknown): Scenario {
     deviceClasses,
     requestClasses,
     slaOverrides,
+    emulation,
     arrival,
     rates: sweep,
     durationS,
@@ -227,13 +273,45 @@ export function validateScenario(raw: unknown): Scenario {
   };
 }
 
-/** The SLA of a request class for a device class, ms. */
-export function slaOf(s: Scenario, device: string, request: string): number {
-  return s.slaOverrides[device]?.[request] ?? s.requestClasses.find((r) => r.name === request)!.slaMs;
+/** The SLOs of a request class for a device class: the class's, each key overridden by the device class's. */
+export function requestSlo(s: Scenario, device: string, request: string): Slo {
+  const rc = s.requestClasses.find((r) => r.name === request)!;
+  const base: { -readonly [K in SloKey]?: number } = {};
+  for (const k of SLO_KEYS) if (rc[k] !== undefined) base[k] = rc[k];
+  return { ...base, ...(s.slaOverrides[device]?.[request] ?? {}) };
 }
 
+/**
+ * The planner's configuration for a scenario: PLANNER_REQUEST_CLASSES entries
+ * {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?} holding only the
+ * stated SLOs, and PLANNER_SLA_OVERRIDES values as a number when only slaMs is stated, else
+ * {slaMs?, ttftMs?, tpotMs?}.
+ */
+export function plannerSloEnv(s: Scenario): { PLANNER_REQUEST_CLASSES: string; PLANNER_SLA_OVERRIDES: string } {
+  const pick = (o: Slo): Slo => Object.fromEntries(SLO_KEYS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+  const classes = s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), ...pick(r) }));
+  const overrides = Object.fromEntries(Object.entries(s.slaOverrides).map(([d, row]) => [d, Object.fromEntries(Object.entries(row).map(([r, o]) => {
+    const p = pick(o);
+    return [r, Object.keys(p).length === 1 && p.slaMs !== undefined ? p.slaMs : p];
+  }))]));
+  return { PLANNER_REQUEST_CLASSES: JSON.stringify(classes), PLANNER_SLA_OVERRIDES: JSON.stringify(overrides) };
+}
+
+/** The bundled scenarios, by name (`--scenario NAME`). */
+export const BUNDLED_SCENARIOS = {
+  default: join(__dirname, 'default-scenario.json'),
+  mobile: join(__dirname, 'mobile-scenario.json'),
+  edge: join(__dirname, 'edge-scenario.json'),
+  gpt2: join(__dirname, 'gpt2-scenario.json'),
+} as const;
+
 /** Path of the documented default scenario. */
-export const DEFAULT_SCENARIO_PATH = join(__dirname, 'default-scenario.json');
+export const DEFAULT_SCENARIO_PATH = BUNDLED_SCENARIOS.default;
+
+/** A bundled scenario's path for its name, else `arg` itself (a file). */
+export function scenarioPathOf(arg: string): string {
+  return (BUNDLED_SCENARIOS as Record<string, string>)[arg] ?? arg;
+}
 
 /**
  * Reads and validates a scenario file (default: the shipped one).
@@ -244,7 +322,7 @@ export function loadScenario(path: string = DEFAULT_SCENARIO_PATH): Scenario {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ScenarioError(`--scenario must name a readable file, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new ScenarioError(`--scenario must be ${Object.keys(BUNDLED_SCENARIOS).join(', ')} or a readable file, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
   let raw: unknown;
   try {
