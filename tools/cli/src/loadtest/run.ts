@@ -308,7 +308,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
 /**
  * The device side of one rate (see {@link DeviceSide}); `costs` null without replay. The
  * modelled client compute of a request is, over the stages its placement ran locally,
- * slow-down × (prefill ms per token × prompt tokens + decode ms × (tokens − 1)).
+ * slow-down × (prefill ms per token × prompt tokens + decode ms × (tokens − 1)), the head's
+ * prefill being one row (decode ms): it runs on the prompt's last position only.
  */
 export function deviceSide(records: readonly RequestRecord[], costs: readonly ReplayStageCost[] | null, slowdownOf: ReadonlyMap<string, number>, agentsCpuS: number, clientCpuS: number, wallS: number): DeviceSide {
   const abs: number[] = [];
@@ -320,7 +321,9 @@ export function deviceSide(records: readonly RequestRecord[], costs: readonly Re
       let model = 0;
       for (let st = 0; st < r.placement.length; st++) {
         if (r.placement[st] !== 'C') continue;
-        model += slow * (costs[st].prefillMsPerToken * r.promptTokens + costs[st].decodeMs * Math.max(0, r.tokenMs.length - 1));
+        // The head's prefill runs on the prompt's last position only: one row, like a decode step.
+        const prefill = st === r.placement.length - 1 ? costs[st].decodeMs : costs[st].prefillMsPerToken * r.promptTokens;
+        model += slow * (prefill + costs[st].decodeMs * Math.max(0, r.tokenMs.length - 1));
       }
       abs.push(r.clientComputeMs - model);
       if (model > 0) rel.push((r.clientComputeMs - model) / model);
