@@ -102,7 +102,8 @@ describe('agents report generation outcomes to the planner', () => {
     const [ok] = clients;
     const before = outcomes.length;
     // an override first: no prediction and no SLO, so nothing is reported for it
-    await generateVia(ok, { placement: 'S'.repeat(stageCount) });
+    const overridden = await generateVia(ok, { placement: 'S'.repeat(stageCount) });
+    expect(overridden).toMatchObject({ predictedLatencyMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 });
     const summary = await generateVia(ok, {});
     const seen = await eventually(() => outcomes.length > before && outcomes.slice(before), { timeoutMs: 5000, what: 'an outcome on NATS' });
     expect(seen).toHaveLength(1);
@@ -117,6 +118,10 @@ describe('agents report generation outcomes to the planner', () => {
     expect(plan.epoch).toBe(o.planEpoch);
     // the prediction of the plan as the agent received it (the planner refreshes its own copy's predictions with every load report)
     expect(o.predictedE2eMs).toBeGreaterThan(0);
+    // the summary carries the same predictions, so a caller has them without NATS
+    expect(o.predictedTtftMs).toBeGreaterThan(0);
+    expect(o.predictedTpotMs).toBeGreaterThan(0);
+    expect(summary).toMatchObject({ predictedLatencyMs: o.predictedE2eMs, predictedTtftMs: o.predictedTtftMs, predictedTpotMs: o.predictedTpotMs });
     expect(o.e2eMs).toBeCloseTo(summary.totalMs, 6);
     expect(o.ttftMs).toBeCloseTo(summary.ttftMs, 6);
     expect(o.tpotMs).toBeCloseTo((summary.totalMs - summary.ttftMs) / 5, 6);

@@ -4,6 +4,7 @@ import {
   channelOptions,
   ClientProfile,
   ExecutorServiceClient,
+  type ClassPlacement,
   GenerationOutcome,
   HealthReporter,
   ServingStatus,
@@ -64,6 +65,18 @@ function countQueueing(session: RemoteSession, into: { ms: number }): RemoteSess
     return r;
   };
   return session;
+}
+
+/** The plan's predictions for one generation, as GenerationSummary carries them (ms; 0 = none). */
+export interface Predicted {
+  readonly predictedLatencyMs: number;
+  readonly predictedTtftMs: number;
+  readonly predictedTpotMs: number;
+}
+
+/** The predictions of the class a generation followed; all 0 without one (override or start-up plan). */
+export function predictedOf(planned: ClassPlacement | undefined): Predicted {
+  return { predictedLatencyMs: planned?.predictedLatencyMs ?? 0, predictedTtftMs: planned?.predictedTtftMs ?? 0, predictedTpotMs: planned?.predictedTpotMs ?? 0 };
 }
 
 /**
@@ -194,7 +207,7 @@ export class ClientAgent {
    * that embed an agent. A generation that followed a plan is reported to the planner as a
    * GenerationOutcome, also when it fails (not when `signal` aborted it: see the proto).
    */
-  async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number }> {
+  async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
     const v = this.validate(req);
     const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
     // The class of the plan followed, taken now (a new plan may come while this runs).
@@ -236,7 +249,7 @@ export class ClientAgent {
       throw err;
     }
     report(true, stats);
-    return { stats, ...chosen, promptTokens: v.ids.length };
+    return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned) };
   }
 
   private handlers(): AgentServiceServer {
@@ -251,6 +264,7 @@ export class ClientAgent {
           call.write({ kind: { $case: 'summary', value: {
             ids: r.stats.ids, text: decode(r.stats.ids), placement: r.placement, planEpoch: r.epoch, requestClass: r.requestClass, slaMs: r.slaMs,
             ttftMs: r.stats.ttftMs, totalMs: r.stats.totalMs, serverComputeMs: r.stats.serverComputeMs, clientComputeMs: r.stats.clientComputeMs, promptTokens: r.promptTokens,
+            ...r.predicted,
           } } });
           call.end();
         }, (err: unknown) => {

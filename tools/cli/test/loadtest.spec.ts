@@ -10,7 +10,8 @@ import { createLogger } from '@tandem/service-kit';
 import { makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { arrivalTimes, buildTrace, promptPools, Rng } from '../src/loadtest/arrivals';
 import { sloMet, summarize, type RequestRecord } from '../src/loadtest/metrics';
-import { compare, ratios, spreadOf, summarizePolicy } from '../src/loadtest/report';
+import { mergeSamples, predictionErrors, predictionSamples } from '../src/loadtest/prediction';
+import { compare, predictionSection, ratios, spreadOf, summarizePolicy } from '../src/loadtest/report';
 import { runQueueWaitSeconds } from '../src/loadtest/processes';
 import { deviceSide } from '../src/loadtest/run';
 import { BUNDLED_SCENARIOS, loadScenario, plannerSloEnv, scenarioPathOf, validateScenario, type Scenario } from '../src/loadtest/scenario';
@@ -183,7 +184,7 @@ describe('metrics', () => {
   it('compares policies: CPU cut against server-only and goodput gain over greedy', () => {
     const row = (policy: 'server-only' | 'greedy' | 'dp', rate: number, cpu: number, goodput: number, att: number) => ({
       repeat: 0, seed: 1, policy, rate, serverCpuS: cpu, serverCpuPerRequestS: cpu / 10, serverCpuUtilisation: 0.5, serverRunQueueShare: 0, reportedServerComputeS: cpu / 2, agentsCpuS: 0, plans: {},
-      deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
+      deviceSide: deviceSide([], null, new Map(), 0, 0, 1), prediction: {}, predictionSamples: {},
       stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
     });
     const rows = [row('server-only', 1, 3, 1, 1), row('server-only', 2, 3, 1.5, 0.8), row('greedy', 1, 2.4, 1, 1), row('greedy', 2, 2.4, 1.6, 0.85), row('dp', 1, 1.8, 1, 1), row('dp', 2, 1.8, 2, 0.95)];
@@ -216,6 +217,69 @@ describe('metrics', () => {
     const late = deviceSide([mk(40), mk(40)], costs, new Map([['d', 2]]), 0.5, 0.95, 1);
     expect(late.timingErrorRel!.p99).toBeCloseTo(1.5, 9);
     expect(late.limitedBy.join(' ')).toMatch(/ran late: p99 timing error 24\.0 ms .* client core was 95 %/);
+  });
+});
+
+describe('prediction error', () => {
+  const rec = (p: Partial<RequestRecord>): RequestRecord => ({
+    index: 0, device: 'phone', requestClass: 'chat', promptTokens: 4, maxNewTokens: 3, slo: { slaMs: 300 }, sentMs: 0, lagMs: 0,
+    status: 'OK', tokenMs: [40, 70, 100], endMs: 100, predictedE2eMs: 100, predictedTtftMs: 40, predictedTpotMs: 30, ...p,
+  });
+  /** n requests measured at 100 ms E2E (40 TTFT, 30 TPOT) with E2E predicted at e2e(i). */
+  const group = (n: number, e2e: (i: number) => number, patch: Partial<RequestRecord> = {}): RequestRecord[] =>
+    Array.from({ length: n }, (_, i) => rec({ index: i, predictedE2eMs: e2e(i), ...patch }));
+
+  it('gives median, p90 and signed median of the relative error per device / request class, and flags only judged groups over the target', () => {
+    // 20 requests, E2E predicted 100 − i ms against 100 measured: errors 0, −1 %, …, −19 % (within the target).
+    const low = group(20, (i) => 100 - i);
+    // 19 requests 50 % off: below the ≥ 20 rule, so reported but not judged.
+    const few = group(19, () => 150, { device: 'laptop' });
+    // 20 requests with a median of 5 % but a p90 of 30 %: flagged on p90.
+    const tail = group(20, (i) => (i < 15 ? 105 : 130), { requestClass: 'long' });
+    const failed = rec({ status: 'DEADLINE_EXCEEDED', predictedE2eMs: 1 });
+    const g = predictionErrors(predictionSamples([...low, ...few, ...tail, failed]));
+    expect(Object.keys(g)).toEqual(['laptop/chat', 'phone/chat', 'phone/long']);
+    const e = g['phone/chat'].figures.e2e!;
+    expect(e).toMatchObject({ n: 20, judged: true, flagged: false });
+    expect(e.medianAbs).toBeCloseTo(0.095, 9);
+    expect(e.p90Abs).toBeCloseTo(0.171, 9);
+    expect(e.signedMedian).toBeCloseTo(-0.095, 9);
+    expect(g['phone/chat']).toMatchObject({ completed: 20, predicted: 20, unpredicted: 0, flagged: false });
+    // TTFT and TPOT as predicted exactly: judged, error 0, not flagged.
+    expect(g['phone/chat'].figures.ttft).toMatchObject({ n: 20, medianAbs: 0, p90Abs: 0, flagged: false });
+    expect(g['phone/chat'].figures.tpot).toMatchObject({ n: 20, medianAbs: 0, flagged: false });
+    // Re-priced at the produced length: 40 + 2 × 30 = 100, exact.
+    expect(g['phone/chat'].figures.e2eAtLength).toMatchObject({ n: 20, medianAbs: 0 });
+    expect(g['laptop/chat']).toMatchObject({ completed: 19, flagged: null });
+    expect(g['laptop/chat'].figures.e2e).toMatchObject({ n: 19, medianAbs: 0.5, signedMedian: 0.5, judged: false, flagged: null });
+    expect(g['phone/long'].figures.e2e).toMatchObject({ medianAbs: 0.05, p90Abs: 0.3, signedMedian: 0.05, flagged: true });
+    // Within the target: median 10 % and p90 25 % exactly are not over.
+    const fine = predictionErrors(predictionSamples(group(20, (i) => (i < 10 ? 110 : i < 17 ? 90 : 125))))['phone/chat'];
+    expect(fine.figures.e2e).toMatchObject({ medianAbs: 0.1, flagged: false });
+    expect(fine.flagged).toBe(false);
+  });
+
+  it('counts requests without a prediction apart, and merges rates before judging', () => {
+    const none = group(15, () => 0, { predictedE2eMs: undefined, predictedTtftMs: undefined, predictedTpotMs: undefined, planEpoch: 0 });
+    const oneRate = predictionSamples([...none, ...group(12, () => 50)]);
+    const g1 = predictionErrors(oneRate)['phone/chat'];
+    expect(g1).toMatchObject({ completed: 27, predicted: 12, unpredicted: 15, flagged: null });
+    expect(g1.figures.e2e).toMatchObject({ n: 12, judged: false });
+    // Two rates of 12 predicted requests each: 24 ≥ 20, judged (and 50 % off: flagged, predicted too low).
+    const merged = predictionErrors(mergeSamples([oneRate, predictionSamples(group(12, () => 50))]))['phone/chat'];
+    expect(merged).toMatchObject({ completed: 39, predicted: 24, unpredicted: 15, flagged: true });
+    expect(merged.figures.e2e).toMatchObject({ n: 24, medianAbs: 0.5, signedMedian: -0.5, judged: true });
+    // A one-token request has no measured TPOT; a class predicting none leaves TPOT out.
+    const one = predictionErrors(predictionSamples([rec({ tokenMs: [40], endMs: 41, predictedTpotMs: undefined })]))['phone/chat'];
+    expect(one.figures.tpot).toBeNull();
+    expect(one.figures.e2eAtLength!.signedMedian).toBeCloseTo(40 / 41 - 1, 4);
+  });
+
+  it('writes a Prediction error section per policy, with the flag and the too-few groups', () => {
+    const md = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }).join('\n');
+    expect(md).toContain('## Prediction error');
+    expect(md).toMatch(/\| dp \| phone\/chat \| 20 \| 20 \| 0 \| 50\.0 % \/ 50\.0 % \(\+50\.0 %\) \*\*over\*\* \|/);
+    expect(md).toContain('| dp | laptop/chat | 3 | 3 | 0 | too few (n 3) |');
   });
 });
 
@@ -343,6 +407,17 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
       expect(x.cpuPerRequest.n).toBe(2);
       expect(x.cpuPerRequest.min).toBeLessThanOrEqual(x.cpuPerRequest.max);
       expect(typeof x.cpuPerRequest.withinNoise).toBe('boolean');
+    }
+    // Prediction error: the agents follow plans, so requests carry the plan's predictions.
+    expect(md).toContain('## Prediction error');
+    for (const p of ['greedy', 'dp']) {
+      const groups = Object.values(json.prediction.byPolicy[p]) as { predicted: number; figures: { e2e: { n: number } | null } }[];
+      expect(groups.reduce((a, g) => a + g.predicted, 0)).toBeGreaterThan(0);
+      expect(groups.some((g) => (g.figures.e2e?.n ?? 0) > 0)).toBe(true);
+    }
+    for (const x of json.runs) {
+      expect(x.prediction).toBeDefined();
+      expect(x.predictionSamples).toBeUndefined();
     }
     expect(r.stderr).toMatch(/loadtest: .*100%/);
   }, 120_000);

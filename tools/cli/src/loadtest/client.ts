@@ -52,6 +52,10 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
       resolve({
         ...base, status, ...(error ? { error } : {}), tokenMs, endMs,
         ...(summary ? { serverComputeMs: summary.serverComputeMs, clientComputeMs: summary.clientComputeMs, placement: summary.placement, planEpoch: Number(summary.planEpoch), plannedClass: summary.requestClass } : {}),
+        // 0 in the summary: no prediction.
+        ...(summary && summary.predictedLatencyMs > 0 ? { predictedE2eMs: summary.predictedLatencyMs } : {}),
+        ...(summary && summary.predictedTtftMs > 0 ? { predictedTtftMs: summary.predictedTtftMs } : {}),
+        ...(summary && summary.predictedTpotMs > 0 ? { predictedTpotMs: summary.predictedTpotMs } : {}),
       });
     };
     let call: grpc.ClientReadableStream<GenerateResponse>;

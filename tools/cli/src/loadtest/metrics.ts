@@ -39,6 +39,14 @@ export interface RequestRecord {
   readonly planEpoch?: number;
   /** The request class the agent's plan chose (should equal requestClass). */
   readonly plannedClass?: string;
+  /**
+   * The plan's predictions for the class this request followed, ms (from the summary; absent
+   * when the agent followed no plan: the all-server start-up plan or an override). E2E is priced
+   * for the class's expected output length; TPOT is absent when the class expects one token.
+   */
+  readonly predictedE2eMs?: number;
+  readonly predictedTtftMs?: number;
+  readonly predictedTpotMs?: number;
 }
 
 export const completed = (r: RequestRecord): boolean => r.status === 'OK';

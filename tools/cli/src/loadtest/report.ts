@@ -1,5 +1,6 @@
 import { renderChart } from '../plot/svg';
 import type { Attainment } from './metrics';
+import { mergeSamples, PREDICTION_LIMITS, predictionErrors, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, type RateResult, type RecordingInfo } from './run';
 import { SLO_KEYS, type Policy, type Scenario } from './scenario';
 
@@ -293,6 +294,8 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     }
     md.push('');
   }
+  const prediction = predictionByPolicy(rows, ctx.policies);
+  md.push(...predictionSection(prediction));
   md.push('## Placements used (at the highest rate)', '');
   md.push('One letter per stage (C client, S server); counts of completed requests.', '');
   for (const p of ctx.policies) {
@@ -329,7 +332,43 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     policiesByRepeat: sumsByRepeat,
     comparison: cmp,
     ratios: rat,
-    runs: rows,
+    prediction: { limits: PREDICTION_LIMITS, byPolicy: prediction },
+    // Each run keeps its per-rate prediction error; the raw samples stay out of the file.
+    runs: rows.map(({ predictionSamples: _samples, ...r }) => r),
   };
   return { json, markdown: `${md.join('\n')}\n`, svg };
+}
+
+/** The prediction error per policy, over every rate and repeat: policy → 'device/requestClass' → group. */
+export function predictionByPolicy(rows: readonly RateResult[], policies: readonly Policy[]): Record<string, Record<string, PredictionGroup>> {
+  return Object.fromEntries(policies.map((p) => [p, predictionErrors(mergeSamples(rows.filter((r) => r.policy === p).map((r) => r.predictionSamples)))]));
+}
+
+/** The "Prediction error" section of results.md. */
+export function predictionSection(byPolicy: Readonly<Record<string, Readonly<Record<string, PredictionGroup>>>>): string[] {
+  const L = PREDICTION_LIMITS;
+  const md: string[] = ['## Prediction error', ''];
+  md.push(`The plan's predictions for each completed request against what this harness measured, over every rate: median / p90 of |predicted − measured| / measured, ` +
+    `and in brackets the signed median (bias: below 0 the planner predicts too low). Judged per device / request class with ≥ ${L.minRequests} predicted requests; ` +
+    `**over** marks a median above ${(L.medianRel * 100).toFixed(0)} % or a p90 above ${(L.p90Rel * 100).toFixed(0)} % (the target is on E2E). ` +
+    'E2E is the plan\'s figure, priced for the class\'s expected output length; "E2E at length" re-prices it for the tokens the request produced (predicted TTFT + (tokens − 1) × TPOT). ' +
+    'Requests with no prediction (the all-server start-up plan, overrides) are counted apart and left out. Per-rate figures are in results.json (runs[].prediction).', '');
+  md.push('| policy | device / request class | done | predicted | no prediction | E2E | E2E at length | TTFT | TPOT |');
+  md.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
+  const p1 = (v: number): string => `${(v * 100).toFixed(1)} %`;
+  const cell = (x: ErrorStats | null): string => {
+    if (!x) return '–';
+    const body = `${p1(x.medianAbs)} / ${p1(x.p90Abs)} (${x.signedMedian > 0 ? '+' : ''}${p1(x.signedMedian)})`;
+    return x.judged ? `${body}${x.flagged ? ' **over**' : ''}` : `too few (n ${x.n})`;
+  };
+  let any = false;
+  for (const [policy, groups] of Object.entries(byPolicy)) {
+    for (const [k, g] of Object.entries(groups)) {
+      any = true;
+      md.push(`| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} |`);
+    }
+  }
+  if (!any) md.push('| – | no completed requests | | | | | | | |');
+  md.push('');
+  return md;
 }

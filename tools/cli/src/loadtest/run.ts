@@ -8,6 +8,7 @@ import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testki
 import { buildTrace, promptPools, type TraceRequest } from './arrivals';
 import { agentClient, agentStatus, listPlans, plannerClient, sendGenerate } from './client';
 import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
+import { predictionErrors, predictionSamples, type PredictionGroup, type PredictionSamples } from './prediction';
 import { affinityOf, hasTaskset, launchService, pinProcess, type ServiceProcess } from './processes';
 import { plannerSloEnv, type Policy, type Scenario } from './scenario';
 
@@ -96,6 +97,10 @@ export interface RateResult {
   /** Client-side CPU (agents) over the run, s. */
   readonly agentsCpuS: number;
   readonly deviceSide: DeviceSide;
+  /** The planner's prediction error at this rate, per 'device/requestClass' (see prediction.ts). */
+  readonly prediction: Readonly<Record<string, PredictionGroup>>;
+  /** Its raw signed relative errors, merged over rates by the report (left out of results.json). */
+  readonly predictionSamples: Readonly<Record<string, PredictionSamples>>;
   /** The plans at the end of the run: agent → request class → placement. */
   readonly plans: Readonly<Record<string, Readonly<Record<string, string>>>>;
   readonly records?: readonly RequestRecord[];
@@ -278,6 +283,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const agentsCpuS = agentCpu() - agentCpu0;
           const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
           const stats = summarize(records, o.durationS);
+          const samples = predictionSamples(records);
           const plans: Record<string, Record<string, string>> = {};
           for (const p of await listPlans(plans0).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
           results.push({
@@ -288,6 +294,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
             agentsCpuS, plans,
             deviceSide: deviceSide(records, recording?.costs ?? null, slowdownOf, agentsCpuS, clientCpuS, wallS),
+            prediction: predictionErrors(samples), predictionSamples: samples,
             ...(o.keepRecords ? { records } : {}),
           });
           // Let the executor's load report fall back before the next rate.

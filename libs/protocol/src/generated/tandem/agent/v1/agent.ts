@@ -95,6 +95,23 @@ export interface GenerationSummary {
   clientComputeMs: number;
   /** Prompt length, tokens. */
   promptTokens: number;
+  /**
+   * The plan's predicted end-to-end latency of the class this generation followed, ms
+   * (ClassPlacement.predicted_latency_ms: priced for the class's expected_new_tokens, not for
+   * this generation's length). 0 when no plan was followed: an override placement, or the
+   * all-server start-up plan (plan_epoch 0).
+   */
+  predictedLatencyMs: number;
+  /**
+   * The plan's predicted time to first token, ms (ClassPlacement.predicted_ttft_ms); 0 as above
+   * or when the plan did not predict it.
+   */
+  predictedTtftMs: number;
+  /**
+   * The plan's predicted time per output token after the first, ms
+   * (ClassPlacement.predicted_tpot_ms); 0 as above, or when the class expects one token.
+   */
+  predictedTpotMs: number;
 }
 
 /** Asks for the agent's state. */
@@ -552,6 +569,9 @@ function createBaseGenerationSummary(): GenerationSummary {
     serverComputeMs: 0,
     clientComputeMs: 0,
     promptTokens: 0,
+    predictedLatencyMs: 0,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
   };
 }
 
@@ -593,6 +613,15 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     }
     if (message.promptTokens !== 0) {
       writer.uint32(88).uint32(message.promptTokens);
+    }
+    if (message.predictedLatencyMs !== 0) {
+      writer.uint32(97).double(message.predictedLatencyMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      writer.uint32(105).double(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      writer.uint32(113).double(message.predictedTpotMs);
     }
     return writer;
   },
@@ -708,6 +737,30 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
             message.promptTokens = reader.uint32();
             continue;
           }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.predictedLatencyMs = reader.double();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.predictedTtftMs = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 113) {
+              break;
+            }
+
+            message.predictedTpotMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -765,6 +818,21 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
         : isSet(object.prompt_tokens)
         ? globalThis.Number(object.prompt_tokens)
         : 0,
+      predictedLatencyMs: isSet(object.predictedLatencyMs)
+        ? globalThis.Number(object.predictedLatencyMs)
+        : isSet(object.predicted_latency_ms)
+        ? globalThis.Number(object.predicted_latency_ms)
+        : 0,
+      predictedTtftMs: isSet(object.predictedTtftMs)
+        ? globalThis.Number(object.predictedTtftMs)
+        : isSet(object.predicted_ttft_ms)
+        ? globalThis.Number(object.predicted_ttft_ms)
+        : 0,
+      predictedTpotMs: isSet(object.predictedTpotMs)
+        ? globalThis.Number(object.predictedTpotMs)
+        : isSet(object.predicted_tpot_ms)
+        ? globalThis.Number(object.predicted_tpot_ms)
+        : 0,
     };
   },
 
@@ -803,6 +871,15 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     if (message.promptTokens !== 0) {
       obj.promptTokens = Math.round(message.promptTokens);
     }
+    if (message.predictedLatencyMs !== 0) {
+      obj.predictedLatencyMs = floatToJson(message.predictedLatencyMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      obj.predictedTtftMs = floatToJson(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
+    }
     return obj;
   },
 
@@ -822,6 +899,9 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     message.serverComputeMs = object.serverComputeMs ?? 0;
     message.clientComputeMs = object.clientComputeMs ?? 0;
     message.promptTokens = object.promptTokens ?? 0;
+    message.predictedLatencyMs = object.predictedLatencyMs ?? 0;
+    message.predictedTtftMs = object.predictedTtftMs ?? 0;
+    message.predictedTpotMs = object.predictedTpotMs ?? 0;
     return message;
   },
 };

@@ -1,0 +1,121 @@
+/**
+ * Prediction error of the planner, judged by the load test: for each completed request that
+ * followed a plan, the relative error (predicted − measured) / measured of the plan's
+ * predictions against what the harness measured (E2E = to the end of the stream, TTFT and
+ * TPOT as in metrics.ts). Grouped per 'device/requestClass'; a group is judged when it has at
+ * least {@link PREDICTION_LIMITS}.minRequests predicted requests, and a judged figure is
+ * flagged when the median of |error| exceeds medianRel or its p90 exceeds p90Rel (issue 8's
+ * target, stated for E2E; TTFT and TPOT are flagged by the same rule for diagnosis).
+ *
+ * Requests without a prediction (the all-server start-up plan, overrides) are counted in
+ * `unpredicted`, never mixed in. The plan prices E2E for the class's expected output length,
+ * so `e2e` also holds the spread of output lengths; `e2eAtLength` re-prices it for the length
+ * the request actually produced (predicted TTFT + (tokens − 1) × predicted TPOT), which
+ * separates the model's error from the length's.
+ */
+import { completed, percentile, tpotOf, ttftOf, type RequestRecord } from './metrics';
+
+/** The ≥ 20 rule and the target: median |error| ≤ 10 %, p90 ≤ 25 %. */
+export const PREDICTION_LIMITS = { minRequests: 20, medianRel: 0.1, p90Rel: 0.25 } as const;
+
+/** The figures whose prediction is judged. */
+export const PREDICTED_FIGURES = ['e2e', 'e2eAtLength', 'ttft', 'tpot'] as const;
+export type PredictedFigure = (typeof PREDICTED_FIGURES)[number];
+
+/** Signed relative errors of one group's requests, per figure (the raw material; mergeable over rates). */
+export interface PredictionSamples {
+  /** Completed requests of the group. */
+  readonly completed: number;
+  /** Completed requests that carried no prediction (not in the errors). */
+  readonly unpredicted: number;
+  readonly errors: Readonly<Record<PredictedFigure, readonly number[]>>;
+}
+
+/** Error statistics of one figure over a group. */
+export interface ErrorStats {
+  /** Requests with this figure predicted and measured. */
+  readonly n: number;
+  /** Median and p90 of |predicted − measured| / measured. */
+  readonly medianAbs: number;
+  readonly p90Abs: number;
+  /** Median of (predicted − measured) / measured: below 0 the plan predicts too low (optimistic), above too high. */
+  readonly signedMedian: number;
+  /** n ≥ minRequests, so the figure is judged. */
+  readonly judged: boolean;
+  /** Judged and outside the target (median > medianRel or p90 > p90Rel); null when not judged. */
+  readonly flagged: boolean | null;
+}
+
+/** One group's prediction error. */
+export interface PredictionGroup {
+  readonly completed: number;
+  readonly predicted: number;
+  readonly unpredicted: number;
+  /** Per figure; null when no request of the group has it. */
+  readonly figures: Readonly<Record<PredictedFigure, ErrorStats | null>>;
+  /** The E2E figure is judged and flagged (the issue's target). */
+  readonly flagged: boolean | null;
+}
+
+const emptyErrors = (): Record<PredictedFigure, number[]> => ({ e2e: [], e2eAtLength: [], ttft: [], tpot: [] });
+
+/** Signed relative errors per 'device/requestClass' of a set of records. */
+export function predictionSamples(records: readonly RequestRecord[]): Record<string, PredictionSamples> {
+  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]> }> = {};
+  const rel = (predicted: number | undefined, measured: number | null): number | null =>
+    predicted !== undefined && predicted > 0 && measured !== null && measured > 0 ? (predicted - measured) / measured : null;
+  for (const r of records) {
+    if (!completed(r)) continue;
+    const g = (out[`${r.device}/${r.requestClass}`] ??= { completed: 0, unpredicted: 0, errors: emptyErrors() });
+    g.completed++;
+    if (r.predictedE2eMs === undefined && r.predictedTtftMs === undefined) { g.unpredicted++; continue; }
+    const tokens = r.tokenMs.length;
+    const atLength = r.predictedTtftMs !== undefined && (tokens <= 1 || r.predictedTpotMs !== undefined)
+      ? r.predictedTtftMs + Math.max(0, tokens - 1) * (r.predictedTpotMs ?? 0) : undefined;
+    const add = (k: PredictedFigure, e: number | null): void => { if (e !== null) g.errors[k].push(e); };
+    add('e2e', rel(r.predictedE2eMs, r.endMs));
+    add('e2eAtLength', rel(atLength, r.endMs));
+    add('ttft', rel(r.predictedTtftMs, ttftOf(r)));
+    add('tpot', rel(r.predictedTpotMs, tpotOf(r)));
+  }
+  return out;
+}
+
+/** The union of several sample sets (e.g. every rate of a policy). */
+export function mergeSamples(sets: readonly Readonly<Record<string, PredictionSamples>>[]): Record<string, PredictionSamples> {
+  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]> }> = {};
+  for (const set of sets) {
+    for (const [k, s] of Object.entries(set)) {
+      const g = (out[k] ??= { completed: 0, unpredicted: 0, errors: emptyErrors() });
+      g.completed += s.completed;
+      g.unpredicted += s.unpredicted;
+      for (const f of PREDICTED_FIGURES) g.errors[f].push(...s.errors[f]);
+    }
+  }
+  return out;
+}
+
+const round = (v: number): number => Math.round(v * 10_000) / 10_000;
+
+/** Statistics of a sample of signed relative errors (null when empty). */
+export function errorStats(errors: readonly number[]): ErrorStats | null {
+  if (errors.length === 0) return null;
+  const abs = errors.map(Math.abs).sort((a, b) => a - b);
+  const signed = [...errors].sort((a, b) => a - b);
+  const L = PREDICTION_LIMITS;
+  const medianAbs = percentile(abs, 50);
+  const p90Abs = percentile(abs, 90);
+  const judged = errors.length >= L.minRequests;
+  return {
+    n: errors.length, medianAbs: round(medianAbs), p90Abs: round(p90Abs), signedMedian: round(percentile(signed, 50)),
+    judged, flagged: judged ? medianAbs > L.medianRel || p90Abs > L.p90Rel : null,
+  };
+}
+
+/** Per group: counts and each figure's statistics. Keys sorted. */
+export function predictionErrors(samples: Readonly<Record<string, PredictionSamples>>): Record<string, PredictionGroup> {
+  return Object.fromEntries(Object.entries(samples).sort(([a], [b]) => a.localeCompare(b)).map(([k, s]) => {
+    const figures = Object.fromEntries(PREDICTED_FIGURES.map((f) => [f, errorStats(s.errors[f])])) as Record<PredictedFigure, ErrorStats | null>;
+    return [k, { completed: s.completed, predicted: s.completed - s.unpredicted, unpredicted: s.unpredicted, figures, flagged: figures.e2e?.flagged ?? null }];
+  }));
+}
