@@ -7,6 +7,15 @@ describe('executor configuration', () => {
     expect(c.EXECUTOR_ENGINE).toBe('worker');
     expect(c.EXECUTOR_MAX_BATCH_TOKENS).toBe(DEFAULT_MAX_BATCH_TOKENS);
     expect(DEFAULT_MAX_BATCH_TOKENS).toBe(4096);
+    expect(c.EXECUTOR_FUSED).toBe(true);
+  });
+
+  it('turns the fused whole-model session off, and refuses a value that is not a boolean', () => {
+    expect(loadConfig({ MODEL_DIR: '/m', EXECUTOR_FUSED: 'false' }).EXECUTOR_FUSED).toBe(false);
+    let err: unknown;
+    try { loadConfig({ MODEL_DIR: '/m', EXECUTOR_FUSED: 'sometimes' }); } catch (e) { err = e; }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems.join('\n')).toMatch(/EXECUTOR_FUSED.*sometimes/);
   });
 
   it('accepts the inline engine and a token budget', () => {

@@ -15,6 +15,7 @@ export const executorEnv = {
   EXECUTOR_MAX_BATCH: env.int('Most sessions in one batch', 16, 1, 1024),
   EXECUTOR_MAX_BATCH_TOKENS: env.int('Most tokens in one batch: a batch takes waiting steps while their tokens stay within this (a single longer step still runs, alone), so one call stays short', DEFAULT_MAX_BATCH_TOKENS, 1, 1 << 20),
   EXECUTOR_ENGINE: env.oneOf("Where onnxruntime runs: 'worker' (a worker thread, so gRPC, health and status are answered while a batch computes) or 'inline' (on the event loop, which a batch then blocks)", 'worker', ['worker', 'inline']),
+  EXECUTOR_FUSED: env.bool('Also load one fused onnxruntime session over every stage, so a step that runs alone (server-side decoding) is one call instead of one per stage; it holds a second copy of the weights (gpt2: about +640 MB RSS)', true),
   EXECUTOR_IDLE_TIMEOUT_MS: env.int('A session with no message for this long is ended with DEADLINE_EXCEEDED and freed', 60_000, 100, 86_400_000),
   EXECUTOR_THREADS: env.int('onnxruntime intra-op threads (0 lets onnxruntime choose)', 0, 0, 256),
   EXECUTOR_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long open sessions may finish before they are cancelled', 10_000, 0, 3_600_000),

@@ -12,6 +12,8 @@ export interface EngineThreadData {
   readonly modelDir: string;
   /** onnxruntime intra-op threads; 0 or undefined lets onnxruntime choose. */
   readonly intraOpNumThreads?: number;
+  /** Also load the fused session over every stage (EngineLoadOptions.fuseAllStages). */
+  readonly fuseAllStages?: boolean;
 }
 
 /** Requests to the inference thread; `id` pairs an answer with its request. Handled in order. */
@@ -19,6 +21,8 @@ export type ToThread =
   | { readonly op: 'new-cache'; readonly cache: number }
   | { readonly op: 'release-cache'; readonly cache: number }
   | { readonly op: 'run'; readonly id: number; readonly stage: number; readonly inputs: readonly HostTensor[]; readonly caches: readonly number[] }
+  /** StageEngine.runRange: one step of one session over stages [begin, end); answered with one output. */
+  | { readonly op: 'run-range'; readonly id: number; readonly begin: number; readonly end: number; readonly input: HostTensor; readonly cache: number; readonly lastRowOnly: boolean }
   | { readonly op: 'warmup'; readonly id: number }
   | { readonly op: 'close'; readonly id: number }
   /** Fault injection for tests: exit with code 1 at once, as a crash would. */

@@ -16,7 +16,7 @@ async function serve(): Promise<void> {
   const init = workerData as EngineThreadData;
   let engine: OnnxStageEngine;
   try {
-    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads });
+    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads, fuseAllStages: init.fuseAllStages });
   } catch (err) {
     port.postMessage({ type: 'load-failed', error: describeError(err) } satisfies FromThread);
     return;
@@ -61,6 +61,19 @@ async function serve(): Promise<void> {
           return;
         }
         post({ type: 'done', id: m.id, outputs }, transferListOf(outputs));
+        return;
+      }
+      case 'run-range': {
+        let output: HostTensor;
+        try {
+          const c = caches.get(m.cache);
+          if (c === undefined) throw new StageInputError('cache', 'be a live cache of this engine (made by newCache, not released)', `cache ${m.cache}`, 'precondition');
+          output = await engine.runRange(m.begin, m.end, m.input, c, m.lastRowOnly);
+        } catch (err) {
+          post({ type: 'failed', id: m.id, error: describeError(err), inputs: [m.input] }, transferListOf([m.input]));
+          return;
+        }
+        post({ type: 'done', id: m.id, outputs: [output] }, transferListOf([output]));
         return;
       }
       case 'warmup':

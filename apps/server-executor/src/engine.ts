@@ -1,5 +1,5 @@
 import type { HostTensor } from '@tandem/protocol';
-import { modelIdOf, StageRunner, type KvCache } from '@tandem/model';
+import { modelIdOf, readManifest, StageRunner, type KvCache } from '@tandem/model';
 
 /** What a stage computes; position-wise stages can batch sessions by concatenating tokens. */
 export type StageKind = 'embed' | 'attn' | 'mlp' | 'head';
@@ -24,6 +24,19 @@ export interface StageEngine {
    * the inputs are intact, so the caller may retry them.
    */
   runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]>;
+  /**
+   * Whether {@link runRange} over exactly `[begin, end)` is one fused session call (a range
+   * loaded fused, see EngineLoadOptions.fuseAllStages). Absent: no fused range.
+   */
+  hasFusedRange?(begin: number, end: number): boolean;
+  /**
+   * Runs stages `begin..end-1` on one session's step as one engine call and returns the last
+   * stage's output; with `lastRowOnly` and a range ending with the head, the last position's
+   * logits only ([1,1,V]). Values and the cache afterwards are those of running the stages one
+   * by one (bit for bit). Ownership of the input as for {@link runBatch}: it may be taken,
+   * and is intact when the call rejects. Present when the engine can have fused ranges.
+   */
+  runRange?(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor>;
   warmup(): Promise<void>;
   close(): Promise<void>;
   /**
@@ -32,6 +45,18 @@ export interface StageEngine {
    * engine that cannot fail this way.
    */
   readonly failed?: Promise<Error>;
+}
+
+/** How an engine loads its model. */
+export interface EngineLoadOptions {
+  /** onnxruntime intra-op threads; 0 or undefined lets onnxruntime choose. */
+  readonly intraOpNumThreads?: number;
+  /**
+   * Also load one fused session over every stage `[0, n)` (StageRunner `fusedRanges`), so a
+   * whole step of a session is one onnxruntime call ({@link StageEngine.runRange}). It holds
+   * a second copy of the weights (gpt2: about +640 MB of RSS) and lengthens the load.
+   */
+  readonly fuseAllStages?: boolean;
 }
 
 /**
@@ -43,8 +68,9 @@ export interface StageEngine {
 export class OnnxStageEngine implements StageEngine {
   private constructor(private readonly runner: StageRunner, readonly modelId: string) {}
 
-  static async load(modelDir: string, opts: { intraOpNumThreads?: number } = {}): Promise<OnnxStageEngine> {
-    const runner = await StageRunner.load(modelDir, { intraOpNumThreads: opts.intraOpNumThreads || undefined });
+  static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<OnnxStageEngine> {
+    const n = opts.fuseAllStages ? (await readManifest(modelDir)).stages.length : 0;
+    const runner = await StageRunner.load(modelDir, { intraOpNumThreads: opts.intraOpNumThreads || undefined, fusedRanges: n > 0 ? [[0, n]] : [] });
     return new OnnxStageEngine(runner, modelIdOf(modelDir));
   }
 
@@ -60,12 +86,26 @@ export class OnnxStageEngine implements StageEngine {
     return this.runner.runBatch(stage, inputs as never, caches as KvCache[]) as Promise<HostTensor[]>;
   }
 
-  /** Runs a 4-token prompt and one decode step through every stage, so first requests pay no lazy initialisation. */
+  hasFusedRange(begin: number, end: number): boolean { return this.runner.hasFusedRange(begin, end); }
+
+  async runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+    return this.runner.runRange(begin, end, input as never, cache as KvCache, { lastOnly: lastRowOnly }) as Promise<HostTensor>;
+  }
+
+  /**
+   * Runs a 4-token prompt and one decode step through every stage, and through the fused
+   * whole-model session when loaded, so first requests pay no lazy initialisation.
+   */
   async warmup(): Promise<void> {
-    const cache = this.runner.newCache();
-    for (const t of [4, 1]) {
-      let x: HostTensor = { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) };
-      for (let s = 0; s < this.stageCount; s++) x = (await this.runner.run(s, x as never, cache)) as HostTensor;
+    const n = this.stageCount;
+    for (const fused of this.runner.hasFusedRange(0, n) ? [false, true] : [false]) {
+      const cache = this.runner.newCache();
+      for (const t of [4, 1]) {
+        let x: HostTensor = { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) };
+        if (fused) await this.runner.runRange(0, n, x as never, cache, { lastOnly: true });
+        else for (let s = 0; s < n; s++) x = (await this.runner.run(s, x as never, cache)) as HostTensor;
+      }
+      cache.clear();
     }
   }
 

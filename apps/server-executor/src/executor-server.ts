@@ -115,7 +115,9 @@ export class ExecutorServer {
   /**
    * Measures every stage once before serving (a 16-token prefill and 3 decode steps, twice),
    * through the scheduler so the figures land in the stage statistics: the planner gets
-   * the server's costs from the first load report, not only after traffic arrived.
+   * the server's costs from the first load report, not only after traffic arrived. The first
+   * round runs stage by stage (every stage gets a figure of its own); the second may run
+   * fused when the engine has the whole range fused, so the figures also reflect that path.
    */
   private async profile(): Promise<void> {
     const n = this.opts.engine.stageCount;
@@ -123,7 +125,7 @@ export class ExecutorServer {
       const cache = this.opts.engine.newCache();
       let tokens = 16;
       for (let step = 0; step < 4; step++) {
-        await this.scheduler.submit('profile', 0, n, { dtype: 'int64', shape: [1, tokens], data: new BigInt64Array(tokens).fill(1n) }, cache);
+        await this.scheduler.submit('profile', 0, n, { dtype: 'int64', shape: [1, tokens], data: new BigInt64Array(tokens).fill(1n) }, cache, { fuse: round > 0 });
         tokens = 1;
       }
       this.opts.engine.releaseCache(cache);

@@ -4,7 +4,7 @@ export type { ExecutorConfig } from './config';
 export { OnnxStageEngine } from './engine';
 export { WorkerStageEngine } from './worker-engine';
 export { EngineUnavailableError } from './errors';
-export type { StageEngine, StageKind } from './engine';
+export type { EngineLoadOptions, StageEngine, StageKind } from './engine';
 export { ExecutorServer } from './executor-server';
 export type { ExecutorServerOptions } from './executor-server';
 export { StageScheduler } from './scheduler';

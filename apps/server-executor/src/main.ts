@@ -8,7 +8,7 @@ import { WorkerStageEngine } from './worker-engine';
 export async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const log = createLogger({ name: 'server-executor', level: config.LOG_LEVEL });
-  const engineOpts = { intraOpNumThreads: config.EXECUTOR_THREADS };
+  const engineOpts = { intraOpNumThreads: config.EXECUTOR_THREADS, fuseAllStages: config.EXECUTOR_FUSED };
   const engine = config.EXECUTOR_ENGINE === 'worker' ? await WorkerStageEngine.load(config.MODEL_DIR, engineOpts) : await OnnxStageEngine.load(config.MODEL_DIR, engineOpts);
   const server = new ExecutorServer({
     engine,

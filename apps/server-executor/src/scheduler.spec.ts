@@ -161,4 +161,157 @@ describe('StageScheduler', () => {
       expect(engine.tokens).toEqual([[1], [2]]);
     });
   });
+
+  describe('fused whole-range calls', () => {
+    /**
+     * The fake engine with [0, 6) fused: runRange applies the same stages as one call (cutting
+     * to the last row before the head when asked). A clock advances by stage+1 ms per staged
+     * call and by `fusedMs` per fused call, so the statistics are exact.
+     */
+    class FusedEngine extends FakeEngine {
+      readonly ranges: { begin: number; end: number; lastRowOnly: boolean }[] = [];
+      clock = 0;
+      fusedMs = 10.5;
+      failRange = false;
+      hasFusedRange(begin: number, end: number): boolean { return begin === 0 && end === 6; }
+      override async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
+        const out = await super.runBatch(stage, inputs);
+        this.clock += stage + 1;
+        return out;
+      }
+      async runRange(begin: number, end: number, input: HostTensor, _cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+        this.ranges.push({ begin, end, lastRowOnly });
+        if (this.gate) await this.gate;
+        if (this.failRange) throw new Error('bad range input');
+        this.clock += this.fusedMs;
+        let data = Float32Array.from(input.data as Float32Array);
+        let t = input.shape[1];
+        for (let s = begin; s < end; s++) {
+          if (lastRowOnly && this.stageKind(s) === 'head' && t > 1) { data = data.slice((t - 1) * 2); t = 1; }
+          data = data.map((v) => v + s + 1);
+        }
+        return { dtype: 'float32', shape: [1, t, 2], data };
+      }
+    }
+    const make = (batching = true): { engine: FusedEngine; sched: StageScheduler } => {
+      const engine = new FusedEngine();
+      return { engine, sched: new StageScheduler(engine, { batching, maxBatch: 8, now: () => engine.clock }) };
+    };
+
+    it('runs a lone step over a fused range as one engine call, with the staged result', async () => {
+      const { engine, sched } = make();
+      const staged = await sched.submit('a', 0, 6, tensor(0), {}, { fuse: false });
+      expect(engine.calls).toHaveLength(6);
+      const fused = await sched.submit('a', 0, 6, tensor(0), {});
+      expect(engine.ranges).toEqual([{ begin: 0, end: 6, lastRowOnly: false }]);
+      expect(engine.calls).toHaveLength(6); // no stage call for the fused step
+      expect([...(fused.tensor.data as Float32Array)]).toEqual([...(staged.tensor.data as Float32Array)]);
+      expect(fused.computeMs).toBe(10.5);
+      expect(sched.busyTimeMs).toBe(21 + 10.5);
+    });
+
+    it('spreads a fused call over its stages in proportion to their measured costs', async () => {
+      const { engine, sched } = make();
+      await sched.submit('a', 0, 6, tensor(0), {}, { fuse: false }); // decode figures 1..6 ms (sum 21)
+      await sched.submit('a', 0, 6, tensor(0), {}); // 10.5 ms: each stage's share is half its figure
+      // EWMA (alpha 0.2) of w and w/2 = 0.9 w
+      sched.stats.snapshot().forEach((c) => expect(c.decodeMs).toBeCloseTo(0.9 * (c.stage + 1), 10));
+      expect(sched.stats.snapshot().every((c) => c.samples === 2)).toBe(true);
+      expect(engine.ranges).toHaveLength(1);
+    });
+
+    it('records a sampled prefill as stage by stage would: prompt tokens up to the head, one row at the head', async () => {
+      const { engine, sched } = make();
+      engine.fusedMs = 0; // measured figures unchanged in shape; checked below
+      await sched.submit('a', 0, 6, tensor(0, 3), {}, { fuse: false, lastRowOnly: true });
+      const before = sched.stats.snapshot();
+      expect(before[5].prefillMsPerToken).toBe(0); // the head saw one row
+      engine.fusedMs = 10.5;
+      const out = await sched.submit('a', 0, 6, tensor(0, 3), {}, { lastRowOnly: true });
+      expect(out.tensor.shape).toEqual([1, 1, 2]);
+      expect(engine.ranges).toEqual([{ begin: 0, end: 6, lastRowOnly: true }]);
+      const after = sched.stats.snapshot();
+      expect(after[5].prefillMsPerToken).toBe(0);
+      expect(after[5].decodeMs).toBeLessThan(before[5].decodeMs);
+      for (let s = 0; s < 5; s++) expect(after[s].prefillMsPerToken).toBeLessThan(before[s].prefillMsPerToken);
+    });
+
+    it('counts a fused call in compute only when its stages have no figures yet', async () => {
+      const { engine, sched } = make();
+      await sched.submit('a', 0, 6, tensor(0), {});
+      expect(engine.ranges).toHaveLength(1);
+      expect(sched.busyTimeMs).toBe(10.5);
+      expect(sched.stats.snapshot().every((c) => c.samples === 0)).toBe(true);
+    });
+
+    it('runs stage by stage and batches when another step waits at the same first stage', async () => {
+      const { engine, sched } = make();
+      const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), {})));
+      expect(engine.ranges).toHaveLength(0);
+      expect(engine.calls[0]).toEqual({ stage: 0, batch: 3 });
+      expect(sched.batchedStepCount).toBe(12);
+      expect(outs.map((o) => (o.tensor.data as Float32Array)[0])).toEqual([21, 31, 41]);
+    });
+
+    it('fuses every step when batching is off (each would run alone anyway)', async () => {
+      const { engine, sched } = make(false);
+      await Promise.all([0, 10].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), {})));
+      expect(engine.ranges).toHaveLength(2);
+      expect(engine.calls).toHaveLength(0);
+    });
+
+    it('runs stage by stage a step whose range is not fused, or that may not be fused', async () => {
+      const { engine, sched } = make();
+      await sched.submit('a', 1, 6, tensor(0), {});
+      await sched.submit('a', 0, 5, tensor(0), {});
+      await sched.submit('a', 0, 6, tensor(0), {}, { fuse: false });
+      expect(engine.ranges).toHaveLength(0);
+      expect(engine.calls).toHaveLength(5 + 5 + 6);
+    });
+
+    it('lets a session that finished a fused step join the steps waiting for the next call', async () => {
+      const { engine, sched } = make();
+      let open!: () => void;
+      engine.gate = new Promise<void>((r) => { open = r; });
+      // a decodes two tokens: its second step is submitted as soon as its first resolves
+      const a = sched.submit('a', 0, 6, tensor(0), {}).then(() => sched.submit('a', 0, 6, tensor(0), {}));
+      await new Promise((r) => setImmediate(r));
+      expect(engine.ranges).toHaveLength(1); // a runs alone, fused
+      const b = sched.submit('b', 0, 6, tensor(0), {}); // arrives during a's fused call
+      engine.gate = undefined;
+      open();
+      await Promise.all([a, b]);
+      expect(engine.ranges).toHaveLength(1); // a's next step met b at stage 0: batched, not a second fused call
+      expect(engine.calls[0]).toEqual({ stage: 0, batch: 2 });
+    });
+
+    it('fails only the fused step whose call fails', async () => {
+      const { engine, sched } = make();
+      engine.failRange = true;
+      await expect(sched.submit('a', 0, 6, tensor(0), {})).rejects.toThrow('bad range input');
+      engine.failRange = false;
+      expect((await sched.submit('a', 0, 6, tensor(0), {})).tensor.shape).toEqual([1, 1, 2]);
+      expect(sched.depth).toBe(0);
+    });
+
+    it('waits for a fused call in flight before a cancelled session is idle, and never resumes the step', async () => {
+      const { engine, sched } = make();
+      let open!: () => void;
+      engine.gate = new Promise<void>((r) => { open = r; });
+      const running = sched.submit('x', 0, 6, tensor(0), {});
+      await new Promise((r) => setImmediate(r));
+      expect(engine.ranges).toHaveLength(1);
+      const reason = new SessionClosedError('cancelled by the client');
+      const gone = sched.cancelSession('x', reason);
+      let idle = false;
+      void gone.then(() => { idle = true; });
+      await Promise.resolve();
+      expect(idle).toBe(false);
+      open();
+      await expect(running).rejects.toBe(reason);
+      await gone;
+      expect(engine.calls).toHaveLength(0);
+      expect(sched.depth).toBe(0);
+    });
+  });
 });

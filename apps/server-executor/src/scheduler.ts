@@ -7,6 +7,8 @@ import { StageStats } from './stage-stats';
 /** One step of one session: stages [stage, end) still to run on `tensor`. */
 interface Job {
   readonly sessionId: string;
+  /** First stage of the step (the job has not started while `stage === begin`). */
+  readonly begin: number;
   stage: number;
   readonly end: number;
   tensor: HostTensor;
@@ -15,6 +17,8 @@ interface Job {
   tokens: number;
   /** Run the head on the last position only (the step needs only the next token). */
   readonly lastRowOnly: boolean;
+  /** May run as one fused engine call (SubmitOptions.fuse). */
+  readonly fuse: boolean;
   readonly enqueuedAtMs: number;
   startedAtMs: number | undefined;
   computeMs: number;
@@ -42,6 +46,12 @@ export interface SubmitOptions {
    * bit-identical to the last row of the full head, at 1/T of the cost.
    */
   readonly lastRowOnly?: boolean;
+  /**
+   * May the step run as one fused engine call (see StageScheduler)? Default true; false runs
+   * it stage by stage whatever the engine offers (the executor's start-up profile uses it so
+   * that every stage gets a measured cost of its own).
+   */
+  readonly fuse?: boolean;
 }
 
 export interface SchedulerOptions {
@@ -65,7 +75,23 @@ export interface SchedulerOptions {
  * it for every waiting step at the same stage in one engine call; attention stages run
  * per session (their KV caches differ in length). A step moves through its stage range
  * one stage per turn, so steps of other sessions interleave and meet at the same depth.
- * Invariant: each step's stages run in order and exactly once.
+ *
+ * Fused steps: a step picked before it started whose whole range the engine has fused
+ * (`hasFusedRange(begin, end)`) runs as ONE engine call (`runRange`) when no other step waits
+ * at its first stage (or batching is off), i.e. when it would run alone anyway: that saves
+ * the per-stage call overhead (for gpt2, 26 calls and thread hops per token). When others
+ * wait there, it runs stage by stage and batches with them as above. After a call that
+ * finished steps, the scheduler yields one event-loop turn before picking the next call, so
+ * that sessions decoding on the server submit their next step first and can be batched
+ * (continuous batching) rather than alternate in fused calls.
+ *
+ * Statistics: a stage-by-stage call is recorded for its stage. A fused call's time is spread
+ * over its stages in proportion to their current cost figures (StageStats.recordSpread), so
+ * the per-stage costs keep the shape measured stage by stage (start-up profile, batched
+ * calls) and follow the level measured by fused calls; a step whose stages have no figures
+ * yet counts in compute and busy time only.
+ *
+ * Invariant: each step's stages run in order and exactly once (a fused call runs them all).
  */
 export class StageScheduler {
   private readonly queue: Job[] = [];
@@ -96,7 +122,7 @@ export class StageScheduler {
   /** Queues stages [begin, end) of one session's step on `tensor`. */
   submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown, opts: SubmitOptions = {}): Promise<StepOutcome> {
     return new Promise<StepOutcome>((resolve, reject) => {
-      const job: Job = { sessionId, stage: begin, end, tensor, cache, tokens: 0, lastRowOnly: opts.lastRowOnly ?? false, enqueuedAtMs: this.now(), startedAtMs: undefined, computeMs: 0, batchedStages: 0, resolve, reject };
+      const job: Job = { sessionId, begin, stage: begin, end, tensor, cache, tokens: 0, lastRowOnly: opts.lastRowOnly ?? false, fuse: opts.fuse ?? true, enqueuedAtMs: this.now(), startedAtMs: undefined, computeMs: 0, batchedStages: 0, resolve, reject };
       this.setInput(job, tensor);
       this.queue.push(job);
       // Start on the next turn of the event loop, so steps that arrived in the same I/O
@@ -156,29 +182,65 @@ export class StageScheduler {
     return batch;
   }
 
+  /**
+   * Whether `j` (the head of the next call) runs as one fused call: it has not started, the
+   * engine has its whole range fused, and no other step waits at its stage (with batching
+   * off none could join it anyway). O(queue length).
+   */
+  private runsFused(j: Job): boolean {
+    if (!j.fuse || j.stage !== j.begin || !this.engine.runRange || !this.engine.hasFusedRange?.(j.stage, j.end)) return false;
+    return !this.opts.batching || !this.queue.some((o) => o !== j && o.stage === j.stage);
+  }
+
+  /** The calls of one turn: one fused call of one step, or one stage for a batch of steps. */
+  private async call(batch: Job[], fused: boolean): Promise<(HostTensor | Error)[]> {
+    const stage = batch[0].stage;
+    if (fused) {
+      const j = batch[0];
+      try {
+        return [await (this.engine.runRange as NonNullable<StageEngine['runRange']>)(j.stage, j.end, j.tensor, j.cache, j.lastRowOnly)];
+      } catch (err) {
+        return [err as Error];
+      }
+    }
+    try {
+      return await this.engine.runBatch(stage, batch.map((j) => j.tensor), batch.map((j) => j.cache));
+    } catch (err) {
+      // One bad input must not fail the others: rerun them one by one.
+      if (batch.length === 1) return [err as Error];
+      const outputs: (HostTensor | Error)[] = [];
+      for (const j of batch) {
+        try { outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]); } catch (e) { outputs.push(e as Error); }
+      }
+      return outputs;
+    }
+  }
+
+  /** Per-stage statistics of a fused call of `j` that took `ms`: the stages and their token counts as a staged run records them. */
+  private recordFused(j: Job, ms: number): void {
+    const parts: { stage: number; tokens: number }[] = [];
+    for (let s = j.stage; s < j.end; s++) {
+      // Stage by stage, a lastRowOnly step reaches the head cut to one row (see setInput).
+      const cut = j.lastRowOnly && s > j.stage && this.engine.stageKind(s) === 'head';
+      parts.push({ stage: s, tokens: cut ? 1 : j.tokens });
+    }
+    this.stats.recordSpread(parts, ms);
+  }
+
   private async pump(): Promise<void> {
     try {
       while (this.queue.length > 0) {
         const batch = this.pickBatch();
+        const fused = batch.length === 1 && this.runsFused(batch[0]);
         const stage = batch[0].stage;
         const t0 = this.now();
         for (const j of batch) { j.startedAtMs ??= t0; this.inCall.add(j); }
-        let outputs: (HostTensor | Error)[];
-        try {
-          outputs = await this.engine.runBatch(stage, batch.map((j) => j.tensor), batch.map((j) => j.cache));
-        } catch (err) {
-          // One bad input must not fail the others: rerun them one by one.
-          outputs = batch.length === 1 ? [err as Error] : [];
-          if (batch.length > 1) {
-            for (const j of batch) {
-              try { outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]); } catch (e) { outputs.push(e as Error); }
-            }
-          }
-        }
+        const outputs = await this.call(batch, fused);
         const elapsed = this.now() - t0;
         this.inCall.clear();
         this.busyMs += elapsed;
         const totalTokens = batch.reduce((a, j) => a + j.tokens, 0);
+        let finished = 0;
         batch.forEach((j, i) => {
           const share = elapsed * (j.tokens / totalTokens);
           j.computeMs += share;
@@ -189,22 +251,31 @@ export class StageScheduler {
           if (out instanceof Error) {
             if (idx >= 0) this.queue.splice(idx, 1);
             j.reject(out);
+            finished++;
             return;
           }
-          this.stats.record(stage, j.tokens, share);
-          j.stage++;
+          if (fused) {
+            this.recordFused(j, share);
+            j.stage = j.end;
+          } else {
+            this.stats.record(stage, j.tokens, share);
+            j.stage++;
+          }
           if (j.stage < j.end) this.setInput(j, out);
           if (j.stage >= j.end) {
             if (idx >= 0) this.queue.splice(idx, 1);
             const outcome = { tensor: out, computeMs: j.computeMs, queueMs: (j.startedAtMs ?? t0) - j.enqueuedAtMs, batchedStages: j.batchedStages };
             this.opts.onStepDone?.(outcome);
             j.resolve(outcome);
+            finished++;
           }
         });
         this.cancelled.clear();
         const waiting = this.afterCall;
         this.afterCall = [];
         for (const w of waiting) w();
+        // Let the sessions whose steps just finished submit their next ones before the next pick.
+        if (finished > 0) await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.running = false;

@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { modelIdOf, readManifest, type Manifest } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
-import type { StageEngine, StageKind } from './engine';
+import type { EngineLoadOptions, StageEngine, StageKind } from './engine';
 import { rebuildError, ownedTensors, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 import { EngineUnavailableError } from './errors';
 
@@ -42,7 +42,7 @@ export class WorkerStageEngine implements StageEngine {
   private resolveFailed!: (e: Error) => void;
   readonly failed = new Promise<Error>((r) => { this.resolveFailed = r; });
 
-  private constructor(private readonly worker: Worker, private readonly manifest: Manifest, readonly modelId: string) {
+  private constructor(private readonly worker: Worker, private readonly manifest: Manifest, readonly modelId: string, private readonly fusedAll: boolean) {
     worker.on('message', (m: FromThread) => this.onMessage(m));
     worker.on('error', (err) => this.fail(`failed: ${err.message}`, err));
     worker.on('messageerror', (err) => this.fail(`sent a message that could not be read: ${err.message}`, err));
@@ -53,9 +53,9 @@ export class WorkerStageEngine implements StageEngine {
    * Reads the manifest, starts the inference thread and waits until it loaded every stage.
    * @throws ModelFormatError for a bad model directory; the thread's load error otherwise.
    */
-  static async load(modelDir: string, opts: { intraOpNumThreads?: number } = {}): Promise<WorkerStageEngine> {
+  static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<WorkerStageEngine> {
     const manifest = await readManifest(modelDir);
-    const data: EngineThreadData = { modelDir, intraOpNumThreads: opts.intraOpNumThreads || undefined };
+    const data: EngineThreadData = { modelDir, intraOpNumThreads: opts.intraOpNumThreads || undefined, fuseAllStages: opts.fuseAllStages === true };
     // execArgv [] : the thread needs none of the parent's flags (it registers tsx itself).
     const worker = new Worker(THREAD_ENTRY, { workerData: data, execArgv: [], name: 'tandem-engine' });
     await new Promise<void>((resolve, reject) => {
@@ -74,7 +74,7 @@ export class WorkerStageEngine implements StageEngine {
       worker.on('error', onError);
       worker.on('exit', onExit);
     });
-    return new WorkerStageEngine(worker, manifest, modelIdOf(modelDir));
+    return new WorkerStageEngine(worker, manifest, modelIdOf(modelDir), opts.fuseAllStages === true);
   }
 
   get stageCount(): number { return this.manifest.stages.length; }
@@ -102,11 +102,7 @@ export class WorkerStageEngine implements StageEngine {
     if (this.failure) return Promise.reject(this.failure);
     let ids: number[];
     try {
-      ids = caches.map((c, i) => {
-        const h = this.handle(c, `caches[${i}]`);
-        if (h.released) throw new Error(`caches[${i}] must not be released, given a released cache`);
-        return h.id;
-      });
+      ids = caches.map((c, i) => this.liveId(c, `caches[${i}]`));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -115,6 +111,28 @@ export class WorkerStageEngine implements StageEngine {
     return new Promise<HostTensor[]>((resolve, reject) => {
       this.pending.set(id, { inputs, resolve, reject });
       this.post({ op: 'run', id, stage, inputs: sent, caches: ids }, transferListOf(sent));
+    });
+  }
+
+  /** The whole range is fused only for `[0, stageCount)`, when loaded with `fuseAllStages`. */
+  hasFusedRange(begin: number, end: number): boolean {
+    return this.fusedAll && begin === 0 && end === this.stageCount;
+  }
+
+  /** One message to the thread for the whole range (one thread hop instead of one per stage). */
+  runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+    if (this.failure) return Promise.reject(this.failure);
+    let cacheId: number;
+    try {
+      cacheId = this.liveId(cache, 'cache');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const id = this.nextId++;
+    const [sent] = ownedTensors([input]);
+    return new Promise<HostTensor>((resolve, reject) => {
+      this.pending.set(id, { inputs: [input], resolve: (outs) => resolve(outs[0]), reject });
+      this.post({ op: 'run-range', id, begin, end, input: sent, cache: cacheId, lastRowOnly }, transferListOf([sent]));
     });
   }
 
@@ -159,6 +177,13 @@ export class WorkerStageEngine implements StageEngine {
   private post(m: ToThread, transfer: ArrayBuffer[] = []): void {
     if (this.failure) return;
     this.worker.postMessage(m, transfer);
+  }
+
+  /** The thread-side id of a live (not released) cache of this engine. @throws Error naming `field`. */
+  private liveId(cache: unknown, field: string): number {
+    const h = this.handle(cache, field);
+    if (h.released) throw new Error(`${field} must not be released, given a released cache`);
+    return h.id;
   }
 
   private handle(cache: unknown, field: string): CacheHandle {

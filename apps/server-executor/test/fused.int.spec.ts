@@ -1,0 +1,175 @@
+import * as grpc from '@grpc/grpc-js';
+import { readManifest, SplitPipeline, StageInputError } from '@tandem/model';
+import { channelOptions, ExecutorServiceClient, type GetStatusResponse, type HostTensor } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
+import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '../src';
+import { ids, TestSession } from './session-client';
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const PROMPTS = [[15496, 11, 995], [464, 2068, 7586, 21831, 18045], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [50256]];
+const NEW_TOKENS = 8;
+
+/** A real engine behind a decorator that counts whole-range and per-stage calls. */
+class CountingEngine implements StageEngine {
+  rangeCalls = 0;
+  stageCalls = 0;
+  constructor(readonly inner: StageEngine) {}
+  get modelId(): string { return this.inner.modelId; }
+  get stageCount(): number { return this.inner.stageCount; }
+  get nEmbd(): number { return this.inner.nEmbd; }
+  get vocabSize(): number { return this.inner.vocabSize; }
+  get nPositions(): number { return this.inner.nPositions; }
+  get computesOnEventLoop(): boolean | undefined { return this.inner.computesOnEventLoop; }
+  get failed(): Promise<Error> | undefined { return this.inner.failed; }
+  stageKind(s: number): ReturnType<StageEngine['stageKind']> { return this.inner.stageKind(s); }
+  newCache(): unknown { return this.inner.newCache(); }
+  releaseCache(c: unknown): void { this.inner.releaseCache(c); }
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> { this.stageCalls++; return this.inner.runBatch(stage, inputs, caches); }
+  hasFusedRange(begin: number, end: number): boolean { return this.inner.hasFusedRange?.(begin, end) ?? false; }
+  runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+    this.rangeCalls++;
+    return (this.inner.runRange as NonNullable<StageEngine['runRange']>).call(this.inner, begin, end, input, cache, lastRowOnly);
+  }
+  warmup(): Promise<void> { return this.inner.warmup(); }
+  close(): Promise<void> { return this.inner.close(); }
+}
+
+interface Exec {
+  readonly engine: CountingEngine;
+  readonly server: ExecutorServer;
+  readonly client: ExecutorServiceClient;
+  status(): Promise<GetStatusResponse>;
+}
+
+/** An executor on the worker engine, the fused whole-model session loaded or not, batching on. */
+async function startExecutor(dir: string, fused: boolean): Promise<Exec> {
+  const engine = new CountingEngine(await WorkerStageEngine.load(dir, { intraOpNumThreads: 1, fuseAllStages: fused }));
+  const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: `fused-${fused}`, maxSessions: 16, maxContextTokens: 0,
+    maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+  const { port } = await server.start();
+  const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  return { engine, server, client, status };
+}
+
+describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
+  let model: TempModel;
+  let on: Exec;
+  let off: Exec;
+  const expected = new Map<number[], number[]>();
+
+  /** A server-side generation of `n` tokens, collected to the end. */
+  async function serverGenerate(e: Exec, prompt: number[], n: number): Promise<number[]> {
+    const s = new TestSession(e.client.session({ deadline: Date.now() + 30_000 }));
+    s.open();
+    await s.next(1);
+    s.generate(1, ids(...prompt), n);
+    await s.next(n + 1);
+    s.call.end();
+    expect((await s.ended).code).toBe(grpc.status.OK);
+    return s.tokens().map((t) => t.token);
+  }
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    [on, off] = await Promise.all([startExecutor(model.dir, true), startExecutor(model.dir, false)]);
+    const n = (await readManifest(model.dir)).stages.length;
+    const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(n));
+    for (const p of PROMPTS) expected.set(p, await pipe.generate(p, { maxNewTokens: NEW_TOKENS }));
+    await pipe.close();
+  });
+
+  afterAll(async () => {
+    for (const e of [on, off]) {
+      e?.client.close();
+      await e?.server.stop({ graceMs: 100 });
+    }
+    model?.remove();
+  });
+
+  it('gives the same tokens fused and staged, one session at a time, each step of the fused executor one call', async () => {
+    expect(on.engine.hasFusedRange(0, on.engine.stageCount)).toBe(true);
+    expect(off.engine.hasFusedRange(0, off.engine.stageCount)).toBe(false);
+    for (const p of PROMPTS) {
+      const before = { range: on.engine.rangeCalls, stage: on.engine.stageCalls };
+      const fused = await serverGenerate(on, p, NEW_TOKENS);
+      // alone on the executor: every step (prefill and each token) is one fused call
+      expect(on.engine.rangeCalls - before.range).toBe(NEW_TOKENS);
+      expect(on.engine.stageCalls - before.stage).toBe(0);
+      expect(fused).toEqual(expected.get(p));
+      expect(await serverGenerate(off, p, NEW_TOKENS)).toEqual(expected.get(p));
+    }
+    expect(off.engine.rangeCalls).toBe(0);
+  });
+
+  it('still batches stage by stage when several sessions wait, tokens unchanged fused on and off', async () => {
+    for (const e of [on, off]) {
+      const before = await e.status();
+      const stageCalls = e.engine.stageCalls;
+      const got = await Promise.all(PROMPTS.flatMap((p) => [serverGenerate(e, p, NEW_TOKENS), serverGenerate(e, p, NEW_TOKENS)]));
+      PROMPTS.forEach((p, i) => {
+        expect(got[2 * i]).toEqual(expected.get(p));
+        expect(got[2 * i + 1]).toEqual(expected.get(p));
+      });
+      const after = await e.status();
+      expect(after.batchedSteps).toBeGreaterThan(before.batchedSteps);
+      expect(e.engine.stageCalls).toBeGreaterThan(stageCalls);
+      expect(after.stepsCompleted - before.stepsCompleted).toBe(8 * NEW_TOKENS);
+    }
+    await eventually(async () => (await on.status()).activeSessions === 0, { timeoutMs: 3000, what: 'sessions freed' });
+  });
+
+  it('has every stage figure from the start-up profile, and spreads each fused step over every stage', async () => {
+    const before = on.server.loadReport().stages;
+    expect(before).toHaveLength(on.engine.stageCount);
+    for (const c of before) {
+      expect(c.decodeMs).toBeGreaterThan(0);
+      if (on.engine.stageKind(c.stage) !== 'head') expect(c.prefillMsPerToken).toBeGreaterThan(0);
+    }
+    const range = on.engine.rangeCalls;
+    await serverGenerate(on, PROMPTS[0], NEW_TOKENS);
+    expect(on.engine.rangeCalls - range).toBe(NEW_TOKENS);
+    const after = on.server.loadReport().stages;
+    after.forEach((c, s) => {
+      expect(c.samples - before[s].samples).toBe(NEW_TOKENS);
+      expect(Number.isFinite(c.decodeMs) && c.decodeMs > 0).toBe(true);
+    });
+  });
+});
+
+describe('WorkerStageEngine.runRange', () => {
+  let model: TempModel;
+  afterAll(() => model?.remove());
+
+  it('equals the stages run one by one, bit for bit, and hands a refused input back intact', async () => {
+    model = await makeTempModel();
+    const worker = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
+    const inline = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    try {
+      const n = worker.stageCount;
+      const wc = worker.newCache();
+      const ic = inline.newCache();
+      for (const prompt of [[464, 2068, 7586, 21831], [11]]) {
+        const fused = await worker.runRange(0, n, ids(...prompt), wc, true);
+        let x = ids(...prompt);
+        for (let s = 0; s < n; s++) {
+          if (inline.stageKind(s) === 'head') x = { dtype: 'float32', shape: [1, 1, x.shape[2]], data: (x.data as Float32Array).slice((x.shape[1] - 1) * x.shape[2]) };
+          [x] = await inline.runBatch(s, [x], [ic]);
+        }
+        expect(fused.shape).toEqual([1, 1, worker.vocabSize]);
+        expect(Buffer.from((fused.data as Float32Array).buffer).equals(Buffer.from((x.data as Float32Array).buffer))).toBe(true);
+      }
+      const bad = ids(1, worker.vocabSize + 5);
+      const err = await worker.runRange(0, n, bad, wc, true).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StageInputError);
+      expect((err as Error).message).toMatch(/input/);
+      expect([...(bad.data as BigInt64Array)]).toEqual([1n, BigInt(worker.vocabSize + 5)]);
+      worker.releaseCache(wc);
+      await expect(worker.runRange(0, n, ids(1), wc, true)).rejects.toThrow(/cache must not be released/);
+    } finally {
+      await worker.close();
+      await inline.close();
+    }
+  });
+});
