@@ -14,21 +14,21 @@ interface Prepared {
   readonly S: number;
   /** Decode passes m. */
   readonly m: number;
-  readonly cP: Float64Array; readonly cD: Float64Array;
-  readonly sP: Float64Array; readonly sD: Float64Array;
+  readonly cP: number[]; readonly cD: number[];
+  readonly sP: number[]; readonly sD: number[];
   /** Server work of the stage for the whole generation. */
-  readonly sW: Float64Array;
+  readonly sW: number[];
   /** Crossing into stage i: prefill pass (n tokens) and decode pass (1 token), up and down. */
-  readonly upP: Float64Array; readonly upD: Float64Array;
-  readonly downP: Float64Array; readonly downD: Float64Array;
+  readonly upP: number[]; readonly upD: number[];
+  readonly downP: number[]; readonly downD: number[];
   /** Entry work for the whole generation (one entry per pass). */
   readonly entry: number;
   /** Final download of the head's output, per pass. */
   readonly finalDown: number;
   /** Lower bounds on the rest of the prefill pass (P), a decode pass (D) and P + m·D (E). */
-  readonly lbPc: Float64Array; readonly lbPs: Float64Array;
-  readonly lbDc: Float64Array; readonly lbDs: Float64Array;
-  readonly lbEc: Float64Array; readonly lbEs: Float64Array;
+  readonly lbPc: number[]; readonly lbPs: number[];
+  readonly lbDc: number[]; readonly lbDs: number[];
+  readonly lbEc: number[]; readonly lbEs: number[];
 }
 
 function prepare(inst: GenerationInstance): Prepared {
@@ -38,7 +38,8 @@ function prepare(inst: GenerationInstance): Prepared {
   const m = inst.decodeSteps;
   // With no decode pass TPOT is 0: decode costs take no part.
   const dm = m > 0 ? 1 : 0;
-  const arr = (): Float64Array => new Float64Array(S);
+  // Plain arrays: a solve's dozen small typed arrays cost more to allocate than to use.
+  const arr = (): number[] => new Array<number>(S).fill(0);
   const cP = arr(), cD = arr(), sP = arr(), sD = arr(), sW = arr(), upP = arr(), upD = arr(), downP = arr(), downD = arr();
   for (let i = 0; i < S; i++) {
     const s = stages[i];
@@ -49,9 +50,9 @@ function prepare(inst: GenerationInstance): Prepared {
     downP[i] = transferMs(downlink, n * s.inBytesPerToken); downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
   }
   const finalDown = transferMs(downlink, inst.outBytesPerPass);
-  const bounds = (c: Float64Array, sv: Float64Array, up: Float64Array, down: Float64Array, fin: number): [Float64Array, Float64Array] => {
-    const lc = new Float64Array(S + 1);
-    const ls = new Float64Array(S + 1);
+  const bounds = (c: number[], sv: number[], up: number[], down: number[], fin: number): [number[], number[]] => {
+    const lc = new Array<number>(S + 1).fill(0);
+    const ls = new Array<number>(S + 1).fill(0);
     lc[S] = 0;
     ls[S] = fin;
     for (let i = S - 1; i >= 0; i--) {
@@ -64,7 +65,7 @@ function prepare(inst: GenerationInstance): Prepared {
   };
   const [lbPc, lbPs] = bounds(cP, sP, upP, downP, finalDown);
   const [lbDc, lbDs] = bounds(cD, sD, upD, downD, dm * finalDown);
-  const comb = (a: Float64Array, b: Float64Array): Float64Array => a.map((x, i) => x + m * b[i]);
+  const comb = (a: number[], b: number[]): number[] => a.map((x, i) => x + m * b[i]);
   const [lbEc, lbEs] = bounds(comb(cP, cD), comb(sP, sD), comb(upP, upD), comb(downP, downD), finalDown + m * dm * finalDown);
   return {
     S, m, cP, cD, sP, sD, sW, upP, upD, downP, downD,
@@ -106,6 +107,18 @@ class LabelStore {
     const parent = new Int32Array(cap); parent.set(this.parent); this.parent = parent;
     const server = new Uint8Array(cap); server.set(this.server); this.server = server;
   }
+}
+
+/**
+ * One store reused by every pass: allocating five typed arrays per solve cost a fifth of a
+ * planner's re-plan time. A pass runs to completion synchronously and reads nothing of the
+ * store after it returns, so sharing it is safe; it only grows.
+ */
+let shared: LabelStore | undefined;
+function sharedStore(capacity: number): LabelStore {
+  if (!shared || shared.ttft.length < capacity) shared = new LabelStore(capacity);
+  shared.size = 0;
+  return shared;
 }
 
 /** Limits a pass prunes against (Infinity: not constrained), and whether labels compare on E2E only. */
@@ -234,7 +247,7 @@ function fillCell(
  */
 function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleOnly: boolean): Location[] | undefined {
   const { S, m } = p;
-  const store = new LabelStore(Math.max(64, 16 * S));
+  const store = sharedStore(Math.max(64, 16 * S));
   store.push(0, 0, 0, -1, 0);
   let c0 = 0, c1 = 1, s0 = 1, s1 = 1;
   const stair = new Staircase();
