@@ -112,7 +112,7 @@ export const plannerEnv = {
   PLANNER_HYSTERESIS: env.number('A feasible plan is replaced only when the new one saves more than this fraction of its server work', 0.05, 0, 1),
   PLANNER_SLA_MARGIN: env.number('Plan against this fraction of each SLO (E2E, TTFT and TPOT alike), leaving headroom for noise (1 = the full SLO)', 0.9, 0.1, 1),
   PLANNER_RESOLUTION_MS: env.number('Time step of dp-grid, ms', 0.5, 0.001),
-  PLANNER_SERVER_ENTRY_MS: env.number("Server work of one hand-over to the server (one step: gRPC, protobuf, scheduling), ms, used until the executor's own fitted overhead (its load report's `overhead`, measured from its CPU and traffic) rests on 5 busy telemetry intervals", 0.6, 0),
+  PLANNER_SERVER_ENTRY_MS: env.number("Server work of one hand-over to the server (one step: gRPC, protobuf, scheduling), ms, used until the executor's own fitted overhead (its load report's `overhead`, measured from its CPU and traffic) rests on 10 busy telemetry intervals", 0.6, 0),
   PLANNER_MAX_UTILISATION: env.number('Cap on the server utilisation used to inflate its stage times by 1/(1-u)', 0.9, 0, 0.99),
   PLANNER_IDLE_UTILISATION: env.number('Below this server utilisation plans minimise latency (spare capacity); at or above it they minimise server work under the SLA; 0 (the default) always minimises work, the throughput objective', 0, 0, 1),
   PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),

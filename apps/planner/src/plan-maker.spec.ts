@@ -230,10 +230,10 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
   it("prices hand-overs with the executor's fitted overhead once it rests on enough traffic, else PLANNER_SERVER_ENTRY_MS", () => {
     const cls = { ...CLASS, slaMs: 1000 };
     const maker = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.6 }));
-    const fitted = { msPerMessageIn: 0.4, msPerMessageOut: 0.2, msPerKibIn: 0.01, msPerKibOut: 0.02, idleMsPerS: 3, samples: 5 };
+    const fitted = { msPerMessageIn: 0.4, msPerMessageOut: 0.2, msPerKibIn: 0.01, msPerKibOut: 0.02, idleMsPerS: 3, samples: 10 };
     // n = 16, m = 7: (16 + 7) / 8 tokens of 256 B each way per pass
     expect(maker.entryWork({ ...server(1), overhead: fitted }, 16, 7)).toBeCloseTo(0.6 + (23 / 8) * 0.25 * 0.03, 12);
-    expect(maker.entryWork({ ...server(1), overhead: { ...fitted, samples: 4 } }, 16, 7)).toBe(0.6);
+    expect(maker.entryWork({ ...server(1), overhead: { ...fitted, samples: 9 } }, 16, 7)).toBe(0.6);
     expect(maker.entryWork(server(1), 16, 7)).toBe(0.6);
     // and the instance carries it
     expect(maker.instance(client(2), { ...server(1), overhead: { ...fitted, msPerMessageIn: 2 } }, cls)!.serverEntryWork).toBeCloseTo(2.2 + (23 / 8) * 0.25 * 0.03, 12);

@@ -53,7 +53,7 @@ export interface PlanMakerOptions {
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
 export const UNRUNNABLE_MS = 1e12;
 /** Busy telemetry intervals behind the executor's overhead fit before the planner prices with it. */
-export const MIN_OVERHEAD_SAMPLES = 5;
+export const MIN_OVERHEAD_SAMPLES = 10;
 /** Bytes of a sampled token id coming back from the head. */
 const TOKEN_BYTES = 8;
 

@@ -49,6 +49,16 @@ describe('OverheadModel', () => {
     expect(fit.samples).toBe(30);
   });
 
+  it('stays near the prior on a few near-silent intervals (a handful of streamed tokens, a few hundred bytes)', () => {
+    const m = new OverheadModel();
+    for (let i = 0; i < 3; i++) m.record({ cpuMs: 6, wallMs: 1000, messagesIn: 1, messagesOut: 16, bytesIn: 160, bytesOut: 128 });
+    const fit = m.fit();
+    expect(fit.samples).toBe(3);
+    expect(fit.msPerKibIn).toBeLessThan(2 * OVERHEAD_PRIOR.msPerKibIn);
+    expect(fit.msPerKibOut).toBeLessThan(2 * OVERHEAD_PRIOR.msPerKibOut);
+    expect(fit.msPerMessageIn).toBeLessThan(2 * OVERHEAD_PRIOR.msPerMessageIn);
+  });
+
   it('ignores intervals that cannot be measured', () => {
     const m = new OverheadModel();
     m.record({ cpuMs: Number.NaN, wallMs: 1000, messagesIn: 1, messagesOut: 1, bytesIn: 0, bytesOut: 0 });

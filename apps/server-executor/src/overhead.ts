@@ -37,6 +37,20 @@ export const OVERHEAD_PRIOR: Omit<OverheadFit, 'samples'> = { msPerMessageIn: 0.
 
 const KEYS = ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const;
 
+/**
+ * The traffic of one typical busy interval, per feature (messages in, messages out, KiB in,
+ * KiB out, seconds): the prior weighs as `priorWeight` such intervals, whatever the window
+ * holds, so a window of near-silent intervals (a few streamed tokens, a few hundred bytes)
+ * cannot blow a coefficient up: its features are too small to outweigh the prior.
+ */
+const TYPICAL = [200, 200, 1000, 1000, 1];
+
+/**
+ * Upper bounds of a believable fit: a message costs the event loop well under 5 ms and a KiB
+ * (decode, copy, encode) well under 0.05 ms; anything above is a fit of noise.
+ */
+const CEILING = [5, 5, 0.05, 0.05, 200];
+
 function features(s: OverheadSample): number[] {
   return [s.messagesIn, s.messagesOut, s.bytesIn / 1024, s.bytesOut / 1024, s.wallMs / 1000];
 }
@@ -68,9 +82,10 @@ function solveLinear(a: number[][], b: number[]): number[] {
 /**
  * Fits cpuMs ≈ msPerMessageIn·in + msPerMessageOut·out + msPerKibIn·KiBin + msPerKibOut·KiBout
  * + idleMsPerS·seconds over the last `window` intervals: least squares, ridge-regularised
- * toward the prior (each coefficient's pull scaled to its feature's size, so a few intervals
+ * toward the prior (which weighs as `priorWeight` typical busy intervals, so a few intervals
  * move the fit little and hundreds decide it), with every coefficient ≥ 0 (a coefficient that
- * comes out negative is fixed at 0 and the rest refitted). Pure; O(window).
+ * comes out negative is fixed at 0 and the rest refitted) and below a believable ceiling.
+ * Pure; O(window).
  */
 export class OverheadModel {
   private readonly samples: OverheadSample[] = [];
@@ -88,8 +103,9 @@ export class OverheadModel {
     const n = KEYS.length;
     const rows = this.samples.map(features);
     const y = this.samples.map((s) => s.cpuMs);
-    // Ridge toward the prior: λ_k = priorWeight × (mean square of feature k over the window, or 1).
-    const scale = KEYS.map((_, k) => Math.max(1e-9, rows.reduce((a, r) => a + r[k] * r[k], 0) / Math.max(1, rows.length)) || 1);
+    // Ridge toward the prior: λ_k = priorWeight × (typical value of feature k)², i.e. the prior
+    // counts as `priorWeight` typical busy intervals.
+    const scale = TYPICAL.map((t) => t * t);
     const prior = KEYS.map((k) => this.prior[k]);
     const fixedZero = new Set<number>();
     let x = prior;
@@ -110,7 +126,7 @@ export class OverheadModel {
       if (negative < 0) break;
       fixedZero.add(negative);
     }
-    const out = Object.fromEntries(KEYS.map((k, i) => [k, Math.max(0, x[i])])) as Record<(typeof KEYS)[number], number>;
+    const out = Object.fromEntries(KEYS.map((k, i) => [k, Math.min(CEILING[i], Math.max(0, x[i]))])) as Record<(typeof KEYS)[number], number>;
     return { ...out, samples: busy };
   }
 }
