@@ -19,7 +19,7 @@ import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
-import { buildOutcome } from './outcome';
+import { buildOutcome, predictedOf, type Predicted } from './outcome';
 import { PlanFollower } from './plan-follower';
 import { RemoteSession } from './remote-session';
 import { ReplayMissError, type ReplayRecording } from './replay';
@@ -65,18 +65,6 @@ function countQueueing(session: RemoteSession, into: { ms: number }): RemoteSess
     return r;
   };
   return session;
-}
-
-/** The plan's predictions for one generation, as GenerationSummary carries them (ms; 0 = none). */
-export interface Predicted {
-  readonly predictedLatencyMs: number;
-  readonly predictedTtftMs: number;
-  readonly predictedTpotMs: number;
-}
-
-/** The predictions of the class a generation followed; all 0 without one (override or start-up plan). */
-export function predictedOf(planned: ClassPlacement | undefined): Predicted {
-  return { predictedLatencyMs: planned?.predictedLatencyMs ?? 0, predictedTtftMs: planned?.predictedTtftMs ?? 0, predictedTpotMs: planned?.predictedTpotMs ?? 0 };
 }
 
 /**
@@ -223,7 +211,7 @@ export class ClientAgent {
       const { clientId, clientClass, modelId } = this.opts;
       const outcome = buildOutcome({ clientId, clientClass, modelId }, planned, chosen.epoch, chosen.placement, {
         ok, promptTokens: v.ids.length, newTokens: produced, ttftMs: stats?.ttftMs ?? ttftMs, e2eMs, serverComputeMs: stats?.serverComputeMs ?? 0, serverQueueMs: queue.ms,
-      }, Date.now());
+      }, Date.now(), predictedOf(planned, v.ids.length, v.maxNewTokens));
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
     // Replay (emulation): the generation's cache is tied to a cursor that follows its tokens.
@@ -249,7 +237,7 @@ export class ClientAgent {
       throw err;
     }
     report(true, stats);
-    return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned) };
+    return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
   }
 
   private handlers(): AgentServiceServer {

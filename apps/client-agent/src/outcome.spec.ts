@@ -1,8 +1,8 @@
 import { OutcomeStatus, type ClassPlacement } from '@tandem/protocol';
-import { buildOutcome, type MeasuredGeneration } from './outcome';
+import { buildOutcome, predictedOf, type MeasuredGeneration } from './outcome';
 
 const WHO = { clientId: 'dev-1', clientClass: 'phone', modelId: 'm' };
-const CLS: ClassPlacement = { name: 'short', maxPromptTokens: 32, expectedNewTokens: 8, placement: 'CSS', slaMs: 100, predictedLatencyMs: 80, predictedServerWork: 3, feasible: true, ttftMs: 0, tpotMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 };
+const CLS: ClassPlacement = { name: 'short', maxPromptTokens: 32, expectedNewTokens: 8, placement: 'CSS', slaMs: 100, predictedLatencyMs: 80, predictedServerWork: 3, feasible: true, ttftMs: 0, tpotMs: 0, predictedTtftMs: 0, predictedTpotMs: 0, predictedTtftMsPerPromptToken: 0 };
 const RUN: MeasuredGeneration = { ok: true, promptTokens: 5, newTokens: 6, ttftMs: 30, e2eMs: 80, serverComputeMs: 4, serverQueueMs: 1.5 };
 
 describe('buildOutcome', () => {
@@ -31,5 +31,14 @@ describe('buildOutcome', () => {
     const withTerms = { ...CLS, predictedTtftMs: 25, predictedTpotMs: 9, ttftMs: 20, tpotMs: 12 } as ClassPlacement;
     const o = buildOutcome(WHO, withTerms, 1, 'CSS', RUN, 0);
     expect(o).toMatchObject({ predictedTtftMs: 25, predictedTpotMs: 9, ttftSloMs: 20, tpotSloMs: 12, ttftMet: false, tpotMet: true });
+  });
+
+  it('predicts a request by its own prompt and output length from the class figures and the TTFT slope', () => {
+    const cls = { ...CLS, maxPromptTokens: 32, predictedTtftMs: 40, predictedTpotMs: 10, predictedTtftMsPerPromptToken: 0.5, predictedLatencyMs: 110 };
+    expect(predictedOf(cls, 12, 4)).toEqual({ predictedTtftMs: 30, predictedTpotMs: 10, predictedLatencyMs: 60 });
+    expect(predictedOf(cls, 32, 8)).toEqual({ predictedTtftMs: 40, predictedTpotMs: 10, predictedLatencyMs: 110 });
+    expect(predictedOf(undefined, 12, 4)).toEqual({ predictedTtftMs: 0, predictedTpotMs: 0, predictedLatencyMs: 0 });
+    // the outcome carries the request's prediction
+    expect(buildOutcome(WHO, cls, 1, 'CSS', { ...RUN, promptTokens: 12, newTokens: 4 }, 0)).toMatchObject({ predictedTtftMs: 30, predictedE2eMs: 60 });
   });
 });

@@ -19,7 +19,29 @@ export interface MeasuredGeneration {
  * predictions and SLOs from the plan, measured figures, and whether each stated SLO was met
  * (a failed generation meets none; an SLO of 0 is not stated and counts as met).
  */
-export function buildOutcome(who: { clientId: string; clientClass: string; modelId: string }, cls: ClassPlacement, epoch: number, placement: string, m: MeasuredGeneration, unixMs: number): GenerationOutcome {
+/** The plan's predictions for one generation, as GenerationSummary carries them (ms; 0 = none). */
+export interface Predicted {
+  readonly predictedLatencyMs: number;
+  readonly predictedTtftMs: number;
+  readonly predictedTpotMs: number;
+}
+
+/**
+ * The plan's predictions for one generation of `promptTokens` and `newTokens`: the class is
+ * priced at its longest prompt and expected output, so TTFT is moved by the plan's slope per
+ * prompt token and E2E is that TTFT + (newTokens - 1) × TPOT. All 0 without a class (override
+ * or start-up plan).
+ */
+export function predictedOf(planned: ClassPlacement | undefined, promptTokens: number, newTokens: number): Predicted {
+  if (!planned) return { predictedLatencyMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 };
+  const ttft = Math.max(0, planned.predictedTtftMs - (planned.maxPromptTokens - promptTokens) * planned.predictedTtftMsPerPromptToken);
+  if (!(planned.predictedTtftMs > 0)) return { predictedLatencyMs: planned.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: planned.predictedTpotMs };
+  return { predictedLatencyMs: ttft + Math.max(0, newTokens - 1) * planned.predictedTpotMs, predictedTtftMs: ttft, predictedTpotMs: planned.predictedTpotMs };
+}
+
+/** `predicted`: the plan's predictions for this request (default: for its prompt and the tokens it produced). */
+export function buildOutcome(who: { clientId: string; clientClass: string; modelId: string }, cls: ClassPlacement, epoch: number, placement: string, m: MeasuredGeneration, unixMs: number,
+  predicted: Predicted = predictedOf(cls, m.promptTokens, m.newTokens)): GenerationOutcome {
   const tpotMs = m.newTokens > 1 ? Math.max(0, m.e2eMs - m.ttftMs) / (m.newTokens - 1) : 0;
   const slaMs = cls.slaMs;
   // An SLO (or prediction) of 0 is not stated.
@@ -35,9 +57,9 @@ export function buildOutcome(who: { clientId: string; clientClass: string; model
     planEpoch: epoch,
     promptTokens: m.promptTokens,
     newTokens: m.newTokens,
-    predictedE2eMs: cls.predictedLatencyMs,
-    predictedTtftMs: cls.predictedTtftMs,
-    predictedTpotMs: cls.predictedTpotMs,
+    predictedE2eMs: predicted.predictedLatencyMs,
+    predictedTtftMs: predicted.predictedTtftMs,
+    predictedTpotMs: predicted.predictedTpotMs,
     ttftMs: m.ttftMs,
     tpotMs,
     e2eMs: m.e2eMs,

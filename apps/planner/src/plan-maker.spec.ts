@@ -158,7 +158,7 @@ describe('PlanMaker', () => {
 function previousPlan(placement: string, slos: { slaMs?: number; ttftMs?: number; tpotMs?: number }): ClassPlacement {
   return {
     name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, placement, slaMs: slos.slaMs ?? 0, ttftMs: slos.ttftMs ?? 0, tpotMs: slos.tpotMs ?? 0,
-    predictedLatencyMs: 0, predictedServerWork: 0, predictedTtftMs: 0, predictedTpotMs: 0, feasible: true,
+    predictedLatencyMs: 0, predictedServerWork: 0, predictedTtftMs: 0, predictedTpotMs: 0, predictedTtftMsPerPromptToken: 0, feasible: true,
   };
 }
 
@@ -225,6 +225,18 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     // Priced stepped, as before server-side decoding, all-server paid an entry per pass and the split won.
     const [stepped] = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.6, serverDecoding: false })).plan(onlyEmbed, cheapEmbed, undefined)!;
     expect(stepped.placement).toBe('CSSSSS');
+  });
+
+  it('gives the TTFT slope per prompt token, so a shorter prompt of the class is predicted by its own length', () => {
+    const cls = { ...CLASS, slaMs: 1000 };
+    const maker = new PlanMaker(options({ classes: [cls] }));
+    for (const c of [client(2), client(10)]) {
+      const [p] = maker.plan(c, server(1), undefined)!;
+      // The same placement priced for a 5-token prompt of the class.
+      const short = evaluateGeneration(maker.instance(c, server(1), { ...cls, maxPromptTokens: 5 })!, [...p.placement].map((x): Location => (x === 'C' ? 'client' : 'server')));
+      expect(p.predictedTtftMsPerPromptToken).toBeGreaterThan(0);
+      expect(p.predictedTtftMs - (16 - 5) * p.predictedTtftMsPerPromptToken).toBeCloseTo(short.ttftMs, 9);
+    }
   });
 
   it("prices hand-overs with the executor's fitted overhead once it rests on enough traffic, else PLANNER_SERVER_ENTRY_MS", () => {

@@ -204,6 +204,11 @@ export class PlanMaker {
       }
       if (adj?.allServer) best = allServer(inst, best);
       const slos = this.slosFor(client.clientClass, cls);
+      // TTFT of the same placement for a one-token prompt: the slope lets an agent predict a
+      // request by its own prompt length, not the class's longest.
+      const n = cls.maxPromptTokens;
+      const one = n > 1 ? this.instance(client, server, { ...cls, maxPromptTokens: 1 }) : undefined;
+      const perToken = one ? Math.max(0, (best.ttftMs - generationResultOf(one, best.algorithm, best.placement).ttftMs) / (n - 1)) : 0;
       out.push({
         name: cls.name,
         maxPromptTokens: cls.maxPromptTokens,
@@ -217,6 +222,7 @@ export class PlanMaker {
         tpotMs: slos.tpotMs ?? 0,
         predictedTtftMs: best.ttftMs,
         predictedTpotMs: best.tpotMs,
+        predictedTtftMsPerPromptToken: perToken,
       });
     }
     return out;

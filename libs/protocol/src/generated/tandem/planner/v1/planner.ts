@@ -186,6 +186,13 @@ export interface ClassPlacement {
    * one token). An all-server placement is priced as server-side decoding: no per-token crossing.
    */
   predictedTpotMs: number;
+  /**
+   * How the predicted TTFT falls per prompt token below max_prompt_tokens (the class is priced
+   * at its longest prompt), milliseconds per token: a prompt of p tokens is predicted a TTFT of
+   * predicted_ttft_ms - (max_prompt_tokens - p) x this, and an end-to-end latency of that TTFT
+   * + (new tokens - 1) x predicted_tpot_ms. 0 when unknown.
+   */
+  predictedTtftMsPerPromptToken: number;
 }
 
 function createBaseWatchPlansRequest(): WatchPlansRequest {
@@ -1213,6 +1220,7 @@ function createBaseClassPlacement(): ClassPlacement {
     tpotMs: 0,
     predictedTtftMs: 0,
     predictedTpotMs: 0,
+    predictedTtftMsPerPromptToken: 0,
   };
 }
 
@@ -1253,6 +1261,9 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     }
     if (message.predictedTpotMs !== 0) {
       writer.uint32(97).double(message.predictedTpotMs);
+    }
+    if (message.predictedTtftMsPerPromptToken !== 0) {
+      writer.uint32(105).double(message.predictedTtftMsPerPromptToken);
     }
     return writer;
   },
@@ -1366,6 +1377,14 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
             message.predictedTpotMs = reader.double();
             continue;
           }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.predictedTtftMsPerPromptToken = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1428,6 +1447,11 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
         : isSet(object.predicted_tpot_ms)
         ? globalThis.Number(object.predicted_tpot_ms)
         : 0,
+      predictedTtftMsPerPromptToken: isSet(object.predictedTtftMsPerPromptToken)
+        ? globalThis.Number(object.predictedTtftMsPerPromptToken)
+        : isSet(object.predicted_ttft_ms_per_prompt_token)
+        ? globalThis.Number(object.predicted_ttft_ms_per_prompt_token)
+        : 0,
     };
   },
 
@@ -1469,6 +1493,9 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     if (message.predictedTpotMs !== 0) {
       obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
     }
+    if (message.predictedTtftMsPerPromptToken !== 0) {
+      obj.predictedTtftMsPerPromptToken = floatToJson(message.predictedTtftMsPerPromptToken);
+    }
     return obj;
   },
 
@@ -1489,6 +1516,7 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     message.tpotMs = object.tpotMs ?? 0;
     message.predictedTtftMs = object.predictedTtftMs ?? 0;
     message.predictedTpotMs = object.predictedTpotMs ?? 0;
+    message.predictedTtftMsPerPromptToken = object.predictedTtftMsPerPromptToken ?? 0;
     return message;
   },
 };
