@@ -19,6 +19,7 @@ import {
   approxEqual, evaluateGeneration, evaluatePlacement, instanceFromShape, linkFromMbps, requestCosts, sloCheck, sloRatio, solveDp, solveDpGrid,
   solveGenerationDp, type GenerationInstance, type Location, type PlacementInstance, type PlacementResult, type Slo, type TransformerShape,
 } from '@tandem/dp';
+import { seededRandom } from '@tandem/testkit';
 
 const GPT2_MEDIUM: TransformerShape = {
   name: 'gpt2-medium', dModel: 1024, dFF: 4096, encoderLayers: 0, decoderLayers: 24, crossAttention: false,
@@ -30,15 +31,7 @@ function arg(name: string, fallback: number): number {
   return i >= 0 ? Number(process.argv[i + 1]) : fallback;
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 function makeInstances(count: number, resolutionMs: number, seed: number): PlacementInstance[] {
   const rnd = rng(seed);

@@ -26,7 +26,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type HostTensor, type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner, createModel, readManifest } from '@tandem/model';
-import { argmaxLast, cpuMs, type GenRun, Monolithic } from './monolithic';
+import { type GenRun, Monolithic, timeGeneration } from './monolithic';
 
 interface Opts { presets: string[]; reps: number; threads: number; monoThreads: number[]; monoOnly: boolean; decode: number; spin: boolean; jsonOut: string; modelsDir: string }
 
@@ -57,23 +57,11 @@ async function runnerGenerate(runner: StageRunner, prompt: readonly number[], ne
   const V = runner.manifest.config.vocabSize;
   const cache = runner.newCache();
   const ids = (xs: readonly number[]): HostTensor => ({ dtype: 'int64', shape: [1, xs.length], data: BigInt64Array.from(xs, BigInt) });
-  let t = now();
-  let logits = (await runner.runRange(0, n, ids(prompt), cache, { lastOnly: true })).data as Float32Array;
-  const prefillMs = now() - t;
-  const tokens: number[] = [];
-  let firstDecodeLogits: Float32Array = new Float32Array(0);
-  const c0 = cpuMs();
-  t = now();
-  for (let k = 0; k < newTokens; k++) {
-    const tok = argmaxLast(logits, V);
-    tokens.push(tok);
-    logits = (await runner.runRange(0, n, ids([tok]), cache, { lastOnly: true })).data as Float32Array;
-    if (k === 0) firstDecodeLogits = logits;
+  try {
+    return await timeGeneration(async (xs) => (await runner.runRange(0, n, ids(xs), cache, { lastOnly: true })).data as Float32Array, prompt, newTokens, V);
+  } finally {
+    cache.clear();
   }
-  const decodeMs = (now() - t) / newTokens;
-  const decodeCpuMs = (cpuMs() - c0) / newTokens;
-  cache.clear();
-  return { prefillMs, decodeMs, decodeCpuMs, tokens, firstDecodeLogits };
 }
 
 type MonoVariant = 'monolithic' | 'staged' | 'fused';

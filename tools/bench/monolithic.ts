@@ -24,6 +24,28 @@ export interface GenRun { prefillMs: number; decodeMs: number; decodeCpuMs: numb
 export const cpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
 
 /**
+ * Greedy generation through `step` (ids in, the last position's logits out), timed: the
+ * prefill's wall time, and each decode step's wall and process CPU time.
+ */
+export async function timeGeneration(step: (ids: readonly number[]) => Promise<Float32Array>, prompt: readonly number[], newTokens: number, vocab: number): Promise<GenRun> {
+  let t = now();
+  let logits = await step(prompt);
+  const prefillMs = now() - t;
+  const tokens: number[] = [];
+  let firstDecodeLogits: Float32Array = new Float32Array(0);
+  const c0 = cpuMs();
+  t = now();
+  for (let k = 0; k < newTokens; k++) {
+    const tok = argmaxLast(logits, vocab);
+    tokens.push(tok);
+    logits = await step([tok]);
+    if (k === 0) firstDecodeLogits = logits;
+  }
+  const decodeMs = (now() - t) / newTokens;
+  return { prefillMs, decodeMs, decodeCpuMs: (cpuMs() - c0) / newTokens, tokens, firstDecodeLogits };
+}
+
+/**
  * The whole model as ONE onnxruntime-node session (the reference a server would otherwise run):
  * the stage graphs composed into one graph, driven here with nothing but session.run, feeding
  * each step's present K/V back as the next step's past.
@@ -59,21 +81,7 @@ export class Monolithic {
       pos += T;
       return r.logits.data as Float32Array;
     };
-    let t = now();
-    let logits = await step(prompt);
-    const prefillMs = now() - t;
-    const tokens: number[] = [];
-    let firstDecodeLogits: Float32Array = new Float32Array(0);
-    const c0 = cpuMs();
-    t = now();
-    for (let k = 0; k < newTokens; k++) {
-      const tok = argmaxLast(logits, V);
-      tokens.push(tok);
-      logits = await step([tok]);
-      if (k === 0) firstDecodeLogits = logits;
-    }
-    const decodeMs = (now() - t) / newTokens;
-    return { prefillMs, decodeMs, decodeCpuMs: (cpuMs() - c0) / newTokens, tokens, firstDecodeLogits };
+    return timeGeneration(step, prompt, newTokens, V);
   }
 
   async close(): Promise<void> { await this.session.release(); }

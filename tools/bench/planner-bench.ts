@@ -20,7 +20,7 @@ import { connect } from '@nats-io/transport-node';
 import { DEFAULT_CLASSES, PlanMaker, PlannerServer } from '@tandem/planner';
 import { ClientProfile, HealthClient, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { startNatsServer } from '@tandem/testkit';
+import { seededRandom, startNatsServer } from '@tandem/testkit';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -32,15 +32,7 @@ const STAGES = ['embed', ...Array.from({ length: 6 }, (_, b) => [`block.${b}.att
   .map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 1024 }));
 const SERVER_MS = STAGES.map((s) => (s.name === 'head' ? 1.2 : s.name === 'embed' ? 0.05 : 0.25));
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
   const r = rng(i + 1);

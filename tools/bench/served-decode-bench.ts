@@ -23,10 +23,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { readManifest } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, WorkerStageEngine } from '@tandem/server-executor';
-import { arg, ensureModel, median } from './bench-kit';
+import { arg, ensureModel, median, openSession } from './bench-kit';
 import { cpuMs, Monolithic } from './monolithic';
 
 const preset = arg('preset', 'gpt2');
@@ -37,7 +37,6 @@ const threadList = arg('threads', '2,1').split(',').filter((x) => x !== '').map(
 const jsonOut = arg('json-out', path.join(os.tmpdir(), 'tandem-bench', 'served-decode-bench.json'));
 const say = (s: string): void => { process.stderr.write(`${s}\n`); };
 
-type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
 type Path = 'monolithic' | 'fused' | 'staged';
 const PATHS: readonly Path[] = ['monolithic', 'fused', 'staged'];
 /** One timed generation: decode ms/token, CPU ms/token, its tokens. */
@@ -56,15 +55,7 @@ async function startServed(dir: string, threads: number, fused: boolean): Promis
 
 /** One server-side generation of decode + 1 tokens; timed from the first token to the last. */
 async function servedGenerate(s: Served, prompt: number[]): Promise<Sample> {
-  const call: Call = s.client.session({ deadline: Date.now() + 600_000 });
-  const it = call[Symbol.asyncIterator]() as AsyncIterator<SessionResponse>;
-  const next = async (): Promise<SessionResponse> => {
-    const r = await it.next();
-    if (r.done) throw new Error('the executor ended the session early');
-    return r.value;
-  };
-  call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: 0, modelId: '' } } });
-  if ((await next()).kind?.$case !== 'opened') throw new Error('expected opened');
+  const { call, next } = await openSession(s.client);
   call.write({ kind: { $case: 'generate', value: { seq: 1, input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: decode + 1 } } });
   const tokens: number[] = [];
   let t0 = 0;

@@ -20,7 +20,7 @@ import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
-import { arg, ensureModel, median } from './bench-kit';
+import { arg, ensureModel, median, openSession } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const sessions = Number(arg('sessions', '8'));
@@ -40,19 +40,6 @@ const idsOf = (ids: number[]): ReturnType<typeof toWireTensor> => toWireTensor({
 /** What one generation produced: its tokens and when each reached the client (ms). */
 interface Run { readonly tokens: number[]; readonly at: number[] }
 
-/** Opens a session and returns a reader of its answers. */
-async function open(client: ExecutorServiceClient): Promise<{ call: Call; next: () => Promise<SessionResponse> }> {
-  const call: Call = client.session({ deadline: Date.now() + 600_000 });
-  const it = call[Symbol.asyncIterator]() as AsyncIterator<SessionResponse>;
-  const next = async (): Promise<SessionResponse> => {
-    const r = await it.next();
-    if (r.done) throw new Error('the executor ended the session early');
-    return r.value;
-  };
-  call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: 0, modelId: '' } } });
-  if ((await next()).kind?.$case !== 'opened') throw new Error('expected opened');
-  return { call, next };
-}
 
 /** Ends a session and waits for its OK status. */
 function close(call: Call): Promise<void> {
@@ -66,7 +53,7 @@ function close(call: Call): Promise<void> {
 
 /** The per-step path: one sampled step over every stage per token, a round trip each. */
 async function perStep(client: ExecutorServiceClient, stageCount: number, prompt: number[]): Promise<Run> {
-  const { call, next } = await open(client);
+  const { call, next } = await openSession(client);
   const out: Run = { tokens: [], at: [] };
   let input = prompt;
   for (let i = 0; i < tokens; i++) {
@@ -85,7 +72,7 @@ async function perStep(client: ExecutorServiceClient, stageCount: number, prompt
 
 /** The server-generate path: one generate; each token crosses the emulated downlink as it arrives (delays overlap). */
 async function serverGenerate(client: ExecutorServiceClient, prompt: number[]): Promise<Run> {
-  const { call, next } = await open(client);
+  const { call, next } = await openSession(client);
   await sleep(latencyMs);
   call.write({ kind: { $case: 'generate', value: { seq: 1, input: idsOf(prompt), maxNewTokens: tokens } } });
   const delivered: Promise<number>[] = [];

@@ -1,9 +1,7 @@
 import { mainThreadCpuMs, OVERHEAD_PRIOR, OverheadModel, type OverheadSample } from './overhead';
+import { seededRandom } from '@tandem/testkit';
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => { a = (a + 0x6d2b79f5) >>> 0; let t = Math.imul(a ^ (a >>> 15), a | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
-}
+const rng = seededRandom;
 
 /** Intervals of mixed traffic whose CPU follows known coefficients, with ±5 % noise. */
 function traffic(n: number, truth: { inMs: number; outMs: number; kibIn: number; kibOut: number; idle: number }, seed = 1): OverheadSample[] {

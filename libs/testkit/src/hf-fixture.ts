@@ -4,6 +4,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { seededRandom } from './random';
 
 export interface HfConfig {
   vocab_size: number;
@@ -21,17 +22,8 @@ export type Weights = Map<string, { shape: number[]; values: Float64Array }>;
 
 export type Dtype = 'F32' | 'F16' | 'BF16';
 
-/** Small deterministic generator (mulberry32) for fixture values. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
+
 
 /** The tensors of a GPT-2 checkpoint with their shapes (no prefix). */
 export function gpt2Shapes(c: HfConfig): [string, number[]][] {

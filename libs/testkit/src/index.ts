@@ -2,6 +2,7 @@
 export { natsServerBinary, startNatsServer } from './nats-server';
 export type { NatsServerHandle } from './nats-server';
 export { freePort } from './ports';
+export { seededRandom } from './random';
 export { eventually, withTimeout } from './wait';
 export { makeTempModel } from './models';
 export type { TempModel } from './models';
