@@ -23,7 +23,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { readManifest } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionResponse } from '@tandem/protocol';
+import { channelOptions, ExecutorServiceClient, toWireTensor } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, WorkerStageEngine } from '@tandem/server-executor';
 import { arg, ensureModel, median, openSession } from './bench-kit';
