@@ -34,7 +34,7 @@ export async function main(): Promise<void> {
     materialChange: config.PLANNER_CALIBRATION_CHANGE,
   });
   const server = new PlannerServer({ maker, calibrator, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
-    idleUtilisation: config.PLANNER_IDLE_UTILISATION, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS });
+    idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS });
   const { port } = await server.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);
   onShutdownSignal(() => server.stop());

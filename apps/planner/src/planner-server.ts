@@ -45,6 +45,13 @@ export interface PlannerServerOptions {
    * this value, so the objective does not flap. 0 always optimises work.
    */
   readonly idleUtilisation: number;
+  /**
+   * Weight of a new load report's utilisation in the smoothed utilisation the planner prices
+   * and chooses its objective by (an exponential moving average; 1 = no smoothing). One
+   * interval's utilisation swings with single prefills at low rates; plans should not.
+   * Default 1.
+   */
+  readonly utilisationSmoothing?: number;
   /** Wall clock in Unix ms (injected for tests). */
   readonly now?: () => number;
 }
@@ -241,12 +248,15 @@ export class PlannerServer {
       }
     }
     this.counters.loads++;
+    const a = this.opts.utilisationSmoothing ?? 1;
+    const u = this.serverLoad ? this.serverLoad.utilisation + a * (l.utilisation - this.serverLoad.utilisation) : l.utilisation;
+    l = { ...l, utilisation: u };
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;
     const before = this.objective;
-    if (l.utilisation >= idle) this.objective = 'work';
-    else if (l.utilisation < idle / 2) this.objective = 'latency';
-    if (before !== this.objective) this.log.info({ utilisation: l.utilisation, objective: this.objective }, 'objective changed');
+    if (u >= idle) this.objective = 'work';
+    else if (u < idle / 2) this.objective = 'latency';
+    if (before !== this.objective) this.log.info({ utilisation: u, objective: this.objective }, 'objective changed');
     // Every plan depends on the server's prices: re-plan all clients, but only when those
     // prices moved materially since the plans in force were made (or the objective changed).
     if (before === this.objective && this.plannedLoad && !loadChanged(this.plannedLoad, l, this.threshold, this.opts.maker.opts.maxUtilisation)) return;

@@ -22,10 +22,10 @@ function load(msPerStage: number, utilisation: number): ServerLoad {
   };
 }
 
-function planner(sliceMs = 10): PlannerServer {
+function planner(sliceMs = 10, over: Partial<ConstructorParameters<typeof PlannerServer>[0]> = {}): PlannerServer {
   const maker = new PlanMaker({ stages: STAGES, classes: CLASSES, slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 1, resolutionMs: 0.5, maxUtilisation: 0.9 });
   return new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: '',
-    clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0, sliceMs });
+    clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0, sliceMs, ...over });
 }
 
 describe('what counts as a material change', () => {
@@ -92,5 +92,20 @@ describe('PlannerServer re-planning', () => {
     expect(p.counters.slices).toBeGreaterThan(1);
     expect(passesWhenTimerRan).toBe(0);
     expect(p.plans()).toHaveLength(3000);
+  });
+
+  it('smooths utilisation: one busy interval does not switch the objective, a busy spell does', () => {
+    p = planner(10, { idleUtilisation: 0.5, utilisationSmoothing: 0.3 });
+    p.onLoad(load(1, 0));
+    expect(p.currentObjective).toBe('latency');
+    p.onLoad(load(1, 0.9)); // smoothed 0.27
+    expect(p.currentObjective).toBe('latency');
+    p.onLoad(load(1, 0.9)); // 0.459
+    p.onLoad(load(1, 0.9)); // 0.591
+    expect(p.currentObjective).toBe('work');
+    p.onLoad(load(1, 0.1)); // 0.444: above half the threshold, still work
+    expect(p.currentObjective).toBe('work');
+    for (let i = 0; i < 4; i++) p.onLoad(load(1, 0)); // 0.107 after four idle intervals
+    expect(p.currentObjective).toBe('latency');
   });
 });
