@@ -227,6 +227,27 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     expect(stepped.placement).toBe('CSSSSS');
   });
 
+  it("prices the server's queue wait at every entry and every server-decoded token", () => {
+    const cls = { ...CLASS, slaMs: 1000, tpotMs: 11 };
+    const maker = new PlanMaker(options({ classes: [cls] }));
+    // 2 ms a stage on the device (12 ms a token alone): a split leaving two stages on the server fits TPOT.
+    const c = client(2, fastLinks);
+    const idle = maker.plan(c, server(1), undefined)![0];
+    expect(idle.placement).toMatch(/^C+S+$/);
+    const queued = { ...server(1), meanQueueMs: 4 };
+    const inst = maker.instance(c, queued, cls)!;
+    expect(inst.serverQueueMs).toBe(4);
+    const letters = (p: string): Location[] => [...p].map((x): Location => (x === 'C' ? 'client' : 'server'));
+    const split = evaluateGeneration(inst, letters(idle.placement));
+    const splitIdle = evaluateGeneration(maker.instance(c, server(1), cls)!, letters(idle.placement));
+    expect(split.tpotMs - splitIdle.tpotMs).toBeCloseTo(4, 9);
+    expect(evaluateGeneration(inst, letters('SSSSSS')).tpotMs).toBeCloseTo(6 + 4, 9);
+    // Waiting 4 ms at every entry, the split misses TPOT; all-server (one wait per token) meets it.
+    const busy = maker.plan(c, queued, undefined)![0];
+    expect(busy.placement).toBe('SSSSSS');
+    expect(busy.feasible).toBe(true);
+  });
+
   it('gives the TTFT slope per prompt token, so a shorter prompt of the class is predicted by its own length', () => {
     const cls = { ...CLASS, slaMs: 1000 };
     const maker = new PlanMaker(options({ classes: [cls] }));

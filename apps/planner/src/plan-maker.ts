@@ -155,6 +155,9 @@ export class PlanMaker {
       downlink: { latencyMs: client.downlink?.latencyMs ?? 0, bytesPerMs: client.downlink?.bytesPerMs || 1e6 },
       slo,
       serverDecoding: this.opts.serverDecoding ?? true,
+      // Every entry to the server (and every server-decoded token) waits in its queue first.
+      // (At no load, the `utilisation` 0 alternative, there is no queue.)
+      ...(utilisation !== 0 && server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {}),
       resolutionMs: this.opts.resolutionMs,
       ...(entry > 0 ? { serverEntryWork: entry } : {}),
     };

@@ -46,10 +46,10 @@ export interface PlannerServerOptions {
    */
   readonly idleUtilisation: number;
   /**
-   * Weight of a new load report's utilisation in the smoothed utilisation the planner prices
-   * and chooses its objective by (an exponential moving average; 1 = no smoothing). One
-   * interval's utilisation swings with single prefills at low rates; plans should not.
-   * Default 1.
+   * Weight of a new load report's utilisation (and mean queue wait) in the smoothed figures the
+   * planner prices and chooses its objective by (an exponential moving average; 1 = no
+   * smoothing). One interval's utilisation swings with single prefills at low rates; plans
+   * should not. Default 1.
    */
   readonly utilisationSmoothing?: number;
   /** Wall clock in Unix ms (injected for tests). */
@@ -241,6 +241,7 @@ export class PlannerServer {
       }
     }
     if (!Number.isFinite(l.utilisation) || l.utilisation < 0 || l.utilisation > 1) throw new Error(`utilisation must be in 0..1, given ${l.utilisation}`);
+    if (!Number.isFinite(l.meanQueueMs) || l.meanQueueMs < 0 || l.meanQueueMs > 86_400_000) throw new Error(`meanQueueMs must be a number in 0..86400000, given ${l.meanQueueMs}`);
     if (l.overhead) {
       for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {
         const v = l.overhead[k];
@@ -249,8 +250,10 @@ export class PlannerServer {
     }
     this.counters.loads++;
     const a = this.opts.utilisationSmoothing ?? 1;
-    const u = this.serverLoad ? this.serverLoad.utilisation + a * (l.utilisation - this.serverLoad.utilisation) : l.utilisation;
-    l = { ...l, utilisation: u };
+    const prev = this.serverLoad;
+    const smooth = (was: number | undefined, now: number): number => (was === undefined ? now : was + a * (now - was));
+    const u = smooth(prev?.utilisation, l.utilisation);
+    l = { ...l, utilisation: u, meanQueueMs: smooth(prev?.meanQueueMs, l.meanQueueMs) };
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;
     const before = this.objective;

@@ -38,6 +38,7 @@ function prepare(inst: GenerationInstance): Prepared {
   const m = inst.decodeSteps;
   // With no decode pass TPOT is 0: decode costs take no part.
   const dm = m > 0 ? 1 : 0;
+  const queue = inst.serverQueueMs ?? 0;
   // Plain arrays: a solve's dozen small typed arrays cost more to allocate than to use.
   const arr = (): number[] => new Array<number>(S).fill(0);
   const cP = arr(), cD = arr(), sP = arr(), sD = arr(), sW = arr(), upP = arr(), upD = arr(), downP = arr(), downD = arr();
@@ -46,7 +47,8 @@ function prepare(inst: GenerationInstance): Prepared {
     cP[i] = s.clientPrefillMs; sP[i] = s.serverPrefillMs;
     cD[i] = dm * s.clientDecodeMs; sD[i] = dm * s.serverDecodeMs;
     sW[i] = (s.serverPrefillWork ?? s.serverPrefillMs) + m * (s.serverDecodeWork ?? s.serverDecodeMs);
-    upP[i] = transferMs(uplink, n * s.inBytesPerToken); upD[i] = dm * transferMs(uplink, s.inBytesPerToken);
+    // Every entry to the server waits its queue, as it pays the uplink's latency.
+    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue; upD[i] = dm * (transferMs(uplink, s.inBytesPerToken) + queue);
     downP[i] = transferMs(downlink, n * s.inBytesPerToken); downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
   }
   const finalDown = transferMs(downlink, inst.outBytesPerPass);

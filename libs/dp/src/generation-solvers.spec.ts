@@ -54,6 +54,8 @@ function cases(seed: number, count: number, maxStages: number): GenerationInstan
       slos: SUBSETS[k % SUBSETS.length],
       serverDecoding: (k >> 3) % 2 === 0,
       entryWork: rnd() < 0.5 ? 0 : rnd() * 3,
+      // Queue waits drawn from k, not from the generator, so the other draws stay as they were.
+      queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
       tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][Math.floor(rnd() * 6)],
     }));
   }

@@ -77,6 +77,8 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   if (marker === true) out.generation = true;
   const entry = optionalNumber(value, 'serverEntryWork', pathPrefix, false);
   if (entry !== undefined) out.serverEntryWork = entry;
+  const queue = optionalNumber(value, 'serverQueueMs', pathPrefix, false);
+  if (queue !== undefined) out.serverQueueMs = queue;
   const decoding = field(value, 'serverDecoding');
   if (decoding !== MISSING) {
     if (typeof decoding !== 'boolean') throw new InstanceValidationError(`${pathPrefix}serverDecoding`, 'must be a boolean', decoding);

@@ -86,6 +86,15 @@ export interface GenerationInstance {
   readonly serverEntryWork?: number;
   /** Whether an all-server plan decodes on the server and streams tokens (default true). */
   readonly serverDecoding?: boolean;
+  /**
+   * Time a step waits in the server's queue before it runs, ms (default 0): paid at every
+   * entry to the server in every pass (a split waits once per entry per pass, as it pays the
+   * link's latency), and by an all-server plan with server-side decoding once for its prompt
+   * and once per decoded token (each is one step in the server's queue). It prices waiting
+   * behind other requests' work, which a stage time inflated for load does not: a split that
+   * leaves one short stage on the server still waits for whatever runs before it.
+   */
+  readonly serverQueueMs?: number;
   /** Time step of `dp-grid` (only usable when just `e2eMs` is stated), ms. */
   readonly resolutionMs?: number;
 }
@@ -144,10 +153,12 @@ export function isServerDecodingPlacement(instance: GenerationInstance, placemen
  * runs elsewhere than stage i-1 (stage -1 is the client) — `latencyMs + tokens ·
  * inBytesPerToken / bytesPerMs` with n tokens in the prefill and 1 in a decode pass — then the
  * stage's compute where it runs, and when the last stage runs on the server the download of
- * `outBytesPerPass`. Server work: Σ server stages' (prefill + m · decode) work, plus
- * `serverEntryWork` per entry to the server per pass (m + 1 passes).
- * The all-server placement with `serverDecoding`: TTFT = up(n tokens) + Σ serverPrefillMs +
- * down(one token); TPOT = Σ serverDecodeMs; the entry work is charged once.
+ * `outBytesPerPass`; every entry to the server also waits `serverQueueMs`. Server work: Σ
+ * server stages' (prefill + m · decode) work, plus `serverEntryWork` per entry to the server
+ * per pass (m + 1 passes).
+ * The all-server placement with `serverDecoding`: TTFT = up(n tokens) + queue + Σ
+ * serverPrefillMs + down(one token); TPOT = queue + Σ serverDecodeMs; the entry work is
+ * charged once.
  * In both cases E2E = TTFT + m · TPOT: for a split plan this equals the contract instance
  * {@link generationAsContractInstance} prices, which `instanceFromMeasured` builds.
  * @throws RangeError when the placement's length differs from the stages or an entry is not a side.
@@ -161,6 +172,7 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
   const n = instance.promptTokens;
   const m = instance.decodeSteps;
   const entryPass = (instance.serverEntryWork ?? 0) * (m + 1);
+  const queue = instance.serverQueueMs ?? 0;
   let ttftMs = 0;
   let tpotMs = 0;
   let serverWork = 0;
@@ -174,7 +186,7 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
       const link = here === 'server' ? uplink : downlink;
       ttftMs += transferMs(link, n * s.inBytesPerToken);
       tpotMs += transferMs(link, s.inBytesPerToken);
-      if (here === 'server') serverWork += entryPass;
+      if (here === 'server') { serverWork += entryPass; ttftMs += queue; tpotMs += queue; }
       switches++;
     }
     if (here === 'server') {
@@ -195,8 +207,9 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
   }
   const serverDecoding = isServerDecodingPlacement(instance, placement);
   if (serverDecoding) {
-    // Decode passes stay on the server: no crossings, one entry for the whole generation.
-    tpotMs = 0;
+    // Decode passes stay on the server: no crossings, one entry for the whole generation; each
+    // decoded token is one step in the server's queue.
+    tpotMs = queue;
     serverWork = instance.serverEntryWork ?? 0;
     for (const s of stages) {
       tpotMs += s.serverDecodeMs;
@@ -281,7 +294,8 @@ export function betterGeneration(slo: Slo, a: GenerationResult, b: GenerationRes
  * The contract instance (CONTRACT §3) pricing the same generation for end-to-end latency, as
  * `instanceFromMeasured` builds it: clientMs = clientPrefillMs + m · clientDecodeMs,
  * serverMs likewise, serverWork = prefill + m · decode work; inBytes = (n + m) ·
- * inBytesPerToken; outBytes = (m + 1) · outBytesPerPass; link latencies × (m + 1);
+ * inBytesPerToken; outBytes = (m + 1) · outBytesPerPass; link latencies × (m + 1), the
+ * uplink's with `serverQueueMs` added (every entry to the server waits it);
  * serverEntryWork × (m + 1); slaMs = `slo.e2eMs`. It prices every placement stepped,
  * including all-server (no server-side decoding).
  * @throws RangeError when `slo.e2eMs` is not stated.
@@ -304,7 +318,7 @@ export function generationAsContractInstance(instance: GenerationInstance): Plac
   const out: { -readonly [K in keyof PlacementInstance]: PlacementInstance[K] } = {
     stages,
     outBytes: passes * instance.outBytesPerPass,
-    uplink: { latencyMs: instance.uplink.latencyMs * passes, bytesPerMs: instance.uplink.bytesPerMs },
+    uplink: { latencyMs: (instance.uplink.latencyMs + (instance.serverQueueMs ?? 0)) * passes, bytesPerMs: instance.uplink.bytesPerMs },
     downlink: { latencyMs: instance.downlink.latencyMs * passes, bytesPerMs: instance.downlink.bytesPerMs },
     slaMs: e2e,
   };

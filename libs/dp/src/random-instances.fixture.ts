@@ -93,6 +93,8 @@ export interface RandomGenerationOptions {
   readonly serverDecoding: boolean;
   /** Server work per entry per pass (0: none). */
   readonly entryWork: number;
+  /** The server's queue wait per entry and per server-decoded step, ms (optional, default 0). */
+  readonly queueMs?: number;
   /** Scale of the SLOs between the fastest and slowest pure placement; below 0 tends to infeasible. */
   readonly tightness: number;
 }
@@ -131,6 +133,7 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     slo: { e2eMs: 1 },
     serverDecoding: opts.serverDecoding,
     ...(opts.entryWork > 0 ? { serverEntryWork: opts.entryWork } : {}),
+    ...(opts.queueMs ? { serverQueueMs: opts.queueMs } : {}),
   };
   const all = (side: 'client' | 'server'): GenerationCost => evaluateGeneration({ ...draft, serverDecoding: false }, stages.map(() => side));
   const c = all('client');

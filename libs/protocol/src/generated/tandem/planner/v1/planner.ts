@@ -112,10 +112,10 @@ export interface ClassObservations {
   /**
    * Estimated error of the time-to-first-token prediction: the exponentially decayed geometric
    * mean of measured / predicted TTFT; 1 while there are fewer outcomes with a TTFT prediction
-   * than the minimum. Shown, not applied: the planner's classes state no TTFT SLO yet.
+   * than the minimum. Shown, not applied: e2e_correction scales every stated SLO of the class.
    */
   ttftCorrection: number;
-  /** The same for time per output token (shown, not applied: no TPOT SLO yet). */
+  /** The same for time per output token (shown, not applied, likewise). */
   tpotCorrection: number;
   /**
    * Safety factor on the class's SLA, in (0, 1]: 1 plans against the SLA as configured; lower
