@@ -3,7 +3,8 @@ import { readManifest, SplitPipeline, StageInputError } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, type GetStatusResponse, type HostTensor } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '../src';
+import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
+import { DelegatingEngine } from './delegating-engine';
 import { ids, TestSession } from './session-client';
 
 const log = createLogger({ name: 'test', level: 'silent' });
@@ -11,28 +12,14 @@ const PROMPTS = [[15496, 11, 995], [464, 2068, 7586, 21831, 18045], [1, 2, 3, 4,
 const NEW_TOKENS = 8;
 
 /** A real engine behind a decorator that counts whole-range and per-stage calls. */
-class CountingEngine implements StageEngine {
+class CountingEngine extends DelegatingEngine {
   rangeCalls = 0;
   stageCalls = 0;
-  constructor(readonly inner: StageEngine) {}
-  get modelId(): string { return this.inner.modelId; }
-  get stageCount(): number { return this.inner.stageCount; }
-  get nEmbd(): number { return this.inner.nEmbd; }
-  get vocabSize(): number { return this.inner.vocabSize; }
-  get nPositions(): number { return this.inner.nPositions; }
-  get computesOnEventLoop(): boolean | undefined { return this.inner.computesOnEventLoop; }
-  get failed(): Promise<Error> | undefined { return this.inner.failed; }
-  stageKind(s: number): ReturnType<StageEngine['stageKind']> { return this.inner.stageKind(s); }
-  newCache(): unknown { return this.inner.newCache(); }
-  releaseCache(c: unknown): void { this.inner.releaseCache(c); }
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> { this.stageCalls++; return this.inner.runBatch(stage, inputs, caches); }
-  hasFusedRange(begin: number, end: number): boolean { return this.inner.hasFusedRange?.(begin, end) ?? false; }
-  runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+  override runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> { this.stageCalls++; return super.runBatch(stage, inputs, caches); }
+  override runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
     this.rangeCalls++;
-    return (this.inner.runRange as NonNullable<StageEngine['runRange']>).call(this.inner, begin, end, input, cache, lastRowOnly);
+    return super.runRange(begin, end, input, cache, lastRowOnly);
   }
-  warmup(): Promise<void> { return this.inner.warmup(); }
-  close(): Promise<void> { return this.inner.close(); }
 }
 
 interface Exec {

@@ -14,6 +14,7 @@ import {
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
 import { EngineUnavailableError, ExecutorServer, OnnxStageEngine, StageScheduler, WorkerStageEngine, type StageEngine } from '../src';
+import { DelegatingEngine } from './delegating-engine';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const ids = (v: number[]): HostTensor => ({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) });
@@ -23,24 +24,14 @@ const bytes = (t: HostTensor): Buffer => Buffer.from(new Uint8Array(t.data.buffe
 const percentile = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]; };
 
 /** A real engine behind a decorator that times every call (to know how long the longest batch held the engine). */
-class TimedEngine implements StageEngine {
+class TimedEngine extends DelegatingEngine {
   longestCallMs = 0;
-  constructor(readonly inner: StageEngine) {}
-  get modelId(): string { return this.inner.modelId; }
-  get stageCount(): number { return this.inner.stageCount; }
-  get nEmbd(): number { return this.inner.nEmbd; }
-  get vocabSize(): number { return this.inner.vocabSize; }
-  get nPositions(): number { return this.inner.nPositions; }
-  get failed(): Promise<Error> | undefined { return this.inner.failed; }
-  stageKind(s: number): ReturnType<StageEngine['stageKind']> { return this.inner.stageKind(s); }
-  newCache(): unknown { return this.inner.newCache(); }
-  releaseCache(c: unknown): void { this.inner.releaseCache(c); }
-  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
+  override async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
     const t0 = performance.now();
-    try { return await this.inner.runBatch(stage, inputs, caches); } finally { this.longestCallMs = Math.max(this.longestCallMs, performance.now() - t0); }
+    try { return await super.runBatch(stage, inputs, caches); } finally { this.longestCallMs = Math.max(this.longestCallMs, performance.now() - t0); }
   }
-  warmup(): Promise<void> { return this.inner.warmup(); }
-  close(): Promise<void> { return this.inner.close(); }
+  /** Every call goes through runBatch, so every call is timed. */
+  override hasFusedRange(): boolean { return false; }
 }
 
 /** Opens a session, runs one step of stages [0, end) on `input`; resolves with the final status or the answer. */

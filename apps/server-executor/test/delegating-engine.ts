@@ -1,0 +1,28 @@
+import type { HostTensor } from '@tandem/protocol';
+import type { StageEngine } from '../src';
+
+/**
+ * A StageEngine that forwards every call to a real one: tests subclass it to count or time the
+ * calls the executor makes, and override only those.
+ */
+export class DelegatingEngine implements StageEngine {
+  constructor(readonly inner: StageEngine) {}
+  get modelId(): string { return this.inner.modelId; }
+  get stageCount(): number { return this.inner.stageCount; }
+  get nEmbd(): number { return this.inner.nEmbd; }
+  get vocabSize(): number { return this.inner.vocabSize; }
+  get nPositions(): number { return this.inner.nPositions; }
+  get computesOnEventLoop(): boolean | undefined { return this.inner.computesOnEventLoop; }
+  get failed(): Promise<Error> | undefined { return this.inner.failed; }
+  stageKind(s: number): ReturnType<StageEngine['stageKind']> { return this.inner.stageKind(s); }
+  newCache(): unknown { return this.inner.newCache(); }
+  releaseCache(c: unknown): void { this.inner.releaseCache(c); }
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> { return this.inner.runBatch(stage, inputs, caches); }
+  hasFusedRange(begin: number, end: number): boolean { return this.inner.hasFusedRange?.(begin, end) ?? false; }
+  runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+    if (!this.inner.runRange) return Promise.reject(new Error('the wrapped engine has no fused ranges'));
+    return this.inner.runRange(begin, end, input, cache, lastRowOnly);
+  }
+  warmup(): Promise<void> { return this.inner.warmup(); }
+  close(): Promise<void> { return this.inner.close(); }
+}
