@@ -57,6 +57,17 @@ describe('PlanMaker', () => {
     expect(busy.predictedServerWork).toBeLessThan(idle.predictedServerWork);
   });
 
+  it('applies the latency objective to its own solvers only: the baselines place by their rule at any load', () => {
+    // The client is faster than the server: the latency objective would put everything on it.
+    const cls = { ...CLASS, slaMs: 2000 };
+    const [dpIdle] = new PlanMaker(options({ classes: [cls] })).plan(client(1), server(10, 0.05), undefined, 'latency')!;
+    expect(dpIdle.placement).toBe('CCCCCC');
+    const [serverOnly] = new PlanMaker(options({ classes: [cls], algorithm: 'server-only' })).plan(client(1), server(10, 0.05), undefined, 'latency')!;
+    expect(serverOnly.placement).toBe('SSSSSS');
+    const [clientOnlyIdle] = new PlanMaker(options({ classes: [cls], algorithm: 'client-only' })).plan(client(10), server(1, 0.05), undefined, 'latency')!;
+    expect(clientOnlyIdle.placement).toBe('CCCCCC');
+  });
+
   it('moves work to the client as the loaded server becomes slower than the client', () => {
     // client stage 110 ms, server stage 66 ms unloaded: all-client (660 ms) misses the 600 ms SLA
     const maker = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 600 }] }));

@@ -14,6 +14,14 @@ import type { RequestClass, SlaOverrides, SloOverride } from './config';
 export type Objective = 'work' | 'latency';
 
 /**
+ * The algorithms the objective applies to: the planner's own solvers. The baselines
+ * (`server-only`, `client-only`, `greedy`, `prefix`) always place as their rule says, so that a
+ * comparison against them is against what a user of that rule would run (`server-only` keeps
+ * every stage on the server at every load).
+ */
+const OBJECTIVE_ALGORITHMS: ReadonlySet<Algorithm> = new Set<Algorithm>(['dp', 'dp-grid']);
+
+/**
  * What the planner learned from outcomes about one client's request class (calibration.ts):
  * how to plan it differently from what the model alone says.
  */
@@ -181,12 +189,14 @@ export class PlanMaker {
   /**
    * The placements for one client. `previous` (the client's current plan) is kept per class
    * while it stays feasible and the new optimum saves no more than `hysteresis` of its work,
-   * so plans do not flap on measurement noise. A plan is feasible when it meets every SLO
+   * so plans do not flap on measurement noise. `objective` applies to the planner's own
+   * solvers (dp, dp-grid); a baseline algorithm always places by its rule. A plan is feasible when it meets every SLO
    * the class states (scaled by `adjust`, the learned corrections per class; the reported
    * SLOs and predictions stay the model's). Returns undefined until the server has reported.
    */
   plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work',
     adjust?: (requestClass: string) => ClassAdjustment | undefined): ClassPlacement[] | undefined {
+    if (!OBJECTIVE_ALGORITHMS.has(this.opts.algorithm)) objective = 'work';
     const out: ClassPlacement[] = [];
     for (const cls of this.opts.classes) {
       const adj = adjust?.(cls.name);
