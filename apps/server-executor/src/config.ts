@@ -3,6 +3,11 @@ import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
 /** Default of EXECUTOR_MAX_BATCH_TOKENS (also the scheduler's when a caller sets none). */
 export const DEFAULT_MAX_BATCH_TOKENS = 4096;
 
+/** Default of EXECUTOR_LONG_STEP_TOKENS: steps of more positions are prefills interleaved with decode steps. */
+export const DEFAULT_LONG_STEP_TOKENS = 64;
+/** Default of EXECUTOR_PREFILL_STALL_MS. */
+export const DEFAULT_PREFILL_STALL_MS = 10;
+
 /** Every environment variable the server-executor reads, with its default. */
 export const executorEnv = {
   MODEL_DIR: env.string('Model directory (tandem-model/1) whose stages this executor serves'),
@@ -14,6 +19,8 @@ export const executorEnv = {
   EXECUTOR_BATCHING: env.bool('Run steps of several sessions waiting at the same position-wise stage as one batch', true),
   EXECUTOR_MAX_BATCH: env.int('Most sessions in one batch', 16, 1, 1024),
   EXECUTOR_MAX_BATCH_TOKENS: env.int('Most tokens in one batch: a batch takes waiting steps while their tokens stay within this (a single longer step still runs, alone), so one call stays short', DEFAULT_MAX_BATCH_TOKENS, 1, 1 << 20),
+  EXECUTOR_LONG_STEP_TOKENS: env.int('Steps of more positions than this (prompt prefills) run stage by stage, after waiting short steps (decode steps), so a decode step waits for one stage call of a prefill rather than all of it; 0 turns interleaving off', DEFAULT_LONG_STEP_TOKENS, 0, 1 << 20),
+  EXECUTOR_PREFILL_STALL_MS: env.int('A long step held back by short ones for this long gets the next call, so prefills advance under a steady stream of decode steps, ms', DEFAULT_PREFILL_STALL_MS, 0, 60_000),
   EXECUTOR_ENGINE: env.oneOf("Where onnxruntime runs: 'worker' (a worker thread, so gRPC, health and status are answered while a batch computes) or 'inline' (on the event loop, which a batch then blocks)", 'worker', ['worker', 'inline']),
   EXECUTOR_FUSED: env.bool('Also load one fused onnxruntime session over every stage, so a step that runs alone (server-side decoding) is one call instead of one per stage; it holds a second copy of the weights (gpt2: about +640 MB RSS)', true),
   EXECUTOR_IDLE_TIMEOUT_MS: env.int('A session with no message for this long is ended with DEADLINE_EXCEEDED and freed', 60_000, 100, 86_400_000),

@@ -12,7 +12,7 @@ import {
   type SessionResponse,
 } from '@tandem/protocol';
 import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
-import { DEFAULT_MAX_BATCH_TOKENS } from './config';
+import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
 import { mainThreadCpuMs, OverheadModel } from './overhead';
@@ -33,6 +33,10 @@ export interface ExecutorServerOptions {
   readonly maxBatch: number;
   /** Most tokens in one batch beyond its first step (default DEFAULT_MAX_BATCH_TOKENS). */
   readonly maxBatchTokens?: number;
+  /** Prefill interleaving (SchedulerOptions.longStepTokens); 0 off (default DEFAULT_LONG_STEP_TOKENS). */
+  readonly longStepTokens?: number;
+  /** SchedulerOptions.maxStallMs (default DEFAULT_PREFILL_STALL_MS). */
+  readonly prefillStallMs?: number;
   readonly idleTimeoutMs: number;
   /** NATS URL for telemetry, or undefined for none. */
   readonly natsUrl?: string;
@@ -75,6 +79,8 @@ export class ExecutorServer {
       batching: opts.batching,
       maxBatch: opts.maxBatch,
       maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
+      ...((opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS) > 0 ? { longStepTokens: opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS } : {}),
+      maxStallMs: opts.prefillStallMs ?? DEFAULT_PREFILL_STALL_MS,
       onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; },
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;

@@ -21,6 +21,8 @@ export async function main(): Promise<void> {
     batching: config.EXECUTOR_BATCHING,
     maxBatch: config.EXECUTOR_MAX_BATCH,
     maxBatchTokens: config.EXECUTOR_MAX_BATCH_TOKENS,
+    longStepTokens: config.EXECUTOR_LONG_STEP_TOKENS,
+    prefillStallMs: config.EXECUTOR_PREFILL_STALL_MS,
     idleTimeoutMs: config.EXECUTOR_IDLE_TIMEOUT_MS,
     natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,

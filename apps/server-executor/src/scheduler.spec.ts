@@ -285,6 +285,76 @@ describe('StageScheduler', () => {
       expect(engine.calls[0]).toEqual({ stage: 0, batch: 2 });
     });
 
+    describe('prefill interleaving', () => {
+      const interleaved = (maxStallMs: number): { engine: FusedEngine; sched: StageScheduler } => {
+        const engine = new FusedEngine();
+        return { engine, sched: new StageScheduler(engine, { batching: true, maxBatch: 8, longStepTokens: 4, maxStallMs, now: () => engine.clock }) };
+      };
+
+      it('runs a long step stage by stage, never fused, with the same result', async () => {
+        const { engine, sched } = interleaved(10);
+        const out = await sched.submit('p', 0, 6, tensor(0, 8), {}, { lastRowOnly: true });
+        expect(engine.ranges).toHaveLength(0);
+        expect(engine.calls.map((c) => c.stage)).toEqual([0, 1, 2, 3, 4, 5]);
+        expect([...(out.tensor.data as Float32Array)]).toEqual([21, 21]);
+        // a short step still runs fused
+        await sched.submit('d', 0, 6, tensor(0), {});
+        expect(engine.ranges).toHaveLength(1);
+      });
+
+      it('runs a decode step that arrives during a prefill before the rest of the prefill', async () => {
+        const { engine, sched } = interleaved(1000);
+        let open!: () => void;
+        engine.gate = new Promise<void>((r) => { open = r; });
+        const order: string[] = [];
+        const prefill = sched.submit('p', 0, 6, tensor(0, 8), {}).then(() => order.push('prefill'));
+        await new Promise((r) => setImmediate(r));
+        expect(engine.calls).toEqual([{ stage: 0, batch: 1 }]); // the prefill's first stage is in the engine
+        const decode = sched.submit('d', 0, 6, tensor(0), {}).then(() => order.push('decode'));
+        engine.gate = undefined;
+        open();
+        await Promise.all([prefill, decode]);
+        expect(order).toEqual(['decode', 'prefill']);
+        expect(engine.ranges).toHaveLength(1); // the decode step ran fused, alone
+        expect(engine.calls.map((c) => c.batch)).toEqual([1, 1, 1, 1, 1, 1]); // the prefill never joined it
+      });
+
+      it('without interleaving, the same decode step waits for the whole prefill', async () => {
+        const engine = new FusedEngine();
+        const sched = new StageScheduler(engine, { batching: true, maxBatch: 8, now: () => engine.clock });
+        let open!: () => void;
+        engine.gate = new Promise<void>((r) => { open = r; });
+        const order: string[] = [];
+        const prefill = sched.submit('p', 0, 6, tensor(0, 8), {}).then(() => order.push('prefill'));
+        await new Promise((r) => setImmediate(r));
+        const decode = sched.submit('d', 0, 6, tensor(0), {}).then(() => order.push('decode'));
+        engine.gate = undefined;
+        open();
+        await Promise.all([prefill, decode]);
+        expect(order).toEqual(['prefill', 'decode']);
+      });
+
+      it('gives a long step held back for maxStallMs the next call, so prefills advance under steady decoding', async () => {
+        const { engine, sched } = interleaved(5);
+        // Two sessions decode continuously (each submits its next step when one resolves);
+        // fused decode calls take 10.5 ms on the clock, so the prefill is stalled after each.
+        let decoding = true;
+        const decodeLoop = async (id: string): Promise<number> => {
+          let n = 0;
+          while (decoding) { await sched.submit(id, 0, 6, tensor(0), {}); n++; }
+          return n;
+        };
+        const loops = [decodeLoop('d1'), decodeLoop('d2')];
+        await new Promise((r) => setImmediate(r));
+        const out = await sched.submit('p', 0, 6, tensor(0, 8), {}, { lastRowOnly: true });
+        decoding = false;
+        const steps = await Promise.all(loops);
+        expect([...(out.tensor.data as Float32Array)]).toEqual([21, 21]);
+        expect(engine.calls.filter((c) => c.batch === 1 && engine.tokens[engine.calls.indexOf(c)][0] === 8)).toHaveLength(5); // stages 0-4 at 8 rows
+        expect(steps[0] + steps[1]).toBeGreaterThan(2); // decoding went on while the prefill advanced
+      });
+    });
+
     it('fails only the fused step whose call fails', async () => {
       const { engine, sched } = make();
       engine.failRange = true;

@@ -21,6 +21,8 @@ interface Job {
   readonly fuse: boolean;
   readonly enqueuedAtMs: number;
   startedAtMs: number | undefined;
+  /** When its last stage call ended (its submission before the first): how long a long step has been held back. */
+  lastRanAtMs: number;
   computeMs: number;
   batchedStages: number;
   readonly resolve: (r: StepOutcome) => void;
@@ -62,6 +64,19 @@ export interface SchedulerOptions {
    * its first step, whatever its length, then others while the total stays within this.
    */
   readonly maxBatchTokens?: number;
+  /**
+   * Steps of more positions than this are long (prompt prefills): they run stage by stage,
+   * never fused, and steps of at most this many (decode steps, short prompts) go first, so a
+   * decode step waits for at most one stage call of a long prefill rather than all of it
+   * (prefill interleaving, the stage-level form of chunked prefill). Default: no step is long.
+   */
+  readonly longStepTokens?: number;
+  /**
+   * A long step held back by short ones for this long gets the next call (its stage, batched
+   * with other long steps there), so prefills progress under a steady stream of decode steps.
+   * ms, default 10.
+   */
+  readonly maxStallMs?: number;
   /** Called after each step completes (for counters). */
   readonly onStepDone?: (o: StepOutcome) => void;
   /** Monotonic clock in ms (injected for tests). */
@@ -75,6 +90,12 @@ export interface SchedulerOptions {
  * it for every waiting step at the same stage in one engine call; attention stages run
  * per session (their KV caches differ in length). A step moves through its stage range
  * one stage per turn, so steps of other sessions interleave and meet at the same depth.
+ *
+ * Prefill interleaving (`longStepTokens`): while short steps (decode steps) wait, long ones
+ * (prompt prefills) are held back, except that one held back for `maxStallMs` gets the next
+ * call; long steps never run fused. So a decode step waits behind at most one stage call of a
+ * prefill, not the whole prefill, and a prefill still advances a stage per `maxStallMs` under
+ * any stream of decode steps (TPOT bounded, TTFT stretched at most by that rate).
  *
  * Fused steps: a step picked before it started whose whole range the engine has fused
  * (`hasFusedRange(begin, end)`) runs as ONE engine call (`runRange`) when no other step waits
@@ -122,7 +143,8 @@ export class StageScheduler {
   /** Queues stages [begin, end) of one session's step on `tensor`. */
   submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown, opts: SubmitOptions = {}): Promise<StepOutcome> {
     return new Promise<StepOutcome>((resolve, reject) => {
-      const job: Job = { sessionId, begin, stage: begin, end, tensor, cache, tokens: 0, lastRowOnly: opts.lastRowOnly ?? false, fuse: opts.fuse ?? true, enqueuedAtMs: this.now(), startedAtMs: undefined, computeMs: 0, batchedStages: 0, resolve, reject };
+      const at = this.now();
+      const job: Job = { sessionId, begin, stage: begin, end, tensor, cache, tokens: 0, lastRowOnly: opts.lastRowOnly ?? false, fuse: opts.fuse ?? true, enqueuedAtMs: at, startedAtMs: undefined, lastRanAtMs: at, computeMs: 0, batchedStages: 0, resolve, reject };
       this.setInput(job, tensor);
       this.queue.push(job);
       // Start on the next turn of the event loop, so steps that arrived in the same I/O
@@ -155,8 +177,28 @@ export class StageScheduler {
     return new Promise<void>((resolve) => this.afterCall.push(resolve));
   }
 
+  /** Whether `j` is a long step (see SchedulerOptions.longStepTokens). */
+  private isLong(j: Job): boolean {
+    return j.tokens > (this.opts.longStepTokens ?? Number.POSITIVE_INFINITY);
+  }
+
   /**
-   * The next engine call: the oldest step among those at the shallowest stage, batched with
+   * The steps the next call is chosen from: every waiting step, unless both short and long
+   * ones wait; then the short ones, or the long ones when one of them has been held back for
+   * `maxStallMs` since its last call. O(queue length).
+   */
+  private candidates(): Job[] {
+    if (this.opts.longStepTokens === undefined) return this.queue;
+    const short = this.queue.filter((j) => !this.isLong(j));
+    if (short.length === 0 || short.length === this.queue.length) return this.queue;
+    const now = this.now();
+    const stall = this.opts.maxStallMs ?? 10;
+    const long = this.queue.filter((j) => this.isLong(j));
+    return long.some((j) => now - j.lastRanAtMs >= stall) ? long : short;
+  }
+
+  /**
+   * The next engine call, from `pool` (see `candidates`): the oldest step among those at the shallowest stage, batched with
    * other steps at that stage when the stage is position-wise. Serving the shallowest stage
    * first lets steps that arrived together stay at the same depth (after each attention
    * stage, which runs per session, they meet again at the next MLP). A batch holds at most
@@ -165,15 +207,15 @@ export class StageScheduler {
    * there, so a long step is not passed over twice) while shorter ones behind it may join.
    * O(queue length).
    */
-  private pickBatch(): Job[] {
-    let head = this.queue[0];
-    for (const j of this.queue) if (j.stage < head.stage) head = j;
+  private pickBatch(pool: Job[]): Job[] {
+    let head = pool[0];
+    for (const j of pool) if (j.stage < head.stage) head = j;
     const kind = this.engine.stageKind(head.stage);
     if (!this.opts.batching || kind === 'attn') return [head];
     const maxTokens = this.opts.maxBatchTokens ?? Number.POSITIVE_INFINITY;
     const batch: Job[] = [head];
     let tokens = head.tokens;
-    for (const j of this.queue) {
+    for (const j of pool) {
       if (batch.length >= this.opts.maxBatch) break;
       if (j === head || j.stage !== head.stage || tokens + j.tokens > maxTokens) continue;
       batch.push(j);
@@ -183,13 +225,13 @@ export class StageScheduler {
   }
 
   /**
-   * Whether `j` (the head of the next call) runs as one fused call: it has not started, the
-   * engine has its whole range fused, and no other step waits at its stage (with batching
-   * off none could join it anyway). O(queue length).
+   * Whether `j` (the head of the next call) runs as one fused call: it has not started, it is
+   * not long, the engine has its whole range fused, and no other step of `pool` waits at its
+   * stage (with batching off none could join it anyway). O(queue length).
    */
-  private runsFused(j: Job): boolean {
-    if (!j.fuse || j.stage !== j.begin || !this.engine.runRange || !this.engine.hasFusedRange?.(j.stage, j.end)) return false;
-    return !this.opts.batching || !this.queue.some((o) => o !== j && o.stage === j.stage);
+  private runsFused(j: Job, pool: Job[]): boolean {
+    if (!j.fuse || j.stage !== j.begin || this.isLong(j) || !this.engine.runRange || !this.engine.hasFusedRange?.(j.stage, j.end)) return false;
+    return !this.opts.batching || !pool.some((o) => o !== j && o.stage === j.stage);
   }
 
   /** The calls of one turn: one fused call of one step, or one stage for a batch of steps. */
@@ -230,13 +272,15 @@ export class StageScheduler {
   private async pump(): Promise<void> {
     try {
       while (this.queue.length > 0) {
-        const batch = this.pickBatch();
-        const fused = batch.length === 1 && this.runsFused(batch[0]);
+        const pool = this.candidates();
+        const batch = this.pickBatch(pool);
+        const fused = batch.length === 1 && this.runsFused(batch[0], pool);
         const stage = batch[0].stage;
         const t0 = this.now();
         for (const j of batch) { j.startedAtMs ??= t0; this.inCall.add(j); }
         const outputs = await this.call(batch, fused);
-        const elapsed = this.now() - t0;
+        const t1 = this.now();
+        const elapsed = t1 - t0;
         this.inCall.clear();
         this.busyMs += elapsed;
         const totalTokens = batch.reduce((a, j) => a + j.tokens, 0);
@@ -244,6 +288,7 @@ export class StageScheduler {
         batch.forEach((j, i) => {
           const share = elapsed * (j.tokens / totalTokens);
           j.computeMs += share;
+          j.lastRanAtMs = t1;
           if (batch.length > 1) { this.batchedSteps++; j.batchedStages++; }
           const idx = this.queue.indexOf(j);
           const cancelledBy = this.cancelled.get(j.sessionId);
