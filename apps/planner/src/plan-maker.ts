@@ -88,9 +88,11 @@ const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c ==
  * decode passes) from the client's measured stage times and the server's, with the class's
  * TTFT / TPOT / E2E SLOs, solved with the configured algorithm. The all-server plan is priced
  * as the executor runs it (prompt up once, tokens streamed down), so every split is compared
- * against it. Under load the server's stage times (for latency, not for work) are inflated
- * by 1 / (1 − utilisation), the mean time in an M/M/1 queue: the busier the server, the more
- * the same SLOs push onto the client. Pure: same inputs, same plans.
+ * against it. Under load the server's stage times (for latency, not for work) are stretched
+ * by the slow-down the executor measures (its steps' service time over their compute, per
+ * decode and prefill: batching and interleaving included), or, from an executor that does not
+ * report it, by 1 / (1 − utilisation), the mean time in an M/M/1 queue: the busier the
+ * server, the more the same SLOs push onto the client. Pure: same inputs, same plans.
  */
 export class PlanMaker {
   constructor(readonly opts: PlanMakerOptions) {}
@@ -125,6 +127,12 @@ export class PlanMaker {
     const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
     const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
     const inflate = 1 / (1 - u);
+    // The executor's measured slow-down of steps (ServerLoad.decode_stretch / prefill_stretch)
+    // when it reports one, else the M/M/1 inflation; none at no load.
+    const cap = 1 / (1 - this.opts.maxUtilisation);
+    const slowdown = (measured: number): number => (utilisation === 0 ? 1 : measured >= 1 ? Math.min(measured, cap) : inflate);
+    const decodeSlow = slowdown(server.decodeStretch);
+    const prefillSlow = slowdown(server.prefillStretch);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
     const last = this.opts.stages.length - 1;
@@ -141,8 +149,8 @@ export class PlanMaker {
         clientPrefillMs: c ? (oneRow ? c.decodeMs : c.prefillMsPerToken * n) : UNRUNNABLE_MS,
         clientDecodeMs: c ? c.decodeMs : 0,
         // Latency from the loaded times, server work from the unloaded ones.
-        serverPrefillMs: serverPrefill * inflate,
-        serverDecodeMs: s.decodeMs * inflate,
+        serverPrefillMs: serverPrefill * prefillSlow,
+        serverDecodeMs: s.decodeMs * decodeSlow,
         serverPrefillWork: serverPrefill,
         serverDecodeWork: s.decodeMs,
       };

@@ -16,6 +16,7 @@ import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STA
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
 import { mainThreadCpuMs, OverheadModel } from './overhead';
+import { StretchMeter } from './stage-stats';
 import { StageScheduler } from './scheduler';
 import { SplitSession, type TrafficCounters } from './split-session';
 
@@ -62,6 +63,7 @@ export class ExecutorServer {
   private lastTickMs = performance.now();
   private queueWaitSumMs = 0;
   private queueWaitCount = 0;
+  private readonly stretch = new StretchMeter();
   private stepsCompleted = 0;
   private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
   private readonly overhead = new OverheadModel();
@@ -81,7 +83,7 @@ export class ExecutorServer {
       maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
       ...((opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS) > 0 ? { longStepTokens: opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS } : {}),
       maxStallMs: opts.prefillStallMs ?? DEFAULT_PREFILL_STALL_MS,
-      onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; },
+      onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; this.stretch.record(o); },
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
@@ -140,6 +142,7 @@ export class ExecutorServer {
     this.stepsCompleted = 0;
     this.queueWaitSumMs = 0;
     this.queueWaitCount = 0;
+    this.stretch.reset();
     this.lastBusyMs = this.scheduler.busyTimeMs;
     this.lastTickMs = performance.now();
     this.lastCpuMs = mainThreadCpuMs();
@@ -172,6 +175,7 @@ export class ExecutorServer {
     const meanQueueMs = this.queueWaitCount ? this.queueWaitSumMs / this.queueWaitCount : 0;
     this.queueWaitSumMs = 0;
     this.queueWaitCount = 0;
+    const stretch = this.stretch.interval();
     return {
       serverId: this.opts.serverId,
       modelId: this.opts.engine.modelId,
@@ -182,6 +186,8 @@ export class ExecutorServer {
       unixMs: Date.now(),
       meanQueueMs,
       overhead: this.overhead.fit(),
+      decodeStretch: stretch.decode,
+      prefillStretch: stretch.prefill,
     };
   }
 

@@ -59,6 +59,22 @@ describe('StageScheduler', () => {
     expect(sched.batchedStepCount).toBe(12);
   });
 
+  it("reports each step's service time (whole calls it waited for) beside its share of the compute", async () => {
+    let clock = 0;
+    const timed = new (class extends FakeEngine {
+      override async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> { clock += 6; return super.runBatch(stage, inputs); }
+    })();
+    const sched = new StageScheduler(timed, { batching: true, maxBatch: 8, now: () => clock });
+    const [a, b] = await Promise.all([sched.submit('a', 4, 6, tensor(0), {}), sched.submit('b', 4, 6, tensor(0, 2), {})]);
+    // two position-wise stages, each one 6 ms call shared by both (1 and 2 tokens)
+    expect(a.serviceMs).toBe(12);
+    expect(b.serviceMs).toBe(12);
+    expect(a.computeMs).toBeCloseTo(4, 10);
+    expect(b.computeMs).toBeCloseTo(8, 10);
+    expect([a.prefill, b.prefill]).toEqual([false, true]);
+    expect(timed.calls).toEqual([{ stage: 4, batch: 2 }, { stage: 5, batch: 2 }]);
+  });
+
   it('runs one session at a time when batching is off', async () => {
     const engine = new FakeEngine();
     const sched = new StageScheduler(engine, { batching: false, maxBatch: 8 });

@@ -54,3 +54,53 @@ export class StageStats {
     return Array.from({ length: this.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: this.prefill[stage], decodeMs: this.decode[stage], samples: this.count[stage] }));
   }
 }
+
+/** How much longer steps take than their own compute, per kind (decode: one position; prefill: more). */
+export interface Stretch {
+  readonly decode: number;
+  readonly prefill: number;
+}
+
+/**
+ * The measured slow-down of steps on this executor: per kind of step, Σ service time (first
+ * stage call's start to last one's end) over Σ compute attributed to those steps, over one
+ * telemetry interval, folded into an exponential moving average across intervals. A step
+ * that ran alone in fused or unbatched calls has stretch 1; one batched with B − 1 others
+ * about B (it waits for the whole call, its compute is its share); a prefill interleaved with
+ * decode steps more. The planner prices server latency as compute × stretch (the executor's
+ * own measurement instead of a queueing formula). An interval without steps of a kind moves
+ * its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
+ */
+export class StretchMeter {
+  private readonly service = [0, 0];
+  private readonly compute = [0, 0];
+  private readonly value = [0, 0];
+
+  constructor(private readonly alpha = 0.3) {}
+
+  record(o: { readonly serviceMs: number; readonly computeMs: number; readonly prefill: boolean }): void {
+    if (!(o.computeMs > 0) || !(o.serviceMs >= 0)) return;
+    const k = o.prefill ? 1 : 0;
+    this.service[k] += o.serviceMs;
+    this.compute[k] += o.computeMs;
+  }
+
+  /** Closes the interval: folds each kind's ratio into its average and restarts the sums. */
+  interval(): Stretch {
+    for (let k = 0; k < 2; k++) {
+      const measured = this.compute[k] > 0 ? Math.max(1, this.service[k] / this.compute[k]) : undefined;
+      if (measured !== undefined) this.value[k] = this.value[k] === 0 ? measured : this.value[k] + this.alpha * (measured - this.value[k]);
+      else if (this.value[k] > 0) this.value[k] += this.alpha * (1 - this.value[k]);
+      this.service[k] = 0;
+      this.compute[k] = 0;
+    }
+    return { decode: this.value[0], prefill: this.value[1] };
+  }
+
+  /** Forgets everything (start-up profiling is not traffic). */
+  reset(): void {
+    this.service.fill(0);
+    this.compute.fill(0);
+    this.value.fill(0);
+  }
+}

@@ -220,6 +220,10 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
       s.call.end();
     }
     const load = server.loadReport();
+    // steps ran one session at a time here: service time is their own compute, give or take a hop
+    expect(load.decodeStretch).toBeGreaterThanOrEqual(1);
+    expect(load.decodeStretch).toBeLessThan(3);
+    expect(load.prefillStretch).toBeGreaterThanOrEqual(1);
     expect(load.overhead).toBeDefined();
     expect(load.overhead!.samples).toBeGreaterThanOrEqual(1);
     for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {

@@ -123,7 +123,24 @@ export interface ServerLoad {
    * What serving costs the server besides stage compute, fitted from its own CPU and traffic
    * (absent from executors that do not measure it).
    */
-  overhead: StepOverhead | undefined;
+  overhead:
+    | StepOverhead
+    | undefined;
+  /**
+   * How much longer a one-token (decode) step takes on this executor than its own compute:
+   * over recent intervals (a moving average), the time from its first stage call's start to its
+   * last one's end over the compute attributed to it. 1 when steps run alone; about B when B
+   * sessions' steps are batched (each waits for the whole call, its compute is its share); more
+   * when other sessions' calls run between its stages. The planner prices server latency as
+   * compute x stretch (plus mean_queue_ms per entry). 0 when not measured (older executors, no
+   * traffic yet); an interval without such steps moves it toward 1.
+   */
+  decodeStretch: number;
+  /**
+   * The same for steps of more than one position (prompt prefills), which the executor holds
+   * back behind waiting decode steps.
+   */
+  prefillStretch: number;
 }
 
 /**
@@ -661,6 +678,8 @@ function createBaseServerLoad(): ServerLoad {
     unixMs: 0,
     meanQueueMs: 0,
     overhead: undefined,
+    decodeStretch: 0,
+    prefillStretch: 0,
   };
 }
 
@@ -692,6 +711,12 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     }
     if (message.overhead !== undefined) {
       StepOverhead.encode(message.overhead, writer.uint32(74).fork()).join();
+    }
+    if (message.decodeStretch !== 0) {
+      writer.uint32(81).double(message.decodeStretch);
+    }
+    if (message.prefillStretch !== 0) {
+      writer.uint32(89).double(message.prefillStretch);
     }
     return writer;
   },
@@ -781,6 +806,22 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             message.overhead = StepOverhead.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.decodeStretch = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.prefillStretch = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -828,6 +869,16 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         ? globalThis.Number(object.mean_queue_ms)
         : 0,
       overhead: isSet(object.overhead) ? StepOverhead.fromJSON(object.overhead) : undefined,
+      decodeStretch: isSet(object.decodeStretch)
+        ? globalThis.Number(object.decodeStretch)
+        : isSet(object.decode_stretch)
+        ? globalThis.Number(object.decode_stretch)
+        : 0,
+      prefillStretch: isSet(object.prefillStretch)
+        ? globalThis.Number(object.prefillStretch)
+        : isSet(object.prefill_stretch)
+        ? globalThis.Number(object.prefill_stretch)
+        : 0,
     };
   },
 
@@ -860,6 +911,12 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.overhead !== undefined) {
       obj.overhead = StepOverhead.toJSON(message.overhead);
     }
+    if (message.decodeStretch !== 0) {
+      obj.decodeStretch = floatToJson(message.decodeStretch);
+    }
+    if (message.prefillStretch !== 0) {
+      obj.prefillStretch = floatToJson(message.prefillStretch);
+    }
     return obj;
   },
 
@@ -879,6 +936,8 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.overhead = (object.overhead !== undefined && object.overhead !== null)
       ? StepOverhead.fromPartial(object.overhead)
       : undefined;
+    message.decodeStretch = object.decodeStretch ?? 0;
+    message.prefillStretch = object.prefillStretch ?? 0;
     return message;
   },
 };
