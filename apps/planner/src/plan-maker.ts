@@ -125,16 +125,17 @@ export class PlanMaker {
   instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): GenerationInstance | undefined {
     if (!server || server.stages.length !== this.opts.stages.length) return undefined;
     const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
-    const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
-    const inflate = 1 / (1 - u);
-    // The executor's measured slow-down of steps (ServerLoad.decode_stretch / prefill_stretch)
-    // when it reports one, else the M/M/1 inflation; none at no load.
-    const cap = 1 / (1 - this.opts.maxUtilisation);
-    const slowdown = (measured: number): number => (utilisation === 0 ? 1 : measured >= 1 ? Math.min(measured, cap) : inflate);
-    const decodeSlow = slowdown(server.decodeStretch);
-    const prefillSlow = slowdown(server.prefillStretch);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
+    const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
+    const inflate = 1 / (1 - u);
+    // The executor's measured slow-down of steps (ServerLoad.short_step_stretch for decode
+    // steps and prompts of at most long_step_tokens positions, long_step_stretch for longer
+    // prompts) when it reports one, else the M/M/1 inflation; none at no load.
+    const cap = 1 / (1 - this.opts.maxUtilisation);
+    const slowdown = (measured: number): number => (utilisation === 0 ? 1 : measured >= 1 ? Math.min(measured, cap) : inflate);
+    const decodeSlow = slowdown(server.shortStepStretch);
+    const prefillSlow = slowdown(n > Math.max(1, server.longStepTokens) ? server.longStepStretch : server.shortStepStretch);
     const last = this.opts.stages.length - 1;
     const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
       const c = clientStages.get(i);

@@ -64,6 +64,8 @@ export class ExecutorServer {
   private queueWaitSumMs = 0;
   private queueWaitCount = 0;
   private readonly stretch = new StretchMeter();
+  /** Steps of more positions are long (interleaved prefills); 1 when interleaving is off. */
+  private readonly longStepTokens: number;
   private stepsCompleted = 0;
   private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
   private readonly overhead = new OverheadModel();
@@ -77,11 +79,13 @@ export class ExecutorServer {
 
   constructor(private readonly opts: ExecutorServerOptions) {
     this.log = opts.log.child({ component: 'executor' });
+    const interleave = opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS;
+    this.longStepTokens = interleave > 0 ? interleave : 1;
     this.scheduler = new StageScheduler(opts.engine, {
       batching: opts.batching,
       maxBatch: opts.maxBatch,
       maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
-      ...((opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS) > 0 ? { longStepTokens: opts.longStepTokens ?? DEFAULT_LONG_STEP_TOKENS } : {}),
+      ...(interleave > 0 ? { longStepTokens: interleave } : {}),
       maxStallMs: opts.prefillStallMs ?? DEFAULT_PREFILL_STALL_MS,
       onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; this.stretch.record(o); },
     });
@@ -186,8 +190,9 @@ export class ExecutorServer {
       unixMs: Date.now(),
       meanQueueMs,
       overhead: this.overhead.fit(),
-      decodeStretch: stretch.decode,
-      prefillStretch: stretch.prefill,
+      shortStepStretch: stretch.short,
+      longStepStretch: stretch.long,
+      longStepTokens: this.longStepTokens,
     };
   }
 

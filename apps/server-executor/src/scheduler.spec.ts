@@ -71,7 +71,7 @@ describe('StageScheduler', () => {
     expect(b.serviceMs).toBe(12);
     expect(a.computeMs).toBeCloseTo(4, 10);
     expect(b.computeMs).toBeCloseTo(8, 10);
-    expect([a.prefill, b.prefill]).toEqual([false, true]);
+    expect([a.long, b.long]).toEqual([false, true]); // no longStepTokens: any prompt is long
     expect(timed.calls).toEqual([{ stage: 4, batch: 2 }, { stage: 5, batch: 2 }]);
   });
 

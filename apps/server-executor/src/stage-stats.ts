@@ -55,19 +55,19 @@ export class StageStats {
   }
 }
 
-/** How much longer steps take than their own compute, per kind (decode: one position; prefill: more). */
+/** How much longer steps take than their own compute, per kind (short steps and long ones, StepOutcome.long). */
 export interface Stretch {
-  readonly decode: number;
-  readonly prefill: number;
+  readonly short: number;
+  readonly long: number;
 }
 
 /**
- * The measured slow-down of steps on this executor: per kind of step, Σ service time (first
+ * The measured slow-down of steps on this executor: per kind of step (short, long), Σ service time (first
  * stage call's start to last one's end) over Σ compute attributed to those steps, over one
  * telemetry interval, folded into an exponential moving average across intervals. A step
  * that ran alone in fused or unbatched calls has stretch 1; one batched with B − 1 others
- * about B (it waits for the whole call, its compute is its share); a prefill interleaved with
- * decode steps more. The planner prices server latency as compute × stretch (the executor's
+ * about B (it waits for the whole call, its compute is its share); a long prefill held back
+ * behind short steps more. The planner prices server latency as compute × stretch (the executor's
  * own measurement instead of a queueing formula). An interval without steps of a kind moves
  * its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
  */
@@ -78,9 +78,9 @@ export class StretchMeter {
 
   constructor(private readonly alpha = 0.3) {}
 
-  record(o: { readonly serviceMs: number; readonly computeMs: number; readonly prefill: boolean }): void {
+  record(o: { readonly serviceMs: number; readonly computeMs: number; readonly long: boolean }): void {
     if (!(o.computeMs > 0) || !(o.serviceMs >= 0)) return;
-    const k = o.prefill ? 1 : 0;
+    const k = o.long ? 1 : 0;
     this.service[k] += o.serviceMs;
     this.compute[k] += o.computeMs;
   }
@@ -94,7 +94,7 @@ export class StretchMeter {
       this.service[k] = 0;
       this.compute[k] = 0;
     }
-    return { decode: this.value[0], prefill: this.value[1] };
+    return { short: this.value[0], long: this.value[1] };
   }
 
   /** Forgets everything (start-up profiling is not traffic). */

@@ -127,20 +127,26 @@ export interface ServerLoad {
     | StepOverhead
     | undefined;
   /**
-   * How much longer a one-token (decode) step takes on this executor than its own compute:
-   * over recent intervals (a moving average), the time from its first stage call's start to its
-   * last one's end over the compute attributed to it. 1 when steps run alone; about B when B
-   * sessions' steps are batched (each waits for the whole call, its compute is its share); more
-   * when other sessions' calls run between its stages. The planner prices server latency as
-   * compute x stretch (plus mean_queue_ms per entry). 0 when not measured (older executors, no
-   * traffic yet); an interval without such steps moves it toward 1.
+   * How much longer a short step (at most long_step_tokens positions: decode steps, short
+   * prompts) takes on this executor than its own compute: over recent intervals (a moving
+   * average), the time from its first stage call's start to its last one's end over the compute
+   * attributed to it. 1 when steps run alone; about B when B sessions' steps are batched (each
+   * waits for the whole call, its compute is its share); more when other sessions' calls run
+   * between its stages. The planner prices server latency as compute x stretch (plus
+   * mean_queue_ms per entry). 0 when not measured (older executors, no traffic yet); an
+   * interval without such steps moves it toward 1.
    */
-  decodeStretch: number;
+  shortStepStretch: number;
   /**
-   * The same for steps of more than one position (prompt prefills), which the executor holds
-   * back behind waiting decode steps.
+   * The same for long steps (more than long_step_tokens positions: long prompts), which the
+   * executor runs stage by stage, held back behind waiting short steps.
    */
-  prefillStretch: number;
+  longStepStretch: number;
+  /**
+   * The executor's threshold between short and long steps, positions (EXECUTOR_LONG_STEP_TOKENS;
+   * 1 when it does not interleave: every prompt is long).
+   */
+  longStepTokens: number;
 }
 
 /**
@@ -678,8 +684,9 @@ function createBaseServerLoad(): ServerLoad {
     unixMs: 0,
     meanQueueMs: 0,
     overhead: undefined,
-    decodeStretch: 0,
-    prefillStretch: 0,
+    shortStepStretch: 0,
+    longStepStretch: 0,
+    longStepTokens: 0,
   };
 }
 
@@ -712,11 +719,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.overhead !== undefined) {
       StepOverhead.encode(message.overhead, writer.uint32(74).fork()).join();
     }
-    if (message.decodeStretch !== 0) {
-      writer.uint32(81).double(message.decodeStretch);
+    if (message.shortStepStretch !== 0) {
+      writer.uint32(81).double(message.shortStepStretch);
     }
-    if (message.prefillStretch !== 0) {
-      writer.uint32(89).double(message.prefillStretch);
+    if (message.longStepStretch !== 0) {
+      writer.uint32(89).double(message.longStepStretch);
+    }
+    if (message.longStepTokens !== 0) {
+      writer.uint32(96).uint32(message.longStepTokens);
     }
     return writer;
   },
@@ -811,7 +821,7 @@ export const ServerLoad: MessageFns<ServerLoad> = {
               break;
             }
 
-            message.decodeStretch = reader.double();
+            message.shortStepStretch = reader.double();
             continue;
           }
           case 11: {
@@ -819,7 +829,15 @@ export const ServerLoad: MessageFns<ServerLoad> = {
               break;
             }
 
-            message.prefillStretch = reader.double();
+            message.longStepStretch = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.longStepTokens = reader.uint32();
             continue;
           }
         }
@@ -869,15 +887,20 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         ? globalThis.Number(object.mean_queue_ms)
         : 0,
       overhead: isSet(object.overhead) ? StepOverhead.fromJSON(object.overhead) : undefined,
-      decodeStretch: isSet(object.decodeStretch)
-        ? globalThis.Number(object.decodeStretch)
-        : isSet(object.decode_stretch)
-        ? globalThis.Number(object.decode_stretch)
+      shortStepStretch: isSet(object.shortStepStretch)
+        ? globalThis.Number(object.shortStepStretch)
+        : isSet(object.short_step_stretch)
+        ? globalThis.Number(object.short_step_stretch)
         : 0,
-      prefillStretch: isSet(object.prefillStretch)
-        ? globalThis.Number(object.prefillStretch)
-        : isSet(object.prefill_stretch)
-        ? globalThis.Number(object.prefill_stretch)
+      longStepStretch: isSet(object.longStepStretch)
+        ? globalThis.Number(object.longStepStretch)
+        : isSet(object.long_step_stretch)
+        ? globalThis.Number(object.long_step_stretch)
+        : 0,
+      longStepTokens: isSet(object.longStepTokens)
+        ? globalThis.Number(object.longStepTokens)
+        : isSet(object.long_step_tokens)
+        ? globalThis.Number(object.long_step_tokens)
         : 0,
     };
   },
@@ -911,11 +934,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.overhead !== undefined) {
       obj.overhead = StepOverhead.toJSON(message.overhead);
     }
-    if (message.decodeStretch !== 0) {
-      obj.decodeStretch = floatToJson(message.decodeStretch);
+    if (message.shortStepStretch !== 0) {
+      obj.shortStepStretch = floatToJson(message.shortStepStretch);
     }
-    if (message.prefillStretch !== 0) {
-      obj.prefillStretch = floatToJson(message.prefillStretch);
+    if (message.longStepStretch !== 0) {
+      obj.longStepStretch = floatToJson(message.longStepStretch);
+    }
+    if (message.longStepTokens !== 0) {
+      obj.longStepTokens = Math.round(message.longStepTokens);
     }
     return obj;
   },
@@ -936,8 +962,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.overhead = (object.overhead !== undefined && object.overhead !== null)
       ? StepOverhead.fromPartial(object.overhead)
       : undefined;
-    message.decodeStretch = object.decodeStretch ?? 0;
-    message.prefillStretch = object.prefillStretch ?? 0;
+    message.shortStepStretch = object.shortStepStretch ?? 0;
+    message.longStepStretch = object.longStepStretch ?? 0;
+    message.longStepTokens = object.longStepTokens ?? 0;
     return message;
   },
 };
