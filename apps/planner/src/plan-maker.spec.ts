@@ -20,7 +20,7 @@ function client(msPerStage: number, over: Partial<ClientProfile> = {}): ClientPr
 
 function server(msPerStage: number, utilisation = 0): ServerLoad {
   return {
-    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, shortStepStretch: 0, longStepStretch: 0, longStepTokens: 0,
+    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }
@@ -84,18 +84,18 @@ describe('PlanMaker', () => {
     const base = maker.instance(client(10), server(6, 0.5), cls)!;
     // utilisation 0.5 alone: x2
     expect(base.stages[1].serverDecodeMs).toBeCloseTo(12, 10);
-    const load = (over: Partial<ServerLoad>): ServerLoad => ({ ...server(6, 0.5), shortStepStretch: 3, longStepStretch: 5, longStepTokens: 8, ...over });
+    const load = (over: Partial<ServerLoad>): ServerLoad => ({ ...server(6, 0.5), decodeStretch: 3, promptStretch: 1.25, longPromptStretch: 5, longStepTokens: 8, ...over });
     const stretched = maker.instance(client(10), load({}), cls)!;
     expect(stretched.stages[1].serverDecodeMs).toBeCloseTo(18, 10);
-    expect(stretched.stages[1].serverPrefillMs).toBeCloseTo(5 * 1.5 * 16, 10); // 16 > 8 positions: a long step
-    expect(maker.instance(client(10), load({ longStepTokens: 64 }), cls)!.stages[1].serverPrefillMs).toBeCloseTo(3 * 1.5 * 16, 10); // a short one
+    expect(stretched.stages[1].serverPrefillMs).toBeCloseTo(5 * 1.5 * 16, 10); // 16 > 8 positions: a long prompt
+    expect(maker.instance(client(10), load({ longStepTokens: 64 }), cls)!.stages[1].serverPrefillMs).toBeCloseTo(1.25 * 1.5 * 16, 10); // a short one
     expect(stretched.stages[1].serverDecodeWork).toBe(6); // work is not stretched
     // the no-load alternative has no slow-down, and a stretch is capped like the inflation (0.9: x10)
     expect(maker.instance(client(10), load({}), cls, 0)!.stages[1].serverDecodeMs).toBe(6);
-    expect(maker.instance(client(10), load({ shortStepStretch: 50 }), cls)!.stages[1].serverDecodeMs).toBeCloseTo(60, 10);
+    expect(maker.instance(client(10), load({ decodeStretch: 50 }), cls)!.stages[1].serverDecodeMs).toBeCloseTo(60, 10);
     // a stretched server pushes work to the client, as load does
     const work = (l: ServerLoad): number => maker.plan(client(10), l, undefined)![0].predictedServerWork;
-    expect(work({ ...server(6, 0), shortStepStretch: 2.5, longStepStretch: 2.5, longStepTokens: 8 })).toBeLessThan(work(server(6, 0)));
+    expect(work({ ...server(6, 0), decodeStretch: 2.5, promptStretch: 2.5, longPromptStretch: 2.5, longStepTokens: 8 })).toBeLessThan(work(server(6, 0)));
   });
 
   it('when the loaded server makes every placement miss, relieves it with the no-load plan rather than sending it everything', () => {

@@ -129,13 +129,13 @@ export class PlanMaker {
     const m = Math.max(0, cls.expectedNewTokens - 1);
     const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
     const inflate = 1 / (1 - u);
-    // The executor's measured slow-down of steps (ServerLoad.short_step_stretch for decode
-    // steps and prompts of at most long_step_tokens positions, long_step_stretch for longer
-    // prompts) when it reports one, else the M/M/1 inflation; none at no load.
+    // The executor's measured slow-down of steps (ServerLoad.decode_stretch, prompt_stretch for
+    // prompts of at most long_step_tokens positions, long_prompt_stretch for longer ones) when
+    // it reports one, else the M/M/1 inflation; none at no load.
     const cap = 1 / (1 - this.opts.maxUtilisation);
     const slowdown = (measured: number): number => (utilisation === 0 ? 1 : measured >= 1 ? Math.min(measured, cap) : inflate);
-    const decodeSlow = slowdown(server.shortStepStretch);
-    const prefillSlow = slowdown(n > Math.max(1, server.longStepTokens) ? server.longStepStretch : server.shortStepStretch);
+    const decodeSlow = slowdown(server.decodeStretch);
+    const prefillSlow = slowdown(n > Math.max(1, server.longStepTokens) ? server.longPromptStretch : server.promptStretch);
     const last = this.opts.stages.length - 1;
     const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
       const c = clientStages.get(i);

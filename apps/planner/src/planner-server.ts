@@ -91,7 +91,7 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
 /**
  * Whether a new load report moves the server's priced stage times (each stage time × the
  * queueing inflation 1 / (1 - u), u capped at `maxUtilisation`, or × the executor's measured
- * short / long step stretch) by more than `threshold` since `old`. O(stages).
+ * decode / prompt / long-prompt stretch) by more than `threshold` since `old`. O(stages).
  */
 export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, maxUtilisation: number): boolean {
   if (old.stages.length !== l.stages.length) return true;
@@ -99,7 +99,8 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   const fa = inflate(old.utilisation);
   const fb = inflate(l.utilisation);
   if (relChange(fa, fb) > threshold) return true;
-  if (relChange(old.shortStepStretch, l.shortStepStretch) > threshold || relChange(old.longStepStretch, l.longStepStretch) > threshold || old.longStepTokens !== l.longStepTokens) return true;
+  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) if (relChange(old[k], l[k]) > threshold) return true;
+  if (old.longStepTokens !== l.longStepTokens) return true;
   for (let i = 0; i < l.stages.length; i++) {
     const a = old.stages[i];
     const b = l.stages[i];
@@ -243,7 +244,7 @@ export class PlannerServer {
     }
     if (!Number.isFinite(l.utilisation) || l.utilisation < 0 || l.utilisation > 1) throw new Error(`utilisation must be in 0..1, given ${l.utilisation}`);
     if (!Number.isFinite(l.meanQueueMs) || l.meanQueueMs < 0 || l.meanQueueMs > 86_400_000) throw new Error(`meanQueueMs must be a number in 0..86400000, given ${l.meanQueueMs}`);
-    for (const k of ['shortStepStretch', 'longStepStretch'] as const) {
+    for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) {
       if (!Number.isFinite(l[k]) || !(l[k] === 0 || (l[k] >= 1 && l[k] <= 1000))) throw new Error(`${k} must be 0 (not measured) or a number in 1..1000, given ${l[k]}`);
     }
     if (l.overhead) {

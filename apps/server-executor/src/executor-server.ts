@@ -190,8 +190,9 @@ export class ExecutorServer {
       unixMs: Date.now(),
       meanQueueMs,
       overhead: this.overhead.fit(),
-      shortStepStretch: stretch.short,
-      longStepStretch: stretch.long,
+      decodeStretch: stretch.decode,
+      promptStretch: stretch.prompt,
+      longPromptStretch: stretch.longPrompt,
       longStepTokens: this.longStepTokens,
     };
   }

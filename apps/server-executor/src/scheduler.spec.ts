@@ -72,6 +72,7 @@ describe('StageScheduler', () => {
     expect(a.computeMs).toBeCloseTo(4, 10);
     expect(b.computeMs).toBeCloseTo(8, 10);
     expect([a.long, b.long]).toEqual([false, true]); // no longStepTokens: any prompt is long
+    expect([a.positions, b.positions]).toEqual([1, 2]);
     expect(timed.calls).toEqual([{ stage: 4, batch: 2 }, { stage: 5, batch: 2 }]);
   });
 

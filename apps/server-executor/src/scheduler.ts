@@ -15,6 +15,8 @@ interface Job {
   readonly cache: unknown;
   /** Positions in `tensor` (T of [1, T, ...]); 1 once cut to the last position for the head. */
   tokens: number;
+  /** Positions at submission. */
+  positions: number;
   /** Long at submission (see StepOutcome.long). */
   long: boolean;
   /** Run the head on the last position only (the step needs only the next token). */
@@ -42,6 +44,8 @@ export interface StepOutcome {
   readonly batchedStages: number;
   /** Time from its first stage call's start to its last one's end, ms: its compute plus the other sessions' calls it waited for between its stages, whole batched calls included. */
   readonly serviceMs: number;
+  /** Positions of the step at submission (1 for a decode step). */
+  readonly positions: number;
   /** The step came with more positions than `longStepTokens` (more than one when none is set). */
   readonly long: boolean;
 }
@@ -150,8 +154,9 @@ export class StageScheduler {
   submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown, opts: SubmitOptions = {}): Promise<StepOutcome> {
     return new Promise<StepOutcome>((resolve, reject) => {
       const at = this.now();
-      const job: Job = { sessionId, begin, stage: begin, end, tensor, cache, tokens: 0, long: false, lastRowOnly: opts.lastRowOnly ?? false, fuse: opts.fuse ?? true, enqueuedAtMs: at, startedAtMs: undefined, lastRanAtMs: at, computeMs: 0, batchedStages: 0, resolve, reject };
+      const job: Job = { sessionId, begin, stage: begin, end, tensor, cache, tokens: 0, positions: 0, long: false, lastRowOnly: opts.lastRowOnly ?? false, fuse: opts.fuse ?? true, enqueuedAtMs: at, startedAtMs: undefined, lastRanAtMs: at, computeMs: 0, batchedStages: 0, resolve, reject };
       this.setInput(job, tensor);
+      job.positions = job.tokens;
       job.long = job.tokens > (this.opts.longStepTokens ?? 1);
       this.queue.push(job);
       // Start on the next turn of the event loop, so steps that arrived in the same I/O
@@ -317,7 +322,7 @@ export class StageScheduler {
           if (j.stage >= j.end) {
             if (idx >= 0) this.queue.splice(idx, 1);
             const started = j.startedAtMs ?? t0;
-            const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, long: j.long };
+            const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, long: j.long };
             this.opts.onStepDone?.(outcome);
             j.resolve(outcome);
             finished++;

@@ -55,46 +55,48 @@ export class StageStats {
   }
 }
 
-/** How much longer steps take than their own compute, per kind (short steps and long ones, StepOutcome.long). */
+/** How much longer steps take than their own compute, per kind: decode steps (one position), short prompts, long prompts (StepOutcome.long). */
 export interface Stretch {
-  readonly short: number;
-  readonly long: number;
+  readonly decode: number;
+  readonly prompt: number;
+  readonly longPrompt: number;
 }
 
 /**
- * The measured slow-down of steps on this executor: per kind of step (short, long), Σ service time (first
- * stage call's start to last one's end) over Σ compute attributed to those steps, over one
- * telemetry interval, folded into an exponential moving average across intervals. A step
- * that ran alone in fused or unbatched calls has stretch 1; one batched with B − 1 others
- * about B (it waits for the whole call, its compute is its share); a long prefill held back
- * behind short steps more. The planner prices server latency as compute × stretch (the executor's
- * own measurement instead of a queueing formula). An interval without steps of a kind moves
- * its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
+ * The measured slow-down of steps on this executor: per kind of step (decode, short prompt,
+ * long prompt), Σ service time (first stage call's start to last one's end) over Σ compute
+ * attributed to those steps, over one telemetry interval, folded into an exponential moving
+ * average across intervals. A step that ran alone in fused or unbatched calls has stretch 1;
+ * a decode step batched with B − 1 others about B (it waits for the whole call, its compute
+ * is its share); a prompt in the same batch less (its share is larger); a long prompt held
+ * back behind short steps more. The planner prices server latency as compute × stretch (the
+ * executor's own measurement instead of a queueing formula). An interval without steps of a
+ * kind moves its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
  */
 export class StretchMeter {
-  private readonly service = [0, 0];
-  private readonly compute = [0, 0];
-  private readonly value = [0, 0];
+  private readonly service = [0, 0, 0];
+  private readonly compute = [0, 0, 0];
+  private readonly value = [0, 0, 0];
 
   constructor(private readonly alpha = 0.3) {}
 
-  record(o: { readonly serviceMs: number; readonly computeMs: number; readonly long: boolean }): void {
+  record(o: { readonly serviceMs: number; readonly computeMs: number; readonly positions: number; readonly long: boolean }): void {
     if (!(o.computeMs > 0) || !(o.serviceMs >= 0)) return;
-    const k = o.long ? 1 : 0;
+    const k = o.long ? 2 : o.positions > 1 ? 1 : 0;
     this.service[k] += o.serviceMs;
     this.compute[k] += o.computeMs;
   }
 
   /** Closes the interval: folds each kind's ratio into its average and restarts the sums. */
   interval(): Stretch {
-    for (let k = 0; k < 2; k++) {
+    for (let k = 0; k < 3; k++) {
       const measured = this.compute[k] > 0 ? Math.max(1, this.service[k] / this.compute[k]) : undefined;
       if (measured !== undefined) this.value[k] = this.value[k] === 0 ? measured : this.value[k] + this.alpha * (measured - this.value[k]);
       else if (this.value[k] > 0) this.value[k] += this.alpha * (1 - this.value[k]);
       this.service[k] = 0;
       this.compute[k] = 0;
     }
-    return { short: this.value[0], long: this.value[1] };
+    return { decode: this.value[0], prompt: this.value[1], longPrompt: this.value[2] };
   }
 
   /** Forgets everything (start-up profiling is not traffic). */

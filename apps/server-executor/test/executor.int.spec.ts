@@ -221,9 +221,10 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
     }
     const load = server.loadReport();
     // steps ran one session at a time here: service time is their own compute, give or take a hop
-    expect(load.shortStepStretch).toBeGreaterThanOrEqual(1);
-    expect(load.shortStepStretch).toBeLessThan(3);
-    expect(load.longStepStretch).toBe(0); // 3-4 token prompts: no long step
+    expect(load.decodeStretch).toBeGreaterThanOrEqual(1);
+    expect(load.decodeStretch).toBeLessThan(3);
+    expect(load.promptStretch).toBeGreaterThanOrEqual(1);
+    expect(load.longPromptStretch).toBe(0); // 3-4 token prompts: no long step
     expect(load.longStepTokens).toBe(64);
     expect(load.overhead).toBeDefined();
     expect(load.overhead!.samples).toBeGreaterThanOrEqual(1);

@@ -127,26 +127,30 @@ export interface ServerLoad {
     | StepOverhead
     | undefined;
   /**
-   * How much longer a short step (at most long_step_tokens positions: decode steps, short
-   * prompts) takes on this executor than its own compute: over recent intervals (a moving
-   * average), the time from its first stage call's start to its last one's end over the compute
-   * attributed to it. 1 when steps run alone; about B when B sessions' steps are batched (each
-   * waits for the whole call, its compute is its share); more when other sessions' calls run
-   * between its stages. The planner prices server latency as compute x stretch (plus
-   * mean_queue_ms per entry). 0 when not measured (older executors, no traffic yet); an
-   * interval without such steps moves it toward 1.
+   * How much longer a decode step (one position) takes on this executor than its own
+   * compute: over recent intervals (a moving average), the time from its first stage call's
+   * start to its last one's end over the compute attributed to it. 1 when steps run alone;
+   * about B when B sessions' steps are batched (each waits for the whole call, its compute is
+   * its share); more when other sessions' calls run between its stages. The planner prices
+   * server latency as compute x stretch (plus mean_queue_ms per entry). 0 when not measured
+   * (older executors, no traffic yet); an interval without such steps moves it toward 1.
    */
-  shortStepStretch: number;
+  decodeStretch: number;
   /**
-   * The same for long steps (more than long_step_tokens positions: long prompts), which the
-   * executor runs stage by stage, held back behind waiting short steps.
+   * The same for prompt steps of 2..long_step_tokens positions (run like decode steps, their
+   * share of a batch is larger).
    */
-  longStepStretch: number;
+  promptStretch: number;
   /**
    * The executor's threshold between short and long steps, positions (EXECUTOR_LONG_STEP_TOKENS;
    * 1 when it does not interleave: every prompt is long).
    */
   longStepTokens: number;
+  /**
+   * The same as decode_stretch for prompt steps of more than long_step_tokens positions, which
+   * the executor runs stage by stage, held back behind waiting short steps.
+   */
+  longPromptStretch: number;
 }
 
 /**
@@ -684,9 +688,10 @@ function createBaseServerLoad(): ServerLoad {
     unixMs: 0,
     meanQueueMs: 0,
     overhead: undefined,
-    shortStepStretch: 0,
-    longStepStretch: 0,
+    decodeStretch: 0,
+    promptStretch: 0,
     longStepTokens: 0,
+    longPromptStretch: 0,
   };
 }
 
@@ -719,14 +724,17 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.overhead !== undefined) {
       StepOverhead.encode(message.overhead, writer.uint32(74).fork()).join();
     }
-    if (message.shortStepStretch !== 0) {
-      writer.uint32(81).double(message.shortStepStretch);
+    if (message.decodeStretch !== 0) {
+      writer.uint32(81).double(message.decodeStretch);
     }
-    if (message.longStepStretch !== 0) {
-      writer.uint32(89).double(message.longStepStretch);
+    if (message.promptStretch !== 0) {
+      writer.uint32(89).double(message.promptStretch);
     }
     if (message.longStepTokens !== 0) {
       writer.uint32(96).uint32(message.longStepTokens);
+    }
+    if (message.longPromptStretch !== 0) {
+      writer.uint32(105).double(message.longPromptStretch);
     }
     return writer;
   },
@@ -821,7 +829,7 @@ export const ServerLoad: MessageFns<ServerLoad> = {
               break;
             }
 
-            message.shortStepStretch = reader.double();
+            message.decodeStretch = reader.double();
             continue;
           }
           case 11: {
@@ -829,7 +837,7 @@ export const ServerLoad: MessageFns<ServerLoad> = {
               break;
             }
 
-            message.longStepStretch = reader.double();
+            message.promptStretch = reader.double();
             continue;
           }
           case 12: {
@@ -838,6 +846,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             }
 
             message.longStepTokens = reader.uint32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.longPromptStretch = reader.double();
             continue;
           }
         }
@@ -887,20 +903,25 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         ? globalThis.Number(object.mean_queue_ms)
         : 0,
       overhead: isSet(object.overhead) ? StepOverhead.fromJSON(object.overhead) : undefined,
-      shortStepStretch: isSet(object.shortStepStretch)
-        ? globalThis.Number(object.shortStepStretch)
-        : isSet(object.short_step_stretch)
-        ? globalThis.Number(object.short_step_stretch)
+      decodeStretch: isSet(object.decodeStretch)
+        ? globalThis.Number(object.decodeStretch)
+        : isSet(object.decode_stretch)
+        ? globalThis.Number(object.decode_stretch)
         : 0,
-      longStepStretch: isSet(object.longStepStretch)
-        ? globalThis.Number(object.longStepStretch)
-        : isSet(object.long_step_stretch)
-        ? globalThis.Number(object.long_step_stretch)
+      promptStretch: isSet(object.promptStretch)
+        ? globalThis.Number(object.promptStretch)
+        : isSet(object.prompt_stretch)
+        ? globalThis.Number(object.prompt_stretch)
         : 0,
       longStepTokens: isSet(object.longStepTokens)
         ? globalThis.Number(object.longStepTokens)
         : isSet(object.long_step_tokens)
         ? globalThis.Number(object.long_step_tokens)
+        : 0,
+      longPromptStretch: isSet(object.longPromptStretch)
+        ? globalThis.Number(object.longPromptStretch)
+        : isSet(object.long_prompt_stretch)
+        ? globalThis.Number(object.long_prompt_stretch)
         : 0,
     };
   },
@@ -934,14 +955,17 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.overhead !== undefined) {
       obj.overhead = StepOverhead.toJSON(message.overhead);
     }
-    if (message.shortStepStretch !== 0) {
-      obj.shortStepStretch = floatToJson(message.shortStepStretch);
+    if (message.decodeStretch !== 0) {
+      obj.decodeStretch = floatToJson(message.decodeStretch);
     }
-    if (message.longStepStretch !== 0) {
-      obj.longStepStretch = floatToJson(message.longStepStretch);
+    if (message.promptStretch !== 0) {
+      obj.promptStretch = floatToJson(message.promptStretch);
     }
     if (message.longStepTokens !== 0) {
       obj.longStepTokens = Math.round(message.longStepTokens);
+    }
+    if (message.longPromptStretch !== 0) {
+      obj.longPromptStretch = floatToJson(message.longPromptStretch);
     }
     return obj;
   },
@@ -962,9 +986,10 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.overhead = (object.overhead !== undefined && object.overhead !== null)
       ? StepOverhead.fromPartial(object.overhead)
       : undefined;
-    message.shortStepStretch = object.shortStepStretch ?? 0;
-    message.longStepStretch = object.longStepStretch ?? 0;
+    message.decodeStretch = object.decodeStretch ?? 0;
+    message.promptStretch = object.promptStretch ?? 0;
     message.longStepTokens = object.longStepTokens ?? 0;
+    message.longPromptStretch = object.longPromptStretch ?? 0;
     return message;
   },
 };
