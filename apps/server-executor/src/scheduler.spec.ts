@@ -71,6 +71,9 @@ describe('StageScheduler', () => {
     expect(b.serviceMs).toBe(12);
     expect(a.computeMs).toBeCloseTo(4, 10);
     expect(b.computeMs).toBeCloseTo(8, 10);
+    // priced by the figures those calls left (each step's share): what the planner multiplies by the stretch
+    expect(a.nominalMs).toBeCloseTo(4, 10);
+    expect(b.nominalMs).toBeCloseTo(8, 10);
     expect([a.long, b.long]).toEqual([false, true]); // no longStepTokens: any prompt is long
     expect([a.positions, b.positions]).toEqual([1, 2]);
     expect(timed.calls).toEqual([{ stage: 4, batch: 2 }, { stage: 5, batch: 2 }]);

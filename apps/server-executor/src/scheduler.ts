@@ -46,6 +46,8 @@ export interface StepOutcome {
   readonly serviceMs: number;
   /** Positions of the step at submission (1 for a decode step). */
   readonly positions: number;
+  /** The step's stages as the published figures (StageStats) price them when it finished, ms (0 while any is unmeasured). */
+  readonly nominalMs: number;
   /** The step came with more positions than `longStepTokens` (more than one when none is set). */
   readonly long: boolean;
 }
@@ -281,6 +283,18 @@ export class StageScheduler {
     this.stats.recordSpread(parts, ms);
   }
 
+  /** Stages [begin, end) of `j` priced by the current figures, the head as one row when cut; 0 when a figure is missing. O(stages). */
+  private nominal(j: Job): number {
+    let ms = 0;
+    for (let s = j.begin; s < j.end; s++) {
+      const rows = j.lastRowOnly && this.engine.stageKind(s) === 'head' ? 1 : j.positions;
+      const f = this.stats.figure(s, rows);
+      if (!(f > 0)) return 0;
+      ms += f;
+    }
+    return ms;
+  }
+
   private async pump(): Promise<void> {
     try {
       while (this.queue.length > 0) {
@@ -322,7 +336,8 @@ export class StageScheduler {
           if (j.stage >= j.end) {
             if (idx >= 0) this.queue.splice(idx, 1);
             const started = j.startedAtMs ?? t0;
-            const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, long: j.long };
+            const nominalMs = this.nominal(j);
+            const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, nominalMs, long: j.long };
             this.opts.onStepDone?.(outcome);
             j.resolve(outcome);
             finished++;

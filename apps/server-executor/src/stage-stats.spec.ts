@@ -1,6 +1,6 @@
 import { StretchMeter } from './stage-stats';
 
-const decode = (serviceMs: number, computeMs: number) => ({ serviceMs, computeMs, positions: 1, long: false });
+const decode = (serviceMs: number, nominalMs: number) => ({ serviceMs, nominalMs, positions: 1, long: false });
 
 describe('StretchMeter', () => {
   it('is 0 until measured, then the ratio of service time to compute per kind of step', () => {
@@ -9,8 +9,8 @@ describe('StretchMeter', () => {
     // two decode steps and a 30-position prompt in one 32 ms call: each waited 32 ms
     m.record(decode(32, 1));
     m.record(decode(32, 1));
-    m.record({ serviceMs: 32, computeMs: 30, positions: 30, long: false });
-    m.record({ serviceMs: 40, computeMs: 10, positions: 256, long: true });
+    m.record({ serviceMs: 32, nominalMs: 30, positions: 30, long: false });
+    m.record({ serviceMs: 40, nominalMs: 10, positions: 256, long: true });
     const s = m.interval();
     expect(s.decode).toBe(32);
     expect(s.prompt).toBeCloseTo(32 / 30, 12);
@@ -26,7 +26,7 @@ describe('StretchMeter', () => {
     expect(m.interval().decode).toBe(1.5); // no decode step: toward 1
     m.record(decode(1, 10)); // a clock glitch cannot pull it below 1
     expect(m.interval().decode).toBe(1.25);
-    m.record(decode(5, 0)); // no compute: not a measurement
+    m.record(decode(5, 0)); // a stage without a figure yet: not a measurement
     expect(m.interval().decode).toBe(1.125);
     m.reset();
     expect(m.interval()).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });

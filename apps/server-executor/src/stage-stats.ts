@@ -50,6 +50,11 @@ export class StageStats {
     return true;
   }
 
+  /** The current figure of `stage` for a step of `tokens` positions, ms (0 until measured). */
+  figure(stage: number, tokens: number): number {
+    return tokens <= 1 ? this.decode[stage] : this.prefill[stage] * tokens;
+  }
+
   snapshot(): StageCost[] {
     return Array.from({ length: this.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: this.prefill[stage], decodeMs: this.decode[stage], samples: this.count[stage] }));
   }
@@ -64,13 +69,15 @@ export interface Stretch {
 
 /**
  * The measured slow-down of steps on this executor: per kind of step (decode, short prompt,
- * long prompt), Σ service time (first stage call's start to last one's end) over Σ compute
- * attributed to those steps, over one telemetry interval, folded into an exponential moving
- * average across intervals. A step that ran alone in fused or unbatched calls has stretch 1;
- * a decode step batched with B − 1 others about B (it waits for the whole call, its compute
- * is its share); a prompt in the same batch less (its share is larger); a long prompt held
- * back behind short steps more. The planner prices server latency as compute × stretch (the
- * executor's own measurement instead of a queueing formula). An interval without steps of a
+ * long prompt), Σ service time (first stage call's start to last one's end) over Σ nominal
+ * time (the per-stage figures this executor publishes, for the step's stages and positions,
+ * as they stood when it finished), over one telemetry interval, folded into an exponential
+ * moving average across intervals. Since the figures are per-step shares of batched calls, a
+ * decode step batched with B − 1 others is stretched about B times (it waits for the whole
+ * call); a prompt in the same batch less (its share is larger); a long prompt held back
+ * behind short steps more. The planner prices server latency as the published figures ×
+ * stretch, so the product is what steps took (the executor's own measurement instead of a
+ * queueing formula), whichever way the figures move. An interval without steps of a
  * kind moves its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
  */
 export class StretchMeter {
@@ -80,11 +87,12 @@ export class StretchMeter {
 
   constructor(private readonly alpha = 0.3) {}
 
-  record(o: { readonly serviceMs: number; readonly computeMs: number; readonly positions: number; readonly long: boolean }): void {
-    if (!(o.computeMs > 0) || !(o.serviceMs >= 0)) return;
+  /** Takes one finished step: its service time over `nominalMs`, the figures published for its stages when it finished. */
+  record(o: { readonly serviceMs: number; readonly nominalMs: number; readonly positions: number; readonly long: boolean }): void {
+    if (!(o.nominalMs > 0) || !(o.serviceMs >= 0)) return;
     const k = o.long ? 2 : o.positions > 1 ? 1 : 0;
     this.service[k] += o.serviceMs;
-    this.compute[k] += o.computeMs;
+    this.compute[k] += o.nominalMs;
   }
 
   /** Closes the interval: folds each kind's ratio into its average and restarts the sums. */

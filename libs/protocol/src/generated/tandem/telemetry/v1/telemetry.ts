@@ -127,12 +127,13 @@ export interface ServerLoad {
     | StepOverhead
     | undefined;
   /**
-   * How much longer a decode step (one position) takes on this executor than its own
-   * compute: over recent intervals (a moving average), the time from its first stage call's
-   * start to its last one's end over the compute attributed to it. 1 when steps run alone;
-   * about B when B sessions' steps are batched (each waits for the whole call, its compute is
-   * its share); more when other sessions' calls run between its stages. The planner prices
-   * server latency as compute x stretch (plus mean_queue_ms per entry). 0 when not measured
+   * How much longer a decode step (one position) takes on this executor than its stages'
+   * figures in `stages` say: over recent intervals (a moving average), the time from its first
+   * stage call's start to its last one's end over the sum of those figures for its stages as
+   * they stood when it finished. 1 when steps run alone; about B when B sessions' steps are
+   * batched (each waits for the whole call, the figures are per-step shares); more when other
+   * sessions' calls run between its stages. The planner prices server latency as the figures
+   * x stretch (plus mean_queue_ms per entry), which is then what steps took. 0 when not measured
    * (older executors, no traffic yet); an interval without such steps moves it toward 1.
    */
   decodeStretch: number;
