@@ -128,12 +128,28 @@ interface ExecutorState {
   lastSeenMs: number;
 }
 
+/** What one re-plan round (a debounced pass over the dirty clients) did, for its log line. */
+interface Round {
+  /** The epoch the plans changed in this round carry (0 until the first change). */
+  epoch: number;
+  replanned: number;
+  changed: number;
+  errors: number;
+  startedMs: number;
+}
+
 /**
  * The planner service: keeps the latest profile of every client and the load of the
  * executor it follows (from NATS), re-solves placements when either changes, and pushes a
  * client's plan on its WatchPlans stream only when a placement changed.
- * Epochs increase across restarts (they start from the wall clock), so agents never take a
- * new plan for an old one.
+ *
+ * Epochs: one per re-plan round, not per client. Every plan changed in a round carries the
+ * round's epoch, max(last epoch + 1, wall clock ms) when the round's first plan changes (a
+ * client changed twice in one round takes a fresh one). Rounds are debounced, so epochs stay
+ * at the wall clock instead of running ahead of it by one ms per changed client. A restarted
+ * planner starts again from the clock; agents take the first plan of each new stream whatever
+ * its epoch (apps/client-agent/src/plan-follower.ts), so they follow a restarted planner even
+ * if its clock is behind the last epoch they hold. Within one stream epochs only increase.
  *
  * Nothing from outside can stop it: telemetry is checked against stated ranges
  * (telemetry.ts) and dropped, counted by reason, when out of them; an error while planning one
@@ -160,7 +176,7 @@ export class PlannerServer {
   /** Clients whose plans must be re-solved, in arrival order; drained in slices. */
   private readonly dirty = new Set<string>();
   private slicing = false;
-  private passStartedMs = 0;
+  private round: Round = { epoch: 0, replanned: 0, changed: 0, errors: 0, startedMs: 0 };
   private stopped = false;
   private readonly now: () => number;
   private readonly log: Logger;
@@ -360,7 +376,7 @@ export class PlannerServer {
    */
   private runSlices(): void {
     if (this.stopped) { this.slicing = false; return; }
-    if (!this.slicing) { this.slicing = true; this.passStartedMs = performance.now(); }
+    if (!this.slicing) { this.slicing = true; this.beginRound(); }
     this.counters.slices++;
     const until = performance.now() + this.sliceMs;
     do {
@@ -372,12 +388,39 @@ export class PlannerServer {
     if (this.dirty.size > 0) { setImmediate(() => this.guarded('replan', () => this.runSlices())); return; }
     this.slicing = false;
     this.counters.passes++;
-    this.counters.lastPassMs = performance.now() - this.passStartedMs;
+    this.counters.lastPassMs = performance.now() - this.round.startedMs;
+    this.endRound();
   }
 
-  /** Re-solves every queued client at once, without yielding (tests and tools). */
+  /** Re-solves every queued client at once, without yielding (tests and tools): one round. */
   replan(): void {
+    this.beginRound();
     for (const id of [...this.dirty]) { this.dirty.delete(id); this.replanGuarded(id); }
+    this.endRound();
+  }
+
+  private beginRound(): void {
+    this.round = { epoch: 0, replanned: 0, changed: 0, errors: 0, startedMs: performance.now() };
+  }
+
+  /** One info line per round that changed a plan or failed to plan a client (per-client changes are logged at debug). */
+  private endRound(): void {
+    const r = this.round;
+    if (r.changed === 0 && r.errors === 0) return;
+    this.log.info({ epoch: r.epoch, replanned: r.replanned, changed: r.changed, errors: r.errors, clients: this.clients.size, passMs: Math.round(performance.now() - r.startedMs) },
+      'plans changed');
+  }
+
+  /**
+   * The epoch of a plan changed in this round: the round's (allocated at its first change),
+   * or a fresh one when this client's plan already carries the round's (changed twice in one round).
+   */
+  private epochFor(prev: ClientPlan | undefined): number {
+    if (this.round.epoch === 0 || (prev && prev.epoch >= this.round.epoch)) {
+      this.lastEpoch = Math.max(this.lastEpoch + 1, this.now());
+      this.round.epoch = this.lastEpoch;
+    }
+    return this.round.epoch;
   }
 
   /** replanClient, with a throw logged and counted: the client keeps the plan in force, the round goes on. */
@@ -386,6 +429,7 @@ export class PlannerServer {
       this.replanClient(id);
     } catch (err) {
       this.counters.planErrors++;
+      this.round.errors++;
       this.log.error({ clientId: id, err: errText(err) }, 'planning a client failed; its plan in force stays');
     }
   }
@@ -397,6 +441,7 @@ export class PlannerServer {
     const now = this.now();
     if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.forget(id); return; }
     this.counters.replans++;
+    this.round.replanned++;
     const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id));
     if (!classes) return;
     st.plannedWith = st.profile;
@@ -407,9 +452,9 @@ export class PlannerServer {
       this.afterPlan(id, st.plan, now);
       return;
     }
-    this.lastEpoch = Math.max(this.lastEpoch + 1, now);
-    st.plan = { clientId: id, epoch: this.lastEpoch, classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
-    this.log.info({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
+    st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
+    this.round.changed++;
+    this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) { w.write({ plan: st.plan }); this.counters.plansPushed++; }
     this.afterPlan(id, st.plan, now);
   }

@@ -282,3 +282,60 @@ describe('the planner plans from one executor\'s load, kept per executor id', ()
     expect(p.plans()[0].classes[0].predictedServerWork).not.toBe(priced);
   });
 });
+
+describe('plan epochs', () => {
+  let p: PlannerServer;
+  afterEach(async () => { await p.stop(); });
+
+  it('one re-plan round of 2000 changed clients takes one epoch, at the wall clock, not 2000 ms ahead of it', async () => {
+    p = planner({ sliceMs: 5 });
+    for (let i = 0; i < 2000; i++) p.onProfile(profile(`c${i}`));
+    const t0 = Date.now();
+    p.onLoad(load());
+    await eventually(() => p.counters.passes >= 1 && p.plans().length === 2000, { timeoutMs: 30_000, what: 'the first round' });
+    const epochs = new Set(p.plans().map((x) => x.epoch));
+    expect(epochs.size).toBe(1);
+    const [epoch] = epochs;
+    expect(epoch).toBeGreaterThanOrEqual(t0);
+    expect(epoch).toBeLessThanOrEqual(Date.now());
+    // the next round that changes plans takes a later epoch, again not ahead of the clock
+    await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 2000; i++) p.onProfile(profile(`c${i}`, [1, 5, 5]));
+    await eventually(() => p.plans().every((x) => x.epoch > epoch), { timeoutMs: 30_000, what: 'the second round' });
+    const second = new Set(p.plans().map((x) => x.epoch));
+    expect(second.size).toBe(1);
+    expect([...second][0]).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('epochs still increase per client when the clock stands still, and rejoin the clock when it moves', () => {
+    let now = 5000;
+    p = planner({ now: () => now });
+    p.onLoad(load());
+    p.onProfile(profile('a'));
+    p.onProfile(profile('b'));
+    p.replan();
+    const first = p.plans().map((x) => x.epoch);
+    expect(first).toEqual([5000, 5000]);
+    p.onProfile(profile('a', [1, 5, 5]));
+    p.replan();
+    expect(p.plans()[0].epoch).toBe(5001); // the clock did not move: last + 1
+    now = 9000;
+    p.onProfile(profile('a', [1, 5, 100]));
+    p.onProfile(profile('b', [1, 5, 5]));
+    p.replan();
+    expect(p.plans().map((x) => x.epoch)).toEqual([9000, 9000]);
+  });
+
+  it('logs per-client changes at debug and one info line per round', async () => {
+    const { log, lines } = capturingLogger('info');
+    p = new PlannerServer({ maker: maker(), log, address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: MODEL, clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0 });
+    for (let i = 0; i < 300; i++) p.onProfile(profile(`c${i}`));
+    p.onLoad(load());
+    await eventually(() => p.plans().length === 300 && p.counters.passes >= 1, { what: 'the round' });
+    const info = lines().filter((l) => l.level === 30);
+    expect(info.filter((l) => l.msg === 'plan changed')).toHaveLength(0);
+    const rounds = info.filter((l) => l.msg === 'plans changed');
+    expect(rounds).toHaveLength(1);
+    expect(rounds[0]).toMatchObject({ changed: 300, replanned: 300, errors: 0, epoch: p.plans()[0].epoch });
+  });
+});
