@@ -20,7 +20,7 @@ async function stubPlanner(address: string, plans: () => ClientPlan[]): Promise<
       call.on('cancelled', () => calls.delete(call));
       for (const p of plans()) call.write({ plan: p });
     },
-    listPlans: (_call, cb) => cb(null, { plans: [], observations: [] }),
+    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '' }),
   };
   server.addService(PlannerServiceService, impl);
   const port = await bindInsecure(server, address);

@@ -20,8 +20,25 @@ import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
+/** ListPlans page size when the request states none (page_size 0). */
+export const DEFAULT_PLANS_PAGE_SIZE = 1000;
+/** Largest ListPlans page: a larger page_size is served as this many (about 1 MiB of plans). */
+export const MAX_PLANS_PAGE_SIZE = 5000;
 /** Most executors whose load reports the planner keeps at once; a report from one more is dropped. */
 export const MAX_EXECUTORS = 64;
+
+/** An opaque ListPlans page token: the last client id of the page before (base64url). */
+export function pageTokenOf(lastClientId: string): string {
+  return Buffer.from(`v1:${lastClientId}`, 'utf8').toString('base64url');
+}
+
+/** The client id a page token continues after. @throws Error naming page_token when it is not one this planner issued. */
+export function clientIdOfPageToken(token: string): string {
+  const text = /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
+  const id = text.startsWith('v1:') ? text.slice(3) : '';
+  if (!ID_PATTERN.test(id)) throw new Error(`page_token must be a next_page_token from an earlier ListPlans answer, given ${shown(token)}`);
+  return id;
+}
 
 /** The Error of an unknown thrown value, its message cut to a log-friendly length. */
 function errText(err: unknown): string {
@@ -494,9 +511,26 @@ export class PlannerServer {
   /** What the planner optimises now. */
   get currentObjective(): Objective { return this.objective; }
 
-  /** Current plans, ordered by client id. */
+  /** Current plans, ordered by client id (code-unit order: ids are ASCII, see ID_PATTERN). */
   plans(): ClientPlan[] {
-    return [...this.clients.values()].filter((c) => c.plan).map((c) => c.plan!).sort((a, b) => a.clientId.localeCompare(b.clientId));
+    return [...this.clients.values()].filter((c) => c.plan).map((c) => c.plan!).sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+  }
+
+  /**
+   * One page of `plans()`: at most `pageSize` plans (0: DEFAULT_PLANS_PAGE_SIZE; more than
+   * MAX_PLANS_PAGE_SIZE: that many) of clients after the one `pageToken` names (empty: from
+   * the first), and the token of the next page (empty on the last). Keyset paging: a client
+   * added or forgotten between pages does not shift the others.
+   * @throws Error naming page_token when it is not a token this planner issued.
+   */
+  plansPage(pageSize: number, pageToken: string): { plans: ClientPlan[]; nextPageToken: string } {
+    const size = pageSize === 0 ? DEFAULT_PLANS_PAGE_SIZE : Math.min(pageSize, MAX_PLANS_PAGE_SIZE);
+    const after = pageToken === '' ? undefined : clientIdOfPageToken(pageToken);
+    const all = this.plans();
+    const from = after === undefined ? 0 : all.findIndex((p) => p.clientId > after);
+    const page = from < 0 ? [] : all.slice(from, from + size);
+    const more = from >= 0 && from + size < all.length;
+    return { plans: page, nextPageToken: more ? pageTokenOf(page[page.length - 1].clientId) : '' };
   }
 
   /** What was observed of each client with a plan, in the order of `plans()`. */
@@ -527,9 +561,15 @@ export class PlannerServer {
         const plan = this.clients.get(id)?.plan;
         if (plan) { call.write({ plan }); this.counters.plansPushed++; }
       },
-      listPlans: (_call, cb) => {
-        const plans = this.plans();
-        cb(null, { plans, observations: this.observations(plans) });
+      listPlans: (call, cb) => {
+        let page: { plans: ClientPlan[]; nextPageToken: string };
+        try {
+          page = this.plansPage(call.request.pageSize, call.request.pageToken);
+        } catch (err) {
+          cb({ code: grpc.status.INVALID_ARGUMENT, details: errText(err) });
+          return;
+        }
+        cb(null, { plans: page.plans, observations: this.observations(page.plans), nextPageToken: page.nextPageToken });
       },
     };
   }

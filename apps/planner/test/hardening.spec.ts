@@ -10,12 +10,15 @@ import {
   ServerLoad,
   ServingStatus,
   Subjects,
+  type ClientPlan,
+  type ListPlansRequest,
+  type ListPlansResponse,
 } from '@tandem/protocol';
 import { createLogger, type Logger } from '@tandem/service-kit';
 import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import pino from 'pino';
 import {
-  PlanMaker, PlannerServer, TelemetryError, UNMEASURED_LINK_BYTES_PER_MS, validateLoad, validateProfile,
+  DEFAULT_PLANS_PAGE_SIZE, MAX_PLANS_PAGE_SIZE, PlanMaker, PlannerServer, TelemetryError, UNMEASURED_LINK_BYTES_PER_MS, validateLoad, validateProfile,
   type PlannerServerOptions,
 } from '../src';
 
@@ -337,5 +340,75 @@ describe('plan epochs', () => {
     const rounds = info.filter((l) => l.msg === 'plans changed');
     expect(rounds).toHaveLength(1);
     expect(rounds[0]).toMatchObject({ changed: 300, replanned: 300, errors: 0, epoch: p.plans()[0].epoch });
+  });
+});
+
+describe('ListPlans pages', () => {
+  let nats: NatsServerHandle;
+  let server: PlannerServer;
+  let client: PlannerServiceClient;
+  const N = 2500;
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    server = new PlannerServer({ maker: maker(), log: silent, address: '127.0.0.1:0', natsUrl: nats.url, modelId: MODEL, clientTtlMs: 600_000, debounceMs: 1000, idleUtilisation: 0 });
+    const addr = `127.0.0.1:${(await server.start()).port}`;
+    client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    server.onLoad(load());
+    for (let i = 0; i < N; i++) server.onProfile(profile(`c${String(i).padStart(5, '0')}`));
+    server.replan();
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await server?.stop();
+    await nats?.stop();
+  });
+
+  const list = (r: Partial<ListPlansRequest>): Promise<ListPlansResponse> => new Promise((resolve, reject) =>
+    client.listPlans({ pageSize: 0, pageToken: '', ...r }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, res) => (e ? reject(e) : resolve(res))));
+
+  it('answers a request without a page size (an old caller) with the default page and a token', async () => {
+    const r = await list({});
+    expect(r.plans).toHaveLength(DEFAULT_PLANS_PAGE_SIZE);
+    expect(r.observations.map((o) => o.clientId)).toEqual(r.plans.map((p) => p.clientId));
+    expect(r.nextPageToken).not.toBe('');
+  });
+
+  it('pages through every plan in client id order, each once, ending with an empty token', async () => {
+    const seen: ClientPlan[] = [];
+    let token = '';
+    let pages = 0;
+    do {
+      const r = await list({ pageSize: 700, pageToken: token });
+      seen.push(...r.plans);
+      token = r.nextPageToken;
+      pages++;
+    } while (token !== '');
+    expect(pages).toBe(Math.ceil(N / 700));
+    expect(seen.map((p) => p.clientId)).toEqual(server.plans().map((p) => p.clientId));
+    expect(new Set(seen.map((p) => p.clientId)).size).toBe(N);
+  });
+
+  it('does not shift a page when a client before it is forgotten or added between calls', async () => {
+    const first = await list({ pageSize: 10 });
+    server.onProfile(profile('a-new-client')); // sorts before every cNNNNN id
+    server.replan();
+    const second = await list({ pageSize: 10, pageToken: first.nextPageToken });
+    expect(second.plans[0].clientId).toBe('c00010');
+  });
+
+  it('serves a page size above the largest as the largest', async () => {
+    const r = await list({ pageSize: 1_000_000 });
+    expect(r.plans).toHaveLength(Math.min(MAX_PLANS_PAGE_SIZE, server.plans().length));
+  });
+
+  it('refuses a page token it did not issue with INVALID_ARGUMENT naming page_token, under 1 KiB', async () => {
+    for (const token of ['nonsense!', 'x'.repeat(20_000), Buffer.from('v1:', 'utf8').toString('base64url')]) {
+      const err = await list({ pageToken: token }).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(err!.details).toMatch(/^page_token must be a next_page_token from an earlier ListPlans answer, given /);
+      expect(Buffer.byteLength(err!.details)).toBeLessThan(1024);
+    }
   });
 });
