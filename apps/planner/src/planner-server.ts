@@ -543,7 +543,7 @@ export class PlannerServer {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
         const id = call.request.clientId;
         if (!ID_PATTERN.test(id)) {
-          call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given '${id}'` });
+          call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given ${shown(id)}` });
           return;
         }
         let set = this.watchers.get(id);

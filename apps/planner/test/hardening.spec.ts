@@ -146,6 +146,22 @@ describe('a real planner on a real nats-server survives any telemetry message', 
     expect(server.counters.outcomes).toBe(0);
   });
 
+  it('refuses a WatchPlans of a 20,000-character client id with INVALID_ARGUMENT, its echo cut to fit in 1 KiB', async () => {
+    const pc = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    try {
+      const err = await new Promise<grpc.ServiceError>((resolve) => {
+        const call = pc.watchPlans({ clientId: 'x'.repeat(20_000) });
+        call.on('data', () => undefined);
+        call.on('error', resolve);
+      });
+      expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expectClear(err.details, 'clientId', "'xxxxxxxx");
+      expect(server.watchedClients).toHaveLength(0);
+    } finally {
+      pc.close();
+    }
+  });
+
   it('forgets the watcher set of a client whose last plan stream closed', async () => {
     const pc = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     try {
