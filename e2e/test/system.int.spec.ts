@@ -139,7 +139,7 @@ describe('the three services end to end', () => {
     call.on('error', () => undefined);
     try {
       const profile = (msPerStage: number): ClientProfile => ({
-        clientId: 'injected', clientClass: 'default', modelId: '', unixMs: Date.now(), planEpoch: 0,
+        clientId: 'injected', clientClass: 'default', modelId, unixMs: Date.now(), planEpoch: 0,
         stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 5 })),
         uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
       });
@@ -223,7 +223,7 @@ describe('the three services end to end', () => {
     try {
       await eventually(() => {
         nc.publish(Subjects.clientProfile('after-restart'), ClientProfile.encode({
-          clientId: 'after-restart', clientClass: 'default', modelId: '', unixMs: Date.now(), planEpoch: 0,
+          clientId: 'after-restart', clientClass: 'default', modelId, unixMs: Date.now(), planEpoch: 0,
           stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
           uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
         }).finish());

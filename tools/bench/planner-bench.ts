@@ -40,7 +40,7 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
   const latencyMs = 1 + r() * 40;
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
   return {
-    clientId: `c${i}`, clientClass: ['laptop', 'phone', 'iot'][i % 3], modelId: '', unixMs: Date.now(), planEpoch: 0,
+    clientId: `c${i}`, clientClass: ['laptop', 'phone', 'iot'][i % 3], modelId: 'bench', unixMs: Date.now(), planEpoch: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: (SERVER_MS[stage] * slowdown * jitter()) / 8, decodeMs: SERVER_MS[stage] * slowdown * jitter(), samples: 5 })),
     uplink: { latencyMs, bytesPerMs: 1000 + r() * 10_000 }, downlink: { latencyMs, bytesPerMs: 5000 + r() * 50_000 },
   };
@@ -49,7 +49,7 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
 function loadOf(utilisation: number, noise: number, rnd: () => number): ServerLoad {
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
   return {
-    serverId: 'bench', modelId: '', queueDepth: 0, activeSessions: 0, utilisation: utilisation * jitter(), unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 'bench', modelId: 'bench', queueDepth: 0, activeSessions: 0, utilisation: utilisation * jitter(), unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
     stages: SERVER_MS.map((ms, stage) => ({ stage, prefillMsPerToken: (ms * jitter()) / 8, decodeMs: ms * jitter(), samples: 5 })),
   };
 }

@@ -15,6 +15,11 @@ export interface ChosenPlacement {
  * plan arrives; keeps the last good plan while the planner is away and reconnects with
  * backoff (250 ms doubling to 5 s). A plan that does not fit this device (wrong length,
  * other letters, a 'C' on a stage it cannot run) is refused and logged; the previous one stays.
+ *
+ * Epochs order plans within one stream only: the first plan of each new stream is the
+ * planner's current plan and is taken whatever its epoch (a restarted planner numbers its
+ * epochs from its own clock again, which may be behind the epoch held); a later plan on the
+ * same stream is taken only with a higher epoch than the stream's previous one.
  */
 export class PlanFollower {
   private plan: ClientPlan | undefined;
@@ -67,12 +72,17 @@ export class PlanFollower {
     if (this.stopped || !this.client) return;
     const call = this.client.watchPlans({ clientId: this.opts.clientId });
     this.call = call;
+    /** Epoch of the last plan this stream delivered (-1: none yet, so its first is taken whatever its epoch). */
+    let streamEpoch = -1;
     call.on('data', (m: WatchPlansResponse) => {
+      if (this.call !== call) return;
       this.connected = true;
       this.backoffMs = 250;
       const plan = m.plan;
       if (!plan) return;
-      if (this.plan && plan.epoch <= this.plan.epoch) return;
+      if (plan.epoch <= streamEpoch) return;
+      streamEpoch = plan.epoch;
+      if (this.plan && plan.epoch === this.plan.epoch && plan.createdUnixMs === this.plan.createdUnixMs) return; // the plan held, sent again on a new stream
       const problem = this.problem(plan);
       if (problem) { this.log.warn({ epoch: plan.epoch, problem }, 'refused a plan'); return; }
       this.plan = plan;

@@ -116,7 +116,7 @@ export const plannerEnv = {
   PLANNER_MAX_UTILISATION: env.number('Cap on the server utilisation used to inflate its stage times by 1/(1-u)', 0.9, 0, 0.99),
   PLANNER_IDLE_UTILISATION: env.number('Below this (smoothed) server utilisation plans minimise latency: the server has capacity to spare, so requests get the placement that best meets their SLOs; at or above it they minimise server work under the SLOs (the throughput objective); back to latency only below half of it; 0 always minimises work', 0.5, 0, 1),
   PLANNER_UTILISATION_SMOOTHING: env.number("Weight of each load report's utilisation in the moving average the planner prices and chooses its objective by (1 = the last report alone)", 0.3, 0.01, 1),
-  PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open)', 60_000, 1000, 86_400_000),
+  PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open); an executor silent this long is no longer followed: the next one to report is planned from', 60_000, 1000, 86_400_000),
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
   PLANNER_REPLAN_THRESHOLD: env.number('Telemetry re-plans a client only when a priced figure (stage time, link, load-inflated server time) moved by more than this fraction since its last plan', 0.02, 0, 1),
   PLANNER_SLICE_MS: env.int('A re-plan yields to the event loop after this many ms, so health and plan streams stay responsive', 10, 1, 1000),

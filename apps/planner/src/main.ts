@@ -35,6 +35,10 @@ export async function main(): Promise<void> {
   });
   const server = new PlannerServer({ maker, calibrator, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
     idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS });
+  // Last line of defence: the planner's own handlers catch what telemetry and planning throw
+  // (planner-server.ts); anything that still escapes is logged and the planner keeps serving.
+  process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception; the planner carries on'));
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection; the planner carries on'));
   const { port } = await server.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);
   onShutdownSignal(() => server.stop());

@@ -4,6 +4,7 @@ import {
 } from '@tandem/dp';
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
 import type { RequestClass, SlaOverrides, SloOverride } from './config';
+import { UNMEASURED_LINK_BYTES_PER_MS } from './telemetry';
 
 /**
  * What the planner optimises. `work`: the least server work that meets every SLO (the
@@ -168,8 +169,10 @@ export class PlanMaker {
       promptTokens: n,
       decodeSteps: m,
       outBytesPerPass: TOKEN_BYTES,
-      uplink: { latencyMs: client.uplink?.latencyMs ?? 0, bytesPerMs: client.uplink?.bytesPerMs || 1e6 },
-      downlink: { latencyMs: client.downlink?.latencyMs ?? 0, bytesPerMs: client.downlink?.bytesPerMs || 1e6 },
+      // A link direction the profile leaves out is not measured: priced as a fast local link.
+      // One it states is priced as stated (the planner refuses a throughput of 0, telemetry.ts).
+      uplink: client.uplink ? { ...client.uplink } : { latencyMs: 0, bytesPerMs: UNMEASURED_LINK_BYTES_PER_MS },
+      downlink: client.downlink ? { ...client.downlink } : { latencyMs: 0, bytesPerMs: UNMEASURED_LINK_BYTES_PER_MS },
       slo,
       serverDecoding: this.opts.serverDecoding ?? true,
       // Every entry to the server (and every server-decoded token) waits in its queue first.

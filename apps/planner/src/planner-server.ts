@@ -18,6 +18,33 @@ import { bindInsecure, connectNats, type Logger, type NatsConnection, shutdownSe
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
+import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
+
+/** ListPlans page size when the request states none (page_size 0). */
+export const DEFAULT_PLANS_PAGE_SIZE = 1000;
+/** Largest ListPlans page: a larger page_size is served as this many (about 1 MiB of plans). */
+export const MAX_PLANS_PAGE_SIZE = 5000;
+/** Most executors whose load reports the planner keeps at once; a report from one more is dropped. */
+export const MAX_EXECUTORS = 64;
+
+/** An opaque ListPlans page token: the last client id of the page before (base64url). */
+export function pageTokenOf(lastClientId: string): string {
+  return Buffer.from(`v1:${lastClientId}`, 'utf8').toString('base64url');
+}
+
+/** The client id a page token continues after. @throws Error naming page_token when it is not one this planner issued. */
+export function clientIdOfPageToken(token: string): string {
+  const text = /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
+  const id = text.startsWith('v1:') ? text.slice(3) : '';
+  if (!ID_PATTERN.test(id)) throw new Error(`page_token must be a next_page_token from an earlier ListPlans answer, given ${shown(token)}`);
+  return id;
+}
+
+/** The Error of an unknown thrown value, its message cut to a log-friendly length. */
+function errText(err: unknown): string {
+  const m = err instanceof Error ? err.message : String(err);
+  return m.length > 500 ? `${m.slice(0, 497)}...` : m;
+}
 
 export interface PlannerServerOptions {
   readonly maker: PlanMaker;
@@ -28,6 +55,10 @@ export interface PlannerServerOptions {
   readonly natsUrl: string;
   /** Id of the model planned for (see modelIdOf); telemetry about another model is refused. Empty accepts any. */
   readonly modelId: string;
+  /**
+   * A client not heard from for this long is forgotten; so is an executor's load report
+   * (and the planner then follows another executor, see onLoad).
+   */
   readonly clientTtlMs: number;
   readonly debounceMs: number;
   /**
@@ -109,17 +140,50 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   return false;
 }
 
+/** The latest load report of one executor, smoothed. */
+interface ExecutorState {
+  /** Its latest report, utilisation and queue wait smoothed over its own reports. */
+  load: ServerLoad;
+  lastSeenMs: number;
+}
+
+/** What one re-plan round (a debounced pass over the dirty clients) did, for its log line. */
+interface Round {
+  /** The epoch the plans changed in this round carry (0 until the first change). */
+  epoch: number;
+  replanned: number;
+  changed: number;
+  errors: number;
+  startedMs: number;
+}
+
 /**
- * The planner service: keeps the latest profile of every client and the server's load
- * (from NATS), re-solves placements when either changes, and pushes a client's plan on
- * its WatchPlans stream only when a placement changed. Epochs increase across restarts
- * (they start from the wall clock), so agents never take a new plan for an old one.
+ * The planner service: keeps the latest profile of every client and the load of the
+ * executor it follows (from NATS), re-solves placements when either changes, and pushes a
+ * client's plan on its WatchPlans stream only when a placement changed.
+ *
+ * Epochs: one per re-plan round, not per client. Every plan changed in a round carries the
+ * round's epoch, max(last epoch + 1, wall clock ms) when the round's first plan changes (a
+ * client changed twice in one round takes a fresh one). Rounds are debounced, so epochs stay
+ * at the wall clock instead of running ahead of it by one ms per changed client. A restarted
+ * planner starts again from the clock; agents take the first plan of each new stream whatever
+ * its epoch (apps/client-agent/src/plan-follower.ts), so they follow a restarted planner even
+ * if its clock is behind the last epoch they hold. Within one stream epochs only increase.
+ *
+ * Nothing from outside can stop it: telemetry is checked against stated ranges
+ * (telemetry.ts) and dropped, counted by reason, when out of them; an error while planning one
+ * client is logged and counted (`planErrors`), and that client keeps its plan in force; every
+ * timer callback is guarded (`timerErrors`).
  */
 export class PlannerServer {
   private readonly server = new grpc.Server();
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly clients = new Map<string, ClientState>();
   private readonly watchers = new Map<string, Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>>();
+  /** Load reports per executor id (at most MAX_EXECUTORS; forgotten after the TTL, except the followed one). */
+  private readonly executors = new Map<string, ExecutorState>();
+  /** The executor whose load plans are priced from (see onLoad). */
+  private followed: string | undefined;
   private serverLoad: ServerLoad | undefined;
   /** The load report every plan in force was made from (undefined until one arrived). */
   private plannedLoad: ServerLoad | undefined;
@@ -131,7 +195,7 @@ export class PlannerServer {
   /** Clients whose plans must be re-solved, in arrival order; drained in slices. */
   private readonly dirty = new Set<string>();
   private slicing = false;
-  private passStartedMs = 0;
+  private round: Round = { epoch: 0, replanned: 0, changed: 0, errors: 0, startedMs: 0 };
   private stopped = false;
   private readonly now: () => number;
   private readonly log: Logger;
@@ -140,9 +204,17 @@ export class PlannerServer {
   /**
    * Counters, for status and tests. `outcomes`: outcomes taken; `strayOutcomes`: well-formed
    * outcomes of a client the planner does not know (not yet, or forgotten), ignored;
+   * `badMessages`: telemetry messages dropped, and `dropped` the same by reason
+   * (`Type.field:rule`, e.g. `ClientProfile.stages[].decodeMs:range`, or `Type:decode`);
+   * `otherLoads`: valid load reports of an executor other than the followed one (kept, not
+   * planned from); `planErrors`: clients whose re-plan threw (their plan in force stays);
+   * `timerErrors`: throws caught in a timer callback outside planning;
    * `slices` / `passes` / `lastPassMs`: the sliced re-planning (see runSlices).
    */
-  readonly counters = { profiles: 0, loads: 0, outcomes: 0, strayOutcomes: 0, badMessages: 0, plansPushed: 0, replans: 0, slices: 0, passes: 0, lastPassMs: 0 };
+  readonly counters = {
+    profiles: 0, loads: 0, otherLoads: 0, outcomes: 0, strayOutcomes: 0, badMessages: 0, dropped: {} as Record<string, number>,
+    planErrors: 0, timerErrors: 0, plansPushed: 0, replans: 0, slices: 0, passes: 0, lastPassMs: 0,
+  };
   private readonly threshold: number;
   private readonly sliceMs: number;
 
@@ -162,7 +234,7 @@ export class PlannerServer {
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log);
     this.subscribe(this.nc);
     await this.nc.flush();
-    this.sweepTimer = setInterval(() => this.forgetSilentClients(), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
+    this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
     this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
     this.log.info({ port, algorithm: this.opts.maker.opts.algorithm }, 'planner ready');
@@ -170,19 +242,47 @@ export class PlannerServer {
   }
 
   private subscribe(nc: NatsConnection): void {
-    const consume = async (subject: string, handle: (data: Uint8Array, subject: string) => void): Promise<void> => {
+    const consume = async <T>(subject: string, type: string, decode: (data: Uint8Array) => T, handle: (m: T, subject: string) => void): Promise<void> => {
       for await (const m of nc.subscribe(subject)) {
+        let msg: T;
         try {
-          handle(m.data, m.subject);
+          msg = decode(m.data);
         } catch (err) {
-          this.counters.badMessages++;
-          this.log.warn({ subject: m.subject, err: (err as Error).message }, 'dropped a malformed telemetry message');
+          this.dropped(m.subject, `${type}:decode`, `${type} does not decode: ${errText(err)}`);
+          continue;
+        }
+        try {
+          handle(msg, m.subject);
+        } catch (err) {
+          // Validation errors name their reason; any other throw is counted as the type's.
+          const reason = err instanceof TelemetryError ? err.reason : `${type}.${/^[A-Za-z_][\w.[\]]*/.exec(errText(err))?.[0]?.replace(/\[\d+\]/g, '[]') ?? ''}:invalid`;
+          this.dropped(m.subject, reason, errText(err));
         }
       }
     };
-    void consume(Subjects.allClientProfiles, (data, subject) => this.onProfile(ClientProfile.decode(data), subject));
-    void consume(Subjects.allServerLoads, (data) => this.onLoad(ServerLoad.decode(data)));
-    void consume(Subjects.allOutcomes, (data, subject) => this.onOutcome(GenerationOutcome.decode(data), subject));
+    const run = (p: Promise<void>, subject: string): void => {
+      p.catch((err: unknown) => this.log.error({ subject, err: errText(err) }, 'telemetry subscription ended'));
+    };
+    run(consume(Subjects.allClientProfiles, 'ClientProfile', ClientProfile.decode, (m, subject) => this.onProfile(m, subject)), Subjects.allClientProfiles);
+    run(consume(Subjects.allServerLoads, 'ServerLoad', ServerLoad.decode, (m, subject) => this.onLoad(m, subject)), Subjects.allServerLoads);
+    run(consume(Subjects.allOutcomes, 'GenerationOutcome', GenerationOutcome.decode, (m, subject) => this.onOutcome(m, subject)), Subjects.allOutcomes);
+  }
+
+  /** Counts (by reason) and logs one dropped telemetry message. */
+  private dropped(subject: string, reason: string, message: string): void {
+    this.counters.badMessages++;
+    this.counters.dropped[reason] = (this.counters.dropped[reason] ?? 0) + 1;
+    this.log.warn({ subject: shown(subject), reason, err: message }, 'dropped a telemetry message');
+  }
+
+  /** Runs a timer callback; a throw is logged and counted, never fatal. */
+  private guarded(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.counters.timerErrors++;
+      this.log.error({ what, err: errText(err) }, 'a planner timer callback failed; carrying on');
+    }
   }
 
   /**
@@ -192,6 +292,7 @@ export class PlannerServer {
    */
   onOutcome(o: GenerationOutcome, subject?: string): void {
     const v = validateOutcome(o, { stageCount: this.opts.maker.opts.stages.length, classes: this.classNames, subject });
+    if (!o.modelId) throw new TelemetryError(`GenerationOutcome.modelId must name the model (it is empty), given ''`, 'GenerationOutcome.modelId:required');
     this.checkModel(o.modelId);
     if (!this.clients.has(v.clientId)) { this.counters.strayOutcomes++; return; }
     this.counters.outcomes++;
@@ -206,23 +307,12 @@ export class PlannerServer {
     }
   }
 
-  /** Takes one client profile (from NATS or a test). @throws Error naming the field when it is malformed. */
+  /**
+   * Takes one client profile (from NATS or a test).
+   * @throws TelemetryError naming the field, the rule and the value when it is malformed or out of range (telemetry.ts).
+   */
   onProfile(p: ClientProfile, subject?: string): void {
-    if (!ID_PATTERN.test(p.clientId)) throw new Error(`clientId must match ${ID_PATTERN}, given '${p.clientId}'`);
-    if (subject && subject !== Subjects.clientProfile(p.clientId)) throw new Error(`clientId must match the subject ${subject}, given '${p.clientId}'`);
-    this.checkModel(p.modelId);
-    const n = this.opts.maker.opts.stages.length;
-    for (const [i, s] of p.stages.entries()) {
-      if (s.stage >= n) throw new Error(`stages[${i}].stage must be in 0..${n - 1}, given ${s.stage}`);
-      for (const k of ['prefillMsPerToken', 'decodeMs'] as const) {
-        if (!Number.isFinite(s[k]) || s[k] < 0) throw new Error(`stages[${i}].${k} must be a finite number >= 0, given ${s[k]}`);
-      }
-    }
-    for (const k of ['uplink', 'downlink'] as const) {
-      const l = p[k];
-      if (l && (!Number.isFinite(l.latencyMs) || l.latencyMs < 0)) throw new Error(`${k}.latencyMs must be a finite number >= 0, given ${l.latencyMs}`);
-      if (l && (!Number.isFinite(l.bytesPerMs) || l.bytesPerMs < 0)) throw new Error(`${k}.bytesPerMs must be a finite number >= 0, given ${l.bytesPerMs}`);
-    }
+    validateProfile(p, { stageCount: this.opts.maker.opts.stages.length, modelId: this.opts.modelId, subject });
     this.counters.profiles++;
     const st = this.clients.get(p.clientId);
     if (st) { st.profile = p; st.lastSeenMs = this.now(); } else this.clients.set(p.clientId, { profile: p, plannedWith: undefined, lastSeenMs: this.now(), plan: undefined });
@@ -231,34 +321,37 @@ export class PlannerServer {
     this.markDirty(p.clientId);
   }
 
-  /** Takes one server load report. @throws Error naming the field when it is malformed. */
-  onLoad(l: ServerLoad): void {
-    this.checkModel(l.modelId);
-    const n = this.opts.maker.opts.stages.length;
-    if (l.stages.length !== n) throw new Error(`stages must list all ${n} stages, given ${l.stages.length}`);
-    for (const [i, s] of l.stages.entries()) {
-      if (s.stage !== i) throw new Error(`stages[${i}].stage must be ${i}, given ${s.stage}`);
-      for (const k of ['prefillMsPerToken', 'decodeMs'] as const) {
-        if (!Number.isFinite(s[k]) || s[k] < 0) throw new Error(`stages[${i}].${k} must be a finite number >= 0, given ${s[k]}`);
-      }
-    }
-    if (!Number.isFinite(l.utilisation) || l.utilisation < 0 || l.utilisation > 1) throw new Error(`utilisation must be in 0..1, given ${l.utilisation}`);
-    if (!Number.isFinite(l.meanQueueMs) || l.meanQueueMs < 0 || l.meanQueueMs > 86_400_000) throw new Error(`meanQueueMs must be a number in 0..86400000, given ${l.meanQueueMs}`);
-    for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) {
-      if (!Number.isFinite(l[k]) || !(l[k] === 0 || (l[k] >= 1 && l[k] <= 1000))) throw new Error(`${k} must be 0 (not measured) or a number in 1..1000, given ${l[k]}`);
-    }
-    if (l.overhead) {
-      for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {
-        const v = l.overhead[k];
-        if (!Number.isFinite(v) || v < 0 || v > 1000) throw new Error(`overhead.${k} must be a number in 0..1000, given ${v}`);
-      }
+  /**
+   * Takes one server load report. Reports are kept per executor id (each smoothed over its
+   * own reports), and plans are priced from one executor's: the one the planner follows. It
+   * follows the first executor it hears from, and keeps following it while it reports; when
+   * it has been silent for the TTL (`clientTtlMs`), the next executor to report is followed
+   * instead (logged), and every client is re-planned from its load. Reports of the others are
+   * kept (and counted, `otherLoads`) but plan nothing, so an executor id cannot overwrite
+   * the load the plans are made from.
+   * @throws TelemetryError naming the field, the rule and the value when it is malformed or out of range (telemetry.ts).
+   */
+  onLoad(l: ServerLoad, subject?: string): void {
+    validateLoad(l, { stageCount: this.opts.maker.opts.stages.length, modelId: this.opts.modelId, subject });
+    const now = this.now();
+    const known = this.executors.get(l.serverId);
+    if (!known && this.executors.size >= MAX_EXECUTORS) {
+      throw new TelemetryError(`ServerLoad.serverId must be one of the ${MAX_EXECUTORS} executors reporting now (no more are kept), given ${shown(l.serverId)}`, 'ServerLoad.serverId:capacity');
     }
     this.counters.loads++;
     const a = this.opts.utilisationSmoothing ?? 1;
-    const prev = this.serverLoad;
-    const smooth = (was: number | undefined, now: number): number => (was === undefined ? now : was + a * (now - was));
-    const u = smooth(prev?.utilisation, l.utilisation);
-    l = { ...l, utilisation: u, meanQueueMs: smooth(prev?.meanQueueMs, l.meanQueueMs) };
+    const prev = known?.load;
+    const smooth = (was: number | undefined, v: number): number => (was === undefined ? v : was + a * (v - was));
+    l = { ...l, utilisation: smooth(prev?.utilisation, l.utilisation), meanQueueMs: smooth(prev?.meanQueueMs, l.meanQueueMs) };
+    if (known) { known.load = l; known.lastSeenMs = now; } else this.executors.set(l.serverId, { load: l, lastSeenMs: now });
+    const followed = this.followed === undefined ? undefined : this.executors.get(this.followed);
+    if (this.followed !== l.serverId) {
+      if (followed && now - followed.lastSeenMs <= this.opts.clientTtlMs) { this.counters.otherLoads++; return; }
+      this.log.info({ serverId: l.serverId, before: this.followed }, 'planning from this executor\'s load');
+      this.followed = l.serverId;
+      this.plannedLoad = undefined; // another executor's prices: re-plan everyone
+    }
+    const u = l.utilisation;
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;
     const before = this.objective;
@@ -282,13 +375,16 @@ export class PlannerServer {
 
   private checkModel(modelId: string): void {
     if (modelId && this.opts.modelId && modelId !== this.opts.modelId) {
-      throw new Error(`modelId must be '${this.opts.modelId}' (the model this planner plans for), given '${modelId}'`);
+      throw new TelemetryError(`modelId must be ${shown(this.opts.modelId)} (the model this planner plans for), given ${shown(modelId)}`, 'GenerationOutcome.modelId:model');
     }
   }
 
+  /** The executor whose load plans are priced from (undefined until one reported). */
+  get followedExecutor(): string | undefined { return this.followed; }
+
   private scheduleReplan(): void {
     if (this.replanTimer || this.slicing || this.stopped) return;
-    this.replanTimer = setTimeout(() => { this.replanTimer = undefined; this.runSlices(); }, this.opts.debounceMs);
+    this.replanTimer = setTimeout(() => { this.replanTimer = undefined; this.guarded('replan', () => this.runSlices()); }, this.opts.debounceMs);
   }
 
   /**
@@ -298,25 +394,63 @@ export class PlannerServer {
    * more, after the others (the set keeps arrival order).
    */
   private runSlices(): void {
-    if (this.stopped) return;
-    if (!this.slicing) { this.slicing = true; this.passStartedMs = performance.now(); }
+    if (this.stopped) { this.slicing = false; return; }
+    if (!this.slicing) { this.slicing = true; this.beginRound(); }
     this.counters.slices++;
     const until = performance.now() + this.sliceMs;
     do {
       const next = this.dirty.values().next();
       if (next.done) break;
       this.dirty.delete(next.value);
-      this.replanClient(next.value);
+      this.replanGuarded(next.value);
     } while (performance.now() < until);
-    if (this.dirty.size > 0) { setImmediate(() => this.runSlices()); return; }
+    if (this.dirty.size > 0) { setImmediate(() => this.guarded('replan', () => this.runSlices())); return; }
     this.slicing = false;
     this.counters.passes++;
-    this.counters.lastPassMs = performance.now() - this.passStartedMs;
+    this.counters.lastPassMs = performance.now() - this.round.startedMs;
+    this.endRound();
   }
 
-  /** Re-solves every queued client at once, without yielding (tests and tools). */
+  /** Re-solves every queued client at once, without yielding (tests and tools): one round. */
   replan(): void {
-    for (const id of [...this.dirty]) { this.dirty.delete(id); this.replanClient(id); }
+    this.beginRound();
+    for (const id of [...this.dirty]) { this.dirty.delete(id); this.replanGuarded(id); }
+    this.endRound();
+  }
+
+  private beginRound(): void {
+    this.round = { epoch: 0, replanned: 0, changed: 0, errors: 0, startedMs: performance.now() };
+  }
+
+  /** One info line per round that changed a plan or failed to plan a client (per-client changes are logged at debug). */
+  private endRound(): void {
+    const r = this.round;
+    if (r.changed === 0 && r.errors === 0) return;
+    this.log.info({ epoch: r.epoch, replanned: r.replanned, changed: r.changed, errors: r.errors, clients: this.clients.size, passMs: Math.round(performance.now() - r.startedMs) },
+      'plans changed');
+  }
+
+  /**
+   * The epoch of a plan changed in this round: the round's (allocated at its first change),
+   * or a fresh one when this client's plan already carries the round's (changed twice in one round).
+   */
+  private epochFor(prev: ClientPlan | undefined): number {
+    if (this.round.epoch === 0 || (prev && prev.epoch >= this.round.epoch)) {
+      this.lastEpoch = Math.max(this.lastEpoch + 1, this.now());
+      this.round.epoch = this.lastEpoch;
+    }
+    return this.round.epoch;
+  }
+
+  /** replanClient, with a throw logged and counted: the client keeps the plan in force, the round goes on. */
+  private replanGuarded(id: string): void {
+    try {
+      this.replanClient(id);
+    } catch (err) {
+      this.counters.planErrors++;
+      this.round.errors++;
+      this.log.error({ clientId: id, err: errText(err) }, 'planning a client failed; its plan in force stays');
+    }
   }
 
   /** Re-solves one client's plan; pushes it to the client's streams when a placement changed. */
@@ -326,6 +460,7 @@ export class PlannerServer {
     const now = this.now();
     if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.forget(id); return; }
     this.counters.replans++;
+    this.round.replanned++;
     const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id));
     if (!classes) return;
     st.plannedWith = st.profile;
@@ -336,9 +471,9 @@ export class PlannerServer {
       this.afterPlan(id, st.plan, now);
       return;
     }
-    this.lastEpoch = Math.max(this.lastEpoch + 1, now);
-    st.plan = { clientId: id, epoch: this.lastEpoch, classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
-    this.log.info({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
+    st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
+    this.round.changed++;
+    this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) { w.write({ plan: st.plan }); this.counters.plansPushed++; }
     this.afterPlan(id, st.plan, now);
   }
@@ -358,20 +493,46 @@ export class PlannerServer {
     this.calibrator.forget(id);
   }
 
-  /** Forgets clients not heard from for the TTL. */
+  /** Forgets clients, and executors other than the followed one, not heard from for the TTL. */
   private forgetSilentClients(): void {
     const now = this.now();
     for (const [id, st] of this.clients) {
       if (now - st.lastSeenMs > this.opts.clientTtlMs) this.forget(id);
     }
+    for (const [id, ex] of this.executors) {
+      if (id !== this.followed && now - ex.lastSeenMs > this.opts.clientTtlMs) this.executors.delete(id);
+    }
   }
+
+  /** Executors whose load reports are kept now (the followed one and the others heard within the TTL). */
+  get executorIds(): string[] { return [...this.executors.keys()]; }
+
+  /** Client ids with open plan streams (a client whose last stream closed is not listed). */
+  get watchedClients(): string[] { return [...this.watchers.keys()]; }
 
   /** What the planner optimises now. */
   get currentObjective(): Objective { return this.objective; }
 
-  /** Current plans, ordered by client id. */
+  /** Current plans, ordered by client id (code-unit order: ids are ASCII, see ID_PATTERN). */
   plans(): ClientPlan[] {
-    return [...this.clients.values()].filter((c) => c.plan).map((c) => c.plan!).sort((a, b) => a.clientId.localeCompare(b.clientId));
+    return [...this.clients.values()].filter((c) => c.plan).map((c) => c.plan!).sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+  }
+
+  /**
+   * One page of `plans()`: at most `pageSize` plans (0: DEFAULT_PLANS_PAGE_SIZE; more than
+   * MAX_PLANS_PAGE_SIZE: that many) of clients after the one `pageToken` names (empty: from
+   * the first), and the token of the next page (empty on the last). Keyset paging: a client
+   * added or forgotten between pages does not shift the others.
+   * @throws Error naming page_token when it is not a token this planner issued.
+   */
+  plansPage(pageSize: number, pageToken: string): { plans: ClientPlan[]; nextPageToken: string } {
+    const size = pageSize === 0 ? DEFAULT_PLANS_PAGE_SIZE : Math.min(pageSize, MAX_PLANS_PAGE_SIZE);
+    const after = pageToken === '' ? undefined : clientIdOfPageToken(pageToken);
+    const all = this.plans();
+    const from = after === undefined ? 0 : all.findIndex((p) => p.clientId > after);
+    const page = from < 0 ? [] : all.slice(from, from + size);
+    const more = from >= 0 && from + size < all.length;
+    return { plans: page, nextPageToken: more ? pageTokenOf(page[page.length - 1].clientId) : '' };
   }
 
   /** What was observed of each client with a plan, in the order of `plans()`. */
@@ -384,21 +545,33 @@ export class PlannerServer {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
         const id = call.request.clientId;
         if (!ID_PATTERN.test(id)) {
-          call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given '${id}'` });
+          call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given ${shown(id)}` });
           return;
         }
         let set = this.watchers.get(id);
         if (!set) this.watchers.set(id, (set = new Set()));
         set.add(call);
-        const remove = (): void => { set?.delete(call); };
+        const remove = (): void => {
+          // The set of a client whose last watcher left goes too (a client id is any string a caller sends).
+          const s = this.watchers.get(id);
+          if (!s) return;
+          s.delete(call);
+          if (s.size === 0) this.watchers.delete(id);
+        };
         call.on('cancelled', remove);
         call.on('close', remove);
         const plan = this.clients.get(id)?.plan;
         if (plan) { call.write({ plan }); this.counters.plansPushed++; }
       },
-      listPlans: (_call, cb) => {
-        const plans = this.plans();
-        cb(null, { plans, observations: this.observations(plans) });
+      listPlans: (call, cb) => {
+        let page: { plans: ClientPlan[]; nextPageToken: string };
+        try {
+          page = this.plansPage(call.request.pageSize, call.request.pageToken);
+        } catch (err) {
+          cb({ code: grpc.status.INVALID_ARGUMENT, details: errText(err) });
+          return;
+        }
+        cb(null, { plans: page.plans, observations: this.observations(page.plans), nextPageToken: page.nextPageToken });
       },
     };
   }

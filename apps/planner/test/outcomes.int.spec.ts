@@ -98,7 +98,7 @@ describe('the planner learns from outcomes published over NATS', () => {
   }
 
   const listPlans = (): Promise<ListPlansResponse> =>
-    new Promise((resolve, reject) => client.listPlans({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+    new Promise((resolve, reject) => client.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
 
   it('moves a client whose outcomes miss their SLA to a safer plan within seconds, and back when they recover', async () => {
     const w = await watch('dev-miss');

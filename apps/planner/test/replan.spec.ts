@@ -9,7 +9,7 @@ const CLASSES = [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, sla
 
 function profile(id: string, msPerStage: number, latencyMs = 2): ClientProfile {
   return {
-    clientId: id, clientClass: 'default', modelId: '', unixMs: 0, planEpoch: 0,
+    clientId: id, clientClass: 'default', modelId: 'm', unixMs: 0, planEpoch: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
     uplink: { latencyMs, bytesPerMs: 10_000 }, downlink: { latencyMs, bytesPerMs: 10_000 },
   };
@@ -17,7 +17,7 @@ function profile(id: string, msPerStage: number, latencyMs = 2): ClientProfile {
 
 function load(msPerStage: number, utilisation: number): ServerLoad {
   return {
-    serverId: 's', modelId: '', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }

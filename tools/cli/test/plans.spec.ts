@@ -172,6 +172,53 @@ describe('tandem plans against a real planner', () => {
   });
 });
 
+describe('tandem plans pages through a planner with many clients', () => {
+  let nats: NatsServerHandle;
+  let server: PlannerServer;
+  let addr: string;
+  const N = 2500; // more than the planner's default page (1000)
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    const maker = new PlanMaker({
+      stages, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }], slaOverrides: {},
+      algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    });
+    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, modelId: '', clientTtlMs: 600_000, debounceMs: 1000, idleUtilisation: 0 });
+    addr = `127.0.0.1:${(await server.start()).port}`;
+    server.onLoad(load);
+    for (let i = 0; i < N; i++) server.onProfile({ ...profile, clientId: `dev-${String(i).padStart(4, '0')}` });
+    server.replan();
+    expect(server.plans()).toHaveLength(N);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await nats?.stop();
+  });
+
+  it('lists every client, each once and in order, with the planner\'s default page and with --page-size', async () => {
+    const expected = server.plans().map((p) => p.clientId);
+    for (const argv of [['plans', '--planner', addr, '--json'], ['plans', '--planner', addr, '--json', '--page-size', '333']]) {
+      const r = await run(argv);
+      expect(r).toMatchObject({ code: 0, stderr: '' });
+      const body = JSON.parse(r.stdout);
+      expect(body.plans.map((p: { clientId: string }) => p.clientId)).toEqual(expected);
+      expect(body.observations.map((o: { clientId: string }) => o.clientId)).toEqual(expected);
+      expect(body.nextPageToken).toBeUndefined();
+    }
+    const text = await run(['plans', '--planner', addr, '--page-size', '5000']);
+    expect(text.code).toBe(0);
+    expect(text.stdout.match(/^client dev-\d{4} /gm)).toHaveLength(N);
+  });
+
+  it.each([['0'], ['5001'], ['x']])('exits 2 on --page-size %s', async (v) => {
+    const r = await run(['plans', '--planner', addr, '--page-size', v]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`--page-size must be an integer in 1..5000, given '${v}'`);
+  });
+});
+
 describe('the observations table of tandem plans', () => {
   const base: ClassObservations = {
     name: 'chat', outcomes: 0, failures: 0, planOutcomes: 0, attainment: 0, attainmentTarget: 0.9, window: 0,

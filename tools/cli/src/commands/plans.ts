@@ -1,16 +1,17 @@
 import * as grpc from '@grpc/grpc-js';
+import { MAX_PLANS_PAGE_SIZE } from '@tandem/planner';
 import { ListPlansResponse, PlannerServiceClient } from '@tandem/protocol';
-import { parseArgs, required } from '../args';
+import { intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
 import { listPlans } from '../demo/grpc-calls';
 import { formatPlans } from '../demo/plans-view';
 import { UsageError } from '../errors';
 import { printJson, type CliIo } from '../io';
 
-/** Deadline of the ListPlans call. */
-export const PLANS_DEADLINE_MS = 5000;
+/** Deadline of the whole listing (every ListPlans page). */
+export const PLANS_DEADLINE_MS = 30_000;
 
-const USAGE = `usage: tandem plans --planner ADDR [--json]
+const USAGE = `usage: tandem plans --planner ADDR [--page-size N] [--json]
 
 Shows the planner's current plan of every client it knows (its ListPlans API): per request
 class, the placement (one letter per stage: C on the client, S on the server), the SLA, the
@@ -23,6 +24,8 @@ factor and the safety factor on the SLA ('all-server' at its floor) it plans wit
 (docs/planner.md).
 
   --planner ADDR   the planner's gRPC address, host:port
+  --page-size N    plans per ListPlans call, 1..5000 (default: the planner's, 1000); every
+                   page is fetched and listed, so a planner with any number of clients fits
   --json           print the ListPlansResponse as canonical protobuf JSON ('plans', and
                    'observations' per client in the same order): fields at their default
                    value are omitted (feasible=false, a zero count, and 'plans' itself when
@@ -39,18 +42,19 @@ export function addressFlag(flag: string, value: string): string {
   return value;
 }
 
-/** `tandem plans`: the planner's current plans. */
+/** `tandem plans`: the planner's current plans, every page. */
 export const plansCommand: Command = {
   path: ['plans'],
   summary: "list a running planner's current plans (placement per client and request class) and what it observed",
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
-    const args = parseArgs(argv, { flags: ['planner'], switches: ['json'] });
+    const args = parseArgs(argv, { flags: ['planner', 'page-size'], switches: ['json'] });
     const addr = addressFlag('planner', required(args, 'planner'));
+    const pageSize = intFlag(args, 'page-size', { min: 1, max: MAX_PLANS_PAGE_SIZE, default: 0 });
     const client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     let r: ListPlansResponse;
     try {
-      r = await listPlans(client, PLANS_DEADLINE_MS);
+      r = await listPlans(client, PLANS_DEADLINE_MS, pageSize);
     } catch (err) {
       const e = err as grpc.ServiceError;
       const detail = (e.details || e.message).replace(/\s*Resolution note:.*$/s, '').replace(/^No connection established\. Last error: (Error: )?/, '');

@@ -6,14 +6,36 @@ import type {
   GenerateRequest,
   GenerateResponse,
   GenerationSummary,
+  ListPlansRequest,
   ListPlansResponse,
   PlannerServiceClient,
 } from '@tandem/protocol';
 
-/** The planner's current plans. */
-export function listPlans(client: PlannerServiceClient, deadlineMs: number): Promise<ListPlansResponse> {
+/** One page of the planner's plans. */
+export function listPlansPage(client: PlannerServiceClient, request: ListPlansRequest, deadline: number): Promise<ListPlansResponse> {
   return new Promise((resolve, reject) =>
-    client.listPlans({}, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) => (err ? reject(err) : resolve(r))));
+    client.listPlans(request, new grpc.Metadata(), { deadline }, (err, r) => (err ? reject(err) : resolve(r))));
+}
+
+/**
+ * The planner's current plans, every page (ListPlans pages of `pageSize`, 0 = the planner's
+ * default), merged into one answer with no next page. `deadlineMs` bounds the whole listing.
+ * @throws the first page's error; Error when the planner hands back a token it handed before (it would never end).
+ */
+export async function listPlans(client: PlannerServiceClient, deadlineMs: number, pageSize = 0): Promise<ListPlansResponse> {
+  const deadline = Date.now() + deadlineMs;
+  const out: ListPlansResponse = { plans: [], observations: [], nextPageToken: '' };
+  const seen = new Set<string>();
+  let pageToken = '';
+  do {
+    const r = await listPlansPage(client, { pageSize, pageToken }, deadline);
+    out.plans.push(...r.plans);
+    out.observations.push(...r.observations);
+    pageToken = r.nextPageToken;
+    if (seen.has(pageToken)) throw new Error(`the planner answered next_page_token ${JSON.stringify(pageToken.slice(0, 48))} twice`);
+    seen.add(pageToken);
+  } while (pageToken !== '');
+  return out;
 }
 
 /** An agent's state (plan epoch, placements, counters). */

@@ -7,6 +7,7 @@ import {
   type ClientPlan,
   type GenerateResponse,
 } from '@tandem/protocol';
+import { listPlans as listAllPlans } from '../demo/grpc-calls';
 import type { TraceRequest } from './arrivals';
 import type { RequestRecord } from './metrics';
 
@@ -24,8 +25,9 @@ export function agentStatus(c: AgentServiceClient, timeoutMs = 2000): Promise<Ag
   return new Promise((res, rej) => c.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (e, r) => (e ? rej(e) : res(r))));
 }
 
-export function listPlans(c: PlannerServiceClient, timeoutMs = 2000): Promise<ClientPlan[]> {
-  return new Promise((res, rej) => c.listPlans({}, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (e, r) => (e ? rej(e) : res(r.plans))));
+/** Every plan the planner holds (all ListPlans pages). */
+export async function listPlans(c: PlannerServiceClient, timeoutMs = 2000): Promise<ClientPlan[]> {
+  return (await listAllPlans(c, timeoutMs)).plans;
 }
 
 const statusName = (code: number): string => (grpc.status as unknown as Record<number, string>)[code] ?? `CODE_${code}`;

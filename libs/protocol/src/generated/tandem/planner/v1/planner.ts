@@ -37,13 +37,25 @@ export interface WatchPlansResponse {
   plan: ClientPlan | undefined;
 }
 
-/** Lists the current plans. */
+/** Lists the current plans, one page per call. */
 export interface ListPlansRequest {
+  /**
+   * Most plans in the answer. 0 (a caller that predates paging) gets the default page of
+   * 1000; more than 5000 is served as 5000 (a page then stays near 1 MiB, well under gRPC's
+   * default 4 MiB message limit).
+   */
+  pageSize: number;
+  /**
+   * Empty for the first page; otherwise the next_page_token of the previous answer. Pages
+   * follow client id order from where the previous page ended: a client added or forgotten
+   * between calls does not shift the others (it shows up, or not, by its id).
+   */
+  pageToken: string;
 }
 
 /** The current plans of all clients. */
 export interface ListPlansResponse {
-  /** One per client with a plan, ordered by client id. */
+  /** One per client with a plan on this page, ordered by client id (byte order). */
   plans: ClientPlan[];
   /**
    * One per client with a plan, in the same order as `plans`: what the planner observed of
@@ -51,6 +63,11 @@ export interface ListPlansResponse {
    * A client with no outcome yet is listed with zero counts.
    */
   observations: ClientObservations[];
+  /**
+   * Token of the next page, for ListPlansRequest.page_token; empty when this is the last page.
+   * Opaque: pass it back as it is.
+   */
+  nextPageToken: string;
 }
 
 /** What the planner observed of one client's generations. */
@@ -141,7 +158,13 @@ export interface ClassObservations {
 export interface ClientPlan {
   /** The client this plan is for. */
   clientId: string;
-  /** Increases every time this client's plan changes. Never reused. */
+  /**
+   * Increases every time this client's plan changes, within one planner process: each
+   * re-plan round takes one epoch (about the wall clock in Unix ms when the round changed a
+   * plan), shared by every plan it changed. A restarted planner starts again from its clock,
+   * so the first plan on a new WatchPlans stream is the one to follow whatever its epoch;
+   * later plans on the same stream always carry a higher one.
+   */
   epoch: number;
   /** One placement per request class, ordered by max_prompt_tokens ascending. */
   classes: ClassPlacement[];
@@ -338,11 +361,17 @@ export const WatchPlansResponse: MessageFns<WatchPlansResponse> = {
 };
 
 function createBaseListPlansRequest(): ListPlansRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListPlansRequest: MessageFns<ListPlansRequest> = {
-  encode(_: ListPlansRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListPlansRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -359,6 +388,22 @@ export const ListPlansRequest: MessageFns<ListPlansRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -371,26 +416,45 @@ export const ListPlansRequest: MessageFns<ListPlansRequest> = {
     }
   },
 
-  fromJSON(_: any): ListPlansRequest {
-    return {};
+  fromJSON(object: any): ListPlansRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListPlansRequest): unknown {
+  toJSON(message: ListPlansRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<ListPlansRequest>, I>>(base?: I): ListPlansRequest {
     return ListPlansRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<ListPlansRequest>, I>>(_: I): ListPlansRequest {
+  fromPartial<I extends Exact<DeepPartial<ListPlansRequest>, I>>(object: I): ListPlansRequest {
     const message = createBaseListPlansRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListPlansResponse(): ListPlansResponse {
-  return { plans: [], observations: [] };
+  return { plans: [], observations: [], nextPageToken: "" };
 }
 
 export const ListPlansResponse: MessageFns<ListPlansResponse> = {
@@ -400,6 +464,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     }
     for (const v of message.observations) {
       ClientObservations.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(26).string(message.nextPageToken);
     }
     return writer;
   },
@@ -433,6 +500,14 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
             message.observations.push(ClientObservations.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -451,6 +526,11 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
       observations: globalThis.Array.isArray(object?.observations)
         ? object.observations.map((e: any) => ClientObservations.fromJSON(e))
         : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -462,6 +542,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     if (message.observations?.length) {
       obj.observations = message.observations.map((e) => ClientObservations.toJSON(e));
     }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
     return obj;
   },
 
@@ -472,6 +555,7 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     const message = createBaseListPlansResponse();
     message.plans = object.plans?.map((e) => ClientPlan.fromPartial(e)) || [];
     message.observations = object.observations?.map((e) => ClientObservations.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -1539,7 +1623,9 @@ export const PlannerServiceService = {
   },
   /**
    * The current plan of every known client, with what the planner observed of each
-   * client's generations (predicted against measured latency, SLO attainment).
+   * client's generations (predicted against measured latency, SLO attainment), one page at
+   * a time: call again with next_page_token as page_token until it comes back empty. A
+   * page_token that is not one this planner issued is refused with INVALID_ARGUMENT.
    */
   listPlans: {
     path: "/tandem.planner.v1.PlannerService/ListPlans" as const,
@@ -1560,7 +1646,9 @@ export interface PlannerServiceServer extends UntypedServiceImplementation {
   watchPlans: handleServerStreamingCall<WatchPlansRequest, WatchPlansResponse>;
   /**
    * The current plan of every known client, with what the planner observed of each
-   * client's generations (predicted against measured latency, SLO attainment).
+   * client's generations (predicted against measured latency, SLO attainment), one page at
+   * a time: call again with next_page_token as page_token until it comes back empty. A
+   * page_token that is not one this planner issued is refused with INVALID_ARGUMENT.
    */
   listPlans: handleUnaryCall<ListPlansRequest, ListPlansResponse>;
 }
@@ -1578,7 +1666,9 @@ export interface PlannerServiceClient extends Client {
   ): ClientReadableStream<WatchPlansResponse>;
   /**
    * The current plan of every known client, with what the planner observed of each
-   * client's generations (predicted against measured latency, SLO attainment).
+   * client's generations (predicted against measured latency, SLO attainment), one page at
+   * a time: call again with next_page_token as page_token until it comes back empty. A
+   * page_token that is not one this planner issued is refused with INVALID_ARGUMENT.
    */
   listPlans(
     request: ListPlansRequest,

@@ -1,0 +1,58 @@
+import * as grpc from '@grpc/grpc-js';
+import { PlannerServiceService, type ClientPlan, type PlannerServiceServer, type WatchPlansRequest, type WatchPlansResponse } from '@tandem/protocol';
+import { bindInsecure, createLogger } from '@tandem/service-kit';
+import { eventually } from '@tandem/testkit';
+import { PlanFollower } from './plan-follower';
+
+const plan = (epoch: number, placement: string): ClientPlan => ({
+  clientId: 'dev', epoch, algorithm: 'dp', createdUnixMs: epoch,
+  classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 4, placement, slaMs: 100, predictedLatencyMs: 10, predictedServerWork: 1, feasible: true,
+    ttftMs: 0, tpotMs: 0, predictedTtftMs: 10, predictedTpotMs: 0, predictedTtftMsPerPromptToken: 0 }],
+});
+
+/** A planner stand-in on a real gRPC port: every WatchPlans stream gets `plans()` at once, and `push` sends more on the open streams. */
+async function stubPlanner(address: string, plans: () => ClientPlan[]): Promise<{ port: number; push: (p: ClientPlan) => void; stop: () => void }> {
+  const server = new grpc.Server();
+  const calls = new Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>();
+  const impl: PlannerServiceServer = {
+    watchPlans: (call) => {
+      calls.add(call);
+      call.on('cancelled', () => calls.delete(call));
+      for (const p of plans()) call.write({ plan: p });
+    },
+    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '' }),
+  };
+  server.addService(PlannerServiceService, impl);
+  const port = await bindInsecure(server, address);
+  return { port, push: (p) => { for (const c of calls) c.write({ plan: p }); }, stop: () => server.forceShutdown() };
+}
+
+describe('PlanFollower epochs', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+  let follower: PlanFollower | undefined;
+  afterEach(() => follower?.stop());
+
+  it('within one stream takes only a higher epoch; after a planner restart takes the new stream\'s first plan even with an older epoch', async () => {
+    // The first planner's clock ran ahead: its epochs are far in the future.
+    const a = await stubPlanner('127.0.0.1:0', () => [plan(9_000_000, 'CCS')]);
+    follower = new PlanFollower({ plannerAddr: `127.0.0.1:${a.port}`, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
+    follower.start();
+    await eventually(() => follower!.current()?.epoch === 9_000_000, { what: 'the first plan' });
+    a.push(plan(8_000_000, 'SSS')); // older on the same stream: a stale plan, ignored
+    a.push(plan(9_000_001, 'CSS'));
+    await eventually(() => follower!.current()?.epoch === 9_000_001, { what: 'the newer plan' });
+    expect(follower.current()?.classes[0].placement).toBe('CSS');
+
+    // The planner restarts on the same port with its clock behind the epoch held.
+    a.stop();
+    const b = await stubPlanner(`127.0.0.1:${a.port}`, () => [plan(1_000, 'SSS')]);
+    try {
+      await eventually(() => follower!.current()?.epoch === 1_000, { timeoutMs: 10_000, what: 'the restarted planner\'s plan' });
+      expect(follower.choose(10)).toMatchObject({ placement: 'SSS', epoch: 1_000 });
+      b.push(plan(1_001, 'CSS'));
+      await eventually(() => follower!.current()?.epoch === 1_001, { what: 'the restarted planner\'s next plan' });
+    } finally {
+      b.stop();
+    }
+  });
+});

@@ -1,0 +1,140 @@
+import { ID_PATTERN, Subjects, type ClientProfile, type ServerLoad, type StageTiming } from '@tandem/protocol';
+
+/**
+ * The plausible range of every number the planner takes from telemetry (ClientProfile and
+ * ServerLoad over NATS). A message with a figure outside its range is dropped whole, with a
+ * reason naming the field, the rule and the value, and counted by reason: the planner prices
+ * plans from these figures (prompt tokens × stage time × queueing inflation, summed over
+ * stages and passes), and within these bounds every such product stays finite, so one
+ * message can never bring an Infinity or NaN into the cost model.
+ */
+export const TELEMETRY_LIMITS = {
+  /** A stage's prefill time per prompt token and decode time, ms: at most one minute (a device that slow runs nothing). */
+  maxStageMs: 60_000,
+  /** One-way link latency, ms: at most one minute. */
+  maxLinkLatencyMs: 60_000,
+  /**
+   * Link throughput, bytes/ms: at least 0.001 (1 byte/s; 0 is refused: a link that moves
+   * nothing cannot carry a split, and a link not measured is left out of the message, which
+   * prices it as {@link UNMEASURED_LINK_BYTES_PER_MS}) and at most 1e9 (1 TB/s, beyond any network).
+   */
+  minLinkBytesPerMs: 0.001,
+  maxLinkBytesPerMs: 1e9,
+  /** Mean queue wait in a load report, ms: at most one day. */
+  maxQueueMs: 86_400_000,
+  /** Each coefficient of the executor's fitted overhead (ms per message, per KiB, idle ms per s): at most 1000. */
+  maxOverheadMs: 1000,
+  /** A measured stretch (decode, prompt, long prompt): 0 (not measured) or 1..1000. */
+  maxStretch: 1000,
+  /** The executor's long-step threshold, positions: at most 2^20. */
+  maxLongStepTokens: 1 << 20,
+  /** Length of a client class name. */
+  maxClientClassLength: 64,
+  /** Length of a model id. */
+  maxModelIdLength: 128,
+} as const;
+
+/** Throughput a link direction absent from a ClientProfile is priced at, bytes/ms (1 GB/s: as good as local). */
+export const UNMEASURED_LINK_BYTES_PER_MS = 1e6;
+
+/** A value cut short for an error message (long strings would make a reason of kilobytes). */
+export function shown(v: unknown): string {
+  const s = typeof v === 'string' ? `'${v}'` : String(v);
+  return s.length > 48 ? `${s.slice(0, 45)}...` : s;
+}
+
+/**
+ * A telemetry message the planner refuses. `reason` is the key it is counted under: the
+ * message type, the field with indices left out, and the rule (e.g.
+ * `ClientProfile.stages[].decodeMs:range`).
+ */
+export class TelemetryError extends Error {
+  override readonly name = 'TelemetryError';
+  constructor(message: string, readonly reason: string) { super(message); }
+}
+
+function fail(type: string, field: string, rule: string, text: string, value: unknown): never {
+  throw new TelemetryError(`${type}.${field} ${text}, given ${shown(value)}`, `${type}.${field.replace(/\[\d+\]/g, '[]')}:${rule}`);
+}
+
+/** `v` in lo..hi (inclusive), finite. */
+function inRange(type: string, field: string, v: number, lo: number, hi: number, unit: string): void {
+  if (!Number.isFinite(v) || v < lo || v > hi) fail(type, field, 'range', `must be a finite number in ${lo}..${hi}${unit}`, v);
+}
+
+function modelId(type: string, id: string, expected: string): void {
+  if (id.length === 0) fail(type, 'modelId', 'required', 'must name the model (it is empty)', id);
+  if (id.length > TELEMETRY_LIMITS.maxModelIdLength) fail(type, 'modelId', 'length', `must be at most ${TELEMETRY_LIMITS.maxModelIdLength} characters`, id);
+  if (expected && id !== expected) fail(type, 'modelId', 'model', `must be ${shown(expected)} (the model this planner plans for)`, id);
+}
+
+function stageTimes(type: string, i: number, s: StageTiming): void {
+  for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(type, `stages[${i}].${k}`, s[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
+}
+
+/** What a telemetry message is checked against. */
+export interface TelemetryContext {
+  /** Stages of the planned model. */
+  readonly stageCount: number;
+  /** Id of the planned model; empty accepts any (non-empty) id. */
+  readonly modelId: string;
+  /** The NATS subject the message came on, when it came over NATS: it must be the sender's own. */
+  readonly subject?: string;
+}
+
+/**
+ * Checks a ClientProfile against the limits above: the client id (and its subject), a model id
+ * (required), the client class, each listed stage once, in range, and each link direction
+ * that is present.
+ * @throws TelemetryError naming the field, the rule and the value given (cut short).
+ */
+export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
+  const T = 'ClientProfile';
+  if (!ID_PATTERN.test(p.clientId)) fail(T, 'clientId', 'pattern', `must match ${ID_PATTERN}`, p.clientId);
+  if (ctx.subject !== undefined && ctx.subject !== Subjects.clientProfile(p.clientId)) fail(T, 'clientId', 'subject', `must match the subject ${shown(ctx.subject)}`, p.clientId);
+  modelId(T, p.modelId, ctx.modelId);
+  if (p.clientClass.length > TELEMETRY_LIMITS.maxClientClassLength) fail(T, 'clientClass', 'length', `must be at most ${TELEMETRY_LIMITS.maxClientClassLength} characters`, p.clientClass);
+  const seen = new Set<number>();
+  for (const [i, s] of p.stages.entries()) {
+    if (s.stage >= ctx.stageCount) fail(T, `stages[${i}].stage`, 'range', `must be in 0..${ctx.stageCount - 1}`, s.stage);
+    if (seen.has(s.stage)) fail(T, `stages[${i}].stage`, 'unique', 'must list each stage once', s.stage);
+    seen.add(s.stage);
+    stageTimes(T, i, s);
+  }
+  for (const k of ['uplink', 'downlink'] as const) {
+    const l = p[k];
+    if (!l) continue;
+    inRange(T, `${k}.latencyMs`, l.latencyMs, 0, TELEMETRY_LIMITS.maxLinkLatencyMs, ' ms');
+    if (!(l.bytesPerMs > 0)) fail(T, `${k}.bytesPerMs`, 'positive', `must be > 0 (leave the ${k} out when it is not measured)`, l.bytesPerMs);
+    inRange(T, `${k}.bytesPerMs`, l.bytesPerMs, TELEMETRY_LIMITS.minLinkBytesPerMs, TELEMETRY_LIMITS.maxLinkBytesPerMs, ' bytes/ms');
+  }
+}
+
+/**
+ * Checks a ServerLoad against the limits above: the server id (and its subject), a model id
+ * (required), every stage in order and in range, utilisation, queue wait, stretches and overhead.
+ * @throws TelemetryError naming the field, the rule and the value given (cut short).
+ */
+export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
+  const T = 'ServerLoad';
+  if (!ID_PATTERN.test(l.serverId)) fail(T, 'serverId', 'pattern', `must match ${ID_PATTERN}`, l.serverId);
+  if (ctx.subject !== undefined && ctx.subject !== Subjects.serverLoad(l.serverId)) fail(T, 'serverId', 'subject', `must match the subject ${shown(ctx.subject)}`, l.serverId);
+  modelId(T, l.modelId, ctx.modelId);
+  const n = ctx.stageCount;
+  if (l.stages.length !== n) fail(T, 'stages', 'count', `must list all ${n} stages`, `${l.stages.length} stages`);
+  for (const [i, s] of l.stages.entries()) {
+    if (s.stage !== i) fail(T, `stages[${i}].stage`, 'order', `must be ${i}`, s.stage);
+    stageTimes(T, i, s);
+  }
+  inRange(T, 'utilisation', l.utilisation, 0, 1, '');
+  inRange(T, 'meanQueueMs', l.meanQueueMs, 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
+  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) {
+    if (l[k] !== 0) inRange(T, k, l[k], 1, TELEMETRY_LIMITS.maxStretch, ' (or 0: not measured)');
+  }
+  inRange(T, 'longStepTokens', l.longStepTokens, 0, TELEMETRY_LIMITS.maxLongStepTokens, ' positions');
+  if (l.overhead) {
+    for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {
+      inRange(T, `overhead.${k}`, l.overhead[k], 0, TELEMETRY_LIMITS.maxOverheadMs, '');
+    }
+  }
+}
