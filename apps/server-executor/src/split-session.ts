@@ -23,7 +23,8 @@ export interface SessionLimits {
 
 /** A step after validation: what the scheduler runs. */
 interface ValidStep {
-  readonly seq: number;
+  /** As sent (a uint64 in decimal, echoed exactly). */
+  readonly seq: string;
   readonly begin: number;
   readonly end: number;
   readonly input: HostTensor;
@@ -32,7 +33,8 @@ interface ValidStep {
 
 /** A server-side generation after validation. */
 interface ValidGenerate {
-  readonly seq: number;
+  /** As sent (a uint64 in decimal, echoed exactly). */
+  readonly seq: string;
   /** The prompt, int64 ids [1, T]. */
   readonly input: HostTensor;
   readonly maxNewTokens: number;
@@ -50,7 +52,8 @@ export class SplitSession {
   readonly id = randomUUID();
   private cache: unknown;
   private state: 'awaiting-open' | 'open' | 'closed' = 'awaiting-open';
-  private lastSeq = -1;
+  /** The last seq accepted (-1: none yet); seqs are uint64, compared exactly. */
+  private lastSeq = -1n;
   /** What the session does after open: nothing yet, client steps, or one server-side generation. */
   private mode: 'unset' | 'split' | 'generate' = 'unset';
   /** Steps answered so far (for the message refusing a late generate). */
@@ -237,7 +240,8 @@ export class SplitSession {
 
   private validate(step: Step): ValidStep {
     const n = this.engine.stageCount;
-    if (step.seq <= this.lastSeq) throw new ValidationError(`step.seq must increase within a session (last ${this.lastSeq}), given ${step.seq}`);
+    const seq = BigInt(step.seq);
+    if (seq <= this.lastSeq) throw new ValidationError(`step.seq must increase within a session (last ${this.lastSeq}), given ${step.seq}`);
     if (!(step.stageBegin < n)) throw new ValidationError(`step.stageBegin must be in 0..${n - 1}, given ${step.stageBegin}`);
     if (!(step.stageEnd > step.stageBegin && step.stageEnd <= n)) throw new ValidationError(`step.stageEnd must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
     if (step.sample && step.stageEnd !== n) throw new ValidationError(`step.sample must be false unless the range ends with the head (stageEnd ${n}), given true with stageEnd ${step.stageEnd}`);
@@ -255,7 +259,7 @@ export class SplitSession {
         throw new PreconditionError(`step would make stage ${s} hold ${this.tokensAt[s] + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
       }
     }
-    this.lastSeq = step.seq;
+    this.lastSeq = seq;
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
   }
 
@@ -281,7 +285,7 @@ export class SplitSession {
     if (holds > this.limits.maxContextTokens) {
       throw new PreconditionError(`generate would make the session hold ${holds} tokens (prompt ${t} + maxNewTokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`);
     }
-    this.lastSeq = g.seq;
+    this.lastSeq = BigInt(g.seq);
     return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };
   }
 
