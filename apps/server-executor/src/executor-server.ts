@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  capStatus,
   channelOptions,
+  decodeProblem,
   ExecutorServiceService,
   HealthReporter,
   ServerLoad,
@@ -201,13 +203,17 @@ export class ExecutorServer {
           this.log, (sess) => this.admit(sess), this.traffic);
         void s.closed.then(() => this.sessions.delete(s));
       },
-      getStatus: (_call, cb) => { cb(null, this.status()); },
+      getStatus: (call, cb) => {
+        const problem = decodeProblem(call.request);
+        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
+        cb(null, this.status());
+      },
     };
   }
 
   private admit(s: SplitSession): void {
     if (this.draining) throw new NotReadyError('the executor is draining and accepts no new sessions');
-    if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${this.engineFailure.message}`);
+    if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${capStatus(this.engineFailure.message, 300)}`);
     if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`);
     this.sessions.add(s);
     this.sessionsOpened++;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { fromWireTensor, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
+import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
 import type { Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
@@ -89,7 +89,7 @@ export class SplitSession {
     // A half-close during a server-side generation ends the session once the generation is done.
     call.on('end', () => { this.chain = this.chain.then(async () => { await this.generation; await this.finish('client ended the stream'); }); });
     call.on('cancelled', () => this.close('cancelled by the client', status.CANCELLED, false));
-    call.on('error', (err) => this.close(`stream error: ${err.message}`, status.CANCELLED, false));
+    call.on('error', (err: Partial<Error>) => this.close(`stream error: ${capStatus(String(err.message), 200)}`, status.CANCELLED, false));
     this.touch();
   }
 
@@ -106,11 +106,14 @@ export class SplitSession {
     if (this.state === 'closed') return;
     this.touch();
     try {
+      // A message that did not decode (bytes that are no SessionRequest, a 64-bit value out of range).
+      const problem = decodeProblem(m);
+      if (problem) throw new ValidationError(problem.message);
       switch (m.kind?.$case) {
         case 'open': {
           if (this.state !== 'awaiting-open') throw new PreconditionError('open must be sent once, as the first message; given a second open');
           const o = m.kind.value;
-          if (o.modelId && o.modelId !== this.engine.modelId) throw new PreconditionError(`open.modelId must be '${this.engine.modelId}' (the model served), given '${o.modelId}'`);
+          if (o.modelId && o.modelId !== this.engine.modelId) throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
           this.clientId = o.clientId;
           this.admit(this); // throws CapacityError / NotReadyError
           this.cache = this.engine.newCache();
@@ -251,8 +254,14 @@ export class SplitSession {
     if (!wantIds && input.dtype !== 'float32') throw new ValidationError(`step.input.dtype must be DATA_TYPE_FLOAT32 (hidden state) for stage ${step.stageBegin}, given DATA_TYPE_INT64`);
     const shape = input.shape;
     const okShape = wantIds ? shape.length === 2 && shape[0] === 1 && shape[1] >= 1 : shape.length === 3 && shape[0] === 1 && shape[1] >= 1 && shape[2] === this.engine.nEmbd;
-    if (!okShape) throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given [${shape.join(', ')}]`);
+    if (!okShape) throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given ${renderShape(shape)}`);
     if (wantIds) this.checkIds(input.data as BigInt64Array, 'step.input');
+    else {
+      // NaN or ±Infinity would run through every stage and give tokens computed from nothing.
+      const data = input.data as Float32Array;
+      const bad = firstNonFinite(data);
+      if (bad >= 0) throw new ValidationError(`step.input must hold finite float32 values (no NaN or ±Infinity), given ${data[bad]} at index ${bad} (position ${Math.floor(bad / this.engine.nEmbd)}, channel ${bad % this.engine.nEmbd})`);
+    }
     const t = shape[1];
     for (let s = step.stageBegin; s < step.stageEnd; s++) {
       if (this.tokensAt[s] + t > this.limits.maxContextTokens) {
@@ -276,7 +285,7 @@ export class SplitSession {
     const input = fromWireTensor(g.input, 'generate.input');
     if (input.dtype !== 'int64') throw new ValidationError('generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32');
     const shape = input.shape;
-    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1)) throw new ValidationError(`generate.input.shape must be [1, T>=1], given [${shape.join(', ')}]`);
+    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1)) throw new ValidationError(`generate.input.shape must be [1, T>=1], given ${renderShape(shape)}`);
     this.checkIds(input.data, 'generate.input');
     if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.maxNewTokens must be >= 1, given ${g.maxNewTokens}`);
     const t = shape[1];
@@ -302,7 +311,8 @@ export class SplitSession {
   close(reason: string, code: status, sendStatus: boolean): void {
     if (this.state === 'closed') return;
     this.release(reason, code);
-    if (sendStatus) this.call.emit('error', { code, details: reason });
+    // Every status message fits in 1 KiB (gRPC C-core clients refuse trailers over 8 KiB).
+    if (sendStatus) this.call.emit('error', { code, details: capStatus(reason) });
   }
 
   private release(reason: string, code: status): void {
