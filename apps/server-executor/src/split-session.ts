@@ -263,6 +263,7 @@ export class SplitSession {
       if (bad >= 0) throw new ValidationError(`step.input must hold finite float32 values (no NaN or ±Infinity), given ${data[bad]} at index ${bad} (position ${Math.floor(bad / this.engine.nEmbd)}, channel ${bad % this.engine.nEmbd})`);
     }
     const t = shape[1];
+    this.checkContinuity(step.stageBegin, step.stageEnd, t);
     for (let s = step.stageBegin; s < step.stageEnd; s++) {
       if (this.tokensAt[s] + t > this.limits.maxContextTokens) {
         throw new PreconditionError(`step would make stage ${s} hold ${this.tokensAt[s] + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
@@ -270,6 +271,37 @@ export class SplitSession {
     }
     this.lastSeq = seq;
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
+  }
+
+  /**
+   * Refuses a step that does not continue this session's earlier steps: its stages would run
+   * on KV caches of different lengths (positions off by the difference) and give wrong logits.
+   * A stage this session ran holds as many tokens as inputs it took (`tokensAt`); stages run
+   * on the client hold 0. Rules: every stage of [begin, end) holds the same count; the stage
+   * before `begin`, when the server ran it, has taken this input already; the stage at `end`,
+   * when the server ran it, has taken the previous input.
+   * @throws PreconditionError naming the field and the value expected.
+   */
+  private checkContinuity(begin: number, end: number, t: number): void {
+    const at = this.tokensAt;
+    const held = at[begin];
+    for (let s = begin + 1; s < end; s++) {
+      if (at[s] !== held) {
+        throw new PreconditionError(`step.stageEnd must be ${s} (stage ${s} holds ${at[s]} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`);
+      }
+    }
+    if (begin > 0 && at[begin - 1] > 0 && at[begin - 1] !== held + t) {
+      if (at[begin - 1] === held) {
+        // The stages before `begin` that have not taken this input yet: the step should start with them.
+        let expected = begin - 1;
+        while (expected > 0 && at[expected - 1] === held) expected--;
+        throw new PreconditionError(`step.stageBegin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`);
+      }
+      throw new PreconditionError(`step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at[begin - 1]}`);
+    }
+    if (end < at.length && at[end] > 0 && at[end] !== held) {
+      throw new PreconditionError(`step.stageBegin must be ${end} (stage ${end} holds ${at[end]} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`);
+    }
   }
 
   /** @throws ValidationError naming `field` when an id is outside the vocabulary. */

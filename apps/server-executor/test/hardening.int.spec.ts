@@ -217,4 +217,65 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
       expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, `open.modelId must be '${modelId}' (the model served), given '0123456789abcdef'`);
     });
   });
+
+  describe('a step that does not continue the session', () => {
+    /** A session that ran a prefill of `prompt` over every stage; resolves with its next answer number. */
+    const prefilled = async (s: TestSession, prompt: number[]): Promise<number> => {
+      s.open();
+      s.step(1, 0, stageCount, ids(...prompt), true);
+      const m = await s.next(2);
+      expect(m.kind?.$case).toBe('result');
+      return 3;
+    };
+
+    it('refuses a decode step starting at a later stage than the prefill, naming stageBegin and 0', async () => {
+      await healthyBeside(async () => {
+        const s = session();
+        await prefilled(s, [1, 2, 3]);
+        s.step(2, 3, stageCount, hidden(1), true);
+        expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stageBegin must be 0', 'given 3');
+      });
+    });
+
+    it('refuses a range whose stages hold different token counts, naming stageEnd', async () => {
+      const s = session();
+      s.open();
+      s.step(1, 3, stageCount, hidden(2), true);
+      await s.next(2);
+      s.step(2, 2, stageCount, hidden(1), true);
+      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stageEnd must be 3', 'given 6');
+    });
+
+    it('refuses a step that skips the rest of the previous token, naming stageBegin and the stage expected', async () => {
+      const s = session();
+      const n = await prefilled(s, [1, 2, 3]);
+      s.step(2, 0, 3, ids(4));
+      await s.next(n);
+      s.step(3, 0, 3, ids(5));
+      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stageBegin must be 3', 'given 0');
+    });
+
+    it('accepts a split that stays the same, prefill and decode alike (head on its own)', async () => {
+      const prompt = [15496, 11, 995];
+      const want = await expectedTokens(prompt, 3);
+      const s = session();
+      s.open();
+      await s.next(1);
+      let n = 1;
+      let seq = 0;
+      let input = ids(...prompt);
+      const got: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        s.step(++seq, 0, stageCount - 1, input);
+        const h = await s.next(++n);
+        if (h.kind?.$case !== 'result' || h.kind.value.output?.$case !== 'tensor') throw new Error('expected a hidden state');
+        s.step(++seq, stageCount - 1, stageCount, fromWireTensor(h.kind.value.output.value, 'h'), true);
+        const m: SessionResponse = await s.next(++n);
+        if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') throw new Error('expected a token');
+        got.push(m.kind.value.output.value);
+        input = ids(m.kind.value.output.value);
+      }
+      expect(got).toEqual(want);
+    });
+  });
 });
