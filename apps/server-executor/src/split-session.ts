@@ -5,6 +5,7 @@ import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, rende
 import { greedyToken } from '@tandem/model';
 import type { Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
+import { isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
 
@@ -69,6 +70,8 @@ export class SplitSession {
   private readonly ended = new AbortController();
   /** Tokens each stage of this session has consumed. */
   private readonly tokensAt: Uint32Array;
+  /** KV-cache bytes this session reserved from the executor's budget (given back when it closes). */
+  private kvReserved = 0;
   private chain: Promise<void> = Promise.resolve();
   private idleTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
@@ -83,6 +86,7 @@ export class SplitSession {
     private readonly log: Logger,
     private readonly admit: (s: SplitSession) => void,
     private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
+    private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
   ) {
     this.tokensAt = new Uint32Array(engine.stageCount);
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
@@ -128,6 +132,7 @@ export class SplitSession {
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           if (this.mode === 'generate') throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
           const step = this.validate(m.kind.value);
+          this.reserveKv(this.kvBytesOf(step.begin, step.end, step.input.shape[1]), `step seq ${step.seq}`);
           this.mode = 'split';
           // While the server owes the answer, the client is not idle (a long queue must not idle it out).
           this.serverBusy = true;
@@ -158,6 +163,8 @@ export class SplitSession {
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           const g = this.validateGenerate(m.kind.value);
+          // The whole generation's cache up front: the prompt plus every token fed back.
+          this.reserveKv(this.kvBytesOf(0, this.engine.stageCount, g.input.shape[1] + g.maxNewTokens - 1), 'generate');
           this.mode = 'generate';
           // Not awaited: later messages are answered (refused) at once; a half-close waits for it.
           this.generation = this.decode(g);
@@ -225,6 +232,19 @@ export class SplitSession {
       this.serverBusy = false;
       this.touch(); // now the client's half-close is due
     }
+  }
+
+  /** KV-cache bytes `tokens` more tokens add over stages [begin, end) (attention stages hold the cache). */
+  private kvBytesOf(begin: number, end: number, tokens: number): number {
+    let stages = 0;
+    for (let s = begin; s < end; s++) if (isAttentionStage(s, this.engine.stageCount)) stages++;
+    return stages * tokens * kvBytesPerToken(this.engine.nEmbd);
+  }
+
+  /** Reserves KV bytes from the executor's budget for this session. @throws CapacityError (RESOURCE_EXHAUSTED) when they do not fit. */
+  private reserveKv(bytes: number, what: string): void {
+    this.kv.reserve(bytes, what);
+    this.kvReserved += bytes;
   }
 
   /** Resolves when the stream can take more writes, or the session closed (a cancelled call never drains). */
@@ -349,6 +369,8 @@ export class SplitSession {
 
   private release(reason: string, code: status): void {
     this.state = 'closed';
+    this.kv.release(this.kvReserved);
+    this.kvReserved = 0;
     clearTimeout(this.idleTimer);
     this.ended.abort();
     const cache = this.cache;
