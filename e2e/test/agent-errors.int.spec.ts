@@ -7,8 +7,7 @@ import { AgentServiceClient, type GenerateRequest, type GenerateResponse } from 
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
-import { ClientAgent } from '../src/client-agent';
-import { LinkEmulator } from '../src/link';
+import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 
 // The agent's answers to bad input, through its gRPC API with a real executor on 127.0.0.1:
 // bad input stays INVALID_ARGUMENT (never INTERNAL), the message names the field and fits in
