@@ -58,7 +58,15 @@ export interface OpenSession {
   modelId: string;
 }
 
-/** Runs stages [stage_begin, stage_end) on the given input. */
+/**
+ * Runs stages [stage_begin, stage_end) on the given input.
+ * Besides the rules on each field: a float32 input must be finite (no NaN or +-Infinity;
+ * INVALID_ARGUMENT naming `step.input` and the first bad index), and a step must continue the
+ * session's earlier steps: every stage of the range holds the same number of tokens, the stage
+ * before the range (when this session ran it) has taken this input already, and the stage
+ * after it (when this session ran it) has taken the previous one; otherwise
+ * FAILED_PRECONDITION naming `step.stageBegin` or `step.stageEnd` and the value expected.
+ */
 export interface Step {
   /**
    * Caller-chosen sequence number, echoed in the answer. Must increase within a session.
@@ -1547,10 +1555,13 @@ export const ExecutorServiceService = {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
-   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
+   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
+   * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    */
@@ -1583,10 +1594,13 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
-   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
+   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
+   * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    */
@@ -1603,10 +1617,13 @@ export interface ExecutorServiceClient extends Client {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
-   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
+   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
+   * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    */
