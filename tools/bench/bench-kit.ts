@@ -28,7 +28,7 @@ export async function openSession(client: ExecutorServiceClient): Promise<{ call
     if (r.done) throw new Error('the executor ended the session early');
     return r.value;
   };
-  call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: 0, modelId: '' } } });
+  call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
   if ((await next()).kind?.$case !== 'opened') throw new Error('expected opened');
   return { call, next };
 }

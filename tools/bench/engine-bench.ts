@@ -83,7 +83,7 @@ function session(client: ExecutorServiceClient, prompt: number[], steps: number,
     const send = (v: number[]): void => {
       seq++;
       t0 = performance.now();
-      call.write({ kind: { $case: 'step', value: { seq, stageBegin: 0, stageEnd: end, input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }), sample } } });
+      call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: 0, stageEnd: end, input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }), sample } } });
     };
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'opened') { send(prompt); return; }
@@ -95,7 +95,7 @@ function session(client: ExecutorServiceClient, prompt: number[], steps: number,
     });
     call.on('error', reject);
     call.on('end', () => resolve(times));
-    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: 0, modelId: '' } } });
+    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
   });
 }
 

@@ -33,7 +33,7 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
     const send = (ids: number[]): void => {
       t0 = performance.now();
       seq++;
-      call.write({ kind: { $case: 'step', value: { seq, stageBegin: 0, stageEnd: stageCount, input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), sample: true } } });
+      call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: 0, stageEnd: stageCount, input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), sample: true } } });
     };
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'opened') { send(Array.from({ length: promptLen }, (_, i) => 100 + i)); return; }
@@ -44,7 +44,7 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
     });
     call.on('error', reject);
     call.on('end', () => resolve(lat));
-    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: 0, modelId: '' } } });
+    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
   });
 }
 

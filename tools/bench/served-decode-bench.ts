@@ -56,7 +56,7 @@ async function startServed(dir: string, threads: number, fused: boolean): Promis
 /** One server-side generation of decode + 1 tokens; timed from the first token to the last. */
 async function servedGenerate(s: Served, prompt: number[]): Promise<Sample> {
   const { call, next } = await openSession(s.client);
-  call.write({ kind: { $case: 'generate', value: { seq: 1, input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: decode + 1 } } });
+  call.write({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: decode + 1 } } });
   const tokens: number[] = [];
   let t0 = 0;
   let c0 = 0;

@@ -58,7 +58,7 @@ async function perStep(client: ExecutorServiceClient, stageCount: number, prompt
   let input = prompt;
   for (let i = 0; i < tokens; i++) {
     await sleep(latencyMs);
-    call.write({ kind: { $case: 'step', value: { seq: i + 1, stageBegin: 0, stageEnd: stageCount, input: idsOf(input), sample: true } } });
+    call.write({ kind: { $case: 'step', value: { seq: String(i + 1), stageBegin: 0, stageEnd: stageCount, input: idsOf(input), sample: true } } });
     const m = await next();
     if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') throw new Error('expected a token');
     await sleep(latencyMs);
@@ -74,7 +74,7 @@ async function perStep(client: ExecutorServiceClient, stageCount: number, prompt
 async function serverGenerate(client: ExecutorServiceClient, prompt: number[]): Promise<Run> {
   const { call, next } = await openSession(client);
   await sleep(latencyMs);
-  call.write({ kind: { $case: 'generate', value: { seq: 1, input: idsOf(prompt), maxNewTokens: tokens } } });
+  call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsOf(prompt), maxNewTokens: tokens } } });
   const delivered: Promise<number>[] = [];
   const got: number[] = [];
   for (let i = 0; i < tokens; i++) {

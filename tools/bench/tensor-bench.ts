@@ -106,7 +106,7 @@ async function run(variant: Variant, clients: Clients, bytes: number, count: num
     const t0 = performance.now();
     const send = (): void => {
       if (variant === 'raw') call.write(rawPayload);
-      else call.write({ kind: { $case: 'step', value: { seq: done + 1, stageBegin: 1, stageEnd: 2, input: toWireTensor(host), sample: false } } });
+      else call.write({ kind: { $case: 'step', value: { seq: String(done + 1), stageBegin: 1, stageEnd: 2, input: toWireTensor(host), sample: false } } });
     };
     call.on('data', (m: unknown) => {
       if (variant === 'raw') {

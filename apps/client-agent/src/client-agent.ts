@@ -1,7 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import {
   AgentServiceService,
+  capStatus,
   channelOptions,
+  decodeProblem,
+  quoted,
+  safeService,
   ClientProfile,
   ExecutorServiceClient,
   type ClassPlacement,
@@ -14,7 +18,7 @@ import {
   type GenerateRequest,
   type GenerateResponse,
 } from '@tandem/protocol';
-import { decode, encode, readManifest } from '@tandem/model';
+import { decode, encode, readManifest, StageInputError } from '@tandem/model';
 import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
@@ -106,7 +110,8 @@ export class ClientAgent {
     this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
     this.follower.onPlan(() => this.telemetry?.publishNow());
     this.follower.start();
-    this.server.addService(AgentServiceService, this.handlers());
+    // Requests that do not decode reach the handlers flagged (INVALID_ARGUMENT), not as grpc-js's bare INTERNAL.
+    this.server.addService(safeService(AgentServiceService), this.handlers());
     this.health.addTo(this.server);
     const port = await bindInsecure(this.server, this.opts.address);
     await this.pingExecutor();
@@ -166,6 +171,9 @@ export class ClientAgent {
     if (req.input?.$case === 'prompt') {
       if (req.input.value.length === 0) throw new RequestError('prompt must be non-empty text, given an empty string');
       ids = encode(req.input.value);
+      // The tokenizer knows GPT-2's 50,257 ids; a smaller model knows fewer.
+      const bad = ids.findIndex((v) => v >= this.vocabSize);
+      if (bad >= 0) throw new RequestError(`prompt must tokenise to ids in 0..${this.vocabSize - 1} (this model's vocabulary), given id ${ids[bad]} at token ${bad}`);
     } else if (req.input?.$case === 'ids') {
       ids = req.input.value.ids;
       if (ids.length === 0) throw new RequestError('ids must hold at least one token id, given none');
@@ -182,7 +190,7 @@ export class ClientAgent {
     if (req.placement) {
       placement = req.placement;
       if (placement.length !== this.stageCount || !/^[CS]+$/.test(placement)) {
-        throw new RequestError(`placement must be ${this.stageCount} letters C or S, given '${placement}'`);
+        throw new RequestError(`placement must be ${this.stageCount} letters C or S, given ${quoted(placement)}`);
       }
       const bad = [...placement].findIndex((c, s) => c === 'C' && !this.local.has(s));
       if (bad >= 0) throw new RequestError(`placement puts stage ${bad} on this client, which does not hold it`);
@@ -244,6 +252,8 @@ export class ClientAgent {
     return {
       generate: (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
         if (this.stopping) { call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the agent is shutting down' }); return; }
+        const problem = decodeProblem(call.request);
+        if (problem) { call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
         const ac = new AbortController();
         this.running.add(ac);
         call.on('cancelled', () => ac.abort(new Error('cancelled by the caller')));
@@ -261,18 +271,33 @@ export class ClientAgent {
           call.emit('error', ac.signal.aborted ? { code: grpc.status.UNAVAILABLE, details: 'the agent is shutting down' } : this.toStatus(err));
         }).finally(() => this.running.delete(ac));
       },
-      getStatus: (_call, cb) => { cb(null, this.status()); },
+      getStatus: (call, cb) => {
+        const problem = decodeProblem(call.request);
+        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
+        cb(null, this.status());
+      },
     };
   }
 
+  /**
+   * The status a failed generation ends with, its message capped at 1 KiB. Bad input stays the
+   * caller's fault: the executor's client-fault codes (INVALID_ARGUMENT, OUT_OF_RANGE,
+   * FAILED_PRECONDITION, RESOURCE_EXHAUSTED) and its availability codes pass through with its
+   * message, and a local stage refusing its input maps like the executor's.
+   */
   private toStatus(err: unknown): { code: grpc.status; details: string } {
-    if (err instanceof RequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
-    if (err instanceof ReplayMissError) return { code: grpc.status.FAILED_PRECONDITION, details: `EMULATION: ${err.message}` };
+    const st = (code: grpc.status, details: string) => ({ code, details: capStatus(details) });
+    if (err instanceof RequestError) return st(grpc.status.INVALID_ARGUMENT, err.message);
+    if (err instanceof ReplayMissError) return st(grpc.status.FAILED_PRECONDITION, `EMULATION: ${err.message}`);
+    if (err instanceof StageInputError) return st(err.kind === 'precondition' ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT, `local stage: ${err.message}`);
     const e = err as Partial<grpc.ServiceError>;
-    const passThrough = [grpc.status.UNAVAILABLE, grpc.status.RESOURCE_EXHAUSTED, grpc.status.DEADLINE_EXCEEDED, grpc.status.FAILED_PRECONDITION];
-    if (typeof e.code === 'number' && passThrough.includes(e.code)) return { code: e.code, details: `executor: ${e.details ?? e.message}` };
+    const passThrough = [
+      grpc.status.INVALID_ARGUMENT, grpc.status.OUT_OF_RANGE, grpc.status.FAILED_PRECONDITION, grpc.status.RESOURCE_EXHAUSTED,
+      grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED,
+    ];
+    if (typeof e.code === 'number' && passThrough.includes(e.code)) return st(e.code, `executor: ${e.details ?? e.message}`);
     this.log.error({ err }, 'generation failed');
-    return { code: grpc.status.INTERNAL, details: `generation failed: ${e.details ?? e.message ?? String(err)}` };
+    return st(grpc.status.INTERNAL, `generation failed: ${e.details ?? e.message ?? String(err)}`);
   }
 
   /** Stops accepting work, lets running generations finish for `graceMs`, then cancels them and closes everything. */

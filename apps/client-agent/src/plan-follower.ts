@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { PlannerServiceClient, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
+import { PlannerServiceClient, quoted, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
 import type { Logger } from '@tandem/service-kit';
 
 /** The placement a generation will use, frozen at its start. */
@@ -60,7 +60,7 @@ export class PlanFollower {
   problem(plan: ClientPlan): string | undefined {
     for (const [i, c] of plan.classes.entries()) {
       if (c.placement.length !== this.opts.stageCount || !/^[CS]+$/.test(c.placement)) {
-        return `classes[${i}].placement must be ${this.opts.stageCount} letters C or S, given '${c.placement}'`;
+        return `classes[${i}].placement must be ${this.opts.stageCount} letters C or S, given ${quoted(c.placement)}`;
       }
       const bad = [...c.placement].findIndex((ch, s) => ch === 'C' && !this.opts.canRun(s));
       if (bad >= 0) return `classes[${i}].placement puts stage ${bad} on this client, which does not hold it`;

@@ -29,7 +29,7 @@ export interface RemoteToken {
 
 /** The server-side generation in progress, if any. */
 interface Stream {
-  readonly seq: number;
+  readonly seq: string;
   next: number;
   readonly onToken: (t: RemoteToken) => void;
   readonly resolve: () => void;
@@ -72,7 +72,7 @@ export class RemoteSession {
     s?.reject(this.failure);
   }
 
-  private onToken(t: RemoteToken & { seq: number }): void {
+  private onToken(t: RemoteToken & { seq: string }): void {
     const s = this.stream;
     if (!s || t.seq !== s.seq || t.index !== s.next) {
       this.fail(new Error(`executor sent token ${t.index} of generate ${t.seq}, expected ${s ? `token ${s.next} of generate ${s.seq}` : 'no token'}`));
@@ -104,7 +104,7 @@ export class RemoteSession {
   /** Opens a session. Rejects with the executor's status (e.g. RESOURCE_EXHAUSTED). */
   static async open(client: ExecutorServiceClient, opts: { clientId: string; planEpoch: number; modelId: string; deadlineMs: number }): Promise<RemoteSession> {
     const s = new RemoteSession(client.session({ deadline: Date.now() + opts.deadlineMs }));
-    const m = await s.send({ kind: { $case: 'open', value: { clientId: opts.clientId, planEpoch: opts.planEpoch, modelId: opts.modelId } } });
+    const m = await s.send({ kind: { $case: 'open', value: { clientId: opts.clientId, planEpoch: String(opts.planEpoch), modelId: opts.modelId } } });
     if (m.kind?.$case !== 'opened') throw new Error(`executor answered open with ${m.kind?.$case ?? 'nothing'}`);
     s.opened = m.kind.value;
     return s;
@@ -112,7 +112,7 @@ export class RemoteSession {
 
   /** Runs stages [begin, end) on the server. */
   async step(begin: number, end: number, input: HostTensor, sample: boolean): Promise<RemoteStepResult> {
-    const seq = ++this.seq;
+    const seq = String(++this.seq);
     const t0 = performance.now();
     const m = await this.send({ kind: { $case: 'step', value: { seq, stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
     const roundTripMs = performance.now() - t0;
@@ -131,7 +131,7 @@ export class RemoteSession {
   generate(prompt: HostTensor, maxNewTokens: number, onToken: (t: RemoteToken) => void): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.stream) return Promise.reject(new Error('a generation is already running on this session'));
-    const seq = ++this.seq;
+    const seq = String(++this.seq);
     return new Promise<void>((resolve, reject) => {
       this.stream = { seq, next: 0, onToken, resolve, reject };
       this.call.write({ kind: { $case: 'generate', value: { seq, input: toWireTensor(prompt), maxNewTokens } } });

@@ -15,6 +15,7 @@ export const executorEnv = {
   EXECUTOR_ID: env.string('Id in telemetry and logs', 'executor'),
   EXECUTOR_MAX_SESSIONS: env.int('Concurrent split sessions; one more is refused with RESOURCE_EXHAUSTED', 64, 1, 100_000),
   EXECUTOR_MAX_CONTEXT_TOKENS: env.int("Tokens (prompt + generated) one session may hold; 0 means the model's nPositions", 0, 0, 1_000_000),
+  EXECUTOR_MAX_KV_BYTES: env.int("KV-cache bytes all sessions together may hold (float32 keys and values: 8 × nEmbd bytes per token per block); a step or server-side generation that would exceed it, or a session opened when not one more token fits, is refused with RESOURCE_EXHAUSTED; 0 means a quarter of the machine's memory", 0, 0),
   EXECUTOR_MAX_MESSAGE_BYTES: env.int('Largest gRPC message accepted or sent, bytes', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
   EXECUTOR_BATCHING: env.bool('Run steps of several sessions waiting at the same position-wise stage as one batch', true),
   EXECUTOR_MAX_BATCH: env.int('Most sessions in one batch', 16, 1, 1024),

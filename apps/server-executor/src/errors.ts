@@ -1,5 +1,5 @@
 import { status, type StatusObject, Metadata } from '@grpc/grpc-js';
-import { TensorFormatError } from '@tandem/protocol';
+import { capStatus, TensorFormatError } from '@tandem/protocol';
 import { StageInputError } from '@tandem/model';
 
 /** A request broke a rule of the protocol: INVALID_ARGUMENT. */
@@ -30,9 +30,13 @@ export class SessionClosedError extends Error {
   }
 }
 
-/** The one place that decides gRPC status codes for the executor's errors. Unknown errors become INTERNAL. */
+/**
+ * The one place that decides gRPC status codes for the executor's errors. Unknown errors become
+ * INTERNAL. Every message is capped at 1 KiB (capStatus): echoed values are cut where they are
+ * rendered, this is the guard.
+ */
 export function toGrpcStatus(err: unknown): Partial<StatusObject> & { code: status; details: string } {
-  const m = (code: status, details: string) => ({ code, details, metadata: new Metadata() });
+  const m = (code: status, details: string) => ({ code, details: capStatus(details), metadata: new Metadata() });
   if (err instanceof ValidationError || err instanceof TensorFormatError) return m(status.INVALID_ARGUMENT, err.message);
   if (err instanceof StageInputError) return m(err.kind === 'precondition' ? status.FAILED_PRECONDITION : status.INVALID_ARGUMENT, err.message);
   if (err instanceof PreconditionError) return m(status.FAILED_PRECONDITION, err.message);

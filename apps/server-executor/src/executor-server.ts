@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  capStatus,
   channelOptions,
+  decodeProblem,
   ExecutorServiceService,
   HealthReporter,
   ServerLoad,
@@ -15,6 +17,7 @@ import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
+import { defaultKvBudgetBytes, isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
 import { mainThreadCpuMs, OverheadModel } from './overhead';
 import { StretchMeter } from './stage-stats';
 import { StageScheduler } from './scheduler';
@@ -29,6 +32,8 @@ export interface ExecutorServerOptions {
   readonly maxSessions: number;
   /** 0 means the model's nPositions. */
   readonly maxContextTokens: number;
+  /** KV-cache bytes all sessions may hold together; 0 or undefined means a quarter of the machine's memory. */
+  readonly maxKvBytes?: number;
   readonly maxMessageBytes: number;
   readonly batching: boolean;
   readonly maxBatch: number;
@@ -73,6 +78,7 @@ export class ExecutorServer {
   private port = 0;
   private readonly log: Logger;
   private readonly maxContext: number;
+  private readonly kv: KvBudget;
   private resolveClosed!: (e: Error | undefined) => void;
   /** Resolves when the server has stopped, with the error that stopped it if any. */
   readonly closed = new Promise<Error | undefined>((r) => { this.resolveClosed = r; });
@@ -90,6 +96,7 @@ export class ExecutorServer {
       onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; this.stretch.record(o); },
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
+    this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
     this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
@@ -150,6 +157,11 @@ export class ExecutorServer {
     this.lastBusyMs = this.scheduler.busyTimeMs;
     this.lastTickMs = performance.now();
     this.lastCpuMs = mainThreadCpuMs();
+  }
+
+  /** KV-cache bytes reserved by open sessions, and the budget (EXECUTOR_MAX_KV_BYTES). */
+  kvBytes(): { used: number; limit: number } {
+    return { used: this.kv.usedBytes, limit: this.kv.limitBytes };
   }
 
   /** Current counters, as GetStatus returns them. */
@@ -216,17 +228,27 @@ export class ExecutorServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
         const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
-          this.log, (sess) => this.admit(sess), this.traffic);
+          this.log, (sess) => this.admit(sess), this.traffic, this.kv);
         void s.closed.then(() => this.sessions.delete(s));
       },
-      getStatus: (_call, cb) => { cb(null, this.status()); },
+      getStatus: (call, cb) => {
+        const problem = decodeProblem(call.request);
+        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
+        cb(null, this.status());
+      },
     };
   }
 
   private admit(s: SplitSession): void {
     if (this.draining) throw new NotReadyError('the executor is draining and accepts no new sessions');
-    if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${this.engineFailure.message}`);
+    if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${capStatus(this.engineFailure.message, 300)}`);
     if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`);
+    const e = this.opts.engine;
+    let oneToken = 0;
+    for (let st = 0; st < e.stageCount; st++) if (isAttentionStage(st, e.stageCount)) oneToken += kvBytesPerToken(e.nEmbd);
+    if (!this.kv.hasRoom(oneToken)) {
+      throw new CapacityError(`the KV cache must stay <= ${this.kv.limitBytes} bytes (EXECUTOR_MAX_KV_BYTES) and ${this.kv.usedBytes} are in use by ${this.sessions.size} open sessions: not one more token fits, retry later`);
+    }
     this.sessions.add(s);
     this.sessionsOpened++;
   }

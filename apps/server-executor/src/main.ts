@@ -17,6 +17,7 @@ export async function main(): Promise<void> {
     serverId: config.EXECUTOR_ID,
     maxSessions: config.EXECUTOR_MAX_SESSIONS,
     maxContextTokens: config.EXECUTOR_MAX_CONTEXT_TOKENS,
+    maxKvBytes: config.EXECUTOR_MAX_KV_BYTES,
     maxMessageBytes: config.EXECUTOR_MAX_MESSAGE_BYTES,
     batching: config.EXECUTOR_BATCHING,
     maxBatch: config.EXECUTOR_MAX_BATCH,

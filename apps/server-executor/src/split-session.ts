@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { fromWireTensor, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
+import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
 import type { Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
+import { isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
 
@@ -23,7 +24,8 @@ export interface SessionLimits {
 
 /** A step after validation: what the scheduler runs. */
 interface ValidStep {
-  readonly seq: number;
+  /** As sent (a uint64 in decimal, echoed exactly). */
+  readonly seq: string;
   readonly begin: number;
   readonly end: number;
   readonly input: HostTensor;
@@ -32,7 +34,8 @@ interface ValidStep {
 
 /** A server-side generation after validation. */
 interface ValidGenerate {
-  readonly seq: number;
+  /** As sent (a uint64 in decimal, echoed exactly). */
+  readonly seq: string;
   /** The prompt, int64 ids [1, T]. */
   readonly input: HostTensor;
   readonly maxNewTokens: number;
@@ -50,7 +53,8 @@ export class SplitSession {
   readonly id = randomUUID();
   private cache: unknown;
   private state: 'awaiting-open' | 'open' | 'closed' = 'awaiting-open';
-  private lastSeq = -1;
+  /** The last seq accepted (-1: none yet); seqs are uint64, compared exactly. */
+  private lastSeq = -1n;
   /** What the session does after open: nothing yet, client steps, or one server-side generation. */
   private mode: 'unset' | 'split' | 'generate' = 'unset';
   /** Steps answered so far (for the message refusing a late generate). */
@@ -66,6 +70,8 @@ export class SplitSession {
   private readonly ended = new AbortController();
   /** Tokens each stage of this session has consumed. */
   private readonly tokensAt: Uint32Array;
+  /** KV-cache bytes this session reserved from the executor's budget (given back when it closes). */
+  private kvReserved = 0;
   private chain: Promise<void> = Promise.resolve();
   private idleTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
@@ -80,13 +86,14 @@ export class SplitSession {
     private readonly log: Logger,
     private readonly admit: (s: SplitSession) => void,
     private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
+    private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
   ) {
     this.tokensAt = new Uint32Array(engine.stageCount);
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
     // A half-close during a server-side generation ends the session once the generation is done.
     call.on('end', () => { this.chain = this.chain.then(async () => { await this.generation; await this.finish('client ended the stream'); }); });
     call.on('cancelled', () => this.close('cancelled by the client', status.CANCELLED, false));
-    call.on('error', (err) => this.close(`stream error: ${err.message}`, status.CANCELLED, false));
+    call.on('error', (err: Partial<Error>) => this.close(`stream error: ${capStatus(String(err.message), 200)}`, status.CANCELLED, false));
     this.touch();
   }
 
@@ -103,11 +110,14 @@ export class SplitSession {
     if (this.state === 'closed') return;
     this.touch();
     try {
+      // A message that did not decode (bytes that are no SessionRequest, a 64-bit value out of range).
+      const problem = decodeProblem(m);
+      if (problem) throw new ValidationError(problem.message);
       switch (m.kind?.$case) {
         case 'open': {
           if (this.state !== 'awaiting-open') throw new PreconditionError('open must be sent once, as the first message; given a second open');
           const o = m.kind.value;
-          if (o.modelId && o.modelId !== this.engine.modelId) throw new PreconditionError(`open.modelId must be '${this.engine.modelId}' (the model served), given '${o.modelId}'`);
+          if (o.modelId && o.modelId !== this.engine.modelId) throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
           this.clientId = o.clientId;
           this.admit(this); // throws CapacityError / NotReadyError
           this.cache = this.engine.newCache();
@@ -122,6 +132,7 @@ export class SplitSession {
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           if (this.mode === 'generate') throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
           const step = this.validate(m.kind.value);
+          this.reserveKv(this.kvBytesOf(step.begin, step.end, step.input.shape[1]), `step seq ${step.seq}`);
           this.mode = 'split';
           // While the server owes the answer, the client is not idle (a long queue must not idle it out).
           this.serverBusy = true;
@@ -152,6 +163,8 @@ export class SplitSession {
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           const g = this.validateGenerate(m.kind.value);
+          // The whole generation's cache up front: the prompt plus every token fed back.
+          this.reserveKv(this.kvBytesOf(0, this.engine.stageCount, g.input.shape[1] + g.maxNewTokens - 1), 'generate');
           this.mode = 'generate';
           // Not awaited: later messages are answered (refused) at once; a half-close waits for it.
           this.generation = this.decode(g);
@@ -221,6 +234,19 @@ export class SplitSession {
     }
   }
 
+  /** KV-cache bytes `tokens` more tokens add over stages [begin, end) (attention stages hold the cache). */
+  private kvBytesOf(begin: number, end: number, tokens: number): number {
+    let stages = 0;
+    for (let s = begin; s < end; s++) if (isAttentionStage(s, this.engine.stageCount)) stages++;
+    return stages * tokens * kvBytesPerToken(this.engine.nEmbd);
+  }
+
+  /** Reserves KV bytes from the executor's budget for this session. @throws CapacityError (RESOURCE_EXHAUSTED) when they do not fit. */
+  private reserveKv(bytes: number, what: string): void {
+    this.kv.reserve(bytes, what);
+    this.kvReserved += bytes;
+  }
+
   /** Resolves when the stream can take more writes, or the session closed (a cancelled call never drains). */
   private drained(): Promise<void> {
     return new Promise<void>((resolve) => {
@@ -237,7 +263,8 @@ export class SplitSession {
 
   private validate(step: Step): ValidStep {
     const n = this.engine.stageCount;
-    if (step.seq <= this.lastSeq) throw new ValidationError(`step.seq must increase within a session (last ${this.lastSeq}), given ${step.seq}`);
+    const seq = BigInt(step.seq);
+    if (seq <= this.lastSeq) throw new ValidationError(`step.seq must increase within a session (last ${this.lastSeq}), given ${step.seq}`);
     if (!(step.stageBegin < n)) throw new ValidationError(`step.stageBegin must be in 0..${n - 1}, given ${step.stageBegin}`);
     if (!(step.stageEnd > step.stageBegin && step.stageEnd <= n)) throw new ValidationError(`step.stageEnd must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
     if (step.sample && step.stageEnd !== n) throw new ValidationError(`step.sample must be false unless the range ends with the head (stageEnd ${n}), given true with stageEnd ${step.stageEnd}`);
@@ -247,16 +274,54 @@ export class SplitSession {
     if (!wantIds && input.dtype !== 'float32') throw new ValidationError(`step.input.dtype must be DATA_TYPE_FLOAT32 (hidden state) for stage ${step.stageBegin}, given DATA_TYPE_INT64`);
     const shape = input.shape;
     const okShape = wantIds ? shape.length === 2 && shape[0] === 1 && shape[1] >= 1 : shape.length === 3 && shape[0] === 1 && shape[1] >= 1 && shape[2] === this.engine.nEmbd;
-    if (!okShape) throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given [${shape.join(', ')}]`);
+    if (!okShape) throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given ${renderShape(shape)}`);
     if (wantIds) this.checkIds(input.data as BigInt64Array, 'step.input');
+    else {
+      // NaN or ±Infinity would run through every stage and give tokens computed from nothing.
+      const data = input.data as Float32Array;
+      const bad = firstNonFinite(data);
+      if (bad >= 0) throw new ValidationError(`step.input must hold finite float32 values (no NaN or ±Infinity), given ${data[bad]} at index ${bad} (position ${Math.floor(bad / this.engine.nEmbd)}, channel ${bad % this.engine.nEmbd})`);
+    }
     const t = shape[1];
+    this.checkContinuity(step.stageBegin, step.stageEnd, t);
     for (let s = step.stageBegin; s < step.stageEnd; s++) {
       if (this.tokensAt[s] + t > this.limits.maxContextTokens) {
         throw new PreconditionError(`step would make stage ${s} hold ${this.tokensAt[s] + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
       }
     }
-    this.lastSeq = step.seq;
+    this.lastSeq = seq;
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
+  }
+
+  /**
+   * Refuses a step that does not continue this session's earlier steps: its stages would run
+   * on KV caches of different lengths (positions off by the difference) and give wrong logits.
+   * A stage this session ran holds as many tokens as inputs it took (`tokensAt`); stages run
+   * on the client hold 0. Rules: every stage of [begin, end) holds the same count; the stage
+   * before `begin`, when the server ran it, has taken this input already; the stage at `end`,
+   * when the server ran it, has taken the previous input.
+   * @throws PreconditionError naming the field and the value expected.
+   */
+  private checkContinuity(begin: number, end: number, t: number): void {
+    const at = this.tokensAt;
+    const held = at[begin];
+    for (let s = begin + 1; s < end; s++) {
+      if (at[s] !== held) {
+        throw new PreconditionError(`step.stageEnd must be ${s} (stage ${s} holds ${at[s]} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`);
+      }
+    }
+    if (begin > 0 && at[begin - 1] > 0 && at[begin - 1] !== held + t) {
+      if (at[begin - 1] === held) {
+        // The stages before `begin` that have not taken this input yet: the step should start with them.
+        let expected = begin - 1;
+        while (expected > 0 && at[expected - 1] === held) expected--;
+        throw new PreconditionError(`step.stageBegin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`);
+      }
+      throw new PreconditionError(`step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at[begin - 1]}`);
+    }
+    if (end < at.length && at[end] > 0 && at[end] !== held) {
+      throw new PreconditionError(`step.stageBegin must be ${end} (stage ${end} holds ${at[end]} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`);
+    }
   }
 
   /** @throws ValidationError naming `field` when an id is outside the vocabulary. */
@@ -272,7 +337,7 @@ export class SplitSession {
     const input = fromWireTensor(g.input, 'generate.input');
     if (input.dtype !== 'int64') throw new ValidationError('generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32');
     const shape = input.shape;
-    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1)) throw new ValidationError(`generate.input.shape must be [1, T>=1], given [${shape.join(', ')}]`);
+    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1)) throw new ValidationError(`generate.input.shape must be [1, T>=1], given ${renderShape(shape)}`);
     this.checkIds(input.data, 'generate.input');
     if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.maxNewTokens must be >= 1, given ${g.maxNewTokens}`);
     const t = shape[1];
@@ -281,7 +346,7 @@ export class SplitSession {
     if (holds > this.limits.maxContextTokens) {
       throw new PreconditionError(`generate would make the session hold ${holds} tokens (prompt ${t} + maxNewTokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`);
     }
-    this.lastSeq = g.seq;
+    this.lastSeq = BigInt(g.seq);
     return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };
   }
 
@@ -298,11 +363,14 @@ export class SplitSession {
   close(reason: string, code: status, sendStatus: boolean): void {
     if (this.state === 'closed') return;
     this.release(reason, code);
-    if (sendStatus) this.call.emit('error', { code, details: reason });
+    // Every status message fits in 1 KiB (gRPC C-core clients refuse trailers over 8 KiB).
+    if (sendStatus) this.call.emit('error', { code, details: capStatus(reason) });
   }
 
   private release(reason: string, code: status): void {
     this.state = 'closed';
+    this.kv.release(this.kvReserved);
+    this.kvReserved = 0;
     clearTimeout(this.idleTimer);
     this.ended.abort();
     const cache = this.cache;

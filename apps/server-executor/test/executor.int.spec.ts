@@ -126,7 +126,7 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
     const bad = session();
     bad.open();
     await bad.next(1);
-    bad.call.write({ kind: { $case: 'step', value: { seq: 1, stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: [1, 2, 64], data: Buffer.alloc(100) }, sample: false } } });
+    bad.call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: [1, 2, 64], data: Buffer.alloc(100) }, sample: false } } });
     const err = (await bad.ended) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err.details).toBe('step.input.data must hold 512 bytes for shape [1,2,64] of 4-byte elements, given 100 bytes');

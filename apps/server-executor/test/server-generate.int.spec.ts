@@ -217,8 +217,8 @@ describe('server-side generation (generate) on a real executor', () => {
     ['ids of shape [2, 1]', (s: TestSession) => { s.open(); s.generate(1, { dtype: 'int64', shape: [2, 1], data: new BigInt64Array(2) }, 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input.shape must be [1, T>=1], given [2, 1]'],
     ['an empty prompt', (s: TestSession) => { s.open(); s.generate(1, { dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }, 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input.shape must be [1, T>=1], given [1, 0]'],
     ['an id outside the vocabulary', (s: TestSession) => { s.open(); s.generate(1, ids(3, 50257), 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input token ids must be in 0..50256, given 50257'],
-    ['no input', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'generate', value: { seq: 1, input: undefined, maxNewTokens: 1 } } }); }, grpc.status.INVALID_ARGUMENT, 'generate.input is required, given nothing'],
-    ['bytes that do not fit the shape', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'generate', value: { seq: 1, input: { ...toWireTensor(ids(1, 2)), data: Buffer.alloc(9) }, maxNewTokens: 1 } } }); }, grpc.status.INVALID_ARGUMENT, 'generate.input.data must hold 16 bytes'],
+    ['no input', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: undefined, maxNewTokens: 1 } } }); }, grpc.status.INVALID_ARGUMENT, 'generate.input is required, given nothing'],
+    ['bytes that do not fit the shape', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: { ...toWireTensor(ids(1, 2)), data: Buffer.alloc(9) }, maxNewTokens: 1 } } }); }, grpc.status.INVALID_ARGUMENT, 'generate.input.data must hold 16 bytes'],
     ['max_new_tokens 0', (s: TestSession) => { s.open(); s.generate(1, ids(1), 0); }, grpc.status.INVALID_ARGUMENT, 'generate.maxNewTokens must be >= 1, given 0'],
   ])('refuses %s and names the rule', async (_what, act, code, details) => {
     const s = session(a);

@@ -28,15 +28,15 @@ export class TestSession {
     if (this.answers.length < n) throw new Error('stream ended early');
     return this.answers[n - 1];
   }
-  open(modelId = ''): void { this.call.write({ kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId } } }); }
-  step(seq: number, begin: number, end: number, input: HostTensor, sample = false): void {
-    this.call.write({ kind: { $case: 'step', value: { seq, stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
+  open(modelId = ''): void { this.call.write({ kind: { $case: 'open', value: { clientId: 't', planEpoch: '0', modelId } } }); }
+  step(seq: number | string, begin: number, end: number, input: HostTensor, sample = false): void {
+    this.call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
   }
-  generate(seq: number, input: HostTensor, maxNewTokens: number): void {
-    this.call.write({ kind: { $case: 'generate', value: { seq, input: toWireTensor(input), maxNewTokens } } });
+  generate(seq: number | string, input: HostTensor, maxNewTokens: number): void {
+    this.call.write({ kind: { $case: 'generate', value: { seq: String(seq), input: toWireTensor(input), maxNewTokens } } });
   }
-  /** The tokens of a server-side generation received so far, in arrival order. */
+  /** The tokens of a server-side generation received so far, in arrival order (seq as a number: tests use small ones). */
   tokens(): { seq: number; index: number; token: number; computeMs: number; queueMs: number; last: boolean }[] {
-    return this.answers.flatMap((m) => (m.kind?.$case === 'token' ? [m.kind.value] : []));
+    return this.answers.flatMap((m) => (m.kind?.$case === 'token' ? [{ ...m.kind.value, seq: Number(m.kind.value.seq) }] : []));
   }
 }

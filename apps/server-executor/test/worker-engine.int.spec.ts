@@ -39,12 +39,12 @@ function oneStep(client: ExecutorServiceClient, input: HostTensor, end: number):
   return new Promise((resolve) => {
     const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 60_000 });
     call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') { call.write({ kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: end, input: toWireTensor(input), sample: false } } }); return; }
+      if (m.kind?.$case === 'opened') { call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: end, input: toWireTensor(input), sample: false } } }); return; }
       resolve({ answer: m });
       call.end();
     });
     call.on('error', (error: grpc.ServiceError) => resolve({ error }));
-    call.write({ kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
+    call.write({ kind: { $case: 'open', value: { clientId: 't', planEpoch: '0', modelId: '' } } });
   });
 }
 

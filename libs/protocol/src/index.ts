@@ -21,7 +21,8 @@ export {
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
 // The executor service with tensor (de)serializers that copy each tensor once in all (wire-codec.ts).
-export { ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, GRPC_BODY_OFFSET, PADDING_FIELD, gatherSerialize, viewDeserialize } from './wire-codec';
+export { DecodeProblem, decodeProblem, ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, GRPC_BODY_OFFSET, PADDING_FIELD, gatherSerialize, safeDeserialize, safeService, viewDeserialize } from './wire-codec';
+export { capStatus, cut, MAX_GIVEN_CHARS, MAX_STATUS_BYTES, quoted, renderShape } from './render';
 export {
   ClassObservations,
   ClassPlacement,
@@ -55,7 +56,7 @@ export {
   HealthClient,
   HealthService,
 } from './generated/grpc/health/v1/health';
-export { fromWireTensor, TensorFormatError, toWireTensor } from './tensor';
+export { firstNonFinite, fromWireTensor, TensorFormatError, toWireTensor } from './tensor';
 export type { HostTensor } from './tensor';
 export { ID_PATTERN, Subjects } from './subjects';
 export { HealthReporter } from './health';

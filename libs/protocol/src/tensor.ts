@@ -1,4 +1,5 @@
 import { DataType, type Tensor } from './generated/tandem/tensor/v1/tensor';
+import { cut, renderShape } from './render';
 
 /** A tensor in host memory, as the model runner uses it. */
 export type HostTensor =
@@ -9,7 +10,7 @@ export type HostTensor =
 export class TensorFormatError extends Error {
   override name = 'TensorFormatError';
   constructor(readonly field: string, readonly rule: string, readonly given: string) {
-    super(`${field} ${rule}, given ${given}`);
+    super(`${field} ${rule}, given ${cut(given)}`);
   }
 }
 
@@ -55,9 +56,9 @@ export function fromWireTensor(t: Tensor | undefined, field: string, maxElements
     if (!Number.isSafeInteger(d) || d < 0) throw new TensorFormatError(`${field}.shape[${i}]`, 'must be an integer >= 0', String(d));
   });
   const n = elementCount(t.shape);
-  if (n > maxElements) throw new TensorFormatError(`${field}.shape`, `must have at most ${maxElements} elements`, `[${t.shape.join(',')}]`);
+  if (n > maxElements) throw new TensorFormatError(`${field}.shape`, `must have at most ${maxElements} elements`, renderShape(t.shape, ','));
   if (t.data.byteLength !== n * size) {
-    throw new TensorFormatError(`${field}.data`, `must hold ${n * size} bytes for shape [${t.shape.join(',')}] of ${size}-byte elements`, `${t.data.byteLength} bytes`);
+    throw new TensorFormatError(`${field}.data`, `must hold ${n * size} bytes for shape ${renderShape(t.shape, ',')} of ${size}-byte elements`, `${t.data.byteLength} bytes`);
   }
   let buffer: ArrayBufferLike = t.data.buffer;
   let offset = t.data.byteOffset;
@@ -70,4 +71,18 @@ export function fromWireTensor(t: Tensor | undefined, field: string, maxElements
   return size === 4
     ? { dtype: 'float32', shape: [...t.shape], data: new Float32Array(buffer, offset, n) }
     : { dtype: 'int64', shape: [...t.shape], data: new BigInt64Array(buffer, offset, n) };
+}
+
+/**
+ * Index of the first element of `data` that is NaN or ±Infinity, or -1 when every element is
+ * finite. One pass over the raw bits (exponent all ones), no float compares: about as cheap as
+ * reading the data once.
+ */
+export function firstNonFinite(data: Float32Array): number {
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const n = bits.length;
+  for (let i = 0; i < n; i++) {
+    if ((bits[i] & 0x7f800000) === 0x7f800000) return i;
+  }
+  return -1;
 }

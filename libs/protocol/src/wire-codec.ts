@@ -1,8 +1,10 @@
 import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 import { makeGenericClientConstructor } from '@grpc/grpc-js';
+import { cut } from './render';
 import {
   ExecutorServiceClient as GeneratedExecutorServiceClient,
   ExecutorServiceService as GeneratedExecutorServiceService,
+  GetStatusRequest,
   SessionRequest,
   SessionResponse,
 } from './generated/tandem/executor/v1/executor';
@@ -151,8 +153,55 @@ export class GatherWriter extends BinaryWriter {
 const MARKER = Buffer.from(Array.from({ length: 12 }, () => Math.floor(Math.random() * 256)));
 const PLACEHOLDER_BYTES = MARKER.length + 4;
 
+/**
+ * Why a received message could not be decoded as sent: the services answer INVALID_ARGUMENT with
+ * `message` (a malformed message is the client's fault, never INTERNAL). `field` is the path of
+ * the offending field as the services name fields (`step.input.shape[1]`), or the message type
+ * when the bytes are not a valid protobuf encoding at all.
+ */
+export class DecodeProblem {
+  readonly message: string;
+  constructor(readonly field: string, readonly rule: string, readonly given: string) {
+    this.message = `${field} ${rule}, given ${cut(given)}`;
+  }
+}
+
+const DECODE_PROBLEM = Symbol('tandem.decodeProblem');
+
+/** The problem a deserializer of this package found in `message`, if any (see {@link safeDeserialize}, {@link viewDeserialize}). */
+export function decodeProblem(message: unknown): DecodeProblem | undefined {
+  return typeof message === 'object' && message !== null ? (message as { [DECODE_PROBLEM]?: DecodeProblem })[DECODE_PROBLEM] : undefined;
+}
+
+function withProblem<T>(message: T, problem: DecodeProblem): T {
+  Object.defineProperty(message, DECODE_PROBLEM, { value: problem, enumerable: false });
+  return message;
+}
+
+/**
+ * A reader that does not throw on a signed 64-bit value beyond ±(2^53-1): ts-proto's decoder
+ * (forceLong=number) throws there, which grpc-js turns into a bare `INTERNAL: Error
+ * deserializing request`. Such a value is remembered and decodes as NaN instead (a number
+ * field, e.g. a tensor dimension, that no integer check accepts), so the deserializer can
+ * name the field. uint64 fields of the session messages are exact strings (jstype =
+ * JS_STRING, executor.proto) and pass through untouched.
+ */
+class SafeReader extends BinaryReader {
+  readonly outOfRange: string[] = [];
+
+  override int64(): bigint | string {
+    const v = super.int64();
+    const n = typeof v === 'bigint' ? v : BigInt(v);
+    if (n > BigInt(Number.MAX_SAFE_INTEGER) || n < BigInt(Number.MIN_SAFE_INTEGER)) {
+      this.outOfRange.push(n.toString());
+      return 'NaN';
+    }
+    return v;
+  }
+}
+
 /** A reader whose `bytes()` returns a small placeholder for large values and remembers a view of each. */
-class ViewReader extends BinaryReader {
+class ViewReader extends SafeReader {
   readonly views: Uint8Array[] = [];
 
   override bytes(): Uint8Array {
@@ -190,22 +239,118 @@ function substitute(node: unknown, views: readonly Uint8Array[], depth: number):
 }
 
 /**
+ * Path of the first NaN number in a decoded message, named as the services name fields: a
+ * oneof (`{ $case, value }`) by its case (`kind.value.input` is `step.input`), array items by
+ * index. Undefined when there is none.
+ */
+function nanPath(node: unknown, path: string, depth: number): string | undefined {
+  if (typeof node === 'number') return Number.isNaN(node) ? path : undefined;
+  if (depth > 100 || typeof node !== 'object' || node === null || ArrayBuffer.isView(node)) return undefined;
+  if (Array.isArray(node)) {
+    for (let i = 0; i < node.length; i++) {
+      const p = nanPath(node[i], `${path}[${i}]`, depth + 1);
+      if (p) return p;
+    }
+    return undefined;
+  }
+  const o = node as Record<string, unknown>;
+  if (typeof o.$case === 'string' && 'value' in o) {
+    const base = path.includes('.') ? `${path.slice(0, path.lastIndexOf('.'))}.${o.$case}` : o.$case;
+    return nanPath(o.value, base, depth + 1);
+  }
+  for (const [k, v] of Object.entries(o)) {
+    const p = nanPath(v, path ? `${path}.${k}` : k, depth + 1);
+    if (p) return p;
+  }
+  return undefined;
+}
+
+type Decoder<T> = { decode(input: BinaryReader | Uint8Array, length?: number): T };
+
+/** Decodes with `reader`, attaching a {@link DecodeProblem} for a 64-bit value out of range. */
+function decodeChecked<T>(fns: Decoder<T>, reader: SafeReader, finish: (m: T) => T): T {
+  const message = finish(fns.decode(reader));
+  if (reader.outOfRange.length === 0) return message;
+  const field = nanPath(message, '', 0) ?? 'a 64-bit integer field';
+  return withProblem(message, new DecodeProblem(field, `must be an integer in ${Number.MIN_SAFE_INTEGER}..${Number.MAX_SAFE_INTEGER}`, reader.outOfRange[0]));
+}
+
+/**
+ * The message a deserializer hands on when the bytes cannot be decoded at all (truncated, a
+ * bad wire type, ...): the type's empty message carrying a {@link DecodeProblem} naming the
+ * type, so the handler answers INVALID_ARGUMENT instead of grpc-js's bare INTERNAL.
+ */
+function undecodable<T>(empty: T, typeName: string, err: unknown): T {
+  const why = err instanceof Error ? err.message : String(err);
+  return withProblem(empty, new DecodeProblem(typeName, 'must be a valid protobuf encoding of the message', why));
+}
+
+/**
+ * A grpc-js deserializer that never throws: bytes that do not decode give the empty message
+ * with a {@link DecodeProblem} (read it with {@link decodeProblem}); a signed 64-bit value
+ * beyond ±(2^53-1) decodes as NaN with a problem naming its field. Handlers check
+ * `decodeProblem(request)` first and answer INVALID_ARGUMENT with its message.
+ */
+export function safeDeserialize<T>(fns: Decoder<T>, typeName: string): (buf: Buffer) => T {
+  return (buf: Buffer): T => {
+    try {
+      return decodeChecked(fns, new SafeReader(buf), (m) => m);
+    } catch (err) {
+      return undecodable(fns.decode(new Uint8Array(0)), typeName, err);
+    }
+  };
+}
+
+/**
  * A grpc-js deserializer for a ts-proto message type that decodes large `bytes` fields
  * ({@link GATHER_MIN_BYTES} or more) as views of the received buffer instead of copies. It runs
  * the generated decoder (so fields added to the proto later decode as before) with a reader that
  * hands out small placeholders for large values, then puts views where the placeholders landed;
- * if any placeholder is not found again, it decodes the message the ordinary way.
+ * if any placeholder is not found again, it decodes the message the ordinary way (copying).
+ * Like {@link safeDeserialize} it never throws: a malformed message carries a {@link DecodeProblem}.
  * Ownership: the views share memory with the received message buffer, which grpc-js allocates
  * per message and never reuses; the decoded message owns it.
  */
-export function viewDeserialize<T>(fns: { decode(input: BinaryReader | Uint8Array, length?: number): T }): (buf: Buffer) => T {
+export function viewDeserialize<T>(fns: Decoder<T>, typeName = 'message'): (buf: Buffer) => T {
   return (buf: Buffer): T => {
-    const reader = new ViewReader(buf);
-    const message = fns.decode(reader);
-    if (reader.views.length === 0) return message;
-    if (substitute(message, reader.views, 0) === reader.views.length) return message;
-    return fns.decode(buf);
+    try {
+      const reader = new ViewReader(buf);
+      let complete = true;
+      const message = decodeChecked(fns, reader, (m) => {
+        if (reader.views.length > 0) complete = substitute(m, reader.views, 0) === reader.views.length;
+        return m;
+      });
+      if (complete) return message;
+      return decodeChecked(fns, new SafeReader(buf), (m) => m);
+    } catch (err) {
+      return undecodable(fns.decode(new Uint8Array(0)), typeName, err);
+    }
   };
+}
+
+/**
+ * A grpc-js service definition whose request deserializers never throw (see
+ * {@link safeDeserialize}): a request that does not decode reaches the handler as the empty
+ * message carrying a {@link DecodeProblem} naming the request type, so the handler can answer
+ * INVALID_ARGUMENT (grpc-js would answer a bare INTERNAL). Deserializers already safe are kept.
+ */
+export function safeService<S extends Record<string, { requestDeserialize: (buf: Buffer) => unknown; path: string }>>(service: S): S {
+  const out: Record<string, unknown> = {};
+  for (const [name, def] of Object.entries(service)) {
+    const decode = def.requestDeserialize;
+    const typeName = `${def.path.split('/').pop() ?? name} request`;
+    out[name] = {
+      ...def,
+      requestDeserialize: (buf: Buffer): unknown => {
+        try {
+          return decode(buf);
+        } catch (err) {
+          return undecodable(decode(Buffer.alloc(0)), typeName, err);
+        }
+      },
+    };
+  }
+  return out as S;
 }
 
 /** Options of {@link gatherSerialize}. */
@@ -259,10 +404,14 @@ export const ExecutorServiceService: ExecutorServiceService = {
   session: {
     ...GeneratedExecutorServiceService.session,
     requestSerialize: gatherSerialize(SessionRequest, { paddingField: PADDING_FIELD }),
-    requestDeserialize: viewDeserialize(SessionRequest),
+    requestDeserialize: viewDeserialize(SessionRequest, 'SessionRequest'),
     // Responses are serialized by grpc-js's server only, which copies each at once.
     responseSerialize: gatherSerialize(SessionResponse, { paddingField: PADDING_FIELD, reuseOutputUpTo: REUSED_RESPONSE_BYTES }),
-    responseDeserialize: viewDeserialize(SessionResponse),
+    responseDeserialize: viewDeserialize(SessionResponse, 'SessionResponse'),
+  },
+  getStatus: {
+    ...GeneratedExecutorServiceService.getStatus,
+    requestDeserialize: safeDeserialize(GetStatusRequest, 'GetStatusRequest'),
   },
 };
 

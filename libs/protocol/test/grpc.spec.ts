@@ -71,8 +71,8 @@ describe('wire contract over a real gRPC server', () => {
       call.on('error', reject);
       call.on('end', resolve);
     });
-    call.write({ kind: { $case: 'open', value: { clientId: 'c1', planEpoch: 0, modelId: '' } } });
-    sent.forEach((t, i) => call.write({ kind: { $case: 'step', value: { seq: i + 1, stageBegin: 1, stageEnd: 2, input: toWireTensor(t), sample: false } } }));
+    call.write({ kind: { $case: 'open', value: { clientId: 'c1', planEpoch: '0', modelId: '' } } });
+    sent.forEach((t, i) => call.write({ kind: { $case: 'step', value: { seq: String(i + 1), stageBegin: 1, stageEnd: 2, input: toWireTensor(t), sample: false } } }));
     call.end();
     await done;
     expect(got[0].kind?.$case).toBe('opened');
@@ -80,7 +80,7 @@ describe('wire contract over a real gRPC server', () => {
     expect(results).toHaveLength(sizes.length);
     results.forEach((m, i) => {
       if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error(`message ${i} is not a tensor result`);
-      expect(m.kind.value.seq).toBe(i + 1);
+      expect(m.kind.value.seq).toBe(String(i + 1));
       const back = fromWireTensor(m.kind.value.output.value, 'result');
       expect(back.shape).toEqual([1, sizes[i]]);
       if (sizes[i] >= 128 * 768) {
@@ -103,15 +103,15 @@ describe('wire contract over a real gRPC server', () => {
       call.on('data', (m: SessionResponse) => {
         if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') return;
         const back = fromWireTensor(m.kind.value.output.value, 'r');
-        const want = payload(s, m.kind.value.seq);
+        const want = payload(s, Number(m.kind.value.seq));
         if (!Buffer.from(back.data.buffer, back.data.byteOffset, back.data.byteLength).equals(Buffer.from(want.buffer))) reject(new Error(`stream ${s} message ${m.kind.value.seq} corrupted`));
         if (++k === perStream) call.end();
       });
       call.on('error', reject);
       call.on('end', resolve);
-      call.write({ kind: { $case: 'open', value: { clientId: `c${s}`, planEpoch: 0, modelId: '' } } });
+      call.write({ kind: { $case: 'open', value: { clientId: `c${s}`, planEpoch: '0', modelId: '' } } });
       for (let q = 0; q < perStream; q++) {
-        call.write({ kind: { $case: 'step', value: { seq: q, stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, payload(s, q).length], data: payload(s, q) }), sample: false } } });
+        call.write({ kind: { $case: 'step', value: { seq: String(q), stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, payload(s, q).length], data: payload(s, q) }), sample: false } } });
       }
     }));
     await Promise.all(runs);
@@ -124,8 +124,8 @@ describe('wire contract over a real gRPC server', () => {
       call.on('data', (m: SessionResponse) => { if (m.kind?.$case === 'result') resolve(m); });
       call.on('error', reject);
     });
-    call.write({ kind: { $case: 'open', value: { clientId: 'c2', planEpoch: 0, modelId: '' } } });
-    call.write({ kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 4], data: ids }), sample: false } } });
+    call.write({ kind: { $case: 'open', value: { clientId: 'c2', planEpoch: '0', modelId: '' } } });
+    call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 4], data: ids }), sample: false } } });
     const m = await reply;
     call.end();
     if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error('not a tensor');

@@ -22,11 +22,11 @@ function grpcFrame(body: Buffer): Buffer {
 
 const floats = (n: number, seed = 1): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 1000 + i) * 100);
 
-function stepRequest(t: HostTensor, seq = 7): SessionRequest {
+function stepRequest(t: HostTensor, seq = '7'): SessionRequest {
   return { kind: { $case: 'step', value: { seq, stageBegin: 3, stageEnd: 9, input: toWireTensor(t), sample: true } } };
 }
 
-function resultResponse(t: HostTensor, seq = 7): SessionResponse {
+function resultResponse(t: HostTensor, seq = '7'): SessionResponse {
   return { kind: { $case: 'result', value: { seq, output: { $case: 'tensor', value: toWireTensor(t) }, computeMs: 1.5, queueMs: 0.25 } } };
 }
 
@@ -46,7 +46,7 @@ describe('GatherWriter', () => {
   });
 
   it('encodes messages without tensors (open, opened) as the stock writer', () => {
-    const open: SessionRequest = { kind: { $case: 'open', value: { clientId: 'c'.repeat(300), planEpoch: 12, modelId: 'm1' } } };
+    const open: SessionRequest = { kind: { $case: 'open', value: { clientId: 'c'.repeat(300), planEpoch: '12', modelId: 'm1' } } };
     const opened: SessionResponse = { kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm'.repeat(2000), stageCount: 26, maxContextTokens: 1024 } } };
     expect((SessionRequest.encode(open, new GatherWriter()) as GatherWriter).finish().equals(Buffer.from(SessionRequest.encode(open).finish()))).toBe(true);
     expect((SessionResponse.encode(opened, new GatherWriter()) as GatherWriter).finish().equals(Buffer.from(SessionResponse.encode(opened).finish()))).toBe(true);
@@ -93,8 +93,8 @@ describe('executor service serializers', () => {
 describe('fromWireTensor memory', () => {
   it('uses a received tensor in place: the serializer aligns it, the deserializer and fromWireTensor view it', () => {
     for (const n of [256, 4096, 65_536, 786_432]) {
-      for (const seq of [1, 300, 2 ** 40]) {
-        const sent = floats(n, seq);
+      for (const seq of ['1', '300', String(2 ** 40), '18446744073709551615']) {
+        const sent = floats(n, Number(seq));
         const wire = ExecutorServiceService.session.responseSerialize(resultResponse({ dtype: 'float32', shape: [1, n], data: sent }, seq));
         const frame = grpcFrame(wire);
         const m = ExecutorServiceService.session.responseDeserialize(frame.subarray(GRPC_BODY_OFFSET));
@@ -112,12 +112,12 @@ describe('fromWireTensor memory', () => {
     const t = (n: number): HostTensor => ({ dtype: 'float32', shape: [1, n], data: floats(n) });
     const ids: HostTensor = { dtype: 'int64', shape: [1, 3], data: BigInt64Array.of(1n, 2n, 9007199254740993n) };
     const requests: SessionRequest[] = [
-      { kind: { $case: 'open', value: { clientId: 'c', planEpoch: 3, modelId: 'm' } } },
+      { kind: { $case: 'open', value: { clientId: 'c', planEpoch: '3', modelId: 'm' } } },
       stepRequest(t(3)), stepRequest(ids), stepRequest(t(300)), stepRequest(t(70_000)),
     ];
     const responses: SessionResponse[] = [
       { kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm', stageCount: 6, maxContextTokens: 64 } } },
-      { kind: { $case: 'result', value: { seq: 2, output: { $case: 'token', value: 50256 }, computeMs: 2, queueMs: 0 } } },
+      { kind: { $case: 'result', value: { seq: '2', output: { $case: 'token', value: 50256 }, computeMs: 2, queueMs: 0 } } },
       resultResponse(t(5)), resultResponse(t(70_000)),
     ];
     const norm = (m: unknown): string => JSON.stringify(m, (_k, v) => (Buffer.isBuffer(v) ? v.toString('hex') : v));

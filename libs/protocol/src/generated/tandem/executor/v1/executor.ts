@@ -46,8 +46,11 @@ export interface SessionRequest {
 export interface OpenSession {
   /** Caller's id, for logs and telemetry (e.g. the client-agent's id). */
   clientId: string;
-  /** Epoch of the plan the generation follows (0 when none): logged, and echoed in telemetry. */
-  planEpoch: number;
+  /**
+   * Epoch of the plan the generation follows (0 when none): logged, and echoed in telemetry.
+   * Any uint64 is accepted (TypeScript sees the exact decimal string).
+   */
+  planEpoch: string;
   /**
    * Model id the client expects; empty accepts whatever the executor serves. A mismatch is
    * FAILED_PRECONDITION.
@@ -55,10 +58,21 @@ export interface OpenSession {
   modelId: string;
 }
 
-/** Runs stages [stage_begin, stage_end) on the given input. */
+/**
+ * Runs stages [stage_begin, stage_end) on the given input.
+ * Besides the rules on each field: a float32 input must be finite (no NaN or +-Infinity;
+ * INVALID_ARGUMENT naming `step.input` and the first bad index), and a step must continue the
+ * session's earlier steps: every stage of the range holds the same number of tokens, the stage
+ * before the range (when this session ran it) has taken this input already, and the stage
+ * after it (when this session ran it) has taken the previous one; otherwise
+ * FAILED_PRECONDITION naming `step.stageBegin` or `step.stageEnd` and the value expected.
+ */
 export interface Step {
-  /** Caller-chosen sequence number, echoed in the answer. Must increase within a session. */
-  seq: number;
+  /**
+   * Caller-chosen sequence number, echoed in the answer. Must increase within a session.
+   * Any uint64 is accepted and echoed exactly (TypeScript sees the decimal string).
+   */
+  seq: string;
   /** First stage to run (inclusive). */
   stageBegin: number;
   /** Stage after the last one to run (exclusive). Must be > stage_begin and <= the stage count. */
@@ -100,8 +114,11 @@ export interface Step {
  * executor's shutdown stop the loop at once and free the session.
  */
 export interface ServerGenerate {
-  /** Caller-chosen sequence number, echoed in every `GeneratedToken` of this generation. */
-  seq: number;
+  /**
+   * Caller-chosen sequence number, echoed in every `GeneratedToken` of this generation.
+   * Any uint64 (TypeScript sees the exact decimal string).
+   */
+  seq: string;
   /** The prompt: int64 token ids [1, T]. */
   input:
     | Tensor
@@ -128,8 +145,8 @@ export interface SessionResponse {
 
 /** One token made by a server-side generation. */
 export interface GeneratedToken {
-  /** The `seq` of the `generate` this token belongs to. */
-  seq: number;
+  /** The `seq` of the `generate` this token belongs to (exactly as sent). */
+  seq: string;
   /**
    * Position of the token in the generation: 0 for the one the prompt's prefill produced,
    * then 1, 2, ... up to max_new_tokens - 1.
@@ -159,8 +176,8 @@ export interface SessionOpened {
 
 /** What running a step produced. */
 export interface StepResult {
-  /** The `seq` of the step this answers. */
-  seq: number;
+  /** The `seq` of the step this answers (exactly as sent). */
+  seq: string;
   /** The output. */
   output:
     | //
@@ -323,7 +340,7 @@ export const SessionRequest: MessageFns<SessionRequest> = {
 };
 
 function createBaseOpenSession(): OpenSession {
-  return { clientId: "", planEpoch: 0, modelId: "" };
+  return { clientId: "", planEpoch: "0", modelId: "" };
 }
 
 export const OpenSession: MessageFns<OpenSession> = {
@@ -331,7 +348,7 @@ export const OpenSession: MessageFns<OpenSession> = {
     if (message.clientId !== "") {
       writer.uint32(10).string(message.clientId);
     }
-    if (message.planEpoch !== 0) {
+    if (message.planEpoch !== "0") {
       writer.uint32(16).uint64(message.planEpoch);
     }
     if (message.modelId !== "") {
@@ -366,7 +383,7 @@ export const OpenSession: MessageFns<OpenSession> = {
               break;
             }
 
-            message.planEpoch = longToNumber(reader.uint64());
+            message.planEpoch = reader.uint64().toString();
             continue;
           }
           case 3: {
@@ -397,10 +414,10 @@ export const OpenSession: MessageFns<OpenSession> = {
         ? globalThis.String(object.client_id)
         : "",
       planEpoch: isSet(object.planEpoch)
-        ? globalThis.Number(object.planEpoch)
+        ? globalThis.String(object.planEpoch)
         : isSet(object.plan_epoch)
-        ? globalThis.Number(object.plan_epoch)
-        : 0,
+        ? globalThis.String(object.plan_epoch)
+        : "0",
       modelId: isSet(object.modelId)
         ? globalThis.String(object.modelId)
         : isSet(object.model_id)
@@ -414,8 +431,8 @@ export const OpenSession: MessageFns<OpenSession> = {
     if (message.clientId !== "") {
       obj.clientId = message.clientId;
     }
-    if (message.planEpoch !== 0) {
-      obj.planEpoch = Math.round(message.planEpoch);
+    if (message.planEpoch !== "0") {
+      obj.planEpoch = globalThis.String(message.planEpoch);
     }
     if (message.modelId !== "") {
       obj.modelId = message.modelId;
@@ -429,19 +446,19 @@ export const OpenSession: MessageFns<OpenSession> = {
   fromPartial<I extends Exact<DeepPartial<OpenSession>, I>>(object: I): OpenSession {
     const message = createBaseOpenSession();
     message.clientId = object.clientId ?? "";
-    message.planEpoch = object.planEpoch ?? 0;
+    message.planEpoch = object.planEpoch ?? "0";
     message.modelId = object.modelId ?? "";
     return message;
   },
 };
 
 function createBaseStep(): Step {
-  return { seq: 0, stageBegin: 0, stageEnd: 0, input: undefined, sample: false };
+  return { seq: "0", stageBegin: 0, stageEnd: 0, input: undefined, sample: false };
 }
 
 export const Step: MessageFns<Step> = {
   encode(message: Step, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.seq !== 0) {
+    if (message.seq !== "0") {
       writer.uint32(8).uint64(message.seq);
     }
     if (message.stageBegin !== 0) {
@@ -477,7 +494,7 @@ export const Step: MessageFns<Step> = {
               break;
             }
 
-            message.seq = longToNumber(reader.uint64());
+            message.seq = reader.uint64().toString();
             continue;
           }
           case 2: {
@@ -526,7 +543,7 @@ export const Step: MessageFns<Step> = {
 
   fromJSON(object: any): Step {
     return {
-      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
       stageBegin: isSet(object.stageBegin)
         ? globalThis.Number(object.stageBegin)
         : isSet(object.stage_begin)
@@ -544,8 +561,8 @@ export const Step: MessageFns<Step> = {
 
   toJSON(message: Step): unknown {
     const obj: any = {};
-    if (message.seq !== 0) {
-      obj.seq = Math.round(message.seq);
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
     }
     if (message.stageBegin !== 0) {
       obj.stageBegin = Math.round(message.stageBegin);
@@ -567,7 +584,7 @@ export const Step: MessageFns<Step> = {
   },
   fromPartial<I extends Exact<DeepPartial<Step>, I>>(object: I): Step {
     const message = createBaseStep();
-    message.seq = object.seq ?? 0;
+    message.seq = object.seq ?? "0";
     message.stageBegin = object.stageBegin ?? 0;
     message.stageEnd = object.stageEnd ?? 0;
     message.input = (object.input !== undefined && object.input !== null)
@@ -579,12 +596,12 @@ export const Step: MessageFns<Step> = {
 };
 
 function createBaseServerGenerate(): ServerGenerate {
-  return { seq: 0, input: undefined, maxNewTokens: 0 };
+  return { seq: "0", input: undefined, maxNewTokens: 0 };
 }
 
 export const ServerGenerate: MessageFns<ServerGenerate> = {
   encode(message: ServerGenerate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.seq !== 0) {
+    if (message.seq !== "0") {
       writer.uint32(8).uint64(message.seq);
     }
     if (message.input !== undefined) {
@@ -614,7 +631,7 @@ export const ServerGenerate: MessageFns<ServerGenerate> = {
               break;
             }
 
-            message.seq = longToNumber(reader.uint64());
+            message.seq = reader.uint64().toString();
             continue;
           }
           case 2: {
@@ -647,7 +664,7 @@ export const ServerGenerate: MessageFns<ServerGenerate> = {
 
   fromJSON(object: any): ServerGenerate {
     return {
-      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
       input: isSet(object.input) ? Tensor.fromJSON(object.input) : undefined,
       maxNewTokens: isSet(object.maxNewTokens)
         ? globalThis.Number(object.maxNewTokens)
@@ -659,8 +676,8 @@ export const ServerGenerate: MessageFns<ServerGenerate> = {
 
   toJSON(message: ServerGenerate): unknown {
     const obj: any = {};
-    if (message.seq !== 0) {
-      obj.seq = Math.round(message.seq);
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
     }
     if (message.input !== undefined) {
       obj.input = Tensor.toJSON(message.input);
@@ -676,7 +693,7 @@ export const ServerGenerate: MessageFns<ServerGenerate> = {
   },
   fromPartial<I extends Exact<DeepPartial<ServerGenerate>, I>>(object: I): ServerGenerate {
     const message = createBaseServerGenerate();
-    message.seq = object.seq ?? 0;
+    message.seq = object.seq ?? "0";
     message.input = (object.input !== undefined && object.input !== null)
       ? Tensor.fromPartial(object.input)
       : undefined;
@@ -808,12 +825,12 @@ export const SessionResponse: MessageFns<SessionResponse> = {
 };
 
 function createBaseGeneratedToken(): GeneratedToken {
-  return { seq: 0, index: 0, token: 0, computeMs: 0, queueMs: 0, last: false };
+  return { seq: "0", index: 0, token: 0, computeMs: 0, queueMs: 0, last: false };
 }
 
 export const GeneratedToken: MessageFns<GeneratedToken> = {
   encode(message: GeneratedToken, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.seq !== 0) {
+    if (message.seq !== "0") {
       writer.uint32(8).uint64(message.seq);
     }
     if (message.index !== 0) {
@@ -852,7 +869,7 @@ export const GeneratedToken: MessageFns<GeneratedToken> = {
               break;
             }
 
-            message.seq = longToNumber(reader.uint64());
+            message.seq = reader.uint64().toString();
             continue;
           }
           case 2: {
@@ -909,7 +926,7 @@ export const GeneratedToken: MessageFns<GeneratedToken> = {
 
   fromJSON(object: any): GeneratedToken {
     return {
-      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
       index: isSet(object.index) ? globalThis.Number(object.index) : 0,
       token: isSet(object.token) ? globalThis.Number(object.token) : 0,
       computeMs: isSet(object.computeMs)
@@ -928,8 +945,8 @@ export const GeneratedToken: MessageFns<GeneratedToken> = {
 
   toJSON(message: GeneratedToken): unknown {
     const obj: any = {};
-    if (message.seq !== 0) {
-      obj.seq = Math.round(message.seq);
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
     }
     if (message.index !== 0) {
       obj.index = Math.round(message.index);
@@ -954,7 +971,7 @@ export const GeneratedToken: MessageFns<GeneratedToken> = {
   },
   fromPartial<I extends Exact<DeepPartial<GeneratedToken>, I>>(object: I): GeneratedToken {
     const message = createBaseGeneratedToken();
-    message.seq = object.seq ?? 0;
+    message.seq = object.seq ?? "0";
     message.index = object.index ?? 0;
     message.token = object.token ?? 0;
     message.computeMs = object.computeMs ?? 0;
@@ -1098,12 +1115,12 @@ export const SessionOpened: MessageFns<SessionOpened> = {
 };
 
 function createBaseStepResult(): StepResult {
-  return { seq: 0, output: undefined, computeMs: 0, queueMs: 0 };
+  return { seq: "0", output: undefined, computeMs: 0, queueMs: 0 };
 }
 
 export const StepResult: MessageFns<StepResult> = {
   encode(message: StepResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.seq !== 0) {
+    if (message.seq !== "0") {
       writer.uint32(8).uint64(message.seq);
     }
     switch (message.output?.$case) {
@@ -1141,7 +1158,7 @@ export const StepResult: MessageFns<StepResult> = {
               break;
             }
 
-            message.seq = longToNumber(reader.uint64());
+            message.seq = reader.uint64().toString();
             continue;
           }
           case 2: {
@@ -1190,7 +1207,7 @@ export const StepResult: MessageFns<StepResult> = {
 
   fromJSON(object: any): StepResult {
     return {
-      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
       output: isSet(object.tensor)
         ? { $case: "tensor", value: Tensor.fromJSON(object.tensor) }
         : isSet(object.token)
@@ -1211,8 +1228,8 @@ export const StepResult: MessageFns<StepResult> = {
 
   toJSON(message: StepResult): unknown {
     const obj: any = {};
-    if (message.seq !== 0) {
-      obj.seq = Math.round(message.seq);
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
     }
     if (message.output?.$case === "tensor") {
       obj.tensor = Tensor.toJSON(message.output.value);
@@ -1233,7 +1250,7 @@ export const StepResult: MessageFns<StepResult> = {
   },
   fromPartial<I extends Exact<DeepPartial<StepResult>, I>>(object: I): StepResult {
     const message = createBaseStepResult();
-    message.seq = object.seq ?? 0;
+    message.seq = object.seq ?? "0";
     switch (object.output?.$case) {
       case "tensor": {
         if (object.output?.value !== undefined && object.output?.value !== null) {
@@ -1538,10 +1555,13 @@ export const ExecutorServiceService = {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
-   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
+   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
+   * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    */
@@ -1574,10 +1594,13 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
-   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
+   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
+   * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    */
@@ -1594,10 +1617,13 @@ export interface ExecutorServiceClient extends Client {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
-   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message),
+   * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
+   * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit), UNAVAILABLE (draining or not ready),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
+   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    */

@@ -1,0 +1,117 @@
+import * as grpc from '@grpc/grpc-js';
+import { SplitPipeline } from '@tandem/model';
+import { channelOptions, ExecutorServiceClient, type GetStatusResponse } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
+import { ExecutorServer, OnnxStageEngine } from '../src';
+import { ids, TestSession } from './session-client';
+
+const log = createLogger({ name: 'test', level: 'silent' });
+/** The tiny preset: nEmbd 64, 2 blocks, so 2 × (8 × 64) = 1024 KV bytes per token of a session. */
+const BYTES_PER_TOKEN = 1024;
+const BUDGET_TOKENS = 40;
+
+describe('server-executor admits by a KV-cache budget in bytes (EXECUTOR_MAX_KV_BYTES)', () => {
+  let model: TempModel;
+  let server: ExecutorServer;
+  let client: ExecutorServiceClient;
+  let stageCount: number;
+  const opened: TestSession[] = [];
+  const session = (): TestSession => {
+    const s = new TestSession(client.session({ deadline: Date.now() + 30_000 }));
+    opened.push(s);
+    return s;
+  };
+  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-kv', maxSessions: 16, maxContextTokens: 64, maxKvBytes: BUDGET_TOKENS * BYTES_PER_TOKEN,
+      maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+    const { port } = await server.start();
+    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+  });
+
+  afterEach(async () => {
+    for (const s of opened.splice(0)) s.call.cancel();
+    await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 2000, what: 'sessions freed' });
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await server?.stop({ graceMs: 100 });
+    model?.remove();
+  });
+
+  const expectExhausted = async (s: TestSession, ...parts: string[]): Promise<void> => {
+    const err = (await s.ended) as grpc.ServiceError;
+    expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    for (const p of parts) expect(err.details).toContain(p);
+    expect(Buffer.byteLength(err.details, 'utf8')).toBeLessThanOrEqual(1024);
+  };
+
+  it('refuses a step past the budget, keeps the session holding it correct, and frees its bytes when it ends', async () => {
+    const prompt = Array.from({ length: 30 }, (_, i) => 100 + i);
+    const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
+    const want = await pipe.generate(prompt, { maxNewTokens: 3 }).finally(() => pipe.close());
+    const a = session();
+    a.open();
+    a.step(1, 0, stageCount, ids(...prompt), true);
+    const first = await a.next(2);
+    expect(server.kvBytes().used).toBe(30 * BYTES_PER_TOKEN);
+
+    const b = session();
+    b.open();
+    b.step(1, 0, stageCount, ids(...new Array(15).fill(7)), true);
+    await expectExhausted(b, 'EXECUTOR_MAX_KV_BYTES', `<= ${BUDGET_TOKENS * BYTES_PER_TOKEN} bytes`, `needs ${15 * BYTES_PER_TOKEN} bytes more`);
+
+    // the session holding the cache decodes on, with the one-process tokens
+    const got = [first.kind?.$case === 'result' && first.kind.value.output?.$case === 'token' ? first.kind.value.output.value : -1];
+    for (let i = 0; i < 2; i++) {
+      a.step(i + 2, 0, stageCount, ids(got[i]), true);
+      const m = await a.next(i + 3);
+      got.push(m.kind?.$case === 'result' && m.kind.value.output?.$case === 'token' ? m.kind.value.output.value : -1);
+    }
+    expect(got).toEqual(want);
+    a.call.end();
+    await a.ended;
+    await eventually(async () => server.kvBytes().used === 0, { timeoutMs: 2000, what: 'KV bytes given back' });
+
+    const c = session();
+    c.open();
+    c.step(1, 0, stageCount, ids(...new Array(15).fill(7)), true);
+    expect((await c.next(2)).kind?.$case).toBe('result');
+  });
+
+  it('refuses a server-side generation whose whole cache would not fit, before it runs', async () => {
+    const s = session();
+    s.open();
+    s.generate(1, ids(1, 2, 3, 4, 5), BUDGET_TOKENS); // 5 + 40 - 1 = 44 tokens
+    await expectExhausted(s, 'generate needs 45056 bytes more', 'EXECUTOR_MAX_KV_BYTES');
+    const ok = session();
+    ok.open();
+    ok.generate(1, ids(1, 2, 3, 4, 5), BUDGET_TOKENS - 5); // 39 tokens fit
+    await ok.next(1 + BUDGET_TOKENS - 5);
+    expect(ok.tokens()).toHaveLength(BUDGET_TOKENS - 5);
+  });
+
+  it('refuses to open a session while not one more token fits', async () => {
+    const full = session();
+    full.open();
+    full.step(1, 0, stageCount, ids(...new Array(BUDGET_TOKENS).fill(3)), true);
+    await full.next(2);
+    const late = session();
+    late.open();
+    await expectExhausted(late, 'not one more token fits', 'EXECUTOR_MAX_KV_BYTES');
+  });
+
+  it('counts only attention stages: a step over position-wise stages takes no budget', async () => {
+    const s = session();
+    s.open();
+    s.step(1, 0, 1, ids(...new Array(BUDGET_TOKENS + 10).fill(3))); // embed only: no KV
+    expect((await s.next(2)).kind?.$case).toBe('result');
+    expect(server.kvBytes().used).toBe(0);
+  });
+});

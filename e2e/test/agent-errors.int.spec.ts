@@ -1,0 +1,135 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { encode, importHfModel, modelIdOf, SplitPipeline } from '@tandem/model';
+import { AgentServiceClient, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
+import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+
+// The agent's answers to bad input, through its gRPC API with a real executor on 127.0.0.1:
+// bad input stays INVALID_ARGUMENT (never INTERNAL), the message names the field and fits in
+// 1 KiB, and a healthy generation running beside it still gets the one-process tokens.
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const KIB = 1024;
+/** The small model's vocabulary (SMALL_HF_CONFIG): far below GPT-2's 50,257 ids. */
+const VOCAB = SMALL_HF_CONFIG.vocab_size;
+
+type Outcome = { ids: number[]; error?: grpc.ServiceError };
+
+function run(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<Outcome> {
+  return withTimeout(new Promise<Outcome>((resolve) => {
+    const ids: number[] = [];
+    const call = client.generate({ input: undefined, maxNewTokens: 1, placement: '', ...req });
+    call.on('data', (m: GenerateResponse) => { if (m.kind?.$case === 'token') ids.push(m.kind.value.id); });
+    call.on('error', (error: grpc.ServiceError) => resolve({ ids, error }));
+    call.on('end', () => resolve({ ids }));
+  }), 30_000, 'a generation');
+}
+
+function expectRefusal(o: Outcome, code: grpc.status, ...parts: string[]): void {
+  expect(o.error?.code).toBe(code);
+  for (const p of parts) expect(o.error?.details).toContain(p);
+  expect(Buffer.byteLength(o.error?.details ?? '', 'utf8')).toBeLessThanOrEqual(KIB);
+}
+
+describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', () => {
+  let root: string;
+  let smallDir: string;
+  let tiny: TempModel;
+  let executor: ExecutorServer;
+  const agents: ClientAgent[] = [];
+  const clients: AgentServiceClient[] = [];
+  /** An agent on the executor's small model, and one whose own model knows all GPT-2 ids (modelId '' accepts any executor). */
+  let small: AgentServiceClient;
+  let wide: AgentServiceClient;
+
+  const startAgent = async (modelDir: string, modelId: string, executorAddr: string): Promise<AgentServiceClient> => {
+    const agent = new ClientAgent({
+      modelDir, modelId, clientId: `dev-${agents.length}`, clientClass: 'default', address: '127.0.0.1:0',
+      stages: [0, 1, 2, 3, 4, 5], threads: 1, slowdown: 1,
+      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+    });
+    agents.push(agent);
+    const { port } = await agent.start();
+    const c = new AgentServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    clients.push(c);
+    return c;
+  };
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'tandem-agent-errors-'));
+    const hf = join(root, 'hf');
+    writeHfFixture(hf, SMALL_HF_CONFIG, randomWeights(SMALL_HF_CONFIG, 5));
+    smallDir = join(root, 'small');
+    await importHfModel({ from: hf, out: smallDir });
+    tiny = await makeTempModel();
+    const engine = await OnnxStageEngine.load(smallDir, { intraOpNumThreads: 1 });
+    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    small = await startAgent(smallDir, modelIdOf(smallDir), executorAddr);
+    wide = await startAgent(tiny.dir, '', executorAddr);
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    for (const a of agents) await a.stop({ graceMs: 100 });
+    await executor?.stop({ graceMs: 100 });
+    tiny?.remove();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  /** Runs `bad` while a healthy generation runs on the small agent, and checks the healthy one's tokens. */
+  const besideHealthy = async (bad: () => Promise<Outcome>): Promise<Outcome> => {
+    const prompt = [5, 17, 211, 3];
+    const pipe = await SplitPipeline.load(smallDir, 'SSSSSS');
+    const want = await pipe.generate(prompt, { maxNewTokens: 6 }).finally(() => pipe.close());
+    const healthy = run(small, { input: { $case: 'ids', value: { ids: prompt } }, maxNewTokens: 6, placement: 'CCSSSC' });
+    const refused = await bad();
+    const ok = await healthy;
+    expect(ok.error).toBeUndefined();
+    expect(ok.ids).toEqual(want);
+    return refused;
+  };
+
+  it('refuses a text prompt whose ids exceed the model vocabulary with INVALID_ARGUMENT naming prompt', async () => {
+    const text = 'Hello, world';
+    expect(Math.max(...encode(text))).toBeGreaterThanOrEqual(VOCAB); // the case: GPT-2 ids past a small vocabulary
+    const o = await besideHealthy(() => run(small, { input: { $case: 'prompt', value: text }, maxNewTokens: 2 }));
+    expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'prompt must tokenise to ids in 0..299', 'given id');
+  });
+
+  it.each([
+    ['all-server (server-side decoding)', '', 'generate.input token ids must be in 0..299'],
+    ['a split', 'CSSSSS', 'step.input.shape must be [1, T>=1, 32]'],
+  ])('passes the executor\'s INVALID_ARGUMENT through (%s), not INTERNAL', async (_what, placement, detail) => {
+    const o = await besideHealthy(() => run(wide, { input: { $case: 'ids', value: { ids: [1000, 2] } }, maxNewTokens: 2, placement }));
+    expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'executor: ', detail);
+  });
+
+  it('cuts a 20,000-character placement in its message', async () => {
+    const o = await run(small, { input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 1, placement: 'C'.repeat(20_000) });
+    expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'placement must be 6 letters C or S', '(20000 chars)');
+  });
+
+  it('refuses bytes that are no GenerateRequest with INVALID_ARGUMENT, not INTERNAL', async () => {
+    const port = Number(small.getChannel().getTarget().split(':').pop());
+    const raw = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    try {
+      const o = await withTimeout(new Promise<Outcome>((resolve) => {
+        const call = raw.makeServerStreamRequest('/tandem.agent.v1.AgentService/Generate', (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x12, 0xff]));
+        call.on('data', () => {});
+        call.on('error', (error: grpc.ServiceError) => resolve({ ids: [], error }));
+        call.on('end', () => resolve({ ids: [] }));
+      }), 10_000, 'the refusal');
+      expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'Generate request', 'protobuf');
+    } finally {
+      raw.close();
+    }
+  });
+});
