@@ -77,10 +77,10 @@ export interface PlannerServerOptions {
    */
   readonly idleUtilisation: number;
   /**
-   * Weight of a new load report's utilisation (and mean queue wait) in the smoothed figures the
-   * planner prices and chooses its objective by (an exponential moving average; 1 = no
-   * smoothing). One interval's utilisation swings with single prefills at low rates; plans
-   * should not. Default 1.
+   * Weight of a new load report in the smoothed figures the planner prices and chooses its
+   * objective by (utilisation, queue wait, stage times, stretches; an exponential moving
+   * average, `smoothLoad`; 1 = no smoothing). One interval's figures swing with single
+   * prefills and batches at low rates; plans should not. Default 1.
    */
   readonly utilisationSmoothing?: number;
   /** Wall clock in Unix ms (injected for tests). */
@@ -117,6 +117,29 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
     if (relChange(a.latencyMs, b.latencyMs, 0.05) > threshold || relChange(a.bytesPerMs, b.bytesPerMs) > threshold) return true;
   }
   return false;
+}
+
+/**
+ * `l` folded into the moving average `prev` (weight `a` for the new report; `prev` undefined or
+ * of another stage count: `l` as it is): utilisation, queue wait, every stage figure and each
+ * stretch. A stretch not measured (0) on either side is taken as it comes, so the average
+ * starts from the first measurement. One interval's figures swing with single prefills and
+ * batches at low rates; predictions and plans are made from the averages, so that they
+ * state what a request can expect over the next seconds, not what the last one saw.
+ */
+export function smoothLoad(prev: ServerLoad | undefined, l: ServerLoad, a: number): ServerLoad {
+  if (!prev || prev.stages.length !== l.stages.length || a >= 1) return l;
+  const avg = (was: number, v: number): number => was + a * (v - was);
+  const measured = (was: number, v: number): number => (was > 0 && v > 0 ? avg(was, v) : v);
+  return {
+    ...l,
+    utilisation: avg(prev.utilisation, l.utilisation),
+    meanQueueMs: avg(prev.meanQueueMs, l.meanQueueMs),
+    decodeStretch: measured(prev.decodeStretch, l.decodeStretch),
+    promptStretch: measured(prev.promptStretch, l.promptStretch),
+    longPromptStretch: measured(prev.longPromptStretch, l.longPromptStretch),
+    stages: l.stages.map((s, i) => ({ ...s, prefillMsPerToken: measured(prev.stages[i].prefillMsPerToken, s.prefillMsPerToken), decodeMs: measured(prev.stages[i].decodeMs, s.decodeMs) })),
+  };
 }
 
 /**
@@ -341,8 +364,7 @@ export class PlannerServer {
     this.counters.loads++;
     const a = this.opts.utilisationSmoothing ?? 1;
     const prev = known?.load;
-    const smooth = (was: number | undefined, v: number): number => (was === undefined ? v : was + a * (v - was));
-    l = { ...l, utilisation: smooth(prev?.utilisation, l.utilisation), meanQueueMs: smooth(prev?.meanQueueMs, l.meanQueueMs) };
+    l = smoothLoad(prev, l, a);
     if (known) { known.load = l; known.lastSeenMs = now; } else this.executors.set(l.serverId, { load: l, lastSeenMs: now });
     const followed = this.followed === undefined ? undefined : this.executors.get(this.followed);
     if (this.followed !== l.serverId) {

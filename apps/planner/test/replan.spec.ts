@@ -2,7 +2,7 @@ import type { ClientProfile, ServerLoad } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually } from '@tandem/testkit';
 import { PlanMaker } from '../src/plan-maker';
-import { loadChanged, PlannerServer, profileChanged } from '../src/planner-server';
+import { loadChanged, PlannerServer, profileChanged, smoothLoad } from '../src/planner-server';
 
 const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 256 }));
 const CLASSES = [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 400 }, { name: 'long', maxPromptTokens: 128, expectedNewTokens: 16, slaMs: 1500 }];
@@ -46,6 +46,25 @@ describe('what counts as a material change', () => {
     expect(loadChanged(load(1, 0.1), load(1.05, 0.1), 0.02, 0.9)).toBe(true);
     // beyond the cap every utilisation prices the same
     expect(loadChanged(load(1, 0.95), load(1, 0.99), 0.02, 0.9)).toBe(false);
+    // a measured stretch moving is a price moving
+    expect(loadChanged({ ...load(1, 0.1), decodeStretch: 2 }, { ...load(1, 0.1), decodeStretch: 2.01 }, 0.02, 0.9)).toBe(false);
+    expect(loadChanged({ ...load(1, 0.1), decodeStretch: 2 }, { ...load(1, 0.1), decodeStretch: 3 }, 0.02, 0.9)).toBe(true);
+  });
+
+  it('smooths every priced figure of the load, starting each stretch from its first measurement', () => {
+    const a = { ...load(2, 0.2), meanQueueMs: 4, decodeStretch: 2, promptStretch: 0 };
+    const b = { ...load(4, 0.6), meanQueueMs: 8, decodeStretch: 4, promptStretch: 1.5, longPromptStretch: 3 };
+    const s = smoothLoad(a, b, 0.25);
+    expect(s.utilisation).toBeCloseTo(0.3, 12);
+    expect(s.meanQueueMs).toBeCloseTo(5, 12);
+    expect(s.decodeStretch).toBeCloseTo(2.5, 12);
+    expect(s.promptStretch).toBe(1.5); // first measurement
+    expect(s.longPromptStretch).toBe(3);
+    expect(s.stages[1].decodeMs).toBeCloseTo(2.5, 12);
+    expect(s.stages[1].prefillMsPerToken).toBeCloseTo(2.5 / 4, 12);
+    expect(smoothLoad(undefined, b, 0.25)).toBe(b);
+    expect(smoothLoad(a, b, 1)).toBe(b);
+    expect(smoothLoad(a, { ...b, stages: b.stages.slice(1) }, 0.25).stages).toHaveLength(b.stages.length - 1);
   });
 });
 
