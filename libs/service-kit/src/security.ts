@@ -2,7 +2,7 @@
 // TLS (optionally mutual) from PEM files named in the environment, and bearer tokens from a
 // file, checked by a server interceptor. Everything here defaults to off (plaintext, no
 // tokens), so a service configured with none of these variables behaves as before.
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
@@ -95,14 +95,29 @@ function loadPair(problems: string[], names: { cert: string; key: string }, path
   const cert = readVar(problems, names.cert, paths.cert);
   const key = readVar(problems, names.key, paths.key);
   if (!cert || !key) return undefined;
+  if (!checkCertificates(problems, `${names.cert}='${paths.cert}'`, cert)) return undefined;
   return checkPem(problems, `${names.cert}='${paths.cert}' and ${names.key}='${paths.key}'`, { cert, key }) ? { cert, key } : undefined;
+}
+
+/** Checks that `pem` holds at least one certificate and that each parses (OpenSSL skips what is not PEM without a word). */
+function checkCertificates(problems: string[], what: string, pem: Buffer): boolean {
+  const blocks = pem.toString('utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) { problems.push(`${what} must hold at least one PEM certificate (-----BEGIN CERTIFICATE-----), given none`); return false; }
+  for (const [i, b] of blocks.entries()) {
+    try { new X509Certificate(b); } catch (err) {
+      problems.push(`${what} must hold valid PEM certificates, given one that does not parse (certificate ${i + 1}: ${String((err as Error).message).slice(0, 200)})`);
+      return false;
+    }
+  }
+  return true;
 }
 
 function loadCa(problems: string[], name: string, path: string): Buffer | undefined {
   if (!path) return undefined;
   const ca = readVar(problems, name, path);
   if (!ca) return undefined;
-  return checkPem(problems, `${name}='${path}'`, { ca }) ? ca : undefined;
+  const what = `${name}='${path}'`;
+  return checkCertificates(problems, what, ca) && checkPem(problems, what, { ca }) ? ca : undefined;
 }
 
 /**

@@ -21,7 +21,9 @@ export function clientSecurityFlags(args: ParsedArgs, environment: Readonly<Reco
   const pick = (flag: string, variable: string): { value: string; name: string } => {
     const v = args.flags.get(flag);
     if (v !== undefined) return { value: v, name: `--${flag}` };
-    return { value: environment[variable] ?? '', name: variable };
+    const e = environment[variable] ?? '';
+    // Named by the flag unless the value came from the variable.
+    return { value: e, name: e ? variable : `--${flag}` };
   };
   const ca = pick('tls-ca', 'TANDEM_TLS_CA');
   const cert = pick('tls-cert', 'TANDEM_TLS_CERT');
