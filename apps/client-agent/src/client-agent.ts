@@ -19,7 +19,7 @@ import {
   type GenerateResponse,
 } from '@tandem/protocol';
 import { decode, encode, readManifest, StageInputError } from '@tandem/model';
-import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
+import { bindServer, clientOptions, serverAuthOptions, shutdownServer, TelemetryPublisher, type ClientSecurity, type Logger, type ServerSecurity } from '@tandem/service-kit';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
@@ -47,6 +47,10 @@ export interface ClientAgentOptions {
   readonly deadlineMs: number;
   readonly maxMessageBytes: number;
   readonly log: Logger;
+  /** TLS and bearer tokens of the local Generate API (loadServerSecurity); undefined = plaintext, no tokens. */
+  readonly security?: ServerSecurity;
+  /** TLS and the bearer token of calls to the executor and the planner (loadUpstreamSecurity); undefined = plaintext, no token. */
+  readonly upstream?: ClientSecurity;
 }
 
 /** A Generate request after validation. */
@@ -96,8 +100,8 @@ export class ClientAgent {
 
   constructor(private readonly opts: ClientAgentOptions) {
     this.log = opts.log.child({ component: 'agent', clientId: opts.clientId });
-    this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
-    this.executor = new ExecutorServiceClient(opts.executorAddr, grpc.credentials.createInsecure(), channelOptions(opts.maxMessageBytes));
+    this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes), ...serverAuthOptions(opts.security?.tokens) });
+    this.executor = new ExecutorServiceClient(opts.executorAddr, opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes)));
   }
 
   /** Loads and profiles the local stages, connects to the planner and NATS, binds the API. Resolves with the port. */
@@ -107,13 +111,13 @@ export class ClientAgent {
     ({ nEmbd: this.nEmbd, vocabSize: this.vocabSize, nPositions: this.nPositions } = manifest.config);
     this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads, replay: this.opts.replay });
     await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
-    this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
+    this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, upstream: this.opts.upstream, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
     this.follower.onPlan(() => this.telemetry?.publishNow());
     this.follower.start();
     // Requests that do not decode reach the handlers flagged (INVALID_ARGUMENT), not as grpc-js's bare INTERNAL.
     this.server.addService(safeService(AgentServiceService), this.handlers());
     this.health.addTo(this.server);
-    const port = await bindInsecure(this.server, this.opts.address);
+    const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     await this.pingExecutor();
     this.pingTimer = setInterval(() => void this.pingExecutor(), 2000);
     this.pingTimer.unref();

@@ -1,4 +1,4 @@
-import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { env, loadEnv, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Every environment variable the client-agent reads, with its default. */
 export const agentEnv = {
@@ -6,6 +6,7 @@ export const agentEnv = {
   AGENT_ID: env.pattern("This device's id (telemetry subject and plan key)", 'agent-1', /^[A-Za-z0-9_-]{1,64}$/, '1..64 letters, digits, - or _'),
   AGENT_CLASS: env.string('Device class; selects the SLAs in the planner configuration', 'default'),
   AGENT_ADDR: env.string('Local gRPC address of the Generate API (port 0 picks a free port)', '127.0.0.1:50061'),
+  ...serverSecurityEnv,
   AGENT_STAGES: env.pattern("Stages this device may run: 'all' or a list like 0-3,7", 'all', /^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, "'all' or a list like 0-3,7"),
   AGENT_THREADS: env.int('onnxruntime intra-op threads for the local stages (0 lets onnxruntime choose)', 1, 0, 256),
   AGENT_SLOWDOWN: env.number('EMULATION: each local stage is padded to this many times its measured time, to act as a slower device on one machine; 1 = real speed', 1, 1, 1000),
@@ -15,6 +16,7 @@ export const agentEnv = {
   AGENT_REPLAY_FILE: env.string("EMULATION: a recording of device-stage outputs (written by `tandem loadtest`); local stages are then not computed but replayed from it, each sleeping its recorded uncontended cost × AGENT_SLOWDOWN, so many emulated devices can share a core; a history not in the recording fails its generation. Empty = compute the stages (a real device)", ''),
   EXECUTOR_ADDR: env.string('The server-executor, host:port', '127.0.0.1:50051'),
   PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
+  ...upstreamSecurityEnv,
   NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),
   TELEMETRY_INTERVAL_MS: env.int('How often the device profile is published', 1000, 50, 3_600_000),
   AGENT_DEADLINE_MS: env.int('Deadline of one generation against the executor', 120_000, 100, 86_400_000),

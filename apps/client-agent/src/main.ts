@@ -1,5 +1,5 @@
 import { modelIdOf, readManifest } from '@tandem/model';
-import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { createLogger, loadServerSecurity, loadUpstreamSecurity, onShutdownSignal } from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
 import { loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
@@ -8,6 +8,10 @@ import { ReplayRecording } from './replay';
 /** Composition root of the client-agent. */
 export async function main(): Promise<void> {
   const config = loadConfig(process.env);
+  // Certificates and tokens first: a bad file is a config error (exit 2) at once. On the local
+  // API the tokens file's identities are not checked: any listed token may generate.
+  const security = loadServerSecurity(config);
+  const upstream = loadUpstreamSecurity(config);
   const log = createLogger({ name: 'client-agent', level: config.LOG_LEVEL });
   const manifest = await readManifest(config.MODEL_DIR);
   const modelId = modelIdOf(config.MODEL_DIR);
@@ -36,6 +40,8 @@ export async function main(): Promise<void> {
     deadlineMs: config.AGENT_DEADLINE_MS,
     maxMessageBytes: config.AGENT_MAX_MESSAGE_BYTES,
     log,
+    security,
+    upstream,
   });
   const { port } = await agent.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'client-agent', id: config.AGENT_ID, port })}\n`);

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { PlannerServiceClient, quoted, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
-import type { Logger } from '@tandem/service-kit';
+import { clientOptions, type ClientSecurity, type Logger } from '@tandem/service-kit';
 
 /** The placement a generation will use, frozen at its start. */
 export interface ChosenPlacement {
@@ -32,13 +32,13 @@ export class PlanFollower {
   connected = false;
 
   constructor(
-    private readonly opts: { plannerAddr: string | undefined; clientId: string; stageCount: number; canRun: (stage: number) => boolean },
+    private readonly opts: { plannerAddr: string | undefined; upstream?: ClientSecurity; clientId: string; stageCount: number; canRun: (stage: number) => boolean },
     private readonly log: Logger,
   ) {}
 
   start(): void {
     if (!this.opts.plannerAddr) return;
-    this.client = new PlannerServiceClient(this.opts.plannerAddr, grpc.credentials.createInsecure());
+    this.client = new PlannerServiceClient(this.opts.plannerAddr, this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(this.opts.upstream));
     this.watch();
   }
 

@@ -1,5 +1,5 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { ConfigError, env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { ConfigError, env, loadEnv, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
 
 /**
@@ -105,6 +105,7 @@ export function checkOverrides(v: unknown): Record<string, Record<string, number
 export const plannerEnv = {
   MODEL_DIR: env.string('Model directory: the planner reads its manifest for stage names and boundary sizes'),
   PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
+  ...serverSecurityEnv,
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
   PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),
   PLANNER_REQUEST_CLASSES: env.json('Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}): each states at least one SLO, ms (end to end, time to first token, time per output token) and a plan must meet every one stated', DEFAULT_CLASSES as RequestClass[], checkClasses),

@@ -1,5 +1,5 @@
 import { modelIdOf, readManifest } from '@tandem/model';
-import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { createLogger, loadServerSecurity, onShutdownSignal } from '@tandem/service-kit';
 import { Calibrator } from './calibration';
 import { loadConfig } from './config';
 import { PlanMaker } from './plan-maker';
@@ -8,6 +8,8 @@ import { PlannerServer } from './planner-server';
 /** Composition root of the planner. */
 export async function main(): Promise<void> {
   const config = loadConfig(process.env);
+  // Certificates and tokens first: a bad file is a config error (exit 2) at once.
+  const security = loadServerSecurity(config);
   const log = createLogger({ name: 'planner', level: config.LOG_LEVEL });
   const manifest = await readManifest(config.MODEL_DIR);
   const maker = new PlanMaker({
@@ -34,7 +36,7 @@ export async function main(): Promise<void> {
     materialChange: config.PLANNER_CALIBRATION_CHANGE,
   });
   const server = new PlannerServer({ maker, calibrator, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
-    idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS });
+    idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS, security });
   // Last line of defence: the planner's own handlers catch what telemetry and planning throw
   // (planner-server.ts); anything that still escapes is logged and the planner keeps serving.
   process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception; the planner carries on'));

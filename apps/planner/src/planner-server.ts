@@ -14,7 +14,9 @@ import {
   type WatchPlansRequest,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { bindInsecure, connectNats, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
+import {
+  AuthError, bindServer, checkIdentity, connectNats, OPERATOR_IDENTITY, serverAuthOptions, shutdownServer, type Logger, type NatsConnection, type ServerSecurity,
+} from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
@@ -70,6 +72,12 @@ export interface PlannerServerOptions {
   readonly replanThreshold?: number;
   /** Longest a re-plan runs before yielding to the event loop, ms. Default 10. */
   readonly sliceMs?: number;
+  /**
+   * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
+   * plaintext, no tokens. With tokens, WatchPlans serves only the caller's own client id and
+   * ListPlans only operator tokens (identity '*').
+   */
+  readonly security?: ServerSecurity;
   /**
    * Below this server utilisation the planner optimises latency (the server has capacity to
    * spare); at or above it, server work under the SLA. It returns to latency only below half
@@ -199,7 +207,7 @@ interface Round {
  * timer callback is guarded (`timerErrors`).
  */
 export class PlannerServer {
-  private readonly server = new grpc.Server();
+  private readonly server: grpc.Server;
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly clients = new Map<string, ClientState>();
   private readonly watchers = new Map<string, Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>>();
@@ -244,6 +252,7 @@ export class PlannerServer {
   constructor(private readonly opts: PlannerServerOptions) {
     this.now = opts.now ?? Date.now;
     this.log = opts.log.child({ component: 'planner' });
+    this.server = new grpc.Server(serverAuthOptions(opts.security?.tokens));
     this.threshold = opts.replanThreshold ?? 0.02;
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
@@ -253,14 +262,14 @@ export class PlannerServer {
   async start(): Promise<{ port: number }> {
     this.server.addService(PlannerServiceService, this.handlers());
     this.health.addTo(this.server);
-    const port = await bindInsecure(this.server, this.opts.address);
+    const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log);
     this.subscribe(this.nc);
     await this.nc.flush();
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
     this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
-    this.log.info({ port, algorithm: this.opts.maker.opts.algorithm }, 'planner ready');
+    this.log.info({ port, tls: this.opts.security?.tls ?? false, mtls: this.opts.security?.mtls ?? false, tokens: !!this.opts.security?.tokens, algorithm: this.opts.maker.opts.algorithm }, 'planner ready');
     return { port };
   }
 
@@ -562,6 +571,19 @@ export class PlannerServer {
     return plans.map((p) => ({ clientId: p.clientId, classes: this.calibrator.observations(p.clientId, p.classes.map((c) => c.name)) }));
   }
 
+  /** With tokens: the status refusing a call whose identity `check` rejects (undefined when allowed, or without tokens). */
+  private refusal(metadata: grpc.Metadata, check: (identity: string) => void): Partial<grpc.StatusObject> | undefined {
+    const tokens = this.opts.security?.tokens;
+    if (!tokens) return undefined;
+    try {
+      check(tokens.authenticate(metadata));
+      return undefined;
+    } catch (err) {
+      if (err instanceof AuthError) return { code: err.code, details: err.message };
+      throw err;
+    }
+  }
+
   private handlers(): PlannerServiceServer {
     return {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
@@ -570,6 +592,8 @@ export class PlannerServer {
           call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given ${shown(id)}` });
           return;
         }
+        const denied = this.refusal(call.metadata, (identity) => checkIdentity(identity, 'clientId', id));
+        if (denied) { call.emit('error', denied); return; }
         let set = this.watchers.get(id);
         if (!set) this.watchers.set(id, (set = new Set()));
         set.add(call);
@@ -586,6 +610,10 @@ export class PlannerServer {
         if (plan) { call.write({ plan }); this.counters.plansPushed++; }
       },
       listPlans: (call, cb) => {
+        const denied = this.refusal(call.metadata, (identity) => {
+          if (identity !== OPERATOR_IDENTITY) throw new AuthError(grpc.status.PERMISSION_DENIED, `ListPlans must be called with an operator token (identity '*'; it shows every client's plan), given the token of '${identity}'`);
+        });
+        if (denied) { cb(denied); return; }
         let page: { plans: ClientPlan[]; nextPageToken: string };
         try {
           page = this.plansPage(call.request.pageSize, call.request.pageToken);

@@ -1,4 +1,4 @@
-import { env, loadEnv, type EnvValues } from '@tandem/service-kit';
+import { env, loadEnv, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Default of EXECUTOR_MAX_BATCH_TOKENS (also the scheduler's when a caller sets none). */
 export const DEFAULT_MAX_BATCH_TOKENS = 4096;
@@ -12,6 +12,7 @@ export const DEFAULT_PREFILL_STALL_MS = 10;
 export const executorEnv = {
   MODEL_DIR: env.string('Model directory (tandem-model/1) whose stages this executor serves'),
   EXECUTOR_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50051'),
+  ...serverSecurityEnv,
   EXECUTOR_ID: env.string('Id in telemetry and logs', 'executor'),
   EXECUTOR_MAX_SESSIONS: env.int('Concurrent split sessions; one more is refused with RESOURCE_EXHAUSTED', 64, 1, 100_000),
   EXECUTOR_MAX_CONTEXT_TOKENS: env.int("Tokens (prompt + generated) one session may hold; 0 means the model's nPositions", 0, 0, 1_000_000),

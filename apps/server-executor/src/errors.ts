@@ -1,6 +1,7 @@
 import { status, type StatusObject, Metadata } from '@grpc/grpc-js';
 import { capStatus, TensorFormatError } from '@tandem/protocol';
 import { StageInputError } from '@tandem/model';
+import { AuthError } from '@tandem/service-kit';
 
 /** A request broke a rule of the protocol: INVALID_ARGUMENT. */
 export class ValidationError extends Error {
@@ -43,5 +44,6 @@ export function toGrpcStatus(err: unknown): Partial<StatusObject> & { code: stat
   if (err instanceof CapacityError) return m(status.RESOURCE_EXHAUSTED, err.message);
   if (err instanceof NotReadyError) return m(status.UNAVAILABLE, err.message);
   if (err instanceof SessionClosedError) return m(err.code, err.message);
+  if (err instanceof AuthError) return m(err.code, err.message);
   return m(status.INTERNAL, 'internal error in the executor (logged)');
 }

@@ -13,7 +13,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { bindInsecure, shutdownServer, TelemetryPublisher, type Logger } from '@tandem/service-kit';
+import { bindServer, checkIdentity, serverAuthOptions, shutdownServer, TelemetryPublisher, type Logger, type ServerSecurity } from '@tandem/service-kit';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
@@ -47,6 +47,11 @@ export interface ExecutorServerOptions {
   /** NATS URL for telemetry, or undefined for none. */
   readonly natsUrl?: string;
   readonly telemetryIntervalMs: number;
+  /**
+   * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
+   * plaintext, no tokens. With tokens, a session's `open.clientId` must be its token's identity.
+   */
+  readonly security?: ServerSecurity;
 }
 
 /**
@@ -97,7 +102,7 @@ export class ExecutorServer {
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
-    this.server = new grpc.Server(channelOptions(opts.maxMessageBytes));
+    this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes), ...serverAuthOptions(opts.security?.tokens) });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
 
@@ -114,11 +119,11 @@ export class ExecutorServer {
   async start(): Promise<{ port: number }> {
     this.server.addService(ExecutorServiceService, this.handlers());
     this.health.addTo(this.server);
-    this.port = await bindInsecure(this.server, this.opts.address);
+    this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     const t0 = performance.now();
     await this.opts.engine.warmup();
     await this.profile();
-    this.log.info({ port: this.port, modelId: this.opts.engine.modelId, warmupMs: Math.round(performance.now() - t0) }, 'executor ready');
+    this.log.info({ port: this.port, tls: this.opts.security?.tls ?? false, mtls: this.opts.security?.mtls ?? false, tokens: !!this.opts.security?.tokens, modelId: this.opts.engine.modelId, warmupMs: Math.round(performance.now() - t0) }, 'executor ready');
     this.health.set('', ServingStatus.SERVING);
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
     if (this.opts.natsUrl) {
@@ -228,7 +233,7 @@ export class ExecutorServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
         const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
-          this.log, (sess) => this.admit(sess), this.traffic, this.kv);
+          this.log, (sess) => { this.authorize(call.metadata, sess.clientId); this.admit(sess); }, this.traffic, this.kv);
         void s.closed.then(() => this.sessions.delete(s));
       },
       getStatus: (call, cb) => {
@@ -237,6 +242,14 @@ export class ExecutorServer {
         cb(null, this.status());
       },
     };
+  }
+
+  /** With tokens: a session opens only under its caller's own client id (PERMISSION_DENIED otherwise). */
+  private authorize(metadata: grpc.Metadata, clientId: string): void {
+    const tokens = this.opts.security?.tokens;
+    if (!tokens) return;
+    // The interceptor let the call in, so the metadata authenticates; this learns who.
+    checkIdentity(tokens.authenticate(metadata), 'open.clientId', clientId);
   }
 
   private admit(s: SplitSession): void {

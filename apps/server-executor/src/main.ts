@@ -1,4 +1,4 @@
-import { createLogger, onShutdownSignal } from '@tandem/service-kit';
+import { createLogger, loadServerSecurity, onShutdownSignal } from '@tandem/service-kit';
 import { loadConfig } from './config';
 import { OnnxStageEngine } from './engine';
 import { ExecutorServer } from './executor-server';
@@ -7,6 +7,8 @@ import { WorkerStageEngine } from './worker-engine';
 /** Composition root of the server-executor: config → logger → engine → server → signals. */
 export async function main(): Promise<void> {
   const config = loadConfig(process.env);
+  // Certificates and tokens before the model: a bad file is a config error (exit 2) at once.
+  const security = loadServerSecurity(config);
   const log = createLogger({ name: 'server-executor', level: config.LOG_LEVEL });
   const engineOpts = { intraOpNumThreads: config.EXECUTOR_THREADS, fuseAllStages: config.EXECUTOR_FUSED };
   const engine = config.EXECUTOR_ENGINE === 'worker' ? await WorkerStageEngine.load(config.MODEL_DIR, engineOpts) : await OnnxStageEngine.load(config.MODEL_DIR, engineOpts);
@@ -27,6 +29,7 @@ export async function main(): Promise<void> {
     idleTimeoutMs: config.EXECUTOR_IDLE_TIMEOUT_MS,
     natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
+    security,
   });
   const { port } = await server.start();
   // One line on stdout that launchers (the demo, tests) read to learn the port.

@@ -1,4 +1,4 @@
-/** @tandem/service-kit: what every Tandem service shares: env config, logging, shutdown, NATS. */
+/** @tandem/service-kit: what every Tandem service shares: env config, logging, shutdown, NATS, TLS and token auth. */
 export { ConfigError, env, envTable, loadEnv } from './env';
 export type { EnvSchema, EnvValues, EnvVar } from './env';
 export { createLogger } from './logger';
@@ -9,3 +9,10 @@ export type { NatsConnection } from './nats';
 export { bindInsecure, shutdownServer } from './grpc-server';
 export { TelemetryPublisher } from './telemetry';
 export type { TelemetryPublisherOptions } from './telemetry';
+export {
+  AUTH_METADATA_KEY, AuthError, bearerOptions, bindServer, checkIdentity, clientOptions, loadClientSecurity, loadServerSecurity, loadUpstreamSecurity,
+  MIN_TOKEN_LENGTH, OPERATOR_IDENTITY, serverAuthOptions, serverSecurityEnv, TokenTable, tokenInterceptor, upstreamSecurityEnv,
+} from './security';
+export type { ClientSecurity, ClientSecurityFiles, ServerSecurity, ServerSecurityConfig, UpstreamSecurityConfig } from './security';
+export { makeCertificates } from './certs';
+export type { CertificateOptions, CertificateSet } from './certs';

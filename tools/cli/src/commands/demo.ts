@@ -17,13 +17,18 @@ export const DEMO_RUNS_PER_AGENT = 2;
 /** Bound on the wait for the agents' first plans. */
 export const DEMO_PLAN_WAIT_MS = 20_000;
 
-const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--json] [--keep-logs]
+const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--json] [--keep-logs]
 
 Runs Tandem end to end on this machine: a server-executor, a planner and three client-agents
 (emulated devices: ${DEMO_DEVICES.map((d) => `${d.id} ${d.slowdown}x slower, ${d.linkLatencyMs} ms link`).join('; ')}),
 each as its own process. Waits for the planner's plans, runs ${DEMO_RUNS_PER_AGENT} generations per device
 through its Generate API ("${DEMO_PROMPT}"), prints what each device ran where and how long
 it took against its SLA, and stops everything. See docs/demo.md.
+
+Every gRPC port serves TLS with a CA and certificates made for this run (openssl, as
+\`tandem certs\`): the executor and the planner require client certificates (mTLS) and
+bearer tokens (one per device, each allowed only its own plans and sessions), the agents'
+Generate APIs tokens (docs/security.md). --plaintext runs without any of it.
 
 NATS: $NATS_URL (default ${DEFAULT_NATS_URL}) when it accepts connections, otherwise a
 nats-server the demo starts on a free port ($NATS_SERVER_BIN, /usr/sbin or PATH).
@@ -33,6 +38,7 @@ nats-server the demo starts on a free port ($NATS_SERVER_BIN, /usr/sbin or PATH)
   --model DIR     use this existing model directory instead
   --tokens N      tokens per generation, 1..512 (default 16)
   --json          print the report as one JSON document
+  --plaintext     no TLS and no tokens (the services' defaults)
   --keep-logs     keep the services' log directory (it is always kept when something fails)
 
 Exit codes: 0 done, 2 bad usage or no NATS available, 1 a service failed,
@@ -45,7 +51,7 @@ export const demoCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const startedAt = performance.now();
-    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs'] });
+    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext'] });
     const presetFlag = args.flags.get('preset');
     const modelFlag = args.flags.get('model');
     if (presetFlag !== undefined && modelFlag !== undefined) throw new UsageError(`--preset and --model are exclusive: give one of them, given --preset '${presetFlag}' and --model '${modelFlag}'`);
@@ -87,7 +93,7 @@ export const demoCommand: Command = {
         const report = await runDemo({
           modelDir, manifest, preset: modelFlag === undefined ? preset : undefined, nats, prompt: DEMO_PROMPT, tokens,
           runsPerAgent: DEMO_RUNS_PER_AGENT, keepLogs: args.switches.has('keep-logs'), planWaitMs: DEMO_PLAN_WAIT_MS,
-          signal: ac.signal, startedAt, progress,
+          signal: ac.signal, startedAt, progress, tls: !args.switches.has('plaintext'),
         });
         if (json) printJson(io, report);
         else io.stdout.write(formatDemoReport(report));

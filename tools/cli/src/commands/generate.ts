@@ -1,10 +1,12 @@
-import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { clientOptions } from '@tandem/service-kit';
 import { type Manifest, decode, encode } from '@tandem/model';
 import { AgentServiceClient, type GenerateResponse, type GenerationSummary } from '@tandem/protocol';
 import { type ParsedArgs, intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
 import { UsageError } from '../errors';
 import { type CliIo, printJson } from '../io';
+import { clientSecurityFlags, SECURITY_FLAGS, SECURITY_USAGE } from '../security-flags';
 import { idsFlag, loadPipeline, placementFlag, readModelFlag, toUsageError } from './forward';
 
 /**
@@ -19,7 +21,7 @@ interface GenerateBackend {
 }
 
 /** Flags and switches `tandem generate` accepts; a new backend adds its own here. */
-const FLAGS = ['model', 'agent', 'prompt', 'ids', 'max-new-tokens', 'placement', 'deadline-ms'];
+const FLAGS = ['model', 'agent', 'prompt', 'ids', 'max-new-tokens', 'placement', 'deadline-ms', ...SECURITY_FLAGS];
 const SWITCHES = ['json'];
 
 async function localBackend(args: ParsedArgs, dir: string, manifest: Manifest): Promise<GenerateBackend> {
@@ -61,7 +63,8 @@ async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
   const maxNew = intFlag(args, 'max-new-tokens', { min: 1 });
   const deadlineMs = intFlag(args, 'deadline-ms', { min: 1, default: 300_000 });
   const json = args.switches.has('json');
-  const client = new AgentServiceClient(addr, credentials.createInsecure());
+  const sec = clientSecurityFlags(args);
+  const client = new AgentServiceClient(addr, sec.credentials, clientOptions(sec));
   const streamer = json ? undefined : textStreamer(io);
   const so: number[] = [];
   try {
@@ -124,7 +127,8 @@ function textStreamer(io: CliIo): { push(ids: readonly number[]): void; end(ids:
 }
 
 const USAGE = `usage: tandem generate --model DIR (--prompt TEXT | --ids LIST) --max-new-tokens N --placement PLACEMENT [--json]
-       tandem generate --agent ADDR (--prompt TEXT | --ids LIST) --max-new-tokens N [--placement P] [--deadline-ms MS] [--json]
+       tandem generate --agent ADDR (--prompt TEXT | --ids LIST) --max-new-tokens N [--placement P] [--deadline-ms MS]
+                         [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN] [--json]
 
 Greedy decoding with the KV cache (a prefill over the prompt, then one step per token), executed
 with the split placement: C stages in a client-side runner, S stages in a server-side runner.
@@ -138,6 +142,8 @@ with the split placement: C stages in a client-side runner, S stages in a server
                          then overrides the plan, and --json adds how it ran (placement, planEpoch,
                          ttftMs, totalMs, slaMs, serverComputeMs, ...)
   --deadline-ms MS       with --agent: deadline of the whole generation (default 300000)
+  with --agent, how to reach it (the agent's TLS_CERT_FILE, AUTH_TOKENS_FILE):
+${SECURITY_USAGE}
   --json                 print {"ids": [...generated ids...], "text": "..."}; otherwise the text is
                          streamed to stdout as it is generated`;
 
@@ -150,6 +156,8 @@ export const generateCommand: Command = {
     const args = parseArgs(argv, { flags: FLAGS, switches: SWITCHES });
     if (args.flags.has('agent')) return generateViaAgent(args, io);
     if (args.flags.has('deadline-ms')) throw new UsageError('--deadline-ms applies to --agent only');
+    const remote = SECURITY_FLAGS.find((f) => args.flags.has(f));
+    if (remote) throw new UsageError(`--${remote} applies to --agent only`);
     const dir = required(args, 'model');
     const manifest = await readModelFlag(dir);
     const prompt = promptIds(args, manifest);

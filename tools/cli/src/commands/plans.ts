@@ -7,11 +7,13 @@ import { listPlans } from '../demo/grpc-calls';
 import { formatPlans } from '../demo/plans-view';
 import { UsageError } from '../errors';
 import { printJson, type CliIo } from '../io';
+import { clientOptions } from '@tandem/service-kit';
+import { clientSecurityFlags, SECURITY_FLAGS, SECURITY_USAGE } from '../security-flags';
 
 /** Deadline of the whole listing (every ListPlans page). */
 export const PLANS_DEADLINE_MS = 30_000;
 
-const USAGE = `usage: tandem plans --planner ADDR [--page-size N] [--json]
+const USAGE = `usage: tandem plans --planner ADDR [--page-size N] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN] [--json]
 
 Shows the planner's current plan of every client it knows (its ListPlans API): per request
 class, the placement (one letter per stage: C on the client, S on the server), the SLA, the
@@ -30,6 +32,8 @@ factor and the safety factor on the SLA ('all-server' at its floor) it plans wit
                    'observations' per client in the same order): fields at their default
                    value are omitted (feasible=false, a zero count, and 'plans' itself when
                    there are none: {})
+${SECURITY_USAGE}
+                   (a planner with AUTH_TOKENS_FILE lists plans only for an operator token)
 
 Exit codes: 0 listed (also when there are no plans yet), 2 bad usage, 1 the planner could not
 be reached or failed.`;
@@ -48,10 +52,11 @@ export const plansCommand: Command = {
   summary: "list a running planner's current plans (placement per client and request class) and what it observed",
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
-    const args = parseArgs(argv, { flags: ['planner', 'page-size'], switches: ['json'] });
+    const args = parseArgs(argv, { flags: ['planner', 'page-size', ...SECURITY_FLAGS], switches: ['json'] });
     const addr = addressFlag('planner', required(args, 'planner'));
     const pageSize = intFlag(args, 'page-size', { min: 1, max: MAX_PLANS_PAGE_SIZE, default: 0 });
-    const client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    const sec = clientSecurityFlags(args);
+    const client = new PlannerServiceClient(addr, sec.credentials, clientOptions(sec));
     let r: ListPlansResponse;
     try {
       r = await listPlans(client, PLANS_DEADLINE_MS, pageSize);

@@ -8,7 +8,8 @@ import { DEMO_DEVICES, type DemoDevice } from './devices';
 import { agentStatus, generateVia, listPlans, type GenerationResult } from './grpc-calls';
 import type { DemoNats } from './nats';
 import { ServiceSet, tailOf, type ServiceProcess } from './services';
-import { agentSpec, executorSpec, plannerSpec } from './stack';
+import { agentSpec, executorSpec, makeDemoSecurity, plannerSpec, type DemoSecurity } from './stack';
+import { loadClientSecurity, clientOptions, type ClientSecurity } from '@tandem/service-kit';
 
 /** The demo was stopped by a signal. */
 export class DemoInterrupted extends Error {
@@ -36,6 +37,8 @@ export interface DemoOptions {
   readonly startedAt: number;
   /** Progress lines (stderr). */
   readonly progress: (line: string) => void;
+  /** TLS (mTLS to the executor and planner) and bearer tokens on every port (default true); false = plaintext. */
+  readonly tls?: boolean;
 }
 
 /** One generation as the demo reports it. */
@@ -177,7 +180,16 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   opts.progress(`service logs: ${logDir}${opts.keepLogs ? '' : ' (removed at the end unless something fails; --keep-logs keeps them)'}`);
   const set = new ServiceSet(logDir);
   const guard = new Guard(opts.signal);
-  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url };
+  let security: DemoSecurity | undefined;
+  let client: ClientSecurity | undefined;
+  if (opts.tls !== false) {
+    security = makeDemoSecurity(path.join(logDir, 'tls'));
+    // The demo's own calls: TLS trusting the demo CA, with the client certificate and the operator token.
+    client = loadClientSecurity({ caFile: security.certs.caCert, certFile: security.certs.clientCert, keyFile: security.certs.clientKey, token: security.operatorToken });
+    opts.progress(`TLS on every port (mTLS and tokens on the executor and the planner): CA, certificates and tokens in ${path.join(logDir, 'tls')}`);
+  }
+  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url, security };
+  const creds = (): grpc.ChannelCredentials => client?.credentials ?? grpc.credentials.createInsecure();
   const clients: { close(): void }[] = [];
   let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'> | undefined;
   let killed: string[] = [];
@@ -195,11 +207,11 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     opts.progress(`agents listening: ${DEMO_DEVICES.map((d, i) => `${d.id} at ${agentProcs[i].address}`).join(', ')}`);
 
     const agents = DEMO_DEVICES.map((device, i) => {
-      const client = new AgentServiceClient(agentProcs[i].address, grpc.credentials.createInsecure());
-      clients.push(client);
-      return { device, client, runs: [] as DemoRun[] };
+      const c = new AgentServiceClient(agentProcs[i].address, creds(), clientOptions(client));
+      clients.push(c);
+      return { device, client: c, runs: [] as DemoRun[] };
     });
-    const plannerClient = new PlannerServiceClient(planner.address, grpc.credentials.createInsecure());
+    const plannerClient = new PlannerServiceClient(planner.address, creds(), clientOptions(client));
     clients.push(plannerClient);
 
     await waitForPlans(agents, opts, guard);

@@ -1,7 +1,10 @@
 import { agentEnv } from '@tandem/client-agent';
 import { plannerEnv } from '@tandem/planner';
 import { executorEnv } from '@tandem/server-executor';
-import { loadEnv, type EnvSchema } from '@tandem/service-kit';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { loadEnv, makeCertificates, type CertificateSet, type EnvSchema } from '@tandem/service-kit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
 import type { ServiceSpec } from './services';
 
@@ -24,13 +27,50 @@ function childEnv(schema: EnvSchema, vars: Record<string, string>): Record<strin
   return { ...out, ...vars };
 }
 
+/** TLS and tokens of the demo's services (makeDemoSecurity); absent = plaintext, no tokens. */
+export interface DemoSecurity {
+  readonly certs: CertificateSet;
+  /** AUTH_TOKENS_FILE of the executor and the planner (and the agents' local APIs). */
+  readonly tokensFile: string;
+  /** Each device's token, by device id (its identity). */
+  readonly agentTokens: Readonly<Record<string, string>>;
+  /** An operator token ('*'): the demo's own ListPlans and its calls to the agents. */
+  readonly operatorToken: string;
+}
+
+/**
+ * A fresh CA, server and client certificates (openssl) and one random token per device plus
+ * an operator token, under `dir`. Every port of the demo then serves TLS; the executor and the
+ * planner also require client certificates (mTLS) and tokens, the agents' local APIs tokens.
+ */
+export function makeDemoSecurity(dir: string): DemoSecurity {
+  const certs = makeCertificates(path.join(dir, 'certs'), { days: 1 });
+  const token = (): string => randomBytes(24).toString('base64url');
+  const agentTokens = Object.fromEntries(DEMO_DEVICES.map((d) => [d.id, token()]));
+  const operatorToken = token();
+  const tokensFile = path.join(dir, 'tokens');
+  writeFileSync(tokensFile, `${[...Object.entries(agentTokens).map(([id, t]) => `${t} ${id}`), `${operatorToken} *`].join('\n')}\n`, { mode: 0o600 });
+  return { certs, tokensFile, agentTokens, operatorToken };
+}
+
 export interface StackOptions {
   readonly modelDir: string;
   readonly natsUrl: string;
+  readonly security?: DemoSecurity;
 }
 
 function common(o: StackOptions): Record<string, string> {
   return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, LOG_LEVEL: 'warn' };
+}
+
+/** Server-side TLS (mTLS when `mtls`) and tokens of one service. */
+function serverTls(o: StackOptions, mtls: boolean): Record<string, string> {
+  const s = o.security;
+  if (!s) return {};
+  return {
+    TLS_CERT_FILE: s.certs.serverCert, TLS_KEY_FILE: s.certs.serverKey, TLS_CA_FILE: s.certs.caCert,
+    TLS_CLIENT_AUTH: mtls ? 'require' : 'none', AUTH_TOKENS_FILE: s.tokensFile,
+  };
 }
 
 export function executorSpec(o: StackOptions): ServiceSpec {
@@ -38,7 +78,7 @@ export function executorSpec(o: StackOptions): ServiceSpec {
     name: 'server-executor',
     app: 'server-executor',
     env: childEnv(executorEnv, {
-      ...common(o), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: 'demo-server', EXECUTOR_THREADS: '1',
+      ...common(o), ...serverTls(o, true), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: 'demo-server', EXECUTOR_THREADS: '1',
       TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
     }),
   };
@@ -49,7 +89,7 @@ export function plannerSpec(o: StackOptions): ServiceSpec {
     name: 'planner',
     app: 'planner',
     env: childEnv(plannerEnv, {
-      ...common(o), PLANNER_ADDR: '127.0.0.1:0',
+      ...common(o), ...serverTls(o, true), PLANNER_ADDR: '127.0.0.1:0',
       PLANNER_REQUEST_CLASSES: JSON.stringify(DEMO_REQUEST_CLASSES),
       PLANNER_SLA_OVERRIDES: JSON.stringify(DEMO_SLA_OVERRIDES),
       // Always minimise server work under each device's SLA (what the planner does under load);
@@ -59,12 +99,21 @@ export function plannerSpec(o: StackOptions): ServiceSpec {
   };
 }
 
+/** The agent's client side: trust the demo CA, present the client certificate, send its own token. */
+function upstreamTls(o: StackOptions, id: string): Record<string, string> {
+  const s = o.security;
+  if (!s) return {};
+  return {
+    UPSTREAM_TLS_CA_FILE: s.certs.caCert, UPSTREAM_TLS_CERT_FILE: s.certs.clientCert, UPSTREAM_TLS_KEY_FILE: s.certs.clientKey, UPSTREAM_TOKEN: s.agentTokens[id],
+  };
+}
+
 export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, plannerAddr: string): ServiceSpec {
   return {
     name: `agent-${d.id}`,
     app: 'client-agent',
     env: childEnv(agentEnv, {
-      ...common(o), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+      ...common(o), ...serverTls(o, false), ...upstreamTls(o, d.id), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
       AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
       AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
       EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr,
