@@ -14,7 +14,7 @@ import {
   type WatchPlansRequest,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { bindInsecure, connectNats, type Logger, type NatsConnection, shutdownServer } from '@tandem/service-kit';
+import { bindInsecure, connectNats, type Logger, type NatsAuth, type NatsConnection, shutdownServer } from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
@@ -53,6 +53,8 @@ export interface PlannerServerOptions {
   readonly log: Logger;
   readonly address: string;
   readonly natsUrl: string;
+  /** NATS credentials (docs/security-nats.md); undefined connects without. */
+  readonly natsAuth?: NatsAuth;
   /** Id of the model planned for (see modelIdOf); telemetry about another model is refused. Empty accepts any. */
   readonly modelId: string;
   /**
@@ -231,7 +233,7 @@ export class PlannerServer {
     this.server.addService(PlannerServiceService, this.handlers());
     this.health.addTo(this.server);
     const port = await bindInsecure(this.server, this.opts.address);
-    this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log);
+    this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
     this.subscribe(this.nc);
     await this.nc.flush();
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
