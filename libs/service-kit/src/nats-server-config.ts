@@ -112,7 +112,7 @@ export function natsServerConfig(opts: NatsServerConfigOptions): NatsServerConfi
       const cred = u.seed !== undefined ? `nkey: ${q(u.user)}`
         : u.passwordVar !== undefined ? `user: ${q(u.user)}, password: $${u.passwordVar}`
           : `user: ${q(u.user)}, password: ${q(u.password ?? '')}`;
-      return `    # ${u.role} ${u.id}\n    { ${cred}, permissions: { publish: ${rule(u.publish)}, subscribe: ${rule(u.subscribe)} } }`;
+      return `    # ${u.role === u.id ? u.role : `${u.role} ${u.id}`}\n    { ${cred}, permissions: { publish: ${rule(u.publish)}, subscribe: ${rule(u.subscribe)} } }`;
     }),
     '  ]',
     '}',

@@ -21,9 +21,10 @@ export function natsServerBinary(env: NodeJS.ProcessEnv = process.env): string {
   return 'nats-server';
 }
 
-async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+async function waitForPort(port: number, timeoutMs: number, gaveUp: () => boolean = () => false): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
+    if (gaveUp()) return;
     const ok = await new Promise<boolean>((resolve) => {
       const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(true); });
       s.on('error', () => resolve(false));
@@ -60,13 +61,14 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
     child = c;
     let stderr = '';
     c.stderr?.on('data', (b: Buffer) => { if (stderr.length < 4096) stderr += b.toString('utf8'); });
+    let ended = false;
     const failed = new Promise<never>((_, reject) => {
-      c.once('error', (e) => reject(new Error(`cannot start ${bin}: ${e.message}`)));
+      c.once('error', (e) => { ended = true; reject(new Error(`cannot start ${bin}: ${e.message}`)); });
       // A configuration the server refuses ends it at once; say why instead of timing out.
-      c.once('exit', (code) => reject(new Error(`${bin} ${args.join(' ')} exited with ${code}: ${stderr.trim().slice(0, 500)}`)));
+      c.once('exit', (code) => { ended = true; reject(new Error(`${bin} ${args.join(' ')} exited with ${code}: ${stderr.trim().slice(0, 500)}`)); });
     });
     failed.catch(() => undefined);
-    await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000), failed]);
+    await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000, () => ended), failed]);
   };
   const stop = async (): Promise<void> => {
     const c = child;
