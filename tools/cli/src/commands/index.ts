@@ -8,6 +8,7 @@ import { modelImportCommand } from './model-import';
 import { plansCommand } from './plans';
 import { demoCommand } from './demo';
 import { loadtestCommand } from './loadtest';
+import { natsConfigCommand } from './nats-config';
 
 /** Every `tandem` sub-command. Each lives in its own file under commands/. */
-export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand, plansCommand, demoCommand, loadtestCommand];
+export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand, plansCommand, demoCommand, loadtestCommand, natsConfigCommand];
