@@ -210,15 +210,14 @@ describe('the other credential kinds the generator writes', () => {
     await expect(checkNatsCredentials(nats.url, natsAuthFrom({ NATS_USER: '', NATS_PASSWORD: '', NATS_NKEY_SEED_FILE: strangerFile }))).rejects.toThrow(`refused the NKEY seed in NATS_NKEY_SEED_FILE '${strangerFile}'`);
   });
 
-  it('password-env: nats-server reads each password from its environment, so the file holds none (as deploy/ does)', async () => {
-    const cfg = natsServerConfig({ agents: ['agent-a'], mode: 'password-env' });
-    const file = path.join(dir, 'env.conf');
-    writeFileSync(file, cfg.conf);
+  it('password-env: the configuration deploy/ ships reads each password from the environment of nats-server', async () => {
+    const cfg = natsServerConfig({ agents: ['agent-1'], mode: 'password-env' });
+    const file = path.join(REPO, 'deploy/nats/nats-server.conf');
     const vars = Object.fromEntries(cfg.users.map((u) => [u.passwordVar ?? '', `pw-${u.id}`]));
     await expect(startNatsServer({ configFile: file, timeoutMs: 3000 })).rejects.toThrow(/NATS_PASSWORD_PLANNER/);
     const nats = await startNatsServer({ configFile: file, env: vars });
     servers.push(nats);
-    await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-a', password: 'pw-agent-a' })).resolves.toBeUndefined();
-    await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-a', password: 'pw-planner' })).rejects.toThrow(/refused NATS_USER 'agent-a'/);
+    await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-1', password: 'pw-agent-1' })).resolves.toBeUndefined();
+    await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-1', password: 'pw-planner' })).rejects.toThrow(/refused NATS_USER 'agent-1'/);
   });
 });

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Subjects } from '@tandem/protocol';
@@ -71,5 +71,25 @@ describe('natsServerConfig', () => {
     expect(() => natsServerConfig({ agents: ['planner'] })).toThrow("agent id 'planner' is used twice (also as planner 'planner')");
     expect(() => natsServerConfig({ agents: ['a-b', 'a_b'], mode: 'password-env' })).toThrow("agent id 'a_b' is used twice (also as agent 'a-b')");
     expect(natsPasswordVar('agent-1')).toBe('NATS_PASSWORD_AGENT_1');
+  });
+});
+
+describe('deploy/', () => {
+  const deploy = path.join(__dirname, '../../../deploy');
+
+  it('ships the configuration `tandem nats-config --agents agent-1 --auth password-env` writes', () => {
+    // Regenerate when permissions change: tandem nats-config --agents agent-1 --auth password-env --out DIR
+    expect(readFileSync(path.join(deploy, 'nats/nats-server.conf'), 'utf8')).toBe(natsServerConfig({ agents: ['agent-1'], mode: 'password-env' }).conf);
+  });
+
+  it('runs nats-server with it and gives each service its user and the matching password', () => {
+    const compose = readFileSync(path.join(deploy, 'docker-compose.yml'), 'utf8');
+    expect(compose).toContain('command: ["-c", "/etc/nats/tandem.conf"]');
+    expect(compose).toContain('./nats/nats-server.conf:/etc/nats/tandem.conf:ro');
+    for (const [user, v] of [['executor', 'NATS_PASSWORD_EXECUTOR'], ['planner', 'NATS_PASSWORD_PLANNER'], ['agent-1', 'NATS_PASSWORD_AGENT_1']]) {
+      expect(compose).toContain(`NATS_USER: ${user}\n      NATS_PASSWORD: \${${v}:?`);
+      expect(compose).toContain(`  ${v}: \${${v}:?`);
+      expect(readFileSync(path.join(deploy, 'nats.env.example'), 'utf8')).toMatch(new RegExp(`^${v}=`, 'm'));
+    }
   });
 });

@@ -17,7 +17,7 @@ export const DEMO_RUNS_PER_AGENT = 2;
 /** Bound on the wait for the agents' first plans. */
 export const DEMO_PLAN_WAIT_MS = 20_000;
 
-const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--json] [--keep-logs]
+const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--own-nats] [--json] [--keep-logs]
 
 Runs Tandem end to end on this machine: a server-executor, a planner and three client-agents
 (emulated devices: ${DEMO_DEVICES.map((d) => `${d.id} ${d.slowdown}x slower, ${d.linkLatencyMs} ms link`).join('; ')}),
@@ -25,13 +25,17 @@ each as its own process. Waits for the planner's plans, runs ${DEMO_RUNS_PER_AGE
 through its Generate API ("${DEMO_PROMPT}"), prints what each device ran where and how long
 it took against its SLA, and stops everything. See docs/demo.md.
 
-NATS: $NATS_URL (default ${DEFAULT_NATS_URL}) when it accepts connections, otherwise a
-nats-server the demo starts on a free port ($NATS_SERVER_BIN, /usr/sbin or PATH).
+NATS: $NATS_URL (default ${DEFAULT_NATS_URL}) when it accepts connections (the services then
+connect without credentials), otherwise a nats-server the demo starts on a free port
+($NATS_SERVER_BIN, /usr/sbin or PATH) with one user per service, each allowed only its own
+subjects (as \`tandem nats-config\` writes; docs/security-nats.md).
 
   --preset NAME   synthetic model preset: ${Object.keys(PRESETS).join(', ')} (default small); created once
                   (seed ${DEMO_SEED}) in ./.tandem/models/NAME-${DEMO_SEED}
   --model DIR     use this existing model directory instead
   --tokens N      tokens per generation, 1..512 (default 16)
+  --own-nats      always start the demo's own nats-server with credentials, even when
+                  $NATS_URL answers
   --json          print the report as one JSON document
   --keep-logs     keep the services' log directory (it is always kept when something fails)
 
@@ -45,7 +49,7 @@ export const demoCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const startedAt = performance.now();
-    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs'] });
+    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'own-nats'] });
     const presetFlag = args.flags.get('preset');
     const modelFlag = args.flags.get('model');
     if (presetFlag !== undefined && modelFlag !== undefined) throw new UsageError(`--preset and --model are exclusive: give one of them, given --preset '${presetFlag}' and --model '${modelFlag}'`);
@@ -69,7 +73,7 @@ export const demoCommand: Command = {
     process.on('SIGTERM', onSignal);
     try {
       // NATS first: when there is none and no nats-server either, say so before any model work.
-      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress });
+      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress, ownServer: args.switches.has('own-nats') });
       try {
         let modelDir: string;
         let manifest;

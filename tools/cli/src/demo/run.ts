@@ -177,7 +177,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   opts.progress(`service logs: ${logDir}${opts.keepLogs ? '' : ' (removed at the end unless something fails; --keep-logs keeps them)'}`);
   const set = new ServiceSet(logDir);
   const guard = new Guard(opts.signal);
-  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url };
+  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url, natsEnv: (id: string) => opts.nats.envFor(id) };
   const clients: { close(): void }[] = [];
   let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'> | undefined;
   let killed: string[] = [];

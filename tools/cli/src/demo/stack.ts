@@ -3,6 +3,7 @@ import { plannerEnv } from '@tandem/planner';
 import { executorEnv } from '@tandem/server-executor';
 import { loadEnv, type EnvSchema } from '@tandem/service-kit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
+import { DEMO_EXECUTOR_ID } from './nats';
 import type { ServiceSpec } from './services';
 
 /** How often agents and the executor publish telemetry in the demo, so plans arrive fast. */
@@ -27,10 +28,12 @@ function childEnv(schema: EnvSchema, vars: Record<string, string>): Record<strin
 export interface StackOptions {
   readonly modelDir: string;
   readonly natsUrl: string;
+  /** NATS credential variables of the service with this id (`planner`, the executor's or an agent's id); none when absent. */
+  readonly natsEnv?: (id: string) => Record<string, string>;
 }
 
-function common(o: StackOptions): Record<string, string> {
-  return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, LOG_LEVEL: 'warn' };
+function common(o: StackOptions, id: string): Record<string, string> {
+  return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, ...o.natsEnv?.(id), LOG_LEVEL: 'warn' };
 }
 
 export function executorSpec(o: StackOptions): ServiceSpec {
@@ -38,7 +41,7 @@ export function executorSpec(o: StackOptions): ServiceSpec {
     name: 'server-executor',
     app: 'server-executor',
     env: childEnv(executorEnv, {
-      ...common(o), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: 'demo-server', EXECUTOR_THREADS: '1',
+      ...common(o, DEMO_EXECUTOR_ID), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: DEMO_EXECUTOR_ID, EXECUTOR_THREADS: '1',
       TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
     }),
   };
@@ -49,7 +52,7 @@ export function plannerSpec(o: StackOptions): ServiceSpec {
     name: 'planner',
     app: 'planner',
     env: childEnv(plannerEnv, {
-      ...common(o), PLANNER_ADDR: '127.0.0.1:0',
+      ...common(o, 'planner'), PLANNER_ADDR: '127.0.0.1:0',
       PLANNER_REQUEST_CLASSES: JSON.stringify(DEMO_REQUEST_CLASSES),
       PLANNER_SLA_OVERRIDES: JSON.stringify(DEMO_SLA_OVERRIDES),
       // Always minimise server work under each device's SLA (what the planner does under load);
@@ -64,7 +67,7 @@ export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, 
     name: `agent-${d.id}`,
     app: 'client-agent',
     env: childEnv(agentEnv, {
-      ...common(o), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+      ...common(o, d.id), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
       AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
       AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
       EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr,
