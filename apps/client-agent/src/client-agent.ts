@@ -19,7 +19,7 @@ import {
   type GenerateResponse,
 } from '@tandem/protocol';
 import { decode, encode, readManifest, StageInputError } from '@tandem/model';
-import { bindServer, clientOptions, serverAuthOptions, shutdownServer, TelemetryPublisher, type ClientSecurity, type Logger, type ServerSecurity } from '@tandem/service-kit';
+import { bindServer, clientOptions, serverAuthOptions, shutdownServer, TelemetryPublisher, type ClientSecurity, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
@@ -43,6 +43,8 @@ export interface ClientAgentOptions {
   readonly executorAddr: string;
   readonly plannerAddr?: string;
   readonly natsUrl?: string;
+  /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
+  readonly natsAuth?: NatsAuth;
   readonly telemetryIntervalMs: number;
   readonly deadlineMs: number;
   readonly maxMessageBytes: number;
@@ -123,7 +125,7 @@ export class ClientAgent {
     this.pingTimer.unref();
     if (this.opts.natsUrl) {
       this.telemetry = new TelemetryPublisher({
-        natsUrl: this.opts.natsUrl, name: `agent-${this.opts.clientId}`, subject: Subjects.clientProfile(this.opts.clientId),
+        natsUrl: this.opts.natsUrl, natsAuth: this.opts.natsAuth, name: `agent-${this.opts.clientId}`, subject: Subjects.clientProfile(this.opts.clientId),
         intervalMs: this.opts.telemetryIntervalMs, payload: () => ClientProfile.encode(this.profile()).finish(), log: this.log,
       });
       this.telemetry.start();

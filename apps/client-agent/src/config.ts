@@ -1,4 +1,4 @@
-import { env, loadEnv, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import { env, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Every environment variable the client-agent reads, with its default. */
 export const agentEnv = {
@@ -18,6 +18,7 @@ export const agentEnv = {
   PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
   ...upstreamSecurityEnv,
   NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),
+  ...natsAuthEnv,
   TELEMETRY_INTERVAL_MS: env.int('How often the device profile is published', 1000, 50, 3_600_000),
   AGENT_DEADLINE_MS: env.int('Deadline of one generation against the executor', 120_000, 100, 86_400_000),
   AGENT_MAX_MESSAGE_BYTES: env.int('Largest gRPC message sent or accepted, bytes', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
@@ -29,7 +30,9 @@ export type AgentConfig = EnvValues<typeof agentEnv>;
 
 /** Reads the agent's configuration. @throws ConfigError listing every problem. */
 export function loadConfig(source: Readonly<Record<string, string | undefined>>): AgentConfig {
-  return loadEnv(agentEnv, source);
+  const config = loadEnv(agentEnv, source);
+  natsAuthFrom(config);
+  return config;
 }
 
 /** Expands 'all' or '0-3,7' into stage indices below `stageCount`. */

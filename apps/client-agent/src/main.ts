@@ -1,5 +1,5 @@
 import { modelIdOf, readManifest } from '@tandem/model';
-import { createLogger, loadServerSecurity, loadUpstreamSecurity, onShutdownSignal } from '@tandem/service-kit';
+import { checkNatsCredentials, createLogger, loadServerSecurity, loadUpstreamSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
 import { loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
@@ -13,6 +13,9 @@ export async function main(): Promise<void> {
   const security = loadServerSecurity(config);
   const upstream = loadUpstreamSecurity(config);
   const log = createLogger({ name: 'client-agent', level: config.LOG_LEVEL });
+  const natsAuth = natsAuthFrom(config);
+  // Wrong NATS credentials stop the agent here (exit 2), not later as silent telemetry loss.
+  if (config.NATS_URL !== 'off') await checkNatsCredentials(config.NATS_URL, natsAuth);
   const manifest = await readManifest(config.MODEL_DIR);
   const modelId = modelIdOf(config.MODEL_DIR);
   const replay = config.AGENT_REPLAY_FILE === '' ? undefined : ReplayRecording.load(config.AGENT_REPLAY_FILE, {
@@ -36,6 +39,7 @@ export async function main(): Promise<void> {
     executorAddr: config.EXECUTOR_ADDR,
     plannerAddr: config.PLANNER_ADDR === 'off' ? undefined : config.PLANNER_ADDR,
     natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
+    natsAuth,
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
     deadlineMs: config.AGENT_DEADLINE_MS,
     maxMessageBytes: config.AGENT_MAX_MESSAGE_BYTES,

@@ -1,5 +1,5 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { ConfigError, env, loadEnv, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
+import { ConfigError, env, loadEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
 
 /**
@@ -107,6 +107,7 @@ export const plannerEnv = {
   PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
   ...serverSecurityEnv,
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
+  ...natsAuthEnv,
   PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),
   PLANNER_REQUEST_CLASSES: env.json('Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}): each states at least one SLO, ms (end to end, time to first token, time per output token) and a plan must meet every one stated', DEFAULT_CLASSES as RequestClass[], checkClasses),
   PLANNER_SLA_OVERRIDES: env.json('SLOs per client class (JSON {clientClass: {requestClass: slaMs or {slaMs?, ttftMs?, tpotMs?}}}); each stated objective replaces the class default, the others stay', {} as Record<string, Record<string, number | SloOverride>>, checkOverrides),
@@ -157,5 +158,6 @@ export function loadConfig(source: Readonly<Record<string, string | undefined>>)
     problems.push(`PLANNER_SLO_TARGET + PLANNER_SLO_RELAX_MARGIN must be at most 1 (else a tightened class never relaxes), given ${config.PLANNER_SLO_TARGET} + ${config.PLANNER_SLO_RELAX_MARGIN}`);
   }
   if (problems.length) throw new ConfigError(problems);
+  natsAuthFrom(config);
   return config;
 }

@@ -15,7 +15,7 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import {
-  AuthError, bindServer, checkIdentity, connectNats, OPERATOR_IDENTITY, serverAuthOptions, shutdownServer, type Logger, type NatsConnection, type ServerSecurity,
+  AuthError, bindServer, checkIdentity, connectNats, OPERATOR_IDENTITY, serverAuthOptions, shutdownServer, type Logger, type NatsAuth, type NatsConnection, type ServerSecurity,
 } from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { validateOutcome } from './outcomes';
@@ -55,6 +55,8 @@ export interface PlannerServerOptions {
   readonly log: Logger;
   readonly address: string;
   readonly natsUrl: string;
+  /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
+  readonly natsAuth?: NatsAuth;
   /** Id of the model planned for (see modelIdOf); telemetry about another model is refused. Empty accepts any. */
   readonly modelId: string;
   /**
@@ -263,7 +265,7 @@ export class PlannerServer {
     this.server.addService(PlannerServiceService, this.handlers());
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
-    this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log);
+    this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
     this.subscribe(this.nc);
     await this.nc.flush();
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));

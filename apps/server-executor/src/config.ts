@@ -1,4 +1,4 @@
-import { env, loadEnv, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import { env, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Default of EXECUTOR_MAX_BATCH_TOKENS (also the scheduler's when a caller sets none). */
 export const DEFAULT_MAX_BATCH_TOKENS = 4096;
@@ -29,6 +29,7 @@ export const executorEnv = {
   EXECUTOR_THREADS: env.int('onnxruntime intra-op threads (0 lets onnxruntime choose)', 0, 0, 256),
   EXECUTOR_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long open sessions may finish before they are cancelled', 10_000, 0, 3_600_000),
   NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),
+  ...natsAuthEnv,
   TELEMETRY_INTERVAL_MS: env.int('How often the load report is published', 1000, 50, 3_600_000),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
@@ -37,5 +38,7 @@ export type ExecutorConfig = EnvValues<typeof executorEnv>;
 
 /** Reads the executor's configuration. @throws ConfigError listing every problem. */
 export function loadConfig(source: Readonly<Record<string, string | undefined>>): ExecutorConfig {
-  return loadEnv(executorEnv, source);
+  const config = loadEnv(executorEnv, source);
+  natsAuthFrom(config);
+  return config;
 }

@@ -13,7 +13,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { bindServer, checkIdentity, serverAuthOptions, shutdownServer, TelemetryPublisher, type Logger, type ServerSecurity } from '@tandem/service-kit';
+import { bindServer, checkIdentity, serverAuthOptions, shutdownServer, TelemetryPublisher, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { CapacityError, NotReadyError } from './errors';
@@ -46,6 +46,8 @@ export interface ExecutorServerOptions {
   readonly idleTimeoutMs: number;
   /** NATS URL for telemetry, or undefined for none. */
   readonly natsUrl?: string;
+  /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
+  readonly natsAuth?: NatsAuth;
   readonly telemetryIntervalMs: number;
   /**
    * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
@@ -128,7 +130,7 @@ export class ExecutorServer {
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
     if (this.opts.natsUrl) {
       this.telemetry = new TelemetryPublisher({
-        natsUrl: this.opts.natsUrl, name: `executor-${this.opts.serverId}`, subject: Subjects.serverLoad(this.opts.serverId),
+        natsUrl: this.opts.natsUrl, natsAuth: this.opts.natsAuth, name: `executor-${this.opts.serverId}`, subject: Subjects.serverLoad(this.opts.serverId),
         intervalMs: this.opts.telemetryIntervalMs, payload: () => ServerLoad.encode(this.loadReport()).finish(), log: this.log,
       });
       this.telemetry.start();

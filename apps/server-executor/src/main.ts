@@ -1,4 +1,4 @@
-import { createLogger, loadServerSecurity, onShutdownSignal } from '@tandem/service-kit';
+import { checkNatsCredentials, createLogger, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
 import { loadConfig } from './config';
 import { OnnxStageEngine } from './engine';
 import { ExecutorServer } from './executor-server';
@@ -10,6 +10,9 @@ export async function main(): Promise<void> {
   // Certificates and tokens before the model: a bad file is a config error (exit 2) at once.
   const security = loadServerSecurity(config);
   const log = createLogger({ name: 'server-executor', level: config.LOG_LEVEL });
+  const natsAuth = natsAuthFrom(config);
+  // Wrong NATS credentials stop the executor here (exit 2), not later as silent telemetry loss.
+  if (config.NATS_URL !== 'off') await checkNatsCredentials(config.NATS_URL, natsAuth);
   const engineOpts = { intraOpNumThreads: config.EXECUTOR_THREADS, fuseAllStages: config.EXECUTOR_FUSED };
   const engine = config.EXECUTOR_ENGINE === 'worker' ? await WorkerStageEngine.load(config.MODEL_DIR, engineOpts) : await OnnxStageEngine.load(config.MODEL_DIR, engineOpts);
   const server = new ExecutorServer({
@@ -28,6 +31,7 @@ export async function main(): Promise<void> {
     prefillStallMs: config.EXECUTOR_PREFILL_STALL_MS,
     idleTimeoutMs: config.EXECUTOR_IDLE_TIMEOUT_MS,
     natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
+    natsAuth,
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
     security,
   });

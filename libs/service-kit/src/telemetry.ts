@@ -1,8 +1,11 @@
 import type { Logger } from 'pino';
 import { connectNats, publishQuietly, type NatsConnection } from './nats';
+import type { NatsAuth } from './nats-auth';
 
 export interface TelemetryPublisherOptions {
   readonly natsUrl: string;
+  /** Credentials (docs/security.md (NATS)); undefined connects without. */
+  readonly natsAuth?: NatsAuth;
   /** Connection name, for NATS monitoring. */
   readonly name: string;
   readonly subject: string;
@@ -21,15 +24,16 @@ export class TelemetryPublisher {
   private nc: NatsConnection | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private readonly abort = new AbortController();
 
   constructor(private readonly opts: TelemetryPublisherOptions) {}
 
   start(): void {
-    void connectNats(this.opts.natsUrl, this.opts.name, this.opts.log).then((nc) => {
+    void connectNats(this.opts.natsUrl, this.opts.name, this.opts.log, { auth: this.opts.natsAuth, signal: this.abort.signal }).then((nc) => {
       if (this.stopped) { void nc.close(); return; }
       this.nc = nc;
       this.publishNow();
-    }, (err: unknown) => this.opts.log.warn({ err }, 'NATS connection failed; telemetry off'));
+    }, (err: unknown) => { if (!this.stopped) this.opts.log.error({ err: (err as Error).message }, 'NATS connection failed; telemetry off'); });
     this.timer = setInterval(() => this.publishNow(), this.opts.intervalMs);
     this.timer.unref();
   }
@@ -51,6 +55,7 @@ export class TelemetryPublisher {
   /** Stops publishing and closes the connection. Idempotent. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.abort.abort();
     clearInterval(this.timer);
     const nc = this.nc;
     this.nc = undefined;

@@ -1,6 +1,6 @@
 /** @tandem/testkit: helpers for tests, benchmarks and tools. Production code never imports it. */
 export { natsServerBinary, startNatsServer } from './nats-server';
-export type { NatsServerHandle } from './nats-server';
+export type { NatsServerHandle, StartNatsServerOptions } from './nats-server';
 export { freePort } from './ports';
 export { seededRandom } from './random';
 export { eventually, withTimeout } from './wait';

@@ -21,9 +21,10 @@ export function natsServerBinary(env: NodeJS.ProcessEnv = process.env): string {
   return 'nats-server';
 }
 
-async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+async function waitForPort(port: number, timeoutMs: number, gaveUp: () => boolean = () => false): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
+    if (gaveUp()) return;
     const ok = await new Promise<boolean>((resolve) => {
       const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(true); });
       s.on('error', () => resolve(false));
@@ -34,19 +35,40 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
   }
 }
 
+export interface StartNatsServerOptions {
+  port?: number;
+  timeoutMs?: number;
+  /**
+   * A nats-server configuration file (`-c`), e.g. one from service-kit's `natsServerConfig`
+   * with users and permissions; the loopback address and port still come from here.
+   */
+  configFile?: string;
+  /** Extra environment of the server (a configuration may read passwords from it). */
+  env?: NodeJS.ProcessEnv;
+}
+
 /**
  * Starts a real nats-server on a free loopback port and waits until it accepts
  * connections. The caller must `stop()` it.
  */
-export async function startNatsServer(opts: { port?: number; timeoutMs?: number } = {}): Promise<NatsServerHandle> {
+export async function startNatsServer(opts: StartNatsServerOptions = {}): Promise<NatsServerHandle> {
   const port = opts.port ?? (await freePort());
   const bin = natsServerBinary();
   let child: ChildProcess | undefined;
   const launch = async (): Promise<void> => {
-    const c = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+    const args = [...(opts.configFile ? ['-c', opts.configFile] : []), '-a', '127.0.0.1', '-p', String(port)];
+    const c = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
     child = c;
-    const failed = new Promise<never>((_, reject) => c.once('error', (e) => reject(new Error(`cannot start ${bin}: ${e.message}`))));
-    await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000), failed]);
+    let stderr = '';
+    c.stderr?.on('data', (b: Buffer) => { if (stderr.length < 4096) stderr += b.toString('utf8'); });
+    let ended = false;
+    const failed = new Promise<never>((_, reject) => {
+      c.once('error', (e) => { ended = true; reject(new Error(`cannot start ${bin}: ${e.message}`)); });
+      // A configuration the server refuses ends it at once; say why instead of timing out.
+      c.once('exit', (code) => { ended = true; reject(new Error(`${bin} ${args.join(' ')} exited with ${code}: ${stderr.trim().slice(0, 500)}`)); });
+    });
+    failed.catch(() => undefined);
+    await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000, () => ended), failed]);
   };
   const stop = async (): Promise<void> => {
     const c = child;

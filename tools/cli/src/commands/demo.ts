@@ -17,7 +17,7 @@ export const DEMO_RUNS_PER_AGENT = 2;
 /** Bound on the wait for the agents' first plans. */
 export const DEMO_PLAN_WAIT_MS = 20_000;
 
-const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--json] [--keep-logs]
+const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--own-nats] [--json] [--keep-logs]
 
 Runs Tandem end to end on this machine: a server-executor, a planner and three client-agents
 (emulated devices: ${DEMO_DEVICES.map((d) => `${d.id} ${d.slowdown}x slower, ${d.linkLatencyMs} ms link`).join('; ')}),
@@ -30,13 +30,17 @@ Every gRPC port serves TLS with a CA and certificates made for this run (openssl
 bearer tokens (one per device, each allowed only its own plans and sessions), the agents'
 Generate APIs tokens (docs/security.md). --plaintext runs without any of it.
 
-NATS: $NATS_URL (default ${DEFAULT_NATS_URL}) when it accepts connections, otherwise a
-nats-server the demo starts on a free port ($NATS_SERVER_BIN, /usr/sbin or PATH).
+NATS: $NATS_URL (default ${DEFAULT_NATS_URL}) when it accepts connections (the services then
+connect without credentials), otherwise a nats-server the demo starts on a free port
+($NATS_SERVER_BIN, /usr/sbin or PATH) with one user per service, each allowed only its own
+subjects (as \`tandem nats-config\` writes; docs/security.md (NATS)).
 
   --preset NAME   synthetic model preset: ${Object.keys(PRESETS).join(', ')} (default small); created once
                   (seed ${DEMO_SEED}) in ./.tandem/models/NAME-${DEMO_SEED}
   --model DIR     use this existing model directory instead
   --tokens N      tokens per generation, 1..512 (default 16)
+  --own-nats      always start the demo's own nats-server with credentials, even when
+                  $NATS_URL answers
   --json          print the report as one JSON document
   --plaintext     no TLS and no tokens (the services' defaults)
   --keep-logs     keep the services' log directory (it is always kept when something fails)
@@ -51,7 +55,7 @@ export const demoCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const startedAt = performance.now();
-    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext'] });
+    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext', 'own-nats'] });
     const presetFlag = args.flags.get('preset');
     const modelFlag = args.flags.get('model');
     if (presetFlag !== undefined && modelFlag !== undefined) throw new UsageError(`--preset and --model are exclusive: give one of them, given --preset '${presetFlag}' and --model '${modelFlag}'`);
@@ -75,7 +79,7 @@ export const demoCommand: Command = {
     process.on('SIGTERM', onSignal);
     try {
       // NATS first: when there is none and no nats-server either, say so before any model work.
-      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress });
+      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress, ownServer: args.switches.has('own-nats') });
       try {
         let modelDir: string;
         let manifest;

@@ -1,18 +1,29 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { natsServerConfig, natsServiceEnv } from '@tandem/service-kit';
 import { freePort, natsServerBinary } from '@tandem/testkit';
 import { UsageError } from '../errors';
+import { DEMO_DEVICES } from './devices';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+/** EXECUTOR_ID of the demo's server-executor (its NATS user when the demo runs NATS with credentials). */
+export const DEMO_EXECUTOR_ID = 'demo-server';
 
 /** The NATS server the demo uses. `stop` stops it when the demo started it, and does nothing otherwise. */
 export interface DemoNats {
   readonly url: string;
   readonly startedHere: boolean;
+  /** Whether the services connect with credentials (a nats-server the demo started with one user per service). */
+  readonly withCredentials: boolean;
+  /** The NATS credential variables of the service with this id (`planner`, the executor's or an agent's id); empty without credentials. */
+  envFor(id: string): Record<string, string>;
   stop(): Promise<void>;
 }
+
+const NO_CREDENTIALS = (): Record<string, string> => ({});
 
 /** host and port of a `nats://host:port` URL (port 4222 when omitted). @throws UsageError naming NATS_URL. */
 export function parseNatsUrl(url: string): { host: string; port: number } {
@@ -51,11 +62,11 @@ export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string | u
  * NATS at `url` when something accepts TCP there within `probeMs`; otherwise a nats-server
  * started on a free loopback port. @throws UsageError when neither is possible.
  */
-export async function ensureNats(url: string, opts: { probeMs?: number; log?: (line: string) => void } = {}): Promise<DemoNats> {
+export async function ensureNats(url: string, opts: { probeMs?: number; log?: (line: string) => void; ownServer?: boolean } = {}): Promise<DemoNats> {
   const { host, port } = parseNatsUrl(url);
-  if (await canConnect(host, port, opts.probeMs ?? 500)) {
-    opts.log?.(`using NATS at ${url}`);
-    return { url, startedHere: false, stop: async () => {} };
+  if (!opts.ownServer && await canConnect(host, port, opts.probeMs ?? 500)) {
+    opts.log?.(`using NATS at ${url} (without credentials; --own-nats runs the demo's own nats-server with one user per service)`);
+    return { url, startedHere: false, withCredentials: false, envFor: NO_CREDENTIALS, stop: async () => {} };
   }
   const bin = findNatsServer();
   if (!bin) {
@@ -63,20 +74,30 @@ export async function ensureNats(url: string, opts: { probeMs?: number; log?: (l
       + 'install one (apt-get install nats-server) or set NATS_URL to a running server');
   }
   const h = await startOwnNats(bin);
-  opts.log?.(`no NATS at ${url}; started ${bin} at ${h.url}`);
+  opts.log?.(`${opts.ownServer ? '--own-nats' : `no NATS at ${url}`}; started ${bin} at ${h.url} with one NATS user per service, each allowed only its own subjects (docs/security.md (NATS))`);
   return h;
 }
 
-/** Runs `bin` on a free loopback port; it is killed if this process exits without stopping it. */
+/**
+ * Runs `bin` on a free loopback port with a configuration from `natsServerConfig`: a user with
+ * a random password per demo service, allowed only its own subjects. The configuration lives
+ * in a private temporary directory, removed on stop. The server is killed if this process
+ * exits without stopping it.
+ */
 async function startOwnNats(bin: string): Promise<DemoNats> {
   const port = await freePort();
-  const child = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  const cfg = natsServerConfig({ agents: DEMO_DEVICES.map((d) => d.id), executors: [DEMO_EXECUTOR_ID], mode: 'password' });
+  const dir = mkdtempSync(path.join(tmpdir(), 'tandem-demo-nats-'));
+  const confFile = path.join(dir, 'nats-server.conf');
+  writeFileSync(confFile, cfg.conf, { mode: 0o600 });
+  const child = spawn(bin, ['-c', confFile, '-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
   const running = (): boolean => child.exitCode === null && child.signalCode === null;
-  const killNow = (): void => { if (running()) child.kill('SIGKILL'); };
+  const killNow = (): void => { if (running()) child.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); };
   process.on('exit', killNow);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const stop = async (): Promise<void> => {
     process.off('exit', killNow);
+    rmSync(dir, { recursive: true, force: true });
     if (!running()) return;
     child.kill('SIGTERM');
     const t = setTimeout(killNow, 2000);
@@ -93,5 +114,10 @@ async function startOwnNats(bin: string): Promise<DemoNats> {
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { url: `nats://127.0.0.1:${port}`, startedHere: true, stop };
+  const envFor = (id: string): Record<string, string> => {
+    const u = cfg.users.find((x) => x.id === id);
+    if (!u) throw new Error(`internal: no NATS user for '${id}' in the demo's nats-server configuration`);
+    return natsServiceEnv(u);
+  };
+  return { url: `nats://127.0.0.1:${port}`, startedHere: true, withCredentials: true, envFor, stop };
 }

@@ -39,7 +39,7 @@ export function formatDemoReport(report: DemoReport): string {
   const met = report.agents.reduce((n, a) => n + a.runs.filter((r) => r.slaMet === true).length, 0);
   const lines = [
     `Tandem demo: model ${m.preset ?? m.dir} (${m.stages} stages: ${m.stageNames[0]}, ${m.stageNames.slice(1, -1).length} block stages, ${m.stageNames[m.stageNames.length - 1]})`,
-    `prompt ${JSON.stringify(report.prompt)}, ${report.tokens} new tokens, greedy; NATS ${report.nats.url}${report.nats.startedHere ? ' (started by the demo)' : ''}`,
+    `prompt ${JSON.stringify(report.prompt)}, ${report.tokens} new tokens, greedy; NATS ${report.nats.url}${report.nats.startedHere ? ' (started by the demo, one user per service)' : ''}`,
     'placement: one letter per stage, in order: C runs on the device, S on the server-executor',
     '',
     ...report.agents.flatMap((a) => [agentBlock(a), '']),

@@ -188,7 +188,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     client = loadClientSecurity({ caFile: security.certs.caCert, certFile: security.certs.clientCert, keyFile: security.certs.clientKey, token: security.operatorToken });
     opts.progress(`TLS on every port (mTLS and tokens on the executor and the planner): CA, certificates and tokens in ${path.join(logDir, 'tls')}`);
   }
-  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url, security };
+  const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url, security, natsEnv: (id: string) => opts.nats.envFor(id) };
   const creds = (): grpc.ChannelCredentials => client?.credentials ?? grpc.credentials.createInsecure();
   const clients: { close(): void }[] = [];
   let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'> | undefined;

@@ -6,6 +6,7 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { loadEnv, makeCertificates, type CertificateSet, type EnvSchema } from '@tandem/service-kit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
+import { DEMO_EXECUTOR_ID } from './nats';
 import type { ServiceSpec } from './services';
 
 /** How often agents and the executor publish telemetry in the demo, so plans arrive fast. */
@@ -57,10 +58,12 @@ export interface StackOptions {
   readonly modelDir: string;
   readonly natsUrl: string;
   readonly security?: DemoSecurity;
+  /** NATS credential variables of the service with this id (`planner`, the executor's or an agent's id); none when absent. */
+  readonly natsEnv?: (id: string) => Record<string, string>;
 }
 
-function common(o: StackOptions): Record<string, string> {
-  return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, LOG_LEVEL: 'warn' };
+function common(o: StackOptions, id: string): Record<string, string> {
+  return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, ...o.natsEnv?.(id), LOG_LEVEL: 'warn' };
 }
 
 /** Server-side TLS (mTLS when `mtls`) and tokens of one service. */
@@ -78,7 +81,7 @@ export function executorSpec(o: StackOptions): ServiceSpec {
     name: 'server-executor',
     app: 'server-executor',
     env: childEnv(executorEnv, {
-      ...common(o), ...serverTls(o, true), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: 'demo-server', EXECUTOR_THREADS: '1',
+      ...common(o, DEMO_EXECUTOR_ID), ...serverTls(o, true), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: DEMO_EXECUTOR_ID, EXECUTOR_THREADS: '1',
       TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
     }),
   };
@@ -89,7 +92,7 @@ export function plannerSpec(o: StackOptions): ServiceSpec {
     name: 'planner',
     app: 'planner',
     env: childEnv(plannerEnv, {
-      ...common(o), ...serverTls(o, true), PLANNER_ADDR: '127.0.0.1:0',
+      ...common(o, 'planner'), ...serverTls(o, true), PLANNER_ADDR: '127.0.0.1:0',
       PLANNER_REQUEST_CLASSES: JSON.stringify(DEMO_REQUEST_CLASSES),
       PLANNER_SLA_OVERRIDES: JSON.stringify(DEMO_SLA_OVERRIDES),
       // Always minimise server work under each device's SLA (what the planner does under load);
@@ -113,7 +116,7 @@ export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, 
     name: `agent-${d.id}`,
     app: 'client-agent',
     env: childEnv(agentEnv, {
-      ...common(o), ...serverTls(o, false), ...upstreamTls(o, d.id), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+      ...common(o, d.id), ...serverTls(o, false), ...upstreamTls(o, d.id), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
       AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
       AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
       EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr,
