@@ -4,11 +4,7 @@ import { ExecutorServiceClient, channelOptions } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
-import { ClientAgent } from '../src/client-agent';
-import { ExecutorLostError, generate, RESUME_MARGIN_MS, type GenerationDeps } from '../src/generation';
-import { LinkEmulator, LinkEstimator } from '../src/link';
-import { LocalStages } from '../src/local-stages';
-import { RemoteSession } from '../src/remote-session';
+import { ClientAgent, ExecutorLostError, generate, LinkEmulator, LinkEstimator, LocalStages, RemoteSession, RESUME_MARGIN_MS, type GenerationDeps } from '@tandem/client-agent';
 
 // Resuming a generation whose executor session is lost, against a real executor in this
 // process: the loss is injected (the session is cancelled and the step or stream fails with
