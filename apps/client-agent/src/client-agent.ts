@@ -97,6 +97,7 @@ export class ClientAgent {
   private nPositions = 0;
   private generations = 0;
   private failures = 0;
+  private resumedGenerations = 0;
   private stopping = false;
   private readonly log: Logger;
 
@@ -169,6 +170,7 @@ export class ClientAgent {
       generations: this.generations,
       failures: this.failures,
       plannerConnected: this.follower.connected,
+      resumedGenerations: this.resumedGenerations,
     };
   }
 
@@ -208,8 +210,11 @@ export class ClientAgent {
    * Runs one generation; `onToken` sees each token. Used by the gRPC handler and by tools
    * that embed an agent. A generation that followed a plan is reported to the planner as a
    * GenerationOutcome, also when it fails (not when `signal` aborted it: see the proto).
+   * `deadline` (Date.now() ms, e.g. the gRPC caller's) bounds the generation together with the
+   * agent's own AGENT_DEADLINE_MS, whichever is earlier: it is the executor session's gRPC
+   * deadline, and a generation that lost its session resumes on a new one only while it allows.
    */
-  async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
+  async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal, deadline = Infinity): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
     const v = this.validate(req);
     const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
     // The class of the plan followed, taken now (a new plan may come while this runs).
@@ -229,16 +234,21 @@ export class ClientAgent {
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
     // Replay (emulation): the generation's cache is tied to a cursor that follows its tokens.
+    const until = Math.min(deadline, Date.now() + this.opts.deadlineMs);
     const cursor = this.local.armReplay(v.ids);
     let stats: GenerationStats;
     try {
       const running = generate({
         local: this.local,
-        openRemote: async () => countQueueing(await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadlineMs: this.opts.deadlineMs }), queue),
+        openRemote: async () => countQueueing(await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadline: until }), queue),
         emulator: this.opts.link,
         estimator: this.estimator,
         vocabSize: this.vocabSize,
         signal,
+        resume: {
+          deadline: until,
+          onResumed: ({ tokens, attempts, lostMs }) => this.log.warn({ tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement }, 'generation resumed on a new executor session'),
+        },
       }, chosen.placement, v.ids, v.maxNewTokens, (id, index) => {
         if (produced++ === 0) ttftMs = performance.now() - t0;
         cursor?.advance(id);
@@ -250,6 +260,7 @@ export class ClientAgent {
       if (!signal.aborted) report(false);
       throw err;
     }
+    if (stats.resumes > 0) this.resumedGenerations++;
     report(true, stats);
     return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
   }
@@ -263,7 +274,10 @@ export class ClientAgent {
         const ac = new AbortController();
         this.running.add(ac);
         call.on('cancelled', () => ac.abort(new Error('cancelled by the caller')));
-        this.generate(call.request, (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }), ac.signal).then((r) => {
+        // The caller's deadline goes on to the executor session (Infinity when it set none).
+        const callerDeadline = call.getDeadline();
+        const deadline = callerDeadline instanceof Date ? callerDeadline.getTime() : callerDeadline;
+        this.generate(call.request, (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }), ac.signal, deadline).then((r) => {
           this.generations++;
           call.write({ kind: { $case: 'summary', value: {
             ids: r.stats.ids, text: decode(r.stats.ids), placement: r.placement, planEpoch: r.epoch, requestClass: r.requestClass, slaMs: r.slaMs,

@@ -101,9 +101,13 @@ export class RemoteSession {
     });
   }
 
-  /** Opens a session. Rejects with the executor's status (e.g. RESOURCE_EXHAUSTED). */
-  static async open(client: ExecutorServiceClient, opts: { clientId: string; planEpoch: number; modelId: string; deadlineMs: number }): Promise<RemoteSession> {
-    const s = new RemoteSession(client.session({ deadline: Date.now() + opts.deadlineMs }));
+  /**
+   * Opens a session whose gRPC call carries `deadline` (Date.now() ms: the generation's own,
+   * so the executor stops working for a caller that has given up). Rejects with the
+   * executor's status (e.g. RESOURCE_EXHAUSTED).
+   */
+  static async open(client: ExecutorServiceClient, opts: { clientId: string; planEpoch: number; modelId: string; deadline: number }): Promise<RemoteSession> {
+    const s = new RemoteSession(client.session({ deadline: opts.deadline }));
     const m = await s.send({ kind: { $case: 'open', value: { clientId: opts.clientId, planEpoch: String(opts.planEpoch), modelId: opts.modelId } } });
     if (m.kind?.$case !== 'opened') throw new Error(`executor answered open with ${m.kind?.$case ?? 'nothing'}`);
     s.opened = m.kind.value;

@@ -11,9 +11,15 @@ export class ValidationError extends Error {
 export class PreconditionError extends Error {
   override name = 'PreconditionError';
 }
-/** A configured limit was reached: RESOURCE_EXHAUSTED. */
+/** Trailer metadata key of the retry hint sent with RESOURCE_EXHAUSTED: milliseconds, a decimal integer. */
+export const RETRY_AFTER_KEY = 'retry-after-ms';
+
+/** A configured limit was reached: RESOURCE_EXHAUSTED, with a retry hint (trailer `retry-after-ms`) when one is known. */
 export class CapacityError extends Error {
   override name = 'CapacityError';
+  constructor(message: string, readonly retryAfterMs?: number) {
+    super(message);
+  }
 }
 /** Not ready or draining: UNAVAILABLE. */
 export class NotReadyError extends Error {
@@ -41,7 +47,11 @@ export function toGrpcStatus(err: unknown): Partial<StatusObject> & { code: stat
   if (err instanceof ValidationError || err instanceof TensorFormatError) return m(status.INVALID_ARGUMENT, err.message);
   if (err instanceof StageInputError) return m(err.kind === 'precondition' ? status.FAILED_PRECONDITION : status.INVALID_ARGUMENT, err.message);
   if (err instanceof PreconditionError) return m(status.FAILED_PRECONDITION, err.message);
-  if (err instanceof CapacityError) return m(status.RESOURCE_EXHAUSTED, err.message);
+  if (err instanceof CapacityError) {
+    const st = m(status.RESOURCE_EXHAUSTED, err.message);
+    if (err.retryAfterMs !== undefined) st.metadata.set(RETRY_AFTER_KEY, String(Math.ceil(err.retryAfterMs)));
+    return st;
+  }
   if (err instanceof NotReadyError) return m(status.UNAVAILABLE, err.message);
   if (err instanceof SessionClosedError) return m(err.code, err.message);
   if (err instanceof AuthError) return m(err.code, err.message);

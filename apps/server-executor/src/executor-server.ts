@@ -5,6 +5,7 @@ import {
   decodeProblem,
   ExecutorServiceService,
   HealthReporter,
+  quoted,
   ServerLoad,
   ServingStatus,
   Subjects,
@@ -30,6 +31,10 @@ export interface ExecutorServerOptions {
   readonly address: string;
   readonly serverId: string;
   readonly maxSessions: number;
+  /** Concurrent sessions one client id may hold; 0 or undefined: no limit beyond maxSessions. */
+  readonly maxSessionsPerClient?: number;
+  /** Retry hint sent with a RESOURCE_EXHAUSTED refusal (message and trailer `retry-after-ms`), ms (default 1000). */
+  readonly retryAfterMs?: number;
   /** 0 means the model's nPositions. */
   readonly maxContextTokens: number;
   /** KV-cache bytes all sessions may hold together; 0 or undefined means a quarter of the machine's memory. */
@@ -66,6 +71,8 @@ export class ExecutorServer {
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly scheduler: StageScheduler;
   private readonly sessions = new Set<SplitSession>();
+  /** Open sessions per client id (EXECUTOR_MAX_SESSIONS_PER_CLIENT). */
+  private readonly perClient = new Map<string, number>();
   private sessionsOpened = 0;
   private draining = false;
   /** Why the engine can no longer run stages, once it failed. */
@@ -236,7 +243,12 @@ export class ExecutorServer {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
         const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
           this.log, (sess) => { this.authorize(call.metadata, sess.clientId); this.admit(sess); }, this.traffic, this.kv);
-        void s.closed.then(() => this.sessions.delete(s));
+        void s.closed.then(() => {
+          if (!this.sessions.delete(s)) return;
+          const n = (this.perClient.get(s.clientId) ?? 1) - 1;
+          if (n > 0) this.perClient.set(s.clientId, n);
+          else this.perClient.delete(s.clientId);
+        });
       },
       getStatus: (call, cb) => {
         const problem = decodeProblem(call.request);
@@ -257,14 +269,21 @@ export class ExecutorServer {
   private admit(s: SplitSession): void {
     if (this.draining) throw new NotReadyError('the executor is draining and accepts no new sessions');
     if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${capStatus(this.engineFailure.message, 300)}`);
-    if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`);
+    const retryAfterMs = this.opts.retryAfterMs ?? 1000;
+    if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`, retryAfterMs);
+    const perClient = this.opts.maxSessionsPerClient ?? 0;
+    const held = this.perClient.get(s.clientId) ?? 0;
+    if (perClient > 0 && held >= perClient) {
+      throw new CapacityError(`open sessions of client ${quoted(s.clientId, 64)} must stay <= ${perClient} (EXECUTOR_MAX_SESSIONS_PER_CLIENT), given one more; retry after ${retryAfterMs} ms or when one of its sessions ends`, retryAfterMs);
+    }
     const e = this.opts.engine;
     let oneToken = 0;
     for (let st = 0; st < e.stageCount; st++) if (isAttentionStage(st, e.stageCount)) oneToken += kvBytesPerToken(e.nEmbd);
     if (!this.kv.hasRoom(oneToken)) {
-      throw new CapacityError(`the KV cache must stay <= ${this.kv.limitBytes} bytes (EXECUTOR_MAX_KV_BYTES) and ${this.kv.usedBytes} are in use by ${this.sessions.size} open sessions: not one more token fits, retry later`);
+      throw new CapacityError(`the KV cache must stay <= ${this.kv.limitBytes} bytes (EXECUTOR_MAX_KV_BYTES) and ${this.kv.usedBytes} are in use by ${this.sessions.size} open sessions: not one more token fits, retry later`, retryAfterMs);
     }
     this.sessions.add(s);
+    this.perClient.set(s.clientId, held + 1);
     this.sessionsOpened++;
   }
 

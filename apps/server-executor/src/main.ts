@@ -21,6 +21,8 @@ export async function main(): Promise<void> {
     address: config.EXECUTOR_ADDR,
     serverId: config.EXECUTOR_ID,
     maxSessions: config.EXECUTOR_MAX_SESSIONS,
+    maxSessionsPerClient: config.EXECUTOR_MAX_SESSIONS_PER_CLIENT,
+    retryAfterMs: config.EXECUTOR_RETRY_AFTER_MS,
     maxContextTokens: config.EXECUTOR_MAX_CONTEXT_TOKENS,
     maxKvBytes: config.EXECUTOR_MAX_KV_BYTES,
     maxMessageBytes: config.EXECUTOR_MAX_MESSAGE_BYTES,

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { ServerDuplexStream } from '@grpc/grpc-js';
+import type { Metadata, ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
@@ -184,7 +184,7 @@ export class SplitSession {
     const st = toGrpcStatus(err);
     if (st.code === status.INTERNAL) this.log.error({ err, sessionId: this.id }, 'step failed');
     else this.log.debug({ sessionId: this.id, code: st.code, details: st.details }, 'refused a message');
-    this.close(st.details, st.code, true);
+    this.close(st.details, st.code, true, st.metadata);
   }
 
   /**
@@ -360,11 +360,11 @@ export class SplitSession {
    * Ends the session: frees the cache, cancels queued work, and (when `sendStatus`)
    * ends the stream with the given status. Idempotent.
    */
-  close(reason: string, code: status, sendStatus: boolean): void {
+  close(reason: string, code: status, sendStatus: boolean, metadata?: Metadata): void {
     if (this.state === 'closed') return;
     this.release(reason, code);
     // Every status message fits in 1 KiB (gRPC C-core clients refuse trailers over 8 KiB).
-    if (sendStatus) this.call.emit('error', { code, details: capStatus(reason) });
+    if (sendStatus) this.call.emit('error', { code, details: capStatus(reason), ...(metadata ? { metadata } : {}) });
   }
 
   private release(reason: string, code: status): void {

@@ -134,6 +134,12 @@ export interface GetStatusResponse {
   failures: number;
   /** Whether the planner's plan stream is connected. */
   plannerConnected: boolean;
+  /**
+   * Generations completed since start that lost their executor session (the executor died,
+   * restarted or drained) and were resumed on a new one: the prompt and the tokens so far were
+   * prefilled again with the same placement, and the caller saw one undisturbed stream.
+   */
+  resumedGenerations: number;
 }
 
 function createBaseTokenIds(): TokenIds {
@@ -967,6 +973,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     generations: 0,
     failures: 0,
     plannerConnected: false,
+    resumedGenerations: 0,
   };
 }
 
@@ -992,6 +999,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.plannerConnected !== false) {
       writer.uint32(56).bool(message.plannerConnected);
+    }
+    if (message.resumedGenerations !== 0) {
+      writer.uint32(64).uint64(message.resumedGenerations);
     }
     return writer;
   },
@@ -1065,6 +1075,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.plannerConnected = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.resumedGenerations = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1104,6 +1122,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.planner_connected)
         ? globalThis.Boolean(object.planner_connected)
         : false,
+      resumedGenerations: isSet(object.resumedGenerations)
+        ? globalThis.Number(object.resumedGenerations)
+        : isSet(object.resumed_generations)
+        ? globalThis.Number(object.resumed_generations)
+        : 0,
     };
   },
 
@@ -1130,6 +1153,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.plannerConnected !== false) {
       obj.plannerConnected = message.plannerConnected;
     }
+    if (message.resumedGenerations !== 0) {
+      obj.resumedGenerations = Math.round(message.resumedGenerations);
+    }
     return obj;
   },
 
@@ -1145,6 +1171,7 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.generations = object.generations ?? 0;
     message.failures = object.failures ?? 0;
     message.plannerConnected = object.plannerConnected ?? false;
+    message.resumedGenerations = object.resumedGenerations ?? 0;
     return message;
   },
 };
@@ -1158,7 +1185,10 @@ export const AgentServiceService = {
   /**
    * Streams the generated tokens as they come, then one summary. Errors end the stream with
    * a status: INVALID_ARGUMENT for a bad request, UNAVAILABLE when the server cannot be
-   * reached, DEADLINE_EXCEEDED / CANCELLED as usual.
+   * reached, DEADLINE_EXCEEDED / CANCELLED as usual. The call's deadline (capped by the
+   * agent's own) is the executor session's deadline. A generation whose executor session is
+   * lost mid-way is resumed on a new session (retried with backoff) and continues the same
+   * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
    */
   generate: {
     path: "/tandem.agent.v1.AgentService/Generate" as const,
@@ -1185,7 +1215,10 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
   /**
    * Streams the generated tokens as they come, then one summary. Errors end the stream with
    * a status: INVALID_ARGUMENT for a bad request, UNAVAILABLE when the server cannot be
-   * reached, DEADLINE_EXCEEDED / CANCELLED as usual.
+   * reached, DEADLINE_EXCEEDED / CANCELLED as usual. The call's deadline (capped by the
+   * agent's own) is the executor session's deadline. A generation whose executor session is
+   * lost mid-way is resumed on a new session (retried with backoff) and continues the same
+   * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
    */
   generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
   /** The agent's state: its plan, profile and counters. */
@@ -1196,7 +1229,10 @@ export interface AgentServiceClient extends Client {
   /**
    * Streams the generated tokens as they come, then one summary. Errors end the stream with
    * a status: INVALID_ARGUMENT for a bad request, UNAVAILABLE when the server cannot be
-   * reached, DEADLINE_EXCEEDED / CANCELLED as usual.
+   * reached, DEADLINE_EXCEEDED / CANCELLED as usual. The call's deadline (capped by the
+   * agent's own) is the executor session's deadline. A generation whose executor session is
+   * lost mid-way is resumed on a new session (retried with backoff) and continues the same
+   * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
    */
   generate(request: GenerateRequest, options?: Partial<CallOptions>): ClientReadableStream<GenerateResponse>;
   generate(

@@ -1558,7 +1558,9 @@ export const ExecutorServiceService = {
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
    * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, sessions of one client_id, or the KV-cache
+   *   budget in bytes; a refused open carries a retry hint in the trailer `retry-after-ms`,
+   *   milliseconds as a decimal integer),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
    * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
@@ -1597,7 +1599,9 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
    * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, sessions of one client_id, or the KV-cache
+   *   budget in bytes; a refused open carries a retry hint in the trailer `retry-after-ms`,
+   *   milliseconds as a decimal integer),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
    * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
@@ -1620,7 +1624,9 @@ export interface ExecutorServiceClient extends Client {
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
    * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
-   * RESOURCE_EXHAUSTED (a configured limit: sessions, or the KV-cache budget in bytes),
+   * RESOURCE_EXHAUSTED (a configured limit: sessions, sessions of one client_id, or the KV-cache
+   *   budget in bytes; a refused open carries a retry hint in the trailer `retry-after-ms`,
+   *   milliseconds as a decimal integer),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
    * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.

@@ -1,0 +1,273 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { AgentServiceClient, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
+import { eventually, freePort, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+
+// Faults with the real services as child processes on 127.0.0.1 (executor, planner, agents,
+// nats-server), each killed or restarted while generations run. Every request is counted: it
+// completes (token-identical to an undisturbed run) or ends with a clear status within its
+// deadline; none hangs.
+
+const REPO = resolve(__dirname, '../..');
+type App = 'server-executor' | 'planner' | 'client-agent';
+
+/** One service as its own Node process; `listening` resolves with its port (from its stdout line). */
+class Service {
+  readonly child: ChildProcess;
+  readonly listening: Promise<number>;
+  readonly exited: Promise<void>;
+  stderr = '';
+
+  constructor(readonly app: App, env: Record<string, string>) {
+    this.child = spawn(process.execPath, ['--require', 'tsx/cjs', join(REPO, 'apps', app, 'src', 'main.ts')], {
+      cwd: REPO, env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child.stderr!.on('data', (b: Buffer) => { this.stderr = (this.stderr + b.toString()).slice(-4000); });
+    this.exited = new Promise((r) => this.child.once('exit', () => r()));
+    this.listening = new Promise<number>((res, rej) => {
+      createInterface({ input: this.child.stdout! }).on('line', (line) => {
+        try {
+          const m = JSON.parse(line) as { event?: string; port?: number };
+          if (m.event === 'listening' && typeof m.port === 'number') res(m.port);
+        } catch { /* a log line */ }
+      });
+      this.child.once('exit', (code, signal) => rej(new Error(`${app} exited (${signal ?? code}) before listening: ${this.stderr}`)));
+    });
+    this.listening.catch(() => undefined);
+  }
+
+  get running(): boolean { return this.child.exitCode === null && this.child.signalCode === null; }
+
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    if (this.running) this.child.kill(signal);
+    await this.exited;
+  }
+
+  /** SIGTERM (the service drains), SIGKILL after `graceMs`. */
+  async stop(graceMs = 5000): Promise<void> {
+    if (!this.running) return;
+    const t = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    this.child.kill('SIGTERM');
+    await this.exited;
+    clearTimeout(t);
+  }
+}
+
+interface Outcome {
+  ids: number[];
+  error?: grpc.ServiceError;
+  ms: number;
+  deadlineMs: number;
+}
+
+const PROMPT = [464, 2068, 7586, 21831, 18045];
+
+/** One generation through the agent's API; calls `onToken` with each index as it streams. */
+function generateVia(client: AgentServiceClient, req: Partial<GenerateRequest>, deadlineMs = 30_000, onToken?: (index: number) => void): Promise<Outcome> {
+  const t0 = Date.now();
+  return withTimeout(new Promise<Outcome>((res) => {
+    const ids: number[] = [];
+    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 8, placement: '', ...req }, { deadline: t0 + deadlineMs });
+    call.on('data', (m: GenerateResponse) => {
+      if (m.kind?.$case !== 'token') return;
+      ids.push(m.kind.value.id);
+      onToken?.(m.kind.value.index);
+    });
+    call.on('error', (error: grpc.ServiceError) => res({ ids, error, ms: Date.now() - t0, deadlineMs }));
+    call.on('end', () => res({ ids, ms: Date.now() - t0, deadlineMs }));
+  }), deadlineMs + 5000, 'a generation that hung past its deadline');
+}
+
+/** Every request ended within its deadline, and each failure has a clear status (a code and a message). */
+function expectAccounted(outcomes: readonly Outcome[]): void {
+  for (const o of outcomes) {
+    expect(o.ms).toBeLessThanOrEqual(o.deadlineMs + 200);
+    if (o.error) {
+      expect(o.error.code).not.toBe(grpc.status.UNKNOWN);
+      expect(o.error.details.length).toBeGreaterThan(0);
+    }
+  }
+}
+
+/** Runs `workers` loops of generations until `stop` resolves; returns every outcome. */
+async function underLoad(client: AgentServiceClient, workers: number, req: Partial<GenerateRequest>, during: () => Promise<void>): Promise<Outcome[]> {
+  const outcomes: Outcome[] = [];
+  let done = false;
+  const loops = Array.from({ length: workers }, async () => {
+    while (!done) outcomes.push(await generateVia(client, req, 15_000));
+  });
+  try {
+    await during();
+  } finally {
+    done = true;
+  }
+  await Promise.all(loops);
+  return outcomes;
+}
+
+describe('faults with real services as child processes', () => {
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let execPort: number;
+  let plannerPort: number;
+  let executor: Service;
+  let planner: Service;
+  let agent: Service;
+  let client: AgentServiceClient;
+  const extra: Service[] = [];
+
+  const startExecutor = async (): Promise<Service> => {
+    const s = new Service('server-executor', {
+      MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${execPort}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
+      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
+    });
+    await s.listening;
+    return s;
+  };
+  const startPlanner = async (): Promise<Service> => {
+    const s = new Service('planner', { MODEL_DIR: model.dir, PLANNER_ADDR: `127.0.0.1:${plannerPort}`, NATS_URL: nats.url, PLANNER_DEBOUNCE_MS: '20' });
+    await s.listening;
+    return s;
+  };
+  const startAgent = async (id: string, env: Record<string, string> = {}): Promise<{ service: Service; client: AgentServiceClient }> => {
+    const service = new Service('client-agent', {
+      MODEL_DIR: model.dir, AGENT_ID: id, AGENT_ADDR: '127.0.0.1:0', EXECUTOR_ADDR: `127.0.0.1:${execPort}`, PLANNER_ADDR: `127.0.0.1:${plannerPort}`,
+      NATS_URL: nats.url, TELEMETRY_INTERVAL_MS: '200', ...env,
+    });
+    const port = await service.listening;
+    return { service, client: new AgentServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) };
+  };
+  const statusOf = (c: AgentServiceClient): Promise<AgentStatusResponse> => new Promise((res, rej) => c.getStatus({}, (e, r) => (e ? rej(e) : res(r))));
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    nats = await startNatsServer();
+    execPort = await freePort();
+    plannerPort = await freePort();
+    [executor, planner] = await Promise.all([startExecutor(), startPlanner()]);
+    // A 5 ms one-way link makes every split token a round trip of 10 ms or more: long enough to kill something mid-generation.
+    ({ service: agent, client } = await startAgent('dev-faults', { AGENT_LINK_LATENCY_MS: '5' }));
+  }, 90_000);
+
+  afterAll(async () => {
+    client?.close();
+    await Promise.all([agent, executor, planner, ...extra].map((s) => s?.kill()));
+    await nats?.stop();
+    model?.remove();
+  });
+
+  it.each([
+    ['a split generation', 'CCSSSC', 60],
+    ['a server-decoded generation', 'SSSSSS', 300],
+  ])('resumes %s when the executor is killed mid-way and restarted on the same port, token-identical', async (_what, placement, maxNewTokens) => {
+    const undisturbed = await generateVia(client, { placement, maxNewTokens });
+    expect(undisturbed.error).toBeUndefined();
+    expect(undisturbed.ids).toHaveLength(maxNewTokens);
+    const before = (await statusOf(client)).resumedGenerations;
+
+    let killed: Promise<void> | undefined;
+    const disturbed = await generateVia(client, { placement, maxNewTokens }, 30_000, (index) => {
+      if (index === 2 && !killed) killed = executor.kill('SIGKILL').then(async () => { executor = await startExecutor(); });
+    });
+    await killed;
+    expect(disturbed.error).toBeUndefined();
+    expect(disturbed.ids).toEqual(undisturbed.ids);
+    const st = await statusOf(client);
+    expect(st.resumedGenerations).toBe(before + 1);
+    expect(st.failures).toBe(0);
+  }, 60_000);
+
+  it('ends a generation whose executor does not come back with UNAVAILABLE within its deadline', async () => {
+    const deadlineMs = 3000;
+    let killed: Promise<void> | undefined;
+    const o = await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 200 }, deadlineMs, (index) => {
+      if (index === 2 && !killed) killed = executor.kill('SIGKILL');
+    });
+    await killed;
+    expect(o.error?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(o.error?.details).toContain('could not be resumed within the deadline');
+    expect(o.ms).toBeLessThan(deadlineMs);
+    expect(o.ids.length).toBeGreaterThanOrEqual(3);
+    // a new request meanwhile is refused at once, not held
+    const late = await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 4 }, 10_000);
+    expect(late.error?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(late.ms).toBeLessThan(2000);
+    executor = await startExecutor();
+    await eventually(async () => !(await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 2 })).error, { timeoutMs: 10_000, intervalMs: 200, what: 'the agent using the restarted executor' });
+  }, 60_000);
+
+  it('keeps generations completing while the planner restarts', async () => {
+    const outcomes = await underLoad(client, 3, { maxNewTokens: 8 }, async () => {
+      await new Promise((r) => setTimeout(r, 500));
+      await planner.stop();
+      await new Promise((r) => setTimeout(r, 300));
+      planner = await startPlanner();
+      await eventually(async () => (await statusOf(client)).plannerConnected, { timeoutMs: 10_000, intervalMs: 100, what: 'the agent back on the planner' });
+      await new Promise((r) => setTimeout(r, 500));
+    });
+    expectAccounted(outcomes);
+    expect(outcomes.length).toBeGreaterThan(3);
+    expect(outcomes.filter((o) => o.error)).toEqual([]);
+  }, 60_000);
+
+  it('keeps generations completing while nats-server restarts, and telemetry resumes', async () => {
+    let nc: NatsConnection | undefined;
+    const seen = { profiles: 0, loads: 0 };
+    const watch = async (): Promise<void> => {
+      nc = await connect({ servers: nats.url, reconnect: false });
+      nc.subscribe(Subjects.clientProfile('dev-faults'), { callback: () => { seen.profiles++; } });
+      nc.subscribe(Subjects.allServerLoads, { callback: () => { seen.loads++; } });
+    };
+    try {
+      const outcomes = await underLoad(client, 3, { maxNewTokens: 8 }, async () => {
+        await new Promise((r) => setTimeout(r, 500));
+        await nats.restart();
+        await watch();
+        await eventually(() => seen.profiles >= 2 && seen.loads >= 2, { timeoutMs: 15_000, intervalMs: 100, what: 'agent and executor telemetry after the restart' });
+      });
+      expectAccounted(outcomes);
+      expect(outcomes.length).toBeGreaterThan(3);
+      expect(outcomes.filter((o) => o.error)).toEqual([]);
+    } finally {
+      await nc?.close();
+    }
+  }, 60_000);
+
+  it('lets in-flight generations finish when the agent gets SIGTERM, ends the rest with UNAVAILABLE, and refuses new ones', async () => {
+    const a = await startAgent('dev-term', { PLANNER_ADDR: 'off', AGENT_LINK_LATENCY_MS: '5', AGENT_SHUTDOWN_GRACE_MS: '1500' });
+    extra.push(a.service);
+    try {
+      const short = await generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 20 });
+      expect(short.error).toBeUndefined();
+      let started = 0;
+      const onStart = (i: number): void => { if (i === 0) started++; };
+      const runs = [
+        generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 20 }, 20_000, onStart),
+        generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 20 }, 20_000, onStart),
+        // far longer than the grace: ended by the shutdown
+        generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 900 }, 20_000, onStart),
+      ];
+      await eventually(() => started === 3, { timeoutMs: 10_000, intervalMs: 10, what: 'three generations under way' });
+      a.service.child.kill('SIGTERM');
+      const health = new HealthClient(a.client.getChannel().getTarget().replace(/^dns:/, ''), grpc.credentials.createInsecure());
+      await eventually(() => new Promise<boolean>((res) => health.check({ service: '' }, (e, r) => res(!e && r.status === ServingStatus.NOT_SERVING))),
+        { timeoutMs: 5000, intervalMs: 10, what: 'the agent draining' }).finally(() => health.close());
+      const refused = await generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 2 }, 5000);
+      expect(refused.error?.code).toBe(grpc.status.UNAVAILABLE);
+      const [one, two, long] = await Promise.all(runs);
+      expectAccounted([one, two, long, refused]);
+      expect(one.error).toBeUndefined();
+      expect(one.ids).toEqual(short.ids);
+      expect(two.ids).toEqual(short.ids);
+      expect(long.error?.code).toBe(grpc.status.UNAVAILABLE);
+      expect(long.error?.details).toContain('shutting down');
+      await withTimeout(a.service.exited, 10_000, 'the agent exiting after its grace');
+      expect(a.service.child.exitCode).toBe(0);
+    } finally {
+      a.client.close();
+    }
+  }, 60_000);
+});
