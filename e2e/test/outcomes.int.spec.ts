@@ -188,7 +188,9 @@ describe('the planner closes the loop on a real agent whose generations miss', (
     agent = new ClientAgent({
       modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', clientClass: 'default', address: '127.0.0.1:0',
       stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
-      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+      // 20 ms each way: every placement that uses the server is clearly slower than the device
+      // alone, so only outcomes (not a server figure moving under load) can move the plan.
+      link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
       executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
     });
     client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
