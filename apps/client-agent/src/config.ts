@@ -41,6 +41,8 @@ export function parseStageList(spec: string, stageCount: number): number[] {
   const out = new Set<number>();
   for (const part of spec.split(',')) {
     const [a, b] = part.split('-').map(Number);
+    // '4-1' would otherwise name no stage at all, silently.
+    if (b !== undefined && b < a) throw new Error(`AGENT_STAGES ranges must run upwards (A-B with A <= B), given '${part}'`);
     for (let i = a; i <= (b ?? a); i++) {
       if (i >= stageCount) throw new Error(`AGENT_STAGES must name stages in 0..${stageCount - 1}, given ${i}`);
       out.add(i);

@@ -1,3 +1,5 @@
+import { capStatus, cut, quoted } from '@tandem/protocol';
+
 /** One environment variable of a service: its parser, default and documentation. */
 export interface EnvVar<T> {
   readonly doc: string;
@@ -11,8 +13,12 @@ export interface EnvVar<T> {
 /** Every problem found in a service's environment, all listed at once. */
 export class ConfigError extends Error {
   override name = 'ConfigError';
-  constructor(readonly problems: readonly string[]) {
-    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  readonly problems: readonly string[];
+  /** Each problem is capped at 1 KiB (a guard: the values in it are cut where they are echoed). */
+  constructor(problems: readonly string[]) {
+    const capped = problems.map((p) => capStatus(p));
+    super(`invalid configuration:\n  ${capped.join('\n  ')}`);
+    this.problems = capped;
   }
 }
 
@@ -107,7 +113,9 @@ export function loadEnv<S extends EnvSchema>(schema: S, source: Readonly<Record<
       out[name] = v.parse(raw);
     } catch (err) {
       if (!(err instanceof ParseError)) throw err;
-      problems.push(`${name} ${err.message}, given '${raw}'`);
+      // The value and a JSON checker's message are cut: a pasted file or a 20,000-character
+      // value must not make a problem line of kilobytes (each stays under 1 KiB).
+      problems.push(`${name} ${cut(err.message, 600)}, given ${quoted(raw)}`);
     }
   }
   if (problems.length) throw new ConfigError(problems);

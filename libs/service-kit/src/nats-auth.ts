@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { connect, nkeyAuthenticator, type ConnectionOptions } from '@nats-io/transport-node';
+import { quoted } from '@tandem/protocol';
 import { ConfigError, env } from './env';
 
 /**
@@ -36,8 +37,8 @@ export function natsAuthFrom(c: NatsAuthValues): NatsAuth | undefined {
   const user = c.NATS_USER;
   const pass = c.NATS_PASSWORD;
   const seedFile = c.NATS_NKEY_SEED_FILE;
-  if (seedFile !== '' && (user !== '' || pass !== '')) problems.push(`NATS_NKEY_SEED_FILE and NATS_USER/NATS_PASSWORD are exclusive: give one kind of credential, given NATS_NKEY_SEED_FILE '${seedFile}' and NATS_USER '${user}'`);
-  else if (user !== '' && pass === '') problems.push(`NATS_PASSWORD is required when NATS_USER is set, given NATS_USER '${user}' and no NATS_PASSWORD`);
+  if (seedFile !== '' && (user !== '' || pass !== '')) problems.push(`NATS_NKEY_SEED_FILE and NATS_USER/NATS_PASSWORD are exclusive: give one kind of credential, given NATS_NKEY_SEED_FILE ${quoted(seedFile)} and NATS_USER ${quoted(user)}`);
+  else if (user !== '' && pass === '') problems.push(`NATS_PASSWORD is required when NATS_USER is set, given NATS_USER ${quoted(user)} and no NATS_PASSWORD`);
   else if (user === '' && pass !== '') problems.push('NATS_USER is required when NATS_PASSWORD is set (the password is not shown)');
   if (problems.length) throw new ConfigError(problems);
   if (seedFile !== '') {
@@ -45,10 +46,10 @@ export function natsAuthFrom(c: NatsAuthValues): NatsAuth | undefined {
     try {
       text = readFileSync(seedFile, 'utf8');
     } catch (err) {
-      throw new ConfigError([`NATS_NKEY_SEED_FILE must name a readable file, given '${seedFile}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
+      throw new ConfigError([`NATS_NKEY_SEED_FILE must name a readable file, given ${quoted(seedFile)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
     }
     const seed = /\bSU[A-Z2-7]{56}\b/.exec(text)?.[0];
-    if (!seed) throw new ConfigError([`NATS_NKEY_SEED_FILE must hold an NKEY user seed (58 characters starting with SU), given '${seedFile}'`]);
+    if (!seed) throw new ConfigError([`NATS_NKEY_SEED_FILE must hold an NKEY user seed (58 characters starting with SU), given ${quoted(seedFile)}`]);
     return { kind: 'nkey', seedFile, seed: new TextEncoder().encode(seed) };
   }
   if (user !== '') return { kind: 'password', user, password: pass };

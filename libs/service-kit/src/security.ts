@@ -6,6 +6,7 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { quoted } from '@tandem/protocol';
 import { ConfigError, env } from './env';
 
 /** Metadata key of the bearer token (`authorization: Bearer <token>`). */
@@ -69,7 +70,7 @@ function readVar(problems: string[], variable: string, path: string): Buffer | u
     return readFileSync(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    problems.push(`${variable} must name a readable file, given '${path}' (${code === 'ENOENT' ? 'no such file' : code ?? (err as Error).message})`);
+    problems.push(`${variable} must name a readable file, given ${quoted(path)} (${code === 'ENOENT' ? 'no such file' : code ?? (err as Error).message})`);
     return undefined;
   }
 }
@@ -137,7 +138,7 @@ export function loadServerSecurity(cfg: ServerSecurityConfig): ServerSecurity {
   if (cfg.AUTH_TOKENS_FILE) {
     const text = readVar(problems, 'AUTH_TOKENS_FILE', cfg.AUTH_TOKENS_FILE);
     if (text) {
-      try { tokens = TokenTable.parse(text.toString('utf8')); } catch (err) { problems.push(`AUTH_TOKENS_FILE='${cfg.AUTH_TOKENS_FILE}': ${(err as Error).message}`); }
+      try { tokens = TokenTable.parse(text.toString('utf8')); } catch (err) { problems.push(`AUTH_TOKENS_FILE=${quoted(cfg.AUTH_TOKENS_FILE)}: ${(err as Error).message}`); }
     }
   }
   if (problems.length) throw new ConfigError(problems);
