@@ -1,0 +1,39 @@
+import { clearMessageProblem, configProblems, envCases, type EnvCase } from '@tandem/testkit';
+import { loadConfig, parseStageList } from './config';
+
+// Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the agent's variables with a
+// bad value is refused with a problem naming the variable, the rule and the value, in 1 KiB.
+
+const LONG = 'x'.repeat(20_000);
+const cases: EnvCase[] = [
+  ...envCases({
+    int: [['AGENT_THREADS', 0, 256], ['TELEMETRY_INTERVAL_MS', 50, 3_600_000], ['AGENT_DEADLINE_MS', 100, 86_400_000],
+      ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1], ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000]],
+    number: [['AGENT_SLOWDOWN', 1, 1000], ['AGENT_LINK_LATENCY_MS', 0, 10_000], ['AGENT_LINK_UP_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
+      ['AGENT_LINK_DOWN_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY]],
+    oneOf: [['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']]],
+  }),
+  ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
+  ['AGENT_ID with a dot', { AGENT_ID: 'dev.1' }, ['AGENT_ID must be 1..64 letters', "given 'dev.1'"]],
+  ['AGENT_ID of 20,000 characters, cut', { AGENT_ID: LONG }, ['AGENT_ID must be 1..64 letters', '(20000 chars)']],
+  ['AGENT_STAGES not a list', { AGENT_STAGES: 'some' }, ['AGENT_STAGES must be', "given 'some'"]],
+  ['AGENT_STAGES with a trailing comma', { AGENT_STAGES: '0-3,' }, ['AGENT_STAGES must be', "given '0-3,'"]],
+  ['NATS_USER of 100 characters', { NATS_USER: 'u'.repeat(100), NATS_PASSWORD: 'p' }, ['NATS_USER must be 1..64 letters']],
+];
+
+describe('client-agent env corpus', () => {
+  it.each(cases)('refuses %s', (_label, vars, parts) => {
+    const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
+    expect(problems.length).toBeGreaterThanOrEqual(1);
+    expect(clearMessageProblem(problems[0], parts)).toBe('');
+  });
+
+  it.each([
+    ['naming a stage past the model', '0-9', ['AGENT_STAGES must name stages in 0..5', 'given 6']],
+    ['with a range that runs backwards (it named no stage at all)', '4-1', ['AGENT_STAGES ranges must run upwards', "given '4-1'"]],
+  ])('refuses AGENT_STAGES %s, naming the rule', (_what, spec, parts) => {
+    let msg = '';
+    try { parseStageList(spec, 6); } catch (err) { msg = (err as Error).message; }
+    expect(clearMessageProblem(msg, parts)).toBe('');
+  });
+});

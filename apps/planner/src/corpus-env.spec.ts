@@ -1,0 +1,48 @@
+import { clearMessageProblem, configProblems, envCases, type EnvCase } from '@tandem/testkit';
+import { DEFAULT_CALIBRATION as C } from './calibration';
+import { loadConfig } from './config';
+
+// Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the planner's variables with a
+// bad value is refused with a problem naming the variable, the rule and the value, in 1 KiB.
+
+const LONG = 'x'.repeat(20_000);
+const cases: EnvCase[] = [
+  ...envCases({
+    int: [['PLANNER_CLIENT_TTL_MS', 1000, 86_400_000], ['PLANNER_DEBOUNCE_MS', 0, 60_000], ['PLANNER_SLICE_MS', 1, 1000], ['PLANNER_OUTCOME_MIN', 1, 100_000],
+      ['PLANNER_SAFETY_DWELL_MS', 0, 86_400_000]],
+    number: [['PLANNER_HYSTERESIS', 0, 1], ['PLANNER_SLA_MARGIN', 0.1, 1], ['PLANNER_MAX_UTILISATION', 0, 0.99], ['PLANNER_IDLE_UTILISATION', 0, 1],
+      ['PLANNER_UTILISATION_SMOOTHING', 0.01, 1], ['PLANNER_REPLAN_THRESHOLD', 0, 1], ['PLANNER_SLO_TARGET', 0.01, 1], ['PLANNER_SAFETY_STEP', 0.1, 0.99],
+      ['PLANNER_CALIBRATION_CHANGE', 0, 10]],
+    bool: ['PLANNER_LEARN'],
+    oneOf: [['TLS_CLIENT_AUTH', ['none', 'require']]],
+  }),
+  ['PLANNER_ALGORITHM unknown', { PLANNER_ALGORITHM: 'magic' }, ['PLANNER_ALGORITHM must be one of dp', "given 'magic'"]],
+  ['PLANNER_REQUEST_CLASSES not JSON', { PLANNER_REQUEST_CLASSES: '[{' }, ['PLANNER_REQUEST_CLASSES must be valid JSON', "given '[{'"]],
+  ['PLANNER_REQUEST_CLASSES empty', { PLANNER_REQUEST_CLASSES: '[]' }, ['PLANNER_REQUEST_CLASSES must be a non-empty JSON array']],
+  ['PLANNER_REQUEST_CLASSES without an SLO', { PLANNER_REQUEST_CLASSES: '[{"name":"a","maxPromptTokens":8,"expectedNewTokens":1}]' }, ['PLANNER_REQUEST_CLASSES [0] must state at least one of slaMs']],
+  ['PLANNER_REQUEST_CLASSES with a bad name', { PLANNER_REQUEST_CLASSES: '[{"name":"a b","maxPromptTokens":8,"expectedNewTokens":1,"slaMs":5}]' }, ['PLANNER_REQUEST_CLASSES [0].name must be 1..64 letters']],
+  ['PLANNER_REQUEST_CLASSES with maxPromptTokens 0', { PLANNER_REQUEST_CLASSES: '[{"name":"a","maxPromptTokens":0,"expectedNewTokens":1,"slaMs":5}]' }, ['[0].maxPromptTokens must be an integer >= 1', 'given 0']],
+  ['PLANNER_REQUEST_CLASSES with duplicate names', { PLANNER_REQUEST_CLASSES: '[{"name":"a","maxPromptTokens":8,"expectedNewTokens":1,"slaMs":5},{"name":"a","maxPromptTokens":9,"expectedNewTokens":1,"slaMs":5}]' }, ['class names must be unique']],
+  ['PLANNER_REQUEST_CLASSES of 20,000 characters, cut', { PLANNER_REQUEST_CLASSES: `[${' '.repeat(20_000)}` }, ['PLANNER_REQUEST_CLASSES must be valid JSON', '(20001 chars)']],
+  ['PLANNER_SLA_OVERRIDES an array', { PLANNER_SLA_OVERRIDES: '[1]' }, ['PLANNER_SLA_OVERRIDES must be a JSON object']],
+  ['PLANNER_SLA_OVERRIDES with a negative SLA', { PLANNER_SLA_OVERRIDES: '{"phone":{"short":-5}}' }, ['PLANNER_SLA_OVERRIDES .phone.short must be a number > 0', 'given -5']],
+  ['PLANNER_OUTCOME_HALF_LIFE below 1', { PLANNER_OUTCOME_HALF_LIFE: '0.5' }, ['PLANNER_OUTCOME_HALF_LIFE must be a number in 1..100000', "given '0.5'"]],
+  ['PLANNER_RESOLUTION_MS of 0', { PLANNER_RESOLUTION_MS: '0' }, ['PLANNER_RESOLUTION_MS must be a number in 0.001..Infinity', "given '0'"]],
+  ['PLANNER_SERVER_ENTRY_MS negative', { PLANNER_SERVER_ENTRY_MS: '-1' }, ['PLANNER_SERVER_ENTRY_MS must be a number in 0..Infinity', "given '-1'"]],
+  ['PLANNER_SAFETY_FLOOR above 1', { PLANNER_SAFETY_FLOOR: '2' }, ['PLANNER_SAFETY_FLOOR must be a number in 0.01..1', "given '2'"]],
+  ['PLANNER_SLO_RELAX_MARGIN above 0.5', { PLANNER_SLO_RELAX_MARGIN: '0.9' }, ['PLANNER_SLO_RELAX_MARGIN must be a number in 0..0.5', "given '0.9'"]],
+  ['a 20,000-character PLANNER_HYSTERESIS, cut', { PLANNER_HYSTERESIS: LONG }, ['PLANNER_HYSTERESIS must be a number in 0..1', '(20000 chars)']],
+  ['NATS_PASSWORD without NATS_USER', { NATS_PASSWORD: 'secret' }, ['NATS_USER is required when NATS_PASSWORD is set']],
+];
+
+describe('planner env corpus', () => {
+  it('states the calibration defaults the bounds above were read against', () => {
+    expect(C.halfLife).toBeGreaterThanOrEqual(1);
+  });
+
+  it.each(cases)('refuses %s', (_label, vars, parts) => {
+    const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
+    expect(problems.length).toBeGreaterThanOrEqual(1);
+    expect(clearMessageProblem(problems[0], parts)).toBe('');
+  });
+});
