@@ -5,6 +5,9 @@ import {
   HealthReporter,
   ID_PATTERN,
   PlannerServiceService,
+  capStatus,
+  decodeProblem,
+  safeService,
   ServerLoad,
   ServingStatus,
   Subjects,
@@ -262,7 +265,8 @@ export class PlannerServer {
   }
 
   async start(): Promise<{ port: number }> {
-    this.server.addService(PlannerServiceService, this.handlers());
+    // Requests that do not decode reach the handlers flagged (INVALID_ARGUMENT), not as grpc-js's bare INTERNAL.
+    this.server.addService(safeService(PlannerServiceService), this.handlers());
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
@@ -589,6 +593,8 @@ export class PlannerServer {
   private handlers(): PlannerServiceServer {
     return {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
+        const problem = decodeProblem(call.request);
+        if (problem) { call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
         const id = call.request.clientId;
         if (!ID_PATTERN.test(id)) {
           call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given ${shown(id)}` });
@@ -612,6 +618,8 @@ export class PlannerServer {
         if (plan) { call.write({ plan }); this.counters.plansPushed++; }
       },
       listPlans: (call, cb) => {
+        const problem = decodeProblem(call.request);
+        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
         const denied = this.refusal(call.metadata, (identity) => {
           if (identity !== OPERATOR_IDENTITY) throw new AuthError(grpc.status.PERMISSION_DENIED, `ListPlans must be called with an operator token (identity '*'; it shows every client's plan), given the token of '${identity}'`);
         });
