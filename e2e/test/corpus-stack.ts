@@ -1,0 +1,164 @@
+import { Writable } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import { SplitPipeline } from '@tandem/model';
+import { PlanMaker, PlannerServer } from '@tandem/planner';
+import { AgentServiceClient, channelOptions, ExecutorServiceClient, HealthClient, ServingStatus, type GenerateResponse } from '@tandem/protocol';
+import { createLogger, type Logger } from '@tandem/service-kit';
+import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import pino from 'pino';
+
+// The services the bad-input corpora and the fuzz test run against (e2e/test/CORPUS.md): a
+// real nats-server, executor, planner and agent on 127.0.0.1 port 0, the tiny model, and a
+// healthy generation to run beside each bad input (its tokens compared with a one-process run).
+
+export const KIB = 1024;
+export const HEALTHY_PROMPT = [464, 2068, 7586, 21831];
+export const HEALTHY_TOKENS = 4;
+/** A split that crosses the network at every switch, both ways. */
+export const HEALTHY_PLACEMENT = 'CCSSSC';
+
+/** A status a call ended with. */
+export interface Outcome { code: grpc.status; details: string }
+
+/** The services, their addresses, and what each refused (the warn lines they logged). */
+export interface Stack {
+  model: TempModel;
+  nats: NatsServerHandle;
+  executor: ExecutorServer;
+  planner: PlannerServer;
+  agent: ClientAgent;
+  stageCount: number;
+  modelId: string;
+  addr: { executor: string; planner: string; agent: string };
+  exec: ExecutorServiceClient;
+  agentClient: AgentServiceClient;
+  raw: { executor: grpc.Client; planner: grpc.Client; agent: grpc.Client };
+  /** The tokens a one-process run gives for the healthy generation. */
+  expected: number[];
+  /** JSON log lines at warn and above of every service. */
+  logLines(): { level: number; msg: string; [k: string]: unknown }[];
+  /** One healthy split generation through the agent (and so the executor); resolves with its tokens. */
+  healthy(): Promise<number[]>;
+  /** Runs `bad` beside a healthy generation; fails unless the healthy one gives the one-process tokens. */
+  beside<T>(bad: () => Promise<T>): Promise<T>;
+  /** Whether the planner, executor and agent all answer health SERVING. */
+  serving(): Promise<boolean>;
+  stop(): Promise<void>;
+}
+
+function capturingLogger(): { log: Logger; lines: () => { level: number; msg: string }[] } {
+  const chunks: string[] = [];
+  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(String(chunk)); cb(); } });
+  return { log: pino({ level: 'warn' }, stream) as unknown as Logger, lines: () => chunks.join('').split('\n').filter((l) => l).map((l) => JSON.parse(l)) };
+}
+
+export async function startStack(opts: { maxContextTokens?: number } = {}): Promise<Stack> {
+  const model = await makeTempModel();
+  const nats = await startNatsServer();
+  const { log, lines } = capturingLogger();
+  const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+  const { stageCount, modelId } = engine;
+  const executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 64, maxContextTokens: opts.maxContextTokens ?? 64, maxMessageBytes: 8 << 20,
+    batching: true, maxBatch: 8, idleTimeoutMs: 10_000, natsUrl: nats.url, telemetryIntervalMs: 200 });
+  const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+  const maker = new PlanMaker({
+    stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
+    classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 4, slaMs: 10_000 }],
+    slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+  });
+  const planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+  const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
+  const agent = new ClientAgent({
+    modelDir: model.dir, modelId, clientId: 'dev-1', clientClass: 'default', address: '127.0.0.1:0',
+    stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+    link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+    executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 200, deadlineMs: 20_000, maxMessageBytes: 8 << 20, log,
+  });
+  const agentAddr = `127.0.0.1:${(await agent.start()).port}`;
+  const insecure = grpc.credentials.createInsecure();
+  const exec = new ExecutorServiceClient(executorAddr, insecure, channelOptions(8 << 20));
+  const agentClient = new AgentServiceClient(agentAddr, insecure);
+  const raw = { executor: new grpc.Client(executorAddr, insecure), planner: new grpc.Client(plannerAddr, insecure), agent: new grpc.Client(agentAddr, insecure) };
+  const health = [executorAddr, plannerAddr, agentAddr].map((a) => new HealthClient(a, insecure));
+  const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
+  const expected = await pipe.generate(HEALTHY_PROMPT, { maxNewTokens: HEALTHY_TOKENS }).finally(() => pipe.close());
+
+  const healthy = (): Promise<number[]> => withTimeout(new Promise<number[]>((resolve, reject) => {
+    const ids: number[] = [];
+    const call = agentClient.generate({ input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT }, { deadline: Date.now() + 20_000 });
+    call.on('data', (m: GenerateResponse) => { if (m.kind?.$case === 'token') ids.push(m.kind.value.id); });
+    call.on('error', reject);
+    call.on('end', () => resolve(ids));
+  }), 25_000, 'the healthy generation');
+
+  return {
+    model, nats, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,
+    addr: { executor: executorAddr, planner: plannerAddr, agent: agentAddr },
+    logLines: lines,
+    healthy,
+    async beside<T>(bad: () => Promise<T>): Promise<T> {
+      const ok = healthy();
+      ok.catch(() => undefined);
+      const out = await bad();
+      expect(await ok).toEqual(expected);
+      return out;
+    },
+    async serving() {
+      const st = await Promise.all(health.map((h) => new Promise<ServingStatus | undefined>((resolve) =>
+        h.check({ service: '' }, { deadline: Date.now() + 5000 }, (e, r) => resolve(e ? undefined : r.status)))));
+      return st.every((s) => s === ServingStatus.SERVING);
+    },
+    async stop() {
+      for (const h of health) h.close();
+      for (const c of [exec, agentClient, raw.executor, raw.planner, raw.agent]) c.close();
+      await agent.stop({ graceMs: 100 });
+      await planner.stop();
+      await executor.stop({ graceMs: 100 });
+      await nats.stop();
+      model.remove();
+    },
+  };
+}
+
+const identity = (b: Buffer): Buffer => b;
+
+/** A unary call of raw bytes; resolves with its status. */
+export function rawUnary(client: grpc.Client, method: string, body: Buffer, deadlineMs = 10_000): Promise<Outcome> {
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(method, identity, identity, body, new grpc.Metadata(), { deadline: Date.now() + deadlineMs },
+      (e) => resolve(e ? { code: e.code, details: e.details } : { code: grpc.status.OK, details: '' }));
+  });
+}
+
+/**
+ * A server-streaming call of raw bytes; resolves with its status. With `openOkAfterMs`, a stream
+ * still open then (a plan stream) counts as OK and is cancelled.
+ */
+export function rawServerStream(client: grpc.Client, method: string, body: Buffer, deadlineMs = 20_000, openOkAfterMs?: number): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const call = client.makeServerStreamRequest(method, identity, identity, body, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
+    let t: NodeJS.Timeout | undefined;
+    let done = false;
+    const finish = (o: Outcome): void => { if (done) return; done = true; if (t) clearTimeout(t); resolve(o); };
+    if (openOkAfterMs !== undefined) t = setTimeout(() => { finish({ code: grpc.status.OK, details: '' }); call.cancel(); }, openOkAfterMs);
+    call.on('data', () => undefined);
+    call.on('error', (e: grpc.ServiceError) => finish({ code: e.code, details: e.details }));
+    call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) finish({ code: s.code, details: s.details }); });
+  });
+}
+
+/** A Session stream: writes each raw message, half-closes, and resolves with the final status. */
+export function rawSession(client: grpc.Client, messages: readonly Buffer[], deadlineMs = 20_000): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const call = client.makeBidiStreamRequest('/tandem.executor.v1.ExecutorService/Session', identity, identity, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
+    let done = false;
+    const finish = (o: Outcome): void => { if (!done) { done = true; resolve(o); } };
+    call.on('data', () => undefined);
+    call.on('error', (e: grpc.ServiceError) => finish({ code: e.code, details: e.details }));
+    call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) finish({ code: s.code, details: s.details }); });
+    for (const m of messages) call.write(m);
+    call.end();
+  });
+}
