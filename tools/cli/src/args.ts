@@ -1,3 +1,4 @@
+import { cut, quoted } from '@tandem/protocol';
 import { UsageError } from './errors';
 
 /** Parsed `--flag value` / `--switch` arguments of one command. */
@@ -23,15 +24,15 @@ export function parseArgs(argv: readonly string[], spec: ArgSpec): ParsedArgs {
   const knownSwitches = new Set(spec.switches ?? []);
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument '${arg}': options are ${[...known, ...knownSwitches].map((f) => `--${f}`).join(', ')}`);
+    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument ${quoted(arg)}: options are ${[...known, ...knownSwitches].map((f) => `--${f}`).join(', ')}`);
     const eq = arg.indexOf('=');
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     if (knownSwitches.has(name)) {
-      if (eq >= 0) throw new UsageError(`--${name} takes no value, given '${arg.slice(eq + 1)}'`);
+      if (eq >= 0) throw new UsageError(`--${name} takes no value, given ${quoted(arg.slice(eq + 1))}`);
       switches.add(name);
       continue;
     }
-    if (!known.has(name)) throw new UsageError(`unknown option --${name}: options are ${[...known, ...knownSwitches].map((f) => `--${f}`).join(', ')}`);
+    if (!known.has(name)) throw new UsageError(`unknown option --${cut(name)}: options are ${[...known, ...knownSwitches].map((f) => `--${f}`).join(', ')}`);
     if (flags.has(name)) throw new UsageError(`--${name} must be given once, given twice`);
     let value: string | undefined;
     if (eq >= 0) value = arg.slice(eq + 1);
@@ -62,7 +63,7 @@ export function intFlag(args: ParsedArgs, name: string, opts: { min: number; max
   const n = Number(raw);
   const max = opts.max ?? Number.MAX_SAFE_INTEGER;
   if (!/^-?\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < opts.min || n > max) {
-    throw new UsageError(`--${name} must be an integer in ${opts.min}..${max}, given '${raw}'`);
+    throw new UsageError(`--${name} must be an integer in ${opts.min}..${max}, given ${quoted(raw)}`);
   }
   return n;
 }

@@ -1,3 +1,4 @@
+import { capStatus, quoted } from '@tandem/protocol';
 import type { Command } from './command';
 import { commands } from './commands';
 import { UsageError } from './errors';
@@ -27,7 +28,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   }
   const found = resolve(argv);
   if (!found) {
-    io.stderr.write(`tandem: unknown command '${argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' ')}'; run 'tandem --help' for the list\n`);
+    io.stderr.write(`tandem: unknown command ${quoted(argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' '))}; run 'tandem --help' for the list\n`);
     return 2;
   }
   const { command, rest } = found;
@@ -39,7 +40,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     return await command.run(rest, io);
   } catch (err) {
     if (err instanceof UsageError) {
-      io.stderr.write(`tandem ${command.path.join(' ')}: ${err.message}\n`);
+      // One line of at most 1 KiB (cut with capStatus), whatever value the message echoes.
+      io.stderr.write(`${capStatus(`tandem ${command.path.join(' ')}: ${err.message}`)}\n`);
       return 2;
     }
     const e = err as Error;
