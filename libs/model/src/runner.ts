@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { ModelOptionError, StageInputError } from './errors';
+import { ModelFormatError, ModelOptionError, StageInputError, renderGiven } from './errors';
 import { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 import { type Manifest, type StageInfo, readManifest } from './manifest';
 import { IO } from './stage-graphs';
@@ -137,7 +137,7 @@ export class StageRunner {
       for (const [k, s] of stages.entries()) {
         const info = manifest.stages[s];
         // Created from the file path so onnxruntime resolves the external data beside it.
-        sessions.set(s, await ort.InferenceSession.create(path.join(dir, info.file), sessionOptions));
+        sessions.set(s, await createStageSession(dir, s, info, sessionOptions));
         opts.onProgress?.(k + 1, stages.length, info.name);
       }
       for (const [begin, end] of ranges) {
@@ -416,6 +416,26 @@ export class StageRunner {
       const data = all.slice(o * W, (o + T) * W);
       o += T;
       return { dtype: 'float32', shape: [1, T, W], data };
+    });
+  }
+}
+
+/**
+ * One stage's onnxruntime session. A stage file or weight file that is short, empty or corrupt
+ * makes onnxruntime throw its own text (a C++ source line, an offset); it is refused here as a
+ * ModelFormatError naming the stage's file field, the rule and the files, with onnxruntime's
+ * reason cut short, so the services and the CLI report a bad model file clearly.
+ */
+async function createStageSession(dir: string, index: number, info: StageInfo, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
+  try {
+    return await ort.InferenceSession.create(path.join(dir, info.file), options);
+  } catch (err) {
+    const files = [info.file, ...(info.dataFiles ?? [])];
+    const reason = String((err as Error)?.message ?? err).replace(/\s+/g, ' ');
+    const rule = `be a complete ONNX graph with complete weight files (${renderGiven(files.join(', '))})`;
+    throw new ModelFormatError(`stages[${index}].file`, rule, info.file, {
+      cause: err,
+      message: `stages[${index}].file must ${rule}, given ${renderGiven(info.file)}: onnxruntime: ${reason.length > 300 ? `${reason.slice(0, 297)}...` : reason}`,
     });
   }
 }
