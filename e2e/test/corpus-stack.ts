@@ -107,7 +107,7 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
     },
     async serving() {
       const st = await Promise.all(health.map((h) => new Promise<ServingStatus | undefined>((resolve) =>
-        h.check({ service: '' }, { deadline: Date.now() + 5000 }, (e, r) => resolve(e ? undefined : r.status)))));
+        h.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => resolve(e ? undefined : r.status)))));
       return st.every((s) => s === ServingStatus.SERVING);
     },
     async stop() {

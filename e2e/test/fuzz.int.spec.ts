@@ -98,7 +98,7 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
 
   const grpcTargets: [string, number, (rnd: Rnd) => { how: string[]; bytes: Buffer; run: () => Promise<Outcome> }][] = [
     ['executor Session', 25, (r) => {
-      const msgs = pick(r, SESSIONS).map((m) => Buffer.from(m));
+      const msgs: Buffer[] = pick(r, SESSIONS).map((m) => Buffer.from(m));
       const at = Math.floor(r() * msgs.length);
       const m = mutate(msgs[at], r);
       msgs[at] = m.bytes;
