@@ -27,6 +27,7 @@ export const executorEnv = {
   EXECUTOR_PREFILL_STALL_MS: env.int('A long step held back by short ones for this long gets the next call, so prefills advance under a steady stream of decode steps, ms', DEFAULT_PREFILL_STALL_MS, 0, 60_000),
   EXECUTOR_ENGINE: env.oneOf("Where onnxruntime runs: 'worker' (a worker thread, so gRPC, health and status are answered while a batch computes) or 'inline' (on the event loop, which a batch then blocks)", 'worker', ['worker', 'inline']),
   EXECUTOR_FUSED: env.bool('Also load one fused onnxruntime session over every stage, so a step that runs alone (server-side decoding) is one call instead of one per stage; it holds a second copy of the weights (gpt2: about +640 MB RSS)', true),
+  EXECUTOR_RETURN_MEMORY: env.bool("Give memory back after bursts: onnxruntime runs without its CPU memory arena (which otherwise stays at the largest call's working set) and the engine collects garbage once no session is open (KV buffers are freed only by the collector); with MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc then returns large freed blocks at once. Costs some speed per call (`npm run bench:memory`)", false),
   EXECUTOR_IDLE_TIMEOUT_MS: env.int('A session with no message for this long is ended with DEADLINE_EXCEEDED and freed', 60_000, 100, 86_400_000),
   EXECUTOR_THREADS: env.int('onnxruntime intra-op threads (0 lets onnxruntime choose)', 0, 0, 256),
   EXECUTOR_SHUTDOWN_GRACE_MS: env.int('On SIGTERM, how long open sessions may finish before they are cancelled', 10_000, 0, 3_600_000),

@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { StageInputError } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import { OnnxStageEngine } from './engine';
+import { collectorOrUndefined, IDLE_COLLECT_DELAY_MS } from './worker-engine';
 import { describeError, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 
 async function serve(): Promise<void> {
@@ -16,12 +17,24 @@ async function serve(): Promise<void> {
   const init = workerData as EngineThreadData;
   let engine: OnnxStageEngine;
   try {
-    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads, fuseAllStages: init.fuseAllStages });
+    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads, fuseAllStages: init.fuseAllStages, returnMemory: init.returnMemory });
   } catch (err) {
     port.postMessage({ type: 'load-failed', error: describeError(err) } satisfies FromThread);
     return;
   }
   const caches = new Map<number, unknown>();
+  // KV buffers are ArrayBuffers whose memory only the collector frees: with returnMemory,
+  // collect once no cache has been live for a moment (after a burst, never inside one).
+  const collect = init.returnMemory ? collectorOrUndefined() : undefined;
+  let collectTimer: NodeJS.Timeout | undefined;
+  const collectWhenIdle = (): void => {
+    if (!collect || caches.size > 0 || collectTimer) return;
+    collectTimer = setTimeout(() => {
+      collectTimer = undefined;
+      if (caches.size === 0) collect();
+    }, IDLE_COLLECT_DELAY_MS);
+    collectTimer.unref();
+  };
   const post = (m: FromThread, transfer: ArrayBuffer[] = []): void => {
     try {
       port.postMessage(m, transfer);
@@ -44,6 +57,7 @@ async function serve(): Promise<void> {
         const c = caches.get(m.cache);
         caches.delete(m.cache);
         if (c !== undefined) engine.releaseCache(c);
+        collectWhenIdle();
         return;
       }
       case 'run': {
