@@ -49,7 +49,8 @@ describe('a burst of long prompts beside running decodes', () => {
     const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
     try {
       const DECODES = 2;
-      const DECODE_TOKENS = 48;
+      const PROMPT_TOKENS = 256; // four times EXECUTOR_LONG_STEP_TOKENS: prefills, interleaved stage by stage with the decode steps
+      const DECODE_TOKENS = 32;
       // What the decodes give undisturbed, one at a time.
       const expected: number[][] = [];
       for (let d = 0; d < DECODES; d++) expected.push(await generate(client, prompt(16, 100 + d), DECODE_TOKENS));
@@ -74,7 +75,7 @@ describe('a burst of long prompts beside running decodes', () => {
       const decodes = Array.from({ length: DECODES }, (_, d) => generate(client, prompt(16, 100 + d), DECODE_TOKENS, (i) => { if (i === 3 && ++started === DECODES) releaseBurst(); }));
       await withTimeout(decodesRunning, 20_000, 'the decodes under way');
       const t0 = performance.now();
-      const burst = Array.from({ length: 16 }, (_, i) => generate(client, prompt(512, i + 1), 2));
+      const burst = Array.from({ length: 16 }, (_, i) => generate(client, prompt(PROMPT_TOKENS, i + 1), 2));
       const [decoded, burstOut] = await withTimeout(Promise.all([Promise.all(decodes), Promise.allSettled(burst)]), 60_000, 'the burst and the decodes');
       const burstMs = performance.now() - t0;
       finished = true;
@@ -85,7 +86,7 @@ describe('a burst of long prompts beside running decodes', () => {
       expect(decoded).toEqual(expected);
       expect(answers.every((a) => a === ServingStatus.SERVING)).toBe(true);
       const max = Math.max(...latencies);
-      process.stderr.write(`burst of 16×512 beside ${DECODES} decodes: ${burstMs.toFixed(0)} ms; ${latencies.length} health probes, max ${max.toFixed(1)} ms\n`);
+      process.stderr.write(`burst of 16×${PROMPT_TOKENS} beside ${DECODES} decodes: ${burstMs.toFixed(0)} ms; ${latencies.length} health probes, max ${max.toFixed(1)} ms\n`);
       expect(latencies.length).toBeGreaterThan(5);
       expect(max).toBeLessThan(1000);
       await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 5000, intervalMs: 50, what: 'every session closed' });
