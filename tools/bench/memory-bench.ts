@@ -7,8 +7,8 @@
  *   - peak: during a burst of S concurrent server-side generations (P-token prompt, N new tokens);
  *   - after: 2 s after the last session of the burst closed (then again after a second burst,
  *     to show whether memory is reused or keeps growing);
- * and the speed each variant costs: the burst's wall time and one lone generation's decode
- * ms/token. Variants, side by side in the same run, repetitions interleaved:
+ * and the speed each variant costs: the burst's wall and CPU time, and one lone generation's
+ * decode ms/token (wall and the executor's CPU; CPU time resists a shared machine better). Variants, side by side in the same run, repetitions interleaved:
  *   - default: onnxruntime's memory arena on, KV buffers left to the collector, glibc defaults;
  *   - return:  EXECUTOR_RETURN_MEMORY=true (no arena, a collection once no session is open)
  *              and MALLOC_MMAP_THRESHOLD_=131072 (large blocks are mmapped, so freeing returns them).
@@ -47,6 +47,13 @@ const VARIANTS: Record<string, Record<string, string>> = {
 };
 const say = (s: string): void => { process.stderr.write(`${s}\n`); };
 const MiB = 1024 * 1024;
+
+/** User + system CPU time of a process so far, s (/proc/PID/stat; clock ticks of 1/100 s). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
 
 /** Resident set of a process, bytes. */
 export function rssOf(pid: number): number {
@@ -93,7 +100,7 @@ function generate(client: ExecutorServiceClient, prompt: number[], n: number): P
 const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-interface Figures { idle: number; peak: number; after: number; after2: number; burstMs: number; decodeMs: number }
+interface Figures { idle: number; peak: number; after: number; after2: number; burstMs: number; burstCpuS: number; decodeMs: number; decodeCpuMs: number }
 
 async function measure(dir: string, env: Record<string, string>): Promise<Figures> {
   const { child, addr } = await startExecutor(dir, env);
@@ -110,15 +117,20 @@ async function measure(dir: string, env: Record<string, string>): Promise<Figure
       await Promise.all(Array.from({ length: opts.sessions }, (_, i) => generate(client, ids(opts.prompt, i + 1), opts.newTokens)));
       return performance.now() - t0;
     };
+    const c0 = cpuSeconds(pid);
     const burstMs = await burst();
+    const burstCpuS = cpuSeconds(pid) - c0;
     await sleep(2000);
     const after = rssOf(pid);
     await burst();
     clearInterval(sampler);
     await sleep(2000);
     const after2 = rssOf(pid);
-    const decodeMs = await generate(client, ids(opts.prompt, 4242), 64);
-    return { idle, peak, after, after2, burstMs, decodeMs };
+    const DECODE = 128;
+    const c1 = cpuSeconds(pid);
+    const decodeMs = await generate(client, ids(16, 4242), DECODE);
+    const decodeCpuMs = ((cpuSeconds(pid) - c1) * 1000) / DECODE;
+    return { idle, peak, after, after2, burstMs, burstCpuS, decodeMs, decodeCpuMs };
   } finally {
     client.close();
     child.kill('SIGKILL');
@@ -138,17 +150,17 @@ async function main(): Promise<void> {
       if (!VARIANTS[v]) throw new Error(`--variants: unknown variant ${v} (known: ${Object.keys(VARIANTS).join(', ')})`);
       const f = await measure(dir, VARIANTS[v]);
       (results[v] ??= []).push(f);
-      say(`rep ${r + 1} ${v}: idle ${(f.idle / MiB).toFixed(0)} MiB, peak ${(f.peak / MiB).toFixed(0)}, after ${(f.after / MiB).toFixed(0)}, after a 2nd burst ${(f.after2 / MiB).toFixed(0)}; burst ${f.burstMs.toFixed(0)} ms, decode ${f.decodeMs.toFixed(2)} ms/token`);
+      say(`rep ${r + 1} ${v}: idle ${(f.idle / MiB).toFixed(0)} MiB, peak ${(f.peak / MiB).toFixed(0)}, after ${(f.after / MiB).toFixed(0)}, after a 2nd burst ${(f.after2 / MiB).toFixed(0)}; burst ${f.burstMs.toFixed(0)} ms (${f.burstCpuS.toFixed(1)} CPU s), decode ${f.decodeMs.toFixed(2)} ms/token (${f.decodeCpuMs.toFixed(2)} CPU ms)`);
     }
   }
   const out = (s: string): void => { process.stdout.write(`${s}\n`); };
   const m = (xs: number[], d = 0): string => median(xs).toFixed(d);
   out(`\nexecutor RSS around a burst: ${opts.preset} preset, ${opts.sessions} concurrent server-side generations of a ${opts.prompt}-token prompt + ${opts.newTokens} tokens, EXECUTOR_THREADS=${opts.threads}, median of ${opts.reps}\n`);
-  out('| variant | env | idle MiB | peak MiB | after burst MiB | above idle MiB | after 2nd burst MiB | burst wall ms | decode ms/token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|');
+  out('| variant | env | idle MiB | peak MiB | after burst MiB | above idle MiB | after 2nd burst MiB | burst wall ms | burst CPU s | decode ms/token | decode CPU ms/token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const v of opts.variants) {
     const xs = results[v];
     const env = Object.entries(VARIANTS[v]).map(([k, x]) => `${k}=${x}`).join(' ') || '(none)';
-    out(`| ${v} | ${env} | ${m(xs.map((x) => x.idle / MiB))} | ${m(xs.map((x) => x.peak / MiB))} | ${m(xs.map((x) => x.after / MiB))} | ${m(xs.map((x) => (x.after - x.idle) / MiB))} | ${m(xs.map((x) => x.after2 / MiB))} | ${m(xs.map((x) => x.burstMs))} | ${m(xs.map((x) => x.decodeMs), 2)} |`);
+    out(`| ${v} | ${env} | ${m(xs.map((x) => x.idle / MiB))} | ${m(xs.map((x) => x.peak / MiB))} | ${m(xs.map((x) => x.after / MiB))} | ${m(xs.map((x) => (x.after - x.idle) / MiB))} | ${m(xs.map((x) => x.after2 / MiB))} | ${m(xs.map((x) => x.burstMs))} | ${m(xs.map((x) => x.burstCpuS), 1)} | ${m(xs.map((x) => x.decodeMs), 2)} | ${m(xs.map((x) => x.decodeCpuMs), 2)} |`);
   }
 }
 

@@ -24,14 +24,20 @@ async function serve(): Promise<void> {
   }
   const caches = new Map<number, unknown>();
   // KV buffers are ArrayBuffers whose memory only the collector frees: with returnMemory,
-  // collect once no cache has been live for a moment (after a burst, never inside one).
+  // collect once a burst is over (after it, never inside one): when no cache has been live for
+  // a moment, or the live caches fell to a quarter of their high-water mark since the last
+  // collection (a burst ended while a few sessions stay open).
   const collect = init.returnMemory ? collectorOrUndefined() : undefined;
   let collectTimer: NodeJS.Timeout | undefined;
+  let high = 0;
+  const burstOver = (): boolean => caches.size === 0 || (high >= 8 && caches.size <= high / 4);
   const collectWhenIdle = (): void => {
-    if (!collect || caches.size > 0 || collectTimer) return;
+    if (!collect || !burstOver() || collectTimer) return;
     collectTimer = setTimeout(() => {
       collectTimer = undefined;
-      if (caches.size === 0) collect();
+      if (!burstOver()) return;
+      collect();
+      high = caches.size;
     }, IDLE_COLLECT_DELAY_MS);
     collectTimer.unref();
   };
@@ -52,6 +58,7 @@ async function serve(): Promise<void> {
         return;
       case 'new-cache':
         caches.set(m.cache, engine.newCache());
+        high = Math.max(high, caches.size);
         return;
       case 'release-cache': {
         const c = caches.get(m.cache);
