@@ -40,7 +40,7 @@ export interface SoakOptions {
 }
 
 export interface SoakSample { readonly tMs: number; readonly rssBytes: number; readonly activeSessions: number; readonly stepsCompleted: number }
-export interface SoakBucket { readonly fromMs: number; readonly steps: number; readonly p50Ms: number; readonly p99Ms: number }
+export interface SoakBucket { readonly fromMs: number; readonly steps: number; readonly p50Ms: number; readonly p90Ms: number; readonly p99Ms: number }
 
 export interface SoakReport {
   readonly options: Omit<SoakOptions, 'onProgress'>;
@@ -102,9 +102,9 @@ export async function startExecutorProcess(modelDir: string, env: Readonly<Recor
  * One session: prompt, then `newTokens` one-token steps through every stage; `abandonAt` > 0
  * cancels the stream after that many steps. Each step's latency goes to `onStep`.
  */
-function oneSession(client: ExecutorServiceClient, stages: number, prompt: number[], newTokens: number, abandonAt: number, onStep: (ms: number) => void): Promise<'completed' | 'abandoned'> {
+function oneSession(client: ExecutorServiceClient, stages: number, prompt: number[], newTokens: number, abandonAt: number, deadlineMs: number, onStep: (ms: number) => void): Promise<'completed' | 'abandoned'> {
   return new Promise((resolve, reject) => {
-    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 120_000 });
+    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + deadlineMs });
     let seq = 0;
     let t0 = 0;
     let abandoned = false;
@@ -176,7 +176,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         const n = started++;
         const abandonAt = n % 10 === 9 ? 1 + (n % opts.newTokens) : 0;
         try {
-          const r = await oneSession(client, stages, ids(opts.promptTokens, n + 1), opts.newTokens, abandonAt, (ms) => stepTimes.push({ tMs: now(), ms }));
+          const r = await oneSession(client, stages, ids(opts.promptTokens, n + 1), opts.newTokens, abandonAt, opts.durationMs + 300_000, (ms) => stepTimes.push({ tMs: now(), ms }));
           if (r === 'completed') completed++; else abandoned++;
         } catch (err) {
           failures.push(err instanceof Error ? err.message : String(err));
@@ -199,7 +199,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const buckets: SoakBucket[] = [];
     for (let from = 0; from < end; from += opts.bucketMs) {
       const xs = stepTimes.filter((s) => s.tMs >= from && s.tMs < from + opts.bucketMs).map((s) => s.ms);
-      buckets.push({ fromMs: from, steps: xs.length, p50Ms: pct(xs, 50), p99Ms: pct(xs, 99) });
+      buckets.push({ fromMs: from, steps: xs.length, p50Ms: pct(xs, 50), p90Ms: pct(xs, 90), p99Ms: pct(xs, 99) });
     }
     const after = samples.filter((s) => s.tMs >= opts.warmupMs && Number.isFinite(s.rssBytes));
     const base = after[0]?.rssBytes ?? Number.NaN;
@@ -248,6 +248,7 @@ export function writeSoakReport(r: SoakReport, dir: string): void {
     kind: 'line', title: `Step latency per ${(o.bucketMs / 1000).toFixed(0)} s (${title})`, xLabel: 'time (s)', yLabel: 'step latency (ms)',
     series: [
       { name: 'p99', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p99Ms })) },
+      { name: 'p90', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p90Ms })) },
       { name: 'p50', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p50Ms })) },
     ],
   }));
@@ -261,8 +262,8 @@ export function formatSoakReport(r: SoakReport): string {
     `sessions: ${r.sessionsCompleted} completed, ${r.sessionsAbandoned} abandoned, ${r.sessionsFailed} failed${r.failures.length ? ` (${r.failures.join('; ')})` : ''}; ${r.steps} steps`,
     `leaked sessions (GetStatus active after all closed): ${r.leakedSessions}`,
     `RSS after warm-up (${(r.options.warmupMs / 1000).toFixed(0)} s): baseline ${(r.rssBaselineBytes / MiB).toFixed(0)} MiB, max +${(r.rssGrowthMax * 100).toFixed(1)} %, last bucket +${(r.rssGrowthEnd * 100).toFixed(1)} %`,
-    '| from s | steps | p50 ms | p99 ms |', '|---:|---:|---:|---:|',
-    ...r.buckets.map((b) => `| ${(b.fromMs / 1000).toFixed(0)} | ${b.steps} | ${b.p50Ms.toFixed(1)} | ${b.p99Ms.toFixed(1)} |`),
+    '| from s | steps | p50 ms | p90 ms | p99 ms |', '|---:|---:|---:|---:|---:|',
+    ...r.buckets.map((b) => `| ${(b.fromMs / 1000).toFixed(0)} | ${b.steps} | ${b.p50Ms.toFixed(1)} | ${b.p90Ms.toFixed(1)} | ${b.p99Ms.toFixed(1)} |`),
   ];
   if (r.executorExitedEarly) lines.push('THE EXECUTOR EXITED DURING THE SOAK');
   return lines.join('\n');
