@@ -199,6 +199,40 @@ describe('faults with real services as child processes', () => {
     await eventually(async () => !(await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 2 })).error, { timeoutMs: 10_000, intervalMs: 200, what: 'the agent using the restarted executor' });
   }, 60_000);
 
+  it('drains the executor on SIGTERM under load: generations finish in the grace or resume on its successor, token-identical; every one counted', async () => {
+    // Undisturbed references (greedy: a shorter run's tokens are a prefix of a longer one's).
+    const ref = { split: await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 200 }, 60_000), server: await generateVia(client, { placement: 'SSSSSS', maxNewTokens: 300 }, 60_000) };
+    expect(ref.split.error).toBeUndefined();
+    expect(ref.server.error).toBeUndefined();
+    const before = await statusOf(client);
+    // Short ones end well within the 2 s grace; 200 split tokens take 2 s or more over the 5 ms link (a round trip per token), so the drain cuts them.
+    const jobs = [
+      ...[20, 20, 30].map((n) => ({ placement: 'CCSSSC', n, expected: ref.split.ids.slice(0, n) })),
+      ...[200, 200, 200].map((n) => ({ placement: 'CCSSSC', n, expected: ref.split.ids })),
+      ...[300, 300].map((n) => ({ placement: 'SSSSSS', n, expected: ref.server.ids })),
+    ];
+    let started = 0;
+    const runs = jobs.map((j) => generateVia(client, { placement: j.placement, maxNewTokens: j.n }, 60_000, (i) => { if (i === 0) started++; }));
+    await eventually(() => started === jobs.length, { timeoutMs: 10_000, intervalMs: 5, what: 'every generation under way' });
+    const t0 = Date.now();
+    await executor.stop(8000); // SIGTERM: drains for EXECUTOR_SHUTDOWN_GRACE_MS (2 s), then ends the rest with UNAVAILABLE
+    const drainMs = Date.now() - t0;
+    expect(executor.child.signalCode).toBeNull(); // it exited by itself, not by the SIGKILL
+    executor = await startExecutor();
+    const outcomes = await Promise.all(runs);
+    const after = await statusOf(client);
+    const counts = { total: outcomes.length, completed: outcomes.filter((o) => !o.error).length, failed: outcomes.filter((o) => o.error).length, resumed: after.resumedGenerations - before.resumedGenerations };
+    process.stderr.write(`executor SIGTERM under load: drained in ${drainMs} ms; ${JSON.stringify(counts)}; ms ${outcomes.map((o) => o.ms).join(' ')}\n`);
+    expectAccounted(outcomes);
+    expect(outcomes.map((o) => o.error?.details)).toEqual(jobs.map(() => undefined));
+    outcomes.forEach((o, i) => expect(o.ids).toEqual(jobs[i].expected));
+    // The long split ones cannot finish in the grace, so the drain cut at least those; how many
+    // short ones finished inside it depends on the machine's load (all of them when idle).
+    expect(counts.resumed).toBeGreaterThanOrEqual(3);
+    expect(drainMs).toBeLessThan(2000 + 3000); // EXECUTOR_SHUTDOWN_GRACE_MS, then the cut and the exit
+    expect(after.failures).toBe(before.failures);
+  }, 150_000);
+
   it('keeps generations completing while the planner restarts', async () => {
     const outcomes = await underLoad(client, 3, { maxNewTokens: 8 }, async () => {
       await new Promise((r) => setTimeout(r, 500));

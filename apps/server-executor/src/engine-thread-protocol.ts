@@ -14,6 +14,8 @@ export interface EngineThreadData {
   readonly intraOpNumThreads?: number;
   /** Also load the fused session over every stage (EngineLoadOptions.fuseAllStages). */
   readonly fuseAllStages?: boolean;
+  /** EngineLoadOptions.returnMemory: no onnxruntime arena, and a collection once no cache is live. */
+  readonly returnMemory?: boolean;
 }
 
 /** Requests to the inference thread; `id` pairs an answer with its request. Handled in order. */

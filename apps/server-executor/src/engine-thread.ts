@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { StageInputError } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import { OnnxStageEngine } from './engine';
+import { collectorOrUndefined, IDLE_COLLECT_DELAY_MS } from './worker-engine';
 import { describeError, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 
 async function serve(): Promise<void> {
@@ -16,12 +17,30 @@ async function serve(): Promise<void> {
   const init = workerData as EngineThreadData;
   let engine: OnnxStageEngine;
   try {
-    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads, fuseAllStages: init.fuseAllStages });
+    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads, fuseAllStages: init.fuseAllStages, returnMemory: init.returnMemory });
   } catch (err) {
     port.postMessage({ type: 'load-failed', error: describeError(err) } satisfies FromThread);
     return;
   }
   const caches = new Map<number, unknown>();
+  // KV buffers are ArrayBuffers whose memory only the collector frees: with returnMemory,
+  // collect once a burst is over (after it, never inside one): when no cache has been live for
+  // a moment, or the live caches fell to a quarter of their high-water mark since the last
+  // collection (a burst ended while a few sessions stay open).
+  const collect = init.returnMemory ? collectorOrUndefined() : undefined;
+  let collectTimer: NodeJS.Timeout | undefined;
+  let high = 0;
+  const burstOver = (): boolean => caches.size === 0 || (high >= 8 && caches.size <= high / 4);
+  const collectWhenIdle = (): void => {
+    if (!collect || !burstOver() || collectTimer) return;
+    collectTimer = setTimeout(() => {
+      collectTimer = undefined;
+      if (!burstOver()) return;
+      collect();
+      high = caches.size;
+    }, IDLE_COLLECT_DELAY_MS);
+    collectTimer.unref();
+  };
   const post = (m: FromThread, transfer: ArrayBuffer[] = []): void => {
     try {
       port.postMessage(m, transfer);
@@ -39,11 +58,13 @@ async function serve(): Promise<void> {
         return;
       case 'new-cache':
         caches.set(m.cache, engine.newCache());
+        high = Math.max(high, caches.size);
         return;
       case 'release-cache': {
         const c = caches.get(m.cache);
         caches.delete(m.cache);
         if (c !== undefined) engine.releaseCache(c);
+        collectWhenIdle();
         return;
       }
       case 'run': {

@@ -57,6 +57,12 @@ export interface EngineLoadOptions {
    * a second copy of the weights (gpt2: about +640 MB of RSS) and lengthens the load.
    */
   readonly fuseAllStages?: boolean;
+  /**
+   * Give memory back after bursts (EXECUTOR_RETURN_MEMORY): onnxruntime runs without its CPU
+   * memory arena, and once the last KV cache is released the engine's thread collects garbage
+   * (KV buffers are JavaScript ArrayBuffers, freed only by the collector).
+   */
+  readonly returnMemory?: boolean;
 }
 
 /**
@@ -70,7 +76,7 @@ export class OnnxStageEngine implements StageEngine {
 
   static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<OnnxStageEngine> {
     const n = opts.fuseAllStages ? (await readManifest(modelDir)).stages.length : 0;
-    const runner = await StageRunner.load(modelDir, { intraOpNumThreads: opts.intraOpNumThreads || undefined, fusedRanges: n > 0 ? [[0, n]] : [] });
+    const runner = await StageRunner.load(modelDir, { intraOpNumThreads: opts.intraOpNumThreads || undefined, fusedRanges: n > 0 ? [[0, n]] : [], memoryArena: opts.returnMemory !== true });
     return new OnnxStageEngine(runner, modelIdOf(modelDir));
   }
 

@@ -2,7 +2,7 @@
 export { DEFAULT_MAX_BATCH_TOKENS, executorEnv, loadConfig } from './config';
 export type { ExecutorConfig } from './config';
 export { OnnxStageEngine } from './engine';
-export { WorkerStageEngine } from './worker-engine';
+export { IDLE_COLLECT_DELAY_MS, WorkerStageEngine } from './worker-engine';
 export { EngineUnavailableError } from './errors';
 export type { EngineLoadOptions, StageEngine, StageKind } from './engine';
 export { ExecutorServer } from './executor-server';

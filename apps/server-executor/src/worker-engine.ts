@@ -1,4 +1,6 @@
 import * as path from 'node:path';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { modelIdOf, readManifest, type Manifest } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
@@ -16,6 +18,23 @@ interface Pending {
   readonly inputs: readonly HostTensor[];
   readonly resolve: (outputs: HostTensor[]) => void;
   readonly reject: (err: Error) => void;
+}
+
+/** How long no cache must be live before the threads collect garbage (EngineLoadOptions.returnMemory), ms. */
+export const IDLE_COLLECT_DELAY_MS = 200;
+
+/**
+ * The garbage collector as a function, for the thread that calls this (V8 exposes it only with
+ * --expose-gc, which can be set at run time; a new context then has `gc`).
+ */
+export function collectorOrUndefined(): (() => void) | undefined {
+  try {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as unknown;
+    return typeof gc === 'function' ? () => (gc as () => void)() : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The inference thread's entry: a .js file, so it loads under node, tsx and jest alike (it registers tsx itself). */
@@ -39,6 +58,10 @@ export class WorkerStageEngine implements StageEngine {
   private nextCache = 1;
   private failure: EngineUnavailableError | undefined;
   private closing = false;
+  private liveCaches = 0;
+  private collectTimer: NodeJS.Timeout | undefined;
+  /** With EngineLoadOptions.returnMemory: collects this thread's garbage (tensors that came back, stream buffers) once no cache is live. */
+  private collectWhenIdle: (() => void) | undefined;
   private resolveFailed!: (e: Error) => void;
   readonly failed = new Promise<Error>((r) => { this.resolveFailed = r; });
 
@@ -55,7 +78,7 @@ export class WorkerStageEngine implements StageEngine {
    */
   static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<WorkerStageEngine> {
     const manifest = await readManifest(modelDir);
-    const data: EngineThreadData = { modelDir, intraOpNumThreads: opts.intraOpNumThreads || undefined, fuseAllStages: opts.fuseAllStages === true };
+    const data: EngineThreadData = { modelDir, intraOpNumThreads: opts.intraOpNumThreads || undefined, fuseAllStages: opts.fuseAllStages === true, returnMemory: opts.returnMemory === true };
     // execArgv [] : the thread needs none of the parent's flags (it registers tsx itself).
     const worker = new Worker(THREAD_ENTRY, { workerData: data, execArgv: [], name: 'tandem-engine' });
     await new Promise<void>((resolve, reject) => {
@@ -74,7 +97,9 @@ export class WorkerStageEngine implements StageEngine {
       worker.on('error', onError);
       worker.on('exit', onExit);
     });
-    return new WorkerStageEngine(worker, manifest, modelIdOf(modelDir), opts.fuseAllStages === true);
+    const engine = new WorkerStageEngine(worker, manifest, modelIdOf(modelDir), opts.fuseAllStages === true);
+    if (opts.returnMemory) engine.collectWhenIdle = collectorOrUndefined();
+    return engine;
   }
 
   get stageCount(): number { return this.manifest.stages.length; }
@@ -87,6 +112,7 @@ export class WorkerStageEngine implements StageEngine {
 
   newCache(): unknown {
     const h = new CacheHandle(this.nextCache++, this);
+    this.liveCaches++;
     this.post({ op: 'new-cache', cache: h.id });
     return h;
   }
@@ -95,7 +121,16 @@ export class WorkerStageEngine implements StageEngine {
     const h = this.handle(cache, 'cache');
     if (h.released) return;
     h.released = true;
+    this.liveCaches--;
     this.post({ op: 'release-cache', cache: h.id });
+    if (this.liveCaches === 0 && this.collectWhenIdle && !this.collectTimer) {
+      // After the burst, not inside it: a collection costs a few ms, once per quiet moment.
+      this.collectTimer = setTimeout(() => {
+        this.collectTimer = undefined;
+        if (this.liveCaches === 0) this.collectWhenIdle?.();
+      }, IDLE_COLLECT_DELAY_MS);
+      this.collectTimer.unref();
+    }
   }
 
   runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {

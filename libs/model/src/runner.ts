@@ -39,6 +39,14 @@ export interface StageRunnerOptions {
    * (measured: decode of the `small` preset 24 ms/token with spinning, 3.5 ms without).
    */
   readonly allowSpinning?: boolean;
+  /**
+   * onnxruntime's CPU memory arena and memory-pattern planning (default true, onnxruntime's own
+   * default). The arena keeps the largest working set a call ever needed for the life of the
+   * session (a burst of long prefills leaves it at its peak); false allocates and frees every
+   * intermediate per call through malloc, so memory can return to the system after a burst,
+   * at some cost per call (measured by `npm run bench:memory`).
+   */
+  readonly memoryArena?: boolean;
   /** Called after each session is created: sessions loaded, sessions to load, stage name. */
   readonly onProgress?: (loaded: number, total: number, stageName: string) => void;
   /**
@@ -120,6 +128,8 @@ export class StageRunner {
     const sessionOptions: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
       executionMode: 'sequential',
+      enableCpuMemArena: opts.memoryArena !== false,
+      enableMemPattern: opts.memoryArena !== false,
       ...(opts.intraOpNumThreads ? { intraOpNumThreads: opts.intraOpNumThreads } : {}),
       extra: { session: { intra_op: { allow_spinning: opts.allowSpinning === true ? '1' : '0' } } },
     };

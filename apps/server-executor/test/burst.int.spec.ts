@@ -1,0 +1,99 @@
+import * as grpc from '@grpc/grpc-js';
+import { channelOptions, ExecutorServiceClient, HealthClient, ServingStatus, toWireTensor, type GetStatusResponse, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
+import { ExecutorServer, WorkerStageEngine } from '../src';
+
+// A burst of long prompts beside running decodes (issue 9, faults and soak), CI-sized: 16
+// concurrent 512-token prompts on the `small` preset arrive while server-side generations
+// decode. No session is dropped, the running decodes keep their exact tokens, and health
+// answers within 1 s throughout. The executor's loop is reworked elsewhere; this keeps it so.
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const prompt = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
+
+/** One server-side generation of `n` tokens; resolves with its tokens, or rejects with the status it ended with. */
+function generate(client: ExecutorServiceClient, ids: number[], n: number, onToken?: (i: number) => void): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 60_000 });
+    const tokens: number[] = [];
+    call.on('data', (m: SessionResponse) => {
+      if (m.kind?.$case === 'opened') {
+        call.write({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), maxNewTokens: n } } });
+      } else if (m.kind?.$case === 'token') {
+        tokens.push(m.kind.value.token);
+        onToken?.(tokens.length);
+        if (m.kind.value.last) call.end();
+      }
+    });
+    call.on('error', reject);
+    call.on('end', () => resolve(tokens));
+    call.write({ kind: { $case: 'open', value: { clientId: 'burst', planEpoch: '0', modelId: '' } } });
+  });
+}
+
+describe('a burst of long prompts beside running decodes', () => {
+  let model: TempModel;
+  beforeAll(async () => { model = await makeTempModel({ preset: 'small' }); }, 60_000);
+  afterAll(() => model?.remove());
+
+  it('drops no session, keeps the decodes token-identical and answers health within 1 s throughout', async () => {
+    const engine = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
+    const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'burst', maxSessions: 64, maxContextTokens: 0, maxMessageBytes: 64 << 20,
+      batching: true, maxBatch: 16, maxBatchTokens: 4096, idleTimeoutMs: 60_000, telemetryIntervalMs: 1000 });
+    const { port } = await server.start();
+    const addr = `127.0.0.1:${port}`;
+    const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
+    const health = new HealthClient(addr, grpc.credentials.createInsecure());
+    const check = (): Promise<ServingStatus> => new Promise((resolve, reject) => health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))));
+    const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    try {
+      const DECODES = 2;
+      const PROMPT_TOKENS = 256; // four times EXECUTOR_LONG_STEP_TOKENS: prefills, interleaved stage by stage with the decode steps
+      const DECODE_TOKENS = 32;
+      // What the decodes give undisturbed, one at a time.
+      const expected: number[][] = [];
+      for (let d = 0; d < DECODES; d++) expected.push(await generate(client, prompt(16, 100 + d), DECODE_TOKENS));
+      await check();
+
+      let finished = false;
+      const latencies: number[] = [];
+      const answers: ServingStatus[] = [];
+      const probe = (async () => {
+        while (!finished) {
+          const p0 = performance.now();
+          answers.push(await check());
+          latencies.push(performance.now() - p0);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+
+      // The decodes start; once each has made a few tokens, the burst arrives.
+      let started = 0;
+      let releaseBurst!: () => void;
+      const decodesRunning = new Promise<void>((r) => { releaseBurst = r; });
+      const decodes = Array.from({ length: DECODES }, (_, d) => generate(client, prompt(16, 100 + d), DECODE_TOKENS, (i) => { if (i === 3 && ++started === DECODES) releaseBurst(); }));
+      await withTimeout(decodesRunning, 20_000, 'the decodes under way');
+      const t0 = performance.now();
+      const burst = Array.from({ length: 16 }, (_, i) => generate(client, prompt(PROMPT_TOKENS, i + 1), 2));
+      const [decoded, burstOut] = await withTimeout(Promise.all([Promise.all(decodes), Promise.allSettled(burst)]), 60_000, 'the burst and the decodes');
+      const burstMs = performance.now() - t0;
+      finished = true;
+      await probe;
+
+      const dropped = burstOut.filter((r) => r.status === 'rejected' || r.value.length !== 2);
+      expect(dropped).toEqual([]);
+      expect(decoded).toEqual(expected);
+      expect(answers.every((a) => a === ServingStatus.SERVING)).toBe(true);
+      const max = Math.max(...latencies);
+      process.stderr.write(`burst of 16×${PROMPT_TOKENS} beside ${DECODES} decodes: ${burstMs.toFixed(0)} ms; ${latencies.length} health probes, max ${max.toFixed(1)} ms\n`);
+      expect(latencies.length).toBeGreaterThan(5);
+      expect(max).toBeLessThan(1000);
+      await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 5000, intervalMs: 50, what: 'every session closed' });
+    } finally {
+      health.close();
+      client.close();
+      await server.stop({ graceMs: 0 });
+    }
+  }, 60_000);
+});

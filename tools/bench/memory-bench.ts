@@ -1,0 +1,167 @@
+/**
+ * Memory after bursts: does the executor's RSS come back once a burst of long sessions closed?
+ *
+ * Runs the real executor (apps/server-executor/src/main.ts) as a child process per variant and
+ * measures its RSS (/proc/PID/status VmRSS, sampled every 20 ms):
+ *   - idle: after start and one warm-up generation;
+ *   - peak: during a burst of S concurrent server-side generations (P-token prompt, N new tokens);
+ *   - after: 2 s after the last session of the burst closed (then again after a second burst,
+ *     to show whether memory is reused or keeps growing);
+ * and the speed each variant costs: the burst's wall and CPU time, and one lone generation's
+ * decode ms/token (wall and the executor's CPU; CPU time resists a shared machine better). Variants, side by side in the same run, repetitions interleaved:
+ *   - default: onnxruntime's memory arena on, KV buffers left to the collector, glibc defaults;
+ *   - return:  EXECUTOR_RETURN_MEMORY=true (no arena, a collection once no session is open)
+ *              and MALLOC_MMAP_THRESHOLD_=131072 (large blocks are mmapped, so freeing returns them).
+ *   - return-no-malloc-env, malloc-env-only (with --variants): each half alone, to attribute.
+ *
+ *   npm run bench:memory -- [--preset small|gpt2] [--sessions 32] [--prompt 512] [--new 32] [--reps 1]
+ *        [--threads 1] [--variants default,return,return-no-malloc-env,malloc-env-only]
+ *
+ * The issue's figure (1.26 GiB above idle after 32 sessions of 512 tokens on gpt2): `--preset gpt2`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { createInterface } from 'node:readline';
+import * as grpc from '@grpc/grpc-js';
+import { readManifest } from '@tandem/model';
+import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { arg, ensureModel, median } from './bench-kit';
+
+const REPO = path.resolve(__dirname, '../..');
+const opts = {
+  preset: arg('preset', 'small'),
+  sessions: Number(arg('sessions', '32')),
+  prompt: Number(arg('prompt', '512')),
+  newTokens: Number(arg('new', '32')),
+  reps: Number(arg('reps', '1')),
+  threads: arg('threads', '1'),
+  variants: arg('variants', 'default,return').split(',').filter(Boolean),
+};
+const VARIANTS: Record<string, Record<string, string>> = {
+  default: {},
+  return: { EXECUTOR_RETURN_MEMORY: 'true', MALLOC_MMAP_THRESHOLD_: '131072' },
+  'return-no-malloc-env': { EXECUTOR_RETURN_MEMORY: 'true' },
+  'malloc-env-only': { MALLOC_MMAP_THRESHOLD_: '131072' },
+};
+const say = (s: string): void => { process.stderr.write(`${s}\n`); };
+const MiB = 1024 * 1024;
+
+/** User + system CPU time of a process so far, s (/proc/PID/stat; clock ticks of 1/100 s). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** Resident set of a process, bytes. */
+export function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : Number.NaN;
+}
+
+async function startExecutor(dir: string, env: Record<string, string>): Promise<{ child: ChildProcess; addr: string }> {
+  const child = spawn(process.execPath, ['--require', 'tsx/cjs', path.join(REPO, 'apps/server-executor/src/main.ts')], {
+    cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'],
+    env: { PATH: process.env.PATH ?? '', MODEL_DIR: dir, EXECUTOR_ADDR: '127.0.0.1:0', NATS_URL: 'off', LOG_LEVEL: 'warn', EXECUTOR_THREADS: opts.threads,
+      EXECUTOR_MAX_SESSIONS: String(Math.max(64, opts.sessions + 1)), EXECUTOR_MAX_MESSAGE_BYTES: String(256 << 20), ...env },
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try { const m = JSON.parse(line) as { event?: string; port?: number }; if (m.event === 'listening' && m.port) resolve(m.port); } catch { /* log line */ }
+    });
+    child.once('exit', (code) => reject(new Error(`the executor exited (${code}) before listening`)));
+  });
+  return { child, addr: `127.0.0.1:${port}` };
+}
+
+/** One server-side generation; resolves with the ms between its first and last token. */
+function generate(client: ExecutorServiceClient, prompt: number[], n: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 600_000 });
+    let first = 0;
+    let last = 0;
+    call.on('data', (m: SessionResponse) => {
+      if (m.kind?.$case === 'opened') {
+        call.write({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: n } } });
+      } else if (m.kind?.$case === 'token') {
+        last = performance.now();
+        if (!first) first = last;
+        if (m.kind.value.last) call.end();
+      }
+    });
+    call.on('error', reject);
+    call.on('end', () => resolve(n > 1 ? (last - first) / (n - 1) : 0));
+    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
+  });
+}
+
+const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Figures { idle: number; peak: number; after: number; after2: number; burstMs: number; burstCpuS: number; decodeMs: number; decodeCpuMs: number }
+
+async function measure(dir: string, env: Record<string, string>): Promise<Figures> {
+  const { child, addr } = await startExecutor(dir, env);
+  const pid = child.pid!;
+  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(256 << 20));
+  try {
+    await generate(client, ids(opts.prompt, 999), 4);
+    await sleep(2000);
+    const idle = rssOf(pid);
+    let peak = idle;
+    const sampler = setInterval(() => { peak = Math.max(peak, rssOf(pid)); }, 20);
+    const burst = async (): Promise<number> => {
+      const t0 = performance.now();
+      await Promise.all(Array.from({ length: opts.sessions }, (_, i) => generate(client, ids(opts.prompt, i + 1), opts.newTokens)));
+      return performance.now() - t0;
+    };
+    const c0 = cpuSeconds(pid);
+    const burstMs = await burst();
+    const burstCpuS = cpuSeconds(pid) - c0;
+    await sleep(2000);
+    const after = rssOf(pid);
+    await burst();
+    clearInterval(sampler);
+    await sleep(2000);
+    const after2 = rssOf(pid);
+    const DECODE = 128;
+    const c1 = cpuSeconds(pid);
+    const decodeMs = await generate(client, ids(16, 4242), DECODE);
+    const decodeCpuMs = ((cpuSeconds(pid) - c1) * 1000) / DECODE;
+    return { idle, peak, after, after2, burstMs, burstCpuS, decodeMs, decodeCpuMs };
+  } finally {
+    client.close();
+    child.kill('SIGKILL');
+  }
+}
+
+async function main(): Promise<void> {
+  const dir = path.join(os.homedir(), '.cache', 'tandem', 'models', `${opts.preset}-seed1`);
+  await ensureModel(dir, opts.preset);
+  const nPos = (await readManifest(dir)).config.nPositions;
+  if (opts.prompt + opts.newTokens > nPos) throw new Error(`--prompt + --new must fit in nPositions = ${nPos}`);
+  say(`memory bench: ${opts.preset}, ${opts.sessions} sessions × (${opts.prompt}-token prompt + ${opts.newTokens} tokens), ${os.cpus().length} cpus, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  const results: Record<string, Figures[]> = {};
+  for (let r = 0; r < opts.reps; r++) {
+    const order = r % 2 ? [...opts.variants].reverse() : opts.variants;
+    for (const v of order) {
+      if (!VARIANTS[v]) throw new Error(`--variants: unknown variant ${v} (known: ${Object.keys(VARIANTS).join(', ')})`);
+      const f = await measure(dir, VARIANTS[v]);
+      (results[v] ??= []).push(f);
+      say(`rep ${r + 1} ${v}: idle ${(f.idle / MiB).toFixed(0)} MiB, peak ${(f.peak / MiB).toFixed(0)}, after ${(f.after / MiB).toFixed(0)}, after a 2nd burst ${(f.after2 / MiB).toFixed(0)}; burst ${f.burstMs.toFixed(0)} ms (${f.burstCpuS.toFixed(1)} CPU s), decode ${f.decodeMs.toFixed(2)} ms/token (${f.decodeCpuMs.toFixed(2)} CPU ms)`);
+    }
+  }
+  const out = (s: string): void => { process.stdout.write(`${s}\n`); };
+  const m = (xs: number[], d = 0): string => median(xs).toFixed(d);
+  out(`\nexecutor RSS around a burst: ${opts.preset} preset, ${opts.sessions} concurrent server-side generations of a ${opts.prompt}-token prompt + ${opts.newTokens} tokens, EXECUTOR_THREADS=${opts.threads}, median of ${opts.reps}\n`);
+  out('| variant | env | idle MiB | peak MiB | after burst MiB | above idle MiB | after 2nd burst MiB | burst wall ms | burst CPU s | decode ms/token | decode CPU ms/token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const v of opts.variants) {
+    const xs = results[v];
+    const env = Object.entries(VARIANTS[v]).map(([k, x]) => `${k}=${x}`).join(' ') || '(none)';
+    out(`| ${v} | ${env} | ${m(xs.map((x) => x.idle / MiB))} | ${m(xs.map((x) => x.peak / MiB))} | ${m(xs.map((x) => x.after / MiB))} | ${m(xs.map((x) => (x.after - x.idle) / MiB))} | ${m(xs.map((x) => x.after2 / MiB))} | ${m(xs.map((x) => x.burstMs))} | ${m(xs.map((x) => x.burstCpuS), 1)} | ${m(xs.map((x) => x.decodeMs), 2)} | ${m(xs.map((x) => x.decodeCpuMs), 2)} |`);
+  }
+}
+
+if (require.main === module) main().catch((err: unknown) => { process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`); process.exit(1); });
