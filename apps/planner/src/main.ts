@@ -21,6 +21,7 @@ export async function main(): Promise<void> {
     slaMargin: config.PLANNER_SLA_MARGIN,
     resolutionMs: config.PLANNER_RESOLUTION_MS,
     maxUtilisation: config.PLANNER_MAX_UTILISATION,
+    serverLatency: config.PLANNER_SERVER_LATENCY,
     serverEntryMs: config.PLANNER_SERVER_ENTRY_MS,
   });
   const calibrator = new Calibrator({

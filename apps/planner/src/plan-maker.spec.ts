@@ -93,6 +93,9 @@ describe('PlanMaker', () => {
     // the no-load alternative has no slow-down, and a stretch is capped like the inflation (0.9: x10)
     expect(maker.instance(client(10), load({}), cls, 0)!.stages[1].serverDecodeMs).toBe(6);
     expect(maker.instance(client(10), load({ decodeStretch: 50 }), cls)!.stages[1].serverDecodeMs).toBeCloseTo(60, 10);
+    // PLANNER_SERVER_LATENCY=mm1 ignores the stretch: 1 / (1 - 0.5)
+    const mm1 = new PlanMaker({ ...maker.opts, serverLatency: 'mm1' });
+    expect(mm1.instance(client(10), load({}), cls)!.stages[1].serverDecodeMs).toBeCloseTo(12, 10);
     // a stretched server pushes work to the client, as load does
     const work = (l: ServerLoad): number => maker.plan(client(10), l, undefined)![0].predictedServerWork;
     expect(work({ ...server(6, 0), decodeStretch: 2.5, promptStretch: 2.5, longPromptStretch: 2.5, longStepTokens: 8 })).toBeLessThan(work(server(6, 0)));

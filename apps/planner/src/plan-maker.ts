@@ -57,6 +57,11 @@ export interface PlanMakerOptions {
    * per-token crossing. False prices it stepped, like any split.
    */
   readonly serverDecoding?: boolean;
+  /**
+   * How server latency under load is priced: `stretch` (default) by the executor's measured
+   * slow-down when it reports one, `mm1` always by 1 / (1 − utilisation).
+   */
+  readonly serverLatency?: 'stretch' | 'mm1';
 }
 
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
@@ -134,7 +139,8 @@ export class PlanMaker {
     // prompts of at most long_step_tokens positions, long_prompt_stretch for longer ones) when
     // it reports one, else the M/M/1 inflation; none at no load.
     const cap = 1 / (1 - this.opts.maxUtilisation);
-    const slowdown = (measured: number): number => (utilisation === 0 ? 1 : measured >= 1 ? Math.min(measured, cap) : inflate);
+    const useStretch = (this.opts.serverLatency ?? 'stretch') === 'stretch';
+    const slowdown = (measured: number): number => (utilisation === 0 ? 1 : useStretch && measured >= 1 ? Math.min(measured, cap) : inflate);
     const decodeSlow = slowdown(server.decodeStretch);
     const prefillSlow = slowdown(n > Math.max(1, server.longStepTokens) ? server.longPromptStretch : server.promptStretch);
     const last = this.opts.stages.length - 1;
