@@ -305,6 +305,30 @@ describe('StageScheduler', () => {
       expect(engine.calls[0]).toEqual({ stage: 0, batch: 2 });
     });
 
+    it('lets a step that waited maxWaitMs run before shallower ones, so deep steps are not starved', async () => {
+      const run = async (maxWaitMs: number): Promise<{ deepDone: boolean }> => {
+        const engine = new FusedEngine();
+        const sched = new StageScheduler(engine, { batching: false, maxBatch: 8, maxWaitMs, now: () => engine.clock });
+        // a new session's step arrives at stage 0 with every call (1..6 ms per stage): there is always a shallower step
+        const pending: Promise<unknown>[] = [];
+        let n = 0;
+        const arrive = (): void => { if (n < 60) pending.push(sched.submit(`s${n++}`, 0, 6, tensor(0), {}, { fuse: false })); };
+        const inner = engine.runBatch.bind(engine);
+        engine.runBatch = async (stage, inputs) => { arrive(); return inner(stage, inputs); };
+        arrive();
+        let deepDone = false;
+        const deep = sched.submit('deep', 4, 6, tensor(0), {}, { fuse: false }).then((o) => { deepDone = true; return o; });
+        await Promise.all(pending.slice(0, 10));
+        const seen = { deepDone };
+        await Promise.all([deep, ...pending]);
+        expect([...((await deep).tensor.data as Float32Array)]).toEqual([11, 11]);
+        return seen;
+      };
+      // by the time 10 of the stream's steps are done, the deep step has run only with the bound
+      expect((await run(20)).deepDone).toBe(true);
+      expect((await run(1e9)).deepDone).toBe(false);
+    });
+
     describe('prefill interleaving', () => {
       const interleaved = (maxStallMs: number): { engine: FusedEngine; sched: StageScheduler } => {
         const engine = new FusedEngine();
