@@ -156,8 +156,10 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       // The in-thread engine answers a probe only between engine calls, so its p99 and max come
       // close to the longest call (> 150 ms). With the worker they stay far below it; the bounds
       // leave room for a 2-core machine shared with other jobs (p99 was 33-64 ms there, p50 1 ms).
-      expect(p99).toBeLessThan(Math.min(100, engine.longestCallMs / 3));
-      expect(max).toBeLessThan(engine.longestCallMs / 2);
+      // Long prompts now run stage by stage (prefill interleaving), so the longest call is
+      // shorter than a whole prefill: the bounds are fractions of it, below what blocking gives.
+      expect(p99).toBeLessThan(Math.min(100, engine.longestCallMs / 2));
+      expect(max).toBeLessThan(engine.longestCallMs * 0.8);
     } finally {
       health.close();
       client.close();
