@@ -43,7 +43,7 @@ export class StageStats {
    * cannot be split meaningfully) and false is returned. O(parts).
    */
   recordSpread(parts: readonly { readonly stage: number; readonly tokens: number }[], ms: number): boolean {
-    const weights = parts.map((p) => (p.tokens <= 1 ? this.decode[p.stage] : this.prefill[p.stage] * p.tokens));
+    const weights = parts.map((p) => this.figure(p.stage, p.tokens));
     const total = weights.reduce((a, w) => a + w, 0);
     if (parts.length === 0 || weights.some((w) => !(w > 0))) return false;
     parts.forEach((p, i) => this.record(p.stage, p.tokens, ms * (weights[i] / total)));
