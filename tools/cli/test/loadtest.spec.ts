@@ -275,11 +275,31 @@ describe('prediction error', () => {
     expect(one.figures.e2eAtLength!.signedMedian).toBeCloseTo(40 / 41 - 1, 4);
   });
 
+  it('gives the hindsight floor: the error of the measured median per group and placement, whatever was predicted', () => {
+    // 20 requests on one placement measured at 80..118 ms: the median 99 ms is the best constant in hindsight.
+    const spread = Array.from({ length: 20 }, (_, i) => rec({ index: i, endMs: 80 + 2 * i, placement: 'SS', predictedE2eMs: 500 }));
+    // 20 more on another placement at 50 ms exactly: their own median, error 0 (not mixed with the others).
+    const flat = Array.from({ length: 20 }, (_, i) => rec({ index: 20 + i, endMs: 50, placement: 'CC', predictedE2eMs: 500 }));
+    const unpredicted = rec({ endMs: 1000, placement: 'SS', predictedE2eMs: undefined, predictedTtftMs: undefined });
+    const g = predictionErrors(predictionSamples([...spread, ...flat, unpredicted]))['phone/chat'];
+    const expected = [...spread.map((r) => Math.abs(99 - r.endMs) / r.endMs), ...flat.map(() => 0)].sort((a, b) => a - b);
+    expect(g.hindsight).toMatchObject({ n: 40, judged: true });
+    expect(g.hindsight!.medianAbs).toBeCloseTo((expected[19]! + expected[20]!) / 2, 4);
+    expect(g.hindsight!.p90Abs).toBeGreaterThan(0.1);
+    // The floor is independent of the prediction, which is far off.
+    expect(g.figures.e2e!.medianAbs).toBeGreaterThan(3);
+  });
+
   it('writes a Prediction error section per policy, with the flag and the too-few groups', () => {
     const md = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }).join('\n');
     expect(md).toContain('## Prediction error');
     expect(md).toMatch(/\| dp \| phone\/chat \| 20 \| 20 \| 0 \| 50\.0 % \/ 50\.0 % \(\+50\.0 %\) \*\*over\*\* \|/);
     expect(md).toContain('| dp | laptop/chat | 3 | 3 | 0 | too few (n 3) |');
+    // The sustained-rate columns come from their own groups (here: none sustained for laptop).
+    const sustained = { dp: predictionErrors(predictionSamples(group(20, () => 110))) };
+    const md2 = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }, sustained).join('\n');
+    expect(md2).toMatch(/\| dp \| phone\/chat \|.* \| 10\.0 % \/ 10\.0 % \(\+10\.0 %\) \| 0\.0 % \/ 0\.0 % \(0\.0 %\) \|$/m);
+    expect(md2).toMatch(/\| dp \| laptop\/chat \|.* \| – \| – \|$/m);
   });
 });
 

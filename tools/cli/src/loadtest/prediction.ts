@@ -12,6 +12,13 @@
  * so `e2e` also holds the spread of output lengths; `e2eAtLength` re-prices it for the length
  * the request actually produced (predicted TTFT + (tokens − 1) × predicted TPOT), which
  * separates the model's error from the length's.
+ *
+ * `hindsight` is the floor no per-class prediction can go below: the error of the best constant
+ * known only after the fact, the measured median E2E of the requests of the same group that
+ * followed the same placement, against each of them. When that floor is itself above the
+ * target, the spread is in the requests (queueing behind whoever arrived just before), not in
+ * the model, and only a prediction made per request, from the server's state when it is
+ * admitted, could be within it.
  */
 import { completed, percentile, tpotOf, ttftOf, type RequestRecord } from './metrics';
 
@@ -29,6 +36,8 @@ export interface PredictionSamples {
   /** Completed requests that carried no prediction (not in the errors). */
   readonly unpredicted: number;
   readonly errors: Readonly<Record<PredictedFigure, readonly number[]>>;
+  /** E2E errors of the hindsight constant (see the top of this file), one per predicted request. */
+  readonly hindsight: readonly number[];
 }
 
 /** Error statistics of one figure over a group. */
@@ -55,18 +64,23 @@ export interface PredictionGroup {
   readonly figures: Readonly<Record<PredictedFigure, ErrorStats | null>>;
   /** The E2E figure is judged and flagged (the issue's target). */
   readonly flagged: boolean | null;
+  /** The error of the hindsight constant on E2E: the floor of any per-class prediction. */
+  readonly hindsight: ErrorStats | null;
 }
 
 const emptyErrors = (): Record<PredictedFigure, number[]> => ({ e2e: [], e2eAtLength: [], ttft: [], tpot: [] });
 
 /** Signed relative errors per 'device/requestClass' of a set of records. */
 export function predictionSamples(records: readonly RequestRecord[]): Record<string, PredictionSamples> {
-  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]> }> = {};
+  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]>; hindsight: number[] }> = {};
+  /** E2E of the predicted requests per group and placement, for the hindsight constant. */
+  const byPlacement = new Map<string, { group: string; e2e: number[] }>();
   const rel = (predicted: number | undefined, measured: number | null): number | null =>
     predicted !== undefined && predicted > 0 && measured !== null && measured > 0 ? (predicted - measured) / measured : null;
   for (const r of records) {
     if (!completed(r)) continue;
-    const g = (out[`${r.device}/${r.requestClass}`] ??= { completed: 0, unpredicted: 0, errors: emptyErrors() });
+    const key = `${r.device}/${r.requestClass}`;
+    const g = (out[key] ??= { completed: 0, unpredicted: 0, errors: emptyErrors(), hindsight: [] });
     g.completed++;
     if (r.predictedE2eMs === undefined && r.predictedTtftMs === undefined) { g.unpredicted++; continue; }
     const tokens = r.tokenMs.length;
@@ -77,18 +91,29 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
     add('e2eAtLength', rel(atLength, r.endMs));
     add('ttft', rel(r.predictedTtftMs, ttftOf(r)));
     add('tpot', rel(r.predictedTpotMs, tpotOf(r)));
+    if (r.endMs > 0) {
+      const pk = `${key}\u0000${r.placement ?? ''}`;
+      const b = byPlacement.get(pk) ?? { group: key, e2e: [] };
+      b.e2e.push(r.endMs);
+      byPlacement.set(pk, b);
+    }
+  }
+  for (const { group, e2e } of byPlacement.values()) {
+    const median = percentile([...e2e].sort((a, b) => a - b), 50);
+    for (const x of e2e) out[group]!.hindsight.push((median - x) / x);
   }
   return out;
 }
 
 /** The union of several sample sets (e.g. every rate of a policy). */
 export function mergeSamples(sets: readonly Readonly<Record<string, PredictionSamples>>[]): Record<string, PredictionSamples> {
-  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]> }> = {};
+  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]>; hindsight: number[] }> = {};
   for (const set of sets) {
     for (const [k, s] of Object.entries(set)) {
-      const g = (out[k] ??= { completed: 0, unpredicted: 0, errors: emptyErrors() });
+      const g = (out[k] ??= { completed: 0, unpredicted: 0, errors: emptyErrors(), hindsight: [] });
       g.completed += s.completed;
       g.unpredicted += s.unpredicted;
+      g.hindsight.push(...s.hindsight);
       for (const f of PREDICTED_FIGURES) g.errors[f].push(...s.errors[f]);
     }
   }
@@ -116,6 +141,6 @@ export function errorStats(errors: readonly number[]): ErrorStats | null {
 export function predictionErrors(samples: Readonly<Record<string, PredictionSamples>>): Record<string, PredictionGroup> {
   return Object.fromEntries(Object.entries(samples).sort(([a], [b]) => a.localeCompare(b)).map(([k, s]) => {
     const figures = Object.fromEntries(PREDICTED_FIGURES.map((f) => [f, errorStats(s.errors[f])])) as Record<PredictedFigure, ErrorStats | null>;
-    return [k, { completed: s.completed, predicted: s.completed - s.unpredicted, unpredicted: s.unpredicted, figures, flagged: figures.e2e?.flagged ?? null }];
+    return [k, { completed: s.completed, predicted: s.completed - s.unpredicted, unpredicted: s.unpredicted, figures, flagged: figures.e2e?.flagged ?? null, hindsight: errorStats(s.hindsight) }];
   }));
 }
