@@ -3,13 +3,16 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { AgentServiceClient, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
-import { eventually, freePort, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import {
+  AgentServiceClient, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse,
+} from '@tandem/protocol';
+import { eventually, freePort, makeTempModel, startNatsServer, TcpProxy, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 
 // Faults with the real services as child processes on 127.0.0.1 (executor, planner, agents,
-// nats-server), each killed or restarted while generations run. Every request is counted: it
-// completes (token-identical to an undisturbed run) or ends with a clear status within its
-// deadline; none hangs.
+// nats-server), each killed or restarted while generations run, or the link between an agent
+// and the executor (a TCP proxy in this process) slowed down or blackholed. Every request is
+// counted: it completes (token-identical to an undisturbed run) or ends with a clear status
+// within its deadline; none hangs.
 
 const REPO = resolve(__dirname, '../..');
 type App = 'server-executor' | 'planner' | 'client-agent';
@@ -119,10 +122,10 @@ describe('faults with real services as child processes', () => {
   let client: AgentServiceClient;
   const extra: Service[] = [];
 
-  const startExecutor = async (): Promise<Service> => {
+  const startExecutor = async (env: Record<string, string> = {}, port = execPort): Promise<Service> => {
     const s = new Service('server-executor', {
-      MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${execPort}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
-      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
+      MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${port}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
+      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000', ...env,
     });
     await s.listening;
     return s;
@@ -304,4 +307,51 @@ describe('faults with real services as child processes', () => {
       a.client.close();
     }
   }, 60_000);
+
+  describe('with a TCP proxy between an agent and an executor of its own', () => {
+    let port: number;
+
+    beforeAll(async () => {
+      port = await freePort();
+      // No telemetry: the planner sees only the executor the other tests use.
+      extra.push(await startExecutor({ NATS_URL: 'off' }, port));
+    }, 60_000);
+
+    /** A proxy to this executor and an agent that reaches the executor only through it (no emulated link: the proxy is the link). */
+    const agentBehindProxy = async (id: string): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
+      const proxy = await TcpProxy.start(`127.0.0.1:${port}`);
+      const a = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off' });
+      extra.push(a.service);
+      return { proxy, ...a };
+    };
+
+    it('completes generations token-identical when the link slows from 0 to 50 ms one way mid-generation', async () => {
+      const { proxy, service, client: c } = await agentBehindProxy('dev-slow');
+      try {
+        // placement, tokens, server runs per token (each a round trip over the proxy)
+        const jobs = [['CCSSSC', 24, 1], ['CSCSSC', 14, 2], ['SSSSSS', 300, 0]] as const;
+        const refs = await Promise.all(jobs.map(([placement, n]) => generateVia(c, { placement, maxNewTokens: n })));
+        refs.forEach((r, i) => { expect(r.error).toBeUndefined(); expect(r.ids).toHaveLength(jobs[i][1]); });
+        const seen = jobs.map(() => 0);
+        const tStart = Date.now();
+        const runs = jobs.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, 20_000, () => { seen[i]++; }));
+        await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 10_000, intervalMs: 2, what: 'every generation under way' });
+        const atChange = [...seen];
+        const tChange = Date.now();
+        proxy.setDelayMs(50);
+        const outcomes = await Promise.all(runs);
+        const afterChange = outcomes.map((o) => tStart + o.ms - tChange);
+        process.stderr.write(`link 0 -> 50 ms one way: tokens before the change ${atChange.join(' ')}; ms ${outcomes.map((o) => o.ms).join(' ')} (undisturbed ${refs.map((r) => r.ms).join(' ')})\n`);
+        expectAccounted(outcomes);
+        expect(outcomes.map((o) => o.error?.details)).toEqual(jobs.map(() => undefined));
+        outcomes.forEach((o, i) => expect(o.ids).toEqual(refs[i].ids));
+        // The change took effect mid-way: each split token after it paid 100 ms per server run (the one in flight perhaps not).
+        jobs.forEach(([, n, runsPerToken], i) => { if (runsPerToken > 0 && atChange[i] < n) expect(afterChange[i]).toBeGreaterThanOrEqual((n - atChange[i] - 1) * runsPerToken * 100); });
+      } finally {
+        c.close();
+        await service.kill();
+        await proxy.close();
+      }
+    }, 30_000);
+  });
 });
