@@ -3,13 +3,17 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { AgentServiceClient, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
-import { eventually, freePort, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { RemoteSession } from '@tandem/client-agent';
+import {
+  AgentServiceClient, ExecutorServiceClient, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse, type GetStatusResponse,
+} from '@tandem/protocol';
+import { eventually, freePort, makeTempModel, startNatsServer, TcpProxy, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 
 // Faults with the real services as child processes on 127.0.0.1 (executor, planner, agents,
-// nats-server), each killed or restarted while generations run. Every request is counted: it
-// completes (token-identical to an undisturbed run) or ends with a clear status within its
-// deadline; none hangs.
+// nats-server), each killed or restarted while generations run, or the link between an agent
+// and the executor (a TCP proxy in this process) slowed down or blackholed. Every request is
+// counted: it completes (token-identical to an undisturbed run) or ends with a clear status
+// within its deadline; none hangs.
 
 const REPO = resolve(__dirname, '../..');
 type App = 'server-executor' | 'planner' | 'client-agent';
@@ -119,10 +123,10 @@ describe('faults with real services as child processes', () => {
   let client: AgentServiceClient;
   const extra: Service[] = [];
 
-  const startExecutor = async (): Promise<Service> => {
+  const startExecutor = async (env: Record<string, string> = {}, port = execPort): Promise<Service> => {
     const s = new Service('server-executor', {
-      MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${execPort}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
-      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
+      MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${port}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
+      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000', ...env,
     });
     await s.listening;
     return s;
@@ -304,4 +308,108 @@ describe('faults with real services as child processes', () => {
       a.client.close();
     }
   }, 60_000);
+
+  describe('with a TCP proxy between an agent and an executor of its own', () => {
+    /** The executor's EXECUTOR_IDLE_TIMEOUT_MS: how long a session whose client went silent holds on. */
+    const IDLE_MS = 1500;
+    let port: number;
+    let execClient: ExecutorServiceClient;
+    const execStatus = (): Promise<GetStatusResponse> => new Promise((res, rej) => execClient.getStatus({}, (e, r) => (e ? rej(e) : res(r))));
+
+    beforeAll(async () => {
+      port = await freePort();
+      // No telemetry: the planner sees only the executor the other tests use.
+      extra.push(await startExecutor({ EXECUTOR_IDLE_TIMEOUT_MS: String(IDLE_MS), NATS_URL: 'off' }, port));
+      execClient = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    }, 60_000);
+
+    afterAll(() => execClient?.close());
+
+    /** A proxy to this executor and an agent that reaches the executor only through it (no emulated link: the proxy is the link). */
+    const agentBehindProxy = async (id: string): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
+      const proxy = await TcpProxy.start(`127.0.0.1:${port}`);
+      const a = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off' });
+      extra.push(a.service);
+      return { proxy, ...a };
+    };
+
+    it('completes generations token-identical when the link slows from 0 to 50 ms one way mid-generation', async () => {
+      const { proxy, service, client: c } = await agentBehindProxy('dev-slow');
+      try {
+        // placement, tokens, server runs per token (each a round trip over the proxy)
+        const jobs = [['CCSSSC', 24, 1], ['CSCSSC', 14, 2], ['SSSSSS', 300, 0]] as const;
+        const refs = await Promise.all(jobs.map(([placement, n]) => generateVia(c, { placement, maxNewTokens: n })));
+        refs.forEach((r, i) => { expect(r.error).toBeUndefined(); expect(r.ids).toHaveLength(jobs[i][1]); });
+        const seen = jobs.map(() => 0);
+        const tStart = Date.now();
+        const runs = jobs.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, 20_000, () => { seen[i]++; }));
+        await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 10_000, intervalMs: 2, what: 'every generation under way' });
+        const atChange = [...seen];
+        const tChange = Date.now();
+        proxy.setDelayMs(50);
+        const outcomes = await Promise.all(runs);
+        const afterChange = outcomes.map((o) => tStart + o.ms - tChange);
+        process.stderr.write(`link 0 -> 50 ms one way: tokens before the change ${atChange.join(' ')}; ms ${outcomes.map((o) => o.ms).join(' ')} (undisturbed ${refs.map((r) => r.ms).join(' ')})\n`);
+        expectAccounted(outcomes);
+        expect(outcomes.map((o) => o.error?.details)).toEqual(jobs.map(() => undefined));
+        outcomes.forEach((o, i) => expect(o.ids).toEqual(refs[i].ids));
+        // The change took effect mid-way: each split token after it paid 100 ms per server run (the one in flight perhaps not).
+        jobs.forEach(([, n, runsPerToken], i) => { if (runsPerToken > 0 && atChange[i] < n) expect(afterChange[i]).toBeGreaterThanOrEqual((n - atChange[i] - 1) * runsPerToken * 100); });
+      } finally {
+        c.close();
+        await service.kill();
+        await proxy.close();
+      }
+    }, 30_000);
+
+    it('frees the sessions of an agent whose link is blackholed mid-generation (no FIN, no RST) within the idle timeout, keeps serving, and ends every caller with a clear status within its deadline', async () => {
+      const { proxy, service, client: c } = await agentBehindProxy('dev-blackhole');
+      try {
+        const ref = await generateVia(c, { placement: 'SSSSSS', maxNewTokens: 8 });
+        expect(ref.error).toBeUndefined();
+        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 5000, what: 'no session open before' });
+        const deadlineMs = 6000;
+        const jobs = [['CCSSSC', 400], ['CSCSSC', 400], ['SSSSSS', 200]] as const;
+        const seen = jobs.map(() => 0);
+        const runs = jobs.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs, () => { seen[i]++; }));
+        await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 5000, intervalMs: 2, what: 'every generation under way' });
+        expect((await execStatus()).activeSessions).toBe(jobs.length);
+        const t0 = Date.now();
+        proxy.blackhole();
+        // A request the agent takes after the blackhole goes to the same dead connection (nothing told the agent).
+        const late = generateVia(c, { placement: 'CCSSSC', maxNewTokens: 4 }, deadlineMs);
+        // The executor got no FIN and no RST: its idle timeout frees the split sessions (it owes them
+        // nothing) and the server-decoded one once its loop has written its last token into the dead
+        // link (its writes still succeed: what is left of 200 tokens, well under a second). Bound:
+        // IDLE_MS + 2.5 s, before the callers' deadline (which would free them too).
+        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: IDLE_MS + 3500, intervalMs: 50, what: 'the executor freeing the blackholed sessions' });
+        const freedMs = Date.now() - t0;
+        expect(freedMs).toBeGreaterThanOrEqual(IDLE_MS - 100);
+        expect(freedMs).toBeLessThan(IDLE_MS + 2500);
+        expect(proxy.connections).toBeGreaterThanOrEqual(1); // the blackholed connection is still open on both sides
+        // Healthy, and serving a new session (not through the dead link) with the undisturbed tokens.
+        const health = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+        const st = await new Promise<ServingStatus>((res, rej) => health.check({ service: '' }, (e, r) => (e ? rej(e) : res(r.status)))).finally(() => health.close());
+        expect(st).toBe(ServingStatus.SERVING);
+        const fresh = await RemoteSession.open(execClient, { clientId: 'dev-after', planEpoch: 0, modelId: '', deadline: Date.now() + 10_000 });
+        const after: number[] = [];
+        await fresh.generate({ dtype: 'int64', shape: [1, PROMPT.length], data: BigInt64Array.from(PROMPT, BigInt) }, 8, (t) => after.push(t.token));
+        fresh.end();
+        expect(after).toEqual(ref.ids);
+        // Every caller: a clear status within its deadline; none hung, none lost.
+        const outcomes = [...await Promise.all(runs), await late];
+        const counts = { total: outcomes.length, completed: outcomes.filter((o) => !o.error).length, failed: outcomes.filter((o) => o.error).length };
+        process.stderr.write(`blackhole: executor freed ${jobs.length} sessions in ${freedMs} ms (idle timeout ${IDLE_MS} ms); callers ${JSON.stringify(counts)}, `
+          + `${outcomes.map((o) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms`).join(', ')}\n`);
+        expectAccounted(outcomes);
+        expect(counts.total).toBe(jobs.length + 1);
+        for (const o of outcomes) expect(o.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+        for (const o of outcomes.slice(0, jobs.length)) expect(o.ids.length).toBeGreaterThanOrEqual(2);
+      } finally {
+        c.close();
+        await service.kill();
+        await proxy.close();
+      }
+    }, 30_000);
+  });
 });

@@ -1,4 +1,4 @@
-import type { ClientDuplexStream, ServiceError } from '@grpc/grpc-js';
+import { status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
 import { fromWireTensor, toWireTensor, type ExecutorServiceClient, type HostTensor, type SessionOpened, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 
 /** What one server step returned. */
@@ -11,6 +11,22 @@ export interface RemoteStepResult {
   readonly roundTripMs: number;
   readonly downBytes: number;
 }
+
+/**
+ * A step the executor refused without ending the session (StepRefused: the client's tokens
+ * per second) whose hint the deadline left no room to wait out. Carries gRPC's
+ * RESOURCE_EXHAUSTED and the executor's message, so the agent passes it through.
+ */
+export class StepRefusedError extends Error {
+  override name = 'StepRefusedError';
+  readonly code = status.RESOURCE_EXHAUSTED;
+  constructor(readonly details: string, readonly retryAfterMs: number) {
+    super(details);
+  }
+}
+
+/** Time a refused step must leave before the deadline after waiting its hint, or it is not sent again, ms. */
+export const REFUSAL_MARGIN_MS = 100;
 
 /** Bytes a token is counted as on the downlink (emulation and link estimates). */
 export const TOKEN_DOWN_BYTES = 8;
@@ -53,9 +69,13 @@ export class RemoteSession {
   private failure: Error | undefined;
   private seq = 0;
   private stream: Stream | undefined;
+  /** Wakes a step waiting out a refusal's hint when the session fails. */
+  private readonly wakers = new Set<() => void>();
   opened: SessionOpened | undefined;
+  /** Steps the executor refused and this session sent again after the hint. */
+  refusals = 0;
 
-  private constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>) {
+  private constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>, private readonly deadline: number) {
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'token') this.onToken(m.kind.value);
       else this.pending.shift()?.resolve(m);
@@ -67,6 +87,7 @@ export class RemoteSession {
   private fail(e: Error): void {
     this.failure ??= e;
     for (const p of this.pending.splice(0)) p.reject(this.failure);
+    for (const w of this.wakers) w();
     const s = this.stream;
     this.stream = undefined;
     s?.reject(this.failure);
@@ -107,18 +128,33 @@ export class RemoteSession {
    * executor's status (e.g. RESOURCE_EXHAUSTED).
    */
   static async open(client: ExecutorServiceClient, opts: { clientId: string; planEpoch: number; modelId: string; deadline: number }): Promise<RemoteSession> {
-    const s = new RemoteSession(client.session({ deadline: opts.deadline }));
+    const s = new RemoteSession(client.session({ deadline: opts.deadline }), opts.deadline);
     const m = await s.send({ kind: { $case: 'open', value: { clientId: opts.clientId, planEpoch: String(opts.planEpoch), modelId: opts.modelId } } });
     if (m.kind?.$case !== 'opened') throw new Error(`executor answered open with ${m.kind?.$case ?? 'nothing'}`);
     s.opened = m.kind.value;
     return s;
   }
 
-  /** Runs stages [begin, end) on the server. */
+  /**
+   * Runs stages [begin, end) on the server. A step the executor refuses (StepRefused: over the
+   * client's tokens per second) is sent again after its hint while the session's deadline
+   * leaves room; otherwise it fails with StepRefusedError (RESOURCE_EXHAUSTED).
+   */
   async step(begin: number, end: number, input: HostTensor, sample: boolean): Promise<RemoteStepResult> {
     const seq = String(++this.seq);
-    const t0 = performance.now();
-    const m = await this.send({ kind: { $case: 'step', value: { seq, stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
+    const wire = toWireTensor(input);
+    let t0: number;
+    let m: SessionResponse;
+    for (;;) {
+      t0 = performance.now();
+      m = await this.send({ kind: { $case: 'step', value: { seq, stageBegin: begin, stageEnd: end, input: wire, sample } } });
+      if (m.kind?.$case !== 'refused' || m.kind.value.seq !== seq) break;
+      const { message, retryAfterMs } = m.kind.value;
+      const left = this.deadline - Date.now();
+      if (left < retryAfterMs + REFUSAL_MARGIN_MS) throw new StepRefusedError(`${message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, retryAfterMs);
+      this.refusals++;
+      await this.pause(retryAfterMs);
+    }
     const roundTripMs = performance.now() - t0;
     if (m.kind?.$case !== 'result' || m.kind.value.seq !== seq) throw new Error(`executor answered step ${seq} with ${m.kind?.$case ?? 'nothing'}`);
     const r = m.kind.value;
@@ -139,6 +175,16 @@ export class RemoteSession {
     return new Promise<void>((resolve, reject) => {
       this.stream = { seq, next: 0, onToken, resolve, reject };
       this.call.write({ kind: { $case: 'generate', value: { seq, input: toWireTensor(prompt), maxNewTokens } } });
+    });
+  }
+
+  /** Resolves after `ms`, or at once when the session fails (the next send then rejects). */
+  private pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const wake = (): void => { clearTimeout(t); this.wakers.delete(wake); resolve(); };
+      const t = setTimeout(wake, ms);
+      this.wakers.add(wake);
+      if (this.failure) wake();
     });
   }
 

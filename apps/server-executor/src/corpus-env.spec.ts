@@ -9,12 +9,13 @@ const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
   ...envCases({
     int: [
-      ['EXECUTOR_MAX_SESSIONS', 1, 100_000], ['EXECUTOR_MAX_SESSIONS_PER_CLIENT', 0, 100_000], ['EXECUTOR_RETRY_AFTER_MS', 0, 3_600_000],
+      ['EXECUTOR_MAX_SESSIONS', 1, 100_000], ['EXECUTOR_MAX_SESSIONS_PER_CLIENT', 0, 100_000], ['EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT', 0, 1_000_000],
+      ['EXECUTOR_RETRY_AFTER_MS', 0, 3_600_000],
       ['EXECUTOR_MAX_CONTEXT_TOKENS', 0, 1_000_000], ['EXECUTOR_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1], ['EXECUTOR_MAX_BATCH', 1, 1024],
       ['EXECUTOR_MAX_BATCH_TOKENS', 1, 1 << 20], ['EXECUTOR_LONG_STEP_TOKENS', 0, 1 << 20], ['EXECUTOR_PREFILL_STALL_MS', 0, 60_000],
       ['EXECUTOR_IDLE_TIMEOUT_MS', 100, 86_400_000], ['EXECUTOR_THREADS', 0, 256], ['EXECUTOR_SHUTDOWN_GRACE_MS', 0, 3_600_000],
       ['TELEMETRY_INTERVAL_MS', 50, 3_600_000],
-    ].slice(0, 13) as [string, number, number][],
+    ].slice(0, 14) as [string, number, number][],
     bool: ['EXECUTOR_BATCHING', 'EXECUTOR_FUSED'],
     oneOf: [['EXECUTOR_ENGINE', ['worker', 'inline']], ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']], ['TLS_CLIENT_AUTH', ['none', 'require']]],
   }),

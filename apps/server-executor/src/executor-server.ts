@@ -23,6 +23,7 @@ import { mainThreadCpuMs, OverheadModel } from './overhead';
 import { StretchMeter } from './stage-stats';
 import { StageScheduler } from './scheduler';
 import { SplitSession, type TrafficCounters } from './split-session';
+import { ClientTokenRates } from './token-rate';
 
 export interface ExecutorServerOptions {
   readonly engine: StageEngine;
@@ -33,6 +34,11 @@ export interface ExecutorServerOptions {
   readonly maxSessions: number;
   /** Concurrent sessions one client id may hold; 0 or undefined: no limit beyond maxSessions. */
   readonly maxSessionsPerClient?: number;
+  /**
+   * Tokens per second one client id may have computed (a bucket per client, a burst of one
+   * second's worth; see ClientTokenRates); 0 or undefined: no limit.
+   */
+  readonly maxTokensPerSPerClient?: number;
   /** Retry hint sent with a RESOURCE_EXHAUSTED refusal (message and trailer `retry-after-ms`), ms (default 1000). */
   readonly retryAfterMs?: number;
   /** 0 means the model's nPositions. */
@@ -73,6 +79,8 @@ export class ExecutorServer {
   private readonly sessions = new Set<SplitSession>();
   /** Open sessions per client id (EXECUTOR_MAX_SESSIONS_PER_CLIENT). */
   private readonly perClient = new Map<string, number>();
+  /** Token buckets per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), when limited. */
+  private readonly rates: ClientTokenRates | undefined;
   private sessionsOpened = 0;
   private draining = false;
   /** Why the engine can no longer run stages, once it failed. */
@@ -111,6 +119,7 @@ export class ExecutorServer {
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
+    this.rates = opts.maxTokensPerSPerClient ? new ClientTokenRates(opts.maxTokensPerSPerClient) : undefined;
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes), ...serverAuthOptions(opts.security?.tokens) });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
@@ -242,9 +251,10 @@ export class ExecutorServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
         const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
-          this.log, (sess) => { this.authorize(call.metadata, sess.clientId); this.admit(sess); }, this.traffic, this.kv);
+          this.log, (sess) => { this.authorize(call.metadata, sess.clientId); this.admit(sess); }, this.traffic, this.kv, this.rates);
         void s.closed.then(() => {
           if (!this.sessions.delete(s)) return;
+          this.rates?.release(s.clientId);
           const n = (this.perClient.get(s.clientId) ?? 1) - 1;
           if (n > 0) this.perClient.set(s.clientId, n);
           else this.perClient.delete(s.clientId);
@@ -284,6 +294,7 @@ export class ExecutorServer {
     }
     this.sessions.add(s);
     this.perClient.set(s.clientId, held + 1);
+    this.rates?.acquire(s.clientId);
     this.sessionsOpened++;
   }
 

@@ -22,6 +22,7 @@ export async function main(): Promise<void> {
     serverId: config.EXECUTOR_ID,
     maxSessions: config.EXECUTOR_MAX_SESSIONS,
     maxSessionsPerClient: config.EXECUTOR_MAX_SESSIONS_PER_CLIENT,
+    maxTokensPerSPerClient: config.EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT,
     retryAfterMs: config.EXECUTOR_RETRY_AFTER_MS,
     maxContextTokens: config.EXECUTOR_MAX_CONTEXT_TOKENS,
     maxKvBytes: config.EXECUTOR_MAX_KV_BYTES,

@@ -8,6 +8,7 @@ import type { StageEngine } from './engine';
 import { isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
+import { TokenRateError, type ClientTokenRates } from './token-rate';
 
 /** Session traffic, summed over every session of the executor (for the overhead model). */
 export interface TrafficCounters {
@@ -87,6 +88,8 @@ export class SplitSession {
     private readonly admit: (s: SplitSession) => void,
     private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
     private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
+    /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
+    private readonly rates?: ClientTokenRates,
   ) {
     this.tokensAt = new Uint32Array(engine.stageCount);
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
@@ -132,6 +135,8 @@ export class SplitSession {
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           if (this.mode === 'generate') throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
           const step = this.validate(m.kind.value);
+          if (this.overRate(step)) return;
+          this.lastSeq = BigInt(step.seq);
           this.reserveKv(this.kvBytesOf(step.begin, step.end, step.input.shape[1]), `step seq ${step.seq}`);
           this.mode = 'split';
           // While the server owes the answer, the client is not idle (a long queue must not idle it out).
@@ -163,6 +168,8 @@ export class SplitSession {
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           const g = this.validateGenerate(m.kind.value);
+          // Refused only when the client's bucket is empty (ending the session, which holds nothing yet); once running it is paced.
+          this.rates?.admitGeneration(this.clientId, `generate seq ${g.seq}`);
           // The whole generation's cache up front: the prompt plus every token fed back.
           this.reserveKv(this.kvBytesOf(0, this.engine.stageCount, g.input.shape[1] + g.maxNewTokens - 1), 'generate');
           this.mode = 'generate';
@@ -175,6 +182,25 @@ export class SplitSession {
       }
     } catch (err) {
       this.fail(err);
+    }
+  }
+
+  /**
+   * Takes the step's tokens from the client's rate (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), or
+   * answers it with StepRefused and returns true: nothing of the step was taken (its seq, KV,
+   * tokens), so the session stays as it was and the client may send it again after the hint.
+   */
+  private overRate(step: ValidStep): boolean {
+    if (!this.rates) return false;
+    try {
+      this.rates.step(this.clientId, step.input.shape[1], `step seq ${step.seq}`);
+      return false;
+    } catch (err) {
+      if (!(err instanceof TokenRateError)) throw err;
+      this.log.debug({ sessionId: this.id, clientId: this.clientId, seq: step.seq, retryAfterMs: err.retryAfterMs }, 'refused a step over the client\'s token rate');
+      this.traffic.messagesOut++;
+      this.call.write({ kind: { $case: 'refused', value: { seq: step.seq, code: status.RESOURCE_EXHAUSTED, message: capStatus(err.message), retryAfterMs: err.retryAfterMs } } });
+      return true;
     }
   }
 
@@ -193,8 +219,10 @@ export class SplitSession {
    * other sessions' steps, joining and leaving at step boundaries) running the head on the
    * last position only. Each token is written as soon as it is made; when the client reads
    * slower than tokens come, the loop waits for the stream to drain (and only then may the
-   * session idle out: while the server decodes, the idle timeout is off). It stops at once
-   * when the session closes (cancel, deadline, shutdown): the pending step is cancelled with it.
+   * session idle out: while the server decodes, the idle timeout is off). With a per-client
+   * token rate each step first waits until the client's bucket has room (the generation is
+   * paced, not failed). It stops at once when the session closes (cancel, deadline, shutdown):
+   * the pending step is cancelled with it.
    */
   private async decode(g: ValidGenerate): Promise<void> {
     const n = this.engine.stageCount;
@@ -204,6 +232,7 @@ export class SplitSession {
     try {
       let input = g.input;
       for (let index = 0; index < g.maxNewTokens; index++) {
+        if (this.rates && !(await this.rates.pace(this.clientId, input.shape[1], this.ended.signal))) return;
         const out = await this.scheduler.submit(this.id, 0, n, input, this.cache, { lastRowOnly: true });
         if (!this.isOpen) return;
         const t = input.shape[1];
@@ -289,7 +318,6 @@ export class SplitSession {
         throw new PreconditionError(`step would make stage ${s} hold ${this.tokensAt[s] + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
       }
     }
-    this.lastSeq = seq;
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
   }
 

@@ -17,6 +17,7 @@ export {
   SessionRequest,
   SessionResponse,
   Step,
+  StepRefused,
   StepResult,
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';

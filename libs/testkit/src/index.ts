@@ -2,6 +2,7 @@
 export { natsServerBinary, startNatsServer } from './nats-server';
 export type { NatsServerHandle, StartNatsServerOptions } from './nats-server';
 export { freePort } from './ports';
+export { TcpProxy } from './tcp-proxy';
 export { seededRandom } from './random';
 export { eventually, withTimeout } from './wait';
 export { makeTempModel } from './models';

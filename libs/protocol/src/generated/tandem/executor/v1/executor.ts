@@ -140,6 +140,9 @@ export interface SessionResponse {
     | //
     /** One token of a server-side generation (`generate`), in order. */
     { $case: "token"; value: GeneratedToken }
+    | //
+    /** Answer to one `step` the server did not run (the session stays open). */
+    { $case: "refused"; value: StepRefused }
     | undefined;
 }
 
@@ -191,6 +194,24 @@ export interface StepResult {
   computeMs: number;
   /** Time the step waited for the engine before running, milliseconds. */
   queueMs: number;
+}
+
+/**
+ * A step the server did not run, answered in its place (in order, like a `StepResult`)
+ * without ending the session: nothing of the step was taken (its seq may be sent again, its
+ * stages hold what they held). Sent when the step would take the client_id over its tokens per
+ * second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); the client sends it again after
+ * `retry_after_ms`, when it fits.
+ */
+export interface StepRefused {
+  /** The `seq` of the step this answers (exactly as sent). */
+  seq: string;
+  /** The gRPC status code the refusal stands for: RESOURCE_EXHAUSTED (8). */
+  code: number;
+  /** Why, naming the client, the limit and the rate, and the hint (at most 1 KiB). */
+  message: string;
+  /** Milliseconds after which the step fits (> 0). */
+  retryAfterMs: number;
 }
 
 /** Asks for the executor's status. */
@@ -718,6 +739,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       case "token":
         GeneratedToken.encode(message.kind.value, writer.uint32(26).fork()).join();
         break;
+      case "refused":
+        StepRefused.encode(message.kind.value, writer.uint32(34).fork()).join();
+        break;
     }
     return writer;
   },
@@ -759,6 +783,14 @@ export const SessionResponse: MessageFns<SessionResponse> = {
             message.kind = { $case: "token", value: GeneratedToken.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.kind = { $case: "refused", value: StepRefused.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -779,6 +811,8 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         ? { $case: "result", value: StepResult.fromJSON(object.result) }
         : isSet(object.token)
         ? { $case: "token", value: GeneratedToken.fromJSON(object.token) }
+        : isSet(object.refused)
+        ? { $case: "refused", value: StepRefused.fromJSON(object.refused) }
         : undefined,
     };
   },
@@ -791,6 +825,8 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       obj.result = StepResult.toJSON(message.kind.value);
     } else if (message.kind?.$case === "token") {
       obj.token = GeneratedToken.toJSON(message.kind.value);
+    } else if (message.kind?.$case === "refused") {
+      obj.refused = StepRefused.toJSON(message.kind.value);
     }
     return obj;
   },
@@ -816,6 +852,12 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       case "token": {
         if (object.kind?.value !== undefined && object.kind?.value !== null) {
           message.kind = { $case: "token", value: GeneratedToken.fromPartial(object.kind.value) };
+        }
+        break;
+      }
+      case "refused": {
+        if (object.kind?.value !== undefined && object.kind?.value !== null) {
+          message.kind = { $case: "refused", value: StepRefused.fromPartial(object.kind.value) };
         }
         break;
       }
@@ -1271,6 +1313,127 @@ export const StepResult: MessageFns<StepResult> = {
   },
 };
 
+function createBaseStepRefused(): StepRefused {
+  return { seq: "0", code: 0, message: "", retryAfterMs: 0 };
+}
+
+export const StepRefused: MessageFns<StepRefused> = {
+  encode(message: StepRefused, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== "0") {
+      writer.uint32(8).uint64(message.seq);
+    }
+    if (message.code !== 0) {
+      writer.uint32(16).uint32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    if (message.retryAfterMs !== 0) {
+      writer.uint32(32).uint32(message.retryAfterMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StepRefused {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStepRefused();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.retryAfterMs = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StepRefused {
+    return {
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      retryAfterMs: isSet(object.retryAfterMs)
+        ? globalThis.Number(object.retryAfterMs)
+        : isSet(object.retry_after_ms)
+        ? globalThis.Number(object.retry_after_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: StepRefused): unknown {
+    const obj: any = {};
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
+    }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.retryAfterMs !== 0) {
+      obj.retryAfterMs = Math.round(message.retryAfterMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StepRefused>, I>>(base?: I): StepRefused {
+    return StepRefused.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StepRefused>, I>>(object: I): StepRefused {
+    const message = createBaseStepRefused();
+    message.seq = object.seq ?? "0";
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.retryAfterMs = object.retryAfterMs ?? 0;
+    return message;
+  },
+};
+
 function createBaseGetStatusRequest(): GetStatusRequest {
   return {};
 }
@@ -1560,12 +1723,22 @@ export const ExecutorServiceService = {
    * FAILED_PRECONDITION (a message that does not fit the session's state),
    * RESOURCE_EXHAUSTED (a configured limit: sessions, sessions of one client_id, or the KV-cache
    *   budget in bytes; a refused open carries a retry hint in the trailer `retry-after-ms`,
-   *   milliseconds as a decimal integer),
+   *   milliseconds as a decimal integer; so does a `generate` refused by the per-client token
+   *   rate, see below),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
    * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
+   * Tokens per second of one client_id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT; off by default):
+   * a token bucket per client_id, with a burst of one second's worth, counts the positions the
+   * server computes for it (T per step: a prompt's prefill, then one per decode step; the same
+   * for the steps of a server-side generation). A `step` that does not fit is answered with
+   * `StepRefused` (RESOURCE_EXHAUSTED, a retry hint) and the session stays open and unchanged:
+   * the client sends the step again, with the same or a later seq, after the hint. A `generate`
+   * is refused only when the client's bucket is empty (the stream ends with RESOURCE_EXHAUSTED
+   * and the trailer `retry-after-ms`; the session held nothing yet); once running, it is paced
+   * (each of its steps waits until the bucket has room) instead of failing.
    */
   session: {
     path: "/tandem.executor.v1.ExecutorService/Session" as const,
@@ -1601,12 +1774,22 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    * FAILED_PRECONDITION (a message that does not fit the session's state),
    * RESOURCE_EXHAUSTED (a configured limit: sessions, sessions of one client_id, or the KV-cache
    *   budget in bytes; a refused open carries a retry hint in the trailer `retry-after-ms`,
-   *   milliseconds as a decimal integer),
+   *   milliseconds as a decimal integer; so does a `generate` refused by the per-client token
+   *   rate, see below),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
    * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
+   * Tokens per second of one client_id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT; off by default):
+   * a token bucket per client_id, with a burst of one second's worth, counts the positions the
+   * server computes for it (T per step: a prompt's prefill, then one per decode step; the same
+   * for the steps of a server-side generation). A `step` that does not fit is answered with
+   * `StepRefused` (RESOURCE_EXHAUSTED, a retry hint) and the session stays open and unchanged:
+   * the client sends the step again, with the same or a later seq, after the hint. A `generate`
+   * is refused only when the client's bucket is empty (the stream ends with RESOURCE_EXHAUSTED
+   * and the trailer `retry-after-ms`; the session held nothing yet); once running, it is paced
+   * (each of its steps waits until the bucket has room) instead of failing.
    */
   session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
   /** A snapshot of the executor's state: sessions, queue, limits, model. */
@@ -1626,12 +1809,22 @@ export interface ExecutorServiceClient extends Client {
    * FAILED_PRECONDITION (a message that does not fit the session's state),
    * RESOURCE_EXHAUSTED (a configured limit: sessions, sessions of one client_id, or the KV-cache
    *   budget in bytes; a refused open carries a retry hint in the trailer `retry-after-ms`,
-   *   milliseconds as a decimal integer),
+   *   milliseconds as a decimal integer; so does a `generate` refused by the per-client token
+   *   rate, see below),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
    * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
+   * Tokens per second of one client_id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT; off by default):
+   * a token bucket per client_id, with a burst of one second's worth, counts the positions the
+   * server computes for it (T per step: a prompt's prefill, then one per decode step; the same
+   * for the steps of a server-side generation). A `step` that does not fit is answered with
+   * `StepRefused` (RESOURCE_EXHAUSTED, a retry hint) and the session stays open and unchanged:
+   * the client sends the step again, with the same or a later seq, after the hint. A `generate`
+   * is refused only when the client's bucket is empty (the stream ends with RESOURCE_EXHAUSTED
+   * and the trailer `retry-after-ms`; the session held nothing yet); once running, it is paced
+   * (each of its steps waits until the bucket has room) instead of failing.
    */
   session(): ClientDuplexStream<SessionRequest, SessionResponse>;
   session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
