@@ -61,4 +61,5 @@ export { firstNonFinite, fromWireTensor, TensorFormatError, toWireTensor } from 
 export type { HostTensor } from './tensor';
 export { ID_PATTERN, Subjects } from './subjects';
 export { HealthReporter } from './health';
-export { channelOptions } from './channel-options';
+export { channelOptions, DEFAULT_KEEPALIVE, keepaliveOptions } from './channel-options';
+export type { Keepalive } from './channel-options';

@@ -134,6 +134,30 @@ describe('wire contract over a real gRPC server', () => {
     expect([...(back.data as BigInt64Array)]).toEqual([...ids]);
   });
 
+  it("keeps a quiet call of a client that pings every 50 ms, far more often than the server's own keepalive (grpc-js servers enforce no ping policy)", async () => {
+    // A C-core or Go server would answer such pings with GOAWAY too_many_pings and drop the call.
+    const eager = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(MAX_BYTES, { timeMs: 50, timeoutMs: 1000 }));
+    try {
+      const call = eager.session({ deadline: Date.now() + 10_000 });
+      const got: SessionResponse[] = [];
+      const ended = new Promise<void>((resolve, reject) => {
+        call.on('data', (m: SessionResponse) => got.push(m));
+        call.on('error', reject);
+        call.on('end', resolve);
+      });
+      const step = (seq: string): boolean => call.write({ kind: { $case: 'step', value: { seq, stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, 1], data: Float32Array.of(1) }), sample: false } } });
+      call.write({ kind: { $case: 'open', value: { clientId: 'c3', planEpoch: '0', modelId: '' } } });
+      step('1');
+      await new Promise((r) => setTimeout(r, 1200)); // about 20 pings, no data
+      step('2');
+      call.end();
+      await ended;
+      expect(got.map((m) => m.kind?.$case)).toEqual(['opened', 'result', 'result']);
+    } finally {
+      eager.close();
+    }
+  });
+
   it('answers unary status and the standard health check', async () => {
     const status = await new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
     expect(status).toMatchObject({ activeSessions: 3, sessionsOpened: 7, modelId: 'echo' });
