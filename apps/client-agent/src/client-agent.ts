@@ -17,6 +17,7 @@ import {
   type AgentStatusResponse,
   type GenerateRequest,
   type GenerateResponse,
+  type Keepalive,
 } from '@tandem/protocol';
 import { decode, encode, readManifest, StageInputError } from '@tandem/model';
 import { bindServer, clientOptions, serverAuthOptions, shutdownServer, TelemetryPublisher, type ClientSecurity, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
@@ -53,6 +54,13 @@ export interface ClientAgentOptions {
   readonly security?: ServerSecurity;
   /** TLS and the bearer token of calls to the executor and the planner (loadUpstreamSecurity); undefined = plaintext, no token. */
   readonly upstream?: ClientSecurity;
+  /**
+   * HTTP/2 keepalive of the Generate API and of the connections to the executor and the
+   * planner (GRPC_KEEPALIVE_*; default DEFAULT_KEEPALIVE): a dead connection to the executor
+   * ends its sessions with UNAVAILABLE within time + timeout, and their generations resume on
+   * a new connection instead of waiting out their deadline.
+   */
+  readonly keepalive?: Keepalive;
 }
 
 /** A Generate request after validation. */
@@ -103,8 +111,8 @@ export class ClientAgent {
 
   constructor(private readonly opts: ClientAgentOptions) {
     this.log = opts.log.child({ component: 'agent', clientId: opts.clientId });
-    this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes), ...serverAuthOptions(opts.security?.tokens) });
-    this.executor = new ExecutorServiceClient(opts.executorAddr, opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes)));
+    this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
+    this.executor = new ExecutorServiceClient(opts.executorAddr, opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes, opts.keepalive)));
   }
 
   /** Loads and profiles the local stages, connects to the planner and NATS, binds the API. Resolves with the port. */
@@ -114,7 +122,7 @@ export class ClientAgent {
     ({ nEmbd: this.nEmbd, vocabSize: this.vocabSize, nPositions: this.nPositions } = manifest.config);
     this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads, replay: this.opts.replay });
     await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
-    this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, upstream: this.opts.upstream, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
+    this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, upstream: this.opts.upstream, keepalive: this.opts.keepalive, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
     this.follower.onPlan(() => this.telemetry?.publishNow());
     this.follower.start();
     // Requests that do not decode reach the handlers flagged (INVALID_ARGUMENT), not as grpc-js's bare INTERNAL.

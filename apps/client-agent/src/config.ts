@@ -1,4 +1,4 @@
-import { env, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import { env, grpcKeepaliveEnv, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Every environment variable the client-agent reads, with its default. */
 export const agentEnv = {
@@ -17,6 +17,7 @@ export const agentEnv = {
   EXECUTOR_ADDR: env.string('The server-executor, host:port', '127.0.0.1:50051'),
   PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
   ...upstreamSecurityEnv,
+  ...grpcKeepaliveEnv,
   NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),
   ...natsAuthEnv,
   TELEMETRY_INTERVAL_MS: env.int('How often the device profile is published', 1000, 50, 3_600_000),

@@ -1,5 +1,5 @@
 import { modelIdOf, readManifest } from '@tandem/model';
-import { checkNatsCredentials, createLogger, loadServerSecurity, loadUpstreamSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
+import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, loadUpstreamSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
 import { loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
@@ -46,6 +46,7 @@ export async function main(): Promise<void> {
     log,
     security,
     upstream,
+    keepalive: keepaliveFrom(config),
   });
   const { port } = await agent.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'client-agent', id: config.AGENT_ID, port })}\n`);

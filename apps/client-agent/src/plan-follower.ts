@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { PlannerServiceClient, quoted, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
+import { keepaliveOptions, PlannerServiceClient, quoted, type Keepalive, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
 import { clientOptions, type ClientSecurity, type Logger } from '@tandem/service-kit';
 
 /** The placement a generation will use, frozen at its start. */
@@ -32,13 +32,13 @@ export class PlanFollower {
   connected = false;
 
   constructor(
-    private readonly opts: { plannerAddr: string | undefined; upstream?: ClientSecurity; clientId: string; stageCount: number; canRun: (stage: number) => boolean },
+    private readonly opts: { plannerAddr: string | undefined; upstream?: ClientSecurity; keepalive?: Keepalive; clientId: string; stageCount: number; canRun: (stage: number) => boolean },
     private readonly log: Logger,
   ) {}
 
   start(): void {
     if (!this.opts.plannerAddr) return;
-    this.client = new PlannerServiceClient(this.opts.plannerAddr, this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(this.opts.upstream));
+    this.client = new PlannerServiceClient(this.opts.plannerAddr, this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(this.opts.upstream, keepaliveOptions(this.opts.keepalive)));
     this.watch();
   }
 

@@ -1,5 +1,5 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { ConfigError, env, loadEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
+import { ConfigError, env, grpcKeepaliveEnv, loadEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
 
 /**
@@ -106,6 +106,7 @@ export const plannerEnv = {
   MODEL_DIR: env.string('Model directory: the planner reads its manifest for stage names and boundary sizes'),
   PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
   ...serverSecurityEnv,
+  ...grpcKeepaliveEnv,
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
   ...natsAuthEnv,
   PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),

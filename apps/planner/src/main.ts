@@ -1,5 +1,5 @@
 import { modelIdOf, readManifest } from '@tandem/model';
-import { createLogger, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
+import { createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
 import { Calibrator } from './calibration';
 import { loadConfig } from './config';
 import { PlanMaker } from './plan-maker';
@@ -37,7 +37,8 @@ export async function main(): Promise<void> {
     materialChange: config.PLANNER_CALIBRATION_CHANGE,
   });
   const server = new PlannerServer({ maker, calibrator, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, natsAuth: natsAuthFrom(config), modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
-    idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS, security });
+    idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS, security,
+    keepalive: keepaliveFrom(config) });
   // Last line of defence: the planner's own handlers catch what telemetry and planning throw
   // (planner-server.ts); anything that still escapes is logged and the planner keeps serving.
   process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception; the planner carries on'));

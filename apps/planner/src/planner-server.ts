@@ -7,12 +7,14 @@ import {
   PlannerServiceService,
   capStatus,
   decodeProblem,
+  keepaliveOptions,
   safeService,
   ServerLoad,
   ServingStatus,
   Subjects,
   type ClientObservations,
   type ClientPlan,
+  type Keepalive,
   type PlannerServiceServer,
   type WatchPlansRequest,
   type WatchPlansResponse,
@@ -83,6 +85,8 @@ export interface PlannerServerOptions {
    * ListPlans only operator tokens (identity '*').
    */
   readonly security?: ServerSecurity;
+  /** HTTP/2 keepalive of the gRPC port (GRPC_KEEPALIVE_*): a watcher whose connection died is dropped; default DEFAULT_KEEPALIVE. */
+  readonly keepalive?: Keepalive;
   /**
    * Below this server utilisation the planner optimises latency (the server has capacity to
    * spare); at or above it, server work under the SLA. It returns to latency only below half
@@ -257,7 +261,7 @@ export class PlannerServer {
   constructor(private readonly opts: PlannerServerOptions) {
     this.now = opts.now ?? Date.now;
     this.log = opts.log.child({ component: 'planner' });
-    this.server = new grpc.Server(serverAuthOptions(opts.security?.tokens));
+    this.server = new grpc.Server({ ...keepaliveOptions(opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     this.threshold = opts.replanThreshold ?? 0.02;
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);

@@ -1,4 +1,4 @@
-import { env, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import { env, grpcKeepaliveEnv, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Default of EXECUTOR_MAX_BATCH_TOKENS (also the scheduler's when a caller sets none). */
 export const DEFAULT_MAX_BATCH_TOKENS = 4096;
@@ -13,6 +13,7 @@ export const executorEnv = {
   MODEL_DIR: env.string('Model directory (tandem-model/1) whose stages this executor serves'),
   EXECUTOR_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50051'),
   ...serverSecurityEnv,
+  ...grpcKeepaliveEnv,
   EXECUTOR_ID: env.string('Id in telemetry and logs', 'executor'),
   EXECUTOR_MAX_SESSIONS: env.int('Concurrent split sessions; one more is refused with RESOURCE_EXHAUSTED', 64, 1, 100_000),
   EXECUTOR_MAX_SESSIONS_PER_CLIENT: env.int("Concurrent sessions one client id (OpenSession.client_id) may hold; one more is refused with RESOURCE_EXHAUSTED naming the client and a retry hint (also in the trailer 'retry-after-ms'); 0 means no limit beyond EXECUTOR_MAX_SESSIONS", 0, 0, 100_000),

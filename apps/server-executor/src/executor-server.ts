@@ -11,6 +11,7 @@ import {
   Subjects,
   type ExecutorServiceServer,
   type GetStatusResponse,
+  type Keepalive,
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
@@ -65,6 +66,13 @@ export interface ExecutorServerOptions {
    * plaintext, no tokens. With tokens, a session's `open.clientId` must be its token's identity.
    */
   readonly security?: ServerSecurity;
+  /**
+   * HTTP/2 keepalive of the gRPC port (GRPC_KEEPALIVE_*; default DEFAULT_KEEPALIVE): a client
+   * that stops answering pings (gone without FIN or RST) is dropped within time + timeout and
+   * its sessions are cancelled and freed, a server-side generation included (its token writes
+   * would otherwise go on succeeding into buffers until it is done).
+   */
+  readonly keepalive?: Keepalive;
 }
 
 /**
@@ -120,7 +128,7 @@ export class ExecutorServer {
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
     this.rates = opts.maxTokensPerSPerClient ? new ClientTokenRates(opts.maxTokensPerSPerClient) : undefined;
-    this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes), ...serverAuthOptions(opts.security?.tokens) });
+    this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
 

@@ -1,4 +1,4 @@
-import { checkNatsCredentials, createLogger, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
+import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
 import { loadConfig } from './config';
 import { OnnxStageEngine } from './engine';
 import { ExecutorServer } from './executor-server';
@@ -37,6 +37,7 @@ export async function main(): Promise<void> {
     natsAuth,
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
     security,
+    keepalive: keepaliveFrom(config),
   });
   const { port } = await server.start();
   // One line on stdout that launchers (the demo, tests) read to learn the port.

@@ -11,6 +11,8 @@ export type { NatsAuth, NatsAuthValues } from './nats-auth';
 export { natsPasswordVar, natsPermissions, natsServerConfig, natsServiceEnv } from './nats-server-config';
 export type { NatsAuthMode, NatsRole, NatsServerConfig, NatsServerConfigOptions, NatsUserCredential } from './nats-server-config';
 export { bindInsecure, shutdownServer } from './grpc-server';
+export { grpcKeepaliveEnv, keepaliveFrom } from './grpc-keepalive';
+export type { GrpcKeepaliveValues } from './grpc-keepalive';
 export { TelemetryPublisher } from './telemetry';
 export type { TelemetryPublisherOptions } from './telemetry';
 export {
