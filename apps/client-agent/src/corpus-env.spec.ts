@@ -1,5 +1,5 @@
-import { clearMessageProblem, configProblems, envCases, type EnvCase } from '@tandem/testkit';
-import { loadConfig, parseStageList } from './config';
+import { clearMessageProblem, configProblems, envCases, uncoveredEnvVars, type EnvCase } from '@tandem/testkit';
+import { agentEnv, loadConfig, parseStageList } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the agent's variables with a
 // bad value is refused with a problem naming the variable, the rule and the value, in 1 KiB.
@@ -8,10 +8,11 @@ const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
   ...envCases({
     int: [['AGENT_THREADS', 0, 256], ['TELEMETRY_INTERVAL_MS', 50, 3_600_000], ['AGENT_DEADLINE_MS', 100, 86_400_000],
-      ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1], ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000]],
+      ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1], ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000],
+      ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000], ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000]],
     number: [['AGENT_SLOWDOWN', 1, 1000], ['AGENT_LINK_LATENCY_MS', 0, 10_000], ['AGENT_LINK_UP_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
       ['AGENT_LINK_DOWN_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY]],
-    oneOf: [['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']]],
+    oneOf: [['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']], ['TLS_CLIENT_AUTH', ['none', 'require']]],
   }),
   ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
   ['AGENT_ID with a dot', { AGENT_ID: 'dev.1' }, ['AGENT_ID must be 1..64 letters', "given 'dev.1'"]],
@@ -22,6 +23,10 @@ const cases: EnvCase[] = [
 ];
 
 describe('client-agent env corpus', () => {
+  it('has a case for every variable with a rule (a range, true/false, a choice)', () => {
+    expect(uncoveredEnvVars(agentEnv, cases)).toEqual([]);
+  });
+
   it.each(cases)('refuses %s', (_label, vars, parts) => {
     const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
     expect(problems.length).toBeGreaterThanOrEqual(1);

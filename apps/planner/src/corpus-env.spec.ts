@@ -1,5 +1,5 @@
-import { clearMessageProblem, configProblems, envCases, type EnvCase } from '@tandem/testkit';
-import { loadConfig } from './config';
+import { clearMessageProblem, configProblems, envCases, uncoveredEnvVars, type EnvCase } from '@tandem/testkit';
+import { plannerEnv, loadConfig } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the planner's variables with a
 // bad value is refused with a problem naming the variable, the rule and the value, in 1 KiB.
@@ -8,12 +8,12 @@ const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
   ...envCases({
     int: [['PLANNER_CLIENT_TTL_MS', 1000, 86_400_000], ['PLANNER_DEBOUNCE_MS', 0, 60_000], ['PLANNER_SLICE_MS', 1, 1000], ['PLANNER_OUTCOME_MIN', 1, 100_000],
-      ['PLANNER_SAFETY_DWELL_MS', 0, 86_400_000]],
+      ['PLANNER_SAFETY_DWELL_MS', 0, 86_400_000], ['PLANNER_SAFETY_RELAX_MS', 0, 86_400_000], ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000], ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000]],
     number: [['PLANNER_HYSTERESIS', 0, 1], ['PLANNER_SLA_MARGIN', 0.1, 1], ['PLANNER_MAX_UTILISATION', 0, 0.99], ['PLANNER_IDLE_UTILISATION', 0, 1],
       ['PLANNER_UTILISATION_SMOOTHING', 0.01, 1], ['PLANNER_REPLAN_THRESHOLD', 0, 1], ['PLANNER_SLO_TARGET', 0.01, 1], ['PLANNER_SAFETY_STEP', 0.1, 0.99],
       ['PLANNER_CALIBRATION_CHANGE', 0, 10]],
     bool: ['PLANNER_LEARN'],
-    oneOf: [['TLS_CLIENT_AUTH', ['none', 'require']]],
+    oneOf: [['TLS_CLIENT_AUTH', ['none', 'require']], ['PLANNER_SERVER_LATENCY', ['stretch', 'mm1']], ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']]],
   }),
   ['PLANNER_ALGORITHM unknown', { PLANNER_ALGORITHM: 'magic' }, ['PLANNER_ALGORITHM must be one of dp', "given 'magic'"]],
   ['PLANNER_REQUEST_CLASSES not JSON', { PLANNER_REQUEST_CLASSES: '[{' }, ['PLANNER_REQUEST_CLASSES must be valid JSON', "given '[{'"]],
@@ -35,6 +35,10 @@ const cases: EnvCase[] = [
 ];
 
 describe('planner env corpus', () => {
+  it('has a case for every variable with a rule (a range, true/false, a choice)', () => {
+    expect(uncoveredEnvVars(plannerEnv, cases)).toEqual([]);
+  });
+
   it.each(cases)('refuses %s', (_label, vars, parts) => {
     const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
     expect(problems.length).toBeGreaterThanOrEqual(1);

@@ -1,6 +1,6 @@
 import { loadServerSecurity } from '@tandem/service-kit';
-import { clearMessageProblem, configProblems, envCases, type EnvCase } from '@tandem/testkit';
-import { loadConfig } from './config';
+import { clearMessageProblem, configProblems, envCases, uncoveredEnvVars, type EnvCase } from '@tandem/testkit';
+import { executorEnv, loadConfig } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the executor's variables with a
 // bad value is refused with a problem naming the variable, the rule and the value, in 1 KiB.
@@ -14,9 +14,9 @@ const cases: EnvCase[] = [
       ['EXECUTOR_MAX_CONTEXT_TOKENS', 0, 1_000_000], ['EXECUTOR_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1], ['EXECUTOR_MAX_BATCH', 1, 1024],
       ['EXECUTOR_MAX_BATCH_TOKENS', 1, 1 << 20], ['EXECUTOR_LONG_STEP_TOKENS', 0, 1 << 20], ['EXECUTOR_PREFILL_STALL_MS', 0, 60_000],
       ['EXECUTOR_IDLE_TIMEOUT_MS', 100, 86_400_000], ['EXECUTOR_THREADS', 0, 256], ['EXECUTOR_SHUTDOWN_GRACE_MS', 0, 3_600_000],
-      ['TELEMETRY_INTERVAL_MS', 50, 3_600_000],
-    ].slice(0, 14) as [string, number, number][],
-    bool: ['EXECUTOR_BATCHING', 'EXECUTOR_FUSED'],
+      ['TELEMETRY_INTERVAL_MS', 50, 3_600_000], ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000], ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000],
+    ],
+    bool: ['EXECUTOR_BATCHING', 'EXECUTOR_FUSED', 'EXECUTOR_RETURN_MEMORY'],
     oneOf: [['EXECUTOR_ENGINE', ['worker', 'inline']], ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']], ['TLS_CLIENT_AUTH', ['none', 'require']]],
   }),
   ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
@@ -28,6 +28,10 @@ const cases: EnvCase[] = [
 ];
 
 describe('executor env corpus', () => {
+  it('has a case for every variable with a rule (a range, true/false, a choice)', () => {
+    expect(uncoveredEnvVars(executorEnv, cases)).toEqual([]);
+  });
+
   it.each(cases)('refuses %s', (_label, vars, parts) => {
     const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
     expect(problems).toHaveLength(1);

@@ -63,3 +63,22 @@ export function configProblems(load: () => unknown): string[] {
   }
   return [];
 }
+
+/**
+ * Variables of `schema` with a rule of their own (an integer or number range, true/false, a
+ * choice) that none of `cases` sets: a variable added to a service without its corpus cases.
+ * The rule is learnt from the variable's parser (a value none of them accepts), so the corpus
+ * needs no count or list of its own to keep up to date.
+ */
+export function uncoveredEnvVars(schema: Readonly<Record<string, { parse(raw: string): unknown }>>, cases: readonly EnvCase[]): string[] {
+  const covered = new Set(cases.flatMap(([, vars]) => Object.keys(vars)));
+  return Object.entries(schema).filter(([name, v]) => {
+    if (covered.has(name)) return false;
+    try {
+      v.parse('\u0000');
+      return false;
+    } catch (err) {
+      return /^must be (an integer in |a number in |true or false$|one of )/.test((err as Error).message);
+    }
+  }).map(([name]) => name);
+}
