@@ -126,7 +126,7 @@ describe('SplitSession server-side decoding', () => {
       await session.closed;
     });
 
-    it('idles out a session whose client stopped reading, never one the server is decoding', async () => {
+    it('idles out a session whose client stopped reading (its stream stayed full), never one the server is decoding, saying so', async () => {
       const engine = new CountingEngine();
       let release!: () => void;
       engine.gate = new Promise<void>((r) => { release = r; });
@@ -145,7 +145,7 @@ describe('SplitSession server-side decoding', () => {
       expect(session.isOpen).toBe(true);
       jest.advanceTimersByTime(1);
       await session.closed;
-      expect(errors).toEqual([{ code: 4, details: 'session idle for 1000 ms' }]);
+      expect(errors).toEqual([{ code: 4, details: 'the client read no token for 1000 ms (the server-side generation stalled with its stream full after 1 of 4 tokens)' }]);
       expect(call.tokens()).toHaveLength(1);
     });
   });

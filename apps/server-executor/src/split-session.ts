@@ -74,6 +74,8 @@ export class SplitSession {
   /** KV-cache bytes this session reserved from the executor's budget (given back when it closes). */
   private kvReserved = 0;
   private chain: Promise<void> = Promise.resolve();
+  /** Why the session closed, once it did. */
+  private closedBecause: string | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
   readonly closed = new Promise<void>((r) => { this.resolveClosed = r; });
@@ -95,17 +97,20 @@ export class SplitSession {
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
     // A half-close during a server-side generation ends the session once the generation is done.
     call.on('end', () => { this.chain = this.chain.then(async () => { await this.generation; await this.finish('client ended the stream'); }); });
-    call.on('cancelled', () => this.close('cancelled by the client', status.CANCELLED, false));
+    // A call ends cancelled when the client cancels it or its connection is dropped (the
+    // client's or the server's keepalive found the peer dead, or the socket failed).
+    call.on('cancelled', () => this.close('cancelled by the client or its connection was lost', status.CANCELLED, false));
     call.on('error', (err: Partial<Error>) => this.close(`stream error: ${capStatus(String(err.message), 200)}`, status.CANCELLED, false));
     this.touch();
   }
 
   get isOpen(): boolean { return this.state === 'open'; }
 
-  private touch(): void {
+  /** (Re)starts the idle timeout, unless the server works for the client; `why` is the status message it ends the session with. */
+  private touch(why = `session idle for ${this.limits.idleTimeoutMs} ms`): void {
     clearTimeout(this.idleTimer);
     if (this.state === 'closed' || this.serverBusy) return;
-    this.idleTimer = setTimeout(() => this.close(`session idle for ${this.limits.idleTimeoutMs} ms`, status.DEADLINE_EXCEEDED, true), this.limits.idleTimeoutMs);
+    this.idleTimer = setTimeout(() => this.close(why, status.DEADLINE_EXCEEDED, true), this.limits.idleTimeoutMs);
     this.idleTimer.unref();
   }
 
@@ -219,7 +224,10 @@ export class SplitSession {
    * other sessions' steps, joining and leaving at step boundaries) running the head on the
    * last position only. Each token is written as soon as it is made; when the client reads
    * slower than tokens come, the loop waits for the stream to drain (and only then may the
-   * session idle out: while the server decodes, the idle timeout is off). With a per-client
+   * session idle out: while the server decodes, the idle timeout is off), ending with
+   * DEADLINE_EXCEEDED when it stays full for the idle timeout. A client gone without FIN or
+   * RST, whose tokens still fit the buffers, is noticed by the server's keepalive instead
+   * (the call is cancelled: ExecutorServerOptions.keepalive). With a per-client
    * token rate each step first waits until the client's bucket has room (the generation is
    * paced, not failed). It stops at once when the session closes (cancel, deadline, shutdown):
    * the pending step is cancelled with it.
@@ -229,6 +237,8 @@ export class SplitSession {
     this.serverBusy = true;
     clearTimeout(this.idleTimer);
     this.log.debug({ sessionId: this.id, promptTokens: g.input.shape[1], maxNewTokens: g.maxNewTokens }, 'server-side generation started');
+    /** Tokens made and written so far. */
+    let made = 0;
     try {
       let input = g.input;
       for (let index = 0; index < g.maxNewTokens; index++) {
@@ -242,11 +252,13 @@ export class SplitSession {
         this.traffic.messagesOut++;
         this.traffic.bytesOut += 8;
         const flowing = this.call.write({ kind: { $case: 'token', value: { seq: g.seq, index, token, computeMs: out.computeMs, queueMs: out.queueMs, last } } });
+        made++;
         if (last) break;
         if (!flowing) {
-          // The client stopped reading: now it is the one idle, so the idle timeout runs.
+          // The client stopped reading (or its link died and the buffers filled): now it is the
+          // one idle, so the idle timeout runs, with a message that says what it waited for.
           this.serverBusy = false;
-          this.touch();
+          this.touch(`the client read no token for ${this.limits.idleTimeoutMs} ms (the server-side generation stalled with its stream full after ${index + 1} of ${g.maxNewTokens} tokens)`);
           await this.drained();
           this.serverBusy = true;
           clearTimeout(this.idleTimer);
@@ -260,6 +272,10 @@ export class SplitSession {
     } finally {
       this.serverBusy = false;
       this.touch(); // now the client's half-close is due
+      // Work cut short for a client that cancelled, vanished, idled or was shut down: worth an operator's eye.
+      if (made < g.maxNewTokens && this.closedBecause !== undefined) {
+        this.log.info({ sessionId: this.id, clientId: this.clientId, tokens: made, maxNewTokens: g.maxNewTokens, reason: this.closedBecause }, 'server-side generation stopped before its end');
+      }
     }
   }
 
@@ -397,6 +413,7 @@ export class SplitSession {
 
   private release(reason: string, code: status): void {
     this.state = 'closed';
+    this.closedBecause = reason;
     this.kv.release(this.kvReserved);
     this.kvReserved = 0;
     clearTimeout(this.idleTimer);
