@@ -24,6 +24,8 @@ class Service {
   readonly listening: Promise<number>;
   readonly exited: Promise<void>;
   stderr = '';
+  /** Its JSON log lines (stdout), the last 1000. */
+  readonly logs: { msg?: string; [k: string]: unknown }[] = [];
 
   constructor(readonly app: App, env: Record<string, string>) {
     this.child = spawn(process.execPath, ['--require', 'tsx/cjs', join(REPO, 'apps', app, 'src', 'main.ts')], {
@@ -34,9 +36,10 @@ class Service {
     this.listening = new Promise<number>((res, rej) => {
       createInterface({ input: this.child.stdout! }).on('line', (line) => {
         try {
-          const m = JSON.parse(line) as { event?: string; port?: number };
+          const m = JSON.parse(line) as { event?: string; port?: number; msg?: string };
           if (m.event === 'listening' && typeof m.port === 'number') res(m.port);
-        } catch { /* a log line */ }
+          else if (this.logs.push(m) > 1000) this.logs.shift();
+        } catch { /* not JSON */ }
       });
       this.child.once('exit', (code, signal) => rej(new Error(`${app} exited (${signal ?? code}) before listening: ${this.stderr}`)));
     });
@@ -310,27 +313,57 @@ describe('faults with real services as child processes', () => {
   }, 60_000);
 
   describe('with a TCP proxy between an agent and an executor of its own', () => {
-    /** The executor's EXECUTOR_IDLE_TIMEOUT_MS: how long a session whose client went silent holds on. */
-    const IDLE_MS = 1500;
+    /** The executor's GRPC_KEEPALIVE_TIME_MS and GRPC_KEEPALIVE_TIMEOUT_MS: a client that stops answering its pings is dropped within their sum. */
+    const KEEPALIVE = { timeMs: 500, timeoutMs: 500 };
+    /** The executor's EXECUTOR_IDLE_TIMEOUT_MS: longer than its keepalive, so what frees a blackholed session is the keepalive. */
+    const IDLE_MS = 5000;
+    /** Scheduling slack on a shared, loaded core, ms. */
+    const SLACK_MS = 1500;
+    const keepaliveEnv = (k: { timeMs: number; timeoutMs: number }): Record<string, string> => ({ GRPC_KEEPALIVE_TIME_MS: String(k.timeMs), GRPC_KEEPALIVE_TIMEOUT_MS: String(k.timeoutMs) });
     let port: number;
+    let proxied: Service;
     let execClient: ExecutorServiceClient;
     const execStatus = (): Promise<GetStatusResponse> => new Promise((res, rej) => execClient.getStatus({}, (e, r) => (e ? rej(e) : res(r))));
 
     beforeAll(async () => {
       port = await freePort();
-      // No telemetry: the planner sees only the executor the other tests use.
-      extra.push(await startExecutor({ EXECUTOR_IDLE_TIMEOUT_MS: String(IDLE_MS), NATS_URL: 'off' }, port));
+      // No telemetry: the planner sees only the executor the other tests use. LOG_LEVEL info: it logs generations cut short.
+      proxied = await startExecutor({ EXECUTOR_IDLE_TIMEOUT_MS: String(IDLE_MS), ...keepaliveEnv(KEEPALIVE), NATS_URL: 'off', LOG_LEVEL: 'info' }, port);
+      extra.push(proxied);
       execClient = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     }, 60_000);
 
     afterAll(() => execClient?.close());
 
     /** A proxy to this executor and an agent that reaches the executor only through it (no emulated link: the proxy is the link). */
-    const agentBehindProxy = async (id: string): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
+    const agentBehindProxy = async (id: string, env: Record<string, string> = {}): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
       const proxy = await TcpProxy.start(`127.0.0.1:${port}`);
-      const a = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off' });
+      const a = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off', ...env });
       extra.push(a.service);
       return { proxy, ...a };
+    };
+
+    /**
+     * What runs when a blackhole test kills the link: two split generations (a round trip per
+     * token) and a server-side one that fills the context (5 + 1019 - 1 tokens), so it is still
+     * decoding when the link is found dead.
+     */
+    const BLACKHOLE_JOBS = [['CCSSSC', 400], ['CSCSSC', 400], ['SSSSSS', 1019]] as const;
+
+    /**
+     * Starts BLACKHOLE_JOBS through `c` (behind `proxy`, on an executor with no session open) and
+     * blackholes the link (no FIN, no RST) once each has streamed 2 tokens.
+     * @returns the running generations, when the link died, and the tokens each had then.
+     */
+    const blackholeMidGeneration = async (proxy: TcpProxy, c: AgentServiceClient, deadlineMs: number): Promise<{ runs: Promise<Outcome>[]; t0: number; seen: number[] }> => {
+      await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 5000, what: 'no session open before' });
+      const seen = BLACKHOLE_JOBS.map(() => 0);
+      const runs = BLACKHOLE_JOBS.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs, () => { seen[i]++; }));
+      await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 5000, intervalMs: 2, what: 'every generation under way' });
+      expect((await execStatus()).activeSessions).toBe(BLACKHOLE_JOBS.length);
+      const t0 = Date.now();
+      proxy.blackhole();
+      return { runs, t0, seen: [...seen] };
     };
 
     it('completes generations token-identical when the link slows from 0 to 50 ms one way mid-generation', async () => {
@@ -362,31 +395,37 @@ describe('faults with real services as child processes', () => {
       }
     }, 30_000);
 
-    it('frees the sessions of an agent whose link is blackholed mid-generation (no FIN, no RST) within the idle timeout, keeps serving, and ends every caller with a clear status within its deadline', async () => {
+    it('frees the sessions of an agent whose link is blackholed mid-generation (no FIN, no RST) within its keepalive, stops the server-side generation, keeps serving, and ends every caller with a clear status within its deadline', async () => {
+      // The agent keeps the default keepalive (10 s + 5 s), longer than the callers' deadline: nothing tells it the link died.
       const { proxy, service, client: c } = await agentBehindProxy('dev-blackhole');
       try {
         const ref = await generateVia(c, { placement: 'SSSSSS', maxNewTokens: 8 });
         expect(ref.error).toBeUndefined();
-        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 5000, what: 'no session open before' });
         const deadlineMs = 6000;
-        const jobs = [['CCSSSC', 400], ['CSCSSC', 400], ['SSSSSS', 200]] as const;
-        const seen = jobs.map(() => 0);
-        const runs = jobs.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs, () => { seen[i]++; }));
-        await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 5000, intervalMs: 2, what: 'every generation under way' });
-        expect((await execStatus()).activeSessions).toBe(jobs.length);
-        const t0 = Date.now();
-        proxy.blackhole();
-        // A request the agent takes after the blackhole goes to the same dead connection (nothing told the agent).
+        const before = await execStatus();
+        const logsBefore = proxied.logs.length;
+        const { runs, t0, seen } = await blackholeMidGeneration(proxy, c, deadlineMs);
+        // A request the agent takes after the blackhole goes to the same dead connection.
         const late = generateVia(c, { placement: 'CCSSSC', maxNewTokens: 4 }, deadlineMs);
-        // The executor got no FIN and no RST: its idle timeout frees the split sessions (it owes them
-        // nothing) and the server-decoded one once its loop has written its last token into the dead
-        // link (its writes still succeed: what is left of 200 tokens, well under a second). Bound:
-        // IDLE_MS + 2.5 s, before the callers' deadline (which would free them too).
-        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: IDLE_MS + 3500, intervalMs: 50, what: 'the executor freeing the blackholed sessions' });
+        // The executor got no FIN and no RST, and the server-side generation's writes still
+        // succeed into buffers: its keepalive pings go unanswered, so it drops the connection and
+        // frees every session on it, the generation mid-way. Bound: GRPC_KEEPALIVE_TIME_MS +
+        // GRPC_KEEPALIVE_TIMEOUT_MS + slack, under the idle timeout and the callers' deadline.
+        const bound = KEEPALIVE.timeMs + KEEPALIVE.timeoutMs + SLACK_MS;
+        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: bound + 2000, intervalMs: 50, what: 'the executor freeing the blackholed sessions' });
         const freedMs = Date.now() - t0;
-        expect(freedMs).toBeGreaterThanOrEqual(IDLE_MS - 100);
-        expect(freedMs).toBeLessThan(IDLE_MS + 2500);
-        expect(proxy.connections).toBeGreaterThanOrEqual(1); // the blackholed connection is still open on both sides
+        expect(freedMs).toBeLessThan(bound);
+        expect(freedMs).toBeLessThan(IDLE_MS);
+        // Stopped, not run to its end: it says so with the tokens it made, and nothing computes any more.
+        const stopped = proxied.logs.slice(logsBefore).filter((l) => l.msg === 'server-side generation stopped before its end');
+        expect(stopped).toHaveLength(1);
+        expect(stopped[0]).toMatchObject({ clientId: 'dev-blackhole', maxNewTokens: 1019, reason: 'cancelled by the client or its connection was lost' });
+        expect(stopped[0].tokens).toBeGreaterThanOrEqual(seen[2]);
+        expect(stopped[0].tokens).toBeLessThan(1019);
+        const idle = await execStatus();
+        await new Promise((r) => setTimeout(r, 300));
+        expect((await execStatus()).stepsCompleted).toBe(idle.stepsCompleted);
+        expect(proxy.connections).toBeGreaterThanOrEqual(1); // the blackholed connection is still open on the agent's side
         // Healthy, and serving a new session (not through the dead link) with the undisturbed tokens.
         const health = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
         const st = await new Promise<ServingStatus>((res, rej) => health.check({ service: '' }, (e, r) => (e ? rej(e) : res(r.status)))).finally(() => health.close());
@@ -399,12 +438,13 @@ describe('faults with real services as child processes', () => {
         // Every caller: a clear status within its deadline; none hung, none lost.
         const outcomes = [...await Promise.all(runs), await late];
         const counts = { total: outcomes.length, completed: outcomes.filter((o) => !o.error).length, failed: outcomes.filter((o) => o.error).length };
-        process.stderr.write(`blackhole: executor freed ${jobs.length} sessions in ${freedMs} ms (idle timeout ${IDLE_MS} ms); callers ${JSON.stringify(counts)}, `
+        process.stderr.write(`blackhole: executor freed ${BLACKHOLE_JOBS.length} sessions in ${freedMs} ms (keepalive ${KEEPALIVE.timeMs} + ${KEEPALIVE.timeoutMs} ms), `
+          + `its server-side generation stopped at ${String(stopped[0].tokens)} of 1019 tokens (${idle.stepsCompleted - before.stepsCompleted} steps since the start); callers ${JSON.stringify(counts)}, `
           + `${outcomes.map((o) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms`).join(', ')}\n`);
         expectAccounted(outcomes);
-        expect(counts.total).toBe(jobs.length + 1);
+        expect(counts.total).toBe(BLACKHOLE_JOBS.length + 1);
         for (const o of outcomes) expect(o.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
-        for (const o of outcomes.slice(0, jobs.length)) expect(o.ids.length).toBeGreaterThanOrEqual(2);
+        for (const o of outcomes.slice(0, BLACKHOLE_JOBS.length)) expect(o.ids.length).toBeGreaterThanOrEqual(2);
       } finally {
         c.close();
         await service.kill();
