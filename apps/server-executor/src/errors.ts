@@ -1,5 +1,5 @@
 import { status, type StatusObject, Metadata } from '@grpc/grpc-js';
-import { capStatus, TensorFormatError } from '@tandem/protocol';
+import { capStatus, RETRY_AFTER_KEY, TensorFormatError } from '@tandem/protocol';
 import { StageInputError } from '@tandem/model';
 import { AuthError } from '@tandem/service-kit';
 
@@ -11,9 +11,6 @@ export class ValidationError extends Error {
 export class PreconditionError extends Error {
   override name = 'PreconditionError';
 }
-/** Trailer metadata key of the retry hint sent with RESOURCE_EXHAUSTED: milliseconds, a decimal integer. */
-export const RETRY_AFTER_KEY = 'retry-after-ms';
-
 /** A configured limit was reached: RESOURCE_EXHAUSTED, with a retry hint (trailer `retry-after-ms`) when one is known. */
 export class CapacityError extends Error {
   override name = 'CapacityError';

@@ -62,4 +62,5 @@ export type { HostTensor } from './tensor';
 export { ID_PATTERN, Subjects } from './subjects';
 export { HealthReporter } from './health';
 export { channelOptions, DEFAULT_KEEPALIVE, keepaliveOptions } from './channel-options';
+export { RETRY_AFTER_KEY, retryAfterMsOf } from './retry-after';
 export type { Keepalive } from './channel-options';
