@@ -3,7 +3,7 @@ import { greedyToken, lastPosition } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import type { LinkEmulator, LinkEstimator } from './link';
 import type { LocalStages } from './local-stages';
-import { TOKEN_DOWN_BYTES, type RemoteSession } from './remote-session';
+import { GenerateRefusedError, REFUSAL_MARGIN_MS, refusalHintOf, TOKEN_DOWN_BYTES, type RemoteSession } from './remote-session';
 
 /** A maximal run of consecutive stages on one side: stages [begin, end). */
 export interface Segment {
@@ -135,6 +135,11 @@ export interface GenerationStats {
   readonly clientComputeMs: number;
   /** Times the generation lost its executor session and continued on a new one. */
   readonly resumes: number;
+  /**
+   * Times the executor refused work of the generation with a retry hint (the client's tokens
+   * per second: a split step, or a server-side generation at its start) and it was sent again after the hint.
+   */
+  readonly refusals: number;
 }
 
 const bytesOf = (t: HostTensor): number => t.data.byteLength;
@@ -165,6 +170,8 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
   let serverComputeMs = 0;
   let serverQueueMs = 0;
   let clientComputeMs = 0;
+  /** Step refusals of the sessions this generation lost (the current one counts its own). */
+  let stepRefusals = 0;
   const ids: number[] = [];
   const onAbort = (): void => remote?.cancel();
   deps.signal.addEventListener('abort', onAbort);
@@ -214,6 +221,7 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
       } catch (err) {
         // Only a generation that had a session resumes: a first open that fails ends it at once.
         if (!remote) throw err;
+        stepRefusals += remote.refusals;
         remote.cancel();
         remote = undefined;
         refill = true;
@@ -235,8 +243,9 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
       ids.push(next);
       tokens = [next];
     }
+    const refusals = stepRefusals + (remote?.refusals ?? 0);
     remote?.end();
-    return { ids, ttftMs, totalMs: performance.now() - t0, serverComputeMs, serverQueueMs, clientComputeMs, resumes: resumer.resumes };
+    return { ids, ttftMs, totalMs: performance.now() - t0, serverComputeMs, serverQueueMs, clientComputeMs, resumes: resumer.resumes, refusals };
   } catch (err) {
     remote?.cancel();
     throw err;
@@ -253,7 +262,12 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
  * the link, as on a real one) instead of adding up; tokens are still delivered in order.
  * No round trip per token. Aborting `deps.signal` cancels the stream. With `deps.resume`, a
  * lost session is replaced by a new one that decodes on from the prompt plus every token
- * received so far (tokens still on the emulated link are delivered as they were).
+ * received so far (tokens still on the emulated link are delivered as they were). A
+ * generation the executor refuses at its start with a retry hint (RESOURCE_EXHAUSTED with the
+ * trailer `retry-after-ms`: the client's tokens per second) is sent again on a new session
+ * after the hint while its session's deadline leaves room (as a refused split step is, see
+ * RemoteSession.step); otherwise it ends at once with GenerateRefusedError (RESOURCE_EXHAUSTED,
+ * the executor's message).
  */
 async function generateOnServer(deps: GenerationDeps, promptIds: readonly number[], maxNewTokens: number, onToken: (id: number, index: number) => void): Promise<GenerationStats> {
   const t0 = performance.now();
@@ -268,6 +282,8 @@ async function generateOnServer(deps: GenerationDeps, promptIds: readonly number
   const ids: number[] = [];
   /** Set once the generation failed or was aborted: tokens still on the emulated link are dropped. */
   let stopped = false;
+  /** Times the executor refused the generation at its start and it was sent again after the hint. */
+  let refusals = 0;
   let deliveryError: unknown;
   const onAbort = (): void => remote?.cancel();
   deps.signal.addEventListener('abort', onAbort);
@@ -311,8 +327,22 @@ async function generateOnServer(deps: GenerationDeps, promptIds: readonly number
         if (deliveryError !== undefined) throw deliveryError;
         session.cancel();
         remote = undefined;
-        for (let e = err; ;) {
-          await resumer.afterFailure(e, received.length);
+        let e: unknown = err;
+        const hint = refusalHintOf(err);
+        if (hint !== undefined) {
+          // Refused at its start (the client's tokens per second): the refusal ended the session
+          // and nothing of the generation ran. A new session tries again after the hint, when the
+          // deadline leaves room; opening it fails as after a lost session (retried while
+          // UNAVAILABLE within the deadline, any other error passes through).
+          const left = session.deadline - Date.now();
+          const { details, message } = err as { details?: string; message?: string };
+          if (left < hint + REFUSAL_MARGIN_MS) throw new GenerateRefusedError(`${details ?? message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, hint);
+          refusals++;
+          await sleep(hint, deps.signal);
+          e = undefined;
+        }
+        for (;;) {
+          if (e !== undefined) await resumer.afterFailure(e, received.length);
           try {
             remote = await deps.openRemote();
             resumer.opened(received.length);
@@ -327,7 +357,7 @@ async function generateOnServer(deps: GenerationDeps, promptIds: readonly number
     if (deliveryError !== undefined) throw deliveryError;
     deps.signal.throwIfAborted();
     remote?.end();
-    return { ids, ttftMs, totalMs: performance.now() - t0, serverComputeMs, serverQueueMs, clientComputeMs: 0, resumes: resumer.resumes };
+    return { ids, ttftMs, totalMs: performance.now() - t0, serverComputeMs, serverQueueMs, clientComputeMs: 0, resumes: resumer.resumes, refusals };
   } catch (err) {
     stopped = true;
     remote?.cancel();

@@ -7,6 +7,6 @@ export { LinkEmulator, LinkEstimator } from './link';
 export { ExecutorLostError, generate, isSessionLost, RESUME_MARGIN_MS, segmentsOf } from './generation';
 export type { GenerationDeps, GenerationStats, ResumeOptions } from './generation';
 export { LocalStages } from './local-stages';
-export { REFUSAL_MARGIN_MS, RemoteSession, StepRefusedError } from './remote-session';
+export { GenerateRefusedError, REFUSAL_MARGIN_MS, refusalHintOf, RefusedError, RemoteSession, StepRefusedError } from './remote-session';
 export { ReplayRecording, ReplayMissError, ReplayFormatError, recordReplay } from './replay';
 export type { ReplayHeader, ReplayPrompt, ReplayStageCost, RecordOptions } from './replay';

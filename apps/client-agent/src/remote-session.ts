@@ -1,5 +1,5 @@
 import { status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
-import { fromWireTensor, toWireTensor, type ExecutorServiceClient, type HostTensor, type SessionOpened, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { fromWireTensor, retryAfterMsOf, toWireTensor, type ExecutorServiceClient, type HostTensor, type SessionOpened, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 
 /** What one server step returned. */
 export interface RemoteStepResult {
@@ -13,20 +13,39 @@ export interface RemoteStepResult {
 }
 
 /**
- * A step the executor refused without ending the session (StepRefused: the client's tokens
- * per second) whose hint the deadline left no room to wait out. Carries gRPC's
- * RESOURCE_EXHAUSTED and the executor's message, so the agent passes it through.
+ * Work the executor refused with a retry hint (RESOURCE_EXHAUSTED: the client's tokens per
+ * second) whose hint the deadline left no room to wait out. Carries gRPC's RESOURCE_EXHAUSTED
+ * and the executor's message, so the agent passes it through.
  */
-export class StepRefusedError extends Error {
-  override name = 'StepRefusedError';
+export class RefusedError extends Error {
+  override name = 'RefusedError';
   readonly code = status.RESOURCE_EXHAUSTED;
   constructor(readonly details: string, readonly retryAfterMs: number) {
     super(details);
   }
 }
 
-/** Time a refused step must leave before the deadline after waiting its hint, or it is not sent again, ms. */
+/** A split step refused without ending the session (StepRefused). */
+export class StepRefusedError extends RefusedError {
+  override name = 'StepRefusedError';
+}
+
+/** A server-side generation refused at its start (the refusal ended its session; nothing of it ran). */
+export class GenerateRefusedError extends RefusedError {
+  override name = 'GenerateRefusedError';
+}
+
+/** Time a refused step or generation must leave before the deadline after waiting its hint, or it is not sent again, ms. */
 export const REFUSAL_MARGIN_MS = 100;
+
+/**
+ * The hint of an executor's refusal that waiting may cure: RESOURCE_EXHAUSTED with the
+ * trailer `retry-after-ms`, in ms; undefined for any other error.
+ */
+export function refusalHintOf(err: unknown): number | undefined {
+  const e = err as Partial<ServiceError> | undefined;
+  return e?.code === status.RESOURCE_EXHAUSTED ? retryAfterMsOf(e.metadata) : undefined;
+}
 
 /** Bytes a token is counted as on the downlink (emulation and link estimates). */
 export const TOKEN_DOWN_BYTES = 8;
@@ -75,7 +94,8 @@ export class RemoteSession {
   /** Steps the executor refused and this session sent again after the hint. */
   refusals = 0;
 
-  private constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>, private readonly deadline: number) {
+  /** @param deadline the session's gRPC deadline (Date.now() ms): the generation's own. */
+  private constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>, readonly deadline: number) {
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'token') this.onToken(m.kind.value);
       else this.pending.shift()?.resolve(m);
@@ -166,7 +186,8 @@ export class RemoteSession {
   /**
    * Runs the whole generation on the server: one upload of the prompt (int64 ids [1, T]),
    * then `onToken` for each token, in order, as it arrives. Resolves after the last one;
-   * rejects with the executor's status (or CANCELLED after `cancel()`).
+   * rejects with the executor's status (or CANCELLED after `cancel()`). A refusal at its start
+   * ends the session: see {@link refusalHintOf} for whether a new one may try again.
    */
   generate(prompt: HostTensor, maxNewTokens: number, onToken: (t: RemoteToken) => void): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
