@@ -451,5 +451,62 @@ describe('faults with real services as child processes', () => {
         await proxy.close();
       }
     }, 30_000);
+
+    it('with a short keepalive the agent finds a blackholed link dead and resumes its generations on a new connection, token-identical, long before their deadline; a request caught on the dead link ends with UNAVAILABLE when it is found', async () => {
+      /** The agent's GRPC_KEEPALIVE_TIME_MS and GRPC_KEEPALIVE_TIMEOUT_MS. */
+      const AGENT_KEEPALIVE = { timeMs: 500, timeoutMs: 500 };
+      const { proxy, service, client: c } = await agentBehindProxy('dev-blackhole-ka', keepaliveEnv(AGENT_KEEPALIVE));
+      try {
+        const deadlineMs = 20_000;
+        const refs = await Promise.all(BLACKHOLE_JOBS.map(([placement, n]) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs)));
+        refs.forEach((r, i) => { expect(r.error).toBeUndefined(); expect(r.ids).toHaveLength(BLACKHOLE_JOBS[i][1]); });
+        const short = await generateVia(c, { placement: 'CCSSSC', maxNewTokens: 4 });
+        expect(short.error).toBeUndefined();
+        const before = await statusOf(c);
+        const logsBefore = proxied.logs.length;
+        const { runs, t0 } = await blackholeMidGeneration(proxy, c, deadlineMs);
+        // Taken on the connection that just died (the agent cannot know yet): its session never opens.
+        const late = generateVia(c, { placement: 'CCSSSC', maxNewTokens: 4 }, deadlineMs);
+        // The agent's pings go unanswered: within its keepalive it drops the connection, which
+        // ends the sessions on it with UNAVAILABLE, and opens a new one through the proxy (new
+        // connections pass: the path to the executor is there, the old one is lost).
+        const bound = AGENT_KEEPALIVE.timeMs + AGENT_KEEPALIVE.timeoutMs + SLACK_MS;
+        await eventually(() => proxy.connections >= 2, { timeoutMs: bound + 2000, intervalMs: 10, what: 'the agent on a new connection' });
+        const detectedMs = Date.now() - t0;
+        expect(detectedMs).toBeLessThan(bound);
+        // A request taken now goes over the new connection.
+        const after = await generateVia(c, { placement: 'CCSSSC', maxNewTokens: 4 }, deadlineMs);
+        expect(after.error).toBeUndefined();
+        expect(after.ids).toEqual(short.ids);
+        const outcomes = await Promise.all(runs);
+        const lateOutcome = await late;
+        process.stderr.write(`blackhole, agent keepalive ${AGENT_KEEPALIVE.timeMs} + ${AGENT_KEEPALIVE.timeoutMs} ms: a new connection ${detectedMs} ms after; `
+          + `generations ${outcomes.map((o, i) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms (undisturbed ${refs[i].ms})`).join(', ')}; `
+          + `caught on the dead link ${lateOutcome.error ? `${grpc.status[lateOutcome.error.code]} '${lateOutcome.error.details}'` : 'OK'} ${lateOutcome.ms} ms; taken after ${after.ms} ms\n`);
+        expectAccounted([...outcomes, lateOutcome, after]);
+        // Every generation that ran resumed and completed with the undisturbed tokens, far inside its deadline.
+        expect(outcomes.map((o) => o.error?.details)).toEqual(BLACKHOLE_JOBS.map(() => undefined));
+        outcomes.forEach((o, i) => expect(o.ids).toEqual(refs[i].ids));
+        for (const o of outcomes) expect(o.ms).toBeLessThan(deadlineMs / 2);
+        // The one caught on the dead link had no session to resume: it ends when the link is found dead, with a clear status, not at its deadline.
+        if (lateOutcome.error) {
+          expect(lateOutcome.error.code).toBe(grpc.status.UNAVAILABLE);
+          expect(lateOutcome.ms).toBeLessThan(bound);
+        } else {
+          expect(lateOutcome.ids).toEqual(short.ids);
+        }
+        const st = await statusOf(c);
+        expect(st.resumedGenerations).toBe(before.resumedGenerations + BLACKHOLE_JOBS.length);
+        expect(st.failures).toBe(before.failures + (lateOutcome.error ? 1 : 0));
+        // The executor dropped the dead connection too: its server-side generation was stopped there, and every session is freed.
+        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 5000, intervalMs: 50, what: 'every session freed' });
+        const stopped = proxied.logs.slice(logsBefore).filter((l) => l.msg === 'server-side generation stopped before its end');
+        expect(stopped).toEqual([expect.objectContaining({ clientId: 'dev-blackhole-ka', maxNewTokens: 1019, reason: 'cancelled by the client or its connection was lost' })]);
+      } finally {
+        c.close();
+        await service.kill();
+        await proxy.close();
+      }
+    }, 30_000);
   });
 });
