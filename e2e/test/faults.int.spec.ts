@@ -345,10 +345,11 @@ describe('faults with real services as child processes', () => {
 
     /**
      * What runs when a blackhole test kills the link: two split generations (a round trip per
-     * token) and a server-side one that fills the context (5 + 1019 - 1 tokens), so it is still
-     * decoding when the link is found dead.
+     * token: they stall with the link, whatever their length) and a server-side one that fills
+     * the context (5 + 1019 - 1 tokens), so the executor is still decoding it when it finds
+     * the link dead.
      */
-    const BLACKHOLE_JOBS = [['CCSSSC', 400], ['CSCSSC', 400], ['SSSSSS', 1019]] as const;
+    const BLACKHOLE_JOBS = [['CCSSSC', 100], ['CSCSSC', 100], ['SSSSSS', 1019]] as const;
 
     /**
      * Starts BLACKHOLE_JOBS through `c` (behind `proxy`, on an executor with no session open) and
