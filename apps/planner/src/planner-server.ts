@@ -118,6 +118,13 @@ interface ClientState {
   plan: ClientPlan | undefined;
 }
 
+/** What the planner logs for each change of a class's safety factor (Calibrator). */
+const SAFETY_MESSAGES = {
+  tighten: 'plan misses its SLO attainment target; planning the class tighter',
+  relax: 'SLO attainment recovered; relaxing the class one step',
+  release: 'all-server misses its SLO attainment target too (the server or the SLO, not the plan); releasing the class from all-server',
+} as const;
+
 /** Time constant of the request rates the planner estimates from outcomes, ms. */
 export const RATE_TIME_CONSTANT_MS = 10_000;
 
@@ -365,7 +372,7 @@ export class PlannerServer {
     const r = this.calibrator.record(v, this.now());
     if (r.safety) {
       this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety },
-        r.safety.change === 'tighten' ? 'plan misses its SLO attainment target; planning the class tighter' : 'SLO attainment recovered; relaxing the class one step');
+        SAFETY_MESSAGES[r.safety.change]);
     }
     if (r.replan) {
       this.dirty.add(v.clientId);
