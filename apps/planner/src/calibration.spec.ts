@@ -31,6 +31,8 @@ class Harness {
   plan: ClassPlacement[] = [];
   /** Every placement the client was given, in order (a new entry per plan change). */
   readonly history: string[] = [];
+  /** The safety change the last outcome made, if any. */
+  lastChange: 'tighten' | 'relax' | 'release' | undefined;
   constructor(readonly cal: Calibrator) { this.replan(); }
 
   replan(): void {
@@ -52,7 +54,8 @@ class Harness {
       clientId: 'dev', requestClass: 'short', placement: opts.placement ?? p.placement, planEpoch: opts.epoch ?? this.epoch, ok: true, good,
       predicted: { e2e: p.predictedLatencyMs, ttft: 0, tpot: 0 }, measured: { e2e, ttft: e2e, tpot: 0 }, unixMs: this.now,
     };
-    const { replan } = this.cal.record(o, this.now);
+    const { replan, safety } = this.cal.record(o, this.now);
+    this.lastChange = safety?.change;
     if (replan) this.replan();
     return replan;
   }
@@ -167,9 +170,30 @@ describe('Calibrator: safety against missed SLOs', () => {
     expect(h.placement).toBe('SSS');
     expect(h.observed.allServer).toBe(true);
     expect(h.observed.safetyFactor).toBeCloseTo(0.8 ** 6, 9);
-    // nothing is safer than all-server: more misses change nothing
-    for (let i = 0; i < 20; i++) expect(h.outcome(false, { stepMs: 1000 })).toBe(false);
-    expect(h.history).toEqual(['CCS', 'CSS', 'SSS']);
+    // all-server missing as well before its dwell and minimum outcomes changes nothing
+    for (let i = 0; i < 4; i++) expect(h.outcome(false, { stepMs: 100 })).toBe(false);
+    expect(h.placement).toBe('SSS');
+    // then the floor is released (the misses are not the plan's): back to the floor factor's plan
+    expect(h.outcome(false, { stepMs: 1000 })).toBe(true);
+    expect(h.observed.allServer).toBe(false);
+    expect(h.placement).toBe('CSS');
+    // which may not tighten back to all-server for relaxDwellMs × backoff (3 s × 2)
+    for (let i = 0; i < 5; i++) h.outcome(false, { stepMs: 1000 });
+    expect(h.placement).toBe('CSS');
+    for (let i = 0; i < 3; i++) h.outcome(false, { stepMs: 1000 });
+    expect(h.placement).toBe('SSS');
+    expect(h.history).toEqual(['CCS', 'CSS', 'SSS', 'CSS', 'SSS']);
+  });
+
+  it('keeps all-server while it meets the target: only a floor that misses too is released', () => {
+    const h = new Harness(new Calibrator(OPTS));
+    for (let i = 0; i < 5; i++) h.outcome(false, { stepMs: 500 });
+    for (let i = 0; i < 5; i++) h.outcome(false, { stepMs: 1000 });
+    expect(h.placement).toBe('SSS');
+    // 19 of 20 good (above target; 2 s, shorter than the relax dwell): all-server stays
+    for (let i = 0; i < 20; i++) h.outcome(i !== 15, { stepMs: 100 });
+    expect(h.placement).toBe('SSS');
+    expect(h.observed.allServer).toBe(true);
   });
 
   it('counts toward attainment only outcomes of the plan in force', () => {
@@ -210,30 +234,38 @@ describe('Calibrator: safety against missed SLOs', () => {
       h.outcome(i % 2 === 0, { stepMs: 50 });
       if (h.placement !== last) { changes.push(h.now); last = h.placement; }
     }
-    // attainment 50 % < 90 %: CCS -> CSS -> SSS, and never back
-    expect(h.history).toEqual(['CCS', 'CSS', 'SSS']);
-    expect(changes).toHaveLength(2);
-    expect(changes[1] - changes[0]).toBeGreaterThanOrEqual(OPTS.dwellMs);
+    // attainment 50 % < 90 % on every placement: CCS -> CSS -> SSS; all-server misses too, so it
+    // is released, and each return to it waits relaxDwellMs × a backoff that doubles
+    expect(h.history.slice(0, 3)).toEqual(['CCS', 'CSS', 'SSS']);
+    expect(h.history.slice(3).every((p, i) => p === (i % 2 === 0 ? 'CSS' : 'SSS'))).toBe(true);
+    for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
+    const released = changes.filter((_, i) => h.history[i + 1] === 'CSS' && i >= 2);
+    const backTo = changes.filter((_, i) => h.history[i + 1] === 'SSS' && i >= 2);
+    const waits = backTo.map((t, i) => t - released[i]!);
+    expect(waits.length).toBeGreaterThanOrEqual(1);
+    for (let i = 1; i < waits.length; i++) expect(waits[i]).toBeGreaterThanOrEqual(waits[i - 1]! * 2 - 100);
   });
 
-  it('does not flap on bursts of misses and hits: relaxes that are undone wait ever longer', () => {
+  it('does not flap on bursts of misses and hits: changes that are undone wait ever longer', () => {
     const h = new Harness(new Calibrator(OPTS));
     const changes: number[] = [];
     let last = h.placement;
     const start = h.now;
     // 120 s of: 2 s of misses, then 6 s of hits, repeated 15 times (one outcome every 50 ms)
+    const kinds: (string | undefined)[] = [];
     for (let i = 0; i < 2400; i++) {
       h.outcome(i % 160 >= 40, { stepMs: 50 });
-      if (h.placement !== last) { changes.push(h.now - start); last = h.placement; }
+      if (h.placement !== last) { changes.push(h.now - start); kinds.push(h.lastChange); last = h.placement; }
     }
     // never more than one change per dwell, and fewer changes than bursts
     for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
     expect(changes.length).toBeLessThan(15);
-    // each relax (a placement with fewer server stages) comes after a longer wait than the one before
-    const servers = (p: string): number => p.split('S').length - 1;
-    const relaxWaits = changes.map((t, i) => ({ t, wait: t - (changes[i - 1] ?? 0), relax: servers(h.history[i + 1]) < servers(h.history[i]) })).filter((c) => c.relax).map((c) => c.wait);
-    expect(relaxWaits.length).toBeGreaterThanOrEqual(3);
-    for (let i = 1; i < relaxWaits.length; i++) expect(relaxWaits[i]).toBeGreaterThan(relaxWaits[i - 1] * 1.5);
+    // Every burst makes the plan in force miss, all-server included: so the class goes to
+    // all-server, which misses in the next burst and is released, and each return from a release
+    // (or a relax) waits longer than the one before.
+    const backWaits = changes.map((t, i) => ({ wait: t - (changes[i - 1] ?? 0), after: kinds[i - 1] })).filter((c) => c.after === 'release' || c.after === 'relax').map((c) => c.wait);
+    expect(backWaits.length).toBeGreaterThanOrEqual(2);
+    for (let i = 1; i < backWaits.length; i++) expect(backWaits[i]).toBeGreaterThan(backWaits[i - 1] * 1.5);
   });
 
   it('doubles the relax dwell after a relax that had to be undone', () => {

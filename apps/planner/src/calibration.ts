@@ -50,7 +50,7 @@ export interface RecordResult {
   /** The client must be re-planned (a correction factor moved materially, or the safety factor changed). */
   readonly replan: boolean;
   /** The safety factor changed: the state after the change, for the planner's log. */
-  readonly safety?: { readonly change: 'tighten' | 'relax'; readonly factor: number; readonly allServer: boolean; readonly attainment: number; readonly outcomes: number };
+  readonly safety?: { readonly change: 'tighten' | 'relax' | 'release'; readonly factor: number; readonly allServer: boolean; readonly attainment: number; readonly outcomes: number };
 }
 
 /** An exponentially decayed mean, weights halving every `halfLife` samples. */
@@ -95,6 +95,8 @@ class ClassState {
   safetyChangedMs = 0;
   lastDirection: 'tighten' | 'relax' | undefined;
   backoff = 1;
+  /** The all-server floor missed too and was released: no tighten step goes back to it before this time, ms. */
+  floorBlockedUntilMs = 0;
   /** The e2e correction factor in force (planned with); moves toward the estimate by the rule of `judgeFactor`. */
   appliedE2e = 1;
   /** Ring of the last OBSERVATION_WINDOW successful outcomes' figures, allocated on the first one. */
@@ -233,12 +235,23 @@ export class Calibrator {
   }
 
   /** Tightens or relaxes the safety factor by the rule in the class comment. Returns the change made, if any. */
-  private judge(st: ClassState, nowMs: number): 'tighten' | 'relax' | undefined {
+  private judge(st: ClassState, nowMs: number): 'tighten' | 'relax' | 'release' | undefined {
     const o = this.opts;
     if (!o.learn || st.placement === undefined || st.searching || st.attainment.count < o.minOutcomes) return undefined;
     const a = st.attainment.mean;
     if (a < o.target) {
-      if (nowMs - st.sinceMs < o.dwellMs || !/C/.test(st.placement)) return undefined;
+      if (nowMs - st.sinceMs < o.dwellMs) return undefined;
+      if (st.allServer && !/C/.test(st.placement)) {
+        // The floor misses as well: the misses are the server's (overloaded) or the SLO's (out
+        // of anyone's reach), not the plan's, and holding every such class all-server only adds
+        // to the server's load. Release it, and keep it released for relaxDwellMs × backoff.
+        st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
+        st.allServer = false;
+        st.floorBlockedUntilMs = nowMs + o.relaxDwellMs * st.backoff;
+        st.lastChangeMs = st.safetyChangedMs = nowMs;
+        return 'release';
+      }
+      if (!/C/.test(st.placement)) return undefined;
       if (!this.stepDown(st, nowMs)) return undefined;
       if (st.lastDirection === 'relax') st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
       st.lastDirection = 'tighten';
@@ -256,10 +269,10 @@ export class Calibrator {
     return undefined;
   }
 
-  /** One tighten step: s·step, or all-server once that would go below the floor. False when already all-server. */
+  /** One tighten step: s·step, or all-server once that would go below the floor. False when already all-server, or the floor is blocked after a release. */
   private stepDown(st: ClassState, nowMs: number): boolean {
     if (st.safety * this.opts.step >= this.opts.floor - 1e-12) st.safety *= this.opts.step;
-    else if (!st.allServer) st.allServer = true;
+    else if (!st.allServer && nowMs >= st.floorBlockedUntilMs) st.allServer = true;
     else return false;
     st.lastChangeMs = st.safetyChangedMs = nowMs;
     return true;

@@ -82,8 +82,10 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
 
 /** Every stage on the server, priced on `inst`: the safety controller's floor. */
 function allServer(inst: GenerationInstance, best: GenerationResult): GenerationResult {
-  return generationResultOf(inst, best.algorithm, inst.stages.map((): Location => 'server'));
+  return generationResultOf(inst, best.algorithm, allServerPlacement(inst));
 }
+
+const allServerPlacement = (inst: GenerationInstance): Location[] => inst.stages.map((): Location => 'server');
 
 const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
 const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
@@ -258,6 +260,24 @@ export class PlanMaker {
     }
     return out;
   }
+
+  /**
+   * Server work per request of the all-server placement of each class (in `classes` order) for
+   * this client at this load: the most a latency plan can cost the server, which the planner's
+   * choice of objective weighs. Undefined until the server has reported.
+   */
+  allServerWork(client: ClientProfile, server: ServerLoad | undefined): number[] | undefined {
+    const out: number[] = [];
+    for (const cls of this.opts.classes) {
+      const inst = this.instance(client, server, cls);
+      if (!inst) return undefined;
+      out.push(generationResultOf(inst, this.opts.algorithm, allServerPlacement(inst)).serverWork);
+    }
+    return out;
+  }
+
+  /** Whether the algorithm follows the objective (the planner's own solvers; baselines place by their rule). */
+  get followsObjective(): boolean { return OBJECTIVE_ALGORITHMS.has(this.opts.algorithm); }
 
   /**
    * Solves at the server's reported load. When nothing meets the SLOs there, the fallback is

@@ -89,8 +89,10 @@ export interface PlannerServerOptions {
   readonly keepalive?: Keepalive;
   /**
    * Below this server utilisation the planner optimises latency (the server has capacity to
-   * spare); at or above it, server work under the SLA. It returns to latency only below half
-   * this value, so the objective does not flap. 0 always optimises work.
+   * spare); at or above it, server work under the SLA. It returns to latency only when both the
+   * measured utilisation and the one all-server plans would cause at the clients' request rates
+   * (latencyUtilisation) are below half this value, so the objective does not flap. 0 always
+   * optimises work.
    */
   readonly idleUtilisation: number;
   /**
@@ -105,12 +107,41 @@ export interface PlannerServerOptions {
 }
 
 interface ClientState {
+  /**
+   * Requests per second of each request class (index as the planner's classes), from the
+   * outcomes its agent publishes; with `allServerWork`, what the latency objective would cost.
+   */
+  readonly rates: RateMeter[];
+  /** Server work per request, ms, of each class's all-server placement at the last re-plan (objective algorithms only). */
+  allServerWork: number[] | undefined;
   /** The latest profile received. */
   profile: ClientProfile;
   /** The profile the current plan was made from (undefined until the first plan). */
   plannedWith: ClientProfile | undefined;
   lastSeenMs: number;
   plan: ClientPlan | undefined;
+}
+
+/** What the planner logs for each change of a class's safety factor (Calibrator). */
+const SAFETY_MESSAGES = {
+  tighten: 'plan misses its SLO attainment target; planning the class tighter',
+  relax: 'SLO attainment recovered; relaxing the class one step',
+  release: 'all-server misses its SLO attainment target too (the server or the SLO, not the plan); releasing the class from all-server',
+} as const;
+
+/** Time constant of the request rates the planner estimates from outcomes, ms. */
+export const RATE_TIME_CONSTANT_MS = 10_000;
+
+/**
+ * An event rate with exponential forgetting (time constant RATE_TIME_CONSTANT_MS): each event
+ * adds 1 / τ, and the sum decays as e^(−t/τ), so a steady stream of r events/s reads r.
+ */
+export class RateMeter {
+  private value = 0;
+  private atMs = 0;
+  add(nowMs: number): void { this.value = this.perS(nowMs) + 1000 / RATE_TIME_CONSTANT_MS; this.atMs = nowMs; }
+  /** Events per second at `nowMs`. */
+  perS(nowMs: number): number { return this.value * Math.exp(-Math.max(0, nowMs - this.atMs) / RATE_TIME_CONSTANT_MS); }
 }
 
 /** |a - b| relative to the larger of the two; figures below `floor` count as `floor` (noise on ~0 ms stages is not a change). */
@@ -241,6 +272,7 @@ export class PlannerServer {
   private readonly log: Logger;
   private readonly calibrator: Calibrator;
   private readonly classNames: ReadonlySet<string>;
+  private readonly classIndex: ReadonlyMap<string, number>;
   /**
    * Counters, for status and tests. `outcomes`: outcomes taken; `strayOutcomes`: well-formed
    * outcomes of a client the planner does not know (not yet, or forgotten), ignored;
@@ -266,6 +298,7 @@ export class PlannerServer {
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
     this.classNames = new Set(opts.maker.opts.classes.map((c) => c.name));
+    this.classIndex = new Map(opts.maker.opts.classes.map((c, i) => [c.name, i]));
   }
 
   async start(): Promise<{ port: number }> {
@@ -336,12 +369,14 @@ export class PlannerServer {
     const v = validateOutcome(o, { stageCount: this.opts.maker.opts.stages.length, classes: this.classNames, subject });
     if (!o.modelId) throw new TelemetryError(`GenerationOutcome.modelId must name the model (it is empty), given ''`, 'GenerationOutcome.modelId:required');
     this.checkModel(o.modelId);
-    if (!this.clients.has(v.clientId)) { this.counters.strayOutcomes++; return; }
+    const client = this.clients.get(v.clientId);
+    if (!client) { this.counters.strayOutcomes++; return; }
     this.counters.outcomes++;
+    client.rates[this.classIndex.get(v.requestClass)!]!.add(this.now());
     const r = this.calibrator.record(v, this.now());
     if (r.safety) {
       this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety },
-        r.safety.change === 'tighten' ? 'plan misses its SLO attainment target; planning the class tighter' : 'SLO attainment recovered; relaxing the class one step');
+        SAFETY_MESSAGES[r.safety.change]);
     }
     if (r.replan) {
       this.dirty.add(v.clientId);
@@ -357,7 +392,7 @@ export class PlannerServer {
     validateProfile(p, { stageCount: this.opts.maker.opts.stages.length, modelId: this.opts.modelId, subject });
     this.counters.profiles++;
     const st = this.clients.get(p.clientId);
-    if (st) { st.profile = p; st.lastSeenMs = this.now(); } else this.clients.set(p.clientId, { profile: p, plannedWith: undefined, lastSeenMs: this.now(), plan: undefined });
+    if (st) { st.profile = p; st.lastSeenMs = this.now(); } else this.clients.set(p.clientId, { rates: this.opts.maker.opts.classes.map(() => new RateMeter()), allServerWork: undefined, profile: p, plannedWith: undefined, lastSeenMs: this.now(), plan: undefined });
     // A profile that moves nothing the plan is priced from only refreshes the client's TTL.
     if (st?.plannedWith && st.plan && !profileChanged(st.plannedWith, p, this.threshold)) return;
     this.markDirty(p.clientId);
@@ -397,7 +432,7 @@ export class PlannerServer {
     const idle = this.opts.idleUtilisation;
     const before = this.objective;
     if (u >= idle) this.objective = 'work';
-    else if (u < idle / 2) this.objective = 'latency';
+    else if (u < idle / 2 && (before === 'latency' || this.latencyUtilisation(u) < idle / 2)) this.objective = 'latency';
     if (before !== this.objective) this.log.info({ utilisation: u, objective: this.objective }, 'objective changed');
     // Every plan depends on the server's prices: re-plan all clients, but only when those
     // prices moved materially since the plans in force were made (or the objective changed).
@@ -405,6 +440,28 @@ export class PlannerServer {
     this.plannedLoad = l;
     for (const id of this.clients.keys()) this.dirty.add(id);
     this.scheduleReplan();
+  }
+
+  /**
+   * The utilisation the server would reach if every client's plans went all-server (the most a
+   * latency plan costs): the measured `u` plus, per client and class, its request rate times
+   * the server work all-server would add over the plan in force. The objective returns to
+   * latency only when this stays below half the threshold, so that a fleet moved to the
+   * devices by the work objective is not brought back all at once onto a server that it would
+   * saturate (which would send it back again: the objective would flap with the load it causes).
+   * O(clients × classes), evaluated only while the objective could return to latency.
+   */
+  latencyUtilisation(u: number): number {
+    const now = this.now();
+    let added = 0;
+    for (const st of this.clients.values()) {
+      if (!st.allServerWork || !st.plan) continue;
+      for (let i = 0; i < st.rates.length; i++) {
+        const r = st.rates[i]!.perS(now);
+        if (r > 0) added += r * Math.max(0, st.allServerWork[i]! - (st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
+      }
+    }
+    return u + added;
   }
 
   /** Queues one client for re-planning (e.g. its calibration changed). */
@@ -505,6 +562,7 @@ export class PlannerServer {
     const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id));
     if (!classes) return;
     st.plannedWith = st.profile;
+    if (this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective) st.allServerWork = this.opts.maker.allServerWork(st.profile, this.serverLoad);
     const changed = !st.plan || classes.some((c, i) => c.placement !== st.plan!.classes[i]?.placement);
     if (!changed) {
       // Same placements: refresh the predictions silently (shown by ListPlans), no push.

@@ -1,4 +1,4 @@
-import type { ClientProfile, ServerLoad } from '@tandem/protocol';
+import { OutcomeStatus, type ClientPlan, type ClientProfile, type GenerationOutcome, type ServerLoad } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually } from '@tandem/testkit';
 import { PlanMaker } from '../src/plan-maker';
@@ -111,6 +111,41 @@ describe('PlannerServer re-planning', () => {
     expect(p.counters.slices).toBeGreaterThan(1);
     expect(passesWhenTimerRan).toBe(0);
     expect(p.plans()).toHaveLength(3000);
+  });
+
+  it('returns to latency only when all-server plans at the clients\' request rates would leave the server below half the threshold', async () => {
+    let now = 1_000_000;
+    p = planner(10, { idleUtilisation: 0.5, utilisationSmoothing: 1, now: () => now });
+    // Clients as fast as the server on short links: the work objective runs everything on them.
+    const ids = ['c0', 'c1', 'c2', 'c3'];
+    for (const id of ids) p.onProfile(profile(id, 1));
+    p.onLoad(load(1, 0.9));
+    expect(p.currentObjective).toBe('work');
+    await eventually(() => p.plans().length === 4, { what: 'the first plans' });
+    const short = (plan: ClientPlan): GenerationOutcome => {
+      const c = plan.classes[0]!;
+      return {
+        clientId: plan.clientId, clientClass: 'default', modelId: 'm', requestClass: c.name, placement: c.placement, planEpoch: plan.epoch,
+        promptTokens: 10, newTokens: 8, predictedE2eMs: 0, predictedTtftMs: 0, predictedTpotMs: 0, ttftMs: 10, tpotMs: 5, e2eMs: 50,
+        serverComputeMs: 0, serverQueueMs: 0, slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0, slaMet: 50 <= c.slaMs, ttftMet: true, tpotMet: true,
+        status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: now,
+      };
+    };
+    for (const plan of p.plans()) expect(plan.classes[0]!.placement).toBe('CCCCCC');
+    // 10 requests/s from each client for 20 s, all run on the devices: the server is idle.
+    for (let t = 0; t < 200; t++) {
+      now += 100;
+      for (const plan of p.plans()) p.onOutcome(short(plan));
+    }
+    // All-server at 4 × 10 requests/s would need several cores: the measured 1 % does not bring it back.
+    expect(p.latencyUtilisation(0.01)).toBeGreaterThan(1);
+    p.onLoad(load(1, 0.01));
+    expect(p.currentObjective).toBe('work');
+    // The requests stop; a minute later their rate has decayed and latency is affordable again.
+    now += 60_000;
+    expect(p.latencyUtilisation(0.01)).toBeLessThan(0.05);
+    p.onLoad(load(1, 0.01));
+    expect(p.currentObjective).toBe('latency');
   });
 
   it('smooths utilisation: one busy interval does not switch the objective, a busy spell does', () => {
