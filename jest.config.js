@@ -5,8 +5,9 @@ module.exports = {
   testEnvironment: path.join(__dirname, 'tools/jest/ort-env.js'),
   transform: { '^.+\\.ts$': ['@swc/jest', { jsc: { parser: { syntax: 'typescript' }, target: 'es2022' }, module: { type: 'commonjs' } }] },
   moduleNameMapper: {
-    '^@tandem/(protocol|dp|model|testkit|service-kit)$': path.join(__dirname, 'libs/$1/src/index.ts'),
+    '^@tandem/(protocol|dp|model|testkit|service-kit|util|plot)$': path.join(__dirname, 'libs/$1/src/index.ts'),
     '^@tandem/(server-executor|planner|client-agent)$': path.join(__dirname, 'apps/$1/src/index.ts'),
+    '^@tandem/(launcher|demo|loadtest|simulate)$': path.join(__dirname, 'tools/$1/src/index.ts'),
   },
   testMatch: ['**/?(*.)+(spec|test).ts'],
   testPathIgnorePatterns: ['/node_modules/'],

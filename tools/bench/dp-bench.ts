@@ -19,7 +19,7 @@ import {
   approxEqual, evaluateGeneration, evaluatePlacement, instanceFromShape, linkFromMbps, requestCosts, sloCheck, sloRatio, solveDp, solveDpGrid,
   solveGenerationDp, type GenerationInstance, type Location, type PlacementInstance, type PlacementResult, type Slo, type TransformerShape,
 } from '@tandem/dp';
-import { seededRandom } from '@tandem/testkit';
+import { seededRandom } from '@tandem/util';
 
 const GPT2_MEDIUM: TransformerShape = {
   name: 'gpt2-medium', dModel: 1024, dFF: 4096, encoderLayers: 0, decoderLayers: 24, crossAttention: false,

@@ -20,7 +20,8 @@ import { connect } from '@nats-io/transport-node';
 import { DEFAULT_CLASSES, PlanMaker, PlannerServer } from '@tandem/planner';
 import { ClientProfile, HealthClient, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { seededRandom, startNatsServer } from '@tandem/testkit';
+import { startNatsServer } from '@tandem/testkit';
+import { seededRandom, sleep } from '@tandem/util';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -75,7 +76,7 @@ async function publisher(url: string): Promise<void> {
         if (tick % 10 === 0) nc.publish(Subjects.serverLoad('bench'), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, 0.005, rnd)).finish());
         debt += perTick;
         for (; debt >= 1; debt--) { nc.publish(Subjects.clientProfile(`c${next}`), ClientProfile.encode(profileOf(next, 0.005, rnd)).finish()); next = (next + 1) % cmd.clients; }
-        await new Promise((r) => setTimeout(r, 100));
+        await sleep(100);
       }
     }
     await nc.flush();
@@ -99,7 +100,7 @@ function prober(addr: string): { stop: () => number[] } {
       const t0 = performance.now();
       await new Promise<void>((r) => client.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, () => r()));
       lat.push(performance.now() - t0);
-      await new Promise((r) => setTimeout(r, 5));
+      await sleep(5);
     }
   };
   void loop();
@@ -117,16 +118,16 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
     const t0 = Date.now();
     while (planner.counters.passes <= after) {
       if (Date.now() - t0 > 120_000) throw new Error('no re-plan pass within 120 s');
-      await new Promise((r) => setTimeout(r, 5));
+      await sleep(5);
     }
   };
   try {
     await send({ op: 'profiles', clients });
-    while (planner.counters.profiles < clients) await new Promise((r) => setTimeout(r, 10));
+    while (planner.counters.profiles < clients) await sleep(10);
     let p = planner.counters.passes;
     await send({ op: 'load', clients, utilisation: 0.2 });
     await waitPass(p);
-    while (planner.plans().length < clients) await new Promise((r) => setTimeout(r, 10));
+    while (planner.plans().length < clients) await sleep(10);
     const probe = prober(`127.0.0.1:${port}`);
     const passMs: number[] = [];
     for (let k = 0; k < passes; k++) {

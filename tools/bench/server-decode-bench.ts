@@ -14,13 +14,12 @@
  *
  *   npx tsx tools/bench/server-decode-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 5] [--threads 2] [--latency 0] [--batching on]
  */
-import * as os from 'node:os';
-import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
-import { arg, ensureModel, median, openSession } from './bench-kit';
+import { sleep } from '@tandem/util';
+import { arg, benchModel, median, openSession } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const sessions = Number(arg('sessions', '8'));
@@ -34,7 +33,6 @@ const batching = arg('batching', 'on') !== 'off';
 const tokens = decode + 1;
 
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
-const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
 const idsOf = (ids: number[]): ReturnType<typeof toWireTensor> => toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) });
 
 /** What one generation produced: its tokens and when each reached the client (ms). */
@@ -92,8 +90,7 @@ async function serverGenerate(client: ExecutorServiceClient, prompt: number[]): 
 const msPerToken = (r: Run): number => (r.at[r.at.length - 1] - r.at[0]) / (r.at.length - 1);
 
 async function main(): Promise<void> {
-  const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
-  await ensureModel(dir, preset);
+  const dir = await benchModel(preset);
   const log = createLogger({ name: 'bench', level: 'silent' });
   const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
   const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'bench', maxSessions: 1024, maxContextTokens: 0, maxMessageBytes: 64 << 20,

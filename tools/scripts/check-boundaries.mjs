@@ -18,15 +18,21 @@ for (const dir of dirs) {
 const byName = new Map(projects.map((p) => [p.name, p]));
 
 const IO = ['@grpc/', '@nats-io/', 'nats', 'onnxruntime-', 'pino', 'node:fs', 'node:net', 'fs', 'net', 'node:child_process', 'child_process'];
-/** tag → { allowed: project tags it may import, banned: external import prefixes } */
+/**
+ * tag → { allowed: project tags it may import, banned: external import prefixes }. util: small
+ * dependency-free helpers anyone may import; harness: what runs the services on this machine
+ * (launcher, demo, load test, simulator) for the tools and the end-to-end tests.
+ */
 const RULES = {
-  'type:algo': { allowed: [], banned: IO },
-  'type:protocol': { allowed: [], banned: ['@nats-io/', 'nats', 'onnxruntime-', 'pino'] },
-  'type:platform': { allowed: ['type:protocol'], banned: [] },
-  'type:testkit': { allowed: ['type:protocol', 'type:platform'], banned: [] },
-  'type:app': { allowed: ['type:protocol', 'type:algo', 'type:platform'], banned: [] },
-  'type:tool': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app'], banned: [] },
-  'type:e2e': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app'], banned: [] },
+  'type:util': { allowed: [], banned: IO },
+  'type:algo': { allowed: ['type:util'], banned: IO },
+  'type:protocol': { allowed: ['type:util'], banned: ['@nats-io/', 'nats', 'onnxruntime-', 'pino'] },
+  'type:platform': { allowed: ['type:protocol', 'type:util'], banned: [] },
+  'type:testkit': { allowed: ['type:protocol', 'type:platform', 'type:util'], banned: [] },
+  'type:app': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:util'], banned: [] },
+  'type:harness': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app', 'type:util', 'type:harness'], banned: [] },
+  'type:tool': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app', 'type:util', 'type:harness'], banned: [] },
+  'type:e2e': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app', 'type:util', 'type:harness'], banned: [] },
 };
 
 function* tsFiles(dir) {
@@ -68,7 +74,7 @@ for (const p of projects) {
         problems.push(`${rel}: a ${p.tag} project may not import '${spec}'`);
       }
     }
-    if (p.tag !== 'type:tool' && p.tag !== 'type:e2e' && !isTest && /process\.env\b/.test(src) && !/[\\/](config|main)\.ts$/.test(rel) && !rel.startsWith('libs/testkit')) {
+    if (!['type:tool', 'type:harness', 'type:e2e'].includes(p.tag) && !isTest && /process\.env\b/.test(src) && !/[\\/](config|main)\.ts$/.test(rel) && !rel.startsWith('libs/testkit')) {
       problems.push(`${rel}: reads process.env outside config.ts`);
     }
   }

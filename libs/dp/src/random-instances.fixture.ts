@@ -8,17 +8,7 @@ import { instanceFromShape, linkFromMbps, type TransformerShape } from './cost-m
 import { evaluateGeneration, type GenerationCost, type GenerationInstance, type GenerationStage, type Slo } from './generation';
 import type { PlacementInstance, Stage } from './types';
 
-/** mulberry32: a small deterministic PRNG giving floats in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from '@tandem/util';
 
 function pick<T>(rnd: () => number, xs: readonly T[]): T {
   return xs[Math.floor(rnd() * xs.length)];

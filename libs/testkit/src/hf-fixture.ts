@@ -4,7 +4,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { seededRandom } from './random';
+import { seededRandom } from '@tandem/util';
 
 export interface HfConfig {
   vocab_size: number;

@@ -1,9 +1,10 @@
 /** @tandem/testkit: helpers for tests, benchmarks and tools. Production code never imports it. */
 export { natsServerBinary, startNatsServer } from './nats-server';
 export type { NatsServerHandle, StartNatsServerOptions } from './nats-server';
-export { freePort } from './ports';
+export { canConnect, freePort } from './ports';
 export { TcpProxy } from './tcp-proxy';
-export { seededRandom } from './random';
+// The one seeded PRNG (@tandem/util), here too for the tests that import it with the other helpers.
+export { seededRandom } from '@tandem/util';
 export { eventually, withTimeout } from './wait';
 export { makeTempModel } from './models';
 export type { TempModel } from './models';

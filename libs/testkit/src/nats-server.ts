@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createConnection } from 'node:net';
-import { freePort } from './ports';
+import { sleep } from '@tandem/util';
+import { canConnect, freePort } from './ports';
 
 /** A nats-server process started for a test. */
 export interface NatsServerHandle {
@@ -23,15 +23,9 @@ export function natsServerBinary(env: NodeJS.ProcessEnv = process.env): string {
 
 async function waitForPort(port: number, timeoutMs: number, gaveUp: () => boolean = () => false): Promise<void> {
   const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (gaveUp()) return;
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
+  while (!gaveUp() && !(await canConnect('127.0.0.1', port, 1000))) {
     if (Date.now() > until) throw new Error(`nats-server did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
 }
 
@@ -49,7 +43,7 @@ export interface StartNatsServerOptions {
 
 /**
  * Starts a real nats-server on a free loopback port and waits until it accepts
- * connections. The caller must `stop()` it.
+ * connections. The caller must `stop()` it; it is killed if this process exits first.
  */
 export async function startNatsServer(opts: StartNatsServerOptions = {}): Promise<NatsServerHandle> {
   const port = opts.port ?? (await freePort());
@@ -70,9 +64,11 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
     failed.catch(() => undefined);
     await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000, () => ended), failed]);
   };
+  const killNow = (): void => { child?.kill('SIGKILL'); };
   const stop = async (): Promise<void> => {
     const c = child;
     child = undefined;
+    process.off('exit', killNow);
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
     c.kill('SIGTERM');
@@ -80,6 +76,10 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
     await exited;
     clearTimeout(t);
   };
-  await launch();
-  return { url: `nats://127.0.0.1:${port}`, port, stop, restart: async () => { await stop(); await launch(); } };
+  const start = async (): Promise<void> => {
+    process.on('exit', killNow);
+    await launch().catch(async (err: unknown) => { await stop(); throw err; });
+  };
+  await start();
+  return { url: `nats://127.0.0.1:${port}`, port, stop, restart: async () => { await stop(); await start(); } };
 }

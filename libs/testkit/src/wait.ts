@@ -1,3 +1,5 @@
+import { sleep } from '@tandem/util';
+
 /**
  * Polls `fn` until it returns a value that is not undefined/false, or throws after
  * `timeoutMs` with the last error or value. Every wait in tests is bounded by this.
@@ -19,7 +21,7 @@ export async function eventually<T>(fn: () => T | Promise<T>, opts: { timeoutMs?
       const detail = last instanceof Error ? last.message : JSON.stringify(last);
       throw new Error(`${opts.what ?? 'condition'} not met within ${timeoutMs} ms (last: ${detail})`);
     }
-    await new Promise((r) => setTimeout(r, intervalMs));
+    await sleep(intervalMs);
   }
 }
 

@@ -1,4 +1,5 @@
 import { connect } from '@nats-io/transport-node';
+import { sleep } from '@tandem/util';
 import { startNatsServer } from '../src';
 
 describe('startNatsServer', () => {
@@ -16,7 +17,7 @@ describe('startNatsServer', () => {
       const until = Date.now() + 5000;
       while (got.length < 2 && Date.now() < until) {
         try { nc.publish('t.x', 'two'); await nc.flush(); } catch { /* reconnecting */ }
-        await new Promise((r) => setTimeout(r, 100));
+        await sleep(100);
       }
       await done;
       expect(got).toEqual(['one', 'two']);

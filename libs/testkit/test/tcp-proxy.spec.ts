@@ -1,4 +1,5 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { sleep } from '@tandem/util';
 import { eventually, TcpProxy } from '../src';
 
 /** An echo server on 127.0.0.1 that records how each of its connections ended. */
@@ -61,7 +62,7 @@ describe('TcpProxy', () => {
       await eventually(() => c.got() === 'x', { what: 'the echo' });
       proxy.blackhole();
       c.socket.write('y');
-      await new Promise((r) => setTimeout(r, 300));
+      await sleep(300);
       expect(c.got()).toBe('x');
       expect(c.ends).toEqual([]);
       expect(echo.ends).toEqual([]);
