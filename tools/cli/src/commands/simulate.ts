@@ -4,9 +4,7 @@ import { intFlag, parseArgs } from '../args';
 import type { Command } from '../command';
 import { UsageError } from '../errors';
 import { printJson, progressReporter, type CliIo } from '../io';
-import { SIMULATED_MODELS } from '../simulate/models';
-import { buildReport } from '../simulate/report';
-import { DEFAULT_RANGES, QUICK_RANGES, runSweep, sweepConfigs } from '../simulate/sweep';
+import { buildReport, DEFAULT_RANGES, QUICK_RANGES, runSweep, SIMULATED_MODELS, sweepConfigs } from '@tandem/simulate';
 
 const MODEL_NAMES = SIMULATED_MODELS.map((m) => m.shape.name);
 

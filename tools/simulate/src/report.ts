@@ -1,4 +1,4 @@
-import { renderChart, type ChartSeries } from '../plot/svg';
+import { renderChart, type ChartSeries } from '@tandem/plot';
 import { PAPER_RESULTS, SIMULATED_MODELS } from './models';
 import { summarize, summarizeBy, type ConfigResult, type Summary, type SweepRanges } from './sweep';
 
