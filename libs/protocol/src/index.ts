@@ -63,4 +63,6 @@ export { ID_PATTERN, Subjects } from './subjects';
 export { HealthReporter } from './health';
 export { channelOptions, DEFAULT_KEEPALIVE, keepaliveOptions } from './channel-options';
 export { RETRY_AFTER_KEY, retryAfterMsOf } from './retry-after';
+export { agentStatus, DEFAULT_CALL_DEADLINE_MS, DEFAULT_GENERATE_DEADLINE_MS, executorStatus, generateVia, listPlans, listPlansPage } from './calls';
+export type { GenerationResult } from './calls';
 export type { Keepalive } from './channel-options';
