@@ -1,24 +1,18 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { formatDemoReport } from '../src/demo/report';
-import type { DemoReport } from '../src/demo/run';
+import type { DemoReport } from '@tandem/demo';
+import { canConnect, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { sleep } from '@tandem/util';
+import { formatDemoReport } from '../src/views/demo-report';
 import { run } from './run-cli';
 
 const BIN = resolve(__dirname, '../bin/tandem.js');
 
 
 /** Whether something accepts TCP connections on 127.0.0.1:port. */
-function listening(port: number): Promise<boolean> {
-  return new Promise((done) => {
-    const s = createConnection({ host: '127.0.0.1', port });
-    s.once('connect', () => { s.destroy(); done(true); });
-    s.once('error', () => done(false));
-  });
-}
+const listening = (port: number): Promise<boolean> => canConnect('127.0.0.1', port, 5000);
 
 function alive(pid: number): boolean {
   try {
@@ -131,7 +125,7 @@ describe('tandem demo', () => {
     const started = (): boolean => /agents listening: /.test(demo.stderr());
     const until = Date.now() + 40_000;
     while (!started() && Date.now() < until) {
-      if (await Promise.race([demo.code.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 50))])) break;
+      if (await Promise.race([demo.code.then(() => true), sleep(50).then(() => false)])) break;
     }
     expect(started()).toBe(true);
     const ports = [...demo.stderr().matchAll(/(?:server-executor|planner|laptop|phone|kiosk) at 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));

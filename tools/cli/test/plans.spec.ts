@@ -1,9 +1,9 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
 import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClassObservations } from '@tandem/protocol';
-import { observationsTable } from '../src/demo/plans-view';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { observationsTable } from '../src/views/plans';
 import { run } from './run-cli';
 
 

@@ -1,14 +1,13 @@
 import * as path from 'node:path';
+import { DEFAULT_NATS_URL, DEMO_DEVICES, DEMO_SEED, DemoInterrupted, demoModelDir, ensureNats, NatsSetupError, runDemo } from '@tandem/demo';
+import { ensurePresetModel } from '@tandem/launcher';
 import { PRESETS } from '@tandem/model';
 import { intFlag, parseArgs } from '../args';
 import type { Command } from '../command';
-import { DEMO_DEVICES } from '../demo/devices';
-import { cachedModel, defaultModelDir, DEMO_SEED, existingModel } from '../demo/model';
-import { DEFAULT_NATS_URL, ensureNats } from '../demo/nats';
-import { formatDemoReport } from '../demo/report';
-import { DemoInterrupted, runDemo } from '../demo/run';
 import { UsageError } from '../errors';
 import { printJson, progressReporter, type CliIo } from '../io';
+import { existingModelFlag } from '../model-flags';
+import { formatDemoReport } from '../views/demo-report';
 
 /** The prompt of every generation. */
 export const DEMO_PROMPT = 'The quick brown fox';
@@ -64,7 +63,7 @@ export const demoCommand: Command = {
     if (modelFlag === '') throw new UsageError("--model must name a model directory, given ''");
     const tokens = intFlag(args, 'tokens', { min: 1, max: 512, default: 16 });
     const json = args.switches.has('json');
-    const given = modelFlag !== undefined ? { dir: path.resolve(modelFlag), manifest: await existingModel(path.resolve(modelFlag)) } : undefined;
+    const given = modelFlag !== undefined ? { dir: path.resolve(modelFlag), manifest: await existingModelFlag(path.resolve(modelFlag)) } : undefined;
     const progress = (line: string): void => { io.stderr.write(`demo ${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s: ${line}\n`); };
 
     // SIGINT/SIGTERM stop the services before the demo exits.
@@ -79,7 +78,9 @@ export const demoCommand: Command = {
     process.on('SIGTERM', onSignal);
     try {
       // NATS first: when there is none and no nats-server either, say so before any model work.
-      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress, ownServer: args.switches.has('own-nats') });
+      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress, ownServer: args.switches.has('own-nats') }).catch((err: unknown) => {
+        throw err instanceof NatsSetupError ? new UsageError(err.message, { cause: err }) : err;
+      });
       try {
         let modelDir: string;
         let manifest;
@@ -87,9 +88,9 @@ export const demoCommand: Command = {
           ({ dir: modelDir, manifest } = given);
           progress(`model ${modelDir} (${manifest.stages.length} stages)`);
         } else {
-          modelDir = defaultModelDir(preset);
+          modelDir = demoModelDir(preset);
           const bar = progressReporter(io, `demo: creating model ${preset}`);
-          const m = await cachedModel(preset, modelDir, (done, total) => bar(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`));
+          const m = await ensurePresetModel(preset, modelDir, (done, total) => bar(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`));
           manifest = m.manifest;
           progress(`${m.created ? 'created' : 'using cached'} model ${preset} (seed ${DEMO_SEED}, ${manifest.stages.length} stages) in ${modelDir}`);
         }

@@ -7,7 +7,7 @@ import type { Command } from '../command';
 import { UsageError } from '../errors';
 import { type CliIo, printJson } from '../io';
 import { clientSecurityFlags, SECURITY_FLAGS, SECURITY_USAGE } from '../security-flags';
-import { idsFlag, loadPipeline, placementFlag, readModelFlag, toUsageError } from './forward';
+import { idsFlag, loadPipeline, placementFlag, readModelFlag, toUsageError } from '../model-flags';
 
 /**
  * Where the tokens come from. Today only the in-process split pipeline (`--model` + `--placement`);

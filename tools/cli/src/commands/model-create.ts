@@ -4,7 +4,7 @@ import { intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
 import { UsageError } from '../errors';
 import { type CliIo, printJson, progressReporter } from '../io';
-import { toUsageError } from './forward';
+import { toUsageError } from '../model-flags';
 
 const USAGE = `usage: tandem model create --preset NAME --seed N --out DIR [--json]
 

@@ -3,7 +3,7 @@ import { importHfModel } from '@tandem/model';
 import { parseArgs, required } from '../args';
 import type { Command } from '../command';
 import { type CliIo, printJson, progressReporter } from '../io';
-import { toUsageError } from './forward';
+import { toUsageError } from '../model-flags';
 
 const USAGE = `usage: tandem model import --from HF_DIR --out DIR [--json]
 

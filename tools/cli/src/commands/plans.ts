@@ -1,14 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
 import { MAX_PLANS_PAGE_SIZE } from '@tandem/planner';
-import { ListPlansResponse, PlannerServiceClient } from '@tandem/protocol';
+import { listPlans, ListPlansResponse, PlannerServiceClient } from '@tandem/protocol';
+import { clientOptions } from '@tandem/service-kit';
 import { intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
-import { listPlans } from '../demo/grpc-calls';
-import { formatPlans } from '../demo/plans-view';
 import { UsageError } from '../errors';
 import { printJson, type CliIo } from '../io';
-import { clientOptions } from '@tandem/service-kit';
 import { clientSecurityFlags, SECURITY_FLAGS, SECURITY_USAGE } from '../security-flags';
+import { formatPlans } from '../views/plans';
 
 /** Deadline of the whole listing (every ListPlans page). */
 export const PLANS_DEADLINE_MS = 30_000;

@@ -2,14 +2,14 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { startService, stopServices, type ServiceProcess } from '@tandem/launcher';
 import type { Manifest } from '@tandem/model';
-import { AgentServiceClient, ListPlansResponse, PlannerServiceClient } from '@tandem/protocol';
+import { agentStatus, AgentServiceClient, generateVia, listPlans, ListPlansResponse, PlannerServiceClient, type GenerationResult } from '@tandem/protocol';
+import { clientOptions, loadClientSecurity, type ClientSecurity } from '@tandem/service-kit';
+import { sleep } from '@tandem/util';
 import { DEMO_DEVICES, type DemoDevice } from './devices';
-import { agentStatus, generateVia, listPlans, type GenerationResult } from './grpc-calls';
 import type { DemoNats } from './nats';
-import { ServiceSet, tailOf, type ServiceProcess } from './services';
 import { agentSpec, executorSpec, makeDemoSecurity, plannerSpec, type DemoSecurity } from './stack';
-import { loadClientSecurity, clientOptions, type ClientSecurity } from '@tandem/service-kit';
 
 /** The demo was stopped by a signal. */
 export class DemoInterrupted extends Error {
@@ -60,14 +60,9 @@ export interface DemoRun {
   readonly clientComputeMs: number;
 }
 
-export interface DemoAgentReport {
+/** One emulated device (its DemoDevice fields, its id as `device`) and its generations. */
+export interface DemoAgentReport extends Omit<DemoDevice, 'id'> {
   readonly device: string;
-  readonly clientClass: string;
-  readonly description: string;
-  readonly slowdown: number;
-  readonly linkLatencyMs: number;
-  readonly upBytesPerMs: number;
-  readonly downBytesPerMs: number;
   readonly runs: DemoRun[];
 }
 
@@ -118,8 +113,8 @@ class Guard {
     void p.listening.then(() => p.exited).then(() => {
       if (this.stopping) return;
       const { exitCode, signalCode } = p.child;
-      const tail = tailOf(p.logFile);
-      this.fail(new Error(`${p.spec.name} exited unexpectedly (${signalCode ?? `code ${exitCode}`}); log ${p.logFile}${tail ? `:\n${tail}` : ''}`));
+      const tail = p.tail(5);
+      this.fail(new Error(`${p.name} exited unexpectedly (${signalCode ?? `code ${exitCode}`}); log ${p.options.logFile}${tail ? `:\n${tail}` : ''}`));
     }, () => undefined);
   }
 
@@ -129,8 +124,6 @@ class Guard {
 
   stop(): void { this.stopping = true; }
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Polls every agent's GetStatus until each follows a plan (epoch > 0), with a progress line per change. */
 async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceClient }[], opts: DemoOptions, guard: Guard): Promise<void> {
@@ -178,7 +171,13 @@ function toRun(run: number, g: GenerationResult): DemoRun {
 export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const logDir = mkdtempSync(path.join(tmpdir(), 'tandem-demo-'));
   opts.progress(`service logs: ${logDir}${opts.keepLogs ? '' : ' (removed at the end unless something fails; --keep-logs keeps them)'}`);
-  const set = new ServiceSet(logDir);
+  const procs: ServiceProcess[] = [];
+  const start = (o: Parameters<typeof startService>[0]): ServiceProcess => {
+    const p = startService({ ...o, logFile: path.join(logDir, `${o.name}.log`) });
+    procs.push(p);
+    guard.watch(p);
+    return p;
+  };
   const guard = new Guard(opts.signal);
   let security: DemoSecurity | undefined;
   let client: ClientSecurity | undefined;
@@ -196,13 +195,11 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   let failed = false;
   try {
     opts.progress('starting the server-executor and the planner');
-    const executor = set.start(executorSpec(stack));
-    const planner = set.start(plannerSpec(stack));
-    for (const p of [executor, planner]) guard.watch(p);
+    const executor = start(executorSpec(stack));
+    const planner = start(plannerSpec(stack));
     await guard.race(Promise.all([executor.listening, planner.listening]));
     opts.progress(`server-executor at ${executor.address}, planner at ${planner.address}; starting ${DEMO_DEVICES.length} client-agents (each profiles its stages)`);
-    const agentProcs = DEMO_DEVICES.map((d) => set.start(agentSpec(stack, d, executor.address, planner.address)));
-    agentProcs.forEach((p) => guard.watch(p));
+    const agentProcs = DEMO_DEVICES.map((d) => start(agentSpec(stack, d, executor.address, planner.address)));
     await guard.race(Promise.all(agentProcs.map((p) => p.listening)));
     opts.progress(`agents listening: ${DEMO_DEVICES.map((d, i) => `${d.id} at ${agentProcs[i].address}`).join(', ')}`);
 
@@ -219,7 +216,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     // Round-robin, so telemetry from one run can reach the planner before the agent's next.
     for (let run = 1; run <= opts.runsPerAgent; run++) {
       for (const a of agents) {
-        const g = await guard.race(generateVia(a.client, { input: { $case: 'prompt', value: opts.prompt }, maxNewTokens: opts.tokens, placement: '' }, 120_000, opts.signal));
+        const g = await guard.race(generateVia(a.client, { input: { $case: 'prompt', value: opts.prompt }, maxNewTokens: opts.tokens, placement: '' }, 120_000, opts.signal)
+          .catch((e: Partial<grpc.ServiceError>) => { throw e.code === undefined ? e : new Error(`Generate failed: ${grpc.status[e.code] ?? e.code}: ${e.details || e.message}`); }));
         const r = toRun(run, g);
         a.runs.push(r);
         opts.progress(`${a.device.id} run ${run}: ${r.placement} (epoch ${r.planEpoch}), ${Math.round(r.totalMs)} ms${r.slaMs ? ` vs SLA ${r.slaMs} ms` : ''}`);
@@ -232,11 +230,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       nats: { url: opts.nats.url, startedHere: opts.nats.startedHere },
       prompt: opts.prompt,
       tokens: opts.tokens,
-      services: set.all.map((p) => ({ name: p.spec.name, app: p.spec.app, pid: p.child.pid ?? 0, port: p.port })),
-      agents: agents.map((a) => ({
-        device: a.device.id, clientClass: a.device.clientClass, description: a.device.description, slowdown: a.device.slowdown,
-        linkLatencyMs: a.device.linkLatencyMs, upBytesPerMs: a.device.upBytesPerMs, downBytesPerMs: a.device.downBytesPerMs, runs: a.runs,
-      })),
+      services: procs.map((p) => ({ name: p.name, app: p.options.app, pid: p.pid, port: p.port })),
+      agents: agents.map(({ device: { id, ...device }, runs }) => ({ device: id, ...device, runs })),
       plans,
       identicalOutputs: new Set(allIds).size === 1,
     };
@@ -246,8 +241,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   } finally {
     guard.stop();
     for (const c of clients) c.close();
-    if (set.all.length) opts.progress(`stopping ${set.all.length} services (SIGTERM; SIGKILL after 5 s)`);
-    killed = await set.stopAll();
+    if (procs.length) opts.progress(`stopping ${procs.length} services (SIGTERM; SIGKILL after 5 s)`);
+    killed = await stopServices(procs);
     if (killed.length) opts.progress(`killed after 5 s: ${killed.join(', ')}`);
     if (!failed && !opts.keepLogs) rmSync(logDir, { recursive: true, force: true });
     else opts.progress(`service logs kept in ${logDir}`);

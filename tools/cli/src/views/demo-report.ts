@@ -1,6 +1,6 @@
+import type { DemoAgentReport, DemoReport, DemoRun } from '@tandem/demo';
 import { ListPlansResponse } from '@tandem/protocol';
-import { formatPlans } from './plans-view';
-import type { DemoAgentReport, DemoReport, DemoRun } from './run';
+import { formatPlans } from './plans';
 import { formatTable, ms } from './table';
 
 function sides(placement: string): string {

@@ -1,16 +1,18 @@
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { natsServerConfig, natsServiceEnv } from '@tandem/service-kit';
-import { freePort, natsServerBinary } from '@tandem/testkit';
-import { UsageError } from '../errors';
+import { canConnect, natsServerBinary, startNatsServer } from '@tandem/testkit';
 import { DEMO_DEVICES } from './devices';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 /** EXECUTOR_ID of the demo's server-executor (its NATS user when the demo runs NATS with credentials). */
 export const DEMO_EXECUTOR_ID = 'demo-server';
+
+/** No NATS the demo can use: a bad NATS_URL, or nothing there and no nats-server to start (bad input: `tandem demo` exits 2). */
+export class NatsSetupError extends Error {
+  override name = 'NatsSetupError';
+}
 
 /** The NATS server the demo uses. `stop` stops it when the demo started it, and does nothing otherwise. */
 export interface DemoNats {
@@ -25,27 +27,14 @@ export interface DemoNats {
 
 const NO_CREDENTIALS = (): Record<string, string> => ({});
 
-/** host and port of a `nats://host:port` URL (port 4222 when omitted). @throws UsageError naming NATS_URL. */
+/** host and port of a `nats://host:port` URL (port 4222 when omitted). @throws NatsSetupError naming NATS_URL. */
 export function parseNatsUrl(url: string): { host: string; port: number } {
-  let u: URL;
+  let u: URL | undefined;
   try {
     u = new URL(url);
-  } catch {
-    throw new UsageError(`NATS_URL must be a URL like nats://host:port, given '${url}'`);
-  }
-  if (u.protocol !== 'nats:' || !u.hostname) throw new UsageError(`NATS_URL must be a URL like nats://host:port, given '${url}'`);
+  } catch { /* below */ }
+  if (u?.protocol !== 'nats:' || !u.hostname) throw new NatsSetupError(`NATS_URL must be a URL like nats://host:port, given '${url}'`);
   return { host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port ? Number(u.port) : 4222 };
-}
-
-/** Whether a TCP connection to host:port succeeds within `timeoutMs`. */
-export function canConnect(host: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createConnection({ host, port });
-    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok); };
-    const t = setTimeout(() => done(false), timeoutMs);
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
 }
 
 /** The nats-server binary to run, or undefined when there is none. */
@@ -60,7 +49,7 @@ export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string | u
 
 /**
  * NATS at `url` when something accepts TCP there within `probeMs`; otherwise a nats-server
- * started on a free loopback port. @throws UsageError when neither is possible.
+ * started on a free loopback port. @throws NatsSetupError when neither is possible.
  */
 export async function ensureNats(url: string, opts: { probeMs?: number; log?: (line: string) => void; ownServer?: boolean } = {}): Promise<DemoNats> {
   const { host, port } = parseNatsUrl(url);
@@ -70,54 +59,36 @@ export async function ensureNats(url: string, opts: { probeMs?: number; log?: (l
   }
   const bin = findNatsServer();
   if (!bin) {
-    throw new UsageError(`no NATS at NATS_URL=${url} and no nats-server binary (looked at $NATS_SERVER_BIN, /usr/sbin, /usr/bin, /usr/local/bin and PATH): `
+    throw new NatsSetupError(`no NATS at NATS_URL=${url} and no nats-server binary (looked at $NATS_SERVER_BIN, /usr/sbin, /usr/bin, /usr/local/bin and PATH): `
       + 'install one (apt-get install nats-server) or set NATS_URL to a running server');
   }
-  const h = await startOwnNats(bin);
+  const h = await startOwnNats();
   opts.log?.(`${opts.ownServer ? '--own-nats' : `no NATS at ${url}`}; started ${bin} at ${h.url} with one NATS user per service, each allowed only its own subjects (docs/security.md (NATS))`);
   return h;
 }
 
 /**
- * Runs `bin` on a free loopback port with a configuration from `natsServerConfig`: a user with
- * a random password per demo service, allowed only its own subjects. The configuration lives
- * in a private temporary directory, removed on stop. The server is killed if this process
- * exits without stopping it.
+ * A nats-server on a free loopback port with a configuration from `natsServerConfig`: a user
+ * with a random password per demo service, allowed only its own subjects. The configuration
+ * lives in a private temporary directory, removed on stop.
  */
-async function startOwnNats(bin: string): Promise<DemoNats> {
-  const port = await freePort();
+async function startOwnNats(): Promise<DemoNats> {
   const cfg = natsServerConfig({ agents: DEMO_DEVICES.map((d) => d.id), executors: [DEMO_EXECUTOR_ID], mode: 'password' });
   const dir = mkdtempSync(path.join(tmpdir(), 'tandem-demo-nats-'));
-  const confFile = path.join(dir, 'nats-server.conf');
-  writeFileSync(confFile, cfg.conf, { mode: 0o600 });
-  const child = spawn(bin, ['-c', confFile, '-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-  const running = (): boolean => child.exitCode === null && child.signalCode === null;
-  const killNow = (): void => { if (running()) child.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); };
-  process.on('exit', killNow);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const stop = async (): Promise<void> => {
-    process.off('exit', killNow);
-    rmSync(dir, { recursive: true, force: true });
-    if (!running()) return;
-    child.kill('SIGTERM');
-    const t = setTimeout(killNow, 2000);
-    await exited;
-    clearTimeout(t);
-  };
-  let spawnError: Error | undefined;
-  child.once('error', (e) => { spawnError = e; });
-  const until = Date.now() + 5000;
-  while (!(await canConnect('127.0.0.1', port, 200))) {
-    if (spawnError || !running() || Date.now() > until) {
-      await stop();
-      throw new Error(`${bin} did not listen on 127.0.0.1:${port} within 5 s${spawnError ? ` (${spawnError.message})` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const configFile = path.join(dir, 'nats-server.conf');
+  writeFileSync(configFile, cfg.conf, { mode: 0o600 });
+  const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
+  process.on('exit', removeDir);
+  const server = await startNatsServer({ configFile }).catch((err: unknown) => { removeDir(); throw err; });
   const envFor = (id: string): Record<string, string> => {
     const u = cfg.users.find((x) => x.id === id);
     if (!u) throw new Error(`internal: no NATS user for '${id}' in the demo's nats-server configuration`);
     return natsServiceEnv(u);
   };
-  return { url: `nats://127.0.0.1:${port}`, startedHere: true, withCredentials: true, envFor, stop };
+  const stop = async (): Promise<void> => {
+    process.off('exit', removeDir);
+    removeDir();
+    await server.stop();
+  };
+  return { url: server.url, startedHere: true, withCredentials: true, envFor, stop };
 }

@@ -1,32 +1,13 @@
-import { agentEnv } from '@tandem/client-agent';
-import { plannerEnv } from '@tandem/planner';
-import { executorEnv } from '@tandem/server-executor';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { loadEnv, makeCertificates, type CertificateSet, type EnvSchema } from '@tandem/service-kit';
+import type { LaunchOptions } from '@tandem/launcher';
+import { makeCertificates, type CertificateSet } from '@tandem/service-kit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
 import { DEMO_EXECUTOR_ID } from './nats';
-import type { ServiceSpec } from './services';
 
 /** How often agents and the executor publish telemetry in the demo, so plans arrive fast. */
 export const DEMO_TELEMETRY_INTERVAL_MS = 300;
-
-/** Every variable any Tandem service reads: inherited values of these are dropped so the demo is the same everywhere. */
-const SERVICE_VARS = new Set([...Object.keys(agentEnv), ...Object.keys(plannerEnv), ...Object.keys(executorEnv)]);
-
-/**
- * The environment of one child: the inherited environment without any service variable,
- * plus `vars`, checked against the app's schema first so a mistake here fails with the
- * app's own message instead of a child that exits.
- */
-function childEnv(schema: EnvSchema, vars: Record<string, string>): Record<string, string> {
-  for (const k of Object.keys(vars)) if (!(k in schema)) throw new Error(`internal: ${k} is not a variable of this service`);
-  loadEnv(schema, vars);
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !SERVICE_VARS.has(k)) out[k] = v;
-  return { ...out, ...vars };
-}
 
 /** TLS and tokens of the demo's services (makeDemoSecurity); absent = plaintext, no tokens. */
 export interface DemoSecurity {
@@ -76,29 +57,33 @@ function serverTls(o: StackOptions, mtls: boolean): Record<string, string> {
   };
 }
 
-export function executorSpec(o: StackOptions): ServiceSpec {
+// What each service is launched with; the launcher adds the rest of the environment (the
+// inherited one, without any service variable, so the demo is the same everywhere) and checks
+// it against the app's schema.
+
+export function executorSpec(o: StackOptions): LaunchOptions {
   return {
     name: 'server-executor',
     app: 'server-executor',
-    env: childEnv(executorEnv, {
+    env: {
       ...common(o, DEMO_EXECUTOR_ID), ...serverTls(o, true), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: DEMO_EXECUTOR_ID, EXECUTOR_THREADS: '1',
       TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
-    }),
+    },
   };
 }
 
-export function plannerSpec(o: StackOptions): ServiceSpec {
+export function plannerSpec(o: StackOptions): LaunchOptions {
   return {
     name: 'planner',
     app: 'planner',
-    env: childEnv(plannerEnv, {
+    env: {
       ...common(o, 'planner'), ...serverTls(o, true), PLANNER_ADDR: '127.0.0.1:0',
       PLANNER_REQUEST_CLASSES: JSON.stringify(DEMO_REQUEST_CLASSES),
       PLANNER_SLA_OVERRIDES: JSON.stringify(DEMO_SLA_OVERRIDES),
       // Always minimise server work under each device's SLA (what the planner does under load);
       // on an idle server it would pick the fastest placement, which hides the SLA trade-off.
       PLANNER_IDLE_UTILISATION: '0',
-    }),
+    },
   };
 }
 
@@ -111,18 +96,16 @@ function upstreamTls(o: StackOptions, id: string): Record<string, string> {
   };
 }
 
-export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, plannerAddr: string): ServiceSpec {
+export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, plannerAddr: string): LaunchOptions {
   return {
     name: `agent-${d.id}`,
     app: 'client-agent',
-    env: childEnv(agentEnv, {
+    env: {
       ...common(o, d.id), ...serverTls(o, false), ...upstreamTls(o, d.id), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
       AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
       AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
       EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr,
       TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), AGENT_SHUTDOWN_GRACE_MS: '2000',
-    }),
+    },
   };
 }
-
-export { DEMO_DEVICES };
