@@ -1,12 +1,11 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { ensurePresetModel, presetModelDir } from '@tandem/launcher';
+import { BUNDLED_SCENARIOS, buildReport, loadScenario, POLICIES, runLoadtest, ScenarioError, scenarioPathOf, type Emulation, type Policy, type Scenario } from '@tandem/loadtest';
 import { intFlag, parseArgs } from '../args';
 import type { Command } from '../command';
 import { UsageError } from '../errors';
 import { printJson, progressReporter, type CliIo } from '../io';
-import { buildReport } from '../loadtest/report';
-import { defaultModelDir, ensureModel, runLoadtest } from '../loadtest/run';
-import { BUNDLED_SCENARIOS, loadScenario, POLICIES, scenarioPathOf, type Emulation, type Policy } from '../loadtest/scenario';
 
 const USAGE = `usage: tandem loadtest [--scenario NAME|FILE] [--quick] [--policies LIST] [--rates LIST]
                        [--duration-s N] [--seed N] [--repeats N] [--emulation replay|compute]
@@ -59,7 +58,12 @@ export const loadtestCommand: Command = {
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, { flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation'], switches: ['quick', 'json', 'no-pin'] });
     const scenarioPath = scenarioPathOf(args.flags.get('scenario') ?? 'default');
-    const loaded = loadScenario(scenarioPath);
+    let loaded: Scenario;
+    try {
+      loaded = loadScenario(scenarioPath);
+    } catch (err) {
+      throw err instanceof ScenarioError ? new UsageError(err.message, { cause: err }) : err;
+    }
     const quick = args.switches.has('quick');
     let policies: Policy[] = [...POLICIES];
     const pl = args.flags.get('policies');
@@ -83,10 +87,10 @@ export const loadtestCommand: Command = {
     if (em !== 'replay' && em !== 'compute') throw new UsageError(`--emulation must be replay or compute, given '${em}'`);
     const scenario = { ...loaded, preset, emulation: em as Emulation };
     const outDir = resolve(args.flags.get('out') ?? 'loadtest-out');
-    const modelDir = resolve(args.flags.get('model-dir') ?? defaultModelDir(preset));
+    const modelDir = resolve(args.flags.get('model-dir') ?? presetModelDir(preset));
     const note = (line: string): void => { io.stderr.write(`loadtest: ${line}\n`); };
     const started = performance.now();
-    await ensureModel(preset, modelDir, note);
+    await ensurePresetModel(preset, modelDir, (done) => { if (done === 0) note(`creating the ${preset} model in ${modelDir}`); });
     mkdirSync(outDir, { recursive: true });
     const perPolicy = rates.length * durationS;
     note(`${repeats > 1 ? `${repeats} repeats × ` : ''}${policies.length} policies × ${rates.length} rates (${rates.join(', ')} req/s) × ${durationS} s; about ${Math.ceil((repeats * policies.length * (perPolicy + 8)) / 60)} min; writing to ${outDir}`);

@@ -1,13 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import {
-  AgentServiceClient,
-  channelOptions,
-  PlannerServiceClient,
-  type AgentStatusResponse,
-  type ClientPlan,
-  type GenerateResponse,
-} from '@tandem/protocol';
-import { listPlans as listAllPlans } from '../demo/grpc-calls';
+import { AgentServiceClient, channelOptions, PlannerServiceClient, type GenerateResponse } from '@tandem/protocol';
 import type { TraceRequest } from './arrivals';
 import type { RequestRecord } from './metrics';
 
@@ -19,15 +11,6 @@ export function agentClient(addr: string): AgentServiceClient {
 
 export function plannerClient(addr: string): PlannerServiceClient {
   return new PlannerServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(MAX_MESSAGE));
-}
-
-export function agentStatus(c: AgentServiceClient, timeoutMs = 2000): Promise<AgentStatusResponse> {
-  return new Promise((res, rej) => c.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (e, r) => (e ? rej(e) : res(r))));
-}
-
-/** Every plan the planner holds (all ListPlans pages). */
-export async function listPlans(c: PlannerServiceClient, timeoutMs = 2000): Promise<ClientPlan[]> {
-  return (await listAllPlans(c, timeoutMs)).plans;
 }
 
 const statusName = (code: number): string => (grpc.status as unknown as Record<number, string>)[code] ?? `CODE_${code}`;

@@ -1,12 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import * as grpc from '@grpc/grpc-js';
+import { launchService, type ServiceProcess } from '@tandem/launcher';
 import { readManifest } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type GetStatusResponse, type SessionRequest, type SessionResponse } from '@tandem/protocol';
-import { REPO_ROOT } from '../loadtest/processes';
-import { renderChart } from '../plot/svg';
+import { renderChart } from '@tandem/plot';
+import { channelOptions, ExecutorServiceClient, executorStatus, toWireTensor, type GetStatusResponse, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { sleep } from '@tandem/util';
+import { dist, percentile } from './metrics';
 
 /**
  * Soak: many concurrent sessions against ONE executor (a child process, so its RSS is its own)
@@ -63,39 +63,15 @@ export interface SoakReport {
   readonly executorExitedEarly: boolean;
 }
 
-const pct = (xs: readonly number[], p: number): number => {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
-};
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
+/** Deterministic prompt ids of session `seed`. */
+export const promptIds = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 
-/** Resident set of a process, bytes (NaN once it is gone). */
-export function rssBytes(pid: number): number {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-/** Starts the executor as a child process on a free port; resolves once it listens. */
-export async function startExecutorProcess(modelDir: string, env: Readonly<Record<string, string>>): Promise<{ child: ChildProcess; addr: string }> {
-  const child = spawn(process.execPath, ['--require', 'tsx/cjs', join(REPO_ROOT, 'apps/server-executor/src/main.ts')], {
-    cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'],
-    env: { PATH: process.env.PATH ?? '', MODEL_DIR: modelDir, EXECUTOR_ADDR: '127.0.0.1:0', NATS_URL: 'off', LOG_LEVEL: 'warn', EXECUTOR_THREADS: '1', ...env },
+/** Starts the executor as a child process on a free port, without NATS; resolves once it listens. */
+export function startExecutorProcess(modelDir: string, env: Readonly<Record<string, string>>): Promise<ServiceProcess> {
+  return launchService({
+    name: 'the executor', app: 'server-executor',
+    env: { MODEL_DIR: modelDir, EXECUTOR_ADDR: '127.0.0.1:0', NATS_URL: 'off', LOG_LEVEL: 'warn', EXECUTOR_THREADS: '1', ...env },
   });
-  let stderr = '';
-  child.stderr!.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-4000); });
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try { const m = JSON.parse(line) as { event?: string; port?: number }; if (m.event === 'listening' && m.port) resolve(m.port); } catch { /* a log line */ }
-    });
-    child.once('exit', (code) => reject(new Error(`the executor exited (${code}) before listening: ${stderr}`)));
-  });
-  return { child, addr: `127.0.0.1:${port}` };
 }
 
 /**
@@ -131,14 +107,13 @@ function oneSession(client: ExecutorServiceClient, stages: number, prompt: numbe
 /** Runs the soak; the executor is started and stopped here. */
 export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const say = opts.onProgress ?? (() => undefined);
-  const { child, addr } = await startExecutorProcess(opts.modelDir, {
+  const executor = await startExecutorProcess(opts.modelDir, {
     EXECUTOR_MAX_SESSIONS: String(opts.sessions + 8), EXECUTOR_MAX_MESSAGE_BYTES: String(64 << 20), ...opts.executorEnv,
   });
   let exitedEarly = false;
-  child.once('exit', () => { exitedEarly = true; });
-  const pid = child.pid!;
-  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
-  const status = (): Promise<GetStatusResponse> => new Promise((res, rej) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? rej(e) : res(r))));
+  void executor.exited.then(() => { exitedEarly = true; });
+  const client = new ExecutorServiceClient(executor.address, grpc.credentials.createInsecure(), channelOptions(64 << 20));
+  const status = (): Promise<GetStatusResponse> => executorStatus(client, 10_000);
   try {
     const stages = (await readManifest(opts.modelDir)).stages.length;
     const samples: SoakSample[] = [];
@@ -152,7 +127,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const end = opts.durationMs;
     const sample = async (): Promise<void> => {
       const st = await status().catch(() => undefined);
-      samples.push({ tMs: now(), rssBytes: rssBytes(pid), activeSessions: st?.activeSessions ?? Number.NaN, stepsCompleted: Number(st?.stepsCompleted ?? Number.NaN) });
+      samples.push({ tMs: now(), rssBytes: executor.rssBytes(), activeSessions: st?.activeSessions ?? Number.NaN, stepsCompleted: Number(st?.stepsCompleted ?? Number.NaN) });
     };
     await sample();
     let sampling = true;
@@ -176,7 +151,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         const n = started++;
         const abandonAt = n % 10 === 9 ? 1 + (n % opts.newTokens) : 0;
         try {
-          const r = await oneSession(client, stages, ids(opts.promptTokens, n + 1), opts.newTokens, abandonAt, opts.durationMs + 300_000, (ms) => stepTimes.push({ tMs: now(), ms }));
+          const r = await oneSession(client, stages, promptIds(opts.promptTokens, n + 1), opts.newTokens, abandonAt, opts.durationMs + 300_000, (ms) => stepTimes.push({ tMs: now(), ms }));
           if (r === 'completed') completed++; else abandoned++;
         } catch (err) {
           failures.push(err instanceof Error ? err.message : String(err));
@@ -198,13 +173,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     const buckets: SoakBucket[] = [];
     for (let from = 0; from < end; from += opts.bucketMs) {
-      const xs = stepTimes.filter((s) => s.tMs >= from && s.tMs < from + opts.bucketMs).map((s) => s.ms);
-      buckets.push({ fromMs: from, steps: xs.length, p50Ms: pct(xs, 50), p90Ms: pct(xs, 90), p99Ms: pct(xs, 99) });
+      // The load test's percentiles (metrics.ts); NaN for an empty bucket.
+      const d = dist(stepTimes.filter((s) => s.tMs >= from && s.tMs < from + opts.bucketMs).map((s) => s.ms));
+      buckets.push({ fromMs: from, steps: d.n, p50Ms: d.p50 ?? NaN, p90Ms: d.p90 ?? NaN, p99Ms: d.p99 ?? NaN });
     }
     const after = samples.filter((s) => s.tMs >= opts.warmupMs && Number.isFinite(s.rssBytes));
     const base = after[0]?.rssBytes ?? Number.NaN;
     const lastFrom = Math.max(opts.warmupMs, end - opts.bucketMs);
-    const tail = after.filter((s) => s.tMs >= lastFrom).map((s) => s.rssBytes);
+    const tail = after.filter((s) => s.tMs >= lastFrom).map((s) => s.rssBytes).sort((a, b) => a - b);
     const report: SoakReport = {
       options: { ...opts, onProgress: undefined } as Omit<SoakOptions, 'onProgress'>,
       sessionsCompleted: completed,
@@ -217,20 +193,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       buckets,
       rssBaselineBytes: base,
       rssGrowthMax: Math.max(...after.map((s) => s.rssBytes)) / base - 1,
-      rssGrowthEnd: pct(tail, 50) / base - 1,
+      rssGrowthEnd: percentile(tail, 50) / base - 1,
       executorExitedEarly: exitedEarly,
     };
     if (opts.outDir) writeSoakReport(report, opts.outDir);
     return report;
   } finally {
     client.close();
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-    }
+    await executor.stop();
   }
 }
 

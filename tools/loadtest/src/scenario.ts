@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { UsageError } from '../errors';
 
 /** The placement policies a load test compares: the planner's algorithm, switched between runs. */
 export const POLICIES = ['server-only', 'greedy', 'prefix', 'dp'] as const;
@@ -103,8 +102,8 @@ export interface Scenario {
   readonly quick: QuickSpec;
 }
 
-/** A scenario file that breaks a rule: the CLI exits 2 with this message (field, rule, value). */
-export class ScenarioError extends UsageError {
+/** A scenario file that breaks a rule: `tandem loadtest` exits 2 with this message (field, rule, value). */
+export class ScenarioError extends Error {
   override name = 'ScenarioError';
 }
 

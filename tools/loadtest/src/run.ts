@@ -1,15 +1,15 @@
 import { mkdirSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
-import { createModel, modelIdOf, readManifest } from '@tandem/model';
-import type { AgentServiceClient, PlannerServiceClient } from '@tandem/protocol';
+import { affinityOf, hasTaskset, launchService, pinProcess, stopServices, type LaunchOptions, type ServiceProcess } from '@tandem/launcher';
+import { modelIdOf, readManifest } from '@tandem/model';
+import { agentStatus, listPlans, type AgentServiceClient, type PlannerServiceClient } from '@tandem/protocol';
 import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { sleep } from '@tandem/util';
 import { buildTrace, promptPools, type TraceRequest } from './arrivals';
-import { agentClient, agentStatus, listPlans, plannerClient, sendGenerate } from './client';
+import { agentClient, plannerClient, sendGenerate } from './client';
 import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
 import { predictionErrors, predictionSamples, type PredictionGroup, type PredictionSamples } from './prediction';
-import { affinityOf, hasTaskset, launchService, pinProcess, type ServiceProcess } from './processes';
 import { plannerSloEnv, type Policy, type Scenario } from './scenario';
 
 /** CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on the other. */
@@ -123,28 +123,6 @@ export interface LoadtestRun {
   readonly stageCount: number;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, Math.max(0, ms)));
-
-/** Where presets are cached: $TANDEM_CACHE_DIR or ~/.cache/tandem, then models/<preset>-seed1. */
-export function defaultModelDir(preset: string): string {
-  const root = process.env.TANDEM_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'tandem');
-  return join(root, 'models', `${preset}-seed1`);
-}
-
-/** Creates the preset in `dir` unless a model is already there. */
-export async function ensureModel(preset: string, dir: string, note?: (s: string) => void): Promise<void> {
-  try {
-    const m = await readManifest(dir);
-    if (m.source?.kind !== 'synthetic' || m.source.preset === preset) return;
-    throw new Error(`${dir} holds another model (${JSON.stringify(m.source)}); give --model-dir`);
-  } catch (err) {
-    if ((err as Error).message.includes('holds another model')) throw err;
-  }
-  note?.(`creating the ${preset} model in ${dir}`);
-  mkdirSync(dir, { recursive: true });
-  await createModel({ preset, seed: 1, out: dir });
-}
-
 /** Agent id of a device class. */
 export const agentId = (device: string): string => `lt-${device}`;
 
@@ -198,18 +176,21 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       nats = await startNatsServer();
       natsUrl = nats.url;
     }
-    const common = { MODEL_DIR: o.modelDir, NATS_URL: natsUrl, LOG_LEVEL: 'warn', TELEMETRY_INTERVAL_MS: '500' };
+    const common = { MODEL_DIR: o.modelDir, NATS_URL: natsUrl, LOG_LEVEL: 'warn' };
+    const telemetry = { TELEMETRY_INTERVAL_MS: '500' };
     // A fresh stack per policy: no policy inherits another's executor statistics, agent
     // profiles (measured under the previous policy's load) or plans.
     const startStack = async (policy: Policy): Promise<void> => {
       // Ports picked up front so that all the services start at once.
       const plannerAddr = `127.0.0.1:${await freePort()}`;
       const executorAddr = `127.0.0.1:${await freePort()}`;
-      const exec = launchService({
+      // The services get the user's own settings of their variables too (`PLANNER_IDLE_UTILISATION=0 tandem loadtest`).
+      const launch = (l: LaunchOptions): Promise<ServiceProcess> => launchService({ ...l, fromShell: true });
+      const exec = launch({
         name: 'server-executor', app: 'server-executor', cpus: cpus(SERVER_CPU), logFile: join(o.logDir, `server-executor-${policy}.log`),
-        env: { ...common, EXECUTOR_ADDR: executorAddr, EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
+        env: { ...common, ...telemetry, EXECUTOR_ADDR: executorAddr, EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
       }).then((p) => { executor = p; });
-      const plan = launchService({
+      const plan = launch({
         name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
         env: {
           ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy,
@@ -217,17 +198,17 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         },
       }).then((p) => { planner = p; });
       const ags = s.deviceClasses.map(async (d) => {
-        const proc = await launchService({
+        const proc = await launch({
           name: `agent-${d.name}`, app: 'client-agent', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `agent-${d.name}-${policy}.log`),
           env: {
-            ...common, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
+            ...common, ...telemetry, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
             AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
             AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
             EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000), AGENT_SHUTDOWN_GRACE_MS: '0',
             AGENT_REPLAY_FILE: recording?.file ?? '',
           },
         });
-        agents.set(d.name, { proc, client: agentClient(proc.addr) });
+        agents.set(d.name, { proc, client: agentClient(proc.address) });
       });
       // Wait for every launch (so a failure leaves nothing unaccounted for), then report the first failure.
       const settled = await Promise.allSettled([exec, plan, ...ags]);
@@ -239,10 +220,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       pc?.close();
       pc = undefined;
       for (const a of agents.values()) a.client.close();
-      await Promise.all([...agents.values()].map((a) => a.proc.stop(500)));
+      await stopServices([...[...agents.values()].map((a) => a.proc), planner, executor].filter((p): p is ServiceProcess => p !== undefined), 3500);
       agents.clear();
-      await planner?.stop(500);
-      await executor?.stop(500);
       planner = undefined;
       executor = undefined;
     };
@@ -285,7 +264,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const stats = summarize(records, o.durationS);
           const samples = predictionSamples(records);
           const plans: Record<string, Record<string, string>> = {};
-          for (const p of await listPlans(plans0).catch(() => [])) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
+          for (const p of (await listPlans(plans0).catch(() => undefined))?.plans ?? []) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
           results.push({
             repeat, seed, policy, rate, stats, serverCpuS,
             serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
@@ -356,7 +335,7 @@ async function waitForPlans(policy: Policy, pc: PlannerServiceClient, agents: Re
   let last = '';
   for (;;) {
     try {
-      const plans = await listPlans(pc);
+      const { plans } = await listPlans(pc);
       const missing: string[] = [];
       for (const [device, a] of agents) {
         const plan = plans.find((p) => p.clientId === agentId(device));

@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
-import { runSoak, type SoakReport } from '../src/soak/soak';
+import { runSoak, type SoakReport } from '../src';
 
 // The soak's code path (npm run soak: 200 sessions for 10 minutes), CI-sized: 20 concurrent
 // sessions for 20 s against one executor process, every 10th abandoned mid-way. No session may

@@ -1,7 +1,7 @@
-import { renderChart } from '../plot/svg';
+import { renderChart } from '@tandem/plot';
 import type { Attainment } from './metrics';
 import { mergeSamples, PREDICTION_LIMITS, predictionErrors, type ErrorStats, type PredictionGroup } from './prediction';
-import { DEVICE_LIMITS, SERVER_CONTENDED, type RateResult, type RecordingInfo } from './run';
+import { DEVICE_LIMITS, SERVER_CONTENDED, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
 import { SLO_KEYS, type Policy, type Scenario } from './scenario';
 
 /** What one policy achieved over the whole sweep. */
@@ -160,21 +160,12 @@ const fx = (v: number | null | undefined, d = 1): string => (v == null || !Numbe
 const pct = (v: number | null | undefined): string => (v == null || !Number.isFinite(v) ? '–' : `${(v * 100).toFixed(1)} %`);
 const msCell = (v: number | null | undefined): string => (v == null ? '–' : Math.abs(v) >= 10 ? v.toFixed(0) : v.toFixed(1));
 
-export interface ReportContext {
-  readonly scenario: Scenario;
+/** What the report says about the run besides its rows: the options it ran with and what it found. */
+export interface ReportContext extends Pick<LoadtestOptions, 'scenario' | 'policies' | 'rates' | 'durationS' | 'seed' | 'modelDir'>, Omit<LoadtestRun, 'results'> {
   readonly scenarioPath: string;
-  readonly policies: readonly Policy[];
-  readonly rates: readonly number[];
-  readonly durationS: number;
-  readonly seed: number;
   readonly repeats: number;
-  readonly recording: RecordingInfo | null;
   readonly quick: boolean;
-  readonly pinned: boolean;
-  readonly warnings: readonly string[];
   readonly elapsedS: number;
-  readonly modelDir: string;
-  readonly stageCount: number;
 }
 
 /** results.json, results.md and goodput.svg of a load test. */
