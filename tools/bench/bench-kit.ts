@@ -1,6 +1,6 @@
 /** Small helpers shared by the benchmarks in tools/bench (command-line flags, statistics, a model to run). */
 import type * as grpc from '@grpc/grpc-js';
-import { createModel, readManifest } from '@tandem/model';
+import { ensurePresetModel, presetModelDir } from '@tandem/launcher';
 import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
 
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
@@ -11,12 +11,10 @@ export const arg = (name: string, fallback: string): string => { const i = proce
 /** Median of a non-empty list. */
 export const median = (xs: readonly number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 
-/** Creates the synthetic model of `preset` (seed 1) in `dir` unless a model is already there. */
-export async function ensureModel(dir: string, preset: string): Promise<void> {
-  try { await readManifest(dir); } catch {
-    process.stderr.write(`creating the ${preset} model in ${dir}\n`);
-    await createModel({ preset, seed: 1, out: dir });
-  }
+/** The directory of the synthetic model of `preset` (seed 1) in the model cache (presetModelDir, or `dir`), created when missing. */
+export async function benchModel(preset: string, dir = presetModelDir(preset)): Promise<string> {
+  await ensurePresetModel(preset, dir, (done) => { if (done === 0) process.stderr.write(`creating the ${preset} model in ${dir}\n`); });
+  return dir;
 }
 
 /** Opens an executor session and returns it with a reader of its answers (the `opened` one consumed). */

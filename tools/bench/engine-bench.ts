@@ -21,15 +21,14 @@
  *        [--decode-presets small,gpt2] [--decode 64] [--reps 3] [--threads 2] [--max-batch-tokens 4096] [--probe-ms 10]
  */
 import * as os from 'node:os';
-import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import { createModel, readManifest } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, HealthClient, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '@tandem/server-executor';
+import { sleep } from '@tandem/util';
+import { arg, benchModel } from './bench-kit';
 
-const arg = (k: string, d: string): string => { const i = process.argv.indexOf(`--${k}`); return i >= 0 ? process.argv[i + 1] : d; };
 const opts = {
   prefillPreset: arg('prefill-preset', 'gpt2'),
   sessions: Number(arg('sessions', '16')),
@@ -51,14 +50,6 @@ const median = (xs: number[]): number => pct(xs, 50);
 const spread = (xs: number[], digits = 1): string => `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
 const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 
-async function modelDir(preset: string): Promise<string> {
-  const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
-  try { await readManifest(dir); } catch {
-    say(`creating the ${preset} model in ${dir}`);
-    await createModel({ preset, seed: 1, out: dir });
-  }
-  return dir;
-}
 
 async function startServer(mode: Mode, dir: string): Promise<{ server: ExecutorServer; engine: StageEngine; addr: string }> {
   const load = { intraOpNumThreads: opts.threads };
@@ -118,7 +109,7 @@ async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> 
       const p0 = performance.now();
       await check();
       lat.push(performance.now() - p0);
-      await new Promise((r) => setTimeout(r, opts.probeMs));
+      await sleep(opts.probeMs);
     }
     await work;
     const wallMs = performance.now() - t0;
@@ -171,9 +162,9 @@ async function main(): Promise<void> {
   say(`engine bench: ${os.cpus().length} cpus, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}, MALLOC_TOP_PAD_=${process.env.MALLOC_TOP_PAD_ ?? 'unset'}`);
   const resp: Record<Mode, Responsiveness[]> = { worker: [], inline: [] };
   const dec: Record<string, Record<Mode, number[]>> = {};
-  const prefillDir = opts.sessions > 0 ? await modelDir(opts.prefillPreset) : '';
-  const decodeDirs = await Promise.all(opts.decodePresets.map(modelDir));
-  const tinyDir = await modelDir('tiny');
+  const prefillDir = opts.sessions > 0 ? await benchModel(opts.prefillPreset) : '';
+  const decodeDirs = await Promise.all(opts.decodePresets.map((p) => benchModel(p)));
+  const tinyDir = await benchModel('tiny');
   const hop: Record<Mode, number[]> = { worker: [], inline: [] };
   let tinyStages = 0;
   for (let r = 0; r < opts.reps; r++) {

@@ -6,13 +6,11 @@
  *
  *   npx tsx tools/bench/executor-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 3] [--threads 2] [--engine worker|inline]
  */
-import * as os from 'node:os';
-import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '@tandem/server-executor';
-import { arg, ensureModel, median } from './bench-kit';
+import { arg, benchModel, median } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const sessions = Number(arg('sessions', '8'));
@@ -50,8 +48,7 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
 
 async function main(): Promise<void> {
   if (engineKind !== 'worker' && engineKind !== 'inline') throw new Error(`--engine must be worker or inline, given '${engineKind.slice(0, 40)}'`);
-  const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
-  await ensureModel(dir, preset);
+  const dir = await benchModel(preset);
   const log = createLogger({ name: 'bench', level: 'silent' });
   const results: Record<string, { tokPerS: number[]; p50: number[] }> = { batched: { tokPerS: [], p50: [] }, unbatched: { tokPerS: [], p50: [] } };
   for (let r = 0; r < reps; r++) {

@@ -19,17 +19,14 @@
  *
  * The issue's figure (1.26 GiB above idle after 32 sessions of 512 tokens on gpt2): `--preset gpt2`.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
-import { createInterface } from 'node:readline';
 import * as grpc from '@grpc/grpc-js';
+import { promptIds as ids, startExecutorProcess } from '@tandem/loadtest';
 import { readManifest } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
-import { arg, ensureModel, median } from './bench-kit';
+import { sleep } from '@tandem/util';
+import { arg, benchModel, median } from './bench-kit';
 
-const REPO = path.resolve(__dirname, '../..');
 const opts = {
   preset: arg('preset', 'small'),
   sessions: Number(arg('sessions', '32')),
@@ -47,34 +44,6 @@ const VARIANTS: Record<string, Record<string, string>> = {
 };
 const say = (s: string): void => { process.stderr.write(`${s}\n`); };
 const MiB = 1024 * 1024;
-
-/** User + system CPU time of a process so far, s (/proc/PID/stat; clock ticks of 1/100 s). */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
-
-/** Resident set of a process, bytes. */
-export function rssOf(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) * 1024 : Number.NaN;
-}
-
-async function startExecutor(dir: string, env: Record<string, string>): Promise<{ child: ChildProcess; addr: string }> {
-  const child = spawn(process.execPath, ['--require', 'tsx/cjs', path.join(REPO, 'apps/server-executor/src/main.ts')], {
-    cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'],
-    env: { PATH: process.env.PATH ?? '', MODEL_DIR: dir, EXECUTOR_ADDR: '127.0.0.1:0', NATS_URL: 'off', LOG_LEVEL: 'warn', EXECUTOR_THREADS: opts.threads,
-      EXECUTOR_MAX_SESSIONS: String(Math.max(64, opts.sessions + 1)), EXECUTOR_MAX_MESSAGE_BYTES: String(256 << 20), ...env },
-  });
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try { const m = JSON.parse(line) as { event?: string; port?: number }; if (m.event === 'listening' && m.port) resolve(m.port); } catch { /* log line */ }
-    });
-    child.once('exit', (code) => reject(new Error(`the executor exited (${code}) before listening`)));
-  });
-  return { child, addr: `127.0.0.1:${port}` };
-}
 
 /** One server-side generation; resolves with the ms between its first and last token. */
 function generate(client: ExecutorServiceClient, prompt: number[], n: number): Promise<number> {
@@ -97,49 +66,48 @@ function generate(client: ExecutorServiceClient, prompt: number[], n: number): P
   });
 }
 
-const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Figures { idle: number; peak: number; after: number; after2: number; burstMs: number; burstCpuS: number; decodeMs: number; decodeCpuMs: number }
 
 async function measure(dir: string, env: Record<string, string>): Promise<Figures> {
-  const { child, addr } = await startExecutor(dir, env);
-  const pid = child.pid!;
-  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(256 << 20));
+  const executor = await startExecutorProcess(dir, {
+    EXECUTOR_THREADS: opts.threads, EXECUTOR_MAX_SESSIONS: String(Math.max(64, opts.sessions + 1)), EXECUTOR_MAX_MESSAGE_BYTES: String(256 << 20), ...env,
+  });
+  const rssOf = (): number => executor.rssBytes();
+  const client = new ExecutorServiceClient(executor.address, grpc.credentials.createInsecure(), channelOptions(256 << 20));
   try {
     await generate(client, ids(opts.prompt, 999), 4);
     await sleep(2000);
-    const idle = rssOf(pid);
+    const idle = rssOf();
     let peak = idle;
-    const sampler = setInterval(() => { peak = Math.max(peak, rssOf(pid)); }, 20);
+    const sampler = setInterval(() => { peak = Math.max(peak, rssOf()); }, 20);
     const burst = async (): Promise<number> => {
       const t0 = performance.now();
       await Promise.all(Array.from({ length: opts.sessions }, (_, i) => generate(client, ids(opts.prompt, i + 1), opts.newTokens)));
       return performance.now() - t0;
     };
-    const c0 = cpuSeconds(pid);
+    const c0 = executor.cpuSeconds();
     const burstMs = await burst();
-    const burstCpuS = cpuSeconds(pid) - c0;
+    const burstCpuS = executor.cpuSeconds() - c0;
     await sleep(2000);
-    const after = rssOf(pid);
+    const after = rssOf();
     await burst();
     clearInterval(sampler);
     await sleep(2000);
-    const after2 = rssOf(pid);
+    const after2 = rssOf();
     const DECODE = 128;
-    const c1 = cpuSeconds(pid);
+    const c1 = executor.cpuSeconds();
     const decodeMs = await generate(client, ids(16, 4242), DECODE);
-    const decodeCpuMs = ((cpuSeconds(pid) - c1) * 1000) / DECODE;
+    const decodeCpuMs = ((executor.cpuSeconds() - c1) * 1000) / DECODE;
     return { idle, peak, after, after2, burstMs, burstCpuS, decodeMs, decodeCpuMs };
   } finally {
     client.close();
-    child.kill('SIGKILL');
+    await executor.kill();
   }
 }
 
 async function main(): Promise<void> {
-  const dir = path.join(os.homedir(), '.cache', 'tandem', 'models', `${opts.preset}-seed1`);
-  await ensureModel(dir, opts.preset);
+  const dir = await benchModel(opts.preset);
   const nPos = (await readManifest(dir)).config.nPositions;
   if (opts.prompt + opts.newTokens > nPos) throw new Error(`--prompt + --new must fit in nPositions = ${nPos}`);
   say(`memory bench: ${opts.preset}, ${opts.sessions} sessions × (${opts.prompt}-token prompt + ${opts.newTokens} tokens), ${os.cpus().length} cpus, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);

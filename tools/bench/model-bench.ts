@@ -25,7 +25,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type HostTensor, type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner, createModel, readManifest } from '@tandem/model';
+import { ensurePresetModel } from '@tandem/launcher';
+import { type HostTensor, type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner } from '@tandem/model';
+import { median } from './bench-kit';
 import { type GenRun, Monolithic, timeGeneration } from './monolithic';
 
 interface Opts { presets: string[]; reps: number; threads: number; monoThreads: number[]; monoOnly: boolean; decode: number; spin: boolean; jsonOut: string; modelsDir: string }
@@ -46,7 +48,6 @@ function parseOpts(argv: string[]): Opts {
   };
 }
 
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 const now = (): number => performance.now();
 const log = (s: string): void => { process.stderr.write(`${s}\n`); };
@@ -117,22 +118,6 @@ async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[]
   }
 }
 
-async function ensureModel(preset: string, dir: string): Promise<number | undefined> {
-  try {
-    const m = await readManifest(dir);
-    if (m.source?.kind === 'synthetic' && m.source.preset === preset && m.source.seed === 1) return undefined;
-  } catch {
-    // Not there yet (or broken): create it below.
-  }
-  const t0 = now();
-  let last = -1;
-  await createModel({ preset, seed: 1, out: dir, onProgress: (done, total) => {
-    const pct = Math.floor((100 * done) / total);
-    if (pct >= last + 10 || done === total) { last = pct; log(`  create ${preset}: ${pct}%`); }
-  } });
-  return now() - t0;
-}
-
 interface PlacementRun { prefillFullMs: number[]; prefillLastMs: number[]; decodeMsPerToken: number[] }
 
 async function measurePlacement(p: SplitPipeline, prompt: number[], decodeTokens: number, stageMs: Map<string, number[]>): Promise<{ full: number; last: number; decode: number }> {
@@ -183,8 +168,13 @@ async function benchBatch(runner: StageRunner, stage: number, reps: number): Pro
 async function benchPreset(preset: string, o: Opts): Promise<Record<string, unknown>> {
   const dir = path.join(o.modelsDir, `${preset}-seed1`);
   log(`[${preset}] model in ${dir}`);
-  const createMs = await ensureModel(preset, dir);
-  const manifest = await readManifest(dir);
+  const t0 = now();
+  let last = -1;
+  const { manifest, created } = await ensurePresetModel(preset, dir, (done, total) => {
+    const pct = Math.floor((100 * done) / total);
+    if (pct >= last + 10 || done === total) { last = pct; log(`  create ${preset}: ${pct}%`); }
+  });
+  const createMs = created ? now() - t0 : undefined;
   const n = manifest.stages.length;
   if (o.monoOnly) {
     const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919 + 13) % manifest.config.vocabSize);

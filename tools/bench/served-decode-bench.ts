@@ -26,7 +26,7 @@ import { readManifest } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, toWireTensor } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, WorkerStageEngine } from '@tandem/server-executor';
-import { arg, ensureModel, median, openSession } from './bench-kit';
+import { arg, benchModel, median, openSession } from './bench-kit';
 import { cpuMs, Monolithic } from './monolithic';
 
 const preset = arg('preset', 'gpt2');
@@ -123,8 +123,7 @@ async function benchThreads(dir: string, threads: number): Promise<Record<string
 }
 
 async function main(): Promise<void> {
-  const dir = path.join(os.tmpdir(), 'tandem-bench', 'models', `${preset}-1`);
-  await ensureModel(dir, preset);
+  const dir = await benchModel(preset);
   const loadBefore = os.loadavg().map((x) => Number(x.toFixed(2)));
   const results: Record<string, unknown>[] = [];
   for (const t of threadList) results.push(await benchThreads(dir, t));

@@ -2,8 +2,8 @@
  * Soak: many concurrent sessions against one executor for a long time (issue 9). Reports
  * leaked sessions (GetStatus active sessions once all closed), RSS over time and its growth
  * after warm-up (must stay under 5 %), p99 step latency per minute; writes soak.json,
- * soak-rss.svg and soak-latency.svg. The code path is tools/cli/src/soak/soak.ts, which a
- * CI-sized test (tools/cli/test/soak.int.spec.ts) runs too.
+ * soak-rss.svg and soak-latency.svg. The code path is tools/loadtest/src/soak.ts, which a
+ * CI-sized test (tools/loadtest/test/soak.int.spec.ts) runs too.
  *
  *   npm run soak -- [--sessions 200] [--minutes 10] [--warmup-minutes 1] [--bucket-s 60] [--sample-s 5]
  *        [--preset small] [--prompt 32] [--new 32] [--executor-env K=V,K=V] [--out .tandem/soak]
@@ -12,13 +12,12 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { formatSoakReport, runSoak } from '../cli/src/soak/soak';
-import { arg, ensureModel } from './bench-kit';
+import { formatSoakReport, runSoak } from '@tandem/loadtest';
+import { arg, benchModel } from './bench-kit';
 
 async function main(): Promise<void> {
   const preset = arg('preset', 'small');
-  const dir = path.join(os.homedir(), '.cache', 'tandem', 'models', `${preset}-seed1`);
-  await ensureModel(dir, preset);
+  const dir = await benchModel(preset);
   const minutes = Number(arg('minutes', '10'));
   const env = Object.fromEntries(arg('executor-env', '').split(',').filter(Boolean).map((kv) => { const i = kv.indexOf('='); return [kv.slice(0, i), kv.slice(i + 1)]; }));
   const out = arg('out', path.join('.tandem', 'soak'));
