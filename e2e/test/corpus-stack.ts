@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
-import { AgentServiceClient, channelOptions, ExecutorServiceClient, HealthClient, ServingStatus, type GenerateResponse } from '@tandem/protocol';
+import { AgentServiceClient, channelOptions, ExecutorServiceClient, generateVia, HealthClient, ServingStatus } from '@tandem/protocol';
 import { createLogger, type Logger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
@@ -85,13 +85,8 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
   const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
   const expected = await pipe.generate(HEALTHY_PROMPT, { maxNewTokens: HEALTHY_TOKENS }).finally(() => pipe.close());
 
-  const healthy = (): Promise<number[]> => withTimeout(new Promise<number[]>((resolve, reject) => {
-    const ids: number[] = [];
-    const call = agentClient.generate({ input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT }, { deadline: Date.now() + 20_000 });
-    call.on('data', (m: GenerateResponse) => { if (m.kind?.$case === 'token') ids.push(m.kind.value.id); });
-    call.on('error', reject);
-    call.on('end', () => resolve(ids));
-  }), 25_000, 'the healthy generation');
+  const healthy = async (): Promise<number[]> => (await withTimeout(generateVia(agentClient,
+    { input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT }, 20_000), 25_000, 'the healthy generation')).ids;
 
   return {
     model, nats, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,

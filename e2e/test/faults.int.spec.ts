@@ -1,13 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { RemoteSession } from '@tandem/client-agent';
+import { ServiceProcess, type AppName } from '@tandem/launcher';
 import {
-  AgentServiceClient, ExecutorServiceClient, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse, type GetStatusResponse,
+  agentStatus, AgentServiceClient, ExecutorServiceClient, executorStatus, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse, type GetStatusResponse,
 } from '@tandem/protocol';
 import { eventually, freePort, makeTempModel, startNatsServer, TcpProxy, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { sleep } from '@tandem/util';
 
 // Faults with the real services as child processes on 127.0.0.1 (executor, planner, agents,
 // nats-server), each killed or restarted while generations run, or the link between an agent
@@ -15,51 +14,14 @@ import { eventually, freePort, makeTempModel, startNatsServer, TcpProxy, withTim
 // counted: it completes (token-identical to an undisturbed run) or ends with a clear status
 // within its deadline; none hangs.
 
-const REPO = resolve(__dirname, '../..');
-type App = 'server-executor' | 'planner' | 'client-agent';
-
-/** One service as its own Node process; `listening` resolves with its port (from its stdout line). */
-class Service {
-  readonly child: ChildProcess;
-  readonly listening: Promise<number>;
-  readonly exited: Promise<void>;
-  stderr = '';
-  /** Its JSON log lines (stdout), the last 1000. */
-  readonly logs: { msg?: string; [k: string]: unknown }[] = [];
-
-  constructor(readonly app: App, env: Record<string, string>) {
-    this.child = spawn(process.execPath, ['--require', 'tsx/cjs', join(REPO, 'apps', app, 'src', 'main.ts')], {
-      cwd: REPO, env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.child.stderr!.on('data', (b: Buffer) => { this.stderr = (this.stderr + b.toString()).slice(-4000); });
-    this.exited = new Promise((r) => this.child.once('exit', () => r()));
-    this.listening = new Promise<number>((res, rej) => {
-      createInterface({ input: this.child.stdout! }).on('line', (line) => {
-        try {
-          const m = JSON.parse(line) as { event?: string; port?: number; msg?: string };
-          if (m.event === 'listening' && typeof m.port === 'number') res(m.port);
-          else if (this.logs.push(m) > 1000) this.logs.shift();
-        } catch { /* not JSON */ }
-      });
-      this.child.once('exit', (code, signal) => rej(new Error(`${app} exited (${signal ?? code}) before listening: ${this.stderr}`)));
-    });
-    this.listening.catch(() => undefined);
-  }
-
-  get running(): boolean { return this.child.exitCode === null && this.child.signalCode === null; }
-
-  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    if (this.running) this.child.kill(signal);
-    await this.exited;
-  }
-
-  /** SIGTERM (the service drains), SIGKILL after `graceMs`. */
-  async stop(graceMs = 5000): Promise<void> {
-    if (!this.running) return;
-    const t = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
-    this.child.kill('SIGTERM');
-    await this.exited;
-    clearTimeout(t);
+/** One service as its own Node process (@tandem/launcher), with its JSON log lines (stdout), the last 1000. */
+class Service extends ServiceProcess {
+  constructor(app: AppName, env: Record<string, string>, readonly logs: { msg?: string; [k: string]: unknown }[] = []) {
+    super({ name: app, app, env: { LOG_LEVEL: 'warn', ...env }, onLine: (line) => {
+      try {
+        if (logs.push(JSON.parse(line) as { msg?: string }) > 1000) logs.shift();
+      } catch { /* not JSON */ }
+    } });
   }
 }
 
@@ -147,7 +109,7 @@ describe('faults with real services as child processes', () => {
     const port = await service.listening;
     return { service, client: new AgentServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) };
   };
-  const statusOf = (c: AgentServiceClient): Promise<AgentStatusResponse> => new Promise((res, rej) => c.getStatus({}, (e, r) => (e ? rej(e) : res(r))));
+  const statusOf = (c: AgentServiceClient): Promise<AgentStatusResponse> => agentStatus(c, 10_000);
 
   beforeAll(async () => {
     model = await makeTempModel();
@@ -242,12 +204,12 @@ describe('faults with real services as child processes', () => {
 
   it('keeps generations completing while the planner restarts', async () => {
     const outcomes = await underLoad(client, 3, { maxNewTokens: 8 }, async () => {
-      await new Promise((r) => setTimeout(r, 500));
+      await sleep(500);
       await planner.stop();
-      await new Promise((r) => setTimeout(r, 300));
+      await sleep(300);
       planner = await startPlanner();
       await eventually(async () => (await statusOf(client)).plannerConnected, { timeoutMs: 10_000, intervalMs: 100, what: 'the agent back on the planner' });
-      await new Promise((r) => setTimeout(r, 500));
+      await sleep(500);
     });
     expectAccounted(outcomes);
     expect(outcomes.length).toBeGreaterThan(3);
@@ -264,7 +226,7 @@ describe('faults with real services as child processes', () => {
     };
     try {
       const outcomes = await underLoad(client, 3, { maxNewTokens: 8 }, async () => {
-        await new Promise((r) => setTimeout(r, 500));
+        await sleep(500);
         await nats.restart();
         await watch();
         await eventually(() => seen.profiles >= 2 && seen.loads >= 2, { timeoutMs: 15_000, intervalMs: 100, what: 'agent and executor telemetry after the restart' });
@@ -323,7 +285,7 @@ describe('faults with real services as child processes', () => {
     let port: number;
     let proxied: Service;
     let execClient: ExecutorServiceClient;
-    const execStatus = (): Promise<GetStatusResponse> => new Promise((res, rej) => execClient.getStatus({}, (e, r) => (e ? rej(e) : res(r))));
+    const execStatus = (): Promise<GetStatusResponse> => executorStatus(execClient, 10_000);
 
     beforeAll(async () => {
       port = await freePort();
@@ -424,7 +386,7 @@ describe('faults with real services as child processes', () => {
         expect(stopped[0].tokens).toBeGreaterThanOrEqual(seen[2]);
         expect(stopped[0].tokens).toBeLessThan(1019);
         const idle = await execStatus();
-        await new Promise((r) => setTimeout(r, 300));
+        await sleep(300);
         expect((await execStatus()).stepsCompleted).toBe(idle.stepsCompleted);
         expect(proxy.connections).toBeGreaterThanOrEqual(1); // the blackholed connection is still open on the agent's side
         // Healthy, and serving a new session (not through the dead link) with the undisturbed tokens.

@@ -5,13 +5,14 @@ import { connect, type NatsConnection, type Subscription } from '@nats-io/transp
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '@tandem/planner';
 import {
+  agentStatus,
   AgentServiceClient,
+  generateVia,
   GenerationOutcome,
   OutcomeStatus,
   Subjects,
   type AgentStatusResponse,
   type GenerateRequest,
-  type GenerateResponse,
   type GenerationSummary,
 } from '@tandem/protocol';
 import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
@@ -21,16 +22,9 @@ import { eventually, freePort, makeTempModel, startNatsServer, type NatsServerHa
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
 
-/** Runs one generation through an agent's gRPC API; resolves with the summary. */
-function generateVia(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<GenerationSummary> {
-  return new Promise((resolve, reject) => {
-    let summary: GenerationSummary | undefined;
-    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req }, { deadline: Date.now() + 30_000 });
-    call.on('data', (m: GenerateResponse) => { if (m.kind?.$case === 'summary') summary = m.kind.value; });
-    call.on('error', reject);
-    call.on('end', () => (summary ? resolve(summary) : reject(new Error('no summary'))));
-  });
-}
+/** Runs one generation of PROMPT through an agent's gRPC API; resolves with the summary. */
+const generate = async (client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<GenerationSummary> =>
+  (await generateVia(client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req })).summary;
 
 describe('agents report generation outcomes to the planner', () => {
   let model: TempModel;
@@ -59,7 +53,6 @@ describe('agents report generation outcomes to the planner', () => {
     return c;
   }
 
-  const status = (c: AgentServiceClient): Promise<AgentStatusResponse> => new Promise((resolve, reject) => c.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
 
   beforeAll(async () => {
     model = await makeTempModel();
@@ -84,7 +77,7 @@ describe('agents report generation outcomes to the planner', () => {
     await startAgent('dev-ok', Array.from({ length: stageCount }, (_, i) => i), executorAddr);
     // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
     await startAgent('dev-down', [0], `127.0.0.1:${await freePort()}`);
-    for (const c of clients) await eventually(async () => (await status(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
+    for (const c of clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
   });
 
   afterAll(async () => {
@@ -102,9 +95,9 @@ describe('agents report generation outcomes to the planner', () => {
     const [ok] = clients;
     const before = outcomes.length;
     // an override first: no prediction and no SLO, so nothing is reported for it
-    const overridden = await generateVia(ok, { placement: 'S'.repeat(stageCount) });
+    const overridden = await generate(ok, { placement: 'S'.repeat(stageCount) });
     expect(overridden).toMatchObject({ predictedLatencyMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 });
-    const summary = await generateVia(ok, {});
+    const summary = await generate(ok, {});
     const seen = await eventually(() => outcomes.length > before && outcomes.slice(before), { timeoutMs: 5000, what: 'an outcome on NATS' });
     expect(seen).toHaveLength(1);
     const { subject, o } = seen[0];
@@ -140,7 +133,7 @@ describe('agents report generation outcomes to the planner', () => {
   it('reports a failed generation as a miss, and `tandem plans` shows both clients\' observations', async () => {
     const down = clients[1];
     const before = outcomes.length;
-    const err = await generateVia(down, {}).then(() => undefined, (e: grpc.ServiceError) => e);
+    const err = await generate(down, {}).then(() => undefined, (e: grpc.ServiceError) => e);
     expect(err?.code).toBe(grpc.status.UNAVAILABLE);
     const seen = await eventually(() => outcomes.slice(before).find((x) => x.o.clientId === 'dev-down'), { timeoutMs: 5000, what: 'the failed outcome' });
     expect(seen.o).toMatchObject({ status: OutcomeStatus.OUTCOME_STATUS_FAILED, newTokens: 0, ttftMs: 0, slaMs: 10_000, slaMet: false, requestClass: 'short' });
@@ -206,14 +199,14 @@ describe('the planner closes the loop on a real agent whose generations miss', (
   });
 
   it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {
-    const status = (): Promise<AgentStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const status = (): Promise<AgentStatusResponse> => agentStatus(client);
     const first = await eventually(async () => { const s = await status(); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a first plan' });
     const allServer = `short=${'S'.repeat(stageCount)}`;
     expect(first.placements).not.toEqual([allServer]);
     const summaries: GenerationSummary[] = [];
     // generate, as an application would, until the agent runs on a new plan
     await eventually(async () => {
-      summaries.push(await generateVia(client, {}));
+      summaries.push(await generate(client, {}));
       return (await status()).placements[0] === allServer;
     }, { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' });
     expect(summaries.length).toBeGreaterThanOrEqual(DEFAULT_CALIBRATION.minOutcomes);
@@ -223,7 +216,7 @@ describe('the planner closes the loop on a real agent whose generations miss', (
     // meets, or the floor) or the correction of its too-low predictions, whichever came first.
     expect(seen.safetyFactor < 1 || seen.e2eCorrection > 1).toBe(true);
     // the next generation follows the new plan
-    const after = await generateVia(client, {});
+    const after = await generate(client, {});
     expect(after.placement).toBe('S'.repeat(stageCount));
     expect(after.planEpoch).toBeGreaterThan(first.planEpoch);
   });

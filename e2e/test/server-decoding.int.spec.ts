@@ -1,10 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { ExecutorServiceClient, type GetStatusResponse } from '@tandem/protocol';
+import { ExecutorServiceClient, executorStatus, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
+import { sleep } from '@tandem/util';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 /** Emulated one-way latency of the agent's link, each direction. */
@@ -17,7 +18,7 @@ describe('an all-server generation through the agent is decoded by the executor'
   let execClient: ExecutorServiceClient;
   let agent: ClientAgent;
   let stageCount: number;
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => execClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  const status = (): Promise<GetStatusResponse> => executorStatus(execClient);
   /** One generation through the agent's embedding API (no planner: all-server unless `placement` is given). */
   const generate = (prompt: number[], maxNewTokens: number, placement = '', onToken: (id: number, index: number) => void = () => {}, signal = new AbortController().signal) =>
     agent.generate({ input: { $case: 'ids', value: { ids: prompt } }, maxNewTokens, placement }, onToken, signal);
@@ -82,7 +83,7 @@ describe('an all-server generation through the agent is decoded by the executor'
     expect(got).toHaveLength(3);
     await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 1000, what: 'executor session freed' });
     const steps = (await status()).stepsCompleted;
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
     expect((await status()).stepsCompleted).toBe(steps);
   });
 });

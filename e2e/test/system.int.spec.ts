@@ -6,16 +6,17 @@ import { SplitPipeline } from '@tandem/model';
 import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
 import {
+  agentStatus,
   AgentServiceClient,
   ClientProfile,
   ExecutorServiceClient,
+  executorStatus,
+  generateVia,
   PlannerServiceClient,
   Subjects,
   type ClientPlan,
   type GenerateRequest,
-  type GenerateResponse,
-  type GenerationSummary,
-  type AgentStatusResponse,
+  type GenerationResult,
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
@@ -35,20 +36,9 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout
 }
 const PROMPT = [15496, 11, 995, 318];
 
-/** Runs one generation through an agent's gRPC API; resolves with the streamed ids and the summary. */
-function generateVia(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<{ ids: number[]; summary: GenerationSummary }> {
-  return new Promise((resolve, reject) => {
-    const ids: number[] = [];
-    let summary: GenerationSummary | undefined;
-    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req }, { deadline: Date.now() + 30_000 });
-    call.on('data', (m: GenerateResponse) => {
-      if (m.kind?.$case === 'token') ids.push(m.kind.value.id);
-      else if (m.kind?.$case === 'summary') summary = m.kind.value;
-    });
-    call.on('error', reject);
-    call.on('end', () => (summary ? resolve({ ids, summary }) : reject(new Error('no summary'))));
-  });
-}
+/** Runs one generation of PROMPT through an agent's gRPC API; resolves with the streamed ids and the summary. */
+const generate = (client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<GenerationResult> =>
+  generateVia(client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req });
 
 describe('the three services end to end', () => {
   let model: TempModel;
@@ -65,8 +55,6 @@ describe('the three services end to end', () => {
   let stageCount: number;
   let modelId: string;
 
-  const execStatus = (): Promise<{ activeSessions: number }> => new Promise((resolve, reject) => execClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
-  const agentStatus = (): Promise<AgentStatusResponse> => new Promise((resolve, reject) => agentClient.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
 
   async function startPlanner(address = '127.0.0.1:0'): Promise<void> {
     const maker = new PlanMaker({
@@ -116,7 +104,7 @@ describe('the three services end to end', () => {
       const pipe = await SplitPipeline.load(model.dir, placement);
       const expected = await pipe.generate(PROMPT, { maxNewTokens: 6 });
       await pipe.close();
-      const { ids, summary } = await generateVia(agentClient, { placement });
+      const { ids, summary } = await generate(agentClient, { placement });
       expect(ids).toEqual(expected);
       expect(summary.ids).toEqual(expected);
       expect(summary.placement).toBe(placement);
@@ -124,8 +112,8 @@ describe('the three services end to end', () => {
   });
 
   it('the agent gets a plan from its own telemetry and generates with it', async () => {
-    const st = await eventually(async () => { const s = await agentStatus(); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a plan for dev-1' });
-    const { summary } = await generateVia(agentClient, {});
+    const st = await eventually(async () => { const s = await agentStatus(agentClient); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a plan for dev-1' });
+    const { summary } = await generate(agentClient, {});
     expect(summary.planEpoch).toBe(st.planEpoch);
     expect(summary.requestClass).toBe('short');
     expect(summary.placement).toHaveLength(stageCount);
@@ -169,7 +157,7 @@ describe('the three services end to end', () => {
     nc.publish(Subjects.clientProfile('stranger'), ClientProfile.encode({ clientId: 'stranger', clientClass: '', modelId: 'ffffffffffffffff', stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish());
     await eventually(() => planner.counters.badMessages >= before + 3, { timeoutMs: 2000, what: 'bad messages counted' });
     expect(planner.plans().some((p) => p.clientId === 'stranger')).toBe(false);
-    const { ids } = await generateVia(agentClient, {});
+    const { ids } = await generate(agentClient, {});
     expect(ids).toHaveLength(6);
   });
 
@@ -177,10 +165,10 @@ describe('the three services end to end', () => {
     const call = agentClient.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 400, placement: 'S'.repeat(stageCount) });
     call.on('error', () => undefined);
     await new Promise<void>((resolve) => call.once('data', () => resolve()));
-    expect((await execStatus()).activeSessions).toBe(1);
+    expect((await executorStatus(execClient)).activeSessions).toBe(1);
     call.cancel();
     const t0 = Date.now();
-    await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 1000, what: 'server session freed' });
+    await eventually(async () => (await executorStatus(execClient)).activeSessions === 0, { timeoutMs: 1000, what: 'server session freed' });
     expect(Date.now() - t0).toBeLessThan(1000);
   });
 
@@ -202,10 +190,10 @@ describe('the three services end to end', () => {
   });
 
   it('refuses a bad Generate request with INVALID_ARGUMENT naming the field', async () => {
-    const err = await generateVia(agentClient, { placement: 'CCX' }).then(() => undefined, (e: grpc.ServiceError) => e);
+    const err = await generate(agentClient, { placement: 'CCX' }).then(() => undefined, (e: grpc.ServiceError) => e);
     expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err?.details).toBe(`placement must be ${stageCount} letters C or S, given 'CCX'`);
-    const err2 = await generateVia(agentClient, { input: { $case: 'ids', value: { ids: [1, 99999] } } }).then(() => undefined, (e: grpc.ServiceError) => e);
+    const err2 = await generate(agentClient, { input: { $case: 'ids', value: { ids: [1, 99999] } } }).then(() => undefined, (e: grpc.ServiceError) => e);
     expect(err2?.details).toBe('ids[1] must be in 0..50256, given 99999');
   });
 
@@ -236,16 +224,16 @@ describe('the three services end to end', () => {
   });
 
   it('keeps generating on the last plan while the planner is down, and follows it again when it is back', async () => {
-    const before = await agentStatus();
+    const before = await agentStatus(agentClient);
     expect(before.planEpoch).toBeGreaterThan(0);
     const address = plannerAddr;
     await planner.stop();
-    await eventually(async () => !(await agentStatus()).plannerConnected, { timeoutMs: 5000, what: 'agent sees the planner gone' });
-    const { ids, summary } = await generateVia(agentClient, {});
+    await eventually(async () => !(await agentStatus(agentClient)).plannerConnected, { timeoutMs: 5000, what: 'agent sees the planner gone' });
+    const { ids, summary } = await generate(agentClient, {});
     expect(ids).toHaveLength(6);
     expect(summary.planEpoch).toBe(before.planEpoch);
     // a planner on the same address: the agent reconnects and gets a plan with a newer epoch
     await startPlanner(address);
-    await eventually(async () => (await agentStatus()).planEpoch > before.planEpoch, { timeoutMs: 10_000, what: 'a newer plan from the new planner' });
+    await eventually(async () => (await agentStatus(agentClient)).planEpoch > before.planEpoch, { timeoutMs: 10_000, what: 'a newer plan from the new planner' });
   });
 });
