@@ -84,7 +84,7 @@ export function serveWithEdge<S extends grpc.ServiceDefinition, H extends grpc.U
       }
     };
   }
-  server.addService(safeService(service as never), wrapped as unknown as grpc.UntypedServiceImplementation);
+  server.addService(safeService(service), wrapped as unknown as grpc.UntypedServiceImplementation);
 }
 
 /**
