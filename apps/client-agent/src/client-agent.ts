@@ -1,11 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import {
   AgentServiceService,
-  capStatus,
   channelOptions,
-  decodeProblem,
   quoted,
-  safeService,
   ClientProfile,
   ExecutorServiceClient,
   type ClassPlacement,
@@ -19,15 +16,19 @@ import {
   type GenerateResponse,
   type Keepalive,
 } from '@tandem/protocol';
-import { decode, encode, readManifest, StageInputError } from '@tandem/model';
-import { bindServer, clientOptions, serverAuthOptions, shutdownServer, TelemetryPublisher, type ClientSecurity, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
+import { decode, encode, readManifest } from '@tandem/model';
+import {
+  bindServer, clientOptions, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, StatusError, TelemetryPublisher, ValidationError,
+  type ClientSecurity, type Logger, type NatsAuth, type ServerSecurity,
+} from '@tandem/service-kit';
+import { toGrpcStatus } from './errors';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { buildOutcome, predictedOf, type Predicted } from './outcome';
 import { PlanFollower } from './plan-follower';
 import { RemoteSession } from './remote-session';
-import { ReplayMissError, type ReplayRecording } from './replay';
+import type { ReplayRecording } from './replay';
 
 export interface ClientAgentOptions {
   readonly modelDir: string;
@@ -68,10 +69,6 @@ interface ValidRequest {
   readonly ids: number[];
   readonly maxNewTokens: number;
   readonly placement?: string;
-}
-
-class RequestError extends Error {
-  override name = 'RequestError';
 }
 
 /** Adds the executor queueing of every step of `session` to `into.ms` (GenerationStats reports compute only). */
@@ -125,8 +122,8 @@ export class ClientAgent {
     this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, upstream: this.opts.upstream, keepalive: this.opts.keepalive, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
     this.follower.onPlan(() => this.telemetry?.publishNow());
     this.follower.start();
-    // Requests that do not decode reach the handlers flagged (INVALID_ARGUMENT), not as grpc-js's bare INTERNAL.
-    this.server.addService(safeService(AgentServiceService), this.handlers());
+    // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
+    serveWithEdge(this.server, AgentServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     await this.pingExecutor();
@@ -185,31 +182,31 @@ export class ClientAgent {
   private validate(req: GenerateRequest): ValidRequest {
     let ids: number[];
     if (req.input?.$case === 'prompt') {
-      if (req.input.value.length === 0) throw new RequestError('prompt must be non-empty text, given an empty string');
+      if (req.input.value.length === 0) throw new ValidationError('prompt must be non-empty text, given an empty string');
       ids = encode(req.input.value);
       // The tokenizer knows GPT-2's 50,257 ids; a smaller model knows fewer.
       const bad = ids.findIndex((v) => v >= this.vocabSize);
-      if (bad >= 0) throw new RequestError(`prompt must tokenise to ids in 0..${this.vocabSize - 1} (this model's vocabulary), given id ${ids[bad]} at token ${bad}`);
+      if (bad >= 0) throw new ValidationError(`prompt must tokenise to ids in 0..${this.vocabSize - 1} (this model's vocabulary), given id ${ids[bad]} at token ${bad}`);
     } else if (req.input?.$case === 'ids') {
       ids = req.input.value.ids;
-      if (ids.length === 0) throw new RequestError('ids must hold at least one token id, given none');
+      if (ids.length === 0) throw new ValidationError('ids must hold at least one token id, given none');
       const bad = ids.findIndex((v) => v >= this.vocabSize);
-      if (bad >= 0) throw new RequestError(`ids[${bad}] must be in 0..${this.vocabSize - 1}, given ${ids[bad]}`);
+      if (bad >= 0) throw new ValidationError(`ids[${bad}] must be in 0..${this.vocabSize - 1}, given ${ids[bad]}`);
     } else {
-      throw new RequestError('input must be a prompt or ids, given neither');
+      throw new ValidationError('input must be a prompt or ids, given neither');
     }
     // The last generated token is never fed back, so prompt + maxNewTokens - 1 must fit the context.
     const room = this.nPositions - ids.length + 1;
-    if (room < 1) throw new RequestError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
-    if (req.maxNewTokens < 1 || req.maxNewTokens > room) throw new RequestError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
+    if (room < 1) throw new ValidationError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
+    if (req.maxNewTokens < 1 || req.maxNewTokens > room) throw new ValidationError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
     let placement: string | undefined;
     if (req.placement) {
       placement = req.placement;
       if (placement.length !== this.stageCount || !/^[CS]+$/.test(placement)) {
-        throw new RequestError(`placement must be ${this.stageCount} letters C or S, given ${quoted(placement)}`);
+        throw new ValidationError(`placement must be ${this.stageCount} letters C or S, given ${quoted(placement)}`);
       }
       const bad = [...placement].findIndex((c, s) => c === 'C' && !this.local.has(s));
-      if (bad >= 0) throw new RequestError(`placement puts stage ${bad} on this client, which does not hold it`);
+      if (bad >= 0) throw new ValidationError(`placement puts stage ${bad} on this client, which does not hold it`);
     }
     return { ids, maxNewTokens: req.maxNewTokens, placement };
   }
@@ -273,19 +270,19 @@ export class ClientAgent {
     return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
   }
 
+  /** The handlers, behind the agent's edge (serveWithEdge, errors.ts): what they throw or reject with is answered with its status. */
   private handlers(): AgentServiceServer {
     return {
-      generate: (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
-        if (this.stopping) { call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the agent is shutting down' }); return; }
-        const problem = decodeProblem(call.request);
-        if (problem) { call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
+      generate: async (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
+        if (this.stopping) throw new StatusError(grpc.status.UNAVAILABLE, 'the agent is shutting down');
         const ac = new AbortController();
         this.running.add(ac);
         call.on('cancelled', () => ac.abort(new Error('cancelled by the caller')));
         // The caller's deadline goes on to the executor session (Infinity when it set none).
         const callerDeadline = call.getDeadline();
         const deadline = callerDeadline instanceof Date ? callerDeadline.getTime() : callerDeadline;
-        this.generate(call.request, (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }), ac.signal, deadline).then((r) => {
+        try {
+          const r = await this.generate(call.request, (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }), ac.signal, deadline);
           this.generations++;
           call.write({ kind: { $case: 'summary', value: {
             ids: r.stats.ids, text: decode(r.stats.ids), placement: r.placement, planEpoch: r.epoch, requestClass: r.requestClass, slaMs: r.slaMs,
@@ -293,39 +290,16 @@ export class ClientAgent {
             ...r.predicted,
           } } });
           call.end();
-        }, (err: unknown) => {
-          if (!(err instanceof RequestError)) this.failures++;
-          if (call.cancelled) return; // the caller is gone; nobody to tell
-          call.emit('error', ac.signal.aborted ? { code: grpc.status.UNAVAILABLE, details: 'the agent is shutting down' } : this.toStatus(err));
-        }).finally(() => this.running.delete(ac));
+        } catch (err) {
+          if (!(err instanceof ValidationError)) this.failures++;
+          // Aborted by stop() (a caller that cancelled is told nothing: the edge leaves its call alone).
+          throw ac.signal.aborted ? new StatusError(grpc.status.UNAVAILABLE, 'the agent is shutting down', { cause: err }) : err;
+        } finally {
+          this.running.delete(ac);
+        }
       },
-      getStatus: (call, cb) => {
-        const problem = decodeProblem(call.request);
-        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
-        cb(null, this.status());
-      },
+      getStatus: (_call, cb) => cb(null, this.status()),
     };
-  }
-
-  /**
-   * The status a failed generation ends with, its message capped at 1 KiB. Bad input stays the
-   * caller's fault: the executor's client-fault codes (INVALID_ARGUMENT, OUT_OF_RANGE,
-   * FAILED_PRECONDITION, RESOURCE_EXHAUSTED) and its availability codes pass through with its
-   * message, and a local stage refusing its input maps like the executor's.
-   */
-  private toStatus(err: unknown): { code: grpc.status; details: string } {
-    const st = (code: grpc.status, details: string) => ({ code, details: capStatus(details) });
-    if (err instanceof RequestError) return st(grpc.status.INVALID_ARGUMENT, err.message);
-    if (err instanceof ReplayMissError) return st(grpc.status.FAILED_PRECONDITION, `EMULATION: ${err.message}`);
-    if (err instanceof StageInputError) return st(err.kind === 'precondition' ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT, `local stage: ${err.message}`);
-    const e = err as Partial<grpc.ServiceError>;
-    const passThrough = [
-      grpc.status.INVALID_ARGUMENT, grpc.status.OUT_OF_RANGE, grpc.status.FAILED_PRECONDITION, grpc.status.RESOURCE_EXHAUSTED,
-      grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED,
-    ];
-    if (typeof e.code === 'number' && passThrough.includes(e.code)) return st(e.code, `executor: ${e.details ?? e.message}`);
-    this.log.error({ err }, 'generation failed');
-    return st(grpc.status.INTERNAL, `generation failed: ${e.details ?? e.message ?? String(err)}`);
   }
 
   /** Stops accepting work, lets running generations finish for `graceMs`, then cancels them and closes everything. */

@@ -1,6 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { greedyToken, lastPosition } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
+import { ExecutorStatusError } from './errors';
 import type { LinkEmulator, LinkEstimator } from './link';
 import type { LocalStages } from './local-stages';
 import { GenerateRefusedError, REFUSAL_MARGIN_MS, refusalHintOf, TOKEN_DOWN_BYTES, type RemoteSession } from './remote-session';
@@ -62,11 +63,10 @@ export const RESUME_MARGIN_MS = 100;
  * The generation lost its executor session and could not continue on a new one within its
  * deadline. Carries gRPC's UNAVAILABLE like the executor's own errors, so the agent passes it through.
  */
-export class ExecutorLostError extends Error {
+export class ExecutorLostError extends ExecutorStatusError {
   override name = 'ExecutorLostError';
-  readonly code = status.UNAVAILABLE;
-  constructor(readonly details: string) {
-    super(details);
+  constructor(details: string) {
+    super(status.UNAVAILABLE, details);
   }
 }
 

@@ -1,9 +1,9 @@
-import { modelIdOf, readManifest } from '@tandem/model';
-import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, loadUpstreamSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
+import { ModelFormatError, modelIdOf, readManifest } from '@tandem/model';
+import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, loadUpstreamSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
 import { loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
-import { ReplayRecording } from './replay';
+import { ReplayFormatError, ReplayRecording } from './replay';
 
 /** Composition root of the client-agent. */
 export async function main(): Promise<void> {
@@ -53,9 +53,5 @@ export async function main(): Promise<void> {
   onShutdownSignal(() => agent.stop({ graceMs: config.AGENT_SHUTDOWN_GRACE_MS }));
 }
 
-if (require.main === module) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`client-agent: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(err instanceof Error && (err.name === 'ConfigError' || err.name === 'ModelFormatError' || err.name === 'ReplayFormatError') ? 2 : 1);
-  });
-}
+// Exit 2 on bad configuration (environment, certificates, NATS credentials, MODEL_DIR, AGENT_REPLAY_FILE), 1 otherwise.
+if (require.main === module) runMain('client-agent', main, [ModelFormatError, ReplayFormatError]);

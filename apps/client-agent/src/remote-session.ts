@@ -1,5 +1,6 @@
 import { status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
 import { fromWireTensor, retryAfterMsOf, toWireTensor, type ExecutorServiceClient, type HostTensor, type SessionOpened, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { ExecutorStatusError } from './errors';
 
 /** What one server step returned. */
 export interface RemoteStepResult {
@@ -17,11 +18,10 @@ export interface RemoteStepResult {
  * second) whose hint the deadline left no room to wait out. Carries gRPC's RESOURCE_EXHAUSTED
  * and the executor's message, so the agent passes it through.
  */
-export class RefusedError extends Error {
+export class RefusedError extends ExecutorStatusError {
   override name = 'RefusedError';
-  readonly code = status.RESOURCE_EXHAUSTED;
-  constructor(readonly details: string, readonly retryAfterMs: number) {
-    super(details);
+  constructor(details: string, readonly retryAfterMs: number) {
+    super(status.RESOURCE_EXHAUSTED, details);
   }
 }
 

@@ -1,5 +1,5 @@
-import { modelIdOf, readManifest } from '@tandem/model';
-import { createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
+import { ModelFormatError, modelIdOf, readManifest } from '@tandem/model';
+import { createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
 import { Calibrator } from './calibration';
 import { loadConfig } from './config';
 import { PlanMaker } from './plan-maker';
@@ -48,9 +48,5 @@ export async function main(): Promise<void> {
   onShutdownSignal(() => server.stop());
 }
 
-if (require.main === module) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`planner: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(err instanceof Error && (err.name === 'ConfigError' || err.name === 'ModelFormatError') ? 2 : 1);
-  });
-}
+// Exit 2 on bad configuration (environment, certificates, NATS credentials, MODEL_DIR), 1 otherwise.
+if (require.main === module) runMain('planner', main, [ModelFormatError]);

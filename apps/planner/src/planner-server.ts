@@ -5,10 +5,7 @@ import {
   HealthReporter,
   ID_PATTERN,
   PlannerServiceService,
-  capStatus,
-  decodeProblem,
   keepaliveOptions,
-  safeService,
   ServerLoad,
   ServingStatus,
   Subjects,
@@ -20,9 +17,11 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import {
-  AuthError, bindServer, checkIdentity, connectNats, OPERATOR_IDENTITY, serverAuthOptions, shutdownServer, type Logger, type NatsAuth, type NatsConnection, type ServerSecurity,
+  AuthError, bindServer, checkIdentity, connectNats, errorEdge, OPERATOR_IDENTITY, serverAuthOptions, serveWithEdge, shutdownServer, ValidationError,
+  type Logger, type NatsAuth, type NatsConnection, type ServerSecurity,
 } from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
+import { toGrpcStatus } from './errors';
 import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
@@ -39,11 +38,11 @@ export function pageTokenOf(lastClientId: string): string {
   return Buffer.from(`v1:${lastClientId}`, 'utf8').toString('base64url');
 }
 
-/** The client id a page token continues after. @throws Error naming page_token when it is not one this planner issued. */
+/** The client id a page token continues after. @throws ValidationError naming page_token when it is not one this planner issued. */
 export function clientIdOfPageToken(token: string): string {
   const text = /^[A-Za-z0-9_-]{1,200}$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
   const id = text.startsWith('v1:') ? text.slice(3) : '';
-  if (!ID_PATTERN.test(id)) throw new Error(`page_token must be a next_page_token from an earlier ListPlans answer, given ${shown(token)}`);
+  if (!ID_PATTERN.test(id)) throw new ValidationError(`page_token must be a next_page_token from an earlier ListPlans answer, given ${shown(token)}`);
   return id;
 }
 
@@ -302,8 +301,8 @@ export class PlannerServer {
   }
 
   async start(): Promise<{ port: number }> {
-    // Requests that do not decode reach the handlers flagged (INVALID_ARGUMENT), not as grpc-js's bare INTERNAL.
-    this.server.addService(safeService(PlannerServiceService), this.handlers());
+    // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
+    serveWithEdge(this.server, PlannerServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
@@ -622,7 +621,7 @@ export class PlannerServer {
    * MAX_PLANS_PAGE_SIZE: that many) of clients after the one `pageToken` names (empty: from
    * the first), and the token of the next page (empty on the last). Keyset paging: a client
    * added or forgotten between pages does not shift the others.
-   * @throws Error naming page_token when it is not a token this planner issued.
+   * @throws ValidationError naming page_token when it is not a token this planner issued.
    */
   plansPage(pageSize: number, pageToken: string): { plans: ClientPlan[]; nextPageToken: string } {
     const size = pageSize === 0 ? DEFAULT_PLANS_PAGE_SIZE : Math.min(pageSize, MAX_PLANS_PAGE_SIZE);
@@ -639,31 +638,19 @@ export class PlannerServer {
     return plans.map((p) => ({ clientId: p.clientId, classes: this.calibrator.observations(p.clientId, p.classes.map((c) => c.name)) }));
   }
 
-  /** With tokens: the status refusing a call whose identity `check` rejects (undefined when allowed, or without tokens). */
-  private refusal(metadata: grpc.Metadata, check: (identity: string) => void): Partial<grpc.StatusObject> | undefined {
-    const tokens = this.opts.security?.tokens;
-    if (!tokens) return undefined;
-    try {
-      check(tokens.authenticate(metadata));
-      return undefined;
-    } catch (err) {
-      if (err instanceof AuthError) return { code: err.code, details: err.message };
-      throw err;
-    }
-  }
-
+  /**
+   * The handlers, behind the planner's edge (serveWithEdge): what they throw is answered with
+   * its status (ValidationError: INVALID_ARGUMENT; AuthError: UNAUTHENTICATED or
+   * PERMISSION_DENIED, with tokens only; anything else INTERNAL, logged).
+   */
   private handlers(): PlannerServiceServer {
+    // With tokens: who the caller is (the interceptor already let only known tokens in); undefined without.
+    const identity = (metadata: grpc.Metadata): string | undefined => this.opts.security?.tokens?.authenticate(metadata);
     return {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
-        const problem = decodeProblem(call.request);
-        if (problem) { call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
         const id = call.request.clientId;
-        if (!ID_PATTERN.test(id)) {
-          call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: `clientId must match ${ID_PATTERN}, given ${shown(id)}` });
-          return;
-        }
-        const denied = this.refusal(call.metadata, (identity) => checkIdentity(identity, 'clientId', id));
-        if (denied) { call.emit('error', denied); return; }
+        if (!ID_PATTERN.test(id)) throw new ValidationError(`clientId must match ${ID_PATTERN}, given ${shown(id)}`);
+        checkIdentity(identity(call.metadata), 'clientId', id);
         let set = this.watchers.get(id);
         if (!set) this.watchers.set(id, (set = new Set()));
         set.add(call);
@@ -680,19 +667,11 @@ export class PlannerServer {
         if (plan) { call.write({ plan }); this.counters.plansPushed++; }
       },
       listPlans: (call, cb) => {
-        const problem = decodeProblem(call.request);
-        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
-        const denied = this.refusal(call.metadata, (identity) => {
-          if (identity !== OPERATOR_IDENTITY) throw new AuthError(grpc.status.PERMISSION_DENIED, `ListPlans must be called with an operator token (identity '*'; it shows every client's plan), given the token of '${identity}'`);
-        });
-        if (denied) { cb(denied); return; }
-        let page: { plans: ClientPlan[]; nextPageToken: string };
-        try {
-          page = this.plansPage(call.request.pageSize, call.request.pageToken);
-        } catch (err) {
-          cb({ code: grpc.status.INVALID_ARGUMENT, details: errText(err) });
-          return;
+        const caller = identity(call.metadata);
+        if (caller !== undefined && caller !== OPERATOR_IDENTITY) {
+          throw new AuthError(grpc.status.PERMISSION_DENIED, `ListPlans must be called with an operator token (identity '*'; it shows every client's plan), given the token of '${caller}'`);
         }
+        const page = this.plansPage(call.request.pageSize, call.request.pageToken);
         cb(null, { plans: page.plans, observations: this.observations(page.plans), nextPageToken: page.nextPageToken });
       },
     };

@@ -2,9 +2,9 @@
  * Messages between {@link WorkerStageEngine} (the event-loop thread) and its inference thread
  * (engine-thread.ts), and the helpers both sides use to move tensors and errors across.
  * Tensors cross by transferring their ArrayBuffers (no copy); errors cross as plain data and
- * are rebuilt as the classes toGrpcStatus maps.
+ * are rebuilt as the classes toGrpcStatus (and the exit code of main) tells apart.
  */
-import { StageInputError, type StageInputProblemKind } from '@tandem/model';
+import { ModelFormatError, StageInputError, type StageInputProblemKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 
 /** What the inference thread is started with (its `workerData`). */
@@ -35,7 +35,7 @@ export interface ErrorData {
   readonly name: string;
   readonly message: string;
   readonly stack?: string;
-  /** For StageInputError: the fields that rebuild it. */
+  /** For StageInputError and ModelFormatError: the fields that rebuild it. */
   readonly field?: string;
   readonly rule?: string;
   readonly given?: string;
@@ -51,19 +51,21 @@ export type FromThread =
 
 /** Flattens an error for postMessage (structured clone keeps neither the class nor its fields). */
 export function describeError(err: unknown): ErrorData {
-  if (err instanceof StageInputError) return { name: err.name, message: err.message, stack: err.stack, field: err.field, rule: err.rule, given: err.given, kind: err.kind };
+  if (err instanceof StageInputError || err instanceof ModelFormatError) {
+    return { name: err.name, message: err.message, stack: err.stack, field: err.field, rule: err.rule, given: err.given, kind: err instanceof StageInputError ? err.kind : undefined };
+  }
   if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
   return { name: 'Error', message: String(err) };
 }
 
 /**
- * Rebuilds an error from {@link describeError}: a StageInputError keeps its class, fields and
- * message (so it maps to the same gRPC status as in-thread); anything else is an Error with
- * the same name, message and the thread's stack.
+ * Rebuilds an error from {@link describeError}: a StageInputError or ModelFormatError keeps its
+ * class, fields and message (so it maps to the same gRPC status, or exit code, as in-thread);
+ * anything else is an Error with the same name, message and the thread's stack.
  */
 export function rebuildError(e: ErrorData): Error {
-  if (e.name === 'StageInputError' && e.field !== undefined && e.rule !== undefined) {
-    const err = new StageInputError(e.field, e.rule, '', e.kind ?? 'invalid');
+  if ((e.name === 'StageInputError' || e.name === 'ModelFormatError') && e.field !== undefined && e.rule !== undefined) {
+    const err = e.name === 'StageInputError' ? new StageInputError(e.field, e.rule, '', e.kind ?? 'invalid') : new ModelFormatError(e.field, e.rule, '');
     // The message and rendered value were made on the other side: keep them as they were.
     Object.defineProperty(err, 'message', { value: e.message, enumerable: false, writable: true, configurable: true });
     Object.defineProperty(err, 'given', { value: e.given ?? '', enumerable: true });

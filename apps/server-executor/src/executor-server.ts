@@ -2,7 +2,6 @@ import * as grpc from '@grpc/grpc-js';
 import {
   capStatus,
   channelOptions,
-  decodeProblem,
   ExecutorServiceService,
   HealthReporter,
   quoted,
@@ -15,10 +14,10 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { bindServer, checkIdentity, serverAuthOptions, shutdownServer, TelemetryPublisher, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
+import { bindServer, checkIdentity, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, TelemetryPublisher, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
-import { CapacityError, NotReadyError } from './errors';
+import { CapacityError, NotReadyError, toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
 import { mainThreadCpuMs, OverheadModel } from './overhead';
 import { StretchMeter } from './stage-stats';
@@ -143,7 +142,7 @@ export class ExecutorServer {
 
   /** Warms the engine up, binds, marks SERVING and starts telemetry. Resolves with the bound port. */
   async start(): Promise<{ port: number }> {
-    this.server.addService(ExecutorServiceService, this.handlers());
+    serveWithEdge(this.server, ExecutorServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     const t0 = performance.now();
@@ -268,11 +267,7 @@ export class ExecutorServer {
           else this.perClient.delete(s.clientId);
         });
       },
-      getStatus: (call, cb) => {
-        const problem = decodeProblem(call.request);
-        if (problem) { cb({ code: grpc.status.INVALID_ARGUMENT, details: capStatus(problem.message) }); return; }
-        cb(null, this.status());
-      },
+      getStatus: (_call, cb) => cb(null, this.status()),
     };
   }
 

@@ -1,4 +1,5 @@
-import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal } from '@tandem/service-kit';
+import { ModelFormatError } from '@tandem/model';
+import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
 import { loadConfig } from './config';
 import { OnnxStageEngine } from './engine';
 import { ExecutorServer } from './executor-server';
@@ -45,9 +46,5 @@ export async function main(): Promise<void> {
   onShutdownSignal(() => server.stop({ graceMs: config.EXECUTOR_SHUTDOWN_GRACE_MS }));
 }
 
-if (require.main === module) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`server-executor: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(err instanceof Error && err.name === 'ConfigError' ? 2 : 1);
-  });
-}
+// Exit 2 on bad configuration (environment, certificates, NATS credentials, MODEL_DIR), 1 otherwise.
+if (require.main === module) runMain('server-executor', main, [ModelFormatError]);

@@ -3,10 +3,10 @@ import type { Metadata, ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
-import type { Logger } from '@tandem/service-kit';
+import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
 import type { StageEngine } from './engine';
 import { isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
-import { PreconditionError, SessionClosedError, toGrpcStatus, ValidationError } from './errors';
+import { PreconditionError, SessionClosedError, toGrpcStatus } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
 import { TokenRateError, type ClientTokenRates } from './token-rate';
 
@@ -212,9 +212,8 @@ export class SplitSession {
   /** Ends the session with the status an error maps to (nothing when the session already closed). */
   private fail(err: unknown): void {
     if (err instanceof SessionClosedError && !this.isOpen) return;
-    const st = toGrpcStatus(err);
-    if (st.code === status.INTERNAL) this.log.error({ err, sessionId: this.id }, 'step failed');
-    else this.log.debug({ sessionId: this.id, code: st.code, details: st.details }, 'refused a message');
+    const st = errorEdge(this.log, toGrpcStatus)(err, { sessionId: this.id });
+    if (st.code !== status.INTERNAL) this.log.debug({ sessionId: this.id, code: st.code, details: st.details }, 'refused a message');
     this.close(st.details, st.code, true, st.metadata);
   }
 

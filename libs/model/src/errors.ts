@@ -73,7 +73,9 @@ export class StageInputError extends InputError {
 /**
  * A Hugging Face checkpoint cannot be imported: a config field is missing or out of range, or a
  * tensor is missing, mis-shaped or of an unsupported dtype. For a tensor, `field` is its name
- * (as found, with its prefix if any), `expected` the expected shape and `found` the shape found.
+ * (as found, with its prefix if any), `rule` names the expected shape (`have shape [32,96]`) and
+ * `given` the shape found (`missing` when there is none); the message reads `tensor <name> has
+ * the wrong shape: expected shape …, found …` (or `is missing`).
  */
 export class ImportError extends InputError {
   override name = 'ImportError';

@@ -10,7 +10,10 @@ export interface EnvVar<T> {
   readonly shown?: string;
 }
 
-/** Every problem found in a service's environment, all listed at once. */
+/**
+ * Bad configuration of a service (its environment, the files it names, NATS refusing its
+ * credentials): every problem found, all listed at once, one line each. main exits 2 (runMain).
+ */
 export class ConfigError extends Error {
   override name = 'ConfigError';
   readonly problems: readonly string[];

@@ -22,3 +22,5 @@ export {
 export type { ClientSecurity, ClientSecurityFiles, ServerSecurity, ServerSecurityConfig, UpstreamSecurityConfig } from './security';
 export { makeCertificates } from './certs';
 export type { CertificateOptions, CertificateSet } from './certs';
+export { errorEdge, runMain, serveWithEdge, statusOf, StatusError, ValidationError } from './errors';
+export type { ErrorEdge, GrpcStatus } from './errors';

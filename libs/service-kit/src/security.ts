@@ -8,6 +8,7 @@ import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { quoted } from '@tandem/protocol';
 import { ConfigError, env } from './env';
+import { StatusError } from './errors';
 
 /** Metadata key of the bearer token (`authorization: Bearer <token>`). */
 export const AUTH_METADATA_KEY = 'authorization';
@@ -204,9 +205,9 @@ export function clientOptions(sec: ClientSecurity | undefined, base: Partial<grp
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 /** Refusal of a call by the token check: UNAUTHENTICATED or PERMISSION_DENIED, with a message naming the rule. */
-export class AuthError extends Error {
+export class AuthError extends StatusError {
   override name = 'AuthError';
-  constructor(readonly code: grpc.status.UNAUTHENTICATED | grpc.status.PERMISSION_DENIED, message: string) { super(message); }
+  constructor(override readonly code: grpc.status.UNAUTHENTICATED | grpc.status.PERMISSION_DENIED, message: string) { super(code, message); }
 }
 
 /**

@@ -1,7 +1,8 @@
+import { inspect } from 'node:util';
 import { capStatus, quoted } from '@tandem/protocol';
 import type { Command } from './command';
 import { commands } from './commands';
-import { UsageError } from './errors';
+import { ServiceCallError, UsageError } from './errors';
 import type { CliIo } from './io';
 
 function helpText(): string {
@@ -39,14 +40,16 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   try {
     return await command.run(rest, io);
   } catch (err) {
-    if (err instanceof UsageError) {
+    const prefix = `tandem ${command.path.join(' ')}: `;
+    if (err instanceof UsageError || err instanceof ServiceCallError) {
       // One line of at most 1 KiB (cut with capStatus), whatever value the message echoes.
-      io.stderr.write(`${capStatus(`tandem ${command.path.join(' ')}: ${err.message}`)}\n`);
-      return 2;
+      io.stderr.write(`${capStatus(prefix + err.message)}\n`);
+      if (err instanceof ServiceCallError && process.env.TANDEM_DEBUG) io.stderr.write(`${inspect(err)}\n`);
+      return err instanceof UsageError ? 2 : err.exitCode;
     }
-    const e = err as Error;
-    io.stderr.write(`tandem ${command.path.join(' ')}: ${e?.message ?? String(err)}\n`);
-    if (process.env.TANDEM_DEBUG) io.stderr.write(`${e?.stack ?? ''}\n`);
+    io.stderr.write(`${prefix}${(err as Error)?.message ?? String(err)}\n`);
+    // The stack, and the chain of causes.
+    if (process.env.TANDEM_DEBUG) io.stderr.write(`${inspect(err)}\n`);
     return 1;
   }
 }

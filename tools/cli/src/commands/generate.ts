@@ -1,10 +1,10 @@
-import { status, type ServiceError } from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
 import { clientOptions } from '@tandem/service-kit';
 import { type Manifest, decode, encode } from '@tandem/model';
 import { AgentServiceClient, type GenerateResponse, type GenerationSummary } from '@tandem/protocol';
 import { type ParsedArgs, intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
-import { UsageError } from '../errors';
+import { ServiceCallError, UsageError } from '../errors';
 import { type CliIo, printJson } from '../io';
 import { clientSecurityFlags, SECURITY_FLAGS, SECURITY_USAGE } from '../security-flags';
 import { idsFlag, loadPipeline, placementFlag, readModelFlag, toUsageError } from '../model-flags';
@@ -42,8 +42,9 @@ type AgentSummary = Omit<GenerationSummary, 'ids' | 'text'>;
 
 /**
  * `--agent ADDR`: the generation runs on a client-agent, split with the server as the
- * agent's plan (or `--placement`) says. The agent validates the request; its
- * INVALID_ARGUMENT answers are bad input (exit 2), anything else a failure (exit 1).
+ * agent's plan (or `--placement`) says. The agent validates the request; an error status names
+ * the agent, its code and message (ServiceCallError): INVALID_ARGUMENT is bad input (exit 2),
+ * anything else a failure (exit 1).
  */
 async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
   const addr = required(args, 'agent');
@@ -89,10 +90,7 @@ async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
     } else streamer?.end(summary.ids);
     return 0;
   } catch (err) {
-    const e = err as Partial<ServiceError>;
-    if (e.code === status.INVALID_ARGUMENT) throw new UsageError(`the agent refused the request: ${e.details}`);
-    if (e.code === status.UNAVAILABLE) throw new Error(`cannot reach the agent at ${addr} (or it cannot reach the server): ${e.details}`);
-    throw new Error(`generation through the agent at ${addr} failed: ${e.details ?? e.message ?? String(err)}`);
+    throw ServiceCallError.of(`the agent at ${addr}`, 'Generate', err, (code) => (code === status.UNAVAILABLE ? ' (is the agent running, and can it reach the executor?)' : ''));
   } finally {
     client.close();
   }

@@ -57,7 +57,7 @@ export const natsConfigCommand: Command = {
     try {
       cfg = natsServerConfig({ agents, executors, mode });
     } catch (err) {
-      throw new UsageError(`--agents/--executors: ${(err as Error).message}`);
+      throw new UsageError(`--agents/--executors: ${(err as Error).message}`, { cause: err });
     }
     mkdirSync(out, { recursive: true });
     const written: string[] = [confFile];

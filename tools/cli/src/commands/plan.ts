@@ -35,12 +35,12 @@ function readInstances(file: string): unknown {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`--instance must name a readable file, given '${file}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new UsageError(`--instance must name a readable file, given '${file}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
   }
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new UsageError(`--instance must hold JSON (an instance object or an array of them), given '${file}' (${(err as Error).message})`);
+    throw new UsageError(`--instance must hold JSON (an instance object or an array of them), given '${file}' (${(err as Error).message})`, { cause: err });
   }
 }
 

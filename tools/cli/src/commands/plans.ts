@@ -4,7 +4,7 @@ import { listPlans, ListPlansResponse, PlannerServiceClient } from '@tandem/prot
 import { clientOptions } from '@tandem/service-kit';
 import { intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
-import { UsageError } from '../errors';
+import { ServiceCallError, UsageError } from '../errors';
 import { printJson, type CliIo } from '../io';
 import { clientSecurityFlags, SECURITY_FLAGS, SECURITY_USAGE } from '../security-flags';
 import { formatPlans } from '../views/plans';
@@ -35,7 +35,7 @@ ${SECURITY_USAGE}
                    (a planner with AUTH_TOKENS_FILE lists plans only for an operator token)
 
 Exit codes: 0 listed (also when there are no plans yet), 2 bad usage, 1 the planner could not
-be reached or failed.`;
+be reached or failed (the line names its status code and message).`;
 
 /** `host:port` with a port in 1..65535. @throws UsageError naming the flag. */
 export function addressFlag(flag: string, value: string): string {
@@ -60,11 +60,8 @@ export const plansCommand: Command = {
     try {
       r = await listPlans(client, PLANS_DEADLINE_MS, pageSize);
     } catch (err) {
-      const e = err as grpc.ServiceError;
-      const detail = (e.details || e.message).replace(/\s*Resolution note:.*$/s, '').replace(/^No connection established\. Last error: (Error: )?/, '');
-      if (e.code === grpc.status.UNAVAILABLE) throw new Error(`cannot reach the planner at ${addr} (is it running?): ${detail}`);
-      if (e.code === grpc.status.DEADLINE_EXCEEDED) throw new Error(`the planner at ${addr} did not answer within ${PLANS_DEADLINE_MS} ms: ${detail}`);
-      throw new Error(`the planner at ${addr} failed ListPlans: ${grpc.status[e.code] ?? e.code}: ${detail}`);
+      throw ServiceCallError.of(`the planner at ${addr}`, 'ListPlans', err, (code) =>
+        (code === grpc.status.UNAVAILABLE ? ' (is it running?)' : code === grpc.status.DEADLINE_EXCEEDED ? ` (no answer within ${PLANS_DEADLINE_MS} ms)` : ''));
     } finally {
       client.close();
     }
