@@ -130,7 +130,7 @@ async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceCl
   const until = Date.now() + opts.planWaitMs;
   let last = '';
   for (;;) {
-    const statuses = await guard.race(Promise.all(agents.map((a) => agentStatus(a.client, 2000).catch(() => undefined))));
+    const statuses = await guard.race(Promise.all(agents.map((a) => agentStatus(a.client).catch(() => undefined))));
     const have = agents.filter((_, i) => (statuses[i]?.planEpoch ?? 0) > 0).map((a) => a.device.id);
     const line = `waiting for plans: ${have.length}/${agents.length} agents have one${have.length ? ` (${have.join(', ')})` : ''}`;
     if (line !== last) { opts.progress(line); last = line; }
