@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
 import { AgentServiceClient, channelOptions, ExecutorServiceClient, generateVia, HealthClient, ServingStatus } from '@tandem/protocol';
-import { createLogger, type Logger } from '@tandem/service-kit';
+import type { Logger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 import { makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';

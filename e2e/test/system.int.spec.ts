@@ -20,7 +20,7 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { eventually, makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 
 const log = createLogger({ name: 'test', level: 'silent' });

@@ -2,7 +2,7 @@ import { renderChart } from '@tandem/plot';
 import type { Attainment } from './metrics';
 import { mergeSamples, PREDICTION_LIMITS, predictionErrors, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
-import { SLO_KEYS, type Policy, type Scenario } from './scenario';
+import { SLO_KEYS, type Policy } from './scenario';
 
 /** What one policy achieved over the whole sweep. */
 export interface PolicySummary {
