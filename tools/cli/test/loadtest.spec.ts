@@ -94,7 +94,9 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     for (const x of json.runs) {
       expect(x.stats.completed).toBeGreaterThan(0);
       expect(x.stats.completed + x.stats.failed).toBe(x.stats.requests);
-      expect(x.serverCpuS).toBeGreaterThan(0);
+      // server-only runs everything on the server; a split policy may run a whole 2-s rate on the devices (under one CPU tick).
+      if (x.policy === 'server-only') expect(x.serverCpuS).toBeGreaterThan(0);
+      else expect(x.serverCpuS).toBeGreaterThanOrEqual(0);
       expect(x.deviceSide.replayMisses).toBe(0);
       expect(x.serverRunQueueShare === null || x.serverRunQueueShare >= 0).toBe(true);
       expect(x.deviceSide.agentsCpuS).toBeGreaterThanOrEqual(0);
