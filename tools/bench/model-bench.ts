@@ -26,7 +26,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ensurePresetModel } from '@tandem/launcher';
-import { type HostTensor, type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner } from '@tandem/model';
+import { type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner } from '@tandem/model';
+import type { HostTensor } from '@tandem/protocol';
 import { median } from './bench-kit';
 import { type GenRun, Monolithic, timeGeneration } from './monolithic';
 
@@ -124,7 +125,7 @@ async function measurePlacement(p: SplitPipeline, prompt: number[], decodeTokens
   let t = now();
   await p.forward(prompt);
   const full = now() - t;
-  const session = p.newSession();
+  const session = p.newCaches();
   const kindOf = (i: number): StageKind => p.manifest.stages[i].kind;
   const rec = (phase: string) => (i: number, _side: string, ms: number): void => {
     const k = `${phase}:${kindOf(i)}`;

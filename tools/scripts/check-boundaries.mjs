@@ -27,7 +27,7 @@ const RULES = {
   'type:util': { allowed: [], banned: IO },
   'type:algo': { allowed: ['type:util'], banned: IO },
   'type:protocol': { allowed: ['type:util'], banned: ['@nats-io/', 'nats', 'onnxruntime-', 'pino'] },
-  'type:platform': { allowed: ['type:protocol', 'type:util'], banned: [] },
+  'type:platform': { allowed: ['type:protocol', 'type:algo', 'type:util'], banned: [] },
   'type:testkit': { allowed: ['type:protocol', 'type:platform', 'type:util'], banned: [] },
   'type:app': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:util'], banned: [] },
   'type:harness': { allowed: ['type:protocol', 'type:algo', 'type:platform', 'type:testkit', 'type:app', 'type:util', 'type:harness'], banned: [] },

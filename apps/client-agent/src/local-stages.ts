@@ -1,14 +1,6 @@
-import type { HostTensor } from '@tandem/protocol';
+import type { HostTensor, StageTiming } from '@tandem/protocol';
 import { StageRunner, type KvCache } from '@tandem/model';
 import { ReplayMissError, type ReplayCursor, type ReplayRecording } from './replay';
-
-/** Measured cost of one local stage. */
-export interface LocalStageCost {
-  readonly stage: number;
-  readonly prefillMsPerToken: number;
-  readonly decodeMs: number;
-  readonly samples: number;
-}
 
 const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
 
@@ -93,7 +85,7 @@ export class LocalStages {
   async run(stage: number, input: HostTensor, cache: KvCache): Promise<{ output: HostTensor | number; ms: number }> {
     if (this.replay) return this.replayRun(stage, input, cache);
     const t0 = performance.now();
-    const output = (await this.runner.run(stage, input as never, cache)) as HostTensor;
+    const output = await this.runner.run(stage, input, cache);
     const real = performance.now() - t0;
     const tokens = input.shape[1] ?? 1;
     let ms = real;
@@ -179,7 +171,7 @@ export class LocalStages {
               ? { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) }
               : { dtype: 'float32', shape: [1, t, opts.nEmbd], data: new Float32Array(t * opts.nEmbd).fill(0.01) };
             const t0 = performance.now();
-            await this.runner.run(s, input as never, cache);
+            await this.runner.run(s, input, cache);
             const real = performance.now() - t0;
             // The last round's figures are kept: the first pays onnxruntime's lazy start-up.
             const b = base.get(s) ?? { prefillMsPerToken: 0, decodeMs: 0 };
@@ -207,7 +199,7 @@ export class LocalStages {
    * Costs as published: the EWMA of recent runs, or the start-up profile for a stage that has
    * not run for 10 s (figures from a busy moment must not keep the planner from using it).
    */
-  costs(): LocalStageCost[] {
+  costs(): StageTiming[] {
     const now = performance.now();
     return [...this.stages].sort((a, b) => a - b).map((stage) => {
       const base = this.baseline?.get(stage);

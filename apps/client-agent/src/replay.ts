@@ -1,5 +1,6 @@
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { greedyToken, readManifest, StageRunner, type HostTensor } from '@tandem/model';
+import { greedyToken, readManifest, StageRunner } from '@tandem/model';
+import type { HostTensor } from '@tandem/protocol';
 
 /**
  * EMULATION only (load tests on one machine): device-stage outputs recorded once from a real

@@ -2,10 +2,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import type { HostTensor } from '@tandem/protocol';
 import { createModel } from './create';
 import { ModelOptionError, StageInputError } from './errors';
 import { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
-import { type HostTensor, StageRunner, readManifest } from './index';
+import { StageRunner, readManifest } from './index';
 
 let root: string;
 let dir: string;

@@ -1,10 +1,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import type { HostTensor } from '@tandem/protocol';
 import { maxAbsDiff } from '@tandem/testkit';
 import { createModel } from './create';
 import { StageInputError } from './errors';
-import { type HostTensor, StageRunner } from './index';
+import { StageRunner } from './index';
 import { SplitPipeline, argmaxRow } from './pipeline';
 import { formatPlacement, parsePlacement } from './placement';
 
@@ -50,7 +51,7 @@ describe('split pipeline', () => {
   it('decodes with the KV cache like recomputing from scratch', async () => {
     for (const placement of ['SSSSSS', 'CSCSCS']) {
       await withPipeline(placement, async (p) => {
-        const session = p.newSession();
+        const session = p.newCaches();
         const seq = [...PROMPT.slice(0, 3)];
         let logits = await p.step(session, seq);
         for (let k = 0; k < 6; k++) {
@@ -79,7 +80,7 @@ describe('split pipeline', () => {
 
   it('keeps each side\'s state in its own cache', async () => {
     await withPipeline('CSSSSC', async (p) => {
-      const s = p.newSession();
+      const s = p.newCaches();
       await p.step(s, PROMPT.slice(0, 4));
       await p.step(s, [PROMPT[4]]);
       expect(s.client?.embeddedTokens).toBe(5);

@@ -1,13 +1,15 @@
+import type { Location, Placement } from '@tandem/dp';
+import type { HostTensor } from '@tandem/protocol';
 import { ModelOptionError } from './errors';
 import { type Manifest, readManifest } from './manifest';
-import { type Placement, type Side, parsePlacement } from './placement';
-import { type HostTensor, type KvCache, StageRunner, type StageRunnerOptions } from './runner';
+import { parsePlacement } from './placement';
+import { type KvCache, StageRunner, type StageRunnerOptions, lastPosition } from './runner';
 
 /** Options of {@link SplitPipeline.load}: runner options applied to both sides. */
 export type SplitPipelineOptions = Omit<StageRunnerOptions, 'stages'>;
 
 /** Called after each stage with where it ran and how long the session call took (ms). */
-export type StageObserver = (stage: number, side: Side, ms: number) => void;
+export type StageObserver = (stage: number, side: Location, ms: number) => void;
 
 /** Options of {@link SplitPipeline.generate}. */
 export interface GenerateOptions {
@@ -22,7 +24,7 @@ export interface GenerateOptions {
 }
 
 /** The pair of caches one sequence uses: one per side, each knowing only its own stages. */
-export interface SplitSession {
+export interface SplitCaches {
   readonly client?: KvCache;
   readonly server?: KvCache;
 }
@@ -42,17 +44,6 @@ export function argmaxRow(data: Float32Array, width: number, row: number): numbe
 /** The greedy next token: the argmax of the last position of logits [1, T, V]. */
 export function greedyToken(logits: { readonly data: Float32Array }, vocabSize: number): number {
   return argmaxRow(logits.data, vocabSize, logits.data.length / vocabSize - 1);
-}
-
-/**
- * The last position of a hidden state [1, T, D] as [1, 1, D] (a copy of D floats). Stages that
- * are position-wise (the head) give on it exactly the last row they would give on the whole
- * state, so a caller that needs only the next token runs the head on this alone.
- */
-export function lastPosition<X extends { readonly dtype: 'float32'; readonly shape: readonly number[]; readonly data: Float32Array }>(x: X): X {
-  const [, T, D] = x.shape;
-  if (T <= 1) return x;
-  return { ...x, shape: [1, 1, D], data: x.data.slice((T - 1) * D, T * D) } as X;
 }
 
 /**
@@ -77,7 +68,7 @@ export class SplitPipeline {
     const manifest = await readManifest(dir);
     const p = typeof placement === 'string' ? parsePlacement(placement, manifest.stages.length) : placement;
     if (p.length !== manifest.stages.length) throw new ModelOptionError('placement', `have ${manifest.stages.length} entries`, p.length);
-    const on = (side: Side): number[] => p.flatMap((s, i) => (s === side ? [i] : []));
+    const on = (side: Location): number[] => p.flatMap((s, i) => (s === side ? [i] : []));
     const runners: { client?: StageRunner; server?: StageRunner } = {};
     try {
       for (const side of ['client', 'server'] as const) {
@@ -91,24 +82,24 @@ export class SplitPipeline {
   }
 
   /** The runner of one side (undefined when no stage runs there). */
-  runner(side: Side): StageRunner | undefined {
+  runner(side: Location): StageRunner | undefined {
     return this.runners[side];
   }
 
   /** Fresh caches for one sequence. */
-  newSession(): SplitSession {
+  newCaches(): SplitCaches {
     return { client: this.runners.client?.newCache(), server: this.runners.server?.newCache() };
   }
 
   /**
-   * Runs every stage once over `ids` (appended to the session's context) and returns the head's
+   * Runs every stage once over `ids` (appended to the sequence's context) and returns the head's
    * logits [1, T', vocabSize], where T' is T, or 1 with `lastOnly` (the head is position-wise, so
    * running it on the last position alone gives that row exactly and saves the rest).
    * @throws StageInputError for ids outside the vocabulary or a context beyond nPositions.
    */
-  async step(session: SplitSession, ids: readonly number[], opts: { lastOnly?: boolean; onStage?: StageObserver } = {}): Promise<HostTensor & { dtype: 'float32' }> {
+  async step(caches: SplitCaches, ids: readonly number[], opts: { lastOnly?: boolean; onStage?: StageObserver } = {}): Promise<HostTensor & { dtype: 'float32' }> {
     let x: HostTensor = { dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, (v) => BigInt(v)) };
-    let where: Side = 'client'; // the request starts on the client
+    let where: Location = 'client'; // the request starts on the client
     for (const [i, side] of this.placement.entries()) {
       if (side !== where) {
         x = handOver(x);
@@ -117,7 +108,7 @@ export class SplitPipeline {
       if (opts.lastOnly && this.manifest.stages[i].kind === 'head' && x.dtype === 'float32') x = lastPosition(x);
       const runner = this.runners[side] as StageRunner;
       const t0 = opts.onStage ? performance.now() : 0;
-      x = await runner.run(i, x, session[side] as KvCache);
+      x = await runner.run(i, x, caches[side] as KvCache);
       opts.onStage?.(i, side, performance.now() - t0);
     }
     // The result ends on the client.
@@ -126,16 +117,16 @@ export class SplitPipeline {
   }
 
   /**
-   * One forward pass (prefill, no generation) over `ids` in a fresh session.
+   * One forward pass (prefill, no generation) over `ids` in a fresh sequence.
    * @returns logits [1, ids.length, vocabSize].
    */
   async forward(ids: readonly number[], opts: { onStage?: StageObserver } = {}): Promise<HostTensor & { dtype: 'float32' }> {
-    const session = this.newSession();
+    const caches = this.newCaches();
     try {
-      return await this.step(session, ids, opts);
+      return await this.step(caches, ids, opts);
     } finally {
-      session.client?.clear();
-      session.server?.clear();
+      caches.client?.clear();
+      caches.server?.clear();
     }
   }
 
@@ -154,11 +145,11 @@ export class SplitPipeline {
     }
     const stop = new Set(opts.stopIds ?? []);
     const out: number[] = [];
-    const session = this.newSession();
+    const caches = this.newCaches();
     try {
       let next = prompt;
       while (out.length < opts.maxNewTokens) {
-        const logits = await this.step(session, next, { lastOnly: true, onStage: opts.onStage });
+        const logits = await this.step(caches, next, { lastOnly: true, onStage: opts.onStage });
         const id = greedyToken(logits, vocabSize);
         out.push(id);
         opts.onToken?.(id, out.length - 1);
@@ -167,8 +158,8 @@ export class SplitPipeline {
       }
       return out;
     } finally {
-      session.client?.clear();
-      session.server?.clear();
+      caches.client?.clear();
+      caches.server?.clear();
     }
   }
 

@@ -1,10 +1,5 @@
+import type { Location, Placement } from '@tandem/dp';
 import { ModelOptionError } from './errors';
-
-/** Where a stage runs. */
-export type Side = 'client' | 'server';
-
-/** One side per stage, in stage order. */
-export type Placement = readonly Side[];
 
 /**
  * Parses a placement string of `C` (client) / `S` (server), one character per stage.
@@ -19,7 +14,7 @@ export function parsePlacement(str: string, stageCount: number): Placement {
   if (bad >= 0) {
     throw new ModelOptionError('placement', `contain only 'C' (client) and 'S' (server); character ${bad} is '${str[bad]}'`, str);
   }
-  return Object.freeze([...str].map((ch): Side => (ch === 'C' ? 'client' : 'server')));
+  return Object.freeze([...str].map((ch): Location => (ch === 'C' ? 'client' : 'server')));
 }
 
 /** The `C`/`S` string of a placement. */

@@ -1,14 +1,10 @@
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import type { HostTensor } from '@tandem/protocol';
 import { ModelFormatError, ModelOptionError, StageInputError, renderGiven } from './errors';
 import { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 import { type Manifest, type StageInfo, readManifest } from './manifest';
 import { IO } from './stage-graphs';
-
-/** A tensor in host memory, row-major. Float32 for hidden states and logits, int64 for token ids. */
-export type HostTensor =
-  | { readonly dtype: 'float32'; readonly shape: number[]; readonly data: Float32Array }
-  | { readonly dtype: 'int64'; readonly shape: number[]; readonly data: BigInt64Array };
 
 /**
  * Per-generation state of one runner: the next position of `embed` and the past keys/values of each
@@ -90,6 +86,17 @@ class RunnerCache implements KvCache {
 }
 
 const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+
+/**
+ * The last position of a hidden state [1, T, D] as [1, 1, D] (a copy of D floats). Stages that
+ * are position-wise (the head) give on it exactly the last row they would give on the whole
+ * state, so a caller that needs only the next token runs the head on this alone.
+ */
+export function lastPosition(x: Extract<HostTensor, { dtype: 'float32' }>): Extract<HostTensor, { dtype: 'float32' }> {
+  const [, T, D] = x.shape;
+  if (T <= 1) return x;
+  return { ...x, shape: [1, 1, D], data: x.data.slice((T - 1) * D, T * D) };
+}
 
 function toHost(t: ort.Tensor): HostTensor & { dtype: 'float32' } {
   return { dtype: 'float32', shape: [...t.dims], data: t.data as Float32Array };
@@ -260,13 +267,9 @@ export class StageRunner {
         for (let s = begin; s < end; s++) own.inFlight.delete(s);
       }
     }
-    const D = this.manifest.config.nEmbd;
     let x = input;
     for (let s = begin; s < end; s++) {
-      if (opts.lastOnly && this.manifest.stages[s].kind === 'head' && x.shape[1] > 1) {
-        const rows = x.shape[1];
-        x = { dtype: 'float32', shape: [1, 1, D], data: (x.data as Float32Array).slice((rows - 1) * D, rows * D) };
-      }
+      if (opts.lastOnly && this.manifest.stages[s].kind === 'head' && x.dtype === 'float32') x = lastPosition(x);
       x = await this.run(s, x, own);
     }
     return x;

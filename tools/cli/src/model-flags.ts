@@ -1,4 +1,5 @@
-import { type Manifest, type Placement, SplitPipeline, isModelInputError, parsePlacement, readManifest } from '@tandem/model';
+import type { Placement } from '@tandem/dp';
+import { type Manifest, SplitPipeline, isModelInputError, parsePlacement, readManifest } from '@tandem/model';
 import { UsageError } from './errors';
 
 // Flags of the commands that read a model directory, shared by forward, generate, model and demo.
