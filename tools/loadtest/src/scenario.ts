@@ -48,8 +48,11 @@ export interface Slo {
 export const SLO_KEYS = ['ttftMs', 'tpotMs', 'slaMs'] as const;
 export type SloKey = (typeof SLO_KEYS)[number];
 
-/** A kind of request. Prompt ranges of the classes must not overlap: the planner picks a class by prompt length. */
-export interface RequestClass extends Slo {
+/**
+ * A kind of request in the traffic (the planner's RequestClass is made from it: plannerSloEnv).
+ * Prompt ranges of the classes must not overlap: the planner picks a class by prompt length.
+ */
+export interface TrafficClass extends Slo {
   readonly name: string;
   readonly weight: number;
   /** Prompt length, tokens, uniform in [min, max]. */
@@ -84,7 +87,7 @@ export interface Scenario {
   readonly seed: number;
   readonly preset: string;
   readonly deviceClasses: readonly DeviceClass[];
-  readonly requestClasses: readonly RequestClass[];
+  readonly requestClasses: readonly TrafficClass[];
   /** SLOs per device class and request class; each stated key replaces the request class's. */
   readonly slaOverrides: Readonly<Record<string, Readonly<Record<string, Slo>>>>;
   readonly emulation: Emulation;
@@ -199,7 +202,7 @@ export function validateScenario(raw: unknown): Scenario {
   if (new Set(deviceClasses.map((d) => d.name)).size !== deviceClasses.length) fail('deviceClasses', 'have unique names', deviceClasses.map((d) => d.name));
 
   if (!Array.isArray(o.requestClasses) || o.requestClasses.length === 0 || o.requestClasses.length > 16) fail('requestClasses', 'be an array of 1..16 request classes', o.requestClasses);
-  const requestClasses = o.requestClasses.map((r: unknown, i: number): RequestClass => {
+  const requestClasses = o.requestClasses.map((r: unknown, i: number): TrafficClass => {
     const f = `requestClasses[${i}]`;
     const rc = obj(r, f);
     const known = ['name', 'weight', 'promptTokens', 'outputTokens', 'promptPool', ...SLO_KEYS];
