@@ -5,9 +5,9 @@
  * imported by anything else.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { StageInputError } from '@tandem/model';
+import { StageInputError, type KvCache } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
-import { OnnxStageEngine } from './engine';
+import { OnnxStageEngine, type SessionCache } from './engine';
 import { collectorOrUndefined, IDLE_COLLECT_DELAY_MS } from './worker-engine';
 import { describeError, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 
@@ -22,7 +22,7 @@ async function serve(): Promise<void> {
     port.postMessage({ type: 'load-failed', error: describeError(err) } satisfies FromThread);
     return;
   }
-  const caches = new Map<number, unknown>();
+  const caches = new Map<number, SessionCache<KvCache>>();
   // KV buffers are ArrayBuffers whose memory only the collector frees: with returnMemory,
   // collect once a burst is over (after it, never inside one): when no cache has been live for
   // a moment, or the live caches fell to a quarter of their high-water mark since the last

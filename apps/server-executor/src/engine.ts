@@ -1,11 +1,34 @@
 import type { HostTensor } from '@tandem/protocol';
-import { modelIdOf, readManifest, StageRunner, type KvCache } from '@tandem/model';
+import { modelIdOf, readManifest, StageRunner, type KvCache, type StageKind } from '@tandem/model';
 
-/** What a stage computes; position-wise stages can batch sessions by concatenating tokens. */
-export type StageKind = 'embed' | 'attn' | 'mlp' | 'head';
+/**
+ * One session's cache on an engine: the engine's own state for it (`kv`: a KvCache, or a handle
+ * to one kept in the inference thread) and the tokens each stage has taken for the session, the
+ * one count of its context (the session checks steps against it, the scheduler advances it).
+ */
+export class SessionCache<K = unknown> {
+  private readonly taken: Uint32Array;
 
-/** The executor's view of a model engine (constructor-injected so logic tests can use a fake). */
-export interface StageEngine {
+  constructor(readonly kv: K, stageCount: number) {
+    this.taken = new Uint32Array(stageCount);
+  }
+
+  get stageCount(): number { return this.taken.length; }
+
+  /** Tokens stage `stage` has taken (0 for a stage the session never ran here). */
+  tokensAt(stage: number): number { return this.taken[stage]; }
+
+  /** Records that a step of `tokens` positions ran stages [begin, end). */
+  advance(begin: number, end: number, tokens: number): void {
+    for (let s = begin; s < end; s++) this.taken[s] += tokens;
+  }
+}
+
+/**
+ * The executor's view of a model engine (constructor-injected so logic tests can use a fake);
+ * `K` is what it keeps per session in a SessionCache.
+ */
+export interface StageEngine<K = unknown> {
   readonly modelId: string;
   readonly stageCount: number;
   readonly nEmbd: number;
@@ -14,16 +37,16 @@ export interface StageEngine {
   /** Whether stage compute runs on the calling (event-loop) thread, so its CPU time is the main thread's. */
   readonly computesOnEventLoop?: boolean;
   stageKind(stage: number): StageKind;
-  newCache(): unknown;
+  newCache(): SessionCache<K>;
   /** Frees a cache's memory now (it is never used again). */
-  releaseCache(cache: unknown): void;
+  releaseCache(cache: SessionCache<K>): void;
   /**
    * Runs one stage for several sessions; result i belongs to inputs[i]/caches[i]. An engine
    * may take ownership of the inputs' memory (the worker engine transfers it to its thread):
    * callers must not read an input's data after the call resolved. When the call rejects,
    * the inputs are intact, so the caller may retry them.
    */
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]>;
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<K>[]): Promise<HostTensor[]>;
   /**
    * Whether {@link runRange} over exactly `[begin, end)` is one fused session call (a range
    * loaded fused, see EngineLoadOptions.fuseAllStages). Absent: no fused range.
@@ -36,7 +59,7 @@ export interface StageEngine {
    * by one (bit for bit). Ownership of the input as for {@link runBatch}: it may be taken,
    * and is intact when the call rejects. Present when the engine can have fused ranges.
    */
-  runRange?(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor>;
+  runRange?(begin: number, end: number, input: HostTensor, cache: SessionCache<K>, lastRowOnly: boolean): Promise<HostTensor>;
   warmup(): Promise<void>;
   close(): Promise<void>;
   /**
@@ -71,7 +94,7 @@ export interface EngineLoadOptions {
  * executor's event loop a long batch stalls every stream, health check and keepalive
  * (EXECUTOR_ENGINE=inline). `WorkerStageEngine` runs this same engine off the loop.
  */
-export class OnnxStageEngine implements StageEngine {
+export class OnnxStageEngine implements StageEngine<KvCache> {
   private constructor(private readonly runner: StageRunner, readonly modelId: string) {}
 
   static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<OnnxStageEngine> {
@@ -85,17 +108,17 @@ export class OnnxStageEngine implements StageEngine {
   get vocabSize(): number { return this.runner.manifest.config.vocabSize; }
   get nPositions(): number { return this.runner.manifest.config.nPositions; }
   stageKind(stage: number): StageKind { return this.runner.manifest.stages[stage].kind; }
-  newCache(): KvCache { return this.runner.newCache(); }
-  releaseCache(cache: unknown): void { (cache as KvCache).clear(); }
+  newCache(): SessionCache<KvCache> { return new SessionCache(this.runner.newCache(), this.stageCount); }
+  releaseCache(cache: SessionCache<KvCache>): void { cache.kv.clear(); }
 
-  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
-    return this.runner.runBatch(stage, inputs as never, caches as KvCache[]) as Promise<HostTensor[]>;
+  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<KvCache>[]): Promise<HostTensor[]> {
+    return this.runner.runBatch(stage, inputs, caches.map((c) => c.kv));
   }
 
   hasFusedRange(begin: number, end: number): boolean { return this.runner.hasFusedRange(begin, end); }
 
-  async runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
-    return this.runner.runRange(begin, end, input as never, cache as KvCache, { lastOnly: lastRowOnly }) as Promise<HostTensor>;
+  async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<KvCache>, lastRowOnly: boolean): Promise<HostTensor> {
+    return this.runner.runRange(begin, end, input, cache.kv, { lastOnly: lastRowOnly });
   }
 
   /**
@@ -108,8 +131,8 @@ export class OnnxStageEngine implements StageEngine {
       const cache = this.runner.newCache();
       for (const t of [4, 1]) {
         let x: HostTensor = { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) };
-        if (fused) await this.runner.runRange(0, n, x as never, cache, { lastOnly: true });
-        else for (let s = 0; s < n; s++) x = (await this.runner.run(s, x as never, cache)) as HostTensor;
+        if (fused) await this.runner.runRange(0, n, x, cache, { lastOnly: true });
+        else for (let s = 0; s < n; s++) x = await this.runner.run(s, x, cache);
       }
       cache.clear();
     }

@@ -1,10 +1,10 @@
 /** The server-executor's parts, for the launcher, tests and tools. */
 export { DEFAULT_MAX_BATCH_TOKENS, executorEnv, loadConfig } from './config';
 export type { ExecutorConfig } from './config';
-export { OnnxStageEngine } from './engine';
+export { OnnxStageEngine, SessionCache } from './engine';
 export { IDLE_COLLECT_DELAY_MS, WorkerStageEngine } from './worker-engine';
 export { EngineUnavailableError } from './errors';
-export type { EngineLoadOptions, StageEngine, StageKind } from './engine';
+export type { EngineLoadOptions, StageEngine } from './engine';
 export { ExecutorServer } from './executor-server';
 export type { ExecutorServerOptions } from './executor-server';
 export { StageScheduler } from './scheduler';

@@ -1,7 +1,8 @@
 import type { HostTensor } from '@tandem/protocol';
-import type { StageEngine, StageKind } from './engine';
+import type { StageKind } from '@tandem/model';
+import { SessionCache, type StageEngine } from './engine';
 import { SessionClosedError } from './errors';
-import { StageScheduler } from './scheduler';
+import { schedule, StageScheduler, type QueuedStep } from './scheduler';
 
 /** A fake engine: stage s adds s+1 to every element; records each call. Kinds: embed, attn, mlp, attn, mlp, head. */
 class FakeEngine implements StageEngine {
@@ -18,7 +19,7 @@ class FakeEngine implements StageEngine {
   failOn?: (stage: number, t: HostTensor) => boolean;
   gate?: Promise<void>;
   stageKind(s: number): StageKind { return (['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const)[s]; }
-  newCache(): unknown { return {}; }
+  newCache(): SessionCache { return new SessionCache(undefined, this.stageCount); }
   releaseCache(): void {}
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls.push({ stage, batch: inputs.length });
@@ -34,13 +35,15 @@ class FakeEngine implements StageEngine {
   async close(): Promise<void> {}
 }
 
+/** A fresh cache of a six-stage session. */
+const cache = (): SessionCache => new SessionCache(undefined, 6);
 const tensor = (v: number, t = 1): HostTensor => ({ dtype: 'float32', shape: [1, t, 2], data: new Float32Array(2 * t).fill(v) });
 
 describe('StageScheduler', () => {
   it('runs each step through its stage range in order, exactly once', async () => {
     const engine = new FakeEngine();
     const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
-    const out = await sched.submit('a', 1, 5, tensor(0), {});
+    const out = await sched.submit('a', 1, 5, tensor(0), cache());
     expect([...(out.tensor.data as Float32Array)]).toEqual([2 + 3 + 4 + 5, 14]);
     expect(engine.calls.map((c) => c.stage)).toEqual([1, 2, 3, 4]);
   });
@@ -48,7 +51,7 @@ describe('StageScheduler', () => {
   it('batches sessions at the same position-wise stage and keeps them depth-synchronised', async () => {
     const engine = new FakeEngine();
     const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
-    const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), {})));
+    const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), cache())));
     // embed batched, attn one by one, mlp batched, attn one by one, mlp batched, head batched
     expect(engine.calls).toEqual([
       { stage: 0, batch: 3 }, { stage: 1, batch: 1 }, { stage: 1, batch: 1 }, { stage: 1, batch: 1 },
@@ -65,7 +68,7 @@ describe('StageScheduler', () => {
       override async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> { clock += 6; return super.runBatch(stage, inputs); }
     })();
     const sched = new StageScheduler(timed, { batching: true, maxBatch: 8, now: () => clock });
-    const [a, b] = await Promise.all([sched.submit('a', 4, 6, tensor(0), {}), sched.submit('b', 4, 6, tensor(0, 2), {})]);
+    const [a, b] = await Promise.all([sched.submit('a', 4, 6, tensor(0), cache()), sched.submit('b', 4, 6, tensor(0, 2), cache())]);
     // two position-wise stages, each one 6 ms call shared by both (1 and 2 tokens)
     expect(a.serviceMs).toBe(12);
     expect(b.serviceMs).toBe(12);
@@ -82,7 +85,7 @@ describe('StageScheduler', () => {
   it('runs one session at a time when batching is off', async () => {
     const engine = new FakeEngine();
     const sched = new StageScheduler(engine, { batching: false, maxBatch: 8 });
-    await Promise.all([0, 1].map((v) => sched.submit(`s${v}`, 4, 6, tensor(v), {})));
+    await Promise.all([0, 1].map((v) => sched.submit(`s${v}`, 4, 6, tensor(v), cache())));
     expect(engine.calls.every((c) => c.batch === 1)).toBe(true);
     expect(engine.calls).toHaveLength(4);
   });
@@ -91,7 +94,7 @@ describe('StageScheduler', () => {
     const engine = new FakeEngine();
     const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
     const rows: HostTensor = { dtype: 'float32', shape: [1, 3, 2], data: Float32Array.of(0, 0, 10, 10, 20, 20) };
-    const [cut, full] = await Promise.all([sched.submit('cut', 1, 6, rows, {}, { lastRowOnly: true }), sched.submit('full', 1, 6, rows, {})]);
+    const [cut, full] = await Promise.all([sched.submit('cut', 1, 6, rows, cache(), { lastRowOnly: true }), sched.submit('full', 1, 6, rows, cache())]);
     // stages 1..5 add 2+3+4+5+6 = 20 to every element; only the last row (20) is kept with lastRowOnly
     expect(cut.tensor.shape).toEqual([1, 1, 2]);
     expect([...(cut.tensor.data as Float32Array)]).toEqual([40, 40]);
@@ -99,7 +102,7 @@ describe('StageScheduler', () => {
     expect(engine.shapes.filter((x) => x.stage === 5).map((x) => x.shape)).toEqual([[1, 1, 2], [1, 3, 2]]);
     expect(engine.shapes.filter((x) => x.stage === 4).map((x) => x.shape)).toEqual([[1, 3, 2], [1, 3, 2]]);
     // a step that starts at the head is cut too
-    const headOnly = await sched.submit('h', 5, 6, rows, {}, { lastRowOnly: true });
+    const headOnly = await sched.submit('h', 5, 6, rows, cache(), { lastRowOnly: true });
     expect(headOnly.tensor.shape).toEqual([1, 1, 2]);
     expect([...(headOnly.tensor.data as Float32Array)]).toEqual([26, 26]);
   });
@@ -108,7 +111,7 @@ describe('StageScheduler', () => {
     const engine = new FakeEngine();
     engine.failOn = (stage, t) => stage === 2 && (t.data as Float32Array)[0] === 666 + 2;
     const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
-    const [good, bad] = await Promise.allSettled([sched.submit('g', 1, 3, tensor(1), {}), sched.submit('b', 1, 3, tensor(666), {})]);
+    const [good, bad] = await Promise.allSettled([sched.submit('g', 1, 3, tensor(1), cache()), sched.submit('b', 1, 3, tensor(666), cache())]);
     expect(good.status).toBe('fulfilled');
     expect(bad.status).toBe('rejected');
     expect(sched.depth).toBe(0);
@@ -119,8 +122,8 @@ describe('StageScheduler', () => {
     let open!: () => void;
     engine.gate = new Promise<void>((r) => { open = r; });
     const sched = new StageScheduler(engine, { batching: false, maxBatch: 8 });
-    const running = sched.submit('x', 1, 6, tensor(0), {});
-    const waiting = sched.submit('y', 1, 6, tensor(0), {});
+    const running = sched.submit('x', 1, 6, tensor(0), cache());
+    const waiting = sched.submit('y', 1, 6, tensor(0), cache());
     await new Promise((r) => setImmediate(r));
     expect(engine.calls).toHaveLength(1); // x is inside the engine call
     const reason = new SessionClosedError('cancelled by the client');
@@ -144,7 +147,7 @@ describe('StageScheduler', () => {
     const runAtMlp = async (lengths: number[], opts: { maxBatch?: number; maxBatchTokens?: number }) => {
       const engine = new FakeEngine();
       const sched = new StageScheduler(engine, { batching: true, maxBatch: opts.maxBatch ?? 16, maxBatchTokens: opts.maxBatchTokens });
-      const outs = await Promise.all(lengths.map((t, i) => sched.submit(`s${i}`, 2, 3, tensor(i, t), {})));
+      const outs = await Promise.all(lengths.map((t, i) => sched.submit(`s${i}`, 2, 3, tensor(i, t), cache())));
       return { engine, outs };
     };
 
@@ -177,7 +180,7 @@ describe('StageScheduler', () => {
     it('does not batch attention stages, whatever the budget', async () => {
       const engine = new FakeEngine();
       const sched = new StageScheduler(engine, { batching: true, maxBatch: 16, maxBatchTokens: 1000 });
-      await Promise.all([1, 2].map((t, i) => sched.submit(`a${i}`, 1, 2, tensor(i, t), {})));
+      await Promise.all([1, 2].map((t, i) => sched.submit(`a${i}`, 1, 2, tensor(i, t), cache())));
       expect(engine.tokens).toEqual([[1], [2]]);
     });
   });
@@ -199,7 +202,7 @@ describe('StageScheduler', () => {
         this.clock += stage + 1;
         return out;
       }
-      async runRange(begin: number, end: number, input: HostTensor, _cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+      async runRange(begin: number, end: number, input: HostTensor, _cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
         this.ranges.push({ begin, end, lastRowOnly });
         if (this.gate) await this.gate;
         if (this.failRange) throw new Error('bad range input');
@@ -220,9 +223,9 @@ describe('StageScheduler', () => {
 
     it('runs a lone step over a fused range as one engine call, with the staged result', async () => {
       const { engine, sched } = make();
-      const staged = await sched.submit('a', 0, 6, tensor(0), {}, { fuse: false });
+      const staged = await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false });
       expect(engine.calls).toHaveLength(6);
-      const fused = await sched.submit('a', 0, 6, tensor(0), {});
+      const fused = await sched.submit('a', 0, 6, tensor(0), cache());
       expect(engine.ranges).toEqual([{ begin: 0, end: 6, lastRowOnly: false }]);
       expect(engine.calls).toHaveLength(6); // no stage call for the fused step
       expect([...(fused.tensor.data as Float32Array)]).toEqual([...(staged.tensor.data as Float32Array)]);
@@ -232,8 +235,8 @@ describe('StageScheduler', () => {
 
     it('spreads a fused call over its stages in proportion to their measured costs', async () => {
       const { engine, sched } = make();
-      await sched.submit('a', 0, 6, tensor(0), {}, { fuse: false }); // decode figures 1..6 ms (sum 21)
-      await sched.submit('a', 0, 6, tensor(0), {}); // 10.5 ms: each stage's share is half its figure
+      await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false }); // decode figures 1..6 ms (sum 21)
+      await sched.submit('a', 0, 6, tensor(0), cache()); // 10.5 ms: each stage's share is half its figure
       // EWMA (alpha 0.2) of w and w/2 = 0.9 w
       sched.stats.snapshot().forEach((c) => expect(c.decodeMs).toBeCloseTo(0.9 * (c.stage + 1), 10));
       expect(sched.stats.snapshot().every((c) => c.samples === 2)).toBe(true);
@@ -243,11 +246,11 @@ describe('StageScheduler', () => {
     it('records a sampled prefill as stage by stage would: prompt tokens up to the head, one row at the head', async () => {
       const { engine, sched } = make();
       engine.fusedMs = 0; // measured figures unchanged in shape; checked below
-      await sched.submit('a', 0, 6, tensor(0, 3), {}, { fuse: false, lastRowOnly: true });
+      await sched.submit('a', 0, 6, tensor(0, 3), cache(), { fuse: false, lastRowOnly: true });
       const before = sched.stats.snapshot();
       expect(before[5].prefillMsPerToken).toBe(0); // the head saw one row
       engine.fusedMs = 10.5;
-      const out = await sched.submit('a', 0, 6, tensor(0, 3), {}, { lastRowOnly: true });
+      const out = await sched.submit('a', 0, 6, tensor(0, 3), cache(), { lastRowOnly: true });
       expect(out.tensor.shape).toEqual([1, 1, 2]);
       expect(engine.ranges).toEqual([{ begin: 0, end: 6, lastRowOnly: true }]);
       const after = sched.stats.snapshot();
@@ -258,7 +261,7 @@ describe('StageScheduler', () => {
 
     it('counts a fused call in compute only when its stages have no figures yet', async () => {
       const { engine, sched } = make();
-      await sched.submit('a', 0, 6, tensor(0), {});
+      await sched.submit('a', 0, 6, tensor(0), cache());
       expect(engine.ranges).toHaveLength(1);
       expect(sched.busyTimeMs).toBe(10.5);
       expect(sched.stats.snapshot().every((c) => c.samples === 0)).toBe(true);
@@ -266,7 +269,7 @@ describe('StageScheduler', () => {
 
     it('runs stage by stage and batches when another step waits at the same first stage', async () => {
       const { engine, sched } = make();
-      const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), {})));
+      const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), cache())));
       expect(engine.ranges).toHaveLength(0);
       expect(engine.calls[0]).toEqual({ stage: 0, batch: 3 });
       expect(sched.batchedStepCount).toBe(12);
@@ -275,16 +278,16 @@ describe('StageScheduler', () => {
 
     it('fuses every step when batching is off (each would run alone anyway)', async () => {
       const { engine, sched } = make(false);
-      await Promise.all([0, 10].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), {})));
+      await Promise.all([0, 10].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), cache())));
       expect(engine.ranges).toHaveLength(2);
       expect(engine.calls).toHaveLength(0);
     });
 
     it('runs stage by stage a step whose range is not fused, or that may not be fused', async () => {
       const { engine, sched } = make();
-      await sched.submit('a', 1, 6, tensor(0), {});
-      await sched.submit('a', 0, 5, tensor(0), {});
-      await sched.submit('a', 0, 6, tensor(0), {}, { fuse: false });
+      await sched.submit('a', 1, 6, tensor(0), cache());
+      await sched.submit('a', 0, 5, tensor(0), cache());
+      await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false });
       expect(engine.ranges).toHaveLength(0);
       expect(engine.calls).toHaveLength(5 + 5 + 6);
     });
@@ -294,10 +297,10 @@ describe('StageScheduler', () => {
       let open!: () => void;
       engine.gate = new Promise<void>((r) => { open = r; });
       // a decodes two tokens: its second step is submitted as soon as its first resolves
-      const a = sched.submit('a', 0, 6, tensor(0), {}).then(() => sched.submit('a', 0, 6, tensor(0), {}));
+      const a = sched.submit('a', 0, 6, tensor(0), cache()).then(() => sched.submit('a', 0, 6, tensor(0), cache()));
       await new Promise((r) => setImmediate(r));
       expect(engine.ranges).toHaveLength(1); // a runs alone, fused
-      const b = sched.submit('b', 0, 6, tensor(0), {}); // arrives during a's fused call
+      const b = sched.submit('b', 0, 6, tensor(0), cache()); // arrives during a's fused call
       engine.gate = undefined;
       open();
       await Promise.all([a, b]);
@@ -312,12 +315,12 @@ describe('StageScheduler', () => {
         // a new session's step arrives at stage 0 with every call (1..6 ms per stage): there is always a shallower step
         const pending: Promise<unknown>[] = [];
         let n = 0;
-        const arrive = (): void => { if (n < 60) pending.push(sched.submit(`s${n++}`, 0, 6, tensor(0), {}, { fuse: false })); };
+        const arrive = (): void => { if (n < 60) pending.push(sched.submit(`s${n++}`, 0, 6, tensor(0), cache(), { fuse: false })); };
         const inner = engine.runBatch.bind(engine);
         engine.runBatch = async (stage, inputs) => { arrive(); return inner(stage, inputs); };
         arrive();
         let deepDone = false;
-        const deep = sched.submit('deep', 4, 6, tensor(0), {}, { fuse: false }).then((o) => { deepDone = true; return o; });
+        const deep = sched.submit('deep', 4, 6, tensor(0), cache(), { fuse: false }).then((o) => { deepDone = true; return o; });
         await Promise.all(pending.slice(0, 10));
         const seen = { deepDone };
         await Promise.all([deep, ...pending]);
@@ -337,12 +340,12 @@ describe('StageScheduler', () => {
 
       it('runs a long step stage by stage, never fused, with the same result', async () => {
         const { engine, sched } = interleaved(10);
-        const out = await sched.submit('p', 0, 6, tensor(0, 8), {}, { lastRowOnly: true });
+        const out = await sched.submit('p', 0, 6, tensor(0, 8), cache(), { lastRowOnly: true });
         expect(engine.ranges).toHaveLength(0);
         expect(engine.calls.map((c) => c.stage)).toEqual([0, 1, 2, 3, 4, 5]);
         expect([...(out.tensor.data as Float32Array)]).toEqual([21, 21]);
         // a short step still runs fused
-        await sched.submit('d', 0, 6, tensor(0), {});
+        await sched.submit('d', 0, 6, tensor(0), cache());
         expect(engine.ranges).toHaveLength(1);
       });
 
@@ -351,10 +354,10 @@ describe('StageScheduler', () => {
         let open!: () => void;
         engine.gate = new Promise<void>((r) => { open = r; });
         const order: string[] = [];
-        const prefill = sched.submit('p', 0, 6, tensor(0, 8), {}).then(() => order.push('prefill'));
+        const prefill = sched.submit('p', 0, 6, tensor(0, 8), cache()).then(() => order.push('prefill'));
         await new Promise((r) => setImmediate(r));
         expect(engine.calls).toEqual([{ stage: 0, batch: 1 }]); // the prefill's first stage is in the engine
-        const decode = sched.submit('d', 0, 6, tensor(0), {}).then(() => order.push('decode'));
+        const decode = sched.submit('d', 0, 6, tensor(0), cache()).then(() => order.push('decode'));
         engine.gate = undefined;
         open();
         await Promise.all([prefill, decode]);
@@ -369,9 +372,9 @@ describe('StageScheduler', () => {
         let open!: () => void;
         engine.gate = new Promise<void>((r) => { open = r; });
         const order: string[] = [];
-        const prefill = sched.submit('p', 0, 6, tensor(0, 8), {}).then(() => order.push('prefill'));
+        const prefill = sched.submit('p', 0, 6, tensor(0, 8), cache()).then(() => order.push('prefill'));
         await new Promise((r) => setImmediate(r));
-        const decode = sched.submit('d', 0, 6, tensor(0), {}).then(() => order.push('decode'));
+        const decode = sched.submit('d', 0, 6, tensor(0), cache()).then(() => order.push('decode'));
         engine.gate = undefined;
         open();
         await Promise.all([prefill, decode]);
@@ -385,12 +388,12 @@ describe('StageScheduler', () => {
         let decoding = true;
         const decodeLoop = async (id: string): Promise<number> => {
           let n = 0;
-          while (decoding) { await sched.submit(id, 0, 6, tensor(0), {}); n++; }
+          while (decoding) { await sched.submit(id, 0, 6, tensor(0), cache()); n++; }
           return n;
         };
         const loops = [decodeLoop('d1'), decodeLoop('d2')];
         await new Promise((r) => setImmediate(r));
-        const out = await sched.submit('p', 0, 6, tensor(0, 8), {}, { lastRowOnly: true });
+        const out = await sched.submit('p', 0, 6, tensor(0, 8), cache(), { lastRowOnly: true });
         decoding = false;
         const steps = await Promise.all(loops);
         expect([...(out.tensor.data as Float32Array)]).toEqual([21, 21]);
@@ -402,9 +405,9 @@ describe('StageScheduler', () => {
     it('fails only the fused step whose call fails', async () => {
       const { engine, sched } = make();
       engine.failRange = true;
-      await expect(sched.submit('a', 0, 6, tensor(0), {})).rejects.toThrow('bad range input');
+      await expect(sched.submit('a', 0, 6, tensor(0), cache())).rejects.toThrow('bad range input');
       engine.failRange = false;
-      expect((await sched.submit('a', 0, 6, tensor(0), {})).tensor.shape).toEqual([1, 1, 2]);
+      expect((await sched.submit('a', 0, 6, tensor(0), cache())).tensor.shape).toEqual([1, 1, 2]);
       expect(sched.depth).toBe(0);
     });
 
@@ -412,7 +415,7 @@ describe('StageScheduler', () => {
       const { engine, sched } = make();
       let open!: () => void;
       engine.gate = new Promise<void>((r) => { open = r; });
-      const running = sched.submit('x', 0, 6, tensor(0), {});
+      const running = sched.submit('x', 0, 6, tensor(0), cache());
       await new Promise((r) => setImmediate(r));
       expect(engine.ranges).toHaveLength(1);
       const reason = new SessionClosedError('cancelled by the client');
@@ -427,5 +430,47 @@ describe('StageScheduler', () => {
       expect(engine.calls).toHaveLength(0);
       expect(sched.depth).toBe(0);
     });
+  });
+});
+
+describe('schedule: the decision alone, without an engine', () => {
+  const KINDS = ['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const;
+  const policy = { batching: true, maxBatch: 8 };
+  const step = (stage: number, o: Partial<QueuedStep> = {}): QueuedStep => ({ begin: stage, stage, tokens: 1, lastRanAtMs: 0, fusable: false, ...o });
+
+  it('serves the shallowest stage, batching the steps there when it is position-wise', () => {
+    const q = [step(4), step(2, { begin: 0 }), step(2, { begin: 1 }), step(3)];
+    expect(schedule(q, 0, KINDS, policy)).toEqual({ steps: [q[1], q[2]], stage: 2, fused: false });
+    const attn = [step(1), step(1)];
+    expect(schedule(attn, 0, KINDS, policy).steps).toEqual([attn[0]]);
+    expect(schedule(q.slice(1, 3), 0, KINDS, { ...policy, batching: false }).steps).toEqual([q[1]]);
+  });
+
+  it('lets a step that waited maxWaitMs (200 ms by default) head the call, whatever its depth', () => {
+    const q = [step(0, { lastRanAtMs: 100 }), step(4)];
+    expect(schedule(q, 199, KINDS, policy).steps).toEqual([q[0]]);
+    expect(schedule(q, 200, KINDS, policy).steps).toEqual([q[1]]);
+  });
+
+  it('holds long steps back while short ones wait, until one has stalled maxStallMs', () => {
+    const p = { ...policy, longStepTokens: 4, maxStallMs: 10 };
+    const [long, short] = [step(0, { tokens: 8 }), step(2, { lastRanAtMs: 5 })];
+    expect(schedule([long, short], 9, KINDS, p).steps).toEqual([short]);
+    expect(schedule([long, short], 10, KINDS, p).steps).toEqual([long]);
+  });
+
+  it('fills a batch within maxBatch and maxBatchTokens, the head first', () => {
+    const q = [2, 5, 2, 1].map((tokens) => step(2, { tokens }));
+    expect(schedule(q, 0, KINDS, { ...policy, maxBatchTokens: 5 }).steps).toEqual([q[0], q[2], q[3]]);
+    expect(schedule(q, 0, KINDS, { ...policy, maxBatch: 2 }).steps).toEqual([q[0], q[1]]);
+  });
+
+  it('fuses a fusable step that has not started, is not long and would run alone', () => {
+    const [lone, other] = [step(0, { fusable: true }), step(0)];
+    expect(schedule([lone], 0, KINDS, policy)).toEqual({ steps: [lone], stage: 0, fused: true });
+    expect(schedule([lone, other], 0, KINDS, policy)).toEqual({ steps: [lone, other], stage: 0, fused: false });
+    expect(schedule([lone, other], 0, KINDS, { ...policy, batching: false })).toEqual({ steps: [lone], stage: 0, fused: true });
+    expect(schedule([step(2, { begin: 0, fusable: true })], 0, KINDS, policy).fused).toBe(false);
+    expect(schedule([step(0, { fusable: true, tokens: 8 })], 0, KINDS, { ...policy, longStepTokens: 4 }).fused).toBe(false);
   });
 });

@@ -1,31 +1,41 @@
-import { lastPosition } from '@tandem/model';
+import { lastPosition, type StageKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
-import type { StageEngine } from './engine';
+import type { SessionCache, StageEngine } from './engine';
 import { SessionClosedError } from './errors';
 import { StageStats } from './stage-stats';
 
-/** One step of one session: stages [stage, end) still to run on `tensor`. */
-interface Job {
-  readonly sessionId: string;
-  /** First stage of the step (the job has not started while `stage === begin`). */
+/** A waiting step as the schedule sees it: plain data. */
+export interface QueuedStep {
+  /** First stage of the step (it has not started while `stage === begin`). */
   readonly begin: number;
+  /** The stage it runs next. */
+  readonly stage: number;
+  /** Positions of its input at that stage (T of [1, T, ...]); 1 once cut to the last position for the head. */
+  readonly tokens: number;
+  /** When its last stage call ended (its submission before the first), ms. */
+  readonly lastRanAtMs: number;
+  /** Before it starts it may run as one fused call: the engine has its whole range fused and it may be fused (SubmitOptions.fuse). */
+  readonly fusable: boolean;
+}
+
+/** One step of one session in the scheduler: its schedule view and what running it needs. */
+interface Job extends QueuedStep {
+  readonly sessionId: string;
   stage: number;
   readonly end: number;
   tensor: HostTensor;
-  readonly cache: unknown;
-  /** Positions in `tensor` (T of [1, T, ...]); 1 once cut to the last position for the head. */
+  readonly cache: SessionCache;
   tokens: number;
+  /** Positions the step brings to its cache's stages (its input's T, before any cut). */
+  readonly taken: number;
   /** Positions at submission. */
-  positions: number;
+  readonly positions: number;
   /** Long at submission (see StepOutcome.long). */
-  long: boolean;
+  readonly long: boolean;
   /** Run the head on the last position only (the step needs only the next token). */
   readonly lastRowOnly: boolean;
-  /** May run as one fused engine call (SubmitOptions.fuse). */
-  readonly fuse: boolean;
   readonly enqueuedAtMs: number;
   startedAtMs: number | undefined;
-  /** When its last stage call ended (its submission before the first): how long a long step has been held back. */
   lastRanAtMs: number;
   computeMs: number;
   batchedStages: number;
@@ -68,7 +78,8 @@ export interface SubmitOptions {
   readonly fuse?: boolean;
 }
 
-export interface SchedulerOptions {
+/** How {@link schedule} picks the next call. */
+export interface SchedulePolicy {
   readonly batching: boolean;
   readonly maxBatch: number;
   /**
@@ -96,10 +107,70 @@ export interface SchedulerOptions {
    * ms, default 200.
    */
   readonly maxWaitMs?: number;
+}
+
+export interface SchedulerOptions extends SchedulePolicy {
   /** Called after each step completes (for counters). */
   readonly onStepDone?: (o: StepOutcome) => void;
   /** Monotonic clock in ms (injected for tests). */
   readonly now?: () => number;
+}
+
+/** The scheduler's decision for one engine call: plain data. */
+export interface Batch<S extends QueuedStep = QueuedStep> {
+  /** The steps, the one heading the call first; their outputs come back in this order. */
+  readonly steps: readonly S[];
+  /** The stage they run (for a fused call, the first of its range). */
+  readonly stage: number;
+  /** One fused call over the whole range of its only step; else one call of `stage` for every step. */
+  readonly fused: boolean;
+}
+
+/**
+ * The next engine call for `queue` (not empty) at `now` (ms), with stage `s` of kind `kinds[s]`;
+ * pure, O(queue length). The pool it picks from is every waiting step, unless both short and long
+ * ones wait (SchedulePolicy.longStepTokens); then the short ones, or the long ones when one of
+ * them has been held back for `maxStallMs` since its last call. The call's head is the step of the
+ * pool that has waited `maxWaitMs` since its last call if there is one, else the oldest step at
+ * the shallowest stage. Serving the shallowest stage first lets steps that arrived together stay
+ * at the same depth (after each attention stage, which runs per session, they meet again at the
+ * next MLP). The head runs fused when it has not started, is fusable and not long, and no other
+ * step of the pool waits at its stage (with batching off none could join it anyway). Otherwise,
+ * when batching and its stage is position-wise, other steps of the pool at that stage join it in
+ * queue order: at most `maxBatch` steps and, beyond the head, at most `maxBatchTokens` tokens;
+ * steps that do not fit wait for a later call (the oldest step at a stage heads the next batch
+ * there, so a long step is not passed over twice) while shorter ones behind them may join.
+ */
+export function schedule<S extends QueuedStep>(queue: readonly S[], now: number, kinds: readonly StageKind[], policy: SchedulePolicy): Batch<S> {
+  const isLong = (j: S): boolean => j.tokens > (policy.longStepTokens ?? Number.POSITIVE_INFINITY);
+  let pool = queue;
+  if (policy.longStepTokens !== undefined) {
+    const short = queue.filter((j) => !isLong(j));
+    if (short.length > 0 && short.length < queue.length) {
+      const long = queue.filter(isLong);
+      pool = long.some((j) => now - j.lastRanAtMs >= (policy.maxStallMs ?? 10)) ? long : short;
+    }
+  }
+  let head = pool[0];
+  let longest = pool[0];
+  for (const j of pool) {
+    if (j.stage < head.stage) head = j;
+    if (j.lastRanAtMs < longest.lastRanAtMs) longest = j;
+  }
+  if (now - longest.lastRanAtMs >= (policy.maxWaitMs ?? 200)) head = longest;
+  const stage = head.stage;
+  const fused = head.fusable && stage === head.begin && !isLong(head) && (!policy.batching || !pool.some((j) => j !== head && j.stage === stage));
+  if (fused || !policy.batching || kinds[stage] === 'attn') return { steps: [head], stage, fused };
+  const maxTokens = policy.maxBatchTokens ?? Number.POSITIVE_INFINITY;
+  const steps: S[] = [head];
+  let tokens = head.tokens;
+  for (const j of pool) {
+    if (steps.length >= policy.maxBatch) break;
+    if (j === head || j.stage !== stage || tokens + j.tokens > maxTokens) continue;
+    steps.push(j);
+    tokens += j.tokens;
+  }
+  return { steps, stage, fused: false };
 }
 
 /**
@@ -131,6 +202,8 @@ export interface SchedulerOptions {
  * calls) and follow the level measured by fused calls; a step whose stages have no figures
  * yet counts in compute and busy time only.
  *
+ * Each call is decided by {@link schedule} (plain data from a pure function of the queue), then
+ * run on the engine and settled (time charged, figures recorded, promises settled) apart.
  * Invariant: each step's stages run in order and exactly once (a fused call runs them all).
  */
 export class StageScheduler {
@@ -145,11 +218,14 @@ export class StageScheduler {
   private busyMs = 0;
   private batchedSteps = 0;
   private readonly now: () => number;
+  /** Kind of each stage of the engine. */
+  private readonly kinds: readonly StageKind[];
   readonly stats: StageStats;
 
   constructor(private readonly engine: StageEngine, private readonly opts: SchedulerOptions) {
     this.now = opts.now ?? (() => performance.now());
     this.stats = new StageStats(engine.stageCount);
+    this.kinds = Array.from({ length: engine.stageCount }, (_, s) => engine.stageKind(s));
   }
 
   /** Steps waiting or running. */
@@ -159,25 +235,27 @@ export class StageScheduler {
   /** Steps that shared a stage call with another session. */
   get batchedStepCount(): number { return this.batchedSteps; }
 
-  /** Queues stages [begin, end) of one session's step on `tensor`. */
-  submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: unknown, opts: SubmitOptions = {}): Promise<StepOutcome> {
+  /** Queues stages [begin, end) of one session's step on `tensor`; its cache takes the step's positions when it is done. */
+  submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: SessionCache, opts: SubmitOptions = {}): Promise<StepOutcome> {
     return new Promise<StepOutcome>((resolve, reject) => {
       const at = this.now();
-      const job: Job = { sessionId, begin, stage: begin, end, tensor, cache, tokens: 0, positions: 0, long: false, lastRowOnly: opts.lastRowOnly ?? false, fuse: opts.fuse ?? true, enqueuedAtMs: at, startedAtMs: undefined, lastRanAtMs: at, computeMs: 0, batchedStages: 0, resolve, reject };
-      this.setInput(job, tensor);
-      job.positions = job.tokens;
-      job.long = job.tokens > (this.opts.longStepTokens ?? 1);
-      this.queue.push(job);
+      const lastRowOnly = opts.lastRowOnly ?? false;
+      const input = this.cut(tensor, begin, lastRowOnly);
+      const tokens = input.shape[1] ?? 1;
+      const fusable = (opts.fuse ?? true) && this.engine.runRange !== undefined && this.engine.hasFusedRange?.(begin, end) === true;
+      this.queue.push({
+        sessionId, begin, stage: begin, end, tensor: input, cache, tokens, taken: tensor.shape[1] ?? 1, positions: tokens, long: tokens > (this.opts.longStepTokens ?? 1),
+        lastRowOnly, fusable, enqueuedAtMs: at, startedAtMs: undefined, lastRanAtMs: at, computeMs: 0, batchedStages: 0, resolve, reject,
+      });
       // Start on the next turn of the event loop, so steps that arrived in the same I/O
       // phase (from several streams) can share the first stage call.
       if (!this.running) { this.running = true; setImmediate(() => void this.pump()); }
     });
   }
 
-  /** Makes `t` the input of the job's current stage, cut to its last position before the head when asked. */
-  private setInput(j: Job, t: HostTensor): void {
-    j.tensor = j.lastRowOnly && t.dtype === 'float32' && this.engine.stageKind(j.stage) === 'head' ? lastPosition(t) : t;
-    j.tokens = j.tensor.shape[1] ?? 1;
+  /** `t` as the input of `stage`: cut to its last position before the head when only that row is wanted. */
+  private cut(t: HostTensor, stage: number, lastRowOnly: boolean): HostTensor {
+    return lastRowOnly && t.dtype === 'float32' && this.kinds[stage] === 'head' ? lastPosition(t) : t;
   }
 
   /**
@@ -198,164 +276,16 @@ export class StageScheduler {
     return new Promise<void>((resolve) => this.afterCall.push(resolve));
   }
 
-  /** Whether `j` is a long step (see SchedulerOptions.longStepTokens). */
-  private isLong(j: Job): boolean {
-    return j.tokens > (this.opts.longStepTokens ?? Number.POSITIVE_INFINITY);
-  }
-
-  /**
-   * The steps the next call is chosen from: every waiting step, unless both short and long
-   * ones wait; then the short ones, or the long ones when one of them has been held back for
-   * `maxStallMs` since its last call. O(queue length).
-   */
-  private candidates(): Job[] {
-    if (this.opts.longStepTokens === undefined) return this.queue;
-    const short = this.queue.filter((j) => !this.isLong(j));
-    if (short.length === 0 || short.length === this.queue.length) return this.queue;
-    const now = this.now();
-    const stall = this.opts.maxStallMs ?? 10;
-    const long = this.queue.filter((j) => this.isLong(j));
-    return long.some((j) => now - j.lastRanAtMs >= stall) ? long : short;
-  }
-
-  /**
-   * The next engine call, from `pool` (see `candidates`): the step that has waited `maxWaitMs`
-   * since its last call if there is one, else the oldest step among those at the shallowest stage, batched with
-   * other steps at that stage when the stage is position-wise. Serving the shallowest stage
-   * first lets steps that arrived together stay at the same depth (after each attention
-   * stage, which runs per session, they meet again at the next MLP). A batch holds at most
-   * `maxBatch` steps and, beyond its first step, at most `maxBatchTokens` tokens: steps
-   * that do not fit wait for a later call (the oldest step at a stage heads the next batch
-   * there, so a long step is not passed over twice) while shorter ones behind it may join.
-   * O(queue length).
-   */
-  private pickBatch(pool: Job[]): Job[] {
-    let head = pool[0];
-    let longest = pool[0];
-    for (const j of pool) {
-      if (j.stage < head.stage) head = j;
-      if (j.lastRanAtMs < longest.lastRanAtMs) longest = j;
-    }
-    if (this.now() - longest.lastRanAtMs >= (this.opts.maxWaitMs ?? 200)) head = longest;
-    const kind = this.engine.stageKind(head.stage);
-    if (!this.opts.batching || kind === 'attn') return [head];
-    const maxTokens = this.opts.maxBatchTokens ?? Number.POSITIVE_INFINITY;
-    const batch: Job[] = [head];
-    let tokens = head.tokens;
-    for (const j of pool) {
-      if (batch.length >= this.opts.maxBatch) break;
-      if (j === head || j.stage !== head.stage || tokens + j.tokens > maxTokens) continue;
-      batch.push(j);
-      tokens += j.tokens;
-    }
-    return batch;
-  }
-
-  /**
-   * Whether `j` (the head of the next call) runs as one fused call: it has not started, it is
-   * not long, the engine has its whole range fused, and no other step of `pool` waits at its
-   * stage (with batching off none could join it anyway). O(queue length).
-   */
-  private runsFused(j: Job, pool: Job[]): boolean {
-    if (!j.fuse || j.stage !== j.begin || this.isLong(j) || !this.engine.runRange || !this.engine.hasFusedRange?.(j.stage, j.end)) return false;
-    return !this.opts.batching || !pool.some((o) => o !== j && o.stage === j.stage);
-  }
-
-  /** The calls of one turn: one fused call of one step, or one stage for a batch of steps. */
-  private async call(batch: Job[], fused: boolean): Promise<(HostTensor | Error)[]> {
-    const stage = batch[0].stage;
-    if (fused) {
-      const j = batch[0];
-      try {
-        return [await (this.engine.runRange as NonNullable<StageEngine['runRange']>)(j.stage, j.end, j.tensor, j.cache, j.lastRowOnly)];
-      } catch (err) {
-        return [err as Error];
-      }
-    }
-    try {
-      return await this.engine.runBatch(stage, batch.map((j) => j.tensor), batch.map((j) => j.cache));
-    } catch (err) {
-      // One bad input must not fail the others: rerun them one by one.
-      if (batch.length === 1) return [err as Error];
-      const outputs: (HostTensor | Error)[] = [];
-      for (const j of batch) {
-        try { outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]); } catch (e) { outputs.push(e as Error); }
-      }
-      return outputs;
-    }
-  }
-
-  /** Per-stage statistics of a fused call of `j` that took `ms`: the stages and their token counts as a staged run records them. */
-  private recordFused(j: Job, ms: number): void {
-    const parts: { stage: number; tokens: number }[] = [];
-    for (let s = j.stage; s < j.end; s++) {
-      // Stage by stage, a lastRowOnly step reaches the head cut to one row (see setInput).
-      const cut = j.lastRowOnly && s > j.stage && this.engine.stageKind(s) === 'head';
-      parts.push({ stage: s, tokens: cut ? 1 : j.tokens });
-    }
-    this.stats.recordSpread(parts, ms);
-  }
-
-  /** Stages [begin, end) of `j` priced by the current figures, the head as one row when cut; 0 when a figure is missing. O(stages). */
-  private nominal(j: Job): number {
-    let ms = 0;
-    for (let s = j.begin; s < j.end; s++) {
-      const rows = j.lastRowOnly && this.engine.stageKind(s) === 'head' ? 1 : j.positions;
-      const f = this.stats.figure(s, rows);
-      if (!(f > 0)) return 0;
-      ms += f;
-    }
-    return ms;
-  }
-
+  /** Decides, runs and settles one call at a time while steps wait. */
   private async pump(): Promise<void> {
     try {
       while (this.queue.length > 0) {
-        const pool = this.candidates();
-        const batch = this.pickBatch(pool);
-        const fused = batch.length === 1 && this.runsFused(batch[0], pool);
-        const stage = batch[0].stage;
         const t0 = this.now();
-        for (const j of batch) { j.startedAtMs ??= t0; this.inCall.add(j); }
-        const outputs = await this.call(batch, fused);
-        const t1 = this.now();
-        const elapsed = t1 - t0;
+        const batch = schedule(this.queue, t0, this.kinds, this.opts);
+        for (const j of batch.steps) { j.startedAtMs ??= t0; this.inCall.add(j); }
+        const outputs = await this.run(batch);
         this.inCall.clear();
-        this.busyMs += elapsed;
-        const totalTokens = batch.reduce((a, j) => a + j.tokens, 0);
-        let finished = 0;
-        batch.forEach((j, i) => {
-          const share = elapsed * (j.tokens / totalTokens);
-          j.computeMs += share;
-          j.lastRanAtMs = t1;
-          if (batch.length > 1) { this.batchedSteps++; j.batchedStages++; }
-          const idx = this.queue.indexOf(j);
-          const cancelledBy = this.cancelled.get(j.sessionId);
-          const out = cancelledBy ?? outputs[i];
-          if (out instanceof Error) {
-            if (idx >= 0) this.queue.splice(idx, 1);
-            j.reject(out);
-            finished++;
-            return;
-          }
-          if (fused) {
-            this.recordFused(j, share);
-            j.stage = j.end;
-          } else {
-            this.stats.record(stage, j.tokens, share);
-            j.stage++;
-          }
-          if (j.stage < j.end) this.setInput(j, out);
-          if (j.stage >= j.end) {
-            if (idx >= 0) this.queue.splice(idx, 1);
-            const started = j.startedAtMs ?? t0;
-            const nominalMs = this.nominal(j);
-            const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, nominalMs, long: j.long };
-            this.opts.onStepDone?.(outcome);
-            j.resolve(outcome);
-            finished++;
-          }
-        });
+        const finished = this.settle(batch, outputs, t0, this.now());
         this.cancelled.clear();
         const waiting = this.afterCall;
         this.afterCall = [];
@@ -366,5 +296,90 @@ export class StageScheduler {
     } finally {
       this.running = false;
     }
+  }
+
+  /** Runs one call: one output (or error) per step of `batch`; a failed batch is run again step by step, so one bad input fails no other. */
+  private async run(batch: Batch<Job>): Promise<(HostTensor | Error)[]> {
+    const { stage, steps } = batch;
+    if (batch.fused && this.engine.runRange) {
+      const j = steps[0];
+      try {
+        return [await this.engine.runRange(stage, j.end, j.tensor, j.cache, j.lastRowOnly)];
+      } catch (err) {
+        return [err as Error];
+      }
+    }
+    try {
+      return await this.engine.runBatch(stage, steps.map((j) => j.tensor), steps.map((j) => j.cache));
+    } catch (err) {
+      if (steps.length === 1) return [err as Error];
+      const outputs: (HostTensor | Error)[] = [];
+      for (const j of steps) {
+        try { outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]); } catch (e) { outputs.push(e as Error); }
+      }
+      return outputs;
+    }
+  }
+
+  /**
+   * Applies the outputs of a call that ran from `t0` to `t1`: charges each step its share of
+   * the time (by tokens), records the stage figures, moves each step on, and settles the steps
+   * it finished or failed (a cancelled session's fail with its reason). Returns how many it settled.
+   */
+  private settle(batch: Batch<Job>, outputs: readonly (HostTensor | Error)[], t0: number, t1: number): number {
+    const elapsed = t1 - t0;
+    this.busyMs += elapsed;
+    const totalTokens = batch.steps.reduce((a, j) => a + j.tokens, 0);
+    let settled = 0;
+    batch.steps.forEach((j, i) => {
+      const share = elapsed * (j.tokens / totalTokens);
+      j.computeMs += share;
+      j.lastRanAtMs = t1;
+      if (batch.steps.length > 1) { this.batchedSteps++; j.batchedStages++; }
+      const out = this.cancelled.get(j.sessionId) ?? outputs[i];
+      if (!(out instanceof Error)) {
+        if (batch.fused) this.recordFused(j, share);
+        else this.stats.record(batch.stage, j.tokens, share);
+        j.stage = batch.fused ? j.end : j.stage + 1;
+        if (j.stage < j.end) {
+          j.tensor = this.cut(out, j.stage, j.lastRowOnly);
+          j.tokens = j.tensor.shape[1] ?? 1;
+          return;
+        }
+      }
+      const idx = this.queue.indexOf(j);
+      if (idx >= 0) this.queue.splice(idx, 1);
+      settled++;
+      if (out instanceof Error) { j.reject(out); return; }
+      j.cache.advance(j.begin, j.end, j.taken);
+      const started = j.startedAtMs ?? t0;
+      const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, nominalMs: this.nominal(j), long: j.long };
+      this.opts.onStepDone?.(outcome);
+      j.resolve(outcome);
+    });
+    return settled;
+  }
+
+  /** Per-stage statistics of a fused call of `j` that took `ms`: the stages and their token counts as a staged run records them. */
+  private recordFused(j: Job, ms: number): void {
+    const parts: { stage: number; tokens: number }[] = [];
+    for (let s = j.stage; s < j.end; s++) {
+      // Stage by stage, a lastRowOnly step reaches the head cut to one row (see cut).
+      const cut = j.lastRowOnly && s > j.stage && this.kinds[s] === 'head';
+      parts.push({ stage: s, tokens: cut ? 1 : j.tokens });
+    }
+    this.stats.recordSpread(parts, ms);
+  }
+
+  /** Stages [begin, end) of `j` priced by the current figures, the head as one row when cut; 0 when a figure is missing. O(stages). */
+  private nominal(j: Job): number {
+    let ms = 0;
+    for (let s = j.begin; s < j.end; s++) {
+      const rows = j.lastRowOnly && this.kinds[s] === 'head' ? 1 : j.positions;
+      const f = this.stats.figure(s, rows);
+      if (!(f > 0)) return 0;
+      ms += f;
+    }
+    return ms;
   }
 }

@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import type { StageEngine, StageKind } from './engine';
+import type { StageKind } from '@tandem/model';
+import { SessionCache, type StageEngine } from './engine';
 import { StageScheduler } from './scheduler';
 import { SplitSession } from './split-session';
 
@@ -22,7 +23,7 @@ class CountingEngine implements StageEngine {
   /** When set, engine calls wait for it (a slow step). */
   gate?: Promise<void>;
   stageKind(s: number): StageKind { return (['embed', 'attn', 'head'] as const)[s]; }
-  newCache(): unknown { return {}; }
+  newCache(): SessionCache { return new SessionCache(undefined, this.stageCount); }
   releaseCache(): void {}
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls++;

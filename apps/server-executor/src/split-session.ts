@@ -4,7 +4,7 @@ import { status } from '@grpc/grpc-js';
 import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
 import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
-import type { StageEngine } from './engine';
+import type { SessionCache, StageEngine } from './engine';
 import { isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
@@ -52,7 +52,8 @@ interface ValidGenerate {
  */
 export class SplitSession {
   readonly id = randomUUID();
-  private cache: unknown;
+  /** The session's cache on the engine, from open until it closes. */
+  private cache: SessionCache | undefined;
   private state: 'awaiting-open' | 'open' | 'closed' = 'awaiting-open';
   /** The last seq accepted (-1: none yet); seqs are uint64, compared exactly. */
   private lastSeq = -1n;
@@ -69,8 +70,6 @@ export class SplitSession {
   private serverBusy = false;
   /** Aborted when the session closes (wakes a loop waiting for the client to read). */
   private readonly ended = new AbortController();
-  /** Tokens each stage of this session has consumed. */
-  private readonly tokensAt: Uint32Array;
   /** KV-cache bytes this session reserved from the executor's budget (given back when it closes). */
   private kvReserved = 0;
   private chain: Promise<void> = Promise.resolve();
@@ -93,7 +92,6 @@ export class SplitSession {
     /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
     private readonly rates?: ClientTokenRates,
   ) {
-    this.tokensAt = new Uint32Array(engine.stageCount);
     call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
     // A half-close during a server-side generation ends the session once the generation is done.
     call.on('end', () => { this.chain = this.chain.then(async () => { await this.generation; await this.finish('client ended the stream'); }); });
@@ -149,15 +147,13 @@ export class SplitSession {
           clearTimeout(this.idleTimer);
           let out: StepOutcome;
           try {
-            out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.cache, { lastRowOnly: step.sample });
+            out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.liveCache, { lastRowOnly: step.sample });
           } finally {
             this.serverBusy = false;
             this.touch();
           }
           if (!this.isOpen) return; // closed while the step ran
           this.stepsRun++;
-          const t = step.input.shape[1];
-          for (let s = step.begin; s < step.end; s++) this.tokensAt[s] += t;
           const result: SessionResponse = step.sample
             ? { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) }, computeMs: out.computeMs, queueMs: out.queueMs } } }
             : { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: toWireTensor(out.tensor) }, computeMs: out.computeMs, queueMs: out.queueMs } } };
@@ -242,10 +238,8 @@ export class SplitSession {
       let input = g.input;
       for (let index = 0; index < g.maxNewTokens; index++) {
         if (this.rates && !(await this.rates.pace(this.clientId, input.shape[1], this.ended.signal))) return;
-        const out = await this.scheduler.submit(this.id, 0, n, input, this.cache, { lastRowOnly: true });
+        const out = await this.scheduler.submit(this.id, 0, n, input, this.liveCache, { lastRowOnly: true });
         if (!this.isOpen) return;
-        const t = input.shape[1];
-        for (let s = 0; s < n; s++) this.tokensAt[s] += t;
         const token = greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize);
         const last = index === g.maxNewTokens - 1;
         this.traffic.messagesOut++;
@@ -276,6 +270,12 @@ export class SplitSession {
         this.log.info({ sessionId: this.id, clientId: this.clientId, tokens: made, maxNewTokens: g.maxNewTokens, reason: this.closedBecause }, 'server-side generation stopped before its end');
       }
     }
+  }
+
+  /** The session's cache (from open until it closes). */
+  private get liveCache(): SessionCache {
+    if (this.cache === undefined) throw new SessionClosedError(this.closedBecause ?? 'the session is not open', status.FAILED_PRECONDITION);
+    return this.cache;
   }
 
   /** KV-cache bytes `tokens` more tokens add over stages [begin, end) (attention stages hold the cache). */
@@ -327,10 +327,11 @@ export class SplitSession {
       if (bad >= 0) throw new ValidationError(`step.input must hold finite float32 values (no NaN or ±Infinity), given ${data[bad]} at index ${bad} (position ${Math.floor(bad / this.engine.nEmbd)}, channel ${bad % this.engine.nEmbd})`);
     }
     const t = shape[1];
-    this.checkContinuity(step.stageBegin, step.stageEnd, t);
+    const cache = this.liveCache;
+    this.checkContinuity(cache, step.stageBegin, step.stageEnd, t);
     for (let s = step.stageBegin; s < step.stageEnd; s++) {
-      if (this.tokensAt[s] + t > this.limits.maxContextTokens) {
-        throw new PreconditionError(`step would make stage ${s} hold ${this.tokensAt[s] + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
+      if (cache.tokensAt(s) + t > this.limits.maxContextTokens) {
+        throw new PreconditionError(`step would make stage ${s} hold ${cache.tokensAt(s) + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
       }
     }
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
@@ -339,31 +340,31 @@ export class SplitSession {
   /**
    * Refuses a step that does not continue this session's earlier steps: its stages would run
    * on KV caches of different lengths (positions off by the difference) and give wrong logits.
-   * A stage this session ran holds as many tokens as inputs it took (`tokensAt`); stages run
-   * on the client hold 0. Rules: every stage of [begin, end) holds the same count; the stage
+   * A stage this session ran holds as many tokens as inputs it took (SessionCache.tokensAt);
+   * stages run on the client hold 0. Rules: every stage of [begin, end) holds the same count; the stage
    * before `begin`, when the server ran it, has taken this input already; the stage at `end`,
    * when the server ran it, has taken the previous input.
    * @throws PreconditionError naming the field and the value expected.
    */
-  private checkContinuity(begin: number, end: number, t: number): void {
-    const at = this.tokensAt;
-    const held = at[begin];
+  private checkContinuity(cache: SessionCache, begin: number, end: number, t: number): void {
+    const at = (s: number): number => cache.tokensAt(s);
+    const held = at(begin);
     for (let s = begin + 1; s < end; s++) {
-      if (at[s] !== held) {
-        throw new PreconditionError(`step.stageEnd must be ${s} (stage ${s} holds ${at[s]} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`);
+      if (at(s) !== held) {
+        throw new PreconditionError(`step.stageEnd must be ${s} (stage ${s} holds ${at(s)} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`);
       }
     }
-    if (begin > 0 && at[begin - 1] > 0 && at[begin - 1] !== held + t) {
-      if (at[begin - 1] === held) {
+    if (begin > 0 && at(begin - 1) > 0 && at(begin - 1) !== held + t) {
+      if (at(begin - 1) === held) {
         // The stages before `begin` that have not taken this input yet: the step should start with them.
         let expected = begin - 1;
-        while (expected > 0 && at[expected - 1] === held) expected--;
+        while (expected > 0 && at(expected - 1) === held) expected--;
         throw new PreconditionError(`step.stageBegin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`);
       }
-      throw new PreconditionError(`step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at[begin - 1]}`);
+      throw new PreconditionError(`step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at(begin - 1)}`);
     }
-    if (end < at.length && at[end] > 0 && at[end] !== held) {
-      throw new PreconditionError(`step.stageBegin must be ${end} (stage ${end} holds ${at[end]} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`);
+    if (end < cache.stageCount && at(end) > 0 && at(end) !== held) {
+      throw new PreconditionError(`step.stageBegin must be ${end} (stage ${end} holds ${at(end)} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`);
     }
   }
 

@@ -1,12 +1,4 @@
-/** Measured cost of one stage on this server. */
-export interface StageCost {
-  readonly stage: number;
-  /** Prefill compute per prompt token, ms (EWMA over steps with more than one token). */
-  readonly prefillMsPerToken: number;
-  /** One decode step (one token), ms (EWMA). */
-  readonly decodeMs: number;
-  readonly samples: number;
-}
+import type { StageTiming } from '@tandem/protocol';
 
 /**
  * Exponentially weighted per-stage costs, split into prefill (per token) and decode
@@ -55,7 +47,8 @@ export class StageStats {
     return tokens <= 1 ? this.decode[stage] : this.prefill[stage] * tokens;
   }
 
-  snapshot(): StageCost[] {
+  /** The figures as published: prefill per prompt token and one decode step, ms (EWMA). */
+  snapshot(): StageTiming[] {
     return Array.from({ length: this.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: this.prefill[stage], decodeMs: this.decode[stage], samples: this.count[stage] }));
   }
 }

@@ -2,13 +2,13 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
-import { modelIdOf, readManifest, type Manifest } from '@tandem/model';
+import { modelIdOf, readManifest, type Manifest, type StageKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
-import type { EngineLoadOptions, StageEngine, StageKind } from './engine';
+import { SessionCache, type EngineLoadOptions, type StageEngine } from './engine';
 import { rebuildError, ownedTensors, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 import { EngineUnavailableError } from './errors';
 
-/** A cache as the event-loop thread holds it: a handle to the KV cache kept in the inference thread. */
+/** A session's KV cache as the event-loop thread holds it: a handle to the one kept in the inference thread. */
 class CacheHandle {
   released = false;
   constructor(readonly id: number, readonly owner: WorkerStageEngine) {}
@@ -52,7 +52,7 @@ const THREAD_ENTRY = path.join(__dirname, 'engine-thread.js');
  * rejects with EngineUnavailableError (gRPC UNAVAILABLE) naming the cause, and `failed`
  * resolves with it; the engine never hangs a caller.
  */
-export class WorkerStageEngine implements StageEngine {
+export class WorkerStageEngine implements StageEngine<CacheHandle> {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private nextCache = 1;
@@ -110,14 +110,14 @@ export class WorkerStageEngine implements StageEngine {
   readonly computesOnEventLoop = false;
   stageKind(stage: number): StageKind { return this.manifest.stages[stage].kind; }
 
-  newCache(): unknown {
+  newCache(): SessionCache<CacheHandle> {
     const h = new CacheHandle(this.nextCache++, this);
     this.liveCaches++;
     this.post({ op: 'new-cache', cache: h.id });
-    return h;
+    return new SessionCache(h, this.stageCount);
   }
 
-  releaseCache(cache: unknown): void {
+  releaseCache(cache: SessionCache<CacheHandle>): void {
     const h = this.handle(cache, 'cache');
     if (h.released) return;
     h.released = true;
@@ -133,7 +133,7 @@ export class WorkerStageEngine implements StageEngine {
     }
   }
 
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<CacheHandle>[]): Promise<HostTensor[]> {
     if (this.failure) return Promise.reject(this.failure);
     let ids: number[];
     try {
@@ -155,7 +155,7 @@ export class WorkerStageEngine implements StageEngine {
   }
 
   /** One message to the thread for the whole range (one thread hop instead of one per stage). */
-  runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+  runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<CacheHandle>, lastRowOnly: boolean): Promise<HostTensor> {
     if (this.failure) return Promise.reject(this.failure);
     let cacheId: number;
     try {
@@ -215,15 +215,16 @@ export class WorkerStageEngine implements StageEngine {
   }
 
   /** The thread-side id of a live (not released) cache of this engine. @throws Error naming `field`. */
-  private liveId(cache: unknown, field: string): number {
+  private liveId(cache: SessionCache<CacheHandle>, field: string): number {
     const h = this.handle(cache, field);
     if (h.released) throw new Error(`${field} must not be released, given a released cache`);
     return h.id;
   }
 
-  private handle(cache: unknown, field: string): CacheHandle {
-    if (!(cache instanceof CacheHandle) || cache.owner !== this) throw new Error(`${field} must come from this engine's newCache(), given ${typeof cache}`);
-    return cache;
+  private handle(cache: SessionCache<CacheHandle>, field: string): CacheHandle {
+    const h: unknown = cache instanceof SessionCache ? cache.kv : undefined;
+    if (!(h instanceof CacheHandle) || h.owner !== this) throw new Error(`${field} must come from this engine's newCache(), given ${typeof cache}`);
+    return h;
   }
 
   private onMessage(m: FromThread): void {

@@ -1,5 +1,5 @@
 import type { HostTensor } from '@tandem/protocol';
-import type { StageEngine } from '../src';
+import type { SessionCache, StageEngine } from '../src';
 
 /**
  * A StageEngine that forwards every call to a real one: tests subclass it to count or time the
@@ -15,11 +15,11 @@ export class DelegatingEngine implements StageEngine {
   get computesOnEventLoop(): boolean | undefined { return this.inner.computesOnEventLoop; }
   get failed(): Promise<Error> | undefined { return this.inner.failed; }
   stageKind(s: number): ReturnType<StageEngine['stageKind']> { return this.inner.stageKind(s); }
-  newCache(): unknown { return this.inner.newCache(); }
-  releaseCache(c: unknown): void { this.inner.releaseCache(c); }
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> { return this.inner.runBatch(stage, inputs, caches); }
+  newCache(): SessionCache { return this.inner.newCache(); }
+  releaseCache(c: SessionCache): void { this.inner.releaseCache(c); }
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> { return this.inner.runBatch(stage, inputs, caches); }
   hasFusedRange(begin: number, end: number): boolean { return this.inner.hasFusedRange?.(begin, end) ?? false; }
-  runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+  runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
     if (!this.inner.runRange) return Promise.reject(new Error('the wrapped engine has no fused ranges'));
     return this.inner.runRange(begin, end, input, cache, lastRowOnly);
   }

@@ -3,7 +3,7 @@ import { readManifest, SplitPipeline, StageInputError } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, type GetStatusResponse, type HostTensor } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
+import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type SessionCache } from '../src';
 import { DelegatingEngine } from './delegating-engine';
 import { ids, TestSession } from './session-client';
 
@@ -15,8 +15,8 @@ const NEW_TOKENS = 8;
 class CountingEngine extends DelegatingEngine {
   rangeCalls = 0;
   stageCalls = 0;
-  override runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> { this.stageCalls++; return super.runBatch(stage, inputs, caches); }
-  override runRange(begin: number, end: number, input: HostTensor, cache: unknown, lastRowOnly: boolean): Promise<HostTensor> {
+  override runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> { this.stageCalls++; return super.runBatch(stage, inputs, caches); }
+  override runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
     this.rangeCalls++;
     return super.runRange(begin, end, input, cache, lastRowOnly);
   }

@@ -13,7 +13,7 @@ import {
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
-import { EngineUnavailableError, ExecutorServer, OnnxStageEngine, StageScheduler, WorkerStageEngine, type StageEngine } from '../src';
+import { EngineUnavailableError, ExecutorServer, OnnxStageEngine, StageScheduler, WorkerStageEngine, type SessionCache, type StageEngine } from '../src';
 import { DelegatingEngine } from './delegating-engine';
 
 const log = createLogger({ name: 'test', level: 'silent' });
@@ -26,7 +26,7 @@ const percentile = (xs: number[], p: number): number => { const s = [...xs].sort
 /** A real engine behind a decorator that times every call (to know how long the longest batch held the engine). */
 class TimedEngine extends DelegatingEngine {
   longestCallMs = 0;
-  override async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly unknown[]): Promise<HostTensor[]> {
+  override async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> {
     const t0 = performance.now();
     try { return await super.runBatch(stage, inputs, caches); } finally { this.longestCallMs = Math.max(this.longestCallMs, performance.now() - t0); }
   }
