@@ -4,7 +4,6 @@ import {
   channelOptions,
   ExecutorServiceService,
   HealthReporter,
-  quoted,
   ServerLoad,
   ServingStatus,
   Subjects,
@@ -14,13 +13,14 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { bindServer, checkIdentity, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, TelemetryPublisher, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
+import { bindServer, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, TelemetryPublisher, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
+import { Admission } from './admission';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
-import { CapacityError, NotReadyError, toGrpcStatus } from './errors';
+import { toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
-import { mainThreadCpuMs, OverheadModel } from './overhead';
-import { StretchMeter } from './stage-stats';
+import { LoadMeter, StepTotals, type ExecutorCounters, type LoadInterval } from './load-meter';
+import { mainThreadCpuMs } from './overhead';
 import { StageScheduler } from './scheduler';
 import { SplitSession, type TrafficCounters } from './split-session';
 import { ClientTokenRates } from './token-rate';
@@ -83,27 +83,19 @@ export class ExecutorServer {
   private readonly server: grpc.Server;
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly scheduler: StageScheduler;
-  private readonly sessions = new Set<SplitSession>();
-  /** Open sessions per client id (EXECUTOR_MAX_SESSIONS_PER_CLIENT). */
-  private readonly perClient = new Map<string, number>();
+  /** The sessions open, and whether one more may open. */
+  private readonly admission: Admission<SplitSession>;
   /** Token buckets per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), when limited. */
   private readonly rates: ClientTokenRates | undefined;
-  private sessionsOpened = 0;
   private draining = false;
   /** Why the engine can no longer run stages, once it failed. */
   private engineFailure: Error | undefined;
   private telemetry: TelemetryPublisher | undefined;
-  private lastBusyMs = 0;
-  private lastTickMs = performance.now();
-  private queueWaitSumMs = 0;
-  private queueWaitCount = 0;
-  private readonly stretch = new StretchMeter();
   /** Steps of more positions are long (interleaved prefills); 1 when interleaving is off. */
   private readonly longStepTokens: number;
-  private stepsCompleted = 0;
+  /** The steps finished (since the start-up profile). */
+  private steps = new StepTotals();
   private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
-  private readonly overhead = new OverheadModel();
-  private lastCpuMs: number | undefined;
   private port = 0;
   private readonly log: Logger;
   private readonly maxContext: number;
@@ -122,11 +114,15 @@ export class ExecutorServer {
       maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
       ...(interleave > 0 ? { longStepTokens: interleave } : {}),
       maxStallMs: opts.prefillStallMs ?? DEFAULT_PREFILL_STALL_MS,
-      onStepDone: (o) => { this.stepsCompleted++; this.queueWaitSumMs += o.queueMs; this.queueWaitCount++; this.stretch.record(o); },
+      onStepDone: (o) => this.steps.record(o),
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
     this.rates = opts.maxTokensPerSPerClient ? new ClientTokenRates(opts.maxTokensPerSPerClient) : undefined;
+    const e = opts.engine;
+    let kvBytesPerTokenAll = 0;
+    for (let st = 0; st < e.stageCount; st++) if (isAttentionStage(st, e.stageCount)) kvBytesPerTokenAll += kvBytesPerToken(e.nEmbd);
+    this.admission = new Admission({ ...opts, kvBytesPerToken: kvBytesPerTokenAll, tokens: opts.security?.tokens }, this.kv, this.rates);
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
@@ -135,6 +131,7 @@ export class ExecutorServer {
   private onEngineFailed(err: Error): void {
     if (this.engineFailure || this.draining) return;
     this.engineFailure = err;
+    this.admission.refuse(`the executor cannot run stages and accepts no new sessions: ${capStatus(err.message, 300)}`);
     this.log.error({ err }, 'the inference engine failed; reporting NOT_SERVING');
     this.health.set('', ServingStatus.NOT_SERVING);
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
@@ -152,9 +149,10 @@ export class ExecutorServer {
     this.health.set('', ServingStatus.SERVING);
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
     if (this.opts.natsUrl) {
+      const report = this.loadReader();
       this.telemetry = new TelemetryPublisher({
         natsUrl: this.opts.natsUrl, natsAuth: this.opts.natsAuth, name: `executor-${this.opts.serverId}`, subject: Subjects.serverLoad(this.opts.serverId),
-        intervalMs: this.opts.telemetryIntervalMs, payload: () => ServerLoad.encode(this.loadReport()).finish(), log: this.log,
+        intervalMs: this.opts.telemetryIntervalMs, payload: () => ServerLoad.encode(report()).finish(), log: this.log,
       });
       this.telemetry.start();
     }
@@ -179,14 +177,8 @@ export class ExecutorServer {
       }
       this.opts.engine.releaseCache(cache);
     }
-    // Profiling is not traffic: counters and utilisation start from zero.
-    this.stepsCompleted = 0;
-    this.queueWaitSumMs = 0;
-    this.queueWaitCount = 0;
-    this.stretch.reset();
-    this.lastBusyMs = this.scheduler.busyTimeMs;
-    this.lastTickMs = performance.now();
-    this.lastCpuMs = mainThreadCpuMs();
+    // Profiling is not traffic: step counts start from zero (and load reports from now).
+    this.steps = new StepTotals();
   }
 
   /** KV-cache bytes reserved by open sessions, and the budget (EXECUTOR_MAX_KV_BYTES). */
@@ -197,10 +189,10 @@ export class ExecutorServer {
   /** Current counters, as GetStatus returns them. */
   status(): GetStatusResponse {
     return {
-      activeSessions: this.sessions.size,
+      activeSessions: this.admission.members.size,
       queueDepth: this.scheduler.depth,
-      sessionsOpened: this.sessionsOpened,
-      stepsCompleted: this.stepsCompleted,
+      sessionsOpened: this.admission.opened,
+      stepsCompleted: this.steps.snapshot().count,
       maxSessions: this.opts.maxSessions,
       modelId: this.opts.engine.modelId,
       draining: this.draining,
@@ -208,97 +200,47 @@ export class ExecutorServer {
     };
   }
 
-  /** The load report published over NATS (also used by tests). */
-  loadReport(): ServerLoad {
-    const now = performance.now();
-    const busy = this.scheduler.busyTimeMs;
-    const wallMs = Math.max(1, now - this.lastTickMs);
-    const busyMs = busy - this.lastBusyMs;
-    const util = Math.min(1, Math.max(0, busyMs / wallMs));
-    this.lastBusyMs = busy;
-    this.lastTickMs = now;
-    this.recordOverhead(wallMs, busyMs);
-    const meanQueueMs = this.queueWaitCount ? this.queueWaitSumMs / this.queueWaitCount : 0;
-    this.queueWaitSumMs = 0;
-    this.queueWaitCount = 0;
-    const stretch = this.stretch.interval();
-    return {
-      serverId: this.opts.serverId,
-      modelId: this.opts.engine.modelId,
-      stages: this.scheduler.stats.snapshot().map((s) => ({ stage: s.stage, prefillMsPerToken: s.prefillMsPerToken, decodeMs: s.decodeMs, samples: s.samples })),
-      queueDepth: this.scheduler.depth,
-      activeSessions: this.sessions.size,
-      utilisation: util,
-      unixMs: Date.now(),
-      meanQueueMs,
-      overhead: this.overhead.fit(),
-      decodeStretch: stretch.decode,
-      promptStretch: stretch.prompt,
-      longPromptStretch: stretch.longPrompt,
-      longStepTokens: this.longStepTokens,
-    };
+  /** What the executor has counted so far: reading changes nothing (readers take differences, see LoadMeter). */
+  counters(): ExecutorCounters {
+    return { atMs: performance.now(), busyMs: this.scheduler.busyTimeMs, cpuMs: mainThreadCpuMs(), traffic: { ...this.traffic }, steps: this.steps.snapshot() };
   }
 
   /**
-   * Feeds one interval to the overhead model: the main thread's CPU besides stage compute
-   * (compute is subtracted when the engine runs it on the event loop) against the session
-   * traffic of the interval. Counters restart for the next interval.
+   * A reader of the load reports published over NATS (also used by tests): each call reports the
+   * interval since its previous call (the first: since the reader was made). Readers are independent.
    */
-  private recordOverhead(wallMs: number, busyMs: number): void {
-    const cpu = mainThreadCpuMs();
-    if (cpu !== undefined && this.lastCpuMs !== undefined) {
-      const computeOnMain = this.opts.engine.computesOnEventLoop === false ? 0 : busyMs;
-      this.overhead.record({ cpuMs: Math.max(0, cpu - this.lastCpuMs - computeOnMain), wallMs, ...this.traffic });
-    }
-    this.lastCpuMs = cpu;
-    Object.assign(this.traffic, { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 });
+  loadReader(): () => ServerLoad {
+    const meter = new LoadMeter(this.counters(), this.opts.engine.computesOnEventLoop !== false);
+    return () => this.loadReport(meter.next(this.counters()));
+  }
+
+  /** The load report: the state now and the load of one interval. */
+  private loadReport(interval: LoadInterval): ServerLoad {
+    return {
+      serverId: this.opts.serverId,
+      modelId: this.opts.engine.modelId,
+      stages: this.scheduler.stats.snapshot(),
+      queueDepth: this.scheduler.depth,
+      activeSessions: this.admission.members.size,
+      utilisation: interval.utilisation,
+      unixMs: Date.now(),
+      meanQueueMs: interval.meanQueueMs,
+      overhead: interval.overhead,
+      decodeStretch: interval.stretch.decode,
+      promptStretch: interval.stretch.prompt,
+      longPromptStretch: interval.stretch.longPrompt,
+      longStepTokens: this.longStepTokens,
+    };
   }
 
   private handlers(): ExecutorServiceServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
-        const s = new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
-          this.log, (sess) => { this.authorize(call.metadata, sess.clientId); this.admit(sess); }, this.traffic, this.kv, this.rates);
-        void s.closed.then(() => {
-          if (!this.sessions.delete(s)) return;
-          this.rates?.release(s.clientId);
-          const n = (this.perClient.get(s.clientId) ?? 1) - 1;
-          if (n > 0) this.perClient.set(s.clientId, n);
-          else this.perClient.delete(s.clientId);
-        });
+        new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
+          this.log, this.admission, this.traffic, this.kv, this.rates);
       },
       getStatus: (_call, cb) => cb(null, this.status()),
     };
-  }
-
-  /** With tokens: a session opens only under its caller's own client id (PERMISSION_DENIED otherwise). */
-  private authorize(metadata: grpc.Metadata, clientId: string): void {
-    const tokens = this.opts.security?.tokens;
-    if (!tokens) return;
-    // The interceptor let the call in, so the metadata authenticates; this learns who.
-    checkIdentity(tokens.authenticate(metadata), 'open.clientId', clientId);
-  }
-
-  private admit(s: SplitSession): void {
-    if (this.draining) throw new NotReadyError('the executor is draining and accepts no new sessions');
-    if (this.engineFailure) throw new NotReadyError(`the executor cannot run stages and accepts no new sessions: ${capStatus(this.engineFailure.message, 300)}`);
-    const retryAfterMs = this.opts.retryAfterMs ?? 1000;
-    if (this.sessions.size >= this.opts.maxSessions) throw new CapacityError(`open sessions must stay <= ${this.opts.maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`, retryAfterMs);
-    const perClient = this.opts.maxSessionsPerClient ?? 0;
-    const held = this.perClient.get(s.clientId) ?? 0;
-    if (perClient > 0 && held >= perClient) {
-      throw new CapacityError(`open sessions of client ${quoted(s.clientId, 64)} must stay <= ${perClient} (EXECUTOR_MAX_SESSIONS_PER_CLIENT), given one more; retry after ${retryAfterMs} ms or when one of its sessions ends`, retryAfterMs);
-    }
-    const e = this.opts.engine;
-    let oneToken = 0;
-    for (let st = 0; st < e.stageCount; st++) if (isAttentionStage(st, e.stageCount)) oneToken += kvBytesPerToken(e.nEmbd);
-    if (!this.kv.hasRoom(oneToken)) {
-      throw new CapacityError(`the KV cache must stay <= ${this.kv.limitBytes} bytes (EXECUTOR_MAX_KV_BYTES) and ${this.kv.usedBytes} are in use by ${this.sessions.size} open sessions: not one more token fits, retry later`, retryAfterMs);
-    }
-    this.sessions.add(s);
-    this.perClient.set(s.clientId, held + 1);
-    this.rates?.acquire(s.clientId);
-    this.sessionsOpened++;
   }
 
   /**
@@ -308,13 +250,15 @@ export class ExecutorServer {
   async stop(opts: { graceMs?: number } = {}): Promise<void> {
     if (this.draining) { await this.closed; return; }
     this.draining = true;
+    this.admission.refuse('the executor is draining and accepts no new sessions');
     this.health.set('', ServingStatus.NOT_SERVING);
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
-    this.log.info({ sessions: this.sessions.size }, 'draining');
+    const sessions = this.admission.members;
+    this.log.info({ sessions: sessions.size }, 'draining');
     const graceMs = opts.graceMs ?? 10_000;
     const until = Date.now() + graceMs;
-    while (this.sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
-    for (const s of this.sessions) s.close('the executor is shutting down', grpc.status.UNAVAILABLE, true);
+    while (sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    for (const s of [...sessions]) s.close('the executor is shutting down', grpc.status.UNAVAILABLE, true);
     this.health.closeWatchers();
     await shutdownServer(this.server);
     await this.telemetry?.stop();

@@ -8,6 +8,7 @@ import { StageScheduler } from './scheduler';
 import { SplitSession } from './split-session';
 
 const VOCAB = 4;
+const ADMIT_ALL = { admit: (): void => {}, leave: (): void => {} };
 
 /**
  * A fake three-stage engine (embed, attn, head): the hidden state carries each token id, and
@@ -62,7 +63,7 @@ describe('SplitSession server-side decoding', () => {
     const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
     const call = new SlowReaderCall();
     const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
-      { maxContextTokens: 64, idleTimeoutMs }, log, () => {});
+      { maxContextTokens: 64, idleTimeoutMs }, log, ADMIT_ALL);
     call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
     call.emit('data', { kind: { $case: 'generate', value: { seq: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(0n) }), maxNewTokens: 4 } } });
     return { call, engine, session };
@@ -111,7 +112,7 @@ describe('SplitSession server-side decoding', () => {
       const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
       const call = new SlowReaderCall();
       const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
-        { maxContextTokens: 64, idleTimeoutMs: 1000 }, log, () => {});
+        { maxContextTokens: 64, idleTimeoutMs: 1000 }, log, ADMIT_ALL);
       call.on('error', () => {});
       call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
       call.emit('data', { kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) }), sample: true } } });

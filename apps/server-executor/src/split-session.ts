@@ -18,6 +18,13 @@ export interface TrafficCounters {
   bytesOut: number;
 }
 
+/** Admission as a session sees it (Admission): asked on open, left on close. */
+export interface SessionAdmission {
+  /** @throws the error refusing the session (CapacityError, NotReadyError, AuthError). */
+  admit(s: SplitSession, metadata: Metadata): void;
+  leave(s: SplitSession): void;
+}
+
 export interface SessionLimits {
   readonly maxContextTokens: number;
   readonly idleTimeoutMs: number;
@@ -86,7 +93,7 @@ export class SplitSession {
     private readonly scheduler: StageScheduler,
     private readonly limits: SessionLimits,
     private readonly log: Logger,
-    private readonly admit: (s: SplitSession) => void,
+    private readonly admission: SessionAdmission,
     private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
     private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
     /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
@@ -125,7 +132,7 @@ export class SplitSession {
           const o = m.kind.value;
           if (o.modelId && o.modelId !== this.engine.modelId) throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
           this.clientId = o.clientId;
-          this.admit(this); // throws CapacityError / NotReadyError
+          this.admission.admit(this, this.call.metadata);
           this.cache = this.engine.newCache();
           this.state = 'open';
           this.log.debug({ sessionId: this.id, clientId: o.clientId, planEpoch: o.planEpoch }, 'session opened');
@@ -414,6 +421,7 @@ export class SplitSession {
   private release(reason: string, code: status): void {
     this.state = 'closed';
     this.closedBecause = reason;
+    this.admission.leave(this);
     this.kv.release(this.kvReserved);
     this.kvReserved = 0;
     clearTimeout(this.idleTimer);

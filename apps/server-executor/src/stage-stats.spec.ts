@@ -1,17 +1,22 @@
+import { StepTotals } from './load-meter';
 import { StretchMeter } from './stage-stats';
 
-const decode = (serviceMs: number, nominalMs: number) => ({ serviceMs, nominalMs, positions: 1, long: false });
+type Step = { serviceMs: number; nominalMs: number; positions: number; long: boolean };
+const decode = (serviceMs: number, nominalMs: number): Step => ({ serviceMs, nominalMs, positions: 1, long: false });
+/** Folds one interval of these finished steps into the meter. */
+const interval = (m: StretchMeter, ...steps: Step[]) => {
+  const t = new StepTotals();
+  for (const s of steps) t.record({ ...s, queueMs: 0 });
+  const { serviceMs, nominalMs } = t.snapshot();
+  return m.interval(serviceMs, nominalMs);
+};
 
 describe('StretchMeter', () => {
   it('is 0 until measured, then the ratio of service time to compute per kind of step', () => {
     const m = new StretchMeter(0.5);
-    expect(m.interval()).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });
+    expect(interval(m)).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });
     // two decode steps and a 30-position prompt in one 32 ms call: each waited 32 ms
-    m.record(decode(32, 1));
-    m.record(decode(32, 1));
-    m.record({ serviceMs: 32, nominalMs: 30, positions: 30, long: false });
-    m.record({ serviceMs: 40, nominalMs: 10, positions: 256, long: true });
-    const s = m.interval();
+    const s = interval(m, decode(32, 1), decode(32, 1), { serviceMs: 32, nominalMs: 30, positions: 30, long: false }, { serviceMs: 40, nominalMs: 10, positions: 256, long: true });
     expect(s.decode).toBe(32);
     expect(s.prompt).toBeCloseTo(32 / 30, 12);
     expect(s.longPrompt).toBe(4);
@@ -19,16 +24,11 @@ describe('StretchMeter', () => {
 
   it('averages across intervals, moves toward 1 when an interval has no steps of a kind, and never reports below 1', () => {
     const m = new StretchMeter(0.5);
-    m.record(decode(30, 10));
-    expect(m.interval().decode).toBe(3);
-    m.record(decode(10, 10));
-    expect(m.interval().decode).toBe(2); // 3 + 0.5 (1 - 3)
-    expect(m.interval().decode).toBe(1.5); // no decode step: toward 1
-    m.record(decode(1, 10)); // a clock glitch cannot pull it below 1
-    expect(m.interval().decode).toBe(1.25);
-    m.record(decode(5, 0)); // a stage without a figure yet: not a measurement
-    expect(m.interval().decode).toBe(1.125);
-    m.reset();
-    expect(m.interval()).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });
+    expect(interval(m, decode(30, 10)).decode).toBe(3);
+    expect(interval(m, decode(10, 10)).decode).toBe(2); // 3 + 0.5 (1 - 3)
+    expect(interval(m).decode).toBe(1.5); // no decode step: toward 1
+    expect(interval(m, decode(1, 10)).decode).toBe(1.25); // a clock glitch cannot pull it below 1
+    expect(interval(m, decode(5, 0)).decode).toBe(1.125); // a stage without a figure yet: not a measurement
+    expect(interval(new StretchMeter(0.5))).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });
   });
 });

@@ -60,6 +60,11 @@ export interface Stretch {
   readonly longPrompt: number;
 }
 
+/** The kind of a finished step, as an index of per-kind sums (StepCounts): 0 decode step (one position), 1 prompt, 2 long prompt. */
+export function stepKind(o: { readonly positions: number; readonly long: boolean }): number {
+  return o.long ? 2 : o.positions > 1 ? 1 : 0;
+}
+
 /**
  * The measured slow-down of steps on this executor: per kind of step (decode, short prompt,
  * long prompt), Σ service time (first stage call's start to last one's end) over Σ nominal
@@ -74,36 +79,17 @@ export interface Stretch {
  * kind moves its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
  */
 export class StretchMeter {
-  private readonly service = [0, 0, 0];
-  private readonly compute = [0, 0, 0];
   private readonly value = [0, 0, 0];
 
   constructor(private readonly alpha = 0.3) {}
 
-  /** Takes one finished step: its service time over `nominalMs`, the figures published for its stages when it finished. */
-  record(o: { readonly serviceMs: number; readonly nominalMs: number; readonly positions: number; readonly long: boolean }): void {
-    if (!(o.nominalMs > 0) || !(o.serviceMs >= 0)) return;
-    const k = o.long ? 2 : o.positions > 1 ? 1 : 0;
-    this.service[k] += o.serviceMs;
-    this.compute[k] += o.nominalMs;
-  }
-
-  /** Closes the interval: folds each kind's ratio into its average and restarts the sums. */
-  interval(): Stretch {
+  /** Folds one interval into each kind's average: Σ service and Σ nominal time of its steps, per kind (stepKind). */
+  interval(serviceMs: readonly number[], nominalMs: readonly number[]): Stretch {
     for (let k = 0; k < 3; k++) {
-      const measured = this.compute[k] > 0 ? Math.max(1, this.service[k] / this.compute[k]) : undefined;
+      const measured = nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined;
       if (measured !== undefined) this.value[k] = this.value[k] === 0 ? measured : this.value[k] + this.alpha * (measured - this.value[k]);
       else if (this.value[k] > 0) this.value[k] += this.alpha * (1 - this.value[k]);
-      this.service[k] = 0;
-      this.compute[k] = 0;
     }
     return { decode: this.value[0], prompt: this.value[1], longPrompt: this.value[2] };
-  }
-
-  /** Forgets everything (start-up profiling is not traffic). */
-  reset(): void {
-    this.service.fill(0);
-    this.compute.fill(0);
-    this.value.fill(0);
   }
 }

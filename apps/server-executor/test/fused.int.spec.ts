@@ -108,7 +108,7 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
   });
 
   it('has every stage figure from the start-up profile, and spreads each fused step over every stage', async () => {
-    const before = on.server.loadReport().stages;
+    const before = on.server.loadReader()().stages;
     expect(before).toHaveLength(on.engine.stageCount);
     for (const c of before) {
       expect(c.decodeMs).toBeGreaterThan(0);
@@ -117,7 +117,7 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
     const range = on.engine.rangeCalls;
     await serverGenerate(on, PROMPTS[0], NEW_TOKENS);
     expect(on.engine.rangeCalls - range).toBe(NEW_TOKENS);
-    const after = on.server.loadReport().stages;
+    const after = on.server.loadReader()().stages;
     after.forEach((c, s) => {
       expect(c.samples - before[s].samples).toBe(NEW_TOKENS);
       expect(Number.isFinite(c.decodeMs) && c.decodeMs > 0).toBe(true);
