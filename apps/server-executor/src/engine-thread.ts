@@ -51,6 +51,24 @@ async function serve(): Promise<void> {
     }
   };
 
+  /** The live cache `id` names. @throws StageInputError naming `field` when there is none. */
+  const live = (id: number, field: string): SessionCache<KvCache> => {
+    const c = caches.get(id);
+    if (c === undefined) throw new StageInputError(field, 'be a live cache of this engine (made by newCache, not released)', `cache ${id}`, 'precondition');
+    return c;
+  };
+  /** Answers request `id` with what `run` gives, or its error and the inputs (so the caller can retry them one by one). */
+  const answer = async (id: number, inputs: readonly HostTensor[], run: () => Promise<HostTensor[]>): Promise<void> => {
+    let outputs: HostTensor[];
+    try {
+      outputs = await run();
+    } catch (err) {
+      post({ type: 'failed', id, error: describeError(err), inputs }, transferListOf(inputs));
+      return;
+    }
+    post({ type: 'done', id, outputs }, transferListOf(outputs));
+  };
+
   const handle = async (m: ToThread): Promise<void> => {
     switch (m.op) {
       case 'crash':
@@ -67,50 +85,20 @@ async function serve(): Promise<void> {
         collectWhenIdle();
         return;
       }
-      case 'run': {
-        let outputs: HostTensor[];
-        try {
-          const cs = m.caches.map((id, i) => {
-            const c = caches.get(id);
-            if (c === undefined) throw new StageInputError(`caches[${i}]`, 'be a live cache of this engine (made by newCache, not released)', `cache ${id}`, 'precondition');
-            return c;
-          });
-          outputs = await engine.runBatch(m.stage, m.inputs, cs);
-        } catch (err) {
-          // The inputs go back with the error, so the caller can retry them one by one.
-          post({ type: 'failed', id: m.id, error: describeError(err), inputs: m.inputs }, transferListOf(m.inputs));
-          return;
-        }
-        post({ type: 'done', id: m.id, outputs }, transferListOf(outputs));
-        return;
-      }
-      case 'run-range': {
-        let output: HostTensor;
-        try {
-          const c = caches.get(m.cache);
-          if (c === undefined) throw new StageInputError('cache', 'be a live cache of this engine (made by newCache, not released)', `cache ${m.cache}`, 'precondition');
-          output = await engine.runRange(m.begin, m.end, m.input, c, m.lastRowOnly);
-        } catch (err) {
-          post({ type: 'failed', id: m.id, error: describeError(err), inputs: [m.input] }, transferListOf([m.input]));
-          return;
-        }
-        post({ type: 'done', id: m.id, outputs: [output] }, transferListOf([output]));
-        return;
-      }
+      case 'run':
+        return answer(m.id, m.inputs, () => engine.runBatch(m.stage, m.inputs, m.caches.map((id, i) => live(id, `caches[${i}]`))));
+      case 'run-range':
+        return answer(m.id, [m.input], async () => [await engine.runRange(m.begin, m.end, m.input, live(m.cache, 'cache'), m.lastRowOnly)]);
       case 'warmup':
+        return answer(m.id, [], async () => { await engine.warmup(); return []; });
       case 'close':
-        try {
-          if (m.op === 'warmup') await engine.warmup();
-          else {
-            for (const c of caches.values()) engine.releaseCache(c);
-            caches.clear();
-            await engine.close();
-          }
-          post({ type: 'done', id: m.id, outputs: [] });
-        } catch (err) {
-          post({ type: 'failed', id: m.id, error: describeError(err), inputs: [] });
-        }
-        if (m.op === 'close') port.close();
+        await answer(m.id, [], async () => {
+          for (const c of caches.values()) engine.releaseCache(c);
+          caches.clear();
+          await engine.close();
+          return [];
+        });
+        port.close();
         return;
     }
   };

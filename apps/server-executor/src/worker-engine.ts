@@ -133,20 +133,11 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     }
   }
 
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<CacheHandle>[]): Promise<HostTensor[]> {
-    if (this.failure) return Promise.reject(this.failure);
-    let ids: number[];
-    try {
-      ids = caches.map((c, i) => this.liveId(c, `caches[${i}]`));
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const id = this.nextId++;
+  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<CacheHandle>[]): Promise<HostTensor[]> {
+    if (this.failure) throw this.failure;
+    const ids = caches.map((c, i) => this.liveId(c, `caches[${i}]`));
     const sent = ownedTensors(inputs);
-    return new Promise<HostTensor[]>((resolve, reject) => {
-      this.pending.set(id, { inputs, resolve, reject });
-      this.post({ op: 'run', id, stage, inputs: sent, caches: ids }, transferListOf(sent));
-    });
+    return this.call((id) => ({ op: 'run', id, stage, inputs: sent, caches: ids }), inputs, sent);
   }
 
   /** The whole range is fused only for `[0, stageCount)`, when loaded with `fuseAllStages`. */
@@ -155,25 +146,16 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
   }
 
   /** One message to the thread for the whole range (one thread hop instead of one per stage). */
-  runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<CacheHandle>, lastRowOnly: boolean): Promise<HostTensor> {
-    if (this.failure) return Promise.reject(this.failure);
-    let cacheId: number;
-    try {
-      cacheId = this.liveId(cache, 'cache');
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const id = this.nextId++;
-    const [sent] = ownedTensors([input]);
-    return new Promise<HostTensor>((resolve, reject) => {
-      this.pending.set(id, { inputs: [input], resolve: (outs) => resolve(outs[0]), reject });
-      this.post({ op: 'run-range', id, begin, end, input: sent, cache: cacheId, lastRowOnly }, transferListOf([sent]));
-    });
+  async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<CacheHandle>, lastRowOnly: boolean): Promise<HostTensor> {
+    if (this.failure) throw this.failure;
+    const cacheId = this.liveId(cache, 'cache');
+    const sent = ownedTensors([input]);
+    return (await this.call((id) => ({ op: 'run-range', id, begin, end, input: sent[0], cache: cacheId, lastRowOnly }), [input], sent))[0];
   }
 
   /** Runs a 4-token prompt and one decode step through every stage, in the inference thread. */
-  warmup(): Promise<void> {
-    return this.call({ op: 'warmup', id: this.nextId++ }).then(() => undefined);
+  async warmup(): Promise<void> {
+    await this.call((id) => ({ op: 'warmup', id }));
   }
 
   /**
@@ -185,7 +167,7 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     this.closing = true;
     const exited = new Promise<void>((r) => this.worker.once('exit', () => r()));
     try {
-      await this.call({ op: 'close', id: this.nextId++ });
+      await this.call((id) => ({ op: 'close', id }));
     } catch {
       // A close that failed in the thread still ends it (the thread closes its port either way).
     }
@@ -201,11 +183,16 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     this.post({ op: 'crash' });
   }
 
-  private call(m: ToThread & { id: number }): Promise<HostTensor[]> {
+  /**
+   * Posts the request `message(id)`, transferring the buffers of `sent` (the thread's copies of
+   * `inputs`, handed back into them when the call fails), and resolves with the thread's outputs.
+   */
+  private call(message: (id: number) => ToThread, inputs: readonly HostTensor[] = [], sent: readonly HostTensor[] = []): Promise<HostTensor[]> {
     if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
     return new Promise<HostTensor[]>((resolve, reject) => {
-      this.pending.set(m.id, { inputs: [], resolve, reject });
-      this.post(m);
+      this.pending.set(id, { inputs, resolve, reject });
+      this.post(message(id), transferListOf(sent));
     });
   }
 
