@@ -1,14 +1,11 @@
 import type { HostTensor, StageTiming } from '@tandem/protocol';
-import { StageRunner, type KvCache } from '@tandem/model';
+import { StageRunner, StageStats, type KvCache } from '@tandem/model';
 import { ReplayMissError, type ReplayCursor, type ReplayRecording } from './replay';
 
 const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
 
 /** A stage's uncontended cost on this host, measured at start-up. */
-interface Baseline {
-  readonly prefillMsPerToken: number;
-  readonly decodeMs: number;
-}
+type Baseline = Pick<StageTiming, 'prefillMsPerToken' | 'decodeMs'>;
 
 /** A stage not run for this long reports its start-up cost again (its last figures may be from a busy moment). */
 const STALE_MS = 10_000;
@@ -32,9 +29,8 @@ const STALE_MS = 10_000;
  * {@link armReplay} just before it creates its cache.
  */
 export class LocalStages {
-  private readonly prefill = new Map<number, number>();
-  private readonly decode = new Map<number, number>();
-  private readonly samples = new Map<number, number>();
+  /** The costs measured (EWMA), or the start-up profile × slowdown until a stage runs. */
+  private readonly stats: StageStats;
   private readonly lastRunMs = new Map<number, number>();
   private baseline: Map<number, Baseline> | undefined;
   /** Emulated padding owed per generation but not slept yet, ms (timers cannot sleep a fraction of a ms). */
@@ -45,7 +41,9 @@ export class LocalStages {
   private armed: ReplayCursor | undefined;
   private readonly chain = new WeakMap<KvCache, { stage: number; intendedEnd: number; actualEnd: number }>();
 
-  private constructor(readonly runner: StageRunner, readonly slowdown: number, readonly replay: ReplayRecording | undefined, private readonly alpha = 0.2) {}
+  private constructor(readonly runner: StageRunner, readonly slowdown: number, readonly replay: ReplayRecording | undefined) {
+    this.stats = new StageStats(runner.manifest.stages.length);
+  }
 
   static async load(modelDir: string, stages: readonly number[], opts: { slowdown: number; intraOpNumThreads?: number; replay?: ReplayRecording }): Promise<LocalStages> {
     const runner = await StageRunner.load(modelDir, { stages, intraOpNumThreads: opts.intraOpNumThreads || undefined });
@@ -95,7 +93,7 @@ export class LocalStages {
       ms = Math.max(real, this.slowdown * uncontended);
       await this.pad(cache, ms - real);
     }
-    this.record(stage, tokens, ms);
+    this.stats.record(stage, tokens, ms);
     this.lastRunMs.set(stage, performance.now());
     return { output, ms };
   }
@@ -141,16 +139,6 @@ export class LocalStages {
     this.paddingDebtMs.set(cache, debt - (performance.now() - t0));
   }
 
-  private record(stage: number, tokens: number, ms: number): void {
-    const upd = (m: Map<number, number>, v: number): void => {
-      const old = m.get(stage) ?? 0;
-      m.set(stage, old === 0 ? v : old + this.alpha * (v - old));
-    };
-    if (tokens <= 1) upd(this.decode, ms);
-    else upd(this.prefill, ms / tokens);
-    this.samples.set(stage, (this.samples.get(stage) ?? 0) + 1);
-  }
-
   /**
    * Measures every local stage: a prefill of `promptTokens` then `decodeSteps` decode
    * steps, repeated `rounds` times (the first round also pays onnxruntime's lazy start).
@@ -188,11 +176,7 @@ export class LocalStages {
 
   private setBaseline(base: Map<number, Baseline>, samples: number): void {
     this.baseline = base;
-    for (const [s, b] of base) {
-      this.prefill.set(s, b.prefillMsPerToken * this.slowdown);
-      this.decode.set(s, b.decodeMs * this.slowdown);
-      this.samples.set(s, samples);
-    }
+    for (const [s, b] of base) this.stats.set(s, b.prefillMsPerToken * this.slowdown, b.decodeMs * this.slowdown, samples);
   }
 
   /**
@@ -201,16 +185,12 @@ export class LocalStages {
    */
   costs(): StageTiming[] {
     const now = performance.now();
+    const measured = this.stats.snapshot();
     return [...this.stages].sort((a, b) => a - b).map((stage) => {
       const base = this.baseline?.get(stage);
       // With replay the modelled cost is exactly what the device does: always publish it.
       const stale = base !== undefined && (this.replay !== undefined || now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS);
-      return {
-        stage,
-        prefillMsPerToken: stale ? base.prefillMsPerToken * this.slowdown : this.prefill.get(stage) ?? 0,
-        decodeMs: stale ? base.decodeMs * this.slowdown : this.decode.get(stage) ?? 0,
-        samples: this.samples.get(stage) ?? 0,
-      };
+      return stale ? { ...measured[stage], prefillMsPerToken: base.prefillMsPerToken * this.slowdown, decodeMs: base.decodeMs * this.slowdown } : measured[stage];
     });
   }
 

@@ -3,20 +3,14 @@ import { quoted } from '@tandem/protocol';
 import { checkIdentity, type TokenTable } from '@tandem/service-kit';
 import { CapacityError, NotReadyError } from './errors';
 import type { KvBudget } from './kv-budget';
+import type { ExecutorServerOptions } from './executor-server';
 import type { ClientTokenRates } from './token-rate';
 
-/** The limits a session is admitted under. */
-export interface AdmissionLimits {
-  readonly maxSessions: number;
-  /** Concurrent sessions one client id may hold; 0 or undefined: no limit beyond maxSessions. */
-  readonly maxSessionsPerClient?: number;
-  /** Retry hint of a RESOURCE_EXHAUSTED refusal, ms (default 1000). */
-  readonly retryAfterMs?: number;
-  /** KV-cache bytes one token takes over every stage: a session opens only while that fits. */
-  readonly kvBytesPerToken: number;
-  /** Bearer tokens of the gRPC port: a session then opens only under its caller's own client id. */
-  readonly tokens?: TokenTable;
-}
+/**
+ * The limits a session is admitted under; a session opens only while one more token's KV cache
+ * (`kvBytesPerToken`, over every stage) fits, and with `tokens` only under its caller's own client id.
+ */
+type AdmissionLimits = Pick<ExecutorServerOptions, 'maxSessions' | 'maxSessionsPerClient' | 'retryAfterMs'> & { readonly kvBytesPerToken: number; readonly tokens?: TokenTable };
 
 /**
  * Which sessions are open, and whether one more may open: sessions ask on their `open` and leave

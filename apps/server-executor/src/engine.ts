@@ -8,20 +8,11 @@ import { modelIdOf, readManifest, StageRunner, type KvCache, type StageKind } fr
  */
 export class SessionCache<K = unknown> {
   private readonly taken: Uint32Array;
-
-  constructor(readonly kv: K, stageCount: number) {
-    this.taken = new Uint32Array(stageCount);
-  }
-
-  get stageCount(): number { return this.taken.length; }
-
+  constructor(readonly kv: K, stageCount: number) { this.taken = new Uint32Array(stageCount); }
   /** Tokens stage `stage` has taken (0 for a stage the session never ran here). */
   tokensAt(stage: number): number { return this.taken[stage]; }
-
   /** Records that a step of `tokens` positions ran stages [begin, end). */
-  advance(begin: number, end: number, tokens: number): void {
-    for (let s = begin; s < end; s++) this.taken[s] += tokens;
-  }
+  advance(begin: number, end: number, tokens: number): void { for (let s = begin; s < end; s++) this.taken[s] += tokens; }
 }
 
 /**

@@ -18,7 +18,7 @@ import { Admission } from './admission';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { toGrpcStatus } from './errors';
-import { defaultKvBudgetBytes, isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
+import { defaultKvBudgetBytes, KvBudget, kvBytesOf } from './kv-budget';
 import { LoadMeter, StepTotals, type ExecutorCounters, type LoadInterval } from './load-meter';
 import { mainThreadCpuMs } from './overhead';
 import { StageScheduler } from './scheduler';
@@ -119,10 +119,8 @@ export class ExecutorServer {
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
     this.rates = opts.maxTokensPerSPerClient ? new ClientTokenRates(opts.maxTokensPerSPerClient) : undefined;
-    const e = opts.engine;
-    let kvBytesPerTokenAll = 0;
-    for (let st = 0; st < e.stageCount; st++) if (isAttentionStage(st, e.stageCount)) kvBytesPerTokenAll += kvBytesPerToken(e.nEmbd);
-    this.admission = new Admission({ ...opts, kvBytesPerToken: kvBytesPerTokenAll, tokens: opts.security?.tokens }, this.kv, this.rates);
+    const { stageCount, nEmbd } = opts.engine;
+    this.admission = new Admission({ ...opts, kvBytesPerToken: kvBytesOf(stageCount, nEmbd, 0, stageCount, 1), tokens: opts.security?.tokens }, this.kv, this.rates);
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
@@ -217,19 +215,8 @@ export class ExecutorServer {
   /** The load report: the state now and the load of one interval. */
   private loadReport(interval: LoadInterval): ServerLoad {
     return {
-      serverId: this.opts.serverId,
-      modelId: this.opts.engine.modelId,
-      stages: this.scheduler.stats.snapshot(),
-      queueDepth: this.scheduler.depth,
-      activeSessions: this.admission.members.size,
-      utilisation: interval.utilisation,
-      unixMs: Date.now(),
-      meanQueueMs: interval.meanQueueMs,
-      overhead: interval.overhead,
-      decodeStretch: interval.stretch.decode,
-      promptStretch: interval.stretch.prompt,
-      longPromptStretch: interval.stretch.longPrompt,
-      longStepTokens: this.longStepTokens,
+      serverId: this.opts.serverId, modelId: this.opts.engine.modelId, stages: this.scheduler.stats.snapshot(), queueDepth: this.scheduler.depth,
+      activeSessions: this.admission.members.size, unixMs: Date.now(), longStepTokens: this.longStepTokens, ...interval,
     };
   }
 

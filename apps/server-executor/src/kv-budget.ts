@@ -11,6 +11,13 @@ export function isAttentionStage(s: number, stageCount: number): boolean {
   return s >= 1 && s <= stageCount - 2 && (s - 1) % 2 === 0;
 }
 
+/** KV-cache bytes `tokens` more tokens add over stages [begin, end) of a model of `stageCount` stages. */
+export function kvBytesOf(stageCount: number, nEmbd: number, begin: number, end: number, tokens: number): number {
+  let stages = 0;
+  for (let s = begin; s < end; s++) if (isAttentionStage(s, stageCount)) stages++;
+  return stages * tokens * kvBytesPerToken(nEmbd);
+}
+
 /**
  * The default budget when EXECUTOR_MAX_KV_BYTES is 0: a quarter of the machine's memory
  * (weights, a fused copy of them, onnxruntime's arena and each step's transient present

@@ -1,69 +1,90 @@
-import { OverheadModel, type OverheadFit } from './overhead';
+import type { ServerLoad } from '@tandem/protocol';
+import { OverheadModel } from './overhead';
 import type { StepOutcome } from './scheduler';
 import type { TrafficCounters } from './split-session';
-import { stepKind, StretchMeter, type Stretch } from './stage-stats';
 
-/** The steps finished so far, as counted (StepTotals.snapshot). */
-export interface StepCounts {
-  readonly count: number;
-  /** Σ time from submission until the first stage started, ms. */
-  readonly queueMs: number;
-  /** Per kind of step (stepKind): Σ service time and Σ nominal time of the steps priced (nominal time > 0), ms. */
-  readonly serviceMs: readonly number[];
-  readonly nominalMs: readonly number[];
+/** How much longer steps take than their own compute, per kind: decode steps (one position), short prompts, long prompts (StepOutcome.long). */
+export interface Stretch {
+  readonly decode: number;
+  readonly prompt: number;
+  readonly longPrompt: number;
 }
+
+/** The kind of a finished step, as an index of per-kind sums (StepCounts): 0 decode step (one position), 1 prompt, 2 long prompt. */
+export function stepKind(o: { readonly positions: number; readonly long: boolean }): number {
+  return o.long ? 2 : o.positions > 1 ? 1 : 0;
+}
+
+/**
+ * The measured slow-down of steps on this executor: per kind of step (decode, short prompt,
+ * long prompt), Σ service time (first stage call's start to last one's end) over Σ nominal
+ * time (the per-stage figures this executor publishes, for the step's stages and positions,
+ * as they stood when it finished), over one telemetry interval, folded into an exponential
+ * moving average across intervals. Since the figures are per-step shares of batched calls, a
+ * decode step batched with B − 1 others is stretched about B times (it waits for the whole
+ * call); a prompt in the same batch less (its share is larger); a long prompt held back
+ * behind short steps more. The planner prices server latency as the published figures ×
+ * stretch, so the product is what steps took (the executor's own measurement instead of a
+ * queueing formula), whichever way the figures move. An interval without steps of a
+ * kind moves its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
+ */
+export class StretchMeter {
+  private readonly value = [0, 0, 0];
+
+  constructor(private readonly alpha = 0.3) {}
+
+  /** Folds one interval into each kind's average: Σ service and Σ nominal time of its steps, per kind (stepKind). */
+  interval(serviceMs: readonly number[], nominalMs: readonly number[]): Stretch {
+    for (let k = 0; k < 3; k++) {
+      const measured = nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined;
+      if (measured !== undefined) this.value[k] = this.value[k] === 0 ? measured : this.value[k] + this.alpha * (measured - this.value[k]);
+      else if (this.value[k] > 0) this.value[k] += this.alpha * (1 - this.value[k]);
+    }
+    return { decode: this.value[0], prompt: this.value[1], longPrompt: this.value[2] };
+  }
+}
+
+/** Steps finished: how many, Σ queue wait, and per kind (stepKind) Σ service and Σ nominal time of those priced (nominal > 0), ms. */
+export type StepCounts = { readonly count: number; readonly queueMs: number; readonly serviceMs: readonly number[]; readonly nominalMs: readonly number[] };
 
 /** Counts finished steps (the scheduler's onStepDone); the counts only grow. */
 export class StepTotals {
-  private count = 0;
-  private queueMs = 0;
-  private readonly serviceMs = [0, 0, 0];
-  private readonly nominalMs = [0, 0, 0];
+  private readonly c = { count: 0, queueMs: 0, serviceMs: [0, 0, 0], nominalMs: [0, 0, 0] };
 
   record(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'nominalMs' | 'positions' | 'long'>): void {
-    this.count++;
-    this.queueMs += o.queueMs;
+    this.c.count++;
+    this.c.queueMs += o.queueMs;
     if (!(o.nominalMs > 0) || !(o.serviceMs >= 0)) return;
-    const k = stepKind(o);
-    this.serviceMs[k] += o.serviceMs;
-    this.nominalMs[k] += o.nominalMs;
+    this.c.serviceMs[stepKind(o)] += o.serviceMs;
+    this.c.nominalMs[stepKind(o)] += o.nominalMs;
   }
 
   snapshot(): StepCounts {
-    return { count: this.count, queueMs: this.queueMs, serviceMs: [...this.serviceMs], nominalMs: [...this.nominalMs] };
+    return { ...this.c, serviceMs: [...this.c.serviceMs], nominalMs: [...this.c.nominalMs] };
   }
 }
 
 /**
- * What the executor has counted since it started serving, read at one moment. Every figure only
- * grows: reading changes nothing, and a reader takes the differences between two snapshots.
+ * What the executor has counted since it started serving, read at `atMs` (performance.now()):
+ * engine busy time, the main thread's CPU (undefined where unknown), session traffic and steps.
+ * Every figure only grows: reading changes nothing, and a reader takes differences (LoadMeter).
  */
 export interface ExecutorCounters {
-  /** When read (performance.now()), ms. */
   readonly atMs: number;
-  /** Engine busy time (StageScheduler.busyTimeMs), ms. */
   readonly busyMs: number;
-  /** CPU time of the main thread (mainThreadCpuMs), ms; undefined where unknown. */
   readonly cpuMs: number | undefined;
   readonly traffic: Readonly<TrafficCounters>;
   readonly steps: StepCounts;
 }
 
-/** The load of one interval, as ServerLoad publishes it. */
-export interface LoadInterval {
-  /** Fraction of the interval the engine was busy, 0..1. */
-  readonly utilisation: number;
-  /** Mean time a step finished in the interval waited for its first stage, ms (0 without steps). */
-  readonly meanQueueMs: number;
-  readonly overhead: OverheadFit;
-  readonly stretch: Stretch;
-}
+/** The figures of ServerLoad that describe one interval. */
+export type LoadInterval = Pick<ServerLoad, 'utilisation' | 'meanQueueMs' | 'overhead' | 'decodeStretch' | 'promptStretch' | 'longPromptStretch'>;
 
 /**
- * Reads the executor's counters interval by interval: each call to `next` takes a snapshot and
- * gives the load of the interval since the previous one, feeding that interval to the overhead
- * model (the main thread's CPU besides stage compute against the session traffic) and to the
- * stretch averages. It keeps the previous snapshot; the counters themselves are never reset.
+ * Reads the executor's counters interval by interval: each `next` takes a snapshot and gives the
+ * load of the interval since the previous one, feeding that interval to the overhead model (the
+ * main thread's CPU besides stage compute against the session traffic) and to the stretch
+ * averages. It keeps the previous snapshot; the counters themselves are never reset.
  */
 export class LoadMeter {
   private readonly stretch = new StretchMeter();
@@ -84,11 +105,14 @@ export class LoadMeter {
     }
     const steps = now.steps.count - last.steps.count;
     const since = (a: readonly number[], b: readonly number[]): number[] => a.map((v, k) => v - b[k]);
+    const stretch = this.stretch.interval(since(now.steps.serviceMs, last.steps.serviceMs), since(now.steps.nominalMs, last.steps.nominalMs));
     return {
       utilisation: Math.min(1, Math.max(0, busyMs / wallMs)),
       meanQueueMs: steps > 0 ? (now.steps.queueMs - last.steps.queueMs) / steps : 0,
       overhead: this.overhead.fit(),
-      stretch: this.stretch.interval(since(now.steps.serviceMs, last.steps.serviceMs), since(now.steps.nominalMs, last.steps.nominalMs)),
+      decodeStretch: stretch.decode,
+      promptStretch: stretch.prompt,
+      longPromptStretch: stretch.longPrompt,
     };
   }
 }

@@ -1,8 +1,7 @@
-import { lastPosition, type StageKind } from '@tandem/model';
+import { lastPosition, StageStats, type StageKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import type { SessionCache, StageEngine } from './engine';
 import { SessionClosedError } from './errors';
-import { StageStats } from './stage-stats';
 
 /** A waiting step as the schedule sees it: plain data. */
 export interface QueuedStep {
@@ -127,19 +126,14 @@ export interface Batch<S extends QueuedStep = QueuedStep> {
 }
 
 /**
- * The next engine call for `queue` (not empty) at `now` (ms), with stage `s` of kind `kinds[s]`;
- * pure, O(queue length). The pool it picks from is every waiting step, unless both short and long
- * ones wait (SchedulePolicy.longStepTokens); then the short ones, or the long ones when one of
- * them has been held back for `maxStallMs` since its last call. The call's head is the step of the
- * pool that has waited `maxWaitMs` since its last call if there is one, else the oldest step at
- * the shallowest stage. Serving the shallowest stage first lets steps that arrived together stay
- * at the same depth (after each attention stage, which runs per session, they meet again at the
- * next MLP). The head runs fused when it has not started, is fusable and not long, and no other
- * step of the pool waits at its stage (with batching off none could join it anyway). Otherwise,
- * when batching and its stage is position-wise, other steps of the pool at that stage join it in
- * queue order: at most `maxBatch` steps and, beyond the head, at most `maxBatchTokens` tokens;
- * steps that do not fit wait for a later call (the oldest step at a stage heads the next batch
- * there, so a long step is not passed over twice) while shorter ones behind them may join.
+ * The next engine call for `queue` (not empty) at `now` (ms), stage `s` being of kind `kinds[s]`:
+ * the policy StageScheduler describes, as a pure function (O(queue length)). The pool is every
+ * waiting step, or only the short ones or only the long ones while both wait (interleaving). The
+ * head is the step of the pool that waited `maxWaitMs` since its last call, else the oldest at the
+ * shallowest stage; it runs fused when it may and no other step of the pool waits at its stage.
+ * Else steps of the pool at its stage join it in queue order when that stage is position-wise,
+ * within `maxBatch` steps and, beyond the head, `maxBatchTokens` tokens (a step that does not fit
+ * waits; the oldest heads the next batch there, so a long step is not passed over twice).
  */
 export function schedule<S extends QueuedStep>(queue: readonly S[], now: number, kinds: readonly StageKind[], policy: SchedulePolicy): Batch<S> {
   const isLong = (j: S): boolean => j.tokens > (policy.longStepTokens ?? Number.POSITIVE_INFINITY);

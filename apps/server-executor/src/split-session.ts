@@ -4,8 +4,9 @@ import { status } from '@grpc/grpc-js';
 import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
 import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
+import type { Admission } from './admission';
 import type { SessionCache, StageEngine } from './engine';
-import { isAttentionStage, KvBudget, kvBytesPerToken } from './kv-budget';
+import { KvBudget, kvBytesOf } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
 import { TokenRateError, type ClientTokenRates } from './token-rate';
@@ -16,13 +17,6 @@ export interface TrafficCounters {
   bytesIn: number;
   messagesOut: number;
   bytesOut: number;
-}
-
-/** Admission as a session sees it (Admission): asked on open, left on close. */
-export interface SessionAdmission {
-  /** @throws the error refusing the session (CapacityError, NotReadyError, AuthError). */
-  admit(s: SplitSession, metadata: Metadata): void;
-  leave(s: SplitSession): void;
 }
 
 export interface SessionLimits {
@@ -93,7 +87,8 @@ export class SplitSession {
     private readonly scheduler: StageScheduler,
     private readonly limits: SessionLimits,
     private readonly log: Logger,
-    private readonly admission: SessionAdmission,
+    /** Asked on open (it throws the refusal), left on close. */
+    private readonly admission: Pick<Admission<SplitSession>, 'admit' | 'leave'>,
     private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
     private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
     /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
@@ -147,7 +142,7 @@ export class SplitSession {
           const step = this.validate(m.kind.value);
           if (this.overRate(step)) return;
           this.lastSeq = BigInt(step.seq);
-          this.reserveKv(this.kvBytesOf(step.begin, step.end, step.input.shape[1]), `step seq ${step.seq}`);
+          this.reserveKv(kvBytesOf(this.engine.stageCount, this.engine.nEmbd, step.begin, step.end, step.input.shape[1]), `step seq ${step.seq}`);
           this.mode = 'split';
           // While the server owes the answer, the client is not idle (a long queue must not idle it out).
           this.serverBusy = true;
@@ -179,7 +174,7 @@ export class SplitSession {
           // Refused only when the client's bucket is empty (ending the session, which holds nothing yet); once running it is paced.
           this.rates?.admitGeneration(this.clientId, `generate seq ${g.seq}`);
           // The whole generation's cache up front: the prompt plus every token fed back.
-          this.reserveKv(this.kvBytesOf(0, this.engine.stageCount, g.input.shape[1] + g.maxNewTokens - 1), 'generate');
+          this.reserveKv(kvBytesOf(this.engine.stageCount, this.engine.nEmbd, 0, this.engine.stageCount, g.input.shape[1] + g.maxNewTokens - 1), 'generate');
           this.mode = 'generate';
           // Not awaited: later messages are answered (refused) at once; a half-close waits for it.
           this.generation = this.decode(g);
@@ -285,13 +280,6 @@ export class SplitSession {
     return this.cache;
   }
 
-  /** KV-cache bytes `tokens` more tokens add over stages [begin, end) (attention stages hold the cache). */
-  private kvBytesOf(begin: number, end: number, tokens: number): number {
-    let stages = 0;
-    for (let s = begin; s < end; s++) if (isAttentionStage(s, this.engine.stageCount)) stages++;
-    return stages * tokens * kvBytesPerToken(this.engine.nEmbd);
-  }
-
   /** Reserves KV bytes from the executor's budget for this session. @throws CapacityError (RESOURCE_EXHAUSTED) when they do not fit. */
   private reserveKv(bytes: number, what: string): void {
     this.kv.reserve(bytes, what);
@@ -370,7 +358,7 @@ export class SplitSession {
       }
       throw new PreconditionError(`step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at(begin - 1)}`);
     }
-    if (end < cache.stageCount && at(end) > 0 && at(end) !== held) {
+    if (end < this.engine.stageCount && at(end) > 0 && at(end) !== held) {
       throw new PreconditionError(`step.stageBegin must be ${end} (stage ${end} holds ${at(end)} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`);
     }
   }

@@ -13,6 +13,7 @@ export { importHfModel, readHfConfig } from './import-hf';
 export type { ImportHfOptions } from './import-hf';
 export type { ProgressFn } from './model-writer';
 export { StageRunner, lastPosition } from './runner';
+export { StageStats } from './stage-stats';
 export type { KvCache, RunRangeOptions, StageRunnerOptions } from './runner';
 export { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 export { parsePlacement, formatPlacement } from './placement';

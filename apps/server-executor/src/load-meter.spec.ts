@@ -1,5 +1,4 @@
-import { StepTotals } from './load-meter';
-import { StretchMeter } from './stage-stats';
+import { StepTotals, StretchMeter } from './load-meter';
 
 type Step = { serviceMs: number; nominalMs: number; positions: number; long: boolean };
 const decode = (serviceMs: number, nominalMs: number): Step => ({ serviceMs, nominalMs, positions: 1, long: false });
