@@ -6,16 +6,11 @@
  */
 import { ModelFormatError, StageInputError, type StageInputProblemKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
+import type { EngineLoadOptions } from './engine';
 
-/** What the inference thread is started with (its `workerData`). */
-export interface EngineThreadData {
+/** What the inference thread is started with (its `workerData`): the model, and how to load it. */
+export interface EngineThreadData extends EngineLoadOptions {
   readonly modelDir: string;
-  /** onnxruntime intra-op threads; 0 or undefined lets onnxruntime choose. */
-  readonly intraOpNumThreads?: number;
-  /** Also load the fused session over every stage (EngineLoadOptions.fuseAllStages). */
-  readonly fuseAllStages?: boolean;
-  /** EngineLoadOptions.returnMemory: no onnxruntime arena, and a collection once no cache is live. */
-  readonly returnMemory?: boolean;
 }
 
 /** Requests to the inference thread; `id` pairs an answer with its request. Handled in order. */

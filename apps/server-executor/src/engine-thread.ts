@@ -17,7 +17,7 @@ async function serve(): Promise<void> {
   const init = workerData as EngineThreadData;
   let engine: OnnxStageEngine;
   try {
-    engine = await OnnxStageEngine.load(init.modelDir, { intraOpNumThreads: init.intraOpNumThreads, fuseAllStages: init.fuseAllStages, returnMemory: init.returnMemory });
+    engine = await OnnxStageEngine.load(init.modelDir, init);
   } catch (err) {
     port.postMessage({ type: 'load-failed', error: describeError(err) } satisfies FromThread);
     return;

@@ -1,4 +1,4 @@
-import { StepTotals, StretchMeter } from './load-meter';
+import { LoadMeter, StepTotals, StretchMeter, type ExecutorCounters } from './load-meter';
 
 type Step = { serviceMs: number; nominalMs: number; positions: number; long: boolean };
 const decode = (serviceMs: number, nominalMs: number): Step => ({ serviceMs, nominalMs, positions: 1, long: false });
@@ -13,21 +13,35 @@ const interval = (m: StretchMeter, ...steps: Step[]) => {
 describe('StretchMeter', () => {
   it('is 0 until measured, then the ratio of service time to compute per kind of step', () => {
     const m = new StretchMeter(0.5);
-    expect(interval(m)).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });
+    expect(interval(m)).toEqual({ decodeStretch: 0, promptStretch: 0, longPromptStretch: 0 });
     // two decode steps and a 30-position prompt in one 32 ms call: each waited 32 ms
     const s = interval(m, decode(32, 1), decode(32, 1), { serviceMs: 32, nominalMs: 30, positions: 30, long: false }, { serviceMs: 40, nominalMs: 10, positions: 256, long: true });
-    expect(s.decode).toBe(32);
-    expect(s.prompt).toBeCloseTo(32 / 30, 12);
-    expect(s.longPrompt).toBe(4);
+    expect(s.decodeStretch).toBe(32);
+    expect(s.promptStretch).toBeCloseTo(32 / 30, 12);
+    expect(s.longPromptStretch).toBe(4);
   });
 
   it('averages across intervals, moves toward 1 when an interval has no steps of a kind, and never reports below 1', () => {
     const m = new StretchMeter(0.5);
-    expect(interval(m, decode(30, 10)).decode).toBe(3);
-    expect(interval(m, decode(10, 10)).decode).toBe(2); // 3 + 0.5 (1 - 3)
-    expect(interval(m).decode).toBe(1.5); // no decode step: toward 1
-    expect(interval(m, decode(1, 10)).decode).toBe(1.25); // a clock glitch cannot pull it below 1
-    expect(interval(m, decode(5, 0)).decode).toBe(1.125); // a stage without a figure yet: not a measurement
-    expect(interval(new StretchMeter(0.5))).toEqual({ decode: 0, prompt: 0, longPrompt: 0 });
+    expect(interval(m, decode(30, 10)).decodeStretch).toBe(3);
+    expect(interval(m, decode(10, 10)).decodeStretch).toBe(2); // 3 + 0.5 (1 - 3)
+    expect(interval(m).decodeStretch).toBe(1.5); // no decode step: toward 1
+    expect(interval(m, decode(1, 10)).decodeStretch).toBe(1.25); // a clock glitch cannot pull it below 1
+    expect(interval(m, decode(5, 0)).decodeStretch).toBe(1.125); // a stage without a figure yet: not a measurement
+    expect(interval(new StretchMeter(0.5))).toEqual({ decodeStretch: 0, promptStretch: 0, longPromptStretch: 0 });
+  });
+});
+
+describe('LoadMeter', () => {
+  it('reports the interval between two snapshots of counters that only grow, so readers do not disturb each other', () => {
+    const steps = new StepTotals();
+    const read = (atMs: number, busyMs: number): ExecutorCounters => ({ atMs, busyMs, cpuMs: undefined, traffic: { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 }, steps: steps.snapshot() });
+    const start = read(0, 0);
+    const [a, b] = [new LoadMeter(start, false), new LoadMeter(start, false)];
+    steps.record({ queueMs: 4, ...decode(2, 1) });
+    const now = read(100, 50);
+    expect(a.next(now)).toMatchObject({ utilisation: 0.5, meanQueueMs: 4, decodeStretch: 2 });
+    expect(b.next(now)).toMatchObject({ utilisation: 0.5, meanQueueMs: 4, decodeStretch: 2 });
+    expect(a.next(read(200, 50))).toMatchObject({ utilisation: 0, meanQueueMs: 0, decodeStretch: 1.7 }); // no step: toward 1
   });
 });

@@ -3,13 +3,6 @@ import { OverheadModel } from './overhead';
 import type { StepOutcome } from './scheduler';
 import type { TrafficCounters } from './split-session';
 
-/** How much longer steps take than their own compute, per kind: decode steps (one position), short prompts, long prompts (StepOutcome.long). */
-export interface Stretch {
-  readonly decode: number;
-  readonly prompt: number;
-  readonly longPrompt: number;
-}
-
 /** The kind of a finished step, as an index of per-kind sums (StepCounts): 0 decode step (one position), 1 prompt, 2 long prompt. */
 export function stepKind(o: { readonly positions: number; readonly long: boolean }): number {
   return o.long ? 2 : o.positions > 1 ? 1 : 0;
@@ -34,13 +27,13 @@ export class StretchMeter {
   constructor(private readonly alpha = 0.3) {}
 
   /** Folds one interval into each kind's average: Σ service and Σ nominal time of its steps, per kind (stepKind). */
-  interval(serviceMs: readonly number[], nominalMs: readonly number[]): Stretch {
+  interval(serviceMs: readonly number[], nominalMs: readonly number[]): Pick<ServerLoad, 'decodeStretch' | 'promptStretch' | 'longPromptStretch'> {
     for (let k = 0; k < 3; k++) {
       const measured = nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined;
       if (measured !== undefined) this.value[k] = this.value[k] === 0 ? measured : this.value[k] + this.alpha * (measured - this.value[k]);
       else if (this.value[k] > 0) this.value[k] += this.alpha * (1 - this.value[k]);
     }
-    return { decode: this.value[0], prompt: this.value[1], longPrompt: this.value[2] };
+    return { decodeStretch: this.value[0], promptStretch: this.value[1], longPromptStretch: this.value[2] };
   }
 }
 
@@ -105,14 +98,11 @@ export class LoadMeter {
     }
     const steps = now.steps.count - last.steps.count;
     const since = (a: readonly number[], b: readonly number[]): number[] => a.map((v, k) => v - b[k]);
-    const stretch = this.stretch.interval(since(now.steps.serviceMs, last.steps.serviceMs), since(now.steps.nominalMs, last.steps.nominalMs));
     return {
       utilisation: Math.min(1, Math.max(0, busyMs / wallMs)),
       meanQueueMs: steps > 0 ? (now.steps.queueMs - last.steps.queueMs) / steps : 0,
       overhead: this.overhead.fit(),
-      decodeStretch: stretch.decode,
-      promptStretch: stretch.prompt,
-      longPromptStretch: stretch.longPrompt,
+      ...this.stretch.interval(since(now.steps.serviceMs, last.steps.serviceMs), since(now.steps.nominalMs, last.steps.nominalMs)),
     };
   }
 }
