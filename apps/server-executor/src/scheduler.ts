@@ -274,8 +274,8 @@ export class StageScheduler {
   private async pump(): Promise<void> {
     try {
       while (this.queue.length > 0) {
+        const batch = schedule(this.queue, this.now(), this.kinds, this.opts);
         const t0 = this.now();
-        const batch = schedule(this.queue, t0, this.kinds, this.opts);
         for (const j of batch.steps) { j.startedAtMs ??= t0; this.inCall.add(j); }
         const outputs = await this.run(batch);
         this.inCall.clear();
