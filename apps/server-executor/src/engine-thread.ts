@@ -8,7 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { StageInputError, type KvCache } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import { OnnxStageEngine, type SessionCache } from './engine';
-import { collectorOrUndefined, IDLE_COLLECT_DELAY_MS } from './worker-engine';
+import { collectWhenQuiet } from './worker-engine';
 import { describeError, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 
 async function serve(): Promise<void> {
@@ -27,20 +27,9 @@ async function serve(): Promise<void> {
   // collect once a burst is over (after it, never inside one): when no cache has been live for
   // a moment, or the live caches fell to a quarter of their high-water mark since the last
   // collection (a burst ended while a few sessions stay open).
-  const collect = init.returnMemory ? collectorOrUndefined() : undefined;
-  let collectTimer: NodeJS.Timeout | undefined;
   let high = 0;
   const burstOver = (): boolean => caches.size === 0 || (high >= 8 && caches.size <= high / 4);
-  const collectWhenIdle = (): void => {
-    if (!collect || !burstOver() || collectTimer) return;
-    collectTimer = setTimeout(() => {
-      collectTimer = undefined;
-      if (!burstOver()) return;
-      collect();
-      high = caches.size;
-    }, IDLE_COLLECT_DELAY_MS);
-    collectTimer.unref();
-  };
+  const collectWhenIdle = init.returnMemory ? collectWhenQuiet(burstOver, () => { high = caches.size; }) : () => {};
   const post = (m: FromThread, transfer: ArrayBuffer[] = []): void => {
     try {
       port.postMessage(m, transfer);

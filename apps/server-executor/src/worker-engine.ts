@@ -27,7 +27,7 @@ export const IDLE_COLLECT_DELAY_MS = 200;
  * The garbage collector as a function, for the thread that calls this (V8 exposes it only with
  * --expose-gc, which can be set at run time; a new context then has `gc`).
  */
-export function collectorOrUndefined(): (() => void) | undefined {
+function collectorOrUndefined(): (() => void) | undefined {
   try {
     v8.setFlagsFromString('--expose-gc');
     const gc = vm.runInNewContext('gc') as unknown;
@@ -35,6 +35,20 @@ export function collectorOrUndefined(): (() => void) | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * A function to call when `quiet()` may have become true: this thread collects garbage (then calls
+ * `collected`) IDLE_COLLECT_DELAY_MS later if it still holds (after a burst, not inside it).
+ */
+export function collectWhenQuiet(quiet: () => boolean, collected: () => void = () => {}): () => void {
+  const collect = collectorOrUndefined();
+  let timer: NodeJS.Timeout | undefined;
+  return () => {
+    if (!collect || timer || !quiet()) return;
+    timer = setTimeout(() => { timer = undefined; if (quiet()) { collect(); collected(); } }, IDLE_COLLECT_DELAY_MS);
+    timer.unref();
+  };
 }
 
 /** The inference thread's entry: a .js file, so it loads under node, tsx and jest alike (it registers tsx itself). */
@@ -59,7 +73,6 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
   private failure: EngineUnavailableError | undefined;
   private closing = false;
   private liveCaches = 0;
-  private collectTimer: NodeJS.Timeout | undefined;
   /** With EngineLoadOptions.returnMemory: collects this thread's garbage (tensors that came back, stream buffers) once no cache is live. */
   private collectWhenIdle: (() => void) | undefined;
   private resolveFailed!: (e: Error) => void;
@@ -98,7 +111,7 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
       worker.on('exit', onExit);
     });
     const engine = new WorkerStageEngine(worker, manifest, modelIdOf(modelDir), opts.fuseAllStages === true);
-    if (opts.returnMemory) engine.collectWhenIdle = collectorOrUndefined();
+    if (opts.returnMemory) engine.collectWhenIdle = collectWhenQuiet(() => engine.liveCaches === 0);
     return engine;
   }
 
@@ -123,14 +136,7 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     h.released = true;
     this.liveCaches--;
     this.post({ op: 'release-cache', cache: h.id });
-    if (this.liveCaches === 0 && this.collectWhenIdle && !this.collectTimer) {
-      // After the burst, not inside it: a collection costs a few ms, once per quiet moment.
-      this.collectTimer = setTimeout(() => {
-        this.collectTimer = undefined;
-        if (this.liveCaches === 0) this.collectWhenIdle?.();
-      }, IDLE_COLLECT_DELAY_MS);
-      this.collectTimer.unref();
-    }
+    this.collectWhenIdle?.();
   }
 
   async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<CacheHandle>[]): Promise<HostTensor[]> {
