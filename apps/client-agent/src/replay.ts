@@ -1,6 +1,6 @@
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { greedyToken, readManifest, StageRunner } from '@tandem/model';
-import type { HostTensor } from '@tandem/protocol';
+import type { HostTensor, StageTiming } from '@tandem/protocol';
 
 /**
  * EMULATION only (load tests on one machine): device-stage outputs recorded once from a real
@@ -31,11 +31,7 @@ import type { HostTensor } from '@tandem/protocol';
 const MAGIC = Buffer.from('TNDRPL01', 'latin1');
 
 /** Uncontended cost of one stage on the recording host. */
-export interface ReplayStageCost {
-  readonly stage: number;
-  readonly prefillMsPerToken: number;
-  readonly decodeMs: number;
-}
+export type ReplayStageCost = Omit<StageTiming, 'samples'>;
 
 /** One prompt of the pool and its recorded greedy continuation. */
 export interface ReplayPrompt {
