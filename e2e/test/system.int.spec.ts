@@ -12,6 +12,7 @@ import {
   ExecutorServiceClient,
   executorStatus,
   generateVia,
+  listPlansPage,
   PlannerServiceClient,
   Subjects,
   type ClientPlan,
@@ -19,9 +20,14 @@ import {
   type GenerationResult,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service-kit';
+import { eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { makeCredentials, type TestCredentials } from './credentials';
+
+// The three services in this process as deployed (e2e/test/credentials.ts): TLS with client
+// certificates on every gRPC port, bearer tokens with identities, and a nats-server with one
+// user per service.
 
 const log = createLogger({ name: 'test', level: 'silent' });
 
@@ -41,6 +47,7 @@ const generate = (client: AgentServiceClient, req: Partial<GenerateRequest>): Pr
   generateVia(client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req });
 
 describe('the three services end to end', () => {
+  let creds: TestCredentials;
   let model: TempModel;
   let nats: NatsServerHandle;
   let executor: ExecutorServer;
@@ -62,30 +69,33 @@ describe('the three services end to end', () => {
       classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
       slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
     });
-    planner = new PlannerServer({ maker, log, address, natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    planner = new PlannerServer({ maker, log, address, natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0,
+      security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
     plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
   }
 
   beforeAll(async () => {
+    creds = makeCredentials({ agents: ['dev-1'], executors: ['exec'] });
     model = await makeTempModel();
-    nats = await startNatsServer();
-    nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    nats = await creds.startNats();
+    nc = await creds.connectNats(nats.url, { maxReconnectAttempts: -1, reconnectTimeWait: 100 });
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
     executorAddr = `127.0.0.1:${(await executor.start()).port}`;
-    execClient = new ExecutorServiceClient(executorAddr, grpc.credentials.createInsecure());
+    execClient = new ExecutorServiceClient(executorAddr, ...creds.clientArgs());
     await startPlanner();
     agent = new ClientAgent({
       modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-1', clientClass: 'default', address: '127.0.0.1:0',
       stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
       executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+      security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-1'), natsAuth: creds.natsAuth('dev-1'),
     });
     agentPort = (await agent.start()).port;
-    agentClient = new AgentServiceClient(`127.0.0.1:${agentPort}`, grpc.credentials.createInsecure());
+    agentClient = new AgentServiceClient(`127.0.0.1:${agentPort}`, ...creds.clientArgs());
   });
 
   afterAll(async () => {
@@ -97,6 +107,7 @@ describe('the three services end to end', () => {
     await nc?.close();
     await nats?.stop();
     model?.remove();
+    creds?.remove();
   });
 
   it('gives the same tokens through agent and executor as the one-process split for the same placement', async () => {
@@ -111,6 +122,49 @@ describe('the three services end to end', () => {
     }
   });
 
+  it('refuses a client without the CA, without a client certificate or without a token, and NATS without credentials (TLS, mTLS, tokens and NATS users are on)', async () => {
+    // The refused callers are plaintext or lack a credential on purpose: this test is about refusing them.
+    const grpcCalls: [string, (creds: grpc.ChannelCredentials, opts: Partial<grpc.ClientOptions>) => Promise<unknown>][] = [
+      ['executor GetStatus', (c, o) => { const x = new ExecutorServiceClient(executorAddr, c, o); return executorStatus(x, 5000).finally(() => x.close()); }],
+      ['planner ListPlans', (c, o) => { const x = new PlannerServiceClient(plannerAddr, c, o); return listPlansPage(x, { pageSize: 0, pageToken: '' }, Date.now() + 5000).finally(() => x.close()); }],
+      ['agent GetStatus', (c, o) => { const x = new AgentServiceClient(`127.0.0.1:${agentPort}`, c, o); return agentStatus(x, 5000).finally(() => x.close()); }],
+    ];
+    const noToken = { ...creds.clientSecurity(), token: undefined };
+    const refusals: Record<string, string> = {};
+    for (const [what, call] of grpcCalls) {
+      const outcome = async (c: grpc.ChannelCredentials, o: Partial<grpc.ClientOptions> = {}): Promise<string> =>
+        call(c, o).then(() => 'OK', (e: grpc.ServiceError) => `${grpc.status[e.code]}${e.code === grpc.status.UNAUTHENTICATED ? `: ${e.details.split(' (')[0]}` : ''}`);
+      refusals[what] = [
+        // no CA: a plaintext client, and a TLS client that trusts only the public roots
+        await outcome(grpc.credentials.createInsecure()),
+        await outcome(grpc.credentials.createSsl()),
+        // the CA but no client certificate: refused at the handshake (mTLS)
+        await outcome(loadClientSecurity({ caFile: creds.certs.caCert }).credentials, clientOptions(creds.clientSecurity())),
+        // the CA and a client certificate but no token
+        await outcome(noToken.credentials, clientOptions(noToken)),
+        // everything: served
+        await outcome(...creds.clientArgs()),
+      ].join(' | ');
+    }
+    const refused = "UNAVAILABLE | UNAVAILABLE | UNAVAILABLE | UNAUTHENTICATED: metadata 'authorization' must be 'Bearer <token>', given none | OK";
+    expect(refusals).toEqual({ 'executor GetStatus': refused, 'planner ListPlans': refused, 'agent GetStatus': refused });
+    // an agent's token acts for that agent only
+    const devToken = creds.clientArgs('dev-1');
+    const other = await new Promise<grpc.ServiceError | undefined>((resolve) => {
+      const x = new ExecutorServiceClient(executorAddr, ...devToken);
+      const s = x.session({ deadline: Date.now() + 5000 });
+      s.on('data', () => undefined);
+      s.on('error', (e: grpc.ServiceError) => { x.close(); resolve(e); });
+      s.on('end', () => { x.close(); resolve(undefined); });
+      s.write({ kind: { $case: 'open', value: { clientId: 'dev-2', planEpoch: '0', modelId: '' } } });
+    });
+    expect(other?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(other?.details).toContain('open.clientId');
+    // nats-server refuses a connection without credentials
+    const anonymous = await connect({ servers: nats.url, reconnect: false, timeout: 5000 }).then(async (c) => { await c.close(); return 'connected'; }, (e: Error) => e.message);
+    expect(anonymous).toMatch(/authorization violation/i);
+  });
+
   it('the agent gets a plan from its own telemetry and generates with it', async () => {
     const st = await eventually(async () => { const s = await agentStatus(agentClient); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a plan for dev-1' });
     const { summary } = await generate(agentClient, {});
@@ -121,7 +175,7 @@ describe('the three services end to end', () => {
 
   it('pushes a new plan within 2 s of a client profile injected over NATS', async () => {
     const plans: ClientPlan[] = [];
-    const pc = new PlannerServiceClient(plannerAddr, grpc.credentials.createInsecure());
+    const pc = new PlannerServiceClient(plannerAddr, ...creds.clientArgs());
     const call = pc.watchPlans({ clientId: 'injected' });
     call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
     call.on('error', () => undefined);
@@ -178,13 +232,13 @@ describe('the three services end to end', () => {
     await pipe.close();
     const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
     const agentAddr = `127.0.0.1:${agentPort}`;
-    const ok = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', PROMPT.join(','), '--max-new-tokens', '5', '--placement', 'CSCSCS', '--json']);
+    const ok = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', PROMPT.join(','), '--max-new-tokens', '5', '--placement', 'CSCSCS', '--json', ...creds.cliFlags()]);
     expect(ok.code).toBe(0);
     const out = JSON.parse(ok.stdout);
     expect(out.ids).toEqual(expected);
     expect(out.placement).toBe('CSCSCS');
     expect(out.totalMs).toBeGreaterThan(0);
-    const bad = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', '1,2', '--max-new-tokens', '5', '--placement', 'CS']);
+    const bad = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', '1,2', '--max-new-tokens', '5', '--placement', 'CS', ...creds.cliFlags()]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain(`placement must be ${stageCount} letters C or S, given 'CS'`);
   });
@@ -203,7 +257,7 @@ describe('the three services end to end', () => {
     // the agent's own telemetry reaches the planner again
     await eventually(() => planner.counters.profiles > profilesBefore + 1, { timeoutMs: 10_000, what: 'profiles after the restart' });
     // and an injected profile yields a plan pushed on a stream
-    const pc = new PlannerServiceClient(plannerAddr, grpc.credentials.createInsecure());
+    const pc = new PlannerServiceClient(plannerAddr, ...creds.clientArgs());
     const plans: ClientPlan[] = [];
     const call = pc.watchPlans({ clientId: 'after-restart' });
     call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
