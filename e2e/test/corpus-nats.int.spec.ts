@@ -1,4 +1,4 @@
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
 import { clearMessageProblem, eventually } from '@tandem/testkit';
 import { startStack, type Stack } from './corpus-stack';
@@ -8,7 +8,9 @@ import { startStack, type Stack } from './corpus-stack';
 // split generation runs through the agent and the executor. Each asserts that the planner drops
 // it counted under its reason (Type.field:rule, the planner's "status"), that the logged reason
 // names the field and the rule and fits in 1 KiB, and that the healthy generation gives the
-// one-process tokens; after the corpus the planner still plans a new client.
+// one-process tokens; after the corpus the planner still plans a new client. It publishes as the
+// test's own NATS user (TAP_USER in e2e/test/credentials.ts), which may publish on every telemetry
+// subject: what a sender may publish is nats-server's check, what it says is the planner's.
 
 const LONG = 'x'.repeat(20_000);
 
@@ -17,7 +19,7 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
   let nc: NatsConnection;
   beforeAll(async () => {
     stack = await startStack();
-    nc = await connect({ servers: stack.nats.url });
+    nc = await stack.creds.connectNats(stack.nats.url);
   }, 60_000);
   afterAll(async () => {
     await nc?.close();

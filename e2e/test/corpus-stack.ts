@@ -6,12 +6,16 @@ import { AgentServiceClient, channelOptions, ExecutorServiceClient, generateVia,
 import type { Logger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
-import { makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { makeTempModel, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import pino from 'pino';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 // The services the bad-input corpora and the fuzz test run against (e2e/test/CORPUS.md): a
 // real nats-server, executor, planner and agent on 127.0.0.1 port 0, the tiny model, and a
 // healthy generation to run beside each bad input (its tokens compared with a one-process run).
+// Every port serves mTLS with bearer tokens and nats-server has one user per service
+// (e2e/test/credentials.ts); the test's own calls carry the client certificate and the operator
+// token, so what each case meets is the check it is about, behind the ones a deployment has.
 
 export const KIB = 1024;
 export const HEALTHY_PROMPT = [464, 2068, 7586, 21831];
@@ -24,6 +28,7 @@ export interface Outcome { code: grpc.status; details: string }
 
 /** The services, their addresses, and what each refused (the warn lines they logged). */
 export interface Stack {
+  creds: TestCredentials;
   model: TempModel;
   nats: NatsServerHandle;
   executor: ExecutorServer;
@@ -55,33 +60,37 @@ function capturingLogger(): { log: Logger; lines: () => { level: number; msg: st
 }
 
 export async function startStack(opts: { maxContextTokens?: number } = {}): Promise<Stack> {
+  const creds = makeCredentials({ agents: ['dev-1'], executors: ['exec'] });
   const model = await makeTempModel();
-  const nats = await startNatsServer();
+  const nats = await creds.startNats();
   const { log, lines } = capturingLogger();
   const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
   const { stageCount, modelId } = engine;
   const executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 64, maxContextTokens: opts.maxContextTokens ?? 64, maxMessageBytes: 8 << 20,
-    batching: true, maxBatch: 8, idleTimeoutMs: 10_000, natsUrl: nats.url, telemetryIntervalMs: 200 });
+    batching: true, maxBatch: 8, idleTimeoutMs: 10_000, natsUrl: nats.url, telemetryIntervalMs: 200, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
   const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
   const maker = new PlanMaker({
     stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
     classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 4, slaMs: 10_000 }],
     slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
   });
-  const planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+  const planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0,
+    security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
   const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
   const agent = new ClientAgent({
     modelDir: model.dir, modelId, clientId: 'dev-1', clientClass: 'default', address: '127.0.0.1:0',
     stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
     link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
     executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 200, deadlineMs: 20_000, maxMessageBytes: 8 << 20, log,
+    security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-1'), natsAuth: creds.natsAuth('dev-1'),
   });
   const agentAddr = `127.0.0.1:${(await agent.start()).port}`;
-  const insecure = grpc.credentials.createInsecure();
-  const exec = new ExecutorServiceClient(executorAddr, insecure, channelOptions(8 << 20));
-  const agentClient = new AgentServiceClient(agentAddr, insecure);
-  const raw = { executor: new grpc.Client(executorAddr, insecure), planner: new grpc.Client(plannerAddr, insecure), agent: new grpc.Client(agentAddr, insecure) };
-  const health = [executorAddr, plannerAddr, agentAddr].map((a) => new HealthClient(a, insecure));
+  // The client certificate and the operator token: the corpus opens sessions and plan streams under several ids.
+  const exec = new ExecutorServiceClient(executorAddr, ...creds.clientArgs(undefined, channelOptions(8 << 20)));
+  const agentClient = new AgentServiceClient(agentAddr, ...creds.clientArgs());
+  const raw = { executor: new grpc.Client(executorAddr, ...creds.clientArgs()), planner: new grpc.Client(plannerAddr, ...creds.clientArgs()), agent: new grpc.Client(agentAddr, ...creds.clientArgs()) };
+  // Health is open to any caller that completes the handshake (no token).
+  const health = [executorAddr, plannerAddr, agentAddr].map((a) => new HealthClient(a, creds.clientSecurity().credentials));
   const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
   const expected = await pipe.generate(HEALTHY_PROMPT, { maxNewTokens: HEALTHY_TOKENS }).finally(() => pipe.close());
 
@@ -89,7 +98,7 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
     { input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT }, 20_000), 25_000, 'the healthy generation')).ids;
 
   return {
-    model, nats, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,
+    creds, model, nats, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,
     addr: { executor: executorAddr, planner: plannerAddr, agent: agentAddr },
     logLines: lines,
     healthy,
@@ -113,6 +122,7 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
       await executor.stop({ graceMs: 100 });
       await nats.stop();
       model.remove();
+      creds.remove();
     },
   };
 }

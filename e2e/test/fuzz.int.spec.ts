@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile, GenerateRequest, GenerationOutcome, ListPlansRequest, OutcomeStatus, ServerLoad, SessionRequest, Subjects, toWireTensor, WatchPlansRequest,
   type HostTensor,
@@ -89,7 +89,7 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
 
   beforeAll(async () => {
     stack = await startStack();
-    nc = await connect({ servers: stack.nats.url });
+    nc = await stack.creds.connectNats(stack.nats.url);
   }, 60_000);
   afterAll(async () => {
     await nc?.close();
