@@ -8,10 +8,12 @@ import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 // The agent's answers to bad input, through its gRPC API with a real executor on 127.0.0.1:
 // bad input stays INVALID_ARGUMENT (never INTERNAL), the message names the field and fits in
-// 1 KiB, and a healthy generation running beside it still gets the one-process tokens.
+// 1 KiB, and a healthy generation running beside it still gets the one-process tokens. Every port
+// serves mTLS with bearer tokens, as deployed (e2e/test/credentials.ts).
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const KIB = 1024;
@@ -37,6 +39,7 @@ function expectRefusal(o: Outcome, code: grpc.status, ...parts: string[]): void 
 }
 
 describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', () => {
+  let creds: TestCredentials;
   let root: string;
   let smallDir: string;
   let tiny: TempModel;
@@ -53,15 +56,17 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
       stages: [0, 1, 2, 3, 4, 5], threads: 1, slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
       executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+      security: creds.serverSecurity(), upstream: creds.clientSecurity(`dev-${agents.length}`),
     });
     agents.push(agent);
     const { port } = await agent.start();
-    const c = new AgentServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    const c = new AgentServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs());
     clients.push(c);
     return c;
   };
 
   beforeAll(async () => {
+    creds = makeCredentials({ clients: ['dev-0', 'dev-1'] });
     root = mkdtempSync(join(tmpdir(), 'tandem-agent-errors-'));
     const hf = join(root, 'hf');
     writeHfFixture(hf, SMALL_HF_CONFIG, randomWeights(SMALL_HF_CONFIG, 5));
@@ -70,7 +75,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     tiny = await makeTempModel();
     const engine = await OnnxStageEngine.load(smallDir, { intraOpNumThreads: 1 });
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     small = await startAgent(smallDir, modelIdOf(smallDir), executorAddr);
     wide = await startAgent(tiny.dir, '', executorAddr);
@@ -82,6 +87,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     await executor?.stop({ graceMs: 100 });
     tiny?.remove();
     if (root) rmSync(root, { recursive: true, force: true });
+    creds?.remove();
   });
 
   /** Runs `bad` while a healthy generation runs on the small agent, and checks the healthy one's tokens. */
@@ -119,7 +125,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
 
   it('refuses bytes that are no GenerateRequest with INVALID_ARGUMENT, not INTERNAL', async () => {
     const port = Number(small.getChannel().getTarget().split(':').pop());
-    const raw = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    const raw = new grpc.Client(`127.0.0.1:${port}`, ...creds.clientArgs());
     try {
       const o = await withTimeout(new Promise<Outcome>((resolve) => {
         const call = raw.makeServerStreamRequest('/tandem.agent.v1.AgentService/Generate', (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x12, 0xff]));

@@ -5,17 +5,20 @@ import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
 import { ClientAgent, ExecutorLostError, generate, LinkEmulator, LinkEstimator, LocalStages, RemoteSession, RESUME_MARGIN_MS, type GenerationDeps } from '@tandem/client-agent';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 // Resuming a generation whose executor session is lost, against a real executor in this
 // process: the loss is injected (the session is cancelled and the step or stream fails with
 // UNAVAILABLE, as when the executor dies), the generation continues on a new session and
-// gives the tokens of an undisturbed run.
+// gives the tokens of an undisturbed run. The executor serves mTLS with bearer tokens, and each
+// caller sends the token of the client id it opens sessions as (e2e/test/credentials.ts).
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [464, 2068, 7586, 21831, 18045];
 const unavailable = (): grpc.ServiceError => Object.assign(new Error('14 UNAVAILABLE: Connection dropped'), { code: grpc.status.UNAVAILABLE, details: 'Connection dropped', metadata: new grpc.Metadata() });
 
 describe('a generation survives its executor session', () => {
+  let creds: TestCredentials;
   let model: TempModel;
   let executor: ExecutorServer;
   let client: ExecutorServiceClient;
@@ -23,13 +26,14 @@ describe('a generation survives its executor session', () => {
   let modelId: string;
 
   beforeAll(async () => {
+    creds = makeCredentials({ clients: ['dev', 'dev-deadline'] });
     model = await makeTempModel();
     modelId = modelIdOf(model.dir);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
     const { port } = await executor.start();
-    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+    client = new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs('dev', channelOptions(8 << 20)));
     local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });
   });
 
@@ -38,6 +42,7 @@ describe('a generation survives its executor session', () => {
     await local?.close();
     await executor?.stop({ graceMs: 100 });
     model?.remove();
+    creds?.remove();
   });
 
   /** Sessions on the real executor; the `loseAt`-th server call of the first session fails as a lost one. */
@@ -115,6 +120,7 @@ describe('a generation survives its executor session', () => {
       modelDir: model.dir, modelId, clientId: 'dev-deadline', clientClass: 'default', address: '127.0.0.1:0', stages: [0, 1, 2, 3, 4, 5], threads: 1, slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
       executorAddr: client.getChannel().getTarget().replace(/^dns:/, ''), telemetryIntervalMs: 1000, deadlineMs: 60_000, maxMessageBytes: 8 << 20, log,
+      security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-deadline'),
     });
     await agent.start();
     const session = jest.spyOn(ExecutorServiceClient.prototype, 'session');

@@ -1,4 +1,3 @@
-import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import { ExecutorServiceClient, executorStatus, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
@@ -6,13 +5,18 @@ import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 /** Emulated one-way latency of the agent's link, each direction. */
 const LATENCY_MS = 40;
 const NEW_TOKENS = 8;
 
+// The executor serves mTLS with bearer tokens and the agent connects with its own, as deployed
+// (e2e/test/credentials.ts).
+
 describe('an all-server generation through the agent is decoded by the executor', () => {
+  let creds: TestCredentials;
   let model: TempModel;
   let executor: ExecutorServer;
   let execClient: ExecutorServiceClient;
@@ -24,18 +28,19 @@ describe('an all-server generation through the agent is decoded by the executor'
     agent.generate({ input: { $case: 'ids', value: { ids: prompt } }, maxNewTokens, placement }, onToken, signal);
 
   beforeAll(async () => {
+    creds = makeCredentials({ clients: ['phone'] });
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
-    execClient = new ExecutorServiceClient(executorAddr, grpc.credentials.createInsecure());
+    execClient = new ExecutorServiceClient(executorAddr, ...creds.clientArgs());
     agent = new ClientAgent({
       modelDir: model.dir, modelId: engine.modelId, clientId: 'phone', clientClass: 'default', address: '127.0.0.1:0',
       stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
       link: new LinkEmulator({ latencyMs: LATENCY_MS, bytesPerMs: 0 }, { latencyMs: LATENCY_MS, bytesPerMs: 0 }),
-      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log, security: creds.serverSecurity(), upstream: creds.clientSecurity('phone'),
     });
     await agent.start();
   });
@@ -45,6 +50,7 @@ describe('an all-server generation through the agent is decoded by the executor'
     await agent?.stop({ graceMs: 100 });
     await executor?.stop({ graceMs: 100 });
     model?.remove();
+    creds?.remove();
   });
 
   it('gives the tokens of a split placement and of the one-process run, without a round trip per token', async () => {

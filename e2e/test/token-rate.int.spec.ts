@@ -5,37 +5,44 @@ import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
 import { generate, GenerateRefusedError, LinkEmulator, LinkEstimator, LocalStages, REFUSAL_MARGIN_MS, RemoteSession, StepRefusedError, type GenerationDeps, type GenerationStats } from '@tandem/client-agent';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 // The agent's side of EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, against a real executor in this
 // process: a split step the executor refuses (StepRefused) is sent again after the hint, and a
 // server-side generation it refuses at its start (trailer `retry-after-ms`) is sent again on a
 // new session after the hint, so a generation over the client's rate slows down to it and gives
 // the tokens of an undisturbed run; when the deadline leaves no room for the hint it ends with
-// RESOURCE_EXHAUSTED and the executor's message at once.
+// RESOURCE_EXHAUSTED and the executor's message at once. The executor serves mTLS with bearer
+// tokens, and each client id's sessions go over a channel with that id's token
+// (e2e/test/credentials.ts).
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [464, 2068, 7586, 21831, 18045];
 /** A 12-token prompt: its prefill leaves a client's bucket (RATE, a burst of RATE) 4 tokens in debt, so the next token is 625 ms away. */
 const LONG = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 const RATE = 8;
+const CLIENT_IDS = ['dev-paced', 'dev-short', 'dev-gen', 'dev-gen-short'];
 
 describe('a generation over its client\'s tokens per second', () => {
+  let creds: TestCredentials;
   let model: TempModel;
   let executor: ExecutorServer;
-  let client: ExecutorServiceClient;
+  /** A client per id, with that id's token. */
+  let clients: Map<string, ExecutorServiceClient>;
   let local: LocalStages;
   let modelId: string;
   /** Undisturbed all-server tokens of PROMPT and LONG, 8 each. */
   let want: { prompt: number[]; long: number[] };
 
   beforeAll(async () => {
+    creds = makeCredentials({ clients: CLIENT_IDS });
     model = await makeTempModel();
     modelId = modelIdOf(model.dir);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxTokensPerSPerClient: RATE, maxContextTokens: 0,
-      maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+      maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
     const { port } = await executor.start();
-    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+    clients = new Map(CLIENT_IDS.map((id) => [id, new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs(id, channelOptions(8 << 20)))]));
     local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });
     const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
     want = { prompt: await pipe.generate(PROMPT, { maxNewTokens: 8 }), long: await pipe.generate(LONG, { maxNewTokens: 8 }) };
@@ -43,16 +50,17 @@ describe('a generation over its client\'s tokens per second', () => {
   });
 
   afterAll(async () => {
-    client?.close();
+    for (const c of clients?.values() ?? []) c.close();
     await local?.close();
     await executor?.stop({ graceMs: 100 });
     model?.remove();
+    creds?.remove();
   });
 
   const deps = (clientId: string, deadline: number, opened: RemoteSession[]): GenerationDeps => ({
     local, signal: new AbortController().signal, vocabSize: 50257,
     openRemote: async () => {
-      const s = await RemoteSession.open(client, { clientId, planEpoch: 0, modelId, deadline });
+      const s = await RemoteSession.open(clients.get(clientId)!, { clientId, planEpoch: 0, modelId, deadline });
       opened.push(s);
       return s;
     },
