@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '@tandem/planner';
 import {
@@ -17,7 +17,8 @@ import {
 } from '@tandem/protocol';
 import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, freePort, makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { eventually, freePort, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -25,6 +26,12 @@ const PROMPT = [15496, 11, 995, 318];
 /** Runs one generation of PROMPT through an agent's gRPC API; resolves with the summary. */
 const generate = async (client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<GenerationSummary> =>
   (await generateVia(client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 6, placement: '', ...req })).summary;
+
+// The services run as deployed (e2e/test/credentials.ts): mTLS and bearer tokens on every gRPC
+// port, a nats-server with one user per service; the test reads outcomes as its own NATS user.
+let creds: TestCredentials;
+beforeAll(() => { creds = makeCredentials({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] }); });
+afterAll(() => creds?.remove());
 
 describe('agents report generation outcomes to the planner', () => {
   let model: TempModel;
@@ -46,9 +53,10 @@ describe('agents report generation outcomes to the planner', () => {
       modelDir: model.dir, modelId, clientId, clientClass: 'default', address: '127.0.0.1:0', stages, threads: 1, slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
       executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
+      security: creds.serverSecurity(), upstream: creds.clientSecurity(clientId), natsAuth: creds.natsAuth(clientId),
     });
     agents.push(agent);
-    const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+    const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, ...creds.clientArgs());
     clients.push(c);
     return c;
   }
@@ -56,8 +64,8 @@ describe('agents report generation outcomes to the planner', () => {
 
   beforeAll(async () => {
     model = await makeTempModel();
-    nats = await startNatsServer();
-    nc = await connect({ servers: nats.url });
+    nats = await creds.startNats();
+    nc = await creds.connectNats(nats.url);
     sub = nc.subscribe(Subjects.allOutcomes);
     void (async () => { for await (const m of sub) outcomes.push({ subject: m.subject, o: GenerationOutcome.decode(m.data) }); })();
     await nc.flush();
@@ -65,14 +73,15 @@ describe('agents report generation outcomes to the planner', () => {
     stageCount = engine.stageCount;
     modelId = engine.modelId;
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     const maker = new PlanMaker({
       stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
       classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
       slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
     });
-    planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0,
+      security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
     plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
     await startAgent('dev-ok', Array.from({ length: stageCount }, (_, i) => i), executorAddr);
     // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
@@ -141,7 +150,7 @@ describe('agents report generation outcomes to the planner', () => {
     await eventually(() => planner.observations().find((x) => x.clientId === 'dev-down')?.classes[0].failures === 1, { timeoutMs: 5000, what: 'the planner counting the failure' });
 
     const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
-    const r = await new Promise<{ code: number; stdout: string }>((resolve, reject) => execFile(process.execPath, [cli, 'plans', '--planner', plannerAddr, '--json'], { timeout: 60_000 },
+    const r = await new Promise<{ code: number; stdout: string }>((resolve, reject) => execFile(process.execPath, [cli, 'plans', '--planner', plannerAddr, '--json', ...creds.cliFlags()], { timeout: 60_000 },
       (e, stdout) => (e && typeof e.code !== 'number' ? reject(e) : resolve({ code: e ? (e.code as number) : 0, stdout }))));
     expect(r.code).toBe(0);
     const body = JSON.parse(r.stdout);
@@ -162,11 +171,11 @@ describe('the planner closes the loop on a real agent whose generations miss', (
 
   beforeAll(async () => {
     model = await makeTempModel();
-    nats = await startNatsServer();
+    nats = await creds.startNats();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100 });
+      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
     // predicts (all on the device: no transfers), and every real generation misses.
@@ -176,7 +185,8 @@ describe('the planner closes the loop on a real agent whose generations miss', (
       slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
     });
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
-    planner = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0 });
+    planner = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0,
+      security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
     const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
     agent = new ClientAgent({
       modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', clientClass: 'default', address: '127.0.0.1:0',
@@ -185,8 +195,9 @@ describe('the planner closes the loop on a real agent whose generations miss', (
       // alone, so only outcomes (not a server figure moving under load) can move the plan.
       link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
       executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
+      security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-late'), natsAuth: creds.natsAuth('dev-late'),
     });
-    client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
+    client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, ...creds.clientArgs());
   });
 
   afterAll(async () => {
