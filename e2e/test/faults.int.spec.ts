@@ -1,18 +1,21 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { RemoteSession } from '@tandem/client-agent';
 import { ServiceProcess, type AppName } from '@tandem/launcher';
 import {
   agentStatus, AgentServiceClient, ExecutorServiceClient, executorStatus, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse, type GetStatusResponse,
 } from '@tandem/protocol';
-import { eventually, freePort, makeTempModel, startNatsServer, TcpProxy, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { eventually, freePort, makeTempModel, TcpProxy, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
+import { makeCredentials, type TestCredentials } from './credentials';
 
 // Faults with the real services as child processes on 127.0.0.1 (executor, planner, agents,
 // nats-server), each killed or restarted while generations run, or the link between an agent
 // and the executor (a TCP proxy in this process) slowed down or blackholed. Every request is
 // counted: it completes (token-identical to an undisturbed run) or ends with a clear status
-// within its deadline; none hangs.
+// within its deadline; none hangs. The services run as deployed (e2e/test/credentials.ts): mTLS
+// and bearer tokens on every gRPC port (the TCP proxy passes TLS through untouched), and a
+// nats-server with one user per service, restarted with the same configuration.
 
 /** One service as its own Node process (@tandem/launcher), with its JSON log lines (stdout), the last 1000. */
 class Service extends ServiceProcess {
@@ -78,6 +81,7 @@ async function underLoad(client: AgentServiceClient, workers: number, req: Parti
 }
 
 describe('faults with real services as child processes', () => {
+  let creds: TestCredentials;
   let model: TempModel;
   let nats: NatsServerHandle;
   let execPort: number;
@@ -91,29 +95,32 @@ describe('faults with real services as child processes', () => {
   const startExecutor = async (env: Record<string, string> = {}, port = execPort): Promise<Service> => {
     const s = new Service('server-executor', {
       MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${port}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
-      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000', ...env,
+      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000', ...creds.serverEnv(), ...creds.natsEnv('executor'), ...env,
     });
     await s.listening;
     return s;
   };
   const startPlanner = async (): Promise<Service> => {
-    const s = new Service('planner', { MODEL_DIR: model.dir, PLANNER_ADDR: `127.0.0.1:${plannerPort}`, NATS_URL: nats.url, PLANNER_DEBOUNCE_MS: '20' });
+    const s = new Service('planner', {
+      MODEL_DIR: model.dir, PLANNER_ADDR: `127.0.0.1:${plannerPort}`, NATS_URL: nats.url, PLANNER_DEBOUNCE_MS: '20', ...creds.serverEnv(), ...creds.natsEnv('planner'),
+    });
     await s.listening;
     return s;
   };
   const startAgent = async (id: string, env: Record<string, string> = {}): Promise<{ service: Service; client: AgentServiceClient }> => {
     const service = new Service('client-agent', {
       MODEL_DIR: model.dir, AGENT_ID: id, AGENT_ADDR: '127.0.0.1:0', EXECUTOR_ADDR: `127.0.0.1:${execPort}`, PLANNER_ADDR: `127.0.0.1:${plannerPort}`,
-      NATS_URL: nats.url, TELEMETRY_INTERVAL_MS: '200', ...env,
+      NATS_URL: nats.url, TELEMETRY_INTERVAL_MS: '200', ...creds.serverEnv(), ...creds.upstreamEnv(id), ...creds.natsEnv(id), ...env,
     });
     const port = await service.listening;
-    return { service, client: new AgentServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) };
+    return { service, client: new AgentServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs()) };
   };
   const statusOf = (c: AgentServiceClient): Promise<AgentStatusResponse> => agentStatus(c, 10_000);
 
   beforeAll(async () => {
+    creds = makeCredentials({ agents: ['dev-faults', 'dev-term', 'dev-slow', 'dev-blackhole', 'dev-blackhole-ka'], executors: ['executor'], clients: ['dev-after'] });
     model = await makeTempModel();
-    nats = await startNatsServer();
+    nats = await creds.startNats();
     execPort = await freePort();
     plannerPort = await freePort();
     [executor, planner] = await Promise.all([startExecutor(), startPlanner()]);
@@ -126,6 +133,7 @@ describe('faults with real services as child processes', () => {
     await Promise.all([agent, executor, planner, ...extra].map((s) => s?.kill()));
     await nats?.stop();
     model?.remove();
+    creds?.remove();
   });
 
   it.each([
@@ -220,7 +228,7 @@ describe('faults with real services as child processes', () => {
     let nc: NatsConnection | undefined;
     const seen = { profiles: 0, loads: 0 };
     const watch = async (): Promise<void> => {
-      nc = await connect({ servers: nats.url, reconnect: false });
+      nc = await creds.connectNats(nats.url, { reconnect: false });
       nc.subscribe(Subjects.clientProfile('dev-faults'), { callback: () => { seen.profiles++; } });
       nc.subscribe(Subjects.allServerLoads, { callback: () => { seen.loads++; } });
     };
@@ -255,7 +263,7 @@ describe('faults with real services as child processes', () => {
       ];
       await eventually(() => started === 3, { timeoutMs: 10_000, intervalMs: 10, what: 'three generations under way' });
       a.service.child.kill('SIGTERM');
-      const health = new HealthClient(a.client.getChannel().getTarget().replace(/^dns:/, ''), grpc.credentials.createInsecure());
+      const health = new HealthClient(a.client.getChannel().getTarget().replace(/^dns:/, ''), creds.clientSecurity().credentials);
       await eventually(() => new Promise<boolean>((res) => health.check({ service: '' }, (e, r) => res(!e && r.status === ServingStatus.NOT_SERVING))),
         { timeoutMs: 5000, intervalMs: 10, what: 'the agent draining' }).finally(() => health.close());
       const refused = await generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 2 }, 5000);
@@ -292,7 +300,7 @@ describe('faults with real services as child processes', () => {
       // No telemetry: the planner sees only the executor the other tests use. LOG_LEVEL info: it logs generations cut short.
       proxied = await startExecutor({ EXECUTOR_IDLE_TIMEOUT_MS: String(IDLE_MS), ...keepaliveEnv(KEEPALIVE), NATS_URL: 'off', LOG_LEVEL: 'info' }, port);
       extra.push(proxied);
-      execClient = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      execClient = new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs('dev-after'));
     }, 60_000);
 
     afterAll(() => execClient?.close());
@@ -390,7 +398,7 @@ describe('faults with real services as child processes', () => {
         expect((await execStatus()).stepsCompleted).toBe(idle.stepsCompleted);
         expect(proxy.connections).toBeGreaterThanOrEqual(1); // the blackholed connection is still open on the agent's side
         // Healthy, and serving a new session (not through the dead link) with the undisturbed tokens.
-        const health = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+        const health = new HealthClient(`127.0.0.1:${port}`, creds.clientSecurity().credentials);
         const st = await new Promise<ServingStatus>((res, rej) => health.check({ service: '' }, (e, r) => (e ? rej(e) : res(r.status)))).finally(() => health.close());
         expect(st).toBe(ServingStatus.SERVING);
         const fresh = await RemoteSession.open(execClient, { clientId: 'dev-after', planEpoch: 0, modelId: '', deadline: Date.now() + 10_000 });
