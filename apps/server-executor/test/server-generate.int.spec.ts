@@ -163,7 +163,9 @@ describe('server-side generation (generate) on a real executor', () => {
   });
 
   it('ends with DEADLINE_EXCEEDED when the deadline passes mid-generation, and frees the session', async () => {
-    const s = session(a, 1000);
+    // 400 ms: far less than the 1022 tokens take even on a quiet machine (about 1 s), far more
+    // than the first one (a few ms).
+    const s = session(a, 400);
     s.open();
     await s.next(1);
     s.generate(1, ids(1, 2, 3), 1022);

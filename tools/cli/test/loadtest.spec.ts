@@ -105,9 +105,14 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     // Each ratio has one value per repeat.
     expect(json.ratios.map((x: { against: string }) => x.against)).toEqual(['server-only', 'greedy']);
     for (const x of json.ratios) {
-      expect(x.cpuPerRequest.n).toBe(2);
-      expect(x.cpuPerRequest.min).toBeLessThanOrEqual(x.cpuPerRequest.max);
-      expect(typeof x.cpuPerRequest.withinNoise).toBe('boolean');
+      // Against server-only every repeat has a ratio; greedy may run a repeat all on the devices
+      // (0 server CPU: no ratio for that repeat, the report says so).
+      if (x.against === 'server-only') expect(x.cpuPerRequest.n).toBe(2);
+      else expect(x.cpuPerRequest.n).toBeLessThanOrEqual(2);
+      if (x.cpuPerRequest.n > 0) expect(x.cpuPerRequest.min).toBeLessThanOrEqual(x.cpuPerRequest.max);
+      // A spread needs two repeats: with one there is no noise verdict.
+      if (x.cpuPerRequest.n === 2) expect(typeof x.cpuPerRequest.withinNoise).toBe('boolean');
+      else expect(x.cpuPerRequest.withinNoise).toBeNull();
     }
     // Prediction error: the agents follow plans, so requests carry the plan's predictions.
     expect(md).toContain('## Prediction error');
