@@ -183,11 +183,12 @@ describe('server-side generation (generate) on a real executor', () => {
     s.open();
     await s.next(1);
     const t0 = Date.now();
-    s.generate(1, ids(5), 200);
-    await s.next(201);
+    // 600 tokens: several times b's idle timeout even on a quiet machine (200 took 147 ms)
+    s.generate(1, ids(5), 600);
+    await s.next(601);
     // longer than b's idle timeout of 150 ms, yet every token came
     expect(Date.now() - t0).toBeGreaterThan(150);
-    expect(s.tokens()).toHaveLength(200);
+    expect(s.tokens()).toHaveLength(600);
     // not half-closed: the idle timeout applies again
     const err = (await s.ended) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.DEADLINE_EXCEEDED);
