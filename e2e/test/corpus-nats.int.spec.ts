@@ -1,4 +1,3 @@
-import type { NatsConnection } from '@nats-io/transport-node';
 import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
 import { clearMessageProblem, eventually } from '@tandem/testkit';
 import { startStack, type Stack } from './corpus-stack';
@@ -16,15 +15,8 @@ const LONG = 'x'.repeat(20_000);
 
 describe('NATS bad-input corpus against a real planner, a healthy generation beside each', () => {
   let stack: Stack;
-  let nc: NatsConnection;
-  beforeAll(async () => {
-    stack = await startStack();
-    nc = await stack.creds.connectNats(stack.nats.url);
-  }, 60_000);
-  afterAll(async () => {
-    await nc?.close();
-    await stack?.stop();
-  });
+  beforeAll(async () => { stack = await startStack(); }, 60_000);
+  afterAll(async () => { await stack?.stop(); });
 
   const profile = (id = 'np-c'): ClientProfile => ({
     clientId: id, clientClass: 'default', modelId: stack.modelId, unixMs: Date.now(), planEpoch: 0,
@@ -104,7 +96,7 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
     const before = c.dropped[reason] ?? 0;
     await stack.beside(async () => {
       const [subject, payload] = msg();
-      nc.publish(subject, payload);
+      stack.tap.publish(subject, payload);
       await eventually(() => (c.dropped[reason] ?? 0) === before + 1, { what: `a drop counted as ${reason}` });
     });
     const line = stack.logLines().filter((l) => l.msg === 'dropped a telemetry message' && l.reason === reason).pop();
@@ -112,7 +104,7 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
   });
 
   it('still plans a new client after the corpus, and every service serves', async () => {
-    nc.publish(Subjects.clientProfile('np-after'), ClientProfile.encode(profile('np-after')).finish());
+    stack.tap.publish(Subjects.clientProfile('np-after'), ClientProfile.encode(profile('np-after')).finish());
     await eventually(() => stack.planner.plans().some((p) => p.clientId === 'np-after'), { what: 'a plan after the corpus' });
     expect(await stack.serving()).toBe(true);
   });

@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import type { NatsConnection } from '@nats-io/transport-node';
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
@@ -31,6 +32,8 @@ export interface Stack {
   creds: TestCredentials;
   model: TempModel;
   nats: NatsServerHandle;
+  /** A connection as the test's own NATS user (TAP_USER), which may publish on every telemetry subject. */
+  tap: NatsConnection;
   executor: ExecutorServer;
   planner: PlannerServer;
   agent: ClientAgent;
@@ -93,12 +96,13 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
   const health = [executorAddr, plannerAddr, agentAddr].map((a) => new HealthClient(a, creds.clientSecurity().credentials));
   const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
   const expected = await pipe.generate(HEALTHY_PROMPT, { maxNewTokens: HEALTHY_TOKENS }).finally(() => pipe.close());
+  const tap = await creds.connectNats(nats.url);
 
   const healthy = async (): Promise<number[]> => (await withTimeout(generateVia(agentClient,
     { input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT }, 20_000), 25_000, 'the healthy generation')).ids;
 
   return {
-    creds, model, nats, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,
+    creds, model, nats, tap, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,
     addr: { executor: executorAddr, planner: plannerAddr, agent: agentAddr },
     logLines: lines,
     healthy,
@@ -117,6 +121,7 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
     async stop() {
       for (const h of health) h.close();
       for (const c of [exec, agentClient, raw.executor, raw.planner, raw.agent]) c.close();
+      await tap.close();
       await agent.stop({ graceMs: 100 });
       await planner.stop();
       await executor.stop({ graceMs: 100 });

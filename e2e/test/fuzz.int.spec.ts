@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import type { NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile, GenerateRequest, GenerationOutcome, ListPlansRequest, OutcomeStatus, ServerLoad, SessionRequest, Subjects, toWireTensor, WatchPlansRequest,
   type HostTensor,
@@ -82,19 +81,12 @@ async function fuzz(target: string, n: number, rnd: Rnd, one: (rnd: Rnd) => { ho
 
 describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cases)`, () => {
   let stack: Stack;
-  let nc: NatsConnection;
   const rnd = seededRandom(SEED);
   // gRPC methods get 3/4 of the cases (Session and Generate the most), NATS subjects the rest.
   const share = (w: number): number => Math.max(10, Math.round((CASES * w) / 100));
 
-  beforeAll(async () => {
-    stack = await startStack();
-    nc = await stack.creds.connectNats(stack.nats.url);
-  }, 60_000);
-  afterAll(async () => {
-    await nc?.close();
-    await stack?.stop();
-  });
+  beforeAll(async () => { stack = await startStack(); }, 60_000);
+  afterAll(async () => { await stack?.stop(); });
 
   const grpcTargets: [string, number, (rnd: Rnd) => { how: string[]; bytes: Buffer; run: () => Promise<Outcome> }][] = [
     ['executor Session', 25, (r) => {
@@ -155,17 +147,17 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
       const [, valid, subjectOf] = pick(rnd, subjects);
       // mostly the sender's own subject; sometimes another id's (refused as spoofed) or a long one
       const id = pick(rnd, ['fz-c', 'fz-c', 'fz-c', 'fz-exec', 'other-1', 'a'.repeat(64)]);
-      nc.publish(subjectOf(id), rnd() < 0.9 ? mutate(valid, rnd).bytes : valid);
-      if (i % 200 === 199) await nc.flush();
+      stack.tap.publish(subjectOf(id), rnd() < 0.9 ? mutate(valid, rnd).bytes : valid);
+      if (i % 200 === 199) await stack.tap.flush();
     }
-    await nc.flush();
+    await stack.tap.flush();
     // every message is taken or dropped with a count: none vanishes into an exception
     await eventually(() => handled() - before >= n, { timeoutMs: 30_000, what: `${n} telemetry messages handled (seed ${SEED})` });
     const drops = stack.logLines().filter((l) => l.msg === 'dropped a telemetry message');
     const long = drops.filter((l) => Buffer.byteLength(String(l.err)) > 1024 || !/must|decode/.test(String(l.err)));
     expect({ seed: SEED, unclearDrops: long.slice(0, 3) }).toEqual({ seed: SEED, unclearDrops: [] });
     // the planner keeps planning: a good profile of a new client gets a plan
-    nc.publish(Subjects.clientProfile('fz-after'), ClientProfile.encode(profile('fz-after')).finish());
+    stack.tap.publish(Subjects.clientProfile('fz-after'), ClientProfile.encode(profile('fz-after')).finish());
     await eventually(() => stack.planner.plans().some((p) => p.clientId === 'fz-after'), { what: `a plan after the fuzz (seed ${SEED})` });
   }, 120_000);
 
