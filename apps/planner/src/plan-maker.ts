@@ -82,10 +82,8 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
 
 /** Every stage on the server, priced on `inst`: the safety controller's floor. */
 function allServer(inst: GenerationInstance, best: GenerationResult): GenerationResult {
-  return generationResultOf(inst, best.algorithm, allServerPlacement(inst));
+  return generationResultOf(inst, best.algorithm, inst.stages.map((): Location => 'server'));
 }
-
-const allServerPlacement = (inst: GenerationInstance): Location[] => inst.stages.map((): Location => 'server');
 
 const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
 const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
@@ -213,9 +211,12 @@ export class PlanMaker {
    * solvers (dp, dp-grid); a baseline algorithm always places by its rule. A plan is feasible when it meets every SLO
    * the class states (scaled by `adjust`, the learned corrections per class; the reported
    * SLOs and predictions stay the model's). Returns undefined until the server has reported.
+   * `allServerWork`, when given, receives each class's all-server server work per request (in
+   * class order), priced on the instance already built: the most a latency plan can cost the
+   * server, which the planner's choice of objective weighs.
    */
   plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work',
-    adjust?: (requestClass: string) => ClassAdjustment | undefined): ClassPlacement[] | undefined {
+    adjust?: (requestClass: string) => ClassAdjustment | undefined, allServerWork?: number[]): ClassPlacement[] | undefined {
     if (!OBJECTIVE_ALGORITHMS.has(this.opts.algorithm)) objective = 'work';
     const out: ClassPlacement[] = [];
     for (const cls of this.opts.classes) {
@@ -224,6 +225,7 @@ export class PlanMaker {
       if (!solved) return undefined;
       const { inst } = solved;
       let { best } = solved;
+      allServerWork?.push(allServer(inst, best).serverWork);
       const placement = toLetters(best.placement);
       const prev = previous?.find((p) => p.name === cls.name);
       if (prev && prev.placement.length === inst.stages.length && prev.placement !== placement) {
@@ -257,21 +259,6 @@ export class PlanMaker {
         predictedTpotMs: best.tpotMs,
         predictedTtftMsPerPromptToken: perToken,
       });
-    }
-    return out;
-  }
-
-  /**
-   * Server work per request of the all-server placement of each class (in `classes` order) for
-   * this client at this load: the most a latency plan can cost the server, which the planner's
-   * choice of objective weighs. Undefined until the server has reported.
-   */
-  allServerWork(client: ClientProfile, server: ServerLoad | undefined): number[] | undefined {
-    const out: number[] = [];
-    for (const cls of this.opts.classes) {
-      const inst = this.instance(client, server, cls);
-      if (!inst) return undefined;
-      out.push(generationResultOf(inst, this.opts.algorithm, allServerPlacement(inst)).serverWork);
     }
     return out;
   }

@@ -558,10 +558,11 @@ export class PlannerServer {
     if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.forget(id); return; }
     this.counters.replans++;
     this.round.replanned++;
-    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id));
+    const allServerWork = this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective ? [] : undefined;
+    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id), allServerWork);
     if (!classes) return;
     st.plannedWith = st.profile;
-    if (this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective) st.allServerWork = this.opts.maker.allServerWork(st.profile, this.serverLoad);
+    st.allServerWork = allServerWork;
     const changed = !st.plan || classes.some((c, i) => c.placement !== st.plan!.classes[i]?.placement);
     if (!changed) {
       // Same placements: refresh the predictions silently (shown by ListPlans), no push.
