@@ -241,17 +241,8 @@ export class Calibrator {
     const a = st.attainment.mean;
     if (a < o.target) {
       if (nowMs - st.sinceMs < o.dwellMs) return undefined;
-      if (st.allServer && !/C/.test(st.placement)) {
-        // The floor misses as well: the misses are the server's (overloaded) or the SLO's (out
-        // of anyone's reach), not the plan's, and holding every such class all-server only adds
-        // to the server's load. Release it, and keep it released for relaxDwellMs × backoff.
-        st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
-        st.allServer = false;
-        st.floorBlockedUntilMs = nowMs + o.relaxDwellMs * st.backoff;
-        st.lastChangeMs = st.safetyChangedMs = nowMs;
-        return 'release';
-      }
-      if (!/C/.test(st.placement)) return undefined;
+      // Nothing on the client: the floor missing as well is released, any other all-server plan stays.
+      if (!/C/.test(st.placement)) return st.allServer ? this.release(st, nowMs) : undefined;
       if (!this.stepDown(st, nowMs)) return undefined;
       if (st.lastDirection === 'relax') st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
       st.lastDirection = 'tighten';
@@ -267,6 +258,19 @@ export class Calibrator {
       return 'relax';
     }
     return undefined;
+  }
+
+  /**
+   * The all-server floor misses too: the misses are the server's (overloaded) or the SLO's (out
+   * of anyone's reach), not the plan's, and holding every such class all-server only adds to the
+   * server's load. Releases it, and keeps it released for relaxDwellMs × backoff (doubled).
+   */
+  private release(st: ClassState, nowMs: number): 'release' {
+    st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
+    st.allServer = false;
+    st.floorBlockedUntilMs = nowMs + this.opts.relaxDwellMs * st.backoff;
+    st.lastChangeMs = st.safetyChangedMs = nowMs;
+    return 'release';
   }
 
   /** One tighten step: s·step, or all-server once that would go below the floor. False when already all-server, or the floor is blocked after a release. */
