@@ -388,7 +388,10 @@ describe('faults with real services as child processes', () => {
         expect(freedMs).toBeLessThan(bound);
         expect(freedMs).toBeLessThan(IDLE_MS);
         // Stopped, not run to its end: it says so with the tokens it made, and nothing computes any more.
-        const stopped = proxied.logs.slice(logsBefore).filter((l) => l.msg === 'server-side generation stopped before its end');
+        // The line is written after the session is freed, and reaches this process through the child's stdout: wait for it.
+        const stoppedLines = (): typeof proxied.logs => proxied.logs.slice(logsBefore).filter((l) => l.msg === 'server-side generation stopped before its end');
+        await eventually(() => stoppedLines().length > 0, { timeoutMs: 2000, intervalMs: 10, what: 'the executor logging the generation it stopped' });
+        const stopped = stoppedLines();
         expect(stopped).toHaveLength(1);
         expect(stopped[0]).toMatchObject({ clientId: 'dev-blackhole', maxNewTokens: 1019, reason: 'cancelled by the client or its connection was lost' });
         expect(stopped[0].tokens).toBeGreaterThanOrEqual(seen[2]);
