@@ -67,12 +67,29 @@ async function runnerGenerate(runner: StageRunner, prompt: readonly number[], ne
 }
 
 type MonoVariant = 'monolithic' | 'staged' | 'fused';
+type Spread = { median: number; min: number; max: number };
+interface MonoStats { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread; prefillMs: Spread }
+interface MonoRatios { decode: Spread; decodeCpu: Spread; prefill: Spread }
+/** One thread count against the monolithic graph: each variant's figures, and each runner variant over the monolithic one. */
+type MonolithicResult = { threads: number; tokensIdentical: boolean; firstDecodeLogitsIdentical: boolean; firstDecodeLogitsMaxAbsDiff: number }
+  & Partial<Record<MonoVariant, MonoStats>> & Partial<Record<`${Exclude<MonoVariant, 'monolithic'>}VsMonolithic`, MonoRatios>>;
+interface PlacementFigures { placement: string; prefillFullMs: number; prefillLastMs: number; decodeMsPerToken: number }
+interface BatchFigures { sequentialMs: number; batchMs: number; ratio: number }
+/** One preset with `--mono-only`: the monolithic comparison alone. */
+interface MonoPresetResult { preset: string; stages: number; createMs: number | undefined; vsMonolithic: MonolithicResult[] }
+/** One preset: load times, the two placements, per-stage means, runBatch and the monolithic comparison. */
+interface FullPresetResult extends MonoPresetResult {
+  loadMsAllServer: number; loadMsSplit: number; allServer: PlacementFigures; split: PlacementFigures;
+  splitOverhead: { prefillLast: number; prefillFull: number; decode: number }; perStageMeanMs: Record<string, number>;
+  runBatch8: { mlp: BatchFigures; head: BatchFigures };
+}
+type PresetResult = MonoPresetResult | FullPresetResult;
 
 /**
  * Monolithic graph vs staged runner vs fused runRange, interleaved, at `threads` intra-op threads.
  * Ratios are per repetition (variant / monolithic of the same repetition), then medians.
  */
-async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[], threads: number, o: Opts): Promise<Record<string, unknown>> {
+async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[], threads: number, o: Opts): Promise<MonolithicResult> {
   const n = manifest.stages.length;
   const mono = await Monolithic.load(dir, manifest, threads, o.spin);
   const staged = await StageRunner.load(dir, { intraOpNumThreads: threads, allowSpinning: o.spin });
@@ -102,11 +119,11 @@ async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[]
       log(`[${manifest.source?.kind === 'synthetic' ? manifest.source.preset : 'model'} ${threads}t] rep ${r + 1}/${o.reps}: decode ms/token ${variants.map((v) => `${v} ${runs[v][r].decodeMs.toFixed(2)}`).join(', ')}`);
     }
     const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
-    const out: Record<string, unknown> = { threads, tokensIdentical: true, firstDecodeLogitsIdentical: identical, firstDecodeLogitsMaxAbsDiff: maxAbsDiff };
+    const out: MonolithicResult = { threads, tokensIdentical: true, firstDecodeLogitsIdentical: identical, firstDecodeLogitsMaxAbsDiff: maxAbsDiff };
     for (const v of variants) {
       out[v] = { decodeMsPerToken: stats(runs[v].map((x) => x.decodeMs)), decodeCpuMsPerToken: stats(runs[v].map((x) => x.decodeCpuMs)), prefillMs: stats(runs[v].map((x) => x.prefillMs)) };
       if (v !== 'monolithic') {
-        out[`${v}VsMonolithic`] = {
+        out[`${v}VsMonolithic` as const] = {
           decode: stats(runs[v].map((x, i) => x.decodeMs / runs.monolithic[i].decodeMs)),
           decodeCpu: stats(runs[v].map((x, i) => x.decodeCpuMs / runs.monolithic[i].decodeCpuMs)),
           prefill: stats(runs[v].map((x, i) => x.prefillMs / runs.monolithic[i].prefillMs)),
@@ -166,7 +183,7 @@ async function benchBatch(runner: StageRunner, stage: number, reps: number): Pro
   return { sequentialMs: median(seq), batchMs: median(bat) };
 }
 
-async function benchPreset(preset: string, o: Opts): Promise<Record<string, unknown>> {
+async function benchPreset(preset: string, o: Opts): Promise<PresetResult> {
   const dir = path.join(o.modelsDir, `${preset}-seed1`);
   log(`[${preset}] model in ${dir}`);
   const t0 = now();
@@ -179,7 +196,7 @@ async function benchPreset(preset: string, o: Opts): Promise<Record<string, unkn
   const n = manifest.stages.length;
   if (o.monoOnly) {
     const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919 + 13) % manifest.config.vocabSize);
-    const vsMonolithic: Record<string, unknown>[] = [];
+    const vsMonolithic: MonolithicResult[] = [];
     for (const t of o.monoThreads) vsMonolithic.push(await benchMonolithic(dir, manifest, prompt, t, o));
     return { preset, stages: n, createMs, vsMonolithic };
   }
@@ -214,7 +231,7 @@ async function benchPreset(preset: string, o: Opts): Promise<Record<string, unkn
     }
     log(`[${preset}] rep ${r + 1}/${o.reps}: all-server decode ${runs[allServer].decodeMsPerToken[r].toFixed(2)} ms/token, split ${runs[split].decodeMsPerToken[r].toFixed(2)}`);
   }
-  const med = (pl: string): Record<string, number> => ({
+  const med = (pl: string): Omit<PlacementFigures, 'placement'> => ({
     prefillFullMs: median(runs[pl].prefillFullMs), prefillLastMs: median(runs[pl].prefillLastMs), decodeMsPerToken: median(runs[pl].decodeMsPerToken),
   });
   const a = med(allServer);
@@ -227,7 +244,7 @@ async function benchPreset(preset: string, o: Opts): Promise<Record<string, unkn
   const head = await benchBatch(server, n - 1, Math.max(10, o.reps * 4));
   for (const p of Object.values(pipelines)) await p.close();
 
-  const vsMonolithic: Record<string, unknown>[] = [];
+  const vsMonolithic: MonolithicResult[] = [];
   for (const t of o.monoThreads) vsMonolithic.push(await benchMonolithic(dir, manifest, prompt, t, o));
   return {
     preset, stages: n, createMs, loadMsAllServer: loadMs[0], loadMsSplit: loadMs[1],
@@ -239,15 +256,15 @@ async function benchPreset(preset: string, o: Opts): Promise<Record<string, unkn
   };
 }
 
-function table(results: Record<string, unknown>[]): string {
+function table(results: PresetResult[]): string {
   const f = (x: unknown, d = 2): string => (typeof x === 'number' ? x.toFixed(d) : '-');
   const lines: string[] = [];
-  for (const r of results as any[]) {
+  for (const r of results) {
     lines.push(`\n== ${r.preset} (${r.stages} stages) ==`);
-    if (r.allServer) {
+    if ('allServer' in r) {
       lines.push(`create ${r.createMs === undefined ? '(cached)' : `${f(r.createMs / 1000, 1)} s`}   load all-server ${f(r.loadMsAllServer, 0)} ms   load split ${f(r.loadMsSplit, 0)} ms`);
       lines.push(`${'placement'.padEnd(30)} ${'prefill128 last'.padStart(16)} ${'prefill128 all'.padStart(15)} ${'decode ms/tok'.padStart(14)}`);
-      for (const k of ['allServer', 'split']) {
+      for (const k of ['allServer', 'split'] as const) {
         const x = r[k];
         lines.push(`${`${k} ${x.placement}`.padEnd(30)} ${f(x.prefillLastMs, 1).padStart(16)} ${f(x.prefillFullMs, 1).padStart(15)} ${f(x.decodeMsPerToken).padStart(14)}`);
       }
@@ -259,11 +276,12 @@ function table(results: Record<string, unknown>[]): string {
       lines.push(`  ${'path'.padEnd(34)} ${'decode ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'decode CPU ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'prefill128 ms'.padEnd(22)} / monolithic`);
       for (const [k, label] of [['monolithic', 'monolithic graph (one session)'], ['staged', 'StageRunner, one session per stage'], ['fused', 'StageRunner.runRange, fused range']] as const) {
         const x = m[k];
-        const rel = m[`${k}VsMonolithic`];
+        if (!x) continue; // every variant is measured: never
+        const rel = k === 'monolithic' ? undefined : m[`${k}VsMonolithic` as const];
         lines.push(`  ${label.padEnd(34)} ${st(x.decodeMsPerToken).padEnd(20)} ${(rel ? st(rel.decode, 3) : '1').padEnd(20)} ${st(x.decodeCpuMsPerToken).padEnd(20)} ${(rel ? st(rel.decodeCpu, 3) : '1').padEnd(20)} ${st(x.prefillMs, 1).padEnd(22)} ${rel ? st(rel.prefill, 3) : '1'}`);
       }
     }
-    if (!r.allServer) continue;
+    if (!('allServer' in r)) continue;
     lines.push(`mean ms per stage: ${Object.entries(r.perStageMeanMs).map(([k, v]) => `${k} ${f(v, 3)}`).join(', ')}`);
     lines.push(`runBatch 8 decode sessions vs 8 runs: mlp ${f(r.runBatch8.mlp.batchMs, 3)} vs ${f(r.runBatch8.mlp.sequentialMs, 3)} ms (${f(r.runBatch8.mlp.ratio, 3)}x), head ${f(r.runBatch8.head.batchMs, 3)} vs ${f(r.runBatch8.head.sequentialMs, 3)} ms (${f(r.runBatch8.head.ratio, 3)}x)`);
   }
@@ -273,7 +291,7 @@ function table(results: Record<string, unknown>[]): string {
 async function main(): Promise<void> {
   const o = parseOpts(process.argv.slice(2));
   mkdirSync(o.modelsDir, { recursive: true });
-  const results: Record<string, unknown>[] = [];
+  const results: PresetResult[] = [];
   for (const preset of o.presets) results.push(await benchPreset(preset, o));
   const env = { node: process.version, cpus: os.cpus().length, loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), threads: o.threads, monoThreads: o.monoThreads, allowSpinning: o.spin, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null, reps: o.reps, decodeTokens: o.decode, promptTokens: 128 };
   process.stdout.write(`${table(results)}\n\nenv: ${JSON.stringify(env)}\n`);

@@ -13,7 +13,7 @@
  *   re-publishing its profile every 10 s (N/10 profiles a second);
  * - grpc.health.v1 Check latency p50 / p99 / max, probed back to back every 5 ms.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
@@ -111,9 +111,9 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
   const maker = new PlanMaker({ stages: STAGES, classes: DEFAULT_CLASSES, slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9, serverEntryMs: 0.6 });
   const planner = new PlannerServer({ maker, log: createLogger({ name: 'bench', level: 'warn' }), address: '127.0.0.1:0', natsUrl, modelId: '', clientTtlMs: 600_000, debounceMs: 50, idleUtilisation: 0, replanThreshold: threshold });
   const { port } = await planner.start();
-  const child: ChildProcess = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--publish', natsUrl], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const acks = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
-  const send = async (cmd: object): Promise<void> => { child.stdin!.write(`${JSON.stringify(cmd)}\n`); await acks.next(); };
+  const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--publish', natsUrl], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const acks = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const send = async (cmd: object): Promise<void> => { child.stdin.write(`${JSON.stringify(cmd)}\n`); await acks.next(); };
   const waitPass = async (after: number): Promise<void> => {
     const t0 = Date.now();
     while (planner.counters.passes <= after) {

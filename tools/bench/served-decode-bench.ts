@@ -41,6 +41,10 @@ type Path = 'monolithic' | 'fused' | 'staged';
 const PATHS: readonly Path[] = ['monolithic', 'fused', 'staged'];
 /** One timed generation: decode ms/token, CPU ms/token, its tokens. */
 interface Sample { readonly ms: number; readonly cpu: number; readonly tokens: number[] }
+type Spread = { median: number; min: number; max: number };
+/** One thread count: each path's figures, and each served path over the monolithic graph. */
+type ThreadsResult = { threads: number } & Partial<Record<Path, { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread }>>
+  & Partial<Record<`${Exclude<Path, 'monolithic'>}VsMonolithic`, { decode: Spread; decodeCpu: Spread }>>;
 
 /** An executor as a user runs it (worker engine), in this process, listening on 127.0.0.1. */
 interface Served { readonly server: ExecutorServer; readonly client: ExecutorServiceClient }
@@ -79,7 +83,7 @@ async function servedGenerate(s: Served, prompt: number[]): Promise<Sample> {
 const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
 const fmt = (x: { median: number; min: number; max: number }, d: number): string => `${x.median.toFixed(d)} (${x.min.toFixed(d)}-${x.max.toFixed(d)})`;
 
-async function benchThreads(dir: string, threads: number): Promise<Record<string, unknown>> {
+async function benchThreads(dir: string, threads: number): Promise<ThreadsResult> {
   const manifest = await readManifest(dir);
   const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % manifest.config.vocabSize);
   const mono = await Monolithic.load(dir, manifest, threads, false);
@@ -105,11 +109,11 @@ async function benchThreads(dir: string, threads: number): Promise<Record<string
       }
       say(`[${preset} ${threads}t] rep ${r + 1}/${reps}: decode ms/token ${PATHS.map((p) => `${p} ${samples[p][r].ms.toFixed(2)}`).join(', ')}`);
     }
-    const out: Record<string, unknown> = { threads };
+    const out: ThreadsResult = { threads };
     for (const p of PATHS) {
       out[p] = { decodeMsPerToken: stats(samples[p].map((s) => s.ms)), decodeCpuMsPerToken: stats(samples[p].map((s) => s.cpu)) };
       if (p !== 'monolithic') {
-        out[`${p}VsMonolithic`] = {
+        out[`${p}VsMonolithic` as const] = {
           decode: stats(samples[p].map((s, i) => s.ms / samples.monolithic[i].ms)),
           decodeCpu: stats(samples[p].map((s, i) => s.cpu / samples.monolithic[i].cpu)),
         };
@@ -125,16 +129,18 @@ async function benchThreads(dir: string, threads: number): Promise<Record<string
 async function main(): Promise<void> {
   const dir = await benchModel(preset);
   const loadBefore = os.loadavg().map((x) => Number(x.toFixed(2)));
-  const results: Record<string, unknown>[] = [];
+  const results: ThreadsResult[] = [];
   for (const t of threadList) results.push(await benchThreads(dir, t));
   const env = { node: process.version, cpus: os.cpus().length, loadavgBefore: loadBefore, loadavgAfter: os.loadavg().map((x) => Number(x.toFixed(2))), preset, promptTokens: promptLen, decodeTokens: decode, reps, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null };
   const lines = [`\nserved decode vs one monolithic graph, preset ${preset}, prompt ${promptLen}, ${decode} decode tokens, one generation at a time, ${reps} interleaved repetitions; median (min-max)`];
-  for (const r of results as any[]) {
+  for (const r of results) {
     lines.push(`\n${r.threads} thread(s)`);
     lines.push(`| path | decode ms/token | / monolithic | decode CPU ms/token | / monolithic |\n|---|---:|---:|---:|---:|`);
     for (const [p, label] of [['monolithic', 'monolithic graph, one InferenceSession'], ['fused', 'executor over gRPC, EXECUTOR_FUSED=true'], ['staged', 'executor over gRPC, EXECUTOR_FUSED=false']] as const) {
-      const rel = r[`${p}VsMonolithic`];
-      lines.push(`| ${label} | ${fmt(r[p].decodeMsPerToken, 2)} | ${rel ? `${fmt(rel.decode, 3)}x` : '1'} | ${fmt(r[p].decodeCpuMsPerToken, 2)} | ${rel ? `${fmt(rel.decodeCpu, 3)}x` : '1'} |`);
+      const x = r[p];
+      if (!x) continue; // every path is measured: never
+      const rel = p === 'monolithic' ? undefined : r[`${p}VsMonolithic` as const];
+      lines.push(`| ${label} | ${fmt(x.decodeMsPerToken, 2)} | ${rel ? `${fmt(rel.decode, 3)}x` : '1'} | ${fmt(x.decodeCpuMsPerToken, 2)} | ${rel ? `${fmt(rel.decodeCpu, 3)}x` : '1'} |`);
     }
   }
   process.stdout.write(`${lines.join('\n')}\n\nenv: ${JSON.stringify(env)}\n`);

@@ -144,7 +144,11 @@ async function main(): Promise<void> {
     project: new Ctor(`127.0.0.1:${port}`, creds, channelOptions(MAX)),
     generated: new Ctor(`127.0.0.1:${genPort}`, creds, channelOptions(MAX)),
   };
-  const results: Record<string, unknown>[] = [];
+  type Spread = { median: number; min: number; max: number };
+  /** One payload size: each variant's figures, and each variant over raw. */
+  type SizeResult = { bytes: number; messagesPerRep: number } & Partial<Record<Variant, { MBps: Spread; cpuMsPerMB: Spread }>>
+    & Partial<Record<`${Exclude<Variant, 'raw'>}VsRaw`, { throughput: Spread; cpu: Spread }>>;
+  const results: SizeResult[] = [];
   for (const bytes of sizes) {
     if (bytes % 4 !== 0) throw new Error(`--sizes: each size must be a multiple of 4 bytes, given ${bytes}`);
     const count = Math.max(4, Math.round((mbPerRep * 1e6) / (2 * bytes)));
@@ -161,12 +165,12 @@ async function main(): Promise<void> {
     // the throughput ratio a CPU-bound run would show, steadier on a shared machine).
     const ratios = (v: Variant): number[] => mbps[v].map((x, i) => x / mbps.raw[i]);
     const cpuRatios = (v: Variant): number[] => cpu[v].map((x, i) => cpu.raw[i] / x);
-    results.push({
-      bytes, messagesPerRep: count,
-      ...Object.fromEntries(VARIANTS.map((v) => [v, { MBps: stats(mbps[v]), cpuMsPerMB: stats(cpu[v]) }])),
-      ...Object.fromEntries((['project', 'generated'] as const).filter((v) => VARIANTS.includes(v) && VARIANTS.includes('raw'))
-        .map((v) => [`${v}VsRaw`, { throughput: stats(ratios(v)), cpu: stats(cpuRatios(v)) }])),
-    });
+    const result: SizeResult = { bytes, messagesPerRep: count };
+    for (const v of VARIANTS) result[v] = { MBps: stats(mbps[v]), cpuMsPerMB: stats(cpu[v]) };
+    for (const v of (['project', 'generated'] as const).filter((v) => VARIANTS.includes(v) && VARIANTS.includes('raw'))) {
+      result[`${v}VsRaw` as const] = { throughput: stats(ratios(v)), cpu: stats(cpuRatios(v)) };
+    }
+    results.push(result);
   }
   for (const c of Object.values(clients)) c.close();
   await Promise.all([server, genServer].map((s) => new Promise<void>((res) => s.tryShutdown(() => res()))));
@@ -174,10 +178,12 @@ async function main(): Promise<void> {
   const st = (x: { median: number; min: number; max: number }, d = 0): string => `${f(x.median, d)} (${f(x.min, d)}-${f(x.max, d)})`;
   const lines = ['median (min-max) over repetitions; ratios are per repetition, variant / raw (CPU: raw CPU per MB / variant CPU per MB)'];
   lines.push(`${'payload'.padEnd(10)}${'variant'.padEnd(11)}${'MB/s'.padEnd(18)}${'CPU ms/MB'.padEnd(20)}${'throughput / raw'.padEnd(22)}CPU-equivalent / raw`);
-  for (const r of results as any[]) {
+  for (const r of results) {
     for (const v of VARIANTS) {
-      const rel = r[`${v}VsRaw`];
-      lines.push(`${`${f(r.bytes / 1024)} KiB`.padEnd(10)}${v.padEnd(11)}${st(r[v].MBps).padEnd(18)}${st(r[v].cpuMsPerMB, 2).padEnd(20)}${(rel ? st(rel.throughput, 3) : '1').padEnd(22)}${rel ? st(rel.cpu, 3) : '1'}`);
+      const x = r[v];
+      if (!x) continue; // every variant is measured: never
+      const rel = v === 'raw' ? undefined : r[`${v}VsRaw` as const];
+      lines.push(`${`${f(r.bytes / 1024)} KiB`.padEnd(10)}${v.padEnd(11)}${st(x.MBps).padEnd(18)}${st(x.cpuMsPerMB, 2).padEnd(20)}${(rel ? st(rel.throughput, 3) : '1').padEnd(22)}${rel ? st(rel.cpu, 3) : '1'}`);
     }
   }
   const env = { node: process.version, cpus: os.cpus().length, loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), reps, mbPerRep, pattern: 'ping-pong, one bidi stream per variant, client and server in one process' };

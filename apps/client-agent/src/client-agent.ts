@@ -19,7 +19,7 @@ import {
 import { decode, encode, readManifest } from '@tandem/model';
 import {
   bindServer, clientOptions, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, StatusError, TelemetryPublisher, ValidationError,
-  type ClientSecurity, type Logger, type NatsAuth, type ServerSecurity,
+  type ClientSecurity, type EdgeHandlers, type Logger, type NatsAuth, type ServerSecurity,
 } from '@tandem/service-kit';
 import { toGrpcStatus } from './errors';
 import { generate, type GenerationStats } from './generation';
@@ -271,7 +271,7 @@ export class ClientAgent {
   }
 
   /** The handlers, behind the agent's edge (serveWithEdge, errors.ts): what they throw or reject with is answered with its status. */
-  private handlers(): AgentServiceServer {
+  private handlers(): EdgeHandlers<AgentServiceServer> {
     return {
       generate: async (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
         if (this.stopping) throw new StatusError(grpc.status.UNAVAILABLE, 'the agent is shutting down');

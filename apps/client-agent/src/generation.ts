@@ -296,7 +296,8 @@ async function generateOnServer(deps: GenerationDeps, promptIds: readonly number
       deps.signal.throwIfAborted(); // an abort during open found no session to cancel
       const base = received.length;
       const prompt = idsTensor(base === 0 ? promptIds : [...promptIds, ...received]);
-      const session: RemoteSession = remote!;
+      const session = remote;
+      if (!session) throw new Error('generateOnServer: no executor session at the start of a round (every failure path opens a new one)');
       try {
         const sent = performance.now();
         await deps.emulator.uplink(bytesOf(prompt));

@@ -106,7 +106,8 @@ export class LocalStages {
     const cursor = this.cursors.get(cache);
     if (!cursor) throw new ReplayMissError('replay miss: the generation has no recording cursor (armReplay was not called)');
     const output = cursor.output(stage, tokens);
-    const base = this.baseline!.get(stage)!;
+    const base = this.baseline?.get(stage);
+    if (!base) throw new ReplayMissError(`replay miss: no modelled cost for stage ${stage} (the recording's header lists none)`);
     const cost = this.slowdown * (tokens > 1 ? base.prefillMsPerToken * tokens : base.decodeMs);
     // Back to back with the previous local stage of this generation (the next stage in order,
     // or the first after the head, whose token the device made itself): nothing ran elsewhere

@@ -334,7 +334,8 @@ export class Calibrator {
     const m = this.clients.get(clientId);
     return classes.map((name) => {
       const st = m?.get(name) ?? new ClassState();
-      const col = (k: number): number[] => Array.from({ length: st.ringSize }, (_, i) => st.ring![i * FIGURES + k]);
+      const ring = st.ring ?? new Float64Array(0); // no ring yet: ringSize is 0
+      const col = (k: number): number[] => Array.from({ length: st.ringSize }, (_, i) => ring[i * FIGURES + k]);
       const med = (k: number): number => (st.ringSize ? median(col(k)) : 0);
       const mean = (k: number): number => (st.ringSize ? col(k).reduce((a, b) => a + b, 0) / st.ringSize : 0);
       return {

@@ -279,7 +279,9 @@ export class PlanMaker {
     if (!inst) return undefined;
     const best = objective === 'work' ? solveGeneration(inst, this.opts.algorithm) : { ...fastestGenerationPlacement(inst), algorithm: this.opts.algorithm };
     if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
-    const idle = solveGeneration(adjusted(this.instance(client, server, cls, 0), adj)!, this.opts.algorithm);
+    const idleInst = adjusted(this.instance(client, server, cls, 0), adj);
+    if (!idleInst) return { inst, best }; // never: the same server as `inst`, which was priced
+    const idle = solveGeneration(idleInst, this.opts.algorithm);
     if (!idle.feasible || idle.serverWork >= best.serverWork) return { inst, best };
     return { inst, best: { ...generationResultOf(inst, idle.algorithm, idle.placement), feasible: false } };
   }

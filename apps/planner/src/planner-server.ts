@@ -371,7 +371,9 @@ export class PlannerServer {
     const client = this.clients.get(v.clientId);
     if (!client) { this.counters.strayOutcomes++; return; }
     this.counters.outcomes++;
-    client.rates[this.classIndex.get(v.requestClass)!]!.add(this.now());
+    const classIndex = this.classIndex.get(v.requestClass); // validateOutcome let in only a class of classNames: always found
+    if (classIndex === undefined) throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
+    client.rates[classIndex].add(this.now());
     const r = this.calibrator.record(v, this.now());
     if (r.safety) {
       this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety },
@@ -456,8 +458,8 @@ export class PlannerServer {
     for (const st of this.clients.values()) {
       if (!st.allServerWork || !st.plan) continue;
       for (let i = 0; i < st.rates.length; i++) {
-        const r = st.rates[i]!.perS(now);
-        if (r > 0) added += r * Math.max(0, st.allServerWork[i]! - (st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
+        const r = st.rates[i].perS(now);
+        if (r > 0) added += r * Math.max(0, st.allServerWork[i] - (st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
       }
     }
     return u + added;
@@ -563,10 +565,11 @@ export class PlannerServer {
     if (!classes) return;
     st.plannedWith = st.profile;
     st.allServerWork = allServerWork;
-    const changed = !st.plan || classes.some((c, i) => c.placement !== st.plan!.classes[i]?.placement);
+    const prev = st.plan;
+    const changed = !prev || classes.some((c, i) => c.placement !== prev.classes[i]?.placement);
     if (!changed) {
       // Same placements: refresh the predictions silently (shown by ListPlans), no push.
-      st.plan = { ...st.plan!, classes };
+      st.plan = { ...prev, classes };
       this.afterPlan(id, st.plan, now);
       return;
     }
@@ -614,7 +617,7 @@ export class PlannerServer {
 
   /** Current plans, ordered by client id (code-unit order: ids are ASCII, see ID_PATTERN). */
   plans(): ClientPlan[] {
-    return [...this.clients.values()].filter((c) => c.plan).map((c) => c.plan!).sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+    return [...this.clients.values()].flatMap((c) => (c.plan ? [c.plan] : [])).sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
   }
 
   /**

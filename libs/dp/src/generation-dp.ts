@@ -366,7 +366,8 @@ export function solveGenerationDp(instance: GenerationInstance): GenerationResul
   if (streamed && (!best || betterGeneration(slo, streamed, best))) best = streamed;
   // Some placement always survives the second pass (the one attaining the ratio bound), or
   // the streamed all-server plan is the bound itself.
-  return best!;
+  if (!best) throw new Error('solveGenerationDp: no placement survived the ratio-bound pass, which always keeps one attaining the bound');
+  return best;
 }
 
 /**
@@ -388,5 +389,6 @@ export function fastestGenerationPlacement(instance: GenerationInstance): Genera
   let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
   // Compare on the ratio whatever feasibility says.
   if (serverDecoding && (!best || betterGeneration(slo, asInfeasible(allServer), asInfeasible(best)))) best = allServer;
-  return best!;
+  if (!best) throw new Error('fastestGenerationPlacement: no placement survived the ratio-bound pass, which always keeps one attaining the bound');
+  return best;
 }

@@ -33,12 +33,12 @@ export function solveGenerationGreedy(instance: GenerationInstance): GenerationR
  */
 export function solveGenerationPrefix(instance: GenerationInstance): GenerationResult {
   const n = instance.stages.length;
-  let best: GenerationResult | undefined;
-  for (let k = 0; k <= n; k++) {
+  let best = generationResultOf(instance, 'prefix', prefixPlacement(n, 0));
+  for (let k = 1; k <= n; k++) {
     const r = generationResultOf(instance, 'prefix', prefixPlacement(n, k));
-    if (!best || betterGeneration(instance.slo, r, best)) best = r;
+    if (betterGeneration(instance.slo, r, best)) best = r;
   }
-  return best!;
+  return best;
 }
 
 /** `server-only` for a generation: every stage on the server (server-side decoding unless disabled). O(S). */

@@ -55,6 +55,12 @@ export function errorEdge(log: Logger, map: (err: unknown) => GrpcStatus): Error
   };
 }
 
+/** A handler as serveWithEdge takes it: grpc-js's own type, which may also return a promise (its rejection is answered like a throw). */
+type MayReturnPromise<F> = F extends (...args: infer A) => void ? (...args: A) => void | Promise<void> : F;
+
+/** A service's handlers as serveWithEdge takes them, e.g. `EdgeHandlers<AgentServiceServer>`: each may be an async function. */
+export type EdgeHandlers<S> = { [K in keyof S]: MayReturnPromise<S[K]> };
+
 type AnyHandler = (call: { request?: unknown; cancelled?: boolean; emit(event: 'error', st: GrpcStatus): boolean }, cb?: (err: GrpcStatus | null) => void) => unknown;
 
 /**
@@ -65,13 +71,13 @@ type AnyHandler = (call: { request?: unknown; cancelled?: boolean; emit(event: '
  * this: they see statuses, not the errors (a handler's throw is already UNKNOWN 'Unknown
  * error' there), so neither the class nor the cause would reach the map or the log.
  */
-export function serveWithEdge<S extends grpc.ServiceDefinition, H extends grpc.UntypedServiceImplementation>(server: grpc.Server, service: S, handlers: H, edge: ErrorEdge): void {
+export function serveWithEdge<S extends grpc.ServiceDefinition, H extends EdgeHandlers<grpc.UntypedServiceImplementation>>(server: grpc.Server, service: S, handlers: H, edge: ErrorEdge): void {
   const wrapped: Record<string, AnyHandler> = {};
   for (const [name, handler] of Object.entries(handlers) as [string, AnyHandler][]) {
     const unary = !service[name].requestStream && !service[name].responseStream;
     wrapped[name] = (call, cb) => {
       const fail = (err: unknown): void => {
-        if (unary) cb!(edge(err));
+        if (unary && cb) cb(edge(err)); // grpc-js passes every unary handler its callback
         else if (!call.cancelled) call.emit('error', edge(err));
       };
       const problem = decodeProblem(call.request);

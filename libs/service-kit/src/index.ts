@@ -23,4 +23,4 @@ export type { ClientSecurity, ClientSecurityFiles, ServerSecurity, ServerSecurit
 export { makeCertificates } from './certs';
 export type { CertificateOptions, CertificateSet } from './certs';
 export { errorEdge, runMain, serveWithEdge, statusOf, StatusError, ValidationError } from './errors';
-export type { ErrorEdge, GrpcStatus } from './errors';
+export type { EdgeHandlers, ErrorEdge, GrpcStatus } from './errors';

@@ -4,7 +4,7 @@ import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { AgentServiceClient, AgentServiceService, type AgentServiceServer } from '@tandem/protocol';
-import { AuthError, bindServer, errorEdge, serveWithEdge, statusOf, StatusError, ValidationError } from '../src';
+import { AuthError, bindServer, errorEdge, serveWithEdge, statusOf, StatusError, ValidationError, type EdgeHandlers } from '../src';
 
 const ROOT = path.join(__dirname, '../../..');
 
@@ -31,7 +31,7 @@ describe('the error base and the edge of a service', () => {
 
     beforeAll(async () => {
       server = new grpc.Server();
-      const handlers: AgentServiceServer = {
+      const handlers: EdgeHandlers<AgentServiceServer> = {
         generate: async () => { await new Promise((r) => setTimeout(r, 5)); throw throwing; },
         getStatus: () => { throw throwing; },
       };

@@ -30,7 +30,8 @@ class Direction {
     if (this.timer) return;
     const now = performance.now();
     while (this.queue.length > 0 && this.queue[0].at <= now) {
-      const { chunk } = this.queue.shift()!;
+      const { chunk } = this.queue[0];
+      this.queue.shift();
       if (!this.to.destroyed) this.to.write(chunk);
     }
     if (this.queue.length > 0) {

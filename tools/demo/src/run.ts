@@ -190,7 +190,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url, security, natsEnv: (id: string) => opts.nats.envFor(id) };
   const creds = (): grpc.ChannelCredentials => client?.credentials ?? grpc.credentials.createInsecure();
   const clients: { close(): void }[] = [];
-  let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'> | undefined;
+  let collected: Omit<DemoReport, 'killed' | 'logDir' | 'elapsedMs'>; // set by the try block, which otherwise throws
   let killed: string[] = [];
   let failed = false;
   try {
@@ -247,5 +247,5 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     if (!failed && !opts.keepLogs) rmSync(logDir, { recursive: true, force: true });
     else opts.progress(`service logs kept in ${logDir}`);
   }
-  return { ...collected!, killed, logDir: opts.keepLogs ? logDir : null, elapsedMs: performance.now() - opts.startedAt };
+  return { ...collected, killed, logDir: opts.keepLogs ? logDir : null, elapsedMs: performance.now() - opts.startedAt };
 }

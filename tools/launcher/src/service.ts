@@ -1,7 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessByStdio } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import { serviceEnv, type AppName } from './env';
 import { cpuSeconds, rssBytes, runQueueWaitSeconds } from './proc';
 
@@ -43,7 +44,8 @@ let exitHook = false;
  * stopping it.
  */
 export class ServiceProcess {
-  readonly child: ChildProcess;
+  /** stdout and stderr are pipes (read line by line for the ready line and the log tail). */
+  readonly child: ChildProcessByStdio<null, Readable, Readable>;
   readonly listening: Promise<number>;
   /** Resolves when the process has exited. */
   readonly exited: Promise<void>;
@@ -75,7 +77,7 @@ export class ServiceProcess {
         const tail = this.tail(5);
         reject(new Error(`${options.name} ${why}${options.logFile ? `; log ${options.logFile}` : ''}${tail ? `:\n${tail}` : ''}`));
       };
-      createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      createInterface({ input: this.child.stdout }).on('line', (line) => {
         if (!done) {
           try {
             const m = JSON.parse(line) as { event?: string; port?: number };
@@ -91,7 +93,7 @@ export class ServiceProcess {
         this.keep(line);
         this.log?.write(`${line}\n`);
       });
-      createInterface({ input: this.child.stderr! }).on('line', (line) => { this.keep(line); this.log?.write(`${line}\n`); });
+      createInterface({ input: this.child.stderr }).on('line', (line) => { this.keep(line); this.log?.write(`${line}\n`); });
       this.child.once('error', (e) => fail(`could not be started (${e.message})`));
       // On 'close', once its output is read to the end, so the tail holds its last words.
       this.child.once('close', (code, signal) => fail(`exited ${signal ? `on ${signal}` : `with code ${code}`} before listening`));

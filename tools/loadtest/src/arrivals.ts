@@ -70,7 +70,8 @@ export function buildTrace(s: Scenario, rate: number, durationS: number, seed: n
   return times.map((atMs, index) => {
     const device = s.deviceClasses[attrs.pick(dw)].name;
     const rc = s.requestClasses[attrs.pick(rw)];
-    const pool = pools.get(rc.name)!;
+    const pool = pools.get(rc.name);
+    if (!pool) throw new RangeError(`buildTrace: pools must hold the prompts of request class '${rc.name}', given pools of ${[...pools.keys()].join(', ') || 'none'}`);
     const promptIds = pool[attrs.int(0, pool.length - 1)].ids;
     const maxNewTokens = attrs.int(rc.outputTokens.min, rc.outputTokens.max);
     return { index, atMs, device, requestClass: rc.name, promptIds, maxNewTokens, slo: requestSlo(s, device, rc.name) };

@@ -100,7 +100,7 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
   }
   for (const { group, e2e } of byPlacement.values()) {
     const median = percentile([...e2e].sort((a, b) => a - b), 50);
-    for (const x of e2e) out[group]!.hindsight.push((median - x) / x);
+    for (const x of e2e) out[group].hindsight.push((median - x) / x);
   }
   return out;
 }

@@ -186,13 +186,15 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     `${multi ? `${repeats.length} repeats (arrival seeds ${ctx.seed}…${ctx.seed + repeats.length - 1}, fresh services each). ` : ''}Run took ${ctx.elapsedS.toFixed(0)} s.`, '');
   for (const w of ctx.warnings) md.push(`> warning: ${w}`, '');
   md.push('## What is modelled', '');
+  /** A whole token on the device as recorded (uncontended), ms. */
+  const recordedTokenMs = ctx.recording?.costs.reduce((a, c) => a + c.decodeMs, 0) ?? 0;
   md.push('The server side is real: the executor runs every server stage on its own core, and the values it receives are real stage outputs. ' +
     'Links are emulated by the agents (one-way latency plus bytes / throughput per transfer). ' +
     (ctx.recording
       ? `Devices are emulated by replay: their stage outputs come from a recording of a one-process run of the model over each request class's prompt pool ` +
         `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, recorded in ${ctx.recording.recordS.toFixed(1)} s), keyed by the whole token history; ` +
         'each replayed stage sleeps its recorded uncontended cost × the device class\'s slow-down, which is also the profile the agent publishes to the planner ' +
-        `(a whole token on the device: ${fx(ctx.recording.costs.reduce((a, c) => a + c.decodeMs, 0), 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * ctx.recording!.costs.reduce((a, c) => a + c.decodeMs, 0), 1)} ms`).join(', ')}). ` +
+        `(a whole token on the device: ${fx(recordedTokenMs, 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * recordedTokenMs, 1)} ms`).join(', ')}). ` +
         'The device side below shows what that cost the client core and how far the emulated times strayed from the modelled ones.'
       : 'Devices compute their stages for real on the shared client core, padded to slow-down × their uncontended cost: their timing depends on each other under load.'), '');
   md.push('## Per policy', '');

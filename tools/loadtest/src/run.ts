@@ -236,8 +236,9 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         const tag = repeats > 1 ? `repeat ${repeat + 1}/${repeats} ${policy}` : policy;
         o.note?.(`${tag}: starting the executor, the planner and ${s.deviceClasses.length} client-agents`);
         await startStack(policy);
-        const exec = executor!;
-        const plans0 = pc!;
+        const exec = executor;
+        const plans0 = pc;
+        if (!exec || !plans0) throw new Error('loadtest: startStack resolved without the executor or the planner client'); // never: it sets both
         await waitForPlans(policy, plans0, agents, 60_000);
         o.note?.(`${tag}: every agent follows a ${policy} plan`);
         if (o.warmupS > 0) {
@@ -245,7 +246,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           await replay(warm, agents, s.requestTimeoutMs);
         }
         for (const rate of o.rates) {
-          const trace = traces.get(seed)!.get(rate)!;
+          const trace = traces.get(seed)?.get(rate);
+          if (!trace) throw new Error(`loadtest: no trace for seed ${seed} at ${rate} req/s`); // never: one was built per seed and rate
           const what = `${tag} @ ${rate} req/s`;
           o.onProgress?.(done, total, what);
           const agentCpu = (): number => [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0);
@@ -321,8 +323,10 @@ export function deviceSide(records: readonly RequestRecord[], costs: readonly Re
   const clientCoreUtilisation = clientCpuS / Math.max(wallS, 1e-9);
   const limitedBy: string[] = [];
   const L = DEVICE_LIMITS;
-  if (timingErrorMs && timingErrorRel && (timingErrorMs.p99 ?? 0) > L.timingErrorP99Ms && (timingErrorRel.p99 ?? 0) > L.timingErrorP99Rel) {
-    limitedBy.push(`emulated devices ran late: p99 timing error ${timingErrorMs.p99!.toFixed(1)} ms (${(timingErrorRel.p99! * 100).toFixed(0)} % of the modelled time)`);
+  const p99Ms = timingErrorMs?.p99 ?? 0;
+  const p99Rel = timingErrorRel?.p99 ?? 0;
+  if (p99Ms > L.timingErrorP99Ms && p99Rel > L.timingErrorP99Rel) {
+    limitedBy.push(`emulated devices ran late: p99 timing error ${p99Ms.toFixed(1)} ms (${(p99Rel * 100).toFixed(0)} % of the modelled time)`);
   }
   if (clientCoreUtilisation > L.clientCoreUtilisation) limitedBy.push(`the client core was ${(clientCoreUtilisation * 100).toFixed(0)} % busy (agents, planner, harness)`);
   if (replayMisses > 0) limitedBy.push(`${replayMisses} replay misses`);
@@ -360,7 +364,9 @@ async function replay(trace: readonly TraceRequest[], agents: ReadonlyMap<string
   for (const req of trace) {
     const wait = t0 + req.atMs - performance.now();
     if (wait > 1) await sleep(wait);
-    const p = sendGenerate(agents.get(req.device)!.client, req, t0, timeoutMs);
+    const agent = agents.get(req.device);
+    if (!agent) throw new RangeError(`replay: the trace's device class '${req.device}' has no agent, given agents ${[...agents.keys()].join(', ')}`);
+    const p = sendGenerate(agent.client, req, t0, timeoutMs);
     if (onDone) void p.then(onDone);
     pending.push(p);
   }

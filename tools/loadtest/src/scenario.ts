@@ -277,7 +277,8 @@ export function validateScenario(raw: unknown): Scenario {
 
 /** The SLOs of a request class for a device class: the class's, each key overridden by the device class's. */
 export function requestSlo(s: Scenario, device: string, request: string): Slo {
-  const rc = s.requestClasses.find((r) => r.name === request)!;
+  const rc = s.requestClasses.find((r) => r.name === request);
+  if (!rc) throw new RangeError(`requestSlo: request must name a request class of the scenario (${s.requestClasses.map((r) => r.name).join(', ')}), given '${request}'`);
   const base: { -readonly [K in SloKey]?: number } = {};
   for (const k of SLO_KEYS) if (rc[k] !== undefined) base[k] = rc[k];
   return { ...base, ...(s.slaOverrides[device]?.[request] ?? {}) };

@@ -38,9 +38,11 @@ export function buildReport(rows: readonly ConfigResult[], ranges: SweepRanges, 
     all: summarize(rows.filter((r) => r.family === family)),
     contested: summarize(contestedRows.filter((r) => r.family === family)),
   }));
-  const models = [...new Set(rows.map((r) => r.model))].map((model) => ({
+  const familyOf = new Map<string, ConfigResult['family']>(); // each model's family, in the order models first appear
+  for (const r of rows) if (!familyOf.has(r.model)) familyOf.set(r.model, r.family);
+  const models = [...familyOf].map(([model, family]) => ({
     model,
-    family: rows.find((r) => r.model === model)!.family,
+    family,
     all: summarize(rows.filter((r) => r.model === model)),
     contested: summarize(contestedRows.filter((r) => r.model === model)),
   }));

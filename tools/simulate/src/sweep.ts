@@ -120,15 +120,17 @@ interface Config {
 export function sweepConfigs(options: Pick<SweepOptions, 'ranges' | 'models'>): Config[] {
   const { ranges } = options;
   let models = SIMULATED_MODELS;
-  if (options.models) {
+  const wanted = options.models;
+  if (wanted) {
     const known = new Set(SIMULATED_MODELS.map((m) => m.shape.name));
-    const unknown = options.models.filter((m) => !known.has(m));
+    const unknown = wanted.filter((m) => !known.has(m));
     if (unknown.length) throw new RangeError(`unknown model '${unknown[0]}': models are ${[...known].join(', ')}`);
-    models = SIMULATED_MODELS.filter((m) => options.models!.includes(m.shape.name));
+    models = SIMULATED_MODELS.filter((m) => wanted.includes(m.shape.name));
   }
   const out: Config[] = [];
   for (const model of models) {
-    const seqLens = ranges.seqLens ? model.seqLens.filter((n) => ranges.seqLens!.includes(n)) : model.seqLens;
+    const only = ranges.seqLens;
+    const seqLens = only ? model.seqLens.filter((n) => only.includes(n)) : model.seqLens;
     for (const seqLen of seqLens.length ? seqLens : [model.seqLens[0]]) {
       for (const network of ranges.networks) {
         for (const clientTflops of ranges.clientTflops) {

@@ -1,7 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { clientOptions } from '@tandem/service-kit';
 import { type Manifest, decode, encode } from '@tandem/model';
-import { AgentServiceClient, type GenerateResponse, type GenerationSummary } from '@tandem/protocol';
+import { AgentServiceClient, type GenerateRequest, type GenerateResponse, type GenerationSummary } from '@tandem/protocol';
 import { type ParsedArgs, intFlag, parseArgs, required } from '../args';
 import type { Command } from '../command';
 import { ServiceCallError, UsageError } from '../errors';
@@ -52,15 +52,16 @@ async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
   const text = args.flags.get('prompt');
   const list = args.flags.get('ids');
   if (text !== undefined && list !== undefined) throw new UsageError('--prompt and --ids are exclusive: give one of them, given both');
-  if (text === undefined && list === undefined) throw new UsageError('--prompt TEXT or --ids LIST is required');
-  let ids: number[] | undefined;
+  let input: GenerateRequest['input'];
   if (list !== undefined) {
-    ids = (list.split(',') as string[]).map((v, i) => {
+    const ids = (list.split(',') as string[]).map((v, i) => {
       const n = Number(v.trim());
       if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw new UsageError(`--ids[${i}] must be a non-negative integer, given '${v}'`);
       return n;
     });
-  }
+    input = { $case: 'ids', value: { ids } };
+  } else if (text !== undefined) input = { $case: 'prompt', value: text };
+  else throw new UsageError('--prompt TEXT or --ids LIST is required');
   const maxNew = intFlag(args, 'max-new-tokens', { min: 1 });
   const deadlineMs = intFlag(args, 'deadline-ms', { min: 1, default: 300_000 });
   const json = args.switches.has('json');
@@ -72,7 +73,7 @@ async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
     const summary = await new Promise<GenerationSummary>((resolve, reject) => {
       let last: GenerationSummary | undefined;
       const call = client.generate({
-        input: ids ? { $case: 'ids', value: { ids } } : { $case: 'prompt', value: text! },
+        input,
         maxNewTokens: maxNew,
         placement: args.flags.get('placement') ?? '',
       }, { deadline: Date.now() + deadlineMs });

@@ -72,7 +72,8 @@ export const loadtestCommand: Command = {
       const bad = policies.find((p) => !(POLICIES as readonly string[]).includes(p));
       if (bad !== undefined || policies.length === 0 || new Set(policies).size !== policies.length) throw new UsageError(`--policies must list distinct names from ${POLICIES.join(', ')}, given '${pl}'`);
     }
-    const rates = args.flags.has('rates') ? numberList(args.flags.get('rates')!, 'rates') : [...(quick ? loaded.quick.rates : loaded.rates)];
+    const ratesFlag = args.flags.get('rates');
+    const rates = ratesFlag !== undefined ? numberList(ratesFlag, 'rates') : [...(quick ? loaded.quick.rates : loaded.rates)];
     const dRaw = args.flags.get('duration-s');
     let durationS = quick ? loaded.quick.durationS : loaded.durationS;
     if (dRaw !== undefined) {
