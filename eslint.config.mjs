@@ -1,6 +1,8 @@
 // ESLint for every TypeScript file of the workspace (`npm run lint`): typescript-eslint's
-// type-aware promise rules, no `any`, no non-null assertions outside tests.
+// type-aware promise rules, no `any`, no non-null assertions outside tests, and the module
+// boundaries of tools/eslint/boundaries.cjs. docs/architecture.md, "Lint and format".
 import tseslint from 'typescript-eslint';
+import boundaries from './tools/eslint/boundaries.cjs';
 
 const root = import.meta.dirname;
 
@@ -10,12 +12,14 @@ export default tseslint.config(
     files: ['**/*.ts'],
     languageOptions: { parser: tseslint.parser, parserOptions: { projectService: true, tsconfigRootDir: root } },
     linterOptions: { reportUnusedDisableDirectives: 'error' },
-    plugins: { '@typescript-eslint': tseslint.plugin },
+    plugins: { '@typescript-eslint': tseslint.plugin, tandem: boundaries.boundariesPlugin(root) },
     rules: {
       '@typescript-eslint/no-floating-promises': 'error',
       '@typescript-eslint/no-misused-promises': 'error',
       '@typescript-eslint/no-explicit-any': 'error',
       '@typescript-eslint/no-non-null-assertion': 'error',
+      'tandem/module-boundaries': 'error',
+      'tandem/process-env': 'error',
     },
   },
   // Tests may assert what they just checked (`map.get(k)!` after expecting it).
