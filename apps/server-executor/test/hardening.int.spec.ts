@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import { fromWireTensor, type HostTensor, type SessionResponse, type Tensor } from '@tandem/protocol';
-import { makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
+import { expectRefusal, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
 import { OnnxStageEngine } from '../src';
 import { ids, type TestSession } from './session-client';
 import { startTestExecutor, type TestExecutor } from './test-executor';
@@ -10,16 +10,9 @@ import { startTestExecutor, type TestExecutor } from './test-executor';
 // message naming the field and the rule, and a message under 1 KiB (gRPC C-core clients refuse
 // trailers over 8 KiB, and then see RESOURCE_EXHAUSTED instead of the reason).
 
-const KIB = 1024;
 const N_EMBD = 64;
 
 const hidden = (t: number, fill = 0.5): HostTensor => ({ dtype: 'float32', shape: [1, t, N_EMBD], data: new Float32Array(t * N_EMBD).fill(fill) });
-
-function expectRefusal(err: grpc.StatusObject | grpc.ServiceError, code: grpc.status, ...parts: string[]): void {
-  expect({ code: err.code, details: err.details }).toEqual({ code, details: expect.any(String) });
-  for (const p of parts) expect(err.details).toContain(p);
-  expect(Buffer.byteLength(err.details, 'utf8')).toBeLessThanOrEqual(KIB);
-}
 
 describe('server-executor refuses bad input clearly (real model over gRPC)', () => {
   let model: TempModel;
