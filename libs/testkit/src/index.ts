@@ -11,5 +11,5 @@ export { makeTempModel } from './models';
 export type { TempModel } from './models';
 export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG, writeHfFixture, writeSafetensors } from './hf-fixture';
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
-export { clearMessageProblem, configProblems, envCases, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
-export type { EnvBounds, EnvCase } from './corpus';
+export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
+export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
