@@ -24,7 +24,7 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
     uplink: { latencyMs: 1, bytesPerMs: 1000 }, downlink: { latencyMs: 1, bytesPerMs: 1000 },
   });
   const load = (id = 'np-exec'): ServerLoad => ({
-    serverId: id, modelId: stack.modelId, queueDepth: 0, activeSessions: 0, utilisation: 0.1, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined,
+    serverId: id, modelId: stack.modelId, queueDepth: 0, activeSessions: 0, utilisation: 0.1, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
     decodeStretch: 1, promptStretch: 1, longPromptStretch: 1, longStepTokens: 0,
     stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
   });

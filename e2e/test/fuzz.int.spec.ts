@@ -124,7 +124,7 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
       uplink: { latencyMs: 1, bytesPerMs: 1000 }, downlink: { latencyMs: 1, bytesPerMs: 1000 },
     });
     const load: ServerLoad = {
-      serverId: 'fz-exec', modelId: stack.modelId, queueDepth: 0, activeSessions: 0, utilisation: 0.1, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined,
+      serverId: 'fz-exec', modelId: stack.modelId, queueDepth: 0, activeSessions: 0, utilisation: 0.1, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
       decodeStretch: 1, promptStretch: 1, longPromptStretch: 1, longStepTokens: 0,
       stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
     };

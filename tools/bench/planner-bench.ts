@@ -50,7 +50,7 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
 function loadOf(utilisation: number, noise: number, rnd: () => number): ServerLoad {
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
   return {
-    serverId: 'bench', modelId: 'bench', queueDepth: 0, activeSessions: 0, utilisation: utilisation * jitter(), unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 'bench', modelId: 'bench', queueDepth: 0, activeSessions: 0, utilisation: utilisation * jitter(), unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
     stages: SERVER_MS.map((ms, stage) => ({ stage, prefillMsPerToken: (ms * jitter()) / 8, decodeMs: ms * jitter(), samples: 5 })),
   };
 }

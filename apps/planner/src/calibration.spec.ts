@@ -16,7 +16,7 @@ const PROFILE: ClientProfile = {
   uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 };
 const LOAD: ServerLoad = {
-  serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: 0, meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: 0, meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
   // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 3 })),
 };

@@ -20,7 +20,7 @@ function client(msPerStage: number, over: Partial<ClientProfile> = {}): ClientPr
 
 function server(msPerStage: number, utilisation = 0): ServerLoad {
   return {
-    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }
@@ -46,6 +46,31 @@ describe('PlanMaker', () => {
     // with 100 ms more the embed stage fits on the client
     const [q] = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 250 }] })).plan(client(10), server(1), undefined)!;
     expect(q.placement).toBe('CSSSSS');
+  });
+
+  it('prices the streamed all-server plan by the whole-model figure and splits by the stages, so a split that saves less than fusing does is not chosen', () => {
+    // SLA 250 ms: CSSSSS fits (see above). Stage by stage the server runs 6 × 10 ms per decode
+    // step; the executor measures a whole-model step at 30 ms (one fused call).
+    const maker = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 250 }] }));
+    const [staged] = maker.plan(client(10), server(1), undefined)!;
+    expect(staged.placement).toBe('CSSSSS'); // without the whole figure the split saves a stage
+    const load = { ...server(1), wholeModel: { stage: 0, prefillMsPerToken: 0.125, decodeMs: 3, samples: 4 } };
+    const [fused] = maker.plan(client(10), load, undefined)!;
+    expect(fused.placement).toBe('SSSSSS');
+    // The streamed plan's work: prompt 16 × 0.125 + 7 decode steps × 3 ms.
+    expect(fused.predictedServerWork).toBeCloseTo(16 * 0.125 + 7 * 3, 10);
+    // A split still pays its stages one by one: the split's work did not change.
+    const inst = maker.instance(client(10), load, { ...CLASS, slaMs: 250 })!;
+    const split = evaluateGeneration(inst, [...'CSSSSS'].map((c): Location => (c === 'C' ? 'client' : 'server')));
+    expect(split.serverWork).toBeCloseTo(staged.predictedServerWork, 10);
+    expect(split.serverWork).toBeGreaterThan(fused.predictedServerWork);
+  });
+
+  it('ignores a whole-model figure not yet measured (zeros)', () => {
+    const maker = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 250 }] }));
+    const load = { ...server(1), wholeModel: { stage: 0, prefillMsPerToken: 0, decodeMs: 0, samples: 0 } };
+    expect(maker.instance(client(10), load, CLASS)!.serverWholeModel).toBeUndefined();
+    expect(maker.plan(client(10), load, undefined)![0].placement).toBe('CSSSSS');
   });
 
   it('while the server is idle optimises latency, keeping work on a faster server', () => {

@@ -90,8 +90,10 @@ function allServer(inst: GenerationInstance, best: GenerationResult): Generation
  * docs/placement.md) priced pass by pass (prefill of maxPromptTokens, expectedNewTokens − 1
  * decode passes) from the client's measured stage times and the server's, with the class's
  * TTFT / TPOT / E2E SLOs, solved with the configured algorithm. The all-server plan is priced
- * as the executor runs it (prompt up once, tokens streamed down), so every split is compared
- * against it. Under load the server's stage times (for latency, not for work) are stretched
+ * as the executor runs it (prompt up once, tokens streamed down, each step at the whole-model
+ * cost the executor measures, ServerLoad.whole_model), so every split is compared against it;
+ * a split's server range is priced by the per-stage figures, which are what stages cost run
+ * one call each as that range runs. Under load the server's stage times (for latency, not for work) are stretched
  * by the slow-down the executor measures (its steps' service time over their compute, per
  * decode and prefill: batching and interleaving included), or, from an executor that does not
  * report it, by 1 / (1 − utilisation), the mean time in an M/M/1 queue: the busier the
@@ -167,6 +169,14 @@ export class PlanMaker {
     if (slos.ttftMs !== undefined) slo.ttftMs = slos.ttftMs * margin;
     if (slos.tpotMs !== undefined) slo.tpotMs = slos.tpotMs * margin;
     const entry = this.entryWork(server, n, m);
+    // A whole-model step (fused alone, batched otherwise) costs what the executor measured for
+    // it, not the sum of its stages run one call each: the streamed all-server plan is priced
+    // by it, the splits by the stages.
+    const whole = server.wholeModel;
+    const wholePrefill = whole && whole.prefillMsPerToken > 0 ? whole.prefillMsPerToken * n : 0;
+    const serverWholeModel = whole && whole.decodeMs > 0 && wholePrefill > 0
+      ? { serverPrefillMs: wholePrefill * prefillSlow, serverDecodeMs: whole.decodeMs * decodeSlow, serverPrefillWork: wholePrefill, serverDecodeWork: whole.decodeMs }
+      : undefined;
     return {
       stages,
       promptTokens: n,
@@ -178,6 +188,7 @@ export class PlanMaker {
       downlink: client.downlink ? { ...client.downlink } : { latencyMs: 0, bytesPerMs: UNMEASURED_LINK_BYTES_PER_MS },
       slo,
       serverDecoding: this.opts.serverDecoding ?? true,
+      ...(serverWholeModel ? { serverWholeModel } : {}),
       // Every entry to the server (and every server-decoded token) waits in its queue first.
       // (At no load, the `utilisation` 0 alternative, there is no queue.)
       ...(utilisation !== 0 && server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {}),

@@ -12,6 +12,7 @@ import {
   type ClientObservations,
   type ClientPlan,
   type Keepalive,
+  type StageTiming,
   type PlannerServiceServer,
   type WatchPlansRequest,
   type WatchPlansResponse,
@@ -168,8 +169,8 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
 
 /**
  * `l` folded into the moving average `prev` (weight `a` for the new report; `prev` undefined or
- * of another stage count: `l` as it is): utilisation, queue wait, every stage figure and each
- * stretch. A stretch not measured (0) on either side is taken as it comes, so the average
+ * of another stage count: `l` as it is): utilisation, queue wait, every stage figure, the
+ * whole-model figures and each stretch. A stretch not measured (0) on either side is taken as it comes, so the average
  * starts from the first measurement. One interval's figures swing with single prefills and
  * batches at low rates; predictions and plans are made from the averages, so that they
  * state what a request can expect over the next seconds, not what the last one saw.
@@ -177,7 +178,7 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
 export function smoothLoad(prev: ServerLoad | undefined, l: ServerLoad, a: number): ServerLoad {
   if (!prev || prev.stages.length !== l.stages.length || a >= 1) return l;
   const avg = (was: number, v: number): number => was + a * (v - was);
-  const measured = (was: number, v: number): number => (was > 0 && v > 0 ? avg(was, v) : v);
+  const measured = (was: number, v: number): number => foldMeasured(was, v, a);
   return {
     ...l,
     utilisation: avg(prev.utilisation, l.utilisation),
@@ -185,8 +186,19 @@ export function smoothLoad(prev: ServerLoad | undefined, l: ServerLoad, a: numbe
     decodeStretch: measured(prev.decodeStretch, l.decodeStretch),
     promptStretch: measured(prev.promptStretch, l.promptStretch),
     longPromptStretch: measured(prev.longPromptStretch, l.longPromptStretch),
-    stages: l.stages.map((s, i) => ({ ...s, prefillMsPerToken: measured(prev.stages[i].prefillMsPerToken, s.prefillMsPerToken), decodeMs: measured(prev.stages[i].decodeMs, s.decodeMs) })),
+    stages: l.stages.map((s, i) => smoothTiming(prev.stages[i], s, a)),
+    ...(l.wholeModel ? { wholeModel: prev.wholeModel ? smoothTiming(prev.wholeModel, l.wholeModel, a) : l.wholeModel } : {}),
   };
+}
+
+/** `v` folded into the average `was` with weight `a`; a figure not measured (0) on either side is taken as it comes. */
+function foldMeasured(was: number, v: number, a: number): number {
+  return was > 0 && v > 0 ? was + a * (v - was) : v;
+}
+
+/** Stage figures `s` folded into `prev` with weight `a` ({@link foldMeasured}). */
+function smoothTiming(prev: StageTiming, s: StageTiming, a: number): StageTiming {
+  return { ...s, prefillMsPerToken: foldMeasured(prev.prefillMsPerToken, s.prefillMsPerToken, a), decodeMs: foldMeasured(prev.decodeMs, s.decodeMs, a) };
 }
 
 /**
@@ -202,12 +214,11 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   if (relChange(fa, fb) > threshold) return true;
   for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) if (relChange(old[k], l[k]) > threshold) return true;
   if (old.longStepTokens !== l.longStepTokens) return true;
-  for (let i = 0; i < l.stages.length; i++) {
-    const a = old.stages[i];
-    const b = l.stages[i];
-    if (relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold) return true;
-  }
-  return false;
+  const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean => (a === undefined || b === undefined
+    ? a !== b
+    : relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold);
+  for (let i = 0; i < l.stages.length; i++) if (moved(old.stages[i], l.stages[i])) return true;
+  return moved(old.wholeModel, l.wholeModel);
 }
 
 /** The latest load report of one executor, smoothed. */

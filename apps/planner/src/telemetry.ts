@@ -112,7 +112,8 @@ export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
 
 /**
  * Checks a ServerLoad against the limits above: the server id (and its subject), a model id
- * (required), every stage in order and in range, utilisation, queue wait, stretches and overhead.
+ * (required), every stage in order and in range, the whole-model figures, utilisation, queue
+ * wait, stretches and overhead.
  * @throws TelemetryError naming the field, the rule and the value given (cut short).
  */
 export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
@@ -125,6 +126,9 @@ export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   for (const [i, s] of l.stages.entries()) {
     if (s.stage !== i) fail(T, `stages[${i}].stage`, 'order', `must be ${i}`, s.stage);
     stageTimes(T, i, s);
+  }
+  if (l.wholeModel) {
+    for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(T, `wholeModel.${k}`, l.wholeModel[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
   }
   inRange(T, 'utilisation', l.utilisation, 0, 1, '');
   inRange(T, 'meanQueueMs', l.meanQueueMs, 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');

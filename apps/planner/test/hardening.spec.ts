@@ -34,7 +34,7 @@ const profile = (clientId: string, ms: readonly number[] = [1, 5, 100]): ClientP
   uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 });
 const load = (serverId = 'srv', ms = 0.1, utilisation = 0): ServerLoad => ({
-  serverId, modelId: MODEL, queueDepth: 0, activeSessions: 0, utilisation, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined,
+  serverId, modelId: MODEL, queueDepth: 0, activeSessions: 0, utilisation, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
   decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
 });
@@ -213,6 +213,7 @@ describe('telemetry validation', () => {
   it.each([
     ['stages[0].prefillMsPerToken', (l: ServerLoad) => { l.stages[0].prefillMsPerToken = 1e308; }, '1e+308', 'range'],
     ['stages', (l: ServerLoad) => { l.stages.pop(); }, '2 stages', 'count'],
+    ['wholeModel.decodeMs', (l: ServerLoad) => { l.wholeModel = { stage: 0, prefillMsPerToken: 1, decodeMs: -2, samples: 1 }; }, '-2', 'range'],
     ['utilisation', (l: ServerLoad) => { l.utilisation = 1.5; }, '1.5', 'range'],
     ['meanQueueMs', (l: ServerLoad) => { l.meanQueueMs = 1e300; }, '1e+300', 'range'],
     ['decodeStretch', (l: ServerLoad) => { l.decodeStretch = 0.5; }, '0.5', 'range'],

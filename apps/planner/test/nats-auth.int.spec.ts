@@ -23,7 +23,7 @@ const profile = (clientId: string): ClientProfile => ({
   uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 });
 const load = (serverId: string): ServerLoad => ({
-  serverId, modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId, modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
 });
 

@@ -17,7 +17,7 @@ function profile(id: string, msPerStage: number, latencyMs = 2): ClientProfile {
 
 function load(msPerStage: number, utilisation: number): ServerLoad {
   return {
-    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }

@@ -161,8 +161,9 @@ export class ExecutorServer {
    * Measures every stage once before serving (a 16-token prefill and 3 decode steps, twice),
    * through the scheduler so the figures land in the stage statistics: the planner gets
    * the server's costs from the first load report, not only after traffic arrived. The first
-   * round runs stage by stage (every stage gets a figure of its own); the second may run
-   * fused when the engine has the whole range fused, so the figures also reflect that path.
+   * round runs stage by stage (every stage gets a figure of its own); the second as a
+   * server-side generation runs (fused when the engine has the whole range fused), which gives
+   * the whole-model figure (StageScheduler.wholeStats).
    */
   private async profile(): Promise<void> {
     const n = this.opts.engine.stageCount;
@@ -170,7 +171,9 @@ export class ExecutorServer {
       const cache = this.opts.engine.newCache();
       let tokens = 16;
       for (let step = 0; step < 4; step++) {
-        await this.scheduler.submit('profile', 0, n, { dtype: 'int64', shape: [1, tokens], data: new BigInt64Array(tokens).fill(1n) }, cache, { fuse: round > 0 });
+        // Round 0 stage by stage (every stage gets a figure of its own); round 1 as a server-side
+        // generation's steps run (fused when loaded, the head on the last row): the whole-model figure.
+        await this.scheduler.submit('profile', 0, n, { dtype: 'int64', shape: [1, tokens], data: new BigInt64Array(tokens).fill(1n) }, cache, { fuse: round > 0, lastRowOnly: round > 0 });
         tokens = 1;
       }
       this.opts.engine.releaseCache(cache);
@@ -215,7 +218,7 @@ export class ExecutorServer {
   /** The load report: the state now and the load of one interval. */
   private loadReport(interval: LoadInterval): ServerLoad {
     return {
-      serverId: this.opts.serverId, modelId: this.opts.engine.modelId, stages: this.scheduler.stats.snapshot(), queueDepth: this.scheduler.depth,
+      serverId: this.opts.serverId, modelId: this.opts.engine.modelId, stages: this.scheduler.stats.snapshot(), wholeModel: this.scheduler.wholeStats.snapshot()[0], queueDepth: this.scheduler.depth,
       activeSessions: this.admission.members.size, unixMs: Date.now(), longStepTokens: this.longStepTokens, ...interval,
     };
   }

@@ -233,19 +233,41 @@ describe('StageScheduler', () => {
       expect(sched.busyTimeMs).toBe(21 + 10.5);
     });
 
-    it('spreads a fused call over its stages in proportion to their measured costs', async () => {
+    it('keeps per-stage figures from stage-by-stage calls only, and records whole steps apart: fused alone, shares when batched', async () => {
       const { engine, sched } = make();
       await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false }); // decode figures 1..6 ms (sum 21)
-      await sched.submit('a', 0, 6, tensor(0), cache()); // 10.5 ms: each stage's share is half its figure
-      // EWMA (alpha 0.2) of w and w/2 = 0.9 w
-      sched.stats.snapshot().forEach((c) => expect(c.decodeMs).toBeCloseTo(0.9 * (c.stage + 1), 10));
-      expect(sched.stats.snapshot().every((c) => c.samples === 2)).toBe(true);
+      // A step that may not fuse (the profile's staged round) is not how whole steps run: no whole figure.
+      expect(sched.wholeStats.snapshot()[0]).toMatchObject({ decodeMs: 0, samples: 0 });
+      await sched.submit('a', 0, 6, tensor(0), cache()); // alone: one fused call of 10.5 ms
       expect(engine.ranges).toHaveLength(1);
+      // A fused call leaves the stages as measured one by one (what a split's server range costs).
+      sched.stats.snapshot().forEach((c) => expect(c).toMatchObject({ decodeMs: c.stage + 1, samples: 1 }));
+      expect(sched.wholeStats.snapshot()[0]).toMatchObject({ decodeMs: 10.5, samples: 1 });
+      // Two whole steps together run stage by stage, batched: each is recorded with its shares of the calls.
+      const [b, c] = await Promise.all(['b', 'c'].map((id) => sched.submit(id, 0, 6, tensor(0), cache())));
+      expect(engine.ranges).toHaveLength(1);
+      expect(b.batchedStages).toBeGreaterThan(0);
+      const afterB = 10.5 + 0.2 * (b.computeMs - 10.5);
+      expect(sched.wholeStats.snapshot()[0].decodeMs).toBeCloseTo(afterB + 0.2 * (c.computeMs - afterB), 10);
+      expect(sched.wholeStats.snapshot()[0].samples).toBe(3);
+      // A split's range (not every stage) records its stages, never the whole figure.
+      await sched.submit('d', 2, 6, tensor(0), cache());
+      expect(sched.wholeStats.snapshot()[0].samples).toBe(3);
+      expect(sched.stats.snapshot()[2].samples).toBe(4);
     });
 
-    it('records a sampled prefill as stage by stage would: prompt tokens up to the head, one row at the head', async () => {
+    it('prices a whole step by the whole-model figure in its nominal time, a split by its stages', async () => {
       const { engine, sched } = make();
-      engine.fusedMs = 0; // measured figures unchanged in shape; checked below
+      await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false });
+      engine.fusedMs = 7;
+      const fused = await sched.submit('a', 0, 6, tensor(0), cache());
+      expect(fused.nominalMs).toBe(7);
+      const split = await sched.submit('a', 3, 6, tensor(0), cache());
+      expect(split.nominalMs).toBe(4 + 5 + 6);
+    });
+
+    it('records a sampled prefill whole, per prompt position, and leaves the stages alone', async () => {
+      const { engine, sched } = make();
       await sched.submit('a', 0, 6, tensor(0, 3), cache(), { fuse: false, lastRowOnly: true });
       const before = sched.stats.snapshot();
       expect(before[5].prefillMsPerToken).toBe(0); // the head saw one row
@@ -253,18 +275,17 @@ describe('StageScheduler', () => {
       const out = await sched.submit('a', 0, 6, tensor(0, 3), cache(), { lastRowOnly: true });
       expect(out.tensor.shape).toEqual([1, 1, 2]);
       expect(engine.ranges).toEqual([{ begin: 0, end: 6, lastRowOnly: true }]);
-      const after = sched.stats.snapshot();
-      expect(after[5].prefillMsPerToken).toBe(0);
-      expect(after[5].decodeMs).toBeLessThan(before[5].decodeMs);
-      for (let s = 0; s < 5; s++) expect(after[s].prefillMsPerToken).toBeLessThan(before[s].prefillMsPerToken);
+      expect(sched.stats.snapshot()).toEqual(before);
+      expect(sched.wholeStats.snapshot()[0]).toMatchObject({ prefillMsPerToken: 3.5, decodeMs: 0, samples: 1 });
     });
 
-    it('counts a fused call in compute only when its stages have no figures yet', async () => {
+    it('counts a fused call in compute, busy time and the whole figure, in no stage', async () => {
       const { engine, sched } = make();
       await sched.submit('a', 0, 6, tensor(0), cache());
       expect(engine.ranges).toHaveLength(1);
       expect(sched.busyTimeMs).toBe(10.5);
       expect(sched.stats.snapshot().every((c) => c.samples === 0)).toBe(true);
+      expect(sched.wholeStats.snapshot()[0].decodeMs).toBe(10.5);
     });
 
     it('runs stage by stage and batches when another step waits at the same first stage', async () => {

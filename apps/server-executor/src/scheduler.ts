@@ -190,11 +190,14 @@ export function schedule<S extends QueuedStep>(queue: readonly S[], now: number,
  * that sessions decoding on the server submit their next step first and can be batched
  * (continuous batching) rather than alternate in fused calls.
  *
- * Statistics: a stage-by-stage call is recorded for its stage. A fused call's time is spread
- * over its stages in proportion to their current cost figures (StageStats.recordSpread), so
- * the per-stage costs keep the shape measured stage by stage (start-up profile, batched
- * calls) and follow the level measured by fused calls; a step whose stages have no figures
- * yet counts in compute and busy time only.
+ * Statistics: a stage-by-stage call is recorded for its stage (`stats`: what each stage costs
+ * as a split's server range runs it). A fused call records no stage: it is cheaper than its
+ * stages one call each, and pricing a split's range at that level would make splits look
+ * cheaper than they are. Each step through every stage `[0, n)` that may fuse records its
+ * whole compute in `wholeStats` (stage 0): fused when it ran alone, its shares of batched calls
+ * otherwise, so the figure is what an all-server step costs as steps actually run. Steps that
+ * may not fuse (SubmitOptions.fuse false, the start-up profile's staged round) record it only
+ * when the engine has no fused whole range.
  *
  * Each call is decided by {@link schedule} (plain data from a pure function of the queue), then
  * run on the engine and settled (time charged, figures recorded, promises settled) apart.
@@ -214,11 +217,17 @@ export class StageScheduler {
   private readonly now: () => number;
   /** Kind of each stage of the engine. */
   private readonly kinds: readonly StageKind[];
+  /** Per-stage costs, each stage run on its own call (batched or not). */
   readonly stats: StageStats;
+  /** Cost of a step through every stage as all-server steps run (stage 0 holds it). */
+  readonly wholeStats = new StageStats(1);
+  /** Whether the engine runs the whole range `[0, n)` as one fused call. */
+  private readonly wholeFused: boolean;
 
   constructor(private readonly engine: StageEngine, private readonly opts: SchedulerOptions) {
     this.now = opts.now ?? (() => performance.now());
     this.stats = new StageStats(engine.stageCount);
+    this.wholeFused = engine.runRange !== undefined && engine.hasFusedRange?.(0, engine.stageCount) === true;
     this.kinds = Array.from({ length: engine.stageCount }, (_, s) => engine.stageKind(s));
   }
 
@@ -332,8 +341,7 @@ export class StageScheduler {
       if (batch.steps.length > 1) { this.batchedSteps++; j.batchedStages++; }
       const out = this.cancelled.get(j.sessionId) ?? outputs[i];
       if (!(out instanceof Error)) {
-        if (batch.fused) this.recordFused(j, share);
-        else this.stats.record(batch.stage, j.tokens, share);
+        if (!batch.fused) this.stats.record(batch.stage, j.tokens, share);
         j.stage = batch.fused ? j.end : j.stage + 1;
         if (j.stage < j.end) {
           j.tensor = this.cut(out, j.stage, j.lastRowOnly);
@@ -346,6 +354,7 @@ export class StageScheduler {
       settled++;
       if (out instanceof Error) { j.reject(out); return; }
       j.cache.advance(j.begin, j.end, j.taken);
+      if (this.isWhole(j) && (j.fusable || !this.wholeFused)) this.wholeStats.record(0, j.positions, j.computeMs);
       const started = j.startedAtMs ?? t0;
       const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, nominalMs: this.nominal(j), long: j.long };
       this.opts.onStepDone?.(outcome);
@@ -354,19 +363,21 @@ export class StageScheduler {
     return settled;
   }
 
-  /** Per-stage statistics of a fused call of `j` that took `ms`: the stages and their token counts as a staged run records them. */
-  private recordFused(j: Job, ms: number): void {
-    const parts: { stage: number; tokens: number }[] = [];
-    for (let s = j.stage; s < j.end; s++) {
-      // Stage by stage, a lastRowOnly step reaches the head cut to one row (see cut).
-      const cut = j.lastRowOnly && s > j.stage && this.kinds[s] === 'head';
-      parts.push({ stage: s, tokens: cut ? 1 : j.tokens });
-    }
-    this.stats.recordSpread(parts, ms);
+  /** Whether `j` runs every stage of the engine. */
+  private isWhole(j: Job): boolean {
+    return j.begin === 0 && j.end === this.engine.stageCount;
   }
 
-  /** Stages [begin, end) of `j` priced by the current figures, the head as one row when cut; 0 when a figure is missing. O(stages). */
+  /**
+   * Stages [begin, end) of `j` priced by the current figures, the head as one row when cut; 0
+   * when a figure is missing. A whole step that may fuse is priced by the whole-model figure
+   * (what the planner prices an all-server step at) once measured. O(stages).
+   */
   private nominal(j: Job): number {
+    if (this.isWhole(j) && j.fusable) {
+      const whole = this.wholeStats.figure(0, j.positions);
+      if (whole > 0) return whole;
+    }
     let ms = 0;
     for (let s = j.begin; s < j.end; s++) {
       const rows = j.lastRowOnly && this.kinds[s] === 'head' ? 1 : j.positions;

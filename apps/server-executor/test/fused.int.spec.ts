@@ -96,21 +96,28 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
     await eventually(async () => (await on.status()).activeSessions === 0, { timeoutMs: 3000, what: 'sessions freed' });
   });
 
-  it('has every stage figure from the start-up profile, and spreads each fused step over every stage', async () => {
-    const before = on.server.loadReader()().stages;
-    expect(before).toHaveLength(on.engine.stageCount);
-    for (const c of before) {
+  it('has every stage figure and a whole-model figure from the start-up profile; fused steps move the whole figure only', async () => {
+    const report = on.server.loadReader();
+    const before = report();
+    expect(before.stages).toHaveLength(on.engine.stageCount);
+    for (const c of before.stages) {
       expect(c.decodeMs).toBeGreaterThan(0);
       if (on.engine.stageKind(c.stage) !== 'head') expect(c.prefillMsPerToken).toBeGreaterThan(0);
     }
+    const whole = before.wholeModel!;
+    expect(whole.decodeMs).toBeGreaterThan(0);
+    expect(whole.prefillMsPerToken).toBeGreaterThan(0);
     const range = on.engine.rangeCalls;
     await serverGenerate(on, PROMPTS[0], NEW_TOKENS);
     expect(on.engine.rangeCalls - range).toBe(NEW_TOKENS);
-    const after = on.server.loadReader()().stages;
-    after.forEach((c, s) => {
-      expect(c.samples - before[s].samples).toBe(NEW_TOKENS);
-      expect(Number.isFinite(c.decodeMs) && c.decodeMs > 0).toBe(true);
-    });
+    const after = report();
+    // The stages keep what they cost run one call each (a split's server range); the whole figure took every step.
+    expect(after.stages).toEqual(before.stages);
+    expect(after.wholeModel!.samples - whole.samples).toBe(NEW_TOKENS);
+    expect(after.wholeModel!.decodeMs).toBeGreaterThan(0);
+    // The staged executor's whole figure is what its steps cost stage by stage.
+    const staged = off.server.loadReader()();
+    expect(staged.wholeModel!.decodeMs).toBeGreaterThan(0);
   });
 });
 

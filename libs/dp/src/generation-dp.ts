@@ -212,29 +212,21 @@ class Staircase {
 }
 
 /**
- * Builds the front of one cell (stage i on one side) from its two sources, keeping labels
- * that no other label of the cell dominates in (key x, key y, work) and that the completion
- * bounds do not rule out. Candidates arrive in (work, x, y) order, so a candidate is
- * dominated iff some kept label has x <= its x and y <= its y, which the staircase answers.
+ * Builds the front of one cell (stage i on one side) from its sources, keeping labels that no
+ * other label of the cell dominates in (key x, key y, work) and that the completion bounds do
+ * not rule out. Candidates arrive in (work, x, y) order, so a candidate is dominated iff some
+ * kept label has x <= its x and y <= its y, which the staircase answers.
  */
-function fillCell(
-  store: LabelStore, a: Source, b: Source, server: number, m: number, lim: Limits,
-  lbP: number, lbD: number, lbE: number, stair: Staircase,
-): void {
+function fillCell(store: LabelStore, sources: readonly Source[], server: number, m: number, lim: Limits, lbP: number, lbD: number, lbE: number, stair: Staircase): void {
   stair.size = 0;
-  a.advance(store, m, lim, lbP, lbD, lbE);
-  b.advance(store, m, lim, lbP, lbD, lbE);
+  for (const src of sources) src.advance(store, m, lim, lbP, lbD, lbE);
   for (;;) {
-    const aOk = a.k < a.to;
-    const bOk = b.k < b.to;
-    let src: Source;
-    if (aOk && bOk) {
-      if (a.w !== b.w) src = a.w < b.w ? a : b;
-      else if (a.x !== b.x) src = a.x < b.x ? a : b;
-      else src = a.y <= b.y ? a : b;
-    } else if (aOk) src = a;
-    else if (bOk) src = b;
-    else return;
+    let src: Source | undefined;
+    for (const c of sources) {
+      if (c.k >= c.to) continue;
+      if (!src || c.w < src.w || (c.w === src.w && (c.x < src.x || (c.x === src.x && c.y < src.y)))) src = c;
+    }
+    if (!src) return;
     if (stair.offer(src.x, src.y)) store.push(src.t, src.d, src.w, src.k, server);
     src.k++;
     src.advance(store, m, lim, lbP, lbD, lbE);
@@ -251,25 +243,40 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
   const { S, m } = p;
   const store = sharedStore(Math.max(64, 16 * S));
   store.push(0, 0, 0, -1, 0);
-  let c0 = 0, c1 = 1, s0 = 1, s1 = 1;
+  // Cells of the previous stage as store ranges: client [c0, c1), server after a client stage
+  // [s0, s1), and the all-server prefix (every stage so far on the server) [a0, a1), at most
+  // one label, kept apart: with server-side decoding the stepped all-server plan is not a plan
+  // (the streamed one, priced apart, is), so it must not prune the splits it would dominate.
+  // Label 0 stands for "before stage 0, on the client".
+  let c0 = 0, c1 = 1, s0 = 1, s1 = 1, a0 = 1, a1 = 1;
   const stair = new Staircase();
-  const a = new Source();
-  const b = new Source();
+  const [a, b, c] = [new Source(), new Source(), new Source()];
   for (let i = 0; i < S; i++) {
     const nc0 = store.size;
     // Stage i on the client: from a client label, or from a server label (download).
-    fillCell(store,
+    fillCell(store, [
       a.set(c0, c1, 0, 0, p.cP[i], p.cD[i], 0),
       b.set(s0, s1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
-      0, m, lim, p.lbPc[i + 1], p.lbDc[i + 1], p.lbEc[i + 1], stair);
+      c.set(a0, a1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
+    ], 0, m, lim, p.lbPc[i + 1], p.lbDc[i + 1], p.lbEc[i + 1], stair);
     const nc1 = store.size;
-    // Stage i on the server: from a server label, or from a client label (upload and one entry per pass).
-    fillCell(store,
-      a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]),
-      b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry),
+    // Stage i on the server after a client stage: from a server label of the same kind, or
+    // from a client label (upload and one entry per pass). At stage 0 that upload starts the
+    // all-server prefix instead.
+    if (i > 0) {
+      fillCell(store, [
+        a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]),
+        b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry),
+      ], 1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
+    }
+    const ns1 = store.size;
+    // The all-server prefix: from label 0 with the upload at stage 0, then staying on the server.
+    fillCell(store, [i === 0 ? a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry) : a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i])],
       1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
-    c0 = nc0; c1 = nc1; s0 = nc1; s1 = store.size;
+    c0 = nc0; c1 = nc1; s0 = nc1; s1 = ns1; a0 = ns1; a1 = store.size;
   }
+  // The stepped all-server plan competes only when the server does not decode on its own.
+  if (inst.serverDecoding ?? true) a1 = a0;
   const { ttft, tpot, work } = store;
   const slo = inst.slo;
   const dm = m > 0 ? 1 : 0;
@@ -277,7 +284,7 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
   let bestRatio = Infinity;
   let bestWork = Infinity;
   let bestE2e = Infinity;
-  for (let k = c0; k < s1; k++) {
+  for (let k = c0; k < a1; k++) {
     const fin = k >= s0 ? p.finalDown : 0;
     const t = ttft[k] + fin;
     const d = tpot[k] + dm * fin;
@@ -322,16 +329,19 @@ const ALL = (S: number, side: Location): Location[] => new Array<Location>(S).fi
  * (then the least work, then the lower E2E), with `feasible: false`. Placements may switch
  * sides any number of times.
  *
- * Method: a forward DP over (stage, side). Each cell holds the Pareto front of labels
+ * Method: a forward DP over (stage, side), the server side split in two cells: after a
+ * client stage, and the all-server prefix (one label). Each cell holds the Pareto front of labels
  * (TTFT so far, TPOT so far, server work so far) of partial placements ending there (when
  * only E2E is stated, (E2E so far, work)): the remaining passes' costs depend only on the
  * cell, and every final figure (TTFT, TPOT, E2E = TTFT + m·TPOT, the ratio) is monotone in
  * the label's, so a dominated label never leads to a better answer. A label is also dropped
  * when its TTFT, TPOT or E2E plus the least possible rest of that figure (precomputed
- * backwards) exceeds the stated bound. Fronts are built by merging the two predecessor fronts
+ * backwards) exceeds the stated bound. Fronts are built by merging the predecessor fronts
  * in (work, latency) order against a staircase of the kept labels.
  * The all-server plan with server-side decoding is not a path of this DP (its decode passes
- * cross nothing); it is a separate candidate compared exactly ({@link betterGeneration}).
+ * cross nothing, and `serverWholeModel` may price its compute apart); it is a separate
+ * candidate compared exactly ({@link betterGeneration}). Its stepped twin stays in its own
+ * cell and is not an answer then, so it prunes no split the streamed plan would not beat.
  * A first pass prunes against the SLOs; when nothing meets them, a second pass minimises the
  * ratio, pruning against the best ratio of all-client and all-server.
  *

@@ -45,8 +45,8 @@ function referenceGreedy(inst: GenerationInstance): Location[] {
 
 const SUBSETS: SloKey[][] = [['e2eMs'], ['ttftMs'], ['tpotMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs'], ['e2eMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];
 
-/** Instances over every SLO subset, with and without server-side decoding and entry work, loose to infeasible. */
-function cases(seed: number, count: number, maxStages: number): GenerationInstance[] {
+/** Instances over every SLO subset, with and without server-side decoding and entry work, loose to infeasible; `whole` adds whole-model figures. */
+function cases(seed: number, count: number, maxStages: number, whole = false): GenerationInstance[] {
   const rnd = seededRandom(seed);
   const out: GenerationInstance[] = [];
   for (let k = 0; k < count; k++) {
@@ -57,12 +57,53 @@ function cases(seed: number, count: number, maxStages: number): GenerationInstan
       // Queue waits drawn from k, not from the generator, so the other draws stay as they were.
       queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
       tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][Math.floor(rnd() * 6)],
+      // From k too: a fused call (below 1) or dearer than stage by stage (above 1), prefill and decode apart.
+      ...(whole ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
     }));
   }
   return out;
 }
 
 describe('dp on generation instances (exact)', () => {
+  it('equals a brute force with whole-model figures for the streamed plan, cheaper or dearer than its stages, S <= 12', () => {
+    // The stepped all-server plan is not a plan when the server decodes: it must not prune
+    // the splits its figures dominate when the streamed plan, priced apart, does not.
+    let streamed = 0, dearer = 0;
+    for (const inst of cases(29, 500, 12, true)) {
+      const want = bruteForce(inst);
+      const got = solveGenerationDp(inst);
+      const label = `${Object.keys(inst.slo).sort().join('+')} S=${inst.stages.length} decoding=${String(inst.serverDecoding)}`;
+      expect({ label, feasible: got.feasible }).toEqual({ label, feasible: want.feasible });
+      expect({ label, work: close(got.serverWork, want.serverWork) }).toEqual({ label, work: true });
+      if (want.feasible) expect({ label, e2e: close(got.e2eMs, want.e2eMs) }).toEqual({ label, e2e: true });
+      else expect({ label, ratio: close(sloRatio(inst.slo, got), want.ratio) }).toEqual({ label, ratio: true });
+      if (got.serverDecoding) streamed++;
+      const stepped = evaluateGeneration({ ...inst, serverDecoding: false }, inst.stages.map((): Location => 'server'));
+      const whole = evaluateGeneration(inst, inst.stages.map((): Location => 'server'));
+      if (inst.serverDecoding !== false && whole.serverWork > stepped.serverWork) dearer++;
+    }
+    expect(streamed).toBeGreaterThan(10);
+    expect(dearer).toBeGreaterThan(20);
+  });
+
+  it('keeps a split that ties the stepped all-server plan when the streamed one costs more (whole-model figures above the stages)', () => {
+    // Stage 0 is free on both sides, so CS and stepped SS tie in every label figure; the
+    // streamed SS does more work than either.
+    const stage = (name: string, serverMs: number): GenerationInstance['stages'][number] => ({ name, clientPrefillMs: 0, clientDecodeMs: 0, serverPrefillMs: serverMs, serverDecodeMs: serverMs, inBytesPerToken: 8 });
+    const inst: GenerationInstance = {
+      stages: [stage('free', 0), { ...stage('head', 1), clientPrefillMs: 1e6, clientDecodeMs: 1e6 }],
+      promptTokens: 4, decodeSteps: 3, outBytesPerPass: 8,
+      uplink: { latencyMs: 1, bytesPerMs: 1000 }, downlink: { latencyMs: 1, bytesPerMs: 1000 },
+      slo: { e2eMs: 100 },
+      serverWholeModel: { serverPrefillMs: 1.3, serverDecodeMs: 1.3 },
+    };
+    const got = solveGenerationDp(inst);
+    expect(got.placement).toEqual(['client', 'server']);
+    expect(got.serverWork).toBeCloseTo(4, 12);
+    expect(bruteForce(inst).serverWork).toBeCloseTo(4, 12);
+    expect(evaluateGeneration(inst, ['server', 'server']).serverWork).toBeCloseTo(5.2, 12);
+  });
+
   it('equals a brute force over all 2^S placements, S <= 12, every SLO subset', () => {
     const seen = { feasible: 0, infeasible: 0, streamed: 0, multiSwitch: 0, streamedOff: 0, entry: 0 };
     const bySubset = new Map<string, { feasible: number; infeasible: number }>();

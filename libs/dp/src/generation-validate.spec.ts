@@ -26,8 +26,9 @@ function errorOf(value: unknown, prefix?: string): string {
 
 describe('validateGenerationInstance', () => {
   it('returns a clean copy holding only the known fields', () => {
-    const got = validateGenerationInstance({ ...good(), note: 'ignored', serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5 });
-    expect(got).toEqual({ ...good(), serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5 });
+    const whole = { serverPrefillMs: 30, serverDecodeMs: 0.4, serverDecodeWork: 0.45 };
+    const got = validateGenerationInstance({ ...good(), note: 'ignored', serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5, serverWholeModel: { ...whole, extra: 1 } });
+    expect(got).toEqual({ ...good(), serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5, serverWholeModel: whole });
   });
 
   it.each<[string, (g: ReturnType<typeof good>) => unknown, string]>([
@@ -40,6 +41,9 @@ describe('validateGenerationInstance', () => {
     ['a missing slo', (g) => { const { slo: _, ...rest } = g; return { ...rest, generation: true }; }, 'slo must be an object {e2eMs?, ttftMs?, tpotMs?}, given nothing (missing)'],
     ['a bad marker', (g) => ({ ...g, generation: 'yes' }), 'generation must be true in a generation instance (or absent), given "yes"'],
     ['a non-boolean serverDecoding', (g) => ({ ...g, serverDecoding: 1 }), 'serverDecoding must be a boolean, given 1'],
+    ['a whole-model cost that is not an object', (g) => ({ ...g, serverWholeModel: 3 }), 'serverWholeModel must be an object {serverPrefillMs, serverDecodeMs, serverPrefillWork?, serverDecodeWork?}, given 3'],
+    ['a whole-model cost missing its decode time', (g) => ({ ...g, serverWholeModel: { serverPrefillMs: 3 } }), 'serverWholeModel.serverDecodeMs must be a finite number >= 0, given nothing (missing)'],
+    ['a negative whole-model work', (g) => ({ ...g, serverWholeModel: { serverPrefillMs: 3, serverDecodeMs: 1, serverPrefillWork: -2 } }), 'serverWholeModel.serverPrefillWork must be a finite number >= 0, given -2'],
     ['a zero bandwidth', (g) => ({ ...g, uplink: { latencyMs: 1, bytesPerMs: 0 } }), 'uplink.bytesPerMs must be a finite number > 0, given 0'],
   ])('rejects %s naming the field, the rule and the value', (_, make, message) => {
     expect(errorOf(make(good()))).toBe(message);

@@ -1,4 +1,4 @@
-import { SLO_KEYS, type GenerationInstance, type GenerationStage, type Slo } from './generation';
+import { SLO_KEYS, type GenerationInstance, type GenerationStage, type Slo, type WholeModelCost } from './generation';
 import { InstanceValidationError, MISSING, field, isRecord, link, number } from './validate';
 
 /**
@@ -83,6 +83,20 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   if (decoding !== MISSING) {
     if (typeof decoding !== 'boolean') throw new InstanceValidationError(`${pathPrefix}serverDecoding`, 'must be a boolean', decoding);
     out.serverDecoding = decoding;
+  }
+  const rawWhole = field(value, 'serverWholeModel');
+  if (rawWhole !== MISSING) {
+    const path = `${pathPrefix}serverWholeModel.`;
+    if (!isRecord(rawWhole)) throw new InstanceValidationError(`${pathPrefix}serverWholeModel`, 'must be an object {serverPrefillMs, serverDecodeMs, serverPrefillWork?, serverDecodeWork?}', rawWhole);
+    const whole: { -readonly [K in keyof WholeModelCost]: WholeModelCost[K] } = {
+      serverPrefillMs: number(rawWhole, 'serverPrefillMs', path, false),
+      serverDecodeMs: number(rawWhole, 'serverDecodeMs', path, false),
+    };
+    const pw = optionalNumber(rawWhole, 'serverPrefillWork', path, false);
+    if (pw !== undefined) whole.serverPrefillWork = pw;
+    const dw = optionalNumber(rawWhole, 'serverDecodeWork', path, false);
+    if (dw !== undefined) whole.serverDecodeWork = dw;
+    out.serverWholeModel = whole;
   }
   const res = optionalNumber(value, 'resolutionMs', pathPrefix, true);
   if (res !== undefined) out.resolutionMs = res;

@@ -32,6 +32,23 @@ export interface GenerationStage {
 }
 
 /**
+ * The server's compute of one all-server generation step run through every stage at once
+ * (with server-side decoding): what the server spends on a whole-model pass, which can differ
+ * from the sum of the stages run one by one (one fused call instead of a call per stage, or
+ * batched with other sessions). Invariant: every number finite and >= 0.
+ */
+export interface WholeModelCost {
+  /** Compute time of the prefill pass (all n prompt tokens, the head on the last row), ms. */
+  readonly serverPrefillMs: number;
+  /** Compute time of one decode pass, ms. */
+  readonly serverDecodeMs: number;
+  /** Server work of the prefill pass; default `serverPrefillMs`. */
+  readonly serverPrefillWork?: number;
+  /** Server work of one decode pass; default `serverDecodeMs`. */
+  readonly serverDecodeWork?: number;
+}
+
+/**
  * The latency objectives of a generation, ms; at least one is stated, each > 0.
  * A plan meets them when TTFT <= `ttftMs`, TPOT <= `tpotMs` and E2E <= `e2eMs` (each
  * within 1e-9 relative), for those stated.
@@ -86,6 +103,13 @@ export interface GenerationInstance {
   readonly serverEntryWork?: number;
   /** Whether an all-server plan decodes on the server and streams tokens (default true). */
   readonly serverDecoding?: boolean;
+  /**
+   * The all-server plan's compute when it decodes on the server, in place of the sum of its
+   * stages' (default: that sum). The stages then price only splits, whose server ranges run
+   * stage by stage: an executor that runs a whole-model step as one call prices it here.
+   * Ignored without `serverDecoding`.
+   */
+  readonly serverWholeModel?: WholeModelCost;
   /**
    * Time a step waits in the server's queue before it runs, ms (default 0): paid at every
    * entry to the server in every pass (a split waits once per entry per pass, as it pays the
@@ -158,7 +182,7 @@ export function isServerDecodingPlacement(instance: GenerationInstance, placemen
  * per pass (m + 1 passes).
  * The all-server placement with `serverDecoding`: TTFT = up(n tokens) + queue + Σ
  * serverPrefillMs + down(one token); TPOT = queue + Σ serverDecodeMs; the entry work is
- * charged once.
+ * charged once. With `serverWholeModel` its figures replace the sums (compute and work).
  * In both cases E2E = TTFT + m · TPOT: for a split plan this equals the contract instance
  * {@link generationAsContractInstance} prices, which `instanceFromMeasured` builds.
  * @throws RangeError when the placement's length differs from the stages or an entry is not a side.
@@ -209,11 +233,18 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
   if (serverDecoding) {
     // Decode passes stay on the server: no crossings, one entry for the whole generation; each
     // decoded token is one step in the server's queue.
+    const whole = instance.serverWholeModel;
     tpotMs = queue;
     serverWork = instance.serverEntryWork ?? 0;
-    for (const s of stages) {
-      tpotMs += s.serverDecodeMs;
-      serverWork += stageWork(s, m);
+    if (whole) {
+      ttftMs = transferMs(uplink, n * stages[0].inBytesPerToken) + queue + whole.serverPrefillMs + transferMs(downlink, instance.outBytesPerPass);
+      tpotMs += whole.serverDecodeMs;
+      serverWork += (whole.serverPrefillWork ?? whole.serverPrefillMs) + m * (whole.serverDecodeWork ?? whole.serverDecodeMs);
+    } else {
+      for (const s of stages) {
+        tpotMs += s.serverDecodeMs;
+        serverWork += stageWork(s, m);
+      }
     }
   }
   if (m === 0) tpotMs = 0;

@@ -15,7 +15,7 @@ export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServer
 export { instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
 export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';
 export { SLO_KEYS, betterGeneration, evaluateGeneration, generationAsContractInstance, generationResultOf, isServerDecodingPlacement, sloCheck, sloRatio, statedSlos } from './generation';
-export type { GenerationCost, GenerationInstance, GenerationResult, GenerationStage, Slo, SloKey, SloMet } from './generation';
+export type { GenerationCost, GenerationInstance, GenerationResult, GenerationStage, Slo, SloKey, SloMet, WholeModelCost } from './generation';
 export { isGenerationInstance, validateGenerationInstance } from './generation-validate';
 export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
 export { solveGeneration, solveGenerationClientOnly, solveGenerationDpGrid, solveGenerationGreedy, solveGenerationPrefix, solveGenerationServerOnly } from './generation-solvers';

@@ -87,6 +87,11 @@ export interface RandomGenerationOptions {
   readonly queueMs?: number;
   /** Scale of the SLOs between the fastest and slowest pure placement; below 0 tends to infeasible. */
   readonly tightness: number;
+  /**
+   * When given, the instance states `serverWholeModel`: the stages' server sums × this factor
+   * for prefill, × `wholeModel[1]` for decode (below 1 a fused call, above 1 dearer than stage by stage).
+   */
+  readonly wholeModel?: readonly [number, number];
 }
 
 /**
@@ -113,7 +118,7 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     if (rnd() < 0.2) stage.serverDecodeWork = num(2);
     return stage;
   });
-  const draft: GenerationInstance = {
+  let draft: GenerationInstance = {
     stages,
     promptTokens: pick(rnd, [1, 4, 16, 128]),
     decodeSteps: pick(rnd, [0, 1, 3, 8, 31]),
@@ -125,6 +130,17 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     ...(opts.entryWork > 0 ? { serverEntryWork: opts.entryWork } : {}),
     ...(opts.queueMs ? { serverQueueMs: opts.queueMs } : {}),
   };
+  if (opts.wholeModel) {
+    const sum = (f: (s: GenerationStage) => number): number => stages.reduce((a, s) => a + f(s), 0);
+    const [p, d] = opts.wholeModel;
+    draft = {
+      ...draft,
+      serverWholeModel: {
+        serverPrefillMs: p * sum((s) => s.serverPrefillMs), serverDecodeMs: d * sum((s) => s.serverDecodeMs),
+        serverPrefillWork: p * sum((s) => s.serverPrefillWork ?? s.serverPrefillMs), serverDecodeWork: d * sum((s) => s.serverDecodeWork ?? s.serverDecodeMs),
+      },
+    };
+  }
   const all = (side: 'client' | 'server'): GenerationCost => evaluateGeneration({ ...draft, serverDecoding: false }, stages.map(() => side));
   const c = all('client');
   const s = all('server');

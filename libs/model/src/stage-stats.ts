@@ -31,22 +31,6 @@ export class StageStats {
     [this.prefill[stage], this.decode[stage], this.count[stage]] = [prefillMsPerToken, decodeMs, samples];
   }
 
-  /**
-   * Records one call that ran several stages (a fused call) and cost `ms` in all: each part
-   * (stage, tokens as that stage would have seen them) is recorded with a share of `ms`
-   * proportional to its current figure (decode ms, or prefill ms/token × tokens). So the
-   * stages keep their relative costs as last measured stage by stage while their level
-   * follows the fused calls. When any part has no figure yet nothing is recorded (the call
-   * cannot be split meaningfully) and false is returned. O(parts).
-   */
-  recordSpread(parts: readonly { readonly stage: number; readonly tokens: number }[], ms: number): boolean {
-    const weights = parts.map((p) => this.figure(p.stage, p.tokens));
-    const total = weights.reduce((a, w) => a + w, 0);
-    if (parts.length === 0 || weights.some((w) => !(w > 0))) return false;
-    parts.forEach((p, i) => this.record(p.stage, p.tokens, ms * (weights[i] / total)));
-    return true;
-  }
-
   /** The current figure of `stage` for a step of `tokens` positions, ms (0 until measured). */
   figure(stage: number, tokens: number): number {
     return tokens <= 1 ? this.decode[stage] : this.prefill[stage] * tokens;

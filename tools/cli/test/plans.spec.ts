@@ -33,7 +33,7 @@ const profile: ClientProfile = {
 const load: ServerLoad = {
   serverId: 'srv',
   modelId: 'm',
-  overhead: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
   // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
   stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 5 })),
   queueDepth: 0,

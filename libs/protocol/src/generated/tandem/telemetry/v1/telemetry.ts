@@ -152,6 +152,16 @@ export interface ServerLoad {
    * the executor runs stage by stage, held back behind waiting short steps.
    */
   longPromptStretch: number;
+  /**
+   * One step through every stage [0, n) as the executor runs an all-server generation's steps:
+   * one fused call when it runs alone, stage by stage batched with other sessions' steps
+   * otherwise (a moving average of what such steps cost). `stages` hold what each stage costs
+   * run on its own, as a split's server range runs it; a fused whole-model call costs less than
+   * their sum. prefill_ms_per_token is a prompt step's compute over its positions (the head on
+   * the last row), decode_ms one decode step; `stage` is 0. Absent from older executors; 0
+   * figures until measured.
+   */
+  wholeModel: StageTiming | undefined;
 }
 
 /**
@@ -693,6 +703,7 @@ function createBaseServerLoad(): ServerLoad {
     promptStretch: 0,
     longStepTokens: 0,
     longPromptStretch: 0,
+    wholeModel: undefined,
   };
 }
 
@@ -736,6 +747,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     }
     if (message.longPromptStretch !== 0) {
       writer.uint32(105).double(message.longPromptStretch);
+    }
+    if (message.wholeModel !== undefined) {
+      StageTiming.encode(message.wholeModel, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -857,6 +871,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             message.longPromptStretch = reader.double();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.wholeModel = StageTiming.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -924,6 +946,11 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         : isSet(object.long_prompt_stretch)
         ? globalThis.Number(object.long_prompt_stretch)
         : 0,
+      wholeModel: isSet(object.wholeModel)
+        ? StageTiming.fromJSON(object.wholeModel)
+        : isSet(object.whole_model)
+        ? StageTiming.fromJSON(object.whole_model)
+        : undefined,
     };
   },
 
@@ -968,6 +995,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.longPromptStretch !== 0) {
       obj.longPromptStretch = floatToJson(message.longPromptStretch);
     }
+    if (message.wholeModel !== undefined) {
+      obj.wholeModel = StageTiming.toJSON(message.wholeModel);
+    }
     return obj;
   },
 
@@ -991,6 +1021,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.promptStretch = object.promptStretch ?? 0;
     message.longStepTokens = object.longStepTokens ?? 0;
     message.longPromptStretch = object.longPromptStretch ?? 0;
+    message.wholeModel = (object.wholeModel !== undefined && object.wholeModel !== null)
+      ? StageTiming.fromPartial(object.wholeModel)
+      : undefined;
     return message;
   },
 };
