@@ -6,7 +6,7 @@ import { encode, importHfModel, modelIdOf, SplitPipeline } from '@tandem/model';
 import { AgentServiceClient, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
-import { makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
+import { expectRefusal, makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
 
@@ -16,7 +16,6 @@ import { makeCredentials, type TestCredentials } from './credentials';
 // serves mTLS with bearer tokens, as deployed (e2e/test/credentials.ts).
 
 const log = createLogger({ name: 'test', level: 'silent' });
-const KIB = 1024;
 /** The small model's vocabulary (SMALL_HF_CONFIG): far below GPT-2's 50,257 ids. */
 const VOCAB = SMALL_HF_CONFIG.vocab_size;
 
@@ -32,11 +31,6 @@ function run(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise
   }), 30_000, 'a generation');
 }
 
-function expectRefusal(o: Outcome, code: grpc.status, ...parts: string[]): void {
-  expect(o.error?.code).toBe(code);
-  for (const p of parts) expect(o.error?.details).toContain(p);
-  expect(Buffer.byteLength(o.error?.details ?? '', 'utf8')).toBeLessThanOrEqual(KIB);
-}
 
 describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', () => {
   let creds: TestCredentials;
@@ -107,7 +101,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     const text = 'Hello, world';
     expect(Math.max(...encode(text))).toBeGreaterThanOrEqual(VOCAB); // the case: GPT-2 ids past a small vocabulary
     const o = await besideHealthy(() => run(small, { input: { $case: 'prompt', value: text }, maxNewTokens: 2 }));
-    expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'prompt must tokenise to ids in 0..299', 'given id');
+    expectRefusal(o.error, grpc.status.INVALID_ARGUMENT, 'prompt must tokenise to ids in 0..299', 'given id');
   });
 
   it.each([
@@ -115,12 +109,12 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     ['a split', 'CSSSSS', 'step.input.shape must be [1, T>=1, 32]'],
   ])('passes the executor\'s INVALID_ARGUMENT through (%s), not INTERNAL', async (_what, placement, detail) => {
     const o = await besideHealthy(() => run(wide, { input: { $case: 'ids', value: { ids: [1000, 2] } }, maxNewTokens: 2, placement }));
-    expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'executor: ', detail);
+    expectRefusal(o.error, grpc.status.INVALID_ARGUMENT, 'executor: ', detail);
   });
 
   it('cuts a 20,000-character placement in its message', async () => {
     const o = await run(small, { input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 1, placement: 'C'.repeat(20_000) });
-    expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'placement must be 6 letters C or S', '(20000 chars)');
+    expectRefusal(o.error, grpc.status.INVALID_ARGUMENT, 'placement must be 6 letters C or S', '(20000 chars)');
   });
 
   it('refuses bytes that are no GenerateRequest with INVALID_ARGUMENT, not INTERNAL', async () => {
@@ -133,7 +127,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
         call.on('error', (error: grpc.ServiceError) => resolve({ ids: [], error }));
         call.on('end', () => resolve({ ids: [] }));
       }), 10_000, 'the refusal');
-      expectRefusal(o, grpc.status.INVALID_ARGUMENT, 'Generate request', 'protobuf');
+      expectRefusal(o.error, grpc.status.INVALID_ARGUMENT, 'Generate request', 'protobuf');
     } finally {
       raw.close();
     }

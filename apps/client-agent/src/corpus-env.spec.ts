@@ -1,4 +1,4 @@
-import { clearMessageProblem, configProblems, envCases, uncoveredEnvVars, type EnvCase } from '@tandem/testkit';
+import { clearMessageProblem, envCases, envCorpusTests, type EnvCase } from '@tandem/testkit';
 import { agentEnv, loadConfig, parseStageList } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the agent's variables with a
@@ -23,15 +23,7 @@ const cases: EnvCase[] = [
 ];
 
 describe('client-agent env corpus', () => {
-  it('has a case for every variable with a rule (a range, true/false, a choice)', () => {
-    expect(uncoveredEnvVars(agentEnv, cases)).toEqual([]);
-  });
-
-  it.each(cases)('refuses %s', (_label, vars, parts) => {
-    const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
-    expect(problems.length).toBeGreaterThanOrEqual(1);
-    expect(clearMessageProblem(problems[0], parts)).toBe('');
-  });
+  envCorpusTests({ schema: agentEnv, cases, load: (vars) => loadConfig({ MODEL_DIR: '/m', ...vars }) });
 
   it.each([
     ['naming a stage past the model', '0-9', ['AGENT_STAGES must name stages in 0..5', 'given 6']],

@@ -1,6 +1,6 @@
 import {
-  fastestGenerationPlacement, generationResultOf, solveGeneration, sloRatio,
-  type Algorithm, type GenerationInstance, type GenerationResult, type GenerationStage, type Location, type Placement, type Slo,
+  fastestGenerationPlacement, generationResultOf, placementFromLetters as fromLetters, placementToLetters as toLetters, solveGeneration, sloRatio,
+  type Algorithm, type GenerationInstance, type GenerationResult, type GenerationStage, type Location, type Slo,
 } from '@tandem/dp';
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
 import type { RequestClass, SlaOverrides, SloOverride } from './config';
@@ -84,9 +84,6 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
 function allServer(inst: GenerationInstance, best: GenerationResult): GenerationResult {
   return generationResultOf(inst, best.algorithm, inst.stages.map((): Location => 'server'));
 }
-
-const toLetters = (p: Placement): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
-const fromLetters = (s: string): Location[] => [...s].map((c): Location => (c === 'C' ? 'client' : 'server'));
 
 /**
  * Turns telemetry into placements: for each request class, a generation instance (libs/dp,

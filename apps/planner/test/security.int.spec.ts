@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { ClientProfile, HealthClient, PlannerServiceClient, ServerLoad, ServingStatus, Subjects, type ClientPlan, type ListPlansResponse, type WatchPlansResponse } from '@tandem/protocol';
 import { clientOptions, createLogger, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet } from '@tandem/service-kit';
-import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { eventually, expectRefusal, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
 
 const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
@@ -24,12 +24,6 @@ const load = (): ServerLoad => ({
   decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
 });
-
-function expectRefusal(err: grpc.ServiceError, code: grpc.status, ...parts: string[]): void {
-  expect(grpc.status[err.code]).toBe(grpc.status[code]);
-  for (const p of parts) expect(err.details).toContain(p);
-  expect(Buffer.byteLength(err.details, 'utf8')).toBeLessThan(1024);
-}
 
 describe('planner over mTLS with bearer tokens: each client watches only its own plans', () => {
   let dir: string;

@@ -1,5 +1,5 @@
 import { loadServerSecurity } from '@tandem/service-kit';
-import { clearMessageProblem, configProblems, envCases, uncoveredEnvVars, type EnvCase } from '@tandem/testkit';
+import { envCases, envCorpusTests, type EnvCase } from '@tandem/testkit';
 import { executorEnv, loadConfig } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the executor's variables with a
@@ -28,23 +28,15 @@ const cases: EnvCase[] = [
 ];
 
 describe('executor env corpus', () => {
-  it('has a case for every variable with a rule (a range, true/false, a choice)', () => {
-    expect(uncoveredEnvVars(executorEnv, cases)).toEqual([]);
-  });
+  envCorpusTests({ schema: executorEnv, cases, load: (vars) => loadConfig({ MODEL_DIR: '/m', ...vars }), exactlyOne: true });
 
-  it.each(cases)('refuses %s', (_label, vars, parts) => {
-    const problems = configProblems(() => loadConfig({ MODEL_DIR: '/m', ...vars }));
-    expect(problems).toHaveLength(1);
-    expect(clearMessageProblem(problems[0], parts)).toBe('');
-  });
-
-  it.each([
-    ['TLS_CERT_FILE that does not exist, cut', { TLS_CERT_FILE: `/nonexistent/${LONG}`, TLS_KEY_FILE: '/nonexistent/k' }, ['TLS_CERT_FILE must name a readable file', '(20013 chars)']],
-    ['TLS_CLIENT_AUTH=require without a CA', { TLS_CLIENT_AUTH: 'require' }, ['TLS_CA_FILE is required when TLS_CLIENT_AUTH is \'require\'']],
-    ['AUTH_TOKENS_FILE that does not exist', { AUTH_TOKENS_FILE: '/nonexistent/tokens' }, ['AUTH_TOKENS_FILE must name a readable file', "given '/nonexistent/tokens'", 'no such file']],
-  ] as EnvCase[])('refuses the security setting %s', (_label, vars, parts) => {
-    const problems = configProblems(() => loadServerSecurity(loadConfig({ MODEL_DIR: '/m', ...vars })));
-    expect(problems.length).toBeGreaterThanOrEqual(1);
-    expect(clearMessageProblem(problems[0], parts)).toBe('');
+  envCorpusTests({
+    title: 'refuses the security setting %s',
+    cases: [
+      ['TLS_CERT_FILE that does not exist, cut', { TLS_CERT_FILE: `/nonexistent/${LONG}`, TLS_KEY_FILE: '/nonexistent/k' }, ['TLS_CERT_FILE must name a readable file', '(20013 chars)']],
+      ['TLS_CLIENT_AUTH=require without a CA', { TLS_CLIENT_AUTH: 'require' }, ['TLS_CA_FILE is required when TLS_CLIENT_AUTH is \'require\'']],
+      ['AUTH_TOKENS_FILE that does not exist', { AUTH_TOKENS_FILE: '/nonexistent/tokens' }, ['AUTH_TOKENS_FILE must name a readable file', "given '/nonexistent/tokens'", 'no such file']],
+    ],
+    load: (vars) => loadServerSecurity(loadConfig({ MODEL_DIR: '/m', ...vars })),
   });
 });

@@ -2,7 +2,6 @@ import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
 import { greedyToken, SplitPipeline } from '@tandem/model';
 import {
-  channelOptions,
   ExecutorServiceClient,
   fromWireTensor,
   HealthClient,
@@ -15,6 +14,7 @@ import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
 import { ids, TestSession } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 
@@ -25,35 +25,25 @@ const engines = {
 
 describe.each(['worker', 'inline'] as const)('server-executor against a real model (%s engine)', (engineKind) => {
   let model: TempModel;
+  let exec: TestExecutor;
   let server: ExecutorServer;
-  let client: ExecutorServiceClient;
   let addr: string;
   let stageCount: number;
-  const opened: TestSession[] = [];
-
-  const session = (): TestSession => {
-    const s = new TestSession(client.session({ deadline: Date.now() + 30_000 }));
-    opened.push(s);
-    return s;
-  };
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  const session = (): TestSession => exec.session();
+  const status = (): Promise<GetStatusResponse> => exec.status();
 
   beforeAll(async () => {
     model = await makeTempModel();
     const engine = await engines[engineKind](model.dir);
     stageCount = engine.stageCount;
-    server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-test', maxSessions: 4, maxContextTokens: 40, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 100 });
-    const { port } = await server.start();
-    addr = `127.0.0.1:${port}`;
-    client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+    exec = await startTestExecutor(engine, { maxSessions: 4, maxContextTokens: 40, telemetryIntervalMs: 100 });
+    ({ server, addr } = exec);
   });
 
-  afterEach(() => { for (const s of opened.splice(0)) s.call.cancel(); });
+  afterEach(() => exec.cancelSessions());
 
   afterAll(async () => {
-    client.close();
-    await server.stop({ graceMs: 100 });
+    await exec.stop();
     model.remove();
   });
 

@@ -1,13 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
 import { readManifest, SplitPipeline, StageInputError } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, type GetStatusResponse, type HostTensor } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
+import type { HostTensor } from '@tandem/protocol';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type SessionCache } from '../src';
+import { OnnxStageEngine, WorkerStageEngine, type SessionCache } from '../src';
 import { DelegatingEngine } from './delegating-engine';
-import { ids, TestSession } from './session-client';
+import { ids } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
 
-const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPTS = [[15496, 11, 995], [464, 2068, 7586, 21831, 18045], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [50256]];
 const NEW_TOKENS = 8;
 
@@ -22,22 +21,15 @@ class CountingEngine extends DelegatingEngine {
   }
 }
 
-interface Exec {
+/** A test executor with its counting engine. */
+interface Exec extends TestExecutor {
   readonly engine: CountingEngine;
-  readonly server: ExecutorServer;
-  readonly client: ExecutorServiceClient;
-  status(): Promise<GetStatusResponse>;
 }
 
 /** An executor on the worker engine, the fused whole-model session loaded or not, batching on. */
 async function startExecutor(dir: string, fused: boolean): Promise<Exec> {
   const engine = new CountingEngine(await WorkerStageEngine.load(dir, { intraOpNumThreads: 1, fuseAllStages: fused }));
-  const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: `fused-${fused}`, maxSessions: 16, maxContextTokens: 0,
-    maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
-  const { port } = await server.start();
-  const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
-  return { engine, server, client, status };
+  return { ...(await startTestExecutor(engine, { serverId: `fused-${fused}` })), engine };
 }
 
 describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
@@ -48,7 +40,7 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
 
   /** A server-side generation of `n` tokens, collected to the end. */
   async function serverGenerate(e: Exec, prompt: number[], n: number): Promise<number[]> {
-    const s = new TestSession(e.client.session({ deadline: Date.now() + 30_000 }));
+    const s = e.session();
     s.open();
     await s.next(1);
     s.generate(1, ids(...prompt), n);
@@ -68,10 +60,7 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
   });
 
   afterAll(async () => {
-    for (const e of [on, off]) {
-      e?.client.close();
-      await e?.server.stop({ graceMs: 100 });
-    }
+    for (const e of [on, off]) await e?.stop();
     model?.remove();
   });
 

@@ -1,41 +1,26 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, fromWireTensor, type HostTensor, type SessionResponse, type Tensor } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine } from '../src';
-import { ids, TestSession } from './session-client';
+import { fromWireTensor, type HostTensor, type SessionResponse, type Tensor } from '@tandem/protocol';
+import { expectRefusal, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
+import { OnnxStageEngine } from '../src';
+import { ids, type TestSession } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
 
 // Bad input on a session, each case against the real executor over gRPC: the status code, a
 // message naming the field and the rule, and a message under 1 KiB (gRPC C-core clients refuse
 // trailers over 8 KiB, and then see RESOURCE_EXHAUSTED instead of the reason).
 
-const log = createLogger({ name: 'test', level: 'silent' });
-const KIB = 1024;
 const N_EMBD = 64;
 
 const hidden = (t: number, fill = 0.5): HostTensor => ({ dtype: 'float32', shape: [1, t, N_EMBD], data: new Float32Array(t * N_EMBD).fill(fill) });
 
-function expectRefusal(err: grpc.StatusObject | grpc.ServiceError, code: grpc.status, ...parts: string[]): void {
-  expect({ code: err.code, details: err.details }).toEqual({ code, details: expect.any(String) });
-  for (const p of parts) expect(err.details).toContain(p);
-  expect(Buffer.byteLength(err.details, 'utf8')).toBeLessThanOrEqual(KIB);
-}
-
 describe('server-executor refuses bad input clearly (real model over gRPC)', () => {
   let model: TempModel;
-  let server: ExecutorServer;
-  let client: ExecutorServiceClient;
+  let exec: TestExecutor;
   let raw: grpc.Client;
   let stageCount: number;
   let modelId: string;
-  const opened: TestSession[] = [];
-
-  const session = (): TestSession => {
-    const s = new TestSession(client.session({ deadline: Date.now() + 30_000 }));
-    opened.push(s);
-    return s;
-  };
+  const session = (): TestSession => exec.session();
 
   /** The tokens a whole-model run gives for `prompt`. */
   const expectedTokens = async (prompt: number[], n: number): Promise<number[]> => {
@@ -78,19 +63,15 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
-    server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-hard', maxSessions: 16, maxContextTokens: 64, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
-    const { port } = await server.start();
-    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
-    raw = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    exec = await startTestExecutor(engine, { serverId: 'exec-hard', maxContextTokens: 64 });
+    raw = new grpc.Client(exec.addr, grpc.credentials.createInsecure());
   });
 
-  afterEach(() => { for (const s of opened.splice(0)) s.call.cancel(); });
+  afterEach(() => exec.cancelSessions());
 
   afterAll(async () => {
-    client?.close();
     raw?.close();
-    await server?.stop({ graceMs: 100 });
+    await exec?.stop();
     model?.remove();
   });
 

@@ -1,56 +1,37 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, type GetStatusResponse } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine } from '../src';
-import { ids, TestSession } from './session-client';
+import { eventually, expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
+import { OnnxStageEngine, type ExecutorServer } from '../src';
+import { ids, type TestSession } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
 
-const log = createLogger({ name: 'test', level: 'silent' });
 /** The tiny preset: nEmbd 64, 2 blocks, so 2 × (8 × 64) = 1024 KV bytes per token of a session. */
 const BYTES_PER_TOKEN = 1024;
 const BUDGET_TOKENS = 40;
 
 describe('server-executor admits by a KV-cache budget in bytes (EXECUTOR_MAX_KV_BYTES)', () => {
   let model: TempModel;
+  let exec: TestExecutor;
   let server: ExecutorServer;
-  let client: ExecutorServiceClient;
   let stageCount: number;
-  const opened: TestSession[] = [];
-  const session = (): TestSession => {
-    const s = new TestSession(client.session({ deadline: Date.now() + 30_000 }));
-    opened.push(s);
-    return s;
-  };
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  const session = (): TestSession => exec.session();
 
   beforeAll(async () => {
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
-    server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-kv', maxSessions: 16, maxContextTokens: 64, maxKvBytes: BUDGET_TOKENS * BYTES_PER_TOKEN,
-      maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
-    const { port } = await server.start();
-    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+    exec = await startTestExecutor(engine, { serverId: 'exec-kv', maxContextTokens: 64, maxKvBytes: BUDGET_TOKENS * BYTES_PER_TOKEN });
+    server = exec.server;
   });
 
-  afterEach(async () => {
-    for (const s of opened.splice(0)) s.call.cancel();
-    await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 2000, what: 'sessions freed' });
-  });
+  afterEach(() => exec.cancelSessions(2000));
 
   afterAll(async () => {
-    client?.close();
-    await server?.stop({ graceMs: 100 });
+    await exec?.stop();
     model?.remove();
   });
 
-  const expectExhausted = async (s: TestSession, ...parts: string[]): Promise<void> => {
-    const err = (await s.ended) as grpc.ServiceError;
-    expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    for (const p of parts) expect(err.details).toContain(p);
-    expect(Buffer.byteLength(err.details, 'utf8')).toBeLessThanOrEqual(1024);
-  };
+  const expectExhausted = async (s: TestSession, ...parts: string[]): Promise<void> => expectRefusal(await s.ended, grpc.status.RESOURCE_EXHAUSTED, ...parts);
 
   it('refuses a step past the budget, keeps the session holding it correct, and frees its bytes when it ends', async () => {
     const prompt = Array.from({ length: 30 }, (_, i) => 100 + i);

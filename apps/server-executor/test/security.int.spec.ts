@@ -6,20 +6,13 @@ import { channelOptions, ExecutorServiceClient, HealthClient, ServingStatus, typ
 import {
   clientOptions, createLogger, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet, type ClientSecurity, type ServerSecurity,
 } from '@tandem/service-kit';
-import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, type StageEngine } from '../src';
 import { ids, TestSession } from './session-client';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const ALICE = 'alice-token-0123456789';
 const BOB = 'bob-token-0123456789ab';
-
-/** A refusal's message names `parts` and fits in 1 KiB. */
-function expectRefusal(err: grpc.ServiceError | grpc.StatusObject, code: grpc.status, ...parts: string[]): void {
-  expect(grpc.status[err.code]).toBe(grpc.status[code]);
-  for (const p of parts) expect(err.details).toContain(p);
-  expect(Buffer.byteLength(err.details, 'utf8')).toBeLessThan(1024);
-}
 
 describe('server-executor over TLS, mTLS and with bearer tokens (real servers on 127.0.0.1)', () => {
   let model: TempModel;

@@ -1,50 +1,31 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type GetStatusResponse } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
+import { toWireTensor } from '@tandem/protocol';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine } from '../src';
-import { ids, TestSession } from './session-client';
+import { OnnxStageEngine } from '../src';
+import { ids, type TestSession } from './session-client';
+import { startTestExecutor, type TestExecutor, type TestExecutorOptions } from './test-executor';
 
-const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPTS = [[15496, 11, 995], [464, 2068, 7586, 21831, 18045], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [50256]];
 const NEW_TOKENS = 8;
 
-/** One executor on a real tiny model, on 127.0.0.1:0, with a client. */
-interface Exec {
-  readonly server: ExecutorServer;
-  readonly client: ExecutorServiceClient;
-  status(): Promise<GetStatusResponse>;
-}
-
-async function startExecutor(dir: string, opts: { batching: boolean; idleTimeoutMs: number; maxContextTokens: number }): Promise<Exec> {
-  const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: 1 });
-  const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'gen-test', maxSessions: 16, maxContextTokens: opts.maxContextTokens,
-    maxMessageBytes: 8 << 20, batching: opts.batching, maxBatch: 8, idleTimeoutMs: opts.idleTimeoutMs, telemetryIntervalMs: 1000 });
-  const { port } = await server.start();
-  const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
-  return { server, client, status };
+/** One executor on a real tiny model (the inline engine), on 127.0.0.1:0, with a client. */
+async function startExecutor(dir: string, opts: TestExecutorOptions): Promise<TestExecutor> {
+  return startTestExecutor(await OnnxStageEngine.load(dir, { intraOpNumThreads: 1 }), { serverId: 'gen-test', ...opts });
 }
 
 describe('server-side generation (generate) on a real executor', () => {
   let model: TempModel;
   let stageCount: number;
   /** Batching on, the model's full context. */
-  let a: Exec;
+  let a: TestExecutor;
   /** Batching off and a short idle timeout. */
-  let b: Exec;
+  let b: TestExecutor;
   const expected = new Map<number[], number[]>();
-  const opened: TestSession[] = [];
-
-  const session = (e: Exec, deadlineMs = 30_000): TestSession => {
-    const s = new TestSession(e.client.session({ deadline: Date.now() + deadlineMs }));
-    opened.push(s);
-    return s;
-  };
+  const session = (e: TestExecutor, deadlineMs?: number): TestSession => e.session(deadlineMs);
 
   /** Opens a session, asks for a server-side generation and collects it to the end (half-closing after the last token). */
-  async function serverGenerate(e: Exec, prompt: number[], n: number): Promise<number[]> {
+  async function serverGenerate(e: TestExecutor, prompt: number[], n: number): Promise<number[]> {
     const s = session(e);
     s.open();
     await s.next(1);
@@ -61,7 +42,7 @@ describe('server-side generation (generate) on a real executor', () => {
   }
 
   /** The per-step all-server path: one sampled step per token, fed back by the client. */
-  async function perStepGenerate(e: Exec, prompt: number[], n: number): Promise<number[]> {
+  async function perStepGenerate(e: TestExecutor, prompt: number[], n: number): Promise<number[]> {
     const s = session(e);
     s.open();
     await s.next(1);
@@ -81,24 +62,18 @@ describe('server-side generation (generate) on a real executor', () => {
 
   beforeAll(async () => {
     model = await makeTempModel();
-    a = await startExecutor(model.dir, { batching: true, idleTimeoutMs: 30_000, maxContextTokens: 0 });
-    b = await startExecutor(model.dir, { batching: false, idleTimeoutMs: 150, maxContextTokens: 0 });
+    a = await startExecutor(model.dir, { batching: true });
+    b = await startExecutor(model.dir, { batching: false, idleTimeoutMs: 150 });
     const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
     stageCount = pipe.manifest.stages.length;
     for (const p of PROMPTS) expected.set(p, await pipe.generate(p, { maxNewTokens: NEW_TOKENS }));
     await pipe.close();
   });
 
-  afterEach(async () => {
-    for (const s of opened.splice(0)) s.call.cancel();
-    await eventually(async () => (await a.status()).activeSessions === 0 && (await b.status()).activeSessions === 0, { timeoutMs: 3000, what: 'sessions freed' });
-  });
+  afterEach(async () => { await Promise.all([a.cancelSessions(3000), b.cancelSessions(3000)]); });
 
   afterAll(async () => {
-    for (const e of [a, b]) {
-      e?.client.close();
-      await e?.server.stop({ graceMs: 100 });
-    }
+    for (const e of [a, b]) await e?.stop();
     model?.remove();
   });
 
@@ -232,9 +207,9 @@ describe('server-side generation (generate) on a real executor', () => {
   });
 
   it('ends a server-side generation with UNAVAILABLE when the executor shuts down, and frees it', async () => {
-    const c = await startExecutor(model.dir, { batching: true, idleTimeoutMs: 30_000, maxContextTokens: 0 });
+    const c = await startExecutor(model.dir, { batching: true });
     try {
-      const s = new TestSession(c.client.session({ deadline: Date.now() + 30_000 }));
+      const s = c.session();
       s.open();
       await s.next(1);
       s.generate(1, ids(1, 2, 3), 1000);
@@ -244,8 +219,7 @@ describe('server-side generation (generate) on a real executor', () => {
       expect(c.server.status().activeSessions).toBe(0);
       expect(s.tokens().length).toBeLessThan(1000);
     } finally {
-      c.client.close();
-      await c.server.stop();
+      await c.stop();
     }
   });
 });

@@ -1,17 +1,16 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, type GetStatusResponse, type SessionResponse } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine } from '../src';
-import { ids, TestSession } from './session-client';
+import type { SessionResponse } from '@tandem/protocol';
+import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { OnnxStageEngine } from '../src';
+import { ids, type TestSession } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
 
 // EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT on a real executor: a client over its tokens per second
 // has a step refused in-band (StepRefused: RESOURCE_EXHAUSTED, the hint) and its session goes on
 // after the hint with the right tokens; a server-side generation is paced, and refused (trailer
 // `retry-after-ms`) only when the client's bucket is empty; other clients are not affected.
 
-const log = createLogger({ name: 'test', level: 'silent' });
 /** Tokens per second per client, and so the burst: a 12-token prompt leaves a debt of 4, repaid in 625 ms. */
 const RATE = 8;
 const LONG = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
@@ -20,20 +19,16 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 describe('server-executor per-client tokens per second', () => {
   let model: TempModel;
-  let server: ExecutorServer;
-  let client: ExecutorServiceClient;
+  let exec: TestExecutor;
   let stageCount: number;
   const expected = new Map<number[], number[]>();
-  const opened: TestSession[] = [];
 
   const open = async (clientId: string): Promise<TestSession> => {
-    const s = new TestSession(client.session({ deadline: Date.now() + 30_000 }));
-    opened.push(s);
+    const s = exec.session();
     s.open('', clientId);
     expect((await s.next(1)).kind?.$case).toBe('opened');
     return s;
   };
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
   const tokenOf = (m: SessionResponse, seq: number): number => {
     if (m.kind?.$case !== 'result' || m.kind.value.seq !== String(seq) || m.kind.value.output?.$case !== 'token') throw new Error(`expected the token of step ${seq}, given ${JSON.stringify(m.kind)}`);
     return m.kind.value.output.value;
@@ -42,24 +37,17 @@ describe('server-executor per-client tokens per second', () => {
   beforeAll(async () => {
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-rate', maxSessions: 16, maxTokensPerSPerClient: RATE,
-      maxContextTokens: 0, maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
-    const { port } = await server.start();
-    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+    exec = await startTestExecutor(engine, { serverId: 'exec-rate', maxTokensPerSPerClient: RATE });
     const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
     stageCount = pipe.manifest.stages.length;
     for (const p of [LONG, SHORT]) expected.set(p, await pipe.generate(p, { maxNewTokens: 8 }));
     await pipe.close();
   });
 
-  afterEach(async () => {
-    for (const s of opened.splice(0)) s.call.cancel();
-    await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 3000, what: 'sessions freed' });
-  });
+  afterEach(() => exec.cancelSessions(3000));
 
   afterAll(async () => {
-    client?.close();
-    await server?.stop({ graceMs: 100 });
+    await exec?.stop();
     model?.remove();
   });
 

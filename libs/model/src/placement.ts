@@ -1,4 +1,4 @@
-import type { Location, Placement } from '@tandem/dp';
+import { placementFromLetters, type Placement } from '@tandem/dp';
 import { ModelOptionError } from './errors';
 
 /**
@@ -14,10 +14,8 @@ export function parsePlacement(str: string, stageCount: number): Placement {
   if (bad >= 0) {
     throw new ModelOptionError('placement', `contain only 'C' (client) and 'S' (server); character ${bad} is '${str[bad]}'`, str);
   }
-  return Object.freeze([...str].map((ch): Location => (ch === 'C' ? 'client' : 'server')));
+  return Object.freeze(placementFromLetters(str));
 }
 
-/** The `C`/`S` string of a placement. */
-export function formatPlacement(p: Placement): string {
-  return p.map((s) => (s === 'client' ? 'C' : 'S')).join('');
-}
+/** The `C`/`S` string of a placement (libs/dp's, which owns Placement). */
+export { placementToLetters as formatPlacement } from '@tandem/dp';

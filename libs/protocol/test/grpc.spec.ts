@@ -173,6 +173,43 @@ describe('wire contract over a real gRPC server', () => {
   });
 });
 
+describe('HealthReporter over a real gRPC server', () => {
+  it('streams every status change to a watcher and ends the stream itself, so shutdown is graceful', async () => {
+    const reporter = new HealthReporter(ServingStatus.SERVING);
+    const server = new grpc.Server();
+    reporter.addTo(server);
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const hc = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    try {
+      const stream = hc.watch({ service: 'tandem.executor.v1.ExecutorService' });
+      const seen: ServingStatus[] = [];
+      const ended = new Promise<string>((resolve) => {
+        stream.on('error', (e: grpc.ServiceError) => resolve(`error ${grpc.status[e.code]}`));
+        stream.on('end', () => resolve('end'));
+      });
+      const next = (): Promise<void> => new Promise((resolve) => stream.once('data', (m: { status: ServingStatus }) => { seen.push(m.status); resolve(); }));
+      await next();
+      reporter.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
+      await next();
+      reporter.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
+      await next();
+      expect(seen).toEqual([ServingStatus.SERVICE_UNKNOWN, ServingStatus.SERVING, ServingStatus.NOT_SERVING]);
+      // A watch stream left open would hold tryShutdown until it is forced (and the watcher would see CANCELLED).
+      reporter.closeWatchers();
+      expect(await ended).toBe('end');
+      const forced = setTimeout(() => server.forceShutdown(), 5000);
+      const t0 = performance.now();
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      clearTimeout(forced);
+      expect(performance.now() - t0).toBeLessThan(1000);
+    } finally {
+      hc.close();
+      server.forceShutdown();
+    }
+  });
+});
+
 describe('fromWireTensor validation', () => {
   it.each([
     [{ dtype: 0, shape: [1], data: Buffer.alloc(4) }, 'x.dtype must be DATA_TYPE_FLOAT32 or DATA_TYPE_INT64, given 0'],

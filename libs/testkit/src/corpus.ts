@@ -82,3 +82,32 @@ export function uncoveredEnvVars(schema: Readonly<Record<string, { parse(raw: st
     }
   }).map(([name]) => name);
 }
+
+/** What {@link envCorpusTests} checks of one service's configuration. */
+export interface EnvCorpus {
+  /** The service's variables: with it, one test that every variable with a rule has a case. */
+  readonly schema?: Readonly<Record<string, { parse(raw: string): unknown }>>;
+  readonly cases: readonly EnvCase[];
+  /** Loads the configuration from the case's variables (on top of whatever the service requires). */
+  load(vars: Record<string, string>): unknown;
+  /** Each case must give exactly one problem (default: at least one; the first is checked). */
+  readonly exactlyOne?: boolean;
+  /** jest title of each case, `%s` the case's label (default `refuses %s`). */
+  readonly title?: string;
+}
+
+/**
+ * Defines, in the current `describe`, the env corpus tests of a service: every variable with a
+ * rule has a case ({@link uncoveredEnvVars}), and each case is refused with a first problem
+ * that names its parts within {@link MAX_MESSAGE_BYTES} ({@link clearMessageProblem}).
+ */
+export function envCorpusTests(c: EnvCorpus): void {
+  const { schema } = c;
+  if (schema) it('has a case for every variable with a rule (a range, true/false, a choice)', () => { expect(uncoveredEnvVars(schema, c.cases)).toEqual([]); });
+  it.each(c.cases)(c.title ?? 'refuses %s', (_label, vars, parts) => {
+    const problems = configProblems(() => c.load(vars));
+    if (c.exactlyOne) expect(problems).toHaveLength(1);
+    else expect(problems.length).toBeGreaterThanOrEqual(1);
+    expect(clearMessageProblem(problems[0], parts)).toBe('');
+  });
+}

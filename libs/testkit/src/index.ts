@@ -6,9 +6,10 @@ export { TcpProxy } from './tcp-proxy';
 // The one seeded PRNG (@tandem/util), here too for the tests that import it with the other helpers.
 export { seededRandom } from '@tandem/util';
 export { eventually, withTimeout } from './wait';
+export { expectRefusal } from './refusal';
 export { makeTempModel } from './models';
 export type { TempModel } from './models';
 export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG, writeHfFixture, writeSafetensors } from './hf-fixture';
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
-export { clearMessageProblem, configProblems, envCases, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
-export type { EnvBounds, EnvCase } from './corpus';
+export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
+export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';

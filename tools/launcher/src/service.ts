@@ -30,6 +30,12 @@ export interface LaunchOptions {
   /** Called with every output line (stdout but the listening line, and stderr). */
   readonly onLine?: (line: string) => void;
   readonly listenTimeoutMs?: number;
+  /**
+   * A build output of `npm run build` (tools/scripts/build.mjs): run its compiled
+   * `apps/<app>/src/main.js` with plain node, as the deploy image does. Undefined: the
+   * TypeScript source through tsx.
+   */
+  readonly compiledDir?: string;
 }
 
 /** Children still running, killed if this process exits without stopping them. */
@@ -37,7 +43,8 @@ const live = new Set<ChildProcess>();
 let exitHook = false;
 
 /**
- * One service: `apps/<app>/src/main.ts` run with node and tsx. Its stdout is scanned for the
+ * One service: `apps/<app>/src/main.ts` run with node and tsx (or its compiled `main.js`, see
+ * {@link LaunchOptions.compiledDir}). Its stdout is scanned for the
  * `{"event":"listening",...,"port":N}` line; `listening` resolves with that port, or rejects
  * (naming the service, why, its log and its last lines) when it exits first, cannot be
  * started or stays silent. A process 'exit' hook kills it if this process ends without
@@ -55,7 +62,9 @@ export class ServiceProcess {
 
   constructor(readonly options: LaunchOptions) {
     const env = serviceEnv(options.app, options.env, { fromShell: options.fromShell });
-    const node = [process.execPath, '--require', require.resolve('tsx/cjs'), path.join(REPO_ROOT, 'apps', options.app, 'src', 'main.ts')];
+    const node = options.compiledDir !== undefined
+      ? [process.execPath, path.join(path.resolve(options.compiledDir), 'apps', options.app, 'src', 'main.js')]
+      : [process.execPath, '--require', require.resolve('tsx/cjs'), path.join(REPO_ROOT, 'apps', options.app, 'src', 'main.ts')];
     const [cmd, ...args] = options.cpus !== undefined ? ['taskset', '-c', options.cpus, ...node] : node;
     this.child = spawn(cmd, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(this.child);

@@ -1,5 +1,6 @@
+import type { Slo } from '@tandem/dp';
 import { Rng } from '@tandem/util';
-import type { ArrivalSpec, Scenario, Slo } from './scenario';
+import type { ArrivalSpec, Scenario } from './scenario';
 import { requestSlo } from './scenario';
 
 /**

@@ -9,9 +9,9 @@
  *
  * Goodput (vLLM's and DistServe's): a request is good when it completed and meets every SLO
  * its class states: TTFT ≤ ttftMs, TPOT ≤ tpotMs (a one-token request has no TPOT and meets
- * it), E2E ≤ slaMs. Attainment of each SLO is over the requests that state it, all sent.
+ * it), E2E ≤ e2eMs (a scenario's `slaMs`). Attainment of each SLO is over the requests that state it, all sent.
  */
-import type { Slo } from './scenario';
+import { SLO_KEYS, type Slo, type SloMet } from '@tandem/dp';
 
 /** What happened to one request. */
 export interface RequestRecord {
@@ -57,12 +57,12 @@ export const ttftOf = (r: RequestRecord): number | null => (r.tokenMs.length > 0
 export const tpotOf = (r: RequestRecord): number | null => (r.tokenMs.length > 1 ? (r.endMs - r.tokenMs[0]) / (r.tokenMs.length - 1) : null);
 
 /** Whether a request met each stated SLO (undefined: not stated). Failed requests meet none. */
-export function sloMet(r: RequestRecord): { ttftMs?: boolean; tpotMs?: boolean; slaMs?: boolean } {
+export function sloMet(r: RequestRecord): SloMet {
   const ok = completed(r);
-  const out: { ttftMs?: boolean; tpotMs?: boolean; slaMs?: boolean } = {};
+  const out: { -readonly [K in keyof SloMet]: SloMet[K] } = {};
   if (r.slo.ttftMs !== undefined) { const t = ttftOf(r); out.ttftMs = ok && t !== null && t <= r.slo.ttftMs; }
   if (r.slo.tpotMs !== undefined) { const t = tpotOf(r); out.tpotMs = ok && (t === null || t <= r.slo.tpotMs); }
-  if (r.slo.slaMs !== undefined) out.slaMs = ok && r.endMs <= r.slo.slaMs;
+  if (r.slo.e2eMs !== undefined) out.e2eMs = ok && r.endMs <= r.slo.e2eMs;
   return out;
 }
 
@@ -79,11 +79,11 @@ export interface Attainment {
 }
 
 export function attainment(records: readonly RequestRecord[]): Attainment {
-  const acc = { ttftMs: { met: 0, stated: 0 }, tpotMs: { met: 0, stated: 0 }, slaMs: { met: 0, stated: 0 } };
+  const acc = { ttftMs: { met: 0, stated: 0 }, tpotMs: { met: 0, stated: 0 }, e2eMs: { met: 0, stated: 0 } };
   let good = 0;
   for (const r of records) {
     const m = sloMet(r);
-    for (const k of ['ttftMs', 'tpotMs', 'slaMs'] as const) {
+    for (const k of SLO_KEYS) {
       if (m[k] === undefined) continue;
       acc[k].stated++;
       if (m[k]) acc[k].met++;
@@ -91,7 +91,7 @@ export function attainment(records: readonly RequestRecord[]): Attainment {
     if (metSla(r)) good++;
   }
   const or = (x: { met: number; stated: number }): { met: number; stated: number } | null => (x.stated ? x : null);
-  return { requests: records.length, good, ttft: or(acc.ttftMs), tpot: or(acc.tpotMs), e2e: or(acc.slaMs) };
+  return { requests: records.length, good, ttft: or(acc.ttftMs), tpot: or(acc.tpotMs), e2e: or(acc.e2eMs) };
 }
 
 /** mean and percentiles of a sample; null when empty. */

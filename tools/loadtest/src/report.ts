@@ -1,8 +1,9 @@
+import { SLO_KEYS } from '@tandem/dp';
 import { renderChart } from '@tandem/plot';
 import type { Attainment } from './metrics';
 import { mergeSamples, PREDICTION_LIMITS, predictionErrors, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
-import { SLO_KEYS, type Policy } from './scenario';
+import type { Policy } from './scenario';
 
 /** What one policy achieved over the whole sweep. */
 export interface PolicySummary {
@@ -262,8 +263,8 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   }
   md.push('## SLO attainment (all rates and repeats)', '');
   const stated = SLO_KEYS.filter((k) => s.requestClasses.some((c) => c[k] !== undefined) || Object.values(s.slaOverrides).some((row) => Object.values(row).some((o) => o[k] !== undefined)));
-  md.push(`Good = completed within every stated SLO (${stated.map((k) => ({ ttftMs: 'TTFT', tpotMs: 'TPOT', slaMs: 'E2E' })[k]).join(', ')}); each SLO's attainment over the requests that state it. SLOs per device/class, ms: ` +
-    [...new Set(rows.flatMap((r) => Object.entries(r.stats.byClass).map(([k, v]) => `${k} ${SLO_KEYS.filter((x) => v.slo[x] !== undefined).map((x) => `${({ ttftMs: 'TTFT', tpotMs: 'TPOT', slaMs: 'E2E' })[x]} ${v.slo[x]}`).join(' / ')}`)))].sort().join('; ') + '.', '');
+  md.push(`Good = completed within every stated SLO (${stated.map((k) => ({ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' })[k]).join(', ')}); each SLO's attainment over the requests that state it. SLOs per device/class, ms: ` +
+    [...new Set(rows.flatMap((r) => Object.entries(r.stats.byClass).map(([k, v]) => `${k} ${SLO_KEYS.filter((x) => v.slo[x] !== undefined).map((x) => `${({ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' })[x]} ${v.slo[x]}`).join(' / ')}`)))].sort().join('; ') + '.', '');
   const merge = (xs: readonly Attainment[]): Attainment => {
     const add = (a: { met: number; stated: number } | null, b: { met: number; stated: number } | null): { met: number; stated: number } | null => (a || b ? { met: (a?.met ?? 0) + (b?.met ?? 0), stated: (a?.stated ?? 0) + (b?.stated ?? 0) } : null);
     return xs.reduce<Attainment>((a, b) => ({ requests: a.requests + b.requests, good: a.good + b.good, ttft: add(a.ttft, b.ttft), tpot: add(a.tpot, b.tpot), e2e: add(a.e2e, b.e2e) }), { requests: 0, good: 0, ttft: null, tpot: null, e2e: null });

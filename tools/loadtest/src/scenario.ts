@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { SLO_KEYS, type Slo, type SloKey } from '@tandem/dp';
 
 /** The placement policies a load test compares: the planner's algorithm, switched between runs. */
 export const POLICIES = ['server-only', 'greedy', 'prefix', 'dp'] as const;
@@ -32,21 +33,13 @@ export interface IntRange {
 }
 
 /**
- * Latency objectives of a request; at least one is stated. A request is good (counts in
- * goodput) when it completed and meets every stated one (vLLM's and DistServe's goodput).
+ * A request's latency objectives are libs/dp's `Slo` (at least one stated). A request is good
+ * (counts in goodput) when it completed and meets every stated one (vLLM's and DistServe's
+ * goodput). Scenario files and the planner's configuration call the end-to-end one `slaMs`.
  */
-export interface Slo {
-  /** End-to-end latency, ms. */
-  readonly slaMs?: number;
-  /** Time to first token, ms. */
-  readonly ttftMs?: number;
-  /** Time per output token after the first, (E2E − TTFT) / (tokens − 1), ms. */
-  readonly tpotMs?: number;
-}
-
-/** The SLO keys, in report order. */
-export const SLO_KEYS = ['ttftMs', 'tpotMs', 'slaMs'] as const;
-export type SloKey = (typeof SLO_KEYS)[number];
+const FILE_KEY: Readonly<Record<SloKey, string>> = { ttftMs: 'ttftMs', tpotMs: 'tpotMs', e2eMs: 'slaMs' };
+/** The SLO keys of a scenario file, in report order. */
+const FILE_KEYS: readonly string[] = SLO_KEYS.map((k) => FILE_KEY[k]);
 
 /**
  * A kind of request in the traffic (the planner's RequestClass is made from it: plannerSloEnv).
@@ -161,10 +154,10 @@ function rates(v: unknown, field: string): number[] {
 
 const SLO_MAX_MS = 3_600_000;
 
-/** The SLO keys of `o` (each > 0); `need` requires at least one. */
+/** The SLOs stated in `o` under their file keys (each > 0); `need` requires at least one. */
 function sloOf(o: Obj, field: string, need: boolean): Slo {
   const out: { -readonly [K in SloKey]?: number } = {};
-  for (const k of SLO_KEYS) if (o[k] !== undefined) out[k] = num(o, k, field, { gt: 0, max: SLO_MAX_MS });
+  for (const k of SLO_KEYS) if (o[FILE_KEY[k]] !== undefined) out[k] = num(o, FILE_KEY[k], field, { gt: 0, max: SLO_MAX_MS });
   if (need && Object.keys(out).length === 0) fail(field, 'state at least one SLO: ttftMs, tpotMs or slaMs (ms)', 'none of them');
   return out;
 }
@@ -205,7 +198,7 @@ export function validateScenario(raw: unknown): Scenario {
   const requestClasses = o.requestClasses.map((r: unknown, i: number): TrafficClass => {
     const f = `requestClasses[${i}]`;
     const rc = obj(r, f);
-    const known = ['name', 'weight', 'promptTokens', 'outputTokens', 'promptPool', ...SLO_KEYS];
+    const known = ['name', 'weight', 'promptTokens', 'outputTokens', 'promptPool', ...FILE_KEYS];
     for (const k of Object.keys(rc)) if (!known.includes(k)) fail(`${f}.${k}`, `be one of the known fields (${known.join(', ')})`, 'an unknown field');
     return {
       name: name(rc, f),
@@ -233,9 +226,9 @@ export function validateScenario(raw: unknown): Scenario {
       if (!requestClasses.some((r) => r.name === rcName)) fail(`slaOverrides.${dcName}.${rcName}`, `name a request class (${requestClasses.map((r) => r.name).join(', ')})`, rcName);
       const f = `slaOverrides.${dcName}.${rcName}`;
       const v = row[rcName];
-      if (typeof v === 'number') slaOverrides[dcName][rcName] = { slaMs: num(row, rcName, `slaOverrides.${dcName}`, { gt: 0, max: SLO_MAX_MS }) };
+      if (typeof v === 'number') slaOverrides[dcName][rcName] = { e2eMs: num(row, rcName, `slaOverrides.${dcName}`, { gt: 0, max: SLO_MAX_MS }) };
       else if (isObj(v)) {
-        for (const k of Object.keys(v)) if (!(SLO_KEYS as readonly string[]).includes(k)) fail(`${f}.${k}`, `be one of ${SLO_KEYS.join(', ')}`, 'an unknown field');
+        for (const k of Object.keys(v)) if (!FILE_KEYS.includes(k)) fail(`${f}.${k}`, `be one of ${FILE_KEYS.join(', ')}`, 'an unknown field');
         slaOverrides[dcName][rcName] = sloOf(v, f, true);
       } else fail(f, 'be an SLA in ms or an object {ttftMs?, tpotMs?, slaMs?}', v);
     }
@@ -291,7 +284,7 @@ export function requestSlo(s: Scenario, device: string, request: string): Slo {
  * {slaMs?, ttftMs?, tpotMs?}.
  */
 export function plannerSloEnv(s: Scenario): { PLANNER_REQUEST_CLASSES: string; PLANNER_SLA_OVERRIDES: string } {
-  const pick = (o: Slo): Slo => Object.fromEntries(SLO_KEYS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+  const pick = (o: Slo): Record<string, number | undefined> => Object.fromEntries(SLO_KEYS.filter((k) => o[k] !== undefined).map((k) => [FILE_KEY[k], o[k]]));
   const classes = s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), ...pick(r) }));
   const overrides = Object.fromEntries(Object.entries(s.slaOverrides).map(([d, row]) => [d, Object.fromEntries(Object.entries(row).map(([r, o]) => {
     const p = pick(o);

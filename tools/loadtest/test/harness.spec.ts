@@ -28,7 +28,7 @@ describe('arrivals', () => {
       const cls = s.requestClasses.find((c) => c.name === r.requestClass)!;
       expect(r.promptIds.length).toBeGreaterThanOrEqual(cls.promptTokens.min);
       expect(r.promptIds.length).toBeLessThanOrEqual(cls.promptTokens.max);
-      expect(r.slo.slaMs).toBe(cls.slaMs);
+      expect(r.slo.e2eMs).toBe(cls.e2eMs);
       expect(r.slo.ttftMs).toBe(cls.ttftMs);
     }
   });
@@ -63,14 +63,14 @@ describe('arrivals', () => {
 
 describe('metrics', () => {
   const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0, device: 'd', requestClass: 'c', promptTokens: 4, maxNewTokens: 3, slo: { slaMs: 300 }, sentMs: 0, lagMs: 0,
+    index: 0, device: 'd', requestClass: 'c', promptTokens: 4, maxNewTokens: 3, slo: { e2eMs: 300 }, sentMs: 0, lagMs: 0,
     status: 'OK', tokenMs: [], endMs: 0, ...p,
   });
 
   it('computes TTFT, TPOT, ITL, E2E, goodput and SLA attainment as benchmark_serving does, counting failures', () => {
     const records = [
-      rec({ index: 0, sentMs: 0, tokenMs: [100, 150, 210], endMs: 210, slo: { slaMs: 300 }, serverComputeMs: 20, placement: 'SS' }),
-      rec({ index: 1, sentMs: 500, tokenMs: [200, 300], endMs: 300, slo: { slaMs: 250 }, serverComputeMs: 10, placement: 'CS' }),
+      rec({ index: 0, sentMs: 0, tokenMs: [100, 150, 210], endMs: 210, slo: { e2eMs: 300 }, serverComputeMs: 20, placement: 'SS' }),
+      rec({ index: 1, sentMs: 500, tokenMs: [200, 300], endMs: 300, slo: { e2eMs: 250 }, serverComputeMs: 10, placement: 'CS' }),
       rec({ index: 2, sentMs: 900, status: 'DEADLINE_EXCEEDED', error: 'deadline', tokenMs: [50], endMs: 1500 }),
       rec({ index: 3, sentMs: 950, status: 'UNAVAILABLE', tokenMs: [], endMs: 5 }),
     ];
@@ -111,13 +111,13 @@ describe('metrics', () => {
       // One token: TTFT met, no TPOT to miss: good.
       rec({ index: 3, device: 'b', requestClass: 'x', slo, tokenMs: [80], endMs: 80 }),
       // All three stated; TPOT (260 - 90) / 2 = 85 ≤ 90, but E2E 260 > 250 misses E2E only.
-      rec({ index: 4, device: 'b', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 90, slaMs: 250 }, tokenMs: [90, 170, 260], endMs: 260 }),
+      rec({ index: 4, device: 'b', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 90, e2eMs: 250 }, tokenMs: [90, 170, 260], endMs: 260 }),
       // Failed: misses every stated SLO even with a fast first token.
-      rec({ index: 5, device: 'a', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 80, slaMs: 250 }, status: 'UNAVAILABLE', tokenMs: [10], endMs: 20 }),
+      rec({ index: 5, device: 'a', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 80, e2eMs: 250 }, status: 'UNAVAILABLE', tokenMs: [10], endMs: 20 }),
     ];
     expect(records.map((r) => sloMet(r))).toEqual([
       { ttftMs: true, tpotMs: true }, { ttftMs: false, tpotMs: true }, { ttftMs: true, tpotMs: false }, { ttftMs: true, tpotMs: true },
-      { ttftMs: true, tpotMs: true, slaMs: false }, { ttftMs: false, tpotMs: false, slaMs: false },
+      { ttftMs: true, tpotMs: true, e2eMs: false }, { ttftMs: false, tpotMs: false, e2eMs: false },
     ]);
     const st = summarize(records, 1);
     expect(st.metSla).toBe(2);
@@ -179,7 +179,7 @@ describe('metrics', () => {
 
 describe('prediction error', () => {
   const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0, device: 'phone', requestClass: 'chat', promptTokens: 4, maxNewTokens: 3, slo: { slaMs: 300 }, sentMs: 0, lagMs: 0,
+    index: 0, device: 'phone', requestClass: 'chat', promptTokens: 4, maxNewTokens: 3, slo: { e2eMs: 300 }, sentMs: 0, lagMs: 0,
     status: 'OK', tokenMs: [40, 70, 100], endMs: 100, predictedE2eMs: 100, predictedTtftMs: 40, predictedTpotMs: 30, ...p,
   });
   /** n requests measured at 100 ms E2E (40 TTFT, 30 TPOT) with E2E predicted at e2e(i). */

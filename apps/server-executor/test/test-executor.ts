@@ -1,0 +1,61 @@
+import * as grpc from '@grpc/grpc-js';
+import { channelOptions, ExecutorServiceClient, type GetStatusResponse } from '@tandem/protocol';
+import { createLogger } from '@tandem/service-kit';
+import { eventually } from '@tandem/testkit';
+import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '../src';
+import { TestSession } from './session-client';
+
+/** Largest message the test executors and their clients accept. */
+const MAX_MESSAGE_BYTES = 8 << 20;
+
+/** What a test sets of an executor; the rest is {@link startTestExecutor}'s defaults. */
+export type TestExecutorOptions = Partial<Omit<ExecutorServerOptions, 'engine' | 'log'>>;
+
+/** A real executor on 127.0.0.1:0 with a plaintext client, and the sessions the test opened on it. */
+export interface TestExecutor {
+  readonly server: ExecutorServer;
+  readonly client: ExecutorServiceClient;
+  /** host:port it listens on. */
+  readonly addr: string;
+  /** The executor's GetStatus. */
+  status(): Promise<GetStatusResponse>;
+  /** Opens a session stream with a deadline `deadlineMs` from now; it is cancelled by {@link cancelSessions}. */
+  session(deadlineMs?: number): TestSession;
+  /** Cancels every session opened so far; with `waitMs`, waits that long at most for the executor to report none active. */
+  cancelSessions(waitMs?: number): Promise<void>;
+  /** Closes the client and stops the executor (grace 100 ms). */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts an executor on `engine`, silent, with the defaults the integration tests share:
+ * 16 sessions, the model's full context, 8 MiB messages, batching (8 per batch), a 30 s idle
+ * timeout and no NATS.
+ */
+export async function startTestExecutor(engine: StageEngine, opts: TestExecutorOptions = {}): Promise<TestExecutor> {
+  const server = new ExecutorServer({
+    engine, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', serverId: 'exec-test', maxSessions: 16, maxContextTokens: 0,
+    maxMessageBytes: MAX_MESSAGE_BYTES, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, ...opts,
+  });
+  const { port } = await server.start();
+  const addr = `127.0.0.1:${port}`;
+  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(MAX_MESSAGE_BYTES));
+  const opened: TestSession[] = [];
+  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  return {
+    server, client, addr, status,
+    session: (deadlineMs = 30_000) => {
+      const s = new TestSession(client.session({ deadline: Date.now() + deadlineMs }));
+      opened.push(s);
+      return s;
+    },
+    cancelSessions: async (waitMs) => {
+      for (const s of opened.splice(0)) s.call.cancel();
+      if (waitMs !== undefined) await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: waitMs, what: 'sessions freed' });
+    },
+    stop: async () => {
+      client.close();
+      await server.stop({ graceMs: 100 });
+    },
+  };
+}

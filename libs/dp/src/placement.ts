@@ -1,0 +1,21 @@
+import type { Location, Placement } from './types';
+import { InstanceValidationError } from './validate';
+
+/** The `C`/`S` string of a placement: one letter per stage in stage order, `C` client, `S` server. */
+export function placementToLetters(p: Placement): string {
+  return p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+}
+
+/**
+ * The placement a `C`/`S` string names, one stage per letter (the inverse of
+ * {@link placementToLetters}). It does not know the stage count: a caller that does checks
+ * the length.
+ * @throws InstanceValidationError (field `placement[i]`) for a letter other than `C` or `S`.
+ */
+export function placementFromLetters(letters: string): Location[] {
+  return [...letters].map((c, i): Location => {
+    if (c === 'C') return 'client';
+    if (c === 'S') return 'server';
+    throw new InstanceValidationError(`placement[${i}]`, "must be 'C' (client) or 'S' (server)", c);
+  });
+}
