@@ -22,15 +22,20 @@ const VOCAB = SMALL_HF_CONFIG.vocab_size;
 type Outcome = { ids: number[]; error?: grpc.ServiceError };
 
 function run(client: AgentServiceClient, req: Partial<GenerateRequest>): Promise<Outcome> {
-  return withTimeout(new Promise<Outcome>((resolve) => {
-    const ids: number[] = [];
-    const call = client.generate({ input: undefined, maxNewTokens: 1, placement: '', ...req });
-    call.on('data', (m: GenerateResponse) => { if (m.kind?.$case === 'token') ids.push(m.kind.value.id); });
-    call.on('error', (error: grpc.ServiceError) => resolve({ ids, error }));
-    call.on('end', () => resolve({ ids }));
-  }), 30_000, 'a generation');
+  return withTimeout(
+    new Promise<Outcome>((resolve) => {
+      const ids: number[] = [];
+      const call = client.generate({ input: undefined, maxNewTokens: 1, placement: '', ...req });
+      call.on('data', (m: GenerateResponse) => {
+        if (m.kind?.$case === 'token') ids.push(m.kind.value.id);
+      });
+      call.on('error', (error: grpc.ServiceError) => resolve({ ids, error }));
+      call.on('end', () => resolve({ ids }));
+    }),
+    30_000,
+    'a generation',
+  );
 }
-
 
 describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', () => {
   let creds: TestCredentials;
@@ -46,11 +51,22 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
 
   const startAgent = async (modelDir: string, modelId: string, executorAddr: string): Promise<AgentServiceClient> => {
     const agent = new ClientAgent({
-      modelDir, modelId, clientId: `dev-${agents.length}`, clientClass: 'default', address: '127.0.0.1:0',
-      stages: [0, 1, 2, 3, 4, 5], threads: 1, slowdown: 1,
+      modelDir,
+      modelId,
+      clientId: `dev-${agents.length}`,
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages: [0, 1, 2, 3, 4, 5],
+      threads: 1,
+      slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
-      security: creds.serverSecurity(), upstream: creds.clientSecurity(`dev-${agents.length}`),
+      executorAddr,
+      telemetryIntervalMs: 1000,
+      deadlineMs: 30_000,
+      maxMessageBytes: 8 << 20,
+      log,
+      security: creds.serverSecurity(),
+      upstream: creds.clientSecurity(`dev-${agents.length}`),
     });
     agents.push(agent);
     const { port } = await agent.start();
@@ -68,8 +84,20 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     await importHfModel({ from: hf, out: smallDir });
     tiny = await makeTempModel();
     const engine = await OnnxStageEngine.load(smallDir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+      security: creds.serverSecurity(),
+    });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     small = await startAgent(smallDir, modelIdOf(smallDir), executorAddr);
     wide = await startAgent(tiny.dir, '', executorAddr);
@@ -107,7 +135,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
   it.each([
     ['all-server (server-side decoding)', '', 'generate.input token ids must be in 0..299'],
     ['a split', 'CSSSSS', 'step.input.shape must be [1, T>=1, 32]'],
-  ])('passes the executor\'s INVALID_ARGUMENT through (%s), not INTERNAL', async (_what, placement, detail) => {
+  ])("passes the executor's INVALID_ARGUMENT through (%s), not INTERNAL", async (_what, placement, detail) => {
     const o = await besideHealthy(() => run(wide, { input: { $case: 'ids', value: { ids: [1000, 2] } }, maxNewTokens: 2, placement }));
     expectRefusal(o.error, grpc.status.INVALID_ARGUMENT, 'executor: ', detail);
   });
@@ -121,12 +149,21 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     const port = Number(small.getChannel().getTarget().split(':').pop());
     const raw = new grpc.Client(`127.0.0.1:${port}`, ...creds.clientArgs());
     try {
-      const o = await withTimeout(new Promise<Outcome>((resolve) => {
-        const call = raw.makeServerStreamRequest('/tandem.agent.v1.AgentService/Generate', (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x12, 0xff]));
-        call.on('data', () => {});
-        call.on('error', (error: grpc.ServiceError) => resolve({ ids: [], error }));
-        call.on('end', () => resolve({ ids: [] }));
-      }), 10_000, 'the refusal');
+      const o = await withTimeout(
+        new Promise<Outcome>((resolve) => {
+          const call = raw.makeServerStreamRequest(
+            '/tandem.agent.v1.AgentService/Generate',
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            Buffer.from([0x12, 0xff]),
+          );
+          call.on('data', () => {});
+          call.on('error', (error: grpc.ServiceError) => resolve({ ids: [], error }));
+          call.on('end', () => resolve({ ids: [] }));
+        }),
+        10_000,
+        'the refusal',
+      );
       expectRefusal(o.error, grpc.status.INVALID_ARGUMENT, 'Generate request', 'protobuf');
     } finally {
       raw.close();

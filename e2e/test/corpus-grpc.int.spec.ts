@@ -1,6 +1,14 @@
 import * as grpc from '@grpc/grpc-js';
 import {
-  AgentStatusRequest, GenerateRequest, GetStatusRequest, ListPlansRequest, SessionRequest, toWireTensor, WatchPlansRequest, type HostTensor, type Tensor,
+  AgentStatusRequest,
+  GenerateRequest,
+  GetStatusRequest,
+  ListPlansRequest,
+  SessionRequest,
+  toWireTensor,
+  WatchPlansRequest,
+  type HostTensor,
+  type Tensor,
 } from '@tandem/protocol';
 import { clearMessageProblem } from '@tandem/testkit';
 import { rawServerStream, rawSession, rawUnary, startStack, type Outcome, type Stack } from './corpus-stack';
@@ -18,9 +26,12 @@ const hidden = (t: number, fill = 0.5): HostTensor => ({ dtype: 'float32', shape
 const wire = (t: HostTensor): Tensor => toWireTensor(t);
 const enc = (m: SessionRequest): Buffer => Buffer.from(SessionRequest.encode(m).finish());
 const open = (modelId = '', clientId = 't'): SessionRequest => ({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId } } });
-const step = (seq: string, stageBegin: number, stageEnd: number, input: Tensor | undefined, sample = false): SessionRequest =>
-  ({ kind: { $case: 'step', value: { seq, stageBegin, stageEnd, input, sample } } });
-const gen = (seq: string, input: Tensor | undefined, maxNewTokens: number): SessionRequest => ({ kind: { $case: 'generate', value: { seq, input, maxNewTokens } } });
+const step = (seq: string, stageBegin: number, stageEnd: number, input: Tensor | undefined, sample = false): SessionRequest => ({
+  kind: { $case: 'step', value: { seq, stageBegin, stageEnd, input, sample } },
+});
+const gen = (seq: string, input: Tensor | undefined, maxNewTokens: number): SessionRequest => ({
+  kind: { $case: 'generate', value: { seq, input, maxNewTokens } },
+});
 
 const S = '/tandem.executor.v1.ExecutorService/';
 const P = '/tandem.planner.v1.PlannerService/';
@@ -30,16 +41,31 @@ const { INVALID_ARGUMENT: INVALID, FAILED_PRECONDITION: PRECONDITION } = grpc.st
 type Case = readonly [label: string, call: (s: Stack) => Promise<Outcome>, code: grpc.status, parts: readonly string[]];
 
 /** Session cases: the messages after (or instead of) a valid open. */
-const session = (...msgs: SessionRequest[]) => (s: Stack): Promise<Outcome> => rawSession(s.raw.executor, msgs.map(enc));
-const sessionBytes = (...msgs: (SessionRequest | Buffer)[]) => (s: Stack): Promise<Outcome> => rawSession(s.raw.executor, msgs.map((m) => (Buffer.isBuffer(m) ? m : enc(m))));
-const agentGen = (r: Partial<GenerateRequest>) => (s: Stack): Promise<Outcome> =>
-  rawServerStream(s.raw.agent, `${A}Generate`, Buffer.from(GenerateRequest.encode({ input: undefined, maxNewTokens: 1, placement: '', ...r }).finish()));
-const watch = (clientId: string) => (s: Stack): Promise<Outcome> =>
-  rawServerStream(s.raw.planner, `${P}WatchPlans`, Buffer.from(WatchPlansRequest.encode({ clientId }).finish()), 10_000, 1000);
-const list = (r: Partial<ListPlansRequest>) => (s: Stack): Promise<Outcome> =>
-  rawUnary(s.raw.planner, `${P}ListPlans`, Buffer.from(ListPlansRequest.encode({ pageSize: 0, pageToken: '', ...r }).finish()));
+const session =
+  (...msgs: SessionRequest[]) =>
+  (s: Stack): Promise<Outcome> =>
+    rawSession(s.raw.executor, msgs.map(enc));
+const sessionBytes =
+  (...msgs: (SessionRequest | Buffer)[]) =>
+  (s: Stack): Promise<Outcome> =>
+    rawSession(
+      s.raw.executor,
+      msgs.map((m) => (Buffer.isBuffer(m) ? m : enc(m))),
+    );
+const agentGen =
+  (r: Partial<GenerateRequest>) =>
+  (s: Stack): Promise<Outcome> =>
+    rawServerStream(s.raw.agent, `${A}Generate`, Buffer.from(GenerateRequest.encode({ input: undefined, maxNewTokens: 1, placement: '', ...r }).finish()));
+const watch =
+  (clientId: string) =>
+  (s: Stack): Promise<Outcome> =>
+    rawServerStream(s.raw.planner, `${P}WatchPlans`, Buffer.from(WatchPlansRequest.encode({ clientId }).finish()), 10_000, 1000);
+const list =
+  (r: Partial<ListPlansRequest>) =>
+  (s: Stack): Promise<Outcome> =>
+    rawUnary(s.raw.planner, `${P}ListPlans`, Buffer.from(ListPlansRequest.encode({ pageSize: 0, pageToken: '', ...r }).finish()));
 
-const shape = (dims: unknown[], data: Buffer, dtype = 1): Tensor => ({ dtype, shape: dims, data } as unknown as Tensor);
+const shape = (dims: unknown[], data: Buffer, dtype = 1): Tensor => ({ dtype, shape: dims, data }) as unknown as Tensor;
 
 const executorCases: Case[] = [
   // OpenSession
@@ -56,44 +82,142 @@ const executorCases: Case[] = [
   ['stageEnd of 2^32-1', session(open(), step('1', 0, 0xffffffff, wire(ids(1)))), INVALID, ['step.stageEnd must be in 1..6', 'given 4294967295']],
   ['sample without the head', session(open(), step('1', 0, 3, wire(ids(1)), true)), INVALID, ['step.sample must be false unless the range ends with the head']],
   // Step: seq
-  ['seq that does not increase', session(open(), step('5', 0, 6, wire(ids(1)), true), step('5', 0, 6, wire(ids(2)), true)), INVALID, ['step.seq must increase', 'given 5']],
-  ['seq that goes back', session(open(), step('9', 0, 6, wire(ids(1)), true), step('3', 0, 6, wire(ids(2)), true)), INVALID, ['step.seq must increase', 'given 3']],
+  [
+    'seq that does not increase',
+    session(open(), step('5', 0, 6, wire(ids(1)), true), step('5', 0, 6, wire(ids(2)), true)),
+    INVALID,
+    ['step.seq must increase', 'given 5'],
+  ],
+  [
+    'seq that goes back',
+    session(open(), step('9', 0, 6, wire(ids(1)), true), step('3', 0, 6, wire(ids(2)), true)),
+    INVALID,
+    ['step.seq must increase', 'given 3'],
+  ],
   // Step: input
   ['a step without input', session(open(), step('1', 0, 1, undefined)), INVALID, ['step.input']],
-  ['ids where a hidden state is due', session(open(), step('1', 3, 6, wire(ids(1, 2)), true)), INVALID, ['step.input.dtype must be DATA_TYPE_FLOAT32', 'stage 3']],
+  [
+    'ids where a hidden state is due',
+    session(open(), step('1', 3, 6, wire(ids(1, 2)), true)),
+    INVALID,
+    ['step.input.dtype must be DATA_TYPE_FLOAT32', 'stage 3'],
+  ],
   ['a hidden state where ids are due', session(open(), step('1', 0, 6, wire(hidden(1)), true)), INVALID, ['step.input.dtype must be DATA_TYPE_INT64']],
   ['an unspecified dtype', session(open(), step('1', 0, 6, shape([1, 1], Buffer.alloc(8), 0), true)), INVALID, ['step.input.dtype']],
   ['an unknown dtype (7)', session(open(), step('1', 0, 6, shape([1, 1], Buffer.alloc(8), 7), true)), INVALID, ['step.input.dtype']],
-  ['a hidden state of the wrong width', session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [1, 1, 32], data: new Float32Array(32) }), true)), INVALID, ['step.input.shape must be [1, T>=1, 64]']],
-  ['a batch of 2', session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [2, 1, 64], data: new Float32Array(128) }), true)), INVALID, ['step.input.shape must be [1, T>=1, 64]']],
-  ['ids of rank 1', session(open(), step('1', 0, 6, wire({ dtype: 'int64', shape: [2], data: new BigInt64Array(2) }), true)), INVALID, ['step.input.shape must be [1, T>=1]']],
-  ['ids of zero tokens', session(open(), step('1', 0, 6, wire({ dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }), true)), INVALID, ['step.input.shape must be [1, T>=1]']],
+  [
+    'a hidden state of the wrong width',
+    session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [1, 1, 32], data: new Float32Array(32) }), true)),
+    INVALID,
+    ['step.input.shape must be [1, T>=1, 64]'],
+  ],
+  [
+    'a batch of 2',
+    session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [2, 1, 64], data: new Float32Array(128) }), true)),
+    INVALID,
+    ['step.input.shape must be [1, T>=1, 64]'],
+  ],
+  [
+    'ids of rank 1',
+    session(open(), step('1', 0, 6, wire({ dtype: 'int64', shape: [2], data: new BigInt64Array(2) }), true)),
+    INVALID,
+    ['step.input.shape must be [1, T>=1]'],
+  ],
+  [
+    'ids of zero tokens',
+    session(open(), step('1', 0, 6, wire({ dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }), true)),
+    INVALID,
+    ['step.input.shape must be [1, T>=1]'],
+  ],
   ['a negative dimension', session(open(), step('1', 3, 6, shape([1, -1, 64], Buffer.alloc(0)), true)), INVALID, ['step.input.shape[1]', '-1']],
-  ['data shorter than the shape', session(open(), step('1', 3, 6, shape([1, 2, 64], Buffer.alloc(4 * 64)), true)), INVALID, ['step.input.data must hold 512 bytes']],
-  ['data longer than the shape', session(open(), step('1', 3, 6, shape([1, 1, 64], Buffer.alloc(4 * 65)), true)), INVALID, ['step.input.data must hold 256 bytes']],
+  [
+    'data shorter than the shape',
+    session(open(), step('1', 3, 6, shape([1, 2, 64], Buffer.alloc(4 * 64)), true)),
+    INVALID,
+    ['step.input.data must hold 512 bytes'],
+  ],
+  [
+    'data longer than the shape',
+    session(open(), step('1', 3, 6, shape([1, 1, 64], Buffer.alloc(4 * 65)), true)),
+    INVALID,
+    ['step.input.data must hold 256 bytes'],
+  ],
   ['data of an odd byte count', session(open(), step('1', 3, 6, shape([1, 1, 64], Buffer.alloc(255)), true)), INVALID, ['step.input.data must hold 256 bytes']],
   ['a token id past the vocabulary', session(open(), step('1', 0, 6, wire(ids(50_257)), true)), INVALID, ['token ids must be in 0..50256', 'given 50257']],
   ['a negative token id', session(open(), step('1', 0, 6, wire(ids(-1)), true)), INVALID, ['token ids must be in 0..50256', 'given -1']],
-  ['a NaN in a hidden state', session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [1, 1, N_EMBD], data: new Float32Array(N_EMBD).fill(Number.NaN) }), true)), INVALID, ['step.input must hold finite float32 values', 'at index 0']],
-  ['an Infinity in a hidden state', session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [1, 1, N_EMBD], data: Float32Array.from({ length: N_EMBD }, (_, i) => (i === 9 ? Infinity : 0)) }), true)), INVALID, ['step.input must hold finite float32 values', 'at index 9']],
-  ['a prompt over the context', session(open(), step('1', 0, 6, wire(ids(...new Array<number>(65).fill(1))), true)), PRECONDITION, ['context must stay <= 64 tokens']],
-  ['a decode step past the context', session(open(), step('1', 0, 6, wire(ids(...new Array<number>(64).fill(1))), true), step('2', 0, 6, wire(ids(1)), true)), PRECONDITION, ['context must stay <= 64 tokens']],
-  ['a step at a later stage than the prefill', session(open(), step('1', 0, 6, wire(ids(1, 2)), true), step('2', 3, 6, wire(hidden(1)), true)), PRECONDITION, ['step.stageBegin must be 0', 'given 3']],
+  [
+    'a NaN in a hidden state',
+    session(open(), step('1', 3, 6, wire({ dtype: 'float32', shape: [1, 1, N_EMBD], data: new Float32Array(N_EMBD).fill(Number.NaN) }), true)),
+    INVALID,
+    ['step.input must hold finite float32 values', 'at index 0'],
+  ],
+  [
+    'an Infinity in a hidden state',
+    session(
+      open(),
+      step('1', 3, 6, wire({ dtype: 'float32', shape: [1, 1, N_EMBD], data: Float32Array.from({ length: N_EMBD }, (_, i) => (i === 9 ? Infinity : 0)) }), true),
+    ),
+    INVALID,
+    ['step.input must hold finite float32 values', 'at index 9'],
+  ],
+  [
+    'a prompt over the context',
+    session(open(), step('1', 0, 6, wire(ids(...new Array<number>(65).fill(1))), true)),
+    PRECONDITION,
+    ['context must stay <= 64 tokens'],
+  ],
+  [
+    'a decode step past the context',
+    session(open(), step('1', 0, 6, wire(ids(...new Array<number>(64).fill(1))), true), step('2', 0, 6, wire(ids(1)), true)),
+    PRECONDITION,
+    ['context must stay <= 64 tokens'],
+  ],
+  [
+    'a step at a later stage than the prefill',
+    session(open(), step('1', 0, 6, wire(ids(1, 2)), true), step('2', 3, 6, wire(hidden(1)), true)),
+    PRECONDITION,
+    ['step.stageBegin must be 0', 'given 3'],
+  ],
   // ServerGenerate
   ['generate of maxNewTokens 0', session(open(), gen('1', wire(ids(1)), 0)), INVALID, ['generate.maxNewTokens must be >= 1', 'given 0']],
   ['generate over the context', session(open(), gen('1', wire(ids(1, 2)), 64)), PRECONDITION, ['the context must stay <= 64 tokens']],
   ['generate of maxNewTokens 2^32-1', session(open(), gen('1', wire(ids(1, 2)), 0xffffffff)), PRECONDITION, ['the context must stay <= 64 tokens']],
   ['generate without input', session(open(), gen('1', undefined, 1)), INVALID, ['generate.input']],
   ['generate of a hidden state', session(open(), gen('1', wire(hidden(1)), 1)), INVALID, ['generate.input']],
-  ['generate of ids past the vocabulary', session(open(), gen('1', wire(ids(1, 60_000)), 1)), INVALID, ['generate.input token ids must be in 0..50256', 'given 60000']],
-  ['generate of a 2-d shape [1, 0]', session(open(), gen('1', wire({ dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }), 1)), INVALID, ['generate.input.shape must be [1, T>=1]']],
-  ['generate after a step', session(open(), step('1', 0, 6, wire(ids(1)), true), gen('2', wire(ids(1)), 1)), PRECONDITION, ['generate must be the first message after open']],
+  [
+    'generate of ids past the vocabulary',
+    session(open(), gen('1', wire(ids(1, 60_000)), 1)),
+    INVALID,
+    ['generate.input token ids must be in 0..50256', 'given 60000'],
+  ],
+  [
+    'generate of a 2-d shape [1, 0]',
+    session(open(), gen('1', wire({ dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }), 1)),
+    INVALID,
+    ['generate.input.shape must be [1, T>=1]'],
+  ],
+  [
+    'generate after a step',
+    session(open(), step('1', 0, 6, wire(ids(1)), true), gen('2', wire(ids(1)), 1)),
+    PRECONDITION,
+    ['generate must be the first message after open'],
+  ],
   // undecodable bytes
   ['a truncated length-delimited field', sessionBytes(open(), Buffer.from([0x12, 0xff, 0x01])), INVALID, ['SessionRequest', 'protobuf']],
-  ['a varint of 11 bytes', sessionBytes(open(), Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])), INVALID, ['message.kind must be open, step or generate']],
+  [
+    'a varint of 11 bytes',
+    sessionBytes(open(), Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])),
+    INVALID,
+    ['message.kind must be open, step or generate'],
+  ],
   ['a length of 2^31 in a nested tensor', sessionBytes(open(), Buffer.from([0x12, 0x06, 0x22, 0x04, 0x1a, 0x80, 0x80, 0x80])), INVALID, ['SessionRequest']],
   ['wire type 7 (invalid)', sessionBytes(open(), Buffer.from([0x0f, 0x00])), INVALID, ['SessionRequest']],
-  ['GetStatus of bytes that are no GetStatusRequest', (s) => rawUnary(s.raw.executor, `${S}GetStatus`, Buffer.from([0x0a, 0x7f])), INVALID, ['GetStatusRequest']],
+  [
+    'GetStatus of bytes that are no GetStatusRequest',
+    (s) => rawUnary(s.raw.executor, `${S}GetStatus`, Buffer.from([0x0a, 0x7f])),
+    INVALID,
+    ['GetStatusRequest'],
+  ],
 ];
 
 const plannerCases: Case[] = [
@@ -102,27 +226,92 @@ const plannerCases: Case[] = [
   ['WatchPlans of a client id with a wildcard', watch('*'), INVALID, ['clientId must match', "'*'"]],
   ['WatchPlans of a 65-character client id', watch('c'.repeat(65)), INVALID, ['clientId must match']],
   ['WatchPlans of a 20,000-character client id', watch(LONG), INVALID, ['clientId must match', "given 'xxxxxxxx"]],
-  ['WatchPlans of bytes that are no request', (s) => rawServerStream(s.raw.planner, `${P}WatchPlans`, Buffer.from([0x0a, 0x05, 0x61])), INVALID, ['WatchPlans request', 'protobuf']],
+  [
+    'WatchPlans of bytes that are no request',
+    (s) => rawServerStream(s.raw.planner, `${P}WatchPlans`, Buffer.from([0x0a, 0x05, 0x61])),
+    INVALID,
+    ['WatchPlans request', 'protobuf'],
+  ],
   ['ListPlans of a page token it did not issue', list({ pageToken: 'nonsense!' }), INVALID, ['page_token must be a next_page_token', "'nonsense!'"]],
   ['ListPlans of a 20,000-character page token', list({ pageToken: LONG }), INVALID, ['page_token must be a next_page_token', "given 'xxxxxxxx"]],
-  ['ListPlans of bytes that are no request', (s) => rawUnary(s.raw.planner, `${P}ListPlans`, Buffer.from([0x12, 0x09, 0x61])), INVALID, ['ListPlans request', 'protobuf']],
+  [
+    'ListPlans of bytes that are no request',
+    (s) => rawUnary(s.raw.planner, `${P}ListPlans`, Buffer.from([0x12, 0x09, 0x61])),
+    INVALID,
+    ['ListPlans request', 'protobuf'],
+  ],
 ];
 
 const agentCases: Case[] = [
   ['Generate without input', agentGen({ maxNewTokens: 2 }), INVALID, ['input must be a prompt or ids, given neither']],
   ['Generate of an empty prompt', agentGen({ input: { $case: 'prompt', value: '' }, maxNewTokens: 2 }), INVALID, ['prompt must be non-empty text']],
   ['Generate of no ids', agentGen({ input: { $case: 'ids', value: { ids: [] } }, maxNewTokens: 2 }), INVALID, ['ids must hold at least one token id']],
-  ['Generate of an id past the vocabulary', agentGen({ input: { $case: 'ids', value: { ids: [1, 50_257] } }, maxNewTokens: 2 }), INVALID, ['ids[1] must be in 0..50256', 'given 50257']],
-  ['Generate of id 2^32-1', agentGen({ input: { $case: 'ids', value: { ids: [0xffffffff] } }, maxNewTokens: 2 }), INVALID, ['ids[0] must be in 0..50256', 'given 4294967295']],
-  ['Generate of maxNewTokens 0', agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 0 }), INVALID, ['maxNewTokens must be in 1..', 'given 0']],
-  ['Generate of maxNewTokens 2^32-1', agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 0xffffffff }), INVALID, ['maxNewTokens must be in 1..1024', 'given 4294967295']],
-  ['Generate of a prompt over the context', agentGen({ input: { $case: 'ids', value: { ids: new Array<number>(1025).fill(1) } }, maxNewTokens: 1 }), INVALID, ['the prompt must fit the context of 1024 tokens', 'given 1025 tokens']],
-  ['Generate of a placement too short', agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'CS' }), INVALID, ['placement must be 6 letters C or S', "given 'CS'"]],
-  ['Generate of a placement with other letters', agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'CCXSSC' }), INVALID, ['placement must be 6 letters C or S', "given 'CCXSSC'"]],
-  ['Generate of a lower-case placement', agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'ccsssc' }), INVALID, ['placement must be 6 letters C or S', "given 'ccsssc'"]],
-  ['Generate of a 20,000-character placement', agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'S'.repeat(20_000) }), INVALID, ['placement must be 6 letters C or S', '(20000 chars)']],
-  ['Generate whose decode passes the executor context (64)', agentGen({ input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 100, placement: 'CCSSSC' }), PRECONDITION, ['executor: ', 'context must stay <= 64 tokens']],
-  ['Generate of bytes that are no request', (s) => rawServerStream(s.raw.agent, `${A}Generate`, Buffer.from([0x12, 0xff])), INVALID, ['Generate request', 'protobuf']],
+  [
+    'Generate of an id past the vocabulary',
+    agentGen({ input: { $case: 'ids', value: { ids: [1, 50_257] } }, maxNewTokens: 2 }),
+    INVALID,
+    ['ids[1] must be in 0..50256', 'given 50257'],
+  ],
+  [
+    'Generate of id 2^32-1',
+    agentGen({ input: { $case: 'ids', value: { ids: [0xffffffff] } }, maxNewTokens: 2 }),
+    INVALID,
+    ['ids[0] must be in 0..50256', 'given 4294967295'],
+  ],
+  [
+    'Generate of maxNewTokens 0',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 0 }),
+    INVALID,
+    ['maxNewTokens must be in 1..', 'given 0'],
+  ],
+  [
+    'Generate of maxNewTokens 2^32-1',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 0xffffffff }),
+    INVALID,
+    ['maxNewTokens must be in 1..1024', 'given 4294967295'],
+  ],
+  [
+    'Generate of a prompt over the context',
+    agentGen({ input: { $case: 'ids', value: { ids: new Array<number>(1025).fill(1) } }, maxNewTokens: 1 }),
+    INVALID,
+    ['the prompt must fit the context of 1024 tokens', 'given 1025 tokens'],
+  ],
+  [
+    'Generate of a placement too short',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'CS' }),
+    INVALID,
+    ['placement must be 6 letters C or S', "given 'CS'"],
+  ],
+  [
+    'Generate of a placement with other letters',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'CCXSSC' }),
+    INVALID,
+    ['placement must be 6 letters C or S', "given 'CCXSSC'"],
+  ],
+  [
+    'Generate of a lower-case placement',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'ccsssc' }),
+    INVALID,
+    ['placement must be 6 letters C or S', "given 'ccsssc'"],
+  ],
+  [
+    'Generate of a 20,000-character placement',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'S'.repeat(20_000) }),
+    INVALID,
+    ['placement must be 6 letters C or S', '(20000 chars)'],
+  ],
+  [
+    'Generate whose decode passes the executor context (64)',
+    agentGen({ input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 100, placement: 'CCSSSC' }),
+    PRECONDITION,
+    ['executor: ', 'context must stay <= 64 tokens'],
+  ],
+  [
+    'Generate of bytes that are no request',
+    (s) => rawServerStream(s.raw.agent, `${A}Generate`, Buffer.from([0x12, 0xff])),
+    INVALID,
+    ['Generate request', 'protobuf'],
+  ],
   ['GetStatus of bytes that are no request', (s) => rawUnary(s.raw.agent, `${A}GetStatus`, Buffer.from([0x0a, 0x7f])), INVALID, ['GetStatus']],
 ];
 
@@ -130,8 +319,12 @@ export const GRPC_CASES = executorCases.length + plannerCases.length + agentCase
 
 describe('gRPC bad-input corpus against the real services, a healthy generation beside each', () => {
   let stack: Stack;
-  beforeAll(async () => { stack = await startStack(); }, 60_000);
-  afterAll(async () => { await stack?.stop(); });
+  beforeAll(async () => {
+    stack = await startStack();
+  }, 60_000);
+  afterAll(async () => {
+    await stack?.stop();
+  });
 
   it('runs the healthy generation on its own with the one-process tokens', async () => {
     expect(await stack.healthy()).toEqual(stack.expected);
@@ -140,7 +333,11 @@ describe('gRPC bad-input corpus against the real services, a healthy generation 
     expect(GetStatusRequest.encode({}).finish()).toHaveLength(0);
   });
 
-  describe.each([['executor', executorCases], ['planner', plannerCases], ['agent', agentCases]] as const)('%s', (_svc, cases) => {
+  describe.each([
+    ['executor', executorCases],
+    ['planner', plannerCases],
+    ['agent', agentCases],
+  ] as const)('%s', (_svc, cases) => {
     it.each(cases)('refuses %s', async (_label, call, code, parts) => {
       const o = await stack.beside(() => call(stack));
       expect({ code: grpc.status[o.code], problem: clearMessageProblem(o.details, parts) }).toEqual({ code: grpc.status[code], problem: '' });

@@ -15,80 +15,420 @@ const LONG = 'x'.repeat(20_000);
 
 describe('NATS bad-input corpus against a real planner, a healthy generation beside each', () => {
   let stack: Stack;
-  beforeAll(async () => { stack = await startStack(); }, 60_000);
-  afterAll(async () => { await stack?.stop(); });
+  beforeAll(async () => {
+    stack = await startStack();
+  }, 60_000);
+  afterAll(async () => {
+    await stack?.stop();
+  });
 
   const profile = (id = 'np-c'): ClientProfile => ({
-    clientId: id, clientClass: 'default', modelId: stack.modelId, unixMs: Date.now(), planEpoch: 0,
+    clientId: id,
+    clientClass: 'default',
+    modelId: stack.modelId,
+    unixMs: Date.now(),
+    planEpoch: 0,
     stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 1, decodeMs: 1, samples: 3 })),
-    uplink: { latencyMs: 1, bytesPerMs: 1000 }, downlink: { latencyMs: 1, bytesPerMs: 1000 },
+    uplink: { latencyMs: 1, bytesPerMs: 1000 },
+    downlink: { latencyMs: 1, bytesPerMs: 1000 },
   });
   const load = (id = 'np-exec'): ServerLoad => ({
-    serverId: id, modelId: stack.modelId, queueDepth: 0, activeSessions: 0, utilisation: 0.1, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
-    decodeStretch: 1, promptStretch: 1, longPromptStretch: 1, longStepTokens: 0,
+    serverId: id,
+    modelId: stack.modelId,
+    queueDepth: 0,
+    activeSessions: 0,
+    utilisation: 0.1,
+    unixMs: Date.now(),
+    meanQueueMs: 0,
+    overhead: undefined,
+    wholeModel: undefined,
+    decodeStretch: 1,
+    promptStretch: 1,
+    longPromptStretch: 1,
+    longStepTokens: 0,
     stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
   });
   const outcome = (id = 'np-c'): GenerationOutcome => ({
-    clientId: id, clientClass: 'default', modelId: stack.modelId, requestClass: 'short', placement: 'CCSSSC', planEpoch: 1,
-    promptTokens: 4, newTokens: 4, predictedE2eMs: 10, predictedTtftMs: 2, predictedTpotMs: 2, ttftMs: 3, tpotMs: 2, e2eMs: 11,
-    serverComputeMs: 1, serverQueueMs: 0, slaMs: 10_000, ttftSloMs: 0, tpotSloMs: 0, slaMet: true, ttftMet: true, tpotMet: true,
-    status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: Date.now(),
+    clientId: id,
+    clientClass: 'default',
+    modelId: stack.modelId,
+    requestClass: 'short',
+    placement: 'CCSSSC',
+    planEpoch: 1,
+    promptTokens: 4,
+    newTokens: 4,
+    predictedE2eMs: 10,
+    predictedTtftMs: 2,
+    predictedTpotMs: 2,
+    ttftMs: 3,
+    tpotMs: 2,
+    e2eMs: 11,
+    serverComputeMs: 1,
+    serverQueueMs: 0,
+    slaMs: 10_000,
+    ttftSloMs: 0,
+    tpotSloMs: 0,
+    slaMet: true,
+    ttftMet: true,
+    tpotMet: true,
+    status: OutcomeStatus.OUTCOME_STATUS_OK,
+    unixMs: Date.now(),
   });
-  const P = (f: (p: ClientProfile) => void, subjectId = 'np-c') => (): [string, Uint8Array] => { const p = profile(); f(p); return [Subjects.clientProfile(subjectId), ClientProfile.encode(p).finish()]; };
-  const L = (f: (l: ServerLoad) => void, subjectId = 'np-exec') => (): [string, Uint8Array] => { const l = load(); f(l); return [Subjects.serverLoad(subjectId), ServerLoad.encode(l).finish()]; };
-  const O = (f: (o: GenerationOutcome) => void, subjectId = 'np-c') => (): [string, Uint8Array] => { const o = outcome(); f(o); return [Subjects.outcome(subjectId), GenerationOutcome.encode(o).finish()]; };
+  const P =
+    (f: (p: ClientProfile) => void, subjectId = 'np-c') =>
+    (): [string, Uint8Array] => {
+      const p = profile();
+      f(p);
+      return [Subjects.clientProfile(subjectId), ClientProfile.encode(p).finish()];
+    };
+  const L =
+    (f: (l: ServerLoad) => void, subjectId = 'np-exec') =>
+    (): [string, Uint8Array] => {
+      const l = load();
+      f(l);
+      return [Subjects.serverLoad(subjectId), ServerLoad.encode(l).finish()];
+    };
+  const O =
+    (f: (o: GenerationOutcome) => void, subjectId = 'np-c') =>
+    (): [string, Uint8Array] => {
+      const o = outcome();
+      f(o);
+      return [Subjects.outcome(subjectId), GenerationOutcome.encode(o).finish()];
+    };
   const bytes = (subject: string, b: number[]) => (): [string, Uint8Array] => [subject, new Uint8Array(b)];
 
   type Case = readonly [label: string, msg: () => [string, Uint8Array], reason: string, parts: readonly string[]];
   const cases: Case[] = [
     // ClientProfile
-    ['profile: a stage time of 1e308', P((p) => { p.stages[1].prefillMsPerToken = 1e308; }), 'ClientProfile.stages[].prefillMsPerToken:range', ['ClientProfile.stages[1].prefillMsPerToken must be a finite number in', '1e+308']],
-    ['profile: a NaN decode time', P((p) => { p.stages[0].decodeMs = Number.NaN; }), 'ClientProfile.stages[].decodeMs:range', ['ClientProfile.stages[0].decodeMs must be a finite number', 'NaN']],
-    ['profile: a negative decode time', P((p) => { p.stages[2].decodeMs = -1; }), 'ClientProfile.stages[].decodeMs:range', ['ClientProfile.stages[2].decodeMs must be', '-1']],
-    ['profile: a stage listed twice', P((p) => { p.stages[1].stage = 0; }), 'ClientProfile.stages[].stage:unique', ['ClientProfile.stages[1].stage must list each stage once']],
-    ['profile: a stage past the model', P((p) => { p.stages[2].stage = 99; }), 'ClientProfile.stages[].stage:range', ['ClientProfile.stages[2].stage must be in 0..5', '99']],
-    ['profile: an uplink of 0 bytes/ms', P((p) => { p.uplink = { latencyMs: 1, bytesPerMs: 0 }; }), 'ClientProfile.uplink.bytesPerMs:positive', ['ClientProfile.uplink.bytesPerMs must be > 0']],
-    ['profile: an infinite downlink', P((p) => { p.downlink = { latencyMs: 1, bytesPerMs: Infinity }; }), 'ClientProfile.downlink.bytesPerMs:range', ['ClientProfile.downlink.bytesPerMs must be a finite number', 'Infinity']],
-    ['profile: a link latency of 1e9 ms', P((p) => { p.uplink = { latencyMs: 1e9, bytesPerMs: 10 }; }), 'ClientProfile.uplink.latencyMs:range', ['ClientProfile.uplink.latencyMs must be a finite number']],
-    ['profile: a negative downlink latency', P((p) => { p.downlink = { latencyMs: -5, bytesPerMs: 10 }; }), 'ClientProfile.downlink.latencyMs:range', ['ClientProfile.downlink.latencyMs must be a finite number', '-5']],
-    ['profile: an empty model id', P((p) => { p.modelId = ''; }), 'ClientProfile.modelId:required', ['ClientProfile.modelId must name the model']],
-    ['profile: another model id', P((p) => { p.modelId = 'other'; }), 'ClientProfile.modelId:model', ['ClientProfile.modelId must be', "'other'"]],
-    ['profile: a 20,000-character model id', P((p) => { p.modelId = LONG; }), 'ClientProfile.modelId:length', ['ClientProfile.modelId must be at most']],
-    ['profile: a 20,000-character client class', P((p) => { p.clientClass = LONG; }), 'ClientProfile.clientClass:length', ['ClientProfile.clientClass must be at most']],
-    ['profile: another client\'s subject', P(() => undefined, 'np-other'), 'ClientProfile.clientId:subject', ['ClientProfile.clientId must match the subject', "'np-c'"]],
-    ['profile: a 20,000-character client id', P((p) => { p.clientId = LONG; }), 'ClientProfile.clientId:pattern', ['ClientProfile.clientId must match']],
-    ['profile: bytes that do not decode', bytes(Subjects.clientProfile('np-c'), [0x0a, 0xff, 0xff, 0x03]), 'ClientProfile:decode', ['ClientProfile does not decode']],
+    [
+      'profile: a stage time of 1e308',
+      P((p) => {
+        p.stages[1].prefillMsPerToken = 1e308;
+      }),
+      'ClientProfile.stages[].prefillMsPerToken:range',
+      ['ClientProfile.stages[1].prefillMsPerToken must be a finite number in', '1e+308'],
+    ],
+    [
+      'profile: a NaN decode time',
+      P((p) => {
+        p.stages[0].decodeMs = Number.NaN;
+      }),
+      'ClientProfile.stages[].decodeMs:range',
+      ['ClientProfile.stages[0].decodeMs must be a finite number', 'NaN'],
+    ],
+    [
+      'profile: a negative decode time',
+      P((p) => {
+        p.stages[2].decodeMs = -1;
+      }),
+      'ClientProfile.stages[].decodeMs:range',
+      ['ClientProfile.stages[2].decodeMs must be', '-1'],
+    ],
+    [
+      'profile: a stage listed twice',
+      P((p) => {
+        p.stages[1].stage = 0;
+      }),
+      'ClientProfile.stages[].stage:unique',
+      ['ClientProfile.stages[1].stage must list each stage once'],
+    ],
+    [
+      'profile: a stage past the model',
+      P((p) => {
+        p.stages[2].stage = 99;
+      }),
+      'ClientProfile.stages[].stage:range',
+      ['ClientProfile.stages[2].stage must be in 0..5', '99'],
+    ],
+    [
+      'profile: an uplink of 0 bytes/ms',
+      P((p) => {
+        p.uplink = { latencyMs: 1, bytesPerMs: 0 };
+      }),
+      'ClientProfile.uplink.bytesPerMs:positive',
+      ['ClientProfile.uplink.bytesPerMs must be > 0'],
+    ],
+    [
+      'profile: an infinite downlink',
+      P((p) => {
+        p.downlink = { latencyMs: 1, bytesPerMs: Infinity };
+      }),
+      'ClientProfile.downlink.bytesPerMs:range',
+      ['ClientProfile.downlink.bytesPerMs must be a finite number', 'Infinity'],
+    ],
+    [
+      'profile: a link latency of 1e9 ms',
+      P((p) => {
+        p.uplink = { latencyMs: 1e9, bytesPerMs: 10 };
+      }),
+      'ClientProfile.uplink.latencyMs:range',
+      ['ClientProfile.uplink.latencyMs must be a finite number'],
+    ],
+    [
+      'profile: a negative downlink latency',
+      P((p) => {
+        p.downlink = { latencyMs: -5, bytesPerMs: 10 };
+      }),
+      'ClientProfile.downlink.latencyMs:range',
+      ['ClientProfile.downlink.latencyMs must be a finite number', '-5'],
+    ],
+    [
+      'profile: an empty model id',
+      P((p) => {
+        p.modelId = '';
+      }),
+      'ClientProfile.modelId:required',
+      ['ClientProfile.modelId must name the model'],
+    ],
+    [
+      'profile: another model id',
+      P((p) => {
+        p.modelId = 'other';
+      }),
+      'ClientProfile.modelId:model',
+      ['ClientProfile.modelId must be', "'other'"],
+    ],
+    [
+      'profile: a 20,000-character model id',
+      P((p) => {
+        p.modelId = LONG;
+      }),
+      'ClientProfile.modelId:length',
+      ['ClientProfile.modelId must be at most'],
+    ],
+    [
+      'profile: a 20,000-character client class',
+      P((p) => {
+        p.clientClass = LONG;
+      }),
+      'ClientProfile.clientClass:length',
+      ['ClientProfile.clientClass must be at most'],
+    ],
+    [
+      "profile: another client's subject",
+      P(() => undefined, 'np-other'),
+      'ClientProfile.clientId:subject',
+      ['ClientProfile.clientId must match the subject', "'np-c'"],
+    ],
+    [
+      'profile: a 20,000-character client id',
+      P((p) => {
+        p.clientId = LONG;
+      }),
+      'ClientProfile.clientId:pattern',
+      ['ClientProfile.clientId must match'],
+    ],
+    [
+      'profile: bytes that do not decode',
+      bytes(Subjects.clientProfile('np-c'), [0x0a, 0xff, 0xff, 0x03]),
+      'ClientProfile:decode',
+      ['ClientProfile does not decode'],
+    ],
     // the decoder reads an overlong varint and a length of 2^32 (as 0) leniently: the empty message that results is refused by its id
-    ['profile: a varint of 11 bytes (decodes to an empty profile)', bytes(Subjects.clientProfile('np-c'), [0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), 'ClientProfile.clientId:pattern', ['ClientProfile.clientId must match', "given ''"]],
+    [
+      'profile: a varint of 11 bytes (decodes to an empty profile)',
+      bytes(Subjects.clientProfile('np-c'), [0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+      'ClientProfile.clientId:pattern',
+      ['ClientProfile.clientId must match', "given ''"],
+    ],
     // ServerLoad
-    ['load: a stage time of 1e308', L((l) => { l.stages[0].prefillMsPerToken = 1e308; }), 'ServerLoad.stages[].prefillMsPerToken:range', ['ServerLoad.stages[0].prefillMsPerToken must be a finite number']],
-    ['load: a stage left out', L((l) => { l.stages.pop(); }), 'ServerLoad.stages:count', ['ServerLoad.stages must list all 6 stages', '5 stages']],
-    ['load: stages out of order', L((l) => { l.stages[1].stage = 2; }), 'ServerLoad.stages[].stage:order', ['ServerLoad.stages[1].stage must be 1', '2']],
-    ['load: utilisation 1.5', L((l) => { l.utilisation = 1.5; }), 'ServerLoad.utilisation:range', ['ServerLoad.utilisation must be a finite number in 0..1', '1.5']],
-    ['load: a NaN utilisation', L((l) => { l.utilisation = Number.NaN; }), 'ServerLoad.utilisation:range', ['ServerLoad.utilisation must be a finite number in 0..1', 'NaN']],
-    ['load: a queue wait of 1e300 ms', L((l) => { l.meanQueueMs = 1e300; }), 'ServerLoad.meanQueueMs:range', ['ServerLoad.meanQueueMs must be a finite number']],
-    ['load: a decode stretch of 0.5', L((l) => { l.decodeStretch = 0.5; }), 'ServerLoad.decodeStretch:range', ['ServerLoad.decodeStretch must be a finite number in 1..', '0.5']],
-    ['load: an infinite long-prompt stretch', L((l) => { l.longPromptStretch = Infinity; }), 'ServerLoad.longPromptStretch:range', ['ServerLoad.longPromptStretch must be a finite number', 'Infinity']],
-    ['load: long steps of 1e9 tokens', L((l) => { l.longStepTokens = 1e9; }), 'ServerLoad.longStepTokens:range', ['ServerLoad.longStepTokens must be a finite number']],
-    ['load: an overhead of 1e12 ms per KiB', L((l) => { l.overhead = { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 }; }), 'ServerLoad.overhead.msPerKibIn:range', ['ServerLoad.overhead.msPerKibIn must be a finite number']],
-    ['load: an empty model id', L((l) => { l.modelId = ''; }), 'ServerLoad.modelId:required', ['ServerLoad.modelId must name the model']],
-    ['load: another executor\'s subject', L(() => undefined, 'np-spoofed'), 'ServerLoad.serverId:subject', ['ServerLoad.serverId must match the subject', "'np-exec'"]],
-    ['load: a server id with a dot', L((l) => { l.serverId = 'a.b'; }), 'ServerLoad.serverId:pattern', ['ServerLoad.serverId must match', "'a.b'"]],
+    [
+      'load: a stage time of 1e308',
+      L((l) => {
+        l.stages[0].prefillMsPerToken = 1e308;
+      }),
+      'ServerLoad.stages[].prefillMsPerToken:range',
+      ['ServerLoad.stages[0].prefillMsPerToken must be a finite number'],
+    ],
+    [
+      'load: a stage left out',
+      L((l) => {
+        l.stages.pop();
+      }),
+      'ServerLoad.stages:count',
+      ['ServerLoad.stages must list all 6 stages', '5 stages'],
+    ],
+    [
+      'load: stages out of order',
+      L((l) => {
+        l.stages[1].stage = 2;
+      }),
+      'ServerLoad.stages[].stage:order',
+      ['ServerLoad.stages[1].stage must be 1', '2'],
+    ],
+    [
+      'load: utilisation 1.5',
+      L((l) => {
+        l.utilisation = 1.5;
+      }),
+      'ServerLoad.utilisation:range',
+      ['ServerLoad.utilisation must be a finite number in 0..1', '1.5'],
+    ],
+    [
+      'load: a NaN utilisation',
+      L((l) => {
+        l.utilisation = Number.NaN;
+      }),
+      'ServerLoad.utilisation:range',
+      ['ServerLoad.utilisation must be a finite number in 0..1', 'NaN'],
+    ],
+    [
+      'load: a queue wait of 1e300 ms',
+      L((l) => {
+        l.meanQueueMs = 1e300;
+      }),
+      'ServerLoad.meanQueueMs:range',
+      ['ServerLoad.meanQueueMs must be a finite number'],
+    ],
+    [
+      'load: a decode stretch of 0.5',
+      L((l) => {
+        l.decodeStretch = 0.5;
+      }),
+      'ServerLoad.decodeStretch:range',
+      ['ServerLoad.decodeStretch must be a finite number in 1..', '0.5'],
+    ],
+    [
+      'load: an infinite long-prompt stretch',
+      L((l) => {
+        l.longPromptStretch = Infinity;
+      }),
+      'ServerLoad.longPromptStretch:range',
+      ['ServerLoad.longPromptStretch must be a finite number', 'Infinity'],
+    ],
+    [
+      'load: long steps of 1e9 tokens',
+      L((l) => {
+        l.longStepTokens = 1e9;
+      }),
+      'ServerLoad.longStepTokens:range',
+      ['ServerLoad.longStepTokens must be a finite number'],
+    ],
+    [
+      'load: an overhead of 1e12 ms per KiB',
+      L((l) => {
+        l.overhead = { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 };
+      }),
+      'ServerLoad.overhead.msPerKibIn:range',
+      ['ServerLoad.overhead.msPerKibIn must be a finite number'],
+    ],
+    [
+      'load: an empty model id',
+      L((l) => {
+        l.modelId = '';
+      }),
+      'ServerLoad.modelId:required',
+      ['ServerLoad.modelId must name the model'],
+    ],
+    [
+      "load: another executor's subject",
+      L(() => undefined, 'np-spoofed'),
+      'ServerLoad.serverId:subject',
+      ['ServerLoad.serverId must match the subject', "'np-exec'"],
+    ],
+    [
+      'load: a server id with a dot',
+      L((l) => {
+        l.serverId = 'a.b';
+      }),
+      'ServerLoad.serverId:pattern',
+      ['ServerLoad.serverId must match', "'a.b'"],
+    ],
     ['load: bytes that do not decode', bytes(Subjects.serverLoad('np-exec'), [0xff, 0xff, 0xff, 0x07]), 'ServerLoad:decode', ['ServerLoad does not decode']],
     // GenerationOutcome
-    ['outcome: an empty model id', O((o) => { o.modelId = ''; }), 'GenerationOutcome.modelId:required', ['GenerationOutcome.modelId must name the model']],
-    ['outcome: another model id', O((o) => { o.modelId = 'other'; }), 'GenerationOutcome.modelId:model', ['modelId must be', "'other'"]],
-    ['outcome: another client\'s subject', O(() => undefined, 'np-other'), 'GenerationOutcome.clientId:invalid', ['clientId must match the subject', "'np-c'"]],
-    ['outcome: an unknown request class', O((o) => { o.requestClass = 'huge'; }), 'GenerationOutcome.requestClass:invalid', ['requestClass must be one of short', "'huge'"]],
-    ['outcome: a placement of 3 letters', O((o) => { o.placement = 'CSC'; }), 'GenerationOutcome.placement:invalid', ['placement must be 6 letters C or S', "'CSC'"]],
-    ['outcome: plan epoch 0', O((o) => { o.planEpoch = 0; }), 'GenerationOutcome.planEpoch:invalid', ['planEpoch must be an integer >= 1', '0']],
-    ['outcome: an unknown status', O((o) => { o.status = 7 as OutcomeStatus; }), 'GenerationOutcome.status:invalid', ['status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED', '7']],
-    ['outcome: 0 prompt tokens', O((o) => { o.promptTokens = 0; }), 'GenerationOutcome.promptTokens:invalid', ['promptTokens must be >= 1', '0']],
-    ['outcome: 2^32-1 new tokens', O((o) => { o.newTokens = 0xffffffff; }), 'GenerationOutcome.newTokens:invalid', ['newTokens must be at most', '4294967295']],
-    ['outcome: an OK one of 0 new tokens', O((o) => { o.newTokens = 0; }), 'GenerationOutcome.newTokens:invalid', ['newTokens must be >= 1 for status OUTCOME_STATUS_OK']],
-    ['outcome: slaMet that contradicts the figures', O((o) => { o.slaMs = 5; }), 'GenerationOutcome.slaMet:invalid', ['slaMet must be false for slaMs 5']],
-    ['outcome: a length of 2^32 (decodes to an empty outcome)', bytes(Subjects.outcome('np-c'), [0x12, 0x80, 0x80, 0x80, 0x80, 0x10]), 'GenerationOutcome.clientId:invalid', ['clientId must match', "given ''"]],
-    ['outcome: bytes that do not decode', bytes(Subjects.outcome('np-c'), [0x12, 0x7f, 0x61]), 'GenerationOutcome:decode', ['GenerationOutcome does not decode']],
+    [
+      'outcome: an empty model id',
+      O((o) => {
+        o.modelId = '';
+      }),
+      'GenerationOutcome.modelId:required',
+      ['GenerationOutcome.modelId must name the model'],
+    ],
+    [
+      'outcome: another model id',
+      O((o) => {
+        o.modelId = 'other';
+      }),
+      'GenerationOutcome.modelId:model',
+      ['modelId must be', "'other'"],
+    ],
+    ["outcome: another client's subject", O(() => undefined, 'np-other'), 'GenerationOutcome.clientId:invalid', ['clientId must match the subject', "'np-c'"]],
+    [
+      'outcome: an unknown request class',
+      O((o) => {
+        o.requestClass = 'huge';
+      }),
+      'GenerationOutcome.requestClass:invalid',
+      ['requestClass must be one of short', "'huge'"],
+    ],
+    [
+      'outcome: a placement of 3 letters',
+      O((o) => {
+        o.placement = 'CSC';
+      }),
+      'GenerationOutcome.placement:invalid',
+      ['placement must be 6 letters C or S', "'CSC'"],
+    ],
+    [
+      'outcome: plan epoch 0',
+      O((o) => {
+        o.planEpoch = 0;
+      }),
+      'GenerationOutcome.planEpoch:invalid',
+      ['planEpoch must be an integer >= 1', '0'],
+    ],
+    [
+      'outcome: an unknown status',
+      O((o) => {
+        o.status = 7 as OutcomeStatus;
+      }),
+      'GenerationOutcome.status:invalid',
+      ['status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED', '7'],
+    ],
+    [
+      'outcome: 0 prompt tokens',
+      O((o) => {
+        o.promptTokens = 0;
+      }),
+      'GenerationOutcome.promptTokens:invalid',
+      ['promptTokens must be >= 1', '0'],
+    ],
+    [
+      'outcome: 2^32-1 new tokens',
+      O((o) => {
+        o.newTokens = 0xffffffff;
+      }),
+      'GenerationOutcome.newTokens:invalid',
+      ['newTokens must be at most', '4294967295'],
+    ],
+    [
+      'outcome: an OK one of 0 new tokens',
+      O((o) => {
+        o.newTokens = 0;
+      }),
+      'GenerationOutcome.newTokens:invalid',
+      ['newTokens must be >= 1 for status OUTCOME_STATUS_OK'],
+    ],
+    [
+      'outcome: slaMet that contradicts the figures',
+      O((o) => {
+        o.slaMs = 5;
+      }),
+      'GenerationOutcome.slaMet:invalid',
+      ['slaMet must be false for slaMs 5'],
+    ],
+    [
+      'outcome: a length of 2^32 (decodes to an empty outcome)',
+      bytes(Subjects.outcome('np-c'), [0x12, 0x80, 0x80, 0x80, 0x80, 0x10]),
+      'GenerationOutcome.clientId:invalid',
+      ['clientId must match', "given ''"],
+    ],
+    [
+      'outcome: bytes that do not decode',
+      bytes(Subjects.outcome('np-c'), [0x12, 0x7f, 0x61]),
+      'GenerationOutcome:decode',
+      ['GenerationOutcome does not decode'],
+    ],
   ];
 
   it.each(cases)('drops %s, counted by reason, named in under 1 KiB', async (_label, msg, reason, parts) => {
@@ -99,7 +439,10 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
       stack.tap.publish(subject, payload);
       await eventually(() => (c.dropped[reason] ?? 0) === before + 1, { what: `a drop counted as ${reason}` });
     });
-    const line = stack.logLines().filter((l) => l.msg === 'dropped a telemetry message' && l.reason === reason).pop();
+    const line = stack
+      .logLines()
+      .filter((l) => l.msg === 'dropped a telemetry message' && l.reason === reason)
+      .pop();
     expect(clearMessageProblem(String(line?.err), parts)).toBe('');
   });
 

@@ -25,7 +25,10 @@ export const HEALTHY_TOKENS = 4;
 export const HEALTHY_PLACEMENT = 'CCSSSC';
 
 /** A status a call ended with. */
-export interface Outcome { code: grpc.status; details: string }
+export interface Outcome {
+  code: grpc.status;
+  details: string;
+}
 
 /** The services, their addresses, and what each refused (the warn lines they logged). */
 export interface Stack {
@@ -58,8 +61,21 @@ export interface Stack {
 
 function capturingLogger(): { log: Logger; lines: () => { level: number; msg: string }[] } {
   const chunks: string[] = [];
-  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(String(chunk)); cb(); } });
-  return { log: pino({ level: 'warn' }, stream) as unknown as Logger, lines: () => chunks.join('').split('\n').filter((l) => l).map((l) => JSON.parse(l)) };
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      chunks.push(String(chunk));
+      cb();
+    },
+  });
+  return {
+    log: pino({ level: 'warn' }, stream) as unknown as Logger,
+    lines: () =>
+      chunks
+        .join('')
+        .split('\n')
+        .filter((l) => l)
+        .map((l) => JSON.parse(l)),
+  };
 }
 
 export async function startStack(opts: { maxContextTokens?: number } = {}): Promise<Stack> {
@@ -69,40 +85,109 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
   const { log, lines } = capturingLogger();
   const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
   const { stageCount, modelId } = engine;
-  const executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 64, maxContextTokens: opts.maxContextTokens ?? 64, maxMessageBytes: 8 << 20,
-    batching: true, maxBatch: 8, idleTimeoutMs: 10_000, natsUrl: nats.url, telemetryIntervalMs: 200, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
+  const executor = new ExecutorServer({
+    engine,
+    log,
+    address: '127.0.0.1:0',
+    serverId: 'exec',
+    maxSessions: 64,
+    maxContextTokens: opts.maxContextTokens ?? 64,
+    maxMessageBytes: 8 << 20,
+    batching: true,
+    maxBatch: 8,
+    idleTimeoutMs: 10_000,
+    natsUrl: nats.url,
+    telemetryIntervalMs: 200,
+    security: creds.serverSecurity(),
+    natsAuth: creds.natsAuth('exec'),
+  });
   const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
   const maker = new PlanMaker({
     stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
     classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 4, slaMs: 10_000 }],
-    slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    slaOverrides: {},
+    algorithm: 'dp',
+    hysteresis: 0.05,
+    slaMargin: 0.9,
+    resolutionMs: 0.5,
+    maxUtilisation: 0.9,
   });
-  const planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0,
-    security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
+  const planner = new PlannerServer({
+    maker,
+    log,
+    address: '127.0.0.1:0',
+    natsUrl: nats.url,
+    modelId,
+    clientTtlMs: 60_000,
+    debounceMs: 5,
+    idleUtilisation: 0,
+    security: creds.serverSecurity(),
+    natsAuth: creds.natsAuth('planner'),
+  });
   const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
   const agent = new ClientAgent({
-    modelDir: model.dir, modelId, clientId: 'dev-1', clientClass: 'default', address: '127.0.0.1:0',
-    stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+    modelDir: model.dir,
+    modelId,
+    clientId: 'dev-1',
+    clientClass: 'default',
+    address: '127.0.0.1:0',
+    stages: Array.from({ length: stageCount }, (_, i) => i),
+    threads: 1,
+    slowdown: 1,
     link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-    executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 200, deadlineMs: 20_000, maxMessageBytes: 8 << 20, log,
-    security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-1'), natsAuth: creds.natsAuth('dev-1'),
+    executorAddr,
+    plannerAddr,
+    natsUrl: nats.url,
+    telemetryIntervalMs: 200,
+    deadlineMs: 20_000,
+    maxMessageBytes: 8 << 20,
+    log,
+    security: creds.serverSecurity(),
+    upstream: creds.clientSecurity('dev-1'),
+    natsAuth: creds.natsAuth('dev-1'),
   });
   const agentAddr = `127.0.0.1:${(await agent.start()).port}`;
   // The client certificate and the operator token: the corpus opens sessions and plan streams under several ids.
   const exec = new ExecutorServiceClient(executorAddr, ...creds.clientArgs(undefined, channelOptions(8 << 20)));
   const agentClient = new AgentServiceClient(agentAddr, ...creds.clientArgs());
-  const raw = { executor: new grpc.Client(executorAddr, ...creds.clientArgs()), planner: new grpc.Client(plannerAddr, ...creds.clientArgs()), agent: new grpc.Client(agentAddr, ...creds.clientArgs()) };
+  const raw = {
+    executor: new grpc.Client(executorAddr, ...creds.clientArgs()),
+    planner: new grpc.Client(plannerAddr, ...creds.clientArgs()),
+    agent: new grpc.Client(agentAddr, ...creds.clientArgs()),
+  };
   // Health is open to any caller that completes the handshake (no token).
   const health = [executorAddr, plannerAddr, agentAddr].map((a) => new HealthClient(a, creds.clientSecurity().credentials));
   const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
   const expected = await pipe.generate(HEALTHY_PROMPT, { maxNewTokens: HEALTHY_TOKENS }).finally(() => pipe.close());
   const tap = await creds.connectNats(nats.url);
 
-  const healthy = async (): Promise<number[]> => (await withTimeout(generateVia(agentClient,
-    { input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT }, 20_000), 25_000, 'the healthy generation')).ids;
+  const healthy = async (): Promise<number[]> =>
+    (
+      await withTimeout(
+        generateVia(
+          agentClient,
+          { input: { $case: 'ids', value: { ids: HEALTHY_PROMPT } }, maxNewTokens: HEALTHY_TOKENS, placement: HEALTHY_PLACEMENT },
+          20_000,
+        ),
+        25_000,
+        'the healthy generation',
+      )
+    ).ids;
 
   return {
-    creds, model, nats, tap, executor, planner, agent, stageCount, modelId, expected, exec, agentClient, raw,
+    creds,
+    model,
+    nats,
+    tap,
+    executor,
+    planner,
+    agent,
+    stageCount,
+    modelId,
+    expected,
+    exec,
+    agentClient,
+    raw,
     addr: { executor: executorAddr, planner: plannerAddr, agent: agentAddr },
     logLines: lines,
     healthy,
@@ -114,8 +199,14 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
       return out;
     },
     async serving() {
-      const st = await Promise.all(health.map((h) => new Promise<ServingStatus | undefined>((resolve) =>
-        h.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => resolve(e ? undefined : r.status)))));
+      const st = await Promise.all(
+        health.map(
+          (h) =>
+            new Promise<ServingStatus | undefined>((resolve) =>
+              h.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => resolve(e ? undefined : r.status)),
+            ),
+        ),
+      );
       return st.every((s) => s === ServingStatus.SERVING);
     },
     async stop() {
@@ -137,8 +228,9 @@ const identity = (b: Buffer): Buffer => b;
 /** A unary call of raw bytes; resolves with its status. */
 export function rawUnary(client: grpc.Client, method: string, body: Buffer, deadlineMs = 10_000): Promise<Outcome> {
   return new Promise((resolve) => {
-    client.makeUnaryRequest(method, identity, identity, body, new grpc.Metadata(), { deadline: Date.now() + deadlineMs },
-      (e) => resolve(e ? { code: e.code, details: e.details } : { code: grpc.status.OK, details: '' }));
+    client.makeUnaryRequest(method, identity, identity, body, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (e) =>
+      resolve(e ? { code: e.code, details: e.details } : { code: grpc.status.OK, details: '' }),
+    );
   });
 }
 
@@ -151,23 +243,43 @@ export function rawServerStream(client: grpc.Client, method: string, body: Buffe
     const call = client.makeServerStreamRequest(method, identity, identity, body, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
     let t: NodeJS.Timeout | undefined;
     let done = false;
-    const finish = (o: Outcome): void => { if (done) return; done = true; if (t) clearTimeout(t); resolve(o); };
-    if (openOkAfterMs !== undefined) t = setTimeout(() => { finish({ code: grpc.status.OK, details: '' }); call.cancel(); }, openOkAfterMs);
+    const finish = (o: Outcome): void => {
+      if (done) return;
+      done = true;
+      if (t) clearTimeout(t);
+      resolve(o);
+    };
+    if (openOkAfterMs !== undefined)
+      t = setTimeout(() => {
+        finish({ code: grpc.status.OK, details: '' });
+        call.cancel();
+      }, openOkAfterMs);
     call.on('data', () => undefined);
     call.on('error', (e: grpc.ServiceError) => finish({ code: e.code, details: e.details }));
-    call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) finish({ code: s.code, details: s.details }); });
+    call.on('status', (s: grpc.StatusObject) => {
+      if (s.code === grpc.status.OK) finish({ code: s.code, details: s.details });
+    });
   });
 }
 
 /** A Session stream: writes each raw message, half-closes, and resolves with the final status. */
 export function rawSession(client: grpc.Client, messages: readonly Buffer[], deadlineMs = 20_000): Promise<Outcome> {
   return new Promise((resolve) => {
-    const call = client.makeBidiStreamRequest('/tandem.executor.v1.ExecutorService/Session', identity, identity, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
+    const call = client.makeBidiStreamRequest('/tandem.executor.v1.ExecutorService/Session', identity, identity, new grpc.Metadata(), {
+      deadline: Date.now() + deadlineMs,
+    });
     let done = false;
-    const finish = (o: Outcome): void => { if (!done) { done = true; resolve(o); } };
+    const finish = (o: Outcome): void => {
+      if (!done) {
+        done = true;
+        resolve(o);
+      }
+    };
     call.on('data', () => undefined);
     call.on('error', (e: grpc.ServiceError) => finish({ code: e.code, details: e.details }));
-    call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) finish({ code: s.code, details: s.details }); });
+    call.on('status', (s: grpc.StatusObject) => {
+      if (s.code === grpc.status.OK) finish({ code: s.code, details: s.details });
+    });
     for (const m of messages) call.write(m);
     call.end();
   });

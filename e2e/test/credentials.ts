@@ -6,8 +6,17 @@ import type * as grpc from '@grpc/grpc-js';
 import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { Subjects } from '@tandem/protocol';
 import {
-  clientOptions, loadClientSecurity, loadServerSecurity, makeCertificates, natsServerConfig, natsServiceEnv,
-  type CertificateSet, type ClientSecurity, type NatsAuth, type NatsServerConfig, type ServerSecurity,
+  clientOptions,
+  loadClientSecurity,
+  loadServerSecurity,
+  makeCertificates,
+  natsServerConfig,
+  natsServiceEnv,
+  type CertificateSet,
+  type ClientSecurity,
+  type NatsAuth,
+  type NatsServerConfig,
+  type ServerSecurity,
 } from '@tandem/service-kit';
 import { startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 
@@ -115,16 +124,34 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
       return u;
     };
     const serverEnv = (): Record<string, string> => ({
-      TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: certs.caCert, TLS_CLIENT_AUTH: 'require', AUTH_TOKENS_FILE: tokensFile,
+      TLS_CERT_FILE: certs.serverCert,
+      TLS_KEY_FILE: certs.serverKey,
+      TLS_CA_FILE: certs.caCert,
+      TLS_CLIENT_AUTH: 'require',
+      AUTH_TOKENS_FILE: tokensFile,
     });
-    const clientSecurity = (id?: string): ClientSecurity => loadClientSecurity({
-      caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey, token: id === undefined ? operatorToken : token(id),
-    });
+    const clientSecurity = (id?: string): ClientSecurity =>
+      loadClientSecurity({
+        caFile: certs.caCert,
+        certFile: certs.clientCert,
+        keyFile: certs.clientKey,
+        token: id === undefined ? operatorToken : token(id),
+      });
     return {
-      dir, certs, tokensFile, operatorToken, token,
+      dir,
+      certs,
+      tokensFile,
+      operatorToken,
+      token,
       serverSecurity: () => {
         const e = serverEnv();
-        return loadServerSecurity({ TLS_CERT_FILE: e.TLS_CERT_FILE, TLS_KEY_FILE: e.TLS_KEY_FILE, TLS_CA_FILE: e.TLS_CA_FILE, TLS_CLIENT_AUTH: 'require', AUTH_TOKENS_FILE: e.AUTH_TOKENS_FILE });
+        return loadServerSecurity({
+          TLS_CERT_FILE: e.TLS_CERT_FILE,
+          TLS_KEY_FILE: e.TLS_KEY_FILE,
+          TLS_CA_FILE: e.TLS_CA_FILE,
+          TLS_CLIENT_AUTH: 'require',
+          AUTH_TOKENS_FILE: e.AUTH_TOKENS_FILE,
+        });
       },
       clientSecurity,
       clientArgs: (id, base = {}) => {
@@ -137,10 +164,22 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
       },
       serverEnv,
       upstreamEnv: (id) => ({
-        UPSTREAM_TLS_CA_FILE: certs.caCert, UPSTREAM_TLS_CERT_FILE: certs.clientCert, UPSTREAM_TLS_KEY_FILE: certs.clientKey, UPSTREAM_TOKEN: token(id),
+        UPSTREAM_TLS_CA_FILE: certs.caCert,
+        UPSTREAM_TLS_CERT_FILE: certs.clientCert,
+        UPSTREAM_TLS_KEY_FILE: certs.clientKey,
+        UPSTREAM_TOKEN: token(id),
       }),
       natsEnv: (id) => natsServiceEnv(user(id)),
-      cliFlags: (id) => ['--tls-ca', certs.caCert, '--tls-cert', certs.clientCert, '--tls-key', certs.clientKey, '--token', id === undefined ? operatorToken : token(id)],
+      cliFlags: (id) => [
+        '--tls-ca',
+        certs.caCert,
+        '--tls-cert',
+        certs.clientCert,
+        '--tls-key',
+        certs.clientKey,
+        '--token',
+        id === undefined ? operatorToken : token(id),
+      ],
       startNats: () => startNatsServer({ configFile: natsConf }),
       connectNats: (url, o = {}) => connect({ servers: url, user: TAP_USER, pass: tapPassword, ...o }),
       remove: () => rmSync(dir, { recursive: true, force: true }),

@@ -3,7 +3,17 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { RemoteSession } from '@tandem/client-agent';
 import { ServiceProcess, type AppName } from '@tandem/launcher';
 import {
-  agentStatus, AgentServiceClient, ExecutorServiceClient, executorStatus, HealthClient, ServingStatus, Subjects, type AgentStatusResponse, type GenerateRequest, type GenerateResponse, type GetStatusResponse,
+  agentStatus,
+  AgentServiceClient,
+  ExecutorServiceClient,
+  executorStatus,
+  HealthClient,
+  ServingStatus,
+  Subjects,
+  type AgentStatusResponse,
+  type GenerateRequest,
+  type GenerateResponse,
+  type GetStatusResponse,
 } from '@tandem/protocol';
 import { eventually, freePort, makeTempModel, TcpProxy, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
@@ -19,12 +29,23 @@ import { makeCredentials, type TestCredentials } from './credentials';
 
 /** One service as its own Node process (@tandem/launcher), with its JSON log lines (stdout), the last 1000. */
 class Service extends ServiceProcess {
-  constructor(app: AppName, env: Record<string, string>, readonly logs: { msg?: string; [k: string]: unknown }[] = []) {
-    super({ name: app, app, env: { LOG_LEVEL: 'warn', ...env }, onLine: (line) => {
-      try {
-        if (logs.push(JSON.parse(line) as { msg?: string }) > 1000) logs.shift();
-      } catch { /* not JSON */ }
-    } });
+  constructor(
+    app: AppName,
+    env: Record<string, string>,
+    readonly logs: { msg?: string; [k: string]: unknown }[] = [],
+  ) {
+    super({
+      name: app,
+      app,
+      env: { LOG_LEVEL: 'warn', ...env },
+      onLine: (line) => {
+        try {
+          if (logs.push(JSON.parse(line) as { msg?: string }) > 1000) logs.shift();
+        } catch {
+          /* not JSON */
+        }
+      },
+    });
   }
 }
 
@@ -40,17 +61,21 @@ const PROMPT = [464, 2068, 7586, 21831, 18045];
 /** One generation through the agent's API; calls `onToken` with each index as it streams. */
 function generateVia(client: AgentServiceClient, req: Partial<GenerateRequest>, deadlineMs = 30_000, onToken?: (index: number) => void): Promise<Outcome> {
   const t0 = Date.now();
-  return withTimeout(new Promise<Outcome>((res) => {
-    const ids: number[] = [];
-    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 8, placement: '', ...req }, { deadline: t0 + deadlineMs });
-    call.on('data', (m: GenerateResponse) => {
-      if (m.kind?.$case !== 'token') return;
-      ids.push(m.kind.value.id);
-      onToken?.(m.kind.value.index);
-    });
-    call.on('error', (error: grpc.ServiceError) => res({ ids, error, ms: Date.now() - t0, deadlineMs }));
-    call.on('end', () => res({ ids, ms: Date.now() - t0, deadlineMs }));
-  }), deadlineMs + 5000, 'a generation that hung past its deadline');
+  return withTimeout(
+    new Promise<Outcome>((res) => {
+      const ids: number[] = [];
+      const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 8, placement: '', ...req }, { deadline: t0 + deadlineMs });
+      call.on('data', (m: GenerateResponse) => {
+        if (m.kind?.$case !== 'token') return;
+        ids.push(m.kind.value.id);
+        onToken?.(m.kind.value.index);
+      });
+      call.on('error', (error: grpc.ServiceError) => res({ ids, error, ms: Date.now() - t0, deadlineMs }));
+      call.on('end', () => res({ ids, ms: Date.now() - t0, deadlineMs }));
+    }),
+    deadlineMs + 5000,
+    'a generation that hung past its deadline',
+  );
 }
 
 /** Every request ended within its deadline, and each failure has a clear status (a code and a message). */
@@ -94,23 +119,45 @@ describe('faults with real services as child processes', () => {
 
   const startExecutor = async (env: Record<string, string> = {}, port = execPort): Promise<Service> => {
     const s = new Service('server-executor', {
-      MODEL_DIR: model.dir, EXECUTOR_ADDR: `127.0.0.1:${port}`, NATS_URL: nats.url, EXECUTOR_FUSED: 'false', EXECUTOR_THREADS: '1',
-      TELEMETRY_INTERVAL_MS: '200', EXECUTOR_SHUTDOWN_GRACE_MS: '2000', ...creds.serverEnv(), ...creds.natsEnv('executor'), ...env,
+      MODEL_DIR: model.dir,
+      EXECUTOR_ADDR: `127.0.0.1:${port}`,
+      NATS_URL: nats.url,
+      EXECUTOR_FUSED: 'false',
+      EXECUTOR_THREADS: '1',
+      TELEMETRY_INTERVAL_MS: '200',
+      EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
+      ...creds.serverEnv(),
+      ...creds.natsEnv('executor'),
+      ...env,
     });
     await s.listening;
     return s;
   };
   const startPlanner = async (): Promise<Service> => {
     const s = new Service('planner', {
-      MODEL_DIR: model.dir, PLANNER_ADDR: `127.0.0.1:${plannerPort}`, NATS_URL: nats.url, PLANNER_DEBOUNCE_MS: '20', ...creds.serverEnv(), ...creds.natsEnv('planner'),
+      MODEL_DIR: model.dir,
+      PLANNER_ADDR: `127.0.0.1:${plannerPort}`,
+      NATS_URL: nats.url,
+      PLANNER_DEBOUNCE_MS: '20',
+      ...creds.serverEnv(),
+      ...creds.natsEnv('planner'),
     });
     await s.listening;
     return s;
   };
   const startAgent = async (id: string, env: Record<string, string> = {}): Promise<{ service: Service; client: AgentServiceClient }> => {
     const service = new Service('client-agent', {
-      MODEL_DIR: model.dir, AGENT_ID: id, AGENT_ADDR: '127.0.0.1:0', EXECUTOR_ADDR: `127.0.0.1:${execPort}`, PLANNER_ADDR: `127.0.0.1:${plannerPort}`,
-      NATS_URL: nats.url, TELEMETRY_INTERVAL_MS: '200', ...creds.serverEnv(), ...creds.upstreamEnv(id), ...creds.natsEnv(id), ...env,
+      MODEL_DIR: model.dir,
+      AGENT_ID: id,
+      AGENT_ADDR: '127.0.0.1:0',
+      EXECUTOR_ADDR: `127.0.0.1:${execPort}`,
+      PLANNER_ADDR: `127.0.0.1:${plannerPort}`,
+      NATS_URL: nats.url,
+      TELEMETRY_INTERVAL_MS: '200',
+      ...creds.serverEnv(),
+      ...creds.upstreamEnv(id),
+      ...creds.natsEnv(id),
+      ...env,
     });
     const port = await service.listening;
     return { service, client: new AgentServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs()) };
@@ -118,7 +165,11 @@ describe('faults with real services as child processes', () => {
   const statusOf = (c: AgentServiceClient): Promise<AgentStatusResponse> => agentStatus(c, 10_000);
 
   beforeAll(async () => {
-    creds = makeCredentials({ agents: ['dev-faults', 'dev-term', 'dev-slow', 'dev-blackhole', 'dev-blackhole-ka'], executors: ['executor'], clients: ['dev-after'] });
+    creds = makeCredentials({
+      agents: ['dev-faults', 'dev-term', 'dev-slow', 'dev-blackhole', 'dev-blackhole-ka'],
+      executors: ['executor'],
+      clients: ['dev-after'],
+    });
     model = await makeTempModel();
     nats = await creds.startNats();
     execPort = await freePort();
@@ -139,23 +190,30 @@ describe('faults with real services as child processes', () => {
   it.each([
     ['a split generation', 'CCSSSC', 60],
     ['a server-decoded generation', 'SSSSSS', 300],
-  ])('resumes %s when the executor is killed mid-way and restarted on the same port, token-identical', async (_what, placement, maxNewTokens) => {
-    const undisturbed = await generateVia(client, { placement, maxNewTokens });
-    expect(undisturbed.error).toBeUndefined();
-    expect(undisturbed.ids).toHaveLength(maxNewTokens);
-    const before = (await statusOf(client)).resumedGenerations;
+  ])(
+    'resumes %s when the executor is killed mid-way and restarted on the same port, token-identical',
+    async (_what, placement, maxNewTokens) => {
+      const undisturbed = await generateVia(client, { placement, maxNewTokens });
+      expect(undisturbed.error).toBeUndefined();
+      expect(undisturbed.ids).toHaveLength(maxNewTokens);
+      const before = (await statusOf(client)).resumedGenerations;
 
-    let killed: Promise<void> | undefined;
-    const disturbed = await generateVia(client, { placement, maxNewTokens }, 30_000, (index) => {
-      if (index === 2 && !killed) killed = executor.kill('SIGKILL').then(async () => { executor = await startExecutor(); });
-    });
-    await killed;
-    expect(disturbed.error).toBeUndefined();
-    expect(disturbed.ids).toEqual(undisturbed.ids);
-    const st = await statusOf(client);
-    expect(st.resumedGenerations).toBe(before + 1);
-    expect(st.failures).toBe(0);
-  }, 60_000);
+      let killed: Promise<void> | undefined;
+      const disturbed = await generateVia(client, { placement, maxNewTokens }, 30_000, (index) => {
+        if (index === 2 && !killed)
+          killed = executor.kill('SIGKILL').then(async () => {
+            executor = await startExecutor();
+          });
+      });
+      await killed;
+      expect(disturbed.error).toBeUndefined();
+      expect(disturbed.ids).toEqual(undisturbed.ids);
+      const st = await statusOf(client);
+      expect(st.resumedGenerations).toBe(before + 1);
+      expect(st.failures).toBe(0);
+    },
+    60_000,
+  );
 
   it('ends a generation whose executor does not come back with UNAVAILABLE within its deadline', async () => {
     const deadlineMs = 3000;
@@ -173,12 +231,19 @@ describe('faults with real services as child processes', () => {
     expect(late.error?.code).toBe(grpc.status.UNAVAILABLE);
     expect(late.ms).toBeLessThan(2000);
     executor = await startExecutor();
-    await eventually(async () => !(await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 2 })).error, { timeoutMs: 10_000, intervalMs: 200, what: 'the agent using the restarted executor' });
+    await eventually(async () => !(await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 2 })).error, {
+      timeoutMs: 10_000,
+      intervalMs: 200,
+      what: 'the agent using the restarted executor',
+    });
   }, 60_000);
 
   it('drains the executor on SIGTERM under load: generations finish in the grace or resume on its successor, token-identical; every one counted', async () => {
     // Undisturbed references (greedy: a shorter run's tokens are a prefix of a longer one's).
-    const ref = { split: await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 200 }, 60_000), server: await generateVia(client, { placement: 'SSSSSS', maxNewTokens: 300 }, 60_000) };
+    const ref = {
+      split: await generateVia(client, { placement: 'CCSSSC', maxNewTokens: 200 }, 60_000),
+      server: await generateVia(client, { placement: 'SSSSSS', maxNewTokens: 300 }, 60_000),
+    };
     expect(ref.split.error).toBeUndefined();
     expect(ref.server.error).toBeUndefined();
     const before = await statusOf(client);
@@ -189,7 +254,11 @@ describe('faults with real services as child processes', () => {
       ...[300, 300].map((n) => ({ placement: 'SSSSSS', n, expected: ref.server.ids })),
     ];
     let started = 0;
-    const runs = jobs.map((j) => generateVia(client, { placement: j.placement, maxNewTokens: j.n }, 60_000, (i) => { if (i === 0) started++; }));
+    const runs = jobs.map((j) =>
+      generateVia(client, { placement: j.placement, maxNewTokens: j.n }, 60_000, (i) => {
+        if (i === 0) started++;
+      }),
+    );
     await eventually(() => started === jobs.length, { timeoutMs: 10_000, intervalMs: 5, what: 'every generation under way' });
     const t0 = Date.now();
     await executor.stop(8000); // SIGTERM: drains for EXECUTOR_SHUTDOWN_GRACE_MS (2 s), then ends the rest with UNAVAILABLE
@@ -198,7 +267,12 @@ describe('faults with real services as child processes', () => {
     executor = await startExecutor();
     const outcomes = await Promise.all(runs);
     const after = await statusOf(client);
-    const counts = { total: outcomes.length, completed: outcomes.filter((o) => !o.error).length, failed: outcomes.filter((o) => o.error).length, resumed: after.resumedGenerations - before.resumedGenerations };
+    const counts = {
+      total: outcomes.length,
+      completed: outcomes.filter((o) => !o.error).length,
+      failed: outcomes.filter((o) => o.error).length,
+      resumed: after.resumedGenerations - before.resumedGenerations,
+    };
     process.stderr.write(`executor SIGTERM under load: drained in ${drainMs} ms; ${JSON.stringify(counts)}; ms ${outcomes.map((o) => o.ms).join(' ')}\n`);
     expectAccounted(outcomes);
     expect(outcomes.map((o) => o.error?.details)).toEqual(jobs.map(() => undefined));
@@ -229,15 +303,27 @@ describe('faults with real services as child processes', () => {
     const seen = { profiles: 0, loads: 0 };
     const watch = async (): Promise<void> => {
       nc = await creds.connectNats(nats.url, { reconnect: false });
-      nc.subscribe(Subjects.clientProfile('dev-faults'), { callback: () => { seen.profiles++; } });
-      nc.subscribe(Subjects.allServerLoads, { callback: () => { seen.loads++; } });
+      nc.subscribe(Subjects.clientProfile('dev-faults'), {
+        callback: () => {
+          seen.profiles++;
+        },
+      });
+      nc.subscribe(Subjects.allServerLoads, {
+        callback: () => {
+          seen.loads++;
+        },
+      });
     };
     try {
       const outcomes = await underLoad(client, 3, { maxNewTokens: 8 }, async () => {
         await sleep(500);
         await nats.restart();
         await watch();
-        await eventually(() => seen.profiles >= 2 && seen.loads >= 2, { timeoutMs: 15_000, intervalMs: 100, what: 'agent and executor telemetry after the restart' });
+        await eventually(() => seen.profiles >= 2 && seen.loads >= 2, {
+          timeoutMs: 15_000,
+          intervalMs: 100,
+          what: 'agent and executor telemetry after the restart',
+        });
       });
       expectAccounted(outcomes);
       expect(outcomes.length).toBeGreaterThan(3);
@@ -254,7 +340,9 @@ describe('faults with real services as child processes', () => {
       const short = await generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 20 });
       expect(short.error).toBeUndefined();
       let started = 0;
-      const onStart = (i: number): void => { if (i === 0) started++; };
+      const onStart = (i: number): void => {
+        if (i === 0) started++;
+      };
       const runs = [
         generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 20 }, 20_000, onStart),
         generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 20 }, 20_000, onStart),
@@ -264,8 +352,11 @@ describe('faults with real services as child processes', () => {
       await eventually(() => started === 3, { timeoutMs: 10_000, intervalMs: 10, what: 'three generations under way' });
       a.service.child.kill('SIGTERM');
       const health = new HealthClient(a.client.getChannel().getTarget().replace(/^dns:/, ''), creds.clientSecurity().credentials);
-      await eventually(() => new Promise<boolean>((res) => health.check({ service: '' }, (e, r) => res(!e && r.status === ServingStatus.NOT_SERVING))),
-        { timeoutMs: 5000, intervalMs: 10, what: 'the agent draining' }).finally(() => health.close());
+      await eventually(() => new Promise<boolean>((res) => health.check({ service: '' }, (e, r) => res(!e && r.status === ServingStatus.NOT_SERVING))), {
+        timeoutMs: 5000,
+        intervalMs: 10,
+        what: 'the agent draining',
+      }).finally(() => health.close());
       const refused = await generateVia(a.client, { placement: 'CCSSSC', maxNewTokens: 2 }, 5000);
       expect(refused.error?.code).toBe(grpc.status.UNAVAILABLE);
       const [one, two, long] = await Promise.all(runs);
@@ -289,7 +380,10 @@ describe('faults with real services as child processes', () => {
     const IDLE_MS = 5000;
     /** Scheduling slack on a shared, loaded core, ms. */
     const SLACK_MS = 1500;
-    const keepaliveEnv = (k: { timeMs: number; timeoutMs: number }): Record<string, string> => ({ GRPC_KEEPALIVE_TIME_MS: String(k.timeMs), GRPC_KEEPALIVE_TIMEOUT_MS: String(k.timeoutMs) });
+    const keepaliveEnv = (k: { timeMs: number; timeoutMs: number }): Record<string, string> => ({
+      GRPC_KEEPALIVE_TIME_MS: String(k.timeMs),
+      GRPC_KEEPALIVE_TIMEOUT_MS: String(k.timeoutMs),
+    });
     let port: number;
     let proxied: Service;
     let execClient: ExecutorServiceClient;
@@ -306,7 +400,10 @@ describe('faults with real services as child processes', () => {
     afterAll(() => execClient?.close());
 
     /** A proxy to this executor and an agent that reaches the executor only through it (no emulated link: the proxy is the link). */
-    const agentBehindProxy = async (id: string, env: Record<string, string> = {}): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
+    const agentBehindProxy = async (
+      id: string,
+      env: Record<string, string> = {},
+    ): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
       const proxy = await TcpProxy.start(`127.0.0.1:${port}`);
       const a = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off', ...env });
       extra.push(a.service);
@@ -319,17 +416,29 @@ describe('faults with real services as child processes', () => {
      * the context (5 + 1019 - 1 tokens), so the executor is still decoding it when it finds
      * the link dead.
      */
-    const BLACKHOLE_JOBS = [['CCSSSC', 100], ['CSCSSC', 100], ['SSSSSS', 1019]] as const;
+    const BLACKHOLE_JOBS = [
+      ['CCSSSC', 100],
+      ['CSCSSC', 100],
+      ['SSSSSS', 1019],
+    ] as const;
 
     /**
      * Starts BLACKHOLE_JOBS through `c` (behind `proxy`, on an executor with no session open) and
      * blackholes the link (no FIN, no RST) once each has streamed 2 tokens.
      * @returns the running generations, when the link died, and the tokens each had then.
      */
-    const blackholeMidGeneration = async (proxy: TcpProxy, c: AgentServiceClient, deadlineMs: number): Promise<{ runs: Promise<Outcome>[]; t0: number; seen: number[] }> => {
+    const blackholeMidGeneration = async (
+      proxy: TcpProxy,
+      c: AgentServiceClient,
+      deadlineMs: number,
+    ): Promise<{ runs: Promise<Outcome>[]; t0: number; seen: number[] }> => {
       await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 5000, what: 'no session open before' });
       const seen = BLACKHOLE_JOBS.map(() => 0);
-      const runs = BLACKHOLE_JOBS.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs, () => { seen[i]++; }));
+      const runs = BLACKHOLE_JOBS.map(([placement, n], i) =>
+        generateVia(c, { placement, maxNewTokens: n }, deadlineMs, () => {
+          seen[i]++;
+        }),
+      );
       await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 5000, intervalMs: 2, what: 'every generation under way' });
       expect((await execStatus()).activeSessions).toBe(BLACKHOLE_JOBS.length);
       const t0 = Date.now();
@@ -341,24 +450,39 @@ describe('faults with real services as child processes', () => {
       const { proxy, service, client: c } = await agentBehindProxy('dev-slow');
       try {
         // placement, tokens, server runs per token (each a round trip over the proxy)
-        const jobs = [['CCSSSC', 24, 1], ['CSCSSC', 14, 2], ['SSSSSS', 300, 0]] as const;
+        const jobs = [
+          ['CCSSSC', 24, 1],
+          ['CSCSSC', 14, 2],
+          ['SSSSSS', 300, 0],
+        ] as const;
         const refs = await Promise.all(jobs.map(([placement, n]) => generateVia(c, { placement, maxNewTokens: n })));
-        refs.forEach((r, i) => { expect(r.error).toBeUndefined(); expect(r.ids).toHaveLength(jobs[i][1]); });
+        refs.forEach((r, i) => {
+          expect(r.error).toBeUndefined();
+          expect(r.ids).toHaveLength(jobs[i][1]);
+        });
         const seen = jobs.map(() => 0);
         const tStart = Date.now();
-        const runs = jobs.map(([placement, n], i) => generateVia(c, { placement, maxNewTokens: n }, 20_000, () => { seen[i]++; }));
+        const runs = jobs.map(([placement, n], i) =>
+          generateVia(c, { placement, maxNewTokens: n }, 20_000, () => {
+            seen[i]++;
+          }),
+        );
         await eventually(() => seen.every((k) => k >= 2), { timeoutMs: 10_000, intervalMs: 2, what: 'every generation under way' });
         const atChange = [...seen];
         const tChange = Date.now();
         proxy.setDelayMs(50);
         const outcomes = await Promise.all(runs);
         const afterChange = outcomes.map((o) => tStart + o.ms - tChange);
-        process.stderr.write(`link 0 -> 50 ms one way: tokens before the change ${atChange.join(' ')}; ms ${outcomes.map((o) => o.ms).join(' ')} (undisturbed ${refs.map((r) => r.ms).join(' ')})\n`);
+        process.stderr.write(
+          `link 0 -> 50 ms one way: tokens before the change ${atChange.join(' ')}; ms ${outcomes.map((o) => o.ms).join(' ')} (undisturbed ${refs.map((r) => r.ms).join(' ')})\n`,
+        );
         expectAccounted(outcomes);
         expect(outcomes.map((o) => o.error?.details)).toEqual(jobs.map(() => undefined));
         outcomes.forEach((o, i) => expect(o.ids).toEqual(refs[i].ids));
         // The change took effect mid-way: each split token after it paid 100 ms per server run (the one in flight perhaps not).
-        jobs.forEach(([, n, runsPerToken], i) => { if (runsPerToken > 0 && atChange[i] < n) expect(afterChange[i]).toBeGreaterThanOrEqual((n - atChange[i] - 1) * runsPerToken * 100); });
+        jobs.forEach(([, n, runsPerToken], i) => {
+          if (runsPerToken > 0 && atChange[i] < n) expect(afterChange[i]).toBeGreaterThanOrEqual((n - atChange[i] - 1) * runsPerToken * 100);
+        });
       } finally {
         c.close();
         await service.kill();
@@ -383,7 +507,11 @@ describe('faults with real services as child processes', () => {
         // frees every session on it, the generation mid-way. Bound: GRPC_KEEPALIVE_TIME_MS +
         // GRPC_KEEPALIVE_TIMEOUT_MS + slack, under the idle timeout and the callers' deadline.
         const bound = KEEPALIVE.timeMs + KEEPALIVE.timeoutMs + SLACK_MS;
-        await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: bound + 2000, intervalMs: 50, what: 'the executor freeing the blackholed sessions' });
+        await eventually(async () => (await execStatus()).activeSessions === 0, {
+          timeoutMs: bound + 2000,
+          intervalMs: 50,
+          what: 'the executor freeing the blackholed sessions',
+        });
         const freedMs = Date.now() - t0;
         expect(freedMs).toBeLessThan(bound);
         expect(freedMs).toBeLessThan(IDLE_MS);
@@ -402,7 +530,9 @@ describe('faults with real services as child processes', () => {
         expect(proxy.connections).toBeGreaterThanOrEqual(1); // the blackholed connection is still open on the agent's side
         // Healthy, and serving a new session (not through the dead link) with the undisturbed tokens.
         const health = new HealthClient(`127.0.0.1:${port}`, creds.clientSecurity().credentials);
-        const st = await new Promise<ServingStatus>((res, rej) => health.check({ service: '' }, (e, r) => (e ? rej(e) : res(r.status)))).finally(() => health.close());
+        const st = await new Promise<ServingStatus>((res, rej) => health.check({ service: '' }, (e, r) => (e ? rej(e) : res(r.status)))).finally(() =>
+          health.close(),
+        );
         expect(st).toBe(ServingStatus.SERVING);
         const fresh = await RemoteSession.open(execClient, { clientId: 'dev-after', planEpoch: 0, modelId: '', deadline: Date.now() + 10_000 });
         const after: number[] = [];
@@ -410,11 +540,13 @@ describe('faults with real services as child processes', () => {
         fresh.end();
         expect(after).toEqual(ref.ids);
         // Every caller: a clear status within its deadline; none hung, none lost.
-        const outcomes = [...await Promise.all(runs), await late];
+        const outcomes = [...(await Promise.all(runs)), await late];
         const counts = { total: outcomes.length, completed: outcomes.filter((o) => !o.error).length, failed: outcomes.filter((o) => o.error).length };
-        process.stderr.write(`blackhole: executor freed ${BLACKHOLE_JOBS.length} sessions in ${freedMs} ms (keepalive ${KEEPALIVE.timeMs} + ${KEEPALIVE.timeoutMs} ms), `
-          + `its server-side generation stopped at ${String(stopped[0].tokens)} of 1019 tokens (${idle.stepsCompleted - before.stepsCompleted} steps since the start); callers ${JSON.stringify(counts)}, `
-          + `${outcomes.map((o) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms`).join(', ')}\n`);
+        process.stderr.write(
+          `blackhole: executor freed ${BLACKHOLE_JOBS.length} sessions in ${freedMs} ms (keepalive ${KEEPALIVE.timeMs} + ${KEEPALIVE.timeoutMs} ms), ` +
+            `its server-side generation stopped at ${String(stopped[0].tokens)} of 1019 tokens (${idle.stepsCompleted - before.stepsCompleted} steps since the start); callers ${JSON.stringify(counts)}, ` +
+            `${outcomes.map((o) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms`).join(', ')}\n`,
+        );
         expectAccounted(outcomes);
         expect(counts.total).toBe(BLACKHOLE_JOBS.length + 1);
         for (const o of outcomes) expect(o.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
@@ -433,7 +565,10 @@ describe('faults with real services as child processes', () => {
       try {
         const deadlineMs = 20_000;
         const refs = await Promise.all(BLACKHOLE_JOBS.map(([placement, n]) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs)));
-        refs.forEach((r, i) => { expect(r.error).toBeUndefined(); expect(r.ids).toHaveLength(BLACKHOLE_JOBS[i][1]); });
+        refs.forEach((r, i) => {
+          expect(r.error).toBeUndefined();
+          expect(r.ids).toHaveLength(BLACKHOLE_JOBS[i][1]);
+        });
         const short = await generateVia(c, { placement: 'CCSSSC', maxNewTokens: 4 });
         expect(short.error).toBeUndefined();
         const before = await statusOf(c);
@@ -454,9 +589,11 @@ describe('faults with real services as child processes', () => {
         expect(after.ids).toEqual(short.ids);
         const outcomes = await Promise.all(runs);
         const lateOutcome = await late;
-        process.stderr.write(`blackhole, agent keepalive ${AGENT_KEEPALIVE.timeMs} + ${AGENT_KEEPALIVE.timeoutMs} ms: a new connection ${detectedMs} ms after; `
-          + `generations ${outcomes.map((o, i) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms (undisturbed ${refs[i].ms})`).join(', ')}; `
-          + `caught on the dead link ${lateOutcome.error ? `${grpc.status[lateOutcome.error.code]} '${lateOutcome.error.details}'` : 'OK'} ${lateOutcome.ms} ms; taken after ${after.ms} ms\n`);
+        process.stderr.write(
+          `blackhole, agent keepalive ${AGENT_KEEPALIVE.timeMs} + ${AGENT_KEEPALIVE.timeoutMs} ms: a new connection ${detectedMs} ms after; ` +
+            `generations ${outcomes.map((o, i) => `${o.error ? grpc.status[o.error.code] : 'OK'} ${o.ms} ms (undisturbed ${refs[i].ms})`).join(', ')}; ` +
+            `caught on the dead link ${lateOutcome.error ? `${grpc.status[lateOutcome.error.code]} '${lateOutcome.error.details}'` : 'OK'} ${lateOutcome.ms} ms; taken after ${after.ms} ms\n`,
+        );
         expectAccounted([...outcomes, lateOutcome, after]);
         // Every generation that ran resumed and completed with the undisturbed tokens, far inside its deadline.
         expect(outcomes.map((o) => o.error?.details)).toEqual(BLACKHOLE_JOBS.map(() => undefined));
@@ -475,7 +612,9 @@ describe('faults with real services as child processes', () => {
         // The executor dropped the dead connection too: its server-side generation was stopped there, and every session is freed.
         await eventually(async () => (await execStatus()).activeSessions === 0, { timeoutMs: 5000, intervalMs: 50, what: 'every session freed' });
         const stopped = proxied.logs.slice(logsBefore).filter((l) => l.msg === 'server-side generation stopped before its end');
-        expect(stopped).toEqual([expect.objectContaining({ clientId: 'dev-blackhole-ka', maxNewTokens: 1019, reason: 'cancelled by the client or its connection was lost' })]);
+        expect(stopped).toEqual([
+          expect.objectContaining({ clientId: 'dev-blackhole-ka', maxNewTokens: 1019, reason: 'cancelled by the client or its connection was lost' }),
+        ]);
       } finally {
         c.close();
         await service.kill();

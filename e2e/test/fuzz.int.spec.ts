@@ -1,6 +1,15 @@
 import * as grpc from '@grpc/grpc-js';
 import {
-  ClientProfile, GenerateRequest, GenerationOutcome, ListPlansRequest, OutcomeStatus, ServerLoad, SessionRequest, Subjects, toWireTensor, WatchPlansRequest,
+  ClientProfile,
+  GenerateRequest,
+  GenerationOutcome,
+  ListPlansRequest,
+  OutcomeStatus,
+  ServerLoad,
+  SessionRequest,
+  Subjects,
+  toWireTensor,
+  WatchPlansRequest,
   type HostTensor,
 } from '@tandem/protocol';
 import { eventually, seededRandom } from '@tandem/testkit';
@@ -20,7 +29,11 @@ const CONCURRENCY = 16;
 /** Every call must end within this (a hang otherwise), ms; the generations are at most 64 tokens of the tiny model. */
 const DEADLINE_MS = 20_000;
 const CLEAR = new Set([
-  grpc.status.OK, grpc.status.INVALID_ARGUMENT, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE, grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.OK,
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.FAILED_PRECONDITION,
+  grpc.status.OUT_OF_RANGE,
+  grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.NOT_FOUND,
 ]);
 
@@ -33,8 +46,11 @@ const OPEN = enc({ kind: { $case: 'open', value: { clientId: 'fuzz', planEpoch: 
 const SESSIONS: Uint8Array[][] = [
   [OPEN],
   [OPEN, enc({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: 6, input: toWireTensor(ids(464, 2068, 7586)), sample: true } } })],
-  [OPEN, enc({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: 3, input: toWireTensor(ids(464, 2068)), sample: false } } }),
-    enc({ kind: { $case: 'step', value: { seq: '2', stageBegin: 3, stageEnd: 6, input: toWireTensor(hidden(2)), sample: true } } })],
+  [
+    OPEN,
+    enc({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: 3, input: toWireTensor(ids(464, 2068)), sample: false } } }),
+    enc({ kind: { $case: 'step', value: { seq: '2', stageBegin: 3, stageEnd: 6, input: toWireTensor(hidden(2)), sample: true } } }),
+  ],
   [OPEN, enc({ kind: { $case: 'step', value: { seq: '1', stageBegin: 3, stageEnd: 6, input: toWireTensor(hidden(1)), sample: true } } })],
   [OPEN, enc({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor(ids(464, 2068)), maxNewTokens: 3 } } })],
 ];
@@ -47,20 +63,29 @@ const GENERATE: Uint8Array[] = [
 
 const pick = <T>(rnd: Rnd, xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
 
-interface Failure { target: string; index: number; how: string[]; hex: string; problem: string }
+interface Failure {
+  target: string;
+  index: number;
+  how: string[];
+  hex: string;
+  problem: string;
+}
 
 /** Checks one call's end; '' when clear. */
 function judge(o: Outcome): string {
   if (!CLEAR.has(o.code)) return `status ${grpc.status[o.code]}: ${o.details.slice(0, 300)}`;
   if (o.code === grpc.status.OK) return '';
   const bytes = Buffer.byteLength(o.details, 'utf8');
-  if (bytes === 0 || bytes > 1024 || !/[A-Za-z]{3}/.test(o.details)) return `${grpc.status[o.code]} with a message of ${bytes} bytes: ${o.details.slice(0, 300)}`;
+  if (bytes === 0 || bytes > 1024 || !/[A-Za-z]{3}/.test(o.details))
+    return `${grpc.status[o.code]} with a message of ${bytes} bytes: ${o.details.slice(0, 300)}`;
   return '';
 }
 
 function report(failures: Failure[]): string {
-  return `fuzz seed ${SEED} (replay: TANDEM_FUZZ_SEED=${SEED} TANDEM_FUZZ_CASES=${CASES}): ${failures.length} failure(s)\n${
-    failures.slice(0, 10).map((f) => `  ${f.target} #${f.index} [${f.how.join(', ')}] ${f.hex.slice(0, 160)}: ${f.problem}`).join('\n')}`;
+  return `fuzz seed ${SEED} (replay: TANDEM_FUZZ_SEED=${SEED} TANDEM_FUZZ_CASES=${CASES}): ${failures.length} failure(s)\n${failures
+    .slice(0, 10)
+    .map((f) => `  ${f.target} #${f.index} [${f.how.join(', ')}] ${f.hex.slice(0, 160)}: ${f.problem}`)
+    .join('\n')}`;
 }
 
 /** Runs `n` cases of `target` with at most CONCURRENCY in flight; returns the failures. */
@@ -85,54 +110,128 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
   // gRPC methods get 3/4 of the cases (Session and Generate the most), NATS subjects the rest.
   const share = (w: number): number => Math.max(10, Math.round((CASES * w) / 100));
 
-  beforeAll(async () => { stack = await startStack(); }, 60_000);
-  afterAll(async () => { await stack?.stop(); });
+  beforeAll(async () => {
+    stack = await startStack();
+  }, 60_000);
+  afterAll(async () => {
+    await stack?.stop();
+  });
 
   const grpcTargets: [string, number, (rnd: Rnd) => { how: string[]; bytes: Buffer; run: () => Promise<Outcome> }][] = [
-    ['executor Session', 25, (r) => {
-      const msgs: Buffer[] = pick(r, SESSIONS).map((m) => Buffer.from(m));
-      const at = Math.floor(r() * msgs.length);
-      const m = mutate(msgs[at], r);
-      msgs[at] = m.bytes;
-      return { ...m, run: () => rawSession(stack.raw.executor, msgs, DEADLINE_MS) };
-    }],
-    ['executor GetStatus', 6, (r) => { const m = mutate(new Uint8Array(0), r); return { ...m, run: () => rawUnary(stack.raw.executor, '/tandem.executor.v1.ExecutorService/GetStatus', m.bytes, DEADLINE_MS) }; }],
-    ['planner WatchPlans', 10, (r) => {
-      const m = mutate(WatchPlansRequest.encode({ clientId: pick(r, ['dev-1', 'fuzz-client', 'x']) }).finish(), r);
-      return { ...m, run: () => rawServerStream(stack.raw.planner, '/tandem.planner.v1.PlannerService/WatchPlans', m.bytes, DEADLINE_MS, 200) };
-    }],
-    ['planner ListPlans', 8, (r) => {
-      const m = mutate(ListPlansRequest.encode({ pageSize: pick(r, [0, 1, 100]), pageToken: pick(r, ['', 'ZGV2LTE']) }).finish(), r);
-      return { ...m, run: () => rawUnary(stack.raw.planner, '/tandem.planner.v1.PlannerService/ListPlans', m.bytes, DEADLINE_MS) };
-    }],
-    ['agent Generate', 18, (r) => {
-      const m = mutate(pick(r, GENERATE), r);
-      return { ...m, run: () => rawServerStream(stack.raw.agent, '/tandem.agent.v1.AgentService/Generate', m.bytes, DEADLINE_MS) };
-    }],
-    ['agent GetStatus', 6, (r) => { const m = mutate(new Uint8Array(0), r); return { ...m, run: () => rawUnary(stack.raw.agent, '/tandem.agent.v1.AgentService/GetStatus', m.bytes, DEADLINE_MS) }; }],
+    [
+      'executor Session',
+      25,
+      (r) => {
+        const msgs: Buffer[] = pick(r, SESSIONS).map((m) => Buffer.from(m));
+        const at = Math.floor(r() * msgs.length);
+        const m = mutate(msgs[at], r);
+        msgs[at] = m.bytes;
+        return { ...m, run: () => rawSession(stack.raw.executor, msgs, DEADLINE_MS) };
+      },
+    ],
+    [
+      'executor GetStatus',
+      6,
+      (r) => {
+        const m = mutate(new Uint8Array(0), r);
+        return { ...m, run: () => rawUnary(stack.raw.executor, '/tandem.executor.v1.ExecutorService/GetStatus', m.bytes, DEADLINE_MS) };
+      },
+    ],
+    [
+      'planner WatchPlans',
+      10,
+      (r) => {
+        const m = mutate(WatchPlansRequest.encode({ clientId: pick(r, ['dev-1', 'fuzz-client', 'x']) }).finish(), r);
+        return { ...m, run: () => rawServerStream(stack.raw.planner, '/tandem.planner.v1.PlannerService/WatchPlans', m.bytes, DEADLINE_MS, 200) };
+      },
+    ],
+    [
+      'planner ListPlans',
+      8,
+      (r) => {
+        const m = mutate(ListPlansRequest.encode({ pageSize: pick(r, [0, 1, 100]), pageToken: pick(r, ['', 'ZGV2LTE']) }).finish(), r);
+        return { ...m, run: () => rawUnary(stack.raw.planner, '/tandem.planner.v1.PlannerService/ListPlans', m.bytes, DEADLINE_MS) };
+      },
+    ],
+    [
+      'agent Generate',
+      18,
+      (r) => {
+        const m = mutate(pick(r, GENERATE), r);
+        return { ...m, run: () => rawServerStream(stack.raw.agent, '/tandem.agent.v1.AgentService/Generate', m.bytes, DEADLINE_MS) };
+      },
+    ],
+    [
+      'agent GetStatus',
+      6,
+      (r) => {
+        const m = mutate(new Uint8Array(0), r);
+        return { ...m, run: () => rawUnary(stack.raw.agent, '/tandem.agent.v1.AgentService/GetStatus', m.bytes, DEADLINE_MS) };
+      },
+    ],
   ];
 
-  it.each(grpcTargets)('%s: every mutated request ends in time with a clear status', async (target, weight, one) => {
-    const failures = await fuzz(target, share(weight), rnd, one);
-    if (failures.length) throw new Error(report(failures));
-  }, 120_000);
+  it.each(grpcTargets)(
+    '%s: every mutated request ends in time with a clear status',
+    async (target, weight, one) => {
+      const failures = await fuzz(target, share(weight), rnd, one);
+      if (failures.length) throw new Error(report(failures));
+    },
+    120_000,
+  );
 
   it('NATS: the planner counts or takes every mutated telemetry message, logs each drop in under 1 KiB, and keeps planning', async () => {
     const profile = (id: string): ClientProfile => ({
-      clientId: id, clientClass: 'default', modelId: stack.modelId, unixMs: Date.now(), planEpoch: 0,
+      clientId: id,
+      clientClass: 'default',
+      modelId: stack.modelId,
+      unixMs: Date.now(),
+      planEpoch: 0,
       stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 1, decodeMs: 1, samples: 3 })),
-      uplink: { latencyMs: 1, bytesPerMs: 1000 }, downlink: { latencyMs: 1, bytesPerMs: 1000 },
+      uplink: { latencyMs: 1, bytesPerMs: 1000 },
+      downlink: { latencyMs: 1, bytesPerMs: 1000 },
     });
     const load: ServerLoad = {
-      serverId: 'fz-exec', modelId: stack.modelId, queueDepth: 0, activeSessions: 0, utilisation: 0.1, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
-      decodeStretch: 1, promptStretch: 1, longPromptStretch: 1, longStepTokens: 0,
+      serverId: 'fz-exec',
+      modelId: stack.modelId,
+      queueDepth: 0,
+      activeSessions: 0,
+      utilisation: 0.1,
+      unixMs: Date.now(),
+      meanQueueMs: 0,
+      overhead: undefined,
+      wholeModel: undefined,
+      decodeStretch: 1,
+      promptStretch: 1,
+      longPromptStretch: 1,
+      longStepTokens: 0,
       stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
     };
     const outcome: GenerationOutcome = {
-      clientId: 'fz-c', clientClass: 'default', modelId: stack.modelId, requestClass: 'short', placement: 'CCSSSC', planEpoch: 1,
-      promptTokens: 4, newTokens: 4, predictedE2eMs: 10, predictedTtftMs: 2, predictedTpotMs: 2, ttftMs: 3, tpotMs: 2, e2eMs: 11,
-      serverComputeMs: 1, serverQueueMs: 0, slaMs: 10_000, ttftSloMs: 0, tpotSloMs: 0, slaMet: true, ttftMet: true, tpotMet: true,
-      status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: Date.now(),
+      clientId: 'fz-c',
+      clientClass: 'default',
+      modelId: stack.modelId,
+      requestClass: 'short',
+      placement: 'CCSSSC',
+      planEpoch: 1,
+      promptTokens: 4,
+      newTokens: 4,
+      predictedE2eMs: 10,
+      predictedTtftMs: 2,
+      predictedTpotMs: 2,
+      ttftMs: 3,
+      tpotMs: 2,
+      e2eMs: 11,
+      serverComputeMs: 1,
+      serverQueueMs: 0,
+      slaMs: 10_000,
+      ttftSloMs: 0,
+      tpotSloMs: 0,
+      slaMet: true,
+      ttftMet: true,
+      tpotMet: true,
+      status: OutcomeStatus.OUTCOME_STATUS_OK,
+      unixMs: Date.now(),
     };
     const subjects: [string, Uint8Array, (id: string) => string][] = [
       ['ClientProfile', ClientProfile.encode(profile('fz-c')).finish(), Subjects.clientProfile],

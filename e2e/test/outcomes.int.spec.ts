@@ -30,7 +30,9 @@ const generate = async (client: AgentServiceClient, req: Partial<GenerateRequest
 // The services run as deployed (e2e/test/credentials.ts): mTLS and bearer tokens on every gRPC
 // port, a nats-server with one user per service; the test reads outcomes as its own NATS user.
 let creds: TestCredentials;
-beforeAll(() => { creds = makeCredentials({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] }); });
+beforeAll(() => {
+  creds = makeCredentials({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] });
+});
 afterAll(() => creds?.remove());
 
 describe('agents report generation outcomes to the planner', () => {
@@ -50,10 +52,25 @@ describe('agents report generation outcomes to the planner', () => {
 
   async function startAgent(clientId: string, stages: number[], executorAddr: string): Promise<AgentServiceClient> {
     const agent = new ClientAgent({
-      modelDir: model.dir, modelId, clientId, clientClass: 'default', address: '127.0.0.1:0', stages, threads: 1, slowdown: 1,
+      modelDir: model.dir,
+      modelId,
+      clientId,
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages,
+      threads: 1,
+      slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
-      security: creds.serverSecurity(), upstream: creds.clientSecurity(clientId), natsAuth: creds.natsAuth(clientId),
+      executorAddr,
+      plannerAddr,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 100,
+      deadlineMs: 10_000,
+      maxMessageBytes: 8 << 20,
+      log,
+      security: creds.serverSecurity(),
+      upstream: creds.clientSecurity(clientId),
+      natsAuth: creds.natsAuth(clientId),
     });
     agents.push(agent);
     const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, ...creds.clientArgs());
@@ -61,29 +78,63 @@ describe('agents report generation outcomes to the planner', () => {
     return c;
   }
 
-
   beforeAll(async () => {
     model = await makeTempModel();
     nats = await creds.startNats();
     nc = await creds.connectNats(nats.url);
     sub = nc.subscribe(Subjects.allOutcomes);
-    void (async () => { for await (const m of sub) outcomes.push({ subject: m.subject, o: GenerationOutcome.decode(m.data) }); })();
+    void (async () => {
+      for await (const m of sub) outcomes.push({ subject: m.subject, o: GenerationOutcome.decode(m.data) });
+    })();
     await nc.flush();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 100,
+      security: creds.serverSecurity(),
+      natsAuth: creds.natsAuth('exec'),
+    });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     const maker = new PlanMaker({
       stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
       classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
-      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
-    planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0,
-      security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
+    planner = new PlannerServer({
+      maker,
+      log,
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: engine.modelId,
+      clientTtlMs: 60_000,
+      debounceMs: 20,
+      idleUtilisation: 0,
+      security: creds.serverSecurity(),
+      natsAuth: creds.natsAuth('planner'),
+    });
     plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
-    await startAgent('dev-ok', Array.from({ length: stageCount }, (_, i) => i), executorAddr);
+    await startAgent(
+      'dev-ok',
+      Array.from({ length: stageCount }, (_, i) => i),
+      executorAddr,
+    );
     // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
     await startAgent('dev-down', [0], `127.0.0.1:${await freePort()}`);
     for (const c of clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
@@ -112,9 +163,21 @@ describe('agents report generation outcomes to the planner', () => {
     const { subject, o } = seen[0];
     expect(subject).toBe(Subjects.outcome('dev-ok'));
     expect(o).toMatchObject({
-      clientId: 'dev-ok', clientClass: 'default', modelId, requestClass: 'short', placement: summary.placement,
-      planEpoch: summary.planEpoch, promptTokens: PROMPT.length, newTokens: 6, slaMs: 10_000, ttftSloMs: 0, tpotSloMs: 0,
-      slaMet: true, ttftMet: true, tpotMet: true, status: OutcomeStatus.OUTCOME_STATUS_OK,
+      clientId: 'dev-ok',
+      clientClass: 'default',
+      modelId,
+      requestClass: 'short',
+      placement: summary.placement,
+      planEpoch: summary.planEpoch,
+      promptTokens: PROMPT.length,
+      newTokens: 6,
+      slaMs: 10_000,
+      ttftSloMs: 0,
+      tpotSloMs: 0,
+      slaMet: true,
+      ttftMet: true,
+      tpotMet: true,
+      status: OutcomeStatus.OUTCOME_STATUS_OK,
     });
     const plan = planner.plans().find((p) => p.clientId === 'dev-ok')!;
     expect(plan.epoch).toBe(o.planEpoch);
@@ -132,26 +195,38 @@ describe('agents report generation outcomes to the planner', () => {
     expect(o.serverQueueMs).toBeGreaterThanOrEqual(0);
     expect(Math.abs(o.unixMs - Date.now())).toBeLessThan(10_000);
     // the planner took it: ListPlans' observations show it
-    await eventually(() => planner.observations().find((x) => x.clientId === 'dev-ok')?.classes[0].outcomes === 1, { timeoutMs: 5000, what: 'the planner counting it' });
+    await eventually(() => planner.observations().find((x) => x.clientId === 'dev-ok')?.classes[0].outcomes === 1, {
+      timeoutMs: 5000,
+      what: 'the planner counting it',
+    });
     const obs = planner.observations().find((x) => x.clientId === 'dev-ok')!.classes[0];
     expect(obs).toMatchObject({ name: 'short', failures: 0, planOutcomes: 1, attainment: 1, window: 1 });
     expect(obs.observedE2eMedianMs).toBeCloseTo(o.e2eMs, 6);
     expect(obs.predictedE2eMedianMs).toBeCloseTo(o.predictedE2eMs, 6);
   });
 
-  it('reports a failed generation as a miss, and `tandem plans` shows both clients\' observations', async () => {
+  it("reports a failed generation as a miss, and `tandem plans` shows both clients' observations", async () => {
     const down = clients[1];
     const before = outcomes.length;
-    const err = await generate(down, {}).then(() => undefined, (e: grpc.ServiceError) => e);
+    const err = await generate(down, {}).then(
+      () => undefined,
+      (e: grpc.ServiceError) => e,
+    );
     expect(err?.code).toBe(grpc.status.UNAVAILABLE);
     const seen = await eventually(() => outcomes.slice(before).find((x) => x.o.clientId === 'dev-down'), { timeoutMs: 5000, what: 'the failed outcome' });
     expect(seen.o).toMatchObject({ status: OutcomeStatus.OUTCOME_STATUS_FAILED, newTokens: 0, ttftMs: 0, slaMs: 10_000, slaMet: false, requestClass: 'short' });
     expect(seen.o.placement).toMatch(/^CS+$/);
-    await eventually(() => planner.observations().find((x) => x.clientId === 'dev-down')?.classes[0].failures === 1, { timeoutMs: 5000, what: 'the planner counting the failure' });
+    await eventually(() => planner.observations().find((x) => x.clientId === 'dev-down')?.classes[0].failures === 1, {
+      timeoutMs: 5000,
+      what: 'the planner counting the failure',
+    });
 
     const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
-    const r = await new Promise<{ code: number; stdout: string }>((resolve, reject) => execFile(process.execPath, [cli, 'plans', '--planner', plannerAddr, '--json', ...creds.cliFlags()], { timeout: 60_000 },
-      (e, stdout) => (e && typeof e.code !== 'number' ? reject(e) : resolve({ code: e ? (e.code as number) : 0, stdout }))));
+    const r = await new Promise<{ code: number; stdout: string }>((resolve, reject) =>
+      execFile(process.execPath, [cli, 'plans', '--planner', plannerAddr, '--json', ...creds.cliFlags()], { timeout: 60_000 }, (e, stdout) =>
+        e && typeof e.code !== 'number' ? reject(e) : resolve({ code: e ? (e.code as number) : 0, stdout }),
+      ),
+    );
     expect(r.code).toBe(0);
     const body = JSON.parse(r.stdout);
     expect(body.observations.map((o: { clientId: string }) => o.clientId)).toEqual(['dev-down', 'dev-ok']);
@@ -174,28 +249,72 @@ describe('the planner closes the loop on a real agent whose generations miss', (
     nats = await creds.startNats();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 100,
+      security: creds.serverSecurity(),
+      natsAuth: creds.natsAuth('exec'),
+    });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
     // predicts (all on the device: no transfers), and every real generation misses.
     const maker = new PlanMaker({
       stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
       classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 1 }],
-      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
-    planner = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: engine.modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0,
-      security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
+    planner = new PlannerServer({
+      maker,
+      calibrator,
+      log,
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: engine.modelId,
+      clientTtlMs: 60_000,
+      debounceMs: 20,
+      idleUtilisation: 0,
+      security: creds.serverSecurity(),
+      natsAuth: creds.natsAuth('planner'),
+    });
     const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
     agent = new ClientAgent({
-      modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', clientClass: 'default', address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+      modelDir: model.dir,
+      modelId: engine.modelId,
+      clientId: 'dev-late',
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i),
+      threads: 1,
+      slowdown: 1,
       // 20 ms each way: every placement that uses the server is clearly slower than the device
       // alone, so only outcomes (not a server figure moving under load) can move the plan.
       link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
-      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 10_000, maxMessageBytes: 8 << 20, log,
-      security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-late'), natsAuth: creds.natsAuth('dev-late'),
+      executorAddr,
+      plannerAddr,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 100,
+      deadlineMs: 10_000,
+      maxMessageBytes: 8 << 20,
+      log,
+      security: creds.serverSecurity(),
+      upstream: creds.clientSecurity('dev-late'),
+      natsAuth: creds.natsAuth('dev-late'),
     });
     client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, ...creds.clientArgs());
   });
@@ -211,15 +330,24 @@ describe('the planner closes the loop on a real agent whose generations miss', (
 
   it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {
     const status = (): Promise<AgentStatusResponse> => agentStatus(client);
-    const first = await eventually(async () => { const s = await status(); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a first plan' });
+    const first = await eventually(
+      async () => {
+        const s = await status();
+        return s.planEpoch > 0 ? s : undefined;
+      },
+      { timeoutMs: 10_000, what: 'a first plan' },
+    );
     const allServer = `short=${'S'.repeat(stageCount)}`;
     expect(first.placements).not.toEqual([allServer]);
     const summaries: GenerationSummary[] = [];
     // generate, as an application would, until the agent runs on a new plan
-    await eventually(async () => {
-      summaries.push(await generate(client, {}));
-      return (await status()).placements[0] === allServer;
-    }, { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' });
+    await eventually(
+      async () => {
+        summaries.push(await generate(client, {}));
+        return (await status()).placements[0] === allServer;
+      },
+      { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' },
+    );
     expect(summaries.length).toBeGreaterThanOrEqual(DEFAULT_CALIBRATION.minOutcomes);
     expect(summaries.every((s) => s.totalMs > s.slaMs)).toBe(true);
     const seen = planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];

@@ -4,7 +4,17 @@ import { ExecutorServiceClient, channelOptions } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
-import { ClientAgent, ExecutorLostError, generate, LinkEmulator, LinkEstimator, LocalStages, RemoteSession, RESUME_MARGIN_MS, type GenerationDeps } from '@tandem/client-agent';
+import {
+  ClientAgent,
+  ExecutorLostError,
+  generate,
+  LinkEmulator,
+  LinkEstimator,
+  LocalStages,
+  RemoteSession,
+  RESUME_MARGIN_MS,
+  type GenerationDeps,
+} from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
 
 // Resuming a generation whose executor session is lost, against a real executor in this
@@ -15,7 +25,12 @@ import { makeCredentials, type TestCredentials } from './credentials';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [464, 2068, 7586, 21831, 18045];
-const unavailable = (): grpc.ServiceError => Object.assign(new Error('14 UNAVAILABLE: Connection dropped'), { code: grpc.status.UNAVAILABLE, details: 'Connection dropped', metadata: new grpc.Metadata() });
+const unavailable = (): grpc.ServiceError =>
+  Object.assign(new Error('14 UNAVAILABLE: Connection dropped'), {
+    code: grpc.status.UNAVAILABLE,
+    details: 'Connection dropped',
+    metadata: new grpc.Metadata(),
+  });
 
 describe('a generation survives its executor session', () => {
   let creds: TestCredentials;
@@ -30,8 +45,20 @@ describe('a generation survives its executor session', () => {
     model = await makeTempModel();
     modelId = modelIdOf(model.dir);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+      security: creds.serverSecurity(),
+    });
     const { port } = await executor.start();
     client = new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs('dev', channelOptions(8 << 20)));
     local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });
@@ -57,21 +84,34 @@ describe('a generation survives its executor session', () => {
         let calls = 0;
         const step = s.step.bind(s);
         s.step = async (...args) => {
-          if (++calls === loseAt) { lost = true; s.cancel(); throw unavailable(); }
+          if (++calls === loseAt) {
+            lost = true;
+            s.cancel();
+            throw unavailable();
+          }
           return step(...args);
         };
         const gen = s.generate.bind(s);
-        s.generate = (prompt, n, onToken) => gen(prompt, n, (t) => {
-          onToken(t);
-          if (t.index === loseAt) { lost = true; s.cancel(); }
-        }).catch((e: unknown) => { throw lost ? unavailable() : e; });
+        s.generate = (prompt, n, onToken) =>
+          gen(prompt, n, (t) => {
+            onToken(t);
+            if (t.index === loseAt) {
+              lost = true;
+              s.cancel();
+            }
+          }).catch((e: unknown) => {
+            throw lost ? unavailable() : e;
+          });
       }
       return s;
     };
   };
 
   const deps = (openRemote: () => Promise<RemoteSession>, deadline = Date.now() + 30_000, signal = new AbortController().signal): GenerationDeps => ({
-    local, openRemote, signal, vocabSize: 50257,
+    local,
+    openRemote,
+    signal,
+    vocabSize: 50257,
     emulator: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
     estimator: new LinkEstimator(),
     resume: { deadline, initialBackoffMs: 10 },
@@ -105,22 +145,42 @@ describe('a generation survives its executor session', () => {
   });
 
   it('fails at once when the first session cannot be opened, and does not resume after an abort', async () => {
-    const first = await generate(deps(() => Promise.reject(unavailable())), 'CCSSSC', PROMPT, 4, () => {}).catch((e: unknown) => e);
+    const first = await generate(
+      deps(() => Promise.reject(unavailable())),
+      'CCSSSC',
+      PROMPT,
+      4,
+      () => {},
+    ).catch((e: unknown) => e);
     expect((first as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
     expect(first).not.toBeInstanceOf(ExecutorLostError);
     const ac = new AbortController();
     const opened: RemoteSession[] = [];
-    const err = await generate(deps(lossy(3, opened), Date.now() + 30_000, ac.signal), 'CCSSSC', PROMPT, 12, (_id, index) => { if (index === 1) ac.abort(new Error('cancelled by the caller')); }).catch((e: unknown) => e);
+    const err = await generate(deps(lossy(3, opened), Date.now() + 30_000, ac.signal), 'CCSSSC', PROMPT, 12, (_id, index) => {
+      if (index === 1) ac.abort(new Error('cancelled by the caller'));
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
     expect(opened).toHaveLength(1);
   });
 
-  it('gives the executor session the caller\'s remaining deadline, capped by the agent\'s own', async () => {
+  it("gives the executor session the caller's remaining deadline, capped by the agent's own", async () => {
     const agent = new ClientAgent({
-      modelDir: model.dir, modelId, clientId: 'dev-deadline', clientClass: 'default', address: '127.0.0.1:0', stages: [0, 1, 2, 3, 4, 5], threads: 1, slowdown: 1,
+      modelDir: model.dir,
+      modelId,
+      clientId: 'dev-deadline',
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages: [0, 1, 2, 3, 4, 5],
+      threads: 1,
+      slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr: client.getChannel().getTarget().replace(/^dns:/, ''), telemetryIntervalMs: 1000, deadlineMs: 60_000, maxMessageBytes: 8 << 20, log,
-      security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-deadline'),
+      executorAddr: client.getChannel().getTarget().replace(/^dns:/, ''),
+      telemetryIntervalMs: 1000,
+      deadlineMs: 60_000,
+      maxMessageBytes: 8 << 20,
+      log,
+      security: creds.serverSecurity(),
+      upstream: creds.clientSecurity('dev-deadline'),
     });
     await agent.start();
     const session = jest.spyOn(ExecutorServiceClient.prototype, 'session');

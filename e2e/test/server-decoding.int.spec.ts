@@ -24,23 +24,52 @@ describe('an all-server generation through the agent is decoded by the executor'
   let stageCount: number;
   const status = (): Promise<GetStatusResponse> => executorStatus(execClient);
   /** One generation through the agent's embedding API (no planner: all-server unless `placement` is given). */
-  const generate = (prompt: number[], maxNewTokens: number, placement = '', onToken: (id: number, index: number) => void = () => {}, signal = new AbortController().signal) =>
-    agent.generate({ input: { $case: 'ids', value: { ids: prompt } }, maxNewTokens, placement }, onToken, signal);
+  const generate = (
+    prompt: number[],
+    maxNewTokens: number,
+    placement = '',
+    onToken: (id: number, index: number) => void = () => {},
+    signal = new AbortController().signal,
+  ) => agent.generate({ input: { $case: 'ids', value: { ids: prompt } }, maxNewTokens, placement }, onToken, signal);
 
   beforeAll(async () => {
     creds = makeCredentials({ clients: ['phone'] });
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+      security: creds.serverSecurity(),
+    });
     const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     execClient = new ExecutorServiceClient(executorAddr, ...creds.clientArgs());
     agent = new ClientAgent({
-      modelDir: model.dir, modelId: engine.modelId, clientId: 'phone', clientClass: 'default', address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+      modelDir: model.dir,
+      modelId: engine.modelId,
+      clientId: 'phone',
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i),
+      threads: 1,
+      slowdown: 1,
       link: new LinkEmulator({ latencyMs: LATENCY_MS, bytesPerMs: 0 }, { latencyMs: LATENCY_MS, bytesPerMs: 0 }),
-      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log, security: creds.serverSecurity(), upstream: creds.clientSecurity('phone'),
+      executorAddr,
+      telemetryIntervalMs: 1000,
+      deadlineMs: 30_000,
+      maxMessageBytes: 8 << 20,
+      log,
+      security: creds.serverSecurity(),
+      upstream: creds.clientSecurity('phone'),
     });
     await agent.start();
   });
@@ -54,13 +83,19 @@ describe('an all-server generation through the agent is decoded by the executor'
   });
 
   it('gives the tokens of a split placement and of the one-process run, without a round trip per token', async () => {
-    for (const [prompt, placement] of [[[15496, 11, 995, 318], 'CCSSSC'], [[464, 2068, 7586, 21831, 18045, 625, 262, 16931], 'CSSSSS']] as const) {
+    for (const [prompt, placement] of [
+      [[15496, 11, 995, 318], 'CCSSSC'],
+      [[464, 2068, 7586, 21831, 18045, 625, 262, 16931], 'CSSSSS'],
+    ] as const) {
       const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
       const expected = await pipe.generate([...prompt], { maxNewTokens: NEW_TOKENS });
       await pipe.close();
       const streamed: number[] = [];
       const before = await status();
-      const all = await generate([...prompt], NEW_TOKENS, '', (id, index) => { expect(index).toBe(streamed.length); streamed.push(id); });
+      const all = await generate([...prompt], NEW_TOKENS, '', (id, index) => {
+        expect(index).toBe(streamed.length);
+        streamed.push(id);
+      });
       const after = await status();
       expect(all.placement).toBe('S'.repeat(stageCount));
       expect(all.stats.ids).toEqual(expected);
@@ -84,7 +119,16 @@ describe('an all-server generation through the agent is decoded by the executor'
   it('cancels the executor stream when the generation is aborted, and the executor stops computing', async () => {
     const ac = new AbortController();
     const got: number[] = [];
-    const run = generate([1, 2, 3], 900, '', (id) => { got.push(id); if (got.length === 3) ac.abort(new Error('caller went away')); }, ac.signal);
+    const run = generate(
+      [1, 2, 3],
+      900,
+      '',
+      (id) => {
+        got.push(id);
+        if (got.length === 3) ac.abort(new Error('caller went away'));
+      },
+      ac.signal,
+    );
     await expect(run).rejects.toBeDefined();
     expect(got).toHaveLength(3);
     await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 1000, what: 'executor session freed' });

@@ -35,7 +35,10 @@ const log = createLogger({ name: 'test', level: 'silent' });
 function run(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     execFile(cmd, args, { timeout: 60_000 }, (err, stdout, stderr) => {
-      if (err && typeof err.code !== 'number') { reject(err); return; }
+      if (err && typeof err.code !== 'number') {
+        reject(err);
+        return;
+      }
       resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
     });
   });
@@ -62,15 +65,29 @@ describe('the three services end to end', () => {
   let stageCount: number;
   let modelId: string;
 
-
   async function startPlanner(address = '127.0.0.1:0'): Promise<void> {
     const maker = new PlanMaker({
       stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
       classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
-      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
-    planner = new PlannerServer({ maker, log, address, natsUrl: nats.url, modelId, clientTtlMs: 60_000, debounceMs: 20, idleUtilisation: 0,
-      security: creds.serverSecurity(), natsAuth: creds.natsAuth('planner') });
+    planner = new PlannerServer({
+      maker,
+      log,
+      address,
+      natsUrl: nats.url,
+      modelId,
+      clientTtlMs: 60_000,
+      debounceMs: 20,
+      idleUtilisation: 0,
+      security: creds.serverSecurity(),
+      natsAuth: creds.natsAuth('planner'),
+    });
     plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
   }
 
@@ -82,17 +99,45 @@ describe('the three services end to end', () => {
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 100, security: creds.serverSecurity(), natsAuth: creds.natsAuth('exec') });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 100,
+      security: creds.serverSecurity(),
+      natsAuth: creds.natsAuth('exec'),
+    });
     executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     execClient = new ExecutorServiceClient(executorAddr, ...creds.clientArgs());
     await startPlanner();
     agent = new ClientAgent({
-      modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-1', clientClass: 'default', address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown: 1,
+      modelDir: model.dir,
+      modelId: engine.modelId,
+      clientId: 'dev-1',
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i),
+      threads: 1,
+      slowdown: 1,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr, plannerAddr, natsUrl: nats.url, telemetryIntervalMs: 100, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
-      security: creds.serverSecurity(), upstream: creds.clientSecurity('dev-1'), natsAuth: creds.natsAuth('dev-1'),
+      executorAddr,
+      plannerAddr,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 100,
+      deadlineMs: 30_000,
+      maxMessageBytes: 8 << 20,
+      log,
+      security: creds.serverSecurity(),
+      upstream: creds.clientSecurity('dev-1'),
+      natsAuth: creds.natsAuth('dev-1'),
     });
     agentPort = (await agent.start()).port;
     agentClient = new AgentServiceClient(`127.0.0.1:${agentPort}`, ...creds.clientArgs());
@@ -125,15 +170,36 @@ describe('the three services end to end', () => {
   it('refuses a client without the CA, without a client certificate or without a token, and NATS without credentials (TLS, mTLS, tokens and NATS users are on)', async () => {
     // The refused callers are plaintext or lack a credential on purpose: this test is about refusing them.
     const grpcCalls: [string, (creds: grpc.ChannelCredentials, opts: Partial<grpc.ClientOptions>) => Promise<unknown>][] = [
-      ['executor GetStatus', (c, o) => { const x = new ExecutorServiceClient(executorAddr, c, o); return executorStatus(x, 5000).finally(() => x.close()); }],
-      ['planner ListPlans', (c, o) => { const x = new PlannerServiceClient(plannerAddr, c, o); return listPlansPage(x, { pageSize: 0, pageToken: '' }, Date.now() + 5000).finally(() => x.close()); }],
-      ['agent GetStatus', (c, o) => { const x = new AgentServiceClient(`127.0.0.1:${agentPort}`, c, o); return agentStatus(x, 5000).finally(() => x.close()); }],
+      [
+        'executor GetStatus',
+        (c, o) => {
+          const x = new ExecutorServiceClient(executorAddr, c, o);
+          return executorStatus(x, 5000).finally(() => x.close());
+        },
+      ],
+      [
+        'planner ListPlans',
+        (c, o) => {
+          const x = new PlannerServiceClient(plannerAddr, c, o);
+          return listPlansPage(x, { pageSize: 0, pageToken: '' }, Date.now() + 5000).finally(() => x.close());
+        },
+      ],
+      [
+        'agent GetStatus',
+        (c, o) => {
+          const x = new AgentServiceClient(`127.0.0.1:${agentPort}`, c, o);
+          return agentStatus(x, 5000).finally(() => x.close());
+        },
+      ],
     ];
     const noToken = { ...creds.clientSecurity(), token: undefined };
     const refusals: Record<string, string> = {};
     for (const [what, call] of grpcCalls) {
       const outcome = async (c: grpc.ChannelCredentials, o: Partial<grpc.ClientOptions> = {}): Promise<string> =>
-        call(c, o).then(() => 'OK', (e: grpc.ServiceError) => `${grpc.status[e.code]}${e.code === grpc.status.UNAUTHENTICATED ? `: ${e.details.split(' (')[0]}` : ''}`);
+        call(c, o).then(
+          () => 'OK',
+          (e: grpc.ServiceError) => `${grpc.status[e.code]}${e.code === grpc.status.UNAUTHENTICATED ? `: ${e.details.split(' (')[0]}` : ''}`,
+        );
       refusals[what] = [
         // no CA: a plaintext client, and a TLS client that trusts only the public roots
         await outcome(grpc.credentials.createInsecure()),
@@ -154,19 +220,37 @@ describe('the three services end to end', () => {
       const x = new ExecutorServiceClient(executorAddr, ...devToken);
       const s = x.session({ deadline: Date.now() + 5000 });
       s.on('data', () => undefined);
-      s.on('error', (e: grpc.ServiceError) => { x.close(); resolve(e); });
-      s.on('end', () => { x.close(); resolve(undefined); });
+      s.on('error', (e: grpc.ServiceError) => {
+        x.close();
+        resolve(e);
+      });
+      s.on('end', () => {
+        x.close();
+        resolve(undefined);
+      });
       s.write({ kind: { $case: 'open', value: { clientId: 'dev-2', planEpoch: '0', modelId: '' } } });
     });
     expect(other?.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(other?.details).toContain('open.clientId');
     // nats-server refuses a connection without credentials
-    const anonymous = await connect({ servers: nats.url, reconnect: false, timeout: 5000 }).then(async (c) => { await c.close(); return 'connected'; }, (e: Error) => e.message);
+    const anonymous = await connect({ servers: nats.url, reconnect: false, timeout: 5000 }).then(
+      async (c) => {
+        await c.close();
+        return 'connected';
+      },
+      (e: Error) => e.message,
+    );
     expect(anonymous).toMatch(/authorization violation/i);
   });
 
   it('the agent gets a plan from its own telemetry and generates with it', async () => {
-    const st = await eventually(async () => { const s = await agentStatus(agentClient); return s.planEpoch > 0 ? s : undefined; }, { timeoutMs: 10_000, what: 'a plan for dev-1' });
+    const st = await eventually(
+      async () => {
+        const s = await agentStatus(agentClient);
+        return s.planEpoch > 0 ? s : undefined;
+      },
+      { timeoutMs: 10_000, what: 'a plan for dev-1' },
+    );
     const { summary } = await generate(agentClient, {});
     expect(summary.planEpoch).toBe(st.planEpoch);
     expect(summary.requestClass).toBe('short');
@@ -177,13 +261,20 @@ describe('the three services end to end', () => {
     const plans: ClientPlan[] = [];
     const pc = new PlannerServiceClient(plannerAddr, ...creds.clientArgs());
     const call = pc.watchPlans({ clientId: 'injected' });
-    call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
+    call.on('data', (m: WatchPlansResponse) => {
+      if (m.plan) plans.push(m.plan);
+    });
     call.on('error', () => undefined);
     try {
       const profile = (msPerStage: number): ClientProfile => ({
-        clientId: 'injected', clientClass: 'default', modelId, unixMs: Date.now(), planEpoch: 0,
+        clientId: 'injected',
+        clientClass: 'default',
+        modelId,
+        unixMs: Date.now(),
+        planEpoch: 0,
         stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 5 })),
-        uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
+        uplink: { latencyMs: 1, bytesPerMs: 10_000 },
+        downlink: { latencyMs: 1, bytesPerMs: 10_000 },
       });
       let t0 = Date.now();
       nc.publish(Subjects.clientProfile('injected'), ClientProfile.encode(profile(1)).finish());
@@ -206,9 +297,33 @@ describe('the three services end to end', () => {
   it('drops a malformed NATS message without disturbing the planner', async () => {
     const before = planner.counters.badMessages;
     nc.publish(Subjects.clientProfile('junk'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
-    nc.publish(Subjects.clientProfile('junk'), ClientProfile.encode({ clientId: 'other', clientClass: '', modelId: '', stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish());
+    nc.publish(
+      Subjects.clientProfile('junk'),
+      ClientProfile.encode({
+        clientId: 'other',
+        clientClass: '',
+        modelId: '',
+        stages: [],
+        unixMs: 0,
+        planEpoch: 0,
+        uplink: undefined,
+        downlink: undefined,
+      }).finish(),
+    );
     // a device holding another model must not be planned with this model's costs
-    nc.publish(Subjects.clientProfile('stranger'), ClientProfile.encode({ clientId: 'stranger', clientClass: '', modelId: 'ffffffffffffffff', stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish());
+    nc.publish(
+      Subjects.clientProfile('stranger'),
+      ClientProfile.encode({
+        clientId: 'stranger',
+        clientClass: '',
+        modelId: 'ffffffffffffffff',
+        stages: [],
+        unixMs: 0,
+        planEpoch: 0,
+        uplink: undefined,
+        downlink: undefined,
+      }).finish(),
+    );
     await eventually(() => planner.counters.badMessages >= before + 3, { timeoutMs: 2000, what: 'bad messages counted' });
     expect(planner.plans().some((p) => p.clientId === 'stranger')).toBe(false);
     const { ids } = await generate(agentClient, {});
@@ -232,22 +347,53 @@ describe('the three services end to end', () => {
     await pipe.close();
     const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
     const agentAddr = `127.0.0.1:${agentPort}`;
-    const ok = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', PROMPT.join(','), '--max-new-tokens', '5', '--placement', 'CSCSCS', '--json', ...creds.cliFlags()]);
+    const ok = await run(process.execPath, [
+      cli,
+      'generate',
+      '--agent',
+      agentAddr,
+      '--ids',
+      PROMPT.join(','),
+      '--max-new-tokens',
+      '5',
+      '--placement',
+      'CSCSCS',
+      '--json',
+      ...creds.cliFlags(),
+    ]);
     expect(ok.code).toBe(0);
     const out = JSON.parse(ok.stdout);
     expect(out.ids).toEqual(expected);
     expect(out.placement).toBe('CSCSCS');
     expect(out.totalMs).toBeGreaterThan(0);
-    const bad = await run(process.execPath, [cli, 'generate', '--agent', agentAddr, '--ids', '1,2', '--max-new-tokens', '5', '--placement', 'CS', ...creds.cliFlags()]);
+    const bad = await run(process.execPath, [
+      cli,
+      'generate',
+      '--agent',
+      agentAddr,
+      '--ids',
+      '1,2',
+      '--max-new-tokens',
+      '5',
+      '--placement',
+      'CS',
+      ...creds.cliFlags(),
+    ]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain(`placement must be ${stageCount} letters C or S, given 'CS'`);
   });
 
   it('refuses a bad Generate request with INVALID_ARGUMENT naming the field', async () => {
-    const err = await generate(agentClient, { placement: 'CCX' }).then(() => undefined, (e: grpc.ServiceError) => e);
+    const err = await generate(agentClient, { placement: 'CCX' }).then(
+      () => undefined,
+      (e: grpc.ServiceError) => e,
+    );
     expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err?.details).toBe(`placement must be ${stageCount} letters C or S, given 'CCX'`);
-    const err2 = await generate(agentClient, { input: { $case: 'ids', value: { ids: [1, 99999] } } }).then(() => undefined, (e: grpc.ServiceError) => e);
+    const err2 = await generate(agentClient, { input: { $case: 'ids', value: { ids: [1, 99999] } } }).then(
+      () => undefined,
+      (e: grpc.ServiceError) => e,
+    );
     expect(err2?.details).toBe('ids[1] must be in 0..50256, given 99999');
   });
 
@@ -260,17 +406,30 @@ describe('the three services end to end', () => {
     const pc = new PlannerServiceClient(plannerAddr, ...creds.clientArgs());
     const plans: ClientPlan[] = [];
     const call = pc.watchPlans({ clientId: 'after-restart' });
-    call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
+    call.on('data', (m: WatchPlansResponse) => {
+      if (m.plan) plans.push(m.plan);
+    });
     call.on('error', () => undefined);
     try {
-      await eventually(() => {
-        nc.publish(Subjects.clientProfile('after-restart'), ClientProfile.encode({
-          clientId: 'after-restart', clientClass: 'default', modelId, unixMs: Date.now(), planEpoch: 0,
-          stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
-          uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
-        }).finish());
-        return plans.length > 0;
-      }, { timeoutMs: 10_000, intervalMs: 200, what: 'a plan after the restart' });
+      await eventually(
+        () => {
+          nc.publish(
+            Subjects.clientProfile('after-restart'),
+            ClientProfile.encode({
+              clientId: 'after-restart',
+              clientClass: 'default',
+              modelId,
+              unixMs: Date.now(),
+              planEpoch: 0,
+              stages: Array.from({ length: stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 5 })),
+              uplink: { latencyMs: 1, bytesPerMs: 10_000 },
+              downlink: { latencyMs: 1, bytesPerMs: 10_000 },
+            }).finish(),
+          );
+          return plans.length > 0;
+        },
+        { timeoutMs: 10_000, intervalMs: 200, what: 'a plan after the restart' },
+      );
     } finally {
       call.cancel();
       pc.close();
@@ -288,6 +447,9 @@ describe('the three services end to end', () => {
     expect(summary.planEpoch).toBe(before.planEpoch);
     // a planner on the same address: the agent reconnects and gets a plan with a newer epoch
     await startPlanner(address);
-    await eventually(async () => (await agentStatus(agentClient)).planEpoch > before.planEpoch, { timeoutMs: 10_000, what: 'a newer plan from the new planner' });
+    await eventually(async () => (await agentStatus(agentClient)).planEpoch > before.planEpoch, {
+      timeoutMs: 10_000,
+      what: 'a newer plan from the new planner',
+    });
   });
 });

@@ -4,7 +4,18 @@ import { ExecutorServiceClient, channelOptions } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
-import { generate, GenerateRefusedError, LinkEmulator, LinkEstimator, LocalStages, REFUSAL_MARGIN_MS, RemoteSession, StepRefusedError, type GenerationDeps, type GenerationStats } from '@tandem/client-agent';
+import {
+  generate,
+  GenerateRefusedError,
+  LinkEmulator,
+  LinkEstimator,
+  LocalStages,
+  REFUSAL_MARGIN_MS,
+  RemoteSession,
+  StepRefusedError,
+  type GenerationDeps,
+  type GenerationStats,
+} from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
 
 // The agent's side of EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, against a real executor in this
@@ -23,7 +34,7 @@ const LONG = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 const RATE = 8;
 const CLIENT_IDS = ['dev-paced', 'dev-short', 'dev-gen', 'dev-gen-short'];
 
-describe('a generation over its client\'s tokens per second', () => {
+describe("a generation over its client's tokens per second", () => {
   let creds: TestCredentials;
   let model: TempModel;
   let executor: ExecutorServer;
@@ -39,8 +50,21 @@ describe('a generation over its client\'s tokens per second', () => {
     model = await makeTempModel();
     modelId = modelIdOf(model.dir);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxTokensPerSPerClient: RATE, maxContextTokens: 0,
-      maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security: creds.serverSecurity() });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxTokensPerSPerClient: RATE,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+      security: creds.serverSecurity(),
+    });
     const { port } = await executor.start();
     clients = new Map(CLIENT_IDS.map((id) => [id, new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs(id, channelOptions(8 << 20)))]));
     local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });
@@ -58,7 +82,9 @@ describe('a generation over its client\'s tokens per second', () => {
   });
 
   const deps = (clientId: string, deadline: number, opened: RemoteSession[]): GenerationDeps => ({
-    local, signal: new AbortController().signal, vocabSize: 50257,
+    local,
+    signal: new AbortController().signal,
+    vocabSize: 50257,
     openRemote: async () => {
       const s = await RemoteSession.open(clients.get(clientId)!, { clientId, planEpoch: 0, modelId, deadline });
       opened.push(s);
@@ -88,7 +114,9 @@ describe('a generation over its client\'s tokens per second', () => {
     const err = await generate(deps('dev-short', deadline, opened), 'CCSSSC', [...PROMPT, ...PROMPT], 8, () => {}).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StepRefusedError);
     expect((err as StepRefusedError).code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect((err as StepRefusedError).details).toMatch(/^tokens of client 'dev-short' must stay <= 8 per second \(EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8\): step seq 2 brings 1 tokens, and 0 are left; retry after \d+ ms \(the deadline is \d+ ms away\)$/);
+    expect((err as StepRefusedError).details).toMatch(
+      /^tokens of client 'dev-short' must stay <= 8 per second \(EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8\): step seq 2 brings 1 tokens, and 0 are left; retry after \d+ ms \(the deadline is \d+ ms away\)$/,
+    );
     // a 10-token prefill leaves a debt of 2: the first decode step's hint (375 ms) does not fit in 400
     expect(Date.now()).toBeLessThan(deadline - REFUSAL_MARGIN_MS / 2);
   });
@@ -96,8 +124,12 @@ describe('a generation over its client\'s tokens per second', () => {
   /** Starts a 12-token-prompt server-side generation of `clientId` (emptying its bucket) and resolves once its first token came, with the generation still running. */
   const emptyTheBucket = async (clientId: string, maxNewTokens: number): Promise<{ running: Promise<GenerationStats> }> => {
     let first!: () => void;
-    const started = new Promise<void>((r) => { first = r; });
-    const running = generate(deps(clientId, Date.now() + 20_000, []), 'SSSSSS', LONG, maxNewTokens, (_id, i) => { if (i === 0) first(); });
+    const started = new Promise<void>((r) => {
+      first = r;
+    });
+    const running = generate(deps(clientId, Date.now() + 20_000, []), 'SSSSSS', LONG, maxNewTokens, (_id, i) => {
+      if (i === 0) first();
+    });
     await Promise.race([started, running]);
     return { running }; // not the promise itself: an async function would wait for it
   };
@@ -117,14 +149,16 @@ describe('a generation over its client\'s tokens per second', () => {
     process.stderr.write(`server-side at ${RATE} tokens/s: a second generation refused ${stats.refusals} times, done in ${Math.round(ms)} ms\n`);
   });
 
-  it('ends a server-side generation refused at its start with RESOURCE_EXHAUSTED and the executor\'s message when the deadline leaves no room for the hint', async () => {
+  it("ends a server-side generation refused at its start with RESOURCE_EXHAUSTED and the executor's message when the deadline leaves no room for the hint", async () => {
     const { running } = await emptyTheBucket('dev-gen-short', 2);
     const opened: RemoteSession[] = [];
     const deadline = Date.now() + 400;
     const err = await generate(deps('dev-gen-short', deadline, opened), 'SSSSSS', PROMPT, 8, () => {}).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GenerateRefusedError);
     expect((err as GenerateRefusedError).code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect((err as GenerateRefusedError).details).toMatch(/^tokens of client 'dev-gen-short' must stay <= 8 per second \(EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8\): generate seq 1 needs a token to start, and 0 are left; retry after \d+ ms \(the deadline is \d+ ms away\)$/);
+    expect((err as GenerateRefusedError).details).toMatch(
+      /^tokens of client 'dev-gen-short' must stay <= 8 per second \(EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8\): generate seq 1 needs a token to start, and 0 are left; retry after \d+ ms \(the deadline is \d+ ms away\)$/,
+    );
     expect(opened).toHaveLength(1);
     expect(Date.now()).toBeLessThan(deadline - REFUSAL_MARGIN_MS / 2);
     expect((await running).ids).toEqual(want.long.slice(0, 2));

@@ -6,14 +6,23 @@ import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@ta
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
 
 /** The value after `--name` on the command line, or `fallback`. */
-export const arg = (name: string, fallback: string): string => { const i = process.argv.indexOf(`--${name}`); return i >= 0 ? process.argv[i + 1] : fallback; };
+export const arg = (name: string, fallback: string): string => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+};
 
 /** Median of a non-empty list. */
-export const median = (xs: readonly number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+export const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
 
 /** The directory of the synthetic model of `preset` (seed 1) in the model cache (presetModelDir, or `dir`), created when missing. */
 export async function benchModel(preset: string, dir = presetModelDir(preset)): Promise<string> {
-  await ensurePresetModel(preset, dir, (done) => { if (done === 0) process.stderr.write(`creating the ${preset} model in ${dir}\n`); });
+  await ensurePresetModel(preset, dir, (done) => {
+    if (done === 0) process.stderr.write(`creating the ${preset} model in ${dir}\n`);
+  });
   return dir;
 }
 

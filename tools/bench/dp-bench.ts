@@ -16,14 +16,38 @@
  */
 import { performance } from 'node:perf_hooks';
 import {
-  approxEqual, evaluateGeneration, evaluatePlacement, instanceFromShape, linkFromMbps, requestCosts, sloCheck, sloRatio, solveDp, solveDpGrid,
-  solveGenerationDp, type GenerationInstance, type Location, type PlacementInstance, type PlacementResult, type Slo, type TransformerShape,
+  approxEqual,
+  evaluateGeneration,
+  evaluatePlacement,
+  instanceFromShape,
+  linkFromMbps,
+  requestCosts,
+  sloCheck,
+  sloRatio,
+  solveDp,
+  solveDpGrid,
+  solveGenerationDp,
+  type GenerationInstance,
+  type Location,
+  type PlacementInstance,
+  type PlacementResult,
+  type Slo,
+  type TransformerShape,
 } from '@tandem/dp';
 import { seededRandom } from '@tandem/util';
 
 const GPT2_MEDIUM: TransformerShape = {
-  name: 'gpt2-medium', dModel: 1024, dFF: 4096, encoderLayers: 0, decoderLayers: 24, crossAttention: false,
-  inputBytesPerToken: 8, embedFlopsPerToken: 0, headKind: 'lm', headOutputs: 50257, activationBytes: 4,
+  name: 'gpt2-medium',
+  dModel: 1024,
+  dFF: 4096,
+  encoderLayers: 0,
+  decoderLayers: 24,
+  crossAttention: false,
+  inputBytesPerToken: 8,
+  embedFlopsPerToken: 0,
+  headKind: 'lm',
+  headOutputs: 50257,
+  activationBytes: 4,
 };
 
 function arg(name: string, fallback: number): number {
@@ -53,8 +77,14 @@ function makeInstances(count: number, resolutionMs: number, seed: number): Place
       return { ...s, clientMs: s.clientMs * (0.8 + 0.4 * rnd()), serverMs, serverWork: serverMs };
     });
     const draft = { ...base, stages };
-    const server = evaluatePlacement(draft, stages.map(() => 'server')).latencyMs;
-    const client = evaluatePlacement(draft, stages.map(() => 'client')).latencyMs;
+    const server = evaluatePlacement(
+      draft,
+      stages.map(() => 'server'),
+    ).latencyMs;
+    const client = evaluatePlacement(
+      draft,
+      stages.map(() => 'client'),
+    ).latencyMs;
     const lo = Math.min(server, client);
     const hi = Math.max(server, client);
     out.push({ ...draft, slaMs: lo + (hi - lo) * rnd() * 0.8 + 0.1 * (hi - lo) });
@@ -71,8 +101,17 @@ function timeBatch(instances: readonly PlacementInstance[], solver: (i: Placemen
 }
 
 const gptShape = (layers: number, dModel: number): TransformerShape => ({
-  name: `gpt-${layers}x${dModel}`, dModel, dFF: 4 * dModel, encoderLayers: 0, decoderLayers: layers, crossAttention: false,
-  inputBytesPerToken: 8, embedFlopsPerToken: 0, headKind: 'lm', headOutputs: 50257, activationBytes: 4,
+  name: `gpt-${layers}x${dModel}`,
+  dModel,
+  dFF: 4 * dModel,
+  encoderLayers: 0,
+  decoderLayers: layers,
+  crossAttention: false,
+  inputBytesPerToken: 8,
+  embedFlopsPerToken: 0,
+  headKind: 'lm',
+  headOutputs: 50257,
+  activationBytes: 4,
 });
 
 type SloSet = readonly (keyof Slo)[];
@@ -105,12 +144,21 @@ function makeGenerations(shape: TransformerShape, count: number, slos: SloSet, s
       };
     });
     const draft: GenerationInstance = {
-      stages, promptTokens: n, decodeSteps: m, outBytesPerPass: 8,
+      stages,
+      promptTokens: n,
+      decodeSteps: m,
+      outBytesPerPass: 8,
       uplink: linkFromMbps(1 + 30 * rnd(), pick([20, 100, 1000])),
       downlink: linkFromMbps(1 + 30 * rnd(), pick([100, 500, 1000])),
-      slo: { e2eMs: 1 }, serverEntryWork: 0.3 * rnd(),
+      slo: { e2eMs: 1 },
+      serverEntryWork: 0.3 * rnd(),
     };
-    const ends = (['client', 'server'] as const).map((side) => evaluateGeneration(draft, stages.map(() => side)));
+    const ends = (['client', 'server'] as const).map((side) =>
+      evaluateGeneration(
+        draft,
+        stages.map(() => side),
+      ),
+    );
     const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
     for (const k of slos) {
       const lo = Math.min(ends[0][k], ends[1][k]);
@@ -142,8 +190,13 @@ function generationPart(): void {
   const brute = arg('brute', 100);
   const sets: readonly SloSet[] = [['e2eMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];
   process.stdout.write(`\ngeneration instances (dp with TTFT/TPOT/E2E SLOs, server-side decoding on), ${batch} per row\n`);
-  process.stdout.write('| model | stages | SLOs stated | dp µs per instance (best of 3) | feasible | streamed all-server chosen |\n|---|---:|---|---:|---:|---:|\n');
-  for (const [label, shape] of [['gpt2 small', gptShape(12, 768)], ['48 blocks × 1600', gptShape(48, 1600)]] as const) {
+  process.stdout.write(
+    '| model | stages | SLOs stated | dp µs per instance (best of 3) | feasible | streamed all-server chosen |\n|---|---:|---|---:|---:|---:|\n',
+  );
+  for (const [label, shape] of [
+    ['gpt2 small', gptShape(12, 768)],
+    ['48 blocks × 1600', gptShape(48, 1600)],
+  ] as const) {
     for (const [k, set] of sets.entries()) {
       const instances = makeGenerations(shape, batch, set, 1000 + k);
       for (const inst of instances.slice(0, 100)) solveGenerationDp(inst);
@@ -154,7 +207,10 @@ function generationPart(): void {
         const t0 = performance.now();
         for (const inst of instances) {
           const a = solveGenerationDp(inst);
-          if (r === 0) { feasible += a.feasible ? 1 : 0; streamed += a.serverDecoding ? 1 : 0; }
+          if (r === 0) {
+            feasible += a.feasible ? 1 : 0;
+            streamed += a.serverDecoding ? 1 : 0;
+          }
         }
         runs.push(((performance.now() - t0) * 1000) / instances.length);
       }
@@ -175,7 +231,9 @@ function generationPart(): void {
     bruteMs += performance.now() - t0;
     if (a.feasible === b.feasible && (a.feasible ? approxEqual(a.serverWork, b.work) : approxEqual(sloRatio(inst.slo, a), b.ratio))) agree++;
   }
-  process.stdout.write(`14-stage generations, all three SLOs: dp ${(1000 * dpMs / small.length).toFixed(1)} µs vs brute force ${(1000 * bruteMs / small.length).toFixed(0)} µs per instance; dp = brute force on ${agree} of ${small.length}\n`);
+  process.stdout.write(
+    `14-stage generations, all three SLOs: dp ${((1000 * dpMs) / small.length).toFixed(1)} µs vs brute force ${((1000 * bruteMs) / small.length).toFixed(0)} µs per instance; dp = brute force on ${agree} of ${small.length}\n`,
+  );
 }
 
 function main(): void {
@@ -185,7 +243,9 @@ function main(): void {
   const instances = makeInstances(batch, resolutionMs, 42);
   const meanSla = instances.reduce((a, i) => a + i.slaMs, 0) / instances.length;
   const meanSteps = instances.reduce((a, i) => a + Math.floor(i.slaMs / resolutionMs), 0) / instances.length;
-  process.stdout.write(`dp-bench: ${batch} instances × ${instances[0].stages.length} stages (GPT-2 medium shape), mean SLA ${meanSla.toFixed(1)} ms = ${meanSteps.toFixed(0)} steps of ${resolutionMs} ms\n`);
+  process.stdout.write(
+    `dp-bench: ${batch} instances × ${instances[0].stages.length} stages (GPT-2 medium shape), mean SLA ${meanSla.toFixed(1)} ms = ${meanSteps.toFixed(0)} steps of ${resolutionMs} ms\n`,
+  );
   // Warm-up so the JIT has compiled both solvers before timing.
   timeBatch(instances.slice(0, 500), solveDp);
   timeBatch(instances.slice(0, 200), solveDpGrid);
@@ -203,7 +263,10 @@ function main(): void {
   for (const inst of instances.slice(0, 2000)) {
     const a = solveDp(inst);
     const b = solveDpGrid(inst);
-    if (b.serverWork > a.serverWork * (1 + 1e-9)) { gridWorse++; gridExtra += (b.serverWork - a.serverWork) / Math.max(a.serverWork, 1e-12); }
+    if (b.serverWork > a.serverWork * (1 + 1e-9)) {
+      gridWorse++;
+      gridExtra += (b.serverWork - a.serverWork) / Math.max(a.serverWork, 1e-12);
+    }
   }
   process.stdout.write('| solver | µs per instance (best of rounds) | median | instances/s |\n|---|---:|---:|---:|\n');
   for (const row of rows) {
@@ -212,7 +275,9 @@ function main(): void {
     const median = sorted[Math.floor(sorted.length / 2)];
     process.stdout.write(`| ${row.solver} | ${best.toFixed(1)} | ${median.toFixed(1)} | ${Math.round(1e6 / median)} |\n`);
   }
-  process.stdout.write(`dp-grid did more work than dp on ${gridWorse} of 2000 instances (mean excess there ${(100 * gridExtra / Math.max(gridWorse, 1)).toFixed(2)} %)\n`);
+  process.stdout.write(
+    `dp-grid did more work than dp on ${gridWorse} of 2000 instances (mean excess there ${((100 * gridExtra) / Math.max(gridWorse, 1)).toFixed(2)} %)\n`,
+  );
   generationPart();
 }
 

@@ -23,7 +23,15 @@
 import * as os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import { channelOptions, ExecutorServiceClient, HealthClient, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import {
+  channelOptions,
+  ExecutorServiceClient,
+  HealthClient,
+  toWireTensor,
+  type HostTensor,
+  type SessionRequest,
+  type SessionResponse,
+} from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '@tandem/server-executor';
 import { sleep } from '@tandem/util';
@@ -43,19 +51,35 @@ const opts = {
 type Mode = 'worker' | 'inline';
 const MODES: readonly Mode[] = ['worker', 'inline'];
 const log = createLogger({ name: 'bench', level: 'silent' });
-const say = (s: string): void => { process.stderr.write(`${s}\n`); };
+const say = (s: string): void => {
+  process.stderr.write(`${s}\n`);
+};
 const sorted = (xs: number[]): number[] => [...xs].sort((a, b) => a - b);
-const pct = (xs: number[], p: number): number => { const s = sorted(xs); return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]; };
+const pct = (xs: number[], p: number): number => {
+  const s = sorted(xs);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+};
 const median = (xs: number[]): number => pct(xs, 50);
 const spread = (xs: number[], digits = 1): string => `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
 const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 
-
 async function startServer(mode: Mode, dir: string): Promise<{ server: ExecutorServer; engine: StageEngine; addr: string }> {
   const load = { intraOpNumThreads: opts.threads };
   const engine = mode === 'worker' ? await WorkerStageEngine.load(dir, load) : await OnnxStageEngine.load(dir, load);
-  const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'bench', maxSessions: 256, maxContextTokens: 0, maxMessageBytes: 256 << 20,
-    batching: true, maxBatch: 16, maxBatchTokens: opts.maxBatchTokens, idleTimeoutMs: 600_000, telemetryIntervalMs: 1000 });
+  const server = new ExecutorServer({
+    engine,
+    log,
+    address: '127.0.0.1:0',
+    serverId: 'bench',
+    maxSessions: 256,
+    maxContextTokens: 0,
+    maxMessageBytes: 256 << 20,
+    batching: true,
+    maxBatch: 16,
+    maxBatchTokens: opts.maxBatchTokens,
+    idleTimeoutMs: 600_000,
+    telemetryIntervalMs: 1000,
+  });
   const { port } = await server.start();
   return { server, engine, addr: `127.0.0.1:${port}` };
 }
@@ -74,13 +98,33 @@ function session(client: ExecutorServiceClient, prompt: number[], steps: number,
     const send = (v: number[]): void => {
       seq++;
       t0 = performance.now();
-      call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: 0, stageEnd: end, input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }), sample } } });
+      call.write({
+        kind: {
+          $case: 'step',
+          value: {
+            seq: String(seq),
+            stageBegin: 0,
+            stageEnd: end,
+            input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }),
+            sample,
+          },
+        },
+      });
     };
     call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') { send(prompt); return; }
-      if (m.kind?.$case !== 'result') { reject(new Error('expected a result')); return; }
+      if (m.kind?.$case === 'opened') {
+        send(prompt);
+        return;
+      }
+      if (m.kind?.$case !== 'result') {
+        reject(new Error('expected a result'));
+        return;
+      }
       if (seq > 1) times.push(performance.now() - t0);
-      if (seq >= steps) { call.end(); return; }
+      if (seq >= steps) {
+        call.end();
+        return;
+      }
       const out = m.kind.value.output;
       send([out?.$case === 'token' ? out.value : 1]);
     });
@@ -90,7 +134,14 @@ function session(client: ExecutorServiceClient, prompt: number[], steps: number,
   });
 }
 
-interface Responsiveness { p50: number; p99: number; max: number; loopMaxMs: number; probes: number; wallMs: number }
+interface Responsiveness {
+  p50: number;
+  p99: number;
+  max: number;
+  loopMaxMs: number;
+  probes: number;
+  wallMs: number;
+}
 
 async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> {
   const { server, engine, addr } = await startServer(mode, dir);
@@ -103,7 +154,11 @@ async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> 
     loop.enable();
     const t0 = performance.now();
     let done = false;
-    const work = Promise.all(Array.from({ length: opts.sessions }, (_, i) => session(client, ids(opts.prompt, i + 1), 1, engine.stageCount - 1, false))).finally(() => { done = true; });
+    const work = Promise.all(
+      Array.from({ length: opts.sessions }, (_, i) => session(client, ids(opts.prompt, i + 1), 1, engine.stageCount - 1, false)),
+    ).finally(() => {
+      done = true;
+    });
     const lat: number[] = [];
     while (!done) {
       const p0 = performance.now();
@@ -159,7 +214,12 @@ async function engineStepMs(mode: Mode, dir: string): Promise<{ ms: number; stag
 }
 
 async function main(): Promise<void> {
-  say(`engine bench: ${os.cpus().length} cpus, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}, MALLOC_TOP_PAD_=${process.env.MALLOC_TOP_PAD_ ?? 'unset'}`);
+  say(
+    `engine bench: ${os.cpus().length} cpus, load average ${os
+      .loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ')}, MALLOC_TOP_PAD_=${process.env.MALLOC_TOP_PAD_ ?? 'unset'}`,
+  );
   const resp: Record<Mode, Responsiveness[]> = { worker: [], inline: [] };
   const dec: Record<string, Record<Mode, number[]>> = {};
   const prefillDir = opts.sessions > 0 ? await benchModel(opts.prefillPreset) : '';
@@ -172,26 +232,44 @@ async function main(): Promise<void> {
       if (opts.sessions > 0) {
         const x = await responsiveness(mode, prefillDir);
         resp[mode].push(x);
-        say(`rep ${r + 1} ${mode}: ${opts.sessions}×${opts.prompt} prefills in ${x.wallMs.toFixed(0)} ms; health p99 ${x.p99.toFixed(1)} ms, max ${x.max.toFixed(1)} ms over ${x.probes} probes; loop delay max ${x.loopMaxMs.toFixed(1)} ms`);
+        say(
+          `rep ${r + 1} ${mode}: ${opts.sessions}×${opts.prompt} prefills in ${x.wallMs.toFixed(0)} ms; health p99 ${x.p99.toFixed(1)} ms, max ${x.max.toFixed(1)} ms over ${x.probes} probes; loop delay max ${x.loopMaxMs.toFixed(1)} ms`,
+        );
       }
       const step = await engineStepMs(mode, tinyDir);
       hop[mode].push(step.ms);
       tinyStages = step.stages;
       for (const [k, preset] of opts.decodePresets.entries()) {
         const ms = await decodeMsPerToken(mode, decodeDirs[k]);
-        ((dec[preset] ??= { worker: [], inline: [] })[mode]).push(ms);
+        (dec[preset] ??= { worker: [], inline: [] })[mode].push(ms);
         say(`rep ${r + 1} ${mode}: ${preset} decode ${ms.toFixed(2)} ms/token`);
       }
     }
   }
-  const out = (s: string): void => { process.stdout.write(`${s}\n`); };
-  out(`\nexecutor engine: worker thread vs inline, ${opts.threads} onnxruntime threads, EXECUTOR_MAX_BATCH_TOKENS ${opts.maxBatchTokens}, median [min–max] of ${opts.reps} repetitions`);
+  const out = (s: string): void => {
+    process.stdout.write(`${s}\n`);
+  };
+  out(
+    `\nexecutor engine: worker thread vs inline, ${opts.threads} onnxruntime threads, EXECUTOR_MAX_BATCH_TOKENS ${opts.maxBatchTokens}, median [min–max] of ${opts.reps} repetitions`,
+  );
   if (opts.sessions > 0) {
-    out(`\n${opts.sessions} concurrent ${opts.prompt}-token prefills (all stages but the head), ${opts.prefillPreset} preset, health probed every ${opts.probeMs} ms\n`);
-    out('| engine | prefills wall ms | health p50 ms | health p99 ms | health max ms | event-loop delay max ms | probes |\n|---|---:|---:|---:|---:|---:|---:|');
+    out(
+      `\n${opts.sessions} concurrent ${opts.prompt}-token prefills (all stages but the head), ${opts.prefillPreset} preset, health probed every ${opts.probeMs} ms\n`,
+    );
+    out(
+      '| engine | prefills wall ms | health p50 ms | health p99 ms | health max ms | event-loop delay max ms | probes |\n|---|---:|---:|---:|---:|---:|---:|',
+    );
     for (const mode of MODES) {
       const xs = resp[mode];
-      out(`| ${mode} | ${spread(xs.map((x) => x.wallMs), 0)} | ${spread(xs.map((x) => x.p50))} | ${spread(xs.map((x) => x.p99))} | ${spread(xs.map((x) => x.max))} | ${spread(xs.map((x) => x.loopMaxMs))} | ${spread(xs.map((x) => x.probes), 0)} |`);
+      out(
+        `| ${mode} | ${spread(
+          xs.map((x) => x.wallMs),
+          0,
+        )} | ${spread(xs.map((x) => x.p50))} | ${spread(xs.map((x) => x.p99))} | ${spread(xs.map((x) => x.max))} | ${spread(xs.map((x) => x.loopMaxMs))} | ${spread(
+          xs.map((x) => x.probes),
+          0,
+        )} |`,
+      );
     }
   }
   if (opts.decodePresets.length) {
@@ -209,4 +287,7 @@ async function main(): Promise<void> {
   out(`| ${spread(hop.worker, 3)} | ${spread(hop.inline, 3)} | ${spread(perCallUs, 0)} |`);
 }
 
-main().catch((err: unknown) => { process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`); process.exit(1); });
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

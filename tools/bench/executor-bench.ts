@@ -31,13 +31,33 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
     const send = (ids: number[]): void => {
       t0 = performance.now();
       seq++;
-      call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: 0, stageEnd: stageCount, input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), sample: true } } });
+      call.write({
+        kind: {
+          $case: 'step',
+          value: {
+            seq: String(seq),
+            stageBegin: 0,
+            stageEnd: stageCount,
+            input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }),
+            sample: true,
+          },
+        },
+      });
     };
     call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') { send(Array.from({ length: promptLen }, (_, i) => 100 + i)); return; }
-      if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') { reject(new Error('unexpected answer')); return; }
+      if (m.kind?.$case === 'opened') {
+        send(Array.from({ length: promptLen }, (_, i) => 100 + i));
+        return;
+      }
+      if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') {
+        reject(new Error('unexpected answer'));
+        return;
+      }
       if (seq > 1) lat.push(performance.now() - t0);
-      if (seq > decode) { call.end(); return; }
+      if (seq > decode) {
+        call.end();
+        return;
+      }
       send([m.kind.value.output.value]);
     });
     call.on('error', reject);
@@ -53,9 +73,23 @@ async function main(): Promise<void> {
   const results: Record<string, { tokPerS: number[]; p50: number[] }> = { batched: { tokPerS: [], p50: [] }, unbatched: { tokPerS: [], p50: [] } };
   for (let r = 0; r < reps; r++) {
     for (const batching of [true, false]) {
-      const engine = engineKind === 'inline' ? await OnnxStageEngine.load(dir, { intraOpNumThreads: threads }) : await WorkerStageEngine.load(dir, { intraOpNumThreads: threads });
-      const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'bench', maxSessions: 256, maxContextTokens: 0, maxMessageBytes: 64 << 20,
-        batching, maxBatch: 64, idleTimeoutMs: 300_000, telemetryIntervalMs: 1000 });
+      const engine =
+        engineKind === 'inline'
+          ? await OnnxStageEngine.load(dir, { intraOpNumThreads: threads })
+          : await WorkerStageEngine.load(dir, { intraOpNumThreads: threads });
+      const server = new ExecutorServer({
+        engine,
+        log,
+        address: '127.0.0.1:0',
+        serverId: 'bench',
+        maxSessions: 256,
+        maxContextTokens: 0,
+        maxMessageBytes: 64 << 20,
+        batching,
+        maxBatch: 64,
+        idleTimeoutMs: 300_000,
+        telemetryIntervalMs: 1000,
+      });
       const { port } = await server.start();
       const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(64 << 20));
       const t0 = performance.now();
@@ -64,18 +98,23 @@ async function main(): Promise<void> {
       const key = batching ? 'batched' : 'unbatched';
       results[key].tokPerS.push((sessions * (decode + 1)) / s);
       results[key].p50.push(median(lats.flat()));
-      process.stderr.write(`rep ${r + 1}/${reps} ${key}: ${(sessions * (decode + 1) / s).toFixed(1)} tokens/s\n`);
+      process.stderr.write(`rep ${r + 1}/${reps} ${key}: ${((sessions * (decode + 1)) / s).toFixed(1)} tokens/s\n`);
       client.close();
       await server.stop({ graceMs: 0 });
     }
   }
   const b = median(results.batched.tokPerS);
   const u = median(results.unbatched.tokPerS);
-  process.stdout.write(`\nexecutor batching, preset ${preset}, ${sessions} concurrent sessions, prompt ${promptLen}, ${decode} decode steps, ${threads} threads, ${engineKind} engine, median of ${reps}\n`);
+  process.stdout.write(
+    `\nexecutor batching, preset ${preset}, ${sessions} concurrent sessions, prompt ${promptLen}, ${decode} decode steps, ${threads} threads, ${engineKind} engine, median of ${reps}\n`,
+  );
   process.stdout.write('| mode | tokens/s (all sessions) | p50 decode step ms |\n|---|---:|---:|\n');
   process.stdout.write(`| batching on | ${b.toFixed(1)} | ${median(results.batched.p50).toFixed(2)} |\n`);
   process.stdout.write(`| batching off | ${u.toFixed(1)} | ${median(results.unbatched.p50).toFixed(2)} |\n`);
   process.stdout.write(`| ratio on/off | ${(b / u).toFixed(2)}x | ${(median(results.batched.p50) / median(results.unbatched.p50)).toFixed(2)}x |\n`);
 }
 
-main().catch((err: unknown) => { process.stderr.write(`${String(err)}\n`); process.exit(1); });
+main().catch((err: unknown) => {
+  process.stderr.write(`${String(err)}\n`);
+  process.exit(1);
+});

@@ -42,7 +42,9 @@ const VARIANTS: Record<string, Record<string, string>> = {
   'return-no-malloc-env': { EXECUTOR_RETURN_MEMORY: 'true' },
   'malloc-env-only': { MALLOC_MMAP_THRESHOLD_: '131072' },
 };
-const say = (s: string): void => { process.stderr.write(`${s}\n`); };
+const say = (s: string): void => {
+  process.stderr.write(`${s}\n`);
+};
 const MiB = 1024 * 1024;
 
 /** One server-side generation; resolves with the ms between its first and last token. */
@@ -53,7 +55,12 @@ function generate(client: ExecutorServiceClient, prompt: number[], n: number): P
     let last = 0;
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'opened') {
-        call.write({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: n } } });
+        call.write({
+          kind: {
+            $case: 'generate',
+            value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: n },
+          },
+        });
       } else if (m.kind?.$case === 'token') {
         last = performance.now();
         if (!first) first = last;
@@ -66,12 +73,23 @@ function generate(client: ExecutorServiceClient, prompt: number[], n: number): P
   });
 }
 
-
-interface Figures { idle: number; peak: number; after: number; after2: number; burstMs: number; burstCpuS: number; decodeMs: number; decodeCpuMs: number }
+interface Figures {
+  idle: number;
+  peak: number;
+  after: number;
+  after2: number;
+  burstMs: number;
+  burstCpuS: number;
+  decodeMs: number;
+  decodeCpuMs: number;
+}
 
 async function measure(dir: string, env: Record<string, string>): Promise<Figures> {
   const executor = await startExecutorProcess(dir, {
-    EXECUTOR_THREADS: opts.threads, EXECUTOR_MAX_SESSIONS: String(Math.max(64, opts.sessions + 1)), EXECUTOR_MAX_MESSAGE_BYTES: String(256 << 20), ...env,
+    EXECUTOR_THREADS: opts.threads,
+    EXECUTOR_MAX_SESSIONS: String(Math.max(64, opts.sessions + 1)),
+    EXECUTOR_MAX_MESSAGE_BYTES: String(256 << 20),
+    ...env,
   });
   const rssOf = (): number => executor.rssBytes();
   const client = new ExecutorServiceClient(executor.address, grpc.credentials.createInsecure(), channelOptions(256 << 20));
@@ -80,7 +98,9 @@ async function measure(dir: string, env: Record<string, string>): Promise<Figure
     await sleep(2000);
     const idle = rssOf();
     let peak = idle;
-    const sampler = setInterval(() => { peak = Math.max(peak, rssOf()); }, 20);
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, rssOf());
+    }, 20);
     const burst = async (): Promise<number> => {
       const t0 = performance.now();
       await Promise.all(Array.from({ length: opts.sessions }, (_, i) => generate(client, ids(opts.prompt, i + 1), opts.newTokens)));
@@ -110,7 +130,12 @@ async function main(): Promise<void> {
   const dir = await benchModel(opts.preset);
   const nPos = (await readManifest(dir)).config.nPositions;
   if (opts.prompt + opts.newTokens > nPos) throw new Error(`--prompt + --new must fit in nPositions = ${nPos}`);
-  say(`memory bench: ${opts.preset}, ${opts.sessions} sessions × (${opts.prompt}-token prompt + ${opts.newTokens} tokens), ${os.cpus().length} cpus, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  say(
+    `memory bench: ${opts.preset}, ${opts.sessions} sessions × (${opts.prompt}-token prompt + ${opts.newTokens} tokens), ${os.cpus().length} cpus, load ${os
+      .loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ')}`,
+  );
   const results: Record<string, Figures[]> = {};
   for (let r = 0; r < opts.reps; r++) {
     const order = r % 2 ? [...opts.variants].reverse() : opts.variants;
@@ -118,18 +143,44 @@ async function main(): Promise<void> {
       if (!VARIANTS[v]) throw new Error(`--variants: unknown variant ${v} (known: ${Object.keys(VARIANTS).join(', ')})`);
       const f = await measure(dir, VARIANTS[v]);
       (results[v] ??= []).push(f);
-      say(`rep ${r + 1} ${v}: idle ${(f.idle / MiB).toFixed(0)} MiB, peak ${(f.peak / MiB).toFixed(0)}, after ${(f.after / MiB).toFixed(0)}, after a 2nd burst ${(f.after2 / MiB).toFixed(0)}; burst ${f.burstMs.toFixed(0)} ms (${f.burstCpuS.toFixed(1)} CPU s), decode ${f.decodeMs.toFixed(2)} ms/token (${f.decodeCpuMs.toFixed(2)} CPU ms)`);
+      say(
+        `rep ${r + 1} ${v}: idle ${(f.idle / MiB).toFixed(0)} MiB, peak ${(f.peak / MiB).toFixed(0)}, after ${(f.after / MiB).toFixed(0)}, after a 2nd burst ${(f.after2 / MiB).toFixed(0)}; burst ${f.burstMs.toFixed(0)} ms (${f.burstCpuS.toFixed(1)} CPU s), decode ${f.decodeMs.toFixed(2)} ms/token (${f.decodeCpuMs.toFixed(2)} CPU ms)`,
+      );
     }
   }
-  const out = (s: string): void => { process.stdout.write(`${s}\n`); };
+  const out = (s: string): void => {
+    process.stdout.write(`${s}\n`);
+  };
   const m = (xs: number[], d = 0): string => median(xs).toFixed(d);
-  out(`\nexecutor RSS around a burst: ${opts.preset} preset, ${opts.sessions} concurrent server-side generations of a ${opts.prompt}-token prompt + ${opts.newTokens} tokens, EXECUTOR_THREADS=${opts.threads}, median of ${opts.reps}\n`);
-  out('| variant | env | idle MiB | peak MiB | after burst MiB | above idle MiB | after 2nd burst MiB | burst wall ms | burst CPU s | decode ms/token | decode CPU ms/token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  out(
+    `\nexecutor RSS around a burst: ${opts.preset} preset, ${opts.sessions} concurrent server-side generations of a ${opts.prompt}-token prompt + ${opts.newTokens} tokens, EXECUTOR_THREADS=${opts.threads}, median of ${opts.reps}\n`,
+  );
+  out(
+    '| variant | env | idle MiB | peak MiB | after burst MiB | above idle MiB | after 2nd burst MiB | burst wall ms | burst CPU s | decode ms/token | decode CPU ms/token |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  );
   for (const v of opts.variants) {
     const xs = results[v];
-    const env = Object.entries(VARIANTS[v]).map(([k, x]) => `${k}=${x}`).join(' ') || '(none)';
-    out(`| ${v} | ${env} | ${m(xs.map((x) => x.idle / MiB))} | ${m(xs.map((x) => x.peak / MiB))} | ${m(xs.map((x) => x.after / MiB))} | ${m(xs.map((x) => (x.after - x.idle) / MiB))} | ${m(xs.map((x) => x.after2 / MiB))} | ${m(xs.map((x) => x.burstMs))} | ${m(xs.map((x) => x.burstCpuS), 1)} | ${m(xs.map((x) => x.decodeMs), 2)} | ${m(xs.map((x) => x.decodeCpuMs), 2)} |`);
+    const env =
+      Object.entries(VARIANTS[v])
+        .map(([k, x]) => `${k}=${x}`)
+        .join(' ') || '(none)';
+    out(
+      `| ${v} | ${env} | ${m(xs.map((x) => x.idle / MiB))} | ${m(xs.map((x) => x.peak / MiB))} | ${m(xs.map((x) => x.after / MiB))} | ${m(xs.map((x) => (x.after - x.idle) / MiB))} | ${m(xs.map((x) => x.after2 / MiB))} | ${m(xs.map((x) => x.burstMs))} | ${m(
+        xs.map((x) => x.burstCpuS),
+        1,
+      )} | ${m(
+        xs.map((x) => x.decodeMs),
+        2,
+      )} | ${m(
+        xs.map((x) => x.decodeCpuMs),
+        2,
+      )} |`,
+    );
   }
 }
 
-if (require.main === module) main().catch((err: unknown) => { process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`); process.exit(1); });
+if (require.main === module)
+  main().catch((err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  });

@@ -31,16 +31,32 @@ import type { HostTensor } from '@tandem/protocol';
 import { median } from './bench-kit';
 import { type GenRun, Monolithic, timeGeneration } from './monolithic';
 
-interface Opts { presets: string[]; reps: number; threads: number; monoThreads: number[]; monoOnly: boolean; decode: number; spin: boolean; jsonOut: string; modelsDir: string }
+interface Opts {
+  presets: string[];
+  reps: number;
+  threads: number;
+  monoThreads: number[];
+  monoOnly: boolean;
+  decode: number;
+  spin: boolean;
+  jsonOut: string;
+  modelsDir: string;
+}
 
 function parseOpts(argv: string[]): Opts {
-  const get = (k: string): string | undefined => { const i = argv.indexOf(`--${k}`); return i >= 0 ? argv[i + 1] : undefined; };
+  const get = (k: string): string | undefined => {
+    const i = argv.indexOf(`--${k}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
   const base = path.join(os.tmpdir(), 'tandem-bench');
   return {
     presets: (get('presets') ?? 'small,gpt2').split(','),
     reps: Number(get('reps') ?? 5),
     threads: Number(get('threads') ?? 2),
-    monoThreads: (get('mono-threads') ?? '2,1').split(',').filter((x) => x !== '').map(Number),
+    monoThreads: (get('mono-threads') ?? '2,1')
+      .split(',')
+      .filter((x) => x !== '')
+      .map(Number),
     decode: Number(get('decode') ?? 64),
     spin: argv.includes('--spin'),
     monoOnly: argv.includes('--mono-only'),
@@ -51,7 +67,9 @@ function parseOpts(argv: string[]): Opts {
 
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 const now = (): number => performance.now();
-const log = (s: string): void => { process.stderr.write(`${s}\n`); };
+const log = (s: string): void => {
+  process.stderr.write(`${s}\n`);
+};
 
 /** The same generation through a StageRunner: runRange over every stage (fused when the runner has that range). */
 async function runnerGenerate(runner: StageRunner, prompt: readonly number[], newTokens: number): Promise<GenRun> {
@@ -68,19 +86,47 @@ async function runnerGenerate(runner: StageRunner, prompt: readonly number[], ne
 
 type MonoVariant = 'monolithic' | 'staged' | 'fused';
 type Spread = { median: number; min: number; max: number };
-interface MonoStats { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread; prefillMs: Spread }
-interface MonoRatios { decode: Spread; decodeCpu: Spread; prefill: Spread }
+interface MonoStats {
+  decodeMsPerToken: Spread;
+  decodeCpuMsPerToken: Spread;
+  prefillMs: Spread;
+}
+interface MonoRatios {
+  decode: Spread;
+  decodeCpu: Spread;
+  prefill: Spread;
+}
 /** One thread count against the monolithic graph: each variant's figures, and each runner variant over the monolithic one. */
-type MonolithicResult = { threads: number; tokensIdentical: boolean; firstDecodeLogitsIdentical: boolean; firstDecodeLogitsMaxAbsDiff: number }
-  & Partial<Record<MonoVariant, MonoStats>> & Partial<Record<`${Exclude<MonoVariant, 'monolithic'>}VsMonolithic`, MonoRatios>>;
-interface PlacementFigures { placement: string; prefillFullMs: number; prefillLastMs: number; decodeMsPerToken: number }
-interface BatchFigures { sequentialMs: number; batchMs: number; ratio: number }
+type MonolithicResult = { threads: number; tokensIdentical: boolean; firstDecodeLogitsIdentical: boolean; firstDecodeLogitsMaxAbsDiff: number } & Partial<
+  Record<MonoVariant, MonoStats>
+> &
+  Partial<Record<`${Exclude<MonoVariant, 'monolithic'>}VsMonolithic`, MonoRatios>>;
+interface PlacementFigures {
+  placement: string;
+  prefillFullMs: number;
+  prefillLastMs: number;
+  decodeMsPerToken: number;
+}
+interface BatchFigures {
+  sequentialMs: number;
+  batchMs: number;
+  ratio: number;
+}
 /** One preset with `--mono-only`: the monolithic comparison alone. */
-interface MonoPresetResult { preset: string; stages: number; createMs: number | undefined; vsMonolithic: MonolithicResult[] }
+interface MonoPresetResult {
+  preset: string;
+  stages: number;
+  createMs: number | undefined;
+  vsMonolithic: MonolithicResult[];
+}
 /** One preset: load times, the two placements, per-stage means, runBatch and the monolithic comparison. */
 interface FullPresetResult extends MonoPresetResult {
-  loadMsAllServer: number; loadMsSplit: number; allServer: PlacementFigures; split: PlacementFigures;
-  splitOverhead: { prefillLast: number; prefillFull: number; decode: number }; perStageMeanMs: Record<string, number>;
+  loadMsAllServer: number;
+  loadMsSplit: number;
+  allServer: PlacementFigures;
+  split: PlacementFigures;
+  splitOverhead: { prefillLast: number; prefillFull: number; decode: number };
+  perStageMeanMs: Record<string, number>;
   runBatch8: { mlp: BatchFigures; head: BatchFigures };
 }
 type PresetResult = MonoPresetResult | FullPresetResult;
@@ -110,18 +156,28 @@ async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[]
       if (first[v].tokens.join() !== first.monolithic.tokens.join()) throw new Error(`${v} generated other tokens than the monolithic graph`);
       const a = first[v].firstDecodeLogits;
       const b = first.monolithic.firstDecodeLogits;
-      for (let j = 0; j < a.length; j++) { const d = Math.abs(a[j] - b[j]); if (d > maxAbsDiff) maxAbsDiff = d; if (a[j] !== b[j] && !(Number.isNaN(a[j]) && Number.isNaN(b[j]))) identical = false; }
+      for (let j = 0; j < a.length; j++) {
+        const d = Math.abs(a[j] - b[j]);
+        if (d > maxAbsDiff) maxAbsDiff = d;
+        if (a[j] !== b[j] && !(Number.isNaN(a[j]) && Number.isNaN(b[j]))) identical = false;
+      }
     }
     const runs: Record<MonoVariant, GenRun[]> = { monolithic: [], staged: [], fused: [] };
     for (let r = 0; r < o.reps; r++) {
       const order = variants.map((_, i) => variants[(i + r) % variants.length]);
       for (const v of order) runs[v].push(await gen[v]());
-      log(`[${manifest.source?.kind === 'synthetic' ? manifest.source.preset : 'model'} ${threads}t] rep ${r + 1}/${o.reps}: decode ms/token ${variants.map((v) => `${v} ${runs[v][r].decodeMs.toFixed(2)}`).join(', ')}`);
+      log(
+        `[${manifest.source?.kind === 'synthetic' ? manifest.source.preset : 'model'} ${threads}t] rep ${r + 1}/${o.reps}: decode ms/token ${variants.map((v) => `${v} ${runs[v][r].decodeMs.toFixed(2)}`).join(', ')}`,
+      );
     }
     const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
     const out: MonolithicResult = { threads, tokensIdentical: true, firstDecodeLogitsIdentical: identical, firstDecodeLogitsMaxAbsDiff: maxAbsDiff };
     for (const v of variants) {
-      out[v] = { decodeMsPerToken: stats(runs[v].map((x) => x.decodeMs)), decodeCpuMsPerToken: stats(runs[v].map((x) => x.decodeCpuMs)), prefillMs: stats(runs[v].map((x) => x.prefillMs)) };
+      out[v] = {
+        decodeMsPerToken: stats(runs[v].map((x) => x.decodeMs)),
+        decodeCpuMsPerToken: stats(runs[v].map((x) => x.decodeCpuMs)),
+        prefillMs: stats(runs[v].map((x) => x.prefillMs)),
+      };
       if (v !== 'monolithic') {
         out[`${v}VsMonolithic` as const] = {
           decode: stats(runs[v].map((x, i) => x.decodeMs / runs.monolithic[i].decodeMs)),
@@ -136,18 +192,29 @@ async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[]
   }
 }
 
-interface PlacementRun { prefillFullMs: number[]; prefillLastMs: number[]; decodeMsPerToken: number[] }
+interface PlacementRun {
+  prefillFullMs: number[];
+  prefillLastMs: number[];
+  decodeMsPerToken: number[];
+}
 
-async function measurePlacement(p: SplitPipeline, prompt: number[], decodeTokens: number, stageMs: Map<string, number[]>): Promise<{ full: number; last: number; decode: number }> {
+async function measurePlacement(
+  p: SplitPipeline,
+  prompt: number[],
+  decodeTokens: number,
+  stageMs: Map<string, number[]>,
+): Promise<{ full: number; last: number; decode: number }> {
   let t = now();
   await p.forward(prompt);
   const full = now() - t;
   const session = p.newCaches();
   const kindOf = (i: number): StageKind => p.manifest.stages[i].kind;
-  const rec = (phase: string) => (i: number, _side: string, ms: number): void => {
-    const k = `${phase}:${kindOf(i)}`;
-    (stageMs.get(k) ?? stageMs.set(k, []).get(k) as number[]).push(ms);
-  };
+  const rec =
+    (phase: string) =>
+    (i: number, _side: string, ms: number): void => {
+      const k = `${phase}:${kindOf(i)}`;
+      (stageMs.get(k) ?? (stageMs.set(k, []).get(k) as number[])).push(ms);
+    };
   t = now();
   let logits = await p.step(session, prompt, { lastOnly: true, onStage: rec('prefill') });
   const last = now() - t;
@@ -168,7 +235,11 @@ async function benchBatch(runner: StageRunner, stage: number, reps: number): Pro
   const D = runner.manifest.config.nEmbd;
   const B = 8;
   const caches: KvCache[] = Array.from({ length: B }, () => runner.newCache());
-  const inputs: HostTensor[] = Array.from({ length: B }, (_, k) => ({ dtype: 'float32', shape: [1, 1, D], data: Float32Array.from({ length: D }, (_, i) => Math.sin(k * 31 + i)) }));
+  const inputs: HostTensor[] = Array.from({ length: B }, (_, k) => ({
+    dtype: 'float32',
+    shape: [1, 1, D],
+    data: Float32Array.from({ length: D }, (_, i) => Math.sin(k * 31 + i)),
+  }));
   const seq: number[] = [];
   const bat: number[] = [];
   for (let r = 0; r < reps + 2; r++) {
@@ -178,7 +249,10 @@ async function benchBatch(runner: StageRunner, stage: number, reps: number): Pro
     t = now();
     await runner.runBatch(stage, inputs, caches);
     const b = now() - t;
-    if (r >= 2) { seq.push(s); bat.push(b); } // first two rounds warm up
+    if (r >= 2) {
+      seq.push(s);
+      bat.push(b);
+    } // first two rounds warm up
   }
   return { sequentialMs: median(seq), batchMs: median(bat) };
 }
@@ -190,7 +264,10 @@ async function benchPreset(preset: string, o: Opts): Promise<PresetResult> {
   let last = -1;
   const { manifest, created } = await ensurePresetModel(preset, dir, (done, total) => {
     const pct = Math.floor((100 * done) / total);
-    if (pct >= last + 10 || done === total) { last = pct; log(`  create ${preset}: ${pct}%`); }
+    if (pct >= last + 10 || done === total) {
+      last = pct;
+      log(`  create ${preset}: ${pct}%`);
+    }
   });
   const createMs = created ? now() - t0 : undefined;
   const n = manifest.stages.length;
@@ -218,7 +295,10 @@ async function benchPreset(preset: string, o: Opts): Promise<PresetResult> {
   // Warm-up: one short run each, so first-call allocations are not timed.
   for (const p of Object.values(pipelines)) await measurePlacement(p, prompt.slice(0, 8), 2, new Map());
 
-  const runs: Record<string, PlacementRun> = { [allServer]: { prefillFullMs: [], prefillLastMs: [], decodeMsPerToken: [] }, [split]: { prefillFullMs: [], prefillLastMs: [], decodeMsPerToken: [] } };
+  const runs: Record<string, PlacementRun> = {
+    [allServer]: { prefillFullMs: [], prefillLastMs: [], decodeMsPerToken: [] },
+    [split]: { prefillFullMs: [], prefillLastMs: [], decodeMsPerToken: [] },
+  };
   const stageMs = new Map<string, number[]>();
   for (let r = 0; r < o.reps; r++) {
     // Interleave the placements so drift (thermal, other load) hits both alike.
@@ -229,10 +309,14 @@ async function benchPreset(preset: string, o: Opts): Promise<PresetResult> {
       runs[pl].prefillLastMs.push(m.last);
       runs[pl].decodeMsPerToken.push(m.decode);
     }
-    log(`[${preset}] rep ${r + 1}/${o.reps}: all-server decode ${runs[allServer].decodeMsPerToken[r].toFixed(2)} ms/token, split ${runs[split].decodeMsPerToken[r].toFixed(2)}`);
+    log(
+      `[${preset}] rep ${r + 1}/${o.reps}: all-server decode ${runs[allServer].decodeMsPerToken[r].toFixed(2)} ms/token, split ${runs[split].decodeMsPerToken[r].toFixed(2)}`,
+    );
   }
   const med = (pl: string): Omit<PlacementFigures, 'placement'> => ({
-    prefillFullMs: median(runs[pl].prefillFullMs), prefillLastMs: median(runs[pl].prefillLastMs), decodeMsPerToken: median(runs[pl].decodeMsPerToken),
+    prefillFullMs: median(runs[pl].prefillFullMs),
+    prefillLastMs: median(runs[pl].prefillLastMs),
+    decodeMsPerToken: median(runs[pl].decodeMsPerToken),
   });
   const a = med(allServer);
   const s = med(split);
@@ -247,9 +331,18 @@ async function benchPreset(preset: string, o: Opts): Promise<PresetResult> {
   const vsMonolithic: MonolithicResult[] = [];
   for (const t of o.monoThreads) vsMonolithic.push(await benchMonolithic(dir, manifest, prompt, t, o));
   return {
-    preset, stages: n, createMs, loadMsAllServer: loadMs[0], loadMsSplit: loadMs[1],
-    allServer: { placement: allServer, ...a }, split: { placement: split, ...s },
-    splitOverhead: { prefillLast: s.prefillLastMs / a.prefillLastMs, prefillFull: s.prefillFullMs / a.prefillFullMs, decode: s.decodeMsPerToken / a.decodeMsPerToken },
+    preset,
+    stages: n,
+    createMs,
+    loadMsAllServer: loadMs[0],
+    loadMsSplit: loadMs[1],
+    allServer: { placement: allServer, ...a },
+    split: { placement: split, ...s },
+    splitOverhead: {
+      prefillLast: s.prefillLastMs / a.prefillLastMs,
+      prefillFull: s.prefillFullMs / a.prefillFullMs,
+      decode: s.decodeMsPerToken / a.decodeMsPerToken,
+    },
     perStageMeanMs: perStage,
     runBatch8: { mlp: { ...mlp, ratio: mlp.batchMs / mlp.sequentialMs }, head: { ...head, ratio: head.batchMs / head.sequentialMs } },
     vsMonolithic,
@@ -262,28 +355,50 @@ function table(results: PresetResult[]): string {
   for (const r of results) {
     lines.push(`\n== ${r.preset} (${r.stages} stages) ==`);
     if ('allServer' in r) {
-      lines.push(`create ${r.createMs === undefined ? '(cached)' : `${f(r.createMs / 1000, 1)} s`}   load all-server ${f(r.loadMsAllServer, 0)} ms   load split ${f(r.loadMsSplit, 0)} ms`);
+      lines.push(
+        `create ${r.createMs === undefined ? '(cached)' : `${f(r.createMs / 1000, 1)} s`}   load all-server ${f(r.loadMsAllServer, 0)} ms   load split ${f(r.loadMsSplit, 0)} ms`,
+      );
       lines.push(`${'placement'.padEnd(30)} ${'prefill128 last'.padStart(16)} ${'prefill128 all'.padStart(15)} ${'decode ms/tok'.padStart(14)}`);
       for (const k of ['allServer', 'split'] as const) {
         const x = r[k];
-        lines.push(`${`${k} ${x.placement}`.padEnd(30)} ${f(x.prefillLastMs, 1).padStart(16)} ${f(x.prefillFullMs, 1).padStart(15)} ${f(x.decodeMsPerToken).padStart(14)}`);
+        lines.push(
+          `${`${k} ${x.placement}`.padEnd(30)} ${f(x.prefillLastMs, 1).padStart(16)} ${f(x.prefillFullMs, 1).padStart(15)} ${f(x.decodeMsPerToken).padStart(14)}`,
+        );
       }
-      lines.push(`split / all-server: prefill ${f(r.splitOverhead.prefillLast, 3)}x (all logits ${f(r.splitOverhead.prefillFull, 3)}x), decode ${f(r.splitOverhead.decode, 3)}x`);
+      lines.push(
+        `split / all-server: prefill ${f(r.splitOverhead.prefillLast, 3)}x (all logits ${f(r.splitOverhead.prefillFull, 3)}x), decode ${f(r.splitOverhead.decode, 3)}x`,
+      );
     }
     for (const m of r.vsMonolithic) {
       const st = (x: { median: number; min: number; max: number }, d = 2): string => `${f(x.median, d)} (${f(x.min, d)}-${f(x.max, d)})`;
-      lines.push(`vs one monolithic graph, ${m.threads} thread(s); tokens identical, first decode logits ${m.firstDecodeLogitsIdentical ? 'bit-identical' : `max |diff| ${m.firstDecodeLogitsMaxAbsDiff.toExponential(2)}`}; median (min-max):`);
-      lines.push(`  ${'path'.padEnd(34)} ${'decode ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'decode CPU ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'prefill128 ms'.padEnd(22)} / monolithic`);
-      for (const [k, label] of [['monolithic', 'monolithic graph (one session)'], ['staged', 'StageRunner, one session per stage'], ['fused', 'StageRunner.runRange, fused range']] as const) {
+      lines.push(
+        `vs one monolithic graph, ${m.threads} thread(s); tokens identical, first decode logits ${m.firstDecodeLogitsIdentical ? 'bit-identical' : `max |diff| ${m.firstDecodeLogitsMaxAbsDiff.toExponential(2)}`}; median (min-max):`,
+      );
+      lines.push(
+        `  ${'path'.padEnd(34)} ${'decode ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'decode CPU ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'prefill128 ms'.padEnd(22)} / monolithic`,
+      );
+      for (const [k, label] of [
+        ['monolithic', 'monolithic graph (one session)'],
+        ['staged', 'StageRunner, one session per stage'],
+        ['fused', 'StageRunner.runRange, fused range'],
+      ] as const) {
         const x = m[k];
         if (!x) continue; // every variant is measured: never
         const rel = k === 'monolithic' ? undefined : m[`${k}VsMonolithic` as const];
-        lines.push(`  ${label.padEnd(34)} ${st(x.decodeMsPerToken).padEnd(20)} ${(rel ? st(rel.decode, 3) : '1').padEnd(20)} ${st(x.decodeCpuMsPerToken).padEnd(20)} ${(rel ? st(rel.decodeCpu, 3) : '1').padEnd(20)} ${st(x.prefillMs, 1).padEnd(22)} ${rel ? st(rel.prefill, 3) : '1'}`);
+        lines.push(
+          `  ${label.padEnd(34)} ${st(x.decodeMsPerToken).padEnd(20)} ${(rel ? st(rel.decode, 3) : '1').padEnd(20)} ${st(x.decodeCpuMsPerToken).padEnd(20)} ${(rel ? st(rel.decodeCpu, 3) : '1').padEnd(20)} ${st(x.prefillMs, 1).padEnd(22)} ${rel ? st(rel.prefill, 3) : '1'}`,
+        );
       }
     }
     if (!('allServer' in r)) continue;
-    lines.push(`mean ms per stage: ${Object.entries(r.perStageMeanMs).map(([k, v]) => `${k} ${f(v, 3)}`).join(', ')}`);
-    lines.push(`runBatch 8 decode sessions vs 8 runs: mlp ${f(r.runBatch8.mlp.batchMs, 3)} vs ${f(r.runBatch8.mlp.sequentialMs, 3)} ms (${f(r.runBatch8.mlp.ratio, 3)}x), head ${f(r.runBatch8.head.batchMs, 3)} vs ${f(r.runBatch8.head.sequentialMs, 3)} ms (${f(r.runBatch8.head.ratio, 3)}x)`);
+    lines.push(
+      `mean ms per stage: ${Object.entries(r.perStageMeanMs)
+        .map(([k, v]) => `${k} ${f(v, 3)}`)
+        .join(', ')}`,
+    );
+    lines.push(
+      `runBatch 8 decode sessions vs 8 runs: mlp ${f(r.runBatch8.mlp.batchMs, 3)} vs ${f(r.runBatch8.mlp.sequentialMs, 3)} ms (${f(r.runBatch8.mlp.ratio, 3)}x), head ${f(r.runBatch8.head.batchMs, 3)} vs ${f(r.runBatch8.head.sequentialMs, 3)} ms (${f(r.runBatch8.head.ratio, 3)}x)`,
+    );
   }
   return lines.join('\n');
 }
@@ -293,11 +408,25 @@ async function main(): Promise<void> {
   mkdirSync(o.modelsDir, { recursive: true });
   const results: PresetResult[] = [];
   for (const preset of o.presets) results.push(await benchPreset(preset, o));
-  const env = { node: process.version, cpus: os.cpus().length, loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), threads: o.threads, monoThreads: o.monoThreads, allowSpinning: o.spin, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null, reps: o.reps, decodeTokens: o.decode, promptTokens: 128 };
+  const env = {
+    node: process.version,
+    cpus: os.cpus().length,
+    loadavg: os.loadavg().map((x) => Number(x.toFixed(2))),
+    threads: o.threads,
+    monoThreads: o.monoThreads,
+    allowSpinning: o.spin,
+    mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null,
+    reps: o.reps,
+    decodeTokens: o.decode,
+    promptTokens: 128,
+  };
   process.stdout.write(`${table(results)}\n\nenv: ${JSON.stringify(env)}\n`);
   mkdirSync(path.dirname(o.jsonOut), { recursive: true });
   writeFileSync(o.jsonOut, `${JSON.stringify({ env, results }, null, 2)}\n`);
   log(`wrote ${o.jsonOut}`);
 }
 
-main().catch((err) => { process.stderr.write(`${(err as Error).stack ?? String(err)}\n`); process.exitCode = 1; });
+main().catch((err) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -18,16 +18,30 @@ export const argmaxLast = (logits: Float32Array, V: number): number => {
 };
 
 /** One generation's figures: prefill (last-row logits) ms, decode ms/token, the tokens, the first decode step's logits. */
-export interface GenRun { prefillMs: number; decodeMs: number; decodeCpuMs: number; tokens: number[]; firstDecodeLogits: Float32Array }
+export interface GenRun {
+  prefillMs: number;
+  decodeMs: number;
+  decodeCpuMs: number;
+  tokens: number[];
+  firstDecodeLogits: Float32Array;
+}
 
 /** CPU time of this process (all threads, user + system), ms. */
-export const cpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+export const cpuMs = (): number => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 
 /**
  * Greedy generation through `step` (ids in, the last position's logits out), timed: the
  * prefill's wall time, and each decode step's wall and process CPU time.
  */
-export async function timeGeneration(step: (ids: readonly number[]) => Promise<Float32Array>, prompt: readonly number[], newTokens: number, vocab: number): Promise<GenRun> {
+export async function timeGeneration(
+  step: (ids: readonly number[]) => Promise<Float32Array>,
+  prompt: readonly number[],
+  newTokens: number,
+  vocab: number,
+): Promise<GenRun> {
   let t = now();
   let logits = await step(prompt);
   const prefillMs = now() - t;
@@ -51,12 +65,17 @@ export async function timeGeneration(step: (ids: readonly number[]) => Promise<F
  * each step's present K/V back as the next step's past.
  */
 export class Monolithic {
-  private constructor(private readonly session: ort.InferenceSession, private readonly manifest: Manifest) {}
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly manifest: Manifest,
+  ) {}
 
   static async load(dir: string, manifest: Manifest, threads: number, spin: boolean): Promise<Monolithic> {
     const bytes = await buildFusedGraph(dir, manifest, 0, manifest.stages.length);
     const session = await ort.InferenceSession.create(bytes, {
-      graphOptimizationLevel: 'all', executionMode: 'sequential', intraOpNumThreads: threads,
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+      intraOpNumThreads: threads,
       extra: { session: { ...fusedSessionConfig(dir), intra_op: { allow_spinning: spin ? '1' : '0' } } },
     });
     return new Monolithic(session, manifest);
@@ -72,10 +91,17 @@ export class Monolithic {
       const T = ids.length;
       const feeds: Record<string, ort.Tensor> = {
         input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, T]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (_, t) => BigInt(pos + t)), [1, T]),
+        position_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(ids, (_, t) => BigInt(pos + t)),
+          [1, T],
+        ),
         [FUSED_IO.headStart]: new ort.Tensor('int64', BigInt64Array.of(BigInt(T - 1)), [1]),
       };
-      for (const [i, [k, v]] of past) { feeds[FUSED_IO.pastKey(i)] = k; feeds[FUSED_IO.pastValue(i)] = v; }
+      for (const [i, [k, v]] of past) {
+        feeds[FUSED_IO.pastKey(i)] = k;
+        feeds[FUSED_IO.pastValue(i)] = v;
+      }
       const r = await this.session.run(feeds);
       for (const i of attn) past.set(i, [r[FUSED_IO.presentKey(i)], r[FUSED_IO.presentValue(i)]]);
       pos += T;
@@ -84,5 +110,7 @@ export class Monolithic {
     return timeGeneration(step, prompt, newTokens, V);
   }
 
-  async close(): Promise<void> { await this.session.release(); }
+  async close(): Promise<void> {
+    await this.session.release();
+  }
 }

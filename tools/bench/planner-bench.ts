@@ -29,8 +29,10 @@ function arg(name: string, fallback: number): number {
 }
 
 /** The `small` preset's 14 stages (d = 256). */
-const STAGES = ['embed', ...Array.from({ length: 6 }, (_, b) => [`block.${b}.attn`, `block.${b}.mlp`]).flat(), 'head']
-  .map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 1024 }));
+const STAGES = ['embed', ...Array.from({ length: 6 }, (_, b) => [`block.${b}.attn`, `block.${b}.mlp`]).flat(), 'head'].map((name, i) => ({
+  name,
+  inBytesPerToken: i === 0 ? 8 : 1024,
+}));
 const SERVER_MS = STAGES.map((s) => (s.name === 'head' ? 1.2 : s.name === 'embed' ? 0.05 : 0.25));
 
 const rng = seededRandom;
@@ -41,16 +43,38 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
   const latencyMs = 1 + r() * 40;
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
   return {
-    clientId: `c${i}`, clientClass: ['laptop', 'phone', 'iot'][i % 3], modelId: 'bench', unixMs: Date.now(), planEpoch: 0,
-    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: (SERVER_MS[stage] * slowdown * jitter()) / 8, decodeMs: SERVER_MS[stage] * slowdown * jitter(), samples: 5 })),
-    uplink: { latencyMs, bytesPerMs: 1000 + r() * 10_000 }, downlink: { latencyMs, bytesPerMs: 5000 + r() * 50_000 },
+    clientId: `c${i}`,
+    clientClass: ['laptop', 'phone', 'iot'][i % 3],
+    modelId: 'bench',
+    unixMs: Date.now(),
+    planEpoch: 0,
+    stages: STAGES.map((_, stage) => ({
+      stage,
+      prefillMsPerToken: (SERVER_MS[stage] * slowdown * jitter()) / 8,
+      decodeMs: SERVER_MS[stage] * slowdown * jitter(),
+      samples: 5,
+    })),
+    uplink: { latencyMs, bytesPerMs: 1000 + r() * 10_000 },
+    downlink: { latencyMs, bytesPerMs: 5000 + r() * 50_000 },
   };
 }
 
 function loadOf(utilisation: number, noise: number, rnd: () => number): ServerLoad {
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
   return {
-    serverId: 'bench', modelId: 'bench', queueDepth: 0, activeSessions: 0, utilisation: utilisation * jitter(), unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 'bench',
+    modelId: 'bench',
+    queueDepth: 0,
+    activeSessions: 0,
+    utilisation: utilisation * jitter(),
+    unixMs: Date.now(),
+    meanQueueMs: 0,
+    overhead: undefined,
+    wholeModel: undefined,
+    decodeStretch: 0,
+    promptStretch: 0,
+    longPromptStretch: 0,
+    longStepTokens: 0,
     stages: SERVER_MS.map((ms, stage) => ({ stage, prefillMsPerToken: (ms * jitter()) / 8, decodeMs: ms * jitter(), samples: 5 })),
   };
 }
@@ -75,7 +99,10 @@ async function publisher(url: string): Promise<void> {
       for (let tick = 0; Date.now() < until; tick++) {
         if (tick % 10 === 0) nc.publish(Subjects.serverLoad('bench'), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, 0.005, rnd)).finish());
         debt += perTick;
-        for (; debt >= 1; debt--) { nc.publish(Subjects.clientProfile(`c${next}`), ClientProfile.encode(profileOf(next, 0.005, rnd)).finish()); next = (next + 1) % cmd.clients; }
+        for (; debt >= 1; debt--) {
+          nc.publish(Subjects.clientProfile(`c${next}`), ClientProfile.encode(profileOf(next, 0.005, rnd)).finish());
+          next = (next + 1) % cmd.clients;
+        }
         await sleep(100);
       }
     }
@@ -104,16 +131,45 @@ function prober(addr: string): { stop: () => number[] } {
     }
   };
   void loop();
-  return { stop: () => { running = false; client.close(); return lat; } };
+  return {
+    stop: () => {
+      running = false;
+      client.close();
+      return lat;
+    },
+  };
 }
 
 async function runRule(natsUrl: string, clients: number, threshold: number, steadyS: number, passes: number): Promise<Record<string, number>> {
-  const maker = new PlanMaker({ stages: STAGES, classes: DEFAULT_CLASSES, slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9, serverEntryMs: 0.6 });
-  const planner = new PlannerServer({ maker, log: createLogger({ name: 'bench', level: 'warn' }), address: '127.0.0.1:0', natsUrl, modelId: '', clientTtlMs: 600_000, debounceMs: 50, idleUtilisation: 0, replanThreshold: threshold });
+  const maker = new PlanMaker({
+    stages: STAGES,
+    classes: DEFAULT_CLASSES,
+    slaOverrides: {},
+    algorithm: 'dp',
+    hysteresis: 0.05,
+    slaMargin: 0.9,
+    resolutionMs: 0.5,
+    maxUtilisation: 0.9,
+    serverEntryMs: 0.6,
+  });
+  const planner = new PlannerServer({
+    maker,
+    log: createLogger({ name: 'bench', level: 'warn' }),
+    address: '127.0.0.1:0',
+    natsUrl,
+    modelId: '',
+    clientTtlMs: 600_000,
+    debounceMs: 50,
+    idleUtilisation: 0,
+    replanThreshold: threshold,
+  });
   const { port } = await planner.start();
   const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--publish', natsUrl], { stdio: ['pipe', 'pipe', 'inherit'] });
   const acks = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-  const send = async (cmd: object): Promise<void> => { child.stdin.write(`${JSON.stringify(cmd)}\n`); await acks.next(); };
+  const send = async (cmd: object): Promise<void> => {
+    child.stdin.write(`${JSON.stringify(cmd)}\n`);
+    await acks.next();
+  };
   const waitPass = async (after: number): Promise<void> => {
     const t0 = Date.now();
     while (planner.counters.passes <= after) {
@@ -152,10 +208,15 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
     const loadsOnly = await steady(0);
     const withProfiles = await steady(10);
     return {
-      passMsMedian: quantile(passMs, 0.5), passMsMax: Math.max(...passMs),
-      healthP50: quantile(healthDuringPasses, 0.5), healthP99: quantile(healthDuringPasses, 0.99), healthMax: Math.max(...healthDuringPasses),
-      steadyCpu: loadsOnly.cpu, steadyHealthP99: quantile(loadsOnly.health, 0.99),
-      steadyProfilesCpu: withProfiles.cpu, steadyProfilesHealthP99: quantile(withProfiles.health, 0.99),
+      passMsMedian: quantile(passMs, 0.5),
+      passMsMax: Math.max(...passMs),
+      healthP50: quantile(healthDuringPasses, 0.5),
+      healthP99: quantile(healthDuringPasses, 0.99),
+      healthMax: Math.max(...healthDuringPasses),
+      steadyCpu: loadsOnly.cpu,
+      steadyHealthP99: quantile(loadsOnly.health, 0.99),
+      steadyProfilesCpu: withProfiles.cpu,
+      steadyProfilesHealthP99: quantile(withProfiles.health, 0.99),
     };
   } finally {
     child.kill();
@@ -165,7 +226,10 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
 
 async function main(): Promise<void> {
   const pub = process.argv.indexOf('--publish');
-  if (pub >= 0) { await publisher(process.argv[pub + 1]); return; }
+  if (pub >= 0) {
+    await publisher(process.argv[pub + 1]);
+    return;
+  }
   const clients = arg('clients', 10_000);
   const steadyS = arg('steady-s', 20);
   const passes = arg('passes', 3);
@@ -173,19 +237,29 @@ async function main(): Promise<void> {
   try {
     process.stderr.write(`planner bench: ${clients} clients × ${DEFAULT_CLASSES.length} classes, ${STAGES.length} stages; steady ${steadyS} s\n`);
     const rows: [string, Record<string, number>][] = [];
-    for (const [name, threshold] of [['material changes, sliced (0.02)', 0.02], ['every report re-plans all (threshold 0, sliced)', 0]] as const) {
+    for (const [name, threshold] of [
+      ['material changes, sliced (0.02)', 0.02],
+      ['every report re-plans all (threshold 0, sliced)', 0],
+    ] as const) {
       process.stderr.write(`  running: ${name} …\n`);
       rows.push([name, await runRule(nats.url, clients, threshold, steadyS, passes)]);
     }
     const f = (v: number, d = 1): string => v.toFixed(d);
-    console.log('| rule | full re-plan ms (median / max) | health p50 / p99 / max during passes, ms | steady CPU (cores), 1 load/s | health p99 | steady CPU + profiles every 10 s | health p99 |');
+    console.log(
+      '| rule | full re-plan ms (median / max) | health p50 / p99 / max during passes, ms | steady CPU (cores), 1 load/s | health p99 | steady CPU + profiles every 10 s | health p99 |',
+    );
     console.log('|---|---:|---:|---:|---:|---:|---:|');
     for (const [name, r] of rows) {
-      console.log(`| ${name} | ${f(r.passMsMedian, 0)} / ${f(r.passMsMax, 0)} | ${f(r.healthP50)} / ${f(r.healthP99)} / ${f(r.healthMax)} | ${f(r.steadyCpu, 3)} | ${f(r.steadyHealthP99)} | ${f(r.steadyProfilesCpu, 3)} | ${f(r.steadyProfilesHealthP99)} |`);
+      console.log(
+        `| ${name} | ${f(r.passMsMedian, 0)} / ${f(r.passMsMax, 0)} | ${f(r.healthP50)} / ${f(r.healthP99)} / ${f(r.healthMax)} | ${f(r.steadyCpu, 3)} | ${f(r.steadyHealthP99)} | ${f(r.steadyProfilesCpu, 3)} | ${f(r.steadyProfilesHealthP99)} |`,
+      );
     }
   } finally {
     await nats.stop();
   }
 }
 
-main().catch((err: unknown) => { console.error(err); process.exit(1); });
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

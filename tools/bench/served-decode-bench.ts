@@ -33,26 +33,49 @@ const preset = arg('preset', 'gpt2');
 const promptLen = Number(arg('prompt', '128'));
 const decode = Number(arg('decode', '64'));
 const reps = Number(arg('reps', '5'));
-const threadList = arg('threads', '2,1').split(',').filter((x) => x !== '').map(Number);
+const threadList = arg('threads', '2,1')
+  .split(',')
+  .filter((x) => x !== '')
+  .map(Number);
 const jsonOut = arg('json-out', path.join(os.tmpdir(), 'tandem-bench', 'served-decode-bench.json'));
-const say = (s: string): void => { process.stderr.write(`${s}\n`); };
+const say = (s: string): void => {
+  process.stderr.write(`${s}\n`);
+};
 
 type Path = 'monolithic' | 'fused' | 'staged';
 const PATHS: readonly Path[] = ['monolithic', 'fused', 'staged'];
 /** One timed generation: decode ms/token, CPU ms/token, its tokens. */
-interface Sample { readonly ms: number; readonly cpu: number; readonly tokens: number[] }
+interface Sample {
+  readonly ms: number;
+  readonly cpu: number;
+  readonly tokens: number[];
+}
 type Spread = { median: number; min: number; max: number };
 /** One thread count: each path's figures, and each served path over the monolithic graph. */
-type ThreadsResult = { threads: number } & Partial<Record<Path, { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread }>>
-  & Partial<Record<`${Exclude<Path, 'monolithic'>}VsMonolithic`, { decode: Spread; decodeCpu: Spread }>>;
+type ThreadsResult = { threads: number } & Partial<Record<Path, { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread }>> &
+  Partial<Record<`${Exclude<Path, 'monolithic'>}VsMonolithic`, { decode: Spread; decodeCpu: Spread }>>;
 
 /** An executor as a user runs it (worker engine), in this process, listening on 127.0.0.1. */
-interface Served { readonly server: ExecutorServer; readonly client: ExecutorServiceClient }
+interface Served {
+  readonly server: ExecutorServer;
+  readonly client: ExecutorServiceClient;
+}
 
 async function startServed(dir: string, threads: number, fused: boolean): Promise<Served> {
   const engine = await WorkerStageEngine.load(dir, { intraOpNumThreads: threads, fuseAllStages: fused });
-  const server = new ExecutorServer({ engine, log: createLogger({ name: 'bench', level: 'silent' }), address: '127.0.0.1:0', serverId: `bench-${fused ? 'fused' : 'staged'}`,
-    maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 64 << 20, batching: true, maxBatch: 16, idleTimeoutMs: 600_000, telemetryIntervalMs: 1000 });
+  const server = new ExecutorServer({
+    engine,
+    log: createLogger({ name: 'bench', level: 'silent' }),
+    address: '127.0.0.1:0',
+    serverId: `bench-${fused ? 'fused' : 'staged'}`,
+    maxSessions: 16,
+    maxContextTokens: 0,
+    maxMessageBytes: 64 << 20,
+    batching: true,
+    maxBatch: 16,
+    idleTimeoutMs: 600_000,
+    telemetryIntervalMs: 1000,
+  });
   const { port } = await server.start();
   return { server, client: new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(64 << 20)) };
 }
@@ -60,7 +83,16 @@ async function startServed(dir: string, threads: number, fused: boolean): Promis
 /** One server-side generation of decode + 1 tokens; timed from the first token to the last. */
 async function servedGenerate(s: Served, prompt: number[]): Promise<Sample> {
   const { call, next } = await openSession(s.client);
-  call.write({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: decode + 1 } } });
+  call.write({
+    kind: {
+      $case: 'generate',
+      value: {
+        seq: '1',
+        input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }),
+        maxNewTokens: decode + 1,
+      },
+    },
+  });
   const tokens: number[] = [];
   let t0 = 0;
   let c0 = 0;
@@ -68,7 +100,10 @@ async function servedGenerate(s: Served, prompt: number[]): Promise<Sample> {
     const m = await next();
     if (m.kind?.$case !== 'token' || m.kind.value.index !== i) throw new Error(`expected token ${i}`);
     tokens.push(m.kind.value.token);
-    if (i === 0) { t0 = performance.now(); c0 = cpuMs(); }
+    if (i === 0) {
+      t0 = performance.now();
+      c0 = cpuMs();
+    }
   }
   const sample = { ms: (performance.now() - t0) / decode, cpu: (cpuMs() - c0) / decode, tokens };
   await new Promise<void>((resolve, reject) => {
@@ -91,7 +126,10 @@ async function benchThreads(dir: string, threads: number): Promise<ThreadsResult
   const staged = await startServed(dir, threads, false);
   try {
     const run: Record<Path, () => Promise<Sample>> = {
-      monolithic: async () => { const g = await mono.generate(prompt, decode); return { ms: g.decodeMs, cpu: g.decodeCpuMs, tokens: g.tokens }; },
+      monolithic: async () => {
+        const g = await mono.generate(prompt, decode);
+        return { ms: g.decodeMs, cpu: g.decodeCpuMs, tokens: g.tokens };
+      },
       fused: () => servedGenerate(fused, prompt),
       staged: () => servedGenerate(staged, prompt),
     };
@@ -121,7 +159,10 @@ async function benchThreads(dir: string, threads: number): Promise<ThreadsResult
     }
     return out;
   } finally {
-    for (const s of [fused, staged]) { s.client.close(); await s.server.stop({ graceMs: 0 }); }
+    for (const s of [fused, staged]) {
+      s.client.close();
+      await s.server.stop({ graceMs: 0 });
+    }
     await mono.close();
   }
 }
@@ -131,16 +172,34 @@ async function main(): Promise<void> {
   const loadBefore = os.loadavg().map((x) => Number(x.toFixed(2)));
   const results: ThreadsResult[] = [];
   for (const t of threadList) results.push(await benchThreads(dir, t));
-  const env = { node: process.version, cpus: os.cpus().length, loadavgBefore: loadBefore, loadavgAfter: os.loadavg().map((x) => Number(x.toFixed(2))), preset, promptTokens: promptLen, decodeTokens: decode, reps, mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null };
-  const lines = [`\nserved decode vs one monolithic graph, preset ${preset}, prompt ${promptLen}, ${decode} decode tokens, one generation at a time, ${reps} interleaved repetitions; median (min-max)`];
+  const env = {
+    node: process.version,
+    cpus: os.cpus().length,
+    loadavgBefore: loadBefore,
+    loadavgAfter: os.loadavg().map((x) => Number(x.toFixed(2))),
+    preset,
+    promptTokens: promptLen,
+    decodeTokens: decode,
+    reps,
+    mallocTopPad: process.env.MALLOC_TOP_PAD_ ?? null,
+  };
+  const lines = [
+    `\nserved decode vs one monolithic graph, preset ${preset}, prompt ${promptLen}, ${decode} decode tokens, one generation at a time, ${reps} interleaved repetitions; median (min-max)`,
+  ];
   for (const r of results) {
     lines.push(`\n${r.threads} thread(s)`);
     lines.push(`| path | decode ms/token | / monolithic | decode CPU ms/token | / monolithic |\n|---|---:|---:|---:|---:|`);
-    for (const [p, label] of [['monolithic', 'monolithic graph, one InferenceSession'], ['fused', 'executor over gRPC, EXECUTOR_FUSED=true'], ['staged', 'executor over gRPC, EXECUTOR_FUSED=false']] as const) {
+    for (const [p, label] of [
+      ['monolithic', 'monolithic graph, one InferenceSession'],
+      ['fused', 'executor over gRPC, EXECUTOR_FUSED=true'],
+      ['staged', 'executor over gRPC, EXECUTOR_FUSED=false'],
+    ] as const) {
       const x = r[p];
       if (!x) continue; // every path is measured: never
       const rel = p === 'monolithic' ? undefined : r[`${p}VsMonolithic` as const];
-      lines.push(`| ${label} | ${fmt(x.decodeMsPerToken, 2)} | ${rel ? `${fmt(rel.decode, 3)}x` : '1'} | ${fmt(x.decodeCpuMsPerToken, 2)} | ${rel ? `${fmt(rel.decodeCpu, 3)}x` : '1'} |`);
+      lines.push(
+        `| ${label} | ${fmt(x.decodeMsPerToken, 2)} | ${rel ? `${fmt(rel.decode, 3)}x` : '1'} | ${fmt(x.decodeCpuMsPerToken, 2)} | ${rel ? `${fmt(rel.decodeCpu, 3)}x` : '1'} |`,
+      );
     }
   }
   process.stdout.write(`${lines.join('\n')}\n\nenv: ${JSON.stringify(env)}\n`);
@@ -149,4 +208,7 @@ async function main(): Promise<void> {
   say(`wrote ${jsonOut}`);
 }
 
-main().catch((err: unknown) => { process.stderr.write(`${(err as Error).stack ?? String(err)}\n`); process.exit(1); });
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

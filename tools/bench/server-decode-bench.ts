@@ -33,11 +33,14 @@ const batching = arg('batching', 'on') !== 'off';
 const tokens = decode + 1;
 
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
-const idsOf = (ids: number[]): ReturnType<typeof toWireTensor> => toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) });
+const idsOf = (ids: number[]): ReturnType<typeof toWireTensor> =>
+  toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) });
 
 /** What one generation produced: its tokens and when each reached the client (ms). */
-interface Run { readonly tokens: number[]; readonly at: number[] }
-
+interface Run {
+  readonly tokens: number[];
+  readonly at: number[];
+}
 
 /** Ends a session and waits for its OK status. */
 function close(call: Call): Promise<void> {
@@ -93,8 +96,19 @@ async function main(): Promise<void> {
   const dir = await benchModel(preset);
   const log = createLogger({ name: 'bench', level: 'silent' });
   const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
-  const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'bench', maxSessions: 1024, maxContextTokens: 0, maxMessageBytes: 64 << 20,
-    batching, maxBatch: 64, idleTimeoutMs: 600_000, telemetryIntervalMs: 1000 });
+  const server = new ExecutorServer({
+    engine,
+    log,
+    address: '127.0.0.1:0',
+    serverId: 'bench',
+    maxSessions: 1024,
+    maxContextTokens: 0,
+    maxMessageBytes: 64 << 20,
+    batching,
+    maxBatch: 64,
+    idleTimeoutMs: 600_000,
+    telemetryIntervalMs: 1000,
+  });
   const { port } = await server.start();
   const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(64 << 20));
   const prompts = Array.from({ length: sessions }, (_, s) => Array.from({ length: promptLen }, (_, i) => (101 + 37 * s + 13 * i) % 50257));
@@ -124,16 +138,22 @@ async function main(): Promise<void> {
     client.close();
     await server.stop({ graceMs: 0 });
   }
-  const spread = (xs: number[], digits: number): string => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
+  const spread = (xs: number[], digits: number): string =>
+    `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
   const ratio = (a: number[], b: number[]): number[] => a.map((x, i) => x / b[i]);
   const g = res['server-generate'];
   const p = res['per-step'];
-  process.stdout.write(`\nserver-side decoding vs per-step, preset ${preset}, ${sessions} concurrent all-server generations, prompt ${promptLen}, ${tokens} tokens each, `
-    + `${threads} threads, batching ${batching ? 'on' : 'off'}, one-way link latency ${latencyMs} ms; median (min–max) of ${reps} repetitions\n`);
+  process.stdout.write(
+    `\nserver-side decoding vs per-step, preset ${preset}, ${sessions} concurrent all-server generations, prompt ${promptLen}, ${tokens} tokens each, ` +
+      `${threads} threads, batching ${batching ? 'on' : 'off'}, one-way link latency ${latencyMs} ms; median (min–max) of ${reps} repetitions\n`,
+  );
   process.stdout.write('| path | decode ms/token | tokens/s (all generations) |\n|---|---:|---:|\n');
   process.stdout.write(`| per-step (a round trip per token) | ${spread(p.msTok, 2)} | ${spread(p.tokS, 1)} |\n`);
   process.stdout.write(`| server-generate (tokens streamed) | ${spread(g.msTok, 2)} | ${spread(g.tokS, 1)} |\n`);
   process.stdout.write(`| ratio server-generate / per-step | ${spread(ratio(g.msTok, p.msTok), 2)}x | ${spread(ratio(g.tokS, p.tokS), 2)}x |\n`);
 }
 
-main().catch((err: unknown) => { process.stderr.write(`${String(err)}\n`); process.exit(1); });
+main().catch((err: unknown) => {
+  process.stderr.write(`${String(err)}\n`);
+  process.exit(1);
+});

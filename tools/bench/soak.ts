@@ -19,9 +19,22 @@ async function main(): Promise<void> {
   const preset = arg('preset', 'small');
   const dir = await benchModel(preset);
   const minutes = Number(arg('minutes', '10'));
-  const env = Object.fromEntries(arg('executor-env', '').split(',').filter(Boolean).map((kv) => { const i = kv.indexOf('='); return [kv.slice(0, i), kv.slice(i + 1)]; }));
+  const env = Object.fromEntries(
+    arg('executor-env', '')
+      .split(',')
+      .filter(Boolean)
+      .map((kv) => {
+        const i = kv.indexOf('=');
+        return [kv.slice(0, i), kv.slice(i + 1)];
+      }),
+  );
   const out = arg('out', path.join('.tandem', 'soak'));
-  process.stderr.write(`soak: ${os.cpus().length} cpus, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}, executor env ${JSON.stringify(env)}\n`);
+  process.stderr.write(
+    `soak: ${os.cpus().length} cpus, load average ${os
+      .loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ')}, executor env ${JSON.stringify(env)}\n`,
+  );
   const r = await runSoak({
     modelDir: dir,
     sessions: Number(arg('sessions', '200')),
@@ -39,4 +52,7 @@ async function main(): Promise<void> {
   if (r.leakedSessions !== 0 || !(r.rssGrowthEnd < 0.05) || r.executorExitedEarly) process.exit(1);
 }
 
-main().catch((err: unknown) => { process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`); process.exit(1); });
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

@@ -34,14 +34,23 @@ import {
   type HostTensor,
 } from '@tandem/protocol';
 
-const arg = (k: string, d: string): string => { const i = process.argv.indexOf(`--${k}`); return i >= 0 ? process.argv[i + 1] : d; };
-const sizes = arg('sizes', `${256 << 10},${3 << 20}`).split(',').map(Number);
+const arg = (k: string, d: string): string => {
+  const i = process.argv.indexOf(`--${k}`);
+  return i >= 0 ? process.argv[i + 1] : d;
+};
+const sizes = arg('sizes', `${256 << 10},${3 << 20}`)
+  .split(',')
+  .map(Number);
 const reps = Number(arg('reps', '5'));
 const mbPerRep = Number(arg('mb', '64'));
 const jsonOut = arg('json-out', path.join(os.tmpdir(), 'tandem-bench', 'tensor-bench.json'));
 const MAX = 64 << 20;
 
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
 const identity = (b: Buffer): Buffer => b;
 
 type Variant = 'raw' | 'project' | 'generated';
@@ -49,7 +58,15 @@ const VARIANTS = arg('variants', 'raw,project,generated').split(',') as Variant[
 for (const v of VARIANTS) if (!['raw', 'project', 'generated'].includes(v)) throw new Error(`--variants: each must be raw, project or generated, given ${v}`);
 
 const RAW_SERVICE = {
-  echo: { path: '/bench.Raw/Echo', requestStream: true, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity },
+  echo: {
+    path: '/bench.Raw/Echo',
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+  },
 } satisfies grpc.ServiceDefinition;
 
 /** ts-proto's own (de)serializers, as the generated service definition has them. */
@@ -77,18 +94,29 @@ function echoServer(fromWire: typeof fromWireTensor): ExecutorServiceServer {
       call.on('data', (req: SessionRequest) => {
         if (req.kind?.$case !== 'step') return;
         const host = fromWire(req.kind.value.input, 'step.input');
-        call.write({ kind: { $case: 'result', value: { seq: req.kind.value.seq, output: { $case: 'tensor', value: toWireTensor(host) }, computeMs: 0, queueMs: 0 } } });
+        call.write({
+          kind: { $case: 'result', value: { seq: req.kind.value.seq, output: { $case: 'tensor', value: toWireTensor(host) }, computeMs: 0, queueMs: 0 } },
+        });
       });
       call.on('end', () => call.end());
     },
-    getStatus(_c, cb) { cb({ code: grpc.status.UNIMPLEMENTED }); },
+    getStatus(_c, cb) {
+      cb({ code: grpc.status.UNIMPLEMENTED });
+    },
   };
 }
 
-interface Clients { raw: grpc.Client; project: grpc.Client; generated: grpc.Client }
+interface Clients {
+  raw: grpc.Client;
+  project: grpc.Client;
+  generated: grpc.Client;
+}
 
 /** CPU time of this process (all threads, user + system), ms. */
-const cpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+const cpuMs = (): number => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 
 /** `count` ping-pongs of `bytes` each way: MB/s of payload (both directions) and process CPU ms per MB. */
 async function run(variant: Variant, clients: Clients, bytes: number, count: number): Promise<{ mbps: number; cpuMsPerMB: number }> {
@@ -100,7 +128,10 @@ async function run(variant: Variant, clients: Clients, bytes: number, count: num
     // Both streams take writes and emit messages; their element types differ by variant.
     const call = (variant === 'raw'
       ? clients.raw.makeBidiStreamRequest(RAW_SERVICE.echo.path, identity, identity)
-      : clients[variant].makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize)) as unknown as grpc.ClientDuplexStream<unknown, unknown>;
+      : clients[variant].makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize)) as unknown as grpc.ClientDuplexStream<
+      unknown,
+      unknown
+    >;
     let done = 0;
     const c0 = cpuMs();
     const t0 = performance.now();
@@ -113,7 +144,10 @@ async function run(variant: Variant, clients: Clients, bytes: number, count: num
         if ((m as Buffer).length !== bytes) reject(new Error('short echo'));
       } else {
         const r = (m as SessionResponse).kind;
-        if (r?.$case !== 'result' || r.value.output?.$case !== 'tensor') { reject(new Error('not a tensor result')); return; }
+        if (r?.$case !== 'result' || r.value.output?.$case !== 'tensor') {
+          reject(new Error('not a tensor result'));
+          return;
+        }
         const back = fromWire(r.value.output.value, 'result.tensor');
         if (back.data.length !== host.data.length) reject(new Error('short echo'));
       }
@@ -130,13 +164,22 @@ async function run(variant: Variant, clients: Clients, bytes: number, count: num
 
 async function main(): Promise<void> {
   const server = new grpc.Server(channelOptions(MAX));
-  server.addService(RAW_SERVICE, { echo: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => { call.on('data', (b: Buffer) => call.write(b)); call.on('end', () => call.end()); } });
+  server.addService(RAW_SERVICE, {
+    echo: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+      call.on('data', (b: Buffer) => call.write(b));
+      call.on('end', () => call.end());
+    },
+  });
   server.addService(ExecutorServiceService, echoServer(fromWireTensor));
-  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  const port = await new Promise<number>((res, rej) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+  );
   // The generated variant needs its own server too: a server has one definition per path.
   const genServer = new grpc.Server(channelOptions(MAX));
   genServer.addService(GENERATED_SERVICE, echoServer(copyingFromWire));
-  const genPort = await new Promise<number>((res, rej) => genServer.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  const genPort = await new Promise<number>((res, rej) =>
+    genServer.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+  );
   const creds = grpc.credentials.createInsecure();
   const Ctor = grpc.makeGenericClientConstructor({}, 'bench');
   const clients: Clients = {
@@ -146,8 +189,8 @@ async function main(): Promise<void> {
   };
   type Spread = { median: number; min: number; max: number };
   /** One payload size: each variant's figures, and each variant over raw. */
-  type SizeResult = { bytes: number; messagesPerRep: number } & Partial<Record<Variant, { MBps: Spread; cpuMsPerMB: Spread }>>
-    & Partial<Record<`${Exclude<Variant, 'raw'>}VsRaw`, { throughput: Spread; cpu: Spread }>>;
+  type SizeResult = { bytes: number; messagesPerRep: number } & Partial<Record<Variant, { MBps: Spread; cpuMsPerMB: Spread }>> &
+    Partial<Record<`${Exclude<Variant, 'raw'>}VsRaw`, { throughput: Spread; cpu: Spread }>>;
   const results: SizeResult[] = [];
   for (const bytes of sizes) {
     if (bytes % 4 !== 0) throw new Error(`--sizes: each size must be a multiple of 4 bytes, given ${bytes}`);
@@ -157,8 +200,14 @@ async function main(): Promise<void> {
     const cpu: Record<Variant, number[]> = { raw: [], project: [], generated: [] };
     for (let r = 0; r < reps; r++) {
       const order = VARIANTS.map((_, i) => VARIANTS[(i + r) % VARIANTS.length]);
-      for (const v of order) { const x = await run(v, clients, bytes, count); mbps[v].push(x.mbps); cpu[v].push(x.cpuMsPerMB); }
-      process.stderr.write(`${bytes} B rep ${r + 1}/${reps}: ${VARIANTS.map((v) => `${v} ${mbps[v][r].toFixed(0)} MB/s ${cpu[v][r].toFixed(2)} CPU ms/MB`).join(', ')}\n`);
+      for (const v of order) {
+        const x = await run(v, clients, bytes, count);
+        mbps[v].push(x.mbps);
+        cpu[v].push(x.cpuMsPerMB);
+      }
+      process.stderr.write(
+        `${bytes} B rep ${r + 1}/${reps}: ${VARIANTS.map((v) => `${v} ${mbps[v][r].toFixed(0)} MB/s ${cpu[v][r].toFixed(2)} CPU ms/MB`).join(', ')}\n`,
+      );
     }
     const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
     // Per repetition: throughput ratio, and CPU-time ratio (raw CPU per MB / variant CPU per MB:
@@ -183,13 +232,25 @@ async function main(): Promise<void> {
       const x = r[v];
       if (!x) continue; // every variant is measured: never
       const rel = v === 'raw' ? undefined : r[`${v}VsRaw` as const];
-      lines.push(`${`${f(r.bytes / 1024)} KiB`.padEnd(10)}${v.padEnd(11)}${st(x.MBps).padEnd(18)}${st(x.cpuMsPerMB, 2).padEnd(20)}${(rel ? st(rel.throughput, 3) : '1').padEnd(22)}${rel ? st(rel.cpu, 3) : '1'}`);
+      lines.push(
+        `${`${f(r.bytes / 1024)} KiB`.padEnd(10)}${v.padEnd(11)}${st(x.MBps).padEnd(18)}${st(x.cpuMsPerMB, 2).padEnd(20)}${(rel ? st(rel.throughput, 3) : '1').padEnd(22)}${rel ? st(rel.cpu, 3) : '1'}`,
+      );
     }
   }
-  const env = { node: process.version, cpus: os.cpus().length, loadavg: os.loadavg().map((x) => Number(x.toFixed(2))), reps, mbPerRep, pattern: 'ping-pong, one bidi stream per variant, client and server in one process' };
+  const env = {
+    node: process.version,
+    cpus: os.cpus().length,
+    loadavg: os.loadavg().map((x) => Number(x.toFixed(2))),
+    reps,
+    mbPerRep,
+    pattern: 'ping-pong, one bidi stream per variant, client and server in one process',
+  };
   process.stdout.write(`${lines.join('\n')}\n\nenv: ${JSON.stringify(env)}\n`);
   mkdirSync(path.dirname(jsonOut), { recursive: true });
   writeFileSync(jsonOut, `${JSON.stringify({ env, results }, null, 2)}\n`);
 }
 
-main().catch((err) => { process.stderr.write(`${(err as Error).stack ?? String(err)}\n`); process.exitCode = 1; });
+main().catch((err) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

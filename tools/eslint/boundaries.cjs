@@ -95,7 +95,8 @@ function importProblem(root, byName, at, filename, spec) {
   const { project, isTest } = at;
   if (spec.startsWith('.')) {
     const target = path.relative(root, path.join(filename, '..', spec));
-    if (!target.startsWith(project.dir + path.sep) && target !== project.dir) return `relative import '${spec}' leaves ${project.dir}; import the project by its package name`;
+    if (!target.startsWith(project.dir + path.sep) && target !== project.dir)
+      return `relative import '${spec}' leaves ${project.dir}; import the project by its package name`;
     return undefined;
   }
   if (spec.startsWith('@tandem/')) {
@@ -157,7 +158,14 @@ function boundariesPlugin(root) {
     },
     create(context) {
       const at = locate(root, projects, context.filename);
-      if (!at || at.isTest || ENV_ANYWHERE.includes(at.project.tag) || /[\\/](config|main)\.ts$/.test(at.rel) || at.project.dir === path.join('libs', 'testkit')) return {};
+      if (
+        !at ||
+        at.isTest ||
+        ENV_ANYWHERE.includes(at.project.tag) ||
+        /[\\/](config|main)\.ts$/.test(at.rel) ||
+        at.project.dir === path.join('libs', 'testkit')
+      )
+        return {};
       return {
         MemberExpression(node) {
           const isProcess = node.object.type === 'Identifier' && node.object.name === 'process';

@@ -1,7 +1,11 @@
 import type { ESLint } from 'eslint';
 
 /** A project of the workspace: its folder relative to the root, its package name and its `type:` tag. */
-export interface Project { readonly dir: string; readonly name: string; readonly tag: string }
+export interface Project {
+  readonly dir: string;
+  readonly name: string;
+  readonly tag: string;
+}
 
 /** Per project type: the project types it may import and the external modules it may not (outside its tests). */
 export declare const RULES: Readonly<Record<string, { readonly allowed: readonly string[]; readonly banned: readonly string[] }>>;

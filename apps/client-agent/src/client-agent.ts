@@ -18,8 +18,20 @@ import {
 } from '@tandem/protocol';
 import { decode, encode, readManifest } from '@tandem/model';
 import {
-  bindServer, clientOptions, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, StatusError, TelemetryPublisher, ValidationError,
-  type ClientSecurity, type EdgeHandlers, type Logger, type NatsAuth, type ServerSecurity,
+  bindServer,
+  clientOptions,
+  errorEdge,
+  serverAuthOptions,
+  serveWithEdge,
+  shutdownServer,
+  StatusError,
+  TelemetryPublisher,
+  ValidationError,
+  type ClientSecurity,
+  type EdgeHandlers,
+  type Logger,
+  type NatsAuth,
+  type ServerSecurity,
 } from '@tandem/service-kit';
 import { toGrpcStatus } from './errors';
 import { generate, type GenerationStats } from './generation';
@@ -109,7 +121,11 @@ export class ClientAgent {
   constructor(private readonly opts: ClientAgentOptions) {
     this.log = opts.log.child({ component: 'agent', clientId: opts.clientId });
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
-    this.executor = new ExecutorServiceClient(opts.executorAddr, opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes, opts.keepalive)));
+    this.executor = new ExecutorServiceClient(
+      opts.executorAddr,
+      opts.upstream?.credentials ?? grpc.credentials.createInsecure(),
+      clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes, opts.keepalive)),
+    );
   }
 
   /** Loads and profiles the local stages, connects to the planner and NATS, binds the API. Resolves with the port. */
@@ -117,9 +133,23 @@ export class ClientAgent {
     const manifest = await readManifest(this.opts.modelDir);
     this.stageCount = manifest.stages.length;
     ({ nEmbd: this.nEmbd, vocabSize: this.vocabSize, nPositions: this.nPositions } = manifest.config);
-    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, { slowdown: this.opts.slowdown, intraOpNumThreads: this.opts.threads, replay: this.opts.replay });
+    this.local = await LocalStages.load(this.opts.modelDir, this.opts.stages, {
+      slowdown: this.opts.slowdown,
+      intraOpNumThreads: this.opts.threads,
+      replay: this.opts.replay,
+    });
     await this.local.profile({ promptTokens: 16, decodeSteps: 3, rounds: 2, nEmbd: this.nEmbd });
-    this.follower = new PlanFollower({ plannerAddr: this.opts.plannerAddr, upstream: this.opts.upstream, keepalive: this.opts.keepalive, clientId: this.opts.clientId, stageCount: this.stageCount, canRun: (s) => this.local.has(s) }, this.log);
+    this.follower = new PlanFollower(
+      {
+        plannerAddr: this.opts.plannerAddr,
+        upstream: this.opts.upstream,
+        keepalive: this.opts.keepalive,
+        clientId: this.opts.clientId,
+        stageCount: this.stageCount,
+        canRun: (s) => this.local.has(s),
+      },
+      this.log,
+    );
     this.follower.onPlan(() => this.telemetry?.publishNow());
     this.follower.start();
     // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
@@ -131,8 +161,13 @@ export class ClientAgent {
     this.pingTimer.unref();
     if (this.opts.natsUrl) {
       this.telemetry = new TelemetryPublisher({
-        natsUrl: this.opts.natsUrl, natsAuth: this.opts.natsAuth, name: `agent-${this.opts.clientId}`, subject: Subjects.clientProfile(this.opts.clientId),
-        intervalMs: this.opts.telemetryIntervalMs, payload: () => ClientProfile.encode(this.profile()).finish(), log: this.log,
+        natsUrl: this.opts.natsUrl,
+        natsAuth: this.opts.natsAuth,
+        name: `agent-${this.opts.clientId}`,
+        subject: Subjects.clientProfile(this.opts.clientId),
+        intervalMs: this.opts.telemetryIntervalMs,
+        payload: () => ClientProfile.encode(this.profile()).finish(),
+        log: this.log,
       });
       this.telemetry.start();
     }
@@ -144,10 +179,12 @@ export class ClientAgent {
   /** Half the round trip of a small call to the executor feeds the latency estimate. */
   private async pingExecutor(): Promise<void> {
     const t0 = performance.now();
-    await new Promise<void>((resolve) => this.executor.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {
-      if (!err) this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
-      resolve();
-    }));
+    await new Promise<void>((resolve) =>
+      this.executor.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {
+        if (!err) this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
+        resolve();
+      }),
+    );
   }
 
   /** The profile published over NATS: local stage costs and the link as measured. */
@@ -186,7 +223,8 @@ export class ClientAgent {
       ids = encode(req.input.value);
       // The tokenizer knows GPT-2's 50,257 ids; a smaller model knows fewer.
       const bad = ids.findIndex((v) => v >= this.vocabSize);
-      if (bad >= 0) throw new ValidationError(`prompt must tokenise to ids in 0..${this.vocabSize - 1} (this model's vocabulary), given id ${ids[bad]} at token ${bad}`);
+      if (bad >= 0)
+        throw new ValidationError(`prompt must tokenise to ids in 0..${this.vocabSize - 1} (this model's vocabulary), given id ${ids[bad]} at token ${bad}`);
     } else if (req.input?.$case === 'ids') {
       ids = req.input.value.ids;
       if (ids.length === 0) throw new ValidationError('ids must hold at least one token id, given none');
@@ -198,7 +236,8 @@ export class ClientAgent {
     // The last generated token is never fed back, so prompt + maxNewTokens - 1 must fit the context.
     const room = this.nPositions - ids.length + 1;
     if (room < 1) throw new ValidationError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
-    if (req.maxNewTokens < 1 || req.maxNewTokens > room) throw new ValidationError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
+    if (req.maxNewTokens < 1 || req.maxNewTokens > room)
+      throw new ValidationError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
     let placement: string | undefined;
     if (req.placement) {
       placement = req.placement;
@@ -219,7 +258,12 @@ export class ClientAgent {
    * agent's own AGENT_DEADLINE_MS, whichever is earlier: it is the executor session's gRPC
    * deadline, and a generation that lost its session resumes on a new one only while it allows.
    */
-  async generate(req: GenerateRequest, onToken: (id: number, index: number) => void, signal: AbortSignal, deadline = Infinity): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
+  async generate(
+    req: GenerateRequest,
+    onToken: (id: number, index: number) => void,
+    signal: AbortSignal,
+    deadline = Infinity,
+  ): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
     const v = this.validate(req);
     const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
     // The class of the plan followed, taken now (a new plan may come while this runs).
@@ -233,9 +277,23 @@ export class ClientAgent {
       if (!planned) return;
       const e2eMs = stats?.totalMs ?? performance.now() - t0;
       const { clientId, clientClass, modelId } = this.opts;
-      const outcome = buildOutcome({ clientId, clientClass, modelId }, planned, chosen.epoch, chosen.placement, {
-        ok, promptTokens: v.ids.length, newTokens: produced, ttftMs: stats?.ttftMs ?? ttftMs, e2eMs, serverComputeMs: stats?.serverComputeMs ?? 0, serverQueueMs: queue.ms,
-      }, Date.now(), predictedOf(planned, v.ids.length, v.maxNewTokens));
+      const outcome = buildOutcome(
+        { clientId, clientClass, modelId },
+        planned,
+        chosen.epoch,
+        chosen.placement,
+        {
+          ok,
+          promptTokens: v.ids.length,
+          newTokens: produced,
+          ttftMs: stats?.ttftMs ?? ttftMs,
+          e2eMs,
+          serverComputeMs: stats?.serverComputeMs ?? 0,
+          serverQueueMs: queue.ms,
+        },
+        Date.now(),
+        predictedOf(planned, v.ids.length, v.maxNewTokens),
+      );
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
     // Replay (emulation): the generation's cache is tied to a cursor that follows its tokens.
@@ -243,22 +301,33 @@ export class ClientAgent {
     const cursor = this.local.armReplay(v.ids);
     let stats: GenerationStats;
     try {
-      const running = generate({
-        local: this.local,
-        openRemote: async () => countQueueing(await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadline: until }), queue),
-        emulator: this.opts.link,
-        estimator: this.estimator,
-        vocabSize: this.vocabSize,
-        signal,
-        resume: {
-          deadline: until,
-          onResumed: ({ tokens, attempts, lostMs }) => this.log.warn({ tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement }, 'generation resumed on a new executor session'),
+      const running = generate(
+        {
+          local: this.local,
+          openRemote: async () =>
+            countQueueing(
+              await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadline: until }),
+              queue,
+            ),
+          emulator: this.opts.link,
+          estimator: this.estimator,
+          vocabSize: this.vocabSize,
+          signal,
+          resume: {
+            deadline: until,
+            onResumed: ({ tokens, attempts, lostMs }) =>
+              this.log.warn({ tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement }, 'generation resumed on a new executor session'),
+          },
         },
-      }, chosen.placement, v.ids, v.maxNewTokens, (id, index) => {
-        if (produced++ === 0) ttftMs = performance.now() - t0;
-        cursor?.advance(id);
-        onToken(id, index);
-      });
+        chosen.placement,
+        v.ids,
+        v.maxNewTokens,
+        (id, index) => {
+          if (produced++ === 0) ttftMs = performance.now() - t0;
+          cursor?.advance(id);
+          onToken(id, index);
+        },
+      );
       this.local.disarm(); // generate() created its cache synchronously, before its first await
       stats = await running;
     } catch (err) {
@@ -282,13 +351,32 @@ export class ClientAgent {
         const callerDeadline = call.getDeadline();
         const deadline = callerDeadline instanceof Date ? callerDeadline.getTime() : callerDeadline;
         try {
-          const r = await this.generate(call.request, (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }), ac.signal, deadline);
+          const r = await this.generate(
+            call.request,
+            (id, index) => call.write({ kind: { $case: 'token', value: { index, id, text: decode([id]) } } }),
+            ac.signal,
+            deadline,
+          );
           this.generations++;
-          call.write({ kind: { $case: 'summary', value: {
-            ids: r.stats.ids, text: decode(r.stats.ids), placement: r.placement, planEpoch: r.epoch, requestClass: r.requestClass, slaMs: r.slaMs,
-            ttftMs: r.stats.ttftMs, totalMs: r.stats.totalMs, serverComputeMs: r.stats.serverComputeMs, clientComputeMs: r.stats.clientComputeMs, promptTokens: r.promptTokens,
-            ...r.predicted,
-          } } });
+          call.write({
+            kind: {
+              $case: 'summary',
+              value: {
+                ids: r.stats.ids,
+                text: decode(r.stats.ids),
+                placement: r.placement,
+                planEpoch: r.epoch,
+                requestClass: r.requestClass,
+                slaMs: r.slaMs,
+                ttftMs: r.stats.ttftMs,
+                totalMs: r.stats.totalMs,
+                serverComputeMs: r.stats.serverComputeMs,
+                clientComputeMs: r.stats.clientComputeMs,
+                promptTokens: r.promptTokens,
+                ...r.predicted,
+              },
+            },
+          });
           call.end();
         } catch (err) {
           if (!(err instanceof ValidationError)) this.failures++;

@@ -7,12 +7,25 @@ import { agentEnv, loadConfig, parseStageList } from './config';
 const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
   ...envCases({
-    int: [['AGENT_THREADS', 0, 256], ['TELEMETRY_INTERVAL_MS', 50, 3_600_000], ['AGENT_DEADLINE_MS', 100, 86_400_000],
-      ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1], ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000],
-      ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000], ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000]],
-    number: [['AGENT_SLOWDOWN', 1, 1000], ['AGENT_LINK_LATENCY_MS', 0, 10_000], ['AGENT_LINK_UP_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
-      ['AGENT_LINK_DOWN_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY]],
-    oneOf: [['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']], ['TLS_CLIENT_AUTH', ['none', 'require']]],
+    int: [
+      ['AGENT_THREADS', 0, 256],
+      ['TELEMETRY_INTERVAL_MS', 50, 3_600_000],
+      ['AGENT_DEADLINE_MS', 100, 86_400_000],
+      ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1],
+      ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000],
+      ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000],
+      ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000],
+    ],
+    number: [
+      ['AGENT_SLOWDOWN', 1, 1000],
+      ['AGENT_LINK_LATENCY_MS', 0, 10_000],
+      ['AGENT_LINK_UP_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
+      ['AGENT_LINK_DOWN_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
+    ],
+    oneOf: [
+      ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']],
+      ['TLS_CLIENT_AUTH', ['none', 'require']],
+    ],
   }),
   ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
   ['AGENT_ID with a dot', { AGENT_ID: 'dev.1' }, ['AGENT_ID must be 1..64 letters', "given 'dev.1'"]],
@@ -30,7 +43,11 @@ describe('client-agent env corpus', () => {
     ['with a range that runs backwards (it named no stage at all)', '4-1', ['AGENT_STAGES ranges must run upwards', "given '4-1'"]],
   ])('refuses AGENT_STAGES %s, naming the rule', (_what, spec, parts) => {
     let msg = '';
-    try { parseStageList(spec, 6); } catch (err) { msg = (err as Error).message; }
+    try {
+      parseStageList(spec, 6);
+    } catch (err) {
+      msg = (err as Error).message;
+    }
     expect(clearMessageProblem(msg, parts)).toBe('');
   });
 });

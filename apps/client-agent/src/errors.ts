@@ -10,12 +10,22 @@ import { ReplayMissError } from './replay';
  */
 export class ExecutorStatusError extends StatusError {
   override name = 'ExecutorStatusError';
-  constructor(code: status, readonly details: string) { super(code, details); }
+  constructor(
+    code: status,
+    readonly details: string,
+  ) {
+    super(code, details);
+  }
 }
 
 /** Executor statuses that are the caller's business (its input, a limit, availability, its deadline): passed on with the executor's message. */
 const PASSED_ON: readonly status[] = [
-  status.INVALID_ARGUMENT, status.OUT_OF_RANGE, status.FAILED_PRECONDITION, status.RESOURCE_EXHAUSTED, status.UNAVAILABLE, status.DEADLINE_EXCEEDED,
+  status.INVALID_ARGUMENT,
+  status.OUT_OF_RANGE,
+  status.FAILED_PRECONDITION,
+  status.RESOURCE_EXHAUSTED,
+  status.UNAVAILABLE,
+  status.DEADLINE_EXCEEDED,
 ];
 
 /**
@@ -29,7 +39,8 @@ const PASSED_ON: readonly status[] = [
 export function toGrpcStatus(err: unknown): GrpcStatus {
   return statusOf(err, 'client-agent', (e) => {
     if (e instanceof ReplayMissError) return new StatusError(status.FAILED_PRECONDITION, `EMULATION: ${e.message}`, { cause: e });
-    if (e instanceof StageInputError) return new StatusError(e.kind === 'precondition' ? status.FAILED_PRECONDITION : status.INVALID_ARGUMENT, `local stage: ${e.message}`, { cause: e });
+    if (e instanceof StageInputError)
+      return new StatusError(e.kind === 'precondition' ? status.FAILED_PRECONDITION : status.INVALID_ARGUMENT, `local stage: ${e.message}`, { cause: e });
     // The executor's: a grpc-js ServiceError (a plain Error with a numeric code), or one standing for it.
     const { code, details, message } = e as { code?: unknown; details?: string; message?: string };
     const fromExecutor = e instanceof ExecutorStatusError || (!(e instanceof StatusError) && typeof code === 'number');

@@ -79,11 +79,18 @@ export function isSessionLost(err: unknown): boolean {
   return e?.code === status.UNAVAILABLE || (err instanceof Error && e?.code === undefined && err.message === 'the executor ended the session');
 }
 
-const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
-  const t = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve(); }, ms);
-  const onAbort = (): void => { clearTimeout(t); reject(signal.reason); };
-  signal.addEventListener('abort', onAbort, { once: true });
-});
+const sleep = (ms: number, signal: AbortSignal): Promise<void> =>
+  new Promise((resolve, reject) => {
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 
 /** The retry state of one generation: how many sessions it lost, and the backoff before the next attempt. */
 class Resumer {
@@ -93,7 +100,10 @@ class Resumer {
   private lostAt = 0;
   private lost = false;
 
-  constructor(private readonly opts: ResumeOptions | undefined, private readonly signal: AbortSignal) {}
+  constructor(
+    private readonly opts: ResumeOptions | undefined,
+    private readonly signal: AbortSignal,
+  ) {}
 
   /**
    * After `err` ended the session at `tokens` tokens: rethrows it when it is not a lost
@@ -103,14 +113,19 @@ class Resumer {
   async afterFailure(err: unknown, tokens: number): Promise<void> {
     const o = this.opts;
     if (!o || this.signal.aborted || !isSessionLost(err)) throw err;
-    if (!this.lost) { this.lost = true; this.lostAt = performance.now(); }
+    if (!this.lost) {
+      this.lost = true;
+      this.lostAt = performance.now();
+    }
     const delay = Math.min(o.maxBackoffMs ?? 1000, (o.initialBackoffMs ?? 50) * 2 ** this.attempts);
     this.attempts++;
     const left = o.deadline - Date.now();
     if (left < delay + RESUME_MARGIN_MS) {
       const e = err as { details?: string; message?: string };
-      throw new ExecutorLostError(`the executor session was lost after ${tokens} generated tokens and could not be resumed within the deadline `
-        + `(${this.attempts} attempts over ${Math.round(performance.now() - this.lostAt)} ms, ${Math.max(0, Math.round(left))} ms left); last error: ${e.details ?? e.message ?? String(err)}`);
+      throw new ExecutorLostError(
+        `the executor session was lost after ${tokens} generated tokens and could not be resumed within the deadline ` +
+          `(${this.attempts} attempts over ${Math.round(performance.now() - this.lostAt)} ms, ${Math.max(0, Math.round(left))} ms left); last error: ${e.details ?? e.message ?? String(err)}`,
+      );
     }
     await sleep(delay, this.signal);
   }
@@ -146,7 +161,7 @@ const bytesOf = (t: HostTensor): number => t.data.byteLength;
 const idsTensor = (ids: readonly number[]): HostTensor => ({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, (v) => BigInt(v)) });
 
 /**
-* Greedy generation with the given placement: a prefill of the prompt, then one decode
+ * Greedy generation with the given placement: a prefill of the prompt, then one decode
  * step per further token. When every stage is on the server the executor decodes by itself
  * (see {@link generateOnServer}); otherwise client runs execute on `local` with this
  * generation's own KV cache and server runs go over one executor session (its cache on the
@@ -158,7 +173,13 @@ const idsTensor = (ids: readonly number[]): HostTensor => ({ dtype: 'int64', sha
  * allows) and the prompt plus every token so far is prefilled again with the same placement,
  * whose token is the next one; the caller sees one stream, as from an undisturbed run.
  */
-export async function generate(deps: GenerationDeps, placement: string, promptIds: readonly number[], maxNewTokens: number, onToken: (id: number, index: number) => void): Promise<GenerationStats> {
+export async function generate(
+  deps: GenerationDeps,
+  placement: string,
+  promptIds: readonly number[],
+  maxNewTokens: number,
+  onToken: (id: number, index: number) => void,
+): Promise<GenerationStats> {
   if (/^S+$/.test(placement)) return generateOnServer(deps, promptIds, maxNewTokens, onToken);
   const segs = segmentsOf(placement);
   const last = placement.length;
@@ -269,7 +290,12 @@ export async function generate(deps: GenerationDeps, placement: string, promptId
  * RemoteSession.step); otherwise it ends at once with GenerateRefusedError (RESOURCE_EXHAUSTED,
  * the executor's message).
  */
-async function generateOnServer(deps: GenerationDeps, promptIds: readonly number[], maxNewTokens: number, onToken: (id: number, index: number) => void): Promise<GenerationStats> {
+async function generateOnServer(
+  deps: GenerationDeps,
+  promptIds: readonly number[],
+  maxNewTokens: number,
+  onToken: (id: number, index: number) => void,
+): Promise<GenerationStats> {
   const t0 = performance.now();
   let remote: RemoteSession | undefined;
   const resumer = new Resumer(deps.resume, deps.signal);
@@ -337,7 +363,8 @@ async function generateOnServer(deps: GenerationDeps, promptIds: readonly number
           // UNAVAILABLE within the deadline, any other error passes through).
           const left = session.deadline - Date.now();
           const { details, message } = err as { details?: string; message?: string };
-          if (left < hint + REFUSAL_MARGIN_MS) throw new GenerateRefusedError(`${details ?? message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, hint);
+          if (left < hint + REFUSAL_MARGIN_MS)
+            throw new GenerateRefusedError(`${details ?? message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, hint);
           refusals++;
           await sleep(hint, deps.signal);
           e = undefined;

@@ -12,11 +12,22 @@ const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTim
  * bytes / throughput before it is sent (uplink) or after it arrives (downlink).
  */
 export class LinkEmulator {
-  constructor(readonly up: LinkShape, readonly down: LinkShape) {}
-  get active(): boolean { return this.up.latencyMs > 0 || this.up.bytesPerMs > 0 || this.down.latencyMs > 0 || this.down.bytesPerMs > 0; }
-  static delayMs(l: LinkShape, bytes: number): number { return l.latencyMs + (l.bytesPerMs > 0 ? bytes / l.bytesPerMs : 0); }
-  uplink(bytes: number): Promise<void> { return sleep(LinkEmulator.delayMs(this.up, bytes)); }
-  downlink(bytes: number): Promise<void> { return sleep(LinkEmulator.delayMs(this.down, bytes)); }
+  constructor(
+    readonly up: LinkShape,
+    readonly down: LinkShape,
+  ) {}
+  get active(): boolean {
+    return this.up.latencyMs > 0 || this.up.bytesPerMs > 0 || this.down.latencyMs > 0 || this.down.bytesPerMs > 0;
+  }
+  static delayMs(l: LinkShape, bytes: number): number {
+    return l.latencyMs + (l.bytesPerMs > 0 ? bytes / l.bytesPerMs : 0);
+  }
+  uplink(bytes: number): Promise<void> {
+    return sleep(LinkEmulator.delayMs(this.up, bytes));
+  }
+  downlink(bytes: number): Promise<void> {
+    return sleep(LinkEmulator.delayMs(this.down, bytes));
+  }
 }
 
 /** The link as measured: what the agent publishes. */
@@ -38,16 +49,23 @@ export class LinkEstimator {
   private readonly rtts: number[] = [];
   private readonly up: number[] = [];
   private readonly down: number[] = [];
-  constructor(private readonly fallbackBytesPerMs = 1e6, private readonly window = 32) {}
+  constructor(
+    private readonly fallbackBytesPerMs = 1e6,
+    private readonly window = 32,
+  ) {}
 
   private push(xs: number[], v: number): void {
     xs.push(v);
     if (xs.length > this.window) xs.shift();
   }
 
-  recordRtt(ms: number): void { this.push(this.rtts, ms); }
+  recordRtt(ms: number): void {
+    this.push(this.rtts, ms);
+  }
 
-  get latencyMs(): number { return this.rtts.length ? Math.min(...this.rtts) / 2 : 0; }
+  get latencyMs(): number {
+    return this.rtts.length ? Math.min(...this.rtts) / 2 : 0;
+  }
 
   /** A step moved `upBytes` up and `downBytes` down in `netMs` of round trip outside the server. */
   recordTransfer(upBytes: number, downBytes: number, netMs: number): void {

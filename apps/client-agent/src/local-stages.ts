@@ -41,17 +41,29 @@ export class LocalStages {
   private armed: ReplayCursor | undefined;
   private readonly chain = new WeakMap<KvCache, { stage: number; intendedEnd: number; actualEnd: number }>();
 
-  private constructor(readonly runner: StageRunner, readonly slowdown: number, readonly replay: ReplayRecording | undefined) {
+  private constructor(
+    readonly runner: StageRunner,
+    readonly slowdown: number,
+    readonly replay: ReplayRecording | undefined,
+  ) {
     this.stats = new StageStats(runner.manifest.stages.length);
   }
 
-  static async load(modelDir: string, stages: readonly number[], opts: { slowdown: number; intraOpNumThreads?: number; replay?: ReplayRecording }): Promise<LocalStages> {
+  static async load(
+    modelDir: string,
+    stages: readonly number[],
+    opts: { slowdown: number; intraOpNumThreads?: number; replay?: ReplayRecording },
+  ): Promise<LocalStages> {
     const runner = await StageRunner.load(modelDir, { stages, intraOpNumThreads: opts.intraOpNumThreads || undefined });
     return new LocalStages(runner, opts.slowdown, opts.replay);
   }
 
-  get stages(): ReadonlySet<number> { return this.runner.stages; }
-  has(stage: number): boolean { return this.runner.stages.has(stage); }
+  get stages(): ReadonlySet<number> {
+    return this.runner.stages;
+  }
+  has(stage: number): boolean {
+    return this.runner.stages.has(stage);
+  }
 
   /** A cache for one generation; with replay it carries the cursor armed by {@link armReplay}. */
   newCache(): KvCache {
@@ -74,7 +86,9 @@ export class LocalStages {
   }
 
   /** Drops an armed cursor no cache took (the generation failed before creating one). */
-  disarm(): void { this.armed = undefined; }
+  disarm(): void {
+    this.armed = undefined;
+  }
 
   /**
    * Runs one stage; resolves with its output and the time it took (including emulated
@@ -134,7 +148,10 @@ export class LocalStages {
    */
   private async pad(cache: KvCache, ms: number): Promise<void> {
     const debt = (this.paddingDebtMs.get(cache) ?? 0) + ms;
-    if (debt < 4) { this.paddingDebtMs.set(cache, debt); return; }
+    if (debt < 4) {
+      this.paddingDebtMs.set(cache, debt);
+      return;
+    }
     const t0 = performance.now();
     await sleep(debt);
     this.paddingDebtMs.set(cache, debt - (performance.now() - t0));
@@ -147,18 +164,27 @@ export class LocalStages {
   async profile(opts: { promptTokens: number; decodeSteps: number; rounds: number; nEmbd: number }): Promise<void> {
     if (this.replay) {
       // The recording's uncontended costs are the model the replay is timed to.
-      this.setBaseline(new Map(this.replay.header.costs.filter((c) => this.has(c.stage)).map((c) => [c.stage, { prefillMsPerToken: c.prefillMsPerToken, decodeMs: c.decodeMs }])), 1);
+      this.setBaseline(
+        new Map(
+          this.replay.header.costs.filter((c) => this.has(c.stage)).map((c) => [c.stage, { prefillMsPerToken: c.prefillMsPerToken, decodeMs: c.decodeMs }]),
+        ),
+        1,
+      );
       return;
     }
     const base = new Map<number, { prefillMsPerToken: number; decodeMs: number }>();
     for (let r = 0; r < opts.rounds; r++) {
       const cache = this.newCache();
-      for (const [t, steps] of [[opts.promptTokens, 1], [1, opts.decodeSteps]] as const) {
+      for (const [t, steps] of [
+        [opts.promptTokens, 1],
+        [1, opts.decodeSteps],
+      ] as const) {
         for (let k = 0; k < steps; k++) {
           for (const s of [...this.stages].sort((a, b) => a - b)) {
-            const input: HostTensor = s === 0
-              ? { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) }
-              : { dtype: 'float32', shape: [1, t, opts.nEmbd], data: new Float32Array(t * opts.nEmbd).fill(0.01) };
+            const input: HostTensor =
+              s === 0
+                ? { dtype: 'int64', shape: [1, t], data: new BigInt64Array(t).fill(1n) }
+                : { dtype: 'float32', shape: [1, t, opts.nEmbd], data: new Float32Array(t * opts.nEmbd).fill(0.01) };
             const t0 = performance.now();
             await this.runner.run(s, input, cache);
             const real = performance.now() - t0;
@@ -187,13 +213,19 @@ export class LocalStages {
   costs(): StageTiming[] {
     const now = performance.now();
     const measured = this.stats.snapshot();
-    return [...this.stages].sort((a, b) => a - b).map((stage) => {
-      const base = this.baseline?.get(stage);
-      // With replay the modelled cost is exactly what the device does: always publish it.
-      const stale = base !== undefined && (this.replay !== undefined || now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS);
-      return stale ? { ...measured[stage], prefillMsPerToken: base.prefillMsPerToken * this.slowdown, decodeMs: base.decodeMs * this.slowdown } : measured[stage];
-    });
+    return [...this.stages]
+      .sort((a, b) => a - b)
+      .map((stage) => {
+        const base = this.baseline?.get(stage);
+        // With replay the modelled cost is exactly what the device does: always publish it.
+        const stale = base !== undefined && (this.replay !== undefined || now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS);
+        return stale
+          ? { ...measured[stage], prefillMsPerToken: base.prefillMsPerToken * this.slowdown, decodeMs: base.decodeMs * this.slowdown }
+          : measured[stage];
+      });
   }
 
-  close(): Promise<void> { return this.runner.close(); }
+  close(): Promise<void> {
+    return this.runner.close();
+  }
 }

@@ -1,5 +1,14 @@
 import { ModelFormatError, modelIdOf, readManifest } from '@tandem/model';
-import { checkNatsCredentials, createLogger, keepaliveFrom, loadServerSecurity, loadUpstreamSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
+import {
+  checkNatsCredentials,
+  createLogger,
+  keepaliveFrom,
+  loadServerSecurity,
+  loadUpstreamSecurity,
+  natsAuthFrom,
+  onShutdownSignal,
+  runMain,
+} from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
 import { loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
@@ -18,10 +27,20 @@ export async function main(): Promise<void> {
   if (config.NATS_URL !== 'off') await checkNatsCredentials(config.NATS_URL, natsAuth);
   const manifest = await readManifest(config.MODEL_DIR);
   const modelId = modelIdOf(config.MODEL_DIR);
-  const replay = config.AGENT_REPLAY_FILE === '' ? undefined : ReplayRecording.load(config.AGENT_REPLAY_FILE, {
-    modelId, stageCount: manifest.stages.length, nEmbd: manifest.config.nEmbd, vocabSize: manifest.config.vocabSize,
-  });
-  if (replay) log.info({ file: config.AGENT_REPLAY_FILE, bytes: replay.bytes, prompts: replay.header.prompts.length }, 'EMULATION: replaying device stages from a recording');
+  const replay =
+    config.AGENT_REPLAY_FILE === ''
+      ? undefined
+      : ReplayRecording.load(config.AGENT_REPLAY_FILE, {
+          modelId,
+          stageCount: manifest.stages.length,
+          nEmbd: manifest.config.nEmbd,
+          vocabSize: manifest.config.vocabSize,
+        });
+  if (replay)
+    log.info(
+      { file: config.AGENT_REPLAY_FILE, bytes: replay.bytes, prompts: replay.header.prompts.length },
+      'EMULATION: replaying device stages from a recording',
+    );
   const agent = new ClientAgent({
     modelDir: config.MODEL_DIR,
     modelId,

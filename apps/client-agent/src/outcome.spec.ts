@@ -2,17 +2,50 @@ import { OutcomeStatus, type ClassPlacement } from '@tandem/protocol';
 import { buildOutcome, predictedOf, type MeasuredGeneration } from './outcome';
 
 const WHO = { clientId: 'dev-1', clientClass: 'phone', modelId: 'm' };
-const CLS: ClassPlacement = { name: 'short', maxPromptTokens: 32, expectedNewTokens: 8, placement: 'CSS', slaMs: 100, predictedLatencyMs: 80, predictedServerWork: 3, feasible: true, ttftMs: 0, tpotMs: 0, predictedTtftMs: 0, predictedTpotMs: 0, predictedTtftMsPerPromptToken: 0 };
+const CLS: ClassPlacement = {
+  name: 'short',
+  maxPromptTokens: 32,
+  expectedNewTokens: 8,
+  placement: 'CSS',
+  slaMs: 100,
+  predictedLatencyMs: 80,
+  predictedServerWork: 3,
+  feasible: true,
+  ttftMs: 0,
+  tpotMs: 0,
+  predictedTtftMs: 0,
+  predictedTpotMs: 0,
+  predictedTtftMsPerPromptToken: 0,
+};
 const RUN: MeasuredGeneration = { ok: true, promptTokens: 5, newTokens: 6, ttftMs: 30, e2eMs: 80, serverComputeMs: 4, serverQueueMs: 1.5 };
 
 describe('buildOutcome', () => {
   it('reports the plan, the prediction, the measured figures and TPOT over the tokens after the first', () => {
     const o = buildOutcome(WHO, CLS, 42, 'CSS', RUN, 1234);
     expect(o).toMatchObject({
-      clientId: 'dev-1', clientClass: 'phone', modelId: 'm', requestClass: 'short', placement: 'CSS', planEpoch: 42,
-      promptTokens: 5, newTokens: 6, predictedE2eMs: 80, predictedTtftMs: 0, predictedTpotMs: 0,
-      ttftMs: 30, e2eMs: 80, serverComputeMs: 4, serverQueueMs: 1.5, slaMs: 100, ttftSloMs: 0, tpotSloMs: 0,
-      slaMet: true, ttftMet: true, tpotMet: true, status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: 1234,
+      clientId: 'dev-1',
+      clientClass: 'phone',
+      modelId: 'm',
+      requestClass: 'short',
+      placement: 'CSS',
+      planEpoch: 42,
+      promptTokens: 5,
+      newTokens: 6,
+      predictedE2eMs: 80,
+      predictedTtftMs: 0,
+      predictedTpotMs: 0,
+      ttftMs: 30,
+      e2eMs: 80,
+      serverComputeMs: 4,
+      serverQueueMs: 1.5,
+      slaMs: 100,
+      ttftSloMs: 0,
+      tpotSloMs: 0,
+      slaMet: true,
+      ttftMet: true,
+      tpotMet: true,
+      status: OutcomeStatus.OUTCOME_STATUS_OK,
+      unixMs: 1234,
     });
     expect(o.tpotMs).toBeCloseTo((80 - 30) / 5, 12);
   });

@@ -40,8 +40,15 @@ export function predictedOf(planned: ClassPlacement | undefined, promptTokens: n
 }
 
 /** `predicted`: the plan's predictions for this request (default: for its prompt and the tokens it produced). */
-export function buildOutcome(who: { clientId: string; clientClass: string; modelId: string }, cls: ClassPlacement, epoch: number, placement: string, m: MeasuredGeneration, unixMs: number,
-  predicted: Predicted = predictedOf(cls, m.promptTokens, m.newTokens)): GenerationOutcome {
+export function buildOutcome(
+  who: { clientId: string; clientClass: string; modelId: string },
+  cls: ClassPlacement,
+  epoch: number,
+  placement: string,
+  m: MeasuredGeneration,
+  unixMs: number,
+  predicted: Predicted = predictedOf(cls, m.promptTokens, m.newTokens),
+): GenerationOutcome {
   const tpotMs = m.newTokens > 1 ? Math.max(0, m.e2eMs - m.ttftMs) / (m.newTokens - 1) : 0;
   const slaMs = cls.slaMs;
   // An SLO (or prediction) of 0 is not stated.

@@ -5,9 +5,27 @@ import { eventually } from '@tandem/testkit';
 import { PlanFollower } from './plan-follower';
 
 const plan = (epoch: number, placement: string): ClientPlan => ({
-  clientId: 'dev', epoch, algorithm: 'dp', createdUnixMs: epoch,
-  classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 4, placement, slaMs: 100, predictedLatencyMs: 10, predictedServerWork: 1, feasible: true,
-    ttftMs: 0, tpotMs: 0, predictedTtftMs: 10, predictedTpotMs: 0, predictedTtftMsPerPromptToken: 0 }],
+  clientId: 'dev',
+  epoch,
+  algorithm: 'dp',
+  createdUnixMs: epoch,
+  classes: [
+    {
+      name: 'short',
+      maxPromptTokens: 16,
+      expectedNewTokens: 4,
+      placement,
+      slaMs: 100,
+      predictedLatencyMs: 10,
+      predictedServerWork: 1,
+      feasible: true,
+      ttftMs: 0,
+      tpotMs: 0,
+      predictedTtftMs: 10,
+      predictedTpotMs: 0,
+      predictedTtftMsPerPromptToken: 0,
+    },
+  ],
 });
 
 /** A planner stand-in on a real gRPC port: every WatchPlans stream gets `plans()` at once, and `push` sends more on the open streams. */
@@ -24,7 +42,13 @@ async function stubPlanner(address: string, plans: () => ClientPlan[]): Promise<
   };
   server.addService(PlannerServiceService, impl);
   const port = await bindInsecure(server, address);
-  return { port, push: (p) => { for (const c of calls) c.write({ plan: p }); }, stop: () => server.forceShutdown() };
+  return {
+    port,
+    push: (p) => {
+      for (const c of calls) c.write({ plan: p });
+    },
+    stop: () => server.forceShutdown(),
+  };
 }
 
 describe('PlanFollower epochs', () => {
@@ -32,7 +56,7 @@ describe('PlanFollower epochs', () => {
   let follower: PlanFollower | undefined;
   afterEach(() => follower?.stop());
 
-  it('within one stream takes only a higher epoch; after a planner restart takes the new stream\'s first plan even with an older epoch', async () => {
+  it("within one stream takes only a higher epoch; after a planner restart takes the new stream's first plan even with an older epoch", async () => {
     // The first planner's clock ran ahead: its epochs are far in the future.
     const a = await stubPlanner('127.0.0.1:0', () => [plan(9_000_000, 'CCS')]);
     follower = new PlanFollower({ plannerAddr: `127.0.0.1:${a.port}`, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
@@ -47,10 +71,10 @@ describe('PlanFollower epochs', () => {
     a.stop();
     const b = await stubPlanner(`127.0.0.1:${a.port}`, () => [plan(1_000, 'SSS')]);
     try {
-      await eventually(() => follower!.current()?.epoch === 1_000, { timeoutMs: 10_000, what: 'the restarted planner\'s plan' });
+      await eventually(() => follower!.current()?.epoch === 1_000, { timeoutMs: 10_000, what: "the restarted planner's plan" });
       expect(follower.choose(10)).toMatchObject({ placement: 'SSS', epoch: 1_000 });
       b.push(plan(1_001, 'CSS'));
-      await eventually(() => follower!.current()?.epoch === 1_001, { what: 'the restarted planner\'s next plan' });
+      await eventually(() => follower!.current()?.epoch === 1_001, { what: "the restarted planner's next plan" });
     } finally {
       b.stop();
     }

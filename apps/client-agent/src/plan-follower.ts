@@ -1,5 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
-import { keepaliveOptions, PlannerServiceClient, quoted, type Keepalive, type ClassPlacement, type ClientPlan, type WatchPlansResponse } from '@tandem/protocol';
+import {
+  keepaliveOptions,
+  PlannerServiceClient,
+  quoted,
+  type Keepalive,
+  type ClassPlacement,
+  type ClientPlan,
+  type WatchPlansResponse,
+} from '@tandem/protocol';
 import { clientOptions, type ClientSecurity, type Logger } from '@tandem/service-kit';
 
 /** The placement a generation will use, frozen at its start. */
@@ -32,21 +40,36 @@ export class PlanFollower {
   connected = false;
 
   constructor(
-    private readonly opts: { plannerAddr: string | undefined; upstream?: ClientSecurity; keepalive?: Keepalive; clientId: string; stageCount: number; canRun: (stage: number) => boolean },
+    private readonly opts: {
+      plannerAddr: string | undefined;
+      upstream?: ClientSecurity;
+      keepalive?: Keepalive;
+      clientId: string;
+      stageCount: number;
+      canRun: (stage: number) => boolean;
+    },
     private readonly log: Logger,
   ) {}
 
   start(): void {
     if (!this.opts.plannerAddr) return;
-    this.client = new PlannerServiceClient(this.opts.plannerAddr, this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(), clientOptions(this.opts.upstream, keepaliveOptions(this.opts.keepalive)));
+    this.client = new PlannerServiceClient(
+      this.opts.plannerAddr,
+      this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(),
+      clientOptions(this.opts.upstream, keepaliveOptions(this.opts.keepalive)),
+    );
     this.watch();
   }
 
   /** The current plan, if any. */
-  current(): ClientPlan | undefined { return this.plan; }
+  current(): ClientPlan | undefined {
+    return this.plan;
+  }
 
   /** Calls `fn` with every plan accepted from now on. */
-  onPlan(fn: (p: ClientPlan) => void): void { this.listeners.push(fn); }
+  onPlan(fn: (p: ClientPlan) => void): void {
+    this.listeners.push(fn);
+  }
 
   /** The placement for a prompt of `promptTokens` tokens: the first class that covers it, else the last class. */
   choose(promptTokens: number): ChosenPlacement {
@@ -84,7 +107,10 @@ export class PlanFollower {
       streamEpoch = plan.epoch;
       if (this.plan && plan.epoch === this.plan.epoch && plan.createdUnixMs === this.plan.createdUnixMs) return; // the plan held, sent again on a new stream
       const problem = this.problem(plan);
-      if (problem) { this.log.warn({ epoch: plan.epoch, problem }, 'refused a plan'); return; }
+      if (problem) {
+        this.log.warn({ epoch: plan.epoch, problem }, 'refused a plan');
+        return;
+      }
       this.plan = plan;
       this.log.info({ epoch: plan.epoch, classes: plan.classes.map((c) => `${c.name}=${c.placement}`) }, 'new plan');
       for (const l of this.listeners) l(plan);

@@ -1,5 +1,14 @@
 import { status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
-import { fromWireTensor, retryAfterMsOf, toWireTensor, type ExecutorServiceClient, type HostTensor, type SessionOpened, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import {
+  fromWireTensor,
+  retryAfterMsOf,
+  toWireTensor,
+  type ExecutorServiceClient,
+  type HostTensor,
+  type SessionOpened,
+  type SessionRequest,
+  type SessionResponse,
+} from '@tandem/protocol';
 import { ExecutorStatusError } from './errors';
 
 /** What one server step returned. */
@@ -20,7 +29,10 @@ export interface RemoteStepResult {
  */
 export class RefusedError extends ExecutorStatusError {
   override name = 'RefusedError';
-  constructor(details: string, readonly retryAfterMs: number) {
+  constructor(
+    details: string,
+    readonly retryAfterMs: number,
+  ) {
     super(status.RESOURCE_EXHAUSTED, details);
   }
 }
@@ -95,7 +107,10 @@ export class RemoteSession {
   refusals = 0;
 
   /** @param deadline the session's gRPC deadline (Date.now() ms): the generation's own. */
-  private constructor(private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>, readonly deadline: number) {
+  private constructor(
+    private readonly call: ClientDuplexStream<SessionRequest, SessionResponse>,
+    readonly deadline: number,
+  ) {
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'token') this.onToken(m.kind.value);
       else this.pending.shift()?.resolve(m);
@@ -171,7 +186,8 @@ export class RemoteSession {
       if (m.kind?.$case !== 'refused' || m.kind.value.seq !== seq) break;
       const { message, retryAfterMs } = m.kind.value;
       const left = this.deadline - Date.now();
-      if (left < retryAfterMs + REFUSAL_MARGIN_MS) throw new StepRefusedError(`${message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, retryAfterMs);
+      if (left < retryAfterMs + REFUSAL_MARGIN_MS)
+        throw new StepRefusedError(`${message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, retryAfterMs);
       this.refusals++;
       await this.pause(retryAfterMs);
     }
@@ -180,7 +196,13 @@ export class RemoteSession {
     const r = m.kind.value;
     if (r.output?.$case === 'token') return { output: r.output.value, computeMs: r.computeMs, queueMs: r.queueMs, roundTripMs, downBytes: TOKEN_DOWN_BYTES };
     if (r.output?.$case !== 'tensor') throw new Error(`executor answered step ${seq} with no output`);
-    return { output: fromWireTensor(r.output.value, 'result.tensor'), computeMs: r.computeMs, queueMs: r.queueMs, roundTripMs, downBytes: r.output.value.data.byteLength };
+    return {
+      output: fromWireTensor(r.output.value, 'result.tensor'),
+      computeMs: r.computeMs,
+      queueMs: r.queueMs,
+      roundTripMs,
+      downBytes: r.output.value.data.byteLength,
+    };
   }
 
   /**
@@ -202,7 +224,11 @@ export class RemoteSession {
   /** Resolves after `ms`, or at once when the session fails (the next send then rejects). */
   private pause(ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
-      const wake = (): void => { clearTimeout(t); this.wakers.delete(wake); resolve(); };
+      const wake = (): void => {
+        clearTimeout(t);
+        this.wakers.delete(wake);
+        resolve();
+      };
       const t = setTimeout(wake, ms);
       this.wakers.add(wake);
       if (this.failure) wake();

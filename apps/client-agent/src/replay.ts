@@ -69,7 +69,11 @@ const keyOf = (ids: readonly number[]): string => ids.join(',');
 /** A loaded recording: the header and one float32 view on the data (no per-entry copies). */
 export class ReplayRecording {
   private readonly byPrompt = new Map<string, ReplayPrompt>();
-  private constructor(readonly header: ReplayHeader, private readonly data: Float32Array, readonly bytes: number) {
+  private constructor(
+    readonly header: ReplayHeader,
+    private readonly data: Float32Array,
+    readonly bytes: number,
+  ) {
     for (const p of header.prompts) this.byPrompt.set(keyOf(p.ids), p);
   }
 
@@ -82,10 +86,15 @@ export class ReplayRecording {
     try {
       buf = readFileSync(path);
     } catch (err) {
-      throw new ReplayFormatError(`AGENT_REPLAY_FILE must name a readable recording, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      throw new ReplayFormatError(
+        `AGENT_REPLAY_FILE must name a readable recording, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      );
     }
-    const bad = (rule: string): never => { throw new ReplayFormatError(`AGENT_REPLAY_FILE ${path} must be ${rule}`); };
-    if (buf.length < 20 || !buf.subarray(0, 8).equals(MAGIC) || !buf.subarray(buf.length - 8).equals(MAGIC)) bad('a tandem replay recording (magic TNDRPL01 at both ends)');
+    const bad = (rule: string): never => {
+      throw new ReplayFormatError(`AGENT_REPLAY_FILE ${path} must be ${rule}`);
+    };
+    if (buf.length < 20 || !buf.subarray(0, 8).equals(MAGIC) || !buf.subarray(buf.length - 8).equals(MAGIC))
+      bad('a tandem replay recording (magic TNDRPL01 at both ends)');
     const headerLen = buf.readUInt32LE(buf.length - 12);
     const headerStart = buf.length - 12 - headerLen;
     if (headerStart < 8 || (headerStart - 8) % 4 !== 0) bad(`a whole recording (header length ${headerLen} does not fit)`);
@@ -101,17 +110,24 @@ export class ReplayRecording {
     }
     const isCount = (v: unknown): boolean => Number.isInteger(v) && (v as number) >= 0;
     const isIds = (v: unknown): boolean => Array.isArray(v) && v.every((x) => isCount(x) && (x as number) < model.vocabSize);
-    if (!Array.isArray(header.costs) || header.costs.length !== model.stageCount || !header.costs.every((c, i) => c?.stage === i && [c.prefillMsPerToken, c.decodeMs].every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0))) {
+    if (
+      !Array.isArray(header.costs) ||
+      header.costs.length !== model.stageCount ||
+      !header.costs.every((c, i) => c?.stage === i && [c.prefillMsPerToken, c.decodeMs].every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0))
+    ) {
       bad(`a recording with one cost {stage, prefillMsPerToken >= 0, decodeMs >= 0} per stage in order (${model.stageCount})`);
     }
     if (!Array.isArray(header.prompts)) bad('a recording with a prompts array');
     header.prompts.forEach((p, i) => {
-      if (!isIds(p?.ids) || p.ids.length === 0 || !isIds(p.tokens) || !isCount(p.offset)) bad(`a recording whose prompts[${i}] has non-empty ids, tokens (ids in the vocabulary) and an offset >= 0`);
+      if (!isIds(p?.ids) || p.ids.length === 0 || !isIds(p.tokens) || !isCount(p.offset))
+        bad(`a recording whose prompts[${i}] has non-empty ids, tokens (ids in the vocabulary) and an offset >= 0`);
     });
     const floats = (headerStart - 8) / 4;
     // A view on the file's bytes when they are 4-byte aligned (large reads are); else one copy.
     const aligned = (buf.byteOffset + 8) % 4 === 0;
-    const data = aligned ? new Float32Array(buf.buffer, buf.byteOffset + 8, floats) : new Float32Array(buf.buffer.slice(buf.byteOffset + 8, buf.byteOffset + 8 + floats * 4));
+    const data = aligned
+      ? new Float32Array(buf.buffer, buf.byteOffset + 8, floats)
+      : new Float32Array(buf.buffer.slice(buf.byteOffset + 8, buf.byteOffset + 8 + floats * 4));
     const rec = new ReplayRecording(header, data, buf.length);
     for (const p of header.prompts) {
       if (p.offset + rec.floatsOf(p) > floats) bad(`complete (prompt data at ${p.offset} runs past the end)`);
@@ -158,7 +174,11 @@ export class ReplayCursor {
   private step = 0;
   private diverged: string | undefined;
 
-  constructor(private readonly rec: ReplayRecording, private readonly promptLength: number, private readonly entry: ReplayPrompt | undefined) {}
+  constructor(
+    private readonly rec: ReplayRecording,
+    private readonly promptLength: number,
+    private readonly entry: ReplayPrompt | undefined,
+  ) {}
 
   /** Tells the cursor the token the generation produced (the history grows by it). */
   advance(token: number): void {
@@ -180,7 +200,8 @@ export class ReplayCursor {
     const want = this.step === 0 ? this.promptLength : 1;
     // The head may run on the prompt's last position only (only the next token is needed).
     const lastRowHead = stage === this.rec.header.stageCount - 1 && tokens === 1;
-    if (tokens !== want && !lastRowHead) throw new ReplayMissError(`replay miss: step ${this.step} of stage ${stage} runs ${tokens} tokens, the recording has ${want}`);
+    if (tokens !== want && !lastRowHead)
+      throw new ReplayMissError(`replay miss: step ${this.step} of stage ${stage} runs ${tokens} tokens, the recording has ${want}`);
     return this.rec.output(e, this.step, stage);
   }
 }
@@ -215,7 +236,10 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
   const runner = await StageRunner.load(o.modelDir, { intraOpNumThreads: 1 });
   const fd = openSync(o.out, 'w');
   let written = 0;
-  const write = (b: Buffer | Uint8Array): void => { writeSync(fd, b); written += b.byteLength; };
+  const write = (b: Buffer | Uint8Array): void => {
+    writeSync(fd, b);
+    written += b.byteLength;
+  };
   const prefill: number[][] = Array.from({ length: S }, () => []);
   const decode: number[][] = Array.from({ length: S }, () => []);
   const prompts: ReplayPrompt[] = [];
@@ -236,7 +260,8 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
               x = await runner.run(s, x, cache);
               const ms = performance.now() - t0;
               if (!keep) continue;
-              if (step === 0) prefill[s].push(ms / next.length); else decode[s].push(ms);
+              if (step === 0) prefill[s].push(ms / next.length);
+              else decode[s].push(ms);
               if (s < S - 1) {
                 const f = x.data as Float32Array;
                 write(new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
@@ -259,7 +284,11 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
       o.onProgress?.(i + 1, o.prompts.length);
     }
     const header: ReplayHeader = {
-      format: 'tandem-replay/1', modelId: o.modelId, stageCount: S, nEmbd, vocabSize,
+      format: 'tandem-replay/1',
+      modelId: o.modelId,
+      stageCount: S,
+      nEmbd,
+      vocabSize,
       costs: Array.from({ length: S }, (_, s) => ({ stage: s, prefillMsPerToken: median(prefill[s]), decodeMs: median(decode[s]) })),
       prompts,
     };

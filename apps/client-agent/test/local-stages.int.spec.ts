@@ -3,7 +3,9 @@ import { LocalStages } from '../src/local-stages';
 
 describe('LocalStages device emulation', () => {
   let model: TempModel;
-  beforeAll(async () => { model = await makeTempModel(); });
+  beforeAll(async () => {
+    model = await makeTempModel();
+  });
   afterAll(() => model.remove());
 
   it('pads each stage to slowdown x its uncontended start-up cost, and publishes that cost', async () => {

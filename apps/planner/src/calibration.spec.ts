@@ -8,19 +8,49 @@ import { PlanMaker } from './plan-maker';
 // the server runs each in 1 ms. Against 90 ms (SLA 100 x margin 0.9): CCS (about 61 ms, 1 ms of
 // server work) is the plan; an SLA tightened below about 61 ms gives CSS (about 12 ms, 2 ms),
 // and the floor all-server SSS (about 3 ms, 3 ms). Safer = more server = lower predicted latency.
-const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const STAGES = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
 const CLASS = { name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 };
 const PROFILE: ClientProfile = {
-  clientId: 'dev', clientClass: 'default', modelId: 'm', unixMs: 0, planEpoch: 0,
+  clientId: 'dev',
+  clientClass: 'default',
+  modelId: 'm',
+  unixMs: 0,
+  planEpoch: 0,
   stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
+  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 };
 const LOAD: ServerLoad = {
-  serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: 0, meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId: 's',
+  modelId: 'm',
+  queueDepth: 0,
+  activeSessions: 0,
+  utilisation: 0,
+  unixMs: 0,
+  meanQueueMs: 0,
+  overhead: undefined,
+  wholeModel: undefined,
+  decodeStretch: 0,
+  promptStretch: 0,
+  longPromptStretch: 0,
+  longStepTokens: 0,
   // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 3 })),
 };
-const maker = new PlanMaker({ stages: STAGES, classes: [CLASS], slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9 });
+const maker = new PlanMaker({
+  stages: STAGES,
+  classes: [CLASS],
+  slaOverrides: {},
+  algorithm: 'dp',
+  hysteresis: 0.05,
+  slaMargin: 0.9,
+  resolutionMs: 0.5,
+  maxUtilisation: 0.9,
+});
 
 const OPTS: CalibrationOptions = { ...DEFAULT_CALIBRATION, dwellMs: 1000, relaxDwellMs: 3000 };
 
@@ -33,12 +63,17 @@ class Harness {
   readonly history: string[] = [];
   /** The safety change the last outcome made, if any. */
   lastChange: 'tighten' | 'relax' | 'release' | undefined;
-  constructor(readonly cal: Calibrator) { this.replan(); }
+  constructor(readonly cal: Calibrator) {
+    this.replan();
+  }
 
   replan(): void {
     for (let i = 0; i < 100; i++) {
       const classes = maker.plan(PROFILE, LOAD, this.plan.length ? this.plan : undefined, 'work', this.cal.adjustments('dev'))!;
-      if (classes[0].placement !== this.plan[0]?.placement) { this.epoch++; this.history.push(classes[0].placement); }
+      if (classes[0].placement !== this.plan[0]?.placement) {
+        this.epoch++;
+        this.history.push(classes[0].placement);
+      }
       this.plan = classes;
       if (!this.cal.planned('dev', classes, this.epoch, this.now)) return;
     }
@@ -51,8 +86,15 @@ class Harness {
     const p = this.plan[0];
     const e2e = p.predictedLatencyMs * (opts.ratio ?? 1);
     const o: ValidOutcome = {
-      clientId: 'dev', requestClass: 'short', placement: opts.placement ?? p.placement, planEpoch: opts.epoch ?? this.epoch, ok: true, good,
-      predicted: { e2e: p.predictedLatencyMs, ttft: 0, tpot: 0 }, measured: { e2e, ttft: e2e, tpot: 0 }, unixMs: this.now,
+      clientId: 'dev',
+      requestClass: 'short',
+      placement: opts.placement ?? p.placement,
+      planEpoch: opts.epoch ?? this.epoch,
+      ok: true,
+      good,
+      predicted: { e2e: p.predictedLatencyMs, ttft: 0, tpot: 0 },
+      measured: { e2e, ttft: e2e, tpot: 0 },
+      unixMs: this.now,
     };
     const { replan, safety } = this.cal.record(o, this.now);
     this.lastChange = safety?.change;
@@ -60,8 +102,12 @@ class Harness {
     return replan;
   }
 
-  get placement(): string { return this.plan[0].placement; }
-  get observed() { return this.cal.observations('dev', ['short'])[0]; }
+  get placement(): string {
+    return this.plan[0].placement;
+  }
+  get observed() {
+    return this.cal.observations('dev', ['short'])[0];
+  }
 }
 
 describe('Calibrator: correction factors', () => {
@@ -132,15 +178,22 @@ describe('Calibrator: a correction that depends on the placement', () => {
     const changes: number[] = [];
     let last = h.placement;
     const start = h.now;
-    for (let i = 0; i < 2400; i++) { // 120 s, an outcome every 50 ms
+    for (let i = 0; i < 2400; i++) {
+      // 120 s, an outcome every 50 ms
       h.outcome(true, { ratio: h.placement === 'CCS' ? 1.6 : 1, stepMs: 50 });
-      if (h.placement !== last) { changes.push(h.now - start); last = h.placement; }
+      if (h.placement !== last) {
+        changes.push(h.now - start);
+        last = h.placement;
+      }
     }
     expect(h.history.slice(0, 2)).toEqual(['CCS', 'CSS']);
     for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
     // CCS is retried (the factor lowered, like a relax) ever more rarely: each stay on CSS lasts
     // about twice the one before (3, 6, 12, 24, 48 s), so the last minute holds at most 3 changes
-    const staysOnCss = changes.slice(0, -1).filter((_, i) => h.history[i + 1] === 'CSS').map((t) => changes[changes.indexOf(t) + 1] - t);
+    const staysOnCss = changes
+      .slice(0, -1)
+      .filter((_, i) => h.history[i + 1] === 'CSS')
+      .map((t) => changes[changes.indexOf(t) + 1] - t);
     expect(staysOnCss.length).toBeGreaterThanOrEqual(3);
     for (let i = 1; i < staysOnCss.length; i++) expect(staysOnCss[i]).toBeGreaterThanOrEqual(staysOnCss[i - 1] * 1.8);
     expect(changes.filter((t) => t > 60_000).length).toBeLessThanOrEqual(3);
@@ -154,9 +207,24 @@ describe('Calibrator: safety against missed SLOs', () => {
     for (let i = 0; i < 4; i++) expect(h.outcome(false, { stepMs: 500 })).toBe(false);
     expect(h.placement).toBe('CCS');
     // the fifth, 2.5 s after the plan took effect (dwell 1 s): s = 0.8 leaves CCS (72 ms budget), 0.64 moves to CSS
-    expect(h.cal.record({ clientId: 'dev', requestClass: 'short', placement: 'CCS', planEpoch: h.epoch, ok: false, good: false,
-      predicted: { e2e: 61, ttft: 0, tpot: 0 }, measured: { e2e: 0, ttft: 0, tpot: 0 }, unixMs: 0 }, (h.now += 500))).toEqual({
-      replan: true, safety: { change: 'tighten', factor: 0.8, allServer: false, attainment: 0, outcomes: 5 },
+    expect(
+      h.cal.record(
+        {
+          clientId: 'dev',
+          requestClass: 'short',
+          placement: 'CCS',
+          planEpoch: h.epoch,
+          ok: false,
+          good: false,
+          predicted: { e2e: 61, ttft: 0, tpot: 0 },
+          measured: { e2e: 0, ttft: 0, tpot: 0 },
+          unixMs: 0,
+        },
+        (h.now += 500),
+      ),
+    ).toEqual({
+      replan: true,
+      safety: { change: 'tighten', factor: 0.8, allServer: false, attainment: 0, outcomes: 5 },
     });
     h.replan();
     expect(h.placement).toBe('CSS');
@@ -232,7 +300,10 @@ describe('Calibrator: safety against missed SLOs', () => {
     let last = h.placement;
     for (let i = 0; i < 400; i++) {
       h.outcome(i % 2 === 0, { stepMs: 50 });
-      if (h.placement !== last) { changes.push(h.now); last = h.placement; }
+      if (h.placement !== last) {
+        changes.push(h.now);
+        last = h.placement;
+      }
     }
     // attainment 50 % < 90 % on every placement: CCS -> CSS -> SSS; all-server misses too, so it
     // is released, and each return to it waits relaxDwellMs × a backoff that doubles
@@ -255,7 +326,11 @@ describe('Calibrator: safety against missed SLOs', () => {
     const kinds: (string | undefined)[] = [];
     for (let i = 0; i < 2400; i++) {
       h.outcome(i % 160 >= 40, { stepMs: 50 });
-      if (h.placement !== last) { changes.push(h.now - start); kinds.push(h.lastChange); last = h.placement; }
+      if (h.placement !== last) {
+        changes.push(h.now - start);
+        kinds.push(h.lastChange);
+        last = h.placement;
+      }
     }
     // never more than one change per dwell, and fewer changes than bursts
     for (let i = 1; i < changes.length; i++) expect(changes[i] - changes[i - 1]).toBeGreaterThanOrEqual(OPTS.dwellMs);
@@ -263,7 +338,10 @@ describe('Calibrator: safety against missed SLOs', () => {
     // Every burst makes the plan in force miss, all-server included: so the class goes to
     // all-server, which misses in the next burst and is released, and each return from a release
     // (or a relax) waits longer than the one before.
-    const backWaits = changes.map((t, i) => ({ wait: t - (changes[i - 1] ?? 0), after: kinds[i - 1] })).filter((c) => c.after === 'release' || c.after === 'relax').map((c) => c.wait);
+    const backWaits = changes
+      .map((t, i) => ({ wait: t - (changes[i - 1] ?? 0), after: kinds[i - 1] }))
+      .filter((c) => c.after === 'release' || c.after === 'relax')
+      .map((c) => c.wait);
     expect(backWaits.length).toBeGreaterThanOrEqual(2);
     for (let i = 1; i < backWaits.length; i++) expect(backWaits[i]).toBeGreaterThan(backWaits[i - 1] * 1.5);
   });

@@ -32,8 +32,16 @@ export interface CalibrationOptions {
 
 /** The defaults of the planner's configuration (config.ts uses these). */
 export const DEFAULT_CALIBRATION: CalibrationOptions = Object.freeze({
-  learn: true, target: 0.9, relaxMargin: 0.05, halfLife: 20, minOutcomes: 5, step: 0.8, floor: 0.25,
-  dwellMs: 10_000, relaxDwellMs: 30_000, materialChange: 0.05,
+  learn: true,
+  target: 0.9,
+  relaxMargin: 0.05,
+  halfLife: 20,
+  minOutcomes: 5,
+  step: 0.8,
+  floor: 0.25,
+  dwellMs: 10_000,
+  relaxDwellMs: 30_000,
+  materialChange: 0.05,
 });
 
 /** Successful outcomes kept per class for the medians and means that ListPlans shows. */
@@ -50,7 +58,13 @@ export interface RecordResult {
   /** The client must be re-planned (a correction factor moved materially, or the safety factor changed). */
   readonly replan: boolean;
   /** The safety factor changed: the state after the change, for the planner's log. */
-  readonly safety?: { readonly change: 'tighten' | 'relax' | 'release'; readonly factor: number; readonly allServer: boolean; readonly attainment: number; readonly outcomes: number };
+  readonly safety?: {
+    readonly change: 'tighten' | 'relax' | 'release';
+    readonly factor: number;
+    readonly allServer: boolean;
+    readonly attainment: number;
+    readonly outcomes: number;
+  };
 }
 
 /** An exponentially decayed mean, weights halving every `halfLife` samples. */
@@ -65,8 +79,14 @@ class Decayed {
     this.count++;
   }
   /** The decayed mean; 0 when empty. */
-  get mean(): number { return this.weight > 0 ? this.sum / this.weight : 0; }
-  reset(): void { this.weight = 0; this.sum = 0; this.count = 0; }
+  get mean(): number {
+    return this.weight > 0 ? this.sum / this.weight : 0;
+  }
+  reset(): void {
+    this.weight = 0;
+    this.sum = 0;
+    this.count = 0;
+  }
 }
 
 const TERMS = ['e2e', 'ttft', 'tpot'] as const;
@@ -154,12 +174,20 @@ export class Calibrator {
   /** @throws RangeError naming the option when one is out of its range. */
   constructor(readonly opts: CalibrationOptions) {
     const ranges: [keyof CalibrationOptions, number, number][] = [
-      ['target', 0, 1], ['relaxMargin', 0, 1], ['halfLife', 1e-6, Infinity], ['minOutcomes', 1, Infinity], ['step', 1e-6, 1 - 1e-9],
-      ['floor', 1e-6, 1], ['dwellMs', 0, Infinity], ['relaxDwellMs', 0, Infinity], ['materialChange', 0, Infinity],
+      ['target', 0, 1],
+      ['relaxMargin', 0, 1],
+      ['halfLife', 1e-6, Infinity],
+      ['minOutcomes', 1, Infinity],
+      ['step', 1e-6, 1 - 1e-9],
+      ['floor', 1e-6, 1],
+      ['dwellMs', 0, Infinity],
+      ['relaxDwellMs', 0, Infinity],
+      ['materialChange', 0, Infinity],
     ];
     for (const [k, min, max] of ranges) {
       const v = opts[k] as number;
-      if (typeof v !== 'number' || !(v >= min && v <= max)) throw new RangeError(`calibration option ${k} must be a number in ${min}..${max}, given ${String(v)}`);
+      if (typeof v !== 'number' || !(v >= min && v <= max))
+        throw new RangeError(`calibration option ${k} must be a number in ${min}..${max}, given ${String(v)}`);
     }
     this.decay = 2 ** (-1 / opts.halfLife);
   }
@@ -225,7 +253,8 @@ export class Calibrator {
       if (st.lastDirection === 'relax') st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
       st.lastDirection = 'tighten';
     } else {
-      if (st.attainment.count < o.minOutcomes || st.attainment.mean < o.target + o.relaxMargin || nowMs - st.lastChangeMs < o.relaxDwellMs * st.backoff) return false;
+      if (st.attainment.count < o.minOutcomes || st.attainment.mean < o.target + o.relaxMargin || nowMs - st.lastChangeMs < o.relaxDwellMs * st.backoff)
+        return false;
       if (st.lastDirection === 'relax') st.backoff = Math.max(1, st.backoff / 2);
       st.lastDirection = 'relax';
     }

@@ -15,7 +15,12 @@ function problemsOf(env: Record<string, string>): string[] {
 
 describe('planner request classes', () => {
   it('accept slaMs, ttftMs and tpotMs in any mix, keeping only the stated ones', () => {
-    expect(checkClasses([{ ...base, ttftMs: 200, tpotMs: 40 }, { ...base, name: 'long', maxPromptTokens: 64, slaMs: 900, tpotMs: 30 }])).toEqual([
+    expect(
+      checkClasses([
+        { ...base, ttftMs: 200, tpotMs: 40 },
+        { ...base, name: 'long', maxPromptTokens: 64, slaMs: 900, tpotMs: 30 },
+      ]),
+    ).toEqual([
       { ...base, ttftMs: 200, tpotMs: 40 },
       { ...base, name: 'long', maxPromptTokens: 64, slaMs: 900, tpotMs: 30 },
     ]);
@@ -23,7 +28,14 @@ describe('planner request classes', () => {
 
   it.each<[string, unknown, string]>([
     ['no SLO', [{ ...base }], '[0] must state at least one of slaMs, ttftMs, tpotMs, given {"name":"short","maxPromptTokens":32,"expectedNewTokens":16}'],
-    ['a zero TTFT', [{ ...base, slaMs: 100 }, { ...base, name: 'b', ttftMs: 0 }], '[1].ttftMs must be a number > 0, given 0'],
+    [
+      'a zero TTFT',
+      [
+        { ...base, slaMs: 100 },
+        { ...base, name: 'b', ttftMs: 0 },
+      ],
+      '[1].ttftMs must be a number > 0, given 0',
+    ],
     ['a string TPOT', [{ ...base, tpotMs: '40' }], '[0].tpotMs must be a number > 0, given "40"'],
     ['a null slaMs', [{ ...base, slaMs: null }], '[0].slaMs must be a number > 0, given null'],
   ])('reject %s naming the index and the field', (_, value, message) => {
@@ -55,7 +67,10 @@ describe('dp-grid with TTFT/TPOT SLOs', () => {
   it('is a configuration error naming the class and the override', () => {
     const problems = problemsOf({
       PLANNER_ALGORITHM: 'dp-grid',
-      PLANNER_REQUEST_CLASSES: JSON.stringify([{ ...base, slaMs: 100 }, { ...base, name: 'chat', ttftMs: 100 }]),
+      PLANNER_REQUEST_CLASSES: JSON.stringify([
+        { ...base, slaMs: 100 },
+        { ...base, name: 'chat', ttftMs: 100 },
+      ]),
       PLANNER_SLA_OVERRIDES: JSON.stringify({ phone: { short: { tpotMs: 5 } } }),
     });
     expect(problems).toEqual([

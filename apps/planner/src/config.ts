@@ -64,12 +64,15 @@ function readSlos(o: Record<string, unknown>, path: string): SloOverride {
 
 /** Validates PLANNER_REQUEST_CLASSES; sorts classes by maxPromptTokens. */
 export function checkClasses(v: unknown): RequestClass[] {
-  if (!Array.isArray(v) || v.length === 0) throw new Error('must be a non-empty JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}');
+  if (!Array.isArray(v) || v.length === 0)
+    throw new Error('must be a non-empty JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}');
   const out = v.map((c: unknown, i): RequestClass => {
     if (!isObject(c)) throw new Error(`[${i}] must be an object`);
-    if (typeof c.name !== 'string' || !/^[A-Za-z0-9_<=.-]{1,64}$/.test(c.name)) throw new Error(`[${i}].name must be 1..64 letters, digits or _<=.-, given ${shown(c.name)}`);
+    if (typeof c.name !== 'string' || !/^[A-Za-z0-9_<=.-]{1,64}$/.test(c.name))
+      throw new Error(`[${i}].name must be 1..64 letters, digits or _<=.-, given ${shown(c.name)}`);
     for (const k of ['maxPromptTokens', 'expectedNewTokens'] as const) {
-      if (!Number.isInteger(c[k]) || (c[k] as number) < (k === 'maxPromptTokens' ? 1 : 0)) throw new Error(`[${i}].${k} must be an integer >= ${k === 'maxPromptTokens' ? 1 : 0}, given ${shown(c[k])}`);
+      if (!Number.isInteger(c[k]) || (c[k] as number) < (k === 'maxPromptTokens' ? 1 : 0))
+        throw new Error(`[${i}].${k} must be an integer >= ${k === 'maxPromptTokens' ? 1 : 0}, given ${shown(c[k])}`);
     }
     const slos = readSlos(c, `[${i}]`);
     if (Object.keys(slos).length === 0) throw new Error(`[${i}] must state at least one of slaMs, ttftMs, tpotMs, given ${shown(c)}`);
@@ -110,30 +113,99 @@ export const plannerEnv = {
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
   ...natsAuthEnv,
   PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),
-  PLANNER_REQUEST_CLASSES: env.json('Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}): each states at least one SLO, ms (end to end, time to first token, time per output token) and a plan must meet every one stated', DEFAULT_CLASSES as RequestClass[], checkClasses),
-  PLANNER_SLA_OVERRIDES: env.json('SLOs per client class (JSON {clientClass: {requestClass: slaMs or {slaMs?, ttftMs?, tpotMs?}}}); each stated objective replaces the class default, the others stay', {} as Record<string, Record<string, number | SloOverride>>, checkOverrides),
+  PLANNER_REQUEST_CLASSES: env.json(
+    'Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}): each states at least one SLO, ms (end to end, time to first token, time per output token) and a plan must meet every one stated',
+    DEFAULT_CLASSES as RequestClass[],
+    checkClasses,
+  ),
+  PLANNER_SLA_OVERRIDES: env.json(
+    'SLOs per client class (JSON {clientClass: {requestClass: slaMs or {slaMs?, ttftMs?, tpotMs?}}}); each stated objective replaces the class default, the others stay',
+    {} as Record<string, Record<string, number | SloOverride>>,
+    checkOverrides,
+  ),
   PLANNER_HYSTERESIS: env.number('A feasible plan is replaced only when the new one saves more than this fraction of its server work', 0.05, 0, 1),
-  PLANNER_SLA_MARGIN: env.number('Plan against this fraction of each SLO (E2E, TTFT and TPOT alike), leaving headroom for noise (1 = the full SLO)', 0.9, 0.1, 1),
+  PLANNER_SLA_MARGIN: env.number(
+    'Plan against this fraction of each SLO (E2E, TTFT and TPOT alike), leaving headroom for noise (1 = the full SLO)',
+    0.9,
+    0.1,
+    1,
+  ),
   PLANNER_RESOLUTION_MS: env.number('Time step of dp-grid, ms', 0.5, 0.001),
-  PLANNER_SERVER_ENTRY_MS: env.number("Server work of one hand-over to the server (one step: gRPC, protobuf, scheduling), ms, used until the executor's own fitted overhead (its load report's `overhead`, measured from its CPU and traffic) rests on 10 busy telemetry intervals", 0.6, 0),
+  PLANNER_SERVER_ENTRY_MS: env.number(
+    "Server work of one hand-over to the server (one step: gRPC, protobuf, scheduling), ms, used until the executor's own fitted overhead (its load report's `overhead`, measured from its CPU and traffic) rests on 10 busy telemetry intervals",
+    0.6,
+    0,
+  ),
   PLANNER_MAX_UTILISATION: env.number('Cap on the server utilisation used to inflate its stage times by 1/(1-u)', 0.9, 0, 0.99),
-  PLANNER_SERVER_LATENCY: env.oneOf("How server latency under load is priced: 'stretch' (the executor's measured slow-down of its steps, ServerLoad.decode_stretch etc., when it reports one) or 'mm1' (stage times x 1/(1-u), the M/M/1 mean)", 'stretch', ['stretch', 'mm1']),
-  PLANNER_IDLE_UTILISATION: env.number('Below this (smoothed) server utilisation plans minimise latency: the server has capacity to spare, so requests get the placement that best meets their SLOs; at or above it they minimise server work under the SLOs (the throughput objective); back to latency only when the measured utilisation and the one all-server plans would cause at the request rates the outcomes show are both below half of it (so moving the fleet back does not saturate the server and flip it again); 0 always minimises work', 0.5, 0, 1),
-  PLANNER_UTILISATION_SMOOTHING: env.number("Weight of each load report in the moving averages the planner prices and chooses its objective by: utilisation, queue wait, stage times and the executor's measured stretch (1 = the last report alone)", 0.1, 0.01, 1),
-  PLANNER_CLIENT_TTL_MS: env.int('A client not heard from for this long is forgotten (its stream stays open); an executor silent this long is no longer followed: the next one to report is planned from', 60_000, 1000, 86_400_000),
+  PLANNER_SERVER_LATENCY: env.oneOf(
+    "How server latency under load is priced: 'stretch' (the executor's measured slow-down of its steps, ServerLoad.decode_stretch etc., when it reports one) or 'mm1' (stage times x 1/(1-u), the M/M/1 mean)",
+    'stretch',
+    ['stretch', 'mm1'],
+  ),
+  PLANNER_IDLE_UTILISATION: env.number(
+    'Below this (smoothed) server utilisation plans minimise latency: the server has capacity to spare, so requests get the placement that best meets their SLOs; at or above it they minimise server work under the SLOs (the throughput objective); back to latency only when the measured utilisation and the one all-server plans would cause at the request rates the outcomes show are both below half of it (so moving the fleet back does not saturate the server and flip it again); 0 always minimises work',
+    0.5,
+    0,
+    1,
+  ),
+  PLANNER_UTILISATION_SMOOTHING: env.number(
+    "Weight of each load report in the moving averages the planner prices and chooses its objective by: utilisation, queue wait, stage times and the executor's measured stretch (1 = the last report alone)",
+    0.1,
+    0.01,
+    1,
+  ),
+  PLANNER_CLIENT_TTL_MS: env.int(
+    'A client not heard from for this long is forgotten (its stream stays open); an executor silent this long is no longer followed: the next one to report is planned from',
+    60_000,
+    1000,
+    86_400_000,
+  ),
   PLANNER_DEBOUNCE_MS: env.int('Telemetry is folded into one re-plan per this many ms', 50, 0, 60_000),
-  PLANNER_REPLAN_THRESHOLD: env.number('Telemetry re-plans a client only when a priced figure (stage time, link, load-inflated server time) moved by more than this fraction since its last plan', 0.02, 0, 1),
+  PLANNER_REPLAN_THRESHOLD: env.number(
+    'Telemetry re-plans a client only when a priced figure (stage time, link, load-inflated server time) moved by more than this fraction since its last plan',
+    0.02,
+    0,
+    1,
+  ),
   PLANNER_SLICE_MS: env.int('A re-plan yields to the event loop after this many ms, so health and plan streams stay responsive', 10, 1, 1000),
-  PLANNER_LEARN: env.bool("Learn from the agents' GenerationOutcome telemetry: scale predictions by the observed error and tighten plans that miss PLANNER_SLO_TARGET (docs/planner.md); false only observes (`tandem plans` still shows the figures)", C.learn),
-  PLANNER_SLO_TARGET: env.number("SLO attainment each client's plan must reach per request class; below it (with PLANNER_OUTCOME_MIN outcomes) the class is planned against a tighter SLA until the plan changes", C.target, 0.01, 1),
-  PLANNER_SLO_RELAX_MARGIN: env.number('A tightened class relaxes one step only while its attainment is at least PLANNER_SLO_TARGET plus this', C.relaxMargin, 0, 0.5),
+  PLANNER_LEARN: env.bool(
+    "Learn from the agents' GenerationOutcome telemetry: scale predictions by the observed error and tighten plans that miss PLANNER_SLO_TARGET (docs/planner.md); false only observes (`tandem plans` still shows the figures)",
+    C.learn,
+  ),
+  PLANNER_SLO_TARGET: env.number(
+    "SLO attainment each client's plan must reach per request class; below it (with PLANNER_OUTCOME_MIN outcomes) the class is planned against a tighter SLA until the plan changes",
+    C.target,
+    0.01,
+    1,
+  ),
+  PLANNER_SLO_RELAX_MARGIN: env.number(
+    'A tightened class relaxes one step only while its attainment is at least PLANNER_SLO_TARGET plus this',
+    C.relaxMargin,
+    0,
+    0.5,
+  ),
   PLANNER_OUTCOME_HALF_LIFE: env.number('Half-life, in outcomes, of the decayed prediction error and attainment', C.halfLife, 1, 100_000),
-  PLANNER_OUTCOME_MIN: env.int("Outcomes needed before a class's prediction is corrected or its plan judged (fewer: the model's prediction stands)", C.minOutcomes, 1, 100_000),
+  PLANNER_OUTCOME_MIN: env.int(
+    "Outcomes needed before a class's prediction is corrected or its plan judged (fewer: the model's prediction stands)",
+    C.minOutcomes,
+    1,
+    100_000,
+  ),
   PLANNER_SAFETY_STEP: env.number('Each tighten step multiplies the safety factor on the SLA by this; a relax step divides by it', C.step, 0.1, 0.99),
   PLANNER_SAFETY_FLOOR: env.number('Lowest safety factor; the next tighten step places the class all-server', C.floor, 0.01, 1),
   PLANNER_SAFETY_DWELL_MS: env.int('A placement stays in force at least this long before it may be tightened, ms', C.dwellMs, 0, 86_400_000),
-  PLANNER_SAFETY_RELAX_MS: env.int('Time since the last change before a relax step, ms (doubled after each relax that had to be undone, up to 16x)', C.relaxDwellMs, 0, 86_400_000),
-  PLANNER_CALIBRATION_CHANGE: env.number('The correction factor in force follows the observed prediction error (and the client is re-planned) when they differ by more than this fraction, up after PLANNER_SAFETY_DWELL_MS, down like a relax step', C.materialChange, 0, 10),
+  PLANNER_SAFETY_RELAX_MS: env.int(
+    'Time since the last change before a relax step, ms (doubled after each relax that had to be undone, up to 16x)',
+    C.relaxDwellMs,
+    0,
+    86_400_000,
+  ),
+  PLANNER_CALIBRATION_CHANGE: env.number(
+    'The correction factor in force follows the observed prediction error (and the client is re-planned) when they differ by more than this fraction, up after PLANNER_SAFETY_DWELL_MS, down like a relax step',
+    C.materialChange,
+    0,
+    10,
+  ),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 
@@ -150,14 +222,23 @@ export function loadConfig(source: Readonly<Record<string, string | undefined>>)
   if (config.PLANNER_ALGORITHM === 'dp-grid') {
     const states = (o: RequestClass | SloOverride | number): boolean => typeof o === 'object' && (o.ttftMs !== undefined || o.tpotMs !== undefined);
     config.PLANNER_REQUEST_CLASSES.forEach((c) => {
-      if (states(c)) problems.push(`PLANNER_REQUEST_CLASSES class ${JSON.stringify(c.name)} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`);
+      if (states(c))
+        problems.push(
+          `PLANNER_REQUEST_CLASSES class ${JSON.stringify(c.name)} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`,
+        );
     });
     for (const [cc, m] of Object.entries(config.PLANNER_SLA_OVERRIDES)) {
-      for (const [rc, o] of Object.entries(m)) if (states(o)) problems.push(`PLANNER_SLA_OVERRIDES.${cc}.${rc} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`);
+      for (const [rc, o] of Object.entries(m))
+        if (states(o))
+          problems.push(
+            `PLANNER_SLA_OVERRIDES.${cc}.${rc} states ttftMs or tpotMs, which PLANNER_ALGORITHM=dp-grid cannot bound (it bounds slaMs only); use dp`,
+          );
     }
   }
   if (config.PLANNER_SLO_TARGET + config.PLANNER_SLO_RELAX_MARGIN > 1 + 1e-9) {
-    problems.push(`PLANNER_SLO_TARGET + PLANNER_SLO_RELAX_MARGIN must be at most 1 (else a tightened class never relaxes), given ${config.PLANNER_SLO_TARGET} + ${config.PLANNER_SLO_RELAX_MARGIN}`);
+    problems.push(
+      `PLANNER_SLO_TARGET + PLANNER_SLO_RELAX_MARGIN must be at most 1 (else a tightened class never relaxes), given ${config.PLANNER_SLO_TARGET} + ${config.PLANNER_SLO_RELAX_MARGIN}`,
+    );
   }
   if (problems.length) throw new ConfigError(problems);
   natsAuthFrom(config);

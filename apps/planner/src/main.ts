@@ -36,9 +36,23 @@ export async function main(): Promise<void> {
     relaxDwellMs: config.PLANNER_SAFETY_RELAX_MS,
     materialChange: config.PLANNER_CALIBRATION_CHANGE,
   });
-  const server = new PlannerServer({ maker, calibrator, log, address: config.PLANNER_ADDR, natsUrl: config.NATS_URL, natsAuth: natsAuthFrom(config), modelId: modelIdOf(config.MODEL_DIR), clientTtlMs: config.PLANNER_CLIENT_TTL_MS, debounceMs: config.PLANNER_DEBOUNCE_MS,
-    idleUtilisation: config.PLANNER_IDLE_UTILISATION, utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING, replanThreshold: config.PLANNER_REPLAN_THRESHOLD, sliceMs: config.PLANNER_SLICE_MS, security,
-    keepalive: keepaliveFrom(config) });
+  const server = new PlannerServer({
+    maker,
+    calibrator,
+    log,
+    address: config.PLANNER_ADDR,
+    natsUrl: config.NATS_URL,
+    natsAuth: natsAuthFrom(config),
+    modelId: modelIdOf(config.MODEL_DIR),
+    clientTtlMs: config.PLANNER_CLIENT_TTL_MS,
+    debounceMs: config.PLANNER_DEBOUNCE_MS,
+    idleUtilisation: config.PLANNER_IDLE_UTILISATION,
+    utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING,
+    replanThreshold: config.PLANNER_REPLAN_THRESHOLD,
+    sliceMs: config.PLANNER_SLICE_MS,
+    security,
+    keepalive: keepaliveFrom(config),
+  });
   // Last line of defence: the planner's own handlers catch what telemetry and planning throw
   // (planner-server.ts); anything that still escapes is logged and the planner keeps serving.
   process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception; the planner carries on'));

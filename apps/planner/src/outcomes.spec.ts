@@ -5,11 +5,30 @@ const CTX = { stageCount: 3, classes: new Set(['short', 'long']), subject: Subje
 
 function outcome(over: Partial<GenerationOutcome> = {}): GenerationOutcome {
   return {
-    clientId: 'dev-1', clientClass: 'phone', modelId: 'm', requestClass: 'short', placement: 'CCS', planEpoch: 7,
-    promptTokens: 10, newTokens: 4, predictedE2eMs: 60, predictedTtftMs: 0, predictedTpotMs: 0,
-    ttftMs: 30, tpotMs: 10, e2eMs: 60, serverComputeMs: 2, serverQueueMs: 1,
-    slaMs: 100, ttftSloMs: 0, tpotSloMs: 0, slaMet: true, ttftMet: true, tpotMet: true,
-    status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: 1_700_000_000_000,
+    clientId: 'dev-1',
+    clientClass: 'phone',
+    modelId: 'm',
+    requestClass: 'short',
+    placement: 'CCS',
+    planEpoch: 7,
+    promptTokens: 10,
+    newTokens: 4,
+    predictedE2eMs: 60,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    ttftMs: 30,
+    tpotMs: 10,
+    e2eMs: 60,
+    serverComputeMs: 2,
+    serverQueueMs: 1,
+    slaMs: 100,
+    ttftSloMs: 0,
+    tpotSloMs: 0,
+    slaMet: true,
+    ttftMet: true,
+    tpotMet: true,
+    status: OutcomeStatus.OUTCOME_STATUS_OK,
+    unixMs: 1_700_000_000_000,
     ...over,
   };
 }
@@ -50,7 +69,11 @@ describe('validateOutcome', () => {
     ['success with no token', { newTokens: 0 }, 'newTokens must be >= 1 for status OUTCOME_STATUS_OK, given 0'],
     ['success in no time', { e2eMs: 0, ttftMs: 0, tpotMs: 0 }, 'e2eMs must be > 0 for status OUTCOME_STATUS_OK, given 0'],
     ['a met flag the figures contradict', { e2eMs: 150 }, 'slaMet must be false for slaMs 100 and status OK with the measured 150 ms, given true'],
-    ['a failure claiming its SLA met', { status: OutcomeStatus.OUTCOME_STATUS_FAILED }, 'slaMet must be false for slaMs 100 and status FAILED with the measured 60 ms, given true'],
+    [
+      'a failure claiming its SLA met',
+      { status: OutcomeStatus.OUTCOME_STATUS_FAILED },
+      'slaMet must be false for slaMs 100 and status FAILED with the measured 60 ms, given true',
+    ],
     ['a miss of an SLO not stated', { tpotMet: false }, 'tpotMet must be true for tpotSloMs 0 and status OK with the measured 10 ms, given false'],
     ['a negative timestamp', { unixMs: -5 }, 'unixMs must be an integer >= 0, given -5'],
   ])('refuses %s, naming the field, the rule and the value', (_what, over, message) => {
@@ -58,7 +81,9 @@ describe('validateOutcome', () => {
   });
 
   it("refuses an outcome published on another client's subject", () => {
-    expect(() => validateOutcome(outcome({ clientId: 'dev-2' }), CTX)).toThrow("clientId must match the subject 'tandem.telemetry.v1.outcome.dev-1', given 'dev-2'");
+    expect(() => validateOutcome(outcome({ clientId: 'dev-2' }), CTX)).toThrow(
+      "clientId must match the subject 'tandem.telemetry.v1.outcome.dev-1', given 'dev-2'",
+    );
     expect(validateOutcome(outcome({ clientId: 'dev-2' }), { ...CTX, subject: undefined }).clientId).toBe('dev-2');
   });
 });

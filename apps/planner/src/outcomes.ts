@@ -61,11 +61,15 @@ function duration(o: GenerationOutcome, k: keyof GenerationOutcome & `${string}M
  */
 export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): ValidOutcome {
   if (!ID_PATTERN.test(o.clientId)) throw new Error(`clientId must match ${ID_PATTERN}, given ${shown(o.clientId)}`);
-  if (ctx.subject !== undefined && ctx.subject !== Subjects.outcome(o.clientId)) throw new Error(`clientId must match the subject ${shown(ctx.subject)}, given ${shown(o.clientId)}`);
+  if (ctx.subject !== undefined && ctx.subject !== Subjects.outcome(o.clientId))
+    throw new Error(`clientId must match the subject ${shown(ctx.subject)}, given ${shown(o.clientId)}`);
   if (!ctx.classes.has(o.requestClass)) throw new Error(`requestClass must be one of ${[...ctx.classes].join(', ')}, given ${shown(o.requestClass)}`);
-  if (o.placement.length !== ctx.stageCount || !/^[CS]+$/.test(o.placement)) throw new Error(`placement must be ${ctx.stageCount} letters C or S, given ${shown(o.placement)}`);
-  if (!Number.isSafeInteger(o.planEpoch) || o.planEpoch < 1) throw new Error(`planEpoch must be an integer >= 1 (outcomes come from planned generations), given ${shown(o.planEpoch)}`);
-  if (o.status !== OutcomeStatus.OUTCOME_STATUS_OK && o.status !== OutcomeStatus.OUTCOME_STATUS_FAILED) throw new Error(`status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED, given ${shown(o.status)}`);
+  if (o.placement.length !== ctx.stageCount || !/^[CS]+$/.test(o.placement))
+    throw new Error(`placement must be ${ctx.stageCount} letters C or S, given ${shown(o.placement)}`);
+  if (!Number.isSafeInteger(o.planEpoch) || o.planEpoch < 1)
+    throw new Error(`planEpoch must be an integer >= 1 (outcomes come from planned generations), given ${shown(o.planEpoch)}`);
+  if (o.status !== OutcomeStatus.OUTCOME_STATUS_OK && o.status !== OutcomeStatus.OUTCOME_STATUS_FAILED)
+    throw new Error(`status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED, given ${shown(o.status)}`);
   if (!Number.isSafeInteger(o.unixMs) || o.unixMs < 0) throw new Error(`unixMs must be an integer >= 0, given ${shown(o.unixMs)}`);
   for (const k of ['promptTokens', 'newTokens'] as const) {
     if (o[k] > MAX_OUTCOME_TOKENS) throw new Error(`${k} must be at most ${MAX_OUTCOME_TOKENS}, given ${o[k]}`);
@@ -80,13 +84,28 @@ export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): Vali
   if (ok && measured.e2e <= 0) throw new Error(`e2eMs must be > 0 for status OUTCOME_STATUS_OK, given ${measured.e2e}`);
   // Each *_met flag must say what the figures say: a stated SLO is met exactly when a
   // successful generation's measured figure is within it; with no SLO the flag is true.
-  const slos = [['slaMs', 'slaMet', measured.e2e], ['ttftSloMs', 'ttftMet', measured.ttft], ['tpotSloMs', 'tpotMet', measured.tpot]] as const;
+  const slos = [
+    ['slaMs', 'slaMet', measured.e2e],
+    ['ttftSloMs', 'ttftMet', measured.ttft],
+    ['tpotSloMs', 'tpotMet', measured.tpot],
+  ] as const;
   let good = ok;
   for (const [slo, met, value] of slos) {
     const limit = duration(o, slo);
     const expected = limit === 0 || (ok && value <= limit);
-    if (o[met] !== expected) throw new Error(`${met} must be ${expected} for ${slo} ${limit} and status ${ok ? 'OK' : 'FAILED'} with the measured ${value} ms, given ${o[met]}`);
+    if (o[met] !== expected)
+      throw new Error(`${met} must be ${expected} for ${slo} ${limit} and status ${ok ? 'OK' : 'FAILED'} with the measured ${value} ms, given ${o[met]}`);
     good &&= expected;
   }
-  return { clientId: o.clientId, requestClass: o.requestClass, placement: o.placement, planEpoch: o.planEpoch, ok, good, predicted, measured, unixMs: o.unixMs };
+  return {
+    clientId: o.clientId,
+    requestClass: o.requestClass,
+    placement: o.placement,
+    planEpoch: o.planEpoch,
+    ok,
+    good,
+    predicted,
+    measured,
+    unixMs: o.unixMs,
+  };
 }

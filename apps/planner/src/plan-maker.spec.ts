@@ -6,21 +6,48 @@ const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 
 function options(over: Partial<PlanMakerOptions> = {}): PlanMakerOptions {
-  return { stages: STAGES, classes: [CLASS], slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 1, resolutionMs: 0.5, maxUtilisation: 0.9, ...over };
+  return {
+    stages: STAGES,
+    classes: [CLASS],
+    slaOverrides: {},
+    algorithm: 'dp',
+    hysteresis: 0.05,
+    slaMargin: 1,
+    resolutionMs: 0.5,
+    maxUtilisation: 0.9,
+    ...over,
+  };
 }
 
 function client(msPerStage: number, over: Partial<ClientProfile> = {}): ClientProfile {
   return {
-    clientId: 'c1', clientClass: 'default', modelId: 'm', unixMs: 0, planEpoch: 0,
+    clientId: 'c1',
+    clientClass: 'default',
+    modelId: 'm',
+    unixMs: 0,
+    planEpoch: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
-    uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
+    uplink: { latencyMs: 1, bytesPerMs: 10_000 },
+    downlink: { latencyMs: 1, bytesPerMs: 10_000 },
     ...over,
   };
 }
 
 function server(msPerStage: number, utilisation = 0): ServerLoad {
   return {
-    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 's',
+    modelId: 'm',
+    queueDepth: 0,
+    activeSessions: 0,
+    utilisation,
+    unixMs: 0,
+    meanQueueMs: 0,
+    overhead: undefined,
+    wholeModel: undefined,
+    decodeStretch: 0,
+    promptStretch: 0,
+    longPromptStretch: 0,
+    longStepTokens: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }
@@ -61,7 +88,10 @@ describe('PlanMaker', () => {
     expect(fused.predictedServerWork).toBeCloseTo(16 * 0.125 + 7 * 3, 10);
     // A split still pays its stages one by one: the split's work did not change.
     const inst = maker.instance(client(10), load, { ...CLASS, slaMs: 250 })!;
-    const split = evaluateGeneration(inst, [...'CSSSSS'].map((c): Location => (c === 'C' ? 'client' : 'server')));
+    const split = evaluateGeneration(
+      inst,
+      [...'CSSSSS'].map((c): Location => (c === 'C' ? 'client' : 'server')),
+    );
     expect(split.serverWork).toBeCloseTo(staged.predictedServerWork, 10);
     expect(split.serverWork).toBeGreaterThan(fused.predictedServerWork);
   });
@@ -109,7 +139,14 @@ describe('PlanMaker', () => {
     const base = maker.instance(client(10), server(6, 0.5), cls)!;
     // utilisation 0.5 alone: x2
     expect(base.stages[1].serverDecodeMs).toBeCloseTo(12, 10);
-    const load = (over: Partial<ServerLoad>): ServerLoad => ({ ...server(6, 0.5), decodeStretch: 3, promptStretch: 1.25, longPromptStretch: 5, longStepTokens: 8, ...over });
+    const load = (over: Partial<ServerLoad>): ServerLoad => ({
+      ...server(6, 0.5),
+      decodeStretch: 3,
+      promptStretch: 1.25,
+      longPromptStretch: 5,
+      longStepTokens: 8,
+      ...over,
+    });
     const stretched = maker.instance(client(10), load({}), cls)!;
     expect(stretched.stages[1].serverDecodeMs).toBeCloseTo(18, 10);
     expect(stretched.stages[1].serverPrefillMs).toBeCloseTo(5 * 1.5 * 16, 10); // 16 > 8 positions: a long prompt
@@ -148,7 +185,10 @@ describe('PlanMaker', () => {
     let runnerUp: { placement: string; work: number } | undefined;
     for (let mask = 0; mask < 64; mask++) {
       const placement = Array.from({ length: 6 }, (_, i) => ((mask >> i) & 1 ? 'C' : 'S')).join('');
-      const cost = evaluateGeneration(inst, [...placement].map((c): Location => (c === 'C' ? 'client' : 'server')));
+      const cost = evaluateGeneration(
+        inst,
+        [...placement].map((c): Location => (c === 'C' ? 'client' : 'server')),
+      );
       if (!sloCheck(inst.slo, cost).feasible || cost.serverWork <= opt.predictedServerWork + 1e-9) continue;
       if (!runnerUp || cost.serverWork < runnerUp.work) runnerUp = { placement, work: cost.serverWork };
     }
@@ -182,7 +222,10 @@ describe('PlanMaker', () => {
     expect(priced.predictedServerWork).toBeCloseTo(plain.predictedServerWork + 0.5, 9);
     // A split enters once per pass (16-token prompt + 7 decode passes = 8), twice per pass when it visits twice.
     const work = (maker: PlanMaker, p: string): number =>
-      evaluateGeneration(maker.instance(client(10), server(1), cls)!, [...p].map((c): Location => (c === 'C' ? 'client' : 'server'))).serverWork;
+      evaluateGeneration(
+        maker.instance(client(10), server(1), cls)!,
+        [...p].map((c): Location => (c === 'C' ? 'client' : 'server')),
+      ).serverWork;
     expect(work(pricedMaker, 'CSSSSS')).toBeCloseTo(work(plainMaker, 'CSSSSS') + 8 * 0.5, 9);
     expect(work(pricedMaker, 'SCSSSS')).toBeCloseTo(work(plainMaker, 'SCSSSS') + 2 * 8 * 0.5, 9);
   });
@@ -216,8 +259,19 @@ describe('PlanMaker', () => {
 /** A previous plan for the class `short` (as the planner would have sent it). */
 function previousPlan(placement: string, slos: { slaMs?: number; ttftMs?: number; tpotMs?: number }): ClassPlacement {
   return {
-    name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, placement, slaMs: slos.slaMs ?? 0, ttftMs: slos.ttftMs ?? 0, tpotMs: slos.tpotMs ?? 0,
-    predictedLatencyMs: 0, predictedServerWork: 0, predictedTtftMs: 0, predictedTpotMs: 0, predictedTtftMsPerPromptToken: 0, feasible: true,
+    name: 'short',
+    maxPromptTokens: 16,
+    expectedNewTokens: 8,
+    placement,
+    slaMs: slos.slaMs ?? 0,
+    ttftMs: slos.ttftMs ?? 0,
+    tpotMs: slos.tpotMs ?? 0,
+    predictedLatencyMs: 0,
+    predictedServerWork: 0,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    predictedTtftMsPerPromptToken: 0,
+    feasible: true,
   };
 }
 
@@ -243,7 +297,10 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     // a split does less work than all-server, so dp keeps one stage on the client.
     expect([...p.placement].filter((c) => c === 'S')).toHaveLength(5);
     // The figures are those of the instance the planner priced.
-    const e = evaluateGeneration(maker.instance(client(2, fastLinks), server(1), withTpot)!, [...p.placement].map((c): Location => (c === 'C' ? 'client' : 'server')));
+    const e = evaluateGeneration(
+      maker.instance(client(2, fastLinks), server(1), withTpot)!,
+      [...p.placement].map((c): Location => (c === 'C' ? 'client' : 'server')),
+    );
     expect([p.predictedTtftMs, p.predictedTpotMs, p.predictedServerWork]).toEqual([e.ttftMs, e.tpotMs, e.serverWork]);
   });
 
@@ -278,7 +335,10 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     expect(p.feasible).toBe(true);
     // CSSSSS meets the SLOs too, at more work.
     const maker = new PlanMaker(options({ classes: [cls], serverEntryMs: 0.6 }));
-    const split = evaluateGeneration(maker.instance(onlyEmbed, cheapEmbed, cls)!, [...'CSSSSS'].map((x): Location => (x === 'C' ? 'client' : 'server')));
+    const split = evaluateGeneration(
+      maker.instance(onlyEmbed, cheapEmbed, cls)!,
+      [...'CSSSSS'].map((x): Location => (x === 'C' ? 'client' : 'server')),
+    );
     expect(sloCheck(maker.instance(onlyEmbed, cheapEmbed, cls)!.slo, split).feasible).toBe(true);
     expect(split.serverWork).toBeGreaterThan(p.predictedServerWork);
     // Priced stepped, as before server-side decoding, all-server paid an entry per pass and the split won.
@@ -313,7 +373,10 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     for (const c of [client(2), client(10)]) {
       const [p] = maker.plan(c, server(1), undefined)!;
       // The same placement priced for a 5-token prompt of the class.
-      const short = evaluateGeneration(maker.instance(c, server(1), { ...cls, maxPromptTokens: 5 })!, [...p.placement].map((x): Location => (x === 'C' ? 'client' : 'server')));
+      const short = evaluateGeneration(
+        maker.instance(c, server(1), { ...cls, maxPromptTokens: 5 })!,
+        [...p.placement].map((x): Location => (x === 'C' ? 'client' : 'server')),
+      );
       expect(p.predictedTtftMsPerPromptToken).toBeGreaterThan(0);
       expect(p.predictedTtftMs - (16 - 5) * p.predictedTtftMsPerPromptToken).toBeCloseTo(short.ttftMs, 9);
     }
@@ -328,7 +391,10 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     expect(maker.entryWork({ ...server(1), overhead: { ...fitted, samples: 9 } }, 16, 7)).toBe(0.6);
     expect(maker.entryWork(server(1), 16, 7)).toBe(0.6);
     // and the instance carries it
-    expect(maker.instance(client(2), { ...server(1), overhead: { ...fitted, msPerMessageIn: 2 } }, cls)!.serverEntryWork).toBeCloseTo(2.2 + (23 / 8) * 0.25 * 0.03, 12);
+    expect(maker.instance(client(2), { ...server(1), overhead: { ...fitted, msPerMessageIn: 2 } }, cls)!.serverEntryWork).toBeCloseTo(
+      2.2 + (23 / 8) * 0.25 * 0.03,
+      12,
+    );
   });
 
   it('hysteresis: keeps a previous plan meeting every SLO within the margin, replaces one that misses TPOT', () => {

@@ -1,6 +1,16 @@
 import {
-  fastestGenerationPlacement, generationResultOf, placementFromLetters as fromLetters, placementToLetters as toLetters, solveGeneration, sloRatio,
-  type Algorithm, type GenerationInstance, type GenerationResult, type GenerationStage, type Location, type Slo,
+  fastestGenerationPlacement,
+  generationResultOf,
+  placementFromLetters as fromLetters,
+  placementToLetters as toLetters,
+  solveGeneration,
+  sloRatio,
+  type Algorithm,
+  type GenerationInstance,
+  type GenerationResult,
+  type GenerationStage,
+  type Location,
+  type Slo,
 } from '@tandem/dp';
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
 import type { RequestClass, SlaOverrides, SloOverride } from './config';
@@ -82,7 +92,11 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
 
 /** Every stage on the server, priced on `inst`: the safety controller's floor. */
 function allServer(inst: GenerationInstance, best: GenerationResult): GenerationResult {
-  return generationResultOf(inst, best.algorithm, inst.stages.map((): Location => 'server'));
+  return generationResultOf(
+    inst,
+    best.algorithm,
+    inst.stages.map((): Location => 'server'),
+  );
 }
 
 /**
@@ -174,9 +188,15 @@ export class PlanMaker {
     // by it, the splits by the stages.
     const whole = server.wholeModel;
     const wholePrefill = whole && whole.prefillMsPerToken > 0 ? whole.prefillMsPerToken * n : 0;
-    const serverWholeModel = whole && whole.decodeMs > 0 && wholePrefill > 0
-      ? { serverPrefillMs: wholePrefill * prefillSlow, serverDecodeMs: whole.decodeMs * decodeSlow, serverPrefillWork: wholePrefill, serverDecodeWork: whole.decodeMs }
-      : undefined;
+    const serverWholeModel =
+      whole && whole.decodeMs > 0 && wholePrefill > 0
+        ? {
+            serverPrefillMs: wholePrefill * prefillSlow,
+            serverDecodeMs: whole.decodeMs * decodeSlow,
+            serverPrefillWork: wholePrefill,
+            serverDecodeWork: whole.decodeMs,
+          }
+        : undefined;
     return {
       stages,
       promptTokens: n,
@@ -211,7 +231,6 @@ export class PlanMaker {
     return o.msPerMessageIn + o.msPerMessageOut + tokensPerPass * hiddenKib * (o.msPerKibIn + o.msPerKibOut);
   }
 
-
   /**
    * The placements for one client. `previous` (the client's current plan) is kept per class
    * while it stays feasible and the new optimum saves no more than `hysteresis` of its work,
@@ -223,8 +242,14 @@ export class PlanMaker {
    * class order), priced on the instance already built: the most a latency plan can cost the
    * server, which the planner's choice of objective weighs.
    */
-  plan(client: ClientProfile, server: ServerLoad | undefined, previous: readonly ClassPlacement[] | undefined, objective: Objective = 'work',
-    adjust?: (requestClass: string) => ClassAdjustment | undefined, allServerWork?: number[]): ClassPlacement[] | undefined {
+  plan(
+    client: ClientProfile,
+    server: ServerLoad | undefined,
+    previous: readonly ClassPlacement[] | undefined,
+    objective: Objective = 'work',
+    adjust?: (requestClass: string) => ClassAdjustment | undefined,
+    allServerWork?: number[],
+  ): ClassPlacement[] | undefined {
     if (!OBJECTIVE_ALGORITHMS.has(this.opts.algorithm)) objective = 'work';
     const out: ClassPlacement[] = [];
     for (const cls of this.opts.classes) {
@@ -238,9 +263,10 @@ export class PlanMaker {
       const prev = previous?.find((p) => p.name === cls.name);
       if (prev && prev.placement.length === inst.stages.length && prev.placement !== placement) {
         const kept = generationResultOf(inst, best.algorithm, fromLetters(prev.placement));
-        const saves = objective === 'work'
-          ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
-          : sloRatio(inst.slo, kept) - sloRatio(inst.slo, best) > this.opts.hysteresis * sloRatio(inst.slo, kept);
+        const saves =
+          objective === 'work'
+            ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
+            : sloRatio(inst.slo, kept) - sloRatio(inst.slo, best) > this.opts.hysteresis * sloRatio(inst.slo, kept);
         const fixes = !kept.feasible && best.feasible;
         const faster = !kept.feasible && !best.feasible && sloRatio(inst.slo, best) < sloRatio(inst.slo, kept) * (1 - this.opts.hysteresis);
         if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
@@ -272,7 +298,9 @@ export class PlanMaker {
   }
 
   /** Whether the algorithm follows the objective (the planner's own solvers; baselines place by their rule). */
-  get followsObjective(): boolean { return OBJECTIVE_ALGORITHMS.has(this.opts.algorithm); }
+  get followsObjective(): boolean {
+    return OBJECTIVE_ALGORITHMS.has(this.opts.algorithm);
+  }
 
   /**
    * Solves at the server's reported load. When nothing meets the SLOs there, the fallback is
@@ -281,8 +309,13 @@ export class PlanMaker {
    * is relieved, not given everything because the slow clients cannot meet the SLOs alone.
    * Either way the plan is reported at the loaded prices, infeasible.
    */
-  private solveUnderLoad(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, objective: Objective, adj?: ClassAdjustment):
-    { inst: GenerationInstance; best: GenerationResult } | undefined {
+  private solveUnderLoad(
+    client: ClientProfile,
+    server: ServerLoad | undefined,
+    cls: RequestClass,
+    objective: Objective,
+    adj?: ClassAdjustment,
+  ): { inst: GenerationInstance; best: GenerationResult } | undefined {
     const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
     const best = objective === 'work' ? solveGeneration(inst, this.opts.algorithm) : { ...fastestGenerationPlacement(inst), algorithm: this.opts.algorithm };

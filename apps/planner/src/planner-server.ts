@@ -18,8 +18,20 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import {
-  AuthError, bindServer, checkIdentity, connectNats, errorEdge, OPERATOR_IDENTITY, serverAuthOptions, serveWithEdge, shutdownServer, ValidationError,
-  type Logger, type NatsAuth, type NatsConnection, type ServerSecurity,
+  AuthError,
+  bindServer,
+  checkIdentity,
+  connectNats,
+  errorEdge,
+  OPERATOR_IDENTITY,
+  serverAuthOptions,
+  serveWithEdge,
+  shutdownServer,
+  ValidationError,
+  type Logger,
+  type NatsAuth,
+  type NatsConnection,
+  type ServerSecurity,
 } from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { toGrpcStatus } from './errors';
@@ -139,9 +151,14 @@ export const RATE_TIME_CONSTANT_MS = 10_000;
 export class RateMeter {
   private value = 0;
   private atMs = 0;
-  add(nowMs: number): void { this.value = this.perS(nowMs) + 1000 / RATE_TIME_CONSTANT_MS; this.atMs = nowMs; }
+  add(nowMs: number): void {
+    this.value = this.perS(nowMs) + 1000 / RATE_TIME_CONSTANT_MS;
+    this.atMs = nowMs;
+  }
   /** Events per second at `nowMs`. */
-  perS(nowMs: number): number { return this.value * Math.exp(-Math.max(0, nowMs - this.atMs) / RATE_TIME_CONSTANT_MS); }
+  perS(nowMs: number): number {
+    return this.value * Math.exp(-Math.max(0, nowMs - this.atMs) / RATE_TIME_CONSTANT_MS);
+  }
 }
 
 /** |a - b| relative to the larger of the two; figures below `floor` count as `floor` (noise on ~0 ms stages is not a change). */
@@ -155,13 +172,16 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
   for (let i = 0; i < p.stages.length; i++) {
     const a = old.stages[i];
     const b = p.stages[i];
-    if (a.stage !== b.stage || (a.samples > 0) !== (b.samples > 0)) return true;
+    if (a.stage !== b.stage || a.samples > 0 !== b.samples > 0) return true;
     if (relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold) return true;
   }
   for (const k of ['uplink', 'downlink'] as const) {
     const a = old[k];
     const b = p[k];
-    if (!a || !b) { if (a !== b) return true; continue; }
+    if (!a || !b) {
+      if (a !== b) return true;
+      continue;
+    }
     if (relChange(a.latencyMs, b.latencyMs, 0.05) > threshold || relChange(a.bytesPerMs, b.bytesPerMs) > threshold) return true;
   }
   return false;
@@ -214,9 +234,10 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   if (relChange(fa, fb) > threshold) return true;
   for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) if (relChange(old[k], l[k]) > threshold) return true;
   if (old.longStepTokens !== l.longStepTokens) return true;
-  const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean => (a === undefined || b === undefined
-    ? a !== b
-    : relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold);
+  const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean =>
+    a === undefined || b === undefined
+      ? a !== b
+      : relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold;
   for (let i = 0; i < l.stages.length; i++) if (moved(old.stages[i], l.stages[i])) return true;
   return moved(old.wholeModel, l.wholeModel);
 }
@@ -294,8 +315,20 @@ export class PlannerServer {
    * `slices` / `passes` / `lastPassMs`: the sliced re-planning (see runSlices).
    */
   readonly counters = {
-    profiles: 0, loads: 0, otherLoads: 0, outcomes: 0, strayOutcomes: 0, badMessages: 0, dropped: {} as Record<string, number>,
-    planErrors: 0, timerErrors: 0, plansPushed: 0, replans: 0, slices: 0, passes: 0, lastPassMs: 0,
+    profiles: 0,
+    loads: 0,
+    otherLoads: 0,
+    outcomes: 0,
+    strayOutcomes: 0,
+    badMessages: 0,
+    dropped: {} as Record<string, number>,
+    planErrors: 0,
+    timerErrors: 0,
+    plansPushed: 0,
+    replans: 0,
+    slices: 0,
+    passes: 0,
+    lastPassMs: 0,
   };
   private readonly threshold: number;
   private readonly sliceMs: number;
@@ -322,7 +355,16 @@ export class PlannerServer {
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
     this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
-    this.log.info({ port, tls: this.opts.security?.tls ?? false, mtls: this.opts.security?.mtls ?? false, tokens: !!this.opts.security?.tokens, algorithm: this.opts.maker.opts.algorithm }, 'planner ready');
+    this.log.info(
+      {
+        port,
+        tls: this.opts.security?.tls ?? false,
+        mtls: this.opts.security?.mtls ?? false,
+        tokens: !!this.opts.security?.tokens,
+        algorithm: this.opts.maker.opts.algorithm,
+      },
+      'planner ready',
+    );
     return { port };
   }
 
@@ -340,7 +382,8 @@ export class PlannerServer {
           handle(msg, m.subject);
         } catch (err) {
           // Validation errors name their reason; any other throw is counted as the type's.
-          const reason = err instanceof TelemetryError ? err.reason : `${type}.${/^[A-Za-z_][\w.[\]]*/.exec(errText(err))?.[0]?.replace(/\[\d+\]/g, '[]') ?? ''}:invalid`;
+          const reason =
+            err instanceof TelemetryError ? err.reason : `${type}.${/^[A-Za-z_][\w.[\]]*/.exec(errText(err))?.[0]?.replace(/\[\d+\]/g, '[]') ?? ''}:invalid`;
           this.dropped(m.subject, reason, errText(err));
         }
       }
@@ -348,9 +391,18 @@ export class PlannerServer {
     const run = (p: Promise<void>, subject: string): void => {
       p.catch((err: unknown) => this.log.error({ subject, err: errText(err) }, 'telemetry subscription ended'));
     };
-    run(consume(Subjects.allClientProfiles, 'ClientProfile', ClientProfile.decode, (m, subject) => this.onProfile(m, subject)), Subjects.allClientProfiles);
-    run(consume(Subjects.allServerLoads, 'ServerLoad', ServerLoad.decode, (m, subject) => this.onLoad(m, subject)), Subjects.allServerLoads);
-    run(consume(Subjects.allOutcomes, 'GenerationOutcome', GenerationOutcome.decode, (m, subject) => this.onOutcome(m, subject)), Subjects.allOutcomes);
+    run(
+      consume(Subjects.allClientProfiles, 'ClientProfile', ClientProfile.decode, (m, subject) => this.onProfile(m, subject)),
+      Subjects.allClientProfiles,
+    );
+    run(
+      consume(Subjects.allServerLoads, 'ServerLoad', ServerLoad.decode, (m, subject) => this.onLoad(m, subject)),
+      Subjects.allServerLoads,
+    );
+    run(
+      consume(Subjects.allOutcomes, 'GenerationOutcome', GenerationOutcome.decode, (m, subject) => this.onOutcome(m, subject)),
+      Subjects.allOutcomes,
+    );
   }
 
   /** Counts (by reason) and logs one dropped telemetry message. */
@@ -380,15 +432,18 @@ export class PlannerServer {
     if (!o.modelId) throw new TelemetryError(`GenerationOutcome.modelId must name the model (it is empty), given ''`, 'GenerationOutcome.modelId:required');
     this.checkModel(o.modelId);
     const client = this.clients.get(v.clientId);
-    if (!client) { this.counters.strayOutcomes++; return; }
+    if (!client) {
+      this.counters.strayOutcomes++;
+      return;
+    }
     this.counters.outcomes++;
     const classIndex = this.classIndex.get(v.requestClass); // validateOutcome let in only a class of classNames: always found
-    if (classIndex === undefined) throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
+    if (classIndex === undefined)
+      throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
     client.rates[classIndex].add(this.now());
     const r = this.calibrator.record(v, this.now());
     if (r.safety) {
-      this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety },
-        SAFETY_MESSAGES[r.safety.change]);
+      this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety }, SAFETY_MESSAGES[r.safety.change]);
     }
     if (r.replan) {
       this.dirty.add(v.clientId);
@@ -404,7 +459,18 @@ export class PlannerServer {
     validateProfile(p, { stageCount: this.opts.maker.opts.stages.length, modelId: this.opts.modelId, subject });
     this.counters.profiles++;
     const st = this.clients.get(p.clientId);
-    if (st) { st.profile = p; st.lastSeenMs = this.now(); } else this.clients.set(p.clientId, { rates: this.opts.maker.opts.classes.map(() => new RateMeter()), allServerWork: undefined, profile: p, plannedWith: undefined, lastSeenMs: this.now(), plan: undefined });
+    if (st) {
+      st.profile = p;
+      st.lastSeenMs = this.now();
+    } else
+      this.clients.set(p.clientId, {
+        rates: this.opts.maker.opts.classes.map(() => new RateMeter()),
+        allServerWork: undefined,
+        profile: p,
+        plannedWith: undefined,
+        lastSeenMs: this.now(),
+        plan: undefined,
+      });
     // A profile that moves nothing the plan is priced from only refreshes the client's TTL.
     if (st?.plannedWith && st.plan && !profileChanged(st.plannedWith, p, this.threshold)) return;
     this.markDirty(p.clientId);
@@ -425,17 +491,26 @@ export class PlannerServer {
     const now = this.now();
     const known = this.executors.get(l.serverId);
     if (!known && this.executors.size >= MAX_EXECUTORS) {
-      throw new TelemetryError(`ServerLoad.serverId must be one of the ${MAX_EXECUTORS} executors reporting now (no more are kept), given ${shown(l.serverId)}`, 'ServerLoad.serverId:capacity');
+      throw new TelemetryError(
+        `ServerLoad.serverId must be one of the ${MAX_EXECUTORS} executors reporting now (no more are kept), given ${shown(l.serverId)}`,
+        'ServerLoad.serverId:capacity',
+      );
     }
     this.counters.loads++;
     const a = this.opts.utilisationSmoothing ?? 1;
     const prev = known?.load;
     l = smoothLoad(prev, l, a);
-    if (known) { known.load = l; known.lastSeenMs = now; } else this.executors.set(l.serverId, { load: l, lastSeenMs: now });
+    if (known) {
+      known.load = l;
+      known.lastSeenMs = now;
+    } else this.executors.set(l.serverId, { load: l, lastSeenMs: now });
     const followed = this.followed === undefined ? undefined : this.executors.get(this.followed);
     if (this.followed !== l.serverId) {
-      if (followed && now - followed.lastSeenMs <= this.opts.clientTtlMs) { this.counters.otherLoads++; return; }
-      this.log.info({ serverId: l.serverId, before: this.followed }, 'planning from this executor\'s load');
+      if (followed && now - followed.lastSeenMs <= this.opts.clientTtlMs) {
+        this.counters.otherLoads++;
+        return;
+      }
+      this.log.info({ serverId: l.serverId, before: this.followed }, "planning from this executor's load");
       this.followed = l.serverId;
       this.plannedLoad = undefined; // another executor's prices: re-plan everyone
     }
@@ -470,7 +545,7 @@ export class PlannerServer {
       if (!st.allServerWork || !st.plan) continue;
       for (let i = 0; i < st.rates.length; i++) {
         const r = st.rates[i].perS(now);
-        if (r > 0) added += r * Math.max(0, st.allServerWork[i] - (st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
+        if (r > 0) added += (r * Math.max(0, st.allServerWork[i] - (st.plan.classes[i]?.predictedServerWork ?? 0))) / 1000;
       }
     }
     return u + added;
@@ -485,16 +560,24 @@ export class PlannerServer {
 
   private checkModel(modelId: string): void {
     if (modelId && this.opts.modelId && modelId !== this.opts.modelId) {
-      throw new TelemetryError(`modelId must be ${shown(this.opts.modelId)} (the model this planner plans for), given ${shown(modelId)}`, 'GenerationOutcome.modelId:model');
+      throw new TelemetryError(
+        `modelId must be ${shown(this.opts.modelId)} (the model this planner plans for), given ${shown(modelId)}`,
+        'GenerationOutcome.modelId:model',
+      );
     }
   }
 
   /** The executor whose load plans are priced from (undefined until one reported). */
-  get followedExecutor(): string | undefined { return this.followed; }
+  get followedExecutor(): string | undefined {
+    return this.followed;
+  }
 
   private scheduleReplan(): void {
     if (this.replanTimer || this.slicing || this.stopped) return;
-    this.replanTimer = setTimeout(() => { this.replanTimer = undefined; this.guarded('replan', () => this.runSlices()); }, this.opts.debounceMs);
+    this.replanTimer = setTimeout(() => {
+      this.replanTimer = undefined;
+      this.guarded('replan', () => this.runSlices());
+    }, this.opts.debounceMs);
   }
 
   /**
@@ -504,8 +587,14 @@ export class PlannerServer {
    * more, after the others (the set keeps arrival order).
    */
   private runSlices(): void {
-    if (this.stopped) { this.slicing = false; return; }
-    if (!this.slicing) { this.slicing = true; this.beginRound(); }
+    if (this.stopped) {
+      this.slicing = false;
+      return;
+    }
+    if (!this.slicing) {
+      this.slicing = true;
+      this.beginRound();
+    }
     this.counters.slices++;
     const until = performance.now() + this.sliceMs;
     do {
@@ -514,7 +603,10 @@ export class PlannerServer {
       this.dirty.delete(next.value);
       this.replanGuarded(next.value);
     } while (performance.now() < until);
-    if (this.dirty.size > 0) { setImmediate(() => this.guarded('replan', () => this.runSlices())); return; }
+    if (this.dirty.size > 0) {
+      setImmediate(() => this.guarded('replan', () => this.runSlices()));
+      return;
+    }
     this.slicing = false;
     this.counters.passes++;
     this.counters.lastPassMs = performance.now() - this.round.startedMs;
@@ -524,7 +616,10 @@ export class PlannerServer {
   /** Re-solves every queued client at once, without yielding (tests and tools): one round. */
   replan(): void {
     this.beginRound();
-    for (const id of [...this.dirty]) { this.dirty.delete(id); this.replanGuarded(id); }
+    for (const id of [...this.dirty]) {
+      this.dirty.delete(id);
+      this.replanGuarded(id);
+    }
     this.endRound();
   }
 
@@ -536,8 +631,17 @@ export class PlannerServer {
   private endRound(): void {
     const r = this.round;
     if (r.changed === 0 && r.errors === 0) return;
-    this.log.info({ epoch: r.epoch, replanned: r.replanned, changed: r.changed, errors: r.errors, clients: this.clients.size, passMs: Math.round(performance.now() - r.startedMs) },
-      'plans changed');
+    this.log.info(
+      {
+        epoch: r.epoch,
+        replanned: r.replanned,
+        changed: r.changed,
+        errors: r.errors,
+        clients: this.clients.size,
+        passMs: Math.round(performance.now() - r.startedMs),
+      },
+      'plans changed',
+    );
   }
 
   /**
@@ -568,7 +672,10 @@ export class PlannerServer {
     const st = this.clients.get(id);
     if (!st) return;
     const now = this.now();
-    if (now - st.lastSeenMs > this.opts.clientTtlMs) { this.forget(id); return; }
+    if (now - st.lastSeenMs > this.opts.clientTtlMs) {
+      this.forget(id);
+      return;
+    }
     this.counters.replans++;
     this.round.replanned++;
     const allServerWork = this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective ? [] : undefined;
@@ -587,7 +694,10 @@ export class PlannerServer {
     st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
     this.round.changed++;
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
-    for (const w of this.watchers.get(id) ?? []) { w.write({ plan: st.plan }); this.counters.plansPushed++; }
+    for (const w of this.watchers.get(id) ?? []) {
+      w.write({ plan: st.plan });
+      this.counters.plansPushed++;
+    }
     this.afterPlan(id, st.plan, now);
   }
 
@@ -618,13 +728,19 @@ export class PlannerServer {
   }
 
   /** Executors whose load reports are kept now (the followed one and the others heard within the TTL). */
-  get executorIds(): string[] { return [...this.executors.keys()]; }
+  get executorIds(): string[] {
+    return [...this.executors.keys()];
+  }
 
   /** Client ids with open plan streams (a client whose last stream closed is not listed). */
-  get watchedClients(): string[] { return [...this.watchers.keys()]; }
+  get watchedClients(): string[] {
+    return [...this.watchers.keys()];
+  }
 
   /** What the planner optimises now. */
-  get currentObjective(): Objective { return this.objective; }
+  get currentObjective(): Objective {
+    return this.objective;
+  }
 
   /** Current plans, ordered by client id (code-unit order: ids are ASCII, see ID_PATTERN). */
   plans(): ClientPlan[] {
@@ -650,7 +766,13 @@ export class PlannerServer {
 
   /** What was observed of each client with a plan, in the order of `plans()`. */
   observations(plans: readonly ClientPlan[] = this.plans()): ClientObservations[] {
-    return plans.map((p) => ({ clientId: p.clientId, classes: this.calibrator.observations(p.clientId, p.classes.map((c) => c.name)) }));
+    return plans.map((p) => ({
+      clientId: p.clientId,
+      classes: this.calibrator.observations(
+        p.clientId,
+        p.classes.map((c) => c.name),
+      ),
+    }));
   }
 
   /**
@@ -679,12 +801,18 @@ export class PlannerServer {
         call.on('cancelled', remove);
         call.on('close', remove);
         const plan = this.clients.get(id)?.plan;
-        if (plan) { call.write({ plan }); this.counters.plansPushed++; }
+        if (plan) {
+          call.write({ plan });
+          this.counters.plansPushed++;
+        }
       },
       listPlans: (call, cb) => {
         const caller = identity(call.metadata);
         if (caller !== undefined && caller !== OPERATOR_IDENTITY) {
-          throw new AuthError(grpc.status.PERMISSION_DENIED, `ListPlans must be called with an operator token (identity '*'; it shows every client's plan), given the token of '${caller}'`);
+          throw new AuthError(
+            grpc.status.PERMISSION_DENIED,
+            `ListPlans must be called with an operator token (identity '*'; it shows every client's plan), given the token of '${caller}'`,
+          );
         }
         const page = this.plansPage(call.request.pageSize, call.request.pageToken);
         cb(null, { plans: page.plans, observations: this.observations(page.plans), nextPageToken: page.nextPageToken });

@@ -50,7 +50,12 @@ export function shown(v: unknown): string {
  */
 export class TelemetryError extends Error {
   override readonly name = 'TelemetryError';
-  constructor(message: string, readonly reason: string) { super(message); }
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+  }
 }
 
 function fail(type: string, field: string, rule: string, text: string, value: unknown): never {
@@ -91,9 +96,11 @@ export interface TelemetryContext {
 export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
   const T = 'ClientProfile';
   if (!ID_PATTERN.test(p.clientId)) fail(T, 'clientId', 'pattern', `must match ${ID_PATTERN}`, p.clientId);
-  if (ctx.subject !== undefined && ctx.subject !== Subjects.clientProfile(p.clientId)) fail(T, 'clientId', 'subject', `must match the subject ${shown(ctx.subject)}`, p.clientId);
+  if (ctx.subject !== undefined && ctx.subject !== Subjects.clientProfile(p.clientId))
+    fail(T, 'clientId', 'subject', `must match the subject ${shown(ctx.subject)}`, p.clientId);
   modelId(T, p.modelId, ctx.modelId);
-  if (p.clientClass.length > TELEMETRY_LIMITS.maxClientClassLength) fail(T, 'clientClass', 'length', `must be at most ${TELEMETRY_LIMITS.maxClientClassLength} characters`, p.clientClass);
+  if (p.clientClass.length > TELEMETRY_LIMITS.maxClientClassLength)
+    fail(T, 'clientClass', 'length', `must be at most ${TELEMETRY_LIMITS.maxClientClassLength} characters`, p.clientClass);
   const seen = new Set<number>();
   for (const [i, s] of p.stages.entries()) {
     if (s.stage >= ctx.stageCount) fail(T, `stages[${i}].stage`, 'range', `must be in 0..${ctx.stageCount - 1}`, s.stage);
@@ -119,7 +126,8 @@ export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
 export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   const T = 'ServerLoad';
   if (!ID_PATTERN.test(l.serverId)) fail(T, 'serverId', 'pattern', `must match ${ID_PATTERN}`, l.serverId);
-  if (ctx.subject !== undefined && ctx.subject !== Subjects.serverLoad(l.serverId)) fail(T, 'serverId', 'subject', `must match the subject ${shown(ctx.subject)}`, l.serverId);
+  if (ctx.subject !== undefined && ctx.subject !== Subjects.serverLoad(l.serverId))
+    fail(T, 'serverId', 'subject', `must match the subject ${shown(ctx.subject)}`, l.serverId);
   modelId(T, l.modelId, ctx.modelId);
   const n = ctx.stageCount;
   if (l.stages.length !== n) fail(T, 'stages', 'count', `must list all ${n} stages`, `${l.stages.length} stages`);

@@ -18,45 +18,100 @@ import { createLogger, type Logger } from '@tandem/service-kit';
 import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import pino from 'pino';
 import {
-  DEFAULT_PLANS_PAGE_SIZE, MAX_PLANS_PAGE_SIZE, PlanMaker, PlannerServer, TelemetryError, UNMEASURED_LINK_BYTES_PER_MS, validateLoad, validateProfile,
+  DEFAULT_PLANS_PAGE_SIZE,
+  MAX_PLANS_PAGE_SIZE,
+  PlanMaker,
+  PlannerServer,
+  TelemetryError,
+  UNMEASURED_LINK_BYTES_PER_MS,
+  validateLoad,
+  validateProfile,
   type PlannerServerOptions,
 } from '../src';
 
 // Three stages, one class of 10-token prompts and one new token (the hand-checkable client of
 // outcomes.int.spec.ts): the device runs embed 1 ms, block 5 ms, head 100 ms; the server 0.1 ms each.
-const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const STAGES = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
 const MODEL = 'm';
 const silent = createLogger({ name: 'test', level: 'silent' });
 
 const profile = (clientId: string, ms: readonly number[] = [1, 5, 100]): ClientProfile => ({
-  clientId, clientClass: 'default', modelId: MODEL, unixMs: Date.now(), planEpoch: 0,
+  clientId,
+  clientClass: 'default',
+  modelId: MODEL,
+  unixMs: Date.now(),
+  planEpoch: 0,
   stages: ms.map((v, stage) => ({ stage, prefillMsPerToken: v, decodeMs: v, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
+  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 });
 const load = (serverId = 'srv', ms = 0.1, utilisation = 0): ServerLoad => ({
-  serverId, modelId: MODEL, queueDepth: 0, activeSessions: 0, utilisation, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
-  decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId,
+  modelId: MODEL,
+  queueDepth: 0,
+  activeSessions: 0,
+  utilisation,
+  unixMs: Date.now(),
+  meanQueueMs: 0,
+  overhead: undefined,
+  wholeModel: undefined,
+  decodeStretch: 0,
+  promptStretch: 0,
+  longPromptStretch: 0,
+  longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
 });
 
 function maker(): PlanMaker {
   return new PlanMaker({
-    stages: STAGES, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-    slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+    stages: STAGES,
+    classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
+    slaOverrides: {},
+    algorithm: 'dp',
+    hysteresis: 0.05,
+    slaMargin: 0.9,
+    resolutionMs: 0.5,
+    maxUtilisation: 0.9,
   });
 }
 
 function planner(over: Partial<PlannerServerOptions> = {}): PlannerServer {
-  return new PlannerServer({ maker: maker(), log: silent, address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: MODEL, clientTtlMs: 60_000,
-    debounceMs: 0, idleUtilisation: 0, ...over });
+  return new PlannerServer({
+    maker: maker(),
+    log: silent,
+    address: '127.0.0.1:0',
+    natsUrl: 'nats://127.0.0.1:1',
+    modelId: MODEL,
+    clientTtlMs: 60_000,
+    debounceMs: 0,
+    idleUtilisation: 0,
+    ...over,
+  });
 }
 
 /** A logger whose JSON lines are kept, for counting what was logged at which level. */
 function capturingLogger(level = 'debug'): { log: Logger; lines: () => { level: number; msg: string; [k: string]: unknown }[] } {
   const chunks: string[] = [];
-  const stream = new Writable({ write(chunk, _enc, cb) { chunks.push(String(chunk)); cb(); } });
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      chunks.push(String(chunk));
+      cb();
+    },
+  });
   const log = pino({ level }, stream) as unknown as Logger;
-  return { log, lines: () => chunks.join('').split('\n').filter((l) => l).map((l) => JSON.parse(l)) };
+  return {
+    log,
+    lines: () =>
+      chunks
+        .join('')
+        .split('\n')
+        .filter((l) => l)
+        .map((l) => JSON.parse(l)),
+  };
 }
 
 /** Asserts an error message names the field, the rule and the value, and fits in 1 KiB. */
@@ -76,7 +131,16 @@ describe('a real planner on a real nats-server survives any telemetry message', 
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    server = new PlannerServer({ maker: maker(), log: silent, address: '127.0.0.1:0', natsUrl: nats.url, modelId: MODEL, clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    server = new PlannerServer({
+      maker: maker(),
+      log: silent,
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: MODEL,
+      clientTtlMs: 60_000,
+      debounceMs: 5,
+      idleUtilisation: 0,
+    });
     addr = `127.0.0.1:${(await server.start()).port}`;
     health = new HealthClient(addr, grpc.credentials.createInsecure());
     nc = await connect({ servers: nats.url });
@@ -92,8 +156,7 @@ describe('a real planner on a real nats-server survives any telemetry message', 
     await nats?.stop();
   });
 
-  const serving = (): Promise<ServingStatus> => new Promise((resolve, reject) =>
-    health.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));
+  const serving = (): Promise<ServingStatus> => new Promise((resolve, reject) => health.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));
 
   /** Publishes `bad`, then a good profile of a new client: the planner must drop the first (by `reason`) and plan the second. */
   async function dropsAndCarriesOn(subject: string, bad: Uint8Array, reason: string): Promise<void> {
@@ -138,10 +201,30 @@ describe('a real planner on a real nats-server survives any telemetry message', 
     const plan = server.plans().find((p) => p.clientId === 'good-1')!;
     const c = plan.classes[0];
     const o: GenerationOutcome = {
-      clientId: 'good-1', clientClass: 'default', modelId: '', requestClass: c.name, placement: c.placement, planEpoch: plan.epoch,
-      promptTokens: 10, newTokens: 1, predictedE2eMs: c.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: 0, ttftMs: 10, tpotMs: 0, e2eMs: 10,
-      serverComputeMs: 1, serverQueueMs: 0, slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0, slaMet: true, ttftMet: true, tpotMet: true,
-      status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: Date.now(),
+      clientId: 'good-1',
+      clientClass: 'default',
+      modelId: '',
+      requestClass: c.name,
+      placement: c.placement,
+      planEpoch: plan.epoch,
+      promptTokens: 10,
+      newTokens: 1,
+      predictedE2eMs: c.predictedLatencyMs,
+      predictedTtftMs: 0,
+      predictedTpotMs: 0,
+      ttftMs: 10,
+      tpotMs: 0,
+      e2eMs: 10,
+      serverComputeMs: 1,
+      serverQueueMs: 0,
+      slaMs: c.slaMs,
+      ttftSloMs: 0,
+      tpotSloMs: 0,
+      slaMet: true,
+      ttftMet: true,
+      tpotMet: true,
+      status: OutcomeStatus.OUTCOME_STATUS_OK,
+      unixMs: Date.now(),
     };
     await dropsAndCarriesOn(Subjects.outcome('good-1'), GenerationOutcome.encode(o).finish(), 'GenerationOutcome.modelId:required');
     expect(server.counters.outcomes).toBe(0);
@@ -183,24 +266,119 @@ describe('a real planner on a real nats-server survives any telemetry message', 
 describe('telemetry validation', () => {
   const ctx = { stageCount: STAGES.length, modelId: MODEL };
   const reasonOf = (fn: () => void): TelemetryError => {
-    try { fn(); } catch (err) { return err as TelemetryError; }
+    try {
+      fn();
+    } catch (err) {
+      return err as TelemetryError;
+    }
     throw new Error('no error thrown');
   };
 
   it.each([
-    ['stages[1].prefillMsPerToken', (p: ClientProfile) => { p.stages[1].prefillMsPerToken = 1e308; }, '1e+308', 'range'],
-    ['stages[0].decodeMs', (p: ClientProfile) => { p.stages[0].decodeMs = Number.NaN; }, 'NaN', 'range'],
-    ['stages[2].decodeMs', (p: ClientProfile) => { p.stages[2].decodeMs = -1; }, '-1', 'range'],
-    ['stages[1].stage', (p: ClientProfile) => { p.stages[1].stage = 0; }, '0', 'unique'],
-    ['stages[2].stage', (p: ClientProfile) => { p.stages[2].stage = 7; }, '7', 'range'],
-    ['uplink.bytesPerMs', (p: ClientProfile) => { p.uplink = { latencyMs: 1, bytesPerMs: 0 }; }, '0', 'positive'],
-    ['downlink.bytesPerMs', (p: ClientProfile) => { p.downlink = { latencyMs: 1, bytesPerMs: Infinity }; }, 'Infinity', 'range'],
-    ['uplink.latencyMs', (p: ClientProfile) => { p.uplink = { latencyMs: 1e9, bytesPerMs: 10 }; }, '1000000000', 'range'],
-    ['modelId', (p: ClientProfile) => { p.modelId = ''; }, "''", 'required'],
-    ['modelId', (p: ClientProfile) => { p.modelId = 'other'; }, "'other'", 'model'],
-    ['modelId', (p: ClientProfile) => { p.modelId = 'x'.repeat(20_000); }, "'xxxxxxxx", 'length'],
-    ['clientClass', (p: ClientProfile) => { p.clientClass = 'c'.repeat(20_000); }, "'cccccccc", 'length'],
-    ['clientId', (p: ClientProfile) => { p.clientId = 'i'.repeat(20_000); }, "'iiiiiiii", 'pattern'],
+    [
+      'stages[1].prefillMsPerToken',
+      (p: ClientProfile) => {
+        p.stages[1].prefillMsPerToken = 1e308;
+      },
+      '1e+308',
+      'range',
+    ],
+    [
+      'stages[0].decodeMs',
+      (p: ClientProfile) => {
+        p.stages[0].decodeMs = Number.NaN;
+      },
+      'NaN',
+      'range',
+    ],
+    [
+      'stages[2].decodeMs',
+      (p: ClientProfile) => {
+        p.stages[2].decodeMs = -1;
+      },
+      '-1',
+      'range',
+    ],
+    [
+      'stages[1].stage',
+      (p: ClientProfile) => {
+        p.stages[1].stage = 0;
+      },
+      '0',
+      'unique',
+    ],
+    [
+      'stages[2].stage',
+      (p: ClientProfile) => {
+        p.stages[2].stage = 7;
+      },
+      '7',
+      'range',
+    ],
+    [
+      'uplink.bytesPerMs',
+      (p: ClientProfile) => {
+        p.uplink = { latencyMs: 1, bytesPerMs: 0 };
+      },
+      '0',
+      'positive',
+    ],
+    [
+      'downlink.bytesPerMs',
+      (p: ClientProfile) => {
+        p.downlink = { latencyMs: 1, bytesPerMs: Infinity };
+      },
+      'Infinity',
+      'range',
+    ],
+    [
+      'uplink.latencyMs',
+      (p: ClientProfile) => {
+        p.uplink = { latencyMs: 1e9, bytesPerMs: 10 };
+      },
+      '1000000000',
+      'range',
+    ],
+    [
+      'modelId',
+      (p: ClientProfile) => {
+        p.modelId = '';
+      },
+      "''",
+      'required',
+    ],
+    [
+      'modelId',
+      (p: ClientProfile) => {
+        p.modelId = 'other';
+      },
+      "'other'",
+      'model',
+    ],
+    [
+      'modelId',
+      (p: ClientProfile) => {
+        p.modelId = 'x'.repeat(20_000);
+      },
+      "'xxxxxxxx",
+      'length',
+    ],
+    [
+      'clientClass',
+      (p: ClientProfile) => {
+        p.clientClass = 'c'.repeat(20_000);
+      },
+      "'cccccccc",
+      'length',
+    ],
+    [
+      'clientId',
+      (p: ClientProfile) => {
+        p.clientId = 'i'.repeat(20_000);
+      },
+      "'iiiiiiii",
+      'pattern',
+    ],
   ])('refuses a ClientProfile with a bad %s, naming field, rule and value in under 1 KiB', (field, mutate, value, rule) => {
     const p = profile('c1');
     mutate(p);
@@ -211,17 +389,94 @@ describe('telemetry validation', () => {
   });
 
   it.each([
-    ['stages[0].prefillMsPerToken', (l: ServerLoad) => { l.stages[0].prefillMsPerToken = 1e308; }, '1e+308', 'range'],
-    ['stages', (l: ServerLoad) => { l.stages.pop(); }, '2 stages', 'count'],
-    ['wholeModel.decodeMs', (l: ServerLoad) => { l.wholeModel = { stage: 0, prefillMsPerToken: 1, decodeMs: -2, samples: 1 }; }, '-2', 'range'],
-    ['utilisation', (l: ServerLoad) => { l.utilisation = 1.5; }, '1.5', 'range'],
-    ['meanQueueMs', (l: ServerLoad) => { l.meanQueueMs = 1e300; }, '1e+300', 'range'],
-    ['decodeStretch', (l: ServerLoad) => { l.decodeStretch = 0.5; }, '0.5', 'range'],
-    ['longPromptStretch', (l: ServerLoad) => { l.longPromptStretch = Number.POSITIVE_INFINITY; }, 'Infinity', 'range'],
-    ['longStepTokens', (l: ServerLoad) => { l.longStepTokens = 1e9; }, '1000000000', 'range'],
-    ['overhead.msPerKibIn', (l: ServerLoad) => { l.overhead = { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 }; }, '1000000000000', 'range'],
-    ['modelId', (l: ServerLoad) => { l.modelId = ''; }, "''", 'required'],
-    ['serverId', (l: ServerLoad) => { l.serverId = 's'.repeat(5000); }, "'ssssss", 'pattern'],
+    [
+      'stages[0].prefillMsPerToken',
+      (l: ServerLoad) => {
+        l.stages[0].prefillMsPerToken = 1e308;
+      },
+      '1e+308',
+      'range',
+    ],
+    [
+      'stages',
+      (l: ServerLoad) => {
+        l.stages.pop();
+      },
+      '2 stages',
+      'count',
+    ],
+    [
+      'wholeModel.decodeMs',
+      (l: ServerLoad) => {
+        l.wholeModel = { stage: 0, prefillMsPerToken: 1, decodeMs: -2, samples: 1 };
+      },
+      '-2',
+      'range',
+    ],
+    [
+      'utilisation',
+      (l: ServerLoad) => {
+        l.utilisation = 1.5;
+      },
+      '1.5',
+      'range',
+    ],
+    [
+      'meanQueueMs',
+      (l: ServerLoad) => {
+        l.meanQueueMs = 1e300;
+      },
+      '1e+300',
+      'range',
+    ],
+    [
+      'decodeStretch',
+      (l: ServerLoad) => {
+        l.decodeStretch = 0.5;
+      },
+      '0.5',
+      'range',
+    ],
+    [
+      'longPromptStretch',
+      (l: ServerLoad) => {
+        l.longPromptStretch = Number.POSITIVE_INFINITY;
+      },
+      'Infinity',
+      'range',
+    ],
+    [
+      'longStepTokens',
+      (l: ServerLoad) => {
+        l.longStepTokens = 1e9;
+      },
+      '1000000000',
+      'range',
+    ],
+    [
+      'overhead.msPerKibIn',
+      (l: ServerLoad) => {
+        l.overhead = { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 };
+      },
+      '1000000000000',
+      'range',
+    ],
+    [
+      'modelId',
+      (l: ServerLoad) => {
+        l.modelId = '';
+      },
+      "''",
+      'required',
+    ],
+    [
+      'serverId',
+      (l: ServerLoad) => {
+        l.serverId = 's'.repeat(5000);
+      },
+      "'ssssss",
+      'pattern',
+    ],
   ])('refuses a ServerLoad with a bad %s, naming field, rule and value in under 1 KiB', (field, mutate, value, rule) => {
     const l = load();
     mutate(l);
@@ -230,7 +485,7 @@ describe('telemetry validation', () => {
     expect(err.reason).toBe(`ServerLoad.${field.replace(/\[\d+\]/g, '[]')}:${rule}`);
   });
 
-  it('refuses a message from another sender\'s subject', () => {
+  it("refuses a message from another sender's subject", () => {
     expect(reasonOf(() => validateProfile(profile('a'), { ...ctx, subject: Subjects.clientProfile('b') })).reason).toBe('ClientProfile.clientId:subject');
     expect(reasonOf(() => validateLoad(load('a'), { ...ctx, subject: Subjects.serverLoad('b') })).reason).toBe('ServerLoad.serverId:subject');
   });
@@ -247,7 +502,9 @@ describe('telemetry validation', () => {
 
 describe('planning errors are caught, logged and counted, never fatal', () => {
   let p: PlannerServer;
-  afterEach(async () => { await p.stop(); });
+  afterEach(async () => {
+    await p.stop();
+  });
 
   it('a client whose planning throws keeps its plan in force; the others are planned, and later rounds run', async () => {
     const m = maker();
@@ -258,7 +515,16 @@ describe('planning errors are caught, logged and counted, never fatal', () => {
       return plan(client, ...rest);
     };
     const { log, lines } = capturingLogger('info');
-    p = new PlannerServer({ maker: m, log, address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: MODEL, clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0 });
+    p = new PlannerServer({
+      maker: m,
+      log,
+      address: '127.0.0.1:0',
+      natsUrl: 'nats://127.0.0.1:1',
+      modelId: MODEL,
+      clientTtlMs: 60_000,
+      debounceMs: 0,
+      idleUtilisation: 0,
+    });
     p.onLoad(load());
     p.onProfile(profile('boom'));
     p.onProfile(profile('ok'));
@@ -277,11 +543,13 @@ describe('planning errors are caught, logged and counted, never fatal', () => {
   });
 });
 
-describe('the planner plans from one executor\'s load, kept per executor id', () => {
+describe("the planner plans from one executor's load, kept per executor id", () => {
   let p: PlannerServer;
-  afterEach(async () => { await p.stop(); });
+  afterEach(async () => {
+    await p.stop();
+  });
 
-  it('follows the first executor; another one\'s reports do not overwrite its load until it has been silent for the TTL', () => {
+  it("follows the first executor; another one's reports do not overwrite its load until it has been silent for the TTL", () => {
     let now = 1_000_000;
     p = planner({ now: () => now, clientTtlMs: 10_000 });
     p.onProfile(profile('c1'));
@@ -289,7 +557,11 @@ describe('the planner plans from one executor\'s load, kept per executor id', ()
     p.replan();
     const priced = p.plans()[0].classes[0].predictedServerWork;
     // exec-b reports a server 50 times slower: ignored while exec-a reports
-    for (let i = 0; i < 3; i++) { now += 1000; p.onLoad(load('exec-b', 5, 0.5)); p.replan(); }
+    for (let i = 0; i < 3; i++) {
+      now += 1000;
+      p.onLoad(load('exec-b', 5, 0.5));
+      p.replan();
+    }
     now += 1000;
     p.onLoad(load('exec-a', 0.1));
     p.replan();
@@ -309,7 +581,9 @@ describe('the planner plans from one executor\'s load, kept per executor id', ()
 
 describe('plan epochs', () => {
   let p: PlannerServer;
-  afterEach(async () => { await p.stop(); });
+  afterEach(async () => {
+    await p.stop();
+  });
 
   it('one re-plan round of 2000 changed clients takes one epoch, at the wall clock, not 2000 ms ahead of it', async () => {
     p = planner({ sliceMs: 5 });
@@ -352,7 +626,16 @@ describe('plan epochs', () => {
 
   it('logs per-client changes at debug and one info line per round', async () => {
     const { log, lines } = capturingLogger('info');
-    p = new PlannerServer({ maker: maker(), log, address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: MODEL, clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0 });
+    p = new PlannerServer({
+      maker: maker(),
+      log,
+      address: '127.0.0.1:0',
+      natsUrl: 'nats://127.0.0.1:1',
+      modelId: MODEL,
+      clientTtlMs: 60_000,
+      debounceMs: 0,
+      idleUtilisation: 0,
+    });
     for (let i = 0; i < 300; i++) p.onProfile(profile(`c${i}`));
     p.onLoad(load());
     await eventually(() => p.plans().length === 300 && p.counters.passes >= 1, { what: 'the round' });
@@ -372,7 +655,16 @@ describe('ListPlans pages', () => {
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    server = new PlannerServer({ maker: maker(), log: silent, address: '127.0.0.1:0', natsUrl: nats.url, modelId: MODEL, clientTtlMs: 600_000, debounceMs: 1000, idleUtilisation: 0 });
+    server = new PlannerServer({
+      maker: maker(),
+      log: silent,
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: MODEL,
+      clientTtlMs: 600_000,
+      debounceMs: 1000,
+      idleUtilisation: 0,
+    });
     const addr = `127.0.0.1:${(await server.start()).port}`;
     client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     server.onLoad(load());
@@ -386,8 +678,12 @@ describe('ListPlans pages', () => {
     await nats?.stop();
   });
 
-  const list = (r: Partial<ListPlansRequest>): Promise<ListPlansResponse> => new Promise((resolve, reject) =>
-    client.listPlans({ pageSize: 0, pageToken: '', ...r }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, res) => (e ? reject(e) : resolve(res))));
+  const list = (r: Partial<ListPlansRequest>): Promise<ListPlansResponse> =>
+    new Promise((resolve, reject) =>
+      client.listPlans({ pageSize: 0, pageToken: '', ...r }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, res) =>
+        e ? reject(e) : resolve(res),
+      ),
+    );
 
   it('answers a request without a page size (an old caller) with the default page and a token', async () => {
     const r = await list({});
@@ -426,7 +722,10 @@ describe('ListPlans pages', () => {
 
   it('refuses a page token it did not issue with INVALID_ARGUMENT naming page_token, under 1 KiB', async () => {
     for (const token of ['nonsense!', 'x'.repeat(20_000), Buffer.from('v1:', 'utf8').toString('base64url')]) {
-      const err = await list({ pageToken: token }).then(() => undefined, (e: grpc.ServiceError) => e);
+      const err = await list({ pageToken: token }).then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
       expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
       expect(err!.details).toMatch(/^page_token must be a next_page_token from an earlier ListPlans answer, given /);
       expect(Buffer.byteLength(err!.details)).toBeLessThan(1024);

@@ -5,25 +5,55 @@ import * as path from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
 import {
-  checkNatsCredentials, connectNats, createLogger, natsAuthFrom, natsConnectAuth, natsServerConfig, natsServiceEnv,
-  type NatsAuth, type NatsAuthValues, type NatsServerConfig, type NatsUserCredential,
+  checkNatsCredentials,
+  connectNats,
+  createLogger,
+  natsAuthFrom,
+  natsConnectAuth,
+  natsServerConfig,
+  natsServiceEnv,
+  type NatsAuth,
+  type NatsAuthValues,
+  type NatsServerConfig,
+  type NatsUserCredential,
 } from '@tandem/service-kit';
 import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
 
 // A real nats-server started with the configuration `tandem nats-config` writes: one user per
 // service, each allowed only its own subjects. The server, not the services, enforces it.
-const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const STAGES = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
 const log = createLogger({ name: 'test', level: 'silent' });
 const REPO = path.resolve(__dirname, '../../..');
 
 const profile = (clientId: string): ClientProfile => ({
-  clientId, clientClass: 'default', modelId: 'm', unixMs: Date.now(), planEpoch: 0,
+  clientId,
+  clientClass: 'default',
+  modelId: 'm',
+  unixMs: Date.now(),
+  planEpoch: 0,
   stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
+  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 });
 const load = (serverId: string): ServerLoad => ({
-  serverId, modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId,
+  modelId: 'm',
+  queueDepth: 0,
+  activeSessions: 0,
+  utilisation: 0,
+  unixMs: Date.now(),
+  meanQueueMs: 0,
+  overhead: undefined,
+  wholeModel: undefined,
+  decodeStretch: 0,
+  promptStretch: 0,
+  longPromptStretch: 0,
+  longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
 });
 
@@ -33,13 +63,18 @@ const authOf = (u: NatsUserCredential): NatsAuth => ({ kind: 'password', user: u
 async function connectAs(url: string, u: NatsUserCredential): Promise<{ nc: NatsConnection; errors: Error[] }> {
   const nc = await connect({ servers: url, ...natsConnectAuth(authOf(u)) });
   const errors: Error[] = [];
-  void (async () => { for await (const s of nc.status()) if (s.type === 'error') errors.push(s.error); })();
+  void (async () => {
+    for await (const s of nc.status()) if (s.type === 'error') errors.push(s.error);
+  })();
   return { nc, errors };
 }
 
 /** The permission violation the server reported for `subject`, once it has. */
 function violation(errors: Error[], subject: string): Promise<Error & { operation?: string; subject?: string }> {
-  return eventually(() => errors.find((e) => (e as { subject?: string }).subject === subject), { timeoutMs: 5000, what: `a permission violation on ${subject}` });
+  return eventually(() => errors.find((e) => (e as { subject?: string }).subject === subject), {
+    timeoutMs: 5000,
+    what: `a permission violation on ${subject}`,
+  });
 }
 
 describe('NATS with per-service credentials and permissions', () => {
@@ -66,10 +101,26 @@ describe('NATS with per-service credentials and permissions', () => {
     writeFileSync(file, cfg.conf, { mode: 0o600 });
     nats = await startNatsServer({ configFile: file });
     const maker = new PlanMaker({
-      stages: STAGES, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      stages: STAGES,
+      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
-    planner = new PlannerServer({ maker, log, address: '127.0.0.1:0', natsUrl: nats.url, natsAuth: authOf(user('planner')), modelId: 'm', clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    planner = new PlannerServer({
+      maker,
+      log,
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      natsAuth: authOf(user('planner')),
+      modelId: 'm',
+      clientTtlMs: 60_000,
+      debounceMs: 5,
+      idleUtilisation: 0,
+    });
     await planner.start();
   });
 
@@ -84,7 +135,7 @@ describe('NATS with per-service credentials and permissions', () => {
     await expect(connect({ servers: nats.url, reconnect: false })).rejects.toThrow(/authorization/i);
   });
 
-  it('lets the planner plan from the executor\'s load and an agent\'s own telemetry', async () => {
+  it("lets the planner plan from the executor's load and an agent's own telemetry", async () => {
     const exec = await as('srv');
     exec.nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load('srv')).finish());
     await eventually(() => planner.followedExecutor === 'srv', { what: 'the planner following srv' });
@@ -130,7 +181,11 @@ describe('NATS with per-service credentials and permissions', () => {
     exec.nc.publish(Subjects.serverLoad('other'), ServerLoad.encode(load('other')).finish());
     await violation(exec.errors, Subjects.serverLoad('other'));
     const sub = exec.nc.subscribe(Subjects.allClientProfiles);
-    await expect((async () => { for await (const m of sub) void m; })()).rejects.toThrow(/Permissions Violation for Subscription/);
+    await expect(
+      (async () => {
+        for await (const m of sub) void m;
+      })(),
+    ).rejects.toThrow(/Permissions Violation for Subscription/);
     expect(planner.executorIds).not.toContain('other');
   });
 
@@ -140,12 +195,19 @@ describe('NATS with per-service credentials and permissions', () => {
     await violation(p.errors, Subjects.serverLoad('srv'));
     const agent = await as('agent-b');
     const sub = agent.nc.subscribe(Subjects.allClientProfiles);
-    await expect((async () => { for await (const m of sub) void m; })()).rejects.toThrow(/Permissions Violation for Subscription/);
+    await expect(
+      (async () => {
+        for await (const m of sub) void m;
+      })(),
+    ).rejects.toThrow(/Permissions Violation for Subscription/);
   });
 
   it('refuses a wrong password at startup with a clear error, from the check and from connectNats alike', async () => {
     const wrong: NatsAuth = { kind: 'password', user: 'agent-a', password: 'not-the-password' };
-    const err = await checkNatsCredentials(nats.url, wrong).then(() => undefined, (e: unknown) => e as Error);
+    const err = await checkNatsCredentials(nats.url, wrong).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
     expect(err?.name).toBe('ConfigError');
     expect(err?.message).toContain(`NATS at ${nats.url} refused NATS_USER 'agent-a' with its NATS_PASSWORD`);
     expect(err?.message).not.toContain('not-the-password');
@@ -157,12 +219,23 @@ describe('NATS with per-service credentials and permissions', () => {
 
   it('stops a service started with a wrong password with exit code 2 naming NATS_USER', async () => {
     // The executor checks its credentials before it loads the model, so no model is needed.
-    const env = { ...process.env, MODEL_DIR: path.join(dir, 'no-model'), NATS_URL: nats.url, ...natsServiceEnv(user('srv')), NATS_PASSWORD: 'wrong', LOG_LEVEL: 'silent' };
+    const env = {
+      ...process.env,
+      MODEL_DIR: path.join(dir, 'no-model'),
+      NATS_URL: nats.url,
+      ...natsServiceEnv(user('srv')),
+      NATS_PASSWORD: 'wrong',
+      LOG_LEVEL: 'silent',
+    };
     const child = spawn(process.execPath, ['--require', 'tsx/cjs', 'apps/server-executor/src/main.ts'], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
-    child.stderr.on('data', (b: Buffer) => { stderr += b.toString('utf8'); });
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString('utf8');
+    });
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-    expect(stderr.trim()).toMatch(new RegExp(`^server-executor: invalid configuration:\\n {2}NATS at ${nats.url.replace(/\./g, '\\.')} refused NATS_USER 'srv' with its NATS_PASSWORD: `));
+    expect(stderr.trim()).toMatch(
+      new RegExp(`^server-executor: invalid configuration:\\n {2}NATS at ${nats.url.replace(/\./g, '\\.')} refused NATS_USER 'srv' with its NATS_PASSWORD: `),
+    );
     expect(code).toBe(2);
   }, 60_000);
 });
@@ -172,7 +245,9 @@ describe('the other credential kinds the generator writes', () => {
   const servers: NatsServerHandle[] = [];
   const opened: NatsConnection[] = [];
 
-  beforeAll(() => { dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-auth-')); });
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-auth-'));
+  });
   afterAll(async () => {
     for (const nc of opened) await nc.close().catch(() => undefined);
     for (const s of servers) await s.stop();
@@ -194,8 +269,13 @@ describe('the other credential kinds the generator writes', () => {
     const nc = await connectNats(nats.url, 'agent-a', log, { auth });
     opened.push(nc);
     const errors: Error[] = [];
-    void (async () => { for await (const s of nc.status()) if (s.type === 'error') errors.push(s.error); })();
-    const watcher = await connect({ servers: nats.url, ...natsConnectAuth({ kind: 'nkey', seedFile: '', seed: new TextEncoder().encode(cfg.users.find((x) => x.id === 'planner')?.seed ?? '') }) });
+    void (async () => {
+      for await (const s of nc.status()) if (s.type === 'error') errors.push(s.error);
+    })();
+    const watcher = await connect({
+      servers: nats.url,
+      ...natsConnectAuth({ kind: 'nkey', seedFile: '', seed: new TextEncoder().encode(cfg.users.find((x) => x.id === 'planner')?.seed ?? '') }),
+    });
     opened.push(watcher);
     const sub = watcher.subscribe(Subjects.allClientProfiles, { max: 1 });
     await watcher.flush();
@@ -207,7 +287,9 @@ describe('the other credential kinds the generator writes', () => {
     const stranger = natsServerConfig({ agents: ['agent-a'], mode: 'nkey' }).users[2];
     const strangerFile = path.join(dir, 'stranger.nk');
     writeFileSync(strangerFile, stranger.seed ?? '');
-    await expect(checkNatsCredentials(nats.url, natsAuthFrom({ NATS_USER: '', NATS_PASSWORD: '', NATS_NKEY_SEED_FILE: strangerFile }))).rejects.toThrow(`refused the NKEY seed in NATS_NKEY_SEED_FILE '${strangerFile}'`);
+    await expect(checkNatsCredentials(nats.url, natsAuthFrom({ NATS_USER: '', NATS_PASSWORD: '', NATS_NKEY_SEED_FILE: strangerFile }))).rejects.toThrow(
+      `refused the NKEY seed in NATS_NKEY_SEED_FILE '${strangerFile}'`,
+    );
   });
 
   it('password-env: the configuration deploy/ ships reads each password from the environment of nats-server', async () => {

@@ -20,16 +20,37 @@ import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '../sr
 // The hand-checkable client of calibration.spec.ts: three stages, 10-token prompts, one new
 // token. Device: embed 10 ms, block 50 ms, head 1000 ms; server 1 ms each. SLA 100 ms, planned
 // against 90: CCS (about 61 ms) is the plan; a tighter SLA gives CSS (about 12 ms), the floor SSS.
-const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const STAGES = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
 const log = createLogger({ name: 'test', level: 'silent' });
 
 const profile = (clientId: string): ClientProfile => ({
-  clientId, clientClass: 'default', modelId: 'm', unixMs: Date.now(), planEpoch: 0,
+  clientId,
+  clientClass: 'default',
+  modelId: 'm',
+  unixMs: Date.now(),
+  planEpoch: 0,
   stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
+  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 });
 const LOAD: ServerLoad = {
-  serverId: 'srv', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId: 'srv',
+  modelId: 'm',
+  queueDepth: 0,
+  activeSessions: 0,
+  utilisation: 0,
+  unixMs: Date.now(),
+  meanQueueMs: 0,
+  overhead: undefined,
+  wholeModel: undefined,
+  decodeStretch: 0,
+  promptStretch: 0,
+  longPromptStretch: 0,
+  longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
 };
 
@@ -39,11 +60,30 @@ function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): Gene
   const e2eMs = c.predictedLatencyMs * (how.ratio ?? 1);
   const met = how.ok && e2eMs <= c.slaMs;
   return {
-    clientId: plan.clientId, clientClass: 'default', modelId: 'm', requestClass: c.name, placement: c.placement, planEpoch: plan.epoch,
-    promptTokens: 10, newTokens: how.ok ? 1 : 0, predictedE2eMs: c.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: 0,
-    ttftMs: how.ok ? e2eMs : 0, tpotMs: 0, e2eMs, serverComputeMs: 1, serverQueueMs: 0,
-    slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0, slaMet: met, ttftMet: true, tpotMet: true,
-    status: how.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED, unixMs: Date.now(),
+    clientId: plan.clientId,
+    clientClass: 'default',
+    modelId: 'm',
+    requestClass: c.name,
+    placement: c.placement,
+    planEpoch: plan.epoch,
+    promptTokens: 10,
+    newTokens: how.ok ? 1 : 0,
+    predictedE2eMs: c.predictedLatencyMs,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    ttftMs: how.ok ? e2eMs : 0,
+    tpotMs: 0,
+    e2eMs,
+    serverComputeMs: 1,
+    serverQueueMs: 0,
+    slaMs: c.slaMs,
+    ttftSloMs: 0,
+    tpotSloMs: 0,
+    slaMet: met,
+    ttftMet: true,
+    tpotMet: true,
+    status: how.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
+    unixMs: Date.now(),
   };
 }
 
@@ -57,11 +97,27 @@ describe('the planner learns from outcomes published over NATS', () => {
   beforeAll(async () => {
     nats = await startNatsServer();
     const maker = new PlanMaker({
-      stages: STAGES, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      stages: STAGES,
+      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 300, relaxDwellMs: 300 });
-    server = new PlannerServer({ maker, calibrator, log, address: '127.0.0.1:0', natsUrl: nats.url, modelId: 'm', clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    server = new PlannerServer({
+      maker,
+      calibrator,
+      log,
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: 'm',
+      clientTtlMs: 60_000,
+      debounceMs: 5,
+      idleUtilisation: 0,
+    });
     addr = `127.0.0.1:${(await server.start()).port}`;
     client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     nc = await connect({ servers: nats.url });
@@ -79,7 +135,9 @@ describe('the planner learns from outcomes published over NATS', () => {
   async function watch(clientId: string): Promise<{ plans: ClientPlan[]; current: () => ClientPlan; close: () => void }> {
     const plans: ClientPlan[] = [];
     const call = client.watchPlans({ clientId });
-    call.on('data', (m: WatchPlansResponse) => { if (m.plan) plans.push(m.plan); });
+    call.on('data', (m: WatchPlansResponse) => {
+      if (m.plan) plans.push(m.plan);
+    });
     call.on('error', () => undefined);
     nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
     await eventually(() => plans.length > 0, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
@@ -87,18 +145,29 @@ describe('the planner learns from outcomes published over NATS', () => {
   }
 
   /** Publishes an outcome of the current plan every 10 ms, as an agent serving requests would, until `done`. */
-  async function pump(w: { current: () => ClientPlan }, how: { ok: boolean; ratio?: number }, done: () => boolean, timeoutMs: number, what: string): Promise<number> {
+  async function pump(
+    w: { current: () => ClientPlan },
+    how: { ok: boolean; ratio?: number },
+    done: () => boolean,
+    timeoutMs: number,
+    what: string,
+  ): Promise<number> {
     const t0 = Date.now();
-    await eventually(() => {
-      if (done()) return true;
-      nc.publish(Subjects.outcome(w.current().clientId), GenerationOutcome.encode(outcomeOf(w.current(), how)).finish());
-      return false;
-    }, { timeoutMs, intervalMs: 10, what });
+    await eventually(
+      () => {
+        if (done()) return true;
+        nc.publish(Subjects.outcome(w.current().clientId), GenerationOutcome.encode(outcomeOf(w.current(), how)).finish());
+        return false;
+      },
+      { timeoutMs, intervalMs: 10, what },
+    );
     return Date.now() - t0;
   }
 
   const listPlans = (): Promise<ListPlansResponse> =>
-    new Promise((resolve, reject) => client.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+    new Promise((resolve, reject) =>
+      client.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))),
+    );
 
   it('moves a client whose outcomes miss their SLA to a safer plan within seconds, and back when they recover', async () => {
     const w = await watch('dev-miss');
@@ -173,8 +242,10 @@ describe('the planner learns from outcomes published over NATS', () => {
       // well-formed, but of a client the planner has never heard of: ignored, not an error
       nc.publish(Subjects.outcome('stranger'), GenerationOutcome.encode({ ...good, clientId: 'stranger' }).finish());
       nc.publish(Subjects.outcome('dev-junk'), GenerationOutcome.encode(good).finish());
-      await eventually(() => server.counters.outcomes === before.outcomes + 1 && server.counters.badMessages === before.badMessages + bad.length,
-        { what: 'the bad outcomes counted', timeoutMs: 5000 });
+      await eventually(() => server.counters.outcomes === before.outcomes + 1 && server.counters.badMessages === before.badMessages + bad.length, {
+        what: 'the bad outcomes counted',
+        timeoutMs: 5000,
+      });
       expect(server.counters.strayOutcomes).toBe(before.strayOutcomes + 1);
       const hc = new HealthClient(addr, grpc.credentials.createInsecure());
       const health = await new Promise<{ status: ServingStatus }>((resolve, reject) => hc.check({ service: '' }, (e, x) => (e ? reject(e) : resolve(x))));

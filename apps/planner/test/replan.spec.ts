@@ -5,27 +5,66 @@ import { PlanMaker } from '../src/plan-maker';
 import { loadChanged, PlannerServer, profileChanged, smoothLoad } from '../src/planner-server';
 
 const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 256 }));
-const CLASSES = [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 400 }, { name: 'long', maxPromptTokens: 128, expectedNewTokens: 16, slaMs: 1500 }];
+const CLASSES = [
+  { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 400 },
+  { name: 'long', maxPromptTokens: 128, expectedNewTokens: 16, slaMs: 1500 },
+];
 
 function profile(id: string, msPerStage: number, latencyMs = 2): ClientProfile {
   return {
-    clientId: id, clientClass: 'default', modelId: 'm', unixMs: 0, planEpoch: 0,
+    clientId: id,
+    clientClass: 'default',
+    modelId: 'm',
+    unixMs: 0,
+    planEpoch: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
-    uplink: { latencyMs, bytesPerMs: 10_000 }, downlink: { latencyMs, bytesPerMs: 10_000 },
+    uplink: { latencyMs, bytesPerMs: 10_000 },
+    downlink: { latencyMs, bytesPerMs: 10_000 },
   };
 }
 
 function load(msPerStage: number, utilisation: number): ServerLoad {
   return {
-    serverId: 's', modelId: 'm', queueDepth: 0, activeSessions: 0, utilisation, unixMs: 0, meanQueueMs: 0, overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+    serverId: 's',
+    modelId: 'm',
+    queueDepth: 0,
+    activeSessions: 0,
+    utilisation,
+    unixMs: 0,
+    meanQueueMs: 0,
+    overhead: undefined,
+    wholeModel: undefined,
+    decodeStretch: 0,
+    promptStretch: 0,
+    longPromptStretch: 0,
+    longStepTokens: 0,
     stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
   };
 }
 
 function planner(sliceMs = 10, over: Partial<ConstructorParameters<typeof PlannerServer>[0]> = {}): PlannerServer {
-  const maker = new PlanMaker({ stages: STAGES, classes: CLASSES, slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 1, resolutionMs: 0.5, maxUtilisation: 0.9 });
-  return new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: 'nats://127.0.0.1:1', modelId: '',
-    clientTtlMs: 60_000, debounceMs: 0, idleUtilisation: 0, sliceMs, ...over });
+  const maker = new PlanMaker({
+    stages: STAGES,
+    classes: CLASSES,
+    slaOverrides: {},
+    algorithm: 'dp',
+    hysteresis: 0.05,
+    slaMargin: 1,
+    resolutionMs: 0.5,
+    maxUtilisation: 0.9,
+  });
+  return new PlannerServer({
+    maker,
+    log: createLogger({ name: 'test', level: 'silent' }),
+    address: '127.0.0.1:0',
+    natsUrl: 'nats://127.0.0.1:1',
+    modelId: '',
+    clientTtlMs: 60_000,
+    debounceMs: 0,
+    idleUtilisation: 0,
+    sliceMs,
+    ...over,
+  });
 }
 
 describe('what counts as a material change', () => {
@@ -70,7 +109,9 @@ describe('what counts as a material change', () => {
 
 describe('PlannerServer re-planning', () => {
   let p: PlannerServer;
-  afterEach(async () => { await p.stop(); });
+  afterEach(async () => {
+    await p.stop();
+  });
 
   it('re-plans everyone on a material load change and no one on an unchanged or noisy report', async () => {
     p = planner();
@@ -106,14 +147,16 @@ describe('PlannerServer re-planning', () => {
     let passesWhenTimerRan = -1;
     p.onLoad(load(1, 0.2));
     // A timer due right after the pass starts: it runs mid-pass only if the pass yields.
-    setTimeout(() => { passesWhenTimerRan = p.counters.passes; }, 2);
+    setTimeout(() => {
+      passesWhenTimerRan = p.counters.passes;
+    }, 2);
     await eventually(() => p.counters.passes >= 1, { timeoutMs: 20_000, what: 'the pass' });
     expect(p.counters.slices).toBeGreaterThan(1);
     expect(passesWhenTimerRan).toBe(0);
     expect(p.plans()).toHaveLength(3000);
   });
 
-  it('returns to latency only when all-server plans at the clients\' request rates would leave the server below half the threshold', async () => {
+  it("returns to latency only when all-server plans at the clients' request rates would leave the server below half the threshold", async () => {
     let now = 1_000_000;
     p = planner(10, { idleUtilisation: 0.5, utilisationSmoothing: 1, now: () => now });
     // Clients as fast as the server on short links: the work objective runs everything on them.
@@ -125,10 +168,30 @@ describe('PlannerServer re-planning', () => {
     const short = (plan: ClientPlan): GenerationOutcome => {
       const c = plan.classes[0]!;
       return {
-        clientId: plan.clientId, clientClass: 'default', modelId: 'm', requestClass: c.name, placement: c.placement, planEpoch: plan.epoch,
-        promptTokens: 10, newTokens: 8, predictedE2eMs: 0, predictedTtftMs: 0, predictedTpotMs: 0, ttftMs: 10, tpotMs: 5, e2eMs: 50,
-        serverComputeMs: 0, serverQueueMs: 0, slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0, slaMet: 50 <= c.slaMs, ttftMet: true, tpotMet: true,
-        status: OutcomeStatus.OUTCOME_STATUS_OK, unixMs: now,
+        clientId: plan.clientId,
+        clientClass: 'default',
+        modelId: 'm',
+        requestClass: c.name,
+        placement: c.placement,
+        planEpoch: plan.epoch,
+        promptTokens: 10,
+        newTokens: 8,
+        predictedE2eMs: 0,
+        predictedTtftMs: 0,
+        predictedTpotMs: 0,
+        ttftMs: 10,
+        tpotMs: 5,
+        e2eMs: 50,
+        serverComputeMs: 0,
+        serverQueueMs: 0,
+        slaMs: c.slaMs,
+        ttftSloMs: 0,
+        tpotSloMs: 0,
+        slaMet: 50 <= c.slaMs,
+        ttftMet: true,
+        tpotMet: true,
+        status: OutcomeStatus.OUTCOME_STATUS_OK,
+        unixMs: now,
       };
     };
     for (const plan of p.plans()) expect(plan.classes[0]!.placement).toBe('CCCCCC');

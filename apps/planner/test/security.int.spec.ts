@@ -3,25 +3,55 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { ClientProfile, HealthClient, PlannerServiceClient, ServerLoad, ServingStatus, Subjects, type ClientPlan, type ListPlansResponse, type WatchPlansResponse } from '@tandem/protocol';
+import {
+  ClientProfile,
+  HealthClient,
+  PlannerServiceClient,
+  ServerLoad,
+  ServingStatus,
+  Subjects,
+  type ClientPlan,
+  type ListPlansResponse,
+  type WatchPlansResponse,
+} from '@tandem/protocol';
 import { clientOptions, createLogger, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet } from '@tandem/service-kit';
 import { eventually, expectRefusal, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
 
-const STAGES = [{ name: 'embed', inBytesPerToken: 8 }, { name: 'block', inBytesPerToken: 256 }, { name: 'head', inBytesPerToken: 256 }];
+const STAGES = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
 const MODEL = 'm';
 const ALICE = 'alice-token-0123456789';
 const BOB = 'bob-token-0123456789ab';
 const OPERATOR = 'operator-token-0123456789';
 
 const profile = (clientId: string): ClientProfile => ({
-  clientId, clientClass: 'default', modelId: MODEL, unixMs: Date.now(), planEpoch: 0,
+  clientId,
+  clientClass: 'default',
+  modelId: MODEL,
+  unixMs: Date.now(),
+  planEpoch: 0,
   stages: [1, 5, 100].map((v, stage) => ({ stage, prefillMsPerToken: v, decodeMs: v, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 }, downlink: { latencyMs: 0, bytesPerMs: 1e6 },
+  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
+  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
 });
 const load = (): ServerLoad => ({
-  serverId: 'srv', modelId: MODEL, queueDepth: 0, activeSessions: 0, utilisation: 0, unixMs: Date.now(), meanQueueMs: 0, overhead: undefined, wholeModel: undefined,
-  decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  serverId: 'srv',
+  modelId: MODEL,
+  queueDepth: 0,
+  activeSessions: 0,
+  utilisation: 0,
+  unixMs: Date.now(),
+  meanQueueMs: 0,
+  overhead: undefined,
+  wholeModel: undefined,
+  decodeStretch: 0,
+  promptStretch: 0,
+  longPromptStretch: 0,
+  longStepTokens: 0,
   stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
 });
 
@@ -41,12 +71,33 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
     writeFileSync(tokensFile, `${ALICE} alice\n${BOB} bob\n${OPERATOR} *\n`);
     nats = await startNatsServer();
     const maker = new PlanMaker({
-      stages: STAGES, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {}, algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      stages: STAGES,
+      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
-    const security = loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: certs.caCert, TLS_CLIENT_AUTH: 'require', AUTH_TOKENS_FILE: tokensFile });
-    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, modelId: MODEL, clientTtlMs: 60_000,
-      debounceMs: 5, idleUtilisation: 0, security });
+    const security = loadServerSecurity({
+      TLS_CERT_FILE: certs.serverCert,
+      TLS_KEY_FILE: certs.serverKey,
+      TLS_CA_FILE: certs.caCert,
+      TLS_CLIENT_AUTH: 'require',
+      AUTH_TOKENS_FILE: tokensFile,
+    });
+    server = new PlannerServer({
+      maker,
+      log: createLogger({ name: 'test', level: 'silent' }),
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: MODEL,
+      clientTtlMs: 60_000,
+      debounceMs: 5,
+      idleUtilisation: 0,
+      security,
+    });
     addr = `127.0.0.1:${(await server.start()).port}`;
     nc = await connect({ servers: nats.url });
     nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load()).finish());
@@ -70,41 +121,45 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
   };
 
   /** The first plan on a WatchPlans stream, or the error that ended it. */
-  const firstPlan = (c: PlannerServiceClient, clientId: string): Promise<ClientPlan | grpc.ServiceError> => new Promise((resolve) => {
-    const call = c.watchPlans({ clientId }, { deadline: Date.now() + 10_000 });
-    call.on('data', (m: WatchPlansResponse) => { resolve(m.plan!); call.cancel(); });
-    call.on('error', (e: grpc.ServiceError) => resolve(e));
-  });
+  const firstPlan = (c: PlannerServiceClient, clientId: string): Promise<ClientPlan | grpc.ServiceError> =>
+    new Promise((resolve) => {
+      const call = c.watchPlans({ clientId }, { deadline: Date.now() + 10_000 });
+      call.on('data', (m: WatchPlansResponse) => {
+        resolve(m.plan!);
+        call.cancel();
+      });
+      call.on('error', (e: grpc.ServiceError) => resolve(e));
+    });
 
-  const list = (c: PlannerServiceClient): Promise<ListPlansResponse | grpc.ServiceError> => new Promise((resolve) =>
-    c.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => resolve(e ?? r)));
+  const list = (c: PlannerServiceClient): Promise<ListPlansResponse | grpc.ServiceError> =>
+    new Promise((resolve) => c.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => resolve(e ?? r)));
 
   it('refuses WatchPlans without a token (UNAUTHENTICATED naming the metadata)', async () => {
-    expectRefusal(await firstPlan(planner(), 'alice') as grpc.ServiceError, grpc.status.UNAUTHENTICATED, "metadata 'authorization'", 'Bearer');
+    expectRefusal((await firstPlan(planner(), 'alice')) as grpc.ServiceError, grpc.status.UNAUTHENTICATED, "metadata 'authorization'", 'Bearer');
   });
 
   it("refuses another client's WatchPlans (PERMISSION_DENIED naming clientId) and serves the caller's own", async () => {
     const alice = planner(ALICE);
-    expectRefusal(await firstPlan(alice, 'bob') as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'clientId', "'alice'", "'bob'");
-    const own = await firstPlan(alice, 'alice') as ClientPlan;
+    expectRefusal((await firstPlan(alice, 'bob')) as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'clientId', "'alice'", "'bob'");
+    const own = (await firstPlan(alice, 'alice')) as ClientPlan;
     expect(own.clientId).toBe('alice');
     expect(own.classes[0].placement).toMatch(/^[CS]{3}$/);
-    expect((await firstPlan(planner(BOB), 'bob') as ClientPlan).clientId).toBe('bob');
+    expect(((await firstPlan(planner(BOB), 'bob')) as ClientPlan).clientId).toBe('bob');
   });
 
   it('lists every plan only for an operator token', async () => {
-    expectRefusal(await list(planner(ALICE)) as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'ListPlans', 'operator token', "'alice'");
-    const all = await list(planner(OPERATOR)) as ListPlansResponse;
+    expectRefusal((await list(planner(ALICE))) as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'ListPlans', 'operator token', "'alice'");
+    const all = (await list(planner(OPERATOR))) as ListPlansResponse;
     expect(all.plans.map((p) => p.clientId)).toEqual(['alice', 'bob']);
     // An operator may also watch any client.
-    expect((await firstPlan(planner(OPERATOR), 'bob') as ClientPlan).clientId).toBe('bob');
+    expect(((await firstPlan(planner(OPERATOR), 'bob')) as ClientPlan).clientId).toBe('bob');
   });
 
   it('refuses a client without a certificate at the handshake (mTLS), and leaves health open to one with a certificate and no token', async () => {
     const noCert = loadClientSecurity({ caFile: certs.caCert, token: ALICE });
     const c = new PlannerServiceClient(addr, noCert.credentials, clientOptions(noCert));
     clients.push(c);
-    expect((await list(c) as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
+    expect(((await list(c)) as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
     const hc = new HealthClient(addr, loadClientSecurity({ caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey }).credentials);
     clients.push(hc);
     const st = await new Promise<ServingStatus>((resolve, reject) => hc.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));

@@ -10,7 +10,10 @@ import type { ClientTokenRates } from './token-rate';
  * The limits a session is admitted under; a session opens only while one more token's KV cache
  * (`kvBytesPerToken`, over every stage) fits, and with `tokens` only under its caller's own client id.
  */
-type AdmissionLimits = Pick<ExecutorServerOptions, 'maxSessions' | 'maxSessionsPerClient' | 'retryAfterMs'> & { readonly kvBytesPerToken: number; readonly tokens?: TokenTable };
+type AdmissionLimits = Pick<ExecutorServerOptions, 'maxSessions' | 'maxSessionsPerClient' | 'retryAfterMs'> & {
+  readonly kvBytesPerToken: number;
+  readonly tokens?: TokenTable;
+};
 
 /**
  * Which sessions are open, and whether one more may open: sessions ask on their `open` and leave
@@ -25,15 +28,25 @@ export class Admission<M extends { readonly clientId: string }> {
   private refusal: string | undefined;
   private admitted = 0;
 
-  constructor(private readonly limits: AdmissionLimits, private readonly kv: KvBudget, private readonly rates?: ClientTokenRates) {}
+  constructor(
+    private readonly limits: AdmissionLimits,
+    private readonly kv: KvBudget,
+    private readonly rates?: ClientTokenRates,
+  ) {}
 
   /** The sessions open now. */
-  get members(): ReadonlySet<M> { return this.open; }
+  get members(): ReadonlySet<M> {
+    return this.open;
+  }
   /** Sessions admitted since start. */
-  get opened(): number { return this.admitted; }
+  get opened(): number {
+    return this.admitted;
+  }
 
   /** Refuses every later open with NotReadyError (UNAVAILABLE) saying `reason`. */
-  refuse(reason: string): void { this.refusal = reason; }
+  refuse(reason: string): void {
+    this.refusal = reason;
+  }
 
   /**
    * Admits `m`, whose call came with `metadata`.
@@ -46,14 +59,21 @@ export class Admission<M extends { readonly clientId: string }> {
     if (tokens) checkIdentity(tokens.authenticate(metadata), 'open.clientId', m.clientId);
     if (this.refusal !== undefined) throw new NotReadyError(this.refusal);
     const retryAfterMs = this.limits.retryAfterMs ?? 1000;
-    if (this.open.size >= maxSessions) throw new CapacityError(`open sessions must stay <= ${maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`, retryAfterMs);
+    if (this.open.size >= maxSessions)
+      throw new CapacityError(`open sessions must stay <= ${maxSessions} (EXECUTOR_MAX_SESSIONS), given one more`, retryAfterMs);
     const perClient = this.limits.maxSessionsPerClient ?? 0;
     const held = this.perClient.get(m.clientId) ?? 0;
     if (perClient > 0 && held >= perClient) {
-      throw new CapacityError(`open sessions of client ${quoted(m.clientId, 64)} must stay <= ${perClient} (EXECUTOR_MAX_SESSIONS_PER_CLIENT), given one more; retry after ${retryAfterMs} ms or when one of its sessions ends`, retryAfterMs);
+      throw new CapacityError(
+        `open sessions of client ${quoted(m.clientId, 64)} must stay <= ${perClient} (EXECUTOR_MAX_SESSIONS_PER_CLIENT), given one more; retry after ${retryAfterMs} ms or when one of its sessions ends`,
+        retryAfterMs,
+      );
     }
     if (!this.kv.hasRoom(this.limits.kvBytesPerToken)) {
-      throw new CapacityError(`the KV cache must stay <= ${this.kv.limitBytes} bytes (EXECUTOR_MAX_KV_BYTES) and ${this.kv.usedBytes} are in use by ${this.open.size} open sessions: not one more token fits, retry later`, retryAfterMs);
+      throw new CapacityError(
+        `the KV cache must stay <= ${this.kv.limitBytes} bytes (EXECUTOR_MAX_KV_BYTES) and ${this.kv.usedBytes} are in use by ${this.open.size} open sessions: not one more token fits, retry later`,
+        retryAfterMs,
+      );
     }
     this.open.add(m);
     this.perClient.set(m.clientId, held + 1);

@@ -13,7 +13,11 @@ describe('executor configuration', () => {
   it('turns the fused whole-model session off, and refuses a value that is not a boolean', () => {
     expect(loadConfig({ MODEL_DIR: '/m', EXECUTOR_FUSED: 'false' }).EXECUTOR_FUSED).toBe(false);
     let err: unknown;
-    try { loadConfig({ MODEL_DIR: '/m', EXECUTOR_FUSED: 'sometimes' }); } catch (e) { err = e; }
+    try {
+      loadConfig({ MODEL_DIR: '/m', EXECUTOR_FUSED: 'sometimes' });
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).problems.join('\n')).toMatch(/EXECUTOR_FUSED.*sometimes/);
   });
@@ -26,7 +30,11 @@ describe('executor configuration', () => {
 
   it('names the variable, the rule and the value of every bad setting at once', () => {
     let err: unknown;
-    try { loadConfig({ MODEL_DIR: '/m', EXECUTOR_ENGINE: 'gpu', EXECUTOR_MAX_BATCH_TOKENS: '0' }); } catch (e) { err = e; }
+    try {
+      loadConfig({ MODEL_DIR: '/m', EXECUTOR_ENGINE: 'gpu', EXECUTOR_MAX_BATCH_TOKENS: '0' });
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(ConfigError);
     const problems = (err as ConfigError).problems.join('\n');
     expect(problems).toMatch(/EXECUTOR_ENGINE.*must be one of worker, inline.*gpu/);

@@ -19,7 +19,15 @@ export type ToThread =
   | { readonly op: 'release-cache'; readonly cache: number }
   | { readonly op: 'run'; readonly id: number; readonly stage: number; readonly inputs: readonly HostTensor[]; readonly caches: readonly number[] }
   /** StageEngine.runRange: one step of one session over stages [begin, end); answered with one output. */
-  | { readonly op: 'run-range'; readonly id: number; readonly begin: number; readonly end: number; readonly input: HostTensor; readonly cache: number; readonly lastRowOnly: boolean }
+  | {
+      readonly op: 'run-range';
+      readonly id: number;
+      readonly begin: number;
+      readonly end: number;
+      readonly input: HostTensor;
+      readonly cache: number;
+      readonly lastRowOnly: boolean;
+    }
   | { readonly op: 'warmup'; readonly id: number }
   | { readonly op: 'close'; readonly id: number }
   /** Fault injection for tests: exit with code 1 at once, as a crash would. */
@@ -47,7 +55,15 @@ export type FromThread =
 /** Flattens an error for postMessage (structured clone keeps neither the class nor its fields). */
 export function describeError(err: unknown): ErrorData {
   if (err instanceof StageInputError || err instanceof ModelFormatError) {
-    return { name: err.name, message: err.message, stack: err.stack, field: err.field, rule: err.rule, given: err.given, kind: err instanceof StageInputError ? err.kind : undefined };
+    return {
+      name: err.name,
+      message: err.message,
+      stack: err.stack,
+      field: err.field,
+      rule: err.rule,
+      given: err.given,
+      kind: err instanceof StageInputError ? err.kind : undefined,
+    };
   }
   if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
   return { name: 'Error', message: String(err) };

@@ -29,7 +29,11 @@ async function serve(): Promise<void> {
   // collection (a burst ended while a few sessions stay open).
   let high = 0;
   const burstOver = (): boolean => caches.size === 0 || (high >= 8 && caches.size <= high / 4);
-  const collectWhenIdle = init.returnMemory ? collectWhenQuiet(burstOver, () => { high = caches.size; }) : () => {};
+  const collectWhenIdle = init.returnMemory
+    ? collectWhenQuiet(burstOver, () => {
+        high = caches.size;
+      })
+    : () => {};
   const post = (m: FromThread, transfer: ArrayBuffer[] = []): void => {
     try {
       port.postMessage(m, transfer);
@@ -75,11 +79,20 @@ async function serve(): Promise<void> {
         return;
       }
       case 'run':
-        return answer(m.id, m.inputs, () => engine.runBatch(m.stage, m.inputs, m.caches.map((id, i) => live(id, `caches[${i}]`))));
+        return answer(m.id, m.inputs, () =>
+          engine.runBatch(
+            m.stage,
+            m.inputs,
+            m.caches.map((id, i) => live(id, `caches[${i}]`)),
+          ),
+        );
       case 'run-range':
         return answer(m.id, [m.input], async () => [await engine.runRange(m.begin, m.end, m.input, live(m.cache, 'cache'), m.lastRowOnly)]);
       case 'warmup':
-        return answer(m.id, [], async () => { await engine.warmup(); return []; });
+        return answer(m.id, [], async () => {
+          await engine.warmup();
+          return [];
+        });
       case 'close':
         await answer(m.id, [], async () => {
           for (const c of caches.values()) engine.releaseCache(c);
@@ -94,7 +107,9 @@ async function serve(): Promise<void> {
 
   // One request at a time, in order: a release queued behind a run never frees a cache in use.
   let chain = Promise.resolve();
-  port.on('message', (m: ToThread) => { chain = chain.then(() => handle(m)); });
+  port.on('message', (m: ToThread) => {
+    chain = chain.then(() => handle(m));
+  });
   post({ type: 'ready' });
 }
 

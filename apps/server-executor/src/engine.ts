@@ -8,11 +8,20 @@ import { modelIdOf, readManifest, StageRunner, type KvCache, type StageKind } fr
  */
 export class SessionCache<K = unknown> {
   private readonly taken: Uint32Array;
-  constructor(readonly kv: K, stageCount: number) { this.taken = new Uint32Array(stageCount); }
+  constructor(
+    readonly kv: K,
+    stageCount: number,
+  ) {
+    this.taken = new Uint32Array(stageCount);
+  }
   /** Tokens stage `stage` has taken (0 for a stage the session never ran here). */
-  tokensAt(stage: number): number { return this.taken[stage]; }
+  tokensAt(stage: number): number {
+    return this.taken[stage];
+  }
   /** Records that a step of `tokens` positions ran stages [begin, end). */
-  advance(begin: number, end: number, tokens: number): void { for (let s = begin; s < end; s++) this.taken[s] += tokens; }
+  advance(begin: number, end: number, tokens: number): void {
+    for (let s = begin; s < end; s++) this.taken[s] += tokens;
+  }
 }
 
 /**
@@ -86,27 +95,54 @@ export interface EngineLoadOptions {
  * (EXECUTOR_ENGINE=inline). `WorkerStageEngine` runs this same engine off the loop.
  */
 export class OnnxStageEngine implements StageEngine<KvCache> {
-  private constructor(private readonly runner: StageRunner, readonly modelId: string) {}
+  private constructor(
+    private readonly runner: StageRunner,
+    readonly modelId: string,
+  ) {}
 
   static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<OnnxStageEngine> {
     const n = opts.fuseAllStages ? (await readManifest(modelDir)).stages.length : 0;
-    const runner = await StageRunner.load(modelDir, { intraOpNumThreads: opts.intraOpNumThreads || undefined, fusedRanges: n > 0 ? [[0, n]] : [], memoryArena: opts.returnMemory !== true });
+    const runner = await StageRunner.load(modelDir, {
+      intraOpNumThreads: opts.intraOpNumThreads || undefined,
+      fusedRanges: n > 0 ? [[0, n]] : [],
+      memoryArena: opts.returnMemory !== true,
+    });
     return new OnnxStageEngine(runner, modelIdOf(modelDir));
   }
 
-  get stageCount(): number { return this.runner.manifest.stages.length; }
-  get nEmbd(): number { return this.runner.manifest.config.nEmbd; }
-  get vocabSize(): number { return this.runner.manifest.config.vocabSize; }
-  get nPositions(): number { return this.runner.manifest.config.nPositions; }
-  stageKind(stage: number): StageKind { return this.runner.manifest.stages[stage].kind; }
-  newCache(): SessionCache<KvCache> { return new SessionCache(this.runner.newCache(), this.stageCount); }
-  releaseCache(cache: SessionCache<KvCache>): void { cache.kv.clear(); }
-
-  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<KvCache>[]): Promise<HostTensor[]> {
-    return this.runner.runBatch(stage, inputs, caches.map((c) => c.kv));
+  get stageCount(): number {
+    return this.runner.manifest.stages.length;
+  }
+  get nEmbd(): number {
+    return this.runner.manifest.config.nEmbd;
+  }
+  get vocabSize(): number {
+    return this.runner.manifest.config.vocabSize;
+  }
+  get nPositions(): number {
+    return this.runner.manifest.config.nPositions;
+  }
+  stageKind(stage: number): StageKind {
+    return this.runner.manifest.stages[stage].kind;
+  }
+  newCache(): SessionCache<KvCache> {
+    return new SessionCache(this.runner.newCache(), this.stageCount);
+  }
+  releaseCache(cache: SessionCache<KvCache>): void {
+    cache.kv.clear();
   }
 
-  hasFusedRange(begin: number, end: number): boolean { return this.runner.hasFusedRange(begin, end); }
+  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<KvCache>[]): Promise<HostTensor[]> {
+    return this.runner.runBatch(
+      stage,
+      inputs,
+      caches.map((c) => c.kv),
+    );
+  }
+
+  hasFusedRange(begin: number, end: number): boolean {
+    return this.runner.hasFusedRange(begin, end);
+  }
 
   async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<KvCache>, lastRowOnly: boolean): Promise<HostTensor> {
     return this.runner.runRange(begin, end, input, cache.kv, { lastOnly: lastRowOnly });
@@ -129,5 +165,7 @@ export class OnnxStageEngine implements StageEngine<KvCache> {
     }
   }
 
-  async close(): Promise<void> { await this.runner.close(); }
+  async close(): Promise<void> {
+    await this.runner.close();
+  }
 }

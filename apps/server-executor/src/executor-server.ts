@@ -13,7 +13,17 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { bindServer, errorEdge, serverAuthOptions, serveWithEdge, shutdownServer, TelemetryPublisher, type Logger, type NatsAuth, type ServerSecurity } from '@tandem/service-kit';
+import {
+  bindServer,
+  errorEdge,
+  serverAuthOptions,
+  serveWithEdge,
+  shutdownServer,
+  TelemetryPublisher,
+  type Logger,
+  type NatsAuth,
+  type ServerSecurity,
+} from '@tandem/service-kit';
 import { Admission } from './admission';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
@@ -102,7 +112,9 @@ export class ExecutorServer {
   private readonly kv: KvBudget;
   private resolveClosed!: (e: Error | undefined) => void;
   /** Resolves when the server has stopped, with the error that stopped it if any. */
-  readonly closed = new Promise<Error | undefined>((r) => { this.resolveClosed = r; });
+  readonly closed = new Promise<Error | undefined>((r) => {
+    this.resolveClosed = r;
+  });
 
   constructor(private readonly opts: ExecutorServerOptions) {
     this.log = opts.log.child({ component: 'executor' });
@@ -120,7 +132,11 @@ export class ExecutorServer {
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
     this.rates = opts.maxTokensPerSPerClient ? new ClientTokenRates(opts.maxTokensPerSPerClient) : undefined;
     const { stageCount, nEmbd } = opts.engine;
-    this.admission = new Admission({ ...opts, kvBytesPerToken: kvBytesOf(stageCount, nEmbd, 0, stageCount, 1), tokens: opts.security?.tokens }, this.kv, this.rates);
+    this.admission = new Admission(
+      { ...opts, kvBytesPerToken: kvBytesOf(stageCount, nEmbd, 0, stageCount, 1), tokens: opts.security?.tokens },
+      this.kv,
+      this.rates,
+    );
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
@@ -143,14 +159,29 @@ export class ExecutorServer {
     const t0 = performance.now();
     await this.opts.engine.warmup();
     await this.profile();
-    this.log.info({ port: this.port, tls: this.opts.security?.tls ?? false, mtls: this.opts.security?.mtls ?? false, tokens: !!this.opts.security?.tokens, modelId: this.opts.engine.modelId, warmupMs: Math.round(performance.now() - t0) }, 'executor ready');
+    this.log.info(
+      {
+        port: this.port,
+        tls: this.opts.security?.tls ?? false,
+        mtls: this.opts.security?.mtls ?? false,
+        tokens: !!this.opts.security?.tokens,
+        modelId: this.opts.engine.modelId,
+        warmupMs: Math.round(performance.now() - t0),
+      },
+      'executor ready',
+    );
     this.health.set('', ServingStatus.SERVING);
     this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
     if (this.opts.natsUrl) {
       const report = this.loadReader();
       this.telemetry = new TelemetryPublisher({
-        natsUrl: this.opts.natsUrl, natsAuth: this.opts.natsAuth, name: `executor-${this.opts.serverId}`, subject: Subjects.serverLoad(this.opts.serverId),
-        intervalMs: this.opts.telemetryIntervalMs, payload: () => ServerLoad.encode(report()).finish(), log: this.log,
+        natsUrl: this.opts.natsUrl,
+        natsAuth: this.opts.natsAuth,
+        name: `executor-${this.opts.serverId}`,
+        subject: Subjects.serverLoad(this.opts.serverId),
+        intervalMs: this.opts.telemetryIntervalMs,
+        payload: () => ServerLoad.encode(report()).finish(),
+        log: this.log,
       });
       this.telemetry.start();
     }
@@ -173,7 +204,10 @@ export class ExecutorServer {
       for (let step = 0; step < 4; step++) {
         // Round 0 stage by stage (every stage gets a figure of its own); round 1 as a server-side
         // generation's steps run (fused when loaded, the head on the last row): the whole-model figure.
-        await this.scheduler.submit('profile', 0, n, { dtype: 'int64', shape: [1, tokens], data: new BigInt64Array(tokens).fill(1n) }, cache, { fuse: round > 0, lastRowOnly: round > 0 });
+        await this.scheduler.submit('profile', 0, n, { dtype: 'int64', shape: [1, tokens], data: new BigInt64Array(tokens).fill(1n) }, cache, {
+          fuse: round > 0,
+          lastRowOnly: round > 0,
+        });
         tokens = 1;
       }
       this.opts.engine.releaseCache(cache);
@@ -218,16 +252,32 @@ export class ExecutorServer {
   /** The load report: the state now and the load of one interval. */
   private loadReport(interval: LoadInterval): ServerLoad {
     return {
-      serverId: this.opts.serverId, modelId: this.opts.engine.modelId, stages: this.scheduler.stats.snapshot(), wholeModel: this.scheduler.wholeStats.snapshot()[0], queueDepth: this.scheduler.depth,
-      activeSessions: this.admission.members.size, unixMs: Date.now(), longStepTokens: this.longStepTokens, ...interval,
+      serverId: this.opts.serverId,
+      modelId: this.opts.engine.modelId,
+      stages: this.scheduler.stats.snapshot(),
+      wholeModel: this.scheduler.wholeStats.snapshot()[0],
+      queueDepth: this.scheduler.depth,
+      activeSessions: this.admission.members.size,
+      unixMs: Date.now(),
+      longStepTokens: this.longStepTokens,
+      ...interval,
     };
   }
 
   private handlers(): ExecutorServiceServer {
     return {
       session: (call: grpc.ServerDuplexStream<SessionRequest, SessionResponse>) => {
-        new SplitSession(call, this.opts.engine, this.scheduler, { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
-          this.log, this.admission, this.traffic, this.kv, this.rates);
+        new SplitSession(
+          call,
+          this.opts.engine,
+          this.scheduler,
+          { maxContextTokens: this.maxContext, idleTimeoutMs: this.opts.idleTimeoutMs },
+          this.log,
+          this.admission,
+          this.traffic,
+          this.kv,
+          this.rates,
+        );
       },
       getStatus: (_call, cb) => cb(null, this.status()),
     };
@@ -238,7 +288,10 @@ export class ExecutorServer {
    * then are ended with UNAVAILABLE; the gRPC server and NATS are closed. Idempotent.
    */
   async stop(opts: { graceMs?: number } = {}): Promise<void> {
-    if (this.draining) { await this.closed; return; }
+    if (this.draining) {
+      await this.closed;
+      return;
+    }
     this.draining = true;
     this.admission.refuse('the executor is draining and accepts no new sessions');
     this.health.set('', ServingStatus.NOT_SERVING);

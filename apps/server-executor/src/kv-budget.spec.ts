@@ -14,7 +14,9 @@ describe('KV-cache budget', () => {
     const b = new KvBudget(1000);
     b.reserve(600, 'step seq 1');
     expect(() => b.reserve(500, 'step seq 2')).toThrow(CapacityError);
-    expect(() => b.reserve(500, 'step seq 2')).toThrow('the KV cache must stay <= 1000 bytes (0.0 MiB, EXECUTOR_MAX_KV_BYTES); step seq 2 needs 500 bytes more with 600 in use');
+    expect(() => b.reserve(500, 'step seq 2')).toThrow(
+      'the KV cache must stay <= 1000 bytes (0.0 MiB, EXECUTOR_MAX_KV_BYTES); step seq 2 needs 500 bytes more with 600 in use',
+    );
     expect(b.usedBytes).toBe(600);
     b.release(600);
     b.reserve(1000, 'generate');

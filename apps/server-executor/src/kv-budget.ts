@@ -42,13 +42,17 @@ export class KvBudget {
 
   constructor(readonly limitBytes: number) {}
 
-  get usedBytes(): number { return this.used; }
+  get usedBytes(): number {
+    return this.used;
+  }
 
   /** Reserves `bytes` for `what` (e.g. 'step', 'generate'). @throws CapacityError when it does not fit. */
   reserve(bytes: number, what: string): void {
     if (bytes <= 0) return;
     if (this.used + bytes > this.limitBytes) {
-      throw new CapacityError(`the KV cache must stay <= ${this.limitBytes} bytes (${mib(this.limitBytes)}, EXECUTOR_MAX_KV_BYTES); ${what} needs ${bytes} bytes more with ${this.used} in use by open sessions: retry later or with a shorter context`);
+      throw new CapacityError(
+        `the KV cache must stay <= ${this.limitBytes} bytes (${mib(this.limitBytes)}, EXECUTOR_MAX_KV_BYTES); ${what} needs ${bytes} bytes more with ${this.used} in use by open sessions: retry later or with a shorter context`,
+      );
     }
     this.used += bytes;
   }

@@ -15,7 +15,13 @@ describe('StretchMeter', () => {
     const m = new StretchMeter(0.5);
     expect(interval(m)).toEqual({ decodeStretch: 0, promptStretch: 0, longPromptStretch: 0 });
     // two decode steps and a 30-position prompt in one 32 ms call: each waited 32 ms
-    const s = interval(m, decode(32, 1), decode(32, 1), { serviceMs: 32, nominalMs: 30, positions: 30, long: false }, { serviceMs: 40, nominalMs: 10, positions: 256, long: true });
+    const s = interval(
+      m,
+      decode(32, 1),
+      decode(32, 1),
+      { serviceMs: 32, nominalMs: 30, positions: 30, long: false },
+      { serviceMs: 40, nominalMs: 10, positions: 256, long: true },
+    );
     expect(s.decodeStretch).toBe(32);
     expect(s.promptStretch).toBeCloseTo(32 / 30, 12);
     expect(s.longPromptStretch).toBe(4);
@@ -35,7 +41,13 @@ describe('StretchMeter', () => {
 describe('LoadMeter', () => {
   it('reports the interval between two snapshots of counters that only grow, so readers do not disturb each other', () => {
     const steps = new StepTotals();
-    const read = (atMs: number, busyMs: number): ExecutorCounters => ({ atMs, busyMs, cpuMs: undefined, traffic: { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 }, steps: steps.snapshot() });
+    const read = (atMs: number, busyMs: number): ExecutorCounters => ({
+      atMs,
+      busyMs,
+      cpuMs: undefined,
+      traffic: { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
+      steps: steps.snapshot(),
+    });
     const start = read(0, 0);
     const [a, b] = [new LoadMeter(start, false), new LoadMeter(start, false)];
     steps.record({ queueMs: 4, ...decode(2, 1) });

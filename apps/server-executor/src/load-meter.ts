@@ -84,7 +84,10 @@ export class LoadMeter {
   private readonly overhead = new OverheadModel();
 
   /** @param computeOnMain stage compute runs on the main thread, so its busy time is in that thread's CPU (and not overhead). */
-  constructor(private last: ExecutorCounters, private readonly computeOnMain: boolean) {}
+  constructor(
+    private last: ExecutorCounters,
+    private readonly computeOnMain: boolean,
+  ) {}
 
   next(now: ExecutorCounters): LoadInterval {
     const last = this.last;
@@ -94,7 +97,14 @@ export class LoadMeter {
     if (now.cpuMs !== undefined && last.cpuMs !== undefined) {
       const [t, p] = [now.traffic, last.traffic];
       const cpuMs = Math.max(0, now.cpuMs - last.cpuMs - (this.computeOnMain ? busyMs : 0));
-      this.overhead.record({ cpuMs, wallMs, messagesIn: t.messagesIn - p.messagesIn, bytesIn: t.bytesIn - p.bytesIn, messagesOut: t.messagesOut - p.messagesOut, bytesOut: t.bytesOut - p.bytesOut });
+      this.overhead.record({
+        cpuMs,
+        wallMs,
+        messagesIn: t.messagesIn - p.messagesIn,
+        bytesIn: t.bytesIn - p.bytesIn,
+        messagesOut: t.messagesOut - p.messagesOut,
+        bytesOut: t.bytesOut - p.bytesOut,
+      });
     }
     const steps = now.steps.count - last.steps.count;
     const since = (a: readonly number[], b: readonly number[]): number[] => a.map((v, k) => v - b[k]);

@@ -15,7 +15,8 @@ export async function main(): Promise<void> {
   // Wrong NATS credentials stop the executor here (exit 2), not later as silent telemetry loss.
   if (config.NATS_URL !== 'off') await checkNatsCredentials(config.NATS_URL, natsAuth);
   const engineOpts = { intraOpNumThreads: config.EXECUTOR_THREADS, fuseAllStages: config.EXECUTOR_FUSED, returnMemory: config.EXECUTOR_RETURN_MEMORY };
-  const engine = config.EXECUTOR_ENGINE === 'worker' ? await WorkerStageEngine.load(config.MODEL_DIR, engineOpts) : await OnnxStageEngine.load(config.MODEL_DIR, engineOpts);
+  const engine =
+    config.EXECUTOR_ENGINE === 'worker' ? await WorkerStageEngine.load(config.MODEL_DIR, engineOpts) : await OnnxStageEngine.load(config.MODEL_DIR, engineOpts);
   const server = new ExecutorServer({
     engine,
     log,

@@ -12,7 +12,8 @@ function traffic(n: number, truth: { inMs: number; outMs: number; kibIn: number;
     const bytesIn = messagesIn * (r() < 0.5 ? 1024 : 40_000) * r();
     const bytesOut = messagesOut * 1024 * r();
     const wallMs = 900 + r() * 200;
-    const cpu = truth.inMs * messagesIn + truth.outMs * messagesOut + truth.kibIn * bytesIn / 1024 + truth.kibOut * bytesOut / 1024 + truth.idle * wallMs / 1000;
+    const cpu =
+      truth.inMs * messagesIn + truth.outMs * messagesOut + (truth.kibIn * bytesIn) / 1024 + (truth.kibOut * bytesOut) / 1024 + (truth.idle * wallMs) / 1000;
     return { cpuMs: cpu * (1 + (r() - 0.5) * 0.1), wallMs, messagesIn, messagesOut, bytesIn, bytesOut };
   });
 }
@@ -35,13 +36,18 @@ describe('OverheadModel', () => {
     expect(fit.msPerMessageIn).toBeLessThan(truth.inMs * 1.15);
     // the cost of a typical hand-over (one step in, its answer out, 1 KiB each way) within 10 %
     const handOver = (f: typeof fit): number => f.msPerMessageIn + f.msPerMessageOut + f.msPerKibIn + f.msPerKibOut;
-    expect(Math.abs(handOver(fit) / handOver({ ...fit, msPerMessageIn: truth.inMs, msPerMessageOut: truth.outMs, msPerKibIn: truth.kibIn, msPerKibOut: truth.kibOut }) - 1)).toBeLessThan(0.1);
+    expect(
+      Math.abs(
+        handOver(fit) / handOver({ ...fit, msPerMessageIn: truth.inMs, msPerMessageOut: truth.outMs, msPerKibIn: truth.kibIn, msPerKibOut: truth.kibOut }) - 1,
+      ),
+    ).toBeLessThan(0.1);
   });
 
   it('keeps every coefficient >= 0 and forgets intervals beyond its window', () => {
     const m = new OverheadModel(30);
     // CPU that falls with traffic (noise only): the fit must not go negative
-    for (let i = 0; i < 60; i++) m.record({ cpuMs: 50 - i * 0.1, wallMs: 1000, messagesIn: i * 10, messagesOut: i * 10, bytesIn: i * 1000, bytesOut: i * 1000 });
+    for (let i = 0; i < 60; i++)
+      m.record({ cpuMs: 50 - i * 0.1, wallMs: 1000, messagesIn: i * 10, messagesOut: i * 10, bytesIn: i * 1000, bytesOut: i * 1000 });
     const fit = m.fit();
     for (const v of [fit.msPerMessageIn, fit.msPerMessageOut, fit.msPerKibIn, fit.msPerKibOut, fit.idleMsPerS]) expect(v).toBeGreaterThanOrEqual(0);
     expect(fit.samples).toBe(30);

@@ -90,7 +90,11 @@ function solveLinear(a: number[][], b: number[]): number[] {
 export class OverheadModel {
   private readonly samples: OverheadSample[] = [];
 
-  constructor(private readonly window = 120, private readonly prior: Omit<OverheadFit, 'samples'> = OVERHEAD_PRIOR, private readonly priorWeight = 3) {}
+  constructor(
+    private readonly window = 120,
+    private readonly prior: Omit<OverheadFit, 'samples'> = OVERHEAD_PRIOR,
+    private readonly priorWeight = 3,
+  ) {}
 
   record(s: OverheadSample): void {
     if (!(s.wallMs > 0) || !Number.isFinite(s.cpuMs)) return;
@@ -119,7 +123,11 @@ export class OverheadModel {
           for (let j = 0; j < free.length; j++) a[i][j] += rows[r][free[i]] * rows[r][free[j]];
         }
       }
-      free.forEach((k, i) => { const lambda = this.priorWeight * scale[k]; a[i][i] += lambda; b[i] += lambda * prior[k]; });
+      free.forEach((k, i) => {
+        const lambda = this.priorWeight * scale[k];
+        a[i][i] += lambda;
+        b[i] += lambda * prior[k];
+      });
       const sol = solveLinear(a, b);
       x = KEYS.map((_, k) => (fixedZero.has(k) ? 0 : sol[free.indexOf(k)]));
       const negative = x.findIndex((v, k) => v < 0 && !fixedZero.has(k));

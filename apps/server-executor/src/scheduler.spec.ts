@@ -18,8 +18,12 @@ class FakeEngine implements StageEngine {
   readonly tokens: number[][] = [];
   failOn?: (stage: number, t: HostTensor) => boolean;
   gate?: Promise<void>;
-  stageKind(s: number): StageKind { return (['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const)[s]; }
-  newCache(): SessionCache { return new SessionCache(undefined, this.stageCount); }
+  stageKind(s: number): StageKind {
+    return (['embed', 'attn', 'mlp', 'attn', 'mlp', 'head'] as const)[s];
+  }
+  newCache(): SessionCache {
+    return new SessionCache(undefined, this.stageCount);
+  }
   releaseCache(): void {}
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls.push({ stage, batch: inputs.length });
@@ -54,9 +58,16 @@ describe('StageScheduler', () => {
     const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), cache())));
     // embed batched, attn one by one, mlp batched, attn one by one, mlp batched, head batched
     expect(engine.calls).toEqual([
-      { stage: 0, batch: 3 }, { stage: 1, batch: 1 }, { stage: 1, batch: 1 }, { stage: 1, batch: 1 },
-      { stage: 2, batch: 3 }, { stage: 3, batch: 1 }, { stage: 3, batch: 1 }, { stage: 3, batch: 1 },
-      { stage: 4, batch: 3 }, { stage: 5, batch: 3 },
+      { stage: 0, batch: 3 },
+      { stage: 1, batch: 1 },
+      { stage: 1, batch: 1 },
+      { stage: 1, batch: 1 },
+      { stage: 2, batch: 3 },
+      { stage: 3, batch: 1 },
+      { stage: 3, batch: 1 },
+      { stage: 3, batch: 1 },
+      { stage: 4, batch: 3 },
+      { stage: 5, batch: 3 },
     ]);
     expect(outs.map((o) => (o.tensor.data as Float32Array)[0])).toEqual([21, 31, 41]);
     expect(sched.batchedStepCount).toBe(12);
@@ -65,7 +76,10 @@ describe('StageScheduler', () => {
   it("reports each step's service time (whole calls it waited for) beside its share of the compute", async () => {
     let clock = 0;
     const timed = new (class extends FakeEngine {
-      override async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> { clock += 6; return super.runBatch(stage, inputs); }
+      override async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
+        clock += 6;
+        return super.runBatch(stage, inputs);
+      }
     })();
     const sched = new StageScheduler(timed, { batching: true, maxBatch: 8, now: () => clock });
     const [a, b] = await Promise.all([sched.submit('a', 4, 6, tensor(0), cache()), sched.submit('b', 4, 6, tensor(0, 2), cache())]);
@@ -79,7 +93,10 @@ describe('StageScheduler', () => {
     expect(b.nominalMs).toBeCloseTo(8, 10);
     expect([a.long, b.long]).toEqual([false, true]); // no longStepTokens: any prompt is long
     expect([a.positions, b.positions]).toEqual([1, 2]);
-    expect(timed.calls).toEqual([{ stage: 4, batch: 2 }, { stage: 5, batch: 2 }]);
+    expect(timed.calls).toEqual([
+      { stage: 4, batch: 2 },
+      { stage: 5, batch: 2 },
+    ]);
   });
 
   it('runs one session at a time when batching is off', async () => {
@@ -99,8 +116,14 @@ describe('StageScheduler', () => {
     expect(cut.tensor.shape).toEqual([1, 1, 2]);
     expect([...(cut.tensor.data as Float32Array)]).toEqual([40, 40]);
     expect([...(full.tensor.data as Float32Array)]).toEqual([20, 20, 30, 30, 40, 40]);
-    expect(engine.shapes.filter((x) => x.stage === 5).map((x) => x.shape)).toEqual([[1, 1, 2], [1, 3, 2]]);
-    expect(engine.shapes.filter((x) => x.stage === 4).map((x) => x.shape)).toEqual([[1, 3, 2], [1, 3, 2]]);
+    expect(engine.shapes.filter((x) => x.stage === 5).map((x) => x.shape)).toEqual([
+      [1, 1, 2],
+      [1, 3, 2],
+    ]);
+    expect(engine.shapes.filter((x) => x.stage === 4).map((x) => x.shape)).toEqual([
+      [1, 3, 2],
+      [1, 3, 2],
+    ]);
     // a step that starts at the head is cut too
     const headOnly = await sched.submit('h', 5, 6, rows, cache(), { lastRowOnly: true });
     expect(headOnly.tensor.shape).toEqual([1, 1, 2]);
@@ -120,7 +143,9 @@ describe('StageScheduler', () => {
   it('cancels waiting steps at once and a running one when its call returns', async () => {
     const engine = new FakeEngine();
     let open!: () => void;
-    engine.gate = new Promise<void>((r) => { open = r; });
+    engine.gate = new Promise<void>((r) => {
+      open = r;
+    });
     const sched = new StageScheduler(engine, { batching: false, maxBatch: 8 });
     const running = sched.submit('x', 1, 6, tensor(0), cache());
     const waiting = sched.submit('y', 1, 6, tensor(0), cache());
@@ -132,7 +157,9 @@ describe('StageScheduler', () => {
     await yGone;
     const xGone = sched.cancelSession('x', reason);
     let xIdle = false;
-    void xGone.then(() => { xIdle = true; });
+    void xGone.then(() => {
+      xIdle = true;
+    });
     await Promise.resolve();
     expect(xIdle).toBe(false); // x is inside the engine call: its cache must not be freed yet
     open();
@@ -196,7 +223,9 @@ describe('StageScheduler', () => {
       clock = 0;
       fusedMs = 10.5;
       failRange = false;
-      hasFusedRange(begin: number, end: number): boolean { return begin === 0 && end === 6; }
+      hasFusedRange(begin: number, end: number): boolean {
+        return begin === 0 && end === 6;
+      }
       override async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
         const out = await super.runBatch(stage, inputs);
         this.clock += stage + 1;
@@ -210,7 +239,10 @@ describe('StageScheduler', () => {
         let data = Float32Array.from(input.data as Float32Array);
         let t = input.shape[1];
         for (let s = begin; s < end; s++) {
-          if (lastRowOnly && this.stageKind(s) === 'head' && t > 1) { data = data.slice((t - 1) * 2); t = 1; }
+          if (lastRowOnly && this.stageKind(s) === 'head' && t > 1) {
+            data = data.slice((t - 1) * 2);
+            t = 1;
+          }
           data = data.map((v) => v + s + 1);
         }
         return { dtype: 'float32', shape: [1, t, 2], data };
@@ -316,7 +348,9 @@ describe('StageScheduler', () => {
     it('lets a session that finished a fused step join the steps waiting for the next call', async () => {
       const { engine, sched } = make();
       let open!: () => void;
-      engine.gate = new Promise<void>((r) => { open = r; });
+      engine.gate = new Promise<void>((r) => {
+        open = r;
+      });
       // a decodes two tokens: its second step is submitted as soon as its first resolves
       const a = sched.submit('a', 0, 6, tensor(0), cache()).then(() => sched.submit('a', 0, 6, tensor(0), cache()));
       await new Promise((r) => setImmediate(r));
@@ -336,12 +370,20 @@ describe('StageScheduler', () => {
         // a new session's step arrives at stage 0 with every call (1..6 ms per stage): there is always a shallower step
         const pending: Promise<unknown>[] = [];
         let n = 0;
-        const arrive = (): void => { if (n < 60) pending.push(sched.submit(`s${n++}`, 0, 6, tensor(0), cache(), { fuse: false })); };
+        const arrive = (): void => {
+          if (n < 60) pending.push(sched.submit(`s${n++}`, 0, 6, tensor(0), cache(), { fuse: false }));
+        };
         const inner = engine.runBatch.bind(engine);
-        engine.runBatch = async (stage, inputs) => { arrive(); return inner(stage, inputs); };
+        engine.runBatch = async (stage, inputs) => {
+          arrive();
+          return inner(stage, inputs);
+        };
         arrive();
         let deepDone = false;
-        const deep = sched.submit('deep', 4, 6, tensor(0), cache(), { fuse: false }).then((o) => { deepDone = true; return o; });
+        const deep = sched.submit('deep', 4, 6, tensor(0), cache(), { fuse: false }).then((o) => {
+          deepDone = true;
+          return o;
+        });
         await Promise.all(pending.slice(0, 10));
         const seen = { deepDone };
         await Promise.all([deep, ...pending]);
@@ -373,7 +415,9 @@ describe('StageScheduler', () => {
       it('runs a decode step that arrives during a prefill before the rest of the prefill', async () => {
         const { engine, sched } = interleaved(1000);
         let open!: () => void;
-        engine.gate = new Promise<void>((r) => { open = r; });
+        engine.gate = new Promise<void>((r) => {
+          open = r;
+        });
         const order: string[] = [];
         const prefill = sched.submit('p', 0, 6, tensor(0, 8), cache()).then(() => order.push('prefill'));
         await new Promise((r) => setImmediate(r));
@@ -391,7 +435,9 @@ describe('StageScheduler', () => {
         const engine = new FusedEngine();
         const sched = new StageScheduler(engine, { batching: true, maxBatch: 8, now: () => engine.clock });
         let open!: () => void;
-        engine.gate = new Promise<void>((r) => { open = r; });
+        engine.gate = new Promise<void>((r) => {
+          open = r;
+        });
         const order: string[] = [];
         const prefill = sched.submit('p', 0, 6, tensor(0, 8), cache()).then(() => order.push('prefill'));
         await new Promise((r) => setImmediate(r));
@@ -409,7 +455,10 @@ describe('StageScheduler', () => {
         let decoding = true;
         const decodeLoop = async (id: string): Promise<number> => {
           let n = 0;
-          while (decoding) { await sched.submit(id, 0, 6, tensor(0), cache()); n++; }
+          while (decoding) {
+            await sched.submit(id, 0, 6, tensor(0), cache());
+            n++;
+          }
           return n;
         };
         const loops = [decodeLoop('d1'), decodeLoop('d2')];
@@ -435,14 +484,18 @@ describe('StageScheduler', () => {
     it('waits for a fused call in flight before a cancelled session is idle, and never resumes the step', async () => {
       const { engine, sched } = make();
       let open!: () => void;
-      engine.gate = new Promise<void>((r) => { open = r; });
+      engine.gate = new Promise<void>((r) => {
+        open = r;
+      });
       const running = sched.submit('x', 0, 6, tensor(0), cache());
       await new Promise((r) => setImmediate(r));
       expect(engine.ranges).toHaveLength(1);
       const reason = new SessionClosedError('cancelled by the client');
       const gone = sched.cancelSession('x', reason);
       let idle = false;
-      void gone.then(() => { idle = true; });
+      void gone.then(() => {
+        idle = true;
+      });
       await Promise.resolve();
       expect(idle).toBe(false);
       open();

@@ -224,7 +224,10 @@ export class StageScheduler {
   /** Whether the engine runs the whole range `[0, n)` as one fused call. */
   private readonly wholeFused: boolean;
 
-  constructor(private readonly engine: StageEngine, private readonly opts: SchedulerOptions) {
+  constructor(
+    private readonly engine: StageEngine,
+    private readonly opts: SchedulerOptions,
+  ) {
     this.now = opts.now ?? (() => performance.now());
     this.stats = new StageStats(engine.stageCount);
     this.wholeFused = engine.runRange !== undefined && engine.hasFusedRange?.(0, engine.stageCount) === true;
@@ -232,11 +235,17 @@ export class StageScheduler {
   }
 
   /** Steps waiting or running. */
-  get depth(): number { return this.queue.length; }
+  get depth(): number {
+    return this.queue.length;
+  }
   /** Total engine busy time since start, ms. */
-  get busyTimeMs(): number { return this.busyMs; }
+  get busyTimeMs(): number {
+    return this.busyMs;
+  }
   /** Steps that shared a stage call with another session. */
-  get batchedStepCount(): number { return this.batchedSteps; }
+  get batchedStepCount(): number {
+    return this.batchedSteps;
+  }
 
   /** Queues stages [begin, end) of one session's step on `tensor`; its cache takes the step's positions when it is done. */
   submit(sessionId: string, begin: number, end: number, tensor: HostTensor, cache: SessionCache, opts: SubmitOptions = {}): Promise<StepOutcome> {
@@ -247,12 +256,32 @@ export class StageScheduler {
       const tokens = input.shape[1] ?? 1;
       const fusable = (opts.fuse ?? true) && this.engine.runRange !== undefined && this.engine.hasFusedRange?.(begin, end) === true;
       this.queue.push({
-        sessionId, begin, stage: begin, end, tensor: input, cache, tokens, taken: tensor.shape[1] ?? 1, positions: tokens, long: tokens > (this.opts.longStepTokens ?? 1),
-        lastRowOnly, fusable, enqueuedAtMs: at, startedAtMs: undefined, lastRanAtMs: at, computeMs: 0, batchedStages: 0, resolve, reject,
+        sessionId,
+        begin,
+        stage: begin,
+        end,
+        tensor: input,
+        cache,
+        tokens,
+        taken: tensor.shape[1] ?? 1,
+        positions: tokens,
+        long: tokens > (this.opts.longStepTokens ?? 1),
+        lastRowOnly,
+        fusable,
+        enqueuedAtMs: at,
+        startedAtMs: undefined,
+        lastRanAtMs: at,
+        computeMs: 0,
+        batchedStages: 0,
+        resolve,
+        reject,
       });
       // Start on the next turn of the event loop, so steps that arrived in the same I/O
       // phase (from several streams) can share the first stage call.
-      if (!this.running) { this.running = true; setImmediate(() => void this.pump()); }
+      if (!this.running) {
+        this.running = true;
+        setImmediate(() => void this.pump());
+      }
     });
   }
 
@@ -285,7 +314,10 @@ export class StageScheduler {
       while (this.queue.length > 0) {
         const batch = schedule(this.queue, this.now(), this.kinds, this.opts);
         const t0 = this.now();
-        for (const j of batch.steps) { j.startedAtMs ??= t0; this.inCall.add(j); }
+        for (const j of batch.steps) {
+          j.startedAtMs ??= t0;
+          this.inCall.add(j);
+        }
         const outputs = await this.run(batch);
         this.inCall.clear();
         const finished = this.settle(batch, outputs, t0, this.now());
@@ -313,12 +345,20 @@ export class StageScheduler {
       }
     }
     try {
-      return await this.engine.runBatch(stage, steps.map((j) => j.tensor), steps.map((j) => j.cache));
+      return await this.engine.runBatch(
+        stage,
+        steps.map((j) => j.tensor),
+        steps.map((j) => j.cache),
+      );
     } catch (err) {
       if (steps.length === 1) return [err as Error];
       const outputs: (HostTensor | Error)[] = [];
       for (const j of steps) {
-        try { outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]); } catch (e) { outputs.push(e as Error); }
+        try {
+          outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]);
+        } catch (e) {
+          outputs.push(e as Error);
+        }
       }
       return outputs;
     }
@@ -338,7 +378,10 @@ export class StageScheduler {
       const share = elapsed * (j.tokens / totalTokens);
       j.computeMs += share;
       j.lastRanAtMs = t1;
-      if (batch.steps.length > 1) { this.batchedSteps++; j.batchedStages++; }
+      if (batch.steps.length > 1) {
+        this.batchedSteps++;
+        j.batchedStages++;
+      }
       const out = this.cancelled.get(j.sessionId) ?? outputs[i];
       if (!(out instanceof Error)) {
         if (!batch.fused) this.stats.record(batch.stage, j.tokens, share);
@@ -352,11 +395,23 @@ export class StageScheduler {
       const idx = this.queue.indexOf(j);
       if (idx >= 0) this.queue.splice(idx, 1);
       settled++;
-      if (out instanceof Error) { j.reject(out); return; }
+      if (out instanceof Error) {
+        j.reject(out);
+        return;
+      }
       j.cache.advance(j.begin, j.end, j.taken);
       if (this.isWhole(j) && (j.fusable || !this.wholeFused)) this.wholeStats.record(0, j.positions, j.computeMs);
       const started = j.startedAtMs ?? t0;
-      const outcome = { tensor: out, computeMs: j.computeMs, queueMs: started - j.enqueuedAtMs, batchedStages: j.batchedStages, serviceMs: t1 - started, positions: j.positions, nominalMs: this.nominal(j), long: j.long };
+      const outcome = {
+        tensor: out,
+        computeMs: j.computeMs,
+        queueMs: started - j.enqueuedAtMs,
+        batchedStages: j.batchedStages,
+        serviceMs: t1 - started,
+        positions: j.positions,
+        nominalMs: this.nominal(j),
+        long: j.long,
+      };
       this.opts.onStepDone?.(outcome);
       j.resolve(outcome);
     });

@@ -23,8 +23,12 @@ class CountingEngine implements StageEngine {
   calls = 0;
   /** When set, engine calls wait for it (a slow step). */
   gate?: Promise<void>;
-  stageKind(s: number): StageKind { return (['embed', 'attn', 'head'] as const)[s]; }
-  newCache(): SessionCache { return new SessionCache(undefined, this.stageCount); }
+  stageKind(s: number): StageKind {
+    return (['embed', 'attn', 'head'] as const)[s];
+  }
+  newCache(): SessionCache {
+    return new SessionCache(undefined, this.stageCount);
+  }
   releaseCache(): void {}
   async runBatch(stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> {
     this.calls++;
@@ -34,7 +38,7 @@ class CountingEngine implements StageEngine {
       if (stage === 0) return { dtype: 'float32', shape: [1, T, 1], data: Float32Array.from(t.data as BigInt64Array, Number) };
       if (stage === 1) return t;
       const logits = new Float32Array(T * VOCAB);
-      for (let r = 0; r < T; r++) logits[r * VOCAB + ((t.data as Float32Array)[r] + 1) % VOCAB] = 1;
+      for (let r = 0; r < T; r++) logits[r * VOCAB + (((t.data as Float32Array)[r] + 1) % VOCAB)] = 1;
       return { dtype: 'float32', shape: [1, T, VOCAB], data: logits };
     });
   }
@@ -49,12 +53,18 @@ class SlowReaderCall extends EventEmitter {
     this.written.push(m);
     return false;
   }
-  end(): void { this.emit('ended-ok'); }
-  tokens(): number[] { return this.written.flatMap((m) => (m.kind?.$case === 'token' ? [m.kind.value.token] : [])); }
+  end(): void {
+    this.emit('ended-ok');
+  }
+  tokens(): number[] {
+    return this.written.flatMap((m) => (m.kind?.$case === 'token' ? [m.kind.value.token] : []));
+  }
 }
 
 /** Lets queued immediates and promise continuations run (the scheduler starts on setImmediate). */
-const settle = async (): Promise<void> => { for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r)); };
+const settle = async (): Promise<void> => {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+};
 
 describe('SplitSession server-side decoding', () => {
   const log = createLogger({ name: 'test', level: 'silent' });
@@ -62,10 +72,18 @@ describe('SplitSession server-side decoding', () => {
   function start(idleTimeoutMs = 60_000, engine = new CountingEngine()): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
     const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
     const call = new SlowReaderCall();
-    const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
-      { maxContextTokens: 64, idleTimeoutMs }, log, ADMIT_ALL);
+    const session = new SplitSession(
+      call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>,
+      engine,
+      scheduler,
+      { maxContextTokens: 64, idleTimeoutMs },
+      log,
+      ADMIT_ALL,
+    );
     call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
-    call.emit('data', { kind: { $case: 'generate', value: { seq: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(0n) }), maxNewTokens: 4 } } });
+    call.emit('data', {
+      kind: { $case: 'generate', value: { seq: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(0n) }), maxNewTokens: 4 } },
+    });
     return { call, engine, session };
   }
 
@@ -102,20 +120,37 @@ describe('SplitSession server-side decoding', () => {
   });
 
   describe('with a clock', () => {
-    beforeEach(() => { jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] }); });
-    afterEach(() => { jest.useRealTimers(); });
+    beforeEach(() => {
+      jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] });
+    });
+    afterEach(() => {
+      jest.useRealTimers();
+    });
 
     it('does not idle out a split session while its step waits or runs', async () => {
       const engine = new CountingEngine();
       let release!: () => void;
-      engine.gate = new Promise<void>((r) => { release = r; });
+      engine.gate = new Promise<void>((r) => {
+        release = r;
+      });
       const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
       const call = new SlowReaderCall();
-      const session = new SplitSession(call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>, engine, scheduler,
-        { maxContextTokens: 64, idleTimeoutMs: 1000 }, log, ADMIT_ALL);
+      const session = new SplitSession(
+        call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>,
+        engine,
+        scheduler,
+        { maxContextTokens: 64, idleTimeoutMs: 1000 },
+        log,
+        ADMIT_ALL,
+      );
       call.on('error', () => {});
       call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
-      call.emit('data', { kind: { $case: 'step', value: { seq: 1, stageBegin: 0, stageEnd: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) }), sample: true } } });
+      call.emit('data', {
+        kind: {
+          $case: 'step',
+          value: { seq: 1, stageBegin: 0, stageEnd: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) }), sample: true },
+        },
+      });
       await settle();
       jest.advanceTimersByTime(5000);
       expect(session.isOpen).toBe(true);
@@ -131,7 +166,9 @@ describe('SplitSession server-side decoding', () => {
     it('idles out a session whose client stopped reading (its stream stayed full), never one the server is decoding, saying so', async () => {
       const engine = new CountingEngine();
       let release!: () => void;
-      engine.gate = new Promise<void>((r) => { release = r; });
+      engine.gate = new Promise<void>((r) => {
+        release = r;
+      });
       const { call, session } = start(1000, engine);
       const errors: { code: number; details: string }[] = [];
       call.on('error', (e: { code: number; details: string }) => errors.push(e));
@@ -147,7 +184,9 @@ describe('SplitSession server-side decoding', () => {
       expect(session.isOpen).toBe(true);
       jest.advanceTimersByTime(1);
       await session.closed;
-      expect(errors).toEqual([{ code: 4, details: 'the client read no token for 1000 ms (the server-side generation stalled with its stream full after 1 of 4 tokens)' }]);
+      expect(errors).toEqual([
+        { code: 4, details: 'the client read no token for 1000 ms (the server-side generation stalled with its stream full after 1 of 4 tokens)' },
+      ]);
       expect(call.tokens()).toHaveLength(1);
     });
   });

@@ -1,7 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import type { Metadata, ServerDuplexStream } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { capStatus, decodeProblem, firstNonFinite, fromWireTensor, quoted, renderShape, toWireTensor, type HostTensor, type ServerGenerate, type SessionRequest, type SessionResponse, type Step } from '@tandem/protocol';
+import {
+  capStatus,
+  decodeProblem,
+  firstNonFinite,
+  fromWireTensor,
+  quoted,
+  renderShape,
+  toWireTensor,
+  type HostTensor,
+  type ServerGenerate,
+  type SessionRequest,
+  type SessionResponse,
+  type Step,
+} from '@tandem/protocol';
 import { greedyToken } from '@tandem/model';
 import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
 import type { Admission } from './admission';
@@ -78,7 +91,9 @@ export class SplitSession {
   private closedBecause: string | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
-  readonly closed = new Promise<void>((r) => { this.resolveClosed = r; });
+  readonly closed = new Promise<void>((r) => {
+    this.resolveClosed = r;
+  });
   clientId = '';
 
   constructor(
@@ -94,9 +109,16 @@ export class SplitSession {
     /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
     private readonly rates?: ClientTokenRates,
   ) {
-    call.on('data', (m: SessionRequest) => { this.chain = this.chain.then(() => this.onMessage(m)); });
+    call.on('data', (m: SessionRequest) => {
+      this.chain = this.chain.then(() => this.onMessage(m));
+    });
     // A half-close during a server-side generation ends the session once the generation is done.
-    call.on('end', () => { this.chain = this.chain.then(async () => { await this.generation; await this.finish('client ended the stream'); }); });
+    call.on('end', () => {
+      this.chain = this.chain.then(async () => {
+        await this.generation;
+        await this.finish('client ended the stream');
+      });
+    });
     // A call ends cancelled when the client cancels it or its connection is dropped (the
     // client's or the server's keepalive found the peer dead, or the socket failed).
     call.on('cancelled', () => this.close('cancelled by the client or its connection was lost', status.CANCELLED, false));
@@ -104,7 +126,9 @@ export class SplitSession {
     this.touch();
   }
 
-  get isOpen(): boolean { return this.state === 'open'; }
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
 
   /** (Re)starts the idle timeout, unless the server works for the client; `why` is the status message it ends the session with. */
   private touch(why = `session idle for ${this.limits.idleTimeoutMs} ms`): void {
@@ -125,20 +149,27 @@ export class SplitSession {
         case 'open': {
           if (this.state !== 'awaiting-open') throw new PreconditionError('open must be sent once, as the first message; given a second open');
           const o = m.kind.value;
-          if (o.modelId && o.modelId !== this.engine.modelId) throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
+          if (o.modelId && o.modelId !== this.engine.modelId)
+            throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
           this.clientId = o.clientId;
           this.admission.admit(this, this.call.metadata);
           this.cache = this.engine.newCache();
           this.state = 'open';
           this.log.debug({ sessionId: this.id, clientId: o.clientId, planEpoch: o.planEpoch }, 'session opened');
-          this.call.write({ kind: { $case: 'opened', value: { sessionId: this.id, modelId: this.engine.modelId, stageCount: this.engine.stageCount, maxContextTokens: this.limits.maxContextTokens } } });
+          this.call.write({
+            kind: {
+              $case: 'opened',
+              value: { sessionId: this.id, modelId: this.engine.modelId, stageCount: this.engine.stageCount, maxContextTokens: this.limits.maxContextTokens },
+            },
+          });
           return;
         }
         case 'step': {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given step');
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
-          if (this.mode === 'generate') throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
+          if (this.mode === 'generate')
+            throw new PreconditionError(`step may not follow generate (the server decodes this session), given step seq ${m.kind.value.seq}`);
           const step = this.validate(m.kind.value);
           if (this.overRate(step)) return;
           this.lastSeq = BigInt(step.seq);
@@ -157,17 +188,34 @@ export class SplitSession {
           if (!this.isOpen) return; // closed while the step ran
           this.stepsRun++;
           const result: SessionResponse = step.sample
-            ? { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) }, computeMs: out.computeMs, queueMs: out.queueMs } } }
-            : { kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: toWireTensor(out.tensor) }, computeMs: out.computeMs, queueMs: out.queueMs } } };
+            ? {
+                kind: {
+                  $case: 'result',
+                  value: {
+                    seq: step.seq,
+                    output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) },
+                    computeMs: out.computeMs,
+                    queueMs: out.queueMs,
+                  },
+                },
+              }
+            : {
+                kind: {
+                  $case: 'result',
+                  value: { seq: step.seq, output: { $case: 'tensor', value: toWireTensor(out.tensor) }, computeMs: out.computeMs, queueMs: out.queueMs },
+                },
+              };
           this.traffic.messagesOut++;
-          this.traffic.bytesOut += result.kind?.$case === 'result' && result.kind.value.output?.$case === 'tensor' ? result.kind.value.output.value.data.byteLength : 8;
+          this.traffic.bytesOut +=
+            result.kind?.$case === 'result' && result.kind.value.output?.$case === 'tensor' ? result.kind.value.output.value.data.byteLength : 8;
           this.call.write(result);
           return;
         }
         case 'generate': {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given generate');
           if (this.mode === 'generate') throw new PreconditionError('generate may be sent once per session, given a second generate');
-          if (this.mode === 'split') throw new PreconditionError(`generate must be the first message after open (no step may precede it), given after ${this.stepsRun} step(s)`);
+          if (this.mode === 'split')
+            throw new PreconditionError(`generate must be the first message after open (no step may precede it), given after ${this.stepsRun} step(s)`);
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
           const g = this.validateGenerate(m.kind.value);
@@ -200,9 +248,14 @@ export class SplitSession {
       return false;
     } catch (err) {
       if (!(err instanceof TokenRateError)) throw err;
-      this.log.debug({ sessionId: this.id, clientId: this.clientId, seq: step.seq, retryAfterMs: err.retryAfterMs }, 'refused a step over the client\'s token rate');
+      this.log.debug(
+        { sessionId: this.id, clientId: this.clientId, seq: step.seq, retryAfterMs: err.retryAfterMs },
+        "refused a step over the client's token rate",
+      );
       this.traffic.messagesOut++;
-      this.call.write({ kind: { $case: 'refused', value: { seq: step.seq, code: status.RESOURCE_EXHAUSTED, message: capStatus(err.message), retryAfterMs: err.retryAfterMs } } });
+      this.call.write({
+        kind: { $case: 'refused', value: { seq: step.seq, code: status.RESOURCE_EXHAUSTED, message: capStatus(err.message), retryAfterMs: err.retryAfterMs } },
+      });
       return true;
     }
   }
@@ -246,14 +299,18 @@ export class SplitSession {
         const last = index === g.maxNewTokens - 1;
         this.traffic.messagesOut++;
         this.traffic.bytesOut += 8;
-        const flowing = this.call.write({ kind: { $case: 'token', value: { seq: g.seq, index, token, computeMs: out.computeMs, queueMs: out.queueMs, last } } });
+        const flowing = this.call.write({
+          kind: { $case: 'token', value: { seq: g.seq, index, token, computeMs: out.computeMs, queueMs: out.queueMs, last } },
+        });
         made++;
         if (last) break;
         if (!flowing) {
           // The client stopped reading (or its link died and the buffers filled): now it is the
           // one idle, so the idle timeout runs, with a message that says what it waited for.
           this.serverBusy = false;
-          this.touch(`the client read no token for ${this.limits.idleTimeoutMs} ms (the server-side generation stalled with its stream full after ${index + 1} of ${g.maxNewTokens} tokens)`);
+          this.touch(
+            `the client read no token for ${this.limits.idleTimeoutMs} ms (the server-side generation stalled with its stream full after ${index + 1} of ${g.maxNewTokens} tokens)`,
+          );
           await this.drained();
           this.serverBusy = true;
           clearTimeout(this.idleTimer);
@@ -269,7 +326,10 @@ export class SplitSession {
       this.touch(); // now the client's half-close is due
       // Work cut short for a client that cancelled, vanished, idled or was shut down: worth an operator's eye.
       if (made < g.maxNewTokens && this.closedBecause !== undefined) {
-        this.log.info({ sessionId: this.id, clientId: this.clientId, tokens: made, maxNewTokens: g.maxNewTokens, reason: this.closedBecause }, 'server-side generation stopped before its end');
+        this.log.info(
+          { sessionId: this.id, clientId: this.clientId, tokens: made, maxNewTokens: g.maxNewTokens, reason: this.closedBecause },
+          'server-side generation stopped before its end',
+        );
       }
     }
   }
@@ -305,28 +365,40 @@ export class SplitSession {
     const seq = BigInt(step.seq);
     if (seq <= this.lastSeq) throw new ValidationError(`step.seq must increase within a session (last ${this.lastSeq}), given ${step.seq}`);
     if (!(step.stageBegin < n)) throw new ValidationError(`step.stageBegin must be in 0..${n - 1}, given ${step.stageBegin}`);
-    if (!(step.stageEnd > step.stageBegin && step.stageEnd <= n)) throw new ValidationError(`step.stageEnd must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
-    if (step.sample && step.stageEnd !== n) throw new ValidationError(`step.sample must be false unless the range ends with the head (stageEnd ${n}), given true with stageEnd ${step.stageEnd}`);
+    if (!(step.stageEnd > step.stageBegin && step.stageEnd <= n))
+      throw new ValidationError(`step.stageEnd must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
+    if (step.sample && step.stageEnd !== n)
+      throw new ValidationError(`step.sample must be false unless the range ends with the head (stageEnd ${n}), given true with stageEnd ${step.stageEnd}`);
     const input = fromWireTensor(step.input, 'step.input');
     const wantIds = step.stageBegin === 0;
-    if (wantIds && input.dtype !== 'int64') throw new ValidationError('step.input.dtype must be DATA_TYPE_INT64 (token ids) for the embed stage, given DATA_TYPE_FLOAT32');
-    if (!wantIds && input.dtype !== 'float32') throw new ValidationError(`step.input.dtype must be DATA_TYPE_FLOAT32 (hidden state) for stage ${step.stageBegin}, given DATA_TYPE_INT64`);
+    if (wantIds && input.dtype !== 'int64')
+      throw new ValidationError('step.input.dtype must be DATA_TYPE_INT64 (token ids) for the embed stage, given DATA_TYPE_FLOAT32');
+    if (!wantIds && input.dtype !== 'float32')
+      throw new ValidationError(`step.input.dtype must be DATA_TYPE_FLOAT32 (hidden state) for stage ${step.stageBegin}, given DATA_TYPE_INT64`);
     const shape = input.shape;
-    const okShape = wantIds ? shape.length === 2 && shape[0] === 1 && shape[1] >= 1 : shape.length === 3 && shape[0] === 1 && shape[1] >= 1 && shape[2] === this.engine.nEmbd;
-    if (!okShape) throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given ${renderShape(shape)}`);
+    const okShape = wantIds
+      ? shape.length === 2 && shape[0] === 1 && shape[1] >= 1
+      : shape.length === 3 && shape[0] === 1 && shape[1] >= 1 && shape[2] === this.engine.nEmbd;
+    if (!okShape)
+      throw new ValidationError(`step.input.shape must be ${wantIds ? '[1, T>=1]' : `[1, T>=1, ${this.engine.nEmbd}]`}, given ${renderShape(shape)}`);
     if (wantIds) this.checkIds(input.data as BigInt64Array, 'step.input');
     else {
       // NaN or ±Infinity would run through every stage and give tokens computed from nothing.
       const data = input.data as Float32Array;
       const bad = firstNonFinite(data);
-      if (bad >= 0) throw new ValidationError(`step.input must hold finite float32 values (no NaN or ±Infinity), given ${data[bad]} at index ${bad} (position ${Math.floor(bad / this.engine.nEmbd)}, channel ${bad % this.engine.nEmbd})`);
+      if (bad >= 0)
+        throw new ValidationError(
+          `step.input must hold finite float32 values (no NaN or ±Infinity), given ${data[bad]} at index ${bad} (position ${Math.floor(bad / this.engine.nEmbd)}, channel ${bad % this.engine.nEmbd})`,
+        );
     }
     const t = shape[1];
     const cache = this.liveCache;
     this.checkContinuity(cache, step.stageBegin, step.stageEnd, t);
     for (let s = step.stageBegin; s < step.stageEnd; s++) {
       if (cache.tokensAt(s) + t > this.limits.maxContextTokens) {
-        throw new PreconditionError(`step would make stage ${s} hold ${cache.tokensAt(s) + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`);
+        throw new PreconditionError(
+          `step would make stage ${s} hold ${cache.tokensAt(s) + t} tokens; the context must stay <= ${this.limits.maxContextTokens} tokens`,
+        );
       }
     }
     return { seq: step.seq, begin: step.stageBegin, end: step.stageEnd, input, sample: step.sample };
@@ -346,7 +418,9 @@ export class SplitSession {
     const held = at(begin);
     for (let s = begin + 1; s < end; s++) {
       if (at(s) !== held) {
-        throw new PreconditionError(`step.stageEnd must be ${s} (stage ${s} holds ${at(s)} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`);
+        throw new PreconditionError(
+          `step.stageEnd must be ${s} (stage ${s} holds ${at(s)} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`,
+        );
       }
     }
     if (begin > 0 && at(begin - 1) > 0 && at(begin - 1) !== held + t) {
@@ -354,12 +428,18 @@ export class SplitSession {
         // The stages before `begin` that have not taken this input yet: the step should start with them.
         let expected = begin - 1;
         while (expected > 0 && at(expected - 1) === held) expected--;
-        throw new PreconditionError(`step.stageBegin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`);
+        throw new PreconditionError(
+          `step.stageBegin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`,
+        );
       }
-      throw new PreconditionError(`step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at(begin - 1)}`);
+      throw new PreconditionError(
+        `step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at(begin - 1)}`,
+      );
     }
     if (end < this.engine.stageCount && at(end) > 0 && at(end) !== held) {
-      throw new PreconditionError(`step.stageBegin must be ${end} (stage ${end} holds ${at(end)} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`);
+      throw new PreconditionError(
+        `step.stageBegin must be ${end} (stage ${end} holds ${at(end)} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`,
+      );
     }
   }
 
@@ -376,14 +456,17 @@ export class SplitSession {
     const input = fromWireTensor(g.input, 'generate.input');
     if (input.dtype !== 'int64') throw new ValidationError('generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32');
     const shape = input.shape;
-    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1)) throw new ValidationError(`generate.input.shape must be [1, T>=1], given ${renderShape(shape)}`);
+    if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1))
+      throw new ValidationError(`generate.input.shape must be [1, T>=1], given ${renderShape(shape)}`);
     this.checkIds(input.data, 'generate.input');
     if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.maxNewTokens must be >= 1, given ${g.maxNewTokens}`);
     const t = shape[1];
     // The last token is never fed back, so the cache ends up holding T + maxNewTokens - 1 tokens.
     const holds = t + g.maxNewTokens - 1;
     if (holds > this.limits.maxContextTokens) {
-      throw new PreconditionError(`generate would make the session hold ${holds} tokens (prompt ${t} + maxNewTokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`);
+      throw new PreconditionError(
+        `generate would make the session hold ${holds} tokens (prompt ${t} + maxNewTokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`,
+      );
     }
     this.lastSeq = BigInt(g.seq);
     return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };

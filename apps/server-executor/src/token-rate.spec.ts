@@ -5,7 +5,12 @@ import { ClientTokenRates, TokenBucket, TokenRateError } from './token-rate';
 /** A clock the test moves by hand, ms. */
 function manualClock(): { now: () => number; advance: (ms: number) => void } {
   let t = 1000;
-  return { now: () => t, advance: (ms) => { t += ms; } };
+  return {
+    now: () => t,
+    advance: (ms) => {
+      t += ms;
+    },
+  };
 }
 
 describe('token bucket (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT)', () => {
@@ -78,11 +83,17 @@ describe('client token rates', () => {
     r.acquire('dev-b');
     r.step('dev-a', 40, 'step seq 1');
     let err: unknown;
-    try { r.step('dev-a', 30, 'step seq 2'); } catch (e) { err = e; }
+    try {
+      r.step('dev-a', 30, 'step seq 2');
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(TokenRateError);
     expect(err).toBeInstanceOf(CapacityError);
     const e = err as TokenRateError;
-    expect(e.message).toBe("tokens of client 'dev-a' must stay <= 50 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 50): step seq 2 brings 30 tokens, and 10 are left; retry after 400 ms");
+    expect(e.message).toBe(
+      "tokens of client 'dev-a' must stay <= 50 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 50): step seq 2 brings 30 tokens, and 10 are left; retry after 400 ms",
+    );
     expect(e.retryAfterMs).toBe(400);
     const st = toGrpcStatus(e);
     expect(st.code).toBe(8); // RESOURCE_EXHAUSTED
@@ -102,7 +113,12 @@ describe('client token rates', () => {
       r.admitGeneration('dev-g', 'generate seq 1');
       const ac = new AbortController();
       expect(await r.pace('dev-g', 200, ac.signal)).toBe(true); // the burst, at once
-      expect(() => r.admitGeneration('dev-g', 'generate seq 2')).toThrow(new TokenRateError("tokens of client 'dev-g' must stay <= 200 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 200): generate seq 2 needs a token to start, and 0 are left; retry after 5 ms", 5));
+      expect(() => r.admitGeneration('dev-g', 'generate seq 2')).toThrow(
+        new TokenRateError(
+          "tokens of client 'dev-g' must stay <= 200 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 200): generate seq 2 needs a token to start, and 0 are left; retry after 5 ms",
+          5,
+        ),
+      );
       // 10 decode steps at 200/s: each waits 5 ms
       const t0 = Date.now();
       let paced = 0;

@@ -15,7 +15,11 @@ export class TokenBucket {
   private level: number;
   private at: number;
 
-  constructor(readonly ratePerS: number, readonly burst: number, private readonly now: Clock) {
+  constructor(
+    readonly ratePerS: number,
+    readonly burst: number,
+    private readonly now: Clock,
+  ) {
     if (!(ratePerS > 0) || !(burst > 0)) throw new RangeError(`a token bucket needs a rate and a burst > 0, given ${ratePerS} and ${burst}`);
     this.level = burst;
     this.at = now();
@@ -57,16 +61,24 @@ export class TokenBucket {
 /** A client went over EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT: RESOURCE_EXHAUSTED with the time until it fits. */
 export class TokenRateError extends CapacityError {
   override name = 'TokenRateError';
-  constructor(message: string, override readonly retryAfterMs: number) {
+  constructor(
+    message: string,
+    override readonly retryAfterMs: number,
+  ) {
     super(message, retryAfterMs);
   }
 }
 
-const sleep = (ms: number, signal: AbortSignal): Promise<void> => new Promise((resolve) => {
-  const done = (): void => { clearTimeout(t); signal.removeEventListener('abort', done); resolve(); };
-  const t = setTimeout(done, ms);
-  signal.addEventListener('abort', done, { once: true });
-});
+const sleep = (ms: number, signal: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 
 interface Entry {
   readonly bucket: TokenBucket;
@@ -93,10 +105,15 @@ interface Entry {
 export class ClientTokenRates {
   private readonly clients = new Map<string, Entry>();
 
-  constructor(readonly ratePerS: number, private readonly now: Clock = () => performance.now()) {}
+  constructor(
+    readonly ratePerS: number,
+    private readonly now: Clock = () => performance.now(),
+  ) {}
 
   /** Clients with a bucket (those with sessions, and those whose bucket is still refilling). */
-  get size(): number { return this.clients.size; }
+  get size(): number {
+    return this.clients.size;
+  }
 
   /** A session of `clientId` opened. */
   acquire(clientId: string): void {
@@ -117,7 +134,10 @@ export class ClientTokenRates {
     const check = (): void => {
       if (e.sessions > 0 || this.clients.get(clientId) !== e) return;
       const ms = e.bucket.msUntilFull();
-      if (ms <= 0) { this.clients.delete(clientId); return; }
+      if (ms <= 0) {
+        this.clients.delete(clientId);
+        return;
+      }
       e.forget = setTimeout(check, Math.ceil(ms));
       e.forget.unref();
     };
@@ -133,8 +153,11 @@ export class ClientTokenRates {
   private refusal(clientId: string, what: string, waitMs: number): TokenRateError {
     const b = this.bucket(clientId);
     const ms = Math.max(1, Math.ceil(waitMs));
-    return new TokenRateError(`tokens of client ${quoted(clientId, 64)} must stay <= ${this.ratePerS} per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of ${b.burst}): `
-      + `${what}, and ${Math.max(0, Math.floor(b.tokens))} are left; retry after ${ms} ms`, ms);
+    return new TokenRateError(
+      `tokens of client ${quoted(clientId, 64)} must stay <= ${this.ratePerS} per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of ${b.burst}): ` +
+        `${what}, and ${Math.max(0, Math.floor(b.tokens))} are left; retry after ${ms} ms`,
+      ms,
+    );
   }
 
   /** A split step of `tokens` positions: takes them, or refuses. @throws TokenRateError (nothing taken) when they do not fit now. */

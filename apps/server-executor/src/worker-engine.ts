@@ -11,7 +11,10 @@ import { EngineUnavailableError } from './errors';
 /** A session's KV cache as the event-loop thread holds it: a handle to the one kept in the inference thread. */
 class CacheHandle {
   released = false;
-  constructor(readonly id: number, readonly owner: WorkerStageEngine) {}
+  constructor(
+    readonly id: number,
+    readonly owner: WorkerStageEngine,
+  ) {}
 }
 
 interface Pending {
@@ -46,7 +49,13 @@ export function collectWhenQuiet(quiet: () => boolean, collected: () => void = (
   let timer: NodeJS.Timeout | undefined;
   return () => {
     if (!collect || timer || !quiet()) return;
-    timer = setTimeout(() => { timer = undefined; if (quiet()) { collect(); collected(); } }, IDLE_COLLECT_DELAY_MS);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (quiet()) {
+        collect();
+        collected();
+      }
+    }, IDLE_COLLECT_DELAY_MS);
     timer.unref();
   };
 }
@@ -76,9 +85,16 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
   /** With EngineLoadOptions.returnMemory: collects this thread's garbage (tensors that came back, stream buffers) once no cache is live. */
   private collectWhenIdle: (() => void) | undefined;
   private resolveFailed!: (e: Error) => void;
-  readonly failed = new Promise<Error>((r) => { this.resolveFailed = r; });
+  readonly failed = new Promise<Error>((r) => {
+    this.resolveFailed = r;
+  });
 
-  private constructor(private readonly worker: Worker, private readonly manifest: Manifest, readonly modelId: string, private readonly fusedAll: boolean) {
+  private constructor(
+    private readonly worker: Worker,
+    private readonly manifest: Manifest,
+    readonly modelId: string,
+    private readonly fusedAll: boolean,
+  ) {
     worker.on('message', (m: FromThread) => this.onMessage(m));
     worker.on('error', (err) => this.fail(`failed: ${err.message}`, err));
     worker.on('messageerror', (err) => this.fail(`sent a message that could not be read: ${err.message}`, err));
@@ -91,7 +107,12 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
    */
   static async load(modelDir: string, opts: EngineLoadOptions = {}): Promise<WorkerStageEngine> {
     const manifest = await readManifest(modelDir);
-    const data: EngineThreadData = { modelDir, intraOpNumThreads: opts.intraOpNumThreads || undefined, fuseAllStages: opts.fuseAllStages === true, returnMemory: opts.returnMemory === true };
+    const data: EngineThreadData = {
+      modelDir,
+      intraOpNumThreads: opts.intraOpNumThreads || undefined,
+      fuseAllStages: opts.fuseAllStages === true,
+      returnMemory: opts.returnMemory === true,
+    };
     // execArgv [] : the thread needs none of the parent's flags (it registers tsx itself).
     const worker = new Worker(THREAD_ENTRY, { workerData: data, execArgv: [], name: 'tandem-engine' });
     await new Promise<void>((resolve, reject) => {
@@ -103,9 +124,19 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
           reject(m.type === 'load-failed' ? rebuildError(m.error) : new Error(`the inference thread sent ${m.type} before ready`));
         }
       };
-      const onError = (err: Error): void => { cleanup(); reject(new Error(`the inference thread failed while loading the model: ${err.message}`, { cause: err })); };
-      const onExit = (code: number): void => { cleanup(); reject(new Error(`the inference thread exited with code ${code} while loading the model`)); };
-      const cleanup = (): void => { worker.off('message', onMessage); worker.off('error', onError); worker.off('exit', onExit); };
+      const onError = (err: Error): void => {
+        cleanup();
+        reject(new Error(`the inference thread failed while loading the model: ${err.message}`, { cause: err }));
+      };
+      const onExit = (code: number): void => {
+        cleanup();
+        reject(new Error(`the inference thread exited with code ${code} while loading the model`));
+      };
+      const cleanup = (): void => {
+        worker.off('message', onMessage);
+        worker.off('error', onError);
+        worker.off('exit', onExit);
+      };
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
@@ -115,13 +146,23 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     return engine;
   }
 
-  get stageCount(): number { return this.manifest.stages.length; }
-  get nEmbd(): number { return this.manifest.config.nEmbd; }
-  get vocabSize(): number { return this.manifest.config.vocabSize; }
-  get nPositions(): number { return this.manifest.config.nPositions; }
+  get stageCount(): number {
+    return this.manifest.stages.length;
+  }
+  get nEmbd(): number {
+    return this.manifest.config.nEmbd;
+  }
+  get vocabSize(): number {
+    return this.manifest.config.vocabSize;
+  }
+  get nPositions(): number {
+    return this.manifest.config.nPositions;
+  }
   /** Stage compute runs on the worker thread, so the event loop's CPU is serving overhead only. */
   readonly computesOnEventLoop = false;
-  stageKind(stage: number): StageKind { return this.manifest.stages[stage].kind; }
+  stageKind(stage: number): StageKind {
+    return this.manifest.stages[stage].kind;
+  }
 
   newCache(): SessionCache<CacheHandle> {
     const h = new CacheHandle(this.nextCache++, this);
@@ -225,7 +266,10 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
-    if (m.type === 'done') { p.resolve(m.outputs as HostTensor[]); return; }
+    if (m.type === 'done') {
+      p.resolve(m.outputs as HostTensor[]);
+      return;
+    }
     // Put the returned memory back into the caller's tensors, which were detached by the transfer.
     m.inputs.forEach((t, i) => {
       const own = p.inputs[i] as { data: HostTensor['data'] } | undefined;

@@ -1,5 +1,14 @@
 import * as grpc from '@grpc/grpc-js';
-import { channelOptions, ExecutorServiceClient, HealthClient, ServingStatus, toWireTensor, type GetStatusResponse, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import {
+  channelOptions,
+  ExecutorServiceClient,
+  HealthClient,
+  ServingStatus,
+  toWireTensor,
+  type GetStatusResponse,
+  type SessionRequest,
+  type SessionResponse,
+} from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, WorkerStageEngine } from '../src';
@@ -19,7 +28,12 @@ function generate(client: ExecutorServiceClient, ids: number[], n: number, onTok
     const tokens: number[] = [];
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'opened') {
-        call.write({ kind: { $case: 'generate', value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), maxNewTokens: n } } });
+        call.write({
+          kind: {
+            $case: 'generate',
+            value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), maxNewTokens: n },
+          },
+        });
       } else if (m.kind?.$case === 'token') {
         tokens.push(m.kind.value.token);
         onToken?.(tokens.length);
@@ -34,18 +48,35 @@ function generate(client: ExecutorServiceClient, ids: number[], n: number, onTok
 
 describe('a burst of long prompts beside running decodes', () => {
   let model: TempModel;
-  beforeAll(async () => { model = await makeTempModel({ preset: 'small' }); }, 60_000);
+  beforeAll(async () => {
+    model = await makeTempModel({ preset: 'small' });
+  }, 60_000);
   afterAll(() => model?.remove());
 
   it('drops no session, keeps the decodes token-identical and answers health within 1 s throughout', async () => {
     const engine = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
-    const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'burst', maxSessions: 64, maxContextTokens: 0, maxMessageBytes: 64 << 20,
-      batching: true, maxBatch: 16, maxBatchTokens: 4096, idleTimeoutMs: 60_000, telemetryIntervalMs: 1000 });
+    const server = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'burst',
+      maxSessions: 64,
+      maxContextTokens: 0,
+      maxMessageBytes: 64 << 20,
+      batching: true,
+      maxBatch: 16,
+      maxBatchTokens: 4096,
+      idleTimeoutMs: 60_000,
+      telemetryIntervalMs: 1000,
+    });
     const { port } = await server.start();
     const addr = `127.0.0.1:${port}`;
     const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
     const health = new HealthClient(addr, grpc.credentials.createInsecure());
-    const check = (): Promise<ServingStatus> => new Promise((resolve, reject) => health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))));
+    const check = (): Promise<ServingStatus> =>
+      new Promise((resolve, reject) =>
+        health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))),
+      );
     const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
     try {
       const DECODES = 2;
@@ -71,8 +102,14 @@ describe('a burst of long prompts beside running decodes', () => {
       // The decodes start; once each has made a few tokens, the burst arrives.
       let started = 0;
       let releaseBurst!: () => void;
-      const decodesRunning = new Promise<void>((r) => { releaseBurst = r; });
-      const decodes = Array.from({ length: DECODES }, (_, d) => generate(client, prompt(16, 100 + d), DECODE_TOKENS, (i) => { if (i === 3 && ++started === DECODES) releaseBurst(); }));
+      const decodesRunning = new Promise<void>((r) => {
+        releaseBurst = r;
+      });
+      const decodes = Array.from({ length: DECODES }, (_, d) =>
+        generate(client, prompt(16, 100 + d), DECODE_TOKENS, (i) => {
+          if (i === 3 && ++started === DECODES) releaseBurst();
+        }),
+      );
       await withTimeout(decodesRunning, 20_000, 'the decodes under way');
       const t0 = performance.now();
       const burst = Array.from({ length: 16 }, (_, i) => generate(client, prompt(PROMPT_TOKENS, i + 1), 2));
@@ -86,7 +123,9 @@ describe('a burst of long prompts beside running decodes', () => {
       expect(decoded).toEqual(expected);
       expect(answers.every((a) => a === ServingStatus.SERVING)).toBe(true);
       const max = Math.max(...latencies);
-      process.stderr.write(`burst of 16×${PROMPT_TOKENS} beside ${DECODES} decodes: ${burstMs.toFixed(0)} ms; ${latencies.length} health probes, max ${max.toFixed(1)} ms\n`);
+      process.stderr.write(
+        `burst of 16×${PROMPT_TOKENS} beside ${DECODES} decodes: ${burstMs.toFixed(0)} ms; ${latencies.length} health probes, max ${max.toFixed(1)} ms\n`,
+      );
       expect(latencies.length).toBeGreaterThan(5);
       expect(max).toBeLessThan(1000);
       await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 5000, intervalMs: 50, what: 'every session closed' });

@@ -28,8 +28,21 @@ describe('server-executor per-client session limits', () => {
   beforeAll(async () => {
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-limits', maxSessions: 6, maxSessionsPerClient: 2, retryAfterMs: 750,
-      maxContextTokens: 40, maxMessageBytes: 8 << 20, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+    server = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec-limits',
+      maxSessions: 6,
+      maxSessionsPerClient: 2,
+      retryAfterMs: 750,
+      maxContextTokens: 40,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+    });
     const { port } = await server.start();
     client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
   });
@@ -41,7 +54,7 @@ describe('server-executor per-client session limits', () => {
     model?.remove();
   });
 
-  it('refuses a client\'s third session with RESOURCE_EXHAUSTED and a retry hint, admits other clients, and admits again once one ends', async () => {
+  it("refuses a client's third session with RESOURCE_EXHAUSTED and a retry hint, admits other clients, and admits again once one ends", async () => {
     const a1 = await open('dev-a');
     const a2 = await open('dev-a');
     expect(a1.answers[0]?.kind?.$case).toBe('opened');

@@ -7,22 +7,50 @@ import type { SessionCache, StageEngine } from '../src';
  */
 export class DelegatingEngine implements StageEngine {
   constructor(readonly inner: StageEngine) {}
-  get modelId(): string { return this.inner.modelId; }
-  get stageCount(): number { return this.inner.stageCount; }
-  get nEmbd(): number { return this.inner.nEmbd; }
-  get vocabSize(): number { return this.inner.vocabSize; }
-  get nPositions(): number { return this.inner.nPositions; }
-  get computesOnEventLoop(): boolean | undefined { return this.inner.computesOnEventLoop; }
-  get failed(): Promise<Error> | undefined { return this.inner.failed; }
-  stageKind(s: number): ReturnType<StageEngine['stageKind']> { return this.inner.stageKind(s); }
-  newCache(): SessionCache { return this.inner.newCache(); }
-  releaseCache(c: SessionCache): void { this.inner.releaseCache(c); }
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> { return this.inner.runBatch(stage, inputs, caches); }
-  hasFusedRange(begin: number, end: number): boolean { return this.inner.hasFusedRange?.(begin, end) ?? false; }
+  get modelId(): string {
+    return this.inner.modelId;
+  }
+  get stageCount(): number {
+    return this.inner.stageCount;
+  }
+  get nEmbd(): number {
+    return this.inner.nEmbd;
+  }
+  get vocabSize(): number {
+    return this.inner.vocabSize;
+  }
+  get nPositions(): number {
+    return this.inner.nPositions;
+  }
+  get computesOnEventLoop(): boolean | undefined {
+    return this.inner.computesOnEventLoop;
+  }
+  get failed(): Promise<Error> | undefined {
+    return this.inner.failed;
+  }
+  stageKind(s: number): ReturnType<StageEngine['stageKind']> {
+    return this.inner.stageKind(s);
+  }
+  newCache(): SessionCache {
+    return this.inner.newCache();
+  }
+  releaseCache(c: SessionCache): void {
+    this.inner.releaseCache(c);
+  }
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> {
+    return this.inner.runBatch(stage, inputs, caches);
+  }
+  hasFusedRange(begin: number, end: number): boolean {
+    return this.inner.hasFusedRange?.(begin, end) ?? false;
+  }
   runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
     if (!this.inner.runRange) return Promise.reject(new Error('the wrapped engine has no fused ranges'));
     return this.inner.runRange(begin, end, input, cache, lastRowOnly);
   }
-  warmup(): Promise<void> { return this.inner.warmup(); }
-  close(): Promise<void> { return this.inner.close(); }
+  warmup(): Promise<void> {
+    return this.inner.warmup();
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }

@@ -1,15 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
 import { greedyToken, SplitPipeline } from '@tandem/model';
-import {
-  ExecutorServiceClient,
-  fromWireTensor,
-  HealthClient,
-  ServerLoad,
-  ServingStatus,
-  Subjects,
-  type GetStatusResponse,
-} from '@tandem/protocol';
+import { ExecutorServiceClient, fromWireTensor, HealthClient, ServerLoad, ServingStatus, Subjects, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
@@ -75,7 +67,10 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
   });
 
   it('samples the same token from the head run on the last position as from the full logits', async () => {
-    for (const prompt of [[15496, 11, 995], [464, 2068, 7586, 21831, 18045, 625, 262]]) {
+    for (const prompt of [
+      [15496, 11, 995],
+      [464, 2068, 7586, 21831, 18045, 625, 262],
+    ]) {
       const full = session();
       full.open();
       await full.next(1);
@@ -116,7 +111,9 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
     const bad = session();
     bad.open();
     await bad.next(1);
-    bad.call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: [1, 2, 64], data: Buffer.alloc(100) }, sample: false } } });
+    bad.call.write({
+      kind: { $case: 'step', value: { seq: '1', stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: [1, 2, 64], data: Buffer.alloc(100) }, sample: false } },
+    });
     const err = (await bad.ended) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err.details).toBe('step.input.data must hold 512 bytes for shape [1,2,64] of 4-byte elements, given 100 bytes');
@@ -127,14 +124,70 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
 
   it.each([
     ['a step before open', (s: TestSession) => s.step(1, 0, 1, ids(1)), grpc.status.FAILED_PRECONDITION, 'the first message must be open, given step'],
-    ['a second open', (s: TestSession) => { s.open(); s.open(); }, grpc.status.FAILED_PRECONDITION, 'open must be sent once, as the first message; given a second open'],
+    [
+      'a second open',
+      (s: TestSession) => {
+        s.open();
+        s.open();
+      },
+      grpc.status.FAILED_PRECONDITION,
+      'open must be sent once, as the first message; given a second open',
+    ],
     ['another model', (s: TestSession) => s.open('0123456789abcdef'), grpc.status.FAILED_PRECONDITION, "open.modelId must be '"],
-    ['a stage range past the model', (s: TestSession) => { s.open(); s.step(1, 1, 99, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) }); }, grpc.status.INVALID_ARGUMENT, 'step.stageEnd must be in 2..6, given 99'],
-    ['float input to embed', (s: TestSession) => { s.open(); s.step(1, 0, 1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) }); }, grpc.status.INVALID_ARGUMENT, 'step.input.dtype must be DATA_TYPE_INT64'],
-    ['a hidden state of the wrong width', (s: TestSession) => { s.open(); s.step(1, 1, 2, { dtype: 'float32', shape: [1, 1, 63], data: new Float32Array(63) }); }, grpc.status.INVALID_ARGUMENT, 'step.input.shape must be [1, T>=1, 64], given [1, 1, 63]'],
-    ['a token id outside the vocabulary', (s: TestSession) => { s.open(); s.step(1, 0, 1, ids(50257)); }, grpc.status.INVALID_ARGUMENT, 'step.input token ids must be in 0..50256, given 50257'],
-    ['sample without the head', (s: TestSession) => { s.open(); s.step(1, 0, 2, ids(1), true); }, grpc.status.INVALID_ARGUMENT, 'step.sample must be false unless the range ends with the head'],
-    ['a context past the limit', (s: TestSession) => { s.open(); s.step(1, 0, 1, ids(...new Array(41).fill(1))); }, grpc.status.FAILED_PRECONDITION, 'step would make stage 0 hold 41 tokens; the context must stay <= 40 tokens'],
+    [
+      'a stage range past the model',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 1, 99, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) });
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'step.stageEnd must be in 2..6, given 99',
+    ],
+    [
+      'float input to embed',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 0, 1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) });
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'step.input.dtype must be DATA_TYPE_INT64',
+    ],
+    [
+      'a hidden state of the wrong width',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 1, 2, { dtype: 'float32', shape: [1, 1, 63], data: new Float32Array(63) });
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'step.input.shape must be [1, T>=1, 64], given [1, 1, 63]',
+    ],
+    [
+      'a token id outside the vocabulary',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 0, 1, ids(50257));
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'step.input token ids must be in 0..50256, given 50257',
+    ],
+    [
+      'sample without the head',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 0, 2, ids(1), true);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'step.sample must be false unless the range ends with the head',
+    ],
+    [
+      'a context past the limit',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 0, 1, ids(...new Array(41).fill(1)));
+      },
+      grpc.status.FAILED_PRECONDITION,
+      'step would make stage 0 hold 41 tokens; the context must stay <= 40 tokens',
+    ],
   ])('refuses %s and names the rule', async (_what, act, code, details) => {
     const s = session();
     act(s);
@@ -230,12 +283,30 @@ describe('server-executor lifecycle and telemetry', () => {
     const nats = await startNatsServer();
     const nc = await connect({ servers: nats.url });
     const engine = await engines.worker(model.dir);
-    const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-nats', maxSessions: 4, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, natsUrl: nats.url, telemetryIntervalMs: 50 });
+    const server = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec-nats',
+      maxSessions: 4,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 50,
+    });
     try {
       const sub = nc.subscribe(Subjects.serverLoad('exec-nats'), { max: 1 });
       const { port } = await server.start();
-      const load = await withTimeout((async () => { for await (const m of sub) return ServerLoad.decode(m.data); })(), 5000, 'a load report');
+      const load = await withTimeout(
+        (async () => {
+          for await (const m of sub) return ServerLoad.decode(m.data);
+        })(),
+        5000,
+        'a load report',
+      );
       expect(load?.serverId).toBe('exec-nats');
       expect(load?.stages).toHaveLength(engine.stageCount);
       // measured at start-up, so the planner can price the server before any traffic

@@ -14,7 +14,10 @@ const NEW_TOKENS = 8;
 class CountingEngine extends DelegatingEngine {
   rangeCalls = 0;
   stageCalls = 0;
-  override runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> { this.stageCalls++; return super.runBatch(stage, inputs, caches); }
+  override runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> {
+    this.stageCalls++;
+    return super.runBatch(stage, inputs, caches);
+  }
   override runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
     this.rangeCalls++;
     return super.runRange(begin, end, input, cache, lastRowOnly);
@@ -137,7 +140,8 @@ describe('WorkerStageEngine.runRange', () => {
         const fused = await worker.runRange(0, n, ids(...prompt), wc, true);
         let x = ids(...prompt);
         for (let s = 0; s < n; s++) {
-          if (inline.stageKind(s) === 'head') x = { dtype: 'float32', shape: [1, 1, x.shape[2]], data: (x.data as Float32Array).slice((x.shape[1] - 1) * x.shape[2]) };
+          if (inline.stageKind(s) === 'head')
+            x = { dtype: 'float32', shape: [1, 1, x.shape[2]], data: (x.data as Float32Array).slice((x.shape[1] - 1) * x.shape[2]) };
           [x] = await inline.runBatch(s, [x], [ic]);
         }
         expect(fused.shape).toEqual([1, 1, worker.vocabSize]);

@@ -25,7 +25,11 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
   /** The tokens a whole-model run gives for `prompt`. */
   const expectedTokens = async (prompt: number[], n: number): Promise<number[]> => {
     const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
-    try { return await pipe.generate(prompt, { maxNewTokens: n }); } finally { await pipe.close(); }
+    try {
+      return await pipe.generate(prompt, { maxNewTokens: n });
+    } finally {
+      await pipe.close();
+    }
   };
 
   /**
@@ -158,7 +162,11 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
     });
 
     it('refuses bytes that are no SessionRequest with INVALID_ARGUMENT naming the message, not INTERNAL', async () => {
-      const call = raw.makeBidiStreamRequest('/tandem.executor.v1.ExecutorService/Session', (b: Buffer) => b, (b: Buffer) => b);
+      const call = raw.makeBidiStreamRequest(
+        '/tandem.executor.v1.ExecutorService/Session',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+      );
       const ended = new Promise<grpc.ServiceError>((resolve) => call.on('error', resolve));
       call.on('data', () => {});
       call.write(Buffer.from([0x12, 0xff, 0x01])); // field 2 (step), length 255, 1 byte present
@@ -168,7 +176,13 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
 
     it('refuses bytes that are no GetStatusRequest with INVALID_ARGUMENT', async () => {
       const err = await new Promise<grpc.ServiceError | null>((resolve) => {
-        raw.makeUnaryRequest('/tandem.executor.v1.ExecutorService/GetStatus', (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x0a, 0x7f]), (e) => resolve(e));
+        raw.makeUnaryRequest(
+          '/tandem.executor.v1.ExecutorService/GetStatus',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.from([0x0a, 0x7f]),
+          (e) => resolve(e),
+        );
       });
       expect(err).not.toBeNull();
       expectRefusal(err!, grpc.status.INVALID_ARGUMENT, 'GetStatusRequest');
@@ -180,12 +194,73 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
     const dims5000 = new Array<number>(5000).fill(1);
     it.each([
       ['a 20,000-character model id', (s: TestSession) => s.open(long), grpc.status.FAILED_PRECONDITION, ['open.modelId must be', '20000 chars']],
-      ['a 20,000-character model id and client id', (s: TestSession) => s.call.write({ kind: { $case: 'open', value: { clientId: long, planEpoch: '0', modelId: long } } }), grpc.status.FAILED_PRECONDITION, ['open.modelId']],
-      ['a hidden state of 5,000 dims', (s: TestSession) => { s.open(); s.step(1, 1, 2, { dtype: 'float32', shape: dims5000, data: new Float32Array(1) }); }, grpc.status.INVALID_ARGUMENT, ['step.input.shape must be', '5000 dims']],
-      ['ids of 5,000 dims', (s: TestSession) => { s.open(); s.step(1, 0, 1, { dtype: 'int64', shape: dims5000, data: new BigInt64Array(1) }); }, grpc.status.INVALID_ARGUMENT, ['step.input.shape must be']],
-      ['a prompt of 5,000 dims', (s: TestSession) => { s.open(); s.generate(1, { dtype: 'int64', shape: dims5000, data: new BigInt64Array(1) }, 1); }, grpc.status.INVALID_ARGUMENT, ['generate.input.shape must be']],
-      ['5,000 dims that do not fit the bytes', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: dims5000, data: Buffer.alloc(12) }, sample: false } } }); }, grpc.status.INVALID_ARGUMENT, ['step.input.data must hold 4 bytes']],
-      ['5,000 huge dims', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: new Array<number>(5000).fill(1 << 20), data: Buffer.alloc(4) }, sample: false } } }); }, grpc.status.INVALID_ARGUMENT, ['step.input.shape must have at most']],
+      [
+        'a 20,000-character model id and client id',
+        (s: TestSession) => s.call.write({ kind: { $case: 'open', value: { clientId: long, planEpoch: '0', modelId: long } } }),
+        grpc.status.FAILED_PRECONDITION,
+        ['open.modelId'],
+      ],
+      [
+        'a hidden state of 5,000 dims',
+        (s: TestSession) => {
+          s.open();
+          s.step(1, 1, 2, { dtype: 'float32', shape: dims5000, data: new Float32Array(1) });
+        },
+        grpc.status.INVALID_ARGUMENT,
+        ['step.input.shape must be', '5000 dims'],
+      ],
+      [
+        'ids of 5,000 dims',
+        (s: TestSession) => {
+          s.open();
+          s.step(1, 0, 1, { dtype: 'int64', shape: dims5000, data: new BigInt64Array(1) });
+        },
+        grpc.status.INVALID_ARGUMENT,
+        ['step.input.shape must be'],
+      ],
+      [
+        'a prompt of 5,000 dims',
+        (s: TestSession) => {
+          s.open();
+          s.generate(1, { dtype: 'int64', shape: dims5000, data: new BigInt64Array(1) }, 1);
+        },
+        grpc.status.INVALID_ARGUMENT,
+        ['generate.input.shape must be'],
+      ],
+      [
+        '5,000 dims that do not fit the bytes',
+        (s: TestSession) => {
+          s.open();
+          s.call.write({
+            kind: {
+              $case: 'step',
+              value: { seq: '1', stageBegin: 1, stageEnd: 2, input: { dtype: 1, shape: dims5000, data: Buffer.alloc(12) }, sample: false },
+            },
+          });
+        },
+        grpc.status.INVALID_ARGUMENT,
+        ['step.input.data must hold 4 bytes'],
+      ],
+      [
+        '5,000 huge dims',
+        (s: TestSession) => {
+          s.open();
+          s.call.write({
+            kind: {
+              $case: 'step',
+              value: {
+                seq: '1',
+                stageBegin: 1,
+                stageEnd: 2,
+                input: { dtype: 1, shape: new Array<number>(5000).fill(1 << 20), data: Buffer.alloc(4) },
+                sample: false,
+              },
+            },
+          });
+        },
+        grpc.status.INVALID_ARGUMENT,
+        ['step.input.shape must have at most'],
+      ],
     ] as const)('cuts %s', async (_what, act, code, parts) => {
       const s = session();
       act(s);

@@ -16,7 +16,11 @@ async function run(engine: WorkerStageEngine, sessions: number): Promise<string[
   for (const [i, cache] of caches.entries()) {
     for (const x of [tokens([5 + i, 17, 300, 2]), tokens([42])]) {
       const y = await engine.runRange(0, engine.stageCount, x, cache, true);
-      out.push(createHash('sha256').update(new Uint8Array(y.data.buffer, y.data.byteOffset, y.data.byteLength)).digest('hex'));
+      out.push(
+        createHash('sha256')
+          .update(new Uint8Array(y.data.buffer, y.data.byteOffset, y.data.byteLength))
+          .digest('hex'),
+      );
     }
   }
   for (const c of caches) engine.releaseCache(c);
@@ -25,7 +29,9 @@ async function run(engine: WorkerStageEngine, sessions: number): Promise<string[
 
 describe('WorkerStageEngine with returnMemory', () => {
   let model: TempModel;
-  beforeAll(async () => { model = await makeTempModel(); });
+  beforeAll(async () => {
+    model = await makeTempModel();
+  });
   afterAll(() => model?.remove());
 
   it('computes the same bits as with the arena, and keeps working after the idle collection', async () => {

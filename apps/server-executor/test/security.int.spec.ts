@@ -4,7 +4,14 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, HealthClient, ServingStatus, type GetStatusResponse, type SessionRequest } from '@tandem/protocol';
 import {
-  clientOptions, createLogger, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet, type ClientSecurity, type ServerSecurity,
+  clientOptions,
+  createLogger,
+  loadClientSecurity,
+  loadServerSecurity,
+  makeCertificates,
+  type CertificateSet,
+  type ClientSecurity,
+  type ServerSecurity,
 } from '@tandem/service-kit';
 import { expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, type StageEngine } from '../src';
@@ -40,20 +47,36 @@ describe('server-executor over TLS, mTLS and with bearer tokens (real servers on
   });
 
   async function start(security: ServerSecurity): Promise<string> {
-    const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-tls', maxSessions: 8, maxContextTokens: 64,
-      maxMessageBytes: 8 << 20, batching: false, maxBatch: 1, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, security });
+    const server = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec-tls',
+      maxSessions: 8,
+      maxContextTokens: 64,
+      maxMessageBytes: 8 << 20,
+      batching: false,
+      maxBatch: 1,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+      security,
+    });
     servers.push(server);
     return `127.0.0.1:${(await server.start()).port}`;
   }
 
   function client(addr: string, sec?: ClientSecurity): ExecutorServiceClient {
-    const c = new ExecutorServiceClient(addr, sec?.credentials ?? grpc.credentials.createInsecure(), clientOptions(sec, { ...channelOptions(8 << 20), 'grpc.initial_reconnect_backoff_ms': 100 }));
+    const c = new ExecutorServiceClient(
+      addr,
+      sec?.credentials ?? grpc.credentials.createInsecure(),
+      clientOptions(sec, { ...channelOptions(8 << 20), 'grpc.initial_reconnect_backoff_ms': 100 }),
+    );
     clients.push(c);
     return c;
   }
 
-  const status = (c: ExecutorServiceClient): Promise<GetStatusResponse> => new Promise((resolve, reject) =>
-    c.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+  const status = (c: ExecutorServiceClient): Promise<GetStatusResponse> =>
+    new Promise((resolve, reject) => c.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
 
   /** Opens a session as `clientId` and runs one whole-model sampled step; resolves with the token or the error. */
   async function oneStep(c: ExecutorServiceClient, clientId: string): Promise<number | grpc.ServiceError> {
@@ -71,22 +94,34 @@ describe('server-executor over TLS, mTLS and with bearer tokens (real servers on
   }
 
   it('serves a TLS client that trusts its CA, and refuses a plaintext client', async () => {
-    const addr = await start(loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: '' }));
+    const addr = await start(
+      loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: '' }),
+    );
     const tls = client(addr, loadClientSecurity({ caFile: certs.caCert }));
     expect((await status(tls)).maxSessions).toBe(8);
-    expect(typeof await oneStep(tls, 'anyone')).toBe('number');
+    expect(typeof (await oneStep(tls, 'anyone'))).toBe('number');
     const plain = client(addr);
     await expect(status(plain)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
   });
 
   it('refuses a TLS client that does not trust the server certificate', async () => {
     const other = makeCertificates(path.join(dir, 'other'));
-    const addr = await start(loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: '' }));
+    const addr = await start(
+      loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: '' }),
+    );
     await expect(status(client(addr, loadClientSecurity({ caFile: other.caCert })))).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
   });
 
   it('mTLS: serves a client with a certificate from its CA, refuses one without a certificate', async () => {
-    const addr = await start(loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: certs.caCert, TLS_CLIENT_AUTH: 'require', AUTH_TOKENS_FILE: '' }));
+    const addr = await start(
+      loadServerSecurity({
+        TLS_CERT_FILE: certs.serverCert,
+        TLS_KEY_FILE: certs.serverKey,
+        TLS_CA_FILE: certs.caCert,
+        TLS_CLIENT_AUTH: 'require',
+        AUTH_TOKENS_FILE: '',
+      }),
+    );
     const withCert = client(addr, loadClientSecurity({ caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey }));
     expect((await status(withCert)).maxSessions).toBe(8);
     const noCert = client(addr, loadClientSecurity({ caFile: certs.caCert }));
@@ -96,7 +131,15 @@ describe('server-executor over TLS, mTLS and with bearer tokens (real servers on
   describe('with AUTH_TOKENS_FILE', () => {
     let addr: string;
     beforeAll(async () => {
-      addr = await start(loadServerSecurity({ TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: tokensFile }));
+      addr = await start(
+        loadServerSecurity({
+          TLS_CERT_FILE: certs.serverCert,
+          TLS_KEY_FILE: certs.serverKey,
+          TLS_CA_FILE: '',
+          TLS_CLIENT_AUTH: 'none',
+          AUTH_TOKENS_FILE: tokensFile,
+        }),
+      );
     });
     const as = (token?: string): ExecutorServiceClient => client(addr, loadClientSecurity({ caFile: certs.caCert, token }));
 
@@ -110,7 +153,7 @@ describe('server-executor over TLS, mTLS and with bearer tokens (real servers on
       expectRefusal(session as grpc.ServiceError, grpc.status.UNAUTHENTICATED, "metadata 'authorization'");
     });
 
-    it('opens a session under the caller\'s own id and refuses another identity (PERMISSION_DENIED naming open.clientId)', async () => {
+    it("opens a session under the caller's own id and refuses another identity (PERMISSION_DENIED naming open.clientId)", async () => {
       const alice = as(ALICE);
       const own = await oneStep(alice, 'alice');
       expect(typeof own).toBe('number');

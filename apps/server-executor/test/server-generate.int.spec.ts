@@ -70,7 +70,9 @@ describe('server-side generation (generate) on a real executor', () => {
     await pipe.close();
   });
 
-  afterEach(async () => { await Promise.all([a.cancelSessions(3000), b.cancelSessions(3000)]); });
+  afterEach(async () => {
+    await Promise.all([a.cancelSessions(3000), b.cancelSessions(3000)]);
+  });
 
   afterAll(async () => {
     for (const e of [a, b]) await e?.stop();
@@ -188,16 +190,99 @@ describe('server-side generation (generate) on a real executor', () => {
 
   it.each([
     ['generate before open', (s: TestSession) => s.generate(1, ids(1), 1), grpc.status.FAILED_PRECONDITION, 'the first message must be open, given generate'],
-    ['generate after a step', (s: TestSession) => { s.open(); s.step(1, 0, 6, ids(1), true); s.generate(2, ids(2), 1); }, grpc.status.FAILED_PRECONDITION, 'generate must be the first message after open (no step may precede it), given after 1 step(s)'],
-    ['a second generate', (s: TestSession) => { s.open(); s.generate(1, ids(1), 200); s.generate(2, ids(1), 1); }, grpc.status.FAILED_PRECONDITION, 'generate may be sent once per session, given a second generate'],
-    ['a step after generate', (s: TestSession) => { s.open(); s.generate(1, ids(1), 200); s.step(2, 0, 6, ids(1), true); }, grpc.status.FAILED_PRECONDITION, 'step may not follow generate (the server decodes this session), given step seq 2'],
-    ['float ids', (s: TestSession) => { s.open(); s.generate(1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) }, 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32'],
-    ['ids of shape [2, 1]', (s: TestSession) => { s.open(); s.generate(1, { dtype: 'int64', shape: [2, 1], data: new BigInt64Array(2) }, 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input.shape must be [1, T>=1], given [2, 1]'],
-    ['an empty prompt', (s: TestSession) => { s.open(); s.generate(1, { dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }, 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input.shape must be [1, T>=1], given [1, 0]'],
-    ['an id outside the vocabulary', (s: TestSession) => { s.open(); s.generate(1, ids(3, 50257), 1); }, grpc.status.INVALID_ARGUMENT, 'generate.input token ids must be in 0..50256, given 50257'],
-    ['no input', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: undefined, maxNewTokens: 1 } } }); }, grpc.status.INVALID_ARGUMENT, 'generate.input is required, given nothing'],
-    ['bytes that do not fit the shape', (s: TestSession) => { s.open(); s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: { ...toWireTensor(ids(1, 2)), data: Buffer.alloc(9) }, maxNewTokens: 1 } } }); }, grpc.status.INVALID_ARGUMENT, 'generate.input.data must hold 16 bytes'],
-    ['max_new_tokens 0', (s: TestSession) => { s.open(); s.generate(1, ids(1), 0); }, grpc.status.INVALID_ARGUMENT, 'generate.maxNewTokens must be >= 1, given 0'],
+    [
+      'generate after a step',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 0, 6, ids(1), true);
+        s.generate(2, ids(2), 1);
+      },
+      grpc.status.FAILED_PRECONDITION,
+      'generate must be the first message after open (no step may precede it), given after 1 step(s)',
+    ],
+    [
+      'a second generate',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, ids(1), 200);
+        s.generate(2, ids(1), 1);
+      },
+      grpc.status.FAILED_PRECONDITION,
+      'generate may be sent once per session, given a second generate',
+    ],
+    [
+      'a step after generate',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, ids(1), 200);
+        s.step(2, 0, 6, ids(1), true);
+      },
+      grpc.status.FAILED_PRECONDITION,
+      'step may not follow generate (the server decodes this session), given step seq 2',
+    ],
+    [
+      'float ids',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) }, 1);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32',
+    ],
+    [
+      'ids of shape [2, 1]',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, { dtype: 'int64', shape: [2, 1], data: new BigInt64Array(2) }, 1);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input.shape must be [1, T>=1], given [2, 1]',
+    ],
+    [
+      'an empty prompt',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, { dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }, 1);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input.shape must be [1, T>=1], given [1, 0]',
+    ],
+    [
+      'an id outside the vocabulary',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, ids(3, 50257), 1);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input token ids must be in 0..50256, given 50257',
+    ],
+    [
+      'no input',
+      (s: TestSession) => {
+        s.open();
+        s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: undefined, maxNewTokens: 1 } } });
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input is required, given nothing',
+    ],
+    [
+      'bytes that do not fit the shape',
+      (s: TestSession) => {
+        s.open();
+        s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: { ...toWireTensor(ids(1, 2)), data: Buffer.alloc(9) }, maxNewTokens: 1 } } });
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input.data must hold 16 bytes',
+    ],
+    [
+      'max_new_tokens 0',
+      (s: TestSession) => {
+        s.open();
+        s.generate(1, ids(1), 0);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.maxNewTokens must be >= 1, given 0',
+    ],
   ])('refuses %s and names the rule', async (_what, act, code, details) => {
     const s = session(a);
     act(s);

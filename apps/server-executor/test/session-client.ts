@@ -13,10 +13,23 @@ export class TestSession {
   private waiters: (() => void)[] = [];
   private done = false;
   constructor(readonly call: grpc.ClientDuplexStream<SessionRequest, SessionResponse>) {
-    call.on('data', (m: SessionResponse) => { this.answers.push(m); this.waiters.splice(0).forEach((w) => w()); });
+    call.on('data', (m: SessionResponse) => {
+      this.answers.push(m);
+      this.waiters.splice(0).forEach((w) => w());
+    });
     this.ended = new Promise((resolve) => {
-      call.on('error', (e: grpc.ServiceError) => { this.done = true; resolve(e); this.waiters.splice(0).forEach((w) => w()); });
-      call.on('status', (s: grpc.StatusObject) => { if (s.code === grpc.status.OK) { this.done = true; resolve(s); this.waiters.splice(0).forEach((w) => w()); } });
+      call.on('error', (e: grpc.ServiceError) => {
+        this.done = true;
+        resolve(e);
+        this.waiters.splice(0).forEach((w) => w());
+      });
+      call.on('status', (s: grpc.StatusObject) => {
+        if (s.code === grpc.status.OK) {
+          this.done = true;
+          resolve(s);
+          this.waiters.splice(0).forEach((w) => w());
+        }
+      });
     });
   }
   /** The n-th answer (1-based), waiting up to `timeoutMs` for it. */
@@ -28,7 +41,9 @@ export class TestSession {
     if (this.answers.length < n) throw new Error('stream ended early');
     return this.answers[n - 1];
   }
-  open(modelId = '', clientId = 't'): void { this.call.write({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId } } }); }
+  open(modelId = '', clientId = 't'): void {
+    this.call.write({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId } } });
+  }
   step(seq: number | string, begin: number, end: number, input: HostTensor, sample = false): void {
     this.call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });
   }

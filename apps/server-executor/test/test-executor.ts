@@ -34,8 +34,18 @@ export interface TestExecutor {
  */
 export async function startTestExecutor(engine: StageEngine, opts: TestExecutorOptions = {}): Promise<TestExecutor> {
   const server = new ExecutorServer({
-    engine, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', serverId: 'exec-test', maxSessions: 16, maxContextTokens: 0,
-    maxMessageBytes: MAX_MESSAGE_BYTES, batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000, ...opts,
+    engine,
+    log: createLogger({ name: 'test', level: 'silent' }),
+    address: '127.0.0.1:0',
+    serverId: 'exec-test',
+    maxSessions: 16,
+    maxContextTokens: 0,
+    maxMessageBytes: MAX_MESSAGE_BYTES,
+    batching: true,
+    maxBatch: 8,
+    idleTimeoutMs: 30_000,
+    telemetryIntervalMs: 1000,
+    ...opts,
   });
   const { port } = await server.start();
   const addr = `127.0.0.1:${port}`;
@@ -43,7 +53,10 @@ export async function startTestExecutor(engine: StageEngine, opts: TestExecutorO
   const opened: TestSession[] = [];
   const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
   return {
-    server, client, addr, status,
+    server,
+    client,
+    addr,
+    status,
     session: (deadlineMs = 30_000) => {
       const s = new TestSession(client.session({ deadline: Date.now() + deadlineMs }));
       opened.push(s);

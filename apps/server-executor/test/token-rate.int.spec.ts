@@ -30,7 +30,8 @@ describe('server-executor per-client tokens per second', () => {
     return s;
   };
   const tokenOf = (m: SessionResponse, seq: number): number => {
-    if (m.kind?.$case !== 'result' || m.kind.value.seq !== String(seq) || m.kind.value.output?.$case !== 'token') throw new Error(`expected the token of step ${seq}, given ${JSON.stringify(m.kind)}`);
+    if (m.kind?.$case !== 'result' || m.kind.value.seq !== String(seq) || m.kind.value.output?.$case !== 'token')
+      throw new Error(`expected the token of step ${seq}, given ${JSON.stringify(m.kind)}`);
     return m.kind.value.output.value;
   };
 
@@ -51,7 +52,7 @@ describe('server-executor per-client tokens per second', () => {
     model?.remove();
   });
 
-  it('refuses a split step over the client\'s rate in-band with RESOURCE_EXHAUSTED and a hint; the same session takes the same step after it, tokens right; another client is not affected', async () => {
+  it("refuses a split step over the client's rate in-band with RESOURCE_EXHAUSTED and a hint; the same session takes the same step after it, tokens right; another client is not affected", async () => {
     const a = await open('dev-a');
     // The 12-token prefill runs on the full bucket (8) and leaves a debt of 4.
     a.step(1, 0, stageCount, ids(...LONG), true);
@@ -64,7 +65,9 @@ describe('server-executor per-client tokens per second', () => {
     const r = refused.kind.value;
     expect(r.seq).toBe('2');
     expect(r.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(r.message).toContain("tokens of client 'dev-a' must stay <= 8 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8): step seq 2 brings 1 tokens, and 0 are left");
+    expect(r.message).toContain(
+      "tokens of client 'dev-a' must stay <= 8 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8): step seq 2 brings 1 tokens, and 0 are left",
+    );
     expect(r.message).toContain(`retry after ${r.retryAfterMs} ms`);
     expect(r.retryAfterMs).toBeGreaterThan(300);
     expect(r.retryAfterMs).toBeLessThanOrEqual(625);
@@ -102,7 +105,9 @@ describe('server-executor per-client tokens per second', () => {
     expect(performance.now() - t0).toBeGreaterThanOrEqual(1375 - 5 - 150);
     a.call.end();
     expect((await a.ended).code).toBe(grpc.status.OK);
-    process.stderr.write(`split at ${RATE} tokens/s: first hint ${r.retryAfterMs} ms, ${refusals} more refusals, ${Math.round(performance.now() - t0)} ms for 7 decode steps\n`);
+    process.stderr.write(
+      `split at ${RATE} tokens/s: first hint ${r.retryAfterMs} ms, ${refusals} more refusals, ${Math.round(performance.now() - t0)} ms for 7 decode steps\n`,
+    );
   });
 
   it('paces a server-side generation to the rate instead of failing it, and refuses another one of the client (trailer retry-after-ms) while the bucket is empty', async () => {
@@ -114,7 +119,9 @@ describe('server-executor per-client tokens per second', () => {
     second.generate(1, ids(...SHORT), 2);
     const err = (await second.ended) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(err.details).toContain("tokens of client 'dev-g' must stay <= 8 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8): generate seq 1 needs a token to start, and 0 are left; retry after ");
+    expect(err.details).toContain(
+      "tokens of client 'dev-g' must stay <= 8 per second (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, a burst of 8): generate seq 1 needs a token to start, and 0 are left; retry after ",
+    );
     const hint = Number(err.metadata.get('retry-after-ms')[0]);
     expect(err.details).toContain(`retry after ${hint} ms`);
     expect(hint).toBeGreaterThan(0);
@@ -140,6 +147,8 @@ describe('server-executor per-client tokens per second', () => {
     again.call.end();
     expect((await again.ended).code).toBe(grpc.status.OK);
     expect(again.tokens().map((t) => t.token)).toEqual(expected.get(SHORT)?.slice(0, 2));
-    process.stderr.write(`server-side at ${RATE} tokens/s: 8 tokens of a 12-token prompt in ${Math.round(ms)} ms; refused a second one with a hint of ${hint} ms\n`);
+    process.stderr.write(
+      `server-side at ${RATE} tokens/s: 8 tokens of a 12-token prompt in ${Math.round(ms)} ms; refused a second one with a hint of ${hint} ms\n`,
+    );
   });
 });

@@ -21,17 +21,26 @@ const ids = (v: number[]): HostTensor => ({ dtype: 'int64', shape: [1, v.length]
 const prompt = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 /** A copy of a tensor's bytes (a view would be detached once the tensor is handed to the worker engine). */
 const bytes = (t: HostTensor): Buffer => Buffer.from(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-const percentile = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]; };
+const percentile = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
 
 /** A real engine behind a decorator that times every call (to know how long the longest batch held the engine). */
 class TimedEngine extends DelegatingEngine {
   longestCallMs = 0;
   override async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> {
     const t0 = performance.now();
-    try { return await super.runBatch(stage, inputs, caches); } finally { this.longestCallMs = Math.max(this.longestCallMs, performance.now() - t0); }
+    try {
+      return await super.runBatch(stage, inputs, caches);
+    } finally {
+      this.longestCallMs = Math.max(this.longestCallMs, performance.now() - t0);
+    }
   }
   /** Every call goes through runBatch, so every call is timed. */
-  override hasFusedRange(): boolean { return false; }
+  override hasFusedRange(): boolean {
+    return false;
+  }
 }
 
 /** Opens a session, runs one step of stages [0, end) on `input`; resolves with the final status or the answer. */
@@ -39,7 +48,10 @@ function oneStep(client: ExecutorServiceClient, input: HostTensor, end: number):
   return new Promise((resolve) => {
     const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 60_000 });
     call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') { call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: end, input: toWireTensor(input), sample: false } } }); return; }
+      if (m.kind?.$case === 'opened') {
+        call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: end, input: toWireTensor(input), sample: false } } });
+        return;
+      }
       resolve({ answer: m });
       call.end();
     });
@@ -55,7 +67,10 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
     tiny = await makeTempModel();
     small = await makeTempModel({ preset: 'small' });
   });
-  afterAll(() => { tiny.remove(); small.remove(); });
+  afterAll(() => {
+    tiny.remove();
+    small.remove();
+  });
 
   it('computes bit-identical outputs to the in-thread engine: batched prefills, decode steps, the head', async () => {
     const worker = await WorkerStageEngine.load(tiny.dir, { intraOpNumThreads: 1 });
@@ -68,7 +83,10 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
         for (let step = 0; step < 4; step++) {
           for (let s = 0; s < e.stageCount; s++) {
             // attention stages one session per call (as the scheduler does), the others batched
-            xs = e.stageKind(s) === 'attn' ? [(await e.runBatch(s, [xs[0]], [caches[0]]))[0], (await e.runBatch(s, [xs[1]], [caches[1]]))[0]] : await e.runBatch(s, xs, caches);
+            xs =
+              e.stageKind(s) === 'attn'
+                ? [(await e.runBatch(s, [xs[0]], [caches[0]]))[0], (await e.runBatch(s, [xs[1]], [caches[1]]))[0]]
+                : await e.runBatch(s, xs, caches);
             out.push(...xs.map(bytes));
           }
           xs = [ids([(step * 31 + 7) % 50_000]), ids([(step * 17 + 3) % 50_000])];
@@ -101,7 +119,10 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       // Through the scheduler: the batch fails, is retried one by one, and the good step completes.
       const sched = new StageScheduler(worker, { batching: true, maxBatch: 8, maxBatchTokens: 4096 });
       const good = ids(prompt(6, 3));
-      const [ok, refused] = await Promise.allSettled([sched.submit('g', 0, worker.stageCount, good, worker.newCache()), sched.submit('b', 0, 1, bad(), worker.newCache())]);
+      const [ok, refused] = await Promise.allSettled([
+        sched.submit('g', 0, worker.stageCount, good, worker.newCache()),
+        sched.submit('b', 0, 1, bad(), worker.newCache()),
+      ]);
       expect(refused.status).toBe('rejected');
       expect(ok.status).toBe('fulfilled');
       const c = inline.newCache();
@@ -116,16 +137,32 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
 
   it('answers health and status within milliseconds while long prefill batches run', async () => {
     const engine = new TimedEngine(await WorkerStageEngine.load(small.dir, { intraOpNumThreads: 1 }));
-    const server = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec-worker', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 64 << 20,
-      batching: true, maxBatch: 16, maxBatchTokens: 16_000, idleTimeoutMs: 60_000, telemetryIntervalMs: 1000 });
+    const server = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec-worker',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 64 << 20,
+      batching: true,
+      maxBatch: 16,
+      maxBatchTokens: 16_000,
+      idleTimeoutMs: 60_000,
+      telemetryIntervalMs: 1000,
+    });
     const { port } = await server.start();
     engine.longestCallMs = 0; // warm-up and profiling are not the batches under test
     const addr = `127.0.0.1:${port}`;
     const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
     const health = new HealthClient(addr, grpc.credentials.createInsecure());
     try {
-      const check = (): Promise<ServingStatus> => new Promise((resolve, reject) => health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r.status))));
-      const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r))));
+      const check = (): Promise<ServingStatus> =>
+        new Promise((resolve, reject) =>
+          health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r.status))),
+        );
+      const status = (): Promise<GetStatusResponse> =>
+        new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r))));
       await check(); // connections up before timing
       await status();
       // Sixteen 1000-token prefills of the first block (embed, attention, MLP) arrive together:
@@ -133,7 +170,9 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       // even on a quiet machine, where ten of them took 138 ms).
       const t0 = performance.now();
       let finished = false;
-      const work = Promise.all(Array.from({ length: 16 }, (_, i) => oneStep(client, ids(prompt(1000, i + 1)), 3))).finally(() => { finished = true; });
+      const work = Promise.all(Array.from({ length: 16 }, (_, i) => oneStep(client, ids(prompt(1000, i + 1)), 3))).finally(() => {
+        finished = true;
+      });
       const latencies: number[] = [];
       const answers: string[] = [];
       while (!finished) {
@@ -153,7 +192,9 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       expect(answers.some((a) => a.startsWith('queue ') && a !== 'queue 0')).toBe(true); // status saw the work in flight
       const p99 = percentile(latencies, 99);
       const max = Math.max(...latencies);
-      process.stderr.write(`probes ${latencies.length}, p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${max.toFixed(1)} ms; longest engine call ${engine.longestCallMs.toFixed(0)} ms, all prefills ${workMs.toFixed(0)} ms\n`);
+      process.stderr.write(
+        `probes ${latencies.length}, p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${max.toFixed(1)} ms; longest engine call ${engine.longestCallMs.toFixed(0)} ms, all prefills ${workMs.toFixed(0)} ms\n`,
+      );
       // The in-thread engine answers a probe only between engine calls, so its p99 and max come
       // close to the longest call (> 150 ms). With the worker they stay far below it; the bounds
       // leave room for a 2-core machine shared with other jobs (p99 was 33-64 ms there, p50 1 ms).
@@ -170,14 +211,29 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
 
   it('fails the in-flight session with UNAVAILABLE when the thread dies, and keeps answering health (NOT_SERVING) and status', async () => {
     const worker = await WorkerStageEngine.load(small.dir, { intraOpNumThreads: 1 });
-    const server = new ExecutorServer({ engine: worker, log, address: '127.0.0.1:0', serverId: 'exec-crash', maxSessions: 4, maxContextTokens: 0, maxMessageBytes: 64 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 60_000, telemetryIntervalMs: 1000 });
+    const server = new ExecutorServer({
+      engine: worker,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec-crash',
+      maxSessions: 4,
+      maxContextTokens: 0,
+      maxMessageBytes: 64 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 60_000,
+      telemetryIntervalMs: 1000,
+    });
     const { port } = await server.start();
     const addr = `127.0.0.1:${port}`;
     const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
     const health = new HealthClient(addr, grpc.credentials.createInsecure());
-    const check = (): Promise<ServingStatus> => new Promise((resolve, reject) => health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))));
-    const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+    const check = (): Promise<ServingStatus> =>
+      new Promise((resolve, reject) =>
+        health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))),
+      );
+    const status = (): Promise<GetStatusResponse> =>
+      new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
     try {
       expect(await check()).toBe(ServingStatus.SERVING);
       const inFlight = oneStep(client, ids(prompt(1000, 9)), worker.stageCount - 1);

@@ -1,6 +1,12 @@
 import {
-  evaluatePlacement, instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts, validateInstance,
-  type ShapeScenario, type TransformerShape,
+  evaluatePlacement,
+  instanceFromMeasured,
+  instanceFromShape,
+  linkFromMbps,
+  requestCosts,
+  validateInstance,
+  type ShapeScenario,
+  type TransformerShape,
 } from './index';
 import { gptLikeShape } from './random-instances.fixture';
 
@@ -26,7 +32,9 @@ describe('requestCosts', () => {
     expect(at(1024)[2].prefillFlops / at(512)[2].prefillFlops).toBeCloseTo(2, 12);
     expect(at(1024)[1].prefillFlops / at(512)[1].prefillFlops).toBeGreaterThan(2.1);
     // 12 blocks of GPT-2 small at n = 512: about 96.6 GFLOP.
-    const blocks = at(512).slice(1, 25).reduce((a, s) => a + s.prefillFlops, 0);
+    const blocks = at(512)
+      .slice(1, 25)
+      .reduce((a, s) => a + s.prefillFlops, 0);
     expect(blocks / 1e9).toBeCloseTo(96.6, 0);
   });
 
@@ -89,9 +97,12 @@ describe('instanceFromShape', () => {
 
   it('makes all-server pay each link latency once per pass', () => {
     const inst = instanceFromShape(scenario);
-    const allServer = evaluatePlacement(inst, inst.stages.map(() => 'server'));
+    const allServer = evaluatePlacement(
+      inst,
+      inst.stages.map(() => 'server'),
+    );
     const compute = inst.stages.reduce((a, st) => a + st.serverMs, 0);
-    const bytes = 73 * 8 / 10_000 + 10 * 8 / 50_000;
+    const bytes = (73 * 8) / 10_000 + (10 * 8) / 50_000;
     expect(allServer.latencyMs).toBeCloseTo(compute + 10 * (10 + 5) + bytes, 9);
   });
 });
@@ -119,9 +130,16 @@ describe('instanceFromMeasured', () => {
   });
 
   it('rejects a negative measured time naming the stage', () => {
-    expect(() => instanceFromMeasured({
-      stages: [{ name: 'embed', inBytesPerToken: 8, clientPrefillMs: -1, clientDecodeMs: 0, serverPrefillMs: 0, serverDecodeMs: 0 }],
-      outBytesPerPass: 8, uplink: { latencyMs: 1, bytesPerMs: 1 }, downlink: { latencyMs: 1, bytesPerMs: 1 }, slaMs: 1, promptTokens: 1, decodeSteps: 0,
-    })).toThrow('stages[0].clientPrefillMs must be a finite number >= 0, given -1');
+    expect(() =>
+      instanceFromMeasured({
+        stages: [{ name: 'embed', inBytesPerToken: 8, clientPrefillMs: -1, clientDecodeMs: 0, serverPrefillMs: 0, serverDecodeMs: 0 }],
+        outBytesPerPass: 8,
+        uplink: { latencyMs: 1, bytesPerMs: 1 },
+        downlink: { latencyMs: 1, bytesPerMs: 1 },
+        slaMs: 1,
+        promptTokens: 1,
+        decodeSteps: 0,
+      }),
+    ).toThrow('stages[0].clientPrefillMs must be a finite number >= 0, given -1');
   });
 });

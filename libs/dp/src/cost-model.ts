@@ -146,18 +146,23 @@ export function requestCosts(model: TransformerShape, request: RequestShape): Re
   let logitsOut = false;
   if (request.kind === 'prefill') {
     positive('tokens', request.tokens, true);
-    n = request.tokens; m = 0;
+    n = request.tokens;
+    m = 0;
     logitsOut = request.output === 'logits';
   } else {
-    if (model.encoderLayers > 0) throw new RangeError(`${request.kind} requests need a decoder-only model; ${model.name} has ${model.encoderLayers} encoder layers`);
+    if (model.encoderLayers > 0)
+      throw new RangeError(`${request.kind} requests need a decoder-only model; ${model.name} has ${model.encoderLayers} encoder layers`);
     if (request.kind === 'decode') {
       positive('context', request.context, true);
       // A lone decode step: one token at context t, i.e. the generation formula with no prompt pass.
-      n = 0; m = 1;
+      n = 0;
+      m = 1;
     } else {
       positive('promptTokens', request.promptTokens, true);
-      if (!(Number.isInteger(request.decodeSteps) && request.decodeSteps >= 0)) throw new RangeError(`decodeSteps must be an integer >= 0, given ${request.decodeSteps}`);
-      n = request.promptTokens; m = request.decodeSteps;
+      if (!(Number.isInteger(request.decodeSteps) && request.decodeSteps >= 0))
+        throw new RangeError(`decodeSteps must be an integer >= 0, given ${request.decodeSteps}`);
+      n = request.promptTokens;
+      m = request.decodeSteps;
     }
   }
   // Decode steps: Σ over steps of the context. A lone decode step has context `context`.
@@ -237,13 +242,16 @@ export function instanceFromShape(scenario: ShapeScenario): PlacementInstance {
       inBytes: c.inBytes,
     };
   });
-  return withOptionalResolution({
-    stages,
-    outBytes: costs.outBytes,
-    uplink: scaledLink(scenario.uplink, costs.passes),
-    downlink: scaledLink(scenario.downlink, costs.passes),
-    slaMs: scenario.slaMs,
-  }, scenario.resolutionMs);
+  return withOptionalResolution(
+    {
+      stages,
+      outBytes: costs.outBytes,
+      uplink: scaledLink(scenario.uplink, costs.passes),
+      downlink: scaledLink(scenario.downlink, costs.passes),
+      slaMs: scenario.slaMs,
+    },
+    scenario.resolutionMs,
+  );
 }
 
 /**
@@ -311,14 +319,17 @@ export function instanceFromMeasured(profile: MeasuredProfile): PlacementInstanc
   });
   const entry = profile.serverEntryWorkPerPass ?? 0;
   if (!(Number.isFinite(entry) && entry >= 0)) throw new RangeError(`serverEntryWorkPerPass must be a finite number >= 0, given ${entry}`);
-  return withOptionalResolution({
-    stages,
-    outBytes: passes * profile.outBytesPerPass,
-    uplink: scaledLink(profile.uplink, passes),
-    downlink: scaledLink(profile.downlink, passes),
-    slaMs: profile.slaMs,
-    ...(entry > 0 ? { serverEntryWork: passes * entry } : {}),
-  }, profile.resolutionMs);
+  return withOptionalResolution(
+    {
+      stages,
+      outBytes: passes * profile.outBytesPerPass,
+      uplink: scaledLink(profile.uplink, passes),
+      downlink: scaledLink(profile.downlink, passes),
+      slaMs: profile.slaMs,
+      ...(entry > 0 ? { serverEntryWork: passes * entry } : {}),
+    },
+    profile.resolutionMs,
+  );
 }
 
 function withOptionalResolution(instance: PlacementInstance, resolutionMs: number | undefined): PlacementInstance {

@@ -44,8 +44,7 @@ export function evaluatePlacement(instance: PlacementInstance, placement: Placem
       if (here === 'server') {
         latencyMs += transferMs(instance.uplink, s.inBytes);
         serverWork += entryWork;
-      }
-      else if (here === 'client') latencyMs += transferMs(instance.downlink, s.inBytes);
+      } else if (here === 'client') latencyMs += transferMs(instance.downlink, s.inBytes);
       else throw new RangeError(`placement[${i}] must be 'client' or 'server', given ${JSON.stringify(here)}`);
       switches++;
     }

@@ -32,10 +32,18 @@ class LabelStore {
   }
   private grow(): void {
     const cap = this.lat.length * 2;
-    const lat = new Float64Array(cap); lat.set(this.lat); this.lat = lat;
-    const work = new Float64Array(cap); work.set(this.work); this.work = work;
-    const parent = new Int32Array(cap); parent.set(this.parent); this.parent = parent;
-    const server = new Uint8Array(cap); server.set(this.server); this.server = server;
+    const lat = new Float64Array(cap);
+    lat.set(this.lat);
+    this.lat = lat;
+    const work = new Float64Array(cap);
+    work.set(this.work);
+    this.work = work;
+    const parent = new Int32Array(cap);
+    parent.set(this.parent);
+    this.parent = parent;
+    const server = new Uint8Array(cap);
+    server.set(this.server);
+    this.server = server;
   }
 }
 
@@ -48,9 +56,19 @@ class LabelStore {
  */
 function mergeFronts(
   store: LabelStore,
-  a0: number, a1: number, transferA: number, computeA: number,
-  b0: number, b1: number, transferB: number, computeB: number,
-  workA: number, workB: number, server: number, lowerBound: number, limit: number,
+  a0: number,
+  a1: number,
+  transferA: number,
+  computeA: number,
+  b0: number,
+  b1: number,
+  transferB: number,
+  computeB: number,
+  workA: number,
+  workB: number,
+  server: number,
+  lowerBound: number,
+  limit: number,
 ): void {
   const { lat, work } = store;
   let i = a0;
@@ -67,11 +85,15 @@ function mergeFronts(
     const wA = latA !== Infinity ? work[i] + workA : Infinity;
     const wB = latB !== Infinity ? work[j] + workB : Infinity;
     if (latA < latB || (latA === latB && wA <= wB)) {
-      l = latA; w = wA; from = i++;
+      l = latA;
+      w = wA;
+      from = i++;
       latA = i < a1 ? lat[i] + transferA + computeA : Infinity;
       if (latA + lowerBound > limit) latA = Infinity;
     } else {
-      l = latB; w = wB; from = j++;
+      l = latB;
+      w = wB;
+      from = j++;
       latB = j < b1 ? lat[j] + transferB + computeB : Infinity;
       if (latB + lowerBound > limit) latB = Infinity;
     }
@@ -121,7 +143,10 @@ function labelDp(instance: PlacementInstance, minLatencyOnly: boolean): Location
   const entryWork = instance.serverEntryWork ?? 0;
   // Front ranges of the previous stage; the virtual stage -1 is one client label (index 0).
   store.push(0, 0, -1, 0);
-  let c0 = 0, c1 = 1, s0 = 1, s1 = 1;
+  let c0 = 0,
+    c1 = 1,
+    s0 = 1,
+    s1 = 1;
   for (let i = 0; i < n; i++) {
     const st = stages[i];
     const up = transferMs(uplink, st.inBytes);
@@ -134,7 +159,10 @@ function labelDp(instance: PlacementInstance, minLatencyOnly: boolean): Location
     // which also pays the entry work).
     mergeFronts(store, s0, s1, 0, st.serverMs, c0, c1, up, st.serverMs, st.serverWork, st.serverWork + entryWork, 1, lbServer[i + 1], limit);
     const ns1 = store.size;
-    c0 = nc0; c1 = nc1; s0 = nc1; s1 = ns1;
+    c0 = nc0;
+    c1 = nc1;
+    s0 = nc1;
+    s1 = ns1;
   }
   const finalDown = transferMs(downlink, instance.outBytes);
   const { lat, work } = store;

@@ -14,21 +14,28 @@ interface Prepared {
   readonly S: number;
   /** Decode passes m. */
   readonly m: number;
-  readonly cP: number[]; readonly cD: number[];
-  readonly sP: number[]; readonly sD: number[];
+  readonly cP: number[];
+  readonly cD: number[];
+  readonly sP: number[];
+  readonly sD: number[];
   /** Server work of the stage for the whole generation. */
   readonly sW: number[];
   /** Crossing into stage i: prefill pass (n tokens) and decode pass (1 token), up and down. */
-  readonly upP: number[]; readonly upD: number[];
-  readonly downP: number[]; readonly downD: number[];
+  readonly upP: number[];
+  readonly upD: number[];
+  readonly downP: number[];
+  readonly downD: number[];
   /** Entry work for the whole generation (one entry per pass). */
   readonly entry: number;
   /** Final download of the head's output, per pass. */
   readonly finalDown: number;
   /** Lower bounds on the rest of the prefill pass (P), a decode pass (D) and P + m·D (E). */
-  readonly lbPc: number[]; readonly lbPs: number[];
-  readonly lbDc: number[]; readonly lbDs: number[];
-  readonly lbEc: number[]; readonly lbEs: number[];
+  readonly lbPc: number[];
+  readonly lbPs: number[];
+  readonly lbDc: number[];
+  readonly lbDs: number[];
+  readonly lbEc: number[];
+  readonly lbEs: number[];
 }
 
 function prepare(inst: GenerationInstance): Prepared {
@@ -41,15 +48,27 @@ function prepare(inst: GenerationInstance): Prepared {
   const queue = inst.serverQueueMs ?? 0;
   // Plain arrays: a solve's dozen small typed arrays cost more to allocate than to use.
   const arr = (): number[] => new Array<number>(S).fill(0);
-  const cP = arr(), cD = arr(), sP = arr(), sD = arr(), sW = arr(), upP = arr(), upD = arr(), downP = arr(), downD = arr();
+  const cP = arr(),
+    cD = arr(),
+    sP = arr(),
+    sD = arr(),
+    sW = arr(),
+    upP = arr(),
+    upD = arr(),
+    downP = arr(),
+    downD = arr();
   for (let i = 0; i < S; i++) {
     const s = stages[i];
-    cP[i] = s.clientPrefillMs; sP[i] = s.serverPrefillMs;
-    cD[i] = dm * s.clientDecodeMs; sD[i] = dm * s.serverDecodeMs;
+    cP[i] = s.clientPrefillMs;
+    sP[i] = s.serverPrefillMs;
+    cD[i] = dm * s.clientDecodeMs;
+    sD[i] = dm * s.serverDecodeMs;
     sW[i] = (s.serverPrefillWork ?? s.serverPrefillMs) + m * (s.serverDecodeWork ?? s.serverDecodeMs);
     // Every entry to the server waits its queue, as it pays the uplink's latency.
-    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue; upD[i] = dm * (transferMs(uplink, s.inBytesPerToken) + queue);
-    downP[i] = transferMs(downlink, n * s.inBytesPerToken); downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
+    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue;
+    upD[i] = dm * (transferMs(uplink, s.inBytesPerToken) + queue);
+    downP[i] = transferMs(downlink, n * s.inBytesPerToken);
+    downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
   }
   const finalDown = transferMs(downlink, inst.outBytesPerPass);
   const bounds = (c: number[], sv: number[], up: number[], down: number[], fin: number): [number[], number[]] => {
@@ -70,9 +89,25 @@ function prepare(inst: GenerationInstance): Prepared {
   const comb = (a: number[], b: number[]): number[] => a.map((x, i) => x + m * b[i]);
   const [lbEc, lbEs] = bounds(comb(cP, cD), comb(sP, sD), comb(upP, upD), comb(downP, downD), finalDown + m * dm * finalDown);
   return {
-    S, m, cP, cD, sP, sD, sW, upP, upD, downP, downD,
-    entry: (inst.serverEntryWork ?? 0) * (m + 1), finalDown,
-    lbPc, lbPs, lbDc, lbDs, lbEc, lbEs,
+    S,
+    m,
+    cP,
+    cD,
+    sP,
+    sD,
+    sW,
+    upP,
+    upD,
+    downP,
+    downD,
+    entry: (inst.serverEntryWork ?? 0) * (m + 1),
+    finalDown,
+    lbPc,
+    lbPs,
+    lbDc,
+    lbDs,
+    lbEc,
+    lbEs,
   };
 }
 
@@ -102,12 +137,20 @@ class LabelStore {
   }
   private grow(): void {
     const cap = this.ttft.length * 2;
-    const f = (a: Float64Array): Float64Array => { const b = new Float64Array(cap); b.set(a); return b; };
+    const f = (a: Float64Array): Float64Array => {
+      const b = new Float64Array(cap);
+      b.set(a);
+      return b;
+    };
     this.ttft = f(this.ttft);
     this.tpot = f(this.tpot);
     this.work = f(this.work);
-    const parent = new Int32Array(cap); parent.set(this.parent); this.parent = parent;
-    const server = new Uint8Array(cap); server.set(this.server); this.server = server;
+    const parent = new Int32Array(cap);
+    parent.set(this.parent);
+    this.parent = parent;
+    const server = new Uint8Array(cap);
+    server.set(this.server);
+    this.server = server;
   }
 }
 
@@ -146,11 +189,25 @@ interface Limits {
 class Source {
   k = 0;
   to = 0;
-  trP = 0; trD = 0; addP = 0; addD = 0; addW = 0;
+  trP = 0;
+  trD = 0;
+  addP = 0;
+  addD = 0;
+  addW = 0;
   // The current candidate (valid while k < to).
-  t = 0; d = 0; w = 0; x = 0; y = 0;
+  t = 0;
+  d = 0;
+  w = 0;
+  x = 0;
+  y = 0;
   set(from: number, to: number, trP: number, trD: number, addP: number, addD: number, addW: number): this {
-    this.k = from; this.to = to; this.trP = trP; this.trD = trD; this.addP = addP; this.addD = addD; this.addW = addW;
+    this.k = from;
+    this.to = to;
+    this.trP = trP;
+    this.trD = trD;
+    this.addP = addP;
+    this.addD = addD;
+    this.addW = addW;
     return this;
   }
   /** Moves to the first label from `k` on that the bounds do not rule out. */
@@ -158,13 +215,21 @@ class Source {
     const { ttft, tpot, work } = store;
     for (; this.k < this.to; this.k++) {
       const k = this.k;
-      const t = (ttft[k] + this.trP) + this.addP;
-      const d = (tpot[k] + this.trD) + this.addD;
+      const t = ttft[k] + this.trP + this.addP;
+      const d = tpot[k] + this.trD + this.addD;
       const w = work[k] + this.addW;
       const e = t + m * d;
       if (t + lbP > lim.ttft || d + lbD > lim.tpot || e + lbE > lim.e2e || w > lim.work) continue;
-      this.t = t; this.d = d; this.w = w;
-      if (lim.e2eOnly) { this.x = e; this.y = 0; } else { this.x = t; this.y = d; }
+      this.t = t;
+      this.d = d;
+      this.w = w;
+      if (lim.e2eOnly) {
+        this.x = e;
+        this.y = 0;
+      } else {
+        this.x = t;
+        this.y = d;
+      }
       return;
     }
   }
@@ -186,7 +251,8 @@ class Staircase {
     let hi = this.size;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (xs[mid] <= x) lo = mid + 1; else hi = mid;
+      if (xs[mid] <= x) lo = mid + 1;
+      else hi = mid;
     }
     const j = lo - 1; // largest index with xs[j] <= x
     if (j >= 0 && ys[j] <= y) return false;
@@ -206,8 +272,12 @@ class Staircase {
     return true;
   }
   private grow(): void {
-    const x = new Float64Array(this.x.length * 2); x.set(this.x); this.x = x;
-    const y = new Float64Array(this.y.length * 2); y.set(this.y); this.y = y;
+    const x = new Float64Array(this.x.length * 2);
+    x.set(this.x);
+    this.x = x;
+    const y = new Float64Array(this.y.length * 2);
+    y.set(this.y);
+    this.y = y;
   }
 }
 
@@ -217,7 +287,17 @@ class Staircase {
  * not rule out. Candidates arrive in (work, x, y) order, so a candidate is dominated iff some
  * kept label has x <= its x and y <= its y, which the staircase answers.
  */
-function fillCell(store: LabelStore, sources: readonly Source[], server: number, m: number, lim: Limits, lbP: number, lbD: number, lbE: number, stair: Staircase): void {
+function fillCell(
+  store: LabelStore,
+  sources: readonly Source[],
+  server: number,
+  m: number,
+  lim: Limits,
+  lbP: number,
+  lbD: number,
+  lbE: number,
+  stair: Staircase,
+): void {
   stair.size = 0;
   for (const src of sources) src.advance(store, m, lim, lbP, lbD, lbE);
   for (;;) {
@@ -248,32 +328,68 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
   // one label, kept apart: with server-side decoding the stepped all-server plan is not a plan
   // (the streamed one, priced apart, is), so it must not prune the splits it would dominate.
   // Label 0 stands for "before stage 0, on the client".
-  let c0 = 0, c1 = 1, s0 = 1, s1 = 1, a0 = 1, a1 = 1;
+  let c0 = 0,
+    c1 = 1,
+    s0 = 1,
+    s1 = 1,
+    a0 = 1,
+    a1 = 1;
   const stair = new Staircase();
   const [a, b, c] = [new Source(), new Source(), new Source()];
   for (let i = 0; i < S; i++) {
     const nc0 = store.size;
     // Stage i on the client: from a client label, or from a server label (download).
-    fillCell(store, [
-      a.set(c0, c1, 0, 0, p.cP[i], p.cD[i], 0),
-      b.set(s0, s1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
-      c.set(a0, a1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
-    ], 0, m, lim, p.lbPc[i + 1], p.lbDc[i + 1], p.lbEc[i + 1], stair);
+    fillCell(
+      store,
+      [
+        a.set(c0, c1, 0, 0, p.cP[i], p.cD[i], 0),
+        b.set(s0, s1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
+        c.set(a0, a1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
+      ],
+      0,
+      m,
+      lim,
+      p.lbPc[i + 1],
+      p.lbDc[i + 1],
+      p.lbEc[i + 1],
+      stair,
+    );
     const nc1 = store.size;
     // Stage i on the server after a client stage: from a server label of the same kind, or
     // from a client label (upload and one entry per pass). At stage 0 that upload starts the
     // all-server prefix instead.
     if (i > 0) {
-      fillCell(store, [
-        a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]),
-        b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry),
-      ], 1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
+      fillCell(
+        store,
+        [a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]), b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry)],
+        1,
+        m,
+        lim,
+        p.lbPs[i + 1],
+        p.lbDs[i + 1],
+        p.lbEs[i + 1],
+        stair,
+      );
     }
     const ns1 = store.size;
     // The all-server prefix: from label 0 with the upload at stage 0, then staying on the server.
-    fillCell(store, [i === 0 ? a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry) : a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i])],
-      1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
-    c0 = nc0; c1 = nc1; s0 = nc1; s1 = ns1; a0 = ns1; a1 = store.size;
+    fillCell(
+      store,
+      [i === 0 ? a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry) : a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i])],
+      1,
+      m,
+      lim,
+      p.lbPs[i + 1],
+      p.lbDs[i + 1],
+      p.lbEs[i + 1],
+      stair,
+    );
+    c0 = nc0;
+    c1 = nc1;
+    s0 = nc1;
+    s1 = ns1;
+    a0 = ns1;
+    a1 = store.size;
   }
   // The stepped all-server plan competes only when the server does not decode on its own.
   if (inst.serverDecoding ?? true) a1 = a0;
@@ -292,9 +408,12 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
     const cost = { ttftMs: t, tpotMs: d, e2eMs: e };
     let ratio = 0;
     if (feasibleOnly) {
-      if ((slo.ttftMs !== undefined && !approxLessOrEqual(t, slo.ttftMs))
-        || (slo.tpotMs !== undefined && !approxLessOrEqual(d, slo.tpotMs))
-        || (slo.e2eMs !== undefined && !approxLessOrEqual(e, slo.e2eMs))) continue;
+      if (
+        (slo.ttftMs !== undefined && !approxLessOrEqual(t, slo.ttftMs)) ||
+        (slo.tpotMs !== undefined && !approxLessOrEqual(d, slo.tpotMs)) ||
+        (slo.e2eMs !== undefined && !approxLessOrEqual(e, slo.e2eMs))
+      )
+        continue;
     } else {
       ratio = sloRatio(slo, cost);
     }
@@ -360,7 +479,9 @@ export function solveGenerationDp(instance: GenerationInstance): GenerationResul
   const e2eOnly = slo.ttftMs === undefined && slo.tpotMs === undefined;
   const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
   const feasibleLimits: Limits = {
-    ttft: widen(slo.ttftMs), tpot: widen(slo.tpotMs), e2e: widen(slo.e2eMs),
+    ttft: widen(slo.ttftMs),
+    tpot: widen(slo.tpotMs),
+    e2e: widen(slo.e2eMs),
     work: streamed?.feasible ? widen(streamed.serverWork) : Infinity,
     e2eOnly,
   };

@@ -1,13 +1,31 @@
 import {
-  ALGORITHMS, approxEqual, evaluateGeneration, fastestGenerationPlacement, generationAsContractInstance, sloCheck, sloRatio,
-  solveDp, solveGeneration, solveGenerationDp, solveGenerationGreedy, solveGenerationPrefix,
-  type GenerationInstance, type Location, type SloKey,
+  ALGORITHMS,
+  approxEqual,
+  evaluateGeneration,
+  fastestGenerationPlacement,
+  generationAsContractInstance,
+  sloCheck,
+  sloRatio,
+  solveDp,
+  solveGeneration,
+  solveGenerationDp,
+  solveGenerationGreedy,
+  solveGenerationPrefix,
+  type GenerationInstance,
+  type Location,
+  type SloKey,
 } from './index';
 import { randomGenerationInstance, seededRandom } from './random-instances.fixture';
 
 const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
 
-interface Best { feasible: boolean; serverWork: number; e2eMs: number; ratio: number; placement: Location[] }
+interface Best {
+  feasible: boolean;
+  serverWork: number;
+  e2eMs: number;
+  ratio: number;
+  placement: Location[];
+}
 
 /** The optimum straight from the definition, by enumerating all 2^S placements. */
 function bruteForce(inst: GenerationInstance): Best {
@@ -50,16 +68,18 @@ function cases(seed: number, count: number, maxStages: number, whole = false): G
   const rnd = seededRandom(seed);
   const out: GenerationInstance[] = [];
   for (let k = 0; k < count; k++) {
-    out.push(randomGenerationInstance(rnd, 1 + Math.floor(rnd() * maxStages), {
-      slos: SUBSETS[k % SUBSETS.length],
-      serverDecoding: (k >> 3) % 2 === 0,
-      entryWork: rnd() < 0.5 ? 0 : rnd() * 3,
-      // Queue waits drawn from k, not from the generator, so the other draws stay as they were.
-      queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
-      tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][Math.floor(rnd() * 6)],
-      // From k too: a fused call (below 1) or dearer than stage by stage (above 1), prefill and decode apart.
-      ...(whole ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
-    }));
+    out.push(
+      randomGenerationInstance(rnd, 1 + Math.floor(rnd() * maxStages), {
+        slos: SUBSETS[k % SUBSETS.length],
+        serverDecoding: (k >> 3) % 2 === 0,
+        entryWork: rnd() < 0.5 ? 0 : rnd() * 3,
+        // Queue waits drawn from k, not from the generator, so the other draws stay as they were.
+        queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
+        tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][Math.floor(rnd() * 6)],
+        // From k too: a fused call (below 1) or dearer than stage by stage (above 1), prefill and decode apart.
+        ...(whole ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
+      }),
+    );
   }
   return out;
 }
@@ -68,7 +88,8 @@ describe('dp on generation instances (exact)', () => {
   it('equals a brute force with whole-model figures for the streamed plan, cheaper or dearer than its stages, S <= 12', () => {
     // The stepped all-server plan is not a plan when the server decodes: it must not prune
     // the splits its figures dominate when the streamed plan, priced apart, does not.
-    let streamed = 0, dearer = 0;
+    let streamed = 0,
+      dearer = 0;
     for (const inst of cases(29, 500, 12, true)) {
       const want = bruteForce(inst);
       const got = solveGenerationDp(inst);
@@ -78,8 +99,14 @@ describe('dp on generation instances (exact)', () => {
       if (want.feasible) expect({ label, e2e: close(got.e2eMs, want.e2eMs) }).toEqual({ label, e2e: true });
       else expect({ label, ratio: close(sloRatio(inst.slo, got), want.ratio) }).toEqual({ label, ratio: true });
       if (got.serverDecoding) streamed++;
-      const stepped = evaluateGeneration({ ...inst, serverDecoding: false }, inst.stages.map((): Location => 'server'));
-      const whole = evaluateGeneration(inst, inst.stages.map((): Location => 'server'));
+      const stepped = evaluateGeneration(
+        { ...inst, serverDecoding: false },
+        inst.stages.map((): Location => 'server'),
+      );
+      const whole = evaluateGeneration(
+        inst,
+        inst.stages.map((): Location => 'server'),
+      );
       if (inst.serverDecoding !== false && whole.serverWork > stepped.serverWork) dearer++;
     }
     expect(streamed).toBeGreaterThan(10);
@@ -89,11 +116,21 @@ describe('dp on generation instances (exact)', () => {
   it('keeps a split that ties the stepped all-server plan when the streamed one costs more (whole-model figures above the stages)', () => {
     // Stage 0 is free on both sides, so CS and stepped SS tie in every label figure; the
     // streamed SS does more work than either.
-    const stage = (name: string, serverMs: number): GenerationInstance['stages'][number] => ({ name, clientPrefillMs: 0, clientDecodeMs: 0, serverPrefillMs: serverMs, serverDecodeMs: serverMs, inBytesPerToken: 8 });
+    const stage = (name: string, serverMs: number): GenerationInstance['stages'][number] => ({
+      name,
+      clientPrefillMs: 0,
+      clientDecodeMs: 0,
+      serverPrefillMs: serverMs,
+      serverDecodeMs: serverMs,
+      inBytesPerToken: 8,
+    });
     const inst: GenerationInstance = {
       stages: [stage('free', 0), { ...stage('head', 1), clientPrefillMs: 1e6, clientDecodeMs: 1e6 }],
-      promptTokens: 4, decodeSteps: 3, outBytesPerPass: 8,
-      uplink: { latencyMs: 1, bytesPerMs: 1000 }, downlink: { latencyMs: 1, bytesPerMs: 1000 },
+      promptTokens: 4,
+      decodeSteps: 3,
+      outBytesPerPass: 8,
+      uplink: { latencyMs: 1, bytesPerMs: 1000 },
+      downlink: { latencyMs: 1, bytesPerMs: 1000 },
       slo: { e2eMs: 100 },
       serverWholeModel: { serverPrefillMs: 1.3, serverDecodeMs: 1.3 },
     };
@@ -120,7 +157,13 @@ describe('dp on generation instances (exact)', () => {
       expect([got.ttftMs, got.tpotMs, got.e2eMs, got.latencyMs, got.serverWork]).toEqual([e.ttftMs, e.tpotMs, e.e2eMs, e.e2eMs, e.serverWork]);
       const key = Object.keys(inst.slo).sort().join('+');
       const row = bySubset.get(key) ?? { feasible: 0, infeasible: 0 };
-      if (got.feasible) { seen.feasible++; row.feasible++; } else { seen.infeasible++; row.infeasible++; }
+      if (got.feasible) {
+        seen.feasible++;
+        row.feasible++;
+      } else {
+        seen.infeasible++;
+        row.infeasible++;
+      }
       bySubset.set(key, row);
       if (got.serverDecoding) seen.streamed++;
       if (got.switches > 2) seen.multiSwitch++;
@@ -157,9 +200,13 @@ describe('dp on generation instances (exact)', () => {
         { name: 'embed', clientPrefillMs: 5, serverPrefillMs: 1, clientDecodeMs: 1, serverDecodeMs: 0.2, inBytesPerToken: 8 },
         { name: 'head', clientPrefillMs: 500, serverPrefillMs: 10, clientDecodeMs: 100, serverDecodeMs: 2, inBytesPerToken: 3072 },
       ],
-      promptTokens: 16, decodeSteps: 15, outBytesPerPass: 8,
-      uplink: { latencyMs: 20, bytesPerMs: 1000 }, downlink: { latencyMs: 20, bytesPerMs: 10_000 },
-      slo: { ttftMs: 200, tpotMs: 10 }, serverEntryWork: 0.5,
+      promptTokens: 16,
+      decodeSteps: 15,
+      outBytesPerPass: 8,
+      uplink: { latencyMs: 20, bytesPerMs: 1000 },
+      downlink: { latencyMs: 20, bytesPerMs: 10_000 },
+      slo: { ttftMs: 200, tpotMs: 10 },
+      serverEntryWork: 0.5,
     };
     const streamed = solveGenerationDp(inst);
     expect(streamed.placement).toEqual(['server', 'server']);
@@ -180,8 +227,11 @@ describe('dp on generation instances (exact)', () => {
         { name: 'block', clientPrefillMs: 30, serverPrefillMs: 3, clientDecodeMs: 3, serverDecodeMs: 0.3, inBytesPerToken: 1024 },
         { name: 'head', clientPrefillMs: 2, serverPrefillMs: 1, clientDecodeMs: 12, serverDecodeMs: 1, inBytesPerToken: 1024 },
       ],
-      promptTokens: 8, decodeSteps: 9, outBytesPerPass: 8,
-      uplink: { latencyMs: 1, bytesPerMs: 10_000 }, downlink: { latencyMs: 1, bytesPerMs: 10_000 },
+      promptTokens: 8,
+      decodeSteps: 9,
+      outBytesPerPass: 8,
+      uplink: { latencyMs: 1, bytesPerMs: 10_000 },
+      downlink: { latencyMs: 1, bytesPerMs: 10_000 },
       slo: { e2eMs: 400 },
     };
     const e2eOnly = solveGenerationDp(inst);
@@ -245,7 +295,10 @@ describe('every algorithm on generation instances', () => {
       const split = k < 0 ? r.placement.length : k;
       expect(r.placement.slice(split).every((p) => p === 'server')).toBe(true);
       for (let j = 0; j <= inst.stages.length; j++) {
-        const c = evaluateGeneration(inst, inst.stages.map((_, i): Location => (i < j ? 'client' : 'server')));
+        const c = evaluateGeneration(
+          inst,
+          inst.stages.map((_, i): Location => (i < j ? 'client' : 'server')),
+        );
         const ok = sloCheck(inst.slo, c).feasible;
         if (r.feasible && ok) expect(c.serverWork).toBeGreaterThanOrEqual(r.serverWork * (1 - 1e-9));
         if (!r.feasible) expect(ok).toBe(false);

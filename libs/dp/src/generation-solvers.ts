@@ -1,8 +1,13 @@
 import { prefixPlacement } from './baselines';
 import { solveGenerationDp } from './generation-dp';
 import {
-  betterGeneration, evaluateGeneration, generationAsContractInstance, generationResultOf, sloCheck,
-  type GenerationInstance, type GenerationResult,
+  betterGeneration,
+  evaluateGeneration,
+  generationAsContractInstance,
+  generationResultOf,
+  sloCheck,
+  type GenerationInstance,
+  type GenerationResult,
 } from './generation';
 import { solveDpGrid } from './grid-dp';
 import { ALGORITHMS, type Algorithm, type Location } from './types';

@@ -36,7 +36,8 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   const root = pathPrefix.endsWith('.') ? pathPrefix.slice(0, -1) : pathPrefix;
   if (!isRecord(value)) throw new InstanceValidationError(root || 'instance', 'must be an object', value);
   const marker = field(value, 'generation');
-  if (marker !== MISSING && marker !== true) throw new InstanceValidationError(`${pathPrefix}generation`, 'must be true in a generation instance (or absent)', marker);
+  if (marker !== MISSING && marker !== true)
+    throw new InstanceValidationError(`${pathPrefix}generation`, 'must be true in a generation instance (or absent)', marker);
   const rawStages = field(value, 'stages');
   if (!Array.isArray(rawStages) || rawStages.length === 0) {
     throw new InstanceValidationError(`${pathPrefix}stages`, 'must be a non-empty array', rawStages);
@@ -72,8 +73,17 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
     const v = optionalNumber(rawSlo, k, `${pathPrefix}slo.`, true);
     if (v !== undefined) slo[k] = v;
   }
-  if (!SLO_KEYS.some((k) => slo[k] !== undefined)) throw new InstanceValidationError(`${pathPrefix}slo`, 'must state at least one of e2eMs, ttftMs, tpotMs', rawSlo);
-  const out: { -readonly [K in keyof GenerationInstance]: GenerationInstance[K] } = { stages, promptTokens, decodeSteps, outBytesPerPass, uplink, downlink, slo };
+  if (!SLO_KEYS.some((k) => slo[k] !== undefined))
+    throw new InstanceValidationError(`${pathPrefix}slo`, 'must state at least one of e2eMs, ttftMs, tpotMs', rawSlo);
+  const out: { -readonly [K in keyof GenerationInstance]: GenerationInstance[K] } = {
+    stages,
+    promptTokens,
+    decodeSteps,
+    outBytesPerPass,
+    uplink,
+    downlink,
+    slo,
+  };
   if (marker === true) out.generation = true;
   const entry = optionalNumber(value, 'serverEntryWork', pathPrefix, false);
   if (entry !== undefined) out.serverEntryWork = entry;
@@ -87,7 +97,12 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   const rawWhole = field(value, 'serverWholeModel');
   if (rawWhole !== MISSING) {
     const path = `${pathPrefix}serverWholeModel.`;
-    if (!isRecord(rawWhole)) throw new InstanceValidationError(`${pathPrefix}serverWholeModel`, 'must be an object {serverPrefillMs, serverDecodeMs, serverPrefillWork?, serverDecodeWork?}', rawWhole);
+    if (!isRecord(rawWhole))
+      throw new InstanceValidationError(
+        `${pathPrefix}serverWholeModel`,
+        'must be an object {serverPrefillMs, serverDecodeMs, serverPrefillWork?, serverDecodeWork?}',
+        rawWhole,
+      );
     const whole: { -readonly [K in keyof WholeModelCost]: WholeModelCost[K] } = {
       serverPrefillMs: number(rawWhole, 'serverPrefillMs', path, false),
       serverDecodeMs: number(rawWhole, 'serverDecodeMs', path, false),

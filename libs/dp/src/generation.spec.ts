@@ -1,6 +1,13 @@
 import {
-  evaluateGeneration, evaluatePlacement, generationAsContractInstance, instanceFromMeasured, sloCheck, sloRatio,
-  type GenerationInstance, type Location, type MeasuredProfile,
+  evaluateGeneration,
+  evaluatePlacement,
+  generationAsContractInstance,
+  instanceFromMeasured,
+  sloCheck,
+  sloRatio,
+  type GenerationInstance,
+  type Location,
+  type MeasuredProfile,
 } from './index';
 import { seededRandom } from './random-instances.fixture';
 
@@ -64,8 +71,12 @@ describe('evaluateGeneration', () => {
       const S = 1 + Math.floor(rnd() * 7);
       const profile: MeasuredProfile = {
         stages: Array.from({ length: S }, (_, i) => ({
-          name: `s${i}`, inBytesPerToken: Math.round(rnd() * 3000), clientPrefillMs: rnd() * 50, clientDecodeMs: rnd() * 9,
-          serverPrefillMs: rnd() * 9, serverDecodeMs: rnd() * 2,
+          name: `s${i}`,
+          inBytesPerToken: Math.round(rnd() * 3000),
+          clientPrefillMs: rnd() * 50,
+          clientDecodeMs: rnd() * 9,
+          serverPrefillMs: rnd() * 9,
+          serverDecodeMs: rnd() * 2,
         })),
         outBytesPerPass: 8,
         uplink: { latencyMs: rnd() * 30, bytesPerMs: 100 + rnd() * 1e4 },
@@ -77,8 +88,15 @@ describe('evaluateGeneration', () => {
       };
       const contract = instanceFromMeasured(profile);
       const gen: GenerationInstance = {
-        stages: profile.stages, promptTokens: profile.promptTokens, decodeSteps: profile.decodeSteps, outBytesPerPass: 8,
-        uplink: profile.uplink, downlink: profile.downlink, slo: { e2eMs: 100 }, serverEntryWork: profile.serverEntryWorkPerPass, serverDecoding: false,
+        stages: profile.stages,
+        promptTokens: profile.promptTokens,
+        decodeSteps: profile.decodeSteps,
+        outBytesPerPass: 8,
+        uplink: profile.uplink,
+        downlink: profile.downlink,
+        slo: { e2eMs: 100 },
+        serverEntryWork: profile.serverEntryWorkPerPass,
+        serverDecoding: false,
       };
       expect(generationAsContractInstance(gen)).toEqual(contract);
       for (let mask = 0; mask < 1 << S; mask++) {

@@ -210,7 +210,11 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
       const link = here === 'server' ? uplink : downlink;
       ttftMs += transferMs(link, n * s.inBytesPerToken);
       tpotMs += transferMs(link, s.inBytesPerToken);
-      if (here === 'server') { serverWork += entryPass; ttftMs += queue; tpotMs += queue; }
+      if (here === 'server') {
+        serverWork += entryPass;
+        ttftMs += queue;
+        tpotMs += queue;
+      }
       switches++;
     }
     if (here === 'server') {

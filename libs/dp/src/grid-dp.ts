@@ -46,7 +46,11 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
   const width = budget + 1;
   if (n * width * 2 > MAX_GRID_CELLS) {
     const minRes = (slaMs * n * 2) / MAX_GRID_CELLS;
-    throw new InstanceValidationError('resolutionMs', `must keep dp-grid's table within ${MAX_GRID_CELLS} cells (2 × stages × slaMs/resolutionMs), so be >= ${minRes}`, resolutionMs);
+    throw new InstanceValidationError(
+      'resolutionMs',
+      `must keep dp-grid's table within ${MAX_GRID_CELLS} cells (2 × stages × slaMs/resolutionMs), so be >= ${minRes}`,
+      resolutionMs,
+    );
   }
   const entryWork = instance.serverEntryWork ?? 0;
   // Back pointers: for stage k and location (0 client, 1 server), which location stage k-1 had.
@@ -60,8 +64,14 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
     const s = stages[0];
     const tc = steps(s.clientMs, resolutionMs);
     const ts = steps(transferMs(uplink, s.inBytes), resolutionMs) + steps(s.serverMs, resolutionMs);
-    if (tc <= budget) { vc[tc] = 0; from[tc] = 0; }
-    if (ts <= budget) { vs[ts] = s.serverWork + entryWork; from[width + ts] = 0; }
+    if (tc <= budget) {
+      vc[tc] = 0;
+      from[tc] = 0;
+    }
+    if (ts <= budget) {
+      vs[ts] = s.serverWork + entryWork;
+      from[width + ts] = 0;
+    }
   }
   for (let k = 1; k < n; k++) {
     const s = stages[k];
@@ -76,15 +86,33 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
       // Client cell: stay on the client, or come down from the server.
       let best = Infinity;
       let par = NO_PARENT;
-      if (j >= tc && vc[j - tc] < best) { best = vc[j - tc]; par = 0; }
-      if (j >= tc + down && vs[j - tc - down] < best) { best = vs[j - tc - down]; par = 1; }
-      if (par !== NO_PARENT) { nc[j] = best; from[base + j] = par; }
+      if (j >= tc && vc[j - tc] < best) {
+        best = vc[j - tc];
+        par = 0;
+      }
+      if (j >= tc + down && vs[j - tc - down] < best) {
+        best = vs[j - tc - down];
+        par = 1;
+      }
+      if (par !== NO_PARENT) {
+        nc[j] = best;
+        from[base + j] = par;
+      }
       // Server cell: stay on the server, or come up from the client.
       best = Infinity;
       par = NO_PARENT;
-      if (j >= ts && vs[j - ts] < best) { best = vs[j - ts]; par = 1; }
-      if (j >= ts + up && vc[j - ts - up] + entryWork < best) { best = vc[j - ts - up] + entryWork; par = 0; }
-      if (par !== NO_PARENT) { ns[j] = best + s.serverWork; from[base + width + j] = par; }
+      if (j >= ts && vs[j - ts] < best) {
+        best = vs[j - ts];
+        par = 1;
+      }
+      if (j >= ts + up && vc[j - ts - up] + entryWork < best) {
+        best = vc[j - ts - up] + entryWork;
+        par = 0;
+      }
+      if (par !== NO_PARENT) {
+        ns[j] = best + s.serverWork;
+        from[base + width + j] = par;
+      }
     }
     [vc, nc] = [nc, vc];
     [vs, ns] = [ns, vs];
@@ -100,7 +128,13 @@ export function solveDpGrid(instance: PlacementInstance): PlacementResult {
   let endJ = -1;
   let endLoc = 0;
   for (let j = 0; j < width && endJ < 0; j++) {
-    if (near(vc[j])) { endJ = j; endLoc = 0; } else if (j + out <= budget && near(vs[j])) { endJ = j; endLoc = 1; }
+    if (near(vc[j])) {
+      endJ = j;
+      endLoc = 0;
+    } else if (j + out <= budget && near(vs[j])) {
+      endJ = j;
+      endLoc = 1;
+    }
   }
   const placement = new Array<Location>(n);
   let j = endJ;

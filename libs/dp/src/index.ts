@@ -14,8 +14,25 @@ export { MAX_GRID_CELLS, solveDpGrid } from './grid-dp';
 export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
 export { instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
 export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';
-export { SLO_KEYS, betterGeneration, evaluateGeneration, generationAsContractInstance, generationResultOf, isServerDecodingPlacement, sloCheck, sloRatio, statedSlos } from './generation';
+export {
+  SLO_KEYS,
+  betterGeneration,
+  evaluateGeneration,
+  generationAsContractInstance,
+  generationResultOf,
+  isServerDecodingPlacement,
+  sloCheck,
+  sloRatio,
+  statedSlos,
+} from './generation';
 export type { GenerationCost, GenerationInstance, GenerationResult, GenerationStage, Slo, SloKey, SloMet, WholeModelCost } from './generation';
 export { isGenerationInstance, validateGenerationInstance } from './generation-validate';
 export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
-export { solveGeneration, solveGenerationClientOnly, solveGenerationDpGrid, solveGenerationGreedy, solveGenerationPrefix, solveGenerationServerOnly } from './generation-solvers';
+export {
+  solveGeneration,
+  solveGenerationClientOnly,
+  solveGenerationDpGrid,
+  solveGenerationGreedy,
+  solveGenerationPrefix,
+  solveGenerationServerOnly,
+} from './generation-solvers';

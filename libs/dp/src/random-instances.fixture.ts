@@ -17,8 +17,17 @@ function pick<T>(rnd: () => number, xs: readonly T[]): T {
 /** A GPT-2-like shape with `layers` blocks. */
 export function gptLikeShape(layers: number, dModel: number): TransformerShape {
   return {
-    name: `gpt-${layers}x${dModel}`, dModel, dFF: 4 * dModel, encoderLayers: 0, decoderLayers: layers,
-    crossAttention: false, inputBytesPerToken: 8, embedFlopsPerToken: 0, headKind: 'lm', headOutputs: 50257, activationBytes: 4,
+    name: `gpt-${layers}x${dModel}`,
+    dModel,
+    dFF: 4 * dModel,
+    encoderLayers: 0,
+    decoderLayers: layers,
+    crossAttention: false,
+    inputBytesPerToken: 8,
+    embedFlopsPerToken: 0,
+    headKind: 'lm',
+    headOutputs: 50257,
+    activationBytes: 4,
   };
 }
 
@@ -32,7 +41,10 @@ export function randomTransformerInstance(rnd: () => number, layers: number): Pl
   const tokens = pick(rnd, [1, 16, 128, 512, 1024]);
   const base = instanceFromShape({
     model: gptLikeShape(layers, dModel),
-    request: rnd() < 0.25 ? { kind: 'generation', promptTokens: tokens, decodeSteps: pick(rnd, [1, 8, 32]) } : { kind: 'prefill', tokens, output: rnd() < 0.2 ? 'logits' : 'token' },
+    request:
+      rnd() < 0.25
+        ? { kind: 'generation', promptTokens: tokens, decodeSteps: pick(rnd, [1, 8, 32]) }
+        : { kind: 'prefill', tokens, output: rnd() < 0.2 ? 'logits' : 'token' },
     client: { flopsPerSecond: pick(rnd, [0.2e12, 0.5e12, 1e12, 5e12]), efficiency: 0.5, overheadMsPerStage: rnd() * 0.2 },
     server: { flopsPerSecond: pick(rnd, [20e12, 50e12, 100e12]), efficiency: 0.5, overheadMsPerStage: rnd() * 0.05 },
     uplink: linkFromMbps(rnd() * 30, pick(rnd, [5, 20, 100, 1000])),
@@ -52,10 +64,15 @@ export function randomTransformerInstance(rnd: () => number, layers: number): Pl
 export function randomRawInstance(rnd: () => number, stageCount: number): PlacementInstance {
   const num = (scale: number): number => (rnd() < 0.1 ? 0 : rnd() * scale);
   const stages: Stage[] = Array.from({ length: stageCount }, (_, i) => ({
-    name: `s${i}`, clientMs: num(20), serverMs: num(5), serverWork: Math.round(num(10)), inBytes: Math.round(num(5000)),
+    name: `s${i}`,
+    clientMs: num(20),
+    serverMs: num(5),
+    serverWork: Math.round(num(10)),
+    inBytes: Math.round(num(5000)),
   }));
   const draft: PlacementInstance = {
-    stages, outBytes: Math.round(num(3000)),
+    stages,
+    outBytes: Math.round(num(3000)),
     uplink: { latencyMs: num(5), bytesPerMs: 50 + rnd() * 1000 },
     downlink: { latencyMs: num(5), bytesPerMs: 50 + rnd() * 4000 },
     slaMs: 1,
@@ -65,8 +82,12 @@ export function randomRawInstance(rnd: () => number, stageCount: number): Placem
 
 function randomSla(rnd: () => number, draft: PlacementInstance): number {
   const clientAll = draft.stages.reduce((a, s) => a + s.clientMs, 0);
-  const serverAll = draft.uplink.latencyMs + draft.stages[0].inBytes / draft.uplink.bytesPerMs
-    + draft.stages.reduce((a, s) => a + s.serverMs, 0) + draft.downlink.latencyMs + draft.outBytes / draft.downlink.bytesPerMs;
+  const serverAll =
+    draft.uplink.latencyMs +
+    draft.stages[0].inBytes / draft.uplink.bytesPerMs +
+    draft.stages.reduce((a, s) => a + s.serverMs, 0) +
+    draft.downlink.latencyMs +
+    draft.outBytes / draft.downlink.bytesPerMs;
   const lo = Math.min(clientAll, serverAll);
   const hi = Math.max(clientAll, serverAll);
   // Mostly between the two pure placements, sometimes below both (often infeasible) or above.
@@ -136,12 +157,18 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     draft = {
       ...draft,
       serverWholeModel: {
-        serverPrefillMs: p * sum((s) => s.serverPrefillMs), serverDecodeMs: d * sum((s) => s.serverDecodeMs),
-        serverPrefillWork: p * sum((s) => s.serverPrefillWork ?? s.serverPrefillMs), serverDecodeWork: d * sum((s) => s.serverDecodeWork ?? s.serverDecodeMs),
+        serverPrefillMs: p * sum((s) => s.serverPrefillMs),
+        serverDecodeMs: d * sum((s) => s.serverDecodeMs),
+        serverPrefillWork: p * sum((s) => s.serverPrefillWork ?? s.serverPrefillMs),
+        serverDecodeWork: d * sum((s) => s.serverDecodeWork ?? s.serverDecodeMs),
       },
     };
   }
-  const all = (side: 'client' | 'server'): GenerationCost => evaluateGeneration({ ...draft, serverDecoding: false }, stages.map(() => side));
+  const all = (side: 'client' | 'server'): GenerationCost =>
+    evaluateGeneration(
+      { ...draft, serverDecoding: false },
+      stages.map(() => side),
+    );
   const c = all('client');
   const s = all('server');
   const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};

@@ -1,6 +1,14 @@
 import {
-  ALGORITHMS, approxLessOrEqual, evaluatePlacement, solve, solveDp, solveDpGrid, solveGreedy, solvePrefix,
-  type Location, type PlacementInstance,
+  ALGORITHMS,
+  approxLessOrEqual,
+  evaluatePlacement,
+  solve,
+  solveDp,
+  solveDpGrid,
+  solveGreedy,
+  solvePrefix,
+  type Location,
+  type PlacementInstance,
 } from './index';
 import { randomRawInstance, randomTransformerInstance, seededRandom } from './random-instances.fixture';
 
@@ -58,7 +66,8 @@ describe('dp (exact)', () => {
       expect(got.feasible).toBe(want.feasible);
       expect(close(got.serverWork, want.serverWork)).toBe(true);
       expect(close(got.latencyMs, want.latencyMs)).toBe(true);
-      if (got.feasible) feasibleSeen++; else infeasibleSeen++;
+      if (got.feasible) feasibleSeen++;
+      else infeasibleSeen++;
       if (got.switches > 2) multiSwitch++;
     }
     // The sample must exercise both outcomes and placements that switch more than once.
@@ -90,8 +99,15 @@ describe('dp (exact)', () => {
   it('returns the minimum-latency placement with feasible: false when no placement meets the SLA', () => {
     const inst = randomTransformerInstance(seededRandom(99), 4);
     const fastest = bruteForce({ ...inst, slaMs: Number.MAX_VALUE });
-    const minLat = Math.min(...[...Array(1 << inst.stages.length).keys()].map((mask) =>
-      evaluatePlacement(inst, inst.stages.map((_, i): Location => (mask & (1 << i) ? 'server' : 'client'))).latencyMs));
+    const minLat = Math.min(
+      ...[...Array(1 << inst.stages.length).keys()].map(
+        (mask) =>
+          evaluatePlacement(
+            inst,
+            inst.stages.map((_, i): Location => (mask & (1 << i) ? 'server' : 'client')),
+          ).latencyMs,
+      ),
+    );
     const tight = { ...inst, slaMs: minLat * 0.5 };
     for (const algorithm of ['dp', 'dp-grid'] as const) {
       const got = solve(tight, algorithm);

@@ -7,7 +7,9 @@ import { ModelFormatError, ModelOptionError } from './errors';
 import { readManifest, stageCount, validateManifest } from './manifest';
 
 let root: string;
-beforeAll(() => { root = mkdtempSync(path.join(tmpdir(), 'model-create-')); });
+beforeAll(() => {
+  root = mkdtempSync(path.join(tmpdir(), 'model-create-'));
+});
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 function filesOf(dir: string): Map<string, Buffer> {
@@ -80,13 +82,48 @@ describe('readManifest', () => {
 
   it('names the bad field, the rule and the value', () => {
     const cases: [(m: Record<string, unknown>) => void, string][] = [
-      [(m) => { m.format = 'x/2'; }, "format must be 'tandem-model/1', given 'x/2'"],
-      [(m) => { (m.config as Record<string, unknown>).nHead = 5; }, 'config.nHead must divide config.nEmbd (64), given 5'],
-      [(m) => { (m.config as Record<string, unknown>).nLayer = 0; }, 'config.nLayer must be an integer in 1..1024, given 0'],
-      [(m) => { (m.stages as unknown[]).pop(); }, 'stages must be an array of 2*nLayer+2 = 6 entries, given \'5 entries\''],
-      [(m) => { (m.stages as Record<string, unknown>[])[3].name = 'block.9.attn'; }, "stages[3].name must be 'block.1.attn', given 'block.9.attn'"],
-      [(m) => { (m.stages as Record<string, unknown>[])[2].file = '../x.onnx'; }, "stages[2].file must be a relative path inside the model directory, given '../x.onnx'"],
-      [(m) => { (m.stages as Record<string, unknown>[])[0].inBytesPerToken = 256; }, 'stages[0].inBytesPerToken must be 8, given 256'],
+      [
+        (m) => {
+          m.format = 'x/2';
+        },
+        "format must be 'tandem-model/1', given 'x/2'",
+      ],
+      [
+        (m) => {
+          (m.config as Record<string, unknown>).nHead = 5;
+        },
+        'config.nHead must divide config.nEmbd (64), given 5',
+      ],
+      [
+        (m) => {
+          (m.config as Record<string, unknown>).nLayer = 0;
+        },
+        'config.nLayer must be an integer in 1..1024, given 0',
+      ],
+      [
+        (m) => {
+          (m.stages as unknown[]).pop();
+        },
+        "stages must be an array of 2*nLayer+2 = 6 entries, given '5 entries'",
+      ],
+      [
+        (m) => {
+          (m.stages as Record<string, unknown>[])[3].name = 'block.9.attn';
+        },
+        "stages[3].name must be 'block.1.attn', given 'block.9.attn'",
+      ],
+      [
+        (m) => {
+          (m.stages as Record<string, unknown>[])[2].file = '../x.onnx';
+        },
+        "stages[2].file must be a relative path inside the model directory, given '../x.onnx'",
+      ],
+      [
+        (m) => {
+          (m.stages as Record<string, unknown>[])[0].inBytesPerToken = 256;
+        },
+        'stages[0].inBytesPerToken must be 8, given 256',
+      ],
     ];
     for (const [mutate, message] of cases) {
       const m = good();

@@ -51,5 +51,11 @@ export async function createModel(opts: CreateModelOptions): Promise<Manifest> {
   if (!Number.isInteger(opts.seed) || opts.seed < 0 || opts.seed > 0xffffffff) {
     throw new ModelOptionError('seed', 'be an integer in 0..4294967295', opts.seed);
   }
-  return writeModelDir(opts.out, config, syntheticWeights(opts.seed, config.nLayer), { kind: 'synthetic', preset: opts.preset, seed: opts.seed }, opts.onProgress);
+  return writeModelDir(
+    opts.out,
+    config,
+    syntheticWeights(opts.seed, config.nLayer),
+    { kind: 'synthetic', preset: opts.preset, seed: opts.seed },
+    opts.onProgress,
+  );
 }

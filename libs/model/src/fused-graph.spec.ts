@@ -22,7 +22,9 @@ beforeAll(async () => {
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 const ids = (xs: readonly number[]): HostTensor => ({ dtype: 'int64', shape: [1, xs.length], data: BigInt64Array.from(xs, BigInt) });
-const same = (a: HostTensor, b: HostTensor): boolean => a.shape.join() === b.shape.join() && Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength));
+const same = (a: HostTensor, b: HostTensor): boolean =>
+  a.shape.join() === b.shape.join() &&
+  Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength));
 const argmaxLast = (l: HostTensor): number => {
   const d = l.data as Float32Array;
   const base = d.length - V;
@@ -36,13 +38,28 @@ describe('fused stage ranges', () => {
     const manifest = await readManifest(dir);
     const session = await ort.InferenceSession.create(await buildFusedGraph(dir, manifest, 0, N), { extra: { session: fusedSessionConfig(dir) } });
     try {
-      expect(session.inputNames).toEqual(['input_ids', 'position_ids', FUSED_IO.pastKey(1), FUSED_IO.pastValue(1), FUSED_IO.pastKey(3), FUSED_IO.pastValue(3), FUSED_IO.headStart]);
+      expect(session.inputNames).toEqual([
+        'input_ids',
+        'position_ids',
+        FUSED_IO.pastKey(1),
+        FUSED_IO.pastValue(1),
+        FUSED_IO.pastKey(3),
+        FUSED_IO.pastValue(3),
+        FUSED_IO.headStart,
+      ]);
       const { nHead: H, nEmbd: D } = manifest.config;
       const empty = new ort.Tensor('float32', new Float32Array(0), [1, H, 0, D / H]);
       const r = await session.run({
         input_ids: new ort.Tensor('int64', BigInt64Array.from(PROMPT, BigInt), [1, PROMPT.length]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from(PROMPT, (_, i) => BigInt(i)), [1, PROMPT.length]),
-        [FUSED_IO.pastKey(1)]: empty, [FUSED_IO.pastValue(1)]: empty, [FUSED_IO.pastKey(3)]: empty, [FUSED_IO.pastValue(3)]: empty,
+        position_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(PROMPT, (_, i) => BigInt(i)),
+          [1, PROMPT.length],
+        ),
+        [FUSED_IO.pastKey(1)]: empty,
+        [FUSED_IO.pastValue(1)]: empty,
+        [FUSED_IO.pastKey(3)]: empty,
+        [FUSED_IO.pastValue(3)]: empty,
         [FUSED_IO.headStart]: new ort.Tensor('int64', BigInt64Array.of(0n), [1]),
       });
       const staged = await StageRunner.load(dir);
@@ -62,7 +79,12 @@ describe('fused stage ranges', () => {
   });
 
   it('runRange decodes bit for bit like per-stage runs, fused or not, and mixes with single-stage steps on one cache', async () => {
-    const fused = await StageRunner.load(dir, { fusedRanges: [[0, N], [1, 3]] });
+    const fused = await StageRunner.load(dir, {
+      fusedRanges: [
+        [0, N],
+        [1, 3],
+      ],
+    });
     const plain = await StageRunner.load(dir);
     try {
       expect(fused.hasFusedRange(0, N)).toBe(true);
@@ -103,13 +125,17 @@ describe('fused stage ranges', () => {
 
   it('refuses bad ranges and inputs before running anything', async () => {
     await expect(StageRunner.load(dir, { fusedRanges: [[2, 2]] })).rejects.toThrow(ModelOptionError);
-    await expect(StageRunner.load(dir, { stages: [0, 1], fusedRanges: [[0, 3]] })).rejects.toThrow('fusedRanges[0] must cover only loaded stages (stage 2 is not)');
+    await expect(StageRunner.load(dir, { stages: [0, 1], fusedRanges: [[0, 3]] })).rejects.toThrow(
+      'fusedRanges[0] must cover only loaded stages (stage 2 is not)',
+    );
     const runner = await StageRunner.load(dir, { fusedRanges: [[0, N]] });
     try {
       const cache = runner.newCache();
       await expect(runner.runRange(0, 0, ids([1]), cache)).rejects.toThrow(StageInputError);
-      await expect(runner.runRange(0, N + 1, ids([1]), cache)).rejects.toThrow("end must be a stage index in 1..6");
-      await expect(runner.runRange(0, N, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) }, cache)).rejects.toThrow("input.dtype must be 'int64'");
+      await expect(runner.runRange(0, N + 1, ids([1]), cache)).rejects.toThrow('end must be a stage index in 1..6');
+      await expect(runner.runRange(0, N, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) }, cache)).rejects.toThrow(
+        "input.dtype must be 'int64'",
+      );
       await expect(runner.runRange(0, N, ids([V]), cache)).rejects.toThrow('input.data[0] must be a token id');
       await expect(runner.runRange(0, N, ids(Array.from({ length: 1025 }, () => 1)), cache)).rejects.toThrow('nPositions = 1024');
       expect(cache.embeddedTokens).toBe(0);

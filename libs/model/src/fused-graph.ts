@@ -56,7 +56,10 @@ export async function buildFusedGraph(dir: string, manifest: Manifest, begin: nu
     const info = manifest.stages[i];
     const model = onnx.ModelProto.decode(await fsp.readFile(path.join(dir, info.file)));
     const g = model.graph as onnx.IGraphProto;
-    if (i === begin) { opset = model.opsetImport ?? []; irVersion = model.irVersion ?? 8; }
+    if (i === begin) {
+      opset = model.opsetImport ?? [];
+      irVersion = model.irVersion ?? 8;
+    }
     const prefix = `s${i}/`;
     const rename = new Map<string, string>();
     const stageDir = path.posix.dirname(info.file);
@@ -116,7 +119,7 @@ export async function buildFusedGraph(dir: string, manifest: Manifest, begin: nu
         hidden = prefix + name;
       }
     }
-    const r = (x: string): string => (x === '' ? '' : rename.get(x) ?? prefix + x);
+    const r = (x: string): string => (x === '' ? '' : (rename.get(x) ?? prefix + x));
     for (const node of g.node ?? []) {
       nodes.push({ ...node, name: prefix + (node.name ?? ''), input: (node.input ?? []).map(r), output: (node.output ?? []).map(r) });
     }

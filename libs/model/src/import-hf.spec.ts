@@ -1,7 +1,16 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { type Dtype, type FixtureOptions, SMALL_HF_CONFIG, maxAbsDiff, randomWeights, referenceLogits, writeHfFixture, writeSafetensors } from '@tandem/testkit';
+import {
+  type Dtype,
+  type FixtureOptions,
+  SMALL_HF_CONFIG,
+  maxAbsDiff,
+  randomWeights,
+  referenceLogits,
+  writeHfFixture,
+  writeSafetensors,
+} from '@tandem/testkit';
 import { ImportError } from './errors';
 import { importHfModel } from './import-hf';
 import { SplitPipeline } from './pipeline';
@@ -9,7 +18,9 @@ import { bf16ToF32, f16ToF32 } from './safetensors';
 
 let root: string;
 let n = 0;
-beforeAll(() => { root = mkdtempSync(path.join(tmpdir(), 'model-import-')); });
+beforeAll(() => {
+  root = mkdtempSync(path.join(tmpdir(), 'model-import-'));
+});
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 const c = SMALL_HF_CONFIG;
@@ -27,7 +38,11 @@ async function importFixture(opts: FixtureOptions): Promise<{ out: string; store
 
 async function forward(dir: string, placement: string): Promise<Float32Array> {
   const p = await SplitPipeline.load(dir, placement);
-  try { return (await p.forward(IDS)).data; } finally { await p.close(); }
+  try {
+    return (await p.forward(IDS)).data;
+  } finally {
+    await p.close();
+  }
 }
 
 describe('importHfModel', () => {
@@ -56,8 +71,9 @@ describe('importHfModel', () => {
   it('names a mis-shaped tensor with the expected and found shapes', async () => {
     const hf = path.join(root, 'misshaped');
     writeHfFixture(hf, c, weights, { reshape: { 'h.0.attn.c_attn.weight': [32, 64] } });
-    await expect(importHfModel({ from: hf, out: path.join(root, 'misshaped-out') }))
-      .rejects.toThrow('tensor h.0.attn.c_attn.weight has the wrong shape: expected shape [32,96], found [32,64]');
+    await expect(importHfModel({ from: hf, out: path.join(root, 'misshaped-out') })).rejects.toThrow(
+      'tensor h.0.attn.c_attn.weight has the wrong shape: expected shape [32,96], found [32,64]',
+    );
   });
 
   it('names a bad config field', async () => {

@@ -105,7 +105,8 @@ export async function importHfModel(opts: ImportHfOptions): Promise<Manifest> {
         throw new ImportError(`${e.name} dtype`, 'be F32, F16 or BF16', e.dtype);
       }
       const bytes = w.dims.reduce((a, b) => a * b, 1) * (e.dtype === 'F32' ? 4 : 2);
-      if (e.end - e.begin !== bytes) throw new ImportError(`${e.name} data_offsets`, `span ${bytes} bytes (shape ${shapeText(w.dims)}, ${e.dtype})`, `${e.end - e.begin} bytes`);
+      if (e.end - e.begin !== bytes)
+        throw new ImportError(`${e.name} data_offsets`, `span ${bytes} bytes (shape ${shapeText(w.dims)}, ${e.dtype})`, `${e.end - e.begin} bytes`);
       fileName.set(w.name, e.name);
     }
     return await writeModelDir(opts.out, config, (spec) => st.readFloat32(fileName.get(spec.name) as string), { kind: 'huggingface' }, opts.onProgress);

@@ -42,9 +42,7 @@ export interface StageInfo extends StageSlot {
 }
 
 /** Where the weights came from (informational). */
-export type ModelSource =
-  | { readonly kind: 'synthetic'; readonly preset: string; readonly seed: number }
-  | { readonly kind: 'huggingface' };
+export type ModelSource = { readonly kind: 'synthetic'; readonly preset: string; readonly seed: number } | { readonly kind: 'huggingface' };
 
 /** Parsed and validated manifest.json. Invariant: `stages.length === 2*config.nLayer + 2`, in contract order. */
 export interface Manifest {
@@ -78,10 +76,23 @@ export function describeStage(index: number, config: ModelConfig, dataFiles: rea
   let flopsPerToken: number;
   let outBytesPerToken = f32 * D;
   switch (slot.kind) {
-    case 'embed': paramBytes = f32 * (V + P) * D; flopsPerToken = 0; break;
-    case 'attn': paramBytes = f32 * (2 * D + D * 3 * D + 3 * D + D * D + D); flopsPerToken = 2 * 4 * D * D; break;
-    case 'mlp': paramBytes = f32 * (2 * D + D * 4 * D + 4 * D + 4 * D * D + D); flopsPerToken = 2 * 8 * D * D; break;
-    case 'head': paramBytes = f32 * (V * D + 2 * D); flopsPerToken = 2 * V * D; outBytesPerToken = f32 * V; break;
+    case 'embed':
+      paramBytes = f32 * (V + P) * D;
+      flopsPerToken = 0;
+      break;
+    case 'attn':
+      paramBytes = f32 * (2 * D + D * 3 * D + 3 * D + D * D + D);
+      flopsPerToken = 2 * 4 * D * D;
+      break;
+    case 'mlp':
+      paramBytes = f32 * (2 * D + D * 4 * D + 4 * D + 4 * D * D + D);
+      flopsPerToken = 2 * 8 * D * D;
+      break;
+    case 'head':
+      paramBytes = f32 * (V * D + 2 * D);
+      flopsPerToken = 2 * V * D;
+      outBytesPerToken = f32 * V;
+      break;
   }
   return {
     ...slot,
@@ -134,9 +145,14 @@ export function validateManifest(raw: unknown): Manifest {
     }
     const num = (k: string): number | undefined => (typeof e[k] === 'number' ? (e[k] as number) : undefined);
     return {
-      ...slot, file, inBytesPerToken: inBytes,
-      outBytesPerToken: num('outBytesPerToken'), paramBytes: num('paramBytes'), flopsPerToken: num('flopsPerToken'),
-      flopsPerTokenPerContext: num('flopsPerTokenPerContext'), dataFiles,
+      ...slot,
+      file,
+      inBytesPerToken: inBytes,
+      outBytesPerToken: num('outBytesPerToken'),
+      paramBytes: num('paramBytes'),
+      flopsPerToken: num('flopsPerToken'),
+      flopsPerTokenPerContext: num('flopsPerTokenPerContext'),
+      dataFiles,
     };
   });
   const source = typeof o.source === 'object' && o.source !== null ? (o.source as ModelSource) : undefined;

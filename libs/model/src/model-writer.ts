@@ -51,7 +51,13 @@ async function prepareDir(dir: string): Promise<void> {
  * the weights and `sourceInfo` (no paths, no timestamps).
  * @throws ModelOptionError when `dir` is a non-empty directory that is not a model directory.
  */
-export async function writeModelDir(dir: string, config: ModelConfig, weights: WeightSource, sourceInfo: ModelSource, onProgress?: ProgressFn): Promise<Manifest> {
+export async function writeModelDir(
+  dir: string,
+  config: ModelConfig,
+  weights: WeightSource,
+  sourceInfo: ModelSource,
+  onProgress?: ProgressFn,
+): Promise<Manifest> {
   await prepareDir(dir);
   const n = stageCount(config);
   const slots = Array.from({ length: n }, (_, i) => stageSlot(i, config.nLayer));

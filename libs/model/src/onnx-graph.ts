@@ -74,7 +74,10 @@ export class GraphBuilder {
   /** A float32 initializer whose bytes live in an external data file. */
   externalF32(name: string, dims: readonly number[], ref: ExternalRef): string {
     this.inits.push({
-      name, dataType: DT.FLOAT, dims: [...dims], dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      name,
+      dataType: DT.FLOAT,
+      dims: [...dims],
+      dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
       externalData: [
         { key: 'location', value: ref.location },
         { key: 'offset', value: String(ref.offset) },
@@ -95,7 +98,11 @@ export class GraphBuilder {
   op(opType: string, input: readonly string[], attrs: Record<string, AttrValue> = {}, nOut = 1): string[] {
     const output = Array.from({ length: nOut }, () => this.fresh(opType));
     this.nodes.push({
-      opType, domain: '', input: [...input], output, name: this.fresh(`n_${opType}`),
+      opType,
+      domain: '',
+      input: [...input],
+      output,
+      name: this.fresh(`n_${opType}`),
       attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)),
     });
     return output;

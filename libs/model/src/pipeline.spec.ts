@@ -26,7 +26,10 @@ function randomPlacements(n: number, count: number, seed: number): string[] {
   const out: string[] = [];
   for (let k = 0; k < count; k++) {
     let p = '';
-    for (let i = 0; i < n; i++) { s = (Math.imul(s, 1103515245) + 12345) >>> 0; p += (s >>> 16) & 1 ? 'C' : 'S'; }
+    for (let i = 0; i < n; i++) {
+      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+      p += (s >>> 16) & 1 ? 'C' : 'S';
+    }
     out.push(p);
   }
   return out;
@@ -34,7 +37,11 @@ function randomPlacements(n: number, count: number, seed: number): string[] {
 
 async function withPipeline<T>(placement: string, fn: (p: SplitPipeline) => Promise<T>): Promise<T> {
   const p = await SplitPipeline.load(dir, placement);
-  try { return await fn(p); } finally { await p.close(); }
+  try {
+    return await fn(p);
+  } finally {
+    await p.close();
+  }
 }
 
 describe('split pipeline', () => {
@@ -78,7 +85,7 @@ describe('split pipeline', () => {
     expect(streamed).toEqual(ref);
   });
 
-  it('keeps each side\'s state in its own cache', async () => {
+  it("keeps each side's state in its own cache", async () => {
     await withPipeline('CSSSSC', async (p) => {
       const s = p.newCaches();
       await p.step(s, PROMPT.slice(0, 4));
@@ -101,12 +108,16 @@ describe('split pipeline', () => {
 
 describe('StageRunner', () => {
   let runner: StageRunner;
-  beforeAll(async () => { runner = await StageRunner.load(dir); });
+  beforeAll(async () => {
+    runner = await StageRunner.load(dir);
+  });
   afterAll(() => runner.close());
 
   const ids = (xs: number[]): HostTensor => ({ dtype: 'int64', shape: [1, xs.length], data: BigInt64Array.from(xs.map(BigInt)) });
   const hidden = (T: number, seed: number): HostTensor => ({
-    dtype: 'float32', shape: [1, T, 64], data: Float32Array.from({ length: T * 64 }, (_, i) => Math.sin(seed * 1000 + i)),
+    dtype: 'float32',
+    shape: [1, T, 64],
+    data: Float32Array.from({ length: T * 64 }, (_, i) => Math.sin(seed * 1000 + i)),
   });
 
   it('batches sessions with the same results as separate runs', async () => {
@@ -134,7 +145,11 @@ describe('StageRunner', () => {
   });
 
   it('runs inputs that are views at an offset into a larger buffer (as tensors decoded in place from the wire)', async () => {
-    for (const [stage, x] of [[0, ids(PROMPT)], [1, hidden(4, 2)], [2, hidden(4, 3)]] as const) {
+    for (const [stage, x] of [
+      [0, ids(PROMPT)],
+      [1, hidden(4, 2)],
+      [2, hidden(4, 3)],
+    ] as const) {
       const width = x.data.length;
       const backing = x.dtype === 'int64' ? new BigInt64Array(width + 3) : new Float32Array(width + 5);
       const at = backing.length - width;
@@ -143,7 +158,9 @@ describe('StageRunner', () => {
       const a = await runner.run(stage, x, runner.newCache());
       const b = await runner.run(stage, view, runner.newCache());
       expect(view.data.byteOffset).toBeGreaterThan(0);
-      expect(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength).equals(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength))).toBe(true);
+      expect(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength).equals(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength))).toBe(
+        true,
+      );
     }
   });
 
@@ -153,14 +170,29 @@ describe('StageRunner', () => {
     const cases: [() => Promise<unknown>, RegExp, string][] = [
       [() => runner.run(0, hidden(1, 0), cache), /^input\.dtype must be 'int64' for stage embed, given 'float32'$/, 'invalid'],
       [() => runner.run(0, ids([1, 50257]), cache), /^input\.data\[1\] must be a token id in 0\.\.50256, given 50257$/, 'invalid'],
-      [() => runner.run(2, hidden(2, 0), cache).then(() => runner.run(2, { dtype: 'float32', shape: [1, 2, 32], data: new Float32Array(64) }, cache)), /^input\.shape must be \[1, T, 64\]/, 'invalid'],
-      [() => runner.run(1, { dtype: 'float32', shape: [1, 2, 64], data: new Float32Array(3) }, cache), /^input\.data must be a Float32Array of 128 values/, 'invalid'],
+      [
+        () => runner.run(2, hidden(2, 0), cache).then(() => runner.run(2, { dtype: 'float32', shape: [1, 2, 32], data: new Float32Array(64) }, cache)),
+        /^input\.shape must be \[1, T, 64\]/,
+        'invalid',
+      ],
+      [
+        () => runner.run(1, { dtype: 'float32', shape: [1, 2, 64], data: new Float32Array(3) }, cache),
+        /^input\.data must be a Float32Array of 128 values/,
+        'invalid',
+      ],
       [() => runner.run(9, hidden(1, 0), cache), /^stage must be a stage index in 0\.\.5, given 9$/, 'invalid'],
-      [() => runner.run(0, ids(new Array(1023).fill(1)), cache), /^input\.shape\[1\] must keep the context within nPositions = 1024 \(2 tokens already/, 'precondition'],
+      [
+        () => runner.run(0, ids(new Array(1023).fill(1)), cache),
+        /^input\.shape\[1\] must keep the context within nPositions = 1024 \(2 tokens already/,
+        'precondition',
+      ],
       [() => runner.runBatch(0, [ids([1]), ids([2])], [cache, cache]), /^caches must be distinct/, 'invalid'],
     ];
     for (const [call, message, kind] of cases) {
-      const err = await call().then(() => undefined, (e: unknown) => e);
+      const err = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(StageInputError);
       expect((err as Error).message).toMatch(message);
       expect((err as StageInputError).kind).toBe(kind);

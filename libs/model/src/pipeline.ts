@@ -36,7 +36,10 @@ export function argmaxRow(data: Float32Array, width: number, row: number): numbe
   const base = row * width;
   for (let j = 0; j < width; j++) {
     const v = data[base + j];
-    if (v > bestV) { bestV = v; best = j; }
+    if (v > bestV) {
+      bestV = v;
+      best = j;
+    }
   }
   return best;
 }
@@ -97,7 +100,11 @@ export class SplitPipeline {
    * running it on the last position alone gives that row exactly and saves the rest).
    * @throws StageInputError for ids outside the vocabulary or a context beyond nPositions.
    */
-  async step(caches: SplitCaches, ids: readonly number[], opts: { lastOnly?: boolean; onStage?: StageObserver } = {}): Promise<HostTensor & { dtype: 'float32' }> {
+  async step(
+    caches: SplitCaches,
+    ids: readonly number[],
+    opts: { lastOnly?: boolean; onStage?: StageObserver } = {},
+  ): Promise<HostTensor & { dtype: 'float32' }> {
     let x: HostTensor = { dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, (v) => BigInt(v)) };
     let where: Location = 'client'; // the request starts on the client
     for (const [i, side] of this.placement.entries()) {
@@ -141,7 +148,11 @@ export class SplitPipeline {
     if (prompt.length === 0) throw new ModelOptionError('prompt', 'have at least one token', '[]');
     if (!Number.isInteger(opts.maxNewTokens) || opts.maxNewTokens < 0) throw new ModelOptionError('maxNewTokens', 'be an integer >= 0', opts.maxNewTokens);
     if (opts.maxNewTokens > 0 && prompt.length + opts.maxNewTokens - 1 > nPositions) {
-      throw new ModelOptionError('maxNewTokens', `fit the context: prompt (${prompt.length}) + maxNewTokens - 1 <= nPositions (${nPositions})`, opts.maxNewTokens);
+      throw new ModelOptionError(
+        'maxNewTokens',
+        `fit the context: prompt (${prompt.length}) + maxNewTokens - 1 <= nPositions (${nPositions})`,
+        opts.maxNewTokens,
+      );
     }
     const stop = new Set(opts.stopIds ?? []);
     const out: number[] = [];
@@ -171,7 +182,5 @@ export class SplitPipeline {
 
 /** A copy of `x`, as the receiving side would rebuild it from the bytes on the wire. */
 function handOver(x: HostTensor): HostTensor {
-  return x.dtype === 'int64'
-    ? { dtype: 'int64', shape: [...x.shape], data: x.data.slice() }
-    : { dtype: 'float32', shape: [...x.shape], data: x.data.slice() };
+  return x.dtype === 'int64' ? { dtype: 'int64', shape: [...x.shape], data: x.data.slice() } : { dtype: 'float32', shape: [...x.shape], data: x.data.slice() };
 }

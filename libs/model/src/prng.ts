@@ -42,7 +42,10 @@ export class Xoshiro128 {
     const s = this.s;
     const result = mul9(rotl(mul5(s[1]), 7)) >>> 0;
     const t = s[1] << 9;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
     s[2] ^= t;
     s[3] = rotl(s[3], 11);
     return result;
@@ -55,7 +58,10 @@ export class Xoshiro128 {
   fillNormal(out: Float32Array, mean: number, std: number): void {
     const TWO_PI = 2 * Math.PI;
     const SCALE = 1 / 16777216; // 2^-24: uniforms from the top 24 bits
-    let a = this.s[0] | 0, b = this.s[1] | 0, c = this.s[2] | 0, d = this.s[3] | 0;
+    let a = this.s[0] | 0,
+      b = this.s[1] | 0,
+      c = this.s[2] | 0,
+      d = this.s[3] | 0;
     let u1 = 0;
     const n = out.length;
     for (let i = 0; i < n; i += 2) {
@@ -63,8 +69,14 @@ export class Xoshiro128 {
         // Inlined nextU32 on locals.
         const r = mul9(rotl(mul5(b), 7)) >>> 8;
         const t = b << 9;
-        c ^= a; d ^= b; b ^= c; a ^= d; c ^= t; d = rotl(d, 11);
-        if (k === 0) u1 = (r + 1) * SCALE; // (0, 1], so log is finite
+        c ^= a;
+        d ^= b;
+        b ^= c;
+        a ^= d;
+        c ^= t;
+        d = rotl(d, 11);
+        if (k === 0)
+          u1 = (r + 1) * SCALE; // (0, 1], so log is finite
         else {
           const rad = Math.sqrt(-2 * Math.log(u1)) * std;
           const th = TWO_PI * r * SCALE;
@@ -73,7 +85,10 @@ export class Xoshiro128 {
         }
       }
     }
-    this.s[0] = a; this.s[1] = b; this.s[2] = c; this.s[3] = d;
+    this.s[0] = a;
+    this.s[1] = b;
+    this.s[2] = c;
+    this.s[3] = d;
   }
 }
 

@@ -79,7 +79,10 @@ class RunnerCache implements KvCache {
   }
 
   clear(): void {
-    for (const { key, value } of this.kv.values()) { key.dispose(); value.dispose(); }
+    for (const { key, value } of this.kv.values()) {
+      key.dispose();
+      value.dispose();
+    }
     this.kv.clear();
     this.embeddedTokens = 0;
   }
@@ -214,18 +217,21 @@ export class StageRunner {
     if (info.kind === 'embed' || info.kind === 'attn') {
       if (new Set(own).size !== own.length) throw new StageInputError('caches', `be distinct for stage ${info.name}, which advances them`, 'a repeated cache');
     }
-    for (const c of own) if (c.inFlight.has(stage)) throw new StageInputError('cache', `not be in use by another call on stage ${info.name}`, 'a cache in use', 'precondition');
+    for (const c of own)
+      if (c.inFlight.has(stage)) throw new StageInputError('cache', `not be in use by another call on stage ${info.name}`, 'a cache in use', 'precondition');
     for (const c of own) c.inFlight.add(stage);
     try {
       const session = this.sessions.get(stage) as ort.InferenceSession;
       switch (info.kind) {
-        case 'embed': return await this.runEmbed(session, inputs, own, lengths);
+        case 'embed':
+          return await this.runEmbed(session, inputs, own, lengths);
         case 'attn': {
           const outs: HostTensor[] = [];
           for (const [i, x] of inputs.entries()) outs.push(await this.runAttn(session, stage, x, own[i]));
           return outs;
         }
-        default: return await this.runPositionwise(session, info, inputs, lengths);
+        default:
+          return await this.runPositionwise(session, info, inputs, lengths);
       }
     } finally {
       for (const c of own) c.inFlight.delete(stage);
@@ -247,7 +253,8 @@ export class StageRunner {
   async runRange(begin: number, end: number, input: HostTensor, cache: KvCache, opts: RunRangeOptions = {}): Promise<HostTensor> {
     const n = this.manifest.stages.length;
     this.checkStage(begin);
-    if (!Number.isInteger(end) || end <= begin || end > n) throw new StageInputError('end', `be a stage index in ${begin + 1}..${n} (exclusive end after begin ${begin})`, end);
+    if (!Number.isInteger(end) || end <= begin || end > n)
+      throw new StageInputError('end', `be a stage index in ${begin + 1}..${n} (exclusive end after begin ${begin})`, end);
     for (let s = begin; s < end; s++) this.checkStage(s);
     const own = this.checkCache(cache, 'cache');
     const T = this.checkInput(this.manifest.stages[begin], input, own, (f) => f);
@@ -256,7 +263,8 @@ export class StageRunner {
       if (info.kind === 'attn') this.checkContext(info, own, T, (f) => f);
     }
     for (let s = begin; s < end; s++) {
-      if (own.inFlight.has(s)) throw new StageInputError('cache', `not be in use by another call on stage ${this.manifest.stages[s].name}`, 'a cache in use', 'precondition');
+      if (own.inFlight.has(s))
+        throw new StageInputError('cache', `not be in use by another call on stage ${this.manifest.stages[s].name}`, 'a cache in use', 'precondition');
     }
     const session = this.fused.get(`${begin}-${end}`);
     if (session) {
@@ -282,7 +290,15 @@ export class StageRunner {
     await Promise.all([...this.sessions.values(), ...this.fused.values()].map((s) => s.release()));
   }
 
-  private async runFused(session: ort.InferenceSession, begin: number, end: number, x: HostTensor, cache: RunnerCache, T: number, lastOnly: boolean): Promise<HostTensor> {
+  private async runFused(
+    session: ort.InferenceSession,
+    begin: number,
+    end: number,
+    x: HostTensor,
+    cache: RunnerCache,
+    T: number,
+    lastOnly: boolean,
+  ): Promise<HostTensor> {
     const { nHead: H, nEmbd: D } = this.manifest.config;
     const feeds: Record<string, ort.Tensor> = {};
     const first = this.manifest.stages[begin];
@@ -338,18 +354,25 @@ export class StageRunner {
     const { vocabSize: V, nEmbd: D } = this.manifest.config;
     if (typeof x !== 'object' || x === null) throw new StageInputError(at('input'), 'be a tensor {dtype, shape, data}', x);
     const shape: unknown = x.shape;
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) throw new StageInputError(at('input.shape'), 'be an array of non-negative integers', shape);
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0))
+      throw new StageInputError(at('input.shape'), 'be an array of non-negative integers', shape);
     if (info.kind === 'embed') {
       if (x.dtype !== 'int64') throw new StageInputError(at('input.dtype'), `be 'int64' for stage ${info.name}`, x.dtype);
-      if (shape.length !== 2 || shape[0] !== 1 || shape[1] < 1) throw new StageInputError(at('input.shape'), `be [1, T] with T >= 1 for stage ${info.name}`, shape);
+      if (shape.length !== 2 || shape[0] !== 1 || shape[1] < 1)
+        throw new StageInputError(at('input.shape'), `be [1, T] with T >= 1 for stage ${info.name}`, shape);
     } else {
       if (x.dtype !== 'float32') throw new StageInputError(at('input.dtype'), `be 'float32' for stage ${info.name}`, x.dtype);
-      if (shape.length !== 3 || shape[0] !== 1 || shape[1] < 1 || shape[2] !== D) throw new StageInputError(at('input.shape'), `be [1, T, ${D}] with T >= 1 for stage ${info.name}`, shape);
+      if (shape.length !== 3 || shape[0] !== 1 || shape[1] < 1 || shape[2] !== D)
+        throw new StageInputError(at('input.shape'), `be [1, T, ${D}] with T >= 1 for stage ${info.name}`, shape);
     }
     const T = shape[1] as number;
     const ArrayType = x.dtype === 'int64' ? BigInt64Array : Float32Array;
     if (!(x.data instanceof ArrayType) || x.data.length !== product(shape)) {
-      throw new StageInputError(at('input.data'), `be a ${ArrayType.name} of ${product(shape)} values (the shape's product)`, x.data instanceof ArrayType ? `${x.data.length} values` : typeof x.data);
+      throw new StageInputError(
+        at('input.data'),
+        `be a ${ArrayType.name} of ${product(shape)} values (the shape's product)`,
+        x.data instanceof ArrayType ? `${x.data.length} values` : typeof x.data,
+      );
     }
     if (info.kind === 'embed') {
       const ids = x.data as BigInt64Array;
@@ -366,11 +389,21 @@ export class StageRunner {
     const { nPositions } = this.manifest.config;
     const before = info.kind === 'embed' ? cache.embeddedTokens : info.kind === 'attn' ? cache.pastLength(info.index) : 0;
     if (before + T > nPositions) {
-      throw new StageInputError(at('input.shape[1]'), `keep the context within nPositions = ${nPositions} (${before} tokens already in the cache of stage ${info.name})`, T, before > 0 ? 'precondition' : 'invalid');
+      throw new StageInputError(
+        at('input.shape[1]'),
+        `keep the context within nPositions = ${nPositions} (${before} tokens already in the cache of stage ${info.name})`,
+        T,
+        before > 0 ? 'precondition' : 'invalid',
+      );
     }
   }
 
-  private async runEmbed(session: ort.InferenceSession, inputs: readonly HostTensor[], caches: readonly RunnerCache[], lengths: readonly number[]): Promise<HostTensor[]> {
+  private async runEmbed(
+    session: ort.InferenceSession,
+    inputs: readonly HostTensor[],
+    caches: readonly RunnerCache[],
+    lengths: readonly number[],
+  ): Promise<HostTensor[]> {
     const total = lengths.reduce((a, b) => a + b, 0);
     const ids = inputs.length === 1 ? (inputs[0].data as BigInt64Array) : new BigInt64Array(total);
     const pos = new BigInt64Array(total);
@@ -405,7 +438,12 @@ export class StageRunner {
     return toHost(r[IO.hiddenOut]);
   }
 
-  private async runPositionwise(session: ort.InferenceSession, info: StageInfo, inputs: readonly HostTensor[], lengths: readonly number[]): Promise<HostTensor[]> {
+  private async runPositionwise(
+    session: ort.InferenceSession,
+    info: StageInfo,
+    inputs: readonly HostTensor[],
+    lengths: readonly number[],
+  ): Promise<HostTensor[]> {
     const D = this.manifest.config.nEmbd;
     const total = lengths.reduce((a, b) => a + b, 0);
     let data: Float32Array;
@@ -413,7 +451,10 @@ export class StageRunner {
     else {
       data = new Float32Array(total * D);
       let o = 0;
-      for (const x of inputs) { data.set(x.data as Float32Array, o); o += x.data.length; }
+      for (const x of inputs) {
+        data.set(x.data as Float32Array, o);
+        o += x.data.length;
+      }
     }
     const r = await session.run({ [IO.hidden]: new ort.Tensor('float32', data, [1, total, D]) });
     return this.split(r[info.kind === 'head' ? IO.logits : IO.hiddenOut], lengths);

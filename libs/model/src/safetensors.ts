@@ -13,7 +13,21 @@ export interface SafetensorsEntry {
 }
 
 const DTYPE_BYTES: Readonly<Record<string, number>> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
 };
 
 /**
@@ -61,8 +75,16 @@ export class SafetensorsFile {
         const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
         const shape = e?.shape;
         const offs = e?.data_offsets;
-        if (typeof e?.dtype !== 'string' || !Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)
-          || !Array.isArray(offs) || offs.length !== 2 || !offs.every((d) => Number.isInteger(d) && d >= 0) || offs[0] > offs[1] || offs[1] > dataLen) {
+        if (
+          typeof e?.dtype !== 'string' ||
+          !Array.isArray(shape) ||
+          !shape.every((d) => Number.isInteger(d) && d >= 0) ||
+          !Array.isArray(offs) ||
+          offs.length !== 2 ||
+          !offs.every((d) => Number.isInteger(d) && d >= 0) ||
+          offs[0] > offs[1] ||
+          offs[1] > dataLen
+        ) {
           throw new ImportError(`${label} entry ${name}`, `have a dtype, a shape and data_offsets within the data (${dataLen} bytes)`, v);
         }
         entries.set(name, { name, dtype: e.dtype, shape: shape as number[], begin: offs[0] as number, end: offs[1] as number });
@@ -127,7 +149,10 @@ export function f16ToF32(src: Uint16Array): Float32Array {
     else {
       // Subnormal half: normalise the mantissa into a float32 normal.
       let e = 113;
-      while ((mant & 0x400) === 0) { mant <<= 1; e--; }
+      while ((mant & 0x400) === 0) {
+        mant <<= 1;
+        e--;
+      }
       bits[i] = sign | (e << 23) | ((mant & 0x3ff) << 13);
     }
   }

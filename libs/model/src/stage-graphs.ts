@@ -19,23 +19,36 @@ export function stageWeights(slot: StageSlot, c: ModelConfig): WeightSpec[] {
   const D = c.nEmbd;
   switch (slot.kind) {
     case 'embed':
-      return [{ name: WTE, dims: [c.vocabSize, D] }, { name: 'wpe.weight', dims: [c.nPositions, D] }];
+      return [
+        { name: WTE, dims: [c.vocabSize, D] },
+        { name: 'wpe.weight', dims: [c.nPositions, D] },
+      ];
     case 'head':
-      return [{ name: 'ln_f.weight', dims: [D] }, { name: 'ln_f.bias', dims: [D] }, { name: WTE, dims: [c.vocabSize, D] }];
+      return [
+        { name: 'ln_f.weight', dims: [D] },
+        { name: 'ln_f.bias', dims: [D] },
+        { name: WTE, dims: [c.vocabSize, D] },
+      ];
     case 'attn': {
       const p = `h.${slot.layer}`;
       return [
-        { name: `${p}.ln_1.weight`, dims: [D] }, { name: `${p}.ln_1.bias`, dims: [D] },
-        { name: `${p}.attn.c_attn.weight`, dims: [D, 3 * D] }, { name: `${p}.attn.c_attn.bias`, dims: [3 * D] },
-        { name: `${p}.attn.c_proj.weight`, dims: [D, D] }, { name: `${p}.attn.c_proj.bias`, dims: [D] },
+        { name: `${p}.ln_1.weight`, dims: [D] },
+        { name: `${p}.ln_1.bias`, dims: [D] },
+        { name: `${p}.attn.c_attn.weight`, dims: [D, 3 * D] },
+        { name: `${p}.attn.c_attn.bias`, dims: [3 * D] },
+        { name: `${p}.attn.c_proj.weight`, dims: [D, D] },
+        { name: `${p}.attn.c_proj.bias`, dims: [D] },
       ];
     }
     case 'mlp': {
       const p = `h.${slot.layer}`;
       return [
-        { name: `${p}.ln_2.weight`, dims: [D] }, { name: `${p}.ln_2.bias`, dims: [D] },
-        { name: `${p}.mlp.c_fc.weight`, dims: [D, 4 * D] }, { name: `${p}.mlp.c_fc.bias`, dims: [4 * D] },
-        { name: `${p}.mlp.c_proj.weight`, dims: [4 * D, D] }, { name: `${p}.mlp.c_proj.bias`, dims: [D] },
+        { name: `${p}.ln_2.weight`, dims: [D] },
+        { name: `${p}.ln_2.bias`, dims: [D] },
+        { name: `${p}.mlp.c_fc.weight`, dims: [D, 4 * D] },
+        { name: `${p}.mlp.c_fc.bias`, dims: [4 * D] },
+        { name: `${p}.mlp.c_proj.weight`, dims: [4 * D, D] },
+        { name: `${p}.mlp.c_proj.bias`, dims: [D] },
       ];
     }
   }
@@ -45,7 +58,12 @@ export function stageWeights(slot: StageSlot, c: ModelConfig): WeightSpec[] {
 export function allWeights(c: ModelConfig, slots: readonly StageSlot[]): WeightSpec[] {
   const seen = new Set<string>();
   const out: WeightSpec[] = [];
-  for (const s of slots) for (const w of stageWeights(s, c)) if (!seen.has(w.name)) { seen.add(w.name); out.push(w); }
+  for (const s of slots)
+    for (const w of stageWeights(s, c))
+      if (!seen.has(w.name)) {
+        seen.add(w.name);
+        out.push(w);
+      }
   return out;
 }
 

@@ -10,7 +10,10 @@ export class StageStats {
   private readonly decode: Float64Array;
   private readonly count: Uint32Array;
 
-  constructor(readonly stageCount: number, private readonly alpha = 0.2) {
+  constructor(
+    readonly stageCount: number,
+    private readonly alpha = 0.2,
+  ) {
     this.prefill = new Float64Array(stageCount);
     this.decode = new Float64Array(stageCount);
     this.count = new Uint32Array(stageCount);
@@ -38,6 +41,11 @@ export class StageStats {
 
   /** The figures as published: prefill per prompt token and one decode step, ms (EWMA). */
   snapshot(): StageTiming[] {
-    return Array.from({ length: this.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: this.prefill[stage], decodeMs: this.decode[stage], samples: this.count[stage] }));
+    return Array.from({ length: this.stageCount }, (_, stage) => ({
+      stage,
+      prefillMsPerToken: this.prefill[stage],
+      decodeMs: this.decode[stage],
+      samples: this.count[stage],
+    }));
   }
 }

@@ -20,8 +20,14 @@ export function decode(ids: readonly number[]): string {
   let out = '';
   let run: number[] = [];
   for (const id of ids) {
-    if (Number.isInteger(id) && id >= 0 && id < GPT2_VOCAB_SIZE) { run.push(id); continue; }
-    if (run.length) { out += r50k.decode(run); run = []; }
+    if (Number.isInteger(id) && id >= 0 && id < GPT2_VOCAB_SIZE) {
+      run.push(id);
+      continue;
+    }
+    if (run.length) {
+      out += r50k.decode(run);
+      run = [];
+    }
     out += `<|id:${id}|>`;
   }
   if (run.length) out += r50k.decode(run);

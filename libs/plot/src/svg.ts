@@ -96,8 +96,13 @@ export function renderChart(spec: ChartSpec): string {
   let yLo = spec.yMin ?? Math.min(...all.map((p) => p.y));
   let yHi = spec.yMax ?? Math.max(...all.map((p) => p.y));
   if (kind === 'bar' && spec.yMin === undefined) yLo = Math.min(0, yLo);
-  if (all.length === 0) { yLo = 0; yHi = 1; }
-  if (yHi === yLo) { yHi = yLo + 1; }
+  if (all.length === 0) {
+    yLo = 0;
+    yHi = 1;
+  }
+  if (yHi === yLo) {
+    yHi = yLo + 1;
+  }
   const yTicks = niceTicks(yLo, yHi);
   // Without a fixed top, end the axis on a tick above the data, so the tallest bar or point
   // sits under a labelled line instead of touching the frame.
@@ -109,19 +114,20 @@ export function renderChart(spec: ChartSpec): string {
   const sy = (y: number): number => margin.top + plotH - ((y - yLo) / (yHi - yLo)) * plotH;
 
   const categorical = kind === 'bar' || spec.xCategories !== undefined;
-  const xs = categorical
-    ? (spec.xCategories ? spec.xCategories.map((_, i) => i) : [...new Set(all.map((p) => p.x))].sort((a, b) => a - b))
-    : [];
+  const xs = categorical ? (spec.xCategories ? spec.xCategories.map((_, i) => i) : [...new Set(all.map((p) => p.x))].sort((a, b) => a - b)) : [];
   let xLo = all.length ? Math.min(...all.map((p) => p.x)) : 0;
   let xHi = all.length ? Math.max(...all.map((p) => p.x)) : 1;
-  if (xHi === xLo) { xLo -= 1; xHi += 1; }
+  if (xHi === xLo) {
+    xLo -= 1;
+    xHi += 1;
+  }
   const band = categorical ? plotW / Math.max(1, xs.length) : 0;
-  const sx = (x: number): number => categorical
-    ? margin.left + band * (xs.indexOf(x) + 0.5)
-    : margin.left + ((x - xLo) / (xHi - xLo)) * plotW;
+  const sx = (x: number): number => (categorical ? margin.left + band * (xs.indexOf(x) + 0.5) : margin.left + ((x - xLo) / (xHi - xLo)) * plotW);
 
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+  );
   out.push(`<rect width="${width}" height="${height}" fill="white"/>`);
   out.push(`<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${escapeXml(spec.title)}</text>`);
   // Legend.
@@ -138,11 +144,13 @@ export function renderChart(spec: ChartSpec): string {
     out.push(`<text x="${margin.left - 6}" y="${f(sy(t) + 4)}" text-anchor="end">${escapeXml(fmtY(t))}</text>`);
   }
   out.push(`<line x1="${margin.left}" x2="${margin.left}" y1="${margin.top}" y2="${margin.top + plotH}" stroke="#333"/>`);
-  out.push(`<line x1="${margin.left}" x2="${margin.left + plotW}" y1="${f(sy(Math.max(yLo, Math.min(0, yHi))))}" y2="${f(sy(Math.max(yLo, Math.min(0, yHi))))}" stroke="#333"/>`);
+  out.push(
+    `<line x1="${margin.left}" x2="${margin.left + plotW}" y1="${f(sy(Math.max(yLo, Math.min(0, yHi))))}" y2="${f(sy(Math.max(yLo, Math.min(0, yHi))))}" stroke="#333"/>`,
+  );
   // X ticks.
   const xTicks = categorical ? xs : niceTicks(xLo, xHi, 6);
   for (const t of xTicks) {
-    const label = categorical && spec.xCategories ? spec.xCategories[t] ?? fmtX(t) : fmtX(t);
+    const label = categorical && spec.xCategories ? (spec.xCategories[t] ?? fmtX(t)) : fmtX(t);
     out.push(`<text x="${f(sx(t))}" y="${margin.top + plotH + 18}" text-anchor="middle">${escapeXml(label)}</text>`);
   }
   out.push(`<text x="${margin.left + plotW / 2}" y="${height - 14}" text-anchor="middle">${escapeXml(spec.xLabel)}</text>`);
@@ -158,14 +166,20 @@ export function renderChart(spec: ChartSpec): string {
       for (const p of s.points) {
         const x0 = sx(p.x) - inner / 2 + si * barW;
         const y = sy(p.y);
-        out.push(`<rect x="${f(x0)}" y="${f(Math.min(y, base))}" width="${f(Math.max(1, barW - 1))}" height="${f(Math.abs(base - y))}" fill="${s.color}"><title>${escapeXml(`${s.name}: ${fmtY(p.y)}`)}</title></rect>`);
+        out.push(
+          `<rect x="${f(x0)}" y="${f(Math.min(y, base))}" width="${f(Math.max(1, barW - 1))}" height="${f(Math.abs(base - y))}" fill="${s.color}"><title>${escapeXml(`${s.name}: ${fmtY(p.y)}`)}</title></rect>`,
+        );
       }
     });
   } else {
     for (const s of series) {
       const pts = [...s.points].sort((a, b) => (categorical ? xs.indexOf(a.x) - xs.indexOf(b.x) : a.x - b.x));
-      if (pts.length > 1) out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${pts.map((p) => `${f(sx(p.x))},${f(sy(p.y))}`).join(' ')}"/>`);
-      for (const p of pts) out.push(`<circle cx="${f(sx(p.x))}" cy="${f(sy(p.y))}" r="3" fill="${s.color}"><title>${escapeXml(`${s.name}: (${fmtX(p.x)}, ${fmtY(p.y)})`)}</title></circle>`);
+      if (pts.length > 1)
+        out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${pts.map((p) => `${f(sx(p.x))},${f(sy(p.y))}`).join(' ')}"/>`);
+      for (const p of pts)
+        out.push(
+          `<circle cx="${f(sx(p.x))}" cy="${f(sy(p.y))}" r="3" fill="${s.color}"><title>${escapeXml(`${s.name}: (${fmtX(p.x)}, ${fmtY(p.y)})`)}</title></circle>`,
+        );
     }
   }
   out.push('</svg>');

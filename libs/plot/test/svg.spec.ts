@@ -3,12 +3,28 @@ import { niceTicks, renderChart } from '../src';
 describe('renderChart', () => {
   it('draws one polyline per line series, escapes text and places points inside the plot', () => {
     const svg = renderChart({
-      title: 'A & B <test>', xLabel: 'x', yLabel: 'y',
+      title: 'A & B <test>',
+      xLabel: 'x',
+      yLabel: 'y',
       series: [
-        { name: 'up', points: [{ x: 0, y: 0 }, { x: 10, y: 100 }] },
-        { name: 'down', points: [{ x: 0, y: 100 }, { x: 5, y: NaN }, { x: 10, y: 0 }] },
+        {
+          name: 'up',
+          points: [
+            { x: 0, y: 0 },
+            { x: 10, y: 100 },
+          ],
+        },
+        {
+          name: 'down',
+          points: [
+            { x: 0, y: 100 },
+            { x: 5, y: NaN },
+            { x: 10, y: 0 },
+          ],
+        },
       ],
-      width: 400, height: 300,
+      width: 400,
+      height: 300,
     });
     expect(svg).toContain('A &amp; B &lt;test&gt;');
     expect(svg.match(/<polyline/g)).toHaveLength(2);
@@ -22,8 +38,15 @@ describe('renderChart', () => {
 
   it('draws grouped bars with category labels, and a note when there is no data', () => {
     const svg = renderChart({
-      kind: 'bar', title: 't', xLabel: 'model', yLabel: '%', xCategories: ['a', 'b', 'c'],
-      series: [{ name: 's1', points: [0, 1, 2].map((x) => ({ x, y: x + 1 })) }, { name: 's2', points: [0, 1, 2].map((x) => ({ x, y: 2 })) }],
+      kind: 'bar',
+      title: 't',
+      xLabel: 'model',
+      yLabel: '%',
+      xCategories: ['a', 'b', 'c'],
+      series: [
+        { name: 's1', points: [0, 1, 2].map((x) => ({ x, y: x + 1 })) },
+        { name: 's2', points: [0, 1, 2].map((x) => ({ x, y: 2 })) },
+      ],
     });
     expect(svg.match(/<rect x=[^>]*><title>/g)).toHaveLength(6);
     expect(svg).toContain('>b</text>');

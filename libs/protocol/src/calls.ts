@@ -1,6 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import type {
-  AgentServiceClient, GeneratedToken, GenerateRequest, GenerateResponse, GenerationSummary, GetStatusResponse as AgentStatusResponse,
+  AgentServiceClient,
+  GeneratedToken,
+  GenerateRequest,
+  GenerateResponse,
+  GenerationSummary,
+  GetStatusResponse as AgentStatusResponse,
 } from './generated/tandem/agent/v1/agent';
 import type { ExecutorServiceClient, GetStatusResponse } from './generated/tandem/executor/v1/executor';
 import type { ListPlansRequest, ListPlansResponse, PlannerServiceClient } from './generated/tandem/planner/v1/planner';
@@ -14,8 +19,7 @@ export const DEFAULT_GENERATE_DEADLINE_MS = 30_000;
 
 /** One page of the planner's plans; `deadline` is absolute (Date.now() based). */
 export function listPlansPage(client: PlannerServiceClient, request: ListPlansRequest, deadline: number): Promise<ListPlansResponse> {
-  return new Promise((resolve, reject) =>
-    client.listPlans(request, new grpc.Metadata(), { deadline }, (err, r) => (err ? reject(err) : resolve(r))));
+  return new Promise((resolve, reject) => client.listPlans(request, new grpc.Metadata(), { deadline }, (err, r) => (err ? reject(err) : resolve(r))));
 }
 
 /**
@@ -42,13 +46,15 @@ export async function listPlans(client: PlannerServiceClient, deadlineMs = DEFAU
 /** An agent's state (plan epoch, placements, counters). */
 export function agentStatus(client: AgentServiceClient, deadlineMs = DEFAULT_CALL_DEADLINE_MS): Promise<AgentStatusResponse> {
   return new Promise((resolve, reject) =>
-    client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) => (err ? reject(err) : resolve(r))));
+    client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) => (err ? reject(err) : resolve(r))),
+  );
 }
 
 /** The executor's state (sessions, steps, load). */
 export function executorStatus(client: ExecutorServiceClient, deadlineMs = DEFAULT_CALL_DEADLINE_MS): Promise<GetStatusResponse> {
   return new Promise((resolve, reject) =>
-    client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) => (err ? reject(err) : resolve(r))));
+    client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) => (err ? reject(err) : resolve(r))),
+  );
 }
 
 /** What one Generate call streamed: every token (and their ids), then the summary. */
@@ -65,7 +71,12 @@ export interface GenerationResult {
  * cancels the call.
  * @throws the call's ServiceError; Error when the stream ends without a summary.
  */
-export function generateVia(client: AgentServiceClient, req: GenerateRequest, deadlineMs = DEFAULT_GENERATE_DEADLINE_MS, signal?: AbortSignal): Promise<GenerationResult> {
+export function generateVia(
+  client: AgentServiceClient,
+  req: GenerateRequest,
+  deadlineMs = DEFAULT_GENERATE_DEADLINE_MS,
+  signal?: AbortSignal,
+): Promise<GenerationResult> {
   return new Promise((resolve, reject) => {
     signal?.throwIfAborted();
     const t0 = performance.now();

@@ -1,10 +1,5 @@
 import type { Server, ServerUnaryCall, ServerWritableStream, sendUnaryData } from '@grpc/grpc-js';
-import {
-  HealthCheckRequest,
-  HealthCheckResponse,
-  HealthCheckResponse_ServingStatus as ServingStatus,
-  HealthService,
-} from './generated/grpc/health/v1/health';
+import { HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus as ServingStatus, HealthService } from './generated/grpc/health/v1/health';
 
 // Why not the npm package grpc-health-check (2.1.0, checked against @grpc/grpc-js 1.14.7):
 // its HealthImplementation does Check, Watch and per-service setStatus, and runs on our
@@ -57,7 +52,9 @@ export class HealthReporter {
         let set = this.watchers.get(name);
         if (!set) this.watchers.set(name, (set = new Set()));
         set.add(call);
-        const remove = (): void => { set?.delete(call); };
+        const remove = (): void => {
+          set?.delete(call);
+        };
         call.on('cancelled', remove);
         call.on('close', remove);
       },

@@ -2,10 +2,7 @@
  * @tandem/protocol: the wire contract. Generated ts-proto code (proto/ → generated/,
  * committed, DO NOT EDIT) plus the hand-written helpers every service shares.
  */
-export {
-  DataType,
-  Tensor,
-} from './generated/tandem/tensor/v1/tensor';
+export { DataType, Tensor } from './generated/tandem/tensor/v1/tensor';
 export {
   // The agent API has a GeneratedToken of its own (tandem.agent.v1).
   GeneratedToken as ExecutorGeneratedToken,
@@ -22,7 +19,20 @@ export {
 } from './generated/tandem/executor/v1/executor';
 export type { ExecutorServiceServer } from './generated/tandem/executor/v1/executor';
 // The executor service with tensor (de)serializers that copy each tensor once in all (wire-codec.ts).
-export { DecodeProblem, decodeProblem, ExecutorServiceClient, ExecutorServiceService, GATHER_MIN_BYTES, GatherWriter, GRPC_BODY_OFFSET, PADDING_FIELD, gatherSerialize, safeDeserialize, safeService, viewDeserialize } from './wire-codec';
+export {
+  DecodeProblem,
+  decodeProblem,
+  ExecutorServiceClient,
+  ExecutorServiceService,
+  GATHER_MIN_BYTES,
+  GatherWriter,
+  GRPC_BODY_OFFSET,
+  PADDING_FIELD,
+  gatherSerialize,
+  safeDeserialize,
+  safeService,
+  viewDeserialize,
+} from './wire-codec';
 export { capStatus, cut, MAX_GIVEN_CHARS, MAX_STATUS_BYTES, quoted, renderShape } from './render';
 export {
   ClassObservations,
@@ -49,7 +59,15 @@ export {
   TokenIds,
 } from './generated/tandem/agent/v1/agent';
 export type { AgentServiceServer } from './generated/tandem/agent/v1/agent';
-export { ClientProfile, GenerationOutcome, LinkDirection, OutcomeStatus, ServerLoad, StageTiming, StepOverhead } from './generated/tandem/telemetry/v1/telemetry';
+export {
+  ClientProfile,
+  GenerationOutcome,
+  LinkDirection,
+  OutcomeStatus,
+  ServerLoad,
+  StageTiming,
+  StepOverhead,
+} from './generated/tandem/telemetry/v1/telemetry';
 export {
   HealthCheckRequest,
   HealthCheckResponse,

@@ -9,7 +9,11 @@ export type HostTensor =
 /** A wire tensor that breaks a rule; `field` is the path of the offending field. */
 export class TensorFormatError extends Error {
   override name = 'TensorFormatError';
-  constructor(readonly field: string, readonly rule: string, readonly given: string) {
+  constructor(
+    readonly field: string,
+    readonly rule: string,
+    readonly given: string,
+  ) {
     super(`${field} ${rule}, given ${cut(given)}`);
   }
 }
@@ -58,7 +62,11 @@ export function fromWireTensor(t: Tensor | undefined, field: string, maxElements
   const n = elementCount(t.shape);
   if (n > maxElements) throw new TensorFormatError(`${field}.shape`, `must have at most ${maxElements} elements`, renderShape(t.shape, ','));
   if (t.data.byteLength !== n * size) {
-    throw new TensorFormatError(`${field}.data`, `must hold ${n * size} bytes for shape ${renderShape(t.shape, ',')} of ${size}-byte elements`, `${t.data.byteLength} bytes`);
+    throw new TensorFormatError(
+      `${field}.data`,
+      `must hold ${n * size} bytes for shape ${renderShape(t.shape, ',')} of ${size}-byte elements`,
+      `${t.data.byteLength} bytes`,
+    );
   }
   let buffer: ArrayBufferLike = t.data.buffer;
   let offset = t.data.byteOffset;

@@ -117,7 +117,10 @@ export class GatherWriter extends BinaryWriter {
     let offset = 0;
     let found = false;
     for (const p of this.parts) {
-      if (this.large.has(p)) { found = true; break; }
+      if (this.large.has(p)) {
+        found = true;
+        break;
+      }
       offset += p.length;
     }
     if (!found) return this.assemble(undefined);
@@ -136,7 +139,10 @@ export class GatherWriter extends BinaryWriter {
     const need = this.size + (prefix?.length ?? 0);
     const out = this.into && this.into.length >= need ? this.into.subarray(0, need) : Buffer.allocUnsafe(need);
     let o = 0;
-    if (prefix) { out.set(prefix, 0); o = prefix.length; }
+    if (prefix) {
+      out.set(prefix, 0);
+      o = prefix.length;
+    }
     for (const p of this.parts) {
       out.set(p, o);
       o += p.length;
@@ -161,7 +167,11 @@ const PLACEHOLDER_BYTES = MARKER.length + 4;
  */
 export class DecodeProblem {
   readonly message: string;
-  constructor(readonly field: string, readonly rule: string, readonly given: string) {
+  constructor(
+    readonly field: string,
+    readonly rule: string,
+    readonly given: string,
+  ) {
     this.message = `${field} ${rule}, given ${cut(given)}`;
   }
 }

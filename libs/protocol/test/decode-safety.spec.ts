@@ -73,7 +73,9 @@ describe('session deserialization never throws', () => {
     const safe = safeService(AgentServiceService);
     const m = safe.generate.requestDeserialize(Buffer.from([0x0a, 0xff]));
     expect(decodeProblem(m)?.field).toBe('Generate request');
-    const ok = safe.generate.requestDeserialize(Buffer.from(AgentServiceService.generate.requestSerialize({ input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 3, placement: '' })));
+    const ok = safe.generate.requestDeserialize(
+      Buffer.from(AgentServiceService.generate.requestSerialize({ input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 3, placement: '' })),
+    );
     expect(decodeProblem(ok)).toBeUndefined();
     expect(ok.maxNewTokens).toBe(3);
   });
@@ -104,8 +106,14 @@ describe('echoed values are cut', () => {
 
   it('fromWireTensor cuts a shape of 5,000 dims in its message', () => {
     const shape = new Array(5000).fill(1);
-    expect(() => fromWireTensor({ dtype: 1, shape, data: Buffer.alloc(12) }, 'step.input')).toThrow(/^step\.input\.data must hold 4 bytes for shape \[1,1,.*\(5000 dims\) of 4-byte elements, given 12 bytes$/);
-    try { fromWireTensor({ dtype: 1, shape, data: Buffer.alloc(12) }, 'step.input'); } catch (e) { expect((e as Error).message.length).toBeLessThan(400); }
+    expect(() => fromWireTensor({ dtype: 1, shape, data: Buffer.alloc(12) }, 'step.input')).toThrow(
+      /^step\.input\.data must hold 4 bytes for shape \[1,1,.*\(5000 dims\) of 4-byte elements, given 12 bytes$/,
+    );
+    try {
+      fromWireTensor({ dtype: 1, shape, data: Buffer.alloc(12) }, 'step.input');
+    } catch (e) {
+      expect((e as Error).message.length).toBeLessThan(400);
+    }
   });
 });
 

@@ -46,7 +46,8 @@ describe('wire contract over a real gRPC server', () => {
     server.addService(ExecutorServiceService, echoServer());
     health.addTo(server);
     port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
     client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(MAX_BYTES));
   });
 
@@ -61,7 +62,11 @@ describe('wire contract over a real gRPC server', () => {
     const sent = sizes.map((n, i) => {
       const data = new Float32Array(n);
       for (let j = 0; j < n; j++) data[j] = Math.sin(i * 1000 + j) * 1e3 + (j % 3 === 0 ? Number.MIN_VALUE : 0);
-      if (n > 2) { data[0] = NaN; data[1] = -0; data[2] = Infinity; }
+      if (n > 2) {
+        data[0] = NaN;
+        data[1] = -0;
+        data[2] = Infinity;
+      }
       return { dtype: 'float32' as const, shape: [1, n], data };
     });
     const call = client.session({ deadline: Date.now() + 20_000 });
@@ -72,7 +77,9 @@ describe('wire contract over a real gRPC server', () => {
       call.on('end', resolve);
     });
     call.write({ kind: { $case: 'open', value: { clientId: 'c1', planEpoch: '0', modelId: '' } } });
-    sent.forEach((t, i) => call.write({ kind: { $case: 'step', value: { seq: String(i + 1), stageBegin: 1, stageEnd: 2, input: toWireTensor(t), sample: false } } }));
+    sent.forEach((t, i) =>
+      call.write({ kind: { $case: 'step', value: { seq: String(i + 1), stageBegin: 1, stageEnd: 2, input: toWireTensor(t), sample: false } } }),
+    );
     call.end();
     await done;
     expect(got[0].kind?.$case).toBe('opened');
@@ -97,23 +104,39 @@ describe('wire contract over a real gRPC server', () => {
     const streams = 6;
     const perStream = 4;
     const payload = (s: number, k: number): Float32Array => Float32Array.from({ length: 70_000 + 1000 * s }, (_, j) => s * 1e6 + k * 1e4 + (j % 9973));
-    const runs = Array.from({ length: streams }, (_, s) => new Promise<void>((resolve, reject) => {
-      const call = client.session({ deadline: Date.now() + 20_000 });
-      let k = 0;
-      call.on('data', (m: SessionResponse) => {
-        if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') return;
-        const back = fromWireTensor(m.kind.value.output.value, 'r');
-        const want = payload(s, Number(m.kind.value.seq));
-        if (!Buffer.from(back.data.buffer, back.data.byteOffset, back.data.byteLength).equals(Buffer.from(want.buffer))) reject(new Error(`stream ${s} message ${m.kind.value.seq} corrupted`));
-        if (++k === perStream) call.end();
-      });
-      call.on('error', reject);
-      call.on('end', resolve);
-      call.write({ kind: { $case: 'open', value: { clientId: `c${s}`, planEpoch: '0', modelId: '' } } });
-      for (let q = 0; q < perStream; q++) {
-        call.write({ kind: { $case: 'step', value: { seq: String(q), stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, payload(s, q).length], data: payload(s, q) }), sample: false } } });
-      }
-    }));
+    const runs = Array.from(
+      { length: streams },
+      (_, s) =>
+        new Promise<void>((resolve, reject) => {
+          const call = client.session({ deadline: Date.now() + 20_000 });
+          let k = 0;
+          call.on('data', (m: SessionResponse) => {
+            if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') return;
+            const back = fromWireTensor(m.kind.value.output.value, 'r');
+            const want = payload(s, Number(m.kind.value.seq));
+            if (!Buffer.from(back.data.buffer, back.data.byteOffset, back.data.byteLength).equals(Buffer.from(want.buffer)))
+              reject(new Error(`stream ${s} message ${m.kind.value.seq} corrupted`));
+            if (++k === perStream) call.end();
+          });
+          call.on('error', reject);
+          call.on('end', resolve);
+          call.write({ kind: { $case: 'open', value: { clientId: `c${s}`, planEpoch: '0', modelId: '' } } });
+          for (let q = 0; q < perStream; q++) {
+            call.write({
+              kind: {
+                $case: 'step',
+                value: {
+                  seq: String(q),
+                  stageBegin: 1,
+                  stageEnd: 2,
+                  input: toWireTensor({ dtype: 'float32', shape: [1, payload(s, q).length], data: payload(s, q) }),
+                  sample: false,
+                },
+              },
+            });
+          }
+        }),
+    );
     await Promise.all(runs);
   });
 
@@ -121,11 +144,18 @@ describe('wire contract over a real gRPC server', () => {
     const ids = new BigInt64Array([0n, 50256n, -1n, 9007199254740993n]);
     const call = client.session();
     const reply = new Promise<SessionResponse>((resolve, reject) => {
-      call.on('data', (m: SessionResponse) => { if (m.kind?.$case === 'result') resolve(m); });
+      call.on('data', (m: SessionResponse) => {
+        if (m.kind?.$case === 'result') resolve(m);
+      });
       call.on('error', reject);
     });
     call.write({ kind: { $case: 'open', value: { clientId: 'c2', planEpoch: '0', modelId: '' } } });
-    call.write({ kind: { $case: 'step', value: { seq: '1', stageBegin: 0, stageEnd: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 4], data: ids }), sample: false } } });
+    call.write({
+      kind: {
+        $case: 'step',
+        value: { seq: '1', stageBegin: 0, stageEnd: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 4], data: ids }), sample: false },
+      },
+    });
     const m = await reply;
     call.end();
     if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error('not a tensor');
@@ -145,7 +175,13 @@ describe('wire contract over a real gRPC server', () => {
         call.on('error', reject);
         call.on('end', resolve);
       });
-      const step = (seq: string): boolean => call.write({ kind: { $case: 'step', value: { seq, stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, 1], data: Float32Array.of(1) }), sample: false } } });
+      const step = (seq: string): boolean =>
+        call.write({
+          kind: {
+            $case: 'step',
+            value: { seq, stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, 1], data: Float32Array.of(1) }), sample: false },
+          },
+        });
       call.write({ kind: { $case: 'open', value: { clientId: 'c3', planEpoch: '0', modelId: '' } } });
       step('1');
       await new Promise((r) => setTimeout(r, 1200)); // about 20 pings, no data
@@ -179,7 +215,8 @@ describe('HealthReporter over a real gRPC server', () => {
     const server = new grpc.Server();
     reporter.addTo(server);
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
     const hc = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     try {
       const stream = hc.watch({ service: 'tandem.executor.v1.ExecutorService' });
@@ -188,7 +225,13 @@ describe('HealthReporter over a real gRPC server', () => {
         stream.on('error', (e: grpc.ServiceError) => resolve(`error ${grpc.status[e.code]}`));
         stream.on('end', () => resolve('end'));
       });
-      const next = (): Promise<void> => new Promise((resolve) => stream.once('data', (m: { status: ServingStatus }) => { seen.push(m.status); resolve(); }));
+      const next = (): Promise<void> =>
+        new Promise((resolve) =>
+          stream.once('data', (m: { status: ServingStatus }) => {
+            seen.push(m.status);
+            resolve();
+          }),
+        );
       await next();
       reporter.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
       await next();

@@ -37,7 +37,10 @@ describe('GatherWriter', () => {
 
   it.each(counts)('encodes a step and a result of %i floats byte for byte as the stock writer', (n) => {
     const t: HostTensor = { dtype: 'float32', shape: [1, n], data: floats(n) };
-    for (const [fns, msg] of [[SessionRequest, stepRequest(t)], [SessionResponse, resultResponse(t)]] as const) {
+    for (const [fns, msg] of [
+      [SessionRequest, stepRequest(t)],
+      [SessionResponse, resultResponse(t)],
+    ] as const) {
       const stock = Buffer.from((fns.encode as (m: typeof msg, w?: BinaryWriter) => BinaryWriter)(msg).finish());
       const gathered = ((fns.encode as (m: typeof msg, w?: BinaryWriter) => BinaryWriter)(msg, new GatherWriter()) as GatherWriter).finish();
       expect(Buffer.isBuffer(gathered)).toBe(true);
@@ -49,7 +52,9 @@ describe('GatherWriter', () => {
     const open: SessionRequest = { kind: { $case: 'open', value: { clientId: 'c'.repeat(300), planEpoch: '12', modelId: 'm1' } } };
     const opened: SessionResponse = { kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm'.repeat(2000), stageCount: 26, maxContextTokens: 1024 } } };
     expect((SessionRequest.encode(open, new GatherWriter()) as GatherWriter).finish().equals(Buffer.from(SessionRequest.encode(open).finish()))).toBe(true);
-    expect((SessionResponse.encode(opened, new GatherWriter()) as GatherWriter).finish().equals(Buffer.from(SessionResponse.encode(opened).finish()))).toBe(true);
+    expect((SessionResponse.encode(opened, new GatherWriter()) as GatherWriter).finish().equals(Buffer.from(SessionResponse.encode(opened).finish()))).toBe(
+      true,
+    );
   });
 
   it('is reusable after finish() and refuses an unbalanced fork', () => {
@@ -70,7 +75,7 @@ describe('GatherWriter', () => {
     data.fill(42); // the host tensor is reused after the message was serialized
     const back = SessionRequest.decode(wire);
     if (back.kind?.$case !== 'step') throw new Error('not a step');
-    expect([...fromWireTensor(back.kind.value.input, 'x').data as Float32Array]).toEqual([...original]);
+    expect([...(fromWireTensor(back.kind.value.input, 'x').data as Float32Array)]).toEqual([...original]);
   });
 });
 
@@ -102,7 +107,12 @@ describe('fromWireTensor memory', () => {
         expect(m.kind.value.seq).toBe(seq);
         const wireTensor = m.kind.value.output.value;
         const host = fromWireTensor(wireTensor, 'r');
-        expect({ n, seq, inPlace: wireTensor.data.buffer === frame.buffer && host.data.buffer === frame.buffer, aligned: host.data.byteOffset % 8 }).toEqual({ n, seq, inPlace: true, aligned: 0 });
+        expect({ n, seq, inPlace: wireTensor.data.buffer === frame.buffer && host.data.buffer === frame.buffer, aligned: host.data.byteOffset % 8 }).toEqual({
+          n,
+          seq,
+          inPlace: true,
+          aligned: 0,
+        });
         expect(Buffer.from(host.data.buffer, host.data.byteOffset, host.data.byteLength).equals(Buffer.from(sent.buffer))).toBe(true);
       }
     }
@@ -113,12 +123,16 @@ describe('fromWireTensor memory', () => {
     const ids: HostTensor = { dtype: 'int64', shape: [1, 3], data: BigInt64Array.of(1n, 2n, 9007199254740993n) };
     const requests: SessionRequest[] = [
       { kind: { $case: 'open', value: { clientId: 'c', planEpoch: '3', modelId: 'm' } } },
-      stepRequest(t(3)), stepRequest(ids), stepRequest(t(300)), stepRequest(t(70_000)),
+      stepRequest(t(3)),
+      stepRequest(ids),
+      stepRequest(t(300)),
+      stepRequest(t(70_000)),
     ];
     const responses: SessionResponse[] = [
       { kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm', stageCount: 6, maxContextTokens: 64 } } },
       { kind: { $case: 'result', value: { seq: '2', output: { $case: 'token', value: 50256 }, computeMs: 2, queueMs: 0 } } },
-      resultResponse(t(5)), resultResponse(t(70_000)),
+      resultResponse(t(5)),
+      resultResponse(t(70_000)),
     ];
     const norm = (m: unknown): string => JSON.stringify(m, (_k, v) => (Buffer.isBuffer(v) ? v.toString('hex') : v));
     for (const m of requests) {

@@ -49,8 +49,13 @@ export function makeCertificates(dir: string, opts: CertificateOptions = {}): Ce
       execFileSync(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (err) {
       const e = err as NodeJS.ErrnoException & { stderr?: Buffer };
-      if (e.code === 'ENOENT') throw new Error(`the openssl binary must be installed to make certificates ('${bin}' was not found on PATH; apt-get install openssl)`);
-      throw new Error(`openssl failed to ${step}: ${String(e.stderr ?? e.message).trim().slice(0, 400)}`);
+      if (e.code === 'ENOENT')
+        throw new Error(`the openssl binary must be installed to make certificates ('${bin}' was not found on PATH; apt-get install openssl)`);
+      throw new Error(
+        `openssl failed to ${step}: ${String(e.stderr ?? e.message)
+          .trim()
+          .slice(0, 400)}`,
+      );
     }
   };
   const key = (file: string): void => {
@@ -58,20 +63,62 @@ export function makeCertificates(dir: string, opts: CertificateOptions = {}): Ce
     chmodSync(p(file), 0o600);
   };
   key('ca.key');
-  run('make the CA certificate', ['req', '-x509', '-new', '-key', p('ca.key'), '-sha256', '-days', days, '-subj', '/CN=Tandem local CA', '-out', p('ca.crt'),
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  run('make the CA certificate', [
+    'req',
+    '-x509',
+    '-new',
+    '-key',
+    p('ca.key'),
+    '-sha256',
+    '-days',
+    days,
+    '-subj',
+    '/CN=Tandem local CA',
+    '-out',
+    p('ca.crt'),
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
   const issue = (name: string, cn: string, ext: string): void => {
     key(`${name}.key`);
     run(`make the ${name} request`, ['req', '-new', '-key', p(`${name}.key`), '-subj', `/CN=${cn}`, '-out', p(`${name}.csr`)]);
     writeFileSync(p(`${name}.ext`), ext);
-    run(`sign the ${name} certificate`, ['x509', '-req', '-in', p(`${name}.csr`), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial', '-days', days, '-sha256',
-      '-extfile', p(`${name}.ext`), '-out', p(`${name}.crt`)]);
+    run(`sign the ${name} certificate`, [
+      'x509',
+      '-req',
+      '-in',
+      p(`${name}.csr`),
+      '-CA',
+      p('ca.crt'),
+      '-CAkey',
+      p('ca.key'),
+      '-CAcreateserial',
+      '-days',
+      days,
+      '-sha256',
+      '-extfile',
+      p(`${name}.ext`),
+      '-out',
+      p(`${name}.crt`),
+    ]);
   };
   const san = hosts.map((h) => (IP.test(h) ? `IP:${h}` : `DNS:${h}`)).join(',');
-  issue('server', hosts.find((h) => !IP.test(h)) ?? hosts[0], `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`);
+  issue(
+    'server',
+    hosts.find((h) => !IP.test(h)) ?? hosts[0],
+    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
+  );
   issue('client', opts.clientName ?? 'tandem-client', 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
   const set: CertificateSet = {
-    dir, caCert: p('ca.crt'), caKey: p('ca.key'), serverCert: p('server.crt'), serverKey: p('server.key'), clientCert: p('client.crt'), clientKey: p('client.key'),
+    dir,
+    caCert: p('ca.crt'),
+    caKey: p('ca.key'),
+    serverCert: p('server.crt'),
+    serverKey: p('server.key'),
+    clientCert: p('client.crt'),
+    clientKey: p('client.key'),
   };
   for (const f of Object.values(set).slice(1)) if (!existsSync(f)) throw new Error(`openssl did not write ${f}`);
   return set;

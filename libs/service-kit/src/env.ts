@@ -35,7 +35,9 @@ export const env = {
   /** A string that must match `pattern`; `rule` says how, for the error message. */
   pattern(doc: string, def: string | undefined, pattern: RegExp, rule: string): EnvVar<string> {
     return {
-      doc, default: def, shown: def === undefined ? '(required)' : JSON.stringify(def),
+      doc,
+      default: def,
+      shown: def === undefined ? '(required)' : JSON.stringify(def),
       parse: (raw) => {
         if (!pattern.test(raw)) throw new ParseError(`must be ${rule}`);
         return raw;
@@ -44,7 +46,9 @@ export const env = {
   },
   int(doc: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): EnvVar<number> {
     return {
-      doc, default: def, shown: def === undefined ? '(required)' : String(def),
+      doc,
+      default: def,
+      shown: def === undefined ? '(required)' : String(def),
       parse: (raw) => {
         const n = Number(raw);
         if (!/^-?\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) throw new ParseError(`must be an integer in ${min}..${max}`);
@@ -54,7 +58,9 @@ export const env = {
   },
   number(doc: string, def: number | undefined, min: number, max = Number.POSITIVE_INFINITY): EnvVar<number> {
     return {
-      doc, default: def, shown: def === undefined ? '(required)' : String(def),
+      doc,
+      default: def,
+      shown: def === undefined ? '(required)' : String(def),
       parse: (raw) => {
         const n = Number(raw);
         if (raw.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ParseError(`must be a number in ${min}..${max}`);
@@ -64,7 +70,9 @@ export const env = {
   },
   bool(doc: string, def: boolean): EnvVar<boolean> {
     return {
-      doc, default: def, shown: String(def),
+      doc,
+      default: def,
+      shown: String(def),
       parse: (raw) => {
         const v = raw.trim().toLowerCase();
         if (['1', 'true', 'yes', 'on'].includes(v)) return true;
@@ -75,7 +83,9 @@ export const env = {
   },
   oneOf<const T extends string>(doc: string, def: T, values: readonly T[]): EnvVar<T> {
     return {
-      doc, default: def, shown: JSON.stringify(def),
+      doc,
+      default: def,
+      shown: JSON.stringify(def),
       parse: (raw) => {
         if (!(values as readonly string[]).includes(raw)) throw new ParseError(`must be one of ${values.join(', ')}`);
         return raw as T;
@@ -85,11 +95,21 @@ export const env = {
   /** A JSON value checked by `check`, which throws an Error describing the rule broken. */
   json<T>(doc: string, def: T, check: (v: unknown) => T): EnvVar<T> {
     return {
-      doc, default: def, shown: JSON.stringify(def),
+      doc,
+      default: def,
+      shown: JSON.stringify(def),
       parse: (raw) => {
         let v: unknown;
-        try { v = JSON.parse(raw); } catch { throw new ParseError('must be valid JSON'); }
-        try { return check(v); } catch (err) { throw new ParseError((err as Error).message); }
+        try {
+          v = JSON.parse(raw);
+        } catch {
+          throw new ParseError('must be valid JSON');
+        }
+        try {
+          return check(v);
+        } catch (err) {
+          throw new ParseError((err as Error).message);
+        }
       },
     };
   },

@@ -11,7 +11,11 @@ import type { Logger } from './logger';
 export class StatusError extends Error {
   override name = 'StatusError';
   readonly trailers: Readonly<Record<string, string>>;
-  constructor(readonly code: grpc.status, message: string, options: { cause?: unknown; trailers?: Readonly<Record<string, string>> } = {}) {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+    options: { cause?: unknown; trailers?: Readonly<Record<string, string>> } = {},
+  ) {
     super(message, 'cause' in options ? { cause: options.cause } : undefined);
     this.trailers = options.trailers ?? {};
   }
@@ -20,7 +24,9 @@ export class StatusError extends Error {
 /** A request broke a rule of the protocol or the service: INVALID_ARGUMENT. The message names the field, the rule and the value. */
 export class ValidationError extends StatusError {
   override name = 'ValidationError';
-  constructor(message: string, options?: { cause?: unknown }) { super(grpc.status.INVALID_ARGUMENT, message, options); }
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(grpc.status.INVALID_ARGUMENT, message, options);
+  }
 }
 
 /** A status as a handler answers it (the callback's or `call.emit('error')`'s argument). */
@@ -61,7 +67,10 @@ type MayReturnPromise<F> = F extends (...args: infer A) => void ? (...args: A) =
 /** A service's handlers as serveWithEdge takes them, e.g. `EdgeHandlers<AgentServiceServer>`: each may be an async function. */
 export type EdgeHandlers<S> = { [K in keyof S]: MayReturnPromise<S[K]> };
 
-type AnyHandler = (call: { request?: unknown; cancelled?: boolean; emit(event: 'error', st: GrpcStatus): boolean }, cb?: (err: GrpcStatus | null) => void) => unknown;
+type AnyHandler = (
+  call: { request?: unknown; cancelled?: boolean; emit(event: 'error', st: GrpcStatus): boolean },
+  cb?: (err: GrpcStatus | null) => void,
+) => unknown;
 
 /**
  * Adds `service` to `server` with every handler behind `edge`: a request that did not decode
@@ -71,17 +80,26 @@ type AnyHandler = (call: { request?: unknown; cancelled?: boolean; emit(event: '
  * this: they see statuses, not the errors (a handler's throw is already UNKNOWN 'Unknown
  * error' there), so neither the class nor the cause would reach the map or the log.
  */
-export function serveWithEdge<S extends grpc.ServiceDefinition, H extends EdgeHandlers<grpc.UntypedServiceImplementation>>(server: grpc.Server, service: S, handlers: H, edge: ErrorEdge): void {
+export function serveWithEdge<S extends grpc.ServiceDefinition, H extends EdgeHandlers<grpc.UntypedServiceImplementation>>(
+  server: grpc.Server,
+  service: S,
+  handlers: H,
+  edge: ErrorEdge,
+): void {
   const wrapped: Record<string, AnyHandler> = {};
   for (const [name, handler] of Object.entries(handlers) as [string, AnyHandler][]) {
     const unary = !service[name].requestStream && !service[name].responseStream;
     wrapped[name] = (call, cb) => {
       const fail = (err: unknown): void => {
-        if (unary && cb) cb(edge(err)); // grpc-js passes every unary handler its callback
+        if (unary && cb)
+          cb(edge(err)); // grpc-js passes every unary handler its callback
         else if (!call.cancelled) call.emit('error', edge(err));
       };
       const problem = decodeProblem(call.request);
-      if (problem) { fail(new ValidationError(problem.message)); return; }
+      if (problem) {
+        fail(new ValidationError(problem.message));
+        return;
+      }
       try {
         const done = handler(call, unary ? (err, ...rest: unknown[]) => (err ? fail(err) : (cb as (...a: unknown[]) => void)(null, ...rest)) : undefined);
         if (done instanceof Promise) done.catch(fail);

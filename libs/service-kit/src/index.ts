@@ -16,8 +16,22 @@ export type { GrpcKeepaliveValues } from './grpc-keepalive';
 export { TelemetryPublisher } from './telemetry';
 export type { TelemetryPublisherOptions } from './telemetry';
 export {
-  AUTH_METADATA_KEY, AuthError, bearerOptions, bindServer, checkIdentity, clientOptions, loadClientSecurity, loadServerSecurity, loadUpstreamSecurity,
-  MIN_TOKEN_LENGTH, OPERATOR_IDENTITY, serverAuthOptions, serverSecurityEnv, TokenTable, tokenInterceptor, upstreamSecurityEnv,
+  AUTH_METADATA_KEY,
+  AuthError,
+  bearerOptions,
+  bindServer,
+  checkIdentity,
+  clientOptions,
+  loadClientSecurity,
+  loadServerSecurity,
+  loadUpstreamSecurity,
+  MIN_TOKEN_LENGTH,
+  OPERATOR_IDENTITY,
+  serverAuthOptions,
+  serverSecurityEnv,
+  TokenTable,
+  tokenInterceptor,
+  upstreamSecurityEnv,
 } from './security';
 export type { ClientSecurity, ClientSecurityFiles, ServerSecurity, ServerSecurityConfig, UpstreamSecurityConfig } from './security';
 export { makeCertificates } from './certs';

@@ -15,9 +15,14 @@ export type NatsAuth =
 
 /** The NATS credential variables every service reads (README env tables). */
 export const natsAuthEnv = {
-  NATS_USER: env.pattern('NATS user this service connects as (with NATS_PASSWORD); empty connects without credentials (docs/security.md (NATS))', '', /^[A-Za-z0-9_-]{1,64}$/, '1..64 letters, digits, - or _'),
+  NATS_USER: env.pattern(
+    'NATS user this service connects as (with NATS_PASSWORD); empty connects without credentials (docs/security.md (NATS))',
+    '',
+    /^[A-Za-z0-9_-]{1,64}$/,
+    '1..64 letters, digits, - or _',
+  ),
   NATS_PASSWORD: env.string('Password of NATS_USER', ''),
-  NATS_NKEY_SEED_FILE: env.string('File holding this service\'s NATS NKEY user seed (SU...), instead of NATS_USER/NATS_PASSWORD', ''),
+  NATS_NKEY_SEED_FILE: env.string("File holding this service's NATS NKEY user seed (SU...), instead of NATS_USER/NATS_PASSWORD", ''),
 };
 
 /** The values of {@link natsAuthEnv} as a service's loaded configuration holds them. */
@@ -37,7 +42,10 @@ export function natsAuthFrom(c: NatsAuthValues): NatsAuth | undefined {
   const user = c.NATS_USER;
   const pass = c.NATS_PASSWORD;
   const seedFile = c.NATS_NKEY_SEED_FILE;
-  if (seedFile !== '' && (user !== '' || pass !== '')) problems.push(`NATS_NKEY_SEED_FILE and NATS_USER/NATS_PASSWORD are exclusive: give one kind of credential, given NATS_NKEY_SEED_FILE ${quoted(seedFile)} and NATS_USER ${quoted(user)}`);
+  if (seedFile !== '' && (user !== '' || pass !== ''))
+    problems.push(
+      `NATS_NKEY_SEED_FILE and NATS_USER/NATS_PASSWORD are exclusive: give one kind of credential, given NATS_NKEY_SEED_FILE ${quoted(seedFile)} and NATS_USER ${quoted(user)}`,
+    );
   else if (user !== '' && pass === '') problems.push(`NATS_PASSWORD is required when NATS_USER is set, given NATS_USER ${quoted(user)} and no NATS_PASSWORD`);
   else if (user === '' && pass !== '') problems.push('NATS_USER is required when NATS_PASSWORD is set (the password is not shown)');
   if (problems.length) throw new ConfigError(problems);
@@ -46,7 +54,9 @@ export function natsAuthFrom(c: NatsAuthValues): NatsAuth | undefined {
     try {
       text = readFileSync(seedFile, 'utf8');
     } catch (err) {
-      throw new ConfigError([`NATS_NKEY_SEED_FILE must name a readable file, given ${quoted(seedFile)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
+      throw new ConfigError([
+        `NATS_NKEY_SEED_FILE must name a readable file, given ${quoted(seedFile)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      ]);
     }
     const seed = /\bSU[A-Z2-7]{56}\b/.exec(text)?.[0];
     if (!seed) throw new ConfigError([`NATS_NKEY_SEED_FILE must hold an NKEY user seed (58 characters starting with SU), given ${quoted(seedFile)}`]);
@@ -80,7 +90,9 @@ export function isNatsAuthError(err: unknown): boolean {
 /** The ConfigError a refused credential becomes: it names the server, the variables and the server's reason. */
 export function natsAuthRefused(url: string, auth: NatsAuth | undefined, err: unknown): ConfigError {
   const reason = err instanceof Error ? err.message : String(err);
-  return new ConfigError([`NATS at ${url} refused ${describeNatsAuth(auth)}: ${reason.slice(0, 200)} (check the credentials against the nats-server configuration, docs/security.md (NATS))`]);
+  return new ConfigError([
+    `NATS at ${url} refused ${describeNatsAuth(auth)}: ${reason.slice(0, 200)} (check the credentials against the nats-server configuration, docs/security.md (NATS))`,
+  ]);
 }
 
 /**

@@ -52,9 +52,12 @@ export interface NatsServerConfig {
 /** What each role may do: the least its service needs (docs/security.md (NATS)). */
 export function natsPermissions(role: NatsRole, id: string): { publish: string[]; subscribe: string[] } {
   switch (role) {
-    case 'agent': return { publish: [Subjects.clientProfile(id), Subjects.outcome(id)], subscribe: [] };
-    case 'executor': return { publish: [Subjects.serverLoad(id)], subscribe: [] };
-    case 'planner': return { publish: [], subscribe: [Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes] };
+    case 'agent':
+      return { publish: [Subjects.clientProfile(id), Subjects.outcome(id)], subscribe: [] };
+    case 'executor':
+      return { publish: [Subjects.serverLoad(id)], subscribe: [] };
+    case 'planner':
+      return { publish: [], subscribe: [Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes] };
   }
 }
 
@@ -88,7 +91,8 @@ export function natsServerConfig(opts: NatsServerConfigOptions): NatsServerConfi
     if (!ID_PATTERN.test(id)) throw new Error(`${role} id must match ${ID_PATTERN}, given '${id.slice(0, 64)}'`);
     const key = mode === 'password-env' ? natsPasswordVar(id) : id;
     const other = seen.get(key);
-    if (other !== undefined) throw new Error(`${role} id '${id}' is used twice (also as ${other}); every agent, executor and the planner needs a user of its own`);
+    if (other !== undefined)
+      throw new Error(`${role} id '${id}' is used twice (also as ${other}); every agent, executor and the planner needs a user of its own`);
     seen.set(key, `${role} '${id}'`);
   }
   const users: NatsUserCredential[] = ids.map(({ role, id }) => {
@@ -109,9 +113,12 @@ export function natsServerConfig(opts: NatsServerConfigOptions): NatsServerConfi
     'authorization {',
     '  users = [',
     ...users.map((u) => {
-      const cred = u.seed !== undefined ? `nkey: ${q(u.user)}`
-        : u.passwordVar !== undefined ? `user: ${q(u.user)}, password: $${u.passwordVar}`
-          : `user: ${q(u.user)}, password: ${q(u.password ?? '')}`;
+      const cred =
+        u.seed !== undefined
+          ? `nkey: ${q(u.user)}`
+          : u.passwordVar !== undefined
+            ? `user: ${q(u.user)}, password: $${u.passwordVar}`
+            : `user: ${q(u.user)}, password: ${q(u.password ?? '')}`;
       return `    # ${u.role === u.id ? u.role : `${u.role} ${u.id}`}\n    { ${cred}, permissions: { publish: ${rule(u.publish)}, subscribe: ${rule(u.subscribe)} } }`;
     }),
     '  ]',

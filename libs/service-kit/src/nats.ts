@@ -36,7 +36,11 @@ export async function connectNats(url: string, name: string, log: Logger, opts: 
     for await (const s of nc.status()) {
       if (s.type === 'disconnect') log.warn({ url }, 'NATS disconnected; reconnecting');
       else if (s.type === 'reconnect') log.info({ url }, 'NATS reconnected');
-      else if (s.type === 'error') log.error({ url, err: s.error.message }, isNatsAuthError(s.error) ? 'NATS refused the credentials' : 'NATS error (a permission violation names the subject these credentials may not use)');
+      else if (s.type === 'error')
+        log.error(
+          { url, err: s.error.message },
+          isNatsAuthError(s.error) ? 'NATS refused the credentials' : 'NATS error (a permission violation names the subject these credentials may not use)',
+        );
     }
   })();
   return nc;

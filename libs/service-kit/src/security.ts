@@ -23,14 +23,23 @@ export const serverSecurityEnv = {
   TLS_CERT_FILE: env.string('PEM certificate chain of this gRPC port; set with TLS_KEY_FILE to serve TLS (empty = plaintext)', ''),
   TLS_KEY_FILE: env.string('PEM private key of TLS_CERT_FILE', ''),
   TLS_CA_FILE: env.string('PEM CA bundle that client certificates must chain to (needed by TLS_CLIENT_AUTH=require)', ''),
-  TLS_CLIENT_AUTH: env.oneOf("'require': a client must present a certificate issued by TLS_CA_FILE (mTLS); 'none': any TLS client", 'none', ['none', 'require']),
-  AUTH_TOKENS_FILE: env.string("File of bearer tokens, one 'TOKEN CLIENT_ID' per line ('#' comments; CLIENT_ID '*' is an operator token); set = every call but health checks needs 'authorization: Bearer TOKEN' (empty = no tokens)", ''),
+  TLS_CLIENT_AUTH: env.oneOf("'require': a client must present a certificate issued by TLS_CA_FILE (mTLS); 'none': any TLS client", 'none', [
+    'none',
+    'require',
+  ]),
+  AUTH_TOKENS_FILE: env.string(
+    "File of bearer tokens, one 'TOKEN CLIENT_ID' per line ('#' comments; CLIENT_ID '*' is an operator token); set = every call but health checks needs 'authorization: Bearer TOKEN' (empty = no tokens)",
+    '',
+  ),
 };
 
 /** The client side of a service's calls to other Tandem services. Spread into a service's env schema. */
 export const upstreamSecurityEnv = {
   UPSTREAM_TLS_CA_FILE: env.string('PEM CA bundle to trust for the executor and the planner; set = connect to them over TLS (empty = plaintext)', ''),
-  UPSTREAM_TLS_CERT_FILE: env.string('PEM client certificate for the executor and the planner (their TLS_CLIENT_AUTH=require); set with UPSTREAM_TLS_KEY_FILE', ''),
+  UPSTREAM_TLS_CERT_FILE: env.string(
+    'PEM client certificate for the executor and the planner (their TLS_CLIENT_AUTH=require); set with UPSTREAM_TLS_KEY_FILE',
+    '',
+  ),
   UPSTREAM_TLS_KEY_FILE: env.string('PEM private key of UPSTREAM_TLS_CERT_FILE', ''),
   UPSTREAM_TOKEN: env.string("Bearer token sent to the executor and the planner (their AUTH_TOKENS_FILE maps it to this agent's id); empty = none", ''),
 };
@@ -71,7 +80,7 @@ function readVar(problems: string[], variable: string, path: string): Buffer | u
     return readFileSync(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    problems.push(`${variable} must name a readable file, given ${quoted(path)} (${code === 'ENOENT' ? 'no such file' : code ?? (err as Error).message})`);
+    problems.push(`${variable} must name a readable file, given ${quoted(path)} (${code === 'ENOENT' ? 'no such file' : (code ?? (err as Error).message)})`);
     return undefined;
   }
 }
@@ -91,7 +100,11 @@ function checkPem(problems: string[], what: string, opts: { cert?: Buffer; key?:
 function loadPair(problems: string[], names: { cert: string; key: string }, paths: { cert: string; key: string }): { cert: Buffer; key: Buffer } | undefined {
   if (!paths.cert && !paths.key) return undefined;
   if (!paths.cert || !paths.key) {
-    problems.push(paths.cert ? `${names.key} is required when ${names.cert} is set, given ${names.cert}='${paths.cert}'` : `${names.cert} is required when ${names.key} is set, given ${names.key}='${paths.key}'`);
+    problems.push(
+      paths.cert
+        ? `${names.key} is required when ${names.cert} is set, given ${names.cert}='${paths.cert}'`
+        : `${names.cert} is required when ${names.key} is set, given ${names.key}='${paths.key}'`,
+    );
     return undefined;
   }
   const cert = readVar(problems, names.cert, paths.cert);
@@ -104,10 +117,17 @@ function loadPair(problems: string[], names: { cert: string; key: string }, path
 /** Checks that `pem` holds at least one certificate and that each parses (OpenSSL skips what is not PEM without a word). */
 function checkCertificates(problems: string[], what: string, pem: Buffer): boolean {
   const blocks = pem.toString('utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) { problems.push(`${what} must hold at least one PEM certificate (-----BEGIN CERTIFICATE-----), given none`); return false; }
+  if (blocks.length === 0) {
+    problems.push(`${what} must hold at least one PEM certificate (-----BEGIN CERTIFICATE-----), given none`);
+    return false;
+  }
   for (const [i, b] of blocks.entries()) {
-    try { new X509Certificate(b); } catch (err) {
-      problems.push(`${what} must hold valid PEM certificates, given one that does not parse (certificate ${i + 1}: ${String((err as Error).message).slice(0, 200)})`);
+    try {
+      new X509Certificate(b);
+    } catch (err) {
+      problems.push(
+        `${what} must hold valid PEM certificates, given one that does not parse (certificate ${i + 1}: ${String((err as Error).message).slice(0, 200)})`,
+      );
       return false;
     }
   }
@@ -134,12 +154,17 @@ export function loadServerSecurity(cfg: ServerSecurityConfig): ServerSecurity {
   const ca = loadCa(problems, 'TLS_CA_FILE', cfg.TLS_CA_FILE);
   const mtls = cfg.TLS_CLIENT_AUTH === 'require';
   if (mtls && !cfg.TLS_CA_FILE) problems.push("TLS_CA_FILE is required when TLS_CLIENT_AUTH is 'require' (the CA client certificates must chain to)");
-  if (mtls && !cfg.TLS_CERT_FILE && !cfg.TLS_KEY_FILE) problems.push("TLS_CERT_FILE and TLS_KEY_FILE are required when TLS_CLIENT_AUTH is 'require' (mTLS is TLS)");
+  if (mtls && !cfg.TLS_CERT_FILE && !cfg.TLS_KEY_FILE)
+    problems.push("TLS_CERT_FILE and TLS_KEY_FILE are required when TLS_CLIENT_AUTH is 'require' (mTLS is TLS)");
   let tokens: TokenTable | undefined;
   if (cfg.AUTH_TOKENS_FILE) {
     const text = readVar(problems, 'AUTH_TOKENS_FILE', cfg.AUTH_TOKENS_FILE);
     if (text) {
-      try { tokens = TokenTable.parse(text.toString('utf8')); } catch (err) { problems.push(`AUTH_TOKENS_FILE=${quoted(cfg.AUTH_TOKENS_FILE)}: ${(err as Error).message}`); }
+      try {
+        tokens = TokenTable.parse(text.toString('utf8'));
+      } catch (err) {
+        problems.push(`AUTH_TOKENS_FILE=${quoted(cfg.AUTH_TOKENS_FILE)}: ${(err as Error).message}`);
+      }
     }
   }
   if (problems.length) throw new ConfigError(problems);
@@ -179,19 +204,25 @@ export function loadClientSecurity(f: ClientSecurityFiles): ClientSecurity {
 
 /** loadClientSecurity from a service's UPSTREAM_* variables. */
 export function loadUpstreamSecurity(cfg: UpstreamSecurityConfig): ClientSecurity {
-  return loadClientSecurity({ caFile: cfg.UPSTREAM_TLS_CA_FILE, certFile: cfg.UPSTREAM_TLS_CERT_FILE, keyFile: cfg.UPSTREAM_TLS_KEY_FILE, token: cfg.UPSTREAM_TOKEN });
+  return loadClientSecurity({
+    caFile: cfg.UPSTREAM_TLS_CA_FILE,
+    certFile: cfg.UPSTREAM_TLS_CERT_FILE,
+    keyFile: cfg.UPSTREAM_TLS_KEY_FILE,
+    token: cfg.UPSTREAM_TOKEN,
+  });
 }
 
 /** Client options that send `token` as `authorization: Bearer <token>` on every call (none when undefined). */
 export function bearerOptions(token: string | undefined): Partial<grpc.ClientOptions> {
   if (!token) return {};
   const value = `Bearer ${token}`;
-  const interceptor: grpc.Interceptor = (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
-    start(metadata, listener, next) {
-      metadata.set(AUTH_METADATA_KEY, value);
-      next(metadata, listener);
-    },
-  });
+  const interceptor: grpc.Interceptor = (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set(AUTH_METADATA_KEY, value);
+        next(metadata, listener);
+      },
+    });
   return { interceptors: [interceptor] };
 }
 
@@ -207,7 +238,12 @@ const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex
 /** Refusal of a call by the token check: UNAUTHENTICATED or PERMISSION_DENIED, with a message naming the rule. */
 export class AuthError extends StatusError {
   override name = 'AuthError';
-  constructor(override readonly code: grpc.status.UNAUTHENTICATED | grpc.status.PERMISSION_DENIED, message: string) { super(code, message); }
+  constructor(
+    override readonly code: grpc.status.UNAUTHENTICATED | grpc.status.PERMISSION_DENIED,
+    message: string,
+  ) {
+    super(code, message);
+  }
 }
 
 /**
@@ -217,11 +253,17 @@ export class AuthError extends StatusError {
 export class TokenTable {
   private constructor(private readonly byDigest: ReadonlyMap<string, string>) {}
 
-  get size(): number { return this.byDigest.size; }
+  get size(): number {
+    return this.byDigest.size;
+  }
 
   /** From pairs (tests). */
   static of(entries: Record<string, string>): TokenTable {
-    return TokenTable.parse(Object.entries(entries).map(([t, id]) => `${t} ${id}`).join('\n'));
+    return TokenTable.parse(
+      Object.entries(entries)
+        .map(([t, id]) => `${t} ${id}`)
+        .join('\n'),
+    );
   }
 
   /**
@@ -238,8 +280,10 @@ export class TokenTable {
       const at = `line ${i + 1}`;
       if (parts.length !== 2) throw new Error(`${at} must be 'TOKEN CLIENT_ID' (two fields), given ${parts.length} field(s)`);
       const [token, id] = parts;
-      if (token.length < MIN_TOKEN_LENGTH || !/^[\x21-\x7e]+$/.test(token)) throw new Error(`${at}: the token must be at least ${MIN_TOKEN_LENGTH} printable ASCII characters, given ${token.length}`);
-      if (!IDENTITY_PATTERN.test(id)) throw new Error(`${at}: the client id must be 1..64 letters, digits, - or _ (or '*' for an operator), given '${id.slice(0, 80)}'`);
+      if (token.length < MIN_TOKEN_LENGTH || !/^[\x21-\x7e]+$/.test(token))
+        throw new Error(`${at}: the token must be at least ${MIN_TOKEN_LENGTH} printable ASCII characters, given ${token.length}`);
+      if (!IDENTITY_PATTERN.test(id))
+        throw new Error(`${at}: the client id must be 1..64 letters, digits, - or _ (or '*' for an operator), given '${id.slice(0, 80)}'`);
       const d = sha256(token);
       if (map.has(d)) throw new Error(`${at}: the token must be unique, given one already on an earlier line`);
       map.set(d, id);
@@ -249,7 +293,9 @@ export class TokenTable {
   }
 
   /** The identity of `token`, or undefined. */
-  identityOf(token: string): string | undefined { return this.byDigest.get(sha256(token)); }
+  identityOf(token: string): string | undefined {
+    return this.byDigest.get(sha256(token));
+  }
 
   /**
    * The identity a call's metadata authenticates.
@@ -262,7 +308,11 @@ export class TokenTable {
     const m = /^Bearer ([\x21-\x7e]+)$/.exec(String(values[0]));
     if (!m) throw new AuthError(grpc.status.UNAUTHENTICATED, "metadata 'authorization' must be 'Bearer <token>', given another form");
     const id = this.identityOf(m[1]);
-    if (id === undefined) throw new AuthError(grpc.status.UNAUTHENTICATED, "metadata 'authorization' must carry a token this server knows (AUTH_TOKENS_FILE), given an unknown token");
+    if (id === undefined)
+      throw new AuthError(
+        grpc.status.UNAUTHENTICATED,
+        "metadata 'authorization' must carry a token this server knows (AUTH_TOKENS_FILE), given an unknown token",
+      );
     return id;
   }
 }
@@ -286,23 +336,27 @@ const OPEN_PATH_PREFIX = '/grpc.health.v1.Health/';
  * `tokens.authenticate(call.metadata)` for their per-field checks.
  */
 export function tokenInterceptor(tokens: TokenTable): grpc.ServerInterceptor {
-  return (method, call) => new grpc.ServerInterceptingCall(call, {
-    start(next) {
-      next({
-        onReceiveMetadata(metadata, mdNext) {
-          if (method.path.startsWith(OPEN_PATH_PREFIX)) { mdNext(metadata); return; }
-          try {
-            tokens.authenticate(metadata);
-          } catch (err) {
-            if (!(err instanceof AuthError)) throw err;
-            call.sendStatus({ code: err.code, details: `${err.message} (${method.path})` });
-            return;
-          }
-          mdNext(metadata);
-        },
-      });
-    },
-  });
+  return (method, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(metadata, mdNext) {
+            if (method.path.startsWith(OPEN_PATH_PREFIX)) {
+              mdNext(metadata);
+              return;
+            }
+            try {
+              tokens.authenticate(metadata);
+            } catch (err) {
+              if (!(err instanceof AuthError)) throw err;
+              call.sendStatus({ code: err.code, details: `${err.message} (${method.path})` });
+              return;
+            }
+            mdNext(metadata);
+          },
+        });
+      },
+    });
 }
 
 /** Server options that add the token interceptor when `tokens` is set. */
@@ -312,6 +366,5 @@ export function serverAuthOptions(tokens: TokenTable | undefined): Partial<grpc.
 
 /** Binds `server` to host:port with `credentials` (port 0 picks a free one); resolves with the bound port. */
 export function bindServer(server: grpc.Server, address: string, credentials: grpc.ServerCredentials): Promise<number> {
-  return new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port))));
+  return new Promise<number>((resolve, reject) => server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port))));
 }

@@ -29,11 +29,19 @@ export class TelemetryPublisher {
   constructor(private readonly opts: TelemetryPublisherOptions) {}
 
   start(): void {
-    void connectNats(this.opts.natsUrl, this.opts.name, this.opts.log, { auth: this.opts.natsAuth, signal: this.abort.signal }).then((nc) => {
-      if (this.stopped) { void nc.close(); return; }
-      this.nc = nc;
-      this.publishNow();
-    }, (err: unknown) => { if (!this.stopped) this.opts.log.error({ err: (err as Error).message }, 'NATS connection failed; telemetry off'); });
+    void connectNats(this.opts.natsUrl, this.opts.name, this.opts.log, { auth: this.opts.natsAuth, signal: this.abort.signal }).then(
+      (nc) => {
+        if (this.stopped) {
+          void nc.close();
+          return;
+        }
+        this.nc = nc;
+        this.publishNow();
+      },
+      (err: unknown) => {
+        if (!this.stopped) this.opts.log.error({ err: (err as Error).message }, 'NATS connection failed; telemetry off');
+      },
+    );
     this.timer = setInterval(() => this.publishNow(), this.opts.intervalMs);
     this.timer.unref();
   }

@@ -18,7 +18,11 @@ describe('loadEnv', () => {
 
   it('lists every problem with the variable, the rule and the value given', () => {
     let err: unknown;
-    try { loadEnv(schema, { MAX: '0', BATCH: 'maybe', ALGO: 'x', RATIO: 'fast' }); } catch (e) { err = e; }
+    try {
+      loadEnv(schema, { MAX: '0', BATCH: 'maybe', ALGO: 'x', RATIO: 'fast' });
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).problems).toEqual([
       'MODEL is required (model directory)',

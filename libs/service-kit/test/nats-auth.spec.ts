@@ -17,7 +17,9 @@ const problem = (vars: Record<string, string>): string => {
 
 describe('NATS credentials from the environment', () => {
   let dir: string;
-  beforeAll(() => { dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-env-')); });
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-env-'));
+  });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('is none by default, a user and password as a pair, or an NKEY seed file', () => {
@@ -46,7 +48,9 @@ describe('NATS credentials from the environment', () => {
   it('refuses a seed file without a user seed', () => {
     const file = path.join(dir, 'bad.nk');
     writeFileSync(file, 'SAAGNWXKQ3XEVJ2GWO2H5S4S3V4Q\n');
-    expect(problem({ NATS_NKEY_SEED_FILE: file })).toContain(`NATS_NKEY_SEED_FILE must hold an NKEY user seed (58 characters starting with SU), given '${file}'`);
+    expect(problem({ NATS_NKEY_SEED_FILE: file })).toContain(
+      `NATS_NKEY_SEED_FILE must hold an NKEY user seed (58 characters starting with SU), given '${file}'`,
+    );
   });
 });
 
@@ -86,7 +90,11 @@ describe('deploy/', () => {
     const compose = readFileSync(path.join(deploy, 'docker-compose.yml'), 'utf8');
     expect(compose).toContain('command: ["-c", "/etc/nats/tandem.conf"]');
     expect(compose).toContain('./nats/nats-server.conf:/etc/nats/tandem.conf:ro');
-    for (const [user, v] of [['executor', 'NATS_PASSWORD_EXECUTOR'], ['planner', 'NATS_PASSWORD_PLANNER'], ['agent-1', 'NATS_PASSWORD_AGENT_1']]) {
+    for (const [user, v] of [
+      ['executor', 'NATS_PASSWORD_EXECUTOR'],
+      ['planner', 'NATS_PASSWORD_PLANNER'],
+      ['agent-1', 'NATS_PASSWORD_AGENT_1'],
+    ]) {
       expect(compose).toContain(`NATS_USER: ${user}\n      NATS_PASSWORD: \${${v}:?`);
       expect(compose).toContain(`  ${v}: \${${v}:?`);
       expect(readFileSync(path.join(deploy, 'nats.env.example'), 'utf8')).toMatch(new RegExp(`^${v}=`, 'm'));

@@ -4,7 +4,16 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { checkIdentity, ConfigError, loadClientSecurity, loadServerSecurity, makeCertificates, TokenTable, type CertificateSet, type ServerSecurityConfig } from '../src';
+import {
+  checkIdentity,
+  ConfigError,
+  loadClientSecurity,
+  loadServerSecurity,
+  makeCertificates,
+  TokenTable,
+  type CertificateSet,
+  type ServerSecurityConfig,
+} from '../src';
 
 const ROOT = path.join(__dirname, '../../..');
 const none: ServerSecurityConfig = { TLS_CERT_FILE: '', TLS_KEY_FILE: '', TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: '' };
@@ -47,24 +56,43 @@ describe('TLS and token configuration (service-kit security)', () => {
 
   it('loads TLS and mTLS from the files', () => {
     expect(loadServerSecurity({ ...none, TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey }).tls).toBe(true);
-    expect(loadServerSecurity({ ...none, TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: certs.caCert, TLS_CLIENT_AUTH: 'require' }).mtls).toBe(true);
+    expect(
+      loadServerSecurity({ ...none, TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: certs.caCert, TLS_CLIENT_AUTH: 'require' })
+        .mtls,
+    ).toBe(true);
     expect(loadClientSecurity({ caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey, token: 't' }).tls).toBe(true);
   });
 
   it('names the variable and the path of a missing, malformed or mismatched file, all at once', () => {
     const garbage = path.join(dir, 'garbage.pem');
     writeFileSync(garbage, 'not a certificate');
-    const p = problemsOf(() => loadServerSecurity({ TLS_CERT_FILE: path.join(dir, 'nope.crt'), TLS_KEY_FILE: certs.serverKey, TLS_CA_FILE: garbage, TLS_CLIENT_AUTH: 'require', AUTH_TOKENS_FILE: path.join(dir, 'nope.tokens') }));
+    const p = problemsOf(() =>
+      loadServerSecurity({
+        TLS_CERT_FILE: path.join(dir, 'nope.crt'),
+        TLS_KEY_FILE: certs.serverKey,
+        TLS_CA_FILE: garbage,
+        TLS_CLIENT_AUTH: 'require',
+        AUTH_TOKENS_FILE: path.join(dir, 'nope.tokens'),
+      }),
+    );
     expect(p.find((m) => m.startsWith('TLS_CERT_FILE'))).toContain(path.join(dir, 'nope.crt'));
     expect(p.find((m) => m.startsWith('TLS_CA_FILE'))).toContain(garbage);
     expect(p.find((m) => m.startsWith('AUTH_TOKENS_FILE'))).toContain('no such file');
     // A key that is not the certificate's.
     const mismatch = problemsOf(() => loadServerSecurity({ ...none, TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.clientKey }));
     expect(mismatch[0]).toContain(`TLS_KEY_FILE='${certs.clientKey}'`);
-    expect(problemsOf(() => loadServerSecurity({ ...none, TLS_CERT_FILE: certs.serverCert }))[0]).toMatch(/^TLS_KEY_FILE is required when TLS_CERT_FILE is set/);
-    expect(problemsOf(() => loadServerSecurity({ ...none, TLS_CLIENT_AUTH: 'require' }))).toEqual(expect.arrayContaining([expect.stringMatching(/^TLS_CA_FILE is required/)]));
-    expect(problemsOf(() => loadClientSecurity({ certFile: certs.clientCert, keyFile: certs.clientKey }))[0]).toMatch(/^UPSTREAM_TLS_CA_FILE is required when UPSTREAM_TLS_CERT_FILE/);
-    expect(problemsOf(() => loadClientSecurity({ caFile: '/nonexistent/ca.crt', names: { ca: '--tls-ca' } }))[0]).toBe("--tls-ca must name a readable file, given '/nonexistent/ca.crt' (no such file)");
+    expect(problemsOf(() => loadServerSecurity({ ...none, TLS_CERT_FILE: certs.serverCert }))[0]).toMatch(
+      /^TLS_KEY_FILE is required when TLS_CERT_FILE is set/,
+    );
+    expect(problemsOf(() => loadServerSecurity({ ...none, TLS_CLIENT_AUTH: 'require' }))).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^TLS_CA_FILE is required/)]),
+    );
+    expect(problemsOf(() => loadClientSecurity({ certFile: certs.clientCert, keyFile: certs.clientKey }))[0]).toMatch(
+      /^UPSTREAM_TLS_CA_FILE is required when UPSTREAM_TLS_CERT_FILE/,
+    );
+    expect(problemsOf(() => loadClientSecurity({ caFile: '/nonexistent/ca.crt', names: { ca: '--tls-ca' } }))[0]).toBe(
+      "--tls-ca must name a readable file, given '/nonexistent/ca.crt' (no such file)",
+    );
     for (const m of [...p, ...mismatch]) expect(Buffer.byteLength(m)).toBeLessThan(1024);
   });
 
@@ -80,33 +108,57 @@ describe('TLS and token configuration (service-kit security)', () => {
     expect(() => TokenTable.parse('alice-token-0123456789 a\nalice-token-0123456789 b')).toThrow(/^line 2: the token must be unique/);
     expect(() => TokenTable.parse('# nothing\n')).toThrow(/at least one token line/);
     let msg = '';
-    try { TokenTable.parse('secret-secret-secret-1 a b'); } catch (e) { msg = (e as Error).message; }
+    try {
+      TokenTable.parse('secret-secret-secret-1 a b');
+    } catch (e) {
+      msg = (e as Error).message;
+    }
     expect(msg).not.toContain('secret');
   });
 
   it('authenticates metadata: UNAUTHENTICATED naming the header; identity checks give PERMISSION_DENIED naming the field', () => {
     const t = TokenTable.of({ 'alice-token-0123456789': 'alice', 'operator-token-0123456789': '*' });
-    const md = (v?: string): grpc.Metadata => { const m = new grpc.Metadata(); if (v !== undefined) m.set('authorization', v); return m; };
+    const md = (v?: string): grpc.Metadata => {
+      const m = new grpc.Metadata();
+      if (v !== undefined) m.set('authorization', v);
+      return m;
+    };
     expect(t.authenticate(md('Bearer alice-token-0123456789'))).toBe('alice');
-    for (const [v, part] of [[undefined, 'given none'], ['Basic abc', 'another form'], ['Bearer nope-nope-nope-nope', 'unknown token']] as const) {
+    for (const [v, part] of [
+      [undefined, 'given none'],
+      ['Basic abc', 'another form'],
+      ['Bearer nope-nope-nope-nope', 'unknown token'],
+    ] as const) {
       let err: { code?: number; message?: string } = {};
-      try { t.authenticate(md(v)); } catch (e) { err = e as typeof err; }
+      try {
+        t.authenticate(md(v));
+      } catch (e) {
+        err = e as typeof err;
+      }
       expect(err.code).toBe(grpc.status.UNAUTHENTICATED);
       expect(err.message).toContain("metadata 'authorization'");
       expect(err.message).toContain(part);
     }
     expect(() => checkIdentity('alice', 'clientId', 'alice')).not.toThrow();
     expect(() => checkIdentity('*', 'clientId', 'bob')).not.toThrow();
-    expect(() => checkIdentity('alice', 'open.clientId', 'bob')).toThrow("open.clientId must be the caller's own client id 'alice' (its token's identity), given 'bob'");
+    expect(() => checkIdentity('alice', 'open.clientId', 'bob')).toThrow(
+      "open.clientId must be the caller's own client id 'alice' (its token's identity), given 'bob'",
+    );
     let long = '';
-    try { checkIdentity('alice', 'clientId', 'y'.repeat(20_000)); } catch (e) { long = (e as Error).message; }
+    try {
+      checkIdentity('alice', 'clientId', 'y'.repeat(20_000));
+    } catch (e) {
+      long = (e as Error).message;
+    }
     expect(Buffer.byteLength(long)).toBeLessThan(1024);
   });
 
   it('a service given a bad certificate file exits 2 naming the variable and the path', () => {
     const bad = path.join(dir, 'missing.crt');
     const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', path.join(ROOT, 'apps/server-executor/src/main.ts')], {
-      cwd: ROOT, encoding: 'utf8', timeout: 60_000,
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 60_000,
       env: { PATH: process.env.PATH ?? '', MODEL_DIR: path.join(dir, 'no-model'), TLS_CERT_FILE: bad, TLS_KEY_FILE: certs.serverKey, NATS_URL: 'off' },
     });
     expect(r.status).toBe(2);

@@ -47,8 +47,10 @@ export function envCases(b: EnvBounds): EnvCase[] {
     if (Number.isFinite(max)) out.push([`${name} above ${max}`, { [name]: String(max * 2 + 1) }, [rule, `given '${max * 2 + 1}'`]]);
     out.push([`${name} NaN`, { [name]: 'NaN' }, [rule, "given 'NaN'"]]);
   }
-  for (const name of b.bool ?? []) out.push([`${name} neither true nor false`, { [name]: 'sometimes' }, [`${name} must be true or false`, "given 'sometimes'"]]);
-  for (const [name, values] of b.oneOf ?? []) out.push([`${name} not a choice`, { [name]: 'bogus' }, [`${name} must be one of ${values.join(', ')}`, "given 'bogus'"]]);
+  for (const name of b.bool ?? [])
+    out.push([`${name} neither true nor false`, { [name]: 'sometimes' }, [`${name} must be true or false`, "given 'sometimes'"]]);
+  for (const [name, values] of b.oneOf ?? [])
+    out.push([`${name} not a choice`, { [name]: 'bogus' }, [`${name} must be one of ${values.join(', ')}`, "given 'bogus'"]]);
   return out;
 }
 
@@ -72,15 +74,17 @@ export function configProblems(load: () => unknown): string[] {
  */
 export function uncoveredEnvVars(schema: Readonly<Record<string, { parse(raw: string): unknown }>>, cases: readonly EnvCase[]): string[] {
   const covered = new Set(cases.flatMap(([, vars]) => Object.keys(vars)));
-  return Object.entries(schema).filter(([name, v]) => {
-    if (covered.has(name)) return false;
-    try {
-      v.parse('\u0000');
-      return false;
-    } catch (err) {
-      return /^must be (an integer in |a number in |true or false$|one of )/.test((err as Error).message);
-    }
-  }).map(([name]) => name);
+  return Object.entries(schema)
+    .filter(([name, v]) => {
+      if (covered.has(name)) return false;
+      try {
+        v.parse('\u0000');
+        return false;
+      } catch (err) {
+        return /^must be (an integer in |a number in |true or false$|one of )/.test((err as Error).message);
+      }
+    })
+    .map(([name]) => name);
 }
 
 /** What {@link envCorpusTests} checks of one service's configuration. */
@@ -103,7 +107,10 @@ export interface EnvCorpus {
  */
 export function envCorpusTests(c: EnvCorpus): void {
   const { schema } = c;
-  if (schema) it('has a case for every variable with a rule (a range, true/false, a choice)', () => { expect(uncoveredEnvVars(schema, c.cases)).toEqual([]); });
+  if (schema)
+    it('has a case for every variable with a rule (a range, true/false, a choice)', () => {
+      expect(uncoveredEnvVars(schema, c.cases)).toEqual([]);
+    });
   it.each(c.cases)(c.title ?? 'refuses %s', (_label, vars, parts) => {
     const problems = configProblems(() => c.load(vars));
     if (c.exactlyOne) expect(problems).toHaveLength(1);

@@ -24,19 +24,27 @@ export type Dtype = 'F32' | 'F16' | 'BF16';
 
 const rng = seededRandom;
 
-
 /** The tensors of a GPT-2 checkpoint with their shapes (no prefix). */
 export function gpt2Shapes(c: HfConfig): [string, number[]][] {
   const D = c.n_embd;
-  const out: [string, number[]][] = [['wte.weight', [c.vocab_size, D]], ['wpe.weight', [c.n_positions, D]]];
+  const out: [string, number[]][] = [
+    ['wte.weight', [c.vocab_size, D]],
+    ['wpe.weight', [c.n_positions, D]],
+  ];
   for (let i = 0; i < c.n_layer; i++) {
     out.push(
-      [`h.${i}.ln_1.weight`, [D]], [`h.${i}.ln_1.bias`, [D]],
-      [`h.${i}.attn.c_attn.weight`, [D, 3 * D]], [`h.${i}.attn.c_attn.bias`, [3 * D]],
-      [`h.${i}.attn.c_proj.weight`, [D, D]], [`h.${i}.attn.c_proj.bias`, [D]],
-      [`h.${i}.ln_2.weight`, [D]], [`h.${i}.ln_2.bias`, [D]],
-      [`h.${i}.mlp.c_fc.weight`, [D, 4 * D]], [`h.${i}.mlp.c_fc.bias`, [4 * D]],
-      [`h.${i}.mlp.c_proj.weight`, [4 * D, D]], [`h.${i}.mlp.c_proj.bias`, [D]],
+      [`h.${i}.ln_1.weight`, [D]],
+      [`h.${i}.ln_1.bias`, [D]],
+      [`h.${i}.attn.c_attn.weight`, [D, 3 * D]],
+      [`h.${i}.attn.c_attn.bias`, [3 * D]],
+      [`h.${i}.attn.c_proj.weight`, [D, D]],
+      [`h.${i}.attn.c_proj.bias`, [D]],
+      [`h.${i}.ln_2.weight`, [D]],
+      [`h.${i}.ln_2.bias`, [D]],
+      [`h.${i}.mlp.c_fc.weight`, [D, 4 * D]],
+      [`h.${i}.mlp.c_fc.bias`, [4 * D]],
+      [`h.${i}.mlp.c_proj.weight`, [4 * D, D]],
+      [`h.${i}.mlp.c_proj.bias`, [D]],
     );
   }
   out.push(['ln_f.weight', [D]], ['ln_f.bias', [D]]);
@@ -64,10 +72,20 @@ function toHalf(x: number): [number, number] {
   const a = Math.abs(x);
   let e: number;
   let m: number;
-  if (a < 2 ** -14) { e = 0; m = Math.round(a / 2 ** -24); if (m === 1024) { e = 1; m = 0; } } else {
+  if (a < 2 ** -14) {
+    e = 0;
+    m = Math.round(a / 2 ** -24);
+    if (m === 1024) {
+      e = 1;
+      m = 0;
+    }
+  } else {
     e = Math.floor(Math.log2(a));
     m = Math.round((a / 2 ** e - 1) * 1024);
-    if (m === 1024) { e++; m = 0; }
+    if (m === 1024) {
+      e++;
+      m = 0;
+    }
     e += 15;
     if (e >= 31) throw new Error(`value ${x} overflows half`);
   }
@@ -107,9 +125,22 @@ export function writeHfFixture(dir: string, c: HfConfig, weights: Weights, opts:
   const dtype = opts.dtype ?? 'F32';
   const pre = opts.prefix ? 'transformer.' : '';
   mkdirSync(dir, { recursive: true });
-  writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
-    activation_function: 'gelu_new', architectures: ['GPT2LMHeadModel'], model_type: 'gpt2', n_ctx: c.n_positions, n_inner: null, ...c, ...opts.configPatch,
-  }, null, 2));
+  writeFileSync(
+    path.join(dir, 'config.json'),
+    JSON.stringify(
+      {
+        activation_function: 'gelu_new',
+        architectures: ['GPT2LMHeadModel'],
+        model_type: 'gpt2',
+        n_ctx: c.n_positions,
+        n_inner: null,
+        ...c,
+        ...opts.configPatch,
+      },
+      null,
+      2,
+    ),
+  );
   const stored: Weights = new Map();
   const entries: { name: string; dtype: string; shape: number[]; bytes: Uint8Array }[] = [];
   for (const [name, { shape, values }] of weights) {
@@ -200,7 +231,15 @@ export function referenceLogits(c: HfConfig, w: Weights, ids: readonly number[])
   });
   for (let l = 0; l < c.n_layer; l++) {
     const p = `h.${l}`;
-    const qkv = h.map((x) => linear(layerNorm(x, W(`${p}.ln_1.weight`), W(`${p}.ln_1.bias`), c.layer_norm_epsilon), W(`${p}.attn.c_attn.weight`), W(`${p}.attn.c_attn.bias`), D, 3 * D));
+    const qkv = h.map((x) =>
+      linear(
+        layerNorm(x, W(`${p}.ln_1.weight`), W(`${p}.ln_1.bias`), c.layer_norm_epsilon),
+        W(`${p}.attn.c_attn.weight`),
+        W(`${p}.attn.c_attn.bias`),
+        D,
+        3 * D,
+      ),
+    );
     const y = h.map(() => new Float64Array(D));
     for (let hd = 0; hd < H; hd++) {
       for (let t = 0; t < T; t++) {
@@ -221,7 +260,13 @@ export function referenceLogits(c: HfConfig, w: Weights, ids: readonly number[])
       return x.map((v, i) => v + o[i]);
     });
     h = h.map((x) => {
-      const f = linear(layerNorm(x, W(`${p}.ln_2.weight`), W(`${p}.ln_2.bias`), c.layer_norm_epsilon), W(`${p}.mlp.c_fc.weight`), W(`${p}.mlp.c_fc.bias`), D, 4 * D).map(geluTanh);
+      const f = linear(
+        layerNorm(x, W(`${p}.ln_2.weight`), W(`${p}.ln_2.bias`), c.layer_norm_epsilon),
+        W(`${p}.mlp.c_fc.weight`),
+        W(`${p}.mlp.c_fc.bias`),
+        D,
+        4 * D,
+      ).map(geluTanh);
       const o = linear(f, W(`${p}.mlp.c_proj.weight`), W(`${p}.mlp.c_proj.bias`), 4 * D, D);
       return x.map((v, i) => v + o[i]);
     });

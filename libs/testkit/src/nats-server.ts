@@ -54,17 +54,27 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
     const c = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
     child = c;
     let stderr = '';
-    c.stderr?.on('data', (b: Buffer) => { if (stderr.length < 4096) stderr += b.toString('utf8'); });
+    c.stderr?.on('data', (b: Buffer) => {
+      if (stderr.length < 4096) stderr += b.toString('utf8');
+    });
     let ended = false;
     const failed = new Promise<never>((_, reject) => {
-      c.once('error', (e) => { ended = true; reject(new Error(`cannot start ${bin}: ${e.message}`)); });
+      c.once('error', (e) => {
+        ended = true;
+        reject(new Error(`cannot start ${bin}: ${e.message}`));
+      });
       // A configuration the server refuses ends it at once; say why instead of timing out.
-      c.once('exit', (code) => { ended = true; reject(new Error(`${bin} ${args.join(' ')} exited with ${code}: ${stderr.trim().slice(0, 500)}`)); });
+      c.once('exit', (code) => {
+        ended = true;
+        reject(new Error(`${bin} ${args.join(' ')} exited with ${code}: ${stderr.trim().slice(0, 500)}`));
+      });
     });
     failed.catch(() => undefined);
     await Promise.race([waitForPort(port, opts.timeoutMs ?? 5000, () => ended), failed]);
   };
-  const killNow = (): void => { child?.kill('SIGKILL'); };
+  const killNow = (): void => {
+    child?.kill('SIGKILL');
+  };
   const stop = async (): Promise<void> => {
     const c = child;
     child = undefined;
@@ -78,8 +88,19 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
   };
   const start = async (): Promise<void> => {
     process.on('exit', killNow);
-    await launch().catch(async (err: unknown) => { await stop(); throw err; });
+    await launch().catch(async (err: unknown) => {
+      await stop();
+      throw err;
+    });
   };
   await start();
-  return { url: `nats://127.0.0.1:${port}`, port, stop, restart: async () => { await stop(); await start(); } };
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    stop,
+    restart: async () => {
+      await stop();
+      await start();
+    },
+  };
 }

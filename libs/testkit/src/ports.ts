@@ -17,7 +17,11 @@ export function freePort(): Promise<number> {
 export function canConnect(host: string, port: number, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = createConnection({ host, port });
-    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok); };
+    const done = (ok: boolean): void => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(ok);
+    };
     const t = setTimeout(() => done(false), timeoutMs);
     s.once('connect', () => done(true));
     s.once('error', () => done(false));

@@ -6,7 +6,10 @@ class Direction {
   private timer: NodeJS.Timeout | undefined;
   private ended = false;
 
-  constructor(private readonly to: Socket, private readonly delayMs: () => number) {}
+  constructor(
+    private readonly to: Socket,
+    private readonly delayMs: () => number,
+  ) {}
 
   /** Forwards `chunk` after the current delay, never ahead of a chunk that came before it. */
   push(chunk: Buffer): void {
@@ -35,7 +38,13 @@ class Direction {
       if (!this.to.destroyed) this.to.write(chunk);
     }
     if (this.queue.length > 0) {
-      this.timer = setTimeout(() => { this.timer = undefined; this.pump(); }, Math.max(1, Math.ceil(this.queue[0].at - now)));
+      this.timer = setTimeout(
+        () => {
+          this.timer = undefined;
+          this.pump();
+        },
+        Math.max(1, Math.ceil(this.queue[0].at - now)),
+      );
       return;
     }
     if (this.ended && !this.to.destroyed) this.to.end();
@@ -68,7 +77,10 @@ export class TcpProxy {
   private readonly pairs = new Set<Pair>();
   private delay = 0;
 
-  private constructor(private readonly server: Server, readonly port: number) {}
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
 
   /** Listens on 127.0.0.1:`port` (0: a free one) and forwards to `target` (host:port). */
   static async start(target: string, port = 0): Promise<TcpProxy> {
@@ -82,7 +94,10 @@ export class TcpProxy {
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, '127.0.0.1', () => { server.off('error', reject); resolve(); });
+      server.listen(port, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
     const addr = server.address();
     proxy = new TcpProxy(server, typeof addr === 'object' && addr ? addr.port : port);
@@ -90,10 +105,14 @@ export class TcpProxy {
   }
 
   /** host:port of the proxy. */
-  get address(): string { return `127.0.0.1:${this.port}`; }
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
 
   /** Open connections (blackholed ones included). */
-  get connections(): number { return this.pairs.size; }
+  get connections(): number {
+    return this.pairs.size;
+  }
 
   /** One-way delay added to every chunk in both directions from now on, ms (0: none); order is kept. */
   setDelayMs(ms: number): void {
@@ -135,12 +154,20 @@ export class TcpProxy {
     const pair: Pair = { client, target, up: new Direction(target, () => this.delay), down: new Direction(client, () => this.delay), blackholed: false };
     this.pairs.add(pair);
     const wire = (from: Socket, to: Socket, dir: Direction): void => {
-      from.on('data', (chunk: Buffer) => { if (!pair.blackholed) dir.push(chunk); });
+      from.on('data', (chunk: Buffer) => {
+        if (!pair.blackholed) dir.push(chunk);
+      });
       // A half-close passes on after the chunks before it; an error resets the other side too.
       // Blackholed, nothing passes, not even these.
-      from.on('end', () => { if (!pair.blackholed) dir.end(); });
-      from.on('error', () => { if (!pair.blackholed) to.destroy(); });
-      from.on('close', () => { if (client.destroyed && target.destroyed) this.pairs.delete(pair); });
+      from.on('end', () => {
+        if (!pair.blackholed) dir.end();
+      });
+      from.on('error', () => {
+        if (!pair.blackholed) to.destroy();
+      });
+      from.on('close', () => {
+        if (client.destroyed && target.destroyed) this.pairs.delete(pair);
+      });
     };
     wire(client, target, pair.up);
     wire(target, client, pair.down);

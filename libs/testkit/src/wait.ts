@@ -4,7 +4,10 @@ import { sleep } from '@tandem/util';
  * Polls `fn` until it returns a value that is not undefined/false, or throws after
  * `timeoutMs` with the last error or value. Every wait in tests is bounded by this.
  */
-export async function eventually<T>(fn: () => T | Promise<T>, opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<Exclude<T, undefined | false>> {
+export async function eventually<T>(
+  fn: () => T | Promise<T>,
+  opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {},
+): Promise<Exclude<T, undefined | false>> {
   const timeoutMs = opts.timeoutMs ?? 5000;
   const intervalMs = opts.intervalMs ?? 25;
   const until = Date.now() + timeoutMs;
@@ -28,6 +31,8 @@ export async function eventually<T>(fn: () => T | Promise<T>, opts: { timeoutMs?
 /** Resolves with `p`, or rejects after `timeoutMs` naming `what`. */
 export function withTimeout<T>(p: Promise<T>, timeoutMs: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;
-  const timeout = new Promise<never>((_, reject) => { t = setTimeout(() => reject(new Error(`${what} did not happen within ${timeoutMs} ms`)), timeoutMs); });
+  const timeout = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new Error(`${what} did not happen within ${timeoutMs} ms`)), timeoutMs);
+  });
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }

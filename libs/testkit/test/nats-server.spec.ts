@@ -9,14 +9,21 @@ describe('startNatsServer', () => {
       const nc = await connect({ servers: srv.url, reconnectTimeWait: 50, maxReconnectAttempts: -1 });
       const sub = nc.subscribe('t.x', { max: 2 });
       const got: string[] = [];
-      const done = (async () => { for await (const m of sub) got.push(m.string()); })();
+      const done = (async () => {
+        for await (const m of sub) got.push(m.string());
+      })();
       nc.publish('t.x', 'one');
       await nc.flush();
       await srv.restart();
       // the client reconnects by itself and its subscription is re-established
       const until = Date.now() + 5000;
       while (got.length < 2 && Date.now() < until) {
-        try { nc.publish('t.x', 'two'); await nc.flush(); } catch { /* reconnecting */ }
+        try {
+          nc.publish('t.x', 'two');
+          await nc.flush();
+        } catch {
+          /* reconnecting */
+        }
         await sleep(100);
       }
       await done;

@@ -14,7 +14,15 @@ async function echoServer(): Promise<{ server: Server; address: string; ends: st
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as { port: number }).port;
-  return { server, address: `127.0.0.1:${port}`, ends, close: () => { sockets.forEach((s) => s.destroy()); return new Promise((r) => server.close(() => r())); } };
+  return {
+    server,
+    address: `127.0.0.1:${port}`,
+    ends,
+    close: () => {
+      sockets.forEach((s) => s.destroy());
+      return new Promise((r) => server.close(() => r()));
+    },
+  };
 }
 
 /** A client socket that collects what it reads and how it ended. */
@@ -23,7 +31,9 @@ async function dial(address: string): Promise<{ socket: Socket; got: () => strin
   const socket = createConnection({ host, port: Number(port) });
   let got = '';
   const ends: string[] = [];
-  socket.on('data', (b) => { got += b.toString(); });
+  socket.on('data', (b) => {
+    got += b.toString();
+  });
   socket.on('end', () => ends.push('end'));
   socket.on('error', (e) => ends.push(`error ${(e as NodeJS.ErrnoException).code}`));
   await new Promise<void>((r) => socket.once('connect', () => r()));

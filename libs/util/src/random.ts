@@ -5,7 +5,9 @@
  */
 export class Rng {
   private s: number;
-  constructor(seed: number) { this.s = seed >>> 0; }
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
 
   next(): number {
     this.s = (this.s + 0x6d2b79f5) >>> 0;
@@ -16,14 +18,22 @@ export class Rng {
   }
 
   /** Uniform in (0, 1]: safe under log. */
-  private open(): number { return 1 - this.next(); }
+  private open(): number {
+    return 1 - this.next();
+  }
 
   /** An integer uniform in [min, max]. */
-  int(min: number, max: number): number { return min + Math.floor(this.next() * (max - min + 1)); }
+  int(min: number, max: number): number {
+    return min + Math.floor(this.next() * (max - min + 1));
+  }
 
-  normal(): number { return Math.sqrt(-2 * Math.log(this.open())) * Math.cos(2 * Math.PI * this.next()); }
+  normal(): number {
+    return Math.sqrt(-2 * Math.log(this.open())) * Math.cos(2 * Math.PI * this.next());
+  }
 
-  exponential(mean: number): number { return -Math.log(this.open()) * mean; }
+  exponential(mean: number): number {
+    return -Math.log(this.open()) * mean;
+  }
 
   /** Gamma(shape k, scale θ) by Marsaglia and Tsang (2000); k < 1 by the U^(1/k) boost. */
   gamma(k: number, theta: number): number {
@@ -33,7 +43,10 @@ export class Rng {
     for (;;) {
       let x: number;
       let v: number;
-      do { x = this.normal(); v = 1 + c * x; } while (v <= 0);
+      do {
+        x = this.normal();
+        v = 1 + c * x;
+      } while (v <= 0);
       v = v * v * v;
       const u = this.open();
       if (Math.log(u) < 0.5 * x * x + d - d * v + d * Math.log(v)) return d * v * theta;
@@ -44,7 +57,10 @@ export class Rng {
   pick(weights: readonly number[]): number {
     const total = weights.reduce((a, b) => a + b, 0);
     let r = this.next() * total;
-    for (let i = 0; i < weights.length; i++) { r -= weights[i]; if (r < 0) return i; }
+    for (let i = 0; i < weights.length; i++) {
+      r -= weights[i];
+      if (r < 0) return i;
+    }
     return weights.length - 1;
   }
 }

@@ -19,7 +19,9 @@ describe('sleep', () => {
     await sleep(30);
     expect(performance.now() - t0).toBeGreaterThanOrEqual(29);
     let later = false;
-    const p = sleep(0).then(() => { later = true; });
+    const p = sleep(0).then(() => {
+      later = true;
+    });
     await p;
     expect(later).toBe(true);
   });

@@ -24,7 +24,8 @@ export function parseArgs(argv: readonly string[], spec: ArgSpec): ParsedArgs {
   const knownSwitches = new Set(spec.switches ?? []);
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument ${quoted(arg)}: options are ${[...known, ...knownSwitches].map((f) => `--${f}`).join(', ')}`);
+    if (!arg.startsWith('--'))
+      throw new UsageError(`unexpected argument ${quoted(arg)}: options are ${[...known, ...knownSwitches].map((f) => `--${f}`).join(', ')}`);
     const eq = arg.indexOf('=');
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     if (knownSwitches.has(name)) {

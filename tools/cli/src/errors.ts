@@ -26,12 +26,17 @@ export class ServiceCallError extends Error {
     const e = err as { code?: unknown; details?: string; message?: string };
     const code = typeof e.code === 'number' ? (e.code as status) : status.UNKNOWN;
     // grpc-js's own details for a connection that failed: the reason without the resolver's notes, on one line.
-    const detail = String(e.details || e.message || err).replace(/\s*Resolution note:.*$/s, '').replace(/^No connection established\. Last error: (Error: )?/, '').replace(/\s+/g, ' ');
+    const detail = String(e.details || e.message || err)
+      .replace(/\s*Resolution note:.*$/s, '')
+      .replace(/^No connection established\. Last error: (Error: )?/, '')
+      .replace(/\s+/g, ' ');
     super(`${service}: ${call} failed with ${status[code] ?? code}: ${detail}${hint(code)}`, { cause: err });
     this.code = code;
   }
 
-  get exitCode(): number { return this.code === status.INVALID_ARGUMENT ? 2 : 1; }
+  get exitCode(): number {
+    return this.code === status.INVALID_ARGUMENT ? 2 : 1;
+  }
 
   /** `err` as a ServiceCallError when it is a status (it carries a numeric code); any other error as it is. */
   static of(service: string, call: string, err: unknown, hint?: (code: status) => string): unknown {

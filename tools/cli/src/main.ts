@@ -7,9 +7,14 @@ import type { CliIo } from './io';
 
 function helpText(): string {
   const width = Math.max(...commands.map((c) => c.path.join(' ').length));
-  return ['usage: tandem <command> [options]', '', 'commands:',
-    ...commands.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`), '',
-    'Run `tandem <command> --help` for its options.'].join('\n');
+  return [
+    'usage: tandem <command> [options]',
+    '',
+    'commands:',
+    ...commands.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`),
+    '',
+    'Run `tandem <command> --help` for its options.',
+  ].join('\n');
 }
 
 /** Finds the command whose path is the longest prefix of argv. */
@@ -29,7 +34,14 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   }
   const found = resolve(argv);
   if (!found) {
-    io.stderr.write(`tandem: unknown command ${quoted(argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' '))}; run 'tandem --help' for the list\n`);
+    io.stderr.write(
+      `tandem: unknown command ${quoted(
+        argv
+          .filter((a) => !a.startsWith('-'))
+          .slice(0, 2)
+          .join(' '),
+      )}; run 'tandem --help' for the list\n`,
+    );
     return 2;
   }
   const { command, rest } = found;
@@ -57,7 +69,12 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
 /** Process entry point used by bin/tandem.js. */
 export function main(argv: readonly string[]): void {
   runCli(argv, { stdout: process.stdout, stderr: process.stderr }).then(
-    (code) => { process.exitCode = code; },
-    (err) => { process.stderr.write(`tandem: ${String(err)}\n`); process.exitCode = 1; },
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`tandem: ${String(err)}\n`);
+      process.exitCode = 1;
+    },
   );
 }

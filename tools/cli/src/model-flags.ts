@@ -6,7 +6,12 @@ import { UsageError } from './errors';
 
 // Library field names that correspond to a CLI flag, so messages name what the user typed.
 const FLAG_OF: Readonly<Record<string, string>> = {
-  placement: '--placement', preset: '--preset', seed: '--seed', out: '--out', maxNewTokens: '--max-new-tokens', prompt: '--prompt',
+  placement: '--placement',
+  preset: '--preset',
+  seed: '--seed',
+  out: '--out',
+  maxNewTokens: '--max-new-tokens',
+  prompt: '--prompt',
 };
 
 /**
@@ -51,7 +56,8 @@ export function idsFlag(flag: string, value: string, manifest: Manifest): number
   }
   const ids = parts.map(Number);
   const bad = ids.findIndex((id) => !Number.isSafeInteger(id) || id >= V);
-  if (bad >= 0) throw new UsageError(`${flag} must hold token ids in 0..${V - 1} (the model's vocabulary), given ${parts[bad]} at position ${bad} in '${value}'`);
+  if (bad >= 0)
+    throw new UsageError(`${flag} must hold token ids in 0..${V - 1} (the model's vocabulary), given ${parts[bad]} at position ${bad} in '${value}'`);
   if (ids.length > manifest.config.nPositions) {
     throw new UsageError(`${flag} must hold at most nPositions = ${manifest.config.nPositions} ids, given ${ids.length}`);
   }

@@ -31,7 +31,10 @@ export function clientSecurityFlags(args: ParsedArgs, environment: Readonly<Reco
   const token = pick('token', 'TANDEM_TOKEN');
   try {
     return loadClientSecurity({
-      caFile: ca.value, certFile: cert.value, keyFile: key.value, token: token.value,
+      caFile: ca.value,
+      certFile: cert.value,
+      keyFile: key.value,
+      token: token.value,
       names: { ca: ca.name, cert: cert.name, key: key.name, token: token.name },
     });
   } catch (err) {

@@ -8,7 +8,9 @@ import { run } from './run-cli';
 
 describe('tandem certs', () => {
   let dir: string;
-  beforeAll(() => { dir = mkdtempSync(path.join(tmpdir(), 'tandem-certs-')); });
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'tandem-certs-'));
+  });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('writes a CA and server/client certificates that carry a mutual-TLS handshake on 127.0.0.1', async () => {
@@ -21,7 +23,13 @@ describe('tandem certs', () => {
 
     const server = new grpc.Server();
     new HealthReporter(ServingStatus.SERVING).addTo(server);
-    const sec = loadServerSecurity({ TLS_CERT_FILE: set.serverCert, TLS_KEY_FILE: set.serverKey, TLS_CA_FILE: set.caCert, TLS_CLIENT_AUTH: 'require', AUTH_TOKENS_FILE: '' });
+    const sec = loadServerSecurity({
+      TLS_CERT_FILE: set.serverCert,
+      TLS_KEY_FILE: set.serverKey,
+      TLS_CA_FILE: set.caCert,
+      TLS_CLIENT_AUTH: 'require',
+      AUTH_TOKENS_FILE: '',
+    });
     const port = await bindServer(server, '127.0.0.1:0', sec.credentials);
     const check = async (files: { caFile: string; certFile?: string; keyFile?: string }): Promise<ServingStatus | grpc.ServiceError> => {
       const c = new HealthClient(`127.0.0.1:${port}`, loadClientSecurity(files).credentials);
@@ -33,7 +41,7 @@ describe('tandem certs', () => {
     };
     try {
       expect(await check({ caFile: set.caCert, certFile: set.clientCert, keyFile: set.clientKey })).toBe(ServingStatus.SERVING);
-      expect((await check({ caFile: set.caCert }) as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
+      expect(((await check({ caFile: set.caCert })) as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
     } finally {
       server.forceShutdown();
     }

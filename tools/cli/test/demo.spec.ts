@@ -10,7 +10,6 @@ import { run } from './run-cli';
 
 const BIN = resolve(__dirname, '../bin/tandem.js');
 
-
 /** Whether something accepts TCP connections on 127.0.0.1:port. */
 const listening = (port: number): Promise<boolean> => canConnect('127.0.0.1', port, 5000);
 
@@ -36,10 +35,20 @@ function spawnDemo(args: string[], cwd: string, env: NodeJS.ProcessEnv): Spawned
   const child = spawn(process.execPath, [BIN, 'demo', ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
-  child.stdout.on('data', (b: Buffer) => { out += b.toString('utf8'); });
-  child.stderr.on('data', (b: Buffer) => { err += b.toString('utf8'); });
+  child.stdout.on('data', (b: Buffer) => {
+    out += b.toString('utf8');
+  });
+  child.stderr.on('data', (b: Buffer) => {
+    err += b.toString('utf8');
+  });
   const code = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
-  const s: Spawned = { code, running: () => child.exitCode === null && child.signalCode === null, stdout: () => out, stderr: () => err, kill: (sig) => child.kill(sig) };
+  const s: Spawned = {
+    code,
+    running: () => child.exitCode === null && child.signalCode === null,
+    stdout: () => out,
+    stderr: () => err,
+    kill: (sig) => child.kill(sig),
+  };
   spawned.push(s);
   return s;
 }

@@ -5,7 +5,9 @@ import { makeTempModel, startNatsServer, type NatsServerHandle, type TempModel }
 import { run } from './run-cli';
 
 let dir: string;
-beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-loadtest-test-')); });
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'tandem-loadtest-test-'));
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** The load-test package's small valid scenario (tools/loadtest/test); `patch` replaces top-level fields. */
@@ -18,16 +20,53 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     ['a slowdown below 1', { deviceClasses: [{ name: 'x', slowdown: 0.5 }] }, /scenario deviceClasses\[0\]\.slowdown must be a number >= 1 .*given 0\.5/],
     ['a bad arrival process', { arrival: { process: 'uniform' } }, /scenario arrival\.process must be 'poisson' or 'gamma', given "uniform"/],
     ['a gamma without cv', { arrival: { process: 'gamma' } }, /scenario arrival\.cv must be a number > 0/],
-    ['overlapping prompt ranges', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: 100 }, { name: 'b', promptTokens: { min: 10, max: 20 }, outputTokens: { min: 1, max: 1 }, slaMs: 100 }] }, /scenario requestClasses\[1\]\.promptTokens must not overlap/],
+    [
+      'overlapping prompt ranges',
+      {
+        requestClasses: [
+          { name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: 100 },
+          { name: 'b', promptTokens: { min: 10, max: 20 }, outputTokens: { min: 1, max: 1 }, slaMs: 100 },
+        ],
+      },
+      /scenario requestClasses\[1\]\.promptTokens must not overlap/,
+    ],
     ['an unknown field', { rate: 3 }, /scenario rate must be one of the known fields/],
     ['an SLA override for an unknown class', { slaOverrides: { fast: { huge: 10 } } }, /scenario slaOverrides\.fast\.huge must name a request class/],
-    ['a negative SLA', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: -1 }] }, /scenario requestClasses\[0\]\.slaMs must be a number > 0/],
-    ['a class with no SLO', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 } }] }, /scenario requestClasses\[0\] must state at least one SLO: ttftMs, tpotMs or slaMs/],
-    ['a zero TPOT', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, tpotMs: 0 }] }, /scenario requestClasses\[0\]\.tpotMs must be a number > 0 .*given 0/],
-    ['a misspelt SLO', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, ttft: 5 }] }, /scenario requestClasses\[0\]\.ttft must be one of the known fields/],
-    ['an override with a bad TTFT', { slaOverrides: { fast: { short: { ttftMs: 'soon' } } } }, /scenario slaOverrides\.fast\.short\.ttftMs must be a number > 0 .*given "soon"/],
-    ['an override with an unknown key', { slaOverrides: { fast: { short: { p99Ms: 5 } } } }, /scenario slaOverrides\.fast\.short\.p99Ms must be one of ttftMs, tpotMs, slaMs/],
-    ['a zero prompt pool', { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: 5, promptPool: 0 }] }, /scenario requestClasses\[0\]\.promptPool must be an integer >= 1/],
+    [
+      'a negative SLA',
+      { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: -1 }] },
+      /scenario requestClasses\[0\]\.slaMs must be a number > 0/,
+    ],
+    [
+      'a class with no SLO',
+      { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 } }] },
+      /scenario requestClasses\[0\] must state at least one SLO: ttftMs, tpotMs or slaMs/,
+    ],
+    [
+      'a zero TPOT',
+      { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, tpotMs: 0 }] },
+      /scenario requestClasses\[0\]\.tpotMs must be a number > 0 .*given 0/,
+    ],
+    [
+      'a misspelt SLO',
+      { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, ttft: 5 }] },
+      /scenario requestClasses\[0\]\.ttft must be one of the known fields/,
+    ],
+    [
+      'an override with a bad TTFT',
+      { slaOverrides: { fast: { short: { ttftMs: 'soon' } } } },
+      /scenario slaOverrides\.fast\.short\.ttftMs must be a number > 0 .*given "soon"/,
+    ],
+    [
+      'an override with an unknown key',
+      { slaOverrides: { fast: { short: { p99Ms: 5 } } } },
+      /scenario slaOverrides\.fast\.short\.p99Ms must be one of ttftMs, tpotMs, slaMs/,
+    ],
+    [
+      'a zero prompt pool',
+      { requestClasses: [{ name: 'a', promptTokens: { min: 1, max: 10 }, outputTokens: { min: 1, max: 1 }, slaMs: 5, promptPool: 0 }] },
+      /scenario requestClasses\[0\]\.promptPool must be an integer >= 1/,
+    ],
     ['an unknown emulation', { emulation: 'magic' }, /scenario emulation must be 'replay' or 'compute', given "magic"/],
   ];
   it.each(cases)('exits 2 naming the field for %s', async (_what, patch, message) => {
@@ -42,19 +81,22 @@ describe('tandem loadtest: bad scenario files and flags', () => {
   it('exits 2 for an unreadable or non-JSON file and for bad flags', async () => {
     const notJson = join(dir, 'not.json');
     writeFileSync(notJson, '{ nope');
-    expect((await run(['loadtest', '--scenario', join(dir, 'missing.json')])).stderr).toMatch(/--scenario must be default, mobile, edge, gpt2 or a readable file, given '.*missing\.json' \(ENOENT\)/);
+    expect((await run(['loadtest', '--scenario', join(dir, 'missing.json')])).stderr).toMatch(
+      /--scenario must be default, mobile, edge, gpt2 or a readable file, given '.*missing\.json' \(ENOENT\)/,
+    );
     expect((await run(['loadtest', '--scenario', notJson])).code).toBe(2);
     const p = await run(['loadtest', '--policies', 'dp,magic']);
     expect(p.code).toBe(2);
     expect(p.stderr).toMatch(/--policies must list distinct names from server-only, greedy, prefix, dp, given 'dp,magic'/);
     expect((await run(['loadtest', '--rates', '2,-1'])).stderr).toMatch(/--rates must be a comma-separated list/);
     expect((await run(['loadtest', '--duration-s', '0'])).code).toBe(2);
-    expect((await run(['loadtest', '--scenario', 'nowhere'])).stderr).toMatch(/--scenario must be default, mobile, edge, gpt2 or a readable file, given 'nowhere'/);
+    expect((await run(['loadtest', '--scenario', 'nowhere'])).stderr).toMatch(
+      /--scenario must be default, mobile, edge, gpt2 or a readable file, given 'nowhere'/,
+    );
     expect((await run(['loadtest', '--repeats', '0'])).stderr).toMatch(/--repeats/);
     expect((await run(['loadtest', '--emulation', 'fake'])).stderr).toMatch(/--emulation must be replay or compute, given 'fake'/);
   });
 });
-
 
 describe('tandem loadtest end to end (tiny model, real services)', () => {
   let nats: NatsServerHandle;
@@ -72,7 +114,22 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     const f = join(dir, 'smoke.json');
     writeFileSync(f, JSON.stringify(scenario()));
     const out = join(dir, 'smoke-out');
-    const r = await run(['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--json', '--repeats', '2', '--policies', 'server-only,greedy,dp']);
+    const r = await run([
+      'loadtest',
+      '--scenario',
+      f,
+      '--model-dir',
+      model.dir,
+      '--nats',
+      nats.url,
+      '--out',
+      out,
+      '--json',
+      '--repeats',
+      '2',
+      '--policies',
+      'server-only,greedy,dp',
+    ]);
     if (r.code !== 0) throw new Error(r.stderr);
     const json = JSON.parse(r.stdout);
     expect(json).toEqual(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')));
@@ -85,9 +142,17 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(json.recording).toMatchObject({ prompts: 6 });
     expect(json.recording.bytes).toBeGreaterThan(1000);
     expect(r.stderr).toMatch(/recording 6 pool prompts/);
-    expect(json.runs.map((x: { repeat: number; policy: string }) => `${x.repeat}:${x.policy}`)).toEqual(['0:server-only', '0:greedy', '0:dp', '1:server-only', '1:greedy', '1:dp']);
+    expect(json.runs.map((x: { repeat: number; policy: string }) => `${x.repeat}:${x.policy}`)).toEqual([
+      '0:server-only',
+      '0:greedy',
+      '0:dp',
+      '1:server-only',
+      '1:greedy',
+      '1:dp',
+    ]);
     // Same trace for every policy within a repeat, another seed per repeat.
-    const sent = (k: number): number[] => json.runs.filter((x: { repeat: number }) => x.repeat === k).map((x: { stats: { requests: number } }) => x.stats.requests);
+    const sent = (k: number): number[] =>
+      json.runs.filter((x: { repeat: number }) => x.repeat === k).map((x: { stats: { requests: number } }) => x.stats.requests);
     expect(new Set(sent(0)).size).toBe(1);
     expect(new Set(sent(1)).size).toBe(1);
     expect(json.runs.map((x: { seed: number }) => x.seed)).toEqual([5, 5, 5, 6, 6, 6]);

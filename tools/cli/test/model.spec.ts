@@ -12,7 +12,15 @@ let model: string;
 
 function sink(): { stream: Writable; text: () => string } {
   const chunks: string[] = [];
-  return { stream: new Writable({ write(c, _e, cb) { chunks.push(String(c)); cb(); } }), text: () => chunks.join('') };
+  return {
+    stream: new Writable({
+      write(c, _e, cb) {
+        chunks.push(String(c));
+        cb();
+      },
+    }),
+    text: () => chunks.join(''),
+  };
 }
 
 async function cli(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -34,8 +42,11 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 describe('tandem generate (real CLI process)', () => {
   it('gives the same 8 ids with CCSSSC as with SSSSSS', () => {
     const run = (placement: string): { ids: number[]; text: string } => {
-      const r = spawnSync(process.execPath, ['tools/cli/bin/tandem.js', 'generate', '--model', model, '--prompt', 'Hello', '--max-new-tokens', '8', '--placement', placement, '--json'],
-        { cwd: REPO, encoding: 'utf8', timeout: 60000 });
+      const r = spawnSync(
+        process.execPath,
+        ['tools/cli/bin/tandem.js', 'generate', '--model', model, '--prompt', 'Hello', '--max-new-tokens', '8', '--placement', placement, '--json'],
+        { cwd: REPO, encoding: 'utf8', timeout: 60000 },
+      );
       expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
       return JSON.parse(r.stdout);
     };
@@ -111,7 +122,10 @@ describe('tandem generate', () => {
 
 describe('tandem model create / import', () => {
   it('refuses an unknown preset and a bad seed with exit 2', async () => {
-    expect(await cli('model', 'create', '--preset', 'huge', '--seed', '1', '--out', path.join(root, 'h'))).toMatchObject({ code: 2, stderr: "tandem model create: --preset must be one of tiny, small, gpt2, given 'huge'\n" });
+    expect(await cli('model', 'create', '--preset', 'huge', '--seed', '1', '--out', path.join(root, 'h'))).toMatchObject({
+      code: 2,
+      stderr: "tandem model create: --preset must be one of tiny, small, gpt2, given 'huge'\n",
+    });
     expect((await cli('model', 'create', '--preset', 'tiny', '--seed', 'x', '--out', path.join(root, 'h'))).code).toBe(2);
   });
 

@@ -5,7 +5,9 @@ import { run } from './run-cli';
 
 describe('tandem nats-config', () => {
   let dir: string;
-  beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-nats-config-')); });
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-nats-config-'));
+  });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('writes the configuration and one private env file per service', async () => {

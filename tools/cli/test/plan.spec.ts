@@ -5,7 +5,6 @@ import { join, resolve } from 'node:path';
 import { evaluateGeneration, evaluatePlacement, solve, solveGeneration, type GenerationInstance, type PlacementInstance } from '@tandem/dp';
 import { run } from './run-cli';
 
-
 // Hand-checkable instance: the middle stage is cheap to keep on the client, the ends are
 // expensive on the client, and moving the small middle boundaries is cheap, so the optimum
 // switches sides twice (S C S: four transfers) under a tight SLA.
@@ -43,8 +42,12 @@ describe('tandem plan', () => {
     expect(r.code).toBe(0);
     const answer = JSON.parse(r.stdout);
     expect(answer).toEqual({
-      algorithm: 'dp', feasible: true, placement: ['server', 'client', 'server'],
-      serverWork: 2, latencyMs: evaluatePlacement(multiSwitch, ['server', 'client', 'server']).latencyMs, switches: 4,
+      algorithm: 'dp',
+      feasible: true,
+      placement: ['server', 'client', 'server'],
+      serverWork: 2,
+      latencyMs: evaluatePlacement(multiSwitch, ['server', 'client', 'server']).latencyMs,
+      switches: 4,
     });
     expect(Object.keys(answer)).toEqual(['algorithm', 'feasible', 'placement', 'serverWork', 'latencyMs', 'switches']);
   });
@@ -83,11 +86,23 @@ describe('tandem plan', () => {
   });
 
   it.each<[string, unknown, string]>([
-    ['a negative time', { ...multiSwitch, stages: multiSwitch.stages.map((s, i) => (i === 2 ? { ...s, clientMs: -1 } : s)) }, 'tandem plan: stages[2].clientMs must be a finite number >= 0, given -1'],
+    [
+      'a negative time',
+      { ...multiSwitch, stages: multiSwitch.stages.map((s, i) => (i === 2 ? { ...s, clientMs: -1 } : s)) },
+      'tandem plan: stages[2].clientMs must be a finite number >= 0, given -1',
+    ],
     ['a missing field', { ...multiSwitch, slaMs: undefined }, 'tandem plan: slaMs must be a finite number > 0, given nothing (missing)'],
-    ['a zero bandwidth', { ...multiSwitch, downlink: { latencyMs: 1, bytesPerMs: 0 } }, 'tandem plan: downlink.bytesPerMs must be a finite number > 0, given 0'],
+    [
+      'a zero bandwidth',
+      { ...multiSwitch, downlink: { latencyMs: 1, bytesPerMs: 0 } },
+      'tandem plan: downlink.bytesPerMs must be a finite number > 0, given 0',
+    ],
     ['a wrong type', { ...multiSwitch, outBytes: '10' }, 'tandem plan: outBytes must be a finite number >= 0, given "10"'],
-    ['a bad element of an array', [multiSwitch, { ...multiSwitch, stages: [{ ...multiSwitch.stages[0], inBytes: -5 }] }], 'tandem plan: [1].stages[0].inBytes must be a finite number >= 0, given -5'],
+    [
+      'a bad element of an array',
+      [multiSwitch, { ...multiSwitch, stages: [{ ...multiSwitch.stages[0], inBytes: -5 }] }],
+      'tandem plan: [1].stages[0].inBytes must be a finite number >= 0, given -5',
+    ],
   ])('exits 2 on %s with one line naming the field, the rule and the value', async (name, value, line) => {
     const r = await run(['plan', '--instance', writeInstance(`bad-${name.replace(/ /g, '-')}.json`, value), '--json']);
     expect(r.code).toBe(2);
@@ -103,7 +118,9 @@ describe('tandem plan', () => {
   });
 
   it('exits 2 on an unknown algorithm, unreadable file or invalid JSON', async () => {
-    expect((await run(['plan', '--instance', file, '--algorithm', 'magic'])).stderr).toMatch(/--algorithm must be one of dp, dp-grid, greedy, prefix, server-only, client-only, given 'magic'/);
+    expect((await run(['plan', '--instance', file, '--algorithm', 'magic'])).stderr).toMatch(
+      /--algorithm must be one of dp, dp-grid, greedy, prefix, server-only, client-only, given 'magic'/,
+    );
     expect((await run(['plan', '--instance', join(dir, 'nope.json')])).code).toBe(2);
     const bad = await run(['plan', '--instance', writeInstance('broken.json', '{"stages": [')]);
     expect(bad.code).toBe(2);
@@ -142,7 +159,19 @@ describe('tandem plan on generation instances', () => {
     const r = await run(['plan', '--instance', writeInstance('gen.json', generation), '--json']);
     expect(r.code).toBe(0);
     const a = JSON.parse(r.stdout);
-    expect(Object.keys(a)).toEqual(['algorithm', 'feasible', 'placement', 'serverWork', 'latencyMs', 'switches', 'ttftMs', 'tpotMs', 'e2eMs', 'met', 'serverDecoding']);
+    expect(Object.keys(a)).toEqual([
+      'algorithm',
+      'feasible',
+      'placement',
+      'serverWork',
+      'latencyMs',
+      'switches',
+      'ttftMs',
+      'tpotMs',
+      'e2eMs',
+      'met',
+      'serverDecoding',
+    ]);
     const e = evaluateGeneration(generation, a.placement);
     expect([a.ttftMs, a.tpotMs, a.e2eMs, a.latencyMs, a.serverWork, a.switches]).toEqual([e.ttftMs, e.tpotMs, e.e2eMs, e.e2eMs, e.serverWork, e.switches]);
     expect(a.met).toEqual({ ttftMs: e.ttftMs <= 60, tpotMs: e.tpotMs <= 5 });
@@ -154,7 +183,14 @@ describe('tandem plan on generation instances', () => {
 
   it('detects a generation by the marker or by a slo without slaMs, in an array mixed with contract instances', async () => {
     const { generation: _, ...unmarked } = generation;
-    const r = await run(['plan', '--instance', writeInstance('mixed.json', [multiSwitch, generation, { ...unmarked, serverDecoding: false }]), '--algorithm', 'greedy', '--json']);
+    const r = await run([
+      'plan',
+      '--instance',
+      writeInstance('mixed.json', [multiSwitch, generation, { ...unmarked, serverDecoding: false }]),
+      '--algorithm',
+      'greedy',
+      '--json',
+    ]);
     expect(r.code).toBe(0);
     const [c, g, u] = JSON.parse(r.stdout);
     expect(c).toEqual(solve(multiSwitch, 'greedy'));
@@ -177,15 +213,40 @@ describe('tandem plan on generation instances', () => {
     const variants = [base, { ...base, slo: { ttftMs: 40, tpotMs: 20 } }, { ...base, slo: { ttftMs: 40, tpotMs: 20 }, serverDecoding: false }];
     const r = await run(['plan', '--instance', writeInstance('worked.json', variants), '--json']);
     expect(r.code).toBe(0);
-    const got = (JSON.parse(r.stdout) as { placement: string[]; feasible: boolean; serverWork: number; ttftMs: number; tpotMs: number; e2eMs: number; serverDecoding: boolean }[])
-      .map((a) => ({ placement: a.placement.map((p) => (p === 'client' ? 'C' : 'S')).join(''), feasible: a.feasible, serverWork: a.serverWork, ttftMs: a.ttftMs, tpotMs: a.tpotMs, e2eMs: a.e2eMs, serverDecoding: a.serverDecoding }));
+    const got = (
+      JSON.parse(r.stdout) as {
+        placement: string[];
+        feasible: boolean;
+        serverWork: number;
+        ttftMs: number;
+        tpotMs: number;
+        e2eMs: number;
+        serverDecoding: boolean;
+      }[]
+    ).map((a) => ({
+      placement: a.placement.map((p) => (p === 'client' ? 'C' : 'S')).join(''),
+      feasible: a.feasible,
+      serverWork: a.serverWork,
+      ttftMs: a.ttftMs,
+      tpotMs: a.tpotMs,
+      e2eMs: a.e2eMs,
+      serverDecoding: a.serverDecoding,
+    }));
     expect(got).toEqual(docBlock('worked-example:answers'));
   });
 
   it.each<[string, unknown, string]>([
-    ['a negative decode time', { ...generation, stages: generation.stages.map((s, i) => (i === 1 ? { ...s, clientDecodeMs: -1 } : s)) }, 'tandem plan: stages[1].clientDecodeMs must be a finite number >= 0, given -1'],
+    [
+      'a negative decode time',
+      { ...generation, stages: generation.stages.map((s, i) => (i === 1 ? { ...s, clientDecodeMs: -1 } : s)) },
+      'tandem plan: stages[1].clientDecodeMs must be a finite number >= 0, given -1',
+    ],
     ['an empty slo', { ...generation, slo: {} }, 'tandem plan: slo must state at least one of e2eMs, ttftMs, tpotMs, given {}'],
-    ['a fractional decodeSteps in an array', [multiSwitch, { ...generation, decodeSteps: 2.5 }], 'tandem plan: [1].decodeSteps must be an integer >= 0, given 2.5'],
+    [
+      'a fractional decodeSteps in an array',
+      [multiSwitch, { ...generation, decodeSteps: 2.5 }],
+      'tandem plan: [1].decodeSteps must be an integer >= 0, given 2.5',
+    ],
     ['a bad SLO value', [{ ...generation, slo: { ttftMs: -5 } }], 'tandem plan: [0].slo.ttftMs must be a finite number > 0, given -5'],
   ])('exits 2 on %s naming the field with its index', async (name, value, line) => {
     const r = await run(['plan', '--instance', writeInstance(`gen-bad-${name.replace(/ /g, '-')}.json`, value), '--json']);
@@ -204,7 +265,9 @@ describe('tandem plan on generation instances', () => {
     expect(a.serverWork).toBeGreaterThanOrEqual(solveGeneration(e2e, 'dp').serverWork * (1 - 1e-9));
     const bad = await run(['plan', '--instance', writeInstance('gen-grid-bad.json', [e2e, { ...generation, resolutionMs: 0.5 }]), '--algorithm', 'dp-grid']);
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toMatch(/^tandem plan: \[1\]\.slo must state e2eMs alone for dp-grid, which bounds one latency \(use dp for TTFT\/TPOT SLOs\), given \{"ttftMs":60,"tpotMs":5\}\n$/);
+    expect(bad.stderr).toMatch(
+      /^tandem plan: \[1\]\.slo must state e2eMs alone for dp-grid, which bounds one latency \(use dp for TTFT\/TPOT SLOs\), given \{"ttftMs":60,"tpotMs":5\}\n$/,
+    );
   });
 });
 

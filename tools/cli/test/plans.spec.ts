@@ -6,7 +6,6 @@ import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@t
 import { observationsTable } from '../src/views/plans';
 import { run } from './run-cli';
 
-
 // A hand-checkable planner: three stages, one class of 10-token prompts and no decode step.
 // The device runs embed and the block in 10 ms each but its head takes 1000 ms; the server
 // runs every stage in 1 ms (1 ms of work). Against 90 ms (SLA 100 ms x margin 0.9) all on the
@@ -33,7 +32,12 @@ const profile: ClientProfile = {
 const load: ServerLoad = {
   serverId: 'srv',
   modelId: 'm',
-  overhead: undefined, wholeModel: undefined, decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, longStepTokens: 0,
+  overhead: undefined,
+  wholeModel: undefined,
+  decodeStretch: 0,
+  promptStretch: 0,
+  longPromptStretch: 0,
+  longStepTokens: 0,
   // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
   stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 5 })),
   queueDepth: 0,
@@ -61,7 +65,16 @@ describe('tandem plans against a real planner', () => {
       resolutionMs: 0.5,
       maxUtilisation: 0.9,
     });
-    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, modelId: '', clientTtlMs: 60_000, debounceMs: 5, idleUtilisation: 0 });
+    server = new PlannerServer({
+      maker,
+      log: createLogger({ name: 'test', level: 'silent' }),
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: '',
+      clientTtlMs: 60_000,
+      debounceMs: 5,
+      idleUtilisation: 0,
+    });
     const { port } = await server.start();
     addr = `127.0.0.1:${port}`;
     nc = await connect({ servers: nats.url });
@@ -114,10 +127,30 @@ describe('tandem plans against a real planner', () => {
     const plan = server.plans().find((p) => p.clientId === 'dev-1')!;
     const c = plan.classes[0];
     const outcome = (ok: boolean, e2eMs: number): GenerationOutcome => ({
-      clientId: 'dev-1', clientClass: 'handheld', modelId: 'm', requestClass: 'short', placement: c.placement, planEpoch: plan.epoch,
-      promptTokens: 10, newTokens: ok ? 1 : 0, predictedE2eMs: c.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: 0,
-      ttftMs: ok ? e2eMs : 0, tpotMs: 0, e2eMs, serverComputeMs: 1, serverQueueMs: 0, slaMs: c.slaMs, ttftSloMs: 0, tpotSloMs: 0,
-      slaMet: ok && e2eMs <= c.slaMs, ttftMet: true, tpotMet: true, status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED, unixMs: Date.now(),
+      clientId: 'dev-1',
+      clientClass: 'handheld',
+      modelId: 'm',
+      requestClass: 'short',
+      placement: c.placement,
+      planEpoch: plan.epoch,
+      promptTokens: 10,
+      newTokens: ok ? 1 : 0,
+      predictedE2eMs: c.predictedLatencyMs,
+      predictedTtftMs: 0,
+      predictedTpotMs: 0,
+      ttftMs: ok ? e2eMs : 0,
+      tpotMs: 0,
+      e2eMs,
+      serverComputeMs: 1,
+      serverQueueMs: 0,
+      slaMs: c.slaMs,
+      ttftSloMs: 0,
+      tpotSloMs: 0,
+      slaMet: ok && e2eMs <= c.slaMs,
+      ttftMet: true,
+      tpotMet: true,
+      status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
+      unixMs: Date.now(),
     });
     // five generations that met the SLA in 30 ms each (the plan predicted about 21), then one that failed
     for (let i = 0; i < 5; i++) nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(true, 30)).finish());
@@ -131,7 +164,17 @@ describe('tandem plans against a real planner', () => {
     expect(body.observations).toHaveLength(1);
     expect(body.observations[0].clientId).toBe('dev-1');
     const o = body.observations[0].classes[0];
-    expect(o).toMatchObject({ name: 'short', outcomes: 6, failures: 1, planOutcomes: 6, window: 5, attainmentTarget: 0.9, observedE2eMedianMs: 30, observedE2eMeanMs: 30, safetyFactor: 1 });
+    expect(o).toMatchObject({
+      name: 'short',
+      outcomes: 6,
+      failures: 1,
+      planOutcomes: 6,
+      window: 5,
+      attainmentTarget: 0.9,
+      observedE2eMedianMs: 30,
+      observedE2eMeanMs: 30,
+      safetyFactor: 1,
+    });
     expect(o.predictedE2eMedianMs).toBeCloseTo(c.predictedLatencyMs, 9);
     expect(o.e2eRatio).toBeCloseTo(30 / c.predictedLatencyMs, 9);
     // the plan has not been in force for the dwell (10 s by default): the factor in force is still 1
@@ -181,10 +224,25 @@ describe('tandem plans pages through a planner with many clients', () => {
   beforeAll(async () => {
     nats = await startNatsServer();
     const maker = new PlanMaker({
-      stages, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }], slaOverrides: {},
-      algorithm: 'dp', hysteresis: 0.05, slaMargin: 0.9, resolutionMs: 0.5, maxUtilisation: 0.9,
+      stages,
+      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
+      slaOverrides: {},
+      algorithm: 'dp',
+      hysteresis: 0.05,
+      slaMargin: 0.9,
+      resolutionMs: 0.5,
+      maxUtilisation: 0.9,
     });
-    server = new PlannerServer({ maker, log: createLogger({ name: 'test', level: 'silent' }), address: '127.0.0.1:0', natsUrl: nats.url, modelId: '', clientTtlMs: 600_000, debounceMs: 1000, idleUtilisation: 0 });
+    server = new PlannerServer({
+      maker,
+      log: createLogger({ name: 'test', level: 'silent' }),
+      address: '127.0.0.1:0',
+      natsUrl: nats.url,
+      modelId: '',
+      clientTtlMs: 600_000,
+      debounceMs: 1000,
+      idleUtilisation: 0,
+    });
     addr = `127.0.0.1:${(await server.start()).port}`;
     server.onLoad(load);
     for (let i = 0; i < N; i++) server.onProfile({ ...profile, clientId: `dev-${String(i).padStart(4, '0')}` });
@@ -197,9 +255,12 @@ describe('tandem plans pages through a planner with many clients', () => {
     await nats?.stop();
   });
 
-  it('lists every client, each once and in order, with the planner\'s default page and with --page-size', async () => {
+  it("lists every client, each once and in order, with the planner's default page and with --page-size", async () => {
     const expected = server.plans().map((p) => p.clientId);
-    for (const argv of [['plans', '--planner', addr, '--json'], ['plans', '--planner', addr, '--json', '--page-size', '333']]) {
+    for (const argv of [
+      ['plans', '--planner', addr, '--json'],
+      ['plans', '--planner', addr, '--json', '--page-size', '333'],
+    ]) {
       const r = await run(argv);
       expect(r).toMatchObject({ code: 0, stderr: '' });
       const body = JSON.parse(r.stdout);
@@ -221,10 +282,28 @@ describe('tandem plans pages through a planner with many clients', () => {
 
 describe('the observations table of tandem plans', () => {
   const base: ClassObservations = {
-    name: 'chat', outcomes: 0, failures: 0, planOutcomes: 0, attainment: 0, attainmentTarget: 0.9, window: 0,
-    predictedE2eMedianMs: 0, observedE2eMedianMs: 0, predictedE2eMeanMs: 0, observedE2eMeanMs: 0, predictedTtftMedianMs: 0, observedTtftMedianMs: 0,
-    predictedTpotMedianMs: 0, observedTpotMedianMs: 0, e2eCorrection: 1, ttftCorrection: 1, tpotCorrection: 1, safetyFactor: 1, allServer: false,
-    safetyChangedUnixMs: 0, e2eRatio: 1,
+    name: 'chat',
+    outcomes: 0,
+    failures: 0,
+    planOutcomes: 0,
+    attainment: 0,
+    attainmentTarget: 0.9,
+    window: 0,
+    predictedE2eMedianMs: 0,
+    observedE2eMedianMs: 0,
+    predictedE2eMeanMs: 0,
+    observedE2eMeanMs: 0,
+    predictedTtftMedianMs: 0,
+    observedTtftMedianMs: 0,
+    predictedTpotMedianMs: 0,
+    observedTpotMedianMs: 0,
+    e2eCorrection: 1,
+    ttftCorrection: 1,
+    tpotCorrection: 1,
+    safetyFactor: 1,
+    allServer: false,
+    safetyChangedUnixMs: 0,
+    e2eRatio: 1,
   };
 
   it('is left out while no class has an outcome', () => {
@@ -233,10 +312,13 @@ describe('the observations table of tandem plans', () => {
   });
 
   it('shows a class at the all-server floor, and dashes where there is nothing to show yet', () => {
-    const text = observationsTable({ clientId: 'a', classes: [
-      { ...base, outcomes: 12, failures: 12, planOutcomes: 3, attainment: 0, safetyFactor: 0.26, allServer: true },
-      { ...base, name: 'doc', outcomes: 0 },
-    ] });
+    const text = observationsTable({
+      clientId: 'a',
+      classes: [
+        { ...base, outcomes: 12, failures: 12, planOutcomes: 3, attainment: 0, safetyFactor: 0.26, allServer: true },
+        { ...base, name: 'doc', outcomes: 0 },
+      ],
+    });
     expect(text.split('\n')).toHaveLength(4); // heading, header, rule, one class (doc has no outcome)
     expect(text).toMatch(/^ {2}chat +12 +12 +0 % of 3 +- +- +1\.00 +1\.00 +all-server$/m);
   });

@@ -3,9 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from './run-cli';
 
-
 let dir: string;
-beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-simulate-test-')); });
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'tandem-simulate-test-'));
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('tandem simulate', () => {

@@ -20,9 +20,33 @@ export interface DemoDevice {
 }
 
 export const DEMO_DEVICES: readonly DemoDevice[] = [
-  { id: 'laptop', clientClass: 'laptop', description: 'fast laptop on office Wi-Fi', slowdown: 1.5, linkLatencyMs: 5, upBytesPerMs: 20_000, downBytesPerMs: 50_000 },
-  { id: 'phone', clientClass: 'phone', description: 'mid-range phone on a mobile network', slowdown: 10, linkLatencyMs: 15, upBytesPerMs: 2500, downBytesPerMs: 10_000 },
-  { id: 'kiosk', clientClass: 'kiosk', description: 'old kiosk terminal on a slow uplink', slowdown: 30, linkLatencyMs: 30, upBytesPerMs: 1000, downBytesPerMs: 4000 },
+  {
+    id: 'laptop',
+    clientClass: 'laptop',
+    description: 'fast laptop on office Wi-Fi',
+    slowdown: 1.5,
+    linkLatencyMs: 5,
+    upBytesPerMs: 20_000,
+    downBytesPerMs: 50_000,
+  },
+  {
+    id: 'phone',
+    clientClass: 'phone',
+    description: 'mid-range phone on a mobile network',
+    slowdown: 10,
+    linkLatencyMs: 15,
+    upBytesPerMs: 2500,
+    downBytesPerMs: 10_000,
+  },
+  {
+    id: 'kiosk',
+    clientClass: 'kiosk',
+    description: 'old kiosk terminal on a slow uplink',
+    slowdown: 30,
+    linkLatencyMs: 30,
+    upBytesPerMs: 1000,
+    downBytesPerMs: 4000,
+  },
 ];
 
 /** PLANNER_REQUEST_CLASSES: the demo's prompts fall in `chat`. */

@@ -32,7 +32,9 @@ export function parseNatsUrl(url: string): { host: string; port: number } {
   let u: URL | undefined;
   try {
     u = new URL(url);
-  } catch { /* below */ }
+  } catch {
+    /* below */
+  }
   if (u?.protocol !== 'nats:' || !u.hostname) throw new NatsSetupError(`NATS_URL must be a URL like nats://host:port, given '${url}'`);
   return { host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port ? Number(u.port) : 4222 };
 }
@@ -53,17 +55,21 @@ export function findNatsServer(env: NodeJS.ProcessEnv = process.env): string | u
  */
 export async function ensureNats(url: string, opts: { probeMs?: number; log?: (line: string) => void; ownServer?: boolean } = {}): Promise<DemoNats> {
   const { host, port } = parseNatsUrl(url);
-  if (!opts.ownServer && await canConnect(host, port, opts.probeMs ?? 500)) {
+  if (!opts.ownServer && (await canConnect(host, port, opts.probeMs ?? 500))) {
     opts.log?.(`using NATS at ${url} (without credentials; --own-nats runs the demo's own nats-server with one user per service)`);
     return { url, startedHere: false, withCredentials: false, envFor: NO_CREDENTIALS, stop: async () => {} };
   }
   const bin = findNatsServer();
   if (!bin) {
-    throw new NatsSetupError(`no NATS at NATS_URL=${url} and no nats-server binary (looked at $NATS_SERVER_BIN, /usr/sbin, /usr/bin, /usr/local/bin and PATH): `
-      + 'install one (apt-get install nats-server) or set NATS_URL to a running server');
+    throw new NatsSetupError(
+      `no NATS at NATS_URL=${url} and no nats-server binary (looked at $NATS_SERVER_BIN, /usr/sbin, /usr/bin, /usr/local/bin and PATH): ` +
+        'install one (apt-get install nats-server) or set NATS_URL to a running server',
+    );
   }
   const h = await startOwnNats();
-  opts.log?.(`${opts.ownServer ? '--own-nats' : `no NATS at ${url}`}; started ${bin} at ${h.url} with one NATS user per service, each allowed only its own subjects (docs/security.md (NATS))`);
+  opts.log?.(
+    `${opts.ownServer ? '--own-nats' : `no NATS at ${url}`}; started ${bin} at ${h.url} with one NATS user per service, each allowed only its own subjects (docs/security.md (NATS))`,
+  );
   return h;
 }
 
@@ -79,7 +85,10 @@ async function startOwnNats(): Promise<DemoNats> {
   writeFileSync(configFile, cfg.conf, { mode: 0o600 });
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
   process.on('exit', removeDir);
-  const server = await startNatsServer({ configFile }).catch((err: unknown) => { removeDir(); throw err; });
+  const server = await startNatsServer({ configFile }).catch((err: unknown) => {
+    removeDir();
+    throw err;
+  });
   const envFor = (id: string): Record<string, string> => {
     const u = cfg.users.find((x) => x.id === id);
     if (!u) throw new Error(`internal: no NATS user for '${id}' in the demo's nats-server configuration`);

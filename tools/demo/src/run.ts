@@ -102,7 +102,9 @@ class Guard {
   private stopping = false;
 
   constructor(signal: AbortSignal) {
-    this.failed = new Promise<never>((_, reject) => { this.fail = reject; });
+    this.failed = new Promise<never>((_, reject) => {
+      this.fail = reject;
+    });
     this.failed.catch(() => undefined);
     const onAbort = (): void => this.fail(new DemoInterrupted(String(signal.reason ?? 'a signal')));
     if (signal.aborted) onAbort();
@@ -110,19 +112,26 @@ class Guard {
   }
 
   watch(p: ServiceProcess): void {
-    void p.listening.then(() => p.exited).then(() => {
-      if (this.stopping) return;
-      const { exitCode, signalCode } = p.child;
-      const tail = p.tail(5);
-      this.fail(new Error(`${p.name} exited unexpectedly (${signalCode ?? `code ${exitCode}`}); log ${p.options.logFile}${tail ? `:\n${tail}` : ''}`));
-    }, () => undefined);
+    void p.listening
+      .then(() => p.exited)
+      .then(
+        () => {
+          if (this.stopping) return;
+          const { exitCode, signalCode } = p.child;
+          const tail = p.tail(5);
+          this.fail(new Error(`${p.name} exited unexpectedly (${signalCode ?? `code ${exitCode}`}); log ${p.options.logFile}${tail ? `:\n${tail}` : ''}`));
+        },
+        () => undefined,
+      );
   }
 
   race<T>(p: Promise<T>): Promise<T> {
     return Promise.race([p, this.failed]);
   }
 
-  stop(): void { this.stopping = true; }
+  stop(): void {
+    this.stopping = true;
+  }
 }
 
 /** Polls every agent's GetStatus until each follows a plan (epoch > 0), with a progress line per change. */
@@ -133,7 +142,10 @@ async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceCl
     const statuses = await guard.race(Promise.all(agents.map((a) => agentStatus(a.client).catch(() => undefined))));
     const have = agents.filter((_, i) => (statuses[i]?.planEpoch ?? 0) > 0).map((a) => a.device.id);
     const line = `waiting for plans: ${have.length}/${agents.length} agents have one${have.length ? ` (${have.join(', ')})` : ''}`;
-    if (line !== last) { opts.progress(line); last = line; }
+    if (line !== last) {
+      opts.progress(line);
+      last = line;
+    }
     if (have.length === agents.length) return;
     if (Date.now() > until) {
       const missing = agents.filter((a) => !have.includes(a.device.id)).map((a) => a.device.id);
@@ -184,7 +196,12 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   if (opts.tls !== false) {
     security = makeDemoSecurity(path.join(logDir, 'tls'));
     // The demo's own calls: TLS trusting the demo CA, with the client certificate and the operator token.
-    client = loadClientSecurity({ caFile: security.certs.caCert, certFile: security.certs.clientCert, keyFile: security.certs.clientKey, token: security.operatorToken });
+    client = loadClientSecurity({
+      caFile: security.certs.caCert,
+      certFile: security.certs.clientCert,
+      keyFile: security.certs.clientKey,
+      token: security.operatorToken,
+    });
     opts.progress(`TLS on every port (mTLS and tokens on the executor and the planner): CA, certificates and tokens in ${path.join(logDir, 'tls')}`);
   }
   const stack = { modelDir: opts.modelDir, natsUrl: opts.nats.url, security, natsEnv: (id: string) => opts.nats.envFor(id) };
@@ -198,7 +215,9 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     const executor = start(executorSpec(stack));
     const planner = start(plannerSpec(stack));
     await guard.race(Promise.all([executor.listening, planner.listening]));
-    opts.progress(`server-executor at ${executor.address}, planner at ${planner.address}; starting ${DEMO_DEVICES.length} client-agents (each profiles its stages)`);
+    opts.progress(
+      `server-executor at ${executor.address}, planner at ${planner.address}; starting ${DEMO_DEVICES.length} client-agents (each profiles its stages)`,
+    );
     const agentProcs = DEMO_DEVICES.map((d) => start(agentSpec(stack, d, executor.address, planner.address)));
     await guard.race(Promise.all(agentProcs.map((p) => p.listening)));
     opts.progress(`agents listening: ${DEMO_DEVICES.map((d, i) => `${d.id} at ${agentProcs[i].address}`).join(', ')}`);
@@ -216,8 +235,13 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     // Round-robin, so telemetry from one run can reach the planner before the agent's next.
     for (let run = 1; run <= opts.runsPerAgent; run++) {
       for (const a of agents) {
-        const g = await guard.race(generateVia(a.client, { input: { $case: 'prompt', value: opts.prompt }, maxNewTokens: opts.tokens, placement: '' }, 120_000, opts.signal)
-          .catch((e: Partial<grpc.ServiceError>) => { throw e.code === undefined ? e : new Error(`Generate failed: ${grpc.status[e.code] ?? e.code}: ${e.details || e.message}`); }));
+        const g = await guard.race(
+          generateVia(a.client, { input: { $case: 'prompt', value: opts.prompt }, maxNewTokens: opts.tokens, placement: '' }, 120_000, opts.signal).catch(
+            (e: Partial<grpc.ServiceError>) => {
+              throw e.code === undefined ? e : new Error(`Generate failed: ${grpc.status[e.code] ?? e.code}: ${e.details || e.message}`);
+            },
+          ),
+        );
         const r = toRun(run, g);
         a.runs.push(r);
         opts.progress(`${a.device.id} run ${run}: ${r.placement} (epoch ${r.planEpoch}), ${Math.round(r.totalMs)} ms${r.slaMs ? ` vs SLA ${r.slaMs} ms` : ''}`);

@@ -52,8 +52,11 @@ function serverTls(o: StackOptions, mtls: boolean): Record<string, string> {
   const s = o.security;
   if (!s) return {};
   return {
-    TLS_CERT_FILE: s.certs.serverCert, TLS_KEY_FILE: s.certs.serverKey, TLS_CA_FILE: s.certs.caCert,
-    TLS_CLIENT_AUTH: mtls ? 'require' : 'none', AUTH_TOKENS_FILE: s.tokensFile,
+    TLS_CERT_FILE: s.certs.serverCert,
+    TLS_KEY_FILE: s.certs.serverKey,
+    TLS_CA_FILE: s.certs.caCert,
+    TLS_CLIENT_AUTH: mtls ? 'require' : 'none',
+    AUTH_TOKENS_FILE: s.tokensFile,
   };
 }
 
@@ -66,8 +69,13 @@ export function executorSpec(o: StackOptions): LaunchOptions {
     name: 'server-executor',
     app: 'server-executor',
     env: {
-      ...common(o, DEMO_EXECUTOR_ID), ...serverTls(o, true), EXECUTOR_ADDR: '127.0.0.1:0', EXECUTOR_ID: DEMO_EXECUTOR_ID, EXECUTOR_THREADS: '1',
-      TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
+      ...common(o, DEMO_EXECUTOR_ID),
+      ...serverTls(o, true),
+      EXECUTOR_ADDR: '127.0.0.1:0',
+      EXECUTOR_ID: DEMO_EXECUTOR_ID,
+      EXECUTOR_THREADS: '1',
+      TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS),
+      EXECUTOR_SHUTDOWN_GRACE_MS: '2000',
     },
   };
 }
@@ -77,7 +85,9 @@ export function plannerSpec(o: StackOptions): LaunchOptions {
     name: 'planner',
     app: 'planner',
     env: {
-      ...common(o, 'planner'), ...serverTls(o, true), PLANNER_ADDR: '127.0.0.1:0',
+      ...common(o, 'planner'),
+      ...serverTls(o, true),
+      PLANNER_ADDR: '127.0.0.1:0',
       PLANNER_REQUEST_CLASSES: JSON.stringify(DEMO_REQUEST_CLASSES),
       PLANNER_SLA_OVERRIDES: JSON.stringify(DEMO_SLA_OVERRIDES),
       // Always minimise server work under each device's SLA (what the planner does under load);
@@ -92,7 +102,10 @@ function upstreamTls(o: StackOptions, id: string): Record<string, string> {
   const s = o.security;
   if (!s) return {};
   return {
-    UPSTREAM_TLS_CA_FILE: s.certs.caCert, UPSTREAM_TLS_CERT_FILE: s.certs.clientCert, UPSTREAM_TLS_KEY_FILE: s.certs.clientKey, UPSTREAM_TOKEN: s.agentTokens[id],
+    UPSTREAM_TLS_CA_FILE: s.certs.caCert,
+    UPSTREAM_TLS_CERT_FILE: s.certs.clientCert,
+    UPSTREAM_TLS_KEY_FILE: s.certs.clientKey,
+    UPSTREAM_TOKEN: s.agentTokens[id],
   };
 }
 
@@ -101,11 +114,21 @@ export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, 
     name: `agent-${d.id}`,
     app: 'client-agent',
     env: {
-      ...common(o, d.id), ...serverTls(o, false), ...upstreamTls(o, d.id), AGENT_ID: d.id, AGENT_CLASS: d.clientClass, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
-      AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
-      AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
-      EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr,
-      TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS), AGENT_SHUTDOWN_GRACE_MS: '2000',
+      ...common(o, d.id),
+      ...serverTls(o, false),
+      ...upstreamTls(o, d.id),
+      AGENT_ID: d.id,
+      AGENT_CLASS: d.clientClass,
+      AGENT_ADDR: '127.0.0.1:0',
+      AGENT_THREADS: '1',
+      AGENT_SLOWDOWN: String(d.slowdown),
+      AGENT_LINK_LATENCY_MS: String(d.linkLatencyMs),
+      AGENT_LINK_UP_BYTES_PER_MS: String(d.upBytesPerMs),
+      AGENT_LINK_DOWN_BYTES_PER_MS: String(d.downBytesPerMs),
+      EXECUTOR_ADDR: executorAddr,
+      PLANNER_ADDR: plannerAddr,
+      TELEMETRY_INTERVAL_MS: String(DEMO_TELEMETRY_INTERVAL_MS),
+      AGENT_SHUTDOWN_GRACE_MS: '2000',
     },
   };
 }

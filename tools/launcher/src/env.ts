@@ -20,7 +20,11 @@ const SERVICE_VARS = new Set(Object.values(APP_ENV).flatMap((s) => Object.keys(s
  * the app's own message instead of in a child that exits.
  * @throws Error naming the app and each bad variable (the schema's problems), or a variable of another service in `vars`.
  */
-export function serviceEnv(app: AppName, vars: Readonly<Record<string, string>>, opts: { fromShell?: boolean; shell?: NodeJS.ProcessEnv } = {}): Record<string, string> {
+export function serviceEnv(
+  app: AppName,
+  vars: Readonly<Record<string, string>>,
+  opts: { fromShell?: boolean; shell?: NodeJS.ProcessEnv } = {},
+): Record<string, string> {
   const schema = APP_ENV[app];
   for (const k of Object.keys(vars)) if (SERVICE_VARS.has(k) && !(k in schema)) throw new Error(`internal: ${k} is not a variable of the ${app}`);
   const out: Record<string, string> = {};

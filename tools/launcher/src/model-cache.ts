@@ -18,10 +18,15 @@ export function presetModelDir(preset: string, env: NodeJS.ProcessEnv = process.
  * model. Any model already there is used, unless it is another synthetic preset.
  * @throws Error when `dir` holds another preset, or files that are not a model.
  */
-export async function ensurePresetModel(preset: string, dir: string, onProgress?: (done: number, total: number) => void): Promise<{ manifest: Manifest; created: boolean }> {
+export async function ensurePresetModel(
+  preset: string,
+  dir: string,
+  onProgress?: (done: number, total: number) => void,
+): Promise<{ manifest: Manifest; created: boolean }> {
   const found = await readManifest(dir).catch(() => undefined);
   if (found) {
-    if (found.source?.kind === 'synthetic' && found.source.preset !== preset) throw new Error(`${dir} holds another model (${JSON.stringify(found.source)}), not the ${preset} preset`);
+    if (found.source?.kind === 'synthetic' && found.source.preset !== preset)
+      throw new Error(`${dir} holds another model (${JSON.stringify(found.source)}), not the ${preset} preset`);
     return { manifest: found, created: false };
   }
   // What an interrupted in-place write leaves (stages/ without a manifest) may be replaced; anything else is not ours.

@@ -62,18 +62,26 @@ export class ServiceProcess {
 
   constructor(readonly options: LaunchOptions) {
     const env = serviceEnv(options.app, options.env, { fromShell: options.fromShell });
-    const node = options.compiledDir !== undefined
-      ? [process.execPath, path.join(path.resolve(options.compiledDir), 'apps', options.app, 'src', 'main.js')]
-      : [process.execPath, '--require', require.resolve('tsx/cjs'), path.join(REPO_ROOT, 'apps', options.app, 'src', 'main.ts')];
+    const node =
+      options.compiledDir !== undefined
+        ? [process.execPath, path.join(path.resolve(options.compiledDir), 'apps', options.app, 'src', 'main.js')]
+        : [process.execPath, '--require', require.resolve('tsx/cjs'), path.join(REPO_ROOT, 'apps', options.app, 'src', 'main.ts')];
     const [cmd, ...args] = options.cpus !== undefined ? ['taskset', '-c', options.cpus, ...node] : node;
     this.child = spawn(cmd, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(this.child);
     if (!exitHook) {
       exitHook = true;
-      process.on('exit', () => { for (const c of live) c.kill('SIGKILL'); });
+      process.on('exit', () => {
+        for (const c of live) c.kill('SIGKILL');
+      });
     }
     this.log = options.logFile ? createWriteStream(options.logFile, { flags: 'a' }) : undefined;
-    this.exited = new Promise((resolve) => this.child.once('exit', () => { live.delete(this.child); resolve(); }));
+    this.exited = new Promise((resolve) =>
+      this.child.once('exit', () => {
+        live.delete(this.child);
+        resolve();
+      }),
+    );
     this.child.once('close', () => this.log?.end());
     this.listening = new Promise<number>((resolve, reject) => {
       let done = false;
@@ -97,12 +105,17 @@ export class ServiceProcess {
               resolve(m.port);
               return;
             }
-          } catch { /* not JSON: an ordinary output line */ }
+          } catch {
+            /* not JSON: an ordinary output line */
+          }
         }
         this.keep(line);
         this.log?.write(`${line}\n`);
       });
-      createInterface({ input: this.child.stderr }).on('line', (line) => { this.keep(line); this.log?.write(`${line}\n`); });
+      createInterface({ input: this.child.stderr }).on('line', (line) => {
+        this.keep(line);
+        this.log?.write(`${line}\n`);
+      });
       this.child.once('error', (e) => fail(`could not be started (${e.message})`));
       // On 'close', once its output is read to the end, so the tail holds its last words.
       this.child.once('close', (code, signal) => fail(`exited ${signal ? `on ${signal}` : `with code ${code}`} before listening`));
@@ -117,25 +130,44 @@ export class ServiceProcess {
     this.options.onLine?.(line);
   }
 
-  get name(): string { return this.options.name; }
-  get pid(): number { return this.child.pid ?? 0; }
-  get address(): string { return `127.0.0.1:${this.port}`; }
-  get running(): boolean { return this.child.exitCode === null && this.child.signalCode === null; }
+  get name(): string {
+    return this.options.name;
+  }
+  get pid(): number {
+    return this.child.pid ?? 0;
+  }
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
 
   /** Its last `n` output lines, for messages. */
-  tail(n = 12): string { return this.lines.slice(-n).join('\n'); }
+  tail(n = 12): string {
+    return this.lines.slice(-n).join('\n');
+  }
   /** CPU seconds it used so far. */
-  cpuSeconds(): number { return cpuSeconds(this.pid); }
+  cpuSeconds(): number {
+    return cpuSeconds(this.pid);
+  }
   /** Seconds its threads waited for a CPU so far. */
-  runQueueWaitSeconds(): number { return runQueueWaitSeconds(this.pid); }
-  rssBytes(): number { return rssBytes(this.pid); }
+  runQueueWaitSeconds(): number {
+    return runQueueWaitSeconds(this.pid);
+  }
+  rssBytes(): number {
+    return rssBytes(this.pid);
+  }
 
   /** SIGTERM (the service drains), then SIGKILL after `graceMs`. Resolves when it has exited. */
   async stop(graceMs = STOP_GRACE_MS): Promise<{ killed: boolean }> {
     if (!this.running) return { killed: false };
     this.child.kill('SIGTERM');
     let killed = false;
-    const t = setTimeout(() => { killed = true; this.child.kill('SIGKILL'); }, graceMs);
+    const t = setTimeout(() => {
+      killed = true;
+      this.child.kill('SIGKILL');
+    }, graceMs);
     await this.exited;
     clearTimeout(t);
     return { killed };
@@ -173,7 +205,9 @@ export async function stopServices(procs: readonly ServiceProcess[], graceMs = S
   const killed: string[] = [];
   const stopGroup = async (group: readonly ServiceProcess[]): Promise<void> => {
     const r = await Promise.all(group.map((p) => p.stop(graceMs)));
-    r.forEach((x, i) => { if (x.killed) killed.push(group[i].name); });
+    r.forEach((x, i) => {
+      if (x.killed) killed.push(group[i].name);
+    });
   };
   await stopGroup(procs.filter((p) => p.options.app === 'client-agent'));
   await stopGroup(procs.filter((p) => p.options.app !== 'client-agent'));

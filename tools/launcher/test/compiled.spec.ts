@@ -36,7 +36,10 @@ describe('the compiled services (npm run build)', () => {
       const hc = new HealthClient(executor.address, grpc.credentials.createInsecure());
       try {
         const status = await new Promise<ServingStatus>((resolve, reject) =>
-          hc.check({ service: 'tandem.executor.v1.ExecutorService' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))));
+          hc.check({ service: 'tandem.executor.v1.ExecutorService' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) =>
+            e ? reject(e) : resolve(r.status),
+          ),
+        );
         expect(status).toBe(ServingStatus.SERVING);
       } finally {
         hc.close();
@@ -55,7 +58,14 @@ describe('the compiled services (npm run build)', () => {
   });
 
   it.each(['server-executor', 'planner', 'client-agent'])('compiled %s exits 2 naming the variable when MODEL_DIR is missing', (app) => {
-    const r = spawnSync(process.execPath, [join(out, 'apps', app, 'src', 'main.js')], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '' }, timeout: 20_000 });
-    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 2, stderr: expect.stringContaining(`${app}: invalid configuration:\n  MODEL_DIR is required`) as string });
+    const r = spawnSync(process.execPath, [join(out, 'apps', app, 'src', 'main.js')], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH ?? '' },
+      timeout: 20_000,
+    });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({
+      status: 2,
+      stderr: expect.stringContaining(`${app}: invalid configuration:\n  MODEL_DIR is required`) as string,
+    });
   });
 });

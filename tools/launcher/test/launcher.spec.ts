@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { ensurePresetModel, launchService, presetModelDir, runQueueWaitSeconds, serviceEnv } from '../src';
 
 let dir: string;
-beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-launcher-test-')); });
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'tandem-launcher-test-'));
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('serviceEnv', () => {
@@ -14,26 +16,41 @@ describe('serviceEnv', () => {
     expect(serviceEnv('planner', { MODEL_DIR: '/m' }, { shell })).toEqual({ PATH: '/bin', HOME: '/home/x', MODEL_DIR: '/m' });
   });
 
-  it('with fromShell lets the app\'s own variables of the caller through, and what it is given wins', () => {
-    expect(serviceEnv('planner', { MODEL_DIR: '/m', LOG_LEVEL: 'warn' }, { shell, fromShell: true }))
-      .toEqual({ PATH: '/bin', HOME: '/home/x', PLANNER_IDLE_UTILISATION: '0', MODEL_DIR: '/m', LOG_LEVEL: 'warn' });
+  it("with fromShell lets the app's own variables of the caller through, and what it is given wins", () => {
+    expect(serviceEnv('planner', { MODEL_DIR: '/m', LOG_LEVEL: 'warn' }, { shell, fromShell: true })).toEqual({
+      PATH: '/bin',
+      HOME: '/home/x',
+      PLANNER_IDLE_UTILISATION: '0',
+      MODEL_DIR: '/m',
+      LOG_LEVEL: 'warn',
+    });
     expect(serviceEnv('server-executor', { MODEL_DIR: '/m' }, { shell, fromShell: true })).toMatchObject({ EXECUTOR_THREADS: '3' });
     expect(serviceEnv('server-executor', { MODEL_DIR: '/m' }, { shell, fromShell: true }).PLANNER_IDLE_UTILISATION).toBeUndefined();
   });
 
-  it('checks the result against the app\'s schema, naming the app, the variable, the rule and the value', () => {
-    expect(() => serviceEnv('planner', { MODEL_DIR: '/m' }, { shell: { PLANNER_IDLE_UTILISATION: '2' }, fromShell: true }))
-      .toThrow("the planner's environment: PLANNER_IDLE_UTILISATION must be a number in 0..1, given '2'");
+  it("checks the result against the app's schema, naming the app, the variable, the rule and the value", () => {
+    expect(() => serviceEnv('planner', { MODEL_DIR: '/m' }, { shell: { PLANNER_IDLE_UTILISATION: '2' }, fromShell: true })).toThrow(
+      "the planner's environment: PLANNER_IDLE_UTILISATION must be a number in 0..1, given '2'",
+    );
     expect(() => serviceEnv('planner', {}, { shell: {} })).toThrow(/the planner's environment: MODEL_DIR is required/);
-    expect(() => serviceEnv('planner', { MODEL_DIR: '/m', AGENT_SLOWDOWN: '2' }, { shell: {} })).toThrow('internal: AGENT_SLOWDOWN is not a variable of the planner');
+    expect(() => serviceEnv('planner', { MODEL_DIR: '/m', AGENT_SLOWDOWN: '2' }, { shell: {} })).toThrow(
+      'internal: AGENT_SLOWDOWN is not a variable of the planner',
+    );
   });
 });
 
 describe('launchService', () => {
   it('names the service, why it stopped, its log and its last lines when it exits before listening', async () => {
     const logFile = join(dir, 'executor.log');
-    const err = await launchService({ name: 'bad-executor', app: 'server-executor', env: { MODEL_DIR: join(dir, 'no-model'), NATS_URL: 'off' }, logFile }).catch((e: Error) => e);
-    expect((err as Error).message).toMatch(new RegExp(`^bad-executor exited with code \\d+ before listening; log ${logFile}:\\n.*manifest\\.json must exist`, 's'));
+    const err = await launchService({
+      name: 'bad-executor',
+      app: 'server-executor',
+      env: { MODEL_DIR: join(dir, 'no-model'), NATS_URL: 'off' },
+      logFile,
+    }).catch((e: Error) => e);
+    expect((err as Error).message).toMatch(
+      new RegExp(`^bad-executor exited with code \\d+ before listening; log ${logFile}:\\n.*manifest\\.json must exist`, 's'),
+    );
     expect(readFileSync(logFile, 'utf8')).toContain('manifest.json must exist');
   }, 30_000);
 });
@@ -53,7 +70,9 @@ describe('model cache', () => {
     expect(first.manifest.source).toEqual({ kind: 'synthetic', preset: 'tiny', seed: 1 });
     expect(readdirSync(join(dir, 'cache', 'models'))).toEqual(['tiny-seed1']);
     expect((await ensurePresetModel('tiny', m)).created).toBe(false);
-    await expect(ensurePresetModel('small', m)).rejects.toThrow(`${m} holds another model ({"kind":"synthetic","preset":"tiny","seed":1}), not the small preset`);
+    await expect(ensurePresetModel('small', m)).rejects.toThrow(
+      `${m} holds another model ({"kind":"synthetic","preset":"tiny","seed":1}), not the small preset`,
+    );
     const other = join(dir, 'other');
     mkdirSync(other);
     writeFileSync(join(other, 'notes.txt'), 'mine');

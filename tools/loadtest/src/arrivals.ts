@@ -50,10 +50,15 @@ const ID_HI = 50_000;
  */
 export function promptPools(s: Scenario): Map<string, PoolPrompt[]> {
   const rng = new Rng((s.seed ^ 0x9e3779b9) >>> 0);
-  return new Map(s.requestClasses.map((rc) => [rc.name, Array.from({ length: rc.promptPool }, () => {
-    const n = rng.int(rc.promptTokens.min, rc.promptTokens.max);
-    return { requestClass: rc.name, ids: Array.from({ length: n }, () => rng.int(ID_LO, ID_HI - 1)), maxNewTokens: rc.outputTokens.max };
-  })]));
+  return new Map(
+    s.requestClasses.map((rc) => [
+      rc.name,
+      Array.from({ length: rc.promptPool }, () => {
+        const n = rng.int(rc.promptTokens.min, rc.promptTokens.max);
+        return { requestClass: rc.name, ids: Array.from({ length: n }, () => rng.int(ID_LO, ID_HI - 1)), maxNewTokens: rc.outputTokens.max };
+      }),
+    ]),
+  );
 }
 
 /**
@@ -63,7 +68,13 @@ export function promptPools(s: Scenario): Map<string, PoolPrompt[]> {
  * seed): every policy gets the same trace. Times and attributes come from separate streams,
  * so every rate sees the same sequence of request kinds.
  */
-export function buildTrace(s: Scenario, rate: number, durationS: number, seed: number = s.seed, pools: Map<string, PoolPrompt[]> = promptPools(s)): TraceRequest[] {
+export function buildTrace(
+  s: Scenario,
+  rate: number,
+  durationS: number,
+  seed: number = s.seed,
+  pools: Map<string, PoolPrompt[]> = promptPools(s),
+): TraceRequest[] {
   const times = arrivalTimes(s.arrival, rate, durationS * 1000, new Rng(seed ^ 0x5bd1e995));
   const attrs = new Rng(seed);
   const dw = s.deviceClasses.map((d) => d.weight);
@@ -72,7 +83,8 @@ export function buildTrace(s: Scenario, rate: number, durationS: number, seed: n
     const device = s.deviceClasses[attrs.pick(dw)].name;
     const rc = s.requestClasses[attrs.pick(rw)];
     const pool = pools.get(rc.name);
-    if (!pool) throw new RangeError(`buildTrace: pools must hold the prompts of request class '${rc.name}', given pools of ${[...pools.keys()].join(', ') || 'none'}`);
+    if (!pool)
+      throw new RangeError(`buildTrace: pools must hold the prompts of request class '${rc.name}', given pools of ${[...pools.keys()].join(', ') || 'none'}`);
     const promptIds = pool[attrs.int(0, pool.length - 1)].ids;
     const maxNewTokens = attrs.int(rc.outputTokens.min, rc.outputTokens.max);
     return { index, atMs, device, requestClass: rc.name, promptIds, maxNewTokens, slo: requestSlo(s, device, rc.name) };

@@ -23,8 +23,14 @@ const statusName = (code: number): string => (grpc.status as unknown as Record<n
 export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: number, timeoutMs: number): Promise<RequestRecord> {
   const sent = performance.now();
   const base = {
-    index: req.index, device: req.device, requestClass: req.requestClass, promptTokens: req.promptIds.length,
-    maxNewTokens: req.maxNewTokens, slo: req.slo, sentMs: sent - t0, lagMs: Math.max(0, sent - t0 - req.atMs),
+    index: req.index,
+    device: req.device,
+    requestClass: req.requestClass,
+    promptTokens: req.promptIds.length,
+    maxNewTokens: req.maxNewTokens,
+    slo: req.slo,
+    sentMs: sent - t0,
+    lagMs: Math.max(0, sent - t0 - req.atMs),
   };
   const tokenMs: number[] = [];
   return new Promise<RequestRecord>((resolve) => {
@@ -35,8 +41,20 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
       settled = true;
       const endMs = performance.now() - sent;
       resolve({
-        ...base, status, ...(error ? { error } : {}), tokenMs, endMs,
-        ...(summary ? { serverComputeMs: summary.serverComputeMs, clientComputeMs: summary.clientComputeMs, placement: summary.placement, planEpoch: Number(summary.planEpoch), plannedClass: summary.requestClass } : {}),
+        ...base,
+        status,
+        ...(error ? { error } : {}),
+        tokenMs,
+        endMs,
+        ...(summary
+          ? {
+              serverComputeMs: summary.serverComputeMs,
+              clientComputeMs: summary.clientComputeMs,
+              placement: summary.placement,
+              planEpoch: Number(summary.planEpoch),
+              plannedClass: summary.requestClass,
+            }
+          : {}),
         // 0 in the summary: no prediction.
         ...(summary && summary.predictedLatencyMs > 0 ? { predictedE2eMs: summary.predictedLatencyMs } : {}),
         ...(summary && summary.predictedTtftMs > 0 ? { predictedTtftMs: summary.predictedTtftMs } : {}),
@@ -45,7 +63,10 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
     };
     let call: grpc.ClientReadableStream<GenerateResponse>;
     try {
-      call = c.generate({ input: { $case: 'ids', value: { ids: [...req.promptIds] } }, maxNewTokens: req.maxNewTokens, placement: '' }, { deadline: Date.now() + timeoutMs });
+      call = c.generate(
+        { input: { $case: 'ids', value: { ids: [...req.promptIds] } }, maxNewTokens: req.maxNewTokens, placement: '' },
+        { deadline: Date.now() + timeoutMs },
+      );
     } catch (err) {
       finish('INTERNAL', (err as Error).message);
       return;

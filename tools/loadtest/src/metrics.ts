@@ -60,8 +60,14 @@ export const tpotOf = (r: RequestRecord): number | null => (r.tokenMs.length > 1
 export function sloMet(r: RequestRecord): SloMet {
   const ok = completed(r);
   const out: { -readonly [K in keyof SloMet]: SloMet[K] } = {};
-  if (r.slo.ttftMs !== undefined) { const t = ttftOf(r); out.ttftMs = ok && t !== null && t <= r.slo.ttftMs; }
-  if (r.slo.tpotMs !== undefined) { const t = tpotOf(r); out.tpotMs = ok && (t === null || t <= r.slo.tpotMs); }
+  if (r.slo.ttftMs !== undefined) {
+    const t = ttftOf(r);
+    out.ttftMs = ok && t !== null && t <= r.slo.ttftMs;
+  }
+  if (r.slo.tpotMs !== undefined) {
+    const t = tpotOf(r);
+    out.tpotMs = ok && (t === null || t <= r.slo.tpotMs);
+  }
   if (r.slo.e2eMs !== undefined) out.e2eMs = ok && r.endMs <= r.slo.e2eMs;
   return out;
 }
@@ -116,7 +122,13 @@ export function dist(values: readonly number[]): Dist {
   const s = [...values].sort((a, b) => a - b);
   const none = s.length === 0;
   const r = (v: number): number | null => (none ? null : Math.round(v * 1000) / 1000);
-  return { n: s.length, mean: r(s.reduce((a, b) => a + b, 0) / Math.max(1, s.length)), p50: r(percentile(s, 50)), p90: r(percentile(s, 90)), p99: r(percentile(s, 99)) };
+  return {
+    n: s.length,
+    mean: r(s.reduce((a, b) => a + b, 0) / Math.max(1, s.length)),
+    p50: r(percentile(s, 50)),
+    p90: r(percentile(s, 90)),
+    p99: r(percentile(s, 99)),
+  };
 }
 
 export interface RunStats {
@@ -149,7 +161,9 @@ export interface RunStats {
   /** Placements used, per request class: placement → count of completed requests. */
   readonly placements: Readonly<Record<string, Readonly<Record<string, number>>>>;
   /** Per 'device/requestClass': requests, good ones, the SLOs, attainment of each, E2E p50 and mean server compute (ms). */
-  readonly byClass: Readonly<Record<string, Attainment & { readonly metSla: number; readonly slo: Slo; readonly e2eP50Ms: number | null; readonly serverComputeMs: number | null }>>;
+  readonly byClass: Readonly<
+    Record<string, Attainment & { readonly metSla: number; readonly slo: Slo; readonly e2eP50Ms: number | null; readonly serverComputeMs: number | null }>
+  >;
   /** Attainment per device class and per request class. */
   readonly byDevice: Readonly<Record<string, Attainment>>;
   readonly byRequestClass: Readonly<Record<string, Attainment>>;
@@ -178,15 +192,21 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     for (const r of records) {
       const k = key(r);
       const g = groups.get(k);
-      if (g) g.push(r); else groups.set(k, [r]);
+      if (g) g.push(r);
+      else groups.set(k, [r]);
     }
     return [...groups.entries()].sort(([a], [b]) => a.localeCompare(b));
   };
-  const byClass = Object.fromEntries(groupBy((r) => `${r.device}/${r.requestClass}`).map(([k, rs]) => {
-    const ok = rs.filter(completed);
-    const a = attainment(rs);
-    return [k, { ...a, metSla: a.good, slo: rs[0].slo, e2eP50Ms: dist(ok.map((r) => r.endMs)).p50, serverComputeMs: mean(ok.map((r) => r.serverComputeMs ?? 0)) }];
-  }));
+  const byClass = Object.fromEntries(
+    groupBy((r) => `${r.device}/${r.requestClass}`).map(([k, rs]) => {
+      const ok = rs.filter(completed);
+      const a = attainment(rs);
+      return [
+        k,
+        { ...a, metSla: a.good, slo: rs[0].slo, e2eP50Ms: dist(ok.map((r) => r.endMs)).p50, serverComputeMs: mean(ok.map((r) => r.serverComputeMs ?? 0)) },
+      ];
+    }),
+  );
   const byDevice = Object.fromEntries(groupBy((r) => r.device).map(([k, rs]) => [k, attainment(rs)]));
   const byRequestClass = Object.fromEntries(groupBy((r) => r.requestClass).map(([k, rs]) => [k, attainment(rs)]));
   return {

@@ -82,11 +82,18 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
     const key = `${r.device}/${r.requestClass}`;
     const g = (out[key] ??= { completed: 0, unpredicted: 0, errors: emptyErrors(), hindsight: [] });
     g.completed++;
-    if (r.predictedE2eMs === undefined && r.predictedTtftMs === undefined) { g.unpredicted++; continue; }
+    if (r.predictedE2eMs === undefined && r.predictedTtftMs === undefined) {
+      g.unpredicted++;
+      continue;
+    }
     const tokens = r.tokenMs.length;
-    const atLength = r.predictedTtftMs !== undefined && (tokens <= 1 || r.predictedTpotMs !== undefined)
-      ? r.predictedTtftMs + Math.max(0, tokens - 1) * (r.predictedTpotMs ?? 0) : undefined;
-    const add = (k: PredictedFigure, e: number | null): void => { if (e !== null) g.errors[k].push(e); };
+    const atLength =
+      r.predictedTtftMs !== undefined && (tokens <= 1 || r.predictedTpotMs !== undefined)
+        ? r.predictedTtftMs + Math.max(0, tokens - 1) * (r.predictedTpotMs ?? 0)
+        : undefined;
+    const add = (k: PredictedFigure, e: number | null): void => {
+      if (e !== null) g.errors[k].push(e);
+    };
     add('e2e', rel(r.predictedE2eMs, r.endMs));
     add('e2eAtLength', rel(atLength, r.endMs));
     add('ttft', rel(r.predictedTtftMs, ttftOf(r)));
@@ -99,7 +106,10 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
     }
   }
   for (const { group, e2e } of byPlacement.values()) {
-    const median = percentile([...e2e].sort((a, b) => a - b), 50);
+    const median = percentile(
+      [...e2e].sort((a, b) => a - b),
+      50,
+    );
     for (const x of e2e) out[group].hindsight.push((median - x) / x);
   }
   return out;
@@ -132,15 +142,33 @@ export function errorStats(errors: readonly number[]): ErrorStats | null {
   const p90Abs = percentile(abs, 90);
   const judged = errors.length >= L.minRequests;
   return {
-    n: errors.length, medianAbs: round(medianAbs), p90Abs: round(p90Abs), signedMedian: round(percentile(signed, 50)),
-    judged, flagged: judged ? medianAbs > L.medianRel || p90Abs > L.p90Rel : null,
+    n: errors.length,
+    medianAbs: round(medianAbs),
+    p90Abs: round(p90Abs),
+    signedMedian: round(percentile(signed, 50)),
+    judged,
+    flagged: judged ? medianAbs > L.medianRel || p90Abs > L.p90Rel : null,
   };
 }
 
 /** Per group: counts and each figure's statistics. Keys sorted. */
 export function predictionErrors(samples: Readonly<Record<string, PredictionSamples>>): Record<string, PredictionGroup> {
-  return Object.fromEntries(Object.entries(samples).sort(([a], [b]) => a.localeCompare(b)).map(([k, s]) => {
-    const figures = Object.fromEntries(PREDICTED_FIGURES.map((f) => [f, errorStats(s.errors[f])])) as Record<PredictedFigure, ErrorStats | null>;
-    return [k, { completed: s.completed, predicted: s.completed - s.unpredicted, unpredicted: s.unpredicted, figures, flagged: figures.e2e?.flagged ?? null, hindsight: errorStats(s.hindsight) }];
-  }));
+  return Object.fromEntries(
+    Object.entries(samples)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([k, s]) => {
+        const figures = Object.fromEntries(PREDICTED_FIGURES.map((f) => [f, errorStats(s.errors[f])])) as Record<PredictedFigure, ErrorStats | null>;
+        return [
+          k,
+          {
+            completed: s.completed,
+            predicted: s.completed - s.unpredicted,
+            unpredicted: s.unpredicted,
+            figures,
+            flagged: figures.e2e?.flagged ?? null,
+            hindsight: errorStats(s.hindsight),
+          },
+        ];
+      }),
+  );
 }

@@ -58,7 +58,10 @@ export function summarizePolicy(policy: Policy, rows: readonly RateResult[], sla
     policy,
     serverCpuPerRequestS: completed ? cpu / completed : null,
     reportedServerComputePerRequestS: completed ? reported / completed : null,
-    requests, completed, failed: requests - completed, failures,
+    requests,
+    completed,
+    failed: requests - completed,
+    failures,
     slaAttainment: requests ? mine.reduce((a, r) => a + r.stats.metSla, 0) / requests : 0,
     peakGoodput: peak?.stats.goodput ?? 0,
     peakGoodputRate: peak?.rate ?? null,
@@ -70,8 +73,14 @@ const ratio = (a: number | null | undefined, b: number | null | undefined): numb
 
 export function compare(sums: readonly PolicySummary[]): Comparison {
   const by = (p: Policy): PolicySummary | undefined => sums.find((s) => s.policy === p);
-  const cut = (p: Policy): number | null => { const r = ratio(by(p)?.serverCpuPerRequestS, by('server-only')?.serverCpuPerRequestS); return r === null ? null : 1 - r; };
-  const gain = (a: number | null | undefined, b: number | null | undefined): number | null => { const r = ratio(a, b); return r === null ? null : r - 1; };
+  const cut = (p: Policy): number | null => {
+    const r = ratio(by(p)?.serverCpuPerRequestS, by('server-only')?.serverCpuPerRequestS);
+    return r === null ? null : 1 - r;
+  };
+  const gain = (a: number | null | undefined, b: number | null | undefined): number | null => {
+    const r = ratio(a, b);
+    return r === null ? null : r - 1;
+  };
   const dpCut = cut('dp');
   const dpGain = gain(by('dp')?.peakGoodput, by('greedy')?.peakGoodput);
   return {
@@ -126,10 +135,13 @@ export function ratios(rows: readonly RateResult[], rates: readonly number[], sl
   const out: RatioSet[] = [];
   for (const against of ['server-only', 'greedy'] as const) {
     if (!rows.some((r) => r.policy === against) || !rows.some((r) => r.policy === 'dp')) continue;
-    const per = (f: (mine: readonly RateResult[]) => number | null): number[] => repeats.map((k) => {
-      const mine = rows.filter((r) => r.repeat === k);
-      return f(mine);
-    }).filter((x): x is number => x !== null);
+    const per = (f: (mine: readonly RateResult[]) => number | null): number[] =>
+      repeats
+        .map((k) => {
+          const mine = rows.filter((r) => r.repeat === k);
+          return f(mine);
+        })
+        .filter((x): x is number => x !== null);
     const sums = (mine: readonly RateResult[], p: Policy): PolicySummary => summarizePolicy(p, mine, slaTarget);
     out.push({
       against,
@@ -162,7 +174,8 @@ const pct = (v: number | null | undefined): string => (v == null || !Number.isFi
 const msCell = (v: number | null | undefined): string => (v == null ? '–' : Math.abs(v) >= 10 ? v.toFixed(0) : v.toFixed(1));
 
 /** What the report says about the run besides its rows: the options it ran with and what it found. */
-export interface ReportContext extends Pick<LoadtestOptions, 'scenario' | 'policies' | 'rates' | 'durationS' | 'seed' | 'modelDir'>, Omit<LoadtestRun, 'results'> {
+export interface ReportContext
+  extends Pick<LoadtestOptions, 'scenario' | 'policies' | 'rates' | 'durationS' | 'seed' | 'modelDir'>, Omit<LoadtestRun, 'results'> {
   readonly scenarioPath: string;
   readonly repeats: number;
   readonly quick: boolean;
@@ -175,99 +188,182 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
   const multi = repeats.length > 1;
   // Summaries per repeat (each repeat is a whole sweep); the comparison uses the first.
-  const sumsByRepeat = repeats.map((k) => ({ repeat: k, sums: ctx.policies.map((p) => summarizePolicy(p, rows.filter((r) => r.repeat === k), s.slaTarget)) }));
+  const sumsByRepeat = repeats.map((k) => ({
+    repeat: k,
+    sums: ctx.policies.map((p) =>
+      summarizePolicy(
+        p,
+        rows.filter((r) => r.repeat === k),
+        s.slaTarget,
+      ),
+    ),
+  }));
   const sums = sumsByRepeat[0]?.sums ?? ctx.policies.map((p) => summarizePolicy(p, [], s.slaTarget));
   const cmp = compare(sums);
   const rat = ratios(rows, ctx.rates, s.slaTarget);
   const md: string[] = [];
   md.push('# tandem loadtest', '');
-  md.push(`Scenario: ${ctx.scenarioPath}${s.description ? ` — ${s.description}` : ''}. Model preset \`${s.preset}\` (${ctx.stageCount} stages), ` +
-    `${s.arrival.process === 'gamma' ? `gamma arrivals (cv ${s.arrival.cv})` : 'Poisson arrivals'}, ${ctx.durationS} s per rate, seed ${ctx.seed}${ctx.quick ? ', --quick' : ''}. ` +
-    `Executor ${ctx.pinned ? 'pinned to CPU 0 (1 thread), agents, planner and harness to CPU 1' : 'NOT pinned'}. ` +
-    `${multi ? `${repeats.length} repeats (arrival seeds ${ctx.seed}…${ctx.seed + repeats.length - 1}, fresh services each). ` : ''}Run took ${ctx.elapsedS.toFixed(0)} s.`, '');
+  md.push(
+    `Scenario: ${ctx.scenarioPath}${s.description ? ` — ${s.description}` : ''}. Model preset \`${s.preset}\` (${ctx.stageCount} stages), ` +
+      `${s.arrival.process === 'gamma' ? `gamma arrivals (cv ${s.arrival.cv})` : 'Poisson arrivals'}, ${ctx.durationS} s per rate, seed ${ctx.seed}${ctx.quick ? ', --quick' : ''}. ` +
+      `Executor ${ctx.pinned ? 'pinned to CPU 0 (1 thread), agents, planner and harness to CPU 1' : 'NOT pinned'}. ` +
+      `${multi ? `${repeats.length} repeats (arrival seeds ${ctx.seed}…${ctx.seed + repeats.length - 1}, fresh services each). ` : ''}Run took ${ctx.elapsedS.toFixed(0)} s.`,
+    '',
+  );
   for (const w of ctx.warnings) md.push(`> warning: ${w}`, '');
   md.push('## What is modelled', '');
   /** A whole token on the device as recorded (uncontended), ms. */
   const recordedTokenMs = ctx.recording?.costs.reduce((a, c) => a + c.decodeMs, 0) ?? 0;
-  md.push('The server side is real: the executor runs every server stage on its own core, and the values it receives are real stage outputs. ' +
-    'Links are emulated by the agents (one-way latency plus bytes / throughput per transfer). ' +
-    (ctx.recording
-      ? `Devices are emulated by replay: their stage outputs come from a recording of a one-process run of the model over each request class's prompt pool ` +
-        `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, recorded in ${ctx.recording.recordS.toFixed(1)} s), keyed by the whole token history; ` +
-        'each replayed stage sleeps its recorded uncontended cost × the device class\'s slow-down, which is also the profile the agent publishes to the planner ' +
-        `(a whole token on the device: ${fx(recordedTokenMs, 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * recordedTokenMs, 1)} ms`).join(', ')}). ` +
-        'The device side below shows what that cost the client core and how far the emulated times strayed from the modelled ones.'
-      : 'Devices compute their stages for real on the shared client core, padded to slow-down × their uncontended cost: their timing depends on each other under load.'), '');
+  md.push(
+    'The server side is real: the executor runs every server stage on its own core, and the values it receives are real stage outputs. ' +
+      'Links are emulated by the agents (one-way latency plus bytes / throughput per transfer). ' +
+      (ctx.recording
+        ? `Devices are emulated by replay: their stage outputs come from a recording of a one-process run of the model over each request class's prompt pool ` +
+          `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, recorded in ${ctx.recording.recordS.toFixed(1)} s), keyed by the whole token history; ` +
+          "each replayed stage sleeps its recorded uncontended cost × the device class's slow-down, which is also the profile the agent publishes to the planner " +
+          `(a whole token on the device: ${fx(recordedTokenMs, 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * recordedTokenMs, 1)} ms`).join(', ')}). ` +
+          'The device side below shows what that cost the client core and how far the emulated times strayed from the modelled ones.'
+        : 'Devices compute their stages for real on the shared client core, padded to slow-down × their uncontended cost: their timing depends on each other under load.'),
+    '',
+  );
   md.push('## Per policy', '');
-  md.push(`| ${multi ? 'repeat | ' : ''}policy | server CPU-s / request | reported server compute-s / request | peak goodput (req/s) @ rate | max rate with ≥ ${(s.slaTarget * 100).toFixed(0)} % good | good (all stated SLOs, all rates) | requests | failed |`);
+  md.push(
+    `| ${multi ? 'repeat | ' : ''}policy | server CPU-s / request | reported server compute-s / request | peak goodput (req/s) @ rate | max rate with ≥ ${(s.slaTarget * 100).toFixed(0)} % good | good (all stated SLOs, all rates) | requests | failed |`,
+  );
   md.push(`|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---:|`);
   for (const { repeat, sums: rs } of sumsByRepeat) {
     for (const p of rs) {
-      md.push(`| ${multi ? `${repeat + 1} | ` : ''}${p.policy} | ${fx(p.serverCpuPerRequestS, 4)} | ${fx(p.reportedServerComputePerRequestS, 4)} | ${fx(p.peakGoodput, 2)} @ ${p.peakGoodputRate ?? '–'} | ${p.maxRateMeetingSla ?? 'none'} | ${pct(p.slaAttainment)} | ${p.requests} | ${p.failed}${p.failed ? ` (${Object.entries(p.failures).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''} |`);
+      md.push(
+        `| ${multi ? `${repeat + 1} | ` : ''}${p.policy} | ${fx(p.serverCpuPerRequestS, 4)} | ${fx(p.reportedServerComputePerRequestS, 4)} | ${fx(p.peakGoodput, 2)} @ ${p.peakGoodputRate ?? '–'} | ${p.maxRateMeetingSla ?? 'none'} | ${pct(p.slaAttainment)} | ${p.requests} | ${p.failed}${
+          p.failed
+            ? ` (${Object.entries(p.failures)
+                .map(([k, v]) => `${k} ${v}`)
+                .join(', ')})`
+            : ''
+        } |`,
+      );
     }
   }
   md.push('');
   if (rat.length) {
     md.push('## dp against the baselines, with spread', '');
-    md.push(multi
-      ? `Ratios dp / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
-      : 'Ratios dp / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.', '');
+    md.push(
+      multi
+        ? `Ratios dp / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
+        : 'Ratios dp / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.',
+      '',
+    );
     md.push('| against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
     md.push('|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
     for (const r of rat) {
-      md.push(`| ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`);
-      md.push(`| ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`);
+      md.push(
+        `| ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`,
+      );
+      md.push(
+        `| ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`,
+      );
     }
     md.push('');
   }
   md.push(`## Against the paper${multi ? ' (first repeat)' : ''}`, '');
   md.push(`| claim | paper | measured | met |`);
   md.push('|---|---:|---:|---|');
-  md.push(`| server work cut, dp vs server-only | ≈ 33 % | ${pct(cmp.dpCpuReductionVsServerOnly)} | ${cmp.targets.cpuCutAtLeastOneThird === null ? '–' : cmp.targets.cpuCutAtLeastOneThird ? 'yes' : 'no'} |`);
-  md.push(`| goodput gain, dp vs greedy (peak) | ≈ 19 % | ${pct(cmp.dpGoodputGainVsGreedy)} | ${cmp.targets.goodputGainAtLeast19Percent === null ? '–' : cmp.targets.goodputGainAtLeast19Percent ? 'yes' : 'no'} |`);
+  md.push(
+    `| server work cut, dp vs server-only | ≈ 33 % | ${pct(cmp.dpCpuReductionVsServerOnly)} | ${cmp.targets.cpuCutAtLeastOneThird === null ? '–' : cmp.targets.cpuCutAtLeastOneThird ? 'yes' : 'no'} |`,
+  );
+  md.push(
+    `| goodput gain, dp vs greedy (peak) | ≈ 19 % | ${pct(cmp.dpGoodputGainVsGreedy)} | ${cmp.targets.goodputGainAtLeast19Percent === null ? '–' : cmp.targets.goodputGainAtLeast19Percent ? 'yes' : 'no'} |`,
+  );
   md.push(`| max sustained rate gain, dp vs greedy | – | ${pct(cmp.dpMaxRateGainVsGreedy)} | |`);
-  md.push(`| server work cut, greedy / prefix vs server-only | – | ${pct(cmp.greedyCpuReductionVsServerOnly)} / ${pct(cmp.prefixCpuReductionVsServerOnly)} | |`);
+  md.push(
+    `| server work cut, greedy / prefix vs server-only | – | ${pct(cmp.greedyCpuReductionVsServerOnly)} / ${pct(cmp.prefixCpuReductionVsServerOnly)} | |`,
+  );
   md.push('');
   md.push('## Per policy and rate', '');
   md.push('Latencies in ms over completed requests (vLLM benchmark_serving definitions); failed and timed-out requests count as SLA misses.', '');
-  md.push(`| ${multi ? 'repeat | ' : ''}policy | rate | sent | done | failed | req/s | tok/s | goodput | good | server CPU-s/req | server CPU util | TTFT p50/p90/p99 | TPOT p50/p90/p99 | ITL p50/p90/p99 | E2E p50/p90/p99 |`);
+  md.push(
+    `| ${multi ? 'repeat | ' : ''}policy | rate | sent | done | failed | req/s | tok/s | goodput | good | server CPU-s/req | server CPU util | TTFT p50/p90/p99 | TPOT p50/p90/p99 | ITL p50/p90/p99 | E2E p50/p90/p99 |`,
+  );
   md.push(`|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|`);
   const d3 = (d: { p50: number | null; p90: number | null; p99: number | null }): string => `${msCell(d.p50)} / ${msCell(d.p90)} / ${msCell(d.p99)}`;
   for (const r of rows) {
     const st = r.stats;
-    md.push(`| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${st.requests} | ${st.completed} | ${st.failed} | ${fx(st.requestThroughput, 2)} | ${fx(st.outputTokenThroughput, 0)} | ${fx(st.goodput, 2)} | ${pct(st.slaAttainment)} | ${fx(r.serverCpuPerRequestS, 4)} | ${pct(r.serverCpuUtilisation)} | ${d3(st.ttftMs)} | ${d3(st.tpotMs)} | ${d3(st.itlMs)} | ${d3(st.e2eMs)} |`);
+    md.push(
+      `| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${st.requests} | ${st.completed} | ${st.failed} | ${fx(st.requestThroughput, 2)} | ${fx(st.outputTokenThroughput, 0)} | ${fx(st.goodput, 2)} | ${pct(st.slaAttainment)} | ${fx(r.serverCpuPerRequestS, 4)} | ${pct(r.serverCpuUtilisation)} | ${d3(st.ttftMs)} | ${d3(st.tpotMs)} | ${d3(st.itlMs)} | ${d3(st.e2eMs)} |`,
+    );
   }
   md.push('');
   const contended = rows.filter((r) => r.serverRunQueueShare !== null && r.serverRunQueueShare > SERVER_CONTENDED);
   if (contended.length) {
     md.push('## Server core contended', '');
-    md.push(`The executor's threads waited for a CPU (schedstat run-queue time, summed over its threads) for more than ${SERVER_CONTENDED} s per s of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`, '');
-    for (const r of contended) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${fx(r.serverRunQueueShare, 2)} s per s, ran ${pct(r.serverCpuUtilisation)} of its core`);
+    md.push(
+      `The executor's threads waited for a CPU (schedstat run-queue time, summed over its threads) for more than ${SERVER_CONTENDED} s per s of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`,
+      '',
+    );
+    for (const r of contended)
+      md.push(
+        `- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${fx(r.serverRunQueueShare, 2)} s per s, ran ${pct(r.serverCpuUtilisation)} of its core`,
+      );
     md.push('');
   }
   md.push('## Device side', '');
-  md.push(`Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
-    `A rate is flagged when the device side, not the server, may have limited it: timing error p99 above ${DEVICE_LIMITS.timingErrorP99Ms} ms and ${(DEVICE_LIMITS.timingErrorP99Rel * 100).toFixed(0)} %, the client core above ${(DEVICE_LIMITS.clientCoreUtilisation * 100).toFixed(0)} %, or replay misses.`, '');
-  md.push(`| ${multi ? 'repeat | ' : ''}policy | rate | agents CPU | client core | timing error p50 / p99 (ms) | relative p50 / p99 | replay misses | device-limited |`);
+  md.push(
+    `Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
+      `A rate is flagged when the device side, not the server, may have limited it: timing error p99 above ${DEVICE_LIMITS.timingErrorP99Ms} ms and ${(DEVICE_LIMITS.timingErrorP99Rel * 100).toFixed(0)} %, the client core above ${(DEVICE_LIMITS.clientCoreUtilisation * 100).toFixed(0)} %, or replay misses.`,
+    '',
+  );
+  md.push(
+    `| ${multi ? 'repeat | ' : ''}policy | rate | agents CPU | client core | timing error p50 / p99 (ms) | relative p50 / p99 | replay misses | device-limited |`,
+  );
   md.push(`|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---|`);
   for (const r of rows) {
     const d = r.deviceSide;
-    md.push(`| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${pct(d.agentsCpuUtilisation)} | ${pct(d.clientCoreUtilisation)} | ${d.timingErrorMs ? `${fx(d.timingErrorMs.p50, 1)} / ${fx(d.timingErrorMs.p99, 1)}` : '–'} | ${d.timingErrorRel ? `${pct(d.timingErrorRel.p50)} / ${pct(d.timingErrorRel.p99)}` : '–'} | ${d.replayMisses} | ${d.limitedBy.length ? `**yes**: ${d.limitedBy.join('; ')}` : 'no'} |`);
+    md.push(
+      `| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${pct(d.agentsCpuUtilisation)} | ${pct(d.clientCoreUtilisation)} | ${d.timingErrorMs ? `${fx(d.timingErrorMs.p50, 1)} / ${fx(d.timingErrorMs.p99, 1)}` : '–'} | ${d.timingErrorRel ? `${pct(d.timingErrorRel.p50)} / ${pct(d.timingErrorRel.p99)}` : '–'} | ${d.replayMisses} | ${d.limitedBy.length ? `**yes**: ${d.limitedBy.join('; ')}` : 'no'} |`,
+    );
   }
   md.push('');
   const failedRows = rows.filter((r) => r.stats.failed > 0);
   if (failedRows.length) {
     md.push('## Failed requests', '');
-    for (const r of failedRows) md.push(`- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures).map(([k, v]) => `${v} × ${k}`).join(', ')}`);
+    for (const r of failedRows)
+      md.push(
+        `- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: ${Object.entries(r.stats.failures)
+          .map(([k, v]) => `${v} × ${k}`)
+          .join(', ')}`,
+      );
     md.push('');
   }
   md.push('## SLO attainment (all rates and repeats)', '');
-  const stated = SLO_KEYS.filter((k) => s.requestClasses.some((c) => c[k] !== undefined) || Object.values(s.slaOverrides).some((row) => Object.values(row).some((o) => o[k] !== undefined)));
-  md.push(`Good = completed within every stated SLO (${stated.map((k) => ({ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' })[k]).join(', ')}); each SLO's attainment over the requests that state it. SLOs per device/class, ms: ` +
-    [...new Set(rows.flatMap((r) => Object.entries(r.stats.byClass).map(([k, v]) => `${k} ${SLO_KEYS.filter((x) => v.slo[x] !== undefined).map((x) => `${({ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' })[x]} ${v.slo[x]}`).join(' / ')}`)))].sort().join('; ') + '.', '');
+  const stated = SLO_KEYS.filter(
+    (k) => s.requestClasses.some((c) => c[k] !== undefined) || Object.values(s.slaOverrides).some((row) => Object.values(row).some((o) => o[k] !== undefined)),
+  );
+  md.push(
+    `Good = completed within every stated SLO (${stated.map((k) => ({ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' })[k]).join(', ')}); each SLO's attainment over the requests that state it. SLOs per device/class, ms: ` +
+      [
+        ...new Set(
+          rows.flatMap((r) =>
+            Object.entries(r.stats.byClass).map(
+              ([k, v]) =>
+                `${k} ${SLO_KEYS.filter((x) => v.slo[x] !== undefined)
+                  .map((x) => `${{ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' }[x]} ${v.slo[x]}`)
+                  .join(' / ')}`,
+            ),
+          ),
+        ),
+      ]
+        .sort()
+        .join('; ') +
+      '.',
+    '',
+  );
   const merge = (xs: readonly Attainment[]): Attainment => {
-    const add = (a: { met: number; stated: number } | null, b: { met: number; stated: number } | null): { met: number; stated: number } | null => (a || b ? { met: (a?.met ?? 0) + (b?.met ?? 0), stated: (a?.stated ?? 0) + (b?.stated ?? 0) } : null);
-    return xs.reduce<Attainment>((a, b) => ({ requests: a.requests + b.requests, good: a.good + b.good, ttft: add(a.ttft, b.ttft), tpot: add(a.tpot, b.tpot), e2e: add(a.e2e, b.e2e) }), { requests: 0, good: 0, ttft: null, tpot: null, e2e: null });
+    const add = (a: { met: number; stated: number } | null, b: { met: number; stated: number } | null): { met: number; stated: number } | null =>
+      a || b ? { met: (a?.met ?? 0) + (b?.met ?? 0), stated: (a?.stated ?? 0) + (b?.stated ?? 0) } : null;
+    return xs.reduce<Attainment>(
+      (a, b) => ({ requests: a.requests + b.requests, good: a.good + b.good, ttft: add(a.ttft, b.ttft), tpot: add(a.tpot, b.tpot), e2e: add(a.e2e, b.e2e) }),
+      { requests: 0, good: 0, ttft: null, tpot: null, e2e: null },
+    );
   };
   const cell = (a: Attainment): string => {
     const one = (x: { met: number; stated: number } | null): string => (x ? pct(x.met / x.stated) : '–');
@@ -284,21 +380,32 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     md.push(`|---|${keys.map(() => '---:').join('|')}|`);
     for (const p of ctx.policies) {
       const mine = rows.filter((r) => r.policy === p);
-      md.push(`| ${p} | ${keys.map((k) => cell(merge(mine.map((r) => (pick(r) as Readonly<Record<string, Attainment>>)[k]).filter((x): x is Attainment => x !== undefined)))).join(' | ')} |`);
+      md.push(
+        `| ${p} | ${keys.map((k) => cell(merge(mine.map((r) => (pick(r) as Readonly<Record<string, Attainment>>)[k]).filter((x): x is Attainment => x !== undefined)))).join(' | ')} |`,
+      );
     }
     md.push('');
   }
   const prediction = predictionByPolicy(rows, ctx.policies);
   // At a rate a policy does not sustain its queue grows for the whole run, so latency depends on
   // when a request arrived, not on its class: steady-state predictions are judged apart there.
-  const sustainedPrediction = predictionByPolicy(rows.filter((r) => r.stats.slaAttainment >= s.slaTarget), ctx.policies);
+  const sustainedPrediction = predictionByPolicy(
+    rows.filter((r) => r.stats.slaAttainment >= s.slaTarget),
+    ctx.policies,
+  );
   md.push(...predictionSection(prediction, sustainedPrediction, s.slaTarget));
   md.push('## Placements used (at the highest rate)', '');
   md.push('One letter per stage (C client, S server); counts of completed requests.', '');
   for (const p of ctx.policies) {
     const top = rows.filter((r) => r.policy === p && r.repeat === repeats[0]).sort((a, b) => b.rate - a.rate)[0];
     if (!top) continue;
-    const parts = Object.entries(top.stats.placements).map(([cls, m]) => `${cls}: ${Object.entries(m).sort((a, b) => b[1] - a[1]).map(([pl, n]) => `\`${pl}\`×${n}`).join(' ')}`);
+    const parts = Object.entries(top.stats.placements).map(
+      ([cls, m]) =>
+        `${cls}: ${Object.entries(m)
+          .sort((a, b) => b[1] - a[1])
+          .map(([pl, n]) => `\`${pl}\`×${n}`)
+          .join(' ')}`,
+    );
     md.push(`- **${p}** — ${parts.join('; ') || 'none'}`);
   }
   md.push('');
@@ -309,10 +416,13 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     yLabel: 'goodput (requests/s meeting SLA)',
     series: [
       // The mean over repeats at each rate.
-      ...ctx.policies.map((p) => ({ name: p, points: ctx.rates.map((rate) => {
-        const g = rows.filter((r) => r.policy === p && r.rate === rate).map((r) => r.stats.goodput);
-        return { x: rate, y: g.length ? g.reduce((a, b) => a + b, 0) / g.length : 0 };
-      }) })),
+      ...ctx.policies.map((p) => ({
+        name: p,
+        points: ctx.rates.map((rate) => {
+          const g = rows.filter((r) => r.policy === p && r.rate === rate).map((r) => r.stats.goodput);
+          return { x: rate, y: g.length ? g.reduce((a, b) => a + b, 0) / g.length : 0 };
+        }),
+      })),
       { name: 'offered', color: '#bbbbbb', points: ctx.rates.map((r) => ({ x: r, y: r })) },
     ],
     yMin: 0,
@@ -320,7 +430,17 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   const json = {
     scenario: s,
     scenarioPath: ctx.scenarioPath,
-    settings: { policies: ctx.policies, rates: ctx.rates, durationS: ctx.durationS, seed: ctx.seed, repeats: ctx.repeats, quick: ctx.quick, pinned: ctx.pinned, modelDir: ctx.modelDir, stageCount: ctx.stageCount },
+    settings: {
+      policies: ctx.policies,
+      rates: ctx.rates,
+      durationS: ctx.durationS,
+      seed: ctx.seed,
+      repeats: ctx.repeats,
+      quick: ctx.quick,
+      pinned: ctx.pinned,
+      modelDir: ctx.modelDir,
+      stageCount: ctx.stageCount,
+    },
     elapsedS: ctx.elapsedS,
     warnings: ctx.warnings,
     recording: ctx.recording,
@@ -342,17 +462,23 @@ export function predictionByPolicy(rows: readonly RateResult[], policies: readon
 }
 
 /** The "Prediction error" section of results.md; `sustained` is the same over the rates each policy sustained (≥ slaTarget good). */
-export function predictionSection(byPolicy: Readonly<Record<string, Readonly<Record<string, PredictionGroup>>>>,
-  sustained: Readonly<Record<string, Readonly<Record<string, PredictionGroup>>>> = {}, slaTarget = 0.9): string[] {
+export function predictionSection(
+  byPolicy: Readonly<Record<string, Readonly<Record<string, PredictionGroup>>>>,
+  sustained: Readonly<Record<string, Readonly<Record<string, PredictionGroup>>>> = {},
+  slaTarget = 0.9,
+): string[] {
   const L = PREDICTION_LIMITS;
   const md: string[] = ['## Prediction error', ''];
-  md.push(`The plan's predictions for each completed request against what this harness measured, over every rate: median / p90 of |predicted − measured| / measured, ` +
-    `and in brackets the signed median (bias: below 0 the planner predicts too low). Judged per device / request class with ≥ ${L.minRequests} predicted requests; ` +
-    `**over** marks a median above ${(L.medianRel * 100).toFixed(0)} % or a p90 above ${(L.p90Rel * 100).toFixed(0)} % (the target is on E2E). ` +
-    'E2E is the plan\'s figure, priced for the class\'s expected output length; "E2E at length" re-prices it for the tokens the request produced (predicted TTFT + (tokens − 1) × TPOT). ' +
-    `"sustained" is E2E over only the rates where the policy kept ≥ ${(slaTarget * 100).toFixed(0)} % of requests good (beyond them the queue grows through the run, and a request's latency depends on when it arrived). ` +
-    '"floor" is the error, over the same sustained rates, of the best constant known only in hindsight (the measured median E2E of the group\'s requests on the same placement): no per-class prediction can be better, so a floor **over** the target is spread in the requests themselves. ' +
-    'Requests with no prediction (the all-server start-up plan, overrides) are counted apart and left out. Per-rate figures are in results.json (runs[].prediction).', '');
+  md.push(
+    `The plan's predictions for each completed request against what this harness measured, over every rate: median / p90 of |predicted − measured| / measured, ` +
+      `and in brackets the signed median (bias: below 0 the planner predicts too low). Judged per device / request class with ≥ ${L.minRequests} predicted requests; ` +
+      `**over** marks a median above ${(L.medianRel * 100).toFixed(0)} % or a p90 above ${(L.p90Rel * 100).toFixed(0)} % (the target is on E2E). ` +
+      'E2E is the plan\'s figure, priced for the class\'s expected output length; "E2E at length" re-prices it for the tokens the request produced (predicted TTFT + (tokens − 1) × TPOT). ' +
+      `"sustained" is E2E over only the rates where the policy kept ≥ ${(slaTarget * 100).toFixed(0)} % of requests good (beyond them the queue grows through the run, and a request's latency depends on when it arrived). ` +
+      '"floor" is the error, over the same sustained rates, of the best constant known only in hindsight (the measured median E2E of the group\'s requests on the same placement): no per-class prediction can be better, so a floor **over** the target is spread in the requests themselves. ' +
+      'Requests with no prediction (the all-server start-up plan, overrides) are counted apart and left out. Per-rate figures are in results.json (runs[].prediction).',
+    '',
+  );
   md.push('| policy | device / request class | done | predicted | no prediction | E2E | E2E at length | TTFT | TPOT | E2E, sustained | floor, sustained |');
   md.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const p1 = (v: number): string => `${(v * 100).toFixed(1)} %`;
@@ -366,7 +492,9 @@ export function predictionSection(byPolicy: Readonly<Record<string, Readonly<Rec
     for (const [k, g] of Object.entries(groups)) {
       any = true;
       const sg = sustained[policy]?.[k];
-      md.push(`| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} | ${cell(sg?.figures.e2e)} | ${cell(sg?.hindsight)} |`);
+      md.push(
+        `| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} | ${cell(sg?.figures.e2e)} | ${cell(sg?.hindsight)} |`,
+      );
     }
   }
   if (!any) md.push('| – | no completed requests | | | | | | | | | |');

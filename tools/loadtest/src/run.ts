@@ -136,7 +136,10 @@ export const agentId = (device: string): string => `lt-${device}`;
 export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
   const s = o.scenario;
   const warnings: string[] = [];
-  const warn = (w: string): void => { warnings.push(w); o.note?.(`warning: ${w}`); };
+  const warn = (w: string): void => {
+    warnings.push(w);
+    o.note?.(`warning: ${w}`);
+  };
   const pin = o.pin && hasTaskset();
   if (o.pin && !pin) warn('taskset is not available: the services are not pinned, so the server does not have a core of its own');
   const ownAffinity = pin ? affinityOf(process.pid) : undefined;
@@ -155,7 +158,10 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     o.note?.(`recording ${prompts.length} pool prompts with a one-process run of the model (device stages are replayed from it)`);
     const t0 = performance.now();
     const { header, bytes } = await recordReplay({
-      modelDir: o.modelDir, modelId: modelIdOf(o.modelDir), prompts, out: file,
+      modelDir: o.modelDir,
+      modelId: modelIdOf(o.modelDir),
+      prompts,
+      out: file,
       onProgress: (done, n) => o.onProgress?.(done, n, `recording prompt ${done}/${n}`),
     });
     recording = { file, bytes, prompts: header.prompts.length, recordS: (performance.now() - t0) / 1000, costs: header.costs };
@@ -187,24 +193,56 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       // The services get the user's own settings of their variables too (`PLANNER_IDLE_UTILISATION=0 tandem loadtest`).
       const launch = (l: LaunchOptions): Promise<ServiceProcess> => launchService({ ...l, fromShell: true });
       const exec = launch({
-        name: 'server-executor', app: 'server-executor', cpus: cpus(SERVER_CPU), logFile: join(o.logDir, `server-executor-${policy}.log`),
-        env: { ...common, ...telemetry, EXECUTOR_ADDR: executorAddr, EXECUTOR_THREADS: '1', EXECUTOR_MAX_SESSIONS: '512', EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000) },
-      }).then((p) => { executor = p; });
-      const plan = launch({
-        name: `planner-${policy}`, app: 'planner', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `planner-${policy}.log`),
+        name: 'server-executor',
+        app: 'server-executor',
+        cpus: cpus(SERVER_CPU),
+        logFile: join(o.logDir, `server-executor-${policy}.log`),
         env: {
-          ...common, PLANNER_ADDR: plannerAddr, PLANNER_ALGORITHM: policy,
+          ...common,
+          ...telemetry,
+          EXECUTOR_ADDR: executorAddr,
+          EXECUTOR_THREADS: '1',
+          EXECUTOR_MAX_SESSIONS: '512',
+          EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000),
+        },
+      }).then((p) => {
+        executor = p;
+      });
+      const plan = launch({
+        name: `planner-${policy}`,
+        app: 'planner',
+        cpus: cpus(CLIENT_CPU),
+        logFile: join(o.logDir, `planner-${policy}.log`),
+        env: {
+          ...common,
+          PLANNER_ADDR: plannerAddr,
+          PLANNER_ALGORITHM: policy,
           ...plannerSloEnv(s),
         },
-      }).then((p) => { planner = p; });
+      }).then((p) => {
+        planner = p;
+      });
       const ags = s.deviceClasses.map(async (d) => {
         const proc = await launch({
-          name: `agent-${d.name}`, app: 'client-agent', cpus: cpus(CLIENT_CPU), logFile: join(o.logDir, `agent-${d.name}-${policy}.log`),
+          name: `agent-${d.name}`,
+          app: 'client-agent',
+          cpus: cpus(CLIENT_CPU),
+          logFile: join(o.logDir, `agent-${d.name}-${policy}.log`),
           env: {
-            ...common, ...telemetry, AGENT_ID: agentId(d.name), AGENT_CLASS: d.name, AGENT_ADDR: '127.0.0.1:0', AGENT_THREADS: '1',
-            AGENT_SLOWDOWN: String(d.slowdown), AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
-            AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs), AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
-            EXECUTOR_ADDR: executorAddr, PLANNER_ADDR: plannerAddr, AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000), AGENT_SHUTDOWN_GRACE_MS: '0',
+            ...common,
+            ...telemetry,
+            AGENT_ID: agentId(d.name),
+            AGENT_CLASS: d.name,
+            AGENT_ADDR: '127.0.0.1:0',
+            AGENT_THREADS: '1',
+            AGENT_SLOWDOWN: String(d.slowdown),
+            AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
+            AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs),
+            AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),
+            EXECUTOR_ADDR: executorAddr,
+            PLANNER_ADDR: plannerAddr,
+            AGENT_DEADLINE_MS: String(s.requestTimeoutMs + 5000),
+            AGENT_SHUTDOWN_GRACE_MS: '0',
             AGENT_REPLAY_FILE: recording?.file ?? '',
           },
         });
@@ -220,7 +258,10 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       pc?.close();
       pc = undefined;
       for (const a of agents.values()) a.client.close();
-      await stopServices([...[...agents.values()].map((a) => a.proc), planner, executor].filter((p): p is ServiceProcess => p !== undefined), 3500);
+      await stopServices(
+        [...[...agents.values()].map((a) => a.proc), planner, executor].filter((p): p is ServiceProcess => p !== undefined),
+        3500,
+      );
       agents.clear();
       planner = undefined;
       executor = undefined;
@@ -251,13 +292,19 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const what = `${tag} @ ${rate} req/s`;
           o.onProgress?.(done, total, what);
           const agentCpu = (): number => [...agents.values()].reduce((a, x) => a + x.proc.cpuSeconds(), 0);
-          const ownCpu = (): number => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+          const ownCpu = (): number => {
+            const u = process.cpuUsage();
+            return (u.user + u.system) / 1e6;
+          };
           const agentCpu0 = agentCpu();
           const clientCpu0 = agentCpu0 + (planner?.cpuSeconds() ?? 0) + ownCpu();
           const cpu0 = exec.cpuSeconds();
           const wait0 = exec.runQueueWaitSeconds();
           const wall0 = performance.now();
-          const records = await replay(trace, agents, s.requestTimeoutMs, () => { done++; o.onProgress?.(done, total, what); });
+          const records = await replay(trace, agents, s.requestTimeoutMs, () => {
+            done++;
+            o.onProgress?.(done, total, what);
+          });
           const wallS = (performance.now() - wall0) / 1000;
           const serverCpuS = exec.cpuSeconds() - cpu0;
           const serverWaitS = exec.runQueueWaitSeconds() - wait0;
@@ -266,16 +313,24 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const stats = summarize(records, o.durationS);
           const samples = predictionSamples(records);
           const plans: Record<string, Record<string, string>> = {};
-          for (const p of (await listPlans(plans0).catch(() => undefined))?.plans ?? []) plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
+          for (const p of (await listPlans(plans0).catch(() => undefined))?.plans ?? [])
+            plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
           results.push({
-            repeat, seed, policy, rate, stats, serverCpuS,
+            repeat,
+            seed,
+            policy,
+            rate,
+            stats,
+            serverCpuS,
             serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
             serverCpuUtilisation: serverCpuS / wallS,
             serverRunQueueShare: Number.isFinite(serverWaitS) ? serverWaitS / wallS : null,
             reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
-            agentsCpuS, plans,
+            agentsCpuS,
+            plans,
             deviceSide: deviceSide(records, recording?.costs ?? null, slowdownOf, agentsCpuS, clientCpuS, wallS),
-            prediction: predictionErrors(samples), predictionSamples: samples,
+            prediction: predictionErrors(samples),
+            predictionSamples: samples,
             ...(o.keepRecords ? { records } : {}),
           });
           // Let the executor's load report fall back before the next rate.
@@ -299,7 +354,14 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
  * slow-down × (prefill ms per token × prompt tokens + decode ms × (tokens − 1)), the head's
  * prefill being one row (decode ms): it runs on the prompt's last position only.
  */
-export function deviceSide(records: readonly RequestRecord[], costs: readonly ReplayStageCost[] | null, slowdownOf: ReadonlyMap<string, number>, agentsCpuS: number, clientCpuS: number, wallS: number): DeviceSide {
+export function deviceSide(
+  records: readonly RequestRecord[],
+  costs: readonly ReplayStageCost[] | null,
+  slowdownOf: ReadonlyMap<string, number>,
+  agentsCpuS: number,
+  clientCpuS: number,
+  wallS: number,
+): DeviceSide {
   const abs: number[] = [];
   const rel: number[] = [];
   if (costs) {
@@ -328,13 +390,27 @@ export function deviceSide(records: readonly RequestRecord[], costs: readonly Re
   if (p99Ms > L.timingErrorP99Ms && p99Rel > L.timingErrorP99Rel) {
     limitedBy.push(`emulated devices ran late: p99 timing error ${p99Ms.toFixed(1)} ms (${(p99Rel * 100).toFixed(0)} % of the modelled time)`);
   }
-  if (clientCoreUtilisation > L.clientCoreUtilisation) limitedBy.push(`the client core was ${(clientCoreUtilisation * 100).toFixed(0)} % busy (agents, planner, harness)`);
+  if (clientCoreUtilisation > L.clientCoreUtilisation)
+    limitedBy.push(`the client core was ${(clientCoreUtilisation * 100).toFixed(0)} % busy (agents, planner, harness)`);
   if (replayMisses > 0) limitedBy.push(`${replayMisses} replay misses`);
-  return { agentsCpuS, agentsCpuUtilisation: agentsCpuS / Math.max(wallS, 1e-9), clientCoreUtilisation, timingErrorMs, timingErrorRel, replayMisses, limitedBy };
+  return {
+    agentsCpuS,
+    agentsCpuUtilisation: agentsCpuS / Math.max(wallS, 1e-9),
+    clientCoreUtilisation,
+    timingErrorMs,
+    timingErrorRel,
+    replayMisses,
+    limitedBy,
+  };
 }
 
 /** Waits until the planner has a plan of `policy` for every agent and every agent follows it. */
-async function waitForPlans(policy: Policy, pc: PlannerServiceClient, agents: ReadonlyMap<string, { proc: ServiceProcess; client: AgentServiceClient }>, timeoutMs: number): Promise<void> {
+async function waitForPlans(
+  policy: Policy,
+  pc: PlannerServiceClient,
+  agents: ReadonlyMap<string, { proc: ServiceProcess; client: AgentServiceClient }>,
+  timeoutMs: number,
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
@@ -343,7 +419,10 @@ async function waitForPlans(policy: Policy, pc: PlannerServiceClient, agents: Re
       const missing: string[] = [];
       for (const [device, a] of agents) {
         const plan = plans.find((p) => p.clientId === agentId(device));
-        if (!plan || plan.algorithm !== policy) { missing.push(`${device}: no ${policy} plan yet`); continue; }
+        if (!plan || plan.algorithm !== policy) {
+          missing.push(`${device}: no ${policy} plan yet`);
+          continue;
+        }
         const st = await agentStatus(a.client);
         if (st.planEpoch < plan.epoch) missing.push(`${device}: follows epoch ${st.planEpoch}, plan is ${plan.epoch}`);
       }
@@ -358,7 +437,12 @@ async function waitForPlans(policy: Policy, pc: PlannerServiceClient, agents: Re
 }
 
 /** Sends every request of `trace` at its time (open loop) to its device class's agent; resolves with every record. */
-async function replay(trace: readonly TraceRequest[], agents: ReadonlyMap<string, { client: AgentServiceClient }>, timeoutMs: number, onDone?: () => void): Promise<RequestRecord[]> {
+async function replay(
+  trace: readonly TraceRequest[],
+  agents: ReadonlyMap<string, { client: AgentServiceClient }>,
+  timeoutMs: number,
+  onDone?: () => void,
+): Promise<RequestRecord[]> {
   const t0 = performance.now();
   const pending: Promise<RequestRecord>[] = [];
   for (const req of trace) {

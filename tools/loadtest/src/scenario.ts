@@ -120,9 +120,13 @@ function obj(v: unknown, field: string): Obj {
 function num(o: Obj, key: string, field: string, opts: { min?: number; max?: number; gt?: number; int?: boolean; def?: number } = {}): number {
   const v = o[key] ?? opts.def;
   const f = `${field}.${key}`;
-  const rule = [opts.int ? 'be an integer' : 'be a number',
+  const rule = [
+    opts.int ? 'be an integer' : 'be a number',
     opts.gt !== undefined ? `> ${opts.gt}` : opts.min !== undefined ? `>= ${opts.min}` : '',
-    opts.max !== undefined ? `and <= ${opts.max}` : ''].filter(Boolean).join(' ');
+    opts.max !== undefined ? `and <= ${opts.max}` : '',
+  ]
+    .filter(Boolean)
+    .join(' ');
   if (typeof v !== 'number' || !Number.isFinite(v)) fail(f, rule, v);
   if (opts.int && !Number.isInteger(v)) fail(f, rule, v);
   if (opts.gt !== undefined && !(v > opts.gt)) fail(f, rule, v);
@@ -146,7 +150,9 @@ function range(o: Obj, key: string, field: string, min: number, max: number): In
 
 function rates(v: unknown, field: string): number[] {
   if (!Array.isArray(v) || v.length === 0) fail(field, 'be a non-empty array of rates (requests/s)', v);
-  v.forEach((r, i) => { if (typeof r !== 'number' || !(r > 0) || r > 10_000) fail(`${field}[${i}]`, 'be a number > 0 and <= 10000', r); });
+  v.forEach((r, i) => {
+    if (typeof r !== 'number' || !(r > 0) || r > 10_000) fail(`${field}[${i}]`, 'be a number > 0 and <= 10000', r);
+  });
   const sorted = [...(v as number[])].sort((a, b) => a - b);
   if (new Set(sorted).size !== sorted.length) fail(field, 'hold distinct rates', v);
   return sorted;
@@ -162,7 +168,23 @@ function sloOf(o: Obj, field: string, need: boolean): Slo {
   return out;
 }
 
-const KNOWN = new Set(['$comment', 'description', 'seed', 'preset', 'deviceClasses', 'requestClasses', 'slaOverrides', 'emulation', 'arrival', 'rates', 'durationS', 'warmupS', 'requestTimeoutMs', 'slaTarget', 'quick']);
+const KNOWN = new Set([
+  '$comment',
+  'description',
+  'seed',
+  'preset',
+  'deviceClasses',
+  'requestClasses',
+  'slaOverrides',
+  'emulation',
+  'arrival',
+  'rates',
+  'durationS',
+  'warmupS',
+  'requestTimeoutMs',
+  'slaTarget',
+  'quick',
+]);
 
 /**
  * Checks a parsed scenario file and fills the defaults.
@@ -170,13 +192,15 @@ const KNOWN = new Set(['$comment', 'description', 'seed', 'preset', 'deviceClass
  */
 export function validateScenario(raw: unknown): Scenario {
   const o = obj(raw, '(top level)');
-  for (const k of Object.keys(o)) if (!KNOWN.has(k)) fail(k, `be one of the known fields (${[...KNOWN].filter((x) => x !== '$comment').join(', ')})`, 'an unknown field');
+  for (const k of Object.keys(o))
+    if (!KNOWN.has(k)) fail(k, `be one of the known fields (${[...KNOWN].filter((x) => x !== '$comment').join(', ')})`, 'an unknown field');
   const description = typeof o.description === 'string' ? o.description : '';
   const seed = num(o, 'seed', '', { int: true, min: 0, max: 2 ** 32 - 1, def: 1 });
   const preset = o.preset ?? 'small';
   if (typeof preset !== 'string' || !/^[a-z0-9-]+$/.test(preset)) fail('preset', 'be a model preset name such as small or tiny', preset);
 
-  if (!Array.isArray(o.deviceClasses) || o.deviceClasses.length === 0 || o.deviceClasses.length > 16) fail('deviceClasses', 'be an array of 1..16 device classes', o.deviceClasses);
+  if (!Array.isArray(o.deviceClasses) || o.deviceClasses.length === 0 || o.deviceClasses.length > 16)
+    fail('deviceClasses', 'be an array of 1..16 device classes', o.deviceClasses);
   const deviceClasses = o.deviceClasses.map((d: unknown, i: number): DeviceClass => {
     const f = `deviceClasses[${i}]`;
     const dc = obj(d, f);
@@ -192,9 +216,15 @@ export function validateScenario(raw: unknown): Scenario {
       },
     };
   });
-  if (new Set(deviceClasses.map((d) => d.name)).size !== deviceClasses.length) fail('deviceClasses', 'have unique names', deviceClasses.map((d) => d.name));
+  if (new Set(deviceClasses.map((d) => d.name)).size !== deviceClasses.length)
+    fail(
+      'deviceClasses',
+      'have unique names',
+      deviceClasses.map((d) => d.name),
+    );
 
-  if (!Array.isArray(o.requestClasses) || o.requestClasses.length === 0 || o.requestClasses.length > 16) fail('requestClasses', 'be an array of 1..16 request classes', o.requestClasses);
+  if (!Array.isArray(o.requestClasses) || o.requestClasses.length === 0 || o.requestClasses.length > 16)
+    fail('requestClasses', 'be an array of 1..16 request classes', o.requestClasses);
   const requestClasses = o.requestClasses.map((r: unknown, i: number): TrafficClass => {
     const f = `requestClasses[${i}]`;
     const rc = obj(r, f);
@@ -209,21 +239,32 @@ export function validateScenario(raw: unknown): Scenario {
       ...sloOf(rc, f, true),
     };
   });
-  if (new Set(requestClasses.map((r) => r.name)).size !== requestClasses.length) fail('requestClasses', 'have unique names', requestClasses.map((r) => r.name));
+  if (new Set(requestClasses.map((r) => r.name)).size !== requestClasses.length)
+    fail(
+      'requestClasses',
+      'have unique names',
+      requestClasses.map((r) => r.name),
+    );
   const byPrompt = [...requestClasses].sort((a, b) => a.promptTokens.max - b.promptTokens.max);
   for (let i = 1; i < byPrompt.length; i++) {
     if (byPrompt[i].promptTokens.min <= byPrompt[i - 1].promptTokens.max) {
-      fail(`requestClasses[${requestClasses.indexOf(byPrompt[i])}].promptTokens`, `not overlap the prompt range of '${byPrompt[i - 1].name}' (the planner picks a class by prompt length)`, byPrompt[i].promptTokens);
+      fail(
+        `requestClasses[${requestClasses.indexOf(byPrompt[i])}].promptTokens`,
+        `not overlap the prompt range of '${byPrompt[i - 1].name}' (the planner picks a class by prompt length)`,
+        byPrompt[i].promptTokens,
+      );
     }
   }
 
   const slaOverrides: Record<string, Record<string, Slo>> = {};
   for (const [dcName, m] of Object.entries(obj(o.slaOverrides ?? {}, 'slaOverrides'))) {
-    if (!deviceClasses.some((d) => d.name === dcName)) fail(`slaOverrides.${dcName}`, `name a device class (${deviceClasses.map((d) => d.name).join(', ')})`, dcName);
+    if (!deviceClasses.some((d) => d.name === dcName))
+      fail(`slaOverrides.${dcName}`, `name a device class (${deviceClasses.map((d) => d.name).join(', ')})`, dcName);
     const row = obj(m, `slaOverrides.${dcName}`);
     slaOverrides[dcName] = {};
     for (const rcName of Object.keys(row)) {
-      if (!requestClasses.some((r) => r.name === rcName)) fail(`slaOverrides.${dcName}.${rcName}`, `name a request class (${requestClasses.map((r) => r.name).join(', ')})`, rcName);
+      if (!requestClasses.some((r) => r.name === rcName))
+        fail(`slaOverrides.${dcName}.${rcName}`, `name a request class (${requestClasses.map((r) => r.name).join(', ')})`, rcName);
       const f = `slaOverrides.${dcName}.${rcName}`;
       const v = row[rcName];
       if (typeof v === 'number') slaOverrides[dcName][rcName] = { e2eMs: num(row, rcName, `slaOverrides.${dcName}`, { gt: 0, max: SLO_MAX_MS }) };
@@ -261,7 +302,10 @@ export function validateScenario(raw: unknown): Scenario {
     requestTimeoutMs: num(o, 'requestTimeoutMs', '', { gt: 0, max: 3_600_000, def: 30_000 }),
     slaTarget: num(o, 'slaTarget', '', { gt: 0, max: 1, def: 0.9 }),
     quick: {
-      rates: q.rates === undefined ? [sweep[0], sweep[Math.floor(sweep.length / 2)], sweep[sweep.length - 1]].filter((r, i, all) => all.indexOf(r) === i) : rates(q.rates, 'quick.rates'),
+      rates:
+        q.rates === undefined
+          ? [sweep[0], sweep[Math.floor(sweep.length / 2)], sweep[sweep.length - 1]].filter((r, i, all) => all.indexOf(r) === i)
+          : rates(q.rates, 'quick.rates'),
       durationS: num(q, 'durationS', 'quick', { gt: 0, max: 86_400, def: Math.min(durationS, 8) }),
       warmupS: num(q, 'warmupS', 'quick', { min: 0, max: 3600, def: Math.min(warmupS, 1) }),
     },
@@ -271,7 +315,10 @@ export function validateScenario(raw: unknown): Scenario {
 /** The SLOs of a request class for a device class: the class's, each key overridden by the device class's. */
 export function requestSlo(s: Scenario, device: string, request: string): Slo {
   const rc = s.requestClasses.find((r) => r.name === request);
-  if (!rc) throw new RangeError(`requestSlo: request must name a request class of the scenario (${s.requestClasses.map((r) => r.name).join(', ')}), given '${request}'`);
+  if (!rc)
+    throw new RangeError(
+      `requestSlo: request must name a request class of the scenario (${s.requestClasses.map((r) => r.name).join(', ')}), given '${request}'`,
+    );
   const base: { -readonly [K in SloKey]?: number } = {};
   for (const k of SLO_KEYS) if (rc[k] !== undefined) base[k] = rc[k];
   return { ...base, ...(s.slaOverrides[device]?.[request] ?? {}) };
@@ -285,11 +332,23 @@ export function requestSlo(s: Scenario, device: string, request: string): Slo {
  */
 export function plannerSloEnv(s: Scenario): { PLANNER_REQUEST_CLASSES: string; PLANNER_SLA_OVERRIDES: string } {
   const pick = (o: Slo): Record<string, number | undefined> => Object.fromEntries(SLO_KEYS.filter((k) => o[k] !== undefined).map((k) => [FILE_KEY[k], o[k]]));
-  const classes = s.requestClasses.map((r) => ({ name: r.name, maxPromptTokens: r.promptTokens.max, expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2), ...pick(r) }));
-  const overrides = Object.fromEntries(Object.entries(s.slaOverrides).map(([d, row]) => [d, Object.fromEntries(Object.entries(row).map(([r, o]) => {
-    const p = pick(o);
-    return [r, Object.keys(p).length === 1 && p.slaMs !== undefined ? p.slaMs : p];
-  }))]));
+  const classes = s.requestClasses.map((r) => ({
+    name: r.name,
+    maxPromptTokens: r.promptTokens.max,
+    expectedNewTokens: Math.round((r.outputTokens.min + r.outputTokens.max) / 2),
+    ...pick(r),
+  }));
+  const overrides = Object.fromEntries(
+    Object.entries(s.slaOverrides).map(([d, row]) => [
+      d,
+      Object.fromEntries(
+        Object.entries(row).map(([r, o]) => {
+          const p = pick(o);
+          return [r, Object.keys(p).length === 1 && p.slaMs !== undefined ? p.slaMs : p];
+        }),
+      ),
+    ]),
+  );
   return { PLANNER_REQUEST_CLASSES: JSON.stringify(classes), PLANNER_SLA_OVERRIDES: JSON.stringify(overrides) };
 }
 
@@ -318,7 +377,9 @@ export function loadScenario(path: string = DEFAULT_SCENARIO_PATH): Scenario {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ScenarioError(`--scenario must be ${Object.keys(BUNDLED_SCENARIOS).join(', ')} or a readable file, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new ScenarioError(
+      `--scenario must be ${Object.keys(BUNDLED_SCENARIOS).join(', ')} or a readable file, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
   }
   let raw: unknown;
   try {

@@ -4,7 +4,15 @@ import * as grpc from '@grpc/grpc-js';
 import { launchService, type ServiceProcess } from '@tandem/launcher';
 import { readManifest } from '@tandem/model';
 import { renderChart } from '@tandem/plot';
-import { channelOptions, ExecutorServiceClient, executorStatus, toWireTensor, type GetStatusResponse, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import {
+  channelOptions,
+  ExecutorServiceClient,
+  executorStatus,
+  toWireTensor,
+  type GetStatusResponse,
+  type SessionRequest,
+  type SessionResponse,
+} from '@tandem/protocol';
 import { sleep } from '@tandem/util';
 import { dist, percentile } from './metrics';
 
@@ -39,8 +47,19 @@ export interface SoakOptions {
   readonly onProgress?: (line: string) => void;
 }
 
-export interface SoakSample { readonly tMs: number; readonly rssBytes: number; readonly activeSessions: number; readonly stepsCompleted: number }
-export interface SoakBucket { readonly fromMs: number; readonly steps: number; readonly p50Ms: number; readonly p90Ms: number; readonly p99Ms: number }
+export interface SoakSample {
+  readonly tMs: number;
+  readonly rssBytes: number;
+  readonly activeSessions: number;
+  readonly stepsCompleted: number;
+}
+export interface SoakBucket {
+  readonly fromMs: number;
+  readonly steps: number;
+  readonly p50Ms: number;
+  readonly p90Ms: number;
+  readonly p99Ms: number;
+}
 
 export interface SoakReport {
   readonly options: Omit<SoakOptions, 'onProgress'>;
@@ -69,7 +88,8 @@ export const promptIds = (n: number, seed: number): number[] => Array.from({ len
 /** Starts the executor as a child process on a free port, without NATS; resolves once it listens. */
 export function startExecutorProcess(modelDir: string, env: Readonly<Record<string, string>>): Promise<ServiceProcess> {
   return launchService({
-    name: 'the executor', app: 'server-executor',
+    name: 'the executor',
+    app: 'server-executor',
     env: { MODEL_DIR: modelDir, EXECUTOR_ADDR: '127.0.0.1:0', NATS_URL: 'off', LOG_LEVEL: 'warn', EXECUTOR_THREADS: '1', ...env },
   });
 }
@@ -78,7 +98,15 @@ export function startExecutorProcess(modelDir: string, env: Readonly<Record<stri
  * One session: prompt, then `newTokens` one-token steps through every stage; `abandonAt` > 0
  * cancels the stream after that many steps. Each step's latency goes to `onStep`.
  */
-function oneSession(client: ExecutorServiceClient, stages: number, prompt: number[], newTokens: number, abandonAt: number, deadlineMs: number, onStep: (ms: number) => void): Promise<'completed' | 'abandoned'> {
+function oneSession(
+  client: ExecutorServiceClient,
+  stages: number,
+  prompt: number[],
+  newTokens: number,
+  abandonAt: number,
+  deadlineMs: number,
+  onStep: (ms: number) => void,
+): Promise<'completed' | 'abandoned'> {
   return new Promise((resolve, reject) => {
     const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + deadlineMs });
     let seq = 0;
@@ -87,18 +115,46 @@ function oneSession(client: ExecutorServiceClient, stages: number, prompt: numbe
     const send = (v: number[]): void => {
       seq++;
       t0 = performance.now();
-      call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: 0, stageEnd: stages, input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }), sample: true } } });
+      call.write({
+        kind: {
+          $case: 'step',
+          value: {
+            seq: String(seq),
+            stageBegin: 0,
+            stageEnd: stages,
+            input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }),
+            sample: true,
+          },
+        },
+      });
     };
     call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') { send(prompt); return; }
-      if (m.kind?.$case !== 'result') { reject(new Error(`expected a result, got ${m.kind?.$case}`)); call.cancel(); return; }
+      if (m.kind?.$case === 'opened') {
+        send(prompt);
+        return;
+      }
+      if (m.kind?.$case !== 'result') {
+        reject(new Error(`expected a result, got ${m.kind?.$case}`));
+        call.cancel();
+        return;
+      }
       onStep(performance.now() - t0);
-      if (abandonAt > 0 && seq >= abandonAt) { abandoned = true; call.cancel(); resolve('abandoned'); return; }
-      if (seq > newTokens) { call.end(); return; }
+      if (abandonAt > 0 && seq >= abandonAt) {
+        abandoned = true;
+        call.cancel();
+        resolve('abandoned');
+        return;
+      }
+      if (seq > newTokens) {
+        call.end();
+        return;
+      }
       const out = m.kind.value.output;
       send([out?.$case === 'token' ? out.value : 1]);
     });
-    call.on('error', (e: grpc.ServiceError) => { if (!abandoned) reject(e); });
+    call.on('error', (e: grpc.ServiceError) => {
+      if (!abandoned) reject(e);
+    });
     call.on('end', () => resolve('completed'));
     call.write({ kind: { $case: 'open', value: { clientId: 'soak', planEpoch: '0', modelId: '' } } });
   });
@@ -108,10 +164,14 @@ function oneSession(client: ExecutorServiceClient, stages: number, prompt: numbe
 export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const say = opts.onProgress ?? (() => undefined);
   const executor = await startExecutorProcess(opts.modelDir, {
-    EXECUTOR_MAX_SESSIONS: String(opts.sessions + 8), EXECUTOR_MAX_MESSAGE_BYTES: String(64 << 20), ...opts.executorEnv,
+    EXECUTOR_MAX_SESSIONS: String(opts.sessions + 8),
+    EXECUTOR_MAX_MESSAGE_BYTES: String(64 << 20),
+    ...opts.executorEnv,
   });
   let exitedEarly = false;
-  void executor.exited.then(() => { exitedEarly = true; });
+  void executor.exited.then(() => {
+    exitedEarly = true;
+  });
   const client = new ExecutorServiceClient(executor.address, grpc.credentials.createInsecure(), channelOptions(64 << 20));
   const status = (): Promise<GetStatusResponse> => executorStatus(client, 10_000);
   try {
@@ -127,7 +187,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const end = opts.durationMs;
     const sample = async (): Promise<void> => {
       const st = await status().catch(() => undefined);
-      samples.push({ tMs: now(), rssBytes: executor.rssBytes(), activeSessions: st?.activeSessions ?? Number.NaN, stepsCompleted: Number(st?.stepsCompleted ?? Number.NaN) });
+      samples.push({
+        tMs: now(),
+        rssBytes: executor.rssBytes(),
+        activeSessions: st?.activeSessions ?? Number.NaN,
+        stepsCompleted: Number(st?.stepsCompleted ?? Number.NaN),
+      });
     };
     await sample();
     let sampling = true;
@@ -139,7 +204,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         await sample();
         if (now() >= nextLog) {
           const s = samples[samples.length - 1];
-          say(`${(s.tMs / 1000).toFixed(0)} s: RSS ${(s.rssBytes / 2 ** 20).toFixed(0)} MiB, ${s.activeSessions} active, ${completed} completed, ${abandoned} abandoned, ${failures.length} failed`);
+          say(
+            `${(s.tMs / 1000).toFixed(0)} s: RSS ${(s.rssBytes / 2 ** 20).toFixed(0)} MiB, ${s.activeSessions} active, ${completed} completed, ${abandoned} abandoned, ${failures.length} failed`,
+          );
           nextLog += opts.bucketMs;
         }
       }
@@ -151,8 +218,11 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         const n = started++;
         const abandonAt = n % 10 === 9 ? 1 + (n % opts.newTokens) : 0;
         try {
-          const r = await oneSession(client, stages, promptIds(opts.promptTokens, n + 1), opts.newTokens, abandonAt, opts.durationMs + 300_000, (ms) => stepTimes.push({ tMs: now(), ms }));
-          if (r === 'completed') completed++; else abandoned++;
+          const r = await oneSession(client, stages, promptIds(opts.promptTokens, n + 1), opts.newTokens, abandonAt, opts.durationMs + 300_000, (ms) =>
+            stepTimes.push({ tMs: now(), ms }),
+          );
+          if (r === 'completed') completed++;
+          else abandoned++;
         } catch (err) {
           failures.push(err instanceof Error ? err.message : String(err));
           await sleep(100);
@@ -180,7 +250,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const after = samples.filter((s) => s.tMs >= opts.warmupMs && Number.isFinite(s.rssBytes));
     const base = after[0]?.rssBytes ?? Number.NaN;
     const lastFrom = Math.max(opts.warmupMs, end - opts.bucketMs);
-    const tail = after.filter((s) => s.tMs >= lastFrom).map((s) => s.rssBytes).sort((a, b) => a - b);
+    const tail = after
+      .filter((s) => s.tMs >= lastFrom)
+      .map((s) => s.rssBytes)
+      .sort((a, b) => a - b);
     const report: SoakReport = {
       options: { ...opts, onProgress: undefined } as Omit<SoakOptions, 'onProgress'>,
       sessionsCompleted: completed,
@@ -210,18 +283,30 @@ export function writeSoakReport(r: SoakReport, dir: string): void {
   writeFileSync(join(dir, 'soak.json'), `${JSON.stringify(r, null, 2)}\n`);
   const o = r.options;
   const title = `${o.sessions} sessions, ${(o.durationMs / 1000).toFixed(0)} s`;
-  writeFileSync(join(dir, 'soak-rss.svg'), renderChart({
-    kind: 'line', title: `Executor RSS during the soak (${title}; warm-up ${(o.warmupMs / 1000).toFixed(0)} s)`, xLabel: 'time (s)', yLabel: 'RSS (MiB)',
-    series: [{ name: 'RSS', points: r.samples.map((s) => ({ x: s.tMs / 1000, y: s.rssBytes / 2 ** 20 })) }],
-  }));
-  writeFileSync(join(dir, 'soak-latency.svg'), renderChart({
-    kind: 'line', title: `Step latency per ${(o.bucketMs / 1000).toFixed(0)} s (${title})`, xLabel: 'time (s)', yLabel: 'step latency (ms)',
-    series: [
-      { name: 'p99', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p99Ms })) },
-      { name: 'p90', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p90Ms })) },
-      { name: 'p50', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p50Ms })) },
-    ],
-  }));
+  writeFileSync(
+    join(dir, 'soak-rss.svg'),
+    renderChart({
+      kind: 'line',
+      title: `Executor RSS during the soak (${title}; warm-up ${(o.warmupMs / 1000).toFixed(0)} s)`,
+      xLabel: 'time (s)',
+      yLabel: 'RSS (MiB)',
+      series: [{ name: 'RSS', points: r.samples.map((s) => ({ x: s.tMs / 1000, y: s.rssBytes / 2 ** 20 })) }],
+    }),
+  );
+  writeFileSync(
+    join(dir, 'soak-latency.svg'),
+    renderChart({
+      kind: 'line',
+      title: `Step latency per ${(o.bucketMs / 1000).toFixed(0)} s (${title})`,
+      xLabel: 'time (s)',
+      yLabel: 'step latency (ms)',
+      series: [
+        { name: 'p99', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p99Ms })) },
+        { name: 'p90', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p90Ms })) },
+        { name: 'p50', points: r.buckets.map((b) => ({ x: b.fromMs / 1000, y: b.p50Ms })) },
+      ],
+    }),
+  );
 }
 
 /** The report as a few lines of text. */
@@ -232,7 +317,8 @@ export function formatSoakReport(r: SoakReport): string {
     `sessions: ${r.sessionsCompleted} completed, ${r.sessionsAbandoned} abandoned, ${r.sessionsFailed} failed${r.failures.length ? ` (${r.failures.join('; ')})` : ''}; ${r.steps} steps`,
     `leaked sessions (GetStatus active after all closed): ${r.leakedSessions}`,
     `RSS after warm-up (${(r.options.warmupMs / 1000).toFixed(0)} s): baseline ${(r.rssBaselineBytes / MiB).toFixed(0)} MiB, max +${(r.rssGrowthMax * 100).toFixed(1)} %, last bucket +${(r.rssGrowthEnd * 100).toFixed(1)} %`,
-    '| from s | steps | p50 ms | p90 ms | p99 ms |', '|---:|---:|---:|---:|---:|',
+    '| from s | steps | p50 ms | p90 ms | p99 ms |',
+    '|---:|---:|---:|---:|---:|',
     ...r.buckets.map((b) => `| ${(b.fromMs / 1000).toFixed(0)} | ${b.steps} | ${b.p50Ms.toFixed(1)} | ${b.p90Ms.toFixed(1)} | ${b.p99Ms.toFixed(1)} |`),
   ];
   if (r.executorExitedEarly) lines.push('THE EXECUTOR EXITED DURING THE SOAK');

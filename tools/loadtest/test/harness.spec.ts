@@ -1,7 +1,26 @@
 import { Rng } from '@tandem/util';
 import {
-  arrivalTimes, BUNDLED_SCENARIOS, buildTrace, compare, deviceSide, loadScenario, mergeSamples, plannerSloEnv, predictionErrors, predictionSamples, predictionSection,
-  promptPools, ratios, scenarioPathOf, sloMet, spreadOf, summarize, summarizePolicy, validateScenario, type RequestRecord, type Scenario,
+  arrivalTimes,
+  BUNDLED_SCENARIOS,
+  buildTrace,
+  compare,
+  deviceSide,
+  loadScenario,
+  mergeSamples,
+  plannerSloEnv,
+  predictionErrors,
+  predictionSamples,
+  predictionSection,
+  promptPools,
+  ratios,
+  scenarioPathOf,
+  sloMet,
+  spreadOf,
+  summarize,
+  summarizePolicy,
+  validateScenario,
+  type RequestRecord,
+  type Scenario,
 } from '../src';
 import tiny from './tiny-scenario.json';
 
@@ -9,7 +28,9 @@ import tiny from './tiny-scenario.json';
 const scenario = (patch: Record<string, unknown> = {}): Record<string, unknown> => ({ ...tiny, ...patch });
 
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-function gapsOf(times: number[]): number[] { return times.map((t, i) => t - (i ? times[i - 1] : 0)); }
+function gapsOf(times: number[]): number[] {
+  return times.map((t, i) => t - (i ? times[i - 1] : 0));
+}
 function cvOf(xs: number[]): number {
   const m = mean(xs);
   return Math.sqrt(mean(xs.map((x) => (x - m) ** 2))) / m;
@@ -36,7 +57,8 @@ describe('arrivals', () => {
   it('draws prompts from a pool per class that depends on the scenario seed only', () => {
     const pools = promptPools(s);
     expect(pools.get('short')).toHaveLength(3);
-    const inPool = (r: { requestClass: string; promptIds: readonly number[] }): boolean => pools.get(r.requestClass)!.some((p) => p.ids === r.promptIds || p.ids.join() === r.promptIds.join());
+    const inPool = (r: { requestClass: string; promptIds: readonly number[] }): boolean =>
+      pools.get(r.requestClass)!.some((p) => p.ids === r.promptIds || p.ids.join() === r.promptIds.join());
     for (const seed of [7, 8]) expect(buildTrace(s, 5, 20, seed).every(inPool)).toBe(true);
     expect(promptPools(s)).toEqual(pools);
     expect(promptPools(validateScenario(scenario({ seed: 6 })))).not.toEqual(pools);
@@ -63,8 +85,18 @@ describe('arrivals', () => {
 
 describe('metrics', () => {
   const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0, device: 'd', requestClass: 'c', promptTokens: 4, maxNewTokens: 3, slo: { e2eMs: 300 }, sentMs: 0, lagMs: 0,
-    status: 'OK', tokenMs: [], endMs: 0, ...p,
+    index: 0,
+    device: 'd',
+    requestClass: 'c',
+    promptTokens: 4,
+    maxNewTokens: 3,
+    slo: { e2eMs: 300 },
+    sentMs: 0,
+    lagMs: 0,
+    status: 'OK',
+    tokenMs: [],
+    endMs: 0,
+    ...p,
   });
 
   it('computes TTFT, TPOT, ITL, E2E, goodput and SLA attainment as benchmark_serving does, counting failures', () => {
@@ -116,8 +148,12 @@ describe('metrics', () => {
       rec({ index: 5, device: 'a', requestClass: 'y', slo: { ttftMs: 100, tpotMs: 80, e2eMs: 250 }, status: 'UNAVAILABLE', tokenMs: [10], endMs: 20 }),
     ];
     expect(records.map((r) => sloMet(r))).toEqual([
-      { ttftMs: true, tpotMs: true }, { ttftMs: false, tpotMs: true }, { ttftMs: true, tpotMs: false }, { ttftMs: true, tpotMs: true },
-      { ttftMs: true, tpotMs: true, e2eMs: false }, { ttftMs: false, tpotMs: false, e2eMs: false },
+      { ttftMs: true, tpotMs: true },
+      { ttftMs: false, tpotMs: true },
+      { ttftMs: true, tpotMs: false },
+      { ttftMs: true, tpotMs: true },
+      { ttftMs: true, tpotMs: true, e2eMs: false },
+      { ttftMs: false, tpotMs: false, e2eMs: false },
     ]);
     const st = summarize(records, 1);
     expect(st.metSla).toBe(2);
@@ -147,11 +183,30 @@ describe('metrics', () => {
 
   it('compares policies: CPU cut against server-only and goodput gain over greedy', () => {
     const row = (policy: 'server-only' | 'greedy' | 'dp', rate: number, cpu: number, goodput: number, att: number) => ({
-      repeat: 0, seed: 1, policy, rate, serverCpuS: cpu, serverCpuPerRequestS: cpu / 10, serverCpuUtilisation: 0.5, serverRunQueueShare: 0, reportedServerComputeS: cpu / 2, agentsCpuS: 0, plans: {},
-      deviceSide: deviceSide([], null, new Map(), 0, 0, 1), prediction: {}, predictionSamples: {},
+      repeat: 0,
+      seed: 1,
+      policy,
+      rate,
+      serverCpuS: cpu,
+      serverCpuPerRequestS: cpu / 10,
+      serverCpuUtilisation: 0.5,
+      serverRunQueueShare: 0,
+      reportedServerComputeS: cpu / 2,
+      agentsCpuS: 0,
+      plans: {},
+      deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
+      prediction: {},
+      predictionSamples: {},
       stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
     });
-    const rows = [row('server-only', 1, 3, 1, 1), row('server-only', 2, 3, 1.5, 0.8), row('greedy', 1, 2.4, 1, 1), row('greedy', 2, 2.4, 1.6, 0.85), row('dp', 1, 1.8, 1, 1), row('dp', 2, 1.8, 2, 0.95)];
+    const rows = [
+      row('server-only', 1, 3, 1, 1),
+      row('server-only', 2, 3, 1.5, 0.8),
+      row('greedy', 1, 2.4, 1, 1),
+      row('greedy', 2, 2.4, 1.6, 0.85),
+      row('dp', 1, 1.8, 1, 1),
+      row('dp', 2, 1.8, 2, 0.95),
+    ];
     const sums = (['server-only', 'greedy', 'dp'] as const).map((p) => summarizePolicy(p, rows, 0.9));
     expect(sums.map((s) => s.maxRateMeetingSla)).toEqual([1, 1, 2]);
     const c = compare(sums);
@@ -165,7 +220,10 @@ describe('metrics', () => {
   });
 
   it('flags a rate where the emulated devices ran late or the client core was busy', () => {
-    const costs = [{ stage: 0, prefillMsPerToken: 1, decodeMs: 2 }, { stage: 1, prefillMsPerToken: 10, decodeMs: 10 }];
+    const costs = [
+      { stage: 0, prefillMsPerToken: 1, decodeMs: 2 },
+      { stage: 1, prefillMsPerToken: 10, decodeMs: 10 },
+    ];
     // Modelled client time of 'CS' on a 2x device: 2 × (1 × 4 prompt tokens + 2 × 2 decode steps) = 16 ms.
     const mk = (clientComputeMs: number): RequestRecord => rec({ placement: 'CS', promptTokens: 4, tokenMs: [1, 2, 3], endMs: 3, clientComputeMs });
     const ok = deviceSide([mk(16.5), mk(16)], costs, new Map([['d', 2]]), 0.5, 0.6, 1);
@@ -179,8 +237,21 @@ describe('metrics', () => {
 
 describe('prediction error', () => {
   const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0, device: 'phone', requestClass: 'chat', promptTokens: 4, maxNewTokens: 3, slo: { e2eMs: 300 }, sentMs: 0, lagMs: 0,
-    status: 'OK', tokenMs: [40, 70, 100], endMs: 100, predictedE2eMs: 100, predictedTtftMs: 40, predictedTpotMs: 30, ...p,
+    index: 0,
+    device: 'phone',
+    requestClass: 'chat',
+    promptTokens: 4,
+    maxNewTokens: 3,
+    slo: { e2eMs: 300 },
+    sentMs: 0,
+    lagMs: 0,
+    status: 'OK',
+    tokenMs: [40, 70, 100],
+    endMs: 100,
+    predictedE2eMs: 100,
+    predictedTtftMs: 40,
+    predictedTpotMs: 30,
+    ...p,
   });
   /** n requests measured at 100 ms E2E (40 TTFT, 30 TPOT) with E2E predicted at e2e(i). */
   const group = (n: number, e2e: (i: number) => number, patch: Partial<RequestRecord> = {}): RequestRecord[] =>
@@ -248,13 +319,18 @@ describe('prediction error', () => {
   });
 
   it('writes a Prediction error section per policy, with the flag and the too-few groups', () => {
-    const md = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }).join('\n');
+    const md = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }).join(
+      '\n',
+    );
     expect(md).toContain('## Prediction error');
     expect(md).toMatch(/\| dp \| phone\/chat \| 20 \| 20 \| 0 \| 50\.0 % \/ 50\.0 % \(\+50\.0 %\) \*\*over\*\* \|/);
     expect(md).toContain('| dp | laptop/chat | 3 | 3 | 0 | too few (n 3) |');
     // The sustained-rate columns come from their own groups (here: none sustained for laptop).
     const sustained = { dp: predictionErrors(predictionSamples(group(20, () => 110))) };
-    const md2 = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }, sustained).join('\n');
+    const md2 = predictionSection(
+      { dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) },
+      sustained,
+    ).join('\n');
     expect(md2).toMatch(/\| dp \| phone\/chat \|.* \| 10\.0 % \/ 10\.0 % \(\+10\.0 %\) \| 0\.0 % \/ 0\.0 % \(0\.0 %\) \|$/m);
     expect(md2).toMatch(/\| dp \| laptop\/chat \|.* \| – \| – \|$/m);
   });

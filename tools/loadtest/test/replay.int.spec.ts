@@ -12,7 +12,9 @@ import { makeTempModel, type TempModel } from '@tandem/testkit';
 // The load test's device emulation: client-agents replaying their stages from a recording.
 
 let dir: string;
-beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'tandem-replay-test-')); });
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'tandem-replay-test-'));
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('replayed device stages (EMULATION)', () => {
@@ -29,13 +31,30 @@ describe('replayed device stages (EMULATION)', () => {
   beforeAll(async () => {
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({ engine, log, address: '127.0.0.1:0', serverId: 'exec', maxSessions: 16, maxContextTokens: 0, maxMessageBytes: 8 << 20,
-      batching: true, maxBatch: 8, idleTimeoutMs: 30_000, telemetryIntervalMs: 1000 });
+    executor = new ExecutorServer({
+      engine,
+      log,
+      address: '127.0.0.1:0',
+      serverId: 'exec',
+      maxSessions: 16,
+      maxContextTokens: 0,
+      maxMessageBytes: 8 << 20,
+      batching: true,
+      maxBatch: 8,
+      idleTimeoutMs: 30_000,
+      telemetryIntervalMs: 1000,
+    });
     executorAddr = `127.0.0.1:${(await executor.start()).port}`;
     file = join(dir, 'replay.bin');
     const m = await readManifest(model.dir);
     const progress: number[] = [];
-    await recordReplay({ modelDir: model.dir, modelId: modelIdOf(model.dir), prompts: prompts.map((ids) => ({ ids, maxNewTokens: 6 })), out: file, onProgress: (d) => progress.push(d) });
+    await recordReplay({
+      modelDir: model.dir,
+      modelId: modelIdOf(model.dir),
+      prompts: prompts.map((ids) => ({ ids, maxNewTokens: 6 })),
+      out: file,
+      onProgress: (d) => progress.push(d),
+    });
     expect(progress).toEqual([1, 2, 3]);
     rec = ReplayRecording.load(file, { modelId: modelIdOf(model.dir), stageCount: m.stages.length, nEmbd: m.config.nEmbd, vocabSize: m.config.vocabSize });
   }, 60_000);
@@ -50,10 +69,21 @@ describe('replayed device stages (EMULATION)', () => {
   async function startAgent(slowdown: number): Promise<AgentServiceClient> {
     const stageCount = rec.header.stageCount;
     const agent = new ClientAgent({
-      modelDir: model.dir, modelId: modelIdOf(model.dir), clientId: `replay-${slowdown}`, clientClass: 'default', address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i), threads: 1, slowdown, replay: rec,
+      modelDir: model.dir,
+      modelId: modelIdOf(model.dir),
+      clientId: `replay-${slowdown}`,
+      clientClass: 'default',
+      address: '127.0.0.1:0',
+      stages: Array.from({ length: stageCount }, (_, i) => i),
+      threads: 1,
+      slowdown,
+      replay: rec,
       link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr, telemetryIntervalMs: 1000, deadlineMs: 30_000, maxMessageBytes: 8 << 20, log,
+      executorAddr,
+      telemetryIntervalMs: 1000,
+      deadlineMs: 30_000,
+      maxMessageBytes: 8 << 20,
+      log,
     });
     agents.push(agent);
     const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, grpc.credentials.createInsecure());
@@ -70,7 +100,9 @@ describe('replayed device stages (EMULATION)', () => {
     const junk = join(dir, 'junk.bin');
     writeFileSync(junk, 'not a recording at all, just text');
     expect(() => ReplayRecording.load(junk, shape)).toThrow(/AGENT_REPLAY_FILE .*junk\.bin must be a tandem replay recording/);
-    expect(() => ReplayRecording.load(join(dir, 'absent.bin'), shape)).toThrow(/AGENT_REPLAY_FILE must name a readable recording, given '.*absent\.bin' \(ENOENT\)/);
+    expect(() => ReplayRecording.load(join(dir, 'absent.bin'), shape)).toThrow(
+      /AGENT_REPLAY_FILE must name a readable recording, given '.*absent\.bin' \(ENOENT\)/,
+    );
     expect(() => ReplayRecording.load(file, { ...shape, nEmbd: shape.nEmbd * 2 })).toThrow(/must be recorded from this model \(nEmbd 128\), given 64/);
     // A truncated file: its header no longer parses or fits.
     writeFileSync(junk, readFileSync(file).subarray(0, 4096));
@@ -96,8 +128,13 @@ describe('replayed device stages (EMULATION)', () => {
   it('fails a generation whose history is not in the recording, naming the miss, and serves all-server ones', async () => {
     const c = await startAgent(1);
     const unknown = [15496, 11, 995];
-    await expect(generate(c, unknown, 'CCSSSC')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/replay miss: a prompt of 3 tokens is not in the recorded pool/) });
-    await expect(generate(c, prompts[0], 'CCSSSC', 7)).rejects.toMatchObject({ details: expect.stringMatching(/replay miss: step 6 is beyond the 6 recorded tokens/) });
+    await expect(generate(c, unknown, 'CCSSSC')).rejects.toMatchObject({
+      code: grpc.status.FAILED_PRECONDITION,
+      details: expect.stringMatching(/replay miss: a prompt of 3 tokens is not in the recorded pool/),
+    });
+    await expect(generate(c, prompts[0], 'CCSSSC', 7)).rejects.toMatchObject({
+      details: expect.stringMatching(/replay miss: step 6 is beyond the 6 recorded tokens/),
+    });
     const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
     const want = await pipe.generate(unknown, { maxNewTokens: 4 });
     await pipe.close();

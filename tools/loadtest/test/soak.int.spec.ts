@@ -20,8 +20,20 @@ describe('soak (CI-sized)', () => {
   });
 
   it('20 sessions for 20 s: 0 leaked, 0 failed, report and curves written', async () => {
-    const r: SoakReport = await runSoak({ modelDir: model.dir, sessions: 20, durationMs: 20_000, warmupMs: 5000, bucketMs: 5000, sampleMs: 1000, promptTokens: 16, newTokens: 16, outDir: out });
-    process.stderr.write(`soak: ${r.sessionsCompleted} completed, ${r.sessionsAbandoned} abandoned, ${r.steps} steps, RSS growth after warm-up max ${(r.rssGrowthMax * 100).toFixed(1)} %, end ${(r.rssGrowthEnd * 100).toFixed(1)} %, p99 per bucket ${r.buckets.map((b) => b.p99Ms.toFixed(0)).join(' ')} ms\n`);
+    const r: SoakReport = await runSoak({
+      modelDir: model.dir,
+      sessions: 20,
+      durationMs: 20_000,
+      warmupMs: 5000,
+      bucketMs: 5000,
+      sampleMs: 1000,
+      promptTokens: 16,
+      newTokens: 16,
+      outDir: out,
+    });
+    process.stderr.write(
+      `soak: ${r.sessionsCompleted} completed, ${r.sessionsAbandoned} abandoned, ${r.steps} steps, RSS growth after warm-up max ${(r.rssGrowthMax * 100).toFixed(1)} %, end ${(r.rssGrowthEnd * 100).toFixed(1)} %, p99 per bucket ${r.buckets.map((b) => b.p99Ms.toFixed(0)).join(' ')} ms\n`,
+    );
     expect(r.failures).toEqual([]);
     expect(r.leakedSessions).toBe(0);
     expect(r.executorExitedEarly).toBe(false);

@@ -20,7 +20,9 @@ export interface SimulationJson {
   readonly overallContested: Summary;
   readonly families: readonly { readonly family: string; readonly all: Summary; readonly contested: Summary }[];
   readonly models: readonly { readonly model: string; readonly family: string; readonly all: Summary; readonly contested: Summary }[];
-  readonly by: Readonly<Record<'slaFactor' | 'clientTflops' | 'serverTflops' | 'network' | 'activationBytes' | 'seqLen', readonly { key: string | number; summary: Summary }[]>>;
+  readonly by: Readonly<
+    Record<'slaFactor' | 'clientTflops' | 'serverTflops' | 'network' | 'activationBytes' | 'seqLen', readonly { key: string | number; summary: Summary }[]>
+  >;
 }
 
 const pct = (x: number | null | undefined): string => (x === null || x === undefined || !Number.isFinite(x) ? '—' : `${(100 * x).toFixed(1)} %`);
@@ -71,38 +73,122 @@ function markdown(j: SimulationJson, total: number): string {
   const paperFamily = (f: string) => PAPER_RESULTS.families[f as keyof typeof PAPER_RESULTS.families];
   const out: string[] = [];
   out.push('# SplitLLM reproduction: server work by placement algorithm', '');
-  out.push(`${total} configurations${j.decodeSteps ? `, generative models priced for ${j.decodeSteps} decode steps` : ''}; server work = server compute time. `
-    + `"contested" = configurations where all-client misses the SLA (${j.overallContested.configs} of ${total}). `
-    + 'Reductions are means over configurations; the paper\'s overall figures are its abstract\'s, per-family ones come from a secondary summary.', '');
-  out.push(row(['family', 'configs', 'dp vs server-only', 'contested', 'paper', 'dp over greedy', 'paper', 'dp over prefix', ...steps.map((s) => `dp-grid cost (SLA/${s})`)]));
+  out.push(
+    `${total} configurations${j.decodeSteps ? `, generative models priced for ${j.decodeSteps} decode steps` : ''}; server work = server compute time. ` +
+      `"contested" = configurations where all-client misses the SLA (${j.overallContested.configs} of ${total}). ` +
+      "Reductions are means over configurations; the paper's overall figures are its abstract's, per-family ones come from a secondary summary.",
+    '',
+  );
+  out.push(
+    row([
+      'family',
+      'configs',
+      'dp vs server-only',
+      'contested',
+      'paper',
+      'dp over greedy',
+      'paper',
+      'dp over prefix',
+      ...steps.map((s) => `dp-grid cost (SLA/${s})`),
+    ]),
+  );
   out.push(row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', ...steps.map(() => '---:')]));
   for (const f of j.families) {
     const p = paperFamily(f.family);
-    out.push(row([f.family, f.all.configs, pct(f.all.reductionVsServerOnly.dp), pct(f.contested.reductionVsServerOnly.dp), pct(p?.dpVsServerOnly), pct(f.all.dpOverGreedy), pct(p?.dpOverGreedy), pct(f.all.dpOverPrefix), ...f.all.gridCost.map(pp)]));
+    out.push(
+      row([
+        f.family,
+        f.all.configs,
+        pct(f.all.reductionVsServerOnly.dp),
+        pct(f.contested.reductionVsServerOnly.dp),
+        pct(p?.dpVsServerOnly),
+        pct(f.all.dpOverGreedy),
+        pct(p?.dpOverGreedy),
+        pct(f.all.dpOverPrefix),
+        ...f.all.gridCost.map(pp),
+      ]),
+    );
   }
   const o = j.overall;
-  out.push(row(['**overall**', o.configs, `**${pct(o.reductionVsServerOnly.dp)}**`, pct(j.overallContested.reductionVsServerOnly.dp), '≈ 33 %', `**${pct(o.dpOverGreedy)}**`, '19 %', pct(o.dpOverPrefix), ...o.gridCost.map(pp)]));
+  out.push(
+    row([
+      '**overall**',
+      o.configs,
+      `**${pct(o.reductionVsServerOnly.dp)}**`,
+      pct(j.overallContested.reductionVsServerOnly.dp),
+      '≈ 33 %',
+      `**${pct(o.dpOverGreedy)}**`,
+      '19 %',
+      pct(o.dpOverPrefix),
+      ...o.gridCost.map(pp),
+    ]),
+  );
   out.push('');
   out.push('## Per model', '');
-  out.push(row(['model', 'configs', 'client alone fits', 'dp', ...steps.map((s) => `dp-grid SLA/${s}`), 'prefix', 'greedy', 'dp over greedy (pooled)', 'dp over prefix', 'dp shapes: all-C / S→C / C→S / multi / all-S']));
+  out.push(
+    row([
+      'model',
+      'configs',
+      'client alone fits',
+      'dp',
+      ...steps.map((s) => `dp-grid SLA/${s}`),
+      'prefix',
+      'greedy',
+      'dp over greedy (pooled)',
+      'dp over prefix',
+      'dp shapes: all-C / S→C / C→S / multi / all-S',
+    ]),
+  );
   out.push(row(['---', '---:', '---:', '---:', ...steps.map(() => '---:'), '---:', '---:', '---:', '---:', '---']));
   for (const m of j.models) {
     const s = m.all;
     const sh = s.dpShapes;
-    out.push(row([m.model, s.configs, pct(1 - m.contested.configs / s.configs), pct(s.reductionVsServerOnly.dp), ...s.reductionVsServerOnly.grid.map(pct), pct(s.reductionVsServerOnly.prefix), pct(s.reductionVsServerOnly.greedy),
-      `${pct(s.dpOverGreedy)} (${pct(s.dpOverGreedyPooled)})`, pct(s.dpOverPrefix),
-      [sh['all-client'], sh['server-then-client'], sh['client-then-server'], sh['multi-switch'], sh['all-server']].map((x) => (100 * x).toFixed(0)).join(' / ')]));
+    out.push(
+      row([
+        m.model,
+        s.configs,
+        pct(1 - m.contested.configs / s.configs),
+        pct(s.reductionVsServerOnly.dp),
+        ...s.reductionVsServerOnly.grid.map(pct),
+        pct(s.reductionVsServerOnly.prefix),
+        pct(s.reductionVsServerOnly.greedy),
+        `${pct(s.dpOverGreedy)} (${pct(s.dpOverGreedyPooled)})`,
+        pct(s.dpOverPrefix),
+        [sh['all-client'], sh['server-then-client'], sh['client-then-server'], sh['multi-switch'], sh['all-server']]
+          .map((x) => (100 * x).toFixed(0))
+          .join(' / '),
+      ]),
+    );
   }
-  out.push('', 'Columns dp … greedy: server-work reduction vs server-only. dp-grid cost: extra server work of dp-grid over dp, in points of server-only work.', '');
+  out.push(
+    '',
+    'Columns dp … greedy: server-work reduction vs server-only. dp-grid cost: extra server work of dp-grid over dp, in points of server-only work.',
+    '',
+  );
   out.push('## Sensitivity (all models)', '');
   const labels: Record<keyof SimulationJson['by'], string> = {
-    slaFactor: 'SLA / all-server latency', clientTflops: 'client TFLOP/s', serverTflops: 'server TFLOP/s', network: 'network', activationBytes: 'bytes per activation', seqLen: 'sequence length',
+    slaFactor: 'SLA / all-server latency',
+    clientTflops: 'client TFLOP/s',
+    serverTflops: 'server TFLOP/s',
+    network: 'network',
+    activationBytes: 'bytes per activation',
+    seqLen: 'sequence length',
   };
   for (const key of Object.keys(labels) as (keyof SimulationJson['by'])[]) {
     out.push(row([labels[key], 'configs', 'dp vs server-only', 'prefix vs server-only', 'greedy vs server-only', 'dp over greedy', 'dp over prefix']));
     out.push(row(['---', '---:', '---:', '---:', '---:', '---:', '---:']));
     for (const { key: k, summary: s } of j.by[key]) {
-      out.push(row([k, s.configs, pct(s.reductionVsServerOnly.dp), pct(s.reductionVsServerOnly.prefix), pct(s.reductionVsServerOnly.greedy), pct(s.dpOverGreedy), pct(s.dpOverPrefix)]));
+      out.push(
+        row([
+          k,
+          s.configs,
+          pct(s.reductionVsServerOnly.dp),
+          pct(s.reductionVsServerOnly.prefix),
+          pct(s.reductionVsServerOnly.greedy),
+          pct(s.dpOverGreedy),
+          pct(s.dpOverPrefix),
+        ]),
+      );
     }
     out.push('');
   }
@@ -111,10 +197,46 @@ function markdown(j: SimulationJson, total: number): string {
 }
 
 function csv(rows: readonly ConfigResult[], ranges: SweepRanges): string {
-  const head = ['model', 'family', 'seqLen', 'slaFactor', 'clientTflops', 'serverTflops', 'network', 'activationBytes', 'slaMs',
-    'workServerOnly', 'workDp', 'workGreedy', 'workPrefix', ...ranges.gridSteps.map((s) => `workGrid${s}`), 'dpSwitches', 'dpShape', 'clientOnlyFeasible'];
-  const lines = rows.map((r) => [r.model, r.family, r.seqLen, r.slaFactor, r.clientTflops, r.serverTflops, r.network, r.activationBytes, r.slaMs,
-    r.work.serverOnly, r.work.dp, r.work.greedy, r.work.prefix, ...r.work.grid, r.dpSwitches, r.dpShape, r.clientOnlyFeasible].join(','));
+  const head = [
+    'model',
+    'family',
+    'seqLen',
+    'slaFactor',
+    'clientTflops',
+    'serverTflops',
+    'network',
+    'activationBytes',
+    'slaMs',
+    'workServerOnly',
+    'workDp',
+    'workGreedy',
+    'workPrefix',
+    ...ranges.gridSteps.map((s) => `workGrid${s}`),
+    'dpSwitches',
+    'dpShape',
+    'clientOnlyFeasible',
+  ];
+  const lines = rows.map((r) =>
+    [
+      r.model,
+      r.family,
+      r.seqLen,
+      r.slaFactor,
+      r.clientTflops,
+      r.serverTflops,
+      r.network,
+      r.activationBytes,
+      r.slaMs,
+      r.work.serverOnly,
+      r.work.dp,
+      r.work.greedy,
+      r.work.prefix,
+      ...r.work.grid,
+      r.dpSwitches,
+      r.dpShape,
+      r.clientOnlyFeasible,
+    ].join(','),
+  );
   return `${[head.join(','), ...lines].join('\n')}\n`;
 }
 
@@ -133,7 +255,8 @@ function charts(j: SimulationJson): { file: string; svg: string }[] {
   const byModel = renderChart({
     kind: 'bar',
     title: 'Server work saved vs server-only, per model',
-    xLabel: 'model', yLabel: 'server-work reduction (%)',
+    xLabel: 'model',
+    yLabel: 'server-work reduction (%)',
     xCategories: categories,
     series: [
       byCategory('dp (exact)', (s) => s.reductionVsServerOnly.dp),
@@ -145,15 +268,23 @@ function charts(j: SimulationJson): { file: string; svg: string }[] {
     yMin: 0,
     width: 860,
   });
-  const line = (key: keyof SimulationJson['by'], title: string, xLabel: string) => renderChart({
-    kind: 'line', title, xLabel, yLabel: 'server-work reduction vs server-only (%)', yMin: 0,
-    series: [
-      { name: 'dp (exact)', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.dp) })) },
-      { name: `dp-grid (SLA/${j.ranges.gridSteps[0]})`, points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.grid[0]) })) },
-      { name: 'prefix', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.prefix) })) },
-      { name: 'greedy', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.greedy) })) },
-    ],
-  });
+  const line = (key: keyof SimulationJson['by'], title: string, xLabel: string) =>
+    renderChart({
+      kind: 'line',
+      title,
+      xLabel,
+      yLabel: 'server-work reduction vs server-only (%)',
+      yMin: 0,
+      series: [
+        { name: 'dp (exact)', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.dp) })) },
+        {
+          name: `dp-grid (SLA/${j.ranges.gridSteps[0]})`,
+          points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.grid[0]) })),
+        },
+        { name: 'prefix', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.prefix) })) },
+        { name: 'greedy', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.greedy) })) },
+      ],
+    });
   return [
     { file: 'reduction-by-model.svg', svg: byModel },
     { file: 'reduction-by-sla.svg', svg: line('slaFactor', 'Server work saved as the SLA loosens (all models)', 'SLA / all-server latency') },

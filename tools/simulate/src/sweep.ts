@@ -1,5 +1,12 @@
 import {
-  instanceFromShape, linkFromMbps, solveClientOnly, solveDp, solveDpGrid, solveGreedy, solvePrefix, solveServerOnly,
+  instanceFromShape,
+  linkFromMbps,
+  solveClientOnly,
+  solveDp,
+  solveDpGrid,
+  solveGreedy,
+  solvePrefix,
+  solveServerOnly,
   type RequestShape,
 } from '@tandem/dp';
 import { SIMULATED_MODELS, type SimulatedModel } from './models';
@@ -147,9 +154,7 @@ export function sweepConfigs(options: Pick<SweepOptions, 'ranges' | 'models'>): 
 }
 
 function request(model: SimulatedModel, seqLen: number, decodeSteps: number): RequestShape {
-  return model.generative && decodeSteps > 0
-    ? { kind: 'generation', promptTokens: seqLen, decodeSteps }
-    : { kind: 'prefill', tokens: seqLen };
+  return model.generative && decodeSteps > 0 ? { kind: 'generation', promptTokens: seqLen, decodeSteps } : { kind: 'prefill', tokens: seqLen };
 }
 
 /**
@@ -265,7 +270,8 @@ export function summarizeBy<K extends string | number>(rows: readonly ConfigResu
   for (const r of rows) {
     const k = key(r);
     const g = groups.get(k);
-    if (g) g.push(r); else groups.set(k, [r]);
+    if (g) g.push(r);
+    else groups.set(k, [r]);
   }
   return [...groups].map(([k, g]) => ({ key: k, summary: summarize(g) }));
 }

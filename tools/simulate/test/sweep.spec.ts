@@ -20,4 +20,3 @@ describe('the sweep', () => {
     expect(placementShape(['server', 'client', 'server'])).toBe('multi-switch');
   });
 });
-

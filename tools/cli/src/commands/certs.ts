@@ -43,7 +43,8 @@ export const certsCommand: Command = {
     const days = Number(rawDays);
     if (!/^\d+$/.test(rawDays) || days < 1 || days > 3650) throw new UsageError(`--days must be an integer in 1..3650, given '${rawDays.slice(0, 80)}'`);
     const clientName = args.flags.get('client-name') ?? 'tandem-client';
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(clientName)) throw new UsageError(`--client-name must be 1..64 letters, digits, '.', '-' or '_', given '${clientName.slice(0, 80)}'`);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(clientName))
+      throw new UsageError(`--client-name must be 1..64 letters, digits, '.', '-' or '_', given '${clientName.slice(0, 80)}'`);
     const set = makeCertificates(out, { hosts, days, clientName });
     if (args.switches.has('json')) printJson(io, set);
     else io.stdout.write(`wrote ${set.caCert}, ${set.serverCert} (${hosts.join(', ')}), ${set.clientCert} and their keys\n`);

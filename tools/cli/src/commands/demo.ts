@@ -57,14 +57,18 @@ export const demoCommand: Command = {
     const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext', 'own-nats'] });
     const presetFlag = args.flags.get('preset');
     const modelFlag = args.flags.get('model');
-    if (presetFlag !== undefined && modelFlag !== undefined) throw new UsageError(`--preset and --model are exclusive: give one of them, given --preset '${presetFlag}' and --model '${modelFlag}'`);
+    if (presetFlag !== undefined && modelFlag !== undefined)
+      throw new UsageError(`--preset and --model are exclusive: give one of them, given --preset '${presetFlag}' and --model '${modelFlag}'`);
     const preset = presetFlag ?? 'small';
-    if (!Object.prototype.hasOwnProperty.call(PRESETS, preset)) throw new UsageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, given '${preset}'`);
+    if (!Object.prototype.hasOwnProperty.call(PRESETS, preset))
+      throw new UsageError(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, given '${preset}'`);
     if (modelFlag === '') throw new UsageError("--model must name a model directory, given ''");
     const tokens = intFlag(args, 'tokens', { min: 1, max: 512, default: 16 });
     const json = args.switches.has('json');
     const given = modelFlag !== undefined ? { dir: path.resolve(modelFlag), manifest: await existingModelFlag(path.resolve(modelFlag)) } : undefined;
-    const progress = (line: string): void => { io.stderr.write(`demo ${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s: ${line}\n`); };
+    const progress = (line: string): void => {
+      io.stderr.write(`demo ${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s: ${line}\n`);
+    };
 
     // SIGINT/SIGTERM stop the services before the demo exits.
     const ac = new AbortController();
@@ -78,9 +82,11 @@ export const demoCommand: Command = {
     process.on('SIGTERM', onSignal);
     try {
       // NATS first: when there is none and no nats-server either, say so before any model work.
-      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress, ownServer: args.switches.has('own-nats') }).catch((err: unknown) => {
-        throw err instanceof NatsSetupError ? new UsageError(err.message, { cause: err }) : err;
-      });
+      const nats = await ensureNats(process.env.NATS_URL || DEFAULT_NATS_URL, { log: progress, ownServer: args.switches.has('own-nats') }).catch(
+        (err: unknown) => {
+          throw err instanceof NatsSetupError ? new UsageError(err.message, { cause: err }) : err;
+        },
+      );
       try {
         let modelDir: string;
         let manifest;
@@ -90,15 +96,27 @@ export const demoCommand: Command = {
         } else {
           modelDir = demoModelDir(preset);
           const bar = progressReporter(io, `demo: creating model ${preset}`);
-          const m = await ensurePresetModel(preset, modelDir, (done, total) => bar(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`));
+          const m = await ensurePresetModel(preset, modelDir, (done, total) =>
+            bar(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`),
+          );
           manifest = m.manifest;
           progress(`${m.created ? 'created' : 'using cached'} model ${preset} (seed ${DEMO_SEED}, ${manifest.stages.length} stages) in ${modelDir}`);
         }
         ac.signal.throwIfAborted();
         const report = await runDemo({
-          modelDir, manifest, preset: modelFlag === undefined ? preset : undefined, nats, prompt: DEMO_PROMPT, tokens,
-          runsPerAgent: DEMO_RUNS_PER_AGENT, keepLogs: args.switches.has('keep-logs'), planWaitMs: DEMO_PLAN_WAIT_MS,
-          signal: ac.signal, startedAt, progress, tls: !args.switches.has('plaintext'),
+          modelDir,
+          manifest,
+          preset: modelFlag === undefined ? preset : undefined,
+          nats,
+          prompt: DEMO_PROMPT,
+          tokens,
+          runsPerAgent: DEMO_RUNS_PER_AGENT,
+          keepLogs: args.switches.has('keep-logs'),
+          planWaitMs: DEMO_PLAN_WAIT_MS,
+          signal: ac.signal,
+          startedAt,
+          progress,
+          tls: !args.switches.has('plaintext'),
         });
         if (json) printJson(io, report);
         else io.stdout.write(formatDemoReport(report));

@@ -72,14 +72,19 @@ async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
   try {
     const summary = await new Promise<GenerationSummary>((resolve, reject) => {
       let last: GenerationSummary | undefined;
-      const call = client.generate({
-        input,
-        maxNewTokens: maxNew,
-        placement: args.flags.get('placement') ?? '',
-      }, { deadline: Date.now() + deadlineMs });
+      const call = client.generate(
+        {
+          input,
+          maxNewTokens: maxNew,
+          placement: args.flags.get('placement') ?? '',
+        },
+        { deadline: Date.now() + deadlineMs },
+      );
       call.on('data', (m: GenerateResponse) => {
-        if (m.kind?.$case === 'token') { so.push(m.kind.value.id); streamer?.push(so); }
-        else if (m.kind?.$case === 'summary') last = m.kind.value;
+        if (m.kind?.$case === 'token') {
+          so.push(m.kind.value.id);
+          streamer?.push(so);
+        } else if (m.kind?.$case === 'summary') last = m.kind.value;
       });
       call.on('error', reject);
       call.on('end', () => (last ? resolve(last) : reject(new Error(`the agent at ${addr} ended the stream without a summary`))));
@@ -91,7 +96,9 @@ async function generateViaAgent(args: ParsedArgs, io: CliIo): Promise<number> {
     } else streamer?.end(summary.ids);
     return 0;
   } catch (err) {
-    throw ServiceCallError.of(`the agent at ${addr}`, 'Generate', err, (code) => (code === status.UNAVAILABLE ? ' (is the agent running, and can it reach the executor?)' : ''));
+    throw ServiceCallError.of(`the agent at ${addr}`, 'Generate', err, (code) =>
+      code === status.UNAVAILABLE ? ' (is the agent running, and can it reach the executor?)' : '',
+    );
   } finally {
     client.close();
   }
@@ -108,8 +115,10 @@ function promptIds(args: ParsedArgs, manifest: Manifest): number[] {
   if (ids.length === 0) throw new UsageError(`--prompt must encode to at least one token, given '${text}'`);
   const V = manifest.config.vocabSize;
   const bad = ids.find((id) => id >= V);
-  if (bad !== undefined) throw new UsageError(`--prompt must encode to token ids in 0..${V - 1} (the model's vocabulary), given '${text}' (encodes to id ${bad})`);
-  if (ids.length > manifest.config.nPositions) throw new UsageError(`--prompt must encode to at most nPositions = ${manifest.config.nPositions} tokens, given ${ids.length}`);
+  if (bad !== undefined)
+    throw new UsageError(`--prompt must encode to token ids in 0..${V - 1} (the model's vocabulary), given '${text}' (encodes to id ${bad})`);
+  if (ids.length > manifest.config.nPositions)
+    throw new UsageError(`--prompt must encode to at most nPositions = ${manifest.config.nPositions} tokens, given ${ids.length}`);
   return ids;
 }
 
@@ -122,7 +131,13 @@ function textStreamer(io: CliIo): { push(ids: readonly number[]): void; end(ids:
     if (text.startsWith(written)) io.stdout.write(text.slice(written.length));
     written = text;
   };
-  return { push: (ids) => flush(ids, false), end: (ids) => { flush(ids, true); io.stdout.write('\n'); } };
+  return {
+    push: (ids) => flush(ids, false),
+    end: (ids) => {
+      flush(ids, true);
+      io.stdout.write('\n');
+    },
+  };
 }
 
 const USAGE = `usage: tandem generate --model DIR (--prompt TEXT | --ids LIST) --max-new-tokens N --placement PLACEMENT [--json]
@@ -172,7 +187,10 @@ export const generateCommand: Command = {
       const so: number[] = [];
       let ids: number[];
       try {
-        ids = await backend.generate(prompt, maxNew, (id) => { so.push(id); streamer?.push(so); });
+        ids = await backend.generate(prompt, maxNew, (id) => {
+          so.push(id);
+          streamer?.push(so);
+        });
       } catch (err) {
         throw toUsageError(err);
       }

@@ -12,4 +12,16 @@ import { certsCommand } from './certs';
 import { natsConfigCommand } from './nats-config';
 
 /** Every `tandem` sub-command. Each lives in its own file under commands/. */
-export const commands: readonly Command[] = [planCommand, simulateCommand, modelCreateCommand, modelImportCommand, forwardCommand, generateCommand, plansCommand, demoCommand, loadtestCommand, certsCommand, natsConfigCommand];
+export const commands: readonly Command[] = [
+  planCommand,
+  simulateCommand,
+  modelCreateCommand,
+  modelImportCommand,
+  forwardCommand,
+  generateCommand,
+  plansCommand,
+  demoCommand,
+  loadtestCommand,
+  certsCommand,
+  natsConfigCommand,
+];

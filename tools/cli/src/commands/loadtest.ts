@@ -1,7 +1,18 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ensurePresetModel, presetModelDir } from '@tandem/launcher';
-import { BUNDLED_SCENARIOS, buildReport, loadScenario, POLICIES, runLoadtest, ScenarioError, scenarioPathOf, type Emulation, type Policy, type Scenario } from '@tandem/loadtest';
+import {
+  BUNDLED_SCENARIOS,
+  buildReport,
+  loadScenario,
+  POLICIES,
+  runLoadtest,
+  ScenarioError,
+  scenarioPathOf,
+  type Emulation,
+  type Policy,
+  type Scenario,
+} from '@tandem/loadtest';
 import { intFlag, parseArgs } from '../args';
 import type { Command } from '../command';
 import { UsageError } from '../errors';
@@ -44,9 +55,13 @@ Progress goes to stderr. Exit 0 when the run completed (whatever the numbers), 2
 flags or a bad scenario file (naming the field), 1 when the services could not run.`;
 
 function numberList(raw: string, flag: string): number[] {
-  const parts = raw.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  const parts = raw
+    .split(',')
+    .map((x) => x.trim())
+    .filter((x) => x !== '');
   const out = parts.map(Number);
-  if (out.length === 0 || out.some((x) => !Number.isFinite(x) || x <= 0 || x > 10_000)) throw new UsageError(`--${flag} must be a comma-separated list of numbers in (0, 10000], given '${raw}'`);
+  if (out.length === 0 || out.some((x) => !Number.isFinite(x) || x <= 0 || x > 10_000))
+    throw new UsageError(`--${flag} must be a comma-separated list of numbers in (0, 10000], given '${raw}'`);
   return [...new Set(out)].sort((a, b) => a - b);
 }
 
@@ -56,7 +71,10 @@ export const loadtestCommand: Command = {
   summary: 'open-loop load test of the real services: server CPU, goodput and latency per placement policy',
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
-    const args = parseArgs(argv, { flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation'], switches: ['quick', 'json', 'no-pin'] });
+    const args = parseArgs(argv, {
+      flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation'],
+      switches: ['quick', 'json', 'no-pin'],
+    });
     const scenarioPath = scenarioPathOf(args.flags.get('scenario') ?? 'default');
     let loaded: Scenario;
     try {
@@ -68,9 +86,13 @@ export const loadtestCommand: Command = {
     let policies: Policy[] = [...POLICIES];
     const pl = args.flags.get('policies');
     if (pl !== undefined) {
-      policies = pl.split(',').map((p) => p.trim()).filter((p) => p !== '') as Policy[];
+      policies = pl
+        .split(',')
+        .map((p) => p.trim())
+        .filter((p) => p !== '') as Policy[];
       const bad = policies.find((p) => !(POLICIES as readonly string[]).includes(p));
-      if (bad !== undefined || policies.length === 0 || new Set(policies).size !== policies.length) throw new UsageError(`--policies must list distinct names from ${POLICIES.join(', ')}, given '${pl}'`);
+      if (bad !== undefined || policies.length === 0 || new Set(policies).size !== policies.length)
+        throw new UsageError(`--policies must list distinct names from ${POLICIES.join(', ')}, given '${pl}'`);
     }
     const ratesFlag = args.flags.get('rates');
     const rates = ratesFlag !== undefined ? numberList(ratesFlag, 'rates') : [...(quick ? loaded.quick.rates : loaded.rates)];
@@ -78,7 +100,8 @@ export const loadtestCommand: Command = {
     let durationS = quick ? loaded.quick.durationS : loaded.durationS;
     if (dRaw !== undefined) {
       durationS = Number(dRaw);
-      if (!Number.isFinite(durationS) || durationS <= 0 || durationS > 86_400) throw new UsageError(`--duration-s must be a number in (0, 86400], given '${dRaw}'`);
+      if (!Number.isFinite(durationS) || durationS <= 0 || durationS > 86_400)
+        throw new UsageError(`--duration-s must be a number in (0, 86400], given '${dRaw}'`);
     }
     const seed = intFlag(args, 'seed', { min: 0, max: 2 ** 32 - 1, default: loaded.seed });
     const preset = args.flags.get('preset') ?? loaded.preset;
@@ -89,26 +112,57 @@ export const loadtestCommand: Command = {
     const scenario = { ...loaded, preset, emulation: em as Emulation };
     const outDir = resolve(args.flags.get('out') ?? 'loadtest-out');
     const modelDir = resolve(args.flags.get('model-dir') ?? presetModelDir(preset));
-    const note = (line: string): void => { io.stderr.write(`loadtest: ${line}\n`); };
+    const note = (line: string): void => {
+      io.stderr.write(`loadtest: ${line}\n`);
+    };
     const started = performance.now();
-    await ensurePresetModel(preset, modelDir, (done) => { if (done === 0) note(`creating the ${preset} model in ${modelDir}`); });
+    await ensurePresetModel(preset, modelDir, (done) => {
+      if (done === 0) note(`creating the ${preset} model in ${modelDir}`);
+    });
     mkdirSync(outDir, { recursive: true });
     const perPolicy = rates.length * durationS;
-    note(`${repeats > 1 ? `${repeats} repeats × ` : ''}${policies.length} policies × ${rates.length} rates (${rates.join(', ')} req/s) × ${durationS} s; about ${Math.ceil((repeats * policies.length * (perPolicy + 8)) / 60)} min; writing to ${outDir}`);
+    note(
+      `${repeats > 1 ? `${repeats} repeats × ` : ''}${policies.length} policies × ${rates.length} rates (${rates.join(', ')} req/s) × ${durationS} s; about ${Math.ceil((repeats * policies.length * (perPolicy + 8)) / 60)} min; writing to ${outDir}`,
+    );
     const progress = progressReporter(io, 'loadtest');
     let lastPct = -1;
     const run = await runLoadtest({
-      scenario, policies, rates, durationS, warmupS: quick ? loaded.quick.warmupS : loaded.warmupS, seed, repeats, modelDir,
+      scenario,
+      policies,
+      rates,
+      durationS,
+      warmupS: quick ? loaded.quick.warmupS : loaded.warmupS,
+      seed,
+      repeats,
+      modelDir,
       replayFile: join(outDir, 'replay.bin'),
-      logDir: join(outDir, 'logs'), natsUrl: args.flags.get('nats'), pin: !args.switches.has('no-pin'), note,
+      logDir: join(outDir, 'logs'),
+      natsUrl: args.flags.get('nats'),
+      pin: !args.switches.has('no-pin'),
+      note,
       onProgress: (done, total, what) => {
         const p = Math.floor((100 * done) / Math.max(1, total));
-        if (p !== lastPct || done >= total) { lastPct = p; progress(done, total, what); }
+        if (p !== lastPct || done >= total) {
+          lastPct = p;
+          progress(done, total, what);
+        }
       },
     });
     const report = buildReport(run.results, {
-      scenario, scenarioPath, policies, rates, durationS, seed, repeats, quick, pinned: run.pinned, warnings: run.warnings, recording: run.recording,
-      elapsedS: (performance.now() - started) / 1000, modelDir, stageCount: run.stageCount,
+      scenario,
+      scenarioPath,
+      policies,
+      rates,
+      durationS,
+      seed,
+      repeats,
+      quick,
+      pinned: run.pinned,
+      warnings: run.warnings,
+      recording: run.recording,
+      elapsedS: (performance.now() - started) / 1000,
+      modelDir,
+      stageCount: run.stageCount,
     });
     writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(report.json, null, 2)}\n`);
     writeFileSync(join(outDir, 'results.md'), report.markdown);

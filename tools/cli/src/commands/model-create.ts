@@ -11,7 +11,9 @@ const USAGE = `usage: tandem model create --preset NAME --seed N --out DIR [--js
 Writes a synthetic GPT-2-family model with deterministic weights: the same preset and seed give
 byte-identical files wherever DIR is. A previous model in DIR is replaced.
 
-  --preset NAME   ${Object.entries(PRESETS).map(([k, c]) => `${k} (${c.nLayer} layers, ${c.nEmbd} wide, ${c.nHead} heads)`).join(', ')}
+  --preset NAME   ${Object.entries(PRESETS)
+    .map(([k, c]) => `${k} (${c.nLayer} layers, ${c.nEmbd} wide, ${c.nHead} heads)`)
+    .join(', ')}
   --seed N        integer in 0..4294967295
   --out DIR       output directory (new, empty, or an existing model directory)
   --json          print {"out","preset","seed","config","stages"} on stdout`;
@@ -32,7 +34,12 @@ export const modelCreateCommand: Command = {
     const progress = progressReporter(io, `model create ${preset}`);
     let manifest;
     try {
-      manifest = await createModel({ preset, seed, out, onProgress: (done, total) => progress(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`) });
+      manifest = await createModel({
+        preset,
+        seed,
+        out,
+        onProgress: (done, total) => progress(done, total, `${(done / 1048576).toFixed(0)}/${(total / 1048576).toFixed(0)} MiB`),
+      });
     } catch (err) {
       throw toUsageError(err);
     }

@@ -35,7 +35,8 @@ Exit codes: 0 written, 2 bad usage, 1 a file could not be written.`;
 /** A comma-separated list of ids. @throws UsageError naming the flag. */
 function idList(flag: string, raw: string): string[] {
   const ids = raw.split(',').map((s) => s.trim());
-  for (const id of ids) if (!ID_PATTERN.test(id)) throw new UsageError(`--${flag} must be a comma-separated list of ids matching ${ID_PATTERN}, given '${raw.slice(0, 200)}'`);
+  for (const id of ids)
+    if (!ID_PATTERN.test(id)) throw new UsageError(`--${flag} must be a comma-separated list of ids matching ${ID_PATTERN}, given '${raw.slice(0, 200)}'`);
   return ids;
 }
 
@@ -52,7 +53,8 @@ export const natsConfigCommand: Command = {
     if (!MODES.includes(mode)) throw new UsageError(`--auth must be one of ${MODES.join(', ')}, given '${mode}'`);
     const out = path.resolve(required(args, 'out'));
     const confFile = path.join(out, 'nats-server.conf');
-    if (existsSync(confFile)) throw new UsageError(`--out must be a directory without a nats-server.conf (it is not replaced: the services hold credentials for it), given '${out}'`);
+    if (existsSync(confFile))
+      throw new UsageError(`--out must be a directory without a nats-server.conf (it is not replaced: the services hold credentials for it), given '${out}'`);
     let cfg;
     try {
       cfg = natsServerConfig({ agents, executors, mode });
@@ -62,7 +64,10 @@ export const natsConfigCommand: Command = {
     mkdirSync(out, { recursive: true });
     const written: string[] = [confFile];
     writeFileSync(confFile, cfg.conf, { mode: 0o600 });
-    const envLines = (u: NatsUserCredential, seedFile?: string): string => Object.entries(natsServiceEnv(u, seedFile)).map(([k, v]) => `${k}=${v}`).join('\n');
+    const envLines = (u: NatsUserCredential, seedFile?: string): string =>
+      Object.entries(natsServiceEnv(u, seedFile))
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n');
     for (const u of cfg.users) {
       if (mode === 'password-env') continue;
       let seedFile: string | undefined;
@@ -75,7 +80,14 @@ export const natsConfigCommand: Command = {
       writeFileSync(envFile, `# NATS credentials of ${u.role} ${u.id} (docs/security.md (NATS))\n${envLines(u, seedFile)}\n`, { mode: 0o600 });
       written.push(envFile);
     }
-    const users = cfg.users.map((u) => ({ role: u.role, id: u.id, user: u.user, ...(u.passwordVar ? { passwordVar: u.passwordVar } : {}), publish: u.publish, subscribe: u.subscribe }));
+    const users = cfg.users.map((u) => ({
+      role: u.role,
+      id: u.id,
+      user: u.user,
+      ...(u.passwordVar ? { passwordVar: u.passwordVar } : {}),
+      publish: u.publish,
+      subscribe: u.subscribe,
+    }));
     if (args.switches.has('json')) {
       printJson(io, { mode, files: written, users });
       return 0;
@@ -83,7 +95,10 @@ export const natsConfigCommand: Command = {
     io.stdout.write(`wrote ${written.length} files to ${out} (mode ${mode}):\n`);
     for (const f of written) io.stdout.write(`  ${path.relative(process.cwd(), f) || f}\n`);
     io.stdout.write(`run: nats-server -c ${confFile}\n`);
-    if (mode === 'password-env') io.stdout.write(`set in nats-server's environment, and as NATS_USER/NATS_PASSWORD of each service: ${users.map((u) => `${u.passwordVar} (user ${u.user})`).join(', ')}\n`);
+    if (mode === 'password-env')
+      io.stdout.write(
+        `set in nats-server's environment, and as NATS_USER/NATS_PASSWORD of each service: ${users.map((u) => `${u.passwordVar} (user ${u.user})`).join(', ')}\n`,
+      );
     else io.stdout.write('give each service the variables of its ID.env file; keep them private\n');
     return 0;
   },

@@ -1,7 +1,19 @@
 import { readFileSync } from 'node:fs';
 import {
-  ALGORITHMS, InstanceValidationError, SLO_KEYS, isAlgorithm, isGenerationInstance, solve, solveGeneration, validateGenerationInstance, validateInstance,
-  type Algorithm, type GenerationInstance, type GenerationResult, type PlacementInstance, type PlacementResult,
+  ALGORITHMS,
+  InstanceValidationError,
+  SLO_KEYS,
+  isAlgorithm,
+  isGenerationInstance,
+  solve,
+  solveGeneration,
+  validateGenerationInstance,
+  validateInstance,
+  type Algorithm,
+  type GenerationInstance,
+  type GenerationResult,
+  type PlacementInstance,
+  type PlacementResult,
 } from '@tandem/dp';
 import { parseArgs, required } from '../args';
 import type { Command } from '../command';
@@ -35,7 +47,9 @@ function readInstances(file: string): unknown {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`--instance must name a readable file, given '${file}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
+    throw new UsageError(`--instance must name a readable file, given '${file}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, {
+      cause: err,
+    });
   }
   try {
     return JSON.parse(text);
@@ -73,7 +87,9 @@ function fmt(x: number): string {
 const SLO_LABEL = { ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' } as const;
 
 function generationReport(instance: GenerationInstance, r: GenerationResult, title: string): string {
-  const lines = [`${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (all-server, decoded on the server, tokens streamed)' : ''}`];
+  const lines = [
+    `${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (all-server, decoded on the server, tokens streamed)' : ''}`,
+  ];
   for (const k of SLO_KEYS) {
     const bound = instance.slo[k];
     const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
@@ -87,7 +103,9 @@ function generationReport(instance: GenerationInstance, r: GenerationResult, tit
   const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
   lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  where   clientPrefillMs  serverPrefillMs  clientDecodeMs  serverDecodeMs`);
   instance.stages.forEach((s, i) => {
-    lines.push(`  ${String(i).padStart(3)}  ${s.name.padEnd(width)}  ${r.placement[i].padEnd(6)}  ${fmt(s.clientPrefillMs).padStart(15)}  ${fmt(s.serverPrefillMs).padStart(15)}  ${fmt(s.clientDecodeMs).padStart(14)}  ${fmt(s.serverDecodeMs).padStart(14)}`);
+    lines.push(
+      `  ${String(i).padStart(3)}  ${s.name.padEnd(width)}  ${r.placement[i].padEnd(6)}  ${fmt(s.clientPrefillMs).padStart(15)}  ${fmt(s.serverPrefillMs).padStart(15)}  ${fmt(s.clientDecodeMs).padStart(14)}  ${fmt(s.serverDecodeMs).padStart(14)}`,
+    );
   });
   return lines.join('\n');
 }
@@ -103,7 +121,9 @@ function humanReport(instance: PlacementInstance, r: PlacementResult, title: str
   const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
   lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  where   clientMs    serverMs    serverWork`);
   instance.stages.forEach((s, i) => {
-    lines.push(`  ${String(i).padStart(3)}  ${s.name.padEnd(width)}  ${r.placement[i].padEnd(6)}  ${fmt(s.clientMs).padStart(10)}  ${fmt(s.serverMs).padStart(10)}  ${fmt(s.serverWork).padStart(12)}`);
+    lines.push(
+      `  ${String(i).padStart(3)}  ${s.name.padEnd(width)}  ${r.placement[i].padEnd(6)}  ${fmt(s.clientMs).padStart(10)}  ${fmt(s.serverMs).padStart(10)}  ${fmt(s.serverWork).padStart(12)}`,
+    );
   });
   return lines.join('\n');
 }
@@ -124,10 +144,12 @@ export const planCommand: Command = {
     if (args.switches.has('json')) {
       printJson(io, many ? solved.map((s) => s.result) : solved[0].result);
     } else {
-      const text = solved.map((s, i) => {
-        const title = many ? `[${i}] ` : '';
-        return s.kind === 'generation' ? generationReport(s.instance, s.result, title) : humanReport(s.instance, s.result, title);
-      }).join('\n\n');
+      const text = solved
+        .map((s, i) => {
+          const title = many ? `[${i}] ` : '';
+          return s.kind === 'generation' ? generationReport(s.instance, s.result, title) : humanReport(s.instance, s.result, title);
+        })
+        .join('\n\n');
       io.stdout.write(`${text}\n`);
     }
     return 0;

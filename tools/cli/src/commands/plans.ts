@@ -61,7 +61,8 @@ export const plansCommand: Command = {
       r = await listPlans(client, PLANS_DEADLINE_MS, pageSize);
     } catch (err) {
       throw ServiceCallError.of(`the planner at ${addr}`, 'ListPlans', err, (code) =>
-        (code === grpc.status.UNAVAILABLE ? ' (is it running?)' : code === grpc.status.DEADLINE_EXCEEDED ? ` (no answer within ${PLANS_DEADLINE_MS} ms)` : ''));
+        code === grpc.status.UNAVAILABLE ? ' (is it running?)' : code === grpc.status.DEADLINE_EXCEEDED ? ` (no answer within ${PLANS_DEADLINE_MS} ms)` : '',
+      );
     } finally {
       client.close();
     }

@@ -30,7 +30,7 @@ Progress goes to stderr.`;
 /** `tandem simulate`: the paper's experiment, reproduced with @tandem/dp. */
 export const simulateCommand: Command = {
   path: ['simulate'],
-  summary: "reproduce the SplitLLM experiment (server work of dp vs greedy, prefix, server-only)",
+  summary: 'reproduce the SplitLLM experiment (server work of dp vs greedy, prefix, server-only)',
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, { flags: ['out', 'models', 'decode-steps'], switches: ['quick', 'json'] });
@@ -40,7 +40,10 @@ export const simulateCommand: Command = {
     let models: string[] | undefined;
     const list = args.flags.get('models');
     if (list !== undefined) {
-      models = list.split(',').map((m) => m.trim()).filter((m) => m !== '');
+      models = list
+        .split(',')
+        .map((m) => m.trim())
+        .filter((m) => m !== '');
       const unknown = models.find((m) => !MODEL_NAMES.includes(m));
       if (unknown !== undefined || models.length === 0) throw new UsageError(`--models must list some of ${MODEL_NAMES.join(', ')}, given '${list}'`);
     }
@@ -49,8 +52,12 @@ export const simulateCommand: Command = {
     const progress = progressReporter(io, 'simulate');
     const step = Math.max(1, Math.floor(total / 50));
     const rows = runSweep({
-      ranges, models, decodeSteps,
-      onProgress: (done, all, what) => { if (done % step === 0 || done === all) progress(done, all, what); },
+      ranges,
+      models,
+      decodeSteps,
+      onProgress: (done, all, what) => {
+        if (done % step === 0 || done === all) progress(done, all, what);
+      },
     });
     const report = buildReport(rows, ranges, decodeSteps);
     mkdirSync(outDir, { recursive: true });

@@ -15,4 +15,3 @@ export const ENV_SECTIONS = [
 export function envDocs(): string {
   return ENV_SECTIONS.map((s) => `#### ${s.title}\n\n${envTable(s.schema)}\n`).join('\n');
 }
-

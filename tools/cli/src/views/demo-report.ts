@@ -14,22 +14,38 @@ function slaVerdict(r: DemoRun): string {
 }
 
 function agentBlock(a: DemoAgentReport): string {
-  const head = `${a.device} (class ${a.clientClass}): ${a.description}; emulated ${a.slowdown}x slower compute, `
-    + `${a.linkLatencyMs} ms one-way latency, up ${a.upBytesPerMs} / down ${a.downBytesPerMs} bytes/ms`;
-  const runs = a.runs.map((r) => [
-    `  run ${r.run}: plan epoch ${r.planEpoch}, request class ${r.requestClass}, placement ${r.placement} (${sides(r.placement)})`,
-    `         ${r.ids.length} tokens ${JSON.stringify(r.text)}  ids ${r.ids.join(' ')}`,
-    `         TTFT ${ms(r.ttftMs)} ms, end-to-end ${slaVerdict(r)}; server compute ${ms(r.serverComputeMs)} ms, device compute ${ms(r.clientComputeMs)} ms`,
-  ].join('\n'));
+  const head =
+    `${a.device} (class ${a.clientClass}): ${a.description}; emulated ${a.slowdown}x slower compute, ` +
+    `${a.linkLatencyMs} ms one-way latency, up ${a.upBytesPerMs} / down ${a.downBytesPerMs} bytes/ms`;
+  const runs = a.runs.map((r) =>
+    [
+      `  run ${r.run}: plan epoch ${r.planEpoch}, request class ${r.requestClass}, placement ${r.placement} (${sides(r.placement)})`,
+      `         ${r.ids.length} tokens ${JSON.stringify(r.text)}  ids ${r.ids.join(' ')}`,
+      `         TTFT ${ms(r.ttftMs)} ms, end-to-end ${slaVerdict(r)}; server compute ${ms(r.serverComputeMs)} ms, device compute ${ms(r.clientComputeMs)} ms`,
+    ].join('\n'),
+  );
   return [head, ...runs].join('\n');
 }
 
 function summaryTable(report: DemoReport): string {
-  const rows = report.agents.flatMap((a) => a.runs.map((r) => [
-    a.device, a.clientClass, String(r.run), String(r.planEpoch), r.placement, ms(r.ttftMs), ms(r.totalMs), r.slaMs ? ms(r.slaMs) : '-',
-    r.slaMet === null ? '-' : r.slaMet ? 'met' : 'MISSED', ms(r.serverComputeMs), ms(r.clientComputeMs),
-  ]));
-  return formatTable(['device', 'class', 'run', 'plan epoch', 'placement', 'TTFT ms', 'e2e ms', 'SLA ms', 'SLA', 'server ms', 'device ms'], rows, { rightAlign: [5, 6, 7, 9, 10] });
+  const rows = report.agents.flatMap((a) =>
+    a.runs.map((r) => [
+      a.device,
+      a.clientClass,
+      String(r.run),
+      String(r.planEpoch),
+      r.placement,
+      ms(r.ttftMs),
+      ms(r.totalMs),
+      r.slaMs ? ms(r.slaMs) : '-',
+      r.slaMet === null ? '-' : r.slaMet ? 'met' : 'MISSED',
+      ms(r.serverComputeMs),
+      ms(r.clientComputeMs),
+    ]),
+  );
+  return formatTable(['device', 'class', 'run', 'plan epoch', 'placement', 'TTFT ms', 'e2e ms', 'SLA ms', 'SLA', 'server ms', 'device ms'], rows, {
+    rightAlign: [5, 6, 7, 9, 10],
+  });
 }
 
 /** The demo's report as text, for a terminal. */
@@ -46,14 +62,14 @@ export function formatDemoReport(report: DemoReport): string {
     'summary',
     summaryTable(report),
     '',
-    `${met}/${runs} generations met their SLA; `
-      + (report.identicalOutputs ? 'all produced the same tokens (greedy decoding does not depend on where the stages run)' : 'NOT all produced the same tokens'),
+    `${met}/${runs} generations met their SLA; ` +
+      (report.identicalOutputs ? 'all produced the same tokens (greedy decoding does not depend on where the stages run)' : 'NOT all produced the same tokens'),
     '',
     "the planner's plans at the end (tandem plans):",
     formatPlans(ListPlansResponse.fromJSON(report.plans)),
     '',
-    `services stopped${report.killed.length ? ` (killed: ${report.killed.join(', ')})` : ''}; total ${(report.elapsedMs / 1000).toFixed(1)} s`
-      + (report.logDir ? `; logs in ${report.logDir}` : ''),
+    `services stopped${report.killed.length ? ` (killed: ${report.killed.join(', ')})` : ''}; total ${(report.elapsedMs / 1000).toFixed(1)} s` +
+      (report.logDir ? `; logs in ${report.logDir}` : ''),
   ];
   return `${lines.join('\n')}\n`;
 }

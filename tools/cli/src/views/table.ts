@@ -1,9 +1,17 @@
 /** A plain-text table: a header row, a rule, then the rows, columns padded to their widest cell. */
-export function formatTable(header: readonly string[], rows: readonly (readonly string[])[], opts: { indent?: string; rightAlign?: readonly number[] } = {}): string {
+export function formatTable(
+  header: readonly string[],
+  rows: readonly (readonly string[])[],
+  opts: { indent?: string; rightAlign?: readonly number[] } = {},
+): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const right = new Set(opts.rightAlign ?? []);
   const line = (cells: readonly string[]): string =>
-    (opts.indent ?? '') + cells.map((c, i) => (right.has(i) ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
+    (opts.indent ?? '') +
+    cells
+      .map((c, i) => (right.has(i) ? c.padStart(widths[i]) : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 
