@@ -143,8 +143,8 @@ export const plannerEnv = {
     ['stretch', 'mm1'],
   ),
   PLANNER_IDLE_UTILISATION: env.number(
-    'Below this (smoothed) server utilisation plans minimise latency: the server has capacity to spare, so requests get the placement that best meets their SLOs; at or above it they minimise server work under the SLOs (the throughput objective); back to latency only when the measured utilisation and the one all-server plans would cause at the request rates the outcomes show are both below half of it (so moving the fleet back does not saturate the server and flip it again); 0 always minimises work',
-    0.5,
+    'Below this (smoothed) server utilisation plans minimise latency: the server has capacity to spare, so requests get the placement that best meets their SLOs; at or above it they minimise server work under the SLOs (the throughput objective); back to latency only when the measured utilisation and the one all-server plans would cause at the request rates the outcomes show are both below half of it (so moving the fleet back does not saturate the server and flip it again); 0 (the default) always minimises work: the server does only what the SLOs force it to',
+    0,
     0,
     1,
   ),
