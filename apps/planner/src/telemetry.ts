@@ -73,8 +73,9 @@ function modelId(type: string, id: string, expected: string): void {
   if (expected && id !== expected) fail(type, 'modelId', 'model', `must be ${shown(expected)} (the model this planner plans for)`, id);
 }
 
-function stageTimes(type: string, i: number, s: StageTiming): void {
-  for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(type, `stages[${i}].${k}`, s[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
+/** The figures of one StageTiming, named `${field}.prefillMsPerToken` etc. */
+function stageTimes(type: string, field: string, s: StageTiming): void {
+  for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(type, `${field}.${k}`, s[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
 }
 
 /** What a telemetry message is checked against. */
@@ -106,7 +107,7 @@ export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
     if (s.stage >= ctx.stageCount) fail(T, `stages[${i}].stage`, 'range', `must be in 0..${ctx.stageCount - 1}`, s.stage);
     if (seen.has(s.stage)) fail(T, `stages[${i}].stage`, 'unique', 'must list each stage once', s.stage);
     seen.add(s.stage);
-    stageTimes(T, i, s);
+    stageTimes(T, `stages[${i}]`, s);
   }
   for (const k of ['uplink', 'downlink'] as const) {
     const l = p[k];
@@ -133,11 +134,9 @@ export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   if (l.stages.length !== n) fail(T, 'stages', 'count', `must list all ${n} stages`, `${l.stages.length} stages`);
   for (const [i, s] of l.stages.entries()) {
     if (s.stage !== i) fail(T, `stages[${i}].stage`, 'order', `must be ${i}`, s.stage);
-    stageTimes(T, i, s);
+    stageTimes(T, `stages[${i}]`, s);
   }
-  if (l.wholeModel) {
-    for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(T, `wholeModel.${k}`, l.wholeModel[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
-  }
+  if (l.wholeModel) stageTimes(T, 'wholeModel', l.wholeModel);
   inRange(T, 'utilisation', l.utilisation, 0, 1, '');
   inRange(T, 'meanQueueMs', l.meanQueueMs, 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
   for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) {
