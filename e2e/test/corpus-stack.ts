@@ -1,14 +1,11 @@
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import { PlanMaker, PlannerServer } from '@tandem/planner';
 import { AgentServiceClient, channelOptions, ExecutorServiceClient, generateVia, HealthClient, ServingStatus } from '@tandem/protocol';
-import type { Logger } from '@tandem/service-kit';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
-import { makeTempModel, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import pino from 'pino';
+import { capturingLogger, makeTempModel, withTimeout, type LogLine, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
 
 // The services the bad-input corpora and the fuzz test run against (e2e/test/CORPUS.md): a
@@ -49,7 +46,7 @@ export interface Stack {
   /** The tokens a one-process run gives for the healthy generation. */
   expected: number[];
   /** JSON log lines at warn and above of every service. */
-  logLines(): { level: number; msg: string; [k: string]: unknown }[];
+  logLines(): LogLine[];
   /** One healthy split generation through the agent (and so the executor); resolves with its tokens. */
   healthy(): Promise<number[]>;
   /** Runs `bad` beside a healthy generation; fails unless the healthy one gives the one-process tokens. */
@@ -59,30 +56,11 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-function capturingLogger(): { log: Logger; lines: () => { level: number; msg: string }[] } {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk, _enc, cb) {
-      chunks.push(String(chunk));
-      cb();
-    },
-  });
-  return {
-    log: pino({ level: 'warn' }, stream) as unknown as Logger,
-    lines: () =>
-      chunks
-        .join('')
-        .split('\n')
-        .filter((l) => l)
-        .map((l) => JSON.parse(l)),
-  };
-}
-
 export async function startStack(opts: { maxContextTokens?: number } = {}): Promise<Stack> {
   const creds = makeCredentials({ agents: ['dev-1'], executors: ['exec'] });
   const model = await makeTempModel();
   const nats = await creds.startNats();
-  const { log, lines } = capturingLogger();
+  const { log, lines } = capturingLogger('warn');
   const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
   const { stageCount, modelId } = engine;
   const executor = new ExecutorServer({
