@@ -1,4 +1,5 @@
 import { createLogger } from '@tandem/service-kit';
+import { PLAN_SETTINGS } from '@tandem/testkit';
 import { PlanMaker, type PlanMakerOptions, type PlannerServerOptions } from '../src';
 
 // What the planner's tests plan with: the stages of their model, their request class and the
@@ -29,12 +30,7 @@ export function makerOptions(over: Partial<PlanMakerOptions> = {}): PlanMakerOpt
   return {
     stages: THREE_STAGES,
     classes: [SHORT_CLASS],
-    slaOverrides: {},
-    algorithm: 'dp',
-    hysteresis: 0.05,
-    slaMargin: 0.9,
-    resolutionMs: 0.5,
-    maxUtilisation: 0.9,
+    ...PLAN_SETTINGS,
     ...over,
   };
 }

@@ -5,9 +5,9 @@ import { OutcomeStatus, type ClientProfile, type GenerationOutcome, type ServerL
 // stages, model 'm'; the device runs them in 1, 5 and 100 ms, the server in 0.1 ms each, over
 // links of no latency and 1e6 bytes/ms), and a test states only what it is about.
 
-/** Stage i measured at `prefillMsPerToken[i]` a prompt token and `decodeMs[i]` a step, 3 samples each. */
-export function stageTimes(prefillMsPerToken: readonly number[], decodeMs: readonly number[] = prefillMsPerToken): StageTiming[] {
-  return prefillMsPerToken.map((prefill, stage) => ({ stage, prefillMsPerToken: prefill, decodeMs: decodeMs[stage], samples: 3 }));
+/** Stage i measured at `prefillMsPerToken[i]` a prompt token and `decodeMs[i]` a step, `samples` samples each. */
+export function stageTimes(prefillMsPerToken: readonly number[], decodeMs: readonly number[] = prefillMsPerToken, samples = 3): StageTiming[] {
+  return prefillMsPerToken.map((prefill, stage) => ({ stage, prefillMsPerToken: prefill, decodeMs: decodeMs[stage], samples }));
 }
 
 /** `count` stages measured alike: `prefillMsPerToken` a prompt token, `decodeMs` a step. */
@@ -84,3 +84,17 @@ export function generationOutcome(over: Partial<GenerationOutcome> = {}): Genera
     ...over,
   };
 }
+
+/**
+ * The planner settings the tests and the benchmarks plan with (a PlanMakerOptions without its
+ * stages and classes): the DP solver, no SLA overrides, hysteresis 5 %, SLA margin 0.9, 0.5 ms
+ * resolution, utilisation priced up to 0.9.
+ */
+export const PLAN_SETTINGS = {
+  slaOverrides: {},
+  algorithm: 'dp',
+  hysteresis: 0.05,
+  slaMargin: 0.9,
+  resolutionMs: 0.5,
+  maxUtilisation: 0.9,
+} as const;
