@@ -4,7 +4,6 @@ import {
   GenerateRequest,
   GenerationOutcome,
   ListPlansRequest,
-  OutcomeStatus,
   ServerLoad,
   SessionRequest,
   Subjects,

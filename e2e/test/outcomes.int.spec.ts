@@ -17,7 +17,7 @@ import {
 } from '@tandem/protocol';
 import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, freePort, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
 import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startPlanner, type Deployment } from './stack';
 
@@ -117,12 +117,7 @@ describe('agents report generation outcomes to the planner', () => {
       promptTokens: PROMPT.length,
       newTokens: 6,
       slaMs: 10_000,
-      ttftSloMs: 0,
-      tpotSloMs: 0,
-      slaMet: true,
-      ttftMet: true,
-      tpotMet: true,
-      status: OutcomeStatus.OUTCOME_STATUS_OK,
+      ...MET_E2E_SLA,
     });
     const plan = planner.plans().find((p) => p.clientId === 'dev-ok')!;
     expect(plan.epoch).toBe(o.planEpoch);

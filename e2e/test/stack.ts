@@ -2,7 +2,7 @@ import { ClientAgent, LinkEmulator, type ClientAgentOptions } from '@tandem/clie
 import { PlanMaker, PlannerServer, type PlannerServerOptions, type RequestClass } from '@tandem/planner';
 import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
 import type { Logger } from '@tandem/service-kit';
-import { PLAN_SETTINGS } from '@tandem/testkit';
+import { EXECUTOR_SETTINGS, PLAN_SETTINGS } from '@tandem/testkit';
 import type { TestCredentials } from './credentials';
 
 // The services of the end-to-end tests, started in this process as deployed (e2e/test/credentials.ts):
@@ -48,14 +48,8 @@ export async function startExecutor(engine: StageEngine, d: Deployment, over: Pa
   const server = new ExecutorServer({
     engine,
     log: d.log,
-    address: '127.0.0.1:0',
+    ...EXECUTOR_SETTINGS,
     serverId: 'exec',
-    maxSessions: 16,
-    maxContextTokens: 0,
-    maxMessageBytes: MAX_MESSAGE_BYTES,
-    batching: true,
-    maxBatch: 8,
-    idleTimeoutMs: 30_000,
     telemetryIntervalMs: d.telemetryIntervalMs,
     security: d.creds.serverSecurity(),
     ...natsOf(d, 'exec'),

@@ -1,4 +1,5 @@
 import { OutcomeStatus, type ClassPlacement } from '@tandem/protocol';
+import { MET_E2E_SLA } from '@tandem/testkit';
 import { buildOutcome, predictedOf, type MeasuredGeneration } from './outcome';
 
 const WHO = { clientId: 'dev-1', clientClass: 'phone', modelId: 'm' };
@@ -39,12 +40,7 @@ describe('buildOutcome', () => {
       serverComputeMs: 4,
       serverQueueMs: 1.5,
       slaMs: 100,
-      ttftSloMs: 0,
-      tpotSloMs: 0,
-      slaMet: true,
-      ttftMet: true,
-      tpotMet: true,
-      status: OutcomeStatus.OUTCOME_STATUS_OK,
+      ...MET_E2E_SLA,
       unixMs: 1234,
     });
     expect(o.tpotMs).toBeCloseTo((80 - 30) / 5, 12);

@@ -1,4 +1,4 @@
-import { envCases, envCorpusTests, type EnvCase } from '@tandem/testkit';
+import { envCases, envCorpusTests, SERVICE_ENV_BOUNDS, type EnvCase } from '@tandem/testkit';
 import { plannerEnv, loadConfig } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the planner's variables with a
@@ -6,6 +6,7 @@ import { plannerEnv, loadConfig } from './config';
 
 const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
+  ...envCases(SERVICE_ENV_BOUNDS),
   ...envCases({
     int: [
       ['PLANNER_CLIENT_TTL_MS', 1000, 86_400_000],
@@ -14,8 +15,6 @@ const cases: EnvCase[] = [
       ['PLANNER_OUTCOME_MIN', 1, 100_000],
       ['PLANNER_SAFETY_DWELL_MS', 0, 86_400_000],
       ['PLANNER_SAFETY_RELAX_MS', 0, 86_400_000],
-      ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000],
-      ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000],
     ],
     number: [
       ['PLANNER_HYSTERESIS', 0, 1],
@@ -29,11 +28,7 @@ const cases: EnvCase[] = [
       ['PLANNER_CALIBRATION_CHANGE', 0, 10],
     ],
     bool: ['PLANNER_LEARN'],
-    oneOf: [
-      ['TLS_CLIENT_AUTH', ['none', 'require']],
-      ['PLANNER_SERVER_LATENCY', ['stretch', 'mm1']],
-      ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']],
-    ],
+    oneOf: [['PLANNER_SERVER_LATENCY', ['stretch', 'mm1']]],
   }),
   ['PLANNER_ALGORITHM unknown', { PLANNER_ALGORITHM: 'magic' }, ['PLANNER_ALGORITHM must be one of dp', "given 'magic'"]],
   ['PLANNER_REQUEST_CLASSES not JSON', { PLANNER_REQUEST_CLASSES: '[{' }, ['PLANNER_REQUEST_CLASSES must be valid JSON', "given '[{'"]],

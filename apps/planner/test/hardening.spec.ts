@@ -17,7 +17,7 @@ import {
   capturingLogger,
   clientProfile,
   eventually,
-  generationOutcome,
+  planOutcome,
   sameStageTimes,
   serverLoad,
   stageTimes,
@@ -138,23 +138,7 @@ describe('a real planner on a real nats-server survives any telemetry message', 
 
   it('drops a GenerationOutcome with an empty model id', async () => {
     const plan = server.plans().find((p) => p.clientId === 'good-1')!;
-    const c = plan.classes[0];
-    const o = generationOutcome({
-      clientId: 'good-1',
-      modelId: '',
-      requestClass: c.name,
-      placement: c.placement,
-      planEpoch: plan.epoch,
-      promptTokens: 10,
-      newTokens: 1,
-      predictedE2eMs: c.predictedLatencyMs,
-      predictedTtftMs: 0,
-      predictedTpotMs: 0,
-      ttftMs: 10,
-      tpotMs: 0,
-      e2eMs: 10,
-      slaMs: c.slaMs,
-    });
+    const o = planOutcome(plan, { modelId: '', ttftMs: 10, e2eMs: 10 });
     await dropsAndCarriesOn(Subjects.outcome('good-1'), GenerationOutcome.encode(o).finish(), 'GenerationOutcome.modelId:required');
     expect(server.counters.outcomes).toBe(0);
   });

@@ -14,7 +14,7 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { clientProfile, eventually, generationOutcome, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { clientProfile, eventually, planOutcome, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '../src';
 import { makerOptions, plannerOptions } from './fixtures';
 
@@ -30,22 +30,11 @@ const LOAD: ServerLoad = serverLoad();
 function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): GenerationOutcome {
   const c = plan.classes[0];
   const e2eMs = c.predictedLatencyMs * (how.ratio ?? 1);
-  const met = how.ok && e2eMs <= c.slaMs;
-  return generationOutcome({
-    clientId: plan.clientId,
-    requestClass: c.name,
-    placement: c.placement,
-    planEpoch: plan.epoch,
-    promptTokens: 10,
+  return planOutcome(plan, {
     newTokens: how.ok ? 1 : 0,
-    predictedE2eMs: c.predictedLatencyMs,
-    predictedTtftMs: 0,
-    predictedTpotMs: 0,
     ttftMs: how.ok ? e2eMs : 0,
-    tpotMs: 0,
     e2eMs,
-    slaMs: c.slaMs,
-    slaMet: met,
+    slaMet: how.ok && e2eMs <= c.slaMs,
     status: how.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
   });
 }

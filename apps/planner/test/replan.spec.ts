@@ -1,5 +1,5 @@
 import type { ClientPlan, ClientProfile, GenerationOutcome, ServerLoad } from '@tandem/protocol';
-import { clientProfile, eventually, generationOutcome, sameStageTimes, serverLoad } from '@tandem/testkit';
+import { clientProfile, eventually, planOutcome, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { makerOptions, plannerOptions, SIX_STAGES } from './fixtures';
 import { PlanMaker } from '../src/plan-maker';
 import { loadChanged, PlannerServer, profileChanged, smoothLoad } from '../src/planner-server';
@@ -126,27 +126,17 @@ describe('PlannerServer re-planning', () => {
     p.onLoad(load(1, 0.9));
     expect(p.currentObjective).toBe('work');
     await eventually(() => p.plans().length === 4, { what: 'the first plans' });
-    const short = (plan: ClientPlan): GenerationOutcome => {
-      const c = plan.classes[0]!;
-      return generationOutcome({
-        clientId: plan.clientId,
-        requestClass: c.name,
-        placement: c.placement,
-        planEpoch: plan.epoch,
-        promptTokens: 10,
+    const short = (plan: ClientPlan): GenerationOutcome =>
+      planOutcome(plan, {
         newTokens: 8,
         predictedE2eMs: 0,
-        predictedTtftMs: 0,
-        predictedTpotMs: 0,
         ttftMs: 10,
         tpotMs: 5,
         e2eMs: 50,
         serverComputeMs: 0,
-        slaMs: c.slaMs,
-        slaMet: 50 <= c.slaMs,
+        slaMet: 50 <= plan.classes[0]!.slaMs,
         unixMs: now,
       });
-    };
     for (const plan of p.plans()) expect(plan.classes[0]!.placement).toBe('CCCCCC');
     // 10 requests/s from each client for 20 s, all run on the devices: the server is idle.
     for (let t = 0; t < 200; t++) {

@@ -14,7 +14,7 @@ import {
   type ListPlansResponse,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { clientOptions, createLogger, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet } from '@tandem/service-kit';
+import { clientOptions, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet } from '@tandem/service-kit';
 import { clientProfile, eventually, expectRefusal, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
 import { makerOptions, plannerOptions } from './fixtures';

@@ -1,24 +1,14 @@
 import * as grpc from '@grpc/grpc-js';
-import {
-  channelOptions,
-  ExecutorServiceClient,
-  HealthClient,
-  ServingStatus,
-  toWireTensor,
-  type GetStatusResponse,
-  type SessionRequest,
-  type SessionResponse,
-} from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
+import { ExecutorServiceClient, ServingStatus, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, WorkerStageEngine } from '../src';
+import { WorkerStageEngine } from '../src';
+import { startTestExecutor } from './test-executor';
 
 // A burst of long prompts beside running decodes (issue 9, faults and soak), CI-sized: 16
 // concurrent 512-token prompts on the `small` preset arrive while server-side generations
 // decode. No session is dropped, the running decodes keep their exact tokens, and health
 // answers within 1 s throughout. The executor's loop is reworked elsewhere; this keeps it so.
 
-const log = createLogger({ name: 'test', level: 'silent' });
 const prompt = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 
 /** One server-side generation of `n` tokens; resolves with its tokens, or rejects with the status it ended with. */
@@ -55,29 +45,15 @@ describe('a burst of long prompts beside running decodes', () => {
 
   it('drops no session, keeps the decodes token-identical and answers health within 1 s throughout', async () => {
     const engine = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
-    const server = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
+    const ex = await startTestExecutor(engine, {
       serverId: 'burst',
       maxSessions: 64,
-      maxContextTokens: 0,
       maxMessageBytes: 64 << 20,
-      batching: true,
       maxBatch: 16,
       maxBatchTokens: 4096,
       idleTimeoutMs: 60_000,
-      telemetryIntervalMs: 1000,
     });
-    const { port } = await server.start();
-    const addr = `127.0.0.1:${port}`;
-    const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
-    const health = new HealthClient(addr, grpc.credentials.createInsecure());
-    const check = (): Promise<ServingStatus> =>
-      new Promise((resolve, reject) =>
-        health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))),
-      );
-    const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const { client, health: check, status } = ex;
     try {
       const DECODES = 2;
       const PROMPT_TOKENS = 256; // four times EXECUTOR_LONG_STEP_TOKENS: prefills, interleaved stage by stage with the decode steps
@@ -130,9 +106,7 @@ describe('a burst of long prompts beside running decodes', () => {
       expect(max).toBeLessThan(1000);
       await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: 5000, intervalMs: 50, what: 'every session closed' });
     } finally {
-      health.close();
-      client.close();
-      await server.stop({ graceMs: 0 });
+      await ex.stop(0);
     }
   }, 60_000);
 });

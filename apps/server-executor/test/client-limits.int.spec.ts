@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { EXECUTOR_SETTINGS, makeTempModel, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine } from '../src';
 import { TestSession } from './session-client';
 
@@ -31,16 +31,12 @@ describe('server-executor per-client session limits', () => {
     server = new ExecutorServer({
       engine,
       log,
-      address: '127.0.0.1:0',
+      ...EXECUTOR_SETTINGS,
       serverId: 'exec-limits',
       maxSessions: 6,
       maxSessionsPerClient: 2,
       retryAfterMs: 750,
       maxContextTokens: 40,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
       telemetryIntervalMs: 1000,
     });
     const { port } = await server.start();

@@ -3,7 +3,7 @@ import { connect } from '@nats-io/transport-node';
 import { greedyToken, SplitPipeline } from '@tandem/model';
 import { ExecutorServiceClient, fromWireTensor, HealthClient, ServerLoad, ServingStatus, Subjects, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
+import { eventually, EXECUTOR_SETTINGS, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
 import { ids, TestSession } from './session-client';
 import { startTestExecutor, type TestExecutor } from './test-executor';
@@ -286,14 +286,9 @@ describe('server-executor lifecycle and telemetry', () => {
     const server = new ExecutorServer({
       engine,
       log,
-      address: '127.0.0.1:0',
+      ...EXECUTOR_SETTINGS,
       serverId: 'exec-nats',
       maxSessions: 4,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
       natsUrl: nats.url,
       telemetryIntervalMs: 50,
     });

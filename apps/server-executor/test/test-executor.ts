@@ -1,12 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
-import { channelOptions, ExecutorServiceClient, type GetStatusResponse } from '@tandem/protocol';
+import { channelOptions, ExecutorServiceClient, HealthClient, type GetStatusResponse, type ServingStatus } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually } from '@tandem/testkit';
+import { eventually, EXECUTOR_SETTINGS } from '@tandem/testkit';
 import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '../src';
 import { TestSession } from './session-client';
-
-/** Largest message the test executors and their clients accept. */
-const MAX_MESSAGE_BYTES = 8 << 20;
 
 /** What a test sets of an executor; the rest is {@link startTestExecutor}'s defaults. */
 export type TestExecutorOptions = Partial<Omit<ExecutorServerOptions, 'engine' | 'log'>>;
@@ -17,14 +14,16 @@ export interface TestExecutor {
   readonly client: ExecutorServiceClient;
   /** host:port it listens on. */
   readonly addr: string;
-  /** The executor's GetStatus. */
+  /** The executor's GetStatus (deadline 10 s). */
   status(): Promise<GetStatusResponse>;
+  /** The executor's grpc.health.v1 status (deadline 10 s). */
+  health(): Promise<ServingStatus>;
   /** Opens a session stream with a deadline `deadlineMs` from now; it is cancelled by {@link cancelSessions}. */
   session(deadlineMs?: number): TestSession;
   /** Cancels every session opened so far; with `waitMs`, waits that long at most for the executor to report none active. */
   cancelSessions(waitMs?: number): Promise<void>;
-  /** Closes the client and stops the executor (grace 100 ms). */
-  stop(): Promise<void>;
+  /** Closes the clients and stops the executor (grace 100 ms unless `graceMs`). */
+  stop(graceMs?: number): Promise<void>;
 }
 
 /**
@@ -36,27 +35,27 @@ export async function startTestExecutor(engine: StageEngine, opts: TestExecutorO
   const server = new ExecutorServer({
     engine,
     log: createLogger({ name: 'test', level: 'silent' }),
-    address: '127.0.0.1:0',
+    ...EXECUTOR_SETTINGS,
     serverId: 'exec-test',
-    maxSessions: 16,
-    maxContextTokens: 0,
-    maxMessageBytes: MAX_MESSAGE_BYTES,
-    batching: true,
-    maxBatch: 8,
-    idleTimeoutMs: 30_000,
     telemetryIntervalMs: 1000,
     ...opts,
   });
   const { port } = await server.start();
   const addr = `127.0.0.1:${port}`;
-  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(MAX_MESSAGE_BYTES));
+  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(opts.maxMessageBytes ?? EXECUTOR_SETTINGS.maxMessageBytes));
+  const healthClient = new HealthClient(addr, grpc.credentials.createInsecure());
   const opened: TestSession[] = [];
-  const status = (): Promise<GetStatusResponse> => new Promise((resolve, reject) => client.getStatus({}, (e, r) => (e ? reject(e) : resolve(r))));
+  const deadline = (): { deadline: number } => ({ deadline: Date.now() + 10_000 });
+  const status = (): Promise<GetStatusResponse> =>
+    new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), deadline(), (e, r) => (e ? reject(e) : resolve(r))));
+  const health = (): Promise<ServingStatus> =>
+    new Promise((resolve, reject) => healthClient.check({ service: '' }, new grpc.Metadata(), deadline(), (e, r) => (e ? reject(e) : resolve(r.status))));
   return {
     server,
     client,
     addr,
     status,
+    health,
     session: (deadlineMs = 30_000) => {
       const s = new TestSession(client.session({ deadline: Date.now() + deadlineMs }));
       opened.push(s);
@@ -66,9 +65,10 @@ export async function startTestExecutor(engine: StageEngine, opts: TestExecutorO
       for (const s of opened.splice(0)) s.call.cancel();
       if (waitMs !== undefined) await eventually(async () => (await status()).activeSessions === 0, { timeoutMs: waitMs, what: 'sessions freed' });
     },
-    stop: async () => {
+    stop: async (graceMs = 100) => {
+      healthClient.close();
       client.close();
-      await server.stop({ graceMs: 100 });
+      await server.stop({ graceMs });
     },
   };
 }

@@ -1,22 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { StageInputError } from '@tandem/model';
-import {
-  channelOptions,
-  ExecutorServiceClient,
-  HealthClient,
-  ServingStatus,
-  toWireTensor,
-  type GetStatusResponse,
-  type HostTensor,
-  type SessionRequest,
-  type SessionResponse,
-} from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
+import { ExecutorServiceClient, ServingStatus, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
-import { EngineUnavailableError, ExecutorServer, OnnxStageEngine, StageScheduler, WorkerStageEngine, type SessionCache, type StageEngine } from '../src';
+import { EngineUnavailableError, OnnxStageEngine, StageScheduler, WorkerStageEngine, type SessionCache, type StageEngine } from '../src';
 import { DelegatingEngine } from './delegating-engine';
+import { startTestExecutor } from './test-executor';
 
-const log = createLogger({ name: 'test', level: 'silent' });
 const ids = (v: number[]): HostTensor => ({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) });
 const prompt = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 /** A copy of a tensor's bytes (a view would be detached once the tensor is handed to the worker engine). */
@@ -137,32 +126,16 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
 
   it('answers health and status within milliseconds while long prefill batches run', async () => {
     const engine = new TimedEngine(await WorkerStageEngine.load(small.dir, { intraOpNumThreads: 1 }));
-    const server = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
+    const ex = await startTestExecutor(engine, {
       serverId: 'exec-worker',
-      maxSessions: 16,
-      maxContextTokens: 0,
       maxMessageBytes: 64 << 20,
-      batching: true,
       maxBatch: 16,
       maxBatchTokens: 16_000,
       idleTimeoutMs: 60_000,
-      telemetryIntervalMs: 1000,
     });
-    const { port } = await server.start();
     engine.longestCallMs = 0; // warm-up and profiling are not the batches under test
-    const addr = `127.0.0.1:${port}`;
-    const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
-    const health = new HealthClient(addr, grpc.credentials.createInsecure());
+    const { client, health: check, status } = ex;
     try {
-      const check = (): Promise<ServingStatus> =>
-        new Promise((resolve, reject) =>
-          health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r.status))),
-        );
-      const status = (): Promise<GetStatusResponse> =>
-        new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e, r) => (e ? reject(e) : resolve(r))));
       await check(); // connections up before timing
       await status();
       // Sixteen 1000-token prefills of the first block (embed, attention, MLP) arrive together:
@@ -203,37 +176,14 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       expect(p99).toBeLessThan(Math.min(100, engine.longestCallMs / 2));
       expect(max).toBeLessThan(engine.longestCallMs * 0.8);
     } finally {
-      health.close();
-      client.close();
-      await server.stop({ graceMs: 0 });
+      await ex.stop(0);
     }
   });
 
   it('fails the in-flight session with UNAVAILABLE when the thread dies, and keeps answering health (NOT_SERVING) and status', async () => {
     const worker = await WorkerStageEngine.load(small.dir, { intraOpNumThreads: 1 });
-    const server = new ExecutorServer({
-      engine: worker,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec-crash',
-      maxSessions: 4,
-      maxContextTokens: 0,
-      maxMessageBytes: 64 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 60_000,
-      telemetryIntervalMs: 1000,
-    });
-    const { port } = await server.start();
-    const addr = `127.0.0.1:${port}`;
-    const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(64 << 20));
-    const health = new HealthClient(addr, grpc.credentials.createInsecure());
-    const check = (): Promise<ServingStatus> =>
-      new Promise((resolve, reject) =>
-        health.check({ service: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r.status))),
-      );
-    const status = (): Promise<GetStatusResponse> =>
-      new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+    const ex = await startTestExecutor(worker, { serverId: 'exec-crash', maxSessions: 4, maxMessageBytes: 64 << 20, idleTimeoutMs: 60_000 });
+    const { client, health: check, status } = ex;
     try {
       expect(await check()).toBe(ServingStatus.SERVING);
       const inFlight = oneStep(client, ids(prompt(1000, 9)), worker.stageCount - 1);
@@ -249,9 +199,7 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       expect(late.error?.code).toBe(grpc.status.UNAVAILABLE);
       expect(late.error?.details).toContain('accepts no new sessions');
     } finally {
-      health.close();
-      client.close();
-      await server.stop({ graceMs: 0 });
+      await ex.stop(0);
     }
   });
 });

@@ -54,6 +54,21 @@ export function envCases(b: EnvBounds): EnvCase[] {
   return out;
 }
 
+/**
+ * The rules of the variables every service reads through @tandem/service-kit (gRPC keepalive,
+ * log level, TLS client authentication), for {@link envCases}.
+ */
+export const SERVICE_ENV_BOUNDS: EnvBounds = {
+  int: [
+    ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000],
+    ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000],
+  ],
+  oneOf: [
+    ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']],
+    ['TLS_CLIENT_AUTH', ['none', 'require']],
+  ],
+};
+
 /** The problems a config loader throws (a ConfigError's `problems`), or [] when it loads. */
 export function configProblems(load: () => unknown): string[] {
   try {

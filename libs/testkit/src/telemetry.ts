@@ -1,4 +1,4 @@
-import { OutcomeStatus, type ClientProfile, type GenerationOutcome, type ServerLoad, type StageTiming } from '@tandem/protocol';
+import { OutcomeStatus, type ClientPlan, type ClientProfile, type GenerationOutcome, type ServerLoad, type StageTiming } from '@tandem/protocol';
 
 // The telemetry messages the planner's tests, the end-to-end tests, the CLI's tests and the
 // benchmarks build: one default of each, the hand-checkable client of the planner's tests (three
@@ -51,6 +51,9 @@ export function serverLoad(over: Partial<ServerLoad> = {}): ServerLoad {
   };
 }
 
+/** The verdict of a generation that met its end-to-end SLA and had no TTFT or TPOT objective. */
+export const MET_E2E_SLA = { ttftSloMs: 0, tpotSloMs: 0, slaMet: true, ttftMet: true, tpotMet: true, status: OutcomeStatus.OUTCOME_STATUS_OK } as const;
+
 /**
  * A met generation of client 'c': 4 prompt tokens and 4 new ones on placement CCSSSC (epoch 1),
  * 11 ms against a prediction of 10 and an SLA of 10 s, ended now, with `over` on top.
@@ -74,27 +77,32 @@ export function generationOutcome(over: Partial<GenerationOutcome> = {}): Genera
     serverComputeMs: 1,
     serverQueueMs: 0,
     slaMs: 10_000,
-    ttftSloMs: 0,
-    tpotSloMs: 0,
-    slaMet: true,
-    ttftMet: true,
-    tpotMet: true,
-    status: OutcomeStatus.OUTCOME_STATUS_OK,
+    ...MET_E2E_SLA,
     unixMs: Date.now(),
     ...over,
   };
 }
 
 /**
- * The planner settings the tests and the benchmarks plan with (a PlanMakerOptions without its
- * stages and classes): the DP solver, no SLA overrides, hysteresis 5 %, SLA margin 0.9, 0.5 ms
- * resolution, utilisation priced up to 0.9.
+ * What an agent following `plan` publishes for a generation of its first class: 10 prompt
+ * tokens and one new token, measured at the plan's predicted latency; with `over` on top.
  */
-export const PLAN_SETTINGS = {
-  slaOverrides: {},
-  algorithm: 'dp',
-  hysteresis: 0.05,
-  slaMargin: 0.9,
-  resolutionMs: 0.5,
-  maxUtilisation: 0.9,
-} as const;
+export function planOutcome(plan: ClientPlan, over: Partial<GenerationOutcome> = {}): GenerationOutcome {
+  const c = plan.classes[0];
+  return generationOutcome({
+    clientId: plan.clientId,
+    requestClass: c.name,
+    placement: c.placement,
+    planEpoch: plan.epoch,
+    promptTokens: 10,
+    newTokens: 1,
+    predictedE2eMs: c.predictedLatencyMs,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    ttftMs: c.predictedLatencyMs,
+    tpotMs: 0,
+    e2eMs: c.predictedLatencyMs,
+    slaMs: c.slaMs,
+    ...over,
+  });
+}

@@ -6,8 +6,8 @@ import {
   clientProfile,
   eventually,
   freePort,
-  generationOutcome,
   PLAN_SETTINGS,
+  planOutcome,
   serverLoad,
   stageTimes,
   startNatsServer,
@@ -112,20 +112,11 @@ describe('tandem plans against a real planner', () => {
     const plan = server.plans().find((p) => p.clientId === 'dev-1')!;
     const c = plan.classes[0];
     const outcome = (ok: boolean, e2eMs: number): GenerationOutcome =>
-      generationOutcome({
-        clientId: 'dev-1',
+      planOutcome(plan, {
         clientClass: 'handheld',
-        placement: c.placement,
-        planEpoch: plan.epoch,
-        promptTokens: 10,
         newTokens: ok ? 1 : 0,
-        predictedE2eMs: c.predictedLatencyMs,
-        predictedTtftMs: 0,
-        predictedTpotMs: 0,
         ttftMs: ok ? e2eMs : 0,
-        tpotMs: 0,
         e2eMs,
-        slaMs: c.slaMs,
         slaMet: ok && e2eMs <= c.slaMs,
         status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
       });

@@ -7,7 +7,7 @@ import { modelIdOf, readManifest, SplitPipeline } from '@tandem/model';
 import { AgentServiceClient, generateVia, type GenerationResult } from '@tandem/protocol';
 import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
-import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { EXECUTOR_SETTINGS, makeTempModel, type TempModel } from '@tandem/testkit';
 
 // The load test's device emulation: client-agents replaying their stages from a recording.
 
@@ -34,14 +34,8 @@ describe('replayed device stages (EMULATION)', () => {
     executor = new ExecutorServer({
       engine,
       log,
-      address: '127.0.0.1:0',
+      ...EXECUTOR_SETTINGS,
       serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
       telemetryIntervalMs: 1000,
     });
     executorAddr = `127.0.0.1:${(await executor.start()).port}`;
