@@ -1,4 +1,4 @@
-import { clearMessageProblem, envCases, envCorpusTests, type EnvCase } from '@tandem/testkit';
+import { clearMessageProblem, envCases, envCorpusTests, SERVICE_ENV_BOUNDS, type EnvCase } from '@tandem/testkit';
 import { agentEnv, loadConfig, parseStageList } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the agent's variables with a
@@ -6,6 +6,7 @@ import { agentEnv, loadConfig, parseStageList } from './config';
 
 const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
+  ...envCases(SERVICE_ENV_BOUNDS),
   ...envCases({
     int: [
       ['AGENT_THREADS', 0, 256],
@@ -13,18 +14,12 @@ const cases: EnvCase[] = [
       ['AGENT_DEADLINE_MS', 100, 86_400_000],
       ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1],
       ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000],
-      ['GRPC_KEEPALIVE_TIME_MS', 100, 86_400_000],
-      ['GRPC_KEEPALIVE_TIMEOUT_MS', 100, 3_600_000],
     ],
     number: [
       ['AGENT_SLOWDOWN', 1, 1000],
       ['AGENT_LINK_LATENCY_MS', 0, 10_000],
       ['AGENT_LINK_UP_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
       ['AGENT_LINK_DOWN_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
-    ],
-    oneOf: [
-      ['LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']],
-      ['TLS_CLIENT_AUTH', ['none', 'require']],
     ],
   }),
   ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
