@@ -28,6 +28,20 @@ export class ConfigError extends Error {
 /** Thrown by a parser; the loader prefixes the variable name. */
 class ParseError extends Error {}
 
+/** A number variable: `Number(raw)`, taken when `accepts(raw, n)`; else the error says it must be `rule`. */
+function numeric(doc: string, def: number | undefined, rule: string, accepts: (raw: string, n: number) => boolean): EnvVar<number> {
+  return {
+    doc,
+    default: def,
+    shown: def === undefined ? '(required)' : String(def),
+    parse: (raw) => {
+      const n = Number(raw);
+      if (!accepts(raw, n)) throw new ParseError(`must be ${rule}`);
+      return n;
+    },
+  };
+}
+
 export const env = {
   string(doc: string, def?: string): EnvVar<string> {
     return { doc, default: def, parse: (raw) => raw, shown: def === undefined ? '(required)' : JSON.stringify(def) };
@@ -45,28 +59,10 @@ export const env = {
     };
   },
   int(doc: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): EnvVar<number> {
-    return {
-      doc,
-      default: def,
-      shown: def === undefined ? '(required)' : String(def),
-      parse: (raw) => {
-        const n = Number(raw);
-        if (!/^-?\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) throw new ParseError(`must be an integer in ${min}..${max}`);
-        return n;
-      },
-    };
+    return numeric(doc, def, `an integer in ${min}..${max}`, (raw, n) => /^-?\d+$/.test(raw.trim()) && Number.isSafeInteger(n) && n >= min && n <= max);
   },
   number(doc: string, def: number | undefined, min: number, max = Number.POSITIVE_INFINITY): EnvVar<number> {
-    return {
-      doc,
-      default: def,
-      shown: def === undefined ? '(required)' : String(def),
-      parse: (raw) => {
-        const n = Number(raw);
-        if (raw.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ParseError(`must be a number in ${min}..${max}`);
-        return n;
-      },
-    };
+    return numeric(doc, def, `a number in ${min}..${max}`, (raw, n) => raw.trim() !== '' && Number.isFinite(n) && n >= min && n <= max);
   },
   bool(doc: string, def: boolean): EnvVar<boolean> {
     return {
