@@ -13,6 +13,16 @@ export interface SimulatedModel {
 
 const lm = { inputBytesPerToken: 8, embedFlopsPerToken: 0, headKind: 'lm', activationBytes: 4 } as const;
 
+/** A BERT encoder of `layers` layers classifying into two classes, over sequences of up to 512 tokens. */
+function bert(name: string, dModel: number, dFF: number, layers: number): SimulatedModel {
+  return {
+    shape: { ...lm, name, dModel, dFF, encoderLayers: layers, decoderLayers: 0, crossAttention: false, headKind: 'classifier', headOutputs: 2 },
+    family: 'BERT',
+    seqLens: [128, 256, 512],
+    generative: false,
+  };
+}
+
 /** The six model shapes, at their published sizes. */
 export const SIMULATED_MODELS: readonly SimulatedModel[] = [
   {
@@ -22,38 +32,8 @@ export const SIMULATED_MODELS: readonly SimulatedModel[] = [
     seqLens: [128, 256, 512, 1024],
     generative: false,
   },
-  {
-    shape: {
-      ...lm,
-      name: 'bert-base',
-      dModel: 768,
-      dFF: 3072,
-      encoderLayers: 12,
-      decoderLayers: 0,
-      crossAttention: false,
-      headKind: 'classifier',
-      headOutputs: 2,
-    },
-    family: 'BERT',
-    seqLens: [128, 256, 512],
-    generative: false,
-  },
-  {
-    shape: {
-      ...lm,
-      name: 'bert-large',
-      dModel: 1024,
-      dFF: 4096,
-      encoderLayers: 24,
-      decoderLayers: 0,
-      crossAttention: false,
-      headKind: 'classifier',
-      headOutputs: 2,
-    },
-    family: 'BERT',
-    seqLens: [128, 256, 512],
-    generative: false,
-  },
+  bert('bert-base', 768, 3072, 12),
+  bert('bert-large', 1024, 4096, 24),
   {
     shape: { ...lm, name: 'gpt2-small', dModel: 768, dFF: 3072, encoderLayers: 0, decoderLayers: 12, crossAttention: false, headOutputs: 50257 },
     family: 'GPT-2',
