@@ -412,8 +412,12 @@ describe('StageScheduler', () => {
         expect(engine.ranges).toHaveLength(1);
       });
 
-      it('runs a decode step that arrives during a prefill before the rest of the prefill', async () => {
-        const { engine, sched } = interleaved(1000);
+      /**
+       * Holds the engine at its first call, submits an 8-token prefill and, once the prefill is in
+       * the engine (`held` runs then), a one-token decode step; lets the engine go and resolves
+       * with the order the two finished in.
+       */
+      const decodeDuringPrefill = async (engine: FusedEngine, sched: StageScheduler, held: () => void = () => {}): Promise<string[]> => {
         let open!: () => void;
         engine.gate = new Promise<void>((r) => {
           open = r;
@@ -421,11 +425,19 @@ describe('StageScheduler', () => {
         const order: string[] = [];
         const prefill = sched.submit('p', 0, 6, tensor(0, 8), cache()).then(() => order.push('prefill'));
         await new Promise((r) => setImmediate(r));
-        expect(engine.calls).toEqual([{ stage: 0, batch: 1 }]); // the prefill's first stage is in the engine
+        held();
         const decode = sched.submit('d', 0, 6, tensor(0), cache()).then(() => order.push('decode'));
         engine.gate = undefined;
         open();
         await Promise.all([prefill, decode]);
+        return order;
+      };
+
+      it('runs a decode step that arrives during a prefill before the rest of the prefill', async () => {
+        const { engine, sched } = interleaved(1000);
+        const order = await decodeDuringPrefill(engine, sched, () => {
+          expect(engine.calls).toEqual([{ stage: 0, batch: 1 }]); // the prefill's first stage is in the engine
+        });
         expect(order).toEqual(['decode', 'prefill']);
         expect(engine.ranges).toHaveLength(1); // the decode step ran fused, alone
         expect(engine.calls.map((c) => c.batch)).toEqual([1, 1, 1, 1, 1, 1]); // the prefill never joined it
@@ -434,18 +446,7 @@ describe('StageScheduler', () => {
       it('without interleaving, the same decode step waits for the whole prefill', async () => {
         const engine = new FusedEngine();
         const sched = new StageScheduler(engine, { batching: true, maxBatch: 8, now: () => engine.clock });
-        let open!: () => void;
-        engine.gate = new Promise<void>((r) => {
-          open = r;
-        });
-        const order: string[] = [];
-        const prefill = sched.submit('p', 0, 6, tensor(0, 8), cache()).then(() => order.push('prefill'));
-        await new Promise((r) => setImmediate(r));
-        const decode = sched.submit('d', 0, 6, tensor(0), cache()).then(() => order.push('decode'));
-        engine.gate = undefined;
-        open();
-        await Promise.all([prefill, decode]);
-        expect(order).toEqual(['prefill', 'decode']);
+        expect(await decodeDuringPrefill(engine, sched)).toEqual(['prefill', 'decode']);
       });
 
       it('gives a long step held back for maxStallMs the next call, so prefills advance under steady decoding', async () => {

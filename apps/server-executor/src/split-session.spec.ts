@@ -69,7 +69,8 @@ const settle = async (): Promise<void> => {
 describe('SplitSession server-side decoding', () => {
   const log = createLogger({ name: 'test', level: 'silent' });
 
-  function start(idleTimeoutMs = 60_000, engine = new CountingEngine()): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
+  /** A session on `engine` over a slow-reading stream, opened by client 't'. */
+  function open(idleTimeoutMs: number, engine: CountingEngine): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
     const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
     const call = new SlowReaderCall();
     const session = new SplitSession(
@@ -81,6 +82,12 @@ describe('SplitSession server-side decoding', () => {
       ADMIT_ALL,
     );
     call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
+    return { call, engine, session };
+  }
+
+  /** An opened session that was asked to generate 4 tokens. */
+  function start(idleTimeoutMs = 60_000, engine = new CountingEngine()): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
+    const { call, session } = open(idleTimeoutMs, engine);
     call.emit('data', {
       kind: { $case: 'generate', value: { seq: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(0n) }), maxNewTokens: 4 } },
     });
@@ -119,6 +126,16 @@ describe('SplitSession server-side decoding', () => {
     expect(session.isOpen).toBe(false);
   });
 
+  /** An engine that holds its first call until `release`. */
+  function gatedEngine(): { engine: CountingEngine; release: () => void } {
+    const engine = new CountingEngine();
+    let release!: () => void;
+    engine.gate = new Promise<void>((r) => {
+      release = r;
+    });
+    return { engine, release };
+  }
+
   describe('with a clock', () => {
     beforeEach(() => {
       jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] });
@@ -128,23 +145,9 @@ describe('SplitSession server-side decoding', () => {
     });
 
     it('does not idle out a split session while its step waits or runs', async () => {
-      const engine = new CountingEngine();
-      let release!: () => void;
-      engine.gate = new Promise<void>((r) => {
-        release = r;
-      });
-      const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
-      const call = new SlowReaderCall();
-      const session = new SplitSession(
-        call as unknown as ServerDuplexStream<SessionRequest, SessionResponse>,
-        engine,
-        scheduler,
-        { maxContextTokens: 64, idleTimeoutMs: 1000 },
-        log,
-        ADMIT_ALL,
-      );
+      const { engine, release } = gatedEngine();
+      const { call, session } = open(1000, engine);
       call.on('error', () => {});
-      call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
       call.emit('data', {
         kind: {
           $case: 'step',
@@ -164,11 +167,7 @@ describe('SplitSession server-side decoding', () => {
     });
 
     it('idles out a session whose client stopped reading (its stream stayed full), never one the server is decoding, saying so', async () => {
-      const engine = new CountingEngine();
-      let release!: () => void;
-      engine.gate = new Promise<void>((r) => {
-        release = r;
-      });
+      const { engine, release } = gatedEngine();
       const { call, session } = start(1000, engine);
       const errors: { code: number; details: string }[] = [];
       call.on('error', (e: { code: number; details: string }) => errors.push(e));

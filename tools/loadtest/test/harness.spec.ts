@@ -83,22 +83,23 @@ describe('arrivals', () => {
   });
 });
 
-describe('metrics', () => {
-  const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0,
-    device: 'd',
-    requestClass: 'c',
-    promptTokens: 4,
-    maxNewTokens: 3,
-    slo: { e2eMs: 300 },
-    sentMs: 0,
-    lagMs: 0,
-    status: 'OK',
-    tokenMs: [],
-    endMs: 0,
-    ...p,
-  });
+/** A record of request 0 of device 'd', class 'c': 4 prompt tokens, up to 3 new, an E2E SLO of 300 ms, sent at 0, OK with no token yet; with `p` on top. */
+const rec = (p: Partial<RequestRecord>): RequestRecord => ({
+  index: 0,
+  device: 'd',
+  requestClass: 'c',
+  promptTokens: 4,
+  maxNewTokens: 3,
+  slo: { e2eMs: 300 },
+  sentMs: 0,
+  lagMs: 0,
+  status: 'OK',
+  tokenMs: [],
+  endMs: 0,
+  ...p,
+});
 
+describe('metrics', () => {
   it('computes TTFT, TPOT, ITL, E2E, goodput and SLA attainment as benchmark_serving does, counting failures', () => {
     const records = [
       rec({ index: 0, sentMs: 0, tokenMs: [100, 150, 210], endMs: 210, slo: { e2eMs: 300 }, serverComputeMs: 20, placement: 'SS' }),
@@ -236,26 +237,12 @@ describe('metrics', () => {
 });
 
 describe('prediction error', () => {
-  const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-    index: 0,
-    device: 'phone',
-    requestClass: 'chat',
-    promptTokens: 4,
-    maxNewTokens: 3,
-    slo: { e2eMs: 300 },
-    sentMs: 0,
-    lagMs: 0,
-    status: 'OK',
-    tokenMs: [40, 70, 100],
-    endMs: 100,
-    predictedE2eMs: 100,
-    predictedTtftMs: 40,
-    predictedTpotMs: 30,
-    ...p,
-  });
+  /** A phone's chat request measured at 100 ms E2E (tokens at 40, 70, 100 ms) and predicted so; with `p` on top. */
+  const predicted = (p: Partial<RequestRecord>): RequestRecord =>
+    rec({ device: 'phone', requestClass: 'chat', tokenMs: [40, 70, 100], endMs: 100, predictedE2eMs: 100, predictedTtftMs: 40, predictedTpotMs: 30, ...p });
   /** n requests measured at 100 ms E2E (40 TTFT, 30 TPOT) with E2E predicted at e2e(i). */
   const group = (n: number, e2e: (i: number) => number, patch: Partial<RequestRecord> = {}): RequestRecord[] =>
-    Array.from({ length: n }, (_, i) => rec({ index: i, predictedE2eMs: e2e(i), ...patch }));
+    Array.from({ length: n }, (_, i) => predicted({ index: i, predictedE2eMs: e2e(i), ...patch }));
 
   it('gives median, p90 and signed median of the relative error per device / request class, and flags only judged groups over the target', () => {
     // 20 requests, E2E predicted 100 − i ms against 100 measured: errors 0, −1 %, …, −19 % (within the target).
@@ -264,7 +251,7 @@ describe('prediction error', () => {
     const few = group(19, () => 150, { device: 'laptop' });
     // 20 requests with a median of 5 % but a p90 of 30 %: flagged on p90.
     const tail = group(20, (i) => (i < 15 ? 105 : 130), { requestClass: 'long' });
-    const failed = rec({ status: 'DEADLINE_EXCEEDED', predictedE2eMs: 1 });
+    const failed = predicted({ status: 'DEADLINE_EXCEEDED', predictedE2eMs: 1 });
     const g = predictionErrors(predictionSamples([...low, ...few, ...tail, failed]));
     expect(Object.keys(g)).toEqual(['laptop/chat', 'phone/chat', 'phone/long']);
     const e = g['phone/chat'].figures.e2e!;
@@ -298,17 +285,17 @@ describe('prediction error', () => {
     expect(merged).toMatchObject({ completed: 39, predicted: 24, unpredicted: 15, flagged: true });
     expect(merged.figures.e2e).toMatchObject({ n: 24, medianAbs: 0.5, signedMedian: -0.5, judged: true });
     // A one-token request has no measured TPOT; a class predicting none leaves TPOT out.
-    const one = predictionErrors(predictionSamples([rec({ tokenMs: [40], endMs: 41, predictedTpotMs: undefined })]))['phone/chat'];
+    const one = predictionErrors(predictionSamples([predicted({ tokenMs: [40], endMs: 41, predictedTpotMs: undefined })]))['phone/chat'];
     expect(one.figures.tpot).toBeNull();
     expect(one.figures.e2eAtLength!.signedMedian).toBeCloseTo(40 / 41 - 1, 4);
   });
 
   it('gives the hindsight floor: the error of the measured median per group and placement, whatever was predicted', () => {
     // 20 requests on one placement measured at 80..118 ms: the median 99 ms is the best constant in hindsight.
-    const spread = Array.from({ length: 20 }, (_, i) => rec({ index: i, endMs: 80 + 2 * i, placement: 'SS', predictedE2eMs: 500 }));
+    const spread = Array.from({ length: 20 }, (_, i) => predicted({ index: i, endMs: 80 + 2 * i, placement: 'SS', predictedE2eMs: 500 }));
     // 20 more on another placement at 50 ms exactly: their own median, error 0 (not mixed with the others).
-    const flat = Array.from({ length: 20 }, (_, i) => rec({ index: 20 + i, endMs: 50, placement: 'CC', predictedE2eMs: 500 }));
-    const unpredicted = rec({ endMs: 1000, placement: 'SS', predictedE2eMs: undefined, predictedTtftMs: undefined });
+    const flat = Array.from({ length: 20 }, (_, i) => predicted({ index: 20 + i, endMs: 50, placement: 'CC', predictedE2eMs: 500 }));
+    const unpredicted = predicted({ endMs: 1000, placement: 'SS', predictedE2eMs: undefined, predictedTtftMs: undefined });
     const g = predictionErrors(predictionSamples([...spread, ...flat, unpredicted]))['phone/chat'];
     const expected = [...spread.map((r) => Math.abs(99 - r.endMs) / r.endMs), ...flat.map(() => 0)].sort((a, b) => a - b);
     expect(g.hindsight).toMatchObject({ n: 40, judged: true });
