@@ -1,7 +1,10 @@
 /** Small helpers shared by the benchmarks in tools/bench (command-line flags, statistics, a model to run). */
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { ensurePresetModel, presetModelDir } from '@tandem/launcher';
-import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
+import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
+import { createLogger } from '@tandem/service-kit';
+import { EXECUTOR_SETTINGS } from '@tandem/testkit';
 
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
 
@@ -39,3 +42,49 @@ export async function openSession(client: ExecutorServiceClient): Promise<{ call
   if ((await next()).kind?.$case !== 'opened') throw new Error('expected opened');
   return { call, next };
 }
+
+/** An executor the benchmarks run, listening, with a plaintext client that accepts its largest message. */
+export interface BenchExecutor {
+  readonly server: ExecutorServer;
+  readonly client: ExecutorServiceClient;
+  /** host:port it listens on. */
+  readonly addr: string;
+  /** Closes the client and stops the executor at once. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts executor 'bench' on `engine`, silent, with the tests' settings (EXECUTOR_SETTINGS), a
+ * 10-minute idle timeout and telemetry each second; with `over` on top.
+ */
+export async function startBenchExecutor(engine: StageEngine, over: Partial<ExecutorServerOptions> = {}): Promise<BenchExecutor> {
+  const server = new ExecutorServer({
+    engine,
+    log: createLogger({ name: 'bench', level: 'silent' }),
+    ...EXECUTOR_SETTINGS,
+    serverId: 'bench',
+    idleTimeoutMs: 600_000,
+    telemetryIntervalMs: 1000,
+    ...over,
+  });
+  const addr = `127.0.0.1:${(await server.start()).port}`;
+  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(over.maxMessageBytes ?? EXECUTOR_SETTINGS.maxMessageBytes));
+  return {
+    server,
+    client,
+    addr,
+    stop: async () => {
+      client.close();
+      await server.stop({ graceMs: 0 });
+    },
+  };
+}
+
+/** Token ids as the int64 [1, n] tensor a step or a generate carries. */
+export const idsTensor = (ids: readonly number[]): ReturnType<typeof toWireTensor> =>
+  toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) });
+
+/** Step `seq` of a session: `ids` through stages 0 to `stageEnd`; with `sample`, the head's token comes back. */
+export const stepRequest = (seq: number, stageEnd: number, ids: readonly number[], sample: boolean): SessionRequest => ({
+  kind: { $case: 'step', value: { seq: String(seq), stageBegin: 0, stageEnd, input: idsTensor(ids), sample } },
+});

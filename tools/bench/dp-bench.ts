@@ -34,21 +34,15 @@ import {
   type Slo,
   type TransformerShape,
 } from '@tandem/dp';
+import { SIMULATED_MODELS } from '@tandem/simulate';
 import { seededRandom } from '@tandem/util';
 
-const GPT2_MEDIUM: TransformerShape = {
-  name: 'gpt2-medium',
-  dModel: 1024,
-  dFF: 4096,
-  encoderLayers: 0,
-  decoderLayers: 24,
-  crossAttention: false,
-  inputBytesPerToken: 8,
-  embedFlopsPerToken: 0,
-  headKind: 'lm',
-  headOutputs: 50257,
-  activationBytes: 4,
-};
+/** GPT-2 medium as the simulator models it. */
+const GPT2_MEDIUM: TransformerShape = (() => {
+  const m = SIMULATED_MODELS.find((x) => x.shape.name === 'gpt2-medium');
+  if (!m) throw new Error('@tandem/simulate models no gpt2-medium');
+  return m.shape;
+})();
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -100,18 +94,13 @@ function timeBatch(instances: readonly PlacementInstance[], solver: (i: Placemen
   return { usPerInstance: (ms * 1000) / instances.length, sink };
 }
 
+/** GPT-2 with `layers` blocks of width `dModel` (an FFN 4 times as wide). */
 const gptShape = (layers: number, dModel: number): TransformerShape => ({
+  ...GPT2_MEDIUM,
   name: `gpt-${layers}x${dModel}`,
   dModel,
   dFF: 4 * dModel,
-  encoderLayers: 0,
   decoderLayers: layers,
-  crossAttention: false,
-  inputBytesPerToken: 8,
-  embedFlopsPerToken: 0,
-  headKind: 'lm',
-  headOutputs: 50257,
-  activationBytes: 4,
 });
 
 type SloSet = readonly (keyof Slo)[];

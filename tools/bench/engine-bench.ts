@@ -23,19 +23,10 @@
 import * as os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import {
-  channelOptions,
-  ExecutorServiceClient,
-  HealthClient,
-  toWireTensor,
-  type HostTensor,
-  type SessionRequest,
-  type SessionResponse,
-} from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '@tandem/server-executor';
+import { ExecutorServiceClient, HealthClient, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { OnnxStageEngine, WorkerStageEngine, type StageEngine } from '@tandem/server-executor';
 import { sleep } from '@tandem/util';
-import { arg, benchModel } from './bench-kit';
+import { arg, benchModel, startBenchExecutor, stepRequest, type BenchExecutor } from './bench-kit';
 
 const opts = {
   prefillPreset: arg('prefill-preset', 'gpt2'),
@@ -50,7 +41,6 @@ const opts = {
 };
 type Mode = 'worker' | 'inline';
 const MODES: readonly Mode[] = ['worker', 'inline'];
-const log = createLogger({ name: 'bench', level: 'silent' });
 const say = (s: string): void => {
   process.stderr.write(`${s}\n`);
 };
@@ -63,25 +53,11 @@ const median = (xs: number[]): number => pct(xs, 50);
 const spread = (xs: number[], digits = 1): string => `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
 const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 
-async function startServer(mode: Mode, dir: string): Promise<{ server: ExecutorServer; engine: StageEngine; addr: string }> {
+async function startServer(mode: Mode, dir: string): Promise<BenchExecutor & { engine: StageEngine }> {
   const load = { intraOpNumThreads: opts.threads };
   const engine = mode === 'worker' ? await WorkerStageEngine.load(dir, load) : await OnnxStageEngine.load(dir, load);
-  const server = new ExecutorServer({
-    engine,
-    log,
-    address: '127.0.0.1:0',
-    serverId: 'bench',
-    maxSessions: 256,
-    maxContextTokens: 0,
-    maxMessageBytes: 256 << 20,
-    batching: true,
-    maxBatch: 16,
-    maxBatchTokens: opts.maxBatchTokens,
-    idleTimeoutMs: 600_000,
-    telemetryIntervalMs: 1000,
-  });
-  const { port } = await server.start();
-  return { server, engine, addr: `127.0.0.1:${port}` };
+  const ex = await startBenchExecutor(engine, { maxSessions: 256, maxMessageBytes: 256 << 20, maxBatch: 16, maxBatchTokens: opts.maxBatchTokens });
+  return { ...ex, engine };
 }
 
 /**
@@ -98,18 +74,7 @@ function session(client: ExecutorServiceClient, prompt: number[], steps: number,
     const send = (v: number[]): void => {
       seq++;
       t0 = performance.now();
-      call.write({
-        kind: {
-          $case: 'step',
-          value: {
-            seq: String(seq),
-            stageBegin: 0,
-            stageEnd: end,
-            input: toWireTensor({ dtype: 'int64', shape: [1, v.length], data: BigInt64Array.from(v, BigInt) }),
-            sample,
-          },
-        },
-      });
+      call.write(stepRequest(seq, end, v, sample));
     };
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'opened') {
@@ -144,8 +109,7 @@ interface Responsiveness {
 }
 
 async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> {
-  const { server, engine, addr } = await startServer(mode, dir);
-  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(256 << 20));
+  const { engine, client, addr, stop } = await startServer(mode, dir);
   const health = new HealthClient(addr, grpc.credentials.createInsecure());
   const check = (): Promise<void> => new Promise((resolve, reject) => health.check({ service: '' }, (e) => (e ? reject(e) : resolve())));
   try {
@@ -172,21 +136,18 @@ async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> 
     return { p50: pct(lat, 50), p99: pct(lat, 99), max: Math.max(...lat), loopMaxMs: loop.max / 1e6, probes: lat.length, wallMs };
   } finally {
     health.close();
-    client.close();
-    await server.stop({ graceMs: 0 });
+    await stop();
   }
 }
 
 async function decodeMsPerToken(mode: Mode, dir: string): Promise<number> {
-  const { server, engine, addr } = await startServer(mode, dir);
-  const client = new ExecutorServiceClient(addr, grpc.credentials.createInsecure(), channelOptions(256 << 20));
+  const { engine, client, stop } = await startServer(mode, dir);
   try {
     await session(client, ids(128, 99), 4, engine.stageCount, true); // warm the path
     const times = await session(client, ids(128, 7), opts.decode + 1, engine.stageCount, true);
     return times.reduce((a, b) => a + b, 0) / times.length;
   } finally {
-    client.close();
-    await server.stop({ graceMs: 0 });
+    await stop();
   }
 }
 

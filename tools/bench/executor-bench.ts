@@ -7,10 +7,9 @@
  *   npx tsx tools/bench/executor-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 3] [--threads 2] [--engine worker|inline]
  */
 import * as grpc from '@grpc/grpc-js';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '@tandem/server-executor';
-import { arg, benchModel, median } from './bench-kit';
+import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
+import { OnnxStageEngine, WorkerStageEngine } from '@tandem/server-executor';
+import { arg, benchModel, median, startBenchExecutor, stepRequest } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const sessions = Number(arg('sessions', '8'));
@@ -31,18 +30,7 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
     const send = (ids: number[]): void => {
       t0 = performance.now();
       seq++;
-      call.write({
-        kind: {
-          $case: 'step',
-          value: {
-            seq: String(seq),
-            stageBegin: 0,
-            stageEnd: stageCount,
-            input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }),
-            sample: true,
-          },
-        },
-      });
+      call.write(stepRequest(seq, stageCount, ids, true));
     };
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'opened') {
@@ -69,7 +57,6 @@ function generation(client: ExecutorServiceClient, stageCount: number): Promise<
 async function main(): Promise<void> {
   if (engineKind !== 'worker' && engineKind !== 'inline') throw new Error(`--engine must be worker or inline, given '${engineKind.slice(0, 40)}'`);
   const dir = await benchModel(preset);
-  const log = createLogger({ name: 'bench', level: 'silent' });
   const results: Record<string, { tokPerS: number[]; p50: number[] }> = { batched: { tokPerS: [], p50: [] }, unbatched: { tokPerS: [], p50: [] } };
   for (let r = 0; r < reps; r++) {
     for (const batching of [true, false]) {
@@ -77,21 +64,13 @@ async function main(): Promise<void> {
         engineKind === 'inline'
           ? await OnnxStageEngine.load(dir, { intraOpNumThreads: threads })
           : await WorkerStageEngine.load(dir, { intraOpNumThreads: threads });
-      const server = new ExecutorServer({
-        engine,
-        log,
-        address: '127.0.0.1:0',
-        serverId: 'bench',
+      const { client, stop } = await startBenchExecutor(engine, {
         maxSessions: 256,
-        maxContextTokens: 0,
         maxMessageBytes: 64 << 20,
         batching,
         maxBatch: 64,
         idleTimeoutMs: 300_000,
-        telemetryIntervalMs: 1000,
       });
-      const { port } = await server.start();
-      const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(64 << 20));
       const t0 = performance.now();
       const lats = await Promise.all(Array.from({ length: sessions }, () => generation(client, engine.stageCount)));
       const s = (performance.now() - t0) / 1000;
@@ -99,8 +78,7 @@ async function main(): Promise<void> {
       results[key].tokPerS.push((sessions * (decode + 1)) / s);
       results[key].p50.push(median(lats.flat()));
       process.stderr.write(`rep ${r + 1}/${reps} ${key}: ${((sessions * (decode + 1)) / s).toFixed(1)} tokens/s\n`);
-      client.close();
-      await server.stop({ graceMs: 0 });
+      await stop();
     }
   }
   const b = median(results.batched.tokPerS);

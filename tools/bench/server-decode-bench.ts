@@ -15,11 +15,10 @@
  *   npx tsx tools/bench/server-decode-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 5] [--threads 2] [--latency 0] [--batching on]
  */
 import * as grpc from '@grpc/grpc-js';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
+import { OnnxStageEngine } from '@tandem/server-executor';
 import { sleep } from '@tandem/util';
-import { arg, benchModel, median, openSession } from './bench-kit';
+import { arg, benchModel, idsTensor, median, openSession, startBenchExecutor, stepRequest } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const sessions = Number(arg('sessions', '8'));
@@ -33,8 +32,6 @@ const batching = arg('batching', 'on') !== 'off';
 const tokens = decode + 1;
 
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
-const idsOf = (ids: number[]): ReturnType<typeof toWireTensor> =>
-  toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) });
 
 /** What one generation produced: its tokens and when each reached the client (ms). */
 interface Run {
@@ -59,7 +56,7 @@ async function perStep(client: ExecutorServiceClient, stageCount: number, prompt
   let input = prompt;
   for (let i = 0; i < tokens; i++) {
     await sleep(latencyMs);
-    call.write({ kind: { $case: 'step', value: { seq: String(i + 1), stageBegin: 0, stageEnd: stageCount, input: idsOf(input), sample: true } } });
+    call.write(stepRequest(i + 1, stageCount, input, true));
     const m = await next();
     if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') throw new Error('expected a token');
     await sleep(latencyMs);
@@ -75,7 +72,7 @@ async function perStep(client: ExecutorServiceClient, stageCount: number, prompt
 async function serverGenerate(client: ExecutorServiceClient, prompt: number[]): Promise<Run> {
   const { call, next } = await openSession(client);
   await sleep(latencyMs);
-  call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsOf(prompt), maxNewTokens: tokens } } });
+  call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor(prompt), maxNewTokens: tokens } } });
   const delivered: Promise<number>[] = [];
   const got: number[] = [];
   for (let i = 0; i < tokens; i++) {
@@ -94,23 +91,8 @@ const msPerToken = (r: Run): number => (r.at[r.at.length - 1] - r.at[0]) / (r.at
 
 async function main(): Promise<void> {
   const dir = await benchModel(preset);
-  const log = createLogger({ name: 'bench', level: 'silent' });
   const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
-  const server = new ExecutorServer({
-    engine,
-    log,
-    address: '127.0.0.1:0',
-    serverId: 'bench',
-    maxSessions: 1024,
-    maxContextTokens: 0,
-    maxMessageBytes: 64 << 20,
-    batching,
-    maxBatch: 64,
-    idleTimeoutMs: 600_000,
-    telemetryIntervalMs: 1000,
-  });
-  const { port } = await server.start();
-  const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(64 << 20));
+  const { client, stop } = await startBenchExecutor(engine, { maxSessions: 1024, maxMessageBytes: 64 << 20, batching, maxBatch: 64 });
   const prompts = Array.from({ length: sessions }, (_, s) => Array.from({ length: promptLen }, (_, i) => (101 + 37 * s + 13 * i) % 50257));
   type Mode = 'per-step' | 'server-generate';
   const res: Record<Mode, { msTok: number[]; tokS: number[] }> = { 'per-step': { msTok: [], tokS: [] }, 'server-generate': { msTok: [], tokS: [] } };
@@ -135,8 +117,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    client.close();
-    await server.stop({ graceMs: 0 });
+    await stop();
   }
   const spread = (xs: number[], digits: number): string =>
     `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
