@@ -295,39 +295,29 @@ describe('the three services end to end', () => {
     const expected = await pipe.generate(PROMPT, { maxNewTokens: 5 });
     await pipe.close();
     const cli = join(__dirname, '../../tools/cli/bin/tandem.js');
-    const agentAddr = `127.0.0.1:${agentPort}`;
-    const ok = await run(process.execPath, [
-      cli,
-      'generate',
-      '--agent',
-      agentAddr,
-      '--ids',
-      PROMPT.join(','),
-      '--max-new-tokens',
-      '5',
-      '--placement',
-      'CSCSCS',
-      '--json',
-      ...creds.cliFlags(),
-    ]);
+    /** `tandem generate` of `ids`, 5 new tokens on `placement`, through the agent. */
+    const generateCli = (ids: string, placement: string, ...more: string[]) =>
+      run(process.execPath, [
+        cli,
+        'generate',
+        '--agent',
+        `127.0.0.1:${agentPort}`,
+        '--ids',
+        ids,
+        '--max-new-tokens',
+        '5',
+        '--placement',
+        placement,
+        ...more,
+        ...creds.cliFlags(),
+      ]);
+    const ok = await generateCli(PROMPT.join(','), 'CSCSCS', '--json');
     expect(ok.code).toBe(0);
     const out = JSON.parse(ok.stdout);
     expect(out.ids).toEqual(expected);
     expect(out.placement).toBe('CSCSCS');
     expect(out.totalMs).toBeGreaterThan(0);
-    const bad = await run(process.execPath, [
-      cli,
-      'generate',
-      '--agent',
-      agentAddr,
-      '--ids',
-      '1,2',
-      '--max-new-tokens',
-      '5',
-      '--placement',
-      'CS',
-      ...creds.cliFlags(),
-    ]);
+    const bad = await generateCli('1,2', 'CS');
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain(`placement must be ${stageCount} letters C or S, given 'CS'`);
   });
