@@ -2,7 +2,7 @@ import { ClientAgent, LinkEmulator, type ClientAgentOptions } from '@tandem/clie
 import { PlanMaker, PlannerServer, type PlannerServerOptions, type RequestClass } from '@tandem/planner';
 import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
 import type { Logger } from '@tandem/service-kit';
-import { EXECUTOR_SETTINGS, PLAN_SETTINGS } from '@tandem/testkit';
+import { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
 import type { TestCredentials } from './credentials';
 
 // The services of the end-to-end tests, started in this process as deployed (e2e/test/credentials.ts):
@@ -81,11 +81,9 @@ export async function startPlanner(
   const server = new PlannerServer({
     maker,
     log: d.log,
-    address: '127.0.0.1:0',
+    ...PLANNER_SETTINGS,
     modelId,
-    clientTtlMs: 60_000,
     debounceMs: 20,
-    idleUtilisation: 0,
     security: d.creds.serverSecurity(),
     natsUrl: d.natsUrl,
     natsAuth: d.creds.natsAuth('planner'),

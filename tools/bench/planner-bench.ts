@@ -20,7 +20,7 @@ import { connect } from '@nats-io/transport-node';
 import { DEFAULT_CLASSES, PlanMaker, PlannerServer } from '@tandem/planner';
 import { ClientProfile, HealthClient, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { clientProfile, PLAN_SETTINGS, serverLoad, startNatsServer } from '@tandem/testkit';
+import { clientProfile, PLAN_SETTINGS, PLANNER_SETTINGS, serverLoad, startNatsServer } from '@tandem/testkit';
 import { seededRandom, sleep } from '@tandem/util';
 
 function arg(name: string, fallback: number): number {
@@ -133,12 +133,11 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
   const planner = new PlannerServer({
     maker,
     log: createLogger({ name: 'bench', level: 'warn' }),
-    address: '127.0.0.1:0',
+    ...PLANNER_SETTINGS,
     natsUrl,
     modelId: '',
     clientTtlMs: 600_000,
     debounceMs: 50,
-    idleUtilisation: 0,
     replanThreshold: threshold,
   });
   const { port } = await planner.start();

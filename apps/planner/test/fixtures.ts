@@ -1,5 +1,5 @@
 import { createLogger } from '@tandem/service-kit';
-import { PLAN_SETTINGS } from '@tandem/testkit';
+import { PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
 import { PlanMaker, type PlanMakerOptions, type PlannerServerOptions } from '../src';
 
 // What the planner's tests plan with: the stages of their model, their request class and the
@@ -44,12 +44,9 @@ export function plannerOptions(over: Partial<PlannerServerOptions> = {}): Planne
   return {
     maker: new PlanMaker(makerOptions()),
     log: createLogger({ name: 'test', level: 'silent' }),
-    address: '127.0.0.1:0',
+    ...PLANNER_SETTINGS,
     natsUrl: 'nats://127.0.0.1:1',
     modelId: 'm',
-    clientTtlMs: 60_000,
-    debounceMs: 0,
-    idleUtilisation: 0,
     ...over,
   };
 }

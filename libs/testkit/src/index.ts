@@ -14,6 +14,6 @@ export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
 export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, SERVICE_ENV_BOUNDS, uncoveredEnvVars } from './corpus';
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
 export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTimes, serverLoad, stageTimes } from './telemetry';
-export { EXECUTOR_SETTINGS, PLAN_SETTINGS } from './settings';
+export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
 export type { LogLine } from './logs';

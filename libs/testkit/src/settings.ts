@@ -16,6 +16,18 @@ export const PLAN_SETTINGS = {
 } as const;
 
 /**
+ * The planner server settings the tests share (a PlannerServerOptions without its planner,
+ * logger, NATS and model): 127.0.0.1 port 0, clients kept 60 s after their last profile, no
+ * debounce, work minimised at any load.
+ */
+export const PLANNER_SETTINGS = {
+  address: '127.0.0.1:0',
+  clientTtlMs: 60_000,
+  debounceMs: 0,
+  idleUtilisation: 0,
+} as const;
+
+/**
  * The executor settings the tests share (an ExecutorServerOptions without its engine, logger,
  * id and telemetry): 127.0.0.1 port 0, 16 sessions, the model's full context, 8 MiB messages,
  * batches of up to 8 steps, a 30 s idle timeout.

@@ -7,6 +7,7 @@ import {
   eventually,
   freePort,
   PLAN_SETTINGS,
+  PLANNER_SETTINGS,
   planOutcome,
   serverLoad,
   stageTimes,
@@ -36,12 +37,9 @@ async function startPlanner(maker: PlanMaker, natsUrl: string, over: Partial<Pla
   const server = new PlannerServer({
     maker,
     log: createLogger({ name: 'test', level: 'silent' }),
-    address: '127.0.0.1:0',
+    ...PLANNER_SETTINGS,
     natsUrl,
     modelId: '',
-    clientTtlMs: 60_000,
-    idleUtilisation: 0,
-    debounceMs: 0,
     ...over,
   });
   return { server, addr: `127.0.0.1:${(await server.start()).port}` };
