@@ -5,6 +5,7 @@ import {
   linkFromMbps,
   requestCosts,
   validateInstance,
+  type MeasuredProfile,
   type ShapeScenario,
   type TransformerShape,
 } from './index';
@@ -108,19 +109,22 @@ describe('instanceFromShape', () => {
 });
 
 describe('instanceFromMeasured', () => {
+  // Two measured stages, a 32-token prompt and 4 decode steps.
+  const measured: MeasuredProfile = {
+    stages: [
+      { name: 'embed', inBytesPerToken: 8, clientPrefillMs: 1, clientDecodeMs: 0.1, serverPrefillMs: 0.2, serverDecodeMs: 0.01 },
+      { name: 'head', inBytesPerToken: 3072, clientPrefillMs: 9, clientDecodeMs: 2, serverPrefillMs: 1, serverDecodeMs: 0.5 },
+    ],
+    outBytesPerPass: 8,
+    uplink: { latencyMs: 10, bytesPerMs: 1000 },
+    downlink: { latencyMs: 5, bytesPerMs: 4000 },
+    slaMs: 300,
+    promptTokens: 32,
+    decodeSteps: 4,
+  };
+
   it('prices a generation from per-stage prefill and decode times', () => {
-    const inst = instanceFromMeasured({
-      stages: [
-        { name: 'embed', inBytesPerToken: 8, clientPrefillMs: 1, clientDecodeMs: 0.1, serverPrefillMs: 0.2, serverDecodeMs: 0.01 },
-        { name: 'head', inBytesPerToken: 3072, clientPrefillMs: 9, clientDecodeMs: 2, serverPrefillMs: 1, serverDecodeMs: 0.5 },
-      ],
-      outBytesPerPass: 8,
-      uplink: { latencyMs: 10, bytesPerMs: 1000 },
-      downlink: { latencyMs: 5, bytesPerMs: 4000 },
-      slaMs: 300,
-      promptTokens: 32,
-      decodeSteps: 4,
-    });
+    const inst = instanceFromMeasured(measured);
     expect(inst.stages[1]).toEqual({ name: 'head', clientMs: 17, serverMs: 3, serverWork: 3, inBytes: 36 * 3072 });
     expect(inst.stages[0].inBytes).toBe(36 * 8);
     expect(inst.outBytes).toBe(40);
@@ -130,16 +134,9 @@ describe('instanceFromMeasured', () => {
   });
 
   it('rejects a negative measured time naming the stage', () => {
-    expect(() =>
-      instanceFromMeasured({
-        stages: [{ name: 'embed', inBytesPerToken: 8, clientPrefillMs: -1, clientDecodeMs: 0, serverPrefillMs: 0, serverDecodeMs: 0 }],
-        outBytesPerPass: 8,
-        uplink: { latencyMs: 1, bytesPerMs: 1 },
-        downlink: { latencyMs: 1, bytesPerMs: 1 },
-        slaMs: 1,
-        promptTokens: 1,
-        decodeSteps: 0,
-      }),
-    ).toThrow('stages[0].clientPrefillMs must be a finite number >= 0, given -1');
+    const [embed, head] = measured.stages;
+    expect(() => instanceFromMeasured({ ...measured, stages: [{ ...embed, clientPrefillMs: -1 }, head] })).toThrow(
+      'stages[0].clientPrefillMs must be a finite number >= 0, given -1',
+    );
   });
 });
