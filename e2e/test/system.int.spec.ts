@@ -246,33 +246,12 @@ describe('the three services end to end', () => {
   it('drops a malformed NATS message without disturbing the planner', async () => {
     const before = planner.counters.badMessages;
     nc.publish(Subjects.clientProfile('junk'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
-    nc.publish(
-      Subjects.clientProfile('junk'),
-      ClientProfile.encode({
-        clientId: 'other',
-        clientClass: '',
-        modelId: '',
-        stages: [],
-        unixMs: 0,
-        planEpoch: 0,
-        uplink: undefined,
-        downlink: undefined,
-      }).finish(),
-    );
+    /** A profile of nothing measured, of model `modelId`. */
+    const bare = (clientId: string, modelId: string): Uint8Array =>
+      ClientProfile.encode({ clientId, clientClass: '', modelId, stages: [], unixMs: 0, planEpoch: 0, uplink: undefined, downlink: undefined }).finish();
+    nc.publish(Subjects.clientProfile('junk'), bare('other', ''));
     // a device holding another model must not be planned with this model's costs
-    nc.publish(
-      Subjects.clientProfile('stranger'),
-      ClientProfile.encode({
-        clientId: 'stranger',
-        clientClass: '',
-        modelId: 'ffffffffffffffff',
-        stages: [],
-        unixMs: 0,
-        planEpoch: 0,
-        uplink: undefined,
-        downlink: undefined,
-      }).finish(),
-    );
+    nc.publish(Subjects.clientProfile('stranger'), bare('stranger', 'ffffffffffffffff'));
     await eventually(() => planner.counters.badMessages >= before + 3, { timeoutMs: 2000, what: 'bad messages counted' });
     expect(planner.plans().some((p) => p.clientId === 'stranger')).toBe(false);
     const { ids } = await generate(agentClient, {});
