@@ -293,19 +293,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     );
   }
   md.push('');
-  const contended = rows.filter((r) => r.serverRunQueueShare !== null && r.serverRunQueueShare > SERVER_CONTENDED);
-  if (contended.length) {
-    md.push('## Server core contended', '');
-    md.push(
-      `The executor's threads waited for a CPU (schedstat run-queue time, summed over its threads) for more than ${SERVER_CONTENDED} s per s of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`,
-      '',
-    );
-    for (const r of contended)
-      md.push(
-        `- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${fx(r.serverRunQueueShare, 2)} s per s, ran ${pct(r.serverCpuUtilisation)} of its core`,
-      );
-    md.push('');
-  }
+  md.push(...serverContention(rows, multi));
   md.push('## Device side', '');
   md.push(
     `Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
@@ -451,7 +439,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     ratios: rat,
     prediction: { limits: PREDICTION_LIMITS, byPolicy: prediction, byPolicySustained: sustainedPrediction },
     // Each run keeps its per-rate prediction error; the raw samples stay out of the file.
-    runs: rows.map(({ predictionSamples: _samples, ...r }) => r),
+    runs: rows.map(({ predictionSamples: _samples, records: _records, ...r }) => r),
   };
   return { json, markdown: `${md.join('\n')}\n`, svg };
 }
@@ -500,4 +488,27 @@ export function predictionSection(
   if (!any) md.push('| – | no completed requests | | | | | | | | | |');
   md.push('');
   return md;
+}
+
+/**
+ * The report's "Server core contended" section (empty when no run was): the runs where other
+ * work took more than {@link SERVER_CONTENDED} s per s of the executor's core. Pinned, that is
+ * the core's busy time beyond the executor's own CPU, which tells other work apart from the
+ * executor's threads waiting for each other; not pinned, only their run-queue wait is there.
+ */
+export function serverContention(rows: readonly RateResult[], multi: boolean): string[] {
+  const otherShare = (r: RateResult): number | null => r.serverCoreOtherShare ?? r.serverRunQueueShare;
+  const contended = rows.filter((r) => (otherShare(r) ?? 0) > SERVER_CONTENDED);
+  if (contended.length === 0) return [];
+  return [
+    '## Server core contended',
+    '',
+    `Other work took more than ${SERVER_CONTENDED} s per s of the executor's core in these runs (pinned: the core's busy time beyond the executor's own CPU, from /proc/stat; not pinned: the executor's threads' run-queue wait, from schedstat), so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`,
+    '',
+    ...contended.map(
+      (r) =>
+        `- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: ${r.serverCoreOtherShare !== null ? `other work took ${fx(r.serverCoreOtherShare, 2)} s per s of the core` : `waited ${fx(r.serverRunQueueShare, 2)} s per s`}, the executor ran ${pct(r.serverCpuUtilisation)} of it`,
+    ),
+    '',
+  ];
 }

@@ -14,11 +14,13 @@ import {
   promptPools,
   ratios,
   scenarioPathOf,
+  serverContention,
   sloMet,
   spreadOf,
   summarize,
   summarizePolicy,
   validateScenario,
+  type RateResult,
   type RequestRecord,
   type Scenario,
 } from '../src';
@@ -35,6 +37,34 @@ function cvOf(xs: number[]): number {
   const m = mean(xs);
   return Math.sqrt(mean(xs.map((x) => (x - m) ** 2))) / m;
 }
+
+/** One policy at one rate as the harness reports it, with the figures the comparisons read. */
+const row = (
+  policy: 'server-only' | 'greedy' | 'dp',
+  rate: number,
+  cpu: number,
+  goodput: number,
+  att: number,
+  patch: Partial<RateResult> = {},
+): RateResult => ({
+  repeat: 0,
+  seed: 1,
+  policy,
+  rate,
+  serverCpuS: cpu,
+  serverCpuPerRequestS: cpu / 10,
+  serverCpuUtilisation: 0.5,
+  serverRunQueueShare: 0,
+  serverCoreOtherShare: 0,
+  reportedServerComputeS: cpu / 2,
+  agentsCpuS: 0,
+  plans: {},
+  deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
+  prediction: {},
+  predictionSamples: {},
+  stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
+  ...patch,
+});
 
 describe('arrivals', () => {
   const s = validateScenario(scenario());
@@ -182,23 +212,6 @@ describe('metrics', () => {
   });
 
   it('compares policies: CPU cut against server-only and goodput gain over greedy', () => {
-    const row = (policy: 'server-only' | 'greedy' | 'dp', rate: number, cpu: number, goodput: number, att: number) => ({
-      repeat: 0,
-      seed: 1,
-      policy,
-      rate,
-      serverCpuS: cpu,
-      serverCpuPerRequestS: cpu / 10,
-      serverCpuUtilisation: 0.5,
-      serverRunQueueShare: 0,
-      reportedServerComputeS: cpu / 2,
-      agentsCpuS: 0,
-      plans: {},
-      deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
-      prediction: {},
-      predictionSamples: {},
-      stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
-    });
     const rows = [
       row('server-only', 1, 3, 1, 1),
       row('server-only', 2, 3, 1.5, 0.8),
@@ -217,6 +230,23 @@ describe('metrics', () => {
     expect(r.map((x) => x.against)).toEqual(['server-only', 'greedy']);
     expect(r[0].cpuPerRequest).toMatchObject({ n: 1, median: 0.6 });
     expect(r[1].byRate[1].goodput!.median).toBeCloseTo(2 / 1.6, 9);
+  });
+
+  it("lists a run as contended by other work on the server core, not by the executor's own threads waiting for each other", () => {
+    const rows = [
+      // Pinned: the executor's threads waited 0.6 s per s, but nothing else ran on the core.
+      row('server-only', 1, 1, 1, 1, { serverRunQueueShare: 0.6, serverCoreOtherShare: 0.01 }),
+      // Pinned: other work took 0.3 s per s of the core.
+      row('dp', 1, 1, 1, 1, { serverRunQueueShare: 0.05, serverCoreOtherShare: 0.3 }),
+      // Not pinned: only the run-queue wait is known.
+      row('greedy', 2, 1, 1, 1, { serverRunQueueShare: 0.4, serverCoreOtherShare: null }),
+    ];
+    const md = serverContention(rows, false).join('\n');
+    expect(md).toMatch(/^## Server core contended/);
+    expect(md).not.toContain('server-only @ 1');
+    expect(md).toContain('- dp @ 1 req/s: other work took 0.30 s per s of the core, the executor ran 50.0 % of it');
+    expect(md).toContain('- greedy @ 2 req/s: waited 0.40 s per s, the executor ran 50.0 % of it');
+    expect(serverContention([rows[0]], false)).toEqual([]);
   });
 
   it('flags a rate where the emulated devices ran late or the client core was busy', () => {
