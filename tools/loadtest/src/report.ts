@@ -1,7 +1,7 @@
 import { SLO_KEYS } from '@tandem/dp';
 import { renderChart } from '@tandem/plot';
 import type { Attainment } from './metrics';
-import { mergeSamples, PREDICTION_LIMITS, predictionErrors, type ErrorStats, type PredictionGroup } from './prediction';
+import { mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
 import type { Policy } from './scenario';
 
@@ -464,11 +464,14 @@ export function predictionSection(
       'E2E is the plan\'s figure, priced for the class\'s expected output length; "E2E at length" re-prices it for the tokens the request produced (predicted TTFT + (tokens − 1) × TPOT). ' +
       `"sustained" is E2E over only the rates where the policy kept ≥ ${(slaTarget * 100).toFixed(0)} % of requests good (beyond them the queue grows through the run, and a request's latency depends on when it arrived). ` +
       '"floor" is the error, over the same sustained rates, of the best constant known only in hindsight (the measured median E2E of the group\'s requests on the same placement): no per-class prediction can be better, so a floor **over** the target is spread in the requests themselves. ' +
+      `"recent past, sustained" is a prediction made per request when it was sent, from the TTFTs and token gaps of the requests on the same placement in the ${RECENT_WINDOW_MS / 1000} s before (the server's state at admission, as seen from outside): no better than the floor, the spread comes from what arrives after the request. ` +
       'Requests with no prediction (the all-server start-up plan, overrides) are counted apart and left out. Per-rate figures are in results.json (runs[].prediction).',
     '',
   );
-  md.push('| policy | device / request class | done | predicted | no prediction | E2E | E2E at length | TTFT | TPOT | E2E, sustained | floor, sustained |');
-  md.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  md.push(
+    '| policy | device / request class | done | predicted | no prediction | E2E | E2E at length | TTFT | TPOT | E2E, sustained | floor, sustained | recent past, sustained |',
+  );
+  md.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const p1 = (v: number): string => `${(v * 100).toFixed(1)} %`;
   const cell = (x: ErrorStats | null | undefined): string => {
     if (!x) return '–';
@@ -481,11 +484,11 @@ export function predictionSection(
       any = true;
       const sg = sustained[policy]?.[k];
       md.push(
-        `| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} | ${cell(sg?.figures.e2e)} | ${cell(sg?.hindsight)} |`,
+        `| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} | ${cell(sg?.figures.e2e)} | ${cell(sg?.hindsight)} | ${cell(sg?.recent)} |`,
       );
     }
   }
-  if (!any) md.push('| – | no completed requests | | | | | | | | | |');
+  if (!any) md.push('| – | no completed requests | | | | | | | | | | |');
   md.push('');
   return md;
 }
