@@ -605,10 +605,15 @@ export class PlannerServer {
     this.counters.shed += d.shed.length;
     this.counters.restored += d.restored.length;
     const pairs = (cs: readonly ShedCandidate[]): string[] => cs.map((c) => `${c.clientId}/${c.requestClass}`);
-    this.log.info(
-      { utilisation: Number(this.shedUtilisation.toFixed(3)), shed: pairs(d.shed), restored: pairs(d.restored), shedNow: this.shedder.shed.length },
-      d.shed.length ? 'server overloaded: shedding classes to their least-work plans' : 'server has room again: giving shed classes their plans back',
-    );
+    // An overload is the operator's to see (warn); its end is routine (info).
+    const fields = {
+      utilisation: Number(this.shedUtilisation.toFixed(3)),
+      shed: pairs(d.shed),
+      restored: pairs(d.restored),
+      shedNow: this.shedder.shed.length,
+    };
+    if (d.shed.length) this.log.warn(fields, 'server overloaded: shedding classes to their least-work plans');
+    else this.log.info(fields, 'server has room again: giving shed classes their plans back');
     for (const c of changed) this.dirty.add(c.clientId);
     this.scheduleReplan();
   }
