@@ -13,3 +13,6 @@ export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
 export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
+export { clientProfile, generationOutcome, PLAN_SETTINGS, sameStageTimes, serverLoad, stageTimes } from './telemetry';
+export { capturingLogger } from './logs';
+export type { LogLine } from './logs';
