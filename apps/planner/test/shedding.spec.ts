@@ -28,9 +28,10 @@ describe('a class whose plans all miss at the load (PlanMaker)', () => {
     expect(maker().plan(device('a'), loaded(0), undefined)![0].placement).toBe('CSS');
   });
 
-  it('a shed class gets its least-work plan, whatever its SLOs and the safety floor; the saving is reported for the others', () => {
+  it('a shed class gets its least-work plan within the bound on its slow-down, whatever the safety floor; the saving is reported for the others', () => {
+    // All-device (310 ms) is within 4 × the stated 100 ms: the least work within the bound.
     const saving: number[] = [];
-    const m = maker({ overload: 'hold' });
+    const m = maker({ overload: 'hold', shedMaxSlowdown: 4 });
     m.plan(device('a'), loaded(0.95), undefined, 'work', undefined, undefined, saving);
     expect(saving[0]).toBeCloseTo(44, 6); // C|SS (44 ms of server work) against all-device (0)
     const shedSaving: number[] = [];
@@ -38,6 +39,12 @@ describe('a class whose plans all miss at the load (PlanMaker)', () => {
     expect(shed).toMatchObject({ placement: 'CCC', predictedServerWork: 0, feasible: false });
     expect(shedSaving).toEqual([0]);
     // A plan that meets its SLOs is no candidate.
+    // Within 2 × 100 ms no plan answers at this load (CC|S takes 250 ms): the class is not a candidate, and not moved if shed.
+    const bounded: number[] = [];
+    const m2 = maker({ overload: 'hold' });
+    m2.plan(device('a'), loaded(0.95), undefined, 'work', undefined, undefined, bounded);
+    expect(bounded).toEqual([0]);
+    expect(m2.plan(device('a'), loaded(0.95), undefined, 'work', () => ({ slaScale: 1, allServer: false, shed: true }))![0].placement).toBe('CSS');
     const idle: number[] = [];
     m.plan(device('a'), loaded(0), undefined, 'work', undefined, undefined, idle);
     expect(idle).toEqual([0]);
@@ -49,7 +56,7 @@ describe('the overload shedder in the planner', () => {
     let now = 1_000_000;
     const p = new PlannerServer(
       plannerOptions({
-        maker: maker({ overload: 'hold' }),
+        maker: maker({ overload: 'hold', shedMaxSlowdown: 4 }),
         shedding: { enabled: true, above: 0.9, below: 0.6, dwellMs: 2000 },
         now: () => now,
       }),
