@@ -336,15 +336,15 @@ describe('prediction error', () => {
   });
 
   it('predicts each request from the recent past: TTFT and token gaps seen on its placement in the window before it was sent', () => {
-    const r0 = rec({ index: 0, sentMs: 0, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
+    const r0 = predicted({ index: 0, sentMs: 0, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
     // Sent 1 s later: the window saw r0's first token (TTFT 40) and its gaps (30, 30): predicts 40 + 2 × 30 = 100, as measured.
-    const r1 = rec({ index: 1, sentMs: 1000, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
+    const r1 = predicted({ index: 1, sentMs: 1000, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
     // Sent at 1.5 s and measured at 200: the window saw both (median TTFT 40, gaps 30): predicts 100, error −50 %.
-    const r2 = rec({ index: 2, sentMs: 1500, placement: 'SS', tokenMs: [80, 140, 200], endMs: 200 });
+    const r2 = predicted({ index: 2, sentMs: 1500, placement: 'SS', tokenMs: [80, 140, 200], endMs: 200 });
     // Another placement saw nothing before it: no recent prediction.
-    const r3 = rec({ index: 3, sentMs: 1600, placement: 'CC', tokenMs: [10, 20, 30], endMs: 30 });
+    const r3 = predicted({ index: 3, sentMs: 1600, placement: 'CC', tokenMs: [10, 20, 30], endMs: 30 });
     // Sent long after the others: its window is empty.
-    const r4 = rec({ index: 4, sentMs: 9000, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
+    const r4 = predicted({ index: 4, sentMs: 9000, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
     const samples = predictionSamples([r0, r1, r2, r3, r4])['phone/chat'];
     expect([...samples.recent].sort((a, b) => a - b)).toEqual([-0.5, 0]);
     expect(predictionErrors({ x: samples }).x.recent).toMatchObject({ n: 2, medianAbs: 0.25, judged: false });
