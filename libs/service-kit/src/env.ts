@@ -8,6 +8,8 @@ export interface EnvVar<T> {
   parse(raw: string): T;
   /** Printable default for documentation. */
   readonly shown?: string;
+  /** Unset or empty is allowed and gives undefined (the feature it configures is off). */
+  readonly optional?: boolean;
 }
 
 /**
@@ -55,6 +57,11 @@ export const env = {
         return n;
       },
     };
+  },
+  /** An integer in min..max, or unset (undefined: `shown` says what that means, e.g. '(off)'). */
+  optionalInt(doc: string, min: number, max: number, shown = '(off)'): EnvVar<number | undefined> {
+    const parse = env.int(doc, undefined, min, max).parse;
+    return { doc, optional: true, shown, parse };
   },
   number(doc: string, def: number | undefined, min: number, max = Number.POSITIVE_INFINITY): EnvVar<number> {
     return {
@@ -128,7 +135,7 @@ export function loadEnv<S extends EnvSchema>(schema: S, source: Readonly<Record<
   for (const [name, v] of Object.entries(schema)) {
     const raw = source[name];
     if (raw === undefined || raw === '') {
-      if (v.default === undefined) problems.push(`${name} is required (${v.doc})`);
+      if (v.default === undefined && !v.optional) problems.push(`${name} is required (${v.doc})`);
       else out[name] = v.default;
       continue;
     }

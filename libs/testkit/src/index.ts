@@ -13,3 +13,4 @@ export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
 export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
+export { sampleValue, scrapeMetrics } from './metrics';
