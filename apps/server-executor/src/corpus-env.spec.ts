@@ -9,6 +9,7 @@ const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
   ...envCases({
     int: [
+      ['EXECUTOR_METRICS_PORT', 0, 65_535],
       ['EXECUTOR_MAX_SESSIONS', 1, 100_000],
       ['EXECUTOR_MAX_SESSIONS_PER_CLIENT', 0, 100_000],
       ['EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT', 0, 1_000_000],
