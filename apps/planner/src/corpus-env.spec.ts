@@ -8,6 +8,7 @@ const LONG = 'x'.repeat(20_000);
 const cases: EnvCase[] = [
   ...envCases({
     int: [
+      ['PLANNER_METRICS_PORT', 0, 65_535],
       ['PLANNER_CLIENT_TTL_MS', 1000, 86_400_000],
       ['PLANNER_DEBOUNCE_MS', 0, 60_000],
       ['PLANNER_SLICE_MS', 1, 1000],

@@ -23,6 +23,8 @@ import {
   checkIdentity,
   connectNats,
   errorEdge,
+  hostOf,
+  MetricsEndpoint,
   OPERATOR_IDENTITY,
   serverAuthOptions,
   serveWithEdge,
@@ -35,6 +37,7 @@ import {
 } from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { toGrpcStatus } from './errors';
+import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
 import type { Objective, PlanMaker } from './plan-maker';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
@@ -116,7 +119,12 @@ export interface PlannerServerOptions {
   readonly utilisationSmoothing?: number;
   /** Wall clock in Unix ms (injected for tests). */
   readonly now?: () => number;
+  /** Port of the Prometheus endpoint (GET /metrics) on the host of `address`; 0 picks a free one; undefined: none (the metrics are still kept, see `metrics`). */
+  readonly metricsPort?: number;
 }
+
+/** The planner's gRPC service name, as health reports it. */
+export const PLANNER_SERVICE_NAME = 'tandem.planner.v1.PlannerService';
 
 interface ClientState {
   /**
@@ -332,6 +340,9 @@ export class PlannerServer {
   };
   private readonly threshold: number;
   private readonly sliceMs: number;
+  /** The Prometheus registry and its endpoint (started when `metricsPort` is set). */
+  readonly metrics: MetricsEndpoint;
+  private readonly observed: PlannerMetrics;
 
   constructor(private readonly opts: PlannerServerOptions) {
     this.now = opts.now ?? Date.now;
@@ -342,6 +353,20 @@ export class PlannerServer {
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
     this.classNames = new Set(opts.maker.opts.classes.map((c) => c.name));
     this.classIndex = new Map(opts.maker.opts.classes.map((c, i) => [c.name, i]));
+    this.metrics = new MetricsEndpoint(this.log);
+    const counters = this.counters;
+    const calibrator = this.calibrator;
+    this.observed = new PlannerMetrics(
+      this.metrics.registry,
+      {
+        clients: () => this.clients.size,
+        dropped: () => counters.dropped,
+        accepted: () => ({ ClientProfile: counters.profiles, ServerLoad: counters.loads, GenerationOutcome: counters.outcomes }),
+        attainment: () => calibrator.attainmentByClass(),
+        attainmentTarget: calibrator.opts.target,
+      },
+      [...this.classNames],
+    );
   }
 
   async start(): Promise<{ port: number }> {
@@ -349,12 +374,14 @@ export class PlannerServer {
     serveWithEdge(this.server, PlannerServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
+    if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
     this.subscribe(this.nc);
     await this.nc.flush();
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
     this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
+    this.health.set(PLANNER_SERVICE_NAME, ServingStatus.SERVING);
     this.log.info(
       {
         port,
@@ -437,6 +464,7 @@ export class PlannerServer {
       return;
     }
     this.counters.outcomes++;
+    this.observed.outcome(v);
     const classIndex = this.classIndex.get(v.requestClass); // validateOutcome let in only a class of classNames: always found
     if (classIndex === undefined)
       throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
@@ -630,6 +658,7 @@ export class PlannerServer {
   /** One info line per round that changed a plan or failed to plan a client (per-client changes are logged at debug). */
   private endRound(): void {
     const r = this.round;
+    this.observed.replanRound(performance.now() - r.startedMs);
     if (r.changed === 0 && r.errors === 0) return;
     this.log.info(
       {
@@ -693,6 +722,7 @@ export class PlannerServer {
     }
     st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
     this.round.changed++;
+    this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) {
       w.write({ plan: st.plan });
@@ -827,10 +857,12 @@ export class PlannerServer {
     clearTimeout(this.replanTimer);
     clearInterval(this.sweepTimer);
     this.health.set('', ServingStatus.NOT_SERVING);
+    this.health.set(PLANNER_SERVICE_NAME, ServingStatus.NOT_SERVING);
     for (const set of this.watchers.values()) for (const w of set) w.end();
     this.watchers.clear();
     this.health.closeWatchers();
     await shutdownServer(this.server);
+    await this.metrics.stop();
     if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
   }
 }
