@@ -155,7 +155,9 @@ describe('metrics and health by service name across a real stack (executor, plan
     expect(a('tandem_agent_generation_duration_seconds_count{placement="split"}')).toBe(3);
     expect(a('tandem_agent_time_to_first_token_seconds_count{placement="all-server"}')).toBe(2);
     // TTFT comes before the end: its sum is below the end-to-end sum.
-    expect(a('tandem_agent_time_to_first_token_seconds_sum{placement="split"}')).toBeLessThan(a('tandem_agent_generation_duration_seconds_sum{placement="split"}'));
+    expect(a('tandem_agent_time_to_first_token_seconds_sum{placement="split"}')).toBeLessThan(
+      a('tandem_agent_generation_duration_seconds_sum{placement="split"}'),
+    );
     expect(a('tandem_agent_plan_updates_total')).toBeGreaterThanOrEqual(1);
     expect(a('tandem_agent_generations_resumed_total')).toBe(0);
 

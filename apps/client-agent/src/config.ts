@@ -1,4 +1,14 @@
-import { env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import {
+  env,
+  grpcKeepaliveEnv,
+  loadEnv,
+  metricsPortEnv,
+  natsAuthEnv,
+  natsAuthFrom,
+  serverSecurityEnv,
+  upstreamSecurityEnv,
+  type EnvValues,
+} from '@tandem/service-kit';
 
 /** Every environment variable the client-agent reads, with its default. */
 export const agentEnv = {

@@ -204,7 +204,9 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
     expect(value(text, 'tandem_planner_observed_latency_seconds_count{request_class="short",term="ttft"}')).toBe(5);
     expect(sampleValue(text, 'tandem_planner_predicted_latency_seconds_count{request_class="short",term="ttft"}') ?? 0).toBe(0);
     // Attainment: only dev-a has outcomes of its plan in force, so the class's figure is its own.
-    const seen = await new Promise<ListPlansResponse>((resolve, reject) => client.listPlans({ pageSize: 0, pageToken: '' }, (e, r) => (e ? reject(e) : resolve(r))));
+    const seen = await new Promise<ListPlansResponse>((resolve, reject) =>
+      client.listPlans({ pageSize: 0, pageToken: '' }, (e, r) => (e ? reject(e) : resolve(r))),
+    );
     const own = seen.observations.find((o) => o.clientId === 'dev-a')?.classes[0];
     expect(own?.planOutcomes).toBe(6);
     const attainment = value(text, 'tandem_planner_slo_attainment_ratio{request_class="short"}');
@@ -226,7 +228,8 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
     expect(before).toEqual({});
     expect(value(text, 'tandem_planner_telemetry_dropped_total{reason="ClientProfile.stages[].prefillMsPerToken:range"}')).toBe(2);
     expect(value(text, 'tandem_planner_telemetry_dropped_total{reason="ServerLoad:decode"}')).toBe(1);
-    for (const [reason, n] of Object.entries(server.counters.dropped)) expect(value(text, `tandem_planner_telemetry_dropped_total{reason="${reason}"}`)).toBe(n);
+    for (const [reason, n] of Object.entries(server.counters.dropped))
+      expect(value(text, `tandem_planner_telemetry_dropped_total{reason="${reason}"}`)).toBe(n);
     expect(value(await scrape(), 'tandem_planner_clients')).toBe(2);
   });
 });
