@@ -5,10 +5,11 @@ import * as grpc from '@grpc/grpc-js';
 import { encode, importHfModel, modelIdOf, SplitPipeline } from '@tandem/model';
 import { AgentServiceClient, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { expectRefusal, makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
-import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import type { ClientAgent } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { startAgent as startDeployedAgent, startExecutor, type Deployment } from './stack';
 
 // The agent's answers to bad input, through its gRPC API with a real executor on 127.0.0.1:
 // bad input stays INVALID_ARGUMENT (never INTERNAL), the message names the field and fits in
@@ -49,28 +50,16 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
   let small: AgentServiceClient;
   let wide: AgentServiceClient;
 
+  /** The services' shared setting: this test's credentials, no NATS, telemetry every second. */
+  const deployment = (): Deployment => ({ log, creds, telemetryIntervalMs: 1000 });
+
   const startAgent = async (modelDir: string, modelId: string, executorAddr: string): Promise<AgentServiceClient> => {
-    const agent = new ClientAgent({
-      modelDir,
-      modelId,
-      clientId: `dev-${agents.length}`,
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages: [0, 1, 2, 3, 4, 5],
-      threads: 1,
-      slowdown: 1,
-      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr,
-      telemetryIntervalMs: 1000,
-      deadlineMs: 30_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      security: creds.serverSecurity(),
-      upstream: creds.clientSecurity(`dev-${agents.length}`),
-    });
+    const { server: agent, addr } = await startDeployedAgent(
+      { modelDir, modelId, clientId: `dev-${agents.length}`, stages: [0, 1, 2, 3, 4, 5], executorAddr },
+      deployment(),
+    );
     agents.push(agent);
-    const { port } = await agent.start();
-    const c = new AgentServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs());
+    const c = new AgentServiceClient(addr, ...creds.clientArgs());
     clients.push(c);
     return c;
   };
@@ -84,21 +73,8 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
     await importHfModel({ from: hf, out: smallDir });
     tiny = await makeTempModel();
     const engine = await OnnxStageEngine.load(smallDir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      telemetryIntervalMs: 1000,
-      security: creds.serverSecurity(),
-    });
-    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    let executorAddr: string;
+    ({ server: executor, addr: executorAddr } = await startExecutor(engine, deployment()));
     small = await startAgent(smallDir, modelIdOf(smallDir), executorAddr);
     wide = await startAgent(tiny.dir, '', executorAddr);
   });

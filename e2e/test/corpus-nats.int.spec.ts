@@ -1,6 +1,6 @@
 import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
 import { clearMessageProblem, eventually } from '@tandem/testkit';
-import { startStack, type Stack } from './corpus-stack';
+import { stackLoad, stackOutcome, stackProfile, startStack, type Stack } from './corpus-stack';
 
 // Bad-input corpus, NATS surface (e2e/test/CORPUS.md): each case publishes one bad telemetry
 // payload (or a good one on another sender's subject) to a real nats-server, while a healthy
@@ -22,58 +22,9 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
     await stack?.stop();
   });
 
-  const profile = (id = 'np-c'): ClientProfile => ({
-    clientId: id,
-    clientClass: 'default',
-    modelId: stack.modelId,
-    unixMs: Date.now(),
-    planEpoch: 0,
-    stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 1, decodeMs: 1, samples: 3 })),
-    uplink: { latencyMs: 1, bytesPerMs: 1000 },
-    downlink: { latencyMs: 1, bytesPerMs: 1000 },
-  });
-  const load = (id = 'np-exec'): ServerLoad => ({
-    serverId: id,
-    modelId: stack.modelId,
-    queueDepth: 0,
-    activeSessions: 0,
-    utilisation: 0.1,
-    unixMs: Date.now(),
-    meanQueueMs: 0,
-    overhead: undefined,
-    wholeModel: undefined,
-    decodeStretch: 1,
-    promptStretch: 1,
-    longPromptStretch: 1,
-    longStepTokens: 0,
-    stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
-  });
-  const outcome = (id = 'np-c'): GenerationOutcome => ({
-    clientId: id,
-    clientClass: 'default',
-    modelId: stack.modelId,
-    requestClass: 'short',
-    placement: 'CCSSSC',
-    planEpoch: 1,
-    promptTokens: 4,
-    newTokens: 4,
-    predictedE2eMs: 10,
-    predictedTtftMs: 2,
-    predictedTpotMs: 2,
-    ttftMs: 3,
-    tpotMs: 2,
-    e2eMs: 11,
-    serverComputeMs: 1,
-    serverQueueMs: 0,
-    slaMs: 10_000,
-    ttftSloMs: 0,
-    tpotSloMs: 0,
-    slaMet: true,
-    ttftMet: true,
-    tpotMet: true,
-    status: OutcomeStatus.OUTCOME_STATUS_OK,
-    unixMs: Date.now(),
-  });
+  const profile = (id = 'np-c'): ClientProfile => stackProfile(stack, id);
+  const load = (id = 'np-exec'): ServerLoad => stackLoad(stack, id);
+  const outcome = (id = 'np-c'): GenerationOutcome => stackOutcome(stack, id);
   const P =
     (f: (p: ClientProfile) => void, subjectId = 'np-c') =>
     (): [string, Uint8Array] => {

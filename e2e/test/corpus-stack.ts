@@ -1,15 +1,34 @@
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { PlanMaker, PlannerServer } from '@tandem/planner';
-import { AgentServiceClient, channelOptions, ExecutorServiceClient, generateVia, HealthClient, ServingStatus } from '@tandem/protocol';
-import type { Logger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
-import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
-import { makeTempModel, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import pino from 'pino';
+import type { PlannerServer } from '@tandem/planner';
+import {
+  AgentServiceClient,
+  channelOptions,
+  ExecutorServiceClient,
+  generateVia,
+  HealthClient,
+  ServingStatus,
+  type ClientProfile,
+  type GenerationOutcome,
+  type ServerLoad,
+} from '@tandem/protocol';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import type { ClientAgent } from '@tandem/client-agent';
+import {
+  capturingLogger,
+  clientProfile,
+  generationOutcome,
+  makeTempModel,
+  sameStageTimes,
+  serverLoad,
+  withTimeout,
+  type LogLine,
+  type NatsServerHandle,
+  type TempModel,
+} from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner } from './stack';
 
 // The services the bad-input corpora and the fuzz test run against (e2e/test/CORPUS.md): a
 // real nats-server, executor, planner and agent on 127.0.0.1 port 0, the tiny model, and a
@@ -49,7 +68,7 @@ export interface Stack {
   /** The tokens a one-process run gives for the healthy generation. */
   expected: number[];
   /** JSON log lines at warn and above of every service. */
-  logLines(): { level: number; msg: string; [k: string]: unknown }[];
+  logLines(): LogLine[];
   /** One healthy split generation through the agent (and so the executor); resolves with its tokens. */
   healthy(): Promise<number[]>;
   /** Runs `bad` beside a healthy generation; fails unless the healthy one gives the one-process tokens. */
@@ -59,94 +78,28 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-function capturingLogger(): { log: Logger; lines: () => { level: number; msg: string }[] } {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk, _enc, cb) {
-      chunks.push(String(chunk));
-      cb();
-    },
-  });
-  return {
-    log: pino({ level: 'warn' }, stream) as unknown as Logger,
-    lines: () =>
-      chunks
-        .join('')
-        .split('\n')
-        .filter((l) => l)
-        .map((l) => JSON.parse(l)),
-  };
-}
-
 export async function startStack(opts: { maxContextTokens?: number } = {}): Promise<Stack> {
   const creds = makeCredentials({ agents: ['dev-1'], executors: ['exec'] });
   const model = await makeTempModel();
   const nats = await creds.startNats();
-  const { log, lines } = capturingLogger();
+  const { log, lines } = capturingLogger('warn');
   const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
   const { stageCount, modelId } = engine;
-  const executor = new ExecutorServer({
-    engine,
-    log,
-    address: '127.0.0.1:0',
-    serverId: 'exec',
+  const d = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 200 };
+  const { server: executor, addr: executorAddr } = await startExecutor(engine, d, {
     maxSessions: 64,
     maxContextTokens: opts.maxContextTokens ?? 64,
-    maxMessageBytes: 8 << 20,
-    batching: true,
-    maxBatch: 8,
     idleTimeoutMs: 10_000,
-    natsUrl: nats.url,
-    telemetryIntervalMs: 200,
-    security: creds.serverSecurity(),
-    natsAuth: creds.natsAuth('exec'),
   });
-  const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
-  const maker = new PlanMaker({
-    stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
-    classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 4, slaMs: 10_000 }],
-    slaOverrides: {},
-    algorithm: 'dp',
-    hysteresis: 0.05,
-    slaMargin: 0.9,
-    resolutionMs: 0.5,
-    maxUtilisation: 0.9,
-  });
-  const planner = new PlannerServer({
-    maker,
-    log,
-    address: '127.0.0.1:0',
-    natsUrl: nats.url,
-    modelId,
-    clientTtlMs: 60_000,
-    debounceMs: 5,
-    idleUtilisation: 0,
-    security: creds.serverSecurity(),
-    natsAuth: creds.natsAuth('planner'),
-  });
-  const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
-  const agent = new ClientAgent({
-    modelDir: model.dir,
-    modelId,
-    clientId: 'dev-1',
-    clientClass: 'default',
-    address: '127.0.0.1:0',
-    stages: Array.from({ length: stageCount }, (_, i) => i),
-    threads: 1,
-    slowdown: 1,
-    link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-    executorAddr,
-    plannerAddr,
-    natsUrl: nats.url,
-    telemetryIntervalMs: 200,
-    deadlineMs: 20_000,
-    maxMessageBytes: 8 << 20,
-    log,
-    security: creds.serverSecurity(),
-    upstream: creds.clientSecurity('dev-1'),
-    natsAuth: creds.natsAuth('dev-1'),
-  });
-  const agentAddr = `127.0.0.1:${(await agent.start()).port}`;
+  const { server: planner, addr: plannerAddr } = await startPlanner(planMaker(stageCount, { expectedNewTokens: 4 }), modelId, d, { debounceMs: 5 });
+  const { server: agent, addr: agentAddr } = await startAgent(
+    { modelDir: model.dir, modelId, clientId: 'dev-1', stages: allStages(stageCount), executorAddr },
+    d,
+    {
+      plannerAddr,
+      deadlineMs: 20_000,
+    },
+  );
   // The client certificate and the operator token: the corpus opens sessions and plan streams under several ids.
   const exec = new ExecutorServiceClient(executorAddr, ...creds.clientArgs(undefined, channelOptions(8 << 20)));
   const agentClient = new AgentServiceClient(agentAddr, ...creds.clientArgs());
@@ -222,6 +175,33 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
     },
   };
 }
+
+// Telemetry for the stack's model, as a sender `id` would publish it.
+
+/** A device running every stage in 1 ms, over links of 1 ms and 1000 bytes/ms. */
+export const stackProfile = (stack: Stack, clientId: string): ClientProfile =>
+  clientProfile({
+    clientId,
+    modelId: stack.modelId,
+    stages: sameStageTimes(stack.stageCount, 1),
+    uplink: { latencyMs: 1, bytesPerMs: 1000 },
+    downlink: { latencyMs: 1, bytesPerMs: 1000 },
+  });
+
+/** A server at 10 % utilisation, running every stage in 0.1 ms, stretched by nothing. */
+export const stackLoad = (stack: Stack, serverId: string): ServerLoad =>
+  serverLoad({
+    serverId,
+    modelId: stack.modelId,
+    utilisation: 0.1,
+    decodeStretch: 1,
+    promptStretch: 1,
+    longPromptStretch: 1,
+    stages: sameStageTimes(stack.stageCount, 0.1),
+  });
+
+/** A met generation on CCSSSC. */
+export const stackOutcome = (stack: Stack, clientId: string): GenerationOutcome => generationOutcome({ clientId, modelId: stack.modelId });
 
 const identity = (b: Buffer): Buffer => b;
 

@@ -13,7 +13,7 @@ import {
   type HostTensor,
 } from '@tandem/protocol';
 import { eventually, seededRandom } from '@tandem/testkit';
-import { rawServerStream, rawSession, rawUnary, startStack, type Outcome, type Stack } from './corpus-stack';
+import { rawServerStream, rawSession, rawUnary, stackLoad, stackOutcome, stackProfile, startStack, type Outcome, type Stack } from './corpus-stack';
 import { mutate, type Rnd } from './fuzz-mutate';
 
 // Fuzz of the decode and validation paths (e2e/test/CORPUS.md): random mutations of valid
@@ -181,58 +181,9 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
   );
 
   it('NATS: the planner counts or takes every mutated telemetry message, logs each drop in under 1 KiB, and keeps planning', async () => {
-    const profile = (id: string): ClientProfile => ({
-      clientId: id,
-      clientClass: 'default',
-      modelId: stack.modelId,
-      unixMs: Date.now(),
-      planEpoch: 0,
-      stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 1, decodeMs: 1, samples: 3 })),
-      uplink: { latencyMs: 1, bytesPerMs: 1000 },
-      downlink: { latencyMs: 1, bytesPerMs: 1000 },
-    });
-    const load: ServerLoad = {
-      serverId: 'fz-exec',
-      modelId: stack.modelId,
-      queueDepth: 0,
-      activeSessions: 0,
-      utilisation: 0.1,
-      unixMs: Date.now(),
-      meanQueueMs: 0,
-      overhead: undefined,
-      wholeModel: undefined,
-      decodeStretch: 1,
-      promptStretch: 1,
-      longPromptStretch: 1,
-      longStepTokens: 0,
-      stages: Array.from({ length: stack.stageCount }, (_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
-    };
-    const outcome: GenerationOutcome = {
-      clientId: 'fz-c',
-      clientClass: 'default',
-      modelId: stack.modelId,
-      requestClass: 'short',
-      placement: 'CCSSSC',
-      planEpoch: 1,
-      promptTokens: 4,
-      newTokens: 4,
-      predictedE2eMs: 10,
-      predictedTtftMs: 2,
-      predictedTpotMs: 2,
-      ttftMs: 3,
-      tpotMs: 2,
-      e2eMs: 11,
-      serverComputeMs: 1,
-      serverQueueMs: 0,
-      slaMs: 10_000,
-      ttftSloMs: 0,
-      tpotSloMs: 0,
-      slaMet: true,
-      ttftMet: true,
-      tpotMet: true,
-      status: OutcomeStatus.OUTCOME_STATUS_OK,
-      unixMs: Date.now(),
-    };
+    const profile = (id: string): ClientProfile => stackProfile(stack, id);
+    const load = stackLoad(stack, 'fz-exec');
+    const outcome = stackOutcome(stack, 'fz-c');
     const subjects: [string, Uint8Array, (id: string) => string][] = [
       ['ClientProfile', ClientProfile.encode(profile('fz-c')).finish(), Subjects.clientProfile],
       ['ServerLoad', ServerLoad.encode(load).finish(), Subjects.serverLoad],

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
-import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '@tandem/planner';
+import { Calibrator, DEFAULT_CALIBRATION, PlannerServer } from '@tandem/planner';
 import {
   agentStatus,
   AgentServiceClient,
@@ -19,6 +19,7 @@ import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startPlanner, type Deployment } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -49,31 +50,16 @@ describe('agents report generation outcomes to the planner', () => {
   let modelId: string;
   /** Every outcome seen on the wire, decoded, with its subject. */
   const outcomes: { subject: string; o: GenerationOutcome }[] = [];
+  /** The services' shared setting: this test's credentials and nats-server, telemetry every 100 ms. */
+  const deployment = (): Deployment & { natsUrl: string } => ({ log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 });
 
   async function startAgent(clientId: string, stages: number[], executorAddr: string): Promise<AgentServiceClient> {
-    const agent = new ClientAgent({
-      modelDir: model.dir,
-      modelId,
-      clientId,
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages,
-      threads: 1,
-      slowdown: 1,
-      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr,
+    const { server: agent, addr } = await startDeployedAgent({ modelDir: model.dir, modelId, clientId, stages, executorAddr }, deployment(), {
       plannerAddr,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
       deadlineMs: 10_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      security: creds.serverSecurity(),
-      upstream: creds.clientSecurity(clientId),
-      natsAuth: creds.natsAuth(clientId),
     });
     agents.push(agent);
-    const c = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, ...creds.clientArgs());
+    const c = new AgentServiceClient(addr, ...creds.clientArgs());
     clients.push(c);
     return c;
   }
@@ -90,51 +76,10 @@ describe('agents report generation outcomes to the planner', () => {
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      security: creds.serverSecurity(),
-      natsAuth: creds.natsAuth('exec'),
-    });
-    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
-    const maker = new PlanMaker({
-      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
-      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
-    planner = new PlannerServer({
-      maker,
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: engine.modelId,
-      clientTtlMs: 60_000,
-      debounceMs: 20,
-      idleUtilisation: 0,
-      security: creds.serverSecurity(),
-      natsAuth: creds.natsAuth('planner'),
-    });
-    plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
-    await startAgent(
-      'dev-ok',
-      Array.from({ length: stageCount }, (_, i) => i),
-      executorAddr,
-    );
+    let executorAddr: string;
+    ({ server: executor, addr: executorAddr } = await startExecutor(engine, deployment()));
+    ({ server: planner, addr: plannerAddr } = await startPlanner(planMaker(stageCount, { expectedNewTokens: 6 }), engine.modelId, deployment()));
+    await startAgent('dev-ok', allStages(stageCount), executorAddr);
     // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
     await startAgent('dev-down', [0], `127.0.0.1:${await freePort()}`);
     for (const c of clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
@@ -249,74 +194,27 @@ describe('the planner closes the loop on a real agent whose generations miss', (
     nats = await creds.startNats();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      security: creds.serverSecurity(),
-      natsAuth: creds.natsAuth('exec'),
-    });
-    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    const d = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
+    let executorAddr: string;
+    ({ server: executor, addr: executorAddr } = await startExecutor(engine, d));
     // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
     // predicts (all on the device: no transfers), and every real generation misses.
-    const maker = new PlanMaker({
-      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
-      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 1 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
-    planner = new PlannerServer({
-      maker,
-      calibrator,
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: engine.modelId,
-      clientTtlMs: 60_000,
-      debounceMs: 20,
-      idleUtilisation: 0,
-      security: creds.serverSecurity(),
-      natsAuth: creds.natsAuth('planner'),
-    });
-    const plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
-    agent = new ClientAgent({
-      modelDir: model.dir,
-      modelId: engine.modelId,
-      clientId: 'dev-late',
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i),
-      threads: 1,
-      slowdown: 1,
-      // 20 ms each way: every placement that uses the server is clearly slower than the device
-      // alone, so only outcomes (not a server figure moving under load) can move the plan.
-      link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
-      executorAddr,
-      plannerAddr,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      deadlineMs: 10_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      security: creds.serverSecurity(),
-      upstream: creds.clientSecurity('dev-late'),
-      natsAuth: creds.natsAuth('dev-late'),
-    });
-    client = new AgentServiceClient(`127.0.0.1:${(await agent.start()).port}`, ...creds.clientArgs());
+    let plannerAddr: string;
+    ({ server: planner, addr: plannerAddr } = await startPlanner(planMaker(stageCount, { expectedNewTokens: 6, slaMs: 1 }), engine.modelId, d, { calibrator }));
+    let agentAddr: string;
+    ({ server: agent, addr: agentAddr } = await startDeployedAgent(
+      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', stages: allStages(stageCount), executorAddr },
+      d,
+      {
+        // 20 ms each way: every placement that uses the server is clearly slower than the device
+        // alone, so only outcomes (not a server figure moving under load) can move the plan.
+        link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
+        plannerAddr,
+        deadlineMs: 10_000,
+      },
+    ));
+    client = new AgentServiceClient(agentAddr, ...creds.clientArgs());
   });
 
   afterAll(async () => {

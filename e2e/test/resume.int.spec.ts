@@ -2,10 +2,9 @@ import * as grpc from '@grpc/grpc-js';
 import { modelIdOf, SplitPipeline } from '@tandem/model';
 import { ExecutorServiceClient, channelOptions } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
 import {
-  ClientAgent,
   ExecutorLostError,
   generate,
   LinkEmulator,
@@ -16,6 +15,7 @@ import {
   type GenerationDeps,
 } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { startAgent, startExecutor } from './stack';
 
 // Resuming a generation whose executor session is lost, against a real executor in this
 // process: the loss is injected (the session is cancelled and the step or stream fails with
@@ -45,21 +45,8 @@ describe('a generation survives its executor session', () => {
     model = await makeTempModel();
     modelId = modelIdOf(model.dir);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      telemetryIntervalMs: 1000,
-      security: creds.serverSecurity(),
-    });
-    const { port } = await executor.start();
+    let port: number;
+    ({ server: executor, port } = await startExecutor(engine, { log, creds, telemetryIntervalMs: 1000 }));
     client = new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs('dev', channelOptions(8 << 20)));
     local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });
   });
@@ -164,25 +151,17 @@ describe('a generation survives its executor session', () => {
   });
 
   it("gives the executor session the caller's remaining deadline, capped by the agent's own", async () => {
-    const agent = new ClientAgent({
-      modelDir: model.dir,
-      modelId,
-      clientId: 'dev-deadline',
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages: [0, 1, 2, 3, 4, 5],
-      threads: 1,
-      slowdown: 1,
-      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr: client.getChannel().getTarget().replace(/^dns:/, ''),
-      telemetryIntervalMs: 1000,
-      deadlineMs: 60_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      security: creds.serverSecurity(),
-      upstream: creds.clientSecurity('dev-deadline'),
-    });
-    await agent.start();
+    const { server: agent } = await startAgent(
+      {
+        modelDir: model.dir,
+        modelId,
+        clientId: 'dev-deadline',
+        stages: [0, 1, 2, 3, 4, 5],
+        executorAddr: client.getChannel().getTarget().replace(/^dns:/, ''),
+      },
+      { log, creds, telemetryIntervalMs: 1000 },
+      { deadlineMs: 60_000 },
+    );
     const session = jest.spyOn(ExecutorServiceClient.prototype, 'session');
     try {
       const req = { input: { $case: 'ids' as const, value: { ids: PROMPT } }, maxNewTokens: 2, placement: 'CCSSSC' };

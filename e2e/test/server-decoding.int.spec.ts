@@ -1,11 +1,12 @@
 import { SplitPipeline } from '@tandem/model';
 import { ExecutorServiceClient, executorStatus, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
-import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import { LinkEmulator, type ClientAgent } from '@tandem/client-agent';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, startAgent, startExecutor } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 /** Emulated one-way latency of the agent's link, each direction. */
@@ -37,41 +38,13 @@ describe('an all-server generation through the agent is decoded by the executor'
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      telemetryIntervalMs: 1000,
-      security: creds.serverSecurity(),
-    });
-    const executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    const d = { log, creds, telemetryIntervalMs: 1000 };
+    let executorAddr: string;
+    ({ server: executor, addr: executorAddr } = await startExecutor(engine, d));
     execClient = new ExecutorServiceClient(executorAddr, ...creds.clientArgs());
-    agent = new ClientAgent({
-      modelDir: model.dir,
-      modelId: engine.modelId,
-      clientId: 'phone',
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i),
-      threads: 1,
-      slowdown: 1,
+    ({ server: agent } = await startAgent({ modelDir: model.dir, modelId: engine.modelId, clientId: 'phone', stages: allStages(stageCount), executorAddr }, d, {
       link: new LinkEmulator({ latencyMs: LATENCY_MS, bytesPerMs: 0 }, { latencyMs: LATENCY_MS, bytesPerMs: 0 }),
-      executorAddr,
-      telemetryIntervalMs: 1000,
-      deadlineMs: 30_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      security: creds.serverSecurity(),
-      upstream: creds.clientSecurity('phone'),
-    });
-    await agent.start();
+    }));
   });
 
   afterAll(async () => {

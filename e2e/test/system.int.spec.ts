@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { SplitPipeline } from '@tandem/model';
-import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
-import { PlanMaker, PlannerServer } from '@tandem/planner';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import type { PlannerServer } from '@tandem/planner';
 import {
   agentStatus,
   AgentServiceClient,
@@ -22,8 +22,9 @@ import {
 } from '@tandem/protocol';
 import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service-kit';
 import { eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import type { ClientAgent } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner as startDeployedPlanner, type Deployment } from './stack';
 
 // The three services in this process as deployed (e2e/test/credentials.ts): TLS with client
 // certificates on every gRPC port, bearer tokens with identities, and a nats-server with one
@@ -65,30 +66,11 @@ describe('the three services end to end', () => {
   let stageCount: number;
   let modelId: string;
 
+  /** The services' shared setting: this test's credentials and nats-server, telemetry every 100 ms. */
+  const deployment = (): Deployment & { natsUrl: string } => ({ log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 });
+
   async function startPlanner(address = '127.0.0.1:0'): Promise<void> {
-    const maker = new PlanMaker({
-      stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
-      classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: 6, slaMs: 10_000 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
-    planner = new PlannerServer({
-      maker,
-      log,
-      address,
-      natsUrl: nats.url,
-      modelId,
-      clientTtlMs: 60_000,
-      debounceMs: 20,
-      idleUtilisation: 0,
-      security: creds.serverSecurity(),
-      natsAuth: creds.natsAuth('planner'),
-    });
-    plannerAddr = `127.0.0.1:${(await planner.start()).port}`;
+    ({ server: planner, addr: plannerAddr } = await startDeployedPlanner(planMaker(stageCount, { expectedNewTokens: 6 }), modelId, deployment(), { address }));
   }
 
   beforeAll(async () => {
@@ -99,47 +81,14 @@ describe('the three services end to end', () => {
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      security: creds.serverSecurity(),
-      natsAuth: creds.natsAuth('exec'),
-    });
-    executorAddr = `127.0.0.1:${(await executor.start()).port}`;
+    ({ server: executor, addr: executorAddr } = await startExecutor(engine, deployment()));
     execClient = new ExecutorServiceClient(executorAddr, ...creds.clientArgs());
     await startPlanner();
-    agent = new ClientAgent({
-      modelDir: model.dir,
-      modelId: engine.modelId,
-      clientId: 'dev-1',
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i),
-      threads: 1,
-      slowdown: 1,
-      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr,
-      plannerAddr,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      deadlineMs: 30_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      security: creds.serverSecurity(),
-      upstream: creds.clientSecurity('dev-1'),
-      natsAuth: creds.natsAuth('dev-1'),
-    });
-    agentPort = (await agent.start()).port;
+    ({ server: agent, port: agentPort } = await startAgent(
+      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-1', stages: allStages(stageCount), executorAddr },
+      deployment(),
+      { plannerAddr },
+    ));
     agentClient = new AgentServiceClient(`127.0.0.1:${agentPort}`, ...creds.clientArgs());
   });
 

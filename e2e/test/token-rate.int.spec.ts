@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { modelIdOf, SplitPipeline } from '@tandem/model';
 import { ExecutorServiceClient, channelOptions } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
 import {
   generate,
@@ -17,6 +17,7 @@ import {
   type GenerationStats,
 } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
+import { startExecutor } from './stack';
 
 // The agent's side of EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT, against a real executor in this
 // process: a split step the executor refuses (StepRefused) is sent again after the hint, and a
@@ -50,22 +51,8 @@ describe("a generation over its client's tokens per second", () => {
     model = await makeTempModel();
     modelId = modelIdOf(model.dir);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxTokensPerSPerClient: RATE,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      telemetryIntervalMs: 1000,
-      security: creds.serverSecurity(),
-    });
-    const { port } = await executor.start();
+    let port: number;
+    ({ server: executor, port } = await startExecutor(engine, { log, creds, telemetryIntervalMs: 1000 }, { maxTokensPerSPerClient: RATE }));
     clients = new Map(CLIENT_IDS.map((id) => [id, new ExecutorServiceClient(`127.0.0.1:${port}`, ...creds.clientArgs(id, channelOptions(8 << 20)))]));
     local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });
     const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');

@@ -20,7 +20,7 @@ import { connect } from '@nats-io/transport-node';
 import { DEFAULT_CLASSES, PlanMaker, PlannerServer } from '@tandem/planner';
 import { ClientProfile, HealthClient, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { startNatsServer } from '@tandem/testkit';
+import { clientProfile, PLAN_SETTINGS, serverLoad, startNatsServer } from '@tandem/testkit';
 import { seededRandom, sleep } from '@tandem/util';
 
 function arg(name: string, fallback: number): number {
@@ -42,12 +42,10 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
   const slowdown = 2 + r() * 22;
   const latencyMs = 1 + r() * 40;
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
-  return {
+  return clientProfile({
     clientId: `c${i}`,
     clientClass: ['laptop', 'phone', 'iot'][i % 3],
     modelId: 'bench',
-    unixMs: Date.now(),
-    planEpoch: 0,
     stages: STAGES.map((_, stage) => ({
       stage,
       prefillMsPerToken: (SERVER_MS[stage] * slowdown * jitter()) / 8,
@@ -56,27 +54,17 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
     })),
     uplink: { latencyMs, bytesPerMs: 1000 + r() * 10_000 },
     downlink: { latencyMs, bytesPerMs: 5000 + r() * 50_000 },
-  };
+  });
 }
 
 function loadOf(utilisation: number, noise: number, rnd: () => number): ServerLoad {
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
-  return {
+  return serverLoad({
     serverId: 'bench',
     modelId: 'bench',
-    queueDepth: 0,
-    activeSessions: 0,
     utilisation: utilisation * jitter(),
-    unixMs: Date.now(),
-    meanQueueMs: 0,
-    overhead: undefined,
-    wholeModel: undefined,
-    decodeStretch: 0,
-    promptStretch: 0,
-    longPromptStretch: 0,
-    longStepTokens: 0,
     stages: SERVER_MS.map((ms, stage) => ({ stage, prefillMsPerToken: (ms * jitter()) / 8, decodeMs: ms * jitter(), samples: 5 })),
-  };
+  });
 }
 
 /** Publisher process: reads one JSON command per line, answers `done` when it finished. */
@@ -141,17 +129,7 @@ function prober(addr: string): { stop: () => number[] } {
 }
 
 async function runRule(natsUrl: string, clients: number, threshold: number, steadyS: number, passes: number): Promise<Record<string, number>> {
-  const maker = new PlanMaker({
-    stages: STAGES,
-    classes: DEFAULT_CLASSES,
-    slaOverrides: {},
-    algorithm: 'dp',
-    hysteresis: 0.05,
-    slaMargin: 0.9,
-    resolutionMs: 0.5,
-    maxUtilisation: 0.9,
-    serverEntryMs: 0.6,
-  });
+  const maker = new PlanMaker({ ...PLAN_SETTINGS, stages: STAGES, classes: DEFAULT_CLASSES, serverEntryMs: 0.6 });
   const planner = new PlannerServer({
     maker,
     log: createLogger({ name: 'bench', level: 'warn' }),

@@ -1,56 +1,23 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
+import { clientProfile, serverLoad, stageTimes } from '@tandem/testkit';
 import { Calibrator, DEFAULT_CALIBRATION, type CalibrationOptions } from './calibration';
 import type { ValidOutcome } from './outcomes';
 import { PlanMaker } from './plan-maker';
+import { makerOptions } from '../test/fixtures';
 
 // A hand-checkable client: three stages, one class of 10-token prompts and one new token (no
 // decode step). The device runs embed in 10 ms, the block in 50 ms and the head in 1000 ms;
 // the server runs each in 1 ms. Against 90 ms (SLA 100 x margin 0.9): CCS (about 61 ms, 1 ms of
 // server work) is the plan; an SLA tightened below about 61 ms gives CSS (about 12 ms, 2 ms),
 // and the floor all-server SSS (about 3 ms, 3 ms). Safer = more server = lower predicted latency.
-const STAGES = [
-  { name: 'embed', inBytesPerToken: 8 },
-  { name: 'block', inBytesPerToken: 256 },
-  { name: 'head', inBytesPerToken: 256 },
-];
-const CLASS = { name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 };
-const PROFILE: ClientProfile = {
-  clientId: 'dev',
-  clientClass: 'default',
-  modelId: 'm',
-  unixMs: 0,
-  planEpoch: 0,
-  stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-};
-const LOAD: ServerLoad = {
+const PROFILE: ClientProfile = clientProfile({ clientId: 'dev', unixMs: 0 });
+const LOAD: ServerLoad = serverLoad({
   serverId: 's',
-  modelId: 'm',
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation: 0,
   unixMs: 0,
-  meanQueueMs: 0,
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
   // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 3 })),
-};
-const maker = new PlanMaker({
-  stages: STAGES,
-  classes: [CLASS],
-  slaOverrides: {},
-  algorithm: 'dp',
-  hysteresis: 0.05,
-  slaMargin: 0.9,
-  resolutionMs: 0.5,
-  maxUtilisation: 0.9,
+  stages: stageTimes([0.1, 0.1, 0.1], [0.1, 0.1, 1]),
 });
+const maker = new PlanMaker(makerOptions());
 
 const OPTS: CalibrationOptions = { ...DEFAULT_CALIBRATION, dwellMs: 1000, relaxDwellMs: 3000 };
 

@@ -1,6 +1,7 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
 import { ConfigError, env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
+import { DEFAULT_SHEDDING as S } from './shedding';
 
 /**
  * A request class: prompts up to `maxPromptTokens`, priced for `expectedNewTokens` output
@@ -207,6 +208,18 @@ export const plannerEnv = {
     0,
     10,
   ),
+  PLANNER_SHED: env.bool(
+    "Shed while the server is overloaded (objective algorithms): at or above PLANNER_SHED_ABOVE utilisation, move the fewest classes whose plans miss their SLOs to their least-server-work plans, most work saved per request first, until the work they free at their request rates brings the server to PLANNER_SHED_BELOW; give them back, last first, when it is there with room for them (docs/planner.md, 'Overload'). Other classes keep the plan that meets their SLOs at no load. false: every class missing its SLOs goes to its fastest placement at the load",
+    S.enabled,
+  ),
+  PLANNER_SHED_ABOVE: env.number('Server utilisation (averaged over a few load reports) at or above which the planner sheds classes', S.above, 0.05, 1),
+  PLANNER_SHED_BELOW: env.number(
+    'Server utilisation shedding aims for, and below which shed classes come back; must be below PLANNER_SHED_ABOVE',
+    S.below,
+    0.01,
+    0.99,
+  ),
+  PLANNER_SHED_DWELL_MS: env.int('Time after a shed or a give-back before the next, ms (so the load reports see its effect)', S.dwellMs, 0, 3_600_000),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 
@@ -239,6 +252,11 @@ export function loadConfig(source: Readonly<Record<string, string | undefined>>)
   if (config.PLANNER_SLO_TARGET + config.PLANNER_SLO_RELAX_MARGIN > 1 + 1e-9) {
     problems.push(
       `PLANNER_SLO_TARGET + PLANNER_SLO_RELAX_MARGIN must be at most 1 (else a tightened class never relaxes), given ${config.PLANNER_SLO_TARGET} + ${config.PLANNER_SLO_RELAX_MARGIN}`,
+    );
+  }
+  if (config.PLANNER_SHED_BELOW >= config.PLANNER_SHED_ABOVE) {
+    problems.push(
+      `PLANNER_SHED_BELOW must be below PLANNER_SHED_ABOVE (else shedding and giving back would flap), given ${config.PLANNER_SHED_BELOW} and ${config.PLANNER_SHED_ABOVE}`,
     );
   }
   if (problems.length) throw new ConfigError(problems);

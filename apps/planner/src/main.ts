@@ -23,6 +23,7 @@ export async function main(): Promise<void> {
     maxUtilisation: config.PLANNER_MAX_UTILISATION,
     serverLatency: config.PLANNER_SERVER_LATENCY,
     serverEntryMs: config.PLANNER_SERVER_ENTRY_MS,
+    overload: config.PLANNER_SHED ? 'hold' : 'relieve',
   });
   const calibrator = new Calibrator({
     learn: config.PLANNER_LEARN,
@@ -39,6 +40,7 @@ export async function main(): Promise<void> {
   const server = new PlannerServer({
     maker,
     calibrator,
+    shedding: { enabled: config.PLANNER_SHED, above: config.PLANNER_SHED_ABOVE, below: config.PLANNER_SHED_BELOW, dwellMs: config.PLANNER_SHED_DWELL_MS },
     log,
     address: config.PLANNER_ADDR,
     natsUrl: config.NATS_URL,

@@ -1,14 +1,13 @@
 import { OutcomeStatus, Subjects, type GenerationOutcome } from '@tandem/protocol';
+import { generationOutcome } from '@tandem/testkit';
 import { MAX_OUTCOME_MS, validateOutcome } from './outcomes';
 
 const CTX = { stageCount: 3, classes: new Set(['short', 'long']), subject: Subjects.outcome('dev-1') };
 
 function outcome(over: Partial<GenerationOutcome> = {}): GenerationOutcome {
-  return {
+  return generationOutcome({
     clientId: 'dev-1',
     clientClass: 'phone',
-    modelId: 'm',
-    requestClass: 'short',
     placement: 'CCS',
     planEpoch: 7,
     promptTokens: 10,
@@ -22,15 +21,9 @@ function outcome(over: Partial<GenerationOutcome> = {}): GenerationOutcome {
     serverComputeMs: 2,
     serverQueueMs: 1,
     slaMs: 100,
-    ttftSloMs: 0,
-    tpotSloMs: 0,
-    slaMet: true,
-    ttftMet: true,
-    tpotMet: true,
-    status: OutcomeStatus.OUTCOME_STATUS_OK,
     unixMs: 1_700_000_000_000,
     ...over,
-  };
+  });
 }
 
 describe('validateOutcome', () => {

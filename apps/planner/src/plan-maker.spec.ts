@@ -1,55 +1,28 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
 import { evaluateGeneration, sloCheck, type Location } from '@tandem/dp';
+import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
+import { makerOptions, SIX_STAGES } from '../test/fixtures';
 import { PlanMaker, type PlanMakerOptions } from './plan-maker';
 
-const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 256 }));
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 
 function options(over: Partial<PlanMakerOptions> = {}): PlanMakerOptions {
-  return {
-    stages: STAGES,
-    classes: [CLASS],
-    slaOverrides: {},
-    algorithm: 'dp',
-    hysteresis: 0.05,
-    slaMargin: 1,
-    resolutionMs: 0.5,
-    maxUtilisation: 0.9,
-    ...over,
-  };
+  return makerOptions({ stages: SIX_STAGES, classes: [CLASS], slaMargin: 1, ...over });
 }
 
 function client(msPerStage: number, over: Partial<ClientProfile> = {}): ClientProfile {
-  return {
+  return clientProfile({
     clientId: 'c1',
-    clientClass: 'default',
-    modelId: 'm',
     unixMs: 0,
-    planEpoch: 0,
-    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
+    stages: sameStageTimes(SIX_STAGES.length, msPerStage / 4, msPerStage),
     uplink: { latencyMs: 1, bytesPerMs: 10_000 },
     downlink: { latencyMs: 1, bytesPerMs: 10_000 },
     ...over,
-  };
+  });
 }
 
 function server(msPerStage: number, utilisation = 0): ServerLoad {
-  return {
-    serverId: 's',
-    modelId: 'm',
-    queueDepth: 0,
-    activeSessions: 0,
-    utilisation,
-    unixMs: 0,
-    meanQueueMs: 0,
-    overhead: undefined,
-    wholeModel: undefined,
-    decodeStretch: 0,
-    promptStretch: 0,
-    longPromptStretch: 0,
-    longStepTokens: 0,
-    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
-  };
+  return serverLoad({ serverId: 's', utilisation, unixMs: 0, stages: sameStageTimes(SIX_STAGES.length, msPerStage / 4, msPerStage) });
 }
 
 describe('PlanMaker', () => {

@@ -41,6 +41,12 @@ export interface ClassAdjustment {
   readonly slaScale: number;
   /** Places every stage on the server whatever the solver finds (the safety controller's floor). */
   readonly allServer: boolean;
+  /**
+   * Places the class on its least-server-work plan whatever its SLOs (the overload shedder,
+   * shedding.ts: the server cannot serve it in time, so it relieves the server for the
+   * others). Wins over `allServer`.
+   */
+  readonly shed?: boolean;
 }
 
 /** A stage as the manifest describes it. */
@@ -72,6 +78,16 @@ export interface PlanMakerOptions {
    * slow-down when it reports one, `mm1` always by 1 / (1 − utilisation).
    */
   readonly serverLatency?: 'stretch' | 'mm1';
+  /**
+   * What a class gets when no plan meets its SLOs at the server's load (the server is
+   * overloaded). `relieve` (default): the fastest placement at that load, or the best plan at
+   * no load when that costs the server less, which sends every such class to its devices
+   * while the server is stretched. `hold`: the best plan at no load whenever one exists (the
+   * plan it will meet its SLOs with once the overload passes), relief being left to the
+   * overload shedder (shedding.ts), which moves only as many classes as the server needs;
+   * the fastest placement only for a class no plan serves in time even at no load.
+   */
+  readonly overload?: 'relieve' | 'hold';
 }
 
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
@@ -88,6 +104,13 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
   const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
   for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = scale(inst.slo[k]);
   return { ...inst, slo };
+}
+
+/** The plan of least server work whatever the SLOs, priced on `inst` (a shed class, ClassAdjustment.shed). */
+function leastWork(inst: GenerationInstance, algorithm: Algorithm): GenerationResult {
+  // An SLO no runnable plan misses (a stage the client cannot run costs it UNRUNNABLE_MS).
+  const free = solveGeneration({ ...inst, slo: { e2eMs: UNRUNNABLE_MS / 2 } }, algorithm);
+  return generationResultOf(inst, free.algorithm, free.placement);
 }
 
 /** Every stage on the server, priced on `inst`: the safety controller's floor. */
@@ -240,7 +263,10 @@ export class PlanMaker {
    * SLOs and predictions stay the model's). Returns undefined until the server has reported.
    * `allServerWork`, when given, receives each class's all-server server work per request (in
    * class order), priced on the instance already built: the most a latency plan can cost the
-   * server, which the planner's choice of objective weighs.
+   * server, which the planner's choice of objective weighs. `shedSaving`, when given, receives
+   * each class's server work per request that shedding it would save (in class order): the
+   * plan's work minus its least-work plan's, for a plan that misses its SLOs; 0 for one that
+   * meets them or is shed already (the overload shedder's candidates, shedding.ts).
    */
   plan(
     client: ClientProfile,
@@ -249,6 +275,7 @@ export class PlanMaker {
     objective: Objective = 'work',
     adjust?: (requestClass: string) => ClassAdjustment | undefined,
     allServerWork?: number[],
+    shedSaving?: number[],
   ): ClassPlacement[] | undefined {
     if (!OBJECTIVE_ALGORITHMS.has(this.opts.algorithm)) objective = 'work';
     const out: ClassPlacement[] = [];
@@ -272,6 +299,8 @@ export class PlanMaker {
         if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
       }
       if (adj?.allServer) best = allServer(inst, best);
+      if (adj?.shed) best = leastWork(inst, best.algorithm);
+      shedSaving?.push(best.feasible || adj?.shed ? 0 : Math.max(0, best.serverWork - leastWork(inst, best.algorithm).serverWork));
       const slos = this.slosFor(client.clientClass, cls);
       // TTFT of the same placement for a one-token prompt: the slope lets an agent predict a
       // request by its own prompt length, not the class's longest.
@@ -307,7 +336,8 @@ export class PlanMaker {
    * the solver's fastest placement at that load, unless the best plan at no load (the most
    * work the SLOs could ever leave on the client) costs the server less: an overloaded server
    * is relieved, not given everything because the slow clients cannot meet the SLOs alone.
-   * Either way the plan is reported at the loaded prices, infeasible.
+   * With `overload: 'hold'` the best plan at no load is taken whenever there is one (see
+   * PlanMakerOptions.overload). Either way the plan is reported at the loaded prices, infeasible.
    */
   private solveUnderLoad(
     client: ClientProfile,
@@ -323,7 +353,7 @@ export class PlanMaker {
     const idleInst = adjusted(this.instance(client, server, cls, 0), adj);
     if (!idleInst) return { inst, best }; // never: the same server as `inst`, which was priced
     const idle = solveGeneration(idleInst, this.opts.algorithm);
-    if (!idle.feasible || idle.serverWork >= best.serverWork) return { inst, best };
+    if (!idle.feasible || ((this.opts.overload ?? 'relieve') === 'relieve' && idle.serverWork >= best.serverWork)) return { inst, best };
     return { inst, best: { ...generationResultOf(inst, idle.algorithm, idle.placement), feasible: false } };
   }
 }

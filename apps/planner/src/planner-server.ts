@@ -36,10 +36,11 @@ import {
   type ServerSecurity,
 } from '@tandem/service-kit';
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
+import { Shedder, type ShedCandidate, type ShedOptions } from './shedding';
 import { toGrpcStatus } from './errors';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
-import type { Objective, PlanMaker } from './plan-maker';
+import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
 /** ListPlans page size when the request states none (page_size 0). */
@@ -72,6 +73,12 @@ export interface PlannerServerOptions {
   readonly maker: PlanMaker;
   /** Learns from the agents' outcomes (default: a Calibrator with DEFAULT_CALIBRATION). */
   readonly calibrator?: Calibrator;
+  /**
+   * Sheds classes to their devices while the server is overloaded (shedding.ts; objective
+   * algorithms only). Default: off. The maker should then hold classes on their plans at no
+   * load (PlanMakerOptions.overload 'hold'), leaving relief to the shedder.
+   */
+  readonly shedding?: ShedOptions;
   readonly log: Logger;
   readonly address: string;
   readonly natsUrl: string;
@@ -134,6 +141,8 @@ interface ClientState {
   readonly rates: RateMeter[];
   /** Server work per request, ms, of each class's all-server placement at the last re-plan (objective algorithms only). */
   allServerWork: number[] | undefined;
+  /** Server work per request shedding each class would save, ms, at the last re-plan (PlanMaker.plan's shedSaving; with shedding on). */
+  shedSaving: number[] | undefined;
   /** The latest profile received. */
   profile: ClientProfile;
   /** The profile the current plan was made from (undefined until the first plan). */
@@ -148,6 +157,12 @@ const SAFETY_MESSAGES = {
   relax: 'SLO attainment recovered; relaxing the class one step',
   release: 'all-server misses its SLO attainment target too (the server or the SLO, not the plan); releasing the class from all-server',
 } as const;
+
+/**
+ * Weight of each load report in the utilisation the overload shedder reads: faster than the
+ * pricing's smoothing (PLANNER_UTILISATION_SMOOTHING), so an overload is seen in a few reports.
+ */
+export const SHED_SMOOTHING = 0.5;
 
 /** Time constant of the request rates the planner estimates from outcomes, ms. */
 export const RATE_TIME_CONSTANT_MS = 10_000;
@@ -310,6 +325,10 @@ export class PlannerServer {
   private readonly now: () => number;
   private readonly log: Logger;
   private readonly calibrator: Calibrator;
+  /** The overload shedder, when shedding is on for an objective algorithm. */
+  private readonly shedder: Shedder | undefined;
+  /** The followed executor's utilisation, averaged with weight SHED_SMOOTHING per report: what the shedder reads. */
+  private shedUtilisation: number | undefined;
   private readonly classNames: ReadonlySet<string>;
   private readonly classIndex: ReadonlyMap<string, number>;
   /**
@@ -337,6 +356,8 @@ export class PlannerServer {
     slices: 0,
     passes: 0,
     lastPassMs: 0,
+    shed: 0,
+    restored: 0,
   };
   private readonly threshold: number;
   private readonly sliceMs: number;
@@ -351,6 +372,7 @@ export class PlannerServer {
     this.threshold = opts.replanThreshold ?? 0.02;
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
+    this.shedder = opts.shedding?.enabled && opts.maker.followsObjective ? new Shedder(opts.shedding) : undefined;
     this.classNames = new Set(opts.maker.opts.classes.map((c) => c.name));
     this.classIndex = new Map(opts.maker.opts.classes.map((c, i) => [c.name, i]));
     this.metrics = new MetricsEndpoint(this.log);
@@ -469,6 +491,8 @@ export class PlannerServer {
     if (classIndex === undefined)
       throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
     client.rates[classIndex].add(this.now());
+    // A shed class misses by decision, not by a wrong plan: its outcomes must not tighten it.
+    if (this.shedder?.isShed(v.clientId, v.requestClass)) return;
     const r = this.calibrator.record(v, this.now());
     if (r.safety) {
       this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety }, SAFETY_MESSAGES[r.safety.change]);
@@ -494,6 +518,7 @@ export class PlannerServer {
       this.clients.set(p.clientId, {
         rates: this.opts.maker.opts.classes.map(() => new RateMeter()),
         allServerWork: undefined,
+        shedSaving: undefined,
         profile: p,
         plannedWith: undefined,
         lastSeenMs: this.now(),
@@ -527,6 +552,7 @@ export class PlannerServer {
     this.counters.loads++;
     const a = this.opts.utilisationSmoothing ?? 1;
     const prev = known?.load;
+    const raw = l;
     l = smoothLoad(prev, l, a);
     if (known) {
       known.load = l;
@@ -542,6 +568,7 @@ export class PlannerServer {
       this.followed = l.serverId;
       this.plannedLoad = undefined; // another executor's prices: re-plan everyone
     }
+    this.shed(raw.utilisation, now);
     const u = l.utilisation;
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;
@@ -577,6 +604,51 @@ export class PlannerServer {
       }
     }
     return u + added;
+  }
+
+  /**
+   * One decision of the overload shedder on a report of the followed executor (`u` its
+   * utilisation as reported): classes shed or given back are re-planned at once (and logged).
+   */
+  private shed(u: number, now: number): void {
+    if (!this.shedder) return;
+    this.shedUtilisation = this.shedUtilisation === undefined ? u : this.shedUtilisation + SHED_SMOOTHING * (u - this.shedUtilisation);
+    const rateOf = (clientId: string, requestClass: string): number => {
+      const i = this.classIndex.get(requestClass);
+      const st = this.clients.get(clientId);
+      return st && i !== undefined ? st.rates[i].perS(now) : 0;
+    };
+    const candidates = (): ShedCandidate[] => {
+      const out: ShedCandidate[] = [];
+      for (const [clientId, st] of this.clients) {
+        st.shedSaving?.forEach((saved, i) => {
+          if (saved > 0) out.push({ clientId, requestClass: this.opts.maker.opts.classes[i].name, workSavedMs: saved, ratePerS: st.rates[i].perS(now) });
+        });
+      }
+      return out;
+    };
+    const d = this.shedder.decide(this.shedUtilisation, now, candidates, rateOf);
+    const changed = [...d.shed, ...d.restored];
+    if (changed.length === 0) return;
+    this.counters.shed += d.shed.length;
+    this.counters.restored += d.restored.length;
+    const pairs = (cs: readonly ShedCandidate[]): string[] => cs.map((c) => `${c.clientId}/${c.requestClass}`);
+    // An overload is the operator's to see (warn); its end is routine (info).
+    const fields = {
+      utilisation: Number(this.shedUtilisation.toFixed(3)),
+      shed: pairs(d.shed),
+      restored: pairs(d.restored),
+      shedNow: this.shedder.shed.length,
+    };
+    if (d.shed.length) this.log.warn(fields, 'server overloaded: shedding classes to their least-work plans');
+    else this.log.info(fields, 'server has room again: giving shed classes their plans back');
+    for (const c of changed) this.dirty.add(c.clientId);
+    this.scheduleReplan();
+  }
+
+  /** Classes shed to their least-work plans now, as `clientId/requestClass`, first shed first. */
+  get shedClasses(): string[] {
+    return (this.shedder?.shed ?? []).map((c) => `${c.clientId}/${c.requestClass}`);
   }
 
   /** Queues one client for re-planning (e.g. its calibration changed). */
@@ -708,10 +780,12 @@ export class PlannerServer {
     this.counters.replans++;
     this.round.replanned++;
     const allServerWork = this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective ? [] : undefined;
-    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.calibrator.adjustments(id), allServerWork);
+    const shedSaving = this.shedder ? [] : undefined;
+    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.adjustments(id), allServerWork, shedSaving);
     if (!classes) return;
     st.plannedWith = st.profile;
     st.allServerWork = allServerWork;
+    st.shedSaving = shedSaving;
     const prev = st.plan;
     const changed = !prev || classes.some((c, i) => c.placement !== prev.classes[i]?.placement);
     if (!changed) {
@@ -731,6 +805,17 @@ export class PlannerServer {
     this.afterPlan(id, st.plan, now);
   }
 
+  /** The calibrator's adjustments of one client, with its shed classes marked. */
+  private adjustments(id: string): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
+    const learned = this.calibrator.adjustments(id);
+    const shedder = this.shedder;
+    if (!shedder) return learned;
+    return (requestClass) => {
+      const a = learned?.(requestClass);
+      return shedder.isShed(id, requestClass) ? { slaScale: a?.slaScale ?? 1, allServer: a?.allServer ?? false, shed: true } : a;
+    };
+  }
+
   /** Tells the calibrator what was planned; a tighten step that left the placement as it was is followed by another. */
   private afterPlan(id: string, plan: ClientPlan, now: number): void {
     if (this.calibrator.planned(id, plan.classes, plan.epoch, now)) {
@@ -744,6 +829,7 @@ export class PlannerServer {
     this.clients.delete(id);
     this.dirty.delete(id);
     this.calibrator.forget(id);
+    this.shedder?.forget(id);
   }
 
   /** Forgets clients, and executors other than the followed one, not heard from for the TTL. */

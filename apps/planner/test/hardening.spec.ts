@@ -1,11 +1,9 @@
-import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile,
   GenerationOutcome,
   HealthClient,
-  OutcomeStatus,
   PlannerServiceClient,
   ServerLoad,
   ServingStatus,
@@ -14,9 +12,18 @@ import {
   type ListPlansRequest,
   type ListPlansResponse,
 } from '@tandem/protocol';
-import { createLogger, type Logger } from '@tandem/service-kit';
-import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import pino from 'pino';
+import { createLogger } from '@tandem/service-kit';
+import {
+  capturingLogger,
+  clientProfile,
+  eventually,
+  generationOutcome,
+  sameStageTimes,
+  serverLoad,
+  stageTimes,
+  startNatsServer,
+  type NatsServerHandle,
+} from '@tandem/testkit';
 import {
   DEFAULT_PLANS_PAGE_SIZE,
   MAX_PLANS_PAGE_SIZE,
@@ -28,90 +35,31 @@ import {
   validateProfile,
   type PlannerServerOptions,
 } from '../src';
+import { makerOptions, plannerOptions, THREE_STAGES } from './fixtures';
 
 // Three stages, one class of 10-token prompts and one new token (the hand-checkable client of
 // outcomes.int.spec.ts): the device runs embed 1 ms, block 5 ms, head 100 ms; the server 0.1 ms each.
-const STAGES = [
-  { name: 'embed', inBytesPerToken: 8 },
-  { name: 'block', inBytesPerToken: 256 },
-  { name: 'head', inBytesPerToken: 256 },
-];
 const MODEL = 'm';
 const silent = createLogger({ name: 'test', level: 'silent' });
 
-const profile = (clientId: string, ms: readonly number[] = [1, 5, 100]): ClientProfile => ({
-  clientId,
-  clientClass: 'default',
-  modelId: MODEL,
-  unixMs: Date.now(),
-  planEpoch: 0,
-  stages: ms.map((v, stage) => ({ stage, prefillMsPerToken: v, decodeMs: v, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-});
-const load = (serverId = 'srv', ms = 0.1, utilisation = 0): ServerLoad => ({
-  serverId,
-  modelId: MODEL,
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation,
-  unixMs: Date.now(),
-  meanQueueMs: 0,
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-});
+const profile = (clientId: string, ms: readonly number[] = [1, 5, 100]): ClientProfile => clientProfile({ clientId, modelId: MODEL, stages: stageTimes(ms) });
+const load = (serverId = 'srv', ms = 0.1, utilisation = 0): ServerLoad =>
+  serverLoad({ serverId, modelId: MODEL, utilisation, stages: sameStageTimes(THREE_STAGES.length, ms) });
 
 function maker(): PlanMaker {
-  return new PlanMaker({
-    stages: STAGES,
-    classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-    slaOverrides: {},
-    algorithm: 'dp',
-    hysteresis: 0.05,
-    slaMargin: 0.9,
-    resolutionMs: 0.5,
-    maxUtilisation: 0.9,
-  });
+  return new PlanMaker(makerOptions());
 }
 
 function planner(over: Partial<PlannerServerOptions> = {}): PlannerServer {
-  return new PlannerServer({
-    maker: maker(),
-    log: silent,
-    address: '127.0.0.1:0',
-    natsUrl: 'nats://127.0.0.1:1',
-    modelId: MODEL,
-    clientTtlMs: 60_000,
-    debounceMs: 0,
-    idleUtilisation: 0,
-    ...over,
-  });
+  return new PlannerServer(plannerOptions({ log: silent, modelId: MODEL, ...over }));
 }
 
-/** A logger whose JSON lines are kept, for counting what was logged at which level. */
-function capturingLogger(level = 'debug'): { log: Logger; lines: () => { level: number; msg: string; [k: string]: unknown }[] } {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk, _enc, cb) {
-      chunks.push(String(chunk));
-      cb();
-    },
-  });
-  const log = pino({ level }, stream) as unknown as Logger;
-  return {
-    log,
-    lines: () =>
-      chunks
-        .join('')
-        .split('\n')
-        .filter((l) => l)
-        .map((l) => JSON.parse(l)),
-  };
+/** Sets `value` at `path` ('stages[1].decodeMs', 'uplink') of `message`. */
+function setAt(message: object, path: string, value: unknown): void {
+  const keys = path.replace(/\[(\d+)\]/g, '.$1').split('.');
+  let at = message as Record<string, unknown>;
+  for (const k of keys.slice(0, -1)) at = at[k] as Record<string, unknown>;
+  at[keys[keys.length - 1]] = value;
 }
 
 /** Asserts an error message names the field, the rule and the value, and fits in 1 KiB. */
@@ -131,16 +79,7 @@ describe('a real planner on a real nats-server survives any telemetry message', 
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    server = new PlannerServer({
-      maker: maker(),
-      log: silent,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: MODEL,
-      clientTtlMs: 60_000,
-      debounceMs: 5,
-      idleUtilisation: 0,
-    });
+    server = planner({ natsUrl: nats.url, debounceMs: 5 });
     addr = `127.0.0.1:${(await server.start()).port}`;
     health = new HealthClient(addr, grpc.credentials.createInsecure());
     nc = await connect({ servers: nats.url });
@@ -200,9 +139,8 @@ describe('a real planner on a real nats-server survives any telemetry message', 
   it('drops a GenerationOutcome with an empty model id', async () => {
     const plan = server.plans().find((p) => p.clientId === 'good-1')!;
     const c = plan.classes[0];
-    const o: GenerationOutcome = {
+    const o = generationOutcome({
       clientId: 'good-1',
-      clientClass: 'default',
       modelId: '',
       requestClass: c.name,
       placement: c.placement,
@@ -215,17 +153,8 @@ describe('a real planner on a real nats-server survives any telemetry message', 
       ttftMs: 10,
       tpotMs: 0,
       e2eMs: 10,
-      serverComputeMs: 1,
-      serverQueueMs: 0,
       slaMs: c.slaMs,
-      ttftSloMs: 0,
-      tpotSloMs: 0,
-      slaMet: true,
-      ttftMet: true,
-      tpotMet: true,
-      status: OutcomeStatus.OUTCOME_STATUS_OK,
-      unixMs: Date.now(),
-    };
+    });
     await dropsAndCarriesOn(Subjects.outcome('good-1'), GenerationOutcome.encode(o).finish(), 'GenerationOutcome.modelId:required');
     expect(server.counters.outcomes).toBe(0);
   });
@@ -264,7 +193,7 @@ describe('a real planner on a real nats-server survives any telemetry message', 
 });
 
 describe('telemetry validation', () => {
-  const ctx = { stageCount: STAGES.length, modelId: MODEL };
+  const ctx = { stageCount: THREE_STAGES.length, modelId: MODEL };
   const reasonOf = (fn: () => void): TelemetryError => {
     try {
       fn();
@@ -274,212 +203,51 @@ describe('telemetry validation', () => {
     throw new Error('no error thrown');
   };
 
-  it.each([
-    [
-      'stages[1].prefillMsPerToken',
-      (p: ClientProfile) => {
-        p.stages[1].prefillMsPerToken = 1e308;
-      },
-      '1e+308',
-      'range',
-    ],
-    [
-      'stages[0].decodeMs',
-      (p: ClientProfile) => {
-        p.stages[0].decodeMs = Number.NaN;
-      },
-      'NaN',
-      'range',
-    ],
-    [
-      'stages[2].decodeMs',
-      (p: ClientProfile) => {
-        p.stages[2].decodeMs = -1;
-      },
-      '-1',
-      'range',
-    ],
-    [
-      'stages[1].stage',
-      (p: ClientProfile) => {
-        p.stages[1].stage = 0;
-      },
-      '0',
-      'unique',
-    ],
-    [
-      'stages[2].stage',
-      (p: ClientProfile) => {
-        p.stages[2].stage = 7;
-      },
-      '7',
-      'range',
-    ],
-    [
-      'uplink.bytesPerMs',
-      (p: ClientProfile) => {
-        p.uplink = { latencyMs: 1, bytesPerMs: 0 };
-      },
-      '0',
-      'positive',
-    ],
-    [
-      'downlink.bytesPerMs',
-      (p: ClientProfile) => {
-        p.downlink = { latencyMs: 1, bytesPerMs: Infinity };
-      },
-      'Infinity',
-      'range',
-    ],
-    [
-      'uplink.latencyMs',
-      (p: ClientProfile) => {
-        p.uplink = { latencyMs: 1e9, bytesPerMs: 10 };
-      },
-      '1000000000',
-      'range',
-    ],
-    [
-      'modelId',
-      (p: ClientProfile) => {
-        p.modelId = '';
-      },
-      "''",
-      'required',
-    ],
-    [
-      'modelId',
-      (p: ClientProfile) => {
-        p.modelId = 'other';
-      },
-      "'other'",
-      'model',
-    ],
-    [
-      'modelId',
-      (p: ClientProfile) => {
-        p.modelId = 'x'.repeat(20_000);
-      },
-      "'xxxxxxxx",
-      'length',
-    ],
-    [
-      'clientClass',
-      (p: ClientProfile) => {
-        p.clientClass = 'c'.repeat(20_000);
-      },
-      "'cccccccc",
-      'length',
-    ],
-    [
-      'clientId',
-      (p: ClientProfile) => {
-        p.clientId = 'i'.repeat(20_000);
-      },
-      "'iiiiiiii",
-      'pattern',
-    ],
-  ])('refuses a ClientProfile with a bad %s, naming field, rule and value in under 1 KiB', (field, mutate, value, rule) => {
+  // Each row: the field, the value set there (at `at` when it is not the field itself), how the message shows it, the rule.
+  it.each<[string, unknown, string, string, string?]>([
+    ['stages[1].prefillMsPerToken', 1e308, '1e+308', 'range'],
+    ['stages[0].decodeMs', Number.NaN, 'NaN', 'range'],
+    ['stages[2].decodeMs', -1, '-1', 'range'],
+    ['stages[1].stage', 0, '0', 'unique'],
+    ['stages[2].stage', 7, '7', 'range'],
+    ['uplink.bytesPerMs', { latencyMs: 1, bytesPerMs: 0 }, '0', 'positive', 'uplink'],
+    ['downlink.bytesPerMs', { latencyMs: 1, bytesPerMs: Infinity }, 'Infinity', 'range', 'downlink'],
+    ['uplink.latencyMs', { latencyMs: 1e9, bytesPerMs: 10 }, '1000000000', 'range', 'uplink'],
+    ['modelId', '', "''", 'required'],
+    ['modelId', 'other', "'other'", 'model'],
+    ['modelId', 'x'.repeat(20_000), "'xxxxxxxx", 'length'],
+    ['clientClass', 'c'.repeat(20_000), "'cccccccc", 'length'],
+    ['clientId', 'i'.repeat(20_000), "'iiiiiiii", 'pattern'],
+  ])('refuses a ClientProfile with a bad %s, naming field, rule and value in under 1 KiB', (field, bad, value, rule, at = field) => {
     const p = profile('c1');
-    mutate(p);
+    setAt(p, at, bad);
     const err = reasonOf(() => validateProfile(p, ctx));
     expect(err).toBeInstanceOf(TelemetryError);
     expectClear(err.message, `ClientProfile.${field}`, value);
     expect(err.reason).toBe(`ClientProfile.${field.replace(/\[\d+\]/g, '[]')}:${rule}`);
   });
 
-  it.each([
-    [
-      'stages[0].prefillMsPerToken',
-      (l: ServerLoad) => {
-        l.stages[0].prefillMsPerToken = 1e308;
-      },
-      '1e+308',
-      'range',
-    ],
-    [
-      'stages',
-      (l: ServerLoad) => {
-        l.stages.pop();
-      },
-      '2 stages',
-      'count',
-    ],
-    [
-      'wholeModel.decodeMs',
-      (l: ServerLoad) => {
-        l.wholeModel = { stage: 0, prefillMsPerToken: 1, decodeMs: -2, samples: 1 };
-      },
-      '-2',
-      'range',
-    ],
-    [
-      'utilisation',
-      (l: ServerLoad) => {
-        l.utilisation = 1.5;
-      },
-      '1.5',
-      'range',
-    ],
-    [
-      'meanQueueMs',
-      (l: ServerLoad) => {
-        l.meanQueueMs = 1e300;
-      },
-      '1e+300',
-      'range',
-    ],
-    [
-      'decodeStretch',
-      (l: ServerLoad) => {
-        l.decodeStretch = 0.5;
-      },
-      '0.5',
-      'range',
-    ],
-    [
-      'longPromptStretch',
-      (l: ServerLoad) => {
-        l.longPromptStretch = Number.POSITIVE_INFINITY;
-      },
-      'Infinity',
-      'range',
-    ],
-    [
-      'longStepTokens',
-      (l: ServerLoad) => {
-        l.longStepTokens = 1e9;
-      },
-      '1000000000',
-      'range',
-    ],
+  it.each<[string, unknown, string, string, string?]>([
+    ['stages[0].prefillMsPerToken', 1e308, '1e+308', 'range'],
+    ['stages', sameStageTimes(2, 0.1), '2 stages', 'count'],
+    ['wholeModel.decodeMs', { stage: 0, prefillMsPerToken: 1, decodeMs: -2, samples: 1 }, '-2', 'range', 'wholeModel'],
+    ['utilisation', 1.5, '1.5', 'range'],
+    ['meanQueueMs', 1e300, '1e+300', 'range'],
+    ['decodeStretch', 0.5, '0.5', 'range'],
+    ['longPromptStretch', Number.POSITIVE_INFINITY, 'Infinity', 'range'],
+    ['longStepTokens', 1e9, '1000000000', 'range'],
     [
       'overhead.msPerKibIn',
-      (l: ServerLoad) => {
-        l.overhead = { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 };
-      },
+      { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 },
       '1000000000000',
       'range',
+      'overhead',
     ],
-    [
-      'modelId',
-      (l: ServerLoad) => {
-        l.modelId = '';
-      },
-      "''",
-      'required',
-    ],
-    [
-      'serverId',
-      (l: ServerLoad) => {
-        l.serverId = 's'.repeat(5000);
-      },
-      "'ssssss",
-      'pattern',
-    ],
-  ])('refuses a ServerLoad with a bad %s, naming field, rule and value in under 1 KiB', (field, mutate, value, rule) => {
+    ['modelId', '', "''", 'required'],
+    ['serverId', 's'.repeat(5000), "'ssssss", 'pattern'],
+  ])('refuses a ServerLoad with a bad %s, naming field, rule and value in under 1 KiB', (field, bad, value, rule, at = field) => {
     const l = load();
-    mutate(l);
+    setAt(l, at, bad);
     const err = reasonOf(() => validateLoad(l, ctx));
     expectClear(err.message, `ServerLoad.${field}`, value);
     expect(err.reason).toBe(`ServerLoad.${field.replace(/\[\d+\]/g, '[]')}:${rule}`);
@@ -515,16 +283,7 @@ describe('planning errors are caught, logged and counted, never fatal', () => {
       return plan(client, ...rest);
     };
     const { log, lines } = capturingLogger('info');
-    p = new PlannerServer({
-      maker: m,
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: 'nats://127.0.0.1:1',
-      modelId: MODEL,
-      clientTtlMs: 60_000,
-      debounceMs: 0,
-      idleUtilisation: 0,
-    });
+    p = planner({ maker: m, log });
     p.onLoad(load());
     p.onProfile(profile('boom'));
     p.onProfile(profile('ok'));
@@ -626,16 +385,7 @@ describe('plan epochs', () => {
 
   it('logs per-client changes at debug and one info line per round', async () => {
     const { log, lines } = capturingLogger('info');
-    p = new PlannerServer({
-      maker: maker(),
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: 'nats://127.0.0.1:1',
-      modelId: MODEL,
-      clientTtlMs: 60_000,
-      debounceMs: 0,
-      idleUtilisation: 0,
-    });
+    p = planner({ log });
     for (let i = 0; i < 300; i++) p.onProfile(profile(`c${i}`));
     p.onLoad(load());
     await eventually(() => p.plans().length === 300 && p.counters.passes >= 1, { what: 'the round' });
@@ -655,16 +405,7 @@ describe('ListPlans pages', () => {
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    server = new PlannerServer({
-      maker: maker(),
-      log: silent,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: MODEL,
-      clientTtlMs: 600_000,
-      debounceMs: 1000,
-      idleUtilisation: 0,
-    });
+    server = planner({ natsUrl: nats.url, clientTtlMs: 600_000, debounceMs: 1000 });
     const addr = `127.0.0.1:${(await server.start()).port}`;
     client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     server.onLoad(load());

@@ -17,45 +17,17 @@ import {
   type NatsServerConfig,
   type NatsUserCredential,
 } from '@tandem/service-kit';
-import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { clientProfile, eventually, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
+import { makerOptions, plannerOptions } from './fixtures';
 
 // A real nats-server started with the configuration `tandem nats-config` writes: one user per
 // service, each allowed only its own subjects. The server, not the services, enforces it.
-const STAGES = [
-  { name: 'embed', inBytesPerToken: 8 },
-  { name: 'block', inBytesPerToken: 256 },
-  { name: 'head', inBytesPerToken: 256 },
-];
 const log = createLogger({ name: 'test', level: 'silent' });
 const REPO = path.resolve(__dirname, '../../..');
 
-const profile = (clientId: string): ClientProfile => ({
-  clientId,
-  clientClass: 'default',
-  modelId: 'm',
-  unixMs: Date.now(),
-  planEpoch: 0,
-  stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-});
-const load = (serverId: string): ServerLoad => ({
-  serverId,
-  modelId: 'm',
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation: 0,
-  unixMs: Date.now(),
-  meanQueueMs: 0,
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
-});
+const profile = (clientId: string): ClientProfile => clientProfile({ clientId });
+const load = (serverId: string): ServerLoad => serverLoad({ serverId });
 
 const authOf = (u: NatsUserCredential): NatsAuth => ({ kind: 'password', user: u.user, password: u.password ?? '' });
 
@@ -100,27 +72,8 @@ describe('NATS with per-service credentials and permissions', () => {
     const file = path.join(dir, 'nats-server.conf');
     writeFileSync(file, cfg.conf, { mode: 0o600 });
     nats = await startNatsServer({ configFile: file });
-    const maker = new PlanMaker({
-      stages: STAGES,
-      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
-    planner = new PlannerServer({
-      maker,
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      natsAuth: authOf(user('planner')),
-      modelId: 'm',
-      clientTtlMs: 60_000,
-      debounceMs: 5,
-      idleUtilisation: 0,
-    });
+    const maker = new PlanMaker(makerOptions());
+    planner = new PlannerServer(plannerOptions({ maker, log, natsUrl: nats.url, natsAuth: authOf(user('planner')), debounceMs: 5 }));
     await planner.start();
   });
 

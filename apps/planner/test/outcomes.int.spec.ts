@@ -14,55 +14,25 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { clientProfile, eventually, generationOutcome, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '../src';
+import { makerOptions, plannerOptions } from './fixtures';
 
 // The hand-checkable client of calibration.spec.ts: three stages, 10-token prompts, one new
 // token. Device: embed 10 ms, block 50 ms, head 1000 ms; server 1 ms each. SLA 100 ms, planned
 // against 90: CCS (about 61 ms) is the plan; a tighter SLA gives CSS (about 12 ms), the floor SSS.
-const STAGES = [
-  { name: 'embed', inBytesPerToken: 8 },
-  { name: 'block', inBytesPerToken: 256 },
-  { name: 'head', inBytesPerToken: 256 },
-];
 const log = createLogger({ name: 'test', level: 'silent' });
 
-const profile = (clientId: string): ClientProfile => ({
-  clientId,
-  clientClass: 'default',
-  modelId: 'm',
-  unixMs: Date.now(),
-  planEpoch: 0,
-  stages: [1, 5, 100].map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-});
-const LOAD: ServerLoad = {
-  serverId: 'srv',
-  modelId: 'm',
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation: 0,
-  unixMs: Date.now(),
-  meanQueueMs: 0,
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
-};
+const profile = (clientId: string): ClientProfile => clientProfile({ clientId });
+const LOAD: ServerLoad = serverLoad();
 
 /** The outcome an agent following `plan` would publish: met at `ratio` x the prediction, or failed. */
 function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): GenerationOutcome {
   const c = plan.classes[0];
   const e2eMs = c.predictedLatencyMs * (how.ratio ?? 1);
   const met = how.ok && e2eMs <= c.slaMs;
-  return {
+  return generationOutcome({
     clientId: plan.clientId,
-    clientClass: 'default',
-    modelId: 'm',
     requestClass: c.name,
     placement: c.placement,
     planEpoch: plan.epoch,
@@ -74,17 +44,10 @@ function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): Gene
     ttftMs: how.ok ? e2eMs : 0,
     tpotMs: 0,
     e2eMs,
-    serverComputeMs: 1,
-    serverQueueMs: 0,
     slaMs: c.slaMs,
-    ttftSloMs: 0,
-    tpotSloMs: 0,
     slaMet: met,
-    ttftMet: true,
-    tpotMet: true,
     status: how.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
-    unixMs: Date.now(),
-  };
+  });
 }
 
 describe('the planner learns from outcomes published over NATS', () => {
@@ -96,28 +59,9 @@ describe('the planner learns from outcomes published over NATS', () => {
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    const maker = new PlanMaker({
-      stages: STAGES,
-      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
+    const maker = new PlanMaker(makerOptions());
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 300, relaxDwellMs: 300 });
-    server = new PlannerServer({
-      maker,
-      calibrator,
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: 'm',
-      clientTtlMs: 60_000,
-      debounceMs: 5,
-      idleUtilisation: 0,
-    });
+    server = new PlannerServer(plannerOptions({ maker, calibrator, log, natsUrl: nats.url, debounceMs: 5 }));
     addr = `127.0.0.1:${(await server.start()).port}`;
     client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     nc = await connect({ servers: nats.url });

@@ -1,70 +1,31 @@
-import { OutcomeStatus, type ClientPlan, type ClientProfile, type GenerationOutcome, type ServerLoad } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { eventually } from '@tandem/testkit';
+import type { ClientPlan, ClientProfile, GenerationOutcome, ServerLoad } from '@tandem/protocol';
+import { clientProfile, eventually, generationOutcome, sameStageTimes, serverLoad } from '@tandem/testkit';
+import { makerOptions, plannerOptions, SIX_STAGES } from './fixtures';
 import { PlanMaker } from '../src/plan-maker';
 import { loadChanged, PlannerServer, profileChanged, smoothLoad } from '../src/planner-server';
 
-const STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({ name, inBytesPerToken: i === 0 ? 8 : 256 }));
 const CLASSES = [
   { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 400 },
   { name: 'long', maxPromptTokens: 128, expectedNewTokens: 16, slaMs: 1500 },
 ];
 
 function profile(id: string, msPerStage: number, latencyMs = 2): ClientProfile {
-  return {
+  return clientProfile({
     clientId: id,
-    clientClass: 'default',
-    modelId: 'm',
     unixMs: 0,
-    planEpoch: 0,
-    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
+    stages: sameStageTimes(SIX_STAGES.length, msPerStage / 4, msPerStage),
     uplink: { latencyMs, bytesPerMs: 10_000 },
     downlink: { latencyMs, bytesPerMs: 10_000 },
-  };
+  });
 }
 
 function load(msPerStage: number, utilisation: number): ServerLoad {
-  return {
-    serverId: 's',
-    modelId: 'm',
-    queueDepth: 0,
-    activeSessions: 0,
-    utilisation,
-    unixMs: 0,
-    meanQueueMs: 0,
-    overhead: undefined,
-    wholeModel: undefined,
-    decodeStretch: 0,
-    promptStretch: 0,
-    longPromptStretch: 0,
-    longStepTokens: 0,
-    stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: msPerStage / 4, decodeMs: msPerStage, samples: 3 })),
-  };
+  return serverLoad({ serverId: 's', utilisation, unixMs: 0, stages: sameStageTimes(SIX_STAGES.length, msPerStage / 4, msPerStage) });
 }
 
 function planner(sliceMs = 10, over: Partial<ConstructorParameters<typeof PlannerServer>[0]> = {}): PlannerServer {
-  const maker = new PlanMaker({
-    stages: STAGES,
-    classes: CLASSES,
-    slaOverrides: {},
-    algorithm: 'dp',
-    hysteresis: 0.05,
-    slaMargin: 1,
-    resolutionMs: 0.5,
-    maxUtilisation: 0.9,
-  });
-  return new PlannerServer({
-    maker,
-    log: createLogger({ name: 'test', level: 'silent' }),
-    address: '127.0.0.1:0',
-    natsUrl: 'nats://127.0.0.1:1',
-    modelId: '',
-    clientTtlMs: 60_000,
-    debounceMs: 0,
-    idleUtilisation: 0,
-    sliceMs,
-    ...over,
-  });
+  const maker = new PlanMaker(makerOptions({ stages: SIX_STAGES, classes: CLASSES, slaMargin: 1 }));
+  return new PlannerServer(plannerOptions({ maker, modelId: '', sliceMs, ...over }));
 }
 
 describe('what counts as a material change', () => {
@@ -167,10 +128,8 @@ describe('PlannerServer re-planning', () => {
     await eventually(() => p.plans().length === 4, { what: 'the first plans' });
     const short = (plan: ClientPlan): GenerationOutcome => {
       const c = plan.classes[0]!;
-      return {
+      return generationOutcome({
         clientId: plan.clientId,
-        clientClass: 'default',
-        modelId: 'm',
         requestClass: c.name,
         placement: c.placement,
         planEpoch: plan.epoch,
@@ -183,16 +142,10 @@ describe('PlannerServer re-planning', () => {
         tpotMs: 5,
         e2eMs: 50,
         serverComputeMs: 0,
-        serverQueueMs: 0,
         slaMs: c.slaMs,
-        ttftSloMs: 0,
-        tpotSloMs: 0,
         slaMet: 50 <= c.slaMs,
-        ttftMet: true,
-        tpotMet: true,
-        status: OutcomeStatus.OUTCOME_STATUS_OK,
         unixMs: now,
-      };
+      });
     };
     for (const plan of p.plans()) expect(plan.classes[0]!.placement).toBe('CCCCCC');
     // 10 requests/s from each client for 20 s, all run on the devices: the server is idle.

@@ -15,45 +15,17 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { clientOptions, createLogger, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet } from '@tandem/service-kit';
-import { eventually, expectRefusal, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { clientProfile, eventually, expectRefusal, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
+import { makerOptions, plannerOptions } from './fixtures';
 
-const STAGES = [
-  { name: 'embed', inBytesPerToken: 8 },
-  { name: 'block', inBytesPerToken: 256 },
-  { name: 'head', inBytesPerToken: 256 },
-];
 const MODEL = 'm';
 const ALICE = 'alice-token-0123456789';
 const BOB = 'bob-token-0123456789ab';
 const OPERATOR = 'operator-token-0123456789';
 
-const profile = (clientId: string): ClientProfile => ({
-  clientId,
-  clientClass: 'default',
-  modelId: MODEL,
-  unixMs: Date.now(),
-  planEpoch: 0,
-  stages: [1, 5, 100].map((v, stage) => ({ stage, prefillMsPerToken: v, decodeMs: v, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-});
-const load = (): ServerLoad => ({
-  serverId: 'srv',
-  modelId: MODEL,
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation: 0,
-  unixMs: Date.now(),
-  meanQueueMs: 0,
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
-});
+const profile = (clientId: string): ClientProfile => clientProfile({ clientId, modelId: MODEL });
+const load = (): ServerLoad => serverLoad({ modelId: MODEL });
 
 describe('planner over mTLS with bearer tokens: each client watches only its own plans', () => {
   let dir: string;
@@ -70,16 +42,7 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
     const tokensFile = path.join(dir, 'tokens');
     writeFileSync(tokensFile, `${ALICE} alice\n${BOB} bob\n${OPERATOR} *\n`);
     nats = await startNatsServer();
-    const maker = new PlanMaker({
-      stages: STAGES,
-      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
+    const maker = new PlanMaker(makerOptions());
     const security = loadServerSecurity({
       TLS_CERT_FILE: certs.serverCert,
       TLS_KEY_FILE: certs.serverKey,
@@ -87,17 +50,7 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
       TLS_CLIENT_AUTH: 'require',
       AUTH_TOKENS_FILE: tokensFile,
     });
-    server = new PlannerServer({
-      maker,
-      log: createLogger({ name: 'test', level: 'silent' }),
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: MODEL,
-      clientTtlMs: 60_000,
-      debounceMs: 5,
-      idleUtilisation: 0,
-      security,
-    });
+    server = new PlannerServer(plannerOptions({ maker, natsUrl: nats.url, modelId: MODEL, debounceMs: 5, security }));
     addr = `127.0.0.1:${(await server.start()).port}`;
     nc = await connect({ servers: nats.url });
     nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load()).finish());

@@ -14,3 +14,6 @@ export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
 export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, uncoveredEnvVars } from './corpus';
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
 export { sampleValue, scrapeMetrics } from './metrics';
+export { clientProfile, generationOutcome, PLAN_SETTINGS, sameStageTimes, serverLoad, stageTimes } from './telemetry';
+export { capturingLogger } from './logs';
+export type { LogLine } from './logs';

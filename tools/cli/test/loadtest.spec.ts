@@ -138,6 +138,15 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(md).toContain('## dp against the baselines, with spread');
     expect(md).toContain('## Device side');
     expect(readFileSync(join(out, 'goodput.svg'), 'utf8')).toMatch(/^<svg/);
+    // Every request of every run, one line each, with the run it belongs to; not in results.json.
+    const lines = readFileSync(join(out, 'records.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    const sentAll = json.runs.reduce((a: number, x: { stats: { requests: number } }) => a + x.stats.requests, 0);
+    expect(lines).toHaveLength(sentAll);
+    expect(lines[0]).toMatchObject({ repeat: 0, policy: 'server-only', status: expect.any(String), tokenMs: expect.any(Array) });
+    expect(json.runs[0].records).toBeUndefined();
     // The recording: every pool prompt (3 per class), its size reported.
     expect(json.recording).toMatchObject({ prompts: 6 });
     expect(json.recording.bytes).toBeGreaterThan(1000);
@@ -164,6 +173,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
       else expect(x.serverCpuS).toBeGreaterThanOrEqual(0);
       expect(x.deviceSide.replayMisses).toBe(0);
       expect(x.serverRunQueueShare === null || x.serverRunQueueShare >= 0).toBe(true);
+      expect(x.serverCoreOtherShare === null || x.serverCoreOtherShare >= 0).toBe(true);
       expect(x.deviceSide.agentsCpuS).toBeGreaterThanOrEqual(0);
       expect(Object.keys(x.stats.byDevice).sort()).toEqual(['fast', 'slow']);
     }

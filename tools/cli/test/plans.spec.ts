@@ -1,8 +1,18 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { PlanMaker, PlannerServer } from '@tandem/planner';
+import { PlanMaker, PlannerServer, type PlannerServerOptions } from '@tandem/planner';
 import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClassObservations } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import {
+  clientProfile,
+  eventually,
+  freePort,
+  generationOutcome,
+  PLAN_SETTINGS,
+  serverLoad,
+  stageTimes,
+  startNatsServer,
+  type NatsServerHandle,
+} from '@tandem/testkit';
 import { observationsTable } from '../src/views/plans';
 import { run } from './run-cli';
 
@@ -15,37 +25,27 @@ const stages = [
   { name: 'block.0', inBytesPerToken: 256 },
   { name: 'head', inBytesPerToken: 256 },
 ];
-const profile: ClientProfile = {
-  clientId: 'dev-1',
-  clientClass: 'handheld',
-  modelId: 'm',
-  stages: [
-    { stage: 0, prefillMsPerToken: 1, decodeMs: 1, samples: 3 },
-    { stage: 1, prefillMsPerToken: 1, decodeMs: 1, samples: 3 },
-    { stage: 2, prefillMsPerToken: 100, decodeMs: 100, samples: 3 },
-  ],
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-  unixMs: Date.now(),
-  planEpoch: 0,
-};
-const load: ServerLoad = {
-  serverId: 'srv',
-  modelId: 'm',
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
+const profile: ClientProfile = clientProfile({ clientId: 'dev-1', clientClass: 'handheld', stages: stageTimes([1, 1, 100]) });
+const load: ServerLoad = serverLoad({
   // The head's one sampled row costs 1 ms (a generation's prefill runs it on the last position only).
-  stages: stages.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: stage === 2 ? 1 : 0.1, samples: 5 })),
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation: 0,
-  unixMs: Date.now(),
-  meanQueueMs: 0,
-};
+  stages: stageTimes([0.1, 0.1, 0.1], [0.1, 0.1, 1], 5),
+});
+
+/** A silent planner of any model on 127.0.0.1 port 0 (clients kept 60 s, work minimised at any load), with `over` on top; and its host:port. */
+async function startPlanner(maker: PlanMaker, natsUrl: string, over: Partial<PlannerServerOptions>): Promise<{ server: PlannerServer; addr: string }> {
+  const server = new PlannerServer({
+    maker,
+    log: createLogger({ name: 'test', level: 'silent' }),
+    address: '127.0.0.1:0',
+    natsUrl,
+    modelId: '',
+    clientTtlMs: 60_000,
+    idleUtilisation: 0,
+    debounceMs: 0,
+    ...over,
+  });
+  return { server, addr: `127.0.0.1:${(await server.start()).port}` };
+}
 
 describe('tandem plans against a real planner', () => {
   let nats: NatsServerHandle;
@@ -56,27 +56,12 @@ describe('tandem plans against a real planner', () => {
   beforeAll(async () => {
     nats = await startNatsServer();
     const maker = new PlanMaker({
+      ...PLAN_SETTINGS,
       stages,
       classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 1000 }],
       slaOverrides: { handheld: { short: 100 } },
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
     });
-    server = new PlannerServer({
-      maker,
-      log: createLogger({ name: 'test', level: 'silent' }),
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: '',
-      clientTtlMs: 60_000,
-      debounceMs: 5,
-      idleUtilisation: 0,
-    });
-    const { port } = await server.start();
-    addr = `127.0.0.1:${port}`;
+    ({ server, addr } = await startPlanner(maker, nats.url, { debounceMs: 5 }));
     nc = await connect({ servers: nats.url });
   });
 
@@ -126,32 +111,24 @@ describe('tandem plans against a real planner', () => {
   it('shows what the planner observed of the outcomes an agent published, predicted against observed', async () => {
     const plan = server.plans().find((p) => p.clientId === 'dev-1')!;
     const c = plan.classes[0];
-    const outcome = (ok: boolean, e2eMs: number): GenerationOutcome => ({
-      clientId: 'dev-1',
-      clientClass: 'handheld',
-      modelId: 'm',
-      requestClass: 'short',
-      placement: c.placement,
-      planEpoch: plan.epoch,
-      promptTokens: 10,
-      newTokens: ok ? 1 : 0,
-      predictedE2eMs: c.predictedLatencyMs,
-      predictedTtftMs: 0,
-      predictedTpotMs: 0,
-      ttftMs: ok ? e2eMs : 0,
-      tpotMs: 0,
-      e2eMs,
-      serverComputeMs: 1,
-      serverQueueMs: 0,
-      slaMs: c.slaMs,
-      ttftSloMs: 0,
-      tpotSloMs: 0,
-      slaMet: ok && e2eMs <= c.slaMs,
-      ttftMet: true,
-      tpotMet: true,
-      status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
-      unixMs: Date.now(),
-    });
+    const outcome = (ok: boolean, e2eMs: number): GenerationOutcome =>
+      generationOutcome({
+        clientId: 'dev-1',
+        clientClass: 'handheld',
+        placement: c.placement,
+        planEpoch: plan.epoch,
+        promptTokens: 10,
+        newTokens: ok ? 1 : 0,
+        predictedE2eMs: c.predictedLatencyMs,
+        predictedTtftMs: 0,
+        predictedTpotMs: 0,
+        ttftMs: ok ? e2eMs : 0,
+        tpotMs: 0,
+        e2eMs,
+        slaMs: c.slaMs,
+        slaMet: ok && e2eMs <= c.slaMs,
+        status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
+      });
     // five generations that met the SLA in 30 ms each (the plan predicted about 21), then one that failed
     for (let i = 0; i < 5; i++) nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(true, 30)).finish());
     nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(false, 4)).finish());
@@ -223,27 +200,8 @@ describe('tandem plans pages through a planner with many clients', () => {
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    const maker = new PlanMaker({
-      stages,
-      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
-    server = new PlannerServer({
-      maker,
-      log: createLogger({ name: 'test', level: 'silent' }),
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: '',
-      clientTtlMs: 600_000,
-      debounceMs: 1000,
-      idleUtilisation: 0,
-    });
-    addr = `127.0.0.1:${(await server.start()).port}`;
+    const maker = new PlanMaker({ ...PLAN_SETTINGS, stages, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }] });
+    ({ server, addr } = await startPlanner(maker, nats.url, { clientTtlMs: 600_000, debounceMs: 1000 }));
     server.onLoad(load);
     for (let i = 0; i < N; i++) server.onProfile({ ...profile, clientId: `dev-${String(i).padStart(4, '0')}` });
     server.replan();

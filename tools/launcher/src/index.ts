@@ -8,5 +8,5 @@ export { serviceEnv } from './env';
 export type { AppName } from './env';
 export { launchService, ServiceProcess, startService, stopServices } from './service';
 export type { LaunchOptions } from './service';
-export { affinityOf, cpuSeconds, hasTaskset, pinProcess, rssBytes, runQueueWaitSeconds } from './proc';
+export { affinityOf, cpuBusySeconds, cpuSeconds, hasTaskset, pinProcess, rssBytes, runQueueWaitSeconds } from './proc';
 export { CACHE_SEED, ensurePresetModel, presetModelDir } from './model-cache';

@@ -54,6 +54,25 @@ export function runQueueWaitSeconds(pid: number): number {
   }
 }
 
+/**
+ * Time CPU `cpu` spent busy so far, s: every state of its /proc/stat line but idle and iowait
+ * (user, nice, system, irq, softirq, steal; guest time is inside user). With a process pinned
+ * alone to that CPU, this minus the process's own CPU time is what other work (other
+ * processes, interrupts, the hypervisor's steal) took from its core. NaN when unreadable.
+ */
+export function cpuBusySeconds(cpu: number): number {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith(`cpu${cpu} `));
+    if (!line) return NaN;
+    const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+    return (user + nice + system + irq + softirq + (steal || 0)) / clockTicks();
+  } catch {
+    return NaN;
+  }
+}
+
 /** Resident set of a process, bytes. */
 export function rssBytes(pid: number): number {
   try {

@@ -1,7 +1,8 @@
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensurePresetModel, launchService, presetModelDir, runQueueWaitSeconds, serviceEnv } from '../src';
+import { cpus } from 'node:os';
+import { cpuBusySeconds, cpuSeconds, ensurePresetModel, launchService, presetModelDir, runQueueWaitSeconds, serviceEnv } from '../src';
 
 let dir: string;
 beforeAll(() => {
@@ -86,5 +87,18 @@ describe('/proc', () => {
     expect(Number.isFinite(a) && a >= 0).toBe(true);
     expect(runQueueWaitSeconds(process.pid)).toBeGreaterThanOrEqual(a);
     expect(runQueueWaitSeconds(2 ** 22 + 12345)).toBeNaN();
+  });
+
+  it("reads each CPU's busy time from /proc/stat: the CPUs together grow by at least what this process spent", () => {
+    const total = (): number => cpus().reduce((a, _, i) => a + cpuBusySeconds(i), 0);
+    const busy0 = total();
+    const own0 = cpuSeconds(process.pid);
+    const until = performance.now() + 300;
+    while (performance.now() < until); // spin
+    const own = cpuSeconds(process.pid) - own0;
+    expect(own).toBeGreaterThan(0.2);
+    // Clock ticks are 10 ms: allow one per CPU of rounding.
+    expect(total() - busy0).toBeGreaterThanOrEqual(own - 0.01 * (cpus().length + 1));
+    expect(cpuBusySeconds(4096)).toBeNaN();
   });
 });

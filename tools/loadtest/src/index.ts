@@ -6,7 +6,7 @@ export { arrivalTimes, buildTrace, promptPools } from './arrivals';
 export { dist, percentile, sloMet, summarize } from './metrics';
 export type { Dist, RequestRecord, RunStats } from './metrics';
 export { mergeSamples, predictionErrors, predictionSamples } from './prediction';
-export { buildReport, compare, predictionSection, ratios, spreadOf, summarizePolicy } from './report';
+export { buildReport, compare, predictionSection, ratios, serverContention, spreadOf, summarizePolicy } from './report';
 export type { LoadtestReport, ReportContext } from './report';
 export { deviceSide, runLoadtest } from './run';
 export type { LoadtestOptions, LoadtestRun, RateResult } from './run';

@@ -19,8 +19,18 @@
  * target, the spread is in the requests (queueing behind whoever arrived just before), not in
  * the model, and only a prediction made per request, from the server's state when it is
  * admitted, could be within it.
+ *
+ * `recent` tests that: a prediction made per request from what the server did just before it
+ * was sent, known at that moment: the median TTFT of the requests on the same placement whose
+ * first token arrived in the {@link RECENT_WINDOW_MS} before, plus (tokens − 1) × the median
+ * gap between their tokens in that window (the request's own length, as "E2E at length").
+ * What it cannot see is what arrives after the request: when it is no better than the plan or
+ * the floor, the spread comes from later arrivals, which no prediction at admission knows.
  */
 import { completed, percentile, tpotOf, ttftOf, type RequestRecord } from './metrics';
+
+/** How far back the per-request `recent` prediction looks, ms. */
+export const RECENT_WINDOW_MS = 2000;
 
 /** The ≥ 20 rule and the target: median |error| ≤ 10 %, p90 ≤ 25 %. */
 export const PREDICTION_LIMITS = { minRequests: 20, medianRel: 0.1, p90Rel: 0.25 } as const;
@@ -38,6 +48,8 @@ export interface PredictionSamples {
   readonly errors: Readonly<Record<PredictedFigure, readonly number[]>>;
   /** E2E errors of the hindsight constant (see the top of this file), one per predicted request. */
   readonly hindsight: readonly number[];
+  /** E2E errors of the per-request prediction from the recent past (see the top of this file), where the window held data. */
+  readonly recent: readonly number[];
 }
 
 /** Error statistics of one figure over a group. */
@@ -66,13 +78,65 @@ export interface PredictionGroup {
   readonly flagged: boolean | null;
   /** The error of the hindsight constant on E2E: the floor of any per-class prediction. */
   readonly hindsight: ErrorStats | null;
+  /** The error on E2E of a per-request prediction from the server's recent past. */
+  readonly recent: ErrorStats | null;
 }
 
-const emptyErrors = (): Record<PredictedFigure, number[]> => ({ e2e: [], e2eAtLength: [], ttft: [], tpot: [] });
+type MutableSamples = { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]>; hindsight: number[]; recent: number[] };
+const emptySamples = (): MutableSamples => ({
+  completed: 0,
+  unpredicted: 0,
+  errors: { e2e: [], e2eAtLength: [], ttft: [], tpot: [] },
+  hindsight: [],
+  recent: [],
+});
+
+/**
+ * The per-request prediction from the recent past (see the top of this file): for a record,
+ * its E2E predicted from the TTFTs and token gaps of the requests on the same placement seen in
+ * the {@link RECENT_WINDOW_MS} before it was sent; undefined when the window saw neither.
+ */
+function recentPast(records: readonly RequestRecord[]): (r: RequestRecord) => number | undefined {
+  /** Per placement: first-token arrivals (time, TTFT) and token gaps (time of the later token, gap), each sorted by time. */
+  const seen = new Map<string, { ttft: [number, number][]; gaps: [number, number][] }>();
+  for (const r of records) {
+    if (!completed(r) || r.tokenMs.length === 0) continue;
+    const s = seen.get(r.placement ?? '') ?? { ttft: [], gaps: [] };
+    seen.set(r.placement ?? '', s);
+    s.ttft.push([r.sentMs + r.tokenMs[0], r.tokenMs[0]]);
+    for (let i = 1; i < r.tokenMs.length; i++) s.gaps.push([r.sentMs + r.tokenMs[i], r.tokenMs[i] - r.tokenMs[i - 1]]);
+  }
+  for (const s of seen.values()) {
+    s.ttft.sort((a, b) => a[0] - b[0]);
+    s.gaps.sort((a, b) => a[0] - b[0]);
+  }
+  const within = (xs: [number, number][], from: number, to: number): number[] => {
+    let lo = 0;
+    let hi = xs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (xs[mid][0] < from) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: number[] = [];
+    for (let i = lo; i < xs.length && xs[i][0] < to; i++) out.push(xs[i][1]);
+    return out.sort((a, b) => a - b);
+  };
+  return (r) => {
+    const s = seen.get(r.placement ?? '');
+    if (!s) return undefined;
+    const ttft = within(s.ttft, r.sentMs - RECENT_WINDOW_MS, r.sentMs);
+    const gaps = within(s.gaps, r.sentMs - RECENT_WINDOW_MS, r.sentMs);
+    const tokens = r.tokenMs.length;
+    if (ttft.length === 0 || (tokens > 1 && gaps.length === 0)) return undefined;
+    return percentile(ttft, 50) + (tokens > 1 ? (tokens - 1) * percentile(gaps, 50) : 0);
+  };
+}
 
 /** Signed relative errors per 'device/requestClass' of a set of records. */
 export function predictionSamples(records: readonly RequestRecord[]): Record<string, PredictionSamples> {
-  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]>; hindsight: number[] }> = {};
+  const out: Record<string, MutableSamples> = {};
+  const recentOf = recentPast(records);
   /** E2E of the predicted requests per group and placement, for the hindsight constant. */
   const byPlacement = new Map<string, { group: string; e2e: number[] }>();
   const rel = (predicted: number | undefined, measured: number | null): number | null =>
@@ -80,7 +144,7 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
   for (const r of records) {
     if (!completed(r)) continue;
     const key = `${r.device}/${r.requestClass}`;
-    const g = (out[key] ??= { completed: 0, unpredicted: 0, errors: emptyErrors(), hindsight: [] });
+    const g = (out[key] ??= emptySamples());
     g.completed++;
     if (r.predictedE2eMs === undefined && r.predictedTtftMs === undefined) {
       g.unpredicted++;
@@ -98,6 +162,8 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
     add('e2eAtLength', rel(atLength, r.endMs));
     add('ttft', rel(r.predictedTtftMs, ttftOf(r)));
     add('tpot', rel(r.predictedTpotMs, tpotOf(r)));
+    const recent = recentOf(r);
+    if (recent !== undefined && r.endMs > 0) g.recent.push((recent - r.endMs) / r.endMs);
     if (r.endMs > 0) {
       const pk = `${key}\u0000${r.placement ?? ''}`;
       const b = byPlacement.get(pk) ?? { group: key, e2e: [] };
@@ -117,13 +183,14 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
 
 /** The union of several sample sets (e.g. every rate of a policy). */
 export function mergeSamples(sets: readonly Readonly<Record<string, PredictionSamples>>[]): Record<string, PredictionSamples> {
-  const out: Record<string, { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]>; hindsight: number[] }> = {};
+  const out: Record<string, MutableSamples> = {};
   for (const set of sets) {
     for (const [k, s] of Object.entries(set)) {
-      const g = (out[k] ??= { completed: 0, unpredicted: 0, errors: emptyErrors(), hindsight: [] });
+      const g = (out[k] ??= emptySamples());
       g.completed += s.completed;
       g.unpredicted += s.unpredicted;
       g.hindsight.push(...s.hindsight);
+      g.recent.push(...(s.recent ?? []));
       for (const f of PREDICTED_FIGURES) g.errors[f].push(...s.errors[f]);
     }
   }
@@ -167,6 +234,7 @@ export function predictionErrors(samples: Readonly<Record<string, PredictionSamp
             figures,
             flagged: figures.e2e?.flagged ?? null,
             hindsight: errorStats(s.hindsight),
+            recent: errorStats(s.recent ?? []),
           },
         ];
       }),

@@ -1,7 +1,7 @@
 import { SLO_KEYS } from '@tandem/dp';
 import { renderChart } from '@tandem/plot';
 import type { Attainment } from './metrics';
-import { mergeSamples, PREDICTION_LIMITS, predictionErrors, type ErrorStats, type PredictionGroup } from './prediction';
+import { mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
 import type { Policy } from './scenario';
 
@@ -293,19 +293,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     );
   }
   md.push('');
-  const contended = rows.filter((r) => r.serverRunQueueShare !== null && r.serverRunQueueShare > SERVER_CONTENDED);
-  if (contended.length) {
-    md.push('## Server core contended', '');
-    md.push(
-      `The executor's threads waited for a CPU (schedstat run-queue time, summed over its threads) for more than ${SERVER_CONTENDED} s per s of these runs: other work on the machine shared its core, so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`,
-      '',
-    );
-    for (const r of contended)
-      md.push(
-        `- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: waited ${fx(r.serverRunQueueShare, 2)} s per s, ran ${pct(r.serverCpuUtilisation)} of its core`,
-      );
-    md.push('');
-  }
+  md.push(...serverContention(rows, multi));
   md.push('## Device side', '');
   md.push(
     `Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
@@ -451,7 +439,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     ratios: rat,
     prediction: { limits: PREDICTION_LIMITS, byPolicy: prediction, byPolicySustained: sustainedPrediction },
     // Each run keeps its per-rate prediction error; the raw samples stay out of the file.
-    runs: rows.map(({ predictionSamples: _samples, ...r }) => r),
+    runs: rows.map(({ predictionSamples: _samples, records: _records, ...r }) => r),
   };
   return { json, markdown: `${md.join('\n')}\n`, svg };
 }
@@ -476,11 +464,14 @@ export function predictionSection(
       'E2E is the plan\'s figure, priced for the class\'s expected output length; "E2E at length" re-prices it for the tokens the request produced (predicted TTFT + (tokens − 1) × TPOT). ' +
       `"sustained" is E2E over only the rates where the policy kept ≥ ${(slaTarget * 100).toFixed(0)} % of requests good (beyond them the queue grows through the run, and a request's latency depends on when it arrived). ` +
       '"floor" is the error, over the same sustained rates, of the best constant known only in hindsight (the measured median E2E of the group\'s requests on the same placement): no per-class prediction can be better, so a floor **over** the target is spread in the requests themselves. ' +
+      `"recent past, sustained" is a prediction made per request when it was sent, from the TTFTs and token gaps of the requests on the same placement in the ${RECENT_WINDOW_MS / 1000} s before (the server's state at admission, as seen from outside): no better than the floor, the spread comes from what arrives after the request. ` +
       'Requests with no prediction (the all-server start-up plan, overrides) are counted apart and left out. Per-rate figures are in results.json (runs[].prediction).',
     '',
   );
-  md.push('| policy | device / request class | done | predicted | no prediction | E2E | E2E at length | TTFT | TPOT | E2E, sustained | floor, sustained |');
-  md.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  md.push(
+    '| policy | device / request class | done | predicted | no prediction | E2E | E2E at length | TTFT | TPOT | E2E, sustained | floor, sustained | recent past, sustained |',
+  );
+  md.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const p1 = (v: number): string => `${(v * 100).toFixed(1)} %`;
   const cell = (x: ErrorStats | null | undefined): string => {
     if (!x) return '–';
@@ -493,11 +484,34 @@ export function predictionSection(
       any = true;
       const sg = sustained[policy]?.[k];
       md.push(
-        `| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} | ${cell(sg?.figures.e2e)} | ${cell(sg?.hindsight)} |`,
+        `| ${policy} | ${k} | ${g.completed} | ${g.predicted} | ${g.unpredicted} | ${cell(g.figures.e2e)} | ${cell(g.figures.e2eAtLength)} | ${cell(g.figures.ttft)} | ${cell(g.figures.tpot)} | ${cell(sg?.figures.e2e)} | ${cell(sg?.hindsight)} | ${cell(sg?.recent)} |`,
       );
     }
   }
-  if (!any) md.push('| – | no completed requests | | | | | | | | | |');
+  if (!any) md.push('| – | no completed requests | | | | | | | | | | |');
   md.push('');
   return md;
+}
+
+/**
+ * The report's "Server core contended" section (empty when no run was): the runs where other
+ * work took more than {@link SERVER_CONTENDED} s per s of the executor's core. Pinned, that is
+ * the core's busy time beyond the executor's own CPU, which tells other work apart from the
+ * executor's threads waiting for each other; not pinned, only their run-queue wait is there.
+ */
+export function serverContention(rows: readonly RateResult[], multi: boolean): string[] {
+  const otherShare = (r: RateResult): number | null => r.serverCoreOtherShare ?? r.serverRunQueueShare;
+  const contended = rows.filter((r) => (otherShare(r) ?? 0) > SERVER_CONTENDED);
+  if (contended.length === 0) return [];
+  return [
+    '## Server core contended',
+    '',
+    `Other work took more than ${SERVER_CONTENDED} s per s of the executor's core in these runs (pinned: the core's busy time beyond the executor's own CPU, from /proc/stat; not pinned: the executor's threads' run-queue wait, from schedstat), so their server-side figures (latency, goodput, CPU per request) measure the machine, not the policy.`,
+    '',
+    ...contended.map(
+      (r) =>
+        `- ${multi ? `repeat ${r.repeat + 1}, ` : ''}${r.policy} @ ${r.rate} req/s: ${r.serverCoreOtherShare !== null ? `other work took ${fx(r.serverCoreOtherShare, 2)} s per s of the core` : `waited ${fx(r.serverRunQueueShare, 2)} s per s`}, the executor ran ${pct(r.serverCpuUtilisation)} of it`,
+    ),
+    '',
+  ];
 }

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
-import { affinityOf, hasTaskset, launchService, pinProcess, stopServices, type LaunchOptions, type ServiceProcess } from '@tandem/launcher';
+import { affinityOf, cpuBusySeconds, hasTaskset, launchService, pinProcess, stopServices, type LaunchOptions, type ServiceProcess } from '@tandem/launcher';
 import { modelIdOf, readManifest } from '@tandem/model';
 import { agentStatus, listPlans, type AgentServiceClient, type PlannerServiceClient } from '@tandem/protocol';
 import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
@@ -65,7 +65,11 @@ export interface DeviceSide {
   readonly limitedBy: readonly string[];
 }
 
-/** Run-queue seconds per second the executor's threads may wait before the report calls its core contended. */
+/**
+ * Share of the server core that other work may take (pinned: the core's busy time beyond the
+ * executor's own CPU; unpinned: the executor's threads' run-queue wait per second) before the
+ * report calls its core contended.
+ */
 export const SERVER_CONTENDED = 0.1;
 
 /** Thresholds of {@link DeviceSide.limitedBy}. */
@@ -92,6 +96,13 @@ export interface RateResult {
    * the machine, and the server-side figures are the machine's, not the policy's.
    */
   readonly serverRunQueueShare: number | null;
+  /**
+   * Time the server core (the executor pinned alone to it) was busy with anything but the
+   * executor, over the run's wall time: other processes, interrupts, the hypervisor's steal
+   * (/proc/stat for that CPU minus the executor's CPU time). Unlike the run-queue wait, the
+   * executor's own threads waiting for each other do not count. null when not pinned or unreadable.
+   */
+  readonly serverCoreOtherShare: number | null;
   /** Sum of the server compute the agents reported, s (cross-check of serverCpuS). */
   readonly reportedServerComputeS: number;
   /** Client-side CPU (agents) over the run, s. */
@@ -300,6 +311,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const clientCpu0 = agentCpu0 + (planner?.cpuSeconds() ?? 0) + ownCpu();
           const cpu0 = exec.cpuSeconds();
           const wait0 = exec.runQueueWaitSeconds();
+          const core0 = cpuBusySeconds(Number(SERVER_CPU));
           const wall0 = performance.now();
           const records = await replay(trace, agents, s.requestTimeoutMs, () => {
             done++;
@@ -308,6 +320,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const wallS = (performance.now() - wall0) / 1000;
           const serverCpuS = exec.cpuSeconds() - cpu0;
           const serverWaitS = exec.runQueueWaitSeconds() - wait0;
+          const coreOtherS = cpuBusySeconds(Number(SERVER_CPU)) - core0 - serverCpuS;
           const agentsCpuS = agentCpu() - agentCpu0;
           const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
           const stats = summarize(records, o.durationS);
@@ -325,6 +338,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
             serverCpuUtilisation: serverCpuS / wallS,
             serverRunQueueShare: Number.isFinite(serverWaitS) ? serverWaitS / wallS : null,
+            serverCoreOtherShare: pin && Number.isFinite(coreOtherS) ? Math.max(0, coreOtherS) / wallS : null,
             reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
             agentsCpuS,
             plans,

@@ -14,11 +14,13 @@ import {
   promptPools,
   ratios,
   scenarioPathOf,
+  serverContention,
   sloMet,
   spreadOf,
   summarize,
   summarizePolicy,
   validateScenario,
+  type RateResult,
   type RequestRecord,
   type Scenario,
 } from '../src';
@@ -35,6 +37,34 @@ function cvOf(xs: number[]): number {
   const m = mean(xs);
   return Math.sqrt(mean(xs.map((x) => (x - m) ** 2))) / m;
 }
+
+/** One policy at one rate as the harness reports it, with the figures the comparisons read. */
+const row = (
+  policy: 'server-only' | 'greedy' | 'dp',
+  rate: number,
+  cpu: number,
+  goodput: number,
+  att: number,
+  patch: Partial<RateResult> = {},
+): RateResult => ({
+  repeat: 0,
+  seed: 1,
+  policy,
+  rate,
+  serverCpuS: cpu,
+  serverCpuPerRequestS: cpu / 10,
+  serverCpuUtilisation: 0.5,
+  serverRunQueueShare: 0,
+  serverCoreOtherShare: 0,
+  reportedServerComputeS: cpu / 2,
+  agentsCpuS: 0,
+  plans: {},
+  deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
+  prediction: {},
+  predictionSamples: {},
+  stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
+  ...patch,
+});
 
 describe('arrivals', () => {
   const s = validateScenario(scenario());
@@ -182,23 +212,6 @@ describe('metrics', () => {
   });
 
   it('compares policies: CPU cut against server-only and goodput gain over greedy', () => {
-    const row = (policy: 'server-only' | 'greedy' | 'dp', rate: number, cpu: number, goodput: number, att: number) => ({
-      repeat: 0,
-      seed: 1,
-      policy,
-      rate,
-      serverCpuS: cpu,
-      serverCpuPerRequestS: cpu / 10,
-      serverCpuUtilisation: 0.5,
-      serverRunQueueShare: 0,
-      reportedServerComputeS: cpu / 2,
-      agentsCpuS: 0,
-      plans: {},
-      deviceSide: deviceSide([], null, new Map(), 0, 0, 1),
-      prediction: {},
-      predictionSamples: {},
-      stats: { ...summarize([], 1), requests: 10, completed: 10, metSla: Math.round(att * 10), goodput, slaAttainment: att },
-    });
     const rows = [
       row('server-only', 1, 3, 1, 1),
       row('server-only', 2, 3, 1.5, 0.8),
@@ -217,6 +230,23 @@ describe('metrics', () => {
     expect(r.map((x) => x.against)).toEqual(['server-only', 'greedy']);
     expect(r[0].cpuPerRequest).toMatchObject({ n: 1, median: 0.6 });
     expect(r[1].byRate[1].goodput!.median).toBeCloseTo(2 / 1.6, 9);
+  });
+
+  it("lists a run as contended by other work on the server core, not by the executor's own threads waiting for each other", () => {
+    const rows = [
+      // Pinned: the executor's threads waited 0.6 s per s, but nothing else ran on the core.
+      row('server-only', 1, 1, 1, 1, { serverRunQueueShare: 0.6, serverCoreOtherShare: 0.01 }),
+      // Pinned: other work took 0.3 s per s of the core.
+      row('dp', 1, 1, 1, 1, { serverRunQueueShare: 0.05, serverCoreOtherShare: 0.3 }),
+      // Not pinned: only the run-queue wait is known.
+      row('greedy', 2, 1, 1, 1, { serverRunQueueShare: 0.4, serverCoreOtherShare: null }),
+    ];
+    const md = serverContention(rows, false).join('\n');
+    expect(md).toMatch(/^## Server core contended/);
+    expect(md).not.toContain('server-only @ 1');
+    expect(md).toContain('- dp @ 1 req/s: other work took 0.30 s per s of the core, the executor ran 50.0 % of it');
+    expect(md).toContain('- greedy @ 2 req/s: waited 0.40 s per s, the executor ran 50.0 % of it');
+    expect(serverContention([rows[0]], false)).toEqual([]);
   });
 
   it('flags a rate where the emulated devices ran late or the client core was busy', () => {
@@ -318,6 +348,22 @@ describe('prediction error', () => {
     expect(g.figures.e2e!.medianAbs).toBeGreaterThan(3);
   });
 
+  it('predicts each request from the recent past: TTFT and token gaps seen on its placement in the window before it was sent', () => {
+    const r0 = rec({ index: 0, sentMs: 0, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
+    // Sent 1 s later: the window saw r0's first token (TTFT 40) and its gaps (30, 30): predicts 40 + 2 × 30 = 100, as measured.
+    const r1 = rec({ index: 1, sentMs: 1000, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
+    // Sent at 1.5 s and measured at 200: the window saw both (median TTFT 40, gaps 30): predicts 100, error −50 %.
+    const r2 = rec({ index: 2, sentMs: 1500, placement: 'SS', tokenMs: [80, 140, 200], endMs: 200 });
+    // Another placement saw nothing before it: no recent prediction.
+    const r3 = rec({ index: 3, sentMs: 1600, placement: 'CC', tokenMs: [10, 20, 30], endMs: 30 });
+    // Sent long after the others: its window is empty.
+    const r4 = rec({ index: 4, sentMs: 9000, placement: 'SS', tokenMs: [40, 70, 100], endMs: 100 });
+    const samples = predictionSamples([r0, r1, r2, r3, r4])['phone/chat'];
+    expect([...samples.recent].sort((a, b) => a - b)).toEqual([-0.5, 0]);
+    expect(predictionErrors({ x: samples }).x.recent).toMatchObject({ n: 2, medianAbs: 0.25, judged: false });
+    expect(mergeSamples([{ g: samples }, { g: samples }]).g.recent).toHaveLength(4);
+  });
+
   it('writes a Prediction error section per policy, with the flag and the too-few groups', () => {
     const md = predictionSection({ dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) }).join(
       '\n',
@@ -331,8 +377,8 @@ describe('prediction error', () => {
       { dp: predictionErrors(predictionSamples([...group(20, () => 150), ...group(3, () => 100, { device: 'laptop' })])) },
       sustained,
     ).join('\n');
-    expect(md2).toMatch(/\| dp \| phone\/chat \|.* \| 10\.0 % \/ 10\.0 % \(\+10\.0 %\) \| 0\.0 % \/ 0\.0 % \(0\.0 %\) \|$/m);
-    expect(md2).toMatch(/\| dp \| laptop\/chat \|.* \| – \| – \|$/m);
+    expect(md2).toMatch(/\| dp \| phone\/chat \|.* \| 10\.0 % \/ 10\.0 % \(\+10\.0 %\) \| 0\.0 % \/ 0\.0 % \(0\.0 %\) \| – \|$/m);
+    expect(md2).toMatch(/\| dp \| laptop\/chat \|.* \| – \| – \| – \|$/m);
   });
 });
 

@@ -42,7 +42,8 @@ pool), sleeping each stage's modelled cost, so many devices can share the client
   --repeats N       run the whole sweep N times (fresh services, seeds seed, seed+1, ...) and
                     report each ratio between policies with its spread (default 1)
   --emulation E     replay (default: the scenario's) or compute (devices run their stages)
-  --out DIR         where to write results.json, results.md, goodput.svg and logs/
+  --out DIR         where to write results.json, results.md, goodput.svg, records.jsonl (one
+                    line per request) and logs/
                     (default ./loadtest-out)
   --json            print results.json to stdout instead of the markdown
   --preset NAME     model preset (default: the scenario's, normally small); created in
@@ -139,6 +140,7 @@ export const loadtestCommand: Command = {
       logDir: join(outDir, 'logs'),
       natsUrl: args.flags.get('nats'),
       pin: !args.switches.has('no-pin'),
+      keepRecords: true,
       note,
       onProgress: (done, total, what) => {
         const p = Math.floor((100 * done) / Math.max(1, total));
@@ -167,7 +169,10 @@ export const loadtestCommand: Command = {
     writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(report.json, null, 2)}\n`);
     writeFileSync(join(outDir, 'results.md'), report.markdown);
     writeFileSync(join(outDir, 'goodput.svg'), report.svg);
-    note(`wrote results.json, results.md, goodput.svg in ${outDir} (${((performance.now() - started) / 1000).toFixed(0)} s)`);
+    // Every request of every run, one JSON object a line, for analysis beyond the report.
+    const lines = run.results.flatMap((r) => (r.records ?? []).map((rec) => JSON.stringify({ repeat: r.repeat, policy: r.policy, rate: r.rate, ...rec })));
+    writeFileSync(join(outDir, 'records.jsonl'), lines.length ? `${lines.join('\n')}\n` : '');
+    note(`wrote results.json, results.md, goodput.svg, records.jsonl in ${outDir} (${((performance.now() - started) / 1000).toFixed(0)} s)`);
     if (args.switches.has('json')) printJson(io, report.json);
     else io.stdout.write(report.markdown);
     return 0;

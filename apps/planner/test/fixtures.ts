@@ -1,0 +1,55 @@
+import { createLogger } from '@tandem/service-kit';
+import { PLAN_SETTINGS } from '@tandem/testkit';
+import { PlanMaker, type PlanMakerOptions, type PlannerServerOptions } from '../src';
+
+// What the planner's tests plan with: the stages of their model, their request class and the
+// PlanMaker settings they share. The telemetry they send is @tandem/testkit's (clientProfile,
+// serverLoad, generationOutcome).
+
+/**
+ * The hand-checkable model of the planner's tests: three stages, each moving 8 (the token ids)
+ * or 256 bytes a token into it.
+ */
+export const THREE_STAGES = [
+  { name: 'embed', inBytesPerToken: 8 },
+  { name: 'block', inBytesPerToken: 256 },
+  { name: 'head', inBytesPerToken: 256 },
+];
+
+/** A two-layer model cut at every sub-layer: six stages. */
+export const SIX_STAGES = ['embed', 'block.0.attn', 'block.0.mlp', 'block.1.attn', 'block.1.mlp', 'head'].map((name, i) => ({
+  name,
+  inBytesPerToken: i === 0 ? 8 : 256,
+}));
+
+/** The hand-checkable class: 10-token prompts, one new token, an SLA of 100 ms. */
+export const SHORT_CLASS = { name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 };
+
+/** A DP planner of SHORT_CLASS on THREE_STAGES (hysteresis 5 %, SLA margin 0.9, 0.5 ms resolution, utilisation up to 0.9), with `over` on top. */
+export function makerOptions(over: Partial<PlanMakerOptions> = {}): PlanMakerOptions {
+  return {
+    stages: THREE_STAGES,
+    classes: [SHORT_CLASS],
+    ...PLAN_SETTINGS,
+    ...over,
+  };
+}
+
+/**
+ * A silent planner of model 'm' on 127.0.0.1 port 0 planning with makerOptions(): clients kept
+ * 60 s, no debounce, work minimised at any load, its NATS URL one that answers nothing; with
+ * `over` on top.
+ */
+export function plannerOptions(over: Partial<PlannerServerOptions> = {}): PlannerServerOptions {
+  return {
+    maker: new PlanMaker(makerOptions()),
+    log: createLogger({ name: 'test', level: 'silent' }),
+    address: '127.0.0.1:0',
+    natsUrl: 'nats://127.0.0.1:1',
+    modelId: 'm',
+    clientTtlMs: 60_000,
+    debounceMs: 0,
+    idleUtilisation: 0,
+    ...over,
+  };
+}

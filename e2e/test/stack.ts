@@ -1,0 +1,129 @@
+import { ClientAgent, LinkEmulator, type ClientAgentOptions } from '@tandem/client-agent';
+import { PlanMaker, PlannerServer, type PlannerServerOptions, type RequestClass } from '@tandem/planner';
+import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
+import type { Logger } from '@tandem/service-kit';
+import { PLAN_SETTINGS } from '@tandem/testkit';
+import type { TestCredentials } from './credentials';
+
+// The services of the end-to-end tests, started in this process as deployed (e2e/test/credentials.ts):
+// every gRPC port serves mTLS with bearer tokens, and with a nats-server each service connects as
+// its own NATS user. A test states only what its scenario is about.
+
+/** Largest gRPC message of the services and the tests' clients. */
+export const MAX_MESSAGE_BYTES = 8 << 20;
+
+/** What the services of one test share: its logger, its credentials, its nats-server (none: no NATS) and how often they publish telemetry. */
+export interface Deployment {
+  readonly log: Logger;
+  readonly creds: TestCredentials;
+  readonly natsUrl?: string;
+  readonly telemetryIntervalMs: number;
+}
+
+/** A service started on 127.0.0.1 port 0: the port it was given, and host:port. */
+export interface Started<T> {
+  readonly server: T;
+  readonly port: number;
+  readonly addr: string;
+}
+
+/** `server` started: where it listens. */
+async function started<T extends { start(): Promise<{ port: number }> }>(server: T): Promise<Started<T>> {
+  const { port } = await server.start();
+  return { server, port, addr: `127.0.0.1:${port}` };
+}
+
+/** Stages 0 to count - 1: a device holding the whole model. */
+export const allStages = (count: number): number[] => Array.from({ length: count }, (_, i) => i);
+
+/** The NATS URL of `d` and the credentials of its user `id`, or nothing when `d` has no nats-server. */
+const natsOf = (d: Deployment, id: string): { natsUrl?: string; natsAuth?: ReturnType<TestCredentials['natsAuth']> } =>
+  d.natsUrl === undefined ? {} : { natsUrl: d.natsUrl, natsAuth: d.creds.natsAuth(id) };
+
+/**
+ * Starts executor 'exec' on `engine`: 16 sessions, the model's full context, batching (8 per
+ * batch), a 30 s idle timeout; with `over` on top.
+ */
+export async function startExecutor(engine: StageEngine, d: Deployment, over: Partial<ExecutorServerOptions> = {}): Promise<Started<ExecutorServer>> {
+  const server = new ExecutorServer({
+    engine,
+    log: d.log,
+    address: '127.0.0.1:0',
+    serverId: 'exec',
+    maxSessions: 16,
+    maxContextTokens: 0,
+    maxMessageBytes: MAX_MESSAGE_BYTES,
+    batching: true,
+    maxBatch: 8,
+    idleTimeoutMs: 30_000,
+    telemetryIntervalMs: d.telemetryIntervalMs,
+    security: d.creds.serverSecurity(),
+    ...natsOf(d, 'exec'),
+    ...over,
+  });
+  return started(server);
+}
+
+/**
+ * A DP planner of one request class, `short` (prompts up to 16 tokens, SLA 10 s unless `cls`
+ * says otherwise), over `stageCount` stages moving 8 bytes a token into the first and 256 into
+ * each other.
+ */
+export function planMaker(stageCount: number, cls: Partial<RequestClass> & { expectedNewTokens: number }): PlanMaker {
+  return new PlanMaker({
+    stages: allStages(stageCount).map((i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
+    classes: [{ name: 'short', maxPromptTokens: 16, slaMs: 10_000, ...cls }],
+    ...PLAN_SETTINGS,
+  });
+}
+
+/** Starts the planner of model `modelId` with `maker` (clients kept 60 s, work minimised at any load), as NATS user 'planner'; with `over` on top. */
+export async function startPlanner(
+  maker: PlanMaker,
+  modelId: string,
+  d: Deployment & { natsUrl: string },
+  over: Partial<PlannerServerOptions> = {},
+): Promise<Started<PlannerServer>> {
+  const server = new PlannerServer({
+    maker,
+    log: d.log,
+    address: '127.0.0.1:0',
+    modelId,
+    clientTtlMs: 60_000,
+    debounceMs: 20,
+    idleUtilisation: 0,
+    security: d.creds.serverSecurity(),
+    natsUrl: d.natsUrl,
+    natsAuth: d.creds.natsAuth('planner'),
+    ...over,
+  });
+  return started(server);
+}
+
+/** What an agent must be told: its model, its id, its stages and its executor. */
+export type AgentBasics = Pick<ClientAgentOptions, 'modelDir' | 'modelId' | 'clientId' | 'stages' | 'executorAddr'>;
+
+/**
+ * Starts agent `clientId` of class 'default' (one thread, no slow-down, an instant link, a 30 s
+ * deadline), calling upstream with its own client certificate and token and publishing as its
+ * NATS user; with `over` on top.
+ */
+export async function startAgent(basics: AgentBasics, d: Deployment, over: Partial<ClientAgentOptions> = {}): Promise<Started<ClientAgent>> {
+  const server = new ClientAgent({
+    clientClass: 'default',
+    address: '127.0.0.1:0',
+    threads: 1,
+    slowdown: 1,
+    link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+    telemetryIntervalMs: d.telemetryIntervalMs,
+    deadlineMs: 30_000,
+    maxMessageBytes: MAX_MESSAGE_BYTES,
+    log: d.log,
+    security: d.creds.serverSecurity(),
+    upstream: d.creds.clientSecurity(basics.clientId),
+    ...natsOf(d, basics.clientId),
+    ...basics,
+    ...over,
+  });
+  return started(server);
+}
