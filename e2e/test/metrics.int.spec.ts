@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
-import { AGENT_SERVICE_NAME, ClientAgent, LinkEmulator } from '@tandem/client-agent';
-import { PLANNER_SERVICE_NAME, PlanMaker, PlannerServer } from '@tandem/planner';
+import { AGENT_SERVICE_NAME, type ClientAgent } from '@tandem/client-agent';
+import { PLANNER_SERVICE_NAME, type PlannerServer } from '@tandem/planner';
 import {
   agentStatus,
   AgentServiceClient,
@@ -11,17 +11,20 @@ import {
   type GenerateResponse,
   type HealthCheckResponse,
 } from '@tandem/protocol';
-import { EXECUTOR_SERVICE_NAME, ExecutorServer, OnnxStageEngine } from '@tandem/server-executor';
+import { EXECUTOR_SERVICE_NAME, OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, sampleValue, scrapeMetrics, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+
+import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
 const NEW_TOKENS = 4;
 
-/** Health Check of `service` on `addr` (plaintext). */
-async function check(addr: string, service: string): Promise<ServingStatus> {
-  const hc = new HealthClient(addr, grpc.credentials.createInsecure());
+/** Health Check of `service` on `addr` (mTLS, as an operator would probe). */
+async function check(creds: TestCredentials, addr: string, service: string): Promise<ServingStatus> {
+  const hc = new HealthClient(addr, ...creds.clientArgs());
   try {
     const r = await new Promise<HealthCheckResponse>((resolve, reject) => hc.check({ service }, (e, x) => (e ? reject(e) : resolve(x))));
     return r.status;
@@ -42,7 +45,7 @@ async function scraped(port: number | undefined): Promise<(series: string) => nu
   };
 }
 
-describe('metrics and health by service name across a real stack (executor, planner, agent)', () => {
+describe('metrics and health by service name across a real stack as deployed (mTLS, tokens, NATS users)', () => {
   let model: TempModel;
   let nats: NatsServerHandle;
   let executor: ExecutorServer;
@@ -51,70 +54,29 @@ describe('metrics and health by service name across a real stack (executor, plan
   let client: AgentServiceClient;
   const addrs: Record<string, string> = {};
   let stageCount: number;
+  let creds: TestCredentials;
 
   beforeAll(async () => {
+    creds = makeCredentials({ agents: ['dev-metrics'], executors: ['exec'] });
     model = await makeTempModel();
-    nats = await startNatsServer();
+    nats = await creds.startNats();
+    const d: Deployment & { natsUrl: string } = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
-    executor = new ExecutorServer({
-      engine,
-      log,
-      address: '127.0.0.1:0',
-      serverId: 'exec',
-      maxSessions: 16,
-      maxContextTokens: 0,
-      maxMessageBytes: 8 << 20,
-      batching: true,
-      maxBatch: 8,
-      idleTimeoutMs: 30_000,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      metricsPort: 0,
-    });
-    addrs.executor = `127.0.0.1:${(await executor.start()).port}`;
-    planner = new PlannerServer({
-      maker: new PlanMaker({
-        stages: Array.from({ length: stageCount }, (_, i) => ({ name: `s${i}`, inBytesPerToken: i === 0 ? 8 : 256 })),
-        classes: [{ name: 'short', maxPromptTokens: 16, expectedNewTokens: NEW_TOKENS, slaMs: 10_000 }],
-        slaOverrides: {},
-        algorithm: 'dp',
-        hysteresis: 0.05,
-        slaMargin: 0.9,
-        resolutionMs: 0.5,
-        maxUtilisation: 0.9,
-      }),
-      log,
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: engine.modelId,
-      clientTtlMs: 60_000,
-      debounceMs: 20,
-      idleUtilisation: 0,
-      metricsPort: 0,
-    });
-    addrs.planner = `127.0.0.1:${(await planner.start()).port}`;
-    agent = new ClientAgent({
-      modelDir: model.dir,
-      modelId: engine.modelId,
-      clientId: 'dev-metrics',
-      clientClass: 'default',
-      address: '127.0.0.1:0',
-      stages: Array.from({ length: stageCount }, (_, i) => i),
-      threads: 1,
-      slowdown: 1,
-      link: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-      executorAddr: addrs.executor,
-      plannerAddr: addrs.planner,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 100,
-      deadlineMs: 20_000,
-      maxMessageBytes: 8 << 20,
-      log,
-      metricsPort: 0,
-    });
-    addrs.agent = `127.0.0.1:${(await agent.start()).port}`;
-    client = new AgentServiceClient(addrs.agent, grpc.credentials.createInsecure());
+    const e = await startExecutor(engine, d, { metricsPort: 0 });
+    executor = e.server;
+    addrs.executor = e.addr;
+    const p = await startPlanner(planMaker(stageCount, { expectedNewTokens: NEW_TOKENS }), engine.modelId, d, { metricsPort: 0 });
+    planner = p.server;
+    addrs.planner = p.addr;
+    const a = await startAgent(
+      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-metrics', stages: allStages(stageCount), executorAddr: e.addr },
+      d,
+      { plannerAddr: p.addr, metricsPort: 0 },
+    );
+    agent = a.server;
+    addrs.agent = a.addr;
+    client = new AgentServiceClient(a.addr, ...creds.clientArgs('dev-metrics'));
     await eventually(async () => (await agentStatus(client)).planEpoch > 0, { timeoutMs: 15_000, what: 'a plan for the agent' });
   });
 
@@ -125,14 +87,15 @@ describe('metrics and health by service name across a real stack (executor, plan
     await executor?.stop({ graceMs: 100 });
     await nats?.stop();
     model?.remove();
+    creds?.remove();
   });
 
   it('answers health SERVING by each service name', async () => {
-    expect(await check(addrs.executor, EXECUTOR_SERVICE_NAME)).toBe(ServingStatus.SERVING);
-    expect(await check(addrs.planner, PLANNER_SERVICE_NAME)).toBe(ServingStatus.SERVING);
-    expect(await check(addrs.agent, AGENT_SERVICE_NAME)).toBe(ServingStatus.SERVING);
-    for (const a of Object.values(addrs)) expect(await check(a, '')).toBe(ServingStatus.SERVING);
-    await expect(check(addrs.agent, 'tandem.nothing.v1.Nothing')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    expect(await check(creds, addrs.executor, EXECUTOR_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    expect(await check(creds, addrs.planner, PLANNER_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    expect(await check(creds, addrs.agent, AGENT_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    for (const a of Object.values(addrs)) expect(await check(creds, a, '')).toBe(ServingStatus.SERVING);
+    await expect(check(creds, addrs.agent, 'tandem.nothing.v1.Nothing')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
   });
 
   it('counts generations by placement kind and status on the agent, matching the executor and the planner', async () => {

@@ -14,52 +14,31 @@ import {
   type ListPlansResponse,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { eventually, sampleValue, scrapeMetrics, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import {
+  clientProfile,
+  eventually,
+  generationOutcome,
+  sampleValue,
+  scrapeMetrics,
+  serverLoad,
+  startNatsServer,
+  stageTimes,
+  type NatsServerHandle,
+} from '@tandem/testkit';
 import { PLANNER_SERVICE_NAME, PlanMaker, PlannerServer } from '../src';
+import { makerOptions, plannerOptions } from './fixtures';
 
-// The client of outcomes.int.spec.ts: three stages, one class of 10-token prompts and one new
-// token, SLA 100 ms; a device slow at the head, so the plan is CCS (about 61 ms predicted).
-const STAGES = [
-  { name: 'embed', inBytesPerToken: 8 },
-  { name: 'block', inBytesPerToken: 256 },
-  { name: 'head', inBytesPerToken: 256 },
-];
-const profile = (clientId: string, decodeMs = [1, 5, 100]): ClientProfile => ({
-  clientId,
-  clientClass: 'default',
-  modelId: 'm',
-  unixMs: Date.now(),
-  planEpoch: 0,
-  stages: decodeMs.map((ms, stage) => ({ stage, prefillMsPerToken: ms, decodeMs: ms, samples: 3 })),
-  uplink: { latencyMs: 0, bytesPerMs: 1e6 },
-  downlink: { latencyMs: 0, bytesPerMs: 1e6 },
-});
-const LOAD: ServerLoad = {
-  serverId: 'srv',
-  modelId: 'm',
-  queueDepth: 0,
-  activeSessions: 0,
-  utilisation: 0,
-  unixMs: Date.now(),
-  meanQueueMs: 0,
-  overhead: undefined,
-  wholeModel: undefined,
-  decodeStretch: 0,
-  promptStretch: 0,
-  longPromptStretch: 0,
-  longStepTokens: 0,
-  stages: STAGES.map((_, stage) => ({ stage, prefillMsPerToken: 0.1, decodeMs: 0.1, samples: 3 })),
-};
+// The hand-checkable client of the planner's tests (fixtures.ts): three stages, one class of
+// 10-token prompts and one new token, SLA 100 ms; the plan is CCS (about 61 ms predicted).
+const profile = (clientId: string, ms = [1, 5, 100]): ClientProfile => clientProfile({ clientId, stages: stageTimes(ms) });
+const LOAD: ServerLoad = serverLoad();
 
 /** The outcome an agent following `plan` publishes: `ratio` x the predicted latency, or failed. */
 function outcomeOf(plan: ClientPlan, ok: boolean, ratio = 1): GenerationOutcome {
   const c = plan.classes[0];
   const e2eMs = c.predictedLatencyMs * ratio;
-  return {
+  return generationOutcome({
     clientId: plan.clientId,
-    clientClass: 'default',
-    modelId: 'm',
     requestClass: c.name,
     placement: c.placement,
     planEpoch: plan.epoch,
@@ -71,17 +50,10 @@ function outcomeOf(plan: ClientPlan, ok: boolean, ratio = 1): GenerationOutcome 
     ttftMs: ok ? e2eMs : 0,
     tpotMs: 0,
     e2eMs: ok ? e2eMs : 0,
-    serverComputeMs: 1,
-    serverQueueMs: 0,
     slaMs: c.slaMs,
-    ttftSloMs: 0,
-    tpotSloMs: 0,
     slaMet: ok && e2eMs <= c.slaMs,
-    ttftMet: true,
-    tpotMet: true,
     status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
-    unixMs: Date.now(),
-  };
+  });
 }
 
 describe('planner metrics on /metrics, with real telemetry over NATS', () => {
@@ -106,27 +78,7 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
 
   beforeAll(async () => {
     nats = await startNatsServer();
-    const maker = new PlanMaker({
-      stages: STAGES,
-      classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }],
-      slaOverrides: {},
-      algorithm: 'dp',
-      hysteresis: 0.05,
-      slaMargin: 0.9,
-      resolutionMs: 0.5,
-      maxUtilisation: 0.9,
-    });
-    server = new PlannerServer({
-      maker,
-      log: createLogger({ name: 'test', level: 'silent' }),
-      address: '127.0.0.1:0',
-      natsUrl: nats.url,
-      modelId: 'm',
-      clientTtlMs: 60_000,
-      debounceMs: 5,
-      idleUtilisation: 0,
-      metricsPort: 0,
-    });
+    server = new PlannerServer(plannerOptions({ maker: new PlanMaker(makerOptions()), natsUrl: nats.url, debounceMs: 5, metricsPort: 0 }));
     addr = `127.0.0.1:${(await server.start()).port}`;
     port = server.metrics.port ?? 0;
     client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
