@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { AGENT_SERVICE_NAME, type ClientAgent } from '@tandem/client-agent';
 import { PLANNER_SERVICE_NAME, type PlannerServer } from '@tandem/planner';
@@ -162,4 +164,28 @@ describe('metrics and health by service name across a real stack as deployed (mT
     const p = await scraped(planner.metrics.port);
     expect(p('tandem_planner_observed_latency_seconds_count{request_class="short",term="e2e"}')).toBe(met0 + 1);
   });
+});
+
+describe('a bad metrics port stops each service at start-up', () => {
+  const root = join(__dirname, '..', '..');
+  it.each([
+    ['server-executor', 'EXECUTOR_METRICS_PORT'],
+    ['planner', 'PLANNER_METRICS_PORT'],
+    ['client-agent', 'AGENT_METRICS_PORT'],
+  ])(
+    '%s exits 2 naming %s, the rule and the value',
+    (app, name) => {
+      const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', join(root, 'apps', app, 'src', 'main.ts')], {
+        cwd: root,
+        encoding: 'utf8',
+        env: { PATH: process.env.PATH ?? '', MODEL_DIR: '/nonexistent', [name]: '65536' },
+        timeout: 60_000,
+      });
+      expect({ status: r.status, stderr: r.stderr }).toEqual({
+        status: 2,
+        stderr: `${app}: invalid configuration:\n  ${name} must be an integer in 0..65535, given '65536'\n`,
+      });
+    },
+    70_000,
+  );
 });

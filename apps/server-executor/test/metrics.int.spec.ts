@@ -10,13 +10,7 @@ const NEW_TOKENS = 5;
 /** Health Check of `service` on `addr`. */
 function check(addr: string, service: string): Promise<HealthCheckResponse> {
   const hc = new HealthClient(addr, grpc.credentials.createInsecure());
-  return new Promise<HealthCheckResponse>((resolve, reject) =>
-    hc.check({ service }, (err, r) => {
-      hc.close();
-      if (err) reject(err);
-      else resolve(r);
-    }),
-  ).finally(() => hc.close());
+  return new Promise<HealthCheckResponse>((resolve, reject) => hc.check({ service }, (err, r) => (err ? reject(err) : resolve(r)))).finally(() => hc.close());
 }
 
 describe('executor metrics on /metrics, after real traffic', () => {
