@@ -1,6 +1,7 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
 import { ConfigError, env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
+import { DEFAULT_SHED_MAX_SLOWDOWN } from './plan-maker';
 import { DEFAULT_SHEDDING as S } from './shedding';
 
 /**
@@ -218,6 +219,12 @@ export const plannerEnv = {
     S.below,
     0.01,
     0.99,
+  ),
+  PLANNER_SHED_MAX_SLOWDOWN: env.number(
+    "A shed class gets the least-server-work plan that answers within this many times each of its SLOs; a class no plan serves within that is never shed (so a shed request is late, not lost to its caller's deadline)",
+    DEFAULT_SHED_MAX_SLOWDOWN,
+    1,
+    100,
   ),
   PLANNER_SHED_DWELL_MS: env.int('Time after a shed or a give-back before the next, ms (so the load reports see its effect)', S.dwellMs, 0, 3_600_000),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

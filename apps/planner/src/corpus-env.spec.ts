@@ -31,6 +31,7 @@ const cases: EnvCase[] = [
       ['PLANNER_CALIBRATION_CHANGE', 0, 10],
       ['PLANNER_SHED_ABOVE', 0.05, 1],
       ['PLANNER_SHED_BELOW', 0.01, 0.99],
+      ['PLANNER_SHED_MAX_SLOWDOWN', 1, 100],
     ],
     bool: ['PLANNER_LEARN', 'PLANNER_SHED'],
     oneOf: [

@@ -24,6 +24,7 @@ export async function main(): Promise<void> {
     serverLatency: config.PLANNER_SERVER_LATENCY,
     serverEntryMs: config.PLANNER_SERVER_ENTRY_MS,
     overload: config.PLANNER_SHED ? 'hold' : 'relieve',
+    shedMaxSlowdown: config.PLANNER_SHED_MAX_SLOWDOWN,
   });
   const calibrator = new Calibrator({
     learn: config.PLANNER_LEARN,

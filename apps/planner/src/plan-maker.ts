@@ -42,9 +42,9 @@ export interface ClassAdjustment {
   /** Places every stage on the server whatever the solver finds (the safety controller's floor). */
   readonly allServer: boolean;
   /**
-   * Places the class on its least-server-work plan whatever its SLOs (the overload shedder,
-   * shedding.ts: the server cannot serve it in time, so it relieves the server for the
-   * others). Wins over `allServer`.
+   * Places the class on its least-server-work plan within `shedMaxSlowdown` × its SLOs (the
+   * overload shedder, shedding.ts: the server cannot serve it in time, so it relieves the
+   * server for the others, served late but within that bound). Wins over `allServer`.
    */
   readonly shed?: boolean;
 }
@@ -88,7 +88,16 @@ export interface PlanMakerOptions {
    * the fastest placement only for a class no plan serves in time even at no load.
    */
   readonly overload?: 'relieve' | 'hold';
+  /**
+   * A shed class (ClassAdjustment.shed) gets the least-work plan that answers within this many
+   * times each of its SLOs as stated (priced at the current load); a class no plan serves
+   * within that is not shed. Default {@link DEFAULT_SHED_MAX_SLOWDOWN}.
+   */
+  readonly shedMaxSlowdown?: number;
 }
+
+/** Default PlanMakerOptions.shedMaxSlowdown: a shed request may take up to twice its SLOs. */
+export const DEFAULT_SHED_MAX_SLOWDOWN = 2;
 
 /** Client time of a stage the client cannot run: large enough that no SLA admits it, finite for the solvers. */
 export const UNRUNNABLE_MS = 1e12;
@@ -106,11 +115,16 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
   return { ...inst, slo };
 }
 
-/** The plan of least server work whatever the SLOs, priced on `inst` (a shed class, ClassAdjustment.shed). */
-function leastWork(inst: GenerationInstance, algorithm: Algorithm): GenerationResult {
-  // An SLO no runnable plan misses (a stage the client cannot run costs it UNRUNNABLE_MS).
-  const free = solveGeneration({ ...inst, slo: { e2eMs: UNRUNNABLE_MS / 2 } }, algorithm);
-  return generationResultOf(inst, free.algorithm, free.placement);
+/**
+ * The plan of least server work that answers within `slowdown` × each of the class's SLOs,
+ * priced on `inst` (a shed class, ClassAdjustment.shed: served late, but not unboundedly);
+ * undefined when no plan does.
+ */
+function leastWork(inst: GenerationInstance, algorithm: Algorithm, slowdown: number): GenerationResult | undefined {
+  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+  for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = (inst.slo[k] as number) * slowdown;
+  const bounded = solveGeneration({ ...inst, slo }, algorithm);
+  return bounded.feasible ? generationResultOf(inst, bounded.algorithm, bounded.placement) : undefined;
 }
 
 /** Every stage on the server, priced on `inst`: the safety controller's floor. */
@@ -299,8 +313,13 @@ export class PlanMaker {
         if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
       }
       if (adj?.allServer) best = allServer(inst, best);
-      if (adj?.shed) best = leastWork(inst, best.algorithm);
-      shedSaving?.push(best.feasible || adj?.shed ? 0 : Math.max(0, best.serverWork - leastWork(inst, best.algorithm).serverWork));
+      // The bound is on the SLOs as stated: the planning margin is taken out again.
+      const slowdown = (this.opts.shedMaxSlowdown ?? DEFAULT_SHED_MAX_SLOWDOWN) / this.opts.slaMargin;
+      if (adj?.shed) best = leastWork(inst, best.algorithm, slowdown) ?? best;
+      if (shedSaving) {
+        const shed = best.feasible || adj?.shed ? undefined : leastWork(inst, best.algorithm, slowdown);
+        shedSaving.push(shed ? Math.max(0, best.serverWork - shed.serverWork) : 0);
+      }
       const slos = this.slosFor(client.clientClass, cls);
       // TTFT of the same placement for a one-token prompt: the slope lets an agent predict a
       // request by its own prompt length, not the class's longest.
