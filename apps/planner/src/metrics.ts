@@ -12,6 +12,10 @@ export interface PlannerMetricSources {
   attainment(): ReadonlyMap<string, { attainment: number }>;
   /** PLANNER_SLO_TARGET. */
   readonly attainmentTarget: number;
+  /** (client, request class) pairs shed to their least-work plans now (shedding.ts). */
+  shedNow(): number;
+  /** Pairs shed and given back so far. */
+  shedChanges(): { readonly shed: number; readonly restored: number };
 }
 
 const TERMS = ['e2e', 'ttft', 'tpot'] as const;
@@ -99,6 +103,26 @@ export class PlannerMetrics {
       collect() {
         this.reset();
         for (const [c, a] of read.attainment()) this.set({ request_class: c }, a.attainment);
+      },
+    });
+    new Gauge({
+      name: 'tandem_planner_shed_classes',
+      help: '(client, request class) pairs the overload shedder has moved to their least-server-work plans now (PLANNER_SHED)',
+      registers,
+      collect() {
+        this.set(read.shedNow());
+      },
+    });
+    new Counter({
+      name: 'tandem_planner_shed_changes_total',
+      help: 'Pairs the overload shedder shed (change=shed) or gave back (change=restored)',
+      labelNames: ['change'],
+      registers,
+      collect() {
+        this.reset();
+        const c = read.shedChanges();
+        this.inc({ change: 'shed' }, c.shed);
+        this.inc({ change: 'restored' }, c.restored);
       },
     });
     new Gauge({

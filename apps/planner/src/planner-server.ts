@@ -386,6 +386,8 @@ export class PlannerServer {
         accepted: () => ({ ClientProfile: counters.profiles, ServerLoad: counters.loads, GenerationOutcome: counters.outcomes }),
         attainment: () => calibrator.attainmentByClass(),
         attainmentTarget: calibrator.opts.target,
+        shedNow: () => this.shedder?.shed.length ?? 0,
+        shedChanges: () => ({ shed: counters.shed, restored: counters.restored }),
       },
       [...this.classNames],
     );
