@@ -488,7 +488,7 @@ describe('faults with real services as child processes', () => {
         await service.kill();
         await proxy.close();
       }
-    }, 30_000);
+    }, 60_000);
 
     it('frees the sessions of an agent whose link is blackholed mid-generation (no FIN, no RST) within its keepalive, stops the server-side generation, keeps serving, and ends every caller with a clear status within its deadline', async () => {
       // The agent keeps the default keepalive (10 s + 5 s), longer than the callers' deadline: nothing tells it the link died.
@@ -556,7 +556,7 @@ describe('faults with real services as child processes', () => {
         await service.kill();
         await proxy.close();
       }
-    }, 30_000);
+    }, 60_000);
 
     it('with a short keepalive the agent finds a blackholed link dead and resumes its generations on a new connection, token-identical, long before their deadline; a request caught on the dead link ends with UNAVAILABLE when it is found', async () => {
       /** The agent's GRPC_KEEPALIVE_TIME_MS and GRPC_KEEPALIVE_TIMEOUT_MS. */
@@ -620,6 +620,6 @@ describe('faults with real services as child processes', () => {
         await service.kill();
         await proxy.close();
       }
-    }, 30_000);
+    }, 60_000);
   });
 });

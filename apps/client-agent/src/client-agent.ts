@@ -21,6 +21,8 @@ import {
   bindServer,
   clientOptions,
   errorEdge,
+  hostOf,
+  MetricsEndpoint,
   serverAuthOptions,
   serveWithEdge,
   shutdownServer,
@@ -37,6 +39,7 @@ import { toGrpcStatus } from './errors';
 import { generate, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
+import { AgentMetrics } from './metrics';
 import { buildOutcome, predictedOf, type Predicted } from './outcome';
 import { PlanFollower } from './plan-follower';
 import { RemoteSession } from './remote-session';
@@ -74,7 +77,12 @@ export interface ClientAgentOptions {
    * a new connection instead of waiting out their deadline.
    */
   readonly keepalive?: Keepalive;
+  /** Port of the Prometheus endpoint (GET /metrics) on the host of `address`; 0 picks a free one; undefined: none (the metrics are still kept, see `metrics`). */
+  readonly metricsPort?: number;
 }
+
+/** The agent's gRPC service name, as health reports it. */
+export const AGENT_SERVICE_NAME = 'tandem.agent.v1.AgentService';
 
 /** A Generate request after validation. */
 interface ValidRequest {
@@ -117,9 +125,14 @@ export class ClientAgent {
   private resumedGenerations = 0;
   private stopping = false;
   private readonly log: Logger;
+  /** The Prometheus registry and its endpoint (started when `metricsPort` is set). */
+  readonly metrics: MetricsEndpoint;
+  private readonly observed: AgentMetrics;
 
   constructor(private readonly opts: ClientAgentOptions) {
     this.log = opts.log.child({ component: 'agent', clientId: opts.clientId });
+    this.metrics = new MetricsEndpoint(this.log);
+    this.observed = new AgentMetrics(this.metrics.registry, { resumed: () => this.resumedGenerations });
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     this.executor = new ExecutorServiceClient(
       opts.executorAddr,
@@ -150,12 +163,16 @@ export class ClientAgent {
       },
       this.log,
     );
-    this.follower.onPlan(() => this.telemetry?.publishNow());
+    this.follower.onPlan(() => {
+      this.observed.planUpdated();
+      this.telemetry?.publishNow();
+    });
     this.follower.start();
     // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
     serveWithEdge(this.server, AgentServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
+    if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     await this.pingExecutor();
     this.pingTimer = setInterval(() => void this.pingExecutor(), 2000);
     this.pingTimer.unref();
@@ -172,6 +189,7 @@ export class ClientAgent {
       this.telemetry.start();
     }
     this.health.set('', ServingStatus.SERVING);
+    this.health.set(AGENT_SERVICE_NAME, ServingStatus.SERVING);
     this.log.info({ port, stages: this.opts.stages.length, slowdown: this.opts.slowdown }, 'agent ready');
     return { port };
   }
@@ -331,10 +349,12 @@ export class ClientAgent {
       this.local.disarm(); // generate() created its cache synchronously, before its first await
       stats = await running;
     } catch (err) {
+      this.observed.generation(chosen.placement, signal.aborted ? 'cancelled' : 'failed');
       if (!signal.aborted) report(false);
       throw err;
     }
     if (stats.resumes > 0) this.resumedGenerations++;
+    this.observed.generation(chosen.placement, 'ok', { e2eMs: stats.totalMs, ttftMs: stats.ttftMs });
     report(true, stats);
     return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
   }
@@ -395,6 +415,7 @@ export class ClientAgent {
     if (this.stopping) return;
     this.stopping = true;
     this.health.set('', ServingStatus.NOT_SERVING);
+    this.health.set(AGENT_SERVICE_NAME, ServingStatus.NOT_SERVING);
     const until = Date.now() + (opts.graceMs ?? 10_000);
     while (this.running.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     for (const ac of this.running) ac.abort(new Error('the agent is shutting down'));
@@ -402,6 +423,7 @@ export class ClientAgent {
     this.follower?.stop();
     this.health.closeWatchers();
     await shutdownServer(this.server);
+    await this.metrics.stop();
     this.executor.close();
     await this.telemetry?.stop();
     await this.local?.close();

@@ -1,4 +1,14 @@
-import { env, grpcKeepaliveEnv, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, upstreamSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import {
+  env,
+  grpcKeepaliveEnv,
+  loadEnv,
+  metricsPortEnv,
+  natsAuthEnv,
+  natsAuthFrom,
+  serverSecurityEnv,
+  upstreamSecurityEnv,
+  type EnvValues,
+} from '@tandem/service-kit';
 
 /** Every environment variable the client-agent reads, with its default. */
 export const agentEnv = {
@@ -6,6 +16,7 @@ export const agentEnv = {
   AGENT_ID: env.pattern("This device's id (telemetry subject and plan key)", 'agent-1', /^[A-Za-z0-9_-]{1,64}$/, '1..64 letters, digits, - or _'),
   AGENT_CLASS: env.string('Device class; selects the SLAs in the planner configuration', 'default'),
   AGENT_ADDR: env.string('Local gRPC address of the Generate API (port 0 picks a free port)', '127.0.0.1:50061'),
+  AGENT_METRICS_PORT: metricsPortEnv('AGENT_ADDR'),
   ...serverSecurityEnv,
   AGENT_STAGES: env.pattern("Stages this device may run: 'all' or a list like 0-3,7", 'all', /^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, "'all' or a list like 0-3,7"),
   AGENT_THREADS: env.int('onnxruntime intra-op threads for the local stages (0 lets onnxruntime choose)', 1, 0, 256),

@@ -9,6 +9,7 @@ const cases: EnvCase[] = [
   ...envCases(SERVICE_ENV_BOUNDS),
   ...envCases({
     int: [
+      ['AGENT_METRICS_PORT', 0, 65_535],
       ['AGENT_THREADS', 0, 256],
       ['TELEMETRY_INTERVAL_MS', 50, 3_600_000],
       ['AGENT_DEADLINE_MS', 100, 86_400_000],

@@ -1,7 +1,7 @@
 /** The client-agent's parts, for the launcher, tests and tools. */
 export { agentEnv, loadConfig, parseStageList } from './config';
 export type { AgentConfig } from './config';
-export { ClientAgent } from './client-agent';
+export { AGENT_SERVICE_NAME, ClientAgent } from './client-agent';
 export type { ClientAgentOptions } from './client-agent';
 export { LinkEmulator, LinkEstimator } from './link';
 export { ExecutorLostError, generate, isSessionLost, RESUME_MARGIN_MS, segmentsOf } from './generation';

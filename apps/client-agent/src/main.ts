@@ -66,9 +66,10 @@ export async function main(): Promise<void> {
     security,
     upstream,
     keepalive: keepaliveFrom(config),
+    metricsPort: config.AGENT_METRICS_PORT,
   });
   const { port } = await agent.start();
-  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'client-agent', id: config.AGENT_ID, port })}\n`);
+  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'client-agent', id: config.AGENT_ID, port, metricsPort: agent.metrics.port })}\n`);
   onShutdownSignal(() => agent.stop({ graceMs: config.AGENT_SHUTDOWN_GRACE_MS }));
 }
 

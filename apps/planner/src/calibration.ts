@@ -358,6 +358,26 @@ export class Calibrator {
     this.clients.delete(clientId);
   }
 
+  /**
+   * SLO attainment of the plans in force per request class, over every client with outcomes of
+   * its plan in force: each client's attainment weighted by those outcomes, and their sum. A
+   * class no client has such outcomes of is left out. O(clients × classes), for the metrics.
+   */
+  attainmentByClass(): Map<string, { attainment: number; outcomes: number }> {
+    const sums = new Map<string, { weighted: number; outcomes: number }>();
+    for (const classes of this.clients.values()) {
+      for (const [name, st] of classes) {
+        const n = st.attainment.count;
+        if (n === 0) continue;
+        const s = sums.get(name) ?? { weighted: 0, outcomes: 0 };
+        s.weighted += st.attainment.mean * n;
+        s.outcomes += n;
+        sums.set(name, s);
+      }
+    }
+    return new Map([...sums].map(([name, s]) => [name, { attainment: s.weighted / s.outcomes, outcomes: s.outcomes }]));
+  }
+
   /** What was observed of one client, per class in the order of `classes` (zero counts for a class with no outcome). */
   observations(clientId: string, classes: readonly string[]): ClassObservations[] {
     const m = this.clients.get(clientId);

@@ -1,5 +1,5 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { ConfigError, env, grpcKeepaliveEnv, loadEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
+import { ConfigError, env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
 import { DEFAULT_SHED_MAX_SLOWDOWN } from './plan-maker';
 import { DEFAULT_SHEDDING as S } from './shedding';
@@ -110,6 +110,7 @@ export function checkOverrides(v: unknown): Record<string, Record<string, number
 export const plannerEnv = {
   MODEL_DIR: env.string('Model directory: the planner reads its manifest for stage names and boundary sizes'),
   PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
+  PLANNER_METRICS_PORT: metricsPortEnv('PLANNER_ADDR'),
   ...serverSecurityEnv,
   ...grpcKeepaliveEnv,
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),

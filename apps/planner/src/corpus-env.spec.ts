@@ -9,6 +9,7 @@ const cases: EnvCase[] = [
   ...envCases(SERVICE_ENV_BOUNDS),
   ...envCases({
     int: [
+      ['PLANNER_METRICS_PORT', 0, 65_535],
       ['PLANNER_CLIENT_TTL_MS', 1000, 86_400_000],
       ['PLANNER_DEBOUNCE_MS', 0, 60_000],
       ['PLANNER_SLICE_MS', 1, 1000],

@@ -7,7 +7,15 @@ export { Calibrator, DEFAULT_CALIBRATION, OBSERVATION_WINDOW } from './calibrati
 export type { CalibrationOptions, RecordResult } from './calibration';
 export { MAX_OUTCOME_MS, validateOutcome } from './outcomes';
 export type { ValidOutcome } from './outcomes';
-export { clientIdOfPageToken, DEFAULT_PLANS_PAGE_SIZE, MAX_EXECUTORS, MAX_PLANS_PAGE_SIZE, pageTokenOf, PlannerServer } from './planner-server';
+export {
+  clientIdOfPageToken,
+  DEFAULT_PLANS_PAGE_SIZE,
+  MAX_EXECUTORS,
+  MAX_PLANS_PAGE_SIZE,
+  pageTokenOf,
+  PLANNER_SERVICE_NAME,
+  PlannerServer,
+} from './planner-server';
 export { TELEMETRY_LIMITS, TelemetryError, UNMEASURED_LINK_BYTES_PER_MS, validateLoad, validateProfile } from './telemetry';
 export type { TelemetryContext } from './telemetry';
 export type { PlannerServerOptions } from './planner-server';

@@ -55,13 +55,14 @@ export async function main(): Promise<void> {
     sliceMs: config.PLANNER_SLICE_MS,
     security,
     keepalive: keepaliveFrom(config),
+    metricsPort: config.PLANNER_METRICS_PORT,
   });
   // Last line of defence: the planner's own handlers catch what telemetry and planning throw
   // (planner-server.ts); anything that still escapes is logged and the planner keeps serving.
   process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception; the planner carries on'));
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection; the planner carries on'));
   const { port } = await server.start();
-  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port })}\n`);
+  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port, metricsPort: server.metrics.port })}\n`);
   onShutdownSignal(() => server.stop());
 }
 

@@ -23,6 +23,8 @@ import {
   checkIdentity,
   connectNats,
   errorEdge,
+  hostOf,
+  MetricsEndpoint,
   OPERATOR_IDENTITY,
   serverAuthOptions,
   serveWithEdge,
@@ -36,6 +38,7 @@ import {
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { Shedder, type ShedCandidate, type ShedOptions } from './shedding';
 import { toGrpcStatus } from './errors';
+import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
 import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
@@ -123,7 +126,12 @@ export interface PlannerServerOptions {
   readonly utilisationSmoothing?: number;
   /** Wall clock in Unix ms (injected for tests). */
   readonly now?: () => number;
+  /** Port of the Prometheus endpoint (GET /metrics) on the host of `address`; 0 picks a free one; undefined: none (the metrics are still kept, see `metrics`). */
+  readonly metricsPort?: number;
 }
+
+/** The planner's gRPC service name, as health reports it. */
+export const PLANNER_SERVICE_NAME = 'tandem.planner.v1.PlannerService';
 
 interface ClientState {
   /**
@@ -353,6 +361,9 @@ export class PlannerServer {
   };
   private readonly threshold: number;
   private readonly sliceMs: number;
+  /** The Prometheus registry and its endpoint (started when `metricsPort` is set). */
+  readonly metrics: MetricsEndpoint;
+  private readonly observed: PlannerMetrics;
 
   constructor(private readonly opts: PlannerServerOptions) {
     this.now = opts.now ?? Date.now;
@@ -364,6 +375,22 @@ export class PlannerServer {
     this.shedder = opts.shedding?.enabled && opts.maker.followsObjective ? new Shedder(opts.shedding) : undefined;
     this.classNames = new Set(opts.maker.opts.classes.map((c) => c.name));
     this.classIndex = new Map(opts.maker.opts.classes.map((c, i) => [c.name, i]));
+    this.metrics = new MetricsEndpoint(this.log);
+    const counters = this.counters;
+    const calibrator = this.calibrator;
+    this.observed = new PlannerMetrics(
+      this.metrics.registry,
+      {
+        clients: () => this.clients.size,
+        dropped: () => counters.dropped,
+        accepted: () => ({ ClientProfile: counters.profiles, ServerLoad: counters.loads, GenerationOutcome: counters.outcomes }),
+        attainment: () => calibrator.attainmentByClass(),
+        attainmentTarget: calibrator.opts.target,
+        shedNow: () => this.shedder?.shed.length ?? 0,
+        shedChanges: () => ({ shed: counters.shed, restored: counters.restored }),
+      },
+      [...this.classNames],
+    );
   }
 
   async start(): Promise<{ port: number }> {
@@ -371,12 +398,14 @@ export class PlannerServer {
     serveWithEdge(this.server, PlannerServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
+    if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
     this.subscribe(this.nc);
     await this.nc.flush();
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
     this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
+    this.health.set(PLANNER_SERVICE_NAME, ServingStatus.SERVING);
     this.log.info(
       {
         port,
@@ -459,6 +488,7 @@ export class PlannerServer {
       return;
     }
     this.counters.outcomes++;
+    this.observed.outcome(v);
     const classIndex = this.classIndex.get(v.requestClass); // validateOutcome let in only a class of classNames: always found
     if (classIndex === undefined)
       throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
@@ -702,6 +732,7 @@ export class PlannerServer {
   /** One info line per round that changed a plan or failed to plan a client (per-client changes are logged at debug). */
   private endRound(): void {
     const r = this.round;
+    this.observed.replanRound(performance.now() - r.startedMs);
     if (r.changed === 0 && r.errors === 0) return;
     this.log.info(
       {
@@ -767,6 +798,7 @@ export class PlannerServer {
     }
     st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
     this.round.changed++;
+    this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) {
       w.write({ plan: st.plan });
@@ -913,10 +945,12 @@ export class PlannerServer {
     clearTimeout(this.replanTimer);
     clearInterval(this.sweepTimer);
     this.health.set('', ServingStatus.NOT_SERVING);
+    this.health.set(PLANNER_SERVICE_NAME, ServingStatus.NOT_SERVING);
     for (const set of this.watchers.values()) for (const w of set) w.end();
     this.watchers.clear();
     this.health.closeWatchers();
     await shutdownServer(this.server);
+    await this.metrics.stop();
     if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));
   }
 }

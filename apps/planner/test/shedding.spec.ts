@@ -1,4 +1,4 @@
-import { clientProfile, generationOutcome, serverLoad, stageTimes } from '@tandem/testkit';
+import { clientProfile, generationOutcome, sampleValue, serverLoad, stageTimes } from '@tandem/testkit';
 import { makerOptions, plannerOptions } from './fixtures';
 import { PlanMaker, type PlanMakerOptions } from '../src/plan-maker';
 import { PlannerServer } from '../src/planner-server';
@@ -52,7 +52,7 @@ describe('a class whose plans all miss at the load (PlanMaker)', () => {
 });
 
 describe('the overload shedder in the planner', () => {
-  it('sheds an overloaded server the class that saves the most, gives it back once the server has room, and keeps its misses out of the calibration', () => {
+  it('sheds an overloaded server the class that saves the most, gives it back once the server has room, and keeps its misses out of the calibration', async () => {
     let now = 1_000_000;
     const p = new PlannerServer(
       plannerOptions({
@@ -86,6 +86,9 @@ describe('the overload shedder in the planner', () => {
     expect(p.shedClasses).toEqual(['a/short']);
     expect(p.plans()[0].classes[0].placement).toBe('CCC');
     expect(p.counters.shed).toBe(1);
+    const scraped = async (series: string): Promise<number | undefined> => sampleValue(await p.metrics.registry.metrics(), series);
+    expect(await scraped('tandem_planner_shed_classes')).toBe(1);
+    expect(await scraped('tandem_planner_shed_changes_total{change="shed"}')).toBe(1);
     // Its misses while shed are not the plan's: the calibration does not take them (nor tighten it).
     const before = p.observations()[0].classes[0].outcomes;
     expect(before).toBe(50);
@@ -104,6 +107,8 @@ describe('the overload shedder in the planner', () => {
     p.replan();
     expect(p.shedClasses).toEqual([]);
     expect(p.counters.restored).toBe(1);
+    expect(await scraped('tandem_planner_shed_classes')).toBe(0);
+    expect(await scraped('tandem_planner_shed_changes_total{change="restored"}')).toBe(1);
     expect(p.plans()[0].classes[0].placement).toBe('CSS');
   });
 

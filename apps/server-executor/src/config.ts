@@ -1,4 +1,4 @@
-import { env, grpcKeepaliveEnv, loadEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
+import { env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Default of EXECUTOR_MAX_BATCH_TOKENS (also the scheduler's when a caller sets none). */
 export const DEFAULT_MAX_BATCH_TOKENS = 4096;
@@ -12,6 +12,7 @@ export const DEFAULT_PREFILL_STALL_MS = 10;
 export const executorEnv = {
   MODEL_DIR: env.string('Model directory (tandem-model/1) whose stages this executor serves'),
   EXECUTOR_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50051'),
+  EXECUTOR_METRICS_PORT: metricsPortEnv('EXECUTOR_ADDR'),
   ...serverSecurityEnv,
   ...grpcKeepaliveEnv,
   EXECUTOR_ID: env.string('Id in telemetry and logs', 'executor'),

@@ -10,6 +10,7 @@ const cases: EnvCase[] = [
   ...envCases(SERVICE_ENV_BOUNDS),
   ...envCases({
     int: [
+      ['EXECUTOR_METRICS_PORT', 0, 65_535],
       ['EXECUTOR_MAX_SESSIONS', 1, 100_000],
       ['EXECUTOR_MAX_SESSIONS_PER_CLIENT', 0, 100_000],
       ['EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT', 0, 1_000_000],

@@ -16,6 +16,8 @@ import {
 import {
   bindServer,
   errorEdge,
+  hostOf,
+  MetricsEndpoint,
   serverAuthOptions,
   serveWithEdge,
   shutdownServer,
@@ -30,6 +32,7 @@ import type { StageEngine } from './engine';
 import { toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, KvBudget, kvBytesOf } from './kv-budget';
 import { LoadMeter, StepTotals, type ExecutorCounters, type LoadInterval } from './load-meter';
+import { ExecutorMetrics } from './metrics';
 import { mainThreadCpuMs } from './overhead';
 import { StageScheduler } from './scheduler';
 import { SplitSession, type TrafficCounters } from './split-session';
@@ -82,7 +85,12 @@ export interface ExecutorServerOptions {
    * would otherwise go on succeeding into buffers until it is done).
    */
   readonly keepalive?: Keepalive;
+  /** Port of the Prometheus endpoint (GET /metrics) on the host of `address`; 0 picks a free one; undefined: none (the metrics are still kept, see `metrics`). */
+  readonly metricsPort?: number;
 }
+
+/** The executor's gRPC service name, as health reports it. */
+export const EXECUTOR_SERVICE_NAME = 'tandem.executor.v1.ExecutorService';
 
 /**
  * The server-executor: serves split sessions over gRPC on one engine, reports health
@@ -110,6 +118,11 @@ export class ExecutorServer {
   private readonly log: Logger;
   private readonly maxContext: number;
   private readonly kv: KvBudget;
+  /** The Prometheus registry and its endpoint (started when `metricsPort` is set). */
+  readonly metrics: MetricsEndpoint;
+  private readonly observed: ExecutorMetrics;
+  /** True while the start-up profile runs: its steps are not traffic. */
+  private profiling = false;
   private resolveClosed!: (e: Error | undefined) => void;
   /** Resolves when the server has stopped, with the error that stopped it if any. */
   readonly closed = new Promise<Error | undefined>((r) => {
@@ -126,7 +139,13 @@ export class ExecutorServer {
       maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
       ...(interleave > 0 ? { longStepTokens: interleave } : {}),
       maxStallMs: opts.prefillStallMs ?? DEFAULT_PREFILL_STALL_MS,
-      onStepDone: (o) => this.steps.record(o),
+      onStepDone: (o) => {
+        this.steps.record(o);
+        if (!this.profiling) this.observed.step(o);
+      },
+      onCall: (n) => {
+        if (!this.profiling) this.observed.call(n);
+      },
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;
     this.kv = new KvBudget(opts.maxKvBytes ? opts.maxKvBytes : defaultKvBudgetBytes());
@@ -138,6 +157,12 @@ export class ExecutorServer {
       this.rates,
     );
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
+    this.metrics = new MetricsEndpoint(this.log);
+    this.observed = new ExecutorMetrics(this.metrics.registry, {
+      activeSessions: () => this.admission.members.size,
+      queueDepth: () => this.scheduler.depth,
+      kvBytes: () => this.kvBytes(),
+    });
     void opts.engine.failed?.then((err) => this.onEngineFailed(err));
   }
 
@@ -148,7 +173,7 @@ export class ExecutorServer {
     this.admission.refuse(`the executor cannot run stages and accepts no new sessions: ${capStatus(err.message, 300)}`);
     this.log.error({ err }, 'the inference engine failed; reporting NOT_SERVING');
     this.health.set('', ServingStatus.NOT_SERVING);
-    this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
+    this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.NOT_SERVING);
   }
 
   /** Warms the engine up, binds, marks SERVING and starts telemetry. Resolves with the bound port. */
@@ -156,9 +181,15 @@ export class ExecutorServer {
     serveWithEdge(this.server, ExecutorServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
+    if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     const t0 = performance.now();
     await this.opts.engine.warmup();
-    await this.profile();
+    this.profiling = true;
+    try {
+      await this.profile();
+    } finally {
+      this.profiling = false;
+    }
     this.log.info(
       {
         port: this.port,
@@ -171,7 +202,7 @@ export class ExecutorServer {
       'executor ready',
     );
     this.health.set('', ServingStatus.SERVING);
-    this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.SERVING);
+    this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
     if (this.opts.natsUrl) {
       const report = this.loadReader();
       this.telemetry = new TelemetryPublisher({
@@ -277,6 +308,7 @@ export class ExecutorServer {
           this.traffic,
           this.kv,
           this.rates,
+          this.observed,
         );
       },
       getStatus: (_call, cb) => cb(null, this.status()),
@@ -295,7 +327,7 @@ export class ExecutorServer {
     this.draining = true;
     this.admission.refuse('the executor is draining and accepts no new sessions');
     this.health.set('', ServingStatus.NOT_SERVING);
-    this.health.set('tandem.executor.v1.ExecutorService', ServingStatus.NOT_SERVING);
+    this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.NOT_SERVING);
     const sessions = this.admission.members;
     this.log.info({ sessions: sessions.size }, 'draining');
     const graceMs = opts.graceMs ?? 10_000;
@@ -304,6 +336,7 @@ export class ExecutorServer {
     for (const s of [...sessions]) s.close('the executor is shutting down', grpc.status.UNAVAILABLE, true);
     this.health.closeWatchers();
     await shutdownServer(this.server);
+    await this.metrics.stop();
     await this.telemetry?.stop();
     await this.opts.engine.close();
     this.log.info('executor stopped');

@@ -5,7 +5,7 @@ export { OnnxStageEngine, SessionCache } from './engine';
 export { IDLE_COLLECT_DELAY_MS, WorkerStageEngine } from './worker-engine';
 export { EngineUnavailableError } from './errors';
 export type { EngineLoadOptions, StageEngine } from './engine';
-export { ExecutorServer } from './executor-server';
+export { EXECUTOR_SERVICE_NAME, ExecutorServer } from './executor-server';
 export type { ExecutorServerOptions } from './executor-server';
 export { StageScheduler } from './scheduler';
 export type { StepOutcome } from './scheduler';

@@ -40,10 +40,11 @@ export async function main(): Promise<void> {
     telemetryIntervalMs: config.TELEMETRY_INTERVAL_MS,
     security,
     keepalive: keepaliveFrom(config),
+    metricsPort: config.EXECUTOR_METRICS_PORT,
   });
   const { port } = await server.start();
   // One line on stdout that launchers (the demo, tests) read to learn the port.
-  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'server-executor', port })}\n`);
+  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'server-executor', port, metricsPort: server.metrics.port })}\n`);
   onShutdownSignal(() => server.stop({ graceMs: config.EXECUTOR_SHUTDOWN_GRACE_MS }));
 }
 

@@ -111,6 +111,8 @@ export interface SchedulePolicy {
 export interface SchedulerOptions extends SchedulePolicy {
   /** Called after each step completes (for counters). */
   readonly onStepDone?: (o: StepOutcome) => void;
+  /** Called after each engine call with the number of steps it ran (for metrics). */
+  readonly onCall?: (steps: number) => void;
   /** Monotonic clock in ms (injected for tests). */
   readonly now?: () => number;
 }
@@ -372,6 +374,7 @@ export class StageScheduler {
   private settle(batch: Batch<Job>, outputs: readonly (HostTensor | Error)[], t0: number, t1: number): number {
     const elapsed = t1 - t0;
     this.busyMs += elapsed;
+    this.opts.onCall?.(batch.steps.length);
     const totalTokens = batch.steps.reduce((a, j) => a + j.tokens, 0);
     let settled = 0;
     batch.steps.forEach((j, i) => {

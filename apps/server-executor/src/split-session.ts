@@ -23,6 +23,7 @@ import { KvBudget, kvBytesOf } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
 import { TokenRateError, type ClientTokenRates } from './token-rate';
+import type { GenerationObserver } from './metrics';
 
 /** Session traffic, summed over every session of the executor (for the overhead model). */
 export interface TrafficCounters {
@@ -108,6 +109,8 @@ export class SplitSession {
     private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
     /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
     private readonly rates?: ClientTokenRates,
+    /** Told when a server-side generation starts, makes a token and ends (the executor's metrics). */
+    private readonly observer?: GenerationObserver,
   ) {
     call.on('data', (m: SessionRequest) => {
       this.chain = this.chain.then(() => this.onMessage(m));
@@ -289,6 +292,9 @@ export class SplitSession {
     this.log.debug({ sessionId: this.id, promptTokens: g.input.shape[1], maxNewTokens: g.maxNewTokens }, 'server-side generation started');
     /** Tokens made and written so far. */
     let made = 0;
+    /** An error of the generation's own (not the session closing under it). */
+    let failed = false;
+    this.observer?.generationStarted();
     try {
       let input = g.input;
       for (let index = 0; index < g.maxNewTokens; index++) {
@@ -303,6 +309,7 @@ export class SplitSession {
           kind: { $case: 'token', value: { seq: g.seq, index, token, computeMs: out.computeMs, queueMs: out.queueMs, last } },
         });
         made++;
+        this.observer?.token();
         if (last) break;
         if (!flowing) {
           // The client stopped reading (or its link died and the buffers filled): now it is the
@@ -320,9 +327,11 @@ export class SplitSession {
       }
       this.log.debug({ sessionId: this.id, tokens: g.maxNewTokens }, 'server-side generation done');
     } catch (err) {
+      failed = this.closedBecause === undefined;
       this.fail(err);
     } finally {
       this.serverBusy = false;
+      this.observer?.generationEnded(made === g.maxNewTokens ? 'completed' : failed ? 'failed' : 'cancelled');
       this.touch(); // now the client's half-close is due
       // Work cut short for a client that cancelled, vanished, idled or was shut down: worth an operator's eye.
       if (made < g.maxNewTokens && this.closedBecause !== undefined) {

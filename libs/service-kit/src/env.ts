@@ -8,6 +8,8 @@ export interface EnvVar<T> {
   parse(raw: string): T;
   /** Printable default for documentation. */
   readonly shown?: string;
+  /** Unset or empty is allowed and gives undefined (the feature it configures is off). */
+  readonly optional?: boolean;
 }
 
 /**
@@ -60,6 +62,11 @@ export const env = {
   },
   int(doc: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): EnvVar<number> {
     return numeric(doc, def, `an integer in ${min}..${max}`, (raw, n) => /^-?\d+$/.test(raw.trim()) && Number.isSafeInteger(n) && n >= min && n <= max);
+  },
+  /** An integer in min..max, or unset (undefined: `shown` says what that means, e.g. '(off)'). */
+  optionalInt(doc: string, min: number, max: number, shown = '(off)'): EnvVar<number | undefined> {
+    const parse = env.int(doc, undefined, min, max).parse;
+    return { doc, optional: true, shown, parse };
   },
   number(doc: string, def: number | undefined, min: number, max = Number.POSITIVE_INFINITY): EnvVar<number> {
     return numeric(doc, def, `a number in ${min}..${max}`, (raw, n) => raw.trim() !== '' && Number.isFinite(n) && n >= min && n <= max);
@@ -124,7 +131,7 @@ export function loadEnv<S extends EnvSchema>(schema: S, source: Readonly<Record<
   for (const [name, v] of Object.entries(schema)) {
     const raw = source[name];
     if (raw === undefined || raw === '') {
-      if (v.default === undefined) problems.push(`${name} is required (${v.doc})`);
+      if (v.default === undefined && !v.optional) problems.push(`${name} is required (${v.doc})`);
       else out[name] = v.default;
       continue;
     }

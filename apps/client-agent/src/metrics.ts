@@ -1,0 +1,76 @@
+import { Counter, Histogram, LATENCY_BUCKETS_S, type Registry } from '@tandem/service-kit';
+
+/** A placement's kind, the label of the agent's metrics: every stage on the server, every stage on the device, or split. */
+export type PlacementKind = 'all-server' | 'split' | 'all-device';
+
+/** The kind of a placement (one letter per stage, C or S). */
+export function placementKind(placement: string): PlacementKind {
+  if (/^S*$/.test(placement)) return 'all-server';
+  if (/^C+$/.test(placement)) return 'all-device';
+  return 'split';
+}
+
+const KINDS: readonly PlacementKind[] = ['all-server', 'split', 'all-device'];
+
+/** What the agent's mirrored counters read when scraped. */
+export interface AgentMetricSources {
+  /** Generations that resumed on a new executor session. */
+  resumed(): number;
+}
+
+/** The agent's Prometheus metrics (`tandem_agent_*`), registered in `registry`; labelled by placement kind, never by placement or client. */
+export class AgentMetrics {
+  private readonly generations: Counter<'placement' | 'status'>;
+  private readonly e2eSeconds: Histogram<'placement'>;
+  private readonly ttftSeconds: Histogram<'placement'>;
+  private readonly planUpdates: Counter;
+
+  constructor(registry: Registry, read: AgentMetricSources) {
+    const registers = [registry];
+    this.generations = new Counter({
+      name: 'tandem_agent_generations_total',
+      help: "Generations run, by placement kind (all-server, split, all-device) and status: ok, failed, or cancelled (the caller cancelled or the agent stopped); requests refused as invalid aren't counted",
+      labelNames: ['placement', 'status'],
+      registers,
+    });
+    this.e2eSeconds = new Histogram({
+      name: 'tandem_agent_generation_duration_seconds',
+      help: 'End-to-end latency of successful generations (request to last token), by placement kind',
+      labelNames: ['placement'],
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
+    this.ttftSeconds = new Histogram({
+      name: 'tandem_agent_time_to_first_token_seconds',
+      help: 'Time to first token of successful generations, by placement kind',
+      labelNames: ['placement'],
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
+    this.planUpdates = new Counter({ name: 'tandem_agent_plan_updates_total', help: 'Plans taken from the planner', registers });
+    for (const placement of KINDS) for (const status of ['ok', 'failed', 'cancelled']) this.generations.inc({ placement, status }, 0);
+    new Counter({
+      name: 'tandem_agent_generations_resumed_total',
+      help: 'Generations that lost their executor session and resumed on a new one',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(read.resumed());
+      },
+    });
+  }
+
+  /** A generation ended; `latency` for a successful one, ms. */
+  generation(placement: string, status: 'ok' | 'failed' | 'cancelled', latency?: { e2eMs: number; ttftMs: number }): void {
+    const kind = placementKind(placement);
+    this.generations.inc({ placement: kind, status });
+    if (!latency) return;
+    this.e2eSeconds.observe({ placement: kind }, latency.e2eMs / 1000);
+    this.ttftSeconds.observe({ placement: kind }, latency.ttftMs / 1000);
+  }
+
+  /** A plan arrived from the planner. */
+  planUpdated(): void {
+    this.planUpdates.inc();
+  }
+}

@@ -1,0 +1,158 @@
+import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from '@tandem/service-kit';
+import type { ValidOutcome } from './outcomes';
+
+/** What the planner's gauges and mirrored counters read when scraped: its own state and counters, never a copy. */
+export interface PlannerMetricSources {
+  clients(): number;
+  /** Telemetry messages dropped so far, by reason (`Type.field:rule`, indices left out: a bounded set). */
+  dropped(): Readonly<Record<string, number>>;
+  /** Telemetry messages taken so far, by message type. */
+  accepted(): Readonly<Record<'ClientProfile' | 'ServerLoad' | 'GenerationOutcome', number>>;
+  /** SLO attainment of the plans in force per request class (Calibrator.attainmentByClass). */
+  attainment(): ReadonlyMap<string, { attainment: number }>;
+  /** PLANNER_SLO_TARGET. */
+  readonly attainmentTarget: number;
+  /** (client, request class) pairs shed to their least-work plans now (shedding.ts). */
+  shedNow(): number;
+  /** Pairs shed and given back so far. */
+  shedChanges(): { readonly shed: number; readonly restored: number };
+}
+
+const TERMS = ['e2e', 'ttft', 'tpot'] as const;
+
+/**
+ * The planner's Prometheus metrics (`tandem_planner_*`), registered in `registry`. Labels are
+ * bounded: request classes (the planner's configured ones: validateOutcome admits no other),
+ * the algorithm and objective, telemetry drop reasons; never a client id.
+ */
+export class PlannerMetrics {
+  private readonly changes: Counter<'algorithm' | 'objective'>;
+  private readonly replanSeconds: Histogram;
+  private readonly outcomes: Counter<'request_class' | 'result'>;
+  private readonly predicted: Histogram<'request_class' | 'term'>;
+  private readonly observed: Histogram<'request_class' | 'term'>;
+
+  constructor(registry: Registry, read: PlannerMetricSources, classes: readonly string[]) {
+    const registers = [registry];
+    this.changes = new Counter({
+      name: 'tandem_planner_plan_changes_total',
+      help: "Plans changed (some class's placement moved, or a client's first plan), by algorithm and the objective in force",
+      labelNames: ['algorithm', 'objective'],
+      registers,
+    });
+    this.replanSeconds = new Histogram({
+      name: 'tandem_planner_replan_duration_seconds',
+      help: 'Re-plan rounds (a pass over the clients whose inputs changed), from start to end, slices and yields included',
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
+    this.outcomes = new Counter({
+      name: 'tandem_planner_outcomes_total',
+      help: 'Generation outcomes taken from known clients, by request class and result: met (every stated SLO), missed, failed (the generation failed)',
+      labelNames: ['request_class', 'result'],
+      registers,
+    });
+    this.predicted = new Histogram({
+      name: 'tandem_planner_predicted_latency_seconds',
+      help: "The plan's predicted latency of successful generations, by request class and term (e2e, ttft, tpot)",
+      labelNames: ['request_class', 'term'],
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
+    this.observed = new Histogram({
+      name: 'tandem_planner_observed_latency_seconds',
+      help: 'The measured latency of successful generations, by request class and term (e2e, ttft, tpot)',
+      labelNames: ['request_class', 'term'],
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
+    for (const c of classes) for (const result of ['met', 'missed', 'failed']) this.outcomes.inc({ request_class: c, result }, 0);
+    new Gauge({
+      name: 'tandem_planner_clients',
+      help: 'Clients the planner knows (heard from within PLANNER_CLIENT_TTL_MS)',
+      registers,
+      collect() {
+        this.set(read.clients());
+      },
+    });
+    new Counter({
+      name: 'tandem_planner_telemetry_dropped_total',
+      help: 'Telemetry messages dropped, by reason (Type.field:rule, or Type:decode)',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(read.dropped())) this.inc({ reason }, n);
+      },
+    });
+    new Counter({
+      name: 'tandem_planner_telemetry_accepted_total',
+      help: 'Telemetry messages taken, by type (outcomes: of known clients)',
+      labelNames: ['type'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [type, n] of Object.entries(read.accepted())) this.inc({ type }, n);
+      },
+    });
+    new Gauge({
+      name: 'tandem_planner_slo_attainment_ratio',
+      help: "SLO attainment of the plans in force, by request class: each client's decayed fraction of outcomes that met every stated SLO, weighted by its outcomes",
+      labelNames: ['request_class'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [c, a] of read.attainment()) this.set({ request_class: c }, a.attainment);
+      },
+    });
+    new Gauge({
+      name: 'tandem_planner_shed_classes',
+      help: '(client, request class) pairs the overload shedder has moved to their least-server-work plans now (PLANNER_SHED)',
+      registers,
+      collect() {
+        this.set(read.shedNow());
+      },
+    });
+    new Counter({
+      name: 'tandem_planner_shed_changes_total',
+      help: 'Pairs the overload shedder shed (change=shed) or gave back (change=restored)',
+      labelNames: ['change'],
+      registers,
+      collect() {
+        this.reset();
+        const c = read.shedChanges();
+        this.inc({ change: 'shed' }, c.shed);
+        this.inc({ change: 'restored' }, c.restored);
+      },
+    });
+    new Gauge({
+      name: 'tandem_planner_slo_attainment_target_ratio',
+      help: 'The SLO attainment the planner aims at (PLANNER_SLO_TARGET)',
+      registers,
+      collect() {
+        this.set(read.attainmentTarget);
+      },
+    });
+  }
+
+  /** A client's plan changed. */
+  planChanged(algorithm: string, objective: string): void {
+    this.changes.inc({ algorithm, objective });
+  }
+
+  /** A re-plan round ended after `ms`. */
+  replanRound(ms: number): void {
+    this.replanSeconds.observe(Math.max(0, ms) / 1000);
+  }
+
+  /** An outcome of a known client was taken. */
+  outcome(o: ValidOutcome): void {
+    this.outcomes.inc({ request_class: o.requestClass, result: !o.ok ? 'failed' : o.good ? 'met' : 'missed' });
+    if (!o.ok) return;
+    for (const term of TERMS) {
+      const labels = { request_class: o.requestClass, term };
+      if (o.predicted[term] > 0) this.predicted.observe(labels, o.predicted[term] / 1000);
+      if (o.measured[term] > 0) this.observed.observe(labels, o.measured[term] / 1000);
+    }
+  }
+}

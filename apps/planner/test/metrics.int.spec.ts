@@ -1,0 +1,187 @@
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  ClientProfile,
+  GenerationOutcome,
+  HealthClient,
+  OutcomeStatus,
+  PlannerServiceClient,
+  ServerLoad,
+  ServingStatus,
+  Subjects,
+  type ClientPlan,
+  type HealthCheckResponse,
+  type ListPlansResponse,
+  type WatchPlansResponse,
+} from '@tandem/protocol';
+import {
+  clientProfile,
+  eventually,
+  generationOutcome,
+  sampleValue,
+  scrapeMetrics,
+  serverLoad,
+  startNatsServer,
+  stageTimes,
+  type NatsServerHandle,
+} from '@tandem/testkit';
+import { PLANNER_SERVICE_NAME, PlanMaker, PlannerServer } from '../src';
+import { makerOptions, plannerOptions } from './fixtures';
+
+// The hand-checkable client of the planner's tests (fixtures.ts): three stages, one class of
+// 10-token prompts and one new token, SLA 100 ms; the plan is CCS (about 61 ms predicted).
+const profile = (clientId: string, ms = [1, 5, 100]): ClientProfile => clientProfile({ clientId, stages: stageTimes(ms) });
+const LOAD: ServerLoad = serverLoad();
+
+/** The outcome an agent following `plan` publishes: `ratio` x the predicted latency, or failed. */
+function outcomeOf(plan: ClientPlan, ok: boolean, ratio = 1): GenerationOutcome {
+  const c = plan.classes[0];
+  const e2eMs = c.predictedLatencyMs * ratio;
+  return generationOutcome({
+    clientId: plan.clientId,
+    requestClass: c.name,
+    placement: c.placement,
+    planEpoch: plan.epoch,
+    promptTokens: 10,
+    newTokens: ok ? 1 : 0,
+    predictedE2eMs: c.predictedLatencyMs,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    ttftMs: ok ? e2eMs : 0,
+    tpotMs: 0,
+    e2eMs: ok ? e2eMs : 0,
+    slaMs: c.slaMs,
+    slaMet: ok && e2eMs <= c.slaMs,
+    status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
+  });
+}
+
+describe('planner metrics on /metrics, with real telemetry over NATS', () => {
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+  let server: PlannerServer;
+  let client: PlannerServiceClient;
+  let addr: string;
+  let port: number;
+  const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
+
+  const scrape = async (): Promise<string> => {
+    const r = await scrapeMetrics(port);
+    expect(r.status).toBe(200);
+    return r.body;
+  };
+  const value = (text: string, series: string): number => {
+    const v = sampleValue(text, series);
+    if (v === undefined) throw new Error(`no sample ${series} in:\n${text}`);
+    return v;
+  };
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    server = new PlannerServer(plannerOptions({ maker: new PlanMaker(makerOptions()), natsUrl: nats.url, debounceMs: 5, metricsPort: 0 }));
+    addr = `127.0.0.1:${(await server.start()).port}`;
+    port = server.metrics.port ?? 0;
+    client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    nc = await connect({ servers: nats.url });
+  });
+
+  afterAll(async () => {
+    for (const s of streams) s.cancel();
+    client?.close();
+    await nc?.close();
+    await server?.stop();
+    await nats?.stop();
+  });
+
+  /** Watches `clientId`'s plans and publishes its profile; resolves with its first plan. */
+  async function firstPlan(clientId: string): Promise<ClientPlan> {
+    const plans: ClientPlan[] = [];
+    const call = client.watchPlans({ clientId });
+    streams.push(call);
+    call.on('data', (m: WatchPlansResponse) => {
+      if (m.plan) plans.push(m.plan);
+    });
+    call.on('error', () => undefined);
+    nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
+    await eventually(() => plans.length > 0, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
+    return plans[0];
+  }
+
+  it('answers health SERVING by its own service name, and serves /metrics before any telemetry', async () => {
+    const hc = new HealthClient(addr, grpc.credentials.createInsecure());
+    try {
+      for (const service of [PLANNER_SERVICE_NAME, '']) {
+        const r = await new Promise<HealthCheckResponse>((resolve, reject) => hc.check({ service }, (e, x) => (e ? reject(e) : resolve(x))));
+        expect(r.status).toBe(ServingStatus.SERVING);
+      }
+    } finally {
+      hc.close();
+    }
+    expect(port).toBeGreaterThan(0);
+    const text = await scrape();
+    expect(value(text, 'tandem_planner_clients')).toBe(0);
+    expect(value(text, 'tandem_planner_outcomes_total{request_class="short",result="met"}')).toBe(0);
+    expect(value(text, 'tandem_planner_slo_attainment_target_ratio')).toBe(0.9);
+    expect(text).not.toMatch(/^tandem_planner_plan_changes_total\{/m);
+  });
+
+  it('counts clients, plan changes, re-plan rounds, outcomes by class and result, predicted against observed, and attainment', async () => {
+    nc.publish(Subjects.serverLoad(LOAD.serverId), ServerLoad.encode(LOAD).finish());
+    const a = await firstPlan('dev-a');
+    await firstPlan('dev-b');
+    expect(a.classes[0].placement).toBe('CCS');
+    let text = await scrape();
+    expect(value(text, 'tandem_planner_clients')).toBe(2);
+    expect(value(text, 'tandem_planner_plan_changes_total{algorithm="dp",objective="work"}')).toBe(2);
+    expect(value(text, 'tandem_planner_replan_duration_seconds_count')).toBeGreaterThanOrEqual(1);
+    expect(value(text, 'tandem_planner_telemetry_accepted_total{type="ServerLoad"}')).toBe(1);
+    expect(value(text, 'tandem_planner_telemetry_accepted_total{type="ClientProfile"}')).toBe(2);
+
+    // dev-a: 3 met (at the prediction), 2 missed (2x the prediction: 122 ms of a 100 ms SLA), 1 failed.
+    const outcomes = [...[1, 1, 1].map((r) => outcomeOf(a, true, r)), outcomeOf(a, true, 2), outcomeOf(a, true, 2), outcomeOf(a, false)];
+    for (const o of outcomes) nc.publish(Subjects.outcome('dev-a'), GenerationOutcome.encode(o).finish());
+    await eventually(() => server.counters.outcomes === outcomes.length, { what: 'the outcomes taken', timeoutMs: 5000 });
+    text = await scrape();
+    expect(value(text, 'tandem_planner_outcomes_total{request_class="short",result="met"}')).toBe(3);
+    expect(value(text, 'tandem_planner_outcomes_total{request_class="short",result="missed"}')).toBe(2);
+    expect(value(text, 'tandem_planner_outcomes_total{request_class="short",result="failed"}')).toBe(1);
+    expect(value(text, 'tandem_planner_telemetry_accepted_total{type="GenerationOutcome"}')).toBe(6);
+    // Predicted and observed e2e of the 5 successful ones: observed / predicted = (3 x 1 + 2 x 2) / 5.
+    expect(value(text, 'tandem_planner_predicted_latency_seconds_count{request_class="short",term="e2e"}')).toBe(5);
+    expect(value(text, 'tandem_planner_observed_latency_seconds_count{request_class="short",term="e2e"}')).toBe(5);
+    const predicted = value(text, 'tandem_planner_predicted_latency_seconds_sum{request_class="short",term="e2e"}');
+    expect(predicted).toBeCloseTo((5 * a.classes[0].predictedLatencyMs) / 1000, 9);
+    expect(value(text, 'tandem_planner_observed_latency_seconds_sum{request_class="short",term="e2e"}') / predicted).toBeCloseTo(7 / 5, 9);
+    // The plan predicts no TTFT here (0): only the observed one is counted.
+    expect(value(text, 'tandem_planner_observed_latency_seconds_count{request_class="short",term="ttft"}')).toBe(5);
+    expect(sampleValue(text, 'tandem_planner_predicted_latency_seconds_count{request_class="short",term="ttft"}') ?? 0).toBe(0);
+    // Attainment: only dev-a has outcomes of its plan in force, so the class's figure is its own.
+    const seen = await new Promise<ListPlansResponse>((resolve, reject) =>
+      client.listPlans({ pageSize: 0, pageToken: '' }, (e, r) => (e ? reject(e) : resolve(r))),
+    );
+    const own = seen.observations.find((o) => o.clientId === 'dev-a')?.classes[0];
+    expect(own?.planOutcomes).toBe(6);
+    const attainment = value(text, 'tandem_planner_slo_attainment_ratio{request_class="short"}');
+    expect(attainment).toBeCloseTo(own?.attainment ?? -1, 9);
+    expect(attainment).toBeGreaterThan(0);
+    expect(attainment).toBeLessThan(1);
+    // No client id in any label.
+    expect(text).not.toContain('dev-a');
+    expect(text).not.toContain('dev-b');
+  });
+
+  it('counts dropped telemetry by reason, where the planner validates it', async () => {
+    const before = { ...server.counters.dropped };
+    nc.publish(Subjects.clientProfile('dev-bad'), ClientProfile.encode(profile('dev-bad', [1, -5, 100])).finish());
+    nc.publish(Subjects.clientProfile('dev-bad'), ClientProfile.encode(profile('dev-bad', [1, 5, 1e9])).finish());
+    nc.publish(Subjects.serverLoad('srv'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
+    await eventually(() => server.counters.badMessages >= 3, { what: 'the bad telemetry dropped', timeoutMs: 5000 });
+    const text = await scrape();
+    expect(before).toEqual({});
+    expect(value(text, 'tandem_planner_telemetry_dropped_total{reason="ClientProfile.stages[].prefillMsPerToken:range"}')).toBe(2);
+    expect(value(text, 'tandem_planner_telemetry_dropped_total{reason="ServerLoad:decode"}')).toBe(1);
+    for (const [reason, n] of Object.entries(server.counters.dropped))
+      expect(value(text, `tandem_planner_telemetry_dropped_total{reason="${reason}"}`)).toBe(n);
+    expect(value(await scrape(), 'tandem_planner_clients')).toBe(2);
+  });
+});

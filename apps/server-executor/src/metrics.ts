@@ -1,0 +1,115 @@
+import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from '@tandem/service-kit';
+import { stepKind } from './load-meter';
+import type { StepOutcome } from './scheduler';
+
+/** How a server-side generation ended: every token made, the session closed under it (cancel, deadline, idle, shutdown), or an error of its own. */
+export type GenerationEnd = 'completed' | 'cancelled' | 'failed';
+
+/** What a session tells about its server-side generation (SplitSession's decode loop). */
+export interface GenerationObserver {
+  generationStarted(): void;
+  /** One token made and written. */
+  token(): void;
+  generationEnded(how: GenerationEnd): void;
+}
+
+/** What the gauges read when scraped: the executor's own state, never a copy of it. */
+export interface ExecutorGaugeSources {
+  activeSessions(): number;
+  queueDepth(): number;
+  kvBytes(): { used: number; limit: number };
+}
+
+/**
+ * The executor's Prometheus metrics (`tandem_executor_*`), registered in `registry`. Events are
+ * observed where they happen (the scheduler's finished steps and engine calls, the sessions'
+ * server-side generations); the gauges read the executor's state when scraped.
+ */
+export class ExecutorMetrics implements GenerationObserver {
+  private readonly stepSeconds: Histogram<'kind'>;
+  private readonly batchSize: Histogram;
+  private readonly started: Counter;
+  private readonly finished: Counter<'status'>;
+  private readonly tokens: Counter;
+
+  constructor(registry: Registry, read: ExecutorGaugeSources) {
+    const registers = [registry];
+    this.stepSeconds = new Histogram({
+      name: 'tandem_executor_step_duration_seconds',
+      help: 'Steps (a split step, or one token of a server-side generation) from submission to result, queueing included, by kind: decode (one position) or prompt',
+      labelNames: ['kind'],
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
+    this.batchSize = new Histogram({
+      name: 'tandem_executor_batch_size',
+      help: 'Steps run together in one engine call (1: alone)',
+      buckets: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128],
+      registers,
+    });
+    this.started = new Counter({ name: 'tandem_executor_generations_started_total', help: 'Server-side generations started', registers });
+    this.finished = new Counter({
+      name: 'tandem_executor_generations_finished_total',
+      help: 'Server-side generations ended, by status: completed (every token made), cancelled (the session closed first: cancel, deadline, idle, shutdown) or failed',
+      labelNames: ['status'],
+      registers,
+    });
+    this.tokens = new Counter({ name: 'tandem_executor_generated_tokens_total', help: 'Tokens made by server-side generations', registers });
+    for (const status of ['completed', 'cancelled', 'failed'] as const) this.finished.inc({ status }, 0);
+    for (const kind of ['decode', 'prompt']) this.stepSeconds.zero({ kind });
+    new Gauge({
+      name: 'tandem_executor_sessions_active',
+      help: 'Sessions open',
+      registers,
+      collect() {
+        this.set(read.activeSessions());
+      },
+    });
+    new Gauge({
+      name: 'tandem_executor_queue_depth',
+      help: 'Steps queued or running in the scheduler',
+      registers,
+      collect() {
+        this.set(read.queueDepth());
+      },
+    });
+    new Gauge({
+      name: 'tandem_executor_kv_reserved_bytes',
+      help: 'KV-cache bytes reserved by open sessions',
+      registers,
+      collect() {
+        this.set(read.kvBytes().used);
+      },
+    });
+    new Gauge({
+      name: 'tandem_executor_kv_limit_bytes',
+      help: 'KV-cache bytes all sessions together may hold (EXECUTOR_MAX_KV_BYTES)',
+      registers,
+      collect() {
+        this.set(read.kvBytes().limit);
+      },
+    });
+  }
+
+  /** A finished step (the scheduler's onStepDone). */
+  step(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'positions' | 'long'>): void {
+    this.stepSeconds.observe({ kind: stepKind(o) === 0 ? 'decode' : 'prompt' }, Math.max(0, o.queueMs + o.serviceMs) / 1000);
+  }
+
+  /** One engine call of `steps` steps (the scheduler's onCall). */
+  call(steps: number): void {
+    this.batchSize.observe(steps);
+  }
+
+  generationStarted(): void {
+    this.started.inc();
+  }
+
+  token(): void {
+    this.tokens.inc();
+  }
+
+  generationEnded(how: GenerationEnd): void {
+    this.finished.inc({ status: how });
+  }
+}

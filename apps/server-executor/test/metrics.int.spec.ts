@@ -1,0 +1,142 @@
+import * as grpc from '@grpc/grpc-js';
+import { HealthClient, ServingStatus, type HealthCheckResponse } from '@tandem/protocol';
+import { eventually, makeTempModel, sampleValue, scrapeMetrics, type TempModel } from '@tandem/testkit';
+import { EXECUTOR_SERVICE_NAME, OnnxStageEngine } from '../src';
+import { ids } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
+
+const NEW_TOKENS = 5;
+
+/** Health Check of `service` on `addr`. */
+function check(addr: string, service: string): Promise<HealthCheckResponse> {
+  const hc = new HealthClient(addr, grpc.credentials.createInsecure());
+  return new Promise<HealthCheckResponse>((resolve, reject) => hc.check({ service }, (err, r) => (err ? reject(err) : resolve(r)))).finally(() => hc.close());
+}
+
+describe('executor metrics on /metrics, after real traffic', () => {
+  let model: TempModel;
+  let e: TestExecutor;
+  let stageCount: number;
+  let port: number;
+
+  const scrape = async (): Promise<string> => {
+    const r = await scrapeMetrics(port);
+    expect(r.status).toBe(200);
+    return r.body;
+  };
+  const value = (text: string, series: string): number => {
+    const v = sampleValue(text, series);
+    if (v === undefined) throw new Error(`no sample ${series} in:\n${text}`);
+    return v;
+  };
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    e = await startTestExecutor(engine, { serverId: 'metrics-test', metricsPort: 0 });
+    port = e.server.metrics.port ?? 0;
+  });
+
+  afterAll(async () => {
+    await e?.stop();
+    model?.remove();
+  });
+
+  it('answers health SERVING by its own service name and by the empty name', async () => {
+    expect((await check(e.addr, EXECUTOR_SERVICE_NAME)).status).toBe(ServingStatus.SERVING);
+    expect((await check(e.addr, '')).status).toBe(ServingStatus.SERVING);
+  });
+
+  it('counts no traffic before any (the start-up profile is not traffic)', async () => {
+    expect(port).toBeGreaterThan(0);
+    const text = await scrape();
+    expect(value(text, 'tandem_executor_generations_started_total')).toBe(0);
+    expect(value(text, 'tandem_executor_generated_tokens_total')).toBe(0);
+    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="decode"}')).toBe(0);
+    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="prompt"}')).toBe(0);
+    expect(value(text, 'tandem_executor_batch_size_count')).toBe(0);
+    expect(value(text, 'tandem_executor_sessions_active')).toBe(0);
+    expect(value(text, 'tandem_executor_kv_reserved_bytes')).toBe(0);
+    expect(value(text, 'tandem_executor_kv_limit_bytes')).toBeGreaterThan(0);
+  });
+
+  it('counts server-side generations, their tokens and steps, split steps, and sessions as they run', async () => {
+    // Two server-side generations at once (a prompt step, then NEW_TOKENS - 1 decode steps each).
+    const gens = [ids(15496, 11, 995), ids(1, 2, 3, 4)].map(async (prompt) => {
+      const s = e.session();
+      s.open();
+      await s.next(1);
+      s.generate(1, prompt, NEW_TOKENS);
+      await s.next(NEW_TOKENS + 1);
+      s.call.end();
+      expect((await s.ended).code).toBe(grpc.status.OK);
+      return s.tokens().length;
+    });
+    // One split session: a prompt step over every stage, then one decode step; open while scraped.
+    const split = e.session();
+    split.open();
+    await split.next(1);
+    split.step(1, 0, stageCount, ids(464, 2068, 7586), true);
+    const first = await split.next(2);
+    if (first.kind?.$case !== 'result' || first.kind.value.output?.$case !== 'token') throw new Error('expected a token');
+    split.step(2, 0, stageCount, ids(first.kind.value.output.value), true);
+    await split.next(3);
+    expect(await Promise.all(gens)).toEqual([NEW_TOKENS, NEW_TOKENS]);
+
+    const open = await scrape();
+    expect(value(open, 'tandem_executor_sessions_active')).toBe(1);
+    expect(value(open, 'tandem_executor_kv_reserved_bytes')).toBe(e.server.kvBytes().used);
+    expect(value(open, 'tandem_executor_kv_reserved_bytes')).toBeGreaterThan(0);
+    split.call.end();
+    await split.ended;
+
+    await eventually(async () => value(await scrape(), 'tandem_executor_sessions_active') === 0, { timeoutMs: 5000, what: 'sessions closed' });
+    const text = await scrape();
+    expect(value(text, 'tandem_executor_generations_started_total')).toBe(2);
+    expect(value(text, 'tandem_executor_generations_finished_total{status="completed"}')).toBe(2);
+    expect(value(text, 'tandem_executor_generations_finished_total{status="failed"}')).toBe(0);
+    expect(value(text, 'tandem_executor_generations_finished_total{status="cancelled"}')).toBe(0);
+    expect(value(text, 'tandem_executor_generated_tokens_total')).toBe(2 * NEW_TOKENS);
+    // Steps: 2 prompts + 2 × (NEW_TOKENS - 1) decode steps of the generations, 1 prompt + 1 decode step of the split session.
+    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="prompt"}')).toBe(3);
+    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="decode"}')).toBe(2 * (NEW_TOKENS - 1) + 1);
+    // The status counts the same steps.
+    expect((await e.status()).stepsCompleted).toBe(3 + 2 * (NEW_TOKENS - 1) + 1);
+    // Every step ran in at least one engine call, and each call ran at least one step.
+    const calls = value(text, 'tandem_executor_batch_size_count');
+    const stepsInCalls = value(text, 'tandem_executor_batch_size_sum');
+    expect(stepsInCalls).toBeGreaterThanOrEqual(3 + 2 * (NEW_TOKENS - 1) + 1);
+    expect(calls).toBeGreaterThan(0);
+    expect(stepsInCalls).toBeGreaterThanOrEqual(calls);
+    expect(value(text, 'tandem_executor_kv_reserved_bytes')).toBe(0);
+    expect(text).toContain('# TYPE tandem_executor_step_duration_seconds histogram');
+  });
+
+  it('counts a generation whose client cancelled as cancelled, with the tokens it made', async () => {
+    const before = value(await scrape(), 'tandem_executor_generated_tokens_total');
+    const s = e.session();
+    s.open();
+    await s.next(1);
+    s.generate(1, ids(50256), 200);
+    await s.next(2); // the first token
+    s.call.cancel();
+    await eventually(async () => value(await scrape(), 'tandem_executor_generations_finished_total{status="cancelled"}') === 1, {
+      timeoutMs: 5000,
+      what: 'the cancelled generation counted',
+    });
+    const text = await scrape();
+    expect(value(text, 'tandem_executor_generations_started_total')).toBe(3);
+    const made = value(text, 'tandem_executor_generated_tokens_total') - before;
+    expect(made).toBeGreaterThanOrEqual(1);
+    expect(made).toBeLessThan(200);
+  });
+
+  it('closes the endpoint when the executor stops', async () => {
+    const other = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { serverId: 'metrics-stop', metricsPort: 0 });
+    const p = other.server.metrics.port ?? 0;
+    expect((await scrapeMetrics(p)).status).toBe(200);
+    await other.stop();
+    await expect(scrapeMetrics(p)).rejects.toThrow(/ECONNREFUSED/);
+  });
+});

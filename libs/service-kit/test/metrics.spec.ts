@@ -1,0 +1,60 @@
+import { scrapeMetrics as fetchText } from '@tandem/testkit';
+import { Counter, hostOf, loadEnv, MetricsEndpoint, metricsPortEnv } from '../src';
+
+describe('MetricsEndpoint', () => {
+  it('serves its registry at GET /metrics in the text format, 404 elsewhere, 405 for another method, and closes on stop', async () => {
+    const m = new MetricsEndpoint();
+    const c = new Counter({ name: 'tandem_test_things_total', help: 'Things', registers: [m.registry] });
+    c.inc(3);
+    const port = await m.start('127.0.0.1', 0);
+    expect(port).toBeGreaterThan(0);
+    expect(m.port).toBe(port);
+    try {
+      const r = await fetchText(port);
+      expect(r.status).toBe(200);
+      expect(r.type).toContain('text/plain');
+      expect(r.body).toContain('# TYPE tandem_test_things_total counter');
+      expect(r.body).toMatch(/^tandem_test_things_total 3$/m);
+      expect((await fetchText(port, '127.0.0.1', '/')).status).toBe(404);
+      expect((await fetchText(port, '127.0.0.1', '/metrics', 'POST')).status).toBe(405);
+    } finally {
+      await m.stop();
+    }
+    expect(m.port).toBeUndefined();
+    await expect(fetchText(port)).rejects.toThrow(/ECONNREFUSED/);
+    await m.stop(); // idempotent
+  });
+
+  it('refuses a port in use with the listen error', async () => {
+    const a = new MetricsEndpoint();
+    const port = await a.start('127.0.0.1', 0);
+    const b = new MetricsEndpoint();
+    try {
+      await expect(b.start('127.0.0.1', port)).rejects.toThrow(/EADDRINUSE/);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+});
+
+describe('hostOf', () => {
+  it.each([
+    ['127.0.0.1:50051', '127.0.0.1'],
+    ['0.0.0.0:0', '0.0.0.0'],
+    ['localhost:1', 'localhost'],
+    ['[::1]:50051', '::1'],
+    ['[::]:0', '::'],
+  ])('%s is on %s', (addr, host) => expect(hostOf(addr)).toBe(host));
+});
+
+describe('metricsPortEnv', () => {
+  const schema = { X_METRICS_PORT: metricsPortEnv('X_ADDR') };
+  it('is off when unset or empty, a port in 0..65535 otherwise', () => {
+    expect(loadEnv(schema, {}).X_METRICS_PORT).toBeUndefined();
+    expect(loadEnv(schema, { X_METRICS_PORT: '' }).X_METRICS_PORT).toBeUndefined();
+    expect(loadEnv(schema, { X_METRICS_PORT: '0' }).X_METRICS_PORT).toBe(0);
+    expect(loadEnv(schema, { X_METRICS_PORT: '9464' }).X_METRICS_PORT).toBe(9464);
+    expect(() => loadEnv(schema, { X_METRICS_PORT: '65536' })).toThrow("X_METRICS_PORT must be an integer in 0..65535, given '65536'");
+  });
+});
