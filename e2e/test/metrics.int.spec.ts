@@ -15,7 +15,7 @@ import {
 } from '@tandem/protocol';
 import { EXECUTOR_SERVICE_NAME, OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, sampleValue, scrapeMetrics, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { eventually, makeTempModel, requireSample, scrapeText, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 
 import { makeCredentials, type TestCredentials } from './credentials';
 import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
@@ -38,13 +38,8 @@ async function check(creds: TestCredentials, addr: string, service: string): Pro
 /** The value of one sample scraped from `port`; throws naming it when absent. */
 async function scraped(port: number | undefined): Promise<(series: string) => number> {
   if (port === undefined) throw new Error('no metrics port');
-  const r = await scrapeMetrics(port);
-  expect(r.status).toBe(200);
-  return (series) => {
-    const v = sampleValue(r.body, series);
-    if (v === undefined) throw new Error(`no sample ${series} in:\n${r.body}`);
-    return v;
-  };
+  const text = await scrapeText(port);
+  return (series) => requireSample(text, series);
 }
 
 describe('metrics and health by service name across a real stack as deployed (mTLS, tokens, NATS users)', () => {

@@ -18,8 +18,10 @@ import {
   clientProfile,
   eventually,
   generationOutcome,
+  planOutcome,
+  requireSample,
   sampleValue,
-  scrapeMetrics,
+  scrapeText,
   serverLoad,
   startNatsServer,
   stageTimes,
@@ -35,23 +37,13 @@ const LOAD: ServerLoad = serverLoad();
 
 /** The outcome an agent following `plan` publishes: `ratio` x the predicted latency, or failed. */
 function outcomeOf(plan: ClientPlan, ok: boolean, ratio = 1): GenerationOutcome {
-  const c = plan.classes[0];
-  const e2eMs = c.predictedLatencyMs * ratio;
-  return generationOutcome({
-    clientId: plan.clientId,
-    requestClass: c.name,
-    placement: c.placement,
-    planEpoch: plan.epoch,
-    promptTokens: 10,
+  const { predictedLatencyMs: predicted, slaMs } = plan.classes[0];
+  const e2eMs = ok ? predicted * ratio : 0;
+  return planOutcome(plan, {
     newTokens: ok ? 1 : 0,
-    predictedE2eMs: c.predictedLatencyMs,
-    predictedTtftMs: 0,
-    predictedTpotMs: 0,
-    ttftMs: ok ? e2eMs : 0,
-    tpotMs: 0,
-    e2eMs: ok ? e2eMs : 0,
-    slaMs: c.slaMs,
-    slaMet: ok && e2eMs <= c.slaMs,
+    ttftMs: e2eMs,
+    e2eMs,
+    slaMet: ok && e2eMs <= slaMs,
     status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
   });
 }
@@ -65,16 +57,8 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
   let port: number;
   const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
 
-  const scrape = async (): Promise<string> => {
-    const r = await scrapeMetrics(port);
-    expect(r.status).toBe(200);
-    return r.body;
-  };
-  const value = (text: string, series: string): number => {
-    const v = sampleValue(text, series);
-    if (v === undefined) throw new Error(`no sample ${series} in:\n${text}`);
-    return v;
-  };
+  const scrape = (): Promise<string> => scrapeText(port);
+  const value = requireSample;
 
   beforeAll(async () => {
     nats = await startNatsServer();

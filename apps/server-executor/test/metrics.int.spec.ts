@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { HealthClient, ServingStatus, type HealthCheckResponse } from '@tandem/protocol';
-import { eventually, makeTempModel, sampleValue, scrapeMetrics, type TempModel } from '@tandem/testkit';
+import { eventually, makeTempModel, requireSample, scrapeMetrics, scrapeText, type TempModel } from '@tandem/testkit';
 import { EXECUTOR_SERVICE_NAME, OnnxStageEngine } from '../src';
 import { ids } from './session-client';
 import { startTestExecutor, type TestExecutor } from './test-executor';
@@ -19,16 +19,8 @@ describe('executor metrics on /metrics, after real traffic', () => {
   let stageCount: number;
   let port: number;
 
-  const scrape = async (): Promise<string> => {
-    const r = await scrapeMetrics(port);
-    expect(r.status).toBe(200);
-    return r.body;
-  };
-  const value = (text: string, series: string): number => {
-    const v = sampleValue(text, series);
-    if (v === undefined) throw new Error(`no sample ${series} in:\n${text}`);
-    return v;
-  };
+  const scrape = (): Promise<string> => scrapeText(port);
+  const value = requireSample;
 
   beforeAll(async () => {
     model = await makeTempModel();

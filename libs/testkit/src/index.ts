@@ -13,7 +13,7 @@ export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
 export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, SERVICE_ENV_BOUNDS, uncoveredEnvVars } from './corpus';
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
-export { sampleValue, scrapeMetrics } from './metrics';
+export { requireSample, sampleValue, scrapeMetrics, scrapeText } from './metrics';
 export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTimes, serverLoad, stageTimes } from './telemetry';
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';

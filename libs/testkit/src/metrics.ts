@@ -27,3 +27,17 @@ export function sampleValue(text: string, series: string): number | undefined {
   }
   return undefined;
 }
+
+/** The exposition scraped from `port` (GET /metrics); throws naming the status when it is not 200. */
+export async function scrapeText(port: number, host = '127.0.0.1'): Promise<string> {
+  const r = await scrapeMetrics(port, host);
+  if (r.status !== 200) throw new Error(`GET http://${host}:${port}/metrics answered ${r.status}, not 200: ${r.body.slice(0, 200)}`);
+  return r.body;
+}
+
+/** {@link sampleValue}, throwing with the exposition when the sample is absent. */
+export function requireSample(text: string, series: string): number {
+  const v = sampleValue(text, series);
+  if (v === undefined) throw new Error(`no sample ${series} in:\n${text}`);
+  return v;
+}
