@@ -163,6 +163,10 @@ const SAFETY_MESSAGES = {
  * pricing's smoothing (PLANNER_UTILISATION_SMOOTHING), so an overload is seen in a few reports.
  */
 export const SHED_SMOOTHING = 0.5;
+/** Offered utilisation below which the work scale is not learned (too little load to compare). */
+const MIN_OFFERED = 0.05;
+/** The largest work scale believed. */
+const MAX_WORK_SCALE = 10;
 
 /** Time constant of the request rates the planner estimates from outcomes, ms. */
 export const RATE_TIME_CONSTANT_MS = 10_000;
@@ -329,6 +333,8 @@ export class PlannerServer {
   private readonly shedder: Shedder | undefined;
   /** The followed executor's utilisation, averaged with weight SHED_SMOOTHING per report: what the shedder reads. */
   private shedUtilisation: number | undefined;
+  /** Server time per ms of predicted work, learned from load reports (Shedder.decide's workScale). */
+  private shedWorkScale = 1;
   private readonly classNames: ReadonlySet<string>;
   private readonly classIndex: ReadonlyMap<string, number>;
   /**
@@ -615,6 +621,15 @@ export class PlannerServer {
   private shed(u: number, now: number): void {
     if (!this.shedder) return;
     this.shedUtilisation = this.shedUtilisation === undefined ? u : this.shedUtilisation + SHED_SMOOTHING * (u - this.shedUtilisation);
+    // What a ms of the plans' predicted work measures on the server (the process's whole CPU,
+    // not only its stages'): utilisation over the load the plans in force offer at the
+    // outcomes' rates, learned while the server is not saturated (a saturated one reads 1
+    // whatever is offered).
+    const offered = this.offeredUtilisation(now);
+    if (offered > MIN_OFFERED && u < this.shedder.opts.above) {
+      const k = Math.min(Math.max(u / offered, 1), MAX_WORK_SCALE);
+      this.shedWorkScale += SHED_SMOOTHING * (k - this.shedWorkScale);
+    }
     const rateOf = (clientId: string, requestClass: string): number => {
       const i = this.classIndex.get(requestClass);
       const st = this.clients.get(clientId);
@@ -629,7 +644,7 @@ export class PlannerServer {
       }
       return out;
     };
-    const d = this.shedder.decide(this.shedUtilisation, now, candidates, rateOf);
+    const d = this.shedder.decide(this.shedUtilisation, now, candidates, rateOf, this.shedWorkScale);
     const changed = [...d.shed, ...d.restored];
     if (changed.length === 0) return;
     this.counters.shed += d.shed.length;
@@ -646,6 +661,21 @@ export class PlannerServer {
     else this.log.info(fields, 'server has room again: giving shed classes their plans back');
     for (const c of changed) this.dirty.add(c.clientId);
     this.scheduleReplan();
+  }
+
+  /** The utilisation the plans in force offer: Σ over clients and classes of request rate × predicted server work. */
+  offeredUtilisation(now: number): number {
+    let offered = 0;
+    for (const st of this.clients.values()) {
+      if (!st.plan) continue;
+      for (let i = 0; i < st.rates.length; i++) offered += (st.rates[i].perS(now) * (st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
+    }
+    return offered;
+  }
+
+  /** Server time per ms of predicted work, as the shedder uses it (1 until learned). */
+  get workScale(): number {
+    return this.shedWorkScale;
   }
 
   /** Classes shed to their least-work plans now, as `clientId/requestClass`, first shed first. */

@@ -64,6 +64,16 @@ describe('Shedder', () => {
     expect(s.shed).toEqual([]);
   });
 
+  it('scales every estimate by the server time a ms of predicted work takes', () => {
+    const cands = (): ShedCandidate[] => [cand('a', 'chat', 300, 1), cand('b', 'chat', 200, 1), cand('c', 'chat', 100, 1)];
+    // Each pair frees twice its predicted share: a alone (0.6) brings 1.2 to 0.6.
+    const s = new Shedder(opts());
+    expect(names(s.decide(1.2, 0, cands, noRate, 2).shed)).toEqual(['a/chat']);
+    // Giving it back would add 0.6: at 0.3 that is 0.9 > 0.7 (at scale 1, 0.6 would fit).
+    expect(s.decide(0.3, 2000, cands, () => 1, 2).restored).toEqual([]);
+    expect(names(s.decide(0.1, 2000, cands, () => 1, 2).restored)).toEqual(['a/chat']);
+  });
+
   it('gives a pair of unknown rate back only when the server is under half of `below`', () => {
     const s = new Shedder(opts({ dwellMs: 0 }));
     s.decide(1, 0, () => [cand('a', 'chat', 100)], noRate);

@@ -15,7 +15,8 @@
  *   candidates (classes whose plan in force misses its SLOs at the current load and whose
  *   least-work plan saves server work) by work saved per request, most first, so each request
  *   given up frees the most server time; shed them until the work they free at their request
- *   rates (from the outcomes) brings utilisation down to `below`, and at least one.
+ *   rates (from the outcomes), scaled by what a ms of predicted work measures on the server,
+ *   brings utilisation down to `below`, and at least one.
  * - **restore** when utilisation ≤ `below` and nothing changed for `dwellMs`: give back the
  *   most recently shed pairs, last first, while the utilisation they would add back at their
  *   rates keeps it at most `below` (one at a time, and only below `below` / 2, for a pair whose
@@ -84,13 +85,17 @@ export class Shedder {
   /**
    * One decision on a load report: `utilisation` is the server's (smoothed) utilisation, `rateOf`
    * a shed pair's current request rate (to price giving it back; 0 when unknown), `candidates`
-   * the pairs that could be shed now (only read when shedding).
+   * the pairs that could be shed now (only read when shedding), `workScale` the server time one
+   * ms of the plans' predicted work takes (the measured utilisation over the load the plans
+   * offer; ≥ 1: the process spends more than its stages' compute), which scales every estimate
+   * of the utilisation a pair frees or adds back.
    */
   decide(
     utilisation: number,
     now: number,
     candidates: () => readonly ShedCandidate[],
     rateOf: (clientId: string, requestClass: string) => number,
+    workScale = 1,
   ): ShedDecision {
     const none: ShedDecision = { shed: [], restored: [] };
     if (!this.opts.enabled || now - this.lastChangeMs < this.opts.dwellMs) return none;
@@ -105,7 +110,7 @@ export class Shedder {
         if (shed.length > 0 && u <= below) break;
         shed.push(c);
         this.shedPairs.set(key(c.clientId, c.requestClass), c);
-        u -= (c.ratePerS * c.workSavedMs) / 1000;
+        u -= (workScale * c.ratePerS * c.workSavedMs) / 1000;
         // A pair of unknown rate frees an unknown share: one at a time, then look again.
         if (c.ratePerS <= 0) break;
       }
@@ -117,7 +122,7 @@ export class Shedder {
     let u = utilisation;
     for (const c of [...this.shedPairs.values()].reverse()) {
       const rate = rateOf(c.clientId, c.requestClass);
-      const added = (rate * c.workSavedMs) / 1000;
+      const added = (workScale * rate * c.workSavedMs) / 1000;
       if (rate > 0 ? u + added > below : restored.length > 0 || u > below / 2) break;
       restored.push(c);
       this.shedPairs.delete(key(c.clientId, c.requestClass));

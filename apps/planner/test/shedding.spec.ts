@@ -71,6 +71,16 @@ describe('the overload shedder in the planner', () => {
       now += 200;
       p.onOutcome(generationOutcome({ clientId: 'a', placement: 'CSS', planEpoch: p.plans()[0].epoch }));
     }
+    // The server measures twice the utilisation the plans offer at the outcomes' rate: a ms of
+    // predicted work takes 2 on it, and the shedder's estimates scale by that.
+    const offered = p.offeredUtilisation(now);
+    expect(offered).toBeGreaterThan(0.05);
+    for (let i = 0; i < 8; i++) p.onLoad(loaded(2 * offered));
+    expect(p.workScale).toBeCloseTo(2, 1);
+    // Saturated, the server reads 1 whatever is offered: nothing is learned from it.
+    p.onLoad(loaded(1));
+    expect(p.workScale).toBeCloseTo(2, 1);
+    p.onLoad(loaded(2 * offered));
     // Overloaded: plans stay C|SS (held) while the shedder's average (weight 0.5 a report) climbs
     // from 0.2 to 0.6 and 0.8; at the third report it reaches 0.9, and the class is shed.
     for (let i = 0; i < 2; i++) {
