@@ -106,13 +106,17 @@ export const MIN_OVERHEAD_SAMPLES = 10;
 /** Bytes of a sampled token id coming back from the head. */
 const TOKEN_BYTES = 8;
 
+/** `inst` with every SLO it states multiplied by `factor`. */
+function scaledSlos(inst: GenerationInstance, factor: number): GenerationInstance {
+  if (factor === 1) return inst;
+  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
+  for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = (inst.slo[k] as number) * factor;
+  return { ...inst, slo };
+}
+
 /** `inst` planned against every stated SLO scaled by the learned adjustment (calibration.ts). */
 function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | undefined): GenerationInstance | undefined {
-  if (!inst || !adj || adj.slaScale === 1) return inst;
-  const scale = (v: number | undefined): number | undefined => (v === undefined ? undefined : v * adj.slaScale);
-  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
-  for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = scale(inst.slo[k]);
-  return { ...inst, slo };
+  return inst && adj ? scaledSlos(inst, adj.slaScale) : inst;
 }
 
 /**
@@ -121,9 +125,7 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
  * undefined when no plan does.
  */
 function leastWork(inst: GenerationInstance, algorithm: Algorithm, slowdown: number): GenerationResult | undefined {
-  const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
-  for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = (inst.slo[k] as number) * slowdown;
-  const bounded = solveGeneration({ ...inst, slo }, algorithm);
+  const bounded = solveGeneration(scaledSlos(inst, slowdown), algorithm);
   return bounded.feasible ? generationResultOf(inst, bounded.algorithm, bounded.placement) : undefined;
 }
 

@@ -560,7 +560,7 @@ export class PlannerServer {
     this.counters.loads++;
     const a = this.opts.utilisationSmoothing ?? 1;
     const prev = known?.load;
-    const raw = l;
+    const reported = l.utilisation;
     l = smoothLoad(prev, l, a);
     if (known) {
       known.load = l;
@@ -576,7 +576,7 @@ export class PlannerServer {
       this.followed = l.serverId;
       this.plannedLoad = undefined; // another executor's prices: re-plan everyone
     }
-    this.shed(raw.utilisation, now);
+    this.shed(reported, now);
     const u = l.utilisation;
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;
@@ -602,16 +602,24 @@ export class PlannerServer {
    * O(clients × classes), evaluated only while the objective could return to latency.
    */
   latencyUtilisation(u: number): number {
-    const now = this.now();
-    let added = 0;
+    return u + this.rateWeightedWork(this.now(), (st, i, planned) => (st.allServerWork ? Math.max(0, st.allServerWork[i] - planned) : 0));
+  }
+
+  /**
+   * Σ over clients with a plan and their classes of request rate (per s, from the outcomes)
+   * × `workOf` the class (ms; `planned` is its plan's predicted server work), / 1000: a
+   * utilisation. O(clients × classes).
+   */
+  private rateWeightedWork(now: number, workOf: (st: ClientState, i: number, planned: number) => number): number {
+    let total = 0;
     for (const st of this.clients.values()) {
-      if (!st.allServerWork || !st.plan) continue;
+      if (!st.plan) continue;
       for (let i = 0; i < st.rates.length; i++) {
         const r = st.rates[i].perS(now);
-        if (r > 0) added += (r * Math.max(0, st.allServerWork[i] - (st.plan.classes[i]?.predictedServerWork ?? 0))) / 1000;
+        if (r > 0) total += (r * workOf(st, i, st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
       }
     }
-    return u + added;
+    return total;
   }
 
   /**
@@ -665,12 +673,7 @@ export class PlannerServer {
 
   /** The utilisation the plans in force offer: Σ over clients and classes of request rate × predicted server work. */
   offeredUtilisation(now: number): number {
-    let offered = 0;
-    for (const st of this.clients.values()) {
-      if (!st.plan) continue;
-      for (let i = 0; i < st.rates.length; i++) offered += (st.rates[i].perS(now) * (st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
-    }
-    return offered;
+    return this.rateWeightedWork(now, (_st, _i, planned) => planned);
   }
 
   /** Server time per ms of predicted work, as the shedder uses it (1 until learned). */
