@@ -80,3 +80,27 @@ describe('dp-grid with TTFT/TPOT SLOs', () => {
     expect(loadConfig({ MODEL_DIR: '/m', PLANNER_ALGORITHM: 'dp-grid' }).PLANNER_ALGORITHM).toBe('dp-grid');
   });
 });
+
+describe('PLANNER_DASHBOARD_PORT', () => {
+  it('is off unless set, and 0 picks a free port', () => {
+    expect(loadConfig({ MODEL_DIR: '/m' }).PLANNER_DASHBOARD_PORT).toBeUndefined();
+    expect(loadConfig({ MODEL_DIR: '/m', PLANNER_DASHBOARD_PORT: '0', PLANNER_METRICS_PORT: '0' }).PLANNER_DASHBOARD_PORT).toBe(0);
+  });
+
+  it.each(['127.0.0.1:50071', 'localhost:50071', '[::1]:50071', '127.1.2.3:0'])('with tokens, is served on the loopback host of PLANNER_ADDR %s', (addr) => {
+    expect(loadConfig({ MODEL_DIR: '/m', PLANNER_DASHBOARD_PORT: '8080', AUTH_TOKENS_FILE: '/t', PLANNER_ADDR: addr }).PLANNER_DASHBOARD_PORT).toBe(8080);
+  });
+
+  it.each(['0.0.0.0:50071', '[::]:50071', '10.0.0.5:50071', 'planner.example:50071'])(
+    'with tokens, refuses the non-loopback host of PLANNER_ADDR %s (it would show every plan without a token)',
+    (addr) => {
+      const problems = problemsOf({ PLANNER_DASHBOARD_PORT: '8080', AUTH_TOKENS_FILE: '/t', PLANNER_ADDR: addr });
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toMatch(/^PLANNER_DASHBOARD_PORT with AUTH_TOKENS_FILE needs PLANNER_ADDR on a loopback host .*, given host '/);
+    },
+  );
+
+  it('without tokens, is served on any host', () => {
+    expect(loadConfig({ MODEL_DIR: '/m', PLANNER_DASHBOARD_PORT: '8080', PLANNER_ADDR: '0.0.0.0:50071' }).PLANNER_DASHBOARD_PORT).toBe(8080);
+  });
+});

@@ -1,5 +1,16 @@
 import { ALGORITHMS, type Algorithm } from '@tandem/dp';
-import { ConfigError, env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, type EnvValues, serverSecurityEnv } from '@tandem/service-kit';
+import {
+  ConfigError,
+  env,
+  grpcKeepaliveEnv,
+  hostOf,
+  loadEnv,
+  metricsPortEnv,
+  natsAuthEnv,
+  natsAuthFrom,
+  type EnvValues,
+  serverSecurityEnv,
+} from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
 import { DEFAULT_SHED_MAX_SLOWDOWN } from './plan-maker';
 import { DEFAULT_SHEDDING as S } from './shedding';
@@ -111,6 +122,11 @@ export const plannerEnv = {
   MODEL_DIR: env.string('Model directory: the planner reads its manifest for stage names and boundary sizes'),
   PLANNER_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50071'),
   PLANNER_METRICS_PORT: metricsPortEnv('PLANNER_ADDR'),
+  PLANNER_DASHBOARD_PORT: env.optionalInt(
+    "Port of the live dashboard (GET /, an HTML page updated by server-sent events on /events) on the host of PLANNER_ADDR; 0 picks a free port (logged and printed); unset: no dashboard. Plain HTTP without tokens: it shows every client's plan, so with AUTH_TOKENS_FILE the host must be a loopback address",
+    0,
+    65_535,
+  ),
   ...serverSecurityEnv,
   ...grpcKeepaliveEnv,
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
@@ -266,7 +282,21 @@ export function loadConfig(source: Readonly<Record<string, string | undefined>>)
       `PLANNER_SHED_BELOW must be below PLANNER_SHED_ABOVE (else shedding and giving back would flap), given ${config.PLANNER_SHED_BELOW} and ${config.PLANNER_SHED_ABOVE}`,
     );
   }
+  const dashboard = config.PLANNER_DASHBOARD_PORT;
+  if (dashboard !== undefined && dashboard !== 0 && dashboard === config.PLANNER_METRICS_PORT) {
+    problems.push(`PLANNER_DASHBOARD_PORT must differ from PLANNER_METRICS_PORT (each serves its own HTTP endpoint), given ${dashboard} for both`);
+  }
+  if (dashboard !== undefined && config.AUTH_TOKENS_FILE && !isLoopback(hostOf(config.PLANNER_ADDR))) {
+    problems.push(
+      `PLANNER_DASHBOARD_PORT with AUTH_TOKENS_FILE needs PLANNER_ADDR on a loopback host (the dashboard has no tokens and shows every client's plan, which ListPlans shows only to operator tokens), given host '${hostOf(config.PLANNER_ADDR)}'`,
+    );
+  }
   if (problems.length) throw new ConfigError(problems);
   natsAuthFrom(config);
   return config;
+}
+
+/** Whether `host` (as hostOf gives it) is a loopback address or name. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }

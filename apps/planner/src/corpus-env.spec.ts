@@ -10,6 +10,7 @@ const cases: EnvCase[] = [
   ...envCases({
     int: [
       ['PLANNER_METRICS_PORT', 0, 65_535],
+      ['PLANNER_DASHBOARD_PORT', 0, 65_535],
       ['PLANNER_CLIENT_TTL_MS', 1000, 86_400_000],
       ['PLANNER_DEBOUNCE_MS', 0, 60_000],
       ['PLANNER_SLICE_MS', 1, 1000],
@@ -83,6 +84,16 @@ const cases: EnvCase[] = [
   ['PLANNER_SAFETY_FLOOR above 1', { PLANNER_SAFETY_FLOOR: '2' }, ['PLANNER_SAFETY_FLOOR must be a number in 0.01..1', "given '2'"]],
   ['PLANNER_SLO_RELAX_MARGIN above 0.5', { PLANNER_SLO_RELAX_MARGIN: '0.9' }, ['PLANNER_SLO_RELAX_MARGIN must be a number in 0..0.5', "given '0.9'"]],
   ['a 20,000-character PLANNER_HYSTERESIS, cut', { PLANNER_HYSTERESIS: LONG }, ['PLANNER_HYSTERESIS must be a number in 0..1', '(20000 chars)']],
+  [
+    'PLANNER_DASHBOARD_PORT equal to PLANNER_METRICS_PORT',
+    { PLANNER_DASHBOARD_PORT: '9464', PLANNER_METRICS_PORT: '9464' },
+    ['PLANNER_DASHBOARD_PORT must differ from PLANNER_METRICS_PORT', 'given 9464 for both'],
+  ],
+  [
+    'PLANNER_DASHBOARD_PORT with tokens on a non-loopback host',
+    { PLANNER_DASHBOARD_PORT: '0', AUTH_TOKENS_FILE: '/t', PLANNER_ADDR: '0.0.0.0:50071' },
+    ['PLANNER_DASHBOARD_PORT with AUTH_TOKENS_FILE needs PLANNER_ADDR on a loopback host', "given host '0.0.0.0'"],
+  ],
   ['NATS_PASSWORD without NATS_USER', { NATS_PASSWORD: 'secret' }, ['NATS_USER is required when NATS_PASSWORD is set']],
 ];
 

@@ -1,10 +1,14 @@
 /** The planner's parts, for the launcher, tests and tools. */
-export { checkClasses, DEFAULT_CLASSES, loadConfig, plannerEnv } from './config';
+export { checkClasses, DEFAULT_CLASSES, isLoopback, loadConfig, plannerEnv } from './config';
 export type { PlannerConfig, RequestClass } from './config';
 export { PlanMaker, UNRUNNABLE_MS } from './plan-maker';
 export type { ClassAdjustment, ModelStage, Objective, PlanMakerOptions } from './plan-maker';
 export { Calibrator, DEFAULT_CALIBRATION, OBSERVATION_WINDOW } from './calibration';
 export type { CalibrationOptions, RecordResult } from './calibration';
+export { DASHBOARD_DEFAULTS, PlannerDashboard } from './dashboard';
+export type { PlannerDashboardOptions } from './dashboard';
+export { dashboardSnapshot } from './dashboard-snapshot';
+export type { ClassView, ClientClassView, ClientView, DashboardInfo, DashboardSnapshot, DashboardSource, ServerView } from './dashboard-snapshot';
 export { MAX_OUTCOME_MS, validateOutcome } from './outcomes';
 export type { ValidOutcome } from './outcomes';
 export {

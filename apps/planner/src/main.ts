@@ -1,7 +1,8 @@
 import { ModelFormatError, modelIdOf, readManifest } from '@tandem/model';
-import { createLogger, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
+import { createLogger, hostOf, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
 import { Calibrator } from './calibration';
 import { loadConfig } from './config';
+import { PlannerDashboard } from './dashboard';
 import { PlanMaker } from './plan-maker';
 import { PlannerServer } from './planner-server';
 
@@ -62,8 +63,33 @@ export async function main(): Promise<void> {
   process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception; the planner carries on'));
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection; the planner carries on'));
   const { port } = await server.start();
-  process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'planner', port, metricsPort: server.metrics.port })}\n`);
-  onShutdownSignal(() => server.stop());
+  const dashboard =
+    config.PLANNER_DASHBOARD_PORT === undefined
+      ? undefined
+      : new PlannerDashboard({
+          source: server,
+          info: {
+            modelId: modelIdOf(config.MODEL_DIR),
+            algorithm: config.PLANNER_ALGORITHM,
+            stages: manifest.stages.map((s) => s.name),
+            classes: maker.opts.classes,
+            attainmentTarget: config.PLANNER_SLO_TARGET,
+          },
+          log,
+          host: hostOf(config.PLANNER_ADDR),
+          port: config.PLANNER_DASHBOARD_PORT,
+        });
+  const dashboardPort = await dashboard?.start().catch(async (err: unknown) => {
+    await server.stop();
+    throw err;
+  });
+  process.stdout.write(
+    `${JSON.stringify({ event: 'listening', service: 'planner', port, metricsPort: server.metrics.port, dashboardPort, dashboardUrl: dashboard?.url })}\n`,
+  );
+  onShutdownSignal(async () => {
+    await dashboard?.stop();
+    await server.stop();
+  });
 }
 
 // Exit 2 on bad configuration (environment, certificates, NATS credentials, MODEL_DIR), 1 otherwise.

@@ -878,6 +878,16 @@ export class PlannerServer {
     }
   }
 
+  /** The followed executor's load report the plans are priced from, smoothed (undefined until one reported). */
+  get load(): ServerLoad | undefined {
+    return this.serverLoad;
+  }
+
+  /** The client class a known client's latest profile states (undefined for a client the planner does not know). */
+  clientClassOf(clientId: string): string | undefined {
+    return this.clients.get(clientId)?.profile.clientClass;
+  }
+
   /** Executors whose load reports are kept now (the followed one and the others heard within the TTL). */
   get executorIds(): string[] {
     return [...this.executors.keys()];
