@@ -129,6 +129,32 @@ describe('tandem demo', () => {
     expect(text).toContain('all produced the same tokens');
   }, 60_000);
 
+  it('prints the planner dashboard URL, and with --stay keeps the services up until SIGINT, then reports and exits 0', async () => {
+    const demo = spawnDemo(['--preset', 'tiny', '--plaintext', '--stay', '--json'], cwd, env);
+    const staying = (): string | undefined => /the services stay up: the planner dashboard is at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(demo.stderr())?.[1];
+    const until = Date.now() + 75_000;
+    while (!staying() && Date.now() < until) {
+      if (await Promise.race([demo.code.then(() => true), sleep(50).then(() => false)])) break;
+    }
+    const url = staying();
+    if (!url) throw new Error(`the demo did not stay up:\n${demo.stderr()}`);
+    expect(demo.stderr()).toContain(`planner dashboard (live while the demo runs): ${url}`);
+    // The dashboard answers with the three devices' plans while the demo stays.
+    const res = await fetch(`${url}snapshot.json`);
+    expect(res.status).toBe(200);
+    const snap = (await res.json()) as { clients: { clientId: string; classes: { placement: string }[] }[] };
+    expect(snap.clients.map((c) => c.clientId)).toEqual(['kiosk', 'laptop', 'phone']);
+    for (const c of snap.clients) for (const k of c.classes) expect(k.placement).toMatch(/^[CS]{6}$/);
+    expect(demo.running()).toBe(true);
+    demo.kill('SIGINT');
+    expect(await demo.code).toBe(0);
+    const report = JSON.parse(demo.stdout()) as DemoReport;
+    expect(report.agents.map((a) => a.runs.length)).toEqual([2, 2, 2]);
+    const port = Number(new URL(url).port);
+    expect({ port, listening: await listening(port) }).toEqual({ port, listening: false });
+    for (const s of report.services) expect({ service: s.name, alive: alive(s.pid) }).toEqual({ service: s.name, alive: false });
+  }, 90_000);
+
   it('stops every service when interrupted with SIGINT and exits 130', async () => {
     const demo = spawnDemo(['--preset', 'tiny'], cwd, env);
     const started = (): boolean => /agents listening: /.test(demo.stderr());

@@ -39,6 +39,11 @@ export interface DemoOptions {
   readonly progress: (line: string) => void;
   /** TLS (mTLS to the executor and planner) and bearer tokens on every port (default true); false = plaintext. */
   readonly tls?: boolean;
+  /**
+   * After the generations, keep every service running (the planner's dashboard live) until
+   * `signal` is aborted, then stop them and report as usual (default false).
+   */
+  readonly stay?: boolean;
 }
 
 /** One generation as the demo reports it. */
@@ -155,6 +160,14 @@ async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceCl
   }
 }
 
+/** Resolves when `signal` is aborted (at once when it already is). */
+function untilAborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}
+
 function toRun(run: number, g: GenerationResult): DemoRun {
   const s = g.summary;
   return {
@@ -218,6 +231,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     opts.progress(
       `server-executor at ${executor.address}, planner at ${planner.address}; starting ${DEMO_DEVICES.length} client-agents (each profiles its stages)`,
     );
+    const dashboardUrl = typeof planner.announced.dashboardUrl === 'string' ? planner.announced.dashboardUrl : undefined;
+    if (dashboardUrl) opts.progress(`planner dashboard (live while the demo runs): ${dashboardUrl}`);
     const agentProcs = DEMO_DEVICES.map((d) => start(agentSpec(stack, d, executor.address, planner.address)));
     await guard.race(Promise.all(agentProcs.map((p) => p.listening)));
     opts.progress(`agents listening: ${DEMO_DEVICES.map((d, i) => `${d.id} at ${agentProcs[i].address}`).join(', ')}`);
@@ -259,6 +274,13 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       plans,
       identicalOutputs: new Set(allIds).size === 1,
     };
+    if (opts.stay) {
+      opts.progress(`the services stay up${dashboardUrl ? `: the planner dashboard is at ${dashboardUrl}` : ''}; Ctrl-C stops them and prints the report`);
+      // Ctrl-C ends the stay (the guard sees it as an interruption): stop and report as usual.
+      await guard.race(untilAborted(opts.signal)).catch((err: unknown) => {
+        if (!(err instanceof DemoInterrupted)) throw err;
+      });
+    }
   } catch (err) {
     failed = !(err instanceof DemoInterrupted);
     throw err;

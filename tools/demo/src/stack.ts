@@ -93,6 +93,8 @@ export function plannerSpec(o: StackOptions): LaunchOptions {
       // Always minimise server work under each device's SLA (what the planner does under load);
       // on an idle server it would pick the fastest placement, which hides the SLA trade-off.
       PLANNER_IDLE_UTILISATION: '0',
+      // The live dashboard on a free port of 127.0.0.1 (the demo prints its URL).
+      PLANNER_DASHBOARD_PORT: '0',
     },
   };
 }

@@ -57,6 +57,8 @@ export class ServiceProcess {
   /** Resolves when the process has exited. */
   readonly exited: Promise<void>;
   port = 0;
+  /** The whole `listening` line (e.g. the planner's `dashboardUrl`); empty until it came. */
+  announced: Readonly<Record<string, unknown>> = {};
   private readonly lines: string[] = [];
   private readonly log: WriteStream | undefined;
 
@@ -102,6 +104,7 @@ export class ServiceProcess {
               done = true;
               clearTimeout(timer);
               this.port = m.port;
+              this.announced = m;
               resolve(m.port);
               return;
             }

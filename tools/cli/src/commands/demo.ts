@@ -16,13 +16,17 @@ export const DEMO_RUNS_PER_AGENT = 2;
 /** Bound on the wait for the agents' first plans. */
 export const DEMO_PLAN_WAIT_MS = 20_000;
 
-const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--own-nats] [--json] [--keep-logs]
+const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--own-nats] [--stay] [--json] [--keep-logs]
 
 Runs Tandem end to end on this machine: a server-executor, a planner and three client-agents
 (emulated devices: ${DEMO_DEVICES.map((d) => `${d.id} ${d.slowdown}x slower, ${d.linkLatencyMs} ms link`).join('; ')}),
 each as its own process. Waits for the planner's plans, runs ${DEMO_RUNS_PER_AGENT} generations per device
 through its Generate API ("${DEMO_PROMPT}"), prints what each device ran where and how long
 it took against its SLA, and stops everything. See docs/demo.md.
+
+The planner serves its live dashboard on a free port of 127.0.0.1 while the demo runs (the
+demo prints its URL); --stay keeps every service running after the generations, so the
+dashboard can be watched, until Ctrl-C stops them and prints the report.
 
 Every gRPC port serves TLS with a CA and certificates made for this run (openssl, as
 \`tandem certs\`): the executor and the planner require client certificates (mTLS) and
@@ -43,6 +47,8 @@ subjects (as \`tandem nats-config\` writes; docs/security.md (NATS)).
   --json          print the report as one JSON document
   --plaintext     no TLS and no tokens (the services' defaults)
   --keep-logs     keep the services' log directory (it is always kept when something fails)
+  --stay          keep the services (and the planner's dashboard) running after the
+                  generations until Ctrl-C; then stop them and print the report (exit 0)
 
 Exit codes: 0 done, 2 bad usage or no NATS available, 1 a service failed,
 130/143 interrupted (SIGINT/SIGTERM; the services are stopped first).`;
@@ -54,7 +60,7 @@ export const demoCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const startedAt = performance.now();
-    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext', 'own-nats'] });
+    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext', 'own-nats', 'stay'] });
     const presetFlag = args.flags.get('preset');
     const modelFlag = args.flags.get('model');
     if (presetFlag !== undefined && modelFlag !== undefined)
@@ -117,6 +123,7 @@ export const demoCommand: Command = {
           startedAt,
           progress,
           tls: !args.switches.has('plaintext'),
+          stay: args.switches.has('stay'),
         });
         if (json) printJson(io, report);
         else io.stdout.write(formatDemoReport(report));
