@@ -25,8 +25,21 @@ export {
   sloRatio,
   statedSlos,
 } from './generation';
-export type { GenerationCost, GenerationInstance, GenerationResult, GenerationStage, Slo, SloKey, SloMet, WholeModelCost } from './generation';
-export { isGenerationInstance, validateGenerationInstance } from './generation-validate';
+export type {
+  ComparableResult,
+  GenerationCost,
+  GenerationInstance,
+  GenerationResult,
+  GenerationStage,
+  Slo,
+  SloKey,
+  SloMet,
+  WholeModelCost,
+} from './generation';
+export { isGenerationInstance, isPhasedInstance, validateGenerationInstance, validatePhasedInstance } from './generation-validate';
+export { PHASED_ALGORITHM, evaluatePhased, phasedResultOf } from './phased';
+export type { PhasedCost, PhasedInstance, PhasedResult } from './phased';
+export { solvePhasedDp } from './phased-dp';
 export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
 export {
   solveGeneration,
