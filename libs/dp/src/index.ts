@@ -12,7 +12,7 @@ export { isAlgorithm, solve } from './solve';
 export { minLatencyPlacement, solveDp } from './exact-dp';
 export { MAX_GRID_CELLS, solveDpGrid } from './grid-dp';
 export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
-export { instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
+export { generationFromShape, instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
 export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';
 export {
   SLO_KEYS,
