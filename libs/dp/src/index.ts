@@ -11,7 +11,8 @@ export { RELATIVE_TOLERANCE, approxEqual, approxLessOrEqual, evaluatePlacement, 
 export { isAlgorithm, solve } from './solve';
 export { minLatencyPlacement, solveDp } from './exact-dp';
 export { MAX_GRID_CELLS, solveDpGrid } from './grid-dp';
-export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
+export { greedyRatioPlacement, prefixPlacement, solveClientOnly, solveGreedy, solveGreedyRatio, solvePrefix, solveServerOnly } from './baselines';
+export type { RatioFigures } from './baselines';
 export { generationFromShape, instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
 export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';
 export {
@@ -46,6 +47,7 @@ export {
   solveGenerationClientOnly,
   solveGenerationDpGrid,
   solveGenerationGreedy,
+  solveGenerationGreedyRatio,
   solveGenerationPrefix,
   solveGenerationServerOnly,
 } from './generation-solvers';

@@ -119,7 +119,7 @@ describe('tandem plan', () => {
 
   it('exits 2 on an unknown algorithm, unreadable file or invalid JSON', async () => {
     expect((await run(['plan', '--instance', file, '--algorithm', 'magic'])).stderr).toMatch(
-      /--algorithm must be one of dp, dp-grid, greedy, prefix, server-only, client-only, dp-phased, given 'magic'/,
+      /--algorithm must be one of dp, dp-grid, greedy, prefix, server-only, client-only, greedy-ratio, dp-phased, given 'magic'/,
     );
     expect((await run(['plan', '--instance', join(dir, 'nope.json')])).code).toBe(2);
     const bad = await run(['plan', '--instance', writeInstance('broken.json', '{"stages": [')]);

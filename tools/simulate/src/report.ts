@@ -135,10 +135,11 @@ function markdown(j: SimulationJson, total: number): string {
       'dp over greedy',
       'paper',
       'dp over prefix',
+      'dp over greedy-ratio',
       ...steps.map((s) => `dp-grid cost (SLA/${s})`),
     ]),
   );
-  out.push(row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', ...steps.map(() => '---:')]));
+  out.push(row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', ...steps.map(() => '---:')]));
   for (const f of j.families) {
     const p = paperFamily(f.family);
     out.push(
@@ -151,6 +152,7 @@ function markdown(j: SimulationJson, total: number): string {
         pct(f.all.dpOverGreedy),
         pct(p?.dpOverGreedy),
         pct(f.all.dpOverPrefix),
+        pct(f.all.dpOverGreedyRatio),
         ...f.all.gridCost.map(pp),
       ]),
     );
@@ -166,6 +168,7 @@ function markdown(j: SimulationJson, total: number): string {
       `**${pct(o.dpOverGreedy)}**`,
       '19 %',
       pct(o.dpOverPrefix),
+      pct(o.dpOverGreedyRatio),
       ...o.gridCost.map(pp),
     ]),
   );
@@ -303,6 +306,7 @@ function csv(rows: readonly ConfigResult[], ranges: SweepRanges): string {
     'workServerOnly',
     'workDp',
     'workGreedy',
+    'workGreedyRatio',
     'workPrefix',
     ...ranges.gridSteps.map((s) => `workGrid${s}`),
     'dpSwitches',
@@ -323,6 +327,7 @@ function csv(rows: readonly ConfigResult[], ranges: SweepRanges): string {
       r.work.serverOnly,
       r.work.dp,
       r.work.greedy,
+      r.work.greedyRatio,
       r.work.prefix,
       ...r.work.grid,
       r.dpSwitches,
@@ -356,6 +361,7 @@ function charts(j: SimulationJson): { file: string; svg: string }[] {
       byCategory(`dp-grid (SLA/${j.ranges.gridSteps[0]})`, (s) => s.reductionVsServerOnly.grid[0]),
       byCategory('prefix (best single split)', (s) => s.reductionVsServerOnly.prefix),
       byCategory('greedy', (s) => s.reductionVsServerOnly.greedy),
+      byCategory('greedy-ratio', (s) => s.reductionVsServerOnly.greedyRatio),
       { name: 'paper (dp)', points: paperPoints, color: '#999999' },
     ],
     yMin: 0,
@@ -376,6 +382,7 @@ function charts(j: SimulationJson): { file: string; svg: string }[] {
         },
         { name: 'prefix', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.prefix) })) },
         { name: 'greedy', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.greedy) })) },
+        { name: 'greedy-ratio', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.greedyRatio) })) },
       ],
     });
   return [

@@ -9,6 +9,7 @@ import {
   solveDp,
   solveDpGrid,
   solveGreedy,
+  solveGreedyRatio,
   solvePrefix,
   solveServerOnly,
   type GenerationInstance,
@@ -82,7 +83,14 @@ export interface ConfigResult {
   readonly network: string;
   readonly activationBytes: number;
   readonly slaMs: number;
-  readonly work: { readonly serverOnly: number; readonly dp: number; readonly greedy: number; readonly prefix: number; readonly grid: readonly number[] };
+  readonly work: {
+    readonly serverOnly: number;
+    readonly dp: number;
+    readonly greedy: number;
+    readonly greedyRatio: number;
+    readonly prefix: number;
+    readonly grid: readonly number[];
+  };
   readonly dpSwitches: number;
   /** Whether running everything on the client meets the SLA (then the optimum does no server work). */
   readonly clientOnlyFeasible: boolean;
@@ -197,7 +205,7 @@ function request(model: SimulatedModel, seqLen: number, decodeSteps: number): Re
 /**
  * Runs the sweep: for each configuration, builds the instance with the analytic cost model,
  * sets the SLA to `slaFactor` × the all-server latency, and solves it with server-only,
- * greedy, prefix, dp and dp-grid (each grid budget). Deterministic; CPU-bound.
+ * greedy, greedy-ratio, prefix, dp and dp-grid (each grid budget). Deterministic; CPU-bound.
  */
 export function runSweep(options: SweepOptions): ConfigResult[] {
   const { ranges } = options;
@@ -218,6 +226,7 @@ export function runSweep(options: SweepOptions): ConfigResult[] {
     const so = solveServerOnly(instance);
     const dp = solveDp(instance);
     const greedy = solveGreedy(instance);
+    const greedyRatio = solveGreedyRatio(instance);
     const prefix = solvePrefix(instance);
     const grids = ranges.gridSteps.map((steps) => solveDpGrid({ ...instance, resolutionMs: instance.slaMs / steps }));
     const phased = c.model.generative && options.decodeSteps > 0 ? phasedFigures(c, options.decodeSteps, ranges) : undefined;
@@ -232,11 +241,18 @@ export function runSweep(options: SweepOptions): ConfigResult[] {
       network: c.network.name,
       activationBytes: c.activationBytes,
       slaMs: instance.slaMs,
-      work: { serverOnly: so.serverWork, dp: dp.serverWork, greedy: greedy.serverWork, prefix: prefix.serverWork, grid: grids.map((g) => g.serverWork) },
+      work: {
+        serverOnly: so.serverWork,
+        dp: dp.serverWork,
+        greedy: greedy.serverWork,
+        greedyRatio: greedyRatio.serverWork,
+        prefix: prefix.serverWork,
+        grid: grids.map((g) => g.serverWork),
+      },
       dpSwitches: dp.switches,
       clientOnlyFeasible: solveClientOnly(instance).feasible,
       dpShape: placementShape(dp.placement),
-      allFeasible: [so, dp, greedy, prefix, ...grids].every((r) => r.feasible),
+      allFeasible: [so, dp, greedy, greedyRatio, prefix, ...grids].every((r) => r.feasible),
     });
     options.onProgress?.(k + 1, configs.length, c.model.shape.name);
   });
@@ -308,13 +324,22 @@ export function summarizePhased(rows: readonly ConfigResult[], rule: keyof Phase
 export interface Summary {
   readonly configs: number;
   /** Mean over configurations of 1 − W_algo / W_server-only. */
-  readonly reductionVsServerOnly: { readonly dp: number; readonly greedy: number; readonly prefix: number; readonly grid: readonly number[] };
+  readonly reductionVsServerOnly: {
+    readonly dp: number;
+    readonly greedy: number;
+    readonly greedyRatio: number;
+    readonly prefix: number;
+    readonly grid: readonly number[];
+  };
   /** Mean over configurations of (W_greedy − W_dp) / W_greedy (0 where greedy already does no server work). */
   readonly dpOverGreedy: number;
   /** The same, pooled: 1 − ΣW_dp / ΣW_greedy. */
   readonly dpOverGreedyPooled: number;
   readonly dpOverPrefix: number;
   readonly dpOverPrefixPooled: number;
+  /** Mean over configurations of (W_greedy-ratio − W_dp) / W_greedy-ratio: dp against the fairer greedy. */
+  readonly dpOverGreedyRatio: number;
+  readonly dpOverGreedyRatioPooled: number;
   /** What dp-grid's rounding costs, per grid budget: mean (W_grid − W_dp) / W_server-only. */
   readonly gridCost: readonly number[];
   /** Share of configurations where dp-grid does more work than dp, per grid budget. */
@@ -342,6 +367,7 @@ export function summarize(rows: readonly ConfigResult[]): Summary {
     reductionVsServerOnly: {
       dp: mean(rows.map((r) => gain(r.work.serverOnly, r.work.dp))),
       greedy: mean(rows.map((r) => gain(r.work.serverOnly, r.work.greedy))),
+      greedyRatio: mean(rows.map((r) => gain(r.work.serverOnly, r.work.greedyRatio))),
       prefix: mean(rows.map((r) => gain(r.work.serverOnly, r.work.prefix))),
       grid: grids.map((g) => mean(rows.map((r) => gain(r.work.serverOnly, r.work.grid[g])))),
     },
@@ -349,6 +375,8 @@ export function summarize(rows: readonly ConfigResult[]): Summary {
     dpOverGreedyPooled: gain(sum(rows.map((r) => r.work.greedy)), sum(rows.map((r) => r.work.dp))),
     dpOverPrefix: mean(rows.map((r) => gain(r.work.prefix, r.work.dp))),
     dpOverPrefixPooled: gain(sum(rows.map((r) => r.work.prefix)), sum(rows.map((r) => r.work.dp))),
+    dpOverGreedyRatio: mean(rows.map((r) => gain(r.work.greedyRatio, r.work.dp))),
+    dpOverGreedyRatioPooled: gain(sum(rows.map((r) => r.work.greedyRatio)), sum(rows.map((r) => r.work.dp))),
     gridCost: grids.map((g) => mean(rows.map((r) => (r.work.grid[g] - r.work.dp) / r.work.serverOnly))),
     gridSuboptimalShare: grids.map((g) => mean(rows.map((r) => (r.work.grid[g] > r.work.dp * (1 + 1e-9) ? 1 : 0)))),
     dpMultiSwitchShare: mean(rows.map((r) => (r.dpSwitches > 2 ? 1 : 0))),
