@@ -1,6 +1,6 @@
-import { approxEqual, approxLessOrEqual, transferMs } from './evaluate';
+import { transferMs } from './evaluate';
 import { betterGeneration, sloRatio, type GenerationInstance } from './generation';
-import { Staircase, solveGenerationDp } from './generation-dp';
+import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
 import { PHASED_ALGORITHM, phasedResultOf, streamedDecode, type PhasedResult } from './phased';
 import type { Location } from './types';
 
@@ -218,10 +218,7 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
     }
     fronts = next;
   }
-  let chosen = -1;
-  let bestRatio = Infinity;
-  let bestWork = Infinity;
-  let bestE2e = Infinity;
+  const pick = new FinalPick(slo, feasibleOnly);
   for (let cell = 0; cell < fronts.length; cell++) {
     const front = fronts[cell];
     if (!front) continue;
@@ -249,30 +246,10 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
       const w = labels.w[k] + restW;
       const tpot = G / m;
       const e2e = ttft + G;
-      let ratio = 0;
-      if (feasibleOnly) {
-        if (
-          (slo.ttftMs !== undefined && !approxLessOrEqual(ttft, slo.ttftMs)) ||
-          (slo.tpotMs !== undefined && !approxLessOrEqual(tpot, slo.tpotMs)) ||
-          (slo.e2eMs !== undefined && !approxLessOrEqual(e2e, slo.e2eMs))
-        )
-          continue;
-      } else {
-        ratio = sloRatio(slo, { ttftMs: ttft, tpotMs: tpot, e2eMs: e2e });
-      }
-      let better: boolean;
-      if (chosen < 0) better = true;
-      else if (!feasibleOnly && !approxEqual(ratio, bestRatio)) better = ratio < bestRatio;
-      else if (!approxEqual(w, bestWork)) better = w < bestWork;
-      else better = e2e < bestE2e;
-      if (better) {
-        chosen = k;
-        bestRatio = ratio;
-        bestWork = w;
-        bestE2e = e2e;
-      }
+      pick.offer(k, ttft, tpot, e2e, w);
     }
   }
+  const chosen = pick.chosen;
   if (chosen < 0) return undefined;
   const prefill = new Array<Location>(S);
   const decode = new Array<Location>(S);

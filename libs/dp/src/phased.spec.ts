@@ -1,6 +1,5 @@
 import {
   InstanceValidationError,
-  approxEqual,
   evaluateGeneration,
   evaluatePhased,
   isPhasedInstance,
@@ -13,16 +12,11 @@ import {
   type Location,
   type SloKey,
 } from './index';
-import { randomGenerationInstance, seededRandom } from './random-instances.fixture';
+import { optimumOf, randomGenerationInstance, seededRandom, type Enumerated } from './random-instances.fixture';
 
 const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
 
-interface Best {
-  feasible: boolean;
-  serverWork: number;
-  e2eMs: number;
-  ratio: number;
-}
+type Best = Enumerated;
 
 const sides = (S: number, mask: number): Location[] => Array.from({ length: S }, (_, i): Location => (mask & (1 << i) ? 'server' : 'client'));
 
@@ -36,18 +30,7 @@ function bruteForce(inst: GenerationInstance): Best {
       all.push({ feasible: sloCheck(inst.slo, c).feasible, serverWork: c.serverWork, e2eMs: c.e2eMs, ratio: sloRatio(inst.slo, c) });
     }
   }
-  const feasible = all.filter((b) => b.feasible);
-  let pool: Best[];
-  if (feasible.length > 0) {
-    const w = Math.min(...feasible.map((b) => b.serverWork));
-    pool = feasible.filter((b) => approxEqual(b.serverWork, w));
-  } else {
-    const r = Math.min(...all.map((b) => b.ratio));
-    const tied = all.filter((b) => approxEqual(b.ratio, r));
-    const w = Math.min(...tied.map((b) => b.serverWork));
-    pool = tied.filter((b) => approxEqual(b.serverWork, w));
-  }
-  return pool.reduce((a, b) => (b.e2eMs < a.e2eMs ? b : a));
+  return optimumOf(all);
 }
 
 const SUBSETS: SloKey[][] = [['e2eMs'], ['ttftMs'], ['tpotMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs'], ['e2eMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];

@@ -18,6 +18,7 @@ import {
   type GenerationInstance,
   type GenerationResult,
   type PhasedResult,
+  type SloKey,
   type PlacementInstance,
   type PlacementResult,
 } from '@tandem/dp';
@@ -114,17 +115,22 @@ function fmt(x: number): string {
 
 const SLO_LABEL = { ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' } as const;
 
+/** One line per SLO objective: its figure and, when stated, the bound and whether it is met. */
+function sloLines(instance: GenerationInstance, r: Pick<GenerationResult, SloKey | 'met'>): string[] {
+  return SLO_KEYS.map((k) => {
+    const bound = instance.slo[k];
+    const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
+    return `  ${SLO_LABEL[k].padEnd(11)} ${fmt(r[k])} ms ${verdict}`;
+  });
+}
+
 const letters = (p: readonly string[]): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
 
 function phasedReport(instance: GenerationInstance, r: PhasedResult, title: string): string {
   const lines = [
     `${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (decoded on the server, tokens streamed)' : ''}`,
   ];
-  for (const k of SLO_KEYS) {
-    const bound = instance.slo[k];
-    const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
-    lines.push(`  ${SLO_LABEL[k].padEnd(11)} ${fmt(r[k])} ms ${verdict}`);
-  }
+  lines.push(...sloLines(instance, r));
   lines.push(
     `  server work ${fmt(r.serverWork)}`,
     `  hand-over   ${fmt(r.handoverMs)} ms (KV cache up ${fmt(r.kvUpBytes)} B, down ${fmt(r.kvDownBytes)} B)`,
@@ -145,11 +151,7 @@ function generationReport(instance: GenerationInstance, r: GenerationResult, tit
   const lines = [
     `${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (all-server, decoded on the server, tokens streamed)' : ''}`,
   ];
-  for (const k of SLO_KEYS) {
-    const bound = instance.slo[k];
-    const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
-    lines.push(`  ${SLO_LABEL[k].padEnd(11)} ${fmt(r[k])} ms ${verdict}`);
-  }
+  lines.push(...sloLines(instance, r));
   lines.push(`  server work ${fmt(r.serverWork)}`, `  switches    ${r.switches} per pass`, `  placement   ${letters(r.placement)}`);
   const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
   lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  where   clientPrefillMs  serverPrefillMs  clientDecodeMs  serverDecodeMs`);
