@@ -1,5 +1,5 @@
 import { transferMs } from './evaluate';
-import { betterGeneration, sloRatio, type GenerationInstance } from './generation';
+import { betterGeneration, pinnedToClient, serverWherever, sloRatio, type GenerationInstance } from './generation';
 import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
 import { PHASED_ALGORITHM, phasedResultOf, streamedDecode, type PhasedResult } from './phased';
 import type { Location } from './types';
@@ -148,16 +148,19 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
   };
   const cand = new Candidates();
   const stair = new Staircase();
+  const pinned = pinnedToClient(inst);
   for (let i = 0; i < S; i++) {
     const s = stages[i];
     const kv = (s.kvBytesPerToken ?? 0) * n;
+    // A stage pinned to the client has no server side in either phase.
+    const sides = pinned[i] ? (['client'] as const) : (['client', 'server'] as const);
     cand.clear();
     fronts.forEach((front, cell) => {
       if (!front) return;
       const pPrev = cell & P_SERVER ? 'server' : 'client';
       const dPrev = cell & D_SERVER ? 'server' : 'client';
-      for (const ps of ['client', 'server'] as const) {
-        for (const ds of ['client', 'server'] as const) {
+      for (const ps of sides) {
+        for (const ds of sides) {
           let addT = 0;
           let addW = 0;
           if (ps === 'server') {
@@ -302,7 +305,8 @@ export function solvePhasedDp(instance: GenerationInstance): PhasedResult {
   }
   const { slo } = instance;
   const all = (side: Location): Location[] => new Array<Location>(S).fill(side);
-  const streamed = (instance.serverDecoding ?? true) ? phasedResultOf(instance, PHASED_ALGORITHM, all('server'), all('server')) : undefined;
+  const streamed =
+    (instance.serverDecoding ?? true) && !instance.private ? phasedResultOf(instance, PHASED_ALGORITHM, all('server'), all('server')) : undefined;
   // dp's answer is a pair with equal phases: its work bounds the optimum's when it is feasible,
   // and its ratio bounds the least ratio when nothing is.
   const dp = solveGenerationDp(instance);
@@ -314,8 +318,8 @@ export function solvePhasedDp(instance: GenerationInstance): PhasedResult {
   );
   if (!pair && !dp.feasible) {
     const ends = [
-      phasedResultOf(instance, PHASED_ALGORITHM, all('client'), all('server')),
-      phasedResultOf(instance, PHASED_ALGORITHM, all('server'), all('client')),
+      phasedResultOf(instance, PHASED_ALGORITHM, all('client'), serverWherever(instance)),
+      phasedResultOf(instance, PHASED_ALGORITHM, serverWherever(instance), all('client')),
     ];
     const r = Math.min(sloRatio(slo, dp), ...ends.map((e) => sloRatio(slo, e)));
     const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));
