@@ -8,7 +8,9 @@ import type { Location } from './types';
 const PRUNE_SLACK = 4e-9;
 
 // A cell is a stage's (prefill side, decode side) with what the path so far has done:
-// whether KV moved up or down, and whether every prefill or decode side so far was the server.
+// whether KV moved up or down, whether every decode side so far was the server (D_ALL), and
+// whether every side of both phases so far was (P_ALL, only kept with D_ALL: it marks the
+// streamed all-server plan, and matters for nothing else).
 const P_SERVER = 1;
 const D_SERVER = 2;
 const KV_UP = 4;
@@ -198,7 +200,7 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
             (ps === 'server' ? P_SERVER : 0) |
             (ds === 'server' ? D_SERVER : 0) |
             flags |
-            ((cell & P_ALL) !== 0 && ps === 'server' ? P_ALL : 0) |
+            ((cell & P_ALL) !== 0 && ps === 'server' && dAll ? P_ALL : 0) |
             (dAll ? D_ALL : 0);
           for (const k of front) {
             const t = labels.t[k] + addT;
@@ -274,9 +276,9 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
  * `dp`'s, with both placements equal.
  *
  * Method: a forward DP over stages whose cells are the stage's pair of sides (4) and what the
- * path so far has done: KV moved up, KV moved down, every prefill side so far the server,
- * every decode side so far the server (the last two decide whether the plan is the streamed
- * all-server one and whether the server's own loop decodes). A cell holds the Pareto front of
+ * path so far has done: KV moved up, KV moved down, every decode side so far the server (whether the
+ * server's own loop may decode), every side of both phases so far the server (the streamed
+ * all-server plan). A cell holds the Pareto front of
  * labels (TTFT so far, G so far, server work so far), where G = m · decode pass + hand-over
  * is the one figure through which TPOT (G / m) and E2E (TTFT + G) see the decode and the
  * hand-over. The rest of the chain's costs depend only on the cell and every final figure
