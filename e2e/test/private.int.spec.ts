@@ -2,12 +2,12 @@ import * as grpc from '@grpc/grpc-js';
 import type { ClientAgent } from '@tandem/client-agent';
 import { SplitPipeline } from '@tandem/model';
 import type { PlannerServer } from '@tandem/planner';
-import { agentStatus, AgentServiceClient, generateVia, type GenerateRequest } from '@tandem/protocol';
+import { AgentServiceClient, generateVia, type GenerateRequest } from '@tandem/protocol';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
 
 // A private device (AGENT_PRIVATE): its token ids and text never reach the server. The services
 // run as deployed (mTLS, tokens, a nats-server with one user per service).
@@ -52,18 +52,10 @@ describe('a private device end to end', () => {
     client = new AgentServiceClient(addr, ...creds.clientArgs());
   });
 
-  afterAll(async () => {
-    client?.close();
-    await agent?.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
-    await nats?.stop();
-    model?.remove();
-  });
+  afterAll(() => stopStack({ clients: [client], agents: [agent], planner, executor, nats, model }));
 
   it('gets plans that keep its embedding and head, from its profile', async () => {
-    await eventually(async () => (await agentStatus(client)).planEpoch > 0, { timeoutMs: 10_000, what: "the private device's plan" });
-    const plan = planner.plans().find((p) => p.clientId === 'dev-private')!;
+    const plan = await eventually(() => planner.plans().find((p) => p.clientId === 'dev-private'), { timeoutMs: 10_000, what: "the private device's plan" });
     for (const c of plan.classes) expect(c.placement).toMatch(/^C.*C$/);
   });
 
