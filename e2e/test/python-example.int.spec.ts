@@ -1,5 +1,5 @@
-import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
@@ -7,7 +7,8 @@ import type { PlannerServer } from '@tandem/planner';
 import type { ClientAgent } from '@tandem/client-agent';
 import { AgentServiceClient, generateVia, type GenerateRequest } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { canConnect, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import type { DemoReport } from '@tandem/demo';
 import { makeCredentials, type TestCredentials } from './credentials';
 import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
 
@@ -230,4 +231,72 @@ describe('examples/python against the real services', () => {
       expect(r.stderr).not.toContain('Traceback');
     }
   });
+});
+
+describe('examples/python against `tandem demo --stay`', () => {
+  let cwd: string;
+  let stubs: string;
+
+  beforeAll(async () => {
+    await requirePythonToolchain();
+    stubs = mkdtempSync(join(tmpdir(), 'tandem-py-stubs-'));
+    ok(await run('bash', [join(EXAMPLES, 'gen.sh'), stubs]));
+    cwd = mkdtempSync(join(tmpdir(), 'tandem-py-demo-'));
+  });
+
+  afterAll(() => {
+    if (stubs) rmSync(stubs, { recursive: true, force: true });
+    if (cwd) rmSync(cwd, { recursive: true, force: true });
+  });
+
+  it('runs every script against the services the demo keeps up, which stop on SIGINT with the report', async () => {
+    const child = spawn(process.execPath, [join(ROOT, 'tools/cli/bin/tandem.js'), 'demo', '--preset', 'tiny', '--tokens', '4', '--own-nats', '--stay', '--json'], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString('utf8')));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString('utf8')));
+    const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    try {
+      const stay = await eventually(
+        () => /--stay: .*server-executor (\S+), planner (\S+), agents laptop (\S+), .*; model (\S+); TLS: --tls-ca (\S+) --tls-cert (\S+) --tls-key (\S+); .* in (\S+)$/m.exec(stderr) ?? (child.exitCode !== null ? new Error(stderr) : undefined),
+        { timeoutMs: 60_000, intervalMs: 100, what: "the demo's --stay line" },
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; the demo's stderr:\n${stderr}`);
+      });
+      if (stay instanceof Error) throw new Error(`the demo exited before staying up:\n${stay.message}`);
+      const [, executorAddr, plannerAddr, laptopAddr, modelDir, ca, cert, key, tokensFile] = stay;
+      const tokens = new Map(readFileSync(tokensFile, 'utf8').trim().split('\n').map((l) => l.split(' ').reverse() as [string, string]));
+      const tls = ['--tls-ca', ca, '--tls-cert', cert, '--tls-key', key];
+      const py = (script: string, args: readonly string[]): Promise<Run> => run(PYTHON, [join(EXAMPLES, script), ...args], { TANDEM_PY_STUBS: stubs });
+
+      const gen = JSON.parse(
+        ok(await py('generate.py', ['--addr', laptopAddr, ...tls, '--token', tokens.get('*') ?? '', '--prompt', 'The quick brown fox', '--max-new-tokens', '4', '--json'])),
+      ) as { ids: number[] };
+      // "The quick brown fox" in GPT-2 ids, the demo's prompt.
+      const split = ok(
+        await py('split.py', ['--addr', executorAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--model', modelDir, '--ids', '464,2068,7586,21831', '--max-new-tokens', '4']),
+      );
+      const plan = ok(await py('watch_plans.py', ['--addr', plannerAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--count', '1']));
+      expect(plan).toMatch(/^plan client=laptop epoch=[1-9]/);
+
+      child.kill('SIGINT');
+      expect(await exited).toBe(0);
+      const report = JSON.parse(stdout) as DemoReport;
+      const demoIds = report.agents[0].runs[0].ids;
+      expect(demoIds).toHaveLength(4);
+      expect(gen.ids).toEqual(demoIds);
+      expect(streamedIds(split)).toEqual(demoIds);
+      for (const s of report.services) expect({ service: s.name, listening: await canConnect('127.0.0.1', s.port, 2000) }).toEqual({ service: s.name, listening: false });
+    } finally {
+      if (child.exitCode === null) {
+        child.kill('SIGINT');
+        const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        await exited;
+        clearTimeout(t);
+      }
+    }
+  }, 120_000);
 });
