@@ -146,7 +146,9 @@ describe('examples/python against the real services', () => {
     expect(JSON.parse(field(out, 'text'))).toBe(expectedText.summary.text);
     expect(field(out, 'summary')).toMatch(new RegExp(`^placement=[CS]{${stageCount}} epoch=\\d+ `));
 
-    const ids = ok(await py('generate.py', ['--addr', agentAddr, ...secure(), '--ids', PROMPT_IDS.join(','), '--max-new-tokens', String(NEW_TOKENS), '--json']));
+    const ids = ok(
+      await py('generate.py', ['--addr', agentAddr, ...secure(), '--ids', PROMPT_IDS.join(','), '--max-new-tokens', String(NEW_TOKENS), '--json']),
+    );
     const doc = JSON.parse(ids) as { ids: number[]; tokens: { id: number }[] };
     expect(doc.ids).toEqual(await viaTs({}));
     expect(doc.tokens.map((t) => t.id)).toEqual(doc.ids);
@@ -191,13 +193,36 @@ describe('examples/python against the real services', () => {
   });
 
   it('reports a gRPC error as its status code and message, without a stack trace', async () => {
-    const noToken = await py('generate.py', ['--addr', agentAddr, '--tls-ca', creds.certs.caCert, '--tls-cert', creds.certs.clientCert, '--tls-key', creds.certs.clientKey, '--ids', '1,2']);
+    const noToken = await py('generate.py', [
+      '--addr',
+      agentAddr,
+      '--tls-ca',
+      creds.certs.caCert,
+      '--tls-cert',
+      creds.certs.clientCert,
+      '--tls-key',
+      creds.certs.clientKey,
+      '--ids',
+      '1,2',
+    ]);
     expect(noToken.code).toBe(1);
     expect(noToken.stderr).toMatch(/generate\.py: the client-agent at 127\.0\.0\.1:\d+: Generate failed with UNAUTHENTICATED: .*authorization/);
     expect(noToken.stderr).not.toContain('Traceback');
 
     // A token of py-1 cannot open a session as dev-1 nor watch dev-1's plans.
-    const otherId = await py('split.py', ['--addr', executorAddr, ...secure('py-1'), '--client-id', 'dev-1', '--model', model.dir, '--ids', '1,2', '--max-new-tokens', '2']);
+    const otherId = await py('split.py', [
+      '--addr',
+      executorAddr,
+      ...secure('py-1'),
+      '--client-id',
+      'dev-1',
+      '--model',
+      model.dir,
+      '--ids',
+      '1,2',
+      '--max-new-tokens',
+      '2',
+    ]);
     expect(otherId.code).toBe(1);
     expect(otherId.stderr).toMatch(/split\.py: the server-executor at 127\.0\.0\.1:\d+: Session failed with PERMISSION_DENIED: /);
     const watch = await py('watch_plans.py', ['--addr', plannerAddr, ...secure('py-1'), '--client-id', 'dev-1', '--count', '1']);
@@ -219,8 +244,16 @@ describe('examples/python against the real services', () => {
       ['generate.py', ['--prompt', 'hi', '--tls-ca', '/nonexistent/ca.crt'], /argument --tls-ca: cannot read \/nonexistent\/ca\.crt/],
       ['split.py', ['--model', '/nonexistent', '--ids', '1'], /argument --model: \/nonexistent\/manifest\.json: cannot read/],
       ['split.py', ['--model', model.dir, '--ids', '50257'], /argument --ids: ids must be 0\.\.50256 \(the model's vocabulary\), given 50257/],
-      ['split.py', ['--model', model.dir, '--ids', '1', '--client-blocks', '2'], /argument --client-blocks: must be 0\.\.1 \(the server runs at least one stage\), given 2/],
-      ['split.py', ['--model', model.dir, '--ids', '1', '--max-new-tokens', '1025'], /argument --max-new-tokens: prompt \(1\) \+ max-new-tokens \(1025\) - 1 must be <= the model's context 1024/],
+      [
+        'split.py',
+        ['--model', model.dir, '--ids', '1', '--client-blocks', '2'],
+        /argument --client-blocks: must be 0\.\.1 \(the server runs at least one stage\), given 2/,
+      ],
+      [
+        'split.py',
+        ['--model', model.dir, '--ids', '1', '--max-new-tokens', '1025'],
+        /argument --max-new-tokens: prompt \(1\) \+ max-new-tokens \(1025\) - 1 must be <= the model's context 1024/,
+      ],
       ['watch_plans.py', ['--client-id', ''], /argument --client-id: must not be empty/],
       ['watch_plans.py', ['--client-id', 'a', '--addr', 'nohostport'], /argument --addr: must be host:port, given 'nohostport'/],
     ];
@@ -250,10 +283,14 @@ describe('examples/python against `tandem demo --stay`', () => {
   });
 
   it('runs every script against the services the demo keeps up, which stop on SIGINT with the report', async () => {
-    const child = spawn(process.execPath, [join(ROOT, 'tools/cli/bin/tandem.js'), 'demo', '--preset', 'tiny', '--tokens', '4', '--own-nats', '--stay', '--json'], {
-      cwd,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [join(ROOT, 'tools/cli/bin/tandem.js'), 'demo', '--preset', 'tiny', '--tokens', '4', '--own-nats', '--stay', '--json'],
+      {
+        cwd,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString('utf8')));
@@ -261,25 +298,62 @@ describe('examples/python against `tandem demo --stay`', () => {
     const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     try {
       const stay = await eventually(
-        () => /--stay: .*server-executor (\S+), planner (\S+), agents laptop (\S+), .*; model (\S+); TLS: --tls-ca (\S+) --tls-cert (\S+) --tls-key (\S+); .* in (\S+)$/m.exec(stderr) ?? (child.exitCode !== null ? new Error(stderr) : undefined),
+        () =>
+          /--stay: .*server-executor (\S+), planner (\S+), agents laptop (\S+), .*; model (\S+); TLS: --tls-ca (\S+) --tls-cert (\S+) --tls-key (\S+); .* in (\S+)$/m.exec(
+            stderr,
+          ) ?? (child.exitCode !== null ? new Error(stderr) : undefined),
         { timeoutMs: 60_000, intervalMs: 100, what: "the demo's --stay line" },
       ).catch((err: Error) => {
         throw new Error(`${err.message}; the demo's stderr:\n${stderr}`);
       });
       if (stay instanceof Error) throw new Error(`the demo exited before staying up:\n${stay.message}`);
       const [, executorAddr, plannerAddr, laptopAddr, modelDir, ca, cert, key, tokensFile] = stay;
-      const tokens = new Map(readFileSync(tokensFile, 'utf8').trim().split('\n').map((l) => l.split(' ').reverse() as [string, string]));
+      const tokens = new Map(
+        readFileSync(tokensFile, 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => l.split(' ').reverse() as [string, string]),
+      );
       const tls = ['--tls-ca', ca, '--tls-cert', cert, '--tls-key', key];
       const py = (script: string, args: readonly string[]): Promise<Run> => run(PYTHON, [join(EXAMPLES, script), ...args], { TANDEM_PY_STUBS: stubs });
 
       const gen = JSON.parse(
-        ok(await py('generate.py', ['--addr', laptopAddr, ...tls, '--token', tokens.get('*') ?? '', '--prompt', 'The quick brown fox', '--max-new-tokens', '4', '--json'])),
+        ok(
+          await py('generate.py', [
+            '--addr',
+            laptopAddr,
+            ...tls,
+            '--token',
+            tokens.get('*') ?? '',
+            '--prompt',
+            'The quick brown fox',
+            '--max-new-tokens',
+            '4',
+            '--json',
+          ]),
+        ),
       ) as { ids: number[] };
       // "The quick brown fox" in GPT-2 ids, the demo's prompt.
       const split = ok(
-        await py('split.py', ['--addr', executorAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--model', modelDir, '--ids', '464,2068,7586,21831', '--max-new-tokens', '4']),
+        await py('split.py', [
+          '--addr',
+          executorAddr,
+          ...tls,
+          '--token',
+          tokens.get('laptop') ?? '',
+          '--client-id',
+          'laptop',
+          '--model',
+          modelDir,
+          '--ids',
+          '464,2068,7586,21831',
+          '--max-new-tokens',
+          '4',
+        ]),
       );
-      const plan = ok(await py('watch_plans.py', ['--addr', plannerAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--count', '1']));
+      const plan = ok(
+        await py('watch_plans.py', ['--addr', plannerAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--count', '1']),
+      );
       expect(plan).toMatch(/^plan client=laptop epoch=[1-9]/);
 
       child.kill('SIGINT');
@@ -289,7 +363,8 @@ describe('examples/python against `tandem demo --stay`', () => {
       expect(demoIds).toHaveLength(4);
       expect(gen.ids).toEqual(demoIds);
       expect(streamedIds(split)).toEqual(demoIds);
-      for (const s of report.services) expect({ service: s.name, listening: await canConnect('127.0.0.1', s.port, 2000) }).toEqual({ service: s.name, listening: false });
+      for (const s of report.services)
+        expect({ service: s.name, listening: await canConnect('127.0.0.1', s.port, 2000) }).toEqual({ service: s.name, listening: false });
     } finally {
       if (child.exitCode === null) {
         child.kill('SIGINT');

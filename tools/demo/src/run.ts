@@ -275,7 +275,15 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       identicalOutputs: new Set(allIds).size === 1,
     };
     if (opts.stay) {
-      opts.progress(stayLine(executor.address, planner.address, DEMO_DEVICES.map((d, i) => `${d.id} ${agentProcs[i].address}`), opts.modelDir, security));
+      opts.progress(
+        stayLine(
+          executor.address,
+          planner.address,
+          DEMO_DEVICES.map((d, i) => `${d.id} ${agentProcs[i].address}`),
+          opts.modelDir,
+          security,
+        ),
+      );
       // Until interrupted (the services then stop and the report follows) or a service dies (the guard rejects).
       await guard.race(new Promise<never>(() => undefined)).catch((err: unknown) => {
         if (!(err instanceof DemoInterrupted)) throw err;
