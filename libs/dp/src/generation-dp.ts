@@ -236,7 +236,7 @@ class Source {
 }
 
 /** The kept labels' (x, y) staircase of one cell: x strictly ascending, y strictly descending. */
-class Staircase {
+export class Staircase {
   x = new Float64Array(64);
   y = new Float64Array(64);
   size = 0;

@@ -12,7 +12,7 @@ export { isAlgorithm, solve } from './solve';
 export { minLatencyPlacement, solveDp } from './exact-dp';
 export { MAX_GRID_CELLS, solveDpGrid } from './grid-dp';
 export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
-export { instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
+export { generationFromShape, instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
 export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';
 export {
   SLO_KEYS,
@@ -25,8 +25,21 @@ export {
   sloRatio,
   statedSlos,
 } from './generation';
-export type { GenerationCost, GenerationInstance, GenerationResult, GenerationStage, Slo, SloKey, SloMet, WholeModelCost } from './generation';
-export { isGenerationInstance, validateGenerationInstance } from './generation-validate';
+export type {
+  ComparableResult,
+  GenerationCost,
+  GenerationInstance,
+  GenerationResult,
+  GenerationStage,
+  Slo,
+  SloKey,
+  SloMet,
+  WholeModelCost,
+} from './generation';
+export { isGenerationInstance, isPhasedInstance, validateGenerationInstance, validatePhasedInstance } from './generation-validate';
+export { PHASED_ALGORITHM, evaluatePhased, phasedResultOf } from './phased';
+export type { PhasedCost, PhasedInstance, PhasedResult } from './phased';
+export { solvePhasedDp } from './phased-dp';
 export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
 export {
   solveGeneration,

@@ -113,6 +113,8 @@ export interface RandomGenerationOptions {
    * for prefill, × `wholeModel[1]` for decode (below 1 a fused call, above 1 dearer than stage by stage).
    */
   readonly wholeModel?: readonly [number, number];
+  /** When true, some stages keep a KV cache (`kvBytesPerToken`), as attention stages do, for phased instances. */
+  readonly kv?: boolean;
 }
 
 /**
@@ -139,6 +141,11 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     if (rnd() < 0.2) stage.serverDecodeWork = num(2);
     return stage;
   });
+  if (opts.kv) {
+    for (let i = 0; i < stages.length; i++) {
+      if (rnd() < 0.6) stages[i] = { ...stages[i], kvBytesPerToken: pick(rnd, [64, 1024, 6144, Math.round(num(20_000))]) };
+    }
+  }
   let draft: GenerationInstance = {
     stages,
     promptTokens: pick(rnd, [1, 4, 16, 128]),

@@ -1,12 +1,17 @@
 import {
+  generationFromShape,
   instanceFromShape,
   linkFromMbps,
   solveClientOnly,
+  solveGenerationDp,
+  solveGenerationServerOnly,
+  solvePhasedDp,
   solveDp,
   solveDpGrid,
   solveGreedy,
   solvePrefix,
   solveServerOnly,
+  type GenerationInstance,
   type RequestShape,
 } from '@tandem/dp';
 import { SIMULATED_MODELS, type SimulatedModel } from './models';
@@ -85,7 +90,39 @@ export interface ConfigResult {
   readonly dpShape: PlacementShape;
   /** Whether every algorithm's placement met the SLA (all-server always does here). */
   readonly allFeasible: boolean;
+  /**
+   * Generative models with `decodeSteps` > 0 only: the same configuration as a generation
+   * priced per pass (docs/placement.md), the server decoding an all-server plan itself; server
+   * work of that streamed all-server plan, of `dp` (both phases alike) and of `dp-phased`
+   * (prefill and decode placed apart, each attention stage's KV cache handed over when it
+   * changes side), under two SLO rules ({@link PhasedFigures}).
+   */
+  readonly phased?: PhasedFigures;
 }
+
+/** Server work of one generation under server-only (streamed), dp and dp-phased, and what dp-phased chose. */
+export interface PhasedOutcome {
+  readonly work: { readonly serverOnly: number; readonly dp: number; readonly dpPhased: number };
+  /** Whether dp-phased's two placements differ. */
+  readonly phasesDiffer: boolean;
+  /** dp-phased's decode placement is all on the client (the server only prefills, or nothing). */
+  readonly decodeOnClient: boolean;
+  /** Bytes of KV cache dp-phased hands over between the phases. */
+  readonly kvBytes: number;
+}
+
+/**
+ * The phased comparison of one configuration under two SLO rules: `e2e`, the paper's (E2E ≤
+ * the SLA factor × the streamed all-server E2E), and `serving`, as serving systems state
+ * them (TTFT ≤ the SLA factor × the streamed all-server TTFT, TPOT ≤ `SERVING_TPOT_MS`).
+ */
+export interface PhasedFigures {
+  readonly e2e: PhasedOutcome;
+  readonly serving: PhasedOutcome;
+}
+
+/** The TPOT bound of the serving rule: 20 tokens a second, faster than people read. */
+export const SERVING_TPOT_MS = 50;
 
 /** Options of {@link runSweep}. */
 export interface SweepOptions {
@@ -183,7 +220,9 @@ export function runSweep(options: SweepOptions): ConfigResult[] {
     const greedy = solveGreedy(instance);
     const prefix = solvePrefix(instance);
     const grids = ranges.gridSteps.map((steps) => solveDpGrid({ ...instance, resolutionMs: instance.slaMs / steps }));
+    const phased = c.model.generative && options.decodeSteps > 0 ? phasedFigures(c, options.decodeSteps, ranges) : undefined;
     results.push({
+      ...(phased ? { phased } : {}),
       model: c.model.shape.name,
       family: c.model.family,
       seqLen: c.seqLen,
@@ -202,6 +241,67 @@ export function runSweep(options: SweepOptions): ConfigResult[] {
     options.onProgress?.(k + 1, configs.length, c.model.shape.name);
   });
   return results;
+}
+
+/** The phased comparison of one configuration ({@link ConfigResult.phased}). */
+function phasedFigures(c: Config, decodeSteps: number, ranges: SweepRanges): PhasedFigures {
+  const draft = generationFromShape({
+    model: { ...c.model.shape, activationBytes: c.activationBytes },
+    request: { kind: 'generation', promptTokens: c.seqLen, decodeSteps },
+    client: { flopsPerSecond: c.clientTflops * 1e12, overheadMsPerStage: ranges.clientOverheadMs },
+    server: { flopsPerSecond: c.serverTflops * 1e12, overheadMsPerStage: ranges.serverOverheadMs },
+    uplink: linkFromMbps(c.network.oneWayMs, c.network.upMbps),
+    downlink: linkFromMbps(c.network.oneWayMs, c.network.downMbps),
+    slo: { e2eMs: 1 },
+  });
+  const streamed = solveGenerationServerOnly(draft);
+  const outcome = (slo: GenerationInstance['slo']): PhasedOutcome => {
+    const instance = { ...draft, slo };
+    const dp = solveGenerationDp(instance);
+    const phased = solvePhasedDp(instance);
+    return {
+      work: { serverOnly: streamed.serverWork, dp: dp.serverWork, dpPhased: phased.serverWork },
+      phasesDiffer: phased.prefillPlacement.some((l, i) => l !== phased.decodePlacement[i]),
+      decodeOnClient: phased.decodePlacement.every((l) => l === 'client'),
+      kvBytes: phased.kvUpBytes + phased.kvDownBytes,
+    };
+  };
+  return {
+    e2e: outcome({ e2eMs: c.slaFactor * streamed.e2eMs }),
+    serving: outcome({ ttftMs: c.slaFactor * streamed.ttftMs, tpotMs: Math.max(SERVING_TPOT_MS, streamed.tpotMs * c.slaFactor) }),
+  };
+}
+
+/** Aggregate figures of a group of configurations' phased comparison; undefined when none has one. */
+export interface PhasedSummary {
+  readonly configs: number;
+  /** Mean over configurations of 1 − W / W_server-only (streamed). */
+  readonly reductionVsServerOnly: { readonly dp: number; readonly dpPhased: number };
+  /** Mean over configurations of (W_dp − W_dp-phased) / W_dp (0 where dp does no server work). */
+  readonly phasedOverDp: number;
+  /** The same, pooled: 1 − ΣW_dp-phased / ΣW_dp. */
+  readonly phasedOverDpPooled: number;
+  /** Share of configurations where dp-phased's placements differ between the phases. */
+  readonly phasesDifferShare: number;
+  /** Share where dp-phased decodes on the client alone. */
+  readonly decodeOnClientShare: number;
+}
+
+/** Summarises the phased comparison of `rows` (those that have one) under one SLO rule. O(rows). */
+export function summarizePhased(rows: readonly ConfigResult[], rule: keyof PhasedFigures): PhasedSummary | undefined {
+  const ph = rows.flatMap((r) => (r.phased ? [r.phased[rule]] : []));
+  if (ph.length === 0) return undefined;
+  return {
+    configs: ph.length,
+    reductionVsServerOnly: {
+      dp: mean(ph.map((p) => gain(p.work.serverOnly, p.work.dp))),
+      dpPhased: mean(ph.map((p) => gain(p.work.serverOnly, p.work.dpPhased))),
+    },
+    phasedOverDp: mean(ph.map((p) => gain(p.work.dp, p.work.dpPhased))),
+    phasedOverDpPooled: gain(sum(ph.map((p) => p.work.dp)), sum(ph.map((p) => p.work.dpPhased))),
+    phasesDifferShare: mean(ph.map((p) => (p.phasesDiffer ? 1 : 0))),
+    decodeOnClientShare: mean(ph.map((p) => (p.decodeOnClient ? 1 : 0))),
+  };
 }
 
 /** Aggregate figures of a group of configurations; fractions in [0, 1] unless noted. */
