@@ -45,6 +45,10 @@ function run(cmd: string, args: readonly string[], env: Record<string, string> =
   });
 }
 
+/** examples/python/SCRIPT ARGS with Debian's Python and the stubs in `stubs` (no bytecode written into the repository). */
+const runScript = (stubs: string, script: string, args: readonly string[]): Promise<Run> =>
+  run(PYTHON, [join(EXAMPLES, script), ...args], { TANDEM_PY_STUBS: stubs, PYTHONDONTWRITEBYTECODE: '1' });
+
 /** What a successful run must look like; otherwise fails showing its output. */
 function ok(r: Run): string {
   if (r.code !== 0) throw new Error(`exit code ${r.code}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
@@ -101,7 +105,7 @@ describe('examples/python against the real services', () => {
 
   /** The TLS flags every script gets, and the token of `id` (the operator's when omitted). */
   const secure = (id?: string): string[] => creds.cliFlags(id);
-  const py = (script: string, args: readonly string[]): Promise<Run> => run(PYTHON, [join(EXAMPLES, script), ...args], { TANDEM_PY_STUBS: stubs });
+  const py = (script: string, args: readonly string[]): Promise<Run> => runScript(stubs, script, args);
   const viaTs = (req: Partial<GenerateRequest>): Promise<number[]> =>
     generateVia(agentClient, { input: { $case: 'ids', value: { ids: PROMPT_IDS } }, maxNewTokens: NEW_TOKENS, placement: '', ...req }).then((r) => r.ids);
 
@@ -315,7 +319,7 @@ describe('examples/python against `tandem demo --stay`', () => {
           .map((l) => l.split(' ').reverse() as [string, string]),
       );
       const tls = ['--tls-ca', ca, '--tls-cert', cert, '--tls-key', key];
-      const py = (script: string, args: readonly string[]): Promise<Run> => run(PYTHON, [join(EXAMPLES, script), ...args], { TANDEM_PY_STUBS: stubs });
+      const py = (script: string, args: readonly string[]): Promise<Run> => runScript(stubs, script, args);
 
       const gen = JSON.parse(
         ok(
