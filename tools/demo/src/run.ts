@@ -39,6 +39,12 @@ export interface DemoOptions {
   readonly progress: (line: string) => void;
   /** TLS (mTLS to the executor and planner) and bearer tokens on every port (default true); false = plaintext. */
   readonly tls?: boolean;
+  /**
+   * Keep the services running after the generations, for other clients (examples/python), until
+   * SIGINT/SIGTERM (then they stop and runDemo resolves with the report) or a service dies (it
+   * rejects). A progress line names every address and the credentials' files.
+   */
+  readonly stay?: boolean;
 }
 
 /** One generation as the demo reports it. */
@@ -132,6 +138,15 @@ class Guard {
   stop(): void {
     this.stopping = true;
   }
+}
+
+/** The --stay line: where each service listens and how to call it. */
+function stayLine(executor: string, planner: string, agents: readonly string[], modelDir: string, security: DemoSecurity | undefined): string {
+  const creds = security
+    ? `TLS: --tls-ca ${security.certs.caCert} --tls-cert ${security.certs.clientCert} --tls-key ${security.certs.clientKey}; ` +
+      `tokens ('TOKEN CLIENT_ID' lines, '*' = operator) in ${security.tokensFile}`
+    : 'plaintext, no tokens';
+  return `--stay: services up until Ctrl-C (then they stop and the report follows): server-executor ${executor}, planner ${planner}, agents ${agents.join(', ')}; model ${modelDir}; ${creds}`;
 }
 
 /** Polls every agent's GetStatus until each follows a plan (epoch > 0), with a progress line per change. */
@@ -259,6 +274,21 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       plans,
       identicalOutputs: new Set(allIds).size === 1,
     };
+    if (opts.stay) {
+      opts.progress(
+        stayLine(
+          executor.address,
+          planner.address,
+          DEMO_DEVICES.map((d, i) => `${d.id} ${agentProcs[i].address}`),
+          opts.modelDir,
+          security,
+        ),
+      );
+      // Until interrupted (the services then stop and the report follows) or a service dies (the guard rejects).
+      await guard.race(new Promise<never>(() => undefined)).catch((err: unknown) => {
+        if (!(err instanceof DemoInterrupted)) throw err;
+      });
+    }
   } catch (err) {
     failed = !(err instanceof DemoInterrupted);
     throw err;

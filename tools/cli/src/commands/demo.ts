@@ -16,7 +16,7 @@ export const DEMO_RUNS_PER_AGENT = 2;
 /** Bound on the wait for the agents' first plans. */
 export const DEMO_PLAN_WAIT_MS = 20_000;
 
-const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--own-nats] [--json] [--keep-logs]
+const USAGE = `usage: tandem demo [--preset NAME | --model DIR] [--tokens N] [--plaintext] [--own-nats] [--stay] [--json] [--keep-logs]
 
 Runs Tandem end to end on this machine: a server-executor, a planner and three client-agents
 (emulated devices: ${DEMO_DEVICES.map((d) => `${d.id} ${d.slowdown}x slower, ${d.linkLatencyMs} ms link`).join('; ')}),
@@ -43,6 +43,9 @@ subjects (as \`tandem nats-config\` writes; docs/security.md (NATS)).
   --json          print the report as one JSON document
   --plaintext     no TLS and no tokens (the services' defaults)
   --keep-logs     keep the services' log directory (it is always kept when something fails)
+  --stay          after the generations, keep the services running for other clients (e.g.
+                  examples/python) until Ctrl-C; a progress line names their addresses and the
+                  credentials' files; then they stop, the report is printed and the exit code is 0
 
 Exit codes: 0 done, 2 bad usage or no NATS available, 1 a service failed,
 130/143 interrupted (SIGINT/SIGTERM; the services are stopped first).`;
@@ -54,7 +57,7 @@ export const demoCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const startedAt = performance.now();
-    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext', 'own-nats'] });
+    const args = parseArgs(argv, { flags: ['preset', 'model', 'tokens'], switches: ['json', 'keep-logs', 'plaintext', 'own-nats', 'stay'] });
     const presetFlag = args.flags.get('preset');
     const modelFlag = args.flags.get('model');
     if (presetFlag !== undefined && modelFlag !== undefined)
@@ -117,6 +120,7 @@ export const demoCommand: Command = {
           startedAt,
           progress,
           tls: !args.switches.has('plaintext'),
+          stay: args.switches.has('stay'),
         });
         if (json) printJson(io, report);
         else io.stdout.write(formatDemoReport(report));
