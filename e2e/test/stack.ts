@@ -119,3 +119,23 @@ export async function startAgent(basics: AgentBasics, d: Deployment, over: Parti
   });
   return started(server);
 }
+
+/** What a test started, any of it possibly not (a failed beforeAll): stopped in the order that drains cleanly. */
+export interface StackParts {
+  readonly clients?: readonly ({ close(): void } | undefined)[];
+  readonly agents?: readonly ({ stop(o: { graceMs: number }): Promise<unknown> } | undefined)[];
+  readonly planner?: { stop(): Promise<unknown> };
+  readonly executor?: { stop(o: { graceMs: number }): Promise<unknown> };
+  readonly nats?: { stop(): Promise<unknown> };
+  readonly model?: { remove(): void };
+}
+
+/** Closes the clients, stops the agents, the planner, the executor and nats-server, and removes the model. */
+export async function stopStack(p: StackParts): Promise<void> {
+  for (const c of p.clients ?? []) c?.close();
+  for (const a of p.agents ?? []) await a?.stop({ graceMs: 100 });
+  await p.planner?.stop();
+  await p.executor?.stop({ graceMs: 100 });
+  await p.nats?.stop();
+  p.model?.remove();
+}

@@ -41,7 +41,7 @@ import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { AgentMetrics } from './metrics';
 import { buildOutcome, predictedOf, type Predicted } from './outcome';
-import { PlanFollower } from './plan-follower';
+import { PlanFollower, privacyProblem } from './plan-follower';
 import { RemoteSession } from './remote-session';
 import type { ReplayRecording } from './replay';
 
@@ -52,6 +52,12 @@ export interface ClientAgentOptions {
   readonly clientClass: string;
   readonly address: string;
   readonly stages: readonly number[];
+  /**
+   * The device's token ids and text never leave it (AGENT_PRIVATE): its profile says so, so
+   * plans keep the first and last stage here; a plan or a request placement that would send
+   * them is refused; sessions are opened private; with no plan it runs every stage itself.
+   */
+  readonly private?: boolean;
   readonly threads: number;
   readonly slowdown: number;
   /** EMULATION: replay local stages from this recording instead of computing them. */
@@ -160,6 +166,7 @@ export class ClientAgent {
         clientId: this.opts.clientId,
         stageCount: this.stageCount,
         canRun: (s) => this.local.has(s),
+        private: this.opts.private === true,
       },
       this.log,
     );
@@ -217,6 +224,7 @@ export class ClientAgent {
       downlink: link.down,
       unixMs: Date.now(),
       planEpoch: this.follower.current()?.epoch ?? 0,
+      ...(this.opts.private ? { private: true } : {}),
     };
   }
 
@@ -264,6 +272,8 @@ export class ClientAgent {
       }
       const bad = [...placement].findIndex((c, s) => c === 'C' && !this.local.has(s));
       if (bad >= 0) throw new ValidationError(`placement puts stage ${bad} on this client, which does not hold it`);
+      const leak = privacyProblem(placement, this.opts.private === true);
+      if (leak) throw new ValidationError(`placement ${leak}`);
     }
     return { ids, maxNewTokens: req.maxNewTokens, placement };
   }
@@ -324,7 +334,13 @@ export class ClientAgent {
           local: this.local,
           openRemote: async () =>
             countQueueing(
-              await RemoteSession.open(this.executor, { clientId: this.opts.clientId, planEpoch: chosen.epoch, modelId: this.opts.modelId, deadline: until }),
+              await RemoteSession.open(this.executor, {
+                clientId: this.opts.clientId,
+                planEpoch: chosen.epoch,
+                modelId: this.opts.modelId,
+                deadline: until,
+                private: this.opts.private === true,
+              }),
               queue,
             ),
           emulator: this.opts.link,

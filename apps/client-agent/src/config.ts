@@ -19,6 +19,10 @@ export const agentEnv = {
   AGENT_METRICS_PORT: metricsPortEnv('AGENT_ADDR'),
   ...serverSecurityEnv,
   AGENT_STAGES: env.pattern("Stages this device may run: 'all' or a list like 0-3,7", 'all', /^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, "'all' or a list like 0-3,7"),
+  AGENT_PRIVATE: env.bool(
+    "This device's token ids and text never leave it: plans keep the first stage (embedding) and the last (head) here, sessions say so to the executor, and with no plan it runs everything itself (needs AGENT_STAGES to hold both)",
+    false,
+  ),
   AGENT_THREADS: env.int('onnxruntime intra-op threads for the local stages (0 lets onnxruntime choose)', 1, 0, 256),
   AGENT_SLOWDOWN: env.number(
     'EMULATION: each local stage is padded to this many times its measured time, to act as a slower device on one machine; 1 = real speed',
@@ -69,4 +73,15 @@ export function parseStageList(spec: string, stageCount: number): number[] {
     }
   }
   return [...out].sort((x, y) => x - y);
+}
+
+/**
+ * A private device must hold the stages that see its token ids and text: the first (the
+ * embedding) and the last (the head). @throws Error naming AGENT_STAGES otherwise.
+ */
+export function checkPrivateStages(stages: readonly number[], stageCount: number, spec: string): void {
+  const missing = [0, stageCount - 1].filter((s) => !stages.includes(s));
+  if (missing.length > 0) {
+    throw new Error(`AGENT_STAGES must hold stages 0 and ${stageCount - 1} when AGENT_PRIVATE=true (token ids and text stay on the device), given '${spec}'`);
+  }
 }

@@ -1,5 +1,5 @@
 import { clearMessageProblem, envCases, envCorpusTests, SERVICE_ENV_BOUNDS, type EnvCase } from '@tandem/testkit';
-import { agentEnv, loadConfig, parseStageList } from './config';
+import { agentEnv, checkPrivateStages, loadConfig, parseStageList } from './config';
 
 // Bad-input corpus, env surface (e2e/test/CORPUS.md): each of the agent's variables with a
 // bad value is refused with a problem naming the variable, the rule and the value, in 1 KiB.
@@ -22,6 +22,7 @@ const cases: EnvCase[] = [
       ['AGENT_LINK_UP_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
       ['AGENT_LINK_DOWN_BYTES_PER_MS', 0, Number.POSITIVE_INFINITY],
     ],
+    bool: ['AGENT_PRIVATE'],
   }),
   ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
   ['AGENT_ID with a dot', { AGENT_ID: 'dev.1' }, ['AGENT_ID must be 1..64 letters', "given 'dev.1'"]],
@@ -45,5 +46,15 @@ describe('client-agent env corpus', () => {
       msg = (err as Error).message;
     }
     expect(clearMessageProblem(msg, parts)).toBe('');
+  });
+});
+
+describe('AGENT_PRIVATE', () => {
+  it('needs AGENT_STAGES to hold the first and the last stage, naming both and the value given', () => {
+    expect(() => checkPrivateStages(parseStageList('0-4', 6), 6, '0-4')).toThrow(
+      "AGENT_STAGES must hold stages 0 and 5 when AGENT_PRIVATE=true (token ids and text stay on the device), given '0-4'",
+    );
+    expect(() => checkPrivateStages(parseStageList('1-5', 6), 6, '1-5')).toThrow(/given '1-5'/);
+    expect(() => checkPrivateStages(parseStageList('0,5', 6), 6, '0,5')).not.toThrow();
   });
 });

@@ -10,7 +10,7 @@ import {
   runMain,
 } from '@tandem/service-kit';
 import { ClientAgent } from './client-agent';
-import { loadConfig, parseStageList } from './config';
+import { checkPrivateStages, loadConfig, parseStageList } from './config';
 import { LinkEmulator } from './link';
 import { ReplayFormatError, ReplayRecording } from './replay';
 
@@ -41,13 +41,16 @@ export async function main(): Promise<void> {
       { file: config.AGENT_REPLAY_FILE, bytes: replay.bytes, prompts: replay.header.prompts.length },
       'EMULATION: replaying device stages from a recording',
     );
+  const stages = parseStageList(config.AGENT_STAGES, manifest.stages.length);
+  if (config.AGENT_PRIVATE) checkPrivateStages(stages, manifest.stages.length, config.AGENT_STAGES);
   const agent = new ClientAgent({
     modelDir: config.MODEL_DIR,
     modelId,
     clientId: config.AGENT_ID,
     clientClass: config.AGENT_CLASS,
     address: config.AGENT_ADDR,
-    stages: parseStageList(config.AGENT_STAGES, manifest.stages.length),
+    stages,
+    private: config.AGENT_PRIVATE,
     threads: config.AGENT_THREADS,
     slowdown: config.AGENT_SLOWDOWN,
     replay,

@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { PlannerServiceService, type ClientPlan, type PlannerServiceServer, type WatchPlansRequest, type WatchPlansResponse } from '@tandem/protocol';
 import { bindInsecure, createLogger } from '@tandem/service-kit';
 import { eventually } from '@tandem/testkit';
-import { PlanFollower } from './plan-follower';
+import { PlanFollower, privacyProblem } from './plan-follower';
 
 const plan = (epoch: number, placement: string): ClientPlan => ({
   clientId: 'dev',
@@ -78,5 +78,35 @@ describe('PlanFollower epochs', () => {
     } finally {
       b.stop();
     }
+  });
+});
+
+describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+  let follower: PlanFollower | undefined;
+  afterEach(() => follower?.stop());
+
+  it('runs everything on the device until a plan comes, and refuses plans that send the first or last stage to the server', async () => {
+    const p = await stubPlanner('127.0.0.1:0', () => [plan(10, 'SSC')]);
+    try {
+      follower = new PlanFollower({ plannerAddr: `127.0.0.1:${p.port}`, clientId: 'dev', stageCount: 3, canRun: () => true, private: true }, log);
+      expect(follower.choose(4)).toMatchObject({ placement: 'CCC', epoch: 0 });
+      follower.start();
+      await eventually(() => follower!.connected, { what: 'the plan stream' });
+      p.push(plan(11, 'CSS'));
+      p.push(plan(12, 'CSC'));
+      await eventually(() => follower!.current()?.epoch === 12, { what: 'the plan that keeps both ends' });
+      // 10 (stage 0 on the server) and 11 (the head on the server) were refused.
+      expect(follower.choose(4)).toMatchObject({ placement: 'CSC', epoch: 12 });
+    } finally {
+      p.stop();
+    }
+  });
+
+  it('names the stage and the rule', () => {
+    expect(privacyProblem('SCC', true)).toBe('puts stage 0 (token ids in) on the server, which AGENT_PRIVATE forbids');
+    expect(privacyProblem('CCS', true)).toBe('puts stage 2 (tokens out) on the server, which AGENT_PRIVATE forbids');
+    expect(privacyProblem('CSC', true)).toBeUndefined();
+    expect(privacyProblem('SSS', false)).toBeUndefined();
   });
 });

@@ -19,8 +19,8 @@ export interface ChosenPlacement {
 }
 
 /**
- * Follows this client's plan stream from the planner. Starts all-server (epoch 0) until a
- * plan arrives; keeps the last good plan while the planner is away and reconnects with
+ * Follows this client's plan stream from the planner. Starts all-server (epoch 0; all-device
+ * on a private device) until a plan arrives; keeps the last good plan while the planner is away and reconnects with
  * backoff (250 ms doubling to 5 s). A plan that does not fit this device (wrong length,
  * other letters, a 'C' on a stage it cannot run) is refused and logged; the previous one stays.
  *
@@ -47,6 +47,8 @@ export class PlanFollower {
       clientId: string;
       stageCount: number;
       canRun: (stage: number) => boolean;
+      /** AGENT_PRIVATE: refuse plans that put the first or last stage on the server; with no plan, run every stage here. */
+      private?: boolean;
     },
     private readonly log: Logger,
   ) {}
@@ -74,7 +76,10 @@ export class PlanFollower {
   /** The placement for a prompt of `promptTokens` tokens: the first class that covers it, else the last class. */
   choose(promptTokens: number): ChosenPlacement {
     const plan = this.plan;
-    if (!plan || plan.classes.length === 0) return { placement: 'S'.repeat(this.opts.stageCount), epoch: 0, requestClass: 'default', slaMs: 0 };
+    if (!plan || plan.classes.length === 0) {
+      // Without a plan: all-server, or for a private device everything here (its token ids stay).
+      return { placement: (this.opts.private ? 'C' : 'S').repeat(this.opts.stageCount), epoch: 0, requestClass: 'default', slaMs: 0 };
+    }
     const cls: ClassPlacement = plan.classes.find((c) => promptTokens <= c.maxPromptTokens) ?? plan.classes[plan.classes.length - 1];
     return { placement: cls.placement, epoch: plan.epoch, requestClass: cls.name, slaMs: cls.slaMs };
   }
@@ -87,6 +92,8 @@ export class PlanFollower {
       }
       const bad = [...c.placement].findIndex((ch, s) => ch === 'C' && !this.opts.canRun(s));
       if (bad >= 0) return `classes[${i}].placement puts stage ${bad} on this client, which does not hold it`;
+      const leak = privacyProblem(c.placement, this.opts.private === true);
+      if (leak) return `classes[${i}].placement ${leak}`;
     }
     return undefined;
   }
@@ -135,4 +142,17 @@ export class PlanFollower {
     this.call?.cancel();
     this.client?.close();
   }
+}
+
+/**
+ * Why `placement` ('C'/'S' per stage) would send a private device's token ids or text to the
+ * server (its first or last stage there), or undefined when it would not (or the device is not
+ * private). O(1).
+ */
+export function privacyProblem(placement: string, isPrivate: boolean): string | undefined {
+  if (!isPrivate) return undefined;
+  const last = placement.length - 1;
+  if (placement[0] === 'S') return 'puts stage 0 (token ids in) on the server, which AGENT_PRIVATE forbids';
+  if (placement[last] === 'S') return `puts stage ${last} (tokens out) on the server, which AGENT_PRIVATE forbids`;
+  return undefined;
 }

@@ -162,9 +162,13 @@ export class RemoteSession {
    * so the executor stops working for a caller that has given up). Rejects with the
    * executor's status (e.g. RESOURCE_EXHAUSTED).
    */
-  static async open(client: ExecutorServiceClient, opts: { clientId: string; planEpoch: number; modelId: string; deadline: number }): Promise<RemoteSession> {
+  static async open(
+    client: ExecutorServiceClient,
+    opts: { clientId: string; planEpoch: number; modelId: string; deadline: number; private?: boolean },
+  ): Promise<RemoteSession> {
     const s = new RemoteSession(client.session({ deadline: opts.deadline }), opts.deadline);
-    const m = await s.send({ kind: { $case: 'open', value: { clientId: opts.clientId, planEpoch: String(opts.planEpoch), modelId: opts.modelId } } });
+    const open = { clientId: opts.clientId, planEpoch: String(opts.planEpoch), modelId: opts.modelId, ...(opts.private ? { private: true } : {}) };
+    const m = await s.send({ kind: { $case: 'open', value: open } });
     if (m.kind?.$case !== 'opened') throw new Error(`executor answered open with ${m.kind?.$case ?? 'nothing'}`);
     s.opened = m.kind.value;
     return s;

@@ -48,6 +48,22 @@ describe('PlanMaker', () => {
     expect(q.placement).toBe('CSSSSS');
   });
 
+  it("keeps a private device's embedding and head on it, and says when the SLA cannot be met so", () => {
+    // The open device's plan for a tight SLA is all-server (above); a private one may not send its token ids.
+    const maker = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 150 }] }));
+    const [open] = maker.plan(client(10), server(1), undefined)!;
+    expect(open.placement).toBe('SSSSSS');
+    const [priv] = maker.plan(client(10, { private: true }), server(1), undefined)!;
+    expect(priv.placement[0]).toBe('C');
+    expect(priv.placement[5]).toBe('C');
+    expect(priv.feasible).toBe(false);
+    // With room for both ends on the device, the private plan meets the SLA and leaves the middle on the server.
+    const [roomy] = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 450 }] })).plan(client(10, { private: true }), server(1), undefined)!;
+    expect(roomy.placement).toMatch(/^C.*C$/);
+    expect(roomy.placement).toContain('S');
+    expect(roomy.feasible).toBe(true);
+  });
+
   it('prices the streamed all-server plan by the whole-model figure and splits by the stages, so a split that saves less than fusing does is not chosen', () => {
     // SLA 250 ms: CSSSSS fits (see above). Stage by stage the server runs 6 × 10 ms per decode
     // step; the executor measures a whole-model step at 30 ms (one fused call).

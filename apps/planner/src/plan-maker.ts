@@ -248,6 +248,8 @@ export class PlanMaker {
       slo,
       serverDecoding: this.opts.serverDecoding ?? true,
       ...(serverWholeModel ? { serverWholeModel } : {}),
+      // A private device (AGENT_PRIVATE) keeps its embedding and head: every solver honours it.
+      ...(client.private ? { private: true } : {}),
       // Every entry to the server (and every server-decoded token) waits in its queue first.
       // (At no load, the `utilisation` 0 alternative, there is no queue.)
       ...(utilisation !== 0 && server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {}),

@@ -74,6 +74,8 @@ export class SplitSession {
   private lastSeq = -1n;
   /** What the session does after open: nothing yet, client steps, or one server-side generation. */
   private mode: 'unset' | 'split' | 'generate' = 'unset';
+  /** `open.private`: the client's token ids and text must not reach this server. */
+  private private = false;
   /** Steps answered so far (for the message refusing a late generate). */
   private stepsRun = 0;
   /** The server-side decode loop, while or after it runs. */
@@ -155,6 +157,7 @@ export class SplitSession {
           if (o.modelId && o.modelId !== this.engine.modelId)
             throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
           this.clientId = o.clientId;
+          this.private = o.private === true;
           this.admission.admit(this, this.call.metadata);
           this.cache = this.engine.newCache();
           this.state = 'open';
@@ -217,6 +220,7 @@ export class SplitSession {
         case 'generate': {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given generate');
           if (this.mode === 'generate') throw new PreconditionError('generate may be sent once per session, given a second generate');
+          if (this.private) throw new PreconditionError('generate is refused in a private session (open.private: the server would see token ids and text)');
           if (this.mode === 'split')
             throw new PreconditionError(`generate must be the first message after open (no step may precede it), given after ${this.stepsRun} step(s)`);
           this.traffic.messagesIn++;
@@ -376,6 +380,10 @@ export class SplitSession {
     if (!(step.stageBegin < n)) throw new ValidationError(`step.stageBegin must be in 0..${n - 1}, given ${step.stageBegin}`);
     if (!(step.stageEnd > step.stageBegin && step.stageEnd <= n))
       throw new ValidationError(`step.stageEnd must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
+    if (this.private && step.stageBegin === 0)
+      throw new PreconditionError('step.stage_begin must be >= 1 in a private session (open.private: token ids stay on the device), given 0');
+    if (this.private && step.stageEnd === n)
+      throw new PreconditionError(`step.stage_end must be <= ${n - 1} in a private session (open.private: the head's tokens stay on the device), given ${n}`);
     if (step.sample && step.stageEnd !== n)
       throw new ValidationError(`step.sample must be false unless the range ends with the head (stageEnd ${n}), given true with stageEnd ${step.stageEnd}`);
     const input = fromWireTensor(step.input, 'step.input');

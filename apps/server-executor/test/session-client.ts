@@ -41,8 +41,8 @@ export class TestSession {
     if (this.answers.length < n) throw new Error('stream ended early');
     return this.answers[n - 1];
   }
-  open(modelId = '', clientId = 't'): void {
-    this.call.write({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId } } });
+  open(modelId = '', clientId = 't', isPrivate = false): void {
+    this.call.write({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId, ...(isPrivate ? { private: true } : {}) } } });
   }
   step(seq: number | string, begin: number, end: number, input: HostTensor, sample = false): void {
     this.call.write({ kind: { $case: 'step', value: { seq: String(seq), stageBegin: begin, stageEnd: end, input: toWireTensor(input), sample } } });

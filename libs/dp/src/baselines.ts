@@ -87,7 +87,8 @@ export interface RatioFigures {
 }
 
 /**
- * The rule of `greedy-ratio`, over any pricing: start with every stage on the server; then,
+ * The rule of `greedy-ratio`, over any pricing: start from `start` (every stage on the server,
+ * or every stage that may run there); then,
  * repeatedly, among the moves of one run of consecutive server stages to the client, take the
  * one that saves the most server work per unit of latency added (a move that adds none comes
  * first, the larger saving first among those), as long as the placement it gives meets the
@@ -95,8 +96,9 @@ export interface RatioFigures {
  * saves work. Every move saves work, so it ends within S moves.
  * Complexity: O(S³) evaluations of O(S): up to S moves, each weighing O(S²) runs.
  */
-export function greedyRatioPlacement(stageCount: number, price: (placement: readonly Location[]) => RatioFigures): Location[] {
-  let placement = new Array<Location>(stageCount).fill('server');
+export function greedyRatioPlacement(start: readonly Location[], price: (placement: readonly Location[]) => RatioFigures): Location[] {
+  const stageCount = start.length;
+  let placement = [...start];
   let current = price(placement);
   for (;;) {
     let best: { placement: Location[]; figures: RatioFigures; score: number; saved: number } | undefined;
@@ -125,7 +127,7 @@ export function greedyRatioPlacement(stageCount: number, price: (placement: read
  * a feasible instance. Complexity: O(S⁴).
  */
 export function solveGreedyRatio(instance: PlacementInstance): PlacementResult {
-  const placement = greedyRatioPlacement(instance.stages.length, (p) => {
+  const placement = greedyRatioPlacement(new Array<Location>(instance.stages.length).fill('server'), (p) => {
     const c = evaluatePlacement(instance, p);
     return { work: c.serverWork, latency: c.latencyMs, feasible: approxLessOrEqual(c.latencyMs, instance.slaMs) };
   });

@@ -1,5 +1,14 @@
 import { approxEqual, approxLessOrEqual, transferMs } from './evaluate';
-import { betterGeneration, generationResultOf, sloRatio, type GenerationInstance, type GenerationResult, type Slo } from './generation';
+import {
+  betterGeneration,
+  generationResultOf,
+  pinnedToClient,
+  serverWherever,
+  sloRatio,
+  type GenerationInstance,
+  type GenerationResult,
+  type Slo,
+} from './generation';
 import type { Location } from './types';
 
 /** Slack on the pruning bounds, wider than the equality tolerance so pruning never drops a label the final check would accept. */
@@ -27,6 +36,8 @@ interface Prepared {
   readonly downD: number[];
   /** Entry work for the whole generation (one entry per pass). */
   readonly entry: number;
+  /** Stages that must run on the client ({@link pinnedToClient}). */
+  readonly pinned: readonly boolean[];
   /** Final download of the head's output, per pass. */
   readonly finalDown: number;
   /** Lower bounds on the rest of the prefill pass (P), a decode pass (D) and P + m·D (E). */
@@ -101,6 +112,7 @@ function prepare(inst: GenerationInstance): Prepared {
     downP,
     downD,
     entry: (inst.serverEntryWork ?? 0) * (m + 1),
+    pinned: pinnedToClient(inst),
     finalDown,
     lbPc,
     lbPs,
@@ -400,8 +412,8 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
     const nc1 = store.size;
     // Stage i on the server after a client stage: from a server label of the same kind, or
     // from a client label (upload and one entry per pass). At stage 0 that upload starts the
-    // all-server prefix instead.
-    if (i > 0) {
+    // all-server prefix instead. A stage pinned to the client has no server cells.
+    if (i > 0 && !p.pinned[i]) {
       fillCell(
         store,
         [a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]), b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry)],
@@ -416,17 +428,18 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
     }
     const ns1 = store.size;
     // The all-server prefix: from label 0 with the upload at stage 0, then staying on the server.
-    fillCell(
-      store,
-      [i === 0 ? a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry) : a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i])],
-      1,
-      m,
-      lim,
-      p.lbPs[i + 1],
-      p.lbDs[i + 1],
-      p.lbEs[i + 1],
-      stair,
-    );
+    if (!p.pinned[i])
+      fillCell(
+        store,
+        [i === 0 ? a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry) : a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i])],
+        1,
+        m,
+        lim,
+        p.lbPs[i + 1],
+        p.lbDs[i + 1],
+        p.lbEs[i + 1],
+        stair,
+      );
     c0 = nc0;
     c1 = nc1;
     s0 = nc1;
@@ -490,7 +503,7 @@ const ALL = (S: number, side: Location): Location[] => new Array<Location>(S).fi
 export function solveGenerationDp(instance: GenerationInstance): GenerationResult {
   const p = prepare(instance);
   const { slo } = instance;
-  const serverDecoding = instance.serverDecoding ?? true;
+  const serverDecoding = (instance.serverDecoding ?? true) && !instance.private;
   const streamed = serverDecoding ? generationResultOf(instance, 'dp', ALL(p.S, 'server')) : undefined;
   const e2eOnly = slo.ttftMs === undefined && slo.tpotMs === undefined;
   const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
@@ -504,7 +517,7 @@ export function solveGenerationDp(instance: GenerationInstance): GenerationResul
   let placement = labelPass(p, instance, feasibleLimits, true);
   if (!placement && !streamed?.feasible) {
     // Nothing meets every SLO: minimise the largest ratio. Any real placement bounds it.
-    const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), generationResultOf(instance, 'dp', ALL(p.S, 'server'))];
+    const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), generationResultOf(instance, 'dp', serverWherever(instance))];
     const r = Math.min(...ends.map((e) => sloRatio(slo, e)));
     const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));
     placement = labelPass(p, instance, { ttft: at(slo.ttftMs), tpot: at(slo.tpotMs), e2e: at(slo.e2eMs), work: Infinity, e2eOnly }, false);
@@ -525,8 +538,8 @@ export function solveGenerationDp(instance: GenerationInstance): GenerationResul
 export function fastestGenerationPlacement(instance: GenerationInstance): GenerationResult {
   const p = prepare(instance);
   const { slo } = instance;
-  const serverDecoding = instance.serverDecoding ?? true;
-  const allServer = generationResultOf(instance, 'dp', ALL(p.S, 'server'));
+  const serverDecoding = (instance.serverDecoding ?? true) && !instance.private;
+  const allServer = generationResultOf(instance, 'dp', serverWherever(instance));
   const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), allServer];
   const r = Math.min(...ends.map((e) => sloRatio(slo, e)));
   const at = (v: number | undefined): number => (v === undefined ? Infinity : r * v * (1 + PRUNE_SLACK));

@@ -26,12 +26,13 @@ interface Best {
   placement: Location[];
 }
 
-/** The optimum straight from the definition, by enumerating all 2^S placements. */
+/** The optimum straight from the definition, by enumerating all 2^S placements (on a private instance, those keeping both ends on the client). */
 function bruteForce(inst: GenerationInstance): Best {
   const S = inst.stages.length;
   const all: Best[] = [];
   for (let mask = 0; mask < 1 << S; mask++) {
     const placement = Array.from({ length: S }, (_, i): Location => (mask & (1 << i) ? 'server' : 'client'));
+    if (inst.private && (placement[0] === 'server' || placement[S - 1] === 'server')) continue;
     const c = evaluateGeneration(inst, placement);
     all.push({ feasible: sloCheck(inst.slo, c).feasible, serverWork: c.serverWork, e2eMs: c.e2eMs, ratio: sloRatio(inst.slo, c), placement });
   }
@@ -239,6 +240,44 @@ describe('dp on generation instances (exact)', () => {
       const want = bruteForce({ ...inst, slo: Object.fromEntries(Object.entries(inst.slo).map(([k, v]) => [k, v * 1e-6])) });
       expect(close(sloRatio(inst.slo, got), want.ratio * 1e-6)).toBe(true);
     }
+  });
+});
+
+describe('private instances (token ids and text stay on the device)', () => {
+  const privates = cases(41, 210, 9).map((inst) => ({ ...inst, private: true }));
+
+  it('dp equals a brute force over the placements that keep the first and last stage on the client', () => {
+    for (const inst of privates) {
+      const got = solveGenerationDp(inst);
+      const want = bruteForce(inst);
+      expect(got.feasible).toBe(want.feasible);
+      expect(close(got.serverWork, want.serverWork)).toBe(true);
+      if (!want.feasible) expect(close(sloRatio(inst.slo, got), want.ratio)).toBe(true);
+    }
+  });
+
+  it('every algorithm keeps both ends on the client and never calls the all-server plan streamed', () => {
+    for (const inst of privates) {
+      const S = inst.stages.length;
+      for (const algorithm of ALGORITHMS) {
+        if (algorithm === 'dp-grid' && (inst.slo.ttftMs !== undefined || inst.slo.tpotMs !== undefined || inst.slo.e2eMs === undefined)) continue;
+        const r = solveGeneration({ ...inst, resolutionMs: (inst.slo.e2eMs ?? 1) / 200 }, algorithm);
+        expect([algorithm, r.placement[0], r.placement[S - 1]]).toEqual([algorithm, 'client', 'client']);
+        expect(r.serverDecoding).toBe(false);
+      }
+    }
+  });
+
+  it('says infeasible where only the all-server plan met the SLOs', () => {
+    let turned = 0;
+    for (const inst of cases(43, 200, 6)) {
+      const open = solveGenerationDp(inst);
+      const priv = solveGenerationDp({ ...inst, private: true });
+      if (open.feasible && !priv.feasible) turned++;
+      // Privacy only removes plans: never less work, never feasible where the open instance is not.
+      if (priv.feasible) expect(open.feasible && open.serverWork <= priv.serverWork * (1 + 1e-9)).toBe(true);
+    }
+    expect(turned).toBeGreaterThan(0);
   });
 });
 

@@ -5,25 +5,31 @@ import {
   evaluateGeneration,
   generationAsContractInstance,
   generationResultOf,
+  honourPins,
+  pinnedToClient,
+  serverWherever,
   sloCheck,
   sloRatio,
   type GenerationInstance,
   type GenerationResult,
 } from './generation';
 import { solveDpGrid } from './grid-dp';
-import { ALGORITHMS, type Algorithm, type Location } from './types';
+import { ALGORITHMS, type Algorithm, type Location, type PlacementInstance } from './types';
 import { InstanceValidationError } from './validate';
 
 /**
  * `greedy` for a generation, the contract's rule with feasibility judged on every stated
  * SLO: for i = 0..S-1, stage i on the client if the placement so far, with stage i on the
  * client and every later stage on the server, meets every stated SLO; otherwise on the
- * server. Never revisited. Complexity: O(S²).
+ * server. Never revisited. Stages pinned to the client ({@link pinnedToClient}) stay
+ * there throughout. Complexity: O(S²).
  */
 export function solveGenerationGreedy(instance: GenerationInstance): GenerationResult {
   const n = instance.stages.length;
-  const tentative = new Array<Location>(n).fill('server');
+  const pinned = pinnedToClient(instance);
+  const tentative = serverWherever(instance);
   for (let i = 0; i < n; i++) {
+    if (pinned[i]) continue;
     tentative[i] = 'client';
     if (!sloCheck(instance.slo, evaluateGeneration(instance, tentative)).feasible) tentative[i] = 'server';
   }
@@ -34,28 +40,45 @@ export function solveGenerationGreedy(instance: GenerationInstance): GenerationR
  * `prefix` for a generation: the best single split (first k stages on the client, k = 0..S;
  * k = 0 is all-server, priced with server-side decoding when the instance allows it). Among
  * the k meeting every stated SLO, the least work, then the lower E2E; if none does, the
- * least largest ratio latency / SLO, then the least work (then the smaller k).
+ * least largest ratio latency / SLO, then the least work (then the smaller k). Stages pinned
+ * to the client stay there (a private instance's splits keep the embedding and the head).
  * Complexity: O(S²).
  */
 export function solveGenerationPrefix(instance: GenerationInstance): GenerationResult {
   const n = instance.stages.length;
-  let best = generationResultOf(instance, 'prefix', prefixPlacement(n, 0));
+  let best = generationResultOf(instance, 'prefix', honourPins(instance, prefixPlacement(n, 0)));
   for (let k = 1; k <= n; k++) {
-    const r = generationResultOf(instance, 'prefix', prefixPlacement(n, k));
+    const r = generationResultOf(instance, 'prefix', honourPins(instance, prefixPlacement(n, k)));
     if (betterGeneration(instance.slo, r, best)) best = r;
   }
   return best;
 }
 
-/** `server-only` for a generation: every stage on the server (server-side decoding unless disabled). O(S). */
+/**
+ * `server-only` for a generation: every stage on the server (server-side decoding unless
+ * disabled); on a private instance, every stage but the pinned ones. O(S).
+ */
 export function solveGenerationServerOnly(instance: GenerationInstance): GenerationResult {
-  return generationResultOf(instance, 'server-only', prefixPlacement(instance.stages.length, 0));
+  return generationResultOf(instance, 'server-only', serverWherever(instance));
 }
 
 /** `client-only` for a generation: every stage on the client. O(S). */
 export function solveGenerationClientOnly(instance: GenerationInstance): GenerationResult {
   const n = instance.stages.length;
   return generationResultOf(instance, 'client-only', prefixPlacement(n, n));
+}
+
+/**
+ * `contract` with the stages pinned to the client in `instance` made too slow for the server:
+ * a server time (and work) above the all-client latency plus the SLA, so no plan dp-grid calls
+ * feasible, nor its fastest fallback, puts them there. O(S).
+ */
+function withPinsPriced(instance: GenerationInstance, contract: PlacementInstance): PlacementInstance {
+  const pinned = pinnedToClient(instance);
+  if (!pinned.some(Boolean)) return contract;
+  const allClient = contract.stages.reduce((a, s) => a + s.clientMs, 0);
+  const slow = allClient + contract.slaMs + 1;
+  return { ...contract, stages: contract.stages.map((s, i) => (pinned[i] ? { ...s, serverMs: slow, serverWork: slow } : s)) };
 }
 
 /**
@@ -72,9 +95,9 @@ export function solveGenerationDpGrid(instance: GenerationInstance): GenerationR
   if (slo.ttftMs !== undefined || slo.tpotMs !== undefined || slo.e2eMs === undefined) {
     throw new InstanceValidationError('slo', 'must state e2eMs alone for dp-grid, which bounds one latency (use dp for TTFT/TPOT SLOs)', slo);
   }
-  const grid = solveDpGrid(generationAsContractInstance(instance));
-  let best = generationResultOf(instance, 'dp-grid', grid.placement);
-  if (instance.serverDecoding ?? true) {
+  const grid = solveDpGrid(withPinsPriced(instance, generationAsContractInstance(instance)));
+  let best = generationResultOf(instance, 'dp-grid', honourPins(instance, grid.placement));
+  if ((instance.serverDecoding ?? true) && !instance.private) {
     const streamed = generationResultOf(instance, 'dp-grid', prefixPlacement(instance.stages.length, 0));
     if (betterGeneration(slo, streamed, best)) best = streamed;
   }
@@ -87,7 +110,7 @@ export function solveGenerationDpGrid(instance: GenerationInstance): GenerationR
  * server-side decoding when the instance allows it. Complexity: O(S⁴).
  */
 export function solveGenerationGreedyRatio(instance: GenerationInstance): GenerationResult {
-  const placement = greedyRatioPlacement(instance.stages.length, (p) => {
+  const placement = greedyRatioPlacement(serverWherever(instance), (p) => {
     const c = evaluateGeneration(instance, p);
     return { work: c.serverWork, latency: sloRatio(instance.slo, c), feasible: sloCheck(instance.slo, c).feasible };
   });

@@ -118,6 +118,12 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   }
   const res = optionalNumber(value, 'resolutionMs', pathPrefix, true);
   if (res !== undefined) out.resolutionMs = res;
+  const priv = field(value, 'private');
+  if (priv !== MISSING) {
+    if (typeof priv !== 'boolean')
+      throw new InstanceValidationError(`${pathPrefix}private`, 'must be a boolean (true keeps the first and last stage on the client)', priv);
+    out.private = priv;
+  }
   return out;
 }
 

@@ -127,6 +127,12 @@ export interface GenerationInstance {
   readonly serverQueueMs?: number;
   /** Time step of `dp-grid` (only usable when just `e2eMs` is stated), ms. */
   readonly resolutionMs?: number;
+  /**
+   * The device's token ids and text never leave it (default false): the first stage (the
+   * embedding, token ids in) and the last (the head, tokens out) run on the client in every
+   * pass, so only hidden states cross. Every solver honours it; no plan is all-server then.
+   */
+  readonly private?: boolean;
 }
 
 /**
@@ -165,6 +171,29 @@ export interface GenerationResult extends GenerationCost {
   /** The E2E latency, under the contract's name. */
   readonly latencyMs: number;
   readonly met: SloMet;
+}
+
+/**
+ * Per stage, whether it must run on the client: with `private`, the first and the last stage
+ * ({@link GenerationInstance.private}); nothing otherwise. O(S).
+ */
+export function pinnedToClient(instance: GenerationInstance): boolean[] {
+  const S = instance.stages.length;
+  return instance.stages.map((_, i) => instance.private === true && (i === 0 || i === S - 1));
+}
+
+/** `placement` with every stage pinned to the client ({@link pinnedToClient}) moved there. O(S). */
+export function honourPins(instance: GenerationInstance, placement: readonly Location[]): Location[] {
+  const pinned = pinnedToClient(instance);
+  return placement.map((l, i) => (pinned[i] ? 'client' : l));
+}
+
+/** Every stage on the server that may run there (all of them unless the instance is private). O(S). */
+export function serverWherever(instance: GenerationInstance): Location[] {
+  return honourPins(
+    instance,
+    instance.stages.map((): Location => 'server'),
+  );
 }
 
 /** Server work of `stage` for a whole generation of `m` decode passes. O(1). */

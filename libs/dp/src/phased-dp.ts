@@ -1,5 +1,5 @@
 import { transferMs } from './evaluate';
-import { betterGeneration, sloRatio, type GenerationInstance } from './generation';
+import { betterGeneration, pinnedToClient, serverWherever, sloRatio, type GenerationInstance } from './generation';
 import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
 import { PHASED_ALGORITHM, phasedResultOf, streamedDecode, type PhasedResult } from './phased';
 import type { Location } from './types';
@@ -8,7 +8,9 @@ import type { Location } from './types';
 const PRUNE_SLACK = 4e-9;
 
 // A cell is a stage's (prefill side, decode side) with what the path so far has done:
-// whether KV moved up or down, and whether every prefill or decode side so far was the server.
+// whether KV moved up or down, whether every decode side so far was the server (D_ALL), and
+// whether every side of both phases so far was (P_ALL, only kept with D_ALL: it marks the
+// streamed all-server plan, and matters for nothing else).
 const P_SERVER = 1;
 const D_SERVER = 2;
 const KV_UP = 4;
@@ -148,16 +150,19 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
   };
   const cand = new Candidates();
   const stair = new Staircase();
+  const pinned = pinnedToClient(inst);
   for (let i = 0; i < S; i++) {
     const s = stages[i];
     const kv = (s.kvBytesPerToken ?? 0) * n;
+    // A stage pinned to the client has no server side in either phase.
+    const sides = pinned[i] ? (['client'] as const) : (['client', 'server'] as const);
     cand.clear();
     fronts.forEach((front, cell) => {
       if (!front) return;
       const pPrev = cell & P_SERVER ? 'server' : 'client';
       const dPrev = cell & D_SERVER ? 'server' : 'client';
-      for (const ps of ['client', 'server'] as const) {
-        for (const ds of ['client', 'server'] as const) {
+      for (const ps of sides) {
+        for (const ds of sides) {
           let addT = 0;
           let addW = 0;
           if (ps === 'server') {
@@ -195,7 +200,7 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
             (ps === 'server' ? P_SERVER : 0) |
             (ds === 'server' ? D_SERVER : 0) |
             flags |
-            ((cell & P_ALL) !== 0 && ps === 'server' ? P_ALL : 0) |
+            ((cell & P_ALL) !== 0 && ps === 'server' && dAll ? P_ALL : 0) |
             (dAll ? D_ALL : 0);
           for (const k of front) {
             const t = labels.t[k] + addT;
@@ -271,9 +276,9 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
  * `dp`'s, with both placements equal.
  *
  * Method: a forward DP over stages whose cells are the stage's pair of sides (4) and what the
- * path so far has done: KV moved up, KV moved down, every prefill side so far the server,
- * every decode side so far the server (the last two decide whether the plan is the streamed
- * all-server one and whether the server's own loop decodes). A cell holds the Pareto front of
+ * path so far has done: KV moved up, KV moved down, every decode side so far the server (whether the
+ * server's own loop may decode), every side of both phases so far the server (the streamed
+ * all-server plan). A cell holds the Pareto front of
  * labels (TTFT so far, G so far, server work so far), where G = m · decode pass + hand-over
  * is the one figure through which TPOT (G / m) and E2E (TTFT + G) see the decode and the
  * hand-over. The rest of the chain's costs depend only on the cell and every final figure
@@ -302,7 +307,8 @@ export function solvePhasedDp(instance: GenerationInstance): PhasedResult {
   }
   const { slo } = instance;
   const all = (side: Location): Location[] => new Array<Location>(S).fill(side);
-  const streamed = (instance.serverDecoding ?? true) ? phasedResultOf(instance, PHASED_ALGORITHM, all('server'), all('server')) : undefined;
+  const streamed =
+    (instance.serverDecoding ?? true) && !instance.private ? phasedResultOf(instance, PHASED_ALGORITHM, all('server'), all('server')) : undefined;
   // dp's answer is a pair with equal phases: its work bounds the optimum's when it is feasible,
   // and its ratio bounds the least ratio when nothing is.
   const dp = solveGenerationDp(instance);
@@ -314,8 +320,8 @@ export function solvePhasedDp(instance: GenerationInstance): PhasedResult {
   );
   if (!pair && !dp.feasible) {
     const ends = [
-      phasedResultOf(instance, PHASED_ALGORITHM, all('client'), all('server')),
-      phasedResultOf(instance, PHASED_ALGORITHM, all('server'), all('client')),
+      phasedResultOf(instance, PHASED_ALGORITHM, all('client'), serverWherever(instance)),
+      phasedResultOf(instance, PHASED_ALGORITHM, serverWherever(instance), all('client')),
     ];
     const r = Math.min(sloRatio(slo, dp), ...ends.map((e) => sloRatio(slo, e)));
     const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));

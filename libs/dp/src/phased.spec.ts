@@ -24,8 +24,11 @@ const sides = (S: number, mask: number): Location[] => Array.from({ length: S },
 function bruteForce(inst: GenerationInstance): Best {
   const S = inst.stages.length;
   const all: Best[] = [];
+  // On a private instance both ends stay on the client in both phases (bits 0 and S-1 clear).
+  const ends = inst.private ? 1 | (1 << (S - 1)) : 0;
   for (let pm = 0; pm < 1 << S; pm++) {
     for (let dm = 0; dm < 1 << S; dm++) {
+      if (pm & ends || dm & ends) continue;
       const c = evaluatePhased(inst, sides(S, pm), sides(S, dm));
       all.push({ feasible: sloCheck(inst.slo, c).feasible, serverWork: c.serverWork, e2eMs: c.e2eMs, ratio: sloRatio(inst.slo, c) });
     }
@@ -164,6 +167,23 @@ describe('solvePhasedDp (dp-phased)', () => {
     }
   });
 
+  it('equals brute force on private instances, keeping both ends on the client in both phases', () => {
+    for (const inst of cases(47, 150, 5).map((i) => ({ ...i, private: true }))) {
+      const got = solvePhasedDp(inst);
+      const want = bruteForce(inst);
+      const S = inst.stages.length;
+      expect([got.prefillPlacement[0], got.prefillPlacement[S - 1], got.decodePlacement[0], got.decodePlacement[S - 1]]).toEqual([
+        'client',
+        'client',
+        'client',
+        'client',
+      ]);
+      expect(got.feasible).toBe(want.feasible);
+      expect(close(got.serverWork, want.serverWork)).toBe(true);
+      expect(close(got.e2eMs, want.e2eMs)).toBe(true);
+    }
+  });
+
   it('never needs more server work than dp', () => {
     for (const inst of cases(31, 200, 8)) {
       const phased = solvePhasedDp(inst);
@@ -185,6 +205,13 @@ describe('phased instances', () => {
     expect(v.stages[1].kvBytesPerToken).toBe(2048);
     expect(v.stages[0].kvBytesPerToken).toBeUndefined();
     expect(isPhasedInstance({ ...WORKED })).toBe(false);
+  });
+
+  it('names the field, the rule and the value of a bad private flag', () => {
+    expect(() => validatePhasedInstance({ ...WORKED, phased: true, private: 'yes' })).toThrow(
+      'private must be a boolean (true keeps the first and last stage on the client), given "yes"',
+    );
+    expect(validatePhasedInstance({ ...WORKED, phased: true, private: true }).private).toBe(true);
   });
 
   it('names the field, the rule and the value of a bad marker or KV size', () => {

@@ -131,7 +131,7 @@ describe('tandem demo', () => {
 
   it('prints the planner dashboard URL, and with --stay keeps the services up until SIGINT, then reports and exits 0', async () => {
     const demo = spawnDemo(['--preset', 'tiny', '--plaintext', '--stay', '--json'], cwd, env);
-    const staying = (): string | undefined => /the services stay up: the planner dashboard is at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(demo.stderr())?.[1];
+    const staying = (): string | undefined => /--stay: the planner dashboard stays live at (http:\/\/127\.0\.0\.1:\d+\/)/.exec(demo.stderr())?.[1];
     const until = Date.now() + 75_000;
     while (!staying() && Date.now() < until) {
       if (await Promise.race([demo.code.then(() => true), sleep(50).then(() => false)])) break;

@@ -18,6 +18,11 @@ describe('tandem loadtest: bad scenario files and flags', () => {
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ['missing rates', { rates: undefined }, /scenario rates must be a non-empty array/],
     ['a slowdown below 1', { deviceClasses: [{ name: 'x', slowdown: 0.5 }] }, /scenario deviceClasses\[0\]\.slowdown must be a number >= 1 .*given 0\.5/],
+    [
+      'a private flag that is no boolean',
+      { deviceClasses: [{ name: 'x', private: 'yes' }] },
+      /scenario deviceClasses\[0\]\.private must be true or false, given "yes"/,
+    ],
     ['a bad arrival process', { arrival: { process: 'uniform' } }, /scenario arrival\.process must be 'poisson' or 'gamma', given "uniform"/],
     ['a gamma without cv', { arrival: { process: 'gamma' } }, /scenario arrival\.cv must be a number > 0/],
     [

@@ -295,6 +295,18 @@ describe('tandem plan on phased instances', () => {
     expect(answers[2].algorithm).toBe('dp');
   });
 
+  it("keeps a private device's ends on the client: dp-phased still meets the SLOs, dp cannot", async () => {
+    const priv = { ...(docBlock('phased-example:instance') as Phased), private: true };
+    const phased = await run(['plan', '--instance', writeInstance('private.json', priv), '--json']);
+    const dp = await run(['plan', '--instance', writeInstance('private-dp.json', priv), '--algorithm', 'dp', '--json']);
+    expect([phased.code, dp.code]).toEqual([0, 0]);
+    const a = JSON.parse(phased.stdout) as PhasedAnswer;
+    expect([letters(a.prefillPlacement), letters(a.decodePlacement), a.feasible, a.serverWork]).toEqual(['CSC', 'CCC', true, 20]);
+    const b = JSON.parse(dp.stdout) as PhasedAnswer;
+    expect(b.feasible).toBe(false);
+    expect([b.prefillPlacement[0], b.prefillPlacement[2]]).toEqual(['client', 'client']);
+  });
+
   it('prints both placements and the hand-over without --json', async () => {
     const r = await run(['plan', '--instance', writeInstance('phased-text.json', docBlock('phased-example:instance'))]);
     expect(r.code).toBe(0);

@@ -40,8 +40,9 @@ export interface DemoOptions {
   /** TLS (mTLS to the executor and planner) and bearer tokens on every port (default true); false = plaintext. */
   readonly tls?: boolean;
   /**
-   * After the generations, keep every service running (the planner's dashboard live) until
-   * `signal` is aborted, then stop them and report as usual (default false).
+   * Keep the services running after the generations, for other clients (examples/python), until
+   * SIGINT/SIGTERM (then they stop and runDemo resolves with the report) or a service dies (it
+   * rejects). A progress line names every address and the credentials' files.
    */
   readonly stay?: boolean;
 }
@@ -139,6 +140,15 @@ class Guard {
   }
 }
 
+/** The --stay line: where each service listens and how to call it. */
+function stayLine(executor: string, planner: string, agents: readonly string[], modelDir: string, security: DemoSecurity | undefined): string {
+  const creds = security
+    ? `TLS: --tls-ca ${security.certs.caCert} --tls-cert ${security.certs.clientCert} --tls-key ${security.certs.clientKey}; ` +
+      `tokens ('TOKEN CLIENT_ID' lines, '*' = operator) in ${security.tokensFile}`
+    : 'plaintext, no tokens';
+  return `--stay: services up until Ctrl-C (then they stop and the report follows): server-executor ${executor}, planner ${planner}, agents ${agents.join(', ')}; model ${modelDir}; ${creds}`;
+}
+
 /** Polls every agent's GetStatus until each follows a plan (epoch > 0), with a progress line per change. */
 async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceClient }[], opts: DemoOptions, guard: Guard): Promise<void> {
   const until = Date.now() + opts.planWaitMs;
@@ -158,14 +168,6 @@ async function waitForPlans(agents: { device: DemoDevice; client: AgentServiceCl
     }
     await guard.race(sleep(200));
   }
-}
-
-/** Resolves when `signal` is aborted (at once when it already is). */
-function untilAborted(signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) resolve();
-    else signal.addEventListener('abort', () => resolve(), { once: true });
-  });
 }
 
 function toRun(run: number, g: GenerationResult): DemoRun {
@@ -275,9 +277,18 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       identicalOutputs: new Set(allIds).size === 1,
     };
     if (opts.stay) {
-      opts.progress(`the services stay up${dashboardUrl ? `: the planner dashboard is at ${dashboardUrl}` : ''}; Ctrl-C stops them and prints the report`);
-      // Ctrl-C ends the stay (the guard sees it as an interruption): stop and report as usual.
-      await guard.race(untilAborted(opts.signal)).catch((err: unknown) => {
+      if (dashboardUrl) opts.progress(`--stay: the planner dashboard stays live at ${dashboardUrl}`);
+      opts.progress(
+        stayLine(
+          executor.address,
+          planner.address,
+          DEMO_DEVICES.map((d, i) => `${d.id} ${agentProcs[i].address}`),
+          opts.modelDir,
+          security,
+        ),
+      );
+      // Until interrupted (the services then stop and the report follows) or a service dies (the guard rejects).
+      await guard.race(new Promise<never>(() => undefined)).catch((err: unknown) => {
         if (!(err instanceof DemoInterrupted)) throw err;
       });
     }

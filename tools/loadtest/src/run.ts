@@ -247,6 +247,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             AGENT_ADDR: '127.0.0.1:0',
             AGENT_THREADS: '1',
             AGENT_SLOWDOWN: String(d.slowdown),
+            AGENT_PRIVATE: String(d.private),
             AGENT_LINK_LATENCY_MS: String(d.link.latencyMs),
             AGENT_LINK_UP_BYTES_PER_MS: String(d.link.upBytesPerMs),
             AGENT_LINK_DOWN_BYTES_PER_MS: String(d.link.downBytesPerMs),

@@ -26,6 +26,8 @@ export interface DeviceClass {
   /** Each local stage is padded to this many times its measured time (AGENT_SLOWDOWN). */
   readonly slowdown: number;
   readonly link: LinkSpec;
+  /** The devices keep their token ids and text (AGENT_PRIVATE): plans keep the first and last stage on them. */
+  readonly private: boolean;
 }
 
 /** A closed integer range, both ends included. */
@@ -207,7 +209,9 @@ export function validateScenario(raw: unknown): Scenario {
     const f = `deviceClasses[${i}]`;
     const dc = obj(d, f);
     const link = obj(dc.link ?? {}, `${f}.link`);
+    if (dc.private !== undefined && typeof dc.private !== 'boolean') fail(`${f}.private`, 'be true or false', dc.private);
     return {
+      private: dc.private === true,
       name: name(dc, f),
       weight: num(dc, 'weight', f, { gt: 0, def: 1 }),
       slowdown: num(dc, 'slowdown', f, { min: 1, max: 1000, def: 1 }),

@@ -47,8 +47,9 @@ subjects (as \`tandem nats-config\` writes; docs/security.md (NATS)).
   --json          print the report as one JSON document
   --plaintext     no TLS and no tokens (the services' defaults)
   --keep-logs     keep the services' log directory (it is always kept when something fails)
-  --stay          keep the services (and the planner's dashboard) running after the
-                  generations until Ctrl-C; then stop them and print the report (exit 0)
+  --stay          after the generations, keep the services running for other clients (e.g.
+                  examples/python) until Ctrl-C; a progress line names their addresses and the
+                  credentials' files; then they stop, the report is printed and the exit code is 0
 
 Exit codes: 0 done, 2 bad usage or no NATS available, 1 a service failed,
 130/143 interrupted (SIGINT/SIGTERM; the services are stopped first).`;

@@ -40,7 +40,9 @@ for one instance (a JSON object) or many (a JSON array, answered in the same ord
                      promptTokens, decodeSteps, outBytesPerPass, uplink, downlink,
                      slo:{e2eMs?, ttftMs?, tpotMs?}, serverEntryWork?, serverDecoding?}
                      or a phased generation instance, marked "phased": true, whose stages
-                     may state kvBytesPerToken (prefill and decode placed apart)
+                     may state kvBytesPerToken (prefill and decode placed apart); a
+                     generation or phased instance with "private": true keeps its first and
+                     last stage (token ids in, tokens out) on the client
                      An array may mix the kinds.
   --algorithm NAME   ${ALGORITHMS.join(' | ')} | ${PHASED_ALGORITHM} (default dp, the exact
                      optimum, and dp-phased on a phased instance; dp-grid needs resolutionMs,

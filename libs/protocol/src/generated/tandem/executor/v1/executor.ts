@@ -56,6 +56,12 @@ export interface OpenSession {
    * FAILED_PRECONDITION.
    */
   modelId: string;
+  /**
+   * The client's token ids and text must not reach the server. In such a session a step whose
+   * range includes the first stage (token ids in) or the last (tokens out), and `generate`, are
+   * FAILED_PRECONDITION naming `open.private`; only hidden states cross. Absent is false.
+   */
+  private?: boolean | undefined;
 }
 
 /**
@@ -361,7 +367,7 @@ export const SessionRequest: MessageFns<SessionRequest> = {
 };
 
 function createBaseOpenSession(): OpenSession {
-  return { clientId: "", planEpoch: "0", modelId: "" };
+  return { clientId: "", planEpoch: "0", modelId: "", private: undefined };
 }
 
 export const OpenSession: MessageFns<OpenSession> = {
@@ -374,6 +380,9 @@ export const OpenSession: MessageFns<OpenSession> = {
     }
     if (message.modelId !== "") {
       writer.uint32(26).string(message.modelId);
+    }
+    if (message.private !== undefined) {
+      writer.uint32(32).bool(message.private);
     }
     return writer;
   },
@@ -415,6 +424,14 @@ export const OpenSession: MessageFns<OpenSession> = {
             message.modelId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.private = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -444,6 +461,7 @@ export const OpenSession: MessageFns<OpenSession> = {
         : isSet(object.model_id)
         ? globalThis.String(object.model_id)
         : "",
+      private: isSet(object.private) ? globalThis.Boolean(object.private) : undefined,
     };
   },
 
@@ -458,6 +476,9 @@ export const OpenSession: MessageFns<OpenSession> = {
     if (message.modelId !== "") {
       obj.modelId = message.modelId;
     }
+    if (message.private !== undefined) {
+      obj.private = message.private;
+    }
     return obj;
   },
 
@@ -469,6 +490,7 @@ export const OpenSession: MessageFns<OpenSession> = {
     message.clientId = object.clientId ?? "";
     message.planEpoch = object.planEpoch ?? "0";
     message.modelId = object.modelId ?? "";
+    message.private = object.private ?? undefined;
     return message;
   },
 };

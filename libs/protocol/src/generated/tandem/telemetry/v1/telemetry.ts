@@ -99,6 +99,11 @@ export interface ClientProfile {
   unixMs: number;
   /** Epoch of the plan the client follows now (0 when none). */
   planEpoch: number;
+  /**
+   * The device keeps its token ids and text (`AGENT_PRIVATE`): every plan keeps the first stage
+   * (token ids in) and the last (tokens out) on it, so only hidden states cross. Absent is false.
+   */
+  private?: boolean | undefined;
 }
 
 /** The server-executor's load. */
@@ -484,6 +489,7 @@ function createBaseClientProfile(): ClientProfile {
     downlink: undefined,
     unixMs: 0,
     planEpoch: 0,
+    private: undefined,
   };
 }
 
@@ -512,6 +518,9 @@ export const ClientProfile: MessageFns<ClientProfile> = {
     }
     if (message.planEpoch !== 0) {
       writer.uint32(64).uint64(message.planEpoch);
+    }
+    if (message.private !== undefined) {
+      writer.uint32(72).bool(message.private);
     }
     return writer;
   },
@@ -593,6 +602,14 @@ export const ClientProfile: MessageFns<ClientProfile> = {
             message.planEpoch = longToNumber(reader.uint64());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.private = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -635,6 +652,7 @@ export const ClientProfile: MessageFns<ClientProfile> = {
         : isSet(object.plan_epoch)
         ? globalThis.Number(object.plan_epoch)
         : 0,
+      private: isSet(object.private) ? globalThis.Boolean(object.private) : undefined,
     };
   },
 
@@ -664,6 +682,9 @@ export const ClientProfile: MessageFns<ClientProfile> = {
     if (message.planEpoch !== 0) {
       obj.planEpoch = Math.round(message.planEpoch);
     }
+    if (message.private !== undefined) {
+      obj.private = message.private;
+    }
     return obj;
   },
 
@@ -684,6 +705,7 @@ export const ClientProfile: MessageFns<ClientProfile> = {
       : undefined;
     message.unixMs = object.unixMs ?? 0;
     message.planEpoch = object.planEpoch ?? 0;
+    message.private = object.private ?? undefined;
     return message;
   },
 };
