@@ -255,7 +255,7 @@ export class ClientAgent {
     const room = this.nPositions - ids.length + 1;
     if (room < 1) throw new ValidationError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
     if (req.maxNewTokens < 1 || req.maxNewTokens > room)
-      throw new ValidationError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
+      throw new ValidationError(`max_new_tokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
     let placement: string | undefined;
     if (req.placement) {
       placement = req.placement;

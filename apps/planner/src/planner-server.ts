@@ -937,8 +937,8 @@ export class PlannerServer {
     return {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
         const id = call.request.clientId;
-        if (!ID_PATTERN.test(id)) throw new ValidationError(`clientId must match ${ID_PATTERN}, given ${shown(id)}`);
-        checkIdentity(identity(call.metadata), 'clientId', id);
+        if (!ID_PATTERN.test(id)) throw new ValidationError(`client_id must match ${ID_PATTERN}, given ${shown(id)}`);
+        checkIdentity(identity(call.metadata), 'client_id', id);
         let set = this.watchers.get(id);
         if (!set) this.watchers.set(id, (set = new Set()));
         set.add(call);

@@ -75,7 +75,7 @@ export interface ExecutorServerOptions {
   readonly telemetryIntervalMs: number;
   /**
    * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
-   * plaintext, no tokens. With tokens, a session's `open.clientId` must be its token's identity.
+   * plaintext, no tokens. With tokens, a session's `open.client_id` must be its token's identity.
    */
   readonly security?: ServerSecurity;
   /**
