@@ -157,6 +157,7 @@ export class ClientAgent {
         plannerAddr: this.opts.plannerAddr,
         upstream: this.opts.upstream,
         keepalive: this.opts.keepalive,
+        maxMessageBytes: this.opts.maxMessageBytes,
         clientId: this.opts.clientId,
         stageCount: this.stageCount,
         canRun: (s) => this.local.has(s),
@@ -220,17 +221,31 @@ export class ClientAgent {
     };
   }
 
+  /** The agent's state, as GetStatus answers it: the plan followed (or why none is), counters. */
   status(): AgentStatusResponse {
     const plan = this.follower.current();
     return {
       clientId: this.opts.clientId,
       clientClass: this.opts.clientClass,
       planEpoch: plan?.epoch ?? 0,
+      // Deprecated form of classPlacements, kept for callers that read it.
       placements: plan?.classes.map((c) => `${c.name}=${c.placement}`) ?? [],
       generations: this.generations,
       failures: this.failures,
       plannerConnected: this.follower.connected,
       resumedGenerations: this.resumedGenerations,
+      classPlacements:
+        plan?.classes.map((c) => ({
+          requestClass: c.name,
+          placement: c.placement,
+          planEpoch: plan.epoch,
+          maxPromptTokens: c.maxPromptTokens,
+          slaMs: c.slaMs,
+          predictedLatencyMs: c.predictedLatencyMs,
+          predictedTtftMs: c.predictedTtftMs,
+          predictedTpotMs: c.predictedTpotMs,
+        })) ?? [],
+      noPlanReason: this.follower.noPlanReason(),
     };
   }
 

@@ -56,6 +56,7 @@ export {
   GenerationSummary,
   GetStatusRequest as AgentStatusRequest,
   GetStatusResponse as AgentStatusResponse,
+  ClassPlacementStatus,
   TokenIds,
 } from './generated/tandem/agent/v1/agent';
 export type { AgentServiceServer } from './generated/tandem/agent/v1/agent';
