@@ -1,7 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  addReflection,
   AgentServiceService,
   channelOptions,
+  HEALTH_SERVICE_NAME,
   quoted,
   ClientProfile,
   ExecutorServiceClient,
@@ -172,6 +174,8 @@ export class ClientAgent {
     // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
     serveWithEdge(this.server, AgentServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
+    // Server reflection (grpcurl, Postman): one name per service this server serves.
+    addReflection(this.server, [AGENT_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     await this.pingExecutor();

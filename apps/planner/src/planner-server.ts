@@ -1,8 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  addReflection,
   ClientProfile,
   GenerationOutcome,
   channelOptions,
+  HEALTH_SERVICE_NAME,
   HealthReporter,
   ID_PATTERN,
   PlannerServiceService,
@@ -425,6 +427,8 @@ export class PlannerServer {
     // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
     serveWithEdge(this.server, PlannerServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
+    // Server reflection (grpcurl, Postman): one name per service this server serves.
+    addReflection(this.server, [PLANNER_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });

@@ -1,8 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  addReflection,
   capStatus,
   channelOptions,
   ExecutorServiceService,
+  HEALTH_SERVICE_NAME,
   HealthReporter,
   ServerLoad,
   ServingStatus,
@@ -180,6 +182,8 @@ export class ExecutorServer {
   async start(): Promise<{ port: number }> {
     serveWithEdge(this.server, ExecutorServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
+    // Server reflection (grpcurl, Postman): one name per service this server serves.
+    addReflection(this.server, [EXECUTOR_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     const t0 = performance.now();
