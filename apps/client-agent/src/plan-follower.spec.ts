@@ -97,7 +97,10 @@ describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
   it('runs everything on the device until a plan comes, and refuses plans that send the first or last stage to the server', async () => {
     const p = await stubPlanner('127.0.0.1:0', () => [plan(10, 'SSC')]);
     try {
-      follower = new PlanFollower({ plannerAddr: `127.0.0.1:${p.port}`, clientId: 'dev', stageCount: 3, canRun: () => true, private: true, maxMessageBytes: 1 << 20 }, log);
+      follower = new PlanFollower(
+        { plannerAddr: `127.0.0.1:${p.port}`, clientId: 'dev', stageCount: 3, canRun: () => true, private: true, maxMessageBytes: 1 << 20 },
+        log,
+      );
       expect(follower.choose(4)).toMatchObject({ placement: 'CCC', epoch: 0 });
       follower.start();
       await eventually(() => follower!.connected, { what: 'the plan stream' });
