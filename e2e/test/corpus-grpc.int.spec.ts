@@ -69,17 +69,17 @@ const shape = (dims: unknown[], data: Buffer, dtype = 1): Tensor => ({ dtype, sh
 
 const executorCases: Case[] = [
   // OpenSession
-  ['open of another model id', session(open('not-the-model')), PRECONDITION, ['open.modelId must be', "given 'not-the-model'"]],
-  ['open of a 20,000-character model id', session(open(LONG)), PRECONDITION, ['open.modelId must be', '(20000 chars)']],
+  ['open of another model id', session(open('not-the-model')), PRECONDITION, ['open.model_id must be', "given 'not-the-model'"]],
+  ['open of a 20,000-character model id', session(open(LONG)), PRECONDITION, ['open.model_id must be', '(20000 chars)']],
   ['open twice', session(open(), open()), PRECONDITION, ['open']],
   ['a step before open', session(step('1', 0, 1, wire(ids(1)))), PRECONDITION, ['open']],
   ['a generate before open', session(gen('1', wire(ids(1)), 1)), PRECONDITION, ['open']],
   ['an empty message (no kind)', session({ kind: undefined }), INVALID, ['message.kind must be open, step or generate', 'given nothing']],
   // Step: ranges
-  ['stageBegin past the model', session(open(), step('1', 6, 7, wire(hidden(1)))), INVALID, ['step.stageBegin must be in 0..5', 'given 6']],
-  ['stageEnd = stageBegin', session(open(), step('1', 2, 2, wire(hidden(1)))), INVALID, ['step.stageEnd must be in 3..6', 'given 2']],
-  ['stageEnd past the model', session(open(), step('1', 0, 9, wire(ids(1)))), INVALID, ['step.stageEnd must be in 1..6', 'given 9']],
-  ['stageEnd of 2^32-1', session(open(), step('1', 0, 0xffffffff, wire(ids(1)))), INVALID, ['step.stageEnd must be in 1..6', 'given 4294967295']],
+  ['stageBegin past the model', session(open(), step('1', 6, 7, wire(hidden(1)))), INVALID, ['step.stage_begin must be in 0..5', 'given 6']],
+  ['stageEnd = stageBegin', session(open(), step('1', 2, 2, wire(hidden(1)))), INVALID, ['step.stage_end must be in 3..6', 'given 2']],
+  ['stageEnd past the model', session(open(), step('1', 0, 9, wire(ids(1)))), INVALID, ['step.stage_end must be in 1..6', 'given 9']],
+  ['stageEnd of 2^32-1', session(open(), step('1', 0, 0xffffffff, wire(ids(1)))), INVALID, ['step.stage_end must be in 1..6', 'given 4294967295']],
   ['sample without the head', session(open(), step('1', 0, 3, wire(ids(1)), true)), INVALID, ['step.sample must be false unless the range ends with the head']],
   // Step: seq
   [
@@ -176,10 +176,10 @@ const executorCases: Case[] = [
     'a step at a later stage than the prefill',
     session(open(), step('1', 0, 6, wire(ids(1, 2)), true), step('2', 3, 6, wire(hidden(1)), true)),
     PRECONDITION,
-    ['step.stageBegin must be 0', 'given 3'],
+    ['step.stage_begin must be 0', 'given 3'],
   ],
   // ServerGenerate
-  ['generate of maxNewTokens 0', session(open(), gen('1', wire(ids(1)), 0)), INVALID, ['generate.maxNewTokens must be >= 1', 'given 0']],
+  ['generate of maxNewTokens 0', session(open(), gen('1', wire(ids(1)), 0)), INVALID, ['generate.max_new_tokens must be >= 1', 'given 0']],
   ['generate over the context', session(open(), gen('1', wire(ids(1, 2)), 64)), PRECONDITION, ['the context must stay <= 64 tokens']],
   ['generate of maxNewTokens 2^32-1', session(open(), gen('1', wire(ids(1, 2)), 0xffffffff)), PRECONDITION, ['the context must stay <= 64 tokens']],
   ['generate without input', session(open(), gen('1', undefined, 1)), INVALID, ['generate.input']],
@@ -221,11 +221,11 @@ const executorCases: Case[] = [
 ];
 
 const plannerCases: Case[] = [
-  ['WatchPlans of an empty client id', watch(''), INVALID, ['clientId must match', "given ''"]],
-  ['WatchPlans of a client id with a dot', watch('a.b'), INVALID, ['clientId must match', "'a.b'"]],
-  ['WatchPlans of a client id with a wildcard', watch('*'), INVALID, ['clientId must match', "'*'"]],
-  ['WatchPlans of a 65-character client id', watch('c'.repeat(65)), INVALID, ['clientId must match']],
-  ['WatchPlans of a 20,000-character client id', watch(LONG), INVALID, ['clientId must match', "given 'xxxxxxxx"]],
+  ['WatchPlans of an empty client id', watch(''), INVALID, ['client_id must match', "given ''"]],
+  ['WatchPlans of a client id with a dot', watch('a.b'), INVALID, ['client_id must match', "'a.b'"]],
+  ['WatchPlans of a client id with a wildcard', watch('*'), INVALID, ['client_id must match', "'*'"]],
+  ['WatchPlans of a 65-character client id', watch('c'.repeat(65)), INVALID, ['client_id must match']],
+  ['WatchPlans of a 20,000-character client id', watch(LONG), INVALID, ['client_id must match', "given 'xxxxxxxx"]],
   [
     'WatchPlans of bytes that are no request',
     (s) => rawServerStream(s.raw.planner, `${P}WatchPlans`, Buffer.from([0x0a, 0x05, 0x61])),
@@ -262,13 +262,13 @@ const agentCases: Case[] = [
     'Generate of maxNewTokens 0',
     agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 0 }),
     INVALID,
-    ['maxNewTokens must be in 1..', 'given 0'],
+    ['max_new_tokens must be in 1..', 'given 0'],
   ],
   [
     'Generate of maxNewTokens 2^32-1',
     agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 0xffffffff }),
     INVALID,
-    ['maxNewTokens must be in 1..1024', 'given 4294967295'],
+    ['max_new_tokens must be in 1..1024', 'given 4294967295'],
   ],
   [
     'Generate of a prompt over the context',

@@ -180,7 +180,7 @@ describe('the three services end to end', () => {
       s.write({ kind: { $case: 'open', value: { clientId: 'dev-2', planEpoch: '0', modelId: '' } } });
     });
     expect(other?.code).toBe(grpc.status.PERMISSION_DENIED);
-    expect(other?.details).toContain('open.clientId');
+    expect(other?.details).toContain('open.client_id');
     // nats-server refuses a connection without credentials
     const anonymous = await connect({ servers: nats.url, reconnect: false, timeout: 5000 }).then(
       async (c) => {

@@ -1,7 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  addReflection,
   AgentServiceService,
   channelOptions,
+  HEALTH_SERVICE_NAME,
   quoted,
   ClientProfile,
   ExecutorServiceClient,
@@ -163,6 +165,7 @@ export class ClientAgent {
         plannerAddr: this.opts.plannerAddr,
         upstream: this.opts.upstream,
         keepalive: this.opts.keepalive,
+        maxMessageBytes: this.opts.maxMessageBytes,
         clientId: this.opts.clientId,
         stageCount: this.stageCount,
         canRun: (s) => this.local.has(s),
@@ -178,6 +181,8 @@ export class ClientAgent {
     // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
     serveWithEdge(this.server, AgentServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
+    // Server reflection (grpcurl, Postman): one name per service this server serves.
+    addReflection(this.server, [AGENT_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     await this.pingExecutor();
@@ -228,17 +233,31 @@ export class ClientAgent {
     };
   }
 
+  /** The agent's state, as GetStatus answers it: the plan followed (or why none is), counters. */
   status(): AgentStatusResponse {
     const plan = this.follower.current();
     return {
       clientId: this.opts.clientId,
       clientClass: this.opts.clientClass,
       planEpoch: plan?.epoch ?? 0,
+      // Deprecated form of classPlacements, kept for callers that read it.
       placements: plan?.classes.map((c) => `${c.name}=${c.placement}`) ?? [],
       generations: this.generations,
       failures: this.failures,
       plannerConnected: this.follower.connected,
       resumedGenerations: this.resumedGenerations,
+      classPlacements:
+        plan?.classes.map((c) => ({
+          requestClass: c.name,
+          placement: c.placement,
+          planEpoch: plan.epoch,
+          maxPromptTokens: c.maxPromptTokens,
+          slaMs: c.slaMs,
+          predictedLatencyMs: c.predictedLatencyMs,
+          predictedTtftMs: c.predictedTtftMs,
+          predictedTpotMs: c.predictedTpotMs,
+        })) ?? [],
+      noPlanReason: this.follower.noPlanReason(),
     };
   }
 
@@ -263,7 +282,7 @@ export class ClientAgent {
     const room = this.nPositions - ids.length + 1;
     if (room < 1) throw new ValidationError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
     if (req.maxNewTokens < 1 || req.maxNewTokens > room)
-      throw new ValidationError(`maxNewTokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
+      throw new ValidationError(`max_new_tokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
     let placement: string | undefined;
     if (req.placement) {
       placement = req.placement;

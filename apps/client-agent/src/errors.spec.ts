@@ -33,7 +33,7 @@ describe("the client-agent's status map", () => {
   it('answers anything else INTERNAL without its raw message', () => {
     expect(st(new Error('ENOENT: /home/dev/.cache/model'))).toEqual(['INTERNAL', 'internal error in the client-agent (logged)']);
     // the executor's own refusals of the agent (its token, its client id) are the operator's business, not the caller's
-    expect(st(fromExecutor(status.PERMISSION_DENIED, "open.clientId must be the caller's own client id"))).toEqual([
+    expect(st(fromExecutor(status.PERMISSION_DENIED, "open.client_id must be the caller's own client id"))).toEqual([
       'INTERNAL',
       'internal error in the client-agent (logged)',
     ]);

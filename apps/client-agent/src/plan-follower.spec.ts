@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { PlannerServiceService, type ClientPlan, type PlannerServiceServer, type WatchPlansRequest, type WatchPlansResponse } from '@tandem/protocol';
 import { bindInsecure, createLogger } from '@tandem/service-kit';
-import { eventually } from '@tandem/testkit';
+import { eventually, freePort } from '@tandem/testkit';
 import { PlanFollower, privacyProblem } from './plan-follower';
 
 const plan = (epoch: number, placement: string): ClientPlan => ({
@@ -28,15 +28,23 @@ const plan = (epoch: number, placement: string): ClientPlan => ({
   ],
 });
 
-/** A planner stand-in on a real gRPC port: every WatchPlans stream gets `plans()` at once, and `push` sends more on the open streams. */
-async function stubPlanner(address: string, plans: () => ClientPlan[]): Promise<{ port: number; push: (p: ClientPlan) => void; stop: () => void }> {
+/**
+ * A planner stand-in on a real gRPC port: every WatchPlans stream gets `reason` (a message with
+ * no plan, when given) and `plans()` at once, and `push` sends more plans on the open streams.
+ */
+async function stubPlanner(
+  address: string,
+  plans: () => ClientPlan[],
+  reason?: string,
+): Promise<{ port: number; push: (p: ClientPlan) => void; stop: () => void }> {
   const server = new grpc.Server();
   const calls = new Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>();
   const impl: PlannerServiceServer = {
     watchPlans: (call) => {
       calls.add(call);
       call.on('cancelled', () => calls.delete(call));
-      for (const p of plans()) call.write({ plan: p });
+      if (reason !== undefined) call.write({ plan: undefined, noPlanReason: reason });
+      for (const p of plans()) call.write({ plan: p, noPlanReason: '' });
     },
     listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '' }),
   };
@@ -45,7 +53,7 @@ async function stubPlanner(address: string, plans: () => ClientPlan[]): Promise<
   return {
     port,
     push: (p) => {
-      for (const c of calls) c.write({ plan: p });
+      for (const c of calls) c.write({ plan: p, noPlanReason: '' });
     },
     stop: () => server.forceShutdown(),
   };
@@ -59,7 +67,7 @@ describe('PlanFollower epochs', () => {
   it("within one stream takes only a higher epoch; after a planner restart takes the new stream's first plan even with an older epoch", async () => {
     // The first planner's clock ran ahead: its epochs are far in the future.
     const a = await stubPlanner('127.0.0.1:0', () => [plan(9_000_000, 'CCS')]);
-    follower = new PlanFollower({ plannerAddr: `127.0.0.1:${a.port}`, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
+    follower = new PlanFollower({ plannerAddr: `127.0.0.1:${a.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
     follower.start();
     await eventually(() => follower!.current()?.epoch === 9_000_000, { what: 'the first plan' });
     a.push(plan(8_000_000, 'SSS')); // older on the same stream: a stale plan, ignored
@@ -89,7 +97,10 @@ describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
   it('runs everything on the device until a plan comes, and refuses plans that send the first or last stage to the server', async () => {
     const p = await stubPlanner('127.0.0.1:0', () => [plan(10, 'SSC')]);
     try {
-      follower = new PlanFollower({ plannerAddr: `127.0.0.1:${p.port}`, clientId: 'dev', stageCount: 3, canRun: () => true, private: true }, log);
+      follower = new PlanFollower(
+        { plannerAddr: `127.0.0.1:${p.port}`, clientId: 'dev', stageCount: 3, canRun: () => true, private: true, maxMessageBytes: 1 << 20 },
+        log,
+      );
       expect(follower.choose(4)).toMatchObject({ placement: 'CCC', epoch: 0 });
       follower.start();
       await eventually(() => follower!.connected, { what: 'the plan stream' });
@@ -108,5 +119,59 @@ describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
     expect(privacyProblem('CCS', true)).toBe('puts stage 2 (tokens out) on the server, which AGENT_PRIVATE forbids');
     expect(privacyProblem('CSC', true)).toBeUndefined();
     expect(privacyProblem('SSS', false)).toBeUndefined();
+  });
+});
+
+describe('PlanFollower: why no plan is followed', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+  let follower: PlanFollower | undefined;
+  const stubs: { stop: () => void }[] = [];
+  afterEach(() => {
+    follower?.stop();
+    for (const s of stubs.splice(0)) s.stop();
+  });
+  const follow = (plannerAddr: string | undefined, maxMessageBytes = 1 << 20): PlanFollower =>
+    new PlanFollower({ plannerAddr, maxMessageBytes, clientId: 'dev', stageCount: 3, canRun: (s) => s < 2 }, log);
+
+  it('says that no planner is configured', () => {
+    follower = follow(undefined);
+    follower.start();
+    expect(follower.noPlanReason()).toBe("no planner configured (PLANNER_ADDR is 'off'): every generation runs all-server");
+  });
+
+  it("names an unreachable planner, then the planner's own reason, then nothing once a plan is followed", async () => {
+    const port = await freePort();
+    follower = follow(`127.0.0.1:${port}`);
+    follower.start();
+    expect(follower.noPlanReason()).toBe(`not connected to the planner at 127.0.0.1:${port} yet`);
+    await eventually(() => follower!.noPlanReason().startsWith(`not connected to the planner at 127.0.0.1:${port}: `), { what: 'the connection error' });
+    const stub = await stubPlanner(`127.0.0.1:${port}`, () => [], 'no executor has reported its load yet');
+    stubs.push(stub);
+    await eventually(() => follower!.connected, { timeoutMs: 10_000, what: 'the plan stream' });
+    expect(follower.noPlanReason()).toBe('the planner has no plan for this client yet: no executor has reported its load yet');
+    stub.push(plan(5, 'CSS'));
+    await eventually(() => follower!.current()?.epoch === 5, { what: 'the plan' });
+    expect(follower.noPlanReason()).toBe('');
+  });
+
+  it('says that the planner sent a plan this device cannot follow', async () => {
+    const stub = await stubPlanner('127.0.0.1:0', () => [plan(7, 'CCC')]);
+    stubs.push(stub);
+    follower = follow(`127.0.0.1:${stub.port}`);
+    follower.start();
+    await eventually(() => follower!.noPlanReason().startsWith("refused the planner's plan (epoch 7)"), { what: 'the refusal' });
+    expect(follower.noPlanReason()).toContain('classes[0].placement puts stage 2 on this client');
+    expect(follower.current()).toBeUndefined();
+  });
+
+  it('takes no plan over its message size limit (AGENT_MAX_MESSAGE_BYTES, as on every connection of the agent)', async () => {
+    const big = plan(9, 'CSS');
+    const stub = await stubPlanner('127.0.0.1:0', () => [{ ...big, classes: [{ ...big.classes[0], name: 'n'.repeat(2000) }] }]);
+    stubs.push(stub);
+    follower = follow(`127.0.0.1:${stub.port}`, 1024);
+    follower.start();
+    await eventually(() => /larger than max/.test(follower!.noPlanReason()), { what: 'the size refusal' });
+    expect(follower.current()).toBeUndefined();
+    expect(follower.noPlanReason()).toContain(`not connected to the planner at 127.0.0.1:${stub.port}`);
   });
 });

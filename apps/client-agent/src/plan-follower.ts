@@ -1,7 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import {
-  keepaliveOptions,
+  channelOptions,
   PlannerServiceClient,
+  capStatus,
   quoted,
   type Keepalive,
   type ClassPlacement,
@@ -37,6 +38,10 @@ export class PlanFollower {
   private backoffMs = 250;
   private retryTimer: NodeJS.Timeout | undefined;
   private listeners: ((p: ClientPlan) => void)[] = [];
+  /** The planner's reason for having no plan for this client (WatchPlansResponse.no_plan_reason), while it has none. */
+  private plannerReason = '';
+  /** Why the last plan stream ended, or the last plan refused, for {@link noPlanReason}. */
+  private lastProblem = '';
   connected = false;
 
   constructor(
@@ -44,6 +49,8 @@ export class PlanFollower {
       plannerAddr: string | undefined;
       upstream?: ClientSecurity;
       keepalive?: Keepalive;
+      /** Largest gRPC message sent or accepted, bytes (AGENT_MAX_MESSAGE_BYTES, as on every connection of the agent). */
+      maxMessageBytes: number;
       clientId: string;
       stageCount: number;
       canRun: (stage: number) => boolean;
@@ -58,7 +65,7 @@ export class PlanFollower {
     this.client = new PlannerServiceClient(
       this.opts.plannerAddr,
       this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(),
-      clientOptions(this.opts.upstream, keepaliveOptions(this.opts.keepalive)),
+      clientOptions(this.opts.upstream, channelOptions(this.opts.maxMessageBytes, this.opts.keepalive)),
     );
     this.watch();
   }
@@ -66,6 +73,21 @@ export class PlanFollower {
   /** The current plan, if any. */
   current(): ClientPlan | undefined {
     return this.plan;
+  }
+
+  /**
+   * Why no plan is followed (every generation runs all-server; all-device on a private device), or '' while one is: no planner
+   * configured, the planner not reached, the planner's own reason (e.g. no executor has reported
+   * its load yet), or a plan refused as unfit for this device.
+   */
+  noPlanReason(): string {
+    if (this.plan) return '';
+    if (!this.opts.plannerAddr)
+      return `no planner configured (PLANNER_ADDR is 'off'): every generation runs ${this.opts.private ? 'on this device (AGENT_PRIVATE)' : 'all-server'}`;
+    if (!this.connected) return `not connected to the planner at ${this.opts.plannerAddr}${this.lastProblem ? `: ${this.lastProblem}` : ' yet'}`;
+    if (this.lastProblem) return this.lastProblem;
+    if (this.plannerReason) return `the planner has no plan for this client yet: ${this.plannerReason}`;
+    return "waiting for the planner's first plan";
   }
 
   /** Calls `fn` with every plan accepted from now on. */
@@ -107,24 +129,32 @@ export class PlanFollower {
     call.on('data', (m: WatchPlansResponse) => {
       if (this.call !== call) return;
       this.connected = true;
+      this.lastProblem = '';
       this.backoffMs = 250;
       const plan = m.plan;
-      if (!plan) return;
+      if (!plan) {
+        this.plannerReason = capStatus(m.noPlanReason, 300);
+        return;
+      }
       if (plan.epoch <= streamEpoch) return;
       streamEpoch = plan.epoch;
       if (this.plan && plan.epoch === this.plan.epoch && plan.createdUnixMs === this.plan.createdUnixMs) return; // the plan held, sent again on a new stream
       const problem = this.problem(plan);
       if (problem) {
         this.log.warn({ epoch: plan.epoch, problem }, 'refused a plan');
+        this.lastProblem = `refused the planner's plan (epoch ${plan.epoch}): ${problem}`;
         return;
       }
       this.plan = plan;
+      this.plannerReason = '';
       this.log.info({ epoch: plan.epoch, classes: plan.classes.map((c) => `${c.name}=${c.placement}`) }, 'new plan');
       for (const l of this.listeners) l(plan);
     });
     const again = (why: string): void => {
       if (this.call !== call) return;
       this.connected = false;
+      this.lastProblem = capStatus(why, 300);
+      this.plannerReason = '';
       this.call = undefined;
       if (this.stopped) return;
       this.log.debug({ why, retryInMs: this.backoffMs }, 'plan stream lost; keeping the last plan');

@@ -16,7 +16,9 @@ export {
   DEFAULT_PLANS_PAGE_SIZE,
   MAX_EXECUTORS,
   MAX_PLANS_PAGE_SIZE,
+  NO_PLAN_REASONS,
   pageTokenOf,
+  PLANNER_MAX_MESSAGE_BYTES,
   PLANNER_SERVICE_NAME,
   PlannerServer,
 } from './planner-server';

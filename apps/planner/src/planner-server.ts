@@ -1,11 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  addReflection,
   ClientProfile,
   GenerationOutcome,
+  channelOptions,
+  HEALTH_SERVICE_NAME,
   HealthReporter,
   ID_PATTERN,
   PlannerServiceService,
-  keepaliveOptions,
   ServerLoad,
   ServingStatus,
   Subjects,
@@ -109,6 +111,8 @@ export interface PlannerServerOptions {
   readonly security?: ServerSecurity;
   /** HTTP/2 keepalive of the gRPC port (GRPC_KEEPALIVE_*): a watcher whose connection died is dropped; default DEFAULT_KEEPALIVE. */
   readonly keepalive?: Keepalive;
+  /** Largest gRPC message accepted or sent, bytes (default PLANNER_MAX_MESSAGE_BYTES). */
+  readonly maxMessageBytes?: number;
   /**
    * Below this server utilisation the planner optimises latency (the server has capacity to
    * spare); at or above it, server work under the SLA. It returns to latency only when both the
@@ -132,6 +136,21 @@ export interface PlannerServerOptions {
 
 /** The planner's gRPC service name, as health reports it. */
 export const PLANNER_SERVICE_NAME = 'tandem.planner.v1.PlannerService';
+
+/**
+ * Largest gRPC message the planner accepts or sends by default, bytes: the executor's and the
+ * agent's default (EXECUTOR_MAX_MESSAGE_BYTES, AGENT_MAX_MESSAGE_BYTES). A ListPlans page stays
+ * near 1 MiB (MAX_PLANS_PAGE_SIZE), under grpc-js's own 4 MiB too; the same limit on every
+ * service keeps one rule for clients.
+ */
+export const PLANNER_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** Why the planner has no plan for a client yet, as WatchPlansResponse.no_plan_reason says it. */
+export const NO_PLAN_REASONS = {
+  noProfile: 'no profile from this client yet (an agent publishes it over NATS when its NATS_URL is set)',
+  noLoad: 'no executor has reported its load yet (an executor publishes it over NATS when its NATS_URL is set); plans are made once one has',
+  planning: 'the first plan is being made',
+} as const;
 
 interface ClientState {
   /**
@@ -317,6 +336,8 @@ export class PlannerServer {
   /** The load report every plan in force was made from (undefined until one arrived). */
   private plannedLoad: ServerLoad | undefined;
   private objective: Objective = 'work';
+  /** Whether the log said that clients wait for an executor's load (once per process). */
+  private warnedNoLoad = false;
   private nc: NatsConnection | undefined;
   private lastEpoch = 0;
   private replanTimer: NodeJS.Timeout | undefined;
@@ -374,7 +395,10 @@ export class PlannerServer {
   constructor(private readonly opts: PlannerServerOptions) {
     this.now = opts.now ?? Date.now;
     this.log = opts.log.child({ component: 'planner' });
-    this.server = new grpc.Server({ ...keepaliveOptions(opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
+    this.server = new grpc.Server({
+      ...channelOptions(opts.maxMessageBytes ?? PLANNER_MAX_MESSAGE_BYTES, opts.keepalive),
+      ...serverAuthOptions(opts.security?.tokens),
+    });
     this.threshold = opts.replanThreshold ?? 0.02;
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
@@ -403,6 +427,8 @@ export class PlannerServer {
     // A request that does not decode is answered INVALID_ARGUMENT (not grpc-js's bare INTERNAL), before its handler runs.
     serveWithEdge(this.server, PlannerServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
+    // Server reflection (grpcurl, Postman): one name per service this server serves.
+    addReflection(this.server, [PLANNER_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
@@ -534,7 +560,33 @@ export class PlannerServer {
       });
     // A profile that moves nothing the plan is priced from only refreshes the client's TTL.
     if (st?.plannedWith && st.plan && !profileChanged(st.plannedWith, p, this.threshold)) return;
+    if (!st) this.tellWaiting(p.clientId);
     this.markDirty(p.clientId);
+  }
+
+  /**
+   * Why the planner has no plan for `clientId` (WatchPlansResponse.no_plan_reason), or '' when it
+   * has one. Plans need the client's profile and the followed executor's load (both over NATS).
+   */
+  noPlanReason(clientId: string): string {
+    const st = this.clients.get(clientId);
+    if (st?.plan) return '';
+    if (!st) return NO_PLAN_REASONS.noProfile;
+    return this.serverLoad ? NO_PLAN_REASONS.planning : NO_PLAN_REASONS.noLoad;
+  }
+
+  /**
+   * A client's first profile arrived: its watchers, told "no profile" so far, learn why there is
+   * still no plan when no executor has reported its load (an executor without telemetry leaves
+   * every client all-server: said once in the log too, for the operator).
+   */
+  private tellWaiting(clientId: string): void {
+    if (this.serverLoad) return; // its plan follows within the debounce
+    if (!this.warnedNoLoad) {
+      this.warnedNoLoad = true;
+      this.log.warn({ clientId }, `clients are waiting for plans: ${NO_PLAN_REASONS.noLoad}`);
+    }
+    for (const w of this.watchers.get(clientId) ?? []) w.write({ plan: undefined, noPlanReason: NO_PLAN_REASONS.noLoad });
   }
 
   /**
@@ -834,7 +886,7 @@ export class PlannerServer {
     this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) {
-      w.write({ plan: st.plan });
+      w.write({ plan: st.plan, noPlanReason: '' });
       this.counters.plansPushed++;
     }
     this.afterPlan(id, st.plan, now);
@@ -947,8 +999,8 @@ export class PlannerServer {
     return {
       watchPlans: (call: grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>) => {
         const id = call.request.clientId;
-        if (!ID_PATTERN.test(id)) throw new ValidationError(`clientId must match ${ID_PATTERN}, given ${shown(id)}`);
-        checkIdentity(identity(call.metadata), 'clientId', id);
+        if (!ID_PATTERN.test(id)) throw new ValidationError(`client_id must match ${ID_PATTERN}, given ${shown(id)}`);
+        checkIdentity(identity(call.metadata), 'client_id', id);
         let set = this.watchers.get(id);
         if (!set) this.watchers.set(id, (set = new Set()));
         set.add(call);
@@ -963,9 +1015,9 @@ export class PlannerServer {
         call.on('close', remove);
         const plan = this.clients.get(id)?.plan;
         if (plan) {
-          call.write({ plan });
+          call.write({ plan, noPlanReason: '' });
           this.counters.plansPushed++;
-        }
+        } else call.write({ plan: undefined, noPlanReason: this.noPlanReason(id) });
       },
       listPlans: (call, cb) => {
         const caller = identity(call.metadata);

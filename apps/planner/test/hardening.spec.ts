@@ -152,7 +152,7 @@ describe('a real planner on a real nats-server survives any telemetry message', 
         call.on('error', resolve);
       });
       expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
-      expectClear(err.details, 'clientId', "'xxxxxxxx");
+      expectClear(err.details, 'client_id', "'xxxxxxxx");
       expect(server.watchedClients).toHaveLength(0);
     } finally {
       pc.close();

@@ -78,7 +78,8 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
     new Promise((resolve) => {
       const call = c.watchPlans({ clientId }, { deadline: Date.now() + 10_000 });
       call.on('data', (m: WatchPlansResponse) => {
-        resolve(m.plan!);
+        if (!m.plan) return; // a client not planned yet is told why first (no_plan_reason)
+        resolve(m.plan);
         call.cancel();
       });
       call.on('error', (e: grpc.ServiceError) => resolve(e));
@@ -91,9 +92,9 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
     expectRefusal((await firstPlan(planner(), 'alice')) as grpc.ServiceError, grpc.status.UNAUTHENTICATED, "metadata 'authorization'", 'Bearer');
   });
 
-  it("refuses another client's WatchPlans (PERMISSION_DENIED naming clientId) and serves the caller's own", async () => {
+  it("refuses another client's WatchPlans (PERMISSION_DENIED naming client_id) and serves the caller's own", async () => {
     const alice = planner(ALICE);
-    expectRefusal((await firstPlan(alice, 'bob')) as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'clientId', "'alice'", "'bob'");
+    expectRefusal((await firstPlan(alice, 'bob')) as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'client_id', "'alice'", "'bob'");
     const own = (await firstPlan(alice, 'alice')) as ClientPlan;
     expect(own.clientId).toBe('alice');
     expect(own.classes[0].placement).toMatch(/^[CS]{3}$/);

@@ -56,7 +56,7 @@ export class Admission<M extends { readonly clientId: string }> {
   admit(m: M, metadata: Metadata): void {
     const { tokens, maxSessions } = this.limits;
     // The interceptor let the call in, so the metadata authenticates; this learns who.
-    if (tokens) checkIdentity(tokens.authenticate(metadata), 'open.clientId', m.clientId);
+    if (tokens) checkIdentity(tokens.authenticate(metadata), 'open.client_id', m.clientId);
     if (this.refusal !== undefined) throw new NotReadyError(this.refusal);
     const retryAfterMs = this.limits.retryAfterMs ?? 1000;
     if (this.open.size >= maxSessions)

@@ -1,8 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
 import {
+  addReflection,
   capStatus,
   channelOptions,
   ExecutorServiceService,
+  HEALTH_SERVICE_NAME,
   HealthReporter,
   ServerLoad,
   ServingStatus,
@@ -75,7 +77,7 @@ export interface ExecutorServerOptions {
   readonly telemetryIntervalMs: number;
   /**
    * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
-   * plaintext, no tokens. With tokens, a session's `open.clientId` must be its token's identity.
+   * plaintext, no tokens. With tokens, a session's `open.client_id` must be its token's identity.
    */
   readonly security?: ServerSecurity;
   /**
@@ -180,6 +182,8 @@ export class ExecutorServer {
   async start(): Promise<{ port: number }> {
     serveWithEdge(this.server, ExecutorServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
+    // Server reflection (grpcurl, Postman): one name per service this server serves.
+    addReflection(this.server, [EXECUTOR_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     const t0 = performance.now();

@@ -155,7 +155,7 @@ export class SplitSession {
           if (this.state !== 'awaiting-open') throw new PreconditionError('open must be sent once, as the first message; given a second open');
           const o = m.kind.value;
           if (o.modelId && o.modelId !== this.engine.modelId)
-            throw new PreconditionError(`open.modelId must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
+            throw new PreconditionError(`open.model_id must be ${quoted(this.engine.modelId)} (the model served), given ${quoted(o.modelId)}`);
           this.clientId = o.clientId;
           this.private = o.private === true;
           this.admission.admit(this, this.call.metadata);
@@ -377,15 +377,15 @@ export class SplitSession {
     const n = this.engine.stageCount;
     const seq = BigInt(step.seq);
     if (seq <= this.lastSeq) throw new ValidationError(`step.seq must increase within a session (last ${this.lastSeq}), given ${step.seq}`);
-    if (!(step.stageBegin < n)) throw new ValidationError(`step.stageBegin must be in 0..${n - 1}, given ${step.stageBegin}`);
+    if (!(step.stageBegin < n)) throw new ValidationError(`step.stage_begin must be in 0..${n - 1}, given ${step.stageBegin}`);
     if (!(step.stageEnd > step.stageBegin && step.stageEnd <= n))
-      throw new ValidationError(`step.stageEnd must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
+      throw new ValidationError(`step.stage_end must be in ${step.stageBegin + 1}..${n}, given ${step.stageEnd}`);
     if (this.private && step.stageBegin === 0)
       throw new PreconditionError('step.stage_begin must be >= 1 in a private session (open.private: token ids stay on the device), given 0');
     if (this.private && step.stageEnd === n)
       throw new PreconditionError(`step.stage_end must be <= ${n - 1} in a private session (open.private: the head's tokens stay on the device), given ${n}`);
     if (step.sample && step.stageEnd !== n)
-      throw new ValidationError(`step.sample must be false unless the range ends with the head (stageEnd ${n}), given true with stageEnd ${step.stageEnd}`);
+      throw new ValidationError(`step.sample must be false unless the range ends with the head (stage_end ${n}), given true with stage_end ${step.stageEnd}`);
     const input = fromWireTensor(step.input, 'step.input');
     const wantIds = step.stageBegin === 0;
     if (wantIds && input.dtype !== 'int64')
@@ -436,7 +436,7 @@ export class SplitSession {
     for (let s = begin + 1; s < end; s++) {
       if (at(s) !== held) {
         throw new PreconditionError(
-          `step.stageEnd must be ${s} (stage ${s} holds ${at(s)} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`,
+          `step.stage_end must be ${s} (stage ${s} holds ${at(s)} tokens, stage ${begin} holds ${held}: this session's earlier steps did not run them together), given ${end}`,
         );
       }
     }
@@ -446,16 +446,16 @@ export class SplitSession {
         let expected = begin - 1;
         while (expected > 0 && at(expected - 1) === held) expected--;
         throw new PreconditionError(
-          `step.stageBegin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`,
+          `step.stage_begin must be ${expected} (stages ${expected}..${begin - 1} hold ${held} tokens like stage ${begin}: this session's earlier steps started at stage ${expected}), given ${begin}`,
         );
       }
       throw new PreconditionError(
-        `step.stageBegin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at(begin - 1)}`,
+        `step.stage_begin ${begin} does not continue this session: stage ${begin - 1} must hold ${held + t} tokens before it (stage ${begin} holds ${held}, the step brings ${t}), given a stage ${begin - 1} holding ${at(begin - 1)}`,
       );
     }
     if (end < this.engine.stageCount && at(end) > 0 && at(end) !== held) {
       throw new PreconditionError(
-        `step.stageBegin must be ${end} (stage ${end} holds ${at(end)} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`,
+        `step.stage_begin must be ${end} (stage ${end} holds ${at(end)} tokens but stage ${end - 1} holds ${held}: the previous input has not run stage ${end} yet), given ${begin}`,
       );
     }
   }
@@ -476,13 +476,13 @@ export class SplitSession {
     if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1))
       throw new ValidationError(`generate.input.shape must be [1, T>=1], given ${renderShape(shape)}`);
     this.checkIds(input.data, 'generate.input');
-    if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.maxNewTokens must be >= 1, given ${g.maxNewTokens}`);
+    if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.max_new_tokens must be >= 1, given ${g.maxNewTokens}`);
     const t = shape[1];
     // The last token is never fed back, so the cache ends up holding T + maxNewTokens - 1 tokens.
     const holds = t + g.maxNewTokens - 1;
     if (holds > this.limits.maxContextTokens) {
       throw new PreconditionError(
-        `generate would make the session hold ${holds} tokens (prompt ${t} + maxNewTokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`,
+        `generate would make the session hold ${holds} tokens (prompt ${t} + max_new_tokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`,
       );
     }
     this.lastSeq = BigInt(g.seq);

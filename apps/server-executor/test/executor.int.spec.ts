@@ -133,7 +133,7 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
       grpc.status.FAILED_PRECONDITION,
       'open must be sent once, as the first message; given a second open',
     ],
-    ['another model', (s: TestSession) => s.open('0123456789abcdef'), grpc.status.FAILED_PRECONDITION, "open.modelId must be '"],
+    ['another model', (s: TestSession) => s.open('0123456789abcdef'), grpc.status.FAILED_PRECONDITION, "open.model_id must be '"],
     [
       'a stage range past the model',
       (s: TestSession) => {
@@ -141,7 +141,7 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
         s.step(1, 1, 99, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) });
       },
       grpc.status.INVALID_ARGUMENT,
-      'step.stageEnd must be in 2..6, given 99',
+      'step.stage_end must be in 2..6, given 99',
     ],
     [
       'float input to embed',

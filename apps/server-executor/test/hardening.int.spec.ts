@@ -193,12 +193,12 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
     const long = 'x'.repeat(20_000);
     const dims5000 = new Array<number>(5000).fill(1);
     it.each([
-      ['a 20,000-character model id', (s: TestSession) => s.open(long), grpc.status.FAILED_PRECONDITION, ['open.modelId must be', '20000 chars']],
+      ['a 20,000-character model id', (s: TestSession) => s.open(long), grpc.status.FAILED_PRECONDITION, ['open.model_id must be', '20000 chars']],
       [
         'a 20,000-character model id and client id',
         (s: TestSession) => s.call.write({ kind: { $case: 'open', value: { clientId: long, planEpoch: '0', modelId: long } } }),
         grpc.status.FAILED_PRECONDITION,
-        ['open.modelId'],
+        ['open.model_id'],
       ],
       [
         'a hidden state of 5,000 dims',
@@ -270,7 +270,7 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
     it('still names the model served in full when it is short', async () => {
       const s = session();
       s.open('0123456789abcdef');
-      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, `open.modelId must be '${modelId}' (the model served), given '0123456789abcdef'`);
+      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, `open.model_id must be '${modelId}' (the model served), given '0123456789abcdef'`);
     });
   });
 
@@ -284,31 +284,31 @@ describe('server-executor refuses bad input clearly (real model over gRPC)', () 
       return 3;
     };
 
-    it('refuses a decode step starting at a later stage than the prefill, naming stageBegin and 0', async () => {
+    it('refuses a decode step starting at a later stage than the prefill, naming stage_begin and 0', async () => {
       await healthyBeside(async () => {
         const s = session();
         await prefilled(s, [1, 2, 3]);
         s.step(2, 3, stageCount, hidden(1), true);
-        expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stageBegin must be 0', 'given 3');
+        expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stage_begin must be 0', 'given 3');
       });
     });
 
-    it('refuses a range whose stages hold different token counts, naming stageEnd', async () => {
+    it('refuses a range whose stages hold different token counts, naming stage_end', async () => {
       const s = session();
       s.open();
       s.step(1, 3, stageCount, hidden(2), true);
       await s.next(2);
       s.step(2, 2, stageCount, hidden(1), true);
-      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stageEnd must be 3', 'given 6');
+      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stage_end must be 3', 'given 6');
     });
 
-    it('refuses a step that skips the rest of the previous token, naming stageBegin and the stage expected', async () => {
+    it('refuses a step that skips the rest of the previous token, naming stage_begin and the stage expected', async () => {
       const s = session();
       const n = await prefilled(s, [1, 2, 3]);
       s.step(2, 0, 3, ids(4));
       await s.next(n);
       s.step(3, 0, 3, ids(5));
-      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stageBegin must be 3', 'given 0');
+      expectRefusal(await s.ended, grpc.status.FAILED_PRECONDITION, 'step.stage_begin must be 3', 'given 0');
     });
 
     it('accepts a split that stays the same, prefill and decode alike (head on its own)', async () => {

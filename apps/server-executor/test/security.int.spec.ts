@@ -153,14 +153,14 @@ describe('server-executor over TLS, mTLS and with bearer tokens (real servers on
       expectRefusal(session as grpc.ServiceError, grpc.status.UNAUTHENTICATED, "metadata 'authorization'");
     });
 
-    it("opens a session under the caller's own id and refuses another identity (PERMISSION_DENIED naming open.clientId)", async () => {
+    it("opens a session under the caller's own id and refuses another identity (PERMISSION_DENIED naming open.client_id)", async () => {
       const alice = as(ALICE);
       const own = await oneStep(alice, 'alice');
       expect(typeof own).toBe('number');
       const other = await oneStep(alice, 'bob');
-      expectRefusal(other as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'open.clientId', "'alice'", "'bob'");
+      expectRefusal(other as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'open.client_id', "'alice'", "'bob'");
       const long = await oneStep(alice, 'x'.repeat(20_000));
-      expectRefusal(long as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'open.clientId');
+      expectRefusal(long as grpc.ServiceError, grpc.status.PERMISSION_DENIED, 'open.client_id');
       // Bob's token, Bob's id: served, the same token as Alice got.
       expect(await oneStep(as(BOB), 'bob')).toBe(own);
       expect((await status(alice)).activeSessions).toBe(0);

@@ -179,7 +179,7 @@ describe('server-side generation (generate) on a real executor', () => {
     s.generate(1, ids(...PROMPTS[2]), 1014); // 12 + 1014 - 1 = 1025 > 1024 (nPositions)
     const err = (await s.ended) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
-    expect(err.details).toBe('generate would make the session hold 1025 tokens (prompt 12 + maxNewTokens 1014 - 1); the context must stay <= 1024 tokens');
+    expect(err.details).toBe('generate would make the session hold 1025 tokens (prompt 12 + max_new_tokens 1014 - 1); the context must stay <= 1024 tokens');
     expect(s.tokens()).toHaveLength(0);
     const ok = session(a);
     ok.open();
@@ -281,7 +281,7 @@ describe('server-side generation (generate) on a real executor', () => {
         s.generate(1, ids(1), 0);
       },
       grpc.status.INVALID_ARGUMENT,
-      'generate.maxNewTokens must be >= 1, given 0',
+      'generate.max_new_tokens must be >= 1, given 0',
     ],
   ])('refuses %s and names the rule', async (_what, act, code, details) => {
     const s = session(a);

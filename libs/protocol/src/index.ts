@@ -56,6 +56,7 @@ export {
   GenerationSummary,
   GetStatusRequest as AgentStatusRequest,
   GetStatusResponse as AgentStatusResponse,
+  ClassPlacementStatus,
   TokenIds,
 } from './generated/tandem/agent/v1/agent';
 export type { AgentServiceServer } from './generated/tandem/agent/v1/agent';
@@ -80,6 +81,7 @@ export type { HostTensor } from './tensor';
 export { ID_PATTERN, Subjects } from './subjects';
 export { HealthReporter } from './health';
 export { channelOptions, DEFAULT_KEEPALIVE, keepaliveOptions } from './channel-options';
+export { addReflection, HEALTH_SERVICE_NAME, protoPackageDefinition, protoServiceNames } from './reflection';
 export { RETRY_AFTER_KEY, retryAfterMsOf } from './retry-after';
 export { agentStatus, DEFAULT_CALL_DEADLINE_MS, DEFAULT_GENERATE_DEADLINE_MS, executorStatus, generateVia, listPlans, listPlansPage } from './calls';
 export type { GenerationResult } from './calls';

@@ -248,10 +248,15 @@ function substitute(node: unknown, views: readonly Uint8Array[], depth: number):
   return n;
 }
 
+/** A ts-proto field name as the proto names it (`stageBegin` is `stage_begin`): status messages use the proto's names. */
+function protoFieldName(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
 /**
- * Path of the first NaN number in a decoded message, named as the services name fields: a
- * oneof (`{ $case, value }`) by its case (`kind.value.input` is `step.input`), array items by
- * index. Undefined when there is none.
+ * Path of the first NaN number in a decoded message, named as the services name fields (by
+ * their proto names): a oneof (`{ $case, value }`) by its case (`kind.value.input` is
+ * `step.input`), array items by index. Undefined when there is none.
  */
 function nanPath(node: unknown, path: string, depth: number): string | undefined {
   if (typeof node === 'number') return Number.isNaN(node) ? path : undefined;
@@ -265,11 +270,13 @@ function nanPath(node: unknown, path: string, depth: number): string | undefined
   }
   const o = node as Record<string, unknown>;
   if (typeof o.$case === 'string' && 'value' in o) {
-    const base = path.includes('.') ? `${path.slice(0, path.lastIndexOf('.'))}.${o.$case}` : o.$case;
+    const name = protoFieldName(o.$case);
+    const base = path.includes('.') ? `${path.slice(0, path.lastIndexOf('.'))}.${name}` : name;
     return nanPath(o.value, base, depth + 1);
   }
   for (const [k, v] of Object.entries(o)) {
-    const p = nanPath(v, path ? `${path}.${k}` : k, depth + 1);
+    const name = protoFieldName(k);
+    const p = nanPath(v, path ? `${path}.${name}` : name, depth + 1);
     if (p) return p;
   }
   return undefined;

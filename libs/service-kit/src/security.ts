@@ -319,7 +319,7 @@ export class TokenTable {
 
 /**
  * Whether `identity` may act for client `clientId` (its own, or any for an operator).
- * @throws AuthError PERMISSION_DENIED naming `field` and the identity when it may not.
+ * @throws AuthError PERMISSION_DENIED naming `field` (its proto name, e.g. `open.client_id`) and the identity when it may not.
  */
 export function checkIdentity(identity: string | undefined, field: string, clientId: string): void {
   if (identity === undefined || identity === OPERATOR_IDENTITY || identity === clientId) return;

@@ -141,8 +141,8 @@ describe('TLS and token configuration (service-kit security)', () => {
     }
     expect(() => checkIdentity('alice', 'clientId', 'alice')).not.toThrow();
     expect(() => checkIdentity('*', 'clientId', 'bob')).not.toThrow();
-    expect(() => checkIdentity('alice', 'open.clientId', 'bob')).toThrow(
-      "open.clientId must be the caller's own client id 'alice' (its token's identity), given 'bob'",
+    expect(() => checkIdentity('alice', 'open.client_id', 'bob')).toThrow(
+      "open.client_id must be the caller's own client id 'alice' (its token's identity), given 'bob'",
     );
     let long = '';
     try {

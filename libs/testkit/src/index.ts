@@ -18,3 +18,5 @@ export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTi
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
 export type { LogLine } from './logs';
+export { ReflectionAnswerError, ReflectionClient } from './reflection';
+export type { ReflectionVersion } from './reflection';

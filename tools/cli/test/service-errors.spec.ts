@@ -26,12 +26,12 @@ describe('a command whose service answers with an error status', () => {
   const generate = (): ReturnType<typeof run> => run(['generate', '--agent', addr, '--ids', '1,2', '--max-new-tokens', '2']);
 
   it("names the service, the call, the status code name and the service's message, on one line", async () => {
-    answer = { code: grpc.status.PERMISSION_DENIED, details: "open.clientId must be the caller's own client id 'a', given 'b'" };
+    answer = { code: grpc.status.PERMISSION_DENIED, details: "open.client_id must be the caller's own client id 'a', given 'b'" };
     const r = await generate();
     expect(r).toEqual({
       code: 1,
       stdout: '',
-      stderr: `tandem generate: the agent at ${addr}: Generate failed with PERMISSION_DENIED: open.clientId must be the caller's own client id 'a', given 'b'\n`,
+      stderr: `tandem generate: the agent at ${addr}: Generate failed with PERMISSION_DENIED: open.client_id must be the caller's own client id 'a', given 'b'\n`,
     });
   });
 

@@ -42,7 +42,10 @@ export interface GenerateRequest {
     /** Token ids. */
     { $case: "ids"; value: TokenIds }
     | undefined;
-  /** Tokens to generate (greedy decoding), 1..the model's context. */
+  /**
+   * Tokens to generate, 1..the model's context minus the prompt's length plus one. Decoding
+   * is greedy: each token is the argmax of the logits, the lowest token id on a tie.
+   */
   maxNewTokens: number;
   /** Optional placement ('C'/'S' per stage) that overrides the plan, for experiments. */
   placement: string;
@@ -124,9 +127,12 @@ export interface GetStatusResponse {
   clientId: string;
   /** Its class. */
   clientClass: string;
-  /** Epoch of the current plan (0 = none yet: all-server). */
+  /** Epoch of the current plan (0 = none yet: all-server; see no_plan_reason). */
   planEpoch: number;
-  /** Current placement per request class, "name=PLACEMENT" entries. */
+  /**
+   * Deprecated: read class_placements. Current placement per request class, "name=PLACEMENT"
+   * entries; kept for callers written before class_placements, filled the same way.
+   */
   placements: string[];
   /** Generations completed since start. */
   generations: number;
@@ -140,6 +146,42 @@ export interface GetStatusResponse {
    * prefilled again with the same placement, and the caller saw one undisturbed stream.
    */
   resumedGenerations: number;
+  /**
+   * The current plan, one entry per request class in the plan's order (by max_prompt_tokens
+   * ascending); empty while no plan is followed (every generation runs all-server).
+   */
+  classPlacements: ClassPlacementStatus[];
+  /**
+   * Why no plan is followed, while none is (plan_epoch 0); empty once one is. E.g. no planner
+   * configured, the planner unreachable, or the planner's own reason such as "no executor has
+   * reported its load yet" (tandem.planner.v1.WatchPlansResponse.no_plan_reason): the planner
+   * makes no plan until an executor publishes its load over NATS, so an executor without
+   * telemetry (no NATS_URL) leaves every agent all-server.
+   */
+  noPlanReason: string;
+}
+
+/** The placement the agent follows for one request class. */
+export interface ClassPlacementStatus {
+  /** Name of the request class (e.g. "short"). */
+  requestClass: string;
+  /** One letter per stage: 'C' runs on this device, 'S' on the server. */
+  placement: string;
+  /** Epoch of the plan it comes from. */
+  planEpoch: number;
+  /** Largest prompt length (tokens) the class covers; a longer prompt than every class uses the last. */
+  maxPromptTokens: number;
+  /** The class's SLO on end-to-end latency, ms; 0 when none is stated. */
+  slaMs: number;
+  /**
+   * The plan's predicted end-to-end latency for the class's expected output length, ms; 0 when
+   * the plan did not predict it.
+   */
+  predictedLatencyMs: number;
+  /** The plan's predicted time to first token, ms; 0 when not predicted. */
+  predictedTtftMs: number;
+  /** The plan's predicted time per output token after the first, ms; 0 when not predicted. */
+  predictedTpotMs: number;
 }
 
 function createBaseTokenIds(): TokenIds {
@@ -974,6 +1016,8 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     failures: 0,
     plannerConnected: false,
     resumedGenerations: 0,
+    classPlacements: [],
+    noPlanReason: "",
   };
 }
 
@@ -1002,6 +1046,12 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.resumedGenerations !== 0) {
       writer.uint32(64).uint64(message.resumedGenerations);
+    }
+    for (const v of message.classPlacements) {
+      ClassPlacementStatus.encode(v!, writer.uint32(74).fork()).join();
+    }
+    if (message.noPlanReason !== "") {
+      writer.uint32(82).string(message.noPlanReason);
     }
     return writer;
   },
@@ -1083,6 +1133,22 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.resumedGenerations = longToNumber(reader.uint64());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.classPlacements.push(ClassPlacementStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.noPlanReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1127,6 +1193,16 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.resumed_generations)
         ? globalThis.Number(object.resumed_generations)
         : 0,
+      classPlacements: globalThis.Array.isArray(object?.classPlacements)
+        ? object.classPlacements.map((e: any) => ClassPlacementStatus.fromJSON(e))
+        : globalThis.Array.isArray(object?.class_placements)
+        ? object.class_placements.map((e: any) => ClassPlacementStatus.fromJSON(e))
+        : [],
+      noPlanReason: isSet(object.noPlanReason)
+        ? globalThis.String(object.noPlanReason)
+        : isSet(object.no_plan_reason)
+        ? globalThis.String(object.no_plan_reason)
+        : "",
     };
   },
 
@@ -1156,6 +1232,12 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.resumedGenerations !== 0) {
       obj.resumedGenerations = Math.round(message.resumedGenerations);
     }
+    if (message.classPlacements?.length) {
+      obj.classPlacements = message.classPlacements.map((e) => ClassPlacementStatus.toJSON(e));
+    }
+    if (message.noPlanReason !== "") {
+      obj.noPlanReason = message.noPlanReason;
+    }
     return obj;
   },
 
@@ -1172,6 +1254,226 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.failures = object.failures ?? 0;
     message.plannerConnected = object.plannerConnected ?? false;
     message.resumedGenerations = object.resumedGenerations ?? 0;
+    message.classPlacements = object.classPlacements?.map((e) => ClassPlacementStatus.fromPartial(e)) || [];
+    message.noPlanReason = object.noPlanReason ?? "";
+    return message;
+  },
+};
+
+function createBaseClassPlacementStatus(): ClassPlacementStatus {
+  return {
+    requestClass: "",
+    placement: "",
+    planEpoch: 0,
+    maxPromptTokens: 0,
+    slaMs: 0,
+    predictedLatencyMs: 0,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+  };
+}
+
+export const ClassPlacementStatus: MessageFns<ClassPlacementStatus> = {
+  encode(message: ClassPlacementStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestClass !== "") {
+      writer.uint32(10).string(message.requestClass);
+    }
+    if (message.placement !== "") {
+      writer.uint32(18).string(message.placement);
+    }
+    if (message.planEpoch !== 0) {
+      writer.uint32(24).uint64(message.planEpoch);
+    }
+    if (message.maxPromptTokens !== 0) {
+      writer.uint32(32).uint32(message.maxPromptTokens);
+    }
+    if (message.slaMs !== 0) {
+      writer.uint32(41).double(message.slaMs);
+    }
+    if (message.predictedLatencyMs !== 0) {
+      writer.uint32(49).double(message.predictedLatencyMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      writer.uint32(57).double(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      writer.uint32(65).double(message.predictedTpotMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClassPlacementStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClassPlacementStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestClass = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.placement = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.planEpoch = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxPromptTokens = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.slaMs = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.predictedLatencyMs = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.predictedTtftMs = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.predictedTpotMs = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClassPlacementStatus {
+    return {
+      requestClass: isSet(object.requestClass)
+        ? globalThis.String(object.requestClass)
+        : isSet(object.request_class)
+        ? globalThis.String(object.request_class)
+        : "",
+      placement: isSet(object.placement) ? globalThis.String(object.placement) : "",
+      planEpoch: isSet(object.planEpoch)
+        ? globalThis.Number(object.planEpoch)
+        : isSet(object.plan_epoch)
+        ? globalThis.Number(object.plan_epoch)
+        : 0,
+      maxPromptTokens: isSet(object.maxPromptTokens)
+        ? globalThis.Number(object.maxPromptTokens)
+        : isSet(object.max_prompt_tokens)
+        ? globalThis.Number(object.max_prompt_tokens)
+        : 0,
+      slaMs: isSet(object.slaMs)
+        ? globalThis.Number(object.slaMs)
+        : isSet(object.sla_ms)
+        ? globalThis.Number(object.sla_ms)
+        : 0,
+      predictedLatencyMs: isSet(object.predictedLatencyMs)
+        ? globalThis.Number(object.predictedLatencyMs)
+        : isSet(object.predicted_latency_ms)
+        ? globalThis.Number(object.predicted_latency_ms)
+        : 0,
+      predictedTtftMs: isSet(object.predictedTtftMs)
+        ? globalThis.Number(object.predictedTtftMs)
+        : isSet(object.predicted_ttft_ms)
+        ? globalThis.Number(object.predicted_ttft_ms)
+        : 0,
+      predictedTpotMs: isSet(object.predictedTpotMs)
+        ? globalThis.Number(object.predictedTpotMs)
+        : isSet(object.predicted_tpot_ms)
+        ? globalThis.Number(object.predicted_tpot_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ClassPlacementStatus): unknown {
+    const obj: any = {};
+    if (message.requestClass !== "") {
+      obj.requestClass = message.requestClass;
+    }
+    if (message.placement !== "") {
+      obj.placement = message.placement;
+    }
+    if (message.planEpoch !== 0) {
+      obj.planEpoch = Math.round(message.planEpoch);
+    }
+    if (message.maxPromptTokens !== 0) {
+      obj.maxPromptTokens = Math.round(message.maxPromptTokens);
+    }
+    if (message.slaMs !== 0) {
+      obj.slaMs = floatToJson(message.slaMs);
+    }
+    if (message.predictedLatencyMs !== 0) {
+      obj.predictedLatencyMs = floatToJson(message.predictedLatencyMs);
+    }
+    if (message.predictedTtftMs !== 0) {
+      obj.predictedTtftMs = floatToJson(message.predictedTtftMs);
+    }
+    if (message.predictedTpotMs !== 0) {
+      obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClassPlacementStatus>, I>>(base?: I): ClassPlacementStatus {
+    return ClassPlacementStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClassPlacementStatus>, I>>(object: I): ClassPlacementStatus {
+    const message = createBaseClassPlacementStatus();
+    message.requestClass = object.requestClass ?? "";
+    message.placement = object.placement ?? "";
+    message.planEpoch = object.planEpoch ?? 0;
+    message.maxPromptTokens = object.maxPromptTokens ?? 0;
+    message.slaMs = object.slaMs ?? 0;
+    message.predictedLatencyMs = object.predictedLatencyMs ?? 0;
+    message.predictedTtftMs = object.predictedTtftMs ?? 0;
+    message.predictedTpotMs = object.predictedTpotMs ?? 0;
     return message;
   },
 };
@@ -1189,6 +1491,10 @@ export const AgentServiceService = {
    * agent's own) is the executor session's deadline. A generation whose executor session is
    * lost mid-way is resumed on a new session (retried with backoff) and continues the same
    * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
+   * A status message names the field by its proto name (`max_new_tokens`, `ids[3]`).
+   * A generation keeps one placement from its prompt to its last token (the executor counts
+   * positions per stage, see tandem.executor.v1.ExecutorService): a plan that arrives while
+   * it runs applies to the next generation.
    */
   generate: {
     path: "/tandem.agent.v1.AgentService/Generate" as const,
@@ -1199,7 +1505,7 @@ export const AgentServiceService = {
     responseSerialize: (value: GenerateResponse): Buffer => Buffer.from(GenerateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GenerateResponse => GenerateResponse.decode(value),
   },
-  /** The agent's state: its plan, profile and counters. */
+  /** The agent's state: its plan (and why none is followed yet), profile and counters. */
   getStatus: {
     path: "/tandem.agent.v1.AgentService/GetStatus" as const,
     requestStream: false as const,
@@ -1219,9 +1525,13 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
    * agent's own) is the executor session's deadline. A generation whose executor session is
    * lost mid-way is resumed on a new session (retried with backoff) and continues the same
    * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
+   * A status message names the field by its proto name (`max_new_tokens`, `ids[3]`).
+   * A generation keeps one placement from its prompt to its last token (the executor counts
+   * positions per stage, see tandem.executor.v1.ExecutorService): a plan that arrives while
+   * it runs applies to the next generation.
    */
   generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
-  /** The agent's state: its plan, profile and counters. */
+  /** The agent's state: its plan (and why none is followed yet), profile and counters. */
   getStatus: handleUnaryCall<GetStatusRequest, GetStatusResponse>;
 }
 
@@ -1233,6 +1543,10 @@ export interface AgentServiceClient extends Client {
    * agent's own) is the executor session's deadline. A generation whose executor session is
    * lost mid-way is resumed on a new session (retried with backoff) and continues the same
    * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
+   * A status message names the field by its proto name (`max_new_tokens`, `ids[3]`).
+   * A generation keeps one placement from its prompt to its last token (the executor counts
+   * positions per stage, see tandem.executor.v1.ExecutorService): a plan that arrives while
+   * it runs applies to the next generation.
    */
   generate(request: GenerateRequest, options?: Partial<CallOptions>): ClientReadableStream<GenerateResponse>;
   generate(
@@ -1240,7 +1554,7 @@ export interface AgentServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<GenerateResponse>;
-  /** The agent's state: its plan, profile and counters. */
+  /** The agent's state: its plan (and why none is followed yet), profile and counters. */
   getStatus(
     request: GetStatusRequest,
     callback: (error: ServiceError | null, response: GetStatusResponse) => void,

@@ -53,7 +53,10 @@ export interface OpenSession {
   planEpoch: string;
   /**
    * Model id the client expects; empty accepts whatever the executor serves. A mismatch is
-   * FAILED_PRECONDITION.
+   * FAILED_PRECONDITION naming `open.model_id`. A model id is the first 16 lowercase hex
+   * digits of the SHA-256 of the model directory's manifest.json bytes, exactly as stored
+   * (e.g. `sha256sum manifest.json | cut -c1-16`): client and server holding the same model
+   * files get the same id (docs/model.md).
    */
   modelId: string;
   /**
@@ -71,7 +74,9 @@ export interface OpenSession {
  * session's earlier steps: every stage of the range holds the same number of tokens, the stage
  * before the range (when this session ran it) has taken this input already, and the stage
  * after it (when this session ran it) has taken the previous one; otherwise
- * FAILED_PRECONDITION naming `step.stageBegin` or `step.stageEnd` and the value expected.
+ * FAILED_PRECONDITION naming `step.stage_begin` or `step.stage_end` and the value expected.
+ * The positions of the input's T tokens follow those the range's stages hold already (see
+ * ExecutorService): the session counts them, the client never sends them.
  */
 export interface Step {
   /**
@@ -94,14 +99,17 @@ export interface Step {
    * When the range ends with the head: true returns the greedy token of the last position
    * instead of the logits (what a generation needs); false returns the logits [1, T, vocab].
    * With true the head runs on the last position only (it is position-wise, so the token is
-   * the same as from the full logits).
+   * the same as from the full logits). The greedy token is the argmax of the last position's
+   * logits; on a tie the lowest token id wins (as ServerGenerate decodes). true on a range
+   * that does not end with the head is INVALID_ARGUMENT.
    */
   sample: boolean;
 }
 
 /**
  * Server-side decoding: runs every stage on the server, the prompt's prefill and then one
- * decode step per further token, feeding each greedy token back itself, until
+ * decode step per further token, feeding each greedy token (argmax, the lowest id on a tie)
+ * back itself, until
  * `max_new_tokens` tokens were produced. Each token is sent as a `GeneratedToken` as soon as
  * it is made; there is no round trip per token. The decode steps are scheduled like split
  * sessions' steps, so they batch with other sessions' steps at step boundaries.
@@ -175,7 +183,7 @@ export interface GeneratedToken {
 export interface SessionOpened {
   /** Server-assigned session id (for logs). */
   sessionId: string;
-  /** Id of the model being served. */
+  /** Id of the model being served (see OpenSession.model_id for how it is made). */
   modelId: string;
   /** Number of stages of that model (2 * nLayer + 2). */
   stageCount: number;
@@ -236,7 +244,7 @@ export interface GetStatusResponse {
   stepsCompleted: number;
   /** Configured maximum of concurrent sessions. */
   maxSessions: number;
-  /** Id of the model being served. */
+  /** Id of the model being served (see OpenSession.model_id for how it is made). */
   modelId: string;
   /** True while draining (no new sessions are accepted). */
   draining: boolean;
@@ -1730,6 +1738,21 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
  * Executes the server's share of split generations. One bidirectional stream is one
  * generation (a "session") with its own KV cache on the server; the cache is freed when the
  * stream ends, errors, is cancelled or passes its deadline.
+ *
+ * Positions: no message carries a token position. The server counts, per stage, the tokens
+ * that stage has taken in this session, and a step's T new tokens take the positions that
+ * follow (positions 0..T-1 for the prompt's prefill, then one more per decode step). The
+ * stage counts must therefore move together: each step runs a contiguous range of stages,
+ * and a stage the server runs must see every token of the generation. So the placement (which
+ * stages run on the server) must not change within a session: a generation keeps the
+ * placement it started with from its prefill to its last token, and a new placement needs a
+ * new session. A step that breaks this is refused with FAILED_PRECONDITION naming
+ * `step.stage_begin` or `step.stage_end` and the value expected (see Step).
+ *
+ * Half-close: when the client half-closes the stream, every message sent before it is still
+ * answered (steps in order; a running server-side generation finishes), then the stream ends
+ * with status OK and the session's cache is freed. Half-closing is the normal way to end a
+ * session; cancelling ends it at once (status CANCELLED).
  */
 export type ExecutorServiceService = typeof ExecutorServiceService;
 export const ExecutorServiceService = {
@@ -1740,6 +1763,8 @@ export const ExecutorServiceService = {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
+   * A split session ends the same way: the client half-closes after its last step's answer
+   * (or earlier: steps already sent are still answered), and the stream ends with OK.
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
    * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
@@ -1749,7 +1774,8 @@ export const ExecutorServiceService = {
    *   rate, see below),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
-   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
+   * A status message names the field by its proto name (`open.model_id`, `step.stage_begin`)
+   * and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    * Tokens per second of one client_id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT; off by default):
@@ -1791,6 +1817,8 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
+   * A split session ends the same way: the client half-closes after its last step's answer
+   * (or earlier: steps already sent are still answered), and the stream ends with OK.
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
    * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
@@ -1800,7 +1828,8 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
    *   rate, see below),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
-   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
+   * A status message names the field by its proto name (`open.model_id`, `step.stage_begin`)
+   * and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    * Tokens per second of one client_id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT; off by default):
@@ -1826,6 +1855,8 @@ export interface ExecutorServiceClient extends Client {
    * - server-decoded (every stage on the server): the only later message is one `generate`,
    *   answered by `max_new_tokens` `GeneratedToken`s streamed as they are made, the last with
    *   `last` set. The client then half-closes (the stream ends OK), or cancels at any time.
+   * A split session ends the same way: the client half-closes after its last step's answer
+   * (or earlier: steps already sent are still answered), and the stream ends with OK.
    * Errors end the stream with a status: INVALID_ARGUMENT (a malformed message, including
    * bytes that do not decode and an int64 tensor dimension beyond +-(2^53-1)),
    * FAILED_PRECONDITION (a message that does not fit the session's state),
@@ -1835,7 +1866,8 @@ export interface ExecutorServiceClient extends Client {
    *   rate, see below),
    * UNAVAILABLE (draining or not ready),
    * DEADLINE_EXCEEDED (the call's deadline or the idle timeout), CANCELLED (the client).
-   * A status message names the field and the rule, cuts echoed values, and is at most 1 KiB.
+   * A status message names the field by its proto name (`open.model_id`, `step.stage_begin`)
+   * and the rule, cuts echoed values, and is at most 1 KiB.
    * The idle timeout counts only time in which the server owes the client nothing (no step in
    * flight, no server-side decoding under way).
    * Tokens per second of one client_id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT; off by default):

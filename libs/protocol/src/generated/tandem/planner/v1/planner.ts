@@ -31,10 +31,17 @@ export interface WatchPlansRequest {
   clientId: string;
 }
 
-/** One message of a plan stream. */
+/** One message of a plan stream: a plan, or why there is none yet. */
 export interface WatchPlansResponse {
-  /** The client's plan, current as of this message. */
-  plan: ClientPlan | undefined;
+  /** The client's plan, current as of this message; unset while the planner has none for it. */
+  plan:
+    | ClientPlan
+    | undefined;
+  /**
+   * Set (and plan unset) while the planner has no plan for the client: why, e.g. "no
+   * executor has reported its load yet". Empty on a message that carries a plan.
+   */
+  noPlanReason: string;
 }
 
 /** Lists the current plans, one page per call. */
@@ -292,13 +299,16 @@ export const WatchPlansRequest: MessageFns<WatchPlansRequest> = {
 };
 
 function createBaseWatchPlansResponse(): WatchPlansResponse {
-  return { plan: undefined };
+  return { plan: undefined, noPlanReason: "" };
 }
 
 export const WatchPlansResponse: MessageFns<WatchPlansResponse> = {
   encode(message: WatchPlansResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.plan !== undefined) {
       ClientPlan.encode(message.plan, writer.uint32(10).fork()).join();
+    }
+    if (message.noPlanReason !== "") {
+      writer.uint32(18).string(message.noPlanReason);
     }
     return writer;
   },
@@ -324,6 +334,14 @@ export const WatchPlansResponse: MessageFns<WatchPlansResponse> = {
             message.plan = ClientPlan.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.noPlanReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -337,13 +355,23 @@ export const WatchPlansResponse: MessageFns<WatchPlansResponse> = {
   },
 
   fromJSON(object: any): WatchPlansResponse {
-    return { plan: isSet(object.plan) ? ClientPlan.fromJSON(object.plan) : undefined };
+    return {
+      plan: isSet(object.plan) ? ClientPlan.fromJSON(object.plan) : undefined,
+      noPlanReason: isSet(object.noPlanReason)
+        ? globalThis.String(object.noPlanReason)
+        : isSet(object.no_plan_reason)
+        ? globalThis.String(object.no_plan_reason)
+        : "",
+    };
   },
 
   toJSON(message: WatchPlansResponse): unknown {
     const obj: any = {};
     if (message.plan !== undefined) {
       obj.plan = ClientPlan.toJSON(message.plan);
+    }
+    if (message.noPlanReason !== "") {
+      obj.noPlanReason = message.noPlanReason;
     }
     return obj;
   },
@@ -356,6 +384,7 @@ export const WatchPlansResponse: MessageFns<WatchPlansResponse> = {
     message.plan = (object.plan !== undefined && object.plan !== null)
       ? ClientPlan.fromPartial(object.plan)
       : undefined;
+    message.noPlanReason = object.noPlanReason ?? "";
     return message;
   },
 };
@@ -1610,7 +1639,12 @@ export type PlannerServiceService = typeof PlannerServiceService;
 export const PlannerServiceService = {
   /**
    * Streams the plans of one client: the current one at once (when there is one), then
-   * every change. A stream stays open until the client cancels or the planner stops.
+   * every change. A stream stays open until the client cancels or the planner stops. While
+   * the planner has no plan for the client, the stream's first message carries no plan but
+   * no_plan_reason, and so does each later message whose reason changed. The planner makes
+   * plans only once it has the client's profile and an executor's load report (both over
+   * NATS): an executor with telemetry off leaves its clients without plans (all-server).
+   * A status message names the field by its proto name (`client_id`).
    */
   watchPlans: {
     path: "/tandem.planner.v1.PlannerService/WatchPlans" as const,
@@ -1641,7 +1675,12 @@ export const PlannerServiceService = {
 export interface PlannerServiceServer extends UntypedServiceImplementation {
   /**
    * Streams the plans of one client: the current one at once (when there is one), then
-   * every change. A stream stays open until the client cancels or the planner stops.
+   * every change. A stream stays open until the client cancels or the planner stops. While
+   * the planner has no plan for the client, the stream's first message carries no plan but
+   * no_plan_reason, and so does each later message whose reason changed. The planner makes
+   * plans only once it has the client's profile and an executor's load report (both over
+   * NATS): an executor with telemetry off leaves its clients without plans (all-server).
+   * A status message names the field by its proto name (`client_id`).
    */
   watchPlans: handleServerStreamingCall<WatchPlansRequest, WatchPlansResponse>;
   /**
@@ -1656,7 +1695,12 @@ export interface PlannerServiceServer extends UntypedServiceImplementation {
 export interface PlannerServiceClient extends Client {
   /**
    * Streams the plans of one client: the current one at once (when there is one), then
-   * every change. A stream stays open until the client cancels or the planner stops.
+   * every change. A stream stays open until the client cancels or the planner stops. While
+   * the planner has no plan for the client, the stream's first message carries no plan but
+   * no_plan_reason, and so does each later message whose reason changed. The planner makes
+   * plans only once it has the client's profile and an executor's load report (both over
+   * NATS): an executor with telemetry off leaves its clients without plans (all-server).
+   * A status message names the field by its proto name (`client_id`).
    */
   watchPlans(request: WatchPlansRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchPlansResponse>;
   watchPlans(

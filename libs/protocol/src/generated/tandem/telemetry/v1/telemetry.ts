@@ -83,7 +83,10 @@ export interface ClientProfile {
   clientId: string;
   /** The client's class, which selects its SLAs in the planner's configuration. */
   clientClass: string;
-  /** Id of the model the client holds. */
+  /**
+   * Id of the model the client holds (the first 16 lowercase hex digits of the SHA-256 of its manifest.json, see
+   * tandem.executor.v1.OpenSession.model_id).
+   */
   modelId: string;
   /** Stages the client can run, with their measured times. A stage not listed cannot run on the client. */
   stages: StageTiming[];
@@ -110,7 +113,10 @@ export interface ClientProfile {
 export interface ServerLoad {
   /** The executor's id. */
   serverId: string;
-  /** Id of the model served. */
+  /**
+   * Id of the model served (the first 16 lowercase hex digits of the SHA-256 of its manifest.json, see
+   * tandem.executor.v1.OpenSession.model_id).
+   */
   modelId: string;
   /** Measured per-stage times, including the slow-down that the current load causes. */
   stages: StageTiming[];
@@ -209,7 +215,10 @@ export interface GenerationOutcome {
   clientId: string;
   /** The agent's device class. */
   clientClass: string;
-  /** Id of the model the agent holds. */
+  /**
+   * Id of the model the agent holds (the first 16 lowercase hex digits of the SHA-256 of its manifest.json, see
+   * tandem.executor.v1.OpenSession.model_id).
+   */
   modelId: string;
   /** Name of the request class the plan chose (ClassPlacement.name). */
   requestClass: string;

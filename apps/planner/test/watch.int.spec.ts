@@ -1,0 +1,88 @@
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { ClientProfile, PlannerServiceClient, ServerLoad, Subjects, type WatchPlansResponse } from '@tandem/protocol';
+import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { NO_PLAN_REASONS, PlannerServer } from '../src';
+import { plannerOptions } from './fixtures';
+
+// WatchPlans while the planner cannot plan yet (no profile, no executor load), over a real
+// nats-server and a real gRPC port: the client is told why, and the plan follows the load.
+
+describe('WatchPlans before the planner can plan', () => {
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+  let server: PlannerServer;
+  let client: PlannerServiceClient;
+  const captured = capturingLogger('info');
+  const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    // A small message limit, to see that the server applies the services' channel options.
+    server = new PlannerServer(plannerOptions({ natsUrl: nats.url, debounceMs: 5, log: captured.log, maxMessageBytes: 4096 }));
+    client = new PlannerServiceClient(`127.0.0.1:${(await server.start()).port}`, grpc.credentials.createInsecure());
+    nc = await connect({ servers: nats.url });
+  });
+
+  afterAll(async () => {
+    for (const s of streams) s.cancel();
+    client?.close();
+    await nc?.close();
+    await server?.stop();
+    await nats?.stop();
+  });
+
+  function watch(clientId: string): WatchPlansResponse[] {
+    const got: WatchPlansResponse[] = [];
+    const call = client.watchPlans({ clientId });
+    streams.push(call);
+    call.on('data', (m: WatchPlansResponse) => got.push(m));
+    call.on('error', () => undefined);
+    return got;
+  }
+
+  it('says no profile, then no executor load (once in the log too), then sends the plan once an executor reports', async () => {
+    const got = watch('waiting');
+    await eventually(() => got.length >= 1, { what: 'the first message' });
+    expect(got[0]).toEqual({ plan: undefined, noPlanReason: NO_PLAN_REASONS.noProfile });
+
+    nc.publish(Subjects.clientProfile('waiting'), ClientProfile.encode(clientProfile({ clientId: 'waiting', stages: stageTimes([1, 5, 100]) })).finish());
+    await eventually(() => got.length >= 2, { what: 'the reason after the profile' });
+    expect(got[1]).toEqual({ plan: undefined, noPlanReason: NO_PLAN_REASONS.noLoad });
+    expect(server.noPlanReason('waiting')).toBe(NO_PLAN_REASONS.noLoad);
+    const warned = (): number => captured.lines().filter((l) => l.level === 40 && l.msg.includes('no executor has reported its load yet')).length;
+    expect(warned()).toBe(1);
+
+    // A second client waits for the same reason: told on its stream, not logged again.
+    const other = watch('waiting-too');
+    nc.publish(
+      Subjects.clientProfile('waiting-too'),
+      ClientProfile.encode(clientProfile({ clientId: 'waiting-too', stages: stageTimes([1, 5, 100]) })).finish(),
+    );
+    await eventually(() => other.some((m) => m.noPlanReason === NO_PLAN_REASONS.noLoad), { what: "the second client's reason" });
+    expect(warned()).toBe(1);
+
+    nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(serverLoad()).finish());
+    await eventually(() => got.some((m) => m.plan !== undefined), { what: 'the plan after the load' });
+    const planned = got.find((m) => m.plan !== undefined)!;
+    expect(planned.noPlanReason).toBe('');
+    expect(planned.plan?.classes[0].placement).toMatch(/^[CS]{3}$/);
+    expect(server.noPlanReason('waiting')).toBe('');
+
+    // A stream opened now gets the plan at once, with no reason.
+    const late = watch('waiting');
+    await eventually(() => late.length >= 1, { what: 'the plan on a new stream' });
+    expect(late[0].plan?.epoch).toBe(planned.plan?.epoch);
+    expect(late[0].noPlanReason).toBe('');
+  });
+
+  it('refuses a request over its message size limit with RESOURCE_EXHAUSTED (the channel options every service uses)', async () => {
+    const err = await new Promise<grpc.ServiceError>((resolve) => {
+      const call = client.watchPlans({ clientId: 'x'.repeat(5000) });
+      call.on('data', () => undefined);
+      call.on('error', resolve);
+    });
+    expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(server.watchedClients).not.toContain('x'.repeat(5000));
+  });
+});

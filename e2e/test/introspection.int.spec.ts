@@ -1,0 +1,137 @@
+import * as grpc from '@grpc/grpc-js';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { AGENT_SERVICE_NAME, type ClientAgent } from '@tandem/client-agent';
+import { NO_PLAN_REASONS, PLANNER_SERVICE_NAME, type PlannerServer } from '@tandem/planner';
+import { agentStatus, AgentServiceClient, HEALTH_SERVICE_NAME, ServerLoad, Subjects } from '@tandem/protocol';
+import { EXECUTOR_SERVICE_NAME, OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service-kit';
+import { eventually, makeTempModel, ReflectionClient, type NatsServerHandle, type ReflectionVersion, type TempModel } from '@tandem/testkit';
+
+import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
+
+// What a user of a client in another language sees without the protos or the logs, on a real
+// stack as deployed (mTLS, bearer tokens, NATS users): server reflection on every service, and
+// the agent's status saying which plan it follows, or why it follows none.
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const NEW_TOKENS = 4;
+
+describe('reflection and the plan status on a real stack as deployed, its executor without telemetry', () => {
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+  let executor: ExecutorServer;
+  let planner: PlannerServer;
+  let agent: ClientAgent;
+  let client: AgentServiceClient;
+  let creds: TestCredentials;
+  let stageCount: number;
+  const addrs: Record<string, string> = {};
+  const reflectors: ReflectionClient[] = [];
+
+  beforeAll(async () => {
+    creds = makeCredentials({ agents: ['dev-intro'], executors: ['exec'] });
+    model = await makeTempModel();
+    nats = await creds.startNats();
+    const d: Deployment & { natsUrl: string } = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    stageCount = engine.stageCount;
+    // The executor's telemetry is off (no NATS URL): the planner never hears its load.
+    const e = await startExecutor(engine, { ...d, natsUrl: undefined });
+    executor = e.server;
+    addrs.executor = e.addr;
+    const p = await startPlanner(planMaker(engine.stageCount, { expectedNewTokens: NEW_TOKENS }), engine.modelId, d);
+    planner = p.server;
+    addrs.planner = p.addr;
+    const a = await startAgent(
+      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-intro', stages: allStages(engine.stageCount), executorAddr: e.addr },
+      d,
+      { plannerAddr: p.addr },
+    );
+    agent = a.server;
+    addrs.agent = a.addr;
+    client = new AgentServiceClient(a.addr, ...creds.clientArgs('dev-intro'));
+    nc = await creds.connectNats(nats.url);
+  });
+
+  afterAll(async () => {
+    for (const r of reflectors) r.close();
+    client?.close();
+    await nc?.close();
+    await agent?.stop({ graceMs: 100 });
+    await planner?.stop();
+    await executor?.stop({ graceMs: 100 });
+    await nats?.stop();
+    model?.remove();
+    creds?.remove();
+  });
+
+  /** A reflection client of `service` over mTLS, with the token of `id` (the operator's when omitted; none with `token: false`). */
+  const reflect = (service: string, opts: { id?: string; token?: boolean; version?: ReflectionVersion } = {}): ReflectionClient => {
+    const sec =
+      opts.token === false
+        ? loadClientSecurity({ caFile: creds.certs.caCert, certFile: creds.certs.clientCert, keyFile: creds.certs.clientKey })
+        : creds.clientSecurity(opts.id);
+    const r = new ReflectionClient(addrs[service], sec.credentials, clientOptions(sec), { version: opts.version });
+    reflectors.push(r);
+    return r;
+  };
+
+  const SERVICES = [
+    ['executor', EXECUTOR_SERVICE_NAME, ['GetStatus', 'Session']],
+    ['planner', PLANNER_SERVICE_NAME, ['ListPlans', 'WatchPlans']],
+    ['agent', AGENT_SERVICE_NAME, ['Generate', 'GetStatus']],
+  ] as const;
+
+  it.each(SERVICES)(
+    'the %s lists its service and health by reflection (v1 and v1alpha), and describes its service by symbol',
+    async (service, name, methods) => {
+      for (const version of ['v1', 'v1alpha'] as const) {
+        const r = reflect(service, { version });
+        expect((await r.listServices()).sort()).toEqual([HEALTH_SERVICE_NAME, name].sort());
+        const [own, ...imports] = await r.fileContainingSymbol(name);
+        const described = own.service.find((s) => `${own.package}.${s.name}` === name);
+        expect(described?.method.map((m) => m.name).sort()).toEqual([...methods]);
+        // Every message type a method takes or returns is in the files answered.
+        const types = new Set([own, ...imports].flatMap((f) => f.messageType.map((m) => `.${f.package}.${m.name}`)));
+        for (const m of described?.method ?? []) {
+          expect(types).toContain(m.inputType);
+          expect(types).toContain(m.outputType);
+        }
+      }
+    },
+  );
+
+  it.each(SERVICES)('the %s answers reflection only with a token (UNAUTHENTICATED without), any identity', async (service, name) => {
+    await expect(reflect(service, { token: false }).listServices()).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+    expect(await reflect(service, { id: 'dev-intro' }).listServices()).toContain(name);
+  });
+
+  it("says why the agent follows no plan while no executor reports its load, then gives the plan's placements as messages once one does", async () => {
+    await eventually(async () => (await agentStatus(client)).noPlanReason.includes(NO_PLAN_REASONS.noLoad), {
+      timeoutMs: 10_000,
+      what: "the planner's reason on the agent",
+    });
+    const waiting = await agentStatus(client);
+    expect(waiting).toMatchObject({ planEpoch: 0, placements: [], classPlacements: [], plannerConnected: true });
+    expect(waiting.noPlanReason).toBe(`the planner has no plan for this client yet: ${NO_PLAN_REASONS.noLoad}`);
+
+    // The executor's own load report, published as its telemetry would.
+    const report = executor.loadReader();
+    nc.publish(Subjects.serverLoad('exec'), ServerLoad.encode({ ...report(), serverId: 'exec' }).finish());
+    await eventually(async () => (await agentStatus(client)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for the agent' });
+    const st = await agentStatus(client);
+    expect(st.noPlanReason).toBe('');
+    expect(st.classPlacements).toHaveLength(1);
+    const [c] = st.classPlacements;
+    expect(c).toMatchObject({ requestClass: 'short', planEpoch: st.planEpoch, maxPromptTokens: 16, slaMs: 10_000 });
+    expect(c.placement).toMatch(new RegExp(`^[CS]{${stageCount}}$`));
+    expect(c.predictedLatencyMs).toBeGreaterThan(0);
+    // The deprecated strings say the same.
+    expect(st.placements).toEqual([`short=${c.placement}`]);
+    const plan = planner.plans().find((x) => x.clientId === 'dev-intro');
+    expect(plan?.epoch).toBe(st.planEpoch);
+    expect(c.placement).toBe(plan?.classes[0].placement);
+  });
+});
