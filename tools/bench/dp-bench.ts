@@ -13,11 +13,18 @@
  * TTFT/TPOT SLOs"): GPT-2 small (26 stages) and a 48-block model (98 stages), per stated SLO
  * set, and checks it against a brute force over all 2^S placements on a 14-stage model
  * (`--gen-batch`, default 2000 instances per row; `--brute` instances, default 100).
+ *
+ * A third part times `dp-phased` (docs/placement.md, "Prefill and decode placed apart") on
+ * the same generations with each attention stage's KV cache stated (K and V in float32,
+ * 8 · dModel bytes per token), GPT-2 small (26 stages) and 24 blocks × 1024 (50 stages),
+ * beside `dp` on the same instances, and checks it against a brute force over all 4^S pairs
+ * on a 6-stage model (`--phased-batch`, default 1000 per row; `--phased-only` runs this part alone).
  */
 import { performance } from 'node:perf_hooks';
 import {
   approxEqual,
   evaluateGeneration,
+  evaluatePhased,
   evaluatePlacement,
   instanceFromShape,
   linkFromMbps,
@@ -27,6 +34,7 @@ import {
   solveDp,
   solveDpGrid,
   solveGenerationDp,
+  solvePhasedDp,
   type GenerationInstance,
   type Location,
   type PlacementInstance,
@@ -225,7 +233,87 @@ function generationPart(): void {
   );
 }
 
+/** `instances` with each attention stage's KV cache stated: K and V in float32, 8 · dModel bytes per token. */
+function withKv(shape: TransformerShape, instances: readonly GenerationInstance[]): GenerationInstance[] {
+  return instances.map((inst) => ({
+    ...inst,
+    stages: inst.stages.map((s) => (s.name.endsWith('.attn') ? { ...s, kvBytesPerToken: 8 * shape.dModel } : s)),
+  }));
+}
+
+function phasedPart(): void {
+  const batch = arg('phased-batch', 1000);
+  process.stdout.write(`\nphased generations (dp-phased beside dp, KV caches stated), ${batch} per row\n`);
+  process.stdout.write(
+    '| model | stages | SLOs stated | dp-phased µs per instance (best of 3) | dp µs | feasible: dp-phased / dp | phases differ | server work dp-phased / dp (mean where both feasible) |\n|---|---:|---|---:|---:|---:|---:|---:|\n',
+  );
+  const sets: readonly SloSet[] = [['e2eMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];
+  for (const [label, shape] of [
+    ['gpt2 small', gptShape(12, 768)],
+    ['24 blocks × 1024', gptShape(24, 1024)],
+  ] as const) {
+    for (const [k, set] of sets.entries()) {
+      const instances = withKv(shape, makeGenerations(shape, batch, set, 2000 + k));
+      for (const inst of instances.slice(0, 50)) solvePhasedDp(inst);
+      const time = (solver: (i: GenerationInstance) => unknown): number => {
+        const runs: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const t0 = performance.now();
+          for (const inst of instances) solver(inst);
+          runs.push(((performance.now() - t0) * 1000) / instances.length);
+        }
+        return Math.min(...runs);
+      };
+      const phasedUs = time(solvePhasedDp);
+      const dpUs = time(solveGenerationDp);
+      let feasiblePhased = 0;
+      let feasibleDp = 0;
+      let differ = 0;
+      let ratioSum = 0;
+      let both = 0;
+      for (const inst of instances) {
+        const a = solvePhasedDp(inst);
+        const b = solveGenerationDp(inst);
+        feasiblePhased += a.feasible ? 1 : 0;
+        feasibleDp += b.feasible ? 1 : 0;
+        if (a.prefillPlacement.some((l, i) => l !== a.decodePlacement[i])) differ++;
+        if (a.feasible && b.feasible && b.serverWork > 0) {
+          ratioSum += a.serverWork / b.serverWork;
+          both++;
+        }
+      }
+      process.stdout.write(
+        `| ${label} | ${instances[0].stages.length} | ${set.join(' + ')} | ${phasedUs.toFixed(1)} | ${dpUs.toFixed(1)} | ${feasiblePhased} / ${feasibleDp} | ${differ} | ${(ratioSum / Math.max(both, 1)).toFixed(3)} |\n`,
+      );
+    }
+  }
+  const small = withKv(gptShape(2, 256), makeGenerations(gptShape(2, 256), arg('brute', 100), ['e2eMs', 'ttftMs', 'tpotMs'], 91));
+  let agree = 0;
+  for (const inst of small) {
+    const a = solvePhasedDp(inst);
+    const S = inst.stages.length;
+    let best = { feasible: false, work: Infinity, ratio: Infinity };
+    const side = (mask: number): Location[] => Array.from({ length: S }, (_, i): Location => (mask & (1 << i) ? 'server' : 'client'));
+    for (let pm = 0; pm < 1 << S; pm++) {
+      for (let dm = 0; dm < 1 << S; dm++) {
+        const c = evaluatePhased(inst, side(pm), side(dm));
+        const feasible = sloCheck(inst.slo, c).feasible;
+        const ratio = sloRatio(inst.slo, c);
+        if (feasible ? !best.feasible || c.serverWork < best.work : !best.feasible && ratio < best.ratio) best = { feasible, work: c.serverWork, ratio };
+      }
+    }
+    if (a.feasible === best.feasible && (a.feasible ? approxEqual(a.serverWork, best.work) : approxEqual(sloRatio(inst.slo, a), best.ratio))) agree++;
+  }
+  process.stdout.write(
+    `${small[0].stages.length}-stage phased generations, all three SLOs: dp-phased = brute force over 4^S pairs on ${agree} of ${small.length}\n`,
+  );
+}
+
 function main(): void {
+  if (process.argv.includes('--phased-only')) {
+    phasedPart();
+    return;
+  }
   const batch = arg('batch', 10_000);
   const rounds = arg('rounds', 3);
   const resolutionMs = arg('resolution-ms', 0.1);
@@ -268,6 +356,7 @@ function main(): void {
     `dp-grid did more work than dp on ${gridWorse} of 2000 instances (mean excess there ${((100 * gridExtra) / Math.max(gridWorse, 1)).toFixed(2)} %)\n`,
   );
   generationPart();
+  phasedPart();
 }
 
 main();

@@ -77,3 +77,57 @@ export function solveClientOnly(instance: PlacementInstance): PlacementResult {
   const n = instance.stages.length;
   return resultOf(instance, 'client-only', prefixPlacement(n, n));
 }
+
+/** What {@link greedyRatioPlacement} needs of a placement: its server work, its latency measure and whether it meets the SLOs. */
+export interface RatioFigures {
+  readonly work: number;
+  /** The latency the move trades work against: ms for the contract, the largest latency / SLO ratio for a generation. */
+  readonly latency: number;
+  readonly feasible: boolean;
+}
+
+/**
+ * The rule of `greedy-ratio`, over any pricing: start with every stage on the server; then,
+ * repeatedly, among the moves of one run of consecutive server stages to the client, take the
+ * one that saves the most server work per unit of latency added (a move that adds none comes
+ * first, the larger saving first among those), as long as the placement it gives meets the
+ * SLOs (or, while the current one misses them, lowers its latency). Stops when no such move
+ * saves work. Every move saves work, so it ends within S moves.
+ * Complexity: O(S³) evaluations of O(S): up to S moves, each weighing O(S²) runs.
+ */
+export function greedyRatioPlacement(stageCount: number, price: (placement: readonly Location[]) => RatioFigures): Location[] {
+  let placement = new Array<Location>(stageCount).fill('server');
+  let current = price(placement);
+  for (;;) {
+    let best: { placement: Location[]; figures: RatioFigures; score: number; saved: number } | undefined;
+    for (let a = 0; a < stageCount; a++) {
+      for (let b = a + 1; b <= stageCount && placement[b - 1] === 'server'; b++) {
+        const candidate = placement.slice();
+        for (let i = a; i < b; i++) candidate[i] = 'client';
+        const figures = price(candidate);
+        const saved = current.work - figures.work;
+        if (saved <= 0 || approxEqual(figures.work, current.work)) continue;
+        if (!figures.feasible && (current.feasible || !(figures.latency < current.latency))) continue;
+        const added = figures.latency - current.latency;
+        const score = added <= 0 ? Infinity : saved / added;
+        if (!best || score > best.score || (score === best.score && saved > best.saved)) best = { placement: candidate, figures, score, saved };
+      }
+    }
+    if (!best) return placement;
+    placement = best.placement;
+    current = best.figures;
+  }
+}
+
+/**
+ * `greedy-ratio`: a fairer greedy than the contract's myopic one ({@link greedyRatioPlacement}
+ * with the instance's latency in ms and `slaMs`). Its work is never below {@link solveDp}'s on
+ * a feasible instance. Complexity: O(S⁴).
+ */
+export function solveGreedyRatio(instance: PlacementInstance): PlacementResult {
+  const placement = greedyRatioPlacement(instance.stages.length, (p) => {
+    const c = evaluatePlacement(instance, p);
+    return { work: c.serverWork, latency: c.latencyMs, feasible: approxLessOrEqual(c.latencyMs, instance.slaMs) };
+  });
+  return resultOf(instance, 'greedy-ratio', placement);
+}

@@ -1,10 +1,14 @@
 import {
+  evaluateGeneration,
   evaluatePlacement,
+  generationFromShape,
   instanceFromMeasured,
   instanceFromShape,
   linkFromMbps,
   requestCosts,
+  validateGenerationInstance,
   validateInstance,
+  type Location,
   type MeasuredProfile,
   type ShapeScenario,
   type TransformerShape,
@@ -105,6 +109,39 @@ describe('instanceFromShape', () => {
     const compute = inst.stages.reduce((a, st) => a + st.serverMs, 0);
     const bytes = (73 * 8) / 10_000 + (10 * 8) / 50_000;
     expect(allServer.latencyMs).toBeCloseTo(compute + 10 * (10 + 5) + bytes, 9);
+  });
+});
+
+describe('generationFromShape', () => {
+  const scenario = {
+    model: gpt2,
+    request: { kind: 'generation', promptTokens: 64, decodeSteps: 9 } as const,
+    client: { flopsPerSecond: 1e12, efficiency: 0.5, overheadMsPerStage: 0.1 },
+    server: { flopsPerSecond: 50e12 },
+    uplink: linkFromMbps(10, 80),
+    downlink: linkFromMbps(5, 400),
+    slo: { e2eMs: 500 },
+  };
+
+  it("prices each pass as the whole-request instance does in sum, and states each attention stage's KV cache", () => {
+    const gen = validateGenerationInstance(generationFromShape(scenario));
+    const whole = instanceFromShape({ ...scenario, slaMs: 500 });
+    gen.stages.forEach((st, i) => {
+      // The per-pass figures add up to the whole request's (prefill + m mean decode passes, overhead per pass).
+      expect(st.clientPrefillMs + 9 * st.clientDecodeMs).toBeCloseTo(whole.stages[i].clientMs, 9);
+      expect(st.serverPrefillMs + 9 * st.serverDecodeMs).toBeCloseTo(whole.stages[i].serverMs, 9);
+      expect(st.inBytesPerToken * 73).toBeCloseTo(whole.stages[i].inBytes, 9);
+      expect(st.kvBytesPerToken).toBe(st.name.endsWith('.attn') ? 2 * gpt2.dModel * gpt2.activationBytes : undefined);
+    });
+    expect(gen.outBytesPerPass * 10).toBe(whole.outBytes);
+    // Stepped, every placement's E2E equals the whole-request instance's latency.
+    const placement = gen.stages.map((_, i): Location => (i % 3 === 0 ? 'server' : 'client'));
+    expect(evaluateGeneration({ ...gen, serverDecoding: false }, placement).e2eMs).toBeCloseTo(evaluatePlacement(whole, placement).latencyMs, 6);
+  });
+
+  it('refuses a request that is not a generation with decode steps', () => {
+    expect(() => generationFromShape({ ...scenario, request: { kind: 'prefill', tokens: 8 } })).toThrow(/request must be a generation with decodeSteps >= 1/);
+    expect(() => generationFromShape({ ...scenario, request: { kind: 'generation', promptTokens: 8, decodeSteps: 0 } })).toThrow(RangeError);
   });
 });
 

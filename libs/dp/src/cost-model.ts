@@ -1,3 +1,4 @@
+import type { GenerationInstance, GenerationStage, Slo } from './generation';
 import type { Link, PlacementInstance, Stage } from './types';
 
 /**
@@ -252,6 +253,53 @@ export function instanceFromShape(scenario: ShapeScenario): PlacementInstance {
     },
     scenario.resolutionMs,
   );
+}
+
+/**
+ * Builds a generation instance (docs/placement.md, per pass) from analytic FLOPs for a
+ * `generation` request of a decoder-only model: prefill pass times from the prompt's FLOPs,
+ * decode pass times as the mean over the m steps, each with the device's per-stage overhead
+ * once per pass; `inBytesPerToken` and `outBytesPerPass` are the request's bytes spread over
+ * its tokens and passes; each `*.attn` stage keeps K and V per token (`kvBytesPerToken` =
+ * 2 · dModel · activationBytes), which phased instances read. Server work is the server's
+ * compute time. The links are per pass, as given.
+ * @throws RangeError when the request is not a generation with m >= 1, or as requestCosts.
+ * Complexity: O(layers).
+ */
+export function generationFromShape(scenario: Omit<ShapeScenario, 'slaMs' | 'resolutionMs' | 'serverWorkUnit'> & { readonly slo: Slo }): GenerationInstance {
+  const { request, model } = scenario;
+  if (request.kind !== 'generation' || request.decodeSteps < 1) {
+    throw new RangeError(`request must be a generation with decodeSteps >= 1, given ${JSON.stringify(request)}`);
+  }
+  const costs = requestCosts(model, request);
+  const n = request.promptTokens;
+  const m = request.decodeSteps;
+  const perPass = (device: DeviceSpec, prefillFlops: number, decodeFlops: number): [number, number] => [
+    computeMs(device, prefillFlops, 0, 1),
+    computeMs(device, 0, decodeFlops / m, 1),
+  ];
+  const stages: GenerationStage[] = costs.stages.map((c) => {
+    const [clientPrefillMs, clientDecodeMs] = perPass(scenario.client, c.prefillFlops, c.decodeFlops);
+    const [serverPrefillMs, serverDecodeMs] = perPass(scenario.server, c.prefillFlops, c.decodeFlops);
+    return {
+      name: c.name,
+      clientPrefillMs,
+      serverPrefillMs,
+      clientDecodeMs,
+      serverDecodeMs,
+      inBytesPerToken: c.inBytes / (n + m),
+      ...(c.name.endsWith('.attn') ? { kvBytesPerToken: 2 * model.dModel * model.activationBytes } : {}),
+    };
+  });
+  return {
+    stages,
+    promptTokens: n,
+    decodeSteps: m,
+    outBytesPerPass: costs.outBytes / costs.passes,
+    uplink: scenario.uplink,
+    downlink: scenario.downlink,
+    slo: scenario.slo,
+  };
 }
 
 /**

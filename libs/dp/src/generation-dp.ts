@@ -1,5 +1,5 @@
 import { approxEqual, approxLessOrEqual, transferMs } from './evaluate';
-import { betterGeneration, generationResultOf, sloRatio, type GenerationInstance, type GenerationResult } from './generation';
+import { betterGeneration, generationResultOf, sloRatio, type GenerationInstance, type GenerationResult, type Slo } from './generation';
 import type { Location } from './types';
 
 /** Slack on the pruning bounds, wider than the equality tolerance so pruning never drops a label the final check would accept. */
@@ -236,7 +236,7 @@ class Source {
 }
 
 /** The kept labels' (x, y) staircase of one cell: x strictly ascending, y strictly descending. */
-class Staircase {
+export class Staircase {
   x = new Float64Array(64);
   y = new Float64Array(64);
   size = 0;
@@ -310,6 +310,49 @@ function fillCell(
     if (stair.offer(src.x, src.y)) store.push(src.t, src.d, src.w, src.k, server);
     src.k++;
     src.advance(store, m, lim, lbP, lbD, lbE);
+  }
+}
+
+/**
+ * The choice among a DP's complete labels. `feasibleOnly`: the least work among labels
+ * meeting every stated SLO (within 1e-9 relative), then the lower E2E. Otherwise: the least
+ * largest ratio latency / SLO, then the least work, then the lower E2E. Ties within 1e-9
+ * relative keep the first offered.
+ */
+export class FinalPick {
+  chosen = -1;
+  private ratio = Infinity;
+  private work = Infinity;
+  private e2e = Infinity;
+  constructor(
+    private readonly slo: Slo,
+    private readonly feasibleOnly: boolean,
+  ) {}
+  /** Offers label `k` with its final figures. O(1). */
+  offer(k: number, ttftMs: number, tpotMs: number, e2eMs: number, work: number): void {
+    const slo = this.slo;
+    let ratio = 0;
+    if (this.feasibleOnly) {
+      if (
+        (slo.ttftMs !== undefined && !approxLessOrEqual(ttftMs, slo.ttftMs)) ||
+        (slo.tpotMs !== undefined && !approxLessOrEqual(tpotMs, slo.tpotMs)) ||
+        (slo.e2eMs !== undefined && !approxLessOrEqual(e2eMs, slo.e2eMs))
+      )
+        return;
+    } else {
+      ratio = sloRatio(slo, { ttftMs, tpotMs, e2eMs });
+    }
+    let better: boolean;
+    if (this.chosen < 0) better = true;
+    else if (!this.feasibleOnly && !approxEqual(ratio, this.ratio)) better = ratio < this.ratio;
+    else if (!approxEqual(work, this.work)) better = work < this.work;
+    else better = e2eMs < this.e2e;
+    if (better) {
+      this.chosen = k;
+      this.ratio = ratio;
+      this.work = work;
+      this.e2e = e2eMs;
+    }
   }
 }
 
@@ -394,42 +437,15 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
   // The stepped all-server plan competes only when the server does not decode on its own.
   if (inst.serverDecoding ?? true) a1 = a0;
   const { ttft, tpot, work } = store;
-  const slo = inst.slo;
   const dm = m > 0 ? 1 : 0;
-  let chosen = -1;
-  let bestRatio = Infinity;
-  let bestWork = Infinity;
-  let bestE2e = Infinity;
+  const pick = new FinalPick(inst.slo, feasibleOnly);
   for (let k = c0; k < a1; k++) {
     const fin = k >= s0 ? p.finalDown : 0;
     const t = ttft[k] + fin;
     const d = tpot[k] + dm * fin;
-    const e = t + m * d;
-    const cost = { ttftMs: t, tpotMs: d, e2eMs: e };
-    let ratio = 0;
-    if (feasibleOnly) {
-      if (
-        (slo.ttftMs !== undefined && !approxLessOrEqual(t, slo.ttftMs)) ||
-        (slo.tpotMs !== undefined && !approxLessOrEqual(d, slo.tpotMs)) ||
-        (slo.e2eMs !== undefined && !approxLessOrEqual(e, slo.e2eMs))
-      )
-        continue;
-    } else {
-      ratio = sloRatio(slo, cost);
-    }
-    const w = work[k];
-    let better: boolean;
-    if (chosen < 0) better = true;
-    else if (!feasibleOnly && !approxEqual(ratio, bestRatio)) better = ratio < bestRatio;
-    else if (!approxEqual(w, bestWork)) better = w < bestWork;
-    else better = e < bestE2e;
-    if (better) {
-      chosen = k;
-      bestRatio = ratio;
-      bestWork = w;
-      bestE2e = e;
-    }
+    pick.offer(k, t, d, t + m * d, work[k]);
   }
+  const chosen = pick.chosen;
   if (chosen < 0) return undefined;
   const placement = new Array<Location>(S);
   for (let i = S - 1, k = chosen; i >= 0; i--) {

@@ -1,6 +1,5 @@
 import {
   ALGORITHMS,
-  approxEqual,
   evaluateGeneration,
   fastestGenerationPlacement,
   generationAsContractInstance,
@@ -15,7 +14,7 @@ import {
   type Location,
   type SloKey,
 } from './index';
-import { randomGenerationInstance, seededRandom } from './random-instances.fixture';
+import { optimumOf, randomGenerationInstance, seededRandom } from './random-instances.fixture';
 
 const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
 
@@ -36,18 +35,7 @@ function bruteForce(inst: GenerationInstance): Best {
     const c = evaluateGeneration(inst, placement);
     all.push({ feasible: sloCheck(inst.slo, c).feasible, serverWork: c.serverWork, e2eMs: c.e2eMs, ratio: sloRatio(inst.slo, c), placement });
   }
-  const feasible = all.filter((b) => b.feasible);
-  let pool: Best[];
-  if (feasible.length > 0) {
-    const w = Math.min(...feasible.map((b) => b.serverWork));
-    pool = feasible.filter((b) => approxEqual(b.serverWork, w));
-  } else {
-    const r = Math.min(...all.map((b) => b.ratio));
-    const tied = all.filter((b) => approxEqual(b.ratio, r));
-    const w = Math.min(...tied.map((b) => b.serverWork));
-    pool = tied.filter((b) => approxEqual(b.serverWork, w));
-  }
-  return pool.reduce((a, b) => (b.e2eMs < a.e2eMs ? b : a));
+  return optimumOf(all);
 }
 
 /** Greedy written independently from its one-sentence definition. */

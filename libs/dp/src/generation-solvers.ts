@@ -1,4 +1,4 @@
-import { prefixPlacement } from './baselines';
+import { greedyRatioPlacement, prefixPlacement } from './baselines';
 import { solveGenerationDp } from './generation-dp';
 import {
   betterGeneration,
@@ -6,6 +6,7 @@ import {
   generationAsContractInstance,
   generationResultOf,
   sloCheck,
+  sloRatio,
   type GenerationInstance,
   type GenerationResult,
 } from './generation';
@@ -80,6 +81,19 @@ export function solveGenerationDpGrid(instance: GenerationInstance): GenerationR
   return best;
 }
 
+/**
+ * `greedy-ratio` for a generation ({@link greedyRatioPlacement}): the latency a move adds is
+ * the rise of the largest ratio latency / SLO over the stated SLOs; all-server is priced with
+ * server-side decoding when the instance allows it. Complexity: O(S⁴).
+ */
+export function solveGenerationGreedyRatio(instance: GenerationInstance): GenerationResult {
+  const placement = greedyRatioPlacement(instance.stages.length, (p) => {
+    const c = evaluateGeneration(instance, p);
+    return { work: c.serverWork, latency: sloRatio(instance.slo, c), feasible: sloCheck(instance.slo, c).feasible };
+  });
+  return generationResultOf(instance, 'greedy-ratio', placement);
+}
+
 const GENERATION_SOLVERS: Readonly<Record<Algorithm, (instance: GenerationInstance) => GenerationResult>> = {
   dp: solveGenerationDp,
   'dp-grid': solveGenerationDpGrid,
@@ -87,6 +101,7 @@ const GENERATION_SOLVERS: Readonly<Record<Algorithm, (instance: GenerationInstan
   prefix: solveGenerationPrefix,
   'server-only': solveGenerationServerOnly,
   'client-only': solveGenerationClientOnly,
+  'greedy-ratio': solveGenerationGreedyRatio,
 };
 
 /**

@@ -1,4 +1,5 @@
 import { SLO_KEYS, type GenerationInstance, type GenerationStage, type Slo, type WholeModelCost } from './generation';
+import type { PhasedInstance } from './phased';
 import { InstanceValidationError, MISSING, field, isRecord, link, number } from './validate';
 
 /**
@@ -9,7 +10,7 @@ import { InstanceValidationError, MISSING, field, isRecord, link, number } from 
  */
 export function isGenerationInstance(value: unknown): boolean {
   if (!isRecord(value)) return false;
-  if (value.generation === true) return true;
+  if (value.generation === true || value.phased === true) return true;
   return field(value, 'slo') !== MISSING && field(value, 'slaMs') === MISSING;
 }
 
@@ -59,6 +60,8 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
     if (pw !== undefined) stage.serverPrefillWork = pw;
     const dw = optionalNumber(raw, 'serverDecodeWork', `${path}.`, false);
     if (dw !== undefined) stage.serverDecodeWork = dw;
+    const kv = optionalNumber(raw, 'kvBytesPerToken', `${path}.`, false);
+    if (kv !== undefined) stage.kvBytesPerToken = kv;
     return stage;
   });
   const promptTokens = integer(value, 'promptTokens', pathPrefix, 1);
@@ -116,4 +119,28 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   const res = optionalNumber(value, 'resolutionMs', pathPrefix, true);
   if (res !== undefined) out.resolutionMs = res;
   return out;
+}
+
+/**
+ * Whether a validated-or-not value asks for phased placement (`"phased": true`). A `phased`
+ * field that is present must be a boolean.
+ * @throws InstanceValidationError naming `phased` otherwise. O(1).
+ */
+export function isPhasedInstance(value: unknown, pathPrefix = ''): boolean {
+  if (!isRecord(value)) return false;
+  const phased = field(value, 'phased');
+  if (phased === MISSING) return false;
+  if (typeof phased !== 'boolean') throw new InstanceValidationError(`${pathPrefix}phased`, 'must be a boolean (true asks for a placement per phase)', phased);
+  return phased;
+}
+
+/**
+ * {@link validateGenerationInstance} for an instance marked `"phased": true`: the same rules,
+ * and the marker kept on the copy.
+ * @throws InstanceValidationError naming the field, the rule and the value given. O(S).
+ */
+export function validatePhasedInstance(value: unknown, pathPrefix = ''): PhasedInstance {
+  if (!isPhasedInstance(value, pathPrefix))
+    throw new InstanceValidationError(`${pathPrefix}phased`, 'must be true in a phased instance', isRecord(value) ? field(value, 'phased') : value);
+  return { ...validateGenerationInstance(value, pathPrefix), phased: true };
 }

@@ -29,6 +29,12 @@ export interface GenerationStage {
   readonly serverPrefillWork?: number;
   /** Server work of one decode pass on the server; default `serverDecodeMs`. */
   readonly serverDecodeWork?: number;
+  /**
+   * Bytes of KV cache the stage keeps per token (an attention stage; 0, the default, for a
+   * stage that keeps nothing between passes). Only phased instances read it: a stage with a
+   * KV cache that changes side between the prefill and the decode moves its prompt's cache.
+   */
+  readonly kvBytesPerToken?: number;
 }
 
 /**
@@ -308,13 +314,16 @@ export function generationResultOf(instance: GenerationInstance, algorithm: Algo
   };
 }
 
+/** What {@link betterGeneration} compares of an answer. */
+export type ComparableResult = Pick<GenerationResult, 'feasible' | 'serverWork' | SloKey>;
+
 /**
  * Whether answer `a` is better than `b` for `instance`: a feasible answer beats an infeasible
  * one; among feasible ones the least server work, then the lower E2E; among infeasible ones
  * the least {@link sloRatio}, then the least work, then the lower E2E. Figures within 1e-9
  * relative count as equal. O(1).
  */
-export function betterGeneration(slo: Slo, a: GenerationResult, b: GenerationResult): boolean {
+export function betterGeneration(slo: Slo, a: ComparableResult, b: ComparableResult): boolean {
   if (a.feasible !== b.feasible) return a.feasible;
   if (!a.feasible) {
     const ra = sloRatio(slo, a);

@@ -11,8 +11,9 @@ export { RELATIVE_TOLERANCE, approxEqual, approxLessOrEqual, evaluatePlacement, 
 export { isAlgorithm, solve } from './solve';
 export { minLatencyPlacement, solveDp } from './exact-dp';
 export { MAX_GRID_CELLS, solveDpGrid } from './grid-dp';
-export { prefixPlacement, solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
-export { instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
+export { greedyRatioPlacement, prefixPlacement, solveClientOnly, solveGreedy, solveGreedyRatio, solvePrefix, solveServerOnly } from './baselines';
+export type { RatioFigures } from './baselines';
+export { generationFromShape, instanceFromMeasured, instanceFromShape, linkFromMbps, requestCosts } from './cost-model';
 export type { DeviceSpec, MeasuredProfile, MeasuredStage, RequestCosts, RequestShape, ShapeScenario, StageCost, TransformerShape } from './cost-model';
 export {
   SLO_KEYS,
@@ -25,14 +26,28 @@ export {
   sloRatio,
   statedSlos,
 } from './generation';
-export type { GenerationCost, GenerationInstance, GenerationResult, GenerationStage, Slo, SloKey, SloMet, WholeModelCost } from './generation';
-export { isGenerationInstance, validateGenerationInstance } from './generation-validate';
+export type {
+  ComparableResult,
+  GenerationCost,
+  GenerationInstance,
+  GenerationResult,
+  GenerationStage,
+  Slo,
+  SloKey,
+  SloMet,
+  WholeModelCost,
+} from './generation';
+export { isGenerationInstance, isPhasedInstance, validateGenerationInstance, validatePhasedInstance } from './generation-validate';
+export { PHASED_ALGORITHM, evaluatePhased, phasedResultOf } from './phased';
+export type { PhasedCost, PhasedInstance, PhasedResult } from './phased';
+export { solvePhasedDp } from './phased-dp';
 export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
 export {
   solveGeneration,
   solveGenerationClientOnly,
   solveGenerationDpGrid,
   solveGenerationGreedy,
+  solveGenerationGreedyRatio,
   solveGenerationPrefix,
   solveGenerationServerOnly,
 } from './generation-solvers';

@@ -1,3 +1,4 @@
+import { approxEqual } from './evaluate';
 /**
  * Seeded random instances for the unit tests (not exported from the package).
  * Shaped like transformers: embed (token ids in), attn and mlp stages per block with the
@@ -113,6 +114,8 @@ export interface RandomGenerationOptions {
    * for prefill, × `wholeModel[1]` for decode (below 1 a fused call, above 1 dearer than stage by stage).
    */
   readonly wholeModel?: readonly [number, number];
+  /** When true, some stages keep a KV cache (`kvBytesPerToken`), as attention stages do, for phased instances. */
+  readonly kv?: boolean;
 }
 
 /**
@@ -139,6 +142,11 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     if (rnd() < 0.2) stage.serverDecodeWork = num(2);
     return stage;
   });
+  if (opts.kv) {
+    for (let i = 0; i < stages.length; i++) {
+      if (rnd() < 0.6) stages[i] = { ...stages[i], kvBytesPerToken: pick(rnd, [64, 1024, 6144, Math.round(num(20_000))]) };
+    }
+  }
   let draft: GenerationInstance = {
     stages,
     promptTokens: pick(rnd, [1, 4, 16, 128]),
@@ -179,4 +187,33 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     slo[k] = v > 0 ? v : Math.max(lo * 0.5, 0.01);
   }
   return { ...draft, slo };
+}
+
+/** Figures a brute force keeps of each placement of a generation. */
+export interface Enumerated {
+  readonly feasible: boolean;
+  readonly serverWork: number;
+  readonly e2eMs: number;
+  /** Largest ratio latency / SLO. */
+  readonly ratio: number;
+}
+
+/**
+ * The optimum among enumerated placements, straight from the definition: the least work among
+ * the feasible ones, else the least ratio then the least work; ties (1e-9 relative) to the
+ * lower E2E.
+ */
+export function optimumOf<T extends Enumerated>(all: readonly T[]): T {
+  const feasible = all.filter((b) => b.feasible);
+  let pool: T[];
+  if (feasible.length > 0) {
+    const w = Math.min(...feasible.map((b) => b.serverWork));
+    pool = feasible.filter((b) => approxEqual(b.serverWork, w));
+  } else {
+    const r = Math.min(...all.map((b) => b.ratio));
+    const tied = all.filter((b) => approxEqual(b.ratio, r));
+    const w = Math.min(...tied.map((b) => b.serverWork));
+    pool = tied.filter((b) => approxEqual(b.serverWork, w));
+  }
+  return pool.reduce((a, b) => (b.e2eMs < a.e2eMs ? b : a));
 }

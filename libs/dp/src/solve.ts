@@ -1,4 +1,4 @@
-import { solveClientOnly, solveGreedy, solvePrefix, solveServerOnly } from './baselines';
+import { solveClientOnly, solveGreedy, solveGreedyRatio, solvePrefix, solveServerOnly } from './baselines';
 import { solveDp } from './exact-dp';
 import { solveDpGrid } from './grid-dp';
 import { ALGORITHMS, type Algorithm, type PlacementInstance, type PlacementResult } from './types';
@@ -10,6 +10,7 @@ const SOLVERS: Readonly<Record<Algorithm, (instance: PlacementInstance) => Place
   prefix: solvePrefix,
   'server-only': solveServerOnly,
   'client-only': solveClientOnly,
+  'greedy-ratio': solveGreedyRatio,
 };
 
 /** Whether `name` is one of {@link ALGORITHMS}. O(1). */

@@ -59,7 +59,7 @@ export interface PlacementInstance {
 }
 
 /** The names accepted by {@link solve}, in the order they are documented. */
-export const ALGORITHMS = ['dp', 'dp-grid', 'greedy', 'prefix', 'server-only', 'client-only'] as const;
+export const ALGORITHMS = ['dp', 'dp-grid', 'greedy', 'prefix', 'server-only', 'client-only', 'greedy-ratio'] as const;
 
 /** One of {@link ALGORITHMS}. */
 export type Algorithm = (typeof ALGORITHMS)[number];

@@ -87,7 +87,7 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     expect((await run(['loadtest', '--scenario', notJson])).code).toBe(2);
     const p = await run(['loadtest', '--policies', 'dp,magic']);
     expect(p.code).toBe(2);
-    expect(p.stderr).toMatch(/--policies must list distinct names from server-only, greedy, prefix, dp, given 'dp,magic'/);
+    expect(p.stderr).toMatch(/--policies must list distinct names from server-only, greedy, prefix, dp, greedy-ratio, given 'dp,magic'/);
     expect((await run(['loadtest', '--rates', '2,-1'])).stderr).toMatch(/--rates must be a comma-separated list/);
     expect((await run(['loadtest', '--duration-s', '0'])).code).toBe(2);
     expect((await run(['loadtest', '--scenario', 'nowhere'])).stderr).toMatch(

@@ -119,7 +119,7 @@ describe('tandem plan', () => {
 
   it('exits 2 on an unknown algorithm, unreadable file or invalid JSON', async () => {
     expect((await run(['plan', '--instance', file, '--algorithm', 'magic'])).stderr).toMatch(
-      /--algorithm must be one of dp, dp-grid, greedy, prefix, server-only, client-only, given 'magic'/,
+      /--algorithm must be one of dp, dp-grid, greedy, prefix, server-only, client-only, greedy-ratio, dp-phased, given 'magic'/,
     );
     expect((await run(['plan', '--instance', join(dir, 'nope.json')])).code).toBe(2);
     const bad = await run(['plan', '--instance', writeInstance('broken.json', '{"stages": [')]);
@@ -270,6 +270,73 @@ describe('tandem plan on generation instances', () => {
     );
   });
 });
+
+describe('tandem plan on phased instances', () => {
+  type Phased = GenerationInstance & { phased: true };
+  const letters = (p: string[]): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+
+  it('answers the worked example of docs/placement.md as the document says', async () => {
+    const base = docBlock('phased-example:instance') as Phased;
+    const bigCache = { ...base, stages: base.stages.map((s) => (s.name === 'block' ? { ...s, kvBytesPerToken: 40_000 } : s)) };
+    const phased = await run(['plan', '--instance', writeInstance('phased.json', [base, bigCache]), '--json']);
+    const dp = await run(['plan', '--instance', writeInstance('phased-dp.json', base), '--algorithm', 'dp', '--json']);
+    expect([phased.code, dp.code]).toEqual([0, 0]);
+    const answers = [...(JSON.parse(phased.stdout) as PhasedAnswer[]), JSON.parse(dp.stdout) as PhasedAnswer];
+    const want = docBlock('phased-example:answers') as Record<string, number | string | boolean>[];
+    expect(answers.map((a) => [letters(a.prefillPlacement), letters(a.decodePlacement), a.feasible])).toEqual(
+      want.map((w) => [w.prefill, w.decode, w.feasible]),
+    );
+    answers.forEach((a, i) => {
+      for (const k of ['serverWork', 'ttftMs', 'tpotMs', 'e2eMs', 'handoverMs'] as const) {
+        expect(Math.abs(a[k] - (want[i][k] as number))).toBeLessThanOrEqual(1e-9 * Math.max(1, Math.abs(a[k])));
+      }
+    });
+    expect(answers[0]).toMatchObject({ algorithm: 'dp-phased', kvDownBytes: 204_800, kvUpBytes: 0, placement: answers[0].decodePlacement });
+    expect(answers[2].algorithm).toBe('dp');
+  });
+
+  it('prints both placements and the hand-over without --json', async () => {
+    const r = await run(['plan', '--instance', writeInstance('phased-text.json', docBlock('phased-example:instance'))]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/algorithm dp-phased: meets every SLO/);
+    expect(r.stdout).toMatch(/prefill\s+CSC\n/);
+    expect(r.stdout).toMatch(/decode\s+CCC \(0 transfers per pass\)/);
+    expect(r.stdout).toMatch(/hand-over\s+60\.96 ms \(KV cache up 0 B, down 204800 B\)/);
+  });
+
+  it('exits 2 naming phased or kvBytesPerToken with its index', async () => {
+    const base = docBlock('phased-example:instance') as Phased;
+    const notPhased = await run(['plan', '--instance', writeInstance('np.json', [multiSwitch]), '--algorithm', 'dp-phased']);
+    expect(notPhased.code).toBe(2);
+    expect(notPhased.stderr).toBe(
+      'tandem plan: [0].phased must be true for --algorithm dp-phased (a generation instance with "phased": true), given a contract instance\n',
+    );
+    const marker = await run(['plan', '--instance', writeInstance('pm.json', [base, { ...base, phased: 'yes' }])]);
+    expect(marker.stderr).toBe('tandem plan: [1].phased must be a boolean (true asks for a placement per phase), given "yes"\n');
+    const kv = await run([
+      'plan',
+      '--instance',
+      writeInstance('pk.json', { ...base, stages: [base.stages[0], { ...base.stages[1], kvBytesPerToken: 'big' }] }),
+    ]);
+    expect(kv.code).toBe(2);
+    expect(kv.stderr).toBe('tandem plan: stages[1].kvBytesPerToken must be a finite number >= 0, given "big"\n');
+  });
+});
+
+interface PhasedAnswer {
+  algorithm: string;
+  feasible: boolean;
+  placement: string[];
+  prefillPlacement: string[];
+  decodePlacement: string[];
+  serverWork: number;
+  ttftMs: number;
+  tpotMs: number;
+  e2eMs: number;
+  handoverMs: number;
+  kvUpBytes: number;
+  kvDownBytes: number;
+}
 
 describe('tandem plan as a process', () => {
   const bin = resolve(__dirname, '../bin/tandem.js');

@@ -10,7 +10,7 @@ export { buildReport, compare, predictionSection, ratios, serverContention, spre
 export type { LoadtestReport, ReportContext } from './report';
 export { deviceSide, runLoadtest } from './run';
 export type { LoadtestOptions, LoadtestRun, RateResult } from './run';
-export { BUNDLED_SCENARIOS, loadScenario, plannerSloEnv, POLICIES, ScenarioError, scenarioPathOf, validateScenario } from './scenario';
+export { BUNDLED_SCENARIOS, DEFAULT_POLICIES, loadScenario, plannerSloEnv, POLICIES, ScenarioError, scenarioPathOf, validateScenario } from './scenario';
 export type { Emulation, Policy, Scenario } from './scenario';
 export { formatSoakReport, promptIds, runSoak, startExecutorProcess } from './soak';
 export type { SoakOptions, SoakReport } from './soak';

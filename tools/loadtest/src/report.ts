@@ -129,11 +129,11 @@ export interface RatioSet {
   readonly byRate: readonly { readonly rate: number; readonly goodput: Spread | null; readonly cpuPerRequest: Spread | null }[];
 }
 
-/** dp's ratios against server-only and greedy, per repeat (rows of one repeat compared with each other). */
+/** dp's ratios against server-only, greedy and greedy-ratio (those in the run), per repeat (rows of one repeat compared with each other). */
 export function ratios(rows: readonly RateResult[], rates: readonly number[], slaTarget: number): RatioSet[] {
   const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
   const out: RatioSet[] = [];
-  for (const against of ['server-only', 'greedy'] as const) {
+  for (const against of ['server-only', 'greedy', 'greedy-ratio'] as const) {
     if (!rows.some((r) => r.policy === against) || !rows.some((r) => r.policy === 'dp')) continue;
     const per = (f: (mine: readonly RateResult[]) => number | null): number[] =>
       repeats

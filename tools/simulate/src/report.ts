@@ -1,6 +1,16 @@
 import { renderChart, type ChartSeries } from '@tandem/plot';
 import { PAPER_RESULTS, SIMULATED_MODELS } from './models';
-import { summarize, summarizeBy, type ConfigResult, type Summary, type SweepRanges } from './sweep';
+import {
+  SERVING_TPOT_MS,
+  summarize,
+  summarizeBy,
+  summarizePhased,
+  type ConfigResult,
+  type PhasedFigures,
+  type PhasedSummary,
+  type Summary,
+  type SweepRanges,
+} from './sweep';
 
 /** Everything `tandem simulate` writes: the JSON document, the markdown report and the charts. */
 export interface SimulationReport {
@@ -8,6 +18,13 @@ export interface SimulationReport {
   readonly markdown: string;
   readonly csv: string;
   readonly charts: readonly { readonly file: string; readonly svg: string }[];
+}
+
+/** The phased comparison under one SLO rule, overall, per model and per network. */
+export interface PhasedGroups {
+  readonly overall: PhasedSummary;
+  readonly models: readonly { readonly model: string; readonly summary: PhasedSummary }[];
+  readonly networks: readonly { readonly network: string; readonly summary: PhasedSummary }[];
 }
 
 /** results.json. Fractions in [0, 1]. */
@@ -23,6 +40,15 @@ export interface SimulationJson {
   readonly by: Readonly<
     Record<'slaFactor' | 'clientTflops' | 'serverTflops' | 'network' | 'activationBytes' | 'seqLen', readonly { key: string | number; summary: Summary }[]>
   >;
+  /**
+   * Generative models with decode steps: streamed server-only, dp and dp-phased on the same
+   * generations (ConfigResult.phased), overall, per model and per network; absent otherwise.
+   */
+  readonly phased?: {
+    readonly tpotMs: number;
+    readonly e2e: PhasedGroups;
+    readonly serving: PhasedGroups;
+  };
 }
 
 const pct = (x: number | null | undefined): string => (x === null || x === undefined || !Number.isFinite(x) ? '—' : `${(100 * x).toFixed(1)} %`);
@@ -48,7 +74,27 @@ export function buildReport(rows: readonly ConfigResult[], ranges: SweepRanges, 
     all: summarize(rows.filter((r) => r.model === model)),
     contested: summarize(contestedRows.filter((r) => r.model === model)),
   }));
+  const phasedGroups = (rule: keyof PhasedFigures): PhasedGroups | undefined => {
+    const overall = summarizePhased(rows, rule);
+    if (!overall) return undefined;
+    const by = (key: (r: ConfigResult) => string): { key: string; summary: PhasedSummary }[] =>
+      [...new Set(rows.filter((r) => r.phased).map(key))].flatMap((k) => {
+        const summary = summarizePhased(
+          rows.filter((r) => key(r) === k),
+          rule,
+        );
+        return summary ? [{ key: k, summary }] : [];
+      });
+    return {
+      overall,
+      models: by((r) => r.model).map(({ key, summary }) => ({ model: key, summary })),
+      networks: by((r) => r.network).map(({ key, summary }) => ({ network: key, summary })),
+    };
+  };
+  const e2eRule = phasedGroups('e2e');
+  const servingRule = phasedGroups('serving');
   const json: SimulationJson = {
+    ...(e2eRule && servingRule ? { phased: { tpotMs: SERVING_TPOT_MS, e2e: e2eRule, serving: servingRule } } : {}),
     ranges,
     decodeSteps,
     paper: PAPER_RESULTS,
@@ -89,10 +135,11 @@ function markdown(j: SimulationJson, total: number): string {
       'dp over greedy',
       'paper',
       'dp over prefix',
+      'dp over greedy-ratio',
       ...steps.map((s) => `dp-grid cost (SLA/${s})`),
     ]),
   );
-  out.push(row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', ...steps.map(() => '---:')]));
+  out.push(row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', ...steps.map(() => '---:')]));
   for (const f of j.families) {
     const p = paperFamily(f.family);
     out.push(
@@ -105,6 +152,7 @@ function markdown(j: SimulationJson, total: number): string {
         pct(f.all.dpOverGreedy),
         pct(p?.dpOverGreedy),
         pct(f.all.dpOverPrefix),
+        pct(f.all.dpOverGreedyRatio),
         ...f.all.gridCost.map(pp),
       ]),
     );
@@ -120,6 +168,7 @@ function markdown(j: SimulationJson, total: number): string {
       `**${pct(o.dpOverGreedy)}**`,
       '19 %',
       pct(o.dpOverPrefix),
+      pct(o.dpOverGreedyRatio),
       ...o.gridCost.map(pp),
     ]),
   );
@@ -193,7 +242,54 @@ function markdown(j: SimulationJson, total: number): string {
     out.push('');
   }
   out.push(`Infeasible results: ${j.overall.infeasible} (all-server meets every SLA by construction, so every algorithm should).`, '');
+  if (j.phased) out.push(...phasedMarkdown(j.phased, j.decodeSteps));
   return out.join('\n');
+}
+
+function phasedMarkdown(ph: NonNullable<SimulationJson['phased']>, decodeSteps: number): string[] {
+  const out = ['## Prefill and decode placed apart (generative models)', ''];
+  out.push(
+    `Each generative configuration again as a generation of its prompt and ${decodeSteps} decode steps, priced per pass (docs/placement.md): ` +
+      "server-only is the server decoding on its own and streaming tokens; dp places both phases alike; dp-phased places them apart, each attention stage's " +
+      "KV cache (2 × dModel × bytes per activation per token) handed over once when it changes side. Two SLO rules: **E2E**, the paper's " +
+      "(E2E ≤ the SLA factor × server-only's), and **serving**, as serving systems state them (TTFT ≤ the SLA factor × server-only's, " +
+      `TPOT ≤ ${ph.tpotMs} ms, or the factor × server-only's when that is larger). Figures are means over configurations of the server-work reduction.`,
+    '',
+  );
+  out.push(
+    row([
+      'SLO rule',
+      'group',
+      'configs',
+      'dp vs server-only',
+      'dp-phased vs server-only',
+      'dp-phased over dp (pooled)',
+      'phases differ',
+      'decode on the client',
+    ]),
+  );
+  out.push(row(['---', '---', '---:', '---:', '---:', '---:', '---:', '---:']));
+  const line = (rule: string, name: string, s: PhasedSummary): string =>
+    row([
+      rule,
+      name,
+      s.configs,
+      pct(s.reductionVsServerOnly.dp),
+      pct(s.reductionVsServerOnly.dpPhased),
+      `${pct(s.phasedOverDp)} (${pct(s.phasedOverDpPooled)})`,
+      pct(s.phasesDifferShare),
+      pct(s.decodeOnClientShare),
+    ]);
+  for (const [rule, groups] of [
+    ['E2E', ph.e2e],
+    ['serving', ph.serving],
+  ] as const) {
+    for (const m of groups.models) out.push(line(rule, m.model, m.summary));
+    for (const n of groups.networks) out.push(line(rule, `network ${n.network}`, n.summary));
+    out.push(line(rule, '**overall**', groups.overall));
+  }
+  out.push('');
+  return out;
 }
 
 function csv(rows: readonly ConfigResult[], ranges: SweepRanges): string {
@@ -210,6 +306,7 @@ function csv(rows: readonly ConfigResult[], ranges: SweepRanges): string {
     'workServerOnly',
     'workDp',
     'workGreedy',
+    'workGreedyRatio',
     'workPrefix',
     ...ranges.gridSteps.map((s) => `workGrid${s}`),
     'dpSwitches',
@@ -230,6 +327,7 @@ function csv(rows: readonly ConfigResult[], ranges: SweepRanges): string {
       r.work.serverOnly,
       r.work.dp,
       r.work.greedy,
+      r.work.greedyRatio,
       r.work.prefix,
       ...r.work.grid,
       r.dpSwitches,
@@ -263,6 +361,7 @@ function charts(j: SimulationJson): { file: string; svg: string }[] {
       byCategory(`dp-grid (SLA/${j.ranges.gridSteps[0]})`, (s) => s.reductionVsServerOnly.grid[0]),
       byCategory('prefix (best single split)', (s) => s.reductionVsServerOnly.prefix),
       byCategory('greedy', (s) => s.reductionVsServerOnly.greedy),
+      byCategory('greedy-ratio', (s) => s.reductionVsServerOnly.greedyRatio),
       { name: 'paper (dp)', points: paperPoints, color: '#999999' },
     ],
     yMin: 0,
@@ -283,6 +382,7 @@ function charts(j: SimulationJson): { file: string; svg: string }[] {
         },
         { name: 'prefix', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.prefix) })) },
         { name: 'greedy', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.greedy) })) },
+        { name: 'greedy-ratio', points: j.by[key].map((g) => ({ x: Number(g.key), y: asPct(g.summary.reductionVsServerOnly.greedyRatio) })) },
       ],
     });
   return [

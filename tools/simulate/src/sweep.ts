@@ -1,12 +1,18 @@
 import {
+  generationFromShape,
   instanceFromShape,
   linkFromMbps,
   solveClientOnly,
+  solveGenerationDp,
+  solveGenerationServerOnly,
+  solvePhasedDp,
   solveDp,
   solveDpGrid,
   solveGreedy,
+  solveGreedyRatio,
   solvePrefix,
   solveServerOnly,
+  type GenerationInstance,
   type RequestShape,
 } from '@tandem/dp';
 import { SIMULATED_MODELS, type SimulatedModel } from './models';
@@ -77,7 +83,14 @@ export interface ConfigResult {
   readonly network: string;
   readonly activationBytes: number;
   readonly slaMs: number;
-  readonly work: { readonly serverOnly: number; readonly dp: number; readonly greedy: number; readonly prefix: number; readonly grid: readonly number[] };
+  readonly work: {
+    readonly serverOnly: number;
+    readonly dp: number;
+    readonly greedy: number;
+    readonly greedyRatio: number;
+    readonly prefix: number;
+    readonly grid: readonly number[];
+  };
   readonly dpSwitches: number;
   /** Whether running everything on the client meets the SLA (then the optimum does no server work). */
   readonly clientOnlyFeasible: boolean;
@@ -85,7 +98,39 @@ export interface ConfigResult {
   readonly dpShape: PlacementShape;
   /** Whether every algorithm's placement met the SLA (all-server always does here). */
   readonly allFeasible: boolean;
+  /**
+   * Generative models with `decodeSteps` > 0 only: the same configuration as a generation
+   * priced per pass (docs/placement.md), the server decoding an all-server plan itself; server
+   * work of that streamed all-server plan, of `dp` (both phases alike) and of `dp-phased`
+   * (prefill and decode placed apart, each attention stage's KV cache handed over when it
+   * changes side), under two SLO rules ({@link PhasedFigures}).
+   */
+  readonly phased?: PhasedFigures;
 }
+
+/** Server work of one generation under server-only (streamed), dp and dp-phased, and what dp-phased chose. */
+export interface PhasedOutcome {
+  readonly work: { readonly serverOnly: number; readonly dp: number; readonly dpPhased: number };
+  /** Whether dp-phased's two placements differ. */
+  readonly phasesDiffer: boolean;
+  /** dp-phased's decode placement is all on the client (the server only prefills, or nothing). */
+  readonly decodeOnClient: boolean;
+  /** Bytes of KV cache dp-phased hands over between the phases. */
+  readonly kvBytes: number;
+}
+
+/**
+ * The phased comparison of one configuration under two SLO rules: `e2e`, the paper's (E2E ≤
+ * the SLA factor × the streamed all-server E2E), and `serving`, as serving systems state
+ * them (TTFT ≤ the SLA factor × the streamed all-server TTFT, TPOT ≤ `SERVING_TPOT_MS`).
+ */
+export interface PhasedFigures {
+  readonly e2e: PhasedOutcome;
+  readonly serving: PhasedOutcome;
+}
+
+/** The TPOT bound of the serving rule: 20 tokens a second, faster than people read. */
+export const SERVING_TPOT_MS = 50;
 
 /** Options of {@link runSweep}. */
 export interface SweepOptions {
@@ -160,7 +205,7 @@ function request(model: SimulatedModel, seqLen: number, decodeSteps: number): Re
 /**
  * Runs the sweep: for each configuration, builds the instance with the analytic cost model,
  * sets the SLA to `slaFactor` × the all-server latency, and solves it with server-only,
- * greedy, prefix, dp and dp-grid (each grid budget). Deterministic; CPU-bound.
+ * greedy, greedy-ratio, prefix, dp and dp-grid (each grid budget). Deterministic; CPU-bound.
  */
 export function runSweep(options: SweepOptions): ConfigResult[] {
   const { ranges } = options;
@@ -181,9 +226,12 @@ export function runSweep(options: SweepOptions): ConfigResult[] {
     const so = solveServerOnly(instance);
     const dp = solveDp(instance);
     const greedy = solveGreedy(instance);
+    const greedyRatio = solveGreedyRatio(instance);
     const prefix = solvePrefix(instance);
     const grids = ranges.gridSteps.map((steps) => solveDpGrid({ ...instance, resolutionMs: instance.slaMs / steps }));
+    const phased = c.model.generative && options.decodeSteps > 0 ? phasedFigures(c, options.decodeSteps, ranges) : undefined;
     results.push({
+      ...(phased ? { phased } : {}),
       model: c.model.shape.name,
       family: c.model.family,
       seqLen: c.seqLen,
@@ -193,28 +241,105 @@ export function runSweep(options: SweepOptions): ConfigResult[] {
       network: c.network.name,
       activationBytes: c.activationBytes,
       slaMs: instance.slaMs,
-      work: { serverOnly: so.serverWork, dp: dp.serverWork, greedy: greedy.serverWork, prefix: prefix.serverWork, grid: grids.map((g) => g.serverWork) },
+      work: {
+        serverOnly: so.serverWork,
+        dp: dp.serverWork,
+        greedy: greedy.serverWork,
+        greedyRatio: greedyRatio.serverWork,
+        prefix: prefix.serverWork,
+        grid: grids.map((g) => g.serverWork),
+      },
       dpSwitches: dp.switches,
       clientOnlyFeasible: solveClientOnly(instance).feasible,
       dpShape: placementShape(dp.placement),
-      allFeasible: [so, dp, greedy, prefix, ...grids].every((r) => r.feasible),
+      allFeasible: [so, dp, greedy, greedyRatio, prefix, ...grids].every((r) => r.feasible),
     });
     options.onProgress?.(k + 1, configs.length, c.model.shape.name);
   });
   return results;
 }
 
+/** The phased comparison of one configuration ({@link ConfigResult.phased}). */
+function phasedFigures(c: Config, decodeSteps: number, ranges: SweepRanges): PhasedFigures {
+  const draft = generationFromShape({
+    model: { ...c.model.shape, activationBytes: c.activationBytes },
+    request: { kind: 'generation', promptTokens: c.seqLen, decodeSteps },
+    client: { flopsPerSecond: c.clientTflops * 1e12, overheadMsPerStage: ranges.clientOverheadMs },
+    server: { flopsPerSecond: c.serverTflops * 1e12, overheadMsPerStage: ranges.serverOverheadMs },
+    uplink: linkFromMbps(c.network.oneWayMs, c.network.upMbps),
+    downlink: linkFromMbps(c.network.oneWayMs, c.network.downMbps),
+    slo: { e2eMs: 1 },
+  });
+  const streamed = solveGenerationServerOnly(draft);
+  const outcome = (slo: GenerationInstance['slo']): PhasedOutcome => {
+    const instance = { ...draft, slo };
+    const dp = solveGenerationDp(instance);
+    const phased = solvePhasedDp(instance);
+    return {
+      work: { serverOnly: streamed.serverWork, dp: dp.serverWork, dpPhased: phased.serverWork },
+      phasesDiffer: phased.prefillPlacement.some((l, i) => l !== phased.decodePlacement[i]),
+      decodeOnClient: phased.decodePlacement.every((l) => l === 'client'),
+      kvBytes: phased.kvUpBytes + phased.kvDownBytes,
+    };
+  };
+  return {
+    e2e: outcome({ e2eMs: c.slaFactor * streamed.e2eMs }),
+    serving: outcome({ ttftMs: c.slaFactor * streamed.ttftMs, tpotMs: Math.max(SERVING_TPOT_MS, streamed.tpotMs * c.slaFactor) }),
+  };
+}
+
+/** Aggregate figures of a group of configurations' phased comparison; undefined when none has one. */
+export interface PhasedSummary {
+  readonly configs: number;
+  /** Mean over configurations of 1 − W / W_server-only (streamed). */
+  readonly reductionVsServerOnly: { readonly dp: number; readonly dpPhased: number };
+  /** Mean over configurations of (W_dp − W_dp-phased) / W_dp (0 where dp does no server work). */
+  readonly phasedOverDp: number;
+  /** The same, pooled: 1 − ΣW_dp-phased / ΣW_dp. */
+  readonly phasedOverDpPooled: number;
+  /** Share of configurations where dp-phased's placements differ between the phases. */
+  readonly phasesDifferShare: number;
+  /** Share where dp-phased decodes on the client alone. */
+  readonly decodeOnClientShare: number;
+}
+
+/** Summarises the phased comparison of `rows` (those that have one) under one SLO rule. O(rows). */
+export function summarizePhased(rows: readonly ConfigResult[], rule: keyof PhasedFigures): PhasedSummary | undefined {
+  const ph = rows.flatMap((r) => (r.phased ? [r.phased[rule]] : []));
+  if (ph.length === 0) return undefined;
+  return {
+    configs: ph.length,
+    reductionVsServerOnly: {
+      dp: mean(ph.map((p) => gain(p.work.serverOnly, p.work.dp))),
+      dpPhased: mean(ph.map((p) => gain(p.work.serverOnly, p.work.dpPhased))),
+    },
+    phasedOverDp: mean(ph.map((p) => gain(p.work.dp, p.work.dpPhased))),
+    phasedOverDpPooled: gain(sum(ph.map((p) => p.work.dp)), sum(ph.map((p) => p.work.dpPhased))),
+    phasesDifferShare: mean(ph.map((p) => (p.phasesDiffer ? 1 : 0))),
+    decodeOnClientShare: mean(ph.map((p) => (p.decodeOnClient ? 1 : 0))),
+  };
+}
+
 /** Aggregate figures of a group of configurations; fractions in [0, 1] unless noted. */
 export interface Summary {
   readonly configs: number;
   /** Mean over configurations of 1 − W_algo / W_server-only. */
-  readonly reductionVsServerOnly: { readonly dp: number; readonly greedy: number; readonly prefix: number; readonly grid: readonly number[] };
+  readonly reductionVsServerOnly: {
+    readonly dp: number;
+    readonly greedy: number;
+    readonly greedyRatio: number;
+    readonly prefix: number;
+    readonly grid: readonly number[];
+  };
   /** Mean over configurations of (W_greedy − W_dp) / W_greedy (0 where greedy already does no server work). */
   readonly dpOverGreedy: number;
   /** The same, pooled: 1 − ΣW_dp / ΣW_greedy. */
   readonly dpOverGreedyPooled: number;
   readonly dpOverPrefix: number;
   readonly dpOverPrefixPooled: number;
+  /** Mean over configurations of (W_greedy-ratio − W_dp) / W_greedy-ratio: dp against the fairer greedy. */
+  readonly dpOverGreedyRatio: number;
+  readonly dpOverGreedyRatioPooled: number;
   /** What dp-grid's rounding costs, per grid budget: mean (W_grid − W_dp) / W_server-only. */
   readonly gridCost: readonly number[];
   /** Share of configurations where dp-grid does more work than dp, per grid budget. */
@@ -242,6 +367,7 @@ export function summarize(rows: readonly ConfigResult[]): Summary {
     reductionVsServerOnly: {
       dp: mean(rows.map((r) => gain(r.work.serverOnly, r.work.dp))),
       greedy: mean(rows.map((r) => gain(r.work.serverOnly, r.work.greedy))),
+      greedyRatio: mean(rows.map((r) => gain(r.work.serverOnly, r.work.greedyRatio))),
       prefix: mean(rows.map((r) => gain(r.work.serverOnly, r.work.prefix))),
       grid: grids.map((g) => mean(rows.map((r) => gain(r.work.serverOnly, r.work.grid[g])))),
     },
@@ -249,6 +375,8 @@ export function summarize(rows: readonly ConfigResult[]): Summary {
     dpOverGreedyPooled: gain(sum(rows.map((r) => r.work.greedy)), sum(rows.map((r) => r.work.dp))),
     dpOverPrefix: mean(rows.map((r) => gain(r.work.prefix, r.work.dp))),
     dpOverPrefixPooled: gain(sum(rows.map((r) => r.work.prefix)), sum(rows.map((r) => r.work.dp))),
+    dpOverGreedyRatio: mean(rows.map((r) => gain(r.work.greedyRatio, r.work.dp))),
+    dpOverGreedyRatioPooled: gain(sum(rows.map((r) => r.work.greedyRatio)), sum(rows.map((r) => r.work.dp))),
     gridCost: grids.map((g) => mean(rows.map((r) => (r.work.grid[g] - r.work.dp) / r.work.serverOnly))),
     gridSuboptimalShare: grids.map((g) => mean(rows.map((r) => (r.work.grid[g] > r.work.dp * (1 + 1e-9) ? 1 : 0)))),
     dpMultiSwitchShare: mean(rows.map((r) => (r.dpSwitches > 2 ? 1 : 0))),

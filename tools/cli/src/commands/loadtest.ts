@@ -5,6 +5,7 @@ import {
   BUNDLED_SCENARIOS,
   buildReport,
   loadScenario,
+  DEFAULT_POLICIES,
   POLICIES,
   runLoadtest,
   ScenarioError,
@@ -35,7 +36,8 @@ pool), sleeping each stage's modelled cost, so many devices can share the client
   --scenario S      ${Object.keys(BUNDLED_SCENARIOS).join(', ')} (bundled, docs/loadtest.md) or a scenario JSON file
                     (default: default)
   --quick           the scenario's short sweep (a few rates, seconds each; < 3 min)
-  --policies LIST   comma-separated subset of ${POLICIES.join(', ')} (default: all)
+  --policies LIST   comma-separated subset of ${POLICIES.join(', ')}
+                    (default: ${DEFAULT_POLICIES.join(', ')})
   --rates LIST      arrival rates, requests/s, e.g. 2,4,8 (default: the scenario's)
   --duration-s N    seconds of arrivals per rate (default: the scenario's)
   --seed N          seed of the arrival traces (default: the scenario's)
@@ -84,7 +86,7 @@ export const loadtestCommand: Command = {
       throw err instanceof ScenarioError ? new UsageError(err.message, { cause: err }) : err;
     }
     const quick = args.switches.has('quick');
-    let policies: Policy[] = [...POLICIES];
+    let policies: Policy[] = [...DEFAULT_POLICIES];
     const pl = args.flags.get('policies');
     if (pl !== undefined) {
       policies = pl

@@ -3,15 +3,22 @@ import {
   ALGORITHMS,
   InstanceValidationError,
   SLO_KEYS,
+  PHASED_ALGORITHM,
   isAlgorithm,
   isGenerationInstance,
+  isPhasedInstance,
+  phasedResultOf,
   solve,
   solveGeneration,
+  solvePhasedDp,
   validateGenerationInstance,
   validateInstance,
+  validatePhasedInstance,
   type Algorithm,
   type GenerationInstance,
   type GenerationResult,
+  type PhasedResult,
+  type SloKey,
   type PlacementInstance,
   type PlacementResult,
 } from '@tandem/dp';
@@ -32,12 +39,17 @@ for one instance (a JSON object) or many (a JSON array, answered in the same ord
                      serverPrefillMs, clientDecodeMs, serverDecodeMs, inBytesPerToken}],
                      promptTokens, decodeSteps, outBytesPerPass, uplink, downlink,
                      slo:{e2eMs?, ttftMs?, tpotMs?}, serverEntryWork?, serverDecoding?}
-                     An array may mix both kinds.
-  --algorithm NAME   ${ALGORITHMS.join(' | ')} (default dp, the exact optimum;
-                     dp-grid needs resolutionMs, and on a generation an E2E-only slo)
+                     or a phased generation instance, marked "phased": true, whose stages
+                     may state kvBytesPerToken (prefill and decode placed apart)
+                     An array may mix the kinds.
+  --algorithm NAME   ${ALGORITHMS.join(' | ')} | ${PHASED_ALGORITHM} (default dp, the exact
+                     optimum, and dp-phased on a phased instance; dp-grid needs resolutionMs,
+                     and on a generation an E2E-only slo; dp-phased only phased instances)
   --json             print the answer(s) as JSON: {algorithm, feasible, placement, serverWork,
                      latencyMs, switches}; a generation's answer adds ttftMs, tpotMs, e2eMs
-                     (= latencyMs), met (per stated SLO) and serverDecoding
+                     (= latencyMs), met (per stated SLO) and serverDecoding; a phased one adds
+                     prefillPlacement, decodePlacement (= placement), handoverMs, kvUpBytes
+                     and kvDownBytes
 
 Exit codes: 0 solved (even when no placement meets the SLA: feasible is false), 2 bad
 usage or bad input (the line names the field, the rule and the value), 1 anything else.`;
@@ -60,10 +72,27 @@ function readInstances(file: string): unknown {
 
 type Solved =
   | { readonly kind: 'contract'; readonly instance: PlacementInstance; readonly result: PlacementResult }
-  | { readonly kind: 'generation'; readonly instance: GenerationInstance; readonly result: GenerationResult };
+  | { readonly kind: 'generation'; readonly instance: GenerationInstance; readonly result: GenerationResult }
+  | { readonly kind: 'phased'; readonly instance: GenerationInstance; readonly result: PhasedResult };
 
-function solveOne(value: unknown, algorithm: Algorithm, prefix: string): Solved {
+/** The --algorithm given, or undefined for each instance's default (dp; dp-phased on a phased instance). */
+type Choice = Algorithm | typeof PHASED_ALGORITHM | undefined;
+
+function solveOne(value: unknown, choice: Choice, prefix: string): Solved {
   try {
+    if (isPhasedInstance(value, prefix)) {
+      const instance = validatePhasedInstance(value, prefix);
+      if (choice === undefined || choice === PHASED_ALGORITHM) return { kind: 'phased', instance, result: solvePhasedDp(instance) };
+      // Any other algorithm places both phases alike.
+      const r = solveGeneration(instance, choice);
+      return { kind: 'phased', instance, result: phasedResultOf(instance, choice, r.placement, [...r.placement]) };
+    }
+    if (choice === PHASED_ALGORITHM) {
+      throw new UsageError(
+        `${prefix}phased must be true for --algorithm ${PHASED_ALGORITHM} (a generation instance with "phased": true), given ${isGenerationInstance(value) ? 'a generation instance without it' : 'a contract instance'}`,
+      );
+    }
+    const algorithm = choice ?? 'dp';
     if (isGenerationInstance(value)) {
       const instance = validateGenerationInstance(value, prefix);
       return { kind: 'generation', instance, result: solveGeneration(instance, algorithm) };
@@ -86,20 +115,44 @@ function fmt(x: number): string {
 
 const SLO_LABEL = { ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' } as const;
 
+/** One line per SLO objective: its figure and, when stated, the bound and whether it is met. */
+function sloLines(instance: GenerationInstance, r: Pick<GenerationResult, SloKey | 'met'>): string[] {
+  return SLO_KEYS.map((k) => {
+    const bound = instance.slo[k];
+    const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
+    return `  ${SLO_LABEL[k].padEnd(11)} ${fmt(r[k])} ms ${verdict}`;
+  });
+}
+
+const letters = (p: readonly string[]): string => p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+
+function phasedReport(instance: GenerationInstance, r: PhasedResult, title: string): string {
+  const lines = [
+    `${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (decoded on the server, tokens streamed)' : ''}`,
+  ];
+  lines.push(...sloLines(instance, r));
+  lines.push(
+    `  server work ${fmt(r.serverWork)}`,
+    `  hand-over   ${fmt(r.handoverMs)} ms (KV cache up ${fmt(r.kvUpBytes)} B, down ${fmt(r.kvDownBytes)} B)`,
+    `  prefill     ${letters(r.prefillPlacement)}`,
+    `  decode      ${letters(r.decodePlacement)} (${r.switches} transfers per pass)`,
+  );
+  const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
+  lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  prefill  decode  kvBytesPerToken`);
+  instance.stages.forEach((s, i) => {
+    lines.push(
+      `  ${String(i).padStart(3)}  ${s.name.padEnd(width)}  ${r.prefillPlacement[i].padEnd(7)}  ${r.decodePlacement[i].padEnd(6)}  ${fmt(s.kvBytesPerToken ?? 0).padStart(15)}`,
+    );
+  });
+  return lines.join('\n');
+}
+
 function generationReport(instance: GenerationInstance, r: GenerationResult, title: string): string {
   const lines = [
     `${title}algorithm ${r.algorithm}: ${r.feasible ? 'meets every SLO' : 'MISSES an SLO'}${r.serverDecoding ? ' (all-server, decoded on the server, tokens streamed)' : ''}`,
   ];
-  for (const k of SLO_KEYS) {
-    const bound = instance.slo[k];
-    const verdict = bound === undefined ? '(no SLO)' : `(SLO ${fmt(bound)} ms: ${r.met[k] ? 'met' : 'MISSED'})`;
-    lines.push(`  ${SLO_LABEL[k].padEnd(11)} ${fmt(r[k])} ms ${verdict}`);
-  }
-  lines.push(
-    `  server work ${fmt(r.serverWork)}`,
-    `  switches    ${r.switches} per pass`,
-    `  placement   ${r.placement.map((p) => (p === 'client' ? 'C' : 'S')).join('')}`,
-  );
+  lines.push(...sloLines(instance, r));
+  lines.push(`  server work ${fmt(r.serverWork)}`, `  switches    ${r.switches} per pass`, `  placement   ${letters(r.placement)}`);
   const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
   lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  where   clientPrefillMs  serverPrefillMs  clientDecodeMs  serverDecodeMs`);
   instance.stages.forEach((s, i) => {
@@ -116,7 +169,7 @@ function humanReport(instance: PlacementInstance, r: PlacementResult, title: str
     `  latency     ${fmt(r.latencyMs)} ms (SLA ${fmt(instance.slaMs)} ms)`,
     `  server work ${fmt(r.serverWork)}`,
     `  switches    ${r.switches}`,
-    `  placement   ${r.placement.map((p) => (p === 'client' ? 'C' : 'S')).join('')}`,
+    `  placement   ${letters(r.placement)}`,
   ];
   const width = Math.max(5, ...instance.stages.map((s) => s.name.length));
   lines.push(`  ${'#'.padStart(3)}  ${'stage'.padEnd(width)}  where   clientMs    serverMs    serverWork`);
@@ -136,17 +189,21 @@ export const planCommand: Command = {
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, { flags: ['instance', 'algorithm'], switches: ['json'] });
     const file = required(args, 'instance');
-    const algorithm = args.flags.get('algorithm') ?? 'dp';
-    if (!isAlgorithm(algorithm)) throw new UsageError(`--algorithm must be one of ${ALGORITHMS.join(', ')}, given '${algorithm}'`);
+    const given = args.flags.get('algorithm');
+    if (given !== undefined && given !== PHASED_ALGORITHM && !isAlgorithm(given)) {
+      throw new UsageError(`--algorithm must be one of ${[...ALGORITHMS, PHASED_ALGORITHM].join(', ')}, given '${given}'`);
+    }
+    const choice = given as Choice;
     const input = readInstances(file);
     const many = Array.isArray(input);
-    const solved = many ? input.map((v, i) => solveOne(v, algorithm, `[${i}].`)) : [solveOne(input, algorithm, '')];
+    const solved = many ? input.map((v, i) => solveOne(v, choice, `[${i}].`)) : [solveOne(input, choice, '')];
     if (args.switches.has('json')) {
       printJson(io, many ? solved.map((s) => s.result) : solved[0].result);
     } else {
       const text = solved
         .map((s, i) => {
           const title = many ? `[${i}] ` : '';
+          if (s.kind === 'phased') return phasedReport(s.instance, s.result, title);
           return s.kind === 'generation' ? generationReport(s.instance, s.result, title) : humanReport(s.instance, s.result, title);
         })
         .join('\n\n');

@@ -23,7 +23,9 @@ beside the paper's figures.
   --json             print results.json to stdout instead of the markdown tables
   --models LIST      comma-separated subset of the models
   --decode-steps N   price generative models (GPT-2) for a prompt plus N decode steps
-                     instead of one forward pass (default 0, as the paper)
+                     instead of one forward pass (default 0, as the paper); also compares
+                     dp-phased (prefill and decode placed apart) with dp and the streamed
+                     server-only plan under an E2E and a TTFT/TPOT SLO rule
 
 Progress goes to stderr.`;
 

@@ -1,0 +1,197 @@
+import {
+  InstanceValidationError,
+  evaluateGeneration,
+  evaluatePhased,
+  isPhasedInstance,
+  sloCheck,
+  sloRatio,
+  solveGenerationDp,
+  solvePhasedDp,
+  validatePhasedInstance,
+  type GenerationInstance,
+  type Location,
+  type SloKey,
+} from './index';
+import { optimumOf, randomGenerationInstance, seededRandom, type Enumerated } from './random-instances.fixture';
+
+const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
+
+type Best = Enumerated;
+
+const sides = (S: number, mask: number): Location[] => Array.from({ length: S }, (_, i): Location => (mask & (1 << i) ? 'server' : 'client'));
+
+/** The optimum straight from the definition: every one of the 4^S (prefill, decode) pairs. */
+function bruteForce(inst: GenerationInstance): Best {
+  const S = inst.stages.length;
+  const all: Best[] = [];
+  for (let pm = 0; pm < 1 << S; pm++) {
+    for (let dm = 0; dm < 1 << S; dm++) {
+      const c = evaluatePhased(inst, sides(S, pm), sides(S, dm));
+      all.push({ feasible: sloCheck(inst.slo, c).feasible, serverWork: c.serverWork, e2eMs: c.e2eMs, ratio: sloRatio(inst.slo, c) });
+    }
+  }
+  return optimumOf(all);
+}
+
+const SUBSETS: SloKey[][] = [['e2eMs'], ['ttftMs'], ['tpotMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs'], ['e2eMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];
+
+function cases(seed: number, count: number, maxStages: number): GenerationInstance[] {
+  const rnd = seededRandom(seed);
+  return Array.from({ length: count }, (_, k) =>
+    randomGenerationInstance(rnd, 1 + Math.floor(rnd() * maxStages), {
+      slos: SUBSETS[k % SUBSETS.length],
+      serverDecoding: (k >> 3) % 2 === 0,
+      entryWork: k % 5 === 0 ? 0 : rnd() * 3,
+      queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
+      tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][k % 6],
+      ...(k % 4 === 1 ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
+      kv: true,
+    }),
+  );
+}
+
+/**
+ * The worked example of docs/placement.md ("Prefill and decode placed apart"): a prompt too
+ * slow to prefill on the device, a decode the device can afford, a link too slow to cross
+ * twice per token.
+ */
+const WORKED: GenerationInstance = {
+  stages: [
+    { name: 'embed', clientPrefillMs: 2, serverPrefillMs: 1, clientDecodeMs: 1, serverDecodeMs: 0.5, inBytesPerToken: 8 },
+    { name: 'block', clientPrefillMs: 400, serverPrefillMs: 20, clientDecodeMs: 10, serverDecodeMs: 2, inBytesPerToken: 1024, kvBytesPerToken: 2048 },
+    { name: 'head', clientPrefillMs: 4, serverPrefillMs: 1, clientDecodeMs: 4, serverDecodeMs: 1, inBytesPerToken: 1024 },
+  ],
+  promptTokens: 100,
+  decodeSteps: 20,
+  outBytesPerPass: 8,
+  uplink: { latencyMs: 20, bytesPerMs: 1000 },
+  downlink: { latencyMs: 20, bytesPerMs: 5000 },
+  slo: { ttftMs: 200, tpotMs: 30 },
+};
+
+describe('evaluatePhased', () => {
+  it('equals evaluateGeneration when both phases use the same placement, or when there is no decode pass', () => {
+    for (const inst of cases(11, 120, 6)) {
+      const S = inst.stages.length;
+      for (let mask = 0; mask < 1 << S; mask++) {
+        const p = sides(S, mask);
+        const g = evaluateGeneration(inst, p);
+        const c = evaluatePhased(inst, p, p);
+        expect([c.ttftMs, c.tpotMs, c.e2eMs, c.serverWork, c.handoverMs]).toEqual([g.ttftMs, g.tpotMs, g.e2eMs, g.serverWork, 0]);
+        const noDecode = { ...inst, decodeSteps: 0 };
+        expect(evaluatePhased(noDecode, p, sides(S, ~mask)).e2eMs).toBe(evaluateGeneration(noDecode, p).e2eMs);
+      }
+    }
+  });
+
+  it('prices the worked example by hand: server prefill of the block, device decode, the KV cache moved down once', () => {
+    const c = evaluatePhased(WORKED, ['client', 'server', 'client'], ['client', 'client', 'client']);
+    // embed 2 + up 20 + 102400/1000 + block 20 + down 20 + 102400/5000 + head 4
+    expect(c.ttftMs).toBeCloseTo(188.88, 9);
+    // 2048 B/token × 100 tokens down: 20 + 204800/5000 = 60.96 ms, over 20 passes of 1 + 10 + 4 ms
+    expect(c.kvDownBytes).toBe(204_800);
+    expect(c.kvUpBytes).toBe(0);
+    expect(c.handoverMs).toBeCloseTo(60.96, 9);
+    expect(c.tpotMs).toBeCloseTo(15 + 60.96 / 20, 9);
+    expect(c.e2eMs).toBeCloseTo(188.88 + 20 * 18.048, 9);
+    expect(c.serverWork).toBe(20);
+  });
+
+  it('moves nothing for a stage without a KV cache, and sends the first token up when the server decodes after a device prefill', () => {
+    const free = evaluatePhased(WORKED, ['server', 'server', 'server'], ['client', 'server', 'server']);
+    expect([free.kvUpBytes, free.kvDownBytes, free.handoverMs]).toEqual([0, 0, 0]);
+    const up = evaluatePhased(WORKED, ['client', 'client', 'client'], ['server', 'server', 'server']);
+    expect(up.kvUpBytes).toBe(204_800);
+    // One upward transfer: the block's cache and the 8-byte token, 20 + 204808/1000 ms.
+    expect(up.handoverMs).toBeCloseTo(20 + 204.808, 9);
+    expect(up.serverDecoding).toBe(true);
+    expect(up.tpotMs).toBeCloseTo(3.5 + up.handoverMs / 20, 9);
+  });
+
+  it('names the placement and the index of a bad entry', () => {
+    expect(() => evaluatePhased(WORKED, ['client'], ['client', 'client', 'client'])).toThrow('prefillPlacement has 1 entries, the instance has 3 stages');
+    expect(() => evaluatePhased(WORKED, ['client', 'client', 'client'], ['client', 'x' as Location, 'client'])).toThrow(
+      `decodePlacement[1] must be 'client' or 'server', given "x"`,
+    );
+  });
+});
+
+describe('solvePhasedDp (dp-phased)', () => {
+  it('solves the worked example: 20 units of server work against dp 92 (all-server)', () => {
+    const r = solvePhasedDp(WORKED);
+    expect(r.prefillPlacement).toEqual(['client', 'server', 'client']);
+    expect(r.decodePlacement).toEqual(['client', 'client', 'client']);
+    expect(r.serverWork).toBe(20);
+    expect(r.feasible).toBe(true);
+    expect(r.met).toEqual({ ttftMs: true, tpotMs: true });
+    const dp = solveGenerationDp(WORKED);
+    expect(dp.placement).toEqual(['server', 'server', 'server']);
+    expect(dp.serverWork).toBe(92);
+  });
+
+  it('equals brute force over all 4^S pairs on random instances (every SLO subset, loose to infeasible)', () => {
+    let feasibleCount = 0;
+    let phasedWins = 0;
+    for (const inst of cases(7, 400, 5)) {
+      const got = solvePhasedDp(inst);
+      const want = bruteForce(inst);
+      const again = evaluatePhased(inst, got.prefillPlacement, got.decodePlacement);
+      expect(close(got.e2eMs, again.e2eMs) && close(got.serverWork, again.serverWork)).toBe(true);
+      expect(got.feasible).toBe(want.feasible);
+      expect(close(got.serverWork, want.serverWork)).toBe(true);
+      if (want.feasible) {
+        feasibleCount++;
+        if (got.prefillPlacement.some((l, i) => l !== got.decodePlacement[i])) phasedWins++;
+      } else expect(close(sloRatio(inst.slo, got), want.ratio)).toBe(true);
+      expect(close(got.e2eMs, want.e2eMs)).toBe(true);
+    }
+    // The sample exercises both outcomes and answers whose phases differ.
+    expect(feasibleCount).toBeGreaterThan(100);
+    expect(phasedWins).toBeGreaterThan(20);
+  });
+
+  it("gives dp's answer when moving a stage between the phases never pays (every cache too large to move in time)", () => {
+    for (const inst of cases(23, 150, 6)) {
+      // A TTFT alone does not see the hand-over: there even an endless one is allowed.
+      if (inst.slo.tpotMs === undefined && inst.slo.e2eMs === undefined) continue;
+      const stuck: GenerationInstance = { ...inst, stages: inst.stages.map((s) => ({ ...s, kvBytesPerToken: 1e12 })) };
+      const phased = solvePhasedDp(stuck);
+      const dp = solveGenerationDp(stuck);
+      if (inst.decodeSteps > 0) expect(phased.prefillPlacement).toEqual(phased.decodePlacement);
+      expect(phased.feasible).toBe(dp.feasible);
+      expect(close(phased.serverWork, dp.serverWork)).toBe(true);
+      expect(close(phased.e2eMs, dp.e2eMs)).toBe(true);
+    }
+  });
+
+  it('never needs more server work than dp', () => {
+    for (const inst of cases(31, 200, 8)) {
+      const phased = solvePhasedDp(inst);
+      const dp = solveGenerationDp(inst);
+      if (dp.feasible) {
+        expect(phased.feasible).toBe(true);
+        expect(phased.serverWork).toBeLessThanOrEqual(dp.serverWork * (1 + 1e-9));
+      }
+    }
+  });
+});
+
+describe('phased instances', () => {
+  it('reads "phased": true and keeps the KV sizes', () => {
+    const raw = { ...WORKED, phased: true };
+    expect(isPhasedInstance(raw)).toBe(true);
+    const v = validatePhasedInstance(raw);
+    expect(v.phased).toBe(true);
+    expect(v.stages[1].kvBytesPerToken).toBe(2048);
+    expect(v.stages[0].kvBytesPerToken).toBeUndefined();
+    expect(isPhasedInstance({ ...WORKED })).toBe(false);
+  });
+
+  it('names the field, the rule and the value of a bad marker or KV size', () => {
+    expect(() => isPhasedInstance({ ...WORKED, phased: 'yes' }, '[2].')).toThrow(
+      new InstanceValidationError('[2].phased', 'must be a boolean (true asks for a placement per phase)', 'yes'),
+    );
+    const bad = { ...WORKED, phased: true, stages: [WORKED.stages[0], { ...WORKED.stages[1], kvBytesPerToken: -1 }, WORKED.stages[2]] };
+    expect(() => validatePhasedInstance(bad)).toThrow('stages[1].kvBytesPerToken must be a finite number >= 0, given -1');
+  });
+});

@@ -1,0 +1,206 @@
+/**
+ * Extension of the generation problem: prefill and decode placed apart. Each stage has a side
+ * for the prefill pass and a side for the decode passes. A stage that holds no per-token state
+ * (embedding, MLP, head: `kvBytesPerToken` 0) may change side between the phases for free; an
+ * attention stage whose decode side differs from its prefill side has its prompt's KV cache
+ * moved across the link once, between the phases. The contract's problem, the generation
+ * problem and their answers are unchanged.
+ */
+import { transferMs } from './evaluate';
+import { evaluateGeneration, type GenerationCost, type GenerationInstance, type GenerationResult, sloCheck } from './generation';
+import type { Location, Placement } from './types';
+
+/** A generation instance marked `"phased": true`: solved by `dp-phased` with a placement per phase. */
+export interface PhasedInstance extends GenerationInstance {
+  readonly phased: true;
+}
+
+/**
+ * Exact figures of a pair of placements ({@link evaluatePhased}). Beside the generation's:
+ * the hand-over between the phases. Invariant: `e2eMs === ttftMs + decodeSteps · tpotMs`.
+ */
+export interface PhasedCost extends GenerationCost {
+  /** Time between the first token and the first decode pass spent moving KV caches (0 when nothing moves). */
+  readonly handoverMs: number;
+  /** KV-cache bytes moved up (client to server) between the phases. */
+  readonly kvUpBytes: number;
+  /** KV-cache bytes moved down (server to client) between the phases. */
+  readonly kvDownBytes: number;
+}
+
+/** The name of the phased solver (beside the contract's {@link Algorithm}s). */
+export const PHASED_ALGORITHM = 'dp-phased';
+
+/**
+ * The answer of a phased solve: the generation answer's fields with `placement` the decode
+ * placement (the one every decode pass crosses with; `switches` counts its transfers), plus
+ * both placements and the hand-over. Figures are exactly {@link evaluatePhased}'s.
+ */
+export interface PhasedResult extends Omit<GenerationResult, 'algorithm'>, PhasedCost {
+  readonly algorithm: GenerationResult['algorithm'] | typeof PHASED_ALGORITHM;
+  readonly prefillPlacement: Location[];
+  readonly decodePlacement: Location[];
+}
+
+/** Per-pass figures of one placement run stage by stage. */
+interface PassCost {
+  readonly ms: number;
+  /** Server work of the stages that run on the server, for one pass of this phase. */
+  readonly work: number;
+  /** Entries to the server in one pass. */
+  readonly entries: number;
+  readonly switches: number;
+}
+
+function checkPlacement(instance: GenerationInstance, placement: Placement, name: string): void {
+  if (placement.length !== instance.stages.length) {
+    throw new RangeError(`${name} has ${placement.length} entries, the instance has ${instance.stages.length} stages`);
+  }
+  placement.forEach((l, i) => {
+    if (l !== 'client' && l !== 'server') throw new RangeError(`${name}[${i}] must be 'client' or 'server', given ${JSON.stringify(l)}`);
+  });
+}
+
+/** One pass of `phase` run stage by stage with `placement`, crossings and queue waits included. O(S). */
+function stepPass(instance: GenerationInstance, placement: Placement, phase: 'prefill' | 'decode'): PassCost {
+  const tokens = phase === 'prefill' ? instance.promptTokens : 1;
+  const queue = instance.serverQueueMs ?? 0;
+  let ms = 0;
+  let work = 0;
+  let entries = 0;
+  let switches = 0;
+  let prev: Location = 'client';
+  for (let i = 0; i < instance.stages.length; i++) {
+    const s = instance.stages[i];
+    const here = placement[i];
+    if (here !== prev) {
+      ms += transferMs(here === 'server' ? instance.uplink : instance.downlink, tokens * s.inBytesPerToken);
+      if (here === 'server') {
+        ms += queue;
+        entries++;
+      }
+      switches++;
+    }
+    if (here === 'server') {
+      ms += phase === 'prefill' ? s.serverPrefillMs : s.serverDecodeMs;
+      work += phase === 'prefill' ? (s.serverPrefillWork ?? s.serverPrefillMs) : (s.serverDecodeWork ?? s.serverDecodeMs);
+    } else {
+      ms += phase === 'prefill' ? s.clientPrefillMs : s.clientDecodeMs;
+    }
+    prev = here;
+  }
+  if (prev === 'server') {
+    ms += transferMs(instance.downlink, instance.outBytesPerPass);
+    switches++;
+  }
+  return { ms, work, entries, switches };
+}
+
+/**
+ * The server's own decode loop (server-side decoding of an all-server decode placement): one
+ * decode pass is a queue wait and the whole model's decode compute, crossing nothing.
+ * Returns the pass time and its work. O(S).
+ */
+export function streamedDecode(instance: GenerationInstance): { readonly ms: number; readonly work: number } {
+  const queue = instance.serverQueueMs ?? 0;
+  const whole = instance.serverWholeModel;
+  if (whole) return { ms: queue + whole.serverDecodeMs, work: whole.serverDecodeWork ?? whole.serverDecodeMs };
+  let ms = queue;
+  let work = 0;
+  for (const s of instance.stages) {
+    ms += s.serverDecodeMs;
+    work += s.serverDecodeWork ?? s.serverDecodeMs;
+  }
+  return { ms, work };
+}
+
+/**
+ * Exact TTFT, TPOT, E2E, server work and hand-over of running the prefill pass with
+ * `prefill` and every decode pass with `decode`.
+ *
+ * - The prefill pass is priced as a generation's split pass (crossings of n tokens, queue
+ *   waits, the first token's download when the last stage runs on the server). When both
+ *   placements are equal, or there is no decode pass, the figures are exactly
+ *   {@link evaluateGeneration}'s of `prefill` (the whole-model figures of an all-server plan
+ *   included) and nothing is handed over.
+ * - Each decode pass is priced as a split pass of one token, or, when `decode` is all-server
+ *   and the instance allows server-side decoding, as the server's own loop
+ *   ({@link streamedDecode}).
+ * - Between the phases, each stage with `kvBytesPerToken` > 0 whose sides differ moves
+ *   `kvBytesPerToken · n` bytes in that direction; all bytes going one way travel as one
+ *   transfer (`latencyMs + bytes / bytesPerMs`), and the two directions add. When the server's
+ *   loop decodes after a prefill that ended on the client, the first token goes up with them
+ *   (`stages[0].inBytesPerToken` bytes). Each direction used is one more entry to the server
+ *   (`serverEntryWork`).
+ * - TPOT is the mean time per output token after the first, as serving systems measure it:
+ *   one decode pass plus the hand-over spread over the m passes; E2E = TTFT + m · TPOT.
+ * - Server work: the prefill's server stages and entries once, the decode's m times.
+ * @throws RangeError when a placement's length differs from the stages or an entry is not a side.
+ * Complexity: O(S).
+ */
+export function evaluatePhased(instance: GenerationInstance, prefill: Placement, decode: Placement): PhasedCost {
+  checkPlacement(instance, prefill, 'prefillPlacement');
+  checkPlacement(instance, decode, 'decodePlacement');
+  const m = instance.decodeSteps;
+  const same = prefill.every((l, i) => l === decode[i]);
+  if (m === 0 || same) return { ...evaluateGeneration(instance, prefill), handoverMs: 0, kvUpBytes: 0, kvDownBytes: 0 };
+  const { stages, uplink, downlink } = instance;
+  const n = instance.promptTokens;
+  const entry = instance.serverEntryWork ?? 0;
+  const pre = stepPass(instance, prefill, 'prefill');
+  let serverWork = pre.work + entry * pre.entries;
+  const streamed = (instance.serverDecoding ?? true) && decode.every((l) => l === 'server');
+  const steppedDecode = stepPass(instance, decode, 'decode');
+  let pass: number;
+  if (streamed) {
+    const loop = streamedDecode(instance);
+    pass = loop.ms;
+    serverWork += m * loop.work;
+  } else {
+    pass = steppedDecode.ms;
+    serverWork += m * (steppedDecode.work + entry * steppedDecode.entries);
+  }
+  let kvUpBytes = 0;
+  let kvDownBytes = 0;
+  stages.forEach((s, i) => {
+    const kv = (s.kvBytesPerToken ?? 0) * n;
+    if (kv <= 0 || prefill[i] === decode[i]) return;
+    if (prefill[i] === 'client') kvUpBytes += kv;
+    else kvDownBytes += kv;
+  });
+  const tokenUp = streamed && prefill[stages.length - 1] === 'client';
+  const up = kvUpBytes > 0 || tokenUp;
+  const down = kvDownBytes > 0;
+  const handoverMs = (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) : 0) + (down ? transferMs(downlink, kvDownBytes) : 0);
+  serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0));
+  const tpotMs = pass + handoverMs / m;
+  return {
+    ttftMs: pre.ms,
+    tpotMs,
+    e2eMs: pre.ms + m * tpotMs,
+    serverWork,
+    switches: steppedDecode.switches,
+    serverDecoding: streamed,
+    handoverMs,
+    kvUpBytes,
+    kvDownBytes,
+  };
+}
+
+/** The answer for a pair of placements, figures re-evaluated exactly. O(S). */
+export function phasedResultOf(instance: GenerationInstance, algorithm: PhasedResult['algorithm'], prefill: Location[], decode: Location[]): PhasedResult {
+  const cost = evaluatePhased(instance, prefill, decode);
+  const { met, feasible } = sloCheck(instance.slo, cost);
+  // Without decode passes the decode placement takes no part: report the prefill's.
+  const decodePlacement = instance.decodeSteps === 0 ? [...prefill] : decode;
+  return {
+    ...cost,
+    algorithm,
+    feasible,
+    met,
+    placement: decodePlacement,
+    latencyMs: cost.e2eMs,
+    prefillPlacement: prefill,
+    decodePlacement,
+  };
+}
