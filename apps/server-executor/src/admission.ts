@@ -1,10 +1,20 @@
-import type { Metadata } from '@grpc/grpc-js';
+import type { Metadata, status } from '@grpc/grpc-js';
 import { quoted } from '@tandem/protocol';
 import { checkIdentity, type TokenTable } from '@tandem/service-kit';
 import { CapacityError, NotReadyError } from './errors';
 import type { KvBudget } from './kv-budget';
 import type { ExecutorServerOptions } from './executor-server';
 import type { ClientTokenRates } from './token-rate';
+
+/**
+ * What the executor admits and may end: a split session, or one Open Inference Protocol call
+ * (OipService) while it runs. `close` ends it with `code` and `reason` (sending that status
+ * when `sendStatus` and the work answers a stream of its own).
+ */
+export interface AdmittedWork {
+  readonly clientId: string;
+  close(reason: string, code: status, sendStatus: boolean): void;
+}
 
 /**
  * The limits a session is admitted under; a session opens only while one more token's KV cache

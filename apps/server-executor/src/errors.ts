@@ -10,6 +10,13 @@ export class PreconditionError extends StatusError {
     super(status.FAILED_PRECONDITION, message);
   }
 }
+/** A model name or version the executor does not serve (Open Inference Protocol): NOT_FOUND. */
+export class ModelNotFoundError extends StatusError {
+  override name = 'ModelNotFoundError';
+  constructor(message: string) {
+    super(status.NOT_FOUND, message);
+  }
+}
 /** A configured limit was reached: RESOURCE_EXHAUSTED, with a retry hint (trailer `retry-after-ms`) when one is known. */
 export class CapacityError extends StatusError {
   override name = 'CapacityError';

@@ -4,6 +4,8 @@ import {
   capStatus,
   channelOptions,
   ExecutorServiceService,
+  GRPCInferenceServiceService,
+  INFERENCE_SERVICE_NAME,
   HEALTH_SERVICE_NAME,
   HealthReporter,
   ServerLoad,
@@ -28,13 +30,15 @@ import {
   type NatsAuth,
   type ServerSecurity,
 } from '@tandem/service-kit';
-import { Admission } from './admission';
+import { Admission, type AdmittedWork } from './admission';
 import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, KvBudget, kvBytesOf } from './kv-budget';
 import { LoadMeter, StepTotals, type ExecutorCounters, type LoadInterval } from './load-meter';
 import { ExecutorMetrics } from './metrics';
+import { OipModels } from './oip-models';
+import { OipService, type OipServerState } from './oip-service';
 import { mainThreadCpuMs } from './overhead';
 import { StageScheduler } from './scheduler';
 import { SplitSession, type TrafficCounters } from './split-session';
@@ -95,7 +99,8 @@ export interface ExecutorServerOptions {
 export const EXECUTOR_SERVICE_NAME = 'tandem.executor.v1.ExecutorService';
 
 /**
- * The server-executor: serves split sessions over gRPC on one engine, reports health
+ * The server-executor: serves split sessions over gRPC on one engine, and the Open Inference
+ * Protocol (KServe v2, OipService) on the same server and scheduler, reports health
  * (SERVING only after the engine warmed up; NOT_SERVING while draining) and publishes
  * its load over NATS.
  */
@@ -103,8 +108,12 @@ export class ExecutorServer {
   private readonly server: grpc.Server;
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly scheduler: StageScheduler;
-  /** The sessions open, and whether one more may open. */
-  private readonly admission: Admission<SplitSession>;
+  /** The sessions open and the Open Inference Protocol calls running, and whether one more may start. */
+  private readonly admission: Admission<AdmittedWork>;
+  /** The Open Inference Protocol (KServe v2) service on the same server. */
+  private readonly oip: OipService;
+  /** True once the engine warmed up and the start-up profile ran (the executor serves). */
+  private ready = false;
   /** Token buckets per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), when limited. */
   private readonly rates: ClientTokenRates | undefined;
   private draining = false;
@@ -158,6 +167,25 @@ export class ExecutorServer {
       this.kv,
       this.rates,
     );
+    this.oip = new OipService({
+      engine: opts.engine,
+      scheduler: this.scheduler,
+      models: new OipModels({
+        modelId: opts.engine.modelId,
+        stageCount,
+        nEmbd,
+        vocabSize: opts.engine.vocabSize,
+        maxContextTokens: this.maxContext,
+        maxRows: opts.maxBatch,
+        maxMessageBytes: opts.maxMessageBytes,
+      }),
+      admission: this.admission,
+      kv: this.kv,
+      rates: this.rates,
+      tokens: opts.security?.tokens,
+      state: () => this.oipState(),
+      log: this.log,
+    });
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
     this.metrics = new MetricsEndpoint(this.log);
     this.observed = new ExecutorMetrics(this.metrics.registry, {
@@ -181,9 +209,10 @@ export class ExecutorServer {
   /** Warms the engine up, binds, marks SERVING and starts telemetry. Resolves with the bound port. */
   async start(): Promise<{ port: number }> {
     serveWithEdge(this.server, ExecutorServiceService, this.handlers(), errorEdge(this.log, toGrpcStatus));
+    serveWithEdge(this.server, GRPCInferenceServiceService, this.oip.handlers(), errorEdge(this.log, toGrpcStatus));
     this.health.addTo(this.server);
     // Server reflection (grpcurl, Postman): one name per service this server serves.
-    addReflection(this.server, [EXECUTOR_SERVICE_NAME, HEALTH_SERVICE_NAME]);
+    addReflection(this.server, [EXECUTOR_SERVICE_NAME, INFERENCE_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     const t0 = performance.now();
@@ -207,6 +236,7 @@ export class ExecutorServer {
     );
     this.health.set('', ServingStatus.SERVING);
     this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
+    this.ready = true;
     if (this.opts.natsUrl) {
       const report = this.loadReader();
       this.telemetry = new TelemetryPublisher({
@@ -249,6 +279,18 @@ export class ExecutorServer {
     }
     // Profiling is not traffic: step counts start from zero (and load reports from now).
     this.steps = new StepTotals();
+  }
+
+  /** Liveness and readiness as the Open Inference Protocol reports them (ServerLive, ServerReady, ModelReady). */
+  private oipState(): OipServerState {
+    const live = this.engineFailure === undefined;
+    const ready = live && this.ready && !this.draining;
+    const notReadyReason = !live
+      ? 'the executor cannot run stages (its inference engine failed)'
+      : this.draining
+        ? 'the executor is draining and accepts no new inference'
+        : 'the executor is warming up; retry when ServerReady is true';
+    return { live, ready, notReadyReason };
   }
 
   /** KV-cache bytes reserved by open sessions, and the budget (EXECUTOR_MAX_KV_BYTES). */

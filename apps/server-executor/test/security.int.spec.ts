@@ -15,6 +15,7 @@ import {
 } from '@tandem/service-kit';
 import { expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, type StageEngine } from '../src';
+import { OipTestClient } from './oip-client';
 import { ids, TestSession } from './session-client';
 
 const log = createLogger({ name: 'test', level: 'silent' });
@@ -164,6 +165,27 @@ describe('server-executor over TLS, mTLS and with bearer tokens (real servers on
       // Bob's token, Bob's id: served, the same token as Alice got.
       expect(await oneStep(as(BOB), 'bob')).toBe(own);
       expect((await status(alice)).activeSessions).toBe(0);
+    });
+
+    it('guards the Open Inference Protocol with the same TLS and tokens, a call running under its token’s identity', async () => {
+      const oip = (token?: string): OipTestClient => {
+        const sec = loadClientSecurity({ caFile: certs.caCert, token });
+        const c = new OipTestClient(addr, sec.credentials, clientOptions(sec, channelOptions(8 << 20)));
+        clients.push(c.client);
+        return c;
+      };
+      const request = { modelName: engine.modelId, inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [1, 3], contents: { int64Contents: [1, 2, 3] } }] };
+      const anonymous = oip();
+      expectRefusal(await anonymous.refusal(anonymous.live()), grpc.status.UNAUTHENTICATED, "metadata 'authorization'", 'given none');
+      expectRefusal(await anonymous.refusal(anonymous.infer(request)), grpc.status.UNAUTHENTICATED, '/inference.GRPCInferenceService/ModelInfer');
+      const alice = oip(ALICE);
+      expect(await alice.live()).toBe(true);
+      const r = await alice.infer(request);
+      // The same next token as a session of Alice's gets.
+      expect(r.outputs[0].contents?.int64Contents).toEqual([await oneStep(as(ALICE), 'alice')]);
+      const plain = new OipTestClient(addr);
+      clients.push(plain.client);
+      expect((await plain.refusal(plain.live())).code).toBe(grpc.status.UNAVAILABLE);
     });
 
     it('leaves health checks open', async () => {

@@ -76,6 +76,29 @@ export {
   HealthClient,
   HealthService,
 } from './generated/grpc/health/v1/health';
+export {
+  InferParameter,
+  InferTensorContents,
+  ModelInferRequest,
+  ModelInferRequest_InferInputTensor,
+  ModelInferRequest_InferRequestedOutputTensor,
+  ModelInferResponse,
+  ModelInferResponse_InferOutputTensor,
+  ModelMetadataRequest,
+  ModelMetadataResponse,
+  ModelMetadataResponse_TensorMetadata,
+  ModelReadyRequest,
+  ModelReadyResponse,
+  ServerLiveRequest,
+  ServerLiveResponse,
+  ServerMetadataRequest,
+  ServerMetadataResponse,
+  ServerReadyRequest,
+  ServerReadyResponse,
+} from './generated/inference/grpc_predict_v2';
+export type { GRPCInferenceServiceServer } from './generated/inference/grpc_predict_v2';
+// The Open Inference Protocol (KServe v2) service, its ModelInfer requests decoded safely (inference.ts).
+export { GRPCInferenceServiceClient, GRPCInferenceServiceService, INFERENCE_SERVICE_NAME } from './inference';
 export { firstNonFinite, fromWireTensor, TensorFormatError, toWireTensor } from './tensor';
 export type { HostTensor } from './tensor';
 export { ID_PATTERN, Subjects } from './subjects';

@@ -284,11 +284,20 @@ function nanPath(node: unknown, path: string, depth: number): string | undefined
 
 type Decoder<T> = { decode(input: BinaryReader | Uint8Array, length?: number): T };
 
-/** Decodes with `reader`, attaching a {@link DecodeProblem} for a 64-bit value out of range. */
-function decodeChecked<T>(fns: Decoder<T>, reader: SafeReader, finish: (m: T) => T): T {
+/** `inputs[0].contents.int64Contents[3]` as the proto names it: `inputs[0].contents.int64_contents[3]`. */
+function protoPath(path: string): string {
+  return path.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+/**
+ * Decodes with `reader`, attaching a {@link DecodeProblem} for a 64-bit value out of range
+ * (its field path in the proto's snake_case names when `protoFieldNames`).
+ */
+function decodeChecked<T>(fns: Decoder<T>, reader: SafeReader, finish: (m: T) => T, protoFieldNames = false): T {
   const message = finish(fns.decode(reader));
   if (reader.outOfRange.length === 0) return message;
-  const field = nanPath(message, '', 0) ?? 'a 64-bit integer field';
+  const path = nanPath(message, '', 0);
+  const field = path === undefined ? 'a 64-bit integer field' : protoFieldNames ? protoPath(path) : path;
   return withProblem(message, new DecodeProblem(field, `must be an integer in ${Number.MIN_SAFE_INTEGER}..${Number.MAX_SAFE_INTEGER}`, reader.outOfRange[0]));
 }
 
@@ -305,13 +314,14 @@ function undecodable<T>(empty: T, typeName: string, err: unknown): T {
 /**
  * A grpc-js deserializer that never throws: bytes that do not decode give the empty message
  * with a {@link DecodeProblem} (read it with {@link decodeProblem}); a signed 64-bit value
- * beyond ±(2^53-1) decodes as NaN with a problem naming its field. Handlers check
- * `decodeProblem(request)` first and answer INVALID_ARGUMENT with its message.
+ * beyond ±(2^53-1) decodes as NaN with a problem naming its field (in the proto's snake_case
+ * names with `protoFieldNames`, for services whose callers know only the proto). Handlers
+ * check `decodeProblem(request)` first and answer INVALID_ARGUMENT with its message.
  */
-export function safeDeserialize<T>(fns: Decoder<T>, typeName: string): (buf: Buffer) => T {
+export function safeDeserialize<T>(fns: Decoder<T>, typeName: string, opts: { readonly protoFieldNames?: boolean } = {}): (buf: Buffer) => T {
   return (buf: Buffer): T => {
     try {
-      return decodeChecked(fns, new SafeReader(buf), (m) => m);
+      return decodeChecked(fns, new SafeReader(buf), (m) => m, opts.protoFieldNames);
     } catch (err) {
       return undecodable(fns.decode(new Uint8Array(0)), typeName, err);
     }
