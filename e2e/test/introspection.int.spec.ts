@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { AGENT_SERVICE_NAME, type ClientAgent } from '@tandem/client-agent';
 import { NO_PLAN_REASONS, PLANNER_SERVICE_NAME, type PlannerServer } from '@tandem/planner';
-import { agentStatus, AgentServiceClient, HEALTH_SERVICE_NAME, ServerLoad, Subjects } from '@tandem/protocol';
+import { agentStatus, AgentServiceClient, HEALTH_SERVICE_NAME, INFERENCE_SERVICE_NAME, ServerLoad, Subjects } from '@tandem/protocol';
 import { EXECUTOR_SERVICE_NAME, OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service-kit';
 import { eventually, makeTempModel, ReflectionClient, type NatsServerHandle, type ReflectionVersion, type TempModel } from '@tandem/testkit';
@@ -78,18 +78,19 @@ describe('reflection and the plan status on a real stack as deployed, its execut
     return r;
   };
 
+  // Each service, its own methods, and the other services its server carries besides health.
   const SERVICES = [
-    ['executor', EXECUTOR_SERVICE_NAME, ['GetStatus', 'Session']],
-    ['planner', PLANNER_SERVICE_NAME, ['ListPlans', 'WatchPlans']],
-    ['agent', AGENT_SERVICE_NAME, ['Generate', 'GetStatus']],
+    ['executor', EXECUTOR_SERVICE_NAME, ['GetStatus', 'Session'], [INFERENCE_SERVICE_NAME]],
+    ['planner', PLANNER_SERVICE_NAME, ['ListPlans', 'WatchPlans'], []],
+    ['agent', AGENT_SERVICE_NAME, ['Generate', 'GetStatus'], []],
   ] as const;
 
   it.each(SERVICES)(
     'the %s lists its service and health by reflection (v1 and v1alpha), and describes its service by symbol',
-    async (service, name, methods) => {
+    async (service, name, methods, others) => {
       for (const version of ['v1', 'v1alpha'] as const) {
         const r = reflect(service, { version });
-        expect((await r.listServices()).sort()).toEqual([HEALTH_SERVICE_NAME, name].sort());
+        expect((await r.listServices()).sort()).toEqual([HEALTH_SERVICE_NAME, name, ...others].sort());
         const [own, ...imports] = await r.fileContainingSymbol(name);
         const described = own.service.find((s) => `${own.package}.${s.name}` === name);
         expect(described?.method.map((m) => m.name).sort()).toEqual([...methods]);
@@ -102,6 +103,12 @@ describe('reflection and the plan status on a real stack as deployed, its execut
       }
     },
   );
+
+  it("describes the executor's Open Inference Protocol service by symbol, as KServe's and Triton's clients call it", async () => {
+    const [own] = await reflect('executor').fileContainingSymbol(INFERENCE_SERVICE_NAME);
+    const described = own.service.find((s) => `${own.package}.${s.name}` === INFERENCE_SERVICE_NAME);
+    expect(described?.method.map((m) => m.name).sort()).toEqual(['ModelInfer', 'ModelMetadata', 'ModelReady', 'ServerLive', 'ServerMetadata', 'ServerReady']);
+  });
 
   it.each(SERVICES)('the %s answers reflection only with a token (UNAUTHENTICATED without), any identity', async (service, name) => {
     await expect(reflect(service, { token: false }).listServices()).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
