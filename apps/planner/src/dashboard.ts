@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '@tandem/service-kit';
+import { closeHttpServer, type Logger } from '@tandem/service-kit';
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from './dashboard-page';
 import { dashboardSnapshot, type DashboardInfo, type DashboardSnapshot, type DashboardSource } from './dashboard-snapshot';
 
@@ -149,10 +149,7 @@ export class PlannerDashboard {
     if (!server) return;
     this.server = undefined;
     this.boundPort = undefined;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
+    await closeHttpServer(server);
   }
 
   private serve(req: IncomingMessage, res: ServerResponse): void {

@@ -38,4 +38,4 @@ export { makeCertificates } from './certs';
 export type { CertificateOptions, CertificateSet } from './certs';
 export { errorEdge, runMain, serveWithEdge, statusOf, StatusError, ValidationError } from './errors';
 export type { EdgeHandlers, ErrorEdge, GrpcStatus } from './errors';
-export { Counter, Gauge, Histogram, hostOf, LATENCY_BUCKETS_S, MetricsEndpoint, metricsPortEnv, Registry } from './metrics';
+export { closeHttpServer, Counter, Gauge, Histogram, hostOf, LATENCY_BUCKETS_S, MetricsEndpoint, metricsPortEnv, Registry } from './metrics';

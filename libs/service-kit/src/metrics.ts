@@ -87,9 +87,14 @@ export class MetricsEndpoint {
     if (!server) return;
     this.server = undefined;
     this.boundPort = undefined;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
+    await closeHttpServer(server);
   }
+}
+
+/** Closes an HTTP server and every connection it holds open (keep-alive, event streams); resolves once closed. */
+export function closeHttpServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
 }
