@@ -1,4 +1,5 @@
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
+import { createConnection, createServer, type Socket } from 'node:net';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
@@ -124,6 +125,48 @@ describe('SplitSession server-side decoding', () => {
     expect(call.tokens()).toHaveLength(1);
     expect(engine.calls).toBe(3);
     expect(session.isOpen).toBe(false);
+  });
+
+  it('does not idle out a session whose next message was waiting to be read when the event loop was held past the timeout', async () => {
+    // A real socket carries the client's message, so it is read in the I/O phase, after timers:
+    // as with a gRPC stream whose step arrives while an inline batch holds the event loop.
+    const server = createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const address = server.address();
+    if (address === null || typeof address === 'string') throw new Error('no TCP address');
+    const accepted = once(server, 'connection') as Promise<[Socket]>;
+    const client = createConnection(address.port, '127.0.0.1');
+    await once(client, 'connect');
+    const [peer] = await accepted;
+    try {
+      const { call, session } = open(100, new CountingEngine());
+      const errors: { code: number; details: string }[] = [];
+      call.on('error', (e: { code: number; details: string }) => errors.push(e));
+      const step: SessionRequest = {
+        kind: {
+          $case: 'step',
+          value: { seq: '1', stageBegin: 0, stageEnd: 3, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) }), sample: true },
+        },
+      };
+      peer.on('data', () => call.emit('data', step));
+      await settle();
+      const t0 = Date.now();
+      client.write('x'); // in the kernel's buffer now
+      while (Date.now() - t0 < 250); // the loop is held past the 100 ms idle timeout
+      await new Promise((r) => setTimeout(r, 30));
+      expect(errors).toEqual([]);
+      expect(session.isOpen).toBe(true);
+      const answer = call.written[call.written.length - 1];
+      expect(answer.kind?.$case === 'result' && answer.kind.value.output).toEqual({ $case: 'token', value: 3 });
+      // nothing more from the client: the timeout still ends the session
+      await session.closed;
+      expect(errors).toEqual([{ code: 4, details: 'session idle for 100 ms' }]);
+    } finally {
+      client.destroy();
+      peer.destroy();
+      server.close();
+    }
   });
 
   /** An engine that holds its first call until `release`. */

@@ -139,8 +139,16 @@ export class SplitSession {
   private touch(why = `session idle for ${this.limits.idleTimeoutMs} ms`): void {
     clearTimeout(this.idleTimer);
     if (this.state === 'closed' || this.serverBusy) return;
-    this.idleTimer = setTimeout(() => this.close(why, status.DEADLINE_EXCEEDED, true), this.limits.idleTimeoutMs);
-    this.idleTimer.unref();
+    const timer = setTimeout(() => {
+      // The timer can fire late, after the event loop was held (a long inline batch), with the
+      // client's next message already read by the kernel but not yet by us: timers run before
+      // I/O. Let pending I/O run first and end the session only if nothing touched it since.
+      setImmediate(() => {
+        if (this.idleTimer === timer && !this.serverBusy && this.state !== 'closed') this.close(why, status.DEADLINE_EXCEEDED, true);
+      });
+    }, this.limits.idleTimeoutMs);
+    timer.unref();
+    this.idleTimer = timer;
   }
 
   private async onMessage(m: SessionRequest): Promise<void> {
