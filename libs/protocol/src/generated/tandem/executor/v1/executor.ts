@@ -37,8 +37,17 @@ export interface SessionRequest {
     /** Runs a contiguous range of stages on the session's KV cache. */
     { $case: "step"; value: Step }
     | //
-    /** Runs the whole generation on the server (server-side decoding). */
+    /**
+     * Runs the whole generation on the server (server-side decoding), or its decode after a
+     * handed-over prefill (see ServerGenerate).
+     */
     { $case: "generate"; value: ServerGenerate }
+    | //
+    /** Hands one stage's state to the server between the phases of a phased plan (see KvPut). */
+    { $case: "kvPut"; value: KvPut }
+    | //
+    /** Hands one stage's state to the client between the phases of a phased plan (see KvTake). */
+    { $case: "kvTake"; value: KvTake }
     | undefined;
 }
 
@@ -114,14 +123,17 @@ export interface Step {
  * it is made; there is no round trip per token. The decode steps are scheduled like split
  * sessions' steps, so they batch with other sessions' steps at step boundaries.
  * Rules (checked before any work runs):
- * - Allowed only as the first message after `open`, on a session where no step ran, and
- *   only once; otherwise FAILED_PRECONDITION naming the rule. No `step` may follow it
- *   (FAILED_PRECONDITION).
+ * - Allowed once per session, either as the first message after `open` (the whole
+ *   generation, from the prompt), or after a prefill handed over (a phased plan whose decode
+ *   is all on the server: the prefill ran by steps and `kv_put`s, and now every stage of the
+ *   session holds the same number N >= 1 of tokens; `input` is then the token the prefill
+ *   produced, [1, 1], and decoding continues from position N). Otherwise FAILED_PRECONDITION
+ *   naming the rule. No `step`, `kv_put` or `kv_take` may follow it (FAILED_PRECONDITION).
  * - `input` as a step's embed input: dtype DATA_TYPE_INT64, shape [1, T] with T >= 1, every
  *   id in 0..vocab-1; otherwise INVALID_ARGUMENT naming `generate.input...`.
  * - `max_new_tokens` >= 1; otherwise INVALID_ARGUMENT.
- * - T + max_new_tokens - 1 <= the session's max_context_tokens (the last token is never fed
- *   back); otherwise FAILED_PRECONDITION naming the numbers.
+ * - N + T + max_new_tokens - 1 <= the session's max_context_tokens (N = 0 from the prompt;
+ *   the last token is never fed back); otherwise FAILED_PRECONDITION naming the numbers.
  * While the server decodes, the idle timeout does not run (it does while the server waits for
  * a client that stopped reading: tokens are not buffered without bound, the loop pauses until
  * the stream drains). The call's deadline, the client's cancel, the idle timeout and the
@@ -141,6 +153,97 @@ export interface ServerGenerate {
   maxNewTokens: number;
 }
 
+/**
+ * One chunk of one stage's state, moved from the client to the server between the phases of
+ * a phased plan (the stage runs on the server in the decode). Not answered: the state is
+ * taken in order with the session's other messages, and the next `step` or `generate` uses it.
+ * A stage's chunks cover its positions 0..N-1 in order, without gaps; the stage must hold no
+ * tokens on the server when its first chunk arrives. The state of an embedding, MLP or head
+ * stage is its token count alone (one chunk, no tensors); that of an attention stage is also
+ * its KV cache, cut into chunks of whole positions that each keep the message under the
+ * server's maximum message size (Tandem's agent sends at most 1 MiB of key and value per chunk).
+ * Rules (a broken one ends the session with the status given, naming the field; nothing of
+ * that chunk is taken):
+ * - `stage` < the stage count; INVALID_ARGUMENT.
+ * - `offset` equals the tokens the stage holds on the server (0 for the first chunk);
+ *   FAILED_PRECONDITION naming `kv_put.offset` and the value expected.
+ * - `tokens` >= 1, and offset + tokens <= max_context_tokens; INVALID_ARGUMENT (range) or
+ *   FAILED_PRECONDITION (context).
+ * - For an attention stage `key` and `value` are both present: dtype DATA_TYPE_FLOAT32, shape
+ *   [1, n_head, tokens, head_dim] of the served model, every element finite; INVALID_ARGUMENT
+ *   naming `kv_put.key` or `kv_put.value`, the rule and the value given. For any other stage
+ *   both are absent; INVALID_ARGUMENT.
+ * - The bytes count against the executor's KV-cache budget; RESOURCE_EXHAUSTED when over it.
+ * - Not in a session that ran `generate`; not for the first or the last stage in a private
+ *   session (FAILED_PRECONDITION naming `open.private`).
+ */
+export interface KvPut {
+  /** The stage whose state this is. */
+  stage: number;
+  /** Position of the chunk's first token within the stage's state. */
+  offset: number;
+  /** Positions in this chunk (>= 1). */
+  tokens: number;
+  /**
+   * Attention stages: the keys of positions [offset, offset + tokens), float32
+   * [1, n_head, tokens, head_dim]. Absent for other stages.
+   */
+  key:
+    | Tensor
+    | undefined;
+  /** Attention stages: the values, as `key`. Absent for other stages. */
+  value: Tensor | undefined;
+}
+
+/**
+ * Hands one stage's state from the server to the client between the phases of a phased plan
+ * (the stage runs on the client in the decode). Answered, in order with the session's other
+ * answers, by the stage's `KvChunk`s, the last with `last` set; after it the server holds
+ * nothing of the stage (its count is 0, its KV cache freed), so later steps leave it out.
+ * Rules: `stage` < the stage count (INVALID_ARGUMENT); the stage holds at least one token on
+ * the server (FAILED_PRECONDITION naming `kv_take.stage`); not in a session that ran
+ * `generate`; not for the first or the last stage in a private session (FAILED_PRECONDITION).
+ */
+export interface KvTake {
+  /**
+   * Caller-chosen sequence number, echoed in every `KvChunk` of the answer. Must increase
+   * within a session together with the steps' seq.
+   */
+  seq: string;
+  /** The stage whose state the client takes. */
+  stage: number;
+  /**
+   * Largest key plus value bytes per chunk; 0 means 1 MiB. At least one position per chunk
+   * whatever the bound.
+   */
+  maxChunkBytes: number;
+}
+
+/**
+ * One chunk of a stage's state sent to the client in answer to a `kv_take`. The chunks of one
+ * answer cover positions 0..N-1 of the stage in order; their layout is KvPut's.
+ */
+export interface KvChunk {
+  /** The `seq` of the `kv_take` this answers (exactly as sent). */
+  seq: string;
+  /** The stage. */
+  stage: number;
+  /** Position of the chunk's first token. */
+  offset: number;
+  /** Positions in this chunk (>= 1). */
+  tokens: number;
+  /** Attention stages: keys, float32 [1, n_head, tokens, head_dim]; absent for other stages. */
+  key:
+    | Tensor
+    | undefined;
+  /** Attention stages: values, as `key`; absent for other stages. */
+  value:
+    | Tensor
+    | undefined;
+  /** True on the answer's last chunk; the server then holds nothing of the stage. */
+  last: boolean;
+}
+
 /** A message from the server on a session stream. */
 export interface SessionResponse {
   /** Which kind of message this is. */
@@ -157,6 +260,9 @@ export interface SessionResponse {
     | //
     /** Answer to one `step` the server did not run (the session stays open). */
     { $case: "refused"; value: StepRefused }
+    | //
+    /** Part of the answer to a `kv_take`: one stage's state, in position order. */
+    { $case: "kvChunk"; value: KvChunk }
     | undefined;
 }
 
@@ -268,6 +374,12 @@ export const SessionRequest: MessageFns<SessionRequest> = {
       case "generate":
         ServerGenerate.encode(message.kind.value, writer.uint32(26).fork()).join();
         break;
+      case "kvPut":
+        KvPut.encode(message.kind.value, writer.uint32(34).fork()).join();
+        break;
+      case "kvTake":
+        KvTake.encode(message.kind.value, writer.uint32(42).fork()).join();
+        break;
     }
     return writer;
   },
@@ -309,6 +421,22 @@ export const SessionRequest: MessageFns<SessionRequest> = {
             message.kind = { $case: "generate", value: ServerGenerate.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.kind = { $case: "kvPut", value: KvPut.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.kind = { $case: "kvTake", value: KvTake.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -329,6 +457,14 @@ export const SessionRequest: MessageFns<SessionRequest> = {
         ? { $case: "step", value: Step.fromJSON(object.step) }
         : isSet(object.generate)
         ? { $case: "generate", value: ServerGenerate.fromJSON(object.generate) }
+        : isSet(object.kvPut)
+        ? { $case: "kvPut", value: KvPut.fromJSON(object.kvPut) }
+        : isSet(object.kv_put)
+        ? { $case: "kvPut", value: KvPut.fromJSON(object.kv_put) }
+        : isSet(object.kvTake)
+        ? { $case: "kvTake", value: KvTake.fromJSON(object.kvTake) }
+        : isSet(object.kv_take)
+        ? { $case: "kvTake", value: KvTake.fromJSON(object.kv_take) }
         : undefined,
     };
   },
@@ -341,6 +477,10 @@ export const SessionRequest: MessageFns<SessionRequest> = {
       obj.step = Step.toJSON(message.kind.value);
     } else if (message.kind?.$case === "generate") {
       obj.generate = ServerGenerate.toJSON(message.kind.value);
+    } else if (message.kind?.$case === "kvPut") {
+      obj.kvPut = KvPut.toJSON(message.kind.value);
+    } else if (message.kind?.$case === "kvTake") {
+      obj.kvTake = KvTake.toJSON(message.kind.value);
     }
     return obj;
   },
@@ -366,6 +506,18 @@ export const SessionRequest: MessageFns<SessionRequest> = {
       case "generate": {
         if (object.kind?.value !== undefined && object.kind?.value !== null) {
           message.kind = { $case: "generate", value: ServerGenerate.fromPartial(object.kind.value) };
+        }
+        break;
+      }
+      case "kvPut": {
+        if (object.kind?.value !== undefined && object.kind?.value !== null) {
+          message.kind = { $case: "kvPut", value: KvPut.fromPartial(object.kind.value) };
+        }
+        break;
+      }
+      case "kvTake": {
+        if (object.kind?.value !== undefined && object.kind?.value !== null) {
+          message.kind = { $case: "kvTake", value: KvTake.fromPartial(object.kind.value) };
         }
         break;
       }
@@ -753,6 +905,413 @@ export const ServerGenerate: MessageFns<ServerGenerate> = {
   },
 };
 
+function createBaseKvPut(): KvPut {
+  return { stage: 0, offset: 0, tokens: 0, key: undefined, value: undefined };
+}
+
+export const KvPut: MessageFns<KvPut> = {
+  encode(message: KvPut, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stage !== 0) {
+      writer.uint32(8).uint32(message.stage);
+    }
+    if (message.offset !== 0) {
+      writer.uint32(16).uint32(message.offset);
+    }
+    if (message.tokens !== 0) {
+      writer.uint32(24).uint32(message.tokens);
+    }
+    if (message.key !== undefined) {
+      Tensor.encode(message.key, writer.uint32(34).fork()).join();
+    }
+    if (message.value !== undefined) {
+      Tensor.encode(message.value, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KvPut {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKvPut();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stage = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.offset = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tokens = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.key = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.value = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KvPut {
+    return {
+      stage: isSet(object.stage) ? globalThis.Number(object.stage) : 0,
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+      tokens: isSet(object.tokens) ? globalThis.Number(object.tokens) : 0,
+      key: isSet(object.key) ? Tensor.fromJSON(object.key) : undefined,
+      value: isSet(object.value) ? Tensor.fromJSON(object.value) : undefined,
+    };
+  },
+
+  toJSON(message: KvPut): unknown {
+    const obj: any = {};
+    if (message.stage !== 0) {
+      obj.stage = Math.round(message.stage);
+    }
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    if (message.tokens !== 0) {
+      obj.tokens = Math.round(message.tokens);
+    }
+    if (message.key !== undefined) {
+      obj.key = Tensor.toJSON(message.key);
+    }
+    if (message.value !== undefined) {
+      obj.value = Tensor.toJSON(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KvPut>, I>>(base?: I): KvPut {
+    return KvPut.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KvPut>, I>>(object: I): KvPut {
+    const message = createBaseKvPut();
+    message.stage = object.stage ?? 0;
+    message.offset = object.offset ?? 0;
+    message.tokens = object.tokens ?? 0;
+    message.key = (object.key !== undefined && object.key !== null) ? Tensor.fromPartial(object.key) : undefined;
+    message.value = (object.value !== undefined && object.value !== null)
+      ? Tensor.fromPartial(object.value)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseKvTake(): KvTake {
+  return { seq: "0", stage: 0, maxChunkBytes: 0 };
+}
+
+export const KvTake: MessageFns<KvTake> = {
+  encode(message: KvTake, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== "0") {
+      writer.uint32(8).uint64(message.seq);
+    }
+    if (message.stage !== 0) {
+      writer.uint32(16).uint32(message.stage);
+    }
+    if (message.maxChunkBytes !== 0) {
+      writer.uint32(24).uint32(message.maxChunkBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KvTake {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKvTake();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.stage = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maxChunkBytes = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KvTake {
+    return {
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
+      stage: isSet(object.stage) ? globalThis.Number(object.stage) : 0,
+      maxChunkBytes: isSet(object.maxChunkBytes)
+        ? globalThis.Number(object.maxChunkBytes)
+        : isSet(object.max_chunk_bytes)
+        ? globalThis.Number(object.max_chunk_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: KvTake): unknown {
+    const obj: any = {};
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
+    }
+    if (message.stage !== 0) {
+      obj.stage = Math.round(message.stage);
+    }
+    if (message.maxChunkBytes !== 0) {
+      obj.maxChunkBytes = Math.round(message.maxChunkBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KvTake>, I>>(base?: I): KvTake {
+    return KvTake.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KvTake>, I>>(object: I): KvTake {
+    const message = createBaseKvTake();
+    message.seq = object.seq ?? "0";
+    message.stage = object.stage ?? 0;
+    message.maxChunkBytes = object.maxChunkBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseKvChunk(): KvChunk {
+  return { seq: "0", stage: 0, offset: 0, tokens: 0, key: undefined, value: undefined, last: false };
+}
+
+export const KvChunk: MessageFns<KvChunk> = {
+  encode(message: KvChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seq !== "0") {
+      writer.uint32(8).uint64(message.seq);
+    }
+    if (message.stage !== 0) {
+      writer.uint32(16).uint32(message.stage);
+    }
+    if (message.offset !== 0) {
+      writer.uint32(24).uint32(message.offset);
+    }
+    if (message.tokens !== 0) {
+      writer.uint32(32).uint32(message.tokens);
+    }
+    if (message.key !== undefined) {
+      Tensor.encode(message.key, writer.uint32(42).fork()).join();
+    }
+    if (message.value !== undefined) {
+      Tensor.encode(message.value, writer.uint32(50).fork()).join();
+    }
+    if (message.last !== false) {
+      writer.uint32(56).bool(message.last);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KvChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKvChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seq = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.stage = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.offset = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tokens = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.key = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.value = Tensor.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.last = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KvChunk {
+    return {
+      seq: isSet(object.seq) ? globalThis.String(object.seq) : "0",
+      stage: isSet(object.stage) ? globalThis.Number(object.stage) : 0,
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+      tokens: isSet(object.tokens) ? globalThis.Number(object.tokens) : 0,
+      key: isSet(object.key) ? Tensor.fromJSON(object.key) : undefined,
+      value: isSet(object.value) ? Tensor.fromJSON(object.value) : undefined,
+      last: isSet(object.last) ? globalThis.Boolean(object.last) : false,
+    };
+  },
+
+  toJSON(message: KvChunk): unknown {
+    const obj: any = {};
+    if (message.seq !== "0") {
+      obj.seq = globalThis.String(message.seq);
+    }
+    if (message.stage !== 0) {
+      obj.stage = Math.round(message.stage);
+    }
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    if (message.tokens !== 0) {
+      obj.tokens = Math.round(message.tokens);
+    }
+    if (message.key !== undefined) {
+      obj.key = Tensor.toJSON(message.key);
+    }
+    if (message.value !== undefined) {
+      obj.value = Tensor.toJSON(message.value);
+    }
+    if (message.last !== false) {
+      obj.last = message.last;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KvChunk>, I>>(base?: I): KvChunk {
+    return KvChunk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KvChunk>, I>>(object: I): KvChunk {
+    const message = createBaseKvChunk();
+    message.seq = object.seq ?? "0";
+    message.stage = object.stage ?? 0;
+    message.offset = object.offset ?? 0;
+    message.tokens = object.tokens ?? 0;
+    message.key = (object.key !== undefined && object.key !== null) ? Tensor.fromPartial(object.key) : undefined;
+    message.value = (object.value !== undefined && object.value !== null)
+      ? Tensor.fromPartial(object.value)
+      : undefined;
+    message.last = object.last ?? false;
+    return message;
+  },
+};
+
 function createBaseSessionResponse(): SessionResponse {
   return { kind: undefined };
 }
@@ -771,6 +1330,9 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         break;
       case "refused":
         StepRefused.encode(message.kind.value, writer.uint32(34).fork()).join();
+        break;
+      case "kvChunk":
+        KvChunk.encode(message.kind.value, writer.uint32(42).fork()).join();
         break;
     }
     return writer;
@@ -821,6 +1383,14 @@ export const SessionResponse: MessageFns<SessionResponse> = {
             message.kind = { $case: "refused", value: StepRefused.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.kind = { $case: "kvChunk", value: KvChunk.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -843,6 +1413,10 @@ export const SessionResponse: MessageFns<SessionResponse> = {
         ? { $case: "token", value: GeneratedToken.fromJSON(object.token) }
         : isSet(object.refused)
         ? { $case: "refused", value: StepRefused.fromJSON(object.refused) }
+        : isSet(object.kvChunk)
+        ? { $case: "kvChunk", value: KvChunk.fromJSON(object.kvChunk) }
+        : isSet(object.kv_chunk)
+        ? { $case: "kvChunk", value: KvChunk.fromJSON(object.kv_chunk) }
         : undefined,
     };
   },
@@ -857,6 +1431,8 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       obj.token = GeneratedToken.toJSON(message.kind.value);
     } else if (message.kind?.$case === "refused") {
       obj.refused = StepRefused.toJSON(message.kind.value);
+    } else if (message.kind?.$case === "kvChunk") {
+      obj.kvChunk = KvChunk.toJSON(message.kind.value);
     }
     return obj;
   },
@@ -888,6 +1464,12 @@ export const SessionResponse: MessageFns<SessionResponse> = {
       case "refused": {
         if (object.kind?.value !== undefined && object.kind?.value !== null) {
           message.kind = { $case: "refused", value: StepRefused.fromPartial(object.kind.value) };
+        }
+        break;
+      }
+      case "kvChunk": {
+        if (object.kind?.value !== undefined && object.kind?.value !== null) {
+          message.kind = { $case: "kvChunk", value: KvChunk.fromPartial(object.kind.value) };
         }
         break;
       }
@@ -1748,6 +2330,13 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
  * placement it started with from its prefill to its last token, and a new placement needs a
  * new session. A step that breaks this is refused with FAILED_PRECONDITION naming
  * `step.stage_begin` or `step.stage_end` and the value expected (see Step).
+ *
+ * Phased plans (the one exception): the prefill and the decode may place a stage on different
+ * sides. Between the phases, once, each stage that changes side moves its state across the
+ * session stream: `kv_put` carries it from the client to the server, `kv_take` asks the server
+ * for it and hands it to the client. A stage's state is the number of tokens it has taken and,
+ * for an attention stage, its KV cache; after the move the stage counts on the side it moved
+ * to, so the decode's steps continue with the decode placement under the rules above.
  *
  * Half-close: when the client half-closes the stream, every message sent before it is still
  * answered (steps in order; a running server-side generation finishes), then the stream ends
