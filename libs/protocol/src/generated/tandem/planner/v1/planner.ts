@@ -189,7 +189,10 @@ export interface ClassPlacement {
   maxPromptTokens: number;
   /** Output length the class is priced for (tokens). */
   expectedNewTokens: number;
-  /** One letter per stage: 'C' runs on the client, 'S' on the server. */
+  /**
+   * One letter per stage: 'C' runs on the client, 'S' on the server. With a phased plan
+   * (decode_placement set) this is the prefill's placement.
+   */
   placement: string;
   /** The SLO on the generation's end-to-end latency (E2E), milliseconds; 0 = none stated. */
   slaMs: number;
@@ -223,6 +226,21 @@ export interface ClassPlacement {
    * + (new tokens - 1) x predicted_tpot_ms. 0 when unknown.
    */
   predictedTtftMsPerPromptToken: number;
+  /**
+   * A phased plan (PLANNER_ALGORITHM=dp-phased): the decode's placement, one letter per stage
+   * as `placement`, when it differs from the prefill's. Between the phases each stage that
+   * changes side moves its state (token count, and KV cache for attention stages) across the
+   * session stream once (ExecutorService's KvPut / KvTake). Absent or empty: the decode keeps `placement`.
+   */
+  decodePlacement?:
+    | string
+    | undefined;
+  /**
+   * Predicted time spent moving KV caches between the phases, milliseconds (spread over the
+   * decode's tokens in predicted_tpot_ms, the mean time per output token, hence also in
+   * predicted_latency_ms); absent or 0 when nothing moves.
+   */
+  predictedHandoverMs?: number | undefined;
 }
 
 function createBaseWatchPlansRequest(): WatchPlansRequest {
@@ -1334,6 +1352,8 @@ function createBaseClassPlacement(): ClassPlacement {
     predictedTtftMs: 0,
     predictedTpotMs: 0,
     predictedTtftMsPerPromptToken: 0,
+    decodePlacement: undefined,
+    predictedHandoverMs: undefined,
   };
 }
 
@@ -1377,6 +1397,12 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     }
     if (message.predictedTtftMsPerPromptToken !== 0) {
       writer.uint32(105).double(message.predictedTtftMsPerPromptToken);
+    }
+    if (message.decodePlacement !== undefined) {
+      writer.uint32(114).string(message.decodePlacement);
+    }
+    if (message.predictedHandoverMs !== undefined) {
+      writer.uint32(121).double(message.predictedHandoverMs);
     }
     return writer;
   },
@@ -1498,6 +1524,22 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
             message.predictedTtftMsPerPromptToken = reader.double();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.decodePlacement = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 121) {
+              break;
+            }
+
+            message.predictedHandoverMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1565,6 +1607,16 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
         : isSet(object.predicted_ttft_ms_per_prompt_token)
         ? globalThis.Number(object.predicted_ttft_ms_per_prompt_token)
         : 0,
+      decodePlacement: isSet(object.decodePlacement)
+        ? globalThis.String(object.decodePlacement)
+        : isSet(object.decode_placement)
+        ? globalThis.String(object.decode_placement)
+        : undefined,
+      predictedHandoverMs: isSet(object.predictedHandoverMs)
+        ? globalThis.Number(object.predictedHandoverMs)
+        : isSet(object.predicted_handover_ms)
+        ? globalThis.Number(object.predicted_handover_ms)
+        : undefined,
     };
   },
 
@@ -1609,6 +1661,12 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     if (message.predictedTtftMsPerPromptToken !== 0) {
       obj.predictedTtftMsPerPromptToken = floatToJson(message.predictedTtftMsPerPromptToken);
     }
+    if (message.decodePlacement !== undefined) {
+      obj.decodePlacement = message.decodePlacement;
+    }
+    if (message.predictedHandoverMs !== undefined) {
+      obj.predictedHandoverMs = floatToJson(message.predictedHandoverMs);
+    }
     return obj;
   },
 
@@ -1630,6 +1688,8 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     message.predictedTtftMs = object.predictedTtftMs ?? 0;
     message.predictedTpotMs = object.predictedTpotMs ?? 0;
     message.predictedTtftMsPerPromptToken = object.predictedTtftMsPerPromptToken ?? 0;
+    message.decodePlacement = object.decodePlacement ?? undefined;
+    message.predictedHandoverMs = object.predictedHandoverMs ?? undefined;
     return message;
   },
 };
