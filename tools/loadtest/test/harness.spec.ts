@@ -40,14 +40,7 @@ function cvOf(xs: number[]): number {
 }
 
 /** One policy at one rate as the harness reports it, with the figures the comparisons read. */
-const row = (
-  policy: Policy,
-  rate: number,
-  cpu: number,
-  goodput: number,
-  att: number,
-  patch: Partial<RateResult> = {},
-): RateResult => ({
+const row = (policy: Policy, rate: number, cpu: number, goodput: number, att: number, patch: Partial<RateResult> = {}): RateResult => ({
   repeat: 0,
   seed: 1,
   policy,
