@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { sleep } from '@tandem/util';
 import { canConnect, freePort } from './ports';
 
@@ -8,9 +10,11 @@ export interface NatsServerHandle {
   /** `nats://127.0.0.1:PORT`. */
   readonly url: string;
   readonly port: number;
-  /** Stops the process (SIGTERM, then SIGKILL after 2 s). Idempotent. */
+  /** With `jetstream`: the temporary JetStream store directory (removed by `stop`). */
+  readonly storeDir?: string;
+  /** Stops the process (SIGTERM, then SIGKILL after 2 s) and removes its JetStream store. Idempotent. */
   stop(): Promise<void>;
-  /** Stops it and starts a new one on the same port, as after a crash and restart. */
+  /** Stops it and starts a new one on the same port (and the same JetStream store), as after a crash and restart. */
   restart(): Promise<void>;
 }
 
@@ -39,6 +43,11 @@ export interface StartNatsServerOptions {
   configFile?: string;
   /** Extra environment of the server (a configuration may read passwords from it). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Enables JetStream (`-js`) with its store in a new temporary directory, kept across
+   * `restart` and removed by `stop`.
+   */
+  jetstream?: boolean;
 }
 
 /**
@@ -49,8 +58,9 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
   const port = opts.port ?? (await freePort());
   const bin = natsServerBinary();
   let child: ChildProcess | undefined;
+  const storeDir = opts.jetstream ? mkdtempSync(join(tmpdir(), 'tandem-nats-js-')) : undefined;
   const launch = async (): Promise<void> => {
-    const args = [...(opts.configFile ? ['-c', opts.configFile] : []), '-a', '127.0.0.1', '-p', String(port)];
+    const args = [...(opts.configFile ? ['-c', opts.configFile] : []), '-a', '127.0.0.1', '-p', String(port), ...(storeDir ? ['-js', '-sd', storeDir] : [])];
     const c = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
     child = c;
     let stderr = '';
@@ -75,7 +85,7 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
   const killNow = (): void => {
     child?.kill('SIGKILL');
   };
-  const stop = async (): Promise<void> => {
+  const halt = async (): Promise<void> => {
     const c = child;
     child = undefined;
     process.off('exit', killNow);
@@ -86,20 +96,31 @@ export async function startNatsServer(opts: StartNatsServerOptions = {}): Promis
     await exited;
     clearTimeout(t);
   };
+  const removeStore = (): void => {
+    if (storeDir) rmSync(storeDir, { recursive: true, force: true });
+  };
+  const stop = async (): Promise<void> => {
+    await halt();
+    removeStore();
+  };
   const start = async (): Promise<void> => {
     process.on('exit', killNow);
     await launch().catch(async (err: unknown) => {
-      await stop();
+      await halt();
       throw err;
     });
   };
-  await start();
+  await start().catch((err: unknown) => {
+    removeStore();
+    throw err;
+  });
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
+    ...(storeDir ? { storeDir } : {}),
     stop,
     restart: async () => {
-      await stop();
+      await halt();
       await start();
     },
   };

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import { Kvm } from '@nats-io/kv';
 import { connect } from '@nats-io/transport-node';
 import { sleep } from '@tandem/util';
 import { startNatsServer } from '../src';
@@ -32,5 +34,25 @@ describe('startNatsServer', () => {
     } finally {
       await srv.stop();
     }
+  });
+
+  it('with jetstream: a key-value bucket survives a restart; stop removes the store', async () => {
+    const srv = await startNatsServer({ jetstream: true });
+    const dir = srv.storeDir;
+    try {
+      expect(dir && existsSync(dir)).toBe(true);
+      let nc = await connect({ servers: srv.url });
+      const kv = await new Kvm(nc).create('testkit-kv');
+      await kv.put('k', 'v1');
+      await nc.close();
+      await srv.restart();
+      nc = await connect({ servers: srv.url });
+      const again = await new Kvm(nc).open('testkit-kv');
+      expect((await again.get('k'))?.string()).toBe('v1');
+      await nc.close();
+    } finally {
+      await srv.stop();
+    }
+    expect(dir && existsSync(dir)).toBe(false);
   });
 });
