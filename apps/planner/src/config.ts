@@ -12,6 +12,7 @@ import {
 } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
 import { DEFAULT_SHED_MAX_SLOWDOWN, PLANNER_ALGORITHMS, type PlannerAlgorithm } from './plan-maker';
+import { DEFAULT_LEASE_MS, DEFAULT_STATE_BUCKET, STATE_OFF } from './plan-state';
 import { DEFAULT_SHEDDING as S } from './shedding';
 
 /**
@@ -246,6 +247,18 @@ export const plannerEnv = {
     100,
   ),
   PLANNER_SHED_DWELL_MS: env.int('Time after a shed or a give-back before the next, ms (so the load reports see its effect)', S.dwellMs, 0, 3_600_000),
+  PLANNER_STATE_BUCKET: env.pattern(
+    `NATS JetStream key-value bucket holding each client's current plan and the epoch counter (the NATS server needs JetStream: nats-server -js): a restarted planner continues the stored plans and epochs, and planners sharing the bucket elect one leader (lease in \`<bucket>-leader\`) while the others serve its plans (docs/planner.md, "State and failover"); '${STATE_OFF}': plans in memory only`,
+    DEFAULT_STATE_BUCKET,
+    /^[A-Za-z0-9_-]{1,200}$/,
+    `a bucket name of 1..200 letters, digits, _ or -, or '${STATE_OFF}'`,
+  ),
+  PLANNER_LEADER_LEASE_MS: env.int(
+    "Leader lease, ms: the leader renews it every quarter of it and stands by when no renewal went through for a whole lease; a standby takes over when the lease has not been renewed for a whole lease (within about 1.5 leases of the leader's death; at once when a leader stops cleanly)",
+    DEFAULT_LEASE_MS,
+    200,
+    600_000,
+  ),
   LOG_LEVEL: env.oneOf('pino log level', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
 };
 

@@ -4,6 +4,7 @@ import { Calibrator } from './calibration';
 import { loadConfig } from './config';
 import { PlannerDashboard } from './dashboard';
 import { PlanMaker } from './plan-maker';
+import { STATE_OFF } from './plan-state';
 import { PlannerServer } from './planner-server';
 
 /** Composition root of the planner. */
@@ -61,6 +62,7 @@ export async function main(): Promise<void> {
     security,
     keepalive: keepaliveFrom(config),
     metricsPort: config.PLANNER_METRICS_PORT,
+    state: config.PLANNER_STATE_BUCKET === STATE_OFF ? undefined : { bucket: config.PLANNER_STATE_BUCKET, leaseMs: config.PLANNER_LEADER_LEASE_MS },
   });
   // Last line of defence: the planner's own handlers catch what telemetry and planning throw
   // (planner-server.ts); anything that still escapes is logged and the planner keeps serving.

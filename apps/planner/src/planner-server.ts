@@ -43,6 +43,7 @@ import { toGrpcStatus } from './errors';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
 import { planKey, type ClassAdjustment, type Objective, type PlanMaker } from './plan-maker';
+import { PlanState, type PlannerRole } from './plan-state';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
 /** ListPlans page size when the request states none (page_size 0). */
@@ -132,10 +133,29 @@ export interface PlannerServerOptions {
   readonly now?: () => number;
   /** Port of the Prometheus endpoint (GET /metrics) on the host of `address`; 0 picks a free one; undefined: none (the metrics are still kept, see `metrics`). */
   readonly metricsPort?: number;
+  /**
+   * The plans in a NATS JetStream key-value bucket, and leader election among planners
+   * sharing it (plan-state.ts; docs/planner.md, "State and failover"). Undefined: plans live
+   * in memory only and this planner always plans.
+   */
+  readonly state?: {
+    /** The plans bucket (PLANNER_STATE_BUCKET); the lease lives in `<bucket>-leader`. */
+    readonly bucket: string;
+    /** The leader lease, ms (PLANNER_LEADER_LEASE_MS). */
+    readonly leaseMs: number;
+    /** This planner's id in the lease (default: host, pid and a random suffix). */
+    readonly id?: string;
+  };
 }
 
 /** The planner's gRPC service name, as health reports it. */
 export const PLANNER_SERVICE_NAME = 'tandem.planner.v1.PlannerService';
+/**
+ * The health name that says whether this planner leads: SERVING on the leader, NOT_SERVING on
+ * a standby (which still serves plans: PLANNER_SERVICE_NAME is SERVING on both); unknown
+ * without a state bucket.
+ */
+export const PLANNER_LEADER_HEALTH = 'tandem.planner.v1.PlannerService/leader';
 
 /**
  * Largest gRPC message the planner accepts or sends by default, bytes: the executor's and the
@@ -327,6 +347,14 @@ export class PlannerServer {
   private readonly server: grpc.Server;
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly clients = new Map<string, ClientState>();
+  /**
+   * Plans from the state bucket of clients this planner has no profile of (yet): served as they
+   * are until the client's profile arrives (it then starts from this plan) or, on the leader,
+   * forgotten after the client TTL (`atMs`: since when the leader holds it).
+   */
+  private readonly adopted = new Map<string, { plan: ClientPlan; atMs: number }>();
+  /** The state bucket and the election (undefined: no state, always plans). */
+  private state: PlanState | undefined;
   private readonly watchers = new Map<string, Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>>();
   /** Load reports per executor id (at most MAX_EXECUTORS; forgotten after the TTL, except the followed one). */
   private readonly executors = new Map<string, ExecutorState>();
@@ -421,6 +449,75 @@ export class PlannerServer {
       },
       [...this.classNames],
     );
+    this.state = opts.state
+      ? new PlanState(
+          { ...opts.state, classes: opts.maker.opts.classes.map((c) => c.name), log: this.log, registry: this.metrics.registry, now: this.now },
+          {
+            stored: (id, plan) => this.stored(id, plan),
+            storedEpoch: (epoch) => {
+              this.lastEpoch = Math.max(this.lastEpoch, epoch);
+            },
+            role: (role) => this.roleChanged(role),
+          },
+        )
+      : undefined;
+  }
+
+  /** Whether this planner plans and pushes (it leads, or keeps no state); a standby serves the bucket's plans. */
+  get planning(): boolean {
+    return !this.state || this.state.role === 'leader';
+  }
+
+  /** 'leader' or 'standby' with a state bucket; undefined without one. */
+  get role(): PlannerRole | undefined {
+    return this.state?.role;
+  }
+
+  /** The state bucket's counters (writes, failures, refused entries by reason, role changes); undefined without state. */
+  get stateCounters(): PlanState['counters'] | undefined {
+    return this.state?.counters;
+  }
+
+  /** The epoch the next changed plan starts from (the last handed out, or read from the bucket). */
+  get epoch(): number {
+    return this.lastEpoch;
+  }
+
+  /**
+   * A plan the state bucket holds (new, changed or deleted): epochs never go back below it;
+   * a standby (or a planner before its first election) serves it, pushing it to the client's
+   * streams when its epoch differs from the one they have. The leader's own writes come back
+   * here too, and are ignored.
+   */
+  private stored(id: string, plan: ClientPlan | undefined): void {
+    if (plan) this.lastEpoch = Math.max(this.lastEpoch, plan.epoch);
+    if (this.planning || this.stopped) return;
+    const st = this.clients.get(id);
+    const prev = st ? st.plan : this.adopted.get(id)?.plan;
+    if (st) st.plan = plan;
+    else if (plan) this.adopted.set(id, { plan, atMs: this.now() });
+    else this.adopted.delete(id);
+    if (plan && (!prev || prev.epoch !== plan.epoch)) {
+      for (const w of this.watchers.get(id) ?? []) {
+        w.write({ plan, noPlanReason: '' });
+        this.counters.plansPushed++;
+      }
+    }
+  }
+
+  /** The election's outcome: a new leader re-plans every client (same placements keep their epochs); a standby stops planning. */
+  private roleChanged(role: PlannerRole): void {
+    if (this.stopped) return;
+    this.health.set(PLANNER_LEADER_HEALTH, role === 'leader' ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
+    if (role === 'standby') {
+      clearTimeout(this.replanTimer);
+      this.replanTimer = undefined;
+      return;
+    }
+    const now = this.now();
+    for (const a of this.adopted.values()) a.atMs = now;
+    for (const id of this.clients.keys()) this.dirty.add(id);
+    this.scheduleReplan();
   }
 
   async start(): Promise<{ port: number }> {
@@ -434,6 +531,18 @@ export class PlannerServer {
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
     this.subscribe(this.nc);
     await this.nc.flush();
+    if (this.state) {
+      this.health.set(PLANNER_LEADER_HEALTH, ServingStatus.NOT_SERVING);
+      const opened = await this.state.open(this.nc).catch(async (err: unknown) => {
+        await this.stop();
+        throw err;
+      });
+      // No JetStream on this NATS server (logged): plans in memory, as without a bucket.
+      if (!opened) {
+        this.state = undefined;
+        this.health.set(PLANNER_LEADER_HEALTH, ServingStatus.SERVING);
+      }
+    }
     this.sweepTimer = setInterval(() => this.guarded('sweep', () => this.forgetSilentClients()), Math.max(1000, Math.min(this.opts.clientTtlMs / 4, 30_000)));
     this.sweepTimer.unref();
     this.health.set('', ServingStatus.SERVING);
@@ -445,6 +554,7 @@ export class PlannerServer {
         mtls: this.opts.security?.mtls ?? false,
         tokens: !!this.opts.security?.tokens,
         algorithm: this.opts.maker.opts.algorithm,
+        ...(this.state ? { stateBucket: this.opts.state?.bucket, role: this.state.role, epoch: this.lastEpoch, storedPlans: this.plans().length } : {}),
       },
       'planner ready',
     );
@@ -545,6 +655,9 @@ export class PlannerServer {
     validateProfile(p, { stageCount: this.opts.maker.opts.stages.length, modelId: this.opts.modelId, subject });
     this.counters.profiles++;
     const st = this.clients.get(p.clientId);
+    // A plan from the state bucket: the client's plan in force, re-planned from (same placements keep its epoch).
+    const restored = st ? undefined : this.adopted.get(p.clientId)?.plan;
+    if (restored) this.adopted.delete(p.clientId);
     if (st) {
       st.profile = p;
       st.lastSeenMs = this.now();
@@ -556,11 +669,11 @@ export class PlannerServer {
         profile: p,
         plannedWith: undefined,
         lastSeenMs: this.now(),
-        plan: undefined,
+        plan: restored,
       });
     // A profile that moves nothing the plan is priced from only refreshes the client's TTL.
     if (st?.plannedWith && st.plan && !profileChanged(st.plannedWith, p, this.threshold)) return;
-    if (!st) this.tellWaiting(p.clientId);
+    if (!st && !restored) this.tellWaiting(p.clientId);
     this.markDirty(p.clientId);
   }
 
@@ -570,7 +683,7 @@ export class PlannerServer {
    */
   noPlanReason(clientId: string): string {
     const st = this.clients.get(clientId);
-    if (st?.plan) return '';
+    if (st?.plan || this.adopted.has(clientId)) return '';
     if (!st) return NO_PLAN_REASONS.noProfile;
     return this.serverLoad ? NO_PLAN_REASONS.planning : NO_PLAN_REASONS.noLoad;
   }
@@ -679,7 +792,7 @@ export class PlannerServer {
    * utilisation as reported): classes shed or given back are re-planned at once (and logged).
    */
   private shed(u: number, now: number): void {
-    if (!this.shedder) return;
+    if (!this.shedder || !this.planning) return;
     this.shedUtilisation = this.shedUtilisation === undefined ? u : this.shedUtilisation + SHED_SMOOTHING * (u - this.shedUtilisation);
     // What a ms of the plans' predicted work measures on the server (the process's whole CPU,
     // not only its stages'): utilisation over the load the plans in force offer at the
@@ -760,7 +873,7 @@ export class PlannerServer {
   }
 
   private scheduleReplan(): void {
-    if (this.replanTimer || this.slicing || this.stopped) return;
+    if (this.replanTimer || this.slicing || this.stopped || !this.planning) return;
     this.replanTimer = setTimeout(() => {
       this.replanTimer = undefined;
       this.guarded('replan', () => this.runSlices());
@@ -774,7 +887,7 @@ export class PlannerServer {
    * more, after the others (the set keeps arrival order).
    */
   private runSlices(): void {
-    if (this.stopped) {
+    if (this.stopped || !this.planning) {
       this.slicing = false;
       return;
     }
@@ -802,6 +915,7 @@ export class PlannerServer {
 
   /** Re-solves every queued client at once, without yielding (tests and tools): one round. */
   replan(): void {
+    if (!this.planning) return;
     this.beginRound();
     for (const id of [...this.dirty]) {
       this.dirty.delete(id);
@@ -840,6 +954,7 @@ export class PlannerServer {
     if (this.round.epoch === 0 || (prev && prev.epoch >= this.round.epoch)) {
       this.lastEpoch = Math.max(this.lastEpoch + 1, this.now());
       this.round.epoch = this.lastEpoch;
+      this.state?.writeEpoch(this.lastEpoch);
     }
     return this.round.epoch;
   }
@@ -890,6 +1005,7 @@ export class PlannerServer {
     this.round.changed++;
     this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${planKey(c)}`) }, 'plan changed');
+    this.state?.writePlan(st.plan);
     for (const w of this.watchers.get(id) ?? []) {
       w.write({ plan: st.plan, noPlanReason: '' });
       this.counters.plansPushed++;
@@ -918,6 +1034,10 @@ export class PlannerServer {
 
   /** Drops a client the planner has not heard from for the TTL, with its calibration (its plan streams stay open). */
   private forget(id: string): void {
+    const plan = this.clients.get(id)?.plan;
+    if (this.state && this.planning) this.state.deletePlan(id);
+    // A standby keeps serving the bucket's plan: the leader decides when a client is gone.
+    else if (this.state && plan) this.adopted.set(id, { plan, atMs: this.now() });
     this.clients.delete(id);
     this.dirty.delete(id);
     this.calibrator.forget(id);
@@ -929,6 +1049,13 @@ export class PlannerServer {
     const now = this.now();
     for (const [id, st] of this.clients) {
       if (now - st.lastSeenMs > this.opts.clientTtlMs) this.forget(id);
+    }
+    if (this.state && this.planning) {
+      for (const [id, a] of this.adopted) {
+        if (now - a.atMs <= this.opts.clientTtlMs) continue;
+        this.adopted.delete(id);
+        this.state.deletePlan(id);
+      }
     }
     for (const [id, ex] of this.executors) {
       if (id !== this.followed && now - ex.lastSeenMs > this.opts.clientTtlMs) this.executors.delete(id);
@@ -962,7 +1089,9 @@ export class PlannerServer {
 
   /** Current plans, ordered by client id (code-unit order: ids are ASCII, see ID_PATTERN). */
   plans(): ClientPlan[] {
-    return [...this.clients.values()].flatMap((c) => (c.plan ? [c.plan] : [])).sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
+    const held = [...this.clients.values()].flatMap((c) => (c.plan ? [c.plan] : []));
+    for (const a of this.adopted.values()) held.push(a.plan);
+    return held.sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0));
   }
 
   /**
@@ -1018,7 +1147,7 @@ export class PlannerServer {
         };
         call.on('cancelled', remove);
         call.on('close', remove);
-        const plan = this.clients.get(id)?.plan;
+        const plan = this.clients.get(id)?.plan ?? this.adopted.get(id)?.plan;
         if (plan) {
           call.write({ plan, noPlanReason: '' });
           this.counters.plansPushed++;
@@ -1033,7 +1162,12 @@ export class PlannerServer {
           );
         }
         const page = this.plansPage(call.request.pageSize, call.request.pageToken);
-        cb(null, { plans: page.plans, observations: this.observations(page.plans), nextPageToken: page.nextPageToken });
+        cb(null, {
+          plans: page.plans,
+          observations: this.observations(page.plans),
+          nextPageToken: page.nextPageToken,
+          ...(this.state ? { plannerRole: this.state.role } : {}),
+        });
       },
     };
   }
@@ -1049,6 +1183,8 @@ export class PlannerServer {
     for (const set of this.watchers.values()) for (const w of set) w.end();
     this.watchers.clear();
     this.health.closeWatchers();
+    // A leader writes what is queued and releases its lease first, so a standby takes over at once.
+    await this.state?.stop();
     await shutdownServer(this.server);
     await this.metrics.stop();
     if (this.nc) await this.nc.close().catch((err: unknown) => this.log.warn({ err }, 'closing NATS failed'));

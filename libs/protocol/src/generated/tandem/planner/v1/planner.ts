@@ -75,6 +75,12 @@ export interface ListPlansResponse {
    * Opaque: pass it back as it is.
    */
   nextPageToken: string;
+  /**
+   * "leader" when this planner plans (and writes the shared state bucket), "standby" when it
+   * serves the plans another planner made (docs/planner.md, "State and failover"); unset when
+   * the planner keeps no state (PLANNER_STATE_BUCKET=off): it then always plans.
+   */
+  plannerRole?: string | undefined;
 }
 
 /** What the planner observed of one client's generations. */
@@ -166,11 +172,13 @@ export interface ClientPlan {
   /** The client this plan is for. */
   clientId: string;
   /**
-   * Increases every time this client's plan changes, within one planner process: each
-   * re-plan round takes one epoch (about the wall clock in Unix ms when the round changed a
-   * plan), shared by every plan it changed. A restarted planner starts again from its clock,
-   * so the first plan on a new WatchPlans stream is the one to follow whatever its epoch;
-   * later plans on the same stream always carry a higher one.
+   * Increases every time this client's plan changes: each re-plan round takes one epoch
+   * (about the wall clock in Unix ms when the round changed a plan), shared by every plan it
+   * changed. With the state bucket (PLANNER_STATE_BUCKET) the plans and the last epoch outlive
+   * a planner: a restarted planner, or a standby taking over, continues them (a plan whose
+   * placements did not change keeps its epoch). Without it a restarted planner starts again
+   * from its clock, so the first plan on a new WatchPlans stream is the one to follow whatever
+   * its epoch; later plans on the same stream always carry a higher one.
    */
   epoch: number;
   /** One placement per request class, ordered by max_prompt_tokens ascending. */
@@ -501,7 +509,7 @@ export const ListPlansRequest: MessageFns<ListPlansRequest> = {
 };
 
 function createBaseListPlansResponse(): ListPlansResponse {
-  return { plans: [], observations: [], nextPageToken: "" };
+  return { plans: [], observations: [], nextPageToken: "", plannerRole: undefined };
 }
 
 export const ListPlansResponse: MessageFns<ListPlansResponse> = {
@@ -514,6 +522,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     }
     if (message.nextPageToken !== "") {
       writer.uint32(26).string(message.nextPageToken);
+    }
+    if (message.plannerRole !== undefined) {
+      writer.uint32(34).string(message.plannerRole);
     }
     return writer;
   },
@@ -555,6 +566,14 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
             message.nextPageToken = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.plannerRole = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -578,6 +597,11 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
         : isSet(object.next_page_token)
         ? globalThis.String(object.next_page_token)
         : "",
+      plannerRole: isSet(object.plannerRole)
+        ? globalThis.String(object.plannerRole)
+        : isSet(object.planner_role)
+        ? globalThis.String(object.planner_role)
+        : undefined,
     };
   },
 
@@ -592,6 +616,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     if (message.nextPageToken !== "") {
       obj.nextPageToken = message.nextPageToken;
     }
+    if (message.plannerRole !== undefined) {
+      obj.plannerRole = message.plannerRole;
+    }
     return obj;
   },
 
@@ -603,6 +630,7 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     message.plans = object.plans?.map((e) => ClientPlan.fromPartial(e)) || [];
     message.observations = object.observations?.map((e) => ClientObservations.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
+    message.plannerRole = object.plannerRole ?? undefined;
     return message;
   },
 };
