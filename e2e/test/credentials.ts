@@ -78,7 +78,7 @@ export interface TestCredentials {
   /** `tandem` CLI flags: --tls-ca, --tls-cert, --tls-key and the token of `id` (the operator's when omitted). */
   cliFlags(id?: string): string[];
 
-  /** A nats-server with the generated configuration (users and permissions) on a free loopback port. */
+  /** A nats-server with the generated configuration (users and permissions) and JetStream (the planner's state) on a free loopback port. */
   startNats(): Promise<NatsServerHandle>;
   /** Connects to `url` as the test (TAP_USER). */
   connectNats(url: string, opts?: Partial<ConnectionOptions>): Promise<NatsConnection>;
@@ -180,7 +180,7 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
         '--token',
         id === undefined ? operatorToken : token(id),
       ],
-      startNats: () => startNatsServer({ configFile: natsConf }),
+      startNats: () => startNatsServer({ configFile: natsConf, jetstream: true }),
       connectNats: (url, o = {}) => connect({ servers: url, user: TAP_USER, pass: tapPassword, ...o }),
       remove: () => rmSync(dir, { recursive: true, force: true }),
     };

@@ -3,10 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { ClientPlan, ID_PATTERN } from '@tandem/protocol';
-import { Counter, Gauge, type Logger, type NatsConnection, type Registry } from '@tandem/service-kit';
+import { Counter, DEFAULT_PLANNER_STATE_BUCKET, Gauge, type Logger, type NatsConnection, type Registry } from '@tandem/service-kit';
 
-/** PLANNER_STATE_BUCKET's default: the JetStream key-value bucket holding the plans. */
-export const DEFAULT_STATE_BUCKET = 'tandem-plans';
+/** PLANNER_STATE_BUCKET's default: the JetStream key-value bucket holding the plans (the NATS permissions `natsServerConfig` writes grant it). */
+export const DEFAULT_STATE_BUCKET = DEFAULT_PLANNER_STATE_BUCKET;
 /** PLANNER_LEADER_LEASE_MS's default. */
 export const DEFAULT_LEASE_MS = 3000;
 /** Key of the leader lease, in the bucket `<bucket>-leader`. */

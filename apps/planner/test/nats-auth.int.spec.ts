@@ -2,12 +2,14 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
+import { ClientPlan, ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
 import {
   checkNatsCredentials,
   connectNats,
   createLogger,
+  DEFAULT_PLANNER_STATE_BUCKET,
   natsAuthFrom,
   natsConnectAuth,
   natsServerConfig,
@@ -17,7 +19,7 @@ import {
   type NatsServerConfig,
   type NatsUserCredential,
 } from '@tandem/service-kit';
-import { clientProfile, eventually, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { capturingLogger, clientProfile, eventually, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { PlanMaker, PlannerServer } from '../src';
 import { makerOptions, plannerOptions } from './fixtures';
 
@@ -142,7 +144,7 @@ describe('NATS with per-service credentials and permissions', () => {
     expect(planner.executorIds).not.toContain('other');
   });
 
-  it('refuses the planner any publish, and an agent any subscription', async () => {
+  it('refuses the planner any telemetry publish, and an agent any subscription', async () => {
     const p = await as('planner');
     p.nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load('srv')).finish());
     await violation(p.errors, Subjects.serverLoad('srv'));
@@ -254,5 +256,64 @@ describe('the other credential kinds the generator writes', () => {
     servers.push(nats);
     await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-1', password: 'pw-agent-1' })).resolves.toBeUndefined();
     await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-1', password: 'pw-planner' })).rejects.toThrow(/refused NATS_USER 'agent-1'/);
+  });
+});
+
+describe("the planner's state bucket under the generated permissions (JetStream on)", () => {
+  let dir: string;
+  let nats: NatsServerHandle;
+  let planner: PlannerServer;
+  const opened: NatsConnection[] = [];
+  const captured = capturingLogger('info');
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-js-auth-'));
+    const cfg = natsServerConfig({ agents: ['agent-a'], executors: ['srv'], mode: 'password' });
+    const file = path.join(dir, 'nats-server.conf');
+    writeFileSync(file, cfg.conf, { mode: 0o600 });
+    nats = await startNatsServer({ configFile: file, jetstream: true });
+    const user = (id: string): NatsUserCredential => cfg.users.find((x) => x.id === id)!;
+    planner = new PlannerServer(
+      plannerOptions({
+        natsUrl: nats.url,
+        natsAuth: authOf(user('planner')),
+        debounceMs: 5,
+        log: captured.log,
+        state: { bucket: DEFAULT_PLANNER_STATE_BUCKET, leaseMs: 1000 },
+      }),
+    );
+    await planner.start();
+    for (const id of ['srv', 'agent-a', 'planner']) opened.push((await connectAs(nats.url, user(id))).nc);
+  });
+
+  afterAll(async () => {
+    for (const nc of opened) await nc.close().catch(() => undefined);
+    await planner?.stop();
+    await nats?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('lets the planner lead, write its plans and watch them, without a permission violation', async () => {
+    const [exec, agent, asPlanner] = opened;
+    await eventually(() => planner.role === 'leader', { what: 'the planner leading' });
+    exec.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load('srv')).finish());
+    await eventually(() => planner.followedExecutor === 'srv', { what: 'the planner following srv' });
+    agent.publish(Subjects.clientProfile('agent-a'), ClientProfile.encode(profile('agent-a')).finish());
+    const plan = await eventually(() => planner.plans().find((p) => p.clientId === 'agent-a'), { what: "agent-a's plan" });
+    const kv = await new Kvm(asPlanner).open(DEFAULT_PLANNER_STATE_BUCKET);
+    await eventually(async () => (await kv.get('plans.agent-a'))?.revision, { what: 'the plan written' });
+    expect(ClientPlan.decode((await kv.get('plans.agent-a'))!.value).epoch).toBe(plan.epoch);
+    expect(planner.stateCounters?.writeFailures).toBe(0);
+    expect(captured.lines().filter((l) => l.level >= 40 && /NATS|bucket|lease/.test(l.msg))).toEqual([]);
+  });
+
+  it("refuses the planner's credential any other stream, and the agents and executors the planner's bucket", async () => {
+    const [exec, agent, asPlanner] = opened;
+    await expect(new Kvm(asPlanner).create('not-the-planners')).rejects.toThrow(/Permissions Violation|timeout|TIMEOUT/i);
+    for (const nc of [exec, agent]) {
+      const kv = await new Kvm(nc).open(DEFAULT_PLANNER_STATE_BUCKET);
+      await expect(kv.get('plans.agent-a')).rejects.toThrow(/Permissions Violation|timeout|TIMEOUT/i);
+      await expect(kv.put('plans.agent-a', new Uint8Array([1]))).rejects.toThrow(/Permissions Violation|timeout|TIMEOUT/i);
+    }
   });
 });

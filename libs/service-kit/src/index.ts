@@ -8,7 +8,14 @@ export { connectNats } from './nats';
 export type { ConnectNatsOptions, NatsConnection } from './nats';
 export { checkNatsCredentials, describeNatsAuth, isNatsAuthError, natsAuthEnv, natsAuthFrom, natsConnectAuth } from './nats-auth';
 export type { NatsAuth, NatsAuthValues } from './nats-auth';
-export { natsPasswordVar, natsPermissions, natsServerConfig, natsServiceEnv } from './nats-server-config';
+export {
+  DEFAULT_PLANNER_STATE_BUCKET,
+  natsPasswordVar,
+  natsPermissions,
+  natsServerConfig,
+  natsServiceEnv,
+  plannerStatePermissions,
+} from './nats-server-config';
 export type { NatsAuthMode, NatsRole, NatsServerConfig, NatsServerConfigOptions, NatsUserCredential } from './nats-server-config';
 export { bindInsecure, shutdownServer } from './grpc-server';
 export { grpcKeepaliveEnv, keepaliveFrom } from './grpc-keepalive';

@@ -22,6 +22,40 @@ export interface NatsServerConfigOptions {
   readonly mode?: NatsAuthMode;
   /** `listen:` line (host:port); omitted when undefined (command-line -a/-p then decide). */
   readonly listen?: string;
+  /**
+   * The planner's JetStream key-value bucket (its PLANNER_STATE_BUCKET): the planner may use
+   * it and `<bucket>-leader` (plannerStatePermissions). Default DEFAULT_PLANNER_STATE_BUCKET;
+   * `off`: the planner gets no JetStream permission.
+   */
+  readonly plannerStateBucket?: string;
+}
+
+/** The planner's default state bucket (PLANNER_STATE_BUCKET): its plans in NATS JetStream key-value. */
+export const DEFAULT_PLANNER_STATE_BUCKET = 'tandem-plans';
+
+/**
+ * What the planner needs of JetStream for its key-value buckets `bucket` (the plans) and
+ * `<bucket>-leader` (the lease), and nothing of any other stream: the JetStream API requests
+ * on those two streams (create, info, get, direct get, the watchers' consumers), puts on their
+ * key subjects (`$KV.<bucket>.>`), flow-control replies of the watchers, and `_INBOX.>` for the
+ * answers to its requests and the watchers' deliveries.
+ */
+export function plannerStatePermissions(bucket: string): { publish: string[]; subscribe: string[] } {
+  const publish = ['$JS.API.INFO'];
+  for (const b of [bucket, `${bucket}-leader`]) {
+    const stream = `KV_${b}`;
+    publish.push(
+      `$JS.API.STREAM.*.${stream}`,
+      `$JS.API.STREAM.MSG.GET.${stream}`,
+      `$JS.API.DIRECT.GET.${stream}`,
+      `$JS.API.DIRECT.GET.${stream}.>`,
+      `$JS.API.CONSUMER.*.${stream}`,
+      `$JS.API.CONSUMER.*.${stream}.>`,
+      `$JS.FC.${stream}.>`,
+      `$KV.${b}.>`,
+    );
+  }
+  return { publish, subscribe: ['_INBOX.>'] };
 }
 
 /** One generated user and what its service needs to connect. */
@@ -49,15 +83,22 @@ export interface NatsServerConfig {
   readonly users: readonly NatsUserCredential[];
 }
 
-/** What each role may do: the least its service needs (docs/security.md (NATS)). */
-export function natsPermissions(role: NatsRole, id: string): { publish: string[]; subscribe: string[] } {
+/**
+ * What each role may do: the least its service needs (docs/security.md (NATS)). The planner
+ * also gets its state buckets (plannerStatePermissions of `plannerStateBucket`, unless `off`).
+ */
+export function natsPermissions(role: NatsRole, id: string, plannerStateBucket = DEFAULT_PLANNER_STATE_BUCKET): { publish: string[]; subscribe: string[] } {
   switch (role) {
     case 'agent':
       return { publish: [Subjects.clientProfile(id), Subjects.outcome(id)], subscribe: [] };
     case 'executor':
       return { publish: [Subjects.serverLoad(id)], subscribe: [] };
-    case 'planner':
-      return { publish: [], subscribe: [Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes] };
+    case 'planner': {
+      const telemetry = [Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes];
+      if (plannerStateBucket === 'off') return { publish: [], subscribe: telemetry };
+      const state = plannerStatePermissions(plannerStateBucket);
+      return { publish: state.publish, subscribe: [...telemetry, ...state.subscribe] };
+    }
   }
 }
 
@@ -75,8 +116,9 @@ const rule = (xs: readonly string[]): string => (xs.length ? `{ allow: ${list(xs
  * A nats-server configuration (nats-server 2.9 or later) with one user per agent, per executor
  * and for the planner, each allowed only its own subjects: an agent publishes its profile and
  * outcomes and subscribes to nothing, an executor publishes its load and subscribes to
- * nothing, the planner subscribes to the telemetry and publishes nothing. Connections without
- * credentials are refused.
+ * nothing, the planner subscribes to the telemetry and publishes nothing but the JetStream
+ * requests of its own state buckets (plannerStatePermissions). Connections without
+ * credentials are refused. The planner's state needs JetStream on the server (`-js -sd DIR`).
  * @throws Error naming the id when an id is not a valid subject token or is used twice.
  */
 export function natsServerConfig(opts: NatsServerConfigOptions): NatsServerConfig {
@@ -96,7 +138,7 @@ export function natsServerConfig(opts: NatsServerConfigOptions): NatsServerConfi
     seen.set(key, `${role} '${id}'`);
   }
   const users: NatsUserCredential[] = ids.map(({ role, id }) => {
-    const perms = natsPermissions(role, id);
+    const perms = natsPermissions(role, id, opts.plannerStateBucket);
     if (mode === 'nkey') {
       const kp = nkeys.createUser();
       return { role, id, user: kp.getPublicKey(), seed: new TextDecoder().decode(kp.getSeed()), ...perms };

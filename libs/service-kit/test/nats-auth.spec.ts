@@ -2,7 +2,16 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Subjects } from '@tandem/protocol';
-import { loadEnv, natsAuthEnv, natsAuthFrom, natsPasswordVar, natsServerConfig, natsServiceEnv } from '../src';
+import {
+  DEFAULT_PLANNER_STATE_BUCKET,
+  loadEnv,
+  natsAuthEnv,
+  natsAuthFrom,
+  natsPasswordVar,
+  natsServerConfig,
+  natsServiceEnv,
+  plannerStatePermissions,
+} from '../src';
 
 const load = (vars: Record<string, string>): ReturnType<typeof natsAuthFrom> => natsAuthFrom(loadEnv(natsAuthEnv, vars));
 const problem = (vars: Record<string, string>): string => {
@@ -55,14 +64,26 @@ describe('NATS credentials from the environment', () => {
 });
 
 describe('natsServerConfig', () => {
-  it('gives each agent its own two subjects, the executor its load, the planner the telemetry to read', () => {
+  it('gives each agent its own two subjects, the executor its load, the planner the telemetry to read and its state buckets', () => {
     const c = natsServerConfig({ agents: ['a-1', 'b'], executors: ['srv'] });
     const by = Object.fromEntries(c.users.map((u) => [u.id, u]));
     expect(by['a-1'].publish).toEqual([Subjects.clientProfile('a-1'), Subjects.outcome('a-1')]);
     expect(by['a-1'].subscribe).toEqual([]);
     expect(by.srv.publish).toEqual([Subjects.serverLoad('srv')]);
-    expect(by.planner.publish).toEqual([]);
-    expect(by.planner.subscribe).toEqual([Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes]);
+    // The planner publishes nothing but JetStream requests on its own two buckets' streams and their keys.
+    expect(by.planner.publish).toEqual(plannerStatePermissions(DEFAULT_PLANNER_STATE_BUCKET).publish);
+    expect(by.planner.publish.filter((p) => !p.includes('KV_tandem-plans') && !p.includes('$KV.tandem-plans'))).toEqual(['$JS.API.INFO']);
+    expect(by.planner.publish).toContain('$KV.tandem-plans.>');
+    expect(by.planner.publish).toContain('$KV.tandem-plans-leader.>');
+    expect(by.planner.publish.some((p) => p.startsWith('tandem.'))).toBe(false);
+    expect(by.planner.subscribe).toEqual([Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes, '_INBOX.>']);
+    // Another bucket is granted instead; 'off' grants no JetStream at all.
+    const other = natsServerConfig({ agents: [], plannerStateBucket: 'plans-b' }).users.find((u) => u.id === 'planner');
+    expect(other?.publish).toContain('$KV.plans-b.>');
+    expect(other?.publish.join(' ')).not.toContain('tandem-plans');
+    const off = natsServerConfig({ agents: [], plannerStateBucket: 'off' }).users.find((u) => u.id === 'planner');
+    expect(off?.publish).toEqual([]);
+    expect(off?.subscribe).toEqual([Subjects.allClientProfiles, Subjects.allServerLoads, Subjects.allOutcomes]);
     expect(c.conf).toContain('{ user: "a-1", password: "');
     expect(c.conf).toContain('subscribe: { deny: [">"] }');
     expect(natsServiceEnv(by.b)).toEqual({ NATS_USER: 'b', NATS_PASSWORD: by.b.password });
