@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { ClientPlan, ID_PATTERN } from '@tandem/protocol';
-import { Counter, DEFAULT_PLANNER_STATE_BUCKET, Gauge, type Logger, type NatsConnection, type Registry } from '@tandem/service-kit';
+import { ConfigError, Counter, DEFAULT_PLANNER_STATE_BUCKET, Gauge, type Logger, type NatsConnection, type Registry } from '@tandem/service-kit';
 
 /** PLANNER_STATE_BUCKET's default: the JetStream key-value bucket holding the plans (the NATS permissions `natsServerConfig` writes grant it). */
 export const DEFAULT_STATE_BUCKET = DEFAULT_PLANNER_STATE_BUCKET;
@@ -219,7 +219,12 @@ export class PlanState {
       this.lease = await this.openLease(kvm);
     } catch (err) {
       const text = errText(err);
-      if (!/jetstream not enabled|no responders|503/i.test(text)) throw err;
+      if (/permissions? violation/i.test(text))
+        throw new ConfigError([
+          `PLANNER_STATE_BUCKET='${this.opts.bucket}': the planner's NATS user may not use JetStream on this bucket (${text}); grant what \`tandem nats-config\` grants it (docs/security.md (NATS)), or set PLANNER_STATE_BUCKET=off`,
+        ]);
+      // nats.js: JetStreamNotEnabled ("jetstream is not enabled", no responders on $JS.API.INFO).
+      if (!(err instanceof Error && err.name === 'JetStreamNotEnabled') && !/jetstream (is )?not enabled|no responders/i.test(text)) throw err;
       this.kv = undefined;
       this.current = 'leader';
       this.log.warn(

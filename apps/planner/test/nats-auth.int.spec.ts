@@ -317,3 +317,30 @@ describe("the planner's state bucket under the generated permissions (JetStream 
     }
   });
 });
+
+describe('a planner whose NATS user may not use its state bucket', () => {
+  it('stops at start with a ConfigError naming PLANNER_STATE_BUCKET and the fix', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-js-denied-'));
+    // The configuration written before the planner kept state: telemetry only.
+    const cfg = natsServerConfig({ agents: [], mode: 'password', plannerStateBucket: 'off' });
+    const file = path.join(dir, 'nats-server.conf');
+    writeFileSync(file, cfg.conf, { mode: 0o600 });
+    const nats = await startNatsServer({ configFile: file, jetstream: true });
+    const planner = new PlannerServer(
+      plannerOptions({
+        natsUrl: nats.url,
+        natsAuth: authOf(cfg.users.find((u) => u.id === 'planner')!),
+        state: { bucket: 'tandem-plans', leaseMs: 1000 },
+      }),
+    );
+    try {
+      await expect(planner.start()).rejects.toThrow(
+        /PLANNER_STATE_BUCKET='tandem-plans': the planner's NATS user may not use JetStream on this bucket .*PLANNER_STATE_BUCKET=off/,
+      );
+    } finally {
+      await planner.stop();
+      await nats.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -266,4 +266,25 @@ describe('planner state in JetStream key-value', () => {
       await proxy.close();
     }
   });
+
+  it('on a NATS server without JetStream: warns once, naming PLANNER_STATE_BUCKET, and plans as without a bucket', async () => {
+    const plain = await startNatsServer();
+    try {
+      const captured = capturingLogger('info');
+      const { planner } = await startPlanner('unused', 'plain', { natsUrl: plain.url, log: captured.log });
+      expect(planner.role).toBeUndefined();
+      expect(planner.planning).toBe(true);
+      const warned = captured.lines().filter((l) => l.level === 40 && l.msg.includes("PLANNER_STATE_BUCKET='unused' needs JetStream"));
+      expect(warned).toHaveLength(1);
+      const pub = await connect({ servers: plain.url });
+      pub.publish(Subjects.clientProfile('dev'), ClientProfile.encode(clientProfile({ clientId: 'dev', stages: FAST })).finish());
+      pub.publish(Subjects.serverLoad('srv'), ServerLoad.encode(serverLoad()).finish());
+      await pub.flush();
+      await eventually(() => planOf(planner, 'dev'), { what: 'a plan without state' });
+      await pub.close();
+    } finally {
+      await Promise.all(running.splice(0).map((p) => p.stop()));
+      await plain.stop();
+    }
+  });
 });
