@@ -18,6 +18,7 @@ const cases: EnvCase[] = [
       ['PLANNER_SAFETY_DWELL_MS', 0, 86_400_000],
       ['PLANNER_SAFETY_RELAX_MS', 0, 86_400_000],
       ['PLANNER_SHED_DWELL_MS', 0, 3_600_000],
+      ['PLANNER_LEADER_LEASE_MS', 200, 600_000],
     ],
     number: [
       ['PLANNER_HYSTERESIS', 0, 1],
@@ -40,6 +41,11 @@ const cases: EnvCase[] = [
     'PLANNER_SHED_BELOW not below PLANNER_SHED_ABOVE',
     { PLANNER_SHED_ABOVE: '0.8', PLANNER_SHED_BELOW: '0.8' },
     ['PLANNER_SHED_BELOW must be below PLANNER_SHED_ABOVE', 'given 0.8 and 0.8'],
+  ],
+  [
+    'PLANNER_STATE_BUCKET not a bucket name',
+    { PLANNER_STATE_BUCKET: 'plans.v1' },
+    ["PLANNER_STATE_BUCKET must be a bucket name of 1..200 letters, digits, _ or -, or 'off'", "given 'plans.v1'"],
   ],
   ['PLANNER_ALGORITHM unknown', { PLANNER_ALGORITHM: 'magic' }, ['PLANNER_ALGORITHM must be one of dp', "given 'magic'"]],
   ['PLANNER_REQUEST_CLASSES not JSON', { PLANNER_REQUEST_CLASSES: '[{' }, ['PLANNER_REQUEST_CLASSES must be valid JSON', "given '[{'"]],
