@@ -85,7 +85,8 @@ async function startOwnNats(): Promise<DemoNats> {
   writeFileSync(configFile, cfg.conf, { mode: 0o600 });
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
   process.on('exit', removeDir);
-  const server = await startNatsServer({ configFile }).catch((err: unknown) => {
+  // JetStream: the planner keeps its plans in key-value (PLANNER_STATE_BUCKET).
+  const server = await startNatsServer({ configFile, jetstream: true }).catch((err: unknown) => {
     removeDir();
     throw err;
   });
