@@ -81,7 +81,9 @@ describe('two planner processes sharing their state (JetStream key-value)', () =
   };
   const listPlans = (p: Planner): Promise<ListPlansResponse> =>
     new Promise((resolve, reject) =>
-      client(p).listPlans({ pageSize: 0, pageToken: '' }, { deadline: Date.now() + 5000 }, (err, res) => (err ? reject(err) : resolve(res!))),
+      client(p).listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (err, res) =>
+        err ? reject(err) : resolve(res!),
+      ),
     );
   const roleOf = async (p: Planner): Promise<string | undefined> => (await listPlans(p).catch(() => undefined))?.plannerRole;
 

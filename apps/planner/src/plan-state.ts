@@ -106,7 +106,7 @@ export interface PlanStateOptions {
   readonly registry: Registry;
   /** This planner's id in the lease (default: host, pid and a random suffix). */
   readonly id?: string;
-  /** Wall clock (injected for tests). */
+  /** A monotonic clock, ms (default performance.now: the lease is measured on it, so a wall clock stepped by NTP cannot cut it short or stretch it). */
   readonly now?: () => number;
 }
 
@@ -172,7 +172,7 @@ export class PlanState {
     private readonly listener: PlanStateListener,
   ) {
     this.id = opts.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-    this.now = opts.now ?? Date.now;
+    this.now = opts.now ?? (() => performance.now());
     this.log = opts.log.child({ component: 'plan-state', bucket: opts.bucket });
     const registers = [opts.registry];
     const role = (): number => (this.current === 'leader' ? 1 : 0);

@@ -451,7 +451,7 @@ export class PlannerServer {
     );
     this.state = opts.state
       ? new PlanState(
-          { ...opts.state, classes: opts.maker.opts.classes.map((c) => c.name), log: this.log, registry: this.metrics.registry, now: this.now },
+          { ...opts.state, classes: opts.maker.opts.classes.map((c) => c.name), log: this.log, registry: this.metrics.registry },
           {
             stored: (id, plan) => this.stored(id, plan),
             storedEpoch: (epoch) => {
@@ -1035,7 +1035,9 @@ export class PlannerServer {
   /** Drops a client the planner has not heard from for the TTL, with its calibration (its plan streams stay open). */
   private forget(id: string): void {
     const plan = this.clients.get(id)?.plan;
-    if (this.state && this.planning) this.state.deletePlan(id);
+    if (this.state && this.planning) {
+      if (plan) this.state.deletePlan(id);
+    }
     // A standby keeps serving the bucket's plan: the leader decides when a client is gone.
     else if (this.state && plan) this.adopted.set(id, { plan, atMs: this.now() });
     this.clients.delete(id);
