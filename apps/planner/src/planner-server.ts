@@ -337,6 +337,8 @@ interface Round {
  * planner starts again from the clock; agents take the first plan of each new stream whatever
  * its epoch (apps/client-agent/src/plan-follower.ts), so they follow a restarted planner even
  * if its clock is behind the last epoch they hold. Within one stream epochs only increase.
+ * With a state bucket (`state`, plan-state.ts) the plans and the last epoch outlive the
+ * process: a restarted planner, or a standby taking the lead, continues them.
  *
  * Nothing from outside can stop it: telemetry is checked against stated ranges
  * (telemetry.ts) and dropped, counted by reason, when out of them; an error while planning one
@@ -1035,11 +1037,11 @@ export class PlannerServer {
   /** Drops a client the planner has not heard from for the TTL, with its calibration (its plan streams stay open). */
   private forget(id: string): void {
     const plan = this.clients.get(id)?.plan;
-    if (this.state && this.planning) {
-      if (plan) this.state.deletePlan(id);
+    if (this.state && plan) {
+      // The leader deletes the stored plan; a standby keeps serving it (the leader decides when a client is gone).
+      if (this.planning) this.state.deletePlan(id);
+      else this.adopted.set(id, { plan, atMs: this.now() });
     }
-    // A standby keeps serving the bucket's plan: the leader decides when a client is gone.
-    else if (this.state && plan) this.adopted.set(id, { plan, atMs: this.now() });
     this.clients.delete(id);
     this.dirty.delete(id);
     this.calibrator.forget(id);

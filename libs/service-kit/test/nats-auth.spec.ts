@@ -107,9 +107,10 @@ describe('deploy/', () => {
     expect(readFileSync(path.join(deploy, 'nats/nats-server.conf'), 'utf8')).toBe(natsServerConfig({ agents: ['agent-1'], mode: 'password-env' }).conf);
   });
 
-  it('runs nats-server with it and gives each service its user and the matching password', () => {
+  it("runs nats-server with it and JetStream (the planner's state) and gives each service its user and the matching password", () => {
     const compose = readFileSync(path.join(deploy, 'docker-compose.yml'), 'utf8');
-    expect(compose).toContain('command: ["-c", "/etc/nats/tandem.conf"]');
+    expect(compose).toContain('command: ["-c", "/etc/nats/tandem.conf", "-js", "-sd", "/data"]');
+    expect(compose).toContain('"nats-data:/data"');
     expect(compose).toContain('./nats/nats-server.conf:/etc/nats/tandem.conf:ro');
     for (const [user, v] of [
       ['executor', 'NATS_PASSWORD_EXECUTOR'],
