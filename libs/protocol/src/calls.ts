@@ -24,7 +24,7 @@ export function listPlansPage(client: PlannerServiceClient, request: ListPlansRe
 
 /**
  * The planner's current plans, every page (ListPlans pages of `pageSize`, 0 = the planner's
- * default), merged into one answer with no next page. `deadlineMs` bounds the whole listing.
+ * default), merged into one answer with no next page (and the planner's role, as its last page said). `deadlineMs` bounds the whole listing.
  * @throws the first page's error; Error when the planner hands back a token it handed before (it would never end).
  */
 export async function listPlans(client: PlannerServiceClient, deadlineMs = DEFAULT_CALL_DEADLINE_MS, pageSize = 0): Promise<ListPlansResponse> {
@@ -36,6 +36,9 @@ export async function listPlans(client: PlannerServiceClient, deadlineMs = DEFAU
     const r = await listPlansPage(client, { pageSize, pageToken }, deadline);
     out.plans.push(...r.plans);
     out.observations.push(...r.observations);
+    // The role of the planner that answered the last page (leader or standby; unset without state).
+    if (r.plannerRole !== undefined) out.plannerRole = r.plannerRole;
+    else delete out.plannerRole;
     pageToken = r.nextPageToken;
     if (seen.has(pageToken)) throw new Error(`the planner answered next_page_token ${JSON.stringify(pageToken.slice(0, 48))} twice`);
     seen.add(pageToken);

@@ -227,6 +227,45 @@ describe('tandem plans pages through a planner with many clients', () => {
   });
 });
 
+describe('tandem plans against planners that keep state (JetStream key-value)', () => {
+  let nats: NatsServerHandle;
+  const servers: PlannerServer[] = [];
+
+  beforeAll(async () => {
+    nats = await startNatsServer({ jetstream: true });
+  });
+
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    await nats?.stop();
+  });
+
+  it('says which planner leads and which stands by, in both formats', async () => {
+    const maker = (): PlanMaker =>
+      new PlanMaker({ ...PLAN_SETTINGS, stages, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }] });
+    const state = { bucket: 'cli-plans', leaseMs: 500 };
+    const leader = await startPlanner(maker(), nats.url, { state: { ...state, id: 'one' } });
+    servers.push(leader.server);
+    await eventually(() => leader.server.role === 'leader', { what: 'the first planner leading' });
+    const standby = await startPlanner(maker(), nats.url, { state: { ...state, id: 'two' } });
+    servers.push(standby.server);
+    for (const [addr, role] of [
+      [leader.addr, 'leader'],
+      [standby.addr, 'standby'],
+    ]) {
+      const json = await run(['plans', '--planner', addr, '--json']);
+      expect(JSON.parse(json.stdout)).toEqual({ plannerRole: role });
+      const text = await run(['plans', '--planner', addr]);
+      expect(text.stdout.split('\n')[0]).toBe(
+        role === 'leader'
+          ? 'planner: leader (it plans, and writes the plans to its state bucket)'
+          : 'planner: standby (it serves the plans the leading planner wrote, and takes over if that one stops)',
+      );
+      expect(text.stdout).toContain('no plans yet');
+    }
+  });
+});
+
 describe('the observations table of tandem plans', () => {
   const base: ClassObservations = {
     name: 'chat',

@@ -48,13 +48,24 @@ export function observationsTable(o: ClientObservations | undefined): string {
   return `${head}\n${table}`;
 }
 
-/** The plans as text: one block per client, with its observations when there are any. */
+/** What each role ListPlansResponse.planner_role names means, as `tandem plans` says it (docs/planner.md, "State and failover"). */
+const PLANNER_ROLES: Readonly<Record<string, string>> = {
+  leader: 'it plans, and writes the plans to its state bucket',
+  standby: 'it serves the plans the leading planner wrote, and takes over if that one stops',
+};
+
+/** The plans as text: the planner's role when it keeps state, then one block per client, with its observations when there are any. */
 export function formatPlans(r: ListPlansResponse): string {
-  if (r.plans.length === 0) return 'no plans yet: the planner has not heard from any client (or not yet from the server-executor)';
-  return r.plans
-    .map((p) => {
-      const seen = observationsTable(r.observations.find((o) => o.clientId === p.clientId));
-      return seen ? `${planTable(p)}\n${seen}` : planTable(p);
-    })
-    .join('\n\n');
+  const role = PLANNER_ROLES[r.plannerRole ?? ''];
+  const head = role ? `planner: ${r.plannerRole} (${role})\n\n` : '';
+  if (r.plans.length === 0) return `${head}no plans yet: the planner has not heard from any client (or not yet from the server-executor)`;
+  return (
+    head +
+    r.plans
+      .map((p) => {
+        const seen = observationsTable(r.observations.find((o) => o.clientId === p.clientId));
+        return seen ? `${planTable(p)}\n${seen}` : planTable(p);
+      })
+      .join('\n\n')
+  );
 }
