@@ -128,6 +128,8 @@ describe('planner state in JetStream key-value', () => {
     expect(planOf(second, 'dev')?.epoch).toBe(made.epoch);
     expect(placements(planOf(second, 'dev'))).toEqual(placements(made));
     expect(got).toHaveLength(1);
+    // Nothing changed, nothing written (writes are per changed plan).
+    expect(second.stateCounters?.writes).toBe(0);
 
     // A real change takes a new epoch, above the stored one, pushed and written.
     await telemetry('dev', SLOW);
@@ -135,6 +137,25 @@ describe('planner state in JetStream key-value', () => {
     expect(placements(got[1].plan)).not.toEqual(placements(made));
     expect(got[1].plan!.epoch).toBeGreaterThan(made.epoch);
     await eventually(async () => (await storedPlan(kv, 'dev'))?.epoch === got[1].plan!.epoch, { what: 'the changed plan in the bucket' });
+    // The plan and the epoch counter: two writes.
+    await eventually(() => second.stateCounters?.writes === 2, { what: 'two writes' });
+    expect(Number((await kv.get(EPOCH_KEY))?.string())).toBe(got[1].plan!.epoch);
+  });
+
+  it('deletes a stored plan whose client is not heard of within the client TTL of taking the lead, and serves it until then', async () => {
+    const { planner: first } = await startPlanner('ttl', 'first');
+    await eventually(() => first.role === 'leader', { what: 'leading' });
+    await telemetry('gone');
+    const made = await eventually(() => planOf(first, 'gone'), { what: 'the plan' });
+    const kv = await kvm.open('ttl');
+    await eventually(async () => (await storedPlan(kv, 'gone'))?.epoch === made.epoch, { what: 'the plan in the bucket' });
+    await first.stop();
+    const { planner: second } = await startPlanner('ttl', 'second', { clientTtlMs: 1000 });
+    expect(planOf(second, 'gone')).toEqual(made);
+    await eventually(() => second.role === 'leader', { what: 'leading' });
+    // No profile of 'gone' comes: after the TTL (swept every second) its plan goes, from memory and from the bucket.
+    await eventually(() => planOf(second, 'gone') === undefined, { what: 'the plan forgotten', timeoutMs: 5000 });
+    await eventually(async () => (await kv.get(planKeyOf('gone')))?.operation === 'DEL', { what: 'the plan deleted in the bucket' });
   });
 
   it('two planners: one leads, the other stands by serving the same plans (pushed as they change); a stopped leader hands over at once', async () => {
