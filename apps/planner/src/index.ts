@@ -19,9 +19,12 @@ export {
   NO_PLAN_REASONS,
   pageTokenOf,
   PLANNER_MAX_MESSAGE_BYTES,
+  PLANNER_LEADER_HEALTH,
   PLANNER_SERVICE_NAME,
   PlannerServer,
 } from './planner-server';
+export { DEFAULT_LEASE_MS, DEFAULT_STATE_BUCKET, EPOCH_KEY, LEADER_KEY, planKeyOf, PlanState, STATE_OFF } from './plan-state';
+export type { PlannerRole } from './plan-state';
 export { TELEMETRY_LIMITS, TelemetryError, UNMEASURED_LINK_BYTES_PER_MS, validateLoad, validateProfile } from './telemetry';
 export type { TelemetryContext } from './telemetry';
 export type { PlannerServerOptions } from './planner-server';

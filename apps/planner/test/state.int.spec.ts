@@ -15,9 +15,7 @@ import {
 } from '@tandem/protocol';
 import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes, startNatsServer, TcpProxy, type NatsServerHandle } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
-import { PlannerServer, type PlannerServerOptions } from '../src';
-import { PLANNER_LEADER_HEALTH } from '../src/planner-server';
-import { EPOCH_KEY, planKeyOf } from '../src/plan-state';
+import { EPOCH_KEY, planKeyOf, PLANNER_LEADER_HEALTH, PlannerServer, type PlannerServerOptions } from '../src';
 import { plannerOptions } from './fixtures';
 
 // The planner's state in NATS JetStream key-value and its leader election, over a real
