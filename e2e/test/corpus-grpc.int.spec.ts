@@ -74,7 +74,7 @@ const executorCases: Case[] = [
   ['open twice', session(open(), open()), PRECONDITION, ['open']],
   ['a step before open', session(step('1', 0, 1, wire(ids(1)))), PRECONDITION, ['open']],
   ['a generate before open', session(gen('1', wire(ids(1)), 1)), PRECONDITION, ['open']],
-  ['an empty message (no kind)', session({ kind: undefined }), INVALID, ['message.kind must be open, step or generate', 'given nothing']],
+  ['an empty message (no kind)', session({ kind: undefined }), INVALID, ['message.kind must be open, step, generate, kv_put or kv_take', 'given nothing']],
   // Step: ranges
   ['stageBegin past the model', session(open(), step('1', 6, 7, wire(hidden(1)))), INVALID, ['step.stage_begin must be in 0..5', 'given 6']],
   ['stageEnd = stageBegin', session(open(), step('1', 2, 2, wire(hidden(1)))), INVALID, ['step.stage_end must be in 3..6', 'given 2']],
@@ -197,10 +197,10 @@ const executorCases: Case[] = [
     ['generate.input.shape must be [1, T>=1]'],
   ],
   [
-    'generate after a step',
-    session(open(), step('1', 0, 6, wire(ids(1)), true), gen('2', wire(ids(1)), 1)),
+    'generate after a step that ran only some stages',
+    session(open(), step('1', 0, 3, wire(ids(1))), gen('2', wire(ids(1)), 1)),
     PRECONDITION,
-    ['generate must be the first message after open'],
+    ['generate must be the first message after open, or continue a handed-over prefill', 'stage 3 holding 0'],
   ],
   // undecodable bytes
   ['a truncated length-delimited field', sessionBytes(open(), Buffer.from([0x12, 0xff, 0x01])), INVALID, ['SessionRequest', 'protobuf']],
@@ -208,7 +208,7 @@ const executorCases: Case[] = [
     'a varint of 11 bytes',
     sessionBytes(open(), Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])),
     INVALID,
-    ['message.kind must be open, step or generate'],
+    ['message.kind must be open, step, generate, kv_put or kv_take'],
   ],
   ['a length of 2^31 in a nested tensor', sessionBytes(open(), Buffer.from([0x12, 0x06, 0x22, 0x04, 0x1a, 0x80, 0x80, 0x80])), INVALID, ['SessionRequest']],
   ['wire type 7 (invalid)', sessionBytes(open(), Buffer.from([0x0f, 0x00])), INVALID, ['SessionRequest']],

@@ -19,6 +19,7 @@ class CountingEngine implements StageEngine {
   readonly modelId = 'fake';
   readonly stageCount = 3;
   readonly nEmbd = 1;
+  readonly nHead = 1;
   readonly vocabSize = VOCAB;
   readonly nPositions = 64;
   calls = 0;
