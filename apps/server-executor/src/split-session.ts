@@ -600,7 +600,7 @@ export class SplitSession {
     if (kind !== 'attn') {
       for (const f of ['key', 'value'] as const) {
         if (put[f] !== undefined)
-          throw new ValidationError(`kv_put.${f} must be absent for stage ${stage} (a ${kind} stage: its state is its token count), given a tensor`);
+          throw new ValidationError(`kv_put.${f} must be absent for stage ${stage} (${kind}: its state is its token count), given a tensor`);
       }
       return { stage, tokens, kv: undefined };
     }

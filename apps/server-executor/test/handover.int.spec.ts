@@ -289,3 +289,189 @@ describe('phased plans: stage state handed over on the session stream (kv_put, k
     expect((await d.s.ended).code).toBe(grpc.status.OK);
   });
 });
+
+describe('kv_put and kv_take refuse what breaks the rules, naming the field, and the executor serves on', () => {
+  let model: TempModel;
+  let e: TestExecutor;
+  let small: TestExecutor;
+  let want: number[];
+  const H = 4;
+  const HD = 16;
+  const kv = (tokens: number, fill = 0.25): HostTensor => ({ dtype: 'float32', shape: [1, H, tokens, HD], data: new Float32Array(H * tokens * HD).fill(fill) });
+  const PROMPT = PROMPTS[1];
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    client = await StageRunner.load(model.dir, { intraOpNumThreads: 1 });
+    n = client.manifest.stages.length;
+    kinds = client.manifest.stages.map((s) => s.kind);
+    const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(n));
+    want = await pipe.generate(PROMPT, { maxNewTokens: NEW_TOKENS });
+    await pipe.close();
+    e = await startTestExecutor(await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { serverId: 'ho-bad', maxContextTokens: 64 });
+    // Room for 8 positions of one attention stage (4 KiB); a session is admitted with room for one token (1 KiB).
+    small = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), {
+      serverId: 'ho-kv',
+      maxKvBytes: 8 * KV_BYTES_PER_POSITION,
+    });
+  });
+
+  afterEach(async () => {
+    await Promise.all([e.cancelSessions(3000), small.cancelSessions(3000)]);
+  });
+
+  afterAll(async () => {
+    await e?.stop();
+    await small?.stop();
+    await client?.close();
+    model?.remove();
+  });
+
+  const { INVALID_ARGUMENT: INVALID, FAILED_PRECONDITION: PRECONDITION } = grpc.status;
+  const opened = (s: TestSession, isPrivate = false): void => s.open('', 't', isPrivate);
+  const cases: [string, (s: TestSession) => void, grpc.status, string][] = [
+    [
+      'key of int64',
+      (s) => (opened(s), s.kvPut(1, 0, 1, ids(1, 2, 3, 4), kv(1))),
+      INVALID,
+      'kv_put.key.dtype must be DATA_TYPE_FLOAT32, given DATA_TYPE_INT64',
+    ],
+    [
+      'key of the wrong shape',
+      (s) => (opened(s), s.kvPut(1, 0, 3, kv(2), kv(3))),
+      INVALID,
+      'kv_put.key.shape must be [1, 4, 3, 16] ([1, n_head, tokens, head_dim] of the served model), given [1, 4, 2, 16]',
+    ],
+    [
+      'value of the wrong head count',
+      (s) => (opened(s), s.kvPut(1, 0, 1, kv(1), { dtype: 'float32', shape: [1, 2, 1, 32], data: new Float32Array(64) })),
+      INVALID,
+      'kv_put.value.shape must be [1, 4, 1, 16]',
+    ],
+    [
+      'a NaN in the values',
+      (s) => (opened(s), s.kvPut(1, 0, 2, kv(2), kv(2, Number.NaN))),
+      INVALID,
+      'kv_put.value must hold finite float32 values (no NaN or ±Infinity), given NaN at index 0',
+    ],
+    [
+      'an Infinity in the keys',
+      (s) => (opened(s), s.kvPut(1, 0, 1, kv(1, Infinity), kv(1))),
+      INVALID,
+      'kv_put.key must hold finite float32 values (no NaN or ±Infinity), given Infinity at index 0',
+    ],
+    [
+      'an attention stage without keys',
+      (s) => (opened(s), s.kvPut(1, 0, 1, undefined, kv(1))),
+      INVALID,
+      'kv_put.key is required for attention stage 1, given nothing',
+    ],
+    [
+      'an MLP stage with tensors',
+      (s) => (opened(s), s.kvPut(2, 0, 1, kv(1), kv(1))),
+      INVALID,
+      'kv_put.key must be absent for stage 2 (mlp: its state is its token count), given a tensor',
+    ],
+    [
+      'the embed stage with values',
+      (s) => (opened(s), s.kvPut(0, 0, 1, undefined, kv(1))),
+      INVALID,
+      'kv_put.value must be absent for stage 0 (embed: its state is its token count)',
+    ],
+    [
+      'a first chunk at offset 1',
+      (s) => (opened(s), s.kvPut(1, 1, 1, kv(1), kv(1))),
+      PRECONDITION,
+      'kv_put.offset must be 0 (the tokens stage 1 holds: chunks cover positions in order, without gaps), given 1',
+    ],
+    [
+      'a gap between chunks',
+      (s) => (opened(s), s.kvPut(1, 0, 2, kv(2), kv(2)), s.kvPut(1, 3, 1, kv(1), kv(1))),
+      PRECONDITION,
+      'kv_put.offset must be 2 (the tokens stage 1 holds',
+    ],
+    ['a chunk sent twice', (s) => (opened(s), s.kvPut(2, 0, 2), s.kvPut(2, 0, 2)), PRECONDITION, 'kv_put.offset must be 2'],
+    ['tokens 0', (s) => (opened(s), s.kvPut(2, 0, 0)), INVALID, 'kv_put.tokens must be >= 1, given 0'],
+    [
+      'past the context',
+      (s) => (opened(s), s.kvPut(2, 0, 65)),
+      PRECONDITION,
+      'kv_put would make stage 2 hold 65 tokens (offset 0 + tokens 65); the context must stay <= 64 tokens',
+    ],
+    ['a stage past the model', (s) => (opened(s), s.kvPut(6, 0, 1)), INVALID, 'kv_put.stage must be in 0..5, given 6'],
+    ['a take of a stage past the model', (s) => (opened(s), s.kvTake(1, 4294967295)), INVALID, 'kv_take.stage must be in 0..5, given 4294967295'],
+    [
+      'a put to a stage holding tokens from a step',
+      (s) => (opened(s), s.step(1, 0, 6, ids(...PROMPT), true), s.kvPut(1, 3, 1, kv(1), kv(1))),
+      PRECONDITION,
+      "kv_put.stage 1 holds 3 tokens this session computed on the server; a stage's state may be put only into a stage holding none",
+    ],
+    ['a take of an empty stage', (s) => (opened(s), s.kvTake(1, 3)), PRECONDITION, 'kv_take.stage 3 must hold at least one token on the server (it holds none'],
+    [
+      'a take whose seq does not increase',
+      (s) => (opened(s), s.step(5, 0, 2, ids(1)), s.kvTake(5, 1)),
+      INVALID,
+      "kv_take.seq must increase within a session together with the steps' (last 5), given 5",
+    ],
+    [
+      'a put after generate',
+      (s) => (opened(s), s.generate(1, ids(1), 60), s.kvPut(2, 0, 1)),
+      PRECONDITION,
+      'kv_put may not follow generate (the server decodes this session), given kv_put of stage 2',
+    ],
+    ['a take after generate', (s) => (opened(s), s.generate(1, ids(1), 60), s.kvTake(2, 1)), PRECONDITION, 'kv_take may not follow generate'],
+    [
+      'a step after a put (a stage put into, the next not)',
+      (s) => (opened(s), s.kvPut(0, 0, 2), s.step(1, 0, 2, ids(1))),
+      PRECONDITION,
+      'step.stage_end must be 1',
+    ],
+    [
+      'generate after puts that left a stage empty',
+      (s) => (opened(s), s.kvPut(0, 0, 2), s.kvPut(1, 0, 2, kv(2), kv(2)), s.generate(1, ids(1), 2)),
+      PRECONDITION,
+      'generate must be the first message after open, or continue a handed-over prefill in which every stage holds the same number N >= 1 of tokens; given stage 2 holding 0',
+    ],
+    [
+      'a put of the embed stage in a private session',
+      (s) => (opened(s, true), s.kvPut(0, 0, 1)),
+      PRECONDITION,
+      'kv_put.stage must be in 1..4 in a private session (open.private',
+    ],
+    [
+      'a take of the head in a private session',
+      (s) => (opened(s, true), s.kvTake(1, 5)),
+      PRECONDITION,
+      'kv_take.stage must be in 1..4 in a private session (open.private',
+    ],
+    ['a put before open', (s) => s.kvPut(1, 0, 1, kv(1), kv(1)), PRECONDITION, 'the first message must be open, given kv_put'],
+  ];
+
+  it.each(cases)('%s', async (_label, send, code, message) => {
+    const s = e.session();
+    const healthy = phased(e, PROMPT, 'CSSSSC', 'CCCSSC');
+    send(s);
+    expectRefusal(await s.ended, code, message);
+    expect(await healthy).toEqual(want);
+  });
+
+  it('a put over the KV budget is refused with RESOURCE_EXHAUSTED; a take gives its bytes back', async () => {
+    const a = small.session();
+    a.open();
+    await a.next(1);
+    a.kvPut(1, 0, 8, kv(8), kv(8));
+    await eventually(async () => small.server.kvBytes().used === 8 * KV_BYTES_PER_POSITION, { timeoutMs: 3000, what: 'the put reserved' });
+    // Full: a new session is not admitted (it needs room for one token).
+    const b = small.session();
+    b.open();
+    expectRefusal(await b.ended, grpc.status.RESOURCE_EXHAUSTED, 'EXECUTOR_MAX_KV_BYTES');
+    // The take gives the bytes back, and the next put over the budget is refused naming it.
+    a.kvTake(1, 1);
+    const chunk = await a.next(2);
+    expect(chunk.kind?.$case === 'kvChunk' && chunk.kind.value.tokens).toBe(8);
+    expect(small.server.kvBytes().used).toBe(0);
+    a.kvPut(3, 0, 9, kv(9), kv(9));
+    expectRefusal(await a.ended, grpc.status.RESOURCE_EXHAUSTED, 'kv_put of stage 3 needs 4608 bytes more');
+    await eventually(async () => small.server.kvBytes().used === 0, { timeoutMs: 3000, what: 'KV bytes given back' });
+  });
+});
