@@ -670,8 +670,13 @@ export class SplitSession {
       this.traffic.bytesOut += (key?.data.byteLength ?? 0) + (value?.data.byteLength ?? 0) + 16;
       const flowing = this.call.write({ kind: { $case: 'kvChunk', value: { seq: t.seq, stage: t.stage, offset, tokens, key, value, last } } });
       if (!flowing && !last) {
+        // The client is the one idle while its stream stays full (each drain is progress).
+        this.touch(
+          `the client read no kv_chunk for ${this.limits.idleTimeoutMs} ms (kv_take seq ${t.seq} stalled with its stream full after ${offset + tokens} of ${n} positions)`,
+        );
         await this.drained();
         if (!this.isOpen) return;
+        this.touch();
       }
     }
   }
