@@ -203,6 +203,8 @@ export interface KvPut {
  * Rules: `stage` < the stage count (INVALID_ARGUMENT); the stage holds at least one token on
  * the server (FAILED_PRECONDITION naming `kv_take.stage`); not in a session that ran
  * `generate`; not for the first or the last stage in a private session (FAILED_PRECONDITION).
+ * The chunks are written as the client reads them: while its stream stays full, the idle
+ * timeout runs (as for `generate`'s tokens).
  */
 export interface KvTake {
   /**
