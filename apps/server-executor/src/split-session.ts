@@ -280,6 +280,7 @@ export class SplitSession {
             this.touch();
           }
           this.putting.add(valid.stage);
+          this.observer?.handOver?.('put', valid.kv ? valid.kv.key.data.byteLength + valid.kv.value.data.byteLength : 0, put.offset === 0);
           return;
         }
         case 'kvTake':
@@ -659,6 +660,7 @@ export class SplitSession {
       this.kv.release(freed);
       this.kvReserved = Math.max(0, this.kvReserved - freed);
     }
+    this.observer?.handOver?.('take', kv ? kv.key.data.byteLength + kv.value.data.byteLength : 0, true);
     if (!this.isOpen) return;
     const perChunk = kv ? Math.max(1, Math.floor((t.maxChunkBytes || DEFAULT_KV_CHUNK_BYTES) / kvBytesPerToken(this.engine.nEmbd))) : n;
     for (let offset = 0; offset < n; offset += perChunk) {
