@@ -17,7 +17,7 @@ import {
   type SessionResponse,
   type Step,
 } from '@tandem/protocol';
-import { greedyToken, slicePositions, type Float32Tensor } from '@tandem/model';
+import { concatPositions, greedyToken, slicePositions, type Float32Tensor } from '@tandem/model';
 import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
 import type { Admission } from './admission';
 import type { SessionCache, StageEngine, StageKv } from './engine';
@@ -95,6 +95,13 @@ export class SplitSession {
   private stepsRun = 0;
   /** Stages whose tokens here all came from kv_put chunks (no step ran them since): a further chunk continues them. */
   private readonly putting = new Set<number>();
+  /**
+   * kv_put chunks of one stage taken but not yet given to the engine: consecutive chunks of a
+   * stage are joined and put in one engine call when any other message comes (one copy of the
+   * stage's KV and one thread hop, instead of a growing copy and a hop per chunk). Validated and
+   * budgeted as they arrive; the session counts them as held.
+   */
+  private pendingPut: { stage: number; tokens: number; keys: Float32Tensor[]; values: Float32Tensor[] } | undefined;
   /** The server-side decode loop, while or after it runs. */
   private generation: Promise<void> | undefined;
   /**
@@ -175,6 +182,10 @@ export class SplitSession {
       // A message that did not decode (bytes that are no SessionRequest, a 64-bit value out of range).
       const problem = decodeProblem(m);
       if (problem) throw new ValidationError(problem.message);
+      if (this.pendingPut && (m.kind?.$case !== 'kvPut' || m.kind.value.stage !== this.pendingPut.stage)) {
+        await this.flushPut();
+        if (!this.isOpen) return;
+      }
       switch (m.kind?.$case) {
         case 'open': {
           if (this.state !== 'awaiting-open') throw new PreconditionError('open must be sent once, as the first message; given a second open');
@@ -267,17 +278,15 @@ export class SplitSession {
           this.traffic.messagesIn++;
           this.traffic.bytesIn += (put.key?.data.byteLength ?? 0) + (put.value?.data.byteLength ?? 0);
           const valid = this.validatePut(put);
-          const putEngine = this.engine.putState?.bind(this.engine);
-          if (!putEngine) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${put.stage}`);
+          if (!this.engine.putState) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${put.stage}`);
           this.reserveKv(valid.kv ? valid.tokens * kvBytesPerToken(this.engine.nEmbd) : 0, `kv_put of stage ${valid.stage}`);
           this.mode = 'split';
-          this.serverBusy = true;
-          clearTimeout(this.idleTimer);
-          try {
-            await putEngine(valid.stage, this.liveCache, valid.tokens, valid.kv);
-          } finally {
-            this.serverBusy = false;
-            this.touch();
+          // Held here until another message comes (flushPut): the chunk's tensors are views of its own message.
+          const pending = (this.pendingPut ??= { stage: valid.stage, tokens: 0, keys: [], values: [] });
+          pending.tokens += valid.tokens;
+          if (valid.kv) {
+            pending.keys.push(valid.kv.key);
+            pending.values.push(valid.kv.value);
           }
           this.putting.add(valid.stage);
           this.observer?.handOver?.('put', valid.kv ? valid.kv.key.data.byteLength + valid.kv.value.data.byteLength : 0, put.offset === 0);
@@ -566,6 +575,29 @@ export class SplitSession {
     return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };
   }
 
+  /** Gives the pending kv_put chunks (see `pendingPut`) to the engine, joined, in one call. */
+  private async flushPut(): Promise<void> {
+    const p = this.pendingPut;
+    if (p === undefined) return;
+    this.pendingPut = undefined;
+    const putEngine = this.engine.putState?.bind(this.engine);
+    if (!putEngine) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${p.stage}`);
+    const kv = p.keys.length > 0 ? { key: join(p.keys), value: join(p.values) } : undefined;
+    this.serverBusy = true;
+    clearTimeout(this.idleTimer);
+    try {
+      await putEngine(p.stage, this.liveCache, p.tokens, kv);
+    } finally {
+      this.serverBusy = false;
+      this.touch();
+    }
+  }
+
+  /** The tokens stage `stage` holds, kv_put chunks not yet given to the engine included. */
+  private heldAt(stage: number): number {
+    return this.liveCache.tokensAt(stage) + (this.pendingPut?.stage === stage ? this.pendingPut.tokens : 0);
+  }
+
   /** The rules kv_put and kv_take share: a stage of the model, a session that has not run generate, the private session's first and last stage. */
   private checkHandOverStage(stage: number, field: 'kv_put' | 'kv_take'): void {
     const n = this.engine.stageCount;
@@ -582,8 +614,7 @@ export class SplitSession {
   private validatePut(put: KvPut): ValidPut {
     const { stage, offset, tokens } = put;
     this.checkHandOverStage(stage, 'kv_put');
-    const cache = this.liveCache;
-    const held = cache.tokensAt(stage);
+    const held = this.heldAt(stage);
     if (held > 0 && !this.putting.has(stage))
       throw new PreconditionError(
         `kv_put.stage ${stage} holds ${held} tokens this session computed on the server; a stage's state may be put only into a stage holding none (first chunk at offset 0), given kv_put of stage ${stage} at offset ${offset}`,
@@ -706,6 +737,7 @@ export class SplitSession {
     this.admission.leave(this);
     this.kv.release(this.kvReserved);
     this.kvReserved = 0;
+    this.pendingPut = undefined;
     clearTimeout(this.idleTimer);
     this.ended.abort();
     const cache = this.cache;
@@ -716,4 +748,9 @@ export class SplitSession {
     this.log.debug({ sessionId: this.id, reason }, 'session closed');
     this.resolveClosed();
   }
+}
+
+/** Key or value chunks of one stage as one tensor (the chunk itself when there is one). */
+function join(parts: readonly Float32Tensor[]): Float32Tensor {
+  return parts.length === 1 ? parts[0] : concatPositions(parts);
 }
