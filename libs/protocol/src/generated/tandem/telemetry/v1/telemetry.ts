@@ -222,7 +222,7 @@ export interface GenerationOutcome {
   modelId: string;
   /** Name of the request class the plan chose (ClassPlacement.name). */
   requestClass: string;
-  /** The placement the generation ran ('C'/'S' per stage). */
+  /** The placement the generation ran ('C'/'S' per stage); with a phased plan, its prefill's. */
   placement: string;
   /** Epoch of the plan the placement came from (> 0). */
   planEpoch: number;
@@ -268,6 +268,11 @@ export interface GenerationOutcome {
   status: OutcomeStatus;
   /** When the generation finished, Unix milliseconds. */
   unixMs: number;
+  /**
+   * A phased plan's decode placement (ClassPlacement.decode_placement), when it differs from
+   * `placement`; absent or empty otherwise.
+   */
+  decodePlacement?: string | undefined;
 }
 
 function createBaseStageTiming(): StageTiming {
@@ -1254,6 +1259,7 @@ function createBaseGenerationOutcome(): GenerationOutcome {
     tpotMet: false,
     status: 0,
     unixMs: 0,
+    decodePlacement: undefined,
   };
 }
 
@@ -1330,6 +1336,9 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
     }
     if (message.unixMs !== 0) {
       writer.uint32(192).int64(message.unixMs);
+    }
+    if (message.decodePlacement !== undefined) {
+      writer.uint32(202).string(message.decodePlacement);
     }
     return writer;
   },
@@ -1539,6 +1548,14 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
             message.unixMs = longToNumber(reader.int64());
             continue;
           }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.decodePlacement = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1665,6 +1682,11 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
         : isSet(object.unix_ms)
         ? globalThis.Number(object.unix_ms)
         : 0,
+      decodePlacement: isSet(object.decodePlacement)
+        ? globalThis.String(object.decodePlacement)
+        : isSet(object.decode_placement)
+        ? globalThis.String(object.decode_placement)
+        : undefined,
     };
   },
 
@@ -1742,6 +1764,9 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
     if (message.unixMs !== 0) {
       obj.unixMs = Math.round(message.unixMs);
     }
+    if (message.decodePlacement !== undefined) {
+      obj.decodePlacement = message.decodePlacement;
+    }
     return obj;
   },
 
@@ -1774,6 +1799,7 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
     message.tpotMet = object.tpotMet ?? false;
     message.status = object.status ?? 0;
     message.unixMs = object.unixMs ?? 0;
+    message.decodePlacement = object.decodePlacement ?? undefined;
     return message;
   },
 };
