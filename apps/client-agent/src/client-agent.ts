@@ -43,7 +43,7 @@ import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { AgentMetrics } from './metrics';
 import { buildOutcome, predictedOf, type Predicted } from './outcome';
-import { PlanFollower, privacyProblem } from './plan-follower';
+import { PlanFollower, privacyProblem, type ChosenPlacement } from './plan-follower';
 import { RemoteSession } from './remote-session';
 import type { ReplayRecording } from './replay';
 
@@ -310,9 +310,19 @@ export class ClientAgent {
     onToken: (id: number, index: number) => void,
     signal: AbortSignal,
     deadline = Infinity,
-  ): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
+  ): Promise<{
+    stats: GenerationStats;
+    placement: string;
+    decodePlacement?: string;
+    epoch: number;
+    requestClass: string;
+    slaMs: number;
+    promptTokens: number;
+    predicted: Predicted;
+  }> {
     const v = this.validate(req);
-    const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
+    const chosen: ChosenPlacement =
+      v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
     // The class of the plan followed, taken now (a new plan may come while this runs).
     const plan = this.follower.current();
     const planned = chosen.epoch > 0 && plan?.epoch === chosen.epoch ? plan.classes.find((c) => c.name === chosen.requestClass) : undefined;
@@ -340,6 +350,7 @@ export class ClientAgent {
         },
         Date.now(),
         predictedOf(planned, v.ids.length, v.maxNewTokens),
+        chosen.decodePlacement,
       );
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
@@ -369,7 +380,10 @@ export class ClientAgent {
           resume: {
             deadline: until,
             onResumed: ({ tokens, attempts, lostMs }) =>
-              this.log.warn({ tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement }, 'generation resumed on a new executor session'),
+              this.log.warn(
+                { tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement, decodePlacement: chosen.decodePlacement },
+                'generation resumed on a new executor session',
+              ),
           },
         },
         chosen.placement,
@@ -380,6 +394,7 @@ export class ClientAgent {
           cursor?.advance(id);
           onToken(id, index);
         },
+        chosen.decodePlacement,
       );
       this.local.disarm(); // generate() created its cache synchronously, before its first await
       stats = await running;
