@@ -5,7 +5,6 @@ import { ModelFormatError, ModelOptionError, StageInputError, renderGiven } from
 import { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 import { type Manifest, type StageInfo, readManifest } from './manifest';
 import { IO } from './stage-graphs';
-import type { Float32Tensor, StageState } from './stage-state';
 
 /**
  * Per-generation state of one runner: the next position of `embed` and the past keys/values of each
@@ -102,9 +101,8 @@ export function lastPosition(x: Extract<HostTensor, { dtype: 'float32' }>): Extr
   return { ...x, shape: [1, 1, D], data: x.data.slice((T - 1) * D, T * D) };
 }
 
-function toHost(t: ort.Tensor, copy = false): Float32Tensor {
-  const data = t.data as Float32Array;
-  return { dtype: 'float32', shape: [...t.dims], data: copy ? data.slice() : data };
+function toHost(t: ort.Tensor): HostTensor & { dtype: 'float32' } {
+  return { dtype: 'float32', shape: [...t.dims], data: t.data as Float32Array };
 }
 
 /**
@@ -285,90 +283,6 @@ export class StageRunner {
     return x;
   }
 
-  /**
-   * The state of `stage` in `cache`, to move it to the other side between the phases of a
-   * phased plan: an embedding's count of positions; an attention stage's count and its keys and
-   * values [1, nHead, tokens, headDim] (copies); an MLP or head stage keeps nothing in a cache,
-   * so `{ tokens: 0 }` (its count is the caller's). With `drop` the cache then holds nothing of
-   * the stage (the embedding's position 0, the attention stage's keys and values freed). The
-   * stage need not be loaded here (a cache holds only what its runner ran).
-   * @throws StageInputError for a stage index out of range, a cache not from this runner or in use on the stage.
-   */
-  exportState(stage: number, cache: KvCache, opts: { drop?: boolean } = {}): StageState {
-    const info = this.stageInfo(stage);
-    const own = this.checkCache(cache, 'cache');
-    if (own.inFlight.has(stage)) throw new StageInputError('cache', `not be in use by a call on stage ${info.name}`, 'a cache in use', 'precondition');
-    if (info.kind === 'embed') {
-      const tokens = own.embeddedTokens;
-      if (opts.drop) own.embeddedTokens = 0;
-      return { tokens };
-    }
-    if (info.kind !== 'attn') return { tokens: 0 };
-    const kv = own.kv.get(stage);
-    if (!kv) return { tokens: 0 };
-    const state = { tokens: kv.key.dims[2], key: toHost(kv.key, true), value: toHost(kv.value, true) };
-    if (opts.drop) {
-      own.kv.delete(stage);
-      kv.key.dispose();
-      kv.value.dispose();
-    }
-    return state;
-  }
-
-  /**
-   * Gives `stage` in `cache` the state taken from the other side (see {@link exportState}): the
-   * stage must hold nothing in the cache yet. An embedding continues at position `tokens`; an
-   * attention stage takes copies of `key` and `value` (float32 [1, nHead, tokens, headDim],
-   * finite) and continues after them; an MLP or head stage keeps nothing (and takes no tensors).
-   * Everything is checked before the cache changes.
-   * @throws StageInputError naming `state.tokens`, `state.key`, `state.value` (invalid) or `stage`
-   *   / `cache` (the stage already holds tokens: precondition).
-   */
-  importState(stage: number, cache: KvCache, state: StageState): void {
-    const info = this.stageInfo(stage);
-    const own = this.checkCache(cache, 'cache');
-    if (own.inFlight.has(stage)) throw new StageInputError('cache', `not be in use by a call on stage ${info.name}`, 'a cache in use', 'precondition');
-    const { nHead: H, nEmbd: D, nPositions } = this.manifest.config;
-    const T = state.tokens;
-    if (!Number.isInteger(T) || T < 1 || T > nPositions) throw new StageInputError('state.tokens', `be an integer in 1..${nPositions} (nPositions)`, T);
-    if (info.kind !== 'attn') {
-      for (const f of ['key', 'value'] as const) {
-        if (state[f] !== undefined) throw new StageInputError(`state.${f}`, `be absent for stage ${info.name}, which keeps no keys or values`, 'a tensor');
-      }
-      if (info.kind === 'embed') {
-        if (own.embeddedTokens !== 0)
-          throw new StageInputError(
-            'stage',
-            `hold no tokens in the cache before its state is imported (${info.name} holds ${own.embeddedTokens})`,
-            stage,
-            'precondition',
-          );
-        own.embeddedTokens = T;
-      }
-      return;
-    }
-    if (own.kv.has(stage))
-      throw new StageInputError(
-        'stage',
-        `hold no tokens in the cache before its state is imported (${info.name} holds ${own.pastLength(stage)})`,
-        stage,
-        'precondition',
-      );
-    const want = [1, H, T, D / H];
-    const tensors = (['key', 'value'] as const).map((f) => {
-      const t = state[f];
-      if (t === undefined) throw new StageInputError(`state.${f}`, `be present for attention stage ${info.name}`, t);
-      if (t.dtype !== 'float32') throw new StageInputError(`state.${f}.dtype`, "be 'float32'", t.dtype);
-      if (t.shape.length !== 4 || t.shape.some((d, i) => d !== want[i])) throw new StageInputError(`state.${f}.shape`, `be [${want.join(', ')}]`, t.shape);
-      if (!(t.data instanceof Float32Array) || t.data.length !== product(want))
-        throw new StageInputError(`state.${f}.data`, `be a Float32Array of ${product(want)} values (the shape's product)`, t.data?.length);
-      const bad = t.data.findIndex((v) => !Number.isFinite(v));
-      if (bad >= 0) throw new StageInputError(`state.${f}.data[${bad}]`, 'be finite', t.data[bad]);
-      return new ort.Tensor('float32', t.data.slice(), want);
-    });
-    own.kv.set(stage, { key: tensors[0], value: tensors[1] });
-  }
-
   /** Releases every session. The runner cannot be used afterwards. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -418,13 +332,6 @@ export class StageRunner {
     }
     const out = last.kind === 'head' ? IO.logits : last.kind === 'embed' ? IO.hidden : IO.hiddenOut;
     return toHost(r[out]);
-  }
-
-  /** The stage's manifest entry (any stage of the model, loaded here or not). */
-  private stageInfo(stage: number): StageInfo {
-    const n = this.manifest.stages.length;
-    if (!Number.isInteger(stage) || stage < 0 || stage >= n) throw new StageInputError('stage', `be a stage index in 0..${n - 1}`, stage);
-    return this.manifest.stages[stage];
   }
 
   private checkStage(stage: number): StageInfo {
