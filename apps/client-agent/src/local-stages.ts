@@ -1,5 +1,5 @@
 import type { HostTensor, StageTiming } from '@tandem/protocol';
-import { StageRunner, StageStats, type KvCache, type StageState } from '@tandem/model';
+import { StageInputError, StageRunner, StageStats, type KvCache, type StageState } from '@tandem/model';
 import { ReplayMissError, type ReplayCursor, type ReplayRecording } from './replay';
 
 const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
@@ -159,10 +159,11 @@ export class LocalStages {
         throw new Error(`stage ${stage} holds ${cursor.heldTokens()} tokens of the recorded history, the generation counts ${tokens}`);
       return kind === 'attn' ? { tokens, ...cursor.prefillKv(stage) } : { tokens };
     }
-    const state = this.runner.exportState(stage, cache, { drop: true });
-    if ((kind === 'attn' || kind === 'embed') && state.tokens !== tokens)
-      throw new Error(`stage ${stage} holds ${state.tokens} tokens in the device's cache, the generation counts ${tokens}`);
-    return { ...state, tokens };
+    if (kind !== 'attn' && kind !== 'embed') return { tokens }; // an MLP or head stage keeps nothing but its count
+    const state = this.runner.exportState(stage, cache);
+    if (state.tokens !== tokens) throw new Error(`stage ${stage} holds ${state.tokens} tokens in the device's cache, the generation counts ${tokens}`);
+    this.runner.dropState(stage, cache);
+    return state;
   }
 
   /**
@@ -181,7 +182,16 @@ export class LocalStages {
         throw new Error(`the server handed over ${state.tokens} tokens of stage ${stage}, the recorded history has ${cursor.heldTokens()}`);
       return;
     }
-    this.runner.importState(stage, cache, state);
+    const kind = this.runner.manifest.stages[stage]?.kind;
+    if (kind !== 'attn' && kind !== 'embed') {
+      // An MLP or head stage keeps nothing but its count, which the generation keeps.
+      if (state.key || state.value) throw new StageInputError('state.key', `be absent for stage ${stage} (${kind}), which keeps no keys or values`, 'a tensor');
+      return;
+    }
+    const held = kind === 'embed' ? cache.embeddedTokens : cache.pastLength(stage);
+    if (held !== 0)
+      throw new StageInputError('stage', `hold no tokens on the device before its state is taken from the server (it holds ${held})`, stage, 'precondition');
+    this.runner.appendState(stage, cache, state);
   }
 
   /**

@@ -9,7 +9,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
-import { kvChunkTokens, kvConcat, kvSlice, type Float32Tensor, type StageState } from '@tandem/model';
+import { concatPositions, slicePositions, type Float32Tensor, type StageState } from '@tandem/model';
 import { ExecutorStatusError } from './errors';
 
 /** What one server step returned. */
@@ -65,6 +65,11 @@ export const TOKEN_DOWN_BYTES = 8;
 
 /** Largest key plus value bytes the agent puts in one KvPut (the proto's bound for Tandem's agent). */
 export const KV_CHUNK_BYTES = 1 << 20;
+
+/** Positions per chunk so that a chunk's keys plus values (float32) take at most `maxBytes`; at least one whatever the bound. */
+export function kvChunkTokens(nHead: number, headDim: number, maxBytes: number): number {
+  return Math.max(1, Math.floor(maxBytes / (2 * 4 * nHead * headDim)));
+}
 
 /** A stage's state taken from the executor (kv_take), and what it cost on the wire. */
 export interface TakenState {
@@ -197,7 +202,7 @@ export class RemoteSession {
    * the server in the decode): one KvPut for a count-only stage, otherwise chunks of whole
    * positions of at most `maxChunkBytes` of keys plus values (at least one position each).
    * Not answered: the executor takes them in order, and a refusal ends the session (the next
-   * step or generate rejects with its status). Resolves with the key and value bytes sent.
+   * step or generate rejects with its status). Returns the key and value bytes sent.
    */
   kvPut(stage: number, state: StageState, maxChunkBytes = KV_CHUNK_BYTES): number {
     if (this.failure) throw this.failure;
@@ -212,8 +217,8 @@ export class RemoteSession {
     let bytes = 0;
     for (let offset = 0; offset < T; offset += per) {
       const n = Math.min(per, T - offset);
-      const k = kvSlice(key, offset, n);
-      const v = kvSlice(value, offset, n);
+      const k = slicePositions(key, offset, offset + n);
+      const v = slicePositions(value, offset, offset + n);
       bytes += k.data.byteLength + v.data.byteLength;
       this.call.write({ kind: { $case: 'kvPut', value: { stage, offset, tokens: n, key: toWireTensor(k), value: toWireTensor(v) } } });
     }
@@ -283,7 +288,7 @@ export class RemoteSession {
         tokens += c.tokens;
         chunks++;
         if (!c.last) return false;
-        const state: StageState = keys.length > 0 ? { tokens, key: kvConcat(keys), value: kvConcat(values) } : { tokens };
+        const state: StageState = keys.length > 0 ? { tokens, key: concatPositions(keys), value: concatPositions(values) } : { tokens };
         resolve({ state, bytes, chunks });
         return true;
       };
