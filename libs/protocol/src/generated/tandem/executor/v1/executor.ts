@@ -271,7 +271,8 @@ export interface GeneratedToken {
   /** The `seq` of the `generate` this token belongs to (exactly as sent). */
   seq: string;
   /**
-   * Position of the token in the generation: 0 for the one the prompt's prefill produced,
+   * Position of the token in this `generate`'s output: 0 for the first one it makes (the one
+   * the prompt's prefill produced; after a handed-over prefill, the one that follows `input`),
    * then 1, 2, ... up to max_new_tokens - 1.
    */
   index: number;
