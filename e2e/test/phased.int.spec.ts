@@ -19,7 +19,7 @@ import {
 } from '@tandem/protocol';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { bindServer, createLogger, serverAuthOptions } from '@tandem/service-kit';
-import { eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { capturingLogger, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
 import { allStages, startAgent, startExecutor, stopStack, type Deployment } from './stack';
 
@@ -85,7 +85,7 @@ async function stubPlanner(creds: TestCredentials): Promise<{ addr: string; push
 
 let creds: TestCredentials;
 beforeAll(() => {
-  creds = makeCredentials({ agents: ['dev', 'dev-replay'], executors: ['exec'] });
+  creds = makeCredentials({ agents: ['dev', 'dev-replay', 'dev-private'], executors: ['exec'] });
 });
 afterAll(() => creds?.remove());
 
@@ -102,6 +102,8 @@ describe('phased plans through the real executor and agents', () => {
   let expected: number[];
   let epoch = 1_000;
   const outcomes: GenerationOutcome[] = [];
+  /** The private agent's warnings (its refused plans). */
+  const privateLog = capturingLogger('warn');
 
   beforeAll(async () => {
     model = await makeTempModel();
@@ -130,6 +132,7 @@ describe('phased plans through the real executor and agents', () => {
     for (const [clientId, over] of [
       ['dev', {}],
       ['dev-replay', { replay }],
+      ['dev-private', { private: true, log: privateLog.log }],
     ] as const) {
       const { server } = await startAgent({ modelDir: model.dir, modelId: engine.modelId, clientId, stages: allStages(S), executorAddr }, d, {
         plannerAddr: planner.addr,
@@ -197,6 +200,34 @@ describe('phased plans through the real executor and agents', () => {
     for (const r of rs) expect(r.stats.ids).toEqual(expected);
     const after = await executorStatus(execClient);
     expect(after.sessionsOpened - before.sessionsOpened).toBe(4);
+  });
+
+  it('on a private device moves only middle stages (its session is private), and refuses a decode placement that would send its ends', async () => {
+    const e = await follow('dev-private', 'CSSSSC', 'CCCSSC');
+    const r = await run('dev-private');
+    expect(r.stats.ids).toEqual(expected);
+    expect(r).toMatchObject({ decodePlacement: 'CCCSSC', epoch: e });
+    expect(r.stats.kvDownBytes).toBeGreaterThan(0);
+    const agent = agents.get('dev-private')!;
+    const problems = new Map([
+      [++epoch, 'classes[0].decodePlacement puts stage 0 (token ids in) on the server, which AGENT_PRIVATE forbids'],
+      [++epoch, 'classes[0].decodePlacement puts stage 5 (tokens out) on the server, which AGENT_PRIVATE forbids'],
+    ]);
+    const [first, second] = [...problems.keys()];
+    planner.push(planOf('dev-private', first, 'CSSSSC', 'SSSSSC'));
+    planner.push(planOf('dev-private', second, 'CCSSSC', 'CCSSSS'));
+    const refusals = await eventually(
+      () => {
+        const got = privateLog.lines().filter((l) => l.msg === 'refused a plan');
+        return got.length === 2 ? got : undefined;
+      },
+      { what: 'both plans refused' },
+    );
+    expect(refusals.map((l) => [l.epoch, l.problem])).toEqual([...problems]);
+    // the refused plans leave the last good one in force
+    expect(agent.status().planEpoch).toBe(e);
+    const again = await run('dev-private');
+    expect(again).toMatchObject({ placement: 'CSSSSC', decodePlacement: 'CCCSSC', epoch: e });
   });
 
   it('with the decode equal to the prefill (or absent), runs the plain generation and moves nothing', async () => {
