@@ -6,6 +6,8 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { recordReplay, ReplayRecording, type ClientAgent } from '@tandem/client-agent';
 import { modelIdOf, readManifest, SplitPipeline } from '@tandem/model';
 import {
+  AgentServiceClient,
+  generateVia,
   ExecutorServiceClient,
   executorStatus,
   GenerationOutcome,
@@ -99,6 +101,7 @@ describe('phased plans through the real executor and agents', () => {
   let execClient: ExecutorServiceClient;
   let planner: Awaited<ReturnType<typeof stubPlanner>>;
   const agents = new Map<string, ClientAgent>();
+  const agentAddrs = new Map<string, string>();
   let expected: number[];
   let epoch = 1_000;
   const outcomes: GenerationOutcome[] = [];
@@ -134,11 +137,12 @@ describe('phased plans through the real executor and agents', () => {
       ['dev-replay', { replay }],
       ['dev-private', { private: true, log: privateLog.log }],
     ] as const) {
-      const { server } = await startAgent({ modelDir: model.dir, modelId: engine.modelId, clientId, stages: allStages(S), executorAddr }, d, {
+      const { server, addr } = await startAgent({ modelDir: model.dir, modelId: engine.modelId, clientId, stages: allStages(S), executorAddr }, d, {
         plannerAddr: planner.addr,
         ...over,
       });
       agents.set(clientId, server);
+      agentAddrs.set(clientId, addr);
     }
   });
 
@@ -228,6 +232,25 @@ describe('phased plans through the real executor and agents', () => {
     expect(agent.status().planEpoch).toBe(e);
     const again = await run('dev-private');
     expect(again).toMatchObject({ placement: 'CSSSSC', decodePlacement: 'CCCSSC', epoch: e });
+  });
+
+  it("shows the decode placement in the agent's status, and a phased override over gRPC in the summary", async () => {
+    const e = await follow('dev', 'CCSSSC', 'SSSSSS');
+    const agent = agents.get('dev')!;
+    expect(agent.status().classPlacements).toEqual([expect.objectContaining({ placement: 'CCSSSC', decodePlacement: 'SSSSSS', planEpoch: e })]);
+    const client = new AgentServiceClient(agentAddrs.get('dev')!, ...creds.clientArgs());
+    try {
+      const req = { input: { $case: 'ids' as const, value: { ids: PROMPT } }, maxNewTokens: NEW };
+      const phased = await generateVia(client, { ...req, placement: 'SSSSSS', decodePlacement: 'CSSCCC' });
+      expect(phased.summary).toMatchObject({ ids: expected, placement: 'SSSSSS', decodePlacement: 'CSSCCC', requestClass: 'override', planEpoch: 0 });
+      expect(phased.summary.handoverMs).toBeGreaterThan(0);
+      const plain = await generateVia(client, { ...req, placement: 'CCSSSC', decodePlacement: 'CCSSSC' });
+      expect(plain.summary.ids).toEqual(expected);
+      expect(plain.summary.decodePlacement).toBeUndefined();
+      expect(plain.summary.handoverMs).toBeUndefined();
+    } finally {
+      client.close();
+    }
   });
 
   it('with the decode equal to the prefill (or absent), runs the plain generation and moves nothing', async () => {
