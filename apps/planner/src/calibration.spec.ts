@@ -1,4 +1,4 @@
-import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
+import type { ClassObservations, ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
 import { clientProfile, serverLoad, stageTimes } from '@tandem/testkit';
 import { Calibrator, DEFAULT_CALIBRATION, type CalibrationOptions } from './calibration';
 import type { ValidOutcome } from './outcomes';
@@ -238,6 +238,32 @@ describe('Calibrator: safety against missed SLOs', () => {
     expect(h.observed).toMatchObject({ outcomes: 2, planOutcomes: 0 });
     h.outcome(false);
     expect(h.observed).toMatchObject({ outcomes: 3, planOutcomes: 1, attainment: 0 });
+  });
+
+  it('takes a phased plan as a plan of its own: its prefill placement alone is another plan, and a new decode placement restarts attainment', () => {
+    const cal = new Calibrator(OPTS);
+    const plan = (placement: string, decodePlacement?: string): ClassPlacement[] => [
+      { ...maker.plan(PROFILE, LOAD, undefined)![0], placement, ...(decodePlacement ? { decodePlacement } : {}) },
+    ];
+    const miss = (placement: string): ValidOutcome => ({
+      clientId: 'dev',
+      requestClass: 'short',
+      placement,
+      planEpoch: 1,
+      ok: true,
+      good: false,
+      predicted: { e2e: 50, ttft: 0, tpot: 0 },
+      measured: { e2e: 60, ttft: 0, tpot: 0 },
+      unixMs: 0,
+    });
+    const observed = (): ClassObservations => cal.observations('dev', ['short'])[0];
+    cal.planned('dev', plan('SSS', 'CCC'), 1, 0);
+    cal.record(miss('SSS'), 1);
+    expect(observed()).toMatchObject({ outcomes: 1, planOutcomes: 0 });
+    cal.record(miss('SSS/CCC'), 2);
+    expect(observed()).toMatchObject({ outcomes: 2, planOutcomes: 1 });
+    cal.planned('dev', plan('SSS', 'SCC'), 2, 3);
+    expect(observed()).toMatchObject({ outcomes: 2, planOutcomes: 0 });
   });
 
   it('relaxes one step per relax dwell once attainment recovers above target + margin, back to the original plan', () => {

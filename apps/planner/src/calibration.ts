@@ -1,6 +1,6 @@
 import type { ClassObservations, ClassPlacement } from '@tandem/protocol';
 import type { LatencyTriple, ValidOutcome } from './outcomes';
-import type { ClassAdjustment } from './plan-maker';
+import { planKey, type ClassAdjustment } from './plan-maker';
 
 /** Settings of the calibrator (the planner's PLANNER_SLO_* / PLANNER_OUTCOME_* / PLANNER_SAFETY_* variables). */
 export interface CalibrationOptions {
@@ -100,7 +100,7 @@ class ClassState {
   readonly attainment = new Decayed();
   outcomes = 0;
   failures = 0;
-  /** The class's placement in force, as last planned; undefined before the first plan. */
+  /** The class's placement in force, as last planned ({@link planKey}); undefined before the first plan. */
   placement: string | undefined;
   /** Epoch of the plan in which `placement` took effect: older outcomes are of another plan. */
   sinceEpoch = 0;
@@ -339,8 +339,9 @@ export class Calibrator {
     let again = false;
     for (const c of classes) {
       const st = this.state(clientId, c.name);
-      if (c.placement !== st.placement) {
-        st.placement = c.placement;
+      const key = planKey(c);
+      if (key !== st.placement) {
+        st.placement = key;
         st.sinceEpoch = epoch;
         st.sinceMs = st.lastChangeMs = nowMs;
         st.attainment.reset();

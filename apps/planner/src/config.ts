@@ -1,4 +1,3 @@
-import { ALGORITHMS, type Algorithm } from '@tandem/dp';
 import {
   ConfigError,
   env,
@@ -12,7 +11,7 @@ import {
   serverSecurityEnv,
 } from '@tandem/service-kit';
 import { DEFAULT_CALIBRATION as C } from './calibration';
-import { DEFAULT_SHED_MAX_SLOWDOWN } from './plan-maker';
+import { DEFAULT_SHED_MAX_SLOWDOWN, PLANNER_ALGORITHMS, type PlannerAlgorithm } from './plan-maker';
 import { DEFAULT_SHEDDING as S } from './shedding';
 
 /**
@@ -131,7 +130,11 @@ export const plannerEnv = {
   ...grpcKeepaliveEnv,
   NATS_URL: env.string('NATS server carrying the telemetry', 'nats://127.0.0.1:4222'),
   ...natsAuthEnv,
-  PLANNER_ALGORITHM: env.oneOf('Placement algorithm', 'dp' as Algorithm, ALGORITHMS),
+  PLANNER_ALGORITHM: env.oneOf(
+    'Placement algorithm: the contract\'s (dp, dp-grid and the baselines) or dp-phased, which may place the prefill and the decode apart, handing the KV caches of the stages that change side over once between the phases (docs/placement.md, "Prefill and decode placed apart")',
+    'dp' as PlannerAlgorithm,
+    PLANNER_ALGORITHMS,
+  ),
   PLANNER_REQUEST_CLASSES: env.json(
     'Request classes (JSON array of {name, maxPromptTokens, expectedNewTokens, slaMs?, ttftMs?, tpotMs?}): each states at least one SLO, ms (end to end, time to first token, time per output token) and a plan must meet every one stated',
     DEFAULT_CLASSES as RequestClass[],

@@ -159,7 +159,13 @@ export const DASHBOARD_JS = `'use strict';
     var rows = c.classes.map(function (k) {
       return el('tr', { 'data-class': k.name }, [
         el('td', {}, [k.name, k.shed ? ' ' : null, k.shed ? el('span', { class: 'badge' }, ['shed']) : null]),
-        el('td', {}, [placementStrip(k.placement, s.stages)]),
+        el(
+          'td',
+          {},
+          k.decodePlacement
+            ? [el('span', { class: 'muted' }, ['prefill ']), placementStrip(k.placement, s.stages), el('br', {}, []), el('span', { class: 'muted' }, ['decode ']), placementStrip(k.decodePlacement, s.stages)]
+            : [placementStrip(k.placement, s.stages)],
+        ),
         el('td', { class: 'num ' + (k.feasible ? '' : 'miss') }, [msText(k.predictedLatencyMs) + ' / ' + sloText(k)]),
         el('td', { class: 'num' }, [msText(k.predictedServerWorkMs)]),
         attainmentCell(k.attainment, s.attainmentTarget, k.planOutcomes),

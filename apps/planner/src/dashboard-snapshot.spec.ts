@@ -157,6 +157,18 @@ describe('dashboardSnapshot', () => {
     expect(s.classes[1].shed).toBe(1);
   });
 
+  it("shows a phased plan's decode placement beside its prefill's, and none for a plan whose phases agree", () => {
+    const phased = plan('a', 'SSS', 'CCS');
+    const classes = [
+      { ...phased.classes[0], decodePlacement: 'CCC' },
+      { ...phased.classes[1], decodePlacement: 'CCS' },
+    ];
+    const s = dashboardSnapshot(source({ plans: () => [{ ...phased, classes }] }), INFO, 10);
+    expect(s.clients[0].classes[0]).toMatchObject({ placement: 'SSS', decodePlacement: 'CCC' });
+    expect(s.clients[0].classes[1].placement).toBe('CCS');
+    expect(s.clients[0].classes[1]).not.toHaveProperty('decodePlacement');
+  });
+
   it('shows no server before an executor reported load, and the same JSON for the same state', () => {
     const s = dashboardSnapshot(source({ load: undefined, followedExecutor: undefined, executorIds: [] }), INFO, 100);
     expect(s.server).toBeNull();

@@ -75,8 +75,10 @@ export interface ClassView {
 /** One class of one client's plan. */
 export interface ClientClassView {
   readonly name: string;
-  /** One letter per stage: C runs on the client, S on the server. */
+  /** One letter per stage: C runs on the client, S on the server (a phased plan's prefill). */
   readonly placement: string;
+  /** A phased plan's decode placement, when it differs from `placement`. */
+  readonly decodePlacement?: string;
   readonly slaMs: number;
   readonly ttftMs: number;
   readonly tpotMs: number;
@@ -183,6 +185,7 @@ export function dashboardSnapshot(source: DashboardSource, info: DashboardInfo, 
       return {
         name: c.name,
         placement: c.placement,
+        ...(c.decodePlacement && c.decodePlacement !== c.placement ? { decodePlacement: c.decodePlacement } : {}),
         slaMs: ms(c.slaMs),
         ttftMs: ms(c.ttftMs),
         tpotMs: ms(c.tpotMs),

@@ -1,4 +1,4 @@
-import { ModelFormatError, modelIdOf, readManifest } from '@tandem/model';
+import { ModelFormatError, modelIdOf, readManifest, stageKvBytesPerToken } from '@tandem/model';
 import { createLogger, hostOf, keepaliveFrom, loadServerSecurity, natsAuthFrom, onShutdownSignal, runMain } from '@tandem/service-kit';
 import { Calibrator } from './calibration';
 import { loadConfig } from './config';
@@ -14,7 +14,11 @@ export async function main(): Promise<void> {
   const log = createLogger({ name: 'planner', level: config.LOG_LEVEL });
   const manifest = await readManifest(config.MODEL_DIR);
   const maker = new PlanMaker({
-    stages: manifest.stages.map((s) => ({ name: s.name, inBytesPerToken: s.inBytesPerToken })),
+    stages: manifest.stages.map((s) => ({
+      name: s.name,
+      inBytesPerToken: s.inBytesPerToken,
+      kvBytesPerToken: stageKvBytesPerToken(s.kind, manifest.config.nEmbd),
+    })),
     classes: config.PLANNER_REQUEST_CLASSES,
     slaOverrides: config.PLANNER_SLA_OVERRIDES,
     algorithm: config.PLANNER_ALGORITHM,

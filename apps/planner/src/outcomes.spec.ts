@@ -34,6 +34,12 @@ describe('validateOutcome', () => {
     expect(v.measured).toEqual({ e2e: 60, ttft: 30, tpot: 10 });
   });
 
+  it("names a phased plan's outcome by both placements, and a decode placement equal to the prefill's by the one", () => {
+    expect(validateOutcome(outcome({ placement: 'SSS', decodePlacement: 'CCC' }), CTX).placement).toBe('SSS/CCC');
+    expect(validateOutcome(outcome({ placement: 'CCS', decodePlacement: 'CCS' }), CTX).placement).toBe('CCS');
+    expect(validateOutcome(outcome({ placement: 'CCS', decodePlacement: '' }), CTX).placement).toBe('CCS');
+  });
+
   it('counts a missed SLO, and a failed generation, as not good', () => {
     expect(validateOutcome(outcome({ e2eMs: 150, slaMet: false }), CTX).good).toBe(false);
     expect(validateOutcome(outcome({ ttftSloMs: 20, ttftMet: false }), CTX).good).toBe(false);
@@ -49,6 +55,8 @@ describe('validateOutcome', () => {
     ['a placement of the wrong length', { placement: 'CS' }, "placement must be 3 letters C or S, given 'CS'"],
     ['a placement with other letters', { placement: 'CXS' }, "placement must be 3 letters C or S, given 'CXS'"],
     ['a long placement, cut short in the message', { placement: 'C'.repeat(5000) }, `placement must be 3 letters C or S, given '${'C'.repeat(44)}...`],
+    ['a decode placement of the wrong length', { decodePlacement: 'CCCC' }, "decodePlacement must be empty or 3 letters C or S, given 'CCCC'"],
+    ['a decode placement with other letters', { decodePlacement: 'CxS' }, "decodePlacement must be empty or 3 letters C or S, given 'CxS'"],
     ['epoch 0 (no plan)', { planEpoch: 0 }, 'planEpoch must be an integer >= 1 (outcomes come from planned generations), given 0'],
     ['an unset status', { status: OutcomeStatus.OUTCOME_STATUS_UNSPECIFIED }, 'status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED, given 0'],
     ['an unknown status', { status: 9 as OutcomeStatus }, 'status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED, given 9'],

@@ -1,4 +1,5 @@
 import { ID_PATTERN, OutcomeStatus, Subjects, type GenerationOutcome } from '@tandem/protocol';
+import { planKey } from './plan-maker';
 
 /** Largest duration an outcome may state, ms (one day): a larger one is a broken clock or a broken agent. */
 export const MAX_OUTCOME_MS = 86_400_000;
@@ -19,6 +20,7 @@ export interface LatencyTriple {
 export interface ValidOutcome {
   readonly clientId: string;
   readonly requestClass: string;
+  /** The plan it ran, as {@link planKey} names it: the placement, and `/` and the decode's for a phased plan. */
   readonly placement: string;
   readonly planEpoch: number;
   /** The generation produced every token (status OK). */
@@ -66,6 +68,8 @@ export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): Vali
   if (!ctx.classes.has(o.requestClass)) throw new Error(`requestClass must be one of ${[...ctx.classes].join(', ')}, given ${shown(o.requestClass)}`);
   if (o.placement.length !== ctx.stageCount || !/^[CS]+$/.test(o.placement))
     throw new Error(`placement must be ${ctx.stageCount} letters C or S, given ${shown(o.placement)}`);
+  if (o.decodePlacement && (o.decodePlacement.length !== ctx.stageCount || !/^[CS]+$/.test(o.decodePlacement)))
+    throw new Error(`decodePlacement must be empty or ${ctx.stageCount} letters C or S, given ${shown(o.decodePlacement)}`);
   if (!Number.isSafeInteger(o.planEpoch) || o.planEpoch < 1)
     throw new Error(`planEpoch must be an integer >= 1 (outcomes come from planned generations), given ${shown(o.planEpoch)}`);
   if (o.status !== OutcomeStatus.OUTCOME_STATUS_OK && o.status !== OutcomeStatus.OUTCOME_STATUS_FAILED)
@@ -100,7 +104,7 @@ export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): Vali
   return {
     clientId: o.clientId,
     requestClass: o.requestClass,
-    placement: o.placement,
+    placement: planKey(o),
     planEpoch: o.planEpoch,
     ok,
     good,

@@ -1,8 +1,8 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
-import { evaluateGeneration, sloCheck, type Location } from '@tandem/dp';
+import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, sloCheck, type Location } from '@tandem/dp';
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
-import { PlanMaker, type PlanMakerOptions } from './plan-maker';
+import { PlanMaker, planKey, type PlanMakerOptions } from './plan-maker';
 
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 
@@ -398,5 +398,66 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
     const [moved] = maker.plan(client(2, fastLinks), server(1), [previousPlan('CCCCCC', withTpot)])!;
     expect(moved.placement).toBe(best.placement);
     expect(moved.feasible).toBe(true);
+  });
+});
+
+describe('PlanMaker with dp-phased', () => {
+  // KV bytes per token of the attention stages (256-byte hidden state: key and value, float32).
+  const KV_STAGES = SIX_STAGES.map((s) => ({ ...s, kvBytesPerToken: s.name.endsWith('.attn') ? 512 : 0 }));
+  // A long prompt the device prefills slowly (2.5 ms per token per stage: 160 ms per stage) within a
+  // TTFT of 200 ms, and a decode it runs at 60 ms per token within a TPOT of 100 ms.
+  const LONG = { name: 'long', maxPromptTokens: 64, expectedNewTokens: 8, ttftMs: 200, tpotMs: 100 };
+  const phasedOptions = (algorithm: PlanMakerOptions['algorithm']): PlanMakerOptions =>
+    makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm, serverEntryMs: 0 });
+
+  it('prefills on the server and decodes on the device when only the phases apart meet both SLOs with less server work', () => {
+    const [dp] = new PlanMaker(phasedOptions('dp')).plan(client(10), server(1), undefined)!;
+    // dp keeps one placement: no device stage before the head fits the TTFT, so the decode's
+    // stages stay on the server too.
+    expect(dp.placement.slice(0, 5)).toBe('SSSSS');
+    expect(dp.decodePlacement).toBeUndefined();
+    const maker = new PlanMaker(phasedOptions('dp-phased'));
+    const [p] = maker.plan(client(10), server(1), undefined)!;
+    expect(p.decodePlacement).toBe('CCCCCC');
+    expect(p.placement.slice(0, 5)).toBe('SSSSS');
+    expect(p.feasible).toBe(true);
+    expect(p.predictedServerWork).toBeLessThan(dp.predictedServerWork);
+    // The hand-over: both attention stages' prompt KV (2 × 64 × 512 bytes) down the 10 kB/ms link, 1 ms latency.
+    expect(p.predictedHandoverMs).toBeCloseTo(1 + (2 * 64 * 512) / 10_000, 6);
+    // The figures are libs/dp's for the pair, as a reader of docs/placement.md would compute them.
+    const inst = maker.instance(client(10), server(1), LONG)!;
+    const cost = evaluatePhased(inst, fromLetters(p.placement), fromLetters(p.decodePlacement!));
+    expect(p.predictedTtftMs).toBe(cost.ttftMs);
+    expect(p.predictedTpotMs).toBe(cost.tpotMs);
+    expect(p.predictedLatencyMs).toBe(cost.e2eMs);
+    expect(p.predictedServerWork).toBe(cost.serverWork);
+  });
+
+  it('gives the same plan as dp, with no decode placement, when moving between the phases does not pay', () => {
+    // The SLOs of the first describe block: a short prompt the device runs whole.
+    const opts = { stages: KV_STAGES, classes: [CLASS], slaMargin: 1, serverEntryMs: 0 };
+    for (const [c, s] of [
+      [client(2), server(1)],
+      [client(10), server(1)],
+    ] as const) {
+      const [dp] = new PlanMaker(makerOptions({ ...opts, algorithm: 'dp' })).plan(c, s, undefined)!;
+      const [ph] = new PlanMaker(makerOptions({ ...opts, algorithm: 'dp-phased' })).plan(c, s, undefined)!;
+      expect(ph.decodePlacement).toBeUndefined();
+      expect(ph.placement).toBe(dp.placement);
+      expect(ph.predictedServerWork).toBe(dp.predictedServerWork);
+    }
+  });
+
+  it('keeps a phased plan in force while the new optimum saves no more than the hysteresis, and names plans by both placements', () => {
+    const maker = new PlanMaker(phasedOptions('dp-phased'));
+    const [p] = maker.plan(client(10), server(1), undefined)!;
+    expect(planKey(p)).toBe(`${p.placement}/${p.decodePlacement}`);
+    expect(planKey({ placement: 'SSSSSS', decodePlacement: 'SSSSSS' })).toBe('SSSSSS');
+    // The device's decode slows by 1 %: the same pair is still best and is kept as it was.
+    const [q] = maker.plan(client(10.1), server(1), [p])!;
+    expect(planKey(q)).toBe(planKey(p));
+    // A previous single-placement plan (all-server) is replaced: the phased pair saves far more than 5 %.
+    const [r] = maker.plan(client(10), server(1), [{ ...p, placement: 'SSSSSS', decodePlacement: undefined }])!;
+    expect(planKey(r)).toBe(planKey(p));
   });
 });

@@ -1,9 +1,13 @@
 import {
+  ALGORITHMS,
   fastestGenerationPlacement,
   generationResultOf,
+  PHASED_ALGORITHM,
+  phasedResultOf,
   placementFromLetters as fromLetters,
   placementToLetters as toLetters,
   solveGeneration,
+  solvePhasedDp,
   sloRatio,
   type Algorithm,
   type GenerationInstance,
@@ -30,7 +34,60 @@ export type Objective = 'work' | 'latency';
  * comparison against them is against what a user of that rule would run (`server-only` keeps
  * every stage on the server at every load).
  */
-const OBJECTIVE_ALGORITHMS: ReadonlySet<Algorithm> = new Set<Algorithm>(['dp', 'dp-grid']);
+const OBJECTIVE_ALGORITHMS: ReadonlySet<PlannerAlgorithm> = new Set<PlannerAlgorithm>(['dp', 'dp-grid', PHASED_ALGORITHM]);
+
+/**
+ * The planner's algorithms: the contract's, and `dp-phased` (libs/dp's exact solver of the
+ * phased problem: prefill and decode placed apart, the KV caches of the stages that change
+ * side handed over once between the phases).
+ */
+export type PlannerAlgorithm = Algorithm | typeof PHASED_ALGORITHM;
+export const PLANNER_ALGORITHMS: readonly PlannerAlgorithm[] = [...ALGORITHMS, PHASED_ALGORITHM];
+
+/**
+ * A plan priced on an instance: the generation figures (libs/dp) with `placement` the
+ * prefill's placement, `decodePlacement` the decode's (the same unless the plan is phased)
+ * and the hand-over between them.
+ */
+export interface PricedPlan extends Omit<GenerationResult, 'algorithm'> {
+  readonly decodePlacement: Location[];
+  readonly handoverMs: number;
+}
+
+/** Whether `letters` is a placement of `inst`'s stages (one C or S per stage). */
+function validLetters(letters: string, inst: GenerationInstance): boolean {
+  return letters.length === inst.stages.length && /^[CS]+$/.test(letters);
+}
+
+/** Whether a priced plan places the two phases apart. */
+function isPhased(p: Pick<PricedPlan, 'placement' | 'decodePlacement'>): boolean {
+  return p.placement.some((l, i) => l !== p.decodePlacement[i]);
+}
+
+/**
+ * A plan's identity for calibration and change detection: its placement, and for a phased plan
+ * `placement/decodePlacement` (letters), so a phased plan is a plan of its own.
+ */
+export function planKey(c: { readonly placement: string; readonly decodePlacement?: string }): string {
+  return c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement}/${c.decodePlacement}` : c.placement;
+}
+
+/** `algorithm`'s answer for `inst` as a priced plan. */
+function solveWith(inst: GenerationInstance, algorithm: PlannerAlgorithm): PricedPlan {
+  if (algorithm === PHASED_ALGORITHM) {
+    const r = solvePhasedDp(inst);
+    return { ...r, placement: r.prefillPlacement, decodePlacement: r.decodePlacement };
+  }
+  const r = solveGeneration(inst, algorithm);
+  return { ...r, decodePlacement: r.placement, handoverMs: 0 };
+}
+
+/** A pair of placements priced exactly on `inst` (a generation's figures when they are equal). */
+function priced(inst: GenerationInstance, prefill: Location[], decode: Location[] = prefill): PricedPlan {
+  if (prefill.every((l, i) => l === decode[i])) return { ...generationResultOf(inst, 'dp', prefill), decodePlacement: prefill, handoverMs: 0 };
+  const r = phasedResultOf(inst, PHASED_ALGORITHM, prefill, decode);
+  return { ...r, placement: r.prefillPlacement, decodePlacement: r.decodePlacement };
+}
 
 /**
  * What the planner learned from outcomes about one client's request class (calibration.ts):
@@ -53,6 +110,8 @@ export interface ClassAdjustment {
 export interface ModelStage {
   readonly name: string;
   readonly inBytesPerToken: number;
+  /** KV-cache bytes the stage keeps per token (attention stages; absent or 0 otherwise): what a phased plan hands over. */
+  readonly kvBytesPerToken?: number;
 }
 
 export interface PlanMakerOptions {
@@ -60,7 +119,7 @@ export interface PlanMakerOptions {
   readonly classes: readonly RequestClass[];
   /** Per client class and request class: a number is an E2E `slaMs`; an object replaces the objectives it states. */
   readonly slaOverrides: SlaOverrides;
-  readonly algorithm: Algorithm;
+  readonly algorithm: PlannerAlgorithm;
   readonly hysteresis: number;
   readonly slaMargin: number;
   readonly resolutionMs: number;
@@ -124,16 +183,15 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
  * priced on `inst` (a shed class, ClassAdjustment.shed: served late, but not unboundedly);
  * undefined when no plan does.
  */
-function leastWork(inst: GenerationInstance, algorithm: Algorithm, slowdown: number): GenerationResult | undefined {
-  const bounded = solveGeneration(scaledSlos(inst, slowdown), algorithm);
-  return bounded.feasible ? generationResultOf(inst, bounded.algorithm, bounded.placement) : undefined;
+function leastWork(inst: GenerationInstance, algorithm: PlannerAlgorithm, slowdown: number): PricedPlan | undefined {
+  const bounded = solveWith(scaledSlos(inst, slowdown), algorithm);
+  return bounded.feasible ? priced(inst, bounded.placement, bounded.decodePlacement) : undefined;
 }
 
-/** Every stage on the server, priced on `inst`: the safety controller's floor. */
-function allServer(inst: GenerationInstance, best: GenerationResult): GenerationResult {
-  return generationResultOf(
+/** Every stage on the server in both phases, priced on `inst`: the safety controller's floor. */
+function allServer(inst: GenerationInstance): PricedPlan {
+  return priced(
     inst,
-    best.algorithm,
     inst.stages.map((): Location => 'server'),
   );
 }
@@ -206,6 +264,7 @@ export class PlanMaker {
       return {
         name: st.name,
         inBytesPerToken: st.inBytesPerToken,
+        ...(st.kvBytesPerToken ? { kvBytesPerToken: st.kvBytesPerToken } : {}),
         clientPrefillMs: c ? (oneRow ? c.decodeMs : c.prefillMsPerToken * n) : UNRUNNABLE_MS,
         clientDecodeMs: c ? c.decodeMs : 0,
         // Latency from the loaded times, server work from the unloaded ones.
@@ -303,11 +362,11 @@ export class PlanMaker {
       if (!solved) return undefined;
       const { inst } = solved;
       let { best } = solved;
-      allServerWork?.push(allServer(inst, best).serverWork);
-      const placement = toLetters(best.placement);
+      allServerWork?.push(allServer(inst).serverWork);
+      const key = planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) });
       const prev = previous?.find((p) => p.name === cls.name);
-      if (prev && prev.placement.length === inst.stages.length && prev.placement !== placement) {
-        const kept = generationResultOf(inst, best.algorithm, fromLetters(prev.placement));
+      if (prev && validLetters(prev.placement, inst) && (!prev.decodePlacement || validLetters(prev.decodePlacement, inst)) && planKey(prev) !== key) {
+        const kept = priced(inst, fromLetters(prev.placement), prev.decodePlacement ? fromLetters(prev.decodePlacement) : undefined);
         const saves =
           objective === 'work'
             ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
@@ -316,12 +375,12 @@ export class PlanMaker {
         const faster = !kept.feasible && !best.feasible && sloRatio(inst.slo, best) < sloRatio(inst.slo, kept) * (1 - this.opts.hysteresis);
         if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
       }
-      if (adj?.allServer) best = allServer(inst, best);
+      if (adj?.allServer) best = allServer(inst);
       // The bound is on the SLOs as stated: the planning margin is taken out again.
       const slowdown = (this.opts.shedMaxSlowdown ?? DEFAULT_SHED_MAX_SLOWDOWN) / this.opts.slaMargin;
-      if (adj?.shed) best = leastWork(inst, best.algorithm, slowdown) ?? best;
+      if (adj?.shed) best = leastWork(inst, this.opts.algorithm, slowdown) ?? best;
       if (shedSaving) {
-        const shed = best.feasible || adj?.shed ? undefined : leastWork(inst, best.algorithm, slowdown);
+        const shed = best.feasible || adj?.shed ? undefined : leastWork(inst, this.opts.algorithm, slowdown);
         shedSaving.push(shed ? Math.max(0, best.serverWork - shed.serverWork) : 0);
       }
       const slos = this.slosFor(client.clientClass, cls);
@@ -329,7 +388,8 @@ export class PlanMaker {
       // request by its own prompt length, not the class's longest.
       const n = cls.maxPromptTokens;
       const one = n > 1 ? this.instance(client, server, { ...cls, maxPromptTokens: 1 }) : undefined;
-      const perToken = one ? Math.max(0, (best.ttftMs - generationResultOf(one, best.algorithm, best.placement).ttftMs) / (n - 1)) : 0;
+      const perToken = one ? Math.max(0, (best.ttftMs - priced(one, best.placement, best.decodePlacement).ttftMs) / (n - 1)) : 0;
+      const phased = isPhased(best);
       out.push({
         name: cls.name,
         maxPromptTokens: cls.maxPromptTokens,
@@ -344,6 +404,7 @@ export class PlanMaker {
         predictedTtftMs: best.ttftMs,
         predictedTpotMs: best.tpotMs,
         predictedTtftMsPerPromptToken: perToken,
+        ...(phased ? { decodePlacement: toLetters(best.decodePlacement), predictedHandoverMs: best.handoverMs } : {}),
       });
     }
     return out;
@@ -368,15 +429,16 @@ export class PlanMaker {
     cls: RequestClass,
     objective: Objective,
     adj?: ClassAdjustment,
-  ): { inst: GenerationInstance; best: GenerationResult } | undefined {
+  ): { inst: GenerationInstance; best: PricedPlan } | undefined {
     const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
-    const best = objective === 'work' ? solveGeneration(inst, this.opts.algorithm) : { ...fastestGenerationPlacement(inst), algorithm: this.opts.algorithm };
+    // The latency objective takes the fastest single placement, for both phases.
+    const best = objective === 'work' ? solveWith(inst, this.opts.algorithm) : priced(inst, fastestGenerationPlacement(inst).placement);
     if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
     const idleInst = adjusted(this.instance(client, server, cls, 0), adj);
     if (!idleInst) return { inst, best }; // never: the same server as `inst`, which was priced
-    const idle = solveGeneration(idleInst, this.opts.algorithm);
+    const idle = solveWith(idleInst, this.opts.algorithm);
     if (!idle.feasible || ((this.opts.overload ?? 'relieve') === 'relieve' && idle.serverWork >= best.serverWork)) return { inst, best };
-    return { inst, best: { ...generationResultOf(inst, idle.algorithm, idle.placement), feasible: false } };
+    return { inst, best: { ...priced(inst, idle.placement, idle.decodePlacement), feasible: false } };
   }
 }

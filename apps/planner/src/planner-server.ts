@@ -42,7 +42,7 @@ import { Shedder, type ShedCandidate, type ShedOptions } from './shedding';
 import { toGrpcStatus } from './errors';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
-import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
+import { planKey, type ClassAdjustment, type Objective, type PlanMaker } from './plan-maker';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
 /** ListPlans page size when the request states none (page_size 0). */
@@ -874,7 +874,12 @@ export class PlannerServer {
     st.allServerWork = allServerWork;
     st.shedSaving = shedSaving;
     const prev = st.plan;
-    const changed = !prev || classes.some((c, i) => c.placement !== prev.classes[i]?.placement);
+    const changed =
+      !prev ||
+      classes.some((c, i) => {
+        const was = prev.classes[i];
+        return !was || planKey(c) !== planKey(was);
+      });
     if (!changed) {
       // Same placements: refresh the predictions silently (shown by ListPlans), no push.
       st.plan = { ...prev, classes };
@@ -884,7 +889,7 @@ export class PlannerServer {
     st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
     this.round.changed++;
     this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
-    this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${c.placement}`) }, 'plan changed');
+    this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${planKey(c)}`) }, 'plan changed');
     for (const w of this.watchers.get(id) ?? []) {
       w.write({ plan: st.plan, noPlanReason: '' });
       this.counters.plansPushed++;

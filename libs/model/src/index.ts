@@ -5,7 +5,7 @@
  */
 export { PRESETS, presetConfig, validateConfig } from './config';
 export type { ModelConfig, PresetName } from './config';
-export { MODEL_FORMAT, modelIdOf, readManifest, validateManifest, stageCount, stageSlot } from './manifest';
+export { MODEL_FORMAT, modelIdOf, readManifest, validateManifest, stageCount, stageKvBytesPerToken, stageSlot } from './manifest';
 export type { Manifest, ModelSource, StageInfo, StageKind, StageSlot } from './manifest';
 export { createModel } from './create';
 export type { CreateModelOptions } from './create';

@@ -53,6 +53,14 @@ export interface Manifest {
   readonly source?: ModelSource;
 }
 
+/**
+ * KV-cache bytes a stage of `kind` keeps per token of context: key and value, float32
+ * `nEmbd` each, for an attention stage; 0 for the others (they keep no per-token state).
+ */
+export function stageKvBytesPerToken(kind: StageKind, nEmbd: number): number {
+  return kind === 'attn' ? 2 * 4 * nEmbd : 0;
+}
+
 /** Number of stages of a model: `2*nLayer + 2`. */
 export function stageCount(config: Pick<ModelConfig, 'nLayer'>): number {
   return 2 * config.nLayer + 2;

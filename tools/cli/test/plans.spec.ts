@@ -14,7 +14,7 @@ import {
   startNatsServer,
   type NatsServerHandle,
 } from '@tandem/testkit';
-import { observationsTable } from '../src/views/plans';
+import { observationsTable, planTable } from '../src/views/plans';
 import { run } from './run-cli';
 
 // A hand-checkable planner: three stages, one class of 10-token prompts and no decode step.
@@ -268,5 +268,38 @@ describe('the observations table of tandem plans', () => {
     });
     expect(text.split('\n')).toHaveLength(4); // heading, header, rule, one class (doc has no outcome)
     expect(text).toMatch(/^ {2}chat +12 +12 +0 % of 3 +- +- +1\.00 +1\.00 +all-server$/m);
+  });
+});
+
+describe('the plan table of tandem plans', () => {
+  const cls = {
+    name: 'long',
+    maxPromptTokens: 64,
+    expectedNewTokens: 8,
+    placement: 'SSS',
+    slaMs: 0,
+    predictedLatencyMs: 120,
+    predictedServerWork: 10,
+    feasible: true,
+    ttftMs: 200,
+    tpotMs: 100,
+    predictedTtftMs: 50,
+    predictedTpotMs: 10,
+    predictedTtftMsPerPromptToken: 0.5,
+  };
+  it("shows a phased plan's prefill placement then its decode's, and a single placement as it is", () => {
+    const table = planTable({
+      clientId: 'a',
+      epoch: 3,
+      algorithm: 'dp-phased',
+      createdUnixMs: 0,
+      classes: [
+        { ...cls, decodePlacement: 'CCC' },
+        { ...cls, name: 'short' },
+      ],
+    });
+    expect(table).toMatch(/long\s+SSS -> CCC\s/);
+    expect(table).toMatch(/short\s+SSS\s/);
+    expect(table).not.toMatch(/short\s+SSS ->/);
   });
 });

@@ -118,44 +118,59 @@ export function spreadOf(values: readonly (number | null)[]): Spread | null {
   return { n: v.length, values: v, min: s[0], median, max: s[s.length - 1], mean, sd, withinNoise: v.length > 1 ? s[0] <= 1 && s[s.length - 1] >= 1 : null };
 }
 
-/** dp against one baseline policy: each ratio per repeat, with its spread. */
+/** A planner policy (dp or dp-phased) against one baseline policy: each ratio per repeat, with its spread. */
 export interface RatioSet {
+  /** The policy measured: dp, or dp-phased. */
+  readonly of: Policy;
   readonly against: Policy;
-  /** Peak goodput of dp over the baseline's. */
+  /** Peak goodput of `of` over the baseline's. */
   readonly peakGoodput: Spread | null;
-  /** Server CPU per request over the whole sweep, dp over the baseline. */
+  /** Server CPU per request over the whole sweep, `of` over the baseline. */
   readonly cpuPerRequest: Spread | null;
-  /** Per rate: goodput and server CPU per request, dp over the baseline. */
+  /** Per rate: goodput and server CPU per request, `of` over the baseline. */
   readonly byRate: readonly { readonly rate: number; readonly goodput: Spread | null; readonly cpuPerRequest: Spread | null }[];
 }
 
-/** dp's ratios against server-only, greedy and greedy-ratio (those in the run), per repeat (rows of one repeat compared with each other). */
+/** Each planner policy and what it is compared with, when both are in the run. */
+const COMPARISONS: readonly (readonly [Policy, readonly Policy[]])[] = [
+  ['dp', ['server-only', 'greedy', 'greedy-ratio']],
+  ['dp-phased', ['server-only', 'dp', 'greedy-ratio']],
+];
+
+/**
+ * dp's ratios against server-only, greedy and greedy-ratio, and dp-phased's against
+ * server-only, dp and greedy-ratio (those in the run), per repeat (rows of one repeat
+ * compared with each other).
+ */
 export function ratios(rows: readonly RateResult[], rates: readonly number[], slaTarget: number): RatioSet[] {
   const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
   const out: RatioSet[] = [];
-  for (const against of ['server-only', 'greedy', 'greedy-ratio'] as const) {
-    if (!rows.some((r) => r.policy === against) || !rows.some((r) => r.policy === 'dp')) continue;
-    const per = (f: (mine: readonly RateResult[]) => number | null): number[] =>
-      repeats
-        .map((k) => {
-          const mine = rows.filter((r) => r.repeat === k);
-          return f(mine);
-        })
-        .filter((x): x is number => x !== null);
-    const sums = (mine: readonly RateResult[], p: Policy): PolicySummary => summarizePolicy(p, mine, slaTarget);
-    out.push({
-      against,
-      peakGoodput: spreadOf(per((m) => ratio(sums(m, 'dp').peakGoodput, sums(m, against).peakGoodput))),
-      cpuPerRequest: spreadOf(per((m) => ratio(sums(m, 'dp').serverCpuPerRequestS, sums(m, against).serverCpuPerRequestS))),
-      byRate: rates.map((rate) => {
-        const at = (m: readonly RateResult[], p: Policy): RateResult | undefined => m.find((r) => r.policy === p && r.rate === rate);
-        return {
-          rate,
-          goodput: spreadOf(per((m) => ratio(at(m, 'dp')?.stats.goodput, at(m, against)?.stats.goodput))),
-          cpuPerRequest: spreadOf(per((m) => ratio(at(m, 'dp')?.serverCpuPerRequestS, at(m, against)?.serverCpuPerRequestS))),
-        };
-      }),
-    });
+  for (const [of, baselines] of COMPARISONS) {
+    for (const against of baselines) {
+      if (!rows.some((r) => r.policy === against) || !rows.some((r) => r.policy === of)) continue;
+      const per = (f: (mine: readonly RateResult[]) => number | null): number[] =>
+        repeats
+          .map((k) => {
+            const mine = rows.filter((r) => r.repeat === k);
+            return f(mine);
+          })
+          .filter((x): x is number => x !== null);
+      const sums = (mine: readonly RateResult[], p: Policy): PolicySummary => summarizePolicy(p, mine, slaTarget);
+      out.push({
+        of,
+        against,
+        peakGoodput: spreadOf(per((m) => ratio(sums(m, of).peakGoodput, sums(m, against).peakGoodput))),
+        cpuPerRequest: spreadOf(per((m) => ratio(sums(m, of).serverCpuPerRequestS, sums(m, against).serverCpuPerRequestS))),
+        byRate: rates.map((rate) => {
+          const at = (m: readonly RateResult[], p: Policy): RateResult | undefined => m.find((r) => r.policy === p && r.rate === rate);
+          return {
+            rate,
+            goodput: spreadOf(per((m) => ratio(at(m, of)?.stats.goodput, at(m, against)?.stats.goodput))),
+            cpuPerRequest: spreadOf(per((m) => ratio(at(m, of)?.serverCpuPerRequestS, at(m, against)?.serverCpuPerRequestS))),
+          };
+        }),
+      });
+    }
   }
   return out;
 }
@@ -246,21 +261,21 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   }
   md.push('');
   if (rat.length) {
-    md.push('## dp against the baselines, with spread', '');
+    md.push('## The planner against the baselines, with spread', '');
     md.push(
       multi
-        ? `Ratios dp / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
-        : 'Ratios dp / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.',
+        ? `Ratios policy / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
+        : 'Ratios policy / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.',
       '',
     );
-    md.push('| against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
-    md.push('|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
+    md.push('| policy | against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
+    md.push('|---|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
     for (const r of rat) {
       md.push(
-        `| ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`,
+        `| ${r.of} | ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`,
       );
       md.push(
-        `| ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`,
+        `| ${r.of} | ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`,
       );
     }
     md.push('');

@@ -3,8 +3,11 @@ import { join } from 'node:path';
 import { SLO_KEYS, type Slo, type SloKey } from '@tandem/dp';
 
 /** The placement policies a load test compares: the planner's algorithm, switched between runs. */
-export const POLICIES = ['server-only', 'greedy', 'prefix', 'dp', 'greedy-ratio'] as const;
-/** The policies a run compares when none are named: every policy but `greedy-ratio`, which is asked for by name. */
+export const POLICIES = ['server-only', 'greedy', 'prefix', 'dp', 'greedy-ratio', 'dp-phased'] as const;
+/**
+ * The policies a run compares when none are named: every policy but `greedy-ratio` and
+ * `dp-phased` (prefill and decode placed apart, the KV caches handed over), which are asked for by name.
+ */
 export const DEFAULT_POLICIES: readonly Policy[] = ['server-only', 'greedy', 'prefix', 'dp'];
 export type Policy = (typeof POLICIES)[number];
 

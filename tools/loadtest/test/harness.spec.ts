@@ -20,6 +20,7 @@ import {
   summarize,
   summarizePolicy,
   validateScenario,
+  type Policy,
   type RateResult,
   type RequestRecord,
   type Scenario,
@@ -39,14 +40,7 @@ function cvOf(xs: number[]): number {
 }
 
 /** One policy at one rate as the harness reports it, with the figures the comparisons read. */
-const row = (
-  policy: 'server-only' | 'greedy' | 'dp',
-  rate: number,
-  cpu: number,
-  goodput: number,
-  att: number,
-  patch: Partial<RateResult> = {},
-): RateResult => ({
+const row = (policy: Policy, rate: number, cpu: number, goodput: number, att: number, patch: Partial<RateResult> = {}): RateResult => ({
   repeat: 0,
   seed: 1,
   policy,
@@ -231,6 +225,12 @@ describe('metrics', () => {
     expect(r.map((x) => x.against)).toEqual(['server-only', 'greedy']);
     expect(r[0].cpuPerRequest).toMatchObject({ n: 1, median: 0.6 });
     expect(r[1].byRate[1].goodput!.median).toBeCloseTo(2 / 1.6, 9);
+    // dp-phased in the run: compared with server-only and with dp, after dp's own rows
+    const withPhased = [...rows, row('dp-phased', 1, 0.9, 1, 1), row('dp-phased', 2, 0.9, 3, 1)];
+    const rp = ratios(withPhased, [1, 2], 0.9);
+    expect(rp.map((x) => `${x.of}/${x.against}`)).toEqual(['dp/server-only', 'dp/greedy', 'dp-phased/server-only', 'dp-phased/dp']);
+    expect(rp[3].cpuPerRequest).toMatchObject({ n: 1, median: 0.5 });
+    expect(rp[3].byRate[1].goodput!.median).toBeCloseTo(3 / 2, 9);
   });
 
   it("lists a run as contended by other work on the server core, not by the executor's own threads waiting for each other", () => {

@@ -15,7 +15,8 @@ export const PLANS_DEADLINE_MS = 30_000;
 const USAGE = `usage: tandem plans --planner ADDR [--page-size N] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token TOKEN] [--json]
 
 Shows the planner's current plan of every client it knows (its ListPlans API): per request
-class, the placement (one letter per stage: C on the client, S on the server), the SLA, the
+class, the placement (one letter per stage: C on the client, S on the server; a phased plan,
+PLANNER_ALGORITHM=dp-phased, shows the prefill's then the decode's: 'SSSS -> CCCC'), the SLA, the
 predicted end-to-end latency and server work, and whether the SLA is predicted to be met.
 Once a client's agent has reported outcomes, a second table shows what the planner observed
 per class: outcomes and failures, the SLO attainment of the plan in force (against the

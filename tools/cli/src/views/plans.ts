@@ -7,7 +7,10 @@ const pct = (x: number): string => `${Math.round(x * 100)} %`;
 /** One client's plan: a header line and a table of its request classes. */
 export function planTable(p: ClientPlan): string {
   const head = `client ${p.clientId}  epoch ${p.epoch}  algorithm ${p.algorithm || '?'}  planned ${p.createdUnixMs ? new Date(p.createdUnixMs).toISOString() : '?'}`;
-  const rows = p.classes.map((c) => [c.name, c.placement, ms(c.slaMs), ms(c.predictedLatencyMs), ms(c.predictedServerWork), c.feasible ? 'yes' : 'NO']);
+  // A phased plan shows its prefill's placement, then its decode's.
+  const placement = (c: ClientPlan['classes'][number]): string =>
+    c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement} -> ${c.decodePlacement}` : c.placement;
+  const rows = p.classes.map((c) => [c.name, placement(c), ms(c.slaMs), ms(c.predictedLatencyMs), ms(c.predictedServerWork), c.feasible ? 'yes' : 'NO']);
   const table = formatTable(['class', 'placement', 'SLA ms', 'predicted ms', 'server work ms', 'feasible'], rows, { indent: '  ', rightAlign: [2, 3, 4] });
   return `${head}\n${table}`;
 }
