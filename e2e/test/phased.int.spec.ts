@@ -253,6 +253,16 @@ describe('phased plans through the real executor and agents', () => {
     }
   });
 
+  it("counts the hand-overs' bytes and times in the agents' metrics", async () => {
+    const text = (await agents.get('dev')!.metrics.registry.metrics()).split('\n');
+    const value = (name: string): number => Number(text.find((l) => l.startsWith(`${name} `))?.split(' ')[1]);
+    // every phased generation of "dev" so far: the four pairs (3 attention stages up, 4 down), two concurrent ones (2 up each), one override (1 down)
+    const kvBytes = 2 * 4 * PROMPT.length * 64;
+    expect(value('tandem_agent_kv_handover_bytes_total{direction="up"}')).toBe((3 + 2 * 2) * kvBytes);
+    expect(value('tandem_agent_kv_handover_bytes_total{direction="down"}')).toBe((4 + 1) * kvBytes);
+    expect(value('tandem_agent_kv_handover_seconds_count')).toBe(4 + 2 + 1);
+  });
+
   it('with the decode equal to the prefill (or absent), runs the plain generation and moves nothing', async () => {
     await follow('dev', 'CCSSSC', 'CCSSSC');
     const r = await run('dev');

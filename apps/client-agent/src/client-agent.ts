@@ -417,6 +417,7 @@ export class ClientAgent {
     }
     if (stats.resumes > 0) this.resumedGenerations++;
     this.observed.generation(chosen.placement, 'ok', { e2eMs: stats.totalMs, ttftMs: stats.ttftMs });
+    this.observed.handover(stats);
     report(true, stats);
     return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
   }
