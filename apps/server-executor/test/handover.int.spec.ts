@@ -433,6 +433,19 @@ describe('kv_put and kv_take refuse what breaks the rules, naming the field, and
       'generate must be the first message after open, or continue a handed-over prefill in which every stage holds the same number N >= 1 of tokens; given stage 2 holding 0',
     ],
     [
+      'generate after a handed-over prefill past the context',
+      (s) => {
+        opened(s);
+        for (let st = 0; st < 6; st++) {
+          if (st === 1 || st === 3) s.kvPut(st, 0, 60, kv(60), kv(60));
+          else s.kvPut(st, 0, 60);
+        }
+        s.generate(1, ids(1), 6);
+      },
+      PRECONDITION,
+      'generate would make the session hold 66 tokens (60 handed over + input 1 + max_new_tokens 6 - 1); the context must stay <= 64 tokens',
+    ],
+    [
       'a put of the embed stage in a private session',
       (s) => (opened(s, true), s.kvPut(0, 0, 1)),
       PRECONDITION,
