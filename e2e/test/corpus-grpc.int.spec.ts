@@ -342,6 +342,24 @@ const agentCases: Case[] = [
     ['placement must be 6 letters C or S', '(20000 chars)'],
   ],
   [
+    'Generate of a decode placement without a placement',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 2, decodePlacement: 'CCSSSC' }),
+    INVALID,
+    ['decode_placement must come with placement', "given 'CCSSSC' alone"],
+  ],
+  [
+    'Generate of a decode placement too short',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 2, placement: 'CCSSSC', decodePlacement: 'CS' }),
+    INVALID,
+    ['decode_placement must be 6 letters C or S', "given 'CS'"],
+  ],
+  [
+    'Generate of a decode placement with other letters',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 2, placement: 'CCSSSC', decodePlacement: 'CCXSSC' }),
+    INVALID,
+    ['decode_placement must be 6 letters C or S', "given 'CCXSSC'"],
+  ],
+  [
     'Generate whose decode passes the executor context (64)',
     agentGen({ input: { $case: 'ids', value: { ids: [1, 2] } }, maxNewTokens: 100, placement: 'CCSSSC' }),
     PRECONDITION,
