@@ -32,6 +32,12 @@ const step = (seq: string, stageBegin: number, stageEnd: number, input: Tensor |
 const gen = (seq: string, input: Tensor | undefined, maxNewTokens: number): SessionRequest => ({
   kind: { $case: 'generate', value: { seq, input, maxNewTokens } },
 });
+const put = (stage: number, offset: number, tokens: number, key?: Tensor, value?: Tensor): SessionRequest => ({
+  kind: { $case: 'kvPut', value: { stage, offset, tokens, key, value } },
+});
+const take = (seq: string, stage: number, maxChunkBytes = 0): SessionRequest => ({ kind: { $case: 'kvTake', value: { seq, stage, maxChunkBytes } } });
+/** Keys or values of `t` positions of the tiny model's attention stages: [1, 4 heads, t, 16]. */
+const kvOf = (t: number, fill = 0.25): Tensor => wire({ dtype: 'float32', shape: [1, 4, t, 16], data: new Float32Array(64 * t).fill(fill) });
 
 const S = '/tandem.executor.v1.ExecutorService/';
 const P = '/tandem.planner.v1.PlannerService/';
@@ -74,7 +80,7 @@ const executorCases: Case[] = [
   ['open twice', session(open(), open()), PRECONDITION, ['open']],
   ['a step before open', session(step('1', 0, 1, wire(ids(1)))), PRECONDITION, ['open']],
   ['a generate before open', session(gen('1', wire(ids(1)), 1)), PRECONDITION, ['open']],
-  ['an empty message (no kind)', session({ kind: undefined }), INVALID, ['message.kind must be open, step or generate', 'given nothing']],
+  ['an empty message (no kind)', session({ kind: undefined }), INVALID, ['message.kind must be open, step, generate, kv_put or kv_take', 'given nothing']],
   // Step: ranges
   ['stageBegin past the model', session(open(), step('1', 6, 7, wire(hidden(1)))), INVALID, ['step.stage_begin must be in 0..5', 'given 6']],
   ['stageEnd = stageBegin', session(open(), step('1', 2, 2, wire(hidden(1)))), INVALID, ['step.stage_end must be in 3..6', 'given 2']],
@@ -197,18 +203,53 @@ const executorCases: Case[] = [
     ['generate.input.shape must be [1, T>=1]'],
   ],
   [
-    'generate after a step',
-    session(open(), step('1', 0, 6, wire(ids(1)), true), gen('2', wire(ids(1)), 1)),
+    'generate after a step that ran only some stages',
+    session(open(), step('1', 0, 3, wire(ids(1))), gen('2', wire(ids(1)), 1)),
     PRECONDITION,
-    ['generate must be the first message after open'],
+    ['generate must be the first message after open, or continue a handed-over prefill', 'stage 3 holding 0'],
   ],
+  // KvPut, KvTake (phased plans)
+  [
+    'kv_put of keys as int64',
+    session(open(), put(1, 0, 1, wire(ids(1, 2, 3, 4)), kvOf(1))),
+    INVALID,
+    ['kv_put.key.dtype must be DATA_TYPE_FLOAT32', 'DATA_TYPE_INT64'],
+  ],
+  [
+    'kv_put of keys of the wrong shape',
+    session(open(), put(1, 0, 3, kvOf(2), kvOf(3))),
+    INVALID,
+    ['kv_put.key.shape must be [1, 4, 3, 16]', 'given [1, 4, 2, 16]'],
+  ],
+  [
+    'kv_put of a NaN value',
+    session(open(), put(1, 0, 1, kvOf(1), kvOf(1, Number.NaN))),
+    INVALID,
+    ['kv_put.value must hold finite float32 values', 'given NaN'],
+  ],
+  ['kv_put of an attention stage without keys', session(open(), put(1, 0, 1, undefined, kvOf(1))), INVALID, ['kv_put.key is required for attention stage 1']],
+  ['kv_put of an MLP stage with keys', session(open(), put(2, 0, 1, kvOf(1), kvOf(1))), INVALID, ['kv_put.key must be absent for stage 2', 'given a tensor']],
+  ['kv_put of a stage past the model', session(open(), put(6, 0, 1)), INVALID, ['kv_put.stage must be in 0..5', 'given 6']],
+  ['kv_put of 0 tokens', session(open(), put(2, 0, 0)), INVALID, ['kv_put.tokens must be >= 1', 'given 0']],
+  ['kv_put with a gap', session(open(), put(2, 0, 2), put(2, 3, 1)), PRECONDITION, ['kv_put.offset must be 2', 'given 3']],
+  ['kv_put past the context', session(open(), put(2, 0, 65)), PRECONDITION, ['kv_put would make stage 2 hold 65 tokens', 'context must stay <= 64 tokens']],
+  [
+    'kv_put into a stage a step ran',
+    session(open(), step('1', 0, 6, wire(ids(1)), true), put(1, 1, 1, kvOf(1), kvOf(1))),
+    PRECONDITION,
+    ['kv_put.stage 1 holds 1 tokens', 'may be put only into a stage holding none'],
+  ],
+  ['kv_put after generate', session(open(), gen('1', wire(ids(1)), 60), put(2, 0, 1)), PRECONDITION, ['kv_put may not follow generate']],
+  ['kv_take of a stage past the model', session(open(), take('1', 0xffffffff)), INVALID, ['kv_take.stage must be in 0..5', 'given 4294967295']],
+  ['kv_take of an empty stage', session(open(), take('1', 3)), PRECONDITION, ['kv_take.stage 3 must hold at least one token']],
+  ['kv_take of a seq that does not increase', session(open(), step('4', 0, 2, wire(ids(1))), take('4', 1)), INVALID, ['kv_take.seq must increase', 'given 4']],
   // undecodable bytes
   ['a truncated length-delimited field', sessionBytes(open(), Buffer.from([0x12, 0xff, 0x01])), INVALID, ['SessionRequest', 'protobuf']],
   [
     'a varint of 11 bytes',
     sessionBytes(open(), Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])),
     INVALID,
-    ['message.kind must be open, step or generate'],
+    ['message.kind must be open, step, generate, kv_put or kv_take'],
   ],
   ['a length of 2^31 in a nested tensor', sessionBytes(open(), Buffer.from([0x12, 0x06, 0x22, 0x04, 0x1a, 0x80, 0x80, 0x80])), INVALID, ['SessionRequest']],
   ['wire type 7 (invalid)', sessionBytes(open(), Buffer.from([0x0f, 0x00])), INVALID, ['SessionRequest']],
@@ -299,6 +340,24 @@ const agentCases: Case[] = [
     agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 1, placement: 'S'.repeat(20_000) }),
     INVALID,
     ['placement must be 6 letters C or S', '(20000 chars)'],
+  ],
+  [
+    'Generate of a decode placement without a placement',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 2, decodePlacement: 'CCSSSC' }),
+    INVALID,
+    ['decode_placement must come with placement', "given 'CCSSSC' alone"],
+  ],
+  [
+    'Generate of a decode placement too short',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 2, placement: 'CCSSSC', decodePlacement: 'CS' }),
+    INVALID,
+    ['decode_placement must be 6 letters C or S', "given 'CS'"],
+  ],
+  [
+    'Generate of a decode placement with other letters',
+    agentGen({ input: { $case: 'ids', value: { ids: [1] } }, maxNewTokens: 2, placement: 'CCSSSC', decodePlacement: 'CCXSSC' }),
+    INVALID,
+    ['decode_placement must be 6 letters C or S', "given 'CCXSSC'"],
   ],
   [
     'Generate whose decode passes the executor context (64)',

@@ -59,8 +59,11 @@ describe('a generation survives its executor session', () => {
     creds?.remove();
   });
 
-  /** Sessions on the real executor; the `loseAt`-th server call of the first session fails as a lost one. */
-  const lossy = (loseAt: number, opened: RemoteSession[], failOpensAfterLoss = 0) => {
+  /**
+   * Sessions on the real executor; the `loseAt`-th server call of the first session fails as a
+   * lost one (with `takes`, its `loseAt`-th kv_take instead).
+   */
+  const lossy = (loseAt: number, opened: RemoteSession[], failOpensAfterLoss = 0, takes = false) => {
     let lost = false;
     let failOpens = failOpensAfterLoss;
     return async (): Promise<RemoteSession> => {
@@ -69,9 +72,19 @@ describe('a generation survives its executor session', () => {
       opened.push(s);
       if (opened.length === 1) {
         let calls = 0;
+        let takeCalls = 0;
+        const take = s.kvTake.bind(s);
+        s.kvTake = async (...args) => {
+          if (takes && ++takeCalls === loseAt) {
+            lost = true;
+            s.cancel();
+            throw unavailable();
+          }
+          return take(...args);
+        };
         const step = s.step.bind(s);
         s.step = async (...args) => {
-          if (++calls === loseAt) {
+          if (!takes && ++calls === loseAt) {
             lost = true;
             s.cancel();
             throw unavailable();
@@ -114,6 +127,23 @@ describe('a generation survives its executor session', () => {
     const opened: RemoteSession[] = [];
     const streamed: Array<[number, number]> = [];
     const stats = await generate(deps(lossy(loseAt, opened, 2)), placement, PROMPT, 12, (id, index) => streamed.push([index, id]));
+    expect(stats.ids).toEqual(want);
+    expect(streamed).toEqual(want.map((id, i) => [i, id]));
+    expect(stats.resumes).toBe(1);
+    expect(opened).toHaveLength(2);
+  });
+
+  it.each([
+    ['in its decode on the server', 'CCCCCC', 'SSSSSS', 4, false],
+    ['in its split decode', 'SSSSSS', 'CCSSSC', 3, false],
+    ['in its prefill', 'CSSSSC', 'CCSSSC', 1, false],
+    ['at a kv_take of its hand-over', 'SCSSSS', 'CCCSSC', 2, true],
+  ])('resumes a phased generation lost %s with the decode placement on a new session, token-identical', async (_what, prefill, decode, loseAt, takes) => {
+    const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
+    const want = await pipe.generate(PROMPT, { maxNewTokens: 12 }).finally(() => pipe.close());
+    const opened: RemoteSession[] = [];
+    const streamed: Array<[number, number]> = [];
+    const stats = await generate(deps(lossy(loseAt, opened, 1, takes)), prefill, PROMPT, 12, (id, index) => streamed.push([index, id]), decode);
     expect(stats.ids).toEqual(want);
     expect(streamed).toEqual(want.map((id, i) => [i, id]));
     expect(stats.resumes).toBe(1);

@@ -43,7 +43,7 @@ import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { AgentMetrics } from './metrics';
 import { buildOutcome, predictedOf, type Predicted } from './outcome';
-import { PlanFollower, privacyProblem } from './plan-follower';
+import { PlanFollower, privacyProblem, type ChosenPlacement } from './plan-follower';
 import { RemoteSession } from './remote-session';
 import type { ReplayRecording } from './replay';
 
@@ -97,6 +97,8 @@ interface ValidRequest {
   readonly ids: number[];
   readonly maxNewTokens: number;
   readonly placement?: string;
+  /** With `placement`, a phased override's decode placement (only when it differs). */
+  readonly decodePlacement?: string;
 }
 
 /** Adds the executor queueing of every step of `session` to `into.ms` (GenerationStats reports compute only). */
@@ -256,6 +258,7 @@ export class ClientAgent {
           predictedLatencyMs: c.predictedLatencyMs,
           predictedTtftMs: c.predictedTtftMs,
           predictedTpotMs: c.predictedTpotMs,
+          ...(c.decodePlacement && c.decodePlacement !== c.placement ? { decodePlacement: c.decodePlacement } : {}),
         })) ?? [],
       noPlanReason: this.follower.noPlanReason(),
     };
@@ -283,18 +286,25 @@ export class ClientAgent {
     if (room < 1) throw new ValidationError(`the prompt must fit the context of ${this.nPositions} tokens, given ${ids.length} tokens`);
     if (req.maxNewTokens < 1 || req.maxNewTokens > room)
       throw new ValidationError(`max_new_tokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
-    let placement: string | undefined;
-    if (req.placement) {
-      placement = req.placement;
-      if (placement.length !== this.stageCount || !/^[CS]+$/.test(placement)) {
-        throw new ValidationError(`placement must be ${this.stageCount} letters C or S, given ${quoted(placement)}`);
-      }
-      const bad = [...placement].findIndex((c, s) => c === 'C' && !this.local.has(s));
-      if (bad >= 0) throw new ValidationError(`placement puts stage ${bad} on this client, which does not hold it`);
-      const leak = privacyProblem(placement, this.opts.private === true);
-      if (leak) throw new ValidationError(`placement ${leak}`);
+    const checkPlacement = (field: string, p: string): void => {
+      if (p.length !== this.stageCount || !/^[CS]+$/.test(p))
+        throw new ValidationError(`${field} must be ${this.stageCount} letters C or S, given ${quoted(p)}`);
+      const bad = [...p].findIndex((c, s) => c === 'C' && !this.local.has(s));
+      if (bad >= 0) throw new ValidationError(`${field} puts stage ${bad} on this client, which does not hold it`);
+      const leak = privacyProblem(p, this.opts.private === true);
+      if (leak) throw new ValidationError(`${field} ${leak}`);
+    };
+    const placement = req.placement || undefined;
+    if (placement !== undefined) checkPlacement('placement', placement);
+    const decode = req.decodePlacement || undefined;
+    if (decode !== undefined) {
+      if (placement === undefined)
+        throw new ValidationError(
+          `decode_placement must come with placement (it overrides the plan's decode, so the prefill's too), given ${quoted(decode)} alone`,
+        );
+      checkPlacement('decode_placement', decode);
     }
-    return { ids, maxNewTokens: req.maxNewTokens, placement };
+    return { ids, maxNewTokens: req.maxNewTokens, placement, ...(decode !== undefined && decode !== placement ? { decodePlacement: decode } : {}) };
   }
 
   /**
@@ -310,9 +320,21 @@ export class ClientAgent {
     onToken: (id: number, index: number) => void,
     signal: AbortSignal,
     deadline = Infinity,
-  ): Promise<{ stats: GenerationStats; placement: string; epoch: number; requestClass: string; slaMs: number; promptTokens: number; predicted: Predicted }> {
+  ): Promise<{
+    stats: GenerationStats;
+    placement: string;
+    decodePlacement?: string;
+    epoch: number;
+    requestClass: string;
+    slaMs: number;
+    promptTokens: number;
+    predicted: Predicted;
+  }> {
     const v = this.validate(req);
-    const chosen = v.placement !== undefined ? { placement: v.placement, epoch: 0, requestClass: 'override', slaMs: 0 } : this.follower.choose(v.ids.length);
+    const chosen: ChosenPlacement =
+      v.placement !== undefined
+        ? { placement: v.placement, ...(v.decodePlacement ? { decodePlacement: v.decodePlacement } : {}), epoch: 0, requestClass: 'override', slaMs: 0 }
+        : this.follower.choose(v.ids.length);
     // The class of the plan followed, taken now (a new plan may come while this runs).
     const plan = this.follower.current();
     const planned = chosen.epoch > 0 && plan?.epoch === chosen.epoch ? plan.classes.find((c) => c.name === chosen.requestClass) : undefined;
@@ -340,6 +362,7 @@ export class ClientAgent {
         },
         Date.now(),
         predictedOf(planned, v.ids.length, v.maxNewTokens),
+        chosen.decodePlacement,
       );
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
@@ -369,7 +392,10 @@ export class ClientAgent {
           resume: {
             deadline: until,
             onResumed: ({ tokens, attempts, lostMs }) =>
-              this.log.warn({ tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement }, 'generation resumed on a new executor session'),
+              this.log.warn(
+                { tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement, decodePlacement: chosen.decodePlacement },
+                'generation resumed on a new executor session',
+              ),
           },
         },
         chosen.placement,
@@ -380,6 +406,7 @@ export class ClientAgent {
           cursor?.advance(id);
           onToken(id, index);
         },
+        chosen.decodePlacement,
       );
       this.local.disarm(); // generate() created its cache synchronously, before its first await
       stats = await running;
@@ -390,6 +417,7 @@ export class ClientAgent {
     }
     if (stats.resumes > 0) this.resumedGenerations++;
     this.observed.generation(chosen.placement, 'ok', { e2eMs: stats.totalMs, ttftMs: stats.ttftMs });
+    this.observed.handover(stats);
     report(true, stats);
     return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
   }
@@ -429,6 +457,8 @@ export class ClientAgent {
                 clientComputeMs: r.stats.clientComputeMs,
                 promptTokens: r.promptTokens,
                 ...r.predicted,
+                ...(r.decodePlacement ? { decodePlacement: r.decodePlacement } : {}),
+                ...(r.stats.handoverMs > 0 ? { handoverMs: r.stats.handoverMs } : {}),
               },
             },
           });

@@ -3,6 +3,7 @@ import { greedyToken, lastPosition } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import { ExecutorStatusError } from './errors';
 import type { LinkEmulator, LinkEstimator } from './link';
+import type { KvCache } from '@tandem/model';
 import type { LocalStages } from './local-stages';
 import { GenerateRefusedError, REFUSAL_MARGIN_MS, refusalHintOf, TOKEN_DOWN_BYTES, type RemoteSession } from './remote-session';
 
@@ -155,10 +156,105 @@ export interface GenerationStats {
    * per second: a split step, or a server-side generation at its start) and it was sent again after the hint.
    */
   readonly refusals: number;
+  /**
+   * A phased plan: time spent moving stage states between the prefill and the decode (from
+   * the first token until every moved stage is on its decode side, emulated link delays
+   * included), ms; 0 when nothing moved.
+   */
+  readonly handoverMs: number;
+  /** Key and value bytes handed to the executor (kv_put) between the phases. */
+  readonly kvUpBytes: number;
+  /** Key and value bytes taken from the executor (kv_take) between the phases. */
+  readonly kvDownBytes: number;
 }
 
 const bytesOf = (t: HostTensor): number => t.data.byteLength;
 const idsTensor = (ids: readonly number[]): HostTensor => ({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, (v) => BigInt(v)) });
+/** Bytes a kv_take request is counted as on the uplink (emulation). */
+const KV_TAKE_UP_BYTES = 16;
+
+/** One generation's state, shared by its phases. */
+class Run {
+  readonly t0 = performance.now();
+  readonly resumer: Resumer;
+  remote: RemoteSession | undefined;
+  /** Tokens delivered to the caller. */
+  readonly ids: number[] = [];
+  ttftMs = 0;
+  serverComputeMs = 0;
+  serverQueueMs = 0;
+  clientComputeMs = 0;
+  /** Refusals of the sessions this generation lost or ended (the current one counts its own). */
+  refusals = 0;
+  handoverMs = 0;
+  kvUpBytes = 0;
+  kvDownBytes = 0;
+
+  constructor(
+    readonly deps: GenerationDeps,
+    readonly promptIds: readonly number[],
+    readonly maxNewTokens: number,
+    readonly onToken: (id: number, index: number) => void,
+  ) {
+    this.resumer = new Resumer(deps.resume, deps.signal);
+  }
+
+  /** Opens the session (a first one, or a new one after a loss, counted by the resumer). */
+  async open(): Promise<RemoteSession> {
+    const remote = await this.deps.openRemote();
+    this.remote = remote;
+    this.resumer.opened(this.ids.length);
+    return remote;
+  }
+
+  /** Drops the current session (cancelled), keeping its refusals. */
+  drop(): void {
+    if (!this.remote) return;
+    this.refusals += this.remote.refusals;
+    this.remote.cancel();
+    this.remote = undefined;
+  }
+
+  /**
+   * After `err` ended the session: rethrows unless it is a lost session that may be resumed
+   * (see Resumer), then opens a new session, retried with backoff while the deadline allows.
+   */
+  async reopen(err: unknown): Promise<RemoteSession> {
+    this.drop();
+    for (;;) {
+      await this.resumer.afterFailure(err, this.ids.length);
+      try {
+        return await this.open();
+      } catch (openErr) {
+        err = openErr;
+      }
+    }
+  }
+
+  deliver(next: number): void {
+    if (this.ids.length === 0) this.ttftMs = performance.now() - this.t0;
+    this.onToken(next, this.ids.length);
+    this.ids.push(next);
+  }
+
+  stats(): GenerationStats {
+    const { ids, ttftMs, serverComputeMs, serverQueueMs, clientComputeMs, handoverMs, kvUpBytes, kvDownBytes } = this;
+    const refusals = this.refusals + (this.remote?.refusals ?? 0);
+    return {
+      ids,
+      ttftMs,
+      totalMs: performance.now() - this.t0,
+      serverComputeMs,
+      serverQueueMs,
+      clientComputeMs,
+      resumes: this.resumer.resumes,
+      refusals,
+      handoverMs,
+      kvUpBytes,
+      kvDownBytes,
+    };
+  }
+}
 
 /**
  * Greedy generation with the given placement: a prefill of the prompt, then one decode
@@ -168,10 +264,22 @@ const idsTensor = (ids: readonly number[]): HostTensor => ({ dtype: 'int64', sha
  * server), one step per crossing per token. `onToken` is called for each token as it is
  * produced. The session is ended (or cancelled, on abort or error) before this resolves.
  *
+ * A phased plan (`decodePlacement` given and different from `placement`): the prefill runs
+ * with `placement`; once its token is delivered, every stage that changes side moves its state
+ * across the session stream (kv_take for server → client, kv_put for client → server,
+ * count-only stages too; see {@link handOver}), and the decode runs with `decodePlacement`:
+ * decoded by the executor when that is all-server, otherwise one step per crossing per token.
+ * A generation of one token has no decode and moves nothing. Absent, empty or equal to
+ * `placement`: exactly the single-placement generation.
+ *
  * With `deps.resume`, a lost session (see {@link isSessionLost}) does not end the generation:
  * the local cache is cleared, a new session is opened (retried with backoff while the deadline
  * allows) and the prompt plus every token so far is prefilled again with the same placement,
- * whose token is the next one; the caller sees one stream, as from an undisturbed run.
+ * whose token is the next one; the caller sees one stream, as from an undisturbed run. A phased
+ * generation continues with its DECODE placement after a loss at any point (in the prefill,
+ * the hand-over or the decode): the history is prefilled again with it on the new session and
+ * nothing is handed over any more. That is the simplest correct rule (no state is left on a
+ * dead session to move), at the price of a prefill with the decode's placement.
  */
 export async function generate(
   deps: GenerationDeps,
@@ -179,101 +287,205 @@ export async function generate(
   promptIds: readonly number[],
   maxNewTokens: number,
   onToken: (id: number, index: number) => void,
+  decodePlacement?: string,
 ): Promise<GenerationStats> {
-  if (/^S+$/.test(placement)) return generateOnServer(deps, promptIds, maxNewTokens, onToken);
-  const segs = segmentsOf(placement);
-  const last = placement.length;
+  const decode = decodePlacement || placement;
+  if (decode.length !== placement.length || !/^[CS]+$/.test(decode))
+    throw new Error(`decodePlacement must be ${placement.length} letters C or S like placement, given '${decode}'`);
+  if (decode === placement && /^S+$/.test(placement)) return generateOnServer(deps, promptIds, maxNewTokens, onToken);
+  // Created before the first await: with replay, the cache takes the cursor armed for this generation.
   const cache = deps.local.newCache();
-  let remote: RemoteSession | undefined;
-  const resumer = new Resumer(deps.resume, deps.signal);
-  const t0 = performance.now();
-  let ttftMs = 0;
-  let serverComputeMs = 0;
-  let serverQueueMs = 0;
-  let clientComputeMs = 0;
-  /** Step refusals of the sessions this generation lost (the current one counts its own). */
-  let stepRefusals = 0;
-  const ids: number[] = [];
-  const onAbort = (): void => remote?.cancel();
+  const run = new Run(deps, promptIds, maxNewTokens, onToken);
+  const onAbort = (): void => run.remote?.cancel();
   deps.signal.addEventListener('abort', onAbort);
   try {
-    let tokens: readonly number[] = promptIds;
-    /** Whether the caches must be rebuilt by a prefill of the whole history (after a lost session). */
-    let refill = false;
-    while (ids.length < maxNewTokens) {
-      deps.signal.throwIfAborted();
-      if (refill) {
-        // The lost session took the server's cache; the local one may hold part of the interrupted token.
-        cache.clear();
-        tokens = [...promptIds, ...ids];
-        refill = false;
-      }
-      let x: HostTensor | number = idsTensor(tokens);
-      try {
-        for (const seg of segs) {
-          if (typeof x === 'number') throw new Error('a token came back before the last stage');
-          if (seg.side === 'C') {
-            for (let s = seg.begin; s < seg.end; s++) {
-              // Only the head answers with a token (a replayed one), and it is the last stage.
-              if (typeof x === 'number') throw new Error('a token came back before the last stage');
-              // Only the next token is needed: the (position-wise) head runs on the last position alone.
-              if (s === last - 1 && x.dtype === 'float32') x = lastPosition(x);
-              const r = await deps.local.run(s, x, cache);
-              clientComputeMs += r.ms;
-              x = r.output;
-            }
-          } else {
-            if (!remote) {
-              remote = await deps.openRemote();
-              resumer.opened(ids.length);
-            }
-            const input: HostTensor = x;
-            const sent = performance.now();
-            await deps.emulator.uplink(bytesOf(input));
-            const r = await remote.step(seg.begin, seg.end, input, seg.end === last);
-            await deps.emulator.downlink(r.downBytes);
-            serverComputeMs += r.computeMs;
-            serverQueueMs += r.queueMs;
-            // Network time as the device sees it, emulated delays included.
-            deps.estimator.recordTransfer(bytesOf(input), r.downBytes, performance.now() - sent - r.computeMs - r.queueMs);
-            x = r.output;
-          }
-        }
-      } catch (err) {
-        // Only a generation that had a session resumes: a first open that fails ends it at once.
-        if (!remote) throw err;
-        stepRefusals += remote.refusals;
-        remote.cancel();
-        remote = undefined;
-        refill = true;
-        for (;;) {
-          await resumer.afterFailure(err, ids.length);
-          try {
-            remote = await deps.openRemote();
-            resumer.opened(ids.length);
-            break;
-          } catch (openErr) {
-            err = openErr;
-          }
-        }
-        continue;
-      }
-      const next: number = typeof x === 'number' ? x : greedyToken(x as { data: Float32Array }, deps.vocabSize);
-      if (ids.length === 0) ttftMs = performance.now() - t0;
-      onToken(next, ids.length);
-      ids.push(next);
-      tokens = [next];
-    }
-    const refusals = stepRefusals + (remote?.refusals ?? 0);
-    remote?.end();
-    return { ids, ttftMs, totalMs: performance.now() - t0, serverComputeMs, serverQueueMs, clientComputeMs, resumes: resumer.resumes, refusals };
+    if (decode === placement) await splitLoop(run, cache, segmentsOf(placement), promptIds, false);
+    else await phased(run, cache, placement, decode);
+    run.remote?.end();
+    return run.stats();
   } catch (err) {
-    remote?.cancel();
+    run.remote?.cancel();
     throw err;
   } finally {
     deps.signal.removeEventListener('abort', onAbort);
     cache.clear();
   }
+}
+
+/**
+ * The phases of a phased generation: the prefill with `prefill` (split steps, also when it is
+ * all-server: the executor then holds every stage's state, and a `generate` may continue
+ * from it), the hand-over, the decode with `decode`. See {@link generate} for the rule after a
+ * lost session.
+ */
+async function phased(run: Run, cache: KvCache, prefill: string, decode: string): Promise<void> {
+  const decodeSegs = segmentsOf(decode);
+  // The prefill; a lost session resumes it with the decode placement, and nothing is handed over then.
+  const resumedIntoDecode = await splitLoop(run, cache, segmentsOf(prefill), run.promptIds, false, { until: 1, afterLoss: decodeSegs });
+  if (run.ids.length >= run.maxNewTokens) return;
+  /** Whether every stage's state is on its decode side. */
+  let placed = resumedIntoDecode;
+  if (!placed) {
+    try {
+      await handOver(run, cache, prefill, decode);
+      placed = true;
+    } catch (err) {
+      if (!run.remote) throw err; // no session was lost (a first open failed, or a local error)
+      // Lost during the hand-over: continue with the decode placement from the history on a new session.
+      cache.clear();
+      if (/S/.test(decode)) await run.reopen(err);
+      else {
+        run.drop();
+        await run.resumer.afterFailure(err, run.ids.length);
+      }
+    }
+  }
+  const history = placed ? [run.ids[run.ids.length - 1]] : [...run.promptIds, ...run.ids];
+  if (/^S+$/.test(decode)) {
+    run.remote ??= await run.open();
+    await serverLoop(run, run.remote, placed);
+  } else {
+    if (!/S/.test(decode) && run.remote) {
+      // Every stage is on the device from here: the session holds nothing any more.
+      run.refusals += run.remote.refusals;
+      run.remote.end();
+      run.remote = undefined;
+    }
+    await splitLoop(run, cache, decodeSegs, history, !placed);
+  }
+}
+
+/**
+ * Moves the state of every stage that changes side between `prefill` and `decode`, after the
+ * prefill (every stage holds the prompt's N tokens): kv_take for a stage the server ran and the
+ * device decodes (imported into the device's cache), kv_put for the reverse (exported from it,
+ * then dropped there); count-only stages (embedding, MLP, head) move their count alone. The
+ * takes go out together and are answered in order; the puts are not answered (a refusal ends the
+ * session, and the decode's next message then fails with its status). Emulated link: one
+ * uplink crossing for all puts' bytes, one uplink for the take requests and one downlink for
+ * all the takes' bytes (chunks stream back to back); the takes' transfer is recorded by the
+ * estimator (the puts have no answer to time). Opens the session when the prefill had none.
+ */
+async function handOver(run: Run, cache: KvCache, prefill: string, decode: string): Promise<void> {
+  const { deps } = run;
+  const t0 = performance.now();
+  const N = run.promptIds.length;
+  const toServer: number[] = [];
+  const toClient: number[] = [];
+  for (let s = 0; s < prefill.length; s++) {
+    if (prefill[s] === 'C' && decode[s] === 'S') toServer.push(s);
+    else if (prefill[s] === 'S' && decode[s] === 'C') toClient.push(s);
+  }
+  if (toServer.length + toClient.length === 0) return;
+  const remote = run.remote ?? (await run.open());
+  const take = async (): Promise<void> => {
+    if (toClient.length === 0) return;
+    const sent = performance.now();
+    await deps.emulator.uplink(KV_TAKE_UP_BYTES * toClient.length);
+    deps.signal.throwIfAborted();
+    const taken = await Promise.all(toClient.map((s) => remote.kvTake(s)));
+    const bytes = taken.reduce((a, t) => a + t.bytes, 0);
+    await deps.emulator.downlink(bytes);
+    deps.estimator.recordTransfer(KV_TAKE_UP_BYTES * toClient.length, bytes, performance.now() - sent);
+    run.kvDownBytes += bytes;
+    for (const [i, s] of toClient.entries()) {
+      const { state } = taken[i];
+      if (state.tokens !== N) throw new Error(`the executor handed over ${state.tokens} tokens of stage ${s}, the prefill ran ${N}`);
+      deps.local.importState(s, cache, state);
+    }
+  };
+  const put = async (): Promise<void> => {
+    if (toServer.length === 0) return;
+    const states = toServer.map((s) => deps.local.exportState(s, cache, N));
+    const bytes = states.reduce((a, st) => a + (st.key?.data.byteLength ?? 0) + (st.value?.data.byteLength ?? 0), 0);
+    await deps.emulator.uplink(bytes);
+    deps.signal.throwIfAborted();
+    for (const [i, s] of toServer.entries()) run.kvUpBytes += remote.kvPut(s, states[i]);
+  };
+  // Both run to their end before a failure is thrown: a take still under way must not import
+  // into the cache after the caller cleared it to start again.
+  const [took, put_] = await Promise.allSettled([take(), put()]);
+  for (const r of [took, put_]) if (r.status === 'rejected') throw r.reason;
+  run.handoverMs = performance.now() - t0;
+}
+
+/**
+ * The split loop: one pass over `segs` per token (device stages on `local`, server runs as
+ * one step each) until the generation has `until` tokens (default all of them), starting from
+ * `tokens` (the prompt, or the last token when the caches hold the history; with `refill` the
+ * caches are rebuilt first by a pass over the whole history). A lost session is replaced
+ * (see Run.reopen) and the history prefilled again, with `afterLoss` from then on when given.
+ * Resolves whether a loss switched it to `afterLoss`.
+ */
+async function splitLoop(
+  run: Run,
+  cache: KvCache,
+  segs: Segment[],
+  tokens: readonly number[],
+  refill: boolean,
+  opts: { until?: number; afterLoss?: Segment[] } = {},
+): Promise<boolean> {
+  const { deps } = run;
+  const until = opts.until ?? run.maxNewTokens;
+  let switched = false;
+  while (run.ids.length < until) {
+    deps.signal.throwIfAborted();
+    if (refill) {
+      // The lost session took the server's cache; the local one may hold part of the interrupted token.
+      cache.clear();
+      tokens = [...run.promptIds, ...run.ids];
+      refill = false;
+    }
+    const last = segs[segs.length - 1].end;
+    let x: HostTensor | number = idsTensor(tokens);
+    try {
+      for (const seg of segs) {
+        if (typeof x === 'number') throw new Error('a token came back before the last stage');
+        if (seg.side === 'C') {
+          for (let s = seg.begin; s < seg.end; s++) {
+            // Only the head answers with a token (a replayed one), and it is the last stage.
+            if (typeof x === 'number') throw new Error('a token came back before the last stage');
+            // Only the next token is needed: the (position-wise) head runs on the last position alone.
+            if (s === last - 1 && x.dtype === 'float32') x = lastPosition(x);
+            const r = await deps.local.run(s, x, cache);
+            run.clientComputeMs += r.ms;
+            x = r.output;
+          }
+        } else {
+          const remote = run.remote ?? (await run.open());
+          const input: HostTensor = x;
+          const sent = performance.now();
+          await deps.emulator.uplink(bytesOf(input));
+          const r = await remote.step(seg.begin, seg.end, input, seg.end === last);
+          await deps.emulator.downlink(r.downBytes);
+          run.serverComputeMs += r.computeMs;
+          run.serverQueueMs += r.queueMs;
+          // Network time as the device sees it, emulated delays included.
+          deps.estimator.recordTransfer(bytesOf(input), r.downBytes, performance.now() - sent - r.computeMs - r.queueMs);
+          x = r.output;
+        }
+      }
+    } catch (err) {
+      // Only a generation that had a session resumes: a first open that fails ends it at once.
+      if (!run.remote) throw err;
+      if (opts.afterLoss && !switched) {
+        segs = opts.afterLoss;
+        switched = true;
+      }
+      refill = true;
+      if (segs.some((g) => g.side === 'S')) await run.reopen(err);
+      else {
+        // Every stage is on the device from here: no new session to open.
+        run.drop();
+        await run.resumer.afterFailure(err, run.ids.length);
+      }
+      continue;
+    }
+    const next: number = typeof x === 'number' ? x : greedyToken(x as { data: Float32Array }, deps.vocabSize);
+    run.deliver(next);
+    tokens = [next];
+  }
+  return switched;
 }
 
 /**
@@ -296,34 +508,45 @@ async function generateOnServer(
   maxNewTokens: number,
   onToken: (id: number, index: number) => void,
 ): Promise<GenerationStats> {
-  const t0 = performance.now();
-  let remote: RemoteSession | undefined;
-  const resumer = new Resumer(deps.resume, deps.signal);
-  let ttftMs = 0;
-  let serverComputeMs = 0;
-  let serverQueueMs = 0;
-  /** Tokens the executor sent (some may still be on the emulated link). */
-  const received: number[] = [];
-  /** Tokens delivered to `onToken`. */
-  const ids: number[] = [];
-  /** Set once the generation failed or was aborted: tokens still on the emulated link are dropped. */
-  let stopped = false;
-  /** Times the executor refused the generation at its start and it was sent again after the hint. */
-  let refusals = 0;
-  let deliveryError: unknown;
-  const onAbort = (): void => remote?.cancel();
+  const run = new Run(deps, promptIds, maxNewTokens, onToken);
+  const onAbort = (): void => run.remote?.cancel();
   deps.signal.addEventListener('abort', onAbort);
   try {
     deps.signal.throwIfAborted();
-    remote = await deps.openRemote();
-    resumer.opened(0);
+    const remote = await run.open();
+    await serverLoop(run, remote, false);
+    run.remote?.end();
+    return run.stats();
+  } catch (err) {
+    run.remote?.cancel();
+    throw err;
+  } finally {
+    deps.signal.removeEventListener('abort', onAbort);
+  }
+}
+
+/**
+ * The executor decodes the rest of the generation (see {@link generateOnServer}) on `first`:
+ * from the whole history (the prompt and the tokens delivered so far), or with `handed` from
+ * the state the session already holds (a phased plan's prefill handed over: only the last
+ * token goes up). A new session after a loss or a refusal starts from the history.
+ */
+async function serverLoop(run: Run, first: RemoteSession, handed: boolean): Promise<void> {
+  const { deps, promptIds, maxNewTokens } = run;
+  /** Tokens the executor sent or the prefill made (some may still be on the emulated link). */
+  const received: number[] = [...run.ids];
+  /** Set once the generation failed or was aborted: tokens still on the emulated link are dropped. */
+  let stopped = false;
+  let deliveryError: unknown;
+  let remote: RemoteSession | undefined = first;
+  try {
     let delivered: Promise<unknown> = Promise.resolve();
     while (received.length < maxNewTokens) {
       deps.signal.throwIfAborted(); // an abort during open found no session to cancel
       const base = received.length;
-      const prompt = idsTensor(base === 0 ? promptIds : [...promptIds, ...received]);
+      const prompt = idsTensor(handed ? [received[base - 1]] : base === 0 ? promptIds : [...promptIds, ...received]);
       const session = remote;
-      if (!session) throw new Error('generateOnServer: no executor session at the start of a round (every failure path opens a new one)');
+      if (!session) throw new Error('serverLoop: no executor session at the start of a round (every failure path opens a new one)');
       try {
         const sent = performance.now();
         await deps.emulator.uplink(bytesOf(prompt));
@@ -331,28 +554,25 @@ async function generateOnServer(
         await session.generate(prompt, maxNewTokens - base, (t) => {
           const index = base + t.index;
           received.push(t.token);
-          serverComputeMs += t.computeMs;
-          serverQueueMs += t.queueMs;
+          run.serverComputeMs += t.computeMs;
+          run.serverQueueMs += t.queueMs;
           const onLink = deps.emulator.downlink(TOKEN_DOWN_BYTES);
           delivered = Promise.all([delivered, onLink]).then(() => {
             if (stopped || deps.signal.aborted) return;
             try {
-              if (index === 0) {
-                ttftMs = performance.now() - t0;
-                deps.estimator.recordTransfer(bytesOf(prompt), TOKEN_DOWN_BYTES, performance.now() - sent - t.computeMs - t.queueMs);
-              }
-              onToken(t.token, index);
-              ids.push(t.token);
+              if (index === 0) deps.estimator.recordTransfer(bytesOf(prompt), TOKEN_DOWN_BYTES, performance.now() - sent - t.computeMs - t.queueMs);
+              run.deliver(t.token);
             } catch (err) {
               deliveryError ??= err;
               stopped = true;
-              remote?.cancel();
+              run.remote?.cancel();
             }
           });
         });
       } catch (err) {
         if (deliveryError !== undefined) throw deliveryError;
-        session.cancel();
+        handed = false;
+        run.drop();
         remote = undefined;
         let e: unknown = err;
         const hint = refusalHintOf(err);
@@ -365,15 +585,14 @@ async function generateOnServer(
           const { details, message } = err as { details?: string; message?: string };
           if (left < hint + REFUSAL_MARGIN_MS)
             throw new GenerateRefusedError(`${details ?? message} (the deadline is ${Math.max(0, Math.round(left))} ms away)`, hint);
-          refusals++;
+          run.refusals++;
           await sleep(hint, deps.signal);
           e = undefined;
         }
         for (;;) {
-          if (e !== undefined) await resumer.afterFailure(e, received.length);
+          if (e !== undefined) await run.resumer.afterFailure(e, received.length);
           try {
-            remote = await deps.openRemote();
-            resumer.opened(received.length);
+            remote = await run.open();
             break;
           } catch (openErr) {
             e = openErr;
@@ -384,13 +603,8 @@ async function generateOnServer(
     await delivered;
     if (deliveryError !== undefined) throw deliveryError;
     deps.signal.throwIfAborted();
-    remote?.end();
-    return { ids, ttftMs, totalMs: performance.now() - t0, serverComputeMs, serverQueueMs, clientComputeMs: 0, resumes: resumer.resumes, refusals };
   } catch (err) {
     stopped = true;
-    remote?.cancel();
     throw deliveryError ?? err;
-  } finally {
-    deps.signal.removeEventListener('abort', onAbort);
   }
 }

@@ -1,5 +1,5 @@
 import type { HostTensor, StageTiming } from '@tandem/protocol';
-import { StageRunner, StageStats, type KvCache } from '@tandem/model';
+import { StageInputError, StageRunner, StageStats, type KvCache, type StageState } from '@tandem/model';
 import { ReplayMissError, type ReplayCursor, type ReplayRecording } from './replay';
 
 const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
@@ -139,6 +139,59 @@ export class LocalStages {
     this.chain.set(cache, { stage, intendedEnd, actualEnd: end });
     // The time since the previous stage's end when chained: a chain of stages then sums to its wall time.
     return { output, ms: end - (chained ? prev.actualEnd : t0) };
+  }
+
+  /**
+   * Hands `stage`'s state over to the server between the phases of a phased plan (the stage
+   * runs here in the prefill and on the server in the decode): its count `tokens` (what the
+   * generation ran through it), and for an attention stage its keys and values. The cache then
+   * holds nothing of the stage. With a recording the keys and values are the recorded ones after
+   * the prefill (the only point a hand-over happens), so the server decodes the recorded tokens.
+   * @throws ReplayMissError when the recording does not hold them; Error when the cache's count
+   *   differs from `tokens` (the generation's bookkeeping is wrong).
+   */
+  exportState(stage: number, cache: KvCache, tokens: number): StageState {
+    const kind = this.runner.manifest.stages[stage]?.kind;
+    if (this.replay) {
+      const cursor = this.cursors.get(cache);
+      if (!cursor) throw new ReplayMissError('replay miss: the generation has no recording cursor (armReplay was not called)');
+      if (cursor.heldTokens() !== tokens)
+        throw new Error(`stage ${stage} holds ${cursor.heldTokens()} tokens of the recorded history, the generation counts ${tokens}`);
+      return kind === 'attn' ? { tokens, ...cursor.prefillKv(stage) } : { tokens };
+    }
+    if (kind !== 'attn' && kind !== 'embed') return { tokens }; // an MLP or head stage keeps nothing but its count
+    const state = this.runner.exportState(stage, cache);
+    if (state.tokens !== tokens) throw new Error(`stage ${stage} holds ${state.tokens} tokens in the device's cache, the generation counts ${tokens}`);
+    this.runner.dropState(stage, cache);
+    return state;
+  }
+
+  /**
+   * Takes `stage`'s state from the server between the phases of a phased plan (the stage ran on
+   * the server in the prefill and runs here in the decode); the stage must hold nothing here
+   * yet. With a recording nothing is computed, so only the count is checked against the
+   * recorded history (the replayed decode needs the history alone).
+   * @throws StageInputError (from the runner) for a state that does not fit the stage; Error
+   *   when a replayed history's length differs from `state.tokens`.
+   */
+  importState(stage: number, cache: KvCache, state: StageState): void {
+    if (this.replay) {
+      const cursor = this.cursors.get(cache);
+      if (!cursor) throw new ReplayMissError('replay miss: the generation has no recording cursor (armReplay was not called)');
+      if (cursor.heldTokens() !== state.tokens)
+        throw new Error(`the server handed over ${state.tokens} tokens of stage ${stage}, the recorded history has ${cursor.heldTokens()}`);
+      return;
+    }
+    const kind = this.runner.manifest.stages[stage]?.kind;
+    if (kind !== 'attn' && kind !== 'embed') {
+      // An MLP or head stage keeps nothing but its count, which the generation keeps.
+      if (state.key || state.value) throw new StageInputError('state.key', `be absent for stage ${stage} (${kind}), which keeps no keys or values`, 'a tensor');
+      return;
+    }
+    const held = kind === 'embed' ? cache.embeddedTokens : cache.pastLength(stage);
+    if (held !== 0)
+      throw new StageInputError('stage', `hold no tokens on the device before its state is taken from the server (it holds ${held})`, stage, 'precondition');
+    this.runner.appendState(stage, cache, state);
   }
 
   /**

@@ -24,6 +24,8 @@ export class AgentMetrics {
   private readonly e2eSeconds: Histogram<'placement'>;
   private readonly ttftSeconds: Histogram<'placement'>;
   private readonly planUpdates: Counter;
+  private readonly handoverBytes: Counter<'direction'>;
+  private readonly handoverSeconds: Histogram;
 
   constructor(registry: Registry, read: AgentMetricSources) {
     const registers = [registry];
@@ -48,6 +50,19 @@ export class AgentMetrics {
       registers,
     });
     this.planUpdates = new Counter({ name: 'tandem_agent_plan_updates_total', help: 'Plans taken from the planner', registers });
+    this.handoverBytes = new Counter({
+      name: 'tandem_agent_kv_handover_bytes_total',
+      help: "Key and value bytes moved between a phased plan's prefill and decode by successful generations, by direction: up (kv_put, to the executor) or down (kv_take)",
+      labelNames: ['direction'],
+      registers,
+    });
+    for (const direction of ['up', 'down']) this.handoverBytes.inc({ direction }, 0);
+    this.handoverSeconds = new Histogram({
+      name: 'tandem_agent_kv_handover_seconds',
+      help: 'Time successful phased generations spent moving stage states between the prefill and the decode (emulated link delays included)',
+      buckets: [...LATENCY_BUCKETS_S],
+      registers,
+    });
     for (const placement of KINDS) for (const status of ['ok', 'failed', 'cancelled']) this.generations.inc({ placement, status }, 0);
     new Counter({
       name: 'tandem_agent_generations_resumed_total',
@@ -67,6 +82,14 @@ export class AgentMetrics {
     if (!latency) return;
     this.e2eSeconds.observe({ placement: kind }, latency.e2eMs / 1000);
     this.ttftSeconds.observe({ placement: kind }, latency.ttftMs / 1000);
+  }
+
+  /** A successful phased generation moved stage states between its phases (nothing is counted when nothing moved). */
+  handover(h: { handoverMs: number; kvUpBytes: number; kvDownBytes: number }): void {
+    if (h.handoverMs <= 0) return;
+    this.handoverBytes.inc({ direction: 'up' }, h.kvUpBytes);
+    this.handoverBytes.inc({ direction: 'down' }, h.kvDownBytes);
+    this.handoverSeconds.observe(h.handoverMs / 1000);
   }
 
   /** A plan arrived from the planner. */

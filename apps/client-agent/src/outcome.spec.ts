@@ -70,4 +70,10 @@ describe('buildOutcome', () => {
     // the outcome carries the request's prediction
     expect(buildOutcome(WHO, cls, 1, 'CSS', { ...RUN, promptTokens: 12, newTokens: 4 }, 0)).toMatchObject({ predictedTtftMs: 30, predictedE2eMs: 60 });
   });
+
+  it("carries a phased plan's decode placement only when it differs from the placement", () => {
+    expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0, undefined, 'CCC').decodePlacement).toBe('CCC');
+    expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0, undefined, 'CSS')).not.toHaveProperty('decodePlacement');
+    expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0)).not.toHaveProperty('decodePlacement');
+  });
 });

@@ -39,7 +39,11 @@ export function predictedOf(planned: ClassPlacement | undefined, promptTokens: n
   return { predictedLatencyMs: ttft + Math.max(0, newTokens - 1) * planned.predictedTpotMs, predictedTtftMs: ttft, predictedTpotMs: planned.predictedTpotMs };
 }
 
-/** `predicted`: the plan's predictions for this request (default: for its prompt and the tokens it produced). */
+/**
+ * `placement`: the placement run (a phased plan's prefill placement); `predicted`: the plan's
+ * predictions for this request (default: for its prompt and the tokens it produced);
+ * `decodePlacement`: a phased plan's decode placement, carried only when it differs from `placement`.
+ */
 export function buildOutcome(
   who: { clientId: string; clientClass: string; modelId: string },
   cls: ClassPlacement,
@@ -48,6 +52,7 @@ export function buildOutcome(
   m: MeasuredGeneration,
   unixMs: number,
   predicted: Predicted = predictedOf(cls, m.promptTokens, m.newTokens),
+  decodePlacement?: string,
 ): GenerationOutcome {
   const tpotMs = m.newTokens > 1 ? Math.max(0, m.e2eMs - m.ttftMs) / (m.newTokens - 1) : 0;
   const slaMs = cls.slaMs;
@@ -80,5 +85,6 @@ export function buildOutcome(
     tpotMet: met(tpotSloMs, tpotMs),
     status: m.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
     unixMs,
+    ...(decodePlacement && decodePlacement !== placement ? { decodePlacement } : {}),
   };
 }

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { PlannerServiceService, type ClientPlan, type PlannerServiceServer, type WatchPlansRequest, type WatchPlansResponse } from '@tandem/protocol';
 import { bindInsecure, createLogger } from '@tandem/service-kit';
-import { eventually, freePort } from '@tandem/testkit';
+import { capturingLogger, eventually, freePort } from '@tandem/testkit';
 import { PlanFollower, privacyProblem } from './plan-follower';
 
 const plan = (epoch: number, placement: string): ClientPlan => ({
@@ -173,5 +173,58 @@ describe('PlanFollower: why no plan is followed', () => {
     await eventually(() => /larger than max/.test(follower!.noPlanReason()), { what: 'the size refusal' });
     expect(follower.current()).toBeUndefined();
     expect(follower.noPlanReason()).toContain(`not connected to the planner at 127.0.0.1:${stub.port}`);
+  });
+});
+
+describe('PlanFollower: phased plans (a decode placement)', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+  const phased = (epoch: number, placement: string, decodePlacement: string | undefined): ClientPlan => {
+    const p = plan(epoch, placement);
+    return { ...p, classes: [{ ...p.classes[0], decodePlacement, predictedHandoverMs: 3 }] };
+  };
+  const follower = (opts: { private?: boolean; canRun?: (s: number) => boolean } = {}): PlanFollower =>
+    new PlanFollower(
+      { plannerAddr: undefined, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 4, canRun: opts.canRun ?? (() => true), private: opts.private },
+      log,
+    );
+
+  it('checks the decode placement by the rules of the placement, naming the field', () => {
+    const f = follower({ canRun: (s) => s !== 2 });
+    expect(f.problem(phased(1, 'CSSC', 'CCCC'))).toBe('classes[0].decodePlacement puts stage 2 on this client, which does not hold it');
+    expect(f.problem(phased(1, 'CSSC', 'CSS'))).toBe("classes[0].decodePlacement must be 4 letters C or S, given 'CSS'");
+    expect(f.problem(phased(1, 'CSSC', 'CSxC'))).toBe("classes[0].decodePlacement must be 4 letters C or S, given 'CSxC'");
+    expect(f.problem(phased(1, 'CSSC', 'SSSS'))).toBeUndefined();
+    expect(f.problem(phased(1, 'CSSC', ''))).toBeUndefined(); // empty: no phased plan
+    expect(f.problem(phased(1, 'CSSC', undefined))).toBeUndefined();
+    const p = follower({ private: true });
+    expect(p.problem(phased(1, 'CSSC', 'CSSS'))).toBe('classes[0].decodePlacement puts stage 3 (tokens out) on the server, which AGENT_PRIVATE forbids');
+    expect(p.problem(phased(1, 'CSSC', 'SSSC'))).toBe('classes[0].decodePlacement puts stage 0 (token ids in) on the server, which AGENT_PRIVATE forbids');
+    expect(p.problem(phased(1, 'CSSC', 'CCSC'))).toBeUndefined();
+  });
+
+  it('hands a generation the decode placement only when it differs from the placement', async () => {
+    const stub = await stubPlanner('127.0.0.1:0', () => [phased(20, 'CSSC', 'CCCC')]);
+    const logs = capturingLogger('warn');
+    const f = new PlanFollower(
+      { plannerAddr: `127.0.0.1:${stub.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 4, canRun: () => true },
+      logs.log,
+    );
+    try {
+      f.start();
+      await eventually(() => f.current()?.epoch === 20, { what: 'the phased plan' });
+      expect(f.choose(4)).toEqual({ placement: 'CSSC', decodePlacement: 'CCCC', epoch: 20, requestClass: 'short', slaMs: 100 });
+      stub.push(phased(21, 'CSSC', 'CSSC'));
+      await eventually(() => f.current()?.epoch === 21, { what: 'the plan whose phases agree' });
+      expect(f.choose(4)).toEqual({ placement: 'CSSC', epoch: 21, requestClass: 'short', slaMs: 100 });
+      stub.push(phased(22, 'CSSC', 'CSSS')); // stage 3 is the head: fine on a device that is not private
+      await eventually(() => f.current()?.epoch === 22, { what: 'the next phased plan' });
+      stub.push(phased(23, 'CSSC', 'CSC')); // refused: the previous plan stays
+      await eventually(() => logs.lines().some((l) => l.msg === 'refused a plan' && l.epoch === 23), { what: 'the refusal' });
+      expect(logs.lines().find((l) => l.epoch === 23)?.problem).toBe("classes[0].decodePlacement must be 4 letters C or S, given 'CSC'");
+      expect(f.choose(4)).toMatchObject({ decodePlacement: 'CSSS', epoch: 22 });
+    } finally {
+      f.stop();
+      stub.stop();
+    }
   });
 });

@@ -13,7 +13,10 @@ import { clientOptions, type ClientSecurity, type Logger } from '@tandem/service
 
 /** The placement a generation will use, frozen at its start. */
 export interface ChosenPlacement {
+  /** The prefill's placement (the whole generation's when `decodePlacement` is absent). */
   readonly placement: string;
+  /** A phased plan's decode placement, only when it differs from `placement`. */
+  readonly decodePlacement?: string;
   readonly epoch: number;
   readonly requestClass: string;
   readonly slaMs: number;
@@ -103,19 +106,33 @@ export class PlanFollower {
       return { placement: (this.opts.private ? 'C' : 'S').repeat(this.opts.stageCount), epoch: 0, requestClass: 'default', slaMs: 0 };
     }
     const cls: ClassPlacement = plan.classes.find((c) => promptTokens <= c.maxPromptTokens) ?? plan.classes[plan.classes.length - 1];
-    return { placement: cls.placement, epoch: plan.epoch, requestClass: cls.name, slaMs: cls.slaMs };
+    const decode = cls.decodePlacement;
+    return {
+      placement: cls.placement,
+      ...(decode && decode !== cls.placement ? { decodePlacement: decode } : {}),
+      epoch: plan.epoch,
+      requestClass: cls.name,
+      slaMs: cls.slaMs,
+    };
   }
 
-  /** Why a plan cannot be followed by this device, or undefined when it can. */
+  /**
+   * Why a plan cannot be followed by this device, or undefined when it can. A phased class's
+   * `decode_placement` (absent or empty: none) is checked by the same rules as its `placement`.
+   */
   problem(plan: ClientPlan): string | undefined {
     for (const [i, c] of plan.classes.entries()) {
-      if (c.placement.length !== this.opts.stageCount || !/^[CS]+$/.test(c.placement)) {
-        return `classes[${i}].placement must be ${this.opts.stageCount} letters C or S, given ${quoted(c.placement)}`;
+      const placements: [string, string][] = [['placement', c.placement]];
+      if (c.decodePlacement) placements.push(['decodePlacement', c.decodePlacement]);
+      for (const [field, p] of placements) {
+        if (p.length !== this.opts.stageCount || !/^[CS]+$/.test(p)) {
+          return `classes[${i}].${field} must be ${this.opts.stageCount} letters C or S, given ${quoted(p)}`;
+        }
+        const bad = [...p].findIndex((ch, s) => ch === 'C' && !this.opts.canRun(s));
+        if (bad >= 0) return `classes[${i}].${field} puts stage ${bad} on this client, which does not hold it`;
+        const leak = privacyProblem(p, this.opts.private === true);
+        if (leak) return `classes[${i}].${field} ${leak}`;
       }
-      const bad = [...c.placement].findIndex((ch, s) => ch === 'C' && !this.opts.canRun(s));
-      if (bad >= 0) return `classes[${i}].placement puts stage ${bad} on this client, which does not hold it`;
-      const leak = privacyProblem(c.placement, this.opts.private === true);
-      if (leak) return `classes[${i}].placement ${leak}`;
     }
     return undefined;
   }
@@ -147,7 +164,13 @@ export class PlanFollower {
       }
       this.plan = plan;
       this.plannerReason = '';
-      this.log.info({ epoch: plan.epoch, classes: plan.classes.map((c) => `${c.name}=${c.placement}`) }, 'new plan');
+      this.log.info(
+        {
+          epoch: plan.epoch,
+          classes: plan.classes.map((c) => `${c.name}=${c.placement}${c.decodePlacement && c.decodePlacement !== c.placement ? `/${c.decodePlacement}` : ''}`),
+        },
+        'new plan',
+      );
       for (const l of this.listeners) l(plan);
     });
     const again = (why: string): void => {

@@ -9,6 +9,7 @@ import {
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
+import { concatPositions, slicePositions, type Float32Tensor, type StageState } from '@tandem/model';
 import { ExecutorStatusError } from './errors';
 
 /** What one server step returned. */
@@ -62,6 +63,22 @@ export function refusalHintOf(err: unknown): number | undefined {
 /** Bytes a token is counted as on the downlink (emulation and link estimates). */
 export const TOKEN_DOWN_BYTES = 8;
 
+/** Largest key plus value bytes the agent puts in one KvPut (the proto's bound for Tandem's agent). */
+export const KV_CHUNK_BYTES = 1 << 20;
+
+/** Positions per chunk so that a chunk's keys plus values (float32) take at most `maxBytes`; at least one whatever the bound. */
+export function kvChunkTokens(nHead: number, headDim: number, maxBytes: number): number {
+  return Math.max(1, Math.floor(maxBytes / (2 * 4 * nHead * headDim)));
+}
+
+/** A stage's state taken from the executor (kv_take), and what it cost on the wire. */
+export interface TakenState {
+  readonly state: StageState;
+  /** Key and value bytes received. */
+  readonly bytes: number;
+  readonly chunks: number;
+}
+
 /** One token of a server-side generation, as it arrives. */
 export interface RemoteToken {
   /** 0 for the prefill's token, then 1, 2, ... */
@@ -83,15 +100,18 @@ interface Stream {
   readonly reject: (e: Error) => void;
 }
 
+/** An answer awaited, in order: `accept` takes each message until it returns true (a kv_take's answer is several). */
 interface Pending {
-  readonly resolve: (m: SessionResponse) => void;
+  readonly accept: (m: SessionResponse) => boolean;
   readonly reject: (e: Error) => void;
 }
 
 /**
  * One session on the executor, seen from the client: open, then either steps answered in
  * order (a split generation) or one `generate` whose tokens stream back (every stage on the
- * server). Any error fails every pending step, or the generation, with the executor's
+ * server). A phased plan moves stages' states between its prefill and its decode with
+ * `kvPut` and `kvTake` (in order with the steps), and may then `generate` the decode on the
+ * server. Any error fails every pending step, or the generation, with the executor's
  * status. `end()` closes the stream cleanly; `cancel()` aborts it (the executor frees the
  * session at once).
  */
@@ -113,7 +133,13 @@ export class RemoteSession {
   ) {
     call.on('data', (m: SessionResponse) => {
       if (m.kind?.$case === 'token') this.onToken(m.kind.value);
-      else this.pending.shift()?.resolve(m);
+      else {
+        const p = this.pending[0];
+        if (!p) {
+          this.fail(new Error(`executor sent ${m.kind?.$case ?? 'an empty message'} when no answer was due`));
+          this.call.cancel();
+        } else if (p.accept(m)) this.pending.shift();
+      }
     });
     call.on('error', (e: ServiceError) => this.fail(e));
     call.on('end', () => this.fail(new Error('the executor ended the session')));
@@ -152,8 +178,122 @@ export class RemoteSession {
   private send(req: SessionRequest): Promise<SessionResponse> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise<SessionResponse>((resolve, reject) => {
-      this.pending.push({ resolve, reject });
+      this.pending.push({
+        accept: (m) => {
+          resolve(m);
+          return true;
+        },
+        reject,
+      });
       this.call.write(req);
+    });
+  }
+
+  /** Fails the session with a protocol error of the executor's answers, and cancels the stream. */
+  private breach(message: string): Error {
+    const e = new Error(message);
+    this.fail(e);
+    this.call.cancel();
+    return e;
+  }
+
+  /**
+   * Hands `stage`'s state to the server between the phases of a phased plan (the stage runs on
+   * the server in the decode): one KvPut for a count-only stage, otherwise chunks of whole
+   * positions of at most `maxChunkBytes` of keys plus values (at least one position each).
+   * Not answered: the executor takes them in order, and a refusal ends the session (the next
+   * step or generate rejects with its status). Returns the key and value bytes sent.
+   */
+  kvPut(stage: number, state: StageState, maxChunkBytes = KV_CHUNK_BYTES): number {
+    if (this.failure) throw this.failure;
+    const { key, value, tokens } = state;
+    if (!key || !value) {
+      this.call.write({ kind: { $case: 'kvPut', value: { stage, offset: 0, tokens, key: undefined, value: undefined } } });
+      return 0;
+    }
+    const [, H, T, hd] = key.shape;
+    if (T !== tokens) throw new Error(`kvPut: stage ${stage}'s keys hold ${T} positions, its state counts ${tokens}`);
+    const per = kvChunkTokens(H, hd, maxChunkBytes);
+    let bytes = 0;
+    for (let offset = 0; offset < T; offset += per) {
+      const n = Math.min(per, T - offset);
+      const k = slicePositions(key, offset, offset + n);
+      const v = slicePositions(value, offset, offset + n);
+      bytes += k.data.byteLength + v.data.byteLength;
+      this.call.write({ kind: { $case: 'kvPut', value: { stage, offset, tokens: n, key: toWireTensor(k), value: toWireTensor(v) } } });
+    }
+    return bytes;
+  }
+
+  /**
+   * Takes `stage`'s state from the server between the phases of a phased plan (the stage runs
+   * on the client in the decode): the executor answers, in order with the steps, with KvChunks
+   * covering positions 0..N-1 (at most `maxChunkBytes` of keys plus values each; 0 is the
+   * executor's default, 1 MiB), then holds nothing of the stage. Resolves with the state joined.
+   * A chunk out of order (another seq or stage, a gap, keys of the wrong shape) fails the session.
+   */
+  kvTake(stage: number, maxChunkBytes = 0): Promise<TakenState> {
+    if (this.failure) return Promise.reject(this.failure);
+    const seq = String(++this.seq);
+    return new Promise<TakenState>((resolve, reject) => {
+      let tokens = 0;
+      let bytes = 0;
+      let chunks = 0;
+      const keys: Float32Tensor[] = [];
+      const values: Float32Tensor[] = [];
+      const accept = (m: SessionResponse): boolean => {
+        if (m.kind?.$case !== 'kvChunk') {
+          reject(this.breach(`executor answered kv_take ${seq} with ${m.kind?.$case ?? 'nothing'}`));
+          return true;
+        }
+        const c = m.kind.value;
+        if (c.seq !== seq || c.stage !== stage || c.offset !== tokens || c.tokens < 1) {
+          reject(
+            this.breach(
+              `executor answered kv_take ${seq} of stage ${stage} with chunk {seq ${c.seq}, stage ${c.stage}, offset ${c.offset}, tokens ${c.tokens}}, expected offset ${tokens}`,
+            ),
+          );
+          return true;
+        }
+        if (c.key || c.value) {
+          let k: HostTensor;
+          let v: HostTensor;
+          try {
+            k = fromWireTensor(c.key, 'kv_chunk.key');
+            v = fromWireTensor(c.value, 'kv_chunk.value');
+          } catch (err) {
+            reject(this.breach(`executor answered kv_take ${seq} with a bad chunk: ${(err as Error).message}`));
+            return true;
+          }
+          const shapeOk = (t: HostTensor): t is Float32Tensor =>
+            t.dtype === 'float32' &&
+            t.shape.length === 4 &&
+            t.shape[2] === c.tokens &&
+            (keys.length === 0 || (t.shape[1] === keys[0].shape[1] && t.shape[3] === keys[0].shape[3]));
+          if (!shapeOk(k) || !shapeOk(v) || k.shape.join() !== v.shape.join()) {
+            reject(
+              this.breach(
+                `executor answered kv_take ${seq} with keys ${k.shape.join('x')} and values ${v.shape.join('x')}, expected float32 [1, H, ${c.tokens}, hd] alike`,
+              ),
+            );
+            return true;
+          }
+          keys.push(k);
+          values.push(v);
+          bytes += k.data.byteLength + v.data.byteLength;
+        } else if (keys.length > 0) {
+          reject(this.breach(`executor answered kv_take ${seq} with a chunk without keys after chunks with them`));
+          return true;
+        }
+        tokens += c.tokens;
+        chunks++;
+        if (!c.last) return false;
+        const state: StageState = keys.length > 0 ? { tokens, key: concatPositions(keys), value: concatPositions(values) } : { tokens };
+        resolve({ state, bytes, chunks });
+        return true;
+      };
+      this.pending.push({ accept, reject });
+      this.call.write({ kind: { $case: 'kvTake', value: { seq, stage, maxChunkBytes } } });
     });
   }
 
@@ -211,7 +351,9 @@ export class RemoteSession {
 
   /**
    * Runs the whole generation on the server: one upload of the prompt (int64 ids [1, T]),
-   * then `onToken` for each token, in order, as it arrives. Resolves after the last one;
+   * then `onToken` for each token, in order, as it arrives. After a phased plan's prefill was
+   * handed over (every stage on the server holds the history), `prompt` is the prefill's token
+   * [1, 1] and the server decodes on from there (indices again from 0). Resolves after the last one;
    * rejects with the executor's status (or CANCELLED after `cancel()`). A refusal at its start
    * ends the session: see {@link refusalHintOf} for whether a new one may try again.
    */

@@ -1,5 +1,5 @@
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { greedyToken, readManifest, StageRunner } from '@tandem/model';
+import { greedyToken, readManifest, StageRunner, type Float32Tensor } from '@tandem/model';
 import type { HostTensor, StageTiming } from '@tandem/protocol';
 
 /**
@@ -20,12 +20,20 @@ import type { HostTensor, StageTiming } from '@tandem/protocol';
  * tokens leave the recording (or whose prompt is not in the pool) has a history the recording
  * does not hold, and looking it up throws {@link ReplayMissError} instead of returning a wrong
  * value. Also recorded: each stage's uncontended cost on the recording host (prefill ms per
- * token, decode ms per step), the cost a replayed stage is timed to (× the slow-down).
+ * token, decode ms per step), the cost a replayed stage is timed to (× the slow-down), and the
+ * keys and values every attention stage holds after the prompt's prefill: a phased plan that
+ * prefills on the device and decodes on the server hands them to the executor (kv_put), which
+ * must receive the real values to decode the recorded tokens. Only the prefill's are kept: the
+ * hand-over happens once, between the prefill and the decode (a cache after decode step k
+ * would cost the recording T0 + k positions per step).
  *
  * File layout (little-endian): the 8-byte magic, then the float32 data of every prompt
  * (per prompt: step 0's stages in order, each [T0, nEmbd], then each decode step's stages,
- * each [1, nEmbd]), then the header as UTF-8 JSON ({@link ReplayHeader}), its byte length as
- * uint32, and the magic again.
+ * each [1, nEmbd], then, at the prompt's `kvOffset`, for each of `kvStages` in order the keys
+ * and then the values after the prefill, each [nHead, T0, nEmbd / nHead]), then the header as
+ * UTF-8 JSON ({@link ReplayHeader}), its byte length as uint32, and the magic again. A
+ * recording without `kvStages` (made before they were recorded) still replays; only a
+ * hand-over from the device misses.
  */
 
 const MAGIC = Buffer.from('TNDRPL01', 'latin1');
@@ -40,6 +48,8 @@ export interface ReplayPrompt {
   readonly tokens: readonly number[];
   /** Offset of the prompt's data from the start of the data section, in float32 elements. */
   readonly offset: number;
+  /** Offset of the keys and values after the prefill (see the file layout), float32 elements; absent in older recordings. */
+  readonly kvOffset?: number;
 }
 
 /** The header of a recording file. */
@@ -52,6 +62,10 @@ export interface ReplayHeader {
   readonly vocabSize: number;
   readonly costs: readonly ReplayStageCost[];
   readonly prompts: readonly ReplayPrompt[];
+  /** Attention heads of the model (the layout of the recorded keys and values); with `kvStages`. */
+  readonly nHead?: number;
+  /** The attention stages whose keys and values after the prefill are recorded, ascending; absent in older recordings. */
+  readonly kvStages?: readonly number[];
 }
 
 /** A history that is not in the recording (prompt not in the pool, or tokens that left it). */
@@ -122,6 +136,20 @@ export class ReplayRecording {
       if (!isIds(p?.ids) || p.ids.length === 0 || !isIds(p.tokens) || !isCount(p.offset))
         bad(`a recording whose prompts[${i}] has non-empty ids, tokens (ids in the vocabulary) and an offset >= 0`);
     });
+    if (header.kvStages !== undefined) {
+      const { kvStages, nHead } = header;
+      if (
+        !Array.isArray(kvStages) ||
+        !kvStages.every((s, i) => isCount(s) && s < model.stageCount && (i === 0 || s > kvStages[i - 1])) ||
+        !Number.isInteger(nHead) ||
+        (nHead as number) < 1 ||
+        model.nEmbd % (nHead as number) !== 0
+      )
+        bad(`a recording whose kvStages are ascending stage indices and nHead a divisor of nEmbd (${model.nEmbd})`);
+      header.prompts.forEach((p, i) => {
+        if (!isCount(p.kvOffset)) bad(`a recording whose prompts[${i}] has a kvOffset >= 0 (the recording has kvStages)`);
+      });
+    }
     const floats = (headerStart - 8) / 4;
     // A view on the file's bytes when they are 4-byte aligned (large reads are); else one copy.
     const aligned = (buf.byteOffset + 8) % 4 === 0;
@@ -131,6 +159,7 @@ export class ReplayRecording {
     const rec = new ReplayRecording(header, data, buf.length);
     for (const p of header.prompts) {
       if (p.offset + rec.floatsOf(p) > floats) bad(`complete (prompt data at ${p.offset} runs past the end)`);
+      if (p.kvOffset !== undefined && p.kvOffset + rec.kvFloatsOf(p) > floats) bad(`complete (prompt keys and values at ${p.kvOffset} run past the end)`);
     }
     return rec;
   }
@@ -139,6 +168,30 @@ export class ReplayRecording {
   floatsOf(p: ReplayPrompt): number {
     const { stageCount, nEmbd } = this.header;
     return (stageCount - 1) * nEmbd * (p.ids.length + Math.max(0, p.tokens.length - 1));
+  }
+
+  /** Float32 elements of one prompt's keys and values after the prefill (0 when the recording has none). */
+  kvFloatsOf(p: ReplayPrompt): number {
+    return 2 * (this.header.kvStages?.length ?? 0) * p.ids.length * this.header.nEmbd;
+  }
+
+  /**
+   * The keys and values attention stage `stage` held after the prefill of `p` (views on the
+   * recording, [1, nHead, T0, nEmbd / nHead]: read them, never write them), or undefined when the
+   * recording has none for it.
+   */
+  prefillKv(p: ReplayPrompt, stage: number): { key: Float32Tensor; value: Float32Tensor } | undefined {
+    const { kvStages, nHead, nEmbd } = this.header;
+    const k = kvStages?.indexOf(stage) ?? -1;
+    if (k < 0 || p.kvOffset === undefined || nHead === undefined) return undefined;
+    const T = p.ids.length;
+    const n = T * nEmbd;
+    const shape = [1, nHead, T, nEmbd / nHead];
+    const at = p.kvOffset + 2 * k * n;
+    return {
+      key: { dtype: 'float32', shape, data: this.data.subarray(at, at + n) },
+      value: { dtype: 'float32', shape, data: this.data.subarray(at + n, at + 2 * n) },
+    };
   }
 
   /** The pool entry of a prompt, or undefined when it is not in the pool. */
@@ -186,6 +239,34 @@ export class ReplayCursor {
       this.diverged = `token ${this.step} is ${token}, the recording has ${this.entry.tokens[this.step] ?? 'no token there'}`;
     }
     this.step++;
+  }
+
+  /**
+   * Tokens each stage holds before the next step: the prompt after the prefill, one more per
+   * decode step since (0 before the prefill).
+   */
+  heldTokens(): number {
+    return this.step === 0 ? 0 : this.promptLength + this.step - 1;
+  }
+
+  /**
+   * The keys and values attention stage `stage` holds after the prefill (to hand them to the
+   * server between the phases of a phased plan): only between the prefill and the first decode
+   * step, the one point a hand-over happens and the recording keeps them.
+   * @throws ReplayMissError when the history is not in the recording, or it holds no keys and values there.
+   */
+  prefillKv(stage: number): { key: Float32Tensor; value: Float32Tensor } {
+    const e = this.entry;
+    if (!e) throw new ReplayMissError(`replay miss: a prompt of ${this.promptLength} tokens is not in the recorded pool`);
+    if (this.diverged !== undefined) throw new ReplayMissError(`replay miss: the generation left the recording (${this.diverged})`);
+    if (this.step !== 1)
+      throw new ReplayMissError(`replay miss: the recording keeps the keys and values after the prefill only, asked after ${this.step} tokens`);
+    const kv = this.rec.prefillKv(e, stage);
+    if (!kv)
+      throw new ReplayMissError(
+        `replay miss: the recording holds no keys and values of stage ${stage} (recorded before they were kept, or not an attention stage)`,
+      );
+    return kv;
   }
 
   /**
@@ -243,11 +324,14 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
   const prefill: number[][] = Array.from({ length: S }, () => []);
   const decode: number[][] = Array.from({ length: S }, () => []);
   const prompts: ReplayPrompt[] = [];
+  const kvStages = manifest.stages.filter((st) => st.kind === 'attn').map((st) => st.index);
   let offset = 0;
   try {
     write(MAGIC);
     for (let i = 0; i < o.prompts.length; i++) {
       const { ids, maxNewTokens } = o.prompts[i];
+      /** The keys and values after the prefill, written after the prompt's outputs. */
+      const kv: Float32Tensor[] = [];
       const runOnce = async (keep: boolean): Promise<number[]> => {
         const cache = runner.newCache();
         const tokens: number[] = [];
@@ -268,6 +352,13 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
                 offset += f.length;
               }
             }
+            if (keep && step === 0) {
+              for (const s of kvStages) {
+                const st = runner.exportState(s, cache);
+                if (!st.key || !st.value) throw new Error(`recordReplay: attention stage ${s} holds no keys and values after the prefill`);
+                kv.push(st.key, st.value);
+              }
+            }
             const tok = greedyToken(x as { data: Float32Array }, vocabSize);
             tokens.push(tok);
             next = [tok];
@@ -280,7 +371,12 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
       if (i === 0) await runOnce(false);
       const start = offset;
       const tokens = await runOnce(true);
-      prompts.push({ ids: [...ids], tokens, offset: start });
+      const kvOffset = offset;
+      for (const t of kv) {
+        write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+        offset += t.data.length;
+      }
+      prompts.push({ ids: [...ids], tokens, offset: start, kvOffset });
       o.onProgress?.(i + 1, o.prompts.length);
     }
     const header: ReplayHeader = {
@@ -291,6 +387,8 @@ export async function recordReplay(o: RecordOptions): Promise<{ header: ReplayHe
       vocabSize,
       costs: Array.from({ length: S }, (_, s) => ({ stage: s, prefillMsPerToken: median(prefill[s]), decodeMs: median(decode[s]) })),
       prompts,
+      nHead: manifest.config.nHead,
+      kvStages,
     };
     const json = Buffer.from(JSON.stringify(header), 'utf8');
     const len = Buffer.alloc(4);

@@ -28,6 +28,17 @@ export type ToThread =
       readonly cache: number;
       readonly lastRowOnly: boolean;
     }
+  /** StageEngine.putState: `inputs` are [key, value] for an attention stage, [] otherwise; answered with no output. */
+  | {
+      readonly op: 'put-state';
+      readonly id: number;
+      readonly stage: number;
+      readonly cache: number;
+      readonly tokens: number;
+      readonly inputs: readonly HostTensor[];
+    }
+  /** StageEngine.takeState: answered with [key, value] for an attention stage, [] otherwise. */
+  | { readonly op: 'take-state'; readonly id: number; readonly stage: number; readonly cache: number }
   | { readonly op: 'warmup'; readonly id: number }
   | { readonly op: 'close'; readonly id: number }
   /** Fault injection for tests: exit with code 1 at once, as a crash would. */

@@ -88,6 +88,18 @@ async function serve(): Promise<void> {
         );
       case 'run-range':
         return answer(m.id, [m.input], async () => [await engine.runRange(m.begin, m.end, m.input, live(m.cache, 'cache'), m.lastRowOnly)]);
+      case 'put-state':
+        return answer(m.id, m.inputs, async () => {
+          const [key, value] = m.inputs;
+          const kv = key?.dtype === 'float32' && value?.dtype === 'float32' ? { key, value } : undefined;
+          await engine.putState(m.stage, live(m.cache, 'cache'), m.tokens, kv);
+          return [];
+        });
+      case 'take-state':
+        return answer(m.id, [], async () => {
+          const kv = await engine.takeState(m.stage, live(m.cache, 'cache'));
+          return kv ? [kv.key, kv.value] : [];
+        });
       case 'warmup':
         return answer(m.id, [], async () => {
           await engine.warmup();

@@ -1,5 +1,5 @@
 import type { HostTensor } from '@tandem/protocol';
-import { modelIdOf, readManifest, StageRunner, type KvCache, type StageKind } from '@tandem/model';
+import { modelIdOf, readManifest, StageRunner, type Float32Tensor, type KvCache, type StageKind } from '@tandem/model';
 
 /**
  * One session's cache on an engine: the engine's own state for it (`kv`: a KvCache, or a handle
@@ -18,10 +18,20 @@ export class SessionCache<K = unknown> {
   tokensAt(stage: number): number {
     return this.taken[stage];
   }
-  /** Records that a step of `tokens` positions ran stages [begin, end). */
+  /** Records that a step of `tokens` positions ran stages [begin, end) (or that `tokens` positions of a stage's state were put here). */
   advance(begin: number, end: number, tokens: number): void {
     for (let s = begin; s < end; s++) this.taken[s] += tokens;
   }
+  /** Records that stage `stage` holds nothing any more (its state was taken to the client). */
+  clearStage(stage: number): void {
+    this.taken[stage] = 0;
+  }
+}
+
+/** An attention stage's keys and values for positions of one session, float32 [1, nHead, T, headDim] each. */
+export interface StageKv {
+  readonly key: Float32Tensor;
+  readonly value: Float32Tensor;
 }
 
 /**
@@ -32,6 +42,8 @@ export interface StageEngine<K = unknown> {
   readonly modelId: string;
   readonly stageCount: number;
   readonly nEmbd: number;
+  /** Attention heads (an attention stage's keys and values are [1, nHead, T, nEmbd / nHead]). */
+  readonly nHead: number;
   readonly vocabSize: number;
   readonly nPositions: number;
   /** Whether stage compute runs on the calling (event-loop) thread, so its CPU time is the main thread's. */
@@ -60,6 +72,21 @@ export interface StageEngine<K = unknown> {
    * and is intact when the call rejects. Present when the engine can have fused ranges.
    */
   runRange?(begin: number, end: number, input: HostTensor, cache: SessionCache<K>, lastRowOnly: boolean): Promise<HostTensor>;
+  /**
+   * Appends positions of stage `stage`'s state handed over by the client (`kv_put`) to a
+   * session's cache: `tokens` positions after those the stage holds, with their keys and values
+   * for an attention stage (`kv`, absent for the others). The cache's count advances by `tokens`,
+   * and for `embed` the next token's position follows them. Ownership of `kv` as for the inputs
+   * of {@link runBatch}. Absent: this engine cannot take handed-over state.
+   */
+  putState?(stage: number, cache: SessionCache<K>, tokens: number, kv: StageKv | undefined): Promise<void>;
+  /**
+   * Hands stage `stage`'s whole state for a session to the caller (`kv_take`) and frees it: the
+   * keys and values of an attention stage (positions 0..N-1), undefined for the others; the
+   * stage then holds nothing (count 0; `embed`'s next position is 0). Absent: this engine cannot
+   * hand state over.
+   */
+  takeState?(stage: number, cache: SessionCache<K>): Promise<StageKv | undefined>;
   warmup(): Promise<void>;
   close(): Promise<void>;
   /**
@@ -116,6 +143,9 @@ export class OnnxStageEngine implements StageEngine<KvCache> {
   get nEmbd(): number {
     return this.runner.manifest.config.nEmbd;
   }
+  get nHead(): number {
+    return this.runner.manifest.config.nHead;
+  }
   get vocabSize(): number {
     return this.runner.manifest.config.vocabSize;
   }
@@ -146,6 +176,26 @@ export class OnnxStageEngine implements StageEngine<KvCache> {
 
   async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<KvCache>, lastRowOnly: boolean): Promise<HostTensor> {
     return this.runner.runRange(begin, end, input, cache.kv, { lastOnly: lastRowOnly });
+  }
+
+  /** StageRunner.appendState for an embed or attention stage (the count alone for MLP and head stages, which keep nothing). */
+  async putState(stage: number, cache: SessionCache<KvCache>, tokens: number, kv: StageKv | undefined): Promise<void> {
+    const kind = this.stageKind(stage);
+    if (kind === 'embed' || kind === 'attn') this.runner.appendState(stage, cache.kv, { tokens, ...(kv ?? {}) });
+    cache.advance(stage, stage + 1, tokens);
+  }
+
+  /** StageRunner.exportState then dropState for an embed or attention stage; the count alone for the others. */
+  async takeState(stage: number, cache: SessionCache<KvCache>): Promise<StageKv | undefined> {
+    const kind = this.stageKind(stage);
+    let kv: StageKv | undefined;
+    if (kind === 'embed' || kind === 'attn') {
+      const st = this.runner.exportState(stage, cache.kv);
+      this.runner.dropState(stage, cache.kv);
+      if (st.key && st.value) kv = { key: st.key, value: st.value };
+    }
+    cache.clearStage(stage);
+    return kv;
   }
 
   /**

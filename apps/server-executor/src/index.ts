@@ -4,7 +4,7 @@ export type { ExecutorConfig } from './config';
 export { OnnxStageEngine, SessionCache } from './engine';
 export { IDLE_COLLECT_DELAY_MS, WorkerStageEngine } from './worker-engine';
 export { EngineUnavailableError } from './errors';
-export type { EngineLoadOptions, StageEngine } from './engine';
+export type { EngineLoadOptions, StageEngine, StageKv } from './engine';
 export { EXECUTOR_SERVICE_NAME, ExecutorServer } from './executor-server';
 export type { ExecutorServerOptions } from './executor-server';
 export { StageScheduler } from './scheduler';

@@ -5,12 +5,17 @@ import type { StepOutcome } from './scheduler';
 /** How a server-side generation ended: every token made, the session closed under it (cancel, deadline, idle, shutdown), or an error of its own. */
 export type GenerationEnd = 'completed' | 'cancelled' | 'failed';
 
-/** What a session tells about its server-side generation (SplitSession's decode loop). */
+/** Which way a stage's state moved between the phases of a phased plan: `put` to the server, `take` to the client. */
+export type HandOverDirection = 'put' | 'take';
+
+/** What a session tells about its server-side generation (SplitSession's decode loop) and its hand-overs. */
 export interface GenerationObserver {
   generationStarted(): void;
   /** One token made and written. */
   token(): void;
   generationEnded(how: GenerationEnd): void;
+  /** A kv_put chunk taken (`stageStarted` on its stage's first chunk), or a kv_take answered (`stageStarted` true): `bytes` of keys plus values. */
+  handOver?(direction: HandOverDirection, bytes: number, stageStarted: boolean): void;
 }
 
 /** What the gauges read when scraped: the executor's own state, never a copy of it. */
@@ -31,6 +36,8 @@ export class ExecutorMetrics implements GenerationObserver {
   private readonly started: Counter;
   private readonly finished: Counter<'status'>;
   private readonly tokens: Counter;
+  private readonly handOverBytes: Counter<'direction'>;
+  private readonly handOverStages: Counter<'direction'>;
 
   constructor(registry: Registry, read: ExecutorGaugeSources) {
     const registers = [registry];
@@ -55,6 +62,22 @@ export class ExecutorMetrics implements GenerationObserver {
       registers,
     });
     this.tokens = new Counter({ name: 'tandem_executor_generated_tokens_total', help: 'Tokens made by server-side generations', registers });
+    this.handOverBytes = new Counter({
+      name: 'tandem_executor_kv_handover_bytes_total',
+      help: 'KV-cache bytes (keys plus values) handed over between the phases of phased plans, by direction: put (kv_put, client to server) or take (kv_take, server to client)',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.handOverStages = new Counter({
+      name: 'tandem_executor_kv_handover_stages_total',
+      help: "Stages whose state was handed over between the phases of phased plans, by direction: put (a stage's first kv_put chunk) or take (a kv_take answered)",
+      labelNames: ['direction'],
+      registers,
+    });
+    for (const direction of ['put', 'take'] as const) {
+      this.handOverBytes.inc({ direction }, 0);
+      this.handOverStages.inc({ direction }, 0);
+    }
     for (const status of ['completed', 'cancelled', 'failed'] as const) this.finished.inc({ status }, 0);
     for (const kind of ['decode', 'prompt']) this.stepSeconds.zero({ kind });
     new Gauge({
@@ -111,5 +134,10 @@ export class ExecutorMetrics implements GenerationObserver {
 
   generationEnded(how: GenerationEnd): void {
     this.finished.inc({ status: how });
+  }
+
+  handOver(direction: HandOverDirection, bytes: number, stageStarted: boolean): void {
+    this.handOverBytes.inc({ direction }, bytes);
+    if (stageStarted) this.handOverStages.inc({ direction });
   }
 }

@@ -9,6 +9,7 @@ class FakeEngine implements StageEngine {
   readonly modelId = 'fake';
   readonly stageCount = 6;
   readonly nEmbd = 2;
+  readonly nHead = 1;
   readonly vocabSize = 4;
   readonly nPositions = 64;
   readonly calls: { stage: number; batch: number }[] = [];

@@ -4,7 +4,7 @@ import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import type { StageKind } from '@tandem/model';
-import { SessionCache, type StageEngine } from './engine';
+import { SessionCache, type StageEngine, type StageKv } from './engine';
 import { StageScheduler } from './scheduler';
 import { SplitSession } from './split-session';
 
@@ -19,6 +19,7 @@ class CountingEngine implements StageEngine {
   readonly modelId = 'fake';
   readonly stageCount = 3;
   readonly nEmbd = 1;
+  readonly nHead = 1;
   readonly vocabSize = VOCAB;
   readonly nPositions = 64;
   calls = 0;
@@ -45,6 +46,33 @@ class CountingEngine implements StageEngine {
   }
   async warmup(): Promise<void> {}
   async close(): Promise<void> {}
+}
+
+/** CountingEngine that can hand state over: the attention stage's keys and values are the token ids it took, [1, 1, T, 1]. */
+class HandOverEngine extends CountingEngine {
+  /** The ids stage 1 holds, per cache. */
+  private readonly held = new Map<SessionCache, number[]>();
+  override async runBatch(stage: number, inputs: readonly HostTensor[], caches?: readonly SessionCache[]): Promise<HostTensor[]> {
+    if (stage === 1) inputs.forEach((t, i) => this.ids(caches?.[i]).push(...Array.from(t.data as Float32Array)));
+    return super.runBatch(stage, inputs);
+  }
+  async putState(stage: number, cache: SessionCache, tokens: number, kv: StageKv | undefined): Promise<void> {
+    if (stage === 1 && kv) this.ids(cache).push(...Array.from(kv.key.data));
+    cache.advance(stage, stage + 1, tokens);
+  }
+  async takeState(stage: number, cache: SessionCache): Promise<StageKv | undefined> {
+    cache.clearStage(stage);
+    if (stage !== 1) return undefined;
+    const ids = this.ids(cache).splice(0);
+    const t = { dtype: 'float32' as const, shape: [1, 1, ids.length, 1], data: Float32Array.from(ids) };
+    return { key: t, value: { ...t, data: t.data.slice() } };
+  }
+  private ids(cache: SessionCache | undefined): number[] {
+    if (!cache) throw new Error('no cache');
+    let v = this.held.get(cache);
+    if (!v) this.held.set(cache, (v = []));
+    return v;
+  }
 }
 
 /** A server stream whose writes report a full buffer until the test emits 'drain'. */
@@ -230,6 +258,91 @@ describe('SplitSession server-side decoding', () => {
         { code: 4, details: 'the client read no token for 1000 ms (the server-side generation stalled with its stream full after 1 of 4 tokens)' },
       ]);
       expect(call.tokens()).toHaveLength(1);
+    });
+  });
+
+  describe('kv_take', () => {
+    const prefill: SessionRequest = {
+      kind: {
+        $case: 'step',
+        value: {
+          seq: '1',
+          stageBegin: 0,
+          stageEnd: 3,
+          input: toWireTensor({ dtype: 'int64', shape: [1, 3], data: BigInt64Array.of(2n, 1n, 3n) }),
+          sample: true,
+        },
+      },
+    };
+    const chunks = (call: SlowReaderCall): [number, number, number[], boolean][] =>
+      call.written.flatMap((m) =>
+        m.kind?.$case === 'kvChunk'
+          ? [
+              [
+                m.kind.value.offset,
+                m.kind.value.tokens,
+                Array.from(new Float32Array(Uint8Array.from(m.kind.value.key?.data ?? []).buffer)),
+                m.kind.value.last,
+              ] as [number, number, number[], boolean],
+            ]
+          : [],
+      );
+
+    it('writes one chunk per drain when the client reads slowly, in position order, then the stage holds nothing', async () => {
+      const { call, session } = open(60_000, new HandOverEngine());
+      call.emit('data', prefill);
+      await settle();
+      // 8 bytes of key plus value per position (nEmbd 1): one position per chunk.
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 8 } } });
+      await settle();
+      expect(chunks(call)).toEqual([[0, 1, [2], false]]);
+      call.emit('drain');
+      await settle();
+      call.emit('drain');
+      await settle();
+      expect(chunks(call)).toEqual([
+        [0, 1, [2], false],
+        [1, 1, [1], false],
+        [2, 1, [3], true],
+      ]);
+      // Taken: a second take is refused, naming the field.
+      const errors: { code: number; details: string }[] = [];
+      call.on('error', (e: { code: number; details: string }) => errors.push({ code: e.code, details: e.details }));
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '3', stage: 1, maxChunkBytes: 0 } } });
+      await session.closed;
+      expect(errors).toEqual([
+        { code: 9, details: 'kv_take.stage 1 must hold at least one token on the server (it holds none: it ran on the client or was taken), given 1' },
+      ]);
+    });
+
+    it('idles out a take whose client stopped reading, saying so', async () => {
+      jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask', 'performance'] });
+      try {
+        const { call, session } = open(1000, new HandOverEngine());
+        const errors: { code: number; details: string }[] = [];
+        call.on('error', (e: { code: number; details: string }) => errors.push(e));
+        call.emit('data', prefill);
+        await settle();
+        call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 8 } } });
+        await settle();
+        jest.advanceTimersByTime(1000);
+        await session.closed;
+        expect(errors).toEqual([
+          { code: 4, details: 'the client read no kv_chunk for 1000 ms (kv_take seq 2 stalled with its stream full after 1 of 3 positions)' },
+        ]);
+      } finally {
+        jest.useRealTimers();
+      }
+    });
+
+    it('is refused by an engine that cannot hand state over', async () => {
+      const { call, session } = open(60_000, new CountingEngine());
+      const errors: { code: number; details: string }[] = [];
+      call.on('error', (e: { code: number; details: string }) => errors.push({ code: e.code, details: e.details }));
+      call.emit('data', prefill);
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 0 } } });
+      await session.closed;
+      expect(errors).toEqual([{ code: 9, details: "kv_take is not supported by this executor's engine, given kv_take of stage 1" }]);
     });
   });
 });

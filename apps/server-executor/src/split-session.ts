@@ -10,16 +10,18 @@ import {
   renderShape,
   toWireTensor,
   type HostTensor,
+  type KvPut,
+  type KvTake,
   type ServerGenerate,
   type SessionRequest,
   type SessionResponse,
   type Step,
 } from '@tandem/protocol';
-import { greedyToken } from '@tandem/model';
+import { concatPositions, greedyToken, slicePositions, type Float32Tensor } from '@tandem/model';
 import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
 import type { Admission } from './admission';
-import type { SessionCache, StageEngine } from './engine';
-import { KvBudget, kvBytesOf } from './kv-budget';
+import type { SessionCache, StageEngine, StageKv } from './engine';
+import { KvBudget, kvBytesOf, kvBytesPerToken } from './kv-budget';
 import { PreconditionError, SessionClosedError, toGrpcStatus } from './errors';
 import type { StageScheduler, StepOutcome } from './scheduler';
 import { TokenRateError, type ClientTokenRates } from './token-rate';
@@ -52,15 +54,28 @@ interface ValidStep {
 interface ValidGenerate {
   /** As sent (a uint64 in decimal, echoed exactly). */
   readonly seq: string;
-  /** The prompt, int64 ids [1, T]. */
+  /** The prompt, int64 ids [1, T]; after a handed-over prefill, the token it produced [1, 1]. */
   readonly input: HostTensor;
   readonly maxNewTokens: number;
 }
+
+/** A kv_put chunk after validation. */
+interface ValidPut {
+  readonly stage: number;
+  readonly tokens: number;
+  /** An attention stage's keys and values; undefined for the other stages. */
+  readonly kv: StageKv | undefined;
+}
+
+/** Key plus value bytes per KvChunk when kv_take.max_chunk_bytes is 0. */
+export const DEFAULT_KV_CHUNK_BYTES = 1 << 20;
 
 /**
  * One session: a bidi stream with its own KV cache. After `open` it is either split (the
  * client sends steps, each answered in order) or server-decoded (one `generate`: the session
  * runs the decode loop itself, one scheduler step per token, and streams the tokens).
+ * Between the phases of a phased plan, `kv_put` and `kv_take` move single stages' state in
+ * and out (a `generate` may then continue the handed-over prefill on the server).
  * Messages are handled strictly in order; the cache is released (and queued work
  * cancelled) when the stream ends, errors, is cancelled, idles out or the server stops.
  * `closed` resolves once, then.
@@ -78,6 +93,15 @@ export class SplitSession {
   private private = false;
   /** Steps answered so far (for the message refusing a late generate). */
   private stepsRun = 0;
+  /** Stages whose tokens here all came from kv_put chunks (no step ran them since): a further chunk continues them. */
+  private readonly putting = new Set<number>();
+  /**
+   * kv_put chunks of one stage taken but not yet given to the engine: consecutive chunks of a
+   * stage are joined and put in one engine call when any other message comes (one copy of the
+   * stage's KV and one thread hop, instead of a growing copy and a hop per chunk). Validated and
+   * budgeted as they arrive; the session counts them as held.
+   */
+  private pendingPut: { stage: number; tokens: number; keys: Float32Tensor[]; values: Float32Tensor[] } | undefined;
   /** The server-side decode loop, while or after it runs. */
   private generation: Promise<void> | undefined;
   /**
@@ -158,6 +182,10 @@ export class SplitSession {
       // A message that did not decode (bytes that are no SessionRequest, a 64-bit value out of range).
       const problem = decodeProblem(m);
       if (problem) throw new ValidationError(problem.message);
+      if (this.pendingPut && (m.kind?.$case !== 'kvPut' || m.kind.value.stage !== this.pendingPut.stage)) {
+        await this.flushPut();
+        if (!this.isOpen) return;
+      }
       switch (m.kind?.$case) {
         case 'open': {
           if (this.state !== 'awaiting-open') throw new PreconditionError('open must be sent once, as the first message; given a second open');
@@ -187,6 +215,7 @@ export class SplitSession {
           const step = this.validate(m.kind.value);
           if (this.overRate(step)) return;
           this.lastSeq = BigInt(step.seq);
+          for (let s = step.begin; s < step.end; s++) this.putting.delete(s);
           this.reserveKv(kvBytesOf(this.engine.stageCount, this.engine.nEmbd, step.begin, step.end, step.input.shape[1]), `step seq ${step.seq}`);
           this.mode = 'split';
           // While the server owes the answer, the client is not idle (a long queue must not idle it out).
@@ -229,22 +258,47 @@ export class SplitSession {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given generate');
           if (this.mode === 'generate') throw new PreconditionError('generate may be sent once per session, given a second generate');
           if (this.private) throw new PreconditionError('generate is refused in a private session (open.private: the server would see token ids and text)');
-          if (this.mode === 'split')
-            throw new PreconditionError(`generate must be the first message after open (no step may precede it), given after ${this.stepsRun} step(s)`);
+          const held = this.mode === 'split' ? this.handedOverTokens() : 0;
           this.traffic.messagesIn++;
           this.traffic.bytesIn += m.kind.value.input?.data.byteLength ?? 0;
-          const g = this.validateGenerate(m.kind.value);
-          // Refused only when the client's bucket is empty (ending the session, which holds nothing yet); once running it is paced.
+          const g = this.validateGenerate(m.kind.value, held);
+          // Refused only when the client's bucket is empty (ending the session, which holds nothing new yet); once running it is paced.
           this.rates?.admitGeneration(this.clientId, `generate seq ${g.seq}`);
-          // The whole generation's cache up front: the prompt plus every token fed back.
+          // The whole generation's cache up front: the prompt (or the prefill's token) plus every token fed back.
           this.reserveKv(kvBytesOf(this.engine.stageCount, this.engine.nEmbd, 0, this.engine.stageCount, g.input.shape[1] + g.maxNewTokens - 1), 'generate');
           this.mode = 'generate';
+          this.putting.clear();
           // Not awaited: later messages are answered (refused) at once; a half-close waits for it.
           this.generation = this.decode(g);
           return;
         }
+        case 'kvPut': {
+          if (this.state !== 'open') throw new PreconditionError('the first message must be open, given kv_put');
+          const put = m.kind.value;
+          this.traffic.messagesIn++;
+          this.traffic.bytesIn += (put.key?.data.byteLength ?? 0) + (put.value?.data.byteLength ?? 0);
+          const valid = this.validatePut(put);
+          if (!this.engine.putState) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${put.stage}`);
+          this.reserveKv(valid.kv ? valid.tokens * kvBytesPerToken(this.engine.nEmbd) : 0, `kv_put of stage ${valid.stage}`);
+          this.mode = 'split';
+          // Held here until another message comes (flushPut): the chunk's tensors are views of its own message.
+          const pending = (this.pendingPut ??= { stage: valid.stage, tokens: 0, keys: [], values: [] });
+          pending.tokens += valid.tokens;
+          if (valid.kv) {
+            pending.keys.push(valid.kv.key);
+            pending.values.push(valid.kv.value);
+          }
+          this.putting.add(valid.stage);
+          this.observer?.handOver?.('put', valid.kv ? valid.kv.key.data.byteLength + valid.kv.value.data.byteLength : 0, put.offset === 0);
+          return;
+        }
+        case 'kvTake':
+          if (this.state !== 'open') throw new PreconditionError('the first message must be open, given kv_take');
+          this.traffic.messagesIn++;
+          await this.take(m.kind.value);
+          return;
         default:
-          throw new ValidationError('message.kind must be open, step or generate, given nothing');
+          throw new ValidationError('message.kind must be open, step, generate, kv_put or kv_take, given nothing');
       }
     } catch (err) {
       this.fail(err);
@@ -476,25 +530,188 @@ export class SplitSession {
     }
   }
 
-  /** Checks a generate against the rules of the protocol and the session's context limit. */
-  private validateGenerate(g: ServerGenerate): ValidGenerate {
+  /**
+   * The N every stage holds after a handed-over prefill (steps and kv_puts ran before a
+   * generate). @throws PreconditionError naming the rule when the stages hold different counts or none.
+   */
+  private handedOverTokens(): number {
+    const cache = this.liveCache;
+    const n = cache.tokensAt(0);
+    for (let s = 0; s < this.engine.stageCount; s++) {
+      const at = cache.tokensAt(s);
+      if (at !== n || at === 0) {
+        throw new PreconditionError(
+          `generate must be the first message after open, or continue a handed-over prefill in which every stage holds the same number N >= 1 of tokens; given stage ${s} holding ${at} and stage 0 holding ${n} (after ${this.stepsRun} step(s))`,
+        );
+      }
+    }
+    return n;
+  }
+
+  /** Checks a generate against the rules of the protocol and the session's context limit; `held` is the N every stage holds (0 from the prompt). */
+  private validateGenerate(g: ServerGenerate, held: number): ValidGenerate {
     const input = fromWireTensor(g.input, 'generate.input');
     if (input.dtype !== 'int64') throw new ValidationError('generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32');
     const shape = input.shape;
     if (!(shape.length === 2 && shape[0] === 1 && shape[1] >= 1))
       throw new ValidationError(`generate.input.shape must be [1, T>=1], given ${renderShape(shape)}`);
+    if (held > 0 && shape[1] !== 1)
+      throw new ValidationError(
+        `generate.input.shape must be [1, 1] after a handed-over prefill (the token it produced; every stage holds ${held} tokens), given ${renderShape(shape)}`,
+      );
     this.checkIds(input.data, 'generate.input');
     if (!(g.maxNewTokens >= 1)) throw new ValidationError(`generate.max_new_tokens must be >= 1, given ${g.maxNewTokens}`);
     const t = shape[1];
-    // The last token is never fed back, so the cache ends up holding T + maxNewTokens - 1 tokens.
-    const holds = t + g.maxNewTokens - 1;
+    // The last token is never fed back, so the cache ends up holding N + T + maxNewTokens - 1 tokens.
+    const holds = held + t + g.maxNewTokens - 1;
     if (holds > this.limits.maxContextTokens) {
       throw new PreconditionError(
-        `generate would make the session hold ${holds} tokens (prompt ${t} + max_new_tokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`,
+        held > 0
+          ? `generate would make the session hold ${holds} tokens (${held} handed over + input ${t} + max_new_tokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`
+          : `generate would make the session hold ${holds} tokens (prompt ${t} + max_new_tokens ${g.maxNewTokens} - 1); the context must stay <= ${this.limits.maxContextTokens} tokens`,
       );
     }
     this.lastSeq = BigInt(g.seq);
     return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };
+  }
+
+  /** Gives the pending kv_put chunks (see `pendingPut`) to the engine, joined, in one call. */
+  private async flushPut(): Promise<void> {
+    const p = this.pendingPut;
+    if (p === undefined) return;
+    this.pendingPut = undefined;
+    const putEngine = this.engine.putState?.bind(this.engine);
+    if (!putEngine) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${p.stage}`);
+    const kv = p.keys.length > 0 ? { key: join(p.keys), value: join(p.values) } : undefined;
+    this.serverBusy = true;
+    clearTimeout(this.idleTimer);
+    try {
+      await putEngine(p.stage, this.liveCache, p.tokens, kv);
+    } finally {
+      this.serverBusy = false;
+      this.touch();
+    }
+  }
+
+  /** The tokens stage `stage` holds, kv_put chunks not yet given to the engine included. */
+  private heldAt(stage: number): number {
+    return this.liveCache.tokensAt(stage) + (this.pendingPut?.stage === stage ? this.pendingPut.tokens : 0);
+  }
+
+  /** The rules kv_put and kv_take share: a stage of the model, a session that has not run generate, the private session's first and last stage. */
+  private checkHandOverStage(stage: number, field: 'kv_put' | 'kv_take'): void {
+    const n = this.engine.stageCount;
+    if (this.mode === 'generate')
+      throw new PreconditionError(`${field} may not follow generate (the server decodes this session), given ${field} of stage ${stage}`);
+    if (!(stage < n)) throw new ValidationError(`${field}.stage must be in 0..${n - 1}, given ${stage}`);
+    if (this.private && (stage === 0 || stage === n - 1))
+      throw new PreconditionError(
+        `${field}.stage must be in 1..${n - 2} in a private session (open.private: the first and last stage stay on the device), given ${stage}`,
+      );
+  }
+
+  /** Checks one kv_put chunk against the protocol's rules (nothing is taken when one breaks). */
+  private validatePut(put: KvPut): ValidPut {
+    const { stage, offset, tokens } = put;
+    this.checkHandOverStage(stage, 'kv_put');
+    const held = this.heldAt(stage);
+    if (held > 0 && !this.putting.has(stage))
+      throw new PreconditionError(
+        `kv_put.stage ${stage} holds ${held} tokens this session computed on the server; a stage's state may be put only into a stage holding none (first chunk at offset 0), given kv_put of stage ${stage} at offset ${offset}`,
+      );
+    if (offset !== held)
+      throw new PreconditionError(
+        `kv_put.offset must be ${held} (the tokens stage ${stage} holds: chunks cover positions in order, without gaps), given ${offset}`,
+      );
+    if (!(tokens >= 1)) throw new ValidationError(`kv_put.tokens must be >= 1, given ${tokens}`);
+    if (offset + tokens > this.limits.maxContextTokens)
+      throw new PreconditionError(
+        `kv_put would make stage ${stage} hold ${offset + tokens} tokens (offset ${offset} + tokens ${tokens}); the context must stay <= ${this.limits.maxContextTokens} tokens`,
+      );
+    const kind = this.engine.stageKind(stage);
+    if (kind !== 'attn') {
+      for (const f of ['key', 'value'] as const) {
+        if (put[f] !== undefined)
+          throw new ValidationError(`kv_put.${f} must be absent for stage ${stage} (${kind}: its state is its token count), given a tensor`);
+      }
+      return { stage, tokens, kv: undefined };
+    }
+    const H = this.engine.nHead;
+    const hd = this.engine.nEmbd / H;
+    const want = [1, H, tokens, hd];
+    const [key, value] = (['key', 'value'] as const).map((f): Float32Tensor => {
+      const field = `kv_put.${f}`;
+      if (put[f] === undefined) throw new ValidationError(`${field} is required for attention stage ${stage}, given nothing`);
+      const t = fromWireTensor(put[f], field);
+      if (t.dtype !== 'float32') throw new ValidationError(`${field}.dtype must be DATA_TYPE_FLOAT32, given DATA_TYPE_INT64`);
+      if (t.shape.length !== 4 || t.shape.some((d, i) => d !== want[i]))
+        throw new ValidationError(
+          `${field}.shape must be [${want.join(', ')}] ([1, n_head, tokens, head_dim] of the served model), given ${renderShape(t.shape)}`,
+        );
+      const bad = firstNonFinite(t.data);
+      if (bad >= 0) throw new ValidationError(`${field} must hold finite float32 values (no NaN or ±Infinity), given ${t.data[bad]} at index ${bad}`);
+      return t;
+    });
+    return { stage, tokens, kv: { key, value } };
+  }
+
+  /**
+   * Answers a kv_take: the stage's state in KvChunks of whole positions (at most
+   * `max_chunk_bytes` of keys plus values each, at least one position), the last flagged;
+   * then the stage holds nothing here and its KV bytes go back to the budget. Waits for the
+   * stream to drain between chunks when the client reads slowly (the idle timeout runs then).
+   */
+  private async take(t: KvTake): Promise<void> {
+    const seq = BigInt(t.seq);
+    if (seq <= this.lastSeq)
+      throw new ValidationError(`kv_take.seq must increase within a session together with the steps' (last ${this.lastSeq}), given ${t.seq}`);
+    this.checkHandOverStage(t.stage, 'kv_take');
+    const cache = this.liveCache;
+    const n = cache.tokensAt(t.stage);
+    if (n === 0)
+      throw new PreconditionError(
+        `kv_take.stage ${t.stage} must hold at least one token on the server (it holds none: it ran on the client or was taken), given ${t.stage}`,
+      );
+    const takeEngine = this.engine.takeState?.bind(this.engine);
+    if (!takeEngine) throw new PreconditionError(`kv_take is not supported by this executor's engine, given kv_take of stage ${t.stage}`);
+    this.lastSeq = seq;
+    this.mode = 'split';
+    this.serverBusy = true;
+    clearTimeout(this.idleTimer);
+    let kv: StageKv | undefined;
+    try {
+      kv = await takeEngine(t.stage, cache);
+    } finally {
+      this.serverBusy = false;
+      this.touch();
+    }
+    this.putting.delete(t.stage);
+    if (kv) {
+      const freed = n * kvBytesPerToken(this.engine.nEmbd);
+      this.kv.release(freed);
+      this.kvReserved = Math.max(0, this.kvReserved - freed);
+    }
+    this.observer?.handOver?.('take', kv ? kv.key.data.byteLength + kv.value.data.byteLength : 0, true);
+    if (!this.isOpen) return;
+    const perChunk = kv ? Math.max(1, Math.floor((t.maxChunkBytes || DEFAULT_KV_CHUNK_BYTES) / kvBytesPerToken(this.engine.nEmbd))) : n;
+    for (let offset = 0; offset < n; offset += perChunk) {
+      const tokens = Math.min(perChunk, n - offset);
+      const last = offset + tokens === n;
+      const key = kv ? toWireTensor(slicePositions(kv.key, offset, offset + tokens)) : undefined;
+      const value = kv ? toWireTensor(slicePositions(kv.value, offset, offset + tokens)) : undefined;
+      this.traffic.messagesOut++;
+      this.traffic.bytesOut += (key?.data.byteLength ?? 0) + (value?.data.byteLength ?? 0) + 16;
+      const flowing = this.call.write({ kind: { $case: 'kvChunk', value: { seq: t.seq, stage: t.stage, offset, tokens, key, value, last } } });
+      if (!flowing && !last) {
+        // The client is the one idle while its stream stays full (each drain is progress).
+        this.touch(
+          `the client read no kv_chunk for ${this.limits.idleTimeoutMs} ms (kv_take seq ${t.seq} stalled with its stream full after ${offset + tokens} of ${n} positions)`,
+        );
+        await this.drained();
+        if (!this.isOpen) return;
+        this.touch();
+      }
+    }
   }
 
   private async finish(reason: string): Promise<void> {
@@ -520,6 +737,7 @@ export class SplitSession {
     this.admission.leave(this);
     this.kv.release(this.kvReserved);
     this.kvReserved = 0;
+    this.pendingPut = undefined;
     clearTimeout(this.idleTimer);
     this.ended.abort();
     const cache = this.cache;
@@ -530,4 +748,9 @@ export class SplitSession {
     this.log.debug({ sessionId: this.id, reason }, 'session closed');
     this.resolveClosed();
   }
+}
+
+/** Key or value chunks of one stage as one tensor (the chunk itself when there is one). */
+function join(parts: readonly Float32Tensor[]): Float32Tensor {
+  return parts.length === 1 ? parts[0] : concatPositions(parts);
 }

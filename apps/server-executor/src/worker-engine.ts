@@ -4,7 +4,7 @@ import * as vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { modelIdOf, readManifest, type Manifest, type StageKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
-import { SessionCache, type EngineLoadOptions, type StageEngine } from './engine';
+import { SessionCache, type EngineLoadOptions, type StageEngine, type StageKv } from './engine';
 import { rebuildError, ownedTensors, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 import { EngineUnavailableError } from './errors';
 
@@ -152,6 +152,9 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
   get nEmbd(): number {
     return this.manifest.config.nEmbd;
   }
+  get nHead(): number {
+    return this.manifest.config.nHead;
+  }
   get vocabSize(): number {
     return this.manifest.config.vocabSize;
   }
@@ -198,6 +201,26 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     const cacheId = this.liveId(cache, 'cache');
     const sent = ownedTensors([input]);
     return (await this.call((id) => ({ op: 'run-range', id, begin, end, input: sent[0], cache: cacheId, lastRowOnly }), [input], sent))[0];
+  }
+
+  /** The thread appends the state (keys and values transferred, no copy); then this side's count follows. */
+  async putState(stage: number, cache: SessionCache<CacheHandle>, tokens: number, kv: StageKv | undefined): Promise<void> {
+    if (this.failure) throw this.failure;
+    const cacheId = this.liveId(cache, 'cache');
+    const inputs = kv ? [kv.key, kv.value] : [];
+    const sent = ownedTensors(inputs);
+    await this.call((id) => ({ op: 'put-state', id, stage, cache: cacheId, tokens, inputs: sent }), inputs, sent);
+    cache.advance(stage, stage + 1, tokens);
+  }
+
+  /** The thread exports and frees the state (keys and values transferred back); then this side's count is 0. */
+  async takeState(stage: number, cache: SessionCache<CacheHandle>): Promise<StageKv | undefined> {
+    if (this.failure) throw this.failure;
+    const cacheId = this.liveId(cache, 'cache');
+    const out = await this.call((id) => ({ op: 'take-state', id, stage, cache: cacheId }));
+    cache.clearStage(stage);
+    const [key, value] = out;
+    return key?.dtype === 'float32' && value?.dtype === 'float32' ? { key, value } : undefined;
   }
 
   /** Runs a 4-token prompt and one decode step through every stage, in the inference thread. */

@@ -1,5 +1,5 @@
 import type { HostTensor } from '@tandem/protocol';
-import type { SessionCache, StageEngine } from '../src';
+import type { SessionCache, StageEngine, StageKv } from '../src';
 
 /**
  * A StageEngine that forwards every call to a real one: tests subclass it to count or time the
@@ -15,6 +15,9 @@ export class DelegatingEngine implements StageEngine {
   }
   get nEmbd(): number {
     return this.inner.nEmbd;
+  }
+  get nHead(): number {
+    return this.inner.nHead;
   }
   get vocabSize(): number {
     return this.inner.vocabSize;
@@ -46,6 +49,14 @@ export class DelegatingEngine implements StageEngine {
   runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
     if (!this.inner.runRange) return Promise.reject(new Error('the wrapped engine has no fused ranges'));
     return this.inner.runRange(begin, end, input, cache, lastRowOnly);
+  }
+  putState(stage: number, cache: SessionCache, tokens: number, kv: StageKv | undefined): Promise<void> {
+    if (!this.inner.putState) return Promise.reject(new Error('the wrapped engine cannot take handed-over state'));
+    return this.inner.putState(stage, cache, tokens, kv);
+  }
+  takeState(stage: number, cache: SessionCache): Promise<StageKv | undefined> {
+    if (!this.inner.takeState) return Promise.reject(new Error('the wrapped engine cannot hand state over'));
+    return this.inner.takeState(stage, cache);
   }
   warmup(): Promise<void> {
     return this.inner.warmup();

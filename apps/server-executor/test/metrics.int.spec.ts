@@ -124,6 +124,31 @@ describe('executor metrics on /metrics, after real traffic', () => {
     expect(made).toBeLessThan(200);
   });
 
+  it('counts the KV handed over between the phases of a phased plan, by direction', async () => {
+    const before = await scrape();
+    const s = e.session();
+    s.open();
+    await s.next(1);
+    s.step(1, 0, stageCount, ids(15496, 11, 995), true);
+    await s.next(2);
+    // Take block 0's attention (3 positions × 512 bytes of keys plus values) and its MLP (a count), then put the attention back.
+    s.kvTake(2, 1);
+    const chunk = await s.next(3);
+    s.kvTake(3, 2);
+    await s.next(4);
+    if (chunk.kind?.$case !== 'kvChunk' || !chunk.kind.value.key || !chunk.kind.value.value) throw new Error('expected the keys and values');
+    s.call.write({ kind: { $case: 'kvPut', value: { stage: 1, offset: 0, tokens: 3, key: chunk.kind.value.key, value: chunk.kind.value.value } } });
+    s.kvPut(2, 0, 3);
+    s.call.end();
+    await s.ended;
+    const text = await scrape();
+    const delta = (name: string): number => value(text, name) - value(before, name);
+    expect(delta('tandem_executor_kv_handover_bytes_total{direction="take"}')).toBe(1536);
+    expect(delta('tandem_executor_kv_handover_stages_total{direction="take"}')).toBe(2);
+    expect(delta('tandem_executor_kv_handover_bytes_total{direction="put"}')).toBe(1536);
+    expect(delta('tandem_executor_kv_handover_stages_total{direction="put"}')).toBe(2);
+  });
+
   it('closes the endpoint when the executor stops', async () => {
     const other = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { serverId: 'metrics-stop', metricsPort: 0 });
     const p = other.server.metrics.port ?? 0;

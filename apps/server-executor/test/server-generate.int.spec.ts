@@ -191,14 +191,24 @@ describe('server-side generation (generate) on a real executor', () => {
   it.each([
     ['generate before open', (s: TestSession) => s.generate(1, ids(1), 1), grpc.status.FAILED_PRECONDITION, 'the first message must be open, given generate'],
     [
-      'generate after a step',
+      'generate after a step that left the stages holding different counts (no handed-over prefill)',
       (s: TestSession) => {
         s.open();
-        s.step(1, 0, 6, ids(1), true);
+        s.step(1, 0, 3, ids(1));
         s.generate(2, ids(2), 1);
       },
       grpc.status.FAILED_PRECONDITION,
-      'generate must be the first message after open (no step may precede it), given after 1 step(s)',
+      'generate must be the first message after open, or continue a handed-over prefill in which every stage holds the same number N >= 1 of tokens; given stage 3 holding 0 and stage 0 holding 1 (after 1 step(s))',
+    ],
+    [
+      'generate of more than one token after a handed-over prefill',
+      (s: TestSession) => {
+        s.open();
+        s.step(1, 0, 6, ids(1, 2), true);
+        s.generate(2, ids(3, 4), 1);
+      },
+      grpc.status.INVALID_ARGUMENT,
+      'generate.input.shape must be [1, 1] after a handed-over prefill (the token it produced; every stage holds 2 tokens), given [1, 2]',
     ],
     [
       'a second generate',

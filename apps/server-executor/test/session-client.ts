@@ -50,6 +50,16 @@ export class TestSession {
   generate(seq: number | string, input: HostTensor, maxNewTokens: number): void {
     this.call.write({ kind: { $case: 'generate', value: { seq: String(seq), input: toWireTensor(input), maxNewTokens } } });
   }
+  /** Hands `tokens` positions of stage `stage`'s state to the server, from `offset` (key and value for an attention stage). */
+  kvPut(stage: number, offset: number, tokens: number, key?: HostTensor, value?: HostTensor): void {
+    this.call.write({
+      kind: { $case: 'kvPut', value: { stage, offset, tokens, key: key ? toWireTensor(key) : undefined, value: value ? toWireTensor(value) : undefined } },
+    });
+  }
+  /** Asks for stage `stage`'s state (answered by KvChunks). */
+  kvTake(seq: number | string, stage: number, maxChunkBytes = 0): void {
+    this.call.write({ kind: { $case: 'kvTake', value: { seq: String(seq), stage, maxChunkBytes } } });
+  }
   /** The tokens of a server-side generation received so far, in arrival order (seq as a number: tests use small ones). */
   tokens(): { seq: number; index: number; token: number; computeMs: number; queueMs: number; last: boolean }[] {
     return this.answers.flatMap((m) => (m.kind?.$case === 'token' ? [{ ...m.kind.value, seq: Number(m.kind.value.seq) }] : []));

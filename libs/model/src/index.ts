@@ -14,6 +14,8 @@ export type { ImportHfOptions } from './import-hf';
 export type { ProgressFn } from './model-writer';
 export { StageRunner, lastPosition } from './runner';
 export { StageStats } from './stage-stats';
+export { concatPositions, slicePositions } from './stage-state';
+export type { Float32Tensor, StageState } from './stage-state';
 export type { KvCache, RunRangeOptions, StageRunnerOptions } from './runner';
 export { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 export { parsePlacement, formatPlacement } from './placement';

@@ -5,6 +5,7 @@ import { ModelFormatError, ModelOptionError, StageInputError, renderGiven } from
 import { FUSED_IO, buildFusedGraph, fusedSessionConfig } from './fused-graph';
 import { type Manifest, type StageInfo, readManifest } from './manifest';
 import { IO } from './stage-graphs';
+import type { StageState } from './stage-state';
 
 /**
  * Per-generation state of one runner: the next position of `embed` and the past keys/values of each
@@ -281,6 +282,117 @@ export class StageRunner {
       x = await this.run(s, x, own);
     }
     return x;
+  }
+
+  /**
+   * A copy of the state stage `stage` holds for the sequence of `cache` (see {@link StageState}):
+   * for `embed` its token count; for an attention stage its past length and keys and values
+   * float32 [1, nHead, T, headDim] (fresh arrays; T may be 0). The cache is unchanged: to move
+   * the state elsewhere, follow with {@link dropState}.
+   * @throws StageInputError (nothing changed) naming `stage` when it is not an embed or attention
+   *   stage loaded here, `cache` when it is not this runner's or is in use on that stage.
+   */
+  exportState(stage: number, cache: KvCache): StageState {
+    const { info, own } = this.stateAccess(stage, cache);
+    if (info.kind === 'embed') return { tokens: own.embeddedTokens };
+    const { nHead: H, nEmbd: D } = this.manifest.config;
+    const kv = own.kv.get(stage);
+    const T = kv?.key.dims[2] ?? 0;
+    const copy = (t: ort.Tensor | undefined): HostTensor & { dtype: 'float32' } => ({
+      dtype: 'float32',
+      shape: [1, H, T, D / H],
+      data: t ? (t.data as Float32Array).slice() : new Float32Array(0),
+    });
+    return { tokens: T, key: copy(kv?.key), value: copy(kv?.value) };
+  }
+
+  /**
+   * Appends `state` to what stage `stage` holds for the sequence of `cache`: its positions
+   * follow those held (a stage holding none takes positions 0..tokens-1), so state handed over in
+   * chunks of whole positions is appended chunk by chunk, in order. `embed` takes the count
+   * alone (its next token gets position held + tokens); an attention stage takes keys and
+   * values float32 [1, nHead, tokens, headDim] (copied; the caller keeps its arrays). The next
+   * {@link run} of the stage continues from there exactly as if it had computed those positions.
+   * Finiteness is not checked (the caller's rule: the executor refuses NaN before this).
+   * @throws StageInputError (nothing changed) as {@link exportState}, and naming `state.tokens`
+   *   (not an integer >= 1, or beyond nPositions with what is held), `state.key` / `state.value`
+   *   (present for `embed`; absent, not float32 or not of that shape for an attention stage).
+   */
+  appendState(stage: number, cache: KvCache, state: StageState): void {
+    const { info, own } = this.stateAccess(stage, cache);
+    const { nHead: H, nEmbd: D, nPositions } = this.manifest.config;
+    const n = state.tokens;
+    if (!Number.isInteger(n) || n < 1) throw new StageInputError('state.tokens', 'be an integer >= 1', n);
+    const held = info.kind === 'embed' ? own.embeddedTokens : own.pastLength(stage);
+    if (held + n > nPositions)
+      throw new StageInputError(
+        'state.tokens',
+        `keep the context within nPositions = ${nPositions} (${held} tokens held by stage ${info.name})`,
+        n,
+        'precondition',
+      );
+    if (info.kind === 'embed') {
+      for (const f of ['key', 'value'] as const) {
+        if (state[f] !== undefined) throw new StageInputError(`state.${f}`, `be absent for stage ${info.name} (its state is its token count)`, 'a tensor');
+      }
+      own.embeddedTokens += n;
+      return;
+    }
+    const want = [1, H, n, D / H];
+    const parts = (['key', 'value'] as const).map((f) => {
+      const t = state[f];
+      if (t === undefined) throw new StageInputError(`state.${f}`, `be present for attention stage ${info.name}`, t);
+      if (t.dtype !== 'float32' || !(t.data instanceof Float32Array)) throw new StageInputError(`state.${f}.dtype`, "be 'float32'", t.dtype);
+      if (t.shape.length !== 4 || t.shape.some((d, i) => d !== want[i]))
+        throw new StageInputError(`state.${f}.shape`, `be [${want.join(', ')}] (state.tokens positions)`, t.shape);
+      if (t.data.length !== product(want)) throw new StageInputError(`state.${f}.data`, `hold ${product(want)} values`, `${t.data.length} values`);
+      return t.data;
+    });
+    const past = own.kv.get(stage);
+    const joined = parts.map((add, i) => {
+      const before = past ? ((i === 0 ? past.key : past.value).data as Float32Array) : new Float32Array(0);
+      const out = new Float32Array(H * (held + n) * (D / H));
+      const hd = D / H;
+      for (let h = 0; h < H; h++) {
+        out.set(before.subarray(h * held * hd, (h + 1) * held * hd), h * (held + n) * hd);
+        out.set(add.subarray(h * n * hd, (h + 1) * n * hd), (h * (held + n) + held) * hd);
+      }
+      return new ort.Tensor('float32', out, [1, H, held + n, hd]);
+    });
+    if (past) {
+      past.key.dispose();
+      past.value.dispose();
+    }
+    own.kv.set(stage, { key: joined[0], value: joined[1] });
+  }
+
+  /**
+   * Drops what stage `stage` holds for the sequence of `cache`: an attention stage's keys and
+   * values are freed, `embed`'s count returns to 0 (after the state moved elsewhere).
+   * @throws StageInputError (nothing changed) as {@link exportState}.
+   */
+  dropState(stage: number, cache: KvCache): void {
+    const { info, own } = this.stateAccess(stage, cache);
+    if (info.kind === 'embed') {
+      own.embeddedTokens = 0;
+      return;
+    }
+    const kv = own.kv.get(stage);
+    if (kv) {
+      kv.key.dispose();
+      kv.value.dispose();
+      own.kv.delete(stage);
+    }
+  }
+
+  /** Checks for the state methods: an embed or attention stage loaded here, this runner's cache, not in use on it. */
+  private stateAccess(stage: number, cache: KvCache): { info: StageInfo; own: RunnerCache } {
+    const info = this.checkStage(stage);
+    if (info.kind !== 'embed' && info.kind !== 'attn')
+      throw new StageInputError('stage', `be an embed or attention stage (stage ${info.name} is ${info.kind}, which keeps no state)`, stage);
+    const own = this.checkCache(cache, 'cache');
+    if (own.inFlight.has(stage)) throw new StageInputError('cache', `not be in use by another call on stage ${info.name}`, 'a cache in use', 'precondition');
+    return { info, own };
   }
 
   /** Releases every session. The runner cannot be used afterwards. */

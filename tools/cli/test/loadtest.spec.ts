@@ -92,7 +92,7 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     expect((await run(['loadtest', '--scenario', notJson])).code).toBe(2);
     const p = await run(['loadtest', '--policies', 'dp,magic']);
     expect(p.code).toBe(2);
-    expect(p.stderr).toMatch(/--policies must list distinct names from server-only, greedy, prefix, dp, greedy-ratio, given 'dp,magic'/);
+    expect(p.stderr).toMatch(/--policies must list distinct names from server-only, greedy, prefix, dp, greedy-ratio, dp-phased, given 'dp,magic'/);
     expect((await run(['loadtest', '--rates', '2,-1'])).stderr).toMatch(/--rates must be a comma-separated list/);
     expect((await run(['loadtest', '--duration-s', '0'])).code).toBe(2);
     expect((await run(['loadtest', '--scenario', 'nowhere'])).stderr).toMatch(
@@ -140,7 +140,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(json).toEqual(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')));
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     expect(md).toContain('| repeat | policy |');
-    expect(md).toContain('## dp against the baselines, with spread');
+    expect(md).toContain('## The planner against the baselines, with spread');
     expect(md).toContain('## Device side');
     expect(readFileSync(join(out, 'goodput.svg'), 'utf8')).toMatch(/^<svg/);
     // Every request of every run, one line each, with the run it belongs to; not in results.json.

@@ -49,6 +49,13 @@ export interface GenerateRequest {
   maxNewTokens: number;
   /** Optional placement ('C'/'S' per stage) that overrides the plan, for experiments. */
   placement: string;
+  /**
+   * Optional decode placement, only together with `placement`: the override is then phased
+   * (the prefill runs with `placement`, the decode with this; each stage that changes side
+   * moves its state once in between, see tandem.executor.v1's "Phased plans"). Checked like
+   * `placement`. Absent, empty or equal to `placement`: the whole generation runs with `placement`.
+   */
+  decodePlacement?: string | undefined;
 }
 
 /** One message of a generation stream. */
@@ -115,6 +122,18 @@ export interface GenerationSummary {
    * (ClassPlacement.predicted_tpot_ms); 0 as above, or when the class expects one token.
    */
   predictedTpotMs: number;
+  /**
+   * A phased generation's decode placement, when it differed from `placement` (which was then
+   * the prefill's); absent otherwise.
+   */
+  decodePlacement?:
+    | string
+    | undefined;
+  /**
+   * A phased generation: time spent moving stage states between the prefill and the decode
+   * (emulated link delays included), ms; absent when nothing moved.
+   */
+  handoverMs?: number | undefined;
 }
 
 /** Asks for the agent's state. */
@@ -143,7 +162,8 @@ export interface GetStatusResponse {
   /**
    * Generations completed since start that lost their executor session (the executor died,
    * restarted or drained) and were resumed on a new one: the prompt and the tokens so far were
-   * prefilled again with the same placement, and the caller saw one undisturbed stream.
+   * prefilled again with the same placement (a phased generation: with its decode placement),
+   * and the caller saw one undisturbed stream.
    */
   resumedGenerations: number;
   /**
@@ -182,6 +202,11 @@ export interface ClassPlacementStatus {
   predictedTtftMs: number;
   /** The plan's predicted time per output token after the first, ms; 0 when not predicted. */
   predictedTpotMs: number;
+  /**
+   * A phased plan's decode placement (ClassPlacement.decode_placement), when it differs from
+   * `placement` (then the prefill's); absent otherwise.
+   */
+  decodePlacement?: string | undefined;
 }
 
 function createBaseTokenIds(): TokenIds {
@@ -266,7 +291,7 @@ export const TokenIds: MessageFns<TokenIds> = {
 };
 
 function createBaseGenerateRequest(): GenerateRequest {
-  return { input: undefined, maxNewTokens: 0, placement: "" };
+  return { input: undefined, maxNewTokens: 0, placement: "", decodePlacement: undefined };
 }
 
 export const GenerateRequest: MessageFns<GenerateRequest> = {
@@ -284,6 +309,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.placement !== "") {
       writer.uint32(34).string(message.placement);
+    }
+    if (message.decodePlacement !== undefined) {
+      writer.uint32(42).string(message.decodePlacement);
     }
     return writer;
   },
@@ -333,6 +361,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.placement = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.decodePlacement = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -358,6 +394,11 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         ? globalThis.Number(object.max_new_tokens)
         : 0,
       placement: isSet(object.placement) ? globalThis.String(object.placement) : "",
+      decodePlacement: isSet(object.decodePlacement)
+        ? globalThis.String(object.decodePlacement)
+        : isSet(object.decode_placement)
+        ? globalThis.String(object.decode_placement)
+        : undefined,
     };
   },
 
@@ -373,6 +414,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.placement !== "") {
       obj.placement = message.placement;
+    }
+    if (message.decodePlacement !== undefined) {
+      obj.decodePlacement = message.decodePlacement;
     }
     return obj;
   },
@@ -398,6 +442,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     message.maxNewTokens = object.maxNewTokens ?? 0;
     message.placement = object.placement ?? "";
+    message.decodePlacement = object.decodePlacement ?? undefined;
     return message;
   },
 };
@@ -620,6 +665,8 @@ function createBaseGenerationSummary(): GenerationSummary {
     predictedLatencyMs: 0,
     predictedTtftMs: 0,
     predictedTpotMs: 0,
+    decodePlacement: undefined,
+    handoverMs: undefined,
   };
 }
 
@@ -670,6 +717,12 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     }
     if (message.predictedTpotMs !== 0) {
       writer.uint32(113).double(message.predictedTpotMs);
+    }
+    if (message.decodePlacement !== undefined) {
+      writer.uint32(122).string(message.decodePlacement);
+    }
+    if (message.handoverMs !== undefined) {
+      writer.uint32(129).double(message.handoverMs);
     }
     return writer;
   },
@@ -809,6 +862,22 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
             message.predictedTpotMs = reader.double();
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.decodePlacement = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 129) {
+              break;
+            }
+
+            message.handoverMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -881,6 +950,16 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
         : isSet(object.predicted_tpot_ms)
         ? globalThis.Number(object.predicted_tpot_ms)
         : 0,
+      decodePlacement: isSet(object.decodePlacement)
+        ? globalThis.String(object.decodePlacement)
+        : isSet(object.decode_placement)
+        ? globalThis.String(object.decode_placement)
+        : undefined,
+      handoverMs: isSet(object.handoverMs)
+        ? globalThis.Number(object.handoverMs)
+        : isSet(object.handover_ms)
+        ? globalThis.Number(object.handover_ms)
+        : undefined,
     };
   },
 
@@ -928,6 +1007,12 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     if (message.predictedTpotMs !== 0) {
       obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
     }
+    if (message.decodePlacement !== undefined) {
+      obj.decodePlacement = message.decodePlacement;
+    }
+    if (message.handoverMs !== undefined) {
+      obj.handoverMs = floatToJson(message.handoverMs);
+    }
     return obj;
   },
 
@@ -950,6 +1035,8 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     message.predictedLatencyMs = object.predictedLatencyMs ?? 0;
     message.predictedTtftMs = object.predictedTtftMs ?? 0;
     message.predictedTpotMs = object.predictedTpotMs ?? 0;
+    message.decodePlacement = object.decodePlacement ?? undefined;
+    message.handoverMs = object.handoverMs ?? undefined;
     return message;
   },
 };
@@ -1270,6 +1357,7 @@ function createBaseClassPlacementStatus(): ClassPlacementStatus {
     predictedLatencyMs: 0,
     predictedTtftMs: 0,
     predictedTpotMs: 0,
+    decodePlacement: undefined,
   };
 }
 
@@ -1298,6 +1386,9 @@ export const ClassPlacementStatus: MessageFns<ClassPlacementStatus> = {
     }
     if (message.predictedTpotMs !== 0) {
       writer.uint32(65).double(message.predictedTpotMs);
+    }
+    if (message.decodePlacement !== undefined) {
+      writer.uint32(74).string(message.decodePlacement);
     }
     return writer;
   },
@@ -1379,6 +1470,14 @@ export const ClassPlacementStatus: MessageFns<ClassPlacementStatus> = {
             message.predictedTpotMs = reader.double();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.decodePlacement = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1429,6 +1528,11 @@ export const ClassPlacementStatus: MessageFns<ClassPlacementStatus> = {
         : isSet(object.predicted_tpot_ms)
         ? globalThis.Number(object.predicted_tpot_ms)
         : 0,
+      decodePlacement: isSet(object.decodePlacement)
+        ? globalThis.String(object.decodePlacement)
+        : isSet(object.decode_placement)
+        ? globalThis.String(object.decode_placement)
+        : undefined,
     };
   },
 
@@ -1458,6 +1562,9 @@ export const ClassPlacementStatus: MessageFns<ClassPlacementStatus> = {
     if (message.predictedTpotMs !== 0) {
       obj.predictedTpotMs = floatToJson(message.predictedTpotMs);
     }
+    if (message.decodePlacement !== undefined) {
+      obj.decodePlacement = message.decodePlacement;
+    }
     return obj;
   },
 
@@ -1474,6 +1581,7 @@ export const ClassPlacementStatus: MessageFns<ClassPlacementStatus> = {
     message.predictedLatencyMs = object.predictedLatencyMs ?? 0;
     message.predictedTtftMs = object.predictedTtftMs ?? 0;
     message.predictedTpotMs = object.predictedTpotMs ?? 0;
+    message.decodePlacement = object.decodePlacement ?? undefined;
     return message;
   },
 };
@@ -1493,8 +1601,9 @@ export const AgentServiceService = {
    * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
    * A status message names the field by its proto name (`max_new_tokens`, `ids[3]`).
    * A generation keeps one placement from its prompt to its last token (the executor counts
-   * positions per stage, see tandem.executor.v1.ExecutorService): a plan that arrives while
-   * it runs applies to the next generation.
+   * positions per stage, see tandem.executor.v1.ExecutorService), or, under a phased plan, one
+   * for its prefill and one for its decode: a plan that arrives while it runs applies to the
+   * next generation.
    */
   generate: {
     path: "/tandem.agent.v1.AgentService/Generate" as const,
@@ -1527,8 +1636,9 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
    * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
    * A status message names the field by its proto name (`max_new_tokens`, `ids[3]`).
    * A generation keeps one placement from its prompt to its last token (the executor counts
-   * positions per stage, see tandem.executor.v1.ExecutorService): a plan that arrives while
-   * it runs applies to the next generation.
+   * positions per stage, see tandem.executor.v1.ExecutorService), or, under a phased plan, one
+   * for its prefill and one for its decode: a plan that arrives while it runs applies to the
+   * next generation.
    */
   generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
   /** The agent's state: its plan (and why none is followed yet), profile and counters. */
@@ -1545,8 +1655,9 @@ export interface AgentServiceClient extends Client {
    * stream; when no session opens in time it ends with UNAVAILABLE before the deadline.
    * A status message names the field by its proto name (`max_new_tokens`, `ids[3]`).
    * A generation keeps one placement from its prompt to its last token (the executor counts
-   * positions per stage, see tandem.executor.v1.ExecutorService): a plan that arrives while
-   * it runs applies to the next generation.
+   * positions per stage, see tandem.executor.v1.ExecutorService), or, under a phased plan, one
+   * for its prefill and one for its decode: a plan that arrives while it runs applies to the
+   * next generation.
    */
   generate(request: GenerateRequest, options?: Partial<CallOptions>): ClientReadableStream<GenerateResponse>;
   generate(

@@ -203,6 +203,8 @@ export interface KvPut {
  * Rules: `stage` < the stage count (INVALID_ARGUMENT); the stage holds at least one token on
  * the server (FAILED_PRECONDITION naming `kv_take.stage`); not in a session that ran
  * `generate`; not for the first or the last stage in a private session (FAILED_PRECONDITION).
+ * The chunks are written as the client reads them: while its stream stays full, the idle
+ * timeout runs (as for `generate`'s tokens).
  */
 export interface KvTake {
   /**
@@ -271,7 +273,8 @@ export interface GeneratedToken {
   /** The `seq` of the `generate` this token belongs to (exactly as sent). */
   seq: string;
   /**
-   * Position of the token in the generation: 0 for the one the prompt's prefill produced,
+   * Position of the token in this `generate`'s output: 0 for the first one it makes (the one
+   * the prompt's prefill produced; after a handed-over prefill, the one that follows `input`),
    * then 1, 2, ... up to max_new_tokens - 1.
    */
   index: number;
