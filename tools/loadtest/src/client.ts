@@ -50,7 +50,8 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
           ? {
               serverComputeMs: summary.serverComputeMs,
               clientComputeMs: summary.clientComputeMs,
-              placement: summary.placement,
+              // A phased generation is named by both placements (prefill/decode), as the planner names its plan.
+              placement: summary.decodePlacement ? `${summary.placement}/${summary.decodePlacement}` : summary.placement,
               planEpoch: Number(summary.planEpoch),
               plannedClass: summary.requestClass,
             }

@@ -35,6 +35,7 @@ export interface RequestRecord {
   readonly endMs: number;
   readonly serverComputeMs?: number;
   readonly clientComputeMs?: number;
+  /** The placement it ran; a phased generation's as `prefill/decode`. */
   readonly placement?: string;
   readonly planEpoch?: number;
   /** The request class the agent's plan chose (should equal requestClass). */

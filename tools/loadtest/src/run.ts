@@ -328,7 +328,9 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const samples = predictionSamples(records);
           const plans: Record<string, Record<string, string>> = {};
           for (const p of (await listPlans(plans0).catch(() => undefined))?.plans ?? [])
-            plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, c.placement]));
+            plans[p.clientId] = Object.fromEntries(
+              p.classes.map((c) => [c.name, c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement}/${c.decodePlacement}` : c.placement]),
+            );
           results.push({
             repeat,
             seed,
@@ -383,12 +385,14 @@ export function deviceSide(
     for (const r of records) {
       if (!completed(r) || r.placement === undefined || !r.placement.includes('C') || r.clientComputeMs === undefined) continue;
       const slow = slowdownOf.get(r.device) ?? 1;
+      // A phased generation's placement is `prefill/decode`: each phase's device stages are its own.
+      const [prefillPlacement, decodePlacement = prefillPlacement] = r.placement.split('/');
       let model = 0;
-      for (let st = 0; st < r.placement.length; st++) {
-        if (r.placement[st] !== 'C') continue;
+      for (let st = 0; st < prefillPlacement.length; st++) {
         // The head's prefill runs on the prompt's last position only: one row, like a decode step.
-        const prefill = st === r.placement.length - 1 ? costs[st].decodeMs : costs[st].prefillMsPerToken * r.promptTokens;
-        model += slow * (prefill + costs[st].decodeMs * Math.max(0, r.tokenMs.length - 1));
+        if (prefillPlacement[st] === 'C')
+          model += slow * (st === prefillPlacement.length - 1 ? costs[st].decodeMs : costs[st].prefillMsPerToken * r.promptTokens);
+        if (decodePlacement[st] === 'C') model += slow * costs[st].decodeMs * Math.max(0, r.tokenMs.length - 1);
       }
       abs.push(r.clientComputeMs - model);
       if (model > 0) rel.push((r.clientComputeMs - model) / model);

@@ -263,6 +263,17 @@ describe('metrics', () => {
     const late = deviceSide([mk(40), mk(40)], costs, new Map([['d', 2]]), 0.5, 0.95, 1);
     expect(late.timingErrorRel!.p99).toBeCloseTo(1.5, 9);
     expect(late.limitedBy.join(' ')).toMatch(/ran late: p99 timing error 24\.0 ms .* client core was 95 %/);
+    // A phased generation ('prefill/decode'): the device prefills stage 0 and decodes both stages:
+    // 2 × (1 × 4 + (2 + 10) × 2) = 56 ms.
+    const phased = deviceSide(
+      [rec({ placement: 'CS/CC', promptTokens: 4, tokenMs: [1, 2, 3], endMs: 3, clientComputeMs: 57 })],
+      costs,
+      new Map([['d', 2]]),
+      0,
+      0,
+      1,
+    );
+    expect(phased.timingErrorMs).toMatchObject({ n: 1, p50: 1 });
   });
 });
 
