@@ -146,6 +146,12 @@ export const plannerEnv = {
     {} as Record<string, Record<string, number | SloOverride>>,
     checkOverrides,
   ),
+  PLANNER_PHASED_MIN_SAVING: env.number(
+    'PLANNER_ALGORITHM=dp-phased: a plan whose prefill and decode are placed apart is chosen only when it saves at least this fraction of the server work of the best single placement meeting the SLOs (moving KV caches costs the server more than the model prices)',
+    0.25,
+    0,
+    1,
+  ),
   PLANNER_HYSTERESIS: env.number('A feasible plan is replaced only when the new one saves more than this fraction of its server work', 0.05, 0, 1),
   PLANNER_SLA_MARGIN: env.number(
     'Plan against this fraction of each SLO (E2E, TTFT and TPOT alike), leaving headroom for noise (1 = the full SLO)',

@@ -22,6 +22,7 @@ const cases: EnvCase[] = [
     ],
     number: [
       ['PLANNER_HYSTERESIS', 0, 1],
+      ['PLANNER_PHASED_MIN_SAVING', 0, 1],
       ['PLANNER_SLA_MARGIN', 0.1, 1],
       ['PLANNER_MAX_UTILISATION', 0, 0.99],
       ['PLANNER_IDLE_UTILISATION', 0, 1],

@@ -24,6 +24,7 @@ export async function main(): Promise<void> {
     slaOverrides: config.PLANNER_SLA_OVERRIDES,
     algorithm: config.PLANNER_ALGORITHM,
     hysteresis: config.PLANNER_HYSTERESIS,
+    phasedMinSaving: config.PLANNER_PHASED_MIN_SAVING,
     slaMargin: config.PLANNER_SLA_MARGIN,
     resolutionMs: config.PLANNER_RESOLUTION_MS,
     maxUtilisation: config.PLANNER_MAX_UTILISATION,

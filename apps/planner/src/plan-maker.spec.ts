@@ -461,3 +461,30 @@ describe('PlanMaker with dp-phased', () => {
     expect(planKey(r)).toBe(planKey(p));
   });
 });
+
+describe('PlanMaker with dp-phased and a least saving', () => {
+  const KV_STAGES = SIX_STAGES.map((s) => ({ ...s, kvBytesPerToken: s.name.endsWith('.attn') ? 512 : 0 }));
+  const LONG = { name: 'long', maxPromptTokens: 64, expectedNewTokens: 8, ttftMs: 200, tpotMs: 100 };
+  const maker = (phasedMinSaving: number): PlanMaker =>
+    new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp-phased', serverEntryMs: 0, phasedMinSaving }));
+
+  it("takes a phased pair only when it saves at least that fraction of dp's single placement's work", () => {
+    const [dp] = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp', serverEntryMs: 0 })).plan(
+      client(10),
+      server(1),
+      undefined,
+    )!;
+    const [free] = maker(0).plan(client(10), server(1), undefined)!;
+    expect(free.decodePlacement).toBe('CCCCCC');
+    const saving = 1 - free.predictedServerWork / dp.predictedServerWork;
+    expect(saving).toBeGreaterThan(0.05);
+    // Asked for a little less than it saves: the pair stays.
+    const [below] = maker(saving - 0.01).plan(client(10), server(1), undefined)!;
+    expect(planKey(below)).toBe(planKey(free));
+    // Asked for more: dp's single placement, with no decode placement.
+    const [above] = maker(saving + 0.01).plan(client(10), server(1), undefined)!;
+    expect(above.decodePlacement).toBeUndefined();
+    expect(above.placement).toBe(dp.placement);
+    expect(above.predictedServerWork).toBe(dp.predictedServerWork);
+  });
+});
