@@ -1,3 +1,4 @@
+import { isPlacementLetters } from '@tandem/dp';
 import * as grpc from '@grpc/grpc-js';
 import {
   addReflection,
@@ -287,8 +288,7 @@ export class ClientAgent {
     if (req.maxNewTokens < 1 || req.maxNewTokens > room)
       throw new ValidationError(`max_new_tokens must be in 1..${room} for this prompt, given ${req.maxNewTokens}`);
     const checkPlacement = (field: string, p: string): void => {
-      if (p.length !== this.stageCount || !/^[CS]+$/.test(p))
-        throw new ValidationError(`${field} must be ${this.stageCount} letters C or S, given ${quoted(p)}`);
+      if (!isPlacementLetters(p, this.stageCount)) throw new ValidationError(`${field} must be ${this.stageCount} letters C or S, given ${quoted(p)}`);
       const bad = [...p].findIndex((c, s) => c === 'C' && !this.local.has(s));
       if (bad >= 0) throw new ValidationError(`${field} puts stage ${bad} on this client, which does not hold it`);
       const leak = privacyProblem(p, this.opts.private === true);

@@ -1,3 +1,4 @@
+import { isPlacementLetters } from '@tandem/dp';
 import { status } from '@grpc/grpc-js';
 import { greedyToken, lastPosition } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
@@ -290,7 +291,7 @@ export async function generate(
   decodePlacement?: string,
 ): Promise<GenerationStats> {
   const decode = decodePlacement || placement;
-  if (decode.length !== placement.length || !/^[CS]+$/.test(decode))
+  if (!isPlacementLetters(decode, placement.length))
     throw new Error(`decodePlacement must be ${placement.length} letters C or S like placement, given '${decode}'`);
   if (decode === placement && /^S+$/.test(placement)) return generateOnServer(deps, promptIds, maxNewTokens, onToken);
   // Created before the first await: with replay, the cache takes the cursor armed for this generation.

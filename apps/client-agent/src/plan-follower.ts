@@ -1,3 +1,4 @@
+import { isPlacementLetters, planKey } from '@tandem/dp';
 import * as grpc from '@grpc/grpc-js';
 import {
   channelOptions,
@@ -125,7 +126,7 @@ export class PlanFollower {
       const placements: [string, string][] = [['placement', c.placement]];
       if (c.decodePlacement) placements.push(['decodePlacement', c.decodePlacement]);
       for (const [field, p] of placements) {
-        if (p.length !== this.opts.stageCount || !/^[CS]+$/.test(p)) {
+        if (!isPlacementLetters(p, this.opts.stageCount)) {
           return `classes[${i}].${field} must be ${this.opts.stageCount} letters C or S, given ${quoted(p)}`;
         }
         const bad = [...p].findIndex((ch, s) => ch === 'C' && !this.opts.canRun(s));
@@ -167,7 +168,7 @@ export class PlanFollower {
       this.log.info(
         {
           epoch: plan.epoch,
-          classes: plan.classes.map((c) => `${c.name}=${c.placement}${c.decodePlacement && c.decodePlacement !== c.placement ? `/${c.decodePlacement}` : ''}`),
+          classes: plan.classes.map((c) => `${c.name}=${planKey(c)}`),
         },
         'new plan',
       );

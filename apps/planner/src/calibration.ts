@@ -1,6 +1,7 @@
 import type { ClassObservations, ClassPlacement } from '@tandem/protocol';
 import type { LatencyTriple, ValidOutcome } from './outcomes';
-import { planKey, type ClassAdjustment } from './plan-maker';
+import { planKey } from '@tandem/dp';
+import type { ClassAdjustment } from './plan-maker';
 
 /** Settings of the calibrator (the planner's PLANNER_SLO_* / PLANNER_OUTCOME_* / PLANNER_SAFETY_* variables). */
 export interface CalibrationOptions {

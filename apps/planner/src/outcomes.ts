@@ -1,5 +1,5 @@
 import { ID_PATTERN, OutcomeStatus, Subjects, type GenerationOutcome } from '@tandem/protocol';
-import { planKey } from './plan-maker';
+import { isPlacementLetters, planKey } from '@tandem/dp';
 
 /** Largest duration an outcome may state, ms (one day): a larger one is a broken clock or a broken agent. */
 export const MAX_OUTCOME_MS = 86_400_000;
@@ -66,9 +66,8 @@ export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): Vali
   if (ctx.subject !== undefined && ctx.subject !== Subjects.outcome(o.clientId))
     throw new Error(`clientId must match the subject ${shown(ctx.subject)}, given ${shown(o.clientId)}`);
   if (!ctx.classes.has(o.requestClass)) throw new Error(`requestClass must be one of ${[...ctx.classes].join(', ')}, given ${shown(o.requestClass)}`);
-  if (o.placement.length !== ctx.stageCount || !/^[CS]+$/.test(o.placement))
-    throw new Error(`placement must be ${ctx.stageCount} letters C or S, given ${shown(o.placement)}`);
-  if (o.decodePlacement && (o.decodePlacement.length !== ctx.stageCount || !/^[CS]+$/.test(o.decodePlacement)))
+  if (!isPlacementLetters(o.placement, ctx.stageCount)) throw new Error(`placement must be ${ctx.stageCount} letters C or S, given ${shown(o.placement)}`);
+  if (o.decodePlacement && !isPlacementLetters(o.decodePlacement, ctx.stageCount))
     throw new Error(`decodePlacement must be empty or ${ctx.stageCount} letters C or S, given ${shown(o.decodePlacement)}`);
   if (!Number.isSafeInteger(o.planEpoch) || o.planEpoch < 1)
     throw new Error(`planEpoch must be an integer >= 1 (outcomes come from planned generations), given ${shown(o.planEpoch)}`);

@@ -1,8 +1,8 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
-import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, sloCheck, type Location } from '@tandem/dp';
+import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, planKey, sloCheck, type Location } from '@tandem/dp';
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
-import { PlanMaker, planKey, type PlanMakerOptions } from './plan-maker';
+import { PlanMaker, type PlanMakerOptions } from './plan-maker';
 
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 

@@ -2,10 +2,12 @@ import {
   ALGORITHMS,
   fastestGenerationPlacement,
   generationResultOf,
+  isPlacementLetters,
   PHASED_ALGORITHM,
   phasedResultOf,
   placementFromLetters as fromLetters,
   placementToLetters as toLetters,
+  planKey,
   solveGeneration,
   solvePhasedDp,
   sloRatio,
@@ -54,22 +56,9 @@ export interface PricedPlan extends Omit<GenerationResult, 'algorithm'> {
   readonly handoverMs: number;
 }
 
-/** Whether `letters` is a placement of `inst`'s stages (one C or S per stage). */
-function validLetters(letters: string, inst: GenerationInstance): boolean {
-  return letters.length === inst.stages.length && /^[CS]+$/.test(letters);
-}
-
 /** Whether a priced plan places the two phases apart. */
 function isPhased(p: Pick<PricedPlan, 'placement' | 'decodePlacement'>): boolean {
   return p.placement.some((l, i) => l !== p.decodePlacement[i]);
-}
-
-/**
- * A plan's identity for calibration and change detection: its placement, and for a phased plan
- * `placement/decodePlacement` (letters), so a phased plan is a plan of its own.
- */
-export function planKey(c: { readonly placement: string; readonly decodePlacement?: string }): string {
-  return c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement}/${c.decodePlacement}` : c.placement;
 }
 
 /**
@@ -384,7 +373,12 @@ export class PlanMaker {
       allServerWork?.push(allServer(inst).serverWork);
       const key = planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) });
       const prev = previous?.find((p) => p.name === cls.name);
-      if (prev && validLetters(prev.placement, inst) && (!prev.decodePlacement || validLetters(prev.decodePlacement, inst)) && planKey(prev) !== key) {
+      if (
+        prev &&
+        isPlacementLetters(prev.placement, inst.stages.length) &&
+        (!prev.decodePlacement || isPlacementLetters(prev.decodePlacement, inst.stages.length)) &&
+        planKey(prev) !== key
+      ) {
         const kept = priced(inst, fromLetters(prev.placement), prev.decodePlacement ? fromLetters(prev.decodePlacement) : undefined);
         const saves =
           objective === 'work'

@@ -1,4 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
+import { planKey } from '@tandem/dp';
 import {
   addReflection,
   ClientProfile,
@@ -42,7 +43,7 @@ import { Shedder, type ShedCandidate, type ShedOptions } from './shedding';
 import { toGrpcStatus } from './errors';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
-import { planKey, type ClassAdjustment, type Objective, type PlanMaker } from './plan-maker';
+import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
 import { PlanState, type PlannerRole } from './plan-state';
 import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
 

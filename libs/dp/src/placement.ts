@@ -19,3 +19,17 @@ export function placementFromLetters(letters: string): Location[] {
     throw new InstanceValidationError(`placement[${i}]`, "must be 'C' (client) or 'S' (server)", c);
   });
 }
+
+/** Whether `letters` is a placement of `stageCount` stages: one `C` or `S` per stage. */
+export function isPlacementLetters(letters: string, stageCount: number): boolean {
+  return letters.length === stageCount && /^[CS]+$/.test(letters);
+}
+
+/**
+ * A plan's identity: its placement, and for a phased plan (a decode placement that differs
+ * from the prefill's) `placement/decodePlacement`, so a phased plan is a plan of its own
+ * (the planner's calibration and change detection, the load test's records).
+ */
+export function planKey(c: { readonly placement: string; readonly decodePlacement?: string }): string {
+  return c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement}/${c.decodePlacement}` : c.placement;
+}

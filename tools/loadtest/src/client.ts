@@ -1,3 +1,4 @@
+import { planKey } from '@tandem/dp';
 import * as grpc from '@grpc/grpc-js';
 import { AgentServiceClient, channelOptions, PlannerServiceClient, type GenerateResponse } from '@tandem/protocol';
 import type { TraceRequest } from './arrivals';
@@ -51,7 +52,7 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
               serverComputeMs: summary.serverComputeMs,
               clientComputeMs: summary.clientComputeMs,
               // A phased generation is named by both placements (prefill/decode), as the planner names its plan.
-              placement: summary.decodePlacement ? `${summary.placement}/${summary.decodePlacement}` : summary.placement,
+              placement: planKey(summary),
               planEpoch: Number(summary.planEpoch),
               plannedClass: summary.requestClass,
             }

@@ -1,3 +1,4 @@
+import { planKey } from '@tandem/dp';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
@@ -328,9 +329,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const samples = predictionSamples(records);
           const plans: Record<string, Record<string, string>> = {};
           for (const p of (await listPlans(plans0).catch(() => undefined))?.plans ?? [])
-            plans[p.clientId] = Object.fromEntries(
-              p.classes.map((c) => [c.name, c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement}/${c.decodePlacement}` : c.placement]),
-            );
+            plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, planKey(c)]));
           results.push({
             repeat,
             seed,
