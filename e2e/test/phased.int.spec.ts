@@ -55,7 +55,7 @@ function planOf(clientId: string, epoch: number, placement: string, decodePlacem
     predictedTpotMs: 10,
     predictedTtftMsPerPromptToken: 0,
   };
-  return { clientId, epoch, algorithm: 'dp-phased', createdUnixMs: epoch, classes: [cls] };
+  return { clientId, epoch, algorithm: 'dp-phased', createdUnixMs: epoch, classes: [cls], alternates: [] };
 }
 
 /** A planner stand-in: each client's WatchPlans stream gets its latest plan at once, and every plan pushed later. */
@@ -71,7 +71,7 @@ async function stubPlanner(creds: TestCredentials): Promise<{ addr: string; push
       const p = latest.get(call.request.clientId);
       if (p) call.write({ plan: p, noPlanReason: '' });
     },
-    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '' }),
+    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '', executors: [] }),
   };
   server.addService(PlannerServiceService, impl);
   const port = await bindServer(server, '127.0.0.1:0', sec.credentials);

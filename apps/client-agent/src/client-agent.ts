@@ -262,6 +262,8 @@ export class ClientAgent {
           ...(c.decodePlacement && c.decodePlacement !== c.placement ? { decodePlacement: c.decodePlacement } : {}),
         })) ?? [],
       noPlanReason: this.follower.noPlanReason(),
+      executorAddress: this.opts.executorAddr,
+      executorId: '',
     };
   }
 

@@ -9,6 +9,7 @@ const plan = (epoch: number, placement: string): ClientPlan => ({
   epoch,
   algorithm: 'dp',
   createdUnixMs: epoch,
+  alternates: [],
   classes: [
     {
       name: 'short',
@@ -46,7 +47,7 @@ async function stubPlanner(
       if (reason !== undefined) call.write({ plan: undefined, noPlanReason: reason });
       for (const p of plans()) call.write({ plan: p, noPlanReason: '' });
     },
-    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '' }),
+    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '', executors: [] }),
   };
   server.addService(PlannerServiceService, impl);
   const port = await bindInsecure(server, address);

@@ -59,6 +59,7 @@ const plan = (clientId: string, a: string, b: string): ClientPlan => ({
   epoch: 5,
   algorithm: 'dp',
   createdUnixMs: 1000,
+  alternates: [],
   classes: [placement('short', a), placement('chat', b)],
 });
 

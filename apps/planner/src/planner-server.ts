@@ -1004,7 +1004,7 @@ export class PlannerServer {
       this.afterPlan(id, st.plan, now);
       return;
     }
-    st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now };
+    st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now, alternates: [] };
     this.round.changed++;
     this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${planKey(c)}`) }, 'plan changed');
@@ -1171,6 +1171,7 @@ export class PlannerServer {
           plans: page.plans,
           observations: this.observations(page.plans),
           nextPageToken: page.nextPageToken,
+          executors: [],
           ...(this.state ? { plannerRole: this.state.role } : {}),
         });
       },

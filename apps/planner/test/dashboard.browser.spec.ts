@@ -138,6 +138,7 @@ describe('planner dashboard in a real browser', () => {
           epoch: 7,
           algorithm: HOSTILE_ID,
           createdUnixMs: Date.now(),
+          alternates: [],
           classes: [{ ...server.plans()[0].classes[0], name: HOSTILE_ID, placement: 'C<S' }],
         },
       ],

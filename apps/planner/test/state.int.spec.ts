@@ -204,6 +204,7 @@ describe('planner state in JetStream key-value', () => {
       epoch,
       algorithm: 'dp',
       createdUnixMs: Date.now(),
+      alternates: [],
       classes: [ClassPlacement.fromPartial({ name: 'short', maxPromptTokens: 10, placement: 'SSS' })],
     });
     await kv.put(planKeyOf('garbage'), new Uint8Array([0xff, 0xff, 0xff, 0x07, 0x01]));

@@ -29,13 +29,15 @@ export function listPlansPage(client: PlannerServiceClient, request: ListPlansRe
  */
 export async function listPlans(client: PlannerServiceClient, deadlineMs = DEFAULT_CALL_DEADLINE_MS, pageSize = 0): Promise<ListPlansResponse> {
   const deadline = Date.now() + deadlineMs;
-  const out: ListPlansResponse = { plans: [], observations: [], nextPageToken: '' };
+  const out: ListPlansResponse = { plans: [], observations: [], nextPageToken: '', executors: [] };
   const seen = new Set<string>();
   let pageToken = '';
   do {
     const r = await listPlansPage(client, { pageSize, pageToken }, deadline);
     out.plans.push(...r.plans);
     out.observations.push(...r.observations);
+    // The executors come with the first page.
+    if (out.executors.length === 0) out.executors = r.executors;
     // The role of the planner that answered the last page (leader or standby; unset without state).
     if (r.plannerRole !== undefined) out.plannerRole = r.plannerRole;
     else delete out.plannerRole;

@@ -332,6 +332,7 @@ describe('the plan table of tandem plans', () => {
       epoch: 3,
       algorithm: 'dp-phased',
       createdUnixMs: 0,
+      alternates: [],
       classes: [
         { ...cls, decodePlacement: 'CCC' },
         { ...cls, name: 'short' },

@@ -179,6 +179,13 @@ export interface GetStatusResponse {
    * telemetry (no NATS_URL) leaves every agent all-server.
    */
   noPlanReason: string;
+  /**
+   * The executor new generations open on: the plan's (tandem.planner.v1.ClientPlan.executor)
+   * when it names one, else the configured EXECUTOR_ADDR (then executor_id is empty).
+   */
+  executorAddress: string;
+  /** That executor's id, when the plan names it. */
+  executorId: string;
 }
 
 /** The placement the agent follows for one request class. */
@@ -1105,6 +1112,8 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     resumedGenerations: 0,
     classPlacements: [],
     noPlanReason: "",
+    executorAddress: "",
+    executorId: "",
   };
 }
 
@@ -1139,6 +1148,12 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.noPlanReason !== "") {
       writer.uint32(82).string(message.noPlanReason);
+    }
+    if (message.executorAddress !== "") {
+      writer.uint32(90).string(message.executorAddress);
+    }
+    if (message.executorId !== "") {
+      writer.uint32(98).string(message.executorId);
     }
     return writer;
   },
@@ -1236,6 +1251,22 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.noPlanReason = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.executorAddress = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.executorId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1290,6 +1321,16 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.no_plan_reason)
         ? globalThis.String(object.no_plan_reason)
         : "",
+      executorAddress: isSet(object.executorAddress)
+        ? globalThis.String(object.executorAddress)
+        : isSet(object.executor_address)
+        ? globalThis.String(object.executor_address)
+        : "",
+      executorId: isSet(object.executorId)
+        ? globalThis.String(object.executorId)
+        : isSet(object.executor_id)
+        ? globalThis.String(object.executor_id)
+        : "",
     };
   },
 
@@ -1325,6 +1366,12 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.noPlanReason !== "") {
       obj.noPlanReason = message.noPlanReason;
     }
+    if (message.executorAddress !== "") {
+      obj.executorAddress = message.executorAddress;
+    }
+    if (message.executorId !== "") {
+      obj.executorId = message.executorId;
+    }
     return obj;
   },
 
@@ -1343,6 +1390,8 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.resumedGenerations = object.resumedGenerations ?? 0;
     message.classPlacements = object.classPlacements?.map((e) => ClassPlacementStatus.fromPartial(e)) || [];
     message.noPlanReason = object.noPlanReason ?? "";
+    message.executorAddress = object.executorAddress ?? "";
+    message.executorId = object.executorId ?? "";
     return message;
   },
 };

@@ -80,7 +80,30 @@ export interface ListPlansResponse {
    * serves the plans another planner made (docs/planner.md, "State and failover"); unset when
    * the planner keeps no state (PLANNER_STATE_BUCKET=off): it then always plans.
    */
-  plannerRole?: string | undefined;
+  plannerRole?:
+    | string
+    | undefined;
+  /**
+   * The executors the planner knows of now, with the clients assigned to each (first page only;
+   * empty on later pages).
+   */
+  executors: ExecutorSummary[];
+}
+
+/** One executor as the planner sees it. */
+export interface ExecutorSummary {
+  /** ServerLoad.server_id. */
+  id: string;
+  /** ServerLoad.address; empty when it advertises none (then it is never assigned). */
+  address: string;
+  /** Clients whose plan names this executor. */
+  clients: number;
+  /** Its last reported utilisation, 0..1. */
+  utilisation: number;
+  /** Its last load report said it is draining. */
+  draining: boolean;
+  /** When its last load report arrived, Unix milliseconds. */
+  lastReportUnixMs: number;
 }
 
 /** What the planner observed of one client's generations. */
@@ -187,6 +210,30 @@ export interface ClientPlan {
   algorithm: string;
   /** When the plan was made, Unix milliseconds. */
   createdUnixMs: number;
+  /**
+   * The executor this client's server stages go to, when the planner has more than one to
+   * choose from (executors that report an address, ServerLoad.address); absent when the planner
+   * knows of one executor or none with an address: the agent then uses its configured one
+   * (AGENT's EXECUTOR_ADDR). The planner picks, per client, the executor where the client's plan
+   * costs the server least within its SLOs, given each executor's own stage times and load.
+   * An agent opens new generations on it; generations running elsewhere finish where they are.
+   */
+  executor?:
+    | ExecutorAssignment
+    | undefined;
+  /**
+   * Other executors the agent may open a generation on when the assigned one refuses it as
+   * unavailable (draining, lost), best first; the next plan says where to go after.
+   */
+  alternates: ExecutorAssignment[];
+}
+
+/** One executor, as a plan names it. */
+export interface ExecutorAssignment {
+  /** The executor's id (ServerLoad.server_id). */
+  id: string;
+  /** Where clients reach it, host:port (ServerLoad.address). */
+  address: string;
 }
 
 /** The placement for one request class of a client. */
@@ -509,7 +556,7 @@ export const ListPlansRequest: MessageFns<ListPlansRequest> = {
 };
 
 function createBaseListPlansResponse(): ListPlansResponse {
-  return { plans: [], observations: [], nextPageToken: "", plannerRole: undefined };
+  return { plans: [], observations: [], nextPageToken: "", plannerRole: undefined, executors: [] };
 }
 
 export const ListPlansResponse: MessageFns<ListPlansResponse> = {
@@ -525,6 +572,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     }
     if (message.plannerRole !== undefined) {
       writer.uint32(34).string(message.plannerRole);
+    }
+    for (const v of message.executors) {
+      ExecutorSummary.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -574,6 +624,14 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
             message.plannerRole = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.executors.push(ExecutorSummary.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -602,6 +660,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
         : isSet(object.planner_role)
         ? globalThis.String(object.planner_role)
         : undefined,
+      executors: globalThis.Array.isArray(object?.executors)
+        ? object.executors.map((e: any) => ExecutorSummary.fromJSON(e))
+        : [],
     };
   },
 
@@ -619,6 +680,9 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     if (message.plannerRole !== undefined) {
       obj.plannerRole = message.plannerRole;
     }
+    if (message.executors?.length) {
+      obj.executors = message.executors.map((e) => ExecutorSummary.toJSON(e));
+    }
     return obj;
   },
 
@@ -631,6 +695,160 @@ export const ListPlansResponse: MessageFns<ListPlansResponse> = {
     message.observations = object.observations?.map((e) => ClientObservations.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
     message.plannerRole = object.plannerRole ?? undefined;
+    message.executors = object.executors?.map((e) => ExecutorSummary.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseExecutorSummary(): ExecutorSummary {
+  return { id: "", address: "", clients: 0, utilisation: 0, draining: false, lastReportUnixMs: 0 };
+}
+
+export const ExecutorSummary: MessageFns<ExecutorSummary> = {
+  encode(message: ExecutorSummary, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.clients !== 0) {
+      writer.uint32(24).uint32(message.clients);
+    }
+    if (message.utilisation !== 0) {
+      writer.uint32(33).double(message.utilisation);
+    }
+    if (message.draining !== false) {
+      writer.uint32(40).bool(message.draining);
+    }
+    if (message.lastReportUnixMs !== 0) {
+      writer.uint32(48).int64(message.lastReportUnixMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExecutorSummary {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecutorSummary();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.clients = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.utilisation = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.draining = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lastReportUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExecutorSummary {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      clients: isSet(object.clients) ? globalThis.Number(object.clients) : 0,
+      utilisation: isSet(object.utilisation) ? globalThis.Number(object.utilisation) : 0,
+      draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : false,
+      lastReportUnixMs: isSet(object.lastReportUnixMs)
+        ? globalThis.Number(object.lastReportUnixMs)
+        : isSet(object.last_report_unix_ms)
+        ? globalThis.Number(object.last_report_unix_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ExecutorSummary): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.clients !== 0) {
+      obj.clients = Math.round(message.clients);
+    }
+    if (message.utilisation !== 0) {
+      obj.utilisation = floatToJson(message.utilisation);
+    }
+    if (message.draining !== false) {
+      obj.draining = message.draining;
+    }
+    if (message.lastReportUnixMs !== 0) {
+      obj.lastReportUnixMs = Math.round(message.lastReportUnixMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExecutorSummary>, I>>(base?: I): ExecutorSummary {
+    return ExecutorSummary.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExecutorSummary>, I>>(object: I): ExecutorSummary {
+    const message = createBaseExecutorSummary();
+    message.id = object.id ?? "";
+    message.address = object.address ?? "";
+    message.clients = object.clients ?? 0;
+    message.utilisation = object.utilisation ?? 0;
+    message.draining = object.draining ?? false;
+    message.lastReportUnixMs = object.lastReportUnixMs ?? 0;
     return message;
   },
 };
@@ -1223,7 +1441,7 @@ export const ClassObservations: MessageFns<ClassObservations> = {
 };
 
 function createBaseClientPlan(): ClientPlan {
-  return { clientId: "", epoch: 0, classes: [], algorithm: "", createdUnixMs: 0 };
+  return { clientId: "", epoch: 0, classes: [], algorithm: "", createdUnixMs: 0, executor: undefined, alternates: [] };
 }
 
 export const ClientPlan: MessageFns<ClientPlan> = {
@@ -1242,6 +1460,12 @@ export const ClientPlan: MessageFns<ClientPlan> = {
     }
     if (message.createdUnixMs !== 0) {
       writer.uint32(40).int64(message.createdUnixMs);
+    }
+    if (message.executor !== undefined) {
+      ExecutorAssignment.encode(message.executor, writer.uint32(50).fork()).join();
+    }
+    for (const v of message.alternates) {
+      ExecutorAssignment.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -1299,6 +1523,22 @@ export const ClientPlan: MessageFns<ClientPlan> = {
             message.createdUnixMs = longToNumber(reader.int64());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.executor = ExecutorAssignment.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.alternates.push(ExecutorAssignment.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1328,6 +1568,10 @@ export const ClientPlan: MessageFns<ClientPlan> = {
         : isSet(object.created_unix_ms)
         ? globalThis.Number(object.created_unix_ms)
         : 0,
+      executor: isSet(object.executor) ? ExecutorAssignment.fromJSON(object.executor) : undefined,
+      alternates: globalThis.Array.isArray(object?.alternates)
+        ? object.alternates.map((e: any) => ExecutorAssignment.fromJSON(e))
+        : [],
     };
   },
 
@@ -1348,6 +1592,12 @@ export const ClientPlan: MessageFns<ClientPlan> = {
     if (message.createdUnixMs !== 0) {
       obj.createdUnixMs = Math.round(message.createdUnixMs);
     }
+    if (message.executor !== undefined) {
+      obj.executor = ExecutorAssignment.toJSON(message.executor);
+    }
+    if (message.alternates?.length) {
+      obj.alternates = message.alternates.map((e) => ExecutorAssignment.toJSON(e));
+    }
     return obj;
   },
 
@@ -1361,6 +1611,95 @@ export const ClientPlan: MessageFns<ClientPlan> = {
     message.classes = object.classes?.map((e) => ClassPlacement.fromPartial(e)) || [];
     message.algorithm = object.algorithm ?? "";
     message.createdUnixMs = object.createdUnixMs ?? 0;
+    message.executor = (object.executor !== undefined && object.executor !== null)
+      ? ExecutorAssignment.fromPartial(object.executor)
+      : undefined;
+    message.alternates = object.alternates?.map((e) => ExecutorAssignment.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseExecutorAssignment(): ExecutorAssignment {
+  return { id: "", address: "" };
+}
+
+export const ExecutorAssignment: MessageFns<ExecutorAssignment> = {
+  encode(message: ExecutorAssignment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExecutorAssignment {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecutorAssignment();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExecutorAssignment {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+    };
+  },
+
+  toJSON(message: ExecutorAssignment): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExecutorAssignment>, I>>(base?: I): ExecutorAssignment {
+    return ExecutorAssignment.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExecutorAssignment>, I>>(object: I): ExecutorAssignment {
+    const message = createBaseExecutorAssignment();
+    message.id = object.id ?? "";
+    message.address = object.address ?? "";
     return message;
   },
 };

@@ -172,7 +172,24 @@ export interface ServerLoad {
    * the last row), decode_ms one decode step; `stage` is 0. Absent from older executors; 0
    * figures until measured.
    */
-  wholeModel: StageTiming | undefined;
+  wholeModel:
+    | StageTiming
+    | undefined;
+  /**
+   * The gRPC address (host:port) clients reach this executor at (EXECUTOR_ADVERTISE_ADDR).
+   * With more than one executor reporting, the planner assigns each client one of those that
+   * advertise an address (ClientPlan.executor); an executor that advertises none is planned
+   * from but never assigned. Absent from older executors.
+   */
+  address?:
+    | string
+    | undefined;
+  /**
+   * The executor is draining: it refuses new sessions and is ending the open ones (it is
+   * shutting down or was asked to drain). The planner assigns it no client and moves the
+   * clients it had to another executor at once. Absent is false.
+   */
+  draining?: boolean | undefined;
 }
 
 /**
@@ -272,7 +289,14 @@ export interface GenerationOutcome {
    * A phased plan's decode placement (ClassPlacement.decode_placement), when it differs from
    * `placement`; absent or empty otherwise.
    */
-  decodePlacement?: string | undefined;
+  decodePlacement?:
+    | string
+    | undefined;
+  /**
+   * The executor (ServerLoad.server_id) the generation's server stages ran on; absent or empty
+   * when none ran there or the executor's id is not known to the agent.
+   */
+  executorId?: string | undefined;
 }
 
 function createBaseStageTiming(): StageTiming {
@@ -740,6 +764,8 @@ function createBaseServerLoad(): ServerLoad {
     longStepTokens: 0,
     longPromptStretch: 0,
     wholeModel: undefined,
+    address: undefined,
+    draining: undefined,
   };
 }
 
@@ -786,6 +812,12 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     }
     if (message.wholeModel !== undefined) {
       StageTiming.encode(message.wholeModel, writer.uint32(114).fork()).join();
+    }
+    if (message.address !== undefined) {
+      writer.uint32(122).string(message.address);
+    }
+    if (message.draining !== undefined) {
+      writer.uint32(128).bool(message.draining);
     }
     return writer;
   },
@@ -915,6 +947,22 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             message.wholeModel = StageTiming.decode(reader, reader.uint32());
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.draining = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -987,6 +1035,8 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         : isSet(object.whole_model)
         ? StageTiming.fromJSON(object.whole_model)
         : undefined,
+      address: isSet(object.address) ? globalThis.String(object.address) : undefined,
+      draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : undefined,
     };
   },
 
@@ -1034,6 +1084,12 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.wholeModel !== undefined) {
       obj.wholeModel = StageTiming.toJSON(message.wholeModel);
     }
+    if (message.address !== undefined) {
+      obj.address = message.address;
+    }
+    if (message.draining !== undefined) {
+      obj.draining = message.draining;
+    }
     return obj;
   },
 
@@ -1060,6 +1116,8 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.wholeModel = (object.wholeModel !== undefined && object.wholeModel !== null)
       ? StageTiming.fromPartial(object.wholeModel)
       : undefined;
+    message.address = object.address ?? undefined;
+    message.draining = object.draining ?? undefined;
     return message;
   },
 };
@@ -1260,6 +1318,7 @@ function createBaseGenerationOutcome(): GenerationOutcome {
     status: 0,
     unixMs: 0,
     decodePlacement: undefined,
+    executorId: undefined,
   };
 }
 
@@ -1339,6 +1398,9 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
     }
     if (message.decodePlacement !== undefined) {
       writer.uint32(202).string(message.decodePlacement);
+    }
+    if (message.executorId !== undefined) {
+      writer.uint32(210).string(message.executorId);
     }
     return writer;
   },
@@ -1556,6 +1618,14 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
             message.decodePlacement = reader.string();
             continue;
           }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
+            message.executorId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1687,6 +1757,11 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
         : isSet(object.decode_placement)
         ? globalThis.String(object.decode_placement)
         : undefined,
+      executorId: isSet(object.executorId)
+        ? globalThis.String(object.executorId)
+        : isSet(object.executor_id)
+        ? globalThis.String(object.executor_id)
+        : undefined,
     };
   },
 
@@ -1767,6 +1842,9 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
     if (message.decodePlacement !== undefined) {
       obj.decodePlacement = message.decodePlacement;
     }
+    if (message.executorId !== undefined) {
+      obj.executorId = message.executorId;
+    }
     return obj;
   },
 
@@ -1800,6 +1878,7 @@ export const GenerationOutcome: MessageFns<GenerationOutcome> = {
     message.status = object.status ?? 0;
     message.unixMs = object.unixMs ?? 0;
     message.decodePlacement = object.decodePlacement ?? undefined;
+    message.executorId = object.executorId ?? undefined;
     return message;
   },
 };
