@@ -254,6 +254,8 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(total('serverCpuS')).toBeCloseTo(cell.serverCpuS, 9);
     // Both executors ran (their own processes); the requests all went to the agents' fallback, the first.
     expect(cell.executors[0].requests).toBe(cell.stats.requests);
+    // Every request that followed a plan was joined to its agent's outcome (they name no executor yet).
+    expect(cell.unattributed).toBe(0);
     expect(cell.executors[0].serverCpuS).toBeGreaterThan(0);
     expect(readFileSync(join(out, 'logs', 'lt-executor-2-server-only.log'), 'utf8')).toBeDefined();
     const lines = readFileSync(join(out, 'records.jsonl'), 'utf8')
@@ -262,6 +264,8 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
       .map((l) => JSON.parse(l));
     expect(lines).toHaveLength(cell.stats.requests);
     expect(new Set(lines.map((l: { executorId: string }) => l.executorId))).toEqual(new Set(['lt-executor-1']));
+    // They followed plans (the agents waited for one), so each had an outcome to be joined to.
+    expect(lines.every((l: { planEpoch?: number }) => (l.planEpoch ?? 0) > 0)).toBe(true);
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     expect(md).toContain('## Per executor');
     expect(md).toMatch(/\| server-only \| 3 \| lt-executor-2 \| 0 \| 0 \| 0 \| 0\.00 \|/);
