@@ -128,6 +128,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     model?.remove();
   });
 
+  // Two repeats of three policies: about 100 s on a quiet 2-core machine, more on a busy one.
   it('runs each policy on the same trace per repeat, with replayed devices, and reports ratios with their spread', async () => {
     const f = join(dir, 'smoke.json');
     writeFileSync(f, JSON.stringify(scenario()));
@@ -220,7 +221,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
       expect(x.predictionSamples).toBeUndefined();
     }
     expect(r.stderr).toMatch(/loadtest: .*100%/);
-  }, 120_000);
+  }, 240_000);
 
   it('with --executors 2 starts two executors and reports each one; everything runs on the first while plans name no executor', async () => {
     const f = join(dir, 'two.json');
