@@ -313,7 +313,7 @@ describe('tandem plan on phased instances', () => {
     expect(r.stdout).toMatch(/algorithm dp-phased: meets every SLO/);
     expect(r.stdout).toMatch(/prefill\s+CSC\n/);
     expect(r.stdout).toMatch(/decode\s+CCC \(0 transfers per pass\)/);
-    expect(r.stdout).toMatch(/hand-over\s+60\.96 ms \(KV cache up 0 B, down 204800 B\)/);
+    expect(r.stdout).toMatch(/hand-over\s+60\.96 ms \(KV cache up 0 B, down 204800 B; server work 0\)/);
   });
 
   it('exits 2 naming phased or kvBytesPerToken with its index', async () => {
