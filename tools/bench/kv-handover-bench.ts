@@ -86,7 +86,8 @@ function kvTensor(heads: number, n: number, headDim: number): ReturnType<typeof 
 async function main(): Promise<void> {
   if (process.argv.includes('--serve')) return serve();
   const child = fork(__filename, [...process.argv.slice(2), '--serve'], { execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const pid = child.pid!;
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('the executor process did not start');
   const info = await until<{ addr: string; stageCount: number; nEmbd: number; nHead: number; attention: number[] }>(child, 'addr');
   const client = new ExecutorServiceClient(info.addr, grpc.credentials.createInsecure(), channelOptions(MAX_MESSAGE));
   const S = info.stageCount;
@@ -135,7 +136,7 @@ async function main(): Promise<void> {
       await measure(put, async () => {
         for (let s = 0; s < S; s++) {
           for (const c of attention.has(s) ? chunks : [{ offset: 0, n: tokens }]) {
-            const kv = 'key' in c ? { key: c.key, value: c.value } : {};
+            const kv = 'key' in c ? { key: c.key, value: c.value } : { key: undefined, value: undefined };
             call.write({ kind: { $case: 'kvPut', value: { stage: s, offset: c.offset, tokens: c.n, ...kv } } });
             if (attention.has(s)) put.messages++;
           }
@@ -185,6 +186,7 @@ async function main(): Promise<void> {
     `  other threads ${((net(p, 'other') / total) * 1000).toFixed(2).padStart(6)} µs/KiB  all ${(((net(p, 'main') + net(p, 'other')) / total) * 1000).toFixed(2).padStart(6)} µs/KiB` +
     `  (${((net(p, 'main') + net(p, 'other')) / sessions).toFixed(1)} ms CPU per hand-over of ${(kvKib / 1024).toFixed(2)} MiB)`;
   const o = load.overhead;
+  const us = (ms: number | undefined): string => (ms === undefined ? 'not reported' : `${(ms * 1000).toFixed(2)} µs/KiB`);
   process.stdout.write(
     [
       `${preset}, ${tokens} tokens, ${attention.size} attention stages (${(kvKib / 1024).toFixed(2)} MiB per hand-over), ${sessions} sessions each way, chunks of ${perChunk} positions`,
@@ -192,7 +194,7 @@ async function main(): Promise<void> {
       row('in', put),
       row('out', take),
       o
-        ? `executor's fit (${o.samples} intervals): ms_per_kib_in ${(o.msPerKibIn * 1000).toFixed(2)} µs/KiB, ms_per_kib_out ${(o.msPerKibOut * 1000).toFixed(2)} µs/KiB, ms_per_message_in ${o.msPerMessageIn.toFixed(3)}, ms_per_message_out ${o.msPerMessageOut.toFixed(3)}`
+        ? `executor's fit (${o.samples} intervals): ms_per_kv_kib_in ${us(o.msPerKvKibIn)}, ms_per_kv_kib_out ${us(o.msPerKvKibOut)}, ms_per_kib_in ${us(o.msPerKibIn)}, ms_per_kib_out ${us(o.msPerKibOut)}, ms_per_message_in ${o.msPerMessageIn.toFixed(3)}, ms_per_message_out ${o.msPerMessageOut.toFixed(3)}`
         : "executor's fit: none reported",
       `mean wall per hand-over: in ${(put.wall / sessions).toFixed(1)} ms, out ${(take.wall / sessions).toFixed(1)} ms`,
     ].join('\n') + '\n',

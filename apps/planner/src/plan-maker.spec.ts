@@ -523,6 +523,22 @@ describe('PlanMaker with dp-phased and a least saving', () => {
     expect(singles).toBeGreaterThan(0);
   });
 
+  it("prices a KV cache's KiB by the executor's KV coefficients when it reports them", () => {
+    const load = fitted(0.001, 0.002, 0.1);
+    const withKv = { ...load, overhead: { ...load.overhead!, msPerKvKibIn: 0.02, msPerKvKibOut: 0.008 } };
+    expect(maker(0).instance(client(10), withKv, LONG)!.kvHandover).toEqual({
+      msPerMessageIn: 0.1,
+      msPerMessageOut: 0.1,
+      msPerKibIn: 0.02,
+      msPerKibOut: 0.008,
+      chunkBytes: KV_CHUNK_BYTES,
+    });
+    // Not before the fit rests on enough intervals, and never for an algorithm that does not hand over.
+    expect(maker(0).instance(client(10), { ...withKv, overhead: { ...withKv.overhead, samples: 9 } }, LONG)!.kvHandover).toBeUndefined();
+    const dp = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp', serverEntryMs: 0 }));
+    expect(dp.instance(client(10), withKv, LONG)!.kvHandover).toBeUndefined();
+  });
+
   it('gives the answers it gave before the hand-over was priced when its coefficients are zero', () => {
     const before = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp-phased', serverEntryMs: 0 }));
     for (const c of [client(2), client(10), client(40)]) {

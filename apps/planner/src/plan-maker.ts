@@ -335,10 +335,11 @@ export class PlanMaker {
 
   /**
    * The server's work of a KV hand-over (dp-phased): the executor's fitted overhead
-   * (ServerLoad.overhead, the smoothed fit priced everywhere else) per message and per KiB in
-   * and out, in chunks of {@link KV_CHUNK_BYTES}, once the fit rests on at least
-   * {@link MIN_OVERHEAD_SAMPLES} busy intervals; nothing before (the hand-over's entries are
-   * still priced by `serverEntryWork`).
+   * (ServerLoad.overhead, the smoothed fit priced everywhere else) per message and per KiB of
+   * KV cache in and out (ms_per_kv_kib_in / _out; from an executor that does not report them,
+   * its per-KiB figures for tensors), in chunks of {@link KV_CHUNK_BYTES}, once the fit rests
+   * on at least {@link MIN_OVERHEAD_SAMPLES} busy intervals; nothing before (the hand-over's
+   * entries are still priced by `serverEntryWork`).
    */
   kvHandover(server: ServerLoad): { kvHandover?: KvHandoverCost } {
     const o = server.overhead;
@@ -347,8 +348,8 @@ export class PlanMaker {
       kvHandover: {
         msPerMessageIn: o.msPerMessageIn,
         msPerMessageOut: o.msPerMessageOut,
-        msPerKibIn: o.msPerKibIn,
-        msPerKibOut: o.msPerKibOut,
+        msPerKibIn: o.msPerKvKibIn ?? o.msPerKibIn,
+        msPerKibOut: o.msPerKvKibOut ?? o.msPerKibOut,
         chunkBytes: KV_CHUNK_BYTES,
       },
     };

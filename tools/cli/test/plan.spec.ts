@@ -339,6 +339,7 @@ describe('tandem plan on phased instances', () => {
 
 interface PhasedAnswer {
   algorithm: string;
+  handoverWork: number;
   feasible: boolean;
   placement: string[];
   prefillPlacement: string[];
