@@ -117,6 +117,8 @@ async function main(): Promise<void> {
   const put: Phase = { main: 0, other: 0, wall: 0, messages: 0 };
   // One decode step alone (the same session's next), taken out of `put`, which ends with one.
   const step: Phase = { main: 0, other: 0, wall: 0, messages: 0 };
+  // The same step in a session the server prefilled itself (nothing put): what a step costs without a hand-over.
+  const plainStep: Phase = { main: 0, other: 0, wall: 0, messages: 0 };
   const take: Phase = { main: 0, other: 0, wall: 0, messages: 0 };
   const measure = async (into: Phase, work: () => Promise<void>): Promise<void> => {
     const a = cpu(pid);
@@ -158,8 +160,13 @@ async function main(): Promise<void> {
       call.write(stepRequest(1, S, ids, true));
       const first = await next();
       if (first.kind?.$case !== 'result') throw new Error(`expected the prefill's result, got ${first.kind?.$case}`);
+      await measure(plainStep, async () => {
+        call.write(stepRequest(2, S, [43], true));
+        const m: SessionResponse = await next();
+        if (m.kind?.$case !== 'result') throw new Error(`expected the step's result, got ${m.kind?.$case}`);
+      });
       await measure(take, async () => {
-        let seq = 2;
+        let seq = 3;
         for (const s of attention) {
           call.write({ kind: { $case: 'kvTake', value: { seq: String(seq++), stage: s, maxChunkBytes: chunkBytes } } });
           for (;;) {
@@ -190,7 +197,7 @@ async function main(): Promise<void> {
   process.stdout.write(
     [
       `${preset}, ${tokens} tokens, ${attention.size} attention stages (${(kvKib / 1024).toFixed(2)} MiB per hand-over), ${sessions} sessions each way, chunks of ${perChunk} positions`,
-      `idle CPU: main ${(idle.main * 1000).toFixed(2)} ms/s, other ${(idle.other * 1000).toFixed(2)} ms/s (taken out); a decode step after the put (taken out of "in"): ${((raw(step, 'main') + raw(step, 'other')) / sessions).toFixed(1)} ms CPU`,
+      `idle CPU: main ${(idle.main * 1000).toFixed(2)} ms/s, other ${(idle.other * 1000).toFixed(2)} ms/s (taken out); a decode step after the put (taken out of "in"): ${((raw(step, 'main') + raw(step, 'other')) / sessions).toFixed(1)} ms CPU, after a server prefill: ${((raw(plainStep, 'main') + raw(plainStep, 'other')) / sessions).toFixed(1)} ms CPU`,
       row('in', put),
       row('out', take),
       o
