@@ -147,8 +147,8 @@ export const plannerEnv = {
     checkOverrides,
   ),
   PLANNER_PHASED_MIN_SAVING: env.number(
-    'PLANNER_ALGORITHM=dp-phased: a plan whose prefill and decode are placed apart is chosen only when it saves at least this fraction of the server work of the best single placement meeting the SLOs (moving KV caches costs the server more than the model prices)',
-    0.25,
+    "PLANNER_ALGORITHM=dp-phased: a plan whose prefill and decode are placed apart is chosen only when it saves at least this fraction of the server work of the best single placement meeting the SLOs (0: any saving; the hand-over's own server work is priced from the executor's fitted overhead, this is a margin on top)",
+    0,
     0,
     1,
   ),

@@ -1,8 +1,8 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
-import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, planKey, sloCheck, type Location } from '@tandem/dp';
+import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, planKey, sloCheck, solveGenerationDp, type Location } from '@tandem/dp';
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
-import { PlanMaker, type PlanMakerOptions } from './plan-maker';
+import { KV_CHUNK_BYTES, PlanMaker, type PlanMakerOptions } from './plan-maker';
 
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 
@@ -486,5 +486,65 @@ describe('PlanMaker with dp-phased and a least saving', () => {
     expect(above.decodePlacement).toBeUndefined();
     expect(above.placement).toBe(dp.placement);
     expect(above.predictedServerWork).toBe(dp.predictedServerWork);
+  });
+
+  /** server(1) with an executor overhead fit resting on enough traffic, hand-over figures as given. */
+  const fitted = (msPerKibIn: number, msPerKibOut: number, msPerMessage = 0): ServerLoad => ({
+    ...server(1),
+    overhead: { msPerMessageIn: msPerMessage, msPerMessageOut: msPerMessage, msPerKibIn, msPerKibOut, idleMsPerS: 0, samples: 10 },
+  });
+
+  it("prices the hand-over's server work from the executor's fitted overhead: a pair that saves less than it is not chosen", () => {
+    const m = maker(0);
+    let pairs = 0;
+    let singles = 0;
+    for (const kib of [0, 0.01, 0.05, 0.2, 1, 5]) {
+      const load = fitted(kib, kib, 0.1);
+      const inst = m.instance(client(10), load, LONG)!;
+      expect(inst.kvHandover).toEqual({ msPerMessageIn: 0.1, msPerMessageOut: 0.1, msPerKibIn: kib, msPerKibOut: kib, chunkBytes: KV_CHUNK_BYTES });
+      // The device-decode pair the first test finds, priced with its hand-over, against dp's single placement.
+      const pair = evaluatePhased(inst, fromLetters('SSSSSC'), fromLetters('CCCCCC'));
+      // Both attention stages' 32 KiB (512 B x 64 positions) go down: one kv_take in and one kv_chunk out each.
+      expect(pair.handoverWork).toBeCloseTo(2 * (0.1 + 0.1 + 32 * kib), 9);
+      const single = solveGenerationDp(inst);
+      const [p] = m.plan(client(10), load, undefined)!;
+      if (sloCheck(inst.slo, pair).feasible && pair.serverWork < single.serverWork) {
+        pairs++;
+        expect(p.decodePlacement).toBe('CCCCCC');
+        expect(p.predictedServerWork).toBeLessThanOrEqual(pair.serverWork * (1 + 1e-9));
+      } else {
+        singles++;
+        expect(p.decodePlacement).toBeUndefined();
+        expect(p.predictedServerWork).toBeCloseTo(single.serverWork, 9);
+      }
+    }
+    // The sweep crosses the point where the hand-over eats the saving.
+    expect(pairs).toBeGreaterThan(0);
+    expect(singles).toBeGreaterThan(0);
+  });
+
+  it("prices a KV cache's KiB by the executor's KV coefficients when it reports them", () => {
+    const load = fitted(0.001, 0.002, 0.1);
+    const withKv = { ...load, overhead: { ...load.overhead!, msPerKvKibIn: 0.02, msPerKvKibOut: 0.008 } };
+    expect(maker(0).instance(client(10), withKv, LONG)!.kvHandover).toEqual({
+      msPerMessageIn: 0.1,
+      msPerMessageOut: 0.1,
+      msPerKibIn: 0.02,
+      msPerKibOut: 0.008,
+      chunkBytes: KV_CHUNK_BYTES,
+    });
+    // Not before the fit rests on enough intervals, and never for an algorithm that does not hand over.
+    expect(maker(0).instance(client(10), { ...withKv, overhead: { ...withKv.overhead, samples: 9 } }, LONG)!.kvHandover).toBeUndefined();
+    const dp = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp', serverEntryMs: 0 }));
+    expect(dp.instance(client(10), withKv, LONG)!.kvHandover).toBeUndefined();
+  });
+
+  it('gives the answers it gave before the hand-over was priced when its coefficients are zero', () => {
+    const before = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp-phased', serverEntryMs: 0 }));
+    for (const c of [client(2), client(10), client(40)]) {
+      const [a] = before.plan(c, server(1), undefined)!;
+      const [b] = maker(0).plan(c, fitted(0, 0), undefined)!;
+      expect(b).toEqual(a);
+    }
   });
 });

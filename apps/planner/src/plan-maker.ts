@@ -9,12 +9,13 @@ import {
   placementToLetters as toLetters,
   planKey,
   solveGeneration,
-  solvePhasedDp,
+  solvePhasedAndSingle,
   sloRatio,
   type Algorithm,
-  type GenerationInstance,
   type GenerationResult,
   type GenerationStage,
+  type HandoverInstance,
+  type KvHandoverCost,
   type Location,
   type Slo,
 } from '@tandem/dp';
@@ -64,15 +65,14 @@ function isPhased(p: Pick<PricedPlan, 'placement' | 'decodePlacement'>): boolean
 /**
  * `algorithm`'s answer for `inst` as a priced plan. A dp-phased pair whose phases differ is
  * taken only when it saves at least `phasedMinSaving` of the server work of dp's best single
- * placement (when that one meets the SLOs): the hand-over costs the server more than the model
- * prices (PlanMakerOptions.phasedMinSaving).
+ * placement (when that one meets the SLOs; libs/dp returns it beside the pair): an operator's
+ * margin on top of the hand-over's priced work (PlanMakerOptions.phasedMinSaving).
  */
-function solveWith(inst: GenerationInstance, algorithm: PlannerAlgorithm, phasedMinSaving = 0): PricedPlan {
+function solveWith(inst: HandoverInstance, algorithm: PlannerAlgorithm, phasedMinSaving = 0): PricedPlan {
   if (algorithm === PHASED_ALGORITHM) {
-    const r = solvePhasedDp(inst);
+    const { phased: r, single } = solvePhasedAndSingle(inst);
     const pair: PricedPlan = { ...r, placement: r.prefillPlacement, decodePlacement: r.decodePlacement };
     if (phasedMinSaving > 0 && isPhased(pair)) {
-      const single = solveGeneration(inst, 'dp');
       if (single.feasible && r.feasible && r.serverWork > (1 - phasedMinSaving) * single.serverWork)
         return { ...single, decodePlacement: single.placement, handoverMs: 0 };
     }
@@ -83,7 +83,7 @@ function solveWith(inst: GenerationInstance, algorithm: PlannerAlgorithm, phased
 }
 
 /** A pair of placements priced exactly on `inst` (a generation's figures when they are equal). */
-function priced(inst: GenerationInstance, prefill: Location[], decode: Location[] = prefill): PricedPlan {
+function priced(inst: HandoverInstance, prefill: Location[], decode: Location[] = prefill): PricedPlan {
   if (prefill.every((l, i) => l === decode[i])) return { ...generationResultOf(inst, 'dp', prefill), decodePlacement: prefill, handoverMs: 0 };
   const r = phasedResultOf(inst, PHASED_ALGORITHM, prefill, decode);
   return { ...r, placement: r.prefillPlacement, decodePlacement: r.decodePlacement };
@@ -123,10 +123,11 @@ export interface PlanMakerOptions {
   readonly hysteresis: number;
   /**
    * dp-phased only: the least fraction of server work a pair whose phases differ must save
-   * against dp's best single placement to be chosen (default 0: any saving). Measured on the
-   * mobile load test, a device-prefill / server-decode pair priced at 10–15 % less work cost the
-   * server 1.3× an all-server plan's CPU per request: moving the KV caches in (decoding,
-   * copying into fresh memory) is work the model does not price.
+   * against dp's best single placement to be chosen (default 0: any saving). The hand-over's
+   * own server work is priced (the executor's fitted overhead per message and per KiB, see
+   * {@link PlanMaker.kvHandover}); this is an operator's margin on top of it. (Before it was
+   * priced, a device-prefill / server-decode pair priced at 10–15 % less work cost the server
+   * 1.3× an all-server plan's CPU per request on the mobile load test.)
    */
   readonly phasedMinSaving?: number;
   readonly slaMargin: number;
@@ -172,9 +173,15 @@ export const UNRUNNABLE_MS = 1e12;
 export const MIN_OVERHEAD_SAMPLES = 10;
 /** Bytes of a sampled token id coming back from the head. */
 const TOKEN_BYTES = 8;
+/**
+ * Keys plus values per hand-over message, bytes: the executor's kv_chunk size when a kv_take
+ * names none (apps/server-executor DEFAULT_KV_CHUNK_BYTES), which the agent's kv_put chunks
+ * follow too.
+ */
+export const KV_CHUNK_BYTES = 1 << 20;
 
 /** `inst` with every SLO it states multiplied by `factor`. */
-function scaledSlos(inst: GenerationInstance, factor: number): GenerationInstance {
+function scaledSlos(inst: HandoverInstance, factor: number): HandoverInstance {
   if (factor === 1) return inst;
   const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
   for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = (inst.slo[k] as number) * factor;
@@ -182,7 +189,7 @@ function scaledSlos(inst: GenerationInstance, factor: number): GenerationInstanc
 }
 
 /** `inst` planned against every stated SLO scaled by the learned adjustment (calibration.ts). */
-function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | undefined): GenerationInstance | undefined {
+function adjusted(inst: HandoverInstance | undefined, adj: ClassAdjustment | undefined): HandoverInstance | undefined {
   return inst && adj ? scaledSlos(inst, adj.slaScale) : inst;
 }
 
@@ -191,13 +198,13 @@ function adjusted(inst: GenerationInstance | undefined, adj: ClassAdjustment | u
  * priced on `inst` (a shed class, ClassAdjustment.shed: served late, but not unboundedly);
  * undefined when no plan does.
  */
-function leastWork(inst: GenerationInstance, algorithm: PlannerAlgorithm, slowdown: number, phasedMinSaving?: number): PricedPlan | undefined {
+function leastWork(inst: HandoverInstance, algorithm: PlannerAlgorithm, slowdown: number, phasedMinSaving?: number): PricedPlan | undefined {
   const bounded = solveWith(scaledSlos(inst, slowdown), algorithm, phasedMinSaving);
   return bounded.feasible ? priced(inst, bounded.placement, bounded.decodePlacement) : undefined;
 }
 
 /** Every stage on the server in both phases, priced on `inst`: the safety controller's floor. */
-function allServer(inst: GenerationInstance): PricedPlan {
+function allServer(inst: HandoverInstance): PricedPlan {
   return priced(
     inst,
     inst.stages.map((): Location => 'server'),
@@ -246,7 +253,7 @@ export class PlanMaker {
    * reported yet. `utilisation` overrides the server's reported one (the load the latency is
    * priced at). Each stated SLO is scaled by `slaMargin`.
    */
-  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): GenerationInstance | undefined {
+  instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): HandoverInstance | undefined {
     if (!server || server.stages.length !== this.opts.stages.length) return undefined;
     const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
     const n = cls.maxPromptTokens;
@@ -322,6 +329,29 @@ export class PlanMaker {
       ...(utilisation !== 0 && server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {}),
       resolutionMs: this.opts.resolutionMs,
       ...(entry > 0 ? { serverEntryWork: entry } : {}),
+      ...(this.opts.algorithm === PHASED_ALGORITHM ? this.kvHandover(server) : {}),
+    };
+  }
+
+  /**
+   * The server's work of a KV hand-over (dp-phased): the executor's fitted overhead
+   * (ServerLoad.overhead, the smoothed fit priced everywhere else) per message and per KiB of
+   * KV cache in and out (ms_per_kv_kib_in / _out; from an executor that does not report them,
+   * its per-KiB figures for tensors), in chunks of {@link KV_CHUNK_BYTES}, once the fit rests
+   * on at least {@link MIN_OVERHEAD_SAMPLES} busy intervals; nothing before (the hand-over's
+   * entries are still priced by `serverEntryWork`).
+   */
+  kvHandover(server: ServerLoad): { kvHandover?: KvHandoverCost } {
+    const o = server.overhead;
+    if (!o || o.samples < MIN_OVERHEAD_SAMPLES) return {};
+    return {
+      kvHandover: {
+        msPerMessageIn: o.msPerMessageIn,
+        msPerMessageOut: o.msPerMessageOut,
+        msPerKibIn: o.msPerKvKibIn ?? o.msPerKibIn,
+        msPerKibOut: o.msPerKvKibOut ?? o.msPerKibOut,
+        chunkBytes: KV_CHUNK_BYTES,
+      },
     };
   }
   /**
@@ -442,7 +472,7 @@ export class PlanMaker {
     cls: RequestClass,
     objective: Objective,
     adj?: ClassAdjustment,
-  ): { inst: GenerationInstance; best: PricedPlan } | undefined {
+  ): { inst: HandoverInstance; best: PricedPlan } | undefined {
     const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
     // The latency objective takes the fastest single placement, for both phases.

@@ -124,7 +124,7 @@ export class ExecutorServer {
   private readonly longStepTokens: number;
   /** The steps finished (since the start-up profile). */
   private steps = new StepTotals();
-  private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 };
+  private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0, kvBytesIn: 0, kvBytesOut: 0 };
   private port = 0;
   private readonly log: Logger;
   private readonly maxContext: number;

@@ -45,7 +45,7 @@ describe('LoadMeter', () => {
       atMs,
       busyMs,
       cpuMs: undefined,
-      traffic: { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
+      traffic: { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0, kvBytesIn: 0, kvBytesOut: 0 },
       steps: steps.snapshot(),
     });
     const start = read(0, 0);

@@ -104,6 +104,8 @@ export class LoadMeter {
         bytesIn: t.bytesIn - p.bytesIn,
         messagesOut: t.messagesOut - p.messagesOut,
         bytesOut: t.bytesOut - p.bytesOut,
+        kvBytesIn: t.kvBytesIn - p.kvBytesIn,
+        kvBytesOut: t.kvBytesOut - p.kvBytesOut,
       });
     }
     const steps = now.steps.count - last.steps.count;

@@ -43,6 +43,31 @@ describe('OverheadModel', () => {
     ).toBeLessThan(0.1);
   });
 
+  it('fits KV-cache KiB as features of their own: a hand-over costs what its cache costs, not what a step tensor KiB does', () => {
+    const truth = { inMs: 0.3, outMs: 0.1, kibIn: 0.003, kibOut: 0.006, idle: 4 };
+    const kvIn = 0.02;
+    const kvOut = 0.007;
+    const r = rng(5);
+    const m = new OverheadModel(120);
+    for (const s of traffic(120, truth, 3)) {
+      // Some intervals carry hand-overs: whole 512-token caches of the small preset (6 MiB), in or out.
+      const kvBytesIn = r() < 0.4 ? Math.floor(r() * 3) * 6 * 2 ** 20 : 0;
+      const kvBytesOut = r() < 0.4 ? Math.floor(r() * 3) * 6 * 2 ** 20 : 0;
+      m.record({ ...s, cpuMs: s.cpuMs + (kvIn * kvBytesIn + kvOut * kvBytesOut) / 1024, kvBytesIn, kvBytesOut });
+    }
+    const fit = m.fit();
+    expect(fit.msPerKvKibIn).toBeGreaterThan(kvIn * 0.9);
+    expect(fit.msPerKvKibIn).toBeLessThan(kvIn * 1.1);
+    expect(fit.msPerKvKibOut).toBeGreaterThan(kvOut * 0.8);
+    expect(fit.msPerKvKibOut).toBeLessThan(kvOut * 1.2);
+    // The step tensors' per-KiB cost is not dragged toward the caches'.
+    expect(fit.msPerKibIn).toBeLessThan(kvIn / 2);
+    // Before any hand-over, the prior (the benchmark's figures) prices one.
+    const quiet = new OverheadModel(120);
+    for (const s of traffic(120, truth, 3)) quiet.record(s);
+    expect(quiet.fit().msPerKvKibIn).toBeCloseTo(OVERHEAD_PRIOR.msPerKvKibIn, 6);
+  });
+
   it('keeps every coefficient >= 0 and forgets intervals beyond its window', () => {
     const m = new OverheadModel(30);
     // CPU that falls with traffic (noise only): the fit must not go negative

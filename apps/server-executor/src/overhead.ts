@@ -14,6 +14,10 @@ export interface OverheadSample {
   readonly bytesIn: number;
   /** Tensor bytes sent in those messages. */
   readonly bytesOut: number;
+  /** KV-cache bytes taken in by kv_put (not in `bytesIn`; default 0). */
+  readonly kvBytesIn?: number;
+  /** KV-cache bytes sent in kv_chunks (not in `bytesOut`; default 0). */
+  readonly kvBytesOut?: number;
 }
 
 /** The fitted cost of serving, besides stage compute: what one hand-over costs the server. */
@@ -28,31 +32,49 @@ export interface OverheadFit {
   readonly msPerKibOut: number;
   /** CPU spent regardless of traffic (timers, telemetry, GC), ms per second of wall time. */
   readonly idleMsPerS: number;
+  /** CPU per KiB of KV cache taken in (kv_put), ms. */
+  readonly msPerKvKibIn: number;
+  /** CPU per KiB of KV cache sent (kv_chunk), ms. */
+  readonly msPerKvKibOut: number;
   /** Intervals with traffic behind the fit (0: the prior alone). */
   readonly samples: number;
 }
 
-/** What the fit starts from and is pulled toward while traffic is scarce. */
-export const OVERHEAD_PRIOR: Omit<OverheadFit, 'samples'> = { msPerMessageIn: 0.3, msPerMessageOut: 0.2, msPerKibIn: 0.002, msPerKibOut: 0.002, idleMsPerS: 2 };
+/**
+ * What the fit starts from and is pulled toward while traffic is scarce. The KV figures are
+ * tools/bench/kv-handover-bench.ts's (small preset, 512-token caches, every thread of the
+ * executor: 23 µs per KiB in, 8.4 out), so a planner prices a hand-over before the executor
+ * has seen one.
+ */
+export const OVERHEAD_PRIOR: Omit<OverheadFit, 'samples'> = {
+  msPerMessageIn: 0.3,
+  msPerMessageOut: 0.2,
+  msPerKibIn: 0.002,
+  msPerKibOut: 0.002,
+  idleMsPerS: 2,
+  msPerKvKibIn: 0.023,
+  msPerKvKibOut: 0.0085,
+};
 
-const KEYS = ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const;
+const KEYS = ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS', 'msPerKvKibIn', 'msPerKvKibOut'] as const;
 
 /**
  * The traffic of one typical busy interval, per feature (messages in, messages out, KiB in,
- * KiB out, seconds): the prior weighs as `priorWeight` such intervals, whatever the window
+ * KiB out, seconds, KV KiB in, KV KiB out: one 512-token hand-over of the small preset): the prior weighs as `priorWeight` such intervals, whatever the window
  * holds, so a window of near-silent intervals (a few streamed tokens, a few hundred bytes)
  * cannot blow a coefficient up: its features are too small to outweigh the prior.
  */
-const TYPICAL = [200, 200, 1000, 1000, 1];
+const TYPICAL = [200, 200, 1000, 1000, 1, 6144, 6144];
 
 /**
  * Upper bounds of a believable fit: a message costs the event loop well under 5 ms and a KiB
- * (decode, copy, encode) well under 0.05 ms; anything above is a fit of noise.
+ * (decode, copy, encode) well under 0.05 ms, a KiB of KV cache (into fresh memory) under 0.2 ms;
+ * anything above is a fit of noise.
  */
-const CEILING = [5, 5, 0.05, 0.05, 200];
+const CEILING = [5, 5, 0.05, 0.05, 200, 0.2, 0.2];
 
 function features(s: OverheadSample): number[] {
-  return [s.messagesIn, s.messagesOut, s.bytesIn / 1024, s.bytesOut / 1024, s.wallMs / 1000];
+  return [s.messagesIn, s.messagesOut, s.bytesIn / 1024, s.bytesOut / 1024, s.wallMs / 1000, (s.kvBytesIn ?? 0) / 1024, (s.kvBytesOut ?? 0) / 1024];
 }
 
 /** Solves the small dense system A x = b (Gaussian elimination with partial pivoting). A is overwritten. */
@@ -81,7 +103,7 @@ function solveLinear(a: number[][], b: number[]): number[] {
 
 /**
  * Fits cpuMs ≈ msPerMessageIn·in + msPerMessageOut·out + msPerKibIn·KiBin + msPerKibOut·KiBout
- * + idleMsPerS·seconds over the last `window` intervals: least squares, ridge-regularised
+ * + idleMsPerS·seconds + msPerKvKibIn·KV KiB in + msPerKvKibOut·KV KiB out over the last `window` intervals: least squares, ridge-regularised
  * toward the prior (which weighs as `priorWeight` typical busy intervals, so a few intervals
  * move the fit little and hundreds decide it), with every coefficient ≥ 0 (a coefficient that
  * comes out negative is fixed at 0 and the rest refitted) and below a believable ceiling.

@@ -33,6 +33,10 @@ export interface TrafficCounters {
   bytesIn: number;
   messagesOut: number;
   bytesOut: number;
+  /** KV-cache bytes taken in by kv_put (not in `bytesIn`: priced apart, see StepOverhead.ms_per_kv_kib_in). */
+  kvBytesIn: number;
+  /** KV-cache bytes sent in kv_chunks (not in `bytesOut`). */
+  kvBytesOut: number;
 }
 
 export interface SessionLimits {
@@ -131,7 +135,7 @@ export class SplitSession {
     private readonly log: Logger,
     /** Asked on open (it throws the refusal), left on close. */
     private readonly admission: Pick<Admission<SplitSession>, 'admit' | 'leave'>,
-    private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0 },
+    private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0, kvBytesIn: 0, kvBytesOut: 0 },
     private readonly kv: KvBudget = new KvBudget(Number.MAX_SAFE_INTEGER),
     /** Tokens per second per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT); undefined: no limit. */
     private readonly rates?: ClientTokenRates,
@@ -276,7 +280,7 @@ export class SplitSession {
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given kv_put');
           const put = m.kind.value;
           this.traffic.messagesIn++;
-          this.traffic.bytesIn += (put.key?.data.byteLength ?? 0) + (put.value?.data.byteLength ?? 0);
+          this.traffic.kvBytesIn += (put.key?.data.byteLength ?? 0) + (put.value?.data.byteLength ?? 0);
           const valid = this.validatePut(put);
           if (!this.engine.putState) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${put.stage}`);
           this.reserveKv(valid.kv ? valid.tokens * kvBytesPerToken(this.engine.nEmbd) : 0, `kv_put of stage ${valid.stage}`);
@@ -700,7 +704,8 @@ export class SplitSession {
       const key = kv ? toWireTensor(slicePositions(kv.key, offset, offset + tokens)) : undefined;
       const value = kv ? toWireTensor(slicePositions(kv.value, offset, offset + tokens)) : undefined;
       this.traffic.messagesOut++;
-      this.traffic.bytesOut += (key?.data.byteLength ?? 0) + (value?.data.byteLength ?? 0) + 16;
+      this.traffic.kvBytesOut += (key?.data.byteLength ?? 0) + (value?.data.byteLength ?? 0);
+      this.traffic.bytesOut += 16;
       const flowing = this.call.write({ kind: { $case: 'kvChunk', value: { seq: t.seq, stage: t.stage, offset, tokens, key, value, last } } });
       if (!flowing && !last) {
         // The client is the one idle while its stream stays full (each drain is progress).

@@ -1,5 +1,5 @@
 import { SLO_KEYS, type GenerationInstance, type GenerationStage, type Slo, type WholeModelCost } from './generation';
-import type { PhasedInstance } from './phased';
+import type { KvHandoverCost, PhasedInstance } from './phased';
 import { InstanceValidationError, MISSING, field, isRecord, link, number } from './validate';
 
 /**
@@ -148,5 +148,21 @@ export function isPhasedInstance(value: unknown, pathPrefix = ''): boolean {
 export function validatePhasedInstance(value: unknown, pathPrefix = ''): PhasedInstance {
   if (!isPhasedInstance(value, pathPrefix))
     throw new InstanceValidationError(`${pathPrefix}phased`, 'must be true in a phased instance', isRecord(value) ? field(value, 'phased') : value);
-  return { ...validateGenerationInstance(value, pathPrefix), phased: true };
+  const out: { -readonly [K in keyof PhasedInstance]: PhasedInstance[K] } = { ...validateGenerationInstance(value, pathPrefix), phased: true };
+  const raw = isRecord(value) ? field(value, 'kvHandover') : MISSING;
+  if (raw !== MISSING) {
+    if (!isRecord(raw))
+      throw new InstanceValidationError(
+        `${pathPrefix}kvHandover`,
+        'must be an object {msPerMessageIn?, msPerMessageOut?, msPerKibIn?, msPerKibOut?, chunkBytes?}',
+        raw,
+      );
+    const cost: { -readonly [K in keyof KvHandoverCost]: KvHandoverCost[K] } = {};
+    for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'chunkBytes'] as const) {
+      const v = optionalNumber(raw, k, `${pathPrefix}kvHandover.`, false);
+      if (v !== undefined) cost[k] = v;
+    }
+    out.kvHandover = cost;
+  }
+  return out;
 }

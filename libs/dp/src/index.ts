@@ -41,9 +41,9 @@ export type {
   WholeModelCost,
 } from './generation';
 export { isGenerationInstance, isPhasedInstance, validateGenerationInstance, validatePhasedInstance } from './generation-validate';
-export { PHASED_ALGORITHM, evaluatePhased, phasedResultOf } from './phased';
-export type { PhasedCost, PhasedInstance, PhasedResult } from './phased';
-export { solvePhasedDp } from './phased-dp';
+export { PHASED_ALGORITHM, evaluatePhased, handoverWork, phasedResultOf } from './phased';
+export type { HandoverInstance, KvHandoverCost, PhasedCost, PhasedInstance, PhasedResult } from './phased';
+export { solvePhasedAndSingle, solvePhasedDp } from './phased-dp';
 export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
 export {
   solveGeneration,

@@ -1,7 +1,7 @@
 import { transferMs } from './evaluate';
-import { betterGeneration, pinnedToClient, serverWherever, sloRatio, type GenerationInstance } from './generation';
+import { betterGeneration, pinnedToClient, serverWherever, sloRatio, type GenerationResult } from './generation';
 import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
-import { PHASED_ALGORITHM, phasedResultOf, streamedDecode, type PhasedResult } from './phased';
+import { PHASED_ALGORITHM, handoverWork, phasedResultOf, streamedDecode, type HandoverInstance, type PhasedResult } from './phased';
 import type { Location } from './types';
 
 /** Slack on the pruning bounds, wider than the equality tolerance so pruning never drops a label the final check would accept. */
@@ -92,7 +92,7 @@ function restBounds(c: readonly number[], sv: readonly number[], up: readonly nu
  * no label survives `lim`. `feasibleOnly` picks as the feasible rule does, otherwise by the
  * least SLO ratio.
  */
-function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean): { prefill: Location[]; decode: Location[] } | undefined {
+function phasedPass(inst: HandoverInstance, lim: Limits, feasibleOnly: boolean): { prefill: Location[]; decode: Location[] } | undefined {
   const { stages, uplink, downlink, slo } = inst;
   const S = stages.length;
   const n = inst.promptTokens;
@@ -184,6 +184,7 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
           let addG = m * pass;
           let flags = cell & (KV_UP | KV_DOWN);
           if (kv > 0 && ps !== ds) {
+            addW += handoverWork(inst.kvHandover, s.kvBytesPerToken ?? 0, n, ps === 'client');
             if (ps === 'client') {
               addG += kv / uplink.bytesPerMs;
               flags |= KV_UP;
@@ -279,7 +280,8 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
  * path so far has done: KV moved up, KV moved down, every decode side so far the server (whether the
  * server's own loop may decode), every side of both phases so far the server (the streamed
  * all-server plan). A cell holds the Pareto front of
- * labels (TTFT so far, G so far, server work so far), where G = m · decode pass + hand-over
+ * labels (TTFT so far, G so far, server work so far, a moved stage's hand-over work included
+ * at that stage: it is the stage's alone), where G = m · decode pass + hand-over
  * is the one figure through which TPOT (G / m) and E2E (TTFT + G) see the decode and the
  * hand-over. The rest of the chain's costs depend only on the cell and every final figure
  * (the ratio and the work with the hand-over's entries included) is monotone in the label's,
@@ -299,11 +301,20 @@ function phasedPass(inst: GenerationInstance, lim: Limits, feasibleOnly: boolean
  * Complexity: O(S · C · F²) time, C ≤ 64 cells, F the largest front: small in practice
  * because the figures grow together along a model, exponential only in adversarial cases.
  */
-export function solvePhasedDp(instance: GenerationInstance): PhasedResult {
+export function solvePhasedDp(instance: HandoverInstance): PhasedResult {
+  return solvePhasedAndSingle(instance).phased;
+}
+
+/**
+ * {@link solvePhasedDp}'s answer and, beside it, `dp`'s (the best single placement, which the
+ * phased solve computes on the way), so a caller comparing the two solves once.
+ * Complexity: that of {@link solvePhasedDp}.
+ */
+export function solvePhasedAndSingle(instance: HandoverInstance): { readonly phased: PhasedResult; readonly single: GenerationResult } {
   const S = instance.stages.length;
   if (instance.decodeSteps === 0) {
     const r = solveGenerationDp(instance);
-    return phasedResultOf(instance, PHASED_ALGORITHM, r.placement, [...r.placement]);
+    return { phased: phasedResultOf(instance, PHASED_ALGORITHM, r.placement, [...r.placement]), single: r };
   }
   const { slo } = instance;
   const all = (side: Location): Location[] => new Array<Location>(S).fill(side);
@@ -334,5 +345,5 @@ export function solvePhasedDp(instance: GenerationInstance): PhasedResult {
     if (betterGeneration(slo, found, best)) best = found;
   }
   if (streamed && betterGeneration(slo, streamed, best)) best = streamed;
-  return best;
+  return { phased: best, single: dp };
 }

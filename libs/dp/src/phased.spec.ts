@@ -6,9 +6,12 @@ import {
   sloCheck,
   sloRatio,
   solveGenerationDp,
+  handoverWork,
+  solvePhasedAndSingle,
   solvePhasedDp,
   validatePhasedInstance,
   type GenerationInstance,
+  type HandoverInstance,
   type Location,
   type SloKey,
 } from './index';
@@ -21,7 +24,7 @@ type Best = Enumerated;
 const sides = (S: number, mask: number): Location[] => Array.from({ length: S }, (_, i): Location => (mask & (1 << i) ? 'server' : 'client'));
 
 /** The optimum straight from the definition: every one of the 4^S (prefill, decode) pairs. */
-function bruteForce(inst: GenerationInstance): Best {
+function bruteForce(inst: HandoverInstance): Best {
   const S = inst.stages.length;
   const all: Best[] = [];
   // On a private instance both ends stay on the client in both phases (bits 0 and S-1 clear).
@@ -38,10 +41,14 @@ function bruteForce(inst: GenerationInstance): Best {
 
 const SUBSETS: SloKey[][] = [['e2eMs'], ['ttftMs'], ['tpotMs'], ['ttftMs', 'tpotMs'], ['e2eMs', 'ttftMs'], ['e2eMs', 'tpotMs'], ['e2eMs', 'ttftMs', 'tpotMs']];
 
-function cases(seed: number, count: number, maxStages: number): GenerationInstance[] {
+/**
+ * Random instances; two in three price the server's hand-over work (messages, KiB in and out,
+ * chunks of a few positions or one message per stage), on the scale of the stages' work.
+ */
+function cases(seed: number, count: number, maxStages: number): HandoverInstance[] {
   const rnd = seededRandom(seed);
-  return Array.from({ length: count }, (_, k) =>
-    randomGenerationInstance(rnd, 1 + Math.floor(rnd() * maxStages), {
+  return Array.from({ length: count }, (_, k) => {
+    const inst = randomGenerationInstance(rnd, 1 + Math.floor(rnd() * maxStages), {
       slos: SUBSETS[k % SUBSETS.length],
       serverDecoding: (k >> 3) % 2 === 0,
       entryWork: k % 5 === 0 ? 0 : rnd() * 3,
@@ -49,8 +56,19 @@ function cases(seed: number, count: number, maxStages: number): GenerationInstan
       tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][k % 6],
       ...(k % 4 === 1 ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
       kv: true,
-    }),
-  );
+    });
+    if (k % 3 === 0) return inst;
+    return {
+      ...inst,
+      kvHandover: {
+        msPerMessageIn: rnd() * 2,
+        msPerMessageOut: rnd() * 2,
+        msPerKibIn: rnd() * 0.05,
+        msPerKibOut: rnd() * 0.05,
+        ...(k % 3 === 1 ? { chunkBytes: [4096, 65_536, 1 << 20][(k >> 1) % 3] } : {}),
+      },
+    };
+  });
 }
 
 /**
@@ -100,6 +118,27 @@ describe('evaluatePhased', () => {
     expect(c.serverWork).toBe(20);
   });
 
+  it("prices the server's hand-over work by hand: the block's cache sent down in chunks, or taken in", () => {
+    const kvHandover = { msPerMessageIn: 0.5, msPerMessageOut: 0.25, msPerKibIn: 0.01, msPerKibOut: 0.004, chunkBytes: 65_536 };
+    const inst = { ...WORKED, kvHandover };
+    const down = evaluatePhased(inst, ['client', 'server', 'client'], ['client', 'client', 'client']);
+    // 204800 B = 200 KiB in chunks of 32 positions (65536 / 2048): 4 kv_chunks out, one kv_take in.
+    // 0.5 + 4 · 0.25 + 200 · 0.004 = 2.3, beside the block's prefill work of 20.
+    expect(down.handoverWork).toBeCloseTo(2.3, 9);
+    expect(down.serverWork).toBeCloseTo(22.3, 9);
+    expect(down.handoverMs).toBeCloseTo(60.96, 9);
+    const up = evaluatePhased(inst, ['client', 'client', 'client'], ['server', 'server', 'server']);
+    // 4 kv_put chunks in and 200 KiB in: 4 · 0.5 + 200 · 0.01 = 4.
+    expect(up.handoverWork).toBeCloseTo(4, 9);
+    expect(up.serverWork).toBeCloseTo(evaluatePhased(WORKED, ['client', 'client', 'client'], ['server', 'server', 'server']).serverWork + 4, 9);
+    // Without a chunk size each stage's cache is one message.
+    expect(handoverWork({ ...kvHandover, chunkBytes: 0 }, 2048, 100, true)).toBeCloseTo(0.5 + 2, 9);
+    expect(handoverWork(kvHandover, 0, 100, true)).toBe(0);
+    // A move-free pair and a single placement cost nothing more.
+    expect(evaluatePhased(inst, ['server', 'server', 'server'], ['client', 'server', 'server']).handoverWork).toBe(0);
+    expect(evaluatePhased(inst, ['client', 'server', 'client'], ['client', 'server', 'client']).handoverWork).toBe(0);
+  });
+
   it('moves nothing for a stage without a KV cache, and sends the first token up when the server decodes after a device prefill', () => {
     const free = evaluatePhased(WORKED, ['server', 'server', 'server'], ['client', 'server', 'server']);
     expect([free.kvUpBytes, free.kvDownBytes, free.handoverMs]).toEqual([0, 0, 0]);
@@ -130,6 +169,36 @@ describe('solvePhasedDp (dp-phased)', () => {
     const dp = solveGenerationDp(WORKED);
     expect(dp.placement).toEqual(['server', 'server', 'server']);
     expect(dp.serverWork).toBe(92);
+  });
+
+  it("returns dp's answer beside the pair, and leaves a pair whose hand-over costs the server more than it saves", () => {
+    const { phased, single } = solvePhasedAndSingle(WORKED);
+    expect(phased).toEqual(solvePhasedDp(WORKED));
+    expect(single).toEqual(solveGenerationDp(WORKED));
+    // At 0.3 ms per KiB sent the block's 200 KiB cost 60: 20 + 60 = 80, still the least.
+    const cheap = solvePhasedDp({ ...WORKED, kvHandover: { msPerKibOut: 0.3 } });
+    expect([cheap.prefillPlacement, cheap.decodePlacement]).toEqual([
+      ['client', 'server', 'client'],
+      ['client', 'client', 'client'],
+    ]);
+    expect(cheap.handoverWork).toBeCloseTo(60, 9);
+    expect(cheap.serverWork).toBeCloseTo(80, 9);
+    // At 0.4 they cost 80 (100 in all): the pair that keeps the block on the server and decodes
+    // there (20 + 20 × 3.5 = 90, nothing handed over but the first token) is cheaper.
+    const dear = solvePhasedDp({ ...WORKED, kvHandover: { msPerKibOut: 0.4 } });
+    expect([dear.prefillPlacement, dear.decodePlacement]).toEqual([
+      ['client', 'server', 'client'],
+      ['server', 'server', 'server'],
+    ]);
+    expect([dear.handoverWork, dear.kvDownBytes, dear.serverWork]).toEqual([0, 0, 90]);
+  });
+
+  it('gives the same answers with zero hand-over costs as without them', () => {
+    for (const inst of cases(13, 120, 5)) {
+      const zero = { ...inst, kvHandover: { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 0, msPerKibOut: 0, chunkBytes: 4096 } };
+      const { kvHandover: _, ...plain } = zero;
+      expect(solvePhasedDp(zero)).toEqual(solvePhasedDp(plain));
+    }
   });
 
   it('equals brute force over all 4^S pairs on random instances (every SLO subset, loose to infeasible)', () => {
@@ -220,5 +289,17 @@ describe('phased instances', () => {
     );
     const bad = { ...WORKED, phased: true, stages: [WORKED.stages[0], { ...WORKED.stages[1], kvBytesPerToken: -1 }, WORKED.stages[2]] };
     expect(() => validatePhasedInstance(bad)).toThrow('stages[1].kvBytesPerToken must be a finite number >= 0, given -1');
+  });
+
+  it('reads the hand-over costs, and names the field, the rule and the value of a bad one', () => {
+    const v = validatePhasedInstance({ ...WORKED, phased: true, kvHandover: { msPerKibIn: 0.01, chunkBytes: 65_536, other: 1 } });
+    expect(v.kvHandover).toEqual({ msPerKibIn: 0.01, chunkBytes: 65_536 });
+    expect(validatePhasedInstance({ ...WORKED, phased: true }).kvHandover).toBeUndefined();
+    expect(() => validatePhasedInstance({ ...WORKED, phased: true, kvHandover: 3 })).toThrow(
+      'kvHandover must be an object {msPerMessageIn?, msPerMessageOut?, msPerKibIn?, msPerKibOut?, chunkBytes?}, given 3',
+    );
+    expect(() => validatePhasedInstance({ ...WORKED, phased: true, kvHandover: { msPerMessageOut: -0.5 } })).toThrow(
+      'kvHandover.msPerMessageOut must be a finite number >= 0, given -0.5',
+    );
   });
 });

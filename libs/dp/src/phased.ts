@@ -10,9 +10,53 @@ import { transferMs } from './evaluate';
 import { evaluateGeneration, type GenerationCost, type GenerationInstance, type GenerationResult, sloCheck } from './generation';
 import type { Location, Placement } from './types';
 
+/**
+ * The server's own work of handing a KV cache over between the phases (its CPU decoding,
+ * copying and encoding the cache, and the first touch of the memory it lands in), besides the
+ * entry it counts as (`serverEntryWork`). Every figure >= 0, each defaulting to 0: without it
+ * a hand-over costs the server only its entries.
+ */
+export interface KvHandoverCost {
+  /** Server work per hand-over message received (a kv_put chunk, a kv_take request), ms. */
+  readonly msPerMessageIn?: number;
+  /** Server work per hand-over message sent (a kv_chunk), ms. */
+  readonly msPerMessageOut?: number;
+  /** Server work per KiB of KV cache taken in (device prefill, server decode), ms. */
+  readonly msPerKibIn?: number;
+  /** Server work per KiB of KV cache sent out (server prefill, device decode), ms. */
+  readonly msPerKibOut?: number;
+  /**
+   * Most keys-plus-values bytes per message, bytes: a stage's cache travels in chunks of
+   * whole positions, max(1, ⌊chunkBytes / kvBytesPerToken⌋) each, as the executor cuts it
+   * (0 or absent: one message per stage).
+   */
+  readonly chunkBytes?: number;
+}
+
+/** A generation instance that may price the server's KV hand-over work (the phased problem's input). */
+export interface HandoverInstance extends GenerationInstance {
+  /** Server work of a hand-over (default: none beyond its entries). */
+  readonly kvHandover?: KvHandoverCost;
+}
+
 /** A generation instance marked `"phased": true`: solved by `dp-phased` with a placement per phase. */
-export interface PhasedInstance extends GenerationInstance {
+export interface PhasedInstance extends HandoverInstance {
   readonly phased: true;
+}
+
+/**
+ * Server work of handing stage `s`'s cache of `n` positions over, `up` (device to server) or
+ * down: its messages (chunks of whole positions; a take also sends one request in) and its KiB.
+ * 0 for a stage without a KV cache. O(1).
+ */
+export function handoverWork(cost: KvHandoverCost | undefined, kvBytesPerToken: number, n: number, up: boolean): number {
+  if (!cost || kvBytesPerToken <= 0) return 0;
+  const chunk = cost.chunkBytes ?? 0;
+  const messages = chunk > 0 ? Math.ceil(n / Math.max(1, Math.floor(chunk / kvBytesPerToken))) : 1;
+  const kib = (kvBytesPerToken * n) / 1024;
+  return up
+    ? messages * (cost.msPerMessageIn ?? 0) + kib * (cost.msPerKibIn ?? 0)
+    : (cost.msPerMessageIn ?? 0) + messages * (cost.msPerMessageOut ?? 0) + kib * (cost.msPerKibOut ?? 0);
 }
 
 /**
@@ -26,6 +70,8 @@ export interface PhasedCost extends GenerationCost {
   readonly kvUpBytes: number;
   /** KV-cache bytes moved down (server to client) between the phases. */
   readonly kvDownBytes: number;
+  /** Server work of the hand-over itself ({@link KvHandoverCost}; entries not included), part of `serverWork`. */
+  readonly handoverWork: number;
 }
 
 /** The name of the phased solver (beside the contract's {@link Algorithm}s). */
@@ -131,19 +177,20 @@ export function streamedDecode(instance: GenerationInstance): { readonly ms: num
  *   transfer (`latencyMs + bytes / bytesPerMs`), and the two directions add. When the server's
  *   loop decodes after a prefill that ended on the client, the first token goes up with them
  *   (`stages[0].inBytesPerToken` bytes). Each direction used is one more entry to the server
- *   (`serverEntryWork`).
+ *   (`serverEntryWork`), and each stage moved costs the server its hand-over work
+ *   ({@link KvHandoverCost}, {@link handoverWork}: messages and KiB, in or out).
  * - TPOT is the mean time per output token after the first, as serving systems measure it:
  *   one decode pass plus the hand-over spread over the m passes; E2E = TTFT + m · TPOT.
  * - Server work: the prefill's server stages and entries once, the decode's m times.
  * @throws RangeError when a placement's length differs from the stages or an entry is not a side.
  * Complexity: O(S).
  */
-export function evaluatePhased(instance: GenerationInstance, prefill: Placement, decode: Placement): PhasedCost {
+export function evaluatePhased(instance: HandoverInstance, prefill: Placement, decode: Placement): PhasedCost {
   checkPlacement(instance, prefill, 'prefillPlacement');
   checkPlacement(instance, decode, 'decodePlacement');
   const m = instance.decodeSteps;
   const same = prefill.every((l, i) => l === decode[i]);
-  if (m === 0 || same) return { ...evaluateGeneration(instance, prefill), handoverMs: 0, kvUpBytes: 0, kvDownBytes: 0 };
+  if (m === 0 || same) return { ...evaluateGeneration(instance, prefill), handoverMs: 0, kvUpBytes: 0, kvDownBytes: 0, handoverWork: 0 };
   const { stages, uplink, downlink } = instance;
   const n = instance.promptTokens;
   const entry = instance.serverEntryWork ?? 0;
@@ -162,17 +209,19 @@ export function evaluatePhased(instance: GenerationInstance, prefill: Placement,
   }
   let kvUpBytes = 0;
   let kvDownBytes = 0;
+  let handoverWorkSum = 0;
   stages.forEach((s, i) => {
     const kv = (s.kvBytesPerToken ?? 0) * n;
     if (kv <= 0 || prefill[i] === decode[i]) return;
     if (prefill[i] === 'client') kvUpBytes += kv;
     else kvDownBytes += kv;
+    handoverWorkSum += handoverWork(instance.kvHandover, s.kvBytesPerToken ?? 0, n, prefill[i] === 'client');
   });
   const tokenUp = streamed && prefill[stages.length - 1] === 'client';
   const up = kvUpBytes > 0 || tokenUp;
   const down = kvDownBytes > 0;
   const handoverMs = (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) : 0) + (down ? transferMs(downlink, kvDownBytes) : 0);
-  serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0));
+  serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0)) + handoverWorkSum;
   const tpotMs = pass + handoverMs / m;
   return {
     ttftMs: pre.ms,
@@ -184,11 +233,12 @@ export function evaluatePhased(instance: GenerationInstance, prefill: Placement,
     handoverMs,
     kvUpBytes,
     kvDownBytes,
+    handoverWork: handoverWorkSum,
   };
 }
 
 /** The answer for a pair of placements, figures re-evaluated exactly. O(S). */
-export function phasedResultOf(instance: GenerationInstance, algorithm: PhasedResult['algorithm'], prefill: Location[], decode: Location[]): PhasedResult {
+export function phasedResultOf(instance: HandoverInstance, algorithm: PhasedResult['algorithm'], prefill: Location[], decode: Location[]): PhasedResult {
   const cost = evaluatePhased(instance, prefill, decode);
   const { met, feasible } = sloCheck(instance.slo, cost);
   // Without decode passes the decode placement takes no part: report the prefill's.

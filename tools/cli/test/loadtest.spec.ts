@@ -89,7 +89,7 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     const notJson = join(dir, 'not.json');
     writeFileSync(notJson, '{ nope');
     expect((await run(['loadtest', '--scenario', join(dir, 'missing.json')])).stderr).toMatch(
-      /--scenario must be default, mobile, edge, gpt2 or a readable file, given '.*missing\.json' \(ENOENT\)/,
+      /--scenario must be default, mobile, edge, phased, gpt2 or a readable file, given '.*missing\.json' \(ENOENT\)/,
     );
     expect((await run(['loadtest', '--scenario', notJson])).code).toBe(2);
     const p = await run(['loadtest', '--policies', 'dp,magic']);
@@ -98,7 +98,7 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     expect((await run(['loadtest', '--rates', '2,-1'])).stderr).toMatch(/--rates must be a comma-separated list/);
     expect((await run(['loadtest', '--duration-s', '0'])).code).toBe(2);
     expect((await run(['loadtest', '--scenario', 'nowhere'])).stderr).toMatch(
-      /--scenario must be default, mobile, edge, gpt2 or a readable file, given 'nowhere'/,
+      /--scenario must be default, mobile, edge, phased, gpt2 or a readable file, given 'nowhere'/,
     );
     expect((await run(['loadtest', '--repeats', '0'])).stderr).toMatch(/--repeats/);
     expect((await run(['loadtest', '--emulation', 'fake'])).stderr).toMatch(/--emulation must be replay or compute, given 'fake'/);

@@ -278,7 +278,8 @@ describe('tandem plan on phased instances', () => {
   it('answers the worked example of docs/placement.md as the document says', async () => {
     const base = docBlock('phased-example:instance') as Phased;
     const bigCache = { ...base, stages: base.stages.map((s) => (s.name === 'block' ? { ...s, kvBytesPerToken: 40_000 } : s)) };
-    const phased = await run(['plan', '--instance', writeInstance('phased.json', [base, bigCache]), '--json']);
+    const handover = (msPerKibOut: number): Phased & { kvHandover: { msPerKibOut: number } } => ({ ...base, kvHandover: { msPerKibOut } });
+    const phased = await run(['plan', '--instance', writeInstance('phased.json', [base, bigCache, handover(0.3), handover(0.4)]), '--json']);
     const dp = await run(['plan', '--instance', writeInstance('phased-dp.json', base), '--algorithm', 'dp', '--json']);
     expect([phased.code, dp.code]).toEqual([0, 0]);
     const answers = [...(JSON.parse(phased.stdout) as PhasedAnswer[]), JSON.parse(dp.stdout) as PhasedAnswer];
@@ -287,12 +288,13 @@ describe('tandem plan on phased instances', () => {
       want.map((w) => [w.prefill, w.decode, w.feasible]),
     );
     answers.forEach((a, i) => {
-      for (const k of ['serverWork', 'ttftMs', 'tpotMs', 'e2eMs', 'handoverMs'] as const) {
-        expect(Math.abs(a[k] - (want[i][k] as number))).toBeLessThanOrEqual(1e-9 * Math.max(1, Math.abs(a[k])));
+      for (const k of ['serverWork', 'ttftMs', 'tpotMs', 'e2eMs', 'handoverMs', 'handoverWork'] as const) {
+        const w = want[i][k] ?? 0;
+        expect(Math.abs((a[k] ?? 0) - (w as number))).toBeLessThanOrEqual(1e-9 * Math.max(1, Math.abs(a[k] ?? 0)));
       }
     });
     expect(answers[0]).toMatchObject({ algorithm: 'dp-phased', kvDownBytes: 204_800, kvUpBytes: 0, placement: answers[0].decodePlacement });
-    expect(answers[2].algorithm).toBe('dp');
+    expect(answers[4].algorithm).toBe('dp');
   });
 
   it("keeps a private device's ends on the client: dp-phased still meets the SLOs, dp cannot", async () => {
@@ -313,7 +315,7 @@ describe('tandem plan on phased instances', () => {
     expect(r.stdout).toMatch(/algorithm dp-phased: meets every SLO/);
     expect(r.stdout).toMatch(/prefill\s+CSC\n/);
     expect(r.stdout).toMatch(/decode\s+CCC \(0 transfers per pass\)/);
-    expect(r.stdout).toMatch(/hand-over\s+60\.96 ms \(KV cache up 0 B, down 204800 B\)/);
+    expect(r.stdout).toMatch(/hand-over\s+60\.96 ms \(KV cache up 0 B, down 204800 B; server work 0\)/);
   });
 
   it('exits 2 naming phased or kvBytesPerToken with its index', async () => {
@@ -337,6 +339,7 @@ describe('tandem plan on phased instances', () => {
 
 interface PhasedAnswer {
   algorithm: string;
+  handoverWork: number;
   feasible: boolean;
   placement: string[];
   prefillPlacement: string[];

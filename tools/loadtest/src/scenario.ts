@@ -366,6 +366,7 @@ export const BUNDLED_SCENARIOS = {
   default: join(__dirname, 'default-scenario.json'),
   mobile: join(__dirname, 'mobile-scenario.json'),
   edge: join(__dirname, 'edge-scenario.json'),
+  phased: join(__dirname, 'phased-scenario.json'),
   gpt2: join(__dirname, 'gpt2-scenario.json'),
 } as const;
 

@@ -388,8 +388,8 @@ describe('scenario files', () => {
     expect(s.quick.rates.length).toBeGreaterThan(0);
   });
 
-  it('bundles default, mobile, edge (TTFT/TPOT SLOs on every class) and gpt2, found by name', () => {
-    for (const name of ['default', 'mobile', 'edge', 'gpt2']) {
+  it('bundles default, mobile, edge, phased (TTFT/TPOT SLOs on every class) and gpt2, found by name', () => {
+    for (const name of ['default', 'mobile', 'edge', 'phased', 'gpt2']) {
       expect(scenarioPathOf(name)).toBe((BUNDLED_SCENARIOS as Record<string, string>)[name]);
       const s = loadScenario(scenarioPathOf(name));
       expect(s.emulation).toBe('replay');
@@ -399,6 +399,10 @@ describe('scenario files', () => {
     expect(edge.deviceClasses.every((d) => d.slowdown >= 2 && d.slowdown <= 4 && 2 * d.link.latencyMs >= 1 && 2 * d.link.latencyMs <= 3)).toBe(true);
     const mobile = loadScenario(scenarioPathOf('mobile'));
     expect(mobile.deviceClasses.every((d) => 2 * d.link.latencyMs >= 30 && 2 * d.link.latencyMs <= 60)).toBe(true);
+    // phased: long prompts within the small preset's 1024 positions, output included.
+    const phased = loadScenario(scenarioPathOf('phased'));
+    expect(phased.requestClasses.every((rc) => rc.promptTokens.max + rc.outputTokens.max <= 1024)).toBe(true);
+    expect(Math.max(...phased.requestClasses.map((rc) => rc.promptTokens.max))).toBeGreaterThanOrEqual(512);
     expect(scenarioPathOf('./mine.json')).toBe('./mine.json');
   });
 

@@ -40,7 +40,9 @@ for one instance (a JSON object) or many (a JSON array, answered in the same ord
                      promptTokens, decodeSteps, outBytesPerPass, uplink, downlink,
                      slo:{e2eMs?, ttftMs?, tpotMs?}, serverEntryWork?, serverDecoding?}
                      or a phased generation instance, marked "phased": true, whose stages
-                     may state kvBytesPerToken (prefill and decode placed apart); a
+                     may state kvBytesPerToken (prefill and decode placed apart) and which
+                     may state kvHandover:{msPerMessageIn?, msPerMessageOut?, msPerKibIn?,
+                     msPerKibOut?, chunkBytes?}, the server's work of a hand-over; a
                      generation or phased instance with "private": true keeps its first and
                      last stage (token ids in, tokens out) on the client
                      An array may mix the kinds.
@@ -50,8 +52,8 @@ for one instance (a JSON object) or many (a JSON array, answered in the same ord
   --json             print the answer(s) as JSON: {algorithm, feasible, placement, serverWork,
                      latencyMs, switches}; a generation's answer adds ttftMs, tpotMs, e2eMs
                      (= latencyMs), met (per stated SLO) and serverDecoding; a phased one adds
-                     prefillPlacement, decodePlacement (= placement), handoverMs, kvUpBytes
-                     and kvDownBytes
+                     prefillPlacement, decodePlacement (= placement), handoverMs, kvUpBytes,
+                     kvDownBytes and handoverWork
 
 Exit codes: 0 solved (even when no placement meets the SLA: feasible is false), 2 bad
 usage or bad input (the line names the field, the rule and the value), 1 anything else.`;
@@ -135,7 +137,7 @@ function phasedReport(instance: GenerationInstance, r: PhasedResult, title: stri
   lines.push(...sloLines(instance, r));
   lines.push(
     `  server work ${fmt(r.serverWork)}`,
-    `  hand-over   ${fmt(r.handoverMs)} ms (KV cache up ${fmt(r.kvUpBytes)} B, down ${fmt(r.kvDownBytes)} B)`,
+    `  hand-over   ${fmt(r.handoverMs)} ms (KV cache up ${fmt(r.kvUpBytes)} B, down ${fmt(r.kvDownBytes)} B; server work ${fmt(r.handoverWork)})`,
     `  prefill     ${letters(r.prefillPlacement)}`,
     `  decode      ${letters(r.decodePlacement)} (${r.switches} transfers per pass)`,
   );

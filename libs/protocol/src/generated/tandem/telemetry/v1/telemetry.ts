@@ -211,6 +211,22 @@ export interface StepOverhead {
   idleMsPerS: number;
   /** Telemetry intervals with traffic behind the fit (0: the prior alone). */
   samples: number;
+  /**
+   * CPU per KiB of KV cache taken in by kv_put (a phased plan's hand-over, device to server),
+   * milliseconds: a feature of its own, since a cache lands in fresh memory (decoded, copied,
+   * first-touch page faults) and costs several times a step's tensor KiB. Its bytes are not in
+   * ms_per_kib_in's. Fitted from the main thread's CPU, which sees the decoding but not the
+   * engine thread's copy into the cache (tools/bench/kv-handover-bench.ts measures both): its
+   * prior is the measured whole. Absent from older executors (price by ms_per_kib_in then).
+   */
+  msPerKvKibIn?:
+    | number
+    | undefined;
+  /**
+   * The same for KV cache sent out in kv_chunks (a hand-over server to device); not in
+   * ms_per_kib_out's bytes. Absent from older executors (price by ms_per_kib_out then).
+   */
+  msPerKvKibOut?: number | undefined;
 }
 
 /**
@@ -1123,7 +1139,16 @@ export const ServerLoad: MessageFns<ServerLoad> = {
 };
 
 function createBaseStepOverhead(): StepOverhead {
-  return { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 0, msPerKibOut: 0, idleMsPerS: 0, samples: 0 };
+  return {
+    msPerMessageIn: 0,
+    msPerMessageOut: 0,
+    msPerKibIn: 0,
+    msPerKibOut: 0,
+    idleMsPerS: 0,
+    samples: 0,
+    msPerKvKibIn: undefined,
+    msPerKvKibOut: undefined,
+  };
 }
 
 export const StepOverhead: MessageFns<StepOverhead> = {
@@ -1145,6 +1170,12 @@ export const StepOverhead: MessageFns<StepOverhead> = {
     }
     if (message.samples !== 0) {
       writer.uint32(48).uint32(message.samples);
+    }
+    if (message.msPerKvKibIn !== undefined) {
+      writer.uint32(57).double(message.msPerKvKibIn);
+    }
+    if (message.msPerKvKibOut !== undefined) {
+      writer.uint32(65).double(message.msPerKvKibOut);
     }
     return writer;
   },
@@ -1210,6 +1241,22 @@ export const StepOverhead: MessageFns<StepOverhead> = {
             message.samples = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.msPerKvKibIn = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.msPerKvKibOut = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1250,6 +1297,16 @@ export const StepOverhead: MessageFns<StepOverhead> = {
         ? globalThis.Number(object.idle_ms_per_s)
         : 0,
       samples: isSet(object.samples) ? globalThis.Number(object.samples) : 0,
+      msPerKvKibIn: isSet(object.msPerKvKibIn)
+        ? globalThis.Number(object.msPerKvKibIn)
+        : isSet(object.ms_per_kv_kib_in)
+        ? globalThis.Number(object.ms_per_kv_kib_in)
+        : undefined,
+      msPerKvKibOut: isSet(object.msPerKvKibOut)
+        ? globalThis.Number(object.msPerKvKibOut)
+        : isSet(object.ms_per_kv_kib_out)
+        ? globalThis.Number(object.ms_per_kv_kib_out)
+        : undefined,
     };
   },
 
@@ -1273,6 +1330,12 @@ export const StepOverhead: MessageFns<StepOverhead> = {
     if (message.samples !== 0) {
       obj.samples = Math.round(message.samples);
     }
+    if (message.msPerKvKibIn !== undefined) {
+      obj.msPerKvKibIn = floatToJson(message.msPerKvKibIn);
+    }
+    if (message.msPerKvKibOut !== undefined) {
+      obj.msPerKvKibOut = floatToJson(message.msPerKvKibOut);
+    }
     return obj;
   },
 
@@ -1287,6 +1350,8 @@ export const StepOverhead: MessageFns<StepOverhead> = {
     message.msPerKibOut = object.msPerKibOut ?? 0;
     message.idleMsPerS = object.idleMsPerS ?? 0;
     message.samples = object.samples ?? 0;
+    message.msPerKvKibIn = object.msPerKvKibIn ?? undefined;
+    message.msPerKvKibOut = object.msPerKvKibOut ?? undefined;
     return message;
   },
 };
