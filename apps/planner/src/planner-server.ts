@@ -1181,10 +1181,10 @@ export class PlannerServer {
       return;
     }
     const candidates = this.candidates(now);
-    const current = st.plan?.executor?.id;
-    if (candidates && current && !this.executors.has(current) && now - this.startedMs < this.opts.clientTtlMs) {
-      // A stored plan's executor this planner has not heard from yet (it restarted): the plan
-      // stays as it is until that executor reports or the client TTL since the start passed.
+    if (candidates && st.plan && now - this.startedMs < this.opts.clientTtlMs && this.namesUnheard(st.plan)) {
+      // A stored plan names an executor this planner has not heard from yet (it restarted): the
+      // plan stays as it is until that executor reports or the client TTL since the start passed,
+      // so that a restart does not move clients by the order the executors happen to report in.
       this.waitedForExecutor = true;
       return;
     }
@@ -1240,6 +1240,12 @@ export class PlannerServer {
       this.counters.plansPushed++;
     }
     this.afterPlan(id, st.plan, now);
+  }
+
+  /** Whether a plan names (as its executor or an alternate) an executor whose load this planner does not hold. */
+  private namesUnheard(plan: ClientPlan): boolean {
+    if (plan.executor && !this.executors.has(plan.executor.id)) return true;
+    return plan.alternates.some((a) => !this.executors.has(a.id));
   }
 
   /**
