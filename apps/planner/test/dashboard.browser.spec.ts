@@ -138,6 +138,7 @@ describe('planner dashboard in a real browser', () => {
           epoch: 7,
           algorithm: HOSTILE_ID,
           createdUnixMs: Date.now(),
+          executor: { id: HOSTILE_ID, address: HOSTILE_ID },
           alternates: [],
           classes: [{ ...server.plans()[0].classes[0], name: HOSTILE_ID, placement: 'C<S' }],
         },
@@ -146,6 +147,10 @@ describe('planner dashboard in a real browser', () => {
       load: serverLoad({ serverId: HOSTILE_ID }),
       followedExecutor: HOSTILE_ID,
       executorIds: [HOSTILE_ID],
+      executorSummaries: () => [
+        { id: HOSTILE_ID, address: HOSTILE_ID, clients: 1, utilisation: 0.5, draining: false, lastReportUnixMs: Date.now() },
+        { id: `${HOSTILE_ID}2`, address: '', clients: 0, utilisation: 0, draining: true, lastReportUnixMs: Date.now() },
+      ],
       currentObjective: HOSTILE_ID,
       shedClasses: [`${HOSTILE_ID}/${HOSTILE_ID}`],
       workScale: 1,
