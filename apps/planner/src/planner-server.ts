@@ -1265,7 +1265,7 @@ export class PlannerServer {
     const shedder = executorId === undefined ? this.shedState : ex?.shed;
     const allServerWork = this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective ? [] : undefined;
     const shedSaving = shedder ? [] : undefined;
-    const classes = this.opts.maker.plan(st.profile, load, st.plan?.classes, this.objective, this.adjustments(id), allServerWork, shedSaving);
+    const classes = this.opts.maker.plan(st.profile, load, st.plan?.classes, this.objective, this.adjustments(id, shedder?.shedder), allServerWork, shedSaving);
     if (!classes || !load) return undefined;
     let cost = 0;
     let missed = 0;
@@ -1335,10 +1335,13 @@ export class PlannerServer {
     return { ...pick, alternates: all.filter((p) => p !== pick) };
   }
 
-  /** The calibrator's adjustments of one client, with its shed classes marked. */
-  private adjustments(id: string): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
+  /**
+   * The calibrator's adjustments of one client, with the classes `shedder` sheds marked: the
+   * shedder of the executor the plan is priced on (shed pairs are that executor's decision: on
+   * another executor the client is priced unshed).
+   */
+  private adjustments(id: string, shedder: Shedder | undefined): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
     const learned = this.calibrator.adjustments(id);
-    const shedder = this.shedderOf(id);
     if (!shedder) return learned;
     return (requestClass) => {
       const a = learned?.(requestClass);

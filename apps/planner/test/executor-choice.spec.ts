@@ -1,5 +1,6 @@
 import { clientProfile, generationOutcome, serverLoad, stageTimes } from '@tandem/testkit';
-import { plannerOptions } from './fixtures';
+import { makerOptions, plannerOptions } from './fixtures';
+import { PlanMaker } from '../src/plan-maker';
 import { PlannerServer } from '../src/planner-server';
 
 // The choice among executors within one re-plan round (docs/planner.md, "Several executors"),
@@ -63,5 +64,58 @@ describe('the choice of executor within a round', () => {
     ]);
     await p.stop();
     await q.stop();
+  });
+
+  it("sheds per executor: each executor's shedder reads its own utilisation and sheds among its own clients", async () => {
+    // shedding.spec.ts's overload case: the device runs 1, 20 and 100 ms a token, the server 4 ms a
+    // stage; a shed class may take 4 x its SLO (CC|S, 250 ms at a saturated server's prices).
+    let now = 1_000_000;
+    const p = new PlannerServer(
+      plannerOptions({
+        maker: new PlanMaker(makerOptions({ serverEntryMs: 0, overload: 'hold', shedMaxSlowdown: 4 })),
+        shedding: { enabled: true, above: 0.9, below: 0.6, dwellMs: 2000 },
+        now: () => now,
+      }),
+    );
+    const at = (serverId: string, utilisation: number): void =>
+      p.onLoad(serverLoad({ serverId, address: `${serverId}.internal:50051`, utilisation, unixMs: now, stages: stageTimes([4, 4, 4]) }));
+    at('x', 0.2);
+    at('y', 0.2);
+    for (const id of ['a', 'b']) p.onProfile(clientProfile({ clientId: id, unixMs: now, stages: stageTimes([1, 20, 100]) }));
+    p.replan();
+    expect(p.plans().map((x) => [x.clientId, x.executor?.id, x.classes[0].placement])).toEqual([
+      ['a', 'x', 'CSS'],
+      ['b', 'y', 'CSS'],
+    ]);
+    // Both saturated: three reports each bring each shedder's average over 0.9; each sheds its own client.
+    for (let i = 0; i < 3; i++) {
+      now += 1000;
+      at('x', 1);
+      at('y', 1);
+      p.replan();
+    }
+    expect(p.shedClasses.sort()).toEqual(['a/short', 'b/short']);
+    expect(p.counters.shed).toBe(2);
+    expect(p.plans().map((x) => [x.executor?.id, x.classes[0].placement])).toEqual([
+      ['x', 'CCC'],
+      ['y', 'CCC'],
+    ]);
+    // Only 'y' recovers: its shedder gives 'b' back; 'x' stays saturated and keeps 'a' shed, unless
+    // 'a' moves to 'y', which it does once 'y' is cheaper by more than the hysteresis: then it
+    // leaves its shed pair with 'x' and is planned on 'y' as any client there.
+    for (let i = 0; i < 5; i++) {
+      now += 1000;
+      at('x', 1);
+      at('y', 0.1);
+      p.replan();
+    }
+    expect(p.counters.restored).toBeGreaterThanOrEqual(1);
+    expect(p.shedClasses).toEqual([]);
+    expect(p.plans().map((x) => [x.clientId, x.executor?.id, x.classes[0].placement])).toEqual([
+      ['a', 'y', 'CSS'],
+      ['b', 'y', 'CSS'],
+    ]);
+    expect(p.counters.executorMoves).toBe(1);
+    await p.stop();
   });
 });
