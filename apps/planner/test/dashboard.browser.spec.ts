@@ -170,6 +170,11 @@ describe('planner dashboard in a real browser', () => {
     expect(await page.locator('[data-field="client-id"]').textContent()).toBe(HOSTILE_ID);
     expect(await page.locator('[data-field="server-id"]').textContent()).toBe(HOSTILE_ID);
     expect(await page.locator('#shed').textContent()).toContain(`${HOSTILE_ID}/${HOSTILE_ID}`);
+    // Several executors: one row each, ids and addresses as text; the client card names its executor.
+    expect(await page.locator('[data-executor]').count()).toBe(2);
+    expect(await page.locator('[data-executor] td:first-child').allTextContents()).toEqual([HOSTILE_ID, `${HOSTILE_ID}2`]);
+    expect(await page.locator('[data-executor] [data-field="executor-clients"]').allTextContents()).toEqual(['1', '0']);
+    expect(await page.locator('[data-field="client-executor"]').textContent()).toBe(` on ${HOSTILE_ID}`);
     expect(await page.locator('[data-client] [data-side]').evaluateAll((els) => els.map((e) => e.getAttribute('data-side')))).toEqual([
       'client',
       'unknown',
