@@ -914,7 +914,7 @@ export class PlannerServer {
       this.shedState = this.newShedState();
       for (const ex of this.executors.values()) ex.shed = undefined;
     }
-    this.log.info({ executors: c ? c.map(([id, ex]) => ({ id, address: ex.address })) : [] }, 'executors clients are assigned among changed');
+    this.log.info({ executors: c ? c.map(([id, ex]) => ({ id, address: ex.address })) : [] }, 'the executors clients may be assigned changed');
     this.replanAll();
   }
 
