@@ -3,7 +3,7 @@
  * real nats-server started here) planning N clients, with the telemetry published by a
  * separate process so that this process's CPU is the planner's (plus a health prober).
  *
- *   npx tsx tools/bench/planner-bench.ts [--clients 10000] [--steady-s 20] [--passes 3]
+ *   npx tsx tools/bench/planner-bench.ts [--clients 10000] [--steady-s 20] [--passes 3] [--executors 1]
  *
  * Prints, for the re-planning rule (re-plan what changed materially, in slices) and in the
  * same run for the old rule (every load report re-plans every client, threshold 0):
@@ -12,6 +12,9 @@
  *   moves nothing materially (±0.5 % noise), and with, in addition, every client
  *   re-publishing its profile every 10 s (N/10 profiles a second);
  * - grpc.health.v1 Check latency p50 / p99 / max, probed back to back every 5 ms.
+ * With `--executors N` (N ≥ 2), a third row: the same rule with N executors of the same speed
+ * reporting, each advertising an address, so every client is assigned one of them and priced
+ * on each (docs/planner.md, "Several executors").
  */
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -57,10 +60,15 @@ function profileOf(i: number, noise: number, rnd: () => number): ClientProfile {
   });
 }
 
-function loadOf(utilisation: number, noise: number, rnd: () => number): ServerLoad {
+/** Executor k's id: 'bench' for the first (as before several executors), then 'bench-1', …. */
+const executorId = (k: number): string => (k === 0 ? 'bench' : `bench-${k}`);
+
+function loadOf(utilisation: number, noise: number, rnd: () => number, k = 0, executors = 1): ServerLoad {
   const jitter = (): number => 1 + (rnd() - 0.5) * 2 * noise;
   return serverLoad({
-    serverId: 'bench',
+    serverId: executorId(k),
+    // With several executors each advertises an address (one alone advertises none, as before).
+    ...(executors > 1 ? { address: `10.0.0.${k + 1}:50051` } : {}),
     modelId: 'bench',
     utilisation: utilisation * jitter(),
     stages: SERVER_MS.map((ms, stage) => ({ stage, prefillMsPerToken: (ms * jitter()) / 8, decodeMs: ms * jitter(), samples: 5 })),
@@ -73,11 +81,23 @@ async function publisher(url: string): Promise<void> {
   const rnd = rng(99);
   const lines = createInterface({ input: process.stdin });
   for await (const line of lines) {
-    const cmd = JSON.parse(line) as { op: 'profiles' | 'load' | 'steady'; clients: number; utilisation?: number; seconds?: number; profilePeriodS?: number };
+    const cmd = JSON.parse(line) as {
+      op: 'profiles' | 'load' | 'steady';
+      clients: number;
+      executors?: number;
+      utilisation?: number;
+      seconds?: number;
+      profilePeriodS?: number;
+    };
+    const executors = cmd.executors ?? 1;
+    const loads = (noise: number): void => {
+      for (let k = 0; k < executors; k++)
+        nc.publish(Subjects.serverLoad(executorId(k)), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, noise, rnd, k, executors)).finish());
+    };
     if (cmd.op === 'profiles') {
       for (let i = 0; i < cmd.clients; i++) nc.publish(Subjects.clientProfile(`c${i}`), ClientProfile.encode(profileOf(i, 0, rnd)).finish());
     } else if (cmd.op === 'load') {
-      nc.publish(Subjects.serverLoad('bench'), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, 0, rnd)).finish());
+      loads(0);
     } else {
       // One load report a second with ±0.5 % noise; profiles (±0.5 %) spread evenly over each period.
       const until = Date.now() + (cmd.seconds ?? 10) * 1000;
@@ -85,7 +105,7 @@ async function publisher(url: string): Promise<void> {
       const perTick = cmd.profilePeriodS ? cmd.clients / (cmd.profilePeriodS * 10) : 0;
       let debt = 0;
       for (let tick = 0; Date.now() < until; tick++) {
-        if (tick % 10 === 0) nc.publish(Subjects.serverLoad('bench'), ServerLoad.encode(loadOf(cmd.utilisation ?? 0.2, 0.005, rnd)).finish());
+        if (tick % 10 === 0) loads(0.005);
         debt += perTick;
         for (; debt >= 1; debt--) {
           nc.publish(Subjects.clientProfile(`c${next}`), ClientProfile.encode(profileOf(next, 0.005, rnd)).finish());
@@ -128,7 +148,7 @@ function prober(addr: string): { stop: () => number[] } {
   };
 }
 
-async function runRule(natsUrl: string, clients: number, threshold: number, steadyS: number, passes: number): Promise<Record<string, number>> {
+async function runRule(natsUrl: string, clients: number, threshold: number, steadyS: number, passes: number, executors = 1): Promise<Record<string, number>> {
   const maker = new PlanMaker({ ...PLAN_SETTINGS, stages: STAGES, classes: DEFAULT_CLASSES, serverEntryMs: 0.6 });
   const planner = new PlannerServer({
     maker,
@@ -144,7 +164,7 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
   const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--publish', natsUrl], { stdio: ['pipe', 'pipe', 'inherit'] });
   const acks = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const send = async (cmd: object): Promise<void> => {
-    child.stdin.write(`${JSON.stringify(cmd)}\n`);
+    child.stdin.write(`${JSON.stringify({ ...cmd, executors })}\n`);
     await acks.next();
   };
   const waitPass = async (after: number): Promise<void> => {
@@ -161,6 +181,16 @@ async function runRule(natsUrl: string, clients: number, threshold: number, stea
     await send({ op: 'load', clients, utilisation: 0.2 });
     await waitPass(p);
     while (planner.plans().length < clients) await sleep(10);
+    if (executors > 1) {
+      // Every client assigned, spread over the executors.
+      while (planner.plans().some((x) => !x.executor)) await sleep(10);
+      process.stderr.write(
+        `    clients per executor: ${planner
+          .executorSummaries()
+          .map((e) => `${e.id} ${e.clients}`)
+          .join(', ')}\n`,
+      );
+    }
     const probe = prober(`127.0.0.1:${port}`);
     const passMs: number[] = [];
     for (let k = 0; k < passes; k++) {
@@ -210,16 +240,18 @@ async function main(): Promise<void> {
   const clients = arg('clients', 10_000);
   const steadyS = arg('steady-s', 20);
   const passes = arg('passes', 3);
+  const executors = arg('executors', 1);
   const nats = await startNatsServer();
   try {
     process.stderr.write(`planner bench: ${clients} clients × ${DEFAULT_CLASSES.length} classes, ${STAGES.length} stages; steady ${steadyS} s\n`);
     const rows: [string, Record<string, number>][] = [];
-    for (const [name, threshold] of [
-      ['material changes, sliced (0.02)', 0.02],
-      ['every report re-plans all (threshold 0, sliced)', 0],
+    for (const [name, threshold, n] of [
+      ['material changes, sliced (0.02)', 0.02, 1],
+      ['every report re-plans all (threshold 0, sliced)', 0, 1],
+      ...(executors > 1 ? ([[`material changes, sliced (0.02), ${executors} executors`, 0.02, executors]] as const) : []),
     ] as const) {
       process.stderr.write(`  running: ${name} …\n`);
-      rows.push([name, await runRule(nats.url, clients, threshold, steadyS, passes)]);
+      rows.push([name, await runRule(nats.url, clients, threshold, steadyS, passes, n)]);
     }
     const f = (v: number, d = 1): string => v.toFixed(d);
     console.log(

@@ -133,6 +133,20 @@ export const DASHBOARD_JS = `'use strict';
       el('span', {}, ['objective ', el('b', { 'data-field': 'objective' }, [s.objective])]),
       s.server.workScale !== 1 ? el('span', {}, ['work scale ', el('b', {}, [s.server.workScale.toFixed(2)])]) : null,
     ]));
+    // Several executors: each one, with the clients whose plans name it.
+    if (s.executorList.length > 1) {
+      var rows = s.executorList.map(function (e) {
+        return el('tr', { 'data-executor': e.id }, [
+          el('td', {}, [e.id]),
+          el('td', { class: e.address ? '' : 'muted' }, [e.address || 'no address (never assigned)']),
+          el('td', { class: 'num', 'data-field': 'executor-clients' }, [e.clients]),
+          el('td', { class: 'num' }, [pct(e.utilisation)]),
+          el('td', { class: e.draining ? 'miss' : 'muted' }, [e.draining ? 'draining' : 'serving']),
+          el('td', { class: 'muted' }, [e.lastReportUnixMs ? new Date(e.lastReportUnixMs).toLocaleTimeString() : '']),
+        ]);
+      });
+      sec.appendChild(table([['executor'], ['address'], ['clients', 1], ['utilisation', 1], ['state'], ['last report']], rows));
+    }
     return sec;
   }
 
@@ -179,6 +193,7 @@ export const DASHBOARD_JS = `'use strict';
         el('span', { class: 'muted', 'data-field': 'client-class' }, [c.clientClass ? 'class ' + c.clientClass : 'no client class']),
         ' ',
         el('span', { class: 'muted' }, ['epoch ' + c.epoch + (c.createdUnixMs ? ', planned ' + new Date(c.createdUnixMs).toLocaleTimeString() : '')]),
+        c.executor ? el('span', { class: 'muted', 'data-field': 'client-executor' }, [' on ' + c.executor]) : null,
       ]),
       table([['class'], ['placement'], ['predicted / SLO', 1], ['server work', 1], ['attainment', 1], ['e2e pred / obs', 1]], rows),
     ]);

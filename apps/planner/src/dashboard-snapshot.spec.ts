@@ -75,6 +75,10 @@ function source(over: Partial<DashboardSource> = {}): DashboardSource {
     load: serverLoad({ utilisation: 0.123456, queueDepth: 4, meanQueueMs: 3.14159 }),
     followedExecutor: 'srv',
     executorIds: ['srv', 'other'],
+    executorSummaries: () => [
+      { id: 'other', address: '10.0.0.2:50051', clients: 1, utilisation: 0.98765, draining: true, lastReportUnixMs: 5000 },
+      { id: 'srv', address: '', clients: 0, utilisation: 0.123456, draining: false, lastReportUnixMs: 6000 },
+    ],
     currentObjective: 'work',
     shedClasses: ['c/chat'],
     workScale: 1.23456,
@@ -122,6 +126,10 @@ describe('dashboardSnapshot', () => {
       },
     ]);
     expect(s.server).toEqual({ serverId: 'srv', utilisation: 0.123, queueDepth: 4, activeSessions: 0, meanQueueMs: 3.1, workScale: 1.235 });
+    expect(s.executorList).toEqual([
+      { id: 'other', address: '10.0.0.2:50051', clients: 1, utilisation: 0.988, draining: true, lastReportUnixMs: 5000 },
+      { id: 'srv', address: '', clients: 0, utilisation: 0.123, draining: false, lastReportUnixMs: 6000 },
+    ]);
     expect(s).toMatchObject({
       executors: 2,
       objective: 'work',
@@ -175,5 +183,12 @@ describe('dashboardSnapshot', () => {
     expect(s.server).toBeNull();
     expect(s.executors).toBe(0);
     expect(JSON.stringify(dashboardSnapshot(source(), INFO, 100))).toBe(JSON.stringify(dashboardSnapshot(source(), INFO, 100)));
+  });
+
+  it("names the executor a client's plan names, and nothing for a plan that names none", () => {
+    const on = { ...plan('a', 'SSS', 'CCS'), executor: { id: 'other', address: '10.0.0.2:50051' } };
+    const s = dashboardSnapshot(source({ plans: () => [on, plan('b', 'CCC', 'CCS')] }), INFO, 10);
+    expect(s.clients.map((c) => c.executor)).toEqual(['other', undefined]);
+    expect('executor' in s.clients[1]).toBe(false);
   });
 });

@@ -1,4 +1,4 @@
-import type { ClassObservations, ClientObservations, ClientPlan, ServerLoad } from '@tandem/protocol';
+import type { ClassObservations, ClientObservations, ClientPlan, ExecutorSummary, ServerLoad } from '@tandem/protocol';
 import type { RequestClass } from './config';
 
 /**
@@ -15,6 +15,8 @@ export interface DashboardSource {
   readonly load: ServerLoad | undefined;
   readonly followedExecutor: string | undefined;
   readonly executorIds: readonly string[];
+  /** Every executor whose load report is kept, with the plans naming each, in id order. */
+  executorSummaries(): ExecutorSummary[];
   /** What the planner optimises now ('work' or 'latency'). */
   readonly currentObjective: string;
   /** Shed pairs as `clientId/requestClass`. */
@@ -46,6 +48,19 @@ export interface ServerView {
   /** Smoothed mean queue wait, ms. */
   readonly meanQueueMs: number;
   readonly workScale: number;
+}
+
+/** One executor the planner hears from. */
+export interface ExecutorView {
+  readonly id: string;
+  /** Where clients reach it; '' when it advertises none (never assigned). */
+  readonly address: string;
+  /** Clients whose plan names it. */
+  readonly clients: number;
+  /** Smoothed utilisation, 0..1. */
+  readonly utilisation: number;
+  readonly draining: boolean;
+  readonly lastReportUnixMs: number;
 }
 
 /** One request class over every client planned. Figures with no outcome behind them are null. */
@@ -98,6 +113,8 @@ export interface ClientView {
   readonly clientClass: string;
   readonly epoch: number;
   readonly createdUnixMs: number;
+  /** The executor its plan names, when it names one. */
+  readonly executor?: string;
   readonly classes: readonly ClientClassView[];
 }
 
@@ -116,6 +133,8 @@ export interface DashboardSnapshot {
   /** null until an executor reported load. */
   readonly server: ServerView | null;
   readonly executors: number;
+  /** Each executor heard from, with the clients assigned to it (none while plans name no executor). */
+  readonly executorList: readonly ExecutorView[];
   readonly classes: readonly ClassView[];
   readonly clients: readonly ClientView[];
   readonly clientsTotal: number;
@@ -197,7 +216,14 @@ export function dashboardSnapshot(source: DashboardSource, info: DashboardInfo, 
       };
     });
     if (clients.length < maxClients) {
-      clients.push({ clientId: p.clientId, clientClass: source.clientClassOf(p.clientId) ?? '', epoch: p.epoch, createdUnixMs: p.createdUnixMs, classes });
+      clients.push({
+        clientId: p.clientId,
+        clientClass: source.clientClassOf(p.clientId) ?? '',
+        epoch: p.epoch,
+        createdUnixMs: p.createdUnixMs,
+        ...(p.executor ? { executor: p.executor.id } : {}),
+        classes,
+      });
     }
   });
   const load = source.load;
@@ -218,6 +244,14 @@ export function dashboardSnapshot(source: DashboardSource, info: DashboardInfo, 
         }
       : null,
     executors: source.executorIds.length,
+    executorList: source.executorSummaries().map((e) => ({
+      id: e.id,
+      address: e.address,
+      clients: e.clients,
+      utilisation: ratio(e.utilisation),
+      draining: e.draining,
+      lastReportUnixMs: e.lastReportUnixMs,
+    })),
     classes: info.classes.map((c, i): ClassView => {
       const s = sums[i];
       return {

@@ -16,6 +16,8 @@ export interface PlannerMetricSources {
   shedNow(): number;
   /** Pairs shed and given back so far. */
   shedChanges(): { readonly shed: number; readonly restored: number };
+  /** Plans naming each executor now, by executor id (empty while plans name none). */
+  executorClients(): ReadonlyMap<string, number>;
 }
 
 const TERMS = ['e2e', 'ttft', 'tpot'] as const;
@@ -23,7 +25,8 @@ const TERMS = ['e2e', 'ttft', 'tpot'] as const;
 /**
  * The planner's Prometheus metrics (`tandem_planner_*`), registered in `registry`. Labels are
  * bounded: request classes (the planner's configured ones: validateOutcome admits no other),
- * the algorithm and objective, telemetry drop reasons; never a client id.
+ * the algorithm and objective, telemetry drop reasons, executor ids (at most MAX_EXECUTORS
+ * are kept at once); never a client id.
  */
 export class PlannerMetrics {
   private readonly changes: Counter<'algorithm' | 'objective'>;
@@ -103,6 +106,16 @@ export class PlannerMetrics {
       collect() {
         this.reset();
         for (const [c, a] of read.attainment()) this.set({ request_class: c }, a.attainment);
+      },
+    });
+    new Gauge({
+      name: 'tandem_planner_executor_clients',
+      help: 'Clients whose plan names this executor (ClientPlan.executor), by executor id; none while plans name no executor (one executor, or none advertising an address)',
+      labelNames: ['executor'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [executor, n] of read.executorClients()) this.set({ executor }, n);
       },
     });
     new Gauge({

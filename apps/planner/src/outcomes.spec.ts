@@ -51,6 +51,7 @@ describe('validateOutcome', () => {
 
   it.each<[string, Partial<GenerationOutcome>, string]>([
     ['a bad client id', { clientId: 'a.b' }, "clientId must match /^[A-Za-z0-9_-]{1,64}$/, given 'a.b'"],
+    ['a bad executor id', { executorId: 'exec a' }, "executorId must be empty or match /^[A-Za-z0-9_-]{1,64}$/, given 'exec a'"],
     ['an unknown request class', { requestClass: 'huge' }, "requestClass must be one of short, long, given 'huge'"],
     ['a placement of the wrong length', { placement: 'CS' }, "placement must be 3 letters C or S, given 'CS'"],
     ['a placement with other letters', { placement: 'CXS' }, "placement must be 3 letters C or S, given 'CXS'"],

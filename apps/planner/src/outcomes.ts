@@ -23,6 +23,8 @@ export interface ValidOutcome {
   /** The plan it ran, as {@link planKey} names it: the placement, and `/` and the decode's for a phased plan. */
   readonly placement: string;
   readonly planEpoch: number;
+  /** The executor its server stages ran on (GenerationOutcome.executor_id); '' or absent when not stated. */
+  readonly executorId?: string;
   /** The generation produced every token (status OK). */
   readonly ok: boolean;
   /** It met every SLO stated for it (false for a failed generation). */
@@ -69,6 +71,8 @@ export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): Vali
   if (!isPlacementLetters(o.placement, ctx.stageCount)) throw new Error(`placement must be ${ctx.stageCount} letters C or S, given ${shown(o.placement)}`);
   if (o.decodePlacement && !isPlacementLetters(o.decodePlacement, ctx.stageCount))
     throw new Error(`decodePlacement must be empty or ${ctx.stageCount} letters C or S, given ${shown(o.decodePlacement)}`);
+  const executorId = o.executorId ?? '';
+  if (executorId !== '' && !ID_PATTERN.test(executorId)) throw new Error(`executorId must be empty or match ${ID_PATTERN}, given ${shown(executorId)}`);
   if (!Number.isSafeInteger(o.planEpoch) || o.planEpoch < 1)
     throw new Error(`planEpoch must be an integer >= 1 (outcomes come from planned generations), given ${shown(o.planEpoch)}`);
   if (o.status !== OutcomeStatus.OUTCOME_STATUS_OK && o.status !== OutcomeStatus.OUTCOME_STATUS_FAILED)
@@ -105,6 +109,7 @@ export function validateOutcome(o: GenerationOutcome, ctx: OutcomeContext): Vali
     requestClass: o.requestClass,
     placement: planKey(o),
     planEpoch: o.planEpoch,
+    executorId,
     ok,
     good,
     predicted,

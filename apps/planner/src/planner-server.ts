@@ -12,8 +12,11 @@ import {
   ServerLoad,
   ServingStatus,
   Subjects,
+  type ClassPlacement,
   type ClientObservations,
   type ClientPlan,
+  type ExecutorAssignment,
+  type ExecutorSummary,
   type Keepalive,
   type StageTiming,
   type PlannerServiceServer,
@@ -228,6 +231,19 @@ export class RateMeter {
   }
 }
 
+/** Whether two plans name the same executor at the same address (or both none). */
+function sameAssignment(a: ExecutorAssignment | undefined, b: ExecutorAssignment | undefined): boolean {
+  return (a?.id ?? '') === (b?.id ?? '') && (a?.address ?? '') === (b?.address ?? '');
+}
+
+/** A set of executor assignments as one string, order left out (a plan's alternates: their order alone changes nothing to push). */
+function assignmentsKey(list: readonly ExecutorAssignment[] | undefined): string {
+  return (list ?? [])
+    .map((a) => `${a.id}@${a.address}`)
+    .sort()
+    .join(',');
+}
+
 /** |a - b| relative to the larger of the two; figures below `floor` count as `floor` (noise on ~0 ms stages is not a change). */
 function relChange(a: number, b: number, floor = 1e-3): number {
   return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), floor);
@@ -309,11 +325,43 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   return moved(old.wholeModel, l.wholeModel);
 }
 
+/** The overload shedder's state: the shedder, the utilisation it reads and the work scale it learned. */
+interface ShedState {
+  readonly shedder: Shedder;
+  /** The executor's utilisation, averaged with weight SHED_SMOOTHING per report (undefined before the first). */
+  utilisation: number | undefined;
+  /** Server time per ms of predicted work, learned from load reports (Shedder.decide's workScale). */
+  workScale: number;
+}
+
 /** The latest load report of one executor, smoothed. */
 interface ExecutorState {
   /** Its latest report, utilisation and queue wait smoothed over its own reports. */
   load: ServerLoad;
   lastSeenMs: number;
+  /** Where clients reach it (ServerLoad.address); '' when it advertises none: then it is never assigned. */
+  address: string;
+  /** Its last report said it is draining: it is assigned no client. */
+  draining: boolean;
+  /** The load the plans in force were priced from, while clients are assigned executors (docs/planner.md, "Several executors"). */
+  plannedLoad: ServerLoad | undefined;
+  /** Its own overload shedder, while clients are assigned executors and shedding is on. */
+  shed: ShedState | undefined;
+}
+
+/** One executor a client's plan was priced on, with what the choice among executors compares. */
+interface Priced {
+  readonly id: string;
+  readonly ex: ExecutorState;
+  readonly classes: ClassPlacement[];
+  readonly allServerWork: number[] | undefined;
+  readonly shedSaving: number[] | undefined;
+  /** Classes whose plan misses its SLOs there. */
+  readonly missed: number;
+  /** The objective's cost of the plan there (work or latency, weighted by the class rates) over 1 − the executor's expected utilisation. */
+  readonly score: number;
+  /** Utilisation the client adds there at its request rates (work scale included). */
+  readonly util: number;
 }
 
 /** What one re-plan round (a debounced pass over the dirty clients) did, for its log line. */
@@ -322,6 +370,8 @@ interface Round {
   epoch: number;
   replanned: number;
   changed: number;
+  /** Clients whose plan moved to another executor this round. */
+  moved: number;
   errors: number;
   startedMs: number;
 }
@@ -376,17 +426,32 @@ export class PlannerServer {
   /** Clients whose plans must be re-solved, in arrival order; drained in slices. */
   private readonly dirty = new Set<string>();
   private slicing = false;
-  private round: Round = { epoch: 0, replanned: 0, changed: 0, errors: 0, startedMs: 0 };
+  private round: Round = { epoch: 0, replanned: 0, changed: 0, moved: 0, errors: 0, startedMs: 0 };
+  /**
+   * Utilisation the current round added to (or took from) each executor by moving clients onto
+   * it (off it), at their request rates: a stream of clients assigned in one round spreads
+   * instead of herding onto the executor that was cheapest before the round.
+   */
+  private readonly roundAdded = new Map<string, number>();
+  /** Plans (of known and of adopted clients) naming each executor, and their sum. */
+  private readonly assigned = new Map<string, number>();
+  private assignedTotal = 0;
+  /** The executors clients are assigned among now ('' while plans name none), to see when that set changes. */
+  private executorsKey = '';
+  /** When this planner started (Unix ms): executors a stored plan names are waited for one client TTL after. */
+  private startedMs = 0;
+  /** Whether a client was left on an executor not heard of yet since the start (re-planned once the TTL passed). */
+  private waitedForExecutor = false;
   private stopped = false;
   private readonly now: () => number;
   private readonly log: Logger;
   private readonly calibrator: Calibrator;
-  /** The overload shedder, when shedding is on for an objective algorithm. */
-  private readonly shedder: Shedder | undefined;
-  /** The followed executor's utilisation, averaged with weight SHED_SMOOTHING per report: what the shedder reads. */
-  private shedUtilisation: number | undefined;
-  /** Server time per ms of predicted work, learned from load reports (Shedder.decide's workScale). */
-  private shedWorkScale = 1;
+  /**
+   * The overload shedder of the followed executor, when shedding is on for an objective
+   * algorithm and plans name no executor; while they do, each executor has its own
+   * (ExecutorState.shed).
+   */
+  private shedState: ShedState | undefined;
   private readonly classNames: ReadonlySet<string>;
   private readonly classIndex: ReadonlyMap<string, number>;
   /**
@@ -394,8 +459,10 @@ export class PlannerServer {
    * outcomes of a client the planner does not know (not yet, or forgotten), ignored;
    * `badMessages`: telemetry messages dropped, and `dropped` the same by reason
    * (`Type.field:rule`, e.g. `ClientProfile.stages[].decodeMs:range`, or `Type:decode`);
-   * `otherLoads`: valid load reports of an executor other than the followed one (kept, not
-   * planned from); `planErrors`: clients whose re-plan threw (their plan in force stays);
+   * `otherLoads`: valid load reports of an executor other than the followed one (kept; planned
+   * from only while clients are assigned executors); `executorMoves`: plans moved to another
+   * executor; `otherExecutorOutcomes`: outcomes whose executor is not the one the client's plan
+   * names (calibrated all the same); `planErrors`: clients whose re-plan threw (their plan in force stays);
    * `timerErrors`: throws caught in a timer callback outside planning;
    * `slices` / `passes` / `lastPassMs`: the sliced re-planning (see runSlices).
    */
@@ -403,6 +470,8 @@ export class PlannerServer {
     profiles: 0,
     loads: 0,
     otherLoads: 0,
+    executorMoves: 0,
+    otherExecutorOutcomes: 0,
     outcomes: 0,
     strayOutcomes: 0,
     badMessages: 0,
@@ -433,7 +502,7 @@ export class PlannerServer {
     this.threshold = opts.replanThreshold ?? 0.02;
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
-    this.shedder = opts.shedding?.enabled && opts.maker.followsObjective ? new Shedder(opts.shedding) : undefined;
+    this.shedState = this.newShedState();
     this.classNames = new Set(opts.maker.opts.classes.map((c) => c.name));
     this.classIndex = new Map(opts.maker.opts.classes.map((c, i) => [c.name, i]));
     this.metrics = new MetricsEndpoint(this.log);
@@ -447,8 +516,9 @@ export class PlannerServer {
         accepted: () => ({ ClientProfile: counters.profiles, ServerLoad: counters.loads, GenerationOutcome: counters.outcomes }),
         attainment: () => calibrator.attainmentByClass(),
         attainmentTarget: calibrator.opts.target,
-        shedNow: () => this.shedder?.shed.length ?? 0,
+        shedNow: () => this.shedPairs().length,
         shedChanges: () => ({ shed: counters.shed, restored: counters.restored }),
+        executorClients: () => this.assigned,
       },
       [...this.classNames],
     );
@@ -497,6 +567,7 @@ export class PlannerServer {
     if (this.planning || this.stopped) return;
     const st = this.clients.get(id);
     const prev = st ? st.plan : this.adopted.get(id)?.plan;
+    this.countExecutor(prev, plan);
     if (st) st.plan = plan;
     else if (plan) this.adopted.set(id, { plan, atMs: this.now() });
     else this.adopted.delete(id);
@@ -529,6 +600,7 @@ export class PlannerServer {
     this.health.addTo(this.server);
     // Server reflection (grpcurl, Postman): one name per service this server serves.
     addReflection(this.server, [PLANNER_SERVICE_NAME, HEALTH_SERVICE_NAME]);
+    this.startedMs = this.now();
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     this.nc = await connectNats(this.opts.natsUrl, 'planner', this.log, { auth: this.opts.natsAuth });
@@ -634,12 +706,19 @@ export class PlannerServer {
     }
     this.counters.outcomes++;
     this.observed.outcome(v);
+    const planned = client.plan?.executor?.id;
+    if (v.executorId && planned && v.executorId !== planned) {
+      // Learned from all the same (the client ran what it was planned, elsewhere: e.g. on an
+      // alternate while its executor refused it, or before it read a move); counted, and logged.
+      this.counters.otherExecutorOutcomes++;
+      this.log.debug({ clientId: v.clientId, executorId: v.executorId, planned }, "an outcome from another executor than the plan's");
+    }
     const classIndex = this.classIndex.get(v.requestClass); // validateOutcome let in only a class of classNames: always found
     if (classIndex === undefined)
       throw new TelemetryError(`GenerationOutcome.requestClass must be a planned class, given '${v.requestClass}'`, 'GenerationOutcome.requestClass:class');
     client.rates[classIndex].add(this.now());
     // A shed class misses by decision, not by a wrong plan: its outcomes must not tighten it.
-    if (this.shedder?.isShed(v.clientId, v.requestClass)) return;
+    if (this.isShed(v.clientId, v.requestClass)) return;
     const r = this.calibrator.record(v, this.now());
     if (r.safety) {
       this.log.info({ clientId: v.clientId, requestClass: v.requestClass, placement: v.placement, ...r.safety }, SAFETY_MESSAGES[r.safety.change]);
@@ -707,12 +786,18 @@ export class PlannerServer {
 
   /**
    * Takes one server load report. Reports are kept per executor id (each smoothed over its
-   * own reports), and plans are priced from one executor's: the one the planner follows. It
-   * follows the first executor it hears from, and keeps following it while it reports; when
-   * it has been silent for the TTL (`clientTtlMs`), the next executor to report is followed
-   * instead (logged), and every client is re-planned from its load. Reports of the others are
-   * kept (and counted, `otherLoads`) but plan nothing, so an executor id cannot overwrite
-   * the load the plans are made from.
+   * own reports). With one executor (or none advertising an address), plans are priced from
+   * one executor's: the one the planner follows. It follows the first executor it hears from,
+   * and keeps following it while it reports; when it has been silent for the TTL
+   * (`clientTtlMs`), the next executor to report is followed instead (logged), and every
+   * client is re-planned from its load. Reports of the others are kept (and counted,
+   * `otherLoads`) but plan nothing, so an executor id cannot overwrite the load the plans are
+   * made from. With several executors advertising an address, each client is assigned one of
+   * them and priced from its load (`candidates`, `choose`; docs/planner.md, "Several
+   * executors"): a report re-plans every client when it moves that executor's prices
+   * materially, or when the set of executors clients may be assigned changed (one drains,
+   * appears, changes its address), which moves the clients of a draining executor at once.
+   * The objective still follows the followed executor's utilisation.
    * @throws TelemetryError naming the field, the rule and the value when it is malformed or out of range (telemetry.ts).
    */
   onLoad(l: ServerLoad, subject?: string): void {
@@ -730,10 +815,28 @@ export class PlannerServer {
     const prev = known?.load;
     const reported = l.utilisation;
     l = smoothLoad(prev, l, a);
-    if (known) {
-      known.load = l;
-      known.lastSeenMs = now;
-    } else this.executors.set(l.serverId, { load: l, lastSeenMs: now });
+    const address = l.address ?? '';
+    const draining = l.draining ?? false;
+    let ex = known;
+    if (ex) {
+      ex.load = l;
+      ex.lastSeenMs = now;
+      ex.address = address;
+      ex.draining = draining;
+    } else this.executors.set(l.serverId, (ex = { load: l, lastSeenMs: now, address, draining, plannedLoad: undefined, shed: undefined }));
+    this.checkExecutors(now);
+    const assigning = this.candidates(now) !== undefined;
+    if (assigning) {
+      // This executor's own shedder reads its own utilisation, among the clients assigned to it.
+      if (this.planning) {
+        ex.shed ??= this.newShedState();
+        if (ex.shed) this.shed(reported, now, ex.shed, l.serverId);
+      }
+      if (this.isAssignable(ex, now) && (!ex.plannedLoad || loadChanged(ex.plannedLoad, l, this.threshold, this.opts.maker.opts.maxUtilisation))) {
+        ex.plannedLoad = l;
+        this.replanAll();
+      }
+    }
     const followed = this.followed === undefined ? undefined : this.executors.get(this.followed);
     if (this.followed !== l.serverId) {
       if (followed && now - followed.lastSeenMs <= this.opts.clientTtlMs) {
@@ -744,7 +847,7 @@ export class PlannerServer {
       this.followed = l.serverId;
       this.plannedLoad = undefined; // another executor's prices: re-plan everyone
     }
-    this.shed(reported, now);
+    if (!assigning && this.shedState) this.shed(reported, now, this.shedState, undefined);
     const u = l.utilisation;
     this.serverLoad = l;
     const idle = this.opts.idleUtilisation;
@@ -756,8 +859,80 @@ export class PlannerServer {
     // prices moved materially since the plans in force were made (or the objective changed).
     if (before === this.objective && this.plannedLoad && !loadChanged(this.plannedLoad, l, this.threshold, this.opts.maker.opts.maxUtilisation)) return;
     this.plannedLoad = l;
+    this.replanAll();
+  }
+
+  /** Queues every client for re-planning. */
+  private replanAll(): void {
     for (const id of this.clients.keys()) this.dirty.add(id);
     this.scheduleReplan();
+  }
+
+  /** A fresh overload shedder's state, when shedding is on for an objective algorithm. */
+  private newShedState(): ShedState | undefined {
+    const o = this.opts.shedding;
+    return o?.enabled && this.opts.maker.followsObjective ? { shedder: new Shedder(o), utilisation: undefined, workScale: 1 } : undefined;
+  }
+
+  /** Whether an executor may be assigned clients: it advertises an address, is not draining, and was heard within the TTL. */
+  private isAssignable(ex: ExecutorState, now = this.now()): boolean {
+    return ex.address !== '' && !ex.draining && now - ex.lastSeenMs <= this.opts.clientTtlMs;
+  }
+
+  /**
+   * The executors clients are assigned among now (id order), or undefined when plans name no
+   * executor: assignment is on while at least two executors heard within the TTL advertise an
+   * address (draining ones included), or while some plan names an executor already (so that
+   * the clients of an executor that drained or went silent move to the one left, and a
+   * restarted planner keeps the assignments it stored); it needs one assignable executor.
+   * O(executors).
+   */
+  candidates(now = this.now()): [string, ExecutorState][] | undefined {
+    let advertised = 0;
+    const out: [string, ExecutorState][] = [];
+    for (const [id, ex] of this.executors) {
+      if (ex.address === '' || now - ex.lastSeenMs > this.opts.clientTtlMs) continue;
+      advertised++;
+      if (!ex.draining) out.push([id, ex]);
+    }
+    if (out.length === 0 || (advertised < 2 && this.assignedTotal === 0)) return undefined;
+    return out.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  }
+
+  /**
+   * Re-plans every client when the set of executors they may be assigned changed (an executor
+   * drains, goes silent for the TTL, appears, or changes its address), and when assignment
+   * starts or stops: the shedders start afresh then (their pairs were the old set's).
+   */
+  private checkExecutors(now: number): void {
+    const c = this.candidates(now);
+    const key = c ? c.map(([id, ex]) => `${id}@${ex.address}`).join(',') : '';
+    if (key === this.executorsKey) return;
+    const was = this.executorsKey;
+    this.executorsKey = key;
+    if ((was === '') !== (key === '')) {
+      this.shedState = this.newShedState();
+      for (const ex of this.executors.values()) ex.shed = undefined;
+    }
+    this.log.info({ executors: c ? c.map(([id, ex]) => ({ id, address: ex.address })) : [] }, 'the executors clients may be assigned changed');
+    this.replanAll();
+  }
+
+  /** `prev` replaced by `next` in the counts of plans per executor. */
+  private countExecutor(prev: ClientPlan | undefined, next: ClientPlan | undefined): void {
+    const a = prev?.executor?.id;
+    const b = next?.executor?.id;
+    if (a === b) return;
+    if (a) {
+      const n = (this.assigned.get(a) ?? 0) - 1;
+      if (n > 0) this.assigned.set(a, n);
+      else this.assigned.delete(a);
+      this.assignedTotal--;
+    }
+    if (b) {
+      this.assigned.set(b, (this.assigned.get(b) ?? 0) + 1);
+      this.assignedTotal++;
+    }
   }
 
   /**
@@ -774,14 +949,14 @@ export class PlannerServer {
   }
 
   /**
-   * Σ over clients with a plan and their classes of request rate (per s, from the outcomes)
-   * × `workOf` the class (ms; `planned` is its plan's predicted server work), / 1000: a
-   * utilisation. O(clients × classes).
+   * Σ over clients with a plan (of `executorId` when given: those whose plan names it) and
+   * their classes of request rate (per s, from the outcomes) × `workOf` the class (ms;
+   * `planned` is its plan's predicted server work), / 1000: a utilisation. O(clients × classes).
    */
-  private rateWeightedWork(now: number, workOf: (st: ClientState, i: number, planned: number) => number): number {
+  private rateWeightedWork(now: number, workOf: (st: ClientState, i: number, planned: number) => number, executorId?: string): number {
     let total = 0;
     for (const st of this.clients.values()) {
-      if (!st.plan) continue;
+      if (!st.plan || (executorId !== undefined && st.plan.executor?.id !== executorId)) continue;
       for (let i = 0; i < st.rates.length; i++) {
         const r = st.rates[i].perS(now);
         if (r > 0) total += (r * workOf(st, i, st.plan.classes[i]?.predictedServerWork ?? 0)) / 1000;
@@ -791,20 +966,21 @@ export class PlannerServer {
   }
 
   /**
-   * One decision of the overload shedder on a report of the followed executor (`u` its
-   * utilisation as reported): classes shed or given back are re-planned at once (and logged).
+   * One decision of an overload shedder on a load report (`u` the utilisation as reported):
+   * the followed executor's while plans name no executor, else `executorId`'s, among the
+   * clients assigned to it. Classes shed or given back are re-planned at once (and logged).
    */
-  private shed(u: number, now: number): void {
-    if (!this.shedder || !this.planning) return;
-    this.shedUtilisation = this.shedUtilisation === undefined ? u : this.shedUtilisation + SHED_SMOOTHING * (u - this.shedUtilisation);
+  private shed(u: number, now: number, s: ShedState, executorId: string | undefined): void {
+    if (!this.planning) return;
+    s.utilisation = s.utilisation === undefined ? u : s.utilisation + SHED_SMOOTHING * (u - s.utilisation);
     // What a ms of the plans' predicted work measures on the server (the process's whole CPU,
     // not only its stages'): utilisation over the load the plans in force offer at the
     // outcomes' rates, learned while the server is not saturated (a saturated one reads 1
     // whatever is offered).
-    const offered = this.offeredUtilisation(now);
-    if (offered > MIN_OFFERED && u < this.shedder.opts.above) {
+    const offered = this.offeredUtilisation(now, executorId);
+    if (offered > MIN_OFFERED && u < s.shedder.opts.above) {
       const k = Math.min(Math.max(u / offered, 1), MAX_WORK_SCALE);
-      this.shedWorkScale += SHED_SMOOTHING * (k - this.shedWorkScale);
+      s.workScale += SHED_SMOOTHING * (k - s.workScale);
     }
     const rateOf = (clientId: string, requestClass: string): number => {
       const i = this.classIndex.get(requestClass);
@@ -814,13 +990,14 @@ export class PlannerServer {
     const candidates = (): ShedCandidate[] => {
       const out: ShedCandidate[] = [];
       for (const [clientId, st] of this.clients) {
+        if (executorId !== undefined && st.plan?.executor?.id !== executorId) continue;
         st.shedSaving?.forEach((saved, i) => {
           if (saved > 0) out.push({ clientId, requestClass: this.opts.maker.opts.classes[i].name, workSavedMs: saved, ratePerS: st.rates[i].perS(now) });
         });
       }
       return out;
     };
-    const d = this.shedder.decide(this.shedUtilisation, now, candidates, rateOf, this.shedWorkScale);
+    const d = s.shedder.decide(s.utilisation, now, candidates, rateOf, s.workScale);
     const changed = [...d.shed, ...d.restored];
     if (changed.length === 0) return;
     this.counters.shed += d.shed.length;
@@ -828,10 +1005,11 @@ export class PlannerServer {
     const pairs = (cs: readonly ShedCandidate[]): string[] => cs.map((c) => `${c.clientId}/${c.requestClass}`);
     // An overload is the operator's to see (warn); its end is routine (info).
     const fields = {
-      utilisation: Number(this.shedUtilisation.toFixed(3)),
+      ...(executorId !== undefined ? { executor: executorId } : {}),
+      utilisation: Number(s.utilisation.toFixed(3)),
       shed: pairs(d.shed),
       restored: pairs(d.restored),
-      shedNow: this.shedder.shed.length,
+      shedNow: s.shedder.shed.length,
     };
     if (d.shed.length) this.log.warn(fields, 'server overloaded: shedding classes to their least-work plans');
     else this.log.info(fields, 'server has room again: giving shed classes their plans back');
@@ -839,19 +1017,37 @@ export class PlannerServer {
     this.scheduleReplan();
   }
 
-  /** The utilisation the plans in force offer: Σ over clients and classes of request rate × predicted server work. */
-  offeredUtilisation(now: number): number {
-    return this.rateWeightedWork(now, (_st, _i, planned) => planned);
+  /** The utilisation the plans in force offer (those naming `executorId` when given): Σ over clients and classes of request rate × predicted server work. */
+  offeredUtilisation(now: number, executorId?: string): number {
+    return this.rateWeightedWork(now, (_st, _i, planned) => planned, executorId);
   }
 
-  /** Server time per ms of predicted work, as the shedder uses it (1 until learned). */
+  /** Server time per ms of predicted work, as the followed executor's shedder uses it (1 until learned, or while plans name executors). */
   get workScale(): number {
-    return this.shedWorkScale;
+    return this.shedState?.workScale ?? 1;
+  }
+
+  /** The shedder deciding for a client now: its executor's while plans name executors, else the followed executor's. */
+  private shedderOf(clientId: string): Shedder | undefined {
+    if (this.executorsKey === '') return this.shedState?.shedder;
+    const e = this.clients.get(clientId)?.plan?.executor?.id;
+    return e ? this.executors.get(e)?.shed?.shedder : undefined;
+  }
+
+  /** Whether a client's class is shed now. */
+  private isShed(clientId: string, requestClass: string): boolean {
+    return this.shedderOf(clientId)?.isShed(clientId, requestClass) ?? false;
+  }
+
+  /** Every shed pair now, first shed first (per executor, in executor order, while plans name executors). */
+  private shedPairs(): readonly ShedCandidate[] {
+    if (this.executorsKey === '') return this.shedState?.shedder.shed ?? [];
+    return [...this.executors.values()].flatMap((ex) => ex.shed?.shedder.shed ?? []);
   }
 
   /** Classes shed to their least-work plans now, as `clientId/requestClass`, first shed first. */
   get shedClasses(): string[] {
-    return (this.shedder?.shed ?? []).map((c) => `${c.clientId}/${c.requestClass}`);
+    return this.shedPairs().map((c) => `${c.clientId}/${c.requestClass}`);
   }
 
   /** Queues one client for re-planning (e.g. its calibration changed). */
@@ -928,7 +1124,8 @@ export class PlannerServer {
   }
 
   private beginRound(): void {
-    this.round = { epoch: 0, replanned: 0, changed: 0, errors: 0, startedMs: performance.now() };
+    this.round = { epoch: 0, replanned: 0, changed: 0, moved: 0, errors: 0, startedMs: performance.now() };
+    this.roundAdded.clear();
   }
 
   /** One info line per round that changed a plan or failed to plan a client (per-client changes are logged at debug). */
@@ -941,6 +1138,7 @@ export class PlannerServer {
         epoch: r.epoch,
         replanned: r.replanned,
         changed: r.changed,
+        ...(r.moved > 0 ? { movedExecutor: r.moved } : {}),
         errors: r.errors,
         clients: this.clients.size,
         passMs: Math.round(performance.now() - r.startedMs),
@@ -982,29 +1180,57 @@ export class PlannerServer {
       this.forget(id);
       return;
     }
+    const candidates = this.candidates(now);
+    if (candidates && st.plan && now - this.startedMs < this.opts.clientTtlMs && this.namesUnheard(st.plan)) {
+      // A stored plan names an executor this planner has not heard from yet (it restarted): the
+      // plan stays as it is until that executor reports or the client TTL since the start passed,
+      // so that a restart does not move clients by the order the executors happen to report in.
+      this.waitedForExecutor = true;
+      return;
+    }
     this.counters.replans++;
     this.round.replanned++;
-    const allServerWork = this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective ? [] : undefined;
-    const shedSaving = this.shedder ? [] : undefined;
-    const classes = this.opts.maker.plan(st.profile, this.serverLoad, st.plan?.classes, this.objective, this.adjustments(id), allServerWork, shedSaving);
-    if (!classes) return;
+    const priced = candidates ? this.choose(id, st, candidates, now) : this.priceOn(id, st, undefined, this.serverLoad, now);
+    if (!priced) return;
+    const { classes } = priced;
+    const executor: ExecutorAssignment | undefined = candidates ? { id: priced.id, address: priced.ex.address } : undefined;
+    const alternates: ExecutorAssignment[] = candidates ? priced.alternates.map((p) => ({ id: p.id, address: p.ex.address })) : [];
     st.plannedWith = st.profile;
-    st.allServerWork = allServerWork;
-    st.shedSaving = shedSaving;
+    st.allServerWork = priced.allServerWork;
+    st.shedSaving = priced.shedSaving;
     const prev = st.plan;
     const changed =
       !prev ||
       classes.some((c, i) => {
         const was = prev.classes[i];
         return !was || planKey(c) !== planKey(was);
-      });
+      }) ||
+      !sameAssignment(prev.executor, executor) ||
+      assignmentsKey(prev.alternates) !== assignmentsKey(alternates);
     if (!changed) {
-      // Same placements: refresh the predictions silently (shown by ListPlans), no push.
-      st.plan = { ...prev, classes };
+      // Same placements, executor and alternates: refresh the predictions (and the alternates'
+      // order) silently (shown by ListPlans), no push.
+      st.plan = { ...prev, classes, alternates };
       this.afterPlan(id, st.plan, now);
       return;
     }
-    st.plan = { clientId: id, epoch: this.epochFor(st.plan), classes, algorithm: this.opts.maker.opts.algorithm, createdUnixMs: now, alternates: [] };
+    if (executor && prev?.executor && prev.executor.id !== executor.id) {
+      this.round.moved++;
+      this.counters.executorMoves++;
+      // Its shed pairs were the old executor's decision.
+      this.executors.get(prev.executor.id)?.shed?.shedder.forget(id);
+      this.log.debug({ clientId: id, from: prev.executor.id, to: executor.id }, 'client moved to another executor');
+    }
+    st.plan = {
+      clientId: id,
+      epoch: this.epochFor(st.plan),
+      classes,
+      algorithm: this.opts.maker.opts.algorithm,
+      createdUnixMs: now,
+      ...(executor ? { executor } : {}),
+      alternates,
+    };
+    this.countExecutor(prev, st.plan);
     this.round.changed++;
     this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${planKey(c)}`) }, 'plan changed');
@@ -1016,10 +1242,106 @@ export class PlannerServer {
     this.afterPlan(id, st.plan, now);
   }
 
-  /** The calibrator's adjustments of one client, with its shed classes marked. */
-  private adjustments(id: string): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
+  /** Whether a plan names (as its executor or an alternate) an executor whose load this planner does not hold. */
+  private namesUnheard(plan: ClientPlan): boolean {
+    if (plan.executor && !this.executors.has(plan.executor.id)) return true;
+    return plan.alternates.some((a) => !this.executors.has(a.id));
+  }
+
+  /**
+   * One client's plan priced on one executor's load (`executorId` undefined: the followed
+   * executor's, as plans are made while they name no executor). Undefined when there is no
+   * load to price from yet. `score` and `util` are what `choose` compares (docs/planner.md,
+   * "Several executors").
+   */
+  private priceOn(
+    id: string,
+    st: ClientState,
+    executorId: string | undefined,
+    load: ServerLoad | undefined,
+    now: number,
+  ): (Priced & { alternates: Priced[] }) | undefined {
+    const ex = executorId === undefined ? undefined : this.executors.get(executorId);
+    const shedder = executorId === undefined ? this.shedState : ex?.shed;
+    const allServerWork = this.opts.idleUtilisation > 0 && this.opts.maker.followsObjective ? [] : undefined;
+    const shedSaving = shedder ? [] : undefined;
+    const classes = this.opts.maker.plan(st.profile, load, st.plan?.classes, this.objective, this.adjustments(id, shedder?.shedder), allServerWork, shedSaving);
+    if (!classes || !load) return undefined;
+    let cost = 0;
+    let missed = 0;
+    let util = 0;
+    const rates = st.rates.map((r) => r.perS(now));
+    const ratesKnown = rates.some((r) => r > 0);
+    classes.forEach((c, i) => {
+      // Classes weigh by their request rates once outcomes showed them, alike until then.
+      const w = ratesKnown ? rates[i] : 1;
+      cost += w * (this.objective === 'work' ? c.predictedServerWork : c.predictedLatencyMs);
+      util += (rates[i] * c.predictedServerWork) / 1000;
+      if (!c.feasible) missed++;
+    });
+    const maxU = this.opts.maker.opts.maxUtilisation;
+    const u = Math.min(Math.max(load.utilisation + (executorId === undefined ? 0 : (this.roundAdded.get(executorId) ?? 0)), 0), maxU);
+    return {
+      id: executorId ?? '',
+      ex: ex ?? { load, lastSeenMs: now, address: '', draining: false, plannedLoad: undefined, shed: undefined },
+      classes,
+      allServerWork,
+      shedSaving,
+      missed,
+      score: cost / (1 - u),
+      util: util * (shedder?.workScale ?? 1),
+      alternates: [],
+    };
+  }
+
+  /**
+   * The executor a client's plan names, among `candidates` (id order), with the others as its
+   * alternates, best first. Each is priced with its own load (PlanMaker.plan on its smoothed
+   * report), its utilisation raised by what this round moved onto it; fewest classes missing
+   * their SLOs first, then the least score (the objective's cost over 1 − that utilisation).
+   * The client stays on its executor unless another misses fewer classes or scores lower by
+   * more than the hysteresis; a client without one (new, or its executor drained or went
+   * silent) takes, among those within the hysteresis of the best, the one fewest plans name.
+   * O(candidates × one plan).
+   */
+  private choose(id: string, st: ClientState, candidates: readonly [string, ExecutorState][], now: number): (Priced & { alternates: Priced[] }) | undefined {
+    const all: Priced[] = [];
+    for (const [eid, ex] of candidates) {
+      const p = this.priceOn(id, st, eid, ex.load, now);
+      if (p) all.push(p);
+    }
+    if (all.length === 0) return undefined;
+    const order = (a: Priced, b: Priced): number => a.missed - b.missed || a.score - b.score || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+    all.sort(order);
+    const best = all[0];
+    const h = this.opts.maker.opts.hysteresis;
+    const cur = st.plan?.executor?.id;
+    const current = all.find((p) => p.id === cur);
+    let pick = best;
+    if (current) {
+      if (best.missed >= current.missed && best.score >= current.score * (1 - h)) pick = current;
+    } else {
+      for (const p of all) {
+        if (p.missed !== best.missed || p.score > best.score * (1 + h)) continue;
+        const np = this.assigned.get(p.id) ?? 0;
+        const nk = this.assigned.get(pick.id) ?? 0;
+        if (np < nk) pick = p;
+      }
+    }
+    if (pick.id !== cur) {
+      this.roundAdded.set(pick.id, (this.roundAdded.get(pick.id) ?? 0) + pick.util);
+      if (current) this.roundAdded.set(current.id, (this.roundAdded.get(current.id) ?? 0) - current.util);
+    }
+    return { ...pick, alternates: all.filter((p) => p !== pick) };
+  }
+
+  /**
+   * The calibrator's adjustments of one client, with the classes `shedder` sheds marked: the
+   * shedder of the executor the plan is priced on (shed pairs are that executor's decision: on
+   * another executor the client is priced unshed).
+   */
+  private adjustments(id: string, shedder: Shedder | undefined): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
     const learned = this.calibrator.adjustments(id);
-    const shedder = this.shedder;
     if (!shedder) return learned;
     return (requestClass) => {
       const a = learned?.(requestClass);
@@ -1043,10 +1365,12 @@ export class PlannerServer {
       if (this.planning) this.state.deletePlan(id);
       else this.adopted.set(id, { plan, atMs: this.now() });
     }
+    this.shedderOf(id)?.forget(id);
     this.clients.delete(id);
     this.dirty.delete(id);
     this.calibrator.forget(id);
-    this.shedder?.forget(id);
+    // A standby keeps serving the plan (adopted above): it still names its executor.
+    if (!this.state || this.planning) this.countExecutor(plan, undefined);
   }
 
   /** Forgets clients, and executors other than the followed one, not heard from for the TTL. */
@@ -1059,11 +1383,18 @@ export class PlannerServer {
       for (const [id, a] of this.adopted) {
         if (now - a.atMs <= this.opts.clientTtlMs) continue;
         this.adopted.delete(id);
+        this.countExecutor(a.plan, undefined);
         this.state.deletePlan(id);
       }
     }
     for (const [id, ex] of this.executors) {
       if (id !== this.followed && now - ex.lastSeenMs > this.opts.clientTtlMs) this.executors.delete(id);
+    }
+    // An executor silent for the TTL is no longer assigned: its clients move now.
+    this.checkExecutors(now);
+    if (this.waitedForExecutor && now - this.startedMs >= this.opts.clientTtlMs) {
+      this.waitedForExecutor = false;
+      this.replanAll();
     }
   }
 
@@ -1080,6 +1411,20 @@ export class PlannerServer {
   /** Executors whose load reports are kept now (the followed one and the others heard within the TTL). */
   get executorIds(): string[] {
     return [...this.executors.keys()];
+  }
+
+  /** Every executor whose load report is kept, with the plans naming it (ListPlansResponse.executors), in id order. */
+  executorSummaries(): ExecutorSummary[] {
+    return [...this.executors.entries()]
+      .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
+      .map(([id, ex]) => ({
+        id,
+        address: ex.address,
+        clients: this.assigned.get(id) ?? 0,
+        utilisation: ex.load.utilisation,
+        draining: ex.draining,
+        lastReportUnixMs: ex.lastSeenMs,
+      }));
   }
 
   /** Client ids with open plan streams (a client whose last stream closed is not listed). */
@@ -1171,7 +1516,7 @@ export class PlannerServer {
           plans: page.plans,
           observations: this.observations(page.plans),
           nextPageToken: page.nextPageToken,
-          executors: [],
+          executors: call.request.pageToken === '' ? this.executorSummaries() : [],
           ...(this.state ? { plannerRole: this.state.role } : {}),
         });
       },

@@ -32,7 +32,22 @@ export const TELEMETRY_LIMITS = {
   maxClientClassLength: 64,
   /** Length of a model id. */
   maxModelIdLength: 128,
+  /** Length of an executor's advertised address (ServerLoad.address, host:port). */
+  maxAddressLength: 255,
 } as const;
+
+/**
+ * An executor's advertised address: host:port, the host a DNS name, an IPv4 address or an IPv6
+ * address in brackets, the port 1..65535 (checked apart).
+ */
+const ADDRESS_PATTERN = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})$/;
+
+/** Whether `address` is host:port as ServerLoad.address must be (port 1..65535). */
+export function isExecutorAddress(address: string): boolean {
+  const m = ADDRESS_PATTERN.exec(address);
+  const port = m ? Number(m[1]) : 0;
+  return address.length <= TELEMETRY_LIMITS.maxAddressLength && port >= 1 && port <= 65535;
+}
 
 /** Throughput a link direction absent from a ClientProfile is priced at, bytes/ms (1 GB/s: as good as local). */
 export const UNMEASURED_LINK_BYTES_PER_MS = 1e6;
@@ -121,7 +136,7 @@ export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
 /**
  * Checks a ServerLoad against the limits above: the server id (and its subject), a model id
  * (required), every stage in order and in range, the whole-model figures, utilisation, queue
- * wait, stretches and overhead.
+ * wait, stretches, overhead, and the advertised address when there is one (host:port).
  * @throws TelemetryError naming the field, the rule and the value given (cut short).
  */
 export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
@@ -143,6 +158,11 @@ export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
     if (l[k] !== 0) inRange(T, k, l[k], 1, TELEMETRY_LIMITS.maxStretch, ' (or 0: not measured)');
   }
   inRange(T, 'longStepTokens', l.longStepTokens, 0, TELEMETRY_LIMITS.maxLongStepTokens, ' positions');
+  if (l.address !== undefined && l.address !== '') {
+    if (l.address.length > TELEMETRY_LIMITS.maxAddressLength)
+      fail(T, 'address', 'length', `must be at most ${TELEMETRY_LIMITS.maxAddressLength} characters`, l.address);
+    if (!isExecutorAddress(l.address)) fail(T, 'address', 'pattern', 'must be host:port (a DNS name, IPv4 or [IPv6] host, port 1..65535), or empty', l.address);
+  }
   if (l.overhead) {
     for (const k of ['msPerMessageIn', 'msPerMessageOut', 'msPerKibIn', 'msPerKibOut', 'idleMsPerS'] as const) {
       inRange(T, `overhead.${k}`, l.overhead[k], 0, TELEMETRY_LIMITS.maxOverheadMs, '');

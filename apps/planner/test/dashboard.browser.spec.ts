@@ -138,6 +138,7 @@ describe('planner dashboard in a real browser', () => {
           epoch: 7,
           algorithm: HOSTILE_ID,
           createdUnixMs: Date.now(),
+          executor: { id: HOSTILE_ID, address: HOSTILE_ID },
           alternates: [],
           classes: [{ ...server.plans()[0].classes[0], name: HOSTILE_ID, placement: 'C<S' }],
         },
@@ -146,6 +147,10 @@ describe('planner dashboard in a real browser', () => {
       load: serverLoad({ serverId: HOSTILE_ID }),
       followedExecutor: HOSTILE_ID,
       executorIds: [HOSTILE_ID],
+      executorSummaries: () => [
+        { id: HOSTILE_ID, address: HOSTILE_ID, clients: 1, utilisation: 0.5, draining: false, lastReportUnixMs: Date.now() },
+        { id: `${HOSTILE_ID}2`, address: '', clients: 0, utilisation: 0, draining: true, lastReportUnixMs: Date.now() },
+      ],
       currentObjective: HOSTILE_ID,
       shedClasses: [`${HOSTILE_ID}/${HOSTILE_ID}`],
       workScale: 1,
@@ -165,6 +170,11 @@ describe('planner dashboard in a real browser', () => {
     expect(await page.locator('[data-field="client-id"]').textContent()).toBe(HOSTILE_ID);
     expect(await page.locator('[data-field="server-id"]').textContent()).toBe(HOSTILE_ID);
     expect(await page.locator('#shed').textContent()).toContain(`${HOSTILE_ID}/${HOSTILE_ID}`);
+    // Several executors: one row each, ids and addresses as text; the client card names its executor.
+    expect(await page.locator('[data-executor]').count()).toBe(2);
+    expect(await page.locator('[data-executor] td:first-child').allTextContents()).toEqual([HOSTILE_ID, `${HOSTILE_ID}2`]);
+    expect(await page.locator('[data-executor] [data-field="executor-clients"]').allTextContents()).toEqual(['1', '0']);
+    expect(await page.locator('[data-field="client-executor"]').textContent()).toBe(` on ${HOSTILE_ID}`);
     expect(await page.locator('[data-client] [data-side]').evaluateAll((els) => els.map((e) => e.getAttribute('data-side')))).toEqual([
       'client',
       'unknown',

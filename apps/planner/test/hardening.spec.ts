@@ -229,13 +229,20 @@ describe('telemetry validation', () => {
     ],
     ['modelId', '', "''", 'required'],
     ['serverId', 's'.repeat(5000), "'ssssss", 'pattern'],
-  ])('refuses a ServerLoad with a bad %s, naming field, rule and value in under 1 KiB', (field, bad, value, rule, at = field) => {
-    const l = load();
-    setAt(l, at, bad);
-    const err = reasonOf(() => validateLoad(l, ctx));
-    expectClear(err.message, `ServerLoad.${field}`, value);
-    expect(err.reason).toBe(`ServerLoad.${field.replace(/\[\d+\]/g, '[]')}:${rule}`);
-  });
+    ['address', 'executor-without-port', "'executor-without-port'", 'pattern'],
+    ['address', 'exec:0', "'exec:0'", 'pattern'],
+    ['address', 'exec/x:50051', "'exec/x:50051'", 'pattern'],
+    ['address', `${'a'.repeat(5000)}:1`, "'aaaaaa", 'length'],
+  ])(
+    'refuses a ServerLoad with a bad %s, naming field, rule and value in under 1 KiB with a bad %s, naming field, rule and value in under 1 KiB',
+    (field, bad, value, rule, at = field) => {
+      const l = load();
+      setAt(l, at, bad);
+      const err = reasonOf(() => validateLoad(l, ctx));
+      expectClear(err.message, `ServerLoad.${field}`, value);
+      expect(err.reason).toBe(`ServerLoad.${field.replace(/\[\d+\]/g, '[]')}:${rule}`);
+    },
+  );
 
   it("refuses a message from another sender's subject", () => {
     expect(reasonOf(() => validateProfile(profile('a'), { ...ctx, subject: Subjects.clientProfile('b') })).reason).toBe('ClientProfile.clientId:subject');

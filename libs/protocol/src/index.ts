@@ -42,6 +42,8 @@ export {
   ClassPlacement,
   ClientObservations,
   ClientPlan,
+  ExecutorAssignment,
+  ExecutorSummary,
   ListPlansRequest,
   ListPlansResponse,
   PlannerServiceClient,

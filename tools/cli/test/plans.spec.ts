@@ -14,7 +14,7 @@ import {
   startNatsServer,
   type NatsServerHandle,
 } from '@tandem/testkit';
-import { observationsTable, planTable } from '../src/views/plans';
+import { formatPlans, observationsTable, planTable } from '../src/views/plans';
 import { run } from './run-cli';
 
 // A hand-checkable planner: three stages, one class of 10-token prompts and no decode step.
@@ -341,5 +341,43 @@ describe('the plan table of tandem plans', () => {
     expect(table).toMatch(/long\s+SSS -> CCC\s/);
     expect(table).toMatch(/short\s+SSS\s/);
     expect(table).not.toMatch(/short\s+SSS ->/);
+  });
+
+  it('names the executor in a column and the alternates in the header when the plan names one', () => {
+    const table = planTable({
+      clientId: 'a',
+      epoch: 3,
+      algorithm: 'dp',
+      createdUnixMs: 0,
+      executor: { id: 'exec-a', address: '10.0.0.1:50051' },
+      alternates: [{ id: 'exec-b', address: '10.0.0.2:50051' }],
+      classes: [cls],
+    });
+    expect(table.split('\n')[0]).toMatch(/ {2}alternates exec-b$/);
+    expect(table).toMatch(/^ {2}class +executor +placement /m);
+    expect(table).toMatch(/^ {2}long +exec-a \(10\.0\.0\.1:50051\) +SSS /m);
+    // Without one: no column, no alternates.
+    const plain = planTable({ clientId: 'a', epoch: 3, algorithm: 'dp', createdUnixMs: 0, alternates: [], classes: [cls] });
+    expect(plain).not.toMatch(/executor|alternates/);
+  });
+});
+
+describe('the executors table of tandem plans', () => {
+  it('lists each executor with its clients, utilisation and whether it drains, before the plans', () => {
+    const text = formatPlans({
+      plans: [],
+      observations: [],
+      nextPageToken: '',
+      executors: [
+        { id: 'exec-a', address: '10.0.0.1:50051', clients: 7, utilisation: 0.42, draining: false, lastReportUnixMs: Date.UTC(2026, 0, 1) },
+        { id: 'exec-b', address: '', clients: 0, utilisation: 0.05, draining: true, lastReportUnixMs: Date.UTC(2026, 0, 1) },
+      ],
+    });
+    const lines = text.split('\n');
+    expect(lines[0]).toBe('executors');
+    expect(text).toMatch(/^ {2}exec-a +10\.0\.0\.1:50051 +7 +42 % +no +2026-01-01T00:00:00\.000Z$/m);
+    expect(text).toMatch(/^ {2}exec-b +- \(never assigned\) +0 +5 % +yes +2026-01-01T00:00:00\.000Z$/m);
+    expect(text).toMatch(/no plans yet/);
+    expect(formatPlans({ plans: [], observations: [], nextPageToken: '', executors: [] })).not.toMatch(/executors/);
   });
 });

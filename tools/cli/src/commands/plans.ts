@@ -23,7 +23,9 @@ per class: outcomes and failures, the SLO attainment of the plan in force (again
 target), predicted against observed end-to-end latency (median and mean of the recent
 generations), the observed error of its predictions (obs/pred, decayed), and the correction
 factor and the safety factor on the SLA ('all-server' at its floor) it plans with
-(docs/planner.md).
+(docs/planner.md). The executors the planner hears from come first, with the clients whose
+plans name each; with several executors advertising an address, each plan names its executor
+(a column) and its alternates (docs/planner.md, "Several executors").
 
   --planner ADDR   the planner's gRPC address, host:port
   --page-size N    plans per ListPlans call, 1..5000 (default: the planner's, 1000); every

@@ -1,18 +1,46 @@
-import type { ClassObservations, ClientObservations, ClientPlan, ListPlansResponse } from '@tandem/protocol';
+import type { ClassObservations, ClientObservations, ClientPlan, ExecutorSummary, ListPlansResponse } from '@tandem/protocol';
 import { formatTable, ms } from './table';
 
 /** A fraction as a whole percentage. */
 const pct = (x: number): string => `${Math.round(x * 100)} %`;
 
-/** One client's plan: a header line and a table of its request classes. */
+/**
+ * One client's plan: a header line and a table of its request classes. A plan that names an
+ * executor (the planner assigns one when several report an address) has an executor column,
+ * and its header names the alternates.
+ */
 export function planTable(p: ClientPlan): string {
-  const head = `client ${p.clientId}  epoch ${p.epoch}  algorithm ${p.algorithm || '?'}  planned ${p.createdUnixMs ? new Date(p.createdUnixMs).toISOString() : '?'}`;
+  const alternates = p.executor ? `  alternates ${p.alternates.map((a) => a.id).join(', ') || '-'}` : '';
+  const head = `client ${p.clientId}  epoch ${p.epoch}  algorithm ${p.algorithm || '?'}  planned ${p.createdUnixMs ? new Date(p.createdUnixMs).toISOString() : '?'}${alternates}`;
   // A phased plan shows its prefill's placement, then its decode's.
   const placement = (c: ClientPlan['classes'][number]): string =>
     c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement} -> ${c.decodePlacement}` : c.placement;
-  const rows = p.classes.map((c) => [c.name, placement(c), ms(c.slaMs), ms(c.predictedLatencyMs), ms(c.predictedServerWork), c.feasible ? 'yes' : 'NO']);
-  const table = formatTable(['class', 'placement', 'SLA ms', 'predicted ms', 'server work ms', 'feasible'], rows, { indent: '  ', rightAlign: [2, 3, 4] });
+  const executor = p.executor ? [`${p.executor.id} (${p.executor.address})`] : [];
+  const rows = p.classes.map((c) => [
+    c.name,
+    ...executor,
+    placement(c),
+    ms(c.slaMs),
+    ms(c.predictedLatencyMs),
+    ms(c.predictedServerWork),
+    c.feasible ? 'yes' : 'NO',
+  ]);
+  const header = ['class', ...(p.executor ? ['executor'] : []), 'placement', 'SLA ms', 'predicted ms', 'server work ms', 'feasible'];
+  const table = formatTable(header, rows, { indent: '  ', rightAlign: p.executor ? [3, 4, 5] : [2, 3, 4] });
   return `${head}\n${table}`;
+}
+
+/** The executors the planner knows of, with the clients whose plans name each (ListPlansResponse.executors). */
+export function executorsTable(executors: readonly ExecutorSummary[]): string {
+  const rows = executors.map((e) => [
+    e.id,
+    e.address || '- (never assigned)',
+    String(e.clients),
+    pct(e.utilisation),
+    e.draining ? 'yes' : 'no',
+    e.lastReportUnixMs ? new Date(e.lastReportUnixMs).toISOString() : '?',
+  ]);
+  return `executors\n${formatTable(['executor', 'address', 'clients', 'utilisation', 'draining', 'last report'], rows, { indent: '  ', rightAlign: [2, 3] })}`;
 }
 
 /**
@@ -57,7 +85,8 @@ const PLANNER_ROLES: Readonly<Record<string, string>> = {
 /** The plans as text: the planner's role when it keeps state, then one block per client, with its observations when there are any. */
 export function formatPlans(r: ListPlansResponse): string {
   const role = PLANNER_ROLES[r.plannerRole ?? ''];
-  const head = role ? `planner: ${r.plannerRole} (${role})\n\n` : '';
+  const executors = r.executors.length > 0 ? `${executorsTable(r.executors)}\n\n` : '';
+  const head = (role ? `planner: ${r.plannerRole} (${role})\n\n` : '') + executors;
   if (r.plans.length === 0) return `${head}no plans yet: the planner has not heard from any client (or not yet from the server-executor)`;
   return (
     head +
