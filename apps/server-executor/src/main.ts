@@ -21,6 +21,7 @@ export async function main(): Promise<void> {
     engine,
     log,
     address: config.EXECUTOR_ADDR,
+    advertiseAddress: config.EXECUTOR_ADVERTISE_ADDR,
     serverId: config.EXECUTOR_ID,
     maxSessions: config.EXECUTOR_MAX_SESSIONS,
     maxSessionsPerClient: config.EXECUTOR_MAX_SESSIONS_PER_CLIENT,
