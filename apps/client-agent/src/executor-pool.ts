@@ -1,0 +1,127 @@
+import type { ExecutorServiceClient } from '@tandem/protocol';
+
+/** Most executor clients (gRPC channels) the agent keeps open at once, the configured one included. */
+export const MAX_EXECUTOR_CLIENTS = 16;
+
+/** A client no plan has named for this long and no generation uses is closed, ms. */
+export const EXECUTOR_IDLE_MS = 60_000;
+
+/** One executor's client, held by a generation (or a ping) until released. */
+export interface ExecutorLease {
+  readonly address: string;
+  readonly client: ExecutorServiceClient;
+  /** Gives the client back; idempotent. */
+  release(): void;
+}
+
+interface Entry {
+  readonly client: ExecutorServiceClient;
+  /** Leases not yet released. */
+  users: number;
+  /** When a plan last named it (or it was last used), ms of `now()`. */
+  lastWanted: number;
+}
+
+/**
+ * The agent's gRPC clients to executors, one per address: the configured one (EXECUTOR_ADDR),
+ * always open, and those plans name (ClientPlan.executor and alternates), each created on first
+ * use with the same credentials and channel options (`make`), and closed once no plan has
+ * named it for `idleMs` and no lease holds it. At most `maxClients` are open: past that an
+ * unused one is closed to make room, and when every one is in use the address is not opened
+ * (acquire gives undefined), so a planner cannot make the agent open channels without bound.
+ */
+export class ExecutorPool {
+  private readonly entries = new Map<string, Entry>();
+  private readonly maxClients: number;
+  private readonly idleMs: number;
+  private readonly now: () => number;
+  private closed = false;
+
+  constructor(
+    private readonly opts: {
+      /** EXECUTOR_ADDR: never closed before close(). */
+      configured: string;
+      make: (address: string) => ExecutorServiceClient;
+      maxClients?: number;
+      idleMs?: number;
+      now?: () => number;
+    },
+  ) {
+    this.maxClients = Math.max(1, opts.maxClients ?? MAX_EXECUTOR_CLIENTS);
+    this.idleMs = opts.idleMs ?? EXECUTOR_IDLE_MS;
+    this.now = opts.now ?? (() => performance.now());
+    this.entries.set(opts.configured, { client: opts.make(opts.configured), users: 0, lastWanted: Infinity });
+  }
+
+  /** Addresses with a client open now. */
+  addresses(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** Records that the plan just taken names these addresses (their clients are kept, none is opened). */
+  named(addresses: readonly string[]): void {
+    const t = this.now();
+    for (const a of addresses) {
+      const e = this.entries.get(a);
+      if (e && e.lastWanted !== Infinity) e.lastWanted = t;
+    }
+    this.sweep();
+  }
+
+  /**
+   * The client of `address` for one use, created when there is none (closing an unused one
+   * when the pool is full); undefined when the pool is full of clients in use, or closed.
+   */
+  acquire(address: string): ExecutorLease | undefined {
+    if (this.closed) return undefined;
+    let e = this.entries.get(address);
+    if (!e) {
+      this.sweep();
+      if (this.entries.size >= this.maxClients && !this.evictOne()) return undefined;
+      e = { client: this.opts.make(address), users: 0, lastWanted: this.now() };
+      this.entries.set(address, e);
+    }
+    const entry = e;
+    entry.users++;
+    if (entry.lastWanted !== Infinity) entry.lastWanted = this.now();
+    let released = false;
+    return {
+      address,
+      client: entry.client,
+      release: () => {
+        if (released) return;
+        released = true;
+        entry.users--;
+        if (entry.lastWanted !== Infinity) entry.lastWanted = this.now();
+      },
+    };
+  }
+
+  /** Closes every client that is unused and not wanted for `idleMs`. */
+  sweep(): void {
+    const t = this.now();
+    for (const [address, e] of this.entries) {
+      if (e.users === 0 && t - e.lastWanted >= this.idleMs) {
+        e.client.close();
+        this.entries.delete(address);
+      }
+    }
+  }
+
+  /** Closes the unused client wanted least recently (never the configured one); false when every one is in use. */
+  private evictOne(): boolean {
+    let victim: [string, Entry] | undefined;
+    for (const kv of this.entries) if (kv[1].users === 0 && kv[1].lastWanted !== Infinity && (!victim || kv[1].lastWanted < victim[1].lastWanted)) victim = kv;
+    if (!victim) return false;
+    victim[1].client.close();
+    this.entries.delete(victim[0]);
+    return true;
+  }
+
+  /** Closes every client (generations still running on one fail with CANCELLED or UNAVAILABLE). */
+  close(): void {
+    this.closed = true;
+    for (const e of this.entries.values()) e.client.close();
+    this.entries.clear();
+  }
+}
