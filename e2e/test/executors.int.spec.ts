@@ -1,3 +1,4 @@
+import { createConnection, createServer, type Server } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { LinkEmulator, type ClientAgent } from '@tandem/client-agent';
@@ -219,6 +220,37 @@ describe('an agent follows the executor its plan names', () => {
     expect(agent.status()).toMatchObject({ planEpoch: e, executorAddress: execs[1].addr, executorId: 'exec-b' });
     const r = await run();
     expect(r).toMatchObject({ executorId: 'exec-b', epoch: e });
+  });
+
+  it('opens nowhere a plan names whose certificate the CA did not sign for that host: the handshake fails and it falls back', async () => {
+    // exec-b's port, reached through 127.0.0.2, an address its certificate does not name.
+    let connections = 0;
+    const relay: Server = createServer((sock) => {
+      connections++;
+      const up = createConnection(Number(execs[1].addr.split(':')[1]), '127.0.0.1');
+      sock.pipe(up).pipe(sock);
+      sock.on('error', () => up.destroy());
+      up.on('error', () => sock.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.2', resolve));
+    const port = (relay.address() as { port: number }).port;
+    try {
+      const before = await opened();
+      await follow({ id: 'exec-b', address: `127.0.0.2:${port}` });
+      const r = await run();
+      expect(r.stats.ids).toEqual(expected);
+      expect(r).toMatchObject({ executorId: '', executorAddress: execs[0].addr });
+      const after = await opened();
+      expect([after[0] - before[0], after[1] - before[1]]).toEqual([1, 0]);
+      expect(connections).toBeGreaterThan(0); // it got as far as the handshake
+      const refused = agentLog
+        .lines()
+        .filter((l) => l.msg === 'executor refused a session as unavailable; trying the next' && l.address === `127.0.0.2:${port}`);
+      expect(refused.length).toBeGreaterThan(0);
+      expect(refused[0].why).toContain('ERR_TLS_CERT_ALTNAME_INVALID');
+    } finally {
+      relay.close();
+    }
   });
 
   // Last: exec-a is stopped for good.
