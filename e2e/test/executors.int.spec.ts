@@ -1,7 +1,7 @@
-import { createConnection, createServer, type Server } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { LinkEmulator, type ClientAgent } from '@tandem/client-agent';
+import { CONNECT_TIMEOUT_MS, LinkEmulator, type ClientAgent } from '@tandem/client-agent';
 import { SplitPipeline } from '@tandem/model';
 import {
   ExecutorServiceClient,
@@ -207,6 +207,31 @@ describe('an agent follows the executor its plan names', () => {
     after = await opened();
     expect([after[0] - before[0], after[1] - before[1]]).toEqual([1, 0]);
     expect(agent.status().failures).toBe(0);
+  });
+
+  it('gives up on a named executor that never answers after CONNECT_TIMEOUT_MS and opens on the alternate', async () => {
+    // Accepts connections and never says a word (a host whose packets are dropped after the SYN).
+    const held: Socket[] = [];
+    const silent: Server = createServer((sock) => held.push(sock));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const addr = `127.0.0.1:${(silent.address() as { port: number }).port}`;
+    try {
+      const before = await opened();
+      await follow({ id: 'exec-silent', address: addr }, [b()]);
+      const t0 = performance.now();
+      const r = await run();
+      const ms = performance.now() - t0;
+      expect(r.stats.ids).toEqual(expected);
+      expect(r).toMatchObject({ executorId: 'exec-b' });
+      expect(held.length).toBeGreaterThan(0);
+      expect(ms).toBeGreaterThanOrEqual(CONNECT_TIMEOUT_MS - 100);
+      expect(ms).toBeLessThan(CONNECT_TIMEOUT_MS + 5000);
+      const after = await opened();
+      expect([after[0] - before[0], after[1] - before[1]]).toEqual([0, 1]);
+    } finally {
+      for (const sock of held) sock.destroy();
+      silent.close();
+    }
   });
 
   it('refuses a plan naming a bad executor address, logs why, and stays on its executor', async () => {

@@ -39,7 +39,7 @@ import {
   type ServerSecurity,
 } from '@tandem/service-kit';
 import { toGrpcStatus } from './errors';
-import { ExecutorPool, type ExecutorLease } from './executor-pool';
+import { CONNECT_TIMEOUT_MS, ExecutorPool, settled, type ExecutorLease } from './executor-pool';
 import { generate, isSessionLost, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
@@ -271,9 +271,10 @@ export class ClientAgent {
    * `targets()` (read at that moment: the plan's current executor) that accepts it, trying the
    * next when one refuses as UNAVAILABLE (draining, connection refused, lost). An executor on
    * which this generation lost a session, or whose open failed, is tried only when no other is
-   * left. `used` is the executor of the last session opened; `release` gives its client back.
+   * left. An executor that does not connect within CONNECT_TIMEOUT_MS is given up on when another
+   * is left to try. `used` is the executor of the last session opened; `release` gives its client back.
    */
-  private sessionOpener(open: (client: ExecutorServiceClient) => Promise<RemoteSession>, signal: AbortSignal) {
+  private sessionOpener(open: (client: ExecutorServiceClient) => Promise<RemoteSession>, signal: AbortSignal, until: number) {
     const avoid = new Set<string>();
     let lease: ExecutorLease | undefined;
     let session: RemoteSession | undefined;
@@ -285,11 +286,14 @@ export class ClientAgent {
         const all = this.targets();
         const fresh = all.filter((t) => !avoid.has(t.address));
         let lastErr: unknown = new StatusError(grpc.status.UNAVAILABLE, 'no executor client could be opened (too many executors in use)');
-        for (const t of fresh.length > 0 ? fresh : all) {
+        const order = fresh.length > 0 ? fresh : all;
+        for (const [i, t] of order.entries()) {
           signal.throwIfAborted();
           const l = this.executors.acquire(t.address);
           if (!l) continue;
           try {
+            // With another executor to try, one that does not answer is given up on in CONNECT_TIMEOUT_MS.
+            if (i < order.length - 1) await settled(l.client, Math.min(CONNECT_TIMEOUT_MS, Math.max(0, until - Date.now())));
             const s = await open(l.client);
             lease?.release();
             lease = l;
@@ -454,6 +458,7 @@ export class ClientAgent {
           private: this.opts.private === true,
         }),
       signal,
+      until,
     );
     const t0 = performance.now();
     let produced = 0;

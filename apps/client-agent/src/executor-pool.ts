@@ -1,10 +1,42 @@
+import { connectivityState, status } from '@grpc/grpc-js';
 import type { ExecutorServiceClient } from '@tandem/protocol';
+import { StatusError } from '@tandem/service-kit';
 
 /** Most executor clients (gRPC channels) the agent keeps open at once, the configured one included. */
 export const MAX_EXECUTOR_CLIENTS = 16;
 
 /** A client no plan has named for this long and no generation uses is closed, ms. */
 export const EXECUTOR_IDLE_MS = 60_000;
+
+/**
+ * How long an open waits for a connection to an executor before the next one is tried, when
+ * there is a next one, ms. An executor that refuses connections fails at once; this bounds
+ * one that never answers (packets dropped), which gRPC's own connection attempt would wait
+ * on for about 20 s.
+ */
+export const CONNECT_TIMEOUT_MS = 3000;
+
+/**
+ * Resolves once `client`'s channel is connected, or has failed to connect (a call then fails at
+ * once, as it does not wait for ready, with gRPC's reason); rejects with UNAVAILABLE when
+ * neither happens within `ms` (a connection attempt still under way).
+ */
+export function settled(client: ExecutorServiceClient, ms: number): Promise<void> {
+  const channel = client.getChannel();
+  const deadline = Date.now() + ms;
+  return new Promise<void>((resolve, reject) => {
+    const check = (): void => {
+      const state = channel.getConnectivityState(true);
+      if (state === connectivityState.READY || state === connectivityState.TRANSIENT_FAILURE || state === connectivityState.SHUTDOWN) resolve();
+      else
+        channel.watchConnectivityState(state, deadline, (err) => {
+          if (err) reject(new StatusError(status.UNAVAILABLE, `no connection to the executor at ${channel.getTarget()} within ${ms} ms`));
+          else check();
+        });
+    };
+    check();
+  });
+}
 
 /** One executor's client, held by a generation (or a ping) until released. */
 export interface ExecutorLease {
