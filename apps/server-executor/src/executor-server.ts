@@ -123,6 +123,8 @@ export class ExecutorServer {
   /** Token buckets per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), when limited. */
   private readonly rates: ClientTokenRates | undefined;
   private draining = false;
+  /** stop() has begun. */
+  private stopping = false;
   /** Why the engine can no longer run stages, once it failed. */
   private engineFailure: Error | undefined;
   private telemetry: TelemetryPublisher | undefined;
@@ -244,8 +246,11 @@ export class ExecutorServer {
       },
       'executor ready',
     );
-    this.health.set('', ServingStatus.SERVING);
-    this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
+    // Drained while warming up (SIGUSR2): it stays NOT_SERVING.
+    if (!this.draining) {
+      this.health.set('', ServingStatus.SERVING);
+      this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
+    }
     this.ready = true;
     if (this.opts.natsUrl) {
       const report = this.loadReader();
@@ -379,23 +384,36 @@ export class ExecutorServer {
   }
 
   /**
-   * Drains: NOT_SERVING at once, no new sessions, a load report saying `draining` published at
-   * once (and on every interval while the grace runs, so a planner moves this executor's clients
-   * elsewhere before it is gone), open sessions get `graceMs` to finish, then are ended with
-   * UNAVAILABLE; the gRPC server and NATS are closed. Idempotent.
+   * Starts draining without stopping (SIGUSR2): NOT_SERVING, new sessions and inference refused
+   * with UNAVAILABLE, a load report saying `draining` published at once and on every interval
+   * after, so the planner moves this executor's clients elsewhere; open sessions run on to
+   * their end. The executor stays up (GetStatus, health, metrics) until stop(); there is no way
+   * back but a restart. Idempotent.
    */
-  async stop(opts: { graceMs?: number } = {}): Promise<void> {
-    if (this.draining) {
-      await this.closed;
-      return;
-    }
+  drain(): void {
+    if (this.draining) return;
     this.draining = true;
     this.admission.refuse('the executor is draining and accepts no new sessions');
     this.health.set('', ServingStatus.NOT_SERVING);
     this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.NOT_SERVING);
     this.telemetry?.publishNow();
+    this.log.info({ sessions: this.admission.members.size }, 'draining');
+  }
+
+  /**
+   * Drains (see drain()), then stops: NOT_SERVING at once, no new sessions, a load report saying `draining` published at
+   * once (and on every interval while the grace runs, so a planner moves this executor's clients
+   * elsewhere before it is gone), open sessions get `graceMs` to finish, then are ended with
+   * UNAVAILABLE; the gRPC server and NATS are closed. Idempotent.
+   */
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.stopping) {
+      await this.closed;
+      return;
+    }
+    this.stopping = true;
+    this.drain();
     const sessions = this.admission.members;
-    this.log.info({ sessions: sessions.size }, 'draining');
     const graceMs = opts.graceMs ?? 10_000;
     const until = Date.now() + graceMs;
     while (sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));

@@ -386,6 +386,39 @@ describe('server-executor lifecycle and telemetry', () => {
   });
 });
 
+describe('server-executor drained by an operator (SIGUSR2)', () => {
+  it('refuses new sessions and reports draining at once, lets open sessions run on, and stays up until stopped', async () => {
+    const model = await makeTempModel();
+    const exec = await startTestExecutor(await engines.worker(model.dir), { serverId: 'exec-drain' });
+    try {
+      const report = exec.server.loadReader();
+      expect(report().draining).toBeFalsy();
+      const held = exec.session();
+      held.open();
+      await held.next(1);
+      exec.server.drain();
+      exec.server.drain(); // idempotent
+      expect(report().draining).toBe(true);
+      expect(await exec.health()).toBe(ServingStatus.NOT_SERVING);
+      const late = exec.session();
+      late.open();
+      const refused = (await late.ended) as grpc.ServiceError;
+      expect(refused.code).toBe(grpc.status.UNAVAILABLE);
+      expect(refused.details).toContain('draining');
+      // The open session still computes, and ends cleanly.
+      held.step(1, 0, 1, ids(464, 2068));
+      expect((await held.next(2)).kind?.$case).toBe('result');
+      held.call.end();
+      await eventually(async () => (await exec.status()).activeSessions === 0, { what: 'the session ended' });
+      await new Promise((r) => setTimeout(r, 200));
+      expect(await exec.status()).toMatchObject({ draining: true, activeSessions: 0 });
+    } finally {
+      await exec.stop();
+      model.remove();
+    }
+  });
+});
+
 /** The executor's GetStatus through `client` (deadline 5 s). */
 function exec(client: ExecutorServiceClient): Promise<GetStatusResponse> {
   return new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
