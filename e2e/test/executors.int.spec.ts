@@ -286,7 +286,7 @@ describe('an agent follows the executor its plan names', () => {
     const before = await opened();
     const running = [run(), run(), run('SSSSSS'), run()];
     await eventually(async () => (await executorStatus(execs[0].client)).activeSessions >= 3, { what: 'generations running on exec-a' });
-    const draining = execs[0].server.stop({ graceMs: 100 });
+    const draining = execs[0].server.stop({ graceMs: 30 });
     // Started while exec-a drains: it refuses them as UNAVAILABLE, and they open on the alternate.
     const late = [run(), run('SSSSSS'), run(), run()];
     const results = await Promise.all([...running, ...late]);
