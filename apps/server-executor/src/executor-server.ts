@@ -164,8 +164,8 @@ export class ExecutorServer {
         this.steps.record(o);
         if (!this.profiling) this.observed.step(o);
       },
-      onCall: (n) => {
-        if (!this.profiling) this.observed.call(n);
+      onCall: (n, stage, ms) => {
+        if (!this.profiling) this.observed.call(n, stage, ms);
       },
     });
     this.maxContext = opts.maxContextTokens > 0 ? Math.min(opts.maxContextTokens, opts.engine.nPositions) : opts.engine.nPositions;

@@ -33,6 +33,7 @@ export interface ExecutorGaugeSources {
 export class ExecutorMetrics implements GenerationObserver {
   private readonly stepSeconds: Histogram<'kind'>;
   private readonly batchSize: Histogram;
+  private readonly stageCallSeconds: Histogram<'stage'>;
   private readonly started: Counter;
   private readonly finished: Counter<'status'>;
   private readonly tokens: Counter;
@@ -52,6 +53,13 @@ export class ExecutorMetrics implements GenerationObserver {
       name: 'tandem_executor_batch_size',
       help: 'Steps run together in one engine call (1: alone)',
       buckets: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128],
+      registers,
+    });
+    this.stageCallSeconds = new Histogram({
+      name: 'tandem_executor_stage_call_duration_seconds',
+      help: "Engine calls by stage (the stage's index, or 'fused' for one call through every stage of an all-server step): the call's wall time, every step of its batch together",
+      labelNames: ['stage'],
+      buckets: [...LATENCY_BUCKETS_S],
       registers,
     });
     this.started = new Counter({ name: 'tandem_executor_generations_started_total', help: 'Server-side generations started', registers });
@@ -119,9 +127,10 @@ export class ExecutorMetrics implements GenerationObserver {
     this.stepSeconds.observe({ kind: stepKind(o) === 0 ? 'decode' : 'prompt' }, Math.max(0, o.queueMs + o.serviceMs) / 1000);
   }
 
-  /** One engine call of `steps` steps (the scheduler's onCall). */
-  call(steps: number): void {
+  /** One engine call of `steps` steps through `stage` that took `ms` (the scheduler's onCall). */
+  call(steps: number, stage: number | 'fused', ms: number): void {
     this.batchSize.observe(steps);
+    this.stageCallSeconds.observe({ stage: String(stage) }, Math.max(0, ms) / 1000);
   }
 
   generationStarted(): void {

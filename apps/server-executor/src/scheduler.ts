@@ -111,8 +111,11 @@ export interface SchedulePolicy {
 export interface SchedulerOptions extends SchedulePolicy {
   /** Called after each step completes (for counters). */
   readonly onStepDone?: (o: StepOutcome) => void;
-  /** Called after each engine call with the number of steps it ran (for metrics). */
-  readonly onCall?: (steps: number) => void;
+  /**
+   * Called after each engine call (for metrics): the number of steps it ran, the stage it ran
+   * ('fused' for one call through every stage) and its wall time in ms.
+   */
+  readonly onCall?: (steps: number, stage: number | 'fused', elapsedMs: number) => void;
   /** Monotonic clock in ms (injected for tests). */
   readonly now?: () => number;
 }
@@ -374,7 +377,7 @@ export class StageScheduler {
   private settle(batch: Batch<Job>, outputs: readonly (HostTensor | Error)[], t0: number, t1: number): number {
     const elapsed = t1 - t0;
     this.busyMs += elapsed;
-    this.opts.onCall?.(batch.steps.length);
+    this.opts.onCall?.(batch.steps.length, batch.fused ? 'fused' : batch.stage, elapsed);
     const totalTokens = batch.steps.reduce((a, j) => a + j.tokens, 0);
     let settled = 0;
     batch.steps.forEach((j, i) => {

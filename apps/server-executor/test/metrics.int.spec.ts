@@ -101,6 +101,12 @@ describe('executor metrics on /metrics, after real traffic', () => {
     expect(stepsInCalls).toBeGreaterThanOrEqual(3 + 2 * (NEW_TOKENS - 1) + 1);
     expect(calls).toBeGreaterThan(0);
     expect(stepsInCalls).toBeGreaterThanOrEqual(calls);
+    // The same calls by stage: the split session ran each stage in calls of its own (stage by
+    // stage), the generations' steps fused or by stage; every call counted once.
+    const byStage = [...Array(stageCount).keys()].map((i) => value(text, `tandem_executor_stage_call_duration_seconds_count{stage="${i}"}`));
+    for (const n of byStage) expect(n).toBeGreaterThanOrEqual(1);
+    const fused = text.includes('stage="fused"') ? value(text, 'tandem_executor_stage_call_duration_seconds_count{stage="fused"}') : 0;
+    expect(byStage.reduce((a, b) => a + b, 0) + fused).toBe(calls);
     expect(value(text, 'tandem_executor_kv_reserved_bytes')).toBe(0);
     expect(text).toContain('# TYPE tandem_executor_step_duration_seconds histogram');
   });

@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Registry } from 'prom-client';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import { env } from './env';
 import type { Logger } from './logger';
 
@@ -31,7 +31,8 @@ export function hostOf(address: string): string {
 
 /**
  * One service's Prometheus metrics: the registry its metrics are registered in (always there,
- * so code observes unconditionally and tests read it directly) and, once started, the HTTP
+ * so code observes unconditionally and tests read it directly; the process's CPU, memory,
+ * event-loop lag and GC join it when the endpoint starts) and, once started, the HTTP
  * endpoint serving it: `GET /metrics` in the text exposition format; anything else 404 (or
  * 405 for another method on /metrics). `stop` closes the endpoint and its connections.
  */
@@ -39,6 +40,7 @@ export class MetricsEndpoint {
   readonly registry = new Registry();
   private server: Server | undefined;
   private boundPort: number | undefined;
+  private processMetrics = false;
 
   constructor(private readonly log?: Logger) {}
 
@@ -50,6 +52,14 @@ export class MetricsEndpoint {
   /** Serves /metrics on host:port (0 picks a free port); resolves with the bound port. */
   async start(host: string, port: number): Promise<number> {
     if (this.server) throw new Error('the metrics endpoint is already started');
+    if (!this.processMetrics) {
+      // The process's own figures, under prom-client's standard names (process_cpu_seconds_total,
+      // process_resident_memory_bytes, nodejs_eventloop_lag_p99_seconds, nodejs_gc_duration_seconds,
+      // nodejs_heap_size_used_bytes, ...): registered once the endpoint serves them, so a service
+      // without an endpoint runs no event-loop monitor.
+      collectDefaultMetrics({ register: this.registry });
+      this.processMetrics = true;
+    }
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];
       if (path !== '/metrics') {

@@ -25,6 +25,23 @@ describe('MetricsEndpoint', () => {
     await m.stop(); // idempotent
   });
 
+  it("serves the process's CPU, memory and event-loop lag beside the service's metrics, and starts again after a stop", async () => {
+    const m = new MetricsEndpoint();
+    expect(await m.registry.metrics()).not.toContain('process_cpu_seconds_total');
+    for (let round = 0; round < 2; round++) {
+      const port = await m.start('127.0.0.1', 0);
+      try {
+        const body = (await fetchText(port)).body;
+        expect(body).toMatch(/^process_cpu_seconds_total \d/m);
+        expect(body).toMatch(/^process_resident_memory_bytes [1-9]/m);
+        expect(body).toContain('# TYPE nodejs_eventloop_lag_p99_seconds gauge');
+        expect(body).toMatch(/^nodejs_heap_size_used_bytes [1-9]/m);
+      } finally {
+        await m.stop();
+      }
+    }
+  });
+
   it('refuses a port in use with the listen error', async () => {
     const a = new MetricsEndpoint();
     const port = await a.start('127.0.0.1', 0);
