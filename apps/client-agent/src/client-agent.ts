@@ -39,7 +39,7 @@ import {
   type ServerSecurity,
 } from '@tandem/service-kit';
 import { toGrpcStatus } from './errors';
-import { CONNECT_TIMEOUT_MS, ExecutorPool, settled, type ExecutorLease } from './executor-pool';
+import { CONNECT_TIMEOUT_MS, ExecutorPool, MAX_EXECUTOR_CLIENTS, settled, type ExecutorLease } from './executor-pool';
 import { generate, isSessionLost, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
@@ -285,7 +285,10 @@ export class ClientAgent {
         if (session && state.used && isSessionLost(session.failed)) avoid.add(state.used.address);
         const all = this.targets();
         const fresh = all.filter((t) => !avoid.has(t.address));
-        let lastErr: unknown = new StatusError(grpc.status.UNAVAILABLE, 'no executor client could be opened (too many executors in use)');
+        let lastErr: unknown = new StatusError(
+          grpc.status.UNAVAILABLE,
+          `no executor channel is free: the agent is stopping, or all ${MAX_EXECUTOR_CLIENTS} of its executor channels are in use`,
+        );
         const order = fresh.length > 0 ? fresh : all;
         for (const [i, t] of order.entries()) {
           signal.throwIfAborted();
