@@ -191,7 +191,9 @@ describe('an agent follows the executor its plan names', () => {
     const gone = `127.0.0.1:${await freePort()}`;
     let before = await opened();
     const e1 = await follow({ id: 'exec-gone', address: gone }, [b()]);
+    const t1 = performance.now();
     const r1 = await run();
+    process.stderr.write(`a named executor refusing connections: the generation opened on the alternate, done in ${Math.round(performance.now() - t1)} ms\n`);
     expect(r1.stats.ids).toEqual(expected);
     expect(r1).toMatchObject({ executorId: 'exec-b', epoch: e1 });
     let after = await opened();
@@ -225,6 +227,7 @@ describe('an agent follows the executor its plan names', () => {
       expect(r).toMatchObject({ executorId: 'exec-b' });
       expect(held.length).toBeGreaterThan(0);
       expect(ms).toBeGreaterThanOrEqual(CONNECT_TIMEOUT_MS - 100);
+      process.stderr.write(`a named executor that never answers: the generation opened on the alternate, done in ${Math.round(ms)} ms\n`);
       expect(ms).toBeLessThan(CONNECT_TIMEOUT_MS + 5000);
       const after = await opened();
       expect([after[0] - before[0], after[1] - before[1]]).toEqual([0, 1]);
@@ -297,6 +300,15 @@ describe('an agent follows the executor its plan names', () => {
     // The running ones that were cut at the end of the grace resumed on exec-b, never on exec-a again.
     expect(agent.status().resumedGenerations).toBeGreaterThan(resumedBefore);
     for (const r of results.slice(0, 4)) if (r.stats.resumes > 0) expect(r.executorId).toBe('exec-b');
+    const resumed = results.filter((r) => r.stats.resumes > 0);
+    process.stderr.write(
+      `exec-a drained (grace 30 ms) under ${results.length} generations: 0 failed, ${resumed.length} resumed on exec-b ` +
+        `(${resumed.map((r) => Math.round(r.stats.totalMs)).join(' ')} ms), ${results.length - 4} started during the drain opened on exec-b ` +
+        `(${results
+          .slice(4)
+          .map((r) => Math.round(r.stats.ttftMs))
+          .join(' ')} ms to the first token)\n`,
+    );
     const bAfter = (await executorStatus(execs[1].client)).sessionsOpened;
     expect(bAfter - before[1]).toBeGreaterThanOrEqual(4 + (agent.status().resumedGenerations - resumedBefore));
   });

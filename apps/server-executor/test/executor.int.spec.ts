@@ -370,6 +370,7 @@ describe('server-executor lifecycle and telemetry', () => {
       expect(drainingReport.load.draining).toBe(true);
       expect(drainingReport.load.address).toBe(`127.0.0.1:${port}`);
       expect(drainingReport.at - t0).toBeLessThan(1000);
+      process.stderr.write(`executor stop(): the draining load report ${Math.round(drainingReport.at - t0)} ms after (interval 5000 ms, grace 3000 ms)\n`);
       // Still draining (the session holds it within its grace): the report came first.
       expect(stopped).toBe(false);
       expect((await exec(client)).draining).toBe(true);
