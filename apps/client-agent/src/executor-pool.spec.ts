@@ -29,11 +29,15 @@ describe('ExecutorPool', () => {
     a2?.release();
     a2?.release(); // idempotent
     now = 5500;
-    pool.named(['a:1']); // a plan names it again: kept
-    now = 6000;
+    pool.named(['a:1']); // the plan followed names it: kept however long
+    now = 100_000;
     pool.sweep();
     expect(c.closed).toEqual([]);
-    now = 6600;
+    pool.named(['b:1']); // a plan that names it no more: kept idleMs from now
+    now = 100_500;
+    pool.sweep();
+    expect(c.closed).toEqual([]);
+    now = 101_100;
     pool.sweep();
     expect(c.closed).toEqual(['a:1']);
     expect(pool.addresses()).toEqual(['cfg:1']);
@@ -53,11 +57,12 @@ describe('ExecutorPool', () => {
     now = 2;
     b?.release();
     const x = pool.acquire('x:1'); // full: a:1 (wanted at 1) goes, b:1 (at 2) stays
+    pool.named(['x:1']);
     expect(c.closed).toEqual(['a:1']);
     const y = pool.acquire('b:1');
-    expect(pool.acquire('z:1')).toBeUndefined(); // cfg, b and x: every one in use or configured
-    expect(pool.addresses().sort()).toEqual(['b:1', 'cfg:1', 'x:1']);
     x?.release();
+    expect(pool.acquire('z:1')).toBeUndefined(); // cfg (configured), b (in use), x (the plan names it): none may go
+    expect(pool.addresses().sort()).toEqual(['b:1', 'cfg:1', 'x:1']);
     y?.release();
     pool.close();
     expect(c.closed.sort()).toEqual(['a:1', 'b:1', 'cfg:1', 'x:1']);

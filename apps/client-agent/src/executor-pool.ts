@@ -57,8 +57,8 @@ interface Entry {
 /**
  * The agent's gRPC clients to executors, one per address: the configured one (EXECUTOR_ADDR),
  * always open, and those plans name (ClientPlan.executor and alternates), each created on first
- * use with the same credentials and channel options (`make`), and closed once no plan has
- * named it for `idleMs` and no lease holds it. At most `maxClients` are open: past that an
+ * use with the same credentials and channel options (`make`), and closed once the plan followed
+ * no longer names it, no lease holds it and `idleMs` went by since either. At most `maxClients` are open: past that an
  * unused one is closed to make room, and when every one is in use the address is not opened
  * (acquire gives undefined), so a planner cannot make the agent open channels without bound.
  */
@@ -68,6 +68,8 @@ export class ExecutorPool {
   private readonly idleMs: number;
   private readonly now: () => number;
   private closed = false;
+  /** The addresses the plan followed now names: their clients are kept however long unused. */
+  private current = new Set<string>();
 
   constructor(
     private readonly opts: {
@@ -90,13 +92,17 @@ export class ExecutorPool {
     return [...this.entries.keys()];
   }
 
-  /** Records that the plan just taken names these addresses (their clients are kept, none is opened). */
+  /**
+   * Records the addresses the plan just taken names: their clients are kept while it is
+   * followed (none is opened here); those the previous plan named are kept `idleMs` more.
+   */
   named(addresses: readonly string[]): void {
     const t = this.now();
-    for (const a of addresses) {
+    for (const a of this.current) {
       const e = this.entries.get(a);
       if (e && e.lastWanted !== Infinity) e.lastWanted = t;
     }
+    this.current = new Set(addresses);
     this.sweep();
   }
 
@@ -129,11 +135,11 @@ export class ExecutorPool {
     };
   }
 
-  /** Closes every client that is unused and not wanted for `idleMs`. */
+  /** Closes every client that is unused, not named by the plan followed and not wanted for `idleMs`. */
   sweep(): void {
     const t = this.now();
     for (const [address, e] of this.entries) {
-      if (e.users === 0 && t - e.lastWanted >= this.idleMs) {
+      if (e.users === 0 && !this.current.has(address) && t - e.lastWanted >= this.idleMs) {
         e.client.close();
         this.entries.delete(address);
       }
@@ -143,7 +149,8 @@ export class ExecutorPool {
   /** Closes the unused client wanted least recently (never the configured one); false when every one is in use. */
   private evictOne(): boolean {
     let victim: [string, Entry] | undefined;
-    for (const kv of this.entries) if (kv[1].users === 0 && kv[1].lastWanted !== Infinity && (!victim || kv[1].lastWanted < victim[1].lastWanted)) victim = kv;
+    for (const kv of this.entries)
+      if (kv[1].users === 0 && kv[1].lastWanted !== Infinity && !this.current.has(kv[0]) && (!victim || kv[1].lastWanted < victim[1].lastWanted)) victim = kv;
     if (!victim) return false;
     victim[1].client.close();
     this.entries.delete(victim[0]);
