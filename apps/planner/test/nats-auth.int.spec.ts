@@ -248,7 +248,8 @@ describe('the other credential kinds the generator writes', () => {
   });
 
   it('password-env: the configuration deploy/ ships reads each password from the environment of nats-server', async () => {
-    const cfg = natsServerConfig({ agents: ['agent-1'], mode: 'password-env' });
+    // deploy/'s users (libs/service-kit's deploy test keeps the file equal to this).
+    const cfg = natsServerConfig({ agents: ['agent-1', 'agent-2', 'agent-3'], executors: ['executor-1', 'executor-2'], mode: 'password-env' });
     const file = path.join(REPO, 'deploy/nats/nats-server.conf');
     const vars = Object.fromEntries(cfg.users.map((u) => [u.passwordVar ?? '', `pw-${u.id}`]));
     await expect(startNatsServer({ configFile: file, timeoutMs: 3000 })).rejects.toThrow(/NATS_PASSWORD_PLANNER/);
@@ -256,6 +257,7 @@ describe('the other credential kinds the generator writes', () => {
     servers.push(nats);
     await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-1', password: 'pw-agent-1' })).resolves.toBeUndefined();
     await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'agent-1', password: 'pw-planner' })).rejects.toThrow(/refused NATS_USER 'agent-1'/);
+    await expect(checkNatsCredentials(nats.url, { kind: 'password', user: 'executor-2', password: 'pw-executor-2' })).resolves.toBeUndefined();
   });
 });
 

@@ -102,9 +102,11 @@ describe('natsServerConfig', () => {
 describe('deploy/', () => {
   const deploy = path.join(__dirname, '../../../deploy');
 
-  it('ships the configuration `tandem nats-config --agents agent-1 --auth password-env` writes', () => {
-    // Regenerate when permissions change: tandem nats-config --agents agent-1 --auth password-env --out DIR
-    expect(readFileSync(path.join(deploy, 'nats/nats-server.conf'), 'utf8')).toBe(natsServerConfig({ agents: ['agent-1'], mode: 'password-env' }).conf);
+  it('ships the configuration `tandem nats-config --agents agent-1,agent-2,agent-3 --executors executor-1,executor-2 --auth password-env` writes', () => {
+    // Regenerate when permissions change: tandem nats-config --agents agent-1,agent-2,agent-3 --executors executor-1,executor-2 --auth password-env --out DIR
+    expect(readFileSync(path.join(deploy, 'nats/nats-server.conf'), 'utf8')).toBe(
+      natsServerConfig({ agents: ['agent-1', 'agent-2', 'agent-3'], executors: ['executor-1', 'executor-2'], mode: 'password-env' }).conf,
+    );
   });
 
   it("runs nats-server with it and JetStream (the planner's state) and gives each service its user and the matching password", () => {
@@ -113,9 +115,12 @@ describe('deploy/', () => {
     expect(compose).toContain('"nats-data:/data"');
     expect(compose).toContain('./nats/nats-server.conf:/etc/nats/tandem.conf:ro');
     for (const [user, v] of [
-      ['executor', 'NATS_PASSWORD_EXECUTOR'],
+      ['executor-1', 'NATS_PASSWORD_EXECUTOR_1'],
+      ['executor-2', 'NATS_PASSWORD_EXECUTOR_2'],
       ['planner', 'NATS_PASSWORD_PLANNER'],
       ['agent-1', 'NATS_PASSWORD_AGENT_1'],
+      ['agent-2', 'NATS_PASSWORD_AGENT_2'],
+      ['agent-3', 'NATS_PASSWORD_AGENT_3'],
     ]) {
       expect(compose).toContain(`NATS_USER: ${user}\n      NATS_PASSWORD: \${${v}:?`);
       expect(compose).toContain(`  ${v}: \${${v}:?`);

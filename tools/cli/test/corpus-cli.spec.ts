@@ -139,6 +139,17 @@ describe('CLI bad-input corpus', () => {
     ['loadtest of an unknown scenario file', () => ['loadtest', '--scenario', join(root, 'no-scenario.json')], ['--scenario', 'no-scenario.json']],
     ['loadtest of 0 repeats', () => ['loadtest', '--repeats', '0'], ['--repeats must be an integer in 1..', "given '0'"]],
     ['loadtest of a scenario that is no JSON', () => ['loadtest', '--scenario', file('scenario.json', '[')], ['--scenario', 'JSON']],
+    ['loadtest of 9 executors', () => ['loadtest', '--executors', '9'], ['--executors must be an integer in 1..8', "given '9'"]],
+    [
+      'loadtest --report-only of a directory that does not exist',
+      () => ['loadtest', '--report-only', join(root, 'no-run')],
+      ['--report-only', 'no-run', 'does not exist'],
+    ],
+    [
+      'loadtest --report-only of a runs.json that is no JSON',
+      () => ['loadtest', '--report-only', (file('runs.json', '{'), root)],
+      ['--report-only', 'runs.json must be JSON'],
+    ],
     // certs / nats-config / demo
     ['certs without --out', () => ['certs'], ['--out is required']],
     ['certs of 0 days', () => ['certs', '--out', join(root, 'c1'), '--days', '0'], ['--days must be an integer in 1..', "given '0'"]],

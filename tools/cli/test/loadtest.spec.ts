@@ -1,6 +1,8 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { eventually } from '@tandem/testkit';
 import { makeTempModel, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { run } from './run-cli';
 
@@ -100,6 +102,17 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     );
     expect((await run(['loadtest', '--repeats', '0'])).stderr).toMatch(/--repeats/);
     expect((await run(['loadtest', '--emulation', 'fake'])).stderr).toMatch(/--emulation must be replay or compute, given 'fake'/);
+    for (const n of ['0', '9', '1.5', 'two']) {
+      const e = await run(['loadtest', '--executors', n]);
+      expect({ code: e.code, stderr: e.stderr.trim() }).toEqual({ code: 2, stderr: `tandem loadtest: --executors must be an integer in 1..8, given '${n}'` });
+    }
+    const missing = await run(['loadtest', '--report-only', join(dir, 'no-such-run')]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/--report-only must name a load test's output directory, given '.*no-such-run' \(it does not exist\)/);
+    const empty = await run(['loadtest', '--report-only', dir]);
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toMatch(/--report-only: .*runs\.json does not exist/);
+    expect((await run(['loadtest', '--report-only', dir, '--quick'])).stderr).toMatch(/--report-only takes only --json besides its directory, given --quick/);
   });
 });
 
@@ -115,6 +128,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     model?.remove();
   });
 
+  // Two repeats of three policies: about 100 s on a quiet 2-core machine, more on a busy one.
   it('runs each policy on the same trace per repeat, with replayed devices, and reports ratios with their spread', async () => {
     const f = join(dir, 'smoke.json');
     writeFileSync(f, JSON.stringify(scenario()));
@@ -207,5 +221,102 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
       expect(x.predictionSamples).toBeUndefined();
     }
     expect(r.stderr).toMatch(/loadtest: .*100%/);
+  }, 240_000);
+
+  it('with --executors 2 starts two executors and reports each one; everything runs on the first while plans name no executor', async () => {
+    const f = join(dir, 'two.json');
+    writeFileSync(f, JSON.stringify(scenario()));
+    const out = join(dir, 'two-out');
+    const r = await run([
+      'loadtest',
+      '--scenario',
+      f,
+      '--model-dir',
+      model.dir,
+      '--nats',
+      nats.url,
+      '--out',
+      out,
+      '--json',
+      '--policies',
+      'server-only',
+      '--executors',
+      '2',
+    ]);
+    if (r.code !== 0) throw new Error(r.stderr);
+    const json = JSON.parse(r.stdout);
+    expect(json.settings.executors).toBe(2);
+    const [cell] = json.runs;
+    expect(cell.executors.map((e: { id: string }) => e.id)).toEqual(['lt-executor-1', 'lt-executor-2']);
+    // Each executor's figures add up to the cell's.
+    const total = (k: string): number => cell.executors.reduce((a: number, e: Record<string, number>) => a + e[k], 0);
+    expect(total('requests')).toBe(cell.stats.requests);
+    expect(total('good')).toBe(cell.stats.metSla);
+    expect(total('serverCpuS')).toBeCloseTo(cell.serverCpuS, 9);
+    // Both executors ran (their own processes); the requests all went to the agents' fallback, the first.
+    expect(cell.executors[0].requests).toBe(cell.stats.requests);
+    // Every request that followed a plan was joined to its agent's outcome (they name no executor yet).
+    expect(cell.unattributed).toBe(0);
+    expect(cell.executors[0].serverCpuS).toBeGreaterThan(0);
+    expect(readFileSync(join(out, 'logs', 'lt-executor-2-server-only.log'), 'utf8')).toBeDefined();
+    const lines = readFileSync(join(out, 'records.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(lines).toHaveLength(cell.stats.requests);
+    expect(new Set(lines.map((l: { executorId: string }) => l.executorId))).toEqual(new Set(['lt-executor-1']));
+    // They followed plans (the agents waited for one), so each had an outcome to be joined to.
+    const done = lines.filter((l: { status: string }) => l.status === 'OK');
+    expect(done.length).toBeGreaterThan(0);
+    expect(done.every((l: { planEpoch?: number }) => (l.planEpoch ?? 0) > 0)).toBe(true);
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    expect(md).toContain('## Per executor');
+    expect(md).toMatch(/\| server-only \| 3 \| lt-executor-2 \| 0 \| 0 \| 0 \| 0\.00 \|/);
   }, 120_000);
+
+  it("a run killed after its first cell leaves that cell's records and runs.json, and --report-only makes the report from them", async () => {
+    const f = join(dir, 'killed.json');
+    // Three rates of 2 s each (with a second between them): it is killed once it has written its first cell, within the next ones.
+    writeFileSync(f, JSON.stringify(scenario({ rates: [3, 4, 5] })));
+    const out = join(dir, 'killed-out');
+    const bin = join(__dirname, '../bin/tandem.js');
+    const args = ['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--policies', 'server-only'];
+    // Its own process group, so the kill takes its services too.
+    const child = spawn(process.execPath, [bin, ...args], { detached: true, stdio: 'ignore' });
+    const pid = child.pid ?? 0;
+    const cells = (): { rate: number; stats: { requests: number; completed: number } }[] =>
+      existsSync(join(out, 'runs.json')) ? JSON.parse(readFileSync(join(out, 'runs.json'), 'utf8')).runs : [];
+    try {
+      await eventually(
+        () => {
+          if (child.exitCode !== null) throw new Error(`the load test exited with ${child.exitCode} before its first cell was written`);
+          return cells().length >= 1;
+        },
+        { timeoutMs: 90_000, intervalMs: 100, what: 'the first cell in runs.json' },
+      );
+    } finally {
+      process.kill(-pid, 'SIGKILL');
+    }
+    const kept = cells();
+    expect(kept.length).toBeLessThan(3);
+    expect(existsSync(join(out, 'results.json'))).toBe(false);
+    const r = await run(['loadtest', '--report-only', out, '--json']);
+    if (r.code !== 0) throw new Error(r.stderr);
+    const json = JSON.parse(r.stdout);
+    expect(json.runs.map((x: { rate: number }) => x.rate)).toEqual(kept.map((x) => x.rate));
+    expect(json.runs[0].rate).toBe(3);
+    const finished = `the run finished ${kept.length} of 3 cells (policy × rate × repeat): the report covers those`;
+    expect(json.warnings).toContain(finished);
+    expect(r.stderr).toContain(`loadtest: warning: ${finished}`);
+    // Every request of the cells it finished is in records.jsonl (a cell cut short may have left some lines: they are not in the report).
+    const lines = readFileSync(join(out, 'records.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    for (const c of kept) expect(lines.filter((l: { rate: number }) => l.rate === c.rate)).toHaveLength(c.stats.requests);
+    expect(json.runs[0].stats.completed).toBeGreaterThan(0);
+    expect(readFileSync(join(out, 'results.md'), 'utf8')).toMatch(/\| server-only \| 3 \| \d+ \| \d+ \| 0 \|/);
+    // The prediction error is made from the records again.
+    expect(Object.keys(json.prediction.byPolicy['server-only'])).not.toHaveLength(0);
+  }, 150_000);
 });

@@ -48,6 +48,12 @@ export interface RequestRecord {
   readonly predictedE2eMs?: number;
   readonly predictedTtftMs?: number;
   readonly predictedTpotMs?: number;
+  /**
+   * The executor its server stages ran on (ServerLoad.server_id): the one the agent's
+   * GenerationOutcome named, else the agents' fallback (their EXECUTOR_ADDR, the first
+   * executor). Set by the harness (executors.ts), not the agent's summary, which names none.
+   */
+  readonly executorId?: string;
 }
 
 export const completed = (r: RequestRecord): boolean => r.status === 'OK';

@@ -190,7 +190,9 @@ const msCell = (v: number | null | undefined): string => (v == null ? '–' : Ma
 
 /** What the report says about the run besides its rows: the options it ran with and what it found. */
 export interface ReportContext
-  extends Pick<LoadtestOptions, 'scenario' | 'policies' | 'rates' | 'durationS' | 'seed' | 'modelDir'>, Omit<LoadtestRun, 'results'> {
+  extends Pick<LoadtestOptions, 'scenario' | 'policies' | 'rates' | 'durationS' | 'seed' | 'modelDir'>, Omit<LoadtestRun, 'results' | 'executors'> {
+  /** Executors per stack (default 1: the report says nothing of executors). */
+  readonly executors?: number;
   readonly scenarioPath: string;
   readonly repeats: number;
   readonly quick: boolean;
@@ -200,6 +202,7 @@ export interface ReportContext
 /** results.json, results.md and goodput.svg of a load test. */
 export function buildReport(rows: readonly RateResult[], ctx: ReportContext): LoadtestReport {
   const s = ctx.scenario;
+  const nExec = ctx.executors ?? 1;
   const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
   const multi = repeats.length > 1;
   // Summaries per repeat (each repeat is a whole sweep); the comparison uses the first.
@@ -221,7 +224,9 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   md.push(
     `Scenario: ${ctx.scenarioPath}${s.description ? ` — ${s.description}` : ''}. Model preset \`${s.preset}\` (${ctx.stageCount} stages), ` +
       `${s.arrival.process === 'gamma' ? `gamma arrivals (cv ${s.arrival.cv})` : 'Poisson arrivals'}, ${ctx.durationS} s per rate, seed ${ctx.seed}${ctx.quick ? ', --quick' : ''}. ` +
-      `Executor ${ctx.pinned ? 'pinned to CPU 0 (1 thread), agents, planner and harness to CPU 1' : 'NOT pinned'}. ` +
+      (nExec > 1
+        ? `${nExec} executors (1 thread each) ${ctx.pinned ? 'sharing CPU 0, agents, planner and harness on CPU 1' : 'NOT pinned'}; the agents' fallback is the first. `
+        : `Executor ${ctx.pinned ? 'pinned to CPU 0 (1 thread), agents, planner and harness to CPU 1' : 'NOT pinned'}. `) +
       `${multi ? `${repeats.length} repeats (arrival seeds ${ctx.seed}…${ctx.seed + repeats.length - 1}, fresh services each). ` : ''}Run took ${ctx.elapsedS.toFixed(0)} s.`,
     '',
   );
@@ -308,6 +313,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
     );
   }
   md.push('');
+  if (nExec > 1) md.push(...executorSection(rows, multi));
   md.push(...serverContention(rows, multi));
   md.push('## Device side', '');
   md.push(
@@ -443,6 +449,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
       pinned: ctx.pinned,
       modelDir: ctx.modelDir,
       stageCount: ctx.stageCount,
+      ...(nExec > 1 ? { executors: nExec } : {}),
     },
     elapsedS: ctx.elapsedS,
     warnings: ctx.warnings,
@@ -529,4 +536,32 @@ export function serverContention(rows: readonly RateResult[], multi: boolean): s
     ),
     '',
   ];
+}
+
+/**
+ * The report's "Per executor" section (several executors): each executor's requests, goodput
+ * and CPU per policy and rate, attributed by the agents' outcomes (executors.ts).
+ */
+export function executorSection(rows: readonly RateResult[], multi: boolean): string[] {
+  const md = [
+    '## Per executor',
+    '',
+    "Each request is counted on the executor the agent's GenerationOutcome named; a request without a plan (no outcome), or whose outcome names none, ran on the agents' fallback, the first executor. " +
+      "\"unattributed\": requests that followed a plan but that no outcome matched, counted on the first executor. Goodput is good requests per second of the rate's duration, so the executors' add up to the rate's; server CPU is each executor process's own (from /proc).",
+    '',
+    `| ${multi ? 'repeat | ' : ''}policy | rate | executor | requests | done | good | goodput | server CPU-s | server CPU-s/req | server CPU util | unattributed |`,
+    `|${multi ? '---:|' : ''}---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|`,
+  ];
+  for (const r of rows) {
+    for (const [i, e] of (r.executors ?? []).entries()) {
+      md.push(
+        `| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${e.id} | ${e.requests} | ${e.completed} | ${e.good} | ${fx(e.goodput, 2)} | ${fx(e.serverCpuS, 2)} | ${fx(e.serverCpuPerRequestS, 4)} | ${pct(e.serverCpuUtilisation)} | ${i === 0 ? (r.unattributed ?? 0) : ''} |`,
+      );
+    }
+    md.push(
+      `| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | **all** | ${r.stats.requests} | ${r.stats.completed} | ${r.stats.metSla} | ${fx(r.stats.goodput, 2)} | ${fx(r.serverCpuS, 2)} | ${fx(r.serverCpuPerRequestS, 4)} | ${pct(r.serverCpuUtilisation)} | |`,
+    );
+  }
+  md.push('');
+  return md;
 }

@@ -4,16 +4,22 @@ import { dirname, join } from 'node:path';
 import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
 import { affinityOf, cpuBusySeconds, hasTaskset, launchService, pinProcess, stopServices, type LaunchOptions, type ServiceProcess } from '@tandem/launcher';
 import { modelIdOf, readManifest } from '@tandem/model';
-import { agentStatus, listPlans, type AgentServiceClient, type PlannerServiceClient } from '@tandem/protocol';
+import { agentStatus, GenerationOutcome, listPlans, Subjects, type AgentServiceClient, type PlannerServiceClient } from '@tandem/protocol';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { freePort, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
 import { buildTrace, promptPools, type TraceRequest } from './arrivals';
 import { agentClient, plannerClient, sendGenerate } from './client';
+import { attributeExecutors, executorShares, loadtestExecutorId, MAX_EXECUTORS, type ExecutorShare, type OutcomeSeen } from './executors';
 import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
 import { predictionErrors, predictionSamples, type PredictionGroup, type PredictionSamples } from './prediction';
 import { plannerSloEnv, type Policy, type Scenario } from './scenario';
 
-/** CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on the other. */
+/**
+ * CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on
+ * the other. With several executors they all share that core: the server's capacity stays one
+ * core, split between them, and the client core stays the clients'.
+ */
 export const SERVER_CPU = '0';
 export const CLIENT_CPU = '1';
 
@@ -36,12 +42,23 @@ export interface LoadtestOptions {
   readonly natsUrl?: string;
   /** Pin with taskset (when it exists). */
   readonly pin: boolean;
+  /**
+   * Executors to start, 1..MAX_EXECUTORS (default 1), each with its own id, port and advertised
+   * address, all pinned to the server core; agents fall back to the first.
+   */
+  readonly executors?: number;
   /** Keep every request record in the results. */
   readonly keepRecords?: boolean;
   /** Called as requests finish: done and total over the whole run, and what runs now. */
   readonly onProgress?: (done: number, total: number, what: string) => void;
   /** One line of news (stderr). */
   readonly note?: (line: string) => void;
+  /**
+   * Called after each (policy, rate) cell, before the next starts, with its result, every
+   * request record of it (also without keepRecords) and the run so far: to write results as
+   * they come. When it throws the run stops with that error.
+   */
+  readonly onCell?: (result: RateResult, records: readonly RequestRecord[], run: Omit<LoadtestRun, 'results'>) => void;
 }
 
 /**
@@ -115,6 +132,13 @@ export interface RateResult {
   readonly predictionSamples: Readonly<Record<string, PredictionSamples>>;
   /** The plans at the end of the run: agent → request class → placement. */
   readonly plans: Readonly<Record<string, Readonly<Record<string, string>>>>;
+  /**
+   * With more than one executor: each executor's requests, goodput and CPU (the totals above
+   * are their sums), and how many planned requests no outcome attributed (counted on the
+   * first executor; executors.ts). Absent with one executor.
+   */
+  readonly executors?: readonly ExecutorShare[];
+  readonly unattributed?: number;
   readonly records?: readonly RequestRecord[];
 }
 
@@ -133,6 +157,8 @@ export interface LoadtestRun {
   readonly pinned: boolean;
   readonly warnings: readonly string[];
   readonly stageCount: number;
+  /** Executors started per stack (1 unless --executors). */
+  readonly executors: number;
 }
 
 /** Agent id of a device class. */
@@ -140,13 +166,18 @@ export const agentId = (device: string): string => `lt-${device}`;
 
 /**
  * Runs the load test: starts NATS (unless given); then for each policy a fresh stack: the
- * executor pinned to CPU 0, the planner with that algorithm and one client-agent per device
+ * executors pinned to CPU 0, the planner with that algorithm and one client-agent per device
  * class pinned to CPU 1 (the harness moves itself there too); waits until every agent
  * follows a plan of that algorithm, warms up, and replays the same arrival trace at each
- * rate, reading the executor's CPU time from /proc before and after each rate.
+ * rate, reading each executor's CPU time from /proc before and after each rate.
+ * @throws RangeError naming `executors` when it is not an integer in 1..MAX_EXECUTORS.
  */
 export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
   const s = o.scenario;
+  const nExec = o.executors ?? 1;
+  if (!Number.isInteger(nExec) || nExec < 1 || nExec > MAX_EXECUTORS)
+    throw new RangeError(`loadtest: executors must be an integer in 1..${MAX_EXECUTORS}, given ${String(nExec)}`);
+  const executorIds = Array.from({ length: nExec }, (_, i) => loadtestExecutorId(i));
   const warnings: string[] = [];
   const warn = (w: string): void => {
     warnings.push(w);
@@ -181,18 +212,44 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
   }
   const slowdownOf = new Map(s.deviceClasses.map((d) => [d.name, d.slowdown]));
   let nats: NatsServerHandle | undefined;
-  let executor: ServiceProcess | undefined;
+  // The stack's executors, in id order; the first is every agent's EXECUTOR_ADDR.
+  let executors: ServiceProcess[] = [];
   let planner: ServiceProcess | undefined;
   const agents = new Map<string, { proc: ServiceProcess; client: AgentServiceClient }>();
   let pc: PlannerServiceClient | undefined;
   let stopStack = async (): Promise<void> => {};
   const results: RateResult[] = [];
+  let outcomeTap: NatsConnection | undefined;
+  /** Outcomes heard since the current rate began (several executors only). */
+  let outcomes: OutcomeSeen[] = [];
   mkdirSync(o.logDir, { recursive: true });
   try {
     let natsUrl = o.natsUrl;
     if (!natsUrl) {
       nats = await startNatsServer();
       natsUrl = nats.url;
+    }
+    if (nExec > 1) {
+      // The agents' outcomes name the executor each generation ran on (executors.ts).
+      outcomeTap = await connect({ servers: natsUrl });
+      outcomeTap.subscribe(Subjects.allOutcomes, {
+        callback: (err, m) => {
+          if (err) return;
+          try {
+            const x = GenerationOutcome.decode(m.data);
+            outcomes.push({
+              clientId: x.clientId,
+              promptTokens: x.promptTokens,
+              newTokens: x.newTokens,
+              unixMs: Number(x.unixMs),
+              e2eMs: x.e2eMs,
+              executorId: x.executorId ?? '',
+            });
+          } catch {
+            // Not an outcome: nothing of ours to attribute by.
+          }
+        },
+      });
     }
     const common = { MODEL_DIR: o.modelDir, NATS_URL: natsUrl, LOG_LEVEL: 'warn' };
     const telemetry = { TELEMETRY_INTERVAL_MS: '500' };
@@ -201,25 +258,33 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     const startStack = async (policy: Policy): Promise<void> => {
       // Ports picked up front so that all the services start at once.
       const plannerAddr = `127.0.0.1:${await freePort()}`;
-      const executorAddr = `127.0.0.1:${await freePort()}`;
+      const executorAddrs: string[] = [];
+      for (let i = 0; i < nExec; i++) executorAddrs.push(`127.0.0.1:${await freePort()}`);
+      const executorAddr = executorAddrs[0];
       // The services get the user's own settings of their variables too (`PLANNER_IDLE_UTILISATION=0 tandem loadtest`).
       const launch = (l: LaunchOptions): Promise<ServiceProcess> => launchService({ ...l, fromShell: true });
-      const exec = launch({
-        name: 'server-executor',
-        app: 'server-executor',
-        cpus: cpus(SERVER_CPU),
-        logFile: join(o.logDir, `server-executor-${policy}.log`),
-        env: {
-          ...common,
-          ...telemetry,
-          EXECUTOR_ADDR: executorAddr,
-          EXECUTOR_THREADS: '1',
-          EXECUTOR_MAX_SESSIONS: '512',
-          EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000),
-        },
-      }).then((p) => {
-        executor = p;
-      });
+      const started: (ServiceProcess | undefined)[] = executorIds.map(() => undefined);
+      const execs = executorIds.map((id, i) =>
+        launch({
+          name: nExec > 1 ? id : 'server-executor',
+          app: 'server-executor',
+          cpus: cpus(SERVER_CPU),
+          // One executor keeps the log's old name.
+          logFile: join(o.logDir, nExec > 1 ? `${id}-${policy}.log` : `server-executor-${policy}.log`),
+          env: {
+            ...common,
+            ...telemetry,
+            EXECUTOR_ID: id,
+            EXECUTOR_ADDR: executorAddrs[i],
+            EXECUTOR_ADVERTISE_ADDR: executorAddrs[i],
+            EXECUTOR_THREADS: '1',
+            EXECUTOR_MAX_SESSIONS: '512',
+            EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000),
+          },
+        }).then((p) => {
+          started[i] = p;
+        }),
+      );
       const plan = launch({
         name: `planner-${policy}`,
         app: 'planner',
@@ -262,7 +327,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         agents.set(d.name, { proc, client: agentClient(proc.address) });
       });
       // Wait for every launch (so a failure leaves nothing unaccounted for), then report the first failure.
-      const settled = await Promise.allSettled([exec, plan, ...ags]);
+      const settled = await Promise.allSettled([...execs, plan, ...ags]);
+      executors = started.filter((p): p is ServiceProcess => p !== undefined);
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
       pc = plannerClient(plannerAddr);
@@ -272,12 +338,12 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       pc = undefined;
       for (const a of agents.values()) a.client.close();
       await stopServices(
-        [...[...agents.values()].map((a) => a.proc), planner, executor].filter((p): p is ServiceProcess => p !== undefined),
+        [...[...agents.values()].map((a) => a.proc), planner, ...executors].filter((p): p is ServiceProcess => p !== undefined),
         3500,
       );
       agents.clear();
       planner = undefined;
-      executor = undefined;
+      executors = [];
     };
 
     const seeds = Array.from({ length: repeats }, (_, r) => o.seed + r);
@@ -288,11 +354,13 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     for (const [repeat, seed] of seeds.entries()) {
       for (const policy of o.policies) {
         const tag = repeats > 1 ? `repeat ${repeat + 1}/${repeats} ${policy}` : policy;
-        o.note?.(`${tag}: starting the executor, the planner and ${s.deviceClasses.length} client-agents`);
+        o.note?.(`${tag}: starting ${nExec > 1 ? `${nExec} executors` : 'the executor'}, the planner and ${s.deviceClasses.length} client-agents`);
         await startStack(policy);
-        const exec = executor;
+        const execs = executors;
         const plans0 = pc;
-        if (!exec || !plans0) throw new Error('loadtest: startStack resolved without the executor or the planner client'); // never: it sets both
+        if (execs.length !== nExec || !plans0) throw new Error('loadtest: startStack resolved without the executors or the planner client'); // never: it sets both
+        const execCpu = (): number[] => execs.map((e) => e.cpuSeconds());
+        const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
         await waitForPlans(policy, plans0, agents, 60_000);
         o.note?.(`${tag}: every agent follows a ${policy} plan`);
         if (o.warmupS > 0) {
@@ -311,26 +379,43 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           };
           const agentCpu0 = agentCpu();
           const clientCpu0 = agentCpu0 + (planner?.cpuSeconds() ?? 0) + ownCpu();
-          const cpu0 = exec.cpuSeconds();
-          const wait0 = exec.runQueueWaitSeconds();
+          const cpu0 = execCpu();
+          const wait0 = sum(execs.map((e) => e.runQueueWaitSeconds()));
           const core0 = cpuBusySeconds(Number(SERVER_CPU));
           const wall0 = performance.now();
-          const records = await replay(trace, agents, s.requestTimeoutMs, () => {
+          outcomes = [];
+          const { records: sent, t0: traceT0 } = await replay(trace, agents, s.requestTimeoutMs, () => {
             done++;
             o.onProgress?.(done, total, what);
           });
           const wallS = (performance.now() - wall0) / 1000;
-          const serverCpuS = exec.cpuSeconds() - cpu0;
-          const serverWaitS = exec.runQueueWaitSeconds() - wait0;
+          const cpuEach = execCpu().map((c, i) => c - cpu0[i]);
+          const serverCpuS = sum(cpuEach);
+          const serverWaitS = sum(execs.map((e) => e.runQueueWaitSeconds())) - wait0;
           const coreOtherS = cpuBusySeconds(Number(SERVER_CPU)) - core0 - serverCpuS;
           const agentsCpuS = agentCpu() - agentCpu0;
           const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
+          let records: RequestRecord[];
+          let unattributed = 0;
+          if (nExec > 1) {
+            // Outcomes are published as generations end: wait (a little) for the last ones.
+            const planned = sent.filter((r) => (r.planEpoch ?? 0) > 0).length;
+            for (let waited = 0; outcomes.length < planned && waited < 2000; waited += 50) await sleep(50);
+            const unixAtT0 = Date.now() - performance.now() + traceT0;
+            ({ records, unmatched: unattributed } = attributeExecutors(sent, outcomes, {
+              agentOf: agentId,
+              traceStartUnixMs: unixAtT0,
+              fallback: executorIds[0],
+            }));
+          } else {
+            records = sent.map((r) => ({ ...r, executorId: executorIds[0] }));
+          }
           const stats = summarize(records, o.durationS);
           const samples = predictionSamples(records);
           const plans: Record<string, Record<string, string>> = {};
           for (const p of (await listPlans(plans0).catch(() => undefined))?.plans ?? [])
             plans[p.clientId] = Object.fromEntries(p.classes.map((c) => [c.name, planKey(c)]));
-          results.push({
+          const result: RateResult = {
             repeat,
             seed,
             policy,
@@ -347,8 +432,13 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             deviceSide: deviceSide(records, recording?.costs ?? null, slowdownOf, agentsCpuS, clientCpuS, wallS),
             prediction: predictionErrors(samples),
             predictionSamples: samples,
+            ...(nExec > 1
+              ? { executors: executorShares(records, executorIds, new Map(executorIds.map((id, i) => [id, cpuEach[i]])), stats.durationS, wallS), unattributed }
+              : {}),
             ...(o.keepRecords ? { records } : {}),
-          });
+          };
+          results.push(result);
+          o.onCell?.(result, records, { recording, pinned: pin, warnings, stageCount, executors: nExec });
           // Let the executor's load report fall back before the next rate.
           if (rate !== o.rates[o.rates.length - 1]) await sleep(1000);
         }
@@ -356,9 +446,10 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
       }
     }
     o.onProgress?.(total, total, 'done');
-    return { results, recording, pinned: pin, warnings, stageCount };
+    return { results, recording, pinned: pin, warnings, stageCount, executors: nExec };
   } finally {
     await stopStack();
+    await outcomeTap?.close().catch(() => undefined);
     await nats?.stop();
     if (ownAffinity) pinProcess(process.pid, ownAffinity);
   }
@@ -454,13 +545,16 @@ async function waitForPlans(
   }
 }
 
-/** Sends every request of `trace` at its time (open loop) to its device class's agent; resolves with every record. */
+/**
+ * Sends every request of `trace` at its time (open loop) to its device class's agent; resolves
+ * with every record and the trace's start (performance.now(), records' sentMs are from it).
+ */
 async function replay(
   trace: readonly TraceRequest[],
   agents: ReadonlyMap<string, { client: AgentServiceClient }>,
   timeoutMs: number,
   onDone?: () => void,
-): Promise<RequestRecord[]> {
+): Promise<{ records: RequestRecord[]; t0: number }> {
   const t0 = performance.now();
   const pending: Promise<RequestRecord>[] = [];
   for (const req of trace) {
@@ -472,5 +566,5 @@ async function replay(
     if (onDone) void p.then(onDone);
     pending.push(p);
   }
-  return Promise.all(pending);
+  return { records: await Promise.all(pending), t0 };
 }

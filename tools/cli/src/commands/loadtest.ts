@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ensurePresetModel, presetModelDir } from '@tandem/launcher';
 import {
@@ -6,11 +6,16 @@ import {
   buildReport,
   loadScenario,
   DEFAULT_POLICIES,
+  MAX_EXECUTORS,
   POLICIES,
+  readResults,
+  ResultsFileError,
+  ResultsWriter,
   runLoadtest,
   ScenarioError,
   scenarioPathOf,
   type Emulation,
+  type LoadtestReport,
   type Policy,
   type Scenario,
 } from '@tandem/loadtest';
@@ -21,7 +26,9 @@ import { printJson, progressReporter, type CliIo } from '../io';
 
 const USAGE = `usage: tandem loadtest [--scenario NAME|FILE] [--quick] [--policies LIST] [--rates LIST]
                        [--duration-s N] [--seed N] [--repeats N] [--emulation replay|compute]
-                       [--out DIR] [--json] [--preset NAME] [--model-dir DIR] [--nats URL] [--no-pin]
+                       [--executors N] [--out DIR] [--json] [--preset NAME] [--model-dir DIR]
+                       [--nats URL] [--no-pin]
+       tandem loadtest --report-only DIR [--json]
 
 An open-loop load generator against the real services on this machine. It starts a
 nats-server, the server-executor pinned to CPU 0 (one thread: the server's capacity is the
@@ -44,9 +51,15 @@ pool), sleeping each stage's modelled cost, so many devices can share the client
   --repeats N       run the whole sweep N times (fresh services, seeds seed, seed+1, ...) and
                     report each ratio between policies with its spread (default 1)
   --emulation E     replay (default: the scenario's) or compute (devices run their stages)
+  --executors N     executors per stack, 1..${MAX_EXECUTORS} (default 1), each with its own id and
+                    advertised address, all sharing CPU 0; agents fall back to the first. The
+                    report adds each executor's requests, goodput and CPU
   --out DIR         where to write results.json, results.md, goodput.svg, records.jsonl (one
-                    line per request) and logs/
-                    (default ./loadtest-out)
+                    line per request) and logs/ (default ./loadtest-out). records.jsonl and
+                    runs.json are written after each policy and rate, so a run that stops
+                    early keeps the cells it finished
+  --report-only DIR make results.json, results.md and goodput.svg in DIR again from its
+                    runs.json and records.jsonl (a run that stopped early: the cells it finished)
   --json            print results.json to stdout instead of the markdown
   --preset NAME     model preset (default: the scenario's, normally small); created in
                     ~/.cache/tandem/models (or $TANDEM_CACHE_DIR) when missing
@@ -68,6 +81,31 @@ function numberList(raw: string, flag: string): number[] {
   return [...new Set(out)].sort((a, b) => a - b);
 }
 
+/** Writes the report's three files in `outDir` and prints it (the markdown, or results.json with --json). */
+function writeReport(outDir: string, report: LoadtestReport, json: boolean, io: CliIo): void {
+  writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(report.json, null, 2)}\n`);
+  writeFileSync(join(outDir, 'results.md'), report.markdown);
+  writeFileSync(join(outDir, 'goodput.svg'), report.svg);
+  if (json) printJson(io, report.json);
+  else io.stdout.write(report.markdown);
+}
+
+/** `tandem loadtest --report-only DIR`: the report again from a run's runs.json and records.jsonl. */
+function reportOnly(dirRaw: string, json: boolean, io: CliIo): number {
+  const dir = resolve(dirRaw);
+  if (!existsSync(dir)) throw new UsageError(`--report-only must name a load test's output directory, given '${dirRaw}' (it does not exist)`);
+  let read: ReturnType<typeof readResults>;
+  try {
+    read = readResults(dir);
+  } catch (err) {
+    throw err instanceof ResultsFileError ? new UsageError(`--report-only: ${err.message}`, { cause: err }) : err;
+  }
+  for (const w of read.warnings) io.stderr.write(`loadtest: warning: ${w}\n`);
+  writeReport(dir, buildReport(read.rows, read.ctx), json, io);
+  io.stderr.write(`loadtest: wrote results.json, results.md, goodput.svg in ${dir} from ${read.rows.length} cells\n`);
+  return 0;
+}
+
 /** `tandem loadtest`: the policies compared on the real services under open-loop load. */
 export const loadtestCommand: Command = {
   path: ['loadtest'],
@@ -75,9 +113,15 @@ export const loadtestCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, {
-      flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation'],
+      flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation', 'executors', 'report-only'],
       switches: ['quick', 'json', 'no-pin'],
     });
+    const only = args.flags.get('report-only');
+    if (only !== undefined) {
+      const other = [...[...args.flags.keys()].filter((k) => k !== 'report-only'), ...[...args.switches].filter((k) => k !== 'json')];
+      if (other.length) throw new UsageError(`--report-only takes only --json besides its directory, given --${other[0]}`);
+      return reportOnly(only, args.switches.has('json'), io);
+    }
     const scenarioPath = scenarioPathOf(args.flags.get('scenario') ?? 'default');
     let loaded: Scenario;
     try {
@@ -110,6 +154,7 @@ export const loadtestCommand: Command = {
     const preset = args.flags.get('preset') ?? loaded.preset;
     if (!/^[a-z0-9-]+$/.test(preset)) throw new UsageError(`--preset must be a preset name such as small or tiny, given '${preset}'`);
     const repeats = intFlag(args, 'repeats', { min: 1, max: 100, default: 1 });
+    const executors = intFlag(args, 'executors', { min: 1, max: MAX_EXECUTORS, default: 1 });
     const em = args.flags.get('emulation') ?? loaded.emulation;
     if (em !== 'replay' && em !== 'compute') throw new UsageError(`--emulation must be replay or compute, given '${em}'`);
     const scenario = { ...loaded, preset, emulation: em as Emulation };
@@ -129,6 +174,8 @@ export const loadtestCommand: Command = {
     );
     const progress = progressReporter(io, 'loadtest');
     let lastPct = -1;
+    const settings = { scenario, scenarioPath, policies, rates, durationS, seed, repeats, quick, modelDir, ...(executors > 1 ? { executors } : {}) };
+    const writer = new ResultsWriter(outDir, settings);
     const run = await runLoadtest({
       scenario,
       policies,
@@ -142,7 +189,9 @@ export const loadtestCommand: Command = {
       logDir: join(outDir, 'logs'),
       natsUrl: args.flags.get('nats'),
       pin: !args.switches.has('no-pin'),
-      keepRecords: true,
+      executors,
+      // Every cell's records go to records.jsonl and runs.json as it finishes.
+      onCell: (result, records, soFar) => writer.cell(result, records, soFar),
       note,
       onProgress: (done, total, what) => {
         const p = Math.floor((100 * done) / Math.max(1, total));
@@ -152,31 +201,22 @@ export const loadtestCommand: Command = {
         }
       },
     });
-    const report = buildReport(run.results, {
-      scenario,
-      scenarioPath,
-      policies,
-      rates,
-      durationS,
-      seed,
-      repeats,
-      quick,
-      pinned: run.pinned,
-      warnings: run.warnings,
-      recording: run.recording,
-      elapsedS: (performance.now() - started) / 1000,
-      modelDir,
-      stageCount: run.stageCount,
-    });
-    writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(report.json, null, 2)}\n`);
-    writeFileSync(join(outDir, 'results.md'), report.markdown);
-    writeFileSync(join(outDir, 'goodput.svg'), report.svg);
-    // Every request of every run, one JSON object a line, for analysis beyond the report.
-    const lines = run.results.flatMap((r) => (r.records ?? []).map((rec) => JSON.stringify({ repeat: r.repeat, policy: r.policy, rate: r.rate, ...rec })));
-    writeFileSync(join(outDir, 'records.jsonl'), lines.length ? `${lines.join('\n')}\n` : '');
-    note(`wrote results.json, results.md, goodput.svg, records.jsonl in ${outDir} (${((performance.now() - started) / 1000).toFixed(0)} s)`);
-    if (args.switches.has('json')) printJson(io, report.json);
-    else io.stdout.write(report.markdown);
+    let report: LoadtestReport;
+    try {
+      report = buildReport(run.results, {
+        ...settings,
+        pinned: run.pinned,
+        warnings: run.warnings,
+        recording: run.recording,
+        elapsedS: (performance.now() - started) / 1000,
+        stageCount: run.stageCount,
+      });
+    } catch (err) {
+      note(`the report failed; every cell is in runs.json and records.jsonl: make it again with tandem loadtest --report-only ${outDir}`);
+      throw err;
+    }
+    writeReport(outDir, report, args.switches.has('json'), io);
+    note(`wrote results.json, results.md, goodput.svg, records.jsonl, runs.json in ${outDir} (${((performance.now() - started) / 1000).toFixed(0)} s)`);
     return 0;
   },
 };
