@@ -39,7 +39,8 @@ import {
   type ServerSecurity,
 } from '@tandem/service-kit';
 import { toGrpcStatus } from './errors';
-import { generate, type GenerationStats } from './generation';
+import { CONNECT_TIMEOUT_MS, ExecutorPool, MAX_EXECUTOR_CLIENTS, settled, type ExecutorLease } from './executor-pool';
+import { generate, isSessionLost, type GenerationStats } from './generation';
 import { LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { AgentMetrics } from './metrics';
@@ -66,7 +67,10 @@ export interface ClientAgentOptions {
   /** EMULATION: replay local stages from this recording instead of computing them. */
   readonly replay?: ReplayRecording;
   readonly link: LinkEmulator;
+  /** EXECUTOR_ADDR: where generations open when the plan names no executor, and the last fallback when it does. */
   readonly executorAddr: string;
+  /** An executor client no plan has named for this long and no generation uses is closed, ms (default EXECUTOR_IDLE_MS). */
+  readonly executorIdleMs?: number;
   readonly plannerAddr?: string;
   readonly natsUrl?: string;
   /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
@@ -102,6 +106,17 @@ interface ValidRequest {
   readonly decodePlacement?: string;
 }
 
+/** An executor a generation may open on: its address, and its id when a plan named it ('' for EXECUTOR_ADDR). */
+interface ExecutorTarget {
+  readonly address: string;
+  readonly id: string;
+}
+
+/** The label of an executor in the agent's metrics: its id, 'configured' (EXECUTOR_ADDR, unnamed), 'none' (no server stage ran). */
+function executorLabel(t: ExecutorTarget | undefined): string {
+  return !t ? 'none' : t.id || 'configured';
+}
+
 /** Adds the executor queueing of every step of `session` to `into.ms` (GenerationStats reports compute only). */
 function countQueueing(session: RemoteSession, into: { ms: number }): RemoteSession {
   const step = session.step.bind(session);
@@ -121,7 +136,9 @@ export class ClientAgent {
   private readonly server: grpc.Server;
   private readonly health = new HealthReporter(ServingStatus.NOT_SERVING);
   private readonly estimator = new LinkEstimator();
-  private readonly executor: ExecutorServiceClient;
+  /** A gRPC client per executor address: EXECUTOR_ADDR's and those plans name. */
+  private readonly executors: ExecutorPool;
+  private sweepTimer: NodeJS.Timeout | undefined;
   private local!: LocalStages;
   private follower!: PlanFollower;
   private telemetry: TelemetryPublisher | undefined;
@@ -145,11 +162,18 @@ export class ClientAgent {
     this.metrics = new MetricsEndpoint(this.log);
     this.observed = new AgentMetrics(this.metrics.registry, { resumed: () => this.resumedGenerations });
     this.server = new grpc.Server({ ...channelOptions(opts.maxMessageBytes, opts.keepalive), ...serverAuthOptions(opts.security?.tokens) });
-    this.executor = new ExecutorServiceClient(
-      opts.executorAddr,
-      opts.upstream?.credentials ?? grpc.credentials.createInsecure(),
-      clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes, opts.keepalive)),
-    );
+    // Every executor is reached with the same TLS trust, token and channel options: a plan
+    // chooses among executors, never how the agent authenticates (docs/security.md).
+    this.executors = new ExecutorPool({
+      configured: opts.executorAddr,
+      idleMs: opts.executorIdleMs,
+      make: (address) =>
+        new ExecutorServiceClient(
+          address,
+          opts.upstream?.credentials ?? grpc.credentials.createInsecure(),
+          clientOptions(opts.upstream, channelOptions(opts.maxMessageBytes, opts.keepalive)),
+        ),
+    });
   }
 
   /** Loads and profiles the local stages, connects to the planner and NATS, binds the API. Resolves with the port. */
@@ -176,8 +200,9 @@ export class ClientAgent {
       },
       this.log,
     );
-    this.follower.onPlan(() => {
+    this.follower.onPlan((plan) => {
       this.observed.planUpdated();
+      this.executors.named([...(plan.executor ? [plan.executor.address] : []), ...plan.alternates.map((a) => a.address)]);
       this.telemetry?.publishNow();
     });
     this.follower.start();
@@ -191,6 +216,8 @@ export class ClientAgent {
     await this.pingExecutor();
     this.pingTimer = setInterval(() => void this.pingExecutor(), 2000);
     this.pingTimer.unref();
+    this.sweepTimer = setInterval(() => this.executors.sweep(), Math.max(100, Math.min(10_000, (this.opts.executorIdleMs ?? 60_000) / 4)));
+    this.sweepTimer.unref();
     if (this.opts.natsUrl) {
       this.telemetry = new TelemetryPublisher({
         natsUrl: this.opts.natsUrl,
@@ -209,15 +236,93 @@ export class ClientAgent {
     return { port };
   }
 
-  /** Half the round trip of a small call to the executor feeds the latency estimate. */
+  /** Half the round trip of a small call to the executor new generations open on feeds the latency estimate. */
   private async pingExecutor(): Promise<void> {
+    const lease = this.executors.acquire(this.targets()[0].address);
+    if (!lease) return;
     const t0 = performance.now();
     await new Promise<void>((resolve) =>
-      this.executor.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {
+      lease.client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {
         if (!err) this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
         resolve();
       }),
     );
+    lease.release();
+  }
+
+  /**
+   * The executors a new generation may open on, in order: the plan's executor, its alternates,
+   * then EXECUTOR_ADDR (each address once; EXECUTOR_ADDR keeps a plan's id when a plan names it).
+   */
+  private targets(): ExecutorTarget[] {
+    const plan = this.follower?.current();
+    const out: ExecutorTarget[] = [];
+    const add = (address: string, id: string): void => {
+      if (!out.some((t) => t.address === address)) out.push({ address, id });
+    };
+    if (plan?.executor) add(plan.executor.address, plan.executor.id);
+    for (const a of plan?.alternates ?? []) add(a.address, a.id);
+    add(this.opts.executorAddr, '');
+    return out;
+  }
+
+  /**
+   * Opens executor sessions for one generation: each open goes to the first executor of
+   * `targets()` (read at that moment: the plan's current executor) that accepts it, trying the
+   * next when one refuses as UNAVAILABLE (draining, connection refused, lost). An executor on
+   * which this generation lost a session, or whose open failed, is tried only when no other is
+   * left. An executor that does not connect within CONNECT_TIMEOUT_MS is given up on when another
+   * is left to try. `used` is the executor of the last session opened; `release` gives its client back.
+   */
+  private sessionOpener(open: (client: ExecutorServiceClient) => Promise<RemoteSession>, signal: AbortSignal, until: number) {
+    const avoid = new Set<string>();
+    let lease: ExecutorLease | undefined;
+    let session: RemoteSession | undefined;
+    const state = {
+      used: undefined as ExecutorTarget | undefined,
+      open: async (): Promise<RemoteSession> => {
+        // The previous session was lost there (not ended or refused with a hint): go elsewhere if possible.
+        if (session && state.used && isSessionLost(session.failed)) avoid.add(state.used.address);
+        const all = this.targets();
+        const fresh = all.filter((t) => !avoid.has(t.address));
+        let lastErr: unknown = new StatusError(
+          grpc.status.UNAVAILABLE,
+          `no executor channel is free: the agent is stopping, or all ${MAX_EXECUTOR_CLIENTS} of its executor channels are in use`,
+        );
+        const order = fresh.length > 0 ? fresh : all;
+        for (const [i, t] of order.entries()) {
+          signal.throwIfAborted();
+          const l = this.executors.acquire(t.address);
+          if (!l) continue;
+          try {
+            // With another executor to try, one that does not answer is given up on in CONNECT_TIMEOUT_MS.
+            if (i < order.length - 1) await settled(l.client, Math.min(CONNECT_TIMEOUT_MS, Math.max(0, until - Date.now())));
+            const s = await open(l.client);
+            lease?.release();
+            lease = l;
+            session = s;
+            state.used = t;
+            return s;
+          } catch (err) {
+            l.release();
+            if (!isSessionLost(err) || signal.aborted) throw err;
+            avoid.add(t.address);
+            const e = err as { details?: string; message?: string };
+            this.log.warn(
+              { executor: t.id || 'configured', address: t.address, why: e.details ?? e.message },
+              'executor refused a session as unavailable; trying the next',
+            );
+            lastErr = err;
+          }
+        }
+        throw lastErr;
+      },
+      release: (): void => {
+        lease?.release();
+        lease = undefined;
+      },
+    };
+    return state;
   }
 
   /** The profile published over NATS: local stage costs and the link as measured. */
@@ -262,8 +367,8 @@ export class ClientAgent {
           ...(c.decodePlacement && c.decodePlacement !== c.placement ? { decodePlacement: c.decodePlacement } : {}),
         })) ?? [],
       noPlanReason: this.follower.noPlanReason(),
-      executorAddress: this.opts.executorAddr,
-      executorId: '',
+      executorAddress: this.targets()[0].address,
+      executorId: this.targets()[0].id,
     };
   }
 
@@ -331,6 +436,10 @@ export class ClientAgent {
     slaMs: number;
     promptTokens: number;
     predicted: Predicted;
+    /** The executor of the generation's last session: its id when a plan named it ('' for EXECUTOR_ADDR, or when no server stage ran). */
+    executorId: string;
+    /** That executor's address; '' when no server stage ran. */
+    executorAddress: string;
   }> {
     const v = this.validate(req);
     const chosen: ChosenPlacement =
@@ -341,6 +450,19 @@ export class ClientAgent {
     const plan = this.follower.current();
     const planned = chosen.epoch > 0 && plan?.epoch === chosen.epoch ? plan.classes.find((c) => c.name === chosen.requestClass) : undefined;
     const queue = { ms: 0 };
+    const until = Math.min(deadline, Date.now() + this.opts.deadlineMs);
+    const opener = this.sessionOpener(
+      (client) =>
+        RemoteSession.open(client, {
+          clientId: this.opts.clientId,
+          planEpoch: chosen.epoch,
+          modelId: this.opts.modelId,
+          deadline: until,
+          private: this.opts.private === true,
+        }),
+      signal,
+      until,
+    );
     const t0 = performance.now();
     let produced = 0;
     let ttftMs = 0;
@@ -365,28 +487,18 @@ export class ClientAgent {
         Date.now(),
         predictedOf(planned, v.ids.length, v.maxNewTokens),
         chosen.decodePlacement,
+        opener.used?.id,
       );
       this.telemetry?.publish(Subjects.outcome(this.opts.clientId), GenerationOutcome.encode(outcome).finish());
     };
     // Replay (emulation): the generation's cache is tied to a cursor that follows its tokens.
-    const until = Math.min(deadline, Date.now() + this.opts.deadlineMs);
     const cursor = this.local.armReplay(v.ids);
     let stats: GenerationStats;
     try {
       const running = generate(
         {
           local: this.local,
-          openRemote: async () =>
-            countQueueing(
-              await RemoteSession.open(this.executor, {
-                clientId: this.opts.clientId,
-                planEpoch: chosen.epoch,
-                modelId: this.opts.modelId,
-                deadline: until,
-                private: this.opts.private === true,
-              }),
-              queue,
-            ),
+          openRemote: async () => countQueueing(await opener.open(), queue),
           emulator: this.opts.link,
           estimator: this.estimator,
           vocabSize: this.vocabSize,
@@ -395,7 +507,14 @@ export class ClientAgent {
             deadline: until,
             onResumed: ({ tokens, attempts, lostMs }) =>
               this.log.warn(
-                { tokens, attempts, lostMs: Math.round(lostMs), placement: chosen.placement, decodePlacement: chosen.decodePlacement },
+                {
+                  tokens,
+                  attempts,
+                  lostMs: Math.round(lostMs),
+                  placement: chosen.placement,
+                  decodePlacement: chosen.decodePlacement,
+                  executor: executorLabel(opener.used),
+                },
                 'generation resumed on a new executor session',
               ),
           },
@@ -413,15 +532,24 @@ export class ClientAgent {
       this.local.disarm(); // generate() created its cache synchronously, before its first await
       stats = await running;
     } catch (err) {
-      this.observed.generation(chosen.placement, signal.aborted ? 'cancelled' : 'failed');
+      this.observed.generation(chosen.placement, signal.aborted ? 'cancelled' : 'failed', undefined, executorLabel(opener.used));
       if (!signal.aborted) report(false);
       throw err;
+    } finally {
+      opener.release();
     }
     if (stats.resumes > 0) this.resumedGenerations++;
-    this.observed.generation(chosen.placement, 'ok', { e2eMs: stats.totalMs, ttftMs: stats.ttftMs });
+    this.observed.generation(chosen.placement, 'ok', { e2eMs: stats.totalMs, ttftMs: stats.ttftMs }, executorLabel(opener.used));
     this.observed.handover(stats);
     report(true, stats);
-    return { stats, ...chosen, promptTokens: v.ids.length, predicted: predictedOf(planned, v.ids.length, v.maxNewTokens) };
+    return {
+      stats,
+      ...chosen,
+      promptTokens: v.ids.length,
+      predicted: predictedOf(planned, v.ids.length, v.maxNewTokens),
+      executorId: opener.used?.id ?? '',
+      executorAddress: opener.used?.address ?? '',
+    };
   }
 
   /** The handlers, behind the agent's edge (serveWithEdge, errors.ts): what they throw or reject with is answered with its status. */
@@ -487,11 +615,12 @@ export class ClientAgent {
     while (this.running.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     for (const ac of this.running) ac.abort(new Error('the agent is shutting down'));
     clearInterval(this.pingTimer);
+    clearInterval(this.sweepTimer);
     this.follower?.stop();
     this.health.closeWatchers();
     await shutdownServer(this.server);
     await this.metrics.stop();
-    this.executor.close();
+    this.executors.close();
     await this.telemetry?.stop();
     await this.local?.close();
   }

@@ -37,7 +37,10 @@ export const agentEnv = {
     'EMULATION: a recording of device-stage outputs (written by `tandem loadtest`); local stages are then not computed but replayed from it, each sleeping its recorded uncontended cost × AGENT_SLOWDOWN, so many emulated devices can share a core; a history not in the recording fails its generation. Empty = compute the stages (a real device)',
     '',
   ),
-  EXECUTOR_ADDR: env.string('The server-executor, host:port', '127.0.0.1:50051'),
+  EXECUTOR_ADDR: env.string(
+    "The server-executor, host:port: where generations open when the plan names no executor (ClientPlan.executor), and the last one tried when the plan's executor and its alternates refuse as unavailable",
+    '127.0.0.1:50051',
+  ),
   PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
   ...upstreamSecurityEnv,
   ...grpcKeepaliveEnv,

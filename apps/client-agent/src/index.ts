@@ -3,6 +3,7 @@ export { agentEnv, loadConfig, parseStageList } from './config';
 export type { AgentConfig } from './config';
 export { AGENT_SERVICE_NAME, ClientAgent } from './client-agent';
 export type { ClientAgentOptions } from './client-agent';
+export { CONNECT_TIMEOUT_MS, EXECUTOR_IDLE_MS, MAX_EXECUTOR_CLIENTS } from './executor-pool';
 export { LinkEmulator, LinkEstimator } from './link';
 export { ExecutorLostError, generate, isSessionLost, RESUME_MARGIN_MS, segmentsOf } from './generation';
 export type { GenerationDeps, GenerationStats, ResumeOptions } from './generation';

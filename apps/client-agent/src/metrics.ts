@@ -21,6 +21,7 @@ export interface AgentMetricSources {
 /** The agent's Prometheus metrics (`tandem_agent_*`), registered in `registry`; labelled by placement kind, never by placement or client. */
 export class AgentMetrics {
   private readonly generations: Counter<'placement' | 'status'>;
+  private readonly byExecutor: Counter<'executor' | 'status'>;
   private readonly e2eSeconds: Histogram<'placement'>;
   private readonly ttftSeconds: Histogram<'placement'>;
   private readonly planUpdates: Counter;
@@ -33,6 +34,12 @@ export class AgentMetrics {
       name: 'tandem_agent_generations_total',
       help: "Generations run, by placement kind (all-server, split, all-device) and status: ok, failed, or cancelled (the caller cancelled or the agent stopped); requests refused as invalid aren't counted",
       labelNames: ['placement', 'status'],
+      registers,
+    });
+    this.byExecutor = new Counter({
+      name: 'tandem_agent_generations_by_executor_total',
+      help: "Generations run, by the executor of their last session (its id as the plan named it; 'configured' for EXECUTOR_ADDR when no plan named it; 'none' when no session was opened: all-device, or every open refused) and status: ok, failed or cancelled",
+      labelNames: ['executor', 'status'],
       registers,
     });
     this.e2eSeconds = new Histogram({
@@ -75,10 +82,11 @@ export class AgentMetrics {
     });
   }
 
-  /** A generation ended; `latency` for a successful one, ms. */
-  generation(placement: string, status: 'ok' | 'failed' | 'cancelled', latency?: { e2eMs: number; ttftMs: number }): void {
+  /** A generation ended; `latency` for a successful one, ms; `executor` the label of its last session's executor (see the help). */
+  generation(placement: string, status: 'ok' | 'failed' | 'cancelled', latency?: { e2eMs: number; ttftMs: number }, executor = 'none'): void {
     const kind = placementKind(placement);
     this.generations.inc({ placement: kind, status });
+    this.byExecutor.inc({ executor, status });
     if (!latency) return;
     this.e2eSeconds.observe({ placement: kind }, latency.e2eMs / 1000);
     this.ttftSeconds.observe({ placement: kind }, latency.ttftMs / 1000);

@@ -42,7 +42,8 @@ export function predictedOf(planned: ClassPlacement | undefined, promptTokens: n
 /**
  * `placement`: the placement run (a phased plan's prefill placement); `predicted`: the plan's
  * predictions for this request (default: for its prompt and the tokens it produced);
- * `decodePlacement`: a phased plan's decode placement, carried only when it differs from `placement`.
+ * `decodePlacement`: a phased plan's decode placement, carried only when it differs from `placement`;
+ * `executorId`: the executor the server stages ran on (its last session's), when a plan named it.
  */
 export function buildOutcome(
   who: { clientId: string; clientClass: string; modelId: string },
@@ -53,6 +54,7 @@ export function buildOutcome(
   unixMs: number,
   predicted: Predicted = predictedOf(cls, m.promptTokens, m.newTokens),
   decodePlacement?: string,
+  executorId?: string,
 ): GenerationOutcome {
   const tpotMs = m.newTokens > 1 ? Math.max(0, m.e2eMs - m.ttftMs) / (m.newTokens - 1) : 0;
   const slaMs = cls.slaMs;
@@ -86,5 +88,6 @@ export function buildOutcome(
     status: m.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
     unixMs,
     ...(decodePlacement && decodePlacement !== placement ? { decodePlacement } : {}),
+    ...(executorId ? { executorId } : {}),
   };
 }

@@ -2,7 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { PlannerServiceService, type ClientPlan, type PlannerServiceServer, type WatchPlansRequest, type WatchPlansResponse } from '@tandem/protocol';
 import { bindInsecure, createLogger } from '@tandem/service-kit';
 import { capturingLogger, eventually, freePort } from '@tandem/testkit';
-import { PlanFollower, privacyProblem } from './plan-follower';
+import { executorsProblem, MAX_ALTERNATES, PlanFollower, privacyProblem } from './plan-follower';
 
 const plan = (epoch: number, placement: string): ClientPlan => ({
   clientId: 'dev',
@@ -223,6 +223,56 @@ describe('PlanFollower: phased plans (a decode placement)', () => {
       await eventually(() => logs.lines().some((l) => l.msg === 'refused a plan' && l.epoch === 23), { what: 'the refusal' });
       expect(logs.lines().find((l) => l.epoch === 23)?.problem).toBe("classes[0].decodePlacement must be 4 letters C or S, given 'CSC'");
       expect(f.choose(4)).toMatchObject({ decodePlacement: 'CSSS', epoch: 22 });
+    } finally {
+      f.stop();
+      stub.stop();
+    }
+  });
+});
+
+describe('PlanFollower: the executors a plan names', () => {
+  const withExecutors = (
+    epoch: number,
+    executor: { id: string; address: string } | undefined,
+    alternates: { id: string; address: string }[] = [],
+  ): ClientPlan => ({
+    ...plan(epoch, 'CSS'),
+    executor,
+    alternates,
+  });
+
+  it('refuses a bad id, a bad address or too many alternates, naming the field, the rule and the value', () => {
+    expect(executorsProblem(withExecutors(1, { id: 'exec-a', address: '10.0.0.2:50051' }, [{ id: 'exec-b', address: 'exec-b.svc:50051' }]))).toBeUndefined();
+    expect(executorsProblem(withExecutors(1, undefined))).toBeUndefined();
+    expect(executorsProblem(withExecutors(1, { id: 'exec-a', address: 'exec-a' }))).toBe("executor.address must be host:port (no port given), given 'exec-a'");
+    expect(executorsProblem(withExecutors(1, { id: 'exec-a', address: '' }))).toBe("executor.address must be host:port, given an empty string, given ''");
+    expect(executorsProblem(withExecutors(1, { id: 'a b', address: 'h:1' }))).toBe("executor.id must be 1..64 letters, digits, - or _, given 'a b'");
+    expect(executorsProblem(withExecutors(1, undefined, [{ id: 'b', address: 'h:99999' }]))).toBe(
+      "alternates[0].address must be host:port with a port in 1..65535, given 'h:99999'",
+    );
+    const long = `${'h'.repeat(5000)}:1`;
+    expect(executorsProblem(withExecutors(1, { id: 'a', address: long }))).toMatch(
+      /^executor\.address must be host:port of at most 260 characters, given 5002, given 'h+\.\.\. \(5002 chars\)'$/,
+    );
+    const many = Array.from({ length: MAX_ALTERNATES + 1 }, (_, i) => ({ id: `e${i}`, address: `h${i}:1` }));
+    expect(executorsProblem(withExecutors(1, undefined, many))).toBe(`alternates must name at most ${MAX_ALTERNATES} executors, given ${MAX_ALTERNATES + 1}`);
+  });
+
+  it('refuses a plan naming a bad executor address, logs why, and keeps the previous plan and its executor', async () => {
+    const stub = await stubPlanner('127.0.0.1:0', () => [withExecutors(30, { id: 'exec-a', address: '127.0.0.1:7001' })]);
+    const logs = capturingLogger('warn');
+    const f = new PlanFollower(
+      { plannerAddr: `127.0.0.1:${stub.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true },
+      logs.log,
+    );
+    try {
+      f.start();
+      await eventually(() => f.current()?.epoch === 30, { what: 'the plan naming exec-a' });
+      stub.push(withExecutors(31, { id: 'exec-b', address: 'exec-b:not-a-port' }));
+      await eventually(() => logs.lines().some((l) => l.msg === 'refused a plan' && l.epoch === 31), { what: 'the refusal' });
+      expect(logs.lines().find((l) => l.epoch === 31)?.problem).toBe("executor.address must be host:port with a port in 1..65535, given 'exec-b:not-a-port'");
+      expect(f.current()?.executor).toEqual({ id: 'exec-a', address: '127.0.0.1:7001' });
+      expect(f.noPlanReason()).toBe(''); // a plan is still followed
     } finally {
       f.stop();
       stub.stop();

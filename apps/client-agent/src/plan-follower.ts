@@ -1,10 +1,13 @@
 import { isPlacementLetters, planKey } from '@tandem/dp';
 import * as grpc from '@grpc/grpc-js';
 import {
+  addressProblem,
   channelOptions,
+  ID_PATTERN,
   PlannerServiceClient,
   capStatus,
   quoted,
+  type ExecutorAssignment,
   type Keepalive,
   type ClassPlacement,
   type ClientPlan,
@@ -122,6 +125,8 @@ export class PlanFollower {
    * `decode_placement` (absent or empty: none) is checked by the same rules as its `placement`.
    */
   problem(plan: ClientPlan): string | undefined {
+    const executors = executorsProblem(plan);
+    if (executors) return executors;
     for (const [i, c] of plan.classes.entries()) {
       const placements: [string, string][] = [['placement', c.placement]];
       if (c.decodePlacement) placements.push(['decodePlacement', c.decodePlacement]);
@@ -169,6 +174,7 @@ export class PlanFollower {
         {
           epoch: plan.epoch,
           classes: plan.classes.map((c) => `${c.name}=${planKey(c)}`),
+          ...(plan.executor ? { executor: `${plan.executor.id}@${plan.executor.address}`, alternates: plan.alternates.length } : {}),
         },
         'new plan',
       );
@@ -196,6 +202,33 @@ export class PlanFollower {
     this.call?.cancel();
     this.client?.close();
   }
+}
+
+/** Most alternates a plan may name (ClientPlan.alternates); more is refused as a bad plan. */
+export const MAX_ALTERNATES = 8;
+
+/**
+ * Why the executors a plan names (ClientPlan.executor, .alternates) cannot be followed, or
+ * undefined when they can: each must have an id as executors publish them (ID_PATTERN) and an
+ * address host:port (addressProblem); at most MAX_ALTERNATES alternates. The agent connects to
+ * them with its own TLS trust and token only (docs/security.md).
+ */
+export function executorsProblem(plan: Pick<ClientPlan, 'executor' | 'alternates'>): string | undefined {
+  const check = (field: string, e: ExecutorAssignment): string | undefined => {
+    if (!ID_PATTERN.test(e.id)) return `${field}.id must be 1..64 letters, digits, - or _, given ${quoted(e.id)}`;
+    const bad = addressProblem(e.address);
+    return bad ? `${field}.address ${bad}, given ${quoted(e.address)}` : undefined;
+  };
+  if (plan.executor) {
+    const p = check('executor', plan.executor);
+    if (p) return p;
+  }
+  if (plan.alternates.length > MAX_ALTERNATES) return `alternates must name at most ${MAX_ALTERNATES} executors, given ${plan.alternates.length}`;
+  for (const [i, a] of plan.alternates.entries()) {
+    const p = check(`alternates[${i}]`, a);
+    if (p) return p;
+  }
+  return undefined;
 }
 
 /**

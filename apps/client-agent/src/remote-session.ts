@@ -145,6 +145,11 @@ export class RemoteSession {
     call.on('end', () => this.fail(new Error('the executor ended the session')));
   }
 
+  /** What ended the session (the first error seen), or undefined while it lives. */
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
   private fail(e: Error): void {
     this.failure ??= e;
     for (const p of this.pending.splice(0)) p.reject(this.failure);

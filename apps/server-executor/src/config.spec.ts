@@ -1,5 +1,5 @@
 import { ConfigError } from '@tandem/service-kit';
-import { DEFAULT_MAX_BATCH_TOKENS, loadConfig } from './config';
+import { advertisedAddress, DEFAULT_MAX_BATCH_TOKENS, loadConfig } from './config';
 
 describe('executor configuration', () => {
   it('runs onnxruntime in a worker thread with a 4096-token batch budget by default', () => {
@@ -39,5 +39,16 @@ describe('executor configuration', () => {
     const problems = (err as ConfigError).problems.join('\n');
     expect(problems).toMatch(/EXECUTOR_ENGINE.*must be one of worker, inline.*gpu/);
     expect(problems).toMatch(/EXECUTOR_MAX_BATCH_TOKENS.*must be an integer in 1\.\.1048576.*0/);
+  });
+
+  it('advertises EXECUTOR_ADVERTISE_ADDR, none for off, else a concrete listen host with the bound port', () => {
+    expect(loadConfig({ MODEL_DIR: '/m' }).EXECUTOR_ADVERTISE_ADDR).toBeUndefined();
+    expect(loadConfig({ MODEL_DIR: '/m', EXECUTOR_ADVERTISE_ADDR: 'exec-2.internal:50051' }).EXECUTOR_ADVERTISE_ADDR).toBe('exec-2.internal:50051');
+    expect(advertisedAddress('exec-2.internal:50051', '0.0.0.0', 40000)).toBe('exec-2.internal:50051');
+    expect(advertisedAddress('off', '127.0.0.1', 40000)).toBeUndefined();
+    expect(advertisedAddress(undefined, '127.0.0.1', 40000)).toBe('127.0.0.1:40000');
+    expect(advertisedAddress(undefined, '::1', 40000)).toBe('[::1]:40000');
+    expect(advertisedAddress(undefined, '0.0.0.0', 40000)).toBeUndefined();
+    expect(advertisedAddress(undefined, '::', 40000)).toBeUndefined();
   });
 });

@@ -1,3 +1,4 @@
+import { isWildcardHost } from '@tandem/protocol';
 import { env, grpcKeepaliveEnv, loadEnv, metricsPortEnv, natsAuthEnv, natsAuthFrom, serverSecurityEnv, type EnvValues } from '@tandem/service-kit';
 
 /** Default of EXECUTOR_MAX_BATCH_TOKENS (also the scheduler's when a caller sets none). */
@@ -12,6 +13,11 @@ export const DEFAULT_PREFILL_STALL_MS = 10;
 export const executorEnv = {
   MODEL_DIR: env.string('Model directory (tandem-model/1) whose stages this executor serves'),
   EXECUTOR_ADDR: env.string('gRPC listen address host:port (port 0 picks a free port)', '127.0.0.1:50051'),
+  EXECUTOR_ADVERTISE_ADDR: env.optionalAddress(
+    "The gRPC address (host:port) clients reach this executor at, published in every load report (ServerLoad.address) so a planner with several executors can assign clients to it; 'off' advertises none (the planner then plans from this executor's reports but never assigns it a client). Unset: EXECUTOR_ADDR's host with the bound port when that host is concrete (127.0.0.1, a name, an interface's address); none when it is a wildcard (0.0.0.0, ::), which names no address a client could use",
+    '(EXECUTOR_ADDR if concrete)',
+    ['off'],
+  ),
   EXECUTOR_METRICS_PORT: metricsPortEnv('EXECUTOR_ADDR'),
   ...serverSecurityEnv,
   ...grpcKeepaliveEnv,
@@ -85,6 +91,18 @@ export const executorEnv = {
 };
 
 export type ExecutorConfig = EnvValues<typeof executorEnv>;
+
+/**
+ * The address this executor advertises (ServerLoad.address), or undefined for none:
+ * EXECUTOR_ADVERTISE_ADDR when set ('off': none); unset, the listen address's host with the
+ * bound port when that host is concrete, none when it is a wildcard.
+ */
+export function advertisedAddress(advertise: string | undefined, listenHost: string, boundPort: number): string | undefined {
+  if (advertise === 'off') return undefined;
+  if (advertise !== undefined) return advertise;
+  if (isWildcardHost(listenHost)) return undefined;
+  return listenHost.includes(':') && !listenHost.startsWith('[') ? `[${listenHost}]:${boundPort}` : `${listenHost}:${boundPort}`;
+}
 
 /** Reads the executor's configuration. @throws ConfigError listing every problem. */
 export function loadConfig(source: Readonly<Record<string, string | undefined>>): ExecutorConfig {

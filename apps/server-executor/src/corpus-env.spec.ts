@@ -29,6 +29,21 @@ const cases: EnvCase[] = [
     bool: ['EXECUTOR_BATCHING', 'EXECUTOR_FUSED', 'EXECUTOR_RETURN_MEMORY'],
     oneOf: [['EXECUTOR_ENGINE', ['worker', 'inline']]],
   }),
+  [
+    'EXECUTOR_ADVERTISE_ADDR without a port',
+    { EXECUTOR_ADVERTISE_ADDR: 'exec-1' },
+    ['EXECUTOR_ADVERTISE_ADDR must be host:port', "(or 'off')", "given 'exec-1'"],
+  ],
+  [
+    'EXECUTOR_ADVERTISE_ADDR with port 0',
+    { EXECUTOR_ADVERTISE_ADDR: 'exec-1:0' },
+    ['EXECUTOR_ADVERTISE_ADDR must be host:port with a port in 1..65535', "given 'exec-1:0'"],
+  ],
+  [
+    'a 20,000-character EXECUTOR_ADVERTISE_ADDR, cut',
+    { EXECUTOR_ADVERTISE_ADDR: `${LONG}:1` },
+    ['EXECUTOR_ADVERTISE_ADDR must be host:port of at most 260 characters, given 20002', '(20002 chars)'],
+  ],
   ['MODEL_DIR missing', { MODEL_DIR: '' }, ['MODEL_DIR is required']],
   ['EXECUTOR_MAX_KV_BYTES negative', { EXECUTOR_MAX_KV_BYTES: '-1' }, ['EXECUTOR_MAX_KV_BYTES must be an integer in 0..', "given '-1'"]],
   ['a 20,000-character EXECUTOR_MAX_SESSIONS, cut', { EXECUTOR_MAX_SESSIONS: LONG }, ['EXECUTOR_MAX_SESSIONS must be an integer', '(20000 chars)']],

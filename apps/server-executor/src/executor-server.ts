@@ -31,7 +31,7 @@ import {
   type ServerSecurity,
 } from '@tandem/service-kit';
 import { Admission, type AdmittedWork } from './admission';
-import { DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
+import { advertisedAddress, DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
 import { toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, KvBudget, kvBytesOf } from './kv-budget';
@@ -49,6 +49,12 @@ export interface ExecutorServerOptions {
   readonly log: Logger;
   /** host:port; port 0 picks a free one. */
   readonly address: string;
+  /**
+   * EXECUTOR_ADVERTISE_ADDR: the host:port clients reach this executor at, published in every
+   * load report (ServerLoad.address); 'off' publishes none; undefined derives it from `address`
+   * (its host with the bound port) when that host is concrete, none when a wildcard (advertisedAddress).
+   */
+  readonly advertiseAddress?: string;
   readonly serverId: string;
   readonly maxSessions: number;
   /** Concurrent sessions one client id may hold; 0 or undefined: no limit beyond maxSessions. */
@@ -117,6 +123,8 @@ export class ExecutorServer {
   /** Token buckets per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), when limited. */
   private readonly rates: ClientTokenRates | undefined;
   private draining = false;
+  /** stop() has begun. */
+  private stopping = false;
   /** Why the engine can no longer run stages, once it failed. */
   private engineFailure: Error | undefined;
   private telemetry: TelemetryPublisher | undefined;
@@ -126,6 +134,8 @@ export class ExecutorServer {
   private steps = new StepTotals();
   private readonly traffic: TrafficCounters = { messagesIn: 0, bytesIn: 0, messagesOut: 0, bytesOut: 0, kvBytesIn: 0, kvBytesOut: 0 };
   private port = 0;
+  /** The address published in load reports (ServerLoad.address), known once bound; undefined: none. */
+  private advertised: string | undefined;
   private readonly log: Logger;
   private readonly maxContext: number;
   private readonly kv: KvBudget;
@@ -214,6 +224,7 @@ export class ExecutorServer {
     // Server reflection (grpcurl, Postman): one name per service this server serves.
     addReflection(this.server, [EXECUTOR_SERVICE_NAME, INFERENCE_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
+    this.advertised = advertisedAddress(this.opts.advertiseAddress, hostOf(this.opts.address), this.port);
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     const t0 = performance.now();
     await this.opts.engine.warmup();
@@ -226,6 +237,7 @@ export class ExecutorServer {
     this.log.info(
       {
         port: this.port,
+        advertised: this.advertised ?? '(none)',
         tls: this.opts.security?.tls ?? false,
         mtls: this.opts.security?.mtls ?? false,
         tokens: !!this.opts.security?.tokens,
@@ -234,8 +246,11 @@ export class ExecutorServer {
       },
       'executor ready',
     );
-    this.health.set('', ServingStatus.SERVING);
-    this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
+    // Drained while warming up (SIGUSR2): it stays NOT_SERVING.
+    if (!this.draining) {
+      this.health.set('', ServingStatus.SERVING);
+      this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
+    }
     this.ready = true;
     if (this.opts.natsUrl) {
       const report = this.loadReader();
@@ -298,6 +313,11 @@ export class ExecutorServer {
     return { used: this.kv.usedBytes, limit: this.kv.limitBytes };
   }
 
+  /** The address published in load reports (ServerLoad.address), once started; undefined: none. */
+  get advertisedAddress(): string | undefined {
+    return this.advertised;
+  }
+
   /** Current counters, as GetStatus returns them. */
   status(): GetStatusResponse {
     return {
@@ -338,6 +358,8 @@ export class ExecutorServer {
       unixMs: Date.now(),
       longStepTokens: this.longStepTokens,
       ...interval,
+      ...(this.advertised !== undefined ? { address: this.advertised } : {}),
+      ...(this.draining ? { draining: true } : {}),
     };
   }
 
@@ -362,20 +384,36 @@ export class ExecutorServer {
   }
 
   /**
-   * Drains: NOT_SERVING at once, no new sessions, open sessions get `graceMs` to finish,
-   * then are ended with UNAVAILABLE; the gRPC server and NATS are closed. Idempotent.
+   * Starts draining without stopping (SIGUSR2): NOT_SERVING, new sessions and inference refused
+   * with UNAVAILABLE, a load report saying `draining` published at once and on every interval
+   * after, so the planner moves this executor's clients elsewhere; open sessions run on to
+   * their end. The executor stays up (GetStatus, health, metrics) until stop(); there is no way
+   * back but a restart. Idempotent.
    */
-  async stop(opts: { graceMs?: number } = {}): Promise<void> {
-    if (this.draining) {
-      await this.closed;
-      return;
-    }
+  drain(): void {
+    if (this.draining) return;
     this.draining = true;
     this.admission.refuse('the executor is draining and accepts no new sessions');
     this.health.set('', ServingStatus.NOT_SERVING);
     this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.NOT_SERVING);
+    this.telemetry?.publishNow();
+    this.log.info({ sessions: this.admission.members.size }, 'draining');
+  }
+
+  /**
+   * Drains (see drain()), then stops: NOT_SERVING at once, no new sessions, a load report saying `draining` published at
+   * once (and on every interval while the grace runs, so a planner moves this executor's clients
+   * elsewhere before it is gone), open sessions get `graceMs` to finish, then are ended with
+   * UNAVAILABLE; the gRPC server and NATS are closed. Idempotent.
+   */
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.stopping) {
+      await this.closed;
+      return;
+    }
+    this.stopping = true;
+    this.drain();
     const sessions = this.admission.members;
-    this.log.info({ sessions: sessions.size }, 'draining');
     const graceMs = opts.graceMs ?? 10_000;
     const until = Date.now() + graceMs;
     while (sessions.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));

@@ -21,6 +21,7 @@ export async function main(): Promise<void> {
     engine,
     log,
     address: config.EXECUTOR_ADDR,
+    advertiseAddress: config.EXECUTOR_ADVERTISE_ADDR,
     serverId: config.EXECUTOR_ID,
     maxSessions: config.EXECUTOR_MAX_SESSIONS,
     maxSessionsPerClient: config.EXECUTOR_MAX_SESSIONS_PER_CLIENT,
@@ -46,6 +47,8 @@ export async function main(): Promise<void> {
   // One line on stdout that launchers (the demo, tests) read to learn the port.
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'server-executor', port, metricsPort: server.metrics.port })}\n`);
   onShutdownSignal(() => server.stop({ graceMs: config.EXECUTOR_SHUTDOWN_GRACE_MS }));
+  // An operator drains without stopping: clients move elsewhere, open sessions finish, the process stays until SIGTERM.
+  process.on('SIGUSR2', () => server.drain());
 }
 
 // Exit 2 on bad configuration (environment, certificates, NATS credentials, MODEL_DIR), 1 otherwise.

@@ -329,4 +329,98 @@ describe('server-executor lifecycle and telemetry', () => {
       model.remove();
     }
   });
+
+  it('advertises its address in every load report, and reports draining at once on stop, long before the interval or the grace is over', async () => {
+    const model = await makeTempModel();
+    const nats = await startNatsServer();
+    const nc = await connect({ servers: nats.url });
+    const engine = await engines.worker(model.dir);
+    // Reports every 5 s: a draining report within 1 s of stop() can only be the one stop() sends.
+    const server = new ExecutorServer({
+      engine,
+      log,
+      ...EXECUTOR_SETTINGS,
+      serverId: 'exec-adv',
+      maxSessions: 4,
+      natsUrl: nats.url,
+      telemetryIntervalMs: 5000,
+    });
+    const reports: { load: ServerLoad; at: number }[] = [];
+    const sub = nc.subscribe(Subjects.serverLoad('exec-adv'));
+    void (async () => {
+      for await (const m of sub) reports.push({ load: ServerLoad.decode(m.data), at: performance.now() });
+    })();
+    try {
+      const { port } = await server.start();
+      // EXECUTOR_ADVERTISE_ADDR unset and a concrete listen host (127.0.0.1): the bound port is advertised.
+      expect(server.advertisedAddress).toBe(`127.0.0.1:${port}`);
+      await eventually(() => reports.length >= 1, { timeoutMs: 5000, what: 'the first load report' });
+      expect(reports[0].load.address).toBe(`127.0.0.1:${port}`);
+      expect(reports[0].load.draining).toBeFalsy();
+      const client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+      const held = new TestSession(client.session());
+      held.open();
+      await held.next(1);
+      const before = reports.length;
+      const t0 = performance.now();
+      let stopped = false;
+      const stopping = server.stop({ graceMs: 3000 }).then(() => (stopped = true));
+      await eventually(() => reports.length > before, { timeoutMs: 2000, what: 'a load report after stop()' });
+      const drainingReport = reports[before];
+      expect(drainingReport.load.draining).toBe(true);
+      expect(drainingReport.load.address).toBe(`127.0.0.1:${port}`);
+      expect(drainingReport.at - t0).toBeLessThan(1000);
+      process.stderr.write(`executor stop(): the draining load report ${Math.round(drainingReport.at - t0)} ms after (interval 5000 ms, grace 3000 ms)\n`);
+      // Still draining (the session holds it within its grace): the report came first.
+      expect(stopped).toBe(false);
+      expect((await exec(client)).draining).toBe(true);
+      held.call.cancel();
+      await stopping;
+      client.close();
+    } finally {
+      sub.unsubscribe();
+      await server.stop();
+      await nc.close();
+      await nats.stop();
+      model.remove();
+    }
+  });
 });
+
+describe('server-executor drained by an operator (SIGUSR2)', () => {
+  it('refuses new sessions and reports draining at once, lets open sessions run on, and stays up until stopped', async () => {
+    const model = await makeTempModel();
+    const exec = await startTestExecutor(await engines.worker(model.dir), { serverId: 'exec-drain' });
+    try {
+      const report = exec.server.loadReader();
+      expect(report().draining).toBeFalsy();
+      const held = exec.session();
+      held.open();
+      await held.next(1);
+      exec.server.drain();
+      exec.server.drain(); // idempotent
+      expect(report().draining).toBe(true);
+      expect(await exec.health()).toBe(ServingStatus.NOT_SERVING);
+      const late = exec.session();
+      late.open();
+      const refused = (await late.ended) as grpc.ServiceError;
+      expect(refused.code).toBe(grpc.status.UNAVAILABLE);
+      expect(refused.details).toContain('draining');
+      // The open session still computes, and ends cleanly.
+      held.step(1, 0, 1, ids(464, 2068));
+      expect((await held.next(2)).kind?.$case).toBe('result');
+      held.call.end();
+      await eventually(async () => (await exec.status()).activeSessions === 0, { what: 'the session ended' });
+      await new Promise((r) => setTimeout(r, 200));
+      expect(await exec.status()).toMatchObject({ draining: true, activeSessions: 0 });
+    } finally {
+      await exec.stop();
+      model.remove();
+    }
+  });
+});
+
+/** The executor's GetStatus through `client` (deadline 5 s). */
+function exec(client: ExecutorServiceClient): Promise<GetStatusResponse> {
+  return new Promise((resolve, reject) => client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))));
+}

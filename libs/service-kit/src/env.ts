@@ -1,4 +1,4 @@
-import { capStatus, cut, quoted } from '@tandem/protocol';
+import { addressProblem, capStatus, cut, quoted } from '@tandem/protocol';
 
 /** One environment variable of a service: its parser, default and documentation. */
 export interface EnvVar<T> {
@@ -92,6 +92,24 @@ export const env = {
       parse: (raw) => {
         if (!(values as readonly string[]).includes(raw)) throw new ParseError(`must be one of ${values.join(', ')}`);
         return raw as T;
+      },
+    };
+  },
+  /**
+   * An optional gRPC address, host:port (addressProblem's rule: a port in 1..65535, a bounded
+   * host name or IP), or one of the words in `words` (e.g. 'off'); unset or empty gives undefined
+   * (`shown` says what that means).
+   */
+  optionalAddress(doc: string, shown: string, words: readonly string[] = []): EnvVar<string | undefined> {
+    return {
+      doc,
+      optional: true,
+      shown,
+      parse: (raw) => {
+        if (words.includes(raw)) return raw;
+        const problem = addressProblem(raw);
+        if (problem) throw new ParseError(words.length > 0 ? `${problem} (or ${words.map((w) => `'${w}'`).join(', ')})` : problem);
+        return raw;
       },
     };
   },

@@ -22,13 +22,6 @@ const HEALTH: Record<App, { service: string; addrVar: string }> = {
   planner: { service: 'tandem.planner.v1.PlannerService', addrVar: 'PLANNER_ADDR' },
   'client-agent': { service: 'tandem.agent.v1.AgentService', addrVar: 'AGENT_ADDR' },
 };
-/**
- * Variables the deploy files set ahead of the app that reads them (the executor's advertised
- * address is part of the wire contract; the executor reads it once it is built): allowed only
- * while the app's schema lacks them.
- */
-const PENDING: Record<App, string[]> = { 'server-executor': ['EXECUTOR_ADVERTISE_ADDR'], planner: [], 'client-agent': [] };
-
 const appOf = (command: unknown): App | undefined => {
   const m = /^dist\/apps\/(server-executor|planner|client-agent)\/src\/main\.js$/.exec(Array.isArray(command) ? String(command[0]) : '');
   return m ? (m[1] as App) : undefined;
@@ -38,7 +31,7 @@ const portOf = (addr: string): string => addr.slice(addr.lastIndexOf(':') + 1);
 /** Problems of one service's environment: a variable its app does not read, or a value its schema refuses. */
 function envProblems(app: App, env: Record<string, string>): string[] {
   const schema = SCHEMA[app];
-  const unknown = Object.keys(env).filter((k) => !(k in schema) && !PENDING[app].includes(k));
+  const unknown = Object.keys(env).filter((k) => !(k in schema));
   const problems = unknown.map((k) => `${k} is not a variable of the ${app}`);
   try {
     loadEnv(schema, env);
