@@ -589,6 +589,7 @@ export class ClientAgent {
                 ...r.predicted,
                 ...(r.decodePlacement ? { decodePlacement: r.decodePlacement } : {}),
                 ...(r.stats.handoverMs > 0 ? { handoverMs: r.stats.handoverMs } : {}),
+                ...(r.executorId ? { executorId: r.executorId } : {}),
               },
             },
           });

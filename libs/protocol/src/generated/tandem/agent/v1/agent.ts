@@ -133,7 +133,15 @@ export interface GenerationSummary {
    * A phased generation: time spent moving stage states between the prefill and the decode
    * (emulated link delays included), ms; absent when nothing moved.
    */
-  handoverMs?: number | undefined;
+  handoverMs?:
+    | number
+    | undefined;
+  /**
+   * The executor the generation's server stages ran on last (ServerLoad.server_id, as the plan
+   * named it: a generation resumed elsewhere names where it finished); absent when no server
+   * stage ran or the plan named no executor (the configured EXECUTOR_ADDR was used).
+   */
+  executorId?: string | undefined;
 }
 
 /** Asks for the agent's state. */
@@ -674,6 +682,7 @@ function createBaseGenerationSummary(): GenerationSummary {
     predictedTpotMs: 0,
     decodePlacement: undefined,
     handoverMs: undefined,
+    executorId: undefined,
   };
 }
 
@@ -730,6 +739,9 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     }
     if (message.handoverMs !== undefined) {
       writer.uint32(129).double(message.handoverMs);
+    }
+    if (message.executorId !== undefined) {
+      writer.uint32(138).string(message.executorId);
     }
     return writer;
   },
@@ -885,6 +897,14 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
             message.handoverMs = reader.double();
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.executorId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -967,6 +987,11 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
         : isSet(object.handover_ms)
         ? globalThis.Number(object.handover_ms)
         : undefined,
+      executorId: isSet(object.executorId)
+        ? globalThis.String(object.executorId)
+        : isSet(object.executor_id)
+        ? globalThis.String(object.executor_id)
+        : undefined,
     };
   },
 
@@ -1020,6 +1045,9 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     if (message.handoverMs !== undefined) {
       obj.handoverMs = floatToJson(message.handoverMs);
     }
+    if (message.executorId !== undefined) {
+      obj.executorId = message.executorId;
+    }
     return obj;
   },
 
@@ -1044,6 +1072,7 @@ export const GenerationSummary: MessageFns<GenerationSummary> = {
     message.predictedTpotMs = object.predictedTpotMs ?? 0;
     message.decodePlacement = object.decodePlacement ?? undefined;
     message.handoverMs = object.handoverMs ?? undefined;
+    message.executorId = object.executorId ?? undefined;
     return message;
   },
 };
