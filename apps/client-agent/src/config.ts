@@ -9,6 +9,7 @@ import {
   upstreamSecurityEnv,
   type EnvValues,
 } from '@tandem/service-kit';
+import { MAX_PLANNERS } from './plan-follower';
 
 /** Every environment variable the client-agent reads, with its default. */
 export const agentEnv = {
@@ -41,7 +42,12 @@ export const agentEnv = {
     "The server-executor, host:port: where generations open when the plan names no executor (ClientPlan.executor), and the last one tried when the plan's executor and its alternates refuse as unavailable",
     '127.0.0.1:50051',
   ),
-  PLANNER_ADDR: env.string("The planner, host:port; 'off' runs all-server (or the request's placement)", '127.0.0.1:50071'),
+  PLANNER_ADDR: env.addressList(
+    "The planner, host:port; or several planners sharing their state (PLANNER_STATE_BUCKET), comma-separated: the agent watches one and moves to the next when its plan stream is lost; 'off' runs all-server (or the request's placement)",
+    '127.0.0.1:50071',
+    MAX_PLANNERS,
+    ['off'],
+  ),
   ...upstreamSecurityEnv,
   ...grpcKeepaliveEnv,
   NATS_URL: env.string("NATS server for telemetry; 'off' disables telemetry", 'nats://127.0.0.1:4222'),

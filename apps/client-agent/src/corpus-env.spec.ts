@@ -29,6 +29,14 @@ const cases: EnvCase[] = [
   ['AGENT_ID of 20,000 characters, cut', { AGENT_ID: LONG }, ['AGENT_ID must be 1..64 letters', '(20000 chars)']],
   ['AGENT_STAGES not a list', { AGENT_STAGES: 'some' }, ['AGENT_STAGES must be', "given 'some'"]],
   ['AGENT_STAGES with a trailing comma', { AGENT_STAGES: '0-3,' }, ['AGENT_STAGES must be', "given '0-3,'"]],
+  ['PLANNER_ADDR without a port', { PLANNER_ADDR: 'planner' }, ['PLANNER_ADDR must be host:port (no port given)', "given 'planner'"]],
+  [
+    'PLANNER_ADDR list with a bad second entry',
+    { PLANNER_ADDR: 'p1:50071,p2:0' },
+    ['PLANNER_ADDR entry 2 (p2:0) must be host:port with a port in 1..65535', "given 'p1:50071,p2:0'"],
+  ],
+  ['PLANNER_ADDR list with a comma too many', { PLANNER_ADDR: 'p1:50071,' }, ['PLANNER_ADDR entry 2 is empty', "(or 'off')"]],
+  ['PLANNER_ADDR listing 9 planners', { PLANNER_ADDR: 'p:1,'.repeat(8) + 'p:1' }, ['PLANNER_ADDR must list at most 8 addresses']],
   ['NATS_USER of 100 characters', { NATS_USER: 'u'.repeat(100), NATS_PASSWORD: 'p' }, ['NATS_USER must be 1..64 letters']],
 ];
 

@@ -90,6 +90,51 @@ describe('PlanFollower epochs', () => {
   });
 });
 
+describe('PlanFollower with several planners (PLANNER_ADDR a comma-separated list)', () => {
+  const log = createLogger({ name: 'test', level: 'silent' });
+  let follower: PlanFollower | undefined;
+  afterEach(() => follower?.stop());
+
+  it('watches the first planner, moves to the next when its stream is lost and takes its plan, and comes back round', async () => {
+    const a = await stubPlanner('127.0.0.1:0', () => [plan(100, 'CCS')]);
+    const b = await stubPlanner('127.0.0.1:0', () => [plan(100, 'CCS'), plan(101, 'CSS')]);
+    let a2: Awaited<ReturnType<typeof stubPlanner>> | undefined;
+    try {
+      follower = new PlanFollower(
+        { plannerAddr: `127.0.0.1:${a.port}, 127.0.0.1:${b.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true },
+        log,
+      );
+      follower.start();
+      await eventually(() => follower!.current()?.epoch === 100, { what: "the first planner's plan" });
+      expect(follower.plannerAddr).toBe(`127.0.0.1:${a.port}`);
+      a.stop(); // the planner watched dies: the next stream goes to the other one
+      await eventually(() => follower!.current()?.epoch === 101, { timeoutMs: 10_000, what: "the second planner's plan" });
+      expect(follower.plannerAddr).toBe(`127.0.0.1:${b.port}`);
+      expect(follower.connected).toBe(true);
+      // The first planner is back (same port), the second dies: round to the first again.
+      a2 = await stubPlanner(`127.0.0.1:${a.port}`, () => [plan(102, 'SSS')]);
+      b.stop();
+      await eventually(() => follower!.current()?.epoch === 102, { timeoutMs: 10_000, what: 'the first planner again' });
+      expect(follower.plannerAddr).toBe(`127.0.0.1:${a.port}`);
+    } finally {
+      a.stop();
+      b.stop();
+      a2?.stop();
+    }
+  });
+
+  it('refuses a list with a bad entry or too many entries, naming PLANNER_ADDR, the entry and the rule', () => {
+    const make = (plannerAddr: string) => () =>
+      new PlanFollower({ plannerAddr, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
+    expect(make('127.0.0.1:1,planner:0')).toThrow(
+      /^PLANNER_ADDR entry 2 \(planner:0\) must be host:port with a port in 1\.\.65535, given '127\.0\.0\.1:1,planner:0'$/,
+    );
+    expect(make('127.0.0.1:1,')).toThrow(/^PLANNER_ADDR entry 2 is empty \(a comma too many\), given '127\.0\.0\.1:1,'$/);
+    expect(make(Array.from({ length: 9 }, (_, i) => `p${i}:1`).join(','))).toThrow(/PLANNER_ADDR must list at most 8 addresses separated by commas, given 9/);
+    expect(make('planner-1:50071 , planner-2:50071')().plannerAddr).toBe('planner-1:50071');
+  });
+});
+
 describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
   const log = createLogger({ name: 'test', level: 'silent' });
   let follower: PlanFollower | undefined;

@@ -1,6 +1,8 @@
 import { isPlacementLetters, planKey } from '@tandem/dp';
 import * as grpc from '@grpc/grpc-js';
 import {
+  addressList,
+  addressListProblem,
   addressProblem,
   channelOptions,
   ID_PATTERN,
@@ -40,6 +42,9 @@ export interface ChosenPlacement {
 export class PlanFollower {
   private plan: ClientPlan | undefined;
   private client: PlannerServiceClient | undefined;
+  /** The planners' addresses (PLANNER_ADDR, comma-separated), and which one is watched now. */
+  private readonly addrs: readonly string[];
+  private addrIndex = 0;
   private call: grpc.ClientReadableStream<WatchPlansResponse> | undefined;
   private stopped = false;
   private backoffMs = 250;
@@ -65,16 +70,30 @@ export class PlanFollower {
       private?: boolean;
     },
     private readonly log: Logger,
-  ) {}
+  ) {
+    const problem = opts.plannerAddr ? addressListProblem(opts.plannerAddr, MAX_PLANNERS) : undefined;
+    if (problem) throw new Error(`PLANNER_ADDR ${problem}, given ${quoted(opts.plannerAddr ?? '')}`);
+    this.addrs = opts.plannerAddr ? addressList(opts.plannerAddr) : [];
+  }
 
   start(): void {
-    if (!this.opts.plannerAddr) return;
+    if (this.addrs.length === 0) return;
+    this.connect();
+    this.watch();
+  }
+
+  /** The planner watched now (one of PLANNER_ADDR's), or undefined without a planner. */
+  get plannerAddr(): string | undefined {
+    return this.addrs[this.addrIndex];
+  }
+
+  private connect(): void {
+    this.client?.close();
     this.client = new PlannerServiceClient(
-      this.opts.plannerAddr,
+      this.addrs[this.addrIndex],
       this.opts.upstream?.credentials ?? grpc.credentials.createInsecure(),
       clientOptions(this.opts.upstream, channelOptions(this.opts.maxMessageBytes, this.opts.keepalive)),
     );
-    this.watch();
   }
 
   /** The current plan, if any. */
@@ -91,7 +110,7 @@ export class PlanFollower {
     if (this.plan) return '';
     if (!this.opts.plannerAddr)
       return `no planner configured (PLANNER_ADDR is 'off'): every generation runs ${this.opts.private ? 'on this device (AGENT_PRIVATE)' : 'all-server'}`;
-    if (!this.connected) return `not connected to the planner at ${this.opts.plannerAddr}${this.lastProblem ? `: ${this.lastProblem}` : ' yet'}`;
+    if (!this.connected) return `not connected to the planner at ${this.plannerAddr}${this.lastProblem ? `: ${this.lastProblem}` : ' yet'}`;
     if (this.lastProblem) return this.lastProblem;
     if (this.plannerReason) return `the planner has no plan for this client yet: ${this.plannerReason}`;
     return "waiting for the planner's first plan";
@@ -187,7 +206,15 @@ export class PlanFollower {
       this.plannerReason = '';
       this.call = undefined;
       if (this.stopped) return;
-      this.log.debug({ why, retryInMs: this.backoffMs }, 'plan stream lost; keeping the last plan');
+      // With several planners (they share their plans through the state bucket, and a standby
+      // serves the leader's), the next stream goes to the next one: a planner that died is left
+      // at once, and the first plan of the new stream is taken whatever its epoch.
+      const from = this.addrs[this.addrIndex];
+      if (this.addrs.length > 1) {
+        this.addrIndex = (this.addrIndex + 1) % this.addrs.length;
+        this.connect();
+      }
+      this.log.debug({ why, from, to: this.addrs[this.addrIndex], retryInMs: this.backoffMs }, 'plan stream lost; keeping the last plan');
       this.retryTimer = setTimeout(() => this.watch(), this.backoffMs);
       this.retryTimer.unref();
       this.backoffMs = Math.min(5000, this.backoffMs * 2);
@@ -203,6 +230,9 @@ export class PlanFollower {
     this.client?.close();
   }
 }
+
+/** Most planners PLANNER_ADDR may list. */
+export const MAX_PLANNERS = 8;
 
 /** Most alternates a plan may name (ClientPlan.alternates); more is refused as a bad plan. */
 export const MAX_ALTERNATES = 8;

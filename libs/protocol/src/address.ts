@@ -24,6 +24,26 @@ export function addressProblem(address: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Why `value` is not a list of at most `max` addresses separated by commas (each `host:port`,
+ * blanks around an entry allowed), or undefined when it is.
+ */
+export function addressListProblem(value: string, max: number): string | undefined {
+  const entries = value.split(',').map((a) => a.trim());
+  if (entries.length > max) return `must list at most ${max} addresses separated by commas, given ${entries.length}`;
+  for (const [i, a] of entries.entries()) {
+    if (a === '' && entries.length > 1) return `entry ${i + 1} is empty (a comma too many)`;
+    const problem = addressProblem(a);
+    if (problem) return entries.length > 1 ? `entry ${i + 1} (${a.length > 40 ? a.slice(0, 40) + '…' : a}) ${problem}` : problem;
+  }
+  return undefined;
+}
+
+/** The addresses of a list `addressListProblem` accepts. */
+export function addressList(value: string): string[] {
+  return value.split(',').map((a) => a.trim());
+}
+
 /** Whether a listen address's host is a wildcard (0.0.0.0, ::, [::] or empty): it names no one interface clients could reach. */
 export function isWildcardHost(host: string): boolean {
   return host === '' || host === '0.0.0.0' || host === '::' || host === '[::]' || host === '*';

@@ -114,4 +114,4 @@ export { RETRY_AFTER_KEY, retryAfterMsOf } from './retry-after';
 export { agentStatus, DEFAULT_CALL_DEADLINE_MS, DEFAULT_GENERATE_DEADLINE_MS, executorStatus, generateVia, listPlans, listPlansPage } from './calls';
 export type { GenerationResult } from './calls';
 export type { Keepalive } from './channel-options';
-export { addressProblem, isWildcardHost, MAX_ADDRESS_CHARS } from './address';
+export { addressList, addressListProblem, addressProblem, isWildcardHost, MAX_ADDRESS_CHARS } from './address';

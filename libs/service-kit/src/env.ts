@@ -1,4 +1,4 @@
-import { addressProblem, capStatus, cut, quoted } from '@tandem/protocol';
+import { addressListProblem, addressProblem, capStatus, cut, quoted } from '@tandem/protocol';
 
 /** One environment variable of a service: its parser, default and documentation. */
 export interface EnvVar<T> {
@@ -108,6 +108,20 @@ export const env = {
       parse: (raw) => {
         if (words.includes(raw)) return raw;
         const problem = addressProblem(raw);
+        if (problem) throw new ParseError(words.length > 0 ? `${problem} (or ${words.map((w) => `'${w}'`).join(', ')})` : problem);
+        return raw;
+      },
+    };
+  },
+  /** One address host:port or up to `max` of them separated by commas, or one of `words` (e.g. 'off'); kept as given. */
+  addressList(doc: string, def: string, max: number, words: readonly string[] = []): EnvVar<string> {
+    return {
+      doc,
+      default: def,
+      shown: JSON.stringify(def),
+      parse: (raw) => {
+        if (words.includes(raw)) return raw;
+        const problem = addressListProblem(raw, max);
         if (problem) throw new ParseError(words.length > 0 ? `${problem} (or ${words.map((w) => `'${w}'`).join(', ')})` : problem);
         return raw;
       },
