@@ -223,7 +223,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(r.stderr).toMatch(/loadtest: .*100%/);
   }, 240_000);
 
-  it('with --executors 2 starts two executors and reports each one; everything runs on the first while plans name no executor', async () => {
+  it('with --executors 2 starts two executors and reports each one, each request attributed to the executor it ran on', async () => {
     const f = join(dir, 'two.json');
     writeFileSync(f, JSON.stringify(scenario()));
     const out = join(dir, 'two-out');
@@ -253,25 +253,26 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(total('requests')).toBe(cell.stats.requests);
     expect(total('good')).toBe(cell.stats.metSla);
     expect(total('serverCpuS')).toBeCloseTo(cell.serverCpuS, 9);
-    // Both executors ran (their own processes); the requests all went to the agents' fallback, the first.
-    expect(cell.executors[0].requests).toBe(cell.stats.requests);
-    // Every request that followed a plan was joined to its agent's outcome (they name no executor yet).
+    // Every request names the executor it ran on (its Generate summary, else its outcome): one
+    // of the two, and each executor's count is its records'. Which one the planner picks for a
+    // new client is its price there, so the split between them is not asserted.
     expect(cell.unattributed).toBe(0);
-    expect(cell.executors[0].serverCpuS).toBeGreaterThan(0);
+    expect(total('serverCpuS')).toBeGreaterThan(0);
     expect(readFileSync(join(out, 'logs', 'lt-executor-2-server-only.log'), 'utf8')).toBeDefined();
     const lines = readFileSync(join(out, 'records.jsonl'), 'utf8')
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l));
     expect(lines).toHaveLength(cell.stats.requests);
-    expect(new Set(lines.map((l: { executorId: string }) => l.executorId))).toEqual(new Set(['lt-executor-1']));
+    for (const l of lines) expect(['lt-executor-1', 'lt-executor-2']).toContain(l.executorId);
+    for (const e of cell.executors) expect(lines.filter((l: { executorId: string }) => l.executorId === e.id)).toHaveLength(e.requests);
     // They followed plans (the agents waited for one), so each had an outcome to be joined to.
     const done = lines.filter((l: { status: string }) => l.status === 'OK');
     expect(done.length).toBeGreaterThan(0);
     expect(done.every((l: { planEpoch?: number }) => (l.planEpoch ?? 0) > 0)).toBe(true);
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     expect(md).toContain('## Per executor');
-    expect(md).toMatch(/\| server-only \| 3 \| lt-executor-2 \| 0 \| 0 \| 0 \| 0\.00 \|/);
+    for (const e of cell.executors) expect(md).toContain(`| server-only | 3 | ${e.id} | ${e.requests} |`);
   }, 120_000);
 
   it("a run killed after its first cell leaves that cell's records and runs.json, and --report-only makes the report from them", async () => {

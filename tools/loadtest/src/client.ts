@@ -55,6 +55,8 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
               placement: planKey(summary),
               planEpoch: Number(summary.planEpoch),
               plannedClass: summary.requestClass,
+              // The executor the summary names (agents that know it); others are joined by outcome (executors.ts).
+              ...(summary.executorId ? { executorId: summary.executorId } : {}),
             }
           : {}),
         // 0 in the summary: no prediction.

@@ -38,7 +38,8 @@ export interface OutcomeSeen {
 
 /**
  * The records with `executorId` set (see the file comment), and how many planned requests no
- * outcome joined. `traceStartUnixMs`: the Unix time of the trace's start (records' `sentMs` are
+ * outcome joined. A record whose Generate summary named its executor keeps it (exact); the
+ * others are joined to outcomes by agent, lengths and times. `traceStartUnixMs`: the Unix time of the trace's start (records' `sentMs` are
  * from it); `agentOf`: the agent id of a device class; `fallback`: the first executor's id.
  * Each outcome joins at most one request: the pairs are taken closest first.
  */
@@ -58,6 +59,7 @@ export function attributeExecutors(
   });
   const pairs: { cost: number; record: number; outcome: number }[] = [];
   records.forEach((r, ri) => {
+    if (r.executorId) return;
     const start = o.traceStartUnixMs + r.sentMs;
     const end = start + r.endMs;
     for (const oi of byKey.get(key(o.agentOf(r.device), r.promptTokens, r.tokenMs.length)) ?? []) {
@@ -76,6 +78,7 @@ export function attributeExecutors(
   }
   let unmatched = 0;
   const out = records.map((r, ri) => {
+    if (r.executorId) return r;
     const oi = joined.get(ri);
     if (oi === undefined && (r.planEpoch ?? 0) > 0) unmatched++;
     const id = oi === undefined ? '' : outcomes[oi].executorId;

@@ -86,6 +86,15 @@ describe('attributing requests to executors', () => {
     expect(unmatched).toBe(1);
   });
 
+  it("keeps the executor a request's Generate summary named, and leaves its outcome to the others", () => {
+    const named = rec({ index: 0, sentMs: 0, executorId: 'e3' });
+    const b = rec({ index: 1, sentMs: 1 });
+    // The outcome fits either request best by time; the named one does not take it.
+    const { records, unmatched } = attributeExecutors([named, b], [outcomeOf(named, T0, 'e2')], { agentOf, traceStartUnixMs: T0, fallback: 'e1' });
+    expect(records.map((r) => r.executorId)).toEqual(['e3', 'e2']);
+    expect(unmatched).toBe(0);
+  });
+
   it('joins each outcome to one request at most', () => {
     const a = rec({ index: 0, sentMs: 0 });
     const b = rec({ index: 1, sentMs: 1 });
