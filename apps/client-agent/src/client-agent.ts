@@ -344,6 +344,7 @@ export class ClientAgent {
   /** The agent's state, as GetStatus answers it: the plan followed (or why none is), counters. */
   status(): AgentStatusResponse {
     const plan = this.follower.current();
+    const next = this.targets()[0];
     return {
       clientId: this.opts.clientId,
       clientClass: this.opts.clientClass,
@@ -367,8 +368,8 @@ export class ClientAgent {
           ...(c.decodePlacement && c.decodePlacement !== c.placement ? { decodePlacement: c.decodePlacement } : {}),
         })) ?? [],
       noPlanReason: this.follower.noPlanReason(),
-      executorAddress: this.targets()[0].address,
-      executorId: this.targets()[0].id,
+      executorAddress: next.address,
+      executorId: next.id,
     };
   }
 

@@ -231,6 +231,11 @@ export class RateMeter {
   }
 }
 
+/** Executor ids in code-unit order (the order candidates, alternates' ties and summaries use). */
+function byId(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 /** Whether two plans name the same executor at the same address (or both none). */
 function sameAssignment(a: ExecutorAssignment | undefined, b: ExecutorAssignment | undefined): boolean {
   return (a?.id ?? '') === (b?.id ?? '') && (a?.address ?? '') === (b?.address ?? '');
@@ -824,8 +829,7 @@ export class PlannerServer {
       ex.address = address;
       ex.draining = draining;
     } else this.executors.set(l.serverId, (ex = { load: l, lastSeenMs: now, address, draining, plannedLoad: undefined, shed: undefined }));
-    this.checkExecutors(now);
-    const assigning = this.candidates(now) !== undefined;
+    const assigning = this.checkExecutors(now) !== undefined;
     if (assigning) {
       // This executor's own shedder reads its own utilisation, among the clients assigned to it.
       if (this.planning) {
@@ -896,18 +900,19 @@ export class PlannerServer {
       if (!ex.draining) out.push([id, ex]);
     }
     if (out.length === 0 || (advertised < 2 && this.assignedTotal === 0)) return undefined;
-    return out.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+    return out.sort((x, y) => byId(x[0], y[0]));
   }
 
   /**
    * Re-plans every client when the set of executors they may be assigned changed (an executor
    * drains, goes silent for the TTL, appears, or changes its address), and when assignment
-   * starts or stops: the shedders start afresh then (their pairs were the old set's).
+   * starts or stops: the shedders start afresh then (their pairs were the old set's). Returns
+   * the candidates it saw (`candidates(now)`).
    */
-  private checkExecutors(now: number): void {
+  private checkExecutors(now: number): [string, ExecutorState][] | undefined {
     const c = this.candidates(now);
     const key = c ? c.map(([id, ex]) => `${id}@${ex.address}`).join(',') : '';
-    if (key === this.executorsKey) return;
+    if (key === this.executorsKey) return c;
     const was = this.executorsKey;
     this.executorsKey = key;
     if ((was === '') !== (key === '')) {
@@ -916,6 +921,7 @@ export class PlannerServer {
     }
     this.log.info({ executors: c ? c.map(([id, ex]) => ({ id, address: ex.address })) : [] }, 'the executors clients may be assigned changed');
     this.replanAll();
+    return c;
   }
 
   /** `prev` replaced by `next` in the counts of plans per executor. */
@@ -1311,7 +1317,7 @@ export class PlannerServer {
       if (p) all.push(p);
     }
     if (all.length === 0) return undefined;
-    const order = (a: Priced, b: Priced): number => a.missed - b.missed || a.score - b.score || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+    const order = (a: Priced, b: Priced): number => a.missed - b.missed || a.score - b.score || byId(a.id, b.id);
     all.sort(order);
     const best = all[0];
     const h = this.opts.maker.opts.hysteresis;
@@ -1416,7 +1422,7 @@ export class PlannerServer {
   /** Every executor whose load report is kept, with the plans naming it (ListPlansResponse.executors), in id order. */
   executorSummaries(): ExecutorSummary[] {
     return [...this.executors.entries()]
-      .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0))
+      .sort((x, y) => byId(x[0], y[0]))
       .map(([id, ex]) => ({
         id,
         address: ex.address,
