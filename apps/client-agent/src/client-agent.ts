@@ -148,6 +148,8 @@ export class ClientAgent {
   /** A link probe is under way; or the executor answered UNIMPLEMENTED (an older one): no more probes. */
   private probing = false;
   private probeUnsupported = false;
+  /** After a failed probe, none before this (Date.now() ms): a refusing executor is asked every 30 s, not at every ping. */
+  private probeNotBefore = 0;
   private readonly running = new Set<AbortController>();
   private stageCount = 0;
   private nEmbd = 0;
@@ -262,13 +264,13 @@ export class ClientAgent {
    * times an upload of `linkProbeBytes` to the executor new generations open on
    * (ExecutorService.ProbeLink), then a download of as many. Runs after each ping until both
    * directions are measured; generations' own transfers keep the estimate up to date after
-   * that. An executor without the call (UNIMPLEMENTED) is not asked again; another failure is
-   * tried again at the next ping.
+   * that. An executor without the call (UNIMPLEMENTED) is not asked again; after another
+   * failure the probe waits 30 s. A probe is at most the agent's message size less 1 KiB.
    */
   private async probeLink(): Promise<void> {
-    const bytes = this.opts.linkProbeBytes ?? DEFAULT_LINK_PROBE_BYTES;
+    const bytes = Math.min(this.opts.linkProbeBytes ?? DEFAULT_LINK_PROBE_BYTES, Math.max(0, this.opts.maxMessageBytes - 1024));
     const measured = this.estimator.measured();
-    if (bytes === 0 || this.probing || this.probeUnsupported || this.stopping || (measured.up && measured.down)) return;
+    if (bytes === 0 || this.probing || this.probeUnsupported || this.stopping || Date.now() < this.probeNotBefore || (measured.up && measured.down)) return;
     const lease = this.executors.acquire(this.targets()[0].address);
     if (!lease) return;
     this.probing = true;
@@ -295,7 +297,10 @@ export class ClientAgent {
       if ((err as grpc.ServiceError).code === grpc.status.UNIMPLEMENTED) {
         this.probeUnsupported = true;
         this.log.info('the executor answers no link probe (an older one): the link is measured by generations alone');
-      } else this.log.debug({ err }, 'link probe failed; tried again at the next ping');
+      } else {
+        this.probeNotBefore = Date.now() + 30_000;
+        this.log.debug({ err }, 'link probe failed; tried again in 30 s');
+      }
     } finally {
       lease.release();
       this.probing = false;

@@ -128,7 +128,17 @@ export interface RatioSet {
   /** Server CPU per request over the whole sweep, `of` over the baseline. */
   readonly cpuPerRequest: Spread | null;
   /** Per rate: goodput and server CPU per request, `of` over the baseline. */
-  readonly byRate: readonly { readonly rate: number; readonly goodput: Spread | null; readonly cpuPerRequest: Spread | null }[];
+  readonly byRate: readonly {
+    readonly rate: number;
+    readonly goodput: Spread | null;
+    readonly cpuPerRequest: Spread | null;
+    /**
+     * Every request of both policies at this rate met its SLOs, in every repeat. Goodput (vLLM's)
+     * divides by the time to the last answer, so the ratio then compares only how late each
+     * policy's last request ended after the arrivals stopped.
+     */
+    readonly allGood: boolean;
+  }[];
 }
 
 /** Each planner policy and what it is compared with, when both are in the run. */
@@ -167,6 +177,15 @@ export function ratios(rows: readonly RateResult[], rates: readonly number[], sl
             rate,
             goodput: spreadOf(per((m) => ratio(at(m, of)?.stats.goodput, at(m, against)?.stats.goodput))),
             cpuPerRequest: spreadOf(per((m) => ratio(at(m, of)?.serverCpuPerRequestS, at(m, against)?.serverCpuPerRequestS))),
+            allGood: repeats.every((k) =>
+              [of, against].every((p) => {
+                const st = at(
+                  rows.filter((r) => r.repeat === k),
+                  p,
+                )?.stats;
+                return st !== undefined && st.requests > 0 && st.metSla === st.requests;
+              }),
+            ),
           };
         }),
       });
@@ -272,12 +291,14 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
         ? `Ratios policy / baseline per repeat: median [min–max], mean ± sd over ${repeats.length} repeats. "within noise": the range straddles 1, so the repeats do not show a difference. – where the baseline's figure is 0 in a repeat.`
         : 'Ratios policy / baseline from one repeat: no spread; run with `--repeats N` to tell an effect from noise.',
       '',
+      '"(all good)": every request of both policies met its SLOs at that rate (in every repeat). Goodput, as vLLM defines it, divides by the time to the last answer, so such a ratio only says how late each policy\'s last request ended after the arrivals stopped (a request run on a slow device ends later, within its SLOs).',
+      '',
     );
     md.push('| policy | against | figure | ' + ['all rates', ...ctx.rates.map((r) => `${r} req/s`)].join(' | ') + ' |');
     md.push('|---|---|---|' + ['', ...ctx.rates].map(() => '---').join('|') + '|');
     for (const r of rat) {
       md.push(
-        `| ${r.of} | ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length)).join(' | ')} |`,
+        `| ${r.of} | ${r.against} | goodput (peak, then per rate) | ${spreadCell(r.peakGoodput, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.goodput, repeats.length) + (b.allGood ? ' (all good)' : '')).join(' | ')} |`,
       );
       md.push(
         `| ${r.of} | ${r.against} | server CPU / request | ${spreadCell(r.cpuPerRequest, repeats.length)} | ${r.byRate.map((b) => spreadCell(b.cpuPerRequest, repeats.length)).join(' | ')} |`,
