@@ -88,7 +88,7 @@ const copyingFromWire = (t: Parameters<typeof fromWireTensor>[0], f: string): Ho
 };
 
 /** A session echo: decode the step's tensor as the executor does, send it back as its result. */
-function echoServer(fromWire: typeof fromWireTensor): ExecutorServiceServer {
+function echoServer(fromWire: typeof fromWireTensor): Pick<ExecutorServiceServer, 'session' | 'getStatus'> {
   return {
     session(call) {
       call.on('data', (req: SessionRequest) => {

@@ -41,7 +41,7 @@ import {
 import { toGrpcStatus } from './errors';
 import { CONNECT_TIMEOUT_MS, ExecutorPool, MAX_EXECUTOR_CLIENTS, settled, type ExecutorLease } from './executor-pool';
 import { generate, isSessionLost, type GenerationStats } from './generation';
-import { LinkEmulator, LinkEstimator } from './link';
+import { DEFAULT_LINK_PROBE_BYTES, LinkEmulator, LinkEstimator } from './link';
 import { LocalStages } from './local-stages';
 import { AgentMetrics } from './metrics';
 import { buildOutcome, predictedOf, type Predicted } from './outcome';
@@ -92,6 +92,8 @@ export interface ClientAgentOptions {
   readonly keepalive?: Keepalive;
   /** Port of the Prometheus endpoint (GET /metrics) on the host of `address`; 0 picks a free one; undefined: none (the metrics are still kept, see `metrics`). */
   readonly metricsPort?: number;
+  /** Bytes of each link probe (AGENT_LINK_PROBE_BYTES; default {@link DEFAULT_LINK_PROBE_BYTES}; 0 = no probes): see ClientAgent.probeLink. */
+  readonly linkProbeBytes?: number;
 }
 
 /** The agent's gRPC service name, as health reports it. */
@@ -143,6 +145,9 @@ export class ClientAgent {
   private follower!: PlanFollower;
   private telemetry: TelemetryPublisher | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
+  /** A link probe is under way; or the executor answered UNIMPLEMENTED (an older one): no more probes. */
+  private probing = false;
+  private probeUnsupported = false;
   private readonly running = new Set<AbortController>();
   private stageCount = 0;
   private nEmbd = 0;
@@ -214,7 +219,8 @@ export class ClientAgent {
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
     await this.pingExecutor();
-    this.pingTimer = setInterval(() => void this.pingExecutor(), 2000);
+    void this.probeLink();
+    this.pingTimer = setInterval(() => void this.pingExecutor().then(() => this.probeLink()), 2000);
     this.pingTimer.unref();
     this.sweepTimer = setInterval(() => this.executors.sweep(), Math.max(100, Math.min(10_000, (this.opts.executorIdleMs ?? 60_000) / 4)));
     this.sweepTimer.unref();
@@ -248,6 +254,52 @@ export class ClientAgent {
       }),
     );
     lease.release();
+  }
+
+  /**
+   * Measures the link's throughput where the estimator has none yet, so that the first plans
+   * price transfers (a phased plan's KV hand-over above all) on the link instead of a guess:
+   * times an upload of `linkProbeBytes` to the executor new generations open on
+   * (ExecutorService.ProbeLink), then a download of as many. Runs after each ping until both
+   * directions are measured; generations' own transfers keep the estimate up to date after
+   * that. An executor without the call (UNIMPLEMENTED) is not asked again; another failure is
+   * tried again at the next ping.
+   */
+  private async probeLink(): Promise<void> {
+    const bytes = this.opts.linkProbeBytes ?? DEFAULT_LINK_PROBE_BYTES;
+    const measured = this.estimator.measured();
+    if (bytes === 0 || this.probing || this.probeUnsupported || this.stopping || (measured.up && measured.down)) return;
+    const lease = this.executors.acquire(this.targets()[0].address);
+    if (!lease) return;
+    this.probing = true;
+    /** The round trip of a probe moving `up` bytes up and `down` bytes down, emulated link included, ms. */
+    const probe = async (up: number, down: number): Promise<number> => {
+      const t0 = performance.now();
+      await this.opts.link.uplink(up);
+      await new Promise<void>((resolve, reject) =>
+        lease.client.probeLink({ payload: Buffer.alloc(up), replyBytes: down }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err) =>
+          err ? reject(err) : resolve(),
+        ),
+      );
+      await this.opts.link.downlink(down);
+      return performance.now() - t0;
+    };
+    try {
+      // An empty probe first: the round trip on this channel as it is now (the first ping of a
+      // new channel also timed its connection, which would inflate the latency taken off below).
+      this.estimator.recordRtt(await probe(0, 0));
+      if (!measured.up) this.estimator.recordTransfer(bytes, 0, await probe(bytes, 0));
+      if (!measured.down) this.estimator.recordTransfer(0, bytes, await probe(0, bytes));
+      this.log.debug({ link: this.estimator.estimate() }, 'link probed');
+    } catch (err) {
+      if ((err as grpc.ServiceError).code === grpc.status.UNIMPLEMENTED) {
+        this.probeUnsupported = true;
+        this.log.info('the executor answers no link probe (an older one): the link is measured by generations alone');
+      } else this.log.debug({ err }, 'link probe failed; tried again at the next ping');
+    } finally {
+      lease.release();
+      this.probing = false;
+    }
   }
 
   /**

@@ -9,6 +9,7 @@ import {
   upstreamSecurityEnv,
   type EnvValues,
 } from '@tandem/service-kit';
+import { DEFAULT_LINK_PROBE_BYTES } from './link';
 import { MAX_PLANNERS } from './plan-follower';
 
 /** Every environment variable the client-agent reads, with its default. */
@@ -34,6 +35,12 @@ export const agentEnv = {
   AGENT_LINK_LATENCY_MS: env.number('EMULATION: one-way latency added to every transfer to or from the server, ms', 0, 0, 10_000),
   AGENT_LINK_UP_BYTES_PER_MS: env.number('EMULATION: uplink throughput, bytes/ms (0 = not limited)', 0, 0),
   AGENT_LINK_DOWN_BYTES_PER_MS: env.number('EMULATION: downlink throughput, bytes/ms (0 = not limited)', 0, 0),
+  AGENT_LINK_PROBE_BYTES: env.int(
+    "Bytes of the link probe: while the link's throughput is unmeasured, the agent times an upload and a download of this many bytes to the executor (ExecutorService.ProbeLink), so the first plans price transfers on the link; 0 = no probes (generations' own transfers measure it)",
+    DEFAULT_LINK_PROBE_BYTES,
+    0,
+    1_048_576,
+  ),
   AGENT_REPLAY_FILE: env.string(
     'EMULATION: a recording of device-stage outputs (written by `tandem loadtest`); local stages are then not computed but replayed from it, each sleeping its recorded uncontended cost × AGENT_SLOWDOWN, so many emulated devices can share a core; a history not in the recording fails its generation. Empty = compute the stages (a real device)',
     '',

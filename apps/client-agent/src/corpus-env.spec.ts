@@ -15,6 +15,7 @@ const cases: EnvCase[] = [
       ['AGENT_DEADLINE_MS', 100, 86_400_000],
       ['AGENT_MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1],
       ['AGENT_SHUTDOWN_GRACE_MS', 0, 3_600_000],
+      ['AGENT_LINK_PROBE_BYTES', 0, 1_048_576],
     ],
     number: [
       ['AGENT_SLOWDOWN', 1, 1000],

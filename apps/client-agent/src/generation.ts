@@ -190,6 +190,11 @@ class Run {
   handoverMs = 0;
   kvUpBytes = 0;
   kvDownBytes = 0;
+  /**
+   * KV caches put to the server and not timed yet: a put has no answer, so the next message's
+   * answer times it (the stream is ordered: that answer cannot come before the puts arrived).
+   */
+  private untimedUp: { readonly bytes: number; readonly since: number } | undefined;
 
   constructor(
     readonly deps: GenerationDeps,
@@ -198,6 +203,21 @@ class Run {
     readonly onToken: (id: number, index: number) => void,
   ) {
     this.resumer = new Resumer(deps.resume, deps.signal);
+  }
+
+  /** `bytes` went up at `since` with no answer of their own (see {@link Run.transferFrom}). */
+  sentUntimed(bytes: number, since: number): void {
+    this.untimedUp = { bytes: (this.untimedUp?.bytes ?? 0) + bytes, since: this.untimedUp?.since ?? since };
+  }
+
+  /**
+   * Where the link estimate of a message sent now with `upBytes` starts: now and its own bytes,
+   * or, after untimed puts, their start and their bytes added (taken once).
+   */
+  transferFrom(upBytes: number): { readonly sent: number; readonly upBytes: number } {
+    const pending = this.untimedUp;
+    this.untimedUp = undefined;
+    return pending ? { sent: pending.since, upBytes: upBytes + pending.bytes } : { sent: performance.now(), upBytes };
   }
 
   /** Opens the session (a first one, or a new one after a loss, counted by the resumer). */
@@ -210,6 +230,7 @@ class Run {
 
   /** Drops the current session (cancelled), keeping its refusals. */
   drop(): void {
+    this.untimedUp = undefined; // what went up on the lost session is not timed by the next one
     if (!this.remote) return;
     this.refusals += this.remote.refusals;
     this.remote.cancel();
@@ -364,8 +385,8 @@ async function phased(run: Run, cache: KvCache, prefill: string, decode: string)
  * takes go out together and are answered in order; the puts are not answered (a refusal ends the
  * session, and the decode's next message then fails with its status). Emulated link: one
  * uplink crossing for all puts' bytes, one uplink for the take requests and one downlink for
- * all the takes' bytes (chunks stream back to back); the takes' transfer is recorded by the
- * estimator (the puts have no answer to time). Opens the session when the prefill had none.
+ * all the takes' bytes (chunks stream back to back); the estimator records the takes' transfer,
+ * and the puts' with the answer to the next message (they have none of their own). Opens the session when the prefill had none.
  */
 async function handOver(run: Run, cache: KvCache, prefill: string, decode: string): Promise<void> {
   const { deps } = run;
@@ -399,9 +420,13 @@ async function handOver(run: Run, cache: KvCache, prefill: string, decode: strin
     if (toServer.length === 0) return;
     const states = toServer.map((s) => deps.local.exportState(s, cache, N));
     const bytes = states.reduce((a, st) => a + (st.key?.data.byteLength ?? 0) + (st.value?.data.byteLength ?? 0), 0);
+    const since = performance.now();
     await deps.emulator.uplink(bytes);
     deps.signal.throwIfAborted();
-    for (const [i, s] of toServer.entries()) run.kvUpBytes += remote.kvPut(s, states[i]);
+    let sent = 0;
+    for (const [i, s] of toServer.entries()) sent += remote.kvPut(s, states[i]);
+    run.kvUpBytes += sent;
+    run.sentUntimed(sent, since);
   };
   // Both run to their end before a failure is thrown: a take still under way must not import
   // into the cache after the caller cleared it to start again.
@@ -455,14 +480,14 @@ async function splitLoop(
         } else {
           const remote = run.remote ?? (await run.open());
           const input: HostTensor = x;
-          const sent = performance.now();
+          const from = run.transferFrom(bytesOf(input));
           await deps.emulator.uplink(bytesOf(input));
           const r = await remote.step(seg.begin, seg.end, input, seg.end === last);
           await deps.emulator.downlink(r.downBytes);
           run.serverComputeMs += r.computeMs;
           run.serverQueueMs += r.queueMs;
           // Network time as the device sees it, emulated delays included.
-          deps.estimator.recordTransfer(bytesOf(input), r.downBytes, performance.now() - sent - r.computeMs - r.queueMs);
+          deps.estimator.recordTransfer(from.upBytes, r.downBytes, performance.now() - from.sent - r.computeMs - r.queueMs);
           x = r.output;
         }
       }
@@ -549,7 +574,7 @@ async function serverLoop(run: Run, first: RemoteSession, handed: boolean): Prom
       const session = remote;
       if (!session) throw new Error('serverLoop: no executor session at the start of a round (every failure path opens a new one)');
       try {
-        const sent = performance.now();
+        const from = run.transferFrom(bytesOf(prompt));
         await deps.emulator.uplink(bytesOf(prompt));
         deps.signal.throwIfAborted();
         await session.generate(prompt, maxNewTokens - base, (t) => {
@@ -561,7 +586,7 @@ async function serverLoop(run: Run, first: RemoteSession, handed: boolean): Prom
           delivered = Promise.all([delivered, onLink]).then(() => {
             if (stopped || deps.signal.aborted) return;
             try {
-              if (index === 0) deps.estimator.recordTransfer(bytesOf(prompt), TOKEN_DOWN_BYTES, performance.now() - sent - t.computeMs - t.queueMs);
+              if (t.index === 0) deps.estimator.recordTransfer(from.upBytes, TOKEN_DOWN_BYTES, performance.now() - from.sent - t.computeMs - t.queueMs);
               run.deliver(t.token);
             } catch (err) {
               deliveryError ??= err;

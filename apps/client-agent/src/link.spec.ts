@@ -18,6 +18,14 @@ describe('LinkEstimator', () => {
     const e = new LinkEstimator(1e6);
     e.recordTransfer(1000, 8, 50);
     expect(e.estimate().up.bytesPerMs).toBe(1e6);
+    expect(e.measured()).toEqual({ up: false, down: false });
+    e.recordTransfer(0, 100_000, 60); // a download cannot be told apart before the upload is measured
+    expect(e.measured()).toEqual({ up: false, down: false });
+    e.recordTransfer(100_000, 0, 50);
+    expect(e.measured()).toEqual({ up: true, down: false });
+    e.recordTransfer(0, 100_000, 20);
+    expect(e.measured()).toEqual({ up: true, down: true });
+    expect(e.estimate().down.bytesPerMs).toBeCloseTo(5000, 6);
   });
 
   it('forgets samples older than its window', () => {

@@ -30,6 +30,9 @@ export class LinkEmulator {
   }
 }
 
+/** Bytes a link probe uploads, then downloads (AGENT_LINK_PROBE_BYTES): 256 KiB, some 0.2 s on a 10 Mbit/s uplink, 2 ms on gigabit. */
+export const DEFAULT_LINK_PROBE_BYTES = 256 * 1024;
+
 /** The link as measured: what the agent publishes. */
 export interface LinkEstimate {
   readonly up: { latencyMs: number; bytesPerMs: number };
@@ -76,6 +79,11 @@ export class LinkEstimator {
       const downMs = transferMs - upBytes / Math.max(...this.up);
       if (downMs > 0.05) this.push(this.down, downBytes / downMs);
     }
+  }
+
+  /** Whether any transfer has measured each direction's throughput (estimate() guesses until then). */
+  measured(): { readonly up: boolean; readonly down: boolean } {
+    return { up: this.up.length > 0, down: this.down.length > 0 };
   }
 
   estimate(): LinkEstimate {

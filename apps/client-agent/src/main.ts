@@ -70,6 +70,7 @@ export async function main(): Promise<void> {
     upstream,
     keepalive: keepaliveFrom(config),
     metricsPort: config.AGENT_METRICS_PORT,
+    linkProbeBytes: config.AGENT_LINK_PROBE_BYTES,
   });
   const { port } = await agent.start();
   process.stdout.write(`${JSON.stringify({ event: 'listening', service: 'client-agent', id: config.AGENT_ID, port, metricsPort: agent.metrics.port })}\n`);

@@ -14,6 +14,8 @@ import {
   type ExecutorServiceServer,
   type GetStatusResponse,
   type Keepalive,
+  type ProbeLinkRequest,
+  type ProbeLinkResponse,
   type SessionRequest,
   type SessionResponse,
 } from '@tandem/protocol';
@@ -24,6 +26,7 @@ import {
   MetricsEndpoint,
   serverAuthOptions,
   serveWithEdge,
+  ValidationError,
   shutdownServer,
   TelemetryPublisher,
   type Logger,
@@ -33,7 +36,7 @@ import {
 import { Admission, type AdmittedWork } from './admission';
 import { advertisedAddress, DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
 import type { StageEngine } from './engine';
-import { toGrpcStatus } from './errors';
+import { NotReadyError, toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, KvBudget, kvBytesOf } from './kv-budget';
 import { LoadMeter, StepTotals, type ExecutorCounters, type LoadInterval } from './load-meter';
 import { ExecutorMetrics } from './metrics';
@@ -103,6 +106,8 @@ export interface ExecutorServerOptions {
 
 /** The executor's gRPC service name, as health reports it. */
 export const EXECUTOR_SERVICE_NAME = 'tandem.executor.v1.ExecutorService';
+/** The largest payload and reply of a link probe (ExecutorService.ProbeLink), bytes. */
+export const PROBE_MAX_BYTES = 1 << 20;
 
 /**
  * The server-executor: serves split sessions over gRPC on one engine, and the Open Inference
@@ -380,7 +385,22 @@ export class ExecutorServer {
         );
       },
       getStatus: (_call, cb) => cb(null, this.status()),
+      probeLink: (call, cb) => cb(null, this.probeLink(call.request)),
     };
+  }
+
+  /**
+   * A link probe's answer (ExecutorService.ProbeLink): `reply_bytes` zero bytes, the payload
+   * discarded. Both sizes at most {@link PROBE_MAX_BYTES}; none while draining.
+   */
+  private probeLink(req: ProbeLinkRequest): ProbeLinkResponse {
+    for (const [field, n] of [
+      ['payload', req.payload.byteLength],
+      ['reply_bytes', req.replyBytes],
+    ] as const)
+      if (n > PROBE_MAX_BYTES) throw new ValidationError(`${field} must be at most ${PROBE_MAX_BYTES} bytes, given ${n}`);
+    if (this.draining || this.stopping) throw new NotReadyError('the executor is draining and answers no link probe');
+    return { payload: Buffer.alloc(req.replyBytes) };
   }
 
   /**

@@ -361,6 +361,41 @@ describe('server-executor lifecycle and telemetry', () => {
   });
 });
 
+describe('server-executor link probe (ProbeLink)', () => {
+  it('answers as many zero bytes as asked, refuses sizes above 1 MiB naming the field, and answers none while draining', async () => {
+    const model = await makeTempModel();
+    const exec = await startTestExecutor(await engines.worker(model.dir), { serverId: 'exec-probe' });
+    const probe = (payload: number, replyBytes: number): Promise<Buffer> =>
+      new Promise((resolve, reject) =>
+        exec.client.probeLink({ payload: Buffer.alloc(payload, 7), replyBytes }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) =>
+          e ? reject(e) : resolve(r.payload),
+        ),
+      );
+    try {
+      const reply = await probe(256 * 1024, 0);
+      expect(reply.byteLength).toBe(0);
+      const down = await probe(0, 300_000);
+      expect(down.byteLength).toBe(300_000);
+      expect(down.every((b) => b === 0)).toBe(true);
+      await expect(probe(1_048_577, 0)).rejects.toMatchObject({
+        code: grpc.status.INVALID_ARGUMENT,
+        details: 'payload must be at most 1048576 bytes, given 1048577',
+      });
+      await expect(probe(0, 2_000_000)).rejects.toMatchObject({
+        code: grpc.status.INVALID_ARGUMENT,
+        details: 'reply_bytes must be at most 1048576 bytes, given 2000000',
+      });
+      expect((await probe(1_048_576, 1_048_576)).byteLength).toBe(1_048_576);
+      expect((await exec.status()).activeSessions).toBe(0); // a probe opens no session
+      exec.server.drain();
+      await expect(probe(1024, 1024)).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE, details: expect.stringContaining('draining') });
+    } finally {
+      await exec.stop();
+      model.remove();
+    }
+  });
+});
+
 describe('server-executor drained by an operator (SIGUSR2)', () => {
   it('refuses new sessions and reports draining at once, lets open sessions run on, and stays up until stopped', async () => {
     const model = await makeTempModel();

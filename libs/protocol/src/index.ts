@@ -12,6 +12,8 @@ export {
   KvPut,
   KvTake,
   OpenSession,
+  ProbeLinkRequest,
+  ProbeLinkResponse,
   ServerGenerate,
   SessionOpened,
   SessionRequest,

@@ -16,7 +16,7 @@ import {
 const MAX_BYTES = 64 * 1024 * 1024;
 
 /** An executor that echoes every step's input tensor back: exercises the wire, not the model. */
-function echoServer(): ExecutorServiceServer {
+function echoServer(): Pick<ExecutorServiceServer, 'session' | 'getStatus'> {
   return {
     session(call) {
       call.on('data', (req: SessionRequest) => {

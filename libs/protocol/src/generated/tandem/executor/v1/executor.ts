@@ -337,6 +337,20 @@ export interface StepRefused {
   retryAfterMs: number;
 }
 
+/** A link probe (ExecutorService.ProbeLink). */
+export interface ProbeLinkRequest {
+  /** Bytes the client uploads to be timed; discarded. At most 1048576. */
+  payload: Buffer;
+  /** How many zero bytes the answer carries, for the client to time a download. At most 1048576. */
+  replyBytes: number;
+}
+
+/** The answer to a link probe. */
+export interface ProbeLinkResponse {
+  /** `reply_bytes` zero bytes. */
+  payload: Buffer;
+}
+
 /** Asks for the executor's status. */
 export interface GetStatusRequest {
 }
@@ -2049,6 +2063,162 @@ export const StepRefused: MessageFns<StepRefused> = {
   },
 };
 
+function createBaseProbeLinkRequest(): ProbeLinkRequest {
+  return { payload: Buffer.alloc(0), replyBytes: 0 };
+}
+
+export const ProbeLinkRequest: MessageFns<ProbeLinkRequest> = {
+  encode(message: ProbeLinkRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.payload.length !== 0) {
+      writer.uint32(10).bytes(message.payload);
+    }
+    if (message.replyBytes !== 0) {
+      writer.uint32(16).uint32(message.replyBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProbeLinkRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProbeLinkRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.payload = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replyBytes = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProbeLinkRequest {
+    return {
+      payload: isSet(object.payload) ? Buffer.from(bytesFromBase64(object.payload)) : Buffer.alloc(0),
+      replyBytes: isSet(object.replyBytes)
+        ? globalThis.Number(object.replyBytes)
+        : isSet(object.reply_bytes)
+        ? globalThis.Number(object.reply_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ProbeLinkRequest): unknown {
+    const obj: any = {};
+    if (message.payload.length !== 0) {
+      obj.payload = base64FromBytes(message.payload);
+    }
+    if (message.replyBytes !== 0) {
+      obj.replyBytes = Math.round(message.replyBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ProbeLinkRequest>, I>>(base?: I): ProbeLinkRequest {
+    return ProbeLinkRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ProbeLinkRequest>, I>>(object: I): ProbeLinkRequest {
+    const message = createBaseProbeLinkRequest();
+    message.payload = object.payload ?? Buffer.alloc(0);
+    message.replyBytes = object.replyBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseProbeLinkResponse(): ProbeLinkResponse {
+  return { payload: Buffer.alloc(0) };
+}
+
+export const ProbeLinkResponse: MessageFns<ProbeLinkResponse> = {
+  encode(message: ProbeLinkResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.payload.length !== 0) {
+      writer.uint32(10).bytes(message.payload);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProbeLinkResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProbeLinkResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.payload = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProbeLinkResponse {
+    return { payload: isSet(object.payload) ? Buffer.from(bytesFromBase64(object.payload)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: ProbeLinkResponse): unknown {
+    const obj: any = {};
+    if (message.payload.length !== 0) {
+      obj.payload = base64FromBytes(message.payload);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ProbeLinkResponse>, I>>(base?: I): ProbeLinkResponse {
+    return ProbeLinkResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ProbeLinkResponse>, I>>(object: I): ProbeLinkResponse {
+    const message = createBaseProbeLinkResponse();
+    message.payload = object.payload ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 function createBaseGetStatusRequest(): GetStatusRequest {
   return {};
 }
@@ -2399,6 +2569,25 @@ export const ExecutorServiceService = {
     responseSerialize: (value: GetStatusResponse): Buffer => Buffer.from(GetStatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetStatusResponse => GetStatusResponse.decode(value),
   },
+  /**
+   * Measures the link between a client and this executor, so that a client can price a
+   * transfer before its generations have moved enough bytes to tell (the client-agent probes
+   * each direction when it starts: an upload, `payload` of some 100 KiB and no reply, then a
+   * download, an empty payload and `reply_bytes` of some 100 KiB; it times each call). The
+   * executor discards `payload` and answers `reply_bytes` zero bytes; no engine work, no session.
+   * Errors: INVALID_ARGUMENT when `payload` or `reply_bytes` is above 1048576 bytes (naming the
+   * field, the rule and the value); UNAVAILABLE while draining. An older executor answers UNIMPLEMENTED: the client then keeps
+   * what its generations measure.
+   */
+  probeLink: {
+    path: "/tandem.executor.v1.ExecutorService/ProbeLink" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ProbeLinkRequest): Buffer => Buffer.from(ProbeLinkRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ProbeLinkRequest => ProbeLinkRequest.decode(value),
+    responseSerialize: (value: ProbeLinkResponse): Buffer => Buffer.from(ProbeLinkResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ProbeLinkResponse => ProbeLinkResponse.decode(value),
+  },
 } as const;
 
 export interface ExecutorServiceServer extends UntypedServiceImplementation {
@@ -2437,6 +2626,17 @@ export interface ExecutorServiceServer extends UntypedServiceImplementation {
   session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
   /** A snapshot of the executor's state: sessions, queue, limits, model. */
   getStatus: handleUnaryCall<GetStatusRequest, GetStatusResponse>;
+  /**
+   * Measures the link between a client and this executor, so that a client can price a
+   * transfer before its generations have moved enough bytes to tell (the client-agent probes
+   * each direction when it starts: an upload, `payload` of some 100 KiB and no reply, then a
+   * download, an empty payload and `reply_bytes` of some 100 KiB; it times each call). The
+   * executor discards `payload` and answers `reply_bytes` zero bytes; no engine work, no session.
+   * Errors: INVALID_ARGUMENT when `payload` or `reply_bytes` is above 1048576 bytes (naming the
+   * field, the rule and the value); UNAVAILABLE while draining. An older executor answers UNIMPLEMENTED: the client then keeps
+   * what its generations measure.
+   */
+  probeLink: handleUnaryCall<ProbeLinkRequest, ProbeLinkResponse>;
 }
 
 export interface ExecutorServiceClient extends Client {
@@ -2491,6 +2691,31 @@ export interface ExecutorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetStatusResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Measures the link between a client and this executor, so that a client can price a
+   * transfer before its generations have moved enough bytes to tell (the client-agent probes
+   * each direction when it starts: an upload, `payload` of some 100 KiB and no reply, then a
+   * download, an empty payload and `reply_bytes` of some 100 KiB; it times each call). The
+   * executor discards `payload` and answers `reply_bytes` zero bytes; no engine work, no session.
+   * Errors: INVALID_ARGUMENT when `payload` or `reply_bytes` is above 1048576 bytes (naming the
+   * field, the rule and the value); UNAVAILABLE while draining. An older executor answers UNIMPLEMENTED: the client then keeps
+   * what its generations measure.
+   */
+  probeLink(
+    request: ProbeLinkRequest,
+    callback: (error: ServiceError | null, response: ProbeLinkResponse) => void,
+  ): ClientUnaryCall;
+  probeLink(
+    request: ProbeLinkRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ProbeLinkResponse) => void,
+  ): ClientUnaryCall;
+  probeLink(
+    request: ProbeLinkRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ProbeLinkResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ExecutorServiceClient = makeGenericClientConstructor(
@@ -2501,6 +2726,14 @@ export const ExecutorServiceClient = makeGenericClientConstructor(
   service: typeof ExecutorServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;

@@ -1,0 +1,82 @@
+import { LinkEmulator, type ClientAgent } from '@tandem/client-agent';
+import { modelIdOf, readManifest } from '@tandem/model';
+import { AgentServiceClient, generateVia } from '@tandem/protocol';
+import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import { createLogger } from '@tandem/service-kit';
+import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
+import { makeCredentials, type TestCredentials } from './credentials';
+import { allStages, startAgent, startExecutor, stopStack, type Deployment } from './stack';
+
+// The link an agent publishes is measured, not guessed: a device whose generations move only
+// tokens (all-server, or a prefill on the device whose KV cache goes up with no answer of its
+// own) still prices its uplink right. The agent probes each direction with the executor's
+// ProbeLink when it starts, and times KV puts by the answer that follows them. Real executor and
+// agents, mTLS and tokens, an emulated link (slept, as the load test's devices are).
+
+const log = createLogger({ name: 'test', level: 'silent' });
+const UP = 1000; // bytes/ms: 8 Mbit/s
+const DOWN = 4000;
+const link = (): LinkEmulator => new LinkEmulator({ latencyMs: 5, bytesPerMs: UP }, { latencyMs: 5, bytesPerMs: DOWN });
+
+let creds: TestCredentials;
+let model: TempModel;
+let executor: ExecutorServer;
+const agents: ClientAgent[] = [];
+const clients: AgentServiceClient[] = [];
+let d: Deployment;
+let stageCount: number;
+let execAddr: string;
+
+beforeAll(async () => {
+  creds = makeCredentials({ agents: ['probed', 'unprobed'], executors: ['exec'] });
+  d = { log, creds, telemetryIntervalMs: 1000 };
+  model = await makeTempModel();
+  stageCount = (await readManifest(model.dir)).stages.length;
+  const exec = await startExecutor(await OnnxStageEngine.load(model.dir), d);
+  executor = exec.server;
+  execAddr = exec.addr;
+});
+
+afterAll(async () => {
+  await stopStack({ clients, agents, executor, model });
+  creds?.remove();
+});
+
+async function agent(clientId: string, linkProbeBytes?: number): Promise<{ agent: ClientAgent; client: AgentServiceClient }> {
+  const basics = { modelDir: model.dir, modelId: modelIdOf(model.dir), clientId, stages: allStages(stageCount), executorAddr: execAddr };
+  const a = await startAgent(basics, d, { link: link(), ...(linkProbeBytes === undefined ? {} : { linkProbeBytes }) });
+  agents.push(a.server);
+  const client = new AgentServiceClient(a.addr, ...creds.clientArgs());
+  clients.push(client);
+  return { agent: a.server, client };
+}
+
+describe('the link an agent publishes', () => {
+  it('is probed in both directions at start (ProbeLink through mTLS and tokens), within 15 % of the emulated link', async () => {
+    const { agent: a } = await agent('probed');
+    await eventually(() => a.profile().downlink?.bytesPerMs !== a.profile().uplink?.bytesPerMs, { timeoutMs: 10_000, what: 'both directions probed' });
+    const p = a.profile();
+    expect(p.uplink?.bytesPerMs).toBeGreaterThan(UP * 0.85);
+    expect(p.uplink?.bytesPerMs).toBeLessThan(UP * 1.15);
+    expect(p.downlink?.bytesPerMs).toBeGreaterThan(DOWN * 0.85);
+    expect(p.downlink?.bytesPerMs).toBeLessThan(DOWN * 1.15);
+  });
+
+  it('without probes, is measured by a device prefill whose KV cache goes up to a server decode', async () => {
+    const { agent: a, client } = await agent('unprobed', 0);
+    await new Promise((r) => setTimeout(r, 500));
+    // Nothing measured the uplink yet: the estimate's start-up guess (far above the link).
+    expect(a.profile().uplink?.bytesPerMs).toBeGreaterThan(UP * 100);
+    // 42 prompt tokens: every attention stage's KV cache (40+ KiB in all) crosses the uplink once.
+    const prompt = Array.from({ length: 42 }, (_, i) => [464, 2068, 7586, 21831, 18045, 625, 262][i % 7]);
+    const placement = 'C'.repeat(stageCount);
+    const decodePlacement = 'S'.repeat(stageCount);
+    const r = await generateVia(client, { input: { $case: 'ids', value: { ids: prompt } }, maxNewTokens: 4, placement, decodePlacement });
+    expect(r.summary).toMatchObject({ placement, decodePlacement });
+    expect(r.summary.handoverMs).toBeGreaterThan(40); // 42 KiB up at 1000 B/ms
+    const up = a.profile().uplink?.bytesPerMs ?? 0;
+    // The puts' time runs to the first decoded token's answer, which also holds the executor's import of the cache: at most the link's rate.
+    expect(up).toBeGreaterThan(UP * 0.6);
+    expect(up).toBeLessThan(UP * 1.15);
+  });
+});
