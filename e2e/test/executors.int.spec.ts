@@ -1,5 +1,4 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { CONNECT_TIMEOUT_MS, LinkEmulator, type ClientAgent } from '@tandem/client-agent';
 import { SplitPipeline } from '@tandem/model';
@@ -7,21 +6,16 @@ import {
   ExecutorServiceClient,
   executorStatus,
   GenerationOutcome,
-  PlannerServiceService,
   Subjects,
-  type ClassPlacement,
   type ClientPlan,
   type ExecutorAssignment,
   type GenerateRequest,
-  type PlannerServiceServer,
-  type WatchPlansRequest,
-  type WatchPlansResponse,
 } from '@tandem/protocol';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
-import { bindServer, createLogger, serverAuthOptions } from '@tandem/service-kit';
+import { createLogger } from '@tandem/service-kit';
 import { capturingLogger, eventually, freePort, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, startAgent, startExecutor, stopStack, type Deployment } from './stack';
+import { allStages, oneClassPlan, startAgent, startExecutor, stopStack, stubPlanner, type Deployment, type StubPlanner } from './stack';
 
 // Several executors behind one plan stream: two real executors (exec-a, which is also the
 // agent's EXECUTOR_ADDR, and exec-b) on the same small model, a real agent, and a planner
@@ -37,50 +31,8 @@ const NEW = 32;
 const CLIENT = 'dev';
 
 /** One class covering every prompt, split (device ends, server middle), naming `executor` and `alternates`. */
-function planOf(epoch: number, executor: ExecutorAssignment | undefined, alternates: ExecutorAssignment[] = []): ClientPlan {
-  const cls: ClassPlacement = {
-    name: 'all',
-    maxPromptTokens: 64,
-    expectedNewTokens: NEW,
-    placement: 'CSSSSC',
-    slaMs: 10_000,
-    predictedLatencyMs: 100,
-    predictedServerWork: 1,
-    feasible: true,
-    ttftMs: 0,
-    tpotMs: 0,
-    predictedTtftMs: 20,
-    predictedTpotMs: 10,
-    predictedTtftMsPerPromptToken: 0,
-  };
-  return { clientId: CLIENT, epoch, algorithm: 'dp', createdUnixMs: epoch, classes: [cls], executor, alternates };
-}
-
-/** A planner stand-in: each WatchPlans stream gets the latest plan at once, and every plan pushed later. */
-async function stubPlanner(creds: TestCredentials): Promise<{ addr: string; push: (p: ClientPlan) => void; stop: () => void }> {
-  const sec = creds.serverSecurity();
-  const server = new grpc.Server(serverAuthOptions(sec.tokens));
-  let latest: ClientPlan | undefined;
-  const calls = new Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>();
-  const impl: PlannerServiceServer = {
-    watchPlans: (call) => {
-      calls.add(call);
-      call.on('cancelled', () => calls.delete(call));
-      if (latest) call.write({ plan: latest, noPlanReason: '' });
-    },
-    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '', executors: [] }),
-  };
-  server.addService(PlannerServiceService, impl);
-  const port = await bindServer(server, '127.0.0.1:0', sec.credentials);
-  return {
-    addr: `127.0.0.1:${port}`,
-    push: (p) => {
-      latest = p;
-      for (const c of calls) c.write({ plan: p, noPlanReason: '' });
-    },
-    stop: () => server.forceShutdown(),
-  };
-}
+const planOf = (epoch: number, executor: ExecutorAssignment | undefined, alternates: ExecutorAssignment[] = []): ClientPlan =>
+  oneClassPlan(CLIENT, epoch, { expectedNewTokens: NEW, placement: 'CSSSSC' }, { executor, alternates });
 
 describe('an agent follows the executor its plan names', () => {
   let creds: TestCredentials;
@@ -90,7 +42,7 @@ describe('an agent follows the executor its plan names', () => {
   let sub: Subscription;
   const execs: { server: ExecutorServer; addr: string; client: ExecutorServiceClient; id: string }[] = [];
   let agent: ClientAgent;
-  let planner: Awaited<ReturnType<typeof stubPlanner>>;
+  let planner: StubPlanner;
   let expected: number[];
   let epoch = 1_000;
   const outcomes: GenerationOutcome[] = [];

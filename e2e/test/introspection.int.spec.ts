@@ -8,7 +8,7 @@ import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service
 import { eventually, makeTempModel, ReflectionClient, type NatsServerHandle, type ReflectionVersion, type TempModel } from '@tandem/testkit';
 
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
 
 // What a user of a client in another language sees without the protos or the logs, on a real
 // stack as deployed (mTLS, bearer tokens, NATS users): server reflection on every service, and
@@ -57,13 +57,8 @@ describe('reflection and the plan status on a real stack as deployed, its execut
 
   afterAll(async () => {
     for (const r of reflectors) r.close();
-    client?.close();
     await nc?.close();
-    await agent?.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
-    await nats?.stop();
-    model?.remove();
+    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
     creds?.remove();
   });
 

@@ -18,7 +18,7 @@ import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, requireSample, scrapeText, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -78,12 +78,7 @@ describe('metrics and health by service name across a real stack as deployed (mT
   });
 
   afterAll(async () => {
-    client?.close();
-    await agent?.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
-    await nats?.stop();
-    model?.remove();
+    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
     creds?.remove();
   });
 

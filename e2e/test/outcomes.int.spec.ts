@@ -19,7 +19,7 @@ import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startPlanner, type Deployment } from './stack';
+import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -86,14 +86,9 @@ describe('agents report generation outcomes to the planner', () => {
   });
 
   afterAll(async () => {
-    for (const c of clients) c.close();
-    for (const a of agents) await a.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
     sub?.unsubscribe();
     await nc?.close();
-    await nats?.stop();
-    model?.remove();
+    await stopStack({ clients, agents, planner, executor, nats, model });
   });
 
   it('publishes one outcome per planned generation, with the plan, the prediction and what was measured', async () => {
@@ -213,12 +208,7 @@ describe('the planner closes the loop on a real agent whose generations miss', (
   });
 
   afterAll(async () => {
-    client?.close();
-    await agent?.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
-    await nats?.stop();
-    model?.remove();
+    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
   });
 
   it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {

@@ -1,29 +1,15 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { recordReplay, ReplayRecording, type ClientAgent } from '@tandem/client-agent';
 import { modelIdOf, readManifest, SplitPipeline } from '@tandem/model';
-import {
-  AgentServiceClient,
-  generateVia,
-  ExecutorServiceClient,
-  executorStatus,
-  GenerationOutcome,
-  PlannerServiceService,
-  Subjects,
-  type ClassPlacement,
-  type ClientPlan,
-  type PlannerServiceServer,
-  type WatchPlansRequest,
-  type WatchPlansResponse,
-} from '@tandem/protocol';
+import { AgentServiceClient, generateVia, ExecutorServiceClient, executorStatus, GenerationOutcome, Subjects, type ClientPlan } from '@tandem/protocol';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
-import { bindServer, createLogger, serverAuthOptions } from '@tandem/service-kit';
+import { createLogger } from '@tandem/service-kit';
 import { capturingLogger, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, startAgent, startExecutor, stopStack, type Deployment } from './stack';
+import { allStages, oneClassPlan, startAgent, startExecutor, stopStack, stubPlanner, type Deployment, type StubPlanner } from './stack';
 
 // Phased plans end to end: a planner stand-in (a real gRPC port, mTLS and tokens) hands the
 // agents plans whose prefill and decode are placed apart; the agents (one computing its
@@ -37,53 +23,8 @@ const PROMPT = [464, 2068, 7586, 21831, 18045, 625, 262];
 const NEW = 6;
 
 /** One class covering every prompt, with the given phases. */
-function planOf(clientId: string, epoch: number, placement: string, decodePlacement: string): ClientPlan {
-  const cls: ClassPlacement = {
-    name: 'all',
-    maxPromptTokens: 64,
-    expectedNewTokens: NEW,
-    placement,
-    decodePlacement,
-    predictedHandoverMs: 2,
-    slaMs: 10_000,
-    predictedLatencyMs: 100,
-    predictedServerWork: 1,
-    feasible: true,
-    ttftMs: 0,
-    tpotMs: 0,
-    predictedTtftMs: 20,
-    predictedTpotMs: 10,
-    predictedTtftMsPerPromptToken: 0,
-  };
-  return { clientId, epoch, algorithm: 'dp-phased', createdUnixMs: epoch, classes: [cls], alternates: [] };
-}
-
-/** A planner stand-in: each client's WatchPlans stream gets its latest plan at once, and every plan pushed later. */
-async function stubPlanner(creds: TestCredentials): Promise<{ addr: string; push: (p: ClientPlan) => void; stop: () => void }> {
-  const sec = creds.serverSecurity();
-  const server = new grpc.Server(serverAuthOptions(sec.tokens));
-  const latest = new Map<string, ClientPlan>();
-  const calls = new Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>();
-  const impl: PlannerServiceServer = {
-    watchPlans: (call) => {
-      calls.add(call);
-      call.on('cancelled', () => calls.delete(call));
-      const p = latest.get(call.request.clientId);
-      if (p) call.write({ plan: p, noPlanReason: '' });
-    },
-    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '', executors: [] }),
-  };
-  server.addService(PlannerServiceService, impl);
-  const port = await bindServer(server, '127.0.0.1:0', sec.credentials);
-  return {
-    addr: `127.0.0.1:${port}`,
-    push: (p) => {
-      latest.set(p.clientId, p);
-      for (const c of calls) if (c.request.clientId === p.clientId) c.write({ plan: p, noPlanReason: '' });
-    },
-    stop: () => server.forceShutdown(),
-  };
-}
+const planOf = (clientId: string, epoch: number, placement: string, decodePlacement: string): ClientPlan =>
+  oneClassPlan(clientId, epoch, { expectedNewTokens: NEW, placement, decodePlacement, predictedHandoverMs: 2 }, { algorithm: 'dp-phased' });
 
 let creds: TestCredentials;
 beforeAll(() => {
@@ -99,7 +40,7 @@ describe('phased plans through the real executor and agents', () => {
   let sub: Subscription;
   let executor: ExecutorServer;
   let execClient: ExecutorServiceClient;
-  let planner: Awaited<ReturnType<typeof stubPlanner>>;
+  let planner: StubPlanner;
   const agents = new Map<string, ClientAgent>();
   const agentAddrs = new Map<string, string>();
   let expected: number[];

@@ -10,7 +10,7 @@ import { createLogger } from '@tandem/service-kit';
 import { canConnect, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import type { DemoReport } from '@tandem/demo';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, type Deployment } from './stack';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
 
 // examples/python run as a user would: stubs compiled from proto/ with Debian's protoc and
 // grpc_python_plugin into a temporary folder, each script run with /usr/bin/python3 (Debian's
@@ -131,12 +131,7 @@ describe('examples/python against the real services', () => {
   });
 
   afterAll(async () => {
-    agentClient?.close();
-    await agent?.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
-    await nats?.stop();
-    model?.remove();
+    await stopStack({ clients: [agentClient], agents: [agent], planner, executor, nats, model });
     creds?.remove();
     if (stubs) rmSync(stubs, { recursive: true, force: true });
   });

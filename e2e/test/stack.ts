@@ -1,8 +1,17 @@
+import * as grpc from '@grpc/grpc-js';
 import { ClientAgent, LinkEmulator, type ClientAgentOptions } from '@tandem/client-agent';
 import { PlanMaker, PlannerServer, type PlannerServerOptions, type RequestClass } from '@tandem/planner';
+import {
+  PlannerServiceService,
+  type ClassPlacement,
+  type ClientPlan,
+  type PlannerServiceServer,
+  type WatchPlansRequest,
+  type WatchPlansResponse,
+} from '@tandem/protocol';
 import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
-import type { Logger } from '@tandem/service-kit';
-import { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
+import { bindServer, serverAuthOptions, type Logger } from '@tandem/service-kit';
+import { classPlacement, EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
 import type { TestCredentials } from './credentials';
 
 // The services of the end-to-end tests, started in this process as deployed (e2e/test/credentials.ts):
@@ -90,6 +99,63 @@ export async function startPlanner(
     ...over,
   });
   return started(server);
+}
+
+/**
+ * Plan `epoch` of `clientId` by 'dp': one class, 'all', covering every prompt (up to 64 tokens,
+ * SLA 10 s; 100 ms, work 1, TTFT 20 ms and TPOT 10 ms predicted) placed by `cls`; `plan` on top.
+ */
+export function oneClassPlan(
+  clientId: string,
+  epoch: number,
+  cls: Pick<ClassPlacement, 'expectedNewTokens' | 'placement'> & Partial<ClassPlacement>,
+  plan: Partial<ClientPlan> = {},
+): ClientPlan {
+  const all = classPlacement({
+    name: 'all',
+    maxPromptTokens: 64,
+    slaMs: 10_000,
+    predictedLatencyMs: 100,
+    predictedServerWork: 1,
+    predictedTtftMs: 20,
+    predictedTpotMs: 10,
+    ...cls,
+  });
+  return { clientId, epoch, algorithm: 'dp', createdUnixMs: epoch, classes: [all], alternates: [], ...plan };
+}
+
+/** A planner stand-in on 127.0.0.1 port 0: push(plan) hands it to its client's WatchPlans streams, and to each such stream opened later. */
+export interface StubPlanner {
+  readonly addr: string;
+  push(plan: ClientPlan): void;
+  stop(): void;
+}
+
+/** Starts a StubPlanner serving with `creds` as the services do (mTLS, bearer tokens); its ListPlans lists nothing. */
+export async function stubPlanner(creds: TestCredentials): Promise<StubPlanner> {
+  const sec = creds.serverSecurity();
+  const server = new grpc.Server(serverAuthOptions(sec.tokens));
+  const latest = new Map<string, ClientPlan>();
+  const calls = new Set<grpc.ServerWritableStream<WatchPlansRequest, WatchPlansResponse>>();
+  const impl: PlannerServiceServer = {
+    watchPlans: (call) => {
+      calls.add(call);
+      call.on('cancelled', () => calls.delete(call));
+      const p = latest.get(call.request.clientId);
+      if (p) call.write({ plan: p, noPlanReason: '' });
+    },
+    listPlans: (_call, cb) => cb(null, { plans: [], observations: [], nextPageToken: '', executors: [] }),
+  };
+  server.addService(PlannerServiceService, impl);
+  const port = await bindServer(server, '127.0.0.1:0', sec.credentials);
+  return {
+    addr: `127.0.0.1:${port}`,
+    push: (p) => {
+      latest.set(p.clientId, p);
+      for (const c of calls) if (c.request.clientId === p.clientId) c.write({ plan: p, noPlanReason: '' });
+    },
+    stop: () => server.forceShutdown(),
+  };
 }
 
 /** What an agent must be told: its model, its id, its stages and its executor. */

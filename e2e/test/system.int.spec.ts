@@ -24,7 +24,7 @@ import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service
 import { eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import type { ClientAgent } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner as startDeployedPlanner, type Deployment } from './stack';
+import { allStages, planMaker, startAgent, startExecutor, startPlanner as startDeployedPlanner, stopStack, type Deployment } from './stack';
 
 // The three services in this process as deployed (e2e/test/credentials.ts): TLS with client
 // certificates on every gRPC port, bearer tokens with identities, and a nats-server with one
@@ -93,14 +93,8 @@ describe('the three services end to end', () => {
   });
 
   afterAll(async () => {
-    agentClient?.close();
-    execClient?.close();
-    await agent?.stop({ graceMs: 100 });
-    await planner?.stop();
-    await executor?.stop({ graceMs: 100 });
     await nc?.close();
-    await nats?.stop();
-    model?.remove();
+    await stopStack({ clients: [agentClient, execClient], agents: [agent], planner, executor, nats, model });
     creds?.remove();
   });
 

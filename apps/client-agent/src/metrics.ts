@@ -1,4 +1,4 @@
-import { Counter, Histogram, LATENCY_BUCKETS_S, type Registry } from '@tandem/service-kit';
+import { Counter, Histogram, latencyHistogram, type Registry } from '@tandem/service-kit';
 
 /** A placement's kind, the label of the agent's metrics: every stage on the server, every stage on the device, or split. */
 export type PlacementKind = 'all-server' | 'split' | 'all-device';
@@ -42,20 +42,18 @@ export class AgentMetrics {
       labelNames: ['executor', 'status'],
       registers,
     });
-    this.e2eSeconds = new Histogram({
-      name: 'tandem_agent_generation_duration_seconds',
-      help: 'End-to-end latency of successful generations (request to last token), by placement kind',
-      labelNames: ['placement'],
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
-    this.ttftSeconds = new Histogram({
-      name: 'tandem_agent_time_to_first_token_seconds',
-      help: 'Time to first token of successful generations, by placement kind',
-      labelNames: ['placement'],
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
+    this.e2eSeconds = latencyHistogram(
+      registry,
+      'tandem_agent_generation_duration_seconds',
+      'End-to-end latency of successful generations (request to last token), by placement kind',
+      ['placement'],
+    );
+    this.ttftSeconds = latencyHistogram(
+      registry,
+      'tandem_agent_time_to_first_token_seconds',
+      'Time to first token of successful generations, by placement kind',
+      ['placement'],
+    );
     this.planUpdates = new Counter({ name: 'tandem_agent_plan_updates_total', help: 'Plans taken from the planner', registers });
     this.handoverBytes = new Counter({
       name: 'tandem_agent_kv_handover_bytes_total',
@@ -64,12 +62,11 @@ export class AgentMetrics {
       registers,
     });
     for (const direction of ['up', 'down']) this.handoverBytes.inc({ direction }, 0);
-    this.handoverSeconds = new Histogram({
-      name: 'tandem_agent_kv_handover_seconds',
-      help: 'Time successful phased generations spent moving stage states between the prefill and the decode (emulated link delays included)',
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
+    this.handoverSeconds = latencyHistogram(
+      registry,
+      'tandem_agent_kv_handover_seconds',
+      'Time successful phased generations spent moving stage states between the prefill and the decode (emulated link delays included)',
+    );
     for (const placement of KINDS) for (const status of ['ok', 'failed', 'cancelled']) this.generations.inc({ placement, status }, 0);
     new Counter({
       name: 'tandem_agent_generations_resumed_total',

@@ -1,23 +1,9 @@
 import { OutcomeStatus, type ClassPlacement } from '@tandem/protocol';
-import { MET_E2E_SLA } from '@tandem/testkit';
+import { classPlacement, MET_E2E_SLA } from '@tandem/testkit';
 import { buildOutcome, predictedOf, type MeasuredGeneration } from './outcome';
 
 const WHO = { clientId: 'dev-1', clientClass: 'phone', modelId: 'm' };
-const CLS: ClassPlacement = {
-  name: 'short',
-  maxPromptTokens: 32,
-  expectedNewTokens: 8,
-  placement: 'CSS',
-  slaMs: 100,
-  predictedLatencyMs: 80,
-  predictedServerWork: 3,
-  feasible: true,
-  ttftMs: 0,
-  tpotMs: 0,
-  predictedTtftMs: 0,
-  predictedTpotMs: 0,
-  predictedTtftMsPerPromptToken: 0,
-};
+const CLS = classPlacement();
 const RUN: MeasuredGeneration = { ok: true, promptTokens: 5, newTokens: 6, ttftMs: 30, e2eMs: 80, serverComputeMs: 4, serverQueueMs: 1.5 };
 
 describe('buildOutcome', () => {

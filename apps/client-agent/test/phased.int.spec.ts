@@ -118,6 +118,33 @@ class FakeSession {
   }
 }
 
+/**
+ * Deps of `local` whose every openRemote opens a new FakeSession on `server` (kept in
+ * `sessions`), over an instant link; `first` adjusts the first session; `over` on top.
+ */
+function fakeDeps(
+  server: StageRunner,
+  local: LocalStages,
+  sessions: FakeSession[],
+  over: Partial<GenerationDeps> = {},
+  first?: (f: FakeSession) => void,
+): GenerationDeps {
+  return {
+    local,
+    openRemote: async () => {
+      const f = new FakeSession(server);
+      if (sessions.length === 0) first?.(f);
+      sessions.push(f);
+      return f as unknown as RemoteSession;
+    },
+    emulator: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
+    estimator: new LinkEstimator(),
+    vocabSize: server.manifest.config.vocabSize,
+    signal: new AbortController().signal,
+    ...over,
+  };
+}
+
 describe('phased generation: the hand-over between the prefill and the decode', () => {
   let model: TempModel;
   let server: StageRunner;
@@ -143,21 +170,8 @@ describe('phased generation: the hand-over between the prefill and the decode', 
     model?.remove();
   });
 
-  /** Deps whose every openRemote opens a new FakeSession (kept in `sessions`); `first` adjusts the first one. */
-  const depsOf = (sessions: FakeSession[], over: Partial<GenerationDeps> = {}, first?: (f: FakeSession) => void): GenerationDeps => ({
-    local,
-    openRemote: async () => {
-      const f = new FakeSession(server);
-      if (sessions.length === 0) first?.(f);
-      sessions.push(f);
-      return f as unknown as RemoteSession;
-    },
-    emulator: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-    estimator: new LinkEstimator(),
-    vocabSize: server.manifest.config.vocabSize,
-    signal: new AbortController().signal,
-    ...over,
-  });
+  const depsOf = (sessions: FakeSession[], over: Partial<GenerationDeps> = {}, first?: (f: FakeSession) => void): GenerationDeps =>
+    fakeDeps(server, local, sessions, over, first);
 
   it.each([
     // [prefill, decode, the session's log, attention stages put, attention stages taken]
@@ -289,25 +303,7 @@ describe('phased generation on a replayed device', () => {
   const run = async (prefill: string, decode: string): Promise<{ ids: number[]; log: string[] }> => {
     const sessions: FakeSession[] = [];
     const cursor = local.armReplay(PROMPT);
-    const running = generate(
-      {
-        local,
-        openRemote: async () => {
-          const f = new FakeSession(server);
-          sessions.push(f);
-          return f as unknown as RemoteSession;
-        },
-        emulator: new LinkEmulator({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 }),
-        estimator: new LinkEstimator(),
-        vocabSize: server.manifest.config.vocabSize,
-        signal: new AbortController().signal,
-      },
-      prefill,
-      PROMPT,
-      NEW,
-      (id) => cursor?.advance(id),
-      decode,
-    );
+    const running = generate(fakeDeps(server, local, sessions), prefill, PROMPT, NEW, (id) => cursor?.advance(id), decode);
     local.disarm();
     const stats = await running;
     return { ids: stats.ids, log: sessions[0]?.log ?? [] };

@@ -1,5 +1,5 @@
 import type { ClassObservations, ClassPlacement, ClientPlan } from '@tandem/protocol';
-import { serverLoad } from '@tandem/testkit';
+import { classObservations, classPlacement, serverLoad } from '@tandem/testkit';
 import { dashboardSnapshot, type DashboardSource } from './dashboard-snapshot';
 
 const CLASSES = [
@@ -9,49 +9,12 @@ const CLASSES = [
 const INFO = { modelId: 'm', algorithm: 'dp', stages: ['embed', 'block', 'head'], classes: CLASSES, attainmentTarget: 0.9 };
 
 function placement(name: string, p: string, over: Partial<ClassPlacement> = {}): ClassPlacement {
-  return {
-    name,
-    maxPromptTokens: 32,
-    expectedNewTokens: 16,
-    placement: p,
-    slaMs: 1500,
-    predictedLatencyMs: 812.345,
-    predictedServerWork: 12.04,
-    feasible: true,
-    ttftMs: 0,
-    tpotMs: 0,
-    predictedTtftMs: 0,
-    predictedTpotMs: 0,
-    predictedTtftMsPerPromptToken: 0,
-    ...over,
-  };
+  return classPlacement({ name, expectedNewTokens: 16, placement: p, slaMs: 1500, predictedLatencyMs: 812.345, predictedServerWork: 12.04, ...over });
 }
 
 function observed(name: string, planOutcomes: number, attainment: number, window = 0, pred = 0, obs = 0): ClassObservations {
-  return {
-    name,
-    outcomes: planOutcomes + 1,
-    failures: 1,
-    planOutcomes,
-    attainment,
-    attainmentTarget: 0.9,
-    window,
-    predictedE2eMedianMs: pred,
-    observedE2eMedianMs: obs,
-    predictedE2eMeanMs: pred,
-    observedE2eMeanMs: obs,
-    predictedTtftMedianMs: 0,
-    observedTtftMedianMs: 0,
-    predictedTpotMedianMs: 0,
-    observedTpotMedianMs: 0,
-    e2eCorrection: 1,
-    ttftCorrection: 1,
-    tpotCorrection: 1,
-    safetyFactor: 1,
-    allServer: false,
-    safetyChangedUnixMs: 0,
-    e2eRatio: 1,
-  };
+  const e2e = { predictedE2eMedianMs: pred, observedE2eMedianMs: obs, predictedE2eMeanMs: pred, observedE2eMeanMs: obs };
+  return classObservations({ name, outcomes: planOutcomes + 1, failures: 1, planOutcomes, attainment, window, ...e2e });
 }
 
 const plan = (clientId: string, a: string, b: string): ClientPlan => ({

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from '@tandem/service-kit';
+import { Counter, Gauge, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
 import type { ValidOutcome } from './outcomes';
 
 /** What the planner's gauges and mirrored counters read when scraped: its own state and counters, never a copy. */
@@ -43,41 +43,31 @@ export class PlannerMetrics {
       labelNames: ['algorithm', 'objective'],
       registers,
     });
-    this.replanSeconds = new Histogram({
-      name: 'tandem_planner_replan_duration_seconds',
-      help: 'Re-plan rounds (a pass over the clients whose inputs changed), from start to end, slices and yields included',
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
+    this.replanSeconds = latencyHistogram(
+      registry,
+      'tandem_planner_replan_duration_seconds',
+      'Re-plan rounds (a pass over the clients whose inputs changed), from start to end, slices and yields included',
+    );
     this.outcomes = new Counter({
       name: 'tandem_planner_outcomes_total',
       help: 'Generation outcomes taken from known clients, by request class and result: met (every stated SLO), missed, failed (the generation failed)',
       labelNames: ['request_class', 'result'],
       registers,
     });
-    this.predicted = new Histogram({
-      name: 'tandem_planner_predicted_latency_seconds',
-      help: "The plan's predicted latency of successful generations, by request class and term (e2e, ttft, tpot)",
-      labelNames: ['request_class', 'term'],
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
-    this.observed = new Histogram({
-      name: 'tandem_planner_observed_latency_seconds',
-      help: 'The measured latency of successful generations, by request class and term (e2e, ttft, tpot)',
-      labelNames: ['request_class', 'term'],
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
+    this.predicted = latencyHistogram(
+      registry,
+      'tandem_planner_predicted_latency_seconds',
+      "The plan's predicted latency of successful generations, by request class and term (e2e, ttft, tpot)",
+      ['request_class', 'term'],
+    );
+    this.observed = latencyHistogram(
+      registry,
+      'tandem_planner_observed_latency_seconds',
+      'The measured latency of successful generations, by request class and term (e2e, ttft, tpot)',
+      ['request_class', 'term'],
+    );
     for (const c of classes) for (const result of ['met', 'missed', 'failed']) this.outcomes.inc({ request_class: c, result }, 0);
-    new Gauge({
-      name: 'tandem_planner_clients',
-      help: 'Clients the planner knows (heard from within PLANNER_CLIENT_TTL_MS)',
-      registers,
-      collect() {
-        this.set(read.clients());
-      },
-    });
+    readGauge(registry, 'tandem_planner_clients', 'Clients the planner knows (heard from within PLANNER_CLIENT_TTL_MS)', () => read.clients());
     new Counter({
       name: 'tandem_planner_telemetry_dropped_total',
       help: 'Telemetry messages dropped, by reason (Type.field:rule, or Type:decode)',
@@ -118,14 +108,12 @@ export class PlannerMetrics {
         for (const [executor, n] of read.executorClients()) this.set({ executor }, n);
       },
     });
-    new Gauge({
-      name: 'tandem_planner_shed_classes',
-      help: '(client, request class) pairs the overload shedder has moved to their least-server-work plans now (PLANNER_SHED)',
-      registers,
-      collect() {
-        this.set(read.shedNow());
-      },
-    });
+    readGauge(
+      registry,
+      'tandem_planner_shed_classes',
+      '(client, request class) pairs the overload shedder has moved to their least-server-work plans now (PLANNER_SHED)',
+      () => read.shedNow(),
+    );
     new Counter({
       name: 'tandem_planner_shed_changes_total',
       help: 'Pairs the overload shedder shed (change=shed) or gave back (change=restored)',
@@ -138,14 +126,12 @@ export class PlannerMetrics {
         this.inc({ change: 'restored' }, c.restored);
       },
     });
-    new Gauge({
-      name: 'tandem_planner_slo_attainment_target_ratio',
-      help: 'The SLO attainment the planner aims at (PLANNER_SLO_TARGET)',
-      registers,
-      collect() {
-        this.set(read.attainmentTarget);
-      },
-    });
+    readGauge(
+      registry,
+      'tandem_planner_slo_attainment_target_ratio',
+      'The SLO attainment the planner aims at (PLANNER_SLO_TARGET)',
+      () => read.attainmentTarget,
+    );
   }
 
   /** A client's plan changed. */

@@ -1,20 +1,10 @@
-import * as grpc from '@grpc/grpc-js';
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import {
-  ClientPlan,
-  ClientProfile,
-  GenerationOutcome,
-  PlannerServiceClient,
-  ServerLoad,
-  Subjects,
-  type ListPlansResponse,
-  type WatchPlansResponse,
-} from '@tandem/protocol';
+import { ClientPlan, ClientProfile, GenerationOutcome, ServerLoad, Subjects } from '@tandem/protocol';
 import { clientProfile, eventually, planOutcome, sameStageTimes, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
 import { planKeyOf, PlannerServer, type PlannerServerOptions } from '../src';
-import { plannerOptions } from './fixtures';
+import { PlanClients, plannerOptions } from './fixtures';
 
 // Several executors behind one planner (docs/planner.md, "Several executors"), over a real
 // nats-server and real gRPC ports: the executors' load reports and the clients' profiles are
@@ -33,8 +23,7 @@ describe('planner with several executors', () => {
   let nats: NatsServerHandle;
   let nc: NatsConnection;
   const running: PlannerServer[] = [];
-  const grpcClients: grpc.Client[] = [];
-  const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
+  const grpcClients = new PlanClients();
   const timers: NodeJS.Timeout[] = [];
 
   beforeAll(async () => {
@@ -44,8 +33,7 @@ describe('planner with several executors', () => {
 
   afterEach(async () => {
     for (const t of timers.splice(0)) clearInterval(t);
-    for (const s of streams.splice(0)) s.cancel();
-    for (const c of grpcClients.splice(0)) c.close();
+    grpcClients.close();
     await Promise.all(running.splice(0).map((p) => p.stop()));
   });
 
@@ -61,24 +49,8 @@ describe('planner with several executors', () => {
     return { planner, port };
   }
 
-  function planClient(port: number): PlannerServiceClient {
-    const c = new PlannerServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-    grpcClients.push(c);
-    return c;
-  }
-
-  function watch(port: number, clientId: string): WatchPlansResponse[] {
-    const got: WatchPlansResponse[] = [];
-    const call = planClient(port).watchPlans({ clientId });
-    streams.push(call);
-    call.on('data', (m: WatchPlansResponse) => got.push(m));
-    call.on('error', () => undefined);
-    return got;
-  }
-
-  function listPlans(port: number, pageToken = '', pageSize = 0): Promise<ListPlansResponse> {
-    return new Promise((resolve, reject) => planClient(port).listPlans({ pageSize, pageToken }, (err, res) => (err ? reject(err) : resolve(res!))));
-  }
+  const watch = grpcClients.watch.bind(grpcClients);
+  const listPlans = grpcClients.listPlans.bind(grpcClients);
 
   async function load(id: string, over: Partial<ServerLoad> = {}): Promise<void> {
     nc.publish(Subjects.serverLoad(id), ServerLoad.encode(serverLoad({ serverId: id, ...over })).finish());

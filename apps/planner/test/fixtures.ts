@@ -1,3 +1,5 @@
+import * as grpc from '@grpc/grpc-js';
+import { PlannerServiceClient, type ListPlansResponse, type WatchPlansResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
 import { PlanMaker, type PlanMakerOptions, type PlannerServerOptions } from '../src';
@@ -49,4 +51,45 @@ export function plannerOptions(over: Partial<PlannerServerOptions> = {}): Planne
     modelId: 'm',
     ...over,
   };
+}
+
+/**
+ * gRPC clients of planners on 127.0.0.1 and the WatchPlans streams opened with them, all closed
+ * by close() (a test's afterEach).
+ */
+export class PlanClients {
+  private readonly clients: grpc.Client[] = [];
+  private readonly streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
+
+  /** `c`, closed with the others. */
+  add<C extends grpc.Client>(c: C): C {
+    this.clients.push(c);
+    return c;
+  }
+
+  /** A client of the planner on `port`. */
+  planClient(port: number): PlannerServiceClient {
+    return this.add(new PlannerServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure()));
+  }
+
+  /** The messages of a WatchPlans stream of `clientId` on the planner on `port`, as they come. */
+  watch(port: number, clientId: string): WatchPlansResponse[] {
+    const got: WatchPlansResponse[] = [];
+    const call = this.planClient(port).watchPlans({ clientId });
+    this.streams.push(call);
+    call.on('data', (m: WatchPlansResponse) => got.push(m));
+    call.on('error', () => undefined);
+    return got;
+  }
+
+  /** ListPlans of the planner on `port`. */
+  listPlans(port: number, pageToken = '', pageSize = 0): Promise<ListPlansResponse> {
+    return new Promise((resolve, reject) => this.planClient(port).listPlans({ pageSize, pageToken }, (err, res) => (err ? reject(err) : resolve(res!))));
+  }
+
+  /** Cancels the streams, then closes the clients. */
+  close(): void {
+    for (const s of this.streams.splice(0)) s.cancel();
+    for (const c of this.clients.splice(0)) c.close();
+  }
 }

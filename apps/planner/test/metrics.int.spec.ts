@@ -5,14 +5,11 @@ import {
   GenerationOutcome,
   HealthClient,
   OutcomeStatus,
-  PlannerServiceClient,
   ServerLoad,
   ServingStatus,
   Subjects,
   type ClientPlan,
   type HealthCheckResponse,
-  type ListPlansResponse,
-  type WatchPlansResponse,
 } from '@tandem/protocol';
 import {
   clientProfile,
@@ -28,7 +25,7 @@ import {
   type NatsServerHandle,
 } from '@tandem/testkit';
 import { PLANNER_SERVICE_NAME, PlanMaker, PlannerServer } from '../src';
-import { makerOptions, plannerOptions } from './fixtures';
+import { makerOptions, PlanClients, plannerOptions } from './fixtures';
 
 // The hand-checkable client of the planner's tests (fixtures.ts): three stages, one class of
 // 10-token prompts and one new token, SLA 100 ms; the plan is CCS (about 61 ms predicted).
@@ -52,10 +49,10 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
   let nats: NatsServerHandle;
   let nc: NatsConnection;
   let server: PlannerServer;
-  let client: PlannerServiceClient;
+  let grpcPort: number;
   let addr: string;
   let port: number;
-  const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
+  const clients = new PlanClients();
 
   const scrape = (): Promise<string> => scrapeText(port);
   const value = requireSample;
@@ -63,15 +60,14 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
   beforeAll(async () => {
     nats = await startNatsServer();
     server = new PlannerServer(plannerOptions({ maker: new PlanMaker(makerOptions()), natsUrl: nats.url, debounceMs: 5, metricsPort: 0 }));
-    addr = `127.0.0.1:${(await server.start()).port}`;
+    grpcPort = (await server.start()).port;
+    addr = `127.0.0.1:${grpcPort}`;
     port = server.metrics.port ?? 0;
-    client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
     nc = await connect({ servers: nats.url });
   });
 
   afterAll(async () => {
-    for (const s of streams) s.cancel();
-    client?.close();
+    clients.close();
     await nc?.close();
     await server?.stop();
     await nats?.stop();
@@ -79,16 +75,9 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
 
   /** Watches `clientId`'s plans and publishes its profile; resolves with its first plan. */
   async function firstPlan(clientId: string): Promise<ClientPlan> {
-    const plans: ClientPlan[] = [];
-    const call = client.watchPlans({ clientId });
-    streams.push(call);
-    call.on('data', (m: WatchPlansResponse) => {
-      if (m.plan) plans.push(m.plan);
-    });
-    call.on('error', () => undefined);
+    const got = clients.watch(grpcPort, clientId);
     nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
-    await eventually(() => plans.length > 0, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
-    return plans[0];
+    return eventually(() => got.find((m) => m.plan)?.plan, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
   }
 
   it('answers health SERVING by its own service name, and serves /metrics before any telemetry', async () => {
@@ -140,9 +129,7 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
     expect(value(text, 'tandem_planner_observed_latency_seconds_count{request_class="short",term="ttft"}')).toBe(5);
     expect(sampleValue(text, 'tandem_planner_predicted_latency_seconds_count{request_class="short",term="ttft"}') ?? 0).toBe(0);
     // Attainment: only dev-a has outcomes of its plan in force, so the class's figure is its own.
-    const seen = await new Promise<ListPlansResponse>((resolve, reject) =>
-      client.listPlans({ pageSize: 0, pageToken: '' }, (e, r) => (e ? reject(e) : resolve(r))),
-    );
+    const seen = await clients.listPlans(grpcPort);
     const own = seen.observations.find((o) => o.clientId === 'dev-a')?.classes[0];
     expect(own?.planOutcomes).toBe(6);
     const attainment = value(text, 'tandem_planner_slo_attainment_ratio{request_class="short"}');

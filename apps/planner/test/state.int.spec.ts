@@ -1,22 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { Kvm, type KV } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import {
-  ClassPlacement,
-  ClientPlan,
-  ClientProfile,
-  PlannerServiceClient,
-  ServerLoad,
-  Subjects,
-  ServingStatus,
-  HealthClient,
-  type ListPlansResponse,
-  type WatchPlansResponse,
-} from '@tandem/protocol';
+import { ClassPlacement, ClientPlan, ClientProfile, ServerLoad, Subjects, ServingStatus, HealthClient } from '@tandem/protocol';
 import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes, startNatsServer, TcpProxy, type NatsServerHandle } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
 import { EPOCH_KEY, planKeyOf, PLANNER_LEADER_HEALTH, PlannerServer, type PlannerServerOptions } from '../src';
-import { plannerOptions } from './fixtures';
+import { PlanClients, plannerOptions } from './fixtures';
 
 // The planner's state in NATS JetStream key-value and its leader election, over a real
 // nats-server with JetStream and real planners on real gRPC ports: a restarted planner continues
@@ -33,8 +22,7 @@ describe('planner state in JetStream key-value', () => {
   let nc: NatsConnection;
   let kvm: Kvm;
   const running: PlannerServer[] = [];
-  const grpcClients: grpc.Client[] = [];
-  const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
+  const grpcClients = new PlanClients();
 
   beforeAll(async () => {
     nats = await startNatsServer({ jetstream: true });
@@ -43,8 +31,7 @@ describe('planner state in JetStream key-value', () => {
   });
 
   afterEach(async () => {
-    for (const s of streams.splice(0)) s.cancel();
-    for (const c of grpcClients.splice(0)) c.close();
+    grpcClients.close();
     await Promise.all(running.splice(0).map((p) => p.stop()));
   });
 
@@ -60,28 +47,11 @@ describe('planner state in JetStream key-value', () => {
     return { planner, port };
   }
 
-  function planClient(port: number): PlannerServiceClient {
-    const c = new PlannerServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-    grpcClients.push(c);
-    return c;
-  }
-
-  function watch(port: number, clientId: string): WatchPlansResponse[] {
-    const got: WatchPlansResponse[] = [];
-    const call = planClient(port).watchPlans({ clientId });
-    streams.push(call);
-    call.on('data', (m: WatchPlansResponse) => got.push(m));
-    call.on('error', () => undefined);
-    return got;
-  }
-
-  function listPlans(port: number): Promise<ListPlansResponse> {
-    return new Promise((resolve, reject) => planClient(port).listPlans({ pageSize: 0, pageToken: '' }, (err, res) => (err ? reject(err) : resolve(res!))));
-  }
+  const watch = grpcClients.watch.bind(grpcClients);
+  const listPlans = grpcClients.listPlans.bind(grpcClients);
 
   async function health(port: number, service: string): Promise<ServingStatus> {
-    const c = new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-    grpcClients.push(c);
+    const c = grpcClients.add(new HealthClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure()));
     return new Promise((resolve, reject) => c.check({ service }, (err, res) => (err ? reject(err) : resolve(res!.status))));
   }
 

@@ -1,9 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { ClientProfile, PlannerServiceClient, ServerLoad, Subjects, type WatchPlansResponse } from '@tandem/protocol';
+import { ClientProfile, ServerLoad, Subjects, type WatchPlansResponse } from '@tandem/protocol';
 import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 import { NO_PLAN_REASONS, PlannerServer } from '../src';
-import { plannerOptions } from './fixtures';
+import { PlanClients, plannerOptions } from './fixtures';
 
 // WatchPlans while the planner cannot plan yet (no profile, no executor load), over a real
 // nats-server and a real gRPC port: the client is told why, and the plan follows the load.
@@ -12,34 +12,26 @@ describe('WatchPlans before the planner can plan', () => {
   let nats: NatsServerHandle;
   let nc: NatsConnection;
   let server: PlannerServer;
-  let client: PlannerServiceClient;
+  let port: number;
+  const clients = new PlanClients();
   const captured = capturingLogger('info');
-  const streams: grpc.ClientReadableStream<WatchPlansResponse>[] = [];
 
   beforeAll(async () => {
     nats = await startNatsServer();
     // A small message limit, to see that the server applies the services' channel options.
     server = new PlannerServer(plannerOptions({ natsUrl: nats.url, debounceMs: 5, log: captured.log, maxMessageBytes: 4096 }));
-    client = new PlannerServiceClient(`127.0.0.1:${(await server.start()).port}`, grpc.credentials.createInsecure());
+    port = (await server.start()).port;
     nc = await connect({ servers: nats.url });
   });
 
   afterAll(async () => {
-    for (const s of streams) s.cancel();
-    client?.close();
+    clients.close();
     await nc?.close();
     await server?.stop();
     await nats?.stop();
   });
 
-  function watch(clientId: string): WatchPlansResponse[] {
-    const got: WatchPlansResponse[] = [];
-    const call = client.watchPlans({ clientId });
-    streams.push(call);
-    call.on('data', (m: WatchPlansResponse) => got.push(m));
-    call.on('error', () => undefined);
-    return got;
-  }
+  const watch = (clientId: string): WatchPlansResponse[] => clients.watch(port, clientId);
 
   it('says no profile, then no executor load (once in the log too), then sends the plan once an executor reports', async () => {
     const got = watch('waiting');
@@ -78,7 +70,7 @@ describe('WatchPlans before the planner can plan', () => {
 
   it('refuses a request over its message size limit with RESOURCE_EXHAUSTED (the channel options every service uses)', async () => {
     const err = await new Promise<grpc.ServiceError>((resolve) => {
-      const call = client.watchPlans({ clientId: 'x'.repeat(5000) });
+      const call = clients.planClient(port).watchPlans({ clientId: 'x'.repeat(5000) });
       call.on('data', () => undefined);
       call.on('error', resolve);
     });

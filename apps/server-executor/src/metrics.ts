@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from '@tandem/service-kit';
+import { Counter, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
 import { stepKind } from './load-meter';
 import type { StepOutcome } from './scheduler';
 
@@ -42,26 +42,24 @@ export class ExecutorMetrics implements GenerationObserver {
 
   constructor(registry: Registry, read: ExecutorGaugeSources) {
     const registers = [registry];
-    this.stepSeconds = new Histogram({
-      name: 'tandem_executor_step_duration_seconds',
-      help: 'Steps (a split step, or one token of a server-side generation) from submission to result, queueing included, by kind: decode (one position) or prompt',
-      labelNames: ['kind'],
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
+    this.stepSeconds = latencyHistogram(
+      registry,
+      'tandem_executor_step_duration_seconds',
+      'Steps (a split step, or one token of a server-side generation) from submission to result, queueing included, by kind: decode (one position) or prompt',
+      ['kind'],
+    );
     this.batchSize = new Histogram({
       name: 'tandem_executor_batch_size',
       help: 'Steps run together in one engine call (1: alone)',
       buckets: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128],
       registers,
     });
-    this.stageCallSeconds = new Histogram({
-      name: 'tandem_executor_stage_call_duration_seconds',
-      help: "Engine calls by stage (the stage's index, or 'fused' for one call through every stage of an all-server step): the call's wall time, every step of its batch together",
-      labelNames: ['stage'],
-      buckets: [...LATENCY_BUCKETS_S],
-      registers,
-    });
+    this.stageCallSeconds = latencyHistogram(
+      registry,
+      'tandem_executor_stage_call_duration_seconds',
+      "Engine calls by stage (the stage's index, or 'fused' for one call through every stage of an all-server step): the call's wall time, every step of its batch together",
+      ['stage'],
+    );
     this.started = new Counter({ name: 'tandem_executor_generations_started_total', help: 'Server-side generations started', registers });
     this.finished = new Counter({
       name: 'tandem_executor_generations_finished_total',
@@ -88,38 +86,10 @@ export class ExecutorMetrics implements GenerationObserver {
     }
     for (const status of ['completed', 'cancelled', 'failed'] as const) this.finished.inc({ status }, 0);
     for (const kind of ['decode', 'prompt']) this.stepSeconds.zero({ kind });
-    new Gauge({
-      name: 'tandem_executor_sessions_active',
-      help: 'Sessions open',
-      registers,
-      collect() {
-        this.set(read.activeSessions());
-      },
-    });
-    new Gauge({
-      name: 'tandem_executor_queue_depth',
-      help: 'Steps queued or running in the scheduler',
-      registers,
-      collect() {
-        this.set(read.queueDepth());
-      },
-    });
-    new Gauge({
-      name: 'tandem_executor_kv_reserved_bytes',
-      help: 'KV-cache bytes reserved by open sessions',
-      registers,
-      collect() {
-        this.set(read.kvBytes().used);
-      },
-    });
-    new Gauge({
-      name: 'tandem_executor_kv_limit_bytes',
-      help: 'KV-cache bytes all sessions together may hold (EXECUTOR_MAX_KV_BYTES)',
-      registers,
-      collect() {
-        this.set(read.kvBytes().limit);
-      },
-    });
+    readGauge(registry, 'tandem_executor_sessions_active', 'Sessions open', () => read.activeSessions());
+    readGauge(registry, 'tandem_executor_queue_depth', 'Steps queued or running in the scheduler', () => read.queueDepth());
+    readGauge(registry, 'tandem_executor_kv_reserved_bytes', 'KV-cache bytes reserved by open sessions', () => read.kvBytes().used);
+    readGauge(registry, 'tandem_executor_kv_limit_bytes', 'KV-cache bytes all sessions together may hold (EXECUTOR_MAX_KV_BYTES)', () => read.kvBytes().limit);
   }
 
   /** A finished step (the scheduler's onStepDone). */

@@ -1,10 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect } from '@nats-io/transport-node';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { greedyToken, SplitPipeline } from '@tandem/model';
 import { ExecutorServiceClient, fromWireTensor, HealthClient, ServerLoad, ServingStatus, Subjects, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, EXECUTOR_SETTINGS, makeTempModel, startNatsServer, withTimeout, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine, WorkerStageEngine } from '../src';
+import { eventually, EXECUTOR_SETTINGS, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '../src';
 import { ids, TestSession } from './session-client';
 import { startTestExecutor, type TestExecutor } from './test-executor';
 
@@ -136,55 +136,37 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
     ['another model', (s: TestSession) => s.open('0123456789abcdef'), grpc.status.FAILED_PRECONDITION, "open.model_id must be '"],
     [
       'a stage range past the model',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 1, 99, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) });
-      },
+      (s: TestSession) => (s.open(), s.step(1, 1, 99, { dtype: 'float32', shape: [1, 1, 64], data: new Float32Array(64) })),
       grpc.status.INVALID_ARGUMENT,
       'step.stage_end must be in 2..6, given 99',
     ],
     [
       'float input to embed',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 0, 1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) });
-      },
+      (s: TestSession) => (s.open(), s.step(1, 0, 1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) })),
       grpc.status.INVALID_ARGUMENT,
       'step.input.dtype must be DATA_TYPE_INT64',
     ],
     [
       'a hidden state of the wrong width',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 1, 2, { dtype: 'float32', shape: [1, 1, 63], data: new Float32Array(63) });
-      },
+      (s: TestSession) => (s.open(), s.step(1, 1, 2, { dtype: 'float32', shape: [1, 1, 63], data: new Float32Array(63) })),
       grpc.status.INVALID_ARGUMENT,
       'step.input.shape must be [1, T>=1, 64], given [1, 1, 63]',
     ],
     [
       'a token id outside the vocabulary',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 0, 1, ids(50257));
-      },
+      (s: TestSession) => (s.open(), s.step(1, 0, 1, ids(50257))),
       grpc.status.INVALID_ARGUMENT,
       'step.input token ids must be in 0..50256, given 50257',
     ],
     [
       'sample without the head',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 0, 2, ids(1), true);
-      },
+      (s: TestSession) => (s.open(), s.step(1, 0, 2, ids(1), true)),
       grpc.status.INVALID_ARGUMENT,
       'step.sample must be false unless the range ends with the head',
     ],
     [
       'a context past the limit',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 0, 1, ids(...new Array(41).fill(1)));
-      },
+      (s: TestSession) => (s.open(), s.step(1, 0, 1, ids(...new Array(41).fill(1)))),
       grpc.status.FAILED_PRECONDITION,
       'step would make stage 0 hold 41 tokens; the context must stay <= 40 tokens',
     ],
@@ -278,20 +260,30 @@ describe.each(['worker', 'inline'] as const)('server-executor against a real mod
 });
 
 describe('server-executor lifecycle and telemetry', () => {
-  it('publishes its load over NATS and drains on stop: NOT_SERVING, new sessions UNAVAILABLE', async () => {
-    const model = await makeTempModel();
-    const nats = await startNatsServer();
-    const nc = await connect({ servers: nats.url });
+  let model: TempModel;
+  let nats: NatsServerHandle;
+  let nc: NatsConnection;
+
+  beforeAll(async () => {
+    model = await makeTempModel();
+    nats = await startNatsServer();
+    nc = await connect({ servers: nats.url });
+  });
+
+  afterAll(async () => {
+    await nc?.close();
+    await nats?.stop();
+    model?.remove();
+  });
+
+  /** Executor `serverId` of 4 sessions on the worker engine, publishing its load to the test's nats-server every `telemetryIntervalMs`. */
+  async function natsExecutor(serverId: string, telemetryIntervalMs: number): Promise<{ server: ExecutorServer; engine: StageEngine }> {
     const engine = await engines.worker(model.dir);
-    const server = new ExecutorServer({
-      engine,
-      log,
-      ...EXECUTOR_SETTINGS,
-      serverId: 'exec-nats',
-      maxSessions: 4,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 50,
-    });
+    return { engine, server: new ExecutorServer({ engine, log, ...EXECUTOR_SETTINGS, serverId, maxSessions: 4, natsUrl: nats.url, telemetryIntervalMs }) };
+  }
+
+  it('publishes its load over NATS and drains on stop: NOT_SERVING, new sessions UNAVAILABLE', async () => {
+    const { engine, server } = await natsExecutor('exec-nats', 50);
     try {
       const sub = nc.subscribe(Subjects.serverLoad('exec-nats'), { max: 1 });
       const { port } = await server.start();
@@ -324,27 +316,12 @@ describe('server-executor lifecycle and telemetry', () => {
       client.close();
     } finally {
       await server.stop();
-      await nc.close();
-      await nats.stop();
-      model.remove();
     }
   });
 
   it('advertises its address in every load report, and reports draining at once on stop, long before the interval or the grace is over', async () => {
-    const model = await makeTempModel();
-    const nats = await startNatsServer();
-    const nc = await connect({ servers: nats.url });
-    const engine = await engines.worker(model.dir);
     // Reports every 5 s: a draining report within 1 s of stop() can only be the one stop() sends.
-    const server = new ExecutorServer({
-      engine,
-      log,
-      ...EXECUTOR_SETTINGS,
-      serverId: 'exec-adv',
-      maxSessions: 4,
-      natsUrl: nats.url,
-      telemetryIntervalMs: 5000,
-    });
+    const { server } = await natsExecutor('exec-adv', 5000);
     const reports: { load: ServerLoad; at: number }[] = [];
     const sub = nc.subscribe(Subjects.serverLoad('exec-adv'));
     void (async () => {
@@ -380,9 +357,6 @@ describe('server-executor lifecycle and telemetry', () => {
     } finally {
       sub.unsubscribe();
       await server.stop();
-      await nc.close();
-      await nats.stop();
-      model.remove();
     }
   });
 });

@@ -1,4 +1,5 @@
 import { approxEqual, approxLessOrEqual, transferMs } from './evaluate';
+import { grown } from './grown';
 import { resultOf } from './result';
 import type { Location, PlacementInstance, PlacementResult } from './types';
 
@@ -32,18 +33,10 @@ class LabelStore {
   }
   private grow(): void {
     const cap = this.lat.length * 2;
-    const lat = new Float64Array(cap);
-    lat.set(this.lat);
-    this.lat = lat;
-    const work = new Float64Array(cap);
-    work.set(this.work);
-    this.work = work;
-    const parent = new Int32Array(cap);
-    parent.set(this.parent);
-    this.parent = parent;
-    const server = new Uint8Array(cap);
-    server.set(this.server);
-    this.server = server;
+    this.lat = grown(this.lat, cap);
+    this.work = grown(this.work, cap);
+    this.parent = grown(this.parent, cap);
+    this.server = grown(this.server, cap);
   }
 }
 

@@ -1,4 +1,5 @@
 import { approxEqual, approxLessOrEqual, transferMs } from './evaluate';
+import { grown } from './grown';
 import {
   betterGeneration,
   generationResultOf,
@@ -149,20 +150,11 @@ class LabelStore {
   }
   private grow(): void {
     const cap = this.ttft.length * 2;
-    const f = (a: Float64Array): Float64Array => {
-      const b = new Float64Array(cap);
-      b.set(a);
-      return b;
-    };
-    this.ttft = f(this.ttft);
-    this.tpot = f(this.tpot);
-    this.work = f(this.work);
-    const parent = new Int32Array(cap);
-    parent.set(this.parent);
-    this.parent = parent;
-    const server = new Uint8Array(cap);
-    server.set(this.server);
-    this.server = server;
+    this.ttft = grown(this.ttft, cap);
+    this.tpot = grown(this.tpot, cap);
+    this.work = grown(this.work, cap);
+    this.parent = grown(this.parent, cap);
+    this.server = grown(this.server, cap);
   }
 }
 
@@ -284,12 +276,8 @@ export class Staircase {
     return true;
   }
   private grow(): void {
-    const x = new Float64Array(this.x.length * 2);
-    x.set(this.x);
-    this.x = x;
-    const y = new Float64Array(this.y.length * 2);
-    y.set(this.y);
-    this.y = y;
+    this.x = grown(this.x, this.x.length * 2);
+    this.y = grown(this.y, this.y.length * 2);
   }
 }
 

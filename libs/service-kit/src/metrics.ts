@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { env } from './env';
 import type { Logger } from './logger';
 
@@ -11,6 +11,23 @@ export { Counter, Gauge, Histogram, Registry } from 'prom-client';
  * of a small model is a few ms, a long generation on a slow device a minute).
  */
 export const LATENCY_BUCKETS_S: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+/** A histogram of latencies in seconds (LATENCY_BUCKETS_S) by `labelNames`, registered in `registry`. */
+export function latencyHistogram<T extends string = string>(registry: Registry, name: string, help: string, labelNames: readonly T[] = []): Histogram<T> {
+  return new Histogram({ name, help, labelNames, buckets: [...LATENCY_BUCKETS_S], registers: [registry] });
+}
+
+/** A gauge registered in `registry` that reads `value()` when scraped. */
+export function readGauge(registry: Registry, name: string, help: string, value: () => number): void {
+  new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(value());
+    },
+  });
+}
 
 /** The variable of a service's metrics port: unset is off, 0 picks a free port (logged). */
 export function metricsPortEnv(addrVar: string): ReturnType<typeof env.optionalInt> {

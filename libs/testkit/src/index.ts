@@ -15,6 +15,7 @@ export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESS
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
 export { requireSample, sampleValue, scrapeMetrics, scrapeText } from './metrics';
 export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTimes, serverLoad, stageTimes } from './telemetry';
+export { classObservations, classPlacement } from './telemetry';
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
 export type { LogLine } from './logs';

@@ -1,4 +1,13 @@
-import { OutcomeStatus, type ClientPlan, type ClientProfile, type GenerationOutcome, type ServerLoad, type StageTiming } from '@tandem/protocol';
+import {
+  OutcomeStatus,
+  type ClassObservations,
+  type ClassPlacement,
+  type ClientPlan,
+  type ClientProfile,
+  type GenerationOutcome,
+  type ServerLoad,
+  type StageTiming,
+} from '@tandem/protocol';
 
 // The telemetry messages the planner's tests, the end-to-end tests, the CLI's tests and the
 // benchmarks build: one default of each, the hand-checkable client of the planner's tests (three
@@ -47,6 +56,59 @@ export function serverLoad(over: Partial<ServerLoad> = {}): ServerLoad {
     longPromptStretch: 0,
     longStepTokens: 0,
     stages: sameStageTimes(3, 0.1),
+    ...over,
+  };
+}
+
+/**
+ * A plan's feasible class 'short' (prompts up to 32 tokens, 8 new ones) on placement CSS: SLA
+ * 100 ms, 80 ms and 3 units of server work predicted, no TTFT or TPOT objective or prediction;
+ * with `over` on top.
+ */
+export function classPlacement(over: Partial<ClassPlacement> = {}): ClassPlacement {
+  return {
+    name: 'short',
+    maxPromptTokens: 32,
+    expectedNewTokens: 8,
+    placement: 'CSS',
+    slaMs: 100,
+    predictedLatencyMs: 80,
+    predictedServerWork: 3,
+    feasible: true,
+    ttftMs: 0,
+    tpotMs: 0,
+    predictedTtftMs: 0,
+    predictedTpotMs: 0,
+    predictedTtftMsPerPromptToken: 0,
+    ...over,
+  };
+}
+
+/** The planner's observations of class 'short' before any outcome: attainment target 0.9, no correction, safety factor 1; with `over` on top. */
+export function classObservations(over: Partial<ClassObservations> = {}): ClassObservations {
+  return {
+    name: 'short',
+    outcomes: 0,
+    failures: 0,
+    planOutcomes: 0,
+    attainment: 0,
+    attainmentTarget: 0.9,
+    window: 0,
+    predictedE2eMedianMs: 0,
+    observedE2eMedianMs: 0,
+    predictedE2eMeanMs: 0,
+    observedE2eMeanMs: 0,
+    predictedTtftMedianMs: 0,
+    observedTtftMedianMs: 0,
+    predictedTpotMedianMs: 0,
+    observedTpotMedianMs: 0,
+    e2eCorrection: 1,
+    ttftCorrection: 1,
+    tpotCorrection: 1,
+    safetyFactor: 1,
+    allServer: false,
+    safetyChangedUnixMs: 0,
+    e2eRatio: 1,
     ...over,
   };
 }

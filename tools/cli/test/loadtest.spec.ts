@@ -128,28 +128,19 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     model?.remove();
   });
 
+  /** Runs the tiny scenario as `name`.json on the model and nats-server with --json and `flags`, into `name`-out; throws on a non-zero exit. */
+  async function runTiny(name: string, flags: string[]): Promise<{ out: string; r: Awaited<ReturnType<typeof run>> }> {
+    const f = join(dir, `${name}.json`);
+    writeFileSync(f, JSON.stringify(scenario()));
+    const out = join(dir, `${name}-out`);
+    const r = await run(['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--json', ...flags]);
+    if (r.code !== 0) throw new Error(r.stderr);
+    return { out, r };
+  }
+
   // Two repeats of three policies: about 100 s on a quiet 2-core machine, more on a busy one.
   it('runs each policy on the same trace per repeat, with replayed devices, and reports ratios with their spread', async () => {
-    const f = join(dir, 'smoke.json');
-    writeFileSync(f, JSON.stringify(scenario()));
-    const out = join(dir, 'smoke-out');
-    const r = await run([
-      'loadtest',
-      '--scenario',
-      f,
-      '--model-dir',
-      model.dir,
-      '--nats',
-      nats.url,
-      '--out',
-      out,
-      '--json',
-      '--repeats',
-      '2',
-      '--policies',
-      'server-only,greedy,dp',
-    ]);
-    if (r.code !== 0) throw new Error(r.stderr);
+    const { out, r } = await runTiny('smoke', ['--repeats', '2', '--policies', 'server-only,greedy,dp']);
     const json = JSON.parse(r.stdout);
     expect(json).toEqual(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')));
     const md = readFileSync(join(out, 'results.md'), 'utf8');
@@ -224,26 +215,7 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
   }, 240_000);
 
   it('with --executors 2 starts two executors and reports each one, each request attributed to the executor it ran on', async () => {
-    const f = join(dir, 'two.json');
-    writeFileSync(f, JSON.stringify(scenario()));
-    const out = join(dir, 'two-out');
-    const r = await run([
-      'loadtest',
-      '--scenario',
-      f,
-      '--model-dir',
-      model.dir,
-      '--nats',
-      nats.url,
-      '--out',
-      out,
-      '--json',
-      '--policies',
-      'server-only',
-      '--executors',
-      '2',
-    ]);
-    if (r.code !== 0) throw new Error(r.stderr);
+    const { out, r } = await runTiny('two', ['--policies', 'server-only', '--executors', '2']);
     const json = JSON.parse(r.stdout);
     expect(json.settings.executors).toBe(2);
     const [cell] = json.runs;

@@ -1,8 +1,9 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer, type PlannerServerOptions } from '@tandem/planner';
-import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClassObservations } from '@tandem/protocol';
+import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import {
+  classObservations,
   clientProfile,
   eventually,
   freePort,
@@ -267,30 +268,7 @@ describe('tandem plans against planners that keep state (JetStream key-value)', 
 });
 
 describe('the observations table of tandem plans', () => {
-  const base: ClassObservations = {
-    name: 'chat',
-    outcomes: 0,
-    failures: 0,
-    planOutcomes: 0,
-    attainment: 0,
-    attainmentTarget: 0.9,
-    window: 0,
-    predictedE2eMedianMs: 0,
-    observedE2eMedianMs: 0,
-    predictedE2eMeanMs: 0,
-    observedE2eMeanMs: 0,
-    predictedTtftMedianMs: 0,
-    observedTtftMedianMs: 0,
-    predictedTpotMedianMs: 0,
-    observedTpotMedianMs: 0,
-    e2eCorrection: 1,
-    ttftCorrection: 1,
-    tpotCorrection: 1,
-    safetyFactor: 1,
-    allServer: false,
-    safetyChangedUnixMs: 0,
-    e2eRatio: 1,
-  };
+  const base = classObservations({ name: 'chat' });
 
   it('is left out while no class has an outcome', () => {
     expect(observationsTable(undefined)).toBe('');
