@@ -75,7 +75,7 @@ describe('reflection and the plan status on a real stack as deployed, its execut
 
   // Each service, its own methods, and the other services its server carries besides health.
   const SERVICES = [
-    ['executor', EXECUTOR_SERVICE_NAME, ['GetStatus', 'Session'], [INFERENCE_SERVICE_NAME]],
+    ['executor', EXECUTOR_SERVICE_NAME, ['GetStatus', 'ProbeLink', 'Session'], [INFERENCE_SERVICE_NAME]],
     ['planner', PLANNER_SERVICE_NAME, ['ListPlans', 'WatchPlans'], []],
     ['agent', AGENT_SERVICE_NAME, ['Generate', 'GetStatus'], []],
   ] as const;

@@ -244,10 +244,19 @@ export class ClientAgent {
     return { port };
   }
 
-  /** Half the round trip of a small call to the executor new generations open on feeds the latency estimate. */
+  /**
+   * Half the round trip of a small call to the executor new generations open on feeds the
+   * latency estimate. The call is timed once the channel is connected: a first call would also
+   * time the connection (TCP and TLS), and the estimate keeps its smallest recent round trip.
+   */
   private async pingExecutor(): Promise<void> {
     const lease = this.executors.acquire(this.targets()[0].address);
     if (!lease) return;
+    const ready = await new Promise<boolean>((resolve) => lease.client.waitForReady(Date.now() + 2000, (err) => resolve(!err)));
+    if (!ready) {
+      lease.release();
+      return;
+    }
     const t0 = performance.now();
     await new Promise<void>((resolve) =>
       lease.client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {

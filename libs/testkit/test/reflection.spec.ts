@@ -45,7 +45,7 @@ describe('server reflection (addReflection)', () => {
     const own = files[0];
     expect(own.package).toBe('tandem.executor.v1');
     const service = own.service.find((s) => s.name === 'ExecutorService');
-    expect(service?.method.map((m) => m.name).sort()).toEqual(['GetStatus', 'Session']);
+    expect(service?.method.map((m) => m.name).sort()).toEqual(['GetStatus', 'ProbeLink', 'Session']);
     const session = service?.method.find((m) => m.name === 'Session');
     expect(session).toMatchObject({ inputType: '.tandem.executor.v1.SessionRequest', clientStreaming: true, serverStreaming: true });
     // Step.input is a tandem.tensor.v1.Tensor: its file comes along, so a client can decode every field.
