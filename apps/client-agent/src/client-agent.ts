@@ -7,10 +7,13 @@ import {
   HEALTH_SERVICE_NAME,
   quoted,
   ClientProfile,
+  DEFAULT_CALL_DEADLINE_MS,
   ExecutorServiceClient,
+  executorStatus,
   type ClassPlacement,
   GenerationOutcome,
   HealthReporter,
+  probeLink,
   ServingStatus,
   Subjects,
   type AgentServiceServer,
@@ -252,19 +255,16 @@ export class ClientAgent {
   private async pingExecutor(): Promise<void> {
     const lease = this.executors.acquire(this.targets()[0].address);
     if (!lease) return;
-    const ready = await new Promise<boolean>((resolve) => lease.client.waitForReady(Date.now() + 2000, (err) => resolve(!err)));
-    if (!ready) {
+    try {
+      await settled(lease.client, DEFAULT_CALL_DEADLINE_MS);
+      const t0 = performance.now();
+      await executorStatus(lease.client);
+      this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
+    } catch {
+      // No connection or no answer: nothing to time (the next ping tries again).
+    } finally {
       lease.release();
-      return;
     }
-    const t0 = performance.now();
-    await new Promise<void>((resolve) =>
-      lease.client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + 2000 }, (err) => {
-        if (!err) this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
-        resolve();
-      }),
-    );
-    lease.release();
   }
 
   /**
@@ -287,17 +287,14 @@ export class ClientAgent {
     const probe = async (up: number, down: number): Promise<number> => {
       const t0 = performance.now();
       await this.opts.link.uplink(up);
-      await new Promise<void>((resolve, reject) =>
-        lease.client.probeLink({ payload: Buffer.alloc(up), replyBytes: down }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err) =>
-          err ? reject(err) : resolve(),
-        ),
-      );
+      await probeLink(lease.client, up, down, 10_000);
       await this.opts.link.downlink(down);
       return performance.now() - t0;
     };
     try {
-      // An empty probe first: the round trip on this channel as it is now (the first ping of a
-      // new channel also timed its connection, which would inflate the latency taken off below).
+      // An empty probe first: the round trip of the same call and the same emulated crossings
+      // with nothing to carry, which is what each transfer below has on top of its bytes (a
+      // ping's round trip differs from it on a busy host, and the estimate takes off the smallest).
       this.estimator.recordRtt(await probe(0, 0));
       if (!measured.up) this.estimator.recordTransfer(bytes, 0, await probe(bytes, 0));
       if (!measured.down) this.estimator.recordTransfer(0, bytes, await probe(0, bytes));

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { greedyToken, SplitPipeline } from '@tandem/model';
-import { ExecutorServiceClient, fromWireTensor, HealthClient, ServerLoad, ServingStatus, Subjects, type GetStatusResponse } from '@tandem/protocol';
+import { ExecutorServiceClient, fromWireTensor, HealthClient, probeLink, ServerLoad, ServingStatus, Subjects, type GetStatusResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, EXECUTOR_SETTINGS, makeTempModel, startNatsServer, withTimeout, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { ExecutorServer, OnnxStageEngine, WorkerStageEngine, type StageEngine } from '../src';
@@ -365,12 +365,7 @@ describe('server-executor link probe (ProbeLink)', () => {
   it('answers as many zero bytes as asked, refuses sizes above 1 MiB naming the field, and answers none while draining', async () => {
     const model = await makeTempModel();
     const exec = await startTestExecutor(await engines.worker(model.dir), { serverId: 'exec-probe' });
-    const probe = (payload: number, replyBytes: number): Promise<Buffer> =>
-      new Promise((resolve, reject) =>
-        exec.client.probeLink({ payload: Buffer.alloc(payload, 7), replyBytes }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) =>
-          e ? reject(e) : resolve(r.payload),
-        ),
-      );
+    const probe = async (payload: number, replyBytes: number): Promise<Buffer> => (await probeLink(exec.client, payload, replyBytes, 5000)).payload;
     try {
       const reply = await probe(256 * 1024, 0);
       expect(reply.byteLength).toBe(0);

@@ -7,7 +7,7 @@ import type {
   GenerationSummary,
   GetStatusResponse as AgentStatusResponse,
 } from './generated/tandem/agent/v1/agent';
-import type { ExecutorServiceClient, GetStatusResponse } from './generated/tandem/executor/v1/executor';
+import type { ExecutorServiceClient, GetStatusResponse, ProbeLinkResponse } from './generated/tandem/executor/v1/executor';
 import type { ListPlansRequest, ListPlansResponse, PlannerServiceClient } from './generated/tandem/planner/v1/planner';
 
 // Calls of the services' APIs as promises, each with a deadline (a default when none is given).
@@ -59,6 +59,20 @@ export function agentStatus(client: AgentServiceClient, deadlineMs = DEFAULT_CAL
 export function executorStatus(client: ExecutorServiceClient, deadlineMs = DEFAULT_CALL_DEADLINE_MS): Promise<GetStatusResponse> {
   return new Promise((resolve, reject) =>
     client.getStatus({}, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) => (err ? reject(err) : resolve(r))),
+  );
+}
+
+/** A link probe (ExecutorService.ProbeLink): `upBytes` zero bytes up, `replyBytes` asked back. */
+export function probeLink(
+  client: ExecutorServiceClient,
+  upBytes: number,
+  replyBytes: number,
+  deadlineMs = DEFAULT_CALL_DEADLINE_MS,
+): Promise<ProbeLinkResponse> {
+  return new Promise((resolve, reject) =>
+    client.probeLink({ payload: Buffer.alloc(upBytes), replyBytes }, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, r) =>
+      err ? reject(err) : resolve(r),
+    ),
   );
 }
 

@@ -113,7 +113,7 @@ export { HealthReporter } from './health';
 export { channelOptions, DEFAULT_KEEPALIVE, keepaliveOptions } from './channel-options';
 export { addReflection, HEALTH_SERVICE_NAME, protoPackageDefinition, protoServiceNames } from './reflection';
 export { RETRY_AFTER_KEY, retryAfterMsOf } from './retry-after';
-export { agentStatus, DEFAULT_CALL_DEADLINE_MS, DEFAULT_GENERATE_DEADLINE_MS, executorStatus, generateVia, listPlans, listPlansPage } from './calls';
+export { agentStatus, DEFAULT_CALL_DEADLINE_MS, DEFAULT_GENERATE_DEADLINE_MS, executorStatus, generateVia, listPlans, listPlansPage, probeLink } from './calls';
 export type { GenerationResult } from './calls';
 export type { Keepalive } from './channel-options';
 export { addressList, addressListProblem, addressProblem, isWildcardHost, MAX_ADDRESS_CHARS } from './address';

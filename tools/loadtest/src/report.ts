@@ -154,17 +154,13 @@ const COMPARISONS: readonly (readonly [Policy, readonly Policy[]])[] = [
  */
 export function ratios(rows: readonly RateResult[], rates: readonly number[], slaTarget: number): RatioSet[] {
   const repeats = [...new Set(rows.map((r) => r.repeat))].sort((a, b) => a - b);
+  /** Each repeat's rows (a whole sweep), in repeat order. */
+  const byRepeat = repeats.map((k) => rows.filter((r) => r.repeat === k));
   const out: RatioSet[] = [];
   for (const [of, baselines] of COMPARISONS) {
     for (const against of baselines) {
       if (!rows.some((r) => r.policy === against) || !rows.some((r) => r.policy === of)) continue;
-      const per = (f: (mine: readonly RateResult[]) => number | null): number[] =>
-        repeats
-          .map((k) => {
-            const mine = rows.filter((r) => r.repeat === k);
-            return f(mine);
-          })
-          .filter((x): x is number => x !== null);
+      const per = (f: (mine: readonly RateResult[]) => number | null): number[] => byRepeat.map(f).filter((x): x is number => x !== null);
       const sums = (mine: readonly RateResult[], p: Policy): PolicySummary => summarizePolicy(p, mine, slaTarget);
       out.push({
         of,
@@ -177,12 +173,9 @@ export function ratios(rows: readonly RateResult[], rates: readonly number[], sl
             rate,
             goodput: spreadOf(per((m) => ratio(at(m, of)?.stats.goodput, at(m, against)?.stats.goodput))),
             cpuPerRequest: spreadOf(per((m) => ratio(at(m, of)?.serverCpuPerRequestS, at(m, against)?.serverCpuPerRequestS))),
-            allGood: repeats.every((k) =>
+            allGood: byRepeat.every((m) =>
               [of, against].every((p) => {
-                const st = at(
-                  rows.filter((r) => r.repeat === k),
-                  p,
-                )?.stats;
+                const st = at(m, p)?.stats;
                 return st !== undefined && st.requests > 0 && st.metSla === st.requests;
               }),
             ),
