@@ -20,26 +20,15 @@ import {
   type ReportContext,
   type RequestRecord,
 } from '../src';
+import { rec as baseRec } from './records';
 import tiny from './tiny-scenario.json';
 
 // Several executors in a load test: attributing requests by the agents' outcomes, each
 // executor's share; results written per cell and the report made again from them.
 
-const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-  index: 0,
-  device: 'fast',
-  requestClass: 'short',
-  promptTokens: 4,
-  maxNewTokens: 3,
-  slo: { e2eMs: 300 },
-  sentMs: 0,
-  lagMs: 0,
-  status: 'OK',
-  tokenMs: [50, 80, 100],
-  endMs: 100,
-  planEpoch: 1,
-  ...p,
-});
+/** A record of device 'fast', class 'short', planned at epoch 1, with three tokens ending at 100 ms; with `p` on top. */
+const rec = (p: Partial<RequestRecord>): RequestRecord =>
+  baseRec({ device: 'fast', requestClass: 'short', tokenMs: [50, 80, 100], endMs: 100, planEpoch: 1, ...p });
 
 /** The outcome the agent `lt-<device>` would publish for `r`, sent at `t0` (Unix ms), `skewMs` later than the harness saw it end. */
 const outcomeOf = (r: RequestRecord, t0: number, executorId: string, skewMs = 2): OutcomeSeen => ({

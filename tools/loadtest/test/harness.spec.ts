@@ -25,6 +25,7 @@ import {
   type RequestRecord,
   type Scenario,
 } from '../src';
+import { rec } from './records';
 import tiny from './tiny-scenario.json';
 
 /** The tests' small valid scenario; `patch` replaces top-level fields. */
@@ -105,22 +106,6 @@ describe('arrivals', () => {
       expect(Math.abs(cvOf(gapsOf(t)) - cv) / cv).toBeLessThan(0.08);
     }
   });
-});
-
-/** A record of request 0 of device 'd', class 'c': 4 prompt tokens, up to 3 new, an E2E SLO of 300 ms, sent at 0, OK with no token yet; with `p` on top. */
-const rec = (p: Partial<RequestRecord>): RequestRecord => ({
-  index: 0,
-  device: 'd',
-  requestClass: 'c',
-  promptTokens: 4,
-  maxNewTokens: 3,
-  slo: { e2eMs: 300 },
-  sentMs: 0,
-  lagMs: 0,
-  status: 'OK',
-  tokenMs: [],
-  endMs: 0,
-  ...p,
 });
 
 describe('metrics', () => {
