@@ -260,7 +260,7 @@ export const plannerEnv = {
     `a bucket name of 1..200 letters, digits, _ or -, or '${STATE_OFF}'`,
   ),
   PLANNER_LEADER_LEASE_MS: env.int(
-    "Leader lease, ms: the leader renews it every quarter of it and stands by when no renewal went through for a whole lease; a standby takes over when the lease has not been renewed for a whole lease (within about 1.5 leases of the leader's death; at once when a leader stops cleanly)",
+    "Leader lease, ms: the leader renews it every quarter of it and stands by when no renewal went through for 7/8 of it; a standby takes over when the lease has not been renewed for a whole lease (within about 1.5 leases of the leader's death; at once when a leader stops cleanly)",
     DEFAULT_LEASE_MS,
     200,
     600_000,

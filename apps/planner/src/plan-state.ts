@@ -11,6 +11,9 @@ export const DEFAULT_STATE_BUCKET = DEFAULT_PLANNER_STATE_BUCKET;
 export const DEFAULT_LEASE_MS = 3000;
 /** Key of the leader lease, in the bucket `<bucket>-leader`. */
 export const LEADER_KEY = 'leader';
+
+/** A leader stands by on its own when no renewal went through for this fraction of a lease. */
+const FENCE = 7 / 8;
 /** Key of the planner's epoch counter (decimal text) in the plans bucket. */
 export const EPOCH_KEY = 'epoch';
 /** Prefix of a client's plan key: `plans.<client id>` (the ids have no dot, see ID_PATTERN). */
@@ -138,7 +141,8 @@ function errText(err: unknown): string {
  * leader that stopped), or by replacing, at its revision, a value whose revision has not
  * changed for a whole lease (its leader stopped renewing). The leader renews it every
  * lease / 4 at its revision; it steps down when a renewal finds another revision, and on its
- * own when no renewal went through for a lease (so it stops before a standby can take over).
+ * own, on a timer of its own, when no renewal went through for 7/8 of a lease (so it stops
+ * before a standby can take over, whatever the phase of either one's steps).
  */
 export class PlanState {
   readonly id: string;
@@ -151,6 +155,8 @@ export class PlanState {
   /** The lease's value and revision a standby saw last, and since when. */
   private seen: { rev: number; id: string; sinceMs: number } | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
+  /** Stands the leader by FENCE of a lease after its last renewal was sent (re-armed at each renewal). */
+  private fenceTimer: NodeJS.Timeout | undefined;
   private ticking = false;
   private stopped = false;
   private watchStop: (() => void) | undefined;
@@ -387,10 +393,8 @@ export class PlanState {
   /** One election step: a leader renews (or steps down), a standby watches the lease and takes it when free or stale. */
   private async tick(): Promise<void> {
     if (this.stopped) return;
-    // Fencing first, even while a request hangs: no renewal for a whole lease means a standby may lead by now.
-    if (this.current === 'leader' && this.now() - this.renewedAt >= this.opts.leaseMs) {
-      this.setRole('standby', 'no lease renewal went through for a whole lease (NATS away?): standing by');
-    }
+    // Fencing first, even while a request hangs (the fence timer normally fires before this).
+    this.fence();
     if (this.ticking || !this.lease) return;
     this.ticking = true;
     const sentAt = this.now();
@@ -398,7 +402,7 @@ export class PlanState {
     try {
       if (this.current === 'leader') {
         this.leaseRev = await this.lease.update(LEADER_KEY, value, this.leaseRev);
-        if (this.current === 'leader') this.renewedAt = sentAt;
+        if (this.current === 'leader') this.renewed(sentAt);
         return;
       }
       const e = await this.lease.get(LEADER_KEY);
@@ -416,9 +420,9 @@ export class PlanState {
       }
       if (rev !== undefined && !this.stopped) {
         this.leaseRev = rev;
-        this.renewedAt = sentAt;
         this.seen = undefined;
         this.setRole('leader', 'took the lead');
+        this.renewed(sentAt);
       }
     } catch (err) {
       if (wrongSequence(err)) {
@@ -430,11 +434,38 @@ export class PlanState {
     }
   }
 
+  /** How long after its last renewal was sent a leader stands by on its own, ms: 7/8 of a lease. */
+  private get fenceMs(): number {
+    return this.opts.leaseMs * FENCE;
+  }
+
+  /**
+   * A renewal (or the taking) sent at sentAt went through: the leader stands by fenceMs after
+   * it unless another one goes through first. A standby takes over no sooner than a whole
+   * lease after that renewal was sent (it counts from when it first saw it), so the eighth of
+   * a lease between the two is the margin for this timer firing late on a busy event loop.
+   */
+  private renewed(sentAt: number): void {
+    this.renewedAt = sentAt;
+    clearTimeout(this.fenceTimer);
+    this.fenceTimer = setTimeout(() => this.fence(), Math.max(0, sentAt + this.fenceMs - this.now()));
+    this.fenceTimer.unref();
+  }
+
+  /** Stands a leader by when no renewal went through for fenceMs. */
+  private fence(): void {
+    if (this.current === 'leader' && !this.stopped && this.now() - this.renewedAt >= this.fenceMs) {
+      this.setRole('standby', 'no lease renewal went through for 7/8 of a lease (NATS away?): standing by before a standby may take over');
+    }
+  }
+
   private setRole(role: PlannerRole, why: string): void {
     if (this.current === role) return;
     this.current = role;
     this.counters.leaderChanges++;
     if (role === 'standby') {
+      clearTimeout(this.fenceTimer);
+      this.fenceTimer = undefined;
       clearTimeout(this.retryTimer);
       this.retryTimer = undefined;
       if (this.pending.size) this.log.warn({ dropped: this.pending.size }, 'unwritten plan changes dropped: the next leader re-plans from its own state');
@@ -463,6 +494,7 @@ export class PlanState {
   async stop(): Promise<void> {
     if (this.stopped) return;
     clearInterval(this.tickTimer);
+    clearTimeout(this.fenceTimer);
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     if (this.current === 'leader' && this.lease) {

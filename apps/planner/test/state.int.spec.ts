@@ -222,7 +222,8 @@ describe('planner state in JetStream key-value', () => {
       const captured = capturingLogger('info');
       const a = await startPlanner('partition', 'a', { natsUrl: `nats://${proxy.address}`, log: captured.log });
       await eventually(() => a.planner.role === 'leader', { what: 'a leading' });
-      const b = await startPlanner('partition', 'b');
+      const capturedB = capturingLogger('info');
+      const b = await startPlanner('partition', 'b', { log: capturedB.log });
       await telemetry('dev');
       const made = await eventually(() => planOf(a.planner, 'dev'), { what: "a's plan" });
       await eventually(() => planOf(b.planner, 'dev')?.epoch === made.epoch, { what: "a's plan on b" });
@@ -247,6 +248,12 @@ describe('planner state in JetStream key-value', () => {
       const tookMs = Date.now() - cutAt;
       expect(both).toBe(0);
       expect(a.planner.role).toBe('standby');
+      // Not only never seen together in 10 ms samples: by their own logs, a stood by before b took the lead.
+      const stoodBy = captured.lines().find((l) => l.msg.startsWith('no lease renewal went through'));
+      const took = capturedB.lines().filter((l) => l.msg === 'took the lead');
+      expect(stoodBy).toBeDefined();
+      expect(took).toHaveLength(1);
+      expect(Number(took[0]!.time)).toBeGreaterThan(Number(stoodBy!.time));
       // Within the bound: the lease unrenewed for a whole lease, seen within a step (a quarter lease) on each side.
       expect(tookMs).toBeLessThan(LEASE_MS * 1.5 + 300);
       // a still serves its streams from memory.
