@@ -370,6 +370,8 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
   let activeCount = 1;
   from[P_ALL | D_ALL] = 0;
   to[P_ALL | D_ALL] = 1;
+  // The first label of the previous stage's fronts.
+  let stageFirst = 0;
   for (let i = 0; i < S; i++) {
     const moved = kv[i] > 0;
     // A stage pinned to the client has no server side in either phase.
@@ -447,6 +449,10 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
       for (; b >= 0 && dests[b] > d; b--) dests[b + 1] = dests[b];
       dests[b + 1] = d;
     }
+    // A destination's sources are distinct cells (a cell's moves differ in their sides), so
+    // it gets at most the previous stage's labels as candidates.
+    cand.reserve(labels.size - stageFirst);
+    stageFirst = labels.size;
     let nextCount = 0;
     for (let di = 0; di < destCount; di++) {
       const dest = dests[di];
@@ -460,9 +466,6 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
       const lat = (dest & KV_UP ? upLatency : 0) + (dest & KV_DOWN ? downLatency : 0);
       const restG = dest & D_ALL ? openG[i + 1] : m * (dest & D_SERVER ? restDs[i + 1] : restDc[i + 1]);
       const workLim = dest & D_ALL ? lim.work - openW[i + 1] : lim.work;
-      let most = 0;
-      for (let mv = firstMove; mv >= 0; mv = moveNext[mv]) most += to[moveCell[mv]] - from[moveCell[mv]];
-      cand.reserve(most);
       const ct = cand.t;
       const cg = cand.g;
       const cw = cand.w;
