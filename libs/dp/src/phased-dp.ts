@@ -2,7 +2,7 @@ import { transferMs } from './evaluate';
 import { betterGeneration, pinnedToClient, serverWherever, sloRatio, type GenerationResult, type Slo } from './generation';
 import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
 import { grown } from './grown';
-import { PHASED_ALGORITHM, handoverWork, phasedResultOf, streamedDecode, type HandoverInstance, type PhasedResult } from './phased';
+import { PHASED_ALGORITHM, evaluatePhased, handoverWork, phasedResultOf, streamedDecode, type HandoverInstance, type PhasedResult } from './phased';
 import type { Location } from './types';
 
 /** Slack on the pruning bounds, wider than the equality tolerance so pruning never drops a label the final check would accept. */
@@ -81,8 +81,9 @@ class Candidates {
 }
 
 /**
- * Everything a pass works in, reused by every pass as `dp` reuses its store: a pass runs to
- * completion synchronously and reads nothing of it after it returns; it only grows.
+ * Everything a solve works in (its stage tables, its passes' labels and candidates), reused by
+ * every solve as `dp` reuses its store: a solve runs to completion synchronously and reads
+ * nothing of it after it returns; it only grows.
  */
 class Workspace {
   labels = new Labels(4096);
@@ -106,6 +107,58 @@ class Workspace {
   nextFrom = new Int32Array(CELLS);
   nextTo = new Int32Array(CELLS);
   stair = new Staircase();
+  // The per-stage tables of a solve ({@link Prepared}), S + 1 long at least.
+  cP = new Float64Array(0);
+  sP = new Float64Array(0);
+  sPW = new Float64Array(0);
+  cD = new Float64Array(0);
+  sD = new Float64Array(0);
+  sDW = new Float64Array(0);
+  upP = new Float64Array(0);
+  downP = new Float64Array(0);
+  upD = new Float64Array(0);
+  downD = new Float64Array(0);
+  kv = new Float64Array(0);
+  kvUpMs = new Float64Array(0);
+  kvDownMs = new Float64Array(0);
+  hwUp = new Float64Array(0);
+  hwDown = new Float64Array(0);
+  restPc = new Float64Array(0);
+  restPs = new Float64Array(0);
+  restDc = new Float64Array(0);
+  restDs = new Float64Array(0);
+  allD = new Float64Array(0);
+  allDW = new Float64Array(0);
+  openG = new Float64Array(0);
+  openW = new Float64Array(0);
+  reserveStages(length: number): void {
+    if (this.cP.length >= length) return;
+    const cap = Math.max(64, 2 * length);
+    const table = (): Float64Array<ArrayBuffer> => new Float64Array(cap);
+    this.cP = table();
+    this.sP = table();
+    this.sPW = table();
+    this.cD = table();
+    this.sD = table();
+    this.sDW = table();
+    this.upP = table();
+    this.downP = table();
+    this.upD = table();
+    this.downD = table();
+    this.kv = table();
+    this.kvUpMs = table();
+    this.kvDownMs = table();
+    this.hwUp = table();
+    this.hwDown = table();
+    this.restPc = table();
+    this.restPs = table();
+    this.restDc = table();
+    this.restDs = table();
+    this.allD = table();
+    this.allDW = table();
+    this.openG = table();
+    this.openW = table();
+  }
 }
 let workspace: Workspace | undefined;
 
@@ -174,24 +227,22 @@ interface Limits {
 
 /**
  * Least time of the rest of one pass from stage i on, given stage i-1 ran on the client
- * (`[0]`) or the server (`[1]`), stepped: `rest[i][side]`, i = 0..S.
+ * (into `lc`) or the server (into `ls`), stepped, i = 0..S.
  */
-function restBounds(c: readonly number[], sv: readonly number[], up: readonly number[], down: readonly number[], fin: number): [number[], number[]] {
-  const S = c.length;
-  const lc = new Array<number>(S + 1).fill(0);
-  const ls = new Array<number>(S + 1).fill(0);
+function restBounds(S: number, c: Float64Array, sv: Float64Array, up: Float64Array, down: Float64Array, fin: number, lc: Float64Array, ls: Float64Array): void {
+  lc[S] = 0;
   ls[S] = fin;
   for (let i = S - 1; i >= 0; i--) {
     lc[i] = Math.min(c[i] + lc[i + 1], up[i] + sv[i] + ls[i + 1]);
     ls[i] = Math.min(down[i] + c[i] + lc[i + 1], sv[i] + ls[i + 1]);
   }
-  return [lc, ls];
 }
 
 /**
  * What both passes of a solve read, taken from the instance once: per-stage figures in
  * arrays (a stage object's fields cost a lookup each, and the inner loops would repeat them),
- * the rests' bounds and the all-server decode prefix.
+ * the rests' bounds and the all-server decode prefix. The arrays are the workspace's, valid
+ * until the next solve, and may be longer than S + 1.
  */
 interface Prepared {
   readonly S: number;
@@ -204,34 +255,34 @@ interface Prepared {
   readonly e2eOnly: boolean;
   readonly pinned: readonly boolean[];
   /** Per stage: its compute and server work per pass of each phase. */
-  readonly cP: readonly number[];
-  readonly sP: readonly number[];
-  readonly sPW: readonly number[];
-  readonly cD: readonly number[];
-  readonly sD: readonly number[];
-  readonly sDW: readonly number[];
+  readonly cP: Float64Array;
+  readonly sP: Float64Array;
+  readonly sPW: Float64Array;
+  readonly cD: Float64Array;
+  readonly sD: Float64Array;
+  readonly sDW: Float64Array;
   /** Per stage: crossing into it (n tokens in the prefill, 1 in a decode pass), queue included on the way up. */
-  readonly upP: readonly number[];
-  readonly downP: readonly number[];
-  readonly upD: readonly number[];
-  readonly downD: readonly number[];
+  readonly upP: Float64Array;
+  readonly downP: Float64Array;
+  readonly upD: Float64Array;
+  readonly downD: Float64Array;
   /** Per stage: its KV cache's bytes (0: nothing to hand over), its transfer up or down, the server's hand-over work up or down. */
-  readonly kv: readonly number[];
-  readonly kvUpMs: readonly number[];
-  readonly kvDownMs: readonly number[];
-  readonly hwUp: readonly number[];
-  readonly hwDown: readonly number[];
+  readonly kv: Float64Array;
+  readonly kvUpMs: Float64Array;
+  readonly kvDownMs: Float64Array;
+  readonly hwUp: Float64Array;
+  readonly hwDown: Float64Array;
   /** Least rest of the prefill pass and of a decode pass from stage i on, after the client or the server. */
-  readonly restPc: readonly number[];
-  readonly restPs: readonly number[];
-  readonly restDc: readonly number[];
-  readonly restDs: readonly number[];
+  readonly restPc: Float64Array;
+  readonly restPs: Float64Array;
+  readonly restDc: Float64Array;
+  readonly restDs: Float64Array;
   /** Decode time and work (m passes) of the all-server decode prefix before stage i. */
-  readonly allD: readonly number[];
-  readonly allDW: readonly number[];
+  readonly allD: Float64Array;
+  readonly allDW: Float64Array;
   /** The least a D_ALL label after stage i-1 still adds to G and to work ({@link phasedPass}). */
-  readonly openG: readonly number[];
-  readonly openW: readonly number[];
+  readonly openG: Float64Array;
+  readonly openW: Float64Array;
   /** The server's own decode loop (one pass). */
   readonly loop: { readonly ms: number; readonly work: number };
   readonly upLatency: number;
@@ -249,22 +300,10 @@ function preparePhased(inst: HandoverInstance): Prepared {
   const entry = inst.serverEntryWork ?? 0;
   const serverDecoding = inst.serverDecoding ?? true;
   const finalDown = transferMs(downlink, inst.outBytesPerPass);
-  const arr = (): number[] => new Array<number>(S).fill(0);
-  const cP = arr(),
-    sP = arr(),
-    sPW = arr(),
-    cD = arr(),
-    sD = arr(),
-    sDW = arr(),
-    upP = arr(),
-    downP = arr(),
-    upD = arr(),
-    downD = arr(),
-    kv = arr(),
-    kvUpMs = arr(),
-    kvDownMs = arr(),
-    hwUp = arr(),
-    hwDown = arr();
+  const tables = workspace ?? (workspace = new Workspace());
+  tables.reserveStages(S + 1);
+  const { cP, sP, sPW, cD, sD, sDW, upP, downP, upD, downD, kv, kvUpMs, kvDownMs, hwUp, hwDown } = tables;
+  const { restPc, restPs, restDc, restDs, allD, allDW, openG, openW } = tables;
   for (let i = 0; i < S; i++) {
     const s = stages[i];
     cP[i] = s.clientPrefillMs;
@@ -284,10 +323,10 @@ function preparePhased(inst: HandoverInstance): Prepared {
     hwUp[i] = handoverWork(inst.kvHandover, perToken, n, true);
     hwDown[i] = handoverWork(inst.kvHandover, perToken, n, false);
   }
-  const [restPc, restPs] = restBounds(cP, sP, upP, downP, finalDown);
-  const [restDc, restDs] = restBounds(cD, sD, upD, downD, finalDown);
-  const allD = new Array<number>(S + 1).fill(0);
-  const allDW = new Array<number>(S + 1).fill(0);
+  restBounds(S, cP, sP, upP, downP, finalDown, restPc, restPs);
+  restBounds(S, cD, sD, upD, downD, finalDown, restDc, restDs);
+  allD[0] = 0;
+  allDW[0] = 0;
   for (let i = 0; i < S; i++) {
     allD[i + 1] = allD[i] + (i === 0 ? upD[0] : 0) + sD[i];
     allDW[i + 1] = allDW[i] + m * (sDW[i] + (i === 0 ? entry : 0));
@@ -297,8 +336,8 @@ function preparePhased(inst: HandoverInstance): Prepared {
   // (paying the prefix before j, which only grows, and at least the stepped rest from the
   // server: allD[j] + restDs[j] never falls as j grows) or keeps it to the end (the server's
   // loop, or stepped).
-  const openG = new Array<number>(S + 1).fill(0);
-  const openW = new Array<number>(S + 1).fill(0);
+  openG[0] = 0;
+  openW[0] = 0;
   for (let j = 1; j <= S; j++) {
     openG[j] = Math.min(m * (allD[j] + restDs[j]), serverDecoding ? m * loop.ms : Infinity);
     openW[j] = Math.min(allDW[j], serverDecoding ? m * loop.work : Infinity);
@@ -669,10 +708,7 @@ export function solvePhasedAndSingle(instance: HandoverInstance): { readonly pha
     true,
   );
   if (!pair && !dp.feasible) {
-    const ends = [
-      phasedResultOf(instance, PHASED_ALGORITHM, all('client'), serverWherever(instance)),
-      phasedResultOf(instance, PHASED_ALGORITHM, serverWherever(instance), all('client')),
-    ];
+    const ends = [evaluatePhased(instance, all('client'), serverWherever(instance)), evaluatePhased(instance, serverWherever(instance), all('client'))];
     const r = Math.min(sloRatio(slo, dp), ...ends.map((e) => sloRatio(slo, e)));
     const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));
     pair = phasedPass(prepared, slo, { ttft: at(slo.ttftMs), tpot: at(slo.tpotMs), e2e: at(slo.e2eMs), work: Infinity }, false);
