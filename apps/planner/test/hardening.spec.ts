@@ -218,6 +218,7 @@ describe('telemetry validation', () => {
     ['utilisation', 1.5, '1.5', 'range'],
     ['meanQueueMs', 1e300, '1e+300', 'range'],
     ['decodeStretch', 0.5, '0.5', 'range'],
+    ['splitDecodeStretch', 0.9, '0.9', 'range'],
     ['longPromptStretch', Number.POSITIVE_INFINITY, 'Infinity', 'range'],
     ['longStepTokens', 1e9, '1000000000', 'range'],
     [
