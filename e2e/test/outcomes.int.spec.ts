@@ -19,7 +19,7 @@ import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
+import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startOneDevice, startPlanner, stopStack, type Deployment, type OneDevice } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -171,48 +171,29 @@ describe('agents report generation outcomes to the planner', () => {
 });
 
 describe('the planner closes the loop on a real agent whose generations miss', () => {
-  let model: TempModel;
-  let nats: NatsServerHandle;
-  let executor: ExecutorServer;
-  let planner: PlannerServer;
-  let agent: ClientAgent;
-  let client: AgentServiceClient;
-  let stageCount: number;
+  let stack: OneDevice;
 
   beforeAll(async () => {
-    model = await makeTempModel();
-    nats = await creds.startNats();
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    const d = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
-    let executorAddr: string;
-    ({ server: executor, addr: executorAddr } = await startExecutor(engine, d));
     // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
     // predicts (all on the device: no transfers), and every real generation misses.
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
-    let plannerAddr: string;
-    ({ server: planner, addr: plannerAddr } = await startPlanner(planMaker(stageCount, { expectedNewTokens: 6, slaMs: 1 }), engine.modelId, d, { calibrator }));
-    let agentAddr: string;
-    ({ server: agent, addr: agentAddr } = await startDeployedAgent(
-      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', stages: allStages(stageCount), executorAddr },
-      d,
-      {
+    stack = await startOneDevice(log, creds, {
+      clientId: 'dev-late',
+      cls: { expectedNewTokens: 6, slaMs: 1 },
+      planner: { calibrator },
+      agent: {
         // 20 ms each way: every placement that uses the server is clearly slower than the device
         // alone, so only outcomes (not a server figure moving under load) can move the plan.
         link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
-        plannerAddr,
         deadlineMs: 10_000,
       },
-    ));
-    client = new AgentServiceClient(agentAddr, ...creds.clientArgs());
+    });
   });
 
-  afterAll(async () => {
-    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
-  });
+  afterAll(() => stack?.stop());
 
   it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {
-    const status = (): Promise<AgentStatusResponse> => agentStatus(client);
+    const status = (): Promise<AgentStatusResponse> => agentStatus(stack.client);
     const first = await eventually(
       async () => {
         const s = await status();
@@ -220,26 +201,26 @@ describe('the planner closes the loop on a real agent whose generations miss', (
       },
       { timeoutMs: 10_000, what: 'a first plan' },
     );
-    const allServer = `short=${'S'.repeat(stageCount)}`;
+    const allServer = `short=${'S'.repeat(stack.stageCount)}`;
     expect(first.placements).not.toEqual([allServer]);
     const summaries: GenerationSummary[] = [];
     // generate, as an application would, until the agent runs on a new plan
     await eventually(
       async () => {
-        summaries.push(await generate(client, {}));
+        summaries.push(await generate(stack.client, {}));
         return (await status()).placements[0] === allServer;
       },
       { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' },
     );
     expect(summaries.length).toBeGreaterThanOrEqual(DEFAULT_CALIBRATION.minOutcomes);
     expect(summaries.every((s) => s.totalMs > s.slaMs)).toBe(true);
-    const seen = planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];
+    const seen = stack.planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];
     // Tightened by what the outcomes showed: a safety step (a tighter SLA only all-server
     // meets, or the floor) or the correction of its too-low predictions, whichever came first.
     expect(seen.safetyFactor < 1 || seen.e2eCorrection > 1).toBe(true);
     // the next generation follows the new plan
-    const after = await generate(client, {});
-    expect(after.placement).toBe('S'.repeat(stageCount));
+    const after = await generate(stack.client, {});
+    expect(after.placement).toBe('S'.repeat(stack.stageCount));
     expect(after.planEpoch).toBeGreaterThan(first.planEpoch);
   });
 });
