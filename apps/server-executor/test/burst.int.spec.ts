@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { ExecutorServiceClient, ServingStatus, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
-import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
+import { eventually, suiteModel, withTimeout } from '@tandem/testkit';
 import { WorkerStageEngine } from '../src';
 import { startTestExecutor } from './test-executor';
 
@@ -37,11 +37,7 @@ function generate(client: ExecutorServiceClient, ids: number[], n: number, onTok
 }
 
 describe('a burst of long prompts beside running decodes', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel({ preset: 'small' });
-  }, 60_000);
-  afterAll(() => model?.remove());
+  const model = suiteModel({ preset: 'small' }, 60_000);
 
   it('drops no session, keeps the decodes token-identical and answers health within 1 s throughout', async () => {
     const engine = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { argmaxRow, SplitPipeline } from '@tandem/model';
 import { fromWireTensor, ModelInferRequest, type HostTensor } from '@tandem/protocol';
-import { eventually, expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
+import { eventually, expectRefusal, makeTempModel, suiteModel, type TempModel } from '@tandem/testkit';
 import { OnnxStageEngine, WorkerStageEngine, type SessionCache } from '../src';
 import { DelegatingEngine } from './delegating-engine';
 import { bitsOf, fp32Raw, int64Raw, OipTestClient, outputValues } from './oip-client';
@@ -262,11 +262,7 @@ describe('Open Inference Protocol (KServe v2) on a real executor', () => {
 });
 
 describe('Open Inference Protocol under the executor’s limits and lifecycle', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel();
-  });
-  afterAll(() => model?.remove());
+  const model = suiteModel();
 
   it('admits a call like a session: refused with RESOURCE_EXHAUSTED when every session is taken', async () => {
     const exec = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { maxSessions: 1 });

@@ -7,7 +7,7 @@ export { TcpProxy } from './tcp-proxy';
 export { seededRandom } from '@tandem/util';
 export { eventually, withTimeout } from './wait';
 export { expectRefusal } from './refusal';
-export { makeTempModel } from './models';
+export { makeTempModel, suiteModel } from './models';
 export type { TempModel } from './models';
 export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG, writeHfFixture, writeSafetensors } from './hf-fixture';
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
