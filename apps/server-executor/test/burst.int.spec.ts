@@ -1,4 +1,4 @@
-import { ExecutorServiceClient, ServingStatus } from '@tandem/protocol';
+import { ServingStatus, type ExecutorServiceClient } from '@tandem/protocol';
 import { eventually, serverGeneration, suiteModel, withTimeout } from '@tandem/testkit';
 import { WorkerStageEngine } from '../src';
 import { startTestExecutor } from './test-executor';
