@@ -37,7 +37,7 @@ describe('reflection and the plan status on a real stack as deployed, its execut
   });
 
   /** A reflection client of `service` over mTLS, with the token of `id` (the operator's when omitted; none with `token: false`). */
-  const reflect = (service: string, opts: { id?: string; token?: boolean; version?: ReflectionVersion } = {}): ReflectionClient => {
+  const reflect = (service: keyof OneDevice['addrs'], opts: { id?: string; token?: boolean; version?: ReflectionVersion } = {}): ReflectionClient => {
     const sec =
       opts.token === false
         ? loadClientSecurity({ caFile: creds.certs.caCert, certFile: creds.certs.clientCert, keyFile: creds.certs.clientKey })

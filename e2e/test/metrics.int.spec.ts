@@ -3,15 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { AGENT_SERVICE_NAME } from '@tandem/client-agent';
 import { PLANNER_SERVICE_NAME } from '@tandem/planner';
-import {
-  agentStatus,
-  generateVia,
-  HealthClient,
-  ServingStatus,
-  type GenerateRequest,
-  type GenerateResponse,
-  type HealthCheckResponse,
-} from '@tandem/protocol';
+import { agentStatus, generateVia, HealthClient, ServingStatus, type GenerateRequest, type GenerateResponse, type HealthCheckResponse } from '@tandem/protocol';
 import { EXECUTOR_SERVICE_NAME } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, requireSample, scrapeText } from '@tandem/testkit';
@@ -115,7 +107,11 @@ describe('metrics and health by service name across a real stack as deployed (mT
   });
 
   it('counts a generation the caller cancelled as cancelled', async () => {
-    const call = stack.client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 200, placement: 'S'.repeat(stack.stageCount) } as GenerateRequest);
+    const call = stack.client.generate({
+      input: { $case: 'ids', value: { ids: PROMPT } },
+      maxNewTokens: 200,
+      placement: 'S'.repeat(stack.stageCount),
+    } as GenerateRequest);
     await new Promise<void>((resolve) => call.once('data', (_m: GenerateResponse) => resolve()));
     call.on('error', () => undefined);
     call.cancel();
@@ -129,10 +125,13 @@ describe('metrics and health by service name across a real stack as deployed (mT
     const p0 = await scraped(stack.planner.metrics.port);
     const met0 = p0('tandem_planner_outcomes_total{request_class="short",result="met"}');
     await generateVia(stack.client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: NEW_TOKENS, placement: '' } as GenerateRequest);
-    await eventually(async () => (await scraped(stack.planner.metrics.port))('tandem_planner_outcomes_total{request_class="short",result="met"}') === met0 + 1, {
-      timeoutMs: 10_000,
-      what: "the planner's outcome count",
-    });
+    await eventually(
+      async () => (await scraped(stack.planner.metrics.port))('tandem_planner_outcomes_total{request_class="short",result="met"}') === met0 + 1,
+      {
+        timeoutMs: 10_000,
+        what: "the planner's outcome count",
+      },
+    );
     const p = await scraped(stack.planner.metrics.port);
     expect(p('tandem_planner_observed_latency_seconds_count{request_class="short",term="e2e"}')).toBe(met0 + 1);
   });

@@ -19,7 +19,17 @@ import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startOneDevice, startPlanner, stopStack, type Deployment, type OneDevice } from './stack';
+import {
+  allStages,
+  planMaker,
+  startAgent as startDeployedAgent,
+  startExecutor,
+  startOneDevice,
+  startPlanner,
+  stopStack,
+  type Deployment,
+  type OneDevice,
+} from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];

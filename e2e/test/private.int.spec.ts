@@ -31,7 +31,10 @@ describe('a private device end to end', () => {
   afterAll(() => stack?.stop());
 
   it('gets plans that keep its embedding and head, from its profile', async () => {
-    const plan = await eventually(() => stack.planner.plans().find((p) => p.clientId === 'dev-private'), { timeoutMs: 10_000, what: "the private device's plan" });
+    const plan = await eventually(() => stack.planner.plans().find((p) => p.clientId === 'dev-private'), {
+      timeoutMs: 10_000,
+      what: "the private device's plan",
+    });
     for (const c of plan.classes) expect(c.placement).toMatch(/^C.*C$/);
   });
 

@@ -113,8 +113,20 @@ describe('examples/python against the real services', () => {
   });
 
   it('generate.py streams the same tokens through the agent as the TypeScript client, for text and for ids', async () => {
-    const text = await py('generate.py', ['--addr', stack.addrs.agent, ...secure('dev-1'), '--prompt', 'Hello world, this is', '--max-new-tokens', String(NEW_TOKENS)]);
-    const expectedText = await generateVia(stack.client, { input: { $case: 'prompt', value: 'Hello world, this is' }, maxNewTokens: NEW_TOKENS, placement: '' });
+    const text = await py('generate.py', [
+      '--addr',
+      stack.addrs.agent,
+      ...secure('dev-1'),
+      '--prompt',
+      'Hello world, this is',
+      '--max-new-tokens',
+      String(NEW_TOKENS),
+    ]);
+    const expectedText = await generateVia(stack.client, {
+      input: { $case: 'prompt', value: 'Hello world, this is' },
+      maxNewTokens: NEW_TOKENS,
+      placement: '',
+    });
     const out = ok(text);
     expect(streamedIds(out)).toEqual(expectedText.ids);
     expect(field(out, 'ids')).toBe(expectedText.ids.join(','));
@@ -161,7 +173,9 @@ describe('examples/python against the real services', () => {
   });
 
   it('watch_plans.py prints the plan the planner pushes to the agent', async () => {
-    const out = ok(await py('watch_plans.py', ['--addr', stack.addrs.planner, ...secure('dev-1'), '--client-id', 'dev-1', '--count', '1', '--deadline-s', '30']));
+    const out = ok(
+      await py('watch_plans.py', ['--addr', stack.addrs.planner, ...secure('dev-1'), '--client-id', 'dev-1', '--count', '1', '--deadline-s', '30']),
+    );
     const plan = field(out, 'plan');
     expect(plan).toMatch(/^client=dev-1 epoch=[1-9]\d* algorithm=\S+ created_unix_ms=\d+ classes=1$/);
     expect(out).toMatch(new RegExp(`\\n  class short max_prompt_tokens=16 expected_new_tokens=${NEW_TOKENS} placement=[CS]{${stack.stageCount}} `));

@@ -10,17 +10,7 @@ import {
   type ClientPlan,
   type HealthCheckResponse,
 } from '@tandem/protocol';
-import {
-  clientProfile,
-  eventually,
-  generationOutcome,
-  planOutcome,
-  requireSample,
-  sampleValue,
-  scrapeText,
-  serverLoad,
-  stageTimes,
-} from '@tandem/testkit';
+import { clientProfile, eventually, generationOutcome, planOutcome, requireSample, sampleValue, scrapeText, serverLoad, stageTimes } from '@tandem/testkit';
 import { PLANNER_SERVICE_NAME } from '../src';
 import { PlanClients, startLivePlanner, type LivePlanner } from './fixtures';
 

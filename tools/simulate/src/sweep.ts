@@ -356,7 +356,8 @@ const mean = (xs: readonly number[]): number => (xs.length ? xs.reduce((a, b) =>
 const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
 const gain = (worse: number, better: number): number => (worse > 0 ? (worse - better) / worse : 0);
 /** Mean over `works` of the gain of `better` over `worse`. */
-const meanGain = <K extends string, W extends Record<K, number>>(works: readonly W[], worse: K, better: K): number => mean(works.map((w) => gain(w[worse], w[better])));
+const meanGain = <K extends string, W extends Record<K, number>>(works: readonly W[], worse: K, better: K): number =>
+  mean(works.map((w) => gain(w[worse], w[better])));
 /** The gain of `better` over `worse`, pooled over `works`: 1 − Σbetter / Σworse. */
 const pooledGain = <K extends string, W extends Record<K, number>>(works: readonly W[], worse: K, better: K): number =>
   gain(sum(works.map((w) => w[worse])), sum(works.map((w) => w[better])));
