@@ -91,8 +91,8 @@ describe('examples/python against the real services', () => {
   let stack: OneDevice;
   let stubs: string;
 
-  /** The TLS flags every script gets, and the token of `id` (the operator's when omitted). */
-  const secure = (id?: string): string[] => creds.cliFlags(id);
+  /** A script's --addr of `service`, the TLS flags every script gets, and the token of `id` (the operator's when omitted). */
+  const to = (service: keyof OneDevice['addrs'], id?: string): string[] => ['--addr', stack.addrs[service], ...creds.cliFlags(id)];
   const py = (script: string, args: readonly string[]): Promise<Run> => runScript(stubs, script, args);
   const viaTs = (req: Partial<GenerateRequest>): Promise<number[]> =>
     generateVia(stack.client, { input: { $case: 'ids', value: { ids: PROMPT_IDS } }, maxNewTokens: NEW_TOKENS, placement: '', ...req }).then((r) => r.ids);
@@ -113,15 +113,7 @@ describe('examples/python against the real services', () => {
   });
 
   it('generate.py streams the same tokens through the agent as the TypeScript client, for text and for ids', async () => {
-    const text = await py('generate.py', [
-      '--addr',
-      stack.addrs.agent,
-      ...secure('dev-1'),
-      '--prompt',
-      'Hello world, this is',
-      '--max-new-tokens',
-      String(NEW_TOKENS),
-    ]);
+    const text = await py('generate.py', [...to('agent', 'dev-1'), '--prompt', 'Hello world, this is', '--max-new-tokens', String(NEW_TOKENS)]);
     const expectedText = await generateVia(stack.client, {
       input: { $case: 'prompt', value: 'Hello world, this is' },
       maxNewTokens: NEW_TOKENS,
@@ -133,9 +125,7 @@ describe('examples/python against the real services', () => {
     expect(JSON.parse(field(out, 'text'))).toBe(expectedText.summary.text);
     expect(field(out, 'summary')).toMatch(new RegExp(`^placement=[CS]{${stack.stageCount}} epoch=\\d+ `));
 
-    const ids = ok(
-      await py('generate.py', ['--addr', stack.addrs.agent, ...secure(), '--ids', PROMPT_IDS.join(','), '--max-new-tokens', String(NEW_TOKENS), '--json']),
-    );
+    const ids = ok(await py('generate.py', [...to('agent'), '--ids', PROMPT_IDS.join(','), '--max-new-tokens', String(NEW_TOKENS), '--json']));
     const doc = JSON.parse(ids) as { ids: number[]; tokens: { id: number }[] };
     expect(doc.ids).toEqual(await viaTs({}));
     expect(doc.tokens.map((t) => t.id)).toEqual(doc.ids);
@@ -152,9 +142,7 @@ describe('examples/python against the real services', () => {
     for (const [flags, placement] of cases) {
       const out = ok(
         await py('split.py', [
-          '--addr',
-          stack.addrs.executor,
-          ...secure('py-1'),
+          ...to('executor', 'py-1'),
           '--client-id',
           'py-1',
           '--model',
@@ -173,9 +161,7 @@ describe('examples/python against the real services', () => {
   });
 
   it('watch_plans.py prints the plan the planner pushes to the agent', async () => {
-    const out = ok(
-      await py('watch_plans.py', ['--addr', stack.addrs.planner, ...secure('dev-1'), '--client-id', 'dev-1', '--count', '1', '--deadline-s', '30']),
-    );
+    const out = ok(await py('watch_plans.py', [...to('planner', 'dev-1'), '--client-id', 'dev-1', '--count', '1', '--deadline-s', '30']));
     const plan = field(out, 'plan');
     expect(plan).toMatch(/^client=dev-1 epoch=[1-9]\d* algorithm=\S+ created_unix_ms=\d+ classes=1$/);
     expect(out).toMatch(new RegExp(`\\n  class short max_prompt_tokens=16 expected_new_tokens=${NEW_TOKENS} placement=[CS]{${stack.stageCount}} `));
@@ -200,9 +186,7 @@ describe('examples/python against the real services', () => {
 
     // A token of py-1 cannot open a session as dev-1 nor watch dev-1's plans.
     const otherId = await py('split.py', [
-      '--addr',
-      stack.addrs.executor,
-      ...secure('py-1'),
+      ...to('executor', 'py-1'),
       '--client-id',
       'dev-1',
       '--model',
@@ -214,12 +198,12 @@ describe('examples/python against the real services', () => {
     ]);
     expect(otherId.code).toBe(1);
     expect(otherId.stderr).toMatch(/split\.py: the server-executor at 127\.0\.0\.1:\d+: Session failed with PERMISSION_DENIED: /);
-    const watch = await py('watch_plans.py', ['--addr', stack.addrs.planner, ...secure('py-1'), '--client-id', 'dev-1', '--count', '1']);
+    const watch = await py('watch_plans.py', [...to('planner', 'py-1'), '--client-id', 'dev-1', '--count', '1']);
     expect(watch.code).toBe(1);
     expect(watch.stderr).toMatch(/watch_plans\.py: the planner at 127\.0\.0\.1:\d+: WatchPlans failed with PERMISSION_DENIED: /);
 
     // The agent refuses a bad request: exit 2, as the tandem CLI does for INVALID_ARGUMENT.
-    const bad = await py('generate.py', ['--addr', stack.addrs.agent, ...secure(), '--ids', '1,2', '--placement', 'CS']);
+    const bad = await py('generate.py', [...to('agent'), '--ids', '1,2', '--placement', 'CS']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/Generate failed with INVALID_ARGUMENT: .*placement/);
     expect(`${otherId.stderr}${watch.stderr}${bad.stderr}`).not.toContain('Traceback');
@@ -304,32 +288,17 @@ describe('examples/python against `tandem demo --stay`', () => {
           .map((l) => l.split(' ').reverse() as [string, string]),
       );
       const tls = ['--tls-ca', ca, '--tls-cert', cert, '--tls-key', key];
+      /** A script's --addr, the demo's TLS flags and the token of `id` ('*': the operator). */
+      const to = (addr: string, id: string): string[] => ['--addr', addr, ...tls, '--token', tokens.get(id) ?? ''];
       const py = (script: string, args: readonly string[]): Promise<Run> => runScript(stubs, script, args);
 
-      const gen = JSON.parse(
-        ok(
-          await py('generate.py', [
-            '--addr',
-            laptopAddr,
-            ...tls,
-            '--token',
-            tokens.get('*') ?? '',
-            '--prompt',
-            'The quick brown fox',
-            '--max-new-tokens',
-            '4',
-            '--json',
-          ]),
-        ),
-      ) as { ids: number[] };
+      const gen = JSON.parse(ok(await py('generate.py', [...to(laptopAddr, '*'), '--prompt', 'The quick brown fox', '--max-new-tokens', '4', '--json']))) as {
+        ids: number[];
+      };
       // "The quick brown fox" in GPT-2 ids, the demo's prompt.
       const split = ok(
         await py('split.py', [
-          '--addr',
-          executorAddr,
-          ...tls,
-          '--token',
-          tokens.get('laptop') ?? '',
+          ...to(executorAddr, 'laptop'),
           '--client-id',
           'laptop',
           '--model',
@@ -340,9 +309,7 @@ describe('examples/python against `tandem demo --stay`', () => {
           '4',
         ]),
       );
-      const plan = ok(
-        await py('watch_plans.py', ['--addr', plannerAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--count', '1']),
-      );
+      const plan = ok(await py('watch_plans.py', [...to(plannerAddr, 'laptop'), '--client-id', 'laptop', '--count', '1']));
       expect(plan).toMatch(/^plan client=laptop epoch=[1-9]/);
 
       child.kill('SIGINT');
