@@ -18,7 +18,7 @@ import {
 import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import { makeCredentials, type TestCredentials } from './credentials';
+import { credentialsForSuite, type TestCredentials } from './credentials';
 import {
   allStages,
   planMaker,
@@ -41,10 +41,7 @@ const generate = async (client: AgentServiceClient, req: Partial<GenerateRequest
 // The services run as deployed (e2e/test/credentials.ts): mTLS and bearer tokens on every gRPC
 // port, a nats-server with one user per service; the test reads outcomes as its own NATS user.
 let creds: TestCredentials;
-beforeAll(() => {
-  creds = makeCredentials({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] });
-});
-afterAll(() => creds?.remove());
+credentialsForSuite({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] }, (c) => (creds = c));
 
 describe('agents report generation outcomes to the planner', () => {
   let model: TempModel;

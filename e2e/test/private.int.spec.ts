@@ -3,7 +3,7 @@ import { SplitPipeline } from '@tandem/model';
 import { generateVia, type GenerateRequest } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { eventually } from '@tandem/testkit';
-import { makeCredentials, type TestCredentials } from './credentials';
+import { credentialsForSuite, type TestCredentials } from './credentials';
 import { startOneDevice, type OneDevice } from './stack';
 
 // A private device (AGENT_PRIVATE): its token ids and text never reach the server. The services
@@ -13,10 +13,7 @@ const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
 
 let creds: TestCredentials;
-beforeAll(() => {
-  creds = makeCredentials({ agents: ['dev-private'], executors: ['exec'] });
-});
-afterAll(() => creds?.remove());
+credentialsForSuite({ agents: ['dev-private'], executors: ['exec'] }, (c) => (creds = c));
 
 describe('a private device end to end', () => {
   let stack: OneDevice;
