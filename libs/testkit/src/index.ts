@@ -18,6 +18,7 @@ export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTi
 export { classObservations, classPlacement } from './telemetry';
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
+export { docJsonBlock } from './docs';
 export { serverGeneration } from './sessions';
 export type { LogLine } from './logs';
 export { ReflectionAnswerError, ReflectionClient } from './reflection';
