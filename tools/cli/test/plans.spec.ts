@@ -1,6 +1,6 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer, type PlannerServerOptions } from '@tandem/planner';
-import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
+import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClientPlan } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import {
   classObservations,
@@ -317,38 +317,39 @@ describe('the plan table of tandem plans', () => {
     predictedTpotMs: 10,
     predictedTtftMsPerPromptToken: 0.5,
   };
+  /** Plan epoch 3 of client 'a' by dp, created at 0, of class `cls` and no executor; `over` on top. */
+  const plan = (over: Partial<ClientPlan> = {}): ClientPlan => ({
+    clientId: 'a',
+    epoch: 3,
+    algorithm: 'dp',
+    createdUnixMs: 0,
+    alternates: [],
+    classes: [cls],
+    ...over,
+  });
+
   it("shows a phased plan's prefill placement then its decode's, and a single placement as it is", () => {
-    const table = planTable({
-      clientId: 'a',
-      epoch: 3,
-      algorithm: 'dp-phased',
-      createdUnixMs: 0,
-      alternates: [],
-      classes: [
-        { ...cls, decodePlacement: 'CCC' },
-        { ...cls, name: 'short' },
-      ],
-    });
+    const table = planTable(
+      plan({
+        algorithm: 'dp-phased',
+        classes: [
+          { ...cls, decodePlacement: 'CCC' },
+          { ...cls, name: 'short' },
+        ],
+      }),
+    );
     expect(table).toMatch(/long\s+SSS -> CCC\s/);
     expect(table).toMatch(/short\s+SSS\s/);
     expect(table).not.toMatch(/short\s+SSS ->/);
   });
 
   it('names the executor in a column and the alternates in the header when the plan names one', () => {
-    const table = planTable({
-      clientId: 'a',
-      epoch: 3,
-      algorithm: 'dp',
-      createdUnixMs: 0,
-      executor: { id: 'exec-a', address: '10.0.0.1:50051' },
-      alternates: [{ id: 'exec-b', address: '10.0.0.2:50051' }],
-      classes: [cls],
-    });
+    const table = planTable(plan({ executor: { id: 'exec-a', address: '10.0.0.1:50051' }, alternates: [{ id: 'exec-b', address: '10.0.0.2:50051' }] }));
     expect(table.split('\n')[0]).toMatch(/ {2}alternates exec-b$/);
     expect(table).toMatch(/^ {2}class +executor +placement /m);
     expect(table).toMatch(/^ {2}long +exec-a \(10\.0\.0\.1:50051\) +SSS /m);
     // Without one: no column, no alternates.
-    const plain = planTable({ clientId: 'a', epoch: 3, algorithm: 'dp', createdUnixMs: 0, alternates: [], classes: [cls] });
+    const plain = planTable(plan());
     expect(plain).not.toMatch(/executor|alternates/);
   });
 });
