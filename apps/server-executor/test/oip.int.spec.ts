@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { argmaxRow, SplitPipeline } from '@tandem/model';
 import { fromWireTensor, ModelInferRequest, type HostTensor } from '@tandem/protocol';
-import { eventually, expectRefusal, makeTempModel, suiteModel, type TempModel } from '@tandem/testkit';
+import { eventually, expectRefusal, makeTempModel, suiteModel, wholeModelMetadata, type TempModel } from '@tandem/testkit';
 import { OnnxStageEngine, WorkerStageEngine, type SessionCache, type StageEngine } from '../src';
 import { DelegatingEngine } from './delegating-engine';
 import { bitsOf, fp32Raw, int64Raw, OipTestClient, outputValues } from './oip-client';
@@ -102,16 +102,7 @@ describe('Open Inference Protocol (KServe v2) on a real executor', () => {
   });
 
   it('describes the whole model and a stage range', async () => {
-    expect(await oip.modelMetadata(modelId)).toEqual({
-      name: modelId,
-      versions: ['1'],
-      platform: 'onnxruntime_onnx',
-      inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [-1, -1] }],
-      outputs: [
-        { name: 'next_token', datatype: 'INT64', shape: [-1, 1] },
-        { name: 'logits', datatype: 'FP32', shape: [-1, vocab] },
-      ],
-    });
+    expect(await oip.modelMetadata(modelId)).toEqual(wholeModelMetadata(modelId, vocab));
     expect(await oip.modelMetadata(`${modelId}/stages/1-2`, '1')).toMatchObject({
       inputs: [{ name: 'hidden_states', datatype: 'FP32', shape: [-1, -1, nEmbd] }],
       outputs: [{ name: 'hidden_states', datatype: 'FP32', shape: [-1, -1, nEmbd] }],

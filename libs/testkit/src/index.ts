@@ -19,6 +19,7 @@ export { classObservations, classPlacement } from './telemetry';
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
 export { docJsonBlock } from './docs';
+export { wholeModelMetadata } from './oip';
 export { serverGeneration } from './sessions';
 export type { LogLine } from './logs';
 export { ReflectionAnswerError, ReflectionClient } from './reflection';
