@@ -184,7 +184,10 @@ function phasedPass(inst: HandoverInstance, lim: Limits, feasibleOnly: boolean):
           let addG = m * pass;
           let flags = cell & (KV_UP | KV_DOWN);
           if (kv > 0 && ps !== ds) {
-            addW += handoverWork(inst.kvHandover, s.kvBytesPerToken ?? 0, n, ps === 'client');
+            // The server's hand-over work is also time of the hand-over (evaluatePhased).
+            const hw = handoverWork(inst.kvHandover, s.kvBytesPerToken ?? 0, n, ps === 'client');
+            addW += hw;
+            addG += hw;
             if (ps === 'client') {
               addG += kv / uplink.bytesPerMs;
               flags |= KV_UP;
@@ -281,7 +284,7 @@ function phasedPass(inst: HandoverInstance, lim: Limits, feasibleOnly: boolean):
  * server's own loop may decode), every side of both phases so far the server (the streamed
  * all-server plan). A cell holds the Pareto front of
  * labels (TTFT so far, G so far, server work so far, a moved stage's hand-over work included
- * at that stage: it is the stage's alone), where G = m · decode pass + hand-over
+ * at that stage in both G and work: it is the stage's alone), where G = m · decode pass + hand-over
  * is the one figure through which TPOT (G / m) and E2E (TTFT + G) see the decode and the
  * hand-over. The rest of the chain's costs depend only on the cell and every final figure
  * (the ratio and the work with the hand-over's entries included) is monotone in the label's,

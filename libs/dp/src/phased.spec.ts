@@ -115,10 +115,13 @@ describe('evaluatePhased', () => {
     // 0.5 + 4 · 0.25 + 200 · 0.004 = 2.3, beside the block's prefill work of 20.
     expect(down.handoverWork).toBeCloseTo(2.3, 9);
     expect(down.serverWork).toBeCloseTo(22.3, 9);
-    expect(down.handoverMs).toBeCloseTo(60.96, 9);
+    // The decode waits for that work too: the link's 60.96 ms + 2.3 ms, spread over the 20 passes.
+    expect(down.handoverMs).toBeCloseTo(60.96 + 2.3, 9);
+    expect(down.tpotMs).toBeCloseTo(15 + (60.96 + 2.3) / 20, 9);
     const up = evaluatePhased(inst, ['client', 'client', 'client'], ['server', 'server', 'server']);
     // 4 kv_put chunks in and 200 KiB in: 4 · 0.5 + 200 · 0.01 = 4.
     expect(up.handoverWork).toBeCloseTo(4, 9);
+    expect(up.handoverMs).toBeCloseTo(evaluatePhased(WORKED, ['client', 'client', 'client'], ['server', 'server', 'server']).handoverMs + 4, 9);
     expect(up.serverWork).toBeCloseTo(evaluatePhased(WORKED, ['client', 'client', 'client'], ['server', 'server', 'server']).serverWork + 4, 9);
     // Without a chunk size each stage's cache is one message.
     expect(handoverWork({ ...kvHandover, chunkBytes: 0 }, 2048, 100, true)).toBeCloseTo(0.5 + 2, 9);

@@ -178,7 +178,9 @@ export function streamedDecode(instance: GenerationInstance): { readonly ms: num
  *   loop decodes after a prefill that ended on the client, the first token goes up with them
  *   (`stages[0].inBytesPerToken` bytes). Each direction used is one more entry to the server
  *   (`serverEntryWork`), and each stage moved costs the server its hand-over work
- *   ({@link KvHandoverCost}, {@link handoverWork}: messages and KiB, in or out).
+ *   ({@link KvHandoverCost}, {@link handoverWork}: messages and KiB, in or out), which is
+ *   also time of the hand-over: the server decodes, copies or encodes the cache while the
+ *   decode waits for it (`handoverMs` = the transfers + that work).
  * - TPOT is the mean time per output token after the first, as serving systems measure it:
  *   one decode pass plus the hand-over spread over the m passes; E2E = TTFT + m · TPOT.
  * - Server work: the prefill's server stages and entries once, the decode's m times.
@@ -220,7 +222,9 @@ export function evaluatePhased(instance: HandoverInstance, prefill: Placement, d
   const tokenUp = streamed && prefill[stages.length - 1] === 'client';
   const up = kvUpBytes > 0 || tokenUp;
   const down = kvDownBytes > 0;
-  const handoverMs = (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) : 0) + (down ? transferMs(downlink, kvDownBytes) : 0);
+  // The server's hand-over work is on the way too: the decode cannot go on before the cache is in (or out).
+  const handoverMs =
+    (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) : 0) + (down ? transferMs(downlink, kvDownBytes) : 0) + handoverWorkSum;
   serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0)) + handoverWorkSum;
   const tpotMs = pass + handoverMs / m;
   return {
