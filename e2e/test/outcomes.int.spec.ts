@@ -2,15 +2,15 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { LinkEmulator } from '@tandem/client-agent';
 import { Calibrator, DEFAULT_CALIBRATION, PlannerServer } from '@tandem/planner';
 import {
   agentStatus,
-  AgentServiceClient,
   generateVia,
   GenerationOutcome,
   OutcomeStatus,
   Subjects,
+  type AgentServiceClient,
   type AgentStatusResponse,
   type GenerateRequest,
   type GenerationSummary,
@@ -19,17 +19,7 @@ import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { credentialsForSuite, type TestCredentials } from './credentials';
-import {
-  allStages,
-  planMaker,
-  startAgent as startDeployedAgent,
-  startExecutor,
-  startOneDevice,
-  startPlanner,
-  stopStack,
-  type Deployment,
-  type OneDevice,
-} from './stack';
+import { AgentFleet, allStages, planMaker, startExecutor, startOneDevice, startPlanner, stopStack, type Deployment, type OneDevice } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -51,8 +41,7 @@ describe('agents report generation outcomes to the planner', () => {
   let executor: ExecutorServer;
   let planner: PlannerServer;
   let plannerAddr: string;
-  const agents: ClientAgent[] = [];
-  const clients: AgentServiceClient[] = [];
+  const fleet = new AgentFleet();
   let stageCount: number;
   let modelId: string;
   /** Every outcome seen on the wire, decoded, with its subject. */
@@ -60,16 +49,8 @@ describe('agents report generation outcomes to the planner', () => {
   /** The services' shared setting: this test's credentials and nats-server, telemetry every 100 ms. */
   const deployment = (): Deployment & { natsUrl: string } => ({ log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 });
 
-  async function startAgent(clientId: string, stages: number[], executorAddr: string): Promise<AgentServiceClient> {
-    const { server: agent, addr } = await startDeployedAgent({ modelDir: model.dir, modelId, clientId, stages, executorAddr }, deployment(), {
-      plannerAddr,
-      deadlineMs: 10_000,
-    });
-    agents.push(agent);
-    const c = new AgentServiceClient(addr, ...creds.clientArgs());
-    clients.push(c);
-    return c;
-  }
+  const startAgent = (clientId: string, stages: number[], executorAddr: string): ReturnType<AgentFleet['start']> =>
+    fleet.start({ modelDir: model.dir, modelId, clientId, stages, executorAddr }, deployment(), { plannerAddr, deadlineMs: 10_000 });
 
   beforeAll(async () => {
     model = await makeTempModel();
@@ -89,17 +70,17 @@ describe('agents report generation outcomes to the planner', () => {
     await startAgent('dev-ok', allStages(stageCount), executorAddr);
     // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
     await startAgent('dev-down', [0], `127.0.0.1:${await freePort()}`);
-    for (const c of clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
+    for (const c of fleet.clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
   });
 
   afterAll(async () => {
     sub?.unsubscribe();
     await nc?.close();
-    await stopStack({ clients, agents, planner, executor, nats, model });
+    await stopStack({ ...fleet, planner, executor, nats, model });
   });
 
   it('publishes one outcome per planned generation, with the plan, the prediction and what was measured', async () => {
-    const [ok] = clients;
+    const [ok] = fleet.clients;
     const before = outcomes.length;
     // an override first: no prediction and no SLO, so nothing is reported for it
     const overridden = await generate(ok, { placement: 'S'.repeat(stageCount) });
@@ -148,7 +129,7 @@ describe('agents report generation outcomes to the planner', () => {
   });
 
   it("reports a failed generation as a miss, and `tandem plans` shows both clients' observations", async () => {
-    const down = clients[1];
+    const down = fleet.clients[1];
     const before = outcomes.length;
     const err = await generate(down, {}).then(
       () => undefined,

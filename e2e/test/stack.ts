@@ -187,6 +187,21 @@ export async function startAgent(basics: AgentBasics, d: Deployment, over: Parti
   return started(server);
 }
 
+/** The agents a test starts as it goes, each with a client calling as the operator; stopStack({ ...fleet, ... }) stops them with the rest. */
+export class AgentFleet {
+  readonly agents: ClientAgent[] = [];
+  readonly clients: AgentServiceClient[] = [];
+
+  /** Starts an agent as startAgent does, and a client of it. */
+  async start(basics: AgentBasics, d: Deployment, over: Partial<ClientAgentOptions> = {}): Promise<{ agent: ClientAgent; client: AgentServiceClient }> {
+    const { server: agent, addr } = await startAgent(basics, d, over);
+    this.agents.push(agent);
+    const client = new AgentServiceClient(addr, ...d.creds.clientArgs());
+    this.clients.push(client);
+    return { agent, client };
+  }
+}
+
 /** What a test started, any of it possibly not (a failed beforeAll): stopped in the order that drains cleanly. */
 export interface StackParts {
   readonly clients?: readonly ({ close(): void } | undefined)[];
