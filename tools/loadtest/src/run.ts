@@ -307,6 +307,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           ...common,
           PLANNER_ADDR: plannerAddr,
           PLANNER_ALGORITHM: policy,
+          // A fresh planner per policy, on a nats-server without JetStream: nothing to keep, nor a warning about it.
+          PLANNER_STATE_BUCKET: 'off',
           ...plannerSloEnv(s),
         },
       }).then((p) => {
