@@ -145,7 +145,7 @@ describe('PlanMaker', () => {
     expect(maker.instance(client(10), load({}), cls, 0)!.stages[1].serverDecodeMs).toBe(6);
     expect(maker.instance(client(10), load({ decodeStretch: 50 }), cls)!.stages[1].serverDecodeMs).toBeCloseTo(60, 10);
     // A split's server stages by the split kind's stretch when the executor reports it; the all-server step by decode_stretch.
-    const split = maker.instance(client(10), load({ splitDecodeStretch: 4, wholeModel: { stage: 0, prefillMsPerToken: 1, decodeMs: 20, samples: 5, latencyMs: 0 } }), cls)!;
+    const split = maker.instance(client(10), load({ splitDecodeStretch: 4, wholeModel: { stage: 0, prefillMsPerToken: 1, decodeMs: 20, samples: 5 } }), cls)!;
     expect(split.stages[1].serverDecodeMs).toBeCloseTo(24, 10);
     expect(split.stages[1].serverDecodeWork).toBe(6);
     expect(split.serverWholeModel!.serverDecodeMs).toBeCloseTo(60, 10);

@@ -60,10 +60,25 @@ export class ExecutorMetrics implements GenerationObserver {
       ['stage'],
     );
     this.started = counter(registry, 'tandem_executor_generations_started_total', 'Server-side generations started');
-    this.finished = counter(registry, 'tandem_executor_generations_finished_total', 'Server-side generations ended, by status: completed (every token made), cancelled (the session closed first: cancel, deadline, idle, shutdown) or failed', ['status']);
+    this.finished = counter(
+      registry,
+      'tandem_executor_generations_finished_total',
+      'Server-side generations ended, by status: completed (every token made), cancelled (the session closed first: cancel, deadline, idle, shutdown) or failed',
+      ['status'],
+    );
     this.tokens = counter(registry, 'tandem_executor_generated_tokens_total', 'Tokens made by server-side generations');
-    this.handOverBytes = counter(registry, 'tandem_executor_kv_handover_bytes_total', 'KV-cache bytes (keys plus values) handed over between the phases of phased plans, by direction: put (kv_put, client to server) or take (kv_take, server to client)', ['direction']);
-    this.handOverStages = counter(registry, 'tandem_executor_kv_handover_stages_total', "Stages whose state was handed over between the phases of phased plans, by direction: put (a stage's first kv_put chunk) or take (a kv_take answered)", ['direction']);
+    this.handOverBytes = counter(
+      registry,
+      'tandem_executor_kv_handover_bytes_total',
+      'KV-cache bytes (keys plus values) handed over between the phases of phased plans, by direction: put (kv_put, client to server) or take (kv_take, server to client)',
+      ['direction'],
+    );
+    this.handOverStages = counter(
+      registry,
+      'tandem_executor_kv_handover_stages_total',
+      "Stages whose state was handed over between the phases of phased plans, by direction: put (a stage's first kv_put chunk) or take (a kv_take answered)",
+      ['direction'],
+    );
     for (const direction of ['put', 'take'] as const) {
       this.handOverBytes.inc({ direction }, 0);
       this.handOverStages.inc({ direction }, 0);
