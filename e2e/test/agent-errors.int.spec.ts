@@ -3,13 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { encode, importHfModel, modelIdOf, SplitPipeline } from '@tandem/model';
-import { AgentServiceClient, type GenerateRequest, type GenerateResponse } from '@tandem/protocol';
+import type { AgentServiceClient, GenerateRequest, GenerateResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { expectRefusal, makeTempModel, randomWeights, SMALL_HF_CONFIG, withTimeout, writeHfFixture, type TempModel } from '@tandem/testkit';
-import type { ClientAgent } from '@tandem/client-agent';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { startAgent as startDeployedAgent, startExecutor, type Deployment } from './stack';
+import { AgentFleet, startExecutor, stopStack, type Deployment } from './stack';
 
 // The agent's answers to bad input, through its gRPC API with a real executor on 127.0.0.1:
 // bad input stays INVALID_ARGUMENT (never INTERNAL), the message names the field and fits in
@@ -44,8 +43,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
   let smallDir: string;
   let tiny: TempModel;
   let executor: ExecutorServer;
-  const agents: ClientAgent[] = [];
-  const clients: AgentServiceClient[] = [];
+  const fleet = new AgentFleet();
   /** An agent on the executor's small model, and one whose own model knows all GPT-2 ids (modelId '' accepts any executor). */
   let small: AgentServiceClient;
   let wide: AgentServiceClient;
@@ -53,16 +51,8 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
   /** The services' shared setting: this test's credentials, no NATS, telemetry every second. */
   const deployment = (): Deployment => ({ log, creds, telemetryIntervalMs: 1000 });
 
-  const startAgent = async (modelDir: string, modelId: string, executorAddr: string): Promise<AgentServiceClient> => {
-    const { server: agent, addr } = await startDeployedAgent(
-      { modelDir, modelId, clientId: `dev-${agents.length}`, stages: [0, 1, 2, 3, 4, 5], executorAddr },
-      deployment(),
-    );
-    agents.push(agent);
-    const c = new AgentServiceClient(addr, ...creds.clientArgs());
-    clients.push(c);
-    return c;
-  };
+  const startAgent = async (modelDir: string, modelId: string, executorAddr: string): Promise<AgentServiceClient> =>
+    (await fleet.start({ modelDir, modelId, clientId: `dev-${fleet.agents.length}`, stages: [0, 1, 2, 3, 4, 5], executorAddr }, deployment())).client;
 
   beforeAll(async () => {
     creds = makeCredentials({ clients: ['dev-0', 'dev-1'] });
@@ -80,9 +70,7 @@ describe('client-agent keeps bad input INVALID_ARGUMENT, with short messages', (
   });
 
   afterAll(async () => {
-    for (const c of clients) c.close();
-    for (const a of agents) await a.stop({ graceMs: 100 });
-    await executor?.stop({ graceMs: 100 });
+    await stopStack({ ...fleet, executor });
     tiny?.remove();
     if (root) rmSync(root, { recursive: true, force: true });
     creds?.remove();

@@ -11,7 +11,7 @@ import {
   type Tensor,
 } from '@tandem/protocol';
 import { clearMessageProblem } from '@tandem/testkit';
-import { rawServerStream, rawSession, rawUnary, startStack, type Outcome, type Stack } from './corpus-stack';
+import { rawServerStream, rawSession, rawUnary, stackForSuite, type Outcome, type Stack } from './corpus-stack';
 
 // Bad-input corpus, gRPC surface (e2e/test/CORPUS.md): each case is one bad request to a real
 // executor, planner or agent on 127.0.0.1 while a healthy split generation runs through the
@@ -378,12 +378,7 @@ export const GRPC_CASES = executorCases.length + plannerCases.length + agentCase
 
 describe('gRPC bad-input corpus against the real services, a healthy generation beside each', () => {
   let stack: Stack;
-  beforeAll(async () => {
-    stack = await startStack();
-  }, 60_000);
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  stackForSuite((s) => (stack = s));
 
   it('runs the healthy generation on its own with the one-process tokens', async () => {
     expect(await stack.healthy()).toEqual(stack.expected);

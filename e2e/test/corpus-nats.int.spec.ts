@@ -1,6 +1,6 @@
 import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
 import { clearMessageProblem, eventually } from '@tandem/testkit';
-import { stackLoad, stackOutcome, stackProfile, startStack, type Stack } from './corpus-stack';
+import { stackForSuite, stackLoad, stackOutcome, stackProfile, type Stack } from './corpus-stack';
 
 // Bad-input corpus, NATS surface (e2e/test/CORPUS.md): each case publishes one bad telemetry
 // payload (or a good one on another sender's subject) to a real nats-server, while a healthy
@@ -15,12 +15,7 @@ const LONG = 'x'.repeat(20_000);
 
 describe('NATS bad-input corpus against a real planner, a healthy generation beside each', () => {
   let stack: Stack;
-  beforeAll(async () => {
-    stack = await startStack();
-  }, 60_000);
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  stackForSuite((s) => (stack = s));
 
   const profile = (id = 'np-c'): ClientProfile => stackProfile(stack, id);
   const load = (id = 'np-exec'): ServerLoad => stackLoad(stack, id);

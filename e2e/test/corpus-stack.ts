@@ -176,6 +176,16 @@ export async function startStack(opts: { maxContextTokens?: number } = {}): Prom
   };
 }
 
+/** Starts a Stack before the tests of the describe block that calls it (60 s allowed), hands it to `use`, and stops it after them. */
+export function stackForSuite(use: (stack: Stack) => void): void {
+  let stack: Stack | undefined;
+  beforeAll(async () => {
+    stack = await startStack();
+    use(stack);
+  }, 60_000);
+  afterAll(() => stack?.stop());
+}
+
 // Telemetry for the stack's model, as a sender `id` would publish it.
 
 /** A device running every stage in 1 ms, over links of 1 ms and 1000 bytes/ms. */

@@ -189,3 +189,13 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
     throw err;
   }
 }
+
+/** Makes credentials (makeCredentials(`opts`)) before the tests of the file or block that calls it, hands them to `use`, and removes them after. */
+export function credentialsForSuite(opts: CredentialOptions, use: (creds: TestCredentials) => void): void {
+  let creds: TestCredentials | undefined;
+  beforeAll(() => {
+    creds = makeCredentials(opts);
+    use(creds);
+  });
+  afterAll(() => creds?.remove());
+}

@@ -399,15 +399,26 @@ describe('faults with real services as child processes', () => {
 
     afterAll(() => execClient?.close());
 
-    /** A proxy to this executor and an agent that reaches the executor only through it (no emulated link: the proxy is the link). */
-    const agentBehindProxy = async (
+    /**
+     * Runs `fn` with a proxy to this executor and an agent `id` (`env` on top) that reaches the
+     * executor only through it (no emulated link: the proxy is the link); then closes the
+     * client, kills the agent and closes the proxy.
+     */
+    const withAgentBehindProxy = async (
       id: string,
-      env: Record<string, string> = {},
-    ): Promise<{ proxy: TcpProxy; service: Service; client: AgentServiceClient }> => {
+      env: Record<string, string>,
+      fn: (a: { proxy: TcpProxy; client: AgentServiceClient }) => Promise<void>,
+    ): Promise<void> => {
       const proxy = await TcpProxy.start(`127.0.0.1:${port}`);
-      const a = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off', ...env });
-      extra.push(a.service);
-      return { proxy, ...a };
+      const { service, client } = await startAgent(id, { EXECUTOR_ADDR: proxy.address, PLANNER_ADDR: 'off', ...env });
+      extra.push(service);
+      try {
+        await fn({ proxy, client });
+      } finally {
+        client.close();
+        await service.kill();
+        await proxy.close();
+      }
     };
 
     /**
@@ -447,8 +458,7 @@ describe('faults with real services as child processes', () => {
     };
 
     it('completes generations token-identical when the link slows from 0 to 50 ms one way mid-generation', async () => {
-      const { proxy, service, client: c } = await agentBehindProxy('dev-slow');
-      try {
+      await withAgentBehindProxy('dev-slow', {}, async ({ proxy, client: c }) => {
         // placement, tokens, server runs per token (each a round trip over the proxy)
         const jobs = [
           ['CCSSSC', 24, 1],
@@ -483,17 +493,12 @@ describe('faults with real services as child processes', () => {
         jobs.forEach(([, n, runsPerToken], i) => {
           if (runsPerToken > 0 && atChange[i] < n) expect(afterChange[i]).toBeGreaterThanOrEqual((n - atChange[i] - 1) * runsPerToken * 100);
         });
-      } finally {
-        c.close();
-        await service.kill();
-        await proxy.close();
-      }
+      });
     }, 60_000);
 
     it('frees the sessions of an agent whose link is blackholed mid-generation (no FIN, no RST) within its keepalive, stops the server-side generation, keeps serving, and ends every caller with a clear status within its deadline', async () => {
       // The agent keeps the default keepalive (10 s + 5 s), longer than the callers' deadline: nothing tells it the link died.
-      const { proxy, service, client: c } = await agentBehindProxy('dev-blackhole');
-      try {
+      await withAgentBehindProxy('dev-blackhole', {}, async ({ proxy, client: c }) => {
         const ref = await generateVia(c, { placement: 'SSSSSS', maxNewTokens: 8 });
         expect(ref.error).toBeUndefined();
         const deadlineMs = 6000;
@@ -551,18 +556,13 @@ describe('faults with real services as child processes', () => {
         expect(counts.total).toBe(BLACKHOLE_JOBS.length + 1);
         for (const o of outcomes) expect(o.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
         for (const o of outcomes.slice(0, BLACKHOLE_JOBS.length)) expect(o.ids.length).toBeGreaterThanOrEqual(2);
-      } finally {
-        c.close();
-        await service.kill();
-        await proxy.close();
-      }
+      });
     }, 60_000);
 
     it('with a short keepalive the agent finds a blackholed link dead and resumes its generations on a new connection, token-identical, long before their deadline; a request caught on the dead link ends with UNAVAILABLE when it is found', async () => {
       /** The agent's GRPC_KEEPALIVE_TIME_MS and GRPC_KEEPALIVE_TIMEOUT_MS. */
       const AGENT_KEEPALIVE = { timeMs: 500, timeoutMs: 500 };
-      const { proxy, service, client: c } = await agentBehindProxy('dev-blackhole-ka', keepaliveEnv(AGENT_KEEPALIVE));
-      try {
+      await withAgentBehindProxy('dev-blackhole-ka', keepaliveEnv(AGENT_KEEPALIVE), async ({ proxy, client: c }) => {
         const deadlineMs = 20_000;
         const refs = await Promise.all(BLACKHOLE_JOBS.map(([placement, n]) => generateVia(c, { placement, maxNewTokens: n }, deadlineMs)));
         refs.forEach((r, i) => {
@@ -615,11 +615,7 @@ describe('faults with real services as child processes', () => {
         expect(stopped).toEqual([
           expect.objectContaining({ clientId: 'dev-blackhole-ka', maxNewTokens: 1019, reason: 'cancelled by the client or its connection was lost' }),
         ]);
-      } finally {
-        c.close();
-        await service.kill();
-        await proxy.close();
-      }
+      });
     }, 60_000);
   });
 });

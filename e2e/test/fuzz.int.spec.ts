@@ -12,7 +12,7 @@ import {
   type HostTensor,
 } from '@tandem/protocol';
 import { eventually, seededRandom } from '@tandem/testkit';
-import { rawServerStream, rawSession, rawUnary, stackLoad, stackOutcome, stackProfile, startStack, type Outcome, type Stack } from './corpus-stack';
+import { rawServerStream, rawSession, rawUnary, stackForSuite, stackLoad, stackOutcome, stackProfile, type Outcome, type Stack } from './corpus-stack';
 import { mutate, type Rnd } from './fuzz-mutate';
 
 // Fuzz of the decode and validation paths (e2e/test/CORPUS.md): random mutations of valid
@@ -109,12 +109,7 @@ describe(`fuzz of every gRPC method and NATS subject (seed ${SEED}, ${CASES} cas
   // gRPC methods get 3/4 of the cases (Session and Generate the most), NATS subjects the rest.
   const share = (w: number): number => Math.max(10, Math.round((CASES * w) / 100));
 
-  beforeAll(async () => {
-    stack = await startStack();
-  }, 60_000);
-  afterAll(async () => {
-    await stack?.stop();
-  });
+  stackForSuite((s) => (stack = s));
 
   const grpcTargets: [string, number, (rnd: Rnd) => { how: string[]; bytes: Buffer; run: () => Promise<Outcome> }][] = [
     [

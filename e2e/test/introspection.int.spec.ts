@@ -1,14 +1,14 @@
 import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { AGENT_SERVICE_NAME, type ClientAgent } from '@tandem/client-agent';
-import { NO_PLAN_REASONS, PLANNER_SERVICE_NAME, type PlannerServer } from '@tandem/planner';
-import { agentStatus, AgentServiceClient, HEALTH_SERVICE_NAME, INFERENCE_SERVICE_NAME, ServerLoad, Subjects } from '@tandem/protocol';
-import { EXECUTOR_SERVICE_NAME, OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import { AGENT_SERVICE_NAME } from '@tandem/client-agent';
+import { NO_PLAN_REASONS, PLANNER_SERVICE_NAME } from '@tandem/planner';
+import { agentStatus, HEALTH_SERVICE_NAME, INFERENCE_SERVICE_NAME, ServerLoad, Subjects } from '@tandem/protocol';
+import { EXECUTOR_SERVICE_NAME } from '@tandem/server-executor';
 import { clientOptions, createLogger, loadClientSecurity } from '@tandem/service-kit';
-import { eventually, makeTempModel, ReflectionClient, type NatsServerHandle, type ReflectionVersion, type TempModel } from '@tandem/testkit';
+import { eventually, ReflectionClient, type ReflectionVersion } from '@tandem/testkit';
 
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
+import { startOneDevice, type OneDevice } from './stack';
 
 // What a user of a client in another language sees without the protos or the logs, on a real
 // stack as deployed (mTLS, bearer tokens, NATS users): server reflection on every service, and
@@ -18,57 +18,31 @@ const log = createLogger({ name: 'test', level: 'silent' });
 const NEW_TOKENS = 4;
 
 describe('reflection and the plan status on a real stack as deployed, its executor without telemetry', () => {
-  let model: TempModel;
-  let nats: NatsServerHandle;
+  let stack: OneDevice;
   let nc: NatsConnection;
-  let executor: ExecutorServer;
-  let planner: PlannerServer;
-  let agent: ClientAgent;
-  let client: AgentServiceClient;
   let creds: TestCredentials;
-  let stageCount: number;
-  const addrs: Record<string, string> = {};
   const reflectors: ReflectionClient[] = [];
 
   beforeAll(async () => {
     creds = makeCredentials({ agents: ['dev-intro'], executors: ['exec'] });
-    model = await makeTempModel();
-    nats = await creds.startNats();
-    const d: Deployment & { natsUrl: string } = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    // The executor's telemetry is off (no NATS URL): the planner never hears its load.
-    const e = await startExecutor(engine, { ...d, natsUrl: undefined });
-    executor = e.server;
-    addrs.executor = e.addr;
-    const p = await startPlanner(planMaker(engine.stageCount, { expectedNewTokens: NEW_TOKENS }), engine.modelId, d);
-    planner = p.server;
-    addrs.planner = p.addr;
-    const a = await startAgent(
-      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-intro', stages: allStages(engine.stageCount), executorAddr: e.addr },
-      d,
-      { plannerAddr: p.addr },
-    );
-    agent = a.server;
-    addrs.agent = a.addr;
-    client = new AgentServiceClient(a.addr, ...creds.clientArgs('dev-intro'));
-    nc = await creds.connectNats(nats.url);
+    stack = await startOneDevice(log, creds, { clientId: 'dev-intro', cls: { expectedNewTokens: NEW_TOKENS }, caller: 'dev-intro', executorTelemetry: false });
+    nc = await creds.connectNats(stack.nats.url);
   });
 
   afterAll(async () => {
     for (const r of reflectors) r.close();
     await nc?.close();
-    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
+    await stack?.stop();
     creds?.remove();
   });
 
   /** A reflection client of `service` over mTLS, with the token of `id` (the operator's when omitted; none with `token: false`). */
-  const reflect = (service: string, opts: { id?: string; token?: boolean; version?: ReflectionVersion } = {}): ReflectionClient => {
+  const reflect = (service: keyof OneDevice['addrs'], opts: { id?: string; token?: boolean; version?: ReflectionVersion } = {}): ReflectionClient => {
     const sec =
       opts.token === false
         ? loadClientSecurity({ caFile: creds.certs.caCert, certFile: creds.certs.clientCert, keyFile: creds.certs.clientKey })
         : creds.clientSecurity(opts.id);
-    const r = new ReflectionClient(addrs[service], sec.credentials, clientOptions(sec), { version: opts.version });
+    const r = new ReflectionClient(stack.addrs[service], sec.credentials, clientOptions(sec), { version: opts.version });
     reflectors.push(r);
     return r;
   };
@@ -111,28 +85,28 @@ describe('reflection and the plan status on a real stack as deployed, its execut
   });
 
   it("says why the agent follows no plan while no executor reports its load, then gives the plan's placements as messages once one does", async () => {
-    await eventually(async () => (await agentStatus(client)).noPlanReason.includes(NO_PLAN_REASONS.noLoad), {
+    await eventually(async () => (await agentStatus(stack.client)).noPlanReason.includes(NO_PLAN_REASONS.noLoad), {
       timeoutMs: 10_000,
       what: "the planner's reason on the agent",
     });
-    const waiting = await agentStatus(client);
+    const waiting = await agentStatus(stack.client);
     expect(waiting).toMatchObject({ planEpoch: 0, placements: [], classPlacements: [], plannerConnected: true });
     expect(waiting.noPlanReason).toBe(`the planner has no plan for this client yet: ${NO_PLAN_REASONS.noLoad}`);
 
     // The executor's own load report, published as its telemetry would.
-    const report = executor.loadReader();
+    const report = stack.executor.loadReader();
     nc.publish(Subjects.serverLoad('exec'), ServerLoad.encode({ ...report(), serverId: 'exec' }).finish());
-    await eventually(async () => (await agentStatus(client)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for the agent' });
-    const st = await agentStatus(client);
+    await eventually(async () => (await agentStatus(stack.client)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for the agent' });
+    const st = await agentStatus(stack.client);
     expect(st.noPlanReason).toBe('');
     expect(st.classPlacements).toHaveLength(1);
     const [c] = st.classPlacements;
     expect(c).toMatchObject({ requestClass: 'short', planEpoch: st.planEpoch, maxPromptTokens: 16, slaMs: 10_000 });
-    expect(c.placement).toMatch(new RegExp(`^[CS]{${stageCount}}$`));
+    expect(c.placement).toMatch(new RegExp(`^[CS]{${stack.stageCount}}$`));
     expect(c.predictedLatencyMs).toBeGreaterThan(0);
     // The deprecated strings say the same.
     expect(st.placements).toEqual([`short=${c.placement}`]);
-    const plan = planner.plans().find((x) => x.clientId === 'dev-intro');
+    const plan = stack.planner.plans().find((x) => x.clientId === 'dev-intro');
     expect(plan?.epoch).toBe(st.planEpoch);
     expect(c.placement).toBe(plan?.classes[0].placement);
   });

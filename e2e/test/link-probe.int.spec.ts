@@ -1,11 +1,11 @@
 import { LinkEmulator, type ClientAgent } from '@tandem/client-agent';
 import { modelIdOf, readManifest } from '@tandem/model';
-import { AgentServiceClient, generateVia } from '@tandem/protocol';
+import { generateVia, type AgentServiceClient } from '@tandem/protocol';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, makeTempModel, type TempModel } from '@tandem/testkit';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, startAgent, startExecutor, stopStack, type Deployment } from './stack';
+import { AgentFleet, allStages, startExecutor, stopStack, type Deployment } from './stack';
 
 // The link an agent publishes is measured, not guessed: a device whose generations move only
 // tokens (all-server, or a prefill on the device whose KV cache goes up with no answer of its
@@ -21,8 +21,7 @@ const link = (): LinkEmulator => new LinkEmulator({ latencyMs: 5, bytesPerMs: UP
 let creds: TestCredentials;
 let model: TempModel;
 let executor: ExecutorServer;
-const agents: ClientAgent[] = [];
-const clients: AgentServiceClient[] = [];
+const fleet = new AgentFleet();
 let d: Deployment;
 let stageCount: number;
 let execAddr: string;
@@ -38,17 +37,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await stopStack({ clients, agents, executor, model });
+  await stopStack({ ...fleet, executor, model });
   creds?.remove();
 });
 
-async function agent(clientId: string, linkProbeBytes?: number): Promise<{ agent: ClientAgent; client: AgentServiceClient }> {
+function agent(clientId: string, linkProbeBytes?: number): Promise<{ agent: ClientAgent; client: AgentServiceClient }> {
   const basics = { modelDir: model.dir, modelId: modelIdOf(model.dir), clientId, stages: allStages(stageCount), executorAddr: execAddr };
-  const a = await startAgent(basics, d, { link: link(), ...(linkProbeBytes === undefined ? {} : { linkProbeBytes }) });
-  agents.push(a.server);
-  const client = new AgentServiceClient(a.addr, ...creds.clientArgs());
-  clients.push(client);
-  return { agent: a.server, client };
+  return fleet.start(basics, d, { link: link(), ...(linkProbeBytes === undefined ? {} : { linkProbeBytes }) });
 }
 
 describe('the link an agent publishes', () => {

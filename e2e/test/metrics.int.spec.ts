@@ -1,24 +1,15 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { AGENT_SERVICE_NAME, type ClientAgent } from '@tandem/client-agent';
-import { PLANNER_SERVICE_NAME, type PlannerServer } from '@tandem/planner';
-import {
-  agentStatus,
-  AgentServiceClient,
-  generateVia,
-  HealthClient,
-  ServingStatus,
-  type GenerateRequest,
-  type GenerateResponse,
-  type HealthCheckResponse,
-} from '@tandem/protocol';
-import { EXECUTOR_SERVICE_NAME, OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
+import { AGENT_SERVICE_NAME } from '@tandem/client-agent';
+import { PLANNER_SERVICE_NAME } from '@tandem/planner';
+import { agentStatus, generateVia, HealthClient, ServingStatus, type GenerateRequest, type GenerateResponse, type HealthCheckResponse } from '@tandem/protocol';
+import { EXECUTOR_SERVICE_NAME } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, makeTempModel, requireSample, scrapeText, startNatsServer, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { eventually, requireSample, scrapeText } from '@tandem/testkit';
 
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
+import { startOneDevice, type OneDevice } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -43,66 +34,49 @@ async function scraped(port: number | undefined): Promise<(series: string) => nu
 }
 
 describe('metrics and health by service name across a real stack as deployed (mTLS, tokens, NATS users)', () => {
-  let model: TempModel;
-  let nats: NatsServerHandle;
-  let executor: ExecutorServer;
-  let planner: PlannerServer;
-  let agent: ClientAgent;
-  let client: AgentServiceClient;
-  const addrs: Record<string, string> = {};
-  let stageCount: number;
+  let stack: OneDevice;
   let creds: TestCredentials;
 
   beforeAll(async () => {
     creds = makeCredentials({ agents: ['dev-metrics'], executors: ['exec'] });
-    model = await makeTempModel();
-    nats = await creds.startNats();
-    const d: Deployment & { natsUrl: string } = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    const e = await startExecutor(engine, d, { metricsPort: 0 });
-    executor = e.server;
-    addrs.executor = e.addr;
-    const p = await startPlanner(planMaker(stageCount, { expectedNewTokens: NEW_TOKENS }), engine.modelId, d, { metricsPort: 0 });
-    planner = p.server;
-    addrs.planner = p.addr;
-    const a = await startAgent(
-      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-metrics', stages: allStages(stageCount), executorAddr: e.addr },
-      d,
-      { plannerAddr: p.addr, metricsPort: 0 },
-    );
-    agent = a.server;
-    addrs.agent = a.addr;
-    client = new AgentServiceClient(a.addr, ...creds.clientArgs('dev-metrics'));
-    await eventually(async () => (await agentStatus(client)).planEpoch > 0, { timeoutMs: 15_000, what: 'a plan for the agent' });
+    const metrics = { metricsPort: 0 };
+    stack = await startOneDevice(log, creds, {
+      clientId: 'dev-metrics',
+      cls: { expectedNewTokens: NEW_TOKENS },
+      caller: 'dev-metrics',
+      executor: metrics,
+      planner: metrics,
+      agent: metrics,
+    });
+    await eventually(async () => (await agentStatus(stack.client)).planEpoch > 0, { timeoutMs: 15_000, what: 'a plan for the agent' });
   });
 
   afterAll(async () => {
-    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
+    await stack?.stop();
     creds?.remove();
   });
 
   it('answers health SERVING by each service name', async () => {
-    expect(await check(creds, addrs.executor, EXECUTOR_SERVICE_NAME)).toBe(ServingStatus.SERVING);
-    expect(await check(creds, addrs.planner, PLANNER_SERVICE_NAME)).toBe(ServingStatus.SERVING);
-    expect(await check(creds, addrs.agent, AGENT_SERVICE_NAME)).toBe(ServingStatus.SERVING);
-    for (const a of Object.values(addrs)) expect(await check(creds, a, '')).toBe(ServingStatus.SERVING);
-    await expect(check(creds, addrs.agent, 'tandem.nothing.v1.Nothing')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    expect(await check(creds, stack.addrs.executor, EXECUTOR_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    expect(await check(creds, stack.addrs.planner, PLANNER_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    expect(await check(creds, stack.addrs.agent, AGENT_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    for (const a of Object.values(stack.addrs)) expect(await check(creds, a, '')).toBe(ServingStatus.SERVING);
+    await expect(check(creds, stack.addrs.agent, 'tandem.nothing.v1.Nothing')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
   });
 
   it('counts generations by placement kind and status on the agent, matching the executor and the planner', async () => {
     const gen = (placement: string): Promise<unknown> =>
-      generateVia(client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: NEW_TOKENS, placement } as GenerateRequest);
-    const allServer = 'S'.repeat(stageCount);
-    const allDevice = 'C'.repeat(stageCount);
-    const split = `C${'S'.repeat(stageCount - 1)}`;
-    const before = await scraped(executor.metrics.port);
+      generateVia(stack.client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: NEW_TOKENS, placement } as GenerateRequest);
+    const allServer = 'S'.repeat(stack.stageCount);
+    const allDevice = 'C'.repeat(stack.stageCount);
+    const split = `C${'S'.repeat(stack.stageCount - 1)}`;
+    const before = await scraped(stack.executor.metrics.port);
     const startedBefore = before('tandem_executor_generations_started_total');
     for (const p of [allServer, allServer, allDevice, split, split, split]) await gen(p);
     // An invalid request is refused before it runs: not counted.
-    await expect(gen('X'.repeat(stageCount))).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    await expect(gen('X'.repeat(stack.stageCount))).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
 
-    const a = await scraped(agent.metrics.port);
+    const a = await scraped(stack.agent.metrics.port);
     expect(a('tandem_agent_generations_total{placement="all-server",status="ok"}')).toBe(2);
     expect(a('tandem_agent_generations_total{placement="all-device",status="ok"}')).toBe(1);
     expect(a('tandem_agent_generations_total{placement="split",status="ok"}')).toBe(3);
@@ -117,7 +91,7 @@ describe('metrics and health by service name across a real stack as deployed (mT
     expect(a('tandem_agent_generations_resumed_total')).toBe(0);
 
     // The two all-server generations were decoded on the executor; the split ones ran steps there.
-    const e = await scraped(executor.metrics.port);
+    const e = await scraped(stack.executor.metrics.port);
     expect(e('tandem_executor_generations_started_total') - startedBefore).toBe(2);
     expect(e('tandem_executor_generations_finished_total{status="completed"}')).toBe(2);
     expect(e('tandem_executor_generated_tokens_total')).toBe(2 * NEW_TOKENS);
@@ -126,32 +100,39 @@ describe('metrics and health by service name across a real stack as deployed (mT
     expect(e('tandem_executor_step_duration_seconds_count{kind="decode"}')).toBe(5 * (NEW_TOKENS - 1));
 
     // The planner sees the executor's load and the agent as one client; placements overridden by the request report no outcome.
-    const p = await scraped(planner.metrics.port);
+    const p = await scraped(stack.planner.metrics.port);
     expect(p('tandem_planner_clients')).toBe(1);
     expect(p('tandem_planner_plan_changes_total{algorithm="dp",objective="work"}')).toBeGreaterThanOrEqual(1);
     expect(p('tandem_planner_telemetry_accepted_total{type="ServerLoad"}')).toBeGreaterThanOrEqual(1);
   });
 
   it('counts a generation the caller cancelled as cancelled', async () => {
-    const call = client.generate({ input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: 200, placement: 'S'.repeat(stageCount) } as GenerateRequest);
+    const call = stack.client.generate({
+      input: { $case: 'ids', value: { ids: PROMPT } },
+      maxNewTokens: 200,
+      placement: 'S'.repeat(stack.stageCount),
+    } as GenerateRequest);
     await new Promise<void>((resolve) => call.once('data', (_m: GenerateResponse) => resolve()));
     call.on('error', () => undefined);
     call.cancel();
-    await eventually(async () => (await scraped(agent.metrics.port))('tandem_agent_generations_total{placement="all-server",status="cancelled"}') === 1, {
+    await eventually(async () => (await scraped(stack.agent.metrics.port))('tandem_agent_generations_total{placement="all-server",status="cancelled"}') === 1, {
       timeoutMs: 10_000,
       what: 'the cancelled generation counted',
     });
   });
 
   it('counts generations that follow the plan, and the planner their outcomes', async () => {
-    const p0 = await scraped(planner.metrics.port);
+    const p0 = await scraped(stack.planner.metrics.port);
     const met0 = p0('tandem_planner_outcomes_total{request_class="short",result="met"}');
-    await generateVia(client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: NEW_TOKENS, placement: '' } as GenerateRequest);
-    await eventually(async () => (await scraped(planner.metrics.port))('tandem_planner_outcomes_total{request_class="short",result="met"}') === met0 + 1, {
-      timeoutMs: 10_000,
-      what: "the planner's outcome count",
-    });
-    const p = await scraped(planner.metrics.port);
+    await generateVia(stack.client, { input: { $case: 'ids', value: { ids: PROMPT } }, maxNewTokens: NEW_TOKENS, placement: '' } as GenerateRequest);
+    await eventually(
+      async () => (await scraped(stack.planner.metrics.port))('tandem_planner_outcomes_total{request_class="short",result="met"}') === met0 + 1,
+      {
+        timeoutMs: 10_000,
+        what: "the planner's outcome count",
+      },
+    );
+    const p = await scraped(stack.planner.metrics.port);
     expect(p('tandem_planner_observed_latency_seconds_count{request_class="short",term="e2e"}')).toBe(met0 + 1);
   });
 });

@@ -2,15 +2,15 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { ClientAgent, LinkEmulator } from '@tandem/client-agent';
+import { LinkEmulator } from '@tandem/client-agent';
 import { Calibrator, DEFAULT_CALIBRATION, PlannerServer } from '@tandem/planner';
 import {
   agentStatus,
-  AgentServiceClient,
   generateVia,
   GenerationOutcome,
   OutcomeStatus,
   Subjects,
+  type AgentServiceClient,
   type AgentStatusResponse,
   type GenerateRequest,
   type GenerationSummary,
@@ -18,8 +18,8 @@ import {
 import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent as startDeployedAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
+import { credentialsForSuite, type TestCredentials } from './credentials';
+import { AgentFleet, allStages, planMaker, startExecutor, startOneDevice, startPlanner, stopStack, type Deployment, type OneDevice } from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -31,10 +31,7 @@ const generate = async (client: AgentServiceClient, req: Partial<GenerateRequest
 // The services run as deployed (e2e/test/credentials.ts): mTLS and bearer tokens on every gRPC
 // port, a nats-server with one user per service; the test reads outcomes as its own NATS user.
 let creds: TestCredentials;
-beforeAll(() => {
-  creds = makeCredentials({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] });
-});
-afterAll(() => creds?.remove());
+credentialsForSuite({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['exec'] }, (c) => (creds = c));
 
 describe('agents report generation outcomes to the planner', () => {
   let model: TempModel;
@@ -44,8 +41,7 @@ describe('agents report generation outcomes to the planner', () => {
   let executor: ExecutorServer;
   let planner: PlannerServer;
   let plannerAddr: string;
-  const agents: ClientAgent[] = [];
-  const clients: AgentServiceClient[] = [];
+  const fleet = new AgentFleet();
   let stageCount: number;
   let modelId: string;
   /** Every outcome seen on the wire, decoded, with its subject. */
@@ -53,16 +49,8 @@ describe('agents report generation outcomes to the planner', () => {
   /** The services' shared setting: this test's credentials and nats-server, telemetry every 100 ms. */
   const deployment = (): Deployment & { natsUrl: string } => ({ log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 });
 
-  async function startAgent(clientId: string, stages: number[], executorAddr: string): Promise<AgentServiceClient> {
-    const { server: agent, addr } = await startDeployedAgent({ modelDir: model.dir, modelId, clientId, stages, executorAddr }, deployment(), {
-      plannerAddr,
-      deadlineMs: 10_000,
-    });
-    agents.push(agent);
-    const c = new AgentServiceClient(addr, ...creds.clientArgs());
-    clients.push(c);
-    return c;
-  }
+  const startAgent = (clientId: string, stages: number[], executorAddr: string): ReturnType<AgentFleet['start']> =>
+    fleet.start({ modelDir: model.dir, modelId, clientId, stages, executorAddr }, deployment(), { plannerAddr, deadlineMs: 10_000 });
 
   beforeAll(async () => {
     model = await makeTempModel();
@@ -82,17 +70,17 @@ describe('agents report generation outcomes to the planner', () => {
     await startAgent('dev-ok', allStages(stageCount), executorAddr);
     // a device that holds only the embedding, whose executor address answers nothing: its plan needs the server, and fails
     await startAgent('dev-down', [0], `127.0.0.1:${await freePort()}`);
-    for (const c of clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
+    for (const c of fleet.clients) await eventually(async () => (await agentStatus(c)).planEpoch > 0, { timeoutMs: 10_000, what: 'a plan for each agent' });
   });
 
   afterAll(async () => {
     sub?.unsubscribe();
     await nc?.close();
-    await stopStack({ clients, agents, planner, executor, nats, model });
+    await stopStack({ ...fleet, planner, executor, nats, model });
   });
 
   it('publishes one outcome per planned generation, with the plan, the prediction and what was measured', async () => {
-    const [ok] = clients;
+    const [ok] = fleet.clients;
     const before = outcomes.length;
     // an override first: no prediction and no SLO, so nothing is reported for it
     const overridden = await generate(ok, { placement: 'S'.repeat(stageCount) });
@@ -141,7 +129,7 @@ describe('agents report generation outcomes to the planner', () => {
   });
 
   it("reports a failed generation as a miss, and `tandem plans` shows both clients' observations", async () => {
-    const down = clients[1];
+    const down = fleet.clients[1];
     const before = outcomes.length;
     const err = await generate(down, {}).then(
       () => undefined,
@@ -171,48 +159,29 @@ describe('agents report generation outcomes to the planner', () => {
 });
 
 describe('the planner closes the loop on a real agent whose generations miss', () => {
-  let model: TempModel;
-  let nats: NatsServerHandle;
-  let executor: ExecutorServer;
-  let planner: PlannerServer;
-  let agent: ClientAgent;
-  let client: AgentServiceClient;
-  let stageCount: number;
+  let stack: OneDevice;
 
   beforeAll(async () => {
-    model = await makeTempModel();
-    nats = await creds.startNats();
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    const d = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
-    let executorAddr: string;
-    ({ server: executor, addr: executorAddr } = await startExecutor(engine, d));
     // An SLA of 1 ms that no generation can meet: the plan is the fastest placement the model
     // predicts (all on the device: no transfers), and every real generation misses.
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 200, relaxDwellMs: 60_000 });
-    let plannerAddr: string;
-    ({ server: planner, addr: plannerAddr } = await startPlanner(planMaker(stageCount, { expectedNewTokens: 6, slaMs: 1 }), engine.modelId, d, { calibrator }));
-    let agentAddr: string;
-    ({ server: agent, addr: agentAddr } = await startDeployedAgent(
-      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-late', stages: allStages(stageCount), executorAddr },
-      d,
-      {
+    stack = await startOneDevice(log, creds, {
+      clientId: 'dev-late',
+      cls: { expectedNewTokens: 6, slaMs: 1 },
+      planner: { calibrator },
+      agent: {
         // 20 ms each way: every placement that uses the server is clearly slower than the device
         // alone, so only outcomes (not a server figure moving under load) can move the plan.
         link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
-        plannerAddr,
         deadlineMs: 10_000,
       },
-    ));
-    client = new AgentServiceClient(agentAddr, ...creds.clientArgs());
+    });
   });
 
-  afterAll(async () => {
-    await stopStack({ clients: [client], agents: [agent], planner, executor, nats, model });
-  });
+  afterAll(() => stack?.stop());
 
   it('moves the agent to all-server after its real outcomes miss, and the agent follows', async () => {
-    const status = (): Promise<AgentStatusResponse> => agentStatus(client);
+    const status = (): Promise<AgentStatusResponse> => agentStatus(stack.client);
     const first = await eventually(
       async () => {
         const s = await status();
@@ -220,26 +189,26 @@ describe('the planner closes the loop on a real agent whose generations miss', (
       },
       { timeoutMs: 10_000, what: 'a first plan' },
     );
-    const allServer = `short=${'S'.repeat(stageCount)}`;
+    const allServer = `short=${'S'.repeat(stack.stageCount)}`;
     expect(first.placements).not.toEqual([allServer]);
     const summaries: GenerationSummary[] = [];
     // generate, as an application would, until the agent runs on a new plan
     await eventually(
       async () => {
-        summaries.push(await generate(client, {}));
+        summaries.push(await generate(stack.client, {}));
         return (await status()).placements[0] === allServer;
       },
       { timeoutMs: 20_000, intervalMs: 20, what: 'the all-server plan at the agent' },
     );
     expect(summaries.length).toBeGreaterThanOrEqual(DEFAULT_CALIBRATION.minOutcomes);
     expect(summaries.every((s) => s.totalMs > s.slaMs)).toBe(true);
-    const seen = planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];
+    const seen = stack.planner.observations().find((o) => o.clientId === 'dev-late')!.classes[0];
     // Tightened by what the outcomes showed: a safety step (a tighter SLA only all-server
     // meets, or the floor) or the correction of its too-low predictions, whichever came first.
     expect(seen.safetyFactor < 1 || seen.e2eCorrection > 1).toBe(true);
     // the next generation follows the new plan
-    const after = await generate(client, {});
-    expect(after.placement).toBe('S'.repeat(stageCount));
+    const after = await generate(stack.client, {});
+    expect(after.placement).toBe('S'.repeat(stack.stageCount));
     expect(after.planEpoch).toBeGreaterThan(first.planEpoch);
   });
 });

@@ -8,7 +8,7 @@ import { AgentServiceClient, generateVia, ExecutorServiceClient, executorStatus,
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { capturingLogger, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
-import { makeCredentials, type TestCredentials } from './credentials';
+import { credentialsForSuite, type TestCredentials } from './credentials';
 import { allStages, oneClassPlan, startAgent, startExecutor, stopStack, stubPlanner, type Deployment, type StubPlanner } from './stack';
 
 // Phased plans end to end: a planner stand-in (a real gRPC port, mTLS and tokens) hands the
@@ -27,10 +27,7 @@ const planOf = (clientId: string, epoch: number, placement: string, decodePlacem
   oneClassPlan(clientId, epoch, { expectedNewTokens: NEW, placement, decodePlacement, predictedHandoverMs: 2 }, { algorithm: 'dp-phased' });
 
 let creds: TestCredentials;
-beforeAll(() => {
-  creds = makeCredentials({ agents: ['dev', 'dev-replay', 'dev-private'], executors: ['exec'] });
-});
-afterAll(() => creds?.remove());
+credentialsForSuite({ agents: ['dev', 'dev-replay', 'dev-private'], executors: ['exec'] }, (c) => (creds = c));
 
 describe('phased plans through the real executor and agents', () => {
   let model: TempModel;

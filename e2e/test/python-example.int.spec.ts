@@ -2,15 +2,12 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
-import type { PlannerServer } from '@tandem/planner';
-import type { ClientAgent } from '@tandem/client-agent';
-import { AgentServiceClient, generateVia, type GenerateRequest } from '@tandem/protocol';
+import { generateVia, type GenerateRequest } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { canConnect, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
+import { canConnect, eventually } from '@tandem/testkit';
 import type { DemoReport } from '@tandem/demo';
 import { makeCredentials, type TestCredentials } from './credentials';
-import { allStages, planMaker, startAgent, startExecutor, startPlanner, stopStack, type Deployment } from './stack';
+import { startOneDevice, type OneDevice } from './stack';
 
 // examples/python run as a user would: stubs compiled from proto/ with Debian's protoc and
 // grpc_python_plugin into a temporary folder, each script run with /usr/bin/python3 (Debian's
@@ -91,23 +88,14 @@ function field(stdout: string, name: string): string {
 
 describe('examples/python against the real services', () => {
   let creds: TestCredentials;
-  let model: TempModel;
-  let nats: NatsServerHandle;
-  let executor: ExecutorServer;
-  let executorAddr: string;
-  let planner: PlannerServer;
-  let plannerAddr: string;
-  let agent: ClientAgent;
-  let agentAddr: string;
-  let agentClient: AgentServiceClient;
-  let stageCount: number;
+  let stack: OneDevice;
   let stubs: string;
 
-  /** The TLS flags every script gets, and the token of `id` (the operator's when omitted). */
-  const secure = (id?: string): string[] => creds.cliFlags(id);
+  /** A script's --addr of `service`, the TLS flags every script gets, and the token of `id` (the operator's when omitted). */
+  const to = (service: keyof OneDevice['addrs'], id?: string): string[] => ['--addr', stack.addrs[service], ...creds.cliFlags(id)];
   const py = (script: string, args: readonly string[]): Promise<Run> => runScript(stubs, script, args);
   const viaTs = (req: Partial<GenerateRequest>): Promise<number[]> =>
-    generateVia(agentClient, { input: { $case: 'ids', value: { ids: PROMPT_IDS } }, maxNewTokens: NEW_TOKENS, placement: '', ...req }).then((r) => r.ids);
+    generateVia(stack.client, { input: { $case: 'ids', value: { ids: PROMPT_IDS } }, maxNewTokens: NEW_TOKENS, placement: '', ...req }).then((r) => r.ids);
 
   beforeAll(async () => {
     await requirePythonToolchain();
@@ -115,62 +103,50 @@ describe('examples/python against the real services', () => {
     ok(await run('bash', [join(EXAMPLES, 'gen.sh'), stubs]));
 
     creds = makeCredentials({ agents: ['dev-1'], executors: ['exec'], clients: ['py-1'] });
-    model = await makeTempModel();
-    nats = await creds.startNats();
-    const d: Deployment & { natsUrl: string } = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    ({ server: executor, addr: executorAddr } = await startExecutor(engine, d));
-    ({ server: planner, addr: plannerAddr } = await startPlanner(planMaker(stageCount, { expectedNewTokens: NEW_TOKENS }), engine.modelId, d));
-    ({ server: agent, addr: agentAddr } = await startAgent(
-      { modelDir: model.dir, modelId: engine.modelId, clientId: 'dev-1', stages: allStages(stageCount), executorAddr },
-      d,
-      { plannerAddr },
-    ));
-    agentClient = new AgentServiceClient(agentAddr, ...creds.clientArgs());
+    stack = await startOneDevice(log, creds, { clientId: 'dev-1', cls: { expectedNewTokens: NEW_TOKENS } });
   });
 
   afterAll(async () => {
-    await stopStack({ clients: [agentClient], agents: [agent], planner, executor, nats, model });
+    await stack?.stop();
     creds?.remove();
     if (stubs) rmSync(stubs, { recursive: true, force: true });
   });
 
   it('generate.py streams the same tokens through the agent as the TypeScript client, for text and for ids', async () => {
-    const text = await py('generate.py', ['--addr', agentAddr, ...secure('dev-1'), '--prompt', 'Hello world, this is', '--max-new-tokens', String(NEW_TOKENS)]);
-    const expectedText = await generateVia(agentClient, { input: { $case: 'prompt', value: 'Hello world, this is' }, maxNewTokens: NEW_TOKENS, placement: '' });
+    const text = await py('generate.py', [...to('agent', 'dev-1'), '--prompt', 'Hello world, this is', '--max-new-tokens', String(NEW_TOKENS)]);
+    const expectedText = await generateVia(stack.client, {
+      input: { $case: 'prompt', value: 'Hello world, this is' },
+      maxNewTokens: NEW_TOKENS,
+      placement: '',
+    });
     const out = ok(text);
     expect(streamedIds(out)).toEqual(expectedText.ids);
     expect(field(out, 'ids')).toBe(expectedText.ids.join(','));
     expect(JSON.parse(field(out, 'text'))).toBe(expectedText.summary.text);
-    expect(field(out, 'summary')).toMatch(new RegExp(`^placement=[CS]{${stageCount}} epoch=\\d+ `));
+    expect(field(out, 'summary')).toMatch(new RegExp(`^placement=[CS]{${stack.stageCount}} epoch=\\d+ `));
 
-    const ids = ok(
-      await py('generate.py', ['--addr', agentAddr, ...secure(), '--ids', PROMPT_IDS.join(','), '--max-new-tokens', String(NEW_TOKENS), '--json']),
-    );
+    const ids = ok(await py('generate.py', [...to('agent'), '--ids', PROMPT_IDS.join(','), '--max-new-tokens', String(NEW_TOKENS), '--json']));
     const doc = JSON.parse(ids) as { ids: number[]; tokens: { id: number }[] };
     expect(doc.ids).toEqual(await viaTs({}));
     expect(doc.tokens.map((t) => t.id)).toEqual(doc.ids);
   });
 
   it('split.py, with its own stages in numpy, gives the all-server tokens (client blocks 0 and 1, head here or on the server)', async () => {
-    const allServer = await viaTs({ placement: 'S'.repeat(stageCount) });
+    const allServer = await viaTs({ placement: 'S'.repeat(stack.stageCount) });
     expect(allServer).toHaveLength(NEW_TOKENS);
     const cases: [string[], string][] = [
-      [['--client-blocks', '1'], `CCC${'S'.repeat(stageCount - 4)}C`],
-      [['--client-blocks', '0'], `C${'S'.repeat(stageCount - 2)}C`],
-      [['--client-blocks', '1', '--server-head'], `CCC${'S'.repeat(stageCount - 3)}`],
+      [['--client-blocks', '1'], `CCC${'S'.repeat(stack.stageCount - 4)}C`],
+      [['--client-blocks', '0'], `C${'S'.repeat(stack.stageCount - 2)}C`],
+      [['--client-blocks', '1', '--server-head'], `CCC${'S'.repeat(stack.stageCount - 3)}`],
     ];
     for (const [flags, placement] of cases) {
       const out = ok(
         await py('split.py', [
-          '--addr',
-          executorAddr,
-          ...secure('py-1'),
+          ...to('executor', 'py-1'),
           '--client-id',
           'py-1',
           '--model',
-          model.dir,
+          stack.model.dir,
           '--ids',
           PROMPT_IDS.join(','),
           '--max-new-tokens',
@@ -185,16 +161,16 @@ describe('examples/python against the real services', () => {
   });
 
   it('watch_plans.py prints the plan the planner pushes to the agent', async () => {
-    const out = ok(await py('watch_plans.py', ['--addr', plannerAddr, ...secure('dev-1'), '--client-id', 'dev-1', '--count', '1', '--deadline-s', '30']));
+    const out = ok(await py('watch_plans.py', [...to('planner', 'dev-1'), '--client-id', 'dev-1', '--count', '1', '--deadline-s', '30']));
     const plan = field(out, 'plan');
     expect(plan).toMatch(/^client=dev-1 epoch=[1-9]\d* algorithm=\S+ created_unix_ms=\d+ classes=1$/);
-    expect(out).toMatch(new RegExp(`\\n  class short max_prompt_tokens=16 expected_new_tokens=${NEW_TOKENS} placement=[CS]{${stageCount}} `));
+    expect(out).toMatch(new RegExp(`\\n  class short max_prompt_tokens=16 expected_new_tokens=${NEW_TOKENS} placement=[CS]{${stack.stageCount}} `));
   });
 
   it('reports a gRPC error as its status code and message, without a stack trace', async () => {
     const noToken = await py('generate.py', [
       '--addr',
-      agentAddr,
+      stack.addrs.agent,
       '--tls-ca',
       creds.certs.caCert,
       '--tls-cert',
@@ -210,13 +186,11 @@ describe('examples/python against the real services', () => {
 
     // A token of py-1 cannot open a session as dev-1 nor watch dev-1's plans.
     const otherId = await py('split.py', [
-      '--addr',
-      executorAddr,
-      ...secure('py-1'),
+      ...to('executor', 'py-1'),
       '--client-id',
       'dev-1',
       '--model',
-      model.dir,
+      stack.model.dir,
       '--ids',
       '1,2',
       '--max-new-tokens',
@@ -224,12 +198,12 @@ describe('examples/python against the real services', () => {
     ]);
     expect(otherId.code).toBe(1);
     expect(otherId.stderr).toMatch(/split\.py: the server-executor at 127\.0\.0\.1:\d+: Session failed with PERMISSION_DENIED: /);
-    const watch = await py('watch_plans.py', ['--addr', plannerAddr, ...secure('py-1'), '--client-id', 'dev-1', '--count', '1']);
+    const watch = await py('watch_plans.py', [...to('planner', 'py-1'), '--client-id', 'dev-1', '--count', '1']);
     expect(watch.code).toBe(1);
     expect(watch.stderr).toMatch(/watch_plans\.py: the planner at 127\.0\.0\.1:\d+: WatchPlans failed with PERMISSION_DENIED: /);
 
     // The agent refuses a bad request: exit 2, as the tandem CLI does for INVALID_ARGUMENT.
-    const bad = await py('generate.py', ['--addr', agentAddr, ...secure(), '--ids', '1,2', '--placement', 'CS']);
+    const bad = await py('generate.py', [...to('agent'), '--ids', '1,2', '--placement', 'CS']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/Generate failed with INVALID_ARGUMENT: .*placement/);
     expect(`${otherId.stderr}${watch.stderr}${bad.stderr}`).not.toContain('Traceback');
@@ -242,15 +216,15 @@ describe('examples/python against the real services', () => {
       ['generate.py', ['--prompt', 'hi', '--tls-cert', '/nonexistent'], /argument --tls-key: needed with --tls-cert/],
       ['generate.py', ['--prompt', 'hi', '--tls-ca', '/nonexistent/ca.crt'], /argument --tls-ca: cannot read \/nonexistent\/ca\.crt/],
       ['split.py', ['--model', '/nonexistent', '--ids', '1'], /argument --model: \/nonexistent\/manifest\.json: cannot read/],
-      ['split.py', ['--model', model.dir, '--ids', '50257'], /argument --ids: ids must be 0\.\.50256 \(the model's vocabulary\), given 50257/],
+      ['split.py', ['--model', stack.model.dir, '--ids', '50257'], /argument --ids: ids must be 0\.\.50256 \(the model's vocabulary\), given 50257/],
       [
         'split.py',
-        ['--model', model.dir, '--ids', '1', '--client-blocks', '2'],
+        ['--model', stack.model.dir, '--ids', '1', '--client-blocks', '2'],
         /argument --client-blocks: must be 0\.\.1 \(the server runs at least one stage\), given 2/,
       ],
       [
         'split.py',
-        ['--model', model.dir, '--ids', '1', '--max-new-tokens', '1025'],
+        ['--model', stack.model.dir, '--ids', '1', '--max-new-tokens', '1025'],
         /argument --max-new-tokens: prompt \(1\) \+ max-new-tokens \(1025\) - 1 must be <= the model's context 1024/,
       ],
       ['watch_plans.py', ['--client-id', ''], /argument --client-id: must not be empty/],
@@ -314,32 +288,17 @@ describe('examples/python against `tandem demo --stay`', () => {
           .map((l) => l.split(' ').reverse() as [string, string]),
       );
       const tls = ['--tls-ca', ca, '--tls-cert', cert, '--tls-key', key];
+      /** A script's --addr, the demo's TLS flags and the token of `id` ('*': the operator). */
+      const to = (addr: string, id: string): string[] => ['--addr', addr, ...tls, '--token', tokens.get(id) ?? ''];
       const py = (script: string, args: readonly string[]): Promise<Run> => runScript(stubs, script, args);
 
-      const gen = JSON.parse(
-        ok(
-          await py('generate.py', [
-            '--addr',
-            laptopAddr,
-            ...tls,
-            '--token',
-            tokens.get('*') ?? '',
-            '--prompt',
-            'The quick brown fox',
-            '--max-new-tokens',
-            '4',
-            '--json',
-          ]),
-        ),
-      ) as { ids: number[] };
+      const gen = JSON.parse(ok(await py('generate.py', [...to(laptopAddr, '*'), '--prompt', 'The quick brown fox', '--max-new-tokens', '4', '--json']))) as {
+        ids: number[];
+      };
       // "The quick brown fox" in GPT-2 ids, the demo's prompt.
       const split = ok(
         await py('split.py', [
-          '--addr',
-          executorAddr,
-          ...tls,
-          '--token',
-          tokens.get('laptop') ?? '',
+          ...to(executorAddr, 'laptop'),
           '--client-id',
           'laptop',
           '--model',
@@ -350,9 +309,7 @@ describe('examples/python against `tandem demo --stay`', () => {
           '4',
         ]),
       );
-      const plan = ok(
-        await py('watch_plans.py', ['--addr', plannerAddr, ...tls, '--token', tokens.get('laptop') ?? '', '--client-id', 'laptop', '--count', '1']),
-      );
+      const plan = ok(await py('watch_plans.py', [...to(plannerAddr, 'laptop'), '--client-id', 'laptop', '--count', '1']));
       expect(plan).toMatch(/^plan client=laptop epoch=[1-9]/);
 
       child.kill('SIGINT');

@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { ClientAgent, LinkEmulator, type ClientAgentOptions } from '@tandem/client-agent';
 import { PlanMaker, PlannerServer, type PlannerServerOptions, type RequestClass } from '@tandem/planner';
 import {
+  AgentServiceClient,
   PlannerServiceService,
   type ClassPlacement,
   type ClientPlan,
@@ -9,9 +10,9 @@ import {
   type WatchPlansRequest,
   type WatchPlansResponse,
 } from '@tandem/protocol';
-import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
+import { ExecutorServer, OnnxStageEngine, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
 import { bindServer, serverAuthOptions, type Logger } from '@tandem/service-kit';
-import { classPlacement, EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
+import { classPlacement, EXECUTOR_SETTINGS, makeTempModel, PLAN_SETTINGS, PLANNER_SETTINGS, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import type { TestCredentials } from './credentials';
 
 // The services of the end-to-end tests, started in this process as deployed (e2e/test/credentials.ts):
@@ -186,6 +187,21 @@ export async function startAgent(basics: AgentBasics, d: Deployment, over: Parti
   return started(server);
 }
 
+/** The agents a test starts as it goes, each with a client calling as the operator; stopStack({ ...fleet, ... }) stops them with the rest. */
+export class AgentFleet {
+  readonly agents: ClientAgent[] = [];
+  readonly clients: AgentServiceClient[] = [];
+
+  /** Starts an agent as startAgent does, and a client of it. */
+  async start(basics: AgentBasics, d: Deployment, over: Partial<ClientAgentOptions> = {}): Promise<{ agent: ClientAgent; client: AgentServiceClient }> {
+    const { server: agent, addr } = await startAgent(basics, d, over);
+    this.agents.push(agent);
+    const client = new AgentServiceClient(addr, ...d.creds.clientArgs());
+    this.clients.push(client);
+    return { agent, client };
+  }
+}
+
 /** What a test started, any of it possibly not (a failed beforeAll): stopped in the order that drains cleanly. */
 export interface StackParts {
   readonly clients?: readonly ({ close(): void } | undefined)[];
@@ -204,4 +220,78 @@ export async function stopStack(p: StackParts): Promise<void> {
   await p.executor?.stop({ graceMs: 100 });
   await p.nats?.stop();
   p.model?.remove();
+}
+
+/** What startOneDevice is told: the device, the planner's one request class, and what a test sets on each service. */
+export interface OneDeviceOptions {
+  /** The agent's id: it holds every stage. */
+  readonly clientId: string;
+  /** The planner's class 'short' (planMaker). */
+  readonly cls: Partial<RequestClass> & { expectedNewTokens: number };
+  /** The identity whose token the test's agent client sends: the operator's when omitted. */
+  readonly caller?: string;
+  /** false: the executor publishes no telemetry (no NATS URL), so the planner never hears its load. */
+  readonly executorTelemetry?: boolean;
+  readonly executor?: Partial<ExecutorServerOptions>;
+  readonly planner?: Partial<PlannerServerOptions>;
+  readonly agent?: Partial<ClientAgentOptions>;
+}
+
+/** One device's stack as deployed, started by startOneDevice. */
+export interface OneDevice {
+  readonly model: TempModel;
+  readonly nats: NatsServerHandle;
+  readonly modelId: string;
+  readonly stageCount: number;
+  readonly executor: ExecutorServer;
+  readonly planner: PlannerServer;
+  readonly agent: ClientAgent;
+  /** host:port of each service. */
+  readonly addrs: { readonly executor: string; readonly planner: string; readonly agent: string };
+  /** A client of the agent's gRPC API (OneDeviceOptions.caller). */
+  readonly client: AgentServiceClient;
+  /** Stops it all (stopStack). */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a temporary model, a nats-server of `creds`, executor 'exec' on the model (one thread),
+ * a planner of one class and agent `clientId` on it, every service publishing telemetry every
+ * 100 ms; and a client of the agent. What started is stopped again when a later part fails.
+ */
+export async function startOneDevice(log: Logger, creds: TestCredentials, o: OneDeviceOptions): Promise<OneDevice> {
+  const parts: { -readonly [K in keyof StackParts]: StackParts[K] } = {};
+  const stop = (): Promise<void> => stopStack(parts);
+  try {
+    const model = await makeTempModel();
+    parts.model = model;
+    const nats = await creds.startNats();
+    parts.nats = nats;
+    const d: Deployment & { natsUrl: string } = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 };
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    const executor = await startExecutor(engine, o.executorTelemetry === false ? { ...d, natsUrl: undefined } : d, o.executor);
+    parts.executor = executor.server;
+    const planner = await startPlanner(planMaker(engine.stageCount, o.cls), engine.modelId, d, o.planner);
+    parts.planner = planner.server;
+    const basics = { modelDir: model.dir, modelId: engine.modelId, clientId: o.clientId, stages: allStages(engine.stageCount), executorAddr: executor.addr };
+    const agent = await startAgent(basics, d, { plannerAddr: planner.addr, ...o.agent });
+    parts.agents = [agent.server];
+    const client = new AgentServiceClient(agent.addr, ...creds.clientArgs(o.caller));
+    parts.clients = [client];
+    return {
+      model,
+      nats,
+      modelId: engine.modelId,
+      stageCount: engine.stageCount,
+      executor: executor.server,
+      planner: planner.server,
+      agent: agent.server,
+      addrs: { executor: executor.addr, planner: planner.addr, agent: agent.addr },
+      client,
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
 }

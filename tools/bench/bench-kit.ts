@@ -43,6 +43,57 @@ export async function openSession(client: ExecutorServiceClient): Promise<{ call
   return { call, next };
 }
 
+/**
+ * One timed session on `client`: open, then `steps` steps through stages 0 to `stageEnd`, the
+ * first sending `prompt`, each later one the token the step before sampled (`sample`; 1 without).
+ * Resolves with the time of each step after the first, ms.
+ */
+export function timedSession(client: ExecutorServiceClient, prompt: readonly number[], steps: number, stageEnd: number, sample: boolean): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const call: Call = client.session({ deadline: Date.now() + 600_000 });
+    const times: number[] = [];
+    let seq = 0;
+    let t0 = 0;
+    const send = (ids: readonly number[]): void => {
+      seq++;
+      t0 = performance.now();
+      call.write(stepRequest(seq, stageEnd, ids, sample));
+    };
+    call.on('data', (m: SessionResponse) => {
+      if (m.kind?.$case === 'opened') {
+        send(prompt);
+        return;
+      }
+      const out = m.kind?.$case === 'result' ? m.kind.value.output : undefined;
+      if (m.kind?.$case !== 'result' || (sample && out?.$case !== 'token')) {
+        reject(new Error(sample ? 'expected a result with a token' : 'expected a result'));
+        return;
+      }
+      if (seq > 1) times.push(performance.now() - t0);
+      if (seq >= steps) {
+        call.end();
+        return;
+      }
+      send([out?.$case === 'token' ? out.value : 1]);
+    });
+    call.on('error', reject);
+    call.on('end', () => resolve(times));
+    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
+  });
+}
+
+/** The flags of the benchmarks that run concurrent generations on one executor: --preset, --sessions, --prompt, --decode, --reps and --threads. */
+export function generationArgs(defaultReps: number): { preset: string; sessions: number; promptLen: number; decode: number; reps: number; threads: number } {
+  return {
+    preset: arg('preset', 'small'),
+    sessions: Number(arg('sessions', '8')),
+    promptLen: Number(arg('prompt', '32')),
+    decode: Number(arg('decode', '32')),
+    reps: Number(arg('reps', String(defaultReps))),
+    threads: Number(arg('threads', '2')),
+  };
+}
+
 /** An executor the benchmarks run, listening, with a plaintext client that accepts its largest message. */
 export interface BenchExecutor {
   readonly server: ExecutorServer;

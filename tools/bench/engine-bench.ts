@@ -23,10 +23,10 @@
 import * as os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
-import { ExecutorServiceClient, HealthClient, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { HealthClient, type HostTensor } from '@tandem/protocol';
 import { OnnxStageEngine, WorkerStageEngine, type StageEngine } from '@tandem/server-executor';
 import { sleep } from '@tandem/util';
-import { arg, benchModel, startBenchExecutor, stepRequest, type BenchExecutor } from './bench-kit';
+import { arg, benchModel, startBenchExecutor, timedSession, type BenchExecutor } from './bench-kit';
 
 const opts = {
   prefillPreset: arg('prefill-preset', 'gpt2'),
@@ -60,45 +60,6 @@ async function startServer(mode: Mode, dir: string): Promise<BenchExecutor & { e
   return { ...ex, engine };
 }
 
-/**
- * One session: open, then `steps` steps; the first sends `prompt`, each later one the previous
- * token. `end` is the stage range's end; with `sample` the head's token comes back.
- * Resolves with the time of each step after the first, ms.
- */
-function session(client: ExecutorServiceClient, prompt: number[], steps: number, end: number, sample: boolean): Promise<number[]> {
-  return new Promise((resolve, reject) => {
-    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 600_000 });
-    const times: number[] = [];
-    let seq = 0;
-    let t0 = 0;
-    const send = (v: number[]): void => {
-      seq++;
-      t0 = performance.now();
-      call.write(stepRequest(seq, end, v, sample));
-    };
-    call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') {
-        send(prompt);
-        return;
-      }
-      if (m.kind?.$case !== 'result') {
-        reject(new Error('expected a result'));
-        return;
-      }
-      if (seq > 1) times.push(performance.now() - t0);
-      if (seq >= steps) {
-        call.end();
-        return;
-      }
-      const out = m.kind.value.output;
-      send([out?.$case === 'token' ? out.value : 1]);
-    });
-    call.on('error', reject);
-    call.on('end', () => resolve(times));
-    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
-  });
-}
-
 interface Responsiveness {
   p50: number;
   p99: number;
@@ -119,7 +80,7 @@ async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> 
     const t0 = performance.now();
     let done = false;
     const work = Promise.all(
-      Array.from({ length: opts.sessions }, (_, i) => session(client, ids(opts.prompt, i + 1), 1, engine.stageCount - 1, false)),
+      Array.from({ length: opts.sessions }, (_, i) => timedSession(client, ids(opts.prompt, i + 1), 1, engine.stageCount - 1, false)),
     ).finally(() => {
       done = true;
     });
@@ -143,8 +104,8 @@ async function responsiveness(mode: Mode, dir: string): Promise<Responsiveness> 
 async function decodeMsPerToken(mode: Mode, dir: string): Promise<number> {
   const { engine, client, stop } = await startServer(mode, dir);
   try {
-    await session(client, ids(128, 99), 4, engine.stageCount, true); // warm the path
-    const times = await session(client, ids(128, 7), opts.decode + 1, engine.stageCount, true);
+    await timedSession(client, ids(128, 99), 4, engine.stageCount, true); // warm the path
+    const times = await timedSession(client, ids(128, 7), opts.decode + 1, engine.stageCount, true);
     return times.reduce((a, b) => a + b, 0) / times.length;
   } finally {
     await stop();

@@ -6,53 +6,13 @@
  *
  *   npx tsx tools/bench/executor-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 3] [--threads 2] [--engine worker|inline]
  */
-import * as grpc from '@grpc/grpc-js';
-import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
 import { OnnxStageEngine, WorkerStageEngine } from '@tandem/server-executor';
-import { arg, benchModel, median, startBenchExecutor, stepRequest } from './bench-kit';
+import { arg, benchModel, generationArgs, median, startBenchExecutor, timedSession } from './bench-kit';
 
-const preset = arg('preset', 'small');
-const sessions = Number(arg('sessions', '8'));
-const promptLen = Number(arg('prompt', '32'));
-const decode = Number(arg('decode', '32'));
-const reps = Number(arg('reps', '3'));
-const threads = Number(arg('threads', '2'));
+const { preset, sessions, promptLen, decode, reps, threads } = generationArgs(3);
 /** Where onnxruntime runs, as EXECUTOR_ENGINE: the executor's default is the worker thread. */
 const engineKind = arg('engine', 'worker');
-
-/** One generation: prefill then `decode` steps; resolves with per-step latencies (ms). */
-function generation(client: ExecutorServiceClient, stageCount: number): Promise<number[]> {
-  return new Promise((resolve, reject) => {
-    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 300_000 });
-    const lat: number[] = [];
-    let seq = 0;
-    let t0 = 0;
-    const send = (ids: number[]): void => {
-      t0 = performance.now();
-      seq++;
-      call.write(stepRequest(seq, stageCount, ids, true));
-    };
-    call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') {
-        send(Array.from({ length: promptLen }, (_, i) => 100 + i));
-        return;
-      }
-      if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'token') {
-        reject(new Error('unexpected answer'));
-        return;
-      }
-      if (seq > 1) lat.push(performance.now() - t0);
-      if (seq > decode) {
-        call.end();
-        return;
-      }
-      send([m.kind.value.output.value]);
-    });
-    call.on('error', reject);
-    call.on('end', () => resolve(lat));
-    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
-  });
-}
+const PROMPT = Array.from({ length: promptLen }, (_, i) => 100 + i);
 
 async function main(): Promise<void> {
   if (engineKind !== 'worker' && engineKind !== 'inline') throw new Error(`--engine must be worker or inline, given '${engineKind.slice(0, 40)}'`);
@@ -72,7 +32,7 @@ async function main(): Promise<void> {
         idleTimeoutMs: 300_000,
       });
       const t0 = performance.now();
-      const lats = await Promise.all(Array.from({ length: sessions }, () => generation(client, engine.stageCount)));
+      const lats = await Promise.all(Array.from({ length: sessions }, () => timedSession(client, PROMPT, decode + 1, engine.stageCount, true)));
       const s = (performance.now() - t0) / 1000;
       const key = batching ? 'batched' : 'unbatched';
       results[key].tokPerS.push((sessions * (decode + 1)) / s);

@@ -23,7 +23,8 @@ import * as os from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { promptIds as ids, startExecutorProcess } from '@tandem/loadtest';
 import { readManifest } from '@tandem/model';
-import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
+import { channelOptions, ExecutorServiceClient } from '@tandem/protocol';
+import { serverGeneration } from '@tandem/testkit';
 import { sleep } from '@tandem/util';
 import { arg, benchModel, median } from './bench-kit';
 
@@ -47,30 +48,10 @@ const say = (s: string): void => {
 };
 const MiB = 1024 * 1024;
 
-/** One server-side generation; resolves with the ms between its first and last token. */
-function generate(client: ExecutorServiceClient, prompt: number[], n: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 600_000 });
-    let first = 0;
-    let last = 0;
-    call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') {
-        call.write({
-          kind: {
-            $case: 'generate',
-            value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, prompt.length], data: BigInt64Array.from(prompt, BigInt) }), maxNewTokens: n },
-          },
-        });
-      } else if (m.kind?.$case === 'token') {
-        last = performance.now();
-        if (!first) first = last;
-        if (m.kind.value.last) call.end();
-      }
-    });
-    call.on('error', reject);
-    call.on('end', () => resolve(n > 1 ? (last - first) / (n - 1) : 0));
-    call.write({ kind: { $case: 'open', value: { clientId: 'bench', planEpoch: '0', modelId: '' } } });
-  });
+/** One server-side generation of `n` tokens; resolves with the ms per token between its first and last. */
+async function generate(client: ExecutorServiceClient, prompt: number[], n: number): Promise<number> {
+  const { at } = await serverGeneration(client, prompt, n, { clientId: 'bench', deadlineMs: 600_000 });
+  return n > 1 ? ((at[at.length - 1] ?? 0) - (at[0] ?? 0)) / (n - 1) : 0;
 }
 
 interface Figures {

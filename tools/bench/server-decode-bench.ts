@@ -18,14 +18,9 @@ import * as grpc from '@grpc/grpc-js';
 import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
 import { OnnxStageEngine } from '@tandem/server-executor';
 import { sleep } from '@tandem/util';
-import { arg, benchModel, idsTensor, median, openSession, startBenchExecutor, stepRequest } from './bench-kit';
+import { arg, benchModel, generationArgs, idsTensor, median, openSession, startBenchExecutor, stepRequest } from './bench-kit';
 
-const preset = arg('preset', 'small');
-const sessions = Number(arg('sessions', '8'));
-const promptLen = Number(arg('prompt', '32'));
-const decode = Number(arg('decode', '32'));
-const reps = Number(arg('reps', '5'));
-const threads = Number(arg('threads', '2'));
+const { preset, sessions, promptLen, decode, reps, threads } = generationArgs(5);
 const latencyMs = Number(arg('latency', '0'));
 const batching = arg('batching', 'on') !== 'off';
 /** Tokens per generation: the prefill's, then one per decode step. */

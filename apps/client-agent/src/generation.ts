@@ -318,19 +318,32 @@ export async function generate(
   // Created before the first await: with replay, the cache takes the cursor armed for this generation.
   const cache = deps.local.newCache();
   const run = new Run(deps, promptIds, maxNewTokens, onToken);
-  const onAbort = (): void => run.remote?.cancel();
-  deps.signal.addEventListener('abort', onAbort);
   try {
-    if (decode === placement) await splitLoop(run, cache, segmentsOf(placement), promptIds, false);
-    else await phased(run, cache, placement, decode);
+    return await driven(run, async () => {
+      if (decode === placement) await splitLoop(run, cache, segmentsOf(placement), promptIds, false);
+      else await phased(run, cache, placement, decode);
+    });
+  } finally {
+    cache.clear();
+  }
+}
+
+/**
+ * Runs a generation's `body`: its session is cancelled when `deps.signal` aborts or the body
+ * throws, and ended (half-closed) after it succeeds; returns the run's figures.
+ */
+async function driven(run: Run, body: () => Promise<void>): Promise<GenerationStats> {
+  const onAbort = (): void => run.remote?.cancel();
+  run.deps.signal.addEventListener('abort', onAbort);
+  try {
+    await body();
     run.remote?.end();
     return run.stats();
   } catch (err) {
     run.remote?.cancel();
     throw err;
   } finally {
-    deps.signal.removeEventListener('abort', onAbort);
-    cache.clear();
+    run.deps.signal.removeEventListener('abort', onAbort);
   }
 }
 
@@ -535,20 +548,11 @@ async function generateOnServer(
   onToken: (id: number, index: number) => void,
 ): Promise<GenerationStats> {
   const run = new Run(deps, promptIds, maxNewTokens, onToken);
-  const onAbort = (): void => run.remote?.cancel();
-  deps.signal.addEventListener('abort', onAbort);
-  try {
+  return driven(run, async () => {
     deps.signal.throwIfAborted();
     const remote = await run.open();
     await serverLoop(run, remote, false);
-    run.remote?.end();
-    return run.stats();
-  } catch (err) {
-    run.remote?.cancel();
-    throw err;
-  } finally {
-    deps.signal.removeEventListener('abort', onAbort);
-  }
+  });
 }
 
 /**

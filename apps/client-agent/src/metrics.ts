@@ -1,4 +1,4 @@
-import { Counter, Histogram, latencyHistogram, type Registry } from '@tandem/service-kit';
+import { counter, Counter, Histogram, latencyHistogram, type Registry } from '@tandem/service-kit';
 
 /** A placement's kind, the label of the agent's metrics: every stage on the server, every stage on the device, or split. */
 export type PlacementKind = 'all-server' | 'split' | 'all-device';
@@ -30,18 +30,18 @@ export class AgentMetrics {
 
   constructor(registry: Registry, read: AgentMetricSources) {
     const registers = [registry];
-    this.generations = new Counter({
-      name: 'tandem_agent_generations_total',
-      help: "Generations run, by placement kind (all-server, split, all-device) and status: ok, failed, or cancelled (the caller cancelled or the agent stopped); requests refused as invalid aren't counted",
-      labelNames: ['placement', 'status'],
-      registers,
-    });
-    this.byExecutor = new Counter({
-      name: 'tandem_agent_generations_by_executor_total',
-      help: "Generations run, by the executor of their last session (its id as the plan named it; 'configured' for EXECUTOR_ADDR when no plan named it; 'none' when no session was opened: all-device, or every open refused) and status: ok, failed or cancelled",
-      labelNames: ['executor', 'status'],
-      registers,
-    });
+    this.generations = counter(
+      registry,
+      'tandem_agent_generations_total',
+      "Generations run, by placement kind (all-server, split, all-device) and status: ok, failed, or cancelled (the caller cancelled or the agent stopped); requests refused as invalid aren't counted",
+      ['placement', 'status'],
+    );
+    this.byExecutor = counter(
+      registry,
+      'tandem_agent_generations_by_executor_total',
+      "Generations run, by the executor of their last session (its id as the plan named it; 'configured' for EXECUTOR_ADDR when no plan named it; 'none' when no session was opened: all-device, or every open refused) and status: ok, failed or cancelled",
+      ['executor', 'status'],
+    );
     this.e2eSeconds = latencyHistogram(
       registry,
       'tandem_agent_generation_duration_seconds',
@@ -54,13 +54,13 @@ export class AgentMetrics {
       'Time to first token of successful generations, by placement kind',
       ['placement'],
     );
-    this.planUpdates = new Counter({ name: 'tandem_agent_plan_updates_total', help: 'Plans taken from the planner', registers });
-    this.handoverBytes = new Counter({
-      name: 'tandem_agent_kv_handover_bytes_total',
-      help: "Key and value bytes moved between a phased plan's prefill and decode by successful generations, by direction: up (kv_put, to the executor) or down (kv_take)",
-      labelNames: ['direction'],
-      registers,
-    });
+    this.planUpdates = counter(registry, 'tandem_agent_plan_updates_total', 'Plans taken from the planner');
+    this.handoverBytes = counter(
+      registry,
+      'tandem_agent_kv_handover_bytes_total',
+      "Key and value bytes moved between a phased plan's prefill and decode by successful generations, by direction: up (kv_put, to the executor) or down (kv_take)",
+      ['direction'],
+    );
     for (const direction of ['up', 'down']) this.handoverBytes.inc({ direction }, 0);
     this.handoverSeconds = latencyHistogram(
       registry,

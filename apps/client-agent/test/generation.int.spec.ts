@@ -1,15 +1,11 @@
 import { SplitPipeline } from '@tandem/model';
-import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { suiteModel } from '@tandem/testkit';
 import { generate } from '../src/generation';
 import { LinkEmulator, LinkEstimator } from '../src/link';
 import { LocalStages } from '../src/local-stages';
 
 describe('generation on the device', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel();
-  });
-  afterAll(() => model.remove());
+  const model = suiteModel();
 
   it('runs its own head on the last position only and still gives the one-process tokens', async () => {
     const local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 1, intraOpNumThreads: 1 });

@@ -1,12 +1,8 @@
-import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { suiteModel } from '@tandem/testkit';
 import { LocalStages } from '../src/local-stages';
 
 describe('LocalStages device emulation', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel();
-  });
-  afterAll(() => model.remove());
+  const model = suiteModel();
 
   it('pads each stage to slowdown x its uncontended start-up cost, and publishes that cost', async () => {
     const local = await LocalStages.load(model.dir, [0, 1, 2, 3, 4, 5], { slowdown: 4, intraOpNumThreads: 1 });

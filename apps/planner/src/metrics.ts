@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
+import { counter, Counter, Gauge, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
 import type { ValidOutcome } from './outcomes';
 
 /** What the planner's gauges and mirrored counters read when scraped: its own state and counters, never a copy. */
@@ -37,23 +37,23 @@ export class PlannerMetrics {
 
   constructor(registry: Registry, read: PlannerMetricSources, classes: readonly string[]) {
     const registers = [registry];
-    this.changes = new Counter({
-      name: 'tandem_planner_plan_changes_total',
-      help: "Plans changed (some class's placement moved, or a client's first plan), by algorithm and the objective in force",
-      labelNames: ['algorithm', 'objective'],
-      registers,
-    });
+    this.changes = counter(
+      registry,
+      'tandem_planner_plan_changes_total',
+      "Plans changed (some class's placement moved, or a client's first plan), by algorithm and the objective in force",
+      ['algorithm', 'objective'],
+    );
     this.replanSeconds = latencyHistogram(
       registry,
       'tandem_planner_replan_duration_seconds',
       'Re-plan rounds (a pass over the clients whose inputs changed), from start to end, slices and yields included',
     );
-    this.outcomes = new Counter({
-      name: 'tandem_planner_outcomes_total',
-      help: 'Generation outcomes taken from known clients, by request class and result: met (every stated SLO), missed, failed (the generation failed)',
-      labelNames: ['request_class', 'result'],
-      registers,
-    });
+    this.outcomes = counter(
+      registry,
+      'tandem_planner_outcomes_total',
+      'Generation outcomes taken from known clients, by request class and result: met (every stated SLO), missed, failed (the generation failed)',
+      ['request_class', 'result'],
+    );
     this.predicted = latencyHistogram(
       registry,
       'tandem_planner_predicted_latency_seconds',

@@ -144,6 +144,11 @@ describe('PlanMaker', () => {
     // the no-load alternative has no slow-down, and a stretch is capped like the inflation (0.9: x10)
     expect(maker.instance(client(10), load({}), cls, 0)!.stages[1].serverDecodeMs).toBe(6);
     expect(maker.instance(client(10), load({ decodeStretch: 50 }), cls)!.stages[1].serverDecodeMs).toBeCloseTo(60, 10);
+    // A split's server stages by the split kind's stretch when the executor reports it; the all-server step by decode_stretch.
+    const split = maker.instance(client(10), load({ splitDecodeStretch: 4, wholeModel: { stage: 0, prefillMsPerToken: 1, decodeMs: 20, samples: 5 } }), cls)!;
+    expect(split.stages[1].serverDecodeMs).toBeCloseTo(24, 10);
+    expect(split.stages[1].serverDecodeWork).toBe(6);
+    expect(split.serverWholeModel!.serverDecodeMs).toBeCloseTo(60, 10);
     // PLANNER_SERVER_LATENCY=mm1 ignores the stretch: 1 / (1 - 0.5)
     const mm1 = new PlanMaker({ ...maker.opts, serverLatency: 'mm1' });
     expect(mm1.instance(client(10), load({}), cls)!.stages[1].serverDecodeMs).toBeCloseTo(12, 10);

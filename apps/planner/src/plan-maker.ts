@@ -260,13 +260,16 @@ export class PlanMaker {
     const m = Math.max(0, cls.expectedNewTokens - 1);
     const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
     const inflate = 1 / (1 - u);
-    // The executor's measured slow-down of steps (ServerLoad.decode_stretch, prompt_stretch for
-    // prompts of at most long_step_tokens positions, long_prompt_stretch for longer ones) when
-    // it reports one, else the M/M/1 inflation; none at no load.
+    // The executor's measured slow-down of steps (ServerLoad.decode_stretch for all-server
+    // decode steps, split_decode_stretch for a split's server range, which waits at each of its
+    // stages (decode_stretch from executors that do not report it), prompt_stretch for prompts
+    // of at most long_step_tokens positions, long_prompt_stretch for longer ones) when it
+    // reports one, else the M/M/1 inflation; none at no load.
     const cap = 1 / (1 - this.opts.maxUtilisation);
     const useStretch = (this.opts.serverLatency ?? 'stretch') === 'stretch';
     const slowdown = (measured: number): number => (utilisation === 0 ? 1 : useStretch && measured >= 1 ? Math.min(measured, cap) : inflate);
     const decodeSlow = slowdown(server.decodeStretch);
+    const splitDecodeSlow = slowdown(server.splitDecodeStretch || server.decodeStretch);
     const prefillSlow = slowdown(n > Math.max(1, server.longStepTokens) ? server.longPromptStretch : server.promptStretch);
     const last = this.opts.stages.length - 1;
     const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
@@ -284,7 +287,7 @@ export class PlanMaker {
         clientDecodeMs: c ? c.decodeMs : 0,
         // Latency from the loaded times, server work from the unloaded ones.
         serverPrefillMs: serverPrefill * prefillSlow,
-        serverDecodeMs: s.decodeMs * decodeSlow,
+        serverDecodeMs: s.decodeMs * splitDecodeSlow,
         serverPrefillWork: serverPrefill,
         serverDecodeWork: s.decodeMs,
       };

@@ -3,7 +3,16 @@ import { randomBytes } from 'node:crypto';
 import { jetstream, JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { ClientPlan, ID_PATTERN } from '@tandem/protocol';
-import { ConfigError, Counter, DEFAULT_PLANNER_STATE_BUCKET, readGauge, type Logger, type NatsConnection, type Registry } from '@tandem/service-kit';
+import {
+  ConfigError,
+  counter,
+  type Counter,
+  DEFAULT_PLANNER_STATE_BUCKET,
+  readGauge,
+  type Logger,
+  type NatsConnection,
+  type Registry,
+} from '@tandem/service-kit';
 
 /** PLANNER_STATE_BUCKET's default: the JetStream key-value bucket holding the plans (the NATS permissions `natsServerConfig` writes grant it). */
 export const DEFAULT_STATE_BUCKET = DEFAULT_PLANNER_STATE_BUCKET;
@@ -180,24 +189,23 @@ export class PlanState {
     this.id = opts.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.now = opts.now ?? (() => performance.now());
     this.log = opts.log.child({ component: 'plan-state', bucket: opts.bucket });
-    const registers = [opts.registry];
     readGauge(
       opts.registry,
       'tandem_planner_leader',
       'Whether this planner leads (1: it plans and writes the plans bucket) or stands by (0: it serves the plans the bucket holds)',
       () => (this.current === 'leader' ? 1 : 0),
     );
-    this.writeFailuresMetric = new Counter({
-      name: 'tandem_planner_state_write_failures_total',
-      help: 'Writes of a plan or the epoch counter to the plans bucket that NATS did not take (retried every second while this planner leads)',
-      registers,
-    });
-    this.refusedMetric = new Counter({
-      name: 'tandem_planner_state_refused_total',
-      help: 'Entries of the plans bucket refused (not a plan this planner could have written), by reason',
-      labelNames: ['reason'],
-      registers,
-    });
+    this.writeFailuresMetric = counter(
+      opts.registry,
+      'tandem_planner_state_write_failures_total',
+      'Writes of a plan or the epoch counter to the plans bucket that NATS did not take (retried every second while this planner leads)',
+    );
+    this.refusedMetric = counter(
+      opts.registry,
+      'tandem_planner_state_refused_total',
+      'Entries of the plans bucket refused (not a plan this planner could have written), by reason',
+      ['reason'],
+    );
   }
 
   get role(): PlannerRole {

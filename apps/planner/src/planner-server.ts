@@ -294,6 +294,7 @@ export function smoothLoad(prev: ServerLoad | undefined, l: ServerLoad, a: numbe
     decodeStretch: measured(prev.decodeStretch, l.decodeStretch),
     promptStretch: measured(prev.promptStretch, l.promptStretch),
     longPromptStretch: measured(prev.longPromptStretch, l.longPromptStretch),
+    ...(l.splitDecodeStretch !== undefined ? { splitDecodeStretch: measured(prev.splitDecodeStretch ?? 0, l.splitDecodeStretch) } : {}),
     stages: l.stages.map((s, i) => smoothTiming(prev.stages[i], s, a)),
     ...(l.wholeModel ? { wholeModel: prev.wholeModel ? smoothTiming(prev.wholeModel, l.wholeModel, a) : l.wholeModel } : {}),
   };
@@ -321,6 +322,7 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   const fb = inflate(l.utilisation);
   if (relChange(fa, fb) > threshold) return true;
   for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) if (relChange(old[k], l[k]) > threshold) return true;
+  if (relChange(old.splitDecodeStretch ?? 0, l.splitDecodeStretch ?? 0) > threshold) return true;
   if (old.longStepTokens !== l.longStepTokens) return true;
   const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean =>
     a === undefined || b === undefined

@@ -154,8 +154,9 @@ export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   if (l.wholeModel) stageTimes(T, 'wholeModel', l.wholeModel);
   inRange(T, 'utilisation', l.utilisation, 0, 1, '');
   inRange(T, 'meanQueueMs', l.meanQueueMs, 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
-  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) {
-    if (l[k] !== 0) inRange(T, k, l[k], 1, TELEMETRY_LIMITS.maxStretch, ' (or 0: not measured)');
+  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch', 'splitDecodeStretch'] as const) {
+    const v = l[k] ?? 0;
+    if (v !== 0) inRange(T, k, v, 1, TELEMETRY_LIMITS.maxStretch, ' (or 0: not measured)');
   }
   inRange(T, 'longStepTokens', l.longStepTokens, 0, TELEMETRY_LIMITS.maxLongStepTokens, ' positions');
   if (l.address !== undefined && l.address !== '') {

@@ -1,12 +1,11 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { ClientProfile, GenerationOutcome, ServerLoad, Subjects, type ClientPlan } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { clientProfile, eventually, planOutcome, serverLoad, stageTimes, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { PlanMaker, PlannerDashboard, PlannerServer, type DashboardSource } from '../src';
-import { makerOptions, plannerOptions, SHORT_CLASS, THREE_STAGES } from './fixtures';
+import { clientProfile, eventually, planOutcome, serverLoad, stageTimes } from '@tandem/testkit';
+import { PlannerDashboard, type DashboardSource } from '../src';
+import { SHORT_CLASS, startLivePlanner, THREE_STAGES, type LivePlanner } from './fixtures';
 
 // The dashboard in a real browser (Debian's chromium driven by playwright-core) against a real
 // planner fed over a real nats-server: the page shows a client's plan with its stages coloured
@@ -35,9 +34,7 @@ async function shownPlacement(page: Page, clientId: string): Promise<{ placement
 }
 
 describe('planner dashboard in a real browser', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
+  let live: LivePlanner;
   let dashboard: PlannerDashboard;
   let hostile: PlannerDashboard;
   let browser: Browser;
@@ -48,12 +45,9 @@ describe('planner dashboard in a real browser', () => {
         `chromium is missing at ${CHROMIUM}: the dashboard's browser test needs Debian's chromium (apt-get install chromium; CI's .ci/run installs it) or CHROMIUM_BIN naming another chromium`,
       );
     }
-    nats = await startNatsServer();
-    server = new PlannerServer(plannerOptions({ maker: new PlanMaker(makerOptions()), natsUrl: nats.url, debounceMs: 5 }));
-    await server.start();
-    dashboard = new PlannerDashboard({ source: server, info, log: silent, host: '127.0.0.1', port: 0, intervalMs: 50 });
+    live = await startLivePlanner();
+    dashboard = new PlannerDashboard({ source: live.server, info, log: silent, host: '127.0.0.1', port: 0, intervalMs: 50 });
     await dashboard.start();
-    nc = await connect({ servers: nats.url });
     // Headless, without chromium's sandbox (it refuses to run as root with it, as in CI containers).
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage'] });
   }, 30_000);
@@ -62,9 +56,7 @@ describe('planner dashboard in a real browser', () => {
     await browser?.close();
     await hostile?.stop();
     await dashboard?.stop();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
   });
 
   it("shows a client's plan by side, follows a change live, and keeps a screenshot", async () => {
@@ -73,8 +65,8 @@ describe('planner dashboard in a real browser', () => {
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(dashboard.url ?? '');
     const load = serverLoad({ utilisation: 0.42, queueDepth: 2, activeSessions: 3 });
-    nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
-    nc.publish(Subjects.clientProfile('dev-a'), ClientProfile.encode(profile('dev-a', [1, 5, 100])).finish());
+    live.nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
+    live.nc.publish(Subjects.clientProfile('dev-a'), ClientProfile.encode(profile('dev-a', [1, 5, 100])).finish());
     await page.waitForSelector('[data-client="dev-a"] [data-placement="CCS"]', { timeout: 10_000 });
     expect(await shownPlacement(page, 'dev-a')).toEqual({ placement: 'CCS', sides: ['client', 'client', 'server'] });
     expect(await page.locator('body').getAttribute('data-status')).toBe('live');
@@ -84,23 +76,23 @@ describe('planner dashboard in a real browser', () => {
     // A change published over NATS reaches the open page: no reload (the mark survives).
     await page.evaluate('window.tandemMark = 42');
     const updates = Number(await page.locator('body').getAttribute('data-updates'));
-    nc.publish(Subjects.clientProfile('dev-a'), ClientProfile.encode(profile('dev-a', [1, 5, 1])).finish());
+    live.nc.publish(Subjects.clientProfile('dev-a'), ClientProfile.encode(profile('dev-a', [1, 5, 1])).finish());
     await page.waitForSelector('[data-client="dev-a"] [data-placement="CCC"]', { timeout: 10_000 });
     expect(await shownPlacement(page, 'dev-a')).toEqual({ placement: 'CCC', sides: ['client', 'client', 'client'] });
     expect(await page.evaluate('window.tandemMark')).toBe(42);
     expect(Number(await page.locator('body').getAttribute('data-updates'))).toBeGreaterThan(updates);
 
     // A second client, whose head stage is too slow on the device: it runs there on the server.
-    nc.publish(Subjects.clientProfile('dev-b'), ClientProfile.encode(profile('dev-b', [1, 5, 100], 'laptop')).finish());
+    live.nc.publish(Subjects.clientProfile('dev-b'), ClientProfile.encode(profile('dev-b', [1, 5, 100], 'laptop')).finish());
     await page.waitForSelector('[data-client="dev-b"] [data-placement="CCS"]', { timeout: 10_000 });
     expect(await page.locator('[data-field="clients-total"]').textContent()).toBe('2 with a plan');
 
     // Outcomes of the plan in force: the class's attainment and predicted / observed latency appear.
-    const plan = server.plans().find((p) => p.clientId === 'dev-a') as ClientPlan;
+    const plan = live.server.plans().find((p) => p.clientId === 'dev-a') as ClientPlan;
     for (let i = 0; i < 4; i++) {
       // Measured as predicted: no correction, so the plan in force (and its attainment) stays.
       const o = planOutcome(plan);
-      nc.publish(Subjects.outcome('dev-a'), GenerationOutcome.encode(o).finish());
+      live.nc.publish(Subjects.outcome('dev-a'), GenerationOutcome.encode(o).finish());
     }
     await page.waitForSelector('#classes [data-class="short"] [data-attainment]', { timeout: 10_000 });
     expect(await page.locator('#classes [data-class="short"] [data-attainment]').getAttribute('data-attainment')).toBe('1');
@@ -120,13 +112,13 @@ describe('planner dashboard in a real browser', () => {
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(dashboard.url ?? '');
     // A client id that is markup never reaches the page: the planner drops it (counted).
-    const dropped = server.counters.badMessages;
-    nc.publish(Subjects.clientProfile('dev-x'), ClientProfile.encode(profile(HOSTILE_ID, [1, 5, 100])).finish());
+    const dropped = live.server.counters.badMessages;
+    live.nc.publish(Subjects.clientProfile('dev-x'), ClientProfile.encode(profile(HOSTILE_ID, [1, 5, 100])).finish());
     // A client class that is markup is taken, and shown as text.
-    nc.publish(Subjects.clientProfile('dev-h'), ClientProfile.encode(profile('dev-h', [1, 5, 100], HOSTILE_CLASS)).finish());
+    live.nc.publish(Subjects.clientProfile('dev-h'), ClientProfile.encode(profile('dev-h', [1, 5, 100], HOSTILE_CLASS)).finish());
     await page.waitForSelector('[data-client="dev-h"] [data-placement]', { timeout: 10_000 });
     expect(await page.locator('[data-client="dev-h"] [data-field="client-class"]').textContent()).toBe(`class ${HOSTILE_CLASS}`);
-    await eventually(() => server.counters.badMessages > dropped, { what: 'the hostile client id dropped', timeoutMs: 5000 });
+    await eventually(() => live.server.counters.badMessages > dropped, { what: 'the hostile client id dropped', timeoutMs: 5000 });
     expect(await page.locator('img').count()).toBe(0);
     expect(await page.title()).toBe('Tandem planner');
 
@@ -140,7 +132,7 @@ describe('planner dashboard in a real browser', () => {
           createdUnixMs: Date.now(),
           executor: { id: HOSTILE_ID, address: HOSTILE_ID },
           alternates: [],
-          classes: [{ ...server.plans()[0].classes[0], name: HOSTILE_ID, placement: 'C<S' }],
+          classes: [{ ...live.server.plans()[0].classes[0], name: HOSTILE_ID, placement: 'C<S' }],
         },
       ],
       observations: () => [],

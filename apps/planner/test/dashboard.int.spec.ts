@@ -1,10 +1,9 @@
 import { request, type ClientRequest } from 'node:http';
 import { connect as tcpConnect } from 'node:net';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { ClientProfile, ServerLoad, Subjects } from '@tandem/protocol';
-import { capturingLogger, clientProfile, eventually, scrapeMetrics, serverLoad, stageTimes, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { PlanMaker, PlannerDashboard, PlannerServer, type DashboardSnapshot } from '../src';
-import { makerOptions, plannerOptions, SHORT_CLASS, THREE_STAGES } from './fixtures';
+import { capturingLogger, clientProfile, eventually, scrapeMetrics, serverLoad, stageTimes } from '@tandem/testkit';
+import { PlannerDashboard, type DashboardSnapshot } from '../src';
+import { SHORT_CLASS, startLivePlanner, THREE_STAGES, type LivePlanner } from './fixtures';
 
 // The dashboard's HTTP side against a real planner fed over a real nats-server: its event
 // stream (/events) is bounded (a stream limit, heartbeats, every stream ended on stop, no
@@ -58,9 +57,7 @@ function openEvents(port: number): EventStream {
 const profile = (clientId: string, ms = [1, 5, 100], clientClass = 'phone'): ClientProfile => clientProfile({ clientId, clientClass, stages: stageTimes(ms) });
 
 describe('planner dashboard: event stream bounds and headers, with real telemetry over NATS', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
+  let live: LivePlanner;
   let dashboard: PlannerDashboard;
   let port: number;
   const logs = capturingLogger('info');
@@ -72,11 +69,9 @@ describe('planner dashboard: event stream bounds and headers, with real telemetr
   };
 
   beforeAll(async () => {
-    nats = await startNatsServer();
-    server = new PlannerServer(plannerOptions({ maker: new PlanMaker(makerOptions()), natsUrl: nats.url, debounceMs: 5 }));
-    await server.start();
+    live = await startLivePlanner();
     dashboard = new PlannerDashboard({
-      source: server,
+      source: live.server,
       info: { modelId: 'm', algorithm: 'dp', stages: THREE_STAGES.map((s) => s.name), classes: [SHORT_CLASS], attainmentTarget: 0.9 },
       log: logs.log,
       host: '127.0.0.1',
@@ -86,19 +81,16 @@ describe('planner dashboard: event stream bounds and headers, with real telemetr
       heartbeatMs: 100,
     });
     port = await dashboard.start();
-    nc = await connect({ servers: nats.url });
     const load = serverLoad({ utilisation: 0.25, queueDepth: 3 });
-    nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
-    nc.publish(Subjects.clientProfile('dev-a'), ClientProfile.encode(profile('dev-a')).finish());
-    await eventually(() => server.plans().length === 1, { what: "dev-a's first plan", timeoutMs: 5000 });
+    live.nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
+    live.nc.publish(Subjects.clientProfile('dev-a'), ClientProfile.encode(profile('dev-a')).finish());
+    await eventually(() => live.server.plans().length === 1, { what: "dev-a's first plan", timeoutMs: 5000 });
   });
 
   afterAll(async () => {
     for (const s of streams) s.close();
     await dashboard?.stop();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
   });
 
   it("streams the planner's state at once, then every change, with heartbeats while nothing changes", async () => {
@@ -114,7 +106,7 @@ describe('planner dashboard: event stream bounds and headers, with real telemetr
     await eventually(() => s.heartbeats >= 2, { what: 'two heartbeats', timeoutMs: 3000 });
     expect(s.snapshots.length).toBe(before);
     // A second client appears on the open stream.
-    nc.publish(Subjects.clientProfile('dev-b'), ClientProfile.encode(profile('dev-b')).finish());
+    live.nc.publish(Subjects.clientProfile('dev-b'), ClientProfile.encode(profile('dev-b')).finish());
     await eventually(() => s.snapshots.at(-1)?.clients.some((c) => c.clientId === 'dev-b'), { what: 'dev-b on the stream', timeoutMs: 3000 });
     expect(s.snapshots.at(-1)?.clientsTotal).toBe(2);
     s.close();
@@ -192,7 +184,7 @@ describe('planner dashboard: event stream bounds and headers, with real telemetr
 
   it('refuses options that are not positive integers, naming the option and the value', () => {
     const base = {
-      source: server,
+      source: live.server,
       info: { modelId: 'm', algorithm: 'dp', stages: [], classes: [], attainmentTarget: 0.9 },
       log: logs.log,
       host: '127.0.0.1',

@@ -66,17 +66,26 @@ describe('planner with several executors', () => {
   const planOf = (p: PlannerServer, clientId: string): ClientPlan | undefined => p.plans().find((x) => x.clientId === clientId);
   const on = (p: PlannerServer, executorId: string): number => p.plans().filter((x) => x.executor?.id === executorId).length;
 
-  it('spreads a stream of equal clients over two equal executors, names the other as the alternate, and lists both', async () => {
-    const { planner, port } = await startPlanner();
+  /** Executors A and B report (B with `b` on top) and `p` has heard both. */
+  async function bothReport(p: PlannerServer, b: Partial<ServerLoad> = {}): Promise<void> {
     await load(A.id, { address: A.address });
-    await load(B.id, { address: B.address });
-    await eventually(() => planner.executorIds.length === 2, { what: 'both executors heard' });
-    const clients = ids(20);
-    // One by one, as clients arrive: each round sees the assignments before it.
+    await load(B.id, { address: B.address, ...b });
+    await eventually(() => p.executorIds.length === 2, { what: 'both executors heard' });
+  }
+
+  /** `clients` arrive one by one, each planned by `p` before the next: each round sees the assignments before it. */
+  async function arriveOneByOne(p: PlannerServer, clients: readonly string[]): Promise<void> {
     for (const id of clients) {
       await profiles([id]);
-      await eventually(() => planOf(planner, id), { what: `the plan of ${id}` });
+      await eventually(() => planOf(p, id), { what: `the plan of ${id}` });
     }
+  }
+
+  it('spreads a stream of equal clients over two equal executors, names the other as the alternate, and lists both', async () => {
+    const { planner, port } = await startPlanner();
+    await bothReport(planner);
+    const clients = ids(20);
+    await arriveOneByOne(planner, clients);
     const plans = clients.map((id) => planOf(planner, id)!);
     for (const p of plans) {
       expect([A.id, B.id]).toContain(p.executor?.id);
@@ -116,14 +125,9 @@ describe('planner with several executors', () => {
 
   it('puts more clients on an executor twice as fast', async () => {
     const { planner } = await startPlanner();
-    await load(A.id, { address: A.address });
-    await load(B.id, { address: B.address, stages: SLOW_STAGES });
-    await eventually(() => planner.executorIds.length === 2, { what: 'both executors heard' });
+    await bothReport(planner, { stages: SLOW_STAGES });
     const clients = ids(12);
-    for (const id of clients) {
-      await profiles([id]);
-      await eventually(() => planOf(planner, id), { what: `the plan of ${id}` });
-    }
+    await arriveOneByOne(planner, clients);
     const fast = on(planner, A.id);
     expect(fast).toBeGreaterThan(on(planner, B.id));
     expect(fast + on(planner, B.id)).toBe(12);
@@ -135,15 +139,10 @@ describe('planner with several executors', () => {
 
   it('a draining executor: its clients get plans naming the other within a second, new clients never get it, alternates never name it', async () => {
     const { planner, port } = await startPlanner();
-    await load(A.id, { address: A.address });
-    await load(B.id, { address: B.address });
-    await eventually(() => planner.executorIds.length === 2, { what: 'both executors heard' });
+    await bothReport(planner);
     const clients = ids(10);
     const streamsOf = new Map(clients.map((id) => [id, watch(port, id)]));
-    for (const id of clients) {
-      await profiles([id]);
-      await eventually(() => planOf(planner, id), { what: `the plan of ${id}` });
-    }
+    await arriveOneByOne(planner, clients);
     const wereOnA = clients.filter((id) => planOf(planner, id)?.executor?.id === A.id);
     expect(wereOnA.length).toBeGreaterThan(0);
     const epochs = new Map(clients.map((id) => [id, planOf(planner, id)!.epoch]));
@@ -185,13 +184,8 @@ describe('planner with several executors', () => {
     const { planner, port } = await startPlanner({ clientTtlMs: ttl });
     const clients = ids(6);
     const streamsOf = new Map(clients.map((id) => [id, watch(port, id)]));
-    await load(A.id, { address: A.address });
-    await load(B.id, { address: B.address });
-    await eventually(() => planner.executorIds.length === 2, { what: 'both executors heard' });
-    for (const id of clients) {
-      await profiles([id]);
-      await eventually(() => planOf(planner, id), { what: `the plan of ${id}` });
-    }
+    await bothReport(planner);
+    await arriveOneByOne(planner, clients);
     expect(on(planner, A.id)).toBeGreaterThan(0);
     expect(on(planner, B.id)).toBeGreaterThan(0);
     // From now on only B reports (and the clients keep their profiles fresh); A falls silent.
@@ -275,14 +269,9 @@ describe('planner with several executors', () => {
     const state = { bucket: 'executors', leaseMs: 600 };
     const { planner: first } = await startPlanner({ state: { ...state, id: 'first' } });
     await eventually(() => first.role === 'leader', { what: 'leading' });
-    await load(A.id, { address: A.address });
-    await load(B.id, { address: B.address });
-    await eventually(() => first.executorIds.length === 2, { what: 'both executors heard' });
+    await bothReport(first);
     const clients = ids(6);
-    for (const id of clients) {
-      await profiles([id]);
-      await eventually(() => planOf(first, id), { what: `the plan of ${id}` });
-    }
+    await arriveOneByOne(first, clients);
     const made = new Map(clients.map((id) => [id, planOf(first, id)!]));
     expect(on(first, A.id)).toBe(3);
     const kv = await new Kvm(nc).open('executors');

@@ -1,8 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlannerServiceClient, type ListPlansResponse, type WatchPlansResponse } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { PLAN_SETTINGS, PLANNER_SETTINGS } from '@tandem/testkit';
-import { PlanMaker, type PlanMakerOptions, type PlannerServerOptions } from '../src';
+import { PLAN_SETTINGS, PLANNER_SETTINGS, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { PlanMaker, PlannerServer, type PlanMakerOptions, type PlannerServerOptions } from '../src';
 
 // What the planner's tests plan with: the stages of their model, their request class and the
 // PlanMaker settings they share. The telemetry they send is @tandem/testkit's (clientProfile,
@@ -51,6 +52,39 @@ export function plannerOptions(over: Partial<PlannerServerOptions> = {}): Planne
     modelId: 'm',
     ...over,
   };
+}
+
+/** A started planner on a nats-server of its own, and the test's connection to that nats-server. */
+export interface LivePlanner {
+  readonly nats: NatsServerHandle;
+  readonly nc: NatsConnection;
+  readonly server: PlannerServer;
+  /** Its gRPC port, and 127.0.0.1:port. */
+  readonly port: number;
+  readonly addr: string;
+  /** Closes the connection, stops the planner, then nats-server. */
+  stop(): Promise<void>;
+}
+
+/** Starts nats-server, a planner of plannerOptions() on it with a 5 ms debounce and `over` on top, and connects to nats-server. */
+export async function startLivePlanner(over: Partial<PlannerServerOptions> = {}): Promise<LivePlanner> {
+  const nats = await startNatsServer();
+  let server: PlannerServer | undefined;
+  let nc: NatsConnection | undefined;
+  const stop = async (): Promise<void> => {
+    await nc?.close();
+    await server?.stop();
+    await nats.stop();
+  };
+  try {
+    server = new PlannerServer(plannerOptions({ natsUrl: nats.url, debounceMs: 5, ...over }));
+    const { port } = await server.start();
+    nc = await connect({ servers: nats.url });
+    return { nats, nc, server, port, addr: `127.0.0.1:${port}`, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
 }
 
 /**

@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile,
   GenerationOutcome,
@@ -35,7 +34,7 @@ import {
   validateProfile,
   type PlannerServerOptions,
 } from '../src';
-import { makerOptions, plannerOptions, THREE_STAGES } from './fixtures';
+import { makerOptions, plannerOptions, startLivePlanner, THREE_STAGES, type LivePlanner } from './fixtures';
 
 // Three stages, one class of 10-token prompts and one new token (the hand-checkable client of
 // outcomes.int.spec.ts): the device runs embed 1 ms, block 5 ms, head 100 ms; the server 0.1 ms each.
@@ -71,40 +70,32 @@ function expectClear(message: string, field: string, value: string): void {
 }
 
 describe('a real planner on a real nats-server survives any telemetry message', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
-  let addr: string;
+  let live: LivePlanner;
   let health: HealthClient;
 
   beforeAll(async () => {
-    nats = await startNatsServer();
-    server = planner({ natsUrl: nats.url, debounceMs: 5 });
-    addr = `127.0.0.1:${(await server.start()).port}`;
-    health = new HealthClient(addr, grpc.credentials.createInsecure());
-    nc = await connect({ servers: nats.url });
-    nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load()).finish());
-    nc.publish(Subjects.clientProfile('good-1'), ClientProfile.encode(profile('good-1')).finish());
-    await eventually(() => server.plans().some((p) => p.clientId === 'good-1'), { what: 'a first plan' });
+    live = await startLivePlanner({ log: silent, modelId: MODEL });
+    health = new HealthClient(live.addr, grpc.credentials.createInsecure());
+    live.nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load()).finish());
+    live.nc.publish(Subjects.clientProfile('good-1'), ClientProfile.encode(profile('good-1')).finish());
+    await eventually(() => live.server.plans().some((p) => p.clientId === 'good-1'), { what: 'a first plan' });
   });
 
   afterAll(async () => {
     health?.close();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
   });
 
   const serving = (): Promise<ServingStatus> => new Promise((resolve, reject) => health.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));
 
   /** Publishes `bad`, then a good profile of a new client: the planner must drop the first (by `reason`) and plan the second. */
   async function dropsAndCarriesOn(subject: string, bad: Uint8Array, reason: string): Promise<void> {
-    const before = server.counters.dropped[reason] ?? 0;
-    nc.publish(subject, bad);
-    await eventually(() => (server.counters.dropped[reason] ?? 0) === before + 1, { what: `a drop counted as ${reason}` });
-    const id = `after-${server.counters.badMessages}`;
-    nc.publish(Subjects.clientProfile(id), ClientProfile.encode(profile(id)).finish());
-    await eventually(() => server.plans().some((p) => p.clientId === id), { what: `a plan for ${id} after the bad message` });
+    const before = live.server.counters.dropped[reason] ?? 0;
+    live.nc.publish(subject, bad);
+    await eventually(() => (live.server.counters.dropped[reason] ?? 0) === before + 1, { what: `a drop counted as ${reason}` });
+    const id = `after-${live.server.counters.badMessages}`;
+    live.nc.publish(Subjects.clientProfile(id), ClientProfile.encode(profile(id)).finish());
+    await eventually(() => live.server.plans().some((p) => p.clientId === id), { what: `a plan for ${id} after the bad message` });
     expect(await serving()).toBe(ServingStatus.SERVING);
   }
 
@@ -112,7 +103,7 @@ describe('a real planner on a real nats-server survives any telemetry message', 
     const p = profile('huge');
     p.stages[1] = { ...p.stages[1], prefillMsPerToken: 1e308 };
     await dropsAndCarriesOn(Subjects.clientProfile('huge'), ClientProfile.encode(p).finish(), 'ClientProfile.stages[].prefillMsPerToken:range');
-    expect(server.plans().some((x) => x.clientId === 'huge')).toBe(false);
+    expect(live.server.plans().some((x) => x.clientId === 'huge')).toBe(false);
   });
 
   it('drops a ServerLoad whose stage time is huge but finite, and keeps the load it plans from', async () => {
@@ -137,14 +128,14 @@ describe('a real planner on a real nats-server survives any telemetry message', 
   });
 
   it('drops a GenerationOutcome with an empty model id', async () => {
-    const plan = server.plans().find((p) => p.clientId === 'good-1')!;
+    const plan = live.server.plans().find((p) => p.clientId === 'good-1')!;
     const o = planOutcome(plan, { modelId: '', ttftMs: 10, e2eMs: 10 });
     await dropsAndCarriesOn(Subjects.outcome('good-1'), GenerationOutcome.encode(o).finish(), 'GenerationOutcome.modelId:required');
-    expect(server.counters.outcomes).toBe(0);
+    expect(live.server.counters.outcomes).toBe(0);
   });
 
   it('refuses a WatchPlans of a 20,000-character client id with INVALID_ARGUMENT, its echo cut to fit in 1 KiB', async () => {
-    const pc = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    const pc = new PlannerServiceClient(live.addr, grpc.credentials.createInsecure());
     try {
       const err = await new Promise<grpc.ServiceError>((resolve) => {
         const call = pc.watchPlans({ clientId: 'x'.repeat(20_000) });
@@ -153,23 +144,23 @@ describe('a real planner on a real nats-server survives any telemetry message', 
       });
       expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
       expectClear(err.details, 'client_id', "'xxxxxxxx");
-      expect(server.watchedClients).toHaveLength(0);
+      expect(live.server.watchedClients).toHaveLength(0);
     } finally {
       pc.close();
     }
   });
 
   it('forgets the watcher set of a client whose last plan stream closed', async () => {
-    const pc = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
+    const pc = new PlannerServiceClient(live.addr, grpc.credentials.createInsecure());
     try {
       const calls = [1, 2].map(() => pc.watchPlans({ clientId: 'watched' }));
       for (const c of calls) c.on('error', () => undefined);
-      await eventually(() => server.watchedClients.includes('watched'), { what: 'the watchers registered' });
+      await eventually(() => live.server.watchedClients.includes('watched'), { what: 'the watchers registered' });
       calls[0].cancel();
       await new Promise((r) => setTimeout(r, 100));
-      expect(server.watchedClients).toContain('watched'); // one stream is still open
+      expect(live.server.watchedClients).toContain('watched'); // one stream is still open
       calls[1].cancel();
-      await eventually(() => !server.watchedClients.includes('watched'), { what: 'the set removed with its last watcher' });
+      await eventually(() => !live.server.watchedClients.includes('watched'), { what: 'the set removed with its last watcher' });
     } finally {
       pc.close();
     }
@@ -218,6 +209,7 @@ describe('telemetry validation', () => {
     ['utilisation', 1.5, '1.5', 'range'],
     ['meanQueueMs', 1e300, '1e+300', 'range'],
     ['decodeStretch', 0.5, '0.5', 'range'],
+    ['splitDecodeStretch', 0.9, '0.9', 'range'],
     ['longPromptStretch', Number.POSITIVE_INFINITY, 'Infinity', 'range'],
     ['longStepTokens', 1e9, '1000000000', 'range'],
     [

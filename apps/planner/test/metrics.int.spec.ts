@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile,
   GenerationOutcome,
@@ -11,21 +10,9 @@ import {
   type ClientPlan,
   type HealthCheckResponse,
 } from '@tandem/protocol';
-import {
-  clientProfile,
-  eventually,
-  generationOutcome,
-  planOutcome,
-  requireSample,
-  sampleValue,
-  scrapeText,
-  serverLoad,
-  startNatsServer,
-  stageTimes,
-  type NatsServerHandle,
-} from '@tandem/testkit';
-import { PLANNER_SERVICE_NAME, PlanMaker, PlannerServer } from '../src';
-import { makerOptions, PlanClients, plannerOptions } from './fixtures';
+import { clientProfile, eventually, generationOutcome, planOutcome, requireSample, sampleValue, scrapeText, serverLoad, stageTimes } from '@tandem/testkit';
+import { PLANNER_SERVICE_NAME } from '../src';
+import { PlanClients, startLivePlanner, type LivePlanner } from './fixtures';
 
 // The hand-checkable client of the planner's tests (fixtures.ts): three stages, one class of
 // 10-token prompts and one new token, SLA 100 ms; the plan is CCS (about 61 ms predicted).
@@ -46,11 +33,7 @@ function outcomeOf(plan: ClientPlan, ok: boolean, ratio = 1): GenerationOutcome 
 }
 
 describe('planner metrics on /metrics, with real telemetry over NATS', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
-  let grpcPort: number;
-  let addr: string;
+  let live: LivePlanner;
   let port: number;
   const clients = new PlanClients();
 
@@ -58,30 +41,24 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
   const value = requireSample;
 
   beforeAll(async () => {
-    nats = await startNatsServer();
-    server = new PlannerServer(plannerOptions({ maker: new PlanMaker(makerOptions()), natsUrl: nats.url, debounceMs: 5, metricsPort: 0 }));
-    grpcPort = (await server.start()).port;
-    addr = `127.0.0.1:${grpcPort}`;
-    port = server.metrics.port ?? 0;
-    nc = await connect({ servers: nats.url });
+    live = await startLivePlanner({ metricsPort: 0 });
+    port = live.server.metrics.port ?? 0;
   });
 
   afterAll(async () => {
     clients.close();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
   });
 
   /** Watches `clientId`'s plans and publishes its profile; resolves with its first plan. */
   async function firstPlan(clientId: string): Promise<ClientPlan> {
-    const got = clients.watch(grpcPort, clientId);
-    nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
+    const got = clients.watch(live.port, clientId);
+    live.nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
     return eventually(() => got.find((m) => m.plan)?.plan, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
   }
 
   it('answers health SERVING by its own service name, and serves /metrics before any telemetry', async () => {
-    const hc = new HealthClient(addr, grpc.credentials.createInsecure());
+    const hc = new HealthClient(live.addr, grpc.credentials.createInsecure());
     try {
       for (const service of [PLANNER_SERVICE_NAME, '']) {
         const r = await new Promise<HealthCheckResponse>((resolve, reject) => hc.check({ service }, (e, x) => (e ? reject(e) : resolve(x))));
@@ -99,7 +76,7 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
   });
 
   it('counts clients, plan changes, re-plan rounds, outcomes by class and result, predicted against observed, and attainment', async () => {
-    nc.publish(Subjects.serverLoad(LOAD.serverId), ServerLoad.encode(LOAD).finish());
+    live.nc.publish(Subjects.serverLoad(LOAD.serverId), ServerLoad.encode(LOAD).finish());
     const a = await firstPlan('dev-a');
     await firstPlan('dev-b');
     expect(a.classes[0].placement).toBe('CCS');
@@ -112,8 +89,8 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
 
     // dev-a: 3 met (at the prediction), 2 missed (2x the prediction: 122 ms of a 100 ms SLA), 1 failed.
     const outcomes = [...[1, 1, 1].map((r) => outcomeOf(a, true, r)), outcomeOf(a, true, 2), outcomeOf(a, true, 2), outcomeOf(a, false)];
-    for (const o of outcomes) nc.publish(Subjects.outcome('dev-a'), GenerationOutcome.encode(o).finish());
-    await eventually(() => server.counters.outcomes === outcomes.length, { what: 'the outcomes taken', timeoutMs: 5000 });
+    for (const o of outcomes) live.nc.publish(Subjects.outcome('dev-a'), GenerationOutcome.encode(o).finish());
+    await eventually(() => live.server.counters.outcomes === outcomes.length, { what: 'the outcomes taken', timeoutMs: 5000 });
     text = await scrape();
     expect(value(text, 'tandem_planner_outcomes_total{request_class="short",result="met"}')).toBe(3);
     expect(value(text, 'tandem_planner_outcomes_total{request_class="short",result="missed"}')).toBe(2);
@@ -129,7 +106,7 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
     expect(value(text, 'tandem_planner_observed_latency_seconds_count{request_class="short",term="ttft"}')).toBe(5);
     expect(sampleValue(text, 'tandem_planner_predicted_latency_seconds_count{request_class="short",term="ttft"}') ?? 0).toBe(0);
     // Attainment: only dev-a has outcomes of its plan in force, so the class's figure is its own.
-    const seen = await clients.listPlans(grpcPort);
+    const seen = await clients.listPlans(live.port);
     const own = seen.observations.find((o) => o.clientId === 'dev-a')?.classes[0];
     expect(own?.planOutcomes).toBe(6);
     const attainment = value(text, 'tandem_planner_slo_attainment_ratio{request_class="short"}');
@@ -142,16 +119,16 @@ describe('planner metrics on /metrics, with real telemetry over NATS', () => {
   });
 
   it('counts dropped telemetry by reason, where the planner validates it', async () => {
-    const before = { ...server.counters.dropped };
-    nc.publish(Subjects.clientProfile('dev-bad'), ClientProfile.encode(profile('dev-bad', [1, -5, 100])).finish());
-    nc.publish(Subjects.clientProfile('dev-bad'), ClientProfile.encode(profile('dev-bad', [1, 5, 1e9])).finish());
-    nc.publish(Subjects.serverLoad('srv'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
-    await eventually(() => server.counters.badMessages >= 3, { what: 'the bad telemetry dropped', timeoutMs: 5000 });
+    const before = { ...live.server.counters.dropped };
+    live.nc.publish(Subjects.clientProfile('dev-bad'), ClientProfile.encode(profile('dev-bad', [1, -5, 100])).finish());
+    live.nc.publish(Subjects.clientProfile('dev-bad'), ClientProfile.encode(profile('dev-bad', [1, 5, 1e9])).finish());
+    live.nc.publish(Subjects.serverLoad('srv'), new Uint8Array([0xff, 0xff, 0xff, 0x07]));
+    await eventually(() => live.server.counters.badMessages >= 3, { what: 'the bad telemetry dropped', timeoutMs: 5000 });
     const text = await scrape();
     expect(before).toEqual({});
     expect(value(text, 'tandem_planner_telemetry_dropped_total{reason="ClientProfile.stages[].prefillMsPerToken:range"}')).toBe(2);
     expect(value(text, 'tandem_planner_telemetry_dropped_total{reason="ServerLoad:decode"}')).toBe(1);
-    for (const [reason, n] of Object.entries(server.counters.dropped))
+    for (const [reason, n] of Object.entries(live.server.counters.dropped))
       expect(value(text, `tandem_planner_telemetry_dropped_total{reason="${reason}"}`)).toBe(n);
     expect(value(await scrape(), 'tandem_planner_clients')).toBe(2);
   });

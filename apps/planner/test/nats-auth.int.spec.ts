@@ -51,6 +51,21 @@ function violation(errors: Error[], subject: string): Promise<Error & { operatio
   });
 }
 
+/** nats-server on `cfg`'s configuration, written to `dir`/nats-server.conf readable by its owner only. */
+function startConfigured(dir: string, cfg: NatsServerConfig, jetstream = false): Promise<NatsServerHandle> {
+  const file = path.join(dir, 'nats-server.conf');
+  writeFileSync(file, cfg.conf, { mode: 0o600 });
+  return startNatsServer({ configFile: file, jetstream });
+}
+
+/** Closes the suite's connections, stops its planner and nats-server, and removes its folder. */
+async function stopSuite(opened: readonly NatsConnection[], planner?: PlannerServer, nats?: NatsServerHandle, dir?: string): Promise<void> {
+  for (const nc of opened) await nc.close().catch(() => undefined);
+  await planner?.stop();
+  await nats?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+}
+
 describe('NATS with per-service credentials and permissions', () => {
   let dir: string;
   let cfg: NatsServerConfig;
@@ -71,20 +86,13 @@ describe('NATS with per-service credentials and permissions', () => {
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-auth-'));
     cfg = natsServerConfig({ agents: ['agent-a', 'agent-b'], executors: ['srv'], mode: 'password' });
-    const file = path.join(dir, 'nats-server.conf');
-    writeFileSync(file, cfg.conf, { mode: 0o600 });
-    nats = await startNatsServer({ configFile: file });
+    nats = await startConfigured(dir, cfg);
     const maker = new PlanMaker(makerOptions());
     planner = new PlannerServer(plannerOptions({ maker, log, natsUrl: nats.url, natsAuth: authOf(user('planner')), debounceMs: 5 }));
     await planner.start();
   });
 
-  afterAll(async () => {
-    for (const nc of opened) await nc.close().catch(() => undefined);
-    await planner?.stop();
-    await nats?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => stopSuite(opened, planner, nats, dir));
 
   it('refuses a connection without credentials', async () => {
     await expect(connect({ servers: nats.url, reconnect: false })).rejects.toThrow(/authorization/i);
@@ -271,9 +279,7 @@ describe("the planner's state bucket under the generated permissions (JetStream 
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-js-auth-'));
     const cfg = natsServerConfig({ agents: ['agent-a'], executors: ['srv'], mode: 'password' });
-    const file = path.join(dir, 'nats-server.conf');
-    writeFileSync(file, cfg.conf, { mode: 0o600 });
-    nats = await startNatsServer({ configFile: file, jetstream: true });
+    nats = await startConfigured(dir, cfg, true);
     const user = (id: string): NatsUserCredential => cfg.users.find((x) => x.id === id)!;
     planner = new PlannerServer(
       plannerOptions({
@@ -288,12 +294,7 @@ describe("the planner's state bucket under the generated permissions (JetStream 
     for (const id of ['srv', 'agent-a', 'planner']) opened.push((await connectAs(nats.url, user(id))).nc);
   });
 
-  afterAll(async () => {
-    for (const nc of opened) await nc.close().catch(() => undefined);
-    await planner?.stop();
-    await nats?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => stopSuite(opened, planner, nats, dir));
 
   it('lets the planner lead, write its plans and watch them, without a permission violation', async () => {
     const [exec, agent, asPlanner] = opened;
@@ -325,9 +326,7 @@ describe('a planner whose NATS user may not use its state bucket', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'tandem-nats-js-denied-'));
     // The configuration written before the planner kept state: telemetry only.
     const cfg = natsServerConfig({ agents: [], mode: 'password', plannerStateBucket: 'off' });
-    const file = path.join(dir, 'nats-server.conf');
-    writeFileSync(file, cfg.conf, { mode: 0o600 });
-    const nats = await startNatsServer({ configFile: file, jetstream: true });
+    const nats = await startConfigured(dir, cfg, true);
     const planner = new PlannerServer(
       plannerOptions({
         natsUrl: nats.url,
@@ -340,9 +339,7 @@ describe('a planner whose NATS user may not use its state bucket', () => {
         /PLANNER_STATE_BUCKET='tandem-plans': the planner's NATS user may not use JetStream on this bucket .*PLANNER_STATE_BUCKET=off/,
       );
     } finally {
-      await planner.stop();
-      await nats.stop();
-      rmSync(dir, { recursive: true, force: true });
+      await stopSuite([], planner, nats, dir);
     }
   });
 });

@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile,
   GenerationOutcome,
@@ -14,9 +13,9 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { clientProfile, eventually, planOutcome, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { Calibrator, DEFAULT_CALIBRATION, PlanMaker, PlannerServer } from '../src';
-import { makerOptions, plannerOptions } from './fixtures';
+import { clientProfile, eventually, planOutcome, serverLoad } from '@tandem/testkit';
+import { Calibrator, DEFAULT_CALIBRATION } from '../src';
+import { startLivePlanner, type LivePlanner } from './fixtures';
 
 // The hand-checkable client of calibration.spec.ts: three stages, 10-token prompts, one new
 // token. Device: embed 10 ms, block 50 ms, head 1000 ms; server 1 ms each. SLA 100 ms, planned
@@ -40,28 +39,19 @@ function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): Gene
 }
 
 describe('the planner learns from outcomes published over NATS', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
+  let live: LivePlanner;
   let client: PlannerServiceClient;
-  let addr: string;
 
   beforeAll(async () => {
-    nats = await startNatsServer();
-    const maker = new PlanMaker(makerOptions());
     const calibrator = new Calibrator({ ...DEFAULT_CALIBRATION, dwellMs: 300, relaxDwellMs: 300 });
-    server = new PlannerServer(plannerOptions({ maker, calibrator, log, natsUrl: nats.url, debounceMs: 5 }));
-    addr = `127.0.0.1:${(await server.start()).port}`;
-    client = new PlannerServiceClient(addr, grpc.credentials.createInsecure());
-    nc = await connect({ servers: nats.url });
-    nc.publish(Subjects.serverLoad(LOAD.serverId), ServerLoad.encode(LOAD).finish());
+    live = await startLivePlanner({ calibrator, log });
+    client = new PlannerServiceClient(live.addr, grpc.credentials.createInsecure());
+    live.nc.publish(Subjects.serverLoad(LOAD.serverId), ServerLoad.encode(LOAD).finish());
   });
 
   afterAll(async () => {
     client?.close();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
   });
 
   /** Follows a client's plan stream; `plans` holds every plan pushed, in order. */
@@ -72,7 +62,7 @@ describe('the planner learns from outcomes published over NATS', () => {
       if (m.plan) plans.push(m.plan);
     });
     call.on('error', () => undefined);
-    nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
+    live.nc.publish(Subjects.clientProfile(clientId), ClientProfile.encode(profile(clientId)).finish());
     await eventually(() => plans.length > 0, { what: `a first plan for ${clientId}`, timeoutMs: 5000 });
     return { plans, current: () => plans[plans.length - 1], close: () => call.cancel() };
   }
@@ -89,7 +79,7 @@ describe('the planner learns from outcomes published over NATS', () => {
     await eventually(
       () => {
         if (done()) return true;
-        nc.publish(Subjects.outcome(w.current().clientId), GenerationOutcome.encode(outcomeOf(w.current(), how)).finish());
+        live.nc.publish(Subjects.outcome(w.current().clientId), GenerationOutcome.encode(outcomeOf(w.current(), how)).finish());
         return false;
       },
       { timeoutMs, intervalMs: 10, what },
@@ -129,7 +119,7 @@ describe('the planner learns from outcomes published over NATS', () => {
       seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
       expect(seen.allServer).toBe(false);
       expect(seen.safetyFactor).toBeGreaterThanOrEqual(0.8 - 1e-9);
-      expect(server.currentObjective).toBe('work');
+      expect(live.server.currentObjective).toBe('work');
     } finally {
       w.close();
     }
@@ -160,7 +150,7 @@ describe('the planner learns from outcomes published over NATS', () => {
     try {
       const plan = w.current();
       const good = outcomeOf(plan, { ok: true });
-      const before = { ...server.counters };
+      const before = { ...live.server.counters };
       const bad: [string, Uint8Array][] = [
         [Subjects.outcome('dev-junk'), new Uint8Array([0xff, 0xff, 0xff, 0x07])],
         [Subjects.outcome('someone-else'), GenerationOutcome.encode(good).finish()],
@@ -171,16 +161,16 @@ describe('the planner learns from outcomes published over NATS', () => {
         [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, modelId: 'another-model' }).finish()],
         [Subjects.outcome('dev-junk'), GenerationOutcome.encode({ ...good, status: OutcomeStatus.OUTCOME_STATUS_UNSPECIFIED }).finish()],
       ];
-      for (const [subject, data] of bad) nc.publish(subject, data);
+      for (const [subject, data] of bad) live.nc.publish(subject, data);
       // well-formed, but of a client the planner has never heard of: ignored, not an error
-      nc.publish(Subjects.outcome('stranger'), GenerationOutcome.encode({ ...good, clientId: 'stranger' }).finish());
-      nc.publish(Subjects.outcome('dev-junk'), GenerationOutcome.encode(good).finish());
-      await eventually(() => server.counters.outcomes === before.outcomes + 1 && server.counters.badMessages === before.badMessages + bad.length, {
+      live.nc.publish(Subjects.outcome('stranger'), GenerationOutcome.encode({ ...good, clientId: 'stranger' }).finish());
+      live.nc.publish(Subjects.outcome('dev-junk'), GenerationOutcome.encode(good).finish());
+      await eventually(() => live.server.counters.outcomes === before.outcomes + 1 && live.server.counters.badMessages === before.badMessages + bad.length, {
         what: 'the bad outcomes counted',
         timeoutMs: 5000,
       });
-      expect(server.counters.strayOutcomes).toBe(before.strayOutcomes + 1);
-      const hc = new HealthClient(addr, grpc.credentials.createInsecure());
+      expect(live.server.counters.strayOutcomes).toBe(before.strayOutcomes + 1);
+      const hc = new HealthClient(live.addr, grpc.credentials.createInsecure());
       const health = await new Promise<{ status: ServingStatus }>((resolve, reject) => hc.check({ service: '' }, (e, x) => (e ? reject(e) : resolve(x))));
       hc.close();
       expect(health.status).toBe(ServingStatus.SERVING);

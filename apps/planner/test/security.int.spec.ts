@@ -2,7 +2,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   ClientProfile,
   HealthClient,
@@ -15,9 +14,8 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { clientOptions, loadClientSecurity, loadServerSecurity, makeCertificates, type CertificateSet } from '@tandem/service-kit';
-import { clientProfile, eventually, expectRefusal, serverLoad, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { PlanMaker, PlannerServer } from '../src';
-import { makerOptions, plannerOptions } from './fixtures';
+import { clientProfile, eventually, expectRefusal, serverLoad } from '@tandem/testkit';
+import { startLivePlanner, type LivePlanner } from './fixtures';
 
 const MODEL = 'm';
 const ALICE = 'alice-token-0123456789';
@@ -30,10 +28,7 @@ const load = (): ServerLoad => serverLoad({ modelId: MODEL });
 describe('planner over mTLS with bearer tokens: each client watches only its own plans', () => {
   let dir: string;
   let certs: CertificateSet;
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
-  let addr: string;
+  let live: LivePlanner;
   const clients: grpc.Client[] = [];
 
   beforeAll(async () => {
@@ -41,8 +36,6 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
     certs = makeCertificates(path.join(dir, 'certs'));
     const tokensFile = path.join(dir, 'tokens');
     writeFileSync(tokensFile, `${ALICE} alice\n${BOB} bob\n${OPERATOR} *\n`);
-    nats = await startNatsServer();
-    const maker = new PlanMaker(makerOptions());
     const security = loadServerSecurity({
       TLS_CERT_FILE: certs.serverCert,
       TLS_KEY_FILE: certs.serverKey,
@@ -50,25 +43,21 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
       TLS_CLIENT_AUTH: 'require',
       AUTH_TOKENS_FILE: tokensFile,
     });
-    server = new PlannerServer(plannerOptions({ maker, natsUrl: nats.url, modelId: MODEL, debounceMs: 5, security }));
-    addr = `127.0.0.1:${(await server.start()).port}`;
-    nc = await connect({ servers: nats.url });
-    nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load()).finish());
-    for (const id of ['alice', 'bob']) nc.publish(Subjects.clientProfile(id), ClientProfile.encode(profile(id)).finish());
-    await eventually(() => server.plans().length === 2, { what: 'plans for alice and bob' });
+    live = await startLivePlanner({ modelId: MODEL, security });
+    live.nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(load()).finish());
+    for (const id of ['alice', 'bob']) live.nc.publish(Subjects.clientProfile(id), ClientProfile.encode(profile(id)).finish());
+    await eventually(() => live.server.plans().length === 2, { what: 'plans for alice and bob' });
   });
 
   afterAll(async () => {
     for (const c of clients) c.close();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   const planner = (token?: string): PlannerServiceClient => {
     const sec = loadClientSecurity({ caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey, token });
-    const c = new PlannerServiceClient(addr, sec.credentials, clientOptions(sec));
+    const c = new PlannerServiceClient(live.addr, sec.credentials, clientOptions(sec));
     clients.push(c);
     return c;
   };
@@ -111,10 +100,10 @@ describe('planner over mTLS with bearer tokens: each client watches only its own
 
   it('refuses a client without a certificate at the handshake (mTLS), and leaves health open to one with a certificate and no token', async () => {
     const noCert = loadClientSecurity({ caFile: certs.caCert, token: ALICE });
-    const c = new PlannerServiceClient(addr, noCert.credentials, clientOptions(noCert));
+    const c = new PlannerServiceClient(live.addr, noCert.credentials, clientOptions(noCert));
     clients.push(c);
     expect(((await list(c)) as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
-    const hc = new HealthClient(addr, loadClientSecurity({ caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey }).credentials);
+    const hc = new HealthClient(live.addr, loadClientSecurity({ caFile: certs.caCert, certFile: certs.clientCert, keyFile: certs.clientKey }).credentials);
     clients.push(hc);
     const st = await new Promise<ServingStatus>((resolve, reject) => hc.check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r.status))));
     expect(st).toBe(ServingStatus.SERVING);

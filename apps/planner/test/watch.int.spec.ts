@@ -1,65 +1,56 @@
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { ClientProfile, ServerLoad, Subjects, type WatchPlansResponse } from '@tandem/protocol';
-import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes, startNatsServer, type NatsServerHandle } from '@tandem/testkit';
-import { NO_PLAN_REASONS, PlannerServer } from '../src';
-import { PlanClients, plannerOptions } from './fixtures';
+import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes } from '@tandem/testkit';
+import { NO_PLAN_REASONS } from '../src';
+import { PlanClients, startLivePlanner, type LivePlanner } from './fixtures';
 
 // WatchPlans while the planner cannot plan yet (no profile, no executor load), over a real
 // nats-server and a real gRPC port: the client is told why, and the plan follows the load.
 
 describe('WatchPlans before the planner can plan', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
-  let port: number;
+  let live: LivePlanner;
   const clients = new PlanClients();
   const captured = capturingLogger('info');
 
   beforeAll(async () => {
-    nats = await startNatsServer();
     // A small message limit, to see that the server applies the services' channel options.
-    server = new PlannerServer(plannerOptions({ natsUrl: nats.url, debounceMs: 5, log: captured.log, maxMessageBytes: 4096 }));
-    port = (await server.start()).port;
-    nc = await connect({ servers: nats.url });
+    live = await startLivePlanner({ log: captured.log, maxMessageBytes: 4096 });
   });
 
   afterAll(async () => {
     clients.close();
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
+    await live?.stop();
   });
 
-  const watch = (clientId: string): WatchPlansResponse[] => clients.watch(port, clientId);
+  const watch = (clientId: string): WatchPlansResponse[] => clients.watch(live.port, clientId);
 
   it('says no profile, then no executor load (once in the log too), then sends the plan once an executor reports', async () => {
     const got = watch('waiting');
     await eventually(() => got.length >= 1, { what: 'the first message' });
     expect(got[0]).toEqual({ plan: undefined, noPlanReason: NO_PLAN_REASONS.noProfile });
 
-    nc.publish(Subjects.clientProfile('waiting'), ClientProfile.encode(clientProfile({ clientId: 'waiting', stages: stageTimes([1, 5, 100]) })).finish());
+    live.nc.publish(Subjects.clientProfile('waiting'), ClientProfile.encode(clientProfile({ clientId: 'waiting', stages: stageTimes([1, 5, 100]) })).finish());
     await eventually(() => got.length >= 2, { what: 'the reason after the profile' });
     expect(got[1]).toEqual({ plan: undefined, noPlanReason: NO_PLAN_REASONS.noLoad });
-    expect(server.noPlanReason('waiting')).toBe(NO_PLAN_REASONS.noLoad);
+    expect(live.server.noPlanReason('waiting')).toBe(NO_PLAN_REASONS.noLoad);
     const warned = (): number => captured.lines().filter((l) => l.level === 40 && l.msg.includes('no executor has reported its load yet')).length;
     expect(warned()).toBe(1);
 
     // A second client waits for the same reason: told on its stream, not logged again.
     const other = watch('waiting-too');
-    nc.publish(
+    live.nc.publish(
       Subjects.clientProfile('waiting-too'),
       ClientProfile.encode(clientProfile({ clientId: 'waiting-too', stages: stageTimes([1, 5, 100]) })).finish(),
     );
     await eventually(() => other.some((m) => m.noPlanReason === NO_PLAN_REASONS.noLoad), { what: "the second client's reason" });
     expect(warned()).toBe(1);
 
-    nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(serverLoad()).finish());
+    live.nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(serverLoad()).finish());
     await eventually(() => got.some((m) => m.plan !== undefined), { what: 'the plan after the load' });
     const planned = got.find((m) => m.plan !== undefined)!;
     expect(planned.noPlanReason).toBe('');
     expect(planned.plan?.classes[0].placement).toMatch(/^[CS]{3}$/);
-    expect(server.noPlanReason('waiting')).toBe('');
+    expect(live.server.noPlanReason('waiting')).toBe('');
 
     // A stream opened now gets the plan at once, with no reason.
     const late = watch('waiting');
@@ -70,11 +61,11 @@ describe('WatchPlans before the planner can plan', () => {
 
   it('refuses a request over its message size limit with RESOURCE_EXHAUSTED (the channel options every service uses)', async () => {
     const err = await new Promise<grpc.ServiceError>((resolve) => {
-      const call = clients.planClient(port).watchPlans({ clientId: 'x'.repeat(5000) });
+      const call = clients.planClient(live.port).watchPlans({ clientId: 'x'.repeat(5000) });
       call.on('data', () => undefined);
       call.on('error', resolve);
     });
     expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(server.watchedClients).not.toContain('x'.repeat(5000));
+    expect(live.server.watchedClients).not.toContain('x'.repeat(5000));
   });
 });

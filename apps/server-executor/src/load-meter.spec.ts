@@ -1,7 +1,11 @@
 import { LoadMeter, StepTotals, StretchMeter, type ExecutorCounters } from './load-meter';
 
-type Step = { serviceMs: number; nominalMs: number; positions: number; long: boolean };
-const decode = (serviceMs: number, nominalMs: number): Step => ({ serviceMs, nominalMs, positions: 1, long: false });
+type Step = { serviceMs: number; nominalMs: number; positions: number; long: boolean; whole: boolean };
+/** A decode step through every stage (an all-server step). */
+const decode = (serviceMs: number, nominalMs: number): Step => ({ serviceMs, nominalMs, positions: 1, long: false, whole: true });
+/** A decode step through a split's server range. */
+const splitDecode = (serviceMs: number, nominalMs: number): Step => ({ ...decode(serviceMs, nominalMs), whole: false });
+const NONE = { decodeStretch: 0, promptStretch: 0, longPromptStretch: 0, splitDecodeStretch: 0 };
 /** Folds one interval of these finished steps into the meter. */
 const interval = (m: StretchMeter, ...steps: Step[]) => {
   const t = new StepTotals();
@@ -13,18 +17,34 @@ const interval = (m: StretchMeter, ...steps: Step[]) => {
 describe('StretchMeter', () => {
   it('is 0 until measured, then the ratio of service time to compute per kind of step', () => {
     const m = new StretchMeter(0.5);
-    expect(interval(m)).toEqual({ decodeStretch: 0, promptStretch: 0, longPromptStretch: 0 });
+    expect(interval(m)).toEqual(NONE);
     // two decode steps and a 30-position prompt in one 32 ms call: each waited 32 ms
     const s = interval(
       m,
       decode(32, 1),
       decode(32, 1),
-      { serviceMs: 32, nominalMs: 30, positions: 30, long: false },
-      { serviceMs: 40, nominalMs: 10, positions: 256, long: true },
+      { serviceMs: 32, nominalMs: 30, positions: 30, long: false, whole: true },
+      { serviceMs: 40, nominalMs: 10, positions: 256, long: true, whole: true },
     );
     expect(s.decodeStretch).toBe(32);
     expect(s.promptStretch).toBeCloseTo(32 / 30, 12);
     expect(s.longPromptStretch).toBe(4);
+    expect(s.splitDecodeStretch).toBe(0);
+  });
+
+  it("measures a split's decode steps apart from all-server ones: many all-server steps do not hide a split's waits", () => {
+    const m = new StretchMeter(0.5);
+    // Ten all-server steps that ran as priced, and one split range that waited behind them at each stage.
+    const s = interval(m, ...Array.from({ length: 10 }, () => decode(9, 9)), splitDecode(20, 5));
+    expect(s.decodeStretch).toBe(1);
+    expect(s.splitDecodeStretch).toBe(4);
+    // An interval with all-server steps only: the split kind moves toward their measure (what it would have waited behind), not toward 1.
+    expect(interval(m, decode(18, 9)).splitDecodeStretch).toBe(4 + 0.5 * (2 - 4));
+    // And the other way round; with neither, both move toward 1.
+    expect(interval(m, splitDecode(15, 5)).decodeStretch).toBe(1.5 + 0.5 * (3 - 1.5));
+    const none = interval(m);
+    expect(none.decodeStretch).toBe(2.25 + 0.5 * (1 - 2.25));
+    expect(none.splitDecodeStretch).toBe(3 + 0.5 * (1 - 3));
   });
 
   it('averages across intervals, moves toward 1 when an interval has no steps of a kind, and never reports below 1', () => {
@@ -34,7 +54,7 @@ describe('StretchMeter', () => {
     expect(interval(m).decodeStretch).toBe(1.5); // no decode step: toward 1
     expect(interval(m, decode(1, 10)).decodeStretch).toBe(1.25); // a clock glitch cannot pull it below 1
     expect(interval(m, decode(5, 0)).decodeStretch).toBe(1.125); // a stage without a figure yet: not a measurement
-    expect(interval(new StretchMeter(0.5))).toEqual({ decodeStretch: 0, promptStretch: 0, longPromptStretch: 0 });
+    expect(interval(new StretchMeter(0.5))).toEqual(NONE);
   });
 });
 

@@ -3,14 +3,24 @@ import { OverheadModel } from './overhead';
 import type { StepOutcome } from './scheduler';
 import type { TrafficCounters } from './split-session';
 
-/** The kind of a finished step, as an index of per-kind sums (StepCounts): 0 decode step (one position), 1 prompt, 2 long prompt. */
-export function stepKind(o: { readonly positions: number; readonly long: boolean }): number {
-  return o.long ? 2 : o.positions > 1 ? 1 : 0;
+/** Kinds of step (stepKind), in the order of the per-kind sums (StepCounts). */
+export const STEP_KINDS = 4;
+/** Index of the whole-range decode step and of the split (partial-range) one. */
+const WHOLE_DECODE = 0;
+const SPLIT_DECODE = 3;
+
+/**
+ * The kind of a finished step, as an index of per-kind sums (StepCounts): 0 decode step (one
+ * position) through every stage, 1 prompt, 2 long prompt, 3 decode step through some stages
+ * only (a split's server range).
+ */
+export function stepKind(o: { readonly positions: number; readonly long: boolean; readonly whole: boolean }): number {
+  return o.long ? 2 : o.positions > 1 ? 1 : o.whole ? WHOLE_DECODE : SPLIT_DECODE;
 }
 
 /**
- * The measured slow-down of steps on this executor: per kind of step (decode, short prompt,
- * long prompt), Σ service time (first stage call's start to last one's end) over Σ nominal
+ * The measured slow-down of steps on this executor: per kind of step (decode through every
+ * stage, short prompt, long prompt, decode through some stages), Σ service time (first stage call's start to last one's end) over Σ nominal
  * time (the per-stage figures this executor publishes, for the step's stages and positions,
  * as they stood when it finished), over one telemetry interval, folded into an exponential
  * moving average across intervals. Since the figures are per-step shares of batched calls, a
@@ -19,21 +29,28 @@ export function stepKind(o: { readonly positions: number; readonly long: boolean
  * behind short steps more. The planner prices server latency as the published figures ×
  * stretch, so the product is what steps took (the executor's own measurement instead of a
  * queueing formula), whichever way the figures move. An interval without steps of a
- * kind moves its figure toward 1 (no load, no slow-down). 0 until the first measured interval.
+ * kind moves its figure toward 1 (no load, no slow-down), except that one of the two decode
+ * kinds moves toward the other's measure of the interval when there was one (a decode step
+ * would have waited behind the same calls). 0 until the first measured interval.
  */
 export class StretchMeter {
-  private readonly value = [0, 0, 0];
+  private readonly value = new Array<number>(STEP_KINDS).fill(0);
 
   constructor(private readonly alpha = 0.3) {}
 
   /** Folds one interval into each kind's average: Σ service and Σ nominal time of its steps, per kind (stepKind). */
-  interval(serviceMs: readonly number[], nominalMs: readonly number[]): Pick<ServerLoad, 'decodeStretch' | 'promptStretch' | 'longPromptStretch'> {
-    for (let k = 0; k < 3; k++) {
-      const measured = nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined;
-      if (measured !== undefined) this.value[k] = this.value[k] === 0 ? measured : this.value[k] + this.alpha * (measured - this.value[k]);
-      else if (this.value[k] > 0) this.value[k] += this.alpha * (1 - this.value[k]);
+  interval(
+    serviceMs: readonly number[],
+    nominalMs: readonly number[],
+  ): Pick<ServerLoad, 'decodeStretch' | 'promptStretch' | 'longPromptStretch' | 'splitDecodeStretch'> {
+    const measured = (k: number): number | undefined => (nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined);
+    const other = (k: number): number | undefined => (k === WHOLE_DECODE ? measured(SPLIT_DECODE) : k === SPLIT_DECODE ? measured(WHOLE_DECODE) : undefined);
+    for (let k = 0; k < STEP_KINDS; k++) {
+      const m = measured(k);
+      if (m !== undefined) this.value[k] = this.value[k] === 0 ? m : this.value[k] + this.alpha * (m - this.value[k]);
+      else if (this.value[k] > 0) this.value[k] += this.alpha * ((other(k) ?? 1) - this.value[k]);
     }
-    return { decodeStretch: this.value[0], promptStretch: this.value[1], longPromptStretch: this.value[2] };
+    return { decodeStretch: this.value[0], promptStretch: this.value[1], longPromptStretch: this.value[2], splitDecodeStretch: this.value[3] };
   }
 }
 
@@ -42,9 +59,9 @@ export type StepCounts = { readonly count: number; readonly queueMs: number; rea
 
 /** Counts finished steps (the scheduler's onStepDone); the counts only grow. */
 export class StepTotals {
-  private readonly c = { count: 0, queueMs: 0, serviceMs: [0, 0, 0], nominalMs: [0, 0, 0] };
+  private readonly c = { count: 0, queueMs: 0, serviceMs: new Array<number>(STEP_KINDS).fill(0), nominalMs: new Array<number>(STEP_KINDS).fill(0) };
 
-  record(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'nominalMs' | 'positions' | 'long'>): void {
+  record(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'nominalMs' | 'positions' | 'long' | 'whole'>): void {
     this.c.count++;
     this.c.queueMs += o.queueMs;
     if (!(o.nominalMs > 0) || !(o.serviceMs >= 0)) return;
@@ -71,7 +88,10 @@ export interface ExecutorCounters {
 }
 
 /** The figures of ServerLoad that describe one interval. */
-export type LoadInterval = Pick<ServerLoad, 'utilisation' | 'meanQueueMs' | 'overhead' | 'decodeStretch' | 'promptStretch' | 'longPromptStretch'>;
+export type LoadInterval = Pick<
+  ServerLoad,
+  'utilisation' | 'meanQueueMs' | 'overhead' | 'decodeStretch' | 'promptStretch' | 'longPromptStretch' | 'splitDecodeStretch'
+>;
 
 /**
  * Reads the executor's counters interval by interval: each `next` takes a snapshot and gives the

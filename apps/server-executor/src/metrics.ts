@@ -1,5 +1,4 @@
-import { Counter, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
-import { stepKind } from './load-meter';
+import { counter, Counter, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
 import type { StepOutcome } from './scheduler';
 
 /** How a server-side generation ended: every token made, the session closed under it (cancel, deadline, idle, shutdown), or an error of its own. */
@@ -60,26 +59,26 @@ export class ExecutorMetrics implements GenerationObserver {
       "Engine calls by stage (the stage's index, or 'fused' for one call through every stage of an all-server step): the call's wall time, every step of its batch together",
       ['stage'],
     );
-    this.started = new Counter({ name: 'tandem_executor_generations_started_total', help: 'Server-side generations started', registers });
-    this.finished = new Counter({
-      name: 'tandem_executor_generations_finished_total',
-      help: 'Server-side generations ended, by status: completed (every token made), cancelled (the session closed first: cancel, deadline, idle, shutdown) or failed',
-      labelNames: ['status'],
-      registers,
-    });
-    this.tokens = new Counter({ name: 'tandem_executor_generated_tokens_total', help: 'Tokens made by server-side generations', registers });
-    this.handOverBytes = new Counter({
-      name: 'tandem_executor_kv_handover_bytes_total',
-      help: 'KV-cache bytes (keys plus values) handed over between the phases of phased plans, by direction: put (kv_put, client to server) or take (kv_take, server to client)',
-      labelNames: ['direction'],
-      registers,
-    });
-    this.handOverStages = new Counter({
-      name: 'tandem_executor_kv_handover_stages_total',
-      help: "Stages whose state was handed over between the phases of phased plans, by direction: put (a stage's first kv_put chunk) or take (a kv_take answered)",
-      labelNames: ['direction'],
-      registers,
-    });
+    this.started = counter(registry, 'tandem_executor_generations_started_total', 'Server-side generations started');
+    this.finished = counter(
+      registry,
+      'tandem_executor_generations_finished_total',
+      'Server-side generations ended, by status: completed (every token made), cancelled (the session closed first: cancel, deadline, idle, shutdown) or failed',
+      ['status'],
+    );
+    this.tokens = counter(registry, 'tandem_executor_generated_tokens_total', 'Tokens made by server-side generations');
+    this.handOverBytes = counter(
+      registry,
+      'tandem_executor_kv_handover_bytes_total',
+      'KV-cache bytes (keys plus values) handed over between the phases of phased plans, by direction: put (kv_put, client to server) or take (kv_take, server to client)',
+      ['direction'],
+    );
+    this.handOverStages = counter(
+      registry,
+      'tandem_executor_kv_handover_stages_total',
+      "Stages whose state was handed over between the phases of phased plans, by direction: put (a stage's first kv_put chunk) or take (a kv_take answered)",
+      ['direction'],
+    );
     for (const direction of ['put', 'take'] as const) {
       this.handOverBytes.inc({ direction }, 0);
       this.handOverStages.inc({ direction }, 0);
@@ -94,7 +93,7 @@ export class ExecutorMetrics implements GenerationObserver {
 
   /** A finished step (the scheduler's onStepDone). */
   step(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'positions' | 'long'>): void {
-    this.stepSeconds.observe({ kind: stepKind(o) === 0 ? 'decode' : 'prompt' }, Math.max(0, o.queueMs + o.serviceMs) / 1000);
+    this.stepSeconds.observe({ kind: o.positions > 1 || o.long ? 'prompt' : 'decode' }, Math.max(0, o.queueMs + o.serviceMs) / 1000);
   }
 
   /** One engine call of `steps` steps through `stage` that took `ms` (the scheduler's onCall). */

@@ -59,6 +59,8 @@ export interface StepOutcome {
   readonly nominalMs: number;
   /** The step came with more positions than `longStepTokens` (more than one when none is set). */
   readonly long: boolean;
+  /** The step ran through every stage of the engine (an all-server step), not a split's range. */
+  readonly whole: boolean;
 }
 
 /** How one step is to run. */
@@ -417,6 +419,7 @@ export class StageScheduler {
         positions: j.positions,
         nominalMs: this.nominal(j),
         long: j.long,
+        whole: this.isWhole(j),
       };
       this.opts.onStepDone?.(outcome);
       j.resolve(outcome);

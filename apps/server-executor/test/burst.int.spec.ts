@@ -1,6 +1,5 @@
-import * as grpc from '@grpc/grpc-js';
-import { ExecutorServiceClient, ServingStatus, toWireTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
-import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
+import { ServingStatus, type ExecutorServiceClient } from '@tandem/protocol';
+import { eventually, serverGeneration, suiteModel, withTimeout } from '@tandem/testkit';
 import { WorkerStageEngine } from '../src';
 import { startTestExecutor } from './test-executor';
 
@@ -12,36 +11,11 @@ import { startTestExecutor } from './test-executor';
 const prompt = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104_729) % 50_000);
 
 /** One server-side generation of `n` tokens; resolves with its tokens, or rejects with the status it ended with. */
-function generate(client: ExecutorServiceClient, ids: number[], n: number, onToken?: (i: number) => void): Promise<number[]> {
-  return new Promise((resolve, reject) => {
-    const call: grpc.ClientDuplexStream<SessionRequest, SessionResponse> = client.session({ deadline: Date.now() + 60_000 });
-    const tokens: number[] = [];
-    call.on('data', (m: SessionResponse) => {
-      if (m.kind?.$case === 'opened') {
-        call.write({
-          kind: {
-            $case: 'generate',
-            value: { seq: '1', input: toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) }), maxNewTokens: n },
-          },
-        });
-      } else if (m.kind?.$case === 'token') {
-        tokens.push(m.kind.value.token);
-        onToken?.(tokens.length);
-        if (m.kind.value.last) call.end();
-      }
-    });
-    call.on('error', reject);
-    call.on('end', () => resolve(tokens));
-    call.write({ kind: { $case: 'open', value: { clientId: 'burst', planEpoch: '0', modelId: '' } } });
-  });
-}
+const generate = async (client: ExecutorServiceClient, ids: number[], n: number, onToken?: (i: number) => void): Promise<number[]> =>
+  (await serverGeneration(client, ids, n, { clientId: 'burst', deadlineMs: 60_000, onToken })).tokens;
 
 describe('a burst of long prompts beside running decodes', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel({ preset: 'small' });
-  }, 60_000);
-  afterAll(() => model?.remove());
+  const model = suiteModel({ preset: 'small' }, 60_000);
 
   it('drops no session, keeps the decodes token-identical and answers health within 1 s throughout', async () => {
     const engine = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });

@@ -3,12 +3,12 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { argmaxRow, SplitPipeline } from '@tandem/model';
 import { fromWireTensor, ModelInferRequest, type HostTensor } from '@tandem/protocol';
-import { eventually, expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
-import { OnnxStageEngine, WorkerStageEngine, type SessionCache } from '../src';
+import { eventually, expectRefusal, makeTempModel, suiteModel, wholeModelMetadata, type TempModel } from '@tandem/testkit';
+import { OnnxStageEngine, WorkerStageEngine, type SessionCache, type StageEngine } from '../src';
 import { DelegatingEngine } from './delegating-engine';
 import { bitsOf, fp32Raw, int64Raw, OipTestClient, outputValues } from './oip-client';
 import { ids } from './session-client';
-import { startTestExecutor, type TestExecutor } from './test-executor';
+import { startTestExecutor, type TestExecutor, type TestExecutorOptions } from './test-executor';
 
 const PROMPTS = [[15496, 11, 995], [464, 2068, 7586, 21831, 18045], [50256]];
 
@@ -102,16 +102,7 @@ describe('Open Inference Protocol (KServe v2) on a real executor', () => {
   });
 
   it('describes the whole model and a stage range', async () => {
-    expect(await oip.modelMetadata(modelId)).toEqual({
-      name: modelId,
-      versions: ['1'],
-      platform: 'onnxruntime_onnx',
-      inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [-1, -1] }],
-      outputs: [
-        { name: 'next_token', datatype: 'INT64', shape: [-1, 1] },
-        { name: 'logits', datatype: 'FP32', shape: [-1, vocab] },
-      ],
-    });
+    expect(await oip.modelMetadata(modelId)).toEqual(wholeModelMetadata(modelId, vocab));
     expect(await oip.modelMetadata(`${modelId}/stages/1-2`, '1')).toMatchObject({
       inputs: [{ name: 'hidden_states', datatype: 'FP32', shape: [-1, -1, nEmbd] }],
       outputs: [{ name: 'hidden_states', datatype: 'FP32', shape: [-1, -1, nEmbd] }],
@@ -262,43 +253,44 @@ describe('Open Inference Protocol (KServe v2) on a real executor', () => {
 });
 
 describe('Open Inference Protocol under the executor’s limits and lifecycle', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel();
+  const model = suiteModel();
+  const onnx = (): Promise<OnnxStageEngine> => OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+  /** A request for the next token after token id 1, to `modelName`. */
+  const oneToken = (modelName: string): Parameters<OipTestClient['infer']>[0] => ({
+    modelName,
+    inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [1, 1], contents: { int64Contents: [1] } }],
   });
-  afterAll(() => model?.remove());
 
-  it('admits a call like a session: refused with RESOURCE_EXHAUSTED when every session is taken', async () => {
-    const exec = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { maxSessions: 1 });
+  /** Runs `fn` on an executor of `engine` (with `opts`) and an OIP client of it, then closes the client and stops the executor. */
+  async function withOip(engine: StageEngine, fn: (exec: TestExecutor, oip: OipTestClient) => Promise<void>, opts: TestExecutorOptions = {}): Promise<void> {
+    const exec = await startTestExecutor(engine, opts);
     const oip = new OipTestClient(exec.addr);
     try {
-      const s = exec.session();
-      s.open();
-      await s.next(1);
-      const refusal = await oip.refusal(
-        oip.infer({
-          modelName: exec.server.status().modelId,
-          inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [1, 1], contents: { int64Contents: [1] } }],
-        }),
-      );
-      expectRefusal(refusal, grpc.status.RESOURCE_EXHAUSTED, 'EXECUTOR_MAX_SESSIONS');
-      await exec.cancelSessions(3000);
-      const r = await oip.infer({
-        modelName: exec.server.status().modelId,
-        inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [1, 1], contents: { int64Contents: [1] } }],
-      });
-      expect(r.outputs.map((o) => o.name)).toEqual(['next_token', 'logits']);
+      await fn(exec, oip);
     } finally {
       oip.close();
       await exec.stop();
     }
-  });
+  }
 
-  it('reports ServerReady and ModelReady false while draining, and refuses inference with UNAVAILABLE', async () => {
-    const exec = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }));
-    const oip = new OipTestClient(exec.addr);
-    const modelId = exec.server.status().modelId;
-    try {
+  it('admits a call like a session: refused with RESOURCE_EXHAUSTED when every session is taken', async () =>
+    withOip(
+      await onnx(),
+      async (exec, oip) => {
+        const s = exec.session();
+        s.open();
+        await s.next(1);
+        expectRefusal(await oip.refusal(oip.infer(oneToken(exec.server.status().modelId))), grpc.status.RESOURCE_EXHAUSTED, 'EXECUTOR_MAX_SESSIONS');
+        await exec.cancelSessions(3000);
+        const r = await oip.infer(oneToken(exec.server.status().modelId));
+        expect(r.outputs.map((o) => o.name)).toEqual(['next_token', 'logits']);
+      },
+      { maxSessions: 1 },
+    ));
+
+  it('reports ServerReady and ModelReady false while draining, and refuses inference with UNAVAILABLE', async () =>
+    withOip(await onnx(), async (exec, oip) => {
+      const modelId = exec.server.status().modelId;
       // An open session keeps the executor draining (its grace) while the test looks.
       const s = exec.session();
       s.open();
@@ -307,66 +299,49 @@ describe('Open Inference Protocol under the executor’s limits and lifecycle', 
       await eventually(async () => !(await oip.ready()), { timeoutMs: 3000, what: 'ServerReady false' });
       expect(await oip.live()).toBe(true);
       expect(await oip.modelReady(modelId)).toBe(false);
-      const refusal = await oip.refusal(
-        oip.infer({ modelName: modelId, inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [1, 1], contents: { int64Contents: [1] } }] }),
-      );
-      expectRefusal(refusal, grpc.status.UNAVAILABLE, 'draining');
+      expectRefusal(await oip.refusal(oip.infer(oneToken(modelId))), grpc.status.UNAVAILABLE, 'draining');
       s.call.end();
       await stopped;
-    } finally {
-      oip.close();
-      await exec.stop();
-    }
-  });
+    }));
 
   it('reports ServerLive and ServerReady false once the inference engine failed, and refuses inference with UNAVAILABLE', async () => {
-    const engine = new FailingEngine(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }));
-    const exec = await startTestExecutor(engine);
-    const oip = new OipTestClient(exec.addr);
-    try {
+    const engine = new FailingEngine(await onnx());
+    await withOip(engine, async (_exec, oip) => {
       expect(await oip.live()).toBe(true);
       engine.fail(new Error('the engine thread exited'));
       await eventually(async () => !(await oip.live()), { timeoutMs: 3000, what: 'ServerLive false' });
       expect(await oip.ready()).toBe(false);
-      const refusal = await oip.refusal(
-        oip.infer({ modelName: engine.modelId, inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [1, 1], contents: { int64Contents: [1] } }] }),
-      );
-      expectRefusal(refusal, grpc.status.UNAVAILABLE, 'cannot run stages');
-    } finally {
-      oip.close();
-      await exec.stop();
-    }
+      expectRefusal(await oip.refusal(oip.infer(oneToken(engine.modelId))), grpc.status.UNAVAILABLE, 'cannot run stages');
+    });
   });
 
   it('cancels the rows of a cancelled call and frees its admission and KV bytes', async () => {
-    const engine = new GatedEngine(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }));
-    const exec = await startTestExecutor(engine);
-    const oip = new OipTestClient(exec.addr);
-    try {
-      engine.closeGate();
-      let settle!: (e: grpc.ServiceError | null) => void;
-      const ended = new Promise<grpc.ServiceError | null>((r) => (settle = r));
-      const request = ModelInferRequest.fromPartial({
-        modelName: exec.server.status().modelId,
-        inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [2, 8] }],
-        rawInputContents: [int64Raw(new Array<number>(16).fill(7))],
-      });
-      const call = oip.client.modelInfer(request, (e) => settle(e));
-      await eventually(async () => (await exec.status()).activeSessions === 1 && engine.waiting > 0, { timeoutMs: 5000, what: 'the call inside the engine' });
-      expect(exec.server.kvBytes().used).toBeGreaterThan(0);
-      call.cancel();
-      expect((await ended)?.code).toBe(grpc.status.CANCELLED);
-      engine.openGate();
-      await eventually(async () => (await exec.status()).activeSessions === 0 && (await exec.status()).queueDepth === 0, {
-        timeoutMs: 5000,
-        what: 'the call freed',
-      });
-      expect(exec.server.kvBytes().used).toBe(0);
-    } finally {
-      engine.openGate();
-      oip.close();
-      await exec.stop();
-    }
+    const engine = new GatedEngine(await onnx());
+    await withOip(engine, async (exec, oip) => {
+      try {
+        engine.closeGate();
+        let settle!: (e: grpc.ServiceError | null) => void;
+        const ended = new Promise<grpc.ServiceError | null>((r) => (settle = r));
+        const request = ModelInferRequest.fromPartial({
+          modelName: exec.server.status().modelId,
+          inputs: [{ name: 'input_ids', datatype: 'INT64', shape: [2, 8] }],
+          rawInputContents: [int64Raw(new Array<number>(16).fill(7))],
+        });
+        const call = oip.client.modelInfer(request, (e) => settle(e));
+        await eventually(async () => (await exec.status()).activeSessions === 1 && engine.waiting > 0, { timeoutMs: 5000, what: 'the call inside the engine' });
+        expect(exec.server.kvBytes().used).toBeGreaterThan(0);
+        call.cancel();
+        expect((await ended)?.code).toBe(grpc.status.CANCELLED);
+        engine.openGate();
+        await eventually(async () => (await exec.status()).activeSessions === 0 && (await exec.status()).queueDepth === 0, {
+          timeoutMs: 5000,
+          what: 'the call freed',
+        });
+        expect(exec.server.kvBytes().used).toBe(0);
+      } finally {
+        engine.openGate();
+      }
+    });
   });
 });
 

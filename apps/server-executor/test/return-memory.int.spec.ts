@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { HostTensor } from '@tandem/protocol';
-import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { suiteModel } from '@tandem/testkit';
 import { IDLE_COLLECT_DELAY_MS, WorkerStageEngine } from '../src';
 
 // EXECUTOR_RETURN_MEMORY (onnxruntime without its memory arena, a collection after bursts) changes
@@ -28,11 +28,7 @@ async function run(engine: WorkerStageEngine, sessions: number): Promise<string[
 }
 
 describe('WorkerStageEngine with returnMemory', () => {
-  let model: TempModel;
-  beforeAll(async () => {
-    model = await makeTempModel();
-  });
-  afterAll(() => model?.remove());
+  const model = suiteModel();
 
   it('computes the same bits as with the arena, and keeps working after the idle collection', async () => {
     const plain = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1 });

@@ -14,7 +14,7 @@ import {
   type Location,
   type SloKey,
 } from './index';
-import { optimumOf, randomGenerationInstance, seededRandom } from './random-instances.fixture';
+import { expectDpNeverBeaten, optimumOf, randomGenerationInstance, seededRandom } from './random-instances.fixture';
 
 const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
 
@@ -300,18 +300,7 @@ describe('every algorithm on generation instances', () => {
   });
 
   it('never beats dp: feasible answers of the others do at least as much work', () => {
-    let strictlyBetter = 0;
-    for (const inst of instances) {
-      const dp = solveGenerationDp(inst);
-      for (const algorithm of ['greedy', 'prefix', 'server-only', 'client-only'] as const) {
-        const r = solveGeneration(inst, algorithm);
-        if (!r.feasible) continue;
-        expect(dp.feasible).toBe(true);
-        expect(r.serverWork).toBeGreaterThanOrEqual(dp.serverWork * (1 - 1e-9));
-        if (algorithm === 'greedy' && r.serverWork > dp.serverWork * (1 + 1e-6)) strictlyBetter++;
-      }
-    }
-    expect(strictlyBetter).toBeGreaterThan(0);
+    expectDpNeverBeaten(instances, solveGenerationDp, ['greedy', 'prefix', 'server-only', 'client-only'] as const, solveGeneration);
   });
 
   it('greedy follows its rule decision by decision; prefix is the best single split', () => {

@@ -15,6 +15,7 @@ import {
   type Location,
   type SloKey,
 } from './index';
+import { docJsonBlock } from '@tandem/testkit';
 import { optimumOf, randomGenerationInstance, seededRandom, type Enumerated } from './random-instances.fixture';
 
 const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
@@ -76,19 +77,7 @@ function cases(seed: number, count: number, maxStages: number): HandoverInstance
  * slow to prefill on the device, a decode the device can afford, a link too slow to cross
  * twice per token.
  */
-const WORKED: GenerationInstance = {
-  stages: [
-    { name: 'embed', clientPrefillMs: 2, serverPrefillMs: 1, clientDecodeMs: 1, serverDecodeMs: 0.5, inBytesPerToken: 8 },
-    { name: 'block', clientPrefillMs: 400, serverPrefillMs: 20, clientDecodeMs: 10, serverDecodeMs: 2, inBytesPerToken: 1024, kvBytesPerToken: 2048 },
-    { name: 'head', clientPrefillMs: 4, serverPrefillMs: 1, clientDecodeMs: 4, serverDecodeMs: 1, inBytesPerToken: 1024 },
-  ],
-  promptTokens: 100,
-  decodeSteps: 20,
-  outBytesPerPass: 8,
-  uplink: { latencyMs: 20, bytesPerMs: 1000 },
-  downlink: { latencyMs: 20, bytesPerMs: 5000 },
-  slo: { ttftMs: 200, tpotMs: 30 },
-};
+const { phased: _phased, ...WORKED } = docJsonBlock('docs/placement.md', 'phased-example:instance') as GenerationInstance & { phased: true };
 
 describe('evaluatePhased', () => {
   it('equals evaluateGeneration when both phases use the same placement, or when there is no decode pass', () => {

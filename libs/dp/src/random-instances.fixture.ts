@@ -217,3 +217,28 @@ export function optimumOf<T extends Enumerated>(all: readonly T[]): T {
   }
   return pool.reduce((a, b) => (b.e2eMs < a.e2eMs ? b : a));
 }
+
+/**
+ * Asserts that no algorithm of `algorithms` answers any of `instances` feasibly with less server
+ * work than dp (1e-9 relative), and that greedy does strictly more somewhere: the sample is rich
+ * enough to tell them apart.
+ */
+export function expectDpNeverBeaten<I, A extends string>(
+  instances: readonly I[],
+  dp: (inst: I) => { readonly feasible: boolean; readonly serverWork: number },
+  algorithms: readonly A[],
+  solve: (inst: I, algorithm: A) => { readonly feasible: boolean; readonly serverWork: number },
+): void {
+  let strictlyBetter = 0;
+  for (const inst of instances) {
+    const best = dp(inst);
+    for (const algorithm of algorithms) {
+      const r = solve(inst, algorithm);
+      if (!r.feasible) continue;
+      expect(best.feasible).toBe(true);
+      expect(r.serverWork).toBeGreaterThanOrEqual(best.serverWork * (1 - 1e-9));
+      if (algorithm === 'greedy' && r.serverWork > best.serverWork * (1 + 1e-6)) strictlyBetter++;
+    }
+  }
+  expect(strictlyBetter).toBeGreaterThan(0);
+}

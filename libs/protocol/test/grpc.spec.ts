@@ -9,6 +9,7 @@ import {
   ServingStatus,
   toWireTensor,
   type ExecutorServiceServer,
+  type HostTensor,
   type SessionRequest,
   type SessionResponse,
 } from '../src';
@@ -33,6 +34,26 @@ function echoServer(): Pick<ExecutorServiceServer, 'session' | 'getStatus'> {
       cb(null, { activeSessions: 3, queueDepth: 1, sessionsOpened: 7, stepsCompleted: 11, maxSessions: 64, modelId: 'echo', draining: false, batchedSteps: 0 });
     },
   };
+}
+
+type Session = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+
+/** A session of `clientId` opened on `client` with a deadline `ms` from now: its responses gather in `got`, `ended` settles as the call ends. */
+function openSession(client: ExecutorServiceClient, clientId: string, ms: number): { call: Session; got: SessionResponse[]; ended: Promise<void> } {
+  const call = client.session({ deadline: Date.now() + ms });
+  const got: SessionResponse[] = [];
+  const ended = new Promise<void>((resolve, reject) => {
+    call.on('data', (m: SessionResponse) => got.push(m));
+    call.on('error', reject);
+    call.on('end', resolve);
+  });
+  call.write({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId: '' } } });
+  return { call, got, ended };
+}
+
+/** Sends step `seq` of stage `stageBegin` alone, its input `t`, no sampling. */
+function step(call: Session, seq: string, t: HostTensor, stageBegin = 1): boolean {
+  return call.write({ kind: { $case: 'step', value: { seq, stageBegin, stageEnd: stageBegin + 1, input: toWireTensor(t), sample: false } } });
 }
 
 describe('wire contract over a real gRPC server', () => {
@@ -69,19 +90,10 @@ describe('wire contract over a real gRPC server', () => {
       }
       return { dtype: 'float32' as const, shape: [1, n], data };
     });
-    const call = client.session({ deadline: Date.now() + 20_000 });
-    const got: SessionResponse[] = [];
-    const done = new Promise<void>((resolve, reject) => {
-      call.on('data', (m: SessionResponse) => got.push(m));
-      call.on('error', reject);
-      call.on('end', resolve);
-    });
-    call.write({ kind: { $case: 'open', value: { clientId: 'c1', planEpoch: '0', modelId: '' } } });
-    sent.forEach((t, i) =>
-      call.write({ kind: { $case: 'step', value: { seq: String(i + 1), stageBegin: 1, stageEnd: 2, input: toWireTensor(t), sample: false } } }),
-    );
+    const { call, got, ended } = openSession(client, 'c1', 20_000);
+    sent.forEach((t, i) => step(call, String(i + 1), t));
     call.end();
-    await done;
+    await ended;
     expect(got[0].kind?.$case).toBe('opened');
     const results = got.slice(1);
     expect(results).toHaveLength(sizes.length);
@@ -121,20 +133,7 @@ describe('wire contract over a real gRPC server', () => {
           call.on('error', reject);
           call.on('end', resolve);
           call.write({ kind: { $case: 'open', value: { clientId: `c${s}`, planEpoch: '0', modelId: '' } } });
-          for (let q = 0; q < perStream; q++) {
-            call.write({
-              kind: {
-                $case: 'step',
-                value: {
-                  seq: String(q),
-                  stageBegin: 1,
-                  stageEnd: 2,
-                  input: toWireTensor({ dtype: 'float32', shape: [1, payload(s, q).length], data: payload(s, q) }),
-                  sample: false,
-                },
-              },
-            });
-          }
+          for (let q = 0; q < perStream; q++) step(call, String(q), { dtype: 'float32', shape: [1, payload(s, q).length], data: payload(s, q) });
         }),
     );
     await Promise.all(runs);
@@ -150,12 +149,7 @@ describe('wire contract over a real gRPC server', () => {
       call.on('error', reject);
     });
     call.write({ kind: { $case: 'open', value: { clientId: 'c2', planEpoch: '0', modelId: '' } } });
-    call.write({
-      kind: {
-        $case: 'step',
-        value: { seq: '1', stageBegin: 0, stageEnd: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 4], data: ids }), sample: false },
-      },
-    });
+    step(call, '1', { dtype: 'int64', shape: [1, 4], data: ids }, 0);
     const m = await reply;
     call.end();
     if (m.kind?.$case !== 'result' || m.kind.value.output?.$case !== 'tensor') throw new Error('not a tensor');
@@ -168,24 +162,11 @@ describe('wire contract over a real gRPC server', () => {
     // A C-core or Go server would answer such pings with GOAWAY too_many_pings and drop the call.
     const eager = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(MAX_BYTES, { timeMs: 50, timeoutMs: 1000 }));
     try {
-      const call = eager.session({ deadline: Date.now() + 10_000 });
-      const got: SessionResponse[] = [];
-      const ended = new Promise<void>((resolve, reject) => {
-        call.on('data', (m: SessionResponse) => got.push(m));
-        call.on('error', reject);
-        call.on('end', resolve);
-      });
-      const step = (seq: string): boolean =>
-        call.write({
-          kind: {
-            $case: 'step',
-            value: { seq, stageBegin: 1, stageEnd: 2, input: toWireTensor({ dtype: 'float32', shape: [1, 1], data: Float32Array.of(1) }), sample: false },
-          },
-        });
-      call.write({ kind: { $case: 'open', value: { clientId: 'c3', planEpoch: '0', modelId: '' } } });
-      step('1');
+      const { call, got, ended } = openSession(eager, 'c3', 10_000);
+      const one: HostTensor = { dtype: 'float32', shape: [1, 1], data: Float32Array.of(1) };
+      step(call, '1', one);
       await new Promise((r) => setTimeout(r, 1200)); // about 20 pings, no data
-      step('2');
+      step(call, '2', one);
       call.end();
       await ended;
       expect(got.map((m) => m.kind?.$case)).toEqual(['opened', 'result', 'result']);

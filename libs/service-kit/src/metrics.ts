@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { env } from './env';
 import type { Logger } from './logger';
 
@@ -15,6 +15,11 @@ export const LATENCY_BUCKETS_S: readonly number[] = [0.001, 0.0025, 0.005, 0.01,
 /** A histogram of latencies in seconds (LATENCY_BUCKETS_S) by `labelNames`, registered in `registry`. */
 export function latencyHistogram<T extends string = string>(registry: Registry, name: string, help: string, labelNames: readonly T[] = []): Histogram<T> {
   return new Histogram({ name, help, labelNames, buckets: [...LATENCY_BUCKETS_S], registers: [registry] });
+}
+
+/** A counter by `labelNames`, registered in `registry`. */
+export function counter<T extends string = string>(registry: Registry, name: string, help: string, labelNames: readonly T[] = []): Counter<T> {
+  return new Counter({ name, help, labelNames, registers: [registry] });
 }
 
 /** A gauge registered in `registry` that reads `value()` when scraped. */

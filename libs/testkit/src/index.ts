@@ -7,7 +7,7 @@ export { TcpProxy } from './tcp-proxy';
 export { seededRandom } from '@tandem/util';
 export { eventually, withTimeout } from './wait';
 export { expectRefusal } from './refusal';
-export { makeTempModel } from './models';
+export { makeTempModel, suiteModel } from './models';
 export type { TempModel } from './models';
 export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG, writeHfFixture, writeSafetensors } from './hf-fixture';
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
@@ -18,6 +18,9 @@ export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTi
 export { classObservations, classPlacement } from './telemetry';
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
+export { docJsonBlock } from './docs';
+export { wholeModelMetadata } from './oip';
+export { serverGeneration } from './sessions';
 export type { LogLine } from './logs';
 export { ReflectionAnswerError, ReflectionClient } from './reflection';
 export type { ReflectionVersion } from './reflection';

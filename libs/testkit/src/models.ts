@@ -16,3 +16,22 @@ export async function makeTempModel(opts: { preset?: string; seed?: number } = {
   await createModel({ preset: opts.preset ?? 'tiny', seed: opts.seed ?? 1, out: dir });
   return { dir, remove: () => rmSync(root, { recursive: true, force: true }) };
 }
+
+/**
+ * The model of one describe block: makeTempModel(`opts`) before its tests (within `timeoutMs`),
+ * removed after them. Call it where the block declares its state; read `dir` in the tests.
+ */
+export function suiteModel(opts: { preset?: string; seed?: number } = {}, timeoutMs?: number): TempModel {
+  let model: TempModel | undefined;
+  beforeAll(async () => {
+    model = await makeTempModel(opts);
+  }, timeoutMs);
+  afterAll(() => model?.remove());
+  return {
+    get dir(): string {
+      if (!model) throw new Error('internal: the suite model is made in beforeAll; read its dir in a test');
+      return model.dir;
+    },
+    remove: () => model?.remove(),
+  };
+}

@@ -1,6 +1,6 @@
 import {
+  ClassObservations,
   OutcomeStatus,
-  type ClassObservations,
   type ClassPlacement,
   type ClientPlan,
   type ClientProfile,
@@ -86,31 +86,16 @@ export function classPlacement(over: Partial<ClassPlacement> = {}): ClassPlaceme
 
 /** The planner's observations of class 'short' before any outcome: attainment target 0.9, no correction, safety factor 1; with `over` on top. */
 export function classObservations(over: Partial<ClassObservations> = {}): ClassObservations {
-  return {
+  return ClassObservations.fromPartial({
     name: 'short',
-    outcomes: 0,
-    failures: 0,
-    planOutcomes: 0,
-    attainment: 0,
     attainmentTarget: 0.9,
-    window: 0,
-    predictedE2eMedianMs: 0,
-    observedE2eMedianMs: 0,
-    predictedE2eMeanMs: 0,
-    observedE2eMeanMs: 0,
-    predictedTtftMedianMs: 0,
-    observedTtftMedianMs: 0,
-    predictedTpotMedianMs: 0,
-    observedTpotMedianMs: 0,
     e2eCorrection: 1,
     ttftCorrection: 1,
     tpotCorrection: 1,
     safetyFactor: 1,
-    allServer: false,
-    safetyChangedUnixMs: 0,
     e2eRatio: 1,
     ...over,
-  };
+  });
 }
 
 /** The verdict of a generation that met its end-to-end SLA and had no TTFT or TPOT objective. */

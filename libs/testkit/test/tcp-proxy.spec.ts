@@ -40,14 +40,27 @@ async function dial(address: string): Promise<{ socket: Socket; got: () => strin
   return { socket, got: () => got, ends };
 }
 
+type Echo = Awaited<ReturnType<typeof echoServer>>;
+type Client = Awaited<ReturnType<typeof dial>>;
+
+/** An echo server behind a TcpProxy, and a client through it whose `first` write came back; `fn` runs on them, then both servers close. */
+async function throughProxy(first: string, fn: (echo: Echo, proxy: TcpProxy, c: Client) => Promise<void>): Promise<void> {
+  const echo = await echoServer();
+  const proxy = await TcpProxy.start(echo.address);
+  try {
+    const c = await dial(proxy.address);
+    c.socket.write(first);
+    await eventually(() => c.got() === first, { what: 'the echo' });
+    await fn(echo, proxy, c);
+  } finally {
+    await proxy.close();
+    await echo.close();
+  }
+}
+
 describe('TcpProxy', () => {
-  it('forwards both ways, delays each chunk in order once a delay is set, and passes a half-close on', async () => {
-    const echo = await echoServer();
-    const proxy = await TcpProxy.start(echo.address);
-    try {
-      const c = await dial(proxy.address);
-      c.socket.write('a');
-      await eventually(() => c.got() === 'a', { what: 'the echo' });
+  it('forwards both ways, delays each chunk in order once a delay is set, and passes a half-close on', () =>
+    throughProxy('a', async (echo, proxy, c) => {
       proxy.setDelayMs(40);
       const t0 = performance.now();
       for (const x of ['b', 'c', 'd']) c.socket.write(x);
@@ -57,19 +70,10 @@ describe('TcpProxy', () => {
       proxy.setDelayMs(0);
       c.socket.end();
       await eventually(() => echo.ends.includes('end') && c.ends.includes('end'), { what: 'the half-close passed on and answered' });
-    } finally {
-      await proxy.close();
-      await echo.close();
-    }
-  });
+    }));
 
-  it('blackholes the open connections: nothing passes either way and neither side sees an end or a reset; new connections still pass', async () => {
-    const echo = await echoServer();
-    const proxy = await TcpProxy.start(echo.address);
-    try {
-      const c = await dial(proxy.address);
-      c.socket.write('x');
-      await eventually(() => c.got() === 'x', { what: 'the echo' });
+  it('blackholes the open connections: nothing passes either way and neither side sees an end or a reset; new connections still pass', () =>
+    throughProxy('x', async (echo, proxy, c) => {
       proxy.blackhole();
       c.socket.write('y');
       await sleep(300);
@@ -83,9 +87,5 @@ describe('TcpProxy', () => {
       await eventually(() => fresh.got() === 'z', { what: 'a new connection forwarded' });
       fresh.socket.destroy();
       c.socket.destroy();
-    } finally {
-      await proxy.close();
-      await echo.close();
-    }
-  });
+    }));
 });

@@ -75,6 +75,13 @@ describe('tandem loadtest: bad scenario files and flags', () => {
       /scenario requestClasses\[0\]\.promptPool must be an integer >= 1/,
     ],
     ['an unknown emulation', { emulation: 'magic' }, /scenario emulation must be 'replay' or 'compute', given "magic"/],
+    ['a zero duration (a top-level field, named without a leading dot)', { durationS: 0 }, /scenario durationS must be a number > 0 and <= 86400, given 0/],
+    ['a zero SLO reference', { sloReferenceTokenMs: 0 }, /scenario sloReferenceTokenMs must be a number > 0 and <= 60000, given 0/],
+    [
+      'an SLO reference without replay',
+      { emulation: 'compute', sloReferenceTokenMs: 4.8 },
+      /scenario sloReferenceTokenMs must come with emulation 'replay' \(the recording measures the model's speed the SLOs are scaled by\), given 4\.8/,
+    ],
   ];
   it.each(cases)('exits 2 naming the field for %s', async (_what, patch, message) => {
     const f = join(dir, `bad-${Math.random().toString(36).slice(2)}.json`);
@@ -102,6 +109,13 @@ describe('tandem loadtest: bad scenario files and flags', () => {
     );
     expect((await run(['loadtest', '--repeats', '0'])).stderr).toMatch(/--repeats/);
     expect((await run(['loadtest', '--emulation', 'fake'])).stderr).toMatch(/--emulation must be replay or compute, given 'fake'/);
+    // edge states its SLOs for a reference speed, which only a replay recording measures.
+    const compute = await run(['loadtest', '--scenario', 'edge', '--emulation', 'compute']);
+    expect({ code: compute.code, stderr: compute.stderr.trim() }).toEqual({
+      code: 2,
+      stderr:
+        'tandem loadtest: --emulation compute: the scenario states sloReferenceTokenMs 4.8 (its SLOs are scaled by the speed the replay recording measures), so it needs --emulation replay',
+    });
     for (const n of ['0', '9', '1.5', 'two']) {
       const e = await run(['loadtest', '--executors', n]);
       expect({ code: e.code, stderr: e.stderr.trim() }).toEqual({ code: 2, stderr: `tandem loadtest: --executors must be an integer in 1..8, given '${n}'` });

@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { evaluateGeneration, evaluatePlacement, solve, solveGeneration, type GenerationInstance, type PlacementInstance } from '@tandem/dp';
+import { docJsonBlock } from '@tandem/testkit';
 import { run } from './run-cli';
 
 // Hand-checkable instance: the middle stage is cheap to keep on the client, the ends are
@@ -146,13 +147,7 @@ const generation: GenerationInstance & { generation: true } = {
 };
 
 /** The JSON code block following `<!-- marker -->` in docs/placement.md. */
-function docBlock(marker: string): unknown {
-  const doc = readFileSync(resolve(__dirname, '../../../docs/placement.md'), 'utf8');
-  const at = doc.indexOf(`<!-- ${marker} -->`);
-  expect(at).toBeGreaterThanOrEqual(0);
-  const m = /```json\n([\s\S]*?)```/.exec(doc.slice(at));
-  return JSON.parse(m![1]);
-}
+const docBlock = (marker: string): unknown => docJsonBlock('docs/placement.md', marker);
 
 describe('tandem plan on generation instances', () => {
   it('answers TTFT, TPOT, E2E and the met flag of each stated SLO', async () => {

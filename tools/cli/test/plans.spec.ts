@@ -1,6 +1,6 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PlanMaker, PlannerServer, type PlannerServerOptions } from '@tandem/planner';
-import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects } from '@tandem/protocol';
+import { ClientProfile, GenerationOutcome, OutcomeStatus, ServerLoad, Subjects, type ClientPlan } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import {
   classObservations,
@@ -46,47 +46,66 @@ async function startPlanner(maker: PlanMaker, natsUrl: string, over: Partial<Pla
   return { server, addr: `127.0.0.1:${(await server.start()).port}` };
 }
 
+/** A planner started as startPlanner does, on a nats-server of its own, with the test's connection to it; stop() closes and stops all three. */
+interface LivePlanner {
+  readonly nats: NatsServerHandle;
+  readonly nc: NatsConnection;
+  readonly server: PlannerServer;
+  readonly addr: string;
+  stop(): Promise<void>;
+}
+
+async function startLivePlanner(maker: PlanMaker, over: Partial<PlannerServerOptions>): Promise<LivePlanner> {
+  const nats = await startNatsServer();
+  let started: { server: PlannerServer; addr: string } | undefined;
+  let nc: NatsConnection | undefined;
+  const stop = async (): Promise<void> => {
+    await nc?.close();
+    await started?.server.stop();
+    await nats.stop();
+  };
+  try {
+    started = await startPlanner(maker, nats.url, over);
+    nc = await connect({ servers: nats.url });
+    return { nats, nc, ...started, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
 describe('tandem plans against a real planner', () => {
-  let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let server: PlannerServer;
-  let addr: string;
+  let live: LivePlanner;
 
   beforeAll(async () => {
-    nats = await startNatsServer();
     const maker = new PlanMaker({
       ...PLAN_SETTINGS,
       stages,
       classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 1000 }],
       slaOverrides: { handheld: { short: 100 } },
     });
-    ({ server, addr } = await startPlanner(maker, nats.url, { debounceMs: 5 }));
-    nc = await connect({ servers: nats.url });
+    live = await startLivePlanner(maker, { debounceMs: 5 });
   });
 
-  afterAll(async () => {
-    await nc?.close();
-    await server?.stop();
-    await nats?.stop();
-  });
+  afterAll(() => live?.stop());
 
   it('lists no plans before any telemetry, in both formats', async () => {
-    const json = await run(['plans', '--planner', addr, '--json']);
+    const json = await run(['plans', '--planner', live.addr, '--json']);
     expect(json).toMatchObject({ code: 0, stderr: '' });
     // Canonical protobuf JSON leaves out fields at their default value: an empty list too.
     expect(JSON.parse(json.stdout)).toEqual({});
-    const text = await run(['plans', '--planner', addr]);
+    const text = await run(['plans', '--planner', live.addr]);
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(/^no plans yet/);
   });
 
   it('lists the plan the planner made from a profile and a load sent over NATS', async () => {
-    nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
-    nc.publish(Subjects.clientProfile(profile.clientId), ClientProfile.encode(profile).finish());
-    await nc.flush();
-    await eventually(() => server.plans().length === 1, { what: 'a plan for dev-1', timeoutMs: 5000 });
+    live.nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
+    live.nc.publish(Subjects.clientProfile(profile.clientId), ClientProfile.encode(profile).finish());
+    await live.nc.flush();
+    await eventually(() => live.server.plans().length === 1, { what: 'a plan for dev-1', timeoutMs: 5000 });
 
-    const r = await run(['plans', '--planner', addr, '--json']);
+    const r = await run(['plans', '--planner', live.addr, '--json']);
     expect(r).toMatchObject({ code: 0, stderr: '' });
     const body = JSON.parse(r.stdout);
     expect(body.plans).toHaveLength(1);
@@ -101,14 +120,14 @@ describe('tandem plans against a real planner', () => {
     expect(c.predictedLatencyMs).toBeGreaterThanOrEqual(21);
     expect(c.predictedLatencyMs).toBeLessThan(22);
 
-    const text = await run(['plans', '--planner', addr]);
+    const text = await run(['plans', '--planner', live.addr]);
     expect(text.code).toBe(0);
     expect(text.stdout).toContain(`client dev-1  epoch ${plan.epoch}  algorithm dp`);
     expect(text.stdout).toMatch(/^ {2}short +CCS +100 +21(\.\d)? +1\.0 +yes$/m);
   });
 
   it('shows what the planner observed of the outcomes an agent published, predicted against observed', async () => {
-    const plan = server.plans().find((p) => p.clientId === 'dev-1')!;
+    const plan = live.server.plans().find((p) => p.clientId === 'dev-1')!;
     const c = plan.classes[0];
     const outcome = (ok: boolean, e2eMs: number): GenerationOutcome =>
       planOutcome(plan, {
@@ -120,12 +139,12 @@ describe('tandem plans against a real planner', () => {
         status: ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
       });
     // five generations that met the SLA in 30 ms each (the plan predicted about 21), then one that failed
-    for (let i = 0; i < 5; i++) nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(true, 30)).finish());
-    nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(false, 4)).finish());
-    await nc.flush();
-    await eventually(() => server.counters.outcomes === 6, { what: 'six outcomes taken', timeoutMs: 5000 });
+    for (let i = 0; i < 5; i++) live.nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(true, 30)).finish());
+    live.nc.publish(Subjects.outcome('dev-1'), GenerationOutcome.encode(outcome(false, 4)).finish());
+    await live.nc.flush();
+    await eventually(() => live.server.counters.outcomes === 6, { what: 'six outcomes taken', timeoutMs: 5000 });
 
-    const r = await run(['plans', '--planner', addr, '--json']);
+    const r = await run(['plans', '--planner', live.addr, '--json']);
     expect(r).toMatchObject({ code: 0, stderr: '' });
     const body = JSON.parse(r.stdout);
     expect(body.observations).toHaveLength(1);
@@ -151,7 +170,7 @@ describe('tandem plans against a real planner', () => {
     const met = [1, 2, 3, 4, 5].reduce((a, k) => a + d ** k, 0);
     expect(o.attainment).toBeCloseTo(met / (met + 1), 9);
 
-    const text = await run(['plans', '--planner', addr]);
+    const text = await run(['plans', '--planner', live.addr]);
     expect(text.code).toBe(0);
     expect(text.stdout).toContain('  observed (attainment of the plan in force, target 90 %; latency over the last 5 successful generations)');
     expect(text.stdout).toMatch(/^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +obs\/pred +correction +safety$/m);
@@ -183,31 +202,25 @@ describe('tandem plans against a real planner', () => {
 });
 
 describe('tandem plans pages through a planner with many clients', () => {
-  let nats: NatsServerHandle;
-  let server: PlannerServer;
-  let addr: string;
+  let live: LivePlanner;
   const N = 2500; // more than the planner's default page (1000)
 
   beforeAll(async () => {
-    nats = await startNatsServer();
     const maker = new PlanMaker({ ...PLAN_SETTINGS, stages, classes: [{ name: 'short', maxPromptTokens: 10, expectedNewTokens: 1, slaMs: 100 }] });
-    ({ server, addr } = await startPlanner(maker, nats.url, { clientTtlMs: 600_000, debounceMs: 1000 }));
-    server.onLoad(load);
-    for (let i = 0; i < N; i++) server.onProfile({ ...profile, clientId: `dev-${String(i).padStart(4, '0')}` });
-    server.replan();
-    expect(server.plans()).toHaveLength(N);
+    live = await startLivePlanner(maker, { clientTtlMs: 600_000, debounceMs: 1000 });
+    live.server.onLoad(load);
+    for (let i = 0; i < N; i++) live.server.onProfile({ ...profile, clientId: `dev-${String(i).padStart(4, '0')}` });
+    live.server.replan();
+    expect(live.server.plans()).toHaveLength(N);
   });
 
-  afterAll(async () => {
-    await server?.stop();
-    await nats?.stop();
-  });
+  afterAll(() => live?.stop());
 
   it("lists every client, each once and in order, with the planner's default page and with --page-size", async () => {
-    const expected = server.plans().map((p) => p.clientId);
+    const expected = live.server.plans().map((p) => p.clientId);
     for (const argv of [
-      ['plans', '--planner', addr, '--json'],
-      ['plans', '--planner', addr, '--json', '--page-size', '333'],
+      ['plans', '--planner', live.addr, '--json'],
+      ['plans', '--planner', live.addr, '--json', '--page-size', '333'],
     ]) {
       const r = await run(argv);
       expect(r).toMatchObject({ code: 0, stderr: '' });
@@ -216,13 +229,13 @@ describe('tandem plans pages through a planner with many clients', () => {
       expect(body.observations.map((o: { clientId: string }) => o.clientId)).toEqual(expected);
       expect(body.nextPageToken).toBeUndefined();
     }
-    const text = await run(['plans', '--planner', addr, '--page-size', '5000']);
+    const text = await run(['plans', '--planner', live.addr, '--page-size', '5000']);
     expect(text.code).toBe(0);
     expect(text.stdout.match(/^client dev-\d{4} /gm)).toHaveLength(N);
   });
 
   it.each([['0'], ['5001'], ['x']])('exits 2 on --page-size %s', async (v) => {
-    const r = await run(['plans', '--planner', addr, '--page-size', v]);
+    const r = await run(['plans', '--planner', live.addr, '--page-size', v]);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain(`--page-size must be an integer in 1..5000, given '${v}'`);
   });
@@ -304,38 +317,39 @@ describe('the plan table of tandem plans', () => {
     predictedTpotMs: 10,
     predictedTtftMsPerPromptToken: 0.5,
   };
+  /** Plan epoch 3 of client 'a' by dp, created at 0, of class `cls` and no executor; `over` on top. */
+  const plan = (over: Partial<ClientPlan> = {}): ClientPlan => ({
+    clientId: 'a',
+    epoch: 3,
+    algorithm: 'dp',
+    createdUnixMs: 0,
+    alternates: [],
+    classes: [cls],
+    ...over,
+  });
+
   it("shows a phased plan's prefill placement then its decode's, and a single placement as it is", () => {
-    const table = planTable({
-      clientId: 'a',
-      epoch: 3,
-      algorithm: 'dp-phased',
-      createdUnixMs: 0,
-      alternates: [],
-      classes: [
-        { ...cls, decodePlacement: 'CCC' },
-        { ...cls, name: 'short' },
-      ],
-    });
+    const table = planTable(
+      plan({
+        algorithm: 'dp-phased',
+        classes: [
+          { ...cls, decodePlacement: 'CCC' },
+          { ...cls, name: 'short' },
+        ],
+      }),
+    );
     expect(table).toMatch(/long\s+SSS -> CCC\s/);
     expect(table).toMatch(/short\s+SSS\s/);
     expect(table).not.toMatch(/short\s+SSS ->/);
   });
 
   it('names the executor in a column and the alternates in the header when the plan names one', () => {
-    const table = planTable({
-      clientId: 'a',
-      epoch: 3,
-      algorithm: 'dp',
-      createdUnixMs: 0,
-      executor: { id: 'exec-a', address: '10.0.0.1:50051' },
-      alternates: [{ id: 'exec-b', address: '10.0.0.2:50051' }],
-      classes: [cls],
-    });
+    const table = planTable(plan({ executor: { id: 'exec-a', address: '10.0.0.1:50051' }, alternates: [{ id: 'exec-b', address: '10.0.0.2:50051' }] }));
     expect(table.split('\n')[0]).toMatch(/ {2}alternates exec-b$/);
     expect(table).toMatch(/^ {2}class +executor +placement /m);
     expect(table).toMatch(/^ {2}long +exec-a \(10\.0\.0\.1:50051\) +SSS /m);
     // Without one: no column, no alternates.
-    const plain = planTable({ clientId: 'a', epoch: 3, algorithm: 'dp', createdUnixMs: 0, alternates: [], classes: [cls] });
+    const plain = planTable(plan());
     expect(plain).not.toMatch(/executor|alternates/);
   });
 });

@@ -14,7 +14,19 @@ export { readResults, RECORDS_FILE, ResultsFileError, ResultsWriter, RUNS_FILE }
 export type { RunSettings } from './results-files';
 export { deviceSide, runLoadtest } from './run';
 export type { LoadtestOptions, LoadtestRun, RateResult } from './run';
-export { BUNDLED_SCENARIOS, DEFAULT_POLICIES, loadScenario, plannerSloEnv, POLICIES, ScenarioError, scenarioPathOf, validateScenario } from './scenario';
+export {
+  BUNDLED_SCENARIOS,
+  DEFAULT_POLICIES,
+  loadScenario,
+  plannerSloEnv,
+  POLICIES,
+  requestSlo,
+  scaleSlos,
+  ScenarioError,
+  scenarioPathOf,
+  sloScale,
+  validateScenario,
+} from './scenario';
 export type { Emulation, Policy, Scenario } from './scenario';
 export { formatSoakReport, promptIds, runSoak, startExecutorProcess } from './soak';
 export type { SoakOptions, SoakReport } from './soak';

@@ -2,8 +2,8 @@ import { SLO_KEYS } from '@tandem/dp';
 import { renderChart } from '@tandem/plot';
 import type { Attainment } from './metrics';
 import { mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
-import { DEVICE_LIMITS, SERVER_CONTENDED, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
-import type { Policy } from './scenario';
+import { DEVICE_LIMITS, SERVER_CONTENDED, recordedTokenMs, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
+import { sloScale, type Policy } from './scenario';
 
 /** What one policy achieved over the whole sweep. */
 export interface PolicySummary {
@@ -245,7 +245,8 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   for (const w of ctx.warnings) md.push(`> warning: ${w}`, '');
   md.push('## What is modelled', '');
   /** A whole token on the device as recorded (uncontended), ms. */
-  const recordedTokenMs = ctx.recording?.costs.reduce((a, c) => a + c.decodeMs, 0) ?? 0;
+  const tokenMs = ctx.recording ? recordedTokenMs(ctx.recording.costs) : 0;
+  const scale = sloScale(s, ctx.recording ? tokenMs : undefined);
   md.push(
     'The server side is real: the executor runs every server stage on its own core, and the values it receives are real stage outputs. ' +
       'Links are emulated by the agents (one-way latency plus bytes / throughput per transfer). ' +
@@ -253,7 +254,10 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
         ? `Devices are emulated by replay: their stage outputs come from a recording of a one-process run of the model over each request class's prompt pool ` +
           `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, recorded in ${ctx.recording.recordS.toFixed(1)} s), keyed by the whole token history; ` +
           "each replayed stage sleeps its recorded uncontended cost × the device class's slow-down, which is also the profile the agent publishes to the planner " +
-          `(a whole token on the device: ${fx(recordedTokenMs, 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * recordedTokenMs, 1)} ms`).join(', ')}). ` +
+          `(a whole token on the device: ${fx(tokenMs, 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * tokenMs, 1)} ms`).join(', ')}). ` +
+          (scale !== 1
+            ? `The scenario states its SLOs for a whole token of ${s.sloReferenceTokenMs} ms (sloReferenceTokenMs), so every SLO of this run is the stated one × ${fx(scale, 3)}. `
+            : '') +
           'The device side below shows what that cost the client core and how far the emulated times strayed from the modelled ones.'
         : 'Devices compute their stages for real on the shared client core, padded to slow-down × their uncontended cost: their timing depends on each other under load.'),
     '',

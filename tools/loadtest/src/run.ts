@@ -13,7 +13,7 @@ import { agentClient, plannerClient, sendGenerate } from './client';
 import { attributeExecutors, executorShares, loadtestExecutorId, MAX_EXECUTORS, type ExecutorShare, type OutcomeSeen } from './executors';
 import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
 import { predictionErrors, predictionSamples, type PredictionGroup, type PredictionSamples } from './prediction';
-import { plannerSloEnv, type Policy, type Scenario } from './scenario';
+import { plannerSloEnv, scaleSlos, sloScale, type Policy, type Scenario } from './scenario';
 
 /**
  * CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on
@@ -161,6 +161,11 @@ export interface LoadtestRun {
   readonly executors: number;
 }
 
+/** A whole token of the model (every stage's decode pass) as the recording measured it, uncontended, ms. */
+export function recordedTokenMs(costs: readonly ReplayStageCost[]): number {
+  return costs.reduce((a, c) => a + c.decodeMs, 0);
+}
+
 /** Agent id of a device class. */
 export const agentId = (device: string): string => `lt-${device}`;
 
@@ -173,7 +178,8 @@ export const agentId = (device: string): string => `lt-${device}`;
  * @throws RangeError naming `executors` when it is not an integer in 1..MAX_EXECUTORS.
  */
 export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
-  const s = o.scenario;
+  // The scenario as stated; its SLOs may be scaled by the recording's speed below (sloReferenceTokenMs).
+  let s = o.scenario;
   const nExec = o.executors ?? 1;
   if (!Number.isInteger(nExec) || nExec < 1 || nExec > MAX_EXECUTORS)
     throw new RangeError(`loadtest: executors must be an integer in 1..${MAX_EXECUTORS}, given ${String(nExec)}`);
@@ -209,6 +215,13 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     });
     recording = { file, bytes, prompts: header.prompts.length, recordS: (performance.now() - t0) / 1000, costs: header.costs };
     o.note?.(`recorded ${header.prompts.length} prompts in ${recording.recordS.toFixed(1)} s: ${(bytes / 1e6).toFixed(1)} MB in ${file}`);
+    const scale = sloScale(s, recordedTokenMs(recording.costs));
+    if (scale !== 1) {
+      s = scaleSlos(s, scale);
+      o.note?.(
+        `SLOs scaled × ${scale.toFixed(3)}: the scenario states them for a whole token of ${s.sloReferenceTokenMs} ms, this machine recorded ${recordedTokenMs(recording.costs).toFixed(2)} ms`,
+      );
+    }
   }
   const slowdownOf = new Map(s.deviceClasses.map((d) => [d.name, d.slowdown]));
   let nats: NatsServerHandle | undefined;
@@ -294,6 +307,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           ...common,
           PLANNER_ADDR: plannerAddr,
           PLANNER_ALGORITHM: policy,
+          // A fresh planner per policy, on a nats-server without JetStream: nothing to keep, nor a warning about it.
+          PLANNER_STATE_BUCKET: 'off',
           ...plannerSloEnv(s),
         },
       }).then((p) => {

@@ -103,6 +103,15 @@ export interface Scenario {
   /** Fraction of requests that must meet their SLA for a rate to count as sustained. */
   readonly slaTarget: number;
   readonly quick: QuickSpec;
+  /**
+   * The SLOs (request classes and overrides) are stated for a machine on which the model's whole
+   * token (every stage, one decode pass, uncontended) takes this long, ms: a run scales each of
+   * them by recorded / this ({@link sloScale}), so a scenario whose SLOs are set against the
+   * model's speed (a device that meets a TPOT alone, another that needs the server) keeps its
+   * meaning on a slower or faster machine. Needs replay emulation (the recording measures it).
+   * Absent: the SLOs are absolute.
+   */
+  readonly sloReferenceTokenMs?: number;
 }
 
 /** A scenario file that breaks a rule: `tandem loadtest` exits 2 with this message (field, rule, value). */
@@ -126,7 +135,7 @@ function obj(v: unknown, field: string): Obj {
 
 function num(o: Obj, key: string, field: string, opts: { min?: number; max?: number; gt?: number; int?: boolean; def?: number } = {}): number {
   const v = o[key] ?? opts.def;
-  const f = `${field}.${key}`;
+  const f = field ? `${field}.${key}` : key;
   const rule = [
     opts.int ? 'be an integer' : 'be a number',
     opts.gt !== undefined ? `> ${opts.gt}` : opts.min !== undefined ? `>= ${opts.min}` : '',
@@ -191,6 +200,7 @@ const KNOWN = new Set([
   'requestTimeoutMs',
   'slaTarget',
   'quick',
+  'sloReferenceTokenMs',
 ]);
 
 /**
@@ -292,6 +302,9 @@ export function validateScenario(raw: unknown): Scenario {
 
   const emulation = o.emulation ?? 'replay';
   if (emulation !== 'replay' && emulation !== 'compute') fail('emulation', "be 'replay' or 'compute'", emulation);
+  const reference = o.sloReferenceTokenMs === undefined ? undefined : num(o, 'sloReferenceTokenMs', '', { gt: 0, max: 60_000 });
+  if (reference !== undefined && emulation !== 'replay')
+    fail('sloReferenceTokenMs', "come with emulation 'replay' (the recording measures the model's speed the SLOs are scaled by)", reference);
   const q = obj(o.quick ?? {}, 'quick');
   const durationS = num(o, 'durationS', '', { gt: 0, max: 86_400, def: 30 });
   const warmupS = num(o, 'warmupS', '', { min: 0, max: 3600, def: 3 });
@@ -318,6 +331,33 @@ export function validateScenario(raw: unknown): Scenario {
       durationS: num(q, 'durationS', 'quick', { gt: 0, max: 86_400, def: Math.min(durationS, 8) }),
       warmupS: num(q, 'warmupS', 'quick', { min: 0, max: 3600, def: Math.min(warmupS, 1) }),
     },
+    ...(reference !== undefined ? { sloReferenceTokenMs: reference } : {}),
+  };
+}
+
+/**
+ * The factor a run scales the scenario's SLOs by: `recordedTokenMs` (a whole token of the model,
+ * as the replay recording measured it on this machine) / `sloReferenceTokenMs`; 1 when the
+ * scenario states no reference or nothing was recorded.
+ */
+export function sloScale(s: Scenario, recordedTokenMs: number | undefined): number {
+  return s.sloReferenceTokenMs !== undefined && recordedTokenMs !== undefined && recordedTokenMs > 0 ? recordedTokenMs / s.sloReferenceTokenMs : 1;
+}
+
+/** The scenario with every SLO (request classes and overrides) multiplied by `factor` > 0; `s` itself when it is 1. */
+export function scaleSlos(s: Scenario, factor: number): Scenario {
+  if (!(factor > 0) || !Number.isFinite(factor)) throw new RangeError(`scaleSlos: factor must be a finite number > 0, given ${String(factor)}`);
+  if (factor === 1) return s;
+  const scaled = <T extends Slo>(o: T): T => ({
+    ...o,
+    ...Object.fromEntries(SLO_KEYS.filter((k) => o[k] !== undefined).map((k) => [k, (o[k] ?? 0) * factor])),
+  });
+  return {
+    ...s,
+    requestClasses: s.requestClasses.map(scaled),
+    slaOverrides: Object.fromEntries(
+      Object.entries(s.slaOverrides).map(([d, row]) => [d, Object.fromEntries(Object.entries(row).map(([r, o]) => [r, scaled(o)]))]),
+    ),
   };
 }
 

@@ -12,10 +12,13 @@ import {
   predictionSamples,
   predictionSection,
   promptPools,
+  requestSlo,
+  scaleSlos,
   ratios,
   scenarioPathOf,
   serverContention,
   sloMet,
+  sloScale,
   spreadOf,
   summarize,
   summarizePolicy,
@@ -403,6 +406,27 @@ describe('scenario files', () => {
     expect(phased.requestClasses.every((rc) => rc.promptTokens.max + rc.outputTokens.max <= 1024)).toBe(true);
     expect(Math.max(...phased.requestClasses.map((rc) => rc.promptTokens.max))).toBeGreaterThanOrEqual(512);
     expect(scenarioPathOf('./mine.json')).toBe('./mine.json');
+  });
+
+  it('scales every SLO, of the classes and the overrides, by the recorded speed against the stated reference', () => {
+    const s = validateScenario(scenario({ sloReferenceTokenMs: 4, slaOverrides: { fast: { short: 90, long: { ttftMs: 50, tpotMs: 20 } } } }));
+    expect(sloScale(s, 6)).toBe(1.5);
+    expect(sloScale(s, undefined)).toBe(1);
+    expect(sloScale(validateScenario(scenario()), 6)).toBe(1);
+    const x = scaleSlos(s, 1.5);
+    expect(x.requestClasses.map((r) => [r.ttftMs, r.tpotMs, r.e2eMs])).toEqual([
+      [150, 60, 225],
+      [undefined, undefined, 300],
+    ]);
+    expect(x.slaOverrides).toEqual({ fast: { short: { e2eMs: 135 }, long: { ttftMs: 75, tpotMs: 30 } } });
+    // What the planner is told and what a request is judged by both follow.
+    expect(JSON.parse(plannerSloEnv(x).PLANNER_REQUEST_CLASSES)[0]).toMatchObject({ ttftMs: 150, tpotMs: 60, slaMs: 225 });
+    expect(requestSlo(x, 'fast', 'long')).toEqual({ e2eMs: 300, ttftMs: 75, tpotMs: 30 });
+    expect(scaleSlos(s, 1)).toBe(s);
+    expect(() => scaleSlos(s, 0)).toThrow('scaleSlos: factor must be a finite number > 0, given 0');
+    // edge and phased state theirs for a reference machine.
+    expect(loadScenario(scenarioPathOf('edge')).sloReferenceTokenMs).toBe(4.8);
+    expect(loadScenario(scenarioPathOf('mobile')).sloReferenceTokenMs).toBeUndefined();
   });
 
   it('gives the planner only the SLOs stated, and an override as a number when it states only slaMs', () => {

@@ -307,16 +307,14 @@ export interface PhasedSummary {
 export function summarizePhased(rows: readonly ConfigResult[], rule: keyof PhasedFigures): PhasedSummary | undefined {
   const ph = rows.flatMap((r) => (r.phased ? [r.phased[rule]] : []));
   if (ph.length === 0) return undefined;
+  const works = ph.map((p) => p.work);
   return {
     configs: ph.length,
-    reductionVsServerOnly: {
-      dp: mean(ph.map((p) => gain(p.work.serverOnly, p.work.dp))),
-      dpPhased: mean(ph.map((p) => gain(p.work.serverOnly, p.work.dpPhased))),
-    },
-    phasedOverDp: mean(ph.map((p) => gain(p.work.dp, p.work.dpPhased))),
-    phasedOverDpPooled: gain(sum(ph.map((p) => p.work.dp)), sum(ph.map((p) => p.work.dpPhased))),
-    phasesDifferShare: mean(ph.map((p) => (p.phasesDiffer ? 1 : 0))),
-    decodeOnClientShare: mean(ph.map((p) => (p.decodeOnClient ? 1 : 0))),
+    reductionVsServerOnly: { dp: meanGain(works, 'serverOnly', 'dp'), dpPhased: meanGain(works, 'serverOnly', 'dpPhased') },
+    phasedOverDp: meanGain(works, 'dp', 'dpPhased'),
+    phasedOverDpPooled: pooledGain(works, 'dp', 'dpPhased'),
+    phasesDifferShare: share(ph, (p) => p.phasesDiffer),
+    decodeOnClientShare: share(ph, (p) => p.decodeOnClient),
   };
 }
 
@@ -357,37 +355,47 @@ export interface Summary {
 const mean = (xs: readonly number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
 const gain = (worse: number, better: number): number => (worse > 0 ? (worse - better) / worse : 0);
+/** Mean over `works` of the gain of `better` over `worse`. */
+const meanGain = <K extends string, W extends Record<K, number>>(works: readonly W[], worse: K, better: K): number =>
+  mean(works.map((w) => gain(w[worse], w[better])));
+/** The gain of `better` over `worse`, pooled over `works`: 1 − Σbetter / Σworse. */
+const pooledGain = <K extends string, W extends Record<K, number>>(works: readonly W[], worse: K, better: K): number =>
+  gain(sum(works.map((w) => w[worse])), sum(works.map((w) => w[better])));
+/** Share of `xs` for which `test` holds. */
+const share = <T>(xs: readonly T[], test: (x: T) => boolean): number => mean(xs.map((x) => (test(x) ? 1 : 0)));
 
 /** Summarises a group of configuration results. O(rows). */
 export function summarize(rows: readonly ConfigResult[]): Summary {
   const gridCount = rows.length ? rows[0].work.grid.length : 0;
   const grids = Array.from({ length: gridCount }, (_, g) => g);
+  const works = rows.map((r) => r.work);
+  const shapeShare = (shape: PlacementShape): number => share(rows, (r) => r.dpShape === shape);
   return {
     configs: rows.length,
     reductionVsServerOnly: {
-      dp: mean(rows.map((r) => gain(r.work.serverOnly, r.work.dp))),
-      greedy: mean(rows.map((r) => gain(r.work.serverOnly, r.work.greedy))),
-      greedyRatio: mean(rows.map((r) => gain(r.work.serverOnly, r.work.greedyRatio))),
-      prefix: mean(rows.map((r) => gain(r.work.serverOnly, r.work.prefix))),
-      grid: grids.map((g) => mean(rows.map((r) => gain(r.work.serverOnly, r.work.grid[g])))),
+      dp: meanGain(works, 'serverOnly', 'dp'),
+      greedy: meanGain(works, 'serverOnly', 'greedy'),
+      greedyRatio: meanGain(works, 'serverOnly', 'greedyRatio'),
+      prefix: meanGain(works, 'serverOnly', 'prefix'),
+      grid: grids.map((g) => mean(works.map((w) => gain(w.serverOnly, w.grid[g])))),
     },
-    dpOverGreedy: mean(rows.map((r) => gain(r.work.greedy, r.work.dp))),
-    dpOverGreedyPooled: gain(sum(rows.map((r) => r.work.greedy)), sum(rows.map((r) => r.work.dp))),
-    dpOverPrefix: mean(rows.map((r) => gain(r.work.prefix, r.work.dp))),
-    dpOverPrefixPooled: gain(sum(rows.map((r) => r.work.prefix)), sum(rows.map((r) => r.work.dp))),
-    dpOverGreedyRatio: mean(rows.map((r) => gain(r.work.greedyRatio, r.work.dp))),
-    dpOverGreedyRatioPooled: gain(sum(rows.map((r) => r.work.greedyRatio)), sum(rows.map((r) => r.work.dp))),
-    gridCost: grids.map((g) => mean(rows.map((r) => (r.work.grid[g] - r.work.dp) / r.work.serverOnly))),
-    gridSuboptimalShare: grids.map((g) => mean(rows.map((r) => (r.work.grid[g] > r.work.dp * (1 + 1e-9) ? 1 : 0)))),
-    dpMultiSwitchShare: mean(rows.map((r) => (r.dpSwitches > 2 ? 1 : 0))),
+    dpOverGreedy: meanGain(works, 'greedy', 'dp'),
+    dpOverGreedyPooled: pooledGain(works, 'greedy', 'dp'),
+    dpOverPrefix: meanGain(works, 'prefix', 'dp'),
+    dpOverPrefixPooled: pooledGain(works, 'prefix', 'dp'),
+    dpOverGreedyRatio: meanGain(works, 'greedyRatio', 'dp'),
+    dpOverGreedyRatioPooled: pooledGain(works, 'greedyRatio', 'dp'),
+    gridCost: grids.map((g) => mean(works.map((w) => (w.grid[g] - w.dp) / w.serverOnly))),
+    gridSuboptimalShare: grids.map((g) => share(works, (w) => w.grid[g] > w.dp * (1 + 1e-9))),
+    dpMultiSwitchShare: share(rows, (r) => r.dpSwitches > 2),
     dpShapes: {
-      'all-client': mean(rows.map((r) => (r.dpShape === 'all-client' ? 1 : 0))),
-      'client-then-server': mean(rows.map((r) => (r.dpShape === 'client-then-server' ? 1 : 0))),
-      'server-then-client': mean(rows.map((r) => (r.dpShape === 'server-then-client' ? 1 : 0))),
-      'multi-switch': mean(rows.map((r) => (r.dpShape === 'multi-switch' ? 1 : 0))),
-      'all-server': mean(rows.map((r) => (r.dpShape === 'all-server' ? 1 : 0))),
+      'all-client': shapeShare('all-client'),
+      'client-then-server': shapeShare('client-then-server'),
+      'server-then-client': shapeShare('server-then-client'),
+      'multi-switch': shapeShare('multi-switch'),
+      'all-server': shapeShare('all-server'),
     },
-    dpBeatsGreedyShare: mean(rows.map((r) => (r.work.dp < r.work.greedy * (1 - 1e-9) ? 1 : 0))),
+    dpBeatsGreedyShare: share(works, (w) => w.dp < w.greedy * (1 - 1e-9)),
     infeasible: rows.filter((r) => !r.allFeasible).length,
   };
 }

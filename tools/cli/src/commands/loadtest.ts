@@ -157,6 +157,10 @@ export const loadtestCommand: Command = {
     const executors = intFlag(args, 'executors', { min: 1, max: MAX_EXECUTORS, default: 1 });
     const em = args.flags.get('emulation') ?? loaded.emulation;
     if (em !== 'replay' && em !== 'compute') throw new UsageError(`--emulation must be replay or compute, given '${em}'`);
+    if (em === 'compute' && loaded.sloReferenceTokenMs !== undefined)
+      throw new UsageError(
+        `--emulation compute: the scenario states sloReferenceTokenMs ${loaded.sloReferenceTokenMs} (its SLOs are scaled by the speed the replay recording measures), so it needs --emulation replay`,
+      );
     const scenario = { ...loaded, preset, emulation: em as Emulation };
     const outDir = resolve(args.flags.get('out') ?? 'loadtest-out');
     const modelDir = resolve(args.flags.get('model-dir') ?? presetModelDir(preset));

@@ -138,14 +138,17 @@ export interface ServerLoad {
     | StepOverhead
     | undefined;
   /**
-   * How much longer a decode step (one position) takes on this executor than its stages'
-   * figures in `stages` say: over recent intervals (a moving average), the time from its first
-   * stage call's start to its last one's end over the sum of those figures for its stages as
-   * they stood when it finished. 1 when steps run alone; about B when B sessions' steps are
+   * How much longer a decode step (one position) through every stage [0, n) (an all-server
+   * generation's step) takes on this executor than its figure says (`whole_model` once
+   * measured, else the sum of its stages' figures in `stages`): over recent intervals (a moving
+   * average), the time from its first stage call's start to its last one's end over that figure
+   * as it stood when it finished. 1 when steps run alone; about B when B sessions' steps are
    * batched (each waits for the whole call, the figures are per-step shares); more when other
    * sessions' calls run between its stages. The planner prices server latency as the figures
    * x stretch (plus mean_queue_ms per entry), which is then what steps took. 0 when not measured
-   * (older executors, no traffic yet); an interval without such steps moves it toward 1.
+   * (older executors, no traffic yet). An interval without such steps moves it toward
+   * split_decode_stretch's measure of that interval when there was one, else toward 1. (Older
+   * executors measured every decode step here, split ones included.)
    */
   decodeStretch: number;
   /**
@@ -189,7 +192,20 @@ export interface ServerLoad {
    * shutting down or was asked to drain). The planner assigns it no client and moves the
    * clients it had to another executor at once. Absent is false.
    */
-  draining?: boolean | undefined;
+  draining?:
+    | boolean
+    | undefined;
+  /**
+   * The same as decode_stretch for decode steps through only some of the stages (a split's
+   * server range). Such a step moves one stage per scheduling turn, so it may wait behind
+   * another session's call (a fused all-server batch, a stage of a prefill) at each of its
+   * stages, where an all-server step waits once: with the same load its stretch is larger, the
+   * more so the more stages its range holds. The planner prices the server stages of a split's
+   * decode pass by it (and an all-server plan by decode_stretch). An interval without such
+   * steps moves it toward decode_stretch's measure of that interval when there was one, else
+   * toward 1. Absent or 0 from older executors (the planner then uses decode_stretch).
+   */
+  splitDecodeStretch?: number | undefined;
 }
 
 /**
@@ -782,6 +798,7 @@ function createBaseServerLoad(): ServerLoad {
     wholeModel: undefined,
     address: undefined,
     draining: undefined,
+    splitDecodeStretch: undefined,
   };
 }
 
@@ -834,6 +851,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     }
     if (message.draining !== undefined) {
       writer.uint32(128).bool(message.draining);
+    }
+    if (message.splitDecodeStretch !== undefined) {
+      writer.uint32(137).double(message.splitDecodeStretch);
     }
     return writer;
   },
@@ -979,6 +999,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             message.draining = reader.bool();
             continue;
           }
+          case 17: {
+            if (tag !== 137) {
+              break;
+            }
+
+            message.splitDecodeStretch = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1053,6 +1081,11 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         : undefined,
       address: isSet(object.address) ? globalThis.String(object.address) : undefined,
       draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : undefined,
+      splitDecodeStretch: isSet(object.splitDecodeStretch)
+        ? globalThis.Number(object.splitDecodeStretch)
+        : isSet(object.split_decode_stretch)
+        ? globalThis.Number(object.split_decode_stretch)
+        : undefined,
     };
   },
 
@@ -1106,6 +1139,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.draining !== undefined) {
       obj.draining = message.draining;
     }
+    if (message.splitDecodeStretch !== undefined) {
+      obj.splitDecodeStretch = floatToJson(message.splitDecodeStretch);
+    }
     return obj;
   },
 
@@ -1134,6 +1170,7 @@ export const ServerLoad: MessageFns<ServerLoad> = {
       : undefined;
     message.address = object.address ?? undefined;
     message.draining = object.draining ?? undefined;
+    message.splitDecodeStretch = object.splitDecodeStretch ?? undefined;
     return message;
   },
 };
