@@ -321,8 +321,8 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   const fa = inflate(old.utilisation);
   const fb = inflate(l.utilisation);
   if (relChange(fa, fb) > threshold) return true;
-  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch'] as const) if (relChange(old[k], l[k]) > threshold) return true;
-  if (relChange(old.splitDecodeStretch ?? 0, l.splitDecodeStretch ?? 0) > threshold) return true;
+  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch', 'splitDecodeStretch'] as const)
+    if (relChange(old[k] ?? 0, l[k] ?? 0) > threshold) return true;
   if (old.longStepTokens !== l.longStepTokens) return true;
   const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean =>
     a === undefined || b === undefined

@@ -43,12 +43,13 @@ export class StretchMeter {
     serviceMs: readonly number[],
     nominalMs: readonly number[],
   ): Pick<ServerLoad, 'decodeStretch' | 'promptStretch' | 'longPromptStretch' | 'splitDecodeStretch'> {
-    const measured = (k: number): number | undefined => (nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined);
-    const other = (k: number): number | undefined => (k === WHOLE_DECODE ? measured(SPLIT_DECODE) : k === SPLIT_DECODE ? measured(WHOLE_DECODE) : undefined);
+    const measured = Array.from({ length: STEP_KINDS }, (_, k) => (nominalMs[k] > 0 ? Math.max(1, serviceMs[k] / nominalMs[k]) : undefined));
+    // A decode kind without steps moves toward the other decode kind's measure of the interval.
+    const toward = (k: number): number => (k === WHOLE_DECODE ? measured[SPLIT_DECODE] : k === SPLIT_DECODE ? measured[WHOLE_DECODE] : undefined) ?? 1;
     for (let k = 0; k < STEP_KINDS; k++) {
-      const m = measured(k);
+      const m = measured[k];
       if (m !== undefined) this.value[k] = this.value[k] === 0 ? m : this.value[k] + this.alpha * (m - this.value[k]);
-      else if (this.value[k] > 0) this.value[k] += this.alpha * ((other(k) ?? 1) - this.value[k]);
+      else if (this.value[k] > 0) this.value[k] += this.alpha * (toward(k) - this.value[k]);
     }
     return { decodeStretch: this.value[0], promptStretch: this.value[1], longPromptStretch: this.value[2], splitDecodeStretch: this.value[3] };
   }

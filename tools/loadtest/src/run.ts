@@ -215,11 +215,12 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
     });
     recording = { file, bytes, prompts: header.prompts.length, recordS: (performance.now() - t0) / 1000, costs: header.costs };
     o.note?.(`recorded ${header.prompts.length} prompts in ${recording.recordS.toFixed(1)} s: ${(bytes / 1e6).toFixed(1)} MB in ${file}`);
-    const scale = sloScale(s, recordedTokenMs(recording.costs));
+    const tokenMs = recordedTokenMs(recording.costs);
+    const scale = sloScale(s, tokenMs);
     if (scale !== 1) {
       s = scaleSlos(s, scale);
       o.note?.(
-        `SLOs scaled × ${scale.toFixed(3)}: the scenario states them for a whole token of ${s.sloReferenceTokenMs} ms, this machine recorded ${recordedTokenMs(recording.costs).toFixed(2)} ms`,
+        `SLOs scaled × ${scale.toFixed(3)}: the scenario states them for a whole token of ${s.sloReferenceTokenMs} ms, this machine recorded ${tokenMs.toFixed(2)} ms`,
       );
     }
   }
