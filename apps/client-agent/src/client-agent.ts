@@ -23,6 +23,7 @@ import {
   type Keepalive,
 } from '@tandem/protocol';
 import { decode, encode, readManifest } from '@tandem/model';
+import { settledWithin } from '@tandem/util';
 import {
   bindServer,
   clientOptions,
@@ -101,6 +102,13 @@ export interface ClientAgentOptions {
 
 /** The agent's gRPC service name, as health reports it. */
 export const AGENT_SERVICE_NAME = 'tandem.agent.v1.AgentService';
+
+/**
+ * How long start() waits for the first link probe before the first profile goes out anyway, ms.
+ * 256 KiB each way takes about 0.4 s on a 10 Mbit/s uplink; a link so slow that the probe takes
+ * longer is published as estimated until the probe ends.
+ */
+export const FIRST_PROBE_WAIT_MS = 5000;
 
 /** A Generate request after validation. */
 interface ValidRequest {
@@ -223,8 +231,17 @@ export class ClientAgent {
     addReflection(this.server, [AGENT_SERVICE_NAME, HEALTH_SERVICE_NAME]);
     const port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
-    await this.pingExecutor();
-    void this.probeLink();
+    // The first profile waits for the link probe when the executor answered the ping (at most
+    // FIRST_PROBE_WAIT_MS): sent before it, the profile would state the estimator's guess (1e6
+    // bytes/ms), and the first plans, a phased plan's KV hand-over above all, would be priced on
+    // it. An executor that did not answer is probed at the next ping.
+    const answered = await this.pingExecutor();
+    const probe = this.probeLink();
+    if (answered && !(await settledWithin(probe, FIRST_PROBE_WAIT_MS)))
+      this.log.info(
+        { waitedMs: FIRST_PROBE_WAIT_MS },
+        'the link probe is still running: the first profile states the estimated link, the probe corrects it when it ends',
+      );
     this.pingTimer = setInterval(() => void this.pingExecutor().then(() => this.probeLink()), 2000);
     this.pingTimer.unref();
     this.sweepTimer = setInterval(() => this.executors.sweep(), Math.max(100, Math.min(10_000, (this.opts.executorIdleMs ?? 60_000) / 4)));
@@ -252,16 +269,18 @@ export class ClientAgent {
    * latency estimate. The call is timed once the channel is connected: a first call would also
    * time the connection (TCP and TLS), and the estimate keeps its smallest recent round trip.
    */
-  private async pingExecutor(): Promise<void> {
+  private async pingExecutor(): Promise<boolean> {
     const lease = this.executors.acquire(this.targets()[0].address);
-    if (!lease) return;
+    if (!lease) return false;
     try {
       await settled(lease.client, DEFAULT_CALL_DEADLINE_MS);
       const t0 = performance.now();
       await executorStatus(lease.client);
       this.estimator.recordRtt(performance.now() - t0 + 2 * this.opts.link.up.latencyMs);
+      return true;
     } catch {
       // No connection or no answer: nothing to time (the next ping tries again).
+      return false;
     } finally {
       lease.release();
     }

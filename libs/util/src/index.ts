@@ -1,3 +1,3 @@
 /** @tandem/util: small dependency-free helpers every project may import (no IO, nothing of ours). */
 export { Rng, seededRandom } from './random';
-export { sleep } from './sleep';
+export { settledWithin, sleep } from './sleep';
