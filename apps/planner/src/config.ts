@@ -196,6 +196,12 @@ export const plannerEnv = {
     0,
     1,
   ),
+  PLANNER_PREDICTION_PUSH_THRESHOLD: env.number(
+    "A re-plan that keeps a client's placements sends it the new predictions when one (TTFT, TPOT, end-to-end) moved by more than this fraction since it last got them; its outcomes are judged against them",
+    0.1,
+    0,
+    100,
+  ),
   PLANNER_SLICE_MS: env.int('A re-plan yields to the event loop after this many ms, so health and plan streams stay responsive', 10, 1, 1000),
   PLANNER_LEARN: env.bool(
     "Learn from the agents' GenerationOutcome telemetry: scale predictions by the observed error and tighten plans that miss PLANNER_SLO_TARGET (docs/planner.md); false only observes (`tandem plans` still shows the figures)",

@@ -59,6 +59,7 @@ export async function main(): Promise<void> {
     idleUtilisation: config.PLANNER_IDLE_UTILISATION,
     utilisationSmoothing: config.PLANNER_UTILISATION_SMOOTHING,
     replanThreshold: config.PLANNER_REPLAN_THRESHOLD,
+    predictionPushThreshold: config.PLANNER_PREDICTION_PUSH_THRESHOLD,
     sliceMs: config.PLANNER_SLICE_MS,
     security,
     keepalive: keepaliveFrom(config),

@@ -106,6 +106,15 @@ export interface PlannerServerOptions {
    * Default 0.02.
    */
   readonly replanThreshold?: number;
+  /**
+   * A re-plan that keeps a client's placements, executor and alternates sends the client its
+   * new predictions (with a new epoch) when a predicted TTFT, TPOT or end-to-end latency moved
+   * by more than this fraction since the client last got them; below it they are refreshed
+   * silently (ListPlans shows them). Agents stamp their summaries and outcomes with the plan's
+   * predictions, and the calibrator compares outcomes with them, so predictions left from
+   * another load or link would be read as the plan's error. Default 0.1.
+   */
+  readonly predictionPushThreshold?: number;
   /** Longest a re-plan runs before yielding to the event loop, ms. Default 10. */
   readonly sliceMs?: number;
   /**
@@ -192,6 +201,8 @@ interface ClientState {
   plannedWith: ClientProfile | undefined;
   lastSeenMs: number;
   plan: ClientPlan | undefined;
+  /** The plan the client's streams were last sent (its predictions as the client holds them). */
+  pushed: ClientPlan | undefined;
 }
 
 /** What the planner logs for each change of a class's safety factor (Calibrator). */
@@ -247,6 +258,22 @@ function assignmentsKey(list: readonly ExecutorAssignment[] | undefined): string
     .map((a) => `${a.id}@${a.address}`)
     .sort()
     .join(',');
+}
+
+/**
+ * Whether a predicted TTFT, TPOT or end-to-end latency of `classes` moved by more than
+ * `threshold` (relative) from `held`'s (the same classes, in order). O(classes).
+ */
+export function predictionsMoved(held: ClientPlan, classes: readonly ClassPlacement[], threshold: number): boolean {
+  return classes.some((c, i) => {
+    const h = held.classes[i];
+    if (!h) return true;
+    return (
+      relChange(h.predictedLatencyMs, c.predictedLatencyMs) > threshold ||
+      relChange(h.predictedTtftMs, c.predictedTtftMs) > threshold ||
+      relChange(h.predictedTpotMs, c.predictedTpotMs) > threshold
+    );
+  });
 }
 
 /** |a - b| relative to the larger of the two; figures below `floor` count as `floor` (noise on ~0 ms stages is not a change). */
@@ -377,6 +404,8 @@ interface Round {
   epoch: number;
   replanned: number;
   changed: number;
+  /** Clients whose placements held and whose new predictions were sent (predictionPushThreshold). */
+  refreshed: number;
   /** Clients whose plan moved to another executor this round. */
   moved: number;
   errors: number;
@@ -433,7 +462,7 @@ export class PlannerServer {
   /** Clients whose plans must be re-solved, in arrival order; drained in slices. */
   private readonly dirty = new Set<string>();
   private slicing = false;
-  private round: Round = { epoch: 0, replanned: 0, changed: 0, moved: 0, errors: 0, startedMs: 0 };
+  private round: Round = { epoch: 0, replanned: 0, changed: 0, refreshed: 0, moved: 0, errors: 0, startedMs: 0 };
   /**
    * Utilisation the current round added to (or took from) each executor by moving clients onto
    * it (off it), at their request rates: a stream of clients assigned in one round spreads
@@ -486,6 +515,8 @@ export class PlannerServer {
     planErrors: 0,
     timerErrors: 0,
     plansPushed: 0,
+    /** Plans sent again with the same placements because their predictions moved (predictionPushThreshold). */
+    predictionPushes: 0,
     replans: 0,
     slices: 0,
     passes: 0,
@@ -494,6 +525,7 @@ export class PlannerServer {
     restored: 0,
   };
   private readonly threshold: number;
+  private readonly predictionPushThreshold: number;
   private readonly sliceMs: number;
   /** The Prometheus registry and its endpoint (started when `metricsPort` is set). */
   readonly metrics: MetricsEndpoint;
@@ -507,6 +539,7 @@ export class PlannerServer {
       ...serverAuthOptions(opts.security?.tokens),
     });
     this.threshold = opts.replanThreshold ?? 0.02;
+    this.predictionPushThreshold = opts.predictionPushThreshold ?? 0.1;
     this.sliceMs = opts.sliceMs ?? 10;
     this.calibrator = opts.calibrator ?? new Calibrator(DEFAULT_CALIBRATION);
     this.shedState = this.newShedState();
@@ -575,7 +608,7 @@ export class PlannerServer {
     const st = this.clients.get(id);
     const prev = st ? st.plan : this.adopted.get(id)?.plan;
     this.countExecutor(prev, plan);
-    if (st) st.plan = plan;
+    if (st) st.plan = st.pushed = plan;
     else if (plan) this.adopted.set(id, { plan, atMs: this.now() });
     else this.adopted.delete(id);
     if (plan && (!prev || prev.epoch !== plan.epoch)) {
@@ -759,6 +792,7 @@ export class PlannerServer {
         plannedWith: undefined,
         lastSeenMs: this.now(),
         plan: restored,
+        pushed: restored,
       });
     // A profile that moves nothing the plan is priced from only refreshes the client's TTL.
     if (st?.plannedWith && st.plan && !profileChanged(st.plannedWith, p, this.threshold)) return;
@@ -1132,7 +1166,7 @@ export class PlannerServer {
   }
 
   private beginRound(): void {
-    this.round = { epoch: 0, replanned: 0, changed: 0, moved: 0, errors: 0, startedMs: performance.now() };
+    this.round = { epoch: 0, replanned: 0, changed: 0, refreshed: 0, moved: 0, errors: 0, startedMs: performance.now() };
     this.roundAdded.clear();
   }
 
@@ -1140,12 +1174,16 @@ export class PlannerServer {
   private endRound(): void {
     const r = this.round;
     this.observed.replanRound(performance.now() - r.startedMs);
-    if (r.changed === 0 && r.errors === 0) return;
+    if (r.changed === 0 && r.errors === 0) {
+      if (r.refreshed > 0) this.log.debug({ epoch: r.epoch, replanned: r.replanned, refreshed: r.refreshed }, 'predictions sent again');
+      return;
+    }
     this.log.info(
       {
         epoch: r.epoch,
         replanned: r.replanned,
         changed: r.changed,
+        ...(r.refreshed > 0 ? { refreshed: r.refreshed } : {}),
         ...(r.moved > 0 ? { movedExecutor: r.moved } : {}),
         errors: r.errors,
         clients: this.clients.size,
@@ -1215,10 +1253,19 @@ export class PlannerServer {
       }) ||
       !sameAssignment(prev.executor, executor) ||
       assignmentsKey(prev.alternates) !== assignmentsKey(alternates);
-    if (!changed) {
-      // Same placements, executor and alternates: refresh the predictions (and the alternates'
-      // order) silently (shown by ListPlans), no push.
+    if (!changed && !predictionsMoved(st.pushed ?? prev, classes, this.predictionPushThreshold)) {
+      // Same placements, executor and alternates, predictions near what the client holds:
+      // refresh them (and the alternates' order) silently (shown by ListPlans), no push.
       st.plan = { ...prev, classes, alternates };
+      this.afterPlan(id, st.plan, now);
+      return;
+    }
+    if (!changed) {
+      // Same placements, predictions moved: the client gets them with a new epoch (not a plan change).
+      st.plan = { ...prev, classes, alternates, epoch: this.epochFor(prev), createdUnixMs: now };
+      this.round.refreshed++;
+      this.counters.predictionPushes++;
+      this.push(id, st);
       this.afterPlan(id, st.plan, now);
       return;
     }
@@ -1242,11 +1289,7 @@ export class PlannerServer {
     this.round.changed++;
     this.observed.planChanged(this.opts.maker.opts.algorithm, this.objective);
     this.log.debug({ clientId: id, epoch: st.plan.epoch, placements: classes.map((c) => `${c.name}=${planKey(c)}`) }, 'plan changed');
-    this.state?.writePlan(st.plan);
-    for (const w of this.watchers.get(id) ?? []) {
-      w.write({ plan: st.plan, noPlanReason: '' });
-      this.counters.plansPushed++;
-    }
+    this.push(id, st);
     this.afterPlan(id, st.plan, now);
   }
 
@@ -1358,6 +1401,18 @@ export class PlannerServer {
   }
 
   /** Tells the calibrator what was planned; a tighten step that left the placement as it was is followed by another. */
+  /** Writes the client's plan to the state bucket and to each of its plan streams. */
+  private push(id: string, st: ClientState): void {
+    const plan = st.plan;
+    if (!plan) return;
+    st.pushed = plan;
+    this.state?.writePlan(plan);
+    for (const w of this.watchers.get(id) ?? []) {
+      w.write({ plan, noPlanReason: '' });
+      this.counters.plansPushed++;
+    }
+  }
+
   private afterPlan(id: string, plan: ClientPlan, now: number): void {
     if (this.calibrator.planned(id, plan.classes, plan.epoch, now)) {
       this.dirty.add(id);

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { ClientProfile, ServerLoad, Subjects, type WatchPlansResponse } from '@tandem/protocol';
+import { ClientProfile, ServerLoad, Subjects, type ClassPlacement, type WatchPlansResponse } from '@tandem/protocol';
 import { capturingLogger, clientProfile, eventually, serverLoad, stageTimes } from '@tandem/testkit';
 import { NO_PLAN_REASONS } from '../src';
 import { PlanClients, startLivePlanner, type LivePlanner } from './fixtures';
@@ -57,6 +57,43 @@ describe('WatchPlans before the planner can plan', () => {
     await eventually(() => late.length >= 1, { what: 'the plan on a new stream' });
     expect(late[0].plan?.epoch).toBe(planned.plan?.epoch);
     expect(late[0].noPlanReason).toBe('');
+  });
+
+  // A device too slow for any stage: every plan is all-server, whatever the link.
+  const SLOW_DEVICE = stageTimes([1000, 1000, 1000]);
+
+  it('sends a plan again when a re-plan keeps its placements but moves a prediction by more than 10 %, and not for a smaller move', async () => {
+    const got = watch('pred');
+    const profile = (latencyMs: number): void =>
+      live.nc.publish(
+        Subjects.clientProfile('pred'),
+        ClientProfile.encode(
+          clientProfile({ clientId: 'pred', stages: SLOW_DEVICE, uplink: { latencyMs, bytesPerMs: 1e4 }, downlink: { latencyMs, bytesPerMs: 1e4 } }),
+        ).finish(),
+      );
+    const held = (): ClassPlacement => live.server.plans().find((p) => p.clientId === 'pred')!.classes[0];
+    profile(20);
+    live.nc.publish(Subjects.serverLoad('srv'), ServerLoad.encode(serverLoad()).finish());
+    await eventually(() => got.some((m) => m.plan !== undefined), { what: 'the first plan' });
+    const first = got.find((m) => m.plan !== undefined)!.plan!;
+    const sent = (): number => got.filter((m) => m.plan !== undefined).length;
+
+    // 5 % more latency: re-planned (above the 2 % re-plan threshold), same placement, the TTFT
+    // predicted a little later: refreshed on the planner, not sent.
+    profile(21);
+    await eventually(() => held().predictedTtftMs > first.classes[0].predictedTtftMs, { what: 'the refreshed prediction' });
+    expect(held().placement).toBe(first.classes[0].placement);
+    expect(held().predictedTtftMs).toBeLessThan(first.classes[0].predictedTtftMs * 1.1);
+    expect(sent()).toBe(1);
+
+    // A quarter of the latency: the same placement, its predictions sent with a new epoch.
+    profile(5);
+    await eventually(() => sent() === 2, { what: 'the plan sent again' });
+    const again = got.filter((m) => m.plan !== undefined)[1].plan!;
+    expect(again.classes.map((c) => c.placement)).toEqual(first.classes.map((c) => c.placement));
+    expect(again.epoch).toBeGreaterThan(first.epoch);
+    expect(again.classes[0].predictedTtftMs).toBeLessThan(first.classes[0].predictedTtftMs * 0.9);
+    expect(again.classes[0].predictedTtftMs).toBe(held().predictedTtftMs);
   });
 
   it('refuses a request over its message size limit with RESOURCE_EXHAUSTED (the channel options every service uses)', async () => {
