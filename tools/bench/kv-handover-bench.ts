@@ -10,19 +10,28 @@
  * Each session is new, so every cache lands in fresh memory (first-touch page faults included),
  * as in a load test. Idle CPU over the same wall time is measured first and taken out.
  *
- *   npx tsx tools/bench/kv-handover-bench.ts [--preset small] [--tokens 512] [--sessions 30] [--chunk 1048576]
+ * Then whole generations, as a load test runs them: a server-side generation of a prompt of
+ * `--gen-prompt` tokens and `--gen-new` new ones (one generate), against the same generation
+ * handed over (the prompt's cache put, then a generate of the last token continuing from it:
+ * a device prefill before a server decode), alternating, to compare what the hand-over saves
+ * the server (the prompt's prefill) with what it costs (taking the cache in).
+ *
+ *   npx tsx tools/bench/kv-handover-bench.ts [--preset small] [--tokens 512] [--sessions 30] [--chunk 1048576] [--gen-prompt 24] [--gen-new 16] [--generations 60]
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type ServerLoad, type SessionResponse } from '@tandem/protocol';
 import { WorkerStageEngine } from '@tandem/server-executor';
-import { arg, benchModel, openSession, startBenchExecutor, stepRequest } from './bench-kit';
+import { arg, benchModel, idsTensor, openSession, startBenchExecutor, stepRequest } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const tokens = Number(arg('tokens', '512'));
 const sessions = Number(arg('sessions', '30'));
 const chunkBytes = Number(arg('chunk', String(1 << 20)));
+const genPrompt = Number(arg('gen-prompt', '24'));
+const genNew = Number(arg('gen-new', '16'));
+const generations = Number(arg('generations', '60'));
 const MAX_MESSAGE = 64 << 20;
 const CLK_TCK = 100;
 
@@ -180,6 +189,42 @@ async function main(): Promise<void> {
       call.end();
     }
   }
+  // Whole generations: all on the server, and handed over after a device prefill, alternating.
+  const whole: Phase = { main: 0, other: 0, wall: 0, messages: 0 };
+  const handed: Phase = { main: 0, other: 0, wall: 0, messages: 0 };
+  const genIds = Array.from({ length: genPrompt }, (_, i) => 100 + ((i * 37) % 5000));
+  const genChunks = [{ offset: 0, n: genPrompt, key: kvTensor(heads, genPrompt, headDim), value: kvTensor(heads, genPrompt, headDim) }];
+  const tokensOf = async (next: () => Promise<SessionResponse>, count: number): Promise<void> => {
+    for (let got = 0; got < count;) {
+      const m = await next();
+      if (m.kind?.$case !== 'token') throw new Error(`expected a token, got ${m.kind?.$case}`);
+      got++;
+    }
+  };
+  for (let g = 0; g < generations; g++) {
+    {
+      const { call, next } = await openSession(client);
+      await measure(whole, async () => {
+        call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor(genIds), maxNewTokens: genNew } } });
+        await tokensOf(next, genNew);
+      });
+      call.end();
+    }
+    {
+      const { call, next } = await openSession(client);
+      await measure(handed, async () => {
+        for (let s = 0; s < S; s++) {
+          const kv = attention.has(s) ? { key: genChunks[0].key, value: genChunks[0].value } : { key: undefined, value: undefined };
+          call.write({ kind: { $case: 'kvPut', value: { stage: s, offset: 0, tokens: genPrompt, ...kv } } });
+        }
+        // The device's prefill made the first token; the server decodes the rest from it.
+        call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor([42]), maxNewTokens: genNew - 1 } } });
+        await tokensOf(next, genNew - 1);
+      });
+      call.end();
+    }
+  }
+
   send(child, 'load');
   const { load } = await until<{ load: ServerLoad }>(child, 'load');
   send(child, 'stop');
@@ -192,6 +237,12 @@ async function main(): Promise<void> {
     `${name.padEnd(5)} ${(p.messages / sessions).toFixed(0).padStart(4)} msgs/req  main ${((net(p, 'main') / total) * 1000).toFixed(2).padStart(6)} µs/KiB` +
     `  other threads ${((net(p, 'other') / total) * 1000).toFixed(2).padStart(6)} µs/KiB  all ${(((net(p, 'main') + net(p, 'other')) / total) * 1000).toFixed(2).padStart(6)} µs/KiB` +
     `  (${((net(p, 'main') + net(p, 'other')) / sessions).toFixed(1)} ms CPU per hand-over of ${(kvKib / 1024).toFixed(2)} MiB)`;
+  const genCpu = (p: Phase): number => (raw(p, 'main') + raw(p, 'other')) / generations;
+  const genRow = (): string =>
+    `generation of ${genPrompt} prompt tokens and ${genNew} new, ${generations} each way: all on the server ${genCpu(whole).toFixed(1)} ms CPU` +
+    ` (main ${(raw(whole, 'main') / generations).toFixed(1)}), handed over after a device prefill ${genCpu(handed).toFixed(1)} ms CPU` +
+    ` (main ${(raw(handed, 'main') / generations).toFixed(1)}; ${((attention.size * kvBytesPerToken * genPrompt) / 1024).toFixed(0)} KiB put):` +
+    ` handed / all-server ${(genCpu(handed) / genCpu(whole)).toFixed(3)}`;
   const o = load.overhead;
   const us = (ms: number | undefined): string => (ms === undefined ? 'not reported' : `${(ms * 1000).toFixed(2)} µs/KiB`);
   process.stdout.write(
@@ -204,6 +255,7 @@ async function main(): Promise<void> {
         ? `executor's fit (${o.samples} intervals): ms_per_kv_kib_in ${us(o.msPerKvKibIn)}, ms_per_kv_kib_out ${us(o.msPerKvKibOut)}, ms_per_kib_in ${us(o.msPerKibIn)}, ms_per_kib_out ${us(o.msPerKibOut)}, ms_per_message_in ${o.msPerMessageIn.toFixed(3)}, ms_per_message_out ${o.msPerMessageOut.toFixed(3)}`
         : "executor's fit: none reported",
       `mean wall per hand-over: in ${(put.wall / sessions).toFixed(1)} ms, out ${(take.wall / sessions).toFixed(1)} ms`,
+      genRow(),
     ].join('\n') + '\n',
   );
 }
