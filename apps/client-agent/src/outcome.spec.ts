@@ -57,6 +57,28 @@ describe('buildOutcome', () => {
     expect(buildOutcome(WHO, cls, 1, 'CSS', { ...RUN, promptTokens: 12, newTokens: 4 }, 0)).toMatchObject({ predictedTtftMs: 30, predictedE2eMs: 60 });
   });
 
+  it("predicts a phased request's hand-over by its own prompt length, spread over its own decode passes", () => {
+    // Priced at 32 prompt tokens and 9 new: TPOT 10 = a 6 ms pass + a 32 ms hand-over over 8 passes; 1 ms per prompt token moved.
+    const cls = {
+      ...CLS,
+      maxPromptTokens: 32,
+      expectedNewTokens: 9,
+      predictedTtftMs: 40,
+      predictedTpotMs: 10,
+      predictedTtftMsPerPromptToken: 0.5,
+      predictedLatencyMs: 120,
+      decodePlacement: 'SSS',
+      predictedHandoverMs: 32,
+      predictedHandoverMsPerPromptToken: 1,
+    };
+    // The class's own request: the plan's figures.
+    expect(predictedOf(cls, 32, 9)).toEqual({ predictedTtftMs: 40, predictedTpotMs: 10, predictedLatencyMs: 120 });
+    // 12 prompt tokens (TTFT 30, hand-over 12 ms) and 5 new: 30 + 4 × 6 + 12 = 66, TPOT (66 - 30) / 4 = 9.
+    expect(predictedOf(cls, 12, 5)).toEqual({ predictedTtftMs: 30, predictedTpotMs: 9, predictedLatencyMs: 66 });
+    // Without a slope the hand-over is the class's whole one: 30 + 4 × 6 + 32.
+    expect(predictedOf({ ...cls, predictedHandoverMsPerPromptToken: undefined }, 12, 5).predictedLatencyMs).toBe(86);
+  });
+
   it("carries a phased plan's decode placement only when it differs from the placement", () => {
     expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0, undefined, 'CCC').decodePlacement).toBe('CCC');
     expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0, undefined, 'CSS')).not.toHaveProperty('decodePlacement');

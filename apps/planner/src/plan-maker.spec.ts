@@ -436,6 +436,14 @@ describe('PlanMaker with dp-phased', () => {
     expect(p.predictedTpotMs).toBe(cost.tpotMs);
     expect(p.predictedLatencyMs).toBe(cost.e2eMs);
     expect(p.predictedServerWork).toBe(cost.serverWork);
+    // The hand-over's slope per prompt token: a 20-token prompt of the class moves 20 tokens' cache.
+    const short = evaluatePhased(
+      maker.instance(client(10), server(1), { ...LONG, maxPromptTokens: 20 })!,
+      fromLetters(p.placement),
+      fromLetters(p.decodePlacement!),
+    );
+    expect(p.predictedHandoverMsPerPromptToken).toBeCloseTo((2 * 512) / 10_000, 9);
+    expect(p.predictedHandoverMs! - (64 - 20) * p.predictedHandoverMsPerPromptToken!).toBeCloseTo(short.handoverMs, 9);
   });
 
   it('gives the same plan as dp, with no decode placement, when moving between the phases does not pay', () => {

@@ -434,8 +434,11 @@ export class PlanMaker {
       // request by its own prompt length, not the class's longest.
       const n = cls.maxPromptTokens;
       const one = n > 1 ? this.instance(client, server, { ...cls, maxPromptTokens: 1 }) : undefined;
-      const perToken = one ? Math.max(0, (best.ttftMs - priced(one, best.placement, best.decodePlacement).ttftMs) / (n - 1)) : 0;
+      const short = one ? priced(one, best.placement, best.decodePlacement) : undefined;
+      const perToken = short ? Math.max(0, (best.ttftMs - short.ttftMs) / (n - 1)) : 0;
       const phased = isPhased(best);
+      // A phased plan moves the prompt's cache: its hand-over has a slope per prompt token too.
+      const handoverPerToken = phased && short ? Math.max(0, (best.handoverMs - short.handoverMs) / (n - 1)) : 0;
       out.push({
         name: cls.name,
         maxPromptTokens: cls.maxPromptTokens,
@@ -450,7 +453,13 @@ export class PlanMaker {
         predictedTtftMs: best.ttftMs,
         predictedTpotMs: best.tpotMs,
         predictedTtftMsPerPromptToken: perToken,
-        ...(phased ? { decodePlacement: toLetters(best.decodePlacement), predictedHandoverMs: best.handoverMs } : {}),
+        ...(phased
+          ? {
+              decodePlacement: toLetters(best.decodePlacement),
+              predictedHandoverMs: best.handoverMs,
+              ...(handoverPerToken > 0 ? { predictedHandoverMsPerPromptToken: handoverPerToken } : {}),
+            }
+          : {}),
       });
     }
     return out;

@@ -295,7 +295,18 @@ export interface ClassPlacement {
    * decode's tokens in predicted_tpot_ms, the mean time per output token, hence also in
    * predicted_latency_ms); absent or 0 when nothing moves.
    */
-  predictedHandoverMs?: number | undefined;
+  predictedHandoverMs?:
+    | number
+    | undefined;
+  /**
+   * How predicted_handover_ms falls per prompt token below max_prompt_tokens (the cache moved is
+   * the prompt's), milliseconds per token: a prompt of p tokens is predicted a hand-over of
+   * H(p) = predicted_handover_ms - (max_prompt_tokens - p) x this (at least 0), and a generation
+   * of k tokens an end-to-end latency of its TTFT + (k - 1) x D + H(p), where D =
+   * predicted_tpot_ms - predicted_handover_ms / (expected_new_tokens - 1) is one decode pass.
+   * Absent or 0 when nothing moves or the slope is unknown.
+   */
+  predictedHandoverMsPerPromptToken?: number | undefined;
 }
 
 function createBaseWatchPlansRequest(): WatchPlansRequest {
@@ -1721,6 +1732,7 @@ function createBaseClassPlacement(): ClassPlacement {
     predictedTtftMsPerPromptToken: 0,
     decodePlacement: undefined,
     predictedHandoverMs: undefined,
+    predictedHandoverMsPerPromptToken: undefined,
   };
 }
 
@@ -1770,6 +1782,9 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     }
     if (message.predictedHandoverMs !== undefined) {
       writer.uint32(121).double(message.predictedHandoverMs);
+    }
+    if (message.predictedHandoverMsPerPromptToken !== undefined) {
+      writer.uint32(129).double(message.predictedHandoverMsPerPromptToken);
     }
     return writer;
   },
@@ -1907,6 +1922,14 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
             message.predictedHandoverMs = reader.double();
             continue;
           }
+          case 16: {
+            if (tag !== 129) {
+              break;
+            }
+
+            message.predictedHandoverMsPerPromptToken = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1984,6 +2007,11 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
         : isSet(object.predicted_handover_ms)
         ? globalThis.Number(object.predicted_handover_ms)
         : undefined,
+      predictedHandoverMsPerPromptToken: isSet(object.predictedHandoverMsPerPromptToken)
+        ? globalThis.Number(object.predictedHandoverMsPerPromptToken)
+        : isSet(object.predicted_handover_ms_per_prompt_token)
+        ? globalThis.Number(object.predicted_handover_ms_per_prompt_token)
+        : undefined,
     };
   },
 
@@ -2034,6 +2062,9 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     if (message.predictedHandoverMs !== undefined) {
       obj.predictedHandoverMs = floatToJson(message.predictedHandoverMs);
     }
+    if (message.predictedHandoverMsPerPromptToken !== undefined) {
+      obj.predictedHandoverMsPerPromptToken = floatToJson(message.predictedHandoverMsPerPromptToken);
+    }
     return obj;
   },
 
@@ -2057,6 +2088,7 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     message.predictedTtftMsPerPromptToken = object.predictedTtftMsPerPromptToken ?? 0;
     message.decodePlacement = object.decodePlacement ?? undefined;
     message.predictedHandoverMs = object.predictedHandoverMs ?? undefined;
+    message.predictedHandoverMsPerPromptToken = object.predictedHandoverMsPerPromptToken ?? undefined;
     return message;
   },
 };
