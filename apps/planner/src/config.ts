@@ -153,6 +153,12 @@ export const plannerEnv = {
     1,
   ),
   PLANNER_HYSTERESIS: env.number('A feasible plan is replaced only when the new one saves more than this fraction of its server work', 0.05, 0, 1),
+  PLANNER_ENTRY_MARGIN: env.number(
+    'A plan not in force is taken only when it meets its SLOs with this fraction of them to spare; the plan in force is kept while it meets them at all',
+    0.05,
+    0,
+    0.5,
+  ),
   PLANNER_SLA_MARGIN: env.number(
     'Plan against this fraction of each SLO (E2E, TTFT and TPOT alike), leaving headroom for noise (1 = the full SLO)',
     0.9,

@@ -24,6 +24,7 @@ export async function main(): Promise<void> {
     slaOverrides: config.PLANNER_SLA_OVERRIDES,
     algorithm: config.PLANNER_ALGORITHM,
     hysteresis: config.PLANNER_HYSTERESIS,
+    entryMargin: config.PLANNER_ENTRY_MARGIN,
     phasedMinSaving: config.PLANNER_PHASED_MIN_SAVING,
     slaMargin: config.PLANNER_SLA_MARGIN,
     resolutionMs: config.PLANNER_RESOLUTION_MS,

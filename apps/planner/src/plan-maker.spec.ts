@@ -195,6 +195,36 @@ describe('PlanMaker', () => {
     expect(moved[0].placement).toBe(opt.placement);
   });
 
+  it('enters a plan only with the entry margin of its SLOs to spare, and keeps the plan in force while it meets them', () => {
+    const cls = { ...CLASS, slaMs: 110 };
+    const maker = new PlanMaker(options({ classes: [cls], hysteresis: 0 }));
+    const inst = maker.instance(client(2), server(1), cls)!;
+    const [opt] = maker.plan(client(2), server(1), undefined)!;
+    const bound = inst.slo.e2eMs!;
+    // A margin the optimum lacks: it ends within it of the SLO.
+    const margin = (1 - opt.predictedLatencyMs / bound) * 1.5;
+    expect(margin).toBeGreaterThan(0);
+    // The least-work placement with that margin to spare, by brute force over all 64.
+    let roomy: { placement: string; work: number } | undefined;
+    for (let mask = 0; mask < 64; mask++) {
+      const placement = Array.from({ length: 6 }, (_, i) => ((mask >> i) & 1 ? 'C' : 'S')).join('');
+      const cost = evaluateGeneration(inst, fromLetters(placement));
+      if (cost.e2eMs > bound * (1 - margin)) continue;
+      if (!roomy || cost.serverWork < roomy.work) roomy = { placement, work: cost.serverWork };
+    }
+    expect(roomy!.placement).not.toBe(opt.placement);
+    const withMargin = new PlanMaker(options({ classes: [cls], hysteresis: 0, entryMargin: margin }));
+    const [entered] = withMargin.plan(client(2), server(1), undefined)!;
+    expect(entered.placement).toBe(roomy!.placement);
+    expect(entered.predictedServerWork).toBeCloseTo(roomy!.work, 9);
+    // In force already, the optimum stays: it still meets the SLO.
+    const [kept] = withMargin.plan(client(2), server(1), [opt])!;
+    expect(kept.placement).toBe(opt.placement);
+    // A margin nothing meets (99 % of the SLO to spare): the optimum as it is.
+    const [none] = new PlanMaker(options({ classes: [cls], hysteresis: 0, entryMargin: 0.99 })).plan(client(2), server(1), undefined)!;
+    expect([none.placement, none.feasible]).toEqual([opt.placement, true]);
+  });
+
   it('replaces a placement that no longer meets the SLA even within the hysteresis', () => {
     const maker = new PlanMaker(options({ hysteresis: 0.99, classes: [{ ...CLASS, slaMs: 200 }] }));
     const prev = [previousPlan('CCCCCC', { slaMs: 200 })];

@@ -122,6 +122,14 @@ export interface PlanMakerOptions {
   readonly algorithm: PlannerAlgorithm;
   readonly hysteresis: number;
   /**
+   * A plan not in force is taken only when it meets its SLOs with this fraction of them to
+   * spare (else the best plan that does, else it as it is); the plan in force is kept while it
+   * meets them at all (and the new optimum saves no more than `hysteresis`). A plan at the
+   * bound flips in and out as the load's figures move by a few per cent, and it is the plan
+   * the load's tail makes miss. Default 0 (PLANNER_ENTRY_MARGIN: 0.05).
+   */
+  readonly entryMargin?: number;
+  /**
    * dp-phased only: the least fraction of server work a pair whose phases differ must save
    * against dp's best single placement to be chosen (default 0: any saving). The hand-over's
    * own server work is priced (the executor's fitted overhead per message and per KiB, see
@@ -404,6 +412,13 @@ export class PlanMaker {
       const { inst } = solved;
       let { best } = solved;
       allServerWork?.push(allServer(inst).serverWork);
+      // A plan is entered only with `entryMargin` of its SLOs to spare, and kept (below) while it
+      // meets them at all (PlanMakerOptions.entryMargin).
+      const margin = this.opts.entryMargin ?? 0;
+      if (objective === 'work' && best.feasible && margin > 0 && sloRatio(inst.slo, best) > 1 - margin) {
+        const roomy = solveWith(scaledSlos(inst, 1 - margin), this.opts.algorithm, this.opts.phasedMinSaving);
+        if (roomy.feasible) best = priced(inst, roomy.placement, roomy.decodePlacement);
+      }
       const key = planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) });
       const prev = previous?.find((p) => p.name === cls.name);
       if (
