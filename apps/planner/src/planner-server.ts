@@ -611,12 +611,7 @@ export class PlannerServer {
     if (st) st.plan = st.pushed = plan;
     else if (plan) this.adopted.set(id, { plan, atMs: this.now() });
     else this.adopted.delete(id);
-    if (plan && (!prev || prev.epoch !== plan.epoch)) {
-      for (const w of this.watchers.get(id) ?? []) {
-        w.write({ plan, noPlanReason: '' });
-        this.counters.plansPushed++;
-      }
-    }
+    if (plan && (!prev || prev.epoch !== plan.epoch)) this.sendToWatchers(id, plan);
   }
 
   /** The election's outcome: a new leader re-plans every client (same placements keep their epochs); a standby stops planning. */
@@ -1253,19 +1248,17 @@ export class PlannerServer {
       }) ||
       !sameAssignment(prev.executor, executor) ||
       assignmentsKey(prev.alternates) !== assignmentsKey(alternates);
-    if (!changed && !predictionsMoved(st.pushed ?? prev, classes, this.predictionPushThreshold)) {
-      // Same placements, executor and alternates, predictions near what the client holds:
-      // refresh them (and the alternates' order) silently (shown by ListPlans), no push.
-      st.plan = { ...prev, classes, alternates };
-      this.afterPlan(id, st.plan, now);
-      return;
-    }
     if (!changed) {
-      // Same placements, predictions moved: the client gets them with a new epoch (not a plan change).
-      st.plan = { ...prev, classes, alternates, epoch: this.epochFor(prev), createdUnixMs: now };
-      this.round.refreshed++;
-      this.counters.predictionPushes++;
-      this.push(id, st);
+      // Same placements, executor and alternates: the predictions (and the alternates' order)
+      // are refreshed (shown by ListPlans). The client gets them, with a new epoch (not a plan
+      // change), only when they moved from what it holds by more than the push threshold.
+      st.plan = { ...prev, classes, alternates };
+      if (predictionsMoved(st.pushed ?? prev, classes, this.predictionPushThreshold)) {
+        st.plan = { ...st.plan, epoch: this.epochFor(prev), createdUnixMs: now };
+        this.round.refreshed++;
+        this.counters.predictionPushes++;
+        this.push(id, st);
+      }
       this.afterPlan(id, st.plan, now);
       return;
     }
@@ -1400,19 +1393,24 @@ export class PlannerServer {
     };
   }
 
-  /** Tells the calibrator what was planned; a tighten step that left the placement as it was is followed by another. */
   /** Writes the client's plan to the state bucket and to each of its plan streams. */
   private push(id: string, st: ClientState): void {
     const plan = st.plan;
     if (!plan) return;
     st.pushed = plan;
     this.state?.writePlan(plan);
+    this.sendToWatchers(id, plan);
+  }
+
+  /** Sends `plan` on each of the client's plan streams. */
+  private sendToWatchers(id: string, plan: ClientPlan): void {
     for (const w of this.watchers.get(id) ?? []) {
       w.write({ plan, noPlanReason: '' });
       this.counters.plansPushed++;
     }
   }
 
+  /** Tells the calibrator what was planned; a tighten step that left the placement as it was is followed by another. */
   private afterPlan(id: string, plan: ClientPlan, now: number): void {
     if (this.calibrator.planned(id, plan.classes, plan.epoch, now)) {
       this.dirty.add(id);
