@@ -373,7 +373,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
             Object.entries(r.stats.byClass).map(
               ([k, v]) =>
                 `${k} ${SLO_KEYS.filter((x) => v.slo[x] !== undefined)
-                  .map((x) => `${{ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' }[x]} ${v.slo[x]}`)
+                  .map((x) => `${{ ttftMs: 'TTFT', tpotMs: 'TPOT', e2eMs: 'E2E' }[x]} ${fx(v.slo[x])}`)
                   .join(' / ')}`,
             ),
           ),

@@ -188,6 +188,12 @@ describe('the report with several executors', () => {
     expect((one.json as { settings: Record<string, unknown> }).settings).not.toHaveProperty('executors');
     expect(executorSection([cell('dp', 3, records)], false).filter((l) => l.includes('lt-executor'))).toEqual([]);
   });
+
+  it('states each SLO of a run to 0.1 ms (a run scales them by its recording)', () => {
+    const scaled = [rec({ index: 0, slo: { ttftMs: 184.88528125004677, tpotMs: 18.488528125004677 } })];
+    const md = buildReport([cell('dp', 3, scaled)], { ...settings, policies: ['dp'], rates: [3], ...runInfo, elapsedS: 1 }).markdown;
+    expect(md).toContain('fast/short TTFT 184.9 / TPOT 18.5.');
+  });
 });
 
 describe('results written per cell', () => {
