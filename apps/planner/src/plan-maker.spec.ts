@@ -149,6 +149,17 @@ describe('PlanMaker', () => {
     expect(split.stages[1].serverDecodeMs).toBeCloseTo(24, 10);
     expect(split.stages[1].serverDecodeWork).toBe(6);
     expect(split.serverWholeModel!.serverDecodeMs).toBeCloseTo(60, 10);
+    // Queue waits: every entry waits mean_queue_ms from an executor that reports nothing more; with
+    // waits per kind, a prompt's entries its length's kind's, a split's decode entries the split
+    // steps', a server-decoded token the all-server decode steps'; none at no load.
+    expect(maker.instance(client(10), load({ meanQueueMs: 2 }), cls)).toMatchObject({ serverQueueMs: 2 });
+    expect(maker.instance(client(10), load({ meanQueueMs: 2 }), cls)).not.toHaveProperty('serverDecodeQueueMs');
+    const waits = { decodeMs: 0.5, promptMs: 6, longPromptMs: 20, splitDecodeMs: 4 };
+    const kinds = maker.instance(client(10), load({ meanQueueMs: 2, queueWaits: waits }), cls)!;
+    expect(kinds).toMatchObject({ serverQueueMs: 20, serverDecodeQueueMs: 4, serverStreamedQueueMs: 0.5 }); // 16 > 8 positions: a long prompt
+    expect(maker.instance(client(10), load({ longStepTokens: 64, queueWaits: waits }), cls)).toMatchObject({ serverQueueMs: 6 });
+    const idle = maker.instance(client(10), load({ meanQueueMs: 2, queueWaits: waits }), cls, 0)!;
+    expect([idle.serverQueueMs, idle.serverDecodeQueueMs, idle.serverStreamedQueueMs]).toEqual([undefined, undefined, undefined]);
     // PLANNER_SERVER_LATENCY=mm1 ignores the stretch: 1 / (1 - 0.5)
     const mm1 = new PlanMaker({ ...maker.opts, serverLatency: 'mm1' });
     expect(mm1.instance(client(10), load({}), cls)!.stages[1].serverDecodeMs).toBeCloseTo(12, 10);

@@ -220,6 +220,23 @@ function allServer(inst: HandoverInstance): PricedPlan {
 }
 
 /**
+ * The queue waits of an instance for a prompt of `n` tokens on `server`: with the executor's
+ * waits per kind of step (ServerLoad.queue_waits), a prompt's entries wait its length's kind's
+ * (prompt or long prompt), a split decode pass's entries the split decode steps', each token the
+ * server decodes itself the all-server decode steps'; from an executor that reports only
+ * mean_queue_ms, every entry waits that (none when it is 0).
+ */
+function queueOf(server: ServerLoad, n: number): Pick<HandoverInstance, 'serverQueueMs' | 'serverDecodeQueueMs' | 'serverStreamedQueueMs'> {
+  const w = server.queueWaits;
+  if (!w) return server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {};
+  return {
+    serverQueueMs: n > Math.max(1, server.longStepTokens) ? w.longPromptMs : w.promptMs,
+    serverDecodeQueueMs: w.splitDecodeMs,
+    serverStreamedQueueMs: w.decodeMs,
+  };
+}
+
+/**
  * Turns telemetry into placements: for each request class, a generation instance (libs/dp,
  * docs/placement.md) priced pass by pass (prefill of maxPromptTokens, expectedNewTokens − 1
  * decode passes) from the client's measured stage times and the server's, with the class's
@@ -337,7 +354,7 @@ export class PlanMaker {
       ...(client.private ? { private: true } : {}),
       // Every entry to the server (and every server-decoded token) waits in its queue first.
       // (At no load, the `utilisation` 0 alternative, there is no queue.)
-      ...(utilisation !== 0 && server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {}),
+      ...(utilisation !== 0 ? queueOf(server, n) : {}),
       resolutionMs: this.opts.resolutionMs,
       ...(entry > 0 ? { serverEntryWork: entry } : {}),
       ...(this.opts.algorithm === PHASED_ALGORITHM ? this.kvHandover(server) : {}),

@@ -19,6 +19,7 @@ import {
   type ExecutorSummary,
   type Keepalive,
   type StageTiming,
+  type StepQueueWaits,
   type PlannerServiceServer,
   type WatchPlansRequest,
   type WatchPlansResponse,
@@ -48,7 +49,7 @@ import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
 import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
 import { PlanState, type PlannerRole } from './plan-state';
-import { shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
+import { QUEUE_KINDS, shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
 /** ListPlans page size when the request states none (page_size 0). */
 export const DEFAULT_PLANS_PAGE_SIZE = 1000;
@@ -304,7 +305,7 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
 
 /**
  * `l` folded into the moving average `prev` (weight `a` for the new report; `prev` undefined or
- * of another stage count: `l` as it is): utilisation, queue wait, every stage figure, the
+ * of another stage count: `l` as it is): utilisation, queue waits, every stage figure, the
  * whole-model figures and each stretch. A stretch not measured (0) on either side is taken as it comes, so the average
  * starts from the first measurement. One interval's figures swing with single prefills and
  * batches at low rates; predictions and plans are made from the averages, so that they
@@ -318,6 +319,7 @@ export function smoothLoad(prev: ServerLoad | undefined, l: ServerLoad, a: numbe
     ...l,
     utilisation: avg(prev.utilisation, l.utilisation),
     meanQueueMs: avg(prev.meanQueueMs, l.meanQueueMs),
+    ...(l.queueWaits && prev.queueWaits ? { queueWaits: smoothWaits(prev.queueWaits, l.queueWaits, a) } : {}),
     decodeStretch: measured(prev.decodeStretch, l.decodeStretch),
     promptStretch: measured(prev.promptStretch, l.promptStretch),
     longPromptStretch: measured(prev.longPromptStretch, l.longPromptStretch),
@@ -325,6 +327,13 @@ export function smoothLoad(prev: ServerLoad | undefined, l: ServerLoad, a: numbe
     stages: l.stages.map((s, i) => smoothTiming(prev.stages[i], s, a)),
     ...(l.wholeModel ? { wholeModel: prev.wholeModel ? smoothTiming(prev.wholeModel, l.wholeModel, a) : l.wholeModel } : {}),
   };
+}
+
+/** Each kind's queue wait of `l` folded into `prev`'s with weight `a`. */
+function smoothWaits(prev: StepQueueWaits, l: StepQueueWaits, a: number): StepQueueWaits {
+  const out = { ...l };
+  for (const k of QUEUE_KINDS) out[k] = prev[k] + a * (l[k] - prev[k]);
+  return out;
 }
 
 /** `v` folded into the average `was` with weight `a`; a figure not measured (0) on either side is taken as it comes. */

@@ -1,4 +1,7 @@
-import { ID_PATTERN, Subjects, type ClientProfile, type ServerLoad, type StageTiming } from '@tandem/protocol';
+import { ID_PATTERN, Subjects, type ClientProfile, type ServerLoad, type StageTiming, type StepQueueWaits } from '@tandem/protocol';
+
+/** The kinds of step ServerLoad.queue_waits states a wait for. */
+export const QUEUE_KINDS = ['decodeMs', 'promptMs', 'longPromptMs', 'splitDecodeMs'] as const satisfies readonly (keyof StepQueueWaits)[];
 
 /**
  * The plausible range of every number the planner takes from telemetry (ClientProfile and
@@ -154,6 +157,7 @@ export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   if (l.wholeModel) stageTimes(T, 'wholeModel', l.wholeModel);
   inRange(T, 'utilisation', l.utilisation, 0, 1, '');
   inRange(T, 'meanQueueMs', l.meanQueueMs, 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
+  if (l.queueWaits) for (const k of QUEUE_KINDS) inRange(T, `queueWaits.${k}`, l.queueWaits[k], 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
   for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch', 'splitDecodeStretch'] as const) {
     const v = l[k] ?? 0;
     if (v !== 0) inRange(T, k, v, 1, TELEMETRY_LIMITS.maxStretch, ' (or 0: not measured)');

@@ -210,6 +210,8 @@ describe('telemetry validation', () => {
     ['meanQueueMs', 1e300, '1e+300', 'range'],
     ['decodeStretch', 0.5, '0.5', 'range'],
     ['splitDecodeStretch', 0.9, '0.9', 'range'],
+    ['queueWaits.splitDecodeMs', { decodeMs: 0, promptMs: 0, longPromptMs: 0, splitDecodeMs: -3 }, '-3', 'range', 'queueWaits'],
+    ['queueWaits.promptMs', { decodeMs: 0, promptMs: Number.NaN, longPromptMs: 0, splitDecodeMs: 0 }, 'NaN', 'range', 'queueWaits'],
     ['longPromptStretch', Number.POSITIVE_INFINITY, 'Infinity', 'range'],
     ['longStepTokens', 1e9, '1000000000', 'range'],
     [

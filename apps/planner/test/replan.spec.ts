@@ -65,6 +65,11 @@ describe('what counts as a material change', () => {
     expect(smoothLoad(undefined, b, 0.25)).toBe(b);
     expect(smoothLoad(a, b, 1)).toBe(b);
     expect(smoothLoad(a, { ...b, stages: b.stages.slice(1) }, 0.25).stages).toHaveLength(b.stages.length - 1);
+    // Each kind's queue wait like the mean; the first report with waits (or one from an executor without them) as it comes.
+    const w = (x: number) => ({ decodeMs: x, promptMs: 2 * x, longPromptMs: 3 * x, splitDecodeMs: 4 * x });
+    expect(smoothLoad({ ...a, queueWaits: w(1) }, { ...b, queueWaits: w(5) }, 0.25).queueWaits).toEqual(w(2));
+    expect(smoothLoad(a, { ...b, queueWaits: w(5) }, 0.25).queueWaits).toEqual(w(5));
+    expect(smoothLoad({ ...a, queueWaits: w(1) }, b, 0.25).queueWaits).toBeUndefined();
   });
 });
 

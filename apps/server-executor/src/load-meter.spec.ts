@@ -1,4 +1,4 @@
-import { LoadMeter, StepTotals, StretchMeter, type ExecutorCounters } from './load-meter';
+import { LoadMeter, QueueWaitMeter, StepTotals, StretchMeter, type ExecutorCounters } from './load-meter';
 
 type Step = { serviceMs: number; nominalMs: number; positions: number; long: boolean; whole: boolean };
 /** A decode step through every stage (an all-server step). */
@@ -58,6 +58,37 @@ describe('StretchMeter', () => {
   });
 });
 
+describe('QueueWaitMeter', () => {
+  /** Folds one interval of these finished steps (each with its queue wait) into the meter. */
+  const waits = (m: QueueWaitMeter, ...steps: (Step & { queueMs: number })[]) => {
+    const t = new StepTotals();
+    for (const s of steps) t.record(s);
+    const { kindQueueMs, kindCount } = t.snapshot();
+    return m.interval(kindQueueMs, kindCount);
+  };
+  const prompt = (queueMs: number, long = false) => ({ queueMs, serviceMs: 9, nominalMs: 9, positions: 40, long, whole: true });
+
+  it("measures each kind's wait apart: a split's decode steps that wait for calls under way are not hidden by many all-server steps that do not", () => {
+    const m = new QueueWaitMeter(0.5);
+    expect(waits(m)).toEqual({ decodeMs: 0, promptMs: 0, longPromptMs: 0, splitDecodeMs: 0 });
+    const first = waits(
+      m,
+      ...Array.from({ length: 18 }, () => ({ queueMs: 0.5, ...decode(5, 5) })),
+      { queueMs: 6, ...splitDecode(5, 5) },
+      { queueMs: 4, ...splitDecode(5, 5) },
+      prompt(8),
+      prompt(30, true),
+    );
+    // The mean over all 22 steps is 2.64 ms: what a split step would have been priced by.
+    expect(first).toEqual({ decodeMs: 0.5, promptMs: 8, longPromptMs: 30, splitDecodeMs: 5 });
+    // A kind without steps in an interval moves toward what any step waited then (here 1 ms), not toward 0.
+    const second = waits(m, { queueMs: 1, ...decode(5, 5) });
+    expect(second).toEqual({ decodeMs: 0.75, promptMs: 4.5, longPromptMs: 15.5, splitDecodeMs: 3 });
+    // No step at all: toward 0.
+    expect(waits(m)).toEqual({ decodeMs: 0.375, promptMs: 2.25, longPromptMs: 7.75, splitDecodeMs: 1.5 });
+  });
+});
+
 describe('LoadMeter', () => {
   it('reports the interval between two snapshots of counters that only grow, so readers do not disturb each other', () => {
     const steps = new StepTotals();
@@ -72,7 +103,12 @@ describe('LoadMeter', () => {
     const [a, b] = [new LoadMeter(start, false), new LoadMeter(start, false)];
     steps.record({ queueMs: 4, ...decode(2, 1) });
     const now = read(100, 50);
-    expect(a.next(now)).toMatchObject({ utilisation: 0.5, meanQueueMs: 4, decodeStretch: 2 });
+    expect(a.next(now)).toMatchObject({
+      utilisation: 0.5,
+      meanQueueMs: 4,
+      decodeStretch: 2,
+      queueWaits: { decodeMs: 4, promptMs: 4, longPromptMs: 4, splitDecodeMs: 4 },
+    });
     expect(b.next(now)).toMatchObject({ utilisation: 0.5, meanQueueMs: 4, decodeStretch: 2 });
     expect(a.next(read(200, 50))).toMatchObject({ utilisation: 0, meanQueueMs: 0, decodeStretch: 1.7 }); // no step: toward 1
   });

@@ -1,4 +1,4 @@
-import type { ServerLoad } from '@tandem/protocol';
+import type { ServerLoad, StepQueueWaits } from '@tandem/protocol';
 import { OverheadModel } from './overhead';
 import type { StepOutcome } from './scheduler';
 import type { TrafficCounters } from './split-session';
@@ -55,23 +55,71 @@ export class StretchMeter {
   }
 }
 
-/** Steps finished: how many, Σ queue wait, and per kind (stepKind) Σ service and Σ nominal time of those priced (nominal > 0), ms. */
-export type StepCounts = { readonly count: number; readonly queueMs: number; readonly serviceMs: readonly number[]; readonly nominalMs: readonly number[] };
+/**
+ * The mean queue wait of each kind of step (ServerLoad.queue_waits): per kind, an exponential
+ * moving average across intervals of the interval's mean wait of such steps. An interval without
+ * steps of a kind moves its figure toward the interval's mean wait over all steps (what any step
+ * waited), or toward 0 when no step ran. 0 until the first step.
+ */
+export class QueueWaitMeter {
+  private readonly value = new Array<number>(STEP_KINDS).fill(0);
+  private started = false;
+
+  constructor(private readonly alpha = 0.3) {}
+
+  /** Folds one interval: per kind (stepKind) Σ queue wait, ms, and the number of steps. */
+  interval(queueMs: readonly number[], count: readonly number[]): StepQueueWaits {
+    const total = count.reduce((a, b) => a + b, 0);
+    if (total > 0 || this.started) {
+      const all = total > 0 ? queueMs.reduce((a, b) => a + b, 0) / total : 0;
+      for (let k = 0; k < STEP_KINDS; k++) {
+        const m = count[k] > 0 ? queueMs[k] / count[k] : all;
+        this.value[k] = this.started ? this.value[k] + this.alpha * (m - this.value[k]) : m;
+      }
+      this.started = true;
+    }
+    return { decodeMs: this.value[0], promptMs: this.value[1], longPromptMs: this.value[2], splitDecodeMs: this.value[3] };
+  }
+}
+
+/**
+ * Steps finished: how many and Σ queue wait, and per kind (stepKind) how many, Σ queue wait and
+ * Σ service and Σ nominal time of those priced (nominal > 0), ms.
+ */
+export type StepCounts = {
+  readonly count: number;
+  readonly queueMs: number;
+  readonly kindCount: readonly number[];
+  readonly kindQueueMs: readonly number[];
+  readonly serviceMs: readonly number[];
+  readonly nominalMs: readonly number[];
+};
 
 /** Counts finished steps (the scheduler's onStepDone); the counts only grow. */
 export class StepTotals {
-  private readonly c = { count: 0, queueMs: 0, serviceMs: new Array<number>(STEP_KINDS).fill(0), nominalMs: new Array<number>(STEP_KINDS).fill(0) };
+  private readonly c = {
+    count: 0,
+    queueMs: 0,
+    kindCount: new Array<number>(STEP_KINDS).fill(0),
+    kindQueueMs: new Array<number>(STEP_KINDS).fill(0),
+    serviceMs: new Array<number>(STEP_KINDS).fill(0),
+    nominalMs: new Array<number>(STEP_KINDS).fill(0),
+  };
 
   record(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'nominalMs' | 'positions' | 'long' | 'whole'>): void {
+    const k = stepKind(o);
     this.c.count++;
     this.c.queueMs += o.queueMs;
+    this.c.kindCount[k]++;
+    this.c.kindQueueMs[k] += o.queueMs;
     if (!(o.nominalMs > 0) || !(o.serviceMs >= 0)) return;
-    this.c.serviceMs[stepKind(o)] += o.serviceMs;
-    this.c.nominalMs[stepKind(o)] += o.nominalMs;
+    this.c.serviceMs[k] += o.serviceMs;
+    this.c.nominalMs[k] += o.nominalMs;
   }
 
   snapshot(): StepCounts {
-    return { ...this.c, serviceMs: [...this.c.serviceMs], nominalMs: [...this.c.nominalMs] };
+    const c = this.c;
+    return { ...c, kindCount: [...c.kindCount], kindQueueMs: [...c.kindQueueMs], serviceMs: [...c.serviceMs], nominalMs: [...c.nominalMs] };
   }
 }
 
@@ -91,17 +139,18 @@ export interface ExecutorCounters {
 /** The figures of ServerLoad that describe one interval. */
 export type LoadInterval = Pick<
   ServerLoad,
-  'utilisation' | 'meanQueueMs' | 'overhead' | 'decodeStretch' | 'promptStretch' | 'longPromptStretch' | 'splitDecodeStretch'
+  'utilisation' | 'meanQueueMs' | 'overhead' | 'decodeStretch' | 'promptStretch' | 'longPromptStretch' | 'splitDecodeStretch' | 'queueWaits'
 >;
 
 /**
  * Reads the executor's counters interval by interval: each `next` takes a snapshot and gives the
  * load of the interval since the previous one, feeding that interval to the overhead model (the
- * main thread's CPU besides stage compute against the session traffic) and to the stretch
- * averages. It keeps the previous snapshot; the counters themselves are never reset.
+ * main thread's CPU besides stage compute against the session traffic), to the stretch and
+ * queue-wait averages. It keeps the previous snapshot; the counters themselves are never reset.
  */
 export class LoadMeter {
   private readonly stretch = new StretchMeter();
+  private readonly waits = new QueueWaitMeter();
   private readonly overhead = new OverheadModel();
 
   /** @param computeOnMain stage compute runs on the main thread, so its busy time is in that thread's CPU (and not overhead). */
@@ -136,6 +185,7 @@ export class LoadMeter {
       meanQueueMs: steps > 0 ? (now.steps.queueMs - last.steps.queueMs) / steps : 0,
       overhead: this.overhead.fit(),
       ...this.stretch.interval(since(now.steps.serviceMs, last.steps.serviceMs), since(now.steps.nominalMs, last.steps.nominalMs)),
+      queueWaits: this.waits.interval(since(now.steps.kindQueueMs, last.steps.kindQueueMs), since(now.steps.kindCount, last.steps.kindCount)),
     };
   }
 }

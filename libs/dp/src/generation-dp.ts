@@ -4,6 +4,7 @@ import {
   betterGeneration,
   generationResultOf,
   pinnedToClient,
+  queueWaits,
   serverWherever,
   sloRatio,
   type GenerationInstance,
@@ -57,7 +58,7 @@ function prepare(inst: GenerationInstance): Prepared {
   const m = inst.decodeSteps;
   // With no decode pass TPOT is 0: decode costs take no part.
   const dm = m > 0 ? 1 : 0;
-  const queue = inst.serverQueueMs ?? 0;
+  const queue = queueWaits(inst);
   // Plain arrays: a solve's dozen small typed arrays cost more to allocate than to use.
   const arr = (): number[] => new Array<number>(S).fill(0);
   const cP = arr(),
@@ -77,8 +78,8 @@ function prepare(inst: GenerationInstance): Prepared {
     sD[i] = dm * s.serverDecodeMs;
     sW[i] = (s.serverPrefillWork ?? s.serverPrefillMs) + m * (s.serverDecodeWork ?? s.serverDecodeMs);
     // Every entry to the server waits its queue, as it pays the uplink's latency.
-    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue;
-    upD[i] = dm * (transferMs(uplink, s.inBytesPerToken) + queue);
+    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue.prefill;
+    upD[i] = dm * (transferMs(uplink, s.inBytesPerToken) + queue.decode);
     downP[i] = transferMs(downlink, n * s.inBytesPerToken);
     downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
   }

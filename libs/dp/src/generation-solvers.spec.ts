@@ -64,6 +64,9 @@ function cases(seed: number, count: number, maxStages: number, whole = false): G
         entryWork: rnd() < 0.5 ? 0 : rnd() * 3,
         // Queue waits drawn from k, not from the generator, so the other draws stay as they were.
         queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
+        // A decode pass's and a server-decoded step's waits apart from the prefill's on some.
+        ...(k % 4 === 1 ? { decodeQueueMs: (k % 5) * 1.5 } : {}),
+        ...(k % 6 === 2 ? { streamedQueueMs: (k % 9) * 0.5 } : {}),
         tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][Math.floor(rnd() * 6)],
         // From k too: a fused call (below 1) or dearer than stage by stage (above 1), prefill and decode apart.
         ...(whole ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),

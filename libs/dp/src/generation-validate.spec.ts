@@ -34,8 +34,20 @@ describe('validateGenerationInstance', () => {
       serverEntryWork: 0.6,
       resolutionMs: 0.5,
       serverWholeModel: { ...whole, extra: 1 },
+      serverQueueMs: 4,
+      serverDecodeQueueMs: 2,
+      serverStreamedQueueMs: 0,
     });
-    expect(got).toEqual({ ...good(), serverDecoding: false, serverEntryWork: 0.6, resolutionMs: 0.5, serverWholeModel: whole });
+    expect(got).toEqual({
+      ...good(),
+      serverDecoding: false,
+      serverEntryWork: 0.6,
+      resolutionMs: 0.5,
+      serverWholeModel: whole,
+      serverQueueMs: 4,
+      serverDecodeQueueMs: 2,
+      serverStreamedQueueMs: 0,
+    });
   });
 
   it.each<[string, (g: ReturnType<typeof good>) => unknown, string]>([
@@ -63,6 +75,12 @@ describe('validateGenerationInstance', () => {
     ],
     ['a bad marker', (g) => ({ ...g, generation: 'yes' }), 'generation must be true in a generation instance (or absent), given "yes"'],
     ['a non-boolean serverDecoding', (g) => ({ ...g, serverDecoding: 1 }), 'serverDecoding must be a boolean, given 1'],
+    ['a negative decode queue wait', (g) => ({ ...g, serverDecodeQueueMs: -0.5 }), 'serverDecodeQueueMs must be a finite number >= 0, given -0.5'],
+    [
+      'a streamed queue wait that is not a number',
+      (g) => ({ ...g, serverStreamedQueueMs: '2' }),
+      'serverStreamedQueueMs must be a finite number >= 0, given "2"',
+    ],
     [
       'a whole-model cost that is not an object',
       (g) => ({ ...g, serverWholeModel: 3 }),

@@ -92,6 +92,10 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   if (entry !== undefined) out.serverEntryWork = entry;
   const queue = optionalNumber(value, 'serverQueueMs', pathPrefix, false);
   if (queue !== undefined) out.serverQueueMs = queue;
+  const decodeQueue = optionalNumber(value, 'serverDecodeQueueMs', pathPrefix, false);
+  if (decodeQueue !== undefined) out.serverDecodeQueueMs = decodeQueue;
+  const streamedQueue = optionalNumber(value, 'serverStreamedQueueMs', pathPrefix, false);
+  if (streamedQueue !== undefined) out.serverStreamedQueueMs = streamedQueue;
   const decoding = field(value, 'serverDecoding');
   if (decoding !== MISSING) {
     if (typeof decoding !== 'boolean') throw new InstanceValidationError(`${pathPrefix}serverDecoding`, 'must be a boolean', decoding);

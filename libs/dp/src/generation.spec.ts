@@ -53,6 +53,25 @@ describe('evaluateGeneration', () => {
     expect(got.serverDecoding).toBe(serverDecoding && placement.every((p) => p === 'server'));
   });
 
+  it("waits each pass's queue at each entry: the prefill's, a decode pass's, a server-decoded token's", () => {
+    const q = { ...inst, serverQueueMs: 7, serverDecodeQueueMs: 3, serverStreamedQueueMs: 0.5 };
+    // C S: one entry per pass, the prefill waits 7, each decode pass 3.
+    const cs = evaluateGeneration(q, ['client', 'server']);
+    expect(cs.ttftMs).toBeCloseTo(20 + 15 + 7 + 4 + 2.008, 12);
+    expect(cs.tpotMs).toBeCloseTo(4 + 6 + 3 + 2 + 2.008, 12);
+    // Streamed: the prompt waits 7, each token 0.5.
+    const ss = evaluateGeneration(q, ['server', 'server']);
+    expect(ss.ttftMs).toBeCloseTo(6 + 7 + 2 + 4 + 2.008, 12);
+    expect(ss.tpotMs).toBeCloseTo(0.5 + 1 + 2, 12);
+    // Unstated, each defaults to the one before it: a decode pass waits the prefill's, a token a decode pass's.
+    expect(evaluateGeneration({ ...inst, serverQueueMs: 7 }, ['client', 'server']).tpotMs).toBeCloseTo(4 + 6 + 7 + 2 + 2.008, 12);
+    expect(evaluateGeneration({ ...inst, serverQueueMs: 7, serverDecodeQueueMs: 3 }, ['server', 'server']).tpotMs).toBeCloseTo(3 + 1 + 2, 12);
+    // The contract instance prices the same E2E for a split: the uplink's latency carries 7 + 4 · 3.
+    const c = generationAsContractInstance(q);
+    expect(c.uplink.latencyMs).toBeCloseTo(5 * 5 + 7 + 4 * 3, 12);
+    expect(evaluatePlacement(c, ['client', 'server']).latencyMs).toBeCloseTo(cs.e2eMs, 9);
+  });
+
   it('has no TPOT without decode passes', () => {
     const got = evaluateGeneration({ ...inst, decodeSteps: 0 }, ['client', 'server']);
     expect(got.tpotMs).toBe(0);

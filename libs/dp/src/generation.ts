@@ -125,6 +125,18 @@ export interface GenerationInstance {
    * leaves one short stage on the server still waits for whatever runs before it.
    */
   readonly serverQueueMs?: number;
+  /**
+   * The queue wait of each entry to the server in a decode pass, ms (default `serverQueueMs`,
+   * which then prices the prefill pass's entries only): a split's decode step arrives from the
+   * network at any time and waits for the call under way, where the server's own decode loop
+   * submits each step as the previous one ends.
+   */
+  readonly serverDecodeQueueMs?: number;
+  /**
+   * The queue wait of each token the server decodes itself (an all-server plan with server-side
+   * decoding), ms (default `serverDecodeQueueMs`).
+   */
+  readonly serverStreamedQueueMs?: number;
   /** Time step of `dp-grid` (only usable when just `e2eMs` is stated), ms. */
   readonly resolutionMs?: number;
   /**
@@ -202,6 +214,17 @@ function stageWork(stage: GenerationStage, m: number): number {
 }
 
 /** Whether `placement` is all-server and the instance prices that as server-side decoding. O(S). */
+/**
+ * The queue waits `instance` prices, ms: each entry to the server in the prefill pass, each in a
+ * decode pass, and each token the server decodes itself (see {@link GenerationInstance}'s
+ * fields, with their defaults). O(1).
+ */
+export function queueWaits(instance: GenerationInstance): { readonly prefill: number; readonly decode: number; readonly streamed: number } {
+  const prefill = instance.serverQueueMs ?? 0;
+  const decode = instance.serverDecodeQueueMs ?? prefill;
+  return { prefill, decode, streamed: instance.serverStreamedQueueMs ?? decode };
+}
+
 export function isServerDecodingPlacement(instance: GenerationInstance, placement: Placement): boolean {
   return (instance.serverDecoding ?? true) && placement.length > 0 && placement.every((l) => l === 'server');
 }
@@ -212,11 +235,11 @@ export function isServerDecodingPlacement(instance: GenerationInstance, placemen
  * runs elsewhere than stage i-1 (stage -1 is the client) — `latencyMs + tokens ·
  * inBytesPerToken / bytesPerMs` with n tokens in the prefill and 1 in a decode pass — then the
  * stage's compute where it runs, and when the last stage runs on the server the download of
- * `outBytesPerPass`; every entry to the server also waits `serverQueueMs`. Server work: Σ
+ * `outBytesPerPass`; every entry to the server also waits its pass's queue ({@link queueWaits}). Server work: Σ
  * server stages' (prefill + m · decode) work, plus `serverEntryWork` per entry to the server
  * per pass (m + 1 passes).
- * The all-server placement with `serverDecoding`: TTFT = up(n tokens) + queue + Σ
- * serverPrefillMs + down(one token); TPOT = queue + Σ serverDecodeMs; the entry work is
+ * The all-server placement with `serverDecoding`: TTFT = up(n tokens) + prefill queue + Σ
+ * serverPrefillMs + down(one token); TPOT = streamed queue + Σ serverDecodeMs; the entry work is
  * charged once. With `serverWholeModel` its figures replace the sums (compute and work).
  * In both cases E2E = TTFT + m · TPOT: for a split plan this equals the contract instance
  * {@link generationAsContractInstance} prices, which `instanceFromMeasured` builds.
@@ -231,7 +254,7 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
   const n = instance.promptTokens;
   const m = instance.decodeSteps;
   const entryPass = (instance.serverEntryWork ?? 0) * (m + 1);
-  const queue = instance.serverQueueMs ?? 0;
+  const queue = queueWaits(instance);
   let ttftMs = 0;
   let tpotMs = 0;
   let serverWork = 0;
@@ -247,8 +270,8 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
       tpotMs += transferMs(link, s.inBytesPerToken);
       if (here === 'server') {
         serverWork += entryPass;
-        ttftMs += queue;
-        tpotMs += queue;
+        ttftMs += queue.prefill;
+        tpotMs += queue.decode;
       }
       switches++;
     }
@@ -273,10 +296,10 @@ export function evaluateGeneration(instance: GenerationInstance, placement: Plac
     // Decode passes stay on the server: no crossings, one entry for the whole generation; each
     // decoded token is one step in the server's queue.
     const whole = instance.serverWholeModel;
-    tpotMs = queue;
+    tpotMs = queue.streamed;
     serverWork = instance.serverEntryWork ?? 0;
     if (whole) {
-      ttftMs = transferMs(uplink, n * stages[0].inBytesPerToken) + queue + whole.serverPrefillMs + transferMs(downlink, instance.outBytesPerPass);
+      ttftMs = transferMs(uplink, n * stages[0].inBytesPerToken) + queue.prefill + whole.serverPrefillMs + transferMs(downlink, instance.outBytesPerPass);
       tpotMs += whole.serverDecodeMs;
       serverWork += (whole.serverPrefillWork ?? whole.serverPrefillMs) + m * (whole.serverDecodeWork ?? whole.serverDecodeMs);
     } else {
@@ -368,7 +391,8 @@ export function betterGeneration(slo: Slo, a: ComparableResult, b: ComparableRes
  * `instanceFromMeasured` builds it: clientMs = clientPrefillMs + m · clientDecodeMs,
  * serverMs likewise, serverWork = prefill + m · decode work; inBytes = (n + m) ·
  * inBytesPerToken; outBytes = (m + 1) · outBytesPerPass; link latencies × (m + 1), the
- * uplink's with `serverQueueMs` added (every entry to the server waits it);
+ * uplink's with the queue waits added (every entry to the server waits its pass's: the
+ * prefill's once, a decode pass's m times);
  * serverEntryWork × (m + 1); slaMs = `slo.e2eMs`. It prices every placement stepped,
  * including all-server (no server-side decoding).
  * @throws RangeError when `slo.e2eMs` is not stated.
@@ -388,10 +412,11 @@ export function generationAsContractInstance(instance: GenerationInstance): Plac
     inBytes: (n + m) * s.inBytesPerToken,
   }));
   const entry = instance.serverEntryWork ?? 0;
+  const queue = queueWaits(instance);
   const out: { -readonly [K in keyof PlacementInstance]: PlacementInstance[K] } = {
     stages,
     outBytes: passes * instance.outBytesPerPass,
-    uplink: { latencyMs: (instance.uplink.latencyMs + (instance.serverQueueMs ?? 0)) * passes, bytesPerMs: instance.uplink.bytesPerMs },
+    uplink: { latencyMs: instance.uplink.latencyMs * passes + queue.prefill + m * queue.decode, bytesPerMs: instance.uplink.bytesPerMs },
     downlink: { latencyMs: instance.downlink.latencyMs * passes, bytesPerMs: instance.downlink.bytesPerMs },
     slaMs: e2e,
   };

@@ -24,6 +24,7 @@ export {
   honourPins,
   isServerDecodingPlacement,
   pinnedToClient,
+  queueWaits,
   serverWherever,
   sloCheck,
   sloRatio,

@@ -1,5 +1,5 @@
 import { transferMs } from './evaluate';
-import { betterGeneration, pinnedToClient, serverWherever, sloRatio, type GenerationResult, type Slo } from './generation';
+import { betterGeneration, pinnedToClient, queueWaits, serverWherever, sloRatio, type GenerationResult, type Slo } from './generation';
 import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
 import { grown } from './grown';
 import { PHASED_ALGORITHM, evaluatePhased, handoverWork, phasedResultOf, streamedDecode, type HandoverInstance, type PhasedResult } from './phased';
@@ -296,7 +296,7 @@ function preparePhased(inst: HandoverInstance): Prepared {
   const S = stages.length;
   const n = inst.promptTokens;
   const m = inst.decodeSteps;
-  const queue = inst.serverQueueMs ?? 0;
+  const queue = queueWaits(inst);
   const entry = inst.serverEntryWork ?? 0;
   const serverDecoding = inst.serverDecoding ?? true;
   const finalDown = transferMs(downlink, inst.outBytesPerPass);
@@ -312,9 +312,9 @@ function preparePhased(inst: HandoverInstance): Prepared {
     cD[i] = s.clientDecodeMs;
     sD[i] = s.serverDecodeMs;
     sDW[i] = s.serverDecodeWork ?? s.serverDecodeMs;
-    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue;
+    upP[i] = transferMs(uplink, n * s.inBytesPerToken) + queue.prefill;
     downP[i] = transferMs(downlink, n * s.inBytesPerToken);
-    upD[i] = transferMs(uplink, s.inBytesPerToken) + queue;
+    upD[i] = transferMs(uplink, s.inBytesPerToken) + queue.decode;
     downD[i] = transferMs(downlink, s.inBytesPerToken);
     const perToken = s.kvBytesPerToken ?? 0;
     kv[i] = perToken * n;

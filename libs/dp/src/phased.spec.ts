@@ -54,6 +54,8 @@ function cases(seed: number, count: number, maxStages: number): HandoverInstance
       serverDecoding: (k >> 3) % 2 === 0,
       entryWork: k % 5 === 0 ? 0 : rnd() * 3,
       queueMs: k % 3 === 0 ? 0 : (k % 7) * 0.75,
+      ...(k % 4 === 1 ? { decodeQueueMs: (k % 5) * 1.5 } : {}),
+      ...(k % 6 === 2 ? { streamedQueueMs: (k % 9) * 0.5 } : {}),
       tightness: [-0.3, 0.1, 0.3, 0.5, 0.8, 1.1][k % 6],
       ...(k % 4 === 1 ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
       kv: true,

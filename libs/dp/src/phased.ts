@@ -7,7 +7,7 @@
  * problem and their answers are unchanged.
  */
 import { transferMs } from './evaluate';
-import { evaluateGeneration, type GenerationCost, type GenerationInstance, type GenerationResult, sloCheck } from './generation';
+import { evaluateGeneration, queueWaits, type GenerationCost, type GenerationInstance, type GenerationResult, sloCheck } from './generation';
 import type { Location, Placement } from './types';
 
 /**
@@ -110,7 +110,7 @@ function checkPlacement(instance: GenerationInstance, placement: Placement, name
 /** One pass of `phase` run stage by stage with `placement`, crossings and queue waits included. O(S). */
 function stepPass(instance: GenerationInstance, placement: Placement, phase: 'prefill' | 'decode'): PassCost {
   const tokens = phase === 'prefill' ? instance.promptTokens : 1;
-  const queue = instance.serverQueueMs ?? 0;
+  const queue = queueWaits(instance)[phase];
   let ms = 0;
   let work = 0;
   let entries = 0;
@@ -148,7 +148,7 @@ function stepPass(instance: GenerationInstance, placement: Placement, phase: 'pr
  * Returns the pass time and its work. O(S).
  */
 export function streamedDecode(instance: GenerationInstance): { readonly ms: number; readonly work: number } {
-  const queue = instance.serverQueueMs ?? 0;
+  const queue = queueWaits(instance).streamed;
   const whole = instance.serverWholeModel;
   if (whole) return { ms: queue + whole.serverDecodeMs, work: whole.serverDecodeWork ?? whole.serverDecodeMs };
   let ms = queue;

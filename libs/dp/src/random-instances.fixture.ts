@@ -107,6 +107,9 @@ export interface RandomGenerationOptions {
   readonly entryWork: number;
   /** The server's queue wait per entry and per server-decoded step, ms (optional, default 0). */
   readonly queueMs?: number;
+  /** The queue wait of a decode pass's entries and of a server-decoded step, when they differ from `queueMs` (optional). */
+  readonly decodeQueueMs?: number;
+  readonly streamedQueueMs?: number;
   /** Scale of the SLOs between the fastest and slowest pure placement; below 0 tends to infeasible. */
   readonly tightness: number;
   /**
@@ -158,6 +161,8 @@ export function randomGenerationInstance(rnd: () => number, stageCount: number, 
     serverDecoding: opts.serverDecoding,
     ...(opts.entryWork > 0 ? { serverEntryWork: opts.entryWork } : {}),
     ...(opts.queueMs ? { serverQueueMs: opts.queueMs } : {}),
+    ...(opts.decodeQueueMs !== undefined ? { serverDecodeQueueMs: opts.decodeQueueMs } : {}),
+    ...(opts.streamedQueueMs !== undefined ? { serverStreamedQueueMs: opts.streamedQueueMs } : {}),
   };
   if (opts.wholeModel) {
     const sum = (f: (s: GenerationStage) => number): number => stages.reduce((a, s) => a + f(s), 0);

@@ -75,6 +75,7 @@ export {
   ServerLoad,
   StageTiming,
   StepOverhead,
+  StepQueueWaits,
 } from './generated/tandem/telemetry/v1/telemetry';
 export {
   HealthCheckRequest,

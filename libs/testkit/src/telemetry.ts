@@ -51,6 +51,7 @@ export function serverLoad(over: Partial<ServerLoad> = {}): ServerLoad {
     meanQueueMs: 0,
     overhead: undefined,
     wholeModel: undefined,
+    queueWaits: undefined,
     decodeStretch: 0,
     promptStretch: 0,
     longPromptStretch: 0,

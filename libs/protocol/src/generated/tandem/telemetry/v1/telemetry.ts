@@ -205,7 +205,38 @@ export interface ServerLoad {
    * steps moves it toward decode_stretch's measure of that interval when there was one, else
    * toward 1. Absent or 0 from older executors (the planner then uses decode_stretch).
    */
-  splitDecodeStretch?: number | undefined;
+  splitDecodeStretch?:
+    | number
+    | undefined;
+  /**
+   * mean_queue_ms per kind of step, the kinds of the stretches above: how long such a step
+   * waited for the engine before its first stage call. Steps do not wait alike: an all-server
+   * generation's decode step is submitted as its previous one ends, in step with the batches,
+   * and seldom waits; a prompt or a split's decode step arrives from the network at any time,
+   * waits for the call under way, and a long prompt is held behind short steps. The planner
+   * prices each entry to the server by its kind's wait (a prompt's entries by prompt_ms or
+   * long_prompt_ms, a split decode pass's by split_decode_ms, each token of a server-decoded
+   * generation by decode_ms). Absent from older executors (the planner then uses
+   * mean_queue_ms for every entry).
+   */
+  queueWaits: StepQueueWaits | undefined;
+}
+
+/**
+ * Each kind's queue wait, milliseconds: a moving average over the executor's recent telemetry
+ * intervals (weight 0.3 for the newest) of the mean wait of such steps in each interval. An
+ * interval without steps of a kind moves its figure toward that interval's mean_queue_ms (what
+ * any step waited then), or toward 0 when no step ran at all. 0 until the first step.
+ */
+export interface StepQueueWaits {
+  /** A decode step (one position) through every stage [0, n): an all-server generation's. */
+  decodeMs: number;
+  /** A prompt step of 2..long_step_tokens positions. */
+  promptMs: number;
+  /** A prompt step of more than long_step_tokens positions. */
+  longPromptMs: number;
+  /** A decode step through only some of the stages (a split's server range). */
+  splitDecodeMs: number;
 }
 
 /**
@@ -799,6 +830,7 @@ function createBaseServerLoad(): ServerLoad {
     address: undefined,
     draining: undefined,
     splitDecodeStretch: undefined,
+    queueWaits: undefined,
   };
 }
 
@@ -854,6 +886,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     }
     if (message.splitDecodeStretch !== undefined) {
       writer.uint32(137).double(message.splitDecodeStretch);
+    }
+    if (message.queueWaits !== undefined) {
+      StepQueueWaits.encode(message.queueWaits, writer.uint32(146).fork()).join();
     }
     return writer;
   },
@@ -1007,6 +1042,14 @@ export const ServerLoad: MessageFns<ServerLoad> = {
             message.splitDecodeStretch = reader.double();
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.queueWaits = StepQueueWaits.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1086,6 +1129,11 @@ export const ServerLoad: MessageFns<ServerLoad> = {
         : isSet(object.split_decode_stretch)
         ? globalThis.Number(object.split_decode_stretch)
         : undefined,
+      queueWaits: isSet(object.queueWaits)
+        ? StepQueueWaits.fromJSON(object.queueWaits)
+        : isSet(object.queue_waits)
+        ? StepQueueWaits.fromJSON(object.queue_waits)
+        : undefined,
     };
   },
 
@@ -1142,6 +1190,9 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     if (message.splitDecodeStretch !== undefined) {
       obj.splitDecodeStretch = floatToJson(message.splitDecodeStretch);
     }
+    if (message.queueWaits !== undefined) {
+      obj.queueWaits = StepQueueWaits.toJSON(message.queueWaits);
+    }
     return obj;
   },
 
@@ -1171,6 +1222,142 @@ export const ServerLoad: MessageFns<ServerLoad> = {
     message.address = object.address ?? undefined;
     message.draining = object.draining ?? undefined;
     message.splitDecodeStretch = object.splitDecodeStretch ?? undefined;
+    message.queueWaits = (object.queueWaits !== undefined && object.queueWaits !== null)
+      ? StepQueueWaits.fromPartial(object.queueWaits)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStepQueueWaits(): StepQueueWaits {
+  return { decodeMs: 0, promptMs: 0, longPromptMs: 0, splitDecodeMs: 0 };
+}
+
+export const StepQueueWaits: MessageFns<StepQueueWaits> = {
+  encode(message: StepQueueWaits, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.decodeMs !== 0) {
+      writer.uint32(9).double(message.decodeMs);
+    }
+    if (message.promptMs !== 0) {
+      writer.uint32(17).double(message.promptMs);
+    }
+    if (message.longPromptMs !== 0) {
+      writer.uint32(25).double(message.longPromptMs);
+    }
+    if (message.splitDecodeMs !== 0) {
+      writer.uint32(33).double(message.splitDecodeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StepQueueWaits {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStepQueueWaits();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.decodeMs = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.promptMs = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.longPromptMs = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.splitDecodeMs = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StepQueueWaits {
+    return {
+      decodeMs: isSet(object.decodeMs)
+        ? globalThis.Number(object.decodeMs)
+        : isSet(object.decode_ms)
+        ? globalThis.Number(object.decode_ms)
+        : 0,
+      promptMs: isSet(object.promptMs)
+        ? globalThis.Number(object.promptMs)
+        : isSet(object.prompt_ms)
+        ? globalThis.Number(object.prompt_ms)
+        : 0,
+      longPromptMs: isSet(object.longPromptMs)
+        ? globalThis.Number(object.longPromptMs)
+        : isSet(object.long_prompt_ms)
+        ? globalThis.Number(object.long_prompt_ms)
+        : 0,
+      splitDecodeMs: isSet(object.splitDecodeMs)
+        ? globalThis.Number(object.splitDecodeMs)
+        : isSet(object.split_decode_ms)
+        ? globalThis.Number(object.split_decode_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: StepQueueWaits): unknown {
+    const obj: any = {};
+    if (message.decodeMs !== 0) {
+      obj.decodeMs = floatToJson(message.decodeMs);
+    }
+    if (message.promptMs !== 0) {
+      obj.promptMs = floatToJson(message.promptMs);
+    }
+    if (message.longPromptMs !== 0) {
+      obj.longPromptMs = floatToJson(message.longPromptMs);
+    }
+    if (message.splitDecodeMs !== 0) {
+      obj.splitDecodeMs = floatToJson(message.splitDecodeMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StepQueueWaits>, I>>(base?: I): StepQueueWaits {
+    return StepQueueWaits.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StepQueueWaits>, I>>(object: I): StepQueueWaits {
+    const message = createBaseStepQueueWaits();
+    message.decodeMs = object.decodeMs ?? 0;
+    message.promptMs = object.promptMs ?? 0;
+    message.longPromptMs = object.longPromptMs ?? 0;
+    message.splitDecodeMs = object.splitDecodeMs ?? 0;
     return message;
   },
 };
