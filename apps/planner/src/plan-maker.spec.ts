@@ -236,6 +236,26 @@ describe('PlanMaker', () => {
     expect([none.placement, none.feasible]).toEqual([opt.placement, true]);
   });
 
+  it("keeps a plan that misses only at the server's load rather than take a faster one that misses too; moves one that misses on an idle server", () => {
+    // On an idle server a plan that uses it meets 150 ms; the device alone does not (about 200).
+    const maker = new PlanMaker(options({ hysteresis: 0.05, classes: [{ ...CLASS, slaMs: 150 }] }));
+    const [idle] = maker.plan(client(3), server(1), undefined)!;
+    expect(idle.feasible).toBe(true);
+    expect(idle.placement).toContain('S');
+    // At 75 % utilisation nothing meets it; the fastest plan moves stages to the device.
+    const busy = server(1, 0.75);
+    const [fresh] = maker.plan(client(3), busy, undefined)!;
+    expect(fresh.feasible).toBe(false);
+    expect(fresh.placement).not.toBe(idle.placement);
+    // In force, the idle server's plan stays: it misses only because of the load.
+    const [kept] = maker.plan(client(3), busy, [idle])!;
+    expect([kept.placement, kept.feasible]).toEqual([idle.placement, false]);
+    expect(kept.predictedLatencyMs).toBeGreaterThan(fresh.predictedLatencyMs);
+    // A plan in force that misses on an idle server too (the device alone) gives way to the faster one.
+    const [moved] = maker.plan(client(3), busy, [previousPlan('CCCCCC', { slaMs: 150 })])!;
+    expect(moved.placement).toBe(fresh.placement);
+  });
+
   it('replaces a placement that no longer meets the SLA even within the hysteresis', () => {
     const maker = new PlanMaker(options({ hysteresis: 0.99, classes: [{ ...CLASS, slaMs: 200 }] }));
     const prev = [previousPlan('CCCCCC', { slaMs: 200 })];

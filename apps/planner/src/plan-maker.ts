@@ -451,7 +451,14 @@ export class PlanMaker {
             : sloRatio(inst.slo, kept) - sloRatio(inst.slo, best) > this.opts.hysteresis * sloRatio(inst.slo, kept);
         const fixes = !kept.feasible && best.feasible;
         const faster = !kept.feasible && !best.feasible && sloRatio(inst.slo, best) < sloRatio(inst.slo, kept) * (1 - this.opts.hysteresis);
-        if (!saves && !fixes && !faster && (kept.feasible || !best.feasible)) best = kept;
+        // When both miss, a plan in force that would meet its SLOs on an idle server stays: it
+        // misses only because of the server's load, which swings with single prefills at any
+        // rate, and the plan that would replace it (faster or cheaper at that load) is then most
+        // often a device's own, which misses every request while in force. One that misses on
+        // an idle server too (its device or link is why) gives way as before. A server that
+        // stays overloaded is the shedder's to relieve (shedSaving, adj.shed).
+        const loadOnly = !kept.feasible && !best.feasible && this.meetsIdle(client, server, cls, adj, kept);
+        if (loadOnly || (!saves && !fixes && !faster && (kept.feasible || !best.feasible))) best = kept;
       }
       if (adj?.allServer) best = allServer(inst);
       // The bound is on the SLOs as stated: the planning margin is taken out again.
@@ -495,6 +502,12 @@ export class PlanMaker {
       });
     }
     return out;
+  }
+
+  /** Whether `plan` meets the (adjusted) SLOs of `cls` for `client` on `server` at no load. */
+  private meetsIdle(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, adj: ClassAdjustment | undefined, plan: PricedPlan): boolean {
+    const idle = adjusted(this.instance(client, server, cls, 0), adj);
+    return idle !== undefined && priced(idle, plan.placement, plan.decodePlacement).feasible;
   }
 
   /** Whether the algorithm follows the objective (the planner's own solvers; baselines place by their rule). */
