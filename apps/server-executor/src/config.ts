@@ -63,7 +63,7 @@ export const executorEnv = {
     1 << 20,
   ),
   EXECUTOR_PREFILL_STALL_MS: env.int(
-    'A long step held back by short ones for this long gets the next call, so prefills advance under a steady stream of decode steps, ms',
+    'A long step held back by short ones for this long gets the next call, so prefills advance under a steady stream of decode steps, but never sooner after the last long call than that call took (long steps take at most half of the engine while short ones wait), ms',
     DEFAULT_PREFILL_STALL_MS,
     0,
     60_000,

@@ -474,6 +474,40 @@ describe('StageScheduler', () => {
       });
     });
 
+    it('gives two prefills at once at most half of the engine while decode steps wait', async () => {
+      // Long calls cost 24 ms more than short ones: each prefill, stalled behind the other's
+      // call, was due again at once, and the two took every call in turn.
+      const engine = new FusedEngine();
+      const sched = new StageScheduler(engine, { batching: true, maxBatch: 8, longStepTokens: 4, maxStallMs: 10, now: () => engine.clock });
+      const longCalls: { start: number; end: number }[] = [];
+      const base = engine.runBatch.bind(engine);
+      engine.runBatch = async (stage: number, inputs: readonly HostTensor[]): Promise<HostTensor[]> => {
+        const start = engine.clock;
+        const out = await base(stage, inputs);
+        if (inputs[0].shape[1] > 4) {
+          engine.clock += 24;
+          longCalls.push({ start, end: engine.clock });
+        }
+        return out;
+      };
+      let decoding = true;
+      const decodeLoop = async (id: string): Promise<void> => {
+        while (decoding) await sched.submit(id, 0, 6, tensor(0), cache());
+      };
+      const loops = [decodeLoop('d1'), decodeLoop('d2')];
+      await new Promise((r) => setImmediate(r));
+      await Promise.all([
+        sched.submit('p1', 0, 6, tensor(0, 8), cache(), { lastRowOnly: true }),
+        sched.submit('p2', 0, 6, tensor(0, 8), cache(), { lastRowOnly: true }),
+      ]);
+      decoding = false;
+      await Promise.all(loops);
+      const span = longCalls[longCalls.length - 1].end - longCalls[0].start;
+      const busy = longCalls.reduce((a, c) => a + c.end - c.start, 0);
+      expect(longCalls.length).toBe(7); // stages 0-4, the attention ones per session (the head runs on the last row: short)
+      expect(busy / span).toBeLessThanOrEqual(0.55);
+    });
+
     it('fails only the fused step whose call fails', async () => {
       const { engine, sched } = make();
       engine.failRange = true;
@@ -533,6 +567,23 @@ describe('schedule: the decision alone, without an engine', () => {
     const [long, short] = [step(0, { tokens: 8 }), step(2, { lastRanAtMs: 5 })];
     expect(schedule([long, short], 9, KINDS, p).steps).toEqual([short]);
     expect(schedule([long, short], 10, KINDS, p).steps).toEqual([long]);
+  });
+
+  it('gives long steps the engine again only once short ones have had it as long as the last long call took', () => {
+    const p = { ...policy, longStepTokens: 4, maxStallMs: 10 };
+    // Two prefills, each stalled since before the other's 16 ms call, and a decode step.
+    const [a, b, short] = [step(0, { tokens: 8, lastRanAtMs: 0 }), step(1, { tokens: 8, lastRanAtMs: 20 }), step(2, { lastRanAtMs: 30 })];
+    const lastLong = { endedAtMs: 36, ms: 16 };
+    // Without the last long call, a stalled prefill takes the next call; with it, the decode step does until 16 ms have passed.
+    expect(schedule([a, b, short], 46, KINDS, p).steps).toEqual([a]);
+    expect(schedule([a, b, short], 46, KINDS, p, lastLong).steps).toEqual([short]);
+    expect(schedule([a, b, short], 51, KINDS, p, lastLong).steps).toEqual([short]);
+    expect(schedule([a, b, short], 52, KINDS, p, lastLong).steps).toEqual([a]);
+    // A short last long call: maxStallMs still applies.
+    expect(schedule([a, b, short], 44, KINDS, p, { endedAtMs: 36, ms: 2 }).steps).toEqual([short]);
+    expect(schedule([a, b, short], 46, KINDS, p, { endedAtMs: 36, ms: 2 }).steps).toEqual([a]);
+    // With no short step waiting, long steps run whatever the last call.
+    expect(schedule([a, b], 37, KINDS, p, lastLong).steps).toEqual([a]);
   });
 
   it('fills a batch within maxBatch and maxBatchTokens, the head first', () => {
