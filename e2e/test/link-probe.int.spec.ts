@@ -27,7 +27,7 @@ let stageCount: number;
 let execAddr: string;
 
 beforeAll(async () => {
-  creds = makeCredentials({ agents: ['probed', 'unprobed'], executors: ['exec'] });
+  creds = makeCredentials({ agents: ['probed', 'unprobed', 'split'], executors: ['exec'] });
   d = { log, creds, telemetryIntervalMs: 1000 };
   model = await makeTempModel();
   stageCount = (await readManifest(model.dir)).stages.length;
@@ -76,5 +76,19 @@ describe('the link an agent publishes', () => {
     // The puts' time runs to the first decoded token's answer, which also holds the executor's import of the cache: at most the link's rate.
     expect(up).toBeGreaterThan(UP * 0.6);
     expect(up).toBeLessThan(UP * 1.15);
+  });
+
+  it("states a split step's overhead beyond the link, the server's queue and its service once it has split steps, apart from the link", async () => {
+    const { agent: a, client } = await agent('split');
+    expect(a.profile().stepOverheadMs).toBeUndefined();
+    // Every other stage on the server: each token crosses the 5 ms link many times.
+    const placement = Array.from({ length: stageCount }, (_, i) => (i % 2 ? 'S' : 'C')).join('');
+    const r = await generateVia(client, { input: { $case: 'ids', value: { ids: [464, 2068, 7586, 21831] } }, maxNewTokens: 4, placement });
+    expect(r.summary.placement).toBe(placement);
+    const overhead = a.profile().stepOverheadMs;
+    expect(overhead).toBeGreaterThanOrEqual(0);
+    // Message handling on this machine, not the link: its 10 ms round trip and transfers are taken off.
+    expect(overhead).toBeLessThan(10);
+    expect(a.profile().uplink?.latencyMs).toBeGreaterThan(4.5);
   });
 });

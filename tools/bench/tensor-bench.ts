@@ -95,7 +95,10 @@ function echoServer(fromWire: typeof fromWireTensor): Pick<ExecutorServiceServer
         if (req.kind?.$case !== 'step') return;
         const host = fromWire(req.kind.value.input, 'step.input');
         call.write({
-          kind: { $case: 'result', value: { seq: req.kind.value.seq, output: { $case: 'tensor', value: toWireTensor(host) }, computeMs: 0, queueMs: 0 } },
+          kind: {
+            $case: 'result',
+            value: { seq: req.kind.value.seq, output: { $case: 'tensor', value: toWireTensor(host) }, computeMs: 0, queueMs: 0, serviceMs: 0 },
+          },
         });
       });
       call.on('end', () => call.end());

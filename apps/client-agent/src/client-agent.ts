@@ -410,6 +410,7 @@ export class ClientAgent {
   /** The profile published over NATS: local stage costs and the link as measured. */
   profile(): ClientProfile {
     const link = this.estimator.estimate();
+    const overhead = this.estimator.stepOverheadMs;
     return {
       clientId: this.opts.clientId,
       clientClass: this.opts.clientClass,
@@ -420,6 +421,7 @@ export class ClientAgent {
       unixMs: Date.now(),
       planEpoch: this.follower.current()?.epoch ?? 0,
       ...(this.opts.private ? { private: true } : {}),
+      ...(overhead !== undefined ? { stepOverheadMs: overhead } : {}),
     };
   }
 

@@ -499,8 +499,10 @@ async function splitLoop(
           await deps.emulator.downlink(r.downBytes);
           run.serverComputeMs += r.computeMs;
           run.serverQueueMs += r.queueMs;
-          // Network time as the device sees it, emulated delays included.
-          deps.estimator.recordTransfer(from.upBytes, r.downBytes, performance.now() - from.sent - r.computeMs - r.queueMs);
+          // Network time as the device sees it, emulated delays included; and what the step took beyond it.
+          const outside = performance.now() - from.sent - r.queueMs;
+          deps.estimator.recordTransfer(from.upBytes, r.downBytes, outside - r.computeMs);
+          deps.estimator.recordStep(from.upBytes, r.downBytes, outside - r.serviceMs);
           x = r.output;
         }
       }

@@ -28,6 +28,18 @@ describe('LinkEstimator', () => {
     expect(e.estimate().down.bytesPerMs).toBeCloseTo(5000, 6);
   });
 
+  it("takes a step's overhead as the median of what split steps spent beyond the link's modelled time, never below 0", () => {
+    const e = new LinkEstimator(1e6);
+    expect(e.stepOverheadMs).toBeUndefined();
+    for (const rtt of [21, 30]) e.recordRtt(rtt); // 10.5 ms each way
+    e.recordTransfer(100_000, 8, 61); // 2500 B/ms up (and down, until measured)
+    // 10,000 B up (4 ms) and 8 down: 25.0032 ms of link; 28, 26, 45 ms outside the server.
+    for (const outside of [28, 26, 45]) e.recordStep(10_000, 8, outside);
+    expect(e.stepOverheadMs).toBeCloseTo(3 - 0.0032, 6);
+    e.recordStep(10_000, 8, 15); // faster than the link model: 0
+    expect(e.stepOverheadMs).toBeCloseTo((1 - 0.0032 + 3 - 0.0032) / 2, 6);
+  });
+
   it('forgets samples older than its window', () => {
     const e = new LinkEstimator(1e6, 4);
     e.recordTransfer(100_000, 8, 10); // 10,000 B/ms

@@ -52,6 +52,7 @@ export class LinkEstimator {
   private readonly rtts: number[] = [];
   private readonly up: number[] = [];
   private readonly down: number[] = [];
+  private readonly overheads: number[] = [];
   constructor(
     private readonly fallbackBytesPerMs = 1e6,
     private readonly window = 32,
@@ -79,6 +80,31 @@ export class LinkEstimator {
       const downMs = transferMs - upBytes / Math.max(...this.up);
       if (downMs > 0.05) this.push(this.down, downBytes / downMs);
     }
+  }
+
+  /**
+   * A split step moved `upBytes` up and `downBytes` down and spent `outsideMs` outside the
+   * server's queue and service (its round trip, emulated link delays included, minus
+   * StepResult.queue_ms and service_ms): what it took beyond the link's modelled time is one
+   * sample of the step overhead (message handling on both hosts), never below 0.
+   */
+  recordStep(upBytes: number, downBytes: number, outsideMs: number): void {
+    const { up, down } = this.estimate();
+    const linkMs = up.latencyMs + upBytes / up.bytesPerMs + down.latencyMs + downBytes / down.bytesPerMs;
+    if (Number.isFinite(outsideMs)) this.push(this.overheads, Math.max(0, outsideMs - linkMs));
+  }
+
+  /**
+   * The time a step to the server takes beyond the link, the server's queue and its service:
+   * the median of the recent steps' ({@link recordStep}), ms; undefined before the first. The
+   * median, not the least (as for the link's own latency): the overhead is the hosts' time,
+   * which every step pays, busy or not.
+   */
+  get stepOverheadMs(): number | undefined {
+    if (this.overheads.length === 0) return undefined;
+    const xs = [...this.overheads].sort((a, b) => a - b);
+    const mid = xs.length >> 1;
+    return xs.length % 2 ? xs[mid] : (xs[mid - 1] + xs[mid]) / 2;
   }
 
   /** Whether any transfer has measured each direction's throughput (estimate() guesses until then). */

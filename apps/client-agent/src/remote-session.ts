@@ -18,6 +18,8 @@ export interface RemoteStepResult {
   readonly output: HostTensor | number;
   readonly computeMs: number;
   readonly queueMs: number;
+  /** The step's service time on the server (StepResult.service_ms; its compute from older executors), ms. */
+  readonly serviceMs: number;
   /** Wall time from sending to receiving, ms. */
   readonly roundTripMs: number;
   readonly downBytes: number;
@@ -343,12 +345,15 @@ export class RemoteSession {
     const roundTripMs = performance.now() - t0;
     if (m.kind?.$case !== 'result' || m.kind.value.seq !== seq) throw new Error(`executor answered step ${seq} with ${m.kind?.$case ?? 'nothing'}`);
     const r = m.kind.value;
-    if (r.output?.$case === 'token') return { output: r.output.value, computeMs: r.computeMs, queueMs: r.queueMs, roundTripMs, downBytes: TOKEN_DOWN_BYTES };
+    const serviceMs = r.serviceMs > 0 ? r.serviceMs : r.computeMs;
+    if (r.output?.$case === 'token')
+      return { output: r.output.value, computeMs: r.computeMs, queueMs: r.queueMs, serviceMs, roundTripMs, downBytes: TOKEN_DOWN_BYTES };
     if (r.output?.$case !== 'tensor') throw new Error(`executor answered step ${seq} with no output`);
     return {
       output: fromWireTensor(r.output.value, 'result.tensor'),
       computeMs: r.computeMs,
       queueMs: r.queueMs,
+      serviceMs,
       roundTripMs,
       downBytes: r.output.value.data.byteLength,
     };

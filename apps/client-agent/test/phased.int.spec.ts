@@ -65,7 +65,7 @@ class FakeSession {
       this.counts[s] += T;
     }
     const output = sample ? greedyToken(x as { data: Float32Array }, this.runner.manifest.config.vocabSize) : x;
-    return { output, computeMs: 1, queueMs: 0, roundTripMs: 1, downBytes: typeof output === 'number' ? 8 : output.data.byteLength };
+    return { output, computeMs: 1, queueMs: 0, serviceMs: 1, roundTripMs: 1, downBytes: typeof output === 'number' ? 8 : output.data.byteLength };
   }
 
   kvPut(stage: number, state: StageState): number {

@@ -53,7 +53,9 @@ describe('RemoteSession kv_put and kv_take', () => {
           const k = m.kind;
           if (k?.$case === 'open') call.write({ kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm', stageCount: 6, maxContextTokens: 1024 } } });
           else if (k?.$case === 'step')
-            call.write({ kind: { $case: 'result', value: { seq: k.value.seq, output: { $case: 'token', value: 7 }, computeMs: 1, queueMs: 0 } } });
+            call.write({
+              kind: { $case: 'result', value: { seq: k.value.seq, output: { $case: 'token', value: 7 }, computeMs: 1, queueMs: 0, serviceMs: 1 } },
+            });
           else if (k?.$case === 'kvTake')
             for (const c of answerTake(k.value.seq, k.value.stage, k.value.maxChunkBytes)) call.write({ kind: { $case: 'kvChunk', value: c } });
         });

@@ -160,6 +160,10 @@ describe('PlanMaker', () => {
     expect(maker.instance(client(10), load({ longStepTokens: 64, queueWaits: waits }), cls)).toMatchObject({ serverQueueMs: 6 });
     const idle = maker.instance(client(10), load({ meanQueueMs: 2, queueWaits: waits }), cls, 0)!;
     expect([idle.serverQueueMs, idle.serverDecodeQueueMs, idle.serverStreamedQueueMs]).toEqual([undefined, undefined, undefined]);
+    // The client's step overhead is paid at every entry, as the uplink's latency is.
+    expect(maker.instance(client(10), load({}), cls)!.uplink.latencyMs).toBe(1);
+    expect(maker.instance(client(10, { stepOverheadMs: 2.5 }), load({}), cls)!.uplink).toEqual({ latencyMs: 3.5, bytesPerMs: 10_000 });
+    expect(maker.instance(client(10, { uplink: undefined, stepOverheadMs: 2.5 }), load({}), cls)!.uplink.latencyMs).toBe(2.5);
     // PLANNER_SERVER_LATENCY=mm1 ignores the stretch: 1 / (1 - 0.5)
     const mm1 = new PlanMaker({ ...maker.opts, serverLatency: 'mm1' });
     expect(mm1.instance(client(10), load({}), cls)!.stages[1].serverDecodeMs).toBeCloseTo(12, 10);

@@ -345,7 +345,12 @@ export class PlanMaker {
       outBytesPerPass: TOKEN_BYTES,
       // A link direction the profile leaves out is not measured: priced as a fast local link.
       // One it states is priced as stated (the planner refuses a throughput of 0, telemetry.ts).
-      uplink: client.uplink ? { ...client.uplink } : { latencyMs: 0, bytesPerMs: UNMEASURED_LINK_BYTES_PER_MS },
+      // Every entry to the server also pays the client's measured step overhead (message
+      // handling on both hosts), as it pays the uplink's latency.
+      uplink: {
+        latencyMs: (client.uplink?.latencyMs ?? 0) + (client.stepOverheadMs ?? 0),
+        bytesPerMs: client.uplink?.bytesPerMs ?? UNMEASURED_LINK_BYTES_PER_MS,
+      },
       downlink: client.downlink ? { ...client.downlink } : { latencyMs: 0, bytesPerMs: UNMEASURED_LINK_BYTES_PER_MS },
       slo,
       serverDecoding: this.opts.serverDecoding ?? true,

@@ -300,7 +300,8 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
     }
     if (relChange(a.latencyMs, b.latencyMs, 0.05) > threshold || relChange(a.bytesPerMs, b.bytesPerMs) > threshold) return true;
   }
-  return false;
+  // Priced per entry like the uplink's latency, and as finely.
+  return relChange(old.stepOverheadMs ?? 0, p.stepOverheadMs ?? 0, 0.05) > threshold;
 }
 
 /**

@@ -134,6 +134,7 @@ export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
     if (!(l.bytesPerMs > 0)) fail(T, `${k}.bytesPerMs`, 'positive', `must be > 0 (leave the ${k} out when it is not measured)`, l.bytesPerMs);
     inRange(T, `${k}.bytesPerMs`, l.bytesPerMs, TELEMETRY_LIMITS.minLinkBytesPerMs, TELEMETRY_LIMITS.maxLinkBytesPerMs, ' bytes/ms');
   }
+  if (p.stepOverheadMs !== undefined) inRange(T, 'stepOverheadMs', p.stepOverheadMs, 0, TELEMETRY_LIMITS.maxLinkLatencyMs, ' ms');
 }
 
 /**

@@ -193,6 +193,7 @@ describe('telemetry validation', () => {
     ['modelId', 'x'.repeat(20_000), "'xxxxxxxx", 'length'],
     ['clientClass', 'c'.repeat(20_000), "'cccccccc", 'length'],
     ['clientId', 'i'.repeat(20_000), "'iiiiiiii", 'pattern'],
+    ['stepOverheadMs', -1, '-1', 'range'],
   ])('refuses a ClientProfile with a bad %s, naming field, rule and value in under 1 KiB', (field, bad, value, rule, at = field) => {
     const p = profile('c1');
     setAt(p, at, bad);

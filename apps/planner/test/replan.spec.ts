@@ -38,6 +38,9 @@ describe('what counts as a material change', () => {
     expect(profileChanged(base, profile('a', 10, 3), 0.02)).toBe(true);
     expect(profileChanged(base, { ...base, stages: base.stages.slice(1) }, 0.02)).toBe(true);
     expect(profileChanged(base, { ...base, clientClass: 'phone' }, 0.02)).toBe(true);
+    // The step overhead is priced per entry like the uplink's latency: its first measure, or a move, is a change.
+    expect(profileChanged(base, { ...base, stepOverheadMs: 2 }, 0.02)).toBe(true);
+    expect(profileChanged({ ...base, stepOverheadMs: 2 }, { ...base, stepOverheadMs: 2.01 }, 0.02)).toBe(false);
   });
 
   it('prices load by its queueing inflation: a small utilisation move is noise, a large one is not', () => {

@@ -243,13 +243,20 @@ export class SplitSession {
                     output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) },
                     computeMs: out.computeMs,
                     queueMs: out.queueMs,
+                    serviceMs: out.serviceMs,
                   },
                 },
               }
             : {
                 kind: {
                   $case: 'result',
-                  value: { seq: step.seq, output: { $case: 'tensor', value: toWireTensor(out.tensor) }, computeMs: out.computeMs, queueMs: out.queueMs },
+                  value: {
+                    seq: step.seq,
+                    output: { $case: 'tensor', value: toWireTensor(out.tensor) },
+                    computeMs: out.computeMs,
+                    queueMs: out.queueMs,
+                    serviceMs: out.serviceMs,
+                  },
                 },
               };
           this.traffic.messagesOut++;

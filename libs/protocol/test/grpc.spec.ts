@@ -25,7 +25,9 @@ function echoServer(): Pick<ExecutorServiceServer, 'session' | 'getStatus'> {
           call.write({ kind: { $case: 'opened', value: { sessionId: 's1', modelId: 'echo', stageCount: 6, maxContextTokens: 1024 } } });
         } else if (req.kind?.$case === 'step') {
           const step = req.kind.value;
-          call.write({ kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: step.input! }, computeMs: 0, queueMs: 0 } } });
+          call.write({
+            kind: { $case: 'result', value: { seq: step.seq, output: { $case: 'tensor', value: step.input! }, computeMs: 0, queueMs: 0, serviceMs: 0 } },
+          });
         }
       });
       call.on('end', () => call.end());

@@ -27,7 +27,7 @@ function stepRequest(t: HostTensor, seq = '7'): SessionRequest {
 }
 
 function resultResponse(t: HostTensor, seq = '7'): SessionResponse {
-  return { kind: { $case: 'result', value: { seq, output: { $case: 'tensor', value: toWireTensor(t) }, computeMs: 1.5, queueMs: 0.25 } } };
+  return { kind: { $case: 'result', value: { seq, output: { $case: 'tensor', value: toWireTensor(t) }, computeMs: 1.5, queueMs: 0.25, serviceMs: 1.5 } } };
 }
 
 describe('GatherWriter', () => {
@@ -130,7 +130,7 @@ describe('fromWireTensor memory', () => {
     ];
     const responses: SessionResponse[] = [
       { kind: { $case: 'opened', value: { sessionId: 's', modelId: 'm', stageCount: 6, maxContextTokens: 64 } } },
-      { kind: { $case: 'result', value: { seq: '2', output: { $case: 'token', value: 50256 }, computeMs: 2, queueMs: 0 } } },
+      { kind: { $case: 'result', value: { seq: '2', output: { $case: 'token', value: 50256 }, computeMs: 2, queueMs: 0, serviceMs: 2 } } },
       resultResponse(t(5)),
       resultResponse(t(70_000)),
     ];

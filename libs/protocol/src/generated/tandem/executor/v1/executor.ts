@@ -317,6 +317,13 @@ export interface StepResult {
   computeMs: number;
   /** Time the step waited for the engine before running, milliseconds. */
   queueMs: number;
+  /**
+   * Time from the step's first stage call's start to its last one's end, milliseconds: its
+   * compute plus the other sessions' calls it waited for between its stages. So a client can
+   * tell the time its step spent outside the server's accounting (round trip - queue_ms -
+   * service_ms). 0 from older executors.
+   */
+  serviceMs: number;
 }
 
 /**
@@ -1786,7 +1793,7 @@ export const SessionOpened: MessageFns<SessionOpened> = {
 };
 
 function createBaseStepResult(): StepResult {
-  return { seq: "0", output: undefined, computeMs: 0, queueMs: 0 };
+  return { seq: "0", output: undefined, computeMs: 0, queueMs: 0, serviceMs: 0 };
 }
 
 export const StepResult: MessageFns<StepResult> = {
@@ -1807,6 +1814,9 @@ export const StepResult: MessageFns<StepResult> = {
     }
     if (message.queueMs !== 0) {
       writer.uint32(41).double(message.queueMs);
+    }
+    if (message.serviceMs !== 0) {
+      writer.uint32(49).double(message.serviceMs);
     }
     return writer;
   },
@@ -1864,6 +1874,14 @@ export const StepResult: MessageFns<StepResult> = {
             message.queueMs = reader.double();
             continue;
           }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.serviceMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1894,6 +1912,11 @@ export const StepResult: MessageFns<StepResult> = {
         : isSet(object.queue_ms)
         ? globalThis.Number(object.queue_ms)
         : 0,
+      serviceMs: isSet(object.serviceMs)
+        ? globalThis.Number(object.serviceMs)
+        : isSet(object.service_ms)
+        ? globalThis.Number(object.service_ms)
+        : 0,
     };
   },
 
@@ -1912,6 +1935,9 @@ export const StepResult: MessageFns<StepResult> = {
     }
     if (message.queueMs !== 0) {
       obj.queueMs = floatToJson(message.queueMs);
+    }
+    if (message.serviceMs !== 0) {
+      obj.serviceMs = floatToJson(message.serviceMs);
     }
     return obj;
   },
@@ -1938,6 +1964,7 @@ export const StepResult: MessageFns<StepResult> = {
     }
     message.computeMs = object.computeMs ?? 0;
     message.queueMs = object.queueMs ?? 0;
+    message.serviceMs = object.serviceMs ?? 0;
     return message;
   },
 };

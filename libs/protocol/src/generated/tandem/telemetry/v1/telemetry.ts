@@ -106,7 +106,19 @@ export interface ClientProfile {
    * The device keeps its token ids and text (`AGENT_PRIVATE`): every plan keeps the first stage
    * (token ids in) and the last (tokens out) on it, so only hidden states cross. Absent is false.
    */
-  private?: boolean | undefined;
+  private?:
+    | boolean
+    | undefined;
+  /**
+   * Each step the client hands to the server costs more time than the link, the server's
+   * queue and the server's service account for: encoding and decoding messages, each host's
+   * event loop and scheduler. The agent measures it on its split steps (round trip, emulated
+   * link delays included, minus StepResult.queue_ms and service_ms, minus the link's modelled
+   * time for the bytes moved) and states the median of the recent ones here, milliseconds.
+   * The planner adds it to every entry to the server, as it adds the uplink's latency. Absent
+   * until measured (older agents, no split step yet).
+   */
+  stepOverheadMs?: number | undefined;
 }
 
 /** The server-executor's load. */
@@ -591,6 +603,7 @@ function createBaseClientProfile(): ClientProfile {
     unixMs: 0,
     planEpoch: 0,
     private: undefined,
+    stepOverheadMs: undefined,
   };
 }
 
@@ -622,6 +635,9 @@ export const ClientProfile: MessageFns<ClientProfile> = {
     }
     if (message.private !== undefined) {
       writer.uint32(72).bool(message.private);
+    }
+    if (message.stepOverheadMs !== undefined) {
+      writer.uint32(81).double(message.stepOverheadMs);
     }
     return writer;
   },
@@ -711,6 +727,14 @@ export const ClientProfile: MessageFns<ClientProfile> = {
             message.private = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.stepOverheadMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -754,6 +778,11 @@ export const ClientProfile: MessageFns<ClientProfile> = {
         ? globalThis.Number(object.plan_epoch)
         : 0,
       private: isSet(object.private) ? globalThis.Boolean(object.private) : undefined,
+      stepOverheadMs: isSet(object.stepOverheadMs)
+        ? globalThis.Number(object.stepOverheadMs)
+        : isSet(object.step_overhead_ms)
+        ? globalThis.Number(object.step_overhead_ms)
+        : undefined,
     };
   },
 
@@ -786,6 +815,9 @@ export const ClientProfile: MessageFns<ClientProfile> = {
     if (message.private !== undefined) {
       obj.private = message.private;
     }
+    if (message.stepOverheadMs !== undefined) {
+      obj.stepOverheadMs = floatToJson(message.stepOverheadMs);
+    }
     return obj;
   },
 
@@ -807,6 +839,7 @@ export const ClientProfile: MessageFns<ClientProfile> = {
     message.unixMs = object.unixMs ?? 0;
     message.planEpoch = object.planEpoch ?? 0;
     message.private = object.private ?? undefined;
+    message.stepOverheadMs = object.stepOverheadMs ?? undefined;
     return message;
   },
 };
