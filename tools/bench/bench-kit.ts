@@ -14,12 +14,8 @@ export const arg = (name: string, fallback: string): string => {
   return i >= 0 ? process.argv[i + 1] : fallback;
 };
 
-/** Median of a non-empty list. */
-export const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
+/** Median of a non-empty list (the benches import it from here). */
+export { median } from '@tandem/util';
 
 /** The directory of the synthetic model of `preset` (seed 1) in the model cache (presetModelDir, or `dir`), created when missing. */
 export async function benchModel(preset: string, dir = presetModelDir(preset)): Promise<string> {

@@ -33,6 +33,7 @@ import {
   type ExecutorServiceServer,
   type HostTensor,
 } from '@tandem/protocol';
+import { median } from '@tandem/util';
 
 const arg = (k: string, d: string): string => {
   const i = process.argv.indexOf(`--${k}`);
@@ -46,11 +47,6 @@ const mbPerRep = Number(arg('mb', '64'));
 const jsonOut = arg('json-out', path.join(os.tmpdir(), 'tandem-bench', 'tensor-bench.json'));
 const MAX = 64 << 20;
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const identity = (b: Buffer): Buffer => b;
 
 type Variant = 'raw' | 'project' | 'generated';

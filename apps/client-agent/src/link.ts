@@ -1,3 +1,4 @@
+import { median } from '@tandem/util';
 /** One direction of an emulated link. */
 export interface LinkShape {
   readonly latencyMs: number;
@@ -101,10 +102,7 @@ export class LinkEstimator {
    * which every step pays, busy or not.
    */
   get stepOverheadMs(): number | undefined {
-    if (this.overheads.length === 0) return undefined;
-    const xs = [...this.overheads].sort((a, b) => a - b);
-    const mid = xs.length >> 1;
-    return xs.length % 2 ? xs[mid] : (xs[mid - 1] + xs[mid]) / 2;
+    return this.overheads.length === 0 ? undefined : median(this.overheads);
   }
 
   /** Whether any transfer has measured each direction's throughput (estimate() guesses until then). */

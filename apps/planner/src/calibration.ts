@@ -1,6 +1,7 @@
 import type { ClassObservations, ClassPlacement } from '@tandem/protocol';
 import type { LatencyTriple, ValidOutcome } from './outcomes';
 import { planKey } from '@tandem/dp';
+import { median } from '@tandem/util';
 import type { ClassAdjustment } from './plan-maker';
 
 /** Settings of the calibrator (the planner's PLANNER_SLO_* / PLANNER_OUTCOME_* / PLANNER_SAFETY_* variables). */
@@ -124,13 +125,6 @@ class ClassState {
   ring: Float64Array | undefined;
   ringNext = 0;
   ringSize = 0;
-}
-
-/** A median of a non-empty array (sorted in place). */
-function median(xs: number[]): number {
-  xs.sort((a, b) => a - b);
-  const m = xs.length >> 1;
-  return xs.length % 2 ? xs[m] : (xs[m - 1] + xs[m]) / 2;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { SLO_KEYS } from '@tandem/dp';
 import { renderChart } from '@tandem/plot';
+import { median } from '@tandem/util';
 import type { Attainment } from './metrics';
 import { mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, recordedTokenMs, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
@@ -114,8 +115,16 @@ export function spreadOf(values: readonly (number | null)[]): Spread | null {
   const s = [...v].sort((a, b) => a - b);
   const mean = v.reduce((a, b) => a + b, 0) / v.length;
   const sd = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0;
-  const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  return { n: v.length, values: v, min: s[0], median, max: s[s.length - 1], mean, sd, withinNoise: v.length > 1 ? s[0] <= 1 && s[s.length - 1] >= 1 : null };
+  return {
+    n: v.length,
+    values: v,
+    min: s[0],
+    median: median(s),
+    max: s[s.length - 1],
+    mean,
+    sd,
+    withinNoise: v.length > 1 ? s[0] <= 1 && s[s.length - 1] >= 1 : null,
+  };
 }
 
 /** A planner policy (dp or dp-phased) against one baseline policy: each ratio per repeat, with its spread. */

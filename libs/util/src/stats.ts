@@ -1,0 +1,6 @@
+/** The median of a non-empty list (the mean of the middle two for an even length); `xs` is left as it is. O(n log n). */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
