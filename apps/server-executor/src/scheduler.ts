@@ -134,6 +134,11 @@ export interface Batch<S extends QueuedStep = QueuedStep> {
   readonly fused: boolean;
 }
 
+/** Whether a step of `tokens` positions at its stage is long under `policy` (never when it sets no `longStepTokens`). */
+export function isLongStep(tokens: number, policy: Pick<SchedulePolicy, 'longStepTokens'>): boolean {
+  return tokens > (policy.longStepTokens ?? Number.POSITIVE_INFINITY);
+}
+
 /** The last engine call that ran long steps: when it ended and how long it took, ms. */
 export interface LongCall {
   readonly endedAtMs: number;
@@ -158,7 +163,7 @@ export function schedule<S extends QueuedStep>(
   policy: SchedulePolicy,
   lastLong?: LongCall,
 ): Batch<S> {
-  const isLong = (j: S): boolean => j.tokens > (policy.longStepTokens ?? Number.POSITIVE_INFINITY);
+  const isLong = (j: S): boolean => isLongStep(j.tokens, policy);
   let pool = queue;
   if (policy.longStepTokens !== undefined) {
     const short = queue.filter((j) => !isLong(j));
@@ -353,7 +358,7 @@ export class StageScheduler {
         const outputs = await this.run(batch);
         this.inCall.clear();
         const t1 = this.now();
-        if (this.opts.longStepTokens !== undefined && batch.steps[0].tokens > this.opts.longStepTokens) this.lastLong = { endedAtMs: t1, ms: t1 - t0 };
+        if (isLongStep(batch.steps[0].tokens, this.opts)) this.lastLong = { endedAtMs: t1, ms: t1 - t0 };
         const finished = this.settle(batch, outputs, t0, t1);
         this.cancelled.clear();
         const waiting = this.afterCall;
