@@ -329,7 +329,7 @@ export class ExecutorServer {
       activeSessions: this.admission.members.size,
       queueDepth: this.scheduler.depth,
       sessionsOpened: this.admission.opened,
-      stepsCompleted: this.steps.snapshot().count,
+      stepsCompleted: this.steps.count,
       maxSessions: this.opts.maxSessions,
       modelId: this.opts.engine.modelId,
       draining: this.draining,

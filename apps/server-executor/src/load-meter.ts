@@ -55,6 +55,14 @@ export class StretchMeter {
   }
 }
 
+const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
+
+/** The mean queue wait over all kinds, from per-kind Σ wait (ms) and counts; 0 without steps. */
+function meanWait(queueMs: readonly number[], count: readonly number[]): number {
+  const n = sum(count);
+  return n > 0 ? sum(queueMs) / n : 0;
+}
+
 /**
  * The mean queue wait of each kind of step (ServerLoad.queue_waits): per kind, an exponential
  * moving average across intervals of the interval's mean wait of such steps. An interval without
@@ -69,9 +77,8 @@ export class QueueWaitMeter {
 
   /** Folds one interval: per kind (stepKind) Σ queue wait, ms, and the number of steps. */
   interval(queueMs: readonly number[], count: readonly number[]): StepQueueWaits {
-    const total = count.reduce((a, b) => a + b, 0);
-    if (total > 0 || this.started) {
-      const all = total > 0 ? queueMs.reduce((a, b) => a + b, 0) / total : 0;
+    if (sum(count) > 0 || this.started) {
+      const all = meanWait(queueMs, count);
       for (let k = 0; k < STEP_KINDS; k++) {
         const m = count[k] > 0 ? queueMs[k] / count[k] : all;
         this.value[k] = this.started ? this.value[k] + this.alpha * (m - this.value[k]) : m;
@@ -83,12 +90,10 @@ export class QueueWaitMeter {
 }
 
 /**
- * Steps finished: how many and Σ queue wait, and per kind (stepKind) how many, Σ queue wait and
- * Σ service and Σ nominal time of those priced (nominal > 0), ms.
+ * Steps finished, per kind (stepKind): how many, Σ queue wait, and Σ service and Σ nominal time
+ * of those priced (nominal > 0), ms.
  */
 export type StepCounts = {
-  readonly count: number;
-  readonly queueMs: number;
   readonly kindCount: readonly number[];
   readonly kindQueueMs: readonly number[];
   readonly serviceMs: readonly number[];
@@ -98,8 +103,6 @@ export type StepCounts = {
 /** Counts finished steps (the scheduler's onStepDone); the counts only grow. */
 export class StepTotals {
   private readonly c = {
-    count: 0,
-    queueMs: 0,
     kindCount: new Array<number>(STEP_KINDS).fill(0),
     kindQueueMs: new Array<number>(STEP_KINDS).fill(0),
     serviceMs: new Array<number>(STEP_KINDS).fill(0),
@@ -108,8 +111,6 @@ export class StepTotals {
 
   record(o: Pick<StepOutcome, 'queueMs' | 'serviceMs' | 'nominalMs' | 'positions' | 'long' | 'whole'>): void {
     const k = stepKind(o);
-    this.c.count++;
-    this.c.queueMs += o.queueMs;
     this.c.kindCount[k]++;
     this.c.kindQueueMs[k] += o.queueMs;
     if (!(o.nominalMs > 0) || !(o.serviceMs >= 0)) return;
@@ -117,9 +118,14 @@ export class StepTotals {
     this.c.nominalMs[k] += o.nominalMs;
   }
 
+  /** Steps finished, all kinds. */
+  get count(): number {
+    return sum(this.c.kindCount);
+  }
+
   snapshot(): StepCounts {
     const c = this.c;
-    return { ...c, kindCount: [...c.kindCount], kindQueueMs: [...c.kindQueueMs], serviceMs: [...c.serviceMs], nominalMs: [...c.nominalMs] };
+    return { kindCount: [...c.kindCount], kindQueueMs: [...c.kindQueueMs], serviceMs: [...c.serviceMs], nominalMs: [...c.nominalMs] };
   }
 }
 
@@ -178,14 +184,15 @@ export class LoadMeter {
         kvBytesOut: t.kvBytesOut - p.kvBytesOut,
       });
     }
-    const steps = now.steps.count - last.steps.count;
     const since = (a: readonly number[], b: readonly number[]): number[] => a.map((v, k) => v - b[k]);
+    const queueMs = since(now.steps.kindQueueMs, last.steps.kindQueueMs);
+    const count = since(now.steps.kindCount, last.steps.kindCount);
     return {
       utilisation: Math.min(1, Math.max(0, busyMs / wallMs)),
-      meanQueueMs: steps > 0 ? (now.steps.queueMs - last.steps.queueMs) / steps : 0,
+      meanQueueMs: meanWait(queueMs, count),
       overhead: this.overhead.fit(),
       ...this.stretch.interval(since(now.steps.serviceMs, last.steps.serviceMs), since(now.steps.nominalMs, last.steps.nominalMs)),
-      queueWaits: this.waits.interval(since(now.steps.kindQueueMs, last.steps.kindQueueMs), since(now.steps.kindCount, last.steps.kindCount)),
+      queueWaits: this.waits.interval(queueMs, count),
     };
   }
 }
