@@ -49,7 +49,7 @@ import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
 import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
 import { PlanState, type PlannerRole } from './plan-state';
-import { QUEUE_KINDS, shown, TelemetryError, validateLoad, validateProfile } from './telemetry';
+import { QUEUE_KINDS, shown, STRETCH_KINDS, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
 /** ListPlans page size when the request states none (page_size 0). */
 export const DEFAULT_PLANS_PAGE_SIZE = 1000;
@@ -358,8 +358,7 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   const fa = inflate(old.utilisation);
   const fb = inflate(l.utilisation);
   if (relChange(fa, fb) > threshold) return true;
-  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch', 'splitDecodeStretch'] as const)
-    if (relChange(old[k] ?? 0, l[k] ?? 0) > threshold) return true;
+  for (const k of STRETCH_KINDS) if (relChange(old[k] ?? 0, l[k] ?? 0) > threshold) return true;
   if (old.longStepTokens !== l.longStepTokens) return true;
   const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean =>
     a === undefined || b === undefined

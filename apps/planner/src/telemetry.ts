@@ -1,5 +1,8 @@
 import { ID_PATTERN, Subjects, type ClientProfile, type ServerLoad, type StageTiming, type StepQueueWaits } from '@tandem/protocol';
 
+/** ServerLoad's stretches, one per kind of step. */
+export const STRETCH_KINDS = ['decodeStretch', 'promptStretch', 'longPromptStretch', 'splitDecodeStretch'] as const satisfies readonly (keyof ServerLoad)[];
+
 /** The kinds of step ServerLoad.queue_waits states a wait for. */
 export const QUEUE_KINDS = ['decodeMs', 'promptMs', 'longPromptMs', 'splitDecodeMs'] as const satisfies readonly (keyof StepQueueWaits)[];
 
@@ -159,7 +162,7 @@ export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   inRange(T, 'utilisation', l.utilisation, 0, 1, '');
   inRange(T, 'meanQueueMs', l.meanQueueMs, 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
   if (l.queueWaits) for (const k of QUEUE_KINDS) inRange(T, `queueWaits.${k}`, l.queueWaits[k], 0, TELEMETRY_LIMITS.maxQueueMs, ' ms');
-  for (const k of ['decodeStretch', 'promptStretch', 'longPromptStretch', 'splitDecodeStretch'] as const) {
+  for (const k of STRETCH_KINDS) {
     const v = l[k] ?? 0;
     if (v !== 0) inRange(T, k, v, 1, TELEMETRY_LIMITS.maxStretch, ' (or 0: not measured)');
   }
