@@ -220,17 +220,17 @@ function allServer(inst: HandoverInstance): PricedPlan {
 }
 
 /**
- * The queue waits of an instance for a prompt of `n` tokens on `server`: with the executor's
- * waits per kind of step (ServerLoad.queue_waits), a prompt's entries wait its length's kind's
- * (prompt or long prompt), a split decode pass's entries the split decode steps', each token the
- * server decodes itself the all-server decode steps'; from an executor that reports only
- * mean_queue_ms, every entry waits that (none when it is 0).
+ * The queue waits of an instance on `server` whose prompt is a long step there (`longPrompt`) or
+ * not: with the executor's waits per kind of step (ServerLoad.queue_waits), a prompt's entries
+ * wait its kind's (long prompt or prompt), a split decode pass's entries the split decode
+ * steps', each token the server decodes itself the all-server decode steps'; from an executor
+ * that reports only mean_queue_ms, every entry waits that (none when it is 0).
  */
-function queueOf(server: ServerLoad, n: number): Pick<HandoverInstance, 'serverQueueMs' | 'serverDecodeQueueMs' | 'serverStreamedQueueMs'> {
+function queueOf(server: ServerLoad, longPrompt: boolean): Pick<HandoverInstance, 'serverQueueMs' | 'serverDecodeQueueMs' | 'serverStreamedQueueMs'> {
   const w = server.queueWaits;
   if (!w) return server.meanQueueMs > 0 ? { serverQueueMs: server.meanQueueMs } : {};
   return {
-    serverQueueMs: n > Math.max(1, server.longStepTokens) ? w.longPromptMs : w.promptMs,
+    serverQueueMs: longPrompt ? w.longPromptMs : w.promptMs,
     serverDecodeQueueMs: w.splitDecodeMs,
     serverStreamedQueueMs: w.decodeMs,
   };
@@ -295,7 +295,9 @@ export class PlanMaker {
     const slowdown = (measured: number): number => (utilisation === 0 ? 1 : useStretch && measured >= 1 ? Math.min(measured, cap) : inflate);
     const decodeSlow = slowdown(server.decodeStretch);
     const splitDecodeSlow = slowdown(server.splitDecodeStretch || server.decodeStretch);
-    const prefillSlow = slowdown(n > Math.max(1, server.longStepTokens) ? server.longPromptStretch : server.promptStretch);
+    // A prompt of more than long_step_tokens positions is a long step to the executor.
+    const longPrompt = n > Math.max(1, server.longStepTokens);
+    const prefillSlow = slowdown(longPrompt ? server.longPromptStretch : server.promptStretch);
     const last = this.opts.stages.length - 1;
     const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
       const c = clientStages.get(i);
@@ -359,7 +361,7 @@ export class PlanMaker {
       ...(client.private ? { private: true } : {}),
       // Every entry to the server (and every server-decoded token) waits in its queue first.
       // (At no load, the `utilisation` 0 alternative, there is no queue.)
-      ...(utilisation !== 0 ? queueOf(server, n) : {}),
+      ...(utilisation !== 0 ? queueOf(server, longPrompt) : {}),
       resolutionMs: this.opts.resolutionMs,
       ...(entry > 0 ? { serverEntryWork: entry } : {}),
       ...(this.opts.algorithm === PHASED_ALGORITHM ? this.kvHandover(server) : {}),
@@ -462,7 +464,8 @@ export class PlanMaker {
         // often a device's own, which misses every request while in force. One that misses on
         // an idle server too (its device or link is why) gives way as before. A server that
         // stays overloaded is the shedder's to relieve (shedSaving, adj.shed).
-        const loadOnly = !kept.feasible && !best.feasible && this.meetsIdle(client, server, cls, adj, kept);
+        const idle = !kept.feasible && !best.feasible ? (solved.idle ?? this.idleInstance(client, server, cls, adj)) : undefined;
+        const loadOnly = idle !== undefined && priced(idle, kept.placement, kept.decodePlacement).feasible;
         if (loadOnly || (!saves && !fixes && !faster && (kept.feasible || !best.feasible))) best = kept;
       }
       if (adj?.allServer) best = allServer(inst);
@@ -509,10 +512,14 @@ export class PlanMaker {
     return out;
   }
 
-  /** Whether `plan` meets the (adjusted) SLOs of `cls` for `client` on `server` at no load. */
-  private meetsIdle(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, adj: ClassAdjustment | undefined, plan: PricedPlan): boolean {
-    const idle = adjusted(this.instance(client, server, cls, 0), adj);
-    return idle !== undefined && priced(idle, plan.placement, plan.decodePlacement).feasible;
+  /** The instance of `cls` for `client` on `server` at no load (utilisation 0: no slow-down, no queue), adjusted by `adj`. */
+  private idleInstance(
+    client: ClientProfile,
+    server: ServerLoad | undefined,
+    cls: RequestClass,
+    adj: ClassAdjustment | undefined,
+  ): HandoverInstance | undefined {
+    return adjusted(this.instance(client, server, cls, 0), adj);
   }
 
   /** Whether the algorithm follows the objective (the planner's own solvers; baselines place by their rule). */
@@ -526,7 +533,8 @@ export class PlanMaker {
    * work the SLOs could ever leave on the client) costs the server less: an overloaded server
    * is relieved, not given everything because the slow clients cannot meet the SLOs alone.
    * With `overload: 'hold'` the best plan at no load is taken whenever there is one (see
-   * PlanMakerOptions.overload). Either way the plan is reported at the loaded prices, infeasible.
+   * PlanMakerOptions.overload). Either way the plan is reported at the loaded prices, infeasible,
+   * and the no-load instance comes back with it (`idle`) for the caller's use.
    */
   private solveUnderLoad(
     client: ClientProfile,
@@ -534,17 +542,17 @@ export class PlanMaker {
     cls: RequestClass,
     objective: Objective,
     adj?: ClassAdjustment,
-  ): { inst: HandoverInstance; best: PricedPlan } | undefined {
+  ): { inst: HandoverInstance; best: PricedPlan; idle?: HandoverInstance } | undefined {
     const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
     // The latency objective takes the fastest single placement, for both phases.
     const best =
       objective === 'work' ? solveWith(inst, this.opts.algorithm, this.opts.phasedMinSaving) : priced(inst, fastestGenerationPlacement(inst).placement);
     if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
-    const idleInst = adjusted(this.instance(client, server, cls, 0), adj);
+    const idleInst = this.idleInstance(client, server, cls, adj);
     if (!idleInst) return { inst, best }; // never: the same server as `inst`, which was priced
     const idle = solveWith(idleInst, this.opts.algorithm, this.opts.phasedMinSaving);
-    if (!idle.feasible || ((this.opts.overload ?? 'relieve') === 'relieve' && idle.serverWork >= best.serverWork)) return { inst, best };
-    return { inst, best: { ...priced(inst, idle.placement, idle.decodePlacement), feasible: false } };
+    if (!idle.feasible || ((this.opts.overload ?? 'relieve') === 'relieve' && idle.serverWork >= best.serverWork)) return { inst, best, idle: idleInst };
+    return { inst, best: { ...priced(inst, idle.placement, idle.decodePlacement), feasible: false }, idle: idleInst };
   }
 }
