@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +11,7 @@ import {
   makeCertificates,
   natsServerConfig,
   natsServiceEnv,
+  newSecret,
   type CertificateSet,
   type ClientSecurity,
   type NatsAuth,
@@ -86,8 +86,6 @@ export interface TestCredentials {
   remove(): void;
 }
 
-const secret = (): string => randomBytes(24).toString('base64url');
-
 /** Adds the test's own user to a generated configuration (before the end of `authorization.users`). */
 function withTapUser(cfg: NatsServerConfig, password: string): string {
   const telemetry = JSON.stringify(`${Subjects.telemetryRoot}.>`);
@@ -104,12 +102,12 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
   const dir = mkdtempSync(join(tmpdir(), 'tandem-e2e-creds-'));
   try {
     const certs = makeCertificates(join(dir, 'certs'), { days: 1 });
-    const tokens = new Map([...agents, ...(opts.clients ?? [])].map((id) => [id, secret()]));
-    const operatorToken = secret();
+    const tokens = new Map([...agents, ...(opts.clients ?? [])].map((id) => [id, newSecret()]));
+    const operatorToken = newSecret();
     const tokensFile = join(dir, 'tokens');
     writeFileSync(tokensFile, `${[...[...tokens].map(([id, t]) => `${t} ${id}`), `${operatorToken} *`].join('\n')}\n`, { mode: 0o600 });
     const nats = natsServerConfig({ agents, executors, mode: 'password' });
-    const tapPassword = secret();
+    const tapPassword = newSecret();
     const natsConf = join(dir, 'nats-server.conf');
     writeFileSync(natsConf, withTapUser(nats, tapPassword), { mode: 0o600 });
 

@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
 import { nkeys } from '@nats-io/transport-node';
 import { ID_PATTERN, Subjects } from '@tandem/protocol';
+import { newSecret } from './security';
 
 /** Who a NATS user is: one client-agent, one server-executor, or the planner. */
 export type NatsRole = 'agent' | 'executor' | 'planner';
@@ -144,7 +144,7 @@ export function natsServerConfig(opts: NatsServerConfigOptions): NatsServerConfi
       return { role, id, user: kp.getPublicKey(), seed: new TextDecoder().decode(kp.getSeed()), ...perms };
     }
     if (mode === 'password-env') return { role, id, user: id, passwordVar: natsPasswordVar(id), ...perms };
-    return { role, id, user: id, password: randomBytes(24).toString('base64url'), ...perms };
+    return { role, id, user: id, password: newSecret(), ...perms };
   });
   const lines = [
     '# Tandem: one NATS user per service, each allowed only its own subjects (docs/security.md (NATS)).',

@@ -2,7 +2,7 @@
 // TLS (optionally mutual) from PEM files named in the environment, and bearer tokens from a
 // file, checked by a server interceptor. Everything here defaults to off (plaintext, no
 // tokens), so a service configured with none of these variables behaves as before.
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
@@ -16,6 +16,14 @@ export const AUTH_METADATA_KEY = 'authorization';
 export const OPERATOR_IDENTITY = '*';
 /** Shortest token the tokens file accepts (a guessable token is no credential). */
 export const MIN_TOKEN_LENGTH = 16;
+
+/**
+ * A fresh secret (bearer token or NATS password): 192 random bits, base64url, behind a `tdm_`
+ * prefix so that it never starts with `-` (a command line would take `--token -x…` for two options).
+ */
+export function newSecret(): string {
+  return `tdm_${randomBytes(24).toString('base64url')}`;
+}
 const IDENTITY_PATTERN = /^([A-Za-z0-9_-]{1,64}|\*)$/;
 
 /** The server side of a gRPC port: its certificate, client certificates, tokens. Spread into a service's env schema. */

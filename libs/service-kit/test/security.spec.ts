@@ -10,6 +10,7 @@ import {
   loadClientSecurity,
   loadServerSecurity,
   makeCertificates,
+  newSecret,
   TokenTable,
   type CertificateSet,
   type ServerSecurityConfig,
@@ -114,6 +115,16 @@ describe('TLS and token configuration (service-kit security)', () => {
       msg = (e as Error).message;
     }
     expect(msg).not.toContain('secret');
+  });
+
+  it('makes secrets a tokens file accepts and a command line cannot take for an option (never a leading -)', () => {
+    const secrets = Array.from({ length: 2000 }, () => newSecret());
+    // base64url alone starts with '-' once in 64: 2000 draws without the prefix would hit it almost surely.
+    expect(secrets.filter((s) => s.startsWith('-'))).toEqual([]);
+    expect(new Set(secrets).size).toBe(secrets.length);
+    const table = TokenTable.parse(secrets.map((s, i) => `${s} client-${i}`).join('\n'));
+    expect(table.size).toBe(secrets.length);
+    expect(table.identityOf(secrets[7])).toBe('client-7');
   });
 
   it('authenticates metadata: UNAUTHENTICATED naming the header; identity checks give PERMISSION_DENIED naming the field', () => {

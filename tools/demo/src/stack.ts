@@ -1,8 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { LaunchOptions } from '@tandem/launcher';
-import { makeCertificates, type CertificateSet } from '@tandem/service-kit';
+import { makeCertificates, newSecret, type CertificateSet } from '@tandem/service-kit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
 import { DEMO_EXECUTOR_ID } from './nats';
 
@@ -27,9 +26,8 @@ export interface DemoSecurity {
  */
 export function makeDemoSecurity(dir: string): DemoSecurity {
   const certs = makeCertificates(path.join(dir, 'certs'), { days: 1 });
-  const token = (): string => randomBytes(24).toString('base64url');
-  const agentTokens = Object.fromEntries(DEMO_DEVICES.map((d) => [d.id, token()]));
-  const operatorToken = token();
+  const agentTokens = Object.fromEntries(DEMO_DEVICES.map((d) => [d.id, newSecret()]));
+  const operatorToken = newSecret();
   const tokensFile = path.join(dir, 'tokens');
   writeFileSync(tokensFile, `${[...Object.entries(agentTokens).map(([id, t]) => `${t} ${id}`), `${operatorToken} *`].join('\n')}\n`, { mode: 0o600 });
   return { certs, tokensFile, agentTokens, operatorToken };
