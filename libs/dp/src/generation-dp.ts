@@ -3,7 +3,6 @@ import { grown } from './grown';
 import {
   betterGeneration,
   generationResultOf,
-  pinnedToClient,
   queueWaits,
   serverWherever,
   sloRatio,
@@ -19,37 +18,88 @@ const PRUNE_SLACK = 4e-9;
 /**
  * Per-stage costs of one pass, both sides, both passes, with the lower bounds of completing
  * the chain from each stage. Arrays are indexed by stage; bounds by stage 0..S, "given the
- * previous stage ran on the client / server".
+ * previous stage ran on the client / server". The arrays may be longer than S (one workspace
+ * serves every solve, see {@link prepare}); only the first S (S + 1 for bounds) entries count.
  */
-interface Prepared {
-  readonly S: number;
+class Prepared {
+  S = 0;
   /** Decode passes m. */
-  readonly m: number;
-  readonly cP: number[];
-  readonly cD: number[];
-  readonly sP: number[];
-  readonly sD: number[];
+  m = 0;
+  cP = new Float64Array(0);
+  cD = new Float64Array(0);
+  sP = new Float64Array(0);
+  sD = new Float64Array(0);
   /** Server work of the stage for the whole generation. */
-  readonly sW: number[];
+  sW = new Float64Array(0);
   /** Crossing into stage i: prefill pass (n tokens) and decode pass (1 token), up and down. */
-  readonly upP: number[];
-  readonly upD: number[];
-  readonly downP: number[];
-  readonly downD: number[];
+  upP = new Float64Array(0);
+  upD = new Float64Array(0);
+  downP = new Float64Array(0);
+  downD = new Float64Array(0);
   /** Entry work for the whole generation (one entry per pass). */
-  readonly entry: number;
-  /** Stages that must run on the client ({@link pinnedToClient}). */
-  readonly pinned: readonly boolean[];
+  entry = 0;
+  /** Stages that must run on the client (as generation.ts's pinnedToClient): the first and the last when private. */
+  private = false;
   /** Final download of the head's output, per pass. */
-  readonly finalDown: number;
+  finalDown = 0;
   /** Lower bounds on the rest of the prefill pass (P), a decode pass (D) and P + m·D (E). */
-  readonly lbPc: number[];
-  readonly lbPs: number[];
-  readonly lbDc: number[];
-  readonly lbDs: number[];
-  readonly lbEc: number[];
-  readonly lbEs: number[];
+  lbPc = new Float64Array(0);
+  lbPs = new Float64Array(0);
+  lbDc = new Float64Array(0);
+  lbDs = new Float64Array(0);
+  lbEc = new Float64Array(0);
+  lbEs = new Float64Array(0);
+  /** Makes every table hold at least S + 1 entries. */
+  reserve(S: number): void {
+    if (this.lbPc.length > S) return;
+    const cap = Math.max(64, 2 * (S + 1));
+    const t = (): Float64Array<ArrayBuffer> => new Float64Array(cap);
+    [this.cP, this.cD, this.sP, this.sD, this.sW, this.upP, this.upD, this.downP, this.downD] = [t(), t(), t(), t(), t(), t(), t(), t(), t()];
+    [this.lbPc, this.lbPs, this.lbDc, this.lbDs, this.lbEc, this.lbEs] = [t(), t(), t(), t(), t(), t()];
+  }
+  /** Whether stage i is pinned to the client. */
+  pinned(i: number): boolean {
+    return this.private && (i === 0 || i === this.S - 1);
+  }
 }
+
+/**
+ * Lower bounds of completing a pass from each stage (`lc` given the previous stage on the
+ * client, `ls` on the server), from stage costs `c[i] + mul·c2[i]` (and likewise each array),
+ * backwards from S with the final download `fin`.
+ */
+function bounds(
+  S: number,
+  mul: number,
+  c: Float64Array,
+  c2: Float64Array,
+  sv: Float64Array,
+  sv2: Float64Array,
+  up: Float64Array,
+  up2: Float64Array,
+  down: Float64Array,
+  down2: Float64Array,
+  fin: number,
+  lc: Float64Array,
+  ls: Float64Array,
+): void {
+  lc[S] = 0;
+  ls[S] = fin;
+  const plain = mul === 0;
+  for (let i = S - 1; i >= 0; i--) {
+    const onClient = (plain ? c[i] : c[i] + mul * c2[i]) + lc[i + 1];
+    const onServer = (plain ? sv[i] : sv[i] + mul * sv2[i]) + ls[i + 1];
+    lc[i] = Math.min(onClient, (plain ? up[i] : up[i] + mul * up2[i]) + onServer);
+    ls[i] = Math.min((plain ? down[i] : down[i] + mul * down2[i]) + onClient, onServer);
+  }
+}
+
+/**
+ * One workspace for every solve: a solve's twenty small arrays cost more to allocate (and
+ * collect) than to fill. A solve prepares, runs its passes and reads its answer synchronously,
+ * and nothing it calls prepares again, so sharing it is safe.
+ */
+const workspace = new Prepared();
 
 function prepare(inst: GenerationInstance): Prepared {
   const { stages, uplink, downlink } = inst;
@@ -59,17 +109,11 @@ function prepare(inst: GenerationInstance): Prepared {
   // With no decode pass TPOT is 0: decode costs take no part.
   const dm = m > 0 ? 1 : 0;
   const queue = queueWaits(inst);
-  // Plain arrays: a solve's dozen small typed arrays cost more to allocate than to use.
-  const arr = (): number[] => new Array<number>(S).fill(0);
-  const cP = arr(),
-    cD = arr(),
-    sP = arr(),
-    sD = arr(),
-    sW = arr(),
-    upP = arr(),
-    upD = arr(),
-    downP = arr(),
-    downD = arr();
+  const p = workspace;
+  p.reserve(S);
+  p.S = S;
+  p.m = m;
+  const { cP, cD, sP, sD, sW, upP, upD, downP, downD } = p;
   for (let i = 0; i < S; i++) {
     const s = stages[i];
     cP[i] = s.clientPrefillMs;
@@ -83,46 +127,13 @@ function prepare(inst: GenerationInstance): Prepared {
     downP[i] = transferMs(downlink, n * s.inBytesPerToken);
     downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
   }
-  const finalDown = transferMs(downlink, inst.outBytesPerPass);
-  const bounds = (c: number[], sv: number[], up: number[], down: number[], fin: number): [number[], number[]] => {
-    const lc = new Array<number>(S + 1).fill(0);
-    const ls = new Array<number>(S + 1).fill(0);
-    lc[S] = 0;
-    ls[S] = fin;
-    for (let i = S - 1; i >= 0; i--) {
-      const onClient = c[i] + lc[i + 1];
-      const onServer = sv[i] + ls[i + 1];
-      lc[i] = Math.min(onClient, up[i] + onServer);
-      ls[i] = Math.min(down[i] + onClient, onServer);
-    }
-    return [lc, ls];
-  };
-  const [lbPc, lbPs] = bounds(cP, sP, upP, downP, finalDown);
-  const [lbDc, lbDs] = bounds(cD, sD, upD, downD, dm * finalDown);
-  const comb = (a: number[], b: number[]): number[] => a.map((x, i) => x + m * b[i]);
-  const [lbEc, lbEs] = bounds(comb(cP, cD), comb(sP, sD), comb(upP, upD), comb(downP, downD), finalDown + m * dm * finalDown);
-  return {
-    S,
-    m,
-    cP,
-    cD,
-    sP,
-    sD,
-    sW,
-    upP,
-    upD,
-    downP,
-    downD,
-    entry: (inst.serverEntryWork ?? 0) * (m + 1),
-    pinned: pinnedToClient(inst),
-    finalDown,
-    lbPc,
-    lbPs,
-    lbDc,
-    lbDs,
-    lbEc,
-    lbEs,
-  };
+  p.finalDown = transferMs(downlink, inst.outBytesPerPass);
+  bounds(S, 0, cP, cP, sP, sP, upP, upP, downP, downP, p.finalDown, p.lbPc, p.lbPs);
+  bounds(S, 0, cD, cD, sD, sD, upD, upD, downD, downD, dm * p.finalDown, p.lbDc, p.lbDs);
+  bounds(S, m, cP, cD, sP, sD, upP, upD, downP, downD, p.finalDown + m * dm * p.finalDown, p.lbEc, p.lbEs);
+  p.entry = (inst.serverEntryWork ?? 0) * (m + 1);
+  p.private = inst.private === true;
+  return p;
 }
 
 /** Growable struct-of-arrays store of (TTFT, TPOT, work, parent, side) labels. */
@@ -291,6 +302,7 @@ export class Staircase {
 function fillCell(
   store: LabelStore,
   sources: readonly Source[],
+  count: number,
   server: number,
   m: number,
   lim: Limits,
@@ -300,10 +312,11 @@ function fillCell(
   stair: Staircase,
 ): void {
   stair.size = 0;
-  for (const src of sources) src.advance(store, m, lim, lbP, lbD, lbE);
+  for (let j = 0; j < count; j++) sources[j].advance(store, m, lim, lbP, lbD, lbE);
   for (;;) {
     let src: Source | undefined;
-    for (const c of sources) {
+    for (let j = 0; j < count; j++) {
+      const c = sources[j];
       if (c.k >= c.to) continue;
       if (!src || c.w < src.w || (c.w === src.w && (c.x < src.x || (c.x === src.x && c.y < src.y)))) src = c;
     }
@@ -313,6 +326,10 @@ function fillCell(
     src.advance(store, m, lim, lbP, lbD, lbE);
   }
 }
+
+/** The staircase and the three sources every pass reuses (a pass runs synchronously to its end, as the label store). */
+const passStair = new Staircase();
+const passSources = [new Source(), new Source(), new Source()];
 
 /**
  * The choice among a DP's complete labels. `feasibleOnly`: the least work among labels
@@ -378,57 +395,32 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
     s1 = 1,
     a0 = 1,
     a1 = 1;
-  const stair = new Staircase();
-  const [a, b, c] = [new Source(), new Source(), new Source()];
+  const stair = passStair;
+  const sources = passSources;
+  const [a, b, c] = sources;
   for (let i = 0; i < S; i++) {
     const nc0 = store.size;
     // Stage i on the client: from a client label, or from a server label (download).
-    fillCell(
-      store,
-      [
-        a.set(c0, c1, 0, 0, p.cP[i], p.cD[i], 0),
-        b.set(s0, s1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
-        c.set(a0, a1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0),
-      ],
-      0,
-      m,
-      lim,
-      p.lbPc[i + 1],
-      p.lbDc[i + 1],
-      p.lbEc[i + 1],
-      stair,
-    );
+    a.set(c0, c1, 0, 0, p.cP[i], p.cD[i], 0);
+    b.set(s0, s1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0);
+    c.set(a0, a1, p.downP[i], p.downD[i], p.cP[i], p.cD[i], 0);
+    fillCell(store, sources, 3, 0, m, lim, p.lbPc[i + 1], p.lbDc[i + 1], p.lbEc[i + 1], stair);
     const nc1 = store.size;
     // Stage i on the server after a client stage: from a server label of the same kind, or
     // from a client label (upload and one entry per pass). At stage 0 that upload starts the
     // all-server prefix instead. A stage pinned to the client has no server cells.
-    if (i > 0 && !p.pinned[i]) {
-      fillCell(
-        store,
-        [a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]), b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry)],
-        1,
-        m,
-        lim,
-        p.lbPs[i + 1],
-        p.lbDs[i + 1],
-        p.lbEs[i + 1],
-        stair,
-      );
+    if (i > 0 && !p.pinned(i)) {
+      a.set(s0, s1, 0, 0, p.sP[i], p.sD[i], p.sW[i]);
+      b.set(c0, c1, p.upP[i], p.upD[i], p.sP[i], p.sD[i], p.sW[i] + p.entry);
+      fillCell(store, sources, 2, 1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
     }
     const ns1 = store.size;
     // The all-server prefix: from label 0 with the upload at stage 0, then staying on the server.
-    if (!p.pinned[i])
-      fillCell(
-        store,
-        [i === 0 ? a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry) : a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i])],
-        1,
-        m,
-        lim,
-        p.lbPs[i + 1],
-        p.lbDs[i + 1],
-        p.lbEs[i + 1],
-        stair,
-      );
+    if (!p.pinned(i)) {
+      if (i === 0) a.set(0, 1, p.upP[0], p.upD[0], p.sP[0], p.sD[0], p.sW[0] + p.entry);
+      else a.set(a0, a1, 0, 0, p.sP[i], p.sD[i], p.sW[i]);
+      fillCell(store, sources, 1, 1, m, lim, p.lbPs[i + 1], p.lbDs[i + 1], p.lbEs[i + 1], stair);
+    }
     c0 = nc0;
     c1 = nc1;
     s0 = nc1;
@@ -517,6 +509,36 @@ export function solveGenerationDp(instance: GenerationInstance): GenerationResul
   // the streamed all-server plan is the bound itself.
   if (!best) throw new Error('solveGenerationDp: no placement survived the ratio-bound pass, which always keeps one attaining the bound');
   return best;
+}
+
+/**
+ * {@link solveGenerationDp}'s answer when it meets every stated SLO with server work at most
+ * `workAtMost` (within 1e-9 relative); undefined when no placement does. A caller that holds a
+ * plan meeting the SLOs and would replace it only by one doing less work (the planner's
+ * hysteresis) asks this: labels doing more than `workAtMost` are pruned from the start, so the
+ * search is much smaller, and the answer, when there is one, is the unbounded one (the optimum
+ * and every label on its way do no more work than it, so none of them is pruned, and what is
+ * pruned does more work than the optimum by more than the tolerance).
+ * Complexity: as {@link solveGenerationDp}, with smaller fronts.
+ */
+export function solveGenerationDpBelow(instance: GenerationInstance, workAtMost: number): GenerationResult | undefined {
+  const p = prepare(instance);
+  const { slo } = instance;
+  const serverDecoding = (instance.serverDecoding ?? true) && !instance.private;
+  const streamed = serverDecoding ? generationResultOf(instance, 'dp', ALL(p.S, 'server')) : undefined;
+  const streamedFits = streamed !== undefined && streamed.feasible && approxLessOrEqual(streamed.serverWork, workAtMost);
+  const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
+  const limits: Limits = {
+    ttft: widen(slo.ttftMs),
+    tpot: widen(slo.tpotMs),
+    e2e: widen(slo.e2eMs),
+    work: widen(streamedFits ? Math.min(workAtMost, streamed.serverWork) : workAtMost),
+    e2eOnly: slo.ttftMs === undefined && slo.tpotMs === undefined,
+  };
+  const placement = labelPass(p, instance, limits, true);
+  let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
+  if (streamedFits && (!best || betterGeneration(slo, streamed, best))) best = streamed;
+  return best && approxLessOrEqual(best.serverWork, workAtMost) ? best : undefined;
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   solveDp,
   solveGeneration,
   solveGenerationDp,
+  solveGenerationDpBelow,
   solveGenerationGreedy,
   solveGenerationPrefix,
   type GenerationInstance,
@@ -172,6 +173,28 @@ describe('dp on generation instances (exact)', () => {
     expect(seen.streamedOff).toBeGreaterThan(3);
     expect(seen.multiSwitch).toBeGreaterThan(10);
     expect(seen.entry).toBeGreaterThan(100);
+  });
+
+  it('below a work bound: the unbounded answer when it is feasible and within the bound, otherwise none (bounds at, just under and around the optimum)', () => {
+    const seen = { found: 0, none: 0, infeasible: 0 };
+    for (const inst of cases(23, 500, 12, true)) {
+      const full = solveGenerationDp(inst);
+      for (const bound of full.feasible ? [full.serverWork, full.serverWork * (1 - 1e-6), full.serverWork * 1.3, full.serverWork * 0.7] : [Infinity, 1e9]) {
+        const got = solveGenerationDpBelow(inst, bound);
+        if (full.feasible && full.serverWork <= bound) {
+          seen.found++;
+          // The same placement, figures and all.
+          expect(got).toEqual(full);
+        } else {
+          if (full.feasible) seen.none++;
+          else seen.infeasible++;
+          expect(got).toBeUndefined();
+        }
+      }
+    }
+    expect(seen.found).toBeGreaterThan(300);
+    expect(seen.none).toBeGreaterThan(300);
+    expect(seen.infeasible).toBeGreaterThan(50);
   });
 
   it('with only an E2E SLO and no server-side decoding answers what the contract dp answers on the mapped instance', () => {

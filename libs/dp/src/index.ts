@@ -45,7 +45,7 @@ export { isGenerationInstance, isPhasedInstance, validateGenerationInstance, val
 export { PHASED_ALGORITHM, evaluatePhased, handoverWork, phasedResultOf } from './phased';
 export type { HandoverInstance, KvHandoverCost, PhasedCost, PhasedInstance, PhasedResult } from './phased';
 export { solvePhasedAndSingle, solvePhasedDp } from './phased-dp';
-export { fastestGenerationPlacement, solveGenerationDp } from './generation-dp';
+export { fastestGenerationPlacement, solveGenerationDp, solveGenerationDpBelow } from './generation-dp';
 export {
   solveGeneration,
   solveGenerationClientOnly,
