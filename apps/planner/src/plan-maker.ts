@@ -9,6 +9,7 @@ import {
   placementToLetters as toLetters,
   planKey,
   solveGeneration,
+  solveGenerationDpBelow,
   solvePhasedAndSingle,
   sloRatio,
   type Algorithm,
@@ -19,7 +20,7 @@ import {
   type Location,
   type Slo,
 } from '@tandem/dp';
-import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
+import type { ClassPlacement, ClientProfile, ServerLoad, StageTiming } from '@tandem/protocol';
 import type { RequestClass, SlaOverrides, SloOverride } from './config';
 import { UNMEASURED_LINK_BYTES_PER_MS } from './telemetry';
 
@@ -73,18 +74,44 @@ function solveWith(inst: HandoverInstance, algorithm: PlannerAlgorithm, phasedMi
     const { phased: r, single } = solvePhasedAndSingle(inst);
     const pair: PricedPlan = { ...r, placement: r.prefillPlacement, decodePlacement: r.decodePlacement };
     if (phasedMinSaving > 0 && isPhased(pair)) {
-      if (single.feasible && r.feasible && r.serverWork > (1 - phasedMinSaving) * single.serverWork)
-        return { ...single, decodePlacement: single.placement, handoverMs: 0 };
+      if (single.feasible && r.feasible && r.serverWork > (1 - phasedMinSaving) * single.serverWork) return singlePlan(single);
     }
     return pair;
   }
-  const r = solveGeneration(inst, algorithm);
-  return { ...r, decodePlacement: r.placement, handoverMs: 0 };
+  return singlePlan(solveGeneration(inst, algorithm));
+}
+
+/**
+ * One placement's generation answer as a priced plan: both phases placed alike, no hand-over.
+ * (Field by field: a spread of the answer cost a fifth of a re-plan at 10,000 clients.)
+ */
+function singlePlan(r: GenerationResult): PricedPlan {
+  return {
+    feasible: r.feasible,
+    placement: r.placement,
+    decodePlacement: r.placement,
+    handoverMs: 0,
+    serverWork: r.serverWork,
+    latencyMs: r.latencyMs,
+    switches: r.switches,
+    ttftMs: r.ttftMs,
+    tpotMs: r.tpotMs,
+    e2eMs: r.e2eMs,
+    met: r.met,
+    serverDecoding: r.serverDecoding,
+  };
+}
+
+/** Whether two placements are the same stage by stage. */
+function samePlacement(a: readonly Location[], b: readonly Location[]): boolean {
+  if (a === b) return true;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return a.length === b.length;
 }
 
 /** A pair of placements priced exactly on `inst` (a generation's figures when they are equal). */
 function priced(inst: HandoverInstance, prefill: Location[], decode: Location[] = prefill): PricedPlan {
-  if (prefill.every((l, i) => l === decode[i])) return { ...generationResultOf(inst, 'dp', prefill), decodePlacement: prefill, handoverMs: 0 };
+  if (samePlacement(prefill, decode)) return singlePlan(generationResultOf(inst, 'dp', prefill));
   const r = phasedResultOf(inst, PHASED_ALGORITHM, prefill, decode);
   return { ...r, placement: r.prefillPlacement, decodePlacement: r.decodePlacement };
 }
@@ -188,6 +215,16 @@ const TOKEN_BYTES = 8;
  */
 export const KV_CHUNK_BYTES = 1 << 20;
 
+/**
+ * A client's measured stage times by stage index (undefined where it has no samples), for
+ * `count` stages. The profile is read as given: the last entry of a stage wins, as a map would.
+ */
+function measuredStages(client: ClientProfile, count: number): (StageTiming | undefined)[] {
+  const out = new Array<StageTiming | undefined>(count).fill(undefined);
+  for (const s of client.stages) if (s.samples > 0 && s.stage >= 0 && s.stage < count) out[s.stage] = s;
+  return out;
+}
+
 /** `inst` with every SLO it states multiplied by `factor`. */
 function scaledSlos(inst: HandoverInstance, factor: number): HandoverInstance {
   if (factor === 1) return inst;
@@ -251,7 +288,11 @@ function queueOf(server: ServerLoad, longPrompt: boolean): Pick<HandoverInstance
  * server, the more the same SLOs push onto the client. Pure: same inputs, same plans.
  */
 export class PlanMaker {
-  constructor(readonly opts: PlanMakerOptions) {}
+  /** The widest hidden state a stage takes, KiB per token (what a hand-over moves, entryWork). */
+  private readonly hiddenKib: number;
+  constructor(readonly opts: PlanMakerOptions) {
+    this.hiddenKib = Math.max(...opts.stages.map((s) => s.inBytesPerToken)) / 1024;
+  }
 
   /**
    * The SLOs of `cls` for a client class, before the margin: the class's objectives with
@@ -280,7 +321,7 @@ export class PlanMaker {
    */
   instance(client: ClientProfile, server: ServerLoad | undefined, cls: RequestClass, utilisation?: number): HandoverInstance | undefined {
     if (!server || server.stages.length !== this.opts.stages.length) return undefined;
-    const clientStages = new Map(client.stages.filter((s) => s.samples > 0).map((s) => [s.stage, s]));
+    const clientStages = measuredStages(client, this.opts.stages.length);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
     const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
@@ -300,16 +341,15 @@ export class PlanMaker {
     const prefillSlow = slowdown(longPrompt ? server.longPromptStretch : server.promptStretch);
     const last = this.opts.stages.length - 1;
     const stages: GenerationStage[] = this.opts.stages.map((st, i) => {
-      const c = clientStages.get(i);
+      const c = clientStages[i];
       const s = server.stages[i];
       // A generation samples: the head's prefill runs on the prompt's last position only, one
       // row like a decode step (executor and agent both cut the hidden state before the head).
       const oneRow = i === last;
       const serverPrefill = oneRow ? s.decodeMs : s.prefillMsPerToken * n;
-      return {
+      const stage: { -readonly [K in keyof GenerationStage]: GenerationStage[K] } = {
         name: st.name,
         inBytesPerToken: st.inBytesPerToken,
-        ...(st.kvBytesPerToken ? { kvBytesPerToken: st.kvBytesPerToken } : {}),
         clientPrefillMs: c ? (oneRow ? c.decodeMs : c.prefillMsPerToken * n) : UNRUNNABLE_MS,
         clientDecodeMs: c ? c.decodeMs : 0,
         // Latency from the loaded times, server work from the unloaded ones.
@@ -318,6 +358,8 @@ export class PlanMaker {
         serverPrefillWork: serverPrefill,
         serverDecodeWork: s.decodeMs,
       };
+      if (st.kvBytesPerToken) stage.kvBytesPerToken = st.kvBytesPerToken;
+      return stage;
     });
     const slos = this.slosFor(client.clientClass, cls);
     const margin = this.opts.slaMargin;
@@ -399,9 +441,8 @@ export class PlanMaker {
   entryWork(server: ServerLoad, n: number, m: number): number {
     const o = server.overhead;
     if (!o || o.samples < MIN_OVERHEAD_SAMPLES) return this.opts.serverEntryMs ?? 0;
-    const hiddenKib = Math.max(...this.opts.stages.map((s) => s.inBytesPerToken)) / 1024;
     const tokensPerPass = (n + m) / (m + 1);
-    return o.msPerMessageIn + o.msPerMessageOut + tokensPerPass * hiddenKib * (o.msPerKibIn + o.msPerKibOut);
+    return o.msPerMessageIn + o.msPerMessageOut + tokensPerPass * this.hiddenKib * (o.msPerKibIn + o.msPerKibOut);
   }
 
   /**
@@ -429,9 +470,14 @@ export class PlanMaker {
   ): ClassPlacement[] | undefined {
     if (!OBJECTIVE_ALGORITHMS.has(this.opts.algorithm)) objective = 'work';
     const out: ClassPlacement[] = [];
+    const S = this.opts.stages.length;
+    let oneToken: HandoverInstance | undefined;
     for (const cls of this.opts.classes) {
       const adj = adjust?.(cls.name);
-      const solved = this.solveUnderLoad(client, server, cls, objective, adj);
+      const prev = previous?.find((p) => p.name === cls.name);
+      const inForce =
+        prev && isPlacementLetters(prev.placement, S) && (!prev.decodePlacement || isPlacementLetters(prev.decodePlacement, S)) ? prev : undefined;
+      const solved = this.solveUnderLoad(client, server, cls, objective, adj, inForce);
       if (!solved) return undefined;
       const { inst } = solved;
       let { best } = solved;
@@ -439,19 +485,12 @@ export class PlanMaker {
       // A plan is entered only with `entryMargin` of its SLOs to spare, and kept (below) while it
       // meets them at all (PlanMakerOptions.entryMargin).
       const margin = this.opts.entryMargin ?? 0;
-      if (objective === 'work' && best.feasible && margin > 0 && sloRatio(inst.slo, best) > 1 - margin) {
+      if (!solved.keep && objective === 'work' && best.feasible && margin > 0 && sloRatio(inst.slo, best) > 1 - margin) {
         const roomy = solveWith(scaledSlos(inst, 1 - margin), this.opts.algorithm, this.opts.phasedMinSaving);
         if (roomy.feasible) best = priced(inst, roomy.placement, roomy.decodePlacement);
       }
-      const key = planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) });
-      const prev = previous?.find((p) => p.name === cls.name);
-      if (
-        prev &&
-        isPlacementLetters(prev.placement, inst.stages.length) &&
-        (!prev.decodePlacement || isPlacementLetters(prev.decodePlacement, inst.stages.length)) &&
-        planKey(prev) !== key
-      ) {
-        const kept = priced(inst, fromLetters(prev.placement), prev.decodePlacement ? fromLetters(prev.decodePlacement) : undefined);
+      if (!solved.keep && inForce && planKey(inForce) !== planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) })) {
+        const kept = solved.inForce ?? priced(inst, fromLetters(inForce.placement), inForce.decodePlacement ? fromLetters(inForce.decodePlacement) : undefined);
         const saves =
           objective === 'work'
             ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
@@ -479,11 +518,15 @@ export class PlanMaker {
       const slos = this.slosFor(client.clientClass, cls);
       // TTFT of the same placement for a one-token prompt: the slope lets an agent predict a
       // request by its own prompt length, not the class's longest.
+      // A single placement's TTFT depends on the prompt alone (not on the class's decode length
+      // or SLOs), so one one-token instance serves every class; a phased plan's hand-over
+      // depends on the decode length too, so it is priced on its own class's.
       const n = cls.maxPromptTokens;
-      const one = n > 1 ? this.instance(client, server, { ...cls, maxPromptTokens: 1 }) : undefined;
+      const phased = isPhased(best);
+      if (n > 1 && oneToken === undefined) oneToken = this.instance(client, server, { ...cls, maxPromptTokens: 1 });
+      const one = n <= 1 ? undefined : phased ? this.instance(client, server, { ...cls, maxPromptTokens: 1 }) : oneToken;
       const short = one ? priced(one, best.placement, best.decodePlacement) : undefined;
       const perToken = short ? Math.max(0, (best.ttftMs - short.ttftMs) / (n - 1)) : 0;
-      const phased = isPhased(best);
       // A phased plan moves the prompt's cache: its hand-over has a slope per prompt token too.
       const handoverPerToken = phased && short ? Math.max(0, (best.handoverMs - short.handoverMs) / (n - 1)) : 0;
       out.push({
@@ -542,9 +585,21 @@ export class PlanMaker {
     cls: RequestClass,
     objective: Objective,
     adj?: ClassAdjustment,
-  ): { inst: HandoverInstance; best: PricedPlan; idle?: HandoverInstance } | undefined {
+    inForce?: Pick<ClassPlacement, 'placement' | 'decodePlacement'>,
+  ): { inst: HandoverInstance; best: PricedPlan; idle?: HandoverInstance; inForce?: PricedPlan; keep?: boolean } | undefined {
     const inst = adjusted(this.instance(client, server, cls), adj);
     if (!inst) return undefined;
+    // The plan in force, when it meets the SLOs at this load, gives way only to one doing less
+    // work than it by more than the hysteresis (plan()): dp then searches below that work alone,
+    // which answers the same and prunes most of the search (solveGenerationDpBelow). `keep`: no
+    // plan does, the plan in force stays.
+    if (inForce && objective === 'work' && this.opts.algorithm === 'dp' && !inForce.decodePlacement) {
+      const kept = priced(inst, fromLetters(inForce.placement));
+      if (kept.feasible) {
+        const cheaper = solveGenerationDpBelow(inst, (1 - this.opts.hysteresis) * kept.serverWork);
+        return cheaper ? { inst, best: singlePlan(cheaper), inForce: kept } : { inst, best: kept, inForce: kept, keep: true };
+      }
+    }
     // The latency objective takes the fastest single placement, for both phases.
     const best =
       objective === 'work' ? solveWith(inst, this.opts.algorithm, this.opts.phasedMinSaving) : priced(inst, fastestGenerationPlacement(inst).placement);
