@@ -7,7 +7,7 @@ import boundaries from './tools/eslint/boundaries.cjs';
 const root = import.meta.dirname;
 
 export default tseslint.config(
-  { ignores: ['**/node_modules/**', 'libs/protocol/src/generated/**', '**/dist/**', '**/coverage/**'] },
+  { ignores: ['**/node_modules/**', 'libs/protocol/src/generated/**', '**/dist/**', '.bench-build-*/**', '**/coverage/**'] },
   {
     files: ['**/*.ts'],
     languageOptions: { parser: tseslint.parser, parserOptions: { projectService: true, tsconfigRootDir: root } },
