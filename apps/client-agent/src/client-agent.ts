@@ -111,11 +111,29 @@ export const AGENT_SERVICE_NAME = 'tandem.agent.v1.AgentService';
 export const FIRST_PROBE_WAIT_MS = 5000;
 
 /**
- * Transfers a link probe times each way. The estimate keeps the fastest (a busy host only ever
- * slows a transfer): with one, the first profile of an agent started under load stated a
+ * Transfers a link probe times each way, at least. The estimate keeps the fastest (a busy host
+ * only ever slows a transfer): with one, the first profile of an agent started under load stated a
  * downlink 19 % below the link's (a CI run of the link-probe test).
  */
 export const PROBE_SAMPLES = 2;
+
+/**
+ * Transfers a link probe times each way at most: past {@link PROBE_SAMPLES} it goes on until the
+ * two fastest agree within {@link PROBE_AGREEMENT} of the faster (with two, a host busy through
+ * both still left the estimate 15 % or more below the link's in one run of three of the
+ * link-probe test under a second test run).
+ */
+export const PROBE_MAX_SAMPLES = 6;
+
+/** How close the two fastest probe transfers of a direction must be to end its probe early: relative. */
+export const PROBE_AGREEMENT = 0.05;
+
+/** Whether the two fastest of `ms` (round trips of the same transfer) agree within {@link PROBE_AGREEMENT}. */
+export function probeSettled(ms: readonly number[]): boolean {
+  if (ms.length < PROBE_SAMPLES) return false;
+  const [a, b] = [...ms].sort((x, y) => x - y);
+  return b - a <= PROBE_AGREEMENT * a;
+}
 
 /** A Generate request after validation. */
 interface ValidRequest {
@@ -297,9 +315,10 @@ export class ClientAgent {
    * Measures the link's throughput where the estimator has none yet, so that the first plans
    * price transfers (a phased plan's KV hand-over above all) on the link instead of a guess:
    * times an upload of `linkProbeBytes` to the executor new generations open on
-   * (ExecutorService.ProbeLink), then a download of as many, each {@link PROBE_SAMPLES} times
-   * (the estimate keeps the fastest: one transfer slowed by a busy host does not set the first
-   * plans' link). Runs after each ping until both
+   * (ExecutorService.ProbeLink), then a download of as many, each {@link PROBE_SAMPLES} times and
+   * on until the two fastest agree ({@link probeSettled}, at most {@link PROBE_MAX_SAMPLES}: the
+   * estimate keeps the fastest, so transfers slowed by a busy host do not set the first plans'
+   * link). Runs after each ping until both
    * directions are measured; generations' own transfers keep the estimate up to date after
    * that. An executor without the call (UNIMPLEMENTED) is not asked again; after another
    * failure the probe waits 30 s. A probe is at most the agent's message size less 1 KiB.
@@ -324,9 +343,20 @@ export class ClientAgent {
       // with nothing to carry, which is what each transfer below has on top of its bytes (a
       // ping's round trip differs from it on a busy host, and the estimate takes off the smallest).
       this.estimator.recordRtt(await probe(0, 0));
-      for (let i = 0; i < PROBE_SAMPLES; i++) {
-        if (!measured.up) this.estimator.recordTransfer(bytes, 0, await probe(bytes, 0));
-        if (!measured.down) this.estimator.recordTransfer(0, bytes, await probe(0, bytes));
+      const ups: number[] = [];
+      const downs: number[] = [];
+      for (let i = 0; i < PROBE_MAX_SAMPLES; i++) {
+        const upDone = measured.up || probeSettled(ups);
+        const downDone = measured.down || probeSettled(downs);
+        if (upDone && downDone) break;
+        if (!upDone) {
+          ups.push(await probe(bytes, 0));
+          this.estimator.recordTransfer(bytes, 0, ups[ups.length - 1]);
+        }
+        if (!downDone) {
+          downs.push(await probe(0, bytes));
+          this.estimator.recordTransfer(0, bytes, downs[downs.length - 1]);
+        }
       }
       this.log.debug({ link: this.estimator.estimate() }, 'link probed');
     } catch (err) {

@@ -1,3 +1,4 @@
+import { PROBE_AGREEMENT, PROBE_MAX_SAMPLES, PROBE_SAMPLES, probeSettled } from './client-agent';
 import { LinkEstimator } from './link';
 
 describe('LinkEstimator', () => {
@@ -45,5 +46,18 @@ describe('LinkEstimator', () => {
     e.recordTransfer(100_000, 8, 10); // 10,000 B/ms
     for (let i = 0; i < 4; i++) e.recordTransfer(100_000, 8, 100); // 1,000 B/ms
     expect(e.estimate().up.bytesPerMs).toBeCloseTo(1000, 6);
+  });
+});
+
+describe('probeSettled (when a link probe has timed a direction enough)', () => {
+  it('needs PROBE_SAMPLES round trips whose two fastest agree within PROBE_AGREEMENT, whatever the slow ones', () => {
+    expect(probeSettled([])).toBe(false);
+    expect(probeSettled([70])).toBe(false);
+    expect(probeSettled([70, 72])).toBe(true); // 2.9 % apart
+    expect(probeSettled([70, 90])).toBe(false); // the second slowed by a busy host: time another
+    expect(probeSettled([90, 70, 150, 73])).toBe(true); // the fastest two, 70 and 73
+    expect(probeSettled([70, 70 * (1 + PROBE_AGREEMENT)])).toBe(true);
+    expect(probeSettled([70, 70 * (1 + PROBE_AGREEMENT) + 0.01])).toBe(false);
+    expect(PROBE_MAX_SAMPLES).toBeGreaterThan(PROBE_SAMPLES);
   });
 });
