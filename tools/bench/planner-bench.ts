@@ -183,6 +183,9 @@ function prober(addr: string): { stop: () => number[] } {
   };
 }
 
+/** The server's utilisation in full re-plan pass k: 0.6 and 0.2 in turn, each a material change. */
+const passUtilisation = (k: number): number => (k % 2 === 0 ? 0.6 : 0.2);
+
 async function runRule(
   { DEFAULT_CLASSES, PlanMaker, PlannerServer }: PlannerModule,
   natsUrl: string,
@@ -238,21 +241,25 @@ async function runRule(
     const passMs: number[] = [];
     for (let k = 0; k < passes; k++) {
       p = planner.counters.passes;
-      await send({ op: 'load', clients, utilisation: k % 2 === 0 ? 0.6 : 0.2 });
+      await send({ op: 'load', clients, utilisation: passUtilisation(k) });
       await waitPass(p);
       passMs.push(planner.counters.lastPassMs);
     }
     const healthDuringPasses = probe.stop();
+    // The steady state is at the last pass's load: at another, its first report would be a
+    // material change, and the window would time one more full re-plan (it did, with an odd
+    // number of passes: 0.6 cores of "steady" CPU that was one pass).
+    const settled = passUtilisation(passes - 1);
     // CPU is measured without the prober (its calls would count as the planner's); health
     // latency in a second window of the same traffic.
     const steady = async (profilePeriodS: number): Promise<{ cpu: number; health: number[] }> => {
       const c0 = process.cpuUsage();
       const t0 = performance.now();
-      await send({ op: 'steady', clients, utilisation: 0.2, seconds: steadyS, profilePeriodS });
+      await send({ op: 'steady', clients, utilisation: settled, seconds: steadyS, profilePeriodS });
       const c = process.cpuUsage(c0);
       const wall = performance.now() - t0;
       const h = prober(`127.0.0.1:${port}`);
-      await send({ op: 'steady', clients, utilisation: 0.2, seconds: Math.min(steadyS, 5), profilePeriodS });
+      await send({ op: 'steady', clients, utilisation: settled, seconds: Math.min(steadyS, 5), profilePeriodS });
       return { cpu: (c.user + c.system) / 1000 / wall, health: h.stop() };
     };
     const loadsOnly = await steady(0);
