@@ -1,6 +1,7 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
 import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, planKey, sloCheck, solveGenerationDp, type Location } from '@tandem/dp';
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
+import { seededRandom } from '@tandem/util';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
 import { KV_CHUNK_BYTES, PlanMaker, type PlanMakerOptions } from './plan-maker';
 
@@ -208,6 +209,43 @@ describe('PlanMaker', () => {
     expect(kept[0].placement).toBe(runnerUp!.placement);
     const moved = new PlanMaker(options({ classes: [cls], hysteresis: saving * 0.9 })).plan(client(2), server(1), prev)!;
     expect(moved[0].placement).toBe(opt.placement);
+  });
+
+  it('keeps a plan in force that meets its SLOs exactly when the optimum saves no more than the hysteresis, over random clients, loads and plans in force', () => {
+    const rnd = seededRandom(7);
+    const hysteresis = 0.3; // wide: moving one of six like stages saves about a sixth
+    const classes = [
+      { name: 'a', maxPromptTokens: 16, expectedNewTokens: 8, ttftMs: 120, tpotMs: 30 },
+      { name: 'b', maxPromptTokens: 64, expectedNewTokens: 16, slaMs: 600 },
+    ];
+    const maker = new PlanMaker(options({ classes, hysteresis, entryMargin: 0 }));
+    const seen = { kept: 0, moved: 0, same: 0 };
+    for (let k = 0; k < 300; k++) {
+      const c = client(1 + rnd() * 20, { uplink: { latencyMs: rnd() * 10, bytesPerMs: 1000 + rnd() * 20_000 } });
+      const s = server(1, rnd() * 0.8);
+      // In force: what was planned at another load (close to the optimum), or any placement.
+      const before = maker.plan(c, server(1, rnd() * 0.8), undefined)!;
+      const previous = classes.map((cls, i) => ({
+        name: cls.name,
+        placement: k % 2 === 0 ? before[i].placement : Array.from({ length: 6 }, () => (rnd() < 0.5 ? 'C' : 'S')).join(''),
+      }));
+      const plans = maker.plan(c, s, previous as ClassPlacement[])!;
+      classes.forEach((cls, i) => {
+        const inst = maker.instance(c, s, cls)!;
+        const inForce = evaluateGeneration(inst, fromLetters(previous[i].placement));
+        if (!sloCheck(inst.slo, inForce).feasible) return; // the rules for a plan in force that misses are tested above and below
+        const opt = solveGenerationDp(inst);
+        const optLetters = opt.placement.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+        const want = opt.serverWork < (1 - hysteresis) * inForce.serverWork ? optLetters : previous[i].placement;
+        expect({ k, cls: cls.name, placement: plans[i].placement }).toEqual({ k, cls: cls.name, placement: want });
+        if (optLetters === previous[i].placement) seen.same++;
+        else if (want === optLetters) seen.moved++;
+        else seen.kept++;
+      });
+    }
+    // Both outcomes, many times each.
+    expect(seen.kept).toBeGreaterThan(20);
+    expect(seen.moved).toBeGreaterThan(20);
   });
 
   it('enters a plan only with the entry margin of its SLOs to spare, and keeps the plan in force while it meets them', () => {
