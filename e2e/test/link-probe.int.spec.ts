@@ -73,8 +73,10 @@ describe('the link an agent publishes', () => {
     expect(r.summary).toMatchObject({ placement, decodePlacement });
     expect(r.summary.handoverMs).toBeGreaterThan(40); // 42 KiB up at 1000 B/ms
     const up = a.profile().uplink?.bytesPerMs ?? 0;
-    // The puts' time runs to the first decoded token's answer, which also holds the executor's import of the cache: at most the link's rate.
-    expect(up).toBeGreaterThan(UP * 0.6);
+    // The puts' time runs to the first decoded token's answer, which also holds the executor's
+    // import of the cache: at most the link's rate, and below it on a busy host (0.52 × in one CI
+    // run), yet far from the start-up guess above.
+    expect(up).toBeGreaterThan(UP * 0.4);
     expect(up).toBeLessThan(UP * 1.15);
   });
 

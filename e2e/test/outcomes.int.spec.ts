@@ -102,8 +102,12 @@ describe('agents report generation outcomes to the planner', () => {
       slaMs: 10_000,
       ...MET_E2E_SLA,
     });
+    // The plan the generation followed, or one the planner issued after it (a load report may
+    // move the predictions enough to send them again, with a new epoch, at any moment: one CI run
+    // saw that 272 ms after the generation's plan).
     const plan = planner.plans().find((p) => p.clientId === 'dev-ok')!;
-    expect(plan.epoch).toBe(o.planEpoch);
+    expect(o.planEpoch).toBeGreaterThan(0);
+    expect(o.planEpoch).toBeLessThanOrEqual(plan.epoch);
     // the prediction of the plan as the agent received it (the planner refreshes its own copy's predictions with every load report)
     expect(o.predictedE2eMs).toBeGreaterThan(0);
     // the summary carries the same predictions, so a caller has them without NATS
