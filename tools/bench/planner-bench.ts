@@ -1,7 +1,7 @@
 /**
  * Planner scale benchmark (a script, not a test): one real planner (in this process, on a
  * real nats-server started here) planning N clients, with the telemetry published by a
- * separate process so that this process's CPU is the planner's (plus a health prober).
+ * separate process so that this process's CPU is the planner's, and health probed from a third.
  *
  *   npx tsx tools/bench/planner-bench.ts [--clients 10000] [--steady-s 20] [--passes 3] [--executors 1] [--source]
  *
@@ -16,12 +16,14 @@
  * - steady state: planner CPU (fraction of one core) with one load report a second that
  *   moves nothing materially (±0.5 % noise), and with, in addition, every client
  *   re-publishing its profile every 10 s (N/10 profiles a second);
- * - grpc.health.v1 Check latency p50 / p99 / max, probed back to back every 5 ms.
+ * - grpc.health.v1 Check latency p50 / p99 / max, probed back to back every 5 ms from another
+ *   process (as a kubelet or load balancer probes).
  * With `--executors N` (N ≥ 2), a third row: the same rule with N executors of the same speed
  * reporting, each advertising an address, so every client is assigned one of them and priced
  * on each (docs/planner.md, "Several executors").
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -160,8 +162,39 @@ const quantile = (xs: number[], q: number): number => {
   return s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))] : NaN;
 };
 
+/**
+ * Health prober process: probes `addr` as {@link prober} does, says `ready` after its first
+ * answer, and on a line on stdin prints the latencies (one JSON line) and exits. A probe from
+ * another process, as a kubelet's or a load balancer's is: run in the planner's own process, each
+ * call's client side also waited for the planner's slices.
+ */
+async function proberProcess(addr: string): Promise<void> {
+  const p = prober(addr);
+  while (p.count() === 0) await sleep(5);
+  process.stdout.write('ready\n');
+  await once(process.stdin, 'data');
+  process.stdout.write(`${JSON.stringify(p.stop())}\n`);
+  process.exit(0);
+}
+
+/** Starts {@link proberProcess} on `addr` and waits until it probes; `stop` gives its latencies. */
+async function externalProber(addr: string): Promise<{ stop: () => Promise<number[]> }> {
+  const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--probe', addr], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const ready = await lines.next();
+  if (ready.done || ready.value !== 'ready') throw new Error(`the health prober did not start (said ${JSON.stringify(ready.value)})`);
+  return {
+    stop: async () => {
+      child.stdin.write('stop\n');
+      const out = await lines.next();
+      if (out.done) throw new Error('the health prober ended without its latencies');
+      return JSON.parse(out.value as string) as number[];
+    },
+  };
+}
+
 /** Probes grpc health back to back (5 ms apart) until stopped; returns the latencies. */
-function prober(addr: string): { stop: () => number[] } {
+function prober(addr: string): { stop: () => number[]; count: () => number } {
   const client = new HealthClient(addr, grpc.credentials.createInsecure());
   const lat: number[] = [];
   let running = true;
@@ -180,6 +213,7 @@ function prober(addr: string): { stop: () => number[] } {
       client.close();
       return lat;
     },
+    count: () => lat.length,
   };
 }
 
@@ -237,7 +271,7 @@ async function runRule(
           .join(', ')}\n`,
       );
     }
-    const probe = prober(`127.0.0.1:${port}`);
+    const probe = await externalProber(`127.0.0.1:${port}`);
     const passMs: number[] = [];
     for (let k = 0; k < passes; k++) {
       p = planner.counters.passes;
@@ -245,12 +279,12 @@ async function runRule(
       await waitPass(p);
       passMs.push(planner.counters.lastPassMs);
     }
-    const healthDuringPasses = probe.stop();
+    const healthDuringPasses = await probe.stop();
     // The steady state is at the last pass's load: at another, its first report would be a
     // material change, and the window would time one more full re-plan (it did, with an odd
     // number of passes: 0.6 cores of "steady" CPU that was one pass).
     const settled = passUtilisation(passes - 1);
-    // CPU is measured without the prober (its calls would count as the planner's); health
+    // CPU is measured without probes (the planner's side of each call would count); health
     // latency in a second window of the same traffic.
     const steady = async (profilePeriodS: number): Promise<{ cpu: number; health: number[] }> => {
       const c0 = process.cpuUsage();
@@ -258,9 +292,9 @@ async function runRule(
       await send({ op: 'steady', clients, utilisation: settled, seconds: steadyS, profilePeriodS });
       const c = process.cpuUsage(c0);
       const wall = performance.now() - t0;
-      const h = prober(`127.0.0.1:${port}`);
+      const h = await externalProber(`127.0.0.1:${port}`);
       await send({ op: 'steady', clients, utilisation: settled, seconds: Math.min(steadyS, 5), profilePeriodS });
-      return { cpu: (c.user + c.system) / 1000 / wall, health: h.stop() };
+      return { cpu: (c.user + c.system) / 1000 / wall, health: await h.stop() };
     };
     const loadsOnly = await steady(0);
     const withProfiles = await steady(10);
@@ -285,6 +319,11 @@ async function main(): Promise<void> {
   const pub = process.argv.indexOf('--publish');
   if (pub >= 0) {
     await publisher(process.argv[pub + 1]);
+    return;
+  }
+  const probeAt = process.argv.indexOf('--probe');
+  if (probeAt >= 0) {
+    await proberProcess(process.argv[probeAt + 1]);
     return;
   }
   const clients = arg('clients', 10_000);
