@@ -36,6 +36,11 @@ class Prepared {
   upD = new Float64Array(0);
   downP = new Float64Array(0);
   downD = new Float64Array(0);
+  /** The same for the prefill and the m decode passes together (P + m·D), what the E bounds run on. */
+  cE = new Float64Array(0);
+  sE = new Float64Array(0);
+  upE = new Float64Array(0);
+  downE = new Float64Array(0);
   /** Entry work for the whole generation (one entry per pass). */
   entry = 0;
   /** Stages that must run on the client (as generation.ts's pinnedToClient): the first and the last when private. */
@@ -55,6 +60,7 @@ class Prepared {
     const cap = Math.max(64, 2 * (S + 1));
     const t = (): Float64Array<ArrayBuffer> => new Float64Array(cap);
     [this.cP, this.cD, this.sP, this.sD, this.sW, this.upP, this.upD, this.downP, this.downD] = [t(), t(), t(), t(), t(), t(), t(), t(), t()];
+    [this.cE, this.sE, this.upE, this.downE] = [t(), t(), t(), t()];
     [this.lbPc, this.lbPs, this.lbDc, this.lbDs, this.lbEc, this.lbEs] = [t(), t(), t(), t(), t(), t()];
   }
   /** Whether stage i is pinned to the client. */
@@ -65,32 +71,17 @@ class Prepared {
 
 /**
  * Lower bounds of completing a pass from each stage (`lc` given the previous stage on the
- * client, `ls` on the server), from stage costs `c[i] + mul·c2[i]` (and likewise each array),
- * backwards from S with the final download `fin`.
+ * client, `ls` on the server), from the stage costs on each side and the crossings into each
+ * stage, backwards from S with the final download `fin`.
  */
-function bounds(
-  S: number,
-  mul: number,
-  c: Float64Array,
-  c2: Float64Array,
-  sv: Float64Array,
-  sv2: Float64Array,
-  up: Float64Array,
-  up2: Float64Array,
-  down: Float64Array,
-  down2: Float64Array,
-  fin: number,
-  lc: Float64Array,
-  ls: Float64Array,
-): void {
+function bounds(S: number, c: Float64Array, sv: Float64Array, up: Float64Array, down: Float64Array, fin: number, lc: Float64Array, ls: Float64Array): void {
   lc[S] = 0;
   ls[S] = fin;
-  const plain = mul === 0;
   for (let i = S - 1; i >= 0; i--) {
-    const onClient = (plain ? c[i] : c[i] + mul * c2[i]) + lc[i + 1];
-    const onServer = (plain ? sv[i] : sv[i] + mul * sv2[i]) + ls[i + 1];
-    lc[i] = Math.min(onClient, (plain ? up[i] : up[i] + mul * up2[i]) + onServer);
-    ls[i] = Math.min((plain ? down[i] : down[i] + mul * down2[i]) + onClient, onServer);
+    const onClient = c[i] + lc[i + 1];
+    const onServer = sv[i] + ls[i + 1];
+    lc[i] = Math.min(onClient, up[i] + onServer);
+    ls[i] = Math.min(down[i] + onClient, onServer);
   }
 }
 
@@ -113,7 +104,7 @@ function prepare(inst: GenerationInstance): Prepared {
   p.reserve(S);
   p.S = S;
   p.m = m;
-  const { cP, cD, sP, sD, sW, upP, upD, downP, downD } = p;
+  const { cP, cD, sP, sD, sW, upP, upD, downP, downD, cE, sE, upE, downE } = p;
   for (let i = 0; i < S; i++) {
     const s = stages[i];
     cP[i] = s.clientPrefillMs;
@@ -126,11 +117,15 @@ function prepare(inst: GenerationInstance): Prepared {
     upD[i] = dm * (transferMs(uplink, s.inBytesPerToken) + queue.decode);
     downP[i] = transferMs(downlink, n * s.inBytesPerToken);
     downD[i] = dm * transferMs(downlink, s.inBytesPerToken);
+    cE[i] = cP[i] + m * cD[i];
+    sE[i] = sP[i] + m * sD[i];
+    upE[i] = upP[i] + m * upD[i];
+    downE[i] = downP[i] + m * downD[i];
   }
   p.finalDown = transferMs(downlink, inst.outBytesPerPass);
-  bounds(S, 0, cP, cP, sP, sP, upP, upP, downP, downP, p.finalDown, p.lbPc, p.lbPs);
-  bounds(S, 0, cD, cD, sD, sD, upD, upD, downD, downD, dm * p.finalDown, p.lbDc, p.lbDs);
-  bounds(S, m, cP, cD, sP, sD, upP, upD, downP, downD, p.finalDown + m * dm * p.finalDown, p.lbEc, p.lbEs);
+  bounds(S, cP, sP, upP, downP, p.finalDown, p.lbPc, p.lbPs);
+  bounds(S, cD, sD, upD, downD, dm * p.finalDown, p.lbDc, p.lbDs);
+  bounds(S, cE, sE, upE, downE, p.finalDown + m * dm * p.finalDown, p.lbEc, p.lbEs);
   p.entry = (inst.serverEntryWork ?? 0) * (m + 1);
   p.private = inst.private === true;
   return p;
@@ -451,6 +446,36 @@ function labelPass(p: Prepared, inst: GenerationInstance, lim: Limits, feasibleO
 
 const ALL = (S: number, side: Location): Location[] => new Array<Location>(S).fill(side);
 
+/** A bound `v` widened by the pruning slack (Infinity when not stated). */
+const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
+
+/** The all-server plan decoded on the server (streamed) when the instance has it, priced exactly. */
+function streamedPlan(instance: GenerationInstance, S: number): GenerationResult | undefined {
+  const serverDecoding = (instance.serverDecoding ?? true) && !instance.private;
+  return serverDecoding ? generationResultOf(instance, 'dp', ALL(S, 'server')) : undefined;
+}
+
+/**
+ * dp's first pass: the least-work placement meeting every stated SLO with work at most
+ * `workAtMost` (pruned from the start; Infinity for no bound), the streamed plan compared exactly;
+ * undefined when none does.
+ */
+function bestFeasible(p: Prepared, instance: GenerationInstance, streamed: GenerationResult | undefined, workAtMost: number): GenerationResult | undefined {
+  const { slo } = instance;
+  const streamedFits = streamed !== undefined && streamed.feasible && approxLessOrEqual(streamed.serverWork, workAtMost);
+  const limits: Limits = {
+    ttft: widen(slo.ttftMs),
+    tpot: widen(slo.tpotMs),
+    e2e: widen(slo.e2eMs),
+    work: widen(streamedFits ? Math.min(workAtMost, streamed.serverWork) : workAtMost),
+    e2eOnly: slo.ttftMs === undefined && slo.tpotMs === undefined,
+  };
+  const placement = labelPass(p, instance, limits, true);
+  let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
+  if (streamedFits && (!best || betterGeneration(slo, streamed, best))) best = streamed;
+  return best && approxLessOrEqual(best.serverWork, workAtMost) ? best : undefined;
+}
+
 /**
  * `dp` for a generation: the exact optimum. Least server work among placements meeting
  * every stated SLO (each within 1e-9 relative), then the lower E2E; when no placement meets
@@ -484,25 +509,15 @@ const ALL = (S: number, side: Location): Location[] => new Array<Location>(S).fi
 export function solveGenerationDp(instance: GenerationInstance): GenerationResult {
   const p = prepare(instance);
   const { slo } = instance;
-  const serverDecoding = (instance.serverDecoding ?? true) && !instance.private;
-  const streamed = serverDecoding ? generationResultOf(instance, 'dp', ALL(p.S, 'server')) : undefined;
+  const streamed = streamedPlan(instance, p.S);
+  const feasible = bestFeasible(p, instance, streamed, Infinity);
+  if (feasible) return feasible;
+  // Nothing meets every SLO (nor does the streamed plan): minimise the largest ratio. Any real placement bounds it.
+  const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), generationResultOf(instance, 'dp', serverWherever(instance))];
+  const r = Math.min(...ends.map((e) => sloRatio(slo, e)));
+  const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));
   const e2eOnly = slo.ttftMs === undefined && slo.tpotMs === undefined;
-  const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
-  const feasibleLimits: Limits = {
-    ttft: widen(slo.ttftMs),
-    tpot: widen(slo.tpotMs),
-    e2e: widen(slo.e2eMs),
-    work: streamed?.feasible ? widen(streamed.serverWork) : Infinity,
-    e2eOnly,
-  };
-  let placement = labelPass(p, instance, feasibleLimits, true);
-  if (!placement && !streamed?.feasible) {
-    // Nothing meets every SLO: minimise the largest ratio. Any real placement bounds it.
-    const ends = [generationResultOf(instance, 'dp', ALL(p.S, 'client')), generationResultOf(instance, 'dp', serverWherever(instance))];
-    const r = Math.min(...ends.map((e) => sloRatio(slo, e)));
-    const at = (v: number | undefined): number => (v === undefined ? Infinity : widen(r * v));
-    placement = labelPass(p, instance, { ttft: at(slo.ttftMs), tpot: at(slo.tpotMs), e2e: at(slo.e2eMs), work: Infinity, e2eOnly }, false);
-  }
+  const placement = labelPass(p, instance, { ttft: at(slo.ttftMs), tpot: at(slo.tpotMs), e2e: at(slo.e2eMs), work: Infinity, e2eOnly }, false);
   let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
   if (streamed && (!best || betterGeneration(slo, streamed, best))) best = streamed;
   // Some placement always survives the second pass (the one attaining the ratio bound), or
@@ -523,22 +538,7 @@ export function solveGenerationDp(instance: GenerationInstance): GenerationResul
  */
 export function solveGenerationDpBelow(instance: GenerationInstance, workAtMost: number): GenerationResult | undefined {
   const p = prepare(instance);
-  const { slo } = instance;
-  const serverDecoding = (instance.serverDecoding ?? true) && !instance.private;
-  const streamed = serverDecoding ? generationResultOf(instance, 'dp', ALL(p.S, 'server')) : undefined;
-  const streamedFits = streamed !== undefined && streamed.feasible && approxLessOrEqual(streamed.serverWork, workAtMost);
-  const widen = (v: number | undefined): number => (v === undefined ? Infinity : v + PRUNE_SLACK * Math.abs(v));
-  const limits: Limits = {
-    ttft: widen(slo.ttftMs),
-    tpot: widen(slo.tpotMs),
-    e2e: widen(slo.e2eMs),
-    work: widen(streamedFits ? Math.min(workAtMost, streamed.serverWork) : workAtMost),
-    e2eOnly: slo.ttftMs === undefined && slo.tpotMs === undefined,
-  };
-  const placement = labelPass(p, instance, limits, true);
-  let best = placement ? generationResultOf(instance, 'dp', placement) : undefined;
-  if (streamedFits && (!best || betterGeneration(slo, streamed, best))) best = streamed;
-  return best && approxLessOrEqual(best.serverWork, workAtMost) ? best : undefined;
+  return bestFeasible(p, instance, streamedPlan(instance, p.S), workAtMost);
 }
 
 /**
