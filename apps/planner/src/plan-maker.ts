@@ -474,23 +474,37 @@ export class PlanMaker {
     let oneToken: HandoverInstance | undefined;
     for (const cls of this.opts.classes) {
       const adj = adjust?.(cls.name);
+      const inst = adjusted(this.instance(client, server, cls), adj);
+      if (!inst) return undefined;
       const prev = previous?.find((p) => p.name === cls.name);
       const inForce =
         prev && isPlacementLetters(prev.placement, S) && (!prev.decodePlacement || isPlacementLetters(prev.decodePlacement, S)) ? prev : undefined;
-      const solved = this.solveUnderLoad(client, server, cls, objective, adj, inForce);
-      if (!solved) return undefined;
-      const { inst } = solved;
+      // The plan in force, priced at this load.
+      const kept = inForce && priced(inst, fromLetters(inForce.placement), inForce.decodePlacement ? fromLetters(inForce.decodePlacement) : undefined);
+      // When it meets the SLOs it gives way only to a plan doing less work than it by more than
+      // the hysteresis (below), so dp searches below that work alone, which answers the same and
+      // prunes most of the search (solveGenerationDpBelow); when nothing is found it stays.
+      const fast = kept?.feasible && objective === 'work' && this.opts.algorithm === 'dp' && !isPhased(kept) ? kept : undefined;
+      const cheaper = fast && solveGenerationDpBelow(inst, (1 - this.opts.hysteresis) * fast.serverWork);
+      const keep = fast !== undefined && !cheaper;
+      const solved: { best: PricedPlan; idle?: HandoverInstance } = fast
+        ? { best: cheaper ? singlePlan(cheaper) : fast }
+        : this.solveUnderLoad(inst, client, server, cls, objective, adj);
       let { best } = solved;
       allServerWork?.push(allServer(inst).serverWork);
       // A plan is entered only with `entryMargin` of its SLOs to spare, and kept (below) while it
       // meets them at all (PlanMakerOptions.entryMargin).
       const margin = this.opts.entryMargin ?? 0;
-      if (!solved.keep && objective === 'work' && best.feasible && margin > 0 && sloRatio(inst.slo, best) > 1 - margin) {
+      if (!keep && objective === 'work' && best.feasible && margin > 0 && sloRatio(inst.slo, best) > 1 - margin) {
         const roomy = solveWith(scaledSlos(inst, 1 - margin), this.opts.algorithm, this.opts.phasedMinSaving);
         if (roomy.feasible) best = priced(inst, roomy.placement, roomy.decodePlacement);
       }
-      if (!solved.keep && inForce && planKey(inForce) !== planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) })) {
-        const kept = solved.inForce ?? priced(inst, fromLetters(inForce.placement), inForce.decodePlacement ? fromLetters(inForce.decodePlacement) : undefined);
+      if (
+        !keep &&
+        inForce &&
+        kept &&
+        planKey(inForce) !== planKey({ placement: toLetters(best.placement), decodePlacement: toLetters(best.decodePlacement) })
+      ) {
         const saves =
           objective === 'work'
             ? kept.serverWork - best.serverWork > this.opts.hysteresis * kept.serverWork
@@ -523,8 +537,8 @@ export class PlanMaker {
       // depends on the decode length too, so it is priced on its own class's.
       const n = cls.maxPromptTokens;
       const phased = isPhased(best);
-      if (n > 1 && oneToken === undefined) oneToken = this.instance(client, server, { ...cls, maxPromptTokens: 1 });
-      const one = n <= 1 ? undefined : phased ? this.instance(client, server, { ...cls, maxPromptTokens: 1 }) : oneToken;
+      const oneTokenOf = (): HandoverInstance | undefined => this.instance(client, server, { ...cls, maxPromptTokens: 1 });
+      const one = n <= 1 ? undefined : phased ? oneTokenOf() : (oneToken ??= oneTokenOf());
       const short = one ? priced(one, best.placement, best.decodePlacement) : undefined;
       const perToken = short ? Math.max(0, (best.ttftMs - short.ttftMs) / (n - 1)) : 0;
       // A phased plan moves the prompt's cache: its hand-over has a slope per prompt token too.
@@ -571,7 +585,7 @@ export class PlanMaker {
   }
 
   /**
-   * Solves at the server's reported load. When nothing meets the SLOs there, the fallback is
+   * Solves `inst` (the class at the server's reported load). When nothing meets the SLOs there, the fallback is
    * the solver's fastest placement at that load, unless the best plan at no load (the most
    * work the SLOs could ever leave on the client) costs the server less: an overloaded server
    * is relieved, not given everything because the slow clients cannot meet the SLOs alone.
@@ -580,34 +594,21 @@ export class PlanMaker {
    * and the no-load instance comes back with it (`idle`) for the caller's use.
    */
   private solveUnderLoad(
+    inst: HandoverInstance,
     client: ClientProfile,
     server: ServerLoad | undefined,
     cls: RequestClass,
     objective: Objective,
     adj?: ClassAdjustment,
-    inForce?: Pick<ClassPlacement, 'placement' | 'decodePlacement'>,
-  ): { inst: HandoverInstance; best: PricedPlan; idle?: HandoverInstance; inForce?: PricedPlan; keep?: boolean } | undefined {
-    const inst = adjusted(this.instance(client, server, cls), adj);
-    if (!inst) return undefined;
-    // The plan in force, when it meets the SLOs at this load, gives way only to one doing less
-    // work than it by more than the hysteresis (plan()): dp then searches below that work alone,
-    // which answers the same and prunes most of the search (solveGenerationDpBelow). `keep`: no
-    // plan does, the plan in force stays.
-    if (inForce && objective === 'work' && this.opts.algorithm === 'dp' && !inForce.decodePlacement) {
-      const kept = priced(inst, fromLetters(inForce.placement));
-      if (kept.feasible) {
-        const cheaper = solveGenerationDpBelow(inst, (1 - this.opts.hysteresis) * kept.serverWork);
-        return cheaper ? { inst, best: singlePlan(cheaper), inForce: kept } : { inst, best: kept, inForce: kept, keep: true };
-      }
-    }
+  ): { best: PricedPlan; idle?: HandoverInstance } {
     // The latency objective takes the fastest single placement, for both phases.
     const best =
       objective === 'work' ? solveWith(inst, this.opts.algorithm, this.opts.phasedMinSaving) : priced(inst, fastestGenerationPlacement(inst).placement);
-    if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { inst, best };
+    if (best.feasible || objective !== 'work' || !(server && server.utilisation > 0)) return { best };
     const idleInst = this.idleInstance(client, server, cls, adj);
-    if (!idleInst) return { inst, best }; // never: the same server as `inst`, which was priced
+    if (!idleInst) return { best }; // never: the same server as `inst`, which was priced
     const idle = solveWith(idleInst, this.opts.algorithm, this.opts.phasedMinSaving);
-    if (!idle.feasible || ((this.opts.overload ?? 'relieve') === 'relieve' && idle.serverWork >= best.serverWork)) return { inst, best, idle: idleInst };
-    return { inst, best: { ...priced(inst, idle.placement, idle.decodePlacement), feasible: false }, idle: idleInst };
+    if (!idle.feasible || ((this.opts.overload ?? 'relieve') === 'relieve' && idle.serverWork >= best.serverWork)) return { best, idle: idleInst };
+    return { best: { ...priced(inst, idle.placement, idle.decodePlacement), feasible: false }, idle: idleInst };
   }
 }
