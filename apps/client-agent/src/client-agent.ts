@@ -105,8 +105,9 @@ export const AGENT_SERVICE_NAME = 'tandem.agent.v1.AgentService';
 
 /**
  * How long start() waits for the first link probe before the first profile goes out anyway, ms.
- * Two transfers of 256 KiB each way take about 0.8 s on a 10 Mbit/s link; a link so slow that the probe takes
- * longer is published as estimated until the probe ends.
+ * Two to six transfers of 256 KiB each way ({@link PROBE_SAMPLES}, {@link PROBE_MAX_SAMPLES}) take
+ * about 0.8–2.5 s on a 10 Mbit/s link; a link so slow that the probe takes longer is published as
+ * estimated until the probe ends.
  */
 export const FIRST_PROBE_WAIT_MS = 5000;
 
@@ -343,20 +344,19 @@ export class ClientAgent {
       // with nothing to carry, which is what each transfer below has on top of its bytes (a
       // ping's round trip differs from it on a busy host, and the estimate takes off the smallest).
       this.estimator.recordRtt(await probe(0, 0));
+      // Up before down in each round: the estimator takes the uplink's time off a download's.
       const ups: number[] = [];
       const downs: number[] = [];
+      const timed = async (samples: number[], up: number, down: number): Promise<void> => {
+        samples.push(await probe(up, down));
+        this.estimator.recordTransfer(up, down, samples[samples.length - 1]);
+      };
       for (let i = 0; i < PROBE_MAX_SAMPLES; i++) {
         const upDone = measured.up || probeSettled(ups);
         const downDone = measured.down || probeSettled(downs);
         if (upDone && downDone) break;
-        if (!upDone) {
-          ups.push(await probe(bytes, 0));
-          this.estimator.recordTransfer(bytes, 0, ups[ups.length - 1]);
-        }
-        if (!downDone) {
-          downs.push(await probe(0, bytes));
-          this.estimator.recordTransfer(0, bytes, downs[downs.length - 1]);
-        }
+        if (!upDone) await timed(ups, bytes, 0);
+        if (!downDone) await timed(downs, 0, bytes);
       }
       this.log.debug({ link: this.estimator.estimate() }, 'link probed');
     } catch (err) {

@@ -36,7 +36,7 @@ export const agentEnv = {
   AGENT_LINK_UP_BYTES_PER_MS: env.number('EMULATION: uplink throughput, bytes/ms (0 = not limited)', 0, 0),
   AGENT_LINK_DOWN_BYTES_PER_MS: env.number('EMULATION: downlink throughput, bytes/ms (0 = not limited)', 0, 0),
   AGENT_LINK_PROBE_BYTES: env.int(
-    "Bytes of the link probe: while the link's throughput is unmeasured, the agent times two uploads and two downloads of this many bytes to the executor (ExecutorService.ProbeLink; the fastest of each counts), so the first plans price transfers on the link; 0 = no probes (generations' own transfers measure it)",
+    "Bytes of the link probe: while the link's throughput is unmeasured, the agent times uploads and downloads of this many bytes to the executor (ExecutorService.ProbeLink; 2 to 6 each way, until the two fastest agree within 5 %; the fastest counts), so the first plans price transfers on the link; 0 = no probes (generations' own transfers measure it)",
     DEFAULT_LINK_PROBE_BYTES,
     0,
     1_048_576,

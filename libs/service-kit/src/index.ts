@@ -33,6 +33,7 @@ export {
   loadServerSecurity,
   loadUpstreamSecurity,
   MIN_TOKEN_LENGTH,
+  newSecret,
   OPERATOR_IDENTITY,
   serverAuthOptions,
   serverSecurityEnv,
@@ -42,7 +43,6 @@ export {
 } from './security';
 export type { ClientSecurity, ClientSecurityFiles, ServerSecurity, ServerSecurityConfig, UpstreamSecurityConfig } from './security';
 export { makeCertificates } from './certs';
-export { newSecret } from './security';
 export type { CertificateOptions, CertificateSet } from './certs';
 export { errorEdge, runMain, serveWithEdge, statusOf, StatusError, ValidationError } from './errors';
 export type { EdgeHandlers, ErrorEdge, GrpcStatus } from './errors';

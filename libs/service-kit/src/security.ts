@@ -24,6 +24,7 @@ export const MIN_TOKEN_LENGTH = 16;
 export function newSecret(): string {
   return `tdm_${randomBytes(24).toString('base64url')}`;
 }
+
 const IDENTITY_PATTERN = /^([A-Za-z0-9_-]{1,64}|\*)$/;
 
 /** The server side of a gRPC port: its certificate, client certificates, tokens. Spread into a service's env schema. */
