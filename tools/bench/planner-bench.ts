@@ -22,11 +22,12 @@
  * reporting, each advertising an address, so every client is assigned one of them and priced
  * on each (docs/planner.md, "Several executors").
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import type { Readable, Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
 import type * as Planner from '@tandem/planner';
@@ -172,15 +173,21 @@ async function proberProcess(addr: string): Promise<void> {
   const p = prober(addr);
   while (p.count() === 0) await sleep(5);
   process.stdout.write('ready\n');
-  await once(process.stdin, 'data');
+  // A line, or the end of stdin (the bench gone): either ends it.
+  await Promise.race([once(process.stdin, 'data'), once(process.stdin, 'end')]);
   process.stdout.write(`${JSON.stringify(p.stop())}\n`);
   process.exit(0);
 }
 
+/** This script again in a child process in `role` (--publish or --probe) with `arg`: its stdin, and its stdout line by line. */
+function spawnRole(role: '--publish' | '--probe', arg: string): { child: ChildProcessByStdio<Writable, Readable, null>; lines: AsyncIterator<string> } {
+  const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, role, arg], { stdio: ['pipe', 'pipe', 'inherit'] });
+  return { child, lines: createInterface({ input: child.stdout })[Symbol.asyncIterator]() };
+}
+
 /** Starts {@link proberProcess} on `addr` and waits until it probes; `stop` gives its latencies. */
 async function externalProber(addr: string): Promise<{ stop: () => Promise<number[]> }> {
-  const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--probe', addr], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const { child, lines } = spawnRole('--probe', addr);
   const ready = await lines.next();
   if (ready.done || ready.value !== 'ready') throw new Error(`the health prober did not start (said ${JSON.stringify(ready.value)})`);
   return {
@@ -188,7 +195,7 @@ async function externalProber(addr: string): Promise<{ stop: () => Promise<numbe
       child.stdin.write('stop\n');
       const out = await lines.next();
       if (out.done) throw new Error('the health prober ended without its latencies');
-      return JSON.parse(out.value as string) as number[];
+      return JSON.parse(out.value) as number[];
     },
   };
 }
@@ -241,8 +248,7 @@ async function runRule(
     replanThreshold: threshold,
   });
   const { port } = await planner.start();
-  const child = spawn(process.execPath, ['--require', 'tsx/cjs', __filename, '--publish', natsUrl], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const acks = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const { child, lines: acks } = spawnRole('--publish', natsUrl);
   const send = async (cmd: object): Promise<void> => {
     child.stdin.write(`${JSON.stringify({ ...cmd, executors })}\n`);
     await acks.next();
