@@ -56,11 +56,19 @@ class HandOverEngine extends CountingEngine {
     if (stage === 1) inputs.forEach((t, i) => this.ids(caches?.[i]).push(...Array.from(t.data as Float32Array)));
     return super.runBatch(stage, inputs);
   }
+  /** Hand-over calls begun, in order (`put 1`, `take 0`, ...). */
+  readonly handOvers: string[] = [];
+  /** When set, hand-over calls wait for it after they begin (an engine busy with other work). */
+  handOverGate?: Promise<void>;
   async putState(stage: number, cache: SessionCache, tokens: number, kv: StageKv | undefined): Promise<void> {
+    this.handOvers.push(`put ${stage}`);
+    if (this.handOverGate) await this.handOverGate;
     if (stage === 1 && kv) this.ids(cache).push(...Array.from(kv.key.data));
     cache.advance(stage, stage + 1, tokens);
   }
   async takeState(stage: number, cache: SessionCache): Promise<StageKv | undefined> {
+    this.handOvers.push(`take ${stage}`);
+    if (this.handOverGate) await this.handOverGate;
     cache.clearStage(stage);
     if (stage !== 1) return undefined;
     const ids = this.ids(cache).splice(0);
@@ -88,6 +96,12 @@ class SlowReaderCall extends EventEmitter {
   tokens(): number[] {
     return this.written.flatMap((m) => (m.kind?.$case === 'token' ? [m.kind.value.token] : []));
   }
+}
+
+/** Position `i` of a [1, 1, T, 1] wire tensor of keys or values, as a one-position tensor. */
+function sliceIds(t: ReturnType<typeof toWireTensor>, i: number): ReturnType<typeof toWireTensor> {
+  const all = new Float32Array(Uint8Array.from(t.data).buffer);
+  return toWireTensor({ dtype: 'float32', shape: [1, 1, 1, 1], data: all.slice(i, i + 1) });
 }
 
 /** Lets queued immediates and promise continuations run (the scheduler starts on setImmediate). */
@@ -335,6 +349,56 @@ describe('SplitSession server-side decoding', () => {
       }
     });
 
+    it('posts a run of takes to the engine together, writes their chunks in message order, and answers a later step after them', async () => {
+      const engine = new HandOverEngine();
+      const { call } = open(60_000, engine);
+      call.write = (m: SessionResponse): boolean => (call.written.push(m), true);
+      call.emit('data', prefill);
+      await settle();
+      let open_ = (): void => {};
+      engine.handOverGate = new Promise<void>((r) => (open_ = r));
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 0 } } });
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '3', stage: 0, maxChunkBytes: 0 } } });
+      // Stage 2 (the head) still holds its positions: a step through it waits for both takes.
+      const step: SessionRequest = {
+        kind: {
+          $case: 'step',
+          value: { seq: '4', stageBegin: 2, stageEnd: 3, input: toWireTensor({ dtype: 'float32', shape: [1, 1, 1], data: Float32Array.of(1) }), sample: true },
+        },
+      };
+      call.emit('data', step);
+      await settle();
+      // Both takes began before either was answered (one wait behind the engine, not two).
+      expect(engine.handOvers).toEqual(['take 1', 'take 0']);
+      const kindsWritten = (): string[] =>
+        call.written.flatMap((m) => (m.kind?.$case === 'kvChunk' ? [`chunk ${m.kind.value.stage}`] : m.kind?.$case === 'result' ? ['result'] : []));
+      expect(kindsWritten()).toEqual(['result']);
+      open_();
+      await settle();
+      expect(kindsWritten()).toEqual(['result', 'chunk 1', 'chunk 0', 'result']);
+      expect(chunks(call)).toEqual([
+        [0, 3, [2, 1, 3], true],
+        [0, 3, [], true],
+      ]);
+    });
+
+    it('refuses a second take of a stage whose first is still in flight, as one of a stage taken', async () => {
+      const engine = new HandOverEngine();
+      const { call, session } = open(60_000, engine);
+      const errors: { code: number; details: string }[] = [];
+      call.on('error', (e: { code: number; details: string }) => errors.push({ code: e.code, details: e.details }));
+      call.emit('data', prefill);
+      await settle();
+      engine.handOverGate = new Promise<void>(() => {});
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 0 } } });
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '3', stage: 1, maxChunkBytes: 0 } } });
+      await session.closed;
+      expect(errors).toEqual([
+        { code: 9, details: 'kv_take.stage 1 must hold at least one token on the server (it holds none: it ran on the client or was taken), given 1' },
+      ]);
+      expect(engine.handOvers).toEqual(['take 1']);
+    });
+
     it('is refused by an engine that cannot hand state over', async () => {
       const { call, session } = open(60_000, new CountingEngine());
       const errors: { code: number; details: string }[] = [];
@@ -343,6 +407,34 @@ describe('SplitSession server-side decoding', () => {
       call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 0 } } });
       await session.closed;
       expect(errors).toEqual([{ code: 9, details: "kv_take is not supported by this executor's engine, given kv_take of stage 1" }]);
+    });
+  });
+  describe('kv_put', () => {
+    it('puts a run of stages into the engine together when the next message comes, then runs it on what was put', async () => {
+      const engine = new HandOverEngine();
+      const { call } = open(60_000, engine);
+      call.write = (m: SessionResponse): boolean => (call.written.push(m), true);
+      let open_ = (): void => {};
+      engine.handOverGate = new Promise<void>((r) => (open_ = r));
+      const ids = toWireTensor({ dtype: 'float32', shape: [1, 1, 2, 1], data: Float32Array.of(2, 1) });
+      call.emit('data', { kind: { $case: 'kvPut', value: { stage: 0, offset: 0, tokens: 2 } } });
+      call.emit('data', { kind: { $case: 'kvPut', value: { stage: 1, offset: 0, tokens: 1, key: sliceIds(ids, 0), value: sliceIds(ids, 0) } } });
+      call.emit('data', { kind: { $case: 'kvPut', value: { stage: 1, offset: 1, tokens: 1, key: sliceIds(ids, 1), value: sliceIds(ids, 1) } } });
+      call.emit('data', { kind: { $case: 'kvPut', value: { stage: 2, offset: 0, tokens: 2 } } });
+      await settle();
+      // Held until another message comes.
+      expect(engine.handOvers).toEqual([]);
+      call.emit('data', {
+        kind: { $case: 'generate', value: { seq: 1, input: toWireTensor({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(3n) }), maxNewTokens: 2 } },
+      });
+      await settle();
+      // Every stage's put began before any was answered (one wait behind the engine, not three).
+      expect(engine.handOvers).toEqual(['put 0', 'put 1', 'put 2']);
+      expect(call.tokens()).toEqual([]);
+      open_();
+      await settle();
+      // The decode continues from the put positions: (3 + 1) mod 4, then (0 + 1).
+      expect(call.tokens()).toEqual([0, 1]);
     });
   });
 });

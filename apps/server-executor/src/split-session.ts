@@ -100,12 +100,23 @@ export class SplitSession {
   /** Stages whose tokens here all came from kv_put chunks (no step ran them since): a further chunk continues them. */
   private readonly putting = new Set<number>();
   /**
-   * kv_put chunks of one stage taken but not yet given to the engine: consecutive chunks of a
-   * stage are joined and put in one engine call when any other message comes (one copy of the
-   * stage's KV and one thread hop, instead of a growing copy and a hop per chunk). Validated and
+   * kv_put chunks taken but not yet given to the engine, per stage, in arrival order. A run of
+   * kv_put messages is held until any other message comes; then each stage's chunks are joined
+   * (one copy of its KV) and every stage is put at once: the engine calls are posted together,
+   * so the hand-over waits behind the engine's current work once, not once per stage (a
+   * device prefill handing 12 stages to a busy server waited 12 batches). Validated and
    * budgeted as they arrive; the session counts them as held.
    */
-  private pendingPut: { stage: number; tokens: number; keys: Float32Tensor[]; values: Float32Tensor[] } | undefined;
+  private readonly pendingPuts = new Map<number, { tokens: number; keys: Float32Tensor[]; values: Float32Tensor[] }>();
+  /**
+   * kv_take answers in flight: each take's engine call is posted when its message comes, and
+   * its chunks are written after the earlier takes' (this chain). A run of kv_take messages so
+   * waits behind the engine's current work once, not once per stage; any other message waits
+   * for the chain first, and so does the end of the stream.
+   */
+  private takes: Promise<void> = Promise.resolve();
+  /** Stages whose kv_take is in flight (they count as holding nothing). */
+  private readonly taking = new Set<number>();
   /** The server-side decode loop, while or after it runs. */
   private generation: Promise<void> | undefined;
   /**
@@ -148,6 +159,7 @@ export class SplitSession {
     // A half-close during a server-side generation ends the session once the generation is done.
     call.on('end', () => {
       this.chain = this.chain.then(async () => {
+        await this.takes;
         await this.generation;
         await this.finish('client ended the stream');
       });
@@ -186,8 +198,12 @@ export class SplitSession {
       // A message that did not decode (bytes that are no SessionRequest, a 64-bit value out of range).
       const problem = decodeProblem(m);
       if (problem) throw new ValidationError(problem.message);
-      if (this.pendingPut && (m.kind?.$case !== 'kvPut' || m.kind.value.stage !== this.pendingPut.stage)) {
-        await this.flushPut();
+      if (this.taking.size > 0 && m.kind?.$case !== 'kvTake') {
+        await this.takes;
+        if (!this.isOpen) return;
+      }
+      if (this.pendingPuts.size > 0 && m.kind?.$case !== 'kvPut') {
+        await this.flushPuts();
         if (!this.isOpen) return;
       }
       switch (m.kind?.$case) {
@@ -292,8 +308,9 @@ export class SplitSession {
           if (!this.engine.putState) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${put.stage}`);
           this.reserveKv(valid.kv ? valid.tokens * kvBytesPerToken(this.engine.nEmbd) : 0, `kv_put of stage ${valid.stage}`);
           this.mode = 'split';
-          // Held here until another message comes (flushPut): the chunk's tensors are views of its own message.
-          const pending = (this.pendingPut ??= { stage: valid.stage, tokens: 0, keys: [], values: [] });
+          // Held here until another message comes (flushPuts): the chunk's tensors are views of its own message.
+          let pending = this.pendingPuts.get(valid.stage);
+          if (pending === undefined) this.pendingPuts.set(valid.stage, (pending = { tokens: 0, keys: [], values: [] }));
           pending.tokens += valid.tokens;
           if (valid.kv) {
             pending.keys.push(valid.kv.key);
@@ -306,7 +323,7 @@ export class SplitSession {
         case 'kvTake':
           if (this.state !== 'open') throw new PreconditionError('the first message must be open, given kv_take');
           this.traffic.messagesIn++;
-          await this.take(m.kind.value);
+          this.take(m.kind.value);
           return;
         default:
           throw new ValidationError('message.kind must be open, step, generate, kv_put or kv_take, given nothing');
@@ -586,18 +603,25 @@ export class SplitSession {
     return { seq: g.seq, input, maxNewTokens: g.maxNewTokens };
   }
 
-  /** Gives the pending kv_put chunks (see `pendingPut`) to the engine, joined, in one call. */
-  private async flushPut(): Promise<void> {
-    const p = this.pendingPut;
-    if (p === undefined) return;
-    this.pendingPut = undefined;
+  /**
+   * Gives the pending kv_put chunks (see `pendingPuts`) to the engine: each stage's joined, one
+   * call per stage, every call posted before any is awaited. The first failure is thrown once
+   * all have settled.
+   */
+  private async flushPuts(): Promise<void> {
+    const puts = [...this.pendingPuts];
+    this.pendingPuts.clear();
     const putEngine = this.engine.putState?.bind(this.engine);
-    if (!putEngine) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${p.stage}`);
-    const kv = p.keys.length > 0 ? { key: join(p.keys), value: join(p.values) } : undefined;
+    if (!putEngine) throw new PreconditionError(`kv_put is not supported by this executor's engine, given kv_put of stage ${puts[0][0]}`);
+    const cache = this.liveCache;
     this.serverBusy = true;
     clearTimeout(this.idleTimer);
     try {
-      await putEngine(p.stage, this.liveCache, p.tokens, kv);
+      const settled = await Promise.allSettled(
+        puts.map(([stage, p]) => putEngine(stage, cache, p.tokens, p.keys.length > 0 ? { key: join(p.keys), value: join(p.values) } : undefined)),
+      );
+      const failed = settled.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     } finally {
       this.serverBusy = false;
       this.touch();
@@ -606,7 +630,7 @@ export class SplitSession {
 
   /** The tokens stage `stage` holds, kv_put chunks not yet given to the engine included. */
   private heldAt(stage: number): number {
-    return this.liveCache.tokensAt(stage) + (this.pendingPut?.stage === stage ? this.pendingPut.tokens : 0);
+    return this.liveCache.tokensAt(stage) + (this.pendingPuts.get(stage)?.tokens ?? 0);
   }
 
   /** The rules kv_put and kv_take share: a stage of the model, a session that has not run generate, the private session's first and last stage. */
@@ -672,13 +696,13 @@ export class SplitSession {
    * then the stage holds nothing here and its KV bytes go back to the budget. Waits for the
    * stream to drain between chunks when the client reads slowly (the idle timeout runs then).
    */
-  private async take(t: KvTake): Promise<void> {
+  private take(t: KvTake): void {
     const seq = BigInt(t.seq);
     if (seq <= this.lastSeq)
       throw new ValidationError(`kv_take.seq must increase within a session together with the steps' (last ${this.lastSeq}), given ${t.seq}`);
     this.checkHandOverStage(t.stage, 'kv_take');
     const cache = this.liveCache;
-    const n = cache.tokensAt(t.stage);
+    const n = this.taking.has(t.stage) ? 0 : cache.tokensAt(t.stage);
     if (n === 0)
       throw new PreconditionError(
         `kv_take.stage ${t.stage} must hold at least one token on the server (it holds none: it ran on the client or was taken), given ${t.stage}`,
@@ -689,9 +713,20 @@ export class SplitSession {
     this.mode = 'split';
     this.serverBusy = true;
     clearTimeout(this.idleTimer);
+    // Posted now, in order with the session's other engine calls; answered in order below.
+    const taken = takeEngine(t.stage, cache);
+    this.taking.add(t.stage);
+    this.takes = this.takes
+      .then(() => this.sendTaken(t, n, taken))
+      .catch((err: unknown) => this.fail(err))
+      .finally(() => this.taking.delete(t.stage));
+  }
+
+  /** Writes what one kv_take took (see `take`) as KvChunks, once the engine answered and the earlier takes were written. */
+  private async sendTaken(t: KvTake, n: number, taken: Promise<StageKv | undefined>): Promise<void> {
     let kv: StageKv | undefined;
     try {
-      kv = await takeEngine(t.stage, cache);
+      kv = await taken;
     } finally {
       this.serverBusy = false;
       this.touch();
@@ -749,7 +784,7 @@ export class SplitSession {
     this.admission.leave(this);
     this.kv.release(this.kvReserved);
     this.kvReserved = 0;
-    this.pendingPut = undefined;
+    this.pendingPuts.clear();
     clearTimeout(this.idleTimer);
     this.ended.abort();
     const cache = this.cache;

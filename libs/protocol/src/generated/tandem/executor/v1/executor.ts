@@ -162,6 +162,8 @@ export interface ServerGenerate {
  * stage is its token count alone (one chunk, no tensors); that of an attention stage is also
  * its KV cache, cut into chunks of whole positions that each keep the message under the
  * server's maximum message size (Tandem's agent sends at most 1 MiB of key and value per chunk).
+ * Send every stage's chunks back to back, then the `step` or `generate`: the server holds a run
+ * of `kv_put`s until another message comes and takes all its stages in together.
  * Rules (a broken one ends the session with the status given, naming the field; nothing of
  * that chunk is taken):
  * - `stage` < the stage count; INVALID_ARGUMENT.
@@ -204,7 +206,8 @@ export interface KvPut {
  * the server (FAILED_PRECONDITION naming `kv_take.stage`); not in a session that ran
  * `generate`; not for the first or the last stage in a private session (FAILED_PRECONDITION).
  * The chunks are written as the client reads them: while its stream stays full, the idle
- * timeout runs (as for `generate`'s tokens).
+ * timeout runs (as for `generate`'s tokens). `kv_take`s sent back to back are taken out
+ * together and answered in the order sent; a later message of another kind waits for them.
  */
 export interface KvTake {
   /**
