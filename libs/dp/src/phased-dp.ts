@@ -375,8 +375,9 @@ function preparePhased(inst: HandoverInstance): Prepared {
     openG,
     openW,
     loop,
-    upLatency: uplink.latencyMs,
-    downLatency: downlink.latencyMs,
+    // A hand-over waits, once per direction, behind the server's work as a decode entry does (evaluatePhased).
+    upLatency: uplink.latencyMs + queue.decode,
+    downLatency: downlink.latencyMs + queue.decode,
     tokenUpMs: S > 0 ? stages[0].inBytesPerToken / uplink.bytesPerMs : 0,
   };
 }

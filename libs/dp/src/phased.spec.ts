@@ -109,6 +109,18 @@ describe('evaluatePhased', () => {
     expect(c.serverWork).toBe(20);
   });
 
+  it("adds the server's decode queue wait once per direction a hand-over uses, not once per stage moved", () => {
+    const queued = { ...WORKED, serverDecodeQueueMs: 3 };
+    const down = evaluatePhased(queued, ['client', 'server', 'client'], ['client', 'client', 'client']);
+    // 20 + 204800/5000 + one wait of 3 ms (the take's engine calls are made together).
+    expect(down.handoverMs).toBeCloseTo(60.96 + 3, 9);
+    expect(down.tpotMs).toBeCloseTo(15 + (60.96 + 3) / 20, 9);
+    const upAll = (inst: HandoverInstance): number => evaluatePhased(inst, ['client', 'client', 'client'], ['server', 'server', 'server']).handoverMs;
+    expect(upAll(queued)).toBeCloseTo(upAll(WORKED) + 3, 9);
+    // Nothing moved, nothing waited.
+    expect(evaluatePhased(queued, ['client', 'server', 'client'], ['client', 'server', 'client']).handoverMs).toBe(0);
+  });
+
   it("prices the server's hand-over work by hand: the block's cache sent down in chunks, or taken in", () => {
     const kvHandover = { msPerMessageIn: 0.5, msPerMessageOut: 0.25, msPerKibIn: 0.01, msPerKibOut: 0.004, chunkBytes: 65_536 };
     const inst = { ...WORKED, kvHandover };

@@ -174,7 +174,9 @@ export function streamedDecode(instance: GenerationInstance): { readonly ms: num
  *   ({@link streamedDecode}).
  * - Between the phases, each stage with `kvBytesPerToken` > 0 whose sides differ moves
  *   `kvBytesPerToken · n` bytes in that direction; all bytes going one way travel as one
- *   transfer (`latencyMs + bytes / bytesPerMs`), and the two directions add. When the server's
+ *   transfer (`latencyMs + bytes / bytesPerMs`) and waits behind the server's work once, as a
+ *   decode entry does (`serverDecodeQueueMs`: the executor makes a run of kv_put or kv_take
+ *   engine calls together), and the two directions add. When the server's
  *   loop decodes after a prefill that ended on the client, the first token goes up with them
  *   (`stages[0].inBytesPerToken` bytes). Each direction used is one more entry to the server
  *   (`serverEntryWork`), and each stage moved costs the server its hand-over work
@@ -223,8 +225,12 @@ export function evaluatePhased(instance: HandoverInstance, prefill: Placement, d
   const up = kvUpBytes > 0 || tokenUp;
   const down = kvDownBytes > 0;
   // The server's hand-over work is on the way too: the decode cannot go on before the cache is in (or out).
+  // Each direction's engine calls are made together and wait behind the server's work once, as a decode entry does.
+  const wait = queueWaits(instance).decode;
   const handoverMs =
-    (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) : 0) + (down ? transferMs(downlink, kvDownBytes) : 0) + handoverWorkSum;
+    (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) + wait : 0) +
+    (down ? transferMs(downlink, kvDownBytes) + wait : 0) +
+    handoverWorkSum;
   serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0)) + handoverWorkSum;
   const tpotMs = pass + handoverMs / m;
   return {
