@@ -16,7 +16,14 @@
  * a device prefill before a server decode), alternating, to compare what the hand-over saves
  * the server (the prompt's prefill) with what it costs (taking the cache in).
  *
- *   npx tsx tools/bench/kv-handover-bench.ts [--preset small] [--tokens 512] [--sessions 30] [--chunk 1048576] [--gen-prompt 24] [--gen-new 16] [--generations 60]
+ * Last, the wall time of a hand-over as a client sees it, on an idle engine and behind `--busy`
+ * clients that keep server-side generations of `--busy-prompt`-token prompts running (the
+ * engine never idle, long prefill calls among the decode steps, as at saturation):
+ * "in" from the first kv_put of a `--gen-prompt`-token cache until the server's first decoded
+ * token, "out" from the kv_takes of every attention stage (sent together, as the agent does)
+ * until the last chunk. `--handovers` of each, p50 and p90.
+ *
+ *   npx tsx tools/bench/kv-handover-bench.ts [--preset small] [--tokens 512] [--sessions 30] [--chunk 1048576] [--gen-prompt 24] [--gen-new 16] [--generations 60] [--busy 4] [--busy-prompt 256] [--handovers 40]
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -32,6 +39,9 @@ const chunkBytes = Number(arg('chunk', String(1 << 20)));
 const genPrompt = Number(arg('gen-prompt', '24'));
 const genNew = Number(arg('gen-new', '16'));
 const generations = Number(arg('generations', '60'));
+const busy = Number(arg('busy', '4'));
+const handovers = Number(arg('handovers', '40'));
+const busyPrompt = Number(arg('busy-prompt', '256'));
 const MAX_MESSAGE = 64 << 20;
 const CLK_TCK = 100;
 
@@ -225,6 +235,65 @@ async function main(): Promise<void> {
     }
   }
 
+  // Hand-over wall time, idle and behind busy clients.
+  const handOverIn = async (): Promise<number> => {
+    const { call, next } = await openSession(client);
+    const t0 = performance.now();
+    for (let s = 0; s < S; s++) {
+      const kv = attention.has(s) ? { key: genChunks[0].key, value: genChunks[0].value } : { key: undefined, value: undefined };
+      call.write({ kind: { $case: 'kvPut', value: { stage: s, offset: 0, tokens: genPrompt, ...kv } } });
+    }
+    call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor([42]), maxNewTokens: 1 } } });
+    await tokensOf(next, 1);
+    const ms = performance.now() - t0;
+    call.end();
+    return ms;
+  };
+  const handOverOut = async (): Promise<number> => {
+    const { call, next } = await openSession(client);
+    call.write(stepRequest(1, S, genIds, true));
+    const first = await next();
+    if (first.kind?.$case !== 'result') throw new Error(`expected the prefill's result, got ${first.kind?.$case}`);
+    const t0 = performance.now();
+    let seq = 2;
+    for (const s of attention) call.write({ kind: { $case: 'kvTake', value: { seq: String(seq++), stage: s, maxChunkBytes: chunkBytes } } });
+    for (let done = 0; done < attention.size;) {
+      const m = await next();
+      if (m.kind?.$case !== 'kvChunk') throw new Error(`expected a kv_chunk, got ${m.kind?.$case}`);
+      if (m.kind.value.last) done++;
+    }
+    const ms = performance.now() - t0;
+    call.end();
+    return ms;
+  };
+  const walls = async (): Promise<{ in: number[]; out: number[] }> => {
+    const w = { in: [] as number[], out: [] as number[] };
+    for (let h = 0; h < handovers; h++) {
+      w.in.push(await handOverIn());
+      w.out.push(await handOverOut());
+    }
+    return w;
+  };
+  const idleWalls = await walls();
+  let stopBusy = false;
+  const busyIds = Array.from({ length: busyPrompt }, (_, i) => 100 + ((i * 53) % 5000));
+  const busyLoops = Array.from({ length: busy }, async () => {
+    while (!stopBusy) {
+      const { call, next } = await openSession(client);
+      call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor(busyIds), maxNewTokens: genNew } } });
+      await tokensOf(next, genNew);
+      call.end();
+    }
+  });
+  await new Promise((r) => setTimeout(r, 500));
+  const busyWalls = await walls();
+  stopBusy = true;
+  await Promise.all(busyLoops);
+  const q = (xs: number[], p: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+  const wallRow = (name: string, w: { in: number[]; out: number[] }): string =>
+    `hand-over wall, ${name}: in (put ${attention.size} stages of ${genPrompt} positions until the first token) p50 ${q(w.in, 0.5).toFixed(1)} ms p90 ${q(w.in, 0.9).toFixed(1)} ms;` +
+    ` out (take ${attention.size} stages) p50 ${q(w.out, 0.5).toFixed(1)} ms p90 ${q(w.out, 0.9).toFixed(1)} ms`;
+
   send(child, 'load');
   const { load } = await until<{ load: ServerLoad }>(child, 'load');
   send(child, 'stop');
@@ -256,6 +325,8 @@ async function main(): Promise<void> {
         : "executor's fit: none reported",
       `mean wall per hand-over: in ${(put.wall / sessions).toFixed(1)} ms, out ${(take.wall / sessions).toFixed(1)} ms`,
       genRow(),
+      wallRow(`idle engine, ${handovers} each`, idleWalls),
+      wallRow(`behind ${busy} clients generating on the server from ${busyPrompt}-token prompts, ${handovers} each`, busyWalls),
     ].join('\n') + '\n',
   );
 }
