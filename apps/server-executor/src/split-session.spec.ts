@@ -5,6 +5,7 @@ import { toWireTensor, type HostTensor, type SessionRequest, type SessionRespons
 import { createLogger } from '@tandem/service-kit';
 import type { StageKind } from '@tandem/model';
 import { SessionCache, type StageEngine, type StageKv } from './engine';
+import { KvBudget } from './kv-budget';
 import { StageScheduler } from './scheduler';
 import { SplitSession } from './split-session';
 
@@ -113,7 +114,7 @@ describe('SplitSession server-side decoding', () => {
   const log = createLogger({ name: 'test', level: 'silent' });
 
   /** A session on `engine` over a slow-reading stream, opened by client 't'. */
-  function open(idleTimeoutMs: number, engine: CountingEngine): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
+  function open(idleTimeoutMs: number, engine: CountingEngine, kv?: KvBudget): { call: SlowReaderCall; engine: CountingEngine; session: SplitSession } {
     const scheduler = new StageScheduler(engine, { batching: true, maxBatch: 8 });
     const call = new SlowReaderCall();
     const session = new SplitSession(
@@ -123,6 +124,8 @@ describe('SplitSession server-side decoding', () => {
       { maxContextTokens: 64, idleTimeoutMs },
       log,
       ADMIT_ALL,
+      undefined,
+      kv,
     );
     call.emit('data', { kind: { $case: 'open', value: { clientId: 't', planEpoch: 0, modelId: '' } } });
     return { call, engine, session };
@@ -397,6 +400,28 @@ describe('SplitSession server-side decoding', () => {
         { code: 9, details: 'kv_take.stage 1 must hold at least one token on the server (it holds none: it ran on the client or was taken), given 1' },
       ]);
       expect(engine.handOvers).toEqual(['take 1']);
+    });
+
+    it("gives the executor's KV budget back once when the session closes while a take is in flight", async () => {
+      const budget = new KvBudget(1 << 20);
+      const engine = new HandOverEngine();
+      const { call, session } = open(60_000, engine, budget);
+      call.emit('data', prefill);
+      await settle();
+      const own = budget.usedBytes;
+      expect(own).toBeGreaterThan(0);
+      budget.reserve(1000, "another session's step");
+      let open_ = (): void => {};
+      engine.handOverGate = new Promise<void>((r) => (open_ = r));
+      call.emit('data', { kind: { $case: 'kvTake', value: { seq: '2', stage: 1, maxChunkBytes: 0 } } });
+      await settle();
+      call.emit('cancelled');
+      await session.closed;
+      expect(budget.usedBytes).toBe(1000);
+      open_();
+      await settle();
+      // The take answered after the close frees nothing more: the other session's bytes stay counted.
+      expect(budget.usedBytes).toBe(1000);
     });
 
     it('is refused by an engine that cannot hand state over', async () => {

@@ -733,9 +733,10 @@ export class SplitSession {
     }
     this.putting.delete(t.stage);
     if (kv) {
-      const freed = n * kvBytesPerToken(this.engine.nEmbd);
+      // At most what the session still holds: a session closed meanwhile gave everything back.
+      const freed = Math.min(this.kvReserved, n * kvBytesPerToken(this.engine.nEmbd));
       this.kv.release(freed);
-      this.kvReserved = Math.max(0, this.kvReserved - freed);
+      this.kvReserved -= freed;
     }
     this.observer?.handOver?.('take', kv ? kv.key.data.byteLength + kv.value.data.byteLength : 0, true);
     if (!this.isOpen) return;
