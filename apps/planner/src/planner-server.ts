@@ -45,6 +45,7 @@ import {
 import { Calibrator, DEFAULT_CALIBRATION } from './calibration';
 import { Shedder, type ShedCandidate, type ShedOptions } from './shedding';
 import { toGrpcStatus } from './errors';
+import { DirtyQueue } from './dirty-queue';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
 import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
@@ -469,7 +470,7 @@ export class PlannerServer {
   private replanTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   /** Clients whose plans must be re-solved, in arrival order; drained in slices. */
-  private readonly dirty = new Set<string>();
+  private readonly dirty = new DirtyQueue();
   private slicing = false;
   private round: Round = { epoch: 0, replanned: 0, changed: 0, refreshed: 0, moved: 0, errors: 0, startedMs: 0 };
   /**
@@ -1143,10 +1144,9 @@ export class PlannerServer {
     this.counters.slices++;
     const until = performance.now() + this.sliceMs;
     do {
-      const next = this.dirty.values().next();
-      if (next.done) break;
-      this.dirty.delete(next.value);
-      this.replanGuarded(next.value);
+      const id = this.dirty.shift();
+      if (id === undefined) break;
+      this.replanGuarded(id);
     } while (performance.now() < until);
     if (this.dirty.size > 0) {
       setImmediate(() => this.guarded('replan', () => this.runSlices()));
@@ -1162,7 +1162,7 @@ export class PlannerServer {
   replan(): void {
     if (!this.planning) return;
     this.beginRound();
-    for (const id of [...this.dirty]) {
+    for (const id of this.dirty.toArray()) {
       this.dirty.delete(id);
       this.replanGuarded(id);
     }
