@@ -3,7 +3,10 @@ import { InstanceValidationError } from './validate';
 
 /** The `C`/`S` string of a placement: one letter per stage in stage order, `C` client, `S` server. */
 export function placementToLetters(p: Placement): string {
-  return p.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+  // A loop, not map + join: the planner names three placements per client per pass.
+  let letters = '';
+  for (const l of p) letters += l === 'client' ? 'C' : 'S';
+  return letters;
 }
 
 /**
