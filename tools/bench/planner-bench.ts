@@ -3,12 +3,15 @@
  * real nats-server started here) planning N clients, with the telemetry published by a
  * separate process so that this process's CPU is the planner's, and health probed from a third.
  *
- *   npx tsx tools/bench/planner-bench.ts [--clients 10000] [--steady-s 20] [--passes 3] [--executors 1] [--source]
+ *   npx tsx tools/bench/planner-bench.ts [--clients 10000] [--steady-s 20] [--passes 3] [--executors 1] [--slice-ms N] [--source]
  *
  * The planner runs as deployed: compiled by tsc (tools/scripts/build.mjs, built here into a
- * temporary directory and removed after), not through tsx's on-the-fly transform, which costs
- * it a quarter to a half more time (cross-module getters, name helpers per closure). `--source`
- * runs it from the TypeScript sources instead.
+ * temporary directory and removed after), libraries included, not through tsx's on-the-fly
+ * transform (cross-module getters, name helpers per closure). tsx maps `@tandem/*` imports to
+ * the TypeScript sources by the repository's tsconfig paths, even from compiled files, so the
+ * bench runs itself again under tools/bench/tsconfig.compiled.json (no paths: imports resolve
+ * through node_modules, the compiled planner's to its compiled libraries). `--source` runs it
+ * from the TypeScript sources instead.
  *
  * Prints, for the re-planning rule (re-plan what changed materially, in slices) and in the
  * same run for the old rule (every load report re-plans every client, threshold 0):
@@ -57,6 +60,9 @@ type PlannerModule = Pick<typeof Planner, 'DEFAULT_CLASSES' | 'PlanMaker' | 'Pla
  * repository, which build.mjs requires; `cleanup` removes it) or, with `--source`, from the
  * TypeScript sources.
  */
+/** The tsconfig without paths under which the compiled planner loads its compiled libraries. */
+const COMPILED_TSCONFIG = join(__dirname, 'tsconfig.compiled.json');
+
 function loadPlanner(): { planner: PlannerModule; what: string; cleanup: () => void } {
   if (process.argv.includes('--source'))
     return { planner: require('@tandem/planner') as PlannerModule, what: 'from the TypeScript sources (tsx)', cleanup: () => undefined };
@@ -224,6 +230,9 @@ function prober(addr: string): { stop: () => number[]; count: () => number } {
   };
 }
 
+/** `--slice-ms`: the planner's slice (0: its default). */
+let sliceMs = 0;
+
 /** The server's utilisation in full re-plan pass k: 0.6 and 0.2 in turn, each a material change. */
 const passUtilisation = (k: number): number => (k % 2 === 0 ? 0.6 : 0.2);
 
@@ -246,6 +255,8 @@ async function runRule(
     clientTtlMs: 600_000,
     debounceMs: 50,
     replanThreshold: threshold,
+    // --slice-ms: PLANNER_SLICE_MS (default: the planner's own).
+    ...(sliceMs > 0 ? { sliceMs } : {}),
   });
   const { port } = await planner.start();
   const { child, lines: acks } = spawnRole('--publish', natsUrl);
@@ -332,10 +343,18 @@ async function main(): Promise<void> {
     await proberProcess(process.argv[probeAt + 1]);
     return;
   }
+  if (!process.argv.includes('--source') && process.env.TSX_TSCONFIG_PATH !== COMPILED_TSCONFIG) {
+    const again = spawnSync(process.execPath, [...process.execArgv, __filename, ...process.argv.slice(2)], {
+      stdio: 'inherit',
+      env: { ...process.env, TSX_TSCONFIG_PATH: COMPILED_TSCONFIG },
+    });
+    process.exit(again.status ?? 1);
+  }
   const clients = arg('clients', 10_000);
   const steadyS = arg('steady-s', 20);
   const passes = arg('passes', 3);
   const executors = arg('executors', 1);
+  sliceMs = arg('slice-ms', 0);
   const { planner, what, cleanup } = loadPlanner();
   const nats = await startNatsServer();
   try {
