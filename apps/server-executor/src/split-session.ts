@@ -104,7 +104,8 @@ export class SplitSession {
    * kv_put messages is held until any other message comes; then each stage's chunks are joined
    * (one copy of its KV) and every stage is put at once: the engine calls are posted together,
    * so the hand-over waits behind the engine's current work once, not once per stage (a
-   * device prefill handing 12 stages to a busy server waited 12 batches). Validated and
+   * device prefill handing the `small` model's 14 stages to a busy server had waited for the
+   * batch then running 14 times over). Validated and
    * budgeted as they arrive; the session counts them as held.
    */
   private readonly pendingPuts = new Map<number, { tokens: number; keys: Float32Tensor[]; values: Float32Tensor[] }>();
