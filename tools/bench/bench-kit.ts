@@ -14,8 +14,8 @@ export const arg = (name: string, fallback: string): string => {
   return i >= 0 ? process.argv[i + 1] : fallback;
 };
 
-/** Median of a non-empty list (the benches import it from here). */
-export { median } from '@tandem/util';
+/** Median of a non-empty list and a sample's quantile (the benches import them from here). */
+export { median, quantile } from '@tandem/util';
 
 /** The directory of the synthetic model of `preset` (seed 1) in the model cache (presetModelDir, or `dir`), created when missing. */
 export async function benchModel(preset: string, dir = presetModelDir(preset)): Promise<string> {

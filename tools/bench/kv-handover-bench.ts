@@ -30,7 +30,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, toWireTensor, type ServerLoad, type SessionResponse } from '@tandem/protocol';
 import { WorkerStageEngine } from '@tandem/server-executor';
-import { arg, benchModel, idsTensor, openSession, startBenchExecutor, stepRequest } from './bench-kit';
+import { arg, benchModel, idsTensor, openSession, quantile, startBenchExecutor, stepRequest } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const tokens = Number(arg('tokens', '512'));
@@ -211,6 +211,15 @@ async function main(): Promise<void> {
       got++;
     }
   };
+  /** A device prefill handed over: every stage's state of the `genPrompt`-token prompt put, then a generate of `maxNewTokens` from its first token. */
+  const handOver = (call: Awaited<ReturnType<typeof openSession>>['call'], maxNewTokens: number): void => {
+    for (let s = 0; s < S; s++) {
+      const kv = attention.has(s) ? { key: genChunks[0].key, value: genChunks[0].value } : { key: undefined, value: undefined };
+      call.write({ kind: { $case: 'kvPut', value: { stage: s, offset: 0, tokens: genPrompt, ...kv } } });
+    }
+    // The device's prefill made the first token; the server decodes the rest from it.
+    call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor([42]), maxNewTokens } } });
+  };
   for (let g = 0; g < generations; g++) {
     {
       const { call, next } = await openSession(client);
@@ -223,12 +232,7 @@ async function main(): Promise<void> {
     {
       const { call, next } = await openSession(client);
       await measure(handed, async () => {
-        for (let s = 0; s < S; s++) {
-          const kv = attention.has(s) ? { key: genChunks[0].key, value: genChunks[0].value } : { key: undefined, value: undefined };
-          call.write({ kind: { $case: 'kvPut', value: { stage: s, offset: 0, tokens: genPrompt, ...kv } } });
-        }
-        // The device's prefill made the first token; the server decodes the rest from it.
-        call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor([42]), maxNewTokens: genNew - 1 } } });
+        handOver(call, genNew - 1);
         await tokensOf(next, genNew - 1);
       });
       call.end();
@@ -239,11 +243,7 @@ async function main(): Promise<void> {
   const handOverIn = async (): Promise<number> => {
     const { call, next } = await openSession(client);
     const t0 = performance.now();
-    for (let s = 0; s < S; s++) {
-      const kv = attention.has(s) ? { key: genChunks[0].key, value: genChunks[0].value } : { key: undefined, value: undefined };
-      call.write({ kind: { $case: 'kvPut', value: { stage: s, offset: 0, tokens: genPrompt, ...kv } } });
-    }
-    call.write({ kind: { $case: 'generate', value: { seq: '1', input: idsTensor([42]), maxNewTokens: 1 } } });
+    handOver(call, 1);
     await tokensOf(next, 1);
     const ms = performance.now() - t0;
     call.end();
@@ -289,10 +289,9 @@ async function main(): Promise<void> {
   const busyWalls = await walls();
   stopBusy = true;
   await Promise.all(busyLoops);
-  const q = (xs: number[], p: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
   const wallRow = (name: string, w: { in: number[]; out: number[] }): string =>
-    `hand-over wall, ${name}: in (put ${attention.size} stages of ${genPrompt} positions until the first token) p50 ${q(w.in, 0.5).toFixed(1)} ms p90 ${q(w.in, 0.9).toFixed(1)} ms;` +
-    ` out (take ${attention.size} stages) p50 ${q(w.out, 0.5).toFixed(1)} ms p90 ${q(w.out, 0.9).toFixed(1)} ms`;
+    `hand-over wall, ${name}: in (put ${attention.size} stages of ${genPrompt} positions until the first token) p50 ${quantile(w.in, 0.5).toFixed(1)} ms p90 ${quantile(w.in, 0.9).toFixed(1)} ms;` +
+    ` out (take ${attention.size} stages) p50 ${quantile(w.out, 0.5).toFixed(1)} ms p90 ${quantile(w.out, 0.9).toFixed(1)} ms`;
 
   send(child, 'load');
   const { load } = await until<{ load: ServerLoad }>(child, 'load');

@@ -37,7 +37,7 @@ import type * as Planner from '@tandem/planner';
 import { ClientProfile, HealthClient, ServerLoad, Subjects } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { clientProfile, PLAN_SETTINGS, PLANNER_SETTINGS, serverLoad, startNatsServer } from '@tandem/testkit';
-import { seededRandom, sleep } from '@tandem/util';
+import { quantile, seededRandom, sleep } from '@tandem/util';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -163,11 +163,6 @@ async function publisher(url: string): Promise<void> {
   }
   await nc.close();
 }
-
-const quantile = (xs: number[], q: number): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))] : NaN;
-};
 
 /**
  * Health prober process: probes `addr` as {@link prober} does, says `ready` after its first

@@ -1,4 +1,4 @@
 /** @tandem/util: small dependency-free helpers every project may import (no IO, nothing of ours). */
 export { Rng, seededRandom } from './random';
 export { settledWithin, sleep } from './sleep';
-export { median } from './stats';
+export { median, quantile } from './stats';
