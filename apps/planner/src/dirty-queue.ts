@@ -18,10 +18,6 @@ export class DirtyQueue {
     return this.live.size;
   }
 
-  has(id: string): boolean {
-    return this.live.has(id);
-  }
-
   /** Adds `id` at the back, unless it is already queued (then it keeps its place). */
   add(id: string): void {
     if (this.live.has(id)) return;

@@ -1,5 +1,14 @@
 import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol';
-import { evaluateGeneration, evaluatePhased, placementFromLetters as fromLetters, planKey, sloCheck, solveGenerationDp, type Location } from '@tandem/dp';
+import {
+  evaluateGeneration,
+  evaluatePhased,
+  placementFromLetters as fromLetters,
+  placementToLetters as toLetters,
+  planKey,
+  sloCheck,
+  solveGenerationDp,
+  type Location,
+} from '@tandem/dp';
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { seededRandom } from '@tandem/util';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
@@ -235,7 +244,7 @@ describe('PlanMaker', () => {
         const inForce = evaluateGeneration(inst, fromLetters(previous[i].placement));
         if (!sloCheck(inst.slo, inForce).feasible) return; // the rules for a plan in force that misses are tested above and below
         const opt = solveGenerationDp(inst);
-        const optLetters = opt.placement.map((l) => (l === 'client' ? 'C' : 'S')).join('');
+        const optLetters = toLetters(opt.placement);
         const want = opt.serverWork < (1 - hysteresis) * inForce.serverWork ? optLetters : previous[i].placement;
         expect({ k, cls: cls.name, placement: plans[i].placement }).toEqual({ k, cls: cls.name, placement: want });
         if (optLetters === previous[i].placement) seen.same++;

@@ -176,8 +176,8 @@ export function streamedDecode(instance: GenerationInstance): { readonly ms: num
  *   `kvBytesPerToken · n` bytes in that direction; all bytes going one way travel as one
  *   transfer (`latencyMs + bytes / bytesPerMs`) and waits behind the server's work once, as a
  *   decode entry does (`serverDecodeQueueMs`: the executor makes a run of kv_put or kv_take
- *   engine calls together), and the two directions add. When the server's
- *   loop decodes after a prefill that ended on the client, the first token goes up with them
+ *   engine calls together), and the two directions add. When the server's loop decodes after
+ *   a prefill that ended on the client, the first token goes up with them
  *   (`stages[0].inBytesPerToken` bytes). Each direction used is one more entry to the server
  *   (`serverEntryWork`), and each stage moved costs the server its hand-over work
  *   ({@link KvHandoverCost}, {@link handoverWork}: messages and KiB, in or out), which is
