@@ -63,6 +63,7 @@ export function sendGenerate(c: AgentServiceClient, req: TraceRequest, t0: numbe
         ...(summary && summary.predictedLatencyMs > 0 ? { predictedE2eMs: summary.predictedLatencyMs } : {}),
         ...(summary && summary.predictedTtftMs > 0 ? { predictedTtftMs: summary.predictedTtftMs } : {}),
         ...(summary && summary.predictedTpotMs > 0 ? { predictedTpotMs: summary.predictedTpotMs } : {}),
+        ...(summary?.handoverMs !== undefined ? { handoverMs: summary.handoverMs } : {}),
       });
     };
     let call: grpc.ClientReadableStream<GenerateResponse>;

@@ -49,6 +49,12 @@ export interface RequestRecord {
   readonly predictedTtftMs?: number;
   readonly predictedTpotMs?: number;
   /**
+   * A phased generation's hand-over as its agent timed it (GenerationSummary.handover_ms: from
+   * the end of the prefill until every stage's state was sent or taken, emulated link included),
+   * ms; absent when nothing moved.
+   */
+  readonly handoverMs?: number;
+  /**
    * The executor its server stages ran on (ServerLoad.server_id): the one the agent's
    * GenerationOutcome named, else the agents' fallback (their EXECUTOR_ADDR, the first
    * executor). Set by the harness (executors.ts), not the agent's summary, which names none.
