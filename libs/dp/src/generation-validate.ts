@@ -1,6 +1,6 @@
 import { SLO_KEYS, type GenerationInstance, type GenerationStage, type Slo, type WholeModelCost } from './generation';
 import type { KvHandoverCost, PhasedInstance } from './phased';
-import { InstanceValidationError, MISSING, field, isRecord, link, number } from './validate';
+import { InstanceValidationError, MISSING, field, isRecord, link, number, stagesOf } from './validate';
 
 /**
  * Whether an untrusted value (parsed JSON) is meant as a generation instance rather than a
@@ -39,28 +39,20 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
   const marker = field(value, 'generation');
   if (marker !== MISSING && marker !== true)
     throw new InstanceValidationError(`${pathPrefix}generation`, 'must be true in a generation instance (or absent)', marker);
-  const rawStages = field(value, 'stages');
-  if (!Array.isArray(rawStages) || rawStages.length === 0) {
-    throw new InstanceValidationError(`${pathPrefix}stages`, 'must be a non-empty array', rawStages);
-  }
-  const stages: GenerationStage[] = rawStages.map((raw: unknown, i: number) => {
-    const path = `${pathPrefix}stages[${i}]`;
-    if (!isRecord(raw)) throw new InstanceValidationError(path, 'must be an object', raw);
-    const name = field(raw, 'name');
-    if (typeof name !== 'string') throw new InstanceValidationError(`${path}.name`, 'must be a string', name);
+  const stages: GenerationStage[] = stagesOf(value, pathPrefix, (raw, name, path) => {
     const stage: { -readonly [K in keyof GenerationStage]: GenerationStage[K] } = {
       name,
-      clientPrefillMs: number(raw, 'clientPrefillMs', `${path}.`, false),
-      serverPrefillMs: number(raw, 'serverPrefillMs', `${path}.`, false),
-      clientDecodeMs: number(raw, 'clientDecodeMs', `${path}.`, false),
-      serverDecodeMs: number(raw, 'serverDecodeMs', `${path}.`, false),
-      inBytesPerToken: number(raw, 'inBytesPerToken', `${path}.`, false),
+      clientPrefillMs: number(raw, 'clientPrefillMs', path, false),
+      serverPrefillMs: number(raw, 'serverPrefillMs', path, false),
+      clientDecodeMs: number(raw, 'clientDecodeMs', path, false),
+      serverDecodeMs: number(raw, 'serverDecodeMs', path, false),
+      inBytesPerToken: number(raw, 'inBytesPerToken', path, false),
     };
-    const pw = optionalNumber(raw, 'serverPrefillWork', `${path}.`, false);
+    const pw = optionalNumber(raw, 'serverPrefillWork', path, false);
     if (pw !== undefined) stage.serverPrefillWork = pw;
-    const dw = optionalNumber(raw, 'serverDecodeWork', `${path}.`, false);
+    const dw = optionalNumber(raw, 'serverDecodeWork', path, false);
     if (dw !== undefined) stage.serverDecodeWork = dw;
-    const kv = optionalNumber(raw, 'kvBytesPerToken', `${path}.`, false);
+    const kv = optionalNumber(raw, 'kvBytesPerToken', path, false);
     if (kv !== undefined) stage.kvBytesPerToken = kv;
     return stage;
   });

@@ -70,6 +70,25 @@ export function link(obj: Record<string, unknown>, key: string, path: string): L
 }
 
 /**
+ * The non-empty `stages` array of an instance, each stage checked to be an object with a string
+ * `name` and then read by `read` (given its object, its name and its path `stages[i].`, prefixed),
+ * in order. Both instance kinds begin their stages so. @throws InstanceValidationError. Internal to libs/dp.
+ */
+export function stagesOf<T>(value: Record<string, unknown>, pathPrefix: string, read: (raw: Record<string, unknown>, name: string, path: string) => T): T[] {
+  const rawStages = field(value, 'stages');
+  if (!Array.isArray(rawStages) || rawStages.length === 0) {
+    throw new InstanceValidationError(`${pathPrefix}stages`, 'must be a non-empty array', rawStages);
+  }
+  return rawStages.map((raw: unknown, i: number) => {
+    const path = `${pathPrefix}stages[${i}]`;
+    if (!isRecord(raw)) throw new InstanceValidationError(path, 'must be an object', raw);
+    const name = field(raw, 'name');
+    if (typeof name !== 'string') throw new InstanceValidationError(`${path}.name`, 'must be a string', name);
+    return read(raw, name, `${path}.`);
+  });
+}
+
+/**
  * Checks an untrusted value (parsed JSON) against the rules of CONTRACT §3 and returns a
  * clean {@link PlacementInstance} holding only the known fields (unknown fields are ignored,
  * so the format can be extended). Fields are checked in document order and the first
@@ -83,23 +102,13 @@ export function link(obj: Record<string, unknown>, key: string, path: string): L
 export function validateInstance(value: unknown, pathPrefix = ''): PlacementInstance {
   const root = pathPrefix.endsWith('.') ? pathPrefix.slice(0, -1) : pathPrefix;
   if (!isRecord(value)) throw new InstanceValidationError(root || 'instance', 'must be an object', value);
-  const rawStages = field(value, 'stages');
-  if (!Array.isArray(rawStages) || rawStages.length === 0) {
-    throw new InstanceValidationError(`${pathPrefix}stages`, 'must be a non-empty array', rawStages);
-  }
-  const stages: Stage[] = rawStages.map((raw: unknown, i: number) => {
-    const path = `${pathPrefix}stages[${i}]`;
-    if (!isRecord(raw)) throw new InstanceValidationError(path, 'must be an object', raw);
-    const name = field(raw, 'name');
-    if (typeof name !== 'string') throw new InstanceValidationError(`${path}.name`, 'must be a string', name);
-    return {
-      name,
-      clientMs: number(raw, 'clientMs', `${path}.`, false),
-      serverMs: number(raw, 'serverMs', `${path}.`, false),
-      serverWork: number(raw, 'serverWork', `${path}.`, false),
-      inBytes: number(raw, 'inBytes', `${path}.`, false),
-    };
-  });
+  const stages: Stage[] = stagesOf(value, pathPrefix, (raw, name, path) => ({
+    name,
+    clientMs: number(raw, 'clientMs', path, false),
+    serverMs: number(raw, 'serverMs', path, false),
+    serverWork: number(raw, 'serverWork', path, false),
+    inBytes: number(raw, 'inBytes', path, false),
+  }));
   const outBytes = number(value, 'outBytes', pathPrefix, false);
   const uplink = link(value, 'uplink', pathPrefix);
   const downlink = link(value, 'downlink', pathPrefix);
