@@ -1,18 +1,9 @@
-import { InstanceValidationError, isGenerationInstance, validateGenerationInstance } from './index';
+import { docJsonBlock } from '@tandem/testkit';
+import { InstanceValidationError, isGenerationInstance, validateGenerationInstance, type GenerationInstance } from './index';
 
-const good = () => ({
-  generation: true,
-  stages: [
-    { name: 'embed', clientPrefillMs: 2, serverPrefillMs: 0.5, clientDecodeMs: 0.2, serverDecodeMs: 0.05, inBytesPerToken: 8 },
-    { name: 'head', clientPrefillMs: 9, serverPrefillMs: 1, clientDecodeMs: 3, serverDecodeMs: 0.4, inBytesPerToken: 3072, serverDecodeWork: 0.5 },
-  ],
-  promptTokens: 32,
-  decodeSteps: 15,
-  outBytesPerPass: 8,
-  uplink: { latencyMs: 10, bytesPerMs: 2500 },
-  downlink: { latencyMs: 10, bytesPerMs: 12500 },
-  slo: { ttftMs: 200, tpotMs: 40 },
-});
+/** The generation instance docs/placement.md shows (marked, with optional stage work, E2E/TTFT/TPOT SLOs and entry work), which validates as it is. */
+const EXAMPLE = docJsonBlock('docs/placement.md', 'generation-example:instance') as GenerationInstance & { generation: true };
+const good = (): GenerationInstance & { generation: true } => structuredClone(EXAMPLE);
 
 function errorOf(value: unknown, prefix?: string): string {
   try {

@@ -1,18 +1,11 @@
-import { InstanceValidationError, validateInstance } from './index';
+import { docJsonBlock } from '@tandem/testkit';
+import { InstanceValidationError, validateInstance, type PlacementInstance } from './index';
 
-const good = () => ({
-  stages: [
-    { name: 'embed', clientMs: 0.9, serverMs: 0.2, serverWork: 0.2, inBytes: 40 },
-    { name: 'block.0.attn', clientMs: 3.1, serverMs: 0.7, serverWork: 0.7, inBytes: 15360 },
-    { name: 'block.0.mlp', clientMs: 3.1, serverMs: 0.7, serverWork: 0.7, inBytes: 15360 },
-    { name: 'head', clientMs: 3.1, serverMs: 0.7, serverWork: 0.7, inBytes: 15360 },
-  ],
-  outBytes: 4,
-  uplink: { latencyMs: 10, bytesPerMs: 2500 },
-  downlink: { latencyMs: 10, bytesPerMs: 12500 },
-  slaMs: 250,
-  resolutionMs: 0.5,
-});
+type Mutable<T> = { -readonly [K in keyof T]: Mutable<T[K]> };
+
+/** The instance docs/placement.md shows (two stages, resolutionMs stated), which validates as it is. */
+const EXAMPLE = docJsonBlock('docs/placement.md', 'contract-example:instance') as Mutable<PlacementInstance>;
+const good = (): Mutable<PlacementInstance> => structuredClone(EXAMPLE);
 
 function errorOf(value: unknown, prefix?: string): InstanceValidationError {
   try {
@@ -40,10 +33,10 @@ describe('validateInstance', () => {
     [
       'negative time',
       (v) => {
-        (v.stages[3] as Record<string, unknown>).clientMs = -1;
+        (v.stages[1] as Record<string, unknown>).clientMs = -1;
         return v;
       },
-      'stages[3].clientMs must be a finite number >= 0, given -1',
+      'stages[1].clientMs must be a finite number >= 0, given -1',
     ],
     [
       'missing field',
@@ -64,10 +57,10 @@ describe('validateInstance', () => {
     [
       'name not a string',
       (v) => {
-        (v.stages[2] as Record<string, unknown>).name = 7;
+        (v.stages[1] as Record<string, unknown>).name = 7;
         return v;
       },
-      'stages[2].name must be a string, given 7',
+      'stages[1].name must be a string, given 7',
     ],
     [
       'zero bandwidth',
@@ -141,9 +134,9 @@ describe('validateInstance', () => {
 
   it('prefixes the field with the index of the instance in an array', () => {
     const v = good();
-    v.stages[3].clientMs = -1;
+    v.stages[1].clientMs = -1;
     const err = errorOf(v, '[2].');
-    expect(err.field).toBe('[2].stages[3].clientMs');
+    expect(err.field).toBe('[2].stages[1].clientMs');
     expect(err.rule).toBe('must be a finite number >= 0');
     expect(err.given).toBe('-1');
     expect(errorOf(42, '[0].').message).toBe('[0] must be an object, given 42');
