@@ -130,24 +130,15 @@ describe('tandem plan', () => {
   });
 });
 
-// A generation instance (docs/placement.md): the slow client makes every split miss a tight TPOT.
-const generation: GenerationInstance & { generation: true } = {
-  generation: true,
-  stages: [
-    { name: 'embed', clientPrefillMs: 2, serverPrefillMs: 0.5, clientDecodeMs: 0.2, serverDecodeMs: 0.05, inBytesPerToken: 8 },
-    { name: 'block.0.attn', clientPrefillMs: 30, serverPrefillMs: 3, clientDecodeMs: 6, serverDecodeMs: 0.5, inBytesPerToken: 1024 },
-    { name: 'head', clientPrefillMs: 9, serverPrefillMs: 1, clientDecodeMs: 3, serverDecodeMs: 0.4, inBytesPerToken: 1024 },
-  ],
-  promptTokens: 16,
-  decodeSteps: 7,
-  outBytesPerPass: 8,
-  uplink: { latencyMs: 5, bytesPerMs: 2000 },
-  downlink: { latencyMs: 5, bytesPerMs: 10_000 },
-  slo: { ttftMs: 60, tpotMs: 5 },
-};
-
 /** The JSON code block following `<!-- marker -->` in docs/placement.md. */
 const docBlock = (marker: string): unknown => docJsonBlock('docs/placement.md', marker);
+
+// A generation instance: the worked example of docs/placement.md under TTFT 40 ms and TPOT 20 ms,
+// which every split misses (each decode pass crosses the 10 ms links twice or more).
+const generation: GenerationInstance & { generation: true } = {
+  ...(docBlock('worked-example:instance') as GenerationInstance & { generation: true }),
+  slo: { ttftMs: 40, tpotMs: 20 },
+};
 
 describe('tandem plan on generation instances', () => {
   it('answers TTFT, TPOT, E2E and the met flag of each stated SLO', async () => {
@@ -169,9 +160,9 @@ describe('tandem plan on generation instances', () => {
     ]);
     const e = evaluateGeneration(generation, a.placement);
     expect([a.ttftMs, a.tpotMs, a.e2eMs, a.latencyMs, a.serverWork, a.switches]).toEqual([e.ttftMs, e.tpotMs, e.e2eMs, e.e2eMs, e.serverWork, e.switches]);
-    expect(a.met).toEqual({ ttftMs: e.ttftMs <= 60, tpotMs: e.tpotMs <= 5 });
+    expect(a.met).toEqual({ ttftMs: e.ttftMs <= 40, tpotMs: e.tpotMs <= 20 });
     expect(a.feasible).toBe(true);
-    // Each decode pass of a split crosses the 5 ms links twice or more: only the streamed all-server plan meets TPOT 5 ms.
+    // Each decode pass of a split crosses the 10 ms links twice or more: only the streamed all-server plan meets TPOT 20 ms.
     expect(a.placement).toEqual(['server', 'server', 'server']);
     expect(a.serverDecoding).toBe(true);
   });
@@ -261,7 +252,7 @@ describe('tandem plan on generation instances', () => {
     const bad = await run(['plan', '--instance', writeInstance('gen-grid-bad.json', [e2e, { ...generation, resolutionMs: 0.5 }]), '--algorithm', 'dp-grid']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(
-      /^tandem plan: \[1\]\.slo must state e2eMs alone for dp-grid, which bounds one latency \(use dp for TTFT\/TPOT SLOs\), given \{"ttftMs":60,"tpotMs":5\}\n$/,
+      /^tandem plan: \[1\]\.slo must state e2eMs alone for dp-grid, which bounds one latency \(use dp for TTFT\/TPOT SLOs\), given \{"ttftMs":40,"tpotMs":20\}\n$/,
     );
   });
 });
