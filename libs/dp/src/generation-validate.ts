@@ -24,6 +24,14 @@ function optionalNumber(obj: Record<string, unknown>, key: string, path: string,
   return field(obj, key) === MISSING ? undefined : number(obj, key, path, positive);
 }
 
+/** The optional `serverPrefillWork` and `serverDecodeWork` at `path` (of a stage or of the whole model), set on `into` when stated. */
+function optionalWork(obj: Record<string, unknown>, path: string, into: { serverPrefillWork?: number; serverDecodeWork?: number }): void {
+  const pw = optionalNumber(obj, 'serverPrefillWork', path, false);
+  if (pw !== undefined) into.serverPrefillWork = pw;
+  const dw = optionalNumber(obj, 'serverDecodeWork', path, false);
+  if (dw !== undefined) into.serverDecodeWork = dw;
+}
+
 /**
  * Checks an untrusted value against the rules of a {@link GenerationInstance} and returns a
  * clean copy holding only the known fields (unknown fields are ignored). Fields are checked
@@ -48,10 +56,7 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
       serverDecodeMs: number(raw, 'serverDecodeMs', path, false),
       inBytesPerToken: number(raw, 'inBytesPerToken', path, false),
     };
-    const pw = optionalNumber(raw, 'serverPrefillWork', path, false);
-    if (pw !== undefined) stage.serverPrefillWork = pw;
-    const dw = optionalNumber(raw, 'serverDecodeWork', path, false);
-    if (dw !== undefined) stage.serverDecodeWork = dw;
+    optionalWork(raw, path, stage);
     const kv = optionalNumber(raw, 'kvBytesPerToken', path, false);
     if (kv !== undefined) stage.kvBytesPerToken = kv;
     return stage;
@@ -106,10 +111,7 @@ export function validateGenerationInstance(value: unknown, pathPrefix = ''): Gen
       serverPrefillMs: number(rawWhole, 'serverPrefillMs', path, false),
       serverDecodeMs: number(rawWhole, 'serverDecodeMs', path, false),
     };
-    const pw = optionalNumber(rawWhole, 'serverPrefillWork', path, false);
-    if (pw !== undefined) whole.serverPrefillWork = pw;
-    const dw = optionalNumber(rawWhole, 'serverDecodeWork', path, false);
-    if (dw !== undefined) whole.serverDecodeWork = dw;
+    optionalWork(rawWhole, path, whole);
     out.serverWholeModel = whole;
   }
   const res = optionalNumber(value, 'resolutionMs', pathPrefix, true);
