@@ -12,6 +12,7 @@
  * that followed a plan but that no outcome joins is also counted on the first executor, and
  * counted as unmatched, so the report says how many such guesses there were.
  */
+import { groupBy } from '@tandem/util';
 import { completed, metSla, type RequestRecord } from './metrics';
 
 /** Most executors one load test starts (they share the server core of this machine). */
@@ -118,13 +119,7 @@ export function executorShares(
   durationS: number,
   wallS: number,
 ): ExecutorShare[] {
-  const groups = new Map<string, RequestRecord[]>(ids.map((id) => [id, []]));
-  for (const r of records) {
-    const id = r.executorId ?? ids[0];
-    const g = groups.get(id);
-    if (g) g.push(r);
-    else groups.set(id, [r]);
-  }
+  const groups = groupBy(records, (r) => r.executorId ?? ids[0], new Map<string, RequestRecord[]>(ids.map((id) => [id, []])));
   return [...groups.entries()].map(([id, rs]) => {
     const done = rs.filter(completed).length;
     const cpu = cpuS.get(id);

@@ -12,6 +12,7 @@
  * it), E2E ≤ e2eMs (a scenario's `slaMs`). Attainment of each SLO is over the requests that state it, all sent.
  */
 import { SLO_KEYS, type Slo, type SloMet } from '@tandem/dp';
+import { groupBy } from '@tandem/util';
 
 /** What happened to one request. */
 export interface RequestRecord {
@@ -200,18 +201,9 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
     row[r.placement] = (row[r.placement] ?? 0) + 1;
   }
   const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
-  const groupBy = (key: (r: RequestRecord) => string): [string, RequestRecord[]][] => {
-    const groups = new Map<string, RequestRecord[]>();
-    for (const r of records) {
-      const k = key(r);
-      const g = groups.get(k);
-      if (g) g.push(r);
-      else groups.set(k, [r]);
-    }
-    return [...groups.entries()].sort(([a], [b]) => a.localeCompare(b));
-  };
+  const sortedGroups = (key: (r: RequestRecord) => string): [string, RequestRecord[]][] => [...groupBy(records, key)].sort(([a], [b]) => a.localeCompare(b));
   const byClass = Object.fromEntries(
-    groupBy((r) => `${r.device}/${r.requestClass}`).map(([k, rs]) => {
+    sortedGroups((r) => `${r.device}/${r.requestClass}`).map(([k, rs]) => {
       const ok = rs.filter(completed);
       const a = attainment(rs);
       return [
@@ -220,8 +212,8 @@ export function summarize(records: readonly RequestRecord[], traceDurationS: num
       ];
     }),
   );
-  const byDevice = Object.fromEntries(groupBy((r) => r.device).map(([k, rs]) => [k, attainment(rs)]));
-  const byRequestClass = Object.fromEntries(groupBy((r) => r.requestClass).map(([k, rs]) => [k, attainment(rs)]));
+  const byDevice = Object.fromEntries(sortedGroups((r) => r.device).map(([k, rs]) => [k, attainment(rs)]));
+  const byRequestClass = Object.fromEntries(sortedGroups((r) => r.requestClass).map(([k, rs]) => [k, attainment(rs)]));
   return {
     requests: records.length,
     completed: done.length,

@@ -15,6 +15,7 @@ import {
   type GenerationInstance,
   type RequestShape,
 } from '@tandem/dp';
+import { groupBy } from '@tandem/util';
 import { SIMULATED_MODELS, type SimulatedModel } from './models';
 
 /** A network profile: per-direction rate and one-way latency. */
@@ -402,12 +403,5 @@ export function summarize(rows: readonly ConfigResult[]): Summary {
 
 /** Groups rows by `key` (in first-seen order) and summarises each group. */
 export function summarizeBy<K extends string | number>(rows: readonly ConfigResult[], key: (r: ConfigResult) => K): { key: K; summary: Summary }[] {
-  const groups = new Map<K, ConfigResult[]>();
-  for (const r of rows) {
-    const k = key(r);
-    const g = groups.get(k);
-    if (g) g.push(r);
-    else groups.set(k, [r]);
-  }
-  return [...groups].map(([k, g]) => ({ key: k, summary: summarize(g) }));
+  return [...groupBy(rows, key)].map(([k, g]) => ({ key: k, summary: summarize(g) }));
 }
