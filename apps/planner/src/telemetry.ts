@@ -94,6 +94,16 @@ function modelId(type: string, id: string, expected: string): void {
   if (expected && id !== expected) fail(type, 'modelId', 'model', `must be ${shown(expected)} (the model this planner plans for)`, id);
 }
 
+/**
+ * The sender's id, field `field` (the id pattern, and over NATS its own subject `subjectOf(id)`),
+ * and the message's model id.
+ */
+function sender(type: string, field: string, id: string, subjectOf: (id: string) => string, model: string, ctx: TelemetryContext): void {
+  if (!ID_PATTERN.test(id)) fail(type, field, 'pattern', `must match ${ID_PATTERN}`, id);
+  if (ctx.subject !== undefined && ctx.subject !== subjectOf(id)) fail(type, field, 'subject', `must match the subject ${shown(ctx.subject)}`, id);
+  modelId(type, model, ctx.modelId);
+}
+
 /** The figures of one StageTiming, named `${field}.prefillMsPerToken` etc. */
 function stageTimes(type: string, field: string, s: StageTiming): void {
   for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(type, `${field}.${k}`, s[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
@@ -117,10 +127,7 @@ export interface TelemetryContext {
  */
 export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
   const T = 'ClientProfile';
-  if (!ID_PATTERN.test(p.clientId)) fail(T, 'clientId', 'pattern', `must match ${ID_PATTERN}`, p.clientId);
-  if (ctx.subject !== undefined && ctx.subject !== Subjects.clientProfile(p.clientId))
-    fail(T, 'clientId', 'subject', `must match the subject ${shown(ctx.subject)}`, p.clientId);
-  modelId(T, p.modelId, ctx.modelId);
+  sender(T, 'clientId', p.clientId, Subjects.clientProfile, p.modelId, ctx);
   if (p.clientClass.length > TELEMETRY_LIMITS.maxClientClassLength)
     fail(T, 'clientClass', 'length', `must be at most ${TELEMETRY_LIMITS.maxClientClassLength} characters`, p.clientClass);
   const seen = new Set<number>();
@@ -148,10 +155,7 @@ export function validateProfile(p: ClientProfile, ctx: TelemetryContext): void {
  */
 export function validateLoad(l: ServerLoad, ctx: TelemetryContext): void {
   const T = 'ServerLoad';
-  if (!ID_PATTERN.test(l.serverId)) fail(T, 'serverId', 'pattern', `must match ${ID_PATTERN}`, l.serverId);
-  if (ctx.subject !== undefined && ctx.subject !== Subjects.serverLoad(l.serverId))
-    fail(T, 'serverId', 'subject', `must match the subject ${shown(ctx.subject)}`, l.serverId);
-  modelId(T, l.modelId, ctx.modelId);
+  sender(T, 'serverId', l.serverId, Subjects.serverLoad, l.modelId, ctx);
   const n = ctx.stageCount;
   if (l.stages.length !== n) fail(T, 'stages', 'count', `must list all ${n} stages`, `${l.stages.length} stages`);
   for (const [i, s] of l.stages.entries()) {
