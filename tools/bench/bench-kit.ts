@@ -5,6 +5,7 @@ import { channelOptions, ExecutorServiceClient, toWireTensor, type SessionReques
 import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { EXECUTOR_SETTINGS } from '@tandem/testkit';
+import { median } from '@tandem/util';
 
 type Call = grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
 
@@ -16,6 +17,35 @@ export const arg = (name: string, fallback: string): string => {
 
 /** Median of a non-empty list and a sample's quantile (the benches import them from here). */
 export { median, quantile } from '@tandem/util';
+
+/** A sample's median and range. */
+export type Spread = { median: number; min: number; max: number };
+/** The median and range of a non-empty sample. */
+export const spread = (xs: number[]): Spread => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
+/** `median (min-max)` with `d` decimals. */
+export const formatSpread = (x: Spread, d = 2): string => `${x.median.toFixed(d)} (${x.min.toFixed(d)}-${x.max.toFixed(d)})`;
+
+/** Figures `X` of each variant `V` ('monolithic' among them), and `R`, each other variant's ratios over the monolithic one. */
+export type VsMonolithic<V extends string, X, R> = Partial<Record<V, X>> & Partial<Record<`${Exclude<V, 'monolithic'>}VsMonolithic`, R>>;
+
+/**
+ * The rows of a table against one monolithic graph: each variant of `labels` that `r` measured,
+ * in that order, with its label, its figures and its ratios over the monolithic graph (none
+ * for the monolithic graph itself).
+ */
+export function vsMonolithicRows<V extends string, X, R>(
+  r: VsMonolithic<V, X, R>,
+  labels: readonly (readonly [V, string])[],
+): { label: string; x: X; rel: R | undefined }[] {
+  const rows: { label: string; x: X; rel: R | undefined }[] = [];
+  for (const [v, label] of labels) {
+    const x = r[v] as X | undefined;
+    if (!x) continue; // every variant is measured: never
+    const rel = v === 'monolithic' ? undefined : (r[`${v}VsMonolithic` as `${Exclude<V, 'monolithic'>}VsMonolithic`] as R | undefined);
+    rows.push({ label, x, rel });
+  }
+  return rows;
+}
 
 /** The directory of the synthetic model of `preset` (seed 1) in the model cache (presetModelDir, or `dir`), created when missing. */
 export async function benchModel(preset: string, dir = presetModelDir(preset)): Promise<string> {

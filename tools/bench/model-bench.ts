@@ -28,7 +28,7 @@ import * as path from 'node:path';
 import { ensurePresetModel } from '@tandem/launcher';
 import { type KvCache, type Manifest, type StageKind, SplitPipeline, StageRunner } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
-import { median } from './bench-kit';
+import { formatSpread, median, spread, type Spread, type VsMonolithic, vsMonolithicRows } from './bench-kit';
 import { type GenRun, Monolithic, timeGeneration } from './monolithic';
 
 interface Opts {
@@ -85,7 +85,6 @@ async function runnerGenerate(runner: StageRunner, prompt: readonly number[], ne
 }
 
 type MonoVariant = 'monolithic' | 'staged' | 'fused';
-type Spread = { median: number; min: number; max: number };
 interface MonoStats {
   decodeMsPerToken: Spread;
   decodeCpuMsPerToken: Spread;
@@ -97,10 +96,11 @@ interface MonoRatios {
   prefill: Spread;
 }
 /** One thread count against the monolithic graph: each variant's figures, and each runner variant over the monolithic one. */
-type MonolithicResult = { threads: number; tokensIdentical: boolean; firstDecodeLogitsIdentical: boolean; firstDecodeLogitsMaxAbsDiff: number } & Partial<
-  Record<MonoVariant, MonoStats>
-> &
-  Partial<Record<`${Exclude<MonoVariant, 'monolithic'>}VsMonolithic`, MonoRatios>>;
+type MonolithicResult = { threads: number; tokensIdentical: boolean; firstDecodeLogitsIdentical: boolean; firstDecodeLogitsMaxAbsDiff: number } & VsMonolithic<
+  MonoVariant,
+  MonoStats,
+  MonoRatios
+>;
 interface PlacementFigures {
   placement: string;
   prefillFullMs: number;
@@ -170,19 +170,18 @@ async function benchMonolithic(dir: string, manifest: Manifest, prompt: number[]
         `[${manifest.source?.kind === 'synthetic' ? manifest.source.preset : 'model'} ${threads}t] rep ${r + 1}/${o.reps}: decode ms/token ${variants.map((v) => `${v} ${runs[v][r].decodeMs.toFixed(2)}`).join(', ')}`,
       );
     }
-    const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
     const out: MonolithicResult = { threads, tokensIdentical: true, firstDecodeLogitsIdentical: identical, firstDecodeLogitsMaxAbsDiff: maxAbsDiff };
     for (const v of variants) {
       out[v] = {
-        decodeMsPerToken: stats(runs[v].map((x) => x.decodeMs)),
-        decodeCpuMsPerToken: stats(runs[v].map((x) => x.decodeCpuMs)),
-        prefillMs: stats(runs[v].map((x) => x.prefillMs)),
+        decodeMsPerToken: spread(runs[v].map((x) => x.decodeMs)),
+        decodeCpuMsPerToken: spread(runs[v].map((x) => x.decodeCpuMs)),
+        prefillMs: spread(runs[v].map((x) => x.prefillMs)),
       };
       if (v !== 'monolithic') {
         out[`${v}VsMonolithic` as const] = {
-          decode: stats(runs[v].map((x, i) => x.decodeMs / runs.monolithic[i].decodeMs)),
-          decodeCpu: stats(runs[v].map((x, i) => x.decodeCpuMs / runs.monolithic[i].decodeCpuMs)),
-          prefill: stats(runs[v].map((x, i) => x.prefillMs / runs.monolithic[i].prefillMs)),
+          decode: spread(runs[v].map((x, i) => x.decodeMs / runs.monolithic[i].decodeMs)),
+          decodeCpu: spread(runs[v].map((x, i) => x.decodeCpuMs / runs.monolithic[i].decodeCpuMs)),
+          prefill: spread(runs[v].map((x, i) => x.prefillMs / runs.monolithic[i].prefillMs)),
         };
       }
     }
@@ -370,23 +369,19 @@ function table(results: PresetResult[]): string {
       );
     }
     for (const m of r.vsMonolithic) {
-      const st = (x: { median: number; min: number; max: number }, d = 2): string => `${f(x.median, d)} (${f(x.min, d)}-${f(x.max, d)})`;
       lines.push(
         `vs one monolithic graph, ${m.threads} thread(s); tokens identical, first decode logits ${m.firstDecodeLogitsIdentical ? 'bit-identical' : `max |diff| ${m.firstDecodeLogitsMaxAbsDiff.toExponential(2)}`}; median (min-max):`,
       );
       lines.push(
         `  ${'path'.padEnd(34)} ${'decode ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'decode CPU ms/tok'.padEnd(20)} ${'/ monolithic'.padEnd(20)} ${'prefill128 ms'.padEnd(22)} / monolithic`,
       );
-      for (const [k, label] of [
+      for (const { label, x, rel } of vsMonolithicRows<MonoVariant, MonoStats, MonoRatios>(m, [
         ['monolithic', 'monolithic graph (one session)'],
         ['staged', 'StageRunner, one session per stage'],
         ['fused', 'StageRunner.runRange, fused range'],
-      ] as const) {
-        const x = m[k];
-        if (!x) continue; // every variant is measured: never
-        const rel = k === 'monolithic' ? undefined : m[`${k}VsMonolithic` as const];
+      ] as const)) {
         lines.push(
-          `  ${label.padEnd(34)} ${st(x.decodeMsPerToken).padEnd(20)} ${(rel ? st(rel.decode, 3) : '1').padEnd(20)} ${st(x.decodeCpuMsPerToken).padEnd(20)} ${(rel ? st(rel.decodeCpu, 3) : '1').padEnd(20)} ${st(x.prefillMs, 1).padEnd(22)} ${rel ? st(rel.prefill, 3) : '1'}`,
+          `  ${label.padEnd(34)} ${formatSpread(x.decodeMsPerToken).padEnd(20)} ${(rel ? formatSpread(rel.decode, 3) : '1').padEnd(20)} ${formatSpread(x.decodeCpuMsPerToken).padEnd(20)} ${(rel ? formatSpread(rel.decodeCpu, 3) : '1').padEnd(20)} ${formatSpread(x.prefillMs, 1).padEnd(22)} ${rel ? formatSpread(rel.prefill, 3) : '1'}`,
         );
       }
     }

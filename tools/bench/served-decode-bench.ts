@@ -26,7 +26,7 @@ import { readManifest } from '@tandem/model';
 import { channelOptions, ExecutorServiceClient, toWireTensor } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
 import { ExecutorServer, WorkerStageEngine } from '@tandem/server-executor';
-import { arg, benchModel, median, openSession } from './bench-kit';
+import { arg, benchModel, formatSpread, openSession, spread, type Spread, type VsMonolithic, vsMonolithicRows } from './bench-kit';
 import { cpuMs, Monolithic } from './monolithic';
 
 const preset = arg('preset', 'gpt2');
@@ -50,10 +50,10 @@ interface Sample {
   readonly cpu: number;
   readonly tokens: number[];
 }
-type Spread = { median: number; min: number; max: number };
 /** One thread count: each path's figures, and each served path over the monolithic graph. */
-type ThreadsResult = { threads: number } & Partial<Record<Path, { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread }>> &
-  Partial<Record<`${Exclude<Path, 'monolithic'>}VsMonolithic`, { decode: Spread; decodeCpu: Spread }>>;
+type PathStats = { decodeMsPerToken: Spread; decodeCpuMsPerToken: Spread };
+type PathRatios = { decode: Spread; decodeCpu: Spread };
+type ThreadsResult = { threads: number } & VsMonolithic<Path, PathStats, PathRatios>;
 
 /** An executor as a user runs it (worker engine), in this process, listening on 127.0.0.1. */
 interface Served {
@@ -115,9 +115,6 @@ async function servedGenerate(s: Served, prompt: number[]): Promise<Sample> {
   return sample;
 }
 
-const stats = (xs: number[]): { median: number; min: number; max: number } => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
-const fmt = (x: { median: number; min: number; max: number }, d: number): string => `${x.median.toFixed(d)} (${x.min.toFixed(d)}-${x.max.toFixed(d)})`;
-
 async function benchThreads(dir: string, threads: number): Promise<ThreadsResult> {
   const manifest = await readManifest(dir);
   const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % manifest.config.vocabSize);
@@ -149,11 +146,11 @@ async function benchThreads(dir: string, threads: number): Promise<ThreadsResult
     }
     const out: ThreadsResult = { threads };
     for (const p of PATHS) {
-      out[p] = { decodeMsPerToken: stats(samples[p].map((s) => s.ms)), decodeCpuMsPerToken: stats(samples[p].map((s) => s.cpu)) };
+      out[p] = { decodeMsPerToken: spread(samples[p].map((s) => s.ms)), decodeCpuMsPerToken: spread(samples[p].map((s) => s.cpu)) };
       if (p !== 'monolithic') {
         out[`${p}VsMonolithic` as const] = {
-          decode: stats(samples[p].map((s, i) => s.ms / samples.monolithic[i].ms)),
-          decodeCpu: stats(samples[p].map((s, i) => s.cpu / samples.monolithic[i].cpu)),
+          decode: spread(samples[p].map((s, i) => s.ms / samples.monolithic[i].ms)),
+          decodeCpu: spread(samples[p].map((s, i) => s.cpu / samples.monolithic[i].cpu)),
         };
       }
     }
@@ -189,16 +186,13 @@ async function main(): Promise<void> {
   for (const r of results) {
     lines.push(`\n${r.threads} thread(s)`);
     lines.push(`| path | decode ms/token | / monolithic | decode CPU ms/token | / monolithic |\n|---|---:|---:|---:|---:|`);
-    for (const [p, label] of [
+    for (const { label, x, rel } of vsMonolithicRows<Path, PathStats, PathRatios>(r, [
       ['monolithic', 'monolithic graph, one InferenceSession'],
       ['fused', 'executor over gRPC, EXECUTOR_FUSED=true'],
       ['staged', 'executor over gRPC, EXECUTOR_FUSED=false'],
-    ] as const) {
-      const x = r[p];
-      if (!x) continue; // every path is measured: never
-      const rel = p === 'monolithic' ? undefined : r[`${p}VsMonolithic` as const];
+    ] as const)) {
       lines.push(
-        `| ${label} | ${fmt(x.decodeMsPerToken, 2)} | ${rel ? `${fmt(rel.decode, 3)}x` : '1'} | ${fmt(x.decodeCpuMsPerToken, 2)} | ${rel ? `${fmt(rel.decodeCpu, 3)}x` : '1'} |`,
+        `| ${label} | ${formatSpread(x.decodeMsPerToken, 2)} | ${rel ? `${formatSpread(rel.decode, 3)}x` : '1'} | ${formatSpread(x.decodeCpuMsPerToken, 2)} | ${rel ? `${formatSpread(rel.decodeCpu, 3)}x` : '1'} |`,
       );
     }
   }
