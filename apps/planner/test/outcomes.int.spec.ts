@@ -2,7 +2,6 @@ import * as grpc from '@grpc/grpc-js';
 import {
   ClientProfile,
   GenerationOutcome,
-  HealthClient,
   OutcomeStatus,
   PlannerServiceClient,
   ServerLoad,
@@ -13,7 +12,7 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { clientProfile, eventually, planOutcome, serverLoad } from '@tandem/testkit';
+import { clientProfile, eventually, healthStatus, planOutcome, serverLoad } from '@tandem/testkit';
 import { Calibrator, DEFAULT_CALIBRATION } from '../src';
 import { startLivePlanner, type LivePlanner } from './fixtures';
 
@@ -170,10 +169,7 @@ describe('the planner learns from outcomes published over NATS', () => {
         timeoutMs: 5000,
       });
       expect(live.server.counters.strayOutcomes).toBe(before.strayOutcomes + 1);
-      const hc = new HealthClient(live.addr, grpc.credentials.createInsecure());
-      const health = await new Promise<{ status: ServingStatus }>((resolve, reject) => hc.check({ service: '' }, (e, x) => (e ? reject(e) : resolve(x))));
-      hc.close();
-      expect(health.status).toBe(ServingStatus.SERVING);
+      expect(await healthStatus(live.addr)).toBe(ServingStatus.SERVING);
       const seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-junk')!.classes[0];
       expect(seen.outcomes).toBe(1);
       expect(w.current().epoch).toBe(plan.epoch);

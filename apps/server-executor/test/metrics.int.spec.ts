@@ -1,17 +1,11 @@
 import * as grpc from '@grpc/grpc-js';
-import { HealthClient, ServingStatus, type HealthCheckResponse } from '@tandem/protocol';
-import { eventually, makeTempModel, requireSample, scrapeMetrics, scrapeText, type TempModel } from '@tandem/testkit';
+import { ServingStatus } from '@tandem/protocol';
+import { eventually, expectSamples, healthStatus, makeTempModel, requireSample, scrapeMetrics, scrapeText, type TempModel } from '@tandem/testkit';
 import { EXECUTOR_SERVICE_NAME, OnnxStageEngine } from '../src';
 import { ids } from './session-client';
 import { startTestExecutor, type TestExecutor } from './test-executor';
 
 const NEW_TOKENS = 5;
-
-/** Health Check of `service` on `addr`. */
-function check(addr: string, service: string): Promise<HealthCheckResponse> {
-  const hc = new HealthClient(addr, grpc.credentials.createInsecure());
-  return new Promise<HealthCheckResponse>((resolve, reject) => hc.check({ service }, (err, r) => (err ? reject(err) : resolve(r)))).finally(() => hc.close());
-}
 
 describe('executor metrics on /metrics, after real traffic', () => {
   let model: TempModel;
@@ -36,20 +30,23 @@ describe('executor metrics on /metrics, after real traffic', () => {
   });
 
   it('answers health SERVING by its own service name and by the empty name', async () => {
-    expect((await check(e.addr, EXECUTOR_SERVICE_NAME)).status).toBe(ServingStatus.SERVING);
-    expect((await check(e.addr, '')).status).toBe(ServingStatus.SERVING);
+    expect(await healthStatus(e.addr, EXECUTOR_SERVICE_NAME)).toBe(ServingStatus.SERVING);
+    expect(await healthStatus(e.addr, '')).toBe(ServingStatus.SERVING);
   });
 
   it('counts no traffic before any (the start-up profile is not traffic)', async () => {
     expect(port).toBeGreaterThan(0);
     const text = await scrape();
-    expect(value(text, 'tandem_executor_generations_started_total')).toBe(0);
-    expect(value(text, 'tandem_executor_generated_tokens_total')).toBe(0);
-    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="decode"}')).toBe(0);
-    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="prompt"}')).toBe(0);
-    expect(value(text, 'tandem_executor_batch_size_count')).toBe(0);
-    expect(value(text, 'tandem_executor_sessions_active')).toBe(0);
-    expect(value(text, 'tandem_executor_kv_reserved_bytes')).toBe(0);
+    const zero = [
+      'tandem_executor_generations_started_total',
+      'tandem_executor_generated_tokens_total',
+      'tandem_executor_step_duration_seconds_count{kind="decode"}',
+      'tandem_executor_step_duration_seconds_count{kind="prompt"}',
+      'tandem_executor_batch_size_count',
+      'tandem_executor_sessions_active',
+      'tandem_executor_kv_reserved_bytes',
+    ];
+    expectSamples(text, Object.fromEntries(zero.map((series) => [series, 0])));
     expect(value(text, 'tandem_executor_kv_limit_bytes')).toBeGreaterThan(0);
   });
 
@@ -85,14 +82,16 @@ describe('executor metrics on /metrics, after real traffic', () => {
 
     await eventually(async () => value(await scrape(), 'tandem_executor_sessions_active') === 0, { timeoutMs: 5000, what: 'sessions closed' });
     const text = await scrape();
-    expect(value(text, 'tandem_executor_generations_started_total')).toBe(2);
-    expect(value(text, 'tandem_executor_generations_finished_total{status="completed"}')).toBe(2);
-    expect(value(text, 'tandem_executor_generations_finished_total{status="failed"}')).toBe(0);
-    expect(value(text, 'tandem_executor_generations_finished_total{status="cancelled"}')).toBe(0);
-    expect(value(text, 'tandem_executor_generated_tokens_total')).toBe(2 * NEW_TOKENS);
-    // Steps: 2 prompts + 2 × (NEW_TOKENS - 1) decode steps of the generations, 1 prompt + 1 decode step of the split session.
-    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="prompt"}')).toBe(3);
-    expect(value(text, 'tandem_executor_step_duration_seconds_count{kind="decode"}')).toBe(2 * (NEW_TOKENS - 1) + 1);
+    expectSamples(text, {
+      tandem_executor_generations_started_total: 2,
+      'tandem_executor_generations_finished_total{status="completed"}': 2,
+      'tandem_executor_generations_finished_total{status="failed"}': 0,
+      'tandem_executor_generations_finished_total{status="cancelled"}': 0,
+      tandem_executor_generated_tokens_total: 2 * NEW_TOKENS,
+      // Steps: 2 prompts + 2 × (NEW_TOKENS - 1) decode steps of the generations, 1 prompt + 1 decode step of the split session.
+      'tandem_executor_step_duration_seconds_count{kind="prompt"}': 3,
+      'tandem_executor_step_duration_seconds_count{kind="decode"}': 2 * (NEW_TOKENS - 1) + 1,
+    });
     // The status counts the same steps.
     expect((await e.status()).stepsCompleted).toBe(3 + 2 * (NEW_TOKENS - 1) + 1);
     // Every step ran in at least one engine call, and each call ran at least one step.

@@ -13,12 +13,13 @@ export { gpt2Shapes, maxAbsDiff, randomWeights, referenceLogits, SMALL_HF_CONFIG
 export type { Dtype, FixtureOptions, HfConfig, Weights } from './hf-fixture';
 export { clearMessageProblem, configProblems, envCases, envCorpusTests, MAX_MESSAGE_BYTES, SERVICE_ENV_BOUNDS, uncoveredEnvVars } from './corpus';
 export type { EnvBounds, EnvCase, EnvCorpus } from './corpus';
-export { requireSample, sampleValue, scrapeMetrics, scrapeText } from './metrics';
+export { expectSamples, requireSample, sampleValue, scrapeMetrics, scrapeText } from './metrics';
 export { clientProfile, generationOutcome, MET_E2E_SLA, planOutcome, sameStageTimes, serverLoad, stageTimes } from './telemetry';
 export { classObservations, classPlacement } from './telemetry';
 export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
 export { docJsonBlock } from './docs';
+export { healthStatus } from './health';
 export { wholeModelMetadata } from './oip';
 export { serverGeneration } from './sessions';
 export type { LogLine } from './logs';

@@ -41,3 +41,13 @@ export function requireSample(text: string, series: string): number {
   if (v === undefined) throw new Error(`no sample ${series} in:\n${text}`);
   return v;
 }
+
+/**
+ * Expects each sample of `expected` (series as for {@link sampleValue} → value) in the exposition
+ * with that value: one jest assertion over them all, whose diff names every series that differs;
+ * a series absent from the exposition throws ({@link requireSample}).
+ */
+export function expectSamples(text: string, expected: Readonly<Record<string, number>>): void {
+  const actual = Object.fromEntries(Object.keys(expected).map((series) => [series, requireSample(text, series)]));
+  expect(actual).toEqual(expected);
+}
