@@ -329,113 +329,99 @@ describe('kv_put and kv_take refuse what breaks the rules, naming the field, and
 
   const { INVALID_ARGUMENT: INVALID, FAILED_PRECONDITION: PRECONDITION } = grpc.status;
   const opened = (s: TestSession, isPrivate = false): void => s.open('', 't', isPrivate);
-  const cases: [string, (s: TestSession) => void, grpc.status, string][] = [
-    [
-      'key of int64',
-      (s) => (opened(s), s.kvPut(1, 0, 1, ids(1, 2, 3, 4), kv(1))),
-      INVALID,
-      'kv_put.key.dtype must be DATA_TYPE_FLOAT32, given DATA_TYPE_INT64',
-    ],
+  type Case = [label: string, send: (s: TestSession) => void, code: grpc.status, message: string];
+  /** What a session sends after a plain open, refused with the code and a message holding the text. */
+  const afterOpen: Case[] = [
+    ['key of int64', (s) => s.kvPut(1, 0, 1, ids(1, 2, 3, 4), kv(1)), INVALID, 'kv_put.key.dtype must be DATA_TYPE_FLOAT32, given DATA_TYPE_INT64'],
     [
       'key of the wrong shape',
-      (s) => (opened(s), s.kvPut(1, 0, 3, kv(2), kv(3))),
+      (s) => s.kvPut(1, 0, 3, kv(2), kv(3)),
       INVALID,
       'kv_put.key.shape must be [1, 4, 3, 16] ([1, n_head, tokens, head_dim] of the served model), given [1, 4, 2, 16]',
     ],
     [
       'value of the wrong head count',
-      (s) => (opened(s), s.kvPut(1, 0, 1, kv(1), { dtype: 'float32', shape: [1, 2, 1, 32], data: new Float32Array(64) })),
+      (s) => s.kvPut(1, 0, 1, kv(1), { dtype: 'float32', shape: [1, 2, 1, 32], data: new Float32Array(64) }),
       INVALID,
       'kv_put.value.shape must be [1, 4, 1, 16]',
     ],
     [
       'a NaN in the values',
-      (s) => (opened(s), s.kvPut(1, 0, 2, kv(2), kv(2, Number.NaN))),
+      (s) => s.kvPut(1, 0, 2, kv(2), kv(2, Number.NaN)),
       INVALID,
       'kv_put.value must hold finite float32 values (no NaN or ±Infinity), given NaN at index 0',
     ],
     [
       'an Infinity in the keys',
-      (s) => (opened(s), s.kvPut(1, 0, 1, kv(1, Infinity), kv(1))),
+      (s) => s.kvPut(1, 0, 1, kv(1, Infinity), kv(1)),
       INVALID,
       'kv_put.key must hold finite float32 values (no NaN or ±Infinity), given Infinity at index 0',
     ],
-    [
-      'an attention stage without keys',
-      (s) => (opened(s), s.kvPut(1, 0, 1, undefined, kv(1))),
-      INVALID,
-      'kv_put.key is required for attention stage 1, given nothing',
-    ],
+    ['an attention stage without keys', (s) => s.kvPut(1, 0, 1, undefined, kv(1)), INVALID, 'kv_put.key is required for attention stage 1, given nothing'],
     [
       'an MLP stage with tensors',
-      (s) => (opened(s), s.kvPut(2, 0, 1, kv(1), kv(1))),
+      (s) => s.kvPut(2, 0, 1, kv(1), kv(1)),
       INVALID,
       'kv_put.key must be absent for stage 2 (mlp: its state is its token count), given a tensor',
     ],
     [
       'the embed stage with values',
-      (s) => (opened(s), s.kvPut(0, 0, 1, undefined, kv(1))),
+      (s) => s.kvPut(0, 0, 1, undefined, kv(1)),
       INVALID,
       'kv_put.value must be absent for stage 0 (embed: its state is its token count)',
     ],
     [
       'a first chunk at offset 1',
-      (s) => (opened(s), s.kvPut(1, 1, 1, kv(1), kv(1))),
+      (s) => s.kvPut(1, 1, 1, kv(1), kv(1)),
       PRECONDITION,
       'kv_put.offset must be 0 (the tokens stage 1 holds: chunks cover positions in order, without gaps), given 1',
     ],
     [
       'a gap between chunks',
-      (s) => (opened(s), s.kvPut(1, 0, 2, kv(2), kv(2)), s.kvPut(1, 3, 1, kv(1), kv(1))),
+      (s) => (s.kvPut(1, 0, 2, kv(2), kv(2)), s.kvPut(1, 3, 1, kv(1), kv(1))),
       PRECONDITION,
       'kv_put.offset must be 2 (the tokens stage 1 holds',
     ],
-    ['a chunk sent twice', (s) => (opened(s), s.kvPut(2, 0, 2), s.kvPut(2, 0, 2)), PRECONDITION, 'kv_put.offset must be 2'],
-    ['tokens 0', (s) => (opened(s), s.kvPut(2, 0, 0)), INVALID, 'kv_put.tokens must be >= 1, given 0'],
+    ['a chunk sent twice', (s) => (s.kvPut(2, 0, 2), s.kvPut(2, 0, 2)), PRECONDITION, 'kv_put.offset must be 2'],
+    ['tokens 0', (s) => s.kvPut(2, 0, 0), INVALID, 'kv_put.tokens must be >= 1, given 0'],
     [
       'past the context',
-      (s) => (opened(s), s.kvPut(2, 0, 65)),
+      (s) => s.kvPut(2, 0, 65),
       PRECONDITION,
       'kv_put would make stage 2 hold 65 tokens (offset 0 + tokens 65); the context must stay <= 64 tokens',
     ],
-    ['a stage past the model', (s) => (opened(s), s.kvPut(6, 0, 1)), INVALID, 'kv_put.stage must be in 0..5, given 6'],
-    ['a take of a stage past the model', (s) => (opened(s), s.kvTake(1, 4294967295)), INVALID, 'kv_take.stage must be in 0..5, given 4294967295'],
+    ['a stage past the model', (s) => s.kvPut(6, 0, 1), INVALID, 'kv_put.stage must be in 0..5, given 6'],
+    ['a take of a stage past the model', (s) => s.kvTake(1, 4294967295), INVALID, 'kv_take.stage must be in 0..5, given 4294967295'],
     [
       'a put to a stage holding tokens from a step',
-      (s) => (opened(s), s.step(1, 0, 6, ids(...PROMPT), true), s.kvPut(1, 3, 1, kv(1), kv(1))),
+      (s) => (s.step(1, 0, 6, ids(...PROMPT), true), s.kvPut(1, 3, 1, kv(1), kv(1))),
       PRECONDITION,
       "kv_put.stage 1 holds 3 tokens this session computed on the server; a stage's state may be put only into a stage holding none",
     ],
-    ['a take of an empty stage', (s) => (opened(s), s.kvTake(1, 3)), PRECONDITION, 'kv_take.stage 3 must hold at least one token on the server (it holds none'],
+    ['a take of an empty stage', (s) => s.kvTake(1, 3), PRECONDITION, 'kv_take.stage 3 must hold at least one token on the server (it holds none'],
     [
       'a take whose seq does not increase',
-      (s) => (opened(s), s.step(5, 0, 2, ids(1)), s.kvTake(5, 1)),
+      (s) => (s.step(5, 0, 2, ids(1)), s.kvTake(5, 1)),
       INVALID,
       "kv_take.seq must increase within a session together with the steps' (last 5), given 5",
     ],
     [
       'a put after generate',
-      (s) => (opened(s), s.generate(1, ids(1), 60), s.kvPut(2, 0, 1)),
+      (s) => (s.generate(1, ids(1), 60), s.kvPut(2, 0, 1)),
       PRECONDITION,
       'kv_put may not follow generate (the server decodes this session), given kv_put of stage 2',
     ],
-    ['a take after generate', (s) => (opened(s), s.generate(1, ids(1), 60), s.kvTake(2, 1)), PRECONDITION, 'kv_take may not follow generate'],
-    [
-      'a step after a put (a stage put into, the next not)',
-      (s) => (opened(s), s.kvPut(0, 0, 2), s.step(1, 0, 2, ids(1))),
-      PRECONDITION,
-      'step.stage_end must be 1',
-    ],
+    ['a take after generate', (s) => (s.generate(1, ids(1), 60), s.kvTake(2, 1)), PRECONDITION, 'kv_take may not follow generate'],
+    ['a step after a put (a stage put into, the next not)', (s) => (s.kvPut(0, 0, 2), s.step(1, 0, 2, ids(1))), PRECONDITION, 'step.stage_end must be 1'],
     [
       'generate after puts that left a stage empty',
-      (s) => (opened(s), s.kvPut(0, 0, 2), s.kvPut(1, 0, 2, kv(2), kv(2)), s.generate(1, ids(1), 2)),
+      (s) => (s.kvPut(0, 0, 2), s.kvPut(1, 0, 2, kv(2), kv(2)), s.generate(1, ids(1), 2)),
       PRECONDITION,
       'generate must be the first message after open, or continue a handed-over prefill in which every stage holds the same number N >= 1 of tokens; given stage 2 holding 0',
     ],
     [
       'generate after a handed-over prefill past the context',
       (s) => {
-        opened(s);
         for (let st = 0; st < 6; st++) {
           if (st === 1 || st === 3) s.kvPut(st, 0, 60, kv(60), kv(60));
           else s.kvPut(st, 0, 60);
@@ -445,6 +431,9 @@ describe('kv_put and kv_take refuse what breaks the rules, naming the field, and
       PRECONDITION,
       'generate would make the session hold 66 tokens (60 handed over + input 1 + max_new_tokens 6 - 1); the context must stay <= 64 tokens',
     ],
+  ];
+  const cases: Case[] = [
+    ...afterOpen.map(([label, send, code, message]): Case => [label, (s) => (opened(s), send(s)), code, message]),
     [
       'a put of the embed stage in a private session',
       (s) => (opened(s, true), s.kvPut(0, 0, 1)),
