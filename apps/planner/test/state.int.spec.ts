@@ -69,13 +69,19 @@ describe('planner state in JetStream key-value', () => {
   const planOf = (p: PlannerServer, clientId: string): ClientPlan | undefined => p.plans().find((x) => x.clientId === clientId);
   const placements = (p: ClientPlan | undefined): string[] => (p?.classes ?? []).map((c) => c.placement);
 
+  /** A planner 'first' on `bucket`, leading, once it made a plan for `clientId` and stored it: the planner, the plan and the bucket. */
+  async function firstStoredPlan(bucket: string, clientId: string): Promise<{ first: PlannerServer; made: ClientPlan; kv: KV }> {
+    const { planner: first } = await startPlanner(bucket, 'first');
+    await eventually(() => first.role === 'leader', { what: 'the first planner leading' });
+    await telemetry(clientId);
+    const made = await eventually(() => planOf(first, clientId), { what: 'the first plan' });
+    const kv = await kvm.open(bucket);
+    await eventually(async () => (await storedPlan(kv, clientId))?.epoch === made.epoch, { what: 'the plan in the bucket' });
+    return { first, made, kv };
+  }
+
   it('a restarted planner continues the stored plans: same epoch, and a re-plan to the same placements pushes nothing', async () => {
-    const { planner: first } = await startPlanner('restart', 'first');
-    await eventually(() => first.role === 'leader', { what: 'the only planner leading' });
-    await telemetry('dev');
-    const made = await eventually(() => planOf(first, 'dev'), { what: 'the first plan' });
-    const kv = await kvm.open('restart');
-    await eventually(async () => (await storedPlan(kv, 'dev'))?.epoch === made.epoch, { what: 'the plan in the bucket' });
+    const { first, made, kv } = await firstStoredPlan('restart', 'dev');
     expect(Number((await kv.get(EPOCH_KEY))?.string())).toBe(made.epoch);
     await first.stop();
 
@@ -111,12 +117,7 @@ describe('planner state in JetStream key-value', () => {
   });
 
   it('deletes a stored plan whose client is not heard of within the client TTL of taking the lead, and serves it until then', async () => {
-    const { planner: first } = await startPlanner('ttl', 'first');
-    await eventually(() => first.role === 'leader', { what: 'leading' });
-    await telemetry('gone');
-    const made = await eventually(() => planOf(first, 'gone'), { what: 'the plan' });
-    const kv = await kvm.open('ttl');
-    await eventually(async () => (await storedPlan(kv, 'gone'))?.epoch === made.epoch, { what: 'the plan in the bucket' });
+    const { first, made, kv } = await firstStoredPlan('ttl', 'gone');
     await first.stop();
     const { planner: second } = await startPlanner('ttl', 'second', { clientTtlMs: 1000 });
     expect(planOf(second, 'gone')).toEqual(made);
