@@ -29,6 +29,18 @@ const plan = (epoch: number, placement: string): ClientPlan => ({
   ],
 });
 
+type FollowerOptions = ConstructorParameters<typeof PlanFollower>[0];
+const silent = createLogger({ name: 'test', level: 'silent' });
+
+/** A follower of client 'dev' of a three-stage model it can run whole, planned by `plannerAddr` (messages up to 1 MiB), with `over` on top; silent unless given `log`. */
+function makeFollower(
+  plannerAddr: string | undefined,
+  over: Partial<FollowerOptions> = {},
+  log: ConstructorParameters<typeof PlanFollower>[1] = silent,
+): PlanFollower {
+  return new PlanFollower({ plannerAddr, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true, ...over }, log);
+}
+
 /**
  * A planner stand-in on a real gRPC port: every WatchPlans stream gets `reason` (a message with
  * no plan, when given) and `plans()` at once, and `push` sends more plans on the open streams.
@@ -61,14 +73,13 @@ async function stubPlanner(
 }
 
 describe('PlanFollower epochs', () => {
-  const log = createLogger({ name: 'test', level: 'silent' });
   let follower: PlanFollower | undefined;
   afterEach(() => follower?.stop());
 
   it("within one stream takes only a higher epoch; after a planner restart takes the new stream's first plan even with an older epoch", async () => {
     // The first planner's clock ran ahead: its epochs are far in the future.
     const a = await stubPlanner('127.0.0.1:0', () => [plan(9_000_000, 'CCS')]);
-    follower = new PlanFollower({ plannerAddr: `127.0.0.1:${a.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
+    follower = makeFollower(`127.0.0.1:${a.port}`);
     follower.start();
     await eventually(() => follower!.current()?.epoch === 9_000_000, { what: 'the first plan' });
     a.push(plan(8_000_000, 'SSS')); // older on the same stream: a stale plan, ignored
@@ -91,7 +102,6 @@ describe('PlanFollower epochs', () => {
 });
 
 describe('PlanFollower with several planners (PLANNER_ADDR a comma-separated list)', () => {
-  const log = createLogger({ name: 'test', level: 'silent' });
   let follower: PlanFollower | undefined;
   afterEach(() => follower?.stop());
 
@@ -100,10 +110,7 @@ describe('PlanFollower with several planners (PLANNER_ADDR a comma-separated lis
     const b = await stubPlanner('127.0.0.1:0', () => [plan(100, 'CCS'), plan(101, 'CSS')]);
     let a2: Awaited<ReturnType<typeof stubPlanner>> | undefined;
     try {
-      follower = new PlanFollower(
-        { plannerAddr: `127.0.0.1:${a.port}, 127.0.0.1:${b.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true },
-        log,
-      );
+      follower = makeFollower(`127.0.0.1:${a.port}, 127.0.0.1:${b.port}`);
       follower.start();
       await eventually(() => follower!.current()?.epoch === 100, { what: "the first planner's plan" });
       expect(follower.plannerAddr).toBe(`127.0.0.1:${a.port}`);
@@ -124,8 +131,7 @@ describe('PlanFollower with several planners (PLANNER_ADDR a comma-separated lis
   });
 
   it('refuses a list with a bad entry or too many entries, naming PLANNER_ADDR, the entry and the rule', () => {
-    const make = (plannerAddr: string) => () =>
-      new PlanFollower({ plannerAddr, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true }, log);
+    const make = (plannerAddr: string) => () => makeFollower(plannerAddr);
     expect(make('127.0.0.1:1,planner:0')).toThrow(
       /^PLANNER_ADDR entry 2 \(planner:0\) must be host:port with a port in 1\.\.65535, given '127\.0\.0\.1:1,planner:0'$/,
     );
@@ -136,17 +142,13 @@ describe('PlanFollower with several planners (PLANNER_ADDR a comma-separated lis
 });
 
 describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
-  const log = createLogger({ name: 'test', level: 'silent' });
   let follower: PlanFollower | undefined;
   afterEach(() => follower?.stop());
 
   it('runs everything on the device until a plan comes, and refuses plans that send the first or last stage to the server', async () => {
     const p = await stubPlanner('127.0.0.1:0', () => [plan(10, 'SSC')]);
     try {
-      follower = new PlanFollower(
-        { plannerAddr: `127.0.0.1:${p.port}`, clientId: 'dev', stageCount: 3, canRun: () => true, private: true, maxMessageBytes: 1 << 20 },
-        log,
-      );
+      follower = makeFollower(`127.0.0.1:${p.port}`, { private: true });
       expect(follower.choose(4)).toMatchObject({ placement: 'CCC', epoch: 0 });
       follower.start();
       await eventually(() => follower!.connected, { what: 'the plan stream' });
@@ -169,7 +171,6 @@ describe('PlanFollower on a private device (AGENT_PRIVATE)', () => {
 });
 
 describe('PlanFollower: why no plan is followed', () => {
-  const log = createLogger({ name: 'test', level: 'silent' });
   let follower: PlanFollower | undefined;
   const stubs: { stop: () => void }[] = [];
   afterEach(() => {
@@ -177,7 +178,7 @@ describe('PlanFollower: why no plan is followed', () => {
     for (const s of stubs.splice(0)) s.stop();
   });
   const follow = (plannerAddr: string | undefined, maxMessageBytes = 1 << 20): PlanFollower =>
-    new PlanFollower({ plannerAddr, maxMessageBytes, clientId: 'dev', stageCount: 3, canRun: (s) => s < 2 }, log);
+    makeFollower(plannerAddr, { maxMessageBytes, canRun: (s) => s < 2 });
 
   it('says that no planner is configured', () => {
     follower = follow(undefined);
@@ -223,16 +224,12 @@ describe('PlanFollower: why no plan is followed', () => {
 });
 
 describe('PlanFollower: phased plans (a decode placement)', () => {
-  const log = createLogger({ name: 'test', level: 'silent' });
   const phased = (epoch: number, placement: string, decodePlacement: string | undefined): ClientPlan => {
     const p = plan(epoch, placement);
     return { ...p, classes: [{ ...p.classes[0], decodePlacement, predictedHandoverMs: 3 }] };
   };
   const follower = (opts: { private?: boolean; canRun?: (s: number) => boolean } = {}): PlanFollower =>
-    new PlanFollower(
-      { plannerAddr: undefined, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 4, canRun: opts.canRun ?? (() => true), private: opts.private },
-      log,
-    );
+    makeFollower(undefined, { stageCount: 4, canRun: opts.canRun ?? (() => true), private: opts.private });
 
   it('checks the decode placement by the rules of the placement, naming the field', () => {
     const f = follower({ canRun: (s) => s !== 2 });
@@ -251,10 +248,7 @@ describe('PlanFollower: phased plans (a decode placement)', () => {
   it('hands a generation the decode placement only when it differs from the placement', async () => {
     const stub = await stubPlanner('127.0.0.1:0', () => [phased(20, 'CSSC', 'CCCC')]);
     const logs = capturingLogger('warn');
-    const f = new PlanFollower(
-      { plannerAddr: `127.0.0.1:${stub.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 4, canRun: () => true },
-      logs.log,
-    );
+    const f = makeFollower(`127.0.0.1:${stub.port}`, { stageCount: 4 }, logs.log);
     try {
       f.start();
       await eventually(() => f.current()?.epoch === 20, { what: 'the phased plan' });
@@ -306,10 +300,7 @@ describe('PlanFollower: the executors a plan names', () => {
   it('refuses a plan naming a bad executor address, logs why, and keeps the previous plan and its executor', async () => {
     const stub = await stubPlanner('127.0.0.1:0', () => [withExecutors(30, { id: 'exec-a', address: '127.0.0.1:7001' })]);
     const logs = capturingLogger('warn');
-    const f = new PlanFollower(
-      { plannerAddr: `127.0.0.1:${stub.port}`, maxMessageBytes: 1 << 20, clientId: 'dev', stageCount: 3, canRun: () => true },
-      logs.log,
-    );
+    const f = makeFollower(`127.0.0.1:${stub.port}`, {}, logs.log);
     try {
       f.start();
       await eventually(() => f.current()?.epoch === 30, { what: 'the plan naming exec-a' });
