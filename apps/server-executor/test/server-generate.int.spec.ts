@@ -124,6 +124,14 @@ describe('server-side generation (generate) on a real executor', () => {
     expect(s.tokens().map((t) => t.token)).toEqual(expected.get(PROMPTS[1]));
   });
 
+  /** Waits (1 s at most) for `e` to hold no session, then expects it to compute no step in the next 200 ms. */
+  async function expectFreedAndIdle(e: TestExecutor, what: string): Promise<void> {
+    await eventually(async () => (await e.status()).activeSessions === 0, { timeoutMs: 1000, what });
+    const steps = (await e.status()).stepsCompleted;
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await e.status()).stepsCompleted).toBe(steps);
+  }
+
   it('stops computing and frees the session when the client cancels mid-generation', async () => {
     const s = session(a);
     s.open();
@@ -132,10 +140,7 @@ describe('server-side generation (generate) on a real executor', () => {
     await s.next(4); // three tokens arrived: the loop is running
     s.call.cancel();
     expect(((await s.ended) as grpc.ServiceError).code).toBe(grpc.status.CANCELLED);
-    await eventually(async () => (await a.status()).activeSessions === 0, { timeoutMs: 1000, what: 'session freed after cancel' });
-    const steps = (await a.status()).stepsCompleted;
-    await new Promise((r) => setTimeout(r, 200));
-    expect((await a.status()).stepsCompleted).toBe(steps);
+    await expectFreedAndIdle(a, 'session freed after cancel');
     expect(s.tokens().length).toBeLessThan(1000);
   });
 
@@ -148,10 +153,7 @@ describe('server-side generation (generate) on a real executor', () => {
     s.generate(1, ids(1, 2, 3), 1022);
     await s.next(2); // the first token arrived before the deadline
     expect(((await s.ended) as grpc.ServiceError).code).toBe(grpc.status.DEADLINE_EXCEEDED);
-    await eventually(async () => (await a.status()).activeSessions === 0, { timeoutMs: 1000, what: 'session freed after the deadline' });
-    const steps = (await a.status()).stepsCompleted;
-    await new Promise((r) => setTimeout(r, 200));
-    expect((await a.status()).stepsCompleted).toBe(steps);
+    await expectFreedAndIdle(a, 'session freed after the deadline');
     expect(s.tokens().length).toBeLessThan(1022);
   });
 
@@ -188,111 +190,70 @@ describe('server-side generation (generate) on a real executor', () => {
     expect((await ok.next(2)).kind?.$case).toBe('token');
   });
 
-  it.each([
-    ['generate before open', (s: TestSession) => s.generate(1, ids(1), 1), grpc.status.FAILED_PRECONDITION, 'the first message must be open, given generate'],
+  const { INVALID_ARGUMENT: INVALID, FAILED_PRECONDITION: PRECONDITION } = grpc.status;
+  type Refusal = [what: string, send: (s: TestSession) => void, code: grpc.status, details: string];
+  /** What a session sends after open, refused with the code and details naming the rule. */
+  const afterOpen: Refusal[] = [
     [
       'generate after a step that left the stages holding different counts (no handed-over prefill)',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 0, 3, ids(1));
-        s.generate(2, ids(2), 1);
-      },
-      grpc.status.FAILED_PRECONDITION,
+      (s) => (s.step(1, 0, 3, ids(1)), s.generate(2, ids(2), 1)),
+      PRECONDITION,
       'generate must be the first message after open, or continue a handed-over prefill in which every stage holds the same number N >= 1 of tokens; given stage 3 holding 0 and stage 0 holding 1 (after 1 step(s))',
     ],
     [
       'generate of more than one token after a handed-over prefill',
-      (s: TestSession) => {
-        s.open();
-        s.step(1, 0, 6, ids(1, 2), true);
-        s.generate(2, ids(3, 4), 1);
-      },
-      grpc.status.INVALID_ARGUMENT,
+      (s) => (s.step(1, 0, 6, ids(1, 2), true), s.generate(2, ids(3, 4), 1)),
+      INVALID,
       'generate.input.shape must be [1, 1] after a handed-over prefill (the token it produced; every stage holds 2 tokens), given [1, 2]',
     ],
     [
       'a second generate',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, ids(1), 200);
-        s.generate(2, ids(1), 1);
-      },
-      grpc.status.FAILED_PRECONDITION,
+      (s) => (s.generate(1, ids(1), 200), s.generate(2, ids(1), 1)),
+      PRECONDITION,
       'generate may be sent once per session, given a second generate',
     ],
     [
       'a step after generate',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, ids(1), 200);
-        s.step(2, 0, 6, ids(1), true);
-      },
-      grpc.status.FAILED_PRECONDITION,
+      (s) => (s.generate(1, ids(1), 200), s.step(2, 0, 6, ids(1), true)),
+      PRECONDITION,
       'step may not follow generate (the server decodes this session), given step seq 2',
     ],
     [
       'float ids',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) }, 1);
-      },
-      grpc.status.INVALID_ARGUMENT,
+      (s) => s.generate(1, { dtype: 'float32', shape: [1, 1], data: new Float32Array(1) }, 1),
+      INVALID,
       'generate.input.dtype must be DATA_TYPE_INT64 (token ids), given DATA_TYPE_FLOAT32',
     ],
     [
       'ids of shape [2, 1]',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, { dtype: 'int64', shape: [2, 1], data: new BigInt64Array(2) }, 1);
-      },
-      grpc.status.INVALID_ARGUMENT,
+      (s) => s.generate(1, { dtype: 'int64', shape: [2, 1], data: new BigInt64Array(2) }, 1),
+      INVALID,
       'generate.input.shape must be [1, T>=1], given [2, 1]',
     ],
     [
       'an empty prompt',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, { dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }, 1);
-      },
-      grpc.status.INVALID_ARGUMENT,
+      (s) => s.generate(1, { dtype: 'int64', shape: [1, 0], data: new BigInt64Array(0) }, 1),
+      INVALID,
       'generate.input.shape must be [1, T>=1], given [1, 0]',
     ],
-    [
-      'an id outside the vocabulary',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, ids(3, 50257), 1);
-      },
-      grpc.status.INVALID_ARGUMENT,
-      'generate.input token ids must be in 0..50256, given 50257',
-    ],
+    ['an id outside the vocabulary', (s) => s.generate(1, ids(3, 50257), 1), INVALID, 'generate.input token ids must be in 0..50256, given 50257'],
     [
       'no input',
-      (s: TestSession) => {
-        s.open();
-        s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: undefined, maxNewTokens: 1 } } });
-      },
-      grpc.status.INVALID_ARGUMENT,
+      (s) => s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: undefined, maxNewTokens: 1 } } }),
+      INVALID,
       'generate.input is required, given nothing',
     ],
     [
       'bytes that do not fit the shape',
-      (s: TestSession) => {
-        s.open();
-        s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: { ...toWireTensor(ids(1, 2)), data: Buffer.alloc(9) }, maxNewTokens: 1 } } });
-      },
-      grpc.status.INVALID_ARGUMENT,
+      (s) => s.call.write({ kind: { $case: 'generate', value: { seq: '1', input: { ...toWireTensor(ids(1, 2)), data: Buffer.alloc(9) }, maxNewTokens: 1 } } }),
+      INVALID,
       'generate.input.data must hold 16 bytes',
     ],
-    [
-      'max_new_tokens 0',
-      (s: TestSession) => {
-        s.open();
-        s.generate(1, ids(1), 0);
-      },
-      grpc.status.INVALID_ARGUMENT,
-      'generate.max_new_tokens must be >= 1, given 0',
-    ],
+    ['max_new_tokens 0', (s) => s.generate(1, ids(1), 0), INVALID, 'generate.max_new_tokens must be >= 1, given 0'],
+  ];
+  it.each<Refusal>([
+    ['generate before open', (s) => s.generate(1, ids(1), 1), PRECONDITION, 'the first message must be open, given generate'],
+    ...afterOpen.map(([what, send, code, details]): Refusal => [what, (s) => (s.open(), send(s)), code, details]),
   ])('refuses %s and names the rule', async (_what, act, code, details) => {
     const s = session(a);
     act(s);
