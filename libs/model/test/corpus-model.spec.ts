@@ -39,6 +39,14 @@ describe('model-file corpus', () => {
       f(m);
       writeFileSync(p, JSON.stringify(m));
     };
+  /** A change setting the manifest field at `path` (keys and array indices, e.g. 'stages.3.file') to `value`. */
+  const setField = (path: string, value: unknown): ((dir: string) => void) =>
+    manifest((m) => {
+      const keys = path.split('.');
+      const last = keys.pop()!;
+      const parent = keys.reduce<Record<string, unknown>>((o, k) => o[k] as Record<string, unknown>, m);
+      parent[last] = value;
+    });
   const file =
     (rel: string, f: (p: string) => void) =>
     (dir: string): void =>
@@ -49,20 +57,8 @@ describe('model-file corpus', () => {
     ['no manifest.json', file('manifest.json', unlinkSync), ['manifest.json must exist in the model directory']],
     ['a manifest that is no JSON', file('manifest.json', (p) => writeFileSync(p, '{"format":')), ['manifest.json must be valid JSON']],
     ['a manifest that is an array', file('manifest.json', (p) => writeFileSync(p, '[]')), ['manifest must be a JSON object']],
-    [
-      'another format',
-      manifest((m) => {
-        m.format = 'tandem-model/2';
-      }),
-      ["format must be 'tandem-model/1'", "given 'tandem-model/2'"],
-    ],
-    [
-      'another family',
-      manifest((m) => {
-        m.family = 'llama';
-      }),
-      ["family must be 'gpt2'", "given 'llama'"],
-    ],
+    ['another format', setField('format', 'tandem-model/2'), ["format must be 'tandem-model/1'", "given 'tandem-model/2'"]],
+    ['another family', setField('family', 'llama'), ["family must be 'gpt2'", "given 'llama'"]],
     [
       'no config',
       manifest((m) => {
@@ -70,109 +66,31 @@ describe('model-file corpus', () => {
       }),
       ['config must be an object'],
     ],
-    [
-      'nLayer 0',
-      manifest((m) => {
-        m.config.nLayer = 0;
-      }),
-      ['config.nLayer must be an integer in 1..', 'given 0'],
-    ],
-    [
-      'nEmbd a string',
-      manifest((m) => {
-        m.config.nEmbd = '64';
-      }),
-      ['config.nEmbd must be an integer', "given '64'"],
-    ],
-    [
-      'vocabSize 1e12',
-      manifest((m) => {
-        m.config.vocabSize = 1e12;
-      }),
-      ['config.vocabSize must be an integer in 1..'],
-    ],
-    [
-      'nHead that does not divide nEmbd',
-      manifest((m) => {
-        m.config.nHead = 3;
-      }),
-      ['config.nHead must divide config.nEmbd (64)', 'given 3'],
-    ],
-    [
-      'layerNormEpsilon 0',
-      manifest((m) => {
-        m.config.layerNormEpsilon = 0;
-      }),
-      ['config.layerNormEpsilon must be a number in (0, 1)', 'given 0'],
-    ],
-    [
-      'one stage too few',
-      manifest((m) => {
-        m.stages.pop();
-      }),
-      ['stages must be an array of 2*nLayer+2 = 6 entries', '5 entries'],
-    ],
-    [
-      'a stage that is no object',
-      manifest((m) => {
-        (m.stages as unknown[])[2] = 7;
-      }),
-      ['stages[2] must be an object', 'given 7'],
-    ],
+    ['nLayer 0', setField('config.nLayer', 0), ['config.nLayer must be an integer in 1..', 'given 0']],
+    ['nEmbd a string', setField('config.nEmbd', '64'), ['config.nEmbd must be an integer', "given '64'"]],
+    ['vocabSize 1e12', setField('config.vocabSize', 1e12), ['config.vocabSize must be an integer in 1..']],
+    ['nHead that does not divide nEmbd', setField('config.nHead', 3), ['config.nHead must divide config.nEmbd (64)', 'given 3']],
+    ['layerNormEpsilon 0', setField('config.layerNormEpsilon', 0), ['config.layerNormEpsilon must be a number in (0, 1)', 'given 0']],
+    ['one stage too few', manifest((m) => m.stages.pop()), ['stages must be an array of 2*nLayer+2 = 6 entries', '5 entries']],
+    ['a stage that is no object', setField('stages.2', 7), ['stages[2] must be an object', 'given 7']],
     [
       'stages out of order',
-      manifest((m) => {
-        [m.stages[1], m.stages[2]] = [m.stages[2], m.stages[1]];
-      }),
+      manifest((m) => ([m.stages[1], m.stages[2]] = [m.stages[2], m.stages[1]])),
       ["stages[1].name must be 'block.0.attn'", "given 'block.0.mlp'"],
     ],
     [
       'a stage file outside the directory',
-      manifest((m) => {
-        m.stages[0].file = '../../etc/passwd.onnx';
-      }),
+      setField('stages.0.file', '../../etc/passwd.onnx'),
       ['stages[0].file must be a relative path inside the model directory'],
     ],
-    [
-      'an absolute stage file',
-      manifest((m) => {
-        m.stages[0].file = '/etc/embed.onnx';
-      }),
-      ['stages[0].file must be a relative path inside the model directory'],
-    ],
-    [
-      'a stage file that is no .onnx',
-      manifest((m) => {
-        m.stages[3].file = 'stages/block.1.attn.bin';
-      }),
-      ['stages[3].file must name an .onnx file'],
-    ],
-    [
-      'a 20,000-character stage file',
-      manifest((m) => {
-        m.stages[3].file = `${LONG}.onnx`;
-      }),
-      ['stages[3].file must', '...'],
-    ],
-    [
-      'a wrong inBytesPerToken',
-      manifest((m) => {
-        m.stages[1].inBytesPerToken = 8;
-      }),
-      ['stages[1].inBytesPerToken must be 256', 'given 8'],
-    ],
-    [
-      'dataFiles that are no array',
-      manifest((m) => {
-        m.stages[1].dataFiles = 'stages/x.bin';
-      }),
-      ['stages[1].dataFiles must be an array of relative paths'],
-    ],
+    ['an absolute stage file', setField('stages.0.file', '/etc/embed.onnx'), ['stages[0].file must be a relative path inside the model directory']],
+    ['a stage file that is no .onnx', setField('stages.3.file', 'stages/block.1.attn.bin'), ['stages[3].file must name an .onnx file']],
+    ['a 20,000-character stage file', setField('stages.3.file', `${LONG}.onnx`), ['stages[3].file must', '...']],
+    ['a wrong inBytesPerToken', setField('stages.1.inBytesPerToken', 8), ['stages[1].inBytesPerToken must be 256', 'given 8']],
+    ['dataFiles that are no array', setField('stages.1.dataFiles', 'stages/x.bin'), ['stages[1].dataFiles must be an array of relative paths']],
     [
       'a data file outside the directory',
-      manifest((m) => {
-        m.stages[2].dataFiles = ['../w.bin'];
-      }),
+      setField('stages.2.dataFiles', ['../w.bin']),
       ['stages[2].dataFiles[0] must be a relative path inside the model directory'],
     ],
   ];
