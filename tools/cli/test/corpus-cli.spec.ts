@@ -30,6 +30,10 @@ describe('CLI bad-input corpus', () => {
 
   type Case = readonly [label: string, argv: () => string[], parts: readonly string[]];
   const m = (): string => model.dir;
+  /** `tandem forward` of `ids` at `placement`, of the good model unless `modelDir`, to a file under root. */
+  function forward(ids: string, placement: string, modelDir = m()): string[] {
+    return ['forward', '--model', modelDir, '--ids', ids, '--placement', placement, '--out', join(root, 'f')];
+  }
   const cases: Case[] = [
     // the command line itself
     ['an unknown command', () => ['frobnicate'], ["unknown command 'frobnicate'"]],
@@ -71,31 +75,15 @@ describe('CLI bad-input corpus', () => {
     ],
     // forward
     ['forward without --model', () => ['forward', '--ids', '1,2', '--placement', 'SSSSSS', '--out', join(root, 'f')], ['--model is required']],
-    [
-      'forward of ids that are no numbers',
-      () => ['forward', '--model', m(), '--ids', 'a,b', '--placement', 'SSSSSS', '--out', join(root, 'f')],
-      ['--ids must be', "'a,b'"],
-    ],
-    [
-      'forward of an id past the vocabulary',
-      () => ['forward', '--model', m(), '--ids', '1,50257', '--placement', 'SSSSSS', '--out', join(root, 'f')],
-      ['--ids', '50257'],
-    ],
-    [
-      'forward of a placement too short',
-      () => ['forward', '--model', m(), '--ids', '1,2', '--placement', 'SS', '--out', join(root, 'f')],
-      ['--placement must have one C/S character per stage (6 characters)', "given 'SS'"],
-    ],
+    ['forward of ids that are no numbers', () => forward('a,b', 'SSSSSS'), ['--ids must be', "'a,b'"]],
+    ['forward of an id past the vocabulary', () => forward('1,50257', 'SSSSSS'), ['--ids', '50257']],
+    ['forward of a placement too short', () => forward('1,2', 'SS'), ['--placement must have one C/S character per stage (6 characters)', "given 'SS'"]],
     [
       'forward of a placement with other letters',
-      () => ['forward', '--model', m(), '--ids', '1,2', '--placement', 'SSXSSS', '--out', join(root, 'f')],
+      () => forward('1,2', 'SSXSSS'),
       ["--placement must contain only 'C' (client) and 'S' (server)", "given 'SSXSSS'"],
     ],
-    [
-      'forward of a model folder that does not exist',
-      () => ['forward', '--model', join(root, 'none'), '--ids', '1', '--placement', 'SSSSSS', '--out', join(root, 'f')],
-      ['manifest'],
-    ],
+    ['forward of a model folder that does not exist', () => forward('1', 'SSSSSS', join(root, 'none')), ['manifest']],
     // generate
     [
       'generate with both --prompt and --ids',
