@@ -1,25 +1,18 @@
 import * as grpc from '@grpc/grpc-js';
-import { channelOptions, ExecutorServiceClient } from '@tandem/protocol';
-import { createLogger } from '@tandem/service-kit';
-import { EXECUTOR_SETTINGS, makeTempModel, type TempModel } from '@tandem/testkit';
-import { ExecutorServer, OnnxStageEngine } from '../src';
-import { TestSession } from './session-client';
+import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { OnnxStageEngine } from '../src';
+import type { TestSession } from './session-client';
+import { startTestExecutor, type TestExecutor } from './test-executor';
 
 // Per-client session limits: one client id holds at most EXECUTOR_MAX_SESSIONS_PER_CLIENT
 // sessions; one more is RESOURCE_EXHAUSTED naming the client, the limit and a retry hint
 // (also in the trailer `retry-after-ms`), while other clients still open sessions.
 
-const log = createLogger({ name: 'test', level: 'silent' });
-
 describe('server-executor per-client session limits', () => {
   let model: TempModel;
-  let server: ExecutorServer;
-  let client: ExecutorServiceClient;
-  const opened: TestSession[] = [];
-
+  let exec: TestExecutor;
   const open = async (clientId: string): Promise<TestSession> => {
-    const s = new TestSession(client.session({ deadline: Date.now() + 30_000 }));
-    opened.push(s);
+    const s = exec.session();
     s.call.write({ kind: { $case: 'open', value: { clientId, planEpoch: '0', modelId: '' } } });
     await Promise.race([s.next(1).catch(() => undefined), s.ended]);
     return s;
@@ -28,25 +21,12 @@ describe('server-executor per-client session limits', () => {
   beforeAll(async () => {
     model = await makeTempModel();
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    server = new ExecutorServer({
-      engine,
-      log,
-      ...EXECUTOR_SETTINGS,
-      serverId: 'exec-limits',
-      maxSessions: 6,
-      maxSessionsPerClient: 2,
-      retryAfterMs: 750,
-      maxContextTokens: 40,
-      telemetryIntervalMs: 1000,
-    });
-    const { port } = await server.start();
-    client = new ExecutorServiceClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), channelOptions(8 << 20));
+    exec = await startTestExecutor(engine, { serverId: 'exec-limits', maxSessions: 6, maxSessionsPerClient: 2, retryAfterMs: 750, maxContextTokens: 40 });
   });
 
   afterAll(async () => {
-    for (const s of opened) s.call.cancel();
-    client?.close();
-    await server?.stop({ graceMs: 100 });
+    await exec?.cancelSessions();
+    await exec?.stop();
     model?.remove();
   });
 
