@@ -287,7 +287,7 @@ interface Prepared {
   readonly loop: { readonly ms: number; readonly work: number };
   readonly upLatency: number;
   readonly downLatency: number;
-  /** The first token's upload to the server's loop after a prefill ending on the client. */
+  /** The last token's upload that starts the server's loop after a phased prefill (its serialization; the latency is upLatency). */
   readonly tokenUpMs: number;
 }
 
@@ -607,11 +607,12 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
     if (serverDecoding && cell & P_ALL && cell & D_ALL) continue;
     const pEndsServer = (cell & P_SERVER) !== 0;
     const streamed = serverDecoding && (cell & D_ALL) !== 0;
-    const tokenUp = streamed && !pEndsServer;
-    const up = (cell & KV_UP) !== 0 || tokenUp;
+    // The server's loop starts from the client's last token (behind any cache going up) and
+    // sends its first token down (evaluatePhased).
+    const up = (cell & KV_UP) !== 0 || streamed;
     const down = (cell & KV_DOWN) !== 0;
     // The decode passes and the hand-over, in the label's terms: m · pass + hand-over.
-    let rest = (up ? upLatency : 0) + (tokenUp ? p.tokenUpMs : 0) + (down ? downLatency : 0);
+    let rest = (up ? upLatency : 0) + (streamed ? p.tokenUpMs + finalDown : 0) + (down ? downLatency : 0);
     let restW = entry * ((up ? 1 : 0) + (down ? 1 : 0));
     if (streamed) {
       rest += m * loop.ms;

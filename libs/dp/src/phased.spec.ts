@@ -145,15 +145,22 @@ describe('evaluatePhased', () => {
     expect(evaluatePhased(inst, ['client', 'server', 'client'], ['client', 'server', 'client']).handoverWork).toBe(0);
   });
 
-  it('moves nothing for a stage without a KV cache, and sends the first token up when the server decodes after a device prefill', () => {
+  it('moves nothing for a stage without a KV cache; the loop of the server starts with one crossing each way, whatever ran the prefill', () => {
     const free = evaluatePhased(WORKED, ['server', 'server', 'server'], ['client', 'server', 'server']);
     expect([free.kvUpBytes, free.kvDownBytes, free.handoverMs]).toEqual([0, 0, 0]);
     const up = evaluatePhased(WORKED, ['client', 'client', 'client'], ['server', 'server', 'server']);
     expect(up.kvUpBytes).toBe(204_800);
-    // One upward transfer: the block's cache and the 8-byte token, 20 + 204808/1000 ms.
-    expect(up.handoverMs).toBeCloseTo(20 + 204.808, 9);
+    // One upward transfer, the block's cache and the 8-byte token (20 + 204808/1000 ms), then the
+    // loop's first token down (20 + 8/5000 ms).
+    expect(up.handoverMs).toBeCloseTo(20 + 204.808 + 20.0016, 9);
     expect(up.serverDecoding).toBe(true);
     expect(up.tpotMs).toBeCloseTo(3.5 + up.handoverMs / 20, 9);
+    // A prefill ending on the server that moves no cache (the embedding alone on the client): the
+    // client still sends the last token to start the loop, and the loop's first token comes down.
+    const tokenOnly = evaluatePhased(WORKED, ['client', 'server', 'server'], ['server', 'server', 'server']);
+    expect([tokenOnly.kvUpBytes, tokenOnly.kvDownBytes]).toEqual([0, 0]);
+    expect(tokenOnly.handoverMs).toBeCloseTo(20.008 + 20.0016, 9);
+    expect(tokenOnly.e2eMs).toBeCloseTo(tokenOnly.ttftMs + 20 * 3.5 + 40.0096, 9);
   });
 
   it('names the placement and the index of a bad entry', () => {

@@ -177,8 +177,10 @@ export function streamedDecode(instance: GenerationInstance): { readonly ms: num
  *   transfer (`latencyMs + bytes / bytesPerMs`) and waits behind the server's work once, as a
  *   decode entry does (`serverDecodeQueueMs`: the executor makes a run of kv_put or kv_take
  *   engine calls together), and the two directions add. When the server's loop decodes after
- *   a prefill that ended on the client, the first token goes up with them
- *   (`stages[0].inBytesPerToken` bytes). Each direction used is one more entry to the server
+ *   any prefill, the last token goes up with them
+ *   (`stages[0].inBytesPerToken` bytes; the client sends it to start the loop even when nothing
+ *   else moves up), and the loop's first token comes down (`outBytesPerPass`): the stream starts
+ *   once more, so its latency each way is the hand-over's. Each direction used is one more entry to the server
  *   (`serverEntryWork`), and each stage moved costs the server its hand-over work
  *   ({@link KvHandoverCost}, {@link handoverWork}: messages and KiB, in or out), which is
  *   also time of the hand-over: the server decodes, copies or encodes the cache while the
@@ -221,15 +223,17 @@ export function evaluatePhased(instance: HandoverInstance, prefill: Placement, d
     else kvDownBytes += kv;
     handoverWorkSum += handoverWork(instance.kvHandover, s.kvBytesPerToken ?? 0, n, prefill[i] === 'client');
   });
-  const tokenUp = streamed && prefill[stages.length - 1] === 'client';
-  const up = kvUpBytes > 0 || tokenUp;
+  // The server's loop starts from a message of the client's (the last token, behind any cache it
+  // sends up), and its first token comes down: one crossing each way, whatever ran the prefill.
+  const up = kvUpBytes > 0 || streamed;
   const down = kvDownBytes > 0;
   // The server's hand-over work is on the way too: the decode cannot go on before the cache is in (or out).
   // Each direction's engine calls are made together and wait behind the server's work once, as a decode entry does.
   const wait = queueWaits(instance).decode;
   const handoverMs =
-    (up ? transferMs(uplink, kvUpBytes + (tokenUp ? stages[0].inBytesPerToken : 0)) + wait : 0) +
+    (up ? transferMs(uplink, kvUpBytes + (streamed ? stages[0].inBytesPerToken : 0)) + wait : 0) +
     (down ? transferMs(downlink, kvDownBytes) + wait : 0) +
+    (streamed ? transferMs(downlink, instance.outBytesPerPass) : 0) +
     handoverWorkSum;
   serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0)) + handoverWorkSum;
   const tpotMs = pass + handoverMs / m;
