@@ -210,6 +210,11 @@ class Run {
     this.untimedUp = { bytes: (this.untimedUp?.bytes ?? 0) + bytes, since: this.untimedUp?.since ?? since };
   }
 
+  /** Whether puts went up that no later message followed yet: the next one is sent right behind them. */
+  get followsPuts(): boolean {
+    return this.untimedUp !== undefined;
+  }
+
   /**
    * Where the link estimate of a message sent now with `upBytes` starts: now and its own bytes,
    * or, after untimed puts, their start and their bytes added (taken once).
@@ -398,8 +403,11 @@ async function phased(run: Run, cache: KvCache, prefill: string, decode: string)
  * takes go out together and are answered in order; the puts are not answered (a refusal ends the
  * session, and the decode's next message then fails with its status). Emulated link: one
  * uplink crossing for all puts' bytes, one uplink for the take requests and one downlink for
- * all the takes' bytes (chunks stream back to back); the estimator records the takes' transfer,
- * and the puts' with the answer to the next message (they have none of their own). Opens the session when the prefill had none.
+ * all the takes' bytes (chunks stream back to back); a generate that follows the puts goes right
+ * behind them (its bytes alone, no second latency: serverLoop), while a split decode's first step
+ * still pays its own crossing, as the plan prices it. The estimator records the takes' transfer,
+ * and the puts' with the answer to the next message (they have none of their own). Opens the
+ * session when the prefill had none.
  */
 async function handOver(run: Run, cache: KvCache, prefill: string, decode: string): Promise<void> {
   const { deps } = run;
@@ -580,8 +588,11 @@ async function serverLoop(run: Run, first: RemoteSession, handed: boolean): Prom
       const session = remote;
       if (!session) throw new Error('serverLoop: no executor session at the start of a round (every failure path opens a new one)');
       try {
+        // After a hand-over's puts the generate goes right behind them on the stream (as the
+        // plan prices it: one crossing up for the cache and the token), not a latency later.
+        const behind = run.followsPuts;
         const from = run.transferFrom(bytesOf(prompt));
-        await deps.emulator.uplink(bytesOf(prompt));
+        await (behind ? deps.emulator.uplinkBehind(bytesOf(prompt)) : deps.emulator.uplink(bytesOf(prompt)));
         deps.signal.throwIfAborted();
         await session.generate(prompt, maxNewTokens - base, (t) => {
           const index = base + t.index;

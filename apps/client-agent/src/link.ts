@@ -26,6 +26,13 @@ export class LinkEmulator {
   uplink(bytes: number): Promise<void> {
     return sleep(LinkEmulator.delayMs(this.up, bytes));
   }
+  /**
+   * A message sent right behind others already on the uplink (a hand-over's kv_puts, whose
+   * delay included the latency): only its own bytes' time, as it arrives that much after them.
+   */
+  uplinkBehind(bytes: number): Promise<void> {
+    return sleep(this.up.bytesPerMs > 0 ? bytes / this.up.bytesPerMs : 0);
+  }
   downlink(bytes: number): Promise<void> {
     return sleep(LinkEmulator.delayMs(this.down, bytes));
   }

@@ -196,6 +196,31 @@ describe('phased generation: the hand-over between the prefill and the decode', 
     expect(sessions[0].ended).toBe(true);
   });
 
+  it.each([
+    // [prefill, decode, the uplink's crossings: 'up' pays the latency, 'behind' follows messages already on the link]
+    ['CCCCCC', 'SSSSSS', (kv: number) => [`up ${2 * kv}`, 'behind 8']],
+    // The prefill's hidden state (5 positions of 64 float32), the embedding's count-only put, the token.
+    ['CSSSSS', 'SSSSSS', () => ['up 1280', 'up 0', 'behind 8']],
+    // A split decode: its first step pays its own crossing, as the plan prices each decode pass.
+    ['CCSSSC', 'CSSCSC', (kv: number) => ['up 1280', 'up 16', `up ${kv}`, ...Array<string>(8).fill('up 256')]],
+  ])('prefill %s, decode %s: a generate goes up right behind the hand-over puts, not a latency later', async (prefill, decode, crossings) => {
+    const ups: string[] = [];
+    class Recording extends LinkEmulator {
+      override uplink(bytes: number): Promise<void> {
+        ups.push(`up ${bytes}`);
+        return super.uplink(bytes);
+      }
+      override uplinkBehind(bytes: number): Promise<void> {
+        ups.push(`behind ${bytes}`);
+        return super.uplinkBehind(bytes);
+      }
+    }
+    const emulator = new Recording({ latencyMs: 0, bytesPerMs: 0 }, { latencyMs: 0, bytesPerMs: 0 });
+    const stats = await generate(depsOf([], { emulator }), prefill, PROMPT, NEW, () => undefined, decode);
+    expect(stats.ids).toEqual(expected);
+    expect(ups).toEqual(crossings(kvBytes));
+  });
+
   it('moves nothing for a single token (there is no decode), and an equal or absent decode placement is the plain generation', async () => {
     for (const [decode, n] of [
       ['CCCCCC', 1],
