@@ -287,6 +287,22 @@ describe('PlanMaker', () => {
     expect([none.placement, none.feasible]).toEqual([opt.placement, true]);
   });
 
+  it('enters an all-device plan without the entry margin (the load does not move its figures), a plan using the server only with it', () => {
+    const probe = new PlanMaker(options({ classes: [CLASS], hysteresis: 0 }));
+    const inst = probe.instance(client(2), server(1), CLASS)!;
+    const device = evaluateGeneration(inst, fromLetters('CCCCCC'));
+    // The class's SLA puts the all-device plan at 98 % of the planned bound (SLA × margin).
+    const cls = { ...CLASS, slaMs: (device.e2eMs / 0.98 / inst.slo.e2eMs!) * CLASS.slaMs! };
+    const maker = new PlanMaker(options({ classes: [cls], hysteresis: 0, entryMargin: 0.05 }));
+    const [entered] = maker.plan(client(2), server(1), undefined)!;
+    expect([entered.placement, entered.feasible, entered.predictedServerWork]).toEqual(['CCCCCC', true, 0]);
+    // The same bound with a device that cannot run the last stage: the plans left use the
+    // server, and the one entered has the margin to spare.
+    const [roomy] = maker.plan(client(2, { stages: client(2).stages.slice(0, 5) }), server(1), undefined)!;
+    expect(roomy.placement).not.toBe('CCCCCC');
+    expect(roomy.predictedLatencyMs).toBeLessThanOrEqual(0.95 * cls.slaMs * maker.opts.slaMargin + 1e-9);
+  });
+
   it("keeps a plan that misses only at the server's load rather than take a faster one that misses too; moves one that misses on an idle server", () => {
     // On an idle server a plan that uses it meets 150 ms; the device alone does not (about 200).
     const maker = new PlanMaker(options({ hysteresis: 0.05, classes: [{ ...CLASS, slaMs: 150 }] }));

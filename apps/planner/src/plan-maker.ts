@@ -102,6 +102,11 @@ function singlePlan(r: GenerationResult): PricedPlan {
   };
 }
 
+/** Whether a priced plan runs every stage of both phases on the device (nothing on the server, no crossing). */
+function serverFree(p: Pick<PricedPlan, 'placement' | 'decodePlacement'>): boolean {
+  return p.placement.every((l) => l === 'client') && p.decodePlacement.every((l) => l === 'client');
+}
+
 /** Whether two placements are the same stage by stage. */
 function samePlacement(a: readonly Location[], b: readonly Location[]): boolean {
   if (a === b) return true;
@@ -153,7 +158,9 @@ export interface PlanMakerOptions {
    * spare (else the best plan that does, else it as it is); the plan in force is kept while it
    * meets them at all (and the new optimum saves no more than `hysteresis`). A plan at the
    * bound flips in and out as the load's figures move by a few per cent, and it is the plan
-   * the load's tail makes miss. Default 0 (PLANNER_ENTRY_MARGIN: 0.05).
+   * the load's tail makes miss. A plan that places nothing on the server in either phase is
+   * exempt: its figures are the device's alone, which the load does not move. Default 0
+   * (PLANNER_ENTRY_MARGIN: 0.05).
    */
   readonly entryMargin?: number;
   /**
@@ -495,7 +502,9 @@ export class PlanMaker {
       // A plan is entered only with `entryMargin` of its SLOs to spare, and kept (below) while it
       // meets them at all (PlanMakerOptions.entryMargin).
       const margin = this.opts.entryMargin ?? 0;
-      if (!keep && objective === 'work' && best.feasible && margin > 0 && sloRatio(inst.slo, best) > 1 - margin) {
+      // A plan with no server stage in either phase is priced from the device alone: its figures
+      // do not move with the server's load, so it enters without that margin.
+      if (!keep && objective === 'work' && best.feasible && margin > 0 && !serverFree(best) && sloRatio(inst.slo, best) > 1 - margin) {
         const roomy = solveWith(scaledSlos(inst, 1 - margin), this.opts.algorithm, this.opts.phasedMinSaving);
         if (roomy.feasible) best = priced(inst, roomy.placement, roomy.decodePlacement);
       }
