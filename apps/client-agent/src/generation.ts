@@ -2,6 +2,7 @@ import { isPlacementLetters } from '@tandem/dp';
 import { status } from '@grpc/grpc-js';
 import { greedyToken, lastPosition } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
+import { sleep } from '@tandem/util';
 import { ExecutorStatusError } from './errors';
 import type { LinkEmulator, LinkEstimator } from './link';
 import type { KvCache } from '@tandem/model';
@@ -80,19 +81,6 @@ export function isSessionLost(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown } | undefined;
   return e?.code === status.UNAVAILABLE || (err instanceof Error && e?.code === undefined && err.message === 'the executor ended the session');
 }
-
-const sleep = (ms: number, signal: AbortSignal): Promise<void> =>
-  new Promise((resolve, reject) => {
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 
 /** The retry state of one generation: how many sessions it lost, and the backoff before the next attempt. */
 class Resumer {

@@ -1,12 +1,10 @@
-import { median } from '@tandem/util';
+import { median, sleep } from '@tandem/util';
 /** One direction of an emulated link. */
 export interface LinkShape {
   readonly latencyMs: number;
   /** 0 means unlimited. */
   readonly bytesPerMs: number;
 }
-
-const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
 
 /**
  * EMULATION of a slower network on one machine: delays each transfer by latency +

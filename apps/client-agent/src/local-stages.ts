@@ -1,8 +1,7 @@
 import type { HostTensor, StageTiming } from '@tandem/protocol';
 import { StageInputError, StageRunner, StageStats, type KvCache, type StageState } from '@tandem/model';
+import { sleep } from '@tandem/util';
 import { ReplayMissError, type ReplayCursor, type ReplayRecording } from './replay';
-
-const sleep = (ms: number): Promise<void> => (ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve());
 
 /** A stage's uncontended cost on this host, measured at start-up. */
 type Baseline = Pick<StageTiming, 'prefillMsPerToken' | 'decodeMs'>;

@@ -1,4 +1,5 @@
 import { quoted } from '@tandem/protocol';
+import { sleep } from '@tandem/util';
 import { CapacityError } from './errors';
 
 /** A clock in milliseconds that never goes back (performance.now() in production, a counter in tests). */
@@ -68,17 +69,6 @@ export class TokenRateError extends CapacityError {
     super(message, retryAfterMs);
   }
 }
-
-const sleep = (ms: number, signal: AbortSignal): Promise<void> =>
-  new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const t = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 
 interface Entry {
   readonly bucket: TokenBucket;
@@ -182,7 +172,8 @@ export class ClientTokenRates {
       if (signal.aborted) return false;
       const wait = b.tryTake(tokens);
       if (wait === 0) return true;
-      await sleep(Math.ceil(wait), signal);
+      // An abort ends the wait; the loop then sees it.
+      await sleep(Math.ceil(wait), signal).catch(() => undefined);
     }
   }
 }

@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
 import type { SessionResponse } from '@tandem/protocol';
 import { makeTempModel, type TempModel } from '@tandem/testkit';
+import { sleep } from '@tandem/util';
 import { OnnxStageEngine } from '../src';
 import { ids, type TestSession } from './session-client';
 import { startTestExecutor, type TestExecutor } from './test-executor';
@@ -15,7 +16,6 @@ import { startTestExecutor, type TestExecutor } from './test-executor';
 const RATE = 8;
 const LONG = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 const SHORT = [464, 2068, 7586, 21831, 18045];
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('server-executor per-client tokens per second', () => {
   let model: TempModel;
