@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually } from '@tandem/testkit';
@@ -261,16 +261,17 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     for (const e of cell.executors) expect(md).toContain(`| server-only | 3 | ${e.id} | ${e.requests} |`);
   }, 120_000);
 
-  it("a run killed after its first cell leaves that cell's records and runs.json, and --report-only makes the report from them", async () => {
+  it("a run stopped by SIGTERM after its first cell stops every service it started, leaves that cell's records and runs.json, and --report-only makes the report from them", async () => {
     const f = join(dir, 'killed.json');
     // Three rates of 2 s each (with a second between them): it is killed once it has written its first cell, within the next ones.
     writeFileSync(f, JSON.stringify(scenario({ rates: [3, 4, 5] })));
     const out = join(dir, 'killed-out');
     const bin = join(__dirname, '../bin/tandem.js');
     const args = ['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--policies', 'server-only'];
-    // Its own process group, so the kill takes its services too.
+    // Its own process group, so that a failed test still takes its services down (finally).
     const child = spawn(process.execPath, [bin, ...args], { detached: true, stdio: 'ignore' });
     const pid = child.pid ?? 0;
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     const cells = (): { rate: number; stats: { requests: number; completed: number } }[] =>
       existsSync(join(out, 'runs.json')) ? JSON.parse(readFileSync(join(out, 'runs.json'), 'utf8')).runs : [];
     try {
@@ -281,8 +282,14 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
         },
         { timeoutMs: 90_000, intervalMs: 100, what: 'the first cell in runs.json' },
       );
+      // Its services (executor, planner, agents, each with a pid of its own), signalled to the load test alone.
+      const services = descendants(pid);
+      expect(services.length).toBeGreaterThanOrEqual(3);
+      process.kill(pid, 'SIGTERM');
+      expect(await exited).toBe(143);
+      await eventually(() => services.every((p) => !alive(p)), { timeoutMs: 10_000, intervalMs: 100, what: 'every service of the stopped run gone' });
     } finally {
-      process.kill(-pid, 'SIGKILL');
+      if (alive(pid)) process.kill(-pid, 'SIGKILL');
     }
     const kept = cells();
     expect(kept.length).toBeLessThan(3);
@@ -307,3 +314,37 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     expect(Object.keys(json.prediction.byPolicy['server-only'])).not.toHaveLength(0);
   }, 150_000);
 });
+
+/** The pids of `pid`'s children, theirs, and so on (from /proc). */
+function descendants(pid: number): number[] {
+  const parent = new Map<number, number>();
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      // The field after the parenthesised name: state, then the parent's pid.
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      parent.set(Number(e), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = [];
+  const walk = (p: number): void => {
+    for (const [c, pp] of parent) {
+      if (pp !== p) continue;
+      out.push(c);
+      walk(c);
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+/** Whether a process with this pid exists (and is not a zombie). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}

@@ -68,7 +68,9 @@ pool), sleeping each stage's modelled cost, so many devices can share the client
   --no-pin          do not pin processes with taskset
 
 Progress goes to stderr. Exit 0 when the run completed (whatever the numbers), 2 for bad
-flags or a bad scenario file (naming the field), 1 when the services could not run.`;
+flags or a bad scenario file (naming the field), 1 when the services could not run, 130/143
+when interrupted (SIGINT/SIGTERM: every service it started is stopped; the finished cells stay
+in runs.json and records.jsonl).`;
 
 function numberList(raw: string, flag: string): number[] {
   const parts = raw
@@ -180,31 +182,46 @@ export const loadtestCommand: Command = {
     let lastPct = -1;
     const settings = { scenario, scenarioPath, policies, rates, durationS, seed, repeats, quick, modelDir, ...(executors > 1 ? { executors } : {}) };
     const writer = new ResultsWriter(outDir, settings);
-    const run = await runLoadtest({
-      scenario,
-      policies,
-      rates,
-      durationS,
-      warmupS: quick ? loaded.quick.warmupS : loaded.warmupS,
-      seed,
-      repeats,
-      modelDir,
-      replayFile: join(outDir, 'replay.bin'),
-      logDir: join(outDir, 'logs'),
-      natsUrl: args.flags.get('nats'),
-      pin: !args.switches.has('no-pin'),
-      executors,
-      // Every cell's records go to records.jsonl and runs.json as it finishes.
-      onCell: (result, records, soFar) => writer.cell(result, records, soFar),
-      note,
-      onProgress: (done, total, what) => {
-        const p = Math.floor((100 * done) / Math.max(1, total));
-        if (p !== lastPct || done >= total) {
-          lastPct = p;
-          progress(done, total, what);
-        }
-      },
-    });
+    // SIGINT/SIGTERM end the run at once: exiting runs the launcher's and the nats-server's exit
+    // hooks, which kill every service the run started; the cells finished so far stay in
+    // runs.json and records.jsonl (--report-only makes their report).
+    const onSignal = (sig: NodeJS.Signals): void => {
+      note(`${sig}: stopping every service of the run; the finished cells are in ${outDir} (tandem loadtest --report-only ${outDir})`);
+      process.exit(sig === 'SIGTERM' ? 143 : 130);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    let run: Awaited<ReturnType<typeof runLoadtest>>;
+    try {
+      run = await runLoadtest({
+        scenario,
+        policies,
+        rates,
+        durationS,
+        warmupS: quick ? loaded.quick.warmupS : loaded.warmupS,
+        seed,
+        repeats,
+        modelDir,
+        replayFile: join(outDir, 'replay.bin'),
+        logDir: join(outDir, 'logs'),
+        natsUrl: args.flags.get('nats'),
+        pin: !args.switches.has('no-pin'),
+        executors,
+        // Every cell's records go to records.jsonl and runs.json as it finishes.
+        onCell: (result, records, soFar) => writer.cell(result, records, soFar),
+        note,
+        onProgress: (done, total, what) => {
+          const p = Math.floor((100 * done) / Math.max(1, total));
+          if (p !== lastPct || done >= total) {
+            lastPct = p;
+            progress(done, total, what);
+          }
+        },
+      });
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
     let report: LoadtestReport;
     try {
       report = buildReport(run.results, {
