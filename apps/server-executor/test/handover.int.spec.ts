@@ -44,6 +44,18 @@ let client: StageRunner;
 let kinds: StageKind[];
 let n: number;
 
+/** Loads the client's runner on `model` (setting client, n and kinds) and returns the one-process tokens of each prompt. */
+async function loadClient(model: TempModel, prompts: readonly number[][]): Promise<number[][]> {
+  client = await StageRunner.load(model.dir, { intraOpNumThreads: 1 });
+  n = client.manifest.stages.length;
+  kinds = client.manifest.stages.map((s) => s.kind);
+  const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(n));
+  const tokens: number[][] = [];
+  for (const p of prompts) tokens.push(await pipe.generate(p, { maxNewTokens: NEW_TOKENS }));
+  await pipe.close();
+  return tokens;
+}
+
 /** A session on `e` with a counter of the answers consumed. */
 class Driven {
   seq = 0;
@@ -189,12 +201,8 @@ describe('phased plans: stage state handed over on the session stream (kv_put, k
 
   beforeAll(async () => {
     model = await makeTempModel();
-    client = await StageRunner.load(model.dir, { intraOpNumThreads: 1 });
-    n = client.manifest.stages.length;
-    kinds = client.manifest.stages.map((s) => s.kind);
-    const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(n));
-    for (const p of PROMPTS) expected.set(p, await pipe.generate(p, { maxNewTokens: NEW_TOKENS }));
-    await pipe.close();
+    const tokens = await loadClient(model, PROMPTS);
+    PROMPTS.forEach((p, i) => expected.set(p, tokens[i]));
     const inline = (): Promise<StageEngine> => OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
     const worker = (): Promise<StageEngine> => WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
     execs['inline, batching'] = await startTestExecutor(await inline(), { serverId: 'ho-inline-b', batching: true });
@@ -302,12 +310,7 @@ describe('kv_put and kv_take refuse what breaks the rules, naming the field, and
 
   beforeAll(async () => {
     model = await makeTempModel();
-    client = await StageRunner.load(model.dir, { intraOpNumThreads: 1 });
-    n = client.manifest.stages.length;
-    kinds = client.manifest.stages.map((s) => s.kind);
-    const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(n));
-    want = await pipe.generate(PROMPT, { maxNewTokens: NEW_TOKENS });
-    await pipe.close();
+    [want] = await loadClient(model, [PROMPT]);
     e = await startTestExecutor(await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { serverId: 'ho-bad', maxContextTokens: 64 });
     // Room for 8 positions of one attention stage (4 KiB); a session is admitted with room for one token (1 KiB).
     small = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), {
