@@ -198,19 +198,15 @@ class Run {
     this.untimedUp = { bytes: (this.untimedUp?.bytes ?? 0) + bytes, since: this.untimedUp?.since ?? since };
   }
 
-  /** Whether puts went up that no later message followed yet: the next one is sent right behind them. */
-  get followsPuts(): boolean {
-    return this.untimedUp !== undefined;
-  }
-
   /**
    * Where the link estimate of a message sent now with `upBytes` starts: now and its own bytes,
-   * or, after untimed puts, their start and their bytes added (taken once).
+   * or, after untimed puts, their start and their bytes added (taken once); `behindPuts` says
+   * which (the message then goes right behind the puts on the stream).
    */
-  transferFrom(upBytes: number): { readonly sent: number; readonly upBytes: number } {
+  transferFrom(upBytes: number): { readonly sent: number; readonly upBytes: number; readonly behindPuts: boolean } {
     const pending = this.untimedUp;
     this.untimedUp = undefined;
-    return pending ? { sent: pending.since, upBytes: upBytes + pending.bytes } : { sent: performance.now(), upBytes };
+    return pending ? { sent: pending.since, upBytes: upBytes + pending.bytes, behindPuts: true } : { sent: performance.now(), upBytes, behindPuts: false };
   }
 
   /** Opens the session (a first one, or a new one after a loss, counted by the resumer). */
@@ -576,11 +572,10 @@ async function serverLoop(run: Run, first: RemoteSession, handed: boolean): Prom
       const session = remote;
       if (!session) throw new Error('serverLoop: no executor session at the start of a round (every failure path opens a new one)');
       try {
+        const from = run.transferFrom(bytesOf(prompt));
         // After a hand-over's puts the generate goes right behind them on the stream (as the
         // plan prices it: one crossing up for the cache and the token), not a latency later.
-        const behind = run.followsPuts;
-        const from = run.transferFrom(bytesOf(prompt));
-        await (behind ? deps.emulator.uplinkBehind(bytesOf(prompt)) : deps.emulator.uplink(bytesOf(prompt)));
+        await (from.behindPuts ? deps.emulator.uplinkBehind(bytesOf(prompt)) : deps.emulator.uplink(bytesOf(prompt)));
         deps.signal.throwIfAborted();
         await session.generate(prompt, maxNewTokens - base, (t) => {
           const index = base + t.index;

@@ -19,7 +19,11 @@ export class LinkEmulator {
     return this.up.latencyMs > 0 || this.up.bytesPerMs > 0 || this.down.latencyMs > 0 || this.down.bytesPerMs > 0;
   }
   static delayMs(l: LinkShape, bytes: number): number {
-    return l.latencyMs + (l.bytesPerMs > 0 ? bytes / l.bytesPerMs : 0);
+    return l.latencyMs + LinkEmulator.bytesMs(l, bytes);
+  }
+  /** The time `bytes` take on the link beyond its latency (0 on an unlimited one). */
+  private static bytesMs(l: LinkShape, bytes: number): number {
+    return l.bytesPerMs > 0 ? bytes / l.bytesPerMs : 0;
   }
   uplink(bytes: number): Promise<void> {
     return sleep(LinkEmulator.delayMs(this.up, bytes));
@@ -29,7 +33,7 @@ export class LinkEmulator {
    * delay included the latency): only its own bytes' time, as it arrives that much after them.
    */
   uplinkBehind(bytes: number): Promise<void> {
-    return sleep(this.up.bytesPerMs > 0 ? bytes / this.up.bytesPerMs : 0);
+    return sleep(LinkEmulator.bytesMs(this.up, bytes));
   }
   downlink(bytes: number): Promise<void> {
     return sleep(LinkEmulator.delayMs(this.down, bytes));
