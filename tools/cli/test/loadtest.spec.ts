@@ -143,9 +143,9 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
   });
 
   /** Runs the tiny scenario as `name`.json on the model and nats-server with --json and `flags`, into `name`-out; throws on a non-zero exit. */
-  async function runTiny(name: string, flags: string[]): Promise<{ out: string; r: Awaited<ReturnType<typeof run>> }> {
+  async function runTiny(name: string, flags: string[], patch: Record<string, unknown> = {}): Promise<{ out: string; r: Awaited<ReturnType<typeof run>> }> {
     const f = join(dir, `${name}.json`);
-    writeFileSync(f, JSON.stringify(scenario()));
+    writeFileSync(f, JSON.stringify(scenario(patch)));
     const out = join(dir, `${name}-out`);
     const r = await run(['loadtest', '--scenario', f, '--model-dir', model.dir, '--nats', nats.url, '--out', out, '--json', ...flags]);
     if (r.code !== 0) throw new Error(r.stderr);
@@ -227,6 +227,52 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     }
     expect(r.stderr).toMatch(/loadtest: .*100%/);
   }, 240_000);
+
+  it("--replay replays an earlier run's recording instead of making one, and refuses one that lacks the scenario's prompts (exit 2)", async () => {
+    const first = await runTiny('recorded', ['--policies', 'server-only']);
+    const file = join(first.out, 'replay.bin');
+    const again = await runTiny('replayed', ['--policies', 'server-only', '--replay', file]);
+    expect(again.r.stderr).not.toMatch(/recording 6 pool prompts/);
+    expect(again.r.stderr).toContain(`replaying ${file} (6 prompts`);
+    const [a, b] = [first, again].map((x) => JSON.parse(x.r.stdout));
+    // The same devices: the costs the first run recorded, replayed without a miss.
+    expect(b.recording).toMatchObject({ file, prompts: 6, reused: true, costs: a.recording.costs });
+    for (const x of b.runs) expect(x.deviceSide.replayMisses).toBe(0);
+    expect(readFileSync(join(again.out, 'results.md'), 'utf8')).toContain(`made by an earlier run: ${file}`);
+    // Another scenario seed draws other pool prompts: the recording does not hold them.
+    const other = join(dir, 'other-seed.json');
+    writeFileSync(other, JSON.stringify(scenario({ seed: 6 })));
+    const refused = await run([
+      'loadtest',
+      '--scenario',
+      other,
+      '--model-dir',
+      model.dir,
+      '--nats',
+      nats.url,
+      '--out',
+      join(dir, 'refused-out'),
+      '--replay',
+      file,
+    ]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/--replay .*replay\.bin must hold every prompt of this scenario's pools .*; 6 of 6 are missing or shorter/);
+    const missing = await run([
+      'loadtest',
+      '--scenario',
+      other,
+      '--model-dir',
+      model.dir,
+      '--nats',
+      nats.url,
+      '--out',
+      join(dir, 'refused-out'),
+      '--replay',
+      join(dir, 'none.bin'),
+    ]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/--replay must name a readable recording, given '.*none\.bin' \(ENOENT\)/);
+  }, 180_000);
 
   it('with --executors 2 starts two executors and reports each one, each request attributed to the executor it ran on', async () => {
     const { out, r } = await runTiny('two', ['--policies', 'server-only', '--executors', '2']);

@@ -261,7 +261,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
       'Links are emulated by the agents (one-way latency plus bytes / throughput per transfer). ' +
       (ctx.recording
         ? `Devices are emulated by replay: their stage outputs come from a recording of a one-process run of the model over each request class's prompt pool ` +
-          `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, recorded in ${ctx.recording.recordS.toFixed(1)} s), keyed by the whole token history; ` +
+          `(${ctx.recording.prompts} prompts, ${(ctx.recording.bytes / 1e6).toFixed(1)} MB, ${ctx.recording.reused ? `made by an earlier run: ${ctx.recording.file}` : `recorded in ${ctx.recording.recordS.toFixed(1)} s`}), keyed by the whole token history; ` +
           "each replayed stage sleeps its recorded uncontended cost × the device class's slow-down, which is also the profile the agent publishes to the planner " +
           `(a whole token on the device: ${fx(tokenMs, 2)} ms recorded, so ${s.deviceClasses.map((d) => `${d.name} ${fx(d.slowdown * tokenMs, 1)} ms`).join(', ')}). ` +
           (scale !== 1

@@ -1,7 +1,7 @@
 import { planKey } from '@tandem/dp';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { recordReplay, type ReplayStageCost } from '@tandem/client-agent';
+import { recordReplay, ReplayFormatError, ReplayRecording, type ReplayStageCost } from '@tandem/client-agent';
 import { affinityOf, cpuBusySeconds, hasTaskset, launchService, pinProcess, stopServices, type LaunchOptions, type ServiceProcess } from '@tandem/launcher';
 import { modelIdOf, readManifest } from '@tandem/model';
 import { agentStatus, GenerationOutcome, listPlans, Subjects, type AgentServiceClient, type PlannerServiceClient } from '@tandem/protocol';
@@ -13,7 +13,7 @@ import { agentClient, plannerClient, sendGenerate } from './client';
 import { attributeExecutors, executorShares, loadtestExecutorId, MAX_EXECUTORS, type ExecutorShare, type OutcomeSeen } from './executors';
 import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
 import { predictionErrors, predictionSamples, type PredictionGroup, type PredictionSamples } from './prediction';
-import { plannerSloEnv, scaleSlos, sloScale, type Policy, type Scenario } from './scenario';
+import { plannerSloEnv, scaleSlos, ScenarioError, sloScale, type Policy, type Scenario } from './scenario';
 
 /**
  * CPUs: the executor alone on one core (the bottleneck, as in a deployment), everything else on
@@ -36,6 +36,14 @@ export interface LoadtestOptions {
   readonly modelDir: string;
   /** Where the replay recording is written (scenario emulation 'replay'). */
   readonly replayFile?: string;
+  /**
+   * A recording to replay instead of making one (`tandem loadtest --replay FILE`, scenario
+   * emulation 'replay'): two runs then emulate the same devices, stage for stage, so that two
+   * versions of the services can be compared on one machine whose speed drifts between runs.
+   * It must come from the same model and hold every prompt of the scenario's pools with at
+   * least as many tokens as its class generates.
+   */
+  readonly reuseReplay?: string;
   /** Service logs go here. */
   readonly logDir: string;
   /** An existing NATS server; by default one is started (nats-server must be installed). */
@@ -147,8 +155,11 @@ export interface RecordingInfo {
   readonly file: string;
   readonly bytes: number;
   readonly prompts: number;
+  /** Seconds the recording took; 0 for one an earlier run made (`reused`). */
   readonly recordS: number;
   readonly costs: readonly ReplayStageCost[];
+  /** Made by an earlier run and replayed again (RunOptions.reuseReplay). */
+  readonly reused?: boolean;
 }
 
 export interface LoadtestRun {
@@ -168,6 +179,34 @@ export function recordedTokenMs(costs: readonly ReplayStageCost[]): number {
 
 /** Agent id of a device class. */
 export const agentId = (device: string): string => `lt-${device}`;
+
+/**
+ * A recording made by an earlier run, checked for this one: the same model (ReplayRecording's
+ * checks) and every pool prompt recorded with at least the tokens its class generates.
+ * @throws ScenarioError naming the file and what is wrong or missing.
+ */
+function reusedRecording(
+  file: string,
+  modelDir: string,
+  manifest: Awaited<ReturnType<typeof readManifest>>,
+  prompts: readonly { readonly ids: readonly number[]; readonly maxNewTokens: number }[],
+): RecordingInfo {
+  const { nEmbd, vocabSize } = manifest.config;
+  let rec: ReplayRecording;
+  try {
+    rec = ReplayRecording.load(file, { modelId: modelIdOf(modelDir), stageCount: manifest.stages.length, nEmbd, vocabSize });
+  } catch (err) {
+    // Its messages name AGENT_REPLAY_FILE (the agent's variable): here the file came as --replay.
+    throw err instanceof ReplayFormatError ? new ScenarioError(err.message.replace('AGENT_REPLAY_FILE', '--replay'), { cause: err }) : err;
+  }
+  const recorded = new Map(rec.header.prompts.map((p) => [p.ids.join(','), p.tokens.length]));
+  const short = prompts.filter((p) => (recorded.get(p.ids.join(',')) ?? -1) < p.maxNewTokens);
+  if (short.length > 0)
+    throw new ScenarioError(
+      `--replay ${file} must hold every prompt of this scenario's pools with as many tokens as its class generates (record it with the same scenario, seed and preset); ${short.length} of ${prompts.length} are missing or shorter`,
+    );
+  return { file, bytes: rec.bytes, prompts: rec.header.prompts.length, recordS: 0, costs: rec.header.costs, reused: true };
+}
 
 /**
  * Runs the load test: starts NATS (unless given); then for each policy a fresh stack: the
@@ -201,20 +240,25 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
   const pools = promptPools(s);
   let recording: RecordingInfo | null = null;
   if (s.emulation === 'replay') {
-    const file = o.replayFile ?? join(o.logDir, 'replay.bin');
-    mkdirSync(dirname(file), { recursive: true });
     const prompts = [...pools.values()].flat();
-    o.note?.(`recording ${prompts.length} pool prompts with a one-process run of the model (device stages are replayed from it)`);
-    const t0 = performance.now();
-    const { header, bytes } = await recordReplay({
-      modelDir: o.modelDir,
-      modelId: modelIdOf(o.modelDir),
-      prompts,
-      out: file,
-      onProgress: (done, n) => o.onProgress?.(done, n, `recording prompt ${done}/${n}`),
-    });
-    recording = { file, bytes, prompts: header.prompts.length, recordS: (performance.now() - t0) / 1000, costs: header.costs };
-    o.note?.(`recorded ${header.prompts.length} prompts in ${recording.recordS.toFixed(1)} s: ${(bytes / 1e6).toFixed(1)} MB in ${file}`);
+    if (o.reuseReplay) {
+      recording = reusedRecording(o.reuseReplay, o.modelDir, manifest, prompts);
+      o.note?.(`replaying ${o.reuseReplay} (${recording.prompts} prompts, ${(recording.bytes / 1e6).toFixed(1)} MB): no new recording`);
+    } else {
+      const file = o.replayFile ?? join(o.logDir, 'replay.bin');
+      mkdirSync(dirname(file), { recursive: true });
+      o.note?.(`recording ${prompts.length} pool prompts with a one-process run of the model (device stages are replayed from it)`);
+      const t0 = performance.now();
+      const { header, bytes } = await recordReplay({
+        modelDir: o.modelDir,
+        modelId: modelIdOf(o.modelDir),
+        prompts,
+        out: file,
+        onProgress: (done, n) => o.onProgress?.(done, n, `recording prompt ${done}/${n}`),
+      });
+      recording = { file, bytes, prompts: header.prompts.length, recordS: (performance.now() - t0) / 1000, costs: header.costs };
+      o.note?.(`recorded ${header.prompts.length} prompts in ${recording.recordS.toFixed(1)} s: ${(bytes / 1e6).toFixed(1)} MB in ${file}`);
+    }
     const tokenMs = recordedTokenMs(recording.costs);
     const scale = sloScale(s, tokenMs);
     if (scale !== 1) {

@@ -27,7 +27,7 @@ import { printJson, progressReporter, type CliIo } from '../io';
 const USAGE = `usage: tandem loadtest [--scenario NAME|FILE] [--quick] [--policies LIST] [--rates LIST]
                        [--duration-s N] [--seed N] [--repeats N] [--emulation replay|compute]
                        [--executors N] [--out DIR] [--json] [--preset NAME] [--model-dir DIR]
-                       [--nats URL] [--no-pin]
+                       [--nats URL] [--no-pin] [--replay FILE]
        tandem loadtest --report-only DIR [--json]
 
 An open-loop load generator against the real services on this machine. It starts a
@@ -66,6 +66,10 @@ pool), sleeping each stage's modelled cost, so many devices can share the client
   --model-dir DIR   use this model directory instead of the cached preset
   --nats URL        use this NATS server instead of starting one
   --no-pin          do not pin processes with taskset
+  --replay FILE     replay the device recording FILE (an earlier run's replay.bin) instead of
+                    making a new one, so two runs emulate the same devices: compare two
+                    versions on a machine whose speed drifts between runs. It must hold every
+                    pool prompt of the scenario (same scenario, seed and preset); 2 otherwise
 
 Progress goes to stderr. Exit 0 when the run completed (whatever the numbers), 2 for bad
 flags or a bad scenario file (naming the field), 1 when the services could not run, 130/143
@@ -115,7 +119,22 @@ export const loadtestCommand: Command = {
   usage: USAGE,
   async run(argv: readonly string[], io: CliIo): Promise<number> {
     const args = parseArgs(argv, {
-      flags: ['scenario', 'policies', 'rates', 'duration-s', 'seed', 'out', 'preset', 'model-dir', 'nats', 'repeats', 'emulation', 'executors', 'report-only'],
+      flags: [
+        'scenario',
+        'policies',
+        'rates',
+        'duration-s',
+        'seed',
+        'out',
+        'preset',
+        'model-dir',
+        'nats',
+        'repeats',
+        'emulation',
+        'executors',
+        'report-only',
+        'replay',
+      ],
       switches: ['quick', 'json', 'no-pin'],
     });
     const only = args.flags.get('report-only');
@@ -203,6 +222,7 @@ export const loadtestCommand: Command = {
         repeats,
         modelDir,
         replayFile: join(outDir, 'replay.bin'),
+        ...(args.flags.has('replay') ? { reuseReplay: resolve(args.flags.get('replay') ?? '') } : {}),
         logDir: join(outDir, 'logs'),
         natsUrl: args.flags.get('nats'),
         pin: !args.switches.has('no-pin'),
@@ -218,6 +238,9 @@ export const loadtestCommand: Command = {
           }
         },
       });
+    } catch (err) {
+      // A --replay recording that does not fit the scenario is a bad flag (exit 2), like a bad scenario.
+      throw err instanceof ScenarioError ? new UsageError(err.message, { cause: err }) : err;
     } finally {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
