@@ -271,8 +271,9 @@ export class LocalStages {
         const base = this.baseline?.get(stage);
         // With replay the modelled cost is exactly what the device does: always publish it.
         const stale = base !== undefined && (this.replay !== undefined || now - (this.lastRunMs.get(stage) ?? 0) > STALE_MS);
+        // The start-up profile is per token: the line fitted over recent runs does not describe it.
         return stale
-          ? { ...measured[stage], prefillMsPerToken: base.prefillMsPerToken * this.slowdown, decodeMs: base.decodeMs * this.slowdown }
+          ? { stage, samples: measured[stage].samples, prefillMsPerToken: base.prefillMsPerToken * this.slowdown, decodeMs: base.decodeMs * this.slowdown }
           : measured[stage];
       });
   }

@@ -95,6 +95,27 @@ describe('PlanMaker', () => {
     expect(split.serverWork).toBeGreaterThan(fused.predictedServerWork);
   });
 
+  it("prices a server prefill by the executor's fitted line when it reports one, and by the mean per token otherwise", () => {
+    const long = { ...CLASS, maxPromptTokens: 256, slaMs: 5000 };
+    const maker = new PlanMaker(options({ classes: [long] }));
+    const mean = { stage: 0, prefillMsPerToken: 0.5, decodeMs: 5, samples: 9 };
+    const plain = maker.instance(client(10), { ...server(1), wholeModel: mean }, long)!;
+    expect(plain.serverWholeModel?.serverPrefillWork).toBeCloseTo(0.5 * 256, 10);
+    // The line: 6 ms a call and 0.1 ms a token; the stages' lines likewise (the head runs one row, priced as a decode step).
+    const lined = {
+      ...server(1),
+      stages: server(1).stages.map((st) => ({ ...st, prefillFixedMs: 2, prefillMsPerTokenFitted: 0.05 })),
+      wholeModel: { ...mean, prefillFixedMs: 6, prefillMsPerTokenFitted: 0.1 },
+    };
+    const fitted = maker.instance(client(10), lined, long)!;
+    expect(fitted.serverWholeModel?.serverPrefillWork).toBeCloseTo(6 + 0.1 * 256, 10);
+    expect(fitted.stages[1].serverPrefillWork).toBeCloseTo(2 + 0.05 * 256, 10);
+    expect(fitted.stages[5].serverPrefillWork).toBe(lined.stages[5].decodeMs);
+    // So the streamed all-server plan's work is its prefill by the line plus each decode step.
+    const allServer = evaluateGeneration(fitted, fromLetters('SSSSSS'));
+    expect(allServer.serverWork).toBeCloseTo(6 + 0.1 * 256 + 7 * 5, 10);
+  });
+
   it('ignores a whole-model figure not yet measured (zeros)', () => {
     const maker = new PlanMaker(options({ classes: [{ ...CLASS, slaMs: 250 }] }));
     const load = { ...server(1), wholeModel: { stage: 0, prefillMsPerToken: 0, decodeMs: 0, samples: 0 } };

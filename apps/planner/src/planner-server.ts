@@ -48,7 +48,7 @@ import { toGrpcStatus } from './errors';
 import { DirtyQueue } from './dirty-queue';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
-import type { ClassAdjustment, Objective, PlanMaker } from './plan-maker';
+import { prefillMsOf, type ClassAdjustment, type Objective, type PlanMaker } from './plan-maker';
 import { PlanState, type PlannerRole } from './plan-state';
 import { QUEUE_KINDS, shown, STRETCH_KINDS, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
@@ -283,6 +283,15 @@ function relChange(a: number, b: number, floor = 1e-3): number {
   return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), floor);
 }
 
+/** Prompt lengths at which a stage's prefill price is compared (a fitted line moves both ends apart). */
+const PROBE_PROMPT_TOKENS = [16, 256] as const;
+
+/** Whether a stage's priced figures moved by more than `threshold` (relative): one decode step, and the prefill of a short and a long prompt. */
+function timingMoved(a: StageTiming, b: StageTiming, threshold: number): boolean {
+  if (relChange(a.decodeMs, b.decodeMs) > threshold) return true;
+  return PROBE_PROMPT_TOKENS.some((n) => relChange(prefillMsOf(a, n), prefillMsOf(b, n)) > threshold);
+}
+
 /** Whether a new profile moves any figure the planner prices by more than `threshold` (relative) since `old`. O(stages). */
 export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: number): boolean {
   if (old.clientClass !== p.clientClass || old.stages.length !== p.stages.length) return true;
@@ -290,7 +299,7 @@ export function profileChanged(old: ClientProfile, p: ClientProfile, threshold: 
     const a = old.stages[i];
     const b = p.stages[i];
     if (a.stage !== b.stage || a.samples > 0 !== b.samples > 0) return true;
-    if (relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold) return true;
+    if (timingMoved(a, b, threshold)) return true;
   }
   for (const k of ['uplink', 'downlink'] as const) {
     const a = old[k];
@@ -345,7 +354,14 @@ function foldMeasured(was: number, v: number, a: number): number {
 
 /** Stage figures `s` folded into `prev` with weight `a` ({@link foldMeasured}). */
 function smoothTiming(prev: StageTiming, s: StageTiming, a: number): StageTiming {
-  return { ...s, prefillMsPerToken: foldMeasured(prev.prefillMsPerToken, s.prefillMsPerToken, a), decodeMs: foldMeasured(prev.decodeMs, s.decodeMs, a) };
+  const out = { ...s, prefillMsPerToken: foldMeasured(prev.prefillMsPerToken, s.prefillMsPerToken, a), decodeMs: foldMeasured(prev.decodeMs, s.decodeMs, a) };
+  // The fitted prefill line is folded as a pair, once both sides have one (its fixed part may be 0).
+  if (prev.prefillMsPerTokenFitted && s.prefillMsPerTokenFitted) {
+    const [f0, f1] = [prev.prefillFixedMs ?? 0, s.prefillFixedMs ?? 0];
+    out.prefillFixedMs = f0 + a * (f1 - f0);
+    out.prefillMsPerTokenFitted = prev.prefillMsPerTokenFitted + a * (s.prefillMsPerTokenFitted - prev.prefillMsPerTokenFitted);
+  }
+  return out;
 }
 
 /**
@@ -362,9 +378,7 @@ export function loadChanged(old: ServerLoad, l: ServerLoad, threshold: number, m
   for (const k of STRETCH_KINDS) if (relChange(old[k] ?? 0, l[k] ?? 0) > threshold) return true;
   if (old.longStepTokens !== l.longStepTokens) return true;
   const moved = (a: StageTiming | undefined, b: StageTiming | undefined): boolean =>
-    a === undefined || b === undefined
-      ? a !== b
-      : relChange(a.prefillMsPerToken, b.prefillMsPerToken) > threshold || relChange(a.decodeMs, b.decodeMs) > threshold;
+    a === undefined || b === undefined ? a !== b : timingMoved(a, b, threshold);
   for (let i = 0; i < l.stages.length; i++) if (moved(old.stages[i], l.stages[i])) return true;
   return moved(old.wholeModel, l.wholeModel);
 }

@@ -52,6 +52,12 @@ describe('what counts as a material change', () => {
     // a measured stretch moving is a price moving
     expect(loadChanged({ ...load(1, 0.1), decodeStretch: 2 }, { ...load(1, 0.1), decodeStretch: 2.01 }, 0.02, 0.9)).toBe(false);
     expect(loadChanged({ ...load(1, 0.1), decodeStretch: 2 }, { ...load(1, 0.1), decodeStretch: 3 }, 0.02, 0.9)).toBe(true);
+    // A fitted prefill line that prices a long prompt differently is a change, though the mean per token stayed.
+    const base = load(1, 0.1);
+    const lined = { ...base, wholeModel: { stage: 0, prefillMsPerToken: 0.5, decodeMs: 5, samples: 9 } };
+    const fitted = { ...lined, wholeModel: { ...lined.wholeModel, prefillFixedMs: 6, prefillMsPerTokenFitted: 0.1 } };
+    expect(loadChanged(lined, fitted, 0.02, 0.9)).toBe(true);
+    expect(loadChanged(fitted, { ...fitted, wholeModel: { ...fitted.wholeModel, prefillMsPerTokenFitted: 0.1005 } }, 0.02, 0.9)).toBe(false);
   });
 
   it('smooths every priced figure of the load, starting each stretch from its first measurement', () => {
@@ -66,6 +72,15 @@ describe('what counts as a material change', () => {
     expect(s.stages[1].decodeMs).toBeCloseTo(2.5, 12);
     expect(s.stages[1].prefillMsPerToken).toBeCloseTo(2.5 / 4, 12);
     expect(smoothLoad(undefined, b, 0.25)).toBe(b);
+    // A fitted prefill line is smoothed as a pair once both reports have one, taken as it comes otherwise.
+    const lined = (l: ServerLoad, fixed: number, slope: number): ServerLoad => ({
+      ...l,
+      stages: l.stages.map((st) => ({ ...st, prefillFixedMs: fixed, prefillMsPerTokenFitted: slope })),
+    });
+    const fitted = smoothLoad(lined(a, 4, 0.2), lined(b, 0, 0.6), 0.25);
+    expect(fitted.stages[2].prefillFixedMs).toBeCloseTo(3, 12);
+    expect(fitted.stages[2].prefillMsPerTokenFitted).toBeCloseTo(0.3, 12);
+    expect(smoothLoad(a, lined(b, 1, 0.5), 0.25).stages[2].prefillMsPerTokenFitted).toBe(0.5);
     expect(smoothLoad(a, b, 1)).toBe(b);
     expect(smoothLoad(a, { ...b, stages: b.stages.slice(1) }, 0.25).stages).toHaveLength(b.stages.length - 1);
     // Each kind's queue wait like the mean; the first report with waits (or one from an executor without them) as it comes.

@@ -67,6 +67,17 @@ export interface StageTiming {
   decodeMs: number;
   /** Number of measurements behind these figures (0 = a start-up estimate). */
   samples: number;
+  /**
+   * A prefill's compute as a line over prompt length, fitted over recent prefills of
+   * different lengths: a prompt of n tokens costs prefill_fixed_ms + n *
+   * prefill_ms_per_token_fitted, ms. A step's fixed part (the weights read once per call,
+   * the head's one row, the call itself) spreads over few tokens in a short prompt and many in
+   * a long one, so prefill_ms_per_token (the mean per token) prices long prompts too high and
+   * short ones too low. Absent when not fitted (too few prefills, or all of about one
+   * length): price prefill_ms_per_token * n then.
+   */
+  prefillFixedMs?: number | undefined;
+  prefillMsPerTokenFitted?: number | undefined;
 }
 
 /** One direction of a network link. */
@@ -375,7 +386,14 @@ export interface GenerationOutcome {
 }
 
 function createBaseStageTiming(): StageTiming {
-  return { stage: 0, prefillMsPerToken: 0, decodeMs: 0, samples: 0 };
+  return {
+    stage: 0,
+    prefillMsPerToken: 0,
+    decodeMs: 0,
+    samples: 0,
+    prefillFixedMs: undefined,
+    prefillMsPerTokenFitted: undefined,
+  };
 }
 
 export const StageTiming: MessageFns<StageTiming> = {
@@ -391,6 +409,12 @@ export const StageTiming: MessageFns<StageTiming> = {
     }
     if (message.samples !== 0) {
       writer.uint32(32).uint32(message.samples);
+    }
+    if (message.prefillFixedMs !== undefined) {
+      writer.uint32(41).double(message.prefillFixedMs);
+    }
+    if (message.prefillMsPerTokenFitted !== undefined) {
+      writer.uint32(49).double(message.prefillMsPerTokenFitted);
     }
     return writer;
   },
@@ -440,6 +464,22 @@ export const StageTiming: MessageFns<StageTiming> = {
             message.samples = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.prefillFixedMs = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.prefillMsPerTokenFitted = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -466,6 +506,16 @@ export const StageTiming: MessageFns<StageTiming> = {
         ? globalThis.Number(object.decode_ms)
         : 0,
       samples: isSet(object.samples) ? globalThis.Number(object.samples) : 0,
+      prefillFixedMs: isSet(object.prefillFixedMs)
+        ? globalThis.Number(object.prefillFixedMs)
+        : isSet(object.prefill_fixed_ms)
+        ? globalThis.Number(object.prefill_fixed_ms)
+        : undefined,
+      prefillMsPerTokenFitted: isSet(object.prefillMsPerTokenFitted)
+        ? globalThis.Number(object.prefillMsPerTokenFitted)
+        : isSet(object.prefill_ms_per_token_fitted)
+        ? globalThis.Number(object.prefill_ms_per_token_fitted)
+        : undefined,
     };
   },
 
@@ -483,6 +533,12 @@ export const StageTiming: MessageFns<StageTiming> = {
     if (message.samples !== 0) {
       obj.samples = Math.round(message.samples);
     }
+    if (message.prefillFixedMs !== undefined) {
+      obj.prefillFixedMs = floatToJson(message.prefillFixedMs);
+    }
+    if (message.prefillMsPerTokenFitted !== undefined) {
+      obj.prefillMsPerTokenFitted = floatToJson(message.prefillMsPerTokenFitted);
+    }
     return obj;
   },
 
@@ -495,6 +551,8 @@ export const StageTiming: MessageFns<StageTiming> = {
     message.prefillMsPerToken = object.prefillMsPerToken ?? 0;
     message.decodeMs = object.decodeMs ?? 0;
     message.samples = object.samples ?? 0;
+    message.prefillFixedMs = object.prefillFixedMs ?? undefined;
+    message.prefillMsPerTokenFitted = object.prefillMsPerTokenFitted ?? undefined;
     return message;
   },
 };
