@@ -1,4 +1,4 @@
-import { counter, Counter, Histogram, latencyHistogram, type Registry } from '@tandem/service-kit';
+import { counter, Counter, Histogram, latencyHistogram, readCounter, type Registry } from '@tandem/service-kit';
 
 /** A placement's kind, the label of the agent's metrics: every stage on the server, every stage on the device, or split. */
 export type PlacementKind = 'all-server' | 'split' | 'all-device';
@@ -29,7 +29,6 @@ export class AgentMetrics {
   private readonly handoverSeconds: Histogram;
 
   constructor(registry: Registry, read: AgentMetricSources) {
-    const registers = [registry];
     this.generations = counter(
       registry,
       'tandem_agent_generations_total',
@@ -68,15 +67,9 @@ export class AgentMetrics {
       'Time successful phased generations spent moving stage states between the prefill and the decode (emulated link delays included)',
     );
     for (const placement of KINDS) for (const status of ['ok', 'failed', 'cancelled']) this.generations.inc({ placement, status }, 0);
-    new Counter({
-      name: 'tandem_agent_generations_resumed_total',
-      help: 'Generations that lost their executor session and resumed on a new one',
-      registers,
-      collect() {
-        this.reset();
-        this.inc(read.resumed());
-      },
-    });
+    readCounter(registry, 'tandem_agent_generations_resumed_total', 'Generations that lost their executor session and resumed on a new one', () =>
+      read.resumed(),
+    );
   }
 
   /** A generation ended; `latency` for a successful one, ms; `executor` the label of its last session's executor (see the help). */

@@ -1,4 +1,4 @@
-import { counter, Counter, Gauge, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
+import { counter, Counter, Histogram, latencyHistogram, readCounterBy, readGauge, readGaugeBy, type Registry } from '@tandem/service-kit';
 import type { ValidOutcome } from './outcomes';
 
 /** What the planner's gauges and mirrored counters read when scraped: its own state and counters, never a copy. */
@@ -15,7 +15,7 @@ export interface PlannerMetricSources {
   /** (client, request class) pairs shed to their least-work plans now (shedding.ts). */
   shedNow(): number;
   /** Pairs shed and given back so far. */
-  shedChanges(): { readonly shed: number; readonly restored: number };
+  shedChanges(): Readonly<Record<'shed' | 'restored', number>>;
   /** Plans naming each executor now, by executor id (empty while plans name none). */
   executorClients(): ReadonlyMap<string, number>;
 }
@@ -36,7 +36,6 @@ export class PlannerMetrics {
   private readonly observed: Histogram<'request_class' | 'term'>;
 
   constructor(registry: Registry, read: PlannerMetricSources, classes: readonly string[]) {
-    const registers = [registry];
     this.changes = counter(
       registry,
       'tandem_planner_plan_changes_total',
@@ -68,64 +67,35 @@ export class PlannerMetrics {
     );
     for (const c of classes) for (const result of ['met', 'missed', 'failed']) this.outcomes.inc({ request_class: c, result }, 0);
     readGauge(registry, 'tandem_planner_clients', 'Clients the planner knows (heard from within PLANNER_CLIENT_TTL_MS)', () => read.clients());
-    new Counter({
-      name: 'tandem_planner_telemetry_dropped_total',
-      help: 'Telemetry messages dropped, by reason (Type.field:rule, or Type:decode)',
-      labelNames: ['reason'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [reason, n] of Object.entries(read.dropped())) this.inc({ reason }, n);
-      },
-    });
-    new Counter({
-      name: 'tandem_planner_telemetry_accepted_total',
-      help: 'Telemetry messages taken, by type (outcomes: of known clients)',
-      labelNames: ['type'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [type, n] of Object.entries(read.accepted())) this.inc({ type }, n);
-      },
-    });
-    new Gauge({
-      name: 'tandem_planner_slo_attainment_ratio',
-      help: "SLO attainment of the plans in force, by request class: each client's decayed fraction of outcomes that met every stated SLO, weighted by its outcomes",
-      labelNames: ['request_class'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [c, a] of read.attainment()) this.set({ request_class: c }, a.attainment);
-      },
-    });
-    new Gauge({
-      name: 'tandem_planner_executor_clients',
-      help: 'Clients whose plan names this executor (ClientPlan.executor), by executor id; none while plans name no executor (one executor, or none advertising an address)',
-      labelNames: ['executor'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [executor, n] of read.executorClients()) this.set({ executor }, n);
-      },
-    });
+    readCounterBy(registry, 'tandem_planner_telemetry_dropped_total', 'Telemetry messages dropped, by reason (Type.field:rule, or Type:decode)', 'reason', () =>
+      Object.entries(read.dropped()),
+    );
+    readCounterBy(registry, 'tandem_planner_telemetry_accepted_total', 'Telemetry messages taken, by type (outcomes: of known clients)', 'type', () =>
+      Object.entries(read.accepted()),
+    );
+    readGaugeBy(
+      registry,
+      'tandem_planner_slo_attainment_ratio',
+      "SLO attainment of the plans in force, by request class: each client's decayed fraction of outcomes that met every stated SLO, weighted by its outcomes",
+      'request_class',
+      () => [...read.attainment()].map(([c, a]) => [c, a.attainment] as const),
+    );
+    readGaugeBy(
+      registry,
+      'tandem_planner_executor_clients',
+      'Clients whose plan names this executor (ClientPlan.executor), by executor id; none while plans name no executor (one executor, or none advertising an address)',
+      'executor',
+      () => read.executorClients(),
+    );
     readGauge(
       registry,
       'tandem_planner_shed_classes',
       '(client, request class) pairs the overload shedder has moved to their least-server-work plans now (PLANNER_SHED)',
       () => read.shedNow(),
     );
-    new Counter({
-      name: 'tandem_planner_shed_changes_total',
-      help: 'Pairs the overload shedder shed (change=shed) or gave back (change=restored)',
-      labelNames: ['change'],
-      registers,
-      collect() {
-        this.reset();
-        const c = read.shedChanges();
-        this.inc({ change: 'shed' }, c.shed);
-        this.inc({ change: 'restored' }, c.restored);
-      },
-    });
+    readCounterBy(registry, 'tandem_planner_shed_changes_total', 'Pairs the overload shedder shed (change=shed) or gave back (change=restored)', 'change', () =>
+      Object.entries(read.shedChanges()),
+    );
     readGauge(
       registry,
       'tandem_planner_slo_attainment_target_ratio',

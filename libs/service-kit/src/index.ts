@@ -47,4 +47,5 @@ export type { CertificateOptions, CertificateSet } from './certs';
 export { errorEdge, runMain, serveWithEdge, statusOf, StatusError, ValidationError } from './errors';
 export type { EdgeHandlers, ErrorEdge, GrpcStatus } from './errors';
 export { closeHttpServer, Counter, Gauge, Histogram, hostOf, LATENCY_BUCKETS_S, MetricsEndpoint, metricsPortEnv, Registry } from './metrics';
-export { counter, latencyHistogram, readGauge } from './metrics';
+export { counter, latencyHistogram, readCounter, readCounterBy, readGauge, readGaugeBy } from './metrics';
+export type { LabelledFigures } from './metrics';

@@ -22,16 +22,53 @@ export function counter<T extends string = string>(registry: Registry, name: str
   return new Counter({ name, help, labelNames, registers: [registry] });
 }
 
-/** A gauge registered in `registry` that reads `value()` when scraped. */
-export function readGauge(registry: Registry, name: string, help: string, value: () => number): void {
-  new Gauge({
+/** A metric's figures by the value of its one label, read when scraped: a label value no longer given is dropped. */
+export type LabelledFigures = () => Iterable<readonly [label: string, figure: number]>;
+
+/** What a metric read when scraped needs of prom-client's Counter and Gauge. */
+interface ReadMetric {
+  reset(): void;
+  inc(labels: Record<string, string>, value: number): void;
+}
+
+/**
+ * A counter or gauge registered in `registry` that reads its figures, state kept elsewhere,
+ * when scraped: `figures()` by `labelName`, or the one figure of `figures()` without a label.
+ */
+function readMetric(kind: 'counter' | 'gauge', registry: Registry, name: string, help: string, labelName: string | undefined, figures: LabelledFigures): void {
+  const config = {
     name,
     help,
+    labelNames: labelName === undefined ? [] : [labelName],
     registers: [registry],
-    collect() {
-      this.set(value());
+    collect(this: ReadMetric) {
+      // A counter cannot be set: each figure is added to the zero the reset leaves, for a gauge too.
+      this.reset();
+      for (const [label, figure] of figures()) this.inc(labelName === undefined ? {} : { [labelName]: label }, figure);
     },
-  });
+  };
+  if (kind === 'counter') new Counter(config);
+  else new Gauge(config);
+}
+
+/** A gauge registered in `registry` that reads `value()` when scraped. */
+export function readGauge(registry: Registry, name: string, help: string, value: () => number): void {
+  readMetric('gauge', registry, name, help, undefined, () => [['', value()]]);
+}
+
+/** A gauge by `labelName` registered in `registry` that reads `figures()` when scraped. */
+export function readGaugeBy(registry: Registry, name: string, help: string, labelName: string, figures: LabelledFigures): void {
+  readMetric('gauge', registry, name, help, labelName, figures);
+}
+
+/** A counter registered in `registry` that reads `total()`, a count kept elsewhere, when scraped. */
+export function readCounter(registry: Registry, name: string, help: string, total: () => number): void {
+  readMetric('counter', registry, name, help, undefined, () => [['', total()]]);
+}
+
+/** A counter by `labelName` registered in `registry` that reads `totals()`, counts kept elsewhere, when scraped. */
+export function readCounterBy(registry: Registry, name: string, help: string, labelName: string, totals: LabelledFigures): void {
+  readMetric('counter', registry, name, help, labelName, totals);
 }
 
 /** The variable of a service's metrics port: unset is off, 0 picks a free port (logged). */

@@ -1,5 +1,5 @@
-import { scrapeMetrics as fetchText } from '@tandem/testkit';
-import { Counter, hostOf, loadEnv, MetricsEndpoint, metricsPortEnv } from '../src';
+import { sampleValue, scrapeMetrics as fetchText } from '@tandem/testkit';
+import { Counter, hostOf, loadEnv, MetricsEndpoint, metricsPortEnv, readCounter, readCounterBy, readGauge, readGaugeBy, Registry } from '../src';
 
 describe('MetricsEndpoint', () => {
   it('serves its registry at GET /metrics in the text format, 404 elsewhere, 405 for another method, and closes on stop', async () => {
@@ -73,5 +73,41 @@ describe('metricsPortEnv', () => {
     expect(loadEnv(schema, { X_METRICS_PORT: '0' }).X_METRICS_PORT).toBe(0);
     expect(loadEnv(schema, { X_METRICS_PORT: '9464' }).X_METRICS_PORT).toBe(9464);
     expect(() => loadEnv(schema, { X_METRICS_PORT: '65536' })).toThrow("X_METRICS_PORT must be an integer in 0..65535, given '65536'");
+  });
+});
+
+describe('metrics read when scraped', () => {
+  it('mirror the state they read at each scrape: counters as counters, gauges as gauges, a label value no longer read dropped', async () => {
+    const registry = new Registry();
+    let total = 3;
+    let byReason: Record<string, number> = { a: 1, b: 2 };
+    let level = 0.5;
+    let byHost = new Map([['h1', 4]]);
+    readCounter(registry, 'tandem_test_resumed_total', 'Resumed', () => total);
+    readCounterBy(registry, 'tandem_test_dropped_total', 'Dropped', 'reason', () => Object.entries(byReason));
+    readGauge(registry, 'tandem_test_level', 'Level', () => level);
+    readGaugeBy(registry, 'tandem_test_clients', 'Clients', 'host', () => byHost);
+    let text = await registry.metrics();
+    expect(text).toContain('# TYPE tandem_test_resumed_total counter');
+    expect(text).toContain('# TYPE tandem_test_dropped_total counter');
+    expect(text).toContain('# TYPE tandem_test_level gauge');
+    expect(text).toContain('# TYPE tandem_test_clients gauge');
+    expect(sampleValue(text, 'tandem_test_resumed_total')).toBe(3);
+    expect(sampleValue(text, 'tandem_test_dropped_total{reason="a"}')).toBe(1);
+    expect(sampleValue(text, 'tandem_test_dropped_total{reason="b"}')).toBe(2);
+    expect(sampleValue(text, 'tandem_test_level')).toBe(0.5);
+    expect(sampleValue(text, 'tandem_test_clients{host="h1"}')).toBe(4);
+
+    total = 5;
+    byReason = { a: 4 };
+    level = 0.25;
+    byHost = new Map([['h2', 1]]);
+    text = await registry.metrics();
+    expect(sampleValue(text, 'tandem_test_resumed_total')).toBe(5);
+    expect(sampleValue(text, 'tandem_test_dropped_total{reason="a"}')).toBe(4);
+    expect(sampleValue(text, 'tandem_test_dropped_total{reason="b"}')).toBeUndefined();
+    expect(sampleValue(text, 'tandem_test_level')).toBe(0.25);
+    expect(sampleValue(text, 'tandem_test_clients{host="h1"}')).toBeUndefined();
+    expect(sampleValue(text, 'tandem_test_clients{host="h2"}')).toBe(1);
   });
 });
