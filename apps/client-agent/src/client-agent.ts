@@ -34,13 +34,14 @@ import {
   serveWithEdge,
   shutdownServer,
   StatusError,
+  startTelemetry,
   TelemetryPublisher,
   ValidationError,
   type ClientSecurity,
   type EdgeHandlers,
   type Logger,
-  type NatsAuth,
   type ServerSecurity,
+  type TelemetrySettings,
 } from '@tandem/service-kit';
 import { toGrpcStatus } from './errors';
 import { CONNECT_TIMEOUT_MS, ExecutorPool, MAX_EXECUTOR_CLIENTS, settled, type ExecutorLease } from './executor-pool';
@@ -53,7 +54,7 @@ import { PlanFollower, privacyProblem, type ChosenPlacement } from './plan-follo
 import { RemoteSession } from './remote-session';
 import type { ReplayRecording } from './replay';
 
-export interface ClientAgentOptions {
+export interface ClientAgentOptions extends TelemetrySettings {
   readonly modelDir: string;
   readonly modelId: string;
   readonly clientId: string;
@@ -76,10 +77,6 @@ export interface ClientAgentOptions {
   /** An executor client no plan has named for this long and no generation uses is closed, ms (default EXECUTOR_IDLE_MS). */
   readonly executorIdleMs?: number;
   readonly plannerAddr?: string;
-  readonly natsUrl?: string;
-  /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
-  readonly natsAuth?: NatsAuth;
-  readonly telemetryIntervalMs: number;
   readonly deadlineMs: number;
   readonly maxMessageBytes: number;
   readonly log: Logger;
@@ -272,18 +269,12 @@ export class ClientAgent {
     this.pingTimer.unref();
     this.sweepTimer = setInterval(() => this.executors.sweep(), Math.max(100, Math.min(10_000, (this.opts.executorIdleMs ?? 60_000) / 4)));
     this.sweepTimer.unref();
-    if (this.opts.natsUrl) {
-      this.telemetry = new TelemetryPublisher({
-        natsUrl: this.opts.natsUrl,
-        natsAuth: this.opts.natsAuth,
-        name: `agent-${this.opts.clientId}`,
-        subject: Subjects.clientProfile(this.opts.clientId),
-        intervalMs: this.opts.telemetryIntervalMs,
-        payload: () => ClientProfile.encode(this.profile()).finish(),
-        log: this.log,
-      });
-      this.telemetry.start();
-    }
+    this.telemetry = startTelemetry(this.opts, {
+      name: `agent-${this.opts.clientId}`,
+      subject: Subjects.clientProfile(this.opts.clientId),
+      payload: () => ClientProfile.encode(this.profile()).finish(),
+      log: this.log,
+    });
     this.health.set('', ServingStatus.SERVING);
     this.health.set(AGENT_SERVICE_NAME, ServingStatus.SERVING);
     this.log.info({ port, stages: this.opts.stages.length, slowdown: this.opts.slowdown }, 'agent ready');

@@ -28,10 +28,11 @@ import {
   serveWithEdge,
   ValidationError,
   shutdownServer,
+  startTelemetry,
   TelemetryPublisher,
   type Logger,
-  type NatsAuth,
   type ServerSecurity,
+  type TelemetrySettings,
 } from '@tandem/service-kit';
 import { Admission, type AdmittedWork } from './admission';
 import { advertisedAddress, DEFAULT_LONG_STEP_TOKENS, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFILL_STALL_MS } from './config';
@@ -47,7 +48,7 @@ import { StageScheduler } from './scheduler';
 import { SplitSession, type TrafficCounters } from './split-session';
 import { ClientTokenRates } from './token-rate';
 
-export interface ExecutorServerOptions {
+export interface ExecutorServerOptions extends TelemetrySettings {
   readonly engine: StageEngine;
   readonly log: Logger;
   /** host:port; port 0 picks a free one. */
@@ -83,11 +84,6 @@ export interface ExecutorServerOptions {
   /** SchedulerOptions.maxStallMs (default DEFAULT_PREFILL_STALL_MS). */
   readonly prefillStallMs?: number;
   readonly idleTimeoutMs: number;
-  /** NATS URL for telemetry, or undefined for none. */
-  readonly natsUrl?: string;
-  /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
-  readonly natsAuth?: NatsAuth;
-  readonly telemetryIntervalMs: number;
   /**
    * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
    * plaintext, no tokens. With tokens, a session's `open.client_id` must be its token's identity.
@@ -257,19 +253,13 @@ export class ExecutorServer {
       this.health.set(EXECUTOR_SERVICE_NAME, ServingStatus.SERVING);
     }
     this.ready = true;
-    if (this.opts.natsUrl) {
-      const report = this.loadReader();
-      this.telemetry = new TelemetryPublisher({
-        natsUrl: this.opts.natsUrl,
-        natsAuth: this.opts.natsAuth,
-        name: `executor-${this.opts.serverId}`,
-        subject: Subjects.serverLoad(this.opts.serverId),
-        intervalMs: this.opts.telemetryIntervalMs,
-        payload: () => ServerLoad.encode(report()).finish(),
-        log: this.log,
-      });
-      this.telemetry.start();
-    }
+    const report = this.loadReader();
+    this.telemetry = startTelemetry(this.opts, {
+      name: `executor-${this.opts.serverId}`,
+      subject: Subjects.serverLoad(this.opts.serverId),
+      payload: () => ServerLoad.encode(report()).finish(),
+      log: this.log,
+    });
     return { port: this.port };
   }
 

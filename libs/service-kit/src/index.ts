@@ -20,8 +20,8 @@ export type { NatsAuthMode, NatsRole, NatsServerConfig, NatsServerConfigOptions,
 export { bindInsecure, shutdownServer } from './grpc-server';
 export { grpcKeepaliveEnv, keepaliveFrom } from './grpc-keepalive';
 export type { GrpcKeepaliveValues } from './grpc-keepalive';
-export { TelemetryPublisher } from './telemetry';
-export type { TelemetryPublisherOptions } from './telemetry';
+export { startTelemetry, TelemetryPublisher } from './telemetry';
+export type { TelemetryPublisherOptions, TelemetrySettings } from './telemetry';
 export {
   AUTH_METADATA_KEY,
   AuthError,

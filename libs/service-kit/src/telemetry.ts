@@ -70,3 +70,23 @@ export class TelemetryPublisher {
     if (nc) await nc.close().catch((err: unknown) => this.opts.log.warn({ err }, 'closing NATS failed'));
   }
 }
+
+/** Where and how often a service publishes its telemetry (NATS_URL, the NATS credentials, TELEMETRY_INTERVAL_MS). */
+export interface TelemetrySettings {
+  /** NATS URL for telemetry, or undefined for none. */
+  readonly natsUrl?: string;
+  /** NATS credentials (docs/security.md (NATS)); undefined connects without. */
+  readonly natsAuth?: NatsAuth;
+  readonly telemetryIntervalMs: number;
+}
+
+/** Starts publishing a service's telemetry as its `settings` say; undefined (nothing published) without a NATS URL. */
+export function startTelemetry(
+  settings: TelemetrySettings,
+  what: Pick<TelemetryPublisherOptions, 'name' | 'subject' | 'payload' | 'log'>,
+): TelemetryPublisher | undefined {
+  if (!settings.natsUrl) return undefined;
+  const publisher = new TelemetryPublisher({ ...what, natsUrl: settings.natsUrl, natsAuth: settings.natsAuth, intervalMs: settings.telemetryIntervalMs });
+  publisher.start();
+  return publisher;
+}
