@@ -6,7 +6,6 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import {
   checkIdentity,
-  ConfigError,
   loadClientSecurity,
   loadServerSecurity,
   makeCertificates,
@@ -15,20 +14,10 @@ import {
   type CertificateSet,
   type ServerSecurityConfig,
 } from '../src';
+import { problemsOf } from './config-problems';
 
 const ROOT = path.join(__dirname, '../../..');
 const none: ServerSecurityConfig = { TLS_CERT_FILE: '', TLS_KEY_FILE: '', TLS_CA_FILE: '', TLS_CLIENT_AUTH: 'none', AUTH_TOKENS_FILE: '' };
-
-/** The problems of the ConfigError `fn` throws. */
-function problemsOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return [...(err as ConfigError).problems];
-  }
-  throw new Error('expected a ConfigError');
-}
 
 describe('TLS and token configuration (service-kit security)', () => {
   let dir: string;
