@@ -17,30 +17,30 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
   let stack: Stack;
   stackForSuite((s) => (stack = s));
 
-  const profile = (id = 'np-c'): ClientProfile => stackProfile(stack, id);
-  const load = (id = 'np-exec'): ServerLoad => stackLoad(stack, id);
-  const outcome = (id = 'np-c'): GenerationOutcome => stackOutcome(stack, id);
-  const P =
-    (f: (p: ClientProfile) => void, subjectId = 'np-c') =>
+  /** What makes a good message bad: fields set on it, or a function that changes it. */
+  type Change<T> = Partial<T> | ((m: T) => void);
+  /**
+   * The cases' messages of one type: the good message of `ownId` (`good`) changed by a case,
+   * encoded, on `subject` of `subjectId` (the message's own id unless the case says otherwise).
+   */
+  const changed =
+    <T extends object>(good: (id: string) => T, type: { encode(m: T): { finish(): Uint8Array } }, subject: (id: string) => string, ownId: string) =>
+    (change: Change<T>, subjectId = ownId) =>
     (): [string, Uint8Array] => {
-      const p = profile();
-      f(p);
-      return [Subjects.clientProfile(subjectId), ClientProfile.encode(p).finish()];
+      const m = good(ownId);
+      if (typeof change === 'function') change(m);
+      else Object.assign(m, change);
+      return [subject(subjectId), type.encode(m).finish()];
     };
-  const L =
-    (f: (l: ServerLoad) => void, subjectId = 'np-exec') =>
-    (): [string, Uint8Array] => {
-      const l = load();
-      f(l);
-      return [Subjects.serverLoad(subjectId), ServerLoad.encode(l).finish()];
+  /** A change that sets `fields` on stage `i` of a message's stages. */
+  const stage =
+    <S extends object>(i: number, fields: S) =>
+    (m: { stages: S[] }): void => {
+      Object.assign(m.stages[i], fields);
     };
-  const O =
-    (f: (o: GenerationOutcome) => void, subjectId = 'np-c') =>
-    (): [string, Uint8Array] => {
-      const o = outcome();
-      f(o);
-      return [Subjects.outcome(subjectId), GenerationOutcome.encode(o).finish()];
-    };
+  const P = changed((id) => stackProfile(stack, id), ClientProfile, Subjects.clientProfile, 'np-c');
+  const L = changed((id) => stackLoad(stack, id), ServerLoad, Subjects.serverLoad, 'np-exec');
+  const O = changed((id) => stackOutcome(stack, id), GenerationOutcome, Subjects.outcome, 'np-c');
   const bytes = (subject: string, b: number[]) => (): [string, Uint8Array] => [subject, new Uint8Array(b)];
 
   type Case = readonly [label: string, msg: () => [string, Uint8Array], reason: string, parts: readonly string[]];
@@ -48,122 +48,64 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
     // ClientProfile
     [
       'profile: a stage time of 1e308',
-      P((p) => {
-        p.stages[1].prefillMsPerToken = 1e308;
-      }),
+      P(stage(1, { prefillMsPerToken: 1e308 })),
       'ClientProfile.stages[].prefillMsPerToken:range',
       ['ClientProfile.stages[1].prefillMsPerToken must be a finite number in', '1e+308'],
     ],
     [
       'profile: a NaN decode time',
-      P((p) => {
-        p.stages[0].decodeMs = Number.NaN;
-      }),
+      P(stage(0, { decodeMs: Number.NaN })),
       'ClientProfile.stages[].decodeMs:range',
       ['ClientProfile.stages[0].decodeMs must be a finite number', 'NaN'],
     ],
     [
       'profile: a negative decode time',
-      P((p) => {
-        p.stages[2].decodeMs = -1;
-      }),
+      P(stage(2, { decodeMs: -1 })),
       'ClientProfile.stages[].decodeMs:range',
       ['ClientProfile.stages[2].decodeMs must be', '-1'],
     ],
     [
       'profile: a stage listed twice',
-      P((p) => {
-        p.stages[1].stage = 0;
-      }),
+      P(stage(1, { stage: 0 })),
       'ClientProfile.stages[].stage:unique',
       ['ClientProfile.stages[1].stage must list each stage once'],
     ],
     [
       'profile: a stage past the model',
-      P((p) => {
-        p.stages[2].stage = 99;
-      }),
+      P(stage(2, { stage: 99 })),
       'ClientProfile.stages[].stage:range',
       ['ClientProfile.stages[2].stage must be in 0..5', '99'],
     ],
     [
       'profile: an uplink of 0 bytes/ms',
-      P((p) => {
-        p.uplink = { latencyMs: 1, bytesPerMs: 0 };
-      }),
+      P({ uplink: { latencyMs: 1, bytesPerMs: 0 } }),
       'ClientProfile.uplink.bytesPerMs:positive',
       ['ClientProfile.uplink.bytesPerMs must be > 0'],
     ],
     [
       'profile: an infinite downlink',
-      P((p) => {
-        p.downlink = { latencyMs: 1, bytesPerMs: Infinity };
-      }),
+      P({ downlink: { latencyMs: 1, bytesPerMs: Infinity } }),
       'ClientProfile.downlink.bytesPerMs:range',
       ['ClientProfile.downlink.bytesPerMs must be a finite number', 'Infinity'],
     ],
     [
       'profile: a link latency of 1e9 ms',
-      P((p) => {
-        p.uplink = { latencyMs: 1e9, bytesPerMs: 10 };
-      }),
+      P({ uplink: { latencyMs: 1e9, bytesPerMs: 10 } }),
       'ClientProfile.uplink.latencyMs:range',
       ['ClientProfile.uplink.latencyMs must be a finite number'],
     ],
     [
       'profile: a negative downlink latency',
-      P((p) => {
-        p.downlink = { latencyMs: -5, bytesPerMs: 10 };
-      }),
+      P({ downlink: { latencyMs: -5, bytesPerMs: 10 } }),
       'ClientProfile.downlink.latencyMs:range',
       ['ClientProfile.downlink.latencyMs must be a finite number', '-5'],
     ],
-    [
-      'profile: an empty model id',
-      P((p) => {
-        p.modelId = '';
-      }),
-      'ClientProfile.modelId:required',
-      ['ClientProfile.modelId must name the model'],
-    ],
-    [
-      'profile: another model id',
-      P((p) => {
-        p.modelId = 'other';
-      }),
-      'ClientProfile.modelId:model',
-      ['ClientProfile.modelId must be', "'other'"],
-    ],
-    [
-      'profile: a 20,000-character model id',
-      P((p) => {
-        p.modelId = LONG;
-      }),
-      'ClientProfile.modelId:length',
-      ['ClientProfile.modelId must be at most'],
-    ],
-    [
-      'profile: a 20,000-character client class',
-      P((p) => {
-        p.clientClass = LONG;
-      }),
-      'ClientProfile.clientClass:length',
-      ['ClientProfile.clientClass must be at most'],
-    ],
-    [
-      "profile: another client's subject",
-      P(() => undefined, 'np-other'),
-      'ClientProfile.clientId:subject',
-      ['ClientProfile.clientId must match the subject', "'np-c'"],
-    ],
-    [
-      'profile: a 20,000-character client id',
-      P((p) => {
-        p.clientId = LONG;
-      }),
-      'ClientProfile.clientId:pattern',
-      ['ClientProfile.clientId must match'],
-    ],
+    ['profile: an empty model id', P({ modelId: '' }), 'ClientProfile.modelId:required', ['ClientProfile.modelId must name the model']],
+    ['profile: another model id', P({ modelId: 'other' }), 'ClientProfile.modelId:model', ['ClientProfile.modelId must be', "'other'"]],
+    ['profile: a 20,000-character model id', P({ modelId: LONG }), 'ClientProfile.modelId:length', ['ClientProfile.modelId must be at most']],
+    ['profile: a 20,000-character client class', P({ clientClass: LONG }), 'ClientProfile.clientClass:length', ['ClientProfile.clientClass must be at most']],
+    ["profile: another client's subject", P({}, 'np-other'), 'ClientProfile.clientId:subject', ['ClientProfile.clientId must match the subject', "'np-c'"]],
+    ['profile: a 20,000-character client id', P({ clientId: LONG }), 'ClientProfile.clientId:pattern', ['ClientProfile.clientId must match']],
     [
       'profile: bytes that do not decode',
       bytes(Subjects.clientProfile('np-c'), [0x0a, 0xff, 0xff, 0x03]),
@@ -180,9 +122,7 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
     // ServerLoad
     [
       'load: a stage time of 1e308',
-      L((l) => {
-        l.stages[0].prefillMsPerToken = 1e308;
-      }),
+      L(stage(0, { prefillMsPerToken: 1e308 })),
       'ServerLoad.stages[].prefillMsPerToken:range',
       ['ServerLoad.stages[0].prefillMsPerToken must be a finite number'],
     ],
@@ -194,175 +134,60 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
       'ServerLoad.stages:count',
       ['ServerLoad.stages must list all 6 stages', '5 stages'],
     ],
-    [
-      'load: stages out of order',
-      L((l) => {
-        l.stages[1].stage = 2;
-      }),
-      'ServerLoad.stages[].stage:order',
-      ['ServerLoad.stages[1].stage must be 1', '2'],
-    ],
-    [
-      'load: utilisation 1.5',
-      L((l) => {
-        l.utilisation = 1.5;
-      }),
-      'ServerLoad.utilisation:range',
-      ['ServerLoad.utilisation must be a finite number in 0..1', '1.5'],
-    ],
+    ['load: stages out of order', L(stage(1, { stage: 2 })), 'ServerLoad.stages[].stage:order', ['ServerLoad.stages[1].stage must be 1', '2']],
+    ['load: utilisation 1.5', L({ utilisation: 1.5 }), 'ServerLoad.utilisation:range', ['ServerLoad.utilisation must be a finite number in 0..1', '1.5']],
     [
       'load: a NaN utilisation',
-      L((l) => {
-        l.utilisation = Number.NaN;
-      }),
+      L({ utilisation: Number.NaN }),
       'ServerLoad.utilisation:range',
       ['ServerLoad.utilisation must be a finite number in 0..1', 'NaN'],
     ],
-    [
-      'load: a queue wait of 1e300 ms',
-      L((l) => {
-        l.meanQueueMs = 1e300;
-      }),
-      'ServerLoad.meanQueueMs:range',
-      ['ServerLoad.meanQueueMs must be a finite number'],
-    ],
+    ['load: a queue wait of 1e300 ms', L({ meanQueueMs: 1e300 }), 'ServerLoad.meanQueueMs:range', ['ServerLoad.meanQueueMs must be a finite number']],
     [
       'load: a decode stretch of 0.5',
-      L((l) => {
-        l.decodeStretch = 0.5;
-      }),
+      L({ decodeStretch: 0.5 }),
       'ServerLoad.decodeStretch:range',
       ['ServerLoad.decodeStretch must be a finite number in 1..', '0.5'],
     ],
     [
       'load: an infinite long-prompt stretch',
-      L((l) => {
-        l.longPromptStretch = Infinity;
-      }),
+      L({ longPromptStretch: Infinity }),
       'ServerLoad.longPromptStretch:range',
       ['ServerLoad.longPromptStretch must be a finite number', 'Infinity'],
     ],
-    [
-      'load: long steps of 1e9 tokens',
-      L((l) => {
-        l.longStepTokens = 1e9;
-      }),
-      'ServerLoad.longStepTokens:range',
-      ['ServerLoad.longStepTokens must be a finite number'],
-    ],
+    ['load: long steps of 1e9 tokens', L({ longStepTokens: 1e9 }), 'ServerLoad.longStepTokens:range', ['ServerLoad.longStepTokens must be a finite number']],
     [
       'load: an overhead of 1e12 ms per KiB',
-      L((l) => {
-        l.overhead = { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 };
-      }),
+      L({ overhead: { msPerMessageIn: 0, msPerMessageOut: 0, msPerKibIn: 1e12, msPerKibOut: 0, idleMsPerS: 0, samples: 20 } }),
       'ServerLoad.overhead.msPerKibIn:range',
       ['ServerLoad.overhead.msPerKibIn must be a finite number'],
     ],
-    [
-      'load: an empty model id',
-      L((l) => {
-        l.modelId = '';
-      }),
-      'ServerLoad.modelId:required',
-      ['ServerLoad.modelId must name the model'],
-    ],
-    [
-      "load: another executor's subject",
-      L(() => undefined, 'np-spoofed'),
-      'ServerLoad.serverId:subject',
-      ['ServerLoad.serverId must match the subject', "'np-exec'"],
-    ],
-    [
-      'load: a server id with a dot',
-      L((l) => {
-        l.serverId = 'a.b';
-      }),
-      'ServerLoad.serverId:pattern',
-      ['ServerLoad.serverId must match', "'a.b'"],
-    ],
+    ['load: an empty model id', L({ modelId: '' }), 'ServerLoad.modelId:required', ['ServerLoad.modelId must name the model']],
+    ["load: another executor's subject", L({}, 'np-spoofed'), 'ServerLoad.serverId:subject', ['ServerLoad.serverId must match the subject', "'np-exec'"]],
+    ['load: a server id with a dot', L({ serverId: 'a.b' }), 'ServerLoad.serverId:pattern', ['ServerLoad.serverId must match', "'a.b'"]],
     ['load: bytes that do not decode', bytes(Subjects.serverLoad('np-exec'), [0xff, 0xff, 0xff, 0x07]), 'ServerLoad:decode', ['ServerLoad does not decode']],
     // GenerationOutcome
-    [
-      'outcome: an empty model id',
-      O((o) => {
-        o.modelId = '';
-      }),
-      'GenerationOutcome.modelId:required',
-      ['GenerationOutcome.modelId must name the model'],
-    ],
-    [
-      'outcome: another model id',
-      O((o) => {
-        o.modelId = 'other';
-      }),
-      'GenerationOutcome.modelId:model',
-      ['modelId must be', "'other'"],
-    ],
-    ["outcome: another client's subject", O(() => undefined, 'np-other'), 'GenerationOutcome.clientId:invalid', ['clientId must match the subject', "'np-c'"]],
+    ['outcome: an empty model id', O({ modelId: '' }), 'GenerationOutcome.modelId:required', ['GenerationOutcome.modelId must name the model']],
+    ['outcome: another model id', O({ modelId: 'other' }), 'GenerationOutcome.modelId:model', ['modelId must be', "'other'"]],
+    ["outcome: another client's subject", O({}, 'np-other'), 'GenerationOutcome.clientId:invalid', ['clientId must match the subject', "'np-c'"]],
     [
       'outcome: an unknown request class',
-      O((o) => {
-        o.requestClass = 'huge';
-      }),
+      O({ requestClass: 'huge' }),
       'GenerationOutcome.requestClass:invalid',
       ['requestClass must be one of short', "'huge'"],
     ],
-    [
-      'outcome: a placement of 3 letters',
-      O((o) => {
-        o.placement = 'CSC';
-      }),
-      'GenerationOutcome.placement:invalid',
-      ['placement must be 6 letters C or S', "'CSC'"],
-    ],
-    [
-      'outcome: plan epoch 0',
-      O((o) => {
-        o.planEpoch = 0;
-      }),
-      'GenerationOutcome.planEpoch:invalid',
-      ['planEpoch must be an integer >= 1', '0'],
-    ],
+    ['outcome: a placement of 3 letters', O({ placement: 'CSC' }), 'GenerationOutcome.placement:invalid', ['placement must be 6 letters C or S', "'CSC'"]],
+    ['outcome: plan epoch 0', O({ planEpoch: 0 }), 'GenerationOutcome.planEpoch:invalid', ['planEpoch must be an integer >= 1', '0']],
     [
       'outcome: an unknown status',
-      O((o) => {
-        o.status = 7 as OutcomeStatus;
-      }),
+      O({ status: 7 as OutcomeStatus }),
       'GenerationOutcome.status:invalid',
       ['status must be OUTCOME_STATUS_OK or OUTCOME_STATUS_FAILED', '7'],
     ],
-    [
-      'outcome: 0 prompt tokens',
-      O((o) => {
-        o.promptTokens = 0;
-      }),
-      'GenerationOutcome.promptTokens:invalid',
-      ['promptTokens must be >= 1', '0'],
-    ],
-    [
-      'outcome: 2^32-1 new tokens',
-      O((o) => {
-        o.newTokens = 0xffffffff;
-      }),
-      'GenerationOutcome.newTokens:invalid',
-      ['newTokens must be at most', '4294967295'],
-    ],
-    [
-      'outcome: an OK one of 0 new tokens',
-      O((o) => {
-        o.newTokens = 0;
-      }),
-      'GenerationOutcome.newTokens:invalid',
-      ['newTokens must be >= 1 for status OUTCOME_STATUS_OK'],
-    ],
-    [
-      'outcome: slaMet that contradicts the figures',
-      O((o) => {
-        o.slaMs = 5;
-      }),
-      'GenerationOutcome.slaMet:invalid',
-      ['slaMet must be false for slaMs 5'],
-    ],
+    ['outcome: 0 prompt tokens', O({ promptTokens: 0 }), 'GenerationOutcome.promptTokens:invalid', ['promptTokens must be >= 1', '0']],
+    ['outcome: 2^32-1 new tokens', O({ newTokens: 0xffffffff }), 'GenerationOutcome.newTokens:invalid', ['newTokens must be at most', '4294967295']],
+    ['outcome: an OK one of 0 new tokens', O({ newTokens: 0 }), 'GenerationOutcome.newTokens:invalid', ['newTokens must be >= 1 for status OUTCOME_STATUS_OK']],
+    ['outcome: slaMet that contradicts the figures', O({ slaMs: 5 }), 'GenerationOutcome.slaMet:invalid', ['slaMet must be false for slaMs 5']],
     [
       'outcome: a length of 2^32 (decodes to an empty outcome)',
       bytes(Subjects.outcome('np-c'), [0x12, 0x80, 0x80, 0x80, 0x80, 0x10]),
@@ -393,7 +218,7 @@ describe('NATS bad-input corpus against a real planner, a healthy generation bes
   });
 
   it('still plans a new client after the corpus, and every service serves', async () => {
-    stack.tap.publish(Subjects.clientProfile('np-after'), ClientProfile.encode(profile('np-after')).finish());
+    stack.tap.publish(Subjects.clientProfile('np-after'), ClientProfile.encode(stackProfile(stack, 'np-after')).finish());
     await eventually(() => stack.planner.plans().some((p) => p.clientId === 'np-after'), { what: 'a plan after the corpus' });
     expect(await stack.serving()).toBe(true);
   });
