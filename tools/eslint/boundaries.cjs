@@ -122,16 +122,18 @@ function importProblem(root, byName, at, filename, spec) {
 function boundariesPlugin(root) {
   const projects = readProjects(root);
   const byName = new Map(projects.map((p) => [p.name, p]));
-  const moduleBoundaries = {
-    meta: {
-      type: 'problem',
-      docs: { description: 'Imports follow the project types of tools/eslint/boundaries.cjs (nx.tags in each package.json)' },
-      messages: { boundary: '{{problem}}' },
-      schema: [],
-    },
+  /** A rule of kind 'problem' without options: in a file of a workspace project, `listen(context, at)` (at: locate's answer) gives its listeners; elsewhere it has none. */
+  const rule = (description, messages, listen) => ({
+    meta: { type: 'problem', docs: { description }, messages, schema: [] },
     create(context) {
       const at = locate(root, projects, context.filename);
-      if (!at) return {};
+      return at ? listen(context, at) : {};
+    },
+  });
+  const moduleBoundaries = rule(
+    'Imports follow the project types of tools/eslint/boundaries.cjs (nx.tags in each package.json)',
+    { boundary: '{{problem}}' },
+    (context, at) => {
       const check = (node) => {
         const spec = moduleOf(node);
         if (spec === undefined) return;
@@ -148,23 +150,12 @@ function boundariesPlugin(root) {
         TSImportType: check,
       };
     },
-  };
-  const processEnv = {
-    meta: {
-      type: 'problem',
-      docs: { description: 'Only config.ts and main.ts of a service read process.env' },
-      messages: { env: 'reads process.env outside config.ts (a {{tag}} project reads its environment in config.ts or main.ts only)' },
-      schema: [],
-    },
-    create(context) {
-      const at = locate(root, projects, context.filename);
-      if (
-        !at ||
-        at.isTest ||
-        ENV_ANYWHERE.includes(at.project.tag) ||
-        /[\\/](config|main)\.ts$/.test(at.rel) ||
-        at.project.dir === path.join('libs', 'testkit')
-      )
+  );
+  const processEnv = rule(
+    'Only config.ts and main.ts of a service read process.env',
+    { env: 'reads process.env outside config.ts (a {{tag}} project reads its environment in config.ts or main.ts only)' },
+    (context, at) => {
+      if (at.isTest || ENV_ANYWHERE.includes(at.project.tag) || /[\\/](config|main)\.ts$/.test(at.rel) || at.project.dir === path.join('libs', 'testkit'))
         return {};
       return {
         MemberExpression(node) {
@@ -174,7 +165,7 @@ function boundariesPlugin(root) {
         },
       };
     },
-  };
+  );
   return { meta: { name: 'tandem-boundaries' }, rules: { 'module-boundaries': moduleBoundaries, 'process-env': processEnv } };
 }
 
