@@ -11,6 +11,18 @@ export interface WeightSpec {
 /** The shared tied embedding's name; its data file is written once and used by `embed` and `head`. */
 export const WTE = 'wte.weight';
 
+/** A layer norm's scale and shift over `D` channels: `<name>.weight` and `<name>.bias`. */
+const layerNorm = (name: string, D: number): WeightSpec[] => [
+  { name: `${name}.weight`, dims: [D] },
+  { name: `${name}.bias`, dims: [D] },
+];
+
+/** A linear layer from `nIn` to `nOut` channels (GPT-2's Conv1D, its weight stored [in, out]): `<name>.weight` and `<name>.bias`. */
+const linear = (name: string, nIn: number, nOut: number): WeightSpec[] => [
+  { name: `${name}.weight`, dims: [nIn, nOut] },
+  { name: `${name}.bias`, dims: [nOut] },
+];
+
 /**
  * The weights stage `slot` needs, in the order they are written to its data file. `embed` and
  * `head` both list {@link WTE}, which lives in the shared `wte.bin`.
@@ -24,32 +36,14 @@ export function stageWeights(slot: StageSlot, c: ModelConfig): WeightSpec[] {
         { name: 'wpe.weight', dims: [c.nPositions, D] },
       ];
     case 'head':
-      return [
-        { name: 'ln_f.weight', dims: [D] },
-        { name: 'ln_f.bias', dims: [D] },
-        { name: WTE, dims: [c.vocabSize, D] },
-      ];
+      return [...layerNorm('ln_f', D), { name: WTE, dims: [c.vocabSize, D] }];
     case 'attn': {
       const p = `h.${slot.layer}`;
-      return [
-        { name: `${p}.ln_1.weight`, dims: [D] },
-        { name: `${p}.ln_1.bias`, dims: [D] },
-        { name: `${p}.attn.c_attn.weight`, dims: [D, 3 * D] },
-        { name: `${p}.attn.c_attn.bias`, dims: [3 * D] },
-        { name: `${p}.attn.c_proj.weight`, dims: [D, D] },
-        { name: `${p}.attn.c_proj.bias`, dims: [D] },
-      ];
+      return [...layerNorm(`${p}.ln_1`, D), ...linear(`${p}.attn.c_attn`, D, 3 * D), ...linear(`${p}.attn.c_proj`, D, D)];
     }
     case 'mlp': {
       const p = `h.${slot.layer}`;
-      return [
-        { name: `${p}.ln_2.weight`, dims: [D] },
-        { name: `${p}.ln_2.bias`, dims: [D] },
-        { name: `${p}.mlp.c_fc.weight`, dims: [D, 4 * D] },
-        { name: `${p}.mlp.c_fc.bias`, dims: [4 * D] },
-        { name: `${p}.mlp.c_proj.weight`, dims: [4 * D, D] },
-        { name: `${p}.mlp.c_proj.bias`, dims: [D] },
-      ];
+      return [...layerNorm(`${p}.ln_2`, D), ...linear(`${p}.mlp.c_fc`, D, 4 * D), ...linear(`${p}.mlp.c_proj`, 4 * D, D)];
     }
   }
 }
