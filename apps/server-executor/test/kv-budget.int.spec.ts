@@ -1,47 +1,32 @@
 import * as grpc from '@grpc/grpc-js';
 import { SplitPipeline } from '@tandem/model';
-import { eventually, expectRefusal, makeTempModel, type TempModel } from '@tandem/testkit';
-import { OnnxStageEngine, type ExecutorServer } from '../src';
+import { eventually, expectRefusal } from '@tandem/testkit';
 import { ids, type TestSession } from './session-client';
-import { startTestExecutor, type TestExecutor } from './test-executor';
+import { executorForSuite, type SuiteExecutor } from './test-executor';
 
 /** The tiny preset: nEmbd 64, 2 blocks, so 2 × (8 × 64) = 1024 KV bytes per token of a session. */
 const BYTES_PER_TOKEN = 1024;
 const BUDGET_TOKENS = 40;
 
 describe('server-executor admits by a KV-cache budget in bytes (EXECUTOR_MAX_KV_BYTES)', () => {
-  let model: TempModel;
-  let exec: TestExecutor;
-  let server: ExecutorServer;
-  let stageCount: number;
+  let exec: SuiteExecutor;
+  executorForSuite({ serverId: 'exec-kv', maxContextTokens: 64, maxKvBytes: BUDGET_TOKENS * BYTES_PER_TOKEN }, (e) => (exec = e));
   const session = (): TestSession => exec.session();
 
-  beforeAll(async () => {
-    model = await makeTempModel();
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    exec = await startTestExecutor(engine, { serverId: 'exec-kv', maxContextTokens: 64, maxKvBytes: BUDGET_TOKENS * BYTES_PER_TOKEN });
-    server = exec.server;
-  });
-
   afterEach(() => exec.cancelSessions(2000));
-
-  afterAll(async () => {
-    await exec?.stop();
-    model?.remove();
-  });
 
   const expectExhausted = async (s: TestSession, ...parts: string[]): Promise<void> => expectRefusal(await s.ended, grpc.status.RESOURCE_EXHAUSTED, ...parts);
 
   it('refuses a step past the budget, keeps the session holding it correct, and frees its bytes when it ends', async () => {
+    const { stageCount } = exec.engine;
     const prompt = Array.from({ length: 30 }, (_, i) => 100 + i);
-    const pipe = await SplitPipeline.load(model.dir, 'S'.repeat(stageCount));
+    const pipe = await SplitPipeline.load(exec.model.dir, 'S'.repeat(stageCount));
     const want = await pipe.generate(prompt, { maxNewTokens: 3 }).finally(() => pipe.close());
     const a = session();
     a.open();
     a.step(1, 0, stageCount, ids(...prompt), true);
     const first = await a.next(2);
-    expect(server.kvBytes().used).toBe(30 * BYTES_PER_TOKEN);
+    expect(exec.server.kvBytes().used).toBe(30 * BYTES_PER_TOKEN);
 
     const b = session();
     b.open();
@@ -58,7 +43,7 @@ describe('server-executor admits by a KV-cache budget in bytes (EXECUTOR_MAX_KV_
     expect(got).toEqual(want);
     a.call.end();
     await a.ended;
-    await eventually(async () => server.kvBytes().used === 0, { timeoutMs: 2000, what: 'KV bytes given back' });
+    await eventually(async () => exec.server.kvBytes().used === 0, { timeoutMs: 2000, what: 'KV bytes given back' });
 
     const c = session();
     c.open();
@@ -81,7 +66,7 @@ describe('server-executor admits by a KV-cache budget in bytes (EXECUTOR_MAX_KV_
   it('refuses to open a session while not one more token fits', async () => {
     const full = session();
     full.open();
-    full.step(1, 0, stageCount, ids(...new Array(BUDGET_TOKENS).fill(3)), true);
+    full.step(1, 0, exec.engine.stageCount, ids(...new Array(BUDGET_TOKENS).fill(3)), true);
     await full.next(2);
     const late = session();
     late.open();
@@ -93,6 +78,6 @@ describe('server-executor admits by a KV-cache budget in bytes (EXECUTOR_MAX_KV_
     s.open();
     s.step(1, 0, 1, ids(...new Array(BUDGET_TOKENS + 10).fill(3))); // embed only: no KV
     expect((await s.next(2)).kind?.$case).toBe('result');
-    expect(server.kvBytes().used).toBe(0);
+    expect(exec.server.kvBytes().used).toBe(0);
   });
 });

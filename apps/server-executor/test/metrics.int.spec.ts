@@ -1,33 +1,19 @@
 import * as grpc from '@grpc/grpc-js';
 import { ServingStatus } from '@tandem/protocol';
-import { eventually, expectSamples, healthStatus, makeTempModel, requireSample, scrapeMetrics, scrapeText, type TempModel } from '@tandem/testkit';
+import { eventually, expectSamples, healthStatus, requireSample, scrapeMetrics, scrapeText } from '@tandem/testkit';
 import { EXECUTOR_SERVICE_NAME, OnnxStageEngine } from '../src';
 import { ids } from './session-client';
-import { startTestExecutor, type TestExecutor } from './test-executor';
+import { executorForSuite, startTestExecutor, type SuiteExecutor } from './test-executor';
 
 const NEW_TOKENS = 5;
 
 describe('executor metrics on /metrics, after real traffic', () => {
-  let model: TempModel;
-  let e: TestExecutor;
-  let stageCount: number;
-  let port: number;
+  let e: SuiteExecutor;
+  executorForSuite({ serverId: 'metrics-test', metricsPort: 0 }, (started) => (e = started));
+  const port = (): number => e.server.metrics.port ?? 0;
 
-  const scrape = (): Promise<string> => scrapeText(port);
+  const scrape = (): Promise<string> => scrapeText(port());
   const value = requireSample;
-
-  beforeAll(async () => {
-    model = await makeTempModel();
-    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
-    stageCount = engine.stageCount;
-    e = await startTestExecutor(engine, { serverId: 'metrics-test', metricsPort: 0 });
-    port = e.server.metrics.port ?? 0;
-  });
-
-  afterAll(async () => {
-    await e?.stop();
-    model?.remove();
-  });
 
   it('answers health SERVING by its own service name and by the empty name', async () => {
     expect(await healthStatus(e.addr, EXECUTOR_SERVICE_NAME)).toBe(ServingStatus.SERVING);
@@ -35,7 +21,7 @@ describe('executor metrics on /metrics, after real traffic', () => {
   });
 
   it('counts no traffic before any (the start-up profile is not traffic)', async () => {
-    expect(port).toBeGreaterThan(0);
+    expect(port()).toBeGreaterThan(0);
     const text = await scrape();
     const zero = [
       'tandem_executor_generations_started_total',
@@ -66,10 +52,10 @@ describe('executor metrics on /metrics, after real traffic', () => {
     const split = e.session();
     split.open();
     await split.next(1);
-    split.step(1, 0, stageCount, ids(464, 2068, 7586), true);
+    split.step(1, 0, e.engine.stageCount, ids(464, 2068, 7586), true);
     const first = await split.next(2);
     if (first.kind?.$case !== 'result' || first.kind.value.output?.$case !== 'token') throw new Error('expected a token');
-    split.step(2, 0, stageCount, ids(first.kind.value.output.value), true);
+    split.step(2, 0, e.engine.stageCount, ids(first.kind.value.output.value), true);
     await split.next(3);
     expect(await Promise.all(gens)).toEqual([NEW_TOKENS, NEW_TOKENS]);
 
@@ -102,7 +88,7 @@ describe('executor metrics on /metrics, after real traffic', () => {
     expect(stepsInCalls).toBeGreaterThanOrEqual(calls);
     // The same calls by stage: the split session ran each stage in calls of its own (stage by
     // stage), the generations' steps fused or by stage; every call counted once.
-    const byStage = [...Array(stageCount).keys()].map((i) => value(text, `tandem_executor_stage_call_duration_seconds_count{stage="${i}"}`));
+    const byStage = [...Array(e.engine.stageCount).keys()].map((i) => value(text, `tandem_executor_stage_call_duration_seconds_count{stage="${i}"}`));
     for (const n of byStage) expect(n).toBeGreaterThanOrEqual(1);
     const fused = text.includes('stage="fused"') ? value(text, 'tandem_executor_stage_call_duration_seconds_count{stage="fused"}') : 0;
     expect(byStage.reduce((a, b) => a + b, 0) + fused).toBe(calls);
@@ -134,7 +120,7 @@ describe('executor metrics on /metrics, after real traffic', () => {
     const s = e.session();
     s.open();
     await s.next(1);
-    s.step(1, 0, stageCount, ids(15496, 11, 995), true);
+    s.step(1, 0, e.engine.stageCount, ids(15496, 11, 995), true);
     await s.next(2);
     // Take block 0's attention (3 positions × 512 bytes of keys plus values) and its MLP (a count), then put the attention back.
     s.kvTake(2, 1);
@@ -155,7 +141,7 @@ describe('executor metrics on /metrics, after real traffic', () => {
   });
 
   it('closes the endpoint when the executor stops', async () => {
-    const other = await startTestExecutor(await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 }), { serverId: 'metrics-stop', metricsPort: 0 });
+    const other = await startTestExecutor(await OnnxStageEngine.load(e.model.dir, { intraOpNumThreads: 1 }), { serverId: 'metrics-stop', metricsPort: 0 });
     const p = other.server.metrics.port ?? 0;
     expect((await scrapeMetrics(p)).status).toBe(200);
     await other.stop();

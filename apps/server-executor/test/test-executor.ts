@@ -1,8 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { channelOptions, ExecutorServiceClient, HealthClient, type GetStatusResponse, type ServingStatus } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { eventually, EXECUTOR_SETTINGS } from '@tandem/testkit';
-import { ExecutorServer, type ExecutorServerOptions, type StageEngine } from '../src';
+import { eventually, EXECUTOR_SETTINGS, makeTempModel, type TempModel } from '@tandem/testkit';
+import { ExecutorServer, OnnxStageEngine, type ExecutorServerOptions, type StageEngine } from '../src';
 import { TestSession } from './session-client';
 
 /** What a test sets of an executor; the rest is {@link startTestExecutor}'s defaults. */
@@ -71,4 +71,31 @@ export async function startTestExecutor(engine: StageEngine, opts: TestExecutorO
       await server.stop({ graceMs });
     },
   };
+}
+
+/** An executor of one describe block, with the model and the engine it serves (executorForSuite). */
+export interface SuiteExecutor extends TestExecutor {
+  /** A temporary model of the tiny preset. */
+  readonly model: TempModel;
+  /** The model's OnnxStageEngine, one thread. */
+  readonly engine: StageEngine;
+}
+
+/**
+ * Starts a test executor (`opts`) on a temporary model before the tests of the describe block
+ * that calls it, hands it to `use`, and after them stops it and removes the model.
+ */
+export function executorForSuite(opts: TestExecutorOptions, use: (exec: SuiteExecutor) => void): void {
+  let model: TempModel | undefined;
+  let exec: TestExecutor | undefined;
+  beforeAll(async () => {
+    model = await makeTempModel();
+    const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    exec = await startTestExecutor(engine, opts);
+    use({ ...exec, model, engine });
+  });
+  afterAll(async () => {
+    await exec?.stop();
+    model?.remove();
+  });
 }
