@@ -18,7 +18,7 @@ import {
   type NatsServerConfig,
   type ServerSecurity,
 } from '@tandem/service-kit';
-import { startNatsServer, type NatsServerHandle } from '@tandem/testkit';
+import { serverSecurityConfig, startNatsServer, upstreamSecurityConfig, writeTokensFile, type NatsServerHandle } from '@tandem/testkit';
 
 // The credentials the end-to-end tests run the services with, as a deployment would
 // (docs/security.md): one test file makes them once, in a private temporary directory, and gives
@@ -105,7 +105,7 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
     const tokens = new Map([...agents, ...(opts.clients ?? [])].map((id) => [id, newSecret()]));
     const operatorToken = newSecret();
     const tokensFile = join(dir, 'tokens');
-    writeFileSync(tokensFile, `${[...[...tokens].map(([id, t]) => `${t} ${id}`), `${operatorToken} *`].join('\n')}\n`, { mode: 0o600 });
+    writeTokensFile(tokensFile, tokens, operatorToken);
     const nats = natsServerConfig({ agents, executors, mode: 'password' });
     const tapPassword = newSecret();
     const natsConf = join(dir, 'nats-server.conf');
@@ -121,13 +121,7 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
       if (!u) throw new Error(`internal: no NATS user for '${id}': list it in makeCredentials' agents or executors`);
       return u;
     };
-    const serverEnv = (): Record<string, string> => ({
-      TLS_CERT_FILE: certs.serverCert,
-      TLS_KEY_FILE: certs.serverKey,
-      TLS_CA_FILE: certs.caCert,
-      TLS_CLIENT_AUTH: 'require',
-      AUTH_TOKENS_FILE: tokensFile,
-    });
+    const serverConfig = serverSecurityConfig(certs, tokensFile, true);
     const clientSecurity = (id?: string): ClientSecurity =>
       loadClientSecurity({
         caFile: certs.caCert,
@@ -141,16 +135,7 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
       tokensFile,
       operatorToken,
       token,
-      serverSecurity: () => {
-        const e = serverEnv();
-        return loadServerSecurity({
-          TLS_CERT_FILE: e.TLS_CERT_FILE,
-          TLS_KEY_FILE: e.TLS_KEY_FILE,
-          TLS_CA_FILE: e.TLS_CA_FILE,
-          TLS_CLIENT_AUTH: 'require',
-          AUTH_TOKENS_FILE: e.AUTH_TOKENS_FILE,
-        });
-      },
+      serverSecurity: () => loadServerSecurity(serverConfig),
       clientSecurity,
       clientArgs: (id, base = {}) => {
         const sec = clientSecurity(id);
@@ -160,13 +145,8 @@ export function makeCredentials(opts: CredentialOptions = {}): TestCredentials {
         const e = natsServiceEnv(user(id));
         return { kind: 'password', user: e.NATS_USER, password: e.NATS_PASSWORD };
       },
-      serverEnv,
-      upstreamEnv: (id) => ({
-        UPSTREAM_TLS_CA_FILE: certs.caCert,
-        UPSTREAM_TLS_CERT_FILE: certs.clientCert,
-        UPSTREAM_TLS_KEY_FILE: certs.clientKey,
-        UPSTREAM_TOKEN: token(id),
-      }),
+      serverEnv: () => ({ ...serverConfig }),
+      upstreamEnv: (id) => ({ ...upstreamSecurityConfig(certs, token(id)) }),
       natsEnv: (id) => natsServiceEnv(user(id)),
       cliFlags: (id) => [
         '--tls-ca',

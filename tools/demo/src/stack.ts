@@ -1,7 +1,7 @@
-import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { LaunchOptions } from '@tandem/launcher';
-import { makeCertificates, newSecret, type CertificateSet } from '@tandem/service-kit';
+import { makeCertificates, newSecret, type CertificateSet, type ServerSecurityConfig, type UpstreamSecurityConfig } from '@tandem/service-kit';
+import { serverSecurityConfig, upstreamSecurityConfig, writeTokensFile } from '@tandem/testkit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
 import { DEMO_EXECUTOR_ID } from './nats';
 
@@ -29,7 +29,7 @@ export function makeDemoSecurity(dir: string): DemoSecurity {
   const agentTokens = Object.fromEntries(DEMO_DEVICES.map((d) => [d.id, newSecret()]));
   const operatorToken = newSecret();
   const tokensFile = path.join(dir, 'tokens');
-  writeFileSync(tokensFile, `${[...Object.entries(agentTokens).map(([id, t]) => `${t} ${id}`), `${operatorToken} *`].join('\n')}\n`, { mode: 0o600 });
+  writeTokensFile(tokensFile, Object.entries(agentTokens), operatorToken);
   return { certs, tokensFile, agentTokens, operatorToken };
 }
 
@@ -45,17 +45,9 @@ function common(o: StackOptions, id: string): Record<string, string> {
   return { MODEL_DIR: o.modelDir, NATS_URL: o.natsUrl, ...o.natsEnv?.(id), LOG_LEVEL: 'warn' };
 }
 
-/** Server-side TLS (mTLS when `mtls`) and tokens of one service. */
-function serverTls(o: StackOptions, mtls: boolean): Record<string, string> {
-  const s = o.security;
-  if (!s) return {};
-  return {
-    TLS_CERT_FILE: s.certs.serverCert,
-    TLS_KEY_FILE: s.certs.serverKey,
-    TLS_CA_FILE: s.certs.caCert,
-    TLS_CLIENT_AUTH: mtls ? 'require' : 'none',
-    AUTH_TOKENS_FILE: s.tokensFile,
-  };
+/** Server-side TLS (mTLS when `mtls`) and tokens of one service; nothing in plaintext. */
+function serverTls(o: StackOptions, mtls: boolean): Partial<ServerSecurityConfig> {
+  return o.security ? serverSecurityConfig(o.security.certs, o.security.tokensFile, mtls) : {};
 }
 
 // What each service is launched with; the launcher adds the rest of the environment (the
@@ -97,16 +89,9 @@ export function plannerSpec(o: StackOptions): LaunchOptions {
   };
 }
 
-/** The agent's client side: trust the demo CA, present the client certificate, send its own token. */
-function upstreamTls(o: StackOptions, id: string): Record<string, string> {
-  const s = o.security;
-  if (!s) return {};
-  return {
-    UPSTREAM_TLS_CA_FILE: s.certs.caCert,
-    UPSTREAM_TLS_CERT_FILE: s.certs.clientCert,
-    UPSTREAM_TLS_KEY_FILE: s.certs.clientKey,
-    UPSTREAM_TOKEN: s.agentTokens[id],
-  };
+/** The agent's client side: trust the demo CA, present the client certificate, send its own token; nothing in plaintext. */
+function upstreamTls(o: StackOptions, id: string): Partial<UpstreamSecurityConfig> {
+  return o.security ? upstreamSecurityConfig(o.security.certs, o.security.agentTokens[id]) : {};
 }
 
 export function agentSpec(o: StackOptions, d: DemoDevice, executorAddr: string, plannerAddr: string): LaunchOptions {
