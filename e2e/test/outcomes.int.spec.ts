@@ -1,13 +1,11 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { LinkEmulator } from '@tandem/client-agent';
 import { Calibrator, DEFAULT_CALIBRATION, PlannerServer } from '@tandem/planner';
 import {
   agentStatus,
   generateVia,
-  GenerationOutcome,
   OutcomeStatus,
   Subjects,
   type AgentServiceClient,
@@ -19,7 +17,19 @@ import { OnnxStageEngine, ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { eventually, freePort, makeTempModel, MET_E2E_SLA, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { credentialsForSuite, type TestCredentials } from './credentials';
-import { AgentFleet, allStages, planMaker, startExecutor, startOneDevice, startPlanner, stopStack, type Deployment, type OneDevice } from './stack';
+import {
+  AgentFleet,
+  allStages,
+  planMaker,
+  startExecutor,
+  startOneDevice,
+  startPlanner,
+  stopStack,
+  watchOutcomes,
+  type Deployment,
+  type OneDevice,
+  type OutcomeWatch,
+} from './stack';
 
 const log = createLogger({ name: 'test', level: 'silent' });
 const PROMPT = [15496, 11, 995, 318];
@@ -36,16 +46,13 @@ credentialsForSuite({ agents: ['dev-ok', 'dev-down', 'dev-late'], executors: ['e
 describe('agents report generation outcomes to the planner', () => {
   let model: TempModel;
   let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let sub: Subscription;
+  let outcomes: OutcomeWatch;
   let executor: ExecutorServer;
   let planner: PlannerServer;
   let plannerAddr: string;
   const fleet = new AgentFleet();
   let stageCount: number;
   let modelId: string;
-  /** Every outcome seen on the wire, decoded, with its subject. */
-  const outcomes: { subject: string; o: GenerationOutcome }[] = [];
   /** The services' shared setting: this test's credentials and nats-server, telemetry every 100 ms. */
   const deployment = (): Deployment & { natsUrl: string } => ({ log, creds, natsUrl: nats.url, telemetryIntervalMs: 100 });
 
@@ -55,12 +62,7 @@ describe('agents report generation outcomes to the planner', () => {
   beforeAll(async () => {
     model = await makeTempModel();
     nats = await creds.startNats();
-    nc = await creds.connectNats(nats.url);
-    sub = nc.subscribe(Subjects.allOutcomes);
-    void (async () => {
-      for await (const m of sub) outcomes.push({ subject: m.subject, o: GenerationOutcome.decode(m.data) });
-    })();
-    await nc.flush();
+    outcomes = await watchOutcomes(creds, nats.url);
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     stageCount = engine.stageCount;
     modelId = engine.modelId;
@@ -74,19 +76,18 @@ describe('agents report generation outcomes to the planner', () => {
   });
 
   afterAll(async () => {
-    sub?.unsubscribe();
-    await nc?.close();
+    await outcomes?.stop();
     await stopStack({ ...fleet, planner, executor, nats, model });
   });
 
   it('publishes one outcome per planned generation, with the plan, the prediction and what was measured', async () => {
     const [ok] = fleet.clients;
-    const before = outcomes.length;
+    const before = outcomes.seen.length;
     // an override first: no prediction and no SLO, so nothing is reported for it
     const overridden = await generate(ok, { placement: 'S'.repeat(stageCount) });
     expect(overridden).toMatchObject({ predictedLatencyMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 });
     const summary = await generate(ok, {});
-    const seen = await eventually(() => outcomes.length > before && outcomes.slice(before), { timeoutMs: 5000, what: 'an outcome on NATS' });
+    const seen = await eventually(() => outcomes.seen.length > before && outcomes.seen.slice(before), { timeoutMs: 5000, what: 'an outcome on NATS' });
     expect(seen).toHaveLength(1);
     const { subject, o } = seen[0];
     expect(subject).toBe(Subjects.outcome('dev-ok'));
@@ -134,13 +135,13 @@ describe('agents report generation outcomes to the planner', () => {
 
   it("reports a failed generation as a miss, and `tandem plans` shows both clients' observations", async () => {
     const down = fleet.clients[1];
-    const before = outcomes.length;
+    const before = outcomes.seen.length;
     const err = await generate(down, {}).then(
       () => undefined,
       (e: grpc.ServiceError) => e,
     );
     expect(err?.code).toBe(grpc.status.UNAVAILABLE);
-    const seen = await eventually(() => outcomes.slice(before).find((x) => x.o.clientId === 'dev-down'), { timeoutMs: 5000, what: 'the failed outcome' });
+    const seen = await eventually(() => outcomes.seen.slice(before).find((x) => x.o.clientId === 'dev-down'), { timeoutMs: 5000, what: 'the failed outcome' });
     expect(seen.o).toMatchObject({ status: OutcomeStatus.OUTCOME_STATUS_FAILED, newTokens: 0, ttftMs: 0, slaMs: 10_000, slaMet: false, requestClass: 'short' });
     expect(seen.o.placement).toMatch(/^CS+$/);
     await eventually(() => planner.observations().find((x) => x.clientId === 'dev-down')?.classes[0].failures === 1, {

@@ -1,15 +1,25 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { recordReplay, ReplayRecording, type ClientAgent } from '@tandem/client-agent';
 import { modelIdOf, readManifest, SplitPipeline } from '@tandem/model';
-import { AgentServiceClient, generateVia, ExecutorServiceClient, executorStatus, GenerationOutcome, Subjects, type ClientPlan } from '@tandem/protocol';
+import { AgentServiceClient, generateVia, ExecutorServiceClient, executorStatus, type ClientPlan } from '@tandem/protocol';
 import { OnnxStageEngine, type ExecutorServer } from '@tandem/server-executor';
 import { createLogger } from '@tandem/service-kit';
 import { capturingLogger, eventually, makeTempModel, type NatsServerHandle, type TempModel } from '@tandem/testkit';
 import { credentialsForSuite, type TestCredentials } from './credentials';
-import { allStages, oneClassPlan, startAgent, startExecutor, stopStack, stubPlanner, type Deployment, type StubPlanner } from './stack';
+import {
+  allStages,
+  oneClassPlan,
+  startAgent,
+  startExecutor,
+  stopStack,
+  stubPlanner,
+  watchOutcomes,
+  type Deployment,
+  type OutcomeWatch,
+  type StubPlanner,
+} from './stack';
 
 // Phased plans end to end: a planner stand-in (a real gRPC port, mTLS and tokens) hands the
 // agents plans whose prefill and decode are placed apart; the agents (one computing its
@@ -33,8 +43,7 @@ describe('phased plans through the real executor and agents', () => {
   let model: TempModel;
   let dir: string;
   let nats: NatsServerHandle;
-  let nc: NatsConnection;
-  let sub: Subscription;
+  let outcomes: OutcomeWatch;
   let executor: ExecutorServer;
   let execClient: ExecutorServiceClient;
   let planner: StubPlanner;
@@ -42,7 +51,6 @@ describe('phased plans through the real executor and agents', () => {
   const agentAddrs = new Map<string, string>();
   let expected: number[];
   let epoch = 1_000;
-  const outcomes: GenerationOutcome[] = [];
   /** The private agent's warnings (its refused plans). */
   const privateLog = capturingLogger('warn');
 
@@ -50,12 +58,7 @@ describe('phased plans through the real executor and agents', () => {
     model = await makeTempModel();
     dir = mkdtempSync(join(tmpdir(), 'tandem-phased-e2e-'));
     nats = await creds.startNats();
-    nc = await creds.connectNats(nats.url);
-    sub = nc.subscribe(Subjects.allOutcomes);
-    void (async () => {
-      for await (const m of sub) outcomes.push(GenerationOutcome.decode(m.data));
-    })();
-    await nc.flush();
+    outcomes = await watchOutcomes(creds, nats.url);
     const d: Deployment = { log, creds, natsUrl: nats.url, telemetryIntervalMs: 200 };
     const engine = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
     const S = engine.stageCount;
@@ -85,8 +88,7 @@ describe('phased plans through the real executor and agents', () => {
   });
 
   afterAll(async () => {
-    await sub?.drain();
-    await nc?.close();
+    await outcomes?.stop();
     planner?.stop();
     await stopStack({ clients: [execClient], agents: [...agents.values()], executor, nats, model });
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -129,7 +131,7 @@ describe('phased plans through the real executor and agents', () => {
       expect(after.sessionsOpened - before.sessionsOpened).toBe(1);
       await eventually(async () => (await executorStatus(execClient)).activeSessions === 0, { what: 'the session freed' });
       // the outcome tells the planner both phases
-      const o = await eventually(() => outcomes.find((x) => x.clientId === clientId && x.planEpoch === e), { what: `the outcome of plan ${e}` });
+      const { o } = await eventually(() => outcomes.seen.find((x) => x.o.clientId === clientId && x.o.planEpoch === e), { what: `the outcome of plan ${e}` });
       expect(o).toMatchObject({ placement: prefill, decodePlacement: decode, newTokens: NEW });
     });
   }

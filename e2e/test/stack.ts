@@ -3,7 +3,9 @@ import { ClientAgent, LinkEmulator, type ClientAgentOptions } from '@tandem/clie
 import { PlanMaker, PlannerServer, type PlannerServerOptions, type RequestClass } from '@tandem/planner';
 import {
   AgentServiceClient,
+  GenerationOutcome,
   PlannerServiceService,
+  Subjects,
   type ClassPlacement,
   type ClientPlan,
   type PlannerServiceServer,
@@ -294,4 +296,30 @@ export async function startOneDevice(log: Logger, creds: TestCredentials, o: One
     await stop();
     throw err;
   }
+}
+
+/** The generation outcomes published on a nats-server, as the test reads them (watchOutcomes). */
+export interface OutcomeWatch {
+  /** Every outcome seen so far, decoded, with its subject, in the order they came. */
+  readonly seen: readonly { readonly subject: string; readonly o: GenerationOutcome }[];
+  /** Ends the subscription and closes the connection. */
+  stop(): Promise<void>;
+}
+
+/** Subscribes to every agent's outcomes on the nats-server at `natsUrl` as the test's own NATS user; resolves once nats-server has the subscription. */
+export async function watchOutcomes(creds: TestCredentials, natsUrl: string): Promise<OutcomeWatch> {
+  const nc = await creds.connectNats(natsUrl);
+  const sub = nc.subscribe(Subjects.allOutcomes);
+  const seen: { subject: string; o: GenerationOutcome }[] = [];
+  void (async () => {
+    for await (const m of sub) seen.push({ subject: m.subject, o: GenerationOutcome.decode(m.data) });
+  })();
+  await nc.flush();
+  return {
+    seen,
+    stop: async () => {
+      await sub.drain();
+      await nc.close();
+    },
+  };
 }
