@@ -9,6 +9,7 @@ import {
   solvePrefix,
   type Location,
   type PlacementInstance,
+  type PlacementResult,
 } from './index';
 import { expectDpNeverBeaten, randomRawInstance, randomTransformerInstance, seededRandom } from './random-instances.fixture';
 
@@ -30,6 +31,16 @@ function bruteForce(instance: PlacementInstance): { feasible: boolean; serverWor
     }
   }
   return best ?? { feasible: false, ...fastest };
+}
+
+/** Expects dp's answer on `inst` to have the brute force's feasibility, work and latency; returns that answer. */
+function expectDpIsBruteForce(inst: PlacementInstance): PlacementResult {
+  const want = bruteForce(inst);
+  const got = solveDp(inst);
+  expect(got.feasible).toBe(want.feasible);
+  expect(close(got.serverWork, want.serverWork)).toBe(true);
+  expect(close(got.latencyMs, want.latencyMs)).toBe(true);
+  return got;
 }
 
 /** Greedy written independently from CONTRACT §3's sentence. */
@@ -61,11 +72,7 @@ describe('dp (exact)', () => {
     let infeasibleSeen = 0;
     let multiSwitch = 0;
     for (const inst of instances) {
-      const want = bruteForce(inst);
-      const got = solveDp(inst);
-      expect(got.feasible).toBe(want.feasible);
-      expect(close(got.serverWork, want.serverWork)).toBe(true);
-      expect(close(got.latencyMs, want.latencyMs)).toBe(true);
+      const got = expectDpIsBruteForce(inst);
       if (got.feasible) feasibleSeen++;
       else infeasibleSeen++;
       if (got.switches > 2) multiSwitch++;
@@ -82,11 +89,7 @@ describe('dp (exact)', () => {
     for (const base of cases(23, 80, 12)) {
       const work = base.stages.reduce((a, st) => a + st.serverWork, 0);
       const inst = { ...base, serverEntryWork: work * (0.05 + rnd() * 0.5) };
-      const want = bruteForce(inst);
-      const got = solveDp(inst);
-      expect(got.feasible).toBe(want.feasible);
-      expect(close(got.serverWork, want.serverWork)).toBe(true);
-      expect(close(got.latencyMs, want.latencyMs)).toBe(true);
+      const got = expectDpIsBruteForce(inst);
       const grid = solveDpGrid({ ...inst, resolutionMs: inst.slaMs / 400 });
       if (grid.feasible) expect(grid.serverWork).toBeGreaterThanOrEqual(got.serverWork * (1 - 1e-9));
       if (grid.feasible) expect(grid.latencyMs).toBeLessThanOrEqual(inst.slaMs * (1 + 1e-9));
