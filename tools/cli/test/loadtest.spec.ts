@@ -242,34 +242,12 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
     // Another scenario seed draws other pool prompts: the recording does not hold them.
     const other = join(dir, 'other-seed.json');
     writeFileSync(other, JSON.stringify(scenario({ seed: 6 })));
-    const refused = await run([
-      'loadtest',
-      '--scenario',
-      other,
-      '--model-dir',
-      model.dir,
-      '--nats',
-      nats.url,
-      '--out',
-      join(dir, 'refused-out'),
-      '--replay',
-      file,
-    ]);
+    const replaying = (recording: string): ReturnType<typeof run> =>
+      run(['loadtest', '--scenario', other, '--model-dir', model.dir, '--nats', nats.url, '--out', join(dir, 'refused-out'), '--replay', recording]);
+    const refused = await replaying(file);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/--replay .*replay\.bin must hold every prompt of this scenario's pools .*; 6 of 6 are missing or shorter/);
-    const missing = await run([
-      'loadtest',
-      '--scenario',
-      other,
-      '--model-dir',
-      model.dir,
-      '--nats',
-      nats.url,
-      '--out',
-      join(dir, 'refused-out'),
-      '--replay',
-      join(dir, 'none.bin'),
-    ]);
+    const missing = await replaying(join(dir, 'none.bin'));
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/--replay must name a readable recording, given '.*none\.bin' \(ENOENT\)/);
   }, 180_000);
