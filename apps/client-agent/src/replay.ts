@@ -92,20 +92,21 @@ export class ReplayRecording {
   }
 
   /**
-   * Reads a recording and checks it against the model the agent serves.
-   * @throws ReplayFormatError naming the file and what is wrong.
+   * Reads a recording and checks it against the model the agent serves. `source` is what the
+   * path came as (the agent's variable, or the load test's `--replay`), named in every error.
+   * @throws ReplayFormatError naming the source, the file and what is wrong.
    */
-  static load(path: string, model: { modelId: string; stageCount: number; nEmbd: number; vocabSize: number }): ReplayRecording {
+  static load(path: string, model: { modelId: string; stageCount: number; nEmbd: number; vocabSize: number }, source = 'AGENT_REPLAY_FILE'): ReplayRecording {
     let buf: Buffer;
     try {
       buf = readFileSync(path);
     } catch (err) {
       throw new ReplayFormatError(
-        `AGENT_REPLAY_FILE must name a readable recording, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+        `${source} must name a readable recording, given '${path}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
       );
     }
     const bad = (rule: string): never => {
-      throw new ReplayFormatError(`AGENT_REPLAY_FILE ${path} must be ${rule}`);
+      throw new ReplayFormatError(`${source} ${path} must be ${rule}`);
     };
     if (buf.length < 20 || !buf.subarray(0, 8).equals(MAGIC) || !buf.subarray(buf.length - 8).equals(MAGIC))
       bad('a tandem replay recording (magic TNDRPL01 at both ends)');

@@ -158,7 +158,7 @@ export interface RecordingInfo {
   /** Seconds the recording took; 0 for one an earlier run made (`reused`). */
   readonly recordS: number;
   readonly costs: readonly ReplayStageCost[];
-  /** Made by an earlier run and replayed again (RunOptions.reuseReplay). */
+  /** Made by an earlier run and replayed again (LoadtestOptions.reuseReplay). */
   readonly reused?: boolean;
 }
 
@@ -194,10 +194,9 @@ function reusedRecording(
   const { nEmbd, vocabSize } = manifest.config;
   let rec: ReplayRecording;
   try {
-    rec = ReplayRecording.load(file, { modelId: modelIdOf(modelDir), stageCount: manifest.stages.length, nEmbd, vocabSize });
+    rec = ReplayRecording.load(file, { modelId: modelIdOf(modelDir), stageCount: manifest.stages.length, nEmbd, vocabSize }, '--replay');
   } catch (err) {
-    // Its messages name AGENT_REPLAY_FILE (the agent's variable): here the file came as --replay.
-    throw err instanceof ReplayFormatError ? new ScenarioError(err.message.replace('AGENT_REPLAY_FILE', '--replay'), { cause: err }) : err;
+    throw err instanceof ReplayFormatError ? new ScenarioError(err.message, { cause: err }) : err;
   }
   const recorded = new Map(rec.header.prompts.map((p) => [p.ids.join(','), p.tokens.length]));
   const short = prompts.filter((p) => (recorded.get(p.ids.join(',')) ?? -1) < p.maxNewTokens);
