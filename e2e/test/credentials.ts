@@ -12,13 +12,16 @@ import {
   natsServerConfig,
   natsServiceEnv,
   newSecret,
+  serverSecurityConfig,
+  upstreamSecurityConfig,
+  writeTokensFile,
   type CertificateSet,
   type ClientSecurity,
   type NatsAuth,
   type NatsServerConfig,
   type ServerSecurity,
 } from '@tandem/service-kit';
-import { serverSecurityConfig, startNatsServer, upstreamSecurityConfig, writeTokensFile, type NatsServerHandle } from '@tandem/testkit';
+import { startNatsServer, type NatsServerHandle } from '@tandem/testkit';
 
 // The credentials the end-to-end tests run the services with, as a deployment would
 // (docs/security.md): one test file makes them once, in a private temporary directory, and gives

@@ -36,10 +36,13 @@ export {
   newSecret,
   OPERATOR_IDENTITY,
   serverAuthOptions,
+  serverSecurityConfig,
   serverSecurityEnv,
   TokenTable,
   tokenInterceptor,
+  upstreamSecurityConfig,
   upstreamSecurityEnv,
+  writeTokensFile,
 } from './security';
 export type { ClientSecurity, ClientSecurityFiles, ServerSecurity, ServerSecurityConfig, UpstreamSecurityConfig } from './security';
 export { makeCertificates } from './certs';

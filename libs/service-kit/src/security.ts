@@ -3,10 +3,11 @@
 // file, checked by a server interceptor. Everything here defaults to off (plaintext, no
 // tokens), so a service configured with none of these variables behaves as before.
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { quoted } from '@tandem/protocol';
+import type { CertificateSet } from './certs';
 import { ConfigError, env } from './env';
 import { StatusError } from './errors';
 
@@ -377,3 +378,30 @@ export function serverAuthOptions(tokens: TokenTable | undefined): Partial<grpc.
 export function bindServer(server: grpc.Server, address: string, credentials: grpc.ServerCredentials): Promise<number> {
   return new Promise<number>((resolve, reject) => server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port))));
 }
+
+/** Writes `file` (mode 0600): one 'TOKEN ID' line per entry of `tokens` (id → token), then `operatorToken` as the operator ('*'). */
+export function writeTokensFile(file: string, tokens: Iterable<readonly [id: string, token: string]>, operatorToken: string): void {
+  const lines = [...[...tokens].map(([id, t]) => `${t} ${id}`), `${operatorToken} *`];
+  writeFileSync(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+}
+
+/**
+ * A service's own port on `certs`: TLS with the server certificate, client certificates of
+ * the CA required when `mtls`, and the tokens of `tokensFile` (what the demo and the end-to-end
+ * tests run a service with, as deployed: docs/security.md).
+ */
+export const serverSecurityConfig = (certs: CertificateSet, tokensFile: string, mtls: boolean): ServerSecurityConfig => ({
+  TLS_CERT_FILE: certs.serverCert,
+  TLS_KEY_FILE: certs.serverKey,
+  TLS_CA_FILE: certs.caCert,
+  TLS_CLIENT_AUTH: mtls ? 'require' : 'none',
+  AUTH_TOKENS_FILE: tokensFile,
+});
+
+/** An agent's calls upstream on `certs`: trust the CA, present the client certificate, send `token`. */
+export const upstreamSecurityConfig = (certs: CertificateSet, token: string): UpstreamSecurityConfig => ({
+  UPSTREAM_TLS_CA_FILE: certs.caCert,
+  UPSTREAM_TLS_CERT_FILE: certs.clientCert,
+  UPSTREAM_TLS_KEY_FILE: certs.clientKey,
+  UPSTREAM_TOKEN: token,
+});

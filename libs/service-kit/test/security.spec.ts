@@ -11,6 +11,7 @@ import {
   makeCertificates,
   newSecret,
   TokenTable,
+  writeTokensFile,
   type CertificateSet,
   type ServerSecurityConfig,
 } from '../src';
@@ -84,6 +85,21 @@ describe('TLS and token configuration (service-kit security)', () => {
       "--tls-ca must name a readable file, given '/nonexistent/ca.crt' (no such file)",
     );
     for (const m of [...p, ...mismatch]) expect(Buffer.byteLength(m)).toBeLessThan(1024);
+  });
+
+  it('writes a tokens file (mode 0600) that the tokens file parser reads back, the operator as *', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tandem-tokens-'));
+    try {
+      const file = path.join(dir, 'tokens');
+      writeTokensFile(file, [['alice', 'alice-token-0123456789']], 'operator-token-0123456789');
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      const t = TokenTable.parse(readFileSync(file, 'utf8'));
+      expect(t.size).toBe(2);
+      expect(t.identityOf('alice-token-0123456789')).toBe('alice');
+      expect(t.identityOf('operator-token-0123456789')).toBe('*');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('parses a tokens file and names the line and rule of a bad one, never the token', () => {

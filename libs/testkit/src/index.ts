@@ -20,7 +20,6 @@ export { EXECUTOR_SETTINGS, PLAN_SETTINGS, PLANNER_SETTINGS } from './settings';
 export { capturingLogger } from './logs';
 export { docJsonBlock } from './docs';
 export { healthStatus } from './health';
-export { serverSecurityConfig, upstreamSecurityConfig, writeTokensFile } from './security';
 export { wholeModelMetadata } from './oip';
 export { serverGeneration } from './sessions';
 export type { LogLine } from './logs';

@@ -1,7 +1,15 @@
 import * as path from 'node:path';
 import type { LaunchOptions } from '@tandem/launcher';
-import { makeCertificates, newSecret, type CertificateSet, type ServerSecurityConfig, type UpstreamSecurityConfig } from '@tandem/service-kit';
-import { serverSecurityConfig, upstreamSecurityConfig, writeTokensFile } from '@tandem/testkit';
+import {
+  makeCertificates,
+  newSecret,
+  serverSecurityConfig,
+  upstreamSecurityConfig,
+  writeTokensFile,
+  type CertificateSet,
+  type ServerSecurityConfig,
+  type UpstreamSecurityConfig,
+} from '@tandem/service-kit';
 import { DEMO_DEVICES, DEMO_REQUEST_CLASSES, DEMO_SLA_OVERRIDES, type DemoDevice } from './devices';
 import { DEMO_EXECUTOR_ID } from './nats';
 
