@@ -598,7 +598,10 @@ describe('faults with real services as child processes', () => {
         // Every generation that ran resumed and completed with the undisturbed tokens, far inside its deadline.
         expect(outcomes.map((o) => o.error?.details)).toEqual(BLACKHOLE_JOBS.map(() => undefined));
         outcomes.forEach((o, i) => expect(o.ids).toEqual(refs[i].ids));
-        for (const o of outcomes) expect(o.ms).toBeLessThan(deadlineMs / 2);
+        // Far inside: each took about what it took undisturbed plus the time to find the link
+        // dead, not its deadline (a fixed fraction of the deadline failed on a machine where the
+        // undisturbed 1019 tokens alone took 12.9 s).
+        outcomes.forEach((o, i) => expect(o.ms).toBeLessThan(refs[i].ms * 1.5 + bound));
         // The one caught on the dead link had no session to resume: it ends when the link is found dead, with a clear status, not at its deadline.
         if (lateOutcome.error) {
           expect(lateOutcome.error.code).toBe(grpc.status.UNAVAILABLE);

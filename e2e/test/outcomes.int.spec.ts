@@ -175,9 +175,11 @@ describe('the planner closes the loop on a real agent whose generations miss', (
       cls: { expectedNewTokens: 6, slaMs: 1 },
       planner: { calibrator },
       agent: {
-        // 20 ms each way: every placement that uses the server is clearly slower than the device
-        // alone, so only outcomes (not a server figure moving under load) can move the plan.
-        link: new LinkEmulator({ latencyMs: 20, bytesPerMs: 0 }, { latencyMs: 20, bytesPerMs: 0 }),
+        // 150 ms each way: every placement that uses the server is slower than the device alone
+        // by far more than a loaded machine slows the device's measured stages (a generation on
+        // the device takes 15-85 ms here; 20 ms each way once let the device's own slowed figures
+        // move the plan before any outcome did), so only outcomes can move the plan.
+        link: new LinkEmulator({ latencyMs: 150, bytesPerMs: 0 }, { latencyMs: 150, bytesPerMs: 0 }),
         deadlineMs: 10_000,
       },
     });
