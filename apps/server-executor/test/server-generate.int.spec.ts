@@ -19,8 +19,13 @@ describe('server-side generation (generate) on a real executor', () => {
   let stageCount: number;
   /** Batching on, the model's full context. */
   let a: TestExecutor;
-  /** Batching off and a short idle timeout. */
+  /** Batching off. */
   let b: TestExecutor;
+  /**
+   * Batching off and a short idle timeout, for the idle test alone: on b it ended the sessions of
+   * a busy test whose client, on a loaded machine, took longer than 150 ms to send its next step.
+   */
+  let c: TestExecutor;
   const expected = new Map<number[], number[]>();
   const session = (e: TestExecutor, deadlineMs?: number): TestSession => e.session(deadlineMs);
 
@@ -63,7 +68,8 @@ describe('server-side generation (generate) on a real executor', () => {
   beforeAll(async () => {
     model = await makeTempModel();
     a = await startExecutor(model.dir, { batching: true });
-    b = await startExecutor(model.dir, { batching: false, idleTimeoutMs: 150 });
+    b = await startExecutor(model.dir, { batching: false });
+    c = await startExecutor(model.dir, { batching: false, idleTimeoutMs: 150 });
     const pipe = await SplitPipeline.load(model.dir, 'SSSSSS');
     stageCount = pipe.manifest.stages.length;
     for (const p of PROMPTS) expected.set(p, await pipe.generate(p, { maxNewTokens: NEW_TOKENS }));
@@ -71,11 +77,11 @@ describe('server-side generation (generate) on a real executor', () => {
   });
 
   afterEach(async () => {
-    await Promise.all([a.cancelSessions(3000), b.cancelSessions(3000)]);
+    await Promise.all([a, b, c].map((e) => e?.cancelSessions(3000)));
   });
 
   afterAll(async () => {
-    for (const e of [a, b]) await e?.stop();
+    for (const e of [a, b, c]) await e?.stop();
     model?.remove();
   });
 
@@ -158,14 +164,14 @@ describe('server-side generation (generate) on a real executor', () => {
   });
 
   it('does not idle a session out while the server decodes it, and does once it is done', async () => {
-    const s = session(b);
+    const s = session(c);
     s.open();
     await s.next(1);
     const t0 = Date.now();
-    // 600 tokens: several times b's idle timeout even on a quiet machine (200 took 147 ms)
+    // 600 tokens: several times c's idle timeout even on a quiet machine (200 took 147 ms)
     s.generate(1, ids(5), 600);
     await s.next(601);
-    // longer than b's idle timeout of 150 ms, yet every token came
+    // longer than c's idle timeout of 150 ms, yet every token came
     expect(Date.now() - t0).toBeGreaterThan(150);
     expect(s.tokens()).toHaveLength(600);
     // not half-closed: the idle timeout applies again
