@@ -154,8 +154,15 @@ describe('tandem loadtest end to end (tiny model, real services)', () => {
 
   // Two repeats of three policies: about 100 s on a quiet 2-core machine, more on a busy one.
   it('runs each policy on the same trace per repeat, with replayed devices, and reports ratios with their spread', async () => {
+    const began = Date.now();
     const { out, r } = await runTiny('smoke', ['--repeats', '2', '--policies', 'server-only,greedy,dp']);
+    const ended = Date.now();
     const json = JSON.parse(r.stdout);
+    // Each run's trace started during this test, each after the one before: its records' times can be set beside other logs.
+    const starts: number[] = json.runs.map((x: { traceStartUnixMs: number }) => x.traceStartUnixMs);
+    expect(starts[0]).toBeGreaterThan(began);
+    expect(starts[starts.length - 1]).toBeLessThan(ended);
+    starts.slice(1).forEach((t, i) => expect(t).toBeGreaterThan(starts[i]));
     expect(json).toEqual(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')));
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     expect(md).toContain('| repeat | policy |');

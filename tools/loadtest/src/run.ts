@@ -108,6 +108,12 @@ export interface RateResult {
   readonly seed: number;
   readonly policy: Policy;
   readonly rate: number;
+  /**
+   * The Unix time (ms) of the trace's start: records' `sentMs` count from it, so a request's
+   * tokens can be set beside what other tools logged at the same moments (the services'
+   * metrics, system monitors). Absent from runs.json files written before it was kept.
+   */
+  readonly traceStartUnixMs?: number;
   readonly stats: RunStats;
   /** Executor process CPU (user + system) over the run, s. */
   readonly serverCpuS: number;
@@ -456,11 +462,11 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
           let records: RequestRecord[];
           let unattributed = 0;
+          const unixAtT0 = Date.now() - performance.now() + traceT0;
           if (nExec > 1) {
             // Outcomes are published as generations end: wait (a little) for the last ones.
             const planned = sent.filter((r) => (r.planEpoch ?? 0) > 0).length;
             for (let waited = 0; outcomes.length < planned && waited < 2000; waited += 50) await sleep(50);
-            const unixAtT0 = Date.now() - performance.now() + traceT0;
             ({ records, unmatched: unattributed } = attributeExecutors(sent, outcomes, {
               agentOf: agentId,
               traceStartUnixMs: unixAtT0,
@@ -479,6 +485,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             seed,
             policy,
             rate,
+            traceStartUnixMs: Math.round(unixAtT0),
             stats,
             serverCpuS,
             serverCpuPerRequestS: stats.completed > 0 ? serverCpuS / stats.completed : null,
