@@ -364,6 +364,35 @@ describe('StageScheduler', () => {
       expect(engine.calls[0]).toEqual({ stage: 0, batch: 2 });
     });
 
+    it('runs a decode loop stage by stage while another step is under way deeper, so it does not pass that step call after call', async () => {
+      for (const batching of [true, false]) {
+        // maxWaitMs out of reach: only the fusing rule can let b run while a decodes
+        const engine = new FusedEngine();
+        const sched = new StageScheduler(engine, { batching, maxBatch: 8, maxWaitMs: 1e9, now: () => engine.clock });
+        let aTokens = 0;
+        // a decodes 20 tokens on the server, each step submitted as soon as the last resolves
+        const a = (async (): Promise<void> => {
+          for (let i = 0; i < 20; i++) {
+            await sched.submit('a', 0, 6, tensor(0), cache());
+            aTokens++;
+          }
+        })();
+        await new Promise((r) => setImmediate(r));
+        let aTokensWhenBDone = -1;
+        // b's server range starts at stage 3 (its first stages ran on its client): deeper than a's every step
+        const b = sched.submit('b', 3, 6, tensor(0), cache()).then((o) => {
+          aTokensWhenBDone = aTokens;
+          return o;
+        });
+        await Promise.all([a, b]);
+        expect([...((await b).tensor.data as Float32Array)]).toEqual([15, 15]);
+        // a's first step was fused before b came; its second catches up with b at stage 3 and they go on together
+        expect({ batching, aTokensWhenBDone }).toEqual({ batching, aTokensWhenBDone: 2 });
+        // once b is done, a is alone again and fuses
+        expect(engine.ranges.length).toBeGreaterThanOrEqual(17);
+      }
+    });
+
     it('lets a step that waited maxWaitMs run before shallower ones, so deep steps are not starved', async () => {
       const run = async (maxWaitMs: number): Promise<{ deepDone: boolean }> => {
         const engine = new FusedEngine();
@@ -598,6 +627,11 @@ describe('schedule: the decision alone, without an engine', () => {
     expect(schedule([lone, other], 0, KINDS, policy)).toEqual({ steps: [lone, other], stage: 0, fused: false });
     expect(schedule([lone, other], 0, KINDS, { ...policy, batching: false })).toEqual({ steps: [lone], stage: 0, fused: true });
     expect(schedule([step(2, { begin: 0, fusable: true })], 0, KINDS, policy).fused).toBe(false);
+    // not past a step under way deeper, batching on or off
+    const deeper = step(3, { begin: 1 });
+    expect(schedule([lone, deeper], 0, KINDS, policy)).toEqual({ steps: [lone], stage: 0, fused: false });
+    expect(schedule([lone, deeper], 0, KINDS, { ...policy, batching: false })).toEqual({ steps: [lone], stage: 0, fused: false });
+    expect(schedule([lone, step(3)], 0, KINDS, { ...policy, batching: false }).fused).toBe(false);
     expect(schedule([step(0, { fusable: true, tokens: 8 })], 0, KINDS, { ...policy, longStepTokens: 4 }).fused).toBe(false);
   });
 });

@@ -151,7 +151,8 @@ export interface LongCall {
  * the policy StageScheduler describes, as a pure function (O(queue length)). The pool is every
  * waiting step, or only the short ones or only the long ones while both wait (interleaving). The
  * head is the step of the pool that waited `maxWaitMs` since its last call, else the oldest at the
- * shallowest stage; it runs fused when it may and no other step of the pool waits at its stage.
+ * shallowest stage; it runs fused when it may and no other step of the pool waits, except,
+ * with batching off, steps not yet started at its own stage.
  * Else steps of the pool at its stage join it in queue order when that stage is position-wise,
  * within `maxBatch` steps and, beyond the head, `maxBatchTokens` tokens (a step that does not fit
  * waits; the oldest heads the next batch there, so a long step is not passed over twice).
@@ -184,7 +185,12 @@ export function schedule<S extends QueuedStep>(
   }
   if (now - longest.lastRanAtMs >= (policy.maxWaitMs ?? 200)) head = longest;
   const stage = head.stage;
-  const fused = head.fusable && stage === head.begin && !isLong(head) && (!policy.batching || !pool.some((j) => j !== head && j.stage === stage));
+  // Fused only when nothing else in the pool is under way or deeper: a fused call finishes the
+  // head's token at once, and a server-side decode loop resubmits its next step at the first
+  // stage before the next pick, so fusing past deeper steps lets one session take call after
+  // call while those wait for maxWaitMs (token stalls of 100-320 ms measured under load).
+  const alone = pool.every((j) => j === head || (!policy.batching && j.stage === stage && j.stage === j.begin));
+  const fused = head.fusable && stage === head.begin && !isLong(head) && alone;
   if (fused || !policy.batching || kinds[stage] === 'attn') return { steps: [head], stage, fused };
   const maxTokens = policy.maxBatchTokens ?? Number.POSITIVE_INFINITY;
   const steps: S[] = [head];
@@ -218,9 +224,14 @@ export function schedule<S extends QueuedStep>(
  *
  * Fused steps: a step picked before it started whose whole range the engine has fused
  * (`hasFusedRange(begin, end)`) runs as ONE engine call (`runRange`) when no other step waits
- * at its first stage (or batching is off), i.e. when it would run alone anyway: that saves
- * the per-stage call overhead (for gpt2, 26 calls and thread hops per token). When others
- * wait there, it runs stage by stage and batches with them as above. After a call that
+ * (with batching off: none but steps not yet started at its first stage), i.e. when it would
+ * run alone anyway: that saves the per-stage call overhead (for gpt2, 26 calls and thread hops
+ * per token). When others wait, it runs stage by stage: it batches with those at its stage as
+ * above, and catches up with those deeper, which go on at its pace. Fusing past deeper steps
+ * starved them: a server-side decode loop resubmits at the first stage before the next pick,
+ * so one session took fused call after call while the steps under way waited for `maxWaitMs`
+ * (a load test at 5 req/s saw every session of one agent get no token for 100-320 ms while
+ * another's came every 5 ms). After a call that
  * finished steps, the scheduler yields one event-loop turn before picking the next call, so
  * that sessions decoding on the server submit their next step first and can be batched
  * (continuous batching) rather than alternate in fused calls.
