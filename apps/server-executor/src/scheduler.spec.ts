@@ -393,6 +393,32 @@ describe('StageScheduler', () => {
       }
     });
 
+    it('lets a step under way finish before a step that could run fused starts, which then runs fused', async () => {
+      const { engine, sched } = make();
+      const order: string[] = [];
+      // c runs stage by stage (it may not fuse); a's steps arrive once c's first call is under way
+      let open!: () => void;
+      engine.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const c = sched.submit('c', 0, 6, tensor(0), cache(), { fuse: false }).then(() => order.push('c'));
+      await new Promise((r) => setImmediate(r));
+      expect(engine.calls).toHaveLength(1); // c's first call, held at the gate
+      engine.gate = undefined;
+      const a = (async (): Promise<void> => {
+        for (let i = 0; i < 3; i++) {
+          await sched.submit('a', 0, 6, tensor(0), cache());
+          order.push(`a${i}`);
+        }
+      })();
+      open();
+      await Promise.all([a, c]);
+      expect(order).toEqual(['c', 'a0', 'a1', 'a2']);
+      // every one of a's steps fused: none paid the stage-by-stage calls of catching up with c
+      expect(engine.ranges).toHaveLength(3);
+      expect(engine.calls.map((x) => x.batch)).toEqual([1, 1, 1, 1, 1, 1]);
+    });
+
     it('lets a step that waited maxWaitMs run before shallower ones, so deep steps are not starved', async () => {
       const run = async (maxWaitMs: number): Promise<{ deepDone: boolean }> => {
         const engine = new FusedEngine();
@@ -627,10 +653,14 @@ describe('schedule: the decision alone, without an engine', () => {
     expect(schedule([lone, other], 0, KINDS, policy)).toEqual({ steps: [lone, other], stage: 0, fused: false });
     expect(schedule([lone, other], 0, KINDS, { ...policy, batching: false })).toEqual({ steps: [lone], stage: 0, fused: true });
     expect(schedule([step(2, { begin: 0, fusable: true })], 0, KINDS, policy).fused).toBe(false);
-    // not past a step under way deeper, batching on or off
-    const deeper = step(3, { begin: 1 });
-    expect(schedule([lone, deeper], 0, KINDS, policy)).toEqual({ steps: [lone], stage: 0, fused: false });
-    expect(schedule([lone, deeper], 0, KINDS, { ...policy, batching: false })).toEqual({ steps: [lone], stage: 0, fused: false });
+    // never past another step: one under way finishes first, batching on or off ...
+    const underWay = step(3, { begin: 1 });
+    expect(schedule([lone, underWay], 0, KINDS, policy)).toEqual({ steps: [underWay], stage: 3, fused: false });
+    expect(schedule([lone, underWay], 0, KINDS, { ...policy, batching: false })).toEqual({ steps: [underWay], stage: 3, fused: false });
+    // ... unless the waiting step has waited maxWaitMs: it runs, stage by stage
+    expect(schedule([lone, { ...underWay, lastRanAtMs: 150 }], 200, KINDS, policy)).toEqual({ steps: [lone], stage: 0, fused: false });
+    // ... and past one not yet started deeper it catches up stage by stage
+    expect(schedule([lone, step(3)], 0, KINDS, policy)).toEqual({ steps: [lone], stage: 0, fused: false });
     expect(schedule([lone, step(3)], 0, KINDS, { ...policy, batching: false }).fused).toBe(false);
     expect(schedule([step(0, { fusable: true, tokens: 8 })], 0, KINDS, { ...policy, longStepTokens: 4 }).fused).toBe(false);
   });
