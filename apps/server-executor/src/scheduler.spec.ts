@@ -364,7 +364,7 @@ describe('StageScheduler', () => {
       expect(engine.calls[0]).toEqual({ stage: 0, batch: 2 });
     });
 
-    it('runs a decode loop stage by stage while another step is under way deeper, so it does not pass that step call after call', async () => {
+    it('runs a decode loop stage by stage while a deeper step not yet started waits, so it does not pass that step call after call', async () => {
       for (const batching of [true, false]) {
         // maxWaitMs out of reach: only the fusing rule can let b run while a decodes
         const engine = new FusedEngine();
