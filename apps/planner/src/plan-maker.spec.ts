@@ -2,6 +2,7 @@ import type { ClassPlacement, ClientProfile, ServerLoad } from '@tandem/protocol
 import {
   evaluateGeneration,
   evaluatePhased,
+  phaseEntryWork,
   placementFromLetters as fromLetters,
   placementToLetters as toLetters,
   planKey,
@@ -699,6 +700,22 @@ describe('PlanMaker with dp-phased and a least saving', () => {
     expect(maker(0).instance(client(10), { ...withKv, overhead: { ...withKv.overhead, samples: 9 } }, LONG)!.kvHandover).toBeUndefined();
     const dp = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp', serverEntryMs: 0 }));
     expect(dp.instance(client(10), withKv, LONG)!.kvHandover).toBeUndefined();
+  });
+
+  it("prices a prefill's entry with the prompt's hidden states and a decode's with one token's, their mean the generation's entry", () => {
+    const load = fitted(0.01, 0.02, 0.1);
+    const inst = maker(0).instance(client(10), load, LONG)!;
+    const n = inst.promptTokens;
+    const hiddenKib = Math.max(...KV_STAGES.map((s) => s.inBytesPerToken)) / 1024;
+    // 0.1 ms per message each way, 0.03 ms per KiB in and out.
+    expect(inst.serverPrefillEntryWork).toBeCloseTo(0.2 + n * hiddenKib * 0.03, 9);
+    expect(inst.serverPrefillEntryWork).toBeGreaterThan(2 * inst.serverEntryWork!);
+    // The decode passes' entries take the rest of the mean: one token's hidden state each.
+    expect(phaseEntryWork(inst).decode).toBeCloseTo(0.2 + hiddenKib * 0.03, 9);
+    // Not before the fit rests on enough intervals (every entry is serverEntryMs then), and never for dp.
+    expect(maker(0).instance(client(10), { ...load, overhead: { ...load.overhead!, samples: 9 } }, LONG)!.serverPrefillEntryWork).toBeUndefined();
+    const dp = new PlanMaker(makerOptions({ stages: KV_STAGES, classes: [LONG], slaMargin: 1, algorithm: 'dp', serverEntryMs: 0 }));
+    expect(dp.instance(client(10), load, LONG)!.serverPrefillEntryWork).toBeUndefined();
   });
 
   it('gives the answers it gave before the hand-over was priced when its coefficients are zero', () => {

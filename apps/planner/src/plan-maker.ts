@@ -428,7 +428,7 @@ export class PlanMaker {
       ...(utilisation !== 0 ? queueOf(server, longPrompt) : {}),
       resolutionMs: this.opts.resolutionMs,
       ...(entry > 0 ? { serverEntryWork: entry } : {}),
-      ...(this.opts.algorithm === PHASED_ALGORITHM ? this.kvHandover(server) : {}),
+      ...(this.opts.algorithm === PHASED_ALGORITHM ? { ...this.kvHandover(server), ...this.prefillEntry(server, n, entry) } : {}),
     };
   }
 
@@ -453,6 +453,20 @@ export class PlanMaker {
       },
     };
   }
+  /**
+   * Server work of one entry to the server in a phased plan's prefill pass, ms: the fitted
+   * overhead per message each way and the prompt's n hidden states in and out (`entry`, the
+   * mean over the passes, averages them with the decode passes' single tokens, which prices a
+   * prefill that enters the server at every other stage as if each entry carried a few tokens).
+   * Nothing before the fit rests on {@link MIN_OVERHEAD_SAMPLES} busy intervals: every entry is
+   * then `serverEntryMs`.
+   */
+  prefillEntry(server: ServerLoad, n: number, entry: number): { serverPrefillEntryWork?: number } {
+    const o = server.overhead;
+    if (!o || o.samples < MIN_OVERHEAD_SAMPLES || entry <= 0) return {};
+    return { serverPrefillEntryWork: o.msPerMessageIn + o.msPerMessageOut + n * this.hiddenKib * (o.msPerKibIn + o.msPerKibOut) };
+  }
+
   /**
    * Server work of one hand-over to the server per pass, ms: the executor's fitted overhead
    * (ServerLoad.overhead: per message each way and per KiB each way) once it rests on at

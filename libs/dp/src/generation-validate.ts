@@ -140,7 +140,8 @@ export function isPhasedInstance(value: unknown, pathPrefix = ''): boolean {
 
 /**
  * {@link validateGenerationInstance} for an instance marked `"phased": true`: the same rules,
- * and the marker kept on the copy.
+ * and the marker kept on the copy; besides, `kvHandover` and `serverPrefillEntryWork` (at most
+ * (decodeSteps + 1) × serverEntryWork).
  * @throws InstanceValidationError naming the field, the rule and the value given. O(S).
  */
 export function validatePhasedInstance(value: unknown, pathPrefix = ''): PhasedInstance {
@@ -161,6 +162,18 @@ export function validatePhasedInstance(value: unknown, pathPrefix = ''): PhasedI
       if (v !== undefined) cost[k] = v;
     }
     out.kvHandover = cost;
+  }
+  const prefillEntry = isRecord(value) ? optionalNumber(value, 'serverPrefillEntryWork', pathPrefix, false) : undefined;
+  if (prefillEntry !== undefined) {
+    // The decode entries take the rest of the mean (phaseEntryWork): it cannot go below 0.
+    const most = (out.decodeSteps + 1) * (out.serverEntryWork ?? 0);
+    if (prefillEntry > most)
+      throw new InstanceValidationError(
+        `${pathPrefix}serverPrefillEntryWork`,
+        `must be at most (decodeSteps + 1) × serverEntryWork = ${most} (serverEntryWork is the mean entry over the generation's passes)`,
+        prefillEntry,
+      );
+    out.serverPrefillEntryWork = prefillEntry;
   }
   return out;
 }

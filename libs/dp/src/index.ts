@@ -42,7 +42,7 @@ export type {
   WholeModelCost,
 } from './generation';
 export { isGenerationInstance, isPhasedInstance, validateGenerationInstance, validatePhasedInstance } from './generation-validate';
-export { PHASED_ALGORITHM, evaluatePhased, handoverWork, phasedResultOf } from './phased';
+export { PHASED_ALGORITHM, evaluatePhased, handoverWork, phaseEntryWork, phasedResultOf } from './phased';
 export type { HandoverInstance, KvHandoverCost, PhasedCost, PhasedInstance, PhasedResult } from './phased';
 export { solvePhasedAndSingle, solvePhasedDp } from './phased-dp';
 export { fastestGenerationPlacement, solveGenerationDp, solveGenerationDpBelow } from './generation-dp';

@@ -2,7 +2,16 @@ import { transferMs } from './evaluate';
 import { betterGeneration, pinnedToClient, queueWaits, serverWherever, sloRatio, type GenerationResult, type Slo } from './generation';
 import { FinalPick, Staircase, solveGenerationDp } from './generation-dp';
 import { grown } from './grown';
-import { PHASED_ALGORITHM, evaluatePhased, handoverWork, phasedResultOf, streamedDecode, type HandoverInstance, type PhasedResult } from './phased';
+import {
+  PHASED_ALGORITHM,
+  evaluatePhased,
+  handoverWork,
+  phaseEntryWork,
+  phasedResultOf,
+  streamedDecode,
+  type HandoverInstance,
+  type PhasedResult,
+} from './phased';
 import type { Location } from './types';
 
 /** Slack on the pruning bounds, wider than the equality tolerance so pruning never drops a label the final check would accept. */
@@ -248,7 +257,9 @@ interface Prepared {
   readonly S: number;
   readonly n: number;
   readonly m: number;
-  readonly entry: number;
+  /** The server work of one entry in the prefill pass and in a decode pass ({@link phaseEntryWork}). */
+  readonly entryP: number;
+  readonly entryD: number;
   readonly serverDecoding: boolean;
   readonly finalDown: number;
   /** Only E2E stated (see {@link phasedPass}). */
@@ -297,7 +308,7 @@ function preparePhased(inst: HandoverInstance): Prepared {
   const n = inst.promptTokens;
   const m = inst.decodeSteps;
   const queue = queueWaits(inst);
-  const entry = inst.serverEntryWork ?? 0;
+  const { prefill: entryP, decode: entryD } = phaseEntryWork(inst);
   const serverDecoding = inst.serverDecoding ?? true;
   const finalDown = transferMs(downlink, inst.outBytesPerPass);
   const tables = workspace ?? (workspace = new Workspace());
@@ -329,7 +340,7 @@ function preparePhased(inst: HandoverInstance): Prepared {
   allDW[0] = 0;
   for (let i = 0; i < S; i++) {
     allD[i + 1] = allD[i] + (i === 0 ? upD[0] : 0) + sD[i];
-    allDW[i + 1] = allDW[i] + m * (sDW[i] + (i === 0 ? entry : 0));
+    allDW[i + 1] = allDW[i] + m * (sDW[i] + (i === 0 ? entryD : 0));
   }
   const loop = streamedDecode(inst);
   // A D_ALL label's decode is still open: it leaves the all-server decode at a later stage j
@@ -346,7 +357,8 @@ function preparePhased(inst: HandoverInstance): Prepared {
     S,
     n,
     m,
-    entry,
+    entryP,
+    entryD,
     serverDecoding,
     finalDown,
     e2eOnly: slo.ttftMs === undefined && slo.tpotMs === undefined,
@@ -388,7 +400,7 @@ function preparePhased(inst: HandoverInstance): Prepared {
  * least SLO ratio.
  */
 function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): { prefill: Location[]; decode: Location[] } | undefined {
-  const { S, m, entry, serverDecoding, finalDown, e2eOnly, pinned, loop } = p;
+  const { S, m, entryP, entryD, serverDecoding, finalDown, e2eOnly, pinned, loop } = p;
   const { cP, sP, sPW, cD, sD, sDW, upP, downP, upD, downD, kv, kvUpMs, kvDownMs, hwUp, hwDown } = p;
   const { restPc, restPs, restDc, restDs, allD, allDW, openG, openW, upLatency, downLatency } = p;
   // With only E2E stated, TTFT and G matter only as their sum: labels then keep TTFT at 0 and
@@ -432,7 +444,7 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
           let addW = 0;
           if (psServer) {
             addT += (!pPrevServer ? upP[i] : 0) + sP[i];
-            addW += sPW[i] + (!pPrevServer ? entry : 0);
+            addW += sPW[i] + (!pPrevServer ? entryP : 0);
           } else addT += (pPrevServer ? downP[i] : 0) + cP[i];
           const dAll = (cell & D_ALL) !== 0 && dsServer;
           let pass = 0;
@@ -443,7 +455,7 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
             }
             if (dsServer) {
               pass += (!dPrevServer ? upD[i] : 0) + sD[i];
-              addW += m * (sDW[i] + (!dPrevServer ? entry : 0));
+              addW += m * (sDW[i] + (!dPrevServer ? entryD : 0));
             } else pass += (dPrevServer ? downD[i] : 0) + cD[i];
           }
           let addG = m * pass;
@@ -613,7 +625,7 @@ function phasedPass(p: Prepared, slo: Slo, lim: Limits, feasibleOnly: boolean): 
     const down = (cell & KV_DOWN) !== 0;
     // The decode passes and the hand-over, in the label's terms: m · pass + hand-over.
     let rest = (up ? upLatency : 0) + (streamed ? p.tokenUpMs + finalDown : 0) + (down ? downLatency : 0);
-    let restW = entry * ((up ? 1 : 0) + (down ? 1 : 0));
+    let restW = entryD * ((up ? 1 : 0) + (down ? 1 : 0));
     if (streamed) {
       rest += m * loop.ms;
       restW += m * loop.work;

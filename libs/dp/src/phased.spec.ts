@@ -7,6 +7,7 @@ import {
   sloRatio,
   solveGenerationDp,
   handoverWork,
+  phaseEntryWork,
   solvePhasedAndSingle,
   solvePhasedDp,
   validatePhasedInstance,
@@ -60,9 +61,12 @@ function cases(seed: number, count: number, maxStages: number): HandoverInstance
       ...(k % 4 === 1 ? { wholeModel: [[0.6, 0.9, 1.3][k % 3], [0.7, 1.0, 1.6, 0.5][k % 4]] as const } : {}),
       kv: true,
     });
-    if (k % 3 === 0) return inst;
+    // One in four also prices the prefill's entries apart (up to (m + 1) times the mean entry).
+    const entries = k % 4 === 2 ? { serverPrefillEntryWork: rnd() * (inst.decodeSteps + 1) * (inst.serverEntryWork ?? 0) } : {};
+    if (k % 3 === 0) return { ...inst, ...entries };
     return {
       ...inst,
+      ...entries,
       kvHandover: {
         msPerMessageIn: rnd() * 2,
         msPerMessageOut: rnd() * 2,
@@ -143,6 +147,36 @@ describe('evaluatePhased', () => {
     // A move-free pair and a single placement cost nothing more.
     expect(evaluatePhased(inst, ['server', 'server', 'server'], ['client', 'server', 'server']).handoverWork).toBe(0);
     expect(evaluatePhased(inst, ['client', 'server', 'client'], ['client', 'server', 'client']).handoverWork).toBe(0);
+  });
+
+  it("prices the prefill's entries apart from the decode's by hand, and a pair whose phases agree as the generation does", () => {
+    // Mean entry 2 over the 21 passes (42 per stage entered each pass); the prefill's entry 10,
+    // so a decode entry is (42 - 10) / 20 = 1.6.
+    const inst = { ...WORKED, serverEntryWork: 2, serverPrefillEntryWork: 10 };
+    expect(phaseEntryWork(inst)).toEqual({ prefill: 10, decode: 1.6 });
+    const down = evaluatePhased(inst, ['client', 'server', 'client'], ['client', 'client', 'client']);
+    // The block's prefill 20, its entry 10, the hand-over down one decode entry 1.6.
+    expect(down.serverWork).toBeCloseTo(31.6, 9);
+    // Priced at the mean, the same pair was 20 + 2 + 2.
+    expect(evaluatePhased({ ...WORKED, serverEntryWork: 2 }, ['client', 'server', 'client'], ['client', 'client', 'client']).serverWork).toBeCloseTo(24, 9);
+    // A stepped decode of the block: 20 + 10 in the prefill, 20 x (2 + 1.6) after, nothing handed over but the token.
+    const stepped = evaluatePhased({ ...inst, serverDecoding: false }, ['client', 'server', 'client'], ['client', 'server', 'client']);
+    const split = evaluateGeneration({ ...inst, serverDecoding: false }, ['client', 'server', 'client']);
+    // Phases that agree: the generation's figures, 20 + 20 x 2 + 21 x 2 = 102, the same as 30 + 20 x 3.6.
+    expect(stepped.serverWork).toBe(split.serverWork);
+    expect(split.serverWork).toBeCloseTo(102, 9);
+    expect(30 + 20 * 3.6).toBeCloseTo(split.serverWork, 9);
+    // dp-phased picks the same pair at its new price.
+    const r = solvePhasedDp(inst);
+    expect([r.prefillPlacement, r.decodePlacement]).toEqual([
+      ['client', 'server', 'client'],
+      ['client', 'client', 'client'],
+    ]);
+    expect(r.serverWork).toBeCloseTo(31.6, 9);
+    // Without decode passes, or unset, every entry is the mean; a figure above the bound is taken as it.
+    expect(phaseEntryWork({ ...inst, decodeSteps: 0 })).toEqual({ prefill: 2, decode: 2 });
+    expect(phaseEntryWork({ ...WORKED, serverEntryWork: 2 })).toEqual({ prefill: 2, decode: 2 });
+    expect(phaseEntryWork({ ...inst, serverPrefillEntryWork: 50 })).toEqual({ prefill: 42, decode: 0 });
   });
 
   it('moves nothing for a stage without a KV cache; the loop of the server starts with one crossing each way, whatever ran the prefill', () => {
@@ -313,6 +347,13 @@ describe('phased instances', () => {
     );
     expect(() => validatePhasedInstance({ ...WORKED, phased: true, kvHandover: { msPerMessageOut: -0.5 } })).toThrow(
       'kvHandover.msPerMessageOut must be a finite number >= 0, given -0.5',
+    );
+    expect(validatePhasedInstance({ ...WORKED, phased: true, serverEntryWork: 2, serverPrefillEntryWork: 10 }).serverPrefillEntryWork).toBe(10);
+    expect(() => validatePhasedInstance({ ...WORKED, phased: true, serverEntryWork: 2, serverPrefillEntryWork: 43 })).toThrow(
+      "serverPrefillEntryWork must be at most (decodeSteps + 1) × serverEntryWork = 42 (serverEntryWork is the mean entry over the generation's passes), given 43",
+    );
+    expect(() => validatePhasedInstance({ ...WORKED, phased: true, serverPrefillEntryWork: -1 })).toThrow(
+      'serverPrefillEntryWork must be a finite number >= 0, given -1',
     );
   });
 });

@@ -37,6 +37,30 @@ export interface KvHandoverCost {
 export interface HandoverInstance extends GenerationInstance {
   /** Server work of a hand-over (default: none beyond its entries). */
   readonly kvHandover?: KvHandoverCost;
+  /**
+   * Server work of one entry to the server in the prefill pass, ms, when a plan's phases
+   * differ (default `serverEntryWork`). `serverEntryWork` stays the mean entry over the
+   * generation's m + 1 passes; an entry of the prefill carries the prompt's n hidden states in
+   * and out, one of a decode pass a single token's, so the prefill's entry costs more. Its
+   * decode entries then cost the rest of that mean, ((m + 1) · serverEntryWork − this) / m
+   * ({@link phaseEntryWork}), which prices a plan whose phases agree as the generation
+   * problem does. 0 ≤ this ≤ (m + 1) · serverEntryWork.
+   */
+  readonly serverPrefillEntryWork?: number;
+}
+
+/**
+ * The server work of one entry in the prefill pass and in a decode pass
+ * (`serverPrefillEntryWork`, and the rest of the mean `serverEntryWork` over the m decode
+ * passes); both `serverEntryWork` when the instance does not set it or has no decode pass. A
+ * prefill figure above (m + 1) · serverEntryWork is taken as that bound (decode entries 0). O(1).
+ */
+export function phaseEntryWork(instance: HandoverInstance): { readonly prefill: number; readonly decode: number } {
+  const mean = instance.serverEntryWork ?? 0;
+  const m = instance.decodeSteps;
+  if (instance.serverPrefillEntryWork === undefined || m === 0) return { prefill: mean, decode: mean };
+  const prefill = Math.min(Math.max(0, instance.serverPrefillEntryWork), (m + 1) * mean);
+  return { prefill, decode: Math.max(0, ((m + 1) * mean - prefill) / m) };
 }
 
 /** A generation instance marked `"phased": true`: solved by `dp-phased` with a placement per phase. */
@@ -181,13 +205,14 @@ export function streamedDecode(instance: GenerationInstance): { readonly ms: num
  *   (`stages[0].inBytesPerToken` bytes; the client sends it to start the loop even when nothing
  *   else moves up), and the loop's first token comes down (`outBytesPerPass`): the stream starts
  *   once more, so its latency each way is the hand-over's. Each direction used is one more entry to the server
- *   (`serverEntryWork`), and each stage moved costs the server its hand-over work
+ *   (a decode entry's work, {@link phaseEntryWork}), and each stage moved costs the server its hand-over work
  *   ({@link KvHandoverCost}, {@link handoverWork}: messages and KiB, in or out), which is
  *   also time of the hand-over: the server decodes, copies or encodes the cache while the
  *   decode waits for it (`handoverMs` = the transfers + that work).
  * - TPOT is the mean time per output token after the first, as serving systems measure it:
  *   one decode pass plus the hand-over spread over the m passes; E2E = TTFT + m · TPOT.
- * - Server work: the prefill's server stages and entries once, the decode's m times.
+ * - Server work: the prefill's server stages and entries once, the decode's m times, each
+ *   entry at its phase's figure ({@link phaseEntryWork}).
  * @throws RangeError when a placement's length differs from the stages or an entry is not a side.
  * Complexity: O(S).
  */
@@ -199,9 +224,9 @@ export function evaluatePhased(instance: HandoverInstance, prefill: Placement, d
   if (m === 0 || same) return { ...evaluateGeneration(instance, prefill), handoverMs: 0, kvUpBytes: 0, kvDownBytes: 0, handoverWork: 0 };
   const { stages, uplink, downlink } = instance;
   const n = instance.promptTokens;
-  const entry = instance.serverEntryWork ?? 0;
+  const entry = phaseEntryWork(instance);
   const pre = stepPass(instance, prefill, 'prefill');
-  let serverWork = pre.work + entry * pre.entries;
+  let serverWork = pre.work + entry.prefill * pre.entries;
   const streamed = (instance.serverDecoding ?? true) && decode.every((l) => l === 'server');
   const steppedDecode = stepPass(instance, decode, 'decode');
   let pass: number;
@@ -211,7 +236,7 @@ export function evaluatePhased(instance: HandoverInstance, prefill: Placement, d
     serverWork += m * loop.work;
   } else {
     pass = steppedDecode.ms;
-    serverWork += m * (steppedDecode.work + entry * steppedDecode.entries);
+    serverWork += m * (steppedDecode.work + entry.decode * steppedDecode.entries);
   }
   let kvUpBytes = 0;
   let kvDownBytes = 0;
@@ -235,7 +260,7 @@ export function evaluatePhased(instance: HandoverInstance, prefill: Placement, d
     (down ? transferMs(downlink, kvDownBytes) + wait : 0) +
     (streamed ? transferMs(downlink, instance.outBytesPerPass) : 0) +
     handoverWorkSum;
-  serverWork += entry * ((up ? 1 : 0) + (down ? 1 : 0)) + handoverWorkSum;
+  serverWork += entry.decode * ((up ? 1 : 0) + (down ? 1 : 0)) + handoverWorkSum;
   const tpotMs = pass + handoverMs / m;
   return {
     ttftMs: pre.ms,
