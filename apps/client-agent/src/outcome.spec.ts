@@ -79,6 +79,24 @@ describe('buildOutcome', () => {
     expect(predictedOf({ ...cls, predictedHandoverMsPerPromptToken: undefined }, 12, 5).predictedLatencyMs).toBe(86);
   });
 
+  it("moves a decode pass by the plan's slope per prompt token: a shorter prompt's steps attend to fewer positions", () => {
+    // Priced at 32 prompt tokens: a 10 ms pass, 0.1 ms less per prompt token below that.
+    const cls = {
+      ...CLS,
+      maxPromptTokens: 32,
+      predictedTtftMs: 40,
+      predictedTpotMs: 10,
+      predictedTtftMsPerPromptToken: 0.5,
+      predictedTpotMsPerPromptToken: 0.1,
+    };
+    // 12 prompt tokens: TTFT 30, pass 10 - 20 × 0.1 = 8, E2E 30 + 3 × 8.
+    expect(predictedOf(cls, 12, 4)).toEqual({ predictedTtftMs: 30, predictedTpotMs: 8, predictedLatencyMs: 54 });
+    expect(predictedOf(cls, 32, 4)).toEqual({ predictedTtftMs: 40, predictedTpotMs: 10, predictedLatencyMs: 70 });
+    // A phased plan's pass moves the same way beside its hand-over: 30 + 4 × (6 - 2) + 12 = 58.
+    const phased = { ...cls, expectedNewTokens: 9, decodePlacement: 'SSS', predictedHandoverMs: 32, predictedHandoverMsPerPromptToken: 1 };
+    expect(predictedOf(phased, 12, 5)).toEqual({ predictedTtftMs: 30, predictedTpotMs: 7, predictedLatencyMs: 58 });
+  });
+
   it("carries a phased plan's decode placement only when it differs from the placement", () => {
     expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0, undefined, 'CCC').decodePlacement).toBe('CCC');
     expect(buildOutcome(WHO, CLS, 1, 'CSS', RUN, 0, undefined, 'CSS')).not.toHaveProperty('decodePlacement');

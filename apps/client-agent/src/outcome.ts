@@ -29,21 +29,26 @@ export interface Predicted {
 /**
  * The plan's predictions for one generation of `promptTokens` and `newTokens`: the class is
  * priced at its longest prompt and expected output, so TTFT is moved by the plan's slope per
- * prompt token, and a phased plan's hand-over (spread over the class's decode passes in its
- * TPOT) by its own slope: E2E = TTFT + (newTokens - 1) × one decode pass + the hand-over, and
- * TPOT = (E2E - TTFT) / (newTokens - 1). All 0 without a class (override or start-up plan).
+ * prompt token, one decode pass by its own (a step attends to the prompt), and a phased plan's
+ * hand-over (spread over the class's decode passes in its TPOT) by its own: E2E = TTFT +
+ * (newTokens - 1) × one decode pass + the hand-over, and TPOT = (E2E - TTFT) / (newTokens - 1).
+ * All 0 without a class (override or start-up plan).
  */
 export function predictedOf(planned: ClassPlacement | undefined, promptTokens: number, newTokens: number): Predicted {
   if (!planned) return { predictedLatencyMs: 0, predictedTtftMs: 0, predictedTpotMs: 0 };
-  const ttft = Math.max(0, planned.predictedTtftMs - (planned.maxPromptTokens - promptTokens) * planned.predictedTtftMsPerPromptToken);
+  const shorter = planned.maxPromptTokens - promptTokens;
+  const ttft = Math.max(0, planned.predictedTtftMs - shorter * planned.predictedTtftMsPerPromptToken);
   if (!(planned.predictedTtftMs > 0)) return { predictedLatencyMs: planned.predictedLatencyMs, predictedTtftMs: 0, predictedTpotMs: planned.predictedTpotMs };
   const passes = Math.max(0, newTokens - 1);
   const planPasses = planned.expectedNewTokens - 1;
   const handover = planned.predictedHandoverMs ?? 0;
-  if (!(handover > 0) || planPasses < 1 || passes === 0)
-    return { predictedLatencyMs: ttft + passes * planned.predictedTpotMs, predictedTtftMs: ttft, predictedTpotMs: planned.predictedTpotMs };
-  const pass = Math.max(0, planned.predictedTpotMs - handover / planPasses);
-  const moved = Math.max(0, handover - (planned.maxPromptTokens - promptTokens) * (planned.predictedHandoverMsPerPromptToken ?? 0));
+  const passSlope = shorter * (planned.predictedTpotMsPerPromptToken ?? 0);
+  if (!(handover > 0) || planPasses < 1 || passes === 0) {
+    const tpot = Math.max(0, planned.predictedTpotMs - passSlope);
+    return { predictedLatencyMs: ttft + passes * tpot, predictedTtftMs: ttft, predictedTpotMs: tpot };
+  }
+  const pass = Math.max(0, planned.predictedTpotMs - handover / planPasses - passSlope);
+  const moved = Math.max(0, handover - shorter * (planned.predictedHandoverMsPerPromptToken ?? 0));
   const e2e = ttft + passes * pass + moved;
   return { predictedLatencyMs: e2e, predictedTtftMs: ttft, predictedTpotMs: (e2e - ttft) / passes };
 }

@@ -13,7 +13,7 @@ import {
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { seededRandom } from '@tandem/util';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
-import { KV_CHUNK_BYTES, PlanMaker, type PlanMakerOptions } from './plan-maker';
+import { decodeMsOf, KV_CHUNK_BYTES, PlanMaker, type PlanMakerOptions } from './plan-maker';
 
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 
@@ -115,6 +115,40 @@ describe('PlanMaker', () => {
     // So the streamed all-server plan's work is its prefill by the line plus each decode step.
     const allServer = evaluateGeneration(fitted, fromLetters('SSSSSS'));
     expect(allServer.serverWork).toBeCloseTo(6 + 0.1 * 256 + 7 * 5, 10);
+  });
+
+  it("prices a decode step by the executor's line over the context when it reports one: long prompts decode slower", () => {
+    const short = { ...CLASS, name: 'short', maxPromptTokens: 16, slaMs: 5000 };
+    const long = { ...CLASS, name: 'long', maxPromptTokens: 256, slaMs: 5000 };
+    const maker = new PlanMaker(options({ classes: [short, long] }));
+    const mean = { stage: 0, prefillMsPerToken: 0.5, decodeMs: 5, samples: 9 };
+    const plain = { ...server(1), wholeModel: mean };
+    // Without a line every class decodes at the mean step.
+    expect(maker.instance(client(10), plain, long)!.serverWholeModel?.serverDecodeWork).toBe(5);
+    const lined = {
+      ...server(1),
+      stages: server(1).stages.map((st) => ({ ...st, decodeFixedMs: 1, decodeMsPerContextToken: 0.01 })),
+      wholeModel: { ...mean, decodeFixedMs: 4, decodeMsPerContextToken: 0.02 },
+    };
+    // CLASS expects 8 new tokens: 7 decode passes over n + 3 positions on average.
+    const m = CLASS.expectedNewTokens - 1;
+    for (const cls of [short, long]) {
+      const context = cls.maxPromptTokens + (m - 1) / 2;
+      const inst = maker.instance(client(10), lined, cls)!;
+      expect(inst.serverWholeModel?.serverDecodeWork).toBeCloseTo(4 + 0.02 * context, 10);
+      expect(inst.stages[1].serverDecodeWork).toBeCloseTo(1 + 0.01 * context, 10);
+    }
+    // So the long class's all-server TPOT is predicted higher than the short one's (a device too
+    // slow for any stage keeps both on the server).
+    const [s, l] = maker.plan(client(1000), lined, undefined)!;
+    expect([s.placement, l.placement]).toEqual(['SSSSSS', 'SSSSSS']);
+    expect(l.predictedTpotMs).toBeGreaterThan(s.predictedTpotMs + 0.02 * 200);
+    // The plans carry the slope, so an agent predicts a shorter prompt's pass lower; none without a line.
+    expect(l.predictedTpotMsPerPromptToken).toBeCloseTo(0.02, 10);
+    expect(l.predictedTpotMs - (256 - 16) * l.predictedTpotMsPerPromptToken!).toBeCloseTo(s.predictedTpotMs, 6);
+    expect(maker.plan(client(1000), plain, undefined)![1].predictedTpotMsPerPromptToken).toBeUndefined();
+    expect(decodeMsOf(lined.wholeModel, 100)).toBeCloseTo(6, 12);
+    expect(decodeMsOf(mean, 100)).toBe(5);
   });
 
   it('ignores a whole-model figure not yet measured (zeros)', () => {

@@ -73,6 +73,20 @@ export function prefillMsOf(t: Pick<StageTiming, 'prefillMsPerToken' | 'prefillF
   return slope > 0 ? (t.prefillFixedMs ?? 0) + tokens * slope : t.prefillMsPerToken * tokens;
 }
 
+/**
+ * Decode compute of one step at a context of `context` positions (those held before it) by one
+ * stage's published figures, ms: the line its publisher fitted over contexts
+ * (StageTiming.decode_fixed_ms + context · decode_ms_per_context_token) when there is one, else
+ * the mean step (decode_ms). An attention stage reads and extends its whole cache each step: on
+ * the `small` preset a fused decode step took about 4.5 ms at 16–64 positions, 10 at 256 and 16
+ * at 512, and the edge load test's all-server TPOT rose from 7.9 ms (prompts under 50 tokens) to
+ * 15.6 (200 and over) against one prediction of about 10 for all.
+ */
+export function decodeMsOf(t: Pick<StageTiming, 'decodeMs' | 'decodeFixedMs' | 'decodeMsPerContextToken'>, context: number): number {
+  const slope = t.decodeMsPerContextToken ?? 0;
+  return slope > 0 ? (t.decodeFixedMs ?? 0) + context * slope : t.decodeMs;
+}
+
 /** Whether a priced plan places the two phases apart. */
 function isPhased(p: Pick<PricedPlan, 'placement' | 'decodePlacement'>): boolean {
   return p.placement.some((l, i) => l !== p.decodePlacement[i]);
@@ -346,6 +360,8 @@ export class PlanMaker {
     const clientStages = measuredStages(client, this.opts.stages.length);
     const n = cls.maxPromptTokens;
     const m = Math.max(0, cls.expectedNewTokens - 1);
+    // Decode pass k (1..m) attends to the prompt and the k - 1 tokens before it: on average n + (m - 1) / 2 positions.
+    const context = n + Math.max(0, m - 1) / 2;
     const u = Math.min(Math.max(utilisation ?? server.utilisation, 0), this.opts.maxUtilisation);
     const inflate = 1 / (1 - u);
     // The executor's measured slow-down of steps (ServerLoad.decode_stretch for all-server
@@ -373,12 +389,12 @@ export class PlanMaker {
         name: st.name,
         inBytesPerToken: st.inBytesPerToken,
         clientPrefillMs: c ? (oneRow ? c.decodeMs : prefillMsOf(c, n)) : UNRUNNABLE_MS,
-        clientDecodeMs: c ? c.decodeMs : 0,
+        clientDecodeMs: c ? decodeMsOf(c, context) : 0,
         // Latency from the loaded times, server work from the unloaded ones.
         serverPrefillMs: serverPrefill * prefillSlow,
-        serverDecodeMs: s.decodeMs * splitDecodeSlow,
+        serverDecodeMs: decodeMsOf(s, context) * splitDecodeSlow,
         serverPrefillWork: serverPrefill,
-        serverDecodeWork: s.decodeMs,
+        serverDecodeWork: decodeMsOf(s, context),
       };
       if (st.kvBytesPerToken) stage.kvBytesPerToken = st.kvBytesPerToken;
       return stage;
@@ -399,9 +415,9 @@ export class PlanMaker {
       whole && whole.decodeMs > 0 && wholePrefill > 0
         ? {
             serverPrefillMs: wholePrefill * prefillSlow,
-            serverDecodeMs: whole.decodeMs * decodeSlow,
+            serverDecodeMs: decodeMsOf(whole, context) * decodeSlow,
             serverPrefillWork: wholePrefill,
-            serverDecodeWork: whole.decodeMs,
+            serverDecodeWork: decodeMsOf(whole, context),
           }
         : undefined;
     return {
@@ -581,6 +597,11 @@ export class PlanMaker {
       const perToken = short ? Math.max(0, (best.ttftMs - short.ttftMs) / (n - 1)) : 0;
       // A phased plan moves the prompt's cache: its hand-over has a slope per prompt token too.
       const handoverPerToken = phased && short ? Math.max(0, (best.handoverMs - short.handoverMs) / (n - 1)) : 0;
+      // So has a decode pass, once the executor prices its steps over their context (decodeMsOf):
+      // one pass is TPOT less the hand-over's share of it.
+      const planPasses = cls.expectedNewTokens - 1;
+      const passOf = (p: PricedPlan): number => p.tpotMs - (planPasses >= 1 ? p.handoverMs / planPasses : 0);
+      const tpotPerToken = short && planPasses >= 1 ? Math.max(0, (passOf(best) - passOf(short)) / (n - 1)) : 0;
       out.push({
         name: cls.name,
         maxPromptTokens: cls.maxPromptTokens,
@@ -595,6 +616,7 @@ export class PlanMaker {
         predictedTtftMs: best.ttftMs,
         predictedTpotMs: best.tpotMs,
         predictedTtftMsPerPromptToken: perToken,
+        ...(tpotPerToken > 0 ? { predictedTpotMsPerPromptToken: tpotPerToken } : {}),
         ...(phased
           ? {
               decodePlacement: toLetters(best.decodePlacement),

@@ -48,7 +48,7 @@ import { toGrpcStatus } from './errors';
 import { DirtyQueue } from './dirty-queue';
 import { PlannerMetrics } from './metrics';
 import { validateOutcome } from './outcomes';
-import { prefillMsOf, type ClassAdjustment, type Objective, type PlanMaker } from './plan-maker';
+import { decodeMsOf, prefillMsOf, type ClassAdjustment, type Objective, type PlanMaker } from './plan-maker';
 import { PlanState, type PlannerRole } from './plan-state';
 import { QUEUE_KINDS, shown, STRETCH_KINDS, TelemetryError, validateLoad, validateProfile } from './telemetry';
 
@@ -283,13 +283,15 @@ function relChange(a: number, b: number, floor = 1e-3): number {
   return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), floor);
 }
 
-/** Prompt lengths at which a stage's prefill price is compared (a fitted line moves both ends apart). */
+/** Prompt lengths (and decode contexts) at which a stage's prefill and decode prices are compared (a fitted line moves both ends apart). */
 const PROBE_PROMPT_TOKENS = [16, 256] as const;
 
 /** Whether a stage's priced figures moved by more than `threshold` (relative): one decode step, and the prefill of a short and a long prompt. */
 function timingMoved(a: StageTiming, b: StageTiming, threshold: number): boolean {
-  if (relChange(a.decodeMs, b.decodeMs) > threshold) return true;
-  return PROBE_PROMPT_TOKENS.some((n) => relChange(prefillMsOf(a, n), prefillMsOf(b, n)) > threshold);
+  // Prompt lengths stand for contexts too: a decode step attends to a prompt and what followed it.
+  return PROBE_PROMPT_TOKENS.some(
+    (n) => relChange(prefillMsOf(a, n), prefillMsOf(b, n)) > threshold || relChange(decodeMsOf(a, n), decodeMsOf(b, n)) > threshold,
+  );
 }
 
 /** Whether a new profile moves any figure the planner prices by more than `threshold` (relative) since `old`. O(stages). */
@@ -360,6 +362,12 @@ function smoothTiming(prev: StageTiming, s: StageTiming, a: number): StageTiming
     const [f0, f1] = [prev.prefillFixedMs ?? 0, s.prefillFixedMs ?? 0];
     out.prefillFixedMs = f0 + a * (f1 - f0);
     out.prefillMsPerTokenFitted = prev.prefillMsPerTokenFitted + a * (s.prefillMsPerTokenFitted - prev.prefillMsPerTokenFitted);
+  }
+  // So is the decode line over the context.
+  if (prev.decodeMsPerContextToken && s.decodeMsPerContextToken) {
+    const [f0, f1] = [prev.decodeFixedMs ?? 0, s.decodeFixedMs ?? 0];
+    out.decodeFixedMs = f0 + a * (f1 - f0);
+    out.decodeMsPerContextToken = prev.decodeMsPerContextToken + a * (s.decodeMsPerContextToken - prev.decodeMsPerContextToken);
   }
   return out;
 }

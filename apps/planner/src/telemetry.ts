@@ -107,7 +107,7 @@ function sender(type: string, field: string, id: string, subjectOf: (id: string)
 /** The figures of one StageTiming, named `${field}.prefillMsPerToken` etc. */
 function stageTimes(type: string, field: string, s: StageTiming): void {
   for (const k of ['prefillMsPerToken', 'decodeMs'] as const) inRange(type, `${field}.${k}`, s[k], 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
-  for (const k of ['prefillFixedMs', 'prefillMsPerTokenFitted'] as const) {
+  for (const k of ['prefillFixedMs', 'prefillMsPerTokenFitted', 'decodeFixedMs', 'decodeMsPerContextToken'] as const) {
     const v = s[k];
     if (v !== undefined) inRange(type, `${field}.${k}`, v, 0, TELEMETRY_LIMITS.maxStageMs, ' ms');
   }

@@ -58,6 +58,10 @@ describe('what counts as a material change', () => {
     const fitted = { ...lined, wholeModel: { ...lined.wholeModel, prefillFixedMs: 6, prefillMsPerTokenFitted: 0.1 } };
     expect(loadChanged(lined, fitted, 0.02, 0.9)).toBe(true);
     expect(loadChanged(fitted, { ...fitted, wholeModel: { ...fitted.wholeModel, prefillMsPerTokenFitted: 0.1005 } }, 0.02, 0.9)).toBe(false);
+    // So is a decode line that prices a long context differently, though the mean step stayed.
+    const decodeLined = { ...fitted, wholeModel: { ...fitted.wholeModel, decodeFixedMs: 3, decodeMsPerContextToken: 0.02 } };
+    expect(loadChanged(fitted, decodeLined, 0.02, 0.9)).toBe(true);
+    expect(loadChanged(decodeLined, { ...decodeLined, wholeModel: { ...decodeLined.wholeModel, decodeMsPerContextToken: 0.0201 } }, 0.02, 0.9)).toBe(false);
   });
 
   it('smooths every priced figure of the load, starting each stretch from its first measurement', () => {
@@ -81,6 +85,15 @@ describe('what counts as a material change', () => {
     expect(fitted.stages[2].prefillFixedMs).toBeCloseTo(3, 12);
     expect(fitted.stages[2].prefillMsPerTokenFitted).toBeCloseTo(0.3, 12);
     expect(smoothLoad(a, lined(b, 1, 0.5), 0.25).stages[2].prefillMsPerTokenFitted).toBe(0.5);
+    // The decode line likewise.
+    const decodeLined = (l: ServerLoad, fixed: number, slope: number): ServerLoad => ({
+      ...l,
+      stages: l.stages.map((st) => ({ ...st, decodeFixedMs: fixed, decodeMsPerContextToken: slope })),
+    });
+    const decodeFitted = smoothLoad(decodeLined(a, 4, 0.02), decodeLined(b, 0, 0.06), 0.25);
+    expect(decodeFitted.stages[2].decodeFixedMs).toBeCloseTo(3, 12);
+    expect(decodeFitted.stages[2].decodeMsPerContextToken).toBeCloseTo(0.03, 12);
+    expect(smoothLoad(a, decodeLined(b, 1, 0.05), 0.25).stages[2].decodeMsPerContextToken).toBe(0.05);
     expect(smoothLoad(a, b, 1)).toBe(b);
     expect(smoothLoad(a, { ...b, stages: b.stages.slice(1) }, 0.25).stages).toHaveLength(b.stages.length - 1);
     // Each kind's queue wait like the mean; the first report with waits (or one from an executor without them) as it comes.

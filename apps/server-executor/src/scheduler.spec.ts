@@ -289,6 +289,31 @@ describe('StageScheduler', () => {
       expect(sched.stats.snapshot()[2].samples).toBe(4);
     });
 
+    it("fits the whole step's decode over its context (the positions its cache held before it) and prices its nominal time by it", async () => {
+      const { engine, sched } = make();
+      await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false });
+      // Fused decode steps that cost 4 ms plus 0.02 ms per position held.
+      for (const context of [10, 60, 150, 30, 220, 90, 300, 45, 120, 260]) {
+        const held = cache();
+        held.advance(0, 6, context);
+        engine.fusedMs = 4 + 0.02 * context;
+        await sched.submit(`s${context}`, 0, 6, tensor(0), held);
+        // The step advanced the cache it ran on, after its figures were recorded.
+        expect(held.tokensAt(0)).toBe(context + 1);
+      }
+      const line = sched.wholeStats.decodeLine(0);
+      expect(line?.fixedMs).toBeCloseTo(4, 6);
+      expect(line?.msPerContextToken).toBeCloseTo(0.02, 6);
+      // Staged calls cost the same at every context (stage + 1 ms): no line for the stages.
+      expect(sched.stats.decodeLine(1)).toBeUndefined();
+      // A step at 500 positions that took what the line says ran at its nominal time: stretch 1.
+      const long = cache();
+      long.advance(0, 6, 500);
+      engine.fusedMs = 14;
+      const out = await sched.submit('long', 0, 6, tensor(0), long);
+      expect(out.nominalMs).toBeCloseTo(14, 3);
+    });
+
     it('prices a whole step by the whole-model figure in its nominal time, a split by its stages', async () => {
       const { engine, sched } = make();
       await sched.submit('a', 0, 6, tensor(0), cache(), { fuse: false });

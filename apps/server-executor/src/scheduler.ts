@@ -446,7 +446,8 @@ export class StageScheduler {
       }
       const out = this.cancelled.get(j.sessionId) ?? outputs[i];
       if (!(out instanceof Error)) {
-        if (!batch.fused) this.stats.record(batch.stage, j.tokens, share);
+        // A decode step's context: the positions its stage held before it (advanced once the step ends).
+        if (!batch.fused) this.stats.record(batch.stage, j.tokens, share, j.cache.tokensAt(batch.stage));
         j.stage = batch.fused ? j.end : j.stage + 1;
         if (j.stage < j.end) {
           j.tensor = this.cut(out, j.stage, j.lastRowOnly);
@@ -461,8 +462,9 @@ export class StageScheduler {
         j.reject(out);
         return;
       }
+      const context = j.cache.tokensAt(j.begin);
       j.cache.advance(j.begin, j.end, j.taken);
-      if (this.isWhole(j) && (j.fusable || !this.wholeFused)) this.wholeStats.record(0, j.positions, j.computeMs);
+      if (this.isWhole(j) && (j.fusable || !this.wholeFused)) this.wholeStats.record(0, j.positions, j.computeMs, context);
       const started = j.startedAtMs ?? t0;
       const outcome = {
         tensor: out,
@@ -471,7 +473,7 @@ export class StageScheduler {
         batchedStages: j.batchedStages,
         serviceMs: t1 - started,
         positions: j.positions,
-        nominalMs: this.nominal(j),
+        nominalMs: this.nominal(j, context),
         long: j.long,
         whole: this.isWhole(j),
       };
@@ -487,19 +489,20 @@ export class StageScheduler {
   }
 
   /**
-   * Stages [begin, end) of `j` priced by the current figures, the head as one row when cut; 0
-   * when a figure is missing. A whole step that may fuse is priced by the whole-model figure
+   * Stages [begin, end) of `j` priced by the current figures, the head as one row when cut, a
+   * decode step at its `context` (the positions held before it) where a decode line is fitted;
+   * 0 when a figure is missing. A whole step that may fuse is priced by the whole-model figure
    * (what the planner prices an all-server step at) once measured. O(stages).
    */
-  private nominal(j: Job): number {
+  private nominal(j: Job, context: number): number {
     if (this.isWhole(j) && j.fusable) {
-      const whole = this.wholeStats.figure(0, j.positions);
+      const whole = this.wholeStats.figure(0, j.positions, context);
       if (whole > 0) return whole;
     }
     let ms = 0;
     for (let s = j.begin; s < j.end; s++) {
       const rows = j.lastRowOnly && this.kinds[s] === 'head' ? 1 : j.positions;
-      const f = this.stats.figure(s, rows);
+      const f = this.stats.figure(s, rows, context);
       if (!(f > 0)) return 0;
       ms += f;
     }

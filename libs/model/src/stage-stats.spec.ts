@@ -49,3 +49,43 @@ describe('StageStats prefill line', () => {
     expect(stats.figure(0, 1)).toBe(9);
   });
 });
+
+describe('StageStats decode line', () => {
+  const contexts = [12, 40, 90, 150, 230, 20, 180, 64, 120, 300];
+
+  it('recovers a fixed part and a slope over the context from decode steps of different contexts', () => {
+    const stats = new StageStats(1);
+    for (const c of contexts) stats.record(0, 1, 4 + 0.02 * c, c);
+    const line = stats.decodeLine(0);
+    expect(line?.fixedMs).toBeCloseTo(4, 6);
+    expect(line?.msPerContextToken).toBeCloseTo(0.02, 6);
+    const [t] = stats.snapshot();
+    expect(t.decodeFixedMs).toBeCloseTo(4, 6);
+    expect(t.decodeMsPerContextToken).toBeCloseTo(0.02, 6);
+    // A step at 500 positions is priced by the line (14 ms), not by the mean step; without a context, the mean.
+    expect(stats.figure(0, 1, 500)).toBeCloseTo(14, 6);
+    expect(stats.figure(0, 1)).toBe(t.decodeMs);
+    expect(t.decodeMs).toBeLessThan(12);
+    // Prefills stay out of it.
+    stats.record(0, 64, 30, 0);
+    expect(stats.decodeLine(0)?.msPerContextToken).toBeCloseTo(0.02, 6);
+  });
+
+  it('fits nothing for steps without a context, too few of them, contexts all alike, or a cost that does not rise', () => {
+    const bare = new StageStats(1);
+    for (const c of contexts) bare.record(0, 1, 4 + 0.02 * c);
+    expect(bare.decodeLine(0)).toBeUndefined();
+    const few = new StageStats(1);
+    for (const c of contexts.slice(0, PREFILL_FIT_MIN_SAMPLES - 1)) few.record(0, 1, 4 + 0.02 * c, c);
+    expect(few.decodeLine(0)).toBeUndefined();
+    const alike = new StageStats(1);
+    for (let i = 0; i < 20; i++) alike.record(0, 1, 4 + (i % 3), 100 + (i % 3));
+    expect(alike.decodeLine(0)).toBeUndefined();
+    // An MLP's step: flat, or falling by noise. No line through the origin, which would price it by the context.
+    const flat = new StageStats(1);
+    for (const c of contexts) flat.record(0, 1, 3 - 0.001 * c, c);
+    expect(flat.decodeLine(0)).toBeUndefined();
+    expect(flat.snapshot()[0].decodeMsPerContextToken).toBeUndefined();
+    expect(flat.figure(0, 1, 1000)).toBe(flat.snapshot()[0].decodeMs);
+  });
+});

@@ -306,7 +306,18 @@ export interface ClassPlacement {
    * predicted_tpot_ms - predicted_handover_ms / (expected_new_tokens - 1) is one decode pass.
    * Absent or 0 when nothing moves or the slope is unknown.
    */
-  predictedHandoverMsPerPromptToken?: number | undefined;
+  predictedHandoverMsPerPromptToken?:
+    | number
+    | undefined;
+  /**
+   * How one decode pass falls per prompt token below max_prompt_tokens, milliseconds per token:
+   * a decode step attends to the prompt and the tokens after it, and the executor prices its
+   * step as a line over that context (StageTiming.decode_ms_per_context_token). A prompt of p
+   * tokens is predicted a decode pass of D - (max_prompt_tokens - p) x this (at least 0), D the
+   * class's pass (predicted_tpot_ms, less a phased plan's hand-over share as above). Absent or
+   * 0 when the pass does not depend on the prompt (no server stage in the decode, or no line).
+   */
+  predictedTpotMsPerPromptToken?: number | undefined;
 }
 
 function createBaseWatchPlansRequest(): WatchPlansRequest {
@@ -1733,6 +1744,7 @@ function createBaseClassPlacement(): ClassPlacement {
     decodePlacement: undefined,
     predictedHandoverMs: undefined,
     predictedHandoverMsPerPromptToken: undefined,
+    predictedTpotMsPerPromptToken: undefined,
   };
 }
 
@@ -1785,6 +1797,9 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     }
     if (message.predictedHandoverMsPerPromptToken !== undefined) {
       writer.uint32(129).double(message.predictedHandoverMsPerPromptToken);
+    }
+    if (message.predictedTpotMsPerPromptToken !== undefined) {
+      writer.uint32(137).double(message.predictedTpotMsPerPromptToken);
     }
     return writer;
   },
@@ -1930,6 +1945,14 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
             message.predictedHandoverMsPerPromptToken = reader.double();
             continue;
           }
+          case 17: {
+            if (tag !== 137) {
+              break;
+            }
+
+            message.predictedTpotMsPerPromptToken = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2012,6 +2035,11 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
         : isSet(object.predicted_handover_ms_per_prompt_token)
         ? globalThis.Number(object.predicted_handover_ms_per_prompt_token)
         : undefined,
+      predictedTpotMsPerPromptToken: isSet(object.predictedTpotMsPerPromptToken)
+        ? globalThis.Number(object.predictedTpotMsPerPromptToken)
+        : isSet(object.predicted_tpot_ms_per_prompt_token)
+        ? globalThis.Number(object.predicted_tpot_ms_per_prompt_token)
+        : undefined,
     };
   },
 
@@ -2065,6 +2093,9 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     if (message.predictedHandoverMsPerPromptToken !== undefined) {
       obj.predictedHandoverMsPerPromptToken = floatToJson(message.predictedHandoverMsPerPromptToken);
     }
+    if (message.predictedTpotMsPerPromptToken !== undefined) {
+      obj.predictedTpotMsPerPromptToken = floatToJson(message.predictedTpotMsPerPromptToken);
+    }
     return obj;
   },
 
@@ -2089,6 +2120,7 @@ export const ClassPlacement: MessageFns<ClassPlacement> = {
     message.decodePlacement = object.decodePlacement ?? undefined;
     message.predictedHandoverMs = object.predictedHandoverMs ?? undefined;
     message.predictedHandoverMsPerPromptToken = object.predictedHandoverMsPerPromptToken ?? undefined;
+    message.predictedTpotMsPerPromptToken = object.predictedTpotMsPerPromptToken ?? undefined;
     return message;
   },
 };

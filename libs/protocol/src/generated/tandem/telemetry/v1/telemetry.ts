@@ -77,7 +77,19 @@ export interface StageTiming {
    * length): price prefill_ms_per_token * n then.
    */
   prefillFixedMs?: number | undefined;
-  prefillMsPerTokenFitted?: number | undefined;
+  prefillMsPerTokenFitted?:
+    | number
+    | undefined;
+  /**
+   * A decode step's compute as a line over its context (the positions the stage held before
+   * the step), fitted over recent decode steps: at a context of c positions a step costs
+   * decode_fixed_ms + c * decode_ms_per_context_token, ms. An attention stage reads and extends
+   * its whole cache every step, so decode_ms (the mean step) prices long prompts' decodes too
+   * low and short ones' too high. Absent when not fitted (too few steps, contexts all about
+   * one length, or a cost that does not rise with the context): price decode_ms then.
+   */
+  decodeFixedMs?: number | undefined;
+  decodeMsPerContextToken?: number | undefined;
 }
 
 /** One direction of a network link. */
@@ -393,6 +405,8 @@ function createBaseStageTiming(): StageTiming {
     samples: 0,
     prefillFixedMs: undefined,
     prefillMsPerTokenFitted: undefined,
+    decodeFixedMs: undefined,
+    decodeMsPerContextToken: undefined,
   };
 }
 
@@ -415,6 +429,12 @@ export const StageTiming: MessageFns<StageTiming> = {
     }
     if (message.prefillMsPerTokenFitted !== undefined) {
       writer.uint32(49).double(message.prefillMsPerTokenFitted);
+    }
+    if (message.decodeFixedMs !== undefined) {
+      writer.uint32(57).double(message.decodeFixedMs);
+    }
+    if (message.decodeMsPerContextToken !== undefined) {
+      writer.uint32(65).double(message.decodeMsPerContextToken);
     }
     return writer;
   },
@@ -480,6 +500,22 @@ export const StageTiming: MessageFns<StageTiming> = {
             message.prefillMsPerTokenFitted = reader.double();
             continue;
           }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.decodeFixedMs = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.decodeMsPerContextToken = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -516,6 +552,16 @@ export const StageTiming: MessageFns<StageTiming> = {
         : isSet(object.prefill_ms_per_token_fitted)
         ? globalThis.Number(object.prefill_ms_per_token_fitted)
         : undefined,
+      decodeFixedMs: isSet(object.decodeFixedMs)
+        ? globalThis.Number(object.decodeFixedMs)
+        : isSet(object.decode_fixed_ms)
+        ? globalThis.Number(object.decode_fixed_ms)
+        : undefined,
+      decodeMsPerContextToken: isSet(object.decodeMsPerContextToken)
+        ? globalThis.Number(object.decodeMsPerContextToken)
+        : isSet(object.decode_ms_per_context_token)
+        ? globalThis.Number(object.decode_ms_per_context_token)
+        : undefined,
     };
   },
 
@@ -539,6 +585,12 @@ export const StageTiming: MessageFns<StageTiming> = {
     if (message.prefillMsPerTokenFitted !== undefined) {
       obj.prefillMsPerTokenFitted = floatToJson(message.prefillMsPerTokenFitted);
     }
+    if (message.decodeFixedMs !== undefined) {
+      obj.decodeFixedMs = floatToJson(message.decodeFixedMs);
+    }
+    if (message.decodeMsPerContextToken !== undefined) {
+      obj.decodeMsPerContextToken = floatToJson(message.decodeMsPerContextToken);
+    }
     return obj;
   },
 
@@ -553,6 +605,8 @@ export const StageTiming: MessageFns<StageTiming> = {
     message.samples = object.samples ?? 0;
     message.prefillFixedMs = object.prefillFixedMs ?? undefined;
     message.prefillMsPerTokenFitted = object.prefillMsPerTokenFitted ?? undefined;
+    message.decodeFixedMs = object.decodeFixedMs ?? undefined;
+    message.decodeMsPerContextToken = object.decodeMsPerContextToken ?? undefined;
     return message;
   },
 };
