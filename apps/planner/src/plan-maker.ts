@@ -78,9 +78,9 @@ export function prefillMsOf(t: Pick<StageTiming, 'prefillMsPerToken' | 'prefillF
  * stage's published figures, ms: the line its publisher fitted over contexts
  * (StageTiming.decode_fixed_ms + context · decode_ms_per_context_token) when there is one, else
  * the mean step (decode_ms). An attention stage reads and extends its whole cache each step: on
- * the `small` preset a fused decode step took about 4.5 ms at 16–64 positions, 10 at 256 and 16
- * at 512, and the edge load test's all-server TPOT rose from 7.9 ms (prompts under 50 tokens) to
- * 15.6 (200 and over) against one prediction of about 10 for all.
+ * the `small` preset the engine's own step grows about 1.5x from 16 to 512 positions
+ * (tools/bench/context-bench.ts), and under load the edge load test's all-server TPOT was about
+ * twice as long for prompts of 200 tokens and over as for those under 50.
  */
 export function decodeMsOf(t: Pick<StageTiming, 'decodeMs' | 'decodeFixedMs' | 'decodeMsPerContextToken'>, context: number): number {
   const slope = t.decodeMsPerContextToken ?? 0;

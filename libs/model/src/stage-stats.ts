@@ -29,8 +29,9 @@ export interface PrefillLine {
 /**
  * A decode step's compute as a line over its context (the positions its stages held before it):
  * `fixedMs + context · msPerContextToken`. An attention stage reads and extends its whole cache
- * every step (on the `small` preset a fused decode step took about 4.5 ms at 16–64 positions,
- * 10 at 256 and 16 at 512), so one mean figure prices long prompts' decodes too low.
+ * every step (on the `small` preset the engine's own step grows about 1.5x from 16 to 512
+ * positions, and all-server TPOT under load about 2x from prompts under 50 tokens to 200 and
+ * over), so one mean figure prices long prompts' decodes too low.
  */
 export interface DecodeLine {
   readonly fixedMs: number;
