@@ -1,7 +1,7 @@
 /** The server-executor's parts, for the launcher, tests and tools. */
 export { DEFAULT_MAX_BATCH_TOKENS, executorEnv, loadConfig } from './config';
 export type { ExecutorConfig } from './config';
-export { OnnxStageEngine, SessionCache } from './engine';
+export { OnnxStageEngine, SessionCache, WARMUP_DECODE_STEPS, WARMUP_PROMPT_TOKENS } from './engine';
 export { IDLE_COLLECT_DELAY_MS, WorkerStageEngine } from './worker-engine';
 export { EngineUnavailableError } from './errors';
 export type { EngineLoadOptions, StageEngine, StageKv } from './engine';
