@@ -115,17 +115,17 @@ export interface EngineLoadOptions {
   readonly returnMemory?: boolean;
 }
 
+/** Prompt tokens of the engine's warm-up (OnnxStageEngine.warmup). */
+export const WARMUP_PROMPT_TOKENS = 64;
+/** Decode steps of the engine's warm-up, each way it can run them (stage by stage, fused). */
+export const WARMUP_DECODE_STEPS = 16;
+
 /**
  * StageEngine on onnxruntime-node through the shared StageRunner, holding every stage, run on
  * the calling thread: onnxruntime's `run` holds that thread for the whole call, so on the
  * executor's event loop a long batch stalls every stream, health check and keepalive
  * (EXECUTOR_ENGINE=inline). `WorkerStageEngine` runs this same engine off the loop.
  */
-/** Prompt tokens of the engine's warm-up (OnnxStageEngine.warmup). */
-export const WARMUP_PROMPT_TOKENS = 64;
-/** Decode steps of the engine's warm-up, each way it can run them (stage by stage, fused). */
-export const WARMUP_DECODE_STEPS = 16;
-
 export class OnnxStageEngine implements StageEngine<KvCache> {
   private constructor(
     private readonly runner: StageRunner,
