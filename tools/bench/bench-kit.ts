@@ -157,6 +157,9 @@ export async function startBenchExecutor(engine: StageEngine, over: Partial<Exec
   };
 }
 
+/** A seeded prompt of `n` token ids in 1..1000 (the same for the same `n` and `seed`). */
+export const seededPrompt = (n: number, seed: number): number[] => Array.from({ length: n }, (_, i) => 1 + ((i * 7919 + seed * 104729) % 1000));
+
 /** Token ids as the int64 [1, n] tensor a step or a generate carries. */
 export const idsTensor = (ids: readonly number[]): ReturnType<typeof toWireTensor> =>
   toWireTensor({ dtype: 'int64', shape: [1, ids.length], data: BigInt64Array.from(ids, BigInt) });

@@ -15,7 +15,7 @@
  */
 import { OnnxStageEngine } from '@tandem/server-executor';
 import type { HostTensor } from '@tandem/protocol';
-import { arg, benchModel, formatSpread, median, spread } from './bench-kit';
+import { arg, benchModel, formatSpread, median, seededPrompt, spread } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const contexts = arg('contexts', '16,64,128,256,512')
@@ -35,11 +35,7 @@ for (const [name, v, min] of [
 }
 if (contexts.some((c) => !Number.isInteger(c) || c < 1)) throw new RangeError(`--contexts must list integers >= 1, given ${arg('contexts', '')}`);
 
-const ids = (n: number, seed: number): HostTensor => ({
-  dtype: 'int64',
-  shape: [1, n],
-  data: BigInt64Array.from({ length: n }, (_, i) => BigInt(1 + ((i * 7919 + seed * 104729) % 1000))),
-});
+const ids = (n: number, seed: number): HostTensor => ({ dtype: 'int64', shape: [1, n], data: BigInt64Array.from(seededPrompt(n, seed), BigInt) });
 
 /** One step of `input` through every stage: one fused call, or one call per stage. */
 async function step(engine: OnnxStageEngine, input: HostTensor, cache: ReturnType<OnnxStageEngine['newCache']>): Promise<HostTensor> {

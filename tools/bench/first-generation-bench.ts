@@ -11,7 +11,7 @@
  *   npx tsx tools/bench/first-generation-bench.ts [--preset small] [--prompt 200] [--decode 16] [--reps 3]
  */
 import { WorkerStageEngine } from '@tandem/server-executor';
-import { arg, benchModel, formatSpread, median, spread, startBenchExecutor, timedSession } from './bench-kit';
+import { arg, benchModel, formatSpread, median, seededPrompt, spread, startBenchExecutor, timedSession } from './bench-kit';
 
 const preset = arg('preset', 'small');
 const promptLen = Number(arg('prompt', '200'));
@@ -24,8 +24,6 @@ for (const [name, v] of [
 ] as const) {
   if (!Number.isInteger(v) || v < 1) throw new RangeError(`--${name} must be an integer >= 1, given ${String(v)}`);
 }
-
-const prompt = (seed: number): number[] => Array.from({ length: promptLen }, (_, i) => 1 + ((i * 7919 + seed * 104729) % 1000));
 
 async function main(): Promise<void> {
   const dir = await benchModel(preset);
@@ -40,7 +38,7 @@ async function main(): Promise<void> {
       start.push(performance.now() - t0);
       try {
         for (const g of [0, 1] as const) {
-          const times = await timedSession(ex.client, prompt(2 * r + g), decode + 1, engine.stageCount, true);
+          const times = await timedSession(ex.client, seededPrompt(promptLen, 2 * r + g), decode + 1, engine.stageCount, true);
           prefill[g].push(times[0]);
           step[g].push(median(times.slice(1)));
         }

@@ -354,21 +354,25 @@ function foldMeasured(was: number, v: number, a: number): number {
   return was > 0 && v > 0 ? was + a * (v - was) : v;
 }
 
-/** Stage figures `s` folded into `prev` with weight `a` ({@link foldMeasured}). */
+/**
+ * A fitted line (fixed part, slope) of `s` folded into `prev`'s with weight `a`, as a pair, once
+ * both sides have one (its fixed part may be 0); undefined otherwise (the new line stands).
+ */
+function foldLine(prev: [number | undefined, number | undefined], s: [number | undefined, number | undefined], a: number): [number, number] | undefined {
+  const [f0, k0] = prev;
+  const [f1, k1] = s;
+  if (!k0 || !k1) return undefined;
+  return [(f0 ?? 0) + a * ((f1 ?? 0) - (f0 ?? 0)), k0 + a * (k1 - k0)];
+}
+
+/** Stage figures `s` folded into `prev` with weight `a` ({@link foldMeasured}, {@link foldLine}). */
 function smoothTiming(prev: StageTiming, s: StageTiming, a: number): StageTiming {
   const out = { ...s, prefillMsPerToken: foldMeasured(prev.prefillMsPerToken, s.prefillMsPerToken, a), decodeMs: foldMeasured(prev.decodeMs, s.decodeMs, a) };
-  // The fitted prefill line is folded as a pair, once both sides have one (its fixed part may be 0).
-  if (prev.prefillMsPerTokenFitted && s.prefillMsPerTokenFitted) {
-    const [f0, f1] = [prev.prefillFixedMs ?? 0, s.prefillFixedMs ?? 0];
-    out.prefillFixedMs = f0 + a * (f1 - f0);
-    out.prefillMsPerTokenFitted = prev.prefillMsPerTokenFitted + a * (s.prefillMsPerTokenFitted - prev.prefillMsPerTokenFitted);
-  }
-  // So is the decode line over the context.
-  if (prev.decodeMsPerContextToken && s.decodeMsPerContextToken) {
-    const [f0, f1] = [prev.decodeFixedMs ?? 0, s.decodeFixedMs ?? 0];
-    out.decodeFixedMs = f0 + a * (f1 - f0);
-    out.decodeMsPerContextToken = prev.decodeMsPerContextToken + a * (s.decodeMsPerContextToken - prev.decodeMsPerContextToken);
-  }
+  // The fitted prefill line over the prompt, and the decode line over the context.
+  const prefill = foldLine([prev.prefillFixedMs, prev.prefillMsPerTokenFitted], [s.prefillFixedMs, s.prefillMsPerTokenFitted], a);
+  if (prefill) [out.prefillFixedMs, out.prefillMsPerTokenFitted] = prefill;
+  const decode = foldLine([prev.decodeFixedMs, prev.decodeMsPerContextToken], [s.decodeFixedMs, s.decodeMsPerContextToken], a);
+  if (decode) [out.decodeFixedMs, out.decodeMsPerContextToken] = decode;
   return out;
 }
 

@@ -147,8 +147,8 @@ export class StageStats {
    */
   figure(stage: number, tokens: number, context?: number): number {
     if (tokens <= 1) {
-      const line = context !== undefined ? this.decodeLine(stage) : undefined;
-      return line && context !== undefined ? line.fixedMs + context * line.msPerContextToken : this.decode[stage];
+      const line = context === undefined ? undefined : this.decodeLine(stage);
+      return line ? line.fixedMs + (context ?? 0) * line.msPerContextToken : this.decode[stage];
     }
     const line = this.fits[stage].line();
     return line ? line.fixedMs + tokens * line.msPerToken : this.prefill[stage] * tokens;
