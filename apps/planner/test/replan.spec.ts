@@ -1,4 +1,4 @@
-import type { ClientPlan, ClientProfile, GenerationOutcome, ServerLoad } from '@tandem/protocol';
+import type { ClientPlan, ClientProfile, GenerationOutcome, ServerLoad, StageTiming } from '@tandem/protocol';
 import { clientProfile, eventually, planOutcome, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { makerOptions, plannerOptions, SIX_STAGES } from './fixtures';
 import { PlanMaker } from '../src/plan-maker';
@@ -77,19 +77,14 @@ describe('what counts as a material change', () => {
     expect(s.stages[1].prefillMsPerToken).toBeCloseTo(2.5 / 4, 12);
     expect(smoothLoad(undefined, b, 0.25)).toBe(b);
     // A fitted prefill line is smoothed as a pair once both reports have one, taken as it comes otherwise.
-    const lined = (l: ServerLoad, fixed: number, slope: number): ServerLoad => ({
-      ...l,
-      stages: l.stages.map((st) => ({ ...st, prefillFixedMs: fixed, prefillMsPerTokenFitted: slope })),
-    });
+    const withStages = (l: ServerLoad, fields: Partial<StageTiming>): ServerLoad => ({ ...l, stages: l.stages.map((st) => ({ ...st, ...fields })) });
+    const lined = (l: ServerLoad, fixed: number, slope: number): ServerLoad => withStages(l, { prefillFixedMs: fixed, prefillMsPerTokenFitted: slope });
     const fitted = smoothLoad(lined(a, 4, 0.2), lined(b, 0, 0.6), 0.25);
     expect(fitted.stages[2].prefillFixedMs).toBeCloseTo(3, 12);
     expect(fitted.stages[2].prefillMsPerTokenFitted).toBeCloseTo(0.3, 12);
     expect(smoothLoad(a, lined(b, 1, 0.5), 0.25).stages[2].prefillMsPerTokenFitted).toBe(0.5);
     // The decode line likewise.
-    const decodeLined = (l: ServerLoad, fixed: number, slope: number): ServerLoad => ({
-      ...l,
-      stages: l.stages.map((st) => ({ ...st, decodeFixedMs: fixed, decodeMsPerContextToken: slope })),
-    });
+    const decodeLined = (l: ServerLoad, fixed: number, slope: number): ServerLoad => withStages(l, { decodeFixedMs: fixed, decodeMsPerContextToken: slope });
     const decodeFitted = smoothLoad(decodeLined(a, 4, 0.02), decodeLined(b, 0, 0.06), 0.25);
     expect(decodeFitted.stages[2].decodeFixedMs).toBeCloseTo(3, 12);
     expect(decodeFitted.stages[2].decodeMsPerContextToken).toBeCloseTo(0.03, 12);
