@@ -7,6 +7,7 @@
 import { ModelFormatError, StageInputError, type StageInputProblemKind } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import type { EngineLoadOptions } from './engine';
+import type { GcKind } from './gc-watch';
 
 /** What the inference thread is started with (its `workerData`): the model, and how to load it. */
 export interface EngineThreadData extends EngineLoadOptions {
@@ -61,7 +62,9 @@ export type FromThread =
   | { readonly type: 'ready' }
   | { readonly type: 'load-failed'; readonly error: ErrorData }
   | { readonly type: 'done'; readonly id: number; readonly outputs: readonly HostTensor[] }
-  | { readonly type: 'failed'; readonly id: number; readonly error: ErrorData; readonly inputs: readonly HostTensor[] };
+  | { readonly type: 'failed'; readonly id: number; readonly error: ErrorData; readonly inputs: readonly HostTensor[] }
+  /** The thread paused `ms` for a garbage collection of `kind` (its heap holds every KV cache and tensor it made). */
+  | { readonly type: 'gc'; readonly kind: GcKind; readonly ms: number };
 
 /** Flattens an error for postMessage (structured clone keeps neither the class nor its fields). */
 export function describeError(err: unknown): ErrorData {

@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { StageInputError, type KvCache } from '@tandem/model';
 import type { HostTensor } from '@tandem/protocol';
 import { OnnxStageEngine, type SessionCache } from './engine';
+import { watchGc } from './gc-watch';
 import { collectWhenQuiet } from './worker-engine';
 import { describeError, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 
@@ -116,6 +117,9 @@ async function serve(): Promise<void> {
         return;
     }
   };
+
+  // Its collections pause every call in flight: the event-loop thread counts them (metrics).
+  watchGc((kind, ms) => post({ type: 'gc', kind, ms }));
 
   // One request at a time, in order: a release queued behind a run never frees a cache in use.
   let chain = Promise.resolve();

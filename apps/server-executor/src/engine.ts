@@ -1,4 +1,5 @@
 import type { HostTensor } from '@tandem/protocol';
+import type { GcKind } from './gc-watch';
 import { modelIdOf, readManifest, StageRunner, type Float32Tensor, type KvCache, type StageKind } from '@tandem/model';
 
 /**
@@ -48,6 +49,11 @@ export interface StageEngine<K = unknown> {
   readonly nPositions: number;
   /** Whether stage compute runs on the calling (event-loop) thread, so its CPU time is the main thread's. */
   readonly computesOnEventLoop?: boolean;
+  /**
+   * For an engine that computes on a thread of its own: calls `listener` with each garbage-collection
+   * pause of that thread (an engine on the event loop has none of its own: the event loop's count).
+   */
+  onGcPause?(listener: (kind: GcKind, ms: number) => void): void;
   stageKind(stage: number): StageKind;
   newCache(): SessionCache<K>;
   /** Frees a cache's memory now (it is never used again). */

@@ -40,6 +40,7 @@ import type { StageEngine } from './engine';
 import { NotReadyError, toGrpcStatus } from './errors';
 import { defaultKvBudgetBytes, KvBudget, kvBytesOf } from './kv-budget';
 import { LoadMeter, StepTotals, type ExecutorCounters, type LoadInterval } from './load-meter';
+import { watchGc } from './gc-watch';
 import { ExecutorMetrics } from './metrics';
 import { OipModels } from './oip-models';
 import { OipService, type OipServerState } from './oip-service';
@@ -124,6 +125,8 @@ export class ExecutorServer {
   /** Token buckets per client id (EXECUTOR_MAX_TOKENS_PER_S_PER_CLIENT), when limited. */
   private readonly rates: ClientTokenRates | undefined;
   private draining = false;
+  /** Ends the event loop's garbage-collection watch (set by start()). */
+  private stopGcWatch: (() => void) | undefined;
   /** stop() has begun. */
   private stopping = false;
   /** Why the engine can no longer run stages, once it failed. */
@@ -227,6 +230,10 @@ export class ExecutorServer {
     this.port = await bindServer(this.server, this.opts.address, this.opts.security?.credentials ?? grpc.ServerCredentials.createInsecure());
     this.advertised = advertisedAddress(this.opts.advertiseAddress, hostOf(this.opts.address), this.port);
     if (this.opts.metricsPort !== undefined) await this.metrics.start(hostOf(this.opts.address), this.opts.metricsPort);
+    // Collections pause the thread they run on: the event loop's stall every stream, the
+    // inference thread's stretch the engine call in flight (tandem_executor_gc_pause_duration_seconds).
+    this.stopGcWatch = watchGc((kind, ms) => this.observed.gcPause('main', kind, ms));
+    this.opts.engine.onGcPause?.((kind, ms) => this.observed.gcPause('engine', kind, ms));
     const t0 = performance.now();
     await this.opts.engine.warmup();
     this.profiling = true;
@@ -431,6 +438,7 @@ export class ExecutorServer {
     this.health.closeWatchers();
     await shutdownServer(this.server);
     await this.metrics.stop();
+    this.stopGcWatch?.();
     await this.telemetry?.stop();
     await this.opts.engine.close();
     this.log.info('executor stopped');

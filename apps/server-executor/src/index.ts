@@ -8,4 +8,8 @@ export type { EngineLoadOptions, StageEngine, StageKv } from './engine';
 export { EXECUTOR_SERVICE_NAME, ExecutorServer } from './executor-server';
 export type { ExecutorServerOptions } from './executor-server';
 export { StageScheduler } from './scheduler';
+export { ExecutorMetrics } from './metrics';
+export type { GcThread } from './metrics';
+export { GC_KINDS, watchGc } from './gc-watch';
+export type { GcKind } from './gc-watch';
 export type { StepOutcome } from './scheduler';

@@ -1,5 +1,9 @@
 import { counter, Counter, Histogram, latencyHistogram, readGauge, type Registry } from '@tandem/service-kit';
+import { GC_KINDS, type GcKind } from './gc-watch';
 import type { StepOutcome } from './scheduler';
+
+/** The executor's threads with a heap of their own: the event loop, and the inference thread of the worker engine. */
+export type GcThread = 'main' | 'engine';
 
 /** How a server-side generation ended: every token made, the session closed under it (cancel, deadline, idle, shutdown), or an error of its own. */
 export type GenerationEnd = 'completed' | 'cancelled' | 'failed';
@@ -38,6 +42,7 @@ export class ExecutorMetrics implements GenerationObserver {
   private readonly tokens: Counter;
   private readonly handOverBytes: Counter<'direction'>;
   private readonly handOverStages: Counter<'direction'>;
+  private readonly gcPauses: Histogram<'thread' | 'kind'>;
 
   constructor(registry: Registry, read: ExecutorGaugeSources) {
     const registers = [registry];
@@ -79,6 +84,14 @@ export class ExecutorMetrics implements GenerationObserver {
       "Stages whose state was handed over between the phases of phased plans, by direction: put (a stage's first kv_put chunk) or take (a kv_take answered)",
       ['direction'],
     );
+    this.gcPauses = new Histogram({
+      name: 'tandem_executor_gc_pause_duration_seconds',
+      help: "Garbage-collection pauses by thread (main: the event loop; engine: the inference thread, whose pauses stretch the engine call they fall in) and V8's kind (minor, major, incremental, weakcb)",
+      labelNames: ['thread', 'kind'],
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25],
+      registers,
+    });
+    for (const thread of ['main', 'engine'] as const) for (const kind of GC_KINDS) this.gcPauses.zero({ thread, kind });
     for (const direction of ['put', 'take'] as const) {
       this.handOverBytes.inc({ direction }, 0);
       this.handOverStages.inc({ direction }, 0);
@@ -97,6 +110,11 @@ export class ExecutorMetrics implements GenerationObserver {
   }
 
   /** One engine call of `steps` steps through `stage` that took `ms` (the scheduler's onCall). */
+  /** One garbage-collection pause of `thread` that took `ms`. */
+  gcPause(thread: GcThread, kind: GcKind, ms: number): void {
+    this.gcPauses.observe({ thread, kind }, Math.max(0, ms) / 1000);
+  }
+
   call(steps: number, stage: number | 'fused', ms: number): void {
     this.batchSize.observe(steps);
     this.stageCallSeconds.observe({ stage: String(stage) }, Math.max(0, ms) / 1000);

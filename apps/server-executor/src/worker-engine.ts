@@ -7,6 +7,7 @@ import type { HostTensor } from '@tandem/protocol';
 import { SessionCache, type EngineLoadOptions, type StageEngine, type StageKv } from './engine';
 import { rebuildError, ownedTensors, transferListOf, type EngineThreadData, type FromThread, type ToThread } from './engine-thread-protocol';
 import { EngineUnavailableError } from './errors';
+import type { GcKind } from './gc-watch';
 
 /** A session's KV cache as the event-loop thread holds it: a handle to the one kept in the inference thread. */
 class CacheHandle {
@@ -84,6 +85,7 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
   private liveCaches = 0;
   /** With EngineLoadOptions.returnMemory: collects this thread's garbage (tensors that came back, stream buffers) once no cache is live. */
   private collectWhenIdle: (() => void) | undefined;
+  private gcListener: ((kind: GcKind, ms: number) => void) | undefined;
   private resolveFailed!: (e: Error) => void;
   readonly failed = new Promise<Error>((r) => {
     this.resolveFailed = r;
@@ -284,7 +286,19 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     return h;
   }
 
+  /**
+   * Calls `listener(kind, ms)` for each garbage-collection pause of the inference thread from now
+   * on (one listener; a later call replaces it). Such a pause stretches the engine call it falls in.
+   */
+  onGcPause(listener: (kind: GcKind, ms: number) => void): void {
+    this.gcListener = listener;
+  }
+
   private onMessage(m: FromThread): void {
+    if (m.type === 'gc') {
+      this.gcListener?.(m.kind, m.ms);
+      return;
+    }
     if (m.type !== 'done' && m.type !== 'failed') return;
     const p = this.pending.get(m.id);
     if (!p) return;

@@ -140,6 +140,25 @@ describe('executor metrics on /metrics, after real traffic', () => {
     expect(delta('tandem_executor_kv_handover_stages_total{direction="put"}')).toBe(2);
   });
 
+  it("counts the event loop's garbage-collection pauses by kind, and has every thread's series from the start", async () => {
+    const text0 = await scrape();
+    for (const thread of ['main', 'engine']) {
+      for (const kind of ['minor', 'major', 'incremental', 'weakcb'])
+        expect(value(text0, `tandem_executor_gc_pause_duration_seconds_count{thread="${thread}",kind="${kind}"}`)).toBeGreaterThanOrEqual(0);
+    }
+    const minor0 = value(text0, 'tandem_executor_gc_pause_duration_seconds_count{thread="main",kind="minor"}');
+    // The executor shares this process's event loop: young garbage made here is collected there.
+    await eventually(async () => {
+      const garbage: unknown[] = [];
+      for (let i = 0; i < 200_000; i++) garbage.push({ i });
+      garbage.length = 0;
+      const text = await scrape();
+      expect(value(text, 'tandem_executor_gc_pause_duration_seconds_count{thread="main",kind="minor"}')).toBeGreaterThan(minor0);
+      expect(value(text, 'tandem_executor_gc_pause_duration_seconds_sum{thread="main",kind="minor"}')).toBeGreaterThan(0);
+      return true;
+    });
+  });
+
   it('closes the endpoint when the executor stops', async () => {
     const other = await startTestExecutor(await OnnxStageEngine.load(e.model.dir, { intraOpNumThreads: 1 }), { serverId: 'metrics-stop', metricsPort: 0 });
     const p = other.server.metrics.port ?? 0;

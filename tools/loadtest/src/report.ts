@@ -2,6 +2,7 @@ import { SLO_KEYS } from '@tandem/dp';
 import { renderChart } from '@tandem/plot';
 import { median } from '@tandem/util';
 import type { Attainment } from './metrics';
+import { LONG_GC_PAUSE_S, type ThreadPauses } from './gc-pauses';
 import { mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, recordedTokenMs, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
 import { sloScale, type Policy } from './scenario';
@@ -342,6 +343,7 @@ export function buildReport(rows: readonly RateResult[], ctx: ReportContext): Lo
   md.push('');
   if (nExec > 1) md.push(...executorSection(rows, multi));
   md.push(...serverContention(rows, multi));
+  md.push(...gcSection(rows, multi));
   md.push('## Device side', '');
   md.push(
     `Agents' CPU (from /proc) and the client core's (agents, planner and this harness) as a share of one core; timing error = the client compute an agent measured minus the modelled one, per request with local stages (ms, and relative). ` +
@@ -563,6 +565,33 @@ export function serverContention(rows: readonly RateResult[], multi: boolean): s
     ),
     '',
   ];
+}
+
+/**
+ * The report's "Server garbage collection" section (empty when no run read the pauses): per
+ * policy and rate, the executors' garbage-collection pauses, the inference thread's (each
+ * stretches the engine call it falls in: every step of that call waits) and the event loop's.
+ */
+export function gcSection(rows: readonly RateResult[], multi: boolean): string[] {
+  const read = rows.filter((r) => r.serverGcPauses);
+  if (read.length === 0) return [];
+  const cells = (p: ThreadPauses, wallS: number): string => `${p.count} | ${wallS > 0 ? fx((1000 * p.seconds) / wallS, 1) : '–'} | ${p.long}`;
+  const md = [
+    '## Server garbage collection',
+    '',
+    `Garbage-collection pauses of the executor's threads over each run (its /metrics before and after): how many, milliseconds paused per second of the run, and pauses over ${1000 * LONG_GC_PAUSE_S} ms. The inference thread's pause stretches the engine call it falls in, so every step of that call waits; the event loop's delays every stream.`,
+    '',
+    `| ${multi ? 'repeat | ' : ''}policy | rate | inference thread: pauses | ms / s | > ${1000 * LONG_GC_PAUSE_S} ms | event loop: pauses | ms / s | > ${1000 * LONG_GC_PAUSE_S} ms |`,
+    `|${multi ? '---:|' : ''}---|---:|---:|---:|---:|---:|---:|---:|`,
+  ];
+  for (const r of read) {
+    const p = r.serverGcPauses;
+    if (!p) continue;
+    const wallS = r.serverCpuUtilisation > 0 ? r.serverCpuS / r.serverCpuUtilisation : 0;
+    md.push(`| ${multi ? `${r.repeat + 1} | ` : ''}${r.policy} | ${r.rate} | ${cells(p.engine, wallS)} | ${cells(p.main, wallS)} |`);
+  }
+  md.push('');
+  return md;
 }
 
 /**

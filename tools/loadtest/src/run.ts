@@ -11,6 +11,7 @@ import { sleep } from '@tandem/util';
 import { buildTrace, promptPools, type TraceRequest } from './arrivals';
 import { agentClient, plannerClient, sendGenerate } from './client';
 import { attributeExecutors, executorShares, loadtestExecutorId, MAX_EXECUTORS, type ExecutorShare, type OutcomeSeen } from './executors';
+import { gcPausesBetween, scrapeGcPauses, sumGcPauses, type GcPauses } from './gc-pauses';
 import { completed, dist, summarize, type Dist, type RequestRecord, type RunStats } from './metrics';
 import { predictionErrors, predictionSamples, type PredictionGroup, type PredictionSamples } from './prediction';
 import { plannerSloEnv, scaleSlos, ScenarioError, sloScale, type Policy, type Scenario } from './scenario';
@@ -135,6 +136,12 @@ export interface RateResult {
    * executor's own threads waiting for each other do not count. null when not pinned or unreadable.
    */
   readonly serverCoreOtherShare: number | null;
+  /**
+   * Garbage-collection pauses of the executors' threads over the run (their /metrics before and
+   * after, summed over executors): the event loop's, and the inference thread's, each of which
+   * stretches the engine call it falls in. null when not read (absent from older runs.json).
+   */
+  readonly serverGcPauses?: GcPauses | null;
   /** Sum of the server compute the agents reported, s (cross-check of serverCpuS). */
   readonly reportedServerComputeS: number;
   /** Client-side CPU (agents) over the run, s. */
@@ -343,6 +350,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             EXECUTOR_THREADS: '1',
             EXECUTOR_MAX_SESSIONS: '512',
             EXECUTOR_IDLE_TIMEOUT_MS: String(s.requestTimeoutMs + 10_000),
+            // Its /metrics on a free port: the harness reads its garbage-collection pauses per rate.
+            EXECUTOR_METRICS_PORT: '0',
           },
         }).then((p) => {
           started[i] = p;
@@ -425,6 +434,13 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
         const plans0 = pc;
         if (execs.length !== nExec || !plans0) throw new Error('loadtest: startStack resolved without the executors or the planner client'); // never: it sets both
         const execCpu = (): number[] => execs.map((e) => e.cpuSeconds());
+        const metricsPorts = execs.map((e) => e.announced.metricsPort).filter((p): p is number => typeof p === 'number' && p > 0);
+        /** Every executor's pauses so far; undefined when one cannot be read. */
+        const gcPauses = async (): Promise<GcPauses[] | undefined> => {
+          if (metricsPorts.length !== execs.length) return undefined;
+          const all = await Promise.all(metricsPorts.map((port) => scrapeGcPauses(port)));
+          return all.every((p): p is GcPauses => p !== undefined) ? all : undefined;
+        };
         const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
         await waitForPlans(policy, plans0, agents, 60_000);
         o.note?.(`${tag}: every agent follows a ${policy} plan`);
@@ -447,6 +463,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const cpu0 = execCpu();
           const wait0 = sum(execs.map((e) => e.runQueueWaitSeconds()));
           const core0 = cpuBusySeconds(Number(SERVER_CPU));
+          const gc0 = await gcPauses();
           const wall0 = performance.now();
           outcomes = [];
           const { records: sent, t0: traceT0 } = await replay(trace, agents, s.requestTimeoutMs, () => {
@@ -459,6 +476,8 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
           const serverWaitS = sum(execs.map((e) => e.runQueueWaitSeconds())) - wait0;
           const coreOtherS = cpuBusySeconds(Number(SERVER_CPU)) - core0 - serverCpuS;
           const agentsCpuS = agentCpu() - agentCpu0;
+          const gc1 = gc0 && (await gcPauses());
+          const serverGcPauses = gc0 && gc1 ? sumGcPauses(gc1.map((p, i) => gcPausesBetween(gc0[i], p))) : null;
           const clientCpuS = agentCpu() + (planner?.cpuSeconds() ?? 0) + ownCpu() - clientCpu0;
           let records: RequestRecord[];
           let unattributed = 0;
@@ -492,6 +511,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<LoadtestRun> {
             serverCpuUtilisation: serverCpuS / wallS,
             serverRunQueueShare: Number.isFinite(serverWaitS) ? serverWaitS / wallS : null,
             serverCoreOtherShare: pin && Number.isFinite(coreOtherS) ? Math.max(0, coreOtherS) / wallS : null,
+            serverGcPauses,
             reportedServerComputeS: records.reduce((a, r) => a + (r.serverComputeMs ?? 0), 0) / 1000,
             agentsCpuS,
             plans,
