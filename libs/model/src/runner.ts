@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import { MessageChannel } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { HostTensor } from '@tandem/protocol';
 import { ModelFormatError, ModelOptionError, StageInputError, renderGiven } from './errors';
@@ -80,16 +81,50 @@ class RunnerCache implements KvCache {
   }
 
   clear(): void {
-    for (const { key, value } of this.kv.values()) {
-      key.dispose();
-      value.dispose();
-    }
+    for (const { key, value } of this.kv.values()) freeTensors(key, value);
     this.kv.clear();
     this.embeddedTokens = 0;
   }
 }
 
 const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+
+/** A port whose other end is closed: what is posted to it with its buffers transferred is dropped, and their memory with it. */
+const dropPort = (() => {
+  const { port1, port2 } = new MessageChannel();
+  port2.close();
+  port1.unref();
+  return port1;
+})();
+
+/**
+ * Disposes of tensors this runner made and no one else holds (a cache's keys and values once
+ * replaced), and frees their memory now. V8 frees an ArrayBuffer's memory only when it collects
+ * the object, and every decode step replaces each attention stage's keys and values (their
+ * whole context, 2 KB a position per stage on the `small` preset): left to the collector, that
+ * churn made the inference thread collect every few dozen steps, and the buffers of sessions
+ * still running when it did outlived one collection and then waited for a full one (edge,
+ * server-only at 8 req/s: 172 ms of pauses per second). Transferring a buffer to a closed port
+ * detaches it and drops its memory at once. A buffer that is a view into a larger one, or that
+ * cannot be transferred, is left to the collector.
+ */
+function freeTensors(...tensors: readonly ort.Tensor[]): void {
+  const buffers: ArrayBuffer[] = [];
+  for (const t of tensors) {
+    if (t.location === 'cpu') {
+      const d = t.data as Float32Array;
+      const b = d.buffer;
+      if (b instanceof ArrayBuffer && b.byteLength > 0 && d.byteOffset === 0 && d.byteLength === b.byteLength && !buffers.includes(b)) buffers.push(b);
+    }
+    t.dispose();
+  }
+  if (buffers.length === 0) return;
+  try {
+    dropPort.postMessage(null, buffers);
+  } catch {
+    // DataCloneError: a buffer that may not be transferred. The collector frees them all later.
+  }
+}
 
 /**
  * The last position of a hidden state [1, T, D] as [1, 1, D] (a copy of D floats). Stages that
@@ -359,10 +394,7 @@ export class StageRunner {
       }
       return new ort.Tensor('float32', out, [1, H, held + n, hd]);
     });
-    if (past) {
-      past.key.dispose();
-      past.value.dispose();
-    }
+    if (past) freeTensors(past.key, past.value);
     own.kv.set(stage, { key: joined[0], value: joined[1] });
   }
 
@@ -379,8 +411,7 @@ export class StageRunner {
     }
     const kv = own.kv.get(stage);
     if (kv) {
-      kv.key.dispose();
-      kv.value.dispose();
+      freeTensors(kv.key, kv.value);
       own.kv.delete(stage);
     }
   }
@@ -439,8 +470,11 @@ export class StageRunner {
     if (first.kind === 'embed') cache.embeddedTokens += T;
     for (let s = begin; s < end; s++) {
       if (this.manifest.stages[s].kind !== 'attn') continue;
-      // Presents become the next step's pasts as they are (no copy), as in per-stage runs.
+      // Presents become the next step's pasts as they are (no copy), as in per-stage runs; the
+      // pasts they replace (fed to this call) are freed.
+      const old = cache.kv.get(s);
       cache.kv.set(s, { key: r[FUSED_IO.presentKey(s)], value: r[FUSED_IO.presentValue(s)] });
+      if (old) freeTensors(old.key, old.value);
     }
     const out = last.kind === 'head' ? IO.logits : last.kind === 'embed' ? IO.hidden : IO.hiddenOut;
     return toHost(r[out]);
@@ -545,8 +579,10 @@ export class StageRunner {
       [IO.pastKey]: past.key,
       [IO.pastValue]: past.value,
     });
-    // The present tensors are fed back as the next step's past as they are: no copy.
+    // The present tensors are fed back as the next step's past as they are: no copy. The past
+    // they replace is freed (an empty one was made for this call).
     cache.kv.set(stage, { key: r[IO.presentKey], value: r[IO.presentValue] });
+    freeTensors(past.key, past.value);
     return toHost(r[IO.hiddenOut]);
   }
 
