@@ -42,6 +42,35 @@ async function decode(r: StageRunner, cache: KvCache, first: number, n: number):
   return { tokens, logits };
 }
 
+describe("StageRunner frees a cache's replaced keys and values at once", () => {
+  /** The buffers of stage `stage`'s keys and values in `cache` now (the runner's own, read through its internals). */
+  const kvBuffers = (cache: KvCache, stage: number): ArrayBufferLike[] => {
+    const kv = (cache as unknown as { kv: Map<number, { key: { data: Float32Array }; value: { data: Float32Array } }> }).kv.get(stage);
+    if (!kv) throw new Error(`stage ${stage} holds nothing`);
+    return [kv.key.data.buffer, kv.value.data.buffer];
+  };
+
+  it('detaches the pasts a decode step replaced, and what dropState drops, while exported state stays whole', async () => {
+    const attn = a.manifest.stages.find((s) => s.kind === 'attn')?.index ?? -1;
+    const cache = a.newCache();
+    const prefill = (await a.runRange(0, a.manifest.stages.length, ids(PROMPT), cache, { lastOnly: true })) as Float32Tensor;
+    const before = kvBuffers(cache, attn);
+    expect(before.every((b) => b.byteLength > 0)).toBe(true);
+    // One stage-by-stage decode step: the pasts it replaced are freed, the presents are live.
+    let x: HostTensor = ids([greedyToken(prefill, a.manifest.config.vocabSize)]);
+    for (let s = 0; s < a.manifest.stages.length; s++) x = await a.run(s, x, cache);
+    expect(before.map((b) => b.byteLength)).toEqual([0, 0]);
+    const live = kvBuffers(cache, attn);
+    expect(live.every((b) => b.byteLength > 0)).toBe(true);
+    expect(cache.pastLength(attn)).toBe(PROMPT.length + 1);
+    const exported = a.exportState(attn, cache);
+    a.dropState(attn, cache);
+    expect(live.map((b) => b.byteLength)).toEqual([0, 0]);
+    expect(exported.key?.data.length).toBe(a.manifest.config.nEmbd * (PROMPT.length + 1));
+    expect(exported.key?.data.buffer.byteLength).toBeGreaterThan(0);
+  });
+});
+
 describe('StageRunner state hand-over (exportState / appendState / dropState)', () => {
   it('a cache rebuilt from exported state, in chunks, continues bit for bit like the original', async () => {
     const n = a.manifest.stages.length;
