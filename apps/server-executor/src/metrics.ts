@@ -109,12 +109,12 @@ export class ExecutorMetrics implements GenerationObserver {
     this.stepSeconds.observe({ kind: o.positions > 1 || o.long ? 'prompt' : 'decode' }, Math.max(0, o.queueMs + o.serviceMs) / 1000);
   }
 
-  /** One engine call of `steps` steps through `stage` that took `ms` (the scheduler's onCall). */
   /** One garbage-collection pause of `thread` that took `ms`. */
   gcPause(thread: GcThread, kind: GcKind, ms: number): void {
     this.gcPauses.observe({ thread, kind }, Math.max(0, ms) / 1000);
   }
 
+  /** One engine call of `steps` steps through `stage` that took `ms` (the scheduler's onCall). */
   call(steps: number, stage: number | 'fused', ms: number): void {
     this.batchSize.observe(steps);
     this.stageCallSeconds.observe({ stage: String(stage) }, Math.max(0, ms) / 1000);

@@ -1,4 +1,4 @@
-import { request } from 'node:http';
+import { scrapeText, withTimeout } from '@tandem/testkit';
 
 /** The executor's histogram of garbage-collection pauses (apps/server-executor metrics.ts). */
 const METRIC = 'tandem_executor_gc_pause_duration_seconds';
@@ -60,18 +60,7 @@ export function sumGcPauses(all: readonly GcPauses[]): GcPauses {
   return all.reduce((acc, p) => ({ main: add(acc.main, p.main), engine: add(acc.engine, p.engine) }), { main: NONE, engine: NONE });
 }
 
-/** Reads an executor's pauses from GET http://127.0.0.1:`port`/metrics; undefined when it cannot (the run goes on without them). */
+/** Reads an executor's pauses from GET http://127.0.0.1:`port`/metrics; undefined when it cannot within `timeoutMs` (the run goes on without them). */
 export function scrapeGcPauses(port: number, timeoutMs = 2000): Promise<GcPauses | undefined> {
-  return new Promise((resolve) => {
-    const req = request({ host: '127.0.0.1', port, path: '/metrics', agent: false, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve(res.statusCode === 200 ? gcPausesOf(body) : undefined));
-      res.on('error', () => resolve(undefined));
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(undefined));
-    req.end();
-  });
+  return withTimeout(scrapeText(port), timeoutMs, `GET /metrics on port ${port}`).then(gcPausesOf, () => undefined);
 }

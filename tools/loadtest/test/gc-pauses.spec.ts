@@ -1,6 +1,7 @@
 import { ExecutorMetrics } from '@tandem/server-executor';
-import { Registry } from '@tandem/service-kit';
-import { gcPausesBetween, gcPausesOf, sumGcPauses } from '../src/gc-pauses';
+import { MetricsEndpoint, Registry } from '@tandem/service-kit';
+import { freePort } from '@tandem/testkit';
+import { gcPausesBetween, gcPausesOf, scrapeGcPauses, sumGcPauses } from '../src/gc-pauses';
 import { gcSection } from '../src/report';
 import type { RateResult } from '../src/run';
 
@@ -33,6 +34,21 @@ describe("reading the executor's garbage-collection pauses from its /metrics", (
     expect(d.main.long).toBe(1);
     expect(d.main.seconds).toBeCloseTo(0.04, 9);
     expect(sumGcPauses([d, d]).main.count).toBe(2);
+  });
+
+  it('reads them from a live /metrics endpoint, and says undefined where none answers', async () => {
+    const endpoint = new MetricsEndpoint();
+    const metrics = new ExecutorMetrics(endpoint.registry, { activeSessions: () => 0, queueDepth: () => 0, kvBytes: () => ({ used: 0, limit: 1 }) });
+    await endpoint.start('127.0.0.1', 0);
+    try {
+      metrics.gcPause('engine', 'minor', 3);
+      const read = await scrapeGcPauses(endpoint.port ?? 0);
+      expect(read?.engine.count).toBe(1);
+      expect(read?.engine.seconds).toBeCloseTo(0.003, 9);
+    } finally {
+      await endpoint.stop();
+    }
+    expect(await scrapeGcPauses(await freePort())).toBeUndefined();
   });
 
   it('says undefined for an exposition without the histogram (an older executor)', () => {
