@@ -26,7 +26,15 @@
  * gap between their tokens in that window (the request's own length, as "E2E at length").
  * What it cannot see is what arrives after the request: when it is no better than the plan or
  * the floor, the spread comes from later arrivals, which no prediction at admission knows.
+ *
+ * `calibrated` tests the other correction at hand, the planner's own: each plan's E2E
+ * prediction × the factor the planner's calibrator would hold for the group when the request was
+ * sent, from the outcomes ended by then (the decayed geometric mean of measured / predicted; the
+ * estimate itself, without the gates that delay the factor the planner applies). It removes a
+ * bias that persists; it cannot remove the spread, so when it is no better than the plan the
+ * error is spread, not bias.
  */
+import { DEFAULT_CALIBRATION } from '@tandem/planner';
 import { completed, percentile, tpotOf, ttftOf, type RequestRecord } from './metrics';
 
 /** How far back the per-request `recent` prediction looks, ms. */
@@ -50,6 +58,8 @@ export interface PredictionSamples {
   readonly hindsight: readonly number[];
   /** E2E errors of the per-request prediction from the recent past (see the top of this file), where the window held data. */
   readonly recent: readonly number[];
+  /** E2E errors of the plan's prediction as the planner's calibrator would have corrected it (see {@link calibratedAtSend}); absent in results written before it. */
+  readonly calibrated?: readonly number[];
 }
 
 /** Error statistics of one figure over a group. */
@@ -80,15 +90,25 @@ export interface PredictionGroup {
   readonly hindsight: ErrorStats | null;
   /** The error on E2E of a per-request prediction from the server's recent past. */
   readonly recent: ErrorStats | null;
+  /** The error on E2E of the plan's prediction corrected from the outcomes seen before each request was sent (the planner's calibrator replayed). */
+  readonly calibrated: ErrorStats | null;
 }
 
-type MutableSamples = { completed: number; unpredicted: number; errors: Record<PredictedFigure, number[]>; hindsight: number[]; recent: number[] };
+type MutableSamples = {
+  completed: number;
+  unpredicted: number;
+  errors: Record<PredictedFigure, number[]>;
+  hindsight: number[];
+  recent: number[];
+  calibrated: number[];
+};
 const emptySamples = (): MutableSamples => ({
   completed: 0,
   unpredicted: 0,
   errors: { e2e: [], e2eAtLength: [], ttft: [], tpot: [] },
   hindsight: [],
   recent: [],
+  calibrated: [],
 });
 
 /**
@@ -133,10 +153,51 @@ function recentPast(records: readonly RequestRecord[]): (r: RequestRecord) => nu
   };
 }
 
+/** The planner's calibrator as the load test replays it: its default half-life and minimum count, in outcomes (apps/planner calibration.ts). */
+export const CALIBRATION_REPLAY = { halfLife: DEFAULT_CALIBRATION.halfLife, minOutcomes: DEFAULT_CALIBRATION.minOutcomes } as const;
+
+/**
+ * Each predicted request's E2E as the planner's calibrator would have corrected it when the
+ * request was sent: the plan's prediction × the factor of its group from the requests of the
+ * same group that had ended by then (see {@link CALIBRATION_REPLAY}); the plan's own prediction
+ * while fewer have ended. Keyed by record; records without an E2E prediction are absent.
+ */
+function calibratedAtSend(records: readonly RequestRecord[]): Map<RequestRecord, number> {
+  /** Per group: its predicted requests with their E2E prediction. */
+  const byGroup = new Map<string, { r: RequestRecord; predicted: number }[]>();
+  for (const r of records) {
+    const predicted = r.predictedE2eMs ?? 0;
+    if (!completed(r) || !(predicted > 0) || !(r.endMs > 0)) continue;
+    const k = `${r.device}/${r.requestClass}`;
+    const g = byGroup.get(k) ?? [];
+    g.push({ r, predicted });
+    byGroup.set(k, g);
+  }
+  const decay = 2 ** (-1 / CALIBRATION_REPLAY.halfLife);
+  const out = new Map<RequestRecord, number>();
+  for (const group of byGroup.values()) {
+    const sent = [...group].sort((a, b) => a.r.sentMs - b.r.sentMs);
+    const endOf = (x: { r: RequestRecord }): number => x.r.sentMs + x.r.endMs;
+    const ended = [...group].sort((a, b) => endOf(a) - endOf(b));
+    let weight = 0;
+    let sum = 0;
+    let next = 0;
+    for (const x of sent) {
+      for (; next < ended.length && endOf(ended[next]) <= x.r.sentMs; next++) {
+        weight = weight * decay + 1;
+        sum = sum * decay + Math.log(ended[next].r.endMs / ended[next].predicted);
+      }
+      out.set(x.r, x.predicted * (next >= CALIBRATION_REPLAY.minOutcomes ? Math.exp(sum / weight) : 1));
+    }
+  }
+  return out;
+}
+
 /** Signed relative errors per 'device/requestClass' of a set of records. */
 export function predictionSamples(records: readonly RequestRecord[]): Record<string, PredictionSamples> {
   const out: Record<string, MutableSamples> = {};
   const recentOf = recentPast(records);
+  const calibratedOf = calibratedAtSend(records);
   /** E2E of the predicted requests per group and placement, for the hindsight constant. */
   const byPlacement = new Map<string, { group: string; e2e: number[] }>();
   const rel = (predicted: number | undefined, measured: number | null): number | null =>
@@ -164,6 +225,8 @@ export function predictionSamples(records: readonly RequestRecord[]): Record<str
     add('tpot', rel(r.predictedTpotMs, tpotOf(r)));
     const recent = recentOf(r);
     if (recent !== undefined && r.endMs > 0) g.recent.push((recent - r.endMs) / r.endMs);
+    const calibrated = calibratedOf.get(r);
+    if (calibrated !== undefined) g.calibrated.push((calibrated - r.endMs) / r.endMs);
     if (r.endMs > 0) {
       const pk = `${key}\u0000${r.placement ?? ''}`;
       const b = byPlacement.get(pk) ?? { group: key, e2e: [] };
@@ -191,6 +254,7 @@ export function mergeSamples(sets: readonly Readonly<Record<string, PredictionSa
       g.unpredicted += s.unpredicted;
       g.hindsight.push(...s.hindsight);
       g.recent.push(...(s.recent ?? []));
+      g.calibrated.push(...(s.calibrated ?? []));
       for (const f of PREDICTED_FIGURES) g.errors[f].push(...s.errors[f]);
     }
   }
@@ -235,6 +299,7 @@ export function predictionErrors(samples: Readonly<Record<string, PredictionSamp
             flagged: figures.e2e?.flagged ?? null,
             hindsight: errorStats(s.hindsight),
             recent: errorStats(s.recent ?? []),
+            calibrated: errorStats(s.calibrated ?? []),
           },
         ];
       }),

@@ -1,6 +1,7 @@
 import { Rng } from '@tandem/util';
 import {
   arrivalTimes,
+  CALIBRATION_REPLAY,
   BUNDLED_SCENARIOS,
   buildTrace,
   compare,
@@ -362,6 +363,27 @@ describe('prediction error', () => {
     expect([...samples.recent].sort((a, b) => a - b)).toEqual([-0.5, 0]);
     expect(predictionErrors({ x: samples }).x.recent).toMatchObject({ n: 2, medianAbs: 0.25, judged: false });
     expect(mergeSamples([{ g: samples }, { g: samples }]).g.recent).toHaveLength(4);
+  });
+
+  it("corrects each plan's prediction as the planner's calibrator would have when the request was sent: from the outcomes ended by then", () => {
+    const { minOutcomes } = CALIBRATION_REPLAY;
+    // One a second, each measured at twice its 100 ms prediction and ended before the next is sent:
+    // the first minOutcomes keep the plan's −50 %; from then on the factor is 2 and the error 0.
+    const steady = Array.from({ length: minOutcomes + 7 }, (_, i) => predicted({ index: i, sentMs: 1000 * i, endMs: 200, predictedE2eMs: 100 }));
+    // Sent together, none ended before the others were sent: none is corrected.
+    const burst = Array.from({ length: minOutcomes + 3 }, (_, i) => predicted({ index: i, device: 'laptop', sentMs: i, endMs: 200, predictedE2eMs: 100 }));
+    const samples = predictionSamples([...steady, ...burst]);
+    const corrected = [...samples['phone/chat'].calibrated!].sort((a, b) => a - b);
+    expect(corrected.slice(0, minOutcomes)).toEqual(Array<number>(minOutcomes).fill(-0.5));
+    expect(corrected.slice(minOutcomes)).toHaveLength(7);
+    for (const e of corrected.slice(minOutcomes)) expect(e).toBeCloseTo(0, 9);
+    expect(samples['laptop/chat'].calibrated).toEqual(Array<number>(minOutcomes + 3).fill(-0.5));
+    const g = predictionErrors(samples)['phone/chat'];
+    // The plan itself is off by 50 % on every request; corrected, only the first ones are.
+    expect(g.figures.e2e).toMatchObject({ medianAbs: 0.5 });
+    expect(g.calibrated).toMatchObject({ n: minOutcomes + 7, p90Abs: 0.5 });
+    expect(g.calibrated!.medianAbs).toBeCloseTo(0, 9);
+    expect(mergeSamples([samples, samples])['phone/chat'].calibrated).toHaveLength(2 * (minOutcomes + 7));
   });
 
   it('writes a Prediction error section per policy, with the flag and the too-few groups', () => {
