@@ -69,8 +69,8 @@ export interface RecordResult {
   };
 }
 
-/** An exponentially decayed mean, weights halving every `halfLife` samples. */
-class Decayed {
+/** An exponentially decayed mean, weights halving every `halfLife` samples (the load test replays the calibrator with it). */
+export class Decayed {
   private weight = 0;
   private sum = 0;
   /** Samples taken (not decayed). */

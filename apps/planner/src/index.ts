@@ -3,7 +3,7 @@ export { checkClasses, DEFAULT_CLASSES, isLoopback, loadConfig, plannerEnv } fro
 export type { PlannerConfig, RequestClass } from './config';
 export { PlanMaker, UNRUNNABLE_MS } from './plan-maker';
 export type { ClassAdjustment, ModelStage, Objective, PlanMakerOptions } from './plan-maker';
-export { Calibrator, DEFAULT_CALIBRATION, OBSERVATION_WINDOW } from './calibration';
+export { Calibrator, Decayed, DEFAULT_CALIBRATION, OBSERVATION_WINDOW } from './calibration';
 export type { CalibrationOptions, RecordResult } from './calibration';
 export { DASHBOARD_DEFAULTS, PlannerDashboard } from './dashboard';
 export type { PlannerDashboardOptions } from './dashboard';

@@ -5,7 +5,7 @@
 export { arrivalTimes, buildTrace, promptPools } from './arrivals';
 export { dist, percentile, sloMet, summarize } from './metrics';
 export type { Dist, RequestRecord, RunStats } from './metrics';
-export { CALIBRATION_REPLAY, mergeSamples, predictionErrors, predictionSamples } from './prediction';
+export { mergeSamples, predictionErrors, predictionSamples } from './prediction';
 export { buildReport, compare, executorSection, predictionSection, ratios, serverContention, spreadOf, summarizePolicy } from './report';
 export type { LoadtestReport, ReportContext } from './report';
 export { attributeExecutors, executorShares, loadtestExecutorId, MAX_EXECUTORS, OUTCOME_JOIN_TOLERANCE_MS } from './executors';

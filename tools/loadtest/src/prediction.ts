@@ -34,7 +34,8 @@
  * bias that persists; it cannot remove the spread, so when it is no better than the plan the
  * error is spread, not bias.
  */
-import { DEFAULT_CALIBRATION } from '@tandem/planner';
+import { Decayed, DEFAULT_CALIBRATION } from '@tandem/planner';
+import { groupBy } from '@tandem/util';
 import { completed, percentile, tpotOf, ttftOf, type RequestRecord } from './metrics';
 
 /** How far back the per-request `recent` prediction looks, ms. */
@@ -153,41 +154,30 @@ function recentPast(records: readonly RequestRecord[]): (r: RequestRecord) => nu
   };
 }
 
-/** The planner's calibrator as the load test replays it: its default half-life and minimum count, in outcomes (apps/planner calibration.ts). */
-export const CALIBRATION_REPLAY = { halfLife: DEFAULT_CALIBRATION.halfLife, minOutcomes: DEFAULT_CALIBRATION.minOutcomes } as const;
-
 /**
  * Each predicted request's E2E as the planner's calibrator would have corrected it when the
  * request was sent: the plan's prediction × the factor of its group from the requests of the
- * same group that had ended by then (see {@link CALIBRATION_REPLAY}); the plan's own prediction
- * while fewer have ended. Keyed by record; records without an E2E prediction are absent.
+ * same group that had ended by then (the planner's Decayed estimate with its DEFAULT_CALIBRATION
+ * half-life); the plan's own prediction while fewer than its minOutcomes have ended. Keyed by record; records without an E2E prediction are absent.
  */
 function calibratedAtSend(records: readonly RequestRecord[]): Map<RequestRecord, number> {
-  /** Per group: its predicted requests with their E2E prediction. */
-  const byGroup = new Map<string, { r: RequestRecord; predicted: number }[]>();
-  for (const r of records) {
-    const predicted = r.predictedE2eMs ?? 0;
-    if (!completed(r) || !(predicted > 0) || !(r.endMs > 0)) continue;
-    const k = `${r.device}/${r.requestClass}`;
-    const g = byGroup.get(k) ?? [];
-    g.push({ r, predicted });
-    byGroup.set(k, g);
-  }
-  const decay = 2 ** (-1 / CALIBRATION_REPLAY.halfLife);
+  /** The completed requests with an E2E prediction, with it, per group. */
+  const byGroup = groupBy(
+    records.flatMap((r) => (completed(r) && (r.predictedE2eMs ?? 0) > 0 && r.endMs > 0 ? [{ r, predicted: r.predictedE2eMs ?? 0 }] : [])),
+    (x) => `${x.r.device}/${x.r.requestClass}`,
+  );
+  const { halfLife, minOutcomes } = DEFAULT_CALIBRATION;
+  const decay = 2 ** (-1 / halfLife);
   const out = new Map<RequestRecord, number>();
   for (const group of byGroup.values()) {
     const sent = [...group].sort((a, b) => a.r.sentMs - b.r.sentMs);
     const endOf = (x: { r: RequestRecord }): number => x.r.sentMs + x.r.endMs;
     const ended = [...group].sort((a, b) => endOf(a) - endOf(b));
-    let weight = 0;
-    let sum = 0;
+    const logRatio = new Decayed();
     let next = 0;
     for (const x of sent) {
-      for (; next < ended.length && endOf(ended[next]) <= x.r.sentMs; next++) {
-        weight = weight * decay + 1;
-        sum = sum * decay + Math.log(ended[next].r.endMs / ended[next].predicted);
-      }
-      out.set(x.r, x.predicted * (next >= CALIBRATION_REPLAY.minOutcomes ? Math.exp(sum / weight) : 1));
+      for (; next < ended.length && endOf(ended[next]) <= x.r.sentMs; next++) logRatio.add(Math.log(ended[next].r.endMs / ended[next].predicted), decay);
+      out.set(x.r, x.predicted * (logRatio.count >= minOutcomes ? Math.exp(logRatio.mean) : 1));
     }
   }
   return out;

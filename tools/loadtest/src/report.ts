@@ -1,9 +1,10 @@
 import { SLO_KEYS } from '@tandem/dp';
+import { DEFAULT_CALIBRATION } from '@tandem/planner';
 import { renderChart } from '@tandem/plot';
 import { median } from '@tandem/util';
 import type { Attainment } from './metrics';
 import { LONG_GC_PAUSE_S, type ThreadPauses } from './gc-pauses';
-import { CALIBRATION_REPLAY, mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
+import { mergeSamples, PREDICTION_LIMITS, predictionErrors, RECENT_WINDOW_MS, type ErrorStats, type PredictionGroup } from './prediction';
 import { DEVICE_LIMITS, SERVER_CONTENDED, recordedTokenMs, type LoadtestOptions, type LoadtestRun, type RateResult } from './run';
 import { sloScale, type Policy } from './scenario';
 
@@ -516,7 +517,7 @@ export function predictionSection(
       `"sustained" is E2E over only the rates where the policy kept ≥ ${(slaTarget * 100).toFixed(0)} % of requests good (beyond them the queue grows through the run, and a request's latency depends on when it arrived). ` +
       '"floor" is the error, over the same sustained rates, of the best constant known only in hindsight (the measured median E2E of the group\'s requests on the same placement): no per-class prediction can be better, so a floor **over** the target is spread in the requests themselves. ' +
       `"recent past, sustained" is a prediction made per request when it was sent, from the TTFTs and token gaps of the requests on the same placement in the ${RECENT_WINDOW_MS / 1000} s before (the server's state at admission, as seen from outside): no better than the floor, the spread comes from what arrives after the request. ` +
-      `"calibrated" is the plan's E2E corrected as the planner's calibrator would have corrected it when each request was sent (× the decayed geometric mean of measured / predicted E2E over the group's requests ended by then, half-life ${CALIBRATION_REPLAY.halfLife}, from ${CALIBRATION_REPLAY.minOutcomes} on): a persisting bias goes, the spread stays. ` +
+      `"calibrated" is the plan's E2E corrected as the planner's calibrator would have corrected it when each request was sent (× the decayed geometric mean of measured / predicted E2E over the group's requests ended by then, half-life ${DEFAULT_CALIBRATION.halfLife}, from ${DEFAULT_CALIBRATION.minOutcomes} on): a persisting bias goes, the spread stays. ` +
       'Requests with no prediction (the all-server start-up plan, overrides) are counted apart and left out. Per-rate figures are in results.json (runs[].prediction).',
     '',
   );

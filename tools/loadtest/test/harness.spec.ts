@@ -1,7 +1,7 @@
+import { DEFAULT_CALIBRATION } from '@tandem/planner';
 import { Rng } from '@tandem/util';
 import {
   arrivalTimes,
-  CALIBRATION_REPLAY,
   BUNDLED_SCENARIOS,
   buildTrace,
   compare,
@@ -366,7 +366,7 @@ describe('prediction error', () => {
   });
 
   it("corrects each plan's prediction as the planner's calibrator would have when the request was sent: from the outcomes ended by then", () => {
-    const { minOutcomes } = CALIBRATION_REPLAY;
+    const { minOutcomes } = DEFAULT_CALIBRATION;
     // One a second, each measured at twice its 100 ms prediction and ended before the next is sent:
     // the first minOutcomes keep the plan's −50 %; from then on the factor is 2 and the error 0.
     const steady = Array.from({ length: minOutcomes + 7 }, (_, i) => predicted({ index: i, sentMs: 1000 * i, endMs: 200, predictedE2eMs: 100 }));
