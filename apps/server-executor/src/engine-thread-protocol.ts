@@ -18,7 +18,15 @@ export interface EngineThreadData extends EngineLoadOptions {
 export type ToThread =
   | { readonly op: 'new-cache'; readonly cache: number }
   | { readonly op: 'release-cache'; readonly cache: number }
-  | { readonly op: 'run'; readonly id: number; readonly stage: number; readonly inputs: readonly HostTensor[]; readonly caches: readonly number[] }
+  | {
+      readonly op: 'run';
+      readonly id: number;
+      readonly stage: number;
+      readonly inputs: readonly HostTensor[];
+      readonly caches: readonly number[];
+      /** StageEngine.runBatch's `sample`: which outputs come back as their greedy token. */
+      readonly sample?: readonly boolean[];
+    }
   /** StageEngine.runRange: one step of one session over stages [begin, end); answered with one output. */
   | {
       readonly op: 'run-range';
@@ -28,6 +36,8 @@ export type ToThread =
       readonly input: HostTensor;
       readonly cache: number;
       readonly lastRowOnly: boolean;
+      /** StageEngine.runRange's `sample`. */
+      readonly sample?: boolean;
     }
   /** StageEngine.putState: `inputs` are [key, value] for an attention stage, [] otherwise; answered with no output. */
   | {

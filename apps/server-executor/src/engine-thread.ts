@@ -85,10 +85,11 @@ async function serve(): Promise<void> {
             m.stage,
             m.inputs,
             m.caches.map((id, i) => live(id, `caches[${i}]`)),
+            m.sample,
           ),
         );
       case 'run-range':
-        return answer(m.id, [m.input], async () => [await engine.runRange(m.begin, m.end, m.input, live(m.cache, 'cache'), m.lastRowOnly)]);
+        return answer(m.id, [m.input], async () => [await engine.runRange(m.begin, m.end, m.input, live(m.cache, 'cache'), m.lastRowOnly, m.sample)]);
       case 'put-state':
         return answer(m.id, m.inputs, async () => {
           const [key, value] = m.inputs;

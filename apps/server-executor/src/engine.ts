@@ -1,6 +1,6 @@
 import type { HostTensor } from '@tandem/protocol';
 import type { GcKind } from './gc-watch';
-import { modelIdOf, readManifest, StageRunner, type Float32Tensor, type KvCache, type StageKind } from '@tandem/model';
+import { modelIdOf, readManifest, sampledToken, StageRunner, type Float32Tensor, type KvCache, type StageKind } from '@tandem/model';
 
 /**
  * One session's cache on an engine: the engine's own state for it (`kv`: a KvCache, or a handle
@@ -63,8 +63,14 @@ export interface StageEngine<K = unknown> {
    * may take ownership of the inputs' memory (the worker engine transfers it to its thread):
    * callers must not read an input's data after the call resolved. When the call rejects,
    * the inputs are intact, so the caller may retry them.
+   *
+   * `sample[i]` (a head stage only): result i is the greedy token of input i's last position,
+   * int64 [1, 1] (`sampledToken`), in place of its logits, which then never leave the engine
+   * (for GPT-2's vocabulary 201 KB a token, whose churn on the event loop made it collect every
+   * second or so, pausing every stream for 10-60 ms). An engine that does not sample returns
+   * the logits all the same: callers read the token with `tokenOfOutput`, which takes either.
    */
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<K>[]): Promise<HostTensor[]>;
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<K>[], sample?: readonly boolean[]): Promise<HostTensor[]>;
   /**
    * Whether {@link runRange} over exactly `[begin, end)` is one fused session call (a range
    * loaded fused, see EngineLoadOptions.fuseAllStages). Absent: no fused range.
@@ -76,8 +82,10 @@ export interface StageEngine<K = unknown> {
    * logits only ([1,1,V]). Values and the cache afterwards are those of running the stages one
    * by one (bit for bit). Ownership of the input as for {@link runBatch}: it may be taken,
    * and is intact when the call rejects. Present when the engine can have fused ranges.
+   * `sample` (a range ending with the head): the greedy token of the last position, as for
+   * {@link runBatch}'s `sample`.
    */
-  runRange?(begin: number, end: number, input: HostTensor, cache: SessionCache<K>, lastRowOnly: boolean): Promise<HostTensor>;
+  runRange?(begin: number, end: number, input: HostTensor, cache: SessionCache<K>, lastRowOnly: boolean, sample?: boolean): Promise<HostTensor>;
   /**
    * Appends positions of stage `stage`'s state handed over by the client (`kv_put`) to a
    * session's cache: `tokens` positions after those the stage holds, with their keys and values
@@ -173,20 +181,22 @@ export class OnnxStageEngine implements StageEngine<KvCache> {
     cache.kv.clear();
   }
 
-  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<KvCache>[]): Promise<HostTensor[]> {
-    return this.runner.runBatch(
+  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<KvCache>[], sample?: readonly boolean[]): Promise<HostTensor[]> {
+    const out = await this.runner.runBatch(
       stage,
       inputs,
       caches.map((c) => c.kv),
     );
+    return sample && this.stageKind(stage) === 'head' ? out.map((t, i) => (sample[i] ? sampledToken(t, this.vocabSize) : t)) : out;
   }
 
   hasFusedRange(begin: number, end: number): boolean {
     return this.runner.hasFusedRange(begin, end);
   }
 
-  async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<KvCache>, lastRowOnly: boolean): Promise<HostTensor> {
-    return this.runner.runRange(begin, end, input, cache.kv, { lastOnly: lastRowOnly });
+  async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<KvCache>, lastRowOnly: boolean, sample?: boolean): Promise<HostTensor> {
+    const out = await this.runner.runRange(begin, end, input, cache.kv, { lastOnly: lastRowOnly });
+    return sample && this.stageKind(end - 1) === 'head' ? sampledToken(out, this.vocabSize) : out;
   }
 
   /** StageRunner.appendState for an embed or attention stage (the count alone for MLP and head stages, which keep nothing). */

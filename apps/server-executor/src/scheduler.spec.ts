@@ -131,6 +131,33 @@ describe('StageScheduler', () => {
     expect([...(headOnly.tensor.data as Float32Array)]).toEqual([26, 26]);
   });
 
+  it("asks the engine to sample a sampled step's output at its head call only, per step of a batch", async () => {
+    const flags: { stage: number; sample: readonly boolean[] | undefined }[] = [];
+    const engine = new (class extends FakeEngine {
+      override async runBatch(
+        stage: number,
+        inputs: readonly HostTensor[],
+        _caches?: readonly SessionCache[],
+        sample?: readonly boolean[],
+      ): Promise<HostTensor[]> {
+        flags.push({ stage, sample });
+        return super.runBatch(stage, inputs);
+      }
+    })();
+    const sched = new StageScheduler(engine, { batching: true, maxBatch: 8 });
+    await Promise.all([
+      sched.submit('a', 4, 6, tensor(0), cache(), { sample: true }),
+      sched.submit('b', 4, 6, tensor(1), cache()),
+      sched.submit('c', 4, 6, tensor(2), cache(), { sample: true }),
+      // ends before the head: nothing to sample
+      sched.submit('d', 4, 5, tensor(3), cache(), { sample: true }),
+    ]);
+    expect(flags).toEqual([
+      { stage: 4, sample: undefined },
+      { stage: 5, sample: [true, false, true] },
+    ]);
+  });
+
   it('fails only the bad input of a batch; the others complete', async () => {
     const engine = new FakeEngine();
     engine.failOn = (stage, t) => stage === 2 && (t.data as Float32Array)[0] === 666 + 2;
@@ -232,8 +259,11 @@ describe('StageScheduler', () => {
         this.clock += stage + 1;
         return out;
       }
-      async runRange(begin: number, end: number, input: HostTensor, _cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
+      /** Each fused call's `sample`. */
+      readonly samples: (boolean | undefined)[] = [];
+      async runRange(begin: number, end: number, input: HostTensor, _cache: SessionCache, lastRowOnly: boolean, sample?: boolean): Promise<HostTensor> {
         this.ranges.push({ begin, end, lastRowOnly });
+        this.samples.push(sample);
         if (this.gate) await this.gate;
         if (this.failRange) throw new Error('bad range input');
         this.clock += this.fusedMs;
@@ -253,6 +283,13 @@ describe('StageScheduler', () => {
       const engine = new FusedEngine();
       return { engine, sched: new StageScheduler(engine, { batching, maxBatch: 8, now: () => engine.clock }) };
     };
+
+    it("passes a sampled step's sample to its fused call", async () => {
+      const { engine, sched } = make();
+      await sched.submit('a', 0, 6, tensor(0), cache(), { lastRowOnly: true, sample: true });
+      await sched.submit('b', 0, 6, tensor(0), cache(), { lastRowOnly: true });
+      expect(engine.samples).toEqual([true, false]);
+    });
 
     it('runs a lone step over a fused range as one engine call, with the staged result', async () => {
       const { engine, sched } = make();

@@ -33,6 +33,8 @@ interface Job extends QueuedStep {
   readonly long: boolean;
   /** Run the head on the last position only (the step needs only the next token). */
   readonly lastRowOnly: boolean;
+  /** Its head's output comes back as the greedy token (SubmitOptions.sample). */
+  readonly sample: boolean;
   readonly enqueuedAtMs: number;
   startedAtMs: number | undefined;
   lastRanAtMs: number;
@@ -71,6 +73,12 @@ export interface SubmitOptions {
    * bit-identical to the last row of the full head, at 1/T of the cost.
    */
   readonly lastRowOnly?: boolean;
+  /**
+   * Only the next token is wanted (a step ending with the head): the output is the greedy
+   * token of the last position, int64 [1, 1], made where the logits were (StageEngine.runBatch's
+   * `sample`; read it with `tokenOfOutput`, as an engine may return the logits all the same).
+   */
+  readonly sample?: boolean;
   /**
    * May the step run as one fused engine call (see StageScheduler)? Default true; false runs
    * it stage by stage whatever the engine offers (the executor's start-up profile uses it so
@@ -326,6 +334,7 @@ export class StageScheduler {
         positions: tokens,
         long: tokens > (this.opts.longStepTokens ?? 1),
         lastRowOnly,
+        sample: opts.sample ?? false,
         fusable,
         enqueuedAtMs: at,
         startedAtMs: undefined,
@@ -400,23 +409,27 @@ export class StageScheduler {
     if (batch.fused && this.engine.runRange) {
       const j = steps[0];
       try {
-        return [await this.engine.runRange(stage, j.end, j.tensor, j.cache, j.lastRowOnly)];
+        return [await this.engine.runRange(stage, j.end, j.tensor, j.cache, j.lastRowOnly, j.sample)];
       } catch (err) {
         return [err as Error];
       }
     }
+    // A step's last stage is where its output is sampled (the head: submit checks nothing else asks).
+    const sampled = (j: Job): boolean => j.sample && stage === j.end - 1 && this.kinds[stage] === 'head';
+    const sample = steps.some(sampled) ? steps.map(sampled) : undefined;
     try {
       return await this.engine.runBatch(
         stage,
         steps.map((j) => j.tensor),
         steps.map((j) => j.cache),
+        sample,
       );
     } catch (err) {
       if (steps.length === 1) return [err as Error];
       const outputs: (HostTensor | Error)[] = [];
       for (const j of steps) {
         try {
-          outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache]))[0]);
+          outputs.push((await this.engine.runBatch(stage, [j.tensor], [j.cache], sampled(j) ? [true] : undefined))[0]);
         } catch (e) {
           outputs.push(e as Error);
         }

@@ -17,7 +17,7 @@ import {
   type SessionResponse,
   type Step,
 } from '@tandem/protocol';
-import { concatPositions, greedyToken, slicePositions, type Float32Tensor } from '@tandem/model';
+import { concatPositions, tokenOfOutput, slicePositions, type Float32Tensor } from '@tandem/model';
 import { errorEdge, ValidationError, type Logger } from '@tandem/service-kit';
 import type { Admission } from './admission';
 import type { SessionCache, StageEngine, StageKv } from './engine';
@@ -244,7 +244,7 @@ export class SplitSession {
           clearTimeout(this.idleTimer);
           let out: StepOutcome;
           try {
-            out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.liveCache, { lastRowOnly: step.sample });
+            out = await this.scheduler.submit(this.id, step.begin, step.end, step.input, this.liveCache, { lastRowOnly: step.sample, sample: step.sample });
           } finally {
             this.serverBusy = false;
             this.touch();
@@ -257,7 +257,7 @@ export class SplitSession {
                   $case: 'result',
                   value: {
                     seq: step.seq,
-                    output: { $case: 'token', value: greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize) },
+                    output: { $case: 'token', value: tokenOfOutput(out.tensor, this.engine.vocabSize) },
                     computeMs: out.computeMs,
                     queueMs: out.queueMs,
                     serviceMs: out.serviceMs,
@@ -394,9 +394,9 @@ export class SplitSession {
       let input = g.input;
       for (let index = 0; index < g.maxNewTokens; index++) {
         if (this.rates && !(await this.rates.pace(this.clientId, input.shape[1], this.ended.signal))) return;
-        const out = await this.scheduler.submit(this.id, 0, n, input, this.liveCache, { lastRowOnly: true });
+        const out = await this.scheduler.submit(this.id, 0, n, input, this.liveCache, { lastRowOnly: true, sample: true });
         if (!this.isOpen) return;
-        const token = greedyToken(out.tensor as { data: Float32Array }, this.engine.vocabSize);
+        const token = tokenOfOutput(out.tensor, this.engine.vocabSize);
         const last = index === g.maxNewTokens - 1;
         this.traffic.messagesOut++;
         this.traffic.bytesOut += 8;

@@ -185,11 +185,17 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     this.collectWhenIdle?.();
   }
 
-  async runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache<CacheHandle>[]): Promise<HostTensor[]> {
+  /** `sample`: the thread samples those outputs (StageEngine.runBatch), so their logits never cross to this thread. */
+  async runBatch(
+    stage: number,
+    inputs: readonly HostTensor[],
+    caches: readonly SessionCache<CacheHandle>[],
+    sample?: readonly boolean[],
+  ): Promise<HostTensor[]> {
     if (this.failure) throw this.failure;
     const ids = caches.map((c, i) => this.liveId(c, `caches[${i}]`));
     const sent = ownedTensors(inputs);
-    return this.call((id) => ({ op: 'run', id, stage, inputs: sent, caches: ids }), inputs, sent);
+    return this.call((id) => ({ op: 'run', id, stage, inputs: sent, caches: ids, ...(sample ? { sample } : {}) }), inputs, sent);
   }
 
   /** The whole range is fused only for `[0, stageCount)`, when loaded with `fuseAllStages`. */
@@ -198,11 +204,11 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
   }
 
   /** One message to the thread for the whole range (one thread hop instead of one per stage). */
-  async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<CacheHandle>, lastRowOnly: boolean): Promise<HostTensor> {
+  async runRange(begin: number, end: number, input: HostTensor, cache: SessionCache<CacheHandle>, lastRowOnly: boolean, sample?: boolean): Promise<HostTensor> {
     if (this.failure) throw this.failure;
     const cacheId = this.liveId(cache, 'cache');
     const sent = ownedTensors([input]);
-    return (await this.call((id) => ({ op: 'run-range', id, begin, end, input: sent[0], cache: cacheId, lastRowOnly }), [input], sent))[0];
+    return (await this.call((id) => ({ op: 'run-range', id, begin, end, input: sent[0], cache: cacheId, lastRowOnly, sample }), [input], sent))[0];
   }
 
   /** The thread appends the state (keys and values transferred, no copy); then this side's count follows. */

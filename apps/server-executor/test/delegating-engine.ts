@@ -40,15 +40,15 @@ export class DelegatingEngine implements StageEngine {
   releaseCache(c: SessionCache): void {
     this.inner.releaseCache(c);
   }
-  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[]): Promise<HostTensor[]> {
-    return this.inner.runBatch(stage, inputs, caches);
+  runBatch(stage: number, inputs: readonly HostTensor[], caches: readonly SessionCache[], sample?: readonly boolean[]): Promise<HostTensor[]> {
+    return this.inner.runBatch(stage, inputs, caches, sample);
   }
   hasFusedRange(begin: number, end: number): boolean {
     return this.inner.hasFusedRange?.(begin, end) ?? false;
   }
-  runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean): Promise<HostTensor> {
+  runRange(begin: number, end: number, input: HostTensor, cache: SessionCache, lastRowOnly: boolean, sample?: boolean): Promise<HostTensor> {
     if (!this.inner.runRange) return Promise.reject(new Error('the wrapped engine has no fused ranges'));
-    return this.inner.runRange(begin, end, input, cache, lastRowOnly);
+    return this.inner.runRange(begin, end, input, cache, lastRowOnly, sample);
   }
   putState(stage: number, cache: SessionCache, tokens: number, kv: StageKv | undefined): Promise<void> {
     if (!this.inner.putState) return Promise.reject(new Error('the wrapped engine cannot take handed-over state'));

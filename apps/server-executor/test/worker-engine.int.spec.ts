@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { StageInputError } from '@tandem/model';
+import { greedyToken, StageInputError, tokenOfOutput } from '@tandem/model';
 import { ExecutorServiceClient, ServingStatus, toWireTensor, type HostTensor, type SessionRequest, type SessionResponse } from '@tandem/protocol';
 import { eventually, makeTempModel, withTimeout, type TempModel } from '@tandem/testkit';
 import { EngineUnavailableError, OnnxStageEngine, StageScheduler, WorkerStageEngine, type SessionCache, type StageEngine } from '../src';
@@ -88,6 +88,41 @@ describe('WorkerStageEngine (onnxruntime in a worker thread)', () => {
       expect(a).toHaveLength(4 * worker.stageCount * 2);
       expect(a.every((x) => x.byteLength > 0)).toBe(true);
       a.forEach((x, i) => expect(x.equals(b[i])).toBe(true));
+    } finally {
+      await worker.close();
+      await inline.close();
+    }
+  });
+
+  it("samples where the logits are made: a sampled step's output is its greedy token, int64 [1, 1], staged, batched or fused", async () => {
+    const worker = await WorkerStageEngine.load(tiny.dir, { intraOpNumThreads: 1, fuseAllStages: true });
+    const inline = await OnnxStageEngine.load(tiny.dir, { intraOpNumThreads: 1, fuseAllStages: true });
+    try {
+      for (const e of [worker, inline] as StageEngine[]) {
+        const n = e.stageCount;
+        // Two sessions through every stage but the head, then the head batched: the first sampled, the second not.
+        const caches = [e.newCache(), e.newCache()];
+        let xs: HostTensor[] = [ids(prompt(9, 4)), ids(prompt(3, 5))];
+        for (let s = 0; s < n - 1; s++) xs = await Promise.all(xs.map(async (x, i) => (await e.runBatch(s, [x], [caches[i]]))[0]));
+        const hiddenCopies = xs.map((x) => ({ ...x, data: Float32Array.from(x.data as Float32Array) }) as HostTensor);
+        const [token, logits] = await e.runBatch(n - 1, xs, caches, [true, false]);
+        expect(logits.dtype).toBe('float32');
+        expect(logits.shape).toEqual([1, 3, e.vocabSize]);
+        const want = greedyToken((await e.runBatch(n - 1, [hiddenCopies[0]], [e.newCache()]))[0] as { data: Float32Array }, e.vocabSize);
+        expect(token.dtype).toBe('int64');
+        expect(token.shape).toEqual([1, 1]);
+        expect(Number(token.data[0])).toBe(want);
+        // A non-head stage ignores the flag.
+        const hidden = (await e.runBatch(0, [ids([1, 2])], [e.newCache()], [true]))[0];
+        expect(hidden.dtype).toBe('float32');
+        // The fused whole range: the same token as its logits give.
+        const input = ids(prompt(11, 6));
+        const full = await e.runRange!(0, n, { ...input, data: input.data.slice() } as HostTensor, e.newCache(), true);
+        const sampled = await e.runRange!(0, n, input, e.newCache(), true, true);
+        expect(sampled.shape).toEqual([1, 1]);
+        expect(Number(sampled.data[0])).toBe(greedyToken(full as { data: Float32Array }, e.vocabSize));
+        expect(tokenOfOutput(sampled, e.vocabSize)).toBe(tokenOfOutput(full, e.vocabSize));
+      }
     } finally {
       await worker.close();
       await inline.close();

@@ -6,7 +6,7 @@ import { maxAbsDiff } from '@tandem/testkit';
 import { createModel } from './create';
 import { StageInputError } from './errors';
 import { StageRunner } from './index';
-import { SplitPipeline, argmaxRow } from './pipeline';
+import { SplitPipeline, argmaxRow, sampledToken, tokenOfOutput } from './pipeline';
 import { formatPlacement, parsePlacement } from './placement';
 
 let root: string;
@@ -224,5 +224,25 @@ describe('parsePlacement', () => {
     expect(formatPlacement(parsePlacement('CSSC', 4))).toBe('CSSC');
     expect(() => parsePlacement('CSS', 4)).toThrow("placement must have one C/S character per stage (4 characters), given 'CSS'");
     expect(() => parsePlacement('CSxC', 4)).toThrow(/placement must contain only 'C' \(client\) and 'S' \(server\); character 2 is 'x'/);
+  });
+});
+
+describe('sampledToken', () => {
+  it("returns the last row's greedy token as int64 [1, 1] and frees the logits' memory at once", () => {
+    const logits: HostTensor = { dtype: 'float32', shape: [1, 2, 4], data: Float32Array.of(9, 0, 0, 0, 0, 1, 3, 2) };
+    const token = sampledToken(logits, 4);
+    expect(token).toEqual({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(2n) });
+    expect(logits.data.byteLength).toBe(0); // detached: no collection needed to free it
+    expect(tokenOfOutput(token, 4)).toBe(2);
+    expect(tokenOfOutput({ dtype: 'float32', shape: [1, 1, 4], data: Float32Array.of(0, 5, 1, 1) }, 4)).toBe(1);
+  });
+
+  it('leaves a view into a larger buffer to the collector, and refuses a non-float output', () => {
+    const whole = new Float32Array(8).fill(1);
+    const view: HostTensor = { dtype: 'float32', shape: [1, 1, 4], data: whole.subarray(4) };
+    view.data[1] = 2;
+    expect(Number(sampledToken(view, 4).data[0])).toBe(1);
+    expect(whole.byteLength).toBe(32);
+    expect(() => sampledToken({ dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(1n) }, 4)).toThrow(/must be float32 logits, given int64/);
   });
 });

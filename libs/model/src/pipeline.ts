@@ -3,7 +3,7 @@ import type { HostTensor } from '@tandem/protocol';
 import { ModelOptionError } from './errors';
 import { type Manifest, readManifest } from './manifest';
 import { parsePlacement } from './placement';
-import { type KvCache, StageRunner, type StageRunnerOptions, lastPosition } from './runner';
+import { type KvCache, StageRunner, type StageRunnerOptions, freeViews, lastPosition } from './runner';
 
 /** Options of {@link SplitPipeline.load}: runner options applied to both sides. */
 export type SplitPipelineOptions = Omit<StageRunnerOptions, 'stages'>;
@@ -47,6 +47,28 @@ export function argmaxRow(data: Float32Array, width: number, row: number): numbe
 /** The greedy next token: the argmax of the last position of logits [1, T, V]. */
 export function greedyToken(logits: { readonly data: Float32Array }, vocabSize: number): number {
   return argmaxRow(logits.data, vocabSize, logits.data.length / vocabSize - 1);
+}
+
+/**
+ * The greedy next token of logits [1, T, V] as an int64 tensor [1, 1], the logits' memory freed
+ * at once ({@link freeViews}): what an engine hands back for a sampled step, so that the logits
+ * (V floats, 201 KB for GPT-2's vocabulary) never leave the thread that computed them.
+ * Ownership of `logits` passes to it: its data is empty afterwards.
+ */
+export function sampledToken(logits: HostTensor, vocabSize: number): HostTensor {
+  if (logits.dtype !== 'float32') throw new TypeError(`sampled step: the head's output must be float32 logits, given ${logits.dtype}`);
+  const token = greedyToken(logits, vocabSize);
+  freeViews([logits.data]);
+  return { dtype: 'int64', shape: [1, 1], data: BigInt64Array.of(BigInt(token)) };
+}
+
+/**
+ * The token of a sampled step's output: an engine's {@link sampledToken} (int64 [1, 1]), or the
+ * greedy token of logits from an engine that returns them.
+ */
+export function tokenOfOutput(out: HostTensor, vocabSize: number): number {
+  if (out.dtype === 'int64') return Number(out.data[out.data.length - 1]);
+  return greedyToken(out, vocabSize);
 }
 
 /**

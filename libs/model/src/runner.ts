@@ -109,14 +109,24 @@ const dropPort = (() => {
  * cannot be transferred, is left to the collector.
  */
 function freeTensors(...tensors: readonly ort.Tensor[]): void {
-  const buffers: ArrayBuffer[] = [];
+  const views: ArrayBufferView[] = [];
   for (const t of tensors) {
-    if (t.location === 'cpu') {
-      const d = t.data as Float32Array;
-      const b = d.buffer;
-      if (b instanceof ArrayBuffer && b.byteLength > 0 && d.byteOffset === 0 && d.byteLength === b.byteLength && !buffers.includes(b)) buffers.push(b);
-    }
+    if (t.location === 'cpu') views.push(t.data as Float32Array);
     t.dispose();
+  }
+  freeViews(views);
+}
+
+/**
+ * Frees the memory of arrays no one reads again now, as {@link freeTensors} does (their buffers
+ * detached by a transfer to a closed port): those whose buffer they span whole; a view into a
+ * larger buffer is left to the collector. The arrays are empty afterwards.
+ */
+export function freeViews(views: readonly ArrayBufferView[]): void {
+  const buffers: ArrayBuffer[] = [];
+  for (const d of views) {
+    const b = d.buffer;
+    if (b instanceof ArrayBuffer && b.byteLength > 0 && d.byteOffset === 0 && d.byteLength === b.byteLength && !buffers.includes(b)) buffers.push(b);
   }
   if (buffers.length === 0) return;
   try {
