@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { status, type ServerUnaryCall } from '@grpc/grpc-js';
-import { greedyToken } from '@tandem/model';
+import { tokenOfOutput } from '@tandem/model';
 import {
   InferTensorContents,
   type GRPCInferenceServiceServer,
@@ -152,15 +152,17 @@ export class OipService {
 
   /**
    * Submits every row as a scheduler step over the model's stages (the whole model: the head on
-   * the last position only) and waits for all of them; caches are freed once no row runs.
+   * the last position only, and sampled in the engine when `next_token` is all that is asked,
+   * so the logits stay there) and waits for all of them; caches are freed once no row runs.
    * @throws the first row's error, or the call's SessionClosedError when it was closed.
    */
   private async run(work: InferCall, v: ValidInfer): Promise<HostTensor[]> {
     const { engine, scheduler } = this.opts;
     const caches: SessionCache[] = v.rows.map(() => engine.newCache());
+    const sample = v.model.whole && v.outputs.every((o) => o.name === 'next_token');
     try {
       const settled = await Promise.allSettled(
-        v.rows.map((row, i) => scheduler.submit(work.rowIds[i], v.model.begin, v.model.end, row, caches[i], { lastRowOnly: v.model.whole })),
+        v.rows.map((row, i) => scheduler.submit(work.rowIds[i], v.model.begin, v.model.end, row, caches[i], { lastRowOnly: v.model.whole, sample })),
       );
       if (work.closed) throw work.closed;
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
@@ -178,7 +180,7 @@ export class OipService {
     const rows = rowOutputs.length;
     const tensors = v.outputs.map((spec): { spec: OipTensorSpec; shape: number[]; data: BigInt64Array | Float32Array } => {
       if (spec.name === 'next_token') {
-        const data = BigInt64Array.from(rowOutputs, (t) => BigInt(greedyToken(t as { data: Float32Array }, vocab)));
+        const data = BigInt64Array.from(rowOutputs, (t) => BigInt(tokenOfOutput(t, vocab)));
         return { spec, shape: [rows, 1], data };
       }
       // The whole model's logits are the last position's (the head ran on it alone); a range's, every position's.
