@@ -414,7 +414,7 @@ export class StageScheduler {
         return [err as Error];
       }
     }
-    // A step's last stage is where its output is sampled (the head: submit checks nothing else asks).
+    // A step's output is sampled at its last stage, and only when that stage is the head.
     const sampled = (j: Job): boolean => j.sample && stage === j.end - 1 && this.kinds[stage] === 'head';
     const sample = steps.some(sampled) ? steps.map(sampled) : undefined;
     try {
