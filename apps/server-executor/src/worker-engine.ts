@@ -195,7 +195,7 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     if (this.failure) throw this.failure;
     const ids = caches.map((c, i) => this.liveId(c, `caches[${i}]`));
     const sent = ownedTensors(inputs);
-    return this.call((id) => ({ op: 'run', id, stage, inputs: sent, caches: ids, ...(sample ? { sample } : {}) }), inputs, sent);
+    return this.call((id) => ({ op: 'run', id, stage, inputs: sent, caches: ids, sample }), inputs, sent);
   }
 
   /** The whole range is fused only for `[0, stageCount)`, when loaded with `fuseAllStages`. */
