@@ -78,56 +78,6 @@ describe('fused stage ranges', () => {
     }
   });
 
-  it('with kvCapacity an attention stage reads only past_len positions of its buffers and returns only its new ones, bit for bit', async () => {
-    const manifest = await readManifest(dir);
-    const { nHead: H, nEmbd: D } = manifest.config;
-    const Dh = D / H;
-    const [P, T, C] = [4, 3, 9];
-    const opts = { extra: { session: fusedSessionConfig(dir) } };
-    const plain = await ort.InferenceSession.create(await buildFusedGraph(dir, manifest, 1, 2), opts);
-    const capacity = await ort.InferenceSession.create(await buildFusedGraph(dir, manifest, 1, 2, { kvCapacity: true }), opts);
-    try {
-      expect(capacity.inputNames).toEqual(['hidden', FUSED_IO.pastKey(1), FUSED_IO.pastLength(1), FUSED_IO.pastValue(1)]);
-      expect(capacity.outputNames).toEqual(['hidden_out', FUSED_IO.newKey(1), FUSED_IO.newValue(1)]);
-      let seed = 5;
-      const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) * 2 - 1;
-      const hidden = new ort.Tensor('float32', Float32Array.from({ length: T * D }, rnd), [1, T, D]);
-      const past = [0, 1].map(() => Float32Array.from({ length: H * P * Dh }, rnd));
-      // The same positions in buffers of C positions whose spare room holds NaN: never read.
-      const roomy = past.map((p) => {
-        const b = new Float32Array(H * C * Dh).fill(Number.NaN);
-        for (let h = 0; h < H; h++) b.set(p.subarray(h * P * Dh, (h + 1) * P * Dh), h * C * Dh);
-        return b;
-      });
-      const want = await plain.run({
-        hidden,
-        [FUSED_IO.pastKey(1)]: new ort.Tensor('float32', past[0], [1, H, P, Dh]),
-        [FUSED_IO.pastValue(1)]: new ort.Tensor('float32', past[1], [1, H, P, Dh]),
-      });
-      const got = await capacity.run({
-        hidden,
-        [FUSED_IO.pastKey(1)]: new ort.Tensor('float32', roomy[0], [1, H, C, Dh]),
-        [FUSED_IO.pastValue(1)]: new ort.Tensor('float32', roomy[1], [1, H, C, Dh]),
-        [FUSED_IO.pastLength(1)]: new ort.Tensor('int64', BigInt64Array.of(BigInt(P)), [1]),
-      });
-      const host = (t: ort.Tensor): HostTensor => ({ dtype: 'float32', shape: [...t.dims], data: t.data as Float32Array });
-      expect(same(host(got.hidden_out), host(want.hidden_out))).toBe(true);
-      for (const [news, present] of [
-        [got[FUSED_IO.newKey(1)], want[FUSED_IO.presentKey(1)]],
-        [got[FUSED_IO.newValue(1)], want[FUSED_IO.presentValue(1)]],
-      ]) {
-        expect(news.dims).toEqual([1, H, T, Dh]);
-        const tail = new Float32Array(H * T * Dh);
-        const all = present.data as Float32Array;
-        for (let h = 0; h < H; h++) tail.set(all.subarray((h * (P + T) + P) * Dh, (h + 1) * (P + T) * Dh), h * T * Dh);
-        expect(same(host(news), { dtype: 'float32', shape: [1, H, T, Dh], data: tail })).toBe(true);
-      }
-    } finally {
-      await plain.release();
-      await capacity.release();
-    }
-  });
-
   it('runRange decodes bit for bit like per-stage runs, fused or not, and mixes with single-stage steps on one cache', async () => {
     const fused = await StageRunner.load(dir, {
       fusedRanges: [

@@ -18,29 +18,7 @@ export const FUSED_IO = {
    * per-stage head's on the same rows.
    */
   headStart: 'head_start',
-  /**
-   * With {@link FusedGraphOptions.kvCapacity}: int64 [1], the positions attention stage `stage`
-   * holds, the first `pastLength` of its `past_key.{stage}` / `past_value.{stage}` [1,H,C,Dh]
-   * (C >= pastLength: the rest is spare room).
-   */
-  pastLength: (stage: number): string => `past_len.${stage}`,
-  /** With {@link FusedGraphOptions.kvCapacity}: `new_key.{stage}` [1,H,T,Dh], the keys of this call's T positions only. */
-  newKey: (stage: number): string => `new_key.${stage}`,
-  newValue: (stage: number): string => `new_value.${stage}`,
 } as const;
-
-/** How {@link buildFusedGraph} exposes the attention stages' keys and values. */
-export interface FusedGraphOptions {
-  /**
-   * Pasts in buffers with spare room, and only the new positions out: each attention stage
-   * takes `past_key.{s}` / `past_value.{s}` [1,H,C,Dh] and `past_len.{s}` (it reads the first
-   * past_len positions) and returns `new_key.{s}` / `new_value.{s}` [1,H,T,Dh] in place of
-   * its presents, so the caller appends T positions to its buffers instead of receiving the
-   * whole context again on every call. Same values, bit for bit (the stage's nodes are
-   * unchanged; two Slice nodes a stage select what they read and return).
-   */
-  readonly kvCapacity?: boolean;
-}
 
 const DT = onnx.TensorProto.DataType;
 
@@ -60,7 +38,7 @@ const DT = onnx.TensorProto.DataType;
  * @throws ModelOptionError when the range is empty or outside the model; a stage file that is
  *   not a valid ONNX model fails with onnx-proto's decode error.
  */
-export async function buildFusedGraph(dir: string, manifest: Manifest, begin: number, end: number, opts: FusedGraphOptions = {}): Promise<Uint8Array> {
+export async function buildFusedGraph(dir: string, manifest: Manifest, begin: number, end: number): Promise<Uint8Array> {
   const n = manifest.stages.length;
   if (!Number.isInteger(begin) || !Number.isInteger(end) || begin < 0 || end > n || begin >= end) {
     throw new ModelOptionError('range', `be stage indices 0 <= begin < end <= ${n}`, `${begin}..${end}`);
@@ -73,25 +51,6 @@ export async function buildFusedGraph(dir: string, manifest: Manifest, begin: nu
   let hidden = ''; // the value carrying the hidden state into the next stage
   let opset: onnx.IOperatorSetIdProto[] = [];
   let irVersion: onnx.IModelProto['irVersion'] = 8;
-  const capacity = opts.kvCapacity === true;
-  const i64 = (name: string, v: bigint): void => {
-    if (!inits.has(name)) inits.set(name, { name, dataType: DT.INT64, dims: [1], rawData: Buffer.from(BigInt64Array.of(v).buffer) });
-  };
-  const KV_ZERO = 'kv/zero';
-  const KV_END = 'kv/end';
-  const KV_AXIS = 'kv/axis';
-  if (capacity) {
-    i64(KV_ZERO, 0n);
-    i64(KV_END, 1n << 62n);
-    i64(KV_AXIS, 2n);
-  }
-  const slice = (name: string, data: string, from: string, to: string, out: string): void => {
-    nodes.push({ opType: 'Slice', domain: '', name, input: [data, from, to, KV_AXIS], output: [out] });
-  };
-  const kvType = (v: onnx.IValueInfoProto, dim: string): onnx.ITypeProto => {
-    const dims = v.type?.tensorType?.shape?.dim ?? [];
-    return { tensorType: { elemType: DT.FLOAT, shape: { dim: dims.map((d, k) => (k === 2 ? { dimParam: dim } : d)) } } };
-  };
 
   for (let i = begin; i < end; i++) {
     const info = manifest.stages[i];
@@ -126,18 +85,8 @@ export async function buildFusedGraph(dir: string, manifest: Manifest, begin: nu
         rename.set(name, hidden);
       } else if (name === IO.pastKey || name === IO.pastValue) {
         const fused = name === IO.pastKey ? FUSED_IO.pastKey(i) : FUSED_IO.pastValue(i);
-        if (!capacity) {
-          rename.set(name, fused);
-          inputs.push({ ...v, name: fused });
-          continue;
-        }
-        // The stage reads the first past_len positions of a buffer with spare room.
-        inputs.push({ name: fused, type: kvType(v, `capacity_${i}`) });
-        const len = FUSED_IO.pastLength(i);
-        if (!inputs.some((x) => x.name === len)) inputs.push({ name: len, type: { tensorType: { elemType: DT.INT64, shape: { dim: [{ dimValue: 1 }] } } } });
-        const used = `${prefix}${name}_used`;
-        slice(`${prefix}n_${name}_used`, fused, KV_ZERO, len, used);
-        rename.set(name, used);
+        rename.set(name, fused);
+        inputs.push({ ...v, name: fused });
       } else {
         inputs.push(v);
         rename.set(name, name);
@@ -159,13 +108,6 @@ export async function buildFusedGraph(dir: string, manifest: Manifest, begin: nu
     for (const v of g.output ?? []) {
       const name = v.name as string;
       if (name === IO.presentKey || name === IO.presentValue) {
-        if (capacity) {
-          // Only this call's positions leave the graph (sliced after the stage's nodes, below).
-          const out = name === IO.presentKey ? FUSED_IO.newKey(i) : FUSED_IO.newValue(i);
-          rename.set(name, prefix + name);
-          kvOutputs.push({ name: out, type: kvType(v, 'positions') });
-          continue;
-        }
         const fused = name === IO.presentKey ? FUSED_IO.presentKey(i) : FUSED_IO.presentValue(i);
         rename.set(name, fused);
         kvOutputs.push({ ...v, name: fused });
@@ -180,10 +122,6 @@ export async function buildFusedGraph(dir: string, manifest: Manifest, begin: nu
     const r = (x: string): string => (x === '' ? '' : (rename.get(x) ?? prefix + x));
     for (const node of g.node ?? []) {
       nodes.push({ ...node, name: prefix + (node.name ?? ''), input: (node.input ?? []).map(r), output: (node.output ?? []).map(r) });
-    }
-    if (capacity && info.kind === 'attn') {
-      slice(`${prefix}n_new_key`, prefix + IO.presentKey, FUSED_IO.pastLength(i), KV_END, FUSED_IO.newKey(i));
-      slice(`${prefix}n_new_value`, prefix + IO.presentValue, FUSED_IO.pastLength(i), KV_END, FUSED_IO.newValue(i));
     }
   }
   const model = onnx.ModelProto.create({

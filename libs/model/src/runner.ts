@@ -18,7 +18,7 @@ export interface KvCache {
   readonly embeddedTokens: number;
   /** Tokens cached by attention stage `stage` (its past length); 0 before it first runs. */
   pastLength(stage: number): number;
-  /** Bytes of keys and values held (positions in use; the buffers keep a quarter or 64 positions more at the most). */
+  /** Bytes of keys and values held. */
   readonly kvBytes: number;
   /** Drops all keys/values and resets the position, to start a new sequence. */
   clear(): void;
@@ -63,130 +63,25 @@ export interface RunRangeOptions {
   readonly lastOnly?: boolean;
 }
 
-/** Positions of spare room a KV buffer grows by at least (and rounds its capacity to). */
-const KV_GROWTH = 64;
-
-/**
- * An attention stage's keys and values for one sequence, each in one buffer [H, capacity, Dh]
- * of which the first `length` positions are used. Every call of the stage reads the buffers
- * in place (its graph slices the positions used, {@link FusedGraphOptions.kvCapacity}) and
- * returns only its new positions, appended here; the buffers grow (by at least a quarter and
- * {@link KV_GROWTH} positions, within nPositions) only when full. Before, every call returned
- * the stage's whole context again, a fresh buffer per call (2 KB a position per stage on the
- * `small` preset): zero-filled and copied by onnxruntime-node, freed by hand or by the
- * collector, and about a quarter of a decode step at 200-300 positions.
- */
-class KvSlot {
-  key: Float32Array;
-  value: Float32Array;
-  capacity = 0;
-  length = 0;
-  private readonly empty: Float32Array;
-
-  constructor(
-    private readonly heads: number,
-    private readonly headDim: number,
-    private readonly maxPositions: number,
-  ) {
-    this.empty = new Float32Array(0);
-    this.key = this.empty;
-    this.value = this.empty;
-  }
-
-  /** Bytes of the positions used. */
-  get bytes(): number {
-    return 8 * this.heads * this.length * this.headDim;
-  }
-
-  /** The feeds of one call: both buffers [1, H, capacity, Dh] (no copy) and the positions used. */
-  feed(feeds: Record<string, ort.Tensor>, stage: number): void {
-    const dims = [1, this.heads, this.capacity, this.headDim];
-    feeds[FUSED_IO.pastKey(stage)] = new ort.Tensor('float32', this.key, dims);
-    feeds[FUSED_IO.pastValue(stage)] = new ort.Tensor('float32', this.value, dims);
-    feeds[FUSED_IO.pastLength(stage)] = new ort.Tensor('int64', BigInt64Array.of(BigInt(this.length)), [1]);
-  }
-
-  /** Appends `n` positions given as keys and values [1, H, n, Dh], growing the buffers when full. */
-  append(key: Float32Array, value: Float32Array, n: number): void {
-    const need = this.length + n;
-    if (need > this.capacity) this.grow(need);
-    const { heads: H, headDim: Dh, capacity: C, length: L } = this;
-    for (let h = 0; h < H; h++) {
-      this.key.set(key.subarray(h * n * Dh, (h + 1) * n * Dh), (h * C + L) * Dh);
-      this.value.set(value.subarray(h * n * Dh, (h + 1) * n * Dh), (h * C + L) * Dh);
-    }
-    this.length = need;
-  }
-
-  /** Copies of the positions used, [1, H, length, Dh] each. */
-  copy(): { key: Float32Array; value: Float32Array } {
-    return { key: this.compact(this.key), value: this.compact(this.value) };
-  }
-
-  /** Frees both buffers now; the slot holds nothing afterwards. */
-  free(): void {
-    freeViews([this.key, this.value]);
-    this.key = this.empty;
-    this.value = this.empty;
-    this.capacity = 0;
-    this.length = 0;
-  }
-
-  private compact(buf: Float32Array): Float32Array {
-    const { heads: H, headDim: Dh, capacity: C, length: L } = this;
-    const out = new Float32Array(H * L * Dh);
-    for (let h = 0; h < H; h++) out.set(buf.subarray(h * C * Dh, (h * C + L) * Dh), h * L * Dh);
-    return out;
-  }
-
-  private grow(need: number): void {
-    const room = Math.max(need + KV_GROWTH, Math.ceil(need * 1.25));
-    const capacity = Math.max(need, Math.min(this.maxPositions, Math.ceil(room / KV_GROWTH) * KV_GROWTH));
-    const { heads: H, headDim: Dh, capacity: C, length: L } = this;
-    const move = (old: Float32Array): Float32Array => {
-      const out = new Float32Array(H * capacity * Dh);
-      for (let h = 0; h < H; h++) out.set(old.subarray(h * C * Dh, (h * C + L) * Dh), h * capacity * Dh);
-      return out;
-    };
-    const key = move(this.key);
-    const value = move(this.value);
-    freeViews([this.key, this.value]);
-    this.key = key;
-    this.value = value;
-    this.capacity = capacity;
-  }
-}
-
 class RunnerCache implements KvCache {
   embeddedTokens = 0;
-  readonly kv = new Map<number, KvSlot>();
+  readonly kv = new Map<number, { key: ort.Tensor; value: ort.Tensor }>();
   readonly inFlight = new Set<number>();
 
   constructor(readonly owner: StageRunner) {}
 
   pastLength(stage: number): number {
-    return this.kv.get(stage)?.length ?? 0;
-  }
-
-  /** The slot of attention stage `stage` (made empty on first use). */
-  slot(stage: number): KvSlot {
-    let slot = this.kv.get(stage);
-    if (!slot) {
-      const { nHead: H, nEmbd: D, nPositions } = this.owner.manifest.config;
-      slot = new KvSlot(H, D / H, nPositions);
-      this.kv.set(stage, slot);
-    }
-    return slot;
+    return this.kv.get(stage)?.key.dims[2] ?? 0;
   }
 
   get kvBytes(): number {
     let n = 0;
-    for (const slot of this.kv.values()) n += slot.bytes;
+    for (const { key, value } of this.kv.values()) n += 4 * (key.size + value.size);
     return n;
   }
 
   clear(): void {
-    for (const slot of this.kv.values()) slot.free();
+    for (const { key, value } of this.kv.values()) freeTensors(key, value);
     this.kv.clear();
     this.embeddedTokens = 0;
   }
@@ -307,14 +202,15 @@ export class StageRunner {
     try {
       for (const [k, s] of stages.entries()) {
         const info = manifest.stages[s];
-        sessions.set(s, await createStageSession(dir, manifest, s, sessionOptions));
+        // Created from the file path so onnxruntime resolves the external data beside it.
+        sessions.set(s, await createStageSession(dir, s, info, sessionOptions));
         opts.onProgress?.(k + 1, stages.length, info.name);
       }
       for (const [begin, end] of ranges) {
         const key = `${begin}-${end}`;
         if (fused.has(key)) continue;
         const extra = { session: { ...fusedSessionConfig(dir), intra_op: { allow_spinning: opts.allowSpinning === true ? '1' : '0' } } };
-        fused.set(key, await ort.InferenceSession.create(await buildFusedGraph(dir, manifest, begin, end, { kvCapacity: true }), { ...sessionOptions, extra }));
+        fused.set(key, await ort.InferenceSession.create(await buildFusedGraph(dir, manifest, begin, end), { ...sessionOptions, extra }));
         opts.onProgress?.(stages.length, stages.length, `fused ${key}`);
       }
     } catch (err) {
@@ -445,11 +341,14 @@ export class StageRunner {
     const { info, own } = this.stateAccess(stage, cache);
     if (info.kind === 'embed') return { tokens: own.embeddedTokens };
     const { nHead: H, nEmbd: D } = this.manifest.config;
-    const slot = own.kv.get(stage);
-    const T = slot?.length ?? 0;
-    const { key, value } = slot?.copy() ?? { key: new Float32Array(0), value: new Float32Array(0) };
-    const shape = [1, H, T, D / H];
-    return { tokens: T, key: { dtype: 'float32', shape, data: key }, value: { dtype: 'float32', shape: [...shape], data: value } };
+    const kv = own.kv.get(stage);
+    const T = kv?.key.dims[2] ?? 0;
+    const copy = (t: ort.Tensor | undefined): HostTensor & { dtype: 'float32' } => ({
+      dtype: 'float32',
+      shape: [1, H, T, D / H],
+      data: t ? (t.data as Float32Array).slice() : new Float32Array(0),
+    });
+    return { tokens: T, key: copy(kv?.key), value: copy(kv?.value) };
   }
 
   /**
@@ -494,7 +393,19 @@ export class StageRunner {
       if (t.data.length !== product(want)) throw new StageInputError(`state.${f}.data`, `hold ${product(want)} values`, `${t.data.length} values`);
       return t.data;
     });
-    own.slot(stage).append(parts[0], parts[1], n);
+    const past = own.kv.get(stage);
+    const joined = parts.map((add, i) => {
+      const before = past ? ((i === 0 ? past.key : past.value).data as Float32Array) : new Float32Array(0);
+      const out = new Float32Array(H * (held + n) * (D / H));
+      const hd = D / H;
+      for (let h = 0; h < H; h++) {
+        out.set(before.subarray(h * held * hd, (h + 1) * held * hd), h * (held + n) * hd);
+        out.set(add.subarray(h * n * hd, (h + 1) * n * hd), (h * (held + n) + held) * hd);
+      }
+      return new ort.Tensor('float32', out, [1, H, held + n, hd]);
+    });
+    if (past) freeTensors(past.key, past.value);
+    own.kv.set(stage, { key: joined[0], value: joined[1] });
   }
 
   /**
@@ -508,8 +419,11 @@ export class StageRunner {
       own.embeddedTokens = 0;
       return;
     }
-    own.kv.get(stage)?.free();
-    own.kv.delete(stage);
+    const kv = own.kv.get(stage);
+    if (kv) {
+      freeTensors(kv.key, kv.value);
+      own.kv.delete(stage);
+    }
   }
 
   /** Checks for the state methods: an embed or attention stage loaded here, this runner's cache, not in use on it. */
@@ -549,12 +463,29 @@ export class StageRunner {
     } else {
       feeds[IO.hidden] = new ort.Tensor('float32', x.data as Float32Array, [1, T, D]);
     }
-    for (let s = begin; s < end; s++) if (this.manifest.stages[s].kind === 'attn') cache.slot(s).feed(feeds, s);
+    let empty: ort.Tensor | undefined;
+    for (let s = begin; s < end; s++) {
+      if (this.manifest.stages[s].kind !== 'attn') continue;
+      let past = cache.kv.get(s);
+      if (!past) {
+        empty ??= new ort.Tensor('float32', new Float32Array(0), [1, H, 0, D / H]);
+        past = { key: empty, value: empty };
+      }
+      feeds[FUSED_IO.pastKey(s)] = past.key;
+      feeds[FUSED_IO.pastValue(s)] = past.value;
+    }
     const last = this.manifest.stages[end - 1];
     if (last.kind === 'head') feeds[FUSED_IO.headStart] = new ort.Tensor('int64', BigInt64Array.of(BigInt(lastOnly ? T - 1 : 0)), [1]);
     const r = await session.run(feeds);
     if (first.kind === 'embed') cache.embeddedTokens += T;
-    for (let s = begin; s < end; s++) if (this.manifest.stages[s].kind === 'attn') this.appendNew(cache, s, r, T);
+    for (let s = begin; s < end; s++) {
+      if (this.manifest.stages[s].kind !== 'attn') continue;
+      // Presents become the next step's pasts as they are (no copy), as in per-stage runs; the
+      // pasts they replace (fed to this call) are freed.
+      const old = cache.kv.get(s);
+      cache.kv.set(s, { key: r[FUSED_IO.presentKey(s)], value: r[FUSED_IO.presentValue(s)] });
+      if (old) freeTensors(old.key, old.value);
+    }
     const out = last.kind === 'head' ? IO.logits : last.kind === 'embed' ? IO.hidden : IO.hiddenOut;
     return toHost(r[out]);
   }
@@ -647,19 +578,22 @@ export class StageRunner {
   }
 
   private async runAttn(session: ort.InferenceSession, stage: number, x: HostTensor, cache: RunnerCache): Promise<HostTensor> {
-    const feeds: Record<string, ort.Tensor> = { [IO.hidden]: new ort.Tensor('float32', x.data as Float32Array, x.shape) };
-    cache.slot(stage).feed(feeds, stage);
-    const r = await session.run(feeds);
-    this.appendNew(cache, stage, r, x.shape[1] as number);
+    const { nHead: H, nEmbd: D } = this.manifest.config;
+    let past = cache.kv.get(stage);
+    if (!past) {
+      const empty = new ort.Tensor('float32', new Float32Array(0), [1, H, 0, D / H]);
+      past = { key: empty, value: empty };
+    }
+    const r = await session.run({
+      [IO.hidden]: new ort.Tensor('float32', x.data as Float32Array, x.shape),
+      [IO.pastKey]: past.key,
+      [IO.pastValue]: past.value,
+    });
+    // The present tensors are fed back as the next step's past as they are: no copy. The past
+    // they replace is freed (an empty one was made for this call).
+    cache.kv.set(stage, { key: r[IO.presentKey], value: r[IO.presentValue] });
+    freeTensors(past.key, past.value);
     return toHost(r[IO.hiddenOut]);
-  }
-
-  /** Appends the `T` new positions attention stage `stage` returned in `r` to its slot, and frees what it returned. */
-  private appendNew(cache: RunnerCache, stage: number, r: ort.InferenceSession.ReturnType, T: number): void {
-    const key = r[FUSED_IO.newKey(stage)];
-    const value = r[FUSED_IO.newValue(stage)];
-    cache.slot(stage).append(key.data as Float32Array, value.data as Float32Array, T);
-    freeTensors(key, value);
   }
 
   private async runPositionwise(
@@ -699,21 +633,14 @@ export class StageRunner {
 }
 
 /**
- * One stage's onnxruntime session: the stage file as it is, except for an attention stage,
- * whose graph takes its past keys and values in buffers with spare room and returns only the
- * new positions ({@link buildFusedGraph} over that one stage with `kvCapacity`; see KvSlot).
- * A stage file or weight file that is short, empty or corrupt makes onnxruntime (or the
- * graph's decoder) throw its own text (a C++ source line, an offset); it is refused here as a
- * ModelFormatError naming the stage's file field, the rule and the files, with that reason cut
- * short, so the services and the CLI report a bad model file clearly.
+ * One stage's onnxruntime session. A stage file or weight file that is short, empty or corrupt
+ * makes onnxruntime throw its own text (a C++ source line, an offset); it is refused here as a
+ * ModelFormatError naming the stage's file field, the rule and the files, with onnxruntime's
+ * reason cut short, so the services and the CLI report a bad model file clearly.
  */
-async function createStageSession(dir: string, manifest: Manifest, index: number, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
-  const info = manifest.stages[index];
+async function createStageSession(dir: string, index: number, info: StageInfo, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
   try {
-    if (info.kind !== 'attn') return await ort.InferenceSession.create(path.join(dir, info.file), options); // the path: external data resolves beside it
-    const graph = await buildFusedGraph(dir, manifest, index, index + 1, { kvCapacity: true });
-    const extra = { ...options.extra, session: { ...(options.extra as { session?: object } | undefined)?.session, ...fusedSessionConfig(dir) } };
-    return await ort.InferenceSession.create(graph, { ...options, extra });
+    return await ort.InferenceSession.create(path.join(dir, info.file), options);
   } catch (err) {
     const files = [info.file, ...(info.dataFiles ?? [])];
     const reason = String((err as Error)?.message ?? err).replace(/\s+/g, ' ');
