@@ -624,11 +624,15 @@ export class StageRunner {
     const W = out.dims[2];
     const all = out.data as Float32Array;
     let o = 0;
-    return lengths.map((T) => {
+    const parts = lengths.map((T): HostTensor => {
       const data = all.slice(o * W, (o + T) * W);
       o += T;
       return { dtype: 'float32', shape: [1, T, W], data };
     });
+    // The batch's own output is read by no one once copied: freed now, not by the collector
+    // (a batched head's is B × V floats, 201 KB a step with GPT-2's vocabulary).
+    freeTensors(out);
+    return parts;
   }
 }
 
