@@ -3,7 +3,8 @@ import { clientProfile, serverLoad, stageTimes } from '@tandem/testkit';
 import { Calibrator, DEFAULT_CALIBRATION, type CalibrationOptions } from './calibration';
 import type { ValidOutcome } from './outcomes';
 import { PlanMaker } from './plan-maker';
-import { makerOptions } from '../test/fixtures';
+import { makerOptions, SIX_STAGES } from '../test/fixtures';
+import { sameStageTimes } from '@tandem/testkit';
 
 // A hand-checkable client: three stages, one class of 10-token prompts and one new token (no
 // decode step). The device runs embed in 10 ms, the block in 50 ms and the head in 1000 ms;
@@ -164,6 +165,103 @@ describe('Calibrator: a correction that depends on the placement', () => {
     expect(staysOnCss.length).toBeGreaterThanOrEqual(3);
     for (let i = 1; i < staysOnCss.length; i++) expect(staysOnCss[i]).toBeGreaterThanOrEqual(staysOnCss[i - 1] * 1.8);
     expect(changes.filter((t) => t > 60_000).length).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('Calibrator: TTFT and TPOT corrected per kind of placement', () => {
+  /** A good outcome of `placement` at `nowMs`, TTFT and TPOT measured at `ratio` × predicted 50 and 7 ms. */
+  const outcome = (placement: string, ratio: number, tpotRatio = ratio): ValidOutcome => ({
+    clientId: 'dev',
+    requestClass: 'short',
+    placement,
+    planEpoch: 1,
+    ok: true,
+    good: true,
+    predicted: { e2e: 100, ttft: 50, tpot: 7 },
+    measured: { e2e: 100, ttft: 50 * ratio, tpot: 7 * tpotRatio },
+    unixMs: 0,
+  });
+  const kinds = (cal: Calibrator) => cal.adjustments('dev')?.('short')?.kinds;
+
+  it("learns each kind's factors from its own outcomes only, from minOutcomes on, and re-plans when they move", () => {
+    const cal = new Calibrator(OPTS);
+    let now = 0;
+    const replans: boolean[] = [];
+    for (let i = 0; i < OPTS.minOutcomes; i++) replans.push(cal.record(outcome('CCSSSS', 1, 1.25), (now += 100)).replan);
+    expect(replans).toEqual([...Array<boolean>(OPTS.minOutcomes - 1).fill(false), true]);
+    expect(kinds(cal)).toEqual({ split: { ttft: 1, tpot: expect.closeTo(1.25, 9) } });
+    // They are the client's: a class with no outcome of its own is planned with them too.
+    expect(cal.adjustments('dev')!('long')).toEqual({ slaScale: 1, allServer: false, kinds: { split: { ttft: 1, tpot: expect.closeTo(1.25, 9) } } });
+    // All-server outcomes as predicted leave the split's factor where it is and add no kind of their own.
+    for (let i = 0; i < 20; i++) expect(cal.record(outcome('SSSSSS', 1), (now += 100)).replan).toBe(false);
+    expect(kinds(cal)).toEqual({ split: { ttft: 1, tpot: expect.closeTo(1.25, 9) } });
+    // All-device outcomes slower than predicted get a factor of their own; faster ones never loosen a kind below 1.
+    for (let i = 0; i < OPTS.minOutcomes; i++) cal.record(outcome('CCCCCC', 1.1), (now += 100));
+    expect(kinds(cal)?.device).toEqual({ ttft: expect.closeTo(1.1, 9), tpot: expect.closeTo(1.1, 9) });
+    const fast = new Calibrator(OPTS);
+    for (let i = 0; i < 10; i++) fast.record(outcome('CSSSSS', 0.5), (now += 100));
+    expect(kinds(fast)).toBeUndefined();
+  });
+
+  it('takes out the class-wide factor already applied, and learns nothing with byKind off', () => {
+    const cal = new Calibrator({ ...OPTS, dwellMs: 0 });
+    // E2E measured 1.2 × predicted moves the class factor to 1.2 (after the dwell of 0); the split's TPOT at 1.5 × is then 1.25 × beyond it.
+    for (let i = 0; i < OPTS.minOutcomes; i++) {
+      const o = outcome('CSSSSS', 1, 1.5);
+      cal.record({ ...o, measured: { ...o.measured, e2e: 120 } }, i * 100);
+    }
+    // The planner must have placed the class for the class factor to move: tell it the plan.
+    cal.planned('dev', [{ name: 'short', placement: 'CSSSSS' } as ClassPlacement], 1, 0);
+    const o = outcome('CSSSSS', 1, 1.5);
+    cal.record({ ...o, measured: { ...o.measured, e2e: 120 } }, 1000);
+    expect(cal.adjustments('dev')!('short')!.slaScale).toBeCloseTo(1 / 1.2, 9);
+    expect(kinds(cal)?.split?.tpot).toBeCloseTo(1.5 / 1.2, 9);
+    const off = new Calibrator({ ...OPTS, byKind: false });
+    for (let i = 0; i < 10; i++) expect(off.record(outcome('CSSSSS', 1, 1.5), i * 100).replan).toBe(false);
+    expect(kinds(off)).toBeUndefined();
+  });
+
+  it('moves a class off a split whose tokens come slower than predicted, to all-server, and keeps it there', () => {
+    // Six stages, TTFT 100 / TPOT 8 ms: the device's 2 ms stages and the server's 1 ms ones give
+    // a split with one stage on the device (plan-maker.spec.ts, TTFT and TPOT SLOs).
+    const links = { uplink: { latencyMs: 0.2, bytesPerMs: 10_000 }, downlink: { latencyMs: 0.2, bytesPerMs: 10_000 } };
+    const cls = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000, ttftMs: 100, tpotMs: 8 };
+    const six = new PlanMaker(makerOptions({ stages: SIX_STAGES, classes: [cls], slaMargin: 1 }));
+    const profile = clientProfile({ clientId: 'dev', unixMs: 0, stages: sameStageTimes(6, 0.5, 2), ...links });
+    const load = serverLoad({ serverId: 's', unixMs: 0, stages: sameStageTimes(6, 0.25, 1) });
+    const cal = new Calibrator(OPTS);
+    let epoch = 0;
+    let now = 0;
+    let plan: ClassPlacement[] | undefined;
+    const history: string[] = [];
+    const replan = () => {
+      const next = six.plan(profile, load, plan, 'work', cal.adjustments('dev'))!;
+      if (next[0].placement !== plan?.[0].placement) (history.push(next[0].placement), epoch++);
+      plan = next;
+      cal.planned('dev', next, epoch, now);
+    };
+    replan();
+    expect(history[0]).toMatch(/C.*S|S.*C/);
+    for (let i = 0; i < 200; i++) {
+      const p = plan![0];
+      // Splits decode at 1.3 × their predicted TPOT (over 8), all-server as predicted; TTFT as predicted.
+      const tpot = p.predictedTpotMs * (/C/.test(p.placement) ? 1.3 : 1);
+      const o: ValidOutcome = {
+        clientId: 'dev',
+        requestClass: 'short',
+        placement: p.placement,
+        planEpoch: epoch,
+        ok: true,
+        good: tpot <= 8,
+        predicted: { e2e: p.predictedLatencyMs, ttft: p.predictedTtftMs, tpot: p.predictedTpotMs },
+        measured: { e2e: p.predictedLatencyMs, ttft: p.predictedTtftMs, tpot },
+        unixMs: now,
+      };
+      if (cal.record(o, (now += 100)).replan) replan();
+    }
+    // One move, after minOutcomes split outcomes, and none back in 20 s of good all-server outcomes.
+    expect(history).toEqual([history[0], 'SSSSSS']);
+    expect(cal.observations('dev', ['short'])[0].safetyFactor).toBe(1); // the per-kind factor did it, not a tighten
   });
 });
 

@@ -1,8 +1,8 @@
 import type { ClassObservations, ClassPlacement } from '@tandem/protocol';
 import type { LatencyTriple, ValidOutcome } from './outcomes';
-import { planKey } from '@tandem/dp';
+import { placementKind, planKey, type PlacementKind } from '@tandem/dp';
 import { median } from '@tandem/util';
-import type { ClassAdjustment } from './plan-maker';
+import type { ClassAdjustment, KindFactors } from './plan-maker';
 
 /** Settings of the calibrator (the planner's PLANNER_SLO_* / PLANNER_OUTCOME_* / PLANNER_SAFETY_* variables). */
 export interface CalibrationOptions {
@@ -30,6 +30,12 @@ export interface CalibrationOptions {
   readonly relaxDwellMs: number;
   /** Relative change of a correction factor since the client was last planned that re-plans it. */
   readonly materialChange: number;
+  /**
+   * Whether TTFT and TPOT are also corrected per kind of placement (all-server, split,
+   * all-device: {@link placementKind}), each kind by the client's own outcomes of that kind
+   * (see `judgeKinds`).
+   */
+  readonly byKind: boolean;
 }
 
 /** The defaults of the planner's configuration (config.ts uses these). */
@@ -44,6 +50,7 @@ export const DEFAULT_CALIBRATION: CalibrationOptions = Object.freeze({
   dwellMs: 10_000,
   relaxDwellMs: 30_000,
   materialChange: 0.05,
+  byKind: true,
 });
 
 /** Successful outcomes kept per class for the medians and means that ListPlans shows. */
@@ -93,6 +100,23 @@ export class Decayed {
 
 const TERMS = ['e2e', 'ttft', 'tpot'] as const;
 type Term = (typeof TERMS)[number];
+/** The terms corrected per kind of placement: e2e has its class-wide factor (`appliedE2e`). */
+const KIND_TERMS = ['ttft', 'tpot'] as const;
+const KINDS: readonly PlacementKind[] = ['server', 'split', 'device'];
+
+type KindTerm = (typeof KIND_TERMS)[number];
+
+/** What the planner knows of one client's kinds of placement, over all its request classes (see `Calibrator.kindsOf`). */
+class ClientKinds {
+  /** Decayed mean of ln(measured / predicted) TTFT and TPOT, per kind of placement the outcome ran. */
+  readonly logRatio: Record<PlacementKind, Record<KindTerm, Decayed>> = {
+    server: { ttft: new Decayed(), tpot: new Decayed() },
+    split: { ttft: new Decayed(), tpot: new Decayed() },
+    device: { ttft: new Decayed(), tpot: new Decayed() },
+  };
+  /** The factors in force (planned with), before the class-wide factor is taken out; a kind or term absent is 1. */
+  applied: Partial<Record<PlacementKind, Partial<Record<KindTerm, number>>>> = {};
+}
 
 /** What the planner knows of one client's request class. */
 class ClassState {
@@ -164,6 +188,7 @@ class ClassState {
  */
 export class Calibrator {
   private readonly clients = new Map<string, Map<string, ClassState>>();
+  private readonly kinds = new Map<string, ClientKinds>();
   private readonly decay: number;
 
   /** @throws RangeError naming the option when one is out of its range. */
@@ -217,6 +242,13 @@ export class Calibrator {
           st.logRatio[t].add(Math.log(r), this.decay);
         }
       }
+      const byKind = this.kindsOf(o.clientId).logRatio[placementKind(o.placement)];
+      for (const t of KIND_TERMS) {
+        if (o.predicted[t] > 0 && o.measured[t] > 0) {
+          const r = Math.min(Math.max(o.measured[t] / o.predicted[t], 1 / MAX_RATIO), MAX_RATIO);
+          byKind[t].add(Math.log(r), this.decay);
+        }
+      }
       this.remember(st, o.predicted, o.measured);
     }
     if (st.placement !== undefined && o.placement === st.placement && o.planEpoch >= st.sinceEpoch) {
@@ -224,7 +256,8 @@ export class Calibrator {
     }
     const change = this.judge(st, nowMs);
     const moved = this.judgeFactor(st, nowMs);
-    if (!change) return { replan: moved };
+    const kinds = this.judgeKinds(this.kindsOf(o.clientId));
+    if (!change) return { replan: moved || kinds };
     return { replan: true, safety: { change, factor: st.safety, allServer: st.allServer, attainment: st.attainment.mean, outcomes: st.attainment.count } };
   }
 
@@ -256,6 +289,57 @@ export class Calibrator {
     st.appliedE2e = c;
     st.lastChangeMs = nowMs;
     return true;
+  }
+
+  private kindsOf(clientId: string): ClientKinds {
+    let k = this.kinds.get(clientId);
+    if (!k) this.kinds.set(clientId, (k = new ClientKinds()));
+    return k;
+  }
+
+  /**
+   * The per-kind TTFT and TPOT factors in force move to the estimates (for each kind and term
+   * with `minOutcomes` outcomes carrying that prediction, the decayed geometric mean of measured
+   * / predicted over the client's outcomes of that kind, every request class together) when one
+   * moved by more than `materialChange`. Returns whether they did (the client is re-planned).
+   * Why per kind: one client's all-server plans and its splits err differently (on the edge load
+   * test at low load, splits decoded at 1.3 × their predicted TPOT, all-server generations at
+   * 0.9–1.0 ×), and a split is entered for a few requests at a time, so a class-wide factor mixes
+   * the two and catches the splits' error late. Why per client rather than per class: what a
+   * kind misses by is the device's and its link's (a late step, a wait behind another call), the
+   * same for every class, and pooled it is learned from a few of the client's splits, whatever
+   * their class. A kind's factors move only with outcomes of that kind: a split its factors rule
+   * out is not retried on this evidence alone, and the outcomes of the kind chosen instead do not
+   * swing it back (no flapping between kinds).
+   */
+  private judgeKinds(k: ClientKinds): boolean {
+    if (!this.opts.learn || !this.opts.byKind) return false;
+    const next: ClientKinds['applied'] = {};
+    for (const kind of KINDS) {
+      for (const t of KIND_TERMS) {
+        const d = k.logRatio[kind][t];
+        if (d.count >= this.opts.minOutcomes) (next[kind] ??= {})[t] = Math.exp(d.mean);
+      }
+    }
+    const far = (a = 1, b = 1): boolean => Math.abs(Math.log(a / b)) > Math.log1p(this.opts.materialChange);
+    const moved = KINDS.some((kind) => KIND_TERMS.some((t) => far(next[kind]?.[t], k.applied[kind]?.[t])));
+    if (moved) k.applied = next;
+    return moved;
+  }
+
+  /**
+   * The per-kind factors a class is planned with (ClassAdjustment.kinds): the client's factors
+   * in force divided by the class's e2e factor in force (its SLOs are already scaled by that),
+   * where that leaves more than 1, so a kind is never planned looser than the class-wide factor.
+   */
+  private kindFactors(k: ClientKinds | undefined, appliedE2e: number): KindFactors | undefined {
+    if (!k || !this.opts.byKind) return undefined;
+    const out: { -readonly [K in PlacementKind]?: { ttft: number; tpot: number } } = {};
+    for (const kind of KINDS) {
+      const f = { ttft: Math.max(1, (k.applied[kind]?.ttft ?? 1) / appliedE2e), tpot: Math.max(1, (k.applied[kind]?.tpot ?? 1) / appliedE2e) };
+      if (f.ttft > 1 || f.tpot > 1) out[kind] = f;
+    }
+    return Object.keys(out).length > 0 ? out : undefined;
   }
 
   /** Tightens or relaxes the safety factor by the rule in the class comment. Returns the change made, if any. */
@@ -317,10 +401,12 @@ export class Calibrator {
   adjustments(clientId: string): ((requestClass: string) => ClassAdjustment | undefined) | undefined {
     const m = this.clients.get(clientId);
     if (!this.opts.learn || !m) return undefined;
+    const k = this.kinds.get(clientId);
     return (requestClass) => {
       const st = m.get(requestClass);
-      if (!st) return undefined;
-      return { slaScale: st.safety / st.appliedE2e, allServer: st.allServer };
+      const kinds = this.kindFactors(k, st?.appliedE2e ?? 1);
+      if (!st) return kinds && { slaScale: 1, allServer: false, kinds };
+      return { slaScale: st.safety / st.appliedE2e, allServer: st.allServer, ...(kinds ? { kinds } : {}) };
     };
   }
 
@@ -352,6 +438,7 @@ export class Calibrator {
   /** Forgets a client (the planner forgot it). */
   forget(clientId: string): void {
     this.clients.delete(clientId);
+    this.kinds.delete(clientId);
   }
 
   /**

@@ -247,6 +247,10 @@ export const plannerEnv = {
     0,
     10,
   ),
+  PLANNER_CALIBRATE_BY_KIND: env.bool(
+    'Also correct predicted TTFT and TPOT per kind of placement (all-server, split, all-device), each kind by its own outcomes, so that a split whose outcomes run slower than predicted gives way to a plan that meets the SLOs (docs/planner.md)',
+    C.byKind,
+  ),
   PLANNER_SHED: env.bool(
     "Shed while the server is overloaded (objective algorithms): at or above PLANNER_SHED_ABOVE utilisation, move the fewest classes whose plans miss their SLOs to their least-server-work plans, most work saved per request first, until the work they free at their request rates brings the server to PLANNER_SHED_BELOW; give them back, last first, when it is there with room for them (docs/planner.md, 'Overload'). Other classes keep the plan that meets their SLOs at no load. false: every class missing its SLOs goes to its fastest placement at the load",
     S.enabled,

@@ -37,7 +37,7 @@ const cases: EnvCase[] = [
       ['PLANNER_SHED_BELOW', 0.01, 0.99],
       ['PLANNER_SHED_MAX_SLOWDOWN', 1, 100],
     ],
-    bool: ['PLANNER_LEARN', 'PLANNER_SHED'],
+    bool: ['PLANNER_LEARN', 'PLANNER_CALIBRATE_BY_KIND', 'PLANNER_SHED'],
     oneOf: [['PLANNER_SERVER_LATENCY', ['stretch', 'mm1']]],
   }),
   [

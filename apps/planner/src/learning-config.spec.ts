@@ -16,6 +16,7 @@ describe('planner configuration of learning from outcomes', () => {
       dwellMs: c.PLANNER_SAFETY_DWELL_MS,
       relaxDwellMs: c.PLANNER_SAFETY_RELAX_MS,
       materialChange: c.PLANNER_CALIBRATION_CHANGE,
+      byKind: c.PLANNER_CALIBRATE_BY_KIND,
     }).toEqual(DEFAULT_CALIBRATION);
   });
 

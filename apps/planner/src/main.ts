@@ -45,6 +45,7 @@ export async function main(): Promise<void> {
     dwellMs: config.PLANNER_SAFETY_DWELL_MS,
     relaxDwellMs: config.PLANNER_SAFETY_RELAX_MS,
     materialChange: config.PLANNER_CALIBRATION_CHANGE,
+    byKind: config.PLANNER_CALIBRATE_BY_KIND,
   });
   const server = new PlannerServer({
     maker,

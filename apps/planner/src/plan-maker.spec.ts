@@ -13,7 +13,7 @@ import {
 import { clientProfile, sameStageTimes, serverLoad } from '@tandem/testkit';
 import { seededRandom } from '@tandem/util';
 import { makerOptions, SIX_STAGES } from '../test/fixtures';
-import { decodeMsOf, KV_CHUNK_BYTES, PlanMaker, type PlanMakerOptions } from './plan-maker';
+import { decodeMsOf, KV_CHUNK_BYTES, PlanMaker, type KindFactors, type PlanMakerOptions } from './plan-maker';
 
 const CLASS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000 };
 
@@ -480,6 +480,33 @@ describe('PlanMaker with TTFT and TPOT SLOs', () => {
       [...p.placement].map((c): Location => (c === 'C' ? 'client' : 'server')),
     );
     expect([p.predictedTtftMs, p.predictedTpotMs, p.predictedServerWork]).toEqual([e.ttftMs, e.tpotMs, e.serverWork]);
+  });
+
+  it('judges each kind of plan by its own learned factors: a split its outcomes say misses TPOT gives way to all-server', () => {
+    const maker = new PlanMaker(options({ classes: [withTpot] }));
+    const at = (kinds?: KindFactors) =>
+      maker.plan(client(2, fastLinks), server(1), undefined, 'work', kinds && (() => ({ slaScale: 1, allServer: false, kinds })))![0];
+    const plain = at();
+    expect(plain.placement).toMatch(/C.*S|S.*C/); // the split of the test above, predicted within TPOT 8
+    const fits = 8 / plain.predictedTpotMs; // the largest split factor it still meets TPOT 8 under
+    expect(fits).toBeGreaterThan(1);
+    // Splits measured 1.5 × their predicted TPOT: none fits 8 / 1.5; all-server (6 ms, no factor) does, all-device (12 ms) does not.
+    const safer = at({ split: { ttft: 1, tpot: 1.5 } });
+    expect(safer.placement).toBe('SSSSSS');
+    expect(safer.feasible).toBe(true);
+    expect(safer.predictedTpotMs).toBeCloseTo(6, 9); // the model's own prediction is published, not the corrected one
+    // A factor the split still fits keeps it; one just over gives all-server (no split is faster).
+    expect(at({ split: { ttft: 1, tpot: fits * 0.999 } }).placement).toBe(plain.placement);
+    expect(at({ split: { ttft: 1, tpot: fits * 1.001 } }).placement).toBe('SSSSSS');
+    // When every kind misses by its factors, the model's plan stays (nothing better is known).
+    expect(at({ split: { ttft: 1, tpot: 1.5 }, server: { ttft: 1, tpot: 2 } }).placement).toBe(plain.placement);
+    // The factors of the kinds the plan is not of do not move it.
+    expect(at({ server: { ttft: 3, tpot: 3 }, device: { ttft: 3, tpot: 3 } }).placement).toBe(plain.placement);
+    // A baseline places by its rule whatever was learned.
+    const greedy = new PlanMaker(options({ classes: [withTpot], algorithm: 'greedy' }));
+    const g = (kinds?: KindFactors) =>
+      greedy.plan(client(2, fastLinks), server(1), undefined, 'work', kinds && (() => ({ slaScale: 1, allServer: false, kinds })))![0].placement;
+    expect(g({ split: { ttft: 1, tpot: 1.5 } })).toBe(g());
   });
 
   it('prices all-server streamed (prompt up once, no per-step crossings) and picks it when no split meets the SLOs', () => {

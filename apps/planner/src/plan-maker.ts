@@ -7,6 +7,7 @@ import {
   phasedResultOf,
   placementFromLetters as fromLetters,
   placementToLetters as toLetters,
+  placementKind,
   planKey,
   solveGeneration,
   solveGenerationDpBelow,
@@ -18,6 +19,7 @@ import {
   type HandoverInstance,
   type KvHandoverCost,
   type Location,
+  type PlacementKind,
   type Slo,
 } from '@tandem/dp';
 import type { ClassPlacement, ClientProfile, ServerLoad, StageTiming } from '@tandem/protocol';
@@ -165,7 +167,18 @@ export interface ClassAdjustment {
    * server for the others, served late but within that bound). Wins over `allServer`.
    */
   readonly shed?: boolean;
+  /**
+   * Per kind of placement, factors on a plan's predicted TTFT and TPOT (each ≥ 1; a kind
+   * absent is taken at 1): a plan of that kind must meet the class's (scaled) SLOs with its
+   * predictions multiplied by them. What the outcomes of each kind said its predictions miss
+   * by (calibration.ts, `kindFactors`). Applied by the planner's own solvers under the work
+   * objective.
+   */
+  readonly kinds?: KindFactors;
 }
+
+/** Factors on predicted TTFT and TPOT per kind of placement (ClassAdjustment.kinds). */
+export type KindFactors = Readonly<Partial<Record<PlacementKind, { readonly ttft: number; readonly tpot: number }>>>;
 
 /** A stage as the manifest describes it. */
 export interface ModelStage {
@@ -267,6 +280,29 @@ function scaledSlos(inst: HandoverInstance, factor: number): HandoverInstance {
   const slo: { -readonly [K in keyof Slo]: Slo[K] } = {};
   for (const k of ['e2eMs', 'ttftMs', 'tpotMs'] as const) if (inst.slo[k] !== undefined) slo[k] = (inst.slo[k] as number) * factor;
   return { ...inst, slo };
+}
+
+/** The kind of a priced plan (all-server, split, all-device), as the calibrator tells outcomes apart. */
+function kindOf(p: Pick<PricedPlan, 'placement' | 'decodePlacement'>): PlacementKind {
+  return placementKind(toLetters(p.placement) + toLetters(p.decodePlacement));
+}
+
+/** Whether `p` meets `inst`'s SLOs with its predicted TTFT and TPOT multiplied by its kind's factors. */
+function meetsKind(inst: HandoverInstance, p: PricedPlan, kinds: KindFactors): boolean {
+  if (!p.feasible) return false;
+  const f = kinds[kindOf(p)];
+  if (!f) return true;
+  const { ttftMs, tpotMs } = inst.slo;
+  return (ttftMs === undefined || p.ttftMs * f.ttft <= ttftMs) && (tpotMs === undefined || p.tpotMs * f.tpot <= tpotMs);
+}
+
+/** `inst` with its TTFT and TPOT SLOs divided by `f`'s factors: plans priced against it as if their predictions were × `f`. */
+function kindSlos(inst: HandoverInstance, f: { readonly ttft: number; readonly tpot: number }): HandoverInstance {
+  const { ttftMs, tpotMs } = inst.slo;
+  return {
+    ...inst,
+    slo: { ...inst.slo, ...(ttftMs !== undefined ? { ttftMs: ttftMs / f.ttft } : {}), ...(tpotMs !== undefined ? { tpotMs: tpotMs / f.tpot } : {}) },
+  };
 }
 
 /** `inst` planned against every stated SLO scaled by the learned adjustment (calibration.ts). */
@@ -575,6 +611,11 @@ export class PlanMaker {
         const loadOnly = idle !== undefined && priced(idle, kept.placement, kept.decodePlacement).feasible;
         if (loadOnly || (!saves && !fixes && !faster && (kept.feasible || !best.feasible))) best = kept;
       }
+      // A plan its kind's outcomes say misses (ClassAdjustment.kinds) gives way to the least-work
+      // plan that meets the SLOs with its own kind's factors; when none does, it stays.
+      if (adj?.kinds && objective === 'work' && this.followsObjective && best.feasible && !meetsKind(inst, best, adj.kinds)) {
+        best = this.byKind(inst, adj.kinds) ?? best;
+      }
       if (adj?.allServer) best = allServer(inst);
       // The bound is on the SLOs as stated: the planning margin is taken out again.
       const slowdown = (this.opts.shedMaxSlowdown ?? DEFAULT_SHED_MAX_SLOWDOWN) / this.opts.slaMargin;
@@ -627,6 +668,23 @@ export class PlanMaker {
       });
     }
     return out;
+  }
+
+  /**
+   * The plan of least server work that meets `inst`'s SLOs with its predicted TTFT and TPOT
+   * multiplied by its kind's factors, undefined when none does. Candidates: the solver's best
+   * against the SLOs tightened by the split factors (the best split that meets them, or a
+   * single-kind plan better than any such split), every stage on the server, every stage on
+   * the client; each judged by its own kind's factors. O(one solve).
+   */
+  private byKind(inst: HandoverInstance, kinds: KindFactors): PricedPlan | undefined {
+    const split = solveWith(kinds.split ? kindSlos(inst, kinds.split) : inst, this.opts.algorithm, this.opts.phasedMinSaving);
+    const client = inst.stages.map((): Location => 'client');
+    const candidates = [allServer(inst), priced(inst, client)];
+    if (split.feasible) candidates.push(priced(inst, split.placement, split.decodePlacement));
+    let best: PricedPlan | undefined;
+    for (const p of candidates) if (meetsKind(inst, p, kinds) && (!best || p.serverWork < best.serverWork)) best = p;
+    return best;
   }
 
   /** The instance of `cls` for `client` on `server` at no load (utilisation 0: no slow-down, no queue), adjusted by `adj`. */

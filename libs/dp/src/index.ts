@@ -6,7 +6,7 @@
 export { ALGORITHMS } from './types';
 export type { Algorithm, Link, Location, Placement, PlacementCost, PlacementInstance, PlacementResult, Stage } from './types';
 export { InstanceValidationError, validateInstance } from './validate';
-export { isPlacementLetters, placementFromLetters, placementToLetters, planKey } from './placement';
+export { isPlacementLetters, placementFromLetters, placementKind, placementToLetters, planKey, type PlacementKind } from './placement';
 export { RELATIVE_TOLERANCE, approxEqual, approxLessOrEqual, evaluatePlacement, meetsSla, transferMs } from './evaluate';
 export { isAlgorithm, solve } from './solve';
 export { minLatencyPlacement, solveDp } from './exact-dp';

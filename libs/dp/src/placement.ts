@@ -36,3 +36,15 @@ export function isPlacementLetters(letters: string, stageCount: number): boolean
 export function planKey(c: { readonly placement: string; readonly decodePlacement?: string }): string {
   return c.decodePlacement && c.decodePlacement !== c.placement ? `${c.placement}/${c.decodePlacement}` : c.placement;
 }
+
+/**
+ * The kind of a plan, by where its stages run over both phases: `server` (nothing on the
+ * client), `device` (nothing on the server) or `split` (some of each: a plan whose tokens
+ * cross the link). Plans of one kind err alike (the planner's calibration learns a correction
+ * per kind). Takes a {@link planKey} or a placement's letters.
+ */
+export type PlacementKind = 'server' | 'split' | 'device';
+export function placementKind(key: string): PlacementKind {
+  if (!key.includes('C')) return 'server';
+  return key.includes('S') ? 'split' : 'device';
+}
