@@ -12,17 +12,19 @@
  * for server-generate), as the client-agent's link emulator does. Tokens of both paths are
  * checked to be identical.
  *
- *   npx tsx tools/bench/server-decode-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 5] [--threads 2] [--latency 0] [--batching on]
+ *   npx tsx tools/bench/server-decode-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 5] [--threads 2] [--latency 0] [--batching on] [--engine inline|worker]
  */
 import * as grpc from '@grpc/grpc-js';
 import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
-import { OnnxStageEngine } from '@tandem/server-executor';
+import { OnnxStageEngine, WorkerStageEngine } from '@tandem/server-executor';
 import { sleep } from '@tandem/util';
 import { arg, benchModel, generationArgs, idsTensor, median, openSession, startBenchExecutor, stepRequest } from './bench-kit';
 
 const { preset, sessions, promptLen, decode, reps, threads } = generationArgs(5);
 const latencyMs = Number(arg('latency', '0'));
 const batching = arg('batching', 'on') !== 'off';
+/** Where onnxruntime runs, as EXECUTOR_ENGINE (the executor's default is the worker thread). */
+const engineKind = arg('engine', 'inline');
 /** Tokens per generation: the prefill's, then one per decode step. */
 const tokens = decode + 1;
 
@@ -86,7 +88,11 @@ const msPerToken = (r: Run): number => (r.at[r.at.length - 1] - r.at[0]) / (r.at
 
 async function main(): Promise<void> {
   const dir = await benchModel(preset);
-  const engine = await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
+  if (engineKind !== 'worker' && engineKind !== 'inline') throw new Error(`--engine must be worker or inline, given '${engineKind.slice(0, 40)}'`);
+  const engine =
+    engineKind === 'worker'
+      ? await WorkerStageEngine.load(dir, { intraOpNumThreads: threads })
+      : await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
   const { client, stop } = await startBenchExecutor(engine, { maxSessions: 1024, maxMessageBytes: 64 << 20, batching, maxBatch: 64 });
   const prompts = Array.from({ length: sessions }, (_, s) => Array.from({ length: promptLen }, (_, i) => (101 + 37 * s + 13 * i) % 50257));
   type Mode = 'per-step' | 'server-generate';
@@ -121,7 +127,7 @@ async function main(): Promise<void> {
   const p = res['per-step'];
   process.stdout.write(
     `\nserver-side decoding vs per-step, preset ${preset}, ${sessions} concurrent all-server generations, prompt ${promptLen}, ${tokens} tokens each, ` +
-      `${threads} threads, batching ${batching ? 'on' : 'off'}, one-way link latency ${latencyMs} ms; median (min–max) of ${reps} repetitions\n`,
+      `${threads} threads, ${engineKind} engine, batching ${batching ? 'on' : 'off'}, one-way link latency ${latencyMs} ms; median (min–max) of ${reps} repetitions\n`,
   );
   process.stdout.write('| path | decode ms/token | tokens/s (all generations) |\n|---|---:|---:|\n');
   process.stdout.write(`| per-step (a round trip per token) | ${spread(p.msTok, 2)} | ${spread(p.tokS, 1)} |\n`);

@@ -190,6 +190,7 @@ describe('Calibrator: TTFT and TPOT corrected per kind of placement', () => {
     for (let i = 0; i < OPTS.minOutcomes; i++) replans.push(cal.record(outcome('CCSSSS', 1, 1.25), (now += 100)).replan);
     expect(replans).toEqual([...Array<boolean>(OPTS.minOutcomes - 1).fill(false), true]);
     expect(kinds(cal)).toEqual({ split: { ttft: 1, tpot: expect.closeTo(1.25, 9) } });
+    expect(cal.observations('dev', ['short'])[0].kindCorrections).toEqual([{ kind: 'split', ttft: 1, tpot: expect.closeTo(1.25, 9) }]);
     // They are the client's: a class with no outcome of its own is planned with them too.
     expect(cal.adjustments('dev')!('long')).toEqual({ slaScale: 1, allServer: false, kinds: { split: { ttft: 1, tpot: expect.closeTo(1.25, 9) } } });
     // All-server outcomes as predicted leave the split's factor where it is and add no kind of their own.

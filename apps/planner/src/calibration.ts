@@ -163,8 +163,11 @@ class ClassState {
  *   scaling its predicted latencies by it; the plans it publishes keep the model's own
  *   (uncorrected) predictions, so the ratio keeps measuring the model and does not chase its
  *   own correction. The factor in force follows the estimate under the gates of the safety
- *   factor (`judgeFactor`): up like a tighten, down like a relax. Only e2e is applied so far:
- *   the planner's classes state no TTFT/TPOT SLO yet.
+ *   factor (`judgeFactor`): up like a tighten, down like a relax. The class-wide factor applied
+ *   is e2e's (on every stated SLO); TTFT and TPOT are applied per kind of placement.
+ * - **Per-kind factors** on TTFT and TPOT (`byKind`), per client over all its classes, by kind
+ *   of placement (all-server, split, all-device): a plan of a kind must meet the SLOs with its
+ *   predictions × its kind's factors (`judgeKinds`, `kindFactors`).
  * - **Safety factor** s in [floor, 1] on the class's SLA, and at the floor all-server. The rule:
  *   - *tighten* when the plan in force (this placement, since it took effect) has at least
  *     `minOutcomes` outcomes, its decayed attainment is below `target`, it has been in force
@@ -464,6 +467,7 @@ export class Calibrator {
   /** What was observed of one client, per class in the order of `classes` (zero counts for a class with no outcome). */
   observations(clientId: string, classes: readonly string[]): ClassObservations[] {
     const m = this.clients.get(clientId);
+    const k = this.kinds.get(clientId);
     return classes.map((name) => {
       const st = m?.get(name) ?? new ClassState();
       const ring = st.ring ?? new Float64Array(0); // no ring yet: ringSize is 0
@@ -493,6 +497,7 @@ export class Calibrator {
         safetyFactor: st.safety,
         allServer: st.allServer,
         safetyChangedUnixMs: st.safetyChangedMs,
+        kindCorrections: Object.entries(this.opts.learn ? (this.kindFactors(k, st.appliedE2e) ?? {}) : {}).map(([kind, f]) => ({ kind, ...f })),
       };
     });
   }

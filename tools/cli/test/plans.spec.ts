@@ -173,9 +173,11 @@ describe('tandem plans against a real planner', () => {
     const text = await run(['plans', '--planner', live.addr]);
     expect(text.code).toBe(0);
     expect(text.stdout).toContain('  observed (attainment of the plan in force, target 90 %; latency over the last 5 successful generations)');
-    expect(text.stdout).toMatch(/^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +obs\/pred +correction +safety$/m);
+    expect(text.stdout).toMatch(
+      /^ {2}class +outcomes +failed +attainment +e2e p50 pred\/obs ms +e2e mean pred\/obs ms +obs\/pred +correction +safety +per kind$/m,
+    );
     const ratio = (30 / c.predictedLatencyMs).toFixed(2);
-    expect(text.stdout).toMatch(new RegExp(`^ {2}short +6 +1 +82 % of 6 +21 / 30 +21 / 30 +${ratio.replace('.', '\\.')} +1\\.00 +1\\.00$`, 'm'));
+    expect(text.stdout).toMatch(new RegExp(`^ {2}short +6 +1 +82 % of 6 +21 / 30 +21 / 30 +${ratio.replace('.', '\\.')} +1\\.00 +1\\.00 +-$`, 'm'));
   });
 
   it('exits 1 with one line naming the address when no planner listens there', async () => {
@@ -297,7 +299,25 @@ describe('the observations table of tandem plans', () => {
       ],
     });
     expect(text.split('\n')).toHaveLength(4); // heading, header, rule, one class (doc has no outcome)
-    expect(text).toMatch(/^ {2}chat +12 +12 +0 % of 3 +- +- +1\.00 +1\.00 +all-server$/m);
+    expect(text).toMatch(/^ {2}chat +12 +12 +0 % of 3 +- +- +1\.00 +1\.00 +all-server +-$/m);
+  });
+
+  it('shows the factors the planner applies per kind of placement', () => {
+    const text = observationsTable({
+      clientId: 'a',
+      classes: [
+        {
+          ...base,
+          outcomes: 9,
+          kindCorrections: [
+            { kind: 'split', ttft: 1, tpot: 1.304 },
+            { kind: 'device', ttft: 1.1, tpot: 1 },
+          ],
+        },
+      ],
+    });
+    expect(text).toMatch(/ +per kind$/m);
+    expect(text).toMatch(/^ {2}chat +9 .* split TTFT×1\.00 TPOT×1\.30, device TTFT×1\.10 TPOT×1\.00$/m);
   });
 });
 

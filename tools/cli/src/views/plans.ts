@@ -43,11 +43,17 @@ export function executorsTable(executors: readonly ExecutorSummary[]): string {
   return `executors\n${formatTable(['executor', 'address', 'clients', 'utilisation', 'draining', 'last report'], rows, { indent: '  ', rightAlign: [2, 3] })}`;
 }
 
+/** A class's per-kind corrections (ClassObservations.kind_corrections), e.g. `split TTFT×1.00 TPOT×1.30`; '-' when none. */
+function kindsText(c: ClassObservations): string {
+  const parts = c.kindCorrections.map((k) => `${k.kind} TTFT×${k.ttft.toFixed(2)} TPOT×${k.tpot.toFixed(2)}`);
+  return parts.length > 0 ? parts.join(', ') : '-';
+}
+
 /**
  * What the planner observed of one client's generations, per class: outcome counts, the
  * attainment of the plan in force, predicted against observed end-to-end latency (median and
  * mean of the recent window), the estimated error (obs/pred, decayed), and the correction and
- * safety factors it plans with. Empty when no class has an outcome yet.
+ * safety factors it plans with, and the factors per kind of placement. Empty when no class has an outcome yet.
  */
 export function observationsTable(o: ClientObservations | undefined): string {
   const seen = (o?.classes ?? []).filter((c) => c.outcomes > 0);
@@ -64,12 +70,13 @@ export function observationsTable(o: ClientObservations | undefined): string {
     c.e2eRatio.toFixed(2),
     c.e2eCorrection.toFixed(2),
     c.allServer ? 'all-server' : c.safetyFactor.toFixed(2),
+    kindsText(c),
   ]);
   const target = seen[0].attainmentTarget;
   const window = Math.max(...seen.map((c) => c.window));
   const head = `  observed (attainment of the plan in force, target ${pct(target)}; latency over the last ${window} successful generations)`;
   const table = formatTable(
-    ['class', 'outcomes', 'failed', 'attainment', 'e2e p50 pred/obs ms', 'e2e mean pred/obs ms', 'obs/pred', 'correction', 'safety'],
+    ['class', 'outcomes', 'failed', 'attainment', 'e2e p50 pred/obs ms', 'e2e mean pred/obs ms', 'obs/pred', 'correction', 'safety', 'per kind'],
     rows,
     { indent: '  ', rightAlign: [1, 2, 3, 4, 5, 6, 7, 8] },
   );

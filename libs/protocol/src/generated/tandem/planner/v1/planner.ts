@@ -165,10 +165,12 @@ export interface ClassObservations {
   /**
    * Estimated error of the time-to-first-token prediction: the exponentially decayed geometric
    * mean of measured / predicted TTFT; 1 while there are fewer outcomes with a TTFT prediction
-   * than the minimum. Shown, not applied: e2e_correction scales every stated SLO of the class.
+   * than the minimum, over outcomes of every placement. Shown as a whole; what is applied is
+   * e2e_correction on every stated SLO of the class and, per kind of placement,
+   * kind_corrections.
    */
   ttftCorrection: number;
-  /** The same for time per output token (shown, not applied, likewise). */
+  /** The same for time per output token (shown likewise). */
   tpotCorrection: number;
   /**
    * Safety factor on the class's SLA, in (0, 1]: 1 plans against the SLA as configured; lower
@@ -185,6 +187,26 @@ export interface ClassObservations {
    * outcomes; 1 while there are fewer outcomes with a prediction than the minimum.
    */
   e2eRatio: number;
+  /**
+   * Factors on predicted TTFT and TPOT the planner applies now to this class's plans of each
+   * kind (PLANNER_CALIBRATE_BY_KIND, docs/planner.md): a plan of that kind must meet the SLOs
+   * with its predictions multiplied by them. Learned from the client's outcomes of that kind
+   * (every class), with e2e_correction taken out; only kinds with a factor above 1 are listed.
+   */
+  kindCorrections: KindCorrection[];
+}
+
+/** A correction the planner applies to one kind of placement of a class (ClassObservations). */
+export interface KindCorrection {
+  /**
+   * "server" (no stage on the client in either phase), "split" (stages on each side) or
+   * "device" (no stage on the server).
+   */
+  kind: string;
+  /** Factor on the predicted time to first token, >= 1. */
+  ttft: number;
+  /** Factor on the predicted time per output token, >= 1. */
+  tpot: number;
 }
 
 /**
@@ -990,6 +1012,7 @@ function createBaseClassObservations(): ClassObservations {
     allServer: false,
     safetyChangedUnixMs: 0,
     e2eRatio: 0,
+    kindCorrections: [],
   };
 }
 
@@ -1060,6 +1083,9 @@ export const ClassObservations: MessageFns<ClassObservations> = {
     }
     if (message.e2eRatio !== 0) {
       writer.uint32(177).double(message.e2eRatio);
+    }
+    for (const v of message.kindCorrections) {
+      KindCorrection.encode(v!, writer.uint32(186).fork()).join();
     }
     return writer;
   },
@@ -1253,6 +1279,14 @@ export const ClassObservations: MessageFns<ClassObservations> = {
             message.e2eRatio = reader.double();
             continue;
           }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.kindCorrections.push(KindCorrection.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1357,6 +1391,11 @@ export const ClassObservations: MessageFns<ClassObservations> = {
         : isSet(object.e2e_ratio)
         ? globalThis.Number(object.e2e_ratio)
         : 0,
+      kindCorrections: globalThis.Array.isArray(object?.kindCorrections)
+        ? object.kindCorrections.map((e: any) => KindCorrection.fromJSON(e))
+        : globalThis.Array.isArray(object?.kind_corrections)
+        ? object.kind_corrections.map((e: any) => KindCorrection.fromJSON(e))
+        : [],
     };
   },
 
@@ -1428,6 +1467,9 @@ export const ClassObservations: MessageFns<ClassObservations> = {
     if (message.e2eRatio !== 0) {
       obj.e2eRatio = floatToJson(message.e2eRatio);
     }
+    if (message.kindCorrections?.length) {
+      obj.kindCorrections = message.kindCorrections.map((e) => KindCorrection.toJSON(e));
+    }
     return obj;
   },
 
@@ -1458,6 +1500,108 @@ export const ClassObservations: MessageFns<ClassObservations> = {
     message.allServer = object.allServer ?? false;
     message.safetyChangedUnixMs = object.safetyChangedUnixMs ?? 0;
     message.e2eRatio = object.e2eRatio ?? 0;
+    message.kindCorrections = object.kindCorrections?.map((e) => KindCorrection.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseKindCorrection(): KindCorrection {
+  return { kind: "", ttft: 0, tpot: 0 };
+}
+
+export const KindCorrection: MessageFns<KindCorrection> = {
+  encode(message: KindCorrection, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.ttft !== 0) {
+      writer.uint32(17).double(message.ttft);
+    }
+    if (message.tpot !== 0) {
+      writer.uint32(25).double(message.tpot);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KindCorrection {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKindCorrection();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.ttft = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.tpot = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KindCorrection {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      ttft: isSet(object.ttft) ? globalThis.Number(object.ttft) : 0,
+      tpot: isSet(object.tpot) ? globalThis.Number(object.tpot) : 0,
+    };
+  },
+
+  toJSON(message: KindCorrection): unknown {
+    const obj: any = {};
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.ttft !== 0) {
+      obj.ttft = floatToJson(message.ttft);
+    }
+    if (message.tpot !== 0) {
+      obj.tpot = floatToJson(message.tpot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KindCorrection>, I>>(base?: I): KindCorrection {
+    return KindCorrection.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KindCorrection>, I>>(object: I): KindCorrection {
+    const message = createBaseKindCorrection();
+    message.kind = object.kind ?? "";
+    message.ttft = object.ttft ?? 0;
+    message.tpot = object.tpot ?? 0;
     return message;
   },
 };
