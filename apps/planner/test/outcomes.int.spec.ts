@@ -12,9 +12,9 @@ import {
   type WatchPlansResponse,
 } from '@tandem/protocol';
 import { createLogger } from '@tandem/service-kit';
-import { clientProfile, eventually, healthStatus, planOutcome, serverLoad } from '@tandem/testkit';
-import { Calibrator, DEFAULT_CALIBRATION } from '../src';
-import { startLivePlanner, type LivePlanner } from './fixtures';
+import { clientProfile, eventually, healthStatus, planOutcome, sameStageTimes, serverLoad } from '@tandem/testkit';
+import { Calibrator, DEFAULT_CALIBRATION, PlanMaker } from '../src';
+import { makerOptions, SIX_STAGES, startLivePlanner, type LivePlanner } from './fixtures';
 
 // The hand-checkable client of calibration.spec.ts: three stages, 10-token prompts, one new
 // token. Device: embed 10 ms, block 50 ms, head 1000 ms; server 1 ms each. SLA 100 ms, planned
@@ -35,6 +35,13 @@ function outcomeOf(plan: ClientPlan, how: { ok: boolean; ratio?: number }): Gene
     slaMet: how.ok && e2eMs <= c.slaMs,
     status: how.ok ? OutcomeStatus.OUTCOME_STATUS_OK : OutcomeStatus.OUTCOME_STATUS_FAILED,
   });
+}
+
+/** ListPlans of the planner `client` speaks to, whole. */
+function listPlans(client: PlannerServiceClient): Promise<ListPlansResponse> {
+  return new Promise((resolve, reject) =>
+    client.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))),
+  );
 }
 
 describe('the planner learns from outcomes published over NATS', () => {
@@ -86,11 +93,6 @@ describe('the planner learns from outcomes published over NATS', () => {
     return Date.now() - t0;
   }
 
-  const listPlans = (): Promise<ListPlansResponse> =>
-    new Promise((resolve, reject) =>
-      client.listPlans({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))),
-    );
-
   it('moves a client whose outcomes miss their SLA to a safer plan within seconds, and back when they recover', async () => {
     const w = await watch('dev-miss');
     try {
@@ -106,7 +108,7 @@ describe('the planner learns from outcomes published over NATS', () => {
       expect(w.current().epoch).toBeGreaterThan(w.plans[0].epoch);
       // misses go on: the next step is the floor, all-server
       await pump(w, { ok: false }, () => w.current().classes[0].placement === 'SSS', 5000, 'the all-server floor');
-      let seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
+      let seen = (await listPlans(client)).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
       expect(seen).toMatchObject({ name: 'short', allServer: true, attainmentTarget: 0.9 });
       expect(seen.failures).toBeGreaterThanOrEqual(10);
       expect(seen.safetyFactor).toBeLessThan(0.5);
@@ -115,7 +117,7 @@ describe('the planner learns from outcomes published over NATS', () => {
       expect(back).toBeLessThan(8000);
       const order = w.plans.map((p) => p.classes[0].placement).filter((p, i, all) => p !== all[i - 1]);
       expect(order).toEqual(['CCS', 'CSS', 'SSS', 'CSS', 'CCS']);
-      seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
+      seen = (await listPlans(client)).observations.find((o) => o.clientId === 'dev-miss')!.classes[0];
       expect(seen.allServer).toBe(false);
       expect(seen.safetyFactor).toBeGreaterThanOrEqual(0.8 - 1e-9);
       expect(live.server.currentObjective).toBe('work');
@@ -132,7 +134,7 @@ describe('the planner learns from outcomes published over NATS', () => {
       await pump(w, { ok: true, ratio: 1.6 }, () => w.current().classes[0].placement !== 'CCS', 5000, 'a calibrated plan');
       // planned against 90 / 1.6 = 56 ms, in which CCS no longer fits
       expect(w.current().classes[0].placement).toBe('CSS');
-      const seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-slow')!.classes[0];
+      const seen = (await listPlans(client)).observations.find((o) => o.clientId === 'dev-slow')!.classes[0];
       expect(seen.e2eCorrection).toBeCloseTo(1.6, 6);
       expect(seen.safetyFactor).toBe(1);
       expect(seen.failures).toBe(0);
@@ -170,11 +172,103 @@ describe('the planner learns from outcomes published over NATS', () => {
       });
       expect(live.server.counters.strayOutcomes).toBe(before.strayOutcomes + 1);
       expect(await healthStatus(live.addr)).toBe(ServingStatus.SERVING);
-      const seen = (await listPlans()).observations.find((o) => o.clientId === 'dev-junk')!.classes[0];
+      const seen = (await listPlans(client)).observations.find((o) => o.clientId === 'dev-junk')!.classes[0];
       expect(seen.outcomes).toBe(1);
       expect(w.current().epoch).toBe(plan.epoch);
     } finally {
       w.close();
+    }
+  });
+});
+
+describe('the planner corrects TTFT and TPOT per kind of placement from outcomes published over NATS', () => {
+  // Six stages, one class with TTFT 100 ms and TPOT 8 ms: the device's 2 ms stages and the
+  // server's 1 ms ones give a split with one stage on the device (plan-maker.spec.ts).
+  const CLS = { name: 'short', maxPromptTokens: 16, expectedNewTokens: 8, slaMs: 1000, ttftMs: 100, tpotMs: 8 };
+  const links = { uplink: { latencyMs: 0.2, bytesPerMs: 10_000 }, downlink: { latencyMs: 0.2, bytesPerMs: 10_000 } };
+  let live: LivePlanner;
+  let client: PlannerServiceClient;
+
+  beforeAll(async () => {
+    const maker = new PlanMaker(makerOptions({ stages: SIX_STAGES, classes: [CLS], slaMargin: 1 }));
+    live = await startLivePlanner({ maker, log, calibrator: new Calibrator(DEFAULT_CALIBRATION) });
+    client = new PlannerServiceClient(live.addr, grpc.credentials.createInsecure());
+    const load = serverLoad({ stages: sameStageTimes(6, 0.25, 1) });
+    live.nc.publish(Subjects.serverLoad(load.serverId), ServerLoad.encode(load).finish());
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await live?.stop();
+  });
+
+  /** A good or missed generation of `plan`'s class: TTFT as predicted, TPOT at `tpotRatio` × its prediction. */
+  function outcome(plan: ClientPlan, tpotRatio: number): GenerationOutcome {
+    const c = plan.classes[0];
+    const [ttftMs, tpotMs] = [c.predictedTtftMs, c.predictedTpotMs * tpotRatio];
+    const e2eMs = ttftMs + (CLS.expectedNewTokens - 1) * tpotMs;
+    return planOutcome(plan, {
+      promptTokens: CLS.maxPromptTokens,
+      newTokens: CLS.expectedNewTokens,
+      predictedE2eMs: c.predictedLatencyMs,
+      predictedTtftMs: c.predictedTtftMs,
+      predictedTpotMs: c.predictedTpotMs,
+      ttftMs,
+      tpotMs,
+      e2eMs,
+      ttftSloMs: CLS.ttftMs,
+      tpotSloMs: CLS.tpotMs,
+      slaMet: e2eMs <= CLS.slaMs,
+      ttftMet: ttftMs <= CLS.ttftMs,
+      tpotMet: tpotMs <= CLS.tpotMs,
+    });
+  }
+
+  it("moves a client off a split whose tokens come 1.3 × slower than predicted, shows the factor, and stays on all-server's good outcomes", async () => {
+    const plans: ClientPlan[] = [];
+    const call = client.watchPlans({ clientId: 'dev-kinds' });
+    call.on('data', (m: WatchPlansResponse) => {
+      if (m.plan) plans.push(m.plan);
+    });
+    call.on('error', () => undefined);
+    try {
+      const profile = clientProfile({ clientId: 'dev-kinds', stages: sameStageTimes(6, 0.5, 2), ...links });
+      live.nc.publish(Subjects.clientProfile('dev-kinds'), ClientProfile.encode(profile).finish());
+      await eventually(() => plans.length > 0, { what: 'a first plan', timeoutMs: 5000 });
+      const split = plans[0].classes[0].placement;
+      expect(split).toMatch(/C.*S|S.*C/);
+      // Splits decode at 1.3 × their predicted TPOT (over 8 ms), all-server generations as predicted.
+      const current = (): ClientPlan => plans[plans.length - 1];
+      const publish = (): void => {
+        const p = current();
+        const ratio = p.classes[0].placement === split ? 1.3 : 1;
+        live.nc.publish(Subjects.outcome('dev-kinds'), GenerationOutcome.encode(outcome(p, ratio)).finish());
+      };
+      await eventually(
+        () => {
+          if (current().classes[0].placement !== split) return true;
+          publish();
+          return false;
+        },
+        { timeoutMs: 5000, intervalMs: 10, what: 'a plan off the split' },
+      );
+      expect(current().classes[0].placement).toBe('SSSSSS');
+      const seen = (await listPlans(client)).observations.find((o) => o.clientId === 'dev-kinds')!.classes[0];
+      expect(seen.kindCorrections).toEqual([{ kind: 'split', ttft: 1, tpot: expect.closeTo(1.3, 6) }]);
+      expect(seen.safetyFactor).toBe(1); // the per-kind factor moved it, not a tighten step
+      // A second of good all-server outcomes does not bring the split back.
+      const changes = plans.length;
+      const until = Date.now() + 1000;
+      await eventually(
+        () => {
+          publish();
+          return Date.now() >= until;
+        },
+        { timeoutMs: 3000, intervalMs: 10, what: 'a second of all-server outcomes' },
+      );
+      expect(plans.slice(changes - 1).map((p) => p.classes[0].placement)).toEqual(Array(plans.length - changes + 1).fill('SSSSSS'));
+    } finally {
+      call.cancel();
     }
   });
 });
