@@ -12,7 +12,7 @@
  * for server-generate), as the client-agent's link emulator does. Tokens of both paths are
  * checked to be identical.
  *
- *   npx tsx tools/bench/server-decode-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 5] [--threads 2] [--latency 0] [--batching on] [--engine inline|worker]
+ *   npx tsx tools/bench/server-decode-bench.ts [--preset small] [--sessions 8] [--prompt 32] [--decode 32] [--reps 5] [--threads 2] [--latency 0] [--batching on] [--engine inline|worker] [--rounds on]
  */
 import * as grpc from '@grpc/grpc-js';
 import type { ExecutorServiceClient, SessionRequest, SessionResponse } from '@tandem/protocol';
@@ -25,6 +25,8 @@ const latencyMs = Number(arg('latency', '0'));
 const batching = arg('batching', 'on') !== 'off';
 /** Where onnxruntime runs, as EXECUTOR_ENGINE (the executor's default is the worker thread). */
 const engineKind = arg('engine', 'inline');
+/** Decode rounds (EXECUTOR_DECODE_ROUNDS): concurrent server-side decode steps as one engine call. */
+const rounds = arg('rounds', 'on') !== 'off';
 /** Tokens per generation: the prefill's, then one per decode step. */
 const tokens = decode + 1;
 
@@ -93,7 +95,7 @@ async function main(): Promise<void> {
     engineKind === 'worker'
       ? await WorkerStageEngine.load(dir, { intraOpNumThreads: threads })
       : await OnnxStageEngine.load(dir, { intraOpNumThreads: threads });
-  const { client, stop } = await startBenchExecutor(engine, { maxSessions: 1024, maxMessageBytes: 64 << 20, batching, maxBatch: 64 });
+  const { client, stop } = await startBenchExecutor(engine, { maxSessions: 1024, maxMessageBytes: 64 << 20, batching, maxBatch: 64, decodeRounds: rounds });
   const prompts = Array.from({ length: sessions }, (_, s) => Array.from({ length: promptLen }, (_, i) => (101 + 37 * s + 13 * i) % 50257));
   type Mode = 'per-step' | 'server-generate';
   const res: Record<Mode, { msTok: number[]; tokS: number[] }> = { 'per-step': { msTok: [], tokS: [] }, 'server-generate': { msTok: [], tokS: [] } };
@@ -127,7 +129,7 @@ async function main(): Promise<void> {
   const p = res['per-step'];
   process.stdout.write(
     `\nserver-side decoding vs per-step, preset ${preset}, ${sessions} concurrent all-server generations, prompt ${promptLen}, ${tokens} tokens each, ` +
-      `${threads} threads, ${engineKind} engine, batching ${batching ? 'on' : 'off'}, one-way link latency ${latencyMs} ms; median (min–max) of ${reps} repetitions\n`,
+      `${threads} threads, ${engineKind} engine, batching ${batching ? 'on' : 'off'}, decode rounds ${rounds ? 'on' : 'off'}, one-way link latency ${latencyMs} ms; median (min–max) of ${reps} repetitions\n`,
   );
   process.stdout.write('| path | decode ms/token | tokens/s (all generations) |\n|---|---:|---:|\n');
   process.stdout.write(`| per-step (a round trip per token) | ${spread(p.msTok, 2)} | ${spread(p.tokS, 1)} |\n`);

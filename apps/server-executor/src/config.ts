@@ -49,6 +49,10 @@ export const executorEnv = {
   ),
   EXECUTOR_MAX_MESSAGE_BYTES: env.int('Largest gRPC message accepted or sent, bytes', 64 * 1024 * 1024, 1024, 2 ** 31 - 1),
   EXECUTOR_BATCHING: env.bool('Run steps of several sessions waiting at the same position-wise stage as one batch', true),
+  EXECUTOR_DECODE_ROUNDS: env.bool(
+    'When only one-token steps over the whole model wait (sessions decoding on the server), run them as one call to the inference thread, batched there stage by stage, instead of one call per stage (with EXECUTOR_BATCHING)',
+    true,
+  ),
   EXECUTOR_MAX_BATCH: env.int('Most sessions in one batch', 16, 1, 1024),
   EXECUTOR_MAX_BATCH_TOKENS: env.int(
     'Most tokens in one batch: a batch takes waiting steps while their tokens stay within this (a single longer step still runs, alone), so one call stays short',

@@ -26,7 +26,7 @@ const cases: EnvCase[] = [
       ['EXECUTOR_SHUTDOWN_GRACE_MS', 0, 3_600_000],
       ['TELEMETRY_INTERVAL_MS', 50, 3_600_000],
     ],
-    bool: ['EXECUTOR_BATCHING', 'EXECUTOR_FUSED', 'EXECUTOR_RETURN_MEMORY'],
+    bool: ['EXECUTOR_BATCHING', 'EXECUTOR_DECODE_ROUNDS', 'EXECUTOR_FUSED', 'EXECUTOR_RETURN_MEMORY'],
     oneOf: [['EXECUTOR_ENGINE', ['worker', 'inline']]],
   }),
   [

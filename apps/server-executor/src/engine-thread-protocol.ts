@@ -39,6 +39,17 @@ export type ToThread =
       /** StageEngine.runRange's `sample`. */
       readonly sample?: boolean;
     }
+  /** StageEngine.runSteps: one-token steps of several sessions over stages [begin, end); answered with one output per step. */
+  | {
+      readonly op: 'run-steps';
+      readonly id: number;
+      readonly begin: number;
+      readonly end: number;
+      readonly inputs: readonly HostTensor[];
+      readonly caches: readonly number[];
+      /** StageEngine.runSteps's `sample`. */
+      readonly sample?: readonly boolean[];
+    }
   /** StageEngine.putState: `inputs` are [key, value] for an attention stage, [] otherwise; answered with no output. */
   | {
       readonly op: 'put-state';

@@ -90,6 +90,16 @@ async function serve(): Promise<void> {
         );
       case 'run-range':
         return answer(m.id, [m.input], async () => [await engine.runRange(m.begin, m.end, m.input, live(m.cache, 'cache'), m.lastRowOnly, m.sample)]);
+      case 'run-steps':
+        return answer(m.id, m.inputs, () =>
+          engine.runSteps(
+            m.begin,
+            m.end,
+            m.inputs,
+            m.caches.map((id, i) => live(id, `caches[${i}]`)),
+            m.sample,
+          ),
+        );
       case 'put-state':
         return answer(m.id, m.inputs, async () => {
           const [key, value] = m.inputs;

@@ -84,6 +84,8 @@ export interface ExecutorServerOptions extends TelemetrySettings {
   readonly longStepTokens?: number;
   /** SchedulerOptions.maxStallMs (default DEFAULT_PREFILL_STALL_MS). */
   readonly prefillStallMs?: number;
+  /** Decode rounds (SchedulePolicy.rounds) where the engine has runSteps; default true. */
+  readonly decodeRounds?: boolean;
   readonly idleTimeoutMs: number;
   /**
    * TLS credentials and bearer tokens of the gRPC port (loadServerSecurity); undefined =
@@ -164,6 +166,7 @@ export class ExecutorServer {
       maxBatchTokens: opts.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS,
       ...(interleave > 0 ? { longStepTokens: interleave } : {}),
       maxStallMs: opts.prefillStallMs ?? DEFAULT_PREFILL_STALL_MS,
+      rounds: opts.decodeRounds ?? true,
       onStepDone: (o) => {
         this.steps.record(o);
         if (!this.profiling) this.observed.step(o);

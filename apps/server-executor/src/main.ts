@@ -35,6 +35,7 @@ export async function main(): Promise<void> {
     maxBatchTokens: config.EXECUTOR_MAX_BATCH_TOKENS,
     longStepTokens: config.EXECUTOR_LONG_STEP_TOKENS,
     prefillStallMs: config.EXECUTOR_PREFILL_STALL_MS,
+    decodeRounds: config.EXECUTOR_DECODE_ROUNDS,
     idleTimeoutMs: config.EXECUTOR_IDLE_TIMEOUT_MS,
     natsUrl: config.NATS_URL === 'off' ? undefined : config.NATS_URL,
     natsAuth,

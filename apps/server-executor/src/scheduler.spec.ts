@@ -284,6 +284,61 @@ describe('StageScheduler', () => {
       return { engine, sched: new StageScheduler(engine, { batching, maxBatch: 8, now: () => engine.clock }) };
     };
 
+    it('runs decode steps waiting together as one round (runSteps) when rounds are on, with the staged results and shares of its time', async () => {
+      class RoundEngine extends FusedEngine {
+        readonly rounds: { begin: number; end: number; steps: number; sample?: readonly boolean[] }[] = [];
+        roundMs = 12;
+        async runSteps(
+          begin: number,
+          end: number,
+          inputs: readonly HostTensor[],
+          _c: readonly SessionCache[],
+          sample?: readonly boolean[],
+        ): Promise<HostTensor[]> {
+          this.rounds.push({ begin, end, steps: inputs.length, sample });
+          this.clock += this.roundMs;
+          let sum = 0;
+          for (let s = begin; s < end; s++) sum += s + 1;
+          return inputs.map((t) => ({ dtype: 'float32', shape: [...t.shape], data: Float32Array.from(t.data as Float32Array, (v) => v + sum) }));
+        }
+      }
+      const engine = new RoundEngine();
+      const sched = new StageScheduler(engine, { batching: true, maxBatch: 8, rounds: true, now: () => engine.clock });
+      const outs = await Promise.all([0, 10, 20].map((v, i) => sched.submit(`s${i}`, 0, 6, tensor(v), cache(), { sample: i !== 1 })));
+      expect(engine.rounds).toEqual([{ begin: 0, end: 6, steps: 3, sample: [true, false, true] }]);
+      expect(engine.calls).toHaveLength(0);
+      expect(outs.map((o) => [...(o.tensor.data as Float32Array)])).toEqual([
+        [21, 21],
+        [31, 31],
+        [41, 41],
+      ]);
+      expect(outs.map((o) => o.computeMs)).toEqual([4, 4, 4]);
+      expect(sched.wholeStats.snapshot()[0]).toMatchObject({ decodeMs: 4, samples: 3 }); // each step's share, in the whole figure
+      // A prompt waiting beside them: stage by stage, as before.
+      await Promise.all([sched.submit('p', 0, 6, tensor(0, 3), cache()), sched.submit('q', 0, 6, tensor(0), cache())]);
+      expect(engine.rounds).toHaveLength(1);
+      // Without rounds, the same steps run stage by stage.
+      const plain = new RoundEngine();
+      const staged = new StageScheduler(plain, { batching: true, maxBatch: 8, now: () => plain.clock });
+      const again = await Promise.all([0, 10, 20].map((v, i) => staged.submit(`s${i}`, 0, 6, tensor(v), cache())));
+      expect(plain.rounds).toHaveLength(0);
+      expect(again.map((o) => [...(o.tensor.data as Float32Array)])).toEqual(outs.map((o) => [...(o.tensor.data as Float32Array)]));
+    });
+
+    it('fails every step of a round that failed (its stages may have run), and the scheduler goes on', async () => {
+      class FailingRounds extends FusedEngine {
+        async runSteps(): Promise<HostTensor[]> {
+          throw new Error('round failed');
+        }
+      }
+      const engine = new FailingRounds();
+      const sched = new StageScheduler(engine, { batching: true, maxBatch: 8, rounds: true, now: () => engine.clock });
+      const got = await Promise.allSettled([0, 1].map((v) => sched.submit(`s${v}`, 0, 6, tensor(v), cache())));
+      expect(got.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'ok'))).toEqual(['round failed', 'round failed']);
+      const alone = await sched.submit('a', 0, 6, tensor(0), cache());
+      expect([...(alone.tensor.data as Float32Array)]).toEqual([21, 21]);
+    });
+
     it("passes a sampled step's sample to its fused call", async () => {
       const { engine, sched } = make();
       await sched.submit('a', 0, 6, tensor(0), cache(), { lastRowOnly: true, sample: true });
@@ -707,6 +762,20 @@ describe('schedule: the decision alone, without an engine', () => {
     const q = [2, 5, 2, 1].map((tokens) => step(2, { tokens }));
     expect(schedule(q, 0, KINDS, { ...policy, maxBatchTokens: 5 }).steps).toEqual([q[0], q[2], q[3]]);
     expect(schedule(q, 0, KINDS, { ...policy, maxBatch: 2 }).steps).toEqual([q[0], q[1]]);
+  });
+
+  it('runs one-token fusable steps over the same range as one decode round when only they wait (rounds on)', () => {
+    const rounds = { ...policy, rounds: true };
+    const dec = (o: Partial<QueuedStep> = {}): QueuedStep => step(0, { fusable: true, end: 6, ...o });
+    const [a, b, c] = [dec(), dec(), dec()];
+    expect(schedule([a, b, c], 0, KINDS, rounds)).toEqual({ steps: [a, b, c], stage: 0, fused: true });
+    expect(schedule([a, b, c], 0, KINDS, { ...rounds, maxBatch: 2 })).toEqual({ steps: [a, b], stage: 0, fused: true });
+    // Off by default, and with batching off (one fused call each).
+    expect(schedule([a, b], 0, KINDS, policy)).toEqual({ steps: [a, b], stage: 0, fused: false });
+    expect(schedule([a, b], 0, KINDS, { ...rounds, batching: false })).toEqual({ steps: [a], stage: 0, fused: true });
+    // Not beside a prompt, a step that may not fuse, another range, or a step under way.
+    for (const other of [dec({ tokens: 5 }), step(0, { end: 6 }), dec({ end: 5 }), step(3, { begin: 1, end: 6 })])
+      expect(schedule([a, b, other], 0, KINDS, rounds).steps.length === 3 && schedule([a, b, other], 0, KINDS, rounds).fused).toBe(false);
   });
 
   it('fuses a fusable step that has not started, is not long and would run alone', () => {

@@ -15,6 +15,8 @@ export interface QueuedStep {
   readonly lastRanAtMs: number;
   /** Before it starts it may run as one fused call: the engine has its whole range fused and it may be fused (SubmitOptions.fuse). */
   readonly fusable: boolean;
+  /** The stage after its last (steps of the same `begin` and `end` may share a decode round, SchedulePolicy.rounds). */
+  readonly end?: number;
 }
 
 /** One step of one session in the scheduler: its schedule view and what running it needs. */
@@ -118,6 +120,15 @@ export interface SchedulePolicy {
    * ms, default 200.
    */
   readonly maxWaitMs?: number;
+  /**
+   * Decode rounds: when every waiting step is a one-token step that could run fused over the
+   * same range and none is under way (sessions decoding on the server, nothing else waiting),
+   * they run as ONE engine call over that range (StageEngine.runSteps), batched inside the
+   * engine as they would be stage by stage, instead of one call per stage (20 calls, thread
+   * hops and result buffers a round for two sessions of the `small` preset). Set by the caller
+   * only for an engine that has runSteps. Default false.
+   */
+  readonly rounds?: boolean;
 }
 
 export interface SchedulerOptions extends SchedulePolicy {
@@ -138,7 +149,11 @@ export interface Batch<S extends QueuedStep = QueuedStep> {
   readonly steps: readonly S[];
   /** The stage they run (for a fused call, the first of its range). */
   readonly stage: number;
-  /** One fused call over the whole range of its only step; else one call of `stage` for every step. */
+  /**
+   * One call over the whole range of its steps: of its only step, a fused call (runRange); of
+   * several one-token steps, a decode round (runSteps, SchedulePolicy.rounds). Else one call of
+   * `stage` for every step.
+   */
   readonly fused: boolean;
 }
 
@@ -209,6 +224,11 @@ export function schedule<S extends QueuedStep>(
   // not yet started (a split's server range), it runs stage by stage and catches up with it.
   const alone = pool.every((j) => j === head || (!policy.batching && j.stage === stage && j.stage === j.begin));
   const fused = fusableNow(head) && alone;
+  if (!fused && policy.rounds && policy.batching && head.tokens === 1 && fusableNow(head)) {
+    const round = pool.filter((j) => fusableNow(j) && j.tokens === 1 && j.begin === head.begin && j.end === head.end);
+    // Only when nothing else waits: a step of another kind is batched with them stage by stage.
+    if (round.length === pool.length) return { steps: [head, ...round.filter((j) => j !== head)].slice(0, policy.maxBatch), stage, fused: true };
+  }
   if (fused || !policy.batching || kinds[stage] === 'attn') return { steps: [head], stage, fused };
   const maxTokens = policy.maxBatchTokens ?? Number.POSITIVE_INFINITY;
   const steps: S[] = [head];
@@ -255,6 +275,14 @@ export function schedule<S extends QueuedStep>(
  * that sessions decoding on the server submit their next step first and can be batched
  * (continuous batching) rather than alternate in fused calls.
  *
+ * Decode rounds (`rounds`, with an engine that has runSteps): when the only steps waiting are
+ * one-token steps that could each run fused over the same range (sessions decoding on the
+ * server) and none is under way, they run as ONE engine call (`runSteps`), batched inside the
+ * engine exactly as they would be stage by stage. With the worker engine that is one thread hop
+ * and one set of result buffers per round instead of one per stage call (20 for two sessions of
+ * the `small` preset, each ~0.1 ms and a few buffers for the collector). A round's steps are
+ * charged by tokens like a batch, and recorded in `wholeStats` like fused steps (no stage).
+ *
  * Statistics: a stage-by-stage call is recorded for its stage (`stats`: what each stage costs
  * as a split's server range runs it). A fused call records no stage: it is cheaper than its
  * stages one call each, and pricing a split's range at that level would make splits look
@@ -290,6 +318,8 @@ export class StageScheduler {
   readonly wholeStats = new StageStats(1);
   /** Whether the engine runs the whole range `[0, n)` as one fused call. */
   private readonly wholeFused: boolean;
+  /** The options as schedule() reads them: decode rounds only with an engine that has runSteps. */
+  private readonly policy: SchedulePolicy;
 
   constructor(
     private readonly engine: StageEngine,
@@ -298,6 +328,7 @@ export class StageScheduler {
     this.now = opts.now ?? (() => performance.now());
     this.stats = new StageStats(engine.stageCount);
     this.wholeFused = engine.runRange !== undefined && engine.hasFusedRange?.(0, engine.stageCount) === true;
+    this.policy = { ...opts, rounds: opts.rounds === true && engine.runSteps !== undefined };
     this.kinds = Array.from({ length: engine.stageCount }, (_, s) => engine.stageKind(s));
   }
 
@@ -380,7 +411,7 @@ export class StageScheduler {
   private async pump(): Promise<void> {
     try {
       while (this.queue.length > 0) {
-        const batch = schedule(this.queue, this.now(), this.kinds, this.opts, this.lastLong);
+        const batch = schedule(this.queue, this.now(), this.kinds, this.policy, this.lastLong);
         const t0 = this.now();
         for (const j of batch.steps) {
           j.startedAtMs ??= t0;
@@ -406,6 +437,20 @@ export class StageScheduler {
   /** Runs one call: one output (or error) per step of `batch`; a failed batch is run again step by step, so one bad input fails no other. */
   private async run(batch: Batch<Job>): Promise<(HostTensor | Error)[]> {
     const { stage, steps } = batch;
+    if (batch.fused && steps.length > 1 && this.engine.runSteps) {
+      // A decode round: when it fails some stages may have run, so no step can be retried.
+      try {
+        return await this.engine.runSteps(
+          stage,
+          steps[0].end,
+          steps.map((j) => j.tensor),
+          steps.map((j) => j.cache),
+          steps.some((j) => j.sample) ? steps.map((j) => j.sample) : undefined,
+        );
+      } catch (err) {
+        return steps.map(() => err as Error);
+      }
+    }
     if (batch.fused && this.engine.runRange) {
       const j = steps[0];
       try {

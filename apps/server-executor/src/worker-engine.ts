@@ -211,6 +211,20 @@ export class WorkerStageEngine implements StageEngine<CacheHandle> {
     return (await this.call((id) => ({ op: 'run-range', id, begin, end, input: sent[0], cache: cacheId, lastRowOnly, sample }), [input], sent))[0];
   }
 
+  /** One message to the thread for a round of decode steps over the range (one thread hop instead of one per stage call). */
+  async runSteps(
+    begin: number,
+    end: number,
+    inputs: readonly HostTensor[],
+    caches: readonly SessionCache<CacheHandle>[],
+    sample?: readonly boolean[],
+  ): Promise<HostTensor[]> {
+    if (this.failure) throw this.failure;
+    const ids = caches.map((c, i) => this.liveId(c, `caches[${i}]`));
+    const sent = ownedTensors(inputs);
+    return this.call((id) => ({ op: 'run-steps', id, begin, end, inputs: sent, caches: ids, sample }), inputs, sent);
+  }
+
   /** The thread appends the state (keys and values transferred, no copy); then this side's count follows. */
   async putState(stage: number, cache: SessionCache<CacheHandle>, tokens: number, kv: StageKv | undefined): Promise<void> {
     if (this.failure) throw this.failure;

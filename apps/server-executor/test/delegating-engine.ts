@@ -50,6 +50,10 @@ export class DelegatingEngine implements StageEngine {
     if (!this.inner.runRange) return Promise.reject(new Error('the wrapped engine has no fused ranges'));
     return this.inner.runRange(begin, end, input, cache, lastRowOnly, sample);
   }
+  runSteps(begin: number, end: number, inputs: readonly HostTensor[], caches: readonly SessionCache[], sample?: readonly boolean[]): Promise<HostTensor[]> {
+    if (!this.inner.runSteps) return Promise.reject(new Error('the wrapped engine has no decode rounds'));
+    return this.inner.runSteps(begin, end, inputs, caches, sample);
+  }
   putState(stage: number, cache: SessionCache, tokens: number, kv: StageKv | undefined): Promise<void> {
     if (!this.inner.putState) return Promise.reject(new Error('the wrapped engine cannot take handed-over state'));
     return this.inner.putState(stage, cache, tokens, kv);

@@ -22,6 +22,17 @@ class CountingEngine extends DelegatingEngine {
     this.rangeCalls++;
     return super.runRange(begin, end, input, cache, lastRowOnly);
   }
+  roundCalls = 0;
+  override runSteps(
+    begin: number,
+    end: number,
+    inputs: readonly HostTensor[],
+    caches: readonly SessionCache[],
+    sample?: readonly boolean[],
+  ): Promise<HostTensor[]> {
+    this.roundCalls++;
+    return super.runSteps(begin, end, inputs, caches, sample);
+  }
 }
 
 /** A test executor with its counting engine. */
@@ -93,9 +104,12 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
       });
       const after = await e.status();
       expect(after.batchedSteps).toBeGreaterThan(before.batchedSteps);
-      expect(e.engine.stageCalls).toBeGreaterThan(stageCalls);
+      expect(e.engine.stageCalls).toBeGreaterThan(stageCalls); // prompts, and decode steps beside them
       expect(after.stepsCompleted - before.stepsCompleted).toBe(8 * NEW_TOKENS);
     }
+    // Fused, decode steps that wait alone together run as decode rounds (EXECUTOR_DECODE_ROUNDS).
+    expect(on.engine.roundCalls).toBeGreaterThan(0);
+    expect(off.engine.roundCalls).toBe(0);
     await eventually(async () => (await on.status()).activeSessions === 0, { timeoutMs: 3000, what: 'sessions freed' });
   });
 
@@ -121,6 +135,62 @@ describe('fused whole-model calls on a real executor (EXECUTOR_FUSED)', () => {
     // The staged executor's whole figure is what its steps cost stage by stage.
     const staged = off.server.loadReader()();
     expect(staged.wholeModel!.decodeMs).toBeGreaterThan(0);
+  });
+});
+
+describe('WorkerStageEngine.runSteps', () => {
+  let model: TempModel;
+  afterAll(() => model?.remove());
+
+  it('runs a round of decode steps of sessions at different contexts as the scheduler would stage by stage, bit for bit, sampled where asked', async () => {
+    model = await makeTempModel();
+    const worker = await WorkerStageEngine.load(model.dir, { intraOpNumThreads: 1, fuseAllStages: true });
+    const inline = await OnnxStageEngine.load(model.dir, { intraOpNumThreads: 1 });
+    try {
+      const n = worker.stageCount;
+      const prompts = [[464, 2068, 7586, 21831, 18045, 11], [15496], [1, 2, 3]];
+      const wc = prompts.map(() => worker.newCache());
+      const ic = prompts.map(() => inline.newCache());
+      // Each session's prompt, then two rounds of one token each: the worker in rounds, the inline engine stage by stage.
+      for (let i = 0; i < prompts.length; i++) {
+        await worker.runRange(0, n, ids(...prompts[i]), wc[i], true);
+        let x = ids(...prompts[i]);
+        for (let s = 0; s < n; s++) [x] = await inline.runBatch(s, [x], [ic[i]]);
+      }
+      for (const [round, sample] of [
+        [[11, 50256, 7], undefined],
+        [
+          [13, 9, 500],
+          [true, false, true],
+        ],
+      ] as const) {
+        const got = await worker.runSteps(
+          0,
+          n,
+          round.map((t) => ids(t)),
+          wc,
+          sample,
+        );
+        // The calls the scheduler makes stage by stage: a position-wise stage batched, attention per session.
+        let want = round.map((t) => ids(t));
+        for (let s = 0; s < n; s++) {
+          if (inline.stageKind(s) !== 'attn') want = await inline.runBatch(s, want, ic, s === n - 1 ? sample : undefined);
+          else for (let i = 0; i < want.length; i++) [want[i]] = await inline.runBatch(s, [want[i]], [ic[i]]);
+        }
+        expect(got.map((t) => [t.dtype, ...t.shape])).toEqual(want.map((t) => [t.dtype, ...t.shape]));
+        got.forEach((t, i) =>
+          expect(
+            Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(
+              Buffer.from(want[i].data.buffer, want[i].data.byteOffset, want[i].data.byteLength),
+            ),
+          ).toBe(true),
+        );
+        if (sample) expect(got.map((t) => t.dtype)).toEqual(['int64', 'float32', 'int64']);
+      }
+    } finally {
+      await worker.close();
+      await inline.close();
+    }
   });
 });
 
